@@ -1,0 +1,172 @@
+"""Binary encoding helpers shared by every wire and state format.
+
+All integers are big-endian and unsigned. Variable-length fields carry a length prefix
+(``u16`` for keys and short strings, ``u32`` for payloads) and every decoder states an
+upper bound, so a hostile length can never make us allocate or read past the limit.
+Every structure starts with a version byte checked by :meth:`Reader.version`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from crypto.errors import FieldTooLarge, InvalidValue, TrailingBytes, Truncated, UnsupportedVersion
+
+__all__ = ["MAX_PAYLOAD", "Reader", "Writer"]
+
+#: Default upper bound for a ``u32``-prefixed payload (16 MiB).
+MAX_PAYLOAD: Final = 16 * 1024 * 1024
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class Writer:
+    """Append-only encoder; ``bytes(writer)`` or :meth:`finish` gives the result."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, value: int) -> Writer:
+        """Append one byte."""
+        if not 0 <= value <= 0xFF:
+            raise ValueError(f"u8 out of range: {value}")
+        self._parts.append(bytes((value,)))
+        return self
+
+    def u16(self, value: int) -> Writer:
+        """Append a big-endian 16-bit unsigned integer."""
+        self._parts.append(_U16.pack(value))
+        return self
+
+    def u32(self, value: int) -> Writer:
+        """Append a big-endian 32-bit unsigned integer."""
+        self._parts.append(_U32.pack(value))
+        return self
+
+    def u64(self, value: int) -> Writer:
+        """Append a big-endian 64-bit unsigned integer."""
+        self._parts.append(_U64.pack(value))
+        return self
+
+    def raw(self, data: bytes) -> Writer:
+        """Append bytes of a length both sides know (no prefix)."""
+        self._parts.append(bytes(data))
+        return self
+
+    def bytes16(self, data: bytes) -> Writer:
+        """Append ``u16 length || data``."""
+        if len(data) > 0xFFFF:
+            raise ValueError("field longer than 65535 bytes")
+        return self.u16(len(data)).raw(data)
+
+    def bytes32(self, data: bytes) -> Writer:
+        """Append ``u32 length || data``."""
+        if len(data) > 0xFFFFFFFF:
+            raise ValueError("field longer than 2^32-1 bytes")
+        return self.u32(len(data)).raw(data)
+
+    def str16(self, text: str) -> Writer:
+        """Append a UTF-8 string with a ``u16`` length prefix."""
+        return self.bytes16(text.encode("utf-8"))
+
+    def finish(self) -> bytes:
+        """Return everything written so far."""
+        return b"".join(self._parts)
+
+    def __bytes__(self) -> bytes:
+        return self.finish()
+
+
+class Reader:
+    """Bounds-checked decoder over one buffer. Raises only :class:`DecodeError` subclasses."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(bytes(data))
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not yet consumed."""
+        return len(self._data) - self._pos
+
+    def _take(self, n: int) -> bytes:
+        if n > self.remaining:
+            raise Truncated(n, self.remaining)
+        out = bytes(self._data[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+    def version(self, expected: int) -> int:
+        """Read the leading version byte and require it to equal ``expected``."""
+        got = self.u8()
+        if got != expected:
+            raise UnsupportedVersion(expected, got)
+        return got
+
+    def u8(self) -> int:
+        """Read one byte."""
+        return self._take(1)[0]
+
+    def u16(self) -> int:
+        """Read a big-endian 16-bit unsigned integer."""
+        return int(_U16.unpack(self._take(2))[0])
+
+    def u32(self) -> int:
+        """Read a big-endian 32-bit unsigned integer."""
+        return int(_U32.unpack(self._take(4))[0])
+
+    def u64(self) -> int:
+        """Read a big-endian 64-bit unsigned integer."""
+        return int(_U64.unpack(self._take(8))[0])
+
+    def flag(self, field: str) -> bool:
+        """Read a boolean byte (exactly 0 or 1)."""
+        value = self.u8()
+        if value > 1:
+            raise InvalidValue(field, f"boolean byte must be 0 or 1, got {value}")
+        return value == 1
+
+    def raw(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes."""
+        return self._take(n)
+
+    def bytes16(self, field: str, limit: int = 0xFFFF) -> bytes:
+        """Read ``u16 length || data`` with ``length <= limit``."""
+        n = self.u16()
+        if n > limit:
+            raise FieldTooLarge(field, n, limit)
+        return self._take(n)
+
+    def bytes32(self, field: str, limit: int = MAX_PAYLOAD) -> bytes:
+        """Read ``u32 length || data`` with ``length <= limit``."""
+        n = self.u32()
+        if n > limit:
+            raise FieldTooLarge(field, n, limit)
+        return self._take(n)
+
+    def str16(self, field: str, limit: int = 256) -> str:
+        """Read a ``u16``-prefixed UTF-8 string of at most ``limit`` bytes."""
+        data = self.bytes16(field, limit)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidValue(field, "not valid UTF-8") from exc
+
+    def count(self, field: str, limit: int) -> int:
+        """Read a ``u16`` element count with ``count <= limit``."""
+        n = self.u16()
+        if n > limit:
+            raise FieldTooLarge(field, n, limit)
+        return n
+
+    def end(self) -> None:
+        """Require that every byte was consumed."""
+        if self.remaining:
+            raise TrailingBytes(self.remaining)

@@ -1,0 +1,97 @@
+"""Shared fixtures: real PostgreSQL and Redis when configured, skipped (or failed in CI) otherwise.
+
+* ``VOX_TEST_POSTGRES_URL`` — an SQLAlchemy async URL of a server where the test user may
+  ``CREATE DATABASE`` (e.g. ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``).
+  Every test that asks for ``postgres_url`` gets a brand-new database, dropped afterwards.
+* ``VOX_TEST_REDIS_URL`` — e.g. ``redis://127.0.0.1:6379/0``. ``redis_url`` gives it with a
+  unique key/channel prefix in ``redis_prefix``.
+
+With ``CI=true`` an unset or unreachable service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _unavailable(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but is not available", pytrace=False)
+    pytest.skip(f"{what} not available (set the URL to run this test)")
+
+
+def _pg_admin_dsn(url: str) -> str:
+    # asyncpg wants a plain postgresql:// DSN.
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _pg_execute(dsn: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (SQLAlchemy async URL), dropped after the test."""
+    base = os.environ.get("VOX_TEST_POSTGRES_URL")
+    if not base:
+        _unavailable("PostgreSQL (VOX_TEST_POSTGRES_URL)")
+        raise AssertionError("unreachable")
+    name = f"vox_test_{uuid.uuid4().hex[:16]}"
+    admin = _pg_admin_dsn(base)
+    try:
+        asyncio.run(_pg_execute(admin, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        _unavailable(f"PostgreSQL at {base} ({exc.__class__.__name__}: {exc})")
+    head, _, _ = base.rpartition("/")
+    try:
+        yield f"{head}/{name}"
+    finally:
+        asyncio.run(_pg_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The Redis URL (reachability checked); combine with ``redis_prefix`` for isolation."""
+    url = os.environ.get("VOX_TEST_REDIS_URL")
+    if not url:
+        _unavailable("Redis (VOX_TEST_REDIS_URL)")
+        raise AssertionError("unreachable")
+
+    async def ping() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(url, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        _unavailable(f"Redis at {url} ({exc.__class__.__name__}: {exc})")
+    yield url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A unique channel/key prefix so concurrent test runs never see each other's traffic."""
+    return f"voxtest:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def anyio_backend() -> AsyncIterator[str]:  # pragma: no cover - for anyio-marked tests
+    yield "asyncio"
