@@ -1,0 +1,292 @@
+"""The one boundary between Vox and ``cryptography``.
+
+Every primitive the protocol core uses is wrapped here, with raw ``bytes`` in and out,
+fixed sizes checked up front, and ``cryptography``'s exceptions translated into the
+project's error tree (:mod:`crypto.errors`). No other module imports ``cryptography``.
+
+Randomness is always a parameter: an :data:`Rng` is any ``Callable[[int], bytes]`` that
+returns exactly ``n`` random bytes. The default is :func:`os.urandom`; tests and vector
+generation pass a :class:`DeterministicRng` instead of patching anything.
+
+Private keys are raw byte strings here:
+
+* X25519: the 32-byte scalar as given to ``X25519PrivateKey.from_private_bytes``
+  (clamping happens inside X25519, RFC 7748 §5).
+* Ed25519: the 32-byte seed of RFC 8032 §5.1.5.
+* ML-KEM-768: the 64-byte seed ``d || z`` of FIPS 203 (``ML-KEM.KeyGen_internal``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crypto.errors import AuthenticationFailed, BadSignature, InvalidPublicKey, InvalidValue
+
+__all__ = [
+    "AES_KEY_LEN",
+    "AES_NONCE_LEN",
+    "AES_TAG_LEN",
+    "ED25519_KEY_LEN",
+    "ED25519_SIGNATURE_LEN",
+    "MLKEM768_CIPHERTEXT_LEN",
+    "MLKEM768_PUBLIC_LEN",
+    "MLKEM768_SEED_LEN",
+    "MLKEM768_SHARED_LEN",
+    "SHA256_LEN",
+    "X25519_KEY_LEN",
+    "DeterministicRng",
+    "Rng",
+    "aes256gcm_decrypt",
+    "aes256gcm_encrypt",
+    "ed25519_generate",
+    "ed25519_public",
+    "ed25519_sign",
+    "ed25519_verify",
+    "hkdf_sha256",
+    "hmac_sha256",
+    "mlkem768_decapsulate",
+    "mlkem768_encapsulate",
+    "mlkem768_generate",
+    "mlkem768_public",
+    "random_bytes",
+    "signing_message",
+    "x25519_exchange",
+    "x25519_generate",
+    "x25519_public",
+]
+
+Rng = Callable[[int], bytes]
+"""A source of randomness: ``rng(n)`` returns exactly ``n`` bytes."""
+
+X25519_KEY_LEN: Final = 32
+ED25519_KEY_LEN: Final = 32
+ED25519_SIGNATURE_LEN: Final = 64
+MLKEM768_SEED_LEN: Final = 64
+MLKEM768_PUBLIC_LEN: Final = 1184
+MLKEM768_CIPHERTEXT_LEN: Final = 1088
+MLKEM768_SHARED_LEN: Final = 32
+AES_KEY_LEN: Final = 32
+AES_NONCE_LEN: Final = 12
+AES_TAG_LEN: Final = 16
+SHA256_LEN: Final = 32
+_HKDF_MAX: Final = 255 * SHA256_LEN
+_ZERO32: Final = bytes(32)
+
+
+def _need(field: str, data: bytes, size: int) -> None:
+    if len(data) != size:
+        raise InvalidValue(field, f"must be {size} bytes, got {len(data)}")
+
+
+def _random(rng: Rng, n: int) -> bytes:
+    out = rng(n)
+    if len(out) != n:
+        raise ValueError(f"rng returned {len(out)} bytes instead of {n}")
+    return bytes(out)
+
+
+class DeterministicRng:
+    """A reproducible byte stream for tests and vector generation. Never use it for keys.
+
+    The stream is ``SHA-256(seed || u64be(0)) || SHA-256(seed || u64be(1)) || ...``,
+    consumed front to back across calls (documented in ``docs/protocol-crypto.md``
+    because the pinned vectors depend on it).
+    """
+
+    __slots__ = ("_buffer", "_counter", "_seed")
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = bytes(seed)
+        self._counter = 0
+        self._buffer = b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            block = hashlib.sha256(self._seed + struct.pack(">Q", self._counter)).digest()
+            self._buffer += block
+            self._counter += 1
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def __repr__(self) -> str:
+        return f"DeterministicRng(counter={self._counter})"
+
+
+def random_bytes(n: int) -> bytes:
+    """The default :data:`Rng`: ``n`` bytes from the operating system (:func:`os.urandom`)."""
+    return os.urandom(n)
+
+
+def signing_message(label: bytes, data: bytes) -> bytes:
+    """Return the domain-separated message every Vox signature covers: ``label || 0x00 || data``.
+
+    ``label`` is an ASCII context label without NUL bytes (for example ``b"VoxDeviceList-v1"``).
+    """
+    if b"\x00" in label or not label.isascii():
+        raise ValueError("a signing label is ASCII without NUL bytes")
+    return label + b"\x00" + data
+
+
+# --- X25519 ---------------------------------------------------------------------------
+
+
+def x25519_generate(rng: Rng = random_bytes) -> bytes:
+    """Return a fresh 32-byte X25519 private scalar drawn from ``rng``."""
+    return _random(rng, X25519_KEY_LEN)
+
+
+def x25519_public(private: bytes) -> bytes:
+    """Return the 32-byte public u-coordinate of an X25519 private scalar."""
+    _need("x25519 private key", private, X25519_KEY_LEN)
+    key = x25519.X25519PrivateKey.from_private_bytes(private)
+    return key.public_key().public_bytes_raw()
+
+
+def x25519_exchange(private: bytes, peer_public: bytes) -> bytes:
+    """Return X25519(private, peer_public).
+
+    Raises :class:`InvalidPublicKey` for a malformed peer key, a low-order peer key
+    (``cryptography`` raises ``ValueError``) and, defensively, an all-zero result.
+    """
+    _need("x25519 private key", private, X25519_KEY_LEN)
+    if len(peer_public) != X25519_KEY_LEN:
+        raise InvalidPublicKey(f"X25519 public key must be 32 bytes, got {len(peer_public)}")
+    try:
+        key = x25519.X25519PrivateKey.from_private_bytes(private)
+        shared = key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:
+        raise InvalidPublicKey("X25519 exchange failed (low-order point)") from exc
+    if hmac.compare_digest(shared, _ZERO32):
+        raise InvalidPublicKey("X25519 shared secret is all zero")
+    return shared
+
+
+# --- Ed25519 --------------------------------------------------------------------------
+
+
+def ed25519_generate(rng: Rng = random_bytes) -> bytes:
+    """Return a fresh 32-byte Ed25519 seed drawn from ``rng``."""
+    return _random(rng, ED25519_KEY_LEN)
+
+
+def ed25519_public(private: bytes) -> bytes:
+    """Return the 32-byte Ed25519 public key of a seed."""
+    _need("ed25519 private key", private, ED25519_KEY_LEN)
+    return ed25519.Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def ed25519_sign(private: bytes, message: bytes) -> bytes:
+    """Return the 64-byte deterministic Ed25519 signature (RFC 8032) of ``message``."""
+    _need("ed25519 private key", private, ED25519_KEY_LEN)
+    return ed25519.Ed25519PrivateKey.from_private_bytes(private).sign(message)
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes, what: str = "message") -> None:
+    """Verify an Ed25519 signature; raise :class:`BadSignature` (naming ``what``) if it fails.
+
+    A public key that is not a valid 32-byte encoding also raises :class:`BadSignature`.
+    """
+    if len(public) != ED25519_KEY_LEN or len(signature) != ED25519_SIGNATURE_LEN:
+        raise BadSignature(what)
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError) as exc:
+        raise BadSignature(what) from exc
+
+
+# --- HKDF / HMAC ----------------------------------------------------------------------
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """Return the 32-byte HMAC-SHA256 of ``data`` under ``key`` (RFC 2104)."""
+    return hmac.digest(key, data, "sha256")
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """Return ``length`` bytes of HKDF-SHA256 (RFC 5869); an empty salt means 32 zero bytes.
+
+    Raises ``ValueError`` for ``length`` outside ``1 ..= 8160``.
+    """
+    if not 0 < length <= _HKDF_MAX:
+        raise ValueError(f"HKDF-SHA256 output length must be 1..{_HKDF_MAX}, got {length}")
+    prk = hmac.digest(salt or _ZERO32, ikm, "sha256")
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        out += block
+        counter += 1
+    return out[:length]
+
+
+# --- AES-256-GCM ----------------------------------------------------------------------
+
+
+def aes256gcm_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Return ``ciphertext || 16-byte tag``. Only 32-byte keys and 96-bit nonces."""
+    _need("aes key", key, AES_KEY_LEN)
+    _need("aes nonce", nonce, AES_NONCE_LEN)
+    return AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aes256gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Decrypt ``ciphertext || tag``; raise :class:`AuthenticationFailed` if the tag fails."""
+    _need("aes key", key, AES_KEY_LEN)
+    _need("aes nonce", nonce, AES_NONCE_LEN)
+    if len(ciphertext) < AES_TAG_LEN:
+        raise AuthenticationFailed("ciphertext shorter than the GCM tag")
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag as exc:
+        raise AuthenticationFailed("AES-256-GCM tag does not verify") from exc
+
+
+# --- ML-KEM-768 -----------------------------------------------------------------------
+
+
+def mlkem768_generate(rng: Rng = random_bytes) -> bytes:
+    """Return a fresh 64-byte ML-KEM-768 seed (``d || z``) drawn from ``rng``."""
+    return _random(rng, MLKEM768_SEED_LEN)
+
+
+def mlkem768_public(seed: bytes) -> bytes:
+    """Return the 1184-byte encapsulation key of a 64-byte ML-KEM-768 seed."""
+    _need("ml-kem-768 seed", seed, MLKEM768_SEED_LEN)
+    return mlkem.MLKEM768PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+
+
+def mlkem768_encapsulate(public: bytes) -> tuple[bytes, bytes]:
+    """Encapsulate to an encapsulation key: return ``(ciphertext (1088), shared secret (32))``.
+
+    The encapsulation randomness comes from OpenSSL; ``cryptography`` does not accept
+    caller randomness here. A key of the wrong size or with unreduced coefficients
+    (FIPS 203 §7.2 modulus check) raises :class:`InvalidPublicKey`.
+    """
+    if len(public) != MLKEM768_PUBLIC_LEN:
+        raise InvalidPublicKey(f"ML-KEM-768 key must be {MLKEM768_PUBLIC_LEN} bytes")
+    try:
+        ciphertext, shared = mlkem.MLKEM768PublicKey.from_public_bytes(public).encapsulate()
+    except ValueError as exc:
+        raise InvalidPublicKey("ML-KEM-768 encapsulation key is not valid") from exc
+    return ciphertext, shared
+
+
+def mlkem768_decapsulate(seed: bytes, ciphertext: bytes) -> bytes:
+    """Return the 32-byte shared secret for ``ciphertext`` (FIPS 203 implicit rejection).
+
+    A ciphertext of the wrong size raises :class:`InvalidValue`; a well-sized but forged
+    ciphertext yields an unrelated secret, which the following AEAD step rejects.
+    """
+    _need("ml-kem-768 seed", seed, MLKEM768_SEED_LEN)
+    _need("ml-kem-768 ciphertext", ciphertext, MLKEM768_CIPHERTEXT_LEN)
+    return mlkem.MLKEM768PrivateKey.from_seed_bytes(seed).decapsulate(ciphertext)
