@@ -17,13 +17,16 @@ boundary (:mod:`crypto.primitives`) and never escape as such.
     │   ├── AuthenticationFailed         AEAD tag / MAC / signature over ciphertext
     │   ├── DuplicateMessage(chain, index)
     │   ├── TooManySkipped(requested, limit)
-    │   └── SenderMismatch(expected, got)
+    │   ├── SenderMismatch(expected, got)
+    │   ├── UnknownSenderKey(key_id)     group message under a sender key we do not hold
+    │   └── AttachmentMismatch(field)    attachment digest / size / chunk size != pointer
     ├── KeyAgreementError                PQXDH / DH failures
     │   ├── InvalidPublicKey(reason)     low-order point, all-zero shared secret, bad encoding
     │   ├── BadSignature(what)           a signature in a bundle or list does not verify
     │   └── UnknownPrekey(kind, key_id)  responder no longer holds the named prekey
     ├── DeviceListError
     │   ├── DeviceListRollback(seen, got)
+    │   ├── DeviceListAccountMismatch(expected, got)
     │   └── UnknownDevice(device_id)
     └── StateError                       the caller drove the state machine wrongly
 """
@@ -31,10 +34,12 @@ boundary (:mod:`crypto.primitives`) and never escape as such.
 from __future__ import annotations
 
 __all__ = [
+    "AttachmentMismatch",
     "AuthenticationFailed",
     "BadSignature",
     "DecodeError",
     "DecryptionError",
+    "DeviceListAccountMismatch",
     "DeviceListError",
     "DeviceListRollback",
     "DuplicateMessage",
@@ -49,6 +54,7 @@ __all__ = [
     "Truncated",
     "UnknownDevice",
     "UnknownPrekey",
+    "UnknownSenderKey",
     "UnsupportedVersion",
     "VoxError",
 ]
@@ -148,6 +154,22 @@ class SenderMismatch(DecryptionError):
         self.got = got
 
 
+class UnknownSenderKey(DecryptionError):
+    """A group message names a sender key id (``key_id``) this state does not hold."""
+
+    def __init__(self, key_id: int) -> None:
+        super().__init__(f"no sender key with key id {key_id}")
+        self.key_id = key_id
+
+
+class AttachmentMismatch(DecryptionError):
+    """A decrypted attachment's ``field`` (digest, size, chunk_size) differs from its pointer."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"attachment {field} does not match its pointer")
+        self.field = field
+
+
 # --- key agreement --------------------------------------------------------------------
 
 
@@ -193,6 +215,15 @@ class DeviceListRollback(DeviceListError):
     def __init__(self, seen: int, got: int) -> None:
         super().__init__(f"device list version {got} is not newer than {seen}")
         self.seen = seen
+        self.got = got
+
+
+class DeviceListAccountMismatch(DeviceListError):
+    """A signed device list names another account than the one it was fetched for."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"device list is for {got!r}, expected {expected!r}")
+        self.expected = expected
         self.got = got
 
 
