@@ -1,0 +1,455 @@
+"""Sender keys for groups (Signal's ``SenderKey`` construction, AES-256-GCM, Vox encodings).
+
+Each member device keeps one *sending* :class:`SenderKeyState` per group and one *receiving*
+state per (group, other member device). A state is a symmetric chain plus an Ed25519 signing
+key (private in our own sending state, public in receiving states)::
+
+    message_key_seed_i = HMAC-SHA256(chain_key_i, 0x01)
+    chain_key_{i+1}    = HMAC-SHA256(chain_key_i, 0x02)
+    aes_key || nonce   = HKDF-SHA256(ikm=message_key_seed_i, salt=32 zero bytes,
+                                     info="VoxSenderKey-v1 message keys", L=44)   (32 || 12)
+
+A message is encrypted once, signed by the sender's signing key, and fanned out to every
+member. The sender hands its current chain (:class:`SenderKeyDistribution`) to each member over
+the pairwise (Double Ratchet) sessions, which authenticate it.
+
+Receiving states accept out-of-order messages: up to :data:`MAX_SKIP` message keys may be
+skipped by one message, and at most :data:`MAX_SKIP` skipped keys are stored (oldest evicted).
+A message whose key was already used (or evicted) raises
+:class:`~crypto.errors.DuplicateMessage`. :meth:`SenderKeyState.decrypt` commits only on
+success: a failed decrypt leaves :meth:`~SenderKeyState.to_bytes` byte-identical.
+
+Rotation: when a member leaves, every remaining member calls :meth:`SenderKeyState.rotate`
+(a new random chain, a new signing key and a new ``key_id``) and distributes the new key to the
+remaining members only. Receivers keep states keyed by ``(group_id, sender, key_id)``; a late
+message under an older ``key_id`` still decrypts while its receiving state is kept (the SDK
+keeps the previous one per sender for in-flight messages, see
+``docs/protocol-crypto-extras.md``); a message naming a key id nobody holds raises
+:class:`~crypto.errors.UnknownSenderKey`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from crypto import primitives
+from crypto.encoding import Reader, Writer
+from crypto.errors import (
+    AuthenticationFailed,
+    BadSignature,
+    DuplicateMessage,
+    FieldTooLarge,
+    InvalidValue,
+    SenderMismatch,
+    StateError,
+    TooManySkipped,
+    UnknownSenderKey,
+)
+from crypto.keys import DeviceAddress, Ed25519PublicKey
+from crypto.primitives import Rng
+
+__all__ = [
+    "MAX_SKIP",
+    "SenderKeyDistribution",
+    "SenderKeyMessage",
+    "SenderKeyState",
+]
+
+STATE_VERSION: Final = 1
+DISTRIBUTION_VERSION: Final = 1
+MESSAGE_VERSION: Final = 1
+MAX_SKIP: Final = 1000
+MAX_GROUP_ID: Final = 64
+MAX_ITERATION: Final = 0xFFFFFFFF
+SIGNATURE_LABEL: Final = b"VoxSenderKeyMessage-v1"
+HKDF_INFO: Final = b"VoxSenderKey-v1 message keys"
+_MESSAGE_KEY_SEED: Final = b"\x01"
+_CHAIN_KEY_SEED: Final = b"\x02"
+
+
+def _read_group_id(r: Reader) -> bytes:
+    group_id = r.bytes16("group_id", MAX_GROUP_ID)
+    if not group_id:
+        raise InvalidValue("group_id", "must not be empty")
+    return group_id
+
+
+def _check_group_id(group_id: bytes) -> None:
+    if not 1 <= len(group_id) <= MAX_GROUP_ID:
+        raise ValueError(f"group id must be 1..{MAX_GROUP_ID} bytes")
+
+
+def _message_key(seed: bytes) -> tuple[bytes, bytes]:
+    okm = primitives.hkdf_sha256(seed, b"", HKDF_INFO, 44)
+    return okm[:32], okm[32:]
+
+
+def _chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
+    """Return ``(message_key_seed, next_chain_key)``."""
+    return (
+        primitives.hmac_sha256(chain_key, _MESSAGE_KEY_SEED),
+        primitives.hmac_sha256(chain_key, _CHAIN_KEY_SEED),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SenderKeyDistribution:
+    """A sender's current chain, handed to one member over a pairwise session.
+
+    ``u8 1 || bytes16 group_id || str16 username || u32 device_id || u32 key_id ||
+    u32 iteration || chain_key[32] || 0x02 || signing_public[32]``
+    """
+
+    group_id: bytes
+    sender: DeviceAddress
+    key_id: int
+    iteration: int
+    chain_key: bytes = field(repr=False)
+    signing_public: Ed25519PublicKey
+
+    def to_bytes(self) -> bytes:
+        """Encode as documented on the class."""
+        w = Writer().u8(DISTRIBUTION_VERSION).bytes16(self.group_id)
+        self.sender.write(w)
+        w.u32(self.key_id).u32(self.iteration).raw(self.chain_key)
+        return w.raw(self.signing_public.to_bytes()).finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SenderKeyDistribution:
+        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
+        r = Reader(data)
+        r.version(DISTRIBUTION_VERSION)
+        group_id = _read_group_id(r)
+        sender = DeviceAddress.read(r)
+        key_id = r.u32()
+        iteration = r.u32()
+        chain_key = r.raw(32)
+        signing_public = Ed25519PublicKey.read(r)
+        r.end()
+        return cls(group_id, sender, key_id, iteration, chain_key, signing_public)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderKeyMessage:
+    """One group message: header, AES-256-GCM ciphertext, Ed25519 signature.
+
+    ``header = u8 1 || bytes16 group_id || str16 username || u32 device_id || u32 key_id ||
+    u32 iteration``; ``message = header || bytes32 ciphertext || signature[64]``; the signature
+    covers ``"VoxSenderKeyMessage-v1" || 0x00 || header || bytes32 ciphertext``; the AEAD's
+    associated data is ``header``.
+    """
+
+    group_id: bytes
+    sender: DeviceAddress
+    key_id: int
+    iteration: int
+    ciphertext: bytes
+    signature: bytes
+
+    def header(self) -> bytes:
+        """The encoded header (also the AEAD associated data)."""
+        return _header(self.group_id, self.sender, self.key_id, self.iteration)
+
+    def signed_part(self) -> bytes:
+        """Everything the signature covers (without the label)."""
+        return Writer().raw(self.header()).bytes32(self.ciphertext).finish()
+
+    def to_bytes(self) -> bytes:
+        """Encode as documented on the class."""
+        return self.signed_part() + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SenderKeyMessage:
+        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
+        r = Reader(data)
+        r.version(MESSAGE_VERSION)
+        group_id = _read_group_id(r)
+        sender = DeviceAddress.read(r)
+        key_id = r.u32()
+        iteration = r.u32()
+        ciphertext = r.bytes32("ciphertext")
+        if len(ciphertext) < primitives.AES_TAG_LEN:
+            raise InvalidValue("ciphertext", "shorter than the AES-GCM tag")
+        signature = r.raw(primitives.ED25519_SIGNATURE_LEN)
+        r.end()
+        return cls(group_id, sender, key_id, iteration, ciphertext, signature)
+
+
+def _header(group_id: bytes, sender: DeviceAddress, key_id: int, iteration: int) -> bytes:
+    w = Writer().u8(MESSAGE_VERSION).bytes16(group_id)
+    sender.write(w)
+    return w.u32(key_id).u32(iteration).finish()
+
+
+class SenderKeyState:
+    """One sender key (one ``key_id``) of one sender in one group; sending or receiving.
+
+    Build a sending state with :meth:`create`, a receiving one with :meth:`from_distribution`.
+    """
+
+    __slots__ = (
+        "_chain_key",
+        "_group_id",
+        "_iteration",
+        "_key_id",
+        "_sender",
+        "_signing_private",
+        "_signing_public",
+        "_skipped",
+    )
+
+    def __init__(
+        self,
+        group_id: bytes,
+        sender: DeviceAddress,
+        key_id: int,
+        iteration: int,
+        chain_key: bytes,
+        signing_public: bytes,
+        signing_private: bytes | None = None,
+        skipped: dict[int, bytes] | None = None,
+    ) -> None:
+        _check_group_id(group_id)
+        if not 0 <= key_id <= 0xFFFFFFFF or not 0 <= iteration <= MAX_ITERATION:
+            raise ValueError("key id and iteration are u32")
+        if len(chain_key) != 32 or len(signing_public) != primitives.ED25519_KEY_LEN:
+            raise ValueError("chain key and signing public key are 32 bytes")
+        self._group_id = bytes(group_id)
+        self._sender = sender
+        self._key_id = key_id
+        self._iteration = iteration
+        self._chain_key = bytes(chain_key)
+        self._signing_public = bytes(signing_public)
+        self._signing_private = signing_private
+        self._skipped: dict[int, bytes] = dict(skipped or {})
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        group_id: bytes,
+        sender: DeviceAddress,
+        *,
+        rng: Rng = primitives.random_bytes,
+        avoid_key_id: int | None = None,
+    ) -> SenderKeyState:
+        """A fresh sending state: random ``key_id`` (u32), chain key and signing key."""
+        while True:
+            key_id = int.from_bytes(rng(4), "big")
+            if key_id != avoid_key_id:
+                break
+        chain_key = rng(32)
+        signing_private = primitives.ed25519_generate(rng)
+        return cls(
+            group_id,
+            sender,
+            key_id,
+            0,
+            chain_key,
+            primitives.ed25519_public(signing_private),
+            signing_private,
+        )
+
+    def rotate(self, *, rng: Rng = primitives.random_bytes) -> SenderKeyState:
+        """A new sending state for the same group and sender with a different ``key_id``."""
+        self._require_own("rotate")
+        return SenderKeyState.create(
+            self._group_id, self._sender, rng=rng, avoid_key_id=self._key_id
+        )
+
+    @classmethod
+    def from_distribution(cls, distribution: SenderKeyDistribution) -> SenderKeyState:
+        """A receiving state from a member's :class:`SenderKeyDistribution`."""
+        return cls(
+            distribution.group_id,
+            distribution.sender,
+            distribution.key_id,
+            distribution.iteration,
+            distribution.chain_key,
+            distribution.signing_public.raw,
+        )
+
+    def distribution(self) -> SenderKeyDistribution:
+        """The distribution message for our sending state, at its current iteration."""
+        self._require_own("export a distribution")
+        return SenderKeyDistribution(
+            self._group_id,
+            self._sender,
+            self._key_id,
+            self._iteration,
+            self._chain_key,
+            Ed25519PublicKey(self._signing_public),
+        )
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def group_id(self) -> bytes:
+        """The group this key belongs to."""
+        return self._group_id
+
+    @property
+    def sender(self) -> DeviceAddress:
+        """The device that sends under this key."""
+        return self._sender
+
+    @property
+    def key_id(self) -> int:
+        """The key's u32 identifier (a new one after each rotation)."""
+        return self._key_id
+
+    @property
+    def iteration(self) -> int:
+        """The next chain iteration (next to send, or next expected in order)."""
+        return self._iteration
+
+    @property
+    def is_sending(self) -> bool:
+        """True for our own sending state (it holds the private signing key)."""
+        return self._signing_private is not None
+
+    @property
+    def skipped_count(self) -> int:
+        """How many skipped message keys are stored."""
+        return len(self._skipped)
+
+    def __repr__(self) -> str:
+        kind = "sending" if self.is_sending else "receiving"
+        return (
+            f"SenderKeyState({kind}, group={self._group_id.hex()}, sender={self._sender}, "
+            f"key_id={self._key_id}, iteration={self._iteration}, skipped={len(self._skipped)})"
+        )
+
+    def _require_own(self, what: str) -> None:
+        if self._signing_private is None:
+            raise StateError(f"only our own sending state can {what}")
+
+    # --- messages -----------------------------------------------------------------------
+
+    def encrypt(self, plaintext: bytes) -> SenderKeyMessage:
+        """Encrypt and sign one group message, advancing the chain by one."""
+        self._require_own("encrypt")
+        assert self._signing_private is not None
+        if self._iteration >= MAX_ITERATION:
+            raise StateError("sender key chain exhausted; rotate")
+        seed, next_chain = _chain_step(self._chain_key)
+        key, nonce = _message_key(seed)
+        header = _header(self._group_id, self._sender, self._key_id, self._iteration)
+        ciphertext = primitives.aes256gcm_encrypt(key, nonce, plaintext, header)
+        signed = Writer().raw(header).bytes32(ciphertext).finish()
+        signature = primitives.ed25519_sign(
+            self._signing_private, primitives.signing_message(SIGNATURE_LABEL, signed)
+        )
+        message = SenderKeyMessage(
+            self._group_id, self._sender, self._key_id, self._iteration, ciphertext, signature
+        )
+        self._chain_key = next_chain
+        self._iteration += 1
+        return message
+
+    def decrypt(self, message: SenderKeyMessage) -> bytes:
+        """Verify the signature, then decrypt; commit the chain only on success.
+
+        Raises :class:`~crypto.errors.SenderMismatch` (other group or sender),
+        :class:`~crypto.errors.UnknownSenderKey` (other ``key_id``),
+        :class:`~crypto.errors.AuthenticationFailed` (signature or tag),
+        :class:`~crypto.errors.DuplicateMessage` or :class:`~crypto.errors.TooManySkipped`.
+        """
+        if self._signing_private is not None:
+            raise StateError("a sending state does not decrypt; keep the plaintext you sent")
+        if message.group_id != self._group_id or message.sender != self._sender:
+            raise SenderMismatch(
+                f"{self._sender} in group {self._group_id.hex()}",
+                f"{message.sender} in group {message.group_id.hex()}",
+            )
+        if message.key_id != self._key_id:
+            raise UnknownSenderKey(message.key_id)
+        try:
+            primitives.ed25519_verify(
+                self._signing_public,
+                primitives.signing_message(SIGNATURE_LABEL, message.signed_part()),
+                message.signature,
+                "sender key message",
+            )
+        except BadSignature as exc:
+            raise AuthenticationFailed("sender key message signature does not verify") from exc
+
+        target = message.iteration
+        chain_key, iteration = self._chain_key, self._iteration
+        new_skipped: dict[int, bytes] = {}
+        if target < iteration:
+            seed = self._skipped.get(target)
+            if seed is None:
+                raise DuplicateMessage(self._chain_id(), target)
+        else:
+            if target - iteration > MAX_SKIP:
+                raise TooManySkipped(target - iteration, MAX_SKIP)
+            while iteration < target:
+                skipped_seed, chain_key = _chain_step(chain_key)
+                new_skipped[iteration] = skipped_seed
+                iteration += 1
+            seed, chain_key = _chain_step(chain_key)
+            iteration += 1
+        key, nonce = _message_key(seed)
+        plaintext = primitives.aes256gcm_decrypt(key, nonce, message.ciphertext, message.header())
+
+        # Success: commit.
+        if target < self._iteration:
+            del self._skipped[target]
+        else:
+            self._chain_key, self._iteration = chain_key, iteration
+            self._skipped.update(new_skipped)
+            while len(self._skipped) > MAX_SKIP:
+                del self._skipped[next(iter(self._skipped))]
+        return plaintext
+
+    def _chain_id(self) -> bytes:
+        return self._group_id + struct.pack(">I", self._key_id)
+
+    # --- serialization ------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Encode the state (see ``docs/protocol-crypto-extras.md``); secret material inside."""
+        w = Writer().u8(STATE_VERSION).bytes16(self._group_id)
+        self._sender.write(w)
+        w.u32(self._key_id).u32(self._iteration).raw(self._chain_key)
+        if self._signing_private is None:
+            w.u8(0)
+        else:
+            w.u8(1).raw(self._signing_private)
+        w.raw(Ed25519PublicKey(self._signing_public).to_bytes())
+        w.u16(len(self._skipped))
+        for iteration, seed in self._skipped.items():
+            w.u32(iteration).raw(seed)
+        return w.finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SenderKeyState:
+        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
+        r = Reader(data)
+        r.version(STATE_VERSION)
+        group_id = _read_group_id(r)
+        sender = DeviceAddress.read(r)
+        key_id = r.u32()
+        iteration = r.u32()
+        chain_key = r.raw(32)
+        private = r.raw(primitives.ED25519_KEY_LEN) if r.flag("has_private") else None
+        public = Ed25519PublicKey.read(r).raw
+        if private is not None and primitives.ed25519_public(private) != public:
+            raise InvalidValue("signing key", "private and public keys do not match")
+        count = r.u16()
+        if count > MAX_SKIP:
+            raise FieldTooLarge("skipped keys", count, MAX_SKIP)
+        skipped: dict[int, bytes] = {}
+        for _ in range(count):
+            index = r.u32()
+            if index >= iteration or index in skipped:
+                raise InvalidValue("skipped keys", "index not before the chain or repeated")
+            skipped[index] = r.raw(32)
+        r.end()
+        if private is not None and skipped:
+            raise InvalidValue("skipped keys", "a sending state has no skipped keys")
+        return cls(group_id, sender, key_id, iteration, chain_key, public, private, skipped)
