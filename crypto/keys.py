@@ -49,6 +49,7 @@ __all__ = [
     "MlKem768PublicKey",
     "OneTimePrekey",
     "OneTimePrekeyPublic",
+    "PeerDevice",
     "PrekeyBundle",
     "SignedPrekey",
     "SignedPrekeyPublic",
@@ -592,6 +593,29 @@ class OneTimePrekey:
         out = cls(r.u32(), r.raw(p.X25519_KEY_LEN))
         r.end()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDevice:
+    """The public identity of a remote device: address, account key and identity key.
+
+    Encoding: ``str16 username || u32 device_id || typed Ed25519 account key (33)
+    || typed X25519 identity key (33)``.
+    """
+
+    address: DeviceAddress
+    account_key: Ed25519PublicKey
+    identity_key: X25519PublicKey
+
+    def write(self, w: Writer) -> Writer:
+        """Append the encoding."""
+        self.address.write(w).raw(self.account_key.to_bytes())
+        return w.raw(self.identity_key.to_bytes())
+
+    @classmethod
+    def read(cls, r: Reader) -> PeerDevice:
+        """Read the encoding."""
+        return cls(DeviceAddress.read(r), Ed25519PublicKey.read(r), X25519PublicKey.read(r))
 
 
 # --- bundle ---------------------------------------------------------------------------

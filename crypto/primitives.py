@@ -275,7 +275,7 @@ def mlkem768_encapsulate(public: bytes) -> tuple[bytes, bytes]:
     if len(public) != MLKEM768_PUBLIC_LEN:
         raise InvalidPublicKey(f"ML-KEM-768 key must be {MLKEM768_PUBLIC_LEN} bytes")
     try:
-        ciphertext, shared = mlkem.MLKEM768PublicKey.from_public_bytes(public).encapsulate()
+        shared, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(public).encapsulate()
     except ValueError as exc:
         raise InvalidPublicKey("ML-KEM-768 encapsulation key is not valid") from exc
     return ciphertext, shared

@@ -1,0 +1,329 @@
+"""One pairwise Double Ratchet session between this device and one peer device.
+
+The session is a mutable state machine driven by the caller: :meth:`Session.encrypt`
+returns envelope bytes to send, :meth:`Session.decrypt` takes envelope bytes and returns
+the body. Decryption is **commit-on-success**: every new value is computed into locals,
+and the session is only changed after the AEAD tag verified and the payload's sender
+matched, so a failed decrypt leaves :meth:`Session.to_bytes` byte-identical.
+
+The sending side of a DH ratchet step is lazy (as in vodozemac): receiving a new ratchet
+key derives the receiving chain; the next :meth:`Session.encrypt` draws a new ratchet key
+pair from its ``rng`` and derives the sending chain. Decryption needs no randomness.
+
+Sessions are created by :mod:`crypto.pqxdh` (``initiate_session`` / ``accept_session``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from crypto import primitives as p
+from crypto.encoding import Reader, Writer
+from crypto.envelope import InitialMessage, Payload, PqxdhPrefix, RatchetMessage, decode_message
+from crypto.errors import (
+    DuplicateMessage,
+    InvalidValue,
+    SenderMismatch,
+    StateError,
+    TooManySkipped,
+)
+from crypto.keys import DeviceAddress, PeerDevice, X25519PublicKey
+from crypto.ratchet.chain_key import ChainKey
+from crypto.ratchet.header import Header
+from crypto.ratchet.message_keys import MessageKey
+from crypto.ratchet.root_chain import RootKey
+from crypto.ratchet.skipped_keys import SkippedKeys
+
+__all__ = ["SESSION_VERSION", "RatchetConfig", "Session"]
+
+SESSION_VERSION: Final = 1
+#: How many previous receiving ratchet keys are remembered to classify replays.
+PREVIOUS_KEYS: Final = 5
+_MAX_AD: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RatchetConfig:
+    """Limits of one session: skip per message and stored skipped keys in total."""
+
+    max_skip: int = 1000
+    max_stored: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_skip <= 0xFFFF or not 0 <= self.max_stored <= 0xFFFF:
+            raise InvalidValue("ratchet config", "limits must be in 0..65535")
+
+
+def _write_chain(w: Writer, chain: ChainKey | None) -> None:
+    w.u8(int(chain is not None))
+    if chain is not None:
+        w.raw(chain.key).u32(chain.index)
+
+
+def _read_chain(r: Reader, field: str) -> ChainKey | None:
+    return ChainKey(r.raw(32), r.u32()) if r.flag(field) else None
+
+
+class Session:
+    """A Double Ratchet session (see the module docstring)."""
+
+    __slots__ = (
+        "_ad",
+        "_base_key",
+        "_config",
+        "_pending",
+        "_previous_counter",
+        "_previous_remote",
+        "_receiving",
+        "_remote",
+        "_root",
+        "_self_private",
+        "_self_public",
+        "_sending",
+        "_skipped",
+        "local",
+        "peer",
+    )
+
+    def __init__(
+        self,
+        *,
+        local: DeviceAddress,
+        peer: PeerDevice,
+        associated_data: bytes,
+        root_key: RootKey,
+        self_private: bytes,
+        remote_key: X25519PublicKey | None,
+        sending: ChainKey | None,
+        base_key: X25519PublicKey,
+        pending: PqxdhPrefix | None,
+        config: RatchetConfig,
+    ) -> None:
+        """Low-level constructor; use ``crypto.pqxdh`` or :meth:`from_bytes` instead."""
+        self.local = local
+        self.peer = peer
+        self._ad = associated_data
+        self._root = root_key
+        self._self_private = self_private
+        self._self_public = X25519PublicKey(p.x25519_public(self_private))
+        self._remote = remote_key
+        self._sending = sending
+        self._receiving: ChainKey | None = None
+        self._previous_counter = 0
+        self._previous_remote: deque[bytes] = deque(maxlen=PREVIOUS_KEYS)
+        self._skipped = SkippedKeys(config.max_stored)
+        self._base_key = base_key
+        self._pending = pending
+        self._config = config
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def associated_data(self) -> bytes:
+        """The session associated data (PQXDH ``AD``) prefixed to every header."""
+        return self._ad
+
+    @property
+    def base_key(self) -> X25519PublicKey:
+        """The initiator's PQXDH ephemeral key: identifies the session on both sides."""
+        return self._base_key
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """True while this (initiating) side still prefixes messages with PQXDH fields."""
+        return self._pending is not None
+
+    @property
+    def skipped_count(self) -> int:
+        """Number of stored skipped message keys."""
+        return len(self._skipped)
+
+    def __repr__(self) -> str:
+        peer, skipped = self.peer.address, len(self._skipped)
+        return f"Session(local={self.local}, peer={peer}, skipped={skipped})"
+
+    # --- encrypt ----------------------------------------------------------------------
+
+    def encrypt(self, body: bytes, rng: p.Rng = p.random_bytes) -> bytes:
+        """Encrypt ``body`` for the peer; return envelope bytes (initial or ratchet message)."""
+        if self._remote is None:
+            raise StateError("no ratchet key from the peer yet; this session cannot send")
+        root, sending = self._root, self._sending
+        private, public = self._self_private, self._self_public
+        if sending is None:
+            private = p.x25519_generate(rng)
+            public = X25519PublicKey(p.x25519_public(private))
+            root, sending = root.advance(p.x25519_exchange(private, self._remote.raw))
+        header = Header(public, self._previous_counter, sending.index)
+        plaintext = Payload(self.local, body).to_bytes()
+        ciphertext = sending.message_key().encrypt(plaintext, self._ad + header.to_bytes())
+        self._root, self._sending = root, sending.next()
+        self._self_private, self._self_public = private, public
+        message = RatchetMessage(header, ciphertext)
+        if self._pending is not None:
+            return InitialMessage(self._pending, message).to_bytes()
+        return message.to_bytes()
+
+    # --- decrypt ----------------------------------------------------------------------
+
+    def decrypt(self, data: bytes) -> bytes:
+        """Decrypt envelope bytes from the peer and return the body.
+
+        Raises ``DecodeError`` (malformed), ``AuthenticationFailed`` (tampered or not for
+        this session), ``DuplicateMessage`` (replay), ``TooManySkipped`` (gap over the
+        bound), ``InvalidPublicKey`` (bad ratchet key), ``SenderMismatch`` (the payload
+        names another sender) or ``StateError`` (an initial message of another session).
+        The session is unchanged whenever anything is raised.
+        """
+        message = decode_message(data)
+        if isinstance(message, InitialMessage):
+            if message.prefix.base_key != self._base_key:
+                raise StateError("initial message of another session (different base key)")
+            message = message.message
+        return self.decrypt_message(message)
+
+    def decrypt_message(self, message: RatchetMessage) -> bytes:
+        """Decrypt an already decoded ratchet message (see :meth:`decrypt`)."""
+        header = message.header
+        ratchet_key = header.ratchet_key.raw
+        ad = self._ad + header.to_bytes()
+
+        stored = self._skipped.get(ratchet_key, header.index)
+        if stored is not None:
+            body = self._open(stored, message.ciphertext, ad)
+            self._skipped.remove(ratchet_key, header.index)
+            self._pending = None
+            return body
+
+        receiving = self._receiving
+        if self._remote is not None and ratchet_key == self._remote.raw and receiving is not None:
+            if header.index < receiving.index:
+                raise DuplicateMessage(ratchet_key, header.index)
+            skipped, mk, after = self._advance(receiving, header.index)
+            body = self._open(mk, message.ciphertext, ad)
+            self._receiving = after
+            self._skipped.add(ratchet_key, skipped)
+            self._pending = None
+            return body
+
+        if ratchet_key in self._previous_remote:
+            raise DuplicateMessage(ratchet_key, header.index)
+
+        # A new ratchet key from the peer: a DH ratchet step.
+        old_skipped: list[MessageKey] = []
+        if receiving is not None and self._remote is not None:
+            old_skipped, _, _ = self._advance(receiving, header.previous_chain_length, last=False)
+        root, new_chain = self._root.advance(p.x25519_exchange(self._self_private, ratchet_key))
+        new_skipped, mk, after = self._advance(new_chain, header.index)
+        body = self._open(mk, message.ciphertext, ad)
+
+        if self._remote is not None:
+            self._skipped.add(self._remote.raw, old_skipped)
+            self._previous_remote.append(self._remote.raw)
+        self._skipped.add(ratchet_key, new_skipped)
+        self._root, self._remote, self._receiving = root, header.ratchet_key, after
+        if self._sending is not None:
+            self._previous_counter = self._sending.index
+        self._sending = None
+        self._pending = None
+        return body
+
+    def _advance(
+        self, chain: ChainKey, index: int, *, last: bool = True
+    ) -> tuple[list[MessageKey], MessageKey, ChainKey]:
+        """Keys skipped before ``index``, the key at ``index`` and the chain after it.
+
+        With ``last=False`` only the skipped keys below ``index`` are wanted (the rest
+        of an old chain); the returned message key and chain are then meaningless.
+        """
+        gap = index - chain.index
+        if gap > self._config.max_skip:
+            raise TooManySkipped(gap, self._config.max_skip)
+        skipped: list[MessageKey] = []
+        while chain.index < index:
+            skipped.append(chain.message_key())
+            chain = chain.next()
+        if not last:
+            return skipped, chain.message_key(), chain
+        return skipped, chain.message_key(), chain.next()
+
+    def _open(self, mk: MessageKey, ciphertext: bytes, ad: bytes) -> bytes:
+        payload = Payload.from_bytes(mk.decrypt(ciphertext, ad))
+        if payload.sender != self.peer.address:
+            raise SenderMismatch(str(self.peer.address), str(payload.sender))
+        return payload.body
+
+    # --- serialization ----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Serialize the whole state (contains secrets: store it encrypted)."""
+        w = Writer().u8(SESSION_VERSION)
+        self.local.write(w)
+        self.peer.write(w)
+        w.bytes16(self._ad).u16(self._config.max_skip).u16(self._config.max_stored)
+        w.raw(self._root.key).raw(self._self_private)
+        w.u8(int(self._remote is not None))
+        if self._remote is not None:
+            w.raw(self._remote.to_bytes())
+        _write_chain(w, self._sending)
+        _write_chain(w, self._receiving)
+        w.u32(self._previous_counter)
+        w.raw(self._base_key.to_bytes())
+        w.u8(int(self._pending is not None))
+        if self._pending is not None:
+            self._pending.write(w)
+        w.u8(len(self._previous_remote))
+        for key in self._previous_remote:
+            w.raw(key)
+        w.u16(len(self._skipped))
+        for ratchet_key, mk in self._skipped:
+            w.raw(ratchet_key).u32(mk.index).raw(mk.key)
+        return w.finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Session:
+        """Inverse of :meth:`to_bytes`; raises only ``DecodeError``."""
+        r = Reader(data)
+        r.version(SESSION_VERSION)
+        local = DeviceAddress.read(r)
+        peer = PeerDevice.read(r)
+        ad = r.bytes16("associated_data", _MAX_AD)
+        config = RatchetConfig(r.u16(), r.u16())
+        root = RootKey(r.raw(32))
+        self_private = r.raw(32)
+        remote = X25519PublicKey.read(r) if r.flag("has_remote") else None
+        sending = _read_chain(r, "has_sending")
+        receiving = _read_chain(r, "has_receiving")
+        previous_counter = r.u32()
+        base_key = X25519PublicKey.read(r)
+        pending = PqxdhPrefix.read(r) if r.flag("has_pending") else None
+        n_previous = r.u8()
+        if n_previous > PREVIOUS_KEYS:
+            raise InvalidValue("previous ratchet keys", f"more than {PREVIOUS_KEYS}")
+        previous = [r.raw(32) for _ in range(n_previous)]
+        n_skipped = r.count("skipped keys", config.max_stored)
+        skipped: list[tuple[bytes, MessageKey]] = []
+        for _ in range(n_skipped):
+            ratchet_key, index = r.raw(32), r.u32()
+            skipped.append((ratchet_key, MessageKey(r.raw(32), index)))
+        r.end()
+        session = cls(
+            local=local,
+            peer=peer,
+            associated_data=ad,
+            root_key=root,
+            self_private=self_private,
+            remote_key=remote,
+            sending=sending,
+            base_key=base_key,
+            pending=pending,
+            config=config,
+        )
+        session._receiving = receiving
+        session._previous_counter = previous_counter
+        session._previous_remote.extend(previous)
+        for ratchet_key, mk in skipped:
+            session._skipped.add(ratchet_key, (mk,))
+        return session
