@@ -106,9 +106,27 @@ from crypto.ratchet.session import RatchetConfig, Session
 # --- crypto-extras imports (device_list, sender_keys, fingerprint, attachments) --------
 # The crypto-extras helper adds its imports here and its names in the marked block of
 # ``__all__`` below.
+# isort: split
+from crypto.attachments import (
+    AttachmentDecryptor,
+    AttachmentEncryptor,
+    AttachmentPointer,
+    decrypt_stream,
+    encrypt_stream,
+)
+from crypto.device_list import DeviceEntry, DeviceList, SignedDeviceList
+from crypto.errors import AttachmentMismatch, DeviceListAccountMismatch, UnknownSenderKey
+from crypto.fingerprint import (
+    SafetyNumber,
+    ScannableFingerprint,
+    safety_number,
+    safety_numbers_equal,
+)
+from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage, SenderKeyState
+
 # --- end of crypto-extras imports -------------------------------------------------------
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block)
     "AcceptedSession",
     "AccountKey",
     "AccountPublicKey",
@@ -164,5 +182,23 @@ __all__ = [
     "random_bytes",
     "validate_username",
     # --- crypto-extras names (device_list, sender_keys, fingerprint, attachments) ---
+    "AttachmentDecryptor",
+    "AttachmentEncryptor",
+    "AttachmentMismatch",
+    "AttachmentPointer",
+    "DeviceEntry",
+    "DeviceList",
+    "DeviceListAccountMismatch",
+    "SafetyNumber",
+    "ScannableFingerprint",
+    "SenderKeyDistribution",
+    "SenderKeyMessage",
+    "SenderKeyState",
+    "SignedDeviceList",
+    "UnknownSenderKey",
+    "decrypt_stream",
+    "encrypt_stream",
+    "safety_number",
+    "safety_numbers_equal",
     # --- end of crypto-extras names ---
 ]
