@@ -60,6 +60,7 @@ __all__ = [
 SIGNED_PREKEY_LABEL: Final = b"VoxSignedPrekey-v1"
 KEM_PREKEY_LABEL: Final = b"VoxKemPrekey-v1"
 MAX_DEVICE_ID: Final = 0xFFFFFFFF
+_P25519: Final = 2**255 - 19
 _USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
 _PRIVATE_VERSION: Final = 1
 ACCOUNT_KEY_KIND: Final = 0x11
@@ -151,11 +152,18 @@ class _TypedPublicKey:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class X25519PublicKey(_TypedPublicKey):
-    """An X25519 public key; encoded ``0x01 || 32 bytes``."""
+    """An X25519 public key; encoded ``0x01 || 32 bytes`` (canonical u-coordinate only)."""
 
     PREFIX: ClassVar[int] = 0x01
     SIZE: ClassVar[int] = p.X25519_KEY_LEN
     NAME: ClassVar[str] = "X25519 public key"
+
+    def __post_init__(self) -> None:
+        _TypedPublicKey.__post_init__(self)
+        # Only canonical u-coordinates (< 2^255 - 19, top bit clear) travel in Vox: X25519
+        # would silently reduce the others, making a flipped top bit go unnoticed.
+        if int.from_bytes(self.raw, "little") >= _P25519:
+            raise InvalidValue(self.NAME, "non-canonical u-coordinate")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
