@@ -1,0 +1,265 @@
+"""The store's ``typing.Protocol`` interfaces, one per use case, and :class:`Store` (all of them).
+
+Implementations: :class:`clients.store.memory.MemoryStore` (tests) and
+:class:`clients.store.sqlite.SqliteStore` (real; secrets encrypted at rest). Both pass the same
+contract tests. Every call is synchronous and short; calling it directly from the event loop is
+fine. Never ``await`` inside :meth:`Store.transaction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from clients.store.models import (
+    Contact,
+    ConversationSummary,
+    DeliveryState,
+    Group,
+    OutboxEntry,
+    PeerIdentity,
+    PrekeyKind,
+    PrekeyRecord,
+    Profile,
+    StoredMessage,
+)
+
+__all__ = [
+    "ContactStore",
+    "GroupStore",
+    "MessageStore",
+    "OutboxStore",
+    "PeerStore",
+    "PrekeyStore",
+    "ProfileStore",
+    "SeenStore",
+    "SessionStore",
+    "SettingsStore",
+    "Store",
+]
+
+
+class ProfileStore(Protocol):
+    def load_profile(self) -> Profile | None:
+        """This device's profile, or None before registration."""
+        ...
+
+    def save_profile(self, profile: Profile) -> None:
+        """Create or replace the profile (e.g. after registration or linking)."""
+        ...
+
+
+class PrekeyStore(Protocol):
+    def put_prekeys(self, records: Iterable[PrekeyRecord]) -> None:
+        """Insert (or replace) prekey private parts."""
+        ...
+
+    def get_prekey(self, kind: PrekeyKind, key_id: int) -> PrekeyRecord | None:
+        """A prekey by kind and id, without consuming it."""
+        ...
+
+    def consume_prekey(self, kind: PrekeyKind, key_id: int) -> PrekeyRecord | None:
+        """Return and delete a (one-time) prekey in one step; None if already gone."""
+        ...
+
+    def delete_prekey(self, kind: PrekeyKind, key_id: int) -> None:
+        """Forget a prekey (e.g. an expired signed prekey)."""
+        ...
+
+    def list_prekeys(self, kind: PrekeyKind) -> list[PrekeyRecord]:
+        """All prekeys of a kind, by ascending key id."""
+        ...
+
+    def next_prekey_id(self, kind: PrekeyKind) -> int:
+        """One more than the highest id ever handed out for ``kind`` (ids are never reused)."""
+        ...
+
+
+class SessionStore(Protocol):
+    def load_session(self, username: str, device_id: int) -> bytes | None:
+        """Opaque pairwise session state with a peer device, or None."""
+        ...
+
+    def store_session(self, username: str, device_id: int, state: bytes) -> None:
+        """Create or replace a pairwise session state."""
+        ...
+
+    def delete_session(self, username: str, device_id: int) -> None:
+        """Forget a session (e.g. a device left the peer's device list)."""
+        ...
+
+    def session_devices(self, username: str) -> list[int]:
+        """Device ids of ``username`` we hold a session with, ascending."""
+        ...
+
+
+class PeerStore(Protocol):
+    def get_peer(self, username: str) -> PeerIdentity | None:
+        """What we know of another account, or None if never seen."""
+        ...
+
+    def put_peer(self, peer: PeerIdentity) -> None:
+        """Create or replace a peer identity (key, trust state, device list)."""
+        ...
+
+    def list_peers(self) -> list[PeerIdentity]:
+        """All known peers, by username."""
+        ...
+
+
+class ContactStore(Protocol):
+    def put_contact(self, contact: Contact) -> None:
+        """Create or replace a contact."""
+        ...
+
+    def delete_contact(self, username: str) -> None:
+        """Remove a contact (history is kept)."""
+        ...
+
+    def list_contacts(self) -> list[Contact]:
+        """All contacts, by username."""
+        ...
+
+
+class GroupStore(Protocol):
+    def put_group(self, group: Group) -> None:
+        """Create or replace a group's name and members."""
+        ...
+
+    def get_group(self, group_id: str) -> Group | None:
+        """A group by id."""
+        ...
+
+    def list_groups(self) -> list[Group]:
+        """All groups, by name."""
+        ...
+
+    def delete_group(self, group_id: str) -> None:
+        """Forget a group and every sender key state of it."""
+        ...
+
+    def load_own_sender_key(self, group_id: str) -> bytes | None:
+        """Our sender key state (opaque) in a group."""
+        ...
+
+    def store_own_sender_key(self, group_id: str, state: bytes) -> None:
+        """Replace our sender key state in a group (after each send, or a rotation)."""
+        ...
+
+    def load_sender_key(self, group_id: str, username: str, device_id: int) -> bytes | None:
+        """Another member device's sender key state in a group."""
+        ...
+
+    def store_sender_key(self, group_id: str, username: str, device_id: int, state: bytes) -> None:
+        """Create or replace another member device's sender key state."""
+        ...
+
+    def delete_sender_keys(self, group_id: str, username: str | None = None) -> None:
+        """Forget others' sender keys in a group (all, or one member's) — e.g. on rotation."""
+        ...
+
+
+class MessageStore(Protocol):
+    def add_message(self, message: StoredMessage) -> bool:
+        """Store a message; False (and nothing changes) if its id is already stored."""
+        ...
+
+    def get_message(self, message_id: str) -> StoredMessage | None:
+        """A message by id."""
+        ...
+
+    def history(
+        self, conversation: str, *, limit: int = 100, before: float | None = None
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages of a conversation (sent before ``before``), oldest first."""
+        ...
+
+    def update_message_state(self, message_id: str, state: DeliveryState) -> bool:
+        """Advance a message's state; True if it changed (states never move backwards)."""
+        ...
+
+    def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
+        """Mark every unread incoming message read; returns them (to send read receipts)."""
+        ...
+
+    def conversations(self) -> list[ConversationSummary]:
+        """One summary per conversation with messages, most recent first."""
+        ...
+
+
+class OutboxStore(Protocol):
+    def outbox_put(self, entry: OutboxEntry) -> None:
+        """Persist a send before it goes out (replaces an entry with the same id)."""
+        ...
+
+    def outbox_pending(self) -> list[OutboxEntry]:
+        """Every send not yet accepted by the relay, oldest first."""
+        ...
+
+    def outbox_attempted(self, message_id: str) -> None:
+        """Count one more attempt of a pending send."""
+        ...
+
+    def outbox_remove(self, message_id: str) -> None:
+        """The relay accepted the send: forget it."""
+        ...
+
+
+class SeenStore(Protocol):
+    def mark_seen(self, message_id: str, at: float) -> bool:
+        """Remember a processed incoming id; False if it was already seen (a duplicate)."""
+        ...
+
+    def is_seen(self, message_id: str) -> bool:
+        """Whether an incoming id was already processed."""
+        ...
+
+    def prune_seen(self, older_than: float) -> int:
+        """Forget ids seen before ``older_than``; returns how many."""
+        ...
+
+
+class SettingsStore(Protocol):
+    def get_setting(self, key: str) -> str | None:
+        """A plain (non-secret) setting, e.g. the cached brand config JSON."""
+        ...
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Set (or with None, delete) a plain setting."""
+        ...
+
+    def get_secret(self, key: str) -> bytes | None:
+        """A secret value (encrypted at rest), e.g. the bearer token."""
+        ...
+
+    def set_secret(self, key: str, value: bytes | None) -> None:
+        """Set (or with None, delete) a secret value."""
+        ...
+
+
+class Store(
+    ProfileStore,
+    PrekeyStore,
+    SessionStore,
+    PeerStore,
+    ContactStore,
+    GroupStore,
+    MessageStore,
+    OutboxStore,
+    SeenStore,
+    SettingsStore,
+    Protocol,
+):
+    """Everything a client keeps locally."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All calls inside commit together or not at all (nesting joins the outer one).
+
+        E.g. store a decrypted message, advance the session and mark the id seen atomically.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the database and the profile lock. Idempotent."""
+        ...

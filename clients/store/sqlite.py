@@ -1,0 +1,699 @@
+"""The real :class:`~clients.store.base.Store`: one SQLite file ``<home>/vox.db`` per profile.
+
+Secret columns (private keys, session and sender key states, message bodies, outbox payloads,
+secret settings such as the bearer token) are sealed with :class:`~clients.store.sealing.Sealer`
+under a key from a passphrase (scrypt) or a 0600 key file ``<home>/vox.key``. The profile is
+held with :class:`~clients.store.lock.ProfileLock` for as long as the store is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clients.store.errors import KeyFileError, StoreCorrupted, StoreError, WrongPassphrase
+from clients.store.lock import ProfileLock
+from clients.store.models import (
+    Contact,
+    ConversationSummary,
+    DeliveryState,
+    Direction,
+    Group,
+    OutboxEntry,
+    PeerIdentity,
+    PrekeyKind,
+    PrekeyRecord,
+    Profile,
+    StoredMessage,
+    TrustState,
+)
+from clients.store.sealing import (
+    SALT_LEN,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    Sealer,
+    derive_key,
+    load_or_create_key_file,
+)
+from crypto.encoding import Reader, Writer
+from crypto.errors import DecodeError
+
+__all__ = ["DB_NAME", "KEY_FILE_NAME", "SCHEMA_VERSION", "SqliteStore", "profile_exists"]
+
+DB_NAME = "vox.db"
+KEY_FILE_NAME = "vox.key"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE profile (
+    id INTEGER PRIMARY KEY CHECK (id = 1), server_url TEXT NOT NULL, username TEXT NOT NULL,
+    device_id INTEGER NOT NULL, created_at REAL NOT NULL, secret BLOB NOT NULL);
+CREATE TABLE prekeys (
+    kind TEXT NOT NULL, key_id INTEGER NOT NULL, created_at REAL NOT NULL, secret BLOB NOT NULL,
+    PRIMARY KEY (kind, key_id));
+CREATE TABLE prekey_ids (kind TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE sessions (
+    username TEXT NOT NULL, device_id INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (username, device_id));
+CREATE TABLE peers (
+    username TEXT PRIMARY KEY, account_key BLOB NOT NULL, trust TEXT NOT NULL,
+    previous_account_key BLOB, device_list_version INTEGER NOT NULL, device_list BLOB,
+    updated_at REAL NOT NULL);
+CREATE TABLE contacts (username TEXT PRIMARY KEY, display_name TEXT NOT NULL,
+    added_at REAL NOT NULL);
+CREATE TABLE groups (
+    group_id TEXT PRIMARY KEY, name TEXT NOT NULL, members TEXT NOT NULL,
+    created_by TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE own_sender_keys (group_id TEXT PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE sender_keys (
+    group_id TEXT NOT NULL, username TEXT NOT NULL, device_id INTEGER NOT NULL,
+    state BLOB NOT NULL, PRIMARY KEY (group_id, username, device_id));
+CREATE TABLE messages (
+    message_id TEXT PRIMARY KEY, conversation TEXT NOT NULL, direction TEXT NOT NULL,
+    sender TEXT NOT NULL, sender_device INTEGER NOT NULL, sent_at REAL NOT NULL,
+    received_at REAL NOT NULL, state TEXT NOT NULL, body BLOB NOT NULL);
+CREATE INDEX messages_by_conversation ON messages (conversation, sent_at);
+CREATE TABLE outbox (
+    message_id TEXT PRIMARY KEY, conversation TEXT NOT NULL, created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE seen (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE kv (key TEXT PRIMARY KEY, secret INTEGER NOT NULL, value BLOB NOT NULL);
+"""
+
+_PROFILE_ROW = b"profile"
+
+
+def profile_exists(home: Path) -> bool:
+    """Whether ``home`` holds a store database."""
+    return (home / DB_NAME).exists()
+
+
+def _rk(*parts: str | int) -> bytes:
+    """The row key (for the AEAD's associated data) of a row with these primary key parts."""
+    w = Writer()
+    for part in parts:
+        if isinstance(part, int):
+            w.u8(1).u64(part)
+        else:
+            w.u8(0).str16(part)
+    return w.finish()
+
+
+class SqliteStore:
+    """An open profile store. Use :meth:`open`; close it (or use ``with``) to release the lock."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, sealer: Sealer, lock: ProfileLock, path: Path
+    ) -> None:
+        self._conn = conn
+        self._sealer = sealer
+        self._lock = lock
+        self.path = path
+        self._mutex = threading.RLock()
+        self._depth = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        home: Path | str,
+        *,
+        passphrase: str | None = None,
+        lock_timeout: float = 0.0,
+        create: bool = True,
+    ) -> SqliteStore:
+        """Open (or create) the store of the profile in ``home``.
+
+        Raises :class:`ProfileLocked` if another process holds the profile for longer than
+        ``lock_timeout`` seconds, :class:`WrongPassphrase`, :class:`KeyFileError`,
+        :class:`StoreCorrupted`, or :class:`StoreError` if there is no profile and not ``create``.
+        """
+        home = Path(home)
+        if not home.exists():
+            if not create:
+                raise StoreError(f"no Vox profile at {home}")
+            home.mkdir(mode=0o700, parents=True)
+        lock = ProfileLock(home)
+        lock.acquire(lock_timeout)
+        conn: sqlite3.Connection | None = None
+        try:
+            path = home / DB_NAME
+            fresh = not path.exists()
+            if fresh and not create:
+                raise StoreError(f"no Vox profile at {home}")
+            if fresh:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                has_meta = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                ).fetchone()
+                if has_meta is None:
+                    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                        raise StoreCorrupted(f"{path} is not a Vox store")
+                    sealer = cls._initialize(conn, home, passphrase)
+                else:
+                    sealer = cls._unlock(conn, home, passphrase)
+            except sqlite3.DatabaseError as exc:
+                raise StoreCorrupted(f"{path}: {exc}") from None
+            return cls(conn, sealer, lock, path)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            lock.release()
+            raise
+
+    @staticmethod
+    def _initialize(conn: sqlite3.Connection, home: Path, passphrase: str | None) -> Sealer:
+        meta: dict[str, bytes] = {"schema_version": str(SCHEMA_VERSION).encode()}
+        if passphrase is not None:
+            if not passphrase:
+                raise WrongPassphrase("the passphrase must not be empty")
+            salt = os.urandom(SALT_LEN)
+            key = derive_key(passphrase, salt)
+            meta |= {
+                "kdf": b"scrypt",
+                "salt": salt,
+                "scrypt": f"{SCRYPT_N},{SCRYPT_R},{SCRYPT_P}".encode(),
+            }
+        else:
+            key = load_or_create_key_file(home / KEY_FILE_NAME, create=True)
+            meta["kdf"] = b"keyfile"
+        sealer = Sealer(key)
+        meta["check"] = sealer.check_value()
+        try:
+            # executescript() commits first, so the transaction is opened inside the script.
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return sealer
+
+    @staticmethod
+    def _unlock(conn: sqlite3.Connection, home: Path, passphrase: str | None) -> Sealer:
+        meta = {k: bytes(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        try:
+            version = int(meta["schema_version"])
+            kdf = meta["kdf"].decode()
+            check = meta["check"]
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise StoreCorrupted(f"store metadata is damaged ({exc!r})") from None
+        if version != SCHEMA_VERSION:
+            raise StoreCorrupted(f"unsupported store schema version {version}")
+        if kdf == "scrypt":
+            if passphrase is None:
+                raise WrongPassphrase("this profile is protected by a passphrase; none was given")
+            try:
+                n, r, p = (int(x) for x in meta["scrypt"].decode().split(","))
+                salt = meta["salt"]
+            except (KeyError, ValueError) as exc:
+                raise StoreCorrupted(f"store metadata is damaged ({exc!r})") from None
+            sealer = Sealer(derive_key(passphrase, salt, n=n, r=r, p=p))
+            if not sealer.verify_check_value(check):
+                raise WrongPassphrase("wrong passphrase for this profile")
+            return sealer
+        if kdf == "keyfile":
+            if passphrase is not None:
+                raise WrongPassphrase("this profile uses a key file, not a passphrase")
+            path = home / KEY_FILE_NAME
+            sealer = Sealer(load_or_create_key_file(path, create=False))
+            if not sealer.verify_check_value(check):
+                raise KeyFileError(path, "does not open this store")
+            return sealer
+        raise StoreCorrupted(f"unknown key derivation {kdf!r}")
+
+    def close(self) -> None:
+        """Close the database and release the profile lock (idempotent)."""
+        with self._mutex:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._lock.release()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises; nesting joins."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._exec("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._exec("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"local store: {exc}") from None
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupted(str(exc)) from None
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._mutex:
+            return self._exec(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._mutex:
+            return self._exec(sql, params).fetchall()
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self.transaction():
+            return self._exec(sql, params).rowcount
+
+    def _seal(self, table: str, row: bytes, data: bytes) -> bytes:
+        return self._sealer.seal(table, row, data)
+
+    def _open(self, table: str, row: bytes, sealed: Any) -> bytes:
+        if not isinstance(sealed, bytes):
+            raise StoreCorrupted(f"an encrypted value in {table} has the wrong type")
+        return self._sealer.open(table, row, sealed)
+
+    # ------------------------------------------------------------------ profile
+
+    def load_profile(self) -> Profile | None:
+        row = self._one("SELECT server_url, username, device_id, created_at, secret FROM profile")
+        if row is None:
+            return None
+        raw = self._open("profile", _PROFILE_ROW, row[4])
+        try:
+            r = Reader(raw)
+            r.version(1)
+            keys = [r.bytes32("key", 1 << 16) for _ in range(3)]
+            r.end()
+        except DecodeError as exc:
+            raise StoreCorrupted(f"profile keys: {exc}") from None
+        return Profile(row[0], row[1], row[2], keys[0], keys[1], keys[2], row[3])
+
+    def save_profile(self, profile: Profile) -> None:
+        w = Writer().u8(1)
+        for key in (profile.account_key, profile.identity_key, profile.auth_key):
+            w.bytes32(key)
+        secret = self._seal("profile", _PROFILE_ROW, w.finish())
+        self._write(
+            "INSERT OR REPLACE INTO profile VALUES (1, ?, ?, ?, ?, ?)",
+            (profile.server_url, profile.username, profile.device_id, profile.created_at, secret),
+        )
+
+    # ------------------------------------------------------------------ prekeys
+
+    def _prekey(self, kind: PrekeyKind, row: Any) -> PrekeyRecord:
+        key_id, created_at, sealed = row
+        return PrekeyRecord(
+            kind, key_id, self._open("prekeys", _rk(kind, key_id), sealed), created_at
+        )
+
+    def put_prekeys(self, records: Iterable[PrekeyRecord]) -> None:
+        with self.transaction():
+            for rec in records:
+                kind = PrekeyKind(rec.kind)
+                self._exec(
+                    "INSERT OR REPLACE INTO prekeys VALUES (?, ?, ?, ?)",
+                    (
+                        kind.value,
+                        rec.key_id,
+                        rec.created_at,
+                        self._seal("prekeys", _rk(kind, rec.key_id), rec.secret),
+                    ),
+                )
+                self._exec(
+                    "INSERT INTO prekey_ids VALUES (?, ?) ON CONFLICT (kind) DO UPDATE"
+                    " SET last_id = max(last_id, excluded.last_id)",
+                    (kind.value, rec.key_id),
+                )
+
+    def get_prekey(self, kind: PrekeyKind, key_id: int) -> PrekeyRecord | None:
+        row = self._one(
+            "SELECT key_id, created_at, secret FROM prekeys WHERE kind = ? AND key_id = ?",
+            (kind.value, key_id),
+        )
+        return None if row is None else self._prekey(kind, row)
+
+    def consume_prekey(self, kind: PrekeyKind, key_id: int) -> PrekeyRecord | None:
+        with self.transaction():
+            rec = self.get_prekey(kind, key_id)
+            if rec is not None:
+                self.delete_prekey(kind, key_id)
+            return rec
+
+    def delete_prekey(self, kind: PrekeyKind, key_id: int) -> None:
+        self._write("DELETE FROM prekeys WHERE kind = ? AND key_id = ?", (kind.value, key_id))
+
+    def list_prekeys(self, kind: PrekeyKind) -> list[PrekeyRecord]:
+        rows = self._all(
+            "SELECT key_id, created_at, secret FROM prekeys WHERE kind = ? ORDER BY key_id",
+            (kind.value,),
+        )
+        return [self._prekey(kind, row) for row in rows]
+
+    def next_prekey_id(self, kind: PrekeyKind) -> int:
+        row = self._one("SELECT last_id FROM prekey_ids WHERE kind = ?", (kind.value,))
+        return 1 if row is None else int(row[0]) + 1
+
+    # ------------------------------------------------------------------ sessions
+
+    def load_session(self, username: str, device_id: int) -> bytes | None:
+        row = self._one(
+            "SELECT state FROM sessions WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        )
+        return None if row is None else self._open("sessions", _rk(username, device_id), row[0])
+
+    def store_session(self, username: str, device_id: int, state: bytes) -> None:
+        sealed = self._seal("sessions", _rk(username, device_id), state)
+        self._write(
+            "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", (username, device_id, sealed)
+        )
+
+    def delete_session(self, username: str, device_id: int) -> None:
+        self._write(
+            "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
+        )
+
+    def session_devices(self, username: str) -> list[int]:
+        rows = self._all(
+            "SELECT device_id FROM sessions WHERE username = ? ORDER BY device_id", (username,)
+        )
+        return [int(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ peers
+
+    @staticmethod
+    def _peer(row: Any) -> PeerIdentity:
+        try:
+            trust = TrustState(row[2])
+        except ValueError:
+            raise StoreCorrupted(f"peer {row[0]!r} has trust state {row[2]!r}") from None
+        return PeerIdentity(row[0], bytes(row[1]), trust, row[3], row[4], row[5], row[6])
+
+    def get_peer(self, username: str) -> PeerIdentity | None:
+        row = self._one("SELECT * FROM peers WHERE username = ?", (username,))
+        return None if row is None else self._peer(row)
+
+    def put_peer(self, peer: PeerIdentity) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                peer.username,
+                peer.account_key,
+                TrustState(peer.trust).value,
+                peer.previous_account_key,
+                peer.device_list_version,
+                peer.device_list,
+                peer.updated_at,
+            ),
+        )
+
+    def list_peers(self) -> list[PeerIdentity]:
+        return [self._peer(r) for r in self._all("SELECT * FROM peers ORDER BY username")]
+
+    # ------------------------------------------------------------------ contacts
+
+    def put_contact(self, contact: Contact) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?)",
+            (contact.username, contact.display_name, contact.added_at),
+        )
+
+    def delete_contact(self, username: str) -> None:
+        self._write("DELETE FROM contacts WHERE username = ?", (username,))
+
+    def list_contacts(self) -> list[Contact]:
+        return [Contact(*r) for r in self._all("SELECT * FROM contacts ORDER BY username")]
+
+    # ------------------------------------------------------------------ groups
+
+    @staticmethod
+    def _group(row: Any) -> Group:
+        try:
+            members = json.loads(row[2])
+        except ValueError:
+            raise StoreCorrupted(f"group {row[0]!r} has a damaged member list") from None
+        return Group(row[0], row[1], tuple(members), row[3], row[4])
+
+    def put_group(self, group: Group) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO groups VALUES (?, ?, ?, ?, ?)",
+            (
+                group.group_id,
+                group.name,
+                json.dumps(list(group.members)),
+                group.created_by,
+                group.created_at,
+            ),
+        )
+
+    def get_group(self, group_id: str) -> Group | None:
+        row = self._one("SELECT * FROM groups WHERE group_id = ?", (group_id,))
+        return None if row is None else self._group(row)
+
+    def list_groups(self) -> list[Group]:
+        return [self._group(r) for r in self._all("SELECT * FROM groups ORDER BY name, group_id")]
+
+    def delete_group(self, group_id: str) -> None:
+        with self.transaction():
+            self._exec("DELETE FROM groups WHERE group_id = ?", (group_id,))
+            self._exec("DELETE FROM own_sender_keys WHERE group_id = ?", (group_id,))
+            self._exec("DELETE FROM sender_keys WHERE group_id = ?", (group_id,))
+
+    def load_own_sender_key(self, group_id: str) -> bytes | None:
+        row = self._one("SELECT state FROM own_sender_keys WHERE group_id = ?", (group_id,))
+        return None if row is None else self._open("own_sender_keys", _rk(group_id), row[0])
+
+    def store_own_sender_key(self, group_id: str, state: bytes) -> None:
+        sealed = self._seal("own_sender_keys", _rk(group_id), state)
+        self._write("INSERT OR REPLACE INTO own_sender_keys VALUES (?, ?)", (group_id, sealed))
+
+    def load_sender_key(self, group_id: str, username: str, device_id: int) -> bytes | None:
+        row = self._one(
+            "SELECT state FROM sender_keys WHERE group_id = ? AND username = ? AND device_id = ?",
+            (group_id, username, device_id),
+        )
+        if row is None:
+            return None
+        return self._open("sender_keys", _rk(group_id, username, device_id), row[0])
+
+    def store_sender_key(self, group_id: str, username: str, device_id: int, state: bytes) -> None:
+        sealed = self._seal("sender_keys", _rk(group_id, username, device_id), state)
+        self._write(
+            "INSERT OR REPLACE INTO sender_keys VALUES (?, ?, ?, ?)",
+            (group_id, username, device_id, sealed),
+        )
+
+    def delete_sender_keys(self, group_id: str, username: str | None = None) -> None:
+        if username is None:
+            self._write("DELETE FROM sender_keys WHERE group_id = ?", (group_id,))
+        else:
+            self._write(
+                "DELETE FROM sender_keys WHERE group_id = ? AND username = ?", (group_id, username)
+            )
+
+    # ------------------------------------------------------------------ messages
+
+    def _message(self, row: Any) -> StoredMessage:
+        body = self._open("messages", _rk(row[0]), row[8])
+        try:
+            content = json.loads(body)
+            direction, state = Direction(row[2]), DeliveryState(row[7])
+        except ValueError:
+            raise StoreCorrupted(f"message {row[0]!r} is damaged") from None
+        return StoredMessage(
+            row[0],
+            row[1],
+            direction,
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            content.get("text"),
+            content.get("attachment"),
+            state,
+        )
+
+    def add_message(self, message: StoredMessage) -> bool:
+        body = json.dumps({"text": message.text, "attachment": message.attachment}).encode()
+        sealed = self._seal("messages", _rk(message.message_id), body)
+        return (
+            self._write(
+                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.message_id,
+                    message.conversation,
+                    Direction(message.direction).value,
+                    message.sender,
+                    message.sender_device,
+                    message.sent_at,
+                    message.received_at,
+                    DeliveryState(message.state).value,
+                    sealed,
+                ),
+            )
+            == 1
+        )
+
+    def get_message(self, message_id: str) -> StoredMessage | None:
+        row = self._one("SELECT * FROM messages WHERE message_id = ?", (message_id,))
+        return None if row is None else self._message(row)
+
+    def history(
+        self, conversation: str, *, limit: int = 100, before: float | None = None
+    ) -> list[StoredMessage]:
+        rows = self._all(
+            "SELECT * FROM messages WHERE conversation = ? AND sent_at < ?"
+            " ORDER BY sent_at DESC, received_at DESC, message_id DESC LIMIT ?",
+            (conversation, float("inf") if before is None else before, max(limit, 0)),
+        )
+        return [self._message(r) for r in reversed(rows)]
+
+    def update_message_state(self, message_id: str, state: DeliveryState) -> bool:
+        with self.transaction():
+            row = self._one("SELECT state FROM messages WHERE message_id = ?", (message_id,))
+            if row is None:
+                return False
+            try:
+                current = DeliveryState(row[0])
+            except ValueError:
+                raise StoreCorrupted(f"message {message_id!r} has state {row[0]!r}") from None
+            if state.rank <= current.rank:
+                return False
+            self._exec(
+                "UPDATE messages SET state = ? WHERE message_id = ?", (state.value, message_id)
+            )
+            return True
+
+    def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
+        with self.transaction():
+            rows = self._all(
+                "SELECT * FROM messages WHERE conversation = ? AND direction = ?"
+                " AND state = ? ORDER BY sent_at, received_at, message_id",
+                (conversation, Direction.IN.value, DeliveryState.RECEIVED.value),
+            )
+            self._exec(
+                "UPDATE messages SET state = ? WHERE conversation = ? AND direction = ?"
+                " AND state = ?",
+                (
+                    DeliveryState.READ.value,
+                    conversation,
+                    Direction.IN.value,
+                    DeliveryState.RECEIVED.value,
+                ),
+            )
+        return [self._replace_state(self._message(r), DeliveryState.READ) for r in rows]
+
+    @staticmethod
+    def _replace_state(m: StoredMessage, state: DeliveryState) -> StoredMessage:
+        return StoredMessage(
+            m.message_id,
+            m.conversation,
+            m.direction,
+            m.sender,
+            m.sender_device,
+            m.sent_at,
+            m.received_at,
+            m.text,
+            m.attachment,
+            state,
+        )
+
+    def conversations(self) -> list[ConversationSummary]:
+        rows = self._all(
+            "SELECT conversation, max(sent_at), sum(direction = ? AND state = ?), count(*)"
+            " FROM messages GROUP BY conversation ORDER BY max(sent_at) DESC, conversation",
+            (Direction.IN.value, DeliveryState.RECEIVED.value),
+        )
+        return [ConversationSummary(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_put(self, entry: OutboxEntry) -> None:
+        sealed = self._seal("outbox", _rk(entry.message_id), entry.payload)
+        self._write(
+            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?)",
+            (entry.message_id, entry.conversation, entry.created_at, entry.attempts, sealed),
+        )
+
+    def outbox_pending(self) -> list[OutboxEntry]:
+        rows = self._all("SELECT * FROM outbox ORDER BY created_at, message_id")
+        return [
+            OutboxEntry(r[0], r[1], self._open("outbox", _rk(r[0]), r[4]), r[2], r[3]) for r in rows
+        ]
+
+    def outbox_attempted(self, message_id: str) -> None:
+        self._write("UPDATE outbox SET attempts = attempts + 1 WHERE message_id = ?", (message_id,))
+
+    def outbox_remove(self, message_id: str) -> None:
+        self._write("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+
+    # ------------------------------------------------------------------ seen ids
+
+    def mark_seen(self, message_id: str, at: float) -> bool:
+        return self._write("INSERT OR IGNORE INTO seen VALUES (?, ?)", (message_id, at)) == 1
+
+    def is_seen(self, message_id: str) -> bool:
+        return self._one("SELECT 1 FROM seen WHERE message_id = ?", (message_id,)) is not None
+
+    def prune_seen(self, older_than: float) -> int:
+        return self._write("DELETE FROM seen WHERE at < ?", (older_than,))
+
+    # ------------------------------------------------------------------ settings
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 0", (key,))
+        return None if row is None else bytes(row[0]).decode()
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        self._set_kv(key, None if value is None else value.encode(), secret=False)
+
+    def get_secret(self, key: str) -> bytes | None:
+        row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 1", (key,))
+        return None if row is None else self._open("kv", _rk(key), row[0])
+
+    def set_secret(self, key: str, value: bytes | None) -> None:
+        self._set_kv(key, None if value is None else self._seal("kv", _rk(key), value), secret=True)
+
+    def _set_kv(self, key: str, value: bytes | None, *, secret: bool) -> None:
+        if value is None:
+            self._write("DELETE FROM kv WHERE key = ? AND secret = ?", (key, int(secret)))
+        else:
+            self._write("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, int(secret), value))

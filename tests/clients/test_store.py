@@ -1,0 +1,239 @@
+"""Contract tests: the in-memory and the SQLite store behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.store import (
+    Contact,
+    ConversationSummary,
+    DeliveryState,
+    Direction,
+    Group,
+    MemoryStore,
+    OutboxEntry,
+    PeerIdentity,
+    PrekeyKind,
+    PrekeyRecord,
+    Profile,
+    SqliteStore,
+    Store,
+    StoredMessage,
+    TrustState,
+    group_conversation,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SqliteStore.open(tmp_path / "p")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def msg(
+    mid: str,
+    conversation: str = "bob",
+    *,
+    direction: Direction = Direction.IN,
+    sent_at: float = 1.0,
+    text: str | None = "hi",
+    state: DeliveryState = DeliveryState.RECEIVED,
+) -> StoredMessage:
+    sender = conversation if direction is Direction.IN else "alice"
+    return StoredMessage(
+        mid, conversation, direction, sender, 1, sent_at, sent_at + 0.5, text, None, state
+    )
+
+
+def test_profile_round_trips(store: Store) -> None:
+    assert store.load_profile() is None
+    p = Profile("http://127.0.0.1:1", "alice", 7, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, 5.0)
+    store.save_profile(p)
+    assert store.load_profile() == p
+
+
+def test_profile_repr_hides_keys() -> None:
+    p = Profile("u", "alice", 1, b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32)
+    assert "aa" not in repr(p) and "170" not in repr(p) and "alice" in repr(p)
+
+
+def test_one_time_prekeys_are_deleted_when_consumed(store: Store) -> None:
+    store.put_prekeys(
+        PrekeyRecord(PrekeyKind.ONE_TIME_X25519, i, bytes([i]) * 32, 1.0) for i in (1, 2, 3)
+    )
+    store.put_prekeys([PrekeyRecord(PrekeyKind.ONE_TIME_KEM, 2, b"kem2", 1.0)])
+    got = store.consume_prekey(PrekeyKind.ONE_TIME_X25519, 2)
+    assert got is not None and got.secret == b"\x02" * 32
+    assert store.consume_prekey(PrekeyKind.ONE_TIME_X25519, 2) is None
+    assert [r.key_id for r in store.list_prekeys(PrekeyKind.ONE_TIME_X25519)] == [1, 3]
+    assert store.get_prekey(PrekeyKind.ONE_TIME_KEM, 2) is not None  # other kind untouched
+    assert store.next_prekey_id(PrekeyKind.ONE_TIME_X25519) == 4
+
+
+def test_prekey_ids_are_never_reused_after_deletion(store: Store) -> None:
+    assert store.next_prekey_id(PrekeyKind.SIGNED) == 1
+    store.put_prekeys([PrekeyRecord(PrekeyKind.SIGNED, 9, b"s9", 2.0)])
+    store.delete_prekey(PrekeyKind.SIGNED, 9)
+    assert store.get_prekey(PrekeyKind.SIGNED, 9) is None
+    assert store.next_prekey_id(PrekeyKind.SIGNED) == 10
+
+
+def test_sessions_are_kept_per_peer_device(store: Store) -> None:
+    store.store_session("bob", 2, b"s-b2")
+    store.store_session("bob", 1, b"s-b1")
+    store.store_session("carol", 1, b"s-c1")
+    store.store_session("bob", 2, b"s-b2-advanced")
+    assert store.load_session("bob", 2) == b"s-b2-advanced"
+    assert store.session_devices("bob") == [1, 2]
+    store.delete_session("bob", 1)
+    assert store.load_session("bob", 1) is None
+    assert store.session_devices("bob") == [2]
+
+
+def test_peer_trust_and_device_list_round_trip(store: Store) -> None:
+    peer = PeerIdentity("bob", b"\x02" + b"k" * 32, TrustState.TOFU, None, 3, b"list", 9.0)
+    store.put_peer(peer)
+    assert store.get_peer("bob") == peer
+    changed = PeerIdentity(
+        "bob", b"\x02" + b"n" * 32, TrustState.CHANGED, peer.account_key, 4, b"list2", 10.0
+    )
+    store.put_peer(changed)
+    assert store.get_peer("bob") == changed
+    assert [p.username for p in store.list_peers()] == ["bob"]
+    assert store.get_peer("nobody") is None
+
+
+def test_contacts(store: Store) -> None:
+    store.put_contact(Contact("carol", "Carol", 2.0))
+    store.put_contact(Contact("bob", "", 1.0))
+    assert [c.username for c in store.list_contacts()] == ["bob", "carol"]
+    store.delete_contact("bob")
+    assert store.list_contacts() == [Contact("carol", "Carol", 2.0)]
+
+
+def test_groups_and_sender_keys(store: Store) -> None:
+    g = Group("g1", "Friends", ("alice", "bob", "carol"), "alice", 1.0)
+    store.put_group(g)
+    assert store.get_group("g1") == g
+    store.store_own_sender_key("g1", b"own")
+    store.store_sender_key("g1", "bob", 1, b"bob1")
+    store.store_sender_key("g1", "carol", 1, b"carol1")
+    assert store.load_own_sender_key("g1") == b"own"
+    assert store.load_sender_key("g1", "bob", 1) == b"bob1"
+    store.delete_sender_keys("g1", "bob")
+    assert store.load_sender_key("g1", "bob", 1) is None
+    assert store.load_sender_key("g1", "carol", 1) == b"carol1"
+    store.put_group(Group("g0", "Alpha", ("alice",), "alice", 2.0))
+    assert [x.group_id for x in store.list_groups()] == ["g0", "g1"]
+    store.delete_group("g1")
+    assert store.get_group("g1") is None
+    assert store.load_own_sender_key("g1") is None
+    assert store.load_sender_key("g1", "carol", 1) is None
+
+
+def test_messages_are_stored_once_and_listed_in_order(store: Store) -> None:
+    assert store.add_message(msg("m2", sent_at=2.0, text="second"))
+    assert store.add_message(msg("m1", sent_at=1.0, text="first"))
+    assert not store.add_message(msg("m1", sent_at=1.0, text="duplicate"))
+    store.add_message(msg("m3", "carol", sent_at=3.0))
+    hist = store.history("bob")
+    assert [m.text for m in hist] == ["first", "second"]
+    assert [m.message_id for m in store.history("bob", limit=1)] == ["m2"]
+    assert [m.message_id for m in store.history("bob", before=2.0)] == ["m1"]
+    assert store.get_message("m1") == msg("m1", sent_at=1.0, text="first")
+
+
+def test_attachment_metadata_round_trips(store: Store) -> None:
+    meta: dict[str, object] = {"name": "a.txt", "size": 3, "key": "AAAA", "digest": "BBBB"}
+    m = StoredMessage("a1", "bob", Direction.IN, "bob", 2, 1.0, 1.0, None, meta)
+    store.add_message(m)
+    assert store.get_message("a1") == m
+
+
+def test_delivery_state_only_moves_forward(store: Store) -> None:
+    store.add_message(msg("o1", direction=Direction.OUT, state=DeliveryState.PENDING))
+    assert store.update_message_state("o1", DeliveryState.SENT)
+    assert store.update_message_state("o1", DeliveryState.READ)
+    assert not store.update_message_state("o1", DeliveryState.DELIVERED)  # late receipt
+    got = store.get_message("o1")
+    assert got is not None and got.state is DeliveryState.READ
+    assert not store.update_message_state("missing", DeliveryState.READ)
+
+
+def test_unread_counts_and_mark_read(store: Store) -> None:
+    store.add_message(msg("b1", sent_at=1.0))
+    store.add_message(msg("b2", sent_at=2.0))
+    store.add_message(msg("o1", direction=Direction.OUT, sent_at=3.0, state=DeliveryState.SENT))
+    store.add_message(msg("g1", group_conversation("g"), sent_at=4.0))
+    assert store.conversations() == [
+        ConversationSummary("group:g", 4.0, 1, 1),
+        ConversationSummary("bob", 3.0, 2, 3),
+    ]
+    read = store.mark_conversation_read("bob")
+    assert [m.message_id for m in read] == ["b1", "b2"]
+    assert all(m.state is DeliveryState.READ for m in read)
+    assert store.mark_conversation_read("bob") == []
+    assert [c.unread for c in store.conversations()] == [1, 0]
+
+
+def test_outbox_keeps_pending_sends_until_removed(store: Store) -> None:
+    store.outbox_put(OutboxEntry("c2", "bob", b"payload2", 2.0))
+    store.outbox_put(OutboxEntry("c1", "bob", b"payload1", 1.0))
+    store.outbox_attempted("c1")
+    pending = store.outbox_pending()
+    assert [(e.message_id, e.attempts, e.payload) for e in pending] == [
+        ("c1", 1, b"payload1"),
+        ("c2", 0, b"payload2"),
+    ]
+    store.outbox_remove("c1")
+    assert [e.message_id for e in store.outbox_pending()] == ["c2"]
+
+
+def test_seen_ids_deduplicate_and_prune(store: Store) -> None:
+    assert store.mark_seen("x", 1.0)
+    assert not store.mark_seen("x", 2.0)
+    assert store.is_seen("x") and not store.is_seen("y")
+    store.mark_seen("y", 5.0)
+    assert store.prune_seen(older_than=3.0) == 1
+    assert not store.is_seen("x") and store.is_seen("y")
+
+
+def test_settings_and_secrets_are_separate(store: Store) -> None:
+    store.set_setting("brand", '{"name": "Vox"}')
+    store.set_secret("token", b"bearer-123")
+    assert store.get_setting("brand") == '{"name": "Vox"}'
+    assert store.get_secret("token") == b"bearer-123"
+    assert store.get_setting("token") is None and store.get_secret("brand") is None
+    store.set_secret("token", None)
+    store.set_setting("brand", None)
+    assert store.get_secret("token") is None and store.get_setting("brand") is None
+
+
+def test_transaction_commits_everything_together(store: Store) -> None:
+    with store.transaction():
+        store.add_message(msg("m1"))
+        store.store_session("bob", 1, b"advanced")
+        with store.transaction():  # nested joins the outer one
+            store.mark_seen("m1", 1.0)
+    assert store.get_message("m1") is not None
+    assert store.load_session("bob", 1) == b"advanced"
+    assert store.is_seen("m1")
+
+
+def test_failed_transaction_rolls_everything_back(store: Store) -> None:
+    store.store_session("bob", 1, b"before")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_message(msg("m1"))
+        store.store_session("bob", 1, b"after")
+        store.mark_seen("m1", 1.0)
+        store.consume_prekey(PrekeyKind.ONE_TIME_X25519, 1)
+        raise RuntimeError("decrypt failed halfway")
+    assert store.get_message("m1") is None
+    assert store.load_session("bob", 1) == b"before"
+    assert not store.is_seen("m1")

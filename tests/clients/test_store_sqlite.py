@@ -1,0 +1,296 @@
+"""The SQLite store: encryption at rest, typed failures, and the profile lock (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.store import (
+    Direction,
+    Group,
+    KeyFileError,
+    OutboxEntry,
+    PrekeyKind,
+    PrekeyRecord,
+    Profile,
+    ProfileLocked,
+    SqliteStore,
+    StoreCorrupted,
+    StoredMessage,
+    StoreError,
+    WrongPassphrase,
+    open_store,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY = b"CANARY-7f3e9a-secret"
+
+
+def fill_with_secrets(store: SqliteStore) -> None:
+    store.save_profile(
+        Profile("http://x", "alice", 1, CANARY + b"acct", CANARY + b"id", CANARY + b"auth")
+    )
+    store.put_prekeys([PrekeyRecord(PrekeyKind.ONE_TIME_KEM, 1, CANARY + b"kem")])
+    store.store_session("bob", 1, CANARY + b"session")
+    store.put_group(Group("g", "group", ("alice", "bob")))
+    store.store_own_sender_key("g", CANARY + b"own-sk")
+    store.store_sender_key("g", "bob", 1, CANARY + b"bob-sk")
+    store.add_message(
+        StoredMessage(
+            "m",
+            "bob",
+            Direction.IN,
+            "bob",
+            1,
+            1.0,
+            1.0,
+            CANARY.decode() + " text",
+            {"key": CANARY.decode()},
+        )
+    )
+    store.outbox_put(OutboxEntry("o", "bob", CANARY + b"outbox"))
+    store.set_secret("token", CANARY + b"token")
+
+
+def profile_bytes(home: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(home.iterdir()) if p.name.startswith("vox.db"))
+
+
+@pytest.mark.parametrize("passphrase", [None, "correct horse battery staple"])
+def test_no_secret_appears_in_the_database_files(tmp_path: Path, passphrase: str | None) -> None:
+    home = tmp_path / "p"
+    with SqliteStore.open(home, passphrase=passphrase) as store:
+        fill_with_secrets(store)
+        # Scan while open (WAL not yet checkpointed) and after close.
+        assert CANARY not in profile_bytes(home)
+    raw = profile_bytes(home)
+    assert b"alice" in raw  # the scan does see plaintext columns
+    assert CANARY not in raw
+    with SqliteStore.open(home, passphrase=passphrase) as store:
+        assert store.load_session("bob", 1) == CANARY + b"session"
+        assert store.get_secret("token") == CANARY + b"token"
+        profile = store.load_profile()
+        assert profile is not None and profile.auth_key == CANARY + b"auth"
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    home = tmp_path / "p"
+    open_store(home).close()
+    assert (home.stat().st_mode & 0o777) == 0o700
+    assert ((home / "vox.key").stat().st_mode & 0o777) == 0o600
+    assert ((home / "vox.db").stat().st_mode & 0o777) == 0o600
+
+
+def test_wrong_passphrase_is_a_typed_error(tmp_path: Path) -> None:
+    home = tmp_path / "p"
+    with open_store(home, passphrase="right") as store:
+        store.store_session("bob", 1, b"state")
+    with pytest.raises(WrongPassphrase, match="wrong passphrase"):
+        open_store(home, passphrase="wrong")
+    with pytest.raises(WrongPassphrase, match="none was given"):
+        open_store(home)
+    with open_store(home, passphrase="right") as store:  # the failed opens released the lock
+        assert store.load_session("bob", 1) == b"state"
+
+
+def test_a_key_file_profile_refuses_a_passphrase(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    with pytest.raises(WrongPassphrase, match="key file"):
+        open_store(tmp_path, passphrase="x")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    open_store(tmp_path).close()
+    (tmp_path / "vox.key").chmod(mode)
+    with pytest.raises(KeyFileError, match="too open; run: chmod 600"):
+        open_store(tmp_path)
+
+
+def test_a_missing_or_foreign_key_file_is_refused(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    key = tmp_path / "vox.key"
+    key.unlink()
+    with pytest.raises(KeyFileError, match="missing"):
+        open_store(tmp_path)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, os.urandom(32))
+    os.close(fd)
+    with pytest.raises(KeyFileError, match="does not open this store"):
+        open_store(tmp_path)
+
+
+def raw_update(home: Path, sql: str, params: tuple[object, ...] = ()) -> None:
+    conn = sqlite3.connect(home / "vox.db")
+    with conn:
+        conn.execute(sql, params)
+    conn.close()
+
+
+def test_a_tampered_row_is_reported_as_corrupted(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.store_session("bob", 1, b"session-state")
+        store.add_message(StoredMessage("m", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "hello"))
+    conn = sqlite3.connect(tmp_path / "vox.db")
+    (blob,) = conn.execute("SELECT state FROM sessions").fetchone()
+    conn.close()
+    flipped = bytearray(blob)
+    flipped[20] ^= 0x01
+    raw_update(tmp_path, "UPDATE sessions SET state = ?", (bytes(flipped),))
+    raw_update(tmp_path, "UPDATE messages SET body = substr(body, 1, 10)")
+    with open_store(tmp_path) as store:
+        with pytest.raises(StoreCorrupted, match="sessions fails authentication"):
+            store.load_session("bob", 1)
+        with pytest.raises(StoreCorrupted, match="messages"):
+            store.history("bob")
+
+
+def test_rows_cannot_be_swapped_between_keys_or_tables(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.store_session("bob", 1, b"bob-state")
+        store.store_session("carol", 1, b"carol-state")
+        store.put_group(Group("g", "g", ("bob",)))
+        store.store_sender_key("g", "bob", 1, b"sender-key")
+    # Give carol bob's ciphertext, and bob's sender key row the session ciphertext.
+    raw_update(
+        tmp_path,
+        "UPDATE sessions SET state = (SELECT state FROM sessions WHERE username = 'bob')"
+        " WHERE username = 'carol'",
+    )
+    raw_update(tmp_path, "UPDATE sender_keys SET state = (SELECT state FROM sessions LIMIT 1)")
+    with open_store(tmp_path) as store:
+        assert store.load_session("bob", 1) == b"bob-state"
+        with pytest.raises(StoreCorrupted):
+            store.load_session("carol", 1)
+        with pytest.raises(StoreCorrupted):
+            store.load_sender_key("g", "bob", 1)
+
+
+def test_a_garbage_database_file_is_reported_as_corrupted(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    (tmp_path / "vox.db").write_bytes(b"this is not sqlite" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"vox.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StoreCorrupted):
+        open_store(tmp_path)
+
+
+def test_a_foreign_sqlite_database_is_not_taken_over(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "vox.db")
+    conn.execute("CREATE TABLE other (x)")
+    conn.close()
+    with pytest.raises(StoreCorrupted, match="not a Vox store"):
+        open_store(tmp_path)
+
+
+def test_opening_a_missing_profile_without_create_fails(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no Vox profile"):
+        open_store(tmp_path / "nope", create=False)
+    assert not (tmp_path / "nope").exists()
+
+
+# --- the profile lock, with real processes -----------------------------------------------
+
+
+def spawn(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+HOLDER = """
+import sys
+from clients.store import open_store
+store = open_store(sys.argv[1] if len(sys.argv) > 1 else {home!r})
+store.store_session("bob", 1, b"from-holder")
+print("held", flush=True)
+sys.stdin.readline()
+store.close()
+print("released", flush=True)
+"""
+
+
+def test_a_second_process_fails_cleanly_while_the_profile_is_held(tmp_path: Path) -> None:
+    holder = spawn(HOLDER.format(home=str(tmp_path)))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        t0 = time.monotonic()
+        with pytest.raises(ProfileLocked) as info:
+            open_store(tmp_path, lock_timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        assert info.value.pid == holder.pid
+        assert f"pid {holder.pid}" in str(info.value)
+    finally:
+        holder.communicate("go\n", timeout=10)
+    with open_store(tmp_path, lock_timeout=0) as store:
+        assert store.load_session("bob", 1) == b"from-holder"
+
+
+def test_a_waiting_process_gets_the_profile_when_released(tmp_path: Path) -> None:
+    holder = spawn(HOLDER.format(home=str(tmp_path)))
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    assert holder.stdin is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    with open_store(tmp_path, lock_timeout=10) as store:
+        assert store.load_session("bob", 1) == b"from-holder"
+    holder.communicate(timeout=10)
+
+
+def test_a_killed_holder_mid_transaction_leaves_nothing_half_written(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.store_session("bob", 1, b"before")
+    code = f"""
+    import sys
+    from clients.store import Direction, StoredMessage, open_store
+    store = open_store({str(tmp_path)!r})
+    with store.transaction():
+        store.add_message(StoredMessage("m", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "x"))
+        store.store_session("bob", 1, b"after")
+        print("inside", flush=True)
+        sys.stdin.readline()
+    """
+    child = spawn(code)
+    assert child.stdout is not None and child.stdout.readline() == "inside\n"
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=10)
+    with open_store(tmp_path, lock_timeout=5) as store:  # the kernel released the lock
+        assert store.load_session("bob", 1) == b"before"
+        assert store.get_message("m") is None
+
+
+def test_concurrent_processes_take_turns_and_lose_nothing(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    code = """
+    import sys
+    from clients.store import Direction, StoredMessage, open_store
+    for i in range(5):
+        with open_store({home!r}, lock_timeout=30) as store:
+            for j in range(4):
+                mid = f"{{sys.argv[1]}}-{{i}}-{{j}}"
+                store.add_message(StoredMessage(mid, "bob", Direction.IN, "bob", 1, i, i, mid))
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code.format(home=str(tmp_path))), f"w{n}"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for n in range(3)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    with open_store(tmp_path) as store:
+        assert len(store.history("bob", limit=1000)) == 3 * 5 * 4
