@@ -1,0 +1,1 @@
+"""Alembic environment and versions for the relay schema (run via ``server.db.migrate``)."""

@@ -1,0 +1,75 @@
+"""``/v1/accounts``: register, list devices, replace the signed device list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from server.db.models import Account, Device
+from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.logs import log_event
+from server.schemas import (
+    USERNAME_PATTERN,
+    AccountDevices,
+    DeviceListIn,
+    DeviceOut,
+    RegisterIn,
+    RegisterOut,
+)
+from server.services import accounts as service
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+UsernamePath = Path(pattern=USERNAME_PATTERN)
+
+
+def _devices_out(account: Account, devices: list[Device]) -> AccountDevices:
+    return AccountDevices(
+        username=account.username,
+        account_key=account.account_key,
+        device_list=account.device_list,
+        device_list_version=account.device_list_version,
+        devices=[
+            DeviceOut(device_id=d.device_id, identity_key=d.identity_key, auth_key=d.auth_key)
+            for d in devices
+        ],
+    )
+
+
+@router.post("", status_code=201)
+async def register(
+    body: RegisterIn, session: SessionDep, settings: SettingsDep, metrics: MetricsDep
+) -> RegisterOut:
+    """Create an account with its first device and prekeys."""
+    device = await service.register(session, settings, body)
+    metrics.accounts_registered.inc()
+    log_event("account_registered", username=body.username, device_id=device.device_id)
+    return RegisterOut(username=body.username, device_id=device.device_id, device_list_version=1)
+
+
+@router.get("/{username}/devices")
+async def get_devices(
+    _: CurrentDevice, session: SessionDep, username: str = UsernamePath
+) -> AccountDevices:
+    """A user's account key, signed device list and devices."""
+    account, devices = await service.account_devices(session, username)
+    return _devices_out(account, devices)
+
+
+@router.put("/{username}/devices")
+async def put_devices(
+    body: DeviceListIn,
+    me: CurrentDevice,
+    session: SessionDep,
+    notifier: NotifierDep,
+    username: str = UsernamePath,
+) -> AccountDevices:
+    """Replace the signed device list (strictly newer version, signed by the account key)."""
+    update = await service.update_device_list(session, me.account_id, username, body.device_list)
+    for pk in update.removed_device_pks:
+        await notifier.disconnect(pk, "device removed from the account's device list")
+    log_event(
+        "device_list_updated",
+        username=username,
+        version=update.account.device_list_version,
+        removed=len(update.removed_device_pks),
+    )
+    return _devices_out(update.account, update.devices)

@@ -1,0 +1,111 @@
+"""``/v1/prekeys``: upload, count, claim a user's bundle."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.ratelimit import RateLimiter
+from server.schemas import (
+    USERNAME_PATTERN,
+    BundleDevice,
+    OneTimePrekeyOut,
+    PrekeyBundle,
+    PrekeyCounts,
+    PrekeyUpload,
+    SignedPrekeyOut,
+)
+from server.services import prekeys as service
+from server.services.prekeys import BundleEntry
+
+router = APIRouter(prefix="/v1/prekeys", tags=["prekeys"])
+
+
+def _otk(claimed: tuple[int, bytes, bytes] | None) -> OneTimePrekeyOut | None:
+    if claimed is None:
+        return None
+    return OneTimePrekeyOut(key_id=claimed[0], public_key=claimed[1], signature=claimed[2])
+
+
+def _entry(e: BundleEntry) -> BundleDevice:
+    d = e.device
+    spk = lr = None
+    if d.signed_prekey is not None and d.signed_prekey_signature is not None:
+        spk = SignedPrekeyOut(
+            key_id=d.signed_prekey_id or 0,
+            public_key=d.signed_prekey,
+            signature=d.signed_prekey_signature,
+        )
+    if d.last_resort_key is not None and d.last_resort_signature is not None:
+        lr = SignedPrekeyOut(
+            key_id=d.last_resort_id or 0,
+            public_key=d.last_resort_key,
+            signature=d.last_resort_signature,
+        )
+    return BundleDevice(
+        device_id=d.device_id,
+        identity_key=d.identity_key,
+        signed_prekey=spk,
+        last_resort_prekey=lr,
+        one_time_prekey=_otk(e.one_time),
+        one_time_pq_prekey=_otk(e.one_time_pq),
+    )
+
+
+@router.post("", status_code=204)
+async def upload(
+    body: PrekeyUpload, me: CurrentDevice, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Store any subset of the device's prekeys (replacing signed ones, adding one-time ones)."""
+    await service.upload_prekeys(session, me.device_pk, body, settings.limits)
+    return Response(status_code=204)
+
+
+@router.get("/count")
+async def count(me: CurrentDevice, session: SessionDep, settings: SettingsDep) -> PrekeyCounts:
+    """How many one-time prekeys the device has left."""
+    x, pq = await service.prekey_counts(session, me.device_pk)
+    limits = settings.limits
+    return PrekeyCounts(
+        one_time_prekeys=x,
+        one_time_pq_prekeys=pq,
+        low_threshold=limits.prekey_low_threshold,
+        max_stock=limits.prekey_max_stock,
+    )
+
+
+@router.get("/{username}")
+async def bundle(
+    request: Request,
+    me: CurrentDevice,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    notifier: NotifierDep,
+    username: str = Path(pattern=USERNAME_PATTERN),
+    device_id: int | None = Query(None, ge=1, le=0xFFFFFFFF),
+) -> PrekeyBundle:
+    """Claim a bundle: one entry per device, each with at most one one-time key of each kind."""
+    limiter: RateLimiter = request.app.state.bundle_limiter
+    limiter.check(me.device_pk)
+    claimed = await service.claim_bundle(
+        session, username, device_id, low_threshold=settings.limits.prekey_low_threshold
+    )
+    for e in claimed.entries:
+        for kind, got in (("x25519", e.one_time), ("mlkem", e.one_time_pq)):
+            (metrics.prekeys_claimed if got else metrics.prekeys_exhausted).labels(kind).inc()
+    for low in claimed.low_stock:
+        await notifier.notify(
+            low.device_pk,
+            {
+                "type": "prekeys_low",
+                "one_time_prekeys": low.one_time_prekeys,
+                "one_time_pq_prekeys": low.one_time_pq_prekeys,
+            },
+        )
+    return PrekeyBundle(
+        username=claimed.account.username,
+        account_key=claimed.account.account_key,
+        device_list=claimed.account.device_list,
+        devices=[_entry(e) for e in claimed.entries],
+    )

@@ -1,0 +1,98 @@
+"""The relay's app factory: ``create_app(settings)``.
+
+Nothing happens at import time. The lifespan opens the database engine (and Redis when
+configured) and closes them on shutdown. ``app.state`` carries, for every layer:
+
+* ``settings`` — :class:`server.settings.Settings`
+* ``metrics`` — :class:`server.metrics.Metrics` (add collectors to ``metrics.registry``)
+* ``notifier`` — :class:`server.notify.DeviceNotifier` (default: no-op; the delivery hub
+  replaces it)
+* ``engine`` / ``sessions`` — ``AsyncEngine`` and ``async_sessionmaker`` (set at startup)
+* ``redis`` — ``redis.asyncio.Redis`` or ``None`` (set at startup)
+* ``ip_limiter`` / ``bundle_limiter`` — :class:`server.ratelimit.RateLimiter`
+
+Feature layers plug in below in ``create_app`` with a router and, optionally, a lifespan
+hook: an async context manager factory ``hook(app)`` entered after the database and Redis
+are up and exited (in reverse order) before they close — the place for background tasks
+and graceful WebSocket shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from server.api import accounts, auth, ops, prekeys
+from server.db.engine import create_engine, session_factory
+from server.deps import per_ip_rate_limit
+from server.errors import install_error_handlers
+from server.metrics import Metrics
+from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.notify import NullNotifier
+from server.ratelimit import RateLimiter
+from server.settings import Settings
+
+__all__ = ["LifespanHook", "create_app"]
+
+#: A feature's startup/shutdown: ``async with hook(app): ...`` spans the app's life.
+LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+#: Paths that stream large bodies and enforce their own limit.
+STREAMING_PREFIXES = ("/v1/attachments",)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.effective_database_url)
+        stack.push_async_callback(engine.dispose)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.redis = None
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url(settings.redis_url, socket_connect_timeout=5)
+            stack.push_async_callback(client.aclose)
+            app.state.redis = client
+        for hook in app.state.lifespan_hooks:
+            await stack.enter_async_context(hook(app))
+        yield
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build a relay app for ``settings`` (the database is opened by the lifespan)."""
+    app = FastAPI(title=f"{settings.brand.name} relay", version="1", lifespan=_lifespan)
+    limits = settings.limits
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.notifier = NullNotifier()
+    app.state.lifespan_hooks = []
+    app.state.ip_limiter = RateLimiter(
+        capacity=limits.requests_per_minute_per_ip,
+        per_seconds=60,
+        what="requests from this address",
+    )
+    app.state.bundle_limiter = RateLimiter(
+        capacity=limits.bundle_fetches_per_minute_per_device,
+        per_seconds=60,
+        what="prekey bundle fetches",
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    app.include_router(ops.router)
+    v1 = [Depends(per_ip_rate_limit)]
+    for module in (accounts, auth, prekeys):
+        app.include_router(module.router, dependencies=v1)
+
+    # Feature layers (routers + lifespan hooks) register here, e.g.:
+    #   app.include_router(delivery_routes.router)
+    #   app.state.lifespan_hooks.append(delivery_lifespan)
+    return app

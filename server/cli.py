@@ -1,0 +1,283 @@
+"""``vox-relay``: serve, migrate, invites, device revocation and stats.
+
+Every command reads settings like the server does (defaults < ``--config``/``VOX_CONFIG``
+TOML < ``VOX_*`` environment < options) and fails with one clear line on stderr and exit
+status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.settings import ConfigFileError, Settings, load_settings
+
+app = typer.Typer(
+    name="vox-relay",
+    help="Vox relay: store-and-forward of end-to-end encrypted messages.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+invite_app = typer.Typer(help="Invite tokens (registration policy 'invite').", no_args_is_help=True)
+device_app = typer.Typer(help="Operator actions on devices.", no_args_is_help=True)
+app.add_typer(invite_app, name="invite")
+app.add_typer(device_app, name="device")
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (default: $VOX_CONFIG).")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (default ./vox-data).")
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="sqlite+aiosqlite:///... or postgresql+asyncpg://..."),
+]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"vox-relay: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigFileError as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        _fail(f"invalid setting {where}: {err['msg']}")
+    raise AssertionError("unreachable")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(wrapper())
+    except (OSError, ConnectionError) as exc:
+        _fail(f"cannot reach the database: {exc}")
+    except Exception as exc:
+        if exc.__class__.__module__.startswith(("sqlalchemy", "asyncpg", "sqlite3")):
+            _fail(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+        raise
+    raise AssertionError("unreachable")
+
+
+async def _with_engine(settings: Settings, fn: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    from server.db.engine import create_engine
+
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.effective_database_url)
+    try:
+        return await fn(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(settings: Settings) -> str | None:
+    from server.db.migrate import current_revision, upgrade
+
+    async def go(engine: AsyncEngine) -> str | None:
+        await upgrade(engine)
+        return await current_revision(engine)
+
+    return await _with_engine(settings, go)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="redis://... for multi-node fan-out.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Apply pending migrations, then serve HTTP and WebSocket on HOST:PORT."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.logs import configure_logging, log_event
+    from server.serve import uvicorn_config
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    revision = _run(_migrate(settings))
+    log_event(
+        "relay_starting",
+        host=host,
+        port=port,
+        database="sqlite" if settings.is_sqlite else "postgresql",
+        redis=bool(settings.redis_url),
+        schema=revision,
+        registration=settings.registration.value,
+    )
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@app.command()
+def migrate(
+    data_dir: DataDirOpt = None, database_url: DbOpt = None, config: ConfigOpt = None
+) -> None:
+    """Apply pending database migrations and print the schema revision."""
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    revision = _run(_migrate(settings))
+    typer.echo(f"database at revision {revision}")
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> int:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` → seconds."""
+    m = _DURATION.match(value.strip().lower())
+    if not m or int(m.group(1)) == 0:
+        raise typer.BadParameter("use a positive number with a unit: 30m, 12h, 7d, 2w")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+@invite_app.command("create")
+def invite_create(
+    uses: Annotated[int, typer.Option(help="How many registrations it allows.", min=1)] = 1,
+    expires: Annotated[
+        str | None, typer.Option(help="Lifetime, e.g. 30m, 12h, 7d (default: never).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an invite token and print it (only its hash is stored)."""
+    from server.clock import now
+    from server.repositories.invites import add_invite
+    from server.services.auth import hash_secret
+
+    ttl = parse_duration(expires) if expires else None
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    token = secrets.token_urlsafe(24)
+
+    async def go(engine: AsyncEngine) -> None:
+        from server.db.engine import session_factory
+
+        async with session_factory(engine)() as session:
+            t = now()
+            await add_invite(
+                session,
+                token_hash=hash_secret(token.encode()),
+                uses=uses,
+                expires_at=None if ttl is None else t + ttl,
+                now=t,
+            )
+            await session.commit()
+
+    _run(_migrate(settings))
+    _run(_with_engine(settings, go))
+    typer.echo(token)
+
+
+@device_app.command("revoke")
+def device_revoke(
+    username: Annotated[str, typer.Argument(help="Account username.")],
+    device_id: Annotated[int, typer.Argument(help="Device id on that account.", min=1)],
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke all of a device's tokens and block new logins for it.
+
+    The device stays on the account's signed device list (only the account key can change
+    that); it can log in again only after the account publishes a list without it and then
+    re-adds it.
+    """
+    from server.clock import now
+    from server.db.engine import session_factory
+    from server.repositories.accounts import get_device, revoke_device
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> int | None:
+        async with session_factory(engine)() as session:
+            device = await get_device(session, username, device_id)
+            if device is None:
+                return None
+            revoked = await revoke_device(session, device.pk, now())
+            await session.commit()
+            return revoked
+
+    _run(_migrate(settings))
+    count = _run(_with_engine(settings, go))
+    if count is None:
+        _fail(f"no device {device_id} for user {username!r}")
+    typer.echo(f"revoked device {device_id} of {username}: {count} token(s) revoked")
+
+
+@app.command()
+def stats(
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print accounts, devices and queued envelopes as JSON."""
+    import json
+
+    from server.db.engine import session_factory
+    from server.db.models import OneTimePrekey
+    from server.repositories.accounts import count_accounts, count_devices
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> dict[str, Any]:
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        if "accounts" not in tables:
+            _fail("the database has no relay schema yet (run `vox-relay migrate`)")
+        async with session_factory(engine)() as session:
+            out: dict[str, Any] = {
+                "accounts": await count_accounts(session),
+                "devices": await count_devices(session),
+                "one_time_prekeys": int(
+                    await session.scalar(select(func.count()).select_from(OneTimePrekey)) or 0
+                ),
+            }
+            if "delivery_queue" in tables:
+                out["queued_envelopes"] = int(
+                    await session.scalar(text("SELECT count(*) FROM delivery_queue")) or 0
+                )
+            return out
+
+    typer.echo(json.dumps(_run(_with_engine(settings, go)), sort_keys=True))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

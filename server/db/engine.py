@@ -1,0 +1,85 @@
+"""Engine and session factory for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+SQLite connections get ``journal_mode=WAL``, ``synchronous=NORMAL``, ``foreign_keys=ON`` and
+a ``busy_timeout``; SQLAlchemy (not the driver) emits ``BEGIN``, so a transaction that must
+hold SQLite's write lock from its first statement can ask for ``BEGIN IMMEDIATE``::
+
+    async with sessions() as session:
+        await write_lock(session)   # BEGIN IMMEDIATE on SQLite, a no-op on PostgreSQL
+        ...
+        await session.commit()
+
+On PostgreSQL :func:`write_lock` does nothing: row locks (``FOR UPDATE SKIP LOCKED``) do
+the job there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+__all__ = ["IMMEDIATE", "create_engine", "is_sqlite", "session_factory", "write_lock"]
+
+#: Execution option that makes the next ``BEGIN`` on SQLite a ``BEGIN IMMEDIATE``.
+IMMEDIATE = "vox_sqlite_immediate"
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    """True when ``engine`` talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
+    """The relay's async engine for ``url`` (``sqlite+aiosqlite`` / ``postgresql+asyncpg``)."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (the driver's implicit BEGIN is disabled).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(IMMEDIATE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """The session factory stored as ``app.state.sessions``."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def write_lock(session: AsyncSession) -> None:
+    """Start the session's transaction holding SQLite's write lock (no-op on PostgreSQL).
+
+    Must be the first thing done with the session (before any other statement).
+    """
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "sqlite":
+        await session.connection(execution_options={IMMEDIATE: True})

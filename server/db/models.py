@@ -1,0 +1,139 @@
+"""Core relay rows: accounts, devices, auth challenges and tokens, invites, prekeys.
+
+Times are integer Unix seconds (UTC). Keys are stored exactly as clients send them
+(type-prefixed encodings, see ``docs/protocol-relay.md``); secrets the relay hands out
+(bearer tokens, challenge nonces, invite tokens) are stored only as SHA-256 digests.
+
+``devices.pk`` is the integer key other tables reference (``device_pk``). Delivery tables
+must reference it with ``ondelete="CASCADE"``: removing a device from an account's signed
+device list deletes its row, which drops its tokens, prekeys and queued envelopes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from server.db.base import Base
+
+__all__ = [
+    "PREKEY_KIND_MLKEM",
+    "PREKEY_KIND_X25519",
+    "Account",
+    "AuthChallenge",
+    "AuthToken",
+    "Device",
+    "Invite",
+    "OneTimePrekey",
+]
+
+#: ``one_time_prekeys.kind`` values.
+PREKEY_KIND_X25519 = 1
+PREKEY_KIND_MLKEM = 2
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Account(Base):
+    """A username, its account signing key and the latest signed device list."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    account_key: Mapped[bytes] = mapped_column(LargeBinary(33))
+    device_list: Mapped[bytes] = mapped_column(LargeBinary)
+    device_list_version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    devices: Mapped[list[Device]] = relationship(
+        back_populates="account", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Device(Base):
+    """One device on an account's signed list, with its current signed prekeys."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("account_id", "device_id"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(BigInteger)
+    identity_key: Mapped[bytes] = mapped_column(LargeBinary(33))
+    auth_key: Mapped[bytes] = mapped_column(LargeBinary(33))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    #: Set by ``vox-relay device revoke``: no new tokens until the device is re-listed.
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    signed_prekey_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    signed_prekey: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    signed_prekey_signature: Mapped[bytes | None] = mapped_column(LargeBinary(64), default=None)
+    last_resort_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_resort_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    last_resort_signature: Mapped[bytes | None] = mapped_column(LargeBinary(64), default=None)
+
+    account: Mapped[Account] = relationship(back_populates="devices")
+
+
+class AuthChallenge(Base):
+    """A one-shot login nonce (stored hashed) for one device, valid until ``expires_at``."""
+
+    __tablename__ = "auth_challenges"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    nonce_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuthToken(Base):
+    """A bearer token (stored as SHA-256) bound to one device."""
+
+    __tablename__ = "auth_tokens"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class Invite(Base):
+    """An invite token (stored as SHA-256) with a use budget and an optional expiry."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class OneTimePrekey(Base):
+    """An opaque one-time prekey; claimed (deleted) oldest first, exactly once."""
+
+    __tablename__ = "one_time_prekeys"
+    __table_args__ = (
+        UniqueConstraint("device_pk", "kind", "key_id"),
+        Index("ix_one_time_prekeys_claim", "device_pk", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    key_id: Mapped[int] = mapped_column(BigInteger)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Empty for X25519 one-time keys (unsigned); 64 bytes for ML-KEM ones.
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))

@@ -1,0 +1,91 @@
+"""``Annotated`` dependencies for routes: settings, DB session, current device, rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.errors import Unauthorized
+from server.metrics import Metrics
+from server.notify import DeviceNotifier
+from server.ratelimit import RateLimiter
+from server.services.auth import AuthenticatedDevice, authenticate_token
+from server.settings import Settings
+
+__all__ = [
+    "CurrentDevice",
+    "MetricsDep",
+    "NotifierDep",
+    "SessionDep",
+    "SettingsDep",
+    "bearer_token",
+    "client_ip",
+    "per_ip_rate_limit",
+]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def _notifier(request: Request) -> DeviceNotifier:
+    notifier: DeviceNotifier = request.app.state.notifier
+    return notifier
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+NotifierDep = Annotated[DeviceNotifier, Depends(_notifier)]
+
+
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (never a query parameter)."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("missing Authorization: Bearer header", code="missing_token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'", code="missing_token")
+    return token.strip()
+
+
+async def _current_device(
+    request: Request, session: SessionDep, token: Annotated[str, Depends(bearer_token)]
+) -> AuthenticatedDevice:
+    try:
+        return await authenticate_token(session, token)
+    except Unauthorized:
+        _metrics(request).auth_failures.inc()
+        raise
+    finally:
+        # The auth lookup is a read; end it so the route starts a fresh transaction.
+        await session.rollback()
+
+
+CurrentDevice = Annotated[AuthenticatedDevice, Depends(_current_device)]
+
+
+def client_ip(request: Request) -> str:
+    """The client address (uvicorn resolves ``X-Forwarded-For`` from trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def per_ip_rate_limit(request: Request) -> None:
+    """Router-wide dependency: ``limits.requests_per_minute_per_ip`` for every REST call."""
+    limiter: RateLimiter = request.app.state.ip_limiter
+    limiter.check(client_ip(request))

@@ -1,0 +1,53 @@
+"""Prometheus metrics on a per-app ``CollectorRegistry`` (``app.state.metrics``).
+
+Several apps can live in one process (tests), so nothing registers on the global registry.
+Other layers add their own collectors to ``app.state.metrics.registry``::
+
+    from prometheus_client import Counter
+    sends = Counter("vox_sends_accepted", "...", registry=app.state.metrics.registry)
+
+``GET /metrics`` exposes everything registered there.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """The core relay's collectors (HTTP, accounts, auth, prekeys)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "vox_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "vox_http_request_seconds", "HTTP request latency", ["route"], registry=r
+        )
+        self.accounts_registered = Counter(
+            "vox_accounts_registered", "Accounts created", registry=r
+        )
+        self.tokens_issued = Counter("vox_tokens_issued", "Bearer tokens issued", registry=r)
+        self.auth_failures = Counter(
+            "vox_auth_failures", "Failed token or challenge checks", registry=r
+        )
+        self.prekeys_claimed = Counter(
+            "vox_prekeys_claimed", "One-time prekeys handed out", ["kind"], registry=r
+        )
+        self.prekeys_exhausted = Counter(
+            "vox_prekeys_exhausted",
+            "Bundle entries served without a one-time key",
+            ["kind"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition of every collector on this registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,41 @@
+"""The one place that turns an app + settings into a uvicorn server (CLI and test harness).
+
+WebSocket settings: the sans-I/O ``websockets`` implementation, **no per-message deflate**
+(ciphertext does not compress, and each deflate context costs memory per connection),
+pings every 20 s (20 s timeout), frames capped at ``limits.max_frame_bytes``.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.settings import Settings
+
+__all__ = ["uvicorn_config"]
+
+
+def uvicorn_config(
+    app: FastAPI, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
+) -> uvicorn.Config:
+    """A ``uvicorn.Config`` with the relay's HTTP and WebSocket settings."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        ws_max_size=settings.limits.max_frame_bytes,
+        ws_max_queue=16,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        date_header=True,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=30,
+        log_config=None,
+        access_log=settings.access_log,
+    )

@@ -1,0 +1,180 @@
+"""Challenge–response login and bearer tokens.
+
+Public entry points (also used by the WebSocket layer):
+
+* :func:`authenticate_token` — ``await authenticate_token(session, token)`` returns an
+  :class:`AuthenticatedDevice` or raises :class:`~server.errors.Unauthorized`. The
+  WebSocket's first frame carries the same token as the ``Authorization: Bearer`` header.
+* :func:`create_challenge`, :func:`issue_token`, :func:`revoke_token`.
+
+The signed message (``docs/protocol-relay.md``)::
+
+    b"VoxAuthChallenge-v1" || 0x00 || str16 username || u32 device_id || nonce (32 bytes)
+
+Tokens are 32 random bytes, base64url without padding (43 characters); only their SHA-256
+digest is stored. Nonces are 32 random bytes, stored as SHA-256, deleted when used (or
+tried): a challenge can be answered once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import struct
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.clock import now as clock_now
+from server.device_list import verify_ed25519
+from server.errors import Forbidden, NotFound, Unauthorized
+from server.repositories import accounts as account_repo
+from server.repositories import auth as auth_repo
+
+__all__ = [
+    "CHALLENGE_CONTEXT",
+    "AuthenticatedDevice",
+    "authenticate_token",
+    "challenge_message",
+    "create_challenge",
+    "hash_secret",
+    "issue_token",
+    "revoke_token",
+]
+
+CHALLENGE_CONTEXT = b"VoxAuthChallenge-v1"
+NONCE_LEN = 32
+TOKEN_LEN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedDevice:
+    """The device a valid bearer token belongs to."""
+
+    device_pk: int
+    device_id: int
+    account_id: int
+    username: str
+    token_id: int
+    expires_at: int
+
+
+def hash_secret(secret: bytes) -> bytes:
+    """SHA-256 digest under which nonces, tokens and invites are stored."""
+    return hashlib.sha256(secret).digest()
+
+
+def challenge_message(username: str, device_id: int, nonce: bytes) -> bytes:
+    """The exact bytes a device signs with its Ed25519 auth key to get a token."""
+    name = username.encode("utf-8")
+    return (
+        CHALLENGE_CONTEXT
+        + b"\x00"
+        + struct.pack(">H", len(name))
+        + name
+        + struct.pack(">I", device_id)
+        + nonce
+    )
+
+
+def _decode_token(token: str) -> bytes:
+    if len(token) != 43:
+        raise Unauthorized("malformed bearer token", code="invalid_token")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=")
+    except (binascii.Error, ValueError):
+        raise Unauthorized("malformed bearer token", code="invalid_token") from None
+    if len(raw) != TOKEN_LEN:
+        raise Unauthorized("malformed bearer token", code="invalid_token")
+    return raw
+
+
+async def authenticate_token(
+    session: AsyncSession, token: str, *, now: int | None = None
+) -> AuthenticatedDevice:
+    """Resolve a bearer token to its device; raise ``Unauthorized`` if it is not live."""
+    digest = hash_secret(_decode_token(token))
+    found = await auth_repo.find_token(session, digest)
+    if found is None or not hmac.compare_digest(found[0].token_hash, digest):
+        raise Unauthorized("unknown bearer token", code="invalid_token")
+    row, device, account = found
+    t = clock_now() if now is None else now
+    if row.revoked_at is not None or device.revoked_at is not None:
+        raise Unauthorized("bearer token was revoked", code="token_revoked")
+    if row.expires_at <= t:
+        raise Unauthorized("bearer token has expired", code="token_expired")
+    return AuthenticatedDevice(
+        device_pk=device.pk,
+        device_id=device.device_id,
+        account_id=account.id,
+        username=account.username,
+        token_id=row.id,
+        expires_at=row.expires_at,
+    )
+
+
+async def create_challenge(
+    session: AsyncSession, username: str, device_id: int, *, ttl: int
+) -> tuple[bytes, int]:
+    """Store a fresh nonce for the device; return ``(nonce, expires_at)``. Commits."""
+    device = await account_repo.get_device(session, username, device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
+    if device.revoked_at is not None:
+        raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
+    t = clock_now()
+    await auth_repo.delete_expired_for_device(session, device.pk, t)
+    nonce = secrets.token_bytes(NONCE_LEN)
+    await auth_repo.add_challenge(
+        session, nonce_hash=hash_secret(nonce), device_pk=device.pk, expires_at=t + ttl
+    )
+    await session.commit()
+    return nonce, t + ttl
+
+
+async def issue_token(
+    session: AsyncSession,
+    username: str,
+    device_id: int,
+    nonce: bytes,
+    signature: bytes,
+    *,
+    ttl: int,
+) -> tuple[str, int]:
+    """Check the signed challenge and return ``(token, expires_at)``. Commits.
+
+    The challenge is consumed by the first attempt, successful or not.
+    """
+    t = clock_now()
+    if len(nonce) != NONCE_LEN:
+        raise Unauthorized("unknown or already used challenge", code="invalid_challenge")
+    taken = await auth_repo.take_challenge(session, hash_secret(nonce))
+    device = await account_repo.get_device(session, username, device_id)
+    if taken is None or device is None or taken[0] != device.pk:
+        await session.commit()
+        raise Unauthorized("unknown or already used challenge", code="invalid_challenge")
+    await session.commit()
+    if taken[1] <= t:
+        raise Unauthorized("challenge has expired", code="challenge_expired")
+    if device.revoked_at is not None:
+        raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
+    message = challenge_message(username, device_id, nonce)
+    if not verify_ed25519(device.auth_key, signature, message):
+        raise Unauthorized(
+            "signature does not verify with the device auth key", code="bad_signature"
+        )
+    raw = secrets.token_bytes(TOKEN_LEN)
+    await auth_repo.add_token(
+        session, token_hash=hash_secret(raw), device_pk=device.pk, now=t, expires_at=t + ttl
+    )
+    await session.commit()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), t + ttl
+
+
+async def revoke_token(session: AsyncSession, device: AuthenticatedDevice) -> None:
+    """Revoke the token the device authenticated with. Commits."""
+    await auth_repo.revoke_token(session, device.token_id, clock_now())
+    await session.commit()

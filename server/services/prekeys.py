@@ -1,0 +1,200 @@
+"""Prekey upload, counts and bundle claims.
+
+The relay checks only the *shape* of prekeys (type prefix, length, 64-byte signatures);
+it does not verify prekey signatures — clients verify them with the account key from the
+signed device list. One-time keys are claimed oldest first, each exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.db.engine import write_lock
+from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
+from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from server.repositories import accounts as account_repo
+from server.repositories import prekeys as prekey_repo
+from server.schemas import PrekeyUpload, SignedPrekeyIn
+from server.settings import LimitSettings
+
+__all__ = [
+    "BundleEntry",
+    "ClaimedBundle",
+    "LowStock",
+    "claim_bundle",
+    "prekey_counts",
+    "store_prekeys",
+    "validate_upload",
+]
+
+X25519_LEN = 33
+MLKEM_LEN = 1 + 1184
+SIG_LEN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LowStock:
+    """A device whose one-time prekey stock fell below the threshold."""
+
+    device_pk: int
+    one_time_prekeys: int
+    one_time_pq_prekeys: int
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    """One device's part of a bundle: the device row and what was claimed for it."""
+
+    device: Device
+    one_time: tuple[int, bytes, bytes] | None
+    one_time_pq: tuple[int, bytes, bytes] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBundle:
+    """The account and one entry per device."""
+
+    account: Account
+    entries: list[BundleEntry]
+    low_stock: list[LowStock]
+
+
+def _check_key(what: str, key: bytes, prefix: int, length: int) -> None:
+    if len(key) != length or key[0] != prefix:
+        raise BadRequest(
+            f"{what} must be 0x{prefix:02x} followed by {length - 1} bytes", code="invalid_key"
+        )
+
+
+def _check_sig(what: str, sig: bytes) -> None:
+    if len(sig) != SIG_LEN:
+        raise BadRequest(f"{what} signature must be 64 bytes", code="invalid_signature")
+
+
+def _check_unique(what: str, ids: Sequence[int]) -> None:
+    if len(set(ids)) != len(ids):
+        raise BadRequest(f"duplicate key ids in {what}", code="duplicate_key_id")
+
+
+def validate_upload(upload: PrekeyUpload, limits: LimitSettings) -> None:
+    """Shape and size checks of an upload (no database access)."""
+    if upload.signed_prekey is not None:
+        _check_key("signed_prekey.public_key", upload.signed_prekey.public_key, 0x01, X25519_LEN)
+        _check_sig("signed_prekey", upload.signed_prekey.signature)
+    if upload.last_resort_prekey is not None:
+        key = upload.last_resort_prekey.public_key
+        _check_key("last_resort_prekey.public_key", key, 0x03, MLKEM_LEN)
+        _check_sig("last_resort_prekey", upload.last_resort_prekey.signature)
+    for name, batch in (
+        ("one_time_prekeys", upload.one_time_prekeys),
+        ("one_time_pq_prekeys", upload.one_time_pq_prekeys),
+    ):
+        if len(batch) > limits.prekey_batch_max:
+            raise PayloadTooLarge(
+                f"{name}: {len(batch)} keys, at most {limits.prekey_batch_max} per request",
+                code="prekey_batch_too_large",
+            )
+    for otk in upload.one_time_prekeys:
+        _check_key("one_time_prekeys[].public_key", otk.public_key, 0x01, X25519_LEN)
+    for pq in upload.one_time_pq_prekeys:
+        _check_key("one_time_pq_prekeys[].public_key", pq.public_key, 0x03, MLKEM_LEN)
+        _check_sig("one_time_pq_prekeys[]", pq.signature)
+    _check_unique("one_time_prekeys", [k.key_id for k in upload.one_time_prekeys])
+    _check_unique("one_time_pq_prekeys", [k.key_id for k in upload.one_time_pq_prekeys])
+
+
+def _set_signed(device: Device, spk: SignedPrekeyIn | None, lr: SignedPrekeyIn | None) -> None:
+    if spk is not None:
+        device.signed_prekey_id = spk.key_id
+        device.signed_prekey = spk.public_key
+        device.signed_prekey_signature = spk.signature
+    if lr is not None:
+        device.last_resort_id = lr.key_id
+        device.last_resort_key = lr.public_key
+        device.last_resort_signature = lr.signature
+
+
+async def store_prekeys(
+    session: AsyncSession, device: Device, upload: PrekeyUpload, limits: LimitSettings
+) -> None:
+    """Validate and store an upload for ``device`` (no commit; caller holds the write lock)."""
+    validate_upload(upload, limits)
+    _set_signed(device, upload.signed_prekey, upload.last_resort_prekey)
+    batches = (
+        (
+            PREKEY_KIND_X25519,
+            "one_time_prekeys",
+            [(k.key_id, k.public_key, b"") for k in upload.one_time_prekeys],
+        ),
+        (
+            PREKEY_KIND_MLKEM,
+            "one_time_pq_prekeys",
+            [(k.key_id, k.public_key, k.signature) for k in upload.one_time_pq_prekeys],
+        ),
+    )
+    for kind, name, keys in batches:
+        if not keys:
+            continue
+        stock = await prekey_repo.count_one_time(session, device.pk, kind)
+        if stock + len(keys) > limits.prekey_max_stock:
+            raise Conflict(
+                f"{name}: {stock} stored + {len(keys)} new exceeds the stock limit of "
+                f"{limits.prekey_max_stock}",
+                code="prekey_stock_full",
+            )
+        clash = await prekey_repo.existing_key_ids(session, device.pk, kind, [k[0] for k in keys])
+        if clash:
+            raise Conflict(
+                f"{name}: key ids already stored: {sorted(clash)[:10]}", code="duplicate_key_id"
+            )
+        await prekey_repo.add_one_time(session, device.pk, kind, keys)
+
+
+async def upload_prekeys(
+    session: AsyncSession, device_pk: int, upload: PrekeyUpload, limits: LimitSettings
+) -> None:
+    """``POST /v1/prekeys`` for the authenticated device. Commits."""
+    validate_upload(upload, limits)
+    await write_lock(session)
+    device = await session.get(Device, device_pk, with_for_update=True)
+    if device is None:
+        raise NotFound("device no longer exists", code="unknown_device")
+    await store_prekeys(session, device, upload, limits)
+    await session.commit()
+
+
+async def prekey_counts(session: AsyncSession, device_pk: int) -> tuple[int, int]:
+    """``(one-time X25519, one-time ML-KEM)`` keys left for the device."""
+    return (
+        await prekey_repo.count_one_time(session, device_pk, PREKEY_KIND_X25519),
+        await prekey_repo.count_one_time(session, device_pk, PREKEY_KIND_MLKEM),
+    )
+
+
+async def claim_bundle(
+    session: AsyncSession, username: str, device_id: int | None, *, low_threshold: int
+) -> ClaimedBundle:
+    """Claim one one-time key of each kind per device of ``username``. Commits."""
+    await write_lock(session)
+    account = await account_repo.get_account(session, username)
+    if account is None:
+        raise NotFound(f"no user {username!r}", code="unknown_user")
+    devices = list(await account_repo.list_devices(session, account.id))
+    if device_id is not None:
+        devices = [d for d in devices if d.device_id == device_id]
+        if not devices:
+            raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
+    entries: list[BundleEntry] = []
+    low: list[LowStock] = []
+    for device in devices:
+        otk = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_X25519)
+        pq = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_MLKEM)
+        entries.append(BundleEntry(device, otk, pq))
+        left = await prekey_counts(session, device.pk)
+        if min(left) < low_threshold:
+            low.append(LowStock(device.pk, *left))
+    await session.commit()
+    return ClaimedBundle(account, entries, low)

@@ -1,0 +1,212 @@
+"""Typed relay settings: defaults < TOML file < ``VOX_*`` environment < explicit arguments.
+
+Load them with :func:`load_settings`; nothing reads the environment at import time.
+
+* Environment variables use the ``VOX_`` prefix and ``__`` for nesting:
+  ``VOX_DATABASE_URL``, ``VOX_BRAND__NAME``, ``VOX_LIMITS__MAX_RECIPIENTS``.
+* An optional TOML file (``VOX_CONFIG=/etc/vox/relay.toml`` or ``vox-relay serve --config``)
+  has the same shape: top-level keys plus ``[brand]`` and ``[limits]`` tables.
+* Unsafe or nonsensical values (a token TTL of a year, an ``http://`` logo on a public
+  deployment, a ciphertext limit larger than the frame limit, ...) are refused at load time
+  with a :class:`pydantic.ValidationError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "BrandSettings",
+    "ConfigFileError",
+    "LimitSettings",
+    "RegistrationPolicy",
+    "Settings",
+    "load_settings",
+]
+
+MiB = 1024 * 1024
+DAY = 24 * 3600
+
+
+class ConfigFileError(ValueError):
+    """The TOML settings file is missing or not valid TOML."""
+
+
+class RegistrationPolicy(StrEnum):
+    """Who may create an account."""
+
+    OPEN = "open"
+    INVITE = "invite"
+    CLOSED = "closed"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrandSettings(_Section):
+    """What clients show: name, colours (``#rrggbb``), logo URL and welcome text."""
+
+    name: str = Field("Vox", min_length=1, max_length=64)
+    primary_color: str = Field("#4f46e5", pattern=r"^#[0-9a-fA-F]{6}$")
+    accent_color: str = Field("#22c55e", pattern=r"^#[0-9a-fA-F]{6}$")
+    background_color: str = Field("#0f172a", pattern=r"^#[0-9a-fA-F]{6}$")
+    logo_url: str | None = Field(None, max_length=2048)
+    welcome_text: str = Field("Welcome to Vox: end-to-end encrypted messaging.", max_length=2000)
+
+    @field_validator("logo_url")
+    @classmethod
+    def _https_logo(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        local = value.startswith(("http://localhost", "http://127.0.0.1"))
+        if not value.startswith("https://") and not local:
+            raise ValueError("logo_url must be an https:// URL (http only for localhost)")
+        return value
+
+
+class LimitSettings(_Section):
+    """Every bound the relay enforces; all are served at ``/v1/config``."""
+
+    max_frame_bytes: int = Field(2 * MiB, ge=4096, le=64 * MiB)
+    max_ciphertext_bytes: int = Field(256 * 1024, ge=1024, le=32 * MiB)
+    max_recipients: int = Field(1000, ge=1, le=10_000)
+    max_queue_depth: int = Field(10_000, ge=10, le=1_000_000)
+    max_attachment_bytes: int = Field(100 * MiB, ge=1024, le=4096 * MiB)
+    max_body_bytes: int = Field(1 * MiB, ge=4096, le=64 * MiB)
+    messages_per_second_per_device: float = Field(200.0, gt=0, le=100_000)
+    requests_per_minute_per_ip: int = Field(600, ge=1, le=1_000_000)
+    bundle_fetches_per_minute_per_device: int = Field(120, ge=1, le=100_000)
+    token_ttl_seconds: int = Field(7 * DAY, ge=60, le=90 * DAY)
+    challenge_ttl_seconds: int = Field(120, ge=10, le=3600)
+    envelope_ttl_seconds: int = Field(30 * DAY, ge=60, le=365 * DAY)
+    attachment_ttl_seconds: int = Field(30 * DAY, ge=60, le=365 * DAY)
+    prekey_batch_max: int = Field(100, ge=1, le=1000)
+    prekey_max_stock: int = Field(500, ge=1, le=10_000)
+    prekey_low_threshold: int = Field(10, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_ciphertext_bytes > self.max_frame_bytes:
+            raise ValueError("max_ciphertext_bytes must not exceed max_frame_bytes")
+        if self.prekey_low_threshold >= self.prekey_max_stock:
+            raise ValueError("prekey_low_threshold must be below prekey_max_stock")
+        if self.prekey_batch_max > self.prekey_max_stock:
+            raise ValueError("prekey_batch_max must not exceed prekey_max_stock")
+        return self
+
+
+class Settings(BaseSettings):
+    """The relay's whole configuration (immutable once loaded)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Path("vox-data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = Field("vox:", max_length=64)
+    registration: RegistrationPolicy = RegistrationPolicy.OPEN
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+    log_json: bool = True
+    public_url: str | None = None
+    #: Proxies whose ``X-Forwarded-For`` is trusted (comma-separated IPs, or ``*``).
+    forwarded_allow_ips: str = "127.0.0.1"
+    #: Log one line per HTTP request (method, path, status; never headers or bodies).
+    access_log: bool = True
+    brand: BrandSettings = BrandSettings()
+    limits: LimitSettings = LimitSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def]
+        # load_settings() merges file, environment and overrides itself, so that the
+        # precedence is explicit; the constructor only validates what it is given.
+        return (init_settings,)
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _supported_redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or a SQLite file ``relay.sqlite3`` inside the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'relay.sqlite3').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the relay runs on embedded SQLite."""
+        return self.effective_database_url.startswith("sqlite")
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigFileError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file, ``VOX_*`` variables and overrides.
+
+    ``config_file`` defaults to ``$VOX_CONFIG``. Overrides whose value is ``None`` are
+    ignored (so CLI options that were not given do not mask the environment).
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = config_file or env.get("VOX_CONFIG") or None
+    merged: dict[str, Any] = _read_toml(Path(path)) if path else {}
+    env.pop("VOX_CONFIG", None)
+    source = EnvSettingsSource(Settings, case_sensitive=False)
+    source.env_vars = {k.lower(): v for k, v in env.items()}
+    env_values = source()
+    merged = _deep_merge(merged, env_values)
+    merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
+    return Settings(**merged)
