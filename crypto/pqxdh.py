@@ -43,7 +43,7 @@ from crypto.keys import (
     X25519PublicKey,
 )
 from crypto.ratchet.root_chain import RootKey
-from crypto.ratchet.session import RatchetConfig, Session
+from crypto.ratchet.session import RatchetConfig, Session, initial_digest
 
 __all__ = [
     "PQXDH_INFO",
@@ -193,6 +193,7 @@ def initiate_session_with_encapsulation(
         remote_key=spk,
         sending=sending,
         base_key=base_key,
+        initial_digest=initial_digest(prefix),
         pending=prefix,
         config=config or RatchetConfig(),
     )
@@ -248,6 +249,7 @@ def accept_session(
         remote_key=None,
         sending=None,
         base_key=prefix.base_key,
+        initial_digest=initial_digest(prefix),
         pending=None,
         config=config or RatchetConfig(),
     )

@@ -58,6 +58,7 @@ __all__ = [
     "mlkem768_generate",
     "mlkem768_public",
     "random_bytes",
+    "sha256",
     "signing_message",
     "x25519_exchange",
     "x25519_generate",
@@ -201,6 +202,14 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes, what: str = 
         ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except (InvalidSignature, ValueError) as exc:
         raise BadSignature(what) from exc
+
+
+# --- hashes ---------------------------------------------------------------------------
+
+
+def sha256(data: bytes) -> bytes:
+    """Return the 32-byte SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).digest()
 
 
 # --- HKDF / HMAC ----------------------------------------------------------------------

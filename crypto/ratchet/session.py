@@ -36,12 +36,17 @@ from crypto.ratchet.message_keys import MessageKey
 from crypto.ratchet.root_chain import RootKey
 from crypto.ratchet.skipped_keys import SkippedKeys
 
-__all__ = ["SESSION_VERSION", "RatchetConfig", "Session"]
+__all__ = ["SESSION_VERSION", "RatchetConfig", "Session", "initial_digest"]
 
 SESSION_VERSION: Final = 1
 #: How many previous receiving ratchet keys are remembered to classify replays.
 PREVIOUS_KEYS: Final = 5
 _MAX_AD: Final = 1024
+
+
+def initial_digest(prefix: PqxdhPrefix) -> bytes:
+    """SHA-256 of the encoded PQXDH prefix: identifies the session both sides share."""
+    return p.sha256(prefix.write(Writer()).finish())
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class Session:
         "_ad",
         "_base_key",
         "_config",
+        "_initial_digest",
         "_pending",
         "_previous_counter",
         "_previous_remote",
@@ -98,6 +104,7 @@ class Session:
         remote_key: X25519PublicKey | None,
         sending: ChainKey | None,
         base_key: X25519PublicKey,
+        initial_digest: bytes,
         pending: PqxdhPrefix | None,
         config: RatchetConfig,
     ) -> None:
@@ -115,6 +122,7 @@ class Session:
         self._previous_remote: deque[bytes] = deque(maxlen=PREVIOUS_KEYS)
         self._skipped = SkippedKeys(config.max_stored)
         self._base_key = base_key
+        self._initial_digest = initial_digest
         self._pending = pending
         self._config = config
 
@@ -179,8 +187,8 @@ class Session:
         """
         message = decode_message(data)
         if isinstance(message, InitialMessage):
-            if message.prefix.base_key != self._base_key:
-                raise StateError("initial message of another session (different base key)")
+            if initial_digest(message.prefix) != self._initial_digest:
+                raise StateError("initial message of another session (different PQXDH prefix)")
             message = message.message
         return self.decrypt_message(message)
 
@@ -270,7 +278,7 @@ class Session:
         _write_chain(w, self._sending)
         _write_chain(w, self._receiving)
         w.u32(self._previous_counter)
-        w.raw(self._base_key.to_bytes())
+        w.raw(self._base_key.to_bytes()).raw(self._initial_digest)
         w.u8(int(self._pending is not None))
         if self._pending is not None:
             self._pending.write(w)
@@ -298,6 +306,7 @@ class Session:
         receiving = _read_chain(r, "has_receiving")
         previous_counter = r.u32()
         base_key = X25519PublicKey.read(r)
+        digest = r.raw(32)
         pending = PqxdhPrefix.read(r) if r.flag("has_pending") else None
         n_previous = r.u8()
         if n_previous > PREVIOUS_KEYS:
@@ -318,6 +327,7 @@ class Session:
             remote_key=remote,
             sending=sending,
             base_key=base_key,
+            initial_digest=digest,
             pending=pending,
             config=config,
         )
