@@ -122,7 +122,12 @@ from crypto.fingerprint import (
     safety_number,
     safety_numbers_equal,
 )
-from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage, SenderKeyState
+from crypto.sender_keys import (
+    SenderKeyDistribution,
+    SenderKeyMessage,
+    SenderKeyRecord,
+    SenderKeyState,
+)
 
 # --- end of crypto-extras imports -------------------------------------------------------
 
@@ -193,6 +198,7 @@ __all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block
     "ScannableFingerprint",
     "SenderKeyDistribution",
     "SenderKeyMessage",
+    "SenderKeyRecord",
     "SenderKeyState",
     "SignedDeviceList",
     "UnknownSenderKey",

@@ -151,7 +151,8 @@ class AttachmentPointer:
 
     def to_bytes(self) -> bytes:
         """Encode as ``u8 1 || key[32] || digest[32] || u64 size || u32 chunk_size ||
-        str16 content_type || str16 file_name || str16 blob_id``."""
+        str16 content_type || str16 file_name || str16 blob_id``.
+        """
         return (
             Writer()
             .u8(POINTER_VERSION)

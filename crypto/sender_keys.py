@@ -21,16 +21,16 @@ success: a failed decrypt leaves :meth:`~SenderKeyState.to_bytes` byte-identical
 
 Rotation: when a member leaves, every remaining member calls :meth:`SenderKeyState.rotate`
 (a new random chain, a new signing key and a new ``key_id``) and distributes the new key to the
-remaining members only. Receivers keep states keyed by ``(group_id, sender, key_id)``; a late
-message under an older ``key_id`` still decrypts while its receiving state is kept (the SDK
-keeps the previous one per sender for in-flight messages, see
-``docs/protocol-crypto-extras.md``); a message naming a key id nobody holds raises
-:class:`~crypto.errors.UnknownSenderKey`.
+remaining members only. Receivers keep a :class:`SenderKeyRecord` per (group, sender device):
+up to :data:`MAX_STATES_PER_SENDER` receiving states, newest first, so a late message under an
+older ``key_id`` still decrypts; a message naming a key id the record does not hold raises
+:class:`~crypto.errors.UnknownSenderKey`. See ``docs/protocol-crypto-extras.md`` §2.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,8 +52,10 @@ from crypto.primitives import Rng
 
 __all__ = [
     "MAX_SKIP",
+    "MAX_STATES_PER_SENDER",
     "SenderKeyDistribution",
     "SenderKeyMessage",
+    "SenderKeyRecord",
     "SenderKeyState",
 ]
 
@@ -61,6 +63,8 @@ STATE_VERSION: Final = 1
 DISTRIBUTION_VERSION: Final = 1
 MESSAGE_VERSION: Final = 1
 MAX_SKIP: Final = 1000
+MAX_STATES_PER_SENDER: Final = 5
+RECORD_VERSION: Final = 1
 MAX_GROUP_ID: Final = 64
 MAX_ITERATION: Final = 0xFFFFFFFF
 SIGNATURE_LABEL: Final = b"VoxSenderKeyMessage-v1"
@@ -453,3 +457,92 @@ class SenderKeyState:
         if private is not None and skipped:
             raise InvalidValue("skipped keys", "a sending state has no skipped keys")
         return cls(group_id, sender, key_id, iteration, chain_key, public, private, skipped)
+
+
+class SenderKeyRecord:
+    """The receiving states we hold for one sender device in one group, newest first.
+
+    Rotation gives a sender a new ``key_id``; messages still in flight under an older key keep
+    decrypting with the older state until it is evicted (at most
+    :data:`MAX_STATES_PER_SENDER` states per record, oldest dropped first) or the caller
+    :meth:`drop_older` them. Encoding: ``u8 1 || u8 count (1 ..= 5) || count x bytes32 state``
+    (newest first).
+    """
+
+    __slots__ = ("_states",)
+
+    def __init__(self, states: Iterable[SenderKeyState] = ()) -> None:
+        self._states: list[SenderKeyState] = []
+        for state in reversed(list(states)):
+            self._insert(state)
+
+    def _insert(self, state: SenderKeyState) -> None:
+        if state.is_sending:
+            raise StateError("a record holds receiving states only")
+        if self._states:
+            newest = self._states[0]
+            if (state.group_id, state.sender) != (newest.group_id, newest.sender):
+                raise SenderMismatch(
+                    f"{newest.sender} in group {newest.group_id.hex()}",
+                    f"{state.sender} in group {state.group_id.hex()}",
+                )
+        if any(s.key_id == state.key_id for s in self._states):
+            return  # a re-sent distribution: keep the state we have (and its skipped keys)
+        self._states.insert(0, state)
+        del self._states[MAX_STATES_PER_SENDER:]
+
+    def add(self, distribution: SenderKeyDistribution) -> SenderKeyState:
+        """Import a distribution as the newest state (idempotent per ``key_id``)."""
+        self._insert(SenderKeyState.from_distribution(distribution))
+        return self.state(distribution.key_id)
+
+    def state(self, key_id: int) -> SenderKeyState:
+        """The state for ``key_id``; raise :class:`~crypto.errors.UnknownSenderKey`."""
+        for state in self._states:
+            if state.key_id == key_id:
+                return state
+        raise UnknownSenderKey(key_id)
+
+    @property
+    def key_ids(self) -> tuple[int, ...]:
+        """Key ids held, newest first."""
+        return tuple(s.key_id for s in self._states)
+
+    def drop_older(self) -> None:
+        """Forget every state but the newest (late messages under them become unknown)."""
+        del self._states[1:]
+
+    def decrypt(self, message: SenderKeyMessage) -> bytes:
+        """Decrypt with the state named by ``message.key_id`` (commit on success)."""
+        return self.state(message.key_id).decrypt(message)
+
+    def __repr__(self) -> str:
+        return f"SenderKeyRecord(key_ids={list(self.key_ids)})"
+
+    def to_bytes(self) -> bytes:
+        """Encode as ``u8 1 || u8 count || count x bytes32 state`` (newest first)."""
+        w = Writer().u8(RECORD_VERSION).u8(len(self._states))
+        for state in self._states:
+            w.bytes32(state.to_bytes())
+        return w.finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SenderKeyRecord:
+        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
+        r = Reader(data)
+        r.version(RECORD_VERSION)
+        count = r.u8()
+        if not 1 <= count <= MAX_STATES_PER_SENDER:
+            raise InvalidValue("states", f"count must be 1..{MAX_STATES_PER_SENDER}")
+        states = [SenderKeyState.from_bytes(r.bytes32("state", 64 * 1024)) for _ in range(count)]
+        r.end()
+        first = states[0]
+        if any(s.is_sending for s in states):
+            raise InvalidValue("states", "a record holds receiving states only")
+        if any((s.group_id, s.sender) != (first.group_id, first.sender) for s in states):
+            raise InvalidValue("states", "states of different groups or senders")
+        if len({s.key_id for s in states}) != count:
+            raise InvalidValue("states", "repeated key id")
+        record = cls()
+        record._states = states
+        return record

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -31,8 +32,10 @@ from crypto.keys import DeviceAddress
 from crypto.primitives import DeterministicRng
 from crypto.sender_keys import (
     MAX_SKIP,
+    MAX_STATES_PER_SENDER,
     SenderKeyDistribution,
     SenderKeyMessage,
+    SenderKeyRecord,
     SenderKeyState,
 )
 
@@ -253,6 +256,50 @@ def test_decoders_raise_only_decode_error_on_mutated_valid_encodings(at: int, ju
             decode(mutated)
 
 
+def test_a_record_keeps_old_keys_for_late_messages_after_rotation() -> None:
+    alice, _ = pair()
+    record = SenderKeyRecord()
+    record.add(alice.distribution())
+    in_flight = alice.encrypt(b"sent before rotation")
+    rotated = alice.rotate(rng=DeterministicRng(b"rotate"))
+    record.add(rotated.distribution())
+    assert record.key_ids == (rotated.key_id, alice.key_id)
+    assert record.decrypt(rotated.encrypt(b"new")) == b"new"
+    assert record.decrypt(in_flight) == b"sent before rotation"
+    restored = SenderKeyRecord.from_bytes(record.to_bytes())
+    assert restored.to_bytes() == record.to_bytes()
+    record.drop_older()
+    with pytest.raises(UnknownSenderKey):
+        record.decrypt(alice.encrypt(b"late"))
+
+
+def test_a_record_is_bounded_idempotent_and_single_sender() -> None:
+    state = SenderKeyState.create(GROUP, ALICE, rng=DeterministicRng(b"r0"))
+    record = SenderKeyRecord()
+    first = record.add(state.distribution())
+    first.decrypt(state.encrypt(b"advance"))
+    record.add(state.distribution())  # a re-sent distribution keeps the advanced state
+    assert record.state(state.key_id).iteration == 1
+    for i in range(MAX_STATES_PER_SENDER + 2):
+        state = state.rotate(rng=DeterministicRng(b"r%d" % (i + 1)))
+        record.add(state.distribution())
+    assert len(record.key_ids) == MAX_STATES_PER_SENDER
+    assert record.key_ids[0] == state.key_id
+    bob_key = SenderKeyState.create(GROUP, BOB, rng=DeterministicRng(b"bob"))
+    with pytest.raises(SenderMismatch):
+        record.add(bob_key.distribution())
+    with pytest.raises(StateError):
+        SenderKeyRecord([bob_key])
+    assert "chain" not in repr(record)
+
+
+@settings(max_examples=150)
+@given(st.binary(max_size=200))
+def test_record_decoder_raises_only_decode_error(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        SenderKeyRecord.from_bytes(data)
+
+
 # --- a three-member group under loss, duplication, reordering and removal ---------------
 
 MEMBERS = (DeviceAddress("alice", 1), DeviceAddress("bob", 2), DeviceAddress("carol", 3))
@@ -264,6 +311,7 @@ class Sent:
     wire: bytes
     plaintext: bytes
     delivered: set[DeviceAddress] = field(default_factory=set)
+    dropped: bool = False
 
 
 class GroupMachine(RuleBasedStateMachine):
@@ -277,27 +325,30 @@ class GroupMachine(RuleBasedStateMachine):
         self.rng = DeterministicRng(b"group machine")
         self.members = list(MEMBERS)
         self.own = {m: SenderKeyState.create(GROUP, m, rng=self.rng) for m in MEMBERS}
-        # receiving[recipient][(sender, key_id)] -> state
-        self.receiving: dict[DeviceAddress, dict[tuple[DeviceAddress, int], SenderKeyState]] = {
+        # receiving[recipient][sender] -> record of that sender's keys (newest first)
+        self.receiving: dict[DeviceAddress, dict[DeviceAddress, SenderKeyRecord]] = {
             r: {} for r in MEMBERS
         }
         for sender in MEMBERS:
             self._distribute(sender)
         self.removed: DeviceAddress | None = None
         self.after_removal: list[Sent] = []
+        self.burst_done = False
+        self.sends = 0
+        self.log: list[Sent] = []
 
     def _distribute(self, sender: DeviceAddress) -> None:
         wire = self.own[sender].distribution().to_bytes()
         for recipient in self.members:
             if recipient != sender:
-                state = SenderKeyState.from_distribution(SenderKeyDistribution.from_bytes(wire))
-                self.receiving[recipient][(sender, state.key_id)] = state
+                record = self.receiving[recipient].setdefault(sender, SenderKeyRecord())
+                record.add(SenderKeyDistribution.from_bytes(wire))
 
     def _lookup(self, recipient: DeviceAddress, message: SenderKeyMessage) -> SenderKeyState:
-        state = self.receiving[recipient].get((message.sender, message.key_id))
-        if state is None:
+        record = self.receiving[recipient].get(message.sender)
+        if record is None:
             raise UnknownSenderKey(message.key_id)
-        return state
+        return record.state(message.key_id)
 
     @rule(target=sent, who=st.integers(0, 2), text=st.binary(max_size=24))
     def send(self, who: int, text: bytes) -> Sent:
@@ -305,7 +356,9 @@ class GroupMachine(RuleBasedStateMachine):
         if sender not in self.members:
             sender = self.members[0]
         message = self.own[sender].encrypt(text)
+        self.sends += 1
         record = Sent(sender, message.to_bytes(), text)
+        self.log.append(record)
         if self.removed is not None:
             self.after_removal.append(record)
         return record
@@ -326,13 +379,40 @@ class GroupMachine(RuleBasedStateMachine):
             with pytest.raises(DuplicateMessage):
                 state.decrypt(message)
             assert state.to_bytes() == before
+            event("duplicate")
+        elif message.iteration - state.iteration > MAX_SKIP:
+            before = state.to_bytes()
+            with pytest.raises(TooManySkipped):  # out of bounds: refused, state unchanged
+                state.decrypt(message)
+            event("out of bounds")
+            assert state.to_bytes() == before
         else:
+            if message.iteration < state.iteration:
+                event("out of order")
             assert state.decrypt(message) == record.plaintext
             record.delivered.add(recipient)
+
+    @precondition(lambda self: not self.burst_done and self.sends >= 6)
+    @rule(who=st.integers(0, 2))
+    def burst_lost_in_transit(self, who: int) -> None:
+        """More messages than the skip bound are lost: later ones are out of bounds."""
+        sender = MEMBERS[who] if MEMBERS[who] in self.members else self.members[0]
+        for _ in range(MAX_SKIP + 1):
+            self.own[sender].encrypt(b"lost")
+        self.burst_done = True
+
+    @rule(who=st.integers(0, 2), seed=st.randoms(use_true_random=False))
+    def deliver_pending_shuffled(self, who: int, seed: random.Random) -> None:
+        """Everything still pending for one member arrives at once, in a random order."""
+        pending = [r for r in self.log if MEMBERS[who] not in r.delivered and not r.dropped]
+        seed.shuffle(pending)
+        for record in pending:
+            self.deliver(record, who)
 
     @rule(record=consumes(sent))
     def drop(self, record: Sent) -> None:
         """The network loses the message for whoever has not received it yet."""
+        record.dropped = True
 
     @rule(record=sent, who=st.integers(0, 2), bit=st.integers(0, 10_000))
     def tamper(self, record: Sent, who: int, bit: int) -> None:
@@ -359,9 +439,7 @@ class GroupMachine(RuleBasedStateMachine):
         self.removed = carol
         self.members.remove(carol)
         for member in self.members:
-            del self.receiving[member][
-                next(k for k in self.receiving[member] if k[0] == carol)
-            ]  # forget carol's key
+            del self.receiving[member][carol]  # forget carol's keys
             self.own[member] = self.own[member].rotate(rng=self.rng)
             self._distribute(member)
 
@@ -374,15 +452,17 @@ class GroupMachine(RuleBasedStateMachine):
             with pytest.raises(UnknownSenderKey):
                 self._lookup(self.removed, message)
             # Even using every state she still holds, nothing decrypts.
-            for state in self.receiving[self.removed].values():
-                with pytest.raises(DecryptionError):
-                    state.decrypt(message)
+            for record_of_sender in self.receiving[self.removed].values():
+                for key_id in record_of_sender.key_ids:
+                    with pytest.raises(DecryptionError):
+                        record_of_sender.state(key_id).decrypt(message)
 
     @invariant()
     def states_round_trip(self) -> None:
-        for states in self.receiving.values():
-            for state in states.values():
-                assert SenderKeyState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+        for records in self.receiving.values():
+            for record in records.values():
+                data = record.to_bytes()
+                assert SenderKeyRecord.from_bytes(data).to_bytes() == data
 
 
 GroupMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
