@@ -217,3 +217,11 @@ def test_decoder_raises_only_decode_error_on_mutated_valid_lists(junk: bytes, cu
     mutated = data[:cut] + junk + data[cut + len(junk) :]
     with contextlib.suppress(DecodeError):
         SignedDeviceList.from_bytes(mutated)
+
+
+def test_a_non_canonical_identity_key_is_rejected() -> None:
+    body = bytearray(body_with(ids=[1]))
+    key_at = 1 + 7 + 8 + 2 + 4 + 1
+    body[key_at : key_at + 32] = (2**255 - 19).to_bytes(32, "little")
+    with pytest.raises(InvalidValue):
+        SignedDeviceList.from_bytes(signed(bytes(body)))
