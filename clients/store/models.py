@@ -26,13 +26,13 @@ __all__ = [
     "is_group_conversation",
 ]
 
-GROUP_PREFIX = "#"
+GROUP_PREFIX = "group:"
 
 
 def group_conversation(group_id: str) -> str:
     """The conversation key of a group (a direct conversation's key is the peer's username).
 
-    Usernames match ``^[a-z0-9_.-]{3,32}$`` and never start with ``#``, so the two never clash.
+    Usernames match ``^[a-z0-9_.-]{3,32}$`` and never contain ``:``, so the two never clash.
     """
     return GROUP_PREFIX + group_id
 

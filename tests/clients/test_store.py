@@ -172,7 +172,7 @@ def test_unread_counts_and_mark_read(store: Store) -> None:
     store.add_message(msg("o1", direction=Direction.OUT, sent_at=3.0, state=DeliveryState.SENT))
     store.add_message(msg("g1", group_conversation("g"), sent_at=4.0))
     assert store.conversations() == [
-        ConversationSummary("#g", 4.0, 1, 1),
+        ConversationSummary("group:g", 4.0, 1, 1),
         ConversationSummary("bob", 3.0, 2, 3),
     ]
     read = store.mark_conversation_read("bob")
