@@ -163,5 +163,7 @@ async def update_device_list(
     account.device_list_version = signed.version
     await session.commit()
     session.expire_all()
-    devices = list(await account_repo.list_devices(session, account.id))
-    return DeviceListUpdate(account, devices, removed)
+    fresh = await account_repo.get_account(session, username)
+    assert fresh is not None
+    devices = list(await account_repo.list_devices(session, fresh.id))
+    return DeviceListUpdate(fresh, devices, removed)

@@ -422,3 +422,29 @@ def auth_header(token: str) -> dict[str, str]:
 
 
 __all__ += ["auth_header"]
+
+
+CORE_TABLES = (
+    "accounts",
+    "devices",
+    "auth_tokens",
+    "invites",
+    "one_time_prekeys",
+)
+
+
+async def table_snapshot(
+    app: FastAPI, tables: Sequence[str] = CORE_TABLES
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of ``tables`` (sorted), to assert that a rejected request changed nothing."""
+    from sqlalchemy import text
+
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    async with app.state.sessions() as session:
+        for table in tables:
+            rows = (await session.execute(text(f"SELECT * FROM {table}"))).all()
+            out[table] = sorted((tuple(r) for r in rows), key=repr)
+    return out
+
+
+__all__ += ["CORE_TABLES", "table_snapshot"]

@@ -1,0 +1,223 @@
+"""Challenge–response login and bearer tokens, through a real relay on loopback."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from server.db.models import AuthChallenge, AuthToken
+from tests.server.relay_harness import (
+    Relay,
+    TestAccount,
+    TestDevice,
+    auth_header,
+    b64,
+    make_settings,
+    running_relay,
+    table_snapshot,
+)
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    async with running_relay(make_settings(tmp_path)) as r:
+        yield r
+
+
+@pytest.fixture
+async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
+    async with relay.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def alice(http: httpx.AsyncClient) -> TestAccount:
+    account = TestAccount.new("alice")
+    assert (await account.register(http)).status_code == 201
+    return account
+
+
+def _error(resp: httpx.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == code, resp.json()
+    assert resp.json()["message"]
+
+
+async def _challenge(http: httpx.AsyncClient, username: str = "alice", device_id: int = 1) -> bytes:
+    resp = await http.post(
+        "/v1/auth/challenge", json={"username": username, "device_id": device_id}
+    )
+    assert resp.status_code == 200, resp.text
+    return base64.b64decode(resp.json()["nonce"])
+
+
+def _token_body(
+    alice: TestAccount, nonce: bytes, device: TestDevice | None = None
+) -> dict[str, object]:
+    device = device or alice.devices[0]
+    return {
+        "username": alice.username,
+        "device_id": 1,
+        "nonce": b64(nonce),
+        "signature": b64(device.sign_challenge(alice.username, nonce)),
+    }
+
+
+async def test_a_signed_challenge_gives_a_working_token(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonce = await _challenge(http)
+    assert len(nonce) == 32
+    resp = await http.post("/v1/auth/token", json=_token_body(alice, nonce))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["token_type"] == "Bearer" and body["device_id"] == 1
+    assert len(body["token"]) == 43 and len(base64.urlsafe_b64decode(body["token"] + "=")) == 32
+    ok = await http.get("/v1/prekeys/count", headers=auth_header(body["token"]))
+    assert ok.status_code == 200
+    # Only the SHA-256 of the token is stored.
+    rows = (await table_snapshot(relay.app, ["auth_tokens"]))["auth_tokens"]
+    stored = [bytes(v) for row in rows for v in row if isinstance(v, bytes | memoryview)]
+    raw = base64.urlsafe_b64decode(body["token"] + "=")
+    assert raw not in stored and body["token"].encode() not in stored
+
+
+async def test_a_replayed_challenge_is_refused(http: httpx.AsyncClient, alice: TestAccount) -> None:
+    nonce = await _challenge(http)
+    body = _token_body(alice, nonce)
+    assert (await http.post("/v1/auth/token", json=body)).status_code == 200
+    _error(await http.post("/v1/auth/token", json=body), 401, "invalid_challenge")
+
+
+async def test_a_signature_by_the_wrong_key_is_refused_and_burns_the_challenge(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonce = await _challenge(http)
+    before = await table_snapshot(relay.app)
+    _error(
+        await http.post("/v1/auth/token", json=_token_body(alice, nonce, TestDevice(1))),
+        401,
+        "bad_signature",
+    )
+    assert await table_snapshot(relay.app) == before
+    # The challenge was one-shot: the right signature no longer helps.
+    _error(
+        await http.post("/v1/auth/token", json=_token_body(alice, nonce)), 401, "invalid_challenge"
+    )
+
+
+async def test_a_signature_over_another_username_is_refused(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonce = await _challenge(http)
+    body = _token_body(alice, nonce)
+    body["signature"] = b64(alice.devices[0].sign_challenge("alicf", nonce))
+    _error(await http.post("/v1/auth/token", json=body), 401, "bad_signature")
+
+
+async def test_a_nonce_issued_to_another_device_is_refused(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    bob = TestAccount.new("bob")
+    assert (await bob.register(http)).status_code == 201
+    nonce = await _challenge(http, "bob")
+    _error(
+        await http.post("/v1/auth/token", json=_token_body(alice, nonce)), 401, "invalid_challenge"
+    )
+
+
+async def test_an_expired_challenge_is_refused(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonce = await _challenge(http)
+    async with relay.app.state.sessions() as session:
+        await session.execute(update(AuthChallenge).values(expires_at=1))
+        await session.commit()
+    _error(
+        await http.post("/v1/auth/token", json=_token_body(alice, nonce)), 401, "challenge_expired"
+    )
+
+
+async def test_challenge_for_unknown_user_or_device_is_404(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    for username, device_id in (("nobody", 1), ("alice", 2)):
+        resp = await http.post(
+            "/v1/auth/challenge", json={"username": username, "device_id": device_id}
+        )
+        _error(resp, 404, "unknown_device")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "alice"},
+        {"username": "alice", "device_id": "one"},
+        {"username": "alice", "device_id": 0},
+        {"username": "alice", "device_id": 2**32},
+        {"username": "ALICE", "device_id": 1},
+        [],
+    ],
+)
+async def test_malformed_challenge_requests_are_422(http: httpx.AsyncClient, body: object) -> None:
+    _error(await http.post("/v1/auth/challenge", json=body), 422, "invalid_request")
+
+
+async def test_token_request_with_invalid_base64_is_422(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonce = await _challenge(http)
+    body = _token_body(alice, nonce)
+    body["signature"] = "***"
+    _error(await http.post("/v1/auth/token", json=body), 422, "invalid_request")
+    body = _token_body(alice, nonce)
+    body["nonce"] = base64.urlsafe_b64encode(b"\xfb" * 32).decode()  # URL-safe alphabet
+    _error(await http.post("/v1/auth/token", json=body), 422, "invalid_request")
+
+
+async def test_expired_revoked_and_forged_tokens_are_401(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    expired = await alice.login(http)
+    revoked = await alice.login(http)
+    live = await alice.login(http)
+    async with relay.app.state.sessions() as session:
+        await session.execute(update(AuthToken).where(AuthToken.id == 1).values(expires_at=1))
+        await session.commit()
+    assert (await http.delete("/v1/auth/token", headers=auth_header(revoked))).status_code == 204
+    forged = base64.urlsafe_b64encode(bytes(32)).rstrip(b"=").decode()
+    cases = [
+        (expired, "token_expired"),
+        (revoked, "token_revoked"),
+        (forged, "invalid_token"),
+        (live[:-1], "invalid_token"),
+        ("x" * 500, "invalid_token"),
+    ]
+    for token, code in cases:
+        resp = await http.get("/v1/prekeys/count", headers=auth_header(token))
+        _error(resp, 401, code)
+        assert resp.headers["www-authenticate"] == "Bearer"
+    assert (await http.get("/v1/prekeys/count", headers=auth_header(live))).status_code == 200
+
+
+async def test_tokens_are_accepted_only_in_the_authorization_header(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    token = await alice.login(http)
+    _error(await http.get(f"/v1/prekeys/count?token={token}"), 401, "missing_token")
+    _error(await http.get(f"/v1/prekeys/count?access_token={token}"), 401, "missing_token")
+    _error(
+        await http.get("/v1/prekeys/count", headers={"Authorization": f"Basic {token}"}),
+        401,
+        "missing_token",
+    )
+    _error(
+        await http.get("/v1/prekeys/count", headers={"Cookie": f"token={token}"}),
+        401,
+        "missing_token",
+    )
