@@ -208,6 +208,8 @@ def test_repr_shows_no_signature_bytes() -> None:
 def test_decoder_raises_only_decode_error_on_arbitrary_bytes(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         SignedDeviceList.from_bytes(data)
+    with contextlib.suppress(DecodeError):
+        DeviceList.from_bytes(data)
 
 
 @settings(max_examples=200)
