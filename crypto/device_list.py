@@ -209,10 +209,13 @@ class SignedDeviceList:
         *,
         username: str,
         previous: SignedDeviceList | None = None,
+        min_version: int = 1,
     ) -> DeviceList:
         """Check signature, account and rollback; return the verified :class:`DeviceList`.
 
         ``previous`` is the list last accepted for this account (``None`` on first contact).
+        ``min_version`` additionally requires ``list_version >= min_version`` (for callers that
+        keep only a version number; the relay's rule is ``min_version = stored + 1``).
         Raises :class:`~crypto.errors.BadSignature`,
         :class:`~crypto.errors.DeviceListAccountMismatch` or
         :class:`~crypto.errors.DeviceListRollback` (older version, or the same version with
@@ -221,6 +224,8 @@ class SignedDeviceList:
         account_key.verify(DEVICE_LIST_LABEL, self.body, self.signature, "device list")
         if self.device_list.username != username:
             raise DeviceListAccountMismatch(username, self.device_list.username)
+        if self.version < min_version:
+            raise DeviceListRollback(min_version - 1, self.version)
         if previous is not None:
             seen = previous.version
             if self.version < seen:

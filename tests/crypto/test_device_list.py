@@ -121,6 +121,14 @@ def test_rollback_to_an_older_version_is_rejected() -> None:
     assert (info.value.seen, info.value.got) == (2, 1)
 
 
+def test_min_version_refuses_older_lists() -> None:
+    v2 = alice_list(1, 2, version=2).sign(ACCOUNT)
+    assert v2.verify(ACCOUNT.public_key, username="alice", min_version=2).version == 2
+    with pytest.raises(DeviceListRollback) as info:
+        v2.verify(ACCOUNT.public_key, username="alice", min_version=3)
+    assert (info.value.seen, info.value.got) == (2, 2)
+
+
 def test_same_version_is_accepted_only_when_byte_identical() -> None:
     v2 = alice_list(1, 2, version=2).sign(ACCOUNT)
     again = SignedDeviceList.from_bytes(v2.to_bytes())
