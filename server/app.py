@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import Depends, FastAPI
 
+from server import attachments, delivery
 from server.api import accounts, auth, ops, prekeys
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
@@ -92,7 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (accounts, auth, prekeys):
         app.include_router(module.router, dependencies=v1)
 
-    # Feature layers (routers + lifespan hooks) register here, e.g.:
-    #   app.include_router(delivery_routes.router)
-    #   app.state.lifespan_hooks.append(delivery_lifespan)
+    # Feature layers (routers + lifespan hooks).
+    app.include_router(delivery.router)
+    app.state.lifespan_hooks.append(delivery.lifespan)
+    app.include_router(attachments.router, dependencies=v1)
+    app.state.lifespan_hooks.append(attachments.lifespan)
     return app

@@ -1,0 +1,40 @@
+"""Opaque attachment blobs: streaming upload/download and expiry (``docs/protocol-ws.md``).
+
+Wiring, in the app factory::
+
+    app.include_router(attachments.router, dependencies=v1)
+    app.state.lifespan_hooks.append(attachments.lifespan)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.attachments.routes import router
+from server.attachments.service import AttachmentService
+from server.attachments.storage import AttachmentStore, LocalDiskStore
+from server.settings import Settings
+
+__all__ = ["AttachmentService", "AttachmentStore", "LocalDiskStore", "lifespan", "router"]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the store under ``<data dir>/attachments`` and run the expiry sweeper."""
+    settings: Settings = app.state.settings
+    store = LocalDiskStore(settings.data_dir.resolve() / "attachments")
+    service = AttachmentService(
+        app.state.engine,
+        store,
+        max_bytes=settings.limits.max_attachment_bytes,
+        ttl_seconds=settings.limits.attachment_ttl_seconds,
+    )
+    app.state.attachments = service
+    service.start()
+    try:
+        yield
+    finally:
+        await service.stop()

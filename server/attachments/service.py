@@ -1,0 +1,157 @@
+"""Attachment uploads, downloads and expiry (metadata in ``attachments``, bytes in a store)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.attachments.storage import AttachmentStore, TooLarge, Truncated
+from server.clock import now as clock_now
+from server.db.models_delivery import Attachment
+from server.errors import BadRequest, NotFound, PayloadTooLarge
+
+__all__ = ["ATTACHMENT_ID_PATTERN", "AttachmentInfo", "AttachmentService"]
+
+log = logging.getLogger("vox.attachments")
+
+_table = cast(Table, Attachment.__table__)
+#: 32 bytes from ``secrets`` as unpadded base64url: 43 characters, 256 bits.
+ATTACHMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{43}$"
+_ID_RE = re.compile(ATTACHMENT_ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """A stored attachment's public metadata."""
+
+    id: str
+    size: int
+    expires_at: int
+
+
+class AttachmentService:
+    """Streams blobs into and out of the store; the sweeper deletes expired ones."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: AttachmentStore,
+        *,
+        max_bytes: int,
+        ttl_seconds: int,
+        sweep_interval: float = 300.0,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.max_bytes = max_bytes
+        self.ttl = ttl_seconds
+        self.sweep_interval = sweep_interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def upload(
+        self, device_pk: int, chunks: AsyncIterable[bytes], declared: int | None
+    ) -> AttachmentInfo:
+        """Store an upload; nothing is kept unless all of it arrived within the limit."""
+        if declared is not None and declared > self.max_bytes:
+            raise PayloadTooLarge(
+                f"attachment exceeds the limit of {self.max_bytes} bytes", code="too_large"
+            )
+        blob_id = secrets.token_urlsafe(32)
+        try:
+            size = await self.store.put(
+                blob_id, chunks, max_bytes=self.max_bytes, expected=declared
+            )
+        except TooLarge:
+            raise PayloadTooLarge(
+                f"attachment exceeds the limit of {self.max_bytes} bytes", code="too_large"
+            ) from None
+        except Truncated:
+            raise BadRequest(
+                "upload ended before Content-Length bytes arrived", code="truncated"
+            ) from None
+        now = clock_now()
+        info = AttachmentInfo(blob_id, size, now + self.ttl)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(_table).values(
+                        id=blob_id,
+                        uploader_device_pk=device_pk,
+                        size=size,
+                        created_at=now,
+                        expires_at=info.expires_at,
+                    )
+                )
+        except BaseException:
+            await asyncio.shield(self.store.delete(blob_id))
+            raise
+        return info
+
+    async def lookup(self, blob_id: str) -> AttachmentInfo:
+        """Metadata of a live attachment, or ``NotFound``."""
+        if not _ID_RE.match(blob_id):
+            raise NotFound("no such attachment", code="unknown_attachment")
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(_table.c.size, _table.c.expires_at).where(_table.c.id == blob_id)
+                )
+            ).first()
+        if row is None or row.expires_at <= clock_now():
+            raise NotFound("no such attachment", code="unknown_attachment")
+        return AttachmentInfo(blob_id, row.size, row.expires_at)
+
+    def stream(self, blob_id: str) -> AsyncIterator[bytes]:
+        """The attachment's bytes."""
+        return self.store.get(blob_id)
+
+    async def sweep(self, now: int | None = None) -> int:
+        """Delete expired attachments (rows first, then bytes)."""
+        t = clock_now() if now is None else now
+        async with self.engine.begin() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(_table.c.id).where(_table.c.expires_at <= t).limit(1000)
+                )
+            ]
+            if ids:
+                await conn.execute(delete(_table).where(_table.c.id.in_(ids)))
+        for blob_id in ids:
+            await self.store.delete(blob_id)
+        return len(ids)
+
+    def start(self) -> None:
+        """Start the expiry sweeper."""
+        self._task = asyncio.create_task(self._sweeper(), name="vox-attachment-sweeper")
+
+    async def stop(self) -> None:
+        """Stop the sweeper."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _sweeper(self) -> None:
+        clean = getattr(self.store, "clean_temp", None)
+        if clean is not None:
+            with contextlib.suppress(Exception):
+                await clean()
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("attachment sweep failed: %s", exc.__class__.__name__)
+            await asyncio.sleep(self.sweep_interval)

@@ -1,0 +1,154 @@
+"""Where attachment bytes live: a small storage interface and its local-disk implementation.
+
+The relay never interprets attachment bytes (clients encrypt them before upload). An object
+store (S3 and the like) can implement :class:`AttachmentStore` later without touching routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+__all__ = ["AttachmentStore", "LocalDiskStore", "TooLarge", "Truncated"]
+
+CHUNK = 256 * 1024
+
+
+class TooLarge(Exception):
+    """The upload exceeded the size limit (nothing was kept)."""
+
+
+class Truncated(Exception):
+    """The upload ended before its declared length (nothing was kept)."""
+
+
+class AttachmentStore(Protocol):
+    """Opaque blob storage keyed by attachment id."""
+
+    async def put(
+        self,
+        blob_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_bytes: int,
+        expected: int | None = None,
+    ) -> int:
+        """Store the stream under ``blob_id`` atomically; return its size.
+
+        Raises :class:`TooLarge` past ``max_bytes`` and :class:`Truncated` when ``expected``
+        is given and not met; in both cases (and on any error) nothing is kept.
+        """
+        ...
+
+    def get(self, blob_id: str) -> AsyncIterator[bytes]:
+        """Stream the blob's bytes (raises ``FileNotFoundError`` if it is absent)."""
+        ...
+
+    async def size(self, blob_id: str) -> int | None:
+        """The blob's size, or ``None`` if absent."""
+        ...
+
+    async def delete(self, blob_id: str) -> None:
+        """Remove the blob if present."""
+        ...
+
+
+class LocalDiskStore:
+    """Blobs as files under ``root`` (``root/ab/abcdef…``), written via a temp file + rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / "tmp"
+
+    def _path(self, blob_id: str) -> Path:
+        if not blob_id or "/" in blob_id or "\\" in blob_id or blob_id.startswith("."):
+            raise ValueError("invalid blob id")
+        return self.root / blob_id[:2] / blob_id
+
+    async def put(
+        self,
+        blob_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_bytes: int,
+        expected: int | None = None,
+    ) -> int:
+        final = self._path(blob_id)
+        await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
+        tmp = self._tmp / f"{secrets.token_hex(16)}.part"
+        fh: BinaryIO = await asyncio.to_thread(open, tmp, "xb")
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes or (expected is not None and size > expected):
+                    raise TooLarge
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= CHUNK:
+                    await asyncio.to_thread(fh.write, b"".join(pending))
+                    pending, pending_size = [], 0
+            if expected is not None and size != expected:
+                raise Truncated
+            if pending:
+                await asyncio.to_thread(fh.write, b"".join(pending))
+            await asyncio.to_thread(_flush_and_close, fh)
+            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(os.replace, tmp, final)
+            return size
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_discard, fh, tmp))
+            raise
+
+    async def get(self, blob_id: str) -> AsyncIterator[bytes]:
+        fh: BinaryIO = await asyncio.to_thread(open, self._path(blob_id), "rb")
+        try:
+            while True:
+                chunk = await asyncio.to_thread(fh.read, CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await asyncio.to_thread(fh.close)
+
+    async def size(self, blob_id: str) -> int | None:
+        try:
+            return (await asyncio.to_thread(self._path(blob_id).stat)).st_size
+        except FileNotFoundError:
+            return None
+
+    async def delete(self, blob_id: str) -> None:
+        await asyncio.to_thread(self._path(blob_id).unlink, missing_ok=True)
+
+    async def clean_temp(self, older_than: float = 3600.0) -> None:
+        """Remove partial uploads left behind by a crash (older than ``older_than`` s)."""
+
+        def _clean() -> None:
+            if not self._tmp.is_dir():
+                return
+            cutoff = time.time() - older_than
+            for part in self._tmp.glob("*.part"):
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_mtime < cutoff:
+                        part.unlink(missing_ok=True)
+
+        await asyncio.to_thread(_clean)
+
+
+def _flush_and_close(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+
+
+def _discard(fh: BinaryIO, tmp: Path) -> None:
+    fh.close()
+    tmp.unlink(missing_ok=True)

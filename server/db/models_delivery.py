@@ -1,0 +1,107 @@
+"""Delivery rows: accepted sends, their opaque payloads, per-device queues, attachments.
+
+What the relay keeps about one accepted ``send`` (see ``docs/protocol-ws.md``):
+
+* ``delivery_sends`` — one row per accepted send: the server envelope id, the sending device
+  (``sender_device_pk``, plus the sender's username and device id so a ``deliver`` frame needs
+  no join), the client's message id (for de-duplication), the server timestamp and the expiry.
+  It is kept until the expiry so that a retried send is answered with the same ``accepted``.
+* ``delivery_payloads`` — each opaque ciphertext once, however many devices it serves;
+  deleted as soon as no queue row references it.
+* ``delivery_queue`` — one row per recipient device and payload, ordered by ``seq``;
+  deleted when the device acks it or when it expires.
+
+Nothing else: no plaintext, no recipient list beyond the queue rows, no IP addresses.
+Times are integer Unix **milliseconds** (UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from server.db.base import Base
+
+__all__ = ["Attachment", "DeliveryPayload", "DeliverySend", "QueueEntry"]
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class DeliverySend(Base):
+    """One accepted send (its de-duplication record and sender metadata)."""
+
+    __tablename__ = "delivery_sends"
+    __table_args__ = (
+        UniqueConstraint("sender_device_pk", "client_id"),
+        Index("ix_delivery_sends_expires_at", "expires_at"),
+    )
+
+    envelope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: (The unique constraint's index serves lookups by sender device too.)
+    sender_device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    sender_user: Mapped[str] = mapped_column(String(32))
+    sender_device_id: Mapped[int] = mapped_column(BigInteger)
+    client_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeliveryPayload(Base):
+    """One opaque ciphertext of a send (``idx`` = its position in the send's payload list)."""
+
+    __tablename__ = "delivery_payloads"
+
+    envelope_id: Mapped[str] = mapped_column(
+        ForeignKey("delivery_sends.envelope_id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class QueueEntry(Base):
+    """One payload waiting for one device; ``seq`` orders each device's queue."""
+
+    __tablename__ = "delivery_queue"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["envelope_id", "idx"],
+            ["delivery_payloads.envelope_id", "delivery_payloads.idx"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_delivery_queue_device", "device_pk", "seq"),
+        Index("ix_delivery_queue_payload", "envelope_id", "idx"),
+        Index("ix_delivery_queue_expires_at", "expires_at"),
+        # Never reuse a seq on SQLite (a bare INTEGER PRIMARY KEY may after deletes).
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    envelope_id: Mapped[str] = mapped_column(String(32))
+    idx: Mapped[int] = mapped_column(SmallInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Attachment(Base):
+    """An uploaded opaque blob: the bytes live in the attachment store under ``id``."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uploader_device_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.pk", ondelete="SET NULL"), index=True
+    )
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -1,0 +1,305 @@
+"""One authenticated device's live WebSocket: its outbound buffer and its delivery window.
+
+State kept per connection is small and bounded:
+
+* ``_out`` — frames waiting to be written, bounded by ``max_out_bytes``; a sender task exists
+  only while there is something to write (an idle connection owns no extra task).
+* ``_inflight`` — ``seq`` → "ack pending" for envelopes written to this socket and not yet
+  deleted; at most ``max_inflight``. New deliveries pause when it is full or when the outbound
+  buffer holds more than ``out_soft_bytes``, and resume from the database when room returns.
+
+Deliveries come from two places, kept in ``seq`` order:
+
+* ``push_committed`` — envelopes this node just committed for the device: written directly
+  while the connection is caught up (no database read);
+* ``wake`` — the queue changed (another node, redelivery, backlog): a reader task reads the
+  device's oldest queued rows, skipping those already in flight.
+
+A client that stops reading is disconnected: its outbound buffer overflows, or a write stays
+blocked longer than ``send_timeout`` (checked by the service's watchdog); its transport is then
+aborted so it cannot hold memory or slow anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket
+
+from server.delivery.frames import Delivery, error_frame
+from server.delivery.writer import AckOp, Sender
+
+if TYPE_CHECKING:
+    from server.delivery.service import DeliveryService
+
+__all__ = ["CloseCode", "DeviceConnection"]
+
+log = logging.getLogger("vox.delivery")
+
+
+class CloseCode:
+    """WebSocket close codes used by the relay (``docs/protocol-ws.md``)."""
+
+    GOING_AWAY = 1001
+    TOO_LARGE = 1009
+    BAD_FRAME = 4400
+    UNAUTHORIZED = 4401
+    SLOW_CONSUMER = 4408
+    REPLACED = 4409
+    RATE_LIMITED = 4429
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class DeviceConnection:
+    """The relay side of one device's WebSocket (implements ``server.fanout.DeviceSink``)."""
+
+    __slots__ = (
+        "_backlog",
+        "_blocked_since",
+        "_inflight",
+        "_max_seq",
+        "_out",
+        "_out_bytes",
+        "_read_again",
+        "_reader",
+        "_sender",
+        "_service",
+        "_ws",
+        "closing",
+        "connection_id",
+        "device",
+        "pending_sends",
+    )
+
+    def __init__(self, ws: WebSocket, device: Sender, service: DeliveryService) -> None:
+        self.connection_id = secrets.token_hex(8)
+        self.device = device
+        self._ws = ws
+        self._service = service
+        self._out: deque[str | _Close] = deque()
+        self._out_bytes = 0
+        self._sender: asyncio.Task[None] | None = None
+        self._blocked_since: float | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._read_again = False
+        self._backlog = False
+        self._inflight: dict[int, bool] = {}
+        self._max_seq = 0
+        self.pending_sends = 0
+        self.closing = False
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def push_frame(self, text: str) -> None:
+        """Queue a frame; a client that lets the buffer overflow is disconnected."""
+        if self.closing:
+            return
+        self._out.append(text)
+        self._out_bytes += len(text)
+        if self._out_bytes > self._service.config.max_out_bytes:
+            self.abort("slow consumer: outbound buffer full")
+            return
+        self._ensure_sender()
+
+    def close(self, code: int, reason: str) -> None:
+        """Write what is queued, then close with ``code``/``reason``."""
+        if self.closing:
+            return
+        self.closing = True
+        self._service.metrics.disconnects.labels(str(code)).inc()
+        self._out.append(_Close(code, reason))
+        self._ensure_sender()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (its peer is not reading)."""
+        log.info("aborting connection: %s", reason, extra={"device_pk": self.device.device_pk})
+        self.closing = True
+        self._service.metrics.disconnects.labels(str(CloseCode.SLOW_CONSUMER)).inc()
+        self._out.clear()
+        self._out_bytes = 0
+        transport = _transport_of(self._ws)
+        if transport is not None:
+            transport.abort()
+        else:  # not uvicorn: best effort
+            self._out.append(_Close(CloseCode.SLOW_CONSUMER, reason))
+            self._ensure_sender()
+
+    def blocked_for(self, now: float) -> float:
+        """How long the current write has been waiting for the peer (0 if none)."""
+        return 0.0 if self._blocked_since is None else now - self._blocked_since
+
+    def _ensure_sender(self) -> None:
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        ws_send = self._ws.send
+        try:
+            while self._out:
+                item = self._out.popleft()
+                self._blocked_since = time.monotonic()
+                if isinstance(item, _Close):
+                    await ws_send(
+                        {"type": "websocket.close", "code": item.code, "reason": item.reason}
+                    )
+                    self._out.clear()
+                    return
+                self._out_bytes -= len(item)
+                await ws_send({"type": "websocket.send", "text": item})
+                self._blocked_since = None
+                if self._backlog and self._out_bytes < self._service.config.out_soft_bytes:
+                    self.wake()
+        except Exception:  # peer gone: the receive loop sees the disconnect
+            self.closing = True
+            self._out.clear()
+        finally:
+            self._blocked_since = None
+            self._sender = None
+
+    # -- hub interface -----------------------------------------------------------------------
+
+    def replaced(self) -> None:
+        """A newer connection of this device took over."""
+        self.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
+
+    def revoked(self, reason: str) -> None:
+        """The device was removed or revoked."""
+        self.close(CloseCode.UNAUTHORIZED, reason[:100] or "device revoked")
+
+    def _room(self) -> int:
+        if self.closing or self._out_bytes >= self._service.config.out_soft_bytes:
+            return 0
+        return self._service.config.max_inflight - len(self._inflight)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        self._inflight[delivery.seq] = False
+        if delivery.seq > self._max_seq:
+            self._max_seq = delivery.seq
+        self._service.metrics.deliveries.inc()
+        self.push_frame(delivery.text)
+
+    def push_committed(self, envelopes: Sequence[Any]) -> None:
+        """Envelopes this node committed for this device (ascending ``seq``)."""
+        if self.closing:
+            return
+        if self._reader is not None or self._backlog:
+            self.wake()
+            return
+        for delivery in envelopes:
+            assert isinstance(delivery, Delivery)
+            if delivery.seq in self._inflight:
+                continue
+            if delivery.seq <= self._max_seq:
+                # Committed elsewhere out of order, or already acked: let the database decide.
+                self.wake()
+                return
+            if self._room() <= 0:
+                self._backlog = True
+                return
+            self._deliver(delivery)
+
+    def wake(self) -> None:
+        """Read the device's queue from the database (coalesces while a read runs)."""
+        if self.closing:
+            return
+        if self._reader is not None:
+            self._read_again = True
+            return
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        try:
+            while not self.closing:
+                self._read_again = False
+                room = self._room()
+                if room <= 0:
+                    self._backlog = True
+                    return
+                limit = len(self._inflight) + room
+                rows = await self._service.fetch_queue(self.device.device_pk, limit)
+                fresh = [d for d in rows if d.seq not in self._inflight]
+                room = self._room()
+                for delivery in fresh[:room]:
+                    self._deliver(delivery)
+                more = len(rows) >= limit or len(fresh) > room
+                self._backlog = more
+                if more and self._room() > 0:
+                    continue
+                if not self._read_again:
+                    return
+        except Exception as exc:
+            log.warning("queue read failed: %s", exc.__class__.__name__)
+            self._backlog = True
+        finally:
+            self._reader = None
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def ack(self, seqs: list[int]) -> None:
+        """Acks from the client: only envelopes delivered on this connection count."""
+        unknown = [seq for seq in seqs if seq not in self._inflight]
+        fresh = []
+        for seq in seqs:
+            if self._inflight.get(seq) is False:
+                self._inflight[seq] = True
+                fresh.append(seq)
+        if fresh:
+            self._service.writer.submit(AckOp(self, self.device.device_pk, fresh))
+        if unknown:
+            self.push_frame(
+                error_frame(
+                    "ack_unknown",
+                    "these seqs were not delivered on this connection; ignored",
+                    None,
+                    seqs=unknown[:100],
+                )
+            )
+
+    def acks_committed(self, seqs: list[int], ok: bool) -> None:
+        """Called by the writer after the ack transaction."""
+        for seq in seqs:
+            if ok:
+                self._inflight.pop(seq, None)
+            elif seq in self._inflight:
+                self._inflight[seq] = False
+        if self._backlog:
+            self.wake()
+
+    def send_finished(self) -> None:
+        """One of this connection's sends was answered."""
+        self.pending_sends -= 1
+
+    def shutdown(self) -> None:
+        """Detach from background work (called when the socket is gone)."""
+        self.closing = True
+        for task in (self._reader, self._sender):
+            if task is not None:
+                task.cancel()
+        self._out.clear()
+
+
+def _transport_of(ws: WebSocket) -> asyncio.Transport | None:
+    """The uvicorn protocol's transport behind a Starlette WebSocket, if reachable."""
+    receive = getattr(ws, "_receive", None)
+    protocol = getattr(receive, "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if isinstance(transport, asyncio.Transport):
+        return transport
+    with contextlib.suppress(Exception):
+        if transport is not None and hasattr(transport, "abort"):
+            return transport  # type: ignore[no-any-return]
+    return None

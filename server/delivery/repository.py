@@ -1,0 +1,265 @@
+"""SQL for delivery (SQLAlchemy Core on an ``AsyncConnection``; the caller owns the transaction).
+
+Every statement works for a whole batch at once: the group-commit writer
+(:mod:`server.delivery.writer`) calls these with the sends and acks of many connections and
+commits once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+from sqlalchemy import Table, delete, exists, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.db.models import Account, Device
+from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
+from server.delivery.frames import Delivery, b64, deliver_tail
+
+__all__ = ["DeliveryRepository", "NewSend", "SendRecord"]
+
+_sends = cast(Table, DeliverySend.__table__)
+_payloads = cast(Table, DeliveryPayload.__table__)
+_queue = cast(Table, QueueEntry.__table__)
+_devices = cast(Table, Device.__table__)
+_accounts = cast(Table, Account.__table__)
+
+# Parameter lists are chunked below SQLite's historical 999-variable limit.
+_CHUNK = 400
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(slots=True, frozen=True)
+class SendRecord:
+    """What a repeated send is answered with."""
+
+    envelope_id: str
+    ts: int
+
+
+@dataclass(slots=True)
+class NewSend:
+    """A validated send ready to be stored."""
+
+    envelope_id: str
+    sender_device_pk: int
+    sender_user: str
+    sender_device_id: int
+    client_id: str
+    ts: int
+    expires_at: int
+    #: (ciphertext, recipient device pks) per payload, in frame order.
+    payloads: list[tuple[bytes, list[int]]]
+
+
+class DeliveryRepository:
+    """Batch-oriented queries over ``delivery_*``, ``devices`` and ``accounts``."""
+
+    async def find_sends(
+        self, conn: AsyncConnection, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], SendRecord]:
+        """Existing sends for (sender device pk, client id) pairs."""
+        found: dict[tuple[int, str], SendRecord] = {}
+        by_sender: dict[int, list[str]] = {}
+        for pk, client_id in keys:
+            by_sender.setdefault(pk, []).append(client_id)
+        groups = [(pk, chunk) for pk, ids in by_sender.items() for chunk in _chunks(ids)]
+        for part in _chunks(groups, 20):
+            rows = await conn.execute(
+                select(
+                    _sends.c.sender_device_pk,
+                    _sends.c.client_id,
+                    _sends.c.envelope_id,
+                    _sends.c.created_at,
+                ).where(
+                    or_(
+                        *[
+                            (_sends.c.sender_device_pk == pk) & _sends.c.client_id.in_(ids)
+                            for pk, ids in part
+                        ]
+                    )
+                )
+            )
+            for pk, client_id, envelope_id, ts in rows:
+                found[(pk, client_id)] = SendRecord(envelope_id, ts)
+        return found
+
+    async def device_sets(
+        self, conn: AsyncConnection, usernames: Iterable[str]
+    ) -> dict[str, dict[int, int]]:
+        """username → {device_id: device_pk} for the users that exist."""
+        names = sorted(set(usernames))
+        out: dict[str, dict[int, int]] = {}
+        for chunk in _chunks(names):
+            rows = await conn.execute(
+                select(_accounts.c.username, _devices.c.device_id, _devices.c.pk)
+                .select_from(_accounts)
+                .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
+                .where(_accounts.c.username.in_(chunk))
+            )
+            for username, device_id, pk in rows:
+                devices = out.setdefault(username, {})
+                if pk is not None:
+                    devices[device_id] = pk
+        return out
+
+    async def queue_depths(
+        self, conn: AsyncConnection, device_pks: Iterable[int]
+    ) -> dict[int, int]:
+        """Current number of queued envelopes per device (absent = 0)."""
+        pks = sorted(set(device_pks))
+        out: dict[int, int] = {}
+        for chunk in _chunks(pks):
+            rows = await conn.execute(
+                select(_queue.c.device_pk, func.count())
+                .where(_queue.c.device_pk.in_(chunk))
+                .group_by(_queue.c.device_pk)
+            )
+            for pk, count in rows:
+                out[pk] = count
+        return out
+
+    async def insert_sends(
+        self, conn: AsyncConnection, sends: Sequence[NewSend]
+    ) -> dict[int, list[Delivery]]:
+        """Store sends, payloads (once each) and queue rows; return deliveries per device."""
+        if not sends:
+            return {}
+        await conn.execute(
+            insert(_sends),
+            [
+                {
+                    "envelope_id": s.envelope_id,
+                    "sender_device_pk": s.sender_device_pk,
+                    "sender_user": s.sender_user,
+                    "sender_device_id": s.sender_device_id,
+                    "client_id": s.client_id,
+                    "created_at": s.ts,
+                    "expires_at": s.expires_at,
+                }
+                for s in sends
+            ],
+        )
+        await conn.execute(
+            insert(_payloads),
+            [
+                {"envelope_id": s.envelope_id, "idx": idx, "data": data}
+                for s in sends
+                for idx, (data, _) in enumerate(s.payloads)
+            ],
+        )
+        tails: dict[tuple[str, int], str] = {}
+        queue_rows = []
+        for s in sends:
+            for idx, (data, device_pks) in enumerate(s.payloads):
+                tails[(s.envelope_id, idx)] = deliver_tail(
+                    s.envelope_id, s.sender_user, s.sender_device_id, s.ts, b64(data)
+                )
+                for pk in device_pks:
+                    queue_rows.append(
+                        {
+                            "device_pk": pk,
+                            "envelope_id": s.envelope_id,
+                            "idx": idx,
+                            "expires_at": s.expires_at,
+                        }
+                    )
+        # Unordered multi-row RETURNING (one statement); rows are matched back by their
+        # columns, so the order the database returns them in does not matter.
+        result = await conn.execute(
+            insert(_queue).returning(
+                _queue.c.seq, _queue.c.device_pk, _queue.c.envelope_id, _queue.c.idx
+            ),
+            queue_rows,
+        )
+        per_device: dict[int, list[Delivery]] = {}
+        for seq, pk, envelope_id, idx in result:
+            per_device.setdefault(pk, []).append(Delivery(seq, tails[(envelope_id, idx)]))
+        for deliveries in per_device.values():
+            deliveries.sort(key=lambda d: d.seq)
+        return per_device
+
+    async def delete_acked(self, conn: AsyncConnection, pairs: Sequence[tuple[int, int]]) -> int:
+        """Delete queue rows by (device pk, seq) — a device can only delete its own rows —
+        then the payloads no queue row references any more. Returns the rows deleted."""
+        by_device: dict[int, list[int]] = {}
+        for device_pk, seq in pairs:
+            by_device.setdefault(device_pk, []).append(seq)
+        deleted = 0
+        envelopes: set[str] = set()
+        # (device_pk = ? AND seq IN (...)) OR ...: one statement for the whole batch. (Row-value
+        # IN lists are avoided: SQLite via aiosqlite matched nothing with them in DELETE.)
+        groups = [(pk, chunk) for pk, seqs in by_device.items() for chunk in _chunks(seqs)]
+        for part in _chunks(groups, 20):
+            result = await conn.execute(
+                delete(_queue)
+                .where(
+                    or_(*[(_queue.c.device_pk == pk) & _queue.c.seq.in_(seqs) for pk, seqs in part])
+                )
+                .returning(_queue.c.envelope_id)
+            )
+            for (envelope_id,) in result:
+                deleted += 1
+                envelopes.add(envelope_id)
+        await self._delete_orphan_payloads(conn, sorted(envelopes))
+        return deleted
+
+    async def _delete_orphan_payloads(
+        self, conn: AsyncConnection, envelopes: Sequence[str]
+    ) -> None:
+        referenced = exists().where(
+            _queue.c.envelope_id == _payloads.c.envelope_id, _queue.c.idx == _payloads.c.idx
+        )
+        for chunk in _chunks(envelopes):
+            await conn.execute(
+                delete(_payloads).where(_payloads.c.envelope_id.in_(chunk), ~referenced)
+            )
+
+    async def fetch_queue(
+        self, conn: AsyncConnection, device_pk: int, limit: int
+    ) -> list[Delivery]:
+        """The oldest ``limit`` queued envelopes of one device, in ``seq`` order."""
+        rows = await conn.execute(
+            select(
+                _queue.c.seq,
+                _sends.c.envelope_id,
+                _sends.c.sender_user,
+                _sends.c.sender_device_id,
+                _sends.c.created_at,
+                _payloads.c.data,
+            )
+            .select_from(_queue)
+            .join(
+                _payloads,
+                (_payloads.c.envelope_id == _queue.c.envelope_id)
+                & (_payloads.c.idx == _queue.c.idx),
+            )
+            .join(_sends, _sends.c.envelope_id == _queue.c.envelope_id)
+            .where(_queue.c.device_pk == device_pk)
+            .order_by(_queue.c.seq)
+            .limit(limit)
+        )
+        return [
+            Delivery(seq, deliver_tail(envelope_id, user, device_id, ts, b64(data)))
+            for seq, envelope_id, user, device_id, ts, data in rows
+        ]
+
+    async def queue_depth_total(self, conn: AsyncConnection) -> int:
+        """All queued envelopes (for the queue-depth gauge)."""
+        return int((await conn.execute(select(func.count()).select_from(_queue))).scalar_one())
+
+    async def sweep(self, conn: AsyncConnection, now_ms: int) -> int:
+        """Delete expired queue rows, their payloads and expired send records."""
+        result = await conn.execute(delete(_queue).where(_queue.c.expires_at <= now_ms))
+        expired = result.rowcount or 0
+        expired_sends = select(_sends.c.envelope_id).where(_sends.c.expires_at <= now_ms)
+        await conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
+        await conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
+        return expired

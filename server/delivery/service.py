@@ -1,0 +1,263 @@
+"""The delivery service: connections, the group-commit writer, the TTL sweeper and the watchdog.
+
+Lifecycle (from the app's lifespan): ``await service.start()`` → serve → ``await
+service.going_away()`` (close every socket with 1001 after flushing what is queued, commit
+and answer everything submitted) → ``await service.stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.delivery.connection import CloseCode, DeviceConnection
+from server.delivery.frames import (
+    AckFrame,
+    FrameError,
+    PingFrame,
+    SendFrame,
+    decode_b64,
+    dumps,
+    error_frame,
+    parse_client_frame,
+    parse_json,
+)
+from server.delivery.metrics import DeliveryMetrics
+from server.delivery.repository import DeliveryRepository
+from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
+from server.fanout import Hub
+from server.settings import LimitSettings
+
+__all__ = ["DeliveryConfig", "DeliveryService", "RateLimitExceeded"]
+
+log = logging.getLogger("vox.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """Delivery bounds (most come from ``settings.limits``)."""
+
+    max_frame_bytes: int = 2 * 1024 * 1024
+    max_ciphertext_bytes: int = 256 * 1024
+    max_recipients: int = 1000
+    max_queue_depth: int = 10_000
+    envelope_ttl_seconds: int = 30 * 24 * 3600
+    messages_per_second: float = 200.0
+    #: Envelopes written to a socket and not yet acked.
+    max_inflight: int = 500
+    #: New deliveries pause while the outbound buffer holds more than this.
+    out_soft_bytes: int = 512 * 1024
+    #: A client whose outbound buffer grows past this is disconnected.
+    max_out_bytes: int = 8 * 1024 * 1024
+    #: A client whose socket accepts nothing for this long is disconnected.
+    send_timeout: float = 15.0
+    #: Sends submitted and not yet answered, per connection.
+    max_pending_sends: int = 256
+    auth_timeout: float = 10.0
+    sweep_interval: float = 60.0
+    commit_max_batch: int = 256
+    commit_max_wait: float = 0.002
+
+    @classmethod
+    def from_limits(cls, limits: LimitSettings, **overrides: object) -> DeliveryConfig:
+        """Build from the relay's limit settings (plus explicit overrides)."""
+        values: dict[str, object] = {
+            "max_frame_bytes": limits.max_frame_bytes,
+            "max_ciphertext_bytes": limits.max_ciphertext_bytes,
+            "max_recipients": limits.max_recipients,
+            "max_queue_depth": limits.max_queue_depth,
+            "envelope_ttl_seconds": limits.envelope_ttl_seconds,
+            "messages_per_second": limits.messages_per_second_per_device,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class RateLimitExceeded(Exception):
+    """The connection sent frames faster than its budget."""
+
+
+class _Bucket:
+    """A token bucket: sends cost 1, other frames 1/4."""
+
+    __slots__ = ("capacity", "last", "rate", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(2 * rate, 20.0)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def take(self, cost: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < cost:
+            return False
+        self.tokens -= cost
+        return True
+
+
+class DeliveryService:
+    """Owns the hub registrations, the writer and the background tasks of one node."""
+
+    def __init__(
+        self, engine: AsyncEngine, hub: Hub, metrics: DeliveryMetrics, config: DeliveryConfig
+    ) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.metrics = metrics
+        self.config = config
+        self.repo = DeliveryRepository()
+        self.writer = GroupCommitWriter(
+            engine,
+            hub,
+            metrics,
+            ttl_seconds=config.envelope_ttl_seconds,
+            max_queue_depth=config.max_queue_depth,
+            max_batch=config.commit_max_batch,
+            max_wait=config.commit_max_wait,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.accepting = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer, the TTL sweeper and the slow-consumer watchdog."""
+        self.writer.start()
+        self._tasks = [
+            asyncio.create_task(self._sweeper(), name="vox-ttl-sweeper"),
+            asyncio.create_task(self._watchdog(), name="vox-ws-watchdog"),
+        ]
+
+    async def going_away(self, grace: float = 5.0) -> None:
+        """Refuse new sends, commit and answer submitted ones, close sockets with 1001."""
+        self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.writer.drained(), timeout=grace)
+        for sink in self.hub.local_sinks():
+            if isinstance(sink, DeviceConnection):
+                sink.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + grace
+        while self.hub.connection_count and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop background tasks; the writer commits what it was given first."""
+        self.accepting = False
+        await self.writer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def fetch_queue(self, device_pk: int, limit: int) -> list:  # type: ignore[type-arg]
+        """The device's oldest ``limit`` queued envelopes."""
+        async with self.engine.connect() as conn:
+            return await self.repo.fetch_queue(conn, device_pk, limit)
+
+    async def sweep(self, now: int | None = None) -> int:
+        """Delete expired envelopes (``now`` in Unix ms); returns queue rows deleted."""
+        t = now_ms() if now is None else now
+        async with self.engine.begin() as conn:
+            expired = await self.repo.sweep(conn, t)
+            depth = await self.repo.queue_depth_total(conn)
+        self.metrics.expired.inc(expired)
+        self.metrics.queue_depth.set(depth)
+        return expired
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                expired = await self.sweep()
+                if expired:
+                    log.info("expired envelopes deleted", extra={"count": expired})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("TTL sweep failed: %s", exc.__class__.__name__)
+            await asyncio.sleep(self.config.sweep_interval)
+
+    async def _watchdog(self) -> None:
+        interval = max(0.05, min(1.0, self.config.send_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for sink in self.hub.local_sinks():
+                if (
+                    isinstance(sink, DeviceConnection)
+                    and sink.blocked_for(now) > self.config.send_timeout
+                ):
+                    sink.abort("slow consumer: socket not writable")
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def handle_text(self, conn: DeviceConnection, text: str, bucket: _Bucket) -> None:
+        """Process one client frame after authentication (raises ``FrameError`` for the
+        caller to answer, ``RateLimitExceeded`` to close)."""
+        value = parse_json(text)
+        frame = parse_client_frame(value)
+        if not bucket.take(1.0 if isinstance(frame, SendFrame) else 0.25):
+            raise RateLimitExceeded
+        if isinstance(frame, SendFrame):
+            self._handle_send(conn, frame)
+        elif isinstance(frame, AckFrame):
+            conn.ack(frame.seqs)
+        elif isinstance(frame, PingFrame):
+            conn.push_frame(dumps({"type": "pong", "id": frame.id}))
+        else:
+            raise FrameError("bad_frame", "already authenticated", None)
+
+    def _handle_send(self, conn: DeviceConnection, frame: SendFrame) -> None:
+        cfg = self.config
+        recipients = sum(len(p.to) for p in frame.payloads)
+        if recipients > cfg.max_recipients:
+            raise FrameError(
+                "too_many_recipients", f"at most {cfg.max_recipients} recipient devices", frame.id
+            )
+        seen: set[tuple[str, int]] = set()
+        payloads: list[tuple[bytes, list[tuple[str, int]]]] = []
+        for payload in frame.payloads:
+            data = decode_b64(payload.data, frame.id)
+            if len(data) > cfg.max_ciphertext_bytes:
+                raise FrameError(
+                    "too_large", f"a payload is over {cfg.max_ciphertext_bytes} bytes", frame.id
+                )
+            to = []
+            for r in payload.to:
+                key = (r.user, r.device)
+                if key in seen:
+                    raise FrameError(
+                        "duplicate_recipient", "a device is addressed more than once", frame.id
+                    )
+                seen.add(key)
+                to.append(key)
+            payloads.append((data, to))
+        if (conn.device.user, conn.device.device_id) in seen:
+            raise FrameError("bad_recipient", "a device cannot send to itself", frame.id)
+        if not self.accepting:
+            raise FrameError("shutting_down", "the relay is shutting down; retry", frame.id)
+        if conn.pending_sends >= cfg.max_pending_sends:
+            raise FrameError("busy", "too many sends awaiting an answer", frame.id)
+        conn.pending_sends += 1
+        self.writer.submit(SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral))
+
+    @staticmethod
+    def bucket(rate: float) -> _Bucket:
+        """A fresh per-connection rate bucket."""
+        return _Bucket(rate)
+
+    @staticmethod
+    def frame_error(exc: FrameError) -> str:
+        """The error frame answering a recoverable frame error."""
+        return error_frame(exc.code, exc.message, exc.frame_id)

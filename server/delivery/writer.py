@@ -1,0 +1,392 @@
+"""The group-commit writer: many connections' sends and acks, one transaction, then answers.
+
+Connections never touch the database for writes. They hand :class:`SendOp` and
+:class:`AckOp` objects to :meth:`GroupCommitWriter.submit` and keep reading frames. A single
+task takes everything queued (up to ``max_batch`` operations, waiting at most ``max_wait``
+seconds for more once a batch has begun), validates and stores it in **one** transaction,
+commits, and only then answers: ``accepted`` to each sender, deliveries to the recipients'
+sockets (through the hub), ack completion to the ackers. Nothing is answered ``accepted``
+before its commit; if the transaction fails, every send in it is answered with an error and
+nothing of it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter as CountMap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.db.engine import IMMEDIATE
+from server.delivery.frames import Delivery, b64, dumps, error_frame
+from server.delivery.metrics import DeliveryMetrics
+from server.delivery.repository import DeliveryRepository, NewSend
+from server.fanout import Hub
+
+__all__ = ["AckOp", "GroupCommitWriter", "SendOp", "Sender"]
+
+log = logging.getLogger("vox.delivery")
+
+
+class Origin(Protocol):
+    """The connection an operation came from (answers go back to it)."""
+
+    def push_frame(self, text: str) -> None:
+        """Queue a frame to the client."""
+
+    def send_finished(self) -> None:
+        """One of its sends was answered (accepted or refused)."""
+
+    def acks_committed(self, seqs: list[int], ok: bool) -> None:
+        """Its acks were committed (``ok``) or failed."""
+
+
+@dataclass(slots=True, frozen=True)
+class Sender:
+    """The authenticated sending device."""
+
+    device_pk: int
+    user: str
+    device_id: int
+
+
+@dataclass(slots=True)
+class SendOp:
+    """A decoded, size-checked ``send`` waiting for validation and storage."""
+
+    origin: Origin
+    sender: Sender
+    client_id: str
+    #: (ciphertext, [(user, device id), ...]) per payload.
+    payloads: list[tuple[bytes, list[tuple[str, int]]]]
+    ephemeral: bool
+    started: float = field(default_factory=time.perf_counter)
+    answer: str | None = None
+    accepted: bool = False
+
+
+@dataclass(slots=True)
+class AckOp:
+    """Acks of one connection: delete (device pk, seq) rows."""
+
+    origin: Origin
+    device_pk: int
+    seqs: list[int]
+
+
+Op = SendOp | AckOp
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in milliseconds."""
+    return int(time.time() * 1000)
+
+
+class GroupCommitWriter:
+    """Batches sends and acks from every connection into single transactions."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        hub: Hub,
+        metrics: DeliveryMetrics,
+        *,
+        ttl_seconds: int,
+        max_queue_depth: int,
+        max_batch: int = 256,
+        max_wait: float = 0.002,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._hub = hub
+        self._metrics = metrics
+        self._repo = DeliveryRepository()
+        self._ttl_ms = ttl_seconds * 1000
+        self._max_depth = max_queue_depth
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._clock_ms = clock_ms
+        self._queue: asyncio.Queue[Op] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: Ephemeral sends validated in the current transaction, pushed after it.
+        self._pending_live: list[tuple[SendOp, list[list[int]], int]] = []
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self._task = asyncio.create_task(self._run(), name="vox-group-commit")
+
+    async def stop(self) -> None:
+        """Commit and answer everything already submitted, then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained(), timeout=10)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def drained(self) -> None:
+        """Wait until every submitted operation has been committed and answered."""
+        await self._idle.wait()
+
+    def submit(self, op: Op) -> None:
+        """Queue an operation for the next batch."""
+        self._outstanding += 1
+        self._idle.clear()
+        self._queue.put_nowait(op)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = loop.time() + self._max_wait
+            while len(batch) < self._max_batch:
+                if self._queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    # Let other connections' frames arrive and join this commit.
+                    await asyncio.sleep(min(remaining, 0.0005))
+                    continue
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._process(batch)
+            except Exception:  # never let the writer die
+                log.exception("group commit failed unexpectedly")
+            finally:
+                self._outstanding -= len(batch)
+                if self._outstanding == 0:
+                    self._idle.set()
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _process(self, batch: list[Op]) -> None:
+        self._metrics.batch_size.observe(len(batch))
+        try:
+            per_device = await self._transaction(batch)
+        except IntegrityError:
+            # A concurrent node stored the same (sender, client id): redo one by one, so the
+            # de-duplication check sees the other row.
+            for op in batch:
+                try:
+                    per_device = await self._transaction([op])
+                except Exception as exc:
+                    self._fail([op], exc)
+                else:
+                    self._answer([op], per_device)
+            return
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        self._answer(batch, per_device)
+
+    async def _transaction(self, batch: list[Op]) -> dict[int, list[Delivery]]:
+        self._pending_live = []
+        for op in batch:
+            if isinstance(op, SendOp):
+                op.answer, op.accepted = None, False
+        async with self._engine.connect() as conn:
+            if self._sqlite:
+                # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
+                conn = await conn.execution_options(**{IMMEDIATE: True})
+            async with conn.begin():
+                acks = [
+                    (op.device_pk, seq) for op in batch if isinstance(op, AckOp) for seq in op.seqs
+                ]
+                if acks:
+                    self._metrics.acks.inc(await self._repo.delete_acked(conn, acks))
+                sends = [op for op in batch if isinstance(op, SendOp)]
+                per_device: dict[int, list[Delivery]] = {}
+                if sends:
+                    per_device = await self._store(conn, sends)
+        return per_device
+
+    async def _store(self, conn: AsyncConnection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
+        now = self._clock_ms()
+        durable = [op for op in ops if not op.ephemeral]
+        # 1. De-duplication: already stored earlier, or twice in this batch.
+        found = await self._repo.find_sends(
+            conn, [(op.sender.device_pk, op.client_id) for op in durable]
+        )
+        first_in_batch: dict[tuple[int, str], SendOp] = {}
+        fresh: list[SendOp] = []
+        duplicates: list[tuple[SendOp, SendOp]] = []
+        for op in ops:
+            if op.ephemeral:
+                fresh.append(op)
+                continue
+            key = (op.sender.device_pk, op.client_id)
+            if key in found:
+                record = found[key]
+                op.answer = _accepted(op.client_id, record.envelope_id, record.ts)
+                op.accepted = True
+            elif key in first_in_batch:
+                duplicates.append((op, first_in_batch[key]))
+            else:
+                first_in_batch[key] = op
+                fresh.append(op)
+        # 2. Device sets of every user named and of every sender.
+        users = {op.sender.user for op in fresh}
+        users.update(user for op in fresh for _, to in op.payloads for user, _ in to)
+        device_sets = await self._repo.device_sets(conn, users)
+        resolved: list[tuple[SendOp, list[list[int]]]] = []
+        for op in fresh:
+            pks = self._check_recipients(op, device_sets)
+            if pks is not None:
+                resolved.append((op, pks))
+        # 3. Queue depth limits (counting this batch's earlier sends too).
+        targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
+        depths = CountMap(await self._repo.queue_depths(conn, targets)) if targets else CountMap()
+        to_store: list[NewSend] = []
+        live: list[tuple[SendOp, list[list[int]]]] = []
+        for op, pks in resolved:
+            if op.ephemeral:
+                live.append((op, pks))
+                continue
+            adding = CountMap(pk for group in pks for pk in group)
+            full = [pk for pk, n in adding.items() if depths[pk] + n > self._max_depth]
+            if full:
+                names = {pk: ref for ref, pk in _refs(op, pks)}
+                op.answer = error_frame(
+                    "queue_full",
+                    "a recipient device's queue is full; nothing was stored",
+                    op.client_id,
+                    devices=[names[pk] for pk in full],
+                )
+                self._metrics.sends_refused.labels("queue_full").inc()
+                continue
+            depths.update(adding)
+            envelope_id = secrets.token_hex(16)
+            to_store.append(
+                NewSend(
+                    envelope_id=envelope_id,
+                    sender_device_pk=op.sender.device_pk,
+                    sender_user=op.sender.user,
+                    sender_device_id=op.sender.device_id,
+                    client_id=op.client_id,
+                    ts=now,
+                    expires_at=now + self._ttl_ms,
+                    payloads=[
+                        (data, group) for (data, _), group in zip(op.payloads, pks, strict=True)
+                    ],
+                )
+            )
+            op.answer = _accepted(op.client_id, envelope_id, now)
+            op.accepted = True
+        per_device = await self._repo.insert_sends(conn, to_store)
+        for op, dup_of in duplicates:
+            op.answer, op.accepted = dup_of.answer, dup_of.accepted
+        # 4. Ephemeral sends: answered and pushed after the commit, never stored.
+        for op, pks in live:
+            ephemeral_answer = dumps(
+                {
+                    "type": "accepted",
+                    "id": op.client_id,
+                    "envelope": None,
+                    "ts": now,
+                    "ephemeral": True,
+                }
+            )
+            op.answer, op.accepted = ephemeral_answer, True
+            self._pending_live.append((op, pks, now))
+        return per_device
+
+    def _check_recipients(
+        self, op: SendOp, device_sets: dict[str, dict[int, int]]
+    ) -> list[list[int]] | None:
+        """Map every payload's recipients to device pks, or set the refusal answer."""
+        unknown = sorted({user for _, to in op.payloads for user, _ in to} - device_sets.keys())
+        if unknown:
+            op.answer = error_frame("unknown_user", "no such user", op.client_id, users=unknown)
+            self._metrics.sends_refused.labels("unknown_user").inc()
+            return None
+        addressed: dict[str, set[int]] = {}
+        for _, to in op.payloads:
+            for user, device_id in to:
+                addressed.setdefault(user, set()).add(device_id)
+        if not op.ephemeral:
+            # The sender's other devices always get a copy.
+            addressed.setdefault(op.sender.user, set())
+        missing: list[dict[str, object]] = []
+        stale: list[dict[str, object]] = []
+        for user, devices in sorted(addressed.items()):
+            current = set(device_sets.get(user, {}))
+            if user == op.sender.user:
+                current.discard(op.sender.device_id)
+            missing.extend({"user": user, "device": d} for d in sorted(current - devices))
+            stale.extend({"user": user, "device": d} for d in sorted(devices - current))
+        if missing or stale:
+            op.answer = dumps(
+                {"type": "mismatch", "id": op.client_id, "missing": missing, "stale": stale}
+            )
+            self._metrics.sends_refused.labels("mismatch").inc()
+            return None
+        return [[device_sets[user][device_id] for user, device_id in to] for _, to in op.payloads]
+
+    def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
+        for op in batch:
+            if isinstance(op, SendOp):
+                if op.answer is None:  # pragma: no cover - every path sets an answer
+                    op.answer = error_frame("internal", "send was not processed", op.client_id)
+                if op.accepted and not op.ephemeral:
+                    self._metrics.sends_accepted.inc()
+                    self._metrics.send_latency.observe(time.perf_counter() - op.started)
+                op.origin.push_frame(op.answer)
+                op.origin.send_finished()
+            else:
+                op.origin.acks_committed(op.seqs, True)
+        if per_device:
+            self._metrics.envelopes_queued.inc(sum(len(v) for v in per_device.values()))
+            self._hub.committed(per_device)
+        live, self._pending_live = self._pending_live, []
+        for op, pks, ts in live:
+            self._metrics.ephemeral_sent.inc()
+            for (data, _), group in zip(op.payloads, pks, strict=True):
+                text = dumps(
+                    {
+                        "type": "ephemeral",
+                        "from": {"user": op.sender.user, "device": op.sender.device_id},
+                        "ts": ts,
+                        "data": b64(data),
+                    }
+                )
+                self._hub.send_frame(group, text)
+
+    def _fail(self, batch: list[Op], exc: BaseException) -> None:
+        log.error("delivery transaction failed: %s", exc.__class__.__name__)
+        self._pending_live = []
+        for op in batch:
+            if isinstance(op, SendOp):
+                self._metrics.sends_refused.labels("internal").inc()
+                op.origin.push_frame(
+                    error_frame("internal", "temporary server error; retry", op.client_id)
+                )
+                op.origin.send_finished()
+            else:
+                op.origin.acks_committed(op.seqs, False)
+
+
+def _accepted(client_id: str, envelope_id: str, ts: int) -> str:
+    return f'{{"type":"accepted","id":"{client_id}","envelope":"{envelope_id}","ts":{ts}}}'
+
+
+def _refs(op: SendOp, pks: list[list[int]]) -> list[tuple[dict[str, object], int]]:
+    return [
+        ({"user": user, "device": device_id}, pk)
+        for (_, to), group in zip(op.payloads, pks, strict=True)
+        for (user, device_id), pk in zip(to, group, strict=True)
+    ]

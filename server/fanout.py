@@ -1,0 +1,297 @@
+"""Fan-out of wake-ups and live frames to connected devices.
+
+A relay node keeps at most one WebSocket per device. The :class:`Hub` knows which devices are
+connected *to this node* and routes three kinds of signal to them:
+
+* **committed envelopes** (:meth:`Hub.committed`): the node's own group-commit writer has just
+  made envelopes durable. A device connected here receives them directly (no database read);
+  for devices connected elsewhere a *wake* signal is published.
+* **wake** (:meth:`Hub.wake`): "device X has new rows in its queue" — the node holding X's socket
+  reads X's queue from the database (the only source of truth) and delivers.
+* **frames** (:meth:`Hub.notify`, :meth:`Hub.send_frame`): small live frames that are never stored —
+  server notifications (e.g. low prekey stock) and ephemeral sends (typing indicators).
+
+Without Redis the hub is purely in-process (one node). With Redis, every node subscribes to one
+pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
+
+``{"n": node, "k": "wake", "d": [device_pk, ...]}``
+    read the queue of these devices. Carries no ciphertext and no message metadata.
+``{"n": node, "k": "frame", "d": [device_pk, ...], "f": "<frame JSON text>"}``
+    push this frame to these devices if connected. Used for notifications and ephemeral sends,
+    which are never stored anywhere, so the frame (an ephemeral ciphertext) is the only copy;
+    Redis pub/sub does not persist it either.
+``{"n": node, "k": "kick", "d": device_pk, "c": connection_id}``
+    a newer connection of this device exists on node ``n``: close any other one (4409).
+``{"n": node, "k": "drop", "d": device_pk, "r": reason}``
+    the device was removed from its account or revoked: close its connection (4401).
+
+Signals are best effort: a lost wake only delays delivery until the device's next wake or
+reconnect, because the queue itself lives in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger("vox.fanout")
+
+_OUTBOX_LIMIT = 10_000
+
+
+class DeviceSink(Protocol):
+    """What the hub needs from a device's live connection (see ``server.delivery.connection``)."""
+
+    @property
+    def connection_id(self) -> str:
+        """A random id, unique per connection, used to tell connections of one device apart."""
+        ...
+
+    def wake(self) -> None:
+        """New rows may be in the device's queue: read them from the database."""
+
+    def push_committed(self, envelopes: Sequence[Any]) -> None:
+        """Envelopes committed by this node for this device, in queue order."""
+
+    def push_frame(self, text: str) -> None:
+        """Send a live (never stored) frame."""
+
+    def replaced(self) -> None:
+        """A newer connection of the same device took over: close with 4409."""
+
+    def revoked(self, reason: str) -> None:
+        """The device was removed or revoked: close with 4401."""
+
+
+class Hub:
+    """In-process fan-out, optionally bridged to other nodes through Redis pub/sub."""
+
+    def __init__(self, redis_url: str | None = None, prefix: str = "vox:") -> None:
+        self.node_id = secrets.token_hex(8)
+        self._sinks: dict[int, DeviceSink] = {}
+        self._redis_url = redis_url
+        self._channel = f"{prefix}fanout"
+        self._redis: Any = None
+        self._outbox: asyncio.Queue[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.dropped_signals = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def distributed(self) -> bool:
+        """True when other nodes are reachable through Redis."""
+        return self._redis_url is not None
+
+    async def start(self) -> None:
+        """Connect to Redis (if configured) and start the subscriber and publisher tasks."""
+        if self._redis_url is None:
+            return
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.from_url(self._redis_url)
+        self._outbox = asyncio.Queue(maxsize=_OUTBOX_LIMIT)
+        ready = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._subscriber(ready), name="vox-hub-subscriber"),
+            asyncio.create_task(self._publisher(), name="vox-hub-publisher"),
+        ]
+        # Do not serve before the subscription is live, or early wakes could be missed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        """Stop the Redis tasks (local sinks are closed by their own connections)."""
+        self._stopping = True
+        if self._outbox is not None:
+            # Give queued wakes a brief chance to leave: they point at committed rows.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_outbox(), timeout=1.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def ping(self) -> bool:
+        """True if Redis answers (or is not configured)."""
+        if self._redis is None:
+            return self._redis_url is None
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def _drain_outbox(self) -> None:
+        assert self._outbox is not None
+        await self._outbox.join()
+
+    # -- local registry ----------------------------------------------------------------------
+
+    def attach(self, device_pk: int, sink: DeviceSink) -> None:
+        """Register a device's new connection; an older one (here or elsewhere) is replaced."""
+        previous = self._sinks.get(device_pk)
+        self._sinks[device_pk] = sink
+        if previous is not None and previous is not sink:
+            previous.replaced()
+        self._publish({"k": "kick", "d": device_pk, "c": sink.connection_id})
+
+    def detach(self, device_pk: int, sink: DeviceSink) -> None:
+        """Forget a connection (only if it is still the registered one)."""
+        if self._sinks.get(device_pk) is sink:
+            del self._sinks[device_pk]
+
+    def local(self, device_pk: int) -> DeviceSink | None:
+        """The device's connection on this node, if any."""
+        return self._sinks.get(device_pk)
+
+    @property
+    def connection_count(self) -> int:
+        """Number of devices connected to this node."""
+        return len(self._sinks)
+
+    def local_sinks(self) -> list[DeviceSink]:
+        """A snapshot of this node's connections."""
+        return list(self._sinks.values())
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def committed(self, per_device: Mapping[int, Sequence[Any]]) -> None:
+        """Envelopes just committed by this node: hand them to local sockets, wake the others."""
+        remote: list[int] = []
+        for device_pk, envelopes in per_device.items():
+            sink = self._sinks.get(device_pk)
+            if sink is not None:
+                sink.push_committed(envelopes)
+            else:
+                remote.append(device_pk)
+        if remote:
+            self._publish({"k": "wake", "d": remote})
+
+    def wake(self, device_pks: Iterable[int]) -> None:
+        """Tell whoever holds these devices' sockets to read their queues."""
+        remote: list[int] = []
+        for device_pk in device_pks:
+            sink = self._sinks.get(device_pk)
+            if sink is not None:
+                sink.wake()
+            else:
+                remote.append(device_pk)
+        if remote:
+            self._publish({"k": "wake", "d": remote})
+
+    def send_frame(self, device_pks: Iterable[int], text: str) -> None:
+        """Push a live frame to whichever of these devices are connected (here or elsewhere)."""
+        remote: list[int] = []
+        for device_pk in device_pks:
+            sink = self._sinks.get(device_pk)
+            if sink is not None:
+                sink.push_frame(text)
+            else:
+                remote.append(device_pk)
+        if remote:
+            self._publish({"k": "frame", "d": remote, "f": text})
+
+    async def notify(self, device_pk: int, frame: dict[str, object]) -> None:
+        """``DeviceNotifier``: push a server notification frame to a device, wherever it is."""
+        self.send_frame([device_pk], json.dumps(frame, separators=(",", ":")))
+
+    async def disconnect(self, device_pk: int, reason: str) -> None:
+        """``DeviceNotifier``: close the device's connection (4401 + reason), wherever it is."""
+        self._drop_local(device_pk, reason)
+        self._publish({"k": "drop", "d": device_pk, "r": reason})
+
+    def _drop_local(self, device_pk: int, reason: str) -> None:
+        sink = self._sinks.pop(device_pk, None)
+        if sink is not None:
+            sink.revoked(reason)
+
+    # -- Redis bridge ------------------------------------------------------------------------
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        if self._outbox is None or (self._stopping and message["k"] == "kick"):
+            return
+        message["n"] = self.node_id
+        try:
+            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+        except asyncio.QueueFull:
+            self.dropped_signals += 1
+            log.warning("fan-out outbox full, signal dropped", extra={"kind": message["k"]})
+
+    async def _publisher(self) -> None:
+        assert self._outbox is not None
+        while True:
+            text = await self._outbox.get()
+            try:
+                await self._redis.publish(self._channel, text)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.dropped_signals += 1
+                log.warning("redis publish failed: %s", exc.__class__.__name__)
+                await asyncio.sleep(0.2)
+            finally:
+                self._outbox.task_done()
+
+    async def _subscriber(self, ready: asyncio.Event) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                ready.set()
+                backoff = 0.1
+                # Wake-ups may have been lost while we were not subscribed.
+                for sink in list(self._sinks.values()):
+                    sink.wake()
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:
+                log.warning("redis subscription lost (%s), retrying", exc.__class__.__name__)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _dispatch(self, raw: bytes | str) -> None:
+        try:
+            message = json.loads(raw)
+            if message.get("n") == self.node_id:
+                return
+            kind = message["k"]
+            if kind == "wake":
+                for device_pk in message["d"]:
+                    sink = self._sinks.get(int(device_pk))
+                    if sink is not None:
+                        sink.wake()
+            elif kind == "frame":
+                text = str(message["f"])
+                for device_pk in message["d"]:
+                    sink = self._sinks.get(int(device_pk))
+                    if sink is not None:
+                        sink.push_frame(text)
+            elif kind == "drop":
+                self._drop_local(int(message["d"]), str(message["r"])[:100])
+            elif kind == "kick":
+                sink = self._sinks.get(int(message["d"]))
+                if sink is not None and sink.connection_id != message["c"]:
+                    del self._sinks[int(message["d"])]
+                    sink.replaced()
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring malformed fan-out message (%s)", exc.__class__.__name__)
