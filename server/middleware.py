@@ -72,6 +72,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                await self._drain(receive, message, size)
                 await _send_json(send, 413, too_large)
                 return
             chunks.append(chunk)
@@ -88,6 +89,16 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, message: Message, size: int) -> None:
+        # Read (and drop) the rest of a moderately oversized body so the client sees the
+        # 413 instead of a reset connection; give up past a hard cap.
+        cap = max(4 * self.max_bytes, 4 * 1024 * 1024)
+        while message.get("more_body", False) and size <= cap:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
 
 
 class MetricsMiddleware:

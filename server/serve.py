@@ -7,6 +7,8 @@ pings every 20 s (20 s timeout), frames capped at ``limits.max_frame_bytes``.
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -19,7 +21,7 @@ def uvicorn_config(
     app: FastAPI, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
 ) -> uvicorn.Config:
     """A ``uvicorn.Config`` with the relay's HTTP and WebSocket settings."""
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -39,3 +41,7 @@ def uvicorn_config(
         log_config=None,
         access_log=settings.access_log,
     )
+    # uvicorn switches the access logger off globally when access_log is False; make the
+    # logger follow this server's setting (records go to the root handler as JSON).
+    logging.getLogger("uvicorn.access").propagate = settings.access_log
+    return config

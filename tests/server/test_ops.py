@@ -1,0 +1,173 @@
+"""Config, health, readiness, metrics, body limits, error shape and secret-free logs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.logs import JsonFormatter
+from tests.server.relay_harness import (
+    Relay,
+    TestAccount,
+    auth_header,
+    b64,
+    make_settings,
+    running_relay,
+    table_snapshot,
+)
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    async with running_relay(make_settings(tmp_path)) as r:
+        yield r
+
+
+@pytest.fixture
+async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
+    async with relay.client() as client:
+        yield client
+
+
+async def test_config_serves_brand_policy_and_limits(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        registration="invite",
+        brand={
+            "name": "Acme Chat",
+            "primary_color": "#112233",
+            "logo_url": "https://a.example/l.png",
+        },
+        limits={"max_recipients": 50},
+    )
+    async with running_relay(settings) as relay, relay.client() as http:
+        body = (await http.get("/v1/config")).json()
+    assert body["protocol_version"] == 1
+    assert body["registration"] == "invite"
+    assert body["brand"]["name"] == "Acme Chat"
+    assert body["brand"]["primary_color"] == "#112233"
+    assert body["brand"]["logo_url"] == "https://a.example/l.png"
+    assert body["limits"]["max_recipients"] == 50
+    assert body["limits"]["max_attachment_bytes"] == 100 * 1024 * 1024
+    assert body["limits"]["envelope_ttl_seconds"] == 30 * 86400
+
+
+async def test_health_and_readiness_on_sqlite(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert (await http.get("/readyz")).json() == {"status": "ready", "checks": {"database": "ok"}}
+
+
+@pytest.mark.redis
+async def test_readiness_checks_redis_when_configured(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url=redis_url)
+    async with running_relay(settings) as relay, relay.client() as http:
+        resp = await http.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+async def test_readiness_fails_when_redis_is_unreachable(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0")
+    async with running_relay(settings) as relay, relay.client() as http:
+        resp = await http.get("/readyz")
+        assert resp.status_code == 503
+        assert resp.json()["status"] == "unavailable"
+        assert resp.json()["checks"]["database"] == "ok"
+        assert resp.json()["checks"]["redis"].startswith("error:")
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_each_app_has_its_own_metrics(tmp_path: Path) -> None:
+    async with (
+        running_relay(make_settings(tmp_path / "a")) as a,
+        running_relay(make_settings(tmp_path / "b")) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        await TestAccount.new("alice").register_and_login(http_a)
+        text_a = (await http_a.get("/metrics")).text
+        text_b = (await http_b.get("/metrics")).text
+    assert "vox_accounts_registered_total 1.0" in text_a
+    assert "vox_tokens_issued_total 1.0" in text_a
+    assert "vox_accounts_registered_total 0.0" in text_b
+    assert 'vox_http_requests_total{route="/v1/accounts",status="201"} 1.0' in text_a
+
+
+async def test_oversized_bodies_are_refused_with_413(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, limits={"max_body_bytes": 8192})
+    async with running_relay(settings) as relay, relay.client() as http:
+        before = await table_snapshot(relay.app)
+        body = TestAccount.new("alice").register_body(one_time=0, one_time_pq=10)
+        resp = await http.post("/v1/accounts", json=body)
+        assert resp.status_code == 413
+        assert resp.json()["error"] == "body_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(20):
+                yield b" " * 1024
+
+        resp = await http.post(
+            "/v1/accounts", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 413
+        assert resp.json()["error"] == "body_too_large"
+        assert await table_snapshot(relay.app) == before
+
+
+async def test_unknown_paths_and_methods_get_json_errors(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/v1/nothing-here")
+    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    resp = await http.delete("/v1/config")
+    assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+async def test_logs_never_contain_tokens_keys_or_nonces(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    settings = make_settings(tmp_path, access_log=True, log_level="debug")
+    async with running_relay(settings) as relay, relay.client() as http:
+        alice = TestAccount.new("alice")
+        body = alice.register_body()
+        assert (await http.post("/v1/accounts", json=body)).status_code == 201
+        ch = await http.post("/v1/auth/challenge", json={"username": "alice", "device_id": 1})
+        nonce = ch.json()["nonce"]
+        token = await alice.login(http)
+        bob = TestAccount.new("bob")
+        bob_body = bob.register_body()
+        await http.post("/v1/accounts", json=bob_body)
+        bundle = await http.get("/v1/prekeys/bob", headers=auth_header(token))
+        await http.get("/v1/prekeys/bob", headers={"Authorization": "Bearer " + "A" * 43})
+        await http.get("/v1/prekeys/count", headers=auth_header(token + "x"))
+        await http.delete("/v1/auth/token", headers=auth_header(token))
+    text = captured_logs.getvalue()
+    assert "account_registered" in text  # logging did happen
+    assert "GET /v1/prekeys/bob" in text  # access log too
+    secrets = [token, nonce, b64(alice.account_key), body["device_list"]]
+    secrets += [body["prekeys"]["signed_prekey"]["public_key"]]
+    secrets += [k["public_key"] for k in bob_body["prekeys"]["one_time_prekeys"]]
+    secrets += [bundle.json()["devices"][0]["identity_key"]]
+    secrets += [base64.urlsafe_b64decode(token + "=").hex()]
+    for secret in secrets:
+        assert secret not in text
