@@ -293,11 +293,14 @@ class DeviceIdentityKey:
 
     private: bytes = field(repr=False)
     public_key: X25519PublicKey = field(init=False, repr=False, compare=False)
+    _pair: p.X25519KeyPair = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.private) != p.X25519_KEY_LEN:
             raise InvalidValue("device identity key", "must be 32 bytes")
-        object.__setattr__(self, "public_key", X25519PublicKey(p.x25519_public(self.private)))
+        pair = p.X25519KeyPair(self.private)
+        object.__setattr__(self, "_pair", pair)
+        object.__setattr__(self, "public_key", X25519PublicKey(pair.public))
 
     @classmethod
     def generate(cls, rng: p.Rng = p.random_bytes) -> DeviceIdentityKey:
@@ -306,7 +309,7 @@ class DeviceIdentityKey:
 
     def exchange(self, peer: X25519PublicKey) -> bytes:
         """X25519 with a peer key; raises ``InvalidPublicKey`` on a bad peer key."""
-        return p.x25519_exchange(self.private, peer.raw)
+        return self._pair.exchange(peer.raw)
 
     def to_bytes(self) -> bytes:
         """Serialize: ``01 || 12 || scalar (32)``."""
@@ -458,19 +461,26 @@ class SignedPrekey:
     key_id: int
     private: bytes = field(repr=False)
     signature: bytes = field(repr=False)
+    _pair: p.X25519KeyPair = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_len("signed prekey", self.private, p.X25519_KEY_LEN)
         _check_len("signed prekey signature", self.signature, p.ED25519_SIGNATURE_LEN)
+        object.__setattr__(self, "_pair", p.X25519KeyPair(self.private))
 
     @property
     def public_key(self) -> X25519PublicKey:
         """The public prekey."""
-        return X25519PublicKey(p.x25519_public(self.private))
+        return X25519PublicKey(self._pair.public)
+
+    @property
+    def key_pair(self) -> p.X25519KeyPair:
+        """The loaded key pair (the responder's first ratchet key)."""
+        return self._pair
 
     def exchange(self, peer: X25519PublicKey) -> bytes:
         """X25519 with a peer key; raises ``InvalidPublicKey`` on a bad peer key."""
-        return p.x25519_exchange(self.private, peer.raw)
+        return self._pair.exchange(peer.raw)
 
     @classmethod
     def generate(

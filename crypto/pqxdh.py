@@ -134,10 +134,11 @@ def initiate_session(
     Verifies every signature in the bundle (``BadSignature``), encapsulates to its KEM
     prekey, and returns a session whose messages carry the PQXDH prefix until the peer
     replies. Raises ``InvalidPublicKey`` for a malformed or low-order key in the bundle.
+    ``rng`` is read twice: 32 bytes for ``EK_A``, then 32 bytes for the first ratchet key.
     """
     bundle.verify()
     encapsulation = p.mlkem768_encapsulate(bundle.kem_prekey.public_key.raw)
-    return initiate_session_with_encapsulation(local, bundle, encapsulation, rng=rng, config=config)
+    return _initiate(local, bundle, encapsulation, rng, config)
 
 
 def initiate_session_with_encapsulation(
@@ -152,25 +153,35 @@ def initiate_session_with_encapsulation(
 
     ``cryptography`` draws ML-KEM encapsulation randomness itself, so the fixed-vector
     generator uses this entry point with a pinned encapsulation. Applications call
-    :func:`initiate_session`. ``rng`` is read twice: 32 bytes for ``EK_A``, then 32 bytes
-    for the first ratchet key.
+    :func:`initiate_session`.
     """
     bundle.verify()
     kem_ciphertext, kem_secret = encapsulation
     if len(kem_ciphertext) != p.MLKEM768_CIPHERTEXT_LEN or len(kem_secret) != 32:
         raise InvalidValue("encapsulation", "wrong ML-KEM-768 ciphertext or secret size")
-    ephemeral = p.x25519_generate(rng)
+    return _initiate(local, bundle, encapsulation, rng, config)
+
+
+def _initiate(
+    local: LocalDevice,
+    bundle: PrekeyBundle,
+    encapsulation: tuple[bytes, bytes],
+    rng: p.Rng,
+    config: RatchetConfig | None,
+) -> Session:
+    kem_ciphertext, kem_secret = encapsulation
+    ephemeral = p.X25519KeyPair.generate(rng)
     spk = bundle.signed_prekey.public_key
     dhs = [
         local.identity_key.exchange(spk),
-        p.x25519_exchange(ephemeral, bundle.identity_key.raw),
-        p.x25519_exchange(ephemeral, spk.raw),
+        ephemeral.exchange(bundle.identity_key.raw),
+        ephemeral.exchange(spk.raw),
     ]
     if bundle.one_time_prekey is not None:
-        dhs.append(p.x25519_exchange(ephemeral, bundle.one_time_prekey.public_key.raw))
+        dhs.append(ephemeral.exchange(bundle.one_time_prekey.public_key.raw))
     sk = shared_secret(dhs, kem_secret)
     peer = PeerDevice(bundle.address, bundle.account_key, bundle.identity_key)
-    base_key = X25519PublicKey(p.x25519_public(ephemeral))
+    base_key = X25519PublicKey(ephemeral.public)
     one_time = bundle.one_time_prekey
     prefix = PqxdhPrefix(
         sender=local.address,
@@ -182,14 +193,14 @@ def initiate_session_with_encapsulation(
         one_time_prekey_id=None if one_time is None else one_time.key_id,
         kem_ciphertext=kem_ciphertext,
     )
-    ratchet_private = p.x25519_generate(rng)
-    root, sending = RootKey(sk).advance(p.x25519_exchange(ratchet_private, spk.raw))
+    ratchet = p.X25519KeyPair.generate(rng)
+    root, sending = RootKey(sk).advance(ratchet.exchange(spk.raw))
     return Session(
         local=local.address,
         peer=peer,
         associated_data=associated_data(local.public, peer),
         root_key=root,
-        self_private=ratchet_private,
+        self_key=ratchet,
         remote_key=spk,
         sending=sending,
         base_key=base_key,
@@ -245,7 +256,7 @@ def accept_session(
         peer=peer,
         associated_data=associated_data(peer, local.public),
         root_key=RootKey(sk),
-        self_private=spk.private,
+        self_key=spk.key_pair,
         remote_key=None,
         sending=None,
         base_key=prefix.base_key,

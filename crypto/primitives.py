@@ -45,6 +45,7 @@ __all__ = [
     "X25519_KEY_LEN",
     "DeterministicRng",
     "Rng",
+    "X25519KeyPair",
     "aes256gcm_decrypt",
     "aes256gcm_encrypt",
     "ed25519_generate",
@@ -159,16 +160,48 @@ def x25519_exchange(private: bytes, peer_public: bytes) -> bytes:
     (``cryptography`` raises ``ValueError``) and, defensively, an all-zero result.
     """
     _need("x25519 private key", private, X25519_KEY_LEN)
+    return _exchange(x25519.X25519PrivateKey.from_private_bytes(private), peer_public)
+
+
+def _exchange(key: x25519.X25519PrivateKey, peer_public: bytes) -> bytes:
     if len(peer_public) != X25519_KEY_LEN:
         raise InvalidPublicKey(f"X25519 public key must be 32 bytes, got {len(peer_public)}")
     try:
-        key = x25519.X25519PrivateKey.from_private_bytes(private)
         shared = key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:
         raise InvalidPublicKey("X25519 exchange failed (low-order point)") from exc
     if hmac.compare_digest(shared, _ZERO32):
         raise InvalidPublicKey("X25519 shared secret is all zero")
     return shared
+
+
+class X25519KeyPair:
+    """An X25519 private scalar with its public key, loaded into ``cryptography`` once.
+
+    Loading a private key costs one scalar multiplication (OpenSSL derives the public
+    key), so long-lived holders (ratchet keys, identity keys) keep one of these instead of
+    calling :func:`x25519_exchange` with raw bytes every time.
+    """
+
+    __slots__ = ("_key", "private", "public")
+
+    def __init__(self, private: bytes) -> None:
+        _need("x25519 private key", private, X25519_KEY_LEN)
+        self._key = x25519.X25519PrivateKey.from_private_bytes(private)
+        self.private = bytes(private)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls, rng: Rng = random_bytes) -> X25519KeyPair:
+        """A fresh key pair from 32 bytes of ``rng``."""
+        return cls(x25519_generate(rng))
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """X25519 with a peer key, with the checks of :func:`x25519_exchange`."""
+        return _exchange(self._key, peer_public)
+
+    def __repr__(self) -> str:
+        return f"X25519KeyPair(public={self.public[:8].hex()}…)"
 
 
 # --- Ed25519 --------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Session:
         "_receiving",
         "_remote",
         "_root",
-        "_self_private",
+        "_self_key",
         "_self_public",
         "_sending",
         "_skipped",
@@ -100,7 +100,7 @@ class Session:
         peer: PeerDevice,
         associated_data: bytes,
         root_key: RootKey,
-        self_private: bytes,
+        self_key: p.X25519KeyPair,
         remote_key: X25519PublicKey | None,
         sending: ChainKey | None,
         base_key: X25519PublicKey,
@@ -113,8 +113,8 @@ class Session:
         self.peer = peer
         self._ad = associated_data
         self._root = root_key
-        self._self_private = self_private
-        self._self_public = X25519PublicKey(p.x25519_public(self_private))
+        self._self_key = self_key
+        self._self_public = X25519PublicKey(self._self_key.public)
         self._remote = remote_key
         self._sending = sending
         self._receiving: ChainKey | None = None
@@ -159,16 +159,16 @@ class Session:
         if self._remote is None:
             raise StateError("no ratchet key from the peer yet; this session cannot send")
         root, sending = self._root, self._sending
-        private, public = self._self_private, self._self_public
+        pair, public = self._self_key, self._self_public
         if sending is None:
-            private = p.x25519_generate(rng)
-            public = X25519PublicKey(p.x25519_public(private))
-            root, sending = root.advance(p.x25519_exchange(private, self._remote.raw))
+            pair = p.X25519KeyPair.generate(rng)
+            public = X25519PublicKey(pair.public)
+            root, sending = root.advance(pair.exchange(self._remote.raw))
         header = Header(public, self._previous_counter, sending.index)
         plaintext = Payload(self.local, body).to_bytes()
         ciphertext = sending.message_key().encrypt(plaintext, self._ad + header.to_bytes())
         self._root, self._sending = root, sending.next()
-        self._self_private, self._self_public = private, public
+        self._self_key, self._self_public = pair, public
         message = RatchetMessage(header, ciphertext)
         if self._pending is not None:
             return InitialMessage(self._pending, message).to_bytes()
@@ -223,7 +223,7 @@ class Session:
         old_skipped: list[MessageKey] = []
         if receiving is not None and self._remote is not None:
             old_skipped, _, _ = self._advance(receiving, header.previous_chain_length, last=False)
-        root, new_chain = self._root.advance(p.x25519_exchange(self._self_private, ratchet_key))
+        root, new_chain = self._root.advance(self._self_key.exchange(ratchet_key))
         new_skipped, mk, after = self._advance(new_chain, header.index)
         body = self._open(mk, message.ciphertext, ad)
 
@@ -271,7 +271,7 @@ class Session:
         self.local.write(w)
         self.peer.write(w)
         w.bytes16(self._ad).u16(self._config.max_skip).u16(self._config.max_stored)
-        w.raw(self._root.key).raw(self._self_private)
+        w.raw(self._root.key).raw(self._self_key.private)
         w.u8(int(self._remote is not None))
         if self._remote is not None:
             w.raw(self._remote.to_bytes())
@@ -300,7 +300,7 @@ class Session:
         ad = r.bytes16("associated_data", _MAX_AD)
         config = RatchetConfig(r.u16(), r.u16())
         root = RootKey(r.raw(32))
-        self_private = r.raw(32)
+        self_key = p.X25519KeyPair(r.raw(32))
         remote = X25519PublicKey.read(r) if r.flag("has_remote") else None
         sending = _read_chain(r, "has_sending")
         receiving = _read_chain(r, "has_receiving")
@@ -323,7 +323,7 @@ class Session:
             peer=peer,
             associated_data=ad,
             root_key=root,
-            self_private=self_private,
+            self_key=self_key,
             remote_key=remote,
             sending=sending,
             base_key=base_key,
