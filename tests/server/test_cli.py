@@ -1,0 +1,98 @@
+"""``vox-relay`` as an operator runs it: real subprocesses against a real relay process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.server.relay_harness import TestAccount, auth_header, free_port, relay_process
+
+VOX_RELAY = str(Path(sys.executable).with_name("vox-relay"))
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``vox-relay *args``; return (exit status, stdout, stderr)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        VOX_RELAY,
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_operator_flow_invite_register_revoke_and_stats(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    port = free_port()
+    env = {"VOX_REGISTRATION": "invite", "VOX_LOG_JSON": "true"}
+    code, out, err = await run_cli("migrate", "--data-dir", data)
+    assert code == 0, err
+    assert out.startswith("database at revision ")
+    async with relay_process(
+        ["serve", "--port", str(port), "--data-dir", data], env=env, port=port
+    ):
+        code, out, err = await run_cli(
+            "invite", "create", "--uses", "1", "--expires", "1h", "--data-dir", data
+        )
+        assert code == 0, err
+        invite = out.strip()
+        assert len(invite) >= 24 and "\n" not in invite
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            config = (await http.get("/v1/config")).json()
+            assert config["registration"] == "invite"
+            alice = TestAccount.new("alice")
+            assert (await alice.register(http)).status_code == 403
+            assert (await alice.register(http, invite=invite)).status_code == 201
+            assert (await TestAccount.new("bob").register(http, invite=invite)).status_code == 403
+            token = await alice.login(http)
+            assert (
+                await http.get("/v1/prekeys/count", headers=auth_header(token))
+            ).status_code == 200
+
+            code, out, err = await run_cli("device", "revoke", "alice", "1", "--data-dir", data)
+            assert code == 0, err
+            assert "1 token(s) revoked" in out
+            resp = await http.get("/v1/prekeys/count", headers=auth_header(token))
+            assert resp.status_code == 401 and resp.json()["error"] == "token_revoked"
+            ch = await http.post("/v1/auth/challenge", json={"username": "alice", "device_id": 1})
+            assert ch.status_code == 403 and ch.json()["error"] == "device_revoked"
+
+        code, out, err = await run_cli("stats", "--data-dir", data)
+        assert code == 0, err
+        stats = json.loads(out)
+        assert stats["accounts"] == 1 and stats["devices"] == 1
+        assert stats["one_time_prekeys"] == 10
+
+
+async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    cases = [
+        (["migrate", "--config", str(tmp_path / "nope.toml")], "config file not found"),
+        (["migrate", "--database-url", "mysql://x"], "invalid setting database_url"),
+        (["stats", "--data-dir", data], "no relay schema"),
+        (["device", "revoke", "ghost", "3", "--data-dir", data], "no device 3 for user 'ghost'"),
+        (
+            ["migrate", "--database-url", "postgresql+asyncpg://nobody@127.0.0.1:1/none"],
+            "cannot reach the database",
+        ),
+    ]
+    for args, message in cases:
+        code, out, err = await run_cli(*args, env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "3600"})
+        assert code == 1, (args, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("vox-relay: error: ") and message in lines[0], lines
+    code, _, err = await run_cli("invite", "create", "--expires", "soon", "--data-dir", data)
+    assert code == 2 and "30m, 12h, 7d" in err
+    code, _, err = await run_cli("stats", env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "1"})
+    assert code == 1 and "token_ttl_seconds" in err
