@@ -209,9 +209,9 @@ class Session:
         if self._remote is not None and ratchet_key == self._remote.raw and receiving is not None:
             if header.index < receiving.index:
                 raise DuplicateMessage(ratchet_key, header.index)
-            skipped, mk, after = self._advance(receiving, header.index)
-            body = self._open(mk, message.ciphertext, ad)
-            self._receiving = after
+            skipped, chain = self._skip(receiving, header.index)
+            body = self._open(chain.message_key(), message.ciphertext, ad)
+            self._receiving = chain.next()
             self._skipped.add(ratchet_key, skipped)
             self._pending = None
             return body
@@ -222,30 +222,24 @@ class Session:
         # A new ratchet key from the peer: a DH ratchet step.
         old_skipped: list[MessageKey] = []
         if receiving is not None and self._remote is not None:
-            old_skipped, _, _ = self._advance(receiving, header.previous_chain_length, last=False)
+            old_skipped, _ = self._skip(receiving, header.previous_chain_length)
         root, new_chain = self._root.advance(self._self_key.exchange(ratchet_key))
-        new_skipped, mk, after = self._advance(new_chain, header.index)
-        body = self._open(mk, message.ciphertext, ad)
+        new_skipped, chain = self._skip(new_chain, header.index)
+        body = self._open(chain.message_key(), message.ciphertext, ad)
 
         if self._remote is not None:
             self._skipped.add(self._remote.raw, old_skipped)
             self._previous_remote.append(self._remote.raw)
         self._skipped.add(ratchet_key, new_skipped)
-        self._root, self._remote, self._receiving = root, header.ratchet_key, after
+        self._root, self._remote, self._receiving = root, header.ratchet_key, chain.next()
         if self._sending is not None:
             self._previous_counter = self._sending.index
         self._sending = None
         self._pending = None
         return body
 
-    def _advance(
-        self, chain: ChainKey, index: int, *, last: bool = True
-    ) -> tuple[list[MessageKey], MessageKey, ChainKey]:
-        """Keys skipped before ``index``, the key at ``index`` and the chain after it.
-
-        With ``last=False`` only the skipped keys below ``index`` are wanted (the rest
-        of an old chain); the returned message key and chain are then meaningless.
-        """
+    def _skip(self, chain: ChainKey, index: int) -> tuple[list[MessageKey], ChainKey]:
+        """The message keys of ``chain`` below ``index``, and the chain at ``index``."""
         gap = index - chain.index
         if gap > self._config.max_skip:
             raise TooManySkipped(gap, self._config.max_skip)
@@ -253,9 +247,7 @@ class Session:
         while chain.index < index:
             skipped.append(chain.message_key())
             chain = chain.next()
-        if not last:
-            return skipped, chain.message_key(), chain
-        return skipped, chain.message_key(), chain.next()
+        return skipped, chain
 
     def _open(self, mk: MessageKey, ciphertext: bytes, ad: bytes) -> bytes:
         payload = Payload.from_bytes(mk.decrypt(ciphertext, ad))

@@ -101,3 +101,18 @@ def test_bob_replays_the_conversation_from_the_json_alone() -> None:
             assert accepted.session.decrypt(wire) == plaintext
         else:
             assert accepted.session.encrypt(plaintext, rng) == wire
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_every_pinned_hex_value_appears_in_the_protocol_document() -> None:
+    doc = "".join((ROOT / "docs" / "protocol-crypto.md").read_text().split())
+    for value in _strings(_vectors()):
+        if len(value) >= 16 and all(c in "0123456789abcdef" for c in value):
+            assert value in doc, f"{value[:32]}… is not pinned in docs/protocol-crypto.md"
