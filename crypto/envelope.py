@@ -32,7 +32,7 @@ bytes long. :func:`decode_message` reads either kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from crypto import primitives as p
@@ -67,7 +67,7 @@ class Payload:
     """The plaintext inside a pairwise ciphertext: the sender's address and the body."""
 
     sender: DeviceAddress
-    body: bytes
+    body: bytes = field(repr=False)
 
     def to_bytes(self) -> bytes:
         """Encode the payload."""

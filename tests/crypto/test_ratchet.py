@@ -217,3 +217,21 @@ def test_session_repr_shows_no_key_bytes() -> None:
             window = state[i : i + 8]
             assert window.hex() not in text
         assert "Session(" in text
+
+
+def test_ratchet_key_types_never_print_their_bytes() -> None:
+    from crypto.envelope import Payload
+    from crypto.keys import DeviceAddress
+    from crypto.primitives import X25519KeyPair
+
+    secret = bytes(range(100, 132))
+    objects = [
+        RootKey(secret),
+        ChainKey(secret, 3),
+        MessageKey(secret, 3),
+        X25519KeyPair(secret),
+        Payload(DeviceAddress("bob", 1), secret),
+    ]
+    for obj in objects:
+        text = repr(obj)
+        assert secret.hex()[:16] not in text and repr(secret)[2:18] not in text, text
