@@ -44,6 +44,10 @@ __all__ = ["CloseCode", "DeviceConnection"]
 log = logging.getLogger("vox.delivery")
 
 
+#: Queue rows read per database round trip.
+_READ_PAGE = 100
+
+
 class CloseCode:
     """WebSocket close codes used by the relay (``docs/protocol-ws.md``)."""
 
@@ -225,17 +229,20 @@ class DeviceConnection:
         try:
             while not self.closing:
                 self._read_again = False
-                room = self._room()
+                room = min(self._room(), _READ_PAGE)
                 if room <= 0:
                     self._backlog = True
                     return
                 limit = len(self._inflight) + room
                 rows = await self._service.fetch_queue(self.device.device_pk, limit)
                 fresh = [d for d in rows if d.seq not in self._inflight]
-                room = self._room()
-                for delivery in fresh[:room]:
+                sent = 0
+                for delivery in fresh:
+                    if self._room() <= 0:
+                        break
                     self._deliver(delivery)
-                more = len(rows) >= limit or len(fresh) > room
+                    sent += 1
+                more = len(rows) >= limit or sent < len(fresh)
                 self._backlog = more
                 if more and self._room() > 0:
                     continue

@@ -223,9 +223,9 @@ class DeliveryRepository:
             )
 
     async def fetch_queue(
-        self, conn: AsyncConnection, device_pk: int, limit: int
+        self, conn: AsyncConnection, device_pk: int, limit: int, now_ms: int
     ) -> list[Delivery]:
-        """The oldest ``limit`` queued envelopes of one device, in ``seq`` order."""
+        """The oldest ``limit`` unexpired queued envelopes of one device, in ``seq`` order."""
         rows = await conn.execute(
             select(
                 _queue.c.seq,
@@ -242,7 +242,7 @@ class DeliveryRepository:
                 & (_payloads.c.idx == _queue.c.idx),
             )
             .join(_sends, _sends.c.envelope_id == _queue.c.envelope_id)
-            .where(_queue.c.device_pk == device_pk)
+            .where(_queue.c.device_pk == device_pk, _queue.c.expires_at > now_ms)
             .order_by(_queue.c.seq)
             .limit(limit)
         )

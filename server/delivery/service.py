@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.delivery.connection import CloseCode, DeviceConnection
 from server.delivery.frames import (
     AckFrame,
+    Delivery,
     FrameError,
     PingFrame,
     SendFrame,
@@ -161,10 +162,10 @@ class DeliveryService:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def fetch_queue(self, device_pk: int, limit: int) -> list:  # type: ignore[type-arg]
+    async def fetch_queue(self, device_pk: int, limit: int) -> list[Delivery]:
         """The device's oldest ``limit`` queued envelopes."""
         async with self.engine.connect() as conn:
-            return await self.repo.fetch_queue(conn, device_pk, limit)
+            return await self.repo.fetch_queue(conn, device_pk, limit, now_ms())
 
     async def sweep(self, now: int | None = None) -> int:
         """Delete expired envelopes (``now`` in Unix ms); returns queue rows deleted."""

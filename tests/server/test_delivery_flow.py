@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
+
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from tests.server.test_ws_kit import open_ws, payload, world
 
@@ -170,3 +172,29 @@ async def test_a_newer_connection_of_the_same_device_replaces_the_older_one(
                 await a.send_message("m1", [(b"x", [bob])])
                 await a.expect("accepted")
             await new.expect("deliver")
+
+
+@pytest.mark.postgres
+async def test_the_durable_path_works_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    async with world(tmp_path, {"alice": [1, 2], "bob": [1, 2]}, database_url=postgres_url) as w:
+        a1, a2, b1, b2 = w["alice", 1], w["alice", 2], w["bob", 1], w["bob", 2]
+        async with open_ws(w.relay, a1) as a:
+            await a.send_message("m0", [(payload(), [b1])])
+            assert (await a.expect("mismatch"))["missing"] == [
+                {"user": "alice", "device": 2},
+                {"user": "bob", "device": 2},
+            ]
+            for i in range(5):
+                await a.send_message(f"m{i}", [(payload(), [b1, b2, a2])])
+            first = [await a.expect("accepted") for _ in range(5)]
+            await a.send_message("m0", [(payload(), [b1, b2, a2])])
+            assert await a.expect("accepted") == first[0]
+        assert await w.counts() == (5, 5, 15)
+        async with open_ws(w.relay, b1) as b:
+            got = [await b.expect("deliver") for _ in range(5)]
+            assert [d["envelope"] for d in got] == [f["envelope"] for f in first]
+            await b.send({"type": "ack", "seqs": [d["seq"] for d in got[:3]]})
+            await w.wait_count(QueueEntry, 12)
+        async with open_ws(w.relay, b1) as b:
+            again = [await b.expect("deliver") for _ in range(2)]
+            assert [d["seq"] for d in again] == [d["seq"] for d in got[3:]]

@@ -1,0 +1,107 @@
+"""Attachments through a real relay: streaming upload and download, auth, size limit, truncated
+uploads, unguessable ids, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from server.db.models_delivery import Attachment
+from tests.server.relay_harness import auth_header
+from tests.server.test_ws_kit import World, world
+
+LIMIT = 64 * 1024
+
+
+def _files(w: World) -> list[Path]:
+    root = w.relay.settings.data_dir.resolve() / "attachments"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+async def test_upload_then_download_streams_the_exact_bytes(tmp_path: Path) -> None:
+    async with world(tmp_path, {"alice": [1], "bob": [1]}) as w, w.relay.client() as http:
+        blob = os.urandom(300_000)
+        resp = await http.post(
+            "/v1/attachments", content=blob, headers=auth_header(w["alice", 1].token)
+        )
+        assert resp.status_code == 201, resp.text
+        info = resp.json()
+        assert info["size"] == len(blob) and len(info["id"]) == 43  # 256 random bits
+        got = await http.get(
+            f"/v1/attachments/{info['id']}", headers=auth_header(w["bob", 1].token)
+        )
+        assert got.status_code == 200 and got.content == blob
+        assert got.headers["content-length"] == str(len(blob))
+        # Chunked upload (no Content-Length) works too.
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for i in range(5):
+                yield bytes([i]) * 10_000
+
+        resp = await http.post(
+            "/v1/attachments", content=chunks(), headers=auth_header(w["alice", 1].token)
+        )
+        assert resp.status_code == 201 and resp.json()["size"] == 50_000
+        assert resp.json()["id"] != info["id"]
+
+
+async def test_attachments_need_a_token_and_a_real_id(tmp_path: Path) -> None:
+    async with world(tmp_path, {"alice": [1]}) as w, w.relay.client() as http:
+        assert (await http.post("/v1/attachments", content=b"x")).status_code == 401
+        token = auth_header(w["alice", 1].token)
+        resp = await http.post("/v1/attachments", content=b"x" * 10, headers=token)
+        blob_id = resp.json()["id"]
+        assert (await http.get(f"/v1/attachments/{blob_id}")).status_code == 401
+        missing = await http.get("/v1/attachments/" + "A" * 43, headers=token)
+        assert missing.status_code == 404 and missing.json()["error"] == "unknown_attachment"
+        weird = await http.get("/v1/attachments/..%2F..%2Fetc", headers=token)
+        assert weird.status_code == 404
+
+
+async def test_uploads_over_the_limit_get_413_and_nothing_is_kept(tmp_path: Path) -> None:
+    async with world(tmp_path, {"alice": [1]}, limits={"max_attachment_bytes": LIMIT}) as w:
+        token = auth_header(w["alice", 1].token)
+        async with w.relay.client() as http:
+            declared = await http.post("/v1/attachments", content=b"x" * (LIMIT + 1), headers=token)
+            assert declared.status_code == 413 and declared.json()["error"] == "too_large"
+
+            async def chunks():  # type: ignore[no-untyped-def]
+                for _ in range(10):
+                    yield b"y" * (LIMIT // 4)
+
+            streamed = await http.post("/v1/attachments", content=chunks(), headers=token)
+            assert streamed.status_code == 413
+            ok = await http.post("/v1/attachments", content=b"z" * LIMIT, headers=token)
+            assert ok.status_code == 201
+        assert await w.count(Attachment) == 1
+        assert len(_files(w)) == 1
+
+
+async def test_a_truncated_upload_keeps_nothing(tmp_path: Path) -> None:
+    async with world(tmp_path, {"alice": [1]}) as w:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", w.relay.port)
+        head = (
+            "POST /v1/attachments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {w['alice', 1].token}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+        )
+        writer.write(head.encode() + b"a" * 30_000)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()  # disconnect before the declared length arrived
+        await writer.wait_closed()
+        await asyncio.sleep(0.5)
+        assert await w.count(Attachment) == 0
+        assert _files(w) == []
+
+
+async def test_expired_attachments_are_swept(tmp_path: Path) -> None:
+    async with world(tmp_path, {"alice": [1]}) as w, w.relay.client() as http:
+        token = auth_header(w["alice", 1].token)
+        info = (await http.post("/v1/attachments", content=b"q" * 100, headers=token)).json()
+        service = w.relay.app.state.attachments
+        assert await service.sweep(now=info["expires_at"] - 1) == 0
+        assert await service.sweep(now=info["expires_at"]) == 1
+        assert (await http.get(f"/v1/attachments/{info['id']}", headers=token)).status_code == 404
+        assert _files(w) == []
