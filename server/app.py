@@ -33,6 +33,7 @@ from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from server.notify import NullNotifier
 from server.ratelimit import RateLimiter
+from server.services.maintenance import core_lifespan
 from server.settings import Settings
 
 __all__ = ["LifespanHook", "create_app"]
@@ -71,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.notifier = NullNotifier()
-    app.state.lifespan_hooks = []
+    app.state.lifespan_hooks = [core_lifespan]
     app.state.ip_limiter = RateLimiter(
         capacity=limits.requests_per_minute_per_ip,
         per_seconds=60,

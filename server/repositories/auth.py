@@ -10,10 +10,12 @@ from server.db.models import Account, AuthChallenge, AuthToken, Device
 __all__ = [
     "add_challenge",
     "add_token",
+    "delete_expired",
     "delete_expired_for_device",
     "find_token",
     "revoke_token",
     "take_challenge",
+    "trim_challenges",
 ]
 
 
@@ -46,6 +48,28 @@ async def delete_expired_for_device(session: AsyncSession, device_pk: int, now: 
     await session.execute(
         delete(AuthToken).where(AuthToken.device_pk == device_pk, AuthToken.expires_at <= now)
     )
+
+
+async def trim_challenges(session: AsyncSession, device_pk: int, keep: int) -> None:
+    """Keep only the device's ``keep`` newest outstanding challenges."""
+    newest = (
+        select(AuthChallenge.id)
+        .where(AuthChallenge.device_pk == device_pk)
+        .order_by(AuthChallenge.id.desc())
+        .limit(keep)
+    )
+    await session.execute(
+        delete(AuthChallenge).where(
+            AuthChallenge.device_pk == device_pk, AuthChallenge.id.not_in(newest)
+        )
+    )
+
+
+async def delete_expired(session: AsyncSession, now: int) -> tuple[int, int]:
+    """Delete every expired challenge and token; return how many of each."""
+    ch = await session.execute(delete(AuthChallenge).where(AuthChallenge.expires_at <= now))
+    tok = await session.execute(delete(AuthToken).where(AuthToken.expires_at <= now))
+    return int(getattr(ch, "rowcount", 0) or 0), int(getattr(tok, "rowcount", 0) or 0)
 
 
 async def add_token(

@@ -47,6 +47,8 @@ __all__ = [
 
 CHALLENGE_CONTEXT = b"VoxAuthChallenge-v1"
 NONCE_LEN = 32
+#: Outstanding (unanswered, unexpired) challenges kept per device; older ones are dropped.
+MAX_OUTSTANDING_CHALLENGES = 8
 TOKEN_LEN = 32
 
 
@@ -127,6 +129,7 @@ async def create_challenge(
         raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
     t = clock_now()
     await auth_repo.delete_expired_for_device(session, device.pk, t)
+    await auth_repo.trim_challenges(session, device.pk, MAX_OUTSTANDING_CHALLENGES - 1)
     nonce = secrets.token_bytes(NONCE_LEN)
     await auth_repo.add_challenge(
         session, nonce_hash=hash_secret(nonce), device_pk=device.pk, expires_at=t + ttl

@@ -221,3 +221,34 @@ async def test_tokens_are_accepted_only_in_the_authorization_header(
         401,
         "missing_token",
     )
+
+
+async def test_only_the_newest_challenges_of_a_device_stay_valid(
+    http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    nonces = [await _challenge(http) for _ in range(12)]
+    _error(
+        await http.post("/v1/auth/token", json=_token_body(alice, nonces[0])),
+        401,
+        "invalid_challenge",
+    )
+    assert (
+        await http.post("/v1/auth/token", json=_token_body(alice, nonces[-1]))
+    ).status_code == 200
+
+
+async def test_the_sweeper_forgets_expired_challenges_and_tokens(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount
+) -> None:
+    from server.services.maintenance import sweep_expired
+
+    await alice.login(http)
+    live = await alice.login(http)
+    await _challenge(http)
+    async with relay.app.state.sessions() as session:
+        await session.execute(update(AuthChallenge).values(expires_at=1))
+        await session.execute(update(AuthToken).where(AuthToken.id == 1).values(expires_at=1))
+        await session.commit()
+    assert await sweep_expired(relay.app.state.sessions) == (1, 1)
+    assert len((await table_snapshot(relay.app, ["auth_tokens"]))["auth_tokens"]) == 1
+    assert (await http.get("/v1/prekeys/count", headers=auth_header(live))).status_code == 200

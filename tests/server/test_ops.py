@@ -171,3 +171,18 @@ async def test_logs_never_contain_tokens_keys_or_nonces(
     secrets += [base64.urlsafe_b64decode(token + "=").hex()]
     for secret in secrets:
         assert secret not in text
+
+
+async def test_rest_requests_are_rate_limited_per_ip(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, limits={"requests_per_minute_per_ip": 5})
+    async with running_relay(settings) as relay, relay.client() as http:
+        body = {"username": "alice", "device_id": 1}
+        codes = [(await http.post("/v1/auth/challenge", json=body)).status_code for _ in range(5)]
+        assert codes == [404] * 5
+        resp = await http.post("/v1/auth/challenge", json=body)
+        assert resp.status_code == 429
+        assert resp.json()["error"] == "rate_limited"
+        assert int(resp.headers["retry-after"]) >= 1
+        # Health, config and metrics are not counted.
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/v1/config")).status_code == 200

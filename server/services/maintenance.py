@@ -1,0 +1,57 @@
+"""Core background upkeep: forget expired challenges and tokens.
+
+:func:`core_lifespan` is the core layer's lifespan hook (see ``server.app``); it runs
+:func:`sweep_expired` every ``interval`` seconds until shutdown. Several relay processes
+may sweep the same database: the deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.clock import now
+from server.logs import log_event
+from server.repositories import auth as auth_repo
+
+__all__ = ["SWEEP_INTERVAL_SECONDS", "core_lifespan", "sweep_expired"]
+
+SWEEP_INTERVAL_SECONDS = 600.0
+
+
+async def sweep_expired(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
+    """Delete expired challenges and tokens; return ``(challenges, tokens)`` deleted."""
+    async with sessions() as session:
+        counts = await auth_repo.delete_expired(session, now())
+        await session.commit()
+    return counts
+
+
+async def _loop(sessions: async_sessionmaker[AsyncSession], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            challenges, tokens = await sweep_expired(sessions)
+            if challenges or tokens:
+                log_event("auth_swept", challenges=challenges, tokens=tokens)
+        except Exception as exc:  # keep sweeping; the next round may succeed
+            log_event("auth_sweep_failed", logging.WARNING, error=exc.__class__.__name__)
+
+
+@asynccontextmanager
+async def core_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the expiry sweeper for the app's lifetime."""
+    interval = float(getattr(app.state, "sweep_interval", SWEEP_INTERVAL_SECONDS))
+    task = asyncio.create_task(_loop(app.state.sessions, interval), name="vox-auth-sweeper")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
