@@ -17,9 +17,10 @@ Measured in one run, at 64 B, 1 KiB and 64 KiB:
 * ``attachment``: streaming encryption + decryption throughput in MB/s (needs
   ``crypto.attachments``).
 
-Baselines from the same run: ``aes_gcm_1k_us`` is ``cryptography``'s AESGCM encrypt plus
-decrypt of 1 KiB with a fresh ``AESGCM(key)`` object per operation, as a per-message key
-requires (``aes_gcm_1k_prekeyed_us`` reuses one object); ``x25519_us`` is one
+Baselines from the same run (measured first and last; the faster figure is kept, which
+makes the ratios stricter under CPU noise): ``aes_gcm_1k_us`` is ``cryptography``'s AESGCM
+encrypt plus decrypt of 1 KiB with a fresh ``AESGCM(key)`` object per operation, as a
+per-message key requires (``aes_gcm_1k_prekeyed_us`` reuses one object); ``x25519_us`` is one
 ``X25519PrivateKey.exchange`` on pre-built key objects. Ratios divide by these.
 """
 
@@ -225,8 +226,20 @@ def bench(min_time: float) -> dict[str, Any]:
             }
         )
 
-    results["ratchet_msg_1k_us"] = results["ratchet_msg_1k_us"]
-    results["ratchet_dh_msg_1k_us"] = results["ratchet_dh_msg_1k_us"]
+    # Baselines again at the end; keep the faster (= stricter) figure against CPU noise.
+    results["aes_gcm_1k_us"] = min(
+        results["aes_gcm_1k_us"],
+        per_op_us(
+            lambda: (
+                AESGCM(key).encrypt(nonce, kib, b"ad"),
+                AESGCM(key).decrypt(nonce, sealed, b"ad"),
+            ),
+            min_time=min_time,
+        ),
+    )
+    results["x25519_us"] = min(
+        results["x25519_us"], per_op_us(lambda: xa.exchange(xb), min_time=min_time)
+    )
     results["ratchet_vs_aes_gcm"] = results["ratchet_msg_1k_us"] / results["aes_gcm_1k_us"]
     results["ratchet_vs_aes_gcm_prekeyed"] = (
         results["ratchet_msg_1k_us"] / results["aes_gcm_1k_prekeyed_us"]
