@@ -1,0 +1,137 @@
+"""Vox client SDK: one device of one account, talking to a relay, end to end encrypted.
+
+Architecture (two layers, as in h11 / websockets)::
+
+    CLI (clients/cli.py)   TUI (clients/tui/)          <- talk only to VoxClient
+            \\                 /
+          VoxClient  (client.py: asyncio shell — owns the WebSocket, HTTP pool, clock, tasks)
+               |  transport.py: RelayHttp (httpx, REST /v1/...), RelaySocket (websockets /v1/ws)
+          ClientProtocol (protocol.py: sans-I/O — sessions, device lists, groups, dedup, content)
+               |  sessions.py  trust.py  groups.py  identity.py  content.py  linking.py
+          crypto/ (PQXDH, Double Ratchet, sender keys, device lists)   clients/store/ (Store)
+
+Quick use::
+
+    from clients.sdk import VoxClient
+
+    alice = await VoxClient.register(home, "http://127.0.0.1:8000", "alice")
+    await alice.connect()                       # WebSocket; deliveries start flowing
+    result = await alice.send_text("bob", "hi") # returns once the relay accepted it
+    async for event in alice.messages():        # Message | ReceiptEvent | TypingEvent | ...
+        if isinstance(event, Message):
+            print(event.sender, event.text)
+    await alice.close()
+
+Public API of :class:`VoxClient` (all ``async`` unless noted):
+
+* opening: ``VoxClient.register(home, server, username, invite=, passphrase=)``,
+  ``VoxClient.open(home, passphrase=)`` (no network), ``VoxClient.join(home, server, code)``,
+  ``close()`` / ``async with``; properties ``username``, ``device_id``, ``server_url``.
+* relay: ``config() -> ServerConfig`` (brand, colours, registration, limits),
+  ``connect(receive=True)``, ``disconnect()``, ``connected`` (property).
+* messages: ``send_text(to, text) -> SendResult`` (``to`` = username or ``group:<id>``),
+  ``send_file(to, path, caption=, progress=)``, ``download(message, dest, progress=)``,
+  ``send_typing(to, active)``, ``mark_read(conversation)`` (sends read receipts),
+  ``messages()`` (async iterator of events), ``on_event(callback)`` (returns unsubscribe),
+  ``receive(wait)`` (collect until idle), ``history(conversation, limit=)`` and
+  ``conversations()`` (sync, from the local store).
+* identity: ``verify(username) -> Verification`` (safety number, changed?, verified?),
+  ``accept_key(username)``; a changed key raises :class:`UntrustedIdentity` on send and emits
+  a :class:`KeyChanged` event.
+* devices: ``devices() -> list[DeviceInfo]``, ``link() -> LinkInvitation`` (``.code``),
+  ``wait_linked(invitation)``, ``remove_device(device_id)``.
+* groups: ``create_group(name, members) -> GroupInfo``, ``add_members(group, users)``,
+  ``remove_members(group, users)``, ``leave_group(group)``, ``send_group_text(group, text)``,
+  ``send_group_file(group, path)``, ``groups()`` (sync). ``group`` is an id, ``group:<id>``
+  or a unique name.
+* maintenance (automatic after ``connect``): ``replenish_prekeys()``,
+  ``rotate_signed_prekey(force=)``.
+
+Events (:data:`Event`): :class:`Message` (text or :class:`AttachmentInfo`; ``outgoing`` for
+what this account sent from another device), :class:`ReceiptEvent` (delivered/read),
+:class:`TypingEvent`, :class:`KeyChanged`, :class:`GroupChanged`, :class:`DecryptFailure`
+(reported, acked, never stops the loop). Conversations are usernames or ``group:<hex id>``.
+
+Errors: every failure is a :class:`ClientError` subclass with a one-line message (see
+:mod:`clients.sdk.errors`). Formats and flows: ``docs/protocol-client.md``.
+"""
+
+from __future__ import annotations
+
+from clients.sdk.client import LinkInvitation, Progress, VoxClient
+from clients.sdk.errors import (
+    AttachmentError,
+    AuthFailed,
+    BadDeviceList,
+    ClientError,
+    DecryptFailed,
+    GroupError,
+    LinkError,
+    NoProfile,
+    ProfileError,
+    ProfileExists,
+    ProfileLocked,
+    RegistrationClosed,
+    RelayError,
+    RelayRejected,
+    RelayUnavailable,
+    StoreError,
+    UnknownUser,
+    UntrustedIdentity,
+)
+from clients.sdk.models import (
+    AttachmentInfo,
+    DecryptFailure,
+    DeliveryState,
+    DeviceInfo,
+    Event,
+    GroupChanged,
+    GroupInfo,
+    KeyChanged,
+    Message,
+    ReceiptEvent,
+    SendResult,
+    ServerConfig,
+    TypingEvent,
+    Verification,
+    group_conversation,
+)
+
+__all__ = [
+    "AttachmentError",
+    "AttachmentInfo",
+    "AuthFailed",
+    "BadDeviceList",
+    "ClientError",
+    "DecryptFailed",
+    "DecryptFailure",
+    "DeliveryState",
+    "DeviceInfo",
+    "Event",
+    "GroupChanged",
+    "GroupError",
+    "GroupInfo",
+    "KeyChanged",
+    "LinkError",
+    "LinkInvitation",
+    "Message",
+    "NoProfile",
+    "ProfileError",
+    "ProfileExists",
+    "ProfileLocked",
+    "Progress",
+    "ReceiptEvent",
+    "RegistrationClosed",
+    "RelayError",
+    "RelayRejected",
+    "RelayUnavailable",
+    "SendResult",
+    "ServerConfig",
+    "StoreError",
+    "TypingEvent",
+    "UnknownUser",
+    "UntrustedIdentity",
+    "Verification",
+    "VoxClient",
+    "group_conversation",
+]

@@ -1,0 +1,1192 @@
+"""The asyncio shell: :class:`VoxClient` owns the socket, the HTTP pool and the clock.
+
+Everything stateful and cryptographic happens in :class:`~clients.sdk.protocol.ClientProtocol`
+(sans-I/O); this module moves bytes between it, the relay and the application:
+
+* a *reader* task reads WebSocket frames: ``accepted``/``mismatch``/``error`` resolve the
+  waiting send, ``deliver`` goes to the processing queue, ``ephemeral`` (typing) is decrypted
+  at once, ``prekeys_low`` schedules a replenishment;
+* a *processor* task handles deliveries strictly in order: fetch the sender's device list if
+  needed, decrypt + store (one store transaction), then ack; events go to every
+  :meth:`VoxClient.messages` iterator and :meth:`VoxClient.on_event` callback;
+* a lost connection is re-established with backoff; pending sends are retried with the same
+  client message id, so the relay never stores one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clients.sdk import identity as ids
+from clients.sdk import linking, trust
+from clients.sdk.content import (
+    AttachmentContent,
+    Content,
+    GroupAction,
+    PayloadKind,
+    Receipt,
+    ReceiptKind,
+    RelayPayload,
+    TextContent,
+    Typing,
+    decode_content,
+)
+from clients.sdk.errors import (
+    AttachmentError,
+    AuthFailed,
+    ClientError,
+    GroupError,
+    LinkError,
+    NoProfile,
+    ProfileExists,
+    ProfileLocked,
+    RelayRejected,
+    RelayUnavailable,
+    StoreError,
+    UnknownUser,
+    UntrustedIdentity,
+)
+from clients.sdk.groups import new_group_id
+from clients.sdk.identity import LocalIdentity
+from clients.sdk.models import (
+    DeviceInfo,
+    Event,
+    GroupInfo,
+    KeyChanged,
+    Message,
+    SendResult,
+    ServerConfig,
+    TypingEvent,
+    Verification,
+)
+from clients.sdk.protocol import (
+    ClientProtocol,
+    DeviceBundle,
+    Envelope,
+    NeedDeviceList,
+    OutgoingSend,
+    SendReceipt,
+    message_from_stored,
+)
+from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed, b64, unb64
+from clients.store import errors as store_errors
+from clients.store.base import Store
+from clients.store.models import (
+    ConversationSummary,
+    DeliveryState,
+    OutboxEntry,
+    group_conversation,
+    is_group_conversation,
+)
+from crypto.attachments import (
+    DEFAULT_CHUNK_SIZE,
+    AttachmentDecryptor,
+    AttachmentEncryptor,
+    AttachmentPointer,
+    ciphertext_size,
+)
+from crypto.errors import VoxError
+from crypto.keys import validate_username
+
+__all__ = ["LinkInvitation", "Progress", "VoxClient"]
+
+log = logging.getLogger("vox.client")
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)`` for uploads and downloads."""
+
+_SEND_TIMEOUT = 30.0
+_MAX_ATTEMPTS = 5
+
+
+def _open_store(home: Path, passphrase: str | None, *, create: bool, lock_timeout: float) -> Store:
+    from clients.store.sqlite import SqliteStore
+
+    try:
+        return SqliteStore.open(
+            home, passphrase=passphrase, lock_timeout=lock_timeout, create=create
+        )
+    except store_errors.ProfileLocked:
+        raise ProfileLocked(str(home)) from None
+    except store_errors.WrongPassphrase:
+        raise StoreError("wrong passphrase (or the profile needs one)") from None
+    except store_errors.StoreError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _exists(home: Path) -> bool:
+    from clients.store.sqlite import profile_exists
+
+    return profile_exists(home)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInvitation:
+    """What :meth:`VoxClient.link` returns: the code to type on the new device."""
+
+    code: str
+    device_id: int
+    list_version: int
+
+
+class VoxClient:
+    """One device of one account: the SDK's public entry point.
+
+    Open it with :meth:`register`, :meth:`join` or :meth:`open` (all ``async``), use it as an
+    ``async with`` block (or call :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        home: Path | None = None,
+        owns_store: bool = True,
+        http_timeout: float = 30.0,
+    ) -> None:
+        profile = store.load_profile()
+        if profile is None:
+            raise NoProfile(str(home or "the store"))
+        self.store = store
+        self.home = home
+        self.server_url = profile.server_url
+        self.identity = LocalIdentity.from_profile(profile)
+        self.protocol = ClientProtocol(store, self.identity)
+        self._owns_store = owns_store
+        self.http = RelayHttp(
+            profile.server_url,
+            timeout=http_timeout,
+            token_cache=(self._load_token, self._save_token),
+        )
+        self.http.set_credentials(
+            self.identity.username, self.identity.device_id, self.identity.auth_key
+        )
+        self._socket: RelaySocket | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._processor_task: asyncio.Task[None] | None = None
+        self._maintenance_task: asyncio.Task[None] | None = None
+        self._deliveries: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._callbacks: list[Callable[[Event], Any]] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._receive = True
+        self._send_lock = asyncio.Lock()
+        self._last_activity = time.monotonic()
+        self._link_waiters: list[asyncio.Future[bytes]] = []
+        self._reported_changes: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- opening -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, home: Path | str, *, passphrase: str | None = None, lock_timeout: float = 10.0
+    ) -> VoxClient:
+        """Open the profile in ``home`` (no network until you :meth:`connect` or send)."""
+        home = Path(home)
+        if not _exists(home):
+            raise NoProfile(str(home))
+        store = _open_store(home, passphrase, create=False, lock_timeout=lock_timeout)
+        try:
+            return cls(store, home=home)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    async def register(
+        cls,
+        home: Path | str,
+        server: str,
+        username: str,
+        *,
+        invite: str | None = None,
+        passphrase: str | None = None,
+        lock_timeout: float = 10.0,
+        device_id: int = 1,
+    ) -> VoxClient:
+        """Create an account (account key, device keys, prekeys, device list v1) and log in."""
+        home = Path(home)
+        try:
+            validate_username(username)
+        except VoxError:
+            raise ClientError(f"invalid username {username!r}: use 3-32 of a-z 0-9 _ . -") from None
+        if _exists(home):
+            raise ProfileExists(str(home))
+        http = RelayHttp(server)
+        try:
+            await http.config()  # fail early (and clearly) on a wrong URL
+            store = _open_store(home, passphrase, create=True, lock_timeout=lock_timeout)
+            try:
+                me = ids.new_identity(username, device_id, None)
+                signed_list = ids.first_device_list(me)
+                with store.transaction():
+                    prekeys = ids.registration_prekeys(store, me)
+                body: dict[str, Any] = {
+                    "username": username,
+                    "account_key": b64(me.account_key.public_key.to_bytes()),
+                    "device_list": b64(signed_list.to_bytes()),
+                    "prekeys": prekeys,
+                }
+                if invite:
+                    body["invite"] = invite
+                await http.register(body)
+                with store.transaction():
+                    store.save_profile(me.to_profile(http.base_url))
+                    own_key = me.account_key.public_key.to_bytes()
+                    trust.accept_device_list(store, username, own_key, signed_list.to_bytes())
+                    trust.accept_key(store, username)
+            except BaseException:
+                store.close()
+                _remove_profile(home)
+                raise
+        finally:
+            await http.aclose()
+        client = cls(store, home=home)
+        try:
+            await client.http.login()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    @classmethod
+    async def join(
+        cls,
+        home: Path | str,
+        server: str,
+        code: str,
+        *,
+        passphrase: str | None = None,
+        offer_timeout: float = 60.0,
+        lock_timeout: float = 10.0,
+    ) -> VoxClient:
+        """Become a new device of an existing account using a code from :meth:`link`."""
+        home = Path(home)
+        if _exists(home):
+            raise ProfileExists(str(home))
+        store = _open_store(home, passphrase, create=True, lock_timeout=lock_timeout)
+        try:
+            await linking.join(store, server, code, offer_timeout=offer_timeout)
+        except BaseException:
+            store.close()
+            _remove_profile(home)
+            raise
+        client = cls(store, home=home)
+        try:
+            await client.http.login()
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Disconnect and release the profile."""
+        await self.disconnect()
+        await self.http.aclose()
+        if self._owns_store:
+            self.store.close()
+
+    async def __aenter__(self) -> VoxClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- properties --------------------------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        """Our username."""
+        return self.identity.username
+
+    @property
+    def device_id(self) -> int:
+        """This device's id."""
+        return self.identity.device_id
+
+    def _load_token(self) -> str | None:
+        data = self.store.get_secret("token")
+        return data.decode() if data else None
+
+    def _save_token(self, token: str | None) -> None:
+        self.store.set_secret("token", token.encode() if token else None)
+
+    async def config(self) -> ServerConfig:
+        """The relay's ``/v1/config`` (brand, registration policy, limits); cached locally."""
+        import json
+
+        try:
+            data = await self.http.config()
+            self.store.set_setting("config", json.dumps(data))
+        except RelayUnavailable:
+            cached = self.store.get_setting("config")
+            if cached is None:
+                raise
+            data = json.loads(cached)
+        brand = data.get("brand", {})
+        return ServerConfig(
+            name=str(brand.get("name", "Vox")),
+            primary_color=str(brand.get("primary_color", "#4f46e5")),
+            accent_color=str(brand.get("accent_color", "#22c55e")),
+            background_color=str(brand.get("background_color", "#0f172a")),
+            logo_url=brand.get("logo_url"),
+            welcome_text=str(brand.get("welcome_text", "")),
+            registration=str(data.get("registration", "open")),
+            limits={k: float(v) for k, v in data.get("limits", {}).items()},
+        )
+
+    # --- events ------------------------------------------------------------------------
+
+    def on_event(self, callback: Callable[[Event], Any]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event (may return an awaitable). Returns an
+        unsubscribe function."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+    async def messages(self) -> AsyncIterator[Event]:
+        """Every event from now on (connect first): messages, receipts, typing, ..."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)
+
+    async def _emit(self, events: Iterable[Event]) -> None:
+        for event in events:
+            for queue in list(self._subscribers):
+                queue.put_nowait(event)
+            for callback in list(self._callbacks):
+                try:
+                    result = callback(event)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:  # a broken callback never stops the receive loop
+                    log.exception("event callback failed")
+
+    # --- connection --------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the WebSocket is up."""
+        return self._connected.is_set()
+
+    async def connect(self, *, receive: bool = True, open_timeout: float = 15.0) -> None:
+        """Open the WebSocket. With ``receive=False`` deliveries are left queued on the relay
+        (a send-only process such as ``vox send`` must not consume them)."""
+        self._receive = receive
+        self._closing = False
+        if self._reader_task is None:
+            await self._open_socket()
+            self._reader_task = asyncio.create_task(self._run_reader(), name="vox-reader")
+            if receive:
+                self._processor_task = asyncio.create_task(
+                    self._run_processor(), name="vox-processor"
+                )
+                self._maintenance_task = asyncio.create_task(
+                    self._maintenance(), name="vox-maintenance"
+                )
+        await asyncio.wait_for(self._connected.wait(), open_timeout)
+        self._spawn(self._flush_outbox_quietly())
+
+    async def _open_socket(self) -> None:
+        token = await self.http.token()
+        try:
+            socket = await RelaySocket.connect(self.http.ws_url, token)
+        except SocketClosed:
+            await self.http.login()
+            try:
+                socket = await RelaySocket.connect(self.http.ws_url, await self.http.token())
+            except SocketClosed as exc:
+                raise AuthFailed(exc.reason) from None
+        self._socket = socket
+        self._connected.set()
+
+    async def disconnect(self) -> None:
+        """Close the WebSocket and stop the background tasks."""
+        self._closing = True
+        for task in (
+            self._maintenance_task,
+            self._processor_task,
+            self._reader_task,
+            *self._tasks,
+        ):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._maintenance_task = self._processor_task = self._reader_task = None
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                await self._socket.close()
+            self._socket = None
+        self._connected.clear()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RelayUnavailable(self.server_url, "disconnected"))
+        self._pending.clear()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a background coroutine, keeping a reference until it finishes."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_reader(self) -> None:
+        backoff = 0.2
+        while not self._closing:
+            socket = self._socket
+            if socket is None:
+                try:
+                    await self._open_socket()
+                    backoff = 0.2
+                    self._spawn(self._flush_outbox_quietly())
+                except (RelayUnavailable, AuthFailed) as exc:
+                    log.info("reconnect failed: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                frame = await socket.recv()
+            except SocketClosed as exc:
+                log.info("connection closed: %s", exc)
+                self._socket = None
+                self._connected.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(RelayUnavailable(self.server_url, str(exc)))
+                self._pending.clear()
+                if exc.code == 4401:
+                    self.http._token = None
+                continue
+            self._last_activity = time.monotonic()
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind in ("accepted", "mismatch", "error"):
+            future = self._pending.pop(str(frame.get("id")), None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            elif kind == "error":
+                log.warning("relay error: %s %s", frame.get("code"), frame.get("message"))
+        elif kind in ("deliver", "ephemeral"):
+            if self._receive:
+                self._deliveries.put_nowait(frame)
+        elif kind == "prekeys_low" and self._maintenance_task is not None:
+            self._spawn(self._replenish_quietly())
+
+    async def _run_processor(self) -> None:
+        while True:
+            frame = await self._deliveries.get()
+            seqs: list[int] = []
+            while True:
+                try:
+                    seq = await self._process(frame)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let one envelope stop the loop
+                    log.exception("processing a delivery failed")
+                    seq = frame.get("seq") if isinstance(frame.get("seq"), int) else None
+                if seq is not None:
+                    seqs.append(seq)
+                if self._deliveries.empty() or len(seqs) >= 100:
+                    break
+                frame = self._deliveries.get_nowait()
+            if seqs and self._socket is not None:
+                with contextlib.suppress(SocketClosed):
+                    await self._socket.send({"type": "ack", "seqs": seqs})
+            self._last_activity = time.monotonic()
+
+    async def _process(self, frame: dict[str, Any]) -> int | None:
+        sender = frame.get("from") or {}
+        data = unb64(str(frame.get("data", "")))
+        ephemeral = frame.get("type") == "ephemeral"
+        envelope = Envelope(
+            seq=int(frame.get("seq", 0)),
+            envelope_id=str(frame.get("envelope") or ("eph-" + secrets.token_hex(8))),
+            sender_user=str(sender.get("user", "")),
+            sender_device=int(sender.get("device", 0)),
+            ts=int(frame.get("ts", 0)),
+            data=data,
+        )
+        try:
+            payload = RelayPayload.from_bytes(data)
+        except VoxError:
+            payload = None
+        if payload is not None and payload.kind is PayloadKind.LINK:
+            for waiter in self._link_waiters:
+                if not waiter.done():
+                    waiter.set_result(payload.data)
+            return None if ephemeral else envelope.seq
+        need = self.protocol.precheck(envelope)
+        if isinstance(need, NeedDeviceList):
+            with contextlib.suppress(ClientError):
+                await self._refresh_devices(need.username, report=True)
+        result = self.protocol.receive(envelope)
+        if ephemeral:
+            events = [e for e in result.events if isinstance(e, TypingEvent)]
+            await self._emit(events)
+            return None
+        await self._emit(result.events)
+        for action in result.actions:
+            if isinstance(action, SendReceipt):
+                self._spawn(self._send_receipt_quietly(action))
+        return envelope.seq
+
+    async def _send_receipt_quietly(self, action: SendReceipt) -> None:
+        receipt = Receipt(kind=action.kind, ids=action.ids, sent_at_ms=_now_ms())
+        try:
+            await self._send_direct(action.to, receipt)
+        except ClientError as exc:
+            log.info("receipt to %s not sent: %s", action.to, exc)
+
+    # --- maintenance (prekeys) ---------------------------------------------------------
+
+    async def _maintenance(self) -> None:
+        with contextlib.suppress(ClientError):
+            await self.replenish_prekeys()
+        with contextlib.suppress(ClientError):
+            await self.rotate_signed_prekey()
+
+    async def _replenish_quietly(self) -> None:
+        with contextlib.suppress(ClientError):
+            await self.replenish_prekeys()
+
+    async def replenish_prekeys(self) -> int:
+        """Upload one-time prekeys when the relay's stock is low; returns how many."""
+        counts = await self.http.prekey_count()
+        have = min(int(counts["one_time_prekeys"]), int(counts["one_time_pq_prekeys"]))
+        threshold = int(counts.get("low_threshold", 10))
+        if have > threshold:
+            return 0
+        target = min(int(counts.get("max_stock", 100)), ids.DEFAULT_BATCH * 2)
+        count = max(0, min(target - have, ids.DEFAULT_BATCH))
+        if count == 0:
+            return 0
+        with self.store.transaction():
+            upload = ids.one_time_batch(self.store, self.identity, count)
+        await self.http.upload_prekeys(upload)
+        return count
+
+    async def rotate_signed_prekey(self, *, force: bool = False) -> bool:
+        """Rotate the signed prekey when it is older than a week (or ``force``)."""
+        if not force and not ids.signed_prekey_due(self.store, time.time()):
+            return False
+        with self.store.transaction():
+            upload = ids.rotate_signed_prekey(self.store, self.identity)
+        await self.http.upload_prekeys(upload)
+        return True
+
+    # --- device lists and sessions -----------------------------------------------------
+
+    async def _refresh_devices(self, username: str, *, report: bool = False) -> None:
+        data = await self.http.devices(username)
+        _, changed = self.protocol.accept_device_list_changed(
+            username, unb64(data["account_key"]), unb64(data["device_list"])
+        )
+        if changed and username not in self._reported_changes:
+            self._reported_changes.add(username)
+            number = self._safety_number(username)
+            await self._emit([KeyChanged(username, number, _now_ms())])
+
+    async def _ensure_sessions(self, usernames: Iterable[str], *, refresh: bool = False) -> None:
+        names = sorted(set(usernames))
+        for username in names:
+            if refresh or self.protocol.device_list(username) is None:
+                await self._refresh_devices(username)
+        for username, devices in self.protocol.missing_sessions(names).items():
+            for device_id in devices:
+                data = await self.http.bundle(username, device_id)
+                account_key = unb64(data["account_key"])
+                self.protocol.accept_device_list_changed(
+                    username, account_key, unb64(data["device_list"])
+                )
+                for entry in data.get("devices", []):
+                    if entry.get("device_id") == device_id:
+                        bundle = _device_bundle(entry)
+                        if bundle is None:
+                            raise RelayRejected(
+                                409, "no_prekeys", f"{username}:{device_id} has no prekeys yet"
+                            )
+                        try:
+                            self.protocol.accept_bundle(username, account_key, bundle)
+                        except VoxError as exc:
+                            raise RelayRejected(
+                                409, "bad_bundle", f"{username}:{device_id}: {exc}"
+                            ) from None
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def _ensure_connected(self) -> RelaySocket:
+        if self._reader_task is None:
+            await self.connect(receive=False)
+        try:
+            await asyncio.wait_for(self._connected.wait(), _SEND_TIMEOUT)
+        except TimeoutError:
+            raise RelayUnavailable(self.server_url, "not connected") from None
+        assert self._socket is not None
+        return self._socket
+
+    async def _transmit(self, send: OutgoingSend) -> dict[str, Any]:
+        socket = await self._ensure_connected()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[send.client_id] = future
+        frame = {
+            "type": "send",
+            "id": send.client_id,
+            "ephemeral": send.ephemeral,
+            "payloads": [
+                {"data": b64(data), "to": [{"user": u, "device": d} for u, d in to]}
+                for data, to in send.payloads
+            ],
+        }
+        try:
+            await socket.send(frame)
+            return await asyncio.wait_for(future, _SEND_TIMEOUT)
+        except SocketClosed as exc:
+            raise RelayUnavailable(self.server_url, str(exc)) from None
+        except TimeoutError:
+            raise RelayUnavailable(self.server_url, "no answer to a send") from None
+        finally:
+            self._pending.pop(send.client_id, None)
+
+    async def _deliver(
+        self, users: set[str], build: Callable[[], list[OutgoingSend]]
+    ) -> SendResult | None:
+        """Build (encrypt) and transmit, handling mismatch and dropped connections."""
+        refresh = False
+        last: Exception | None = None
+        for attempt in range(_MAX_ATTEMPTS):
+            await self._ensure_sessions(users | {self.username}, refresh=refresh)
+            result: SendResult | None = None
+            retry = False
+            for send in build():
+                if not send.payloads:
+                    continue
+                try:
+                    answer = await self._transmit(send)
+                except RelayUnavailable as exc:
+                    last = exc
+                    retry = True
+                    await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+                    break
+                kind = answer.get("type")
+                if kind == "accepted":
+                    ts = int(answer.get("ts") or 0)
+                    result = SendResult(send.client_id, ts, send.device_count)
+                    continue
+                if kind == "mismatch":
+                    changed = {
+                        str(d["user"]) for d in answer.get("missing", []) + answer.get("stale", [])
+                    }
+                    users = users | changed
+                    for name in changed:
+                        await self._refresh_devices(name)
+                    for d in answer.get("stale", []):
+                        self.protocol.sessions.drop(str(d["user"]), int(d["device"]))
+                    last = RelayRejected(409, "mismatch", "device lists kept changing")
+                    retry = True
+                    break
+                code = str(answer.get("code", "error"))
+                if code == "unknown_user":
+                    bad = answer.get("users") or sorted(users)
+                    raise UnknownUser(str(bad[0]))
+                raise RelayRejected(400, code, str(answer.get("message", "")))
+            if not retry:
+                return result
+        assert last is not None
+        raise last
+
+    async def _send_direct(
+        self, to: str, content: Content, *, ephemeral: bool = False
+    ) -> SendResult | None:
+        trust.require_trusted(self.store, to)
+        return await self._deliver(
+            {to}, lambda: [self.protocol.encode_direct(to, content, ephemeral=ephemeral)]
+        )
+
+    async def _send_chat(
+        self, conversation: str, content: TextContent | AttachmentContent
+    ) -> SendResult:
+        """Persist (history + outbox) first, then send; the same id is reused on retries."""
+        with self.store.transaction():
+            self.protocol.record_outgoing(conversation, content)
+            self.store.outbox_put(
+                OutboxEntry(content.message_id.hex(), conversation, content.to_bytes(), time.time())
+            )
+        return await self._send_outbox_entry(conversation, content)
+
+    async def _send_outbox_entry(
+        self, conversation: str, content: TextContent | AttachmentContent
+    ) -> SendResult:
+        message_id = content.message_id.hex()
+        self._in_flight.add(message_id)
+        try:
+            return await self._send_outbox_locked(conversation, content)
+        finally:
+            self._in_flight.discard(message_id)
+
+    async def _send_outbox_locked(
+        self, conversation: str, content: TextContent | AttachmentContent
+    ) -> SendResult:
+        async with self._send_lock:
+            if self.store.get_message(content.message_id.hex()) is not None and not any(
+                e.message_id == content.message_id.hex() for e in self.store.outbox_pending()
+            ):
+                return SendResult(content.message_id.hex(), _now_ms(), 0)
+            self.store.outbox_attempted(content.message_id.hex())
+            if is_group_conversation(conversation):
+                group_id = bytes.fromhex(conversation.removeprefix("group:"))
+                group = self.protocol.groups.get(group_id)
+                if group is None:
+                    raise GroupError(f"unknown group {group_id.hex()}")
+                result = await self._deliver(
+                    set(group.members), lambda: self.protocol.encode_group(group_id, content)
+                )
+            else:
+                result = await self._send_direct(conversation, content)
+            with self.store.transaction():
+                self.store.outbox_remove(content.message_id.hex())
+                self.protocol.mark_sent(content.message_id.hex())
+        return result or SendResult(content.message_id.hex(), _now_ms(), 0)
+
+    async def _flush_outbox(self) -> None:
+        for entry in self.store.outbox_pending():
+            if entry.message_id in self._in_flight:
+                continue
+            content = decode_content(entry.payload)
+            if isinstance(content, TextContent | AttachmentContent):
+                await self._send_outbox_entry(entry.conversation, content)
+            else:
+                self.store.outbox_remove(entry.message_id)
+
+    async def _flush_outbox_quietly(self) -> None:
+        try:
+            await self._flush_outbox()
+        except ClientError as exc:
+            log.info("outbox retry failed: %s", exc)
+
+    async def send_text(self, to: str, text: str) -> SendResult:
+        """Send a text to a user (or a group conversation ``group:<id>``); returns once the
+        relay accepted it."""
+        if is_group_conversation(to):
+            return await self.send_group_text(to, text)
+        _check_user(to)
+        content = TextContent(text=text, sent_at_ms=_now_ms())
+        return await self._send_chat(to, content)
+
+    async def send_typing(self, to: str, active: bool = True) -> None:
+        """Tell ``to`` (a user) that we are typing (an ephemeral send: never stored)."""
+        if is_group_conversation(to):
+            group_id = bytes.fromhex(to.removeprefix("group:"))
+            group = self.protocol.groups.get(group_id)
+            if group is None:
+                return
+            for member in group.members:
+                if member != self.username:
+                    with contextlib.suppress(ClientError):
+                        await self._send_direct(
+                            member,
+                            Typing(active=active, group_id=group_id, sent_at_ms=_now_ms()),
+                            ephemeral=True,
+                        )
+            return
+        await self._send_direct(to, Typing(active=active, sent_at_ms=_now_ms()), ephemeral=True)
+
+    async def mark_read(self, conversation: str) -> int:
+        """Mark a conversation read and send read receipts; returns how many messages."""
+        messages = self.store.mark_conversation_read(conversation)
+        by_sender: dict[str, list[bytes]] = {}
+        for message in messages:
+            if message.sender != self.username:
+                by_sender.setdefault(message.sender, []).append(bytes.fromhex(message.message_id))
+        for sender, message_ids in by_sender.items():
+            for i in range(0, len(message_ids), 500):
+                receipt = Receipt(
+                    kind=ReceiptKind.READ, ids=tuple(message_ids[i : i + 500]), sent_at_ms=_now_ms()
+                )
+                with contextlib.suppress(ClientError):
+                    await self._send_direct(sender, receipt)
+        return len(messages)
+
+    # --- attachments -------------------------------------------------------------------
+
+    async def send_file(
+        self,
+        to: str,
+        path: Path | str,
+        *,
+        caption: str = "",
+        progress: Progress | None = None,
+    ) -> SendResult:
+        """Encrypt ``path`` (streamed), upload it, then send the pointer to ``to`` (a user or a
+        group conversation)."""
+        if not is_group_conversation(to):
+            _check_user(to)
+            trust.require_trusted(self.store, to)
+        pointer = await self.upload_file(path, progress=progress)
+        group_id = b""
+        if is_group_conversation(to):
+            group_id = bytes.fromhex(to.removeprefix("group:"))
+        content = AttachmentContent(
+            pointer=pointer.to_bytes(), caption=caption, group_id=group_id, sent_at_ms=_now_ms()
+        )
+        return await self._send_chat(to, content)
+
+    async def upload_file(
+        self, path: Path | str, *, progress: Progress | None = None
+    ) -> AttachmentPointer:
+        """Encrypt and upload a file; returns its pointer (with the relay's blob id)."""
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            handle = await asyncio.to_thread(path.open, "rb")
+        except OSError as exc:
+            raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
+        encryptor = AttachmentEncryptor()
+        total = ciphertext_size(size, DEFAULT_CHUNK_SIZE)
+        sent = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal sent
+            with handle:
+                while piece := await asyncio.to_thread(handle.read, 1024 * 1024):
+                    out = encryptor.feed(piece)
+                    if out:
+                        sent += len(out)
+                        if progress:
+                            progress(sent, total)
+                        yield out
+            last = encryptor.finish()
+            sent += len(last)
+            if progress:
+                progress(sent, total)
+            yield last
+
+        answer = await self.http.upload_attachment(chunks(), total)
+        blob_id = str(answer.get("id") or answer.get("attachment_id") or "")
+        if not blob_id:
+            raise AttachmentError("the relay did not return an attachment id")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return encryptor.pointer(
+            content_type=content_type, file_name=path.name[:255], blob_id=blob_id
+        )
+
+    async def download(
+        self,
+        attachment: Message | AttachmentPointer | bytes,
+        dest: Path | str,
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download, verify (digest, size) and decrypt an attachment to ``dest`` (a file, or a
+        directory to put the original file name in). Nothing is left behind on failure."""
+        if isinstance(attachment, Message):
+            if attachment.attachment is None:
+                raise AttachmentError("this message has no attachment")
+            raw = attachment.attachment.pointer
+            pointer = AttachmentPointer.from_bytes(raw)
+        elif isinstance(attachment, bytes):
+            pointer = AttachmentPointer.from_bytes(attachment)
+        else:
+            pointer = attachment
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / (Path(pointer.file_name).name or "attachment")
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        decryptor = AttachmentDecryptor.for_pointer(pointer)
+        total = pointer.ciphertext_size
+        done = 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+
+                async def sink(chunk: bytes) -> None:
+                    nonlocal done
+                    done += len(chunk)
+                    out.write(decryptor.feed(chunk))
+                    if progress:
+                        progress(done, total)
+
+                try:
+                    await self.http.download_attachment(pointer.blob_id, sink)
+                    out.write(decryptor.finish())
+                except VoxError as exc:
+                    raise AttachmentError(f"verification failed ({type(exc).__name__})") from None
+            tmp.replace(dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if isinstance(attachment, Message):
+            stored = self.store.get_message(attachment.id)
+            if stored is not None and stored.attachment is not None:
+                import dataclasses
+
+                meta = dict(stored.attachment)
+                meta["path"] = str(dest)
+                with contextlib.suppress(Exception):
+                    self.store.add_message(dataclasses.replace(stored, attachment=meta))
+        return dest
+
+    # --- receiving helpers -------------------------------------------------------------
+
+    async def receive(self, wait: float = 2.0) -> list[Event]:
+        """Connect, collect events until nothing new arrived for ``wait`` seconds, return them."""
+        events: list[Event] = []
+        unsubscribe = self.on_event(events.append)
+        try:
+            if self._reader_task is None:
+                await self.connect(receive=True)
+            self._last_activity = time.monotonic()
+            while True:
+                idle = time.monotonic() - self._last_activity
+                busy = not self._deliveries.empty()
+                if idle >= wait and not busy:
+                    break
+                await asyncio.sleep(min(0.05, max(0.01, wait - idle)))
+        finally:
+            unsubscribe()
+        return events
+
+    def history(self, conversation: str, *, limit: int = 100) -> list[Message]:
+        """The last ``limit`` messages of a conversation, oldest first."""
+        return [message_from_stored(m) for m in self.store.history(conversation, limit=limit)]
+
+    def conversations(self) -> list[ConversationSummary]:
+        """Conversations with messages, most recent first (with unread counts)."""
+        return self.store.conversations()
+
+    # --- identity and verification -----------------------------------------------------
+
+    def _safety_number(self, username: str) -> str:
+        peer = self.store.get_peer(username)
+        if peer is None:
+            raise UnknownUser(username)
+        return trust.peer_safety_number(
+            self.username, self.identity.account_key.public_key, username, peer.account_key
+        )
+
+    async def verify(self, username: str) -> Verification:
+        """Fetch ``username``'s key (TOFU on first contact) and show the safety number."""
+        _check_user(username)
+        with contextlib.suppress(RelayUnavailable):
+            await self._refresh_devices(username)
+        peer = self.store.get_peer(username)
+        if peer is None:
+            raise UnknownUser(username)
+        return Verification(
+            username,
+            self._safety_number(username),
+            key_changed=peer.trust == "changed",
+            verified=peer.trust == "verified",
+        )
+
+    async def accept_key(self, username: str) -> Verification:
+        """Accept ``username``'s current account key (after comparing safety numbers)."""
+        _check_user(username)
+        with contextlib.suppress(RelayUnavailable):
+            await self._refresh_devices(username)
+        if self.store.get_peer(username) is None:
+            raise UnknownUser(username)
+        trust.accept_key(self.store, username)
+        self._reported_changes.discard(username)
+        return await self.verify(username)
+
+    # --- devices and linking -----------------------------------------------------------
+
+    async def devices(self) -> list[DeviceInfo]:
+        """This account's devices, from its signed device list (refreshed from the relay)."""
+        with contextlib.suppress(RelayUnavailable):
+            await self._refresh_devices(self.username)
+        device_list = self.protocol.device_list(self.username)
+        if device_list is None:
+            return []
+        return [
+            DeviceInfo(d.device_id, d.identity_key.raw.hex(), d.device_id == self.device_id)
+            for d in device_list.devices
+        ]
+
+    async def link(self) -> LinkInvitation:
+        """Prepare a new device: returns the one-time code to type into ``vox join``."""
+        await self._refresh_devices(self.username)
+        return await linking.offer(self)
+
+    async def wait_linked(self, invitation: LinkInvitation, within: float = 300.0) -> int:
+        """Wait until the new device has taken over its slot; returns its device id."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            await self._refresh_devices(self.username)
+            current = self.protocol.device_list(self.username)
+            if current is not None and current.version > invitation.list_version:
+                return invitation.device_id
+            await asyncio.sleep(0.5)
+        raise LinkError("the new device did not join in time")
+
+    async def remove_device(self, device_id: int) -> None:
+        """Remove a device from the account's signed device list."""
+        await self._refresh_devices(self.username)
+        current = self.protocol.device_list(self.username)
+        if current is None or device_id not in current.device_ids:
+            raise ClientError(f"device {device_id} is not on the device list")
+        if device_id == self.device_id:
+            raise ClientError("a device cannot remove itself")
+        signed = current.remove_device(device_id).sign(self.identity.account_key)
+        data = await self.http.put_devices(self.username, signed.to_bytes())
+        self.protocol.accept_device_list(
+            self.username, unb64(data["account_key"]), unb64(data["device_list"])
+        )
+
+    # --- groups ------------------------------------------------------------------------
+
+    def groups(self) -> list[GroupInfo]:
+        """Groups this device belongs to."""
+        out = []
+        for group in self.store.list_groups():
+            gid = bytes.fromhex(group.group_id)
+            epoch = self.protocol.groups.epoch(gid)
+            out.append(GroupInfo(group.group_id, group.name, group.members, epoch))
+        return out
+
+    def _group(self, group: str) -> tuple[bytes, GroupInfo]:
+        """Resolve a group by id, ``group:<id>`` or (unique) name."""
+        key = group.removeprefix("group:")
+        for info in self.groups():
+            if info.group_id == key:
+                return bytes.fromhex(info.group_id), info
+        named = [info for info in self.groups() if info.name == group]
+        if len(named) == 1:
+            return bytes.fromhex(named[0].group_id), named[0]
+        if len(named) > 1:
+            raise GroupError(f"several groups are named {group!r}; use the id")
+        raise GroupError(f"unknown group {group!r}")
+
+    async def _announce(
+        self,
+        group_id: bytes,
+        name: str,
+        members: tuple[str, ...],
+        action: GroupAction,
+        extra: Iterable[str] = (),
+    ) -> GroupInfo:
+        for member in members:
+            if member != self.username:
+                trust.require_trusted(self.store, member)
+        await self._ensure_sessions(set(members) | set(extra) | {self.username})
+        update = self.protocol.group_update(group_id, name, members, action)
+        for member in sorted((set(members) | set(extra)) - {self.username}):
+            await self._send_direct(member, update)
+        if set(members) | set(extra) <= {self.username}:
+            await self._send_direct(self.username, update)
+        epoch = self.protocol.groups.epoch(group_id)
+        return GroupInfo(group_id.hex(), name, tuple(sorted(set(members))), epoch)
+
+    async def create_group(self, name: str, members: Iterable[str]) -> GroupInfo:
+        """Create a group with ``members`` (usernames; we are added)."""
+        users = tuple(sorted({*members, self.username}))
+        for user in users:
+            _check_user(user)
+        return await self._announce(new_group_id(), name, users, GroupAction.CREATE)
+
+    async def add_members(self, group: str, members: Iterable[str]) -> GroupInfo:
+        """Add members to a group (they receive the full member list)."""
+        group_id, info = self._group(group)
+        users = tuple(sorted({*info.members, *members}))
+        for user in users:
+            _check_user(user)
+        return await self._announce(group_id, info.name, users, GroupAction.ADD)
+
+    async def remove_members(self, group: str, members: Iterable[str]) -> GroupInfo:
+        """Remove members; every remaining member rotates its sender key."""
+        group_id, info = self._group(group)
+        gone = set(members)
+        if self.username in gone:
+            raise GroupError("use leave_group to leave")
+        users = tuple(sorted(set(info.members) - gone))
+        return await self._announce(
+            group_id, info.name, users, GroupAction.REMOVE, extra=gone & set(info.members)
+        )
+
+    async def leave_group(self, group: str) -> None:
+        """Leave a group (the others rotate their sender keys)."""
+        group_id, info = self._group(group)
+        users = tuple(sorted(set(info.members) - {self.username}))
+        await self._announce(group_id, info.name, users, GroupAction.LEAVE, extra=[self.username])
+
+    async def send_group_text(self, group: str, text: str) -> SendResult:
+        """Send a text to a group (encrypted once with our sender key)."""
+        group_id, _ = self._group(group)
+        content = TextContent(text=text, group_id=group_id, sent_at_ms=_now_ms())
+        return await self._send_chat(group_conversation(group_id.hex()), content)
+
+    async def send_group_file(
+        self, group: str, path: Path | str, *, progress: Progress | None = None
+    ) -> SendResult:
+        """Send a file to a group."""
+        group_id, _ = self._group(group)
+        return await self.send_file(group_conversation(group_id.hex()), path, progress=progress)
+
+    # --- link support (used by clients.sdk.linking) ------------------------------------
+
+    def _link_waiter(self) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._link_waiters.append(future)
+        return future
+
+    async def _transmit_raw(self, send: OutgoingSend) -> dict[str, Any]:
+        return await self._transmit(send)
+
+
+def _device_bundle(entry: dict[str, Any]) -> DeviceBundle | None:
+    spk, lr = entry.get("signed_prekey"), entry.get("last_resort_prekey")
+    if not spk or not lr:
+        return None
+
+    def signed(x: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        return int(x["key_id"]), unb64(x["public_key"]), unb64(x["signature"])
+
+    otk, otpq = entry.get("one_time_prekey"), entry.get("one_time_pq_prekey")
+    return DeviceBundle(
+        device_id=int(entry["device_id"]),
+        identity_key=unb64(entry["identity_key"]),
+        signed_prekey=signed(spk),
+        last_resort_prekey=signed(lr),
+        one_time_prekey=(int(otk["key_id"]), unb64(otk["public_key"])) if otk else None,
+        one_time_pq_prekey=signed(otpq) if otpq else None,
+    )
+
+
+def _check_user(username: str) -> None:
+    try:
+        validate_username(username)
+    except VoxError:
+        raise UnknownUser(username) from None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _remove_profile(home: Path) -> None:
+    """Remove what a failed register/join created (never anything else)."""
+    for name in ("vox.db", "vox.db-wal", "vox.db-shm", "vox.key", "vox.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (home / name).unlink()
+
+
+_ = (Awaitable, DeliveryState, UntrustedIdentity)

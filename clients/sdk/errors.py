@@ -1,0 +1,188 @@
+"""The SDK's error tree. Every failure a caller of :class:`~clients.sdk.VoxClient` sees is a
+:class:`ClientError`; the CLI prints ``str(error)`` as one line and exits non-zero.
+
+::
+
+    ClientError
+    ├── ProfileError                     the home directory / local profile
+    │   ├── NoProfile(home)              nothing registered in this home yet
+    │   ├── ProfileExists(home)          register/join into a home that has a profile
+    │   ├── ProfileLocked(home)          another process holds the profile lock
+    │   └── StoreError(reason)           corrupted store, wrong passphrase, bad key file
+    ├── RelayError                       talking to the relay
+    │   ├── RelayUnavailable(url, reason) connection refused, DNS, TLS, timeout
+    │   ├── RelayRejected(status, code, message)  a 4xx/5xx answer or a WS close with reason
+    │   ├── AuthFailed(reason)           login refused (device removed / revoked)
+    │   └── RegistrationClosed(policy)   registration needs an invite or is closed
+    ├── UnknownUser(username)            no such account on the relay
+    ├── UntrustedIdentity(username)      the user's account key changed; accept it first
+    ├── BadDeviceList(username, reason)  the relay served a list that does not verify
+    ├── DecryptFailed(sender, device, kind)  reported in the event stream, never raised by send
+    ├── LinkError(reason)                device linking failed (bad / expired code)
+    ├── GroupError(reason)               unknown group, not a member, ...
+    └── AttachmentError(reason)          upload/download/digest failure
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AttachmentError",
+    "AuthFailed",
+    "BadDeviceList",
+    "ClientError",
+    "DecryptFailed",
+    "GroupError",
+    "LinkError",
+    "NoProfile",
+    "ProfileError",
+    "ProfileExists",
+    "ProfileLocked",
+    "RegistrationClosed",
+    "RelayError",
+    "RelayRejected",
+    "RelayUnavailable",
+    "StoreError",
+    "UnknownUser",
+    "UntrustedIdentity",
+]
+
+
+class ClientError(Exception):
+    """Base of every error the SDK raises. ``str()`` is a one-line, user-facing message."""
+
+
+class ProfileError(ClientError):
+    """Something is wrong with the local profile (the home directory)."""
+
+
+class NoProfile(ProfileError):
+    """No account is registered in this home directory."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(f"no Vox profile in {home} (run 'vox register' or 'vox join' first)")
+        self.home = home
+
+
+class ProfileExists(ProfileError):
+    """``register``/``join`` into a home directory that already holds a profile."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(f"{home} already holds a Vox profile")
+        self.home = home
+
+
+class ProfileLocked(ProfileError):
+    """Another process holds this profile open (and did not release it in time)."""
+
+    def __init__(self, home: str) -> None:
+        super().__init__(f"the profile in {home} is in use by another vox process")
+        self.home = home
+
+
+class StoreError(ProfileError):
+    """The local store cannot be opened or read: corrupted, wrong passphrase, bad key file."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"local store: {reason}")
+        self.reason = reason
+
+
+class RelayError(ClientError):
+    """Talking to the relay failed."""
+
+
+class RelayUnavailable(RelayError):
+    """The relay could not be reached (refused, DNS, TLS, timeout, dropped)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the relay at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class RelayRejected(RelayError):
+    """The relay answered with an error (HTTP status or WebSocket close/error frame)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"relay refused the request ({status} {code}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AuthFailed(RelayError):
+    """The relay refused to log this device in (removed from the list, revoked, bad key)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"login failed: {reason}")
+        self.reason = reason
+
+
+class RegistrationClosed(RelayError):
+    """The relay's registration policy refuses this registration."""
+
+    def __init__(self, policy: str, message: str) -> None:
+        super().__init__(f"registration refused (policy {policy}): {message}")
+        self.policy = policy
+
+
+class UnknownUser(ClientError):
+    """The relay has no account with this username."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"unknown user {username!r}")
+        self.username = username
+
+
+class UntrustedIdentity(ClientError):
+    """The user's account key differs from the one trusted so far; sending is blocked."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"the account key of {username!r} has changed; compare safety numbers and run "
+            f"'vox verify {username} --accept' to accept it"
+        )
+        self.username = username
+
+
+class BadDeviceList(ClientError):
+    """The relay served a device list that does not verify (forged, rolled back, ...)."""
+
+    def __init__(self, username: str, reason: str) -> None:
+        super().__init__(f"device list of {username!r} refused: {reason}")
+        self.username = username
+        self.reason = reason
+
+
+class DecryptFailed(ClientError):
+    """An incoming envelope could not be decrypted (reported as an event, then acked)."""
+
+    def __init__(self, sender: str, device: int, kind: str) -> None:
+        super().__init__(f"could not decrypt a message from {sender}:{device} ({kind})")
+        self.sender = sender
+        self.device = device
+        self.kind = kind
+
+
+class LinkError(ClientError):
+    """Linking a new device failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"device linking failed: {reason}")
+        self.reason = reason
+
+
+class GroupError(ClientError):
+    """A group operation is not possible (unknown group, not a member, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"group: {reason}")
+        self.reason = reason
+
+
+class AttachmentError(ClientError):
+    """An attachment could not be uploaded, downloaded, verified or decrypted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"attachment: {reason}")
+        self.reason = reason

@@ -1,0 +1,126 @@
+"""Group bookkeeping: membership, epochs, our sender key and who has received it.
+
+Groups are client-side only: the relay sees one payload addressed to many devices. A group
+is ``(group_id (16 random bytes, hex in the store), name, members (usernames), epoch)``.
+Membership changes travel as pairwise-encrypted :class:`~clients.sdk.content.GroupUpdate`
+contents carrying the full new member list and ``epoch + 1``.
+
+Sender keys are distributed lazily: before a group send, every member device that has not
+received our *current* sender key gets a pairwise ``SENDER_KEY`` content. Removing a member
+(or seeing a member removed) deletes our sending state, so the next send creates a new key
+(new ``key_id``) that only the remaining members receive: the removed member cannot read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from clients.store.base import Store
+from clients.store.models import Group
+from crypto.keys import DeviceAddress
+from crypto.sender_keys import SenderKeyState
+
+__all__ = ["GroupBook", "new_group_id"]
+
+
+def new_group_id() -> bytes:
+    """A fresh 16-byte group id."""
+    return os.urandom(16)
+
+
+class GroupBook:
+    """Store-backed group state of one device."""
+
+    def __init__(self, store: Store, own: DeviceAddress) -> None:
+        self._store = store
+        self._own = own
+
+    # --- membership ------------------------------------------------------------------
+
+    def get(self, group_id: bytes) -> Group | None:
+        """The group, or None if unknown (or we were removed)."""
+        return self._store.get_group(group_id.hex())
+
+    def epoch(self, group_id: bytes) -> int:
+        """The last applied membership epoch (0 for an unknown group)."""
+        value = self._store.get_setting(f"group_epoch:{group_id.hex()}")
+        return int(value) if value else 0
+
+    def put(
+        self, group_id: bytes, name: str, members: tuple[str, ...], epoch: int, by: str
+    ) -> None:
+        """Create or replace a group at ``epoch``."""
+        existing = self.get(group_id)
+        created_by = existing.created_by if existing else by
+        created_at = existing.created_at if existing else time.time()
+        self._store.put_group(
+            Group(group_id.hex(), name, tuple(sorted(set(members))), created_by, created_at)
+        )
+        self._store.set_setting(f"group_epoch:{group_id.hex()}", str(epoch))
+
+    def forget(self, group_id: bytes) -> None:
+        """Drop a group entirely (we were removed or left)."""
+        self._store.delete_group(group_id.hex())
+        self._store.set_setting(f"group_epoch:{group_id.hex()}", None)
+        self._store.set_setting(f"skd:{group_id.hex()}", None)
+
+    # --- our sending key ---------------------------------------------------------------
+
+    def own_key(self, group_id: bytes) -> SenderKeyState:
+        """Our sending state in the group, created (new key id) if there is none."""
+        data = self._store.load_own_sender_key(group_id.hex())
+        if data is not None:
+            return SenderKeyState.from_bytes(data)
+        state = SenderKeyState.create(group_id, self._own)
+        self._store.store_own_sender_key(group_id.hex(), state.to_bytes())
+        self._store.set_setting(f"skd:{group_id.hex()}", None)
+        return state
+
+    def save_own_key(self, group_id: bytes, state: SenderKeyState) -> None:
+        """Store our advanced sending state."""
+        self._store.store_own_sender_key(group_id.hex(), state.to_bytes())
+
+    def rotate(self, group_id: bytes) -> None:
+        """Throw our sending key away: the next send creates and distributes a new one."""
+        previous = self._store.load_own_sender_key(group_id.hex())
+        if previous is None:
+            return
+        state = SenderKeyState.from_bytes(previous).rotate()
+        self._store.store_own_sender_key(group_id.hex(), state.to_bytes())
+        self._store.set_setting(f"skd:{group_id.hex()}", None)
+
+    def distributed(self, group_id: bytes, key_id: int) -> set[tuple[str, int]]:
+        """Devices that already hold our key ``key_id``."""
+        raw = self._store.get_setting(f"skd:{group_id.hex()}")
+        if not raw:
+            return set()
+        data = json.loads(raw)
+        if data.get("key_id") != key_id:
+            return set()
+        return {(u, int(d)) for u, d in data.get("devices", [])}
+
+    def mark_distributed(self, group_id: bytes, key_id: int, devices: set[tuple[str, int]]) -> None:
+        """Record that ``devices`` received our key ``key_id``."""
+        have = self.distributed(group_id, key_id) | devices
+        value = json.dumps({"key_id": key_id, "devices": sorted([u, d] for u, d in have)})
+        self._store.set_setting(f"skd:{group_id.hex()}", value)
+
+    # --- others' keys --------------------------------------------------------------------
+
+    def receiving(self, group_id: bytes, sender: DeviceAddress) -> SenderKeyState | None:
+        """A member device's sender key state, if we received one."""
+        data = self._store.load_sender_key(group_id.hex(), sender.username, sender.device_id)
+        return None if data is None else SenderKeyState.from_bytes(data)
+
+    def save_receiving(self, group_id: bytes, state: SenderKeyState) -> None:
+        """Store a member device's (advanced or new) sender key state."""
+        sender = state.sender
+        self._store.store_sender_key(
+            group_id.hex(), sender.username, sender.device_id, state.to_bytes()
+        )
+
+    def forget_member_keys(self, group_id: bytes, username: str) -> None:
+        """Drop a removed member's sender keys."""
+        self._store.delete_sender_keys(group_id.hex(), username)

@@ -1,0 +1,183 @@
+"""Public value types of the SDK: what :class:`~clients.sdk.VoxClient` returns and emits.
+
+All are frozen, slotted dataclasses. Times are integer Unix **milliseconds** (UTC).
+A *conversation* is either a username (direct chat) or ``"group:" + group_id_hex``
+(a group; :func:`group_conversation`). :class:`DeliveryState` is the store's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.store.models import DeliveryState, group_conversation
+
+__all__ = [
+    "AttachmentInfo",
+    "DecryptFailure",
+    "DeliveryState",
+    "DeviceInfo",
+    "Event",
+    "GroupChanged",
+    "GroupInfo",
+    "KeyChanged",
+    "Message",
+    "ReceiptEvent",
+    "SendResult",
+    "ServerConfig",
+    "TypingEvent",
+    "Verification",
+    "group_conversation",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """A received (or sent) file. Download it with :meth:`VoxClient.download`."""
+
+    file_name: str
+    content_type: str
+    size: int
+    digest_hex: str
+    pointer: bytes = field(repr=False)  # encoded crypto.attachments.AttachmentPointer
+    path: Path | None = None  # where it was saved, once downloaded
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message (text or file), incoming or outgoing.
+
+    ``id`` is the sender-chosen message id (32 hex digits), identical on every device of
+    every participant; ``sender``/``device`` come from inside the ciphertext.
+    """
+
+    id: str
+    conversation: str
+    sender: str
+    device: int
+    sent_at: int
+    received_at: int
+    text: str | None = None
+    attachment: AttachmentInfo | None = None
+    group_id: str | None = None  # hex, for group messages
+    outgoing: bool = False  # sent by this account (from this or another device)
+    state: DeliveryState = DeliveryState.RECEIVED
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` or ``"attachment"``."""
+        return "attachment" if self.attachment is not None else "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptEvent:
+    """A delivery or read receipt from ``sender`` for ``message_ids`` (hex)."""
+
+    sender: str
+    device: int
+    kind: DeliveryState
+    message_ids: tuple[str, ...]
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypingEvent:
+    """``sender`` started (``active``) or stopped typing in ``conversation``."""
+
+    sender: str
+    device: int
+    conversation: str
+    active: bool
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """``username``'s account key changed; sending to them is blocked until accepted."""
+
+    username: str
+    safety_number: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """A group was created or its membership changed (``by`` made the change)."""
+
+    group_id: str
+    name: str
+    action: str  # "create" | "add" | "remove" | "leave"
+    members: tuple[str, ...]
+    by: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptFailure:
+    """An envelope that could not be decrypted (acked so the queue moves on)."""
+
+    sender: str
+    device: int
+    error: str  # the typed error's class name, never content
+    envelope_id: str
+    at: int
+
+
+Event = Message | ReceiptEvent | TypingEvent | KeyChanged | GroupChanged | DecryptFailure
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The relay accepted a message: its id (hex) and the relay's timestamp (ms)."""
+
+    id: str
+    accepted_at: int
+    devices: int  # how many device copies the relay stored
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One device on this account's signed device list."""
+
+    device_id: int
+    identity_key_hex: str
+    current: bool  # this device
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group this device knows: id (hex), name, members (usernames), epoch."""
+
+    group_id: str
+    name: str
+    members: tuple[str, ...]
+    epoch: int
+
+    @property
+    def conversation(self) -> str:
+        """``"group:" + group_id``."""
+        return group_conversation(self.group_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """Safety number of us and ``username``, and the trust state of their account key."""
+
+    username: str
+    safety_number: str  # 60 digits in 12 groups of 5
+    key_changed: bool  # a new key is pending acceptance
+    verified: bool  # accepted explicitly with verify --accept
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The relay's ``/v1/config``: brand and limits, as served."""
+
+    name: str
+    primary_color: str
+    accent_color: str
+    background_color: str
+    logo_url: str | None
+    welcome_text: str
+    registration: str
+    limits: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,614 @@
+"""The sans-I/O client protocol: encrypting sends, processing deliveries, keeping state.
+
+:class:`ClientProtocol` never touches the network or the clock on its own (``now`` is a
+parameter); it reads and writes the local :class:`~clients.store.base.Store` and returns
+values: :class:`OutgoingSend` (what to put in a WebSocket ``send``), :class:`Received`
+(events to show and follow-up :class:`Action` s such as delivery receipts), or
+:class:`NeedDeviceList` when it must see a user's signed device list first. The asyncio
+shell (:mod:`clients.sdk.client`) performs the I/O in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from clients.sdk import trust
+from clients.sdk.content import (
+    AttachmentContent,
+    Content,
+    DevicesChanged,
+    GroupAction,
+    GroupUpdate,
+    PayloadKind,
+    Receipt,
+    ReceiptKind,
+    RelayPayload,
+    SenderKeyContent,
+    TextContent,
+    Transcript,
+    Typing,
+    decode_content,
+)
+from clients.sdk.errors import ClientError, GroupError, UnknownUser
+from clients.sdk.groups import GroupBook
+from clients.sdk.identity import LocalIdentity
+from clients.sdk.models import (
+    AttachmentInfo,
+    DecryptFailure,
+    Event,
+    GroupChanged,
+    Message,
+    ReceiptEvent,
+    TypingEvent,
+)
+from clients.sdk.sessions import SessionBook
+from clients.store.base import Store
+from clients.store.models import (
+    DeliveryState,
+    Direction,
+    StoredMessage,
+    group_conversation,
+)
+from crypto.attachments import AttachmentPointer
+from crypto.device_list import DeviceList
+from crypto.errors import UnknownDevice, UnknownSenderKey, VoxError
+from crypto.keys import (
+    DeviceAddress,
+    Ed25519PublicKey,
+    KemPrekeyPublic,
+    MlKem768PublicKey,
+    OneTimePrekeyPublic,
+    PrekeyBundle,
+    SignedPrekeyPublic,
+    X25519PublicKey,
+)
+from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage, SenderKeyState
+
+__all__ = [
+    "Action",
+    "ClientProtocol",
+    "DeviceBundle",
+    "Envelope",
+    "NeedDeviceList",
+    "OutgoingSend",
+    "Received",
+    "SendReceipt",
+]
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One ``deliver`` frame. ``sender_*`` are the relay's claim, checked against the ciphertext."""
+
+    seq: int
+    envelope_id: str
+    sender_user: str
+    sender_device: int
+    ts: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingSend:
+    """A WebSocket ``send``: client id, payloads each addressed to devices, ephemeral flag."""
+
+    client_id: str
+    payloads: list[tuple[bytes, list[Address]]]
+    ephemeral: bool = False
+
+    @property
+    def device_count(self) -> int:
+        """Number of device copies."""
+        return sum(len(to) for _, to in self.payloads)
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    """Follow-up: send a receipt to ``to`` for ``ids`` (hex)."""
+
+    to: str
+    kind: ReceiptKind
+    ids: tuple[bytes, ...]
+
+
+Action = SendReceipt
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What processing one envelope produced."""
+
+    events: list[Event]
+    actions: list[Action]
+
+
+@dataclass(frozen=True, slots=True)
+class NeedDeviceList:
+    """The protocol must see ``username``'s device list (fetch it, then retry)."""
+
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBundle:
+    """One device's prekey bundle as the relay serves it (typed key encodings)."""
+
+    device_id: int
+    identity_key: bytes
+    signed_prekey: tuple[int, bytes, bytes]  # key_id, typed public key, signature
+    last_resort_prekey: tuple[int, bytes, bytes]
+    one_time_prekey: tuple[int, bytes] | None
+    one_time_pq_prekey: tuple[int, bytes, bytes] | None
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
+
+
+class ClientProtocol:
+    """Sessions, device lists, groups and content processing for one device."""
+
+    def __init__(
+        self, store: Store, identity: LocalIdentity, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.sessions = SessionBook(store, identity)
+        self.groups = GroupBook(store, identity.address)
+        self._now = now
+
+    @property
+    def username(self) -> str:
+        """Our username."""
+        return self.identity.username
+
+    # --- device lists and sessions -----------------------------------------------------
+
+    def device_list(self, username: str) -> DeviceList | None:
+        """The last verified list of ``username`` (ours included)."""
+        return trust.known_device_list(self.store, username)
+
+    def accept_device_list(self, username: str, account_key: bytes, signed: bytes) -> DeviceList:
+        """Verify a list the relay served (TOFU, rollback); drop sessions of removed devices."""
+        return self.accept_device_list_changed(username, account_key, signed)[0]
+
+    def accept_device_list_changed(
+        self, username: str, account_key: bytes, signed: bytes
+    ) -> tuple[DeviceList, bool]:
+        """Like :meth:`accept_device_list`; also says whether the account key just changed."""
+        with self.store.transaction():
+            device_list, changed = trust.accept_device_list(
+                self.store, username, account_key, signed
+            )
+            current = {d.device_id: d for d in device_list.devices}
+            for device_id in self.store.session_devices(username):
+                entry = current.get(device_id)
+                peer = self.sessions.peer(username, device_id)
+                if (
+                    entry is None
+                    or peer is None
+                    or peer.identity_key != entry.identity_key
+                    or peer.account_key.to_bytes() != account_key
+                ):
+                    self.sessions.drop(username, device_id)
+        return device_list, changed
+
+    def recipient_devices(self, username: str) -> list[Address]:
+        """Devices to encrypt to for ``username`` (ours: every device but this one)."""
+        device_list = self.device_list(username)
+        if device_list is None:
+            raise UnknownUser(username)
+        return [
+            (username, d)
+            for d in device_list.device_ids
+            if (username, d) != (self.username, self.identity.device_id)
+        ]
+
+    def missing_sessions(self, usernames: Iterable[str]) -> dict[str, list[int]]:
+        """Per user, the listed devices we have no session with."""
+        out: dict[str, list[int]] = {}
+        for username in usernames:
+            missing = [
+                d
+                for u, d in self.recipient_devices(username)
+                if not self.sessions.has_session(u, d)
+            ]
+            if missing:
+                out[username] = missing
+        return out
+
+    def accept_bundle(self, username: str, account_key: bytes, device: DeviceBundle) -> None:
+        """Start a session from a served bundle after checking it against the verified list."""
+        device_list = self.device_list(username)
+        if device_list is None:
+            raise UnknownUser(username)
+        identity = X25519PublicKey.from_bytes(device.identity_key)
+        device_list.check_device(device.device_id, identity)
+        peer = self.store.get_peer(username)
+        if peer is None or peer.account_key != account_key:
+            raise UnknownDevice(device.device_id)
+        kem_source = device.one_time_pq_prekey or device.last_resort_prekey
+        kem = KemPrekeyPublic(
+            kem_source[0],
+            MlKem768PublicKey.from_bytes(kem_source[1]),
+            device.one_time_pq_prekey is None,
+            kem_source[2],
+        )
+        one_time = None
+        if device.one_time_prekey is not None:
+            one_time = OneTimePrekeyPublic(
+                device.one_time_prekey[0], X25519PublicKey.from_bytes(device.one_time_prekey[1])
+            )
+        spk = device.signed_prekey
+        bundle = PrekeyBundle(
+            DeviceAddress(username, device.device_id),
+            Ed25519PublicKey.from_bytes(account_key),
+            identity,
+            SignedPrekeyPublic(spk[0], X25519PublicKey.from_bytes(spk[1]), spk[2]),
+            kem,
+            one_time,
+        )
+        bundle.verify()
+        self.sessions.start(bundle)
+
+    # --- outgoing ----------------------------------------------------------------------
+
+    def _pairwise(
+        self, devices: list[Address], content: Content
+    ) -> list[tuple[bytes, list[Address]]]:
+        body = content.to_bytes()
+        out = []
+        for username, device_id in devices:
+            ciphertext = self.sessions.encrypt(username, device_id, body)
+            out.append(
+                (RelayPayload(PayloadKind.PAIRWISE, ciphertext).to_bytes(), [(username, device_id)])
+            )
+        return out
+
+    def encode_direct(self, to: str, content: Content, *, ephemeral: bool = False) -> OutgoingSend:
+        """Encrypt ``content`` for every device of ``to`` and (as a transcript, for texts and
+        files) for our other devices. Requires sessions with all of them."""
+        if to != self.username:
+            self._require_trusted(to)
+        with self.store.transaction():
+            payloads = self._pairwise(self.recipient_devices(to), content)
+            if to != self.username and not ephemeral:
+                own = self.recipient_devices(self.username)
+                copy: Content = content
+                if isinstance(content, TextContent | AttachmentContent):
+                    copy = Transcript(
+                        destination=to,
+                        inner=content,
+                        message_id=content.message_id,
+                        sent_at_ms=content.sent_at_ms,
+                    )
+                if not isinstance(content, Typing):
+                    payloads += self._pairwise(own, copy)
+        return OutgoingSend(content.message_id.hex(), payloads, ephemeral)
+
+    def _require_trusted(self, username: str) -> None:
+        trust.require_trusted(self.store, username)
+
+    def group_devices(self, group_id: bytes) -> list[Address]:
+        """Every member device of a group except this one."""
+        group = self.groups.get(group_id)
+        if group is None:
+            raise GroupError(f"unknown group {group_id.hex()}")
+        devices: list[Address] = []
+        for member in sorted(set(group.members) | {self.username}):
+            devices += self.recipient_devices(member)
+        return devices
+
+    def encode_group(self, group_id: bytes, content: Content) -> list[OutgoingSend]:
+        """Sender-key distributions still needed (pairwise), then the group message itself."""
+        group = self.groups.get(group_id)
+        if group is None or self.username not in group.members:
+            raise GroupError(f"not a member of group {group_id.hex()}")
+        for member in group.members:
+            if member != self.username:
+                self._require_trusted(member)
+        devices = self.group_devices(group_id)
+        sends: list[OutgoingSend] = []
+        with self.store.transaction():
+            state = self.groups.own_key(group_id)
+            have = self.groups.distributed(group_id, state.key_id)
+            need = [d for d in devices if d not in have]
+            if need:
+                skd = SenderKeyContent(
+                    group_id=group_id,
+                    distribution=state.distribution().to_bytes(),
+                    sent_at_ms=_ms(self._now()),
+                )
+                sends.append(OutgoingSend(skd.message_id.hex(), self._pairwise(need, skd)))
+                self.groups.mark_distributed(group_id, state.key_id, set(need))
+            message = state.encrypt(content.to_bytes())
+            self.groups.save_own_key(group_id, state)
+        if devices:
+            payload = RelayPayload(PayloadKind.GROUP, message.to_bytes()).to_bytes()
+            sends.append(OutgoingSend(content.message_id.hex(), [(payload, devices)]))
+        return sends
+
+    def record_outgoing(self, conversation: str, content: TextContent | AttachmentContent) -> None:
+        """Store our own message in the history as pending."""
+        self.store.add_message(self._stored(conversation, content, self.identity.address, True))
+
+    def mark_sent(self, message_id: str) -> None:
+        """The relay accepted a send."""
+        self.store.update_message_state(message_id, DeliveryState.SENT)
+
+    # --- incoming ----------------------------------------------------------------------
+
+    def precheck(self, envelope: Envelope) -> NeedDeviceList | None:
+        """Before :meth:`receive`: do we know the claimed sender device's list?"""
+        try:
+            payload = RelayPayload.from_bytes(envelope.data)
+        except VoxError:
+            return None
+        if payload.kind is not PayloadKind.PAIRWISE:
+            return None
+        known = self.device_list(envelope.sender_user)
+        if known is None or envelope.sender_device not in known.device_ids:
+            return NeedDeviceList(envelope.sender_user)
+        return None
+
+    def receive(self, envelope: Envelope) -> Received:
+        """Decrypt and process one envelope; never raises for bad input.
+
+        A duplicate (already seen envelope) yields nothing; a failure yields one
+        :class:`DecryptFailure` event. Either way the caller acks the envelope.
+        """
+        now = self._now()
+        if self.store.is_seen("env:" + envelope.envelope_id):
+            return Received([], [])
+        try:
+            with self.store.transaction():
+                result = self._receive(envelope, now)
+                self.store.mark_seen("env:" + envelope.envelope_id, now)
+            return result
+        except (VoxError, ClientError, ValueError) as exc:
+            with self.store.transaction():
+                self.store.mark_seen("env:" + envelope.envelope_id, now)
+            failure = DecryptFailure(
+                envelope.sender_user,
+                envelope.sender_device,
+                type(exc).__name__,
+                envelope.envelope_id,
+                _ms(now),
+            )
+            return Received([failure], [])
+
+    def _receive(self, envelope: Envelope, now: float) -> Received:
+        payload = RelayPayload.from_bytes(envelope.data)
+        if payload.kind is PayloadKind.PAIRWISE:
+            decrypted = self.sessions.decrypt(
+                envelope.sender_user, envelope.sender_device, payload.data
+            )
+            sender = decrypted.peer.address
+            device_list = self.device_list(sender.username)
+            if device_list is None:
+                raise UnknownDevice(sender.device_id)
+            device_list.check_device(sender.device_id, decrypted.peer.identity_key)
+            peer = self.store.get_peer(sender.username)
+            if peer is None or peer.account_key != decrypted.peer.account_key.to_bytes():
+                raise UnknownDevice(sender.device_id)
+            content = decode_content(decrypted.body)
+            return self._pairwise_content(sender, content, now)
+        if payload.kind is PayloadKind.GROUP:
+            message = SenderKeyMessage.from_bytes(payload.data)
+            state = self.groups.receiving(message.group_id, message.sender)
+            if state is None or state.key_id != message.key_id:
+                raise UnknownSenderKey(message.key_id)
+            body = state.decrypt(message)
+            self.groups.save_receiving(message.group_id, state)
+            content = decode_content(body)
+            if not isinstance(content, TextContent | AttachmentContent):
+                raise GroupError("a group message carries a text or a file")
+            if content.group_id != message.group_id:
+                raise GroupError("group message for another group")
+            group = self.groups.get(message.group_id)
+            if group is None or message.sender.username not in group.members:
+                raise GroupError("group message from a non-member")
+            return self._chat(
+                message.sender, content, group_conversation(message.group_id.hex()), now
+            )
+        raise GroupError("link offers are only read while joining")
+
+    def _pairwise_content(self, sender: DeviceAddress, content: Content, now: float) -> Received:
+        own = sender.username == self.username
+        if isinstance(content, TextContent | AttachmentContent):
+            if content.group_id:
+                raise GroupError("group messages travel under sender keys")
+            return self._chat(sender, content, sender.username, now)
+        if isinstance(content, Transcript):
+            if not own:
+                raise GroupError("transcripts come only from our own devices")
+            return self._chat(sender, content.inner, content.destination, now)
+        if isinstance(content, Receipt):
+            return self._receipt(sender, content, now)
+        if isinstance(content, Typing):
+            conversation = (
+                group_conversation(content.group_id.hex()) if content.group_id else sender.username
+            )
+            event = TypingEvent(
+                sender.username, sender.device_id, conversation, content.active, _ms(now)
+            )
+            return Received([event], [])
+        if isinstance(content, GroupUpdate):
+            return self._group_update(sender, content, now)
+        if isinstance(content, SenderKeyContent):
+            distribution = SenderKeyDistribution.from_bytes(content.distribution)
+            if distribution.sender != sender or distribution.group_id != content.group_id:
+                raise GroupError("sender key distribution for another sender or group")
+            existing = self.groups.receiving(content.group_id, sender)
+            if existing is None or existing.key_id != distribution.key_id:
+                self.groups.save_receiving(
+                    content.group_id, SenderKeyState.from_distribution(distribution)
+                )
+            return Received([], [])
+        if isinstance(content, DevicesChanged):
+            return Received([], [])
+        raise GroupError("unexpected content")
+
+    def _stored(
+        self,
+        conversation: str,
+        content: TextContent | AttachmentContent,
+        sender: DeviceAddress,
+        outgoing: bool,
+        now: float | None = None,
+    ) -> StoredMessage:
+        attachment: dict[str, object] | None = None
+        text: str | None = None
+        if isinstance(content, TextContent):
+            text = content.text
+        else:
+            pointer = AttachmentPointer.from_bytes(content.pointer)
+            attachment = {
+                "pointer": content.pointer.hex(),
+                "file_name": pointer.file_name,
+                "content_type": pointer.content_type,
+                "size": pointer.size,
+                "digest": pointer.digest.hex(),
+                "caption": content.caption,
+            }
+        when = self._now() if now is None else now
+        return StoredMessage(
+            message_id=content.message_id.hex(),
+            conversation=conversation,
+            direction=Direction.OUT if outgoing else Direction.IN,
+            sender=sender.username,
+            sender_device=sender.device_id,
+            sent_at=content.sent_at_ms / 1000,
+            received_at=when,
+            text=text,
+            attachment=attachment,
+            state=DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED,
+        )
+
+    def _chat(
+        self,
+        sender: DeviceAddress,
+        content: TextContent | AttachmentContent,
+        conversation: str,
+        now: float,
+    ) -> Received:
+        outgoing = sender.username == self.username
+        stored = self._stored(conversation, content, sender, outgoing, now)
+        if outgoing:
+            stored = _with_state(stored, DeliveryState.SENT)
+        if not self.store.add_message(stored):
+            return Received([], [])
+        actions: list[Action] = []
+        if not outgoing:
+            actions.append(
+                SendReceipt(sender.username, ReceiptKind.DELIVERED, (content.message_id,))
+            )
+        return Received([message_from_stored(stored)], actions)
+
+    def _receipt(self, sender: DeviceAddress, content: Receipt, now: float) -> Received:
+        state = (
+            DeliveryState.DELIVERED if content.kind is ReceiptKind.DELIVERED else DeliveryState.READ
+        )
+        ids = tuple(i.hex() for i in content.ids)
+        for message_id in ids:
+            stored = self.store.get_message(message_id)
+            if stored is not None and stored.direction is Direction.OUT:
+                self.store.update_message_state(message_id, state)
+        event = ReceiptEvent(sender.username, sender.device_id, state, ids, _ms(now))
+        return Received([event], [])
+
+    def _group_update(self, sender: DeviceAddress, update: GroupUpdate, now: float) -> Received:
+        gid = update.group_id
+        group = self.groups.get(gid)
+        if group is not None and sender.username not in group.members:
+            raise GroupError("membership change from a non-member")
+        if group is not None and update.epoch <= self.groups.epoch(gid):
+            return Received([], [])
+        if group is None and update.action not in (GroupAction.CREATE, GroupAction.ADD):
+            return Received([], [])
+        members = tuple(sorted(set(update.members)))
+        removed = set(group.members) - set(members) if group is not None else set()
+        if self.username not in members:
+            self.groups.forget(gid)
+        else:
+            self.groups.put(gid, update.name, members, update.epoch, sender.username)
+            for username in removed:
+                self.groups.forget_member_keys(gid, username)
+            if removed:
+                self.groups.rotate(gid)
+        event = GroupChanged(
+            gid.hex(), update.name, update.action.name.lower(), members, sender.username, _ms(now)
+        )
+        return Received([event], [])
+
+    # --- groups (local side) -----------------------------------------------------------
+
+    def group_update(
+        self, group_id: bytes, name: str, members: tuple[str, ...], action: GroupAction
+    ) -> GroupUpdate:
+        """Apply a membership change locally and return the update to send."""
+        epoch = self.groups.epoch(group_id) + 1
+        previous = self.groups.get(group_id)
+        members = tuple(sorted(set(members)))
+        with self.store.transaction():
+            if self.username in members:
+                self.groups.put(group_id, name, members, epoch, self.username)
+            else:
+                self.groups.forget(group_id)
+            if previous is not None:
+                for username in set(previous.members) - set(members):
+                    self.groups.forget_member_keys(group_id, username)
+                if set(previous.members) - set(members):
+                    self.groups.rotate(group_id)
+        return GroupUpdate(
+            group_id=group_id,
+            epoch=epoch,
+            name=name,
+            action=action,
+            members=members,
+            sent_at_ms=_ms(self._now()),
+        )
+
+
+def _with_state(stored: StoredMessage, state: DeliveryState) -> StoredMessage:
+    import dataclasses
+
+    return dataclasses.replace(stored, state=state)
+
+
+def message_from_stored(stored: StoredMessage) -> Message:
+    """The public :class:`Message` for a history row."""
+    attachment = None
+    if stored.attachment is not None:
+        a = stored.attachment
+        path = a.get("path")
+        from pathlib import Path
+
+        attachment = AttachmentInfo(
+            file_name=str(a["file_name"]),
+            content_type=str(a["content_type"]),
+            size=int(str(a["size"])),
+            digest_hex=str(a["digest"]),
+            pointer=bytes.fromhex(str(a["pointer"])),
+            path=Path(str(path)) if path else None,
+        )
+    group_id = None
+    if stored.conversation.startswith("group:"):
+        group_id = stored.conversation.removeprefix("group:")
+    return Message(
+        id=stored.message_id,
+        conversation=stored.conversation,
+        sender=stored.sender,
+        device=stored.sender_device,
+        sent_at=int(stored.sent_at * 1000),
+        received_at=int(stored.received_at * 1000),
+        text=stored.text,
+        attachment=attachment,
+        group_id=group_id,
+        outgoing=stored.direction is Direction.OUT,
+        state=stored.state,
+    )

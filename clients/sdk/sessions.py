@@ -1,0 +1,137 @@
+"""Pairwise Double Ratchet sessions with peer devices, kept in the store.
+
+A peer device may have more than one live session (both sides initiated at the same time,
+or the peer reinstalled): the store keeps, per device, a small list, newest first::
+
+    u8 version (1) || u8 n (1..=4) || n x bytes32 crypto Session state
+
+Encryption uses the first; decryption tries the one whose PQXDH base key an initial
+message names, otherwise each in turn; the one that decrypts moves to the front. Every
+operation works on copies and returns the new state to store, so the caller can commit
+the session, the message and the "seen" mark in one store transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from clients.sdk.identity import LocalIdentity, consume_prekeys, prekey_secrets_for
+from clients.store.base import Store
+from crypto.encoding import Reader, Writer
+from crypto.envelope import InitialMessage, decode_message
+from crypto.errors import DecryptionError, StateError, VoxError
+from crypto.keys import PeerDevice, PrekeyBundle
+from crypto.pqxdh import accept_session, initiate_session
+from crypto.ratchet.session import Session
+
+__all__ = ["MAX_SESSIONS", "Decrypted", "SessionBook"]
+
+MAX_SESSIONS: Final = 4
+_VERSION: Final = 1
+
+
+def _encode(sessions: list[Session]) -> bytes:
+    w = Writer().u8(_VERSION).u8(len(sessions))
+    for session in sessions:
+        w.bytes32(session.to_bytes())
+    return w.finish()
+
+
+def _decode(data: bytes) -> list[Session]:
+    r = Reader(data)
+    r.version(_VERSION)
+    n = r.u8()
+    out = [Session.from_bytes(r.bytes32("session")) for _ in range(n)]
+    r.end()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decrypted:
+    """A decrypted pairwise message: the body and the peer as the session knows it."""
+
+    body: bytes
+    peer: PeerDevice
+    new_session: bool
+
+
+class SessionBook:
+    """Sessions of this device, backed by ``store`` (no I/O besides the store)."""
+
+    def __init__(self, store: Store, identity: LocalIdentity) -> None:
+        self._store = store
+        self._identity = identity
+
+    def _load(self, username: str, device_id: int) -> list[Session]:
+        data = self._store.load_session(username, device_id)
+        return [] if data is None else _decode(data)
+
+    def has_session(self, username: str, device_id: int) -> bool:
+        """Whether we can encrypt to this device without a bundle."""
+        return self._store.load_session(username, device_id) is not None
+
+    def peer(self, username: str, device_id: int) -> PeerDevice | None:
+        """The peer identity of our current session with the device."""
+        sessions = self._load(username, device_id)
+        return sessions[0].peer if sessions else None
+
+    def drop(self, username: str, device_id: int) -> None:
+        """Forget every session with a device (it left the list or re-keyed)."""
+        self._store.delete_session(username, device_id)
+
+    def start(self, bundle: PrekeyBundle) -> None:
+        """Initiate a session from a verified bundle (signatures are checked here too)."""
+        session = initiate_session(self._identity.local, bundle)
+        address = bundle.address
+        existing = self._load(address.username, address.device_id)
+        sessions = [session, *existing][:MAX_SESSIONS]
+        self._store.store_session(address.username, address.device_id, _encode(sessions))
+
+    def encrypt(self, username: str, device_id: int, body: bytes) -> bytes:
+        """Encrypt ``body`` with the device's current session and store the advanced state."""
+        sessions = self._load(username, device_id)
+        if not sessions:
+            raise StateError(f"no session with {username}:{device_id}")
+        ciphertext = sessions[0].encrypt(body)
+        self._store.store_session(username, device_id, _encode(sessions))
+        return ciphertext
+
+    def decrypt(self, username: str, device_id: int, data: bytes) -> Decrypted:
+        """Decrypt a pairwise envelope from the device ``username:device_id``.
+
+        Nothing is stored here: call :meth:`commit` with the result's session (done by
+        :meth:`decrypt_and_commit`). Raises crypto's ``VoxError`` subclasses.
+        """
+        message = decode_message(data)
+        sessions = self._load(username, device_id)
+        if isinstance(message, InitialMessage):
+            for i, session in enumerate(sessions):
+                if session.base_key == message.prefix.base_key:
+                    body = session.decrypt(data)
+                    self._save_front(username, device_id, sessions, i)
+                    return Decrypted(body, session.peer, False)
+            prefix = message.prefix
+            if (prefix.sender.username, prefix.sender.device_id) != (username, device_id):
+                raise StateError("initial message names another sender device")
+            accepted = accept_session(
+                self._identity.local, prekey_secrets_for(self._store, prefix), message
+            )
+            consume_prekeys(self._store, accepted.consumed)
+            sessions = [accepted.session, *sessions][:MAX_SESSIONS]
+            self._store.store_session(username, device_id, _encode(sessions))
+            return Decrypted(accepted.body, accepted.session.peer, True)
+        last_error: VoxError = DecryptionError("no session with the sender device")
+        for i, session in enumerate(sessions):
+            try:
+                body = session.decrypt(data)
+            except DecryptionError as exc:
+                last_error = exc
+                continue
+            self._save_front(username, device_id, sessions, i)
+            return Decrypted(body, session.peer, False)
+        raise last_error
+
+    def _save_front(self, username: str, device_id: int, sessions: list[Session], i: int) -> None:
+        ordered = [sessions[i], *sessions[:i], *sessions[i + 1 :]]
+        self._store.store_session(username, device_id, _encode(ordered))

@@ -1,0 +1,348 @@
+"""I/O to the relay: REST over httpx and the device's WebSocket over websockets.
+
+Only this module knows URLs, JSON shapes and status codes (``docs/protocol-relay.md``,
+``docs/protocol-ws.md``). Every failure becomes a :mod:`clients.sdk.errors` exception:
+connection problems are :class:`RelayUnavailable`, answers with an error status are
+:class:`RelayRejected` (or a more specific subclass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from clients.sdk.errors import (
+    AuthFailed,
+    RegistrationClosed,
+    RelayRejected,
+    RelayUnavailable,
+    UnknownUser,
+)
+from crypto.encoding import Writer
+from crypto.keys import DeviceAuthKey
+
+__all__ = ["AUTH_LABEL", "RelayHttp", "RelaySocket", "SocketClosed", "b64", "unb64"]
+
+AUTH_LABEL = b"VoxAuthChallenge-v1"
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 with padding."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    """Strict standard base64."""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+class RelayHttp:
+    """The relay's REST API for one device, with transparent token (re)acquisition."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        token_cache: tuple[Callable[[], str | None], Callable[[str | None], None]] | None = None,
+    ) -> None:
+        url = base_url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise RelayUnavailable(base_url, "the server URL must start with http:// or https://")
+        self.base_url = url
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout)
+        self._credentials: tuple[str, int, DeviceAuthKey] | None = None
+        self._token: str | None = None
+        self._token_cache = token_cache
+        self._login_lock = asyncio.Lock()
+        if token_cache is not None:
+            self._token = token_cache[0]()
+
+    @property
+    def ws_url(self) -> str:
+        """``ws(s)://host/v1/ws``."""
+        if self.base_url.startswith("https://"):
+            return "wss://" + self.base_url.removeprefix("https://") + "/v1/ws"
+        return "ws://" + self.base_url.removeprefix("http://") + "/v1/ws"
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    def set_credentials(self, username: str, device_id: int, auth_key: DeviceAuthKey) -> None:
+        """Who to log in as when a token is needed."""
+        if self._credentials is not None and self._credentials[:2] != (username, device_id):
+            self._token = None
+        self._credentials = (username, device_id, auth_key)
+
+    # --- plumbing --------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        token: str | None = None,
+        content: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        try:
+            return await self._http.request(
+                method, path, json=json_body, params=params, headers=all_headers, content=content
+            )
+        except httpx.TransportError as exc:
+            raise RelayUnavailable(self.base_url, _reason(exc)) from None
+        except httpx.InvalidURL as exc:
+            raise RelayUnavailable(self.base_url, _reason(exc)) from None
+
+    @staticmethod
+    def _error(resp: httpx.Response) -> RelayRejected:
+        try:
+            body = resp.json()
+            code = str(body.get("error", "error"))
+            message = str(body.get("message", resp.reason_phrase))
+        except (ValueError, AttributeError):
+            code, message = "error", resp.reason_phrase or "unexpected answer"
+        return RelayRejected(resp.status_code, code, message[:300])
+
+    def _check(self, resp: httpx.Response, *, user: str | None = None) -> httpx.Response:
+        if resp.status_code < 400:
+            return resp
+        if resp.status_code == 404 and user is not None:
+            raise UnknownUser(user)
+        raise self._error(resp)
+
+    async def token(self) -> str:
+        """A valid bearer token (logging in when there is none)."""
+        if self._token is not None:
+            return self._token
+        return await self.login()
+
+    async def login(self) -> str:
+        """Challenge–response login with the device auth key; returns the new token."""
+        if self._credentials is None:
+            raise AuthFailed("no device credentials")
+        async with self._login_lock:
+            username, device_id, key = self._credentials
+            resp = await self._request(
+                "POST",
+                "/v1/auth/challenge",
+                json_body={"username": username, "device_id": device_id},
+            )
+            if resp.status_code in (401, 403, 404):
+                raise AuthFailed(self._error(resp).message)
+            nonce = unb64(self._check(resp).json()["nonce"])
+            data = Writer().str16(username).u32(device_id).raw(nonce).finish()
+            body = {
+                "username": username,
+                "device_id": device_id,
+                "nonce": b64(nonce),
+                "signature": b64(key.sign(AUTH_LABEL, data)),
+            }
+            resp = await self._request("POST", "/v1/auth/token", json_body=body)
+            if resp.status_code in (401, 403, 404):
+                raise AuthFailed(self._error(resp).message)
+            token = str(self._check(resp).json()["token"])
+            self._token = token
+            if self._token_cache is not None:
+                self._token_cache[1](token)
+            return token
+
+    async def authed(
+        self, method: str, path: str, *, user: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """A request with the bearer token; on 401 log in again once and retry."""
+        token = await self.token()
+        resp = await self._request(method, path, token=token, **kwargs)
+        if resp.status_code == 401:
+            self._token = None
+            token = await self.login()
+            resp = await self._request(method, path, token=token, **kwargs)
+            if resp.status_code == 401:
+                raise AuthFailed(self._error(resp).message)
+        return self._check(resp, user=user)
+
+    # --- endpoints -------------------------------------------------------------------
+
+    async def config(self) -> dict[str, Any]:
+        """``GET /v1/config``."""
+        resp = self._check(await self._request("GET", "/v1/config"))
+        try:
+            data: dict[str, Any] = resp.json()
+        except ValueError:
+            raise RelayUnavailable(self.base_url, "not a Vox relay (no JSON config)") from None
+        return data
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/accounts``."""
+        resp = await self._request("POST", "/v1/accounts", json_body=body)
+        if resp.status_code == 403:
+            err = self._error(resp)
+            raise RegistrationClosed(err.code, err.message)
+        data: dict[str, Any] = self._check(resp).json()
+        return data
+
+    async def devices(self, username: str) -> dict[str, Any]:
+        """``GET /v1/accounts/{username}/devices``."""
+        resp = await self.authed("GET", f"/v1/accounts/{username}/devices", user=username)
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def put_devices(self, username: str, signed_list: bytes) -> dict[str, Any]:
+        """``PUT /v1/accounts/{username}/devices``."""
+        resp = await self.authed(
+            "PUT", f"/v1/accounts/{username}/devices", json_body={"device_list": b64(signed_list)}
+        )
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def upload_prekeys(self, body: dict[str, Any]) -> None:
+        """``POST /v1/prekeys``."""
+        await self.authed("POST", "/v1/prekeys", json_body=body)
+
+    async def prekey_count(self) -> dict[str, Any]:
+        """``GET /v1/prekeys/count``."""
+        data: dict[str, Any] = (await self.authed("GET", "/v1/prekeys/count")).json()
+        return data
+
+    async def bundle(self, username: str, device_id: int | None = None) -> dict[str, Any]:
+        """``GET /v1/prekeys/{username}[?device_id=]`` (claims one-time prekeys)."""
+        params = {"device_id": device_id} if device_id is not None else None
+        resp = await self.authed("GET", f"/v1/prekeys/{username}", user=username, params=params)
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def upload_attachment(self, chunks: AsyncIterator[bytes], size: int) -> dict[str, Any]:
+        """Stream an encrypted blob to ``POST /v1/attachments``; returns the relay's answer."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        resp = await self.authed("POST", "/v1/attachments", content=chunks, headers=headers)
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def download_attachment(
+        self, blob_id: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Stream ``GET /v1/attachments/{id}`` into ``sink``."""
+        for attempt in range(2):
+            token = await self.token()
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/v1/attachments/{blob_id}",
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp:
+                    if resp.status_code == 401 and attempt == 0:
+                        self._token = None
+                        await self.login()
+                        continue
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        raise self._error(resp)
+                    async for chunk in resp.aiter_bytes():
+                        await sink(chunk)
+                    return
+            except httpx.TransportError as exc:
+                raise RelayUnavailable(self.base_url, _reason(exc)) from None
+
+
+class SocketClosed(Exception):
+    """The WebSocket closed; ``code``/``reason`` as sent by the relay (or 1006)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class RelaySocket:
+    """One authenticated ``/v1/ws`` connection: JSON frames in and out."""
+
+    def __init__(self, ws: ClientConnection, ready: dict[str, Any]) -> None:
+        self._ws = ws
+        self.ready = ready
+        self._send_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, url: str, token: str, *, open_timeout: float = 10.0) -> RelaySocket:
+        """Open, send the ``auth`` frame, wait for ``ready``. Raises AuthFailed on 4401."""
+        try:
+            ws = await websockets.connect(
+                url,
+                open_timeout=open_timeout,
+                max_size=64 * 1024 * 1024,
+                compression=None,
+                ping_interval=20,
+                ping_timeout=20,
+                proxy=None,
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise RelayUnavailable(url, _reason(exc)) from None
+        try:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            raw = await asyncio.wait_for(ws.recv(), open_timeout)
+        except ConnectionClosed as exc:
+            await ws.close()
+            code = exc.rcvd.code if exc.rcvd else 1006
+            reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+            if code == 4401:
+                raise SocketClosed(code, reason) from None
+            raise RelayUnavailable(url, f"closed ({code}) {reason}") from None
+        except (TimeoutError, OSError) as exc:
+            await ws.close()
+            raise RelayUnavailable(url, _reason(exc)) from None
+        frame = json.loads(raw)
+        if frame.get("type") != "ready":
+            await ws.close()
+            raise RelayUnavailable(url, f"unexpected first frame {frame.get('type')!r}")
+        return cls(ws, frame)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one JSON frame."""
+        async with self._send_lock:
+            try:
+                await self._ws.send(json.dumps(frame, separators=(",", ":")))
+            except ConnectionClosed as exc:
+                raise self._closed(exc) from None
+
+    async def recv(self) -> dict[str, Any]:
+        """The next frame (raises :class:`SocketClosed`)."""
+        try:
+            raw = await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from None
+        frame: dict[str, Any] = json.loads(raw)
+        return frame
+
+    @staticmethod
+    def _closed(exc: ConnectionClosed) -> SocketClosed:
+        if exc.rcvd is not None:
+            return SocketClosed(exc.rcvd.code, exc.rcvd.reason)
+        return SocketClosed(1006, "connection lost")
+
+    async def close(self) -> None:
+        """Close politely."""
+        await self._ws.close()
+
+
+def now_ms() -> int:
+    """Wall clock in Unix milliseconds."""
+    return int(time.time() * 1000)
