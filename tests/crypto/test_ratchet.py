@@ -235,3 +235,57 @@ def test_ratchet_key_types_never_print_their_bytes() -> None:
     for obj in objects:
         text = repr(obj)
         assert secret.hex()[:16] not in text and repr(secret)[2:18] not in text, text
+
+
+def test_a_session_without_a_peer_ratchet_key_cannot_send() -> None:
+    from crypto.errors import StateError
+    from crypto.keys import DeviceAddress, Ed25519PublicKey, PeerDevice
+    from crypto.primitives import X25519KeyPair
+
+    key = X25519KeyPair(bytes(range(1, 33)))
+    peer = PeerDevice(
+        DeviceAddress("bob", 1), Ed25519PublicKey(bytes(32)), X25519PublicKey(key.public)
+    )
+    session = Session(
+        local=DeviceAddress("alice", 1),
+        peer=peer,
+        associated_data=b"ad",
+        root_key=RootKey(bytes(32)),
+        self_key=key,
+        remote_key=None,
+        sending=None,
+        base_key=X25519PublicKey(key.public),
+        initial_digest=bytes(32),
+        pending=None,
+        config=RatchetConfig(),
+    )
+    with pytest.raises(StateError):
+        session.encrypt(b"x")
+    assert Session.from_bytes(session.to_bytes()).to_bytes() == session.to_bytes()
+
+
+def test_ratchet_config_limits_are_u16() -> None:
+    from crypto.errors import InvalidValue
+
+    with pytest.raises(InvalidValue):
+        RatchetConfig(max_skip=70_000)
+    with pytest.raises(InvalidValue):
+        RatchetConfig(max_stored=-1)
+
+
+def test_a_reflected_initial_message_does_not_decrypt_for_its_sender() -> None:
+    alice, _, rng = make_pair(b"r13")
+    own = alice.encrypt(b"to bob", rng)  # still an initial message: no reply yet
+    _unchanged_after_failure(alice, own, AuthenticationFailed)
+
+
+def test_a_pinned_encapsulation_must_have_ml_kem_sizes() -> None:
+    from crypto.errors import InvalidValue
+    from crypto.pqxdh import initiate_session_with_encapsulation
+    from crypto.primitives import DeterministicRng
+    from tests.crypto.test_pqxdh import make_device
+
+    rng = DeterministicRng(b"r14")
+    alice, bob = make_device("alice", 1, rng), make_device("bob", 2, rng)
+    with pytest.raises(InvalidValue):
+        initiate_session_with_encapsulation(alice.local, bob.bundle(), (b"ct", bytes(32)))
