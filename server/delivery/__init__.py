@@ -13,8 +13,12 @@ was submitted, then stops them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,11 +37,53 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The delivery layer's lifespan hook (``app.state.lifespan_hooks``)."""
     # Tests and benchmarks may tune internal bounds (``DeliveryConfig`` fields) this way.
     overrides: dict[str, Any] = getattr(app.state, "delivery_overrides", {})
-    await start(app, app.state.settings, **overrides)
+    service = await start(app, app.state.settings, **overrides)
+    restore = _drain_on_signals(service)
     try:
         yield
     finally:
+        restore()
         await stop(app)
+
+
+def _drain_on_signals(service: DeliveryService) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, close sockets with 1001 *before* uvicorn's own shutdown runs.
+
+    uvicorn's shutdown sends 1012 to every WebSocket before the app's lifespan ends; running
+    :meth:`DeliveryService.going_away` first gives clients "1001 going away" after every frame
+    already answered, then hands the signal on to uvicorn. A second signal goes straight on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def chain(sig: int, frame: FrameType | None) -> None:
+        handler = previous.get(signal.Signals(sig))
+        if callable(handler):
+            handler(sig, frame)
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        if not service.accepting:
+            chain(sig, frame)
+            return
+
+        def begin() -> None:
+            task = loop.create_task(service.going_away())
+            task.add_done_callback(lambda _: chain(sig, frame))
+
+        loop.call_soon_threadsafe(begin)
+
+    for sig in signals:
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return restore
 
 
 async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryService:

@@ -139,6 +139,8 @@ class DeliveryService:
 
     async def going_away(self, grace: float = 5.0) -> None:
         """Refuse new sends, commit and answer submitted ones, close sockets with 1001."""
+        if not self.accepting and not self.hub.connection_count:
+            return
         self.accepting = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.writer.drained(), timeout=grace)
