@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 
 from server.deps import CurrentDevice, MetricsDep, SessionDep, SettingsDep
 from server.errors import DomainError
+from server.logs import log_event
 from server.schemas import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 from server.services import auth as service
 
@@ -35,8 +38,15 @@ async def token(
             body.signature,
             ttl=settings.limits.token_ttl_seconds,
         )
-    except DomainError:
+    except DomainError as exc:
         metrics.auth_failures.inc()
+        log_event(
+            "auth_failed",
+            logging.WARNING,
+            code=exc.code,
+            username=body.username,
+            device_id=body.device_id,
+        )
         raise
     metrics.tokens_issued.inc()
     return TokenOut(token=value, expires_at=expires, device_id=body.device_id)
