@@ -184,8 +184,11 @@ class RelayHttp:
     # --- endpoints -------------------------------------------------------------------
 
     async def config(self) -> dict[str, Any]:
-        """``GET /v1/config``."""
-        resp = self._check(await self._request("GET", "/v1/config"))
+        """``GET /v1/config`` (also the check that ``base_url`` is a Vox relay)."""
+        resp = await self._request("GET", "/v1/config")
+        if resp.status_code == 404:
+            raise RelayUnavailable(self.base_url, "not a Vox relay (no /v1/config)")
+        self._check(resp)
         try:
             data: dict[str, Any] = resp.json()
         except ValueError:

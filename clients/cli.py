@@ -1,0 +1,504 @@
+"""``vox``: the reference command line client — a thin layer over :class:`clients.sdk.VoxClient`.
+
+A stable contract for scripts and tests (see ``docs/protocol-client.md``):
+
+* every command takes ``--home DIR`` (or ``VOX_HOME``; default ``~/.vox``); the profile
+  passphrase, if any, comes from ``VOX_PASSPHRASE`` (without it a 0600 key file is used);
+* success exits 0; every failure prints one line ``vox: error: ...`` to stderr and exits
+  non-zero (1 for expected errors, 2 for usage, 3 for anything unexpected) — never a traceback;
+* a second process on the same profile waits up to ``--lock-timeout`` seconds (default 10)
+  for the first to finish, then fails cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from clients.sdk import (
+    ClientError,
+    DecryptFailure,
+    Event,
+    GroupChanged,
+    KeyChanged,
+    Message,
+    VoxClient,
+)
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="vox",
+    help="Vox: end-to-end encrypted messaging from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+group_app = typer.Typer(help="Groups: create, add, remove, send, list.", no_args_is_help=True)
+app.add_typer(group_app, name="group")
+
+
+class _State:
+    home: Path = Path("~/.vox").expanduser()
+    lock_timeout: float = 10.0
+
+
+STATE = _State()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"vox: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _passphrase() -> str | None:
+    return os.environ.get("VOX_PASSPHRASE") or None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; turn every failure into one line on stderr and a non-zero exit."""
+    try:
+        return asyncio.run(coro)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # never a traceback
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise _fail(f"unexpected {type(exc).__name__}: {detail}", 3) from None
+
+
+async def _with_client(action: Callable[[VoxClient], Awaitable[T]]) -> T:
+    client = await VoxClient.open(
+        STATE.home, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout
+    )
+    try:
+        return await action(client)
+    finally:
+        await client.close()
+
+
+@app.callback()
+def _main(
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", envvar="VOX_HOME", help="Profile directory (default ~/.vox)."),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for another vox process on this profile.")
+    ] = 10.0,
+) -> None:
+    """Vox client."""
+    STATE.home = (home or Path("~/.vox")).expanduser()
+    STATE.lock_timeout = lock_timeout
+
+
+# --- account --------------------------------------------------------------------------
+
+
+@app.command()
+def register(
+    username: Annotated[str, typer.Argument(help="Your username (3-32 of a-z 0-9 _ . -).")],
+    server: Annotated[str, typer.Option("--server", help="Relay URL, e.g. http://127.0.0.1:8000")],
+    invite: Annotated[
+        str | None, typer.Option(help="Invite token, if the relay needs one.")
+    ] = None,
+) -> None:
+    """Create an account on a relay and make this profile its first device."""
+
+    async def go() -> str:
+        client = await VoxClient.register(
+            STATE.home,
+            server,
+            username,
+            invite=invite,
+            passphrase=_passphrase(),
+            lock_timeout=STATE.lock_timeout,
+        )
+        try:
+            return (
+                f"registered {client.username} (device {client.device_id}) on {client.server_url}"
+            )
+        finally:
+            await client.close()
+
+    typer.echo(run(go()))
+
+
+@app.command()
+def whoami() -> None:
+    """Show this profile's username, device and relay."""
+
+    async def go(client: VoxClient) -> str:
+        return f"{client.username} device {client.device_id} on {client.server_url}"
+
+    typer.echo(run(_with_client(go)))
+
+
+# --- messaging ------------------------------------------------------------------------
+
+
+@app.command()
+def send(
+    username: Annotated[str, typer.Argument(help="Recipient username.")],
+    text: Annotated[str, typer.Argument(help="Message text.")],
+) -> None:
+    """Send a text; exits 0 once the relay accepted it."""
+
+    async def go(client: VoxClient) -> str:
+        result = await client.send_text(username, text)
+        return result.id
+
+    typer.echo(run(_with_client(go)))
+
+
+def _progress_bar(label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        console=None,
+    )
+    task = progress.add_task(label, total=None)
+    started = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started and sys.stderr.isatty():
+            progress.start()
+            started = True
+        progress.update(task, completed=done, total=total)
+
+    def stop() -> None:
+        if started:
+            progress.stop()
+
+    return update, stop
+
+
+@app.command("send-file")
+def send_file(
+    username: Annotated[str, typer.Argument(help="Recipient username (or group:<id>).")],
+    path: Annotated[Path, typer.Argument(help="File to send.")],
+    caption: Annotated[str, typer.Option(help="Optional caption.")] = "",
+) -> None:
+    """Encrypt, upload and send a file (with a progress bar)."""
+    if not path.is_file():
+        raise _fail(f"no such file: {path}")
+
+    async def go(client: VoxClient) -> str:
+        update, stop = _progress_bar(path.name)
+        try:
+            result = await client.send_file(username, path, caption=caption, progress=update)
+        finally:
+            stop()
+        return result.id
+
+    typer.echo(run(_with_client(go)))
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": message.id,
+        "from": message.sender,
+        "device": message.device,
+        "conversation": message.conversation,
+        "sent_at": _iso(message.sent_at),
+        "sent_at_ms": message.sent_at,
+    }
+    if message.group_id:
+        out["group"] = message.group_id
+    if message.outgoing:
+        out["outgoing"] = True
+    if message.attachment is not None:
+        a = message.attachment
+        out["attachment"] = {
+            "name": a.file_name,
+            "content_type": a.content_type,
+            "size": a.size,
+            "path": str(a.path) if a.path else None,
+        }
+    else:
+        out["text"] = message.text
+    return out
+
+
+@app.command()
+def receive(
+    wait: Annotated[
+        float, typer.Option(help="Exit after this many seconds with nothing new.")
+    ] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    save_dir: Annotated[
+        Path | None, typer.Option(help="Where to save received files (default HOME/downloads).")
+    ] = None,
+) -> None:
+    """Print (and ack) what arrives; exits after --wait seconds with nothing new."""
+
+    async def go(client: VoxClient) -> None:
+        target = save_dir or (STATE.home / "downloads")
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        client.on_event(queue.put_nowait)
+        done = asyncio.Event()
+
+        async def printer() -> None:
+            while not (done.is_set() and queue.empty()):
+                try:
+                    event = await asyncio.wait_for(queue.get(), 0.1)
+                except TimeoutError:
+                    continue
+                await _print_event(client, event, as_json, target)
+
+        task = asyncio.create_task(printer())
+        try:
+            await client.receive(wait)
+        finally:
+            done.set()
+            await task
+
+    run(_with_client(go))
+
+
+async def _print_event(client: VoxClient, event: Event, as_json: bool, target: Path) -> None:
+    if isinstance(event, Message):
+        if event.attachment is not None and not event.outgoing:
+            await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+            try:
+                path = await client.download(event, _unique(target, event.attachment.file_name))
+                from dataclasses import replace
+
+                event = replace(event, attachment=replace(event.attachment, path=path))
+            except ClientError as exc:
+                typer.echo(f"vox: warning: {exc}", err=True)
+        if as_json:
+            typer.echo(json.dumps(_message_json(event)))
+        else:
+            when = dt.datetime.fromtimestamp(event.sent_at / 1000).strftime("%H:%M:%S")
+            where = "" if event.conversation == event.sender else f" [{event.conversation}]"
+            body = event.text
+            if event.attachment is not None:
+                body = f"[file] {event.attachment.file_name} ({event.attachment.size} bytes)"
+                if event.attachment.path:
+                    body += f" -> {event.attachment.path}"
+            typer.echo(f"{when} {event.sender}:{event.device}{where}: {body}")
+    elif isinstance(event, KeyChanged):
+        typer.echo(
+            f"vox: warning: the account key of {event.username} changed; "
+            f"run 'vox verify {event.username}'",
+            err=True,
+        )
+    elif isinstance(event, DecryptFailure):
+        typer.echo(
+            f"vox: warning: could not decrypt a message from {event.sender}:{event.device} "
+            f"({event.error})",
+            err=True,
+        )
+    elif isinstance(event, GroupChanged) and not as_json:
+        typer.echo(f"group {event.name} ({event.group_id[:8]}): {event.action} by {event.by}")
+
+
+def _unique(directory: Path, name: str) -> Path:
+    base = Path(name).name or "attachment"
+    candidate = directory / base
+    n = 1
+    while candidate.exists():
+        candidate = directory / f"{Path(base).stem}-{n}{Path(base).suffix}"
+        n += 1
+    return candidate
+
+
+# --- identity and devices -------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    username: Annotated[str, typer.Argument(help="The user to verify.")],
+    accept: Annotated[bool, typer.Option("--accept", help="Accept a changed key.")] = False,
+) -> None:
+    """Show the safety number with a user; --accept trusts their (changed) key."""
+
+    async def go(client: VoxClient) -> str:
+        result = await (client.accept_key(username) if accept else client.verify(username))
+        state = (
+            "key CHANGED (not accepted)"
+            if result.key_changed
+            else ("verified" if result.verified else "trusted on first use")
+        )
+        return f"safety number with {username}:\n  {result.safety_number}\nstatus: {state}"
+
+    typer.echo(run(_with_client(go)))
+
+
+@app.command()
+def devices() -> None:
+    """List this account's devices (from its signed device list)."""
+
+    async def go(client: VoxClient) -> list[str]:
+        return [
+            f"{d.device_id}{' (this device)' if d.current else ''}  {d.identity_key_hex[:16]}…"
+            for d in await client.devices()
+        ]
+
+    for line in run(_with_client(go)):
+        typer.echo(line)
+
+
+@app.command()
+def link(
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the new device.")] = 300.0,
+) -> None:
+    """Show a one-time code to type into `vox join` on the new device, and wait for it."""
+
+    async def go(client: VoxClient) -> int:
+        invitation = await client.link()
+        typer.echo(
+            f"on the new device run:  vox join {invitation.code} --server {client.server_url}"
+        )
+        sys.stdout.flush()
+        return await client.wait_linked(invitation, within=wait)
+
+    device_id = run(_with_client(go))
+    typer.echo(f"linked device {device_id}")
+
+
+@app.command()
+def join(
+    code: Annotated[str, typer.Argument(help="The code shown by `vox link`.")],
+    server: Annotated[str, typer.Option("--server", help="Relay URL.")],
+) -> None:
+    """Become a new device of an existing account."""
+
+    async def go() -> str:
+        client = await VoxClient.join(
+            STATE.home, server, code, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout
+        )
+        try:
+            return f"joined as {client.username} device {client.device_id}"
+        finally:
+            await client.close()
+
+    typer.echo(run(go()))
+
+
+# --- groups ---------------------------------------------------------------------------
+
+
+@group_app.command("create")
+def group_create(
+    name: Annotated[str, typer.Argument(help="Group name.")],
+    members: Annotated[list[str], typer.Argument(help="Usernames to add.")],
+) -> None:
+    """Create a group; prints its id."""
+
+    async def go(client: VoxClient) -> str:
+        return (await client.create_group(name, members)).group_id
+
+    typer.echo(run(_with_client(go)))
+
+
+@group_app.command("add")
+def group_add(
+    group: Annotated[str, typer.Argument(help="Group id or name.")],
+    members: Annotated[list[str], typer.Argument(help="Usernames to add.")],
+) -> None:
+    """Add members to a group."""
+
+    async def go(client: VoxClient) -> str:
+        info = await client.add_members(group, members)
+        return " ".join(info.members)
+
+    typer.echo(run(_with_client(go)))
+
+
+@group_app.command("remove")
+def group_remove(
+    group: Annotated[str, typer.Argument(help="Group id or name.")],
+    members: Annotated[list[str], typer.Argument(help="Usernames to remove.")],
+) -> None:
+    """Remove members from a group (everyone rotates their sender key)."""
+
+    async def go(client: VoxClient) -> str:
+        info = await client.remove_members(group, members)
+        return " ".join(info.members)
+
+    typer.echo(run(_with_client(go)))
+
+
+@group_app.command("send")
+def group_send(
+    group: Annotated[str, typer.Argument(help="Group id or name.")],
+    text: Annotated[str, typer.Argument(help="Message text.")],
+) -> None:
+    """Send a text to a group; exits 0 once the relay accepted it."""
+
+    async def go(client: VoxClient) -> str:
+        return (await client.send_group_text(group, text)).id
+
+    typer.echo(run(_with_client(go)))
+
+
+@group_app.command("list")
+def group_list() -> None:
+    """List groups: id, name, members."""
+
+    async def go(client: VoxClient) -> list[str]:
+        return [f"{g.group_id}  {g.name}  {' '.join(g.members)}" for g in client.groups()]
+
+    for line in run(_with_client(go)):
+        typer.echo(line)
+
+
+# --- TUI ------------------------------------------------------------------------------
+
+
+@app.command()
+def chat(
+    target: Annotated[str | None, typer.Argument(help="A username or group to open.")] = None,
+) -> None:
+    """Open the terminal chat (Textual TUI)."""
+    try:
+        from clients import tui
+    except ImportError:
+        raise _fail("the TUI is not installed in this build") from None
+    launcher = getattr(tui, "run", None) or getattr(tui, "main", None)
+    if launcher is None:
+        raise _fail("the TUI has no entry point")
+    try:
+        launcher(home=STATE.home, target=target, passphrase=_passphrase())
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # pragma: no cover - last resort: no tracebacks
+        typer.echo(f"vox: error: unexpected {type(exc).__name__}", err=True)
+        raise SystemExit(3) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

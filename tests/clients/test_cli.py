@@ -1,0 +1,100 @@
+"""The ``vox`` CLI as real subprocesses against a real relay on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from clients.sdk import VoxClient
+from tests.server.relay_harness import Relay
+
+VOX = str(Path(sys.executable).with_name("vox"))
+
+
+async def vox(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``vox --home HOME args...``; returns (exit code, stdout, stderr)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        VOX,
+        "--home",
+        str(home),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def assert_clean_error(code: int, err: str, needle: str) -> None:
+    """A non-zero exit with exactly one line on stderr, mentioning ``needle``, no traceback."""
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vox: error: "), err
+    assert needle in lines[0], err
+    assert "Traceback" not in err
+
+
+async def test_a_dozen_messages_through_cli_subprocesses(relay: Relay, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home, name in ((a, "alice"), (b, "bob")):
+        code, out, err = await vox(home, "register", name, "--server", relay.base_url)
+        assert code == 0, err
+        assert "registered" in out
+    for i in range(6):
+        code, out, err = await vox(a, "send", "bob", f"hello {i}")
+        assert code == 0, err
+        assert len(out.strip()) == 32  # the message id
+        code, _, err = await vox(b, "send", "alice", f"hi {i}")
+        assert code == 0, err
+    code, out, err = await vox(b, "receive", "--json", "--wait", "1")
+    assert code == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [m["text"] for m in got] == [f"hello {i}" for i in range(6)]
+    assert {m["from"] for m in got} == {"alice"} and {m["device"] for m in got} == {1}
+    assert all(m["id"] and m["sent_at"] for m in got)
+    code, out, err = await vox(a, "receive", "--json", "--wait", "1")
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == [f"hi {i}" for i in range(6)]
+    # Everything was acked: nothing arrives twice.
+    code, out, _ = await vox(b, "receive", "--json", "--wait", "0.5")
+    assert code == 0 and out == ""
+
+
+async def test_cli_errors_are_one_line_and_non_zero(relay: Relay, tmp_path: Path) -> None:
+    code, _, err = await vox(tmp_path / "x", "register", "xavier", "--server", "http://127.0.0.1:9")
+    assert_clean_error(code, err, "cannot reach the relay")
+    code, _, err = await vox(tmp_path / "x", "register", "Bad Name!", "--server", relay.base_url)
+    assert_clean_error(code, err, "invalid username")
+    code, _, err = await vox(tmp_path / "nobody", "send", "bob", "hi")
+    assert_clean_error(code, err, "no Vox profile")
+    code, _, err = await vox(tmp_path / "a", "register", "alice", "--server", relay.base_url)
+    assert code == 0, err
+    code, _, err = await vox(tmp_path / "a", "send", "nobody-here", "hi")
+    assert_clean_error(code, err, "unknown user 'nobody-here'")
+    code, _, err = await vox(tmp_path / "a2", "register", "alice", "--server", relay.base_url)
+    assert_clean_error(code, err, "409")
+    code, _, err = await vox(tmp_path / "a", "register", "alice", "--server", relay.base_url)
+    assert_clean_error(code, err, "already holds a Vox profile")
+
+
+async def test_second_process_on_a_profile_fails_cleanly(relay: Relay, tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    code, _, err = await vox(home, "register", "alice", "--server", relay.base_url)
+    assert code == 0, err
+    holder = await VoxClient.open(home)
+    try:
+        code, _, err = await vox(home, "--lock-timeout", "0.3", "devices")
+        assert_clean_error(code, err, "in use by another vox process")
+    finally:
+        await holder.close()
+    code, out, err = await vox(home, "devices")
+    assert code == 0, err
+    assert "1 (this device)" in out
