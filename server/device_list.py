@@ -11,6 +11,7 @@ fixed in the common brief (``docs/protocol-relay.md`` repeats it)::
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ __all__ = [
     "DeviceListError",
     "ListedDevice",
     "SignedDeviceList",
+    "canonical_x25519",
     "ed25519_public",
     "parse_device_list",
     "verify_ed25519",
@@ -35,6 +37,17 @@ SIGNATURE_LEN = 64
 TYPE_X25519 = 0x01
 TYPE_ED25519 = 0x02
 _ENTRY_LEN = 4 + 33 + 33
+_P25519 = 2**255 - 19
+_USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
+
+
+def canonical_x25519(typed_key: bytes) -> bool:
+    """True for ``0x01 || u`` with a canonical u-coordinate (``u < 2^255 - 19``)."""
+    return (
+        len(typed_key) == 33
+        and typed_key[0] == TYPE_X25519
+        and int.from_bytes(typed_key[1:], "little") < _P25519
+    )
 
 
 class DeviceListError(ValueError):
@@ -103,6 +116,8 @@ def parse_device_list(data: bytes) -> SignedDeviceList:
         username = body[pos : pos + name_len].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DeviceListError("device list username is not UTF-8") from exc
+    if not _USERNAME.match(username):
+        raise DeviceListError("device list username is not a valid username")
     pos += name_len
     version, count = struct.unpack_from(">QH", body, pos)
     pos += 10
@@ -120,8 +135,10 @@ def parse_device_list(data: bytes) -> SignedDeviceList:
             raise DeviceListError("device ids start at 1")
         if devices and device_id <= devices[-1].device_id:
             raise DeviceListError("device ids must be unique and strictly ascending")
-        if identity[0] != TYPE_X25519:
-            raise DeviceListError("identity keys must be typed X25519 keys (0x01 || 32 bytes)")
+        if not canonical_x25519(identity):
+            raise DeviceListError(
+                "identity keys must be typed X25519 keys (0x01 || 32 bytes, canonical)"
+            )
         if auth[0] != TYPE_ED25519:
             raise DeviceListError("device auth keys must be typed Ed25519 keys (0x02 || 32 bytes)")
         devices.append(ListedDevice(device_id, bytes(identity), bytes(auth)))

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
+from server.device_list import canonical_x25519
 from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from server.repositories import accounts as account_repo
 from server.repositories import prekeys as prekey_repo
@@ -63,6 +64,8 @@ class ClaimedBundle:
 
 
 def _check_key(what: str, key: bytes, prefix: int, length: int) -> None:
+    if prefix == 0x01 and len(key) == length and not canonical_x25519(key):
+        raise BadRequest(f"{what} is not a canonical X25519 key", code="invalid_key")
     if len(key) != length or key[0] != prefix:
         raise BadRequest(
             f"{what} must be 0x{prefix:02x} followed by {length - 1} bytes", code="invalid_key"
