@@ -252,3 +252,19 @@ async def test_the_sweeper_forgets_expired_challenges_and_tokens(
     assert await sweep_expired(relay.app.state.sessions) == (1, 1)
     assert len((await table_snapshot(relay.app, ["auth_tokens"]))["auth_tokens"]) == 1
     assert (await http.get("/v1/prekeys/count", headers=auth_header(live))).status_code == 200
+
+
+def test_challenge_message_matches_the_documented_vector() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from server.services.auth import challenge_message
+    from tests.server.relay_harness import REPO
+
+    doc = (REPO / "docs" / "protocol-relay.md").read_text()
+    message = challenge_message("alice", 1, bytes(range(32)))
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    signature = key.sign(message)
+    compact = doc.replace(" ", "").replace("\n", "")
+    assert message.hex() in compact
+    assert signature.hex() in compact
+    assert key.public_key().public_bytes_raw().hex() in compact
