@@ -12,6 +12,7 @@ using ``code`` and ``message``.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -157,6 +158,21 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(code, detail), status_code=exc.status_code, headers=exc.headers
         )
 
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Log the type and route only: exception messages may quote request data.
+        logging.getLogger("vox").error(
+            "internal_error",
+            extra={
+                "fields": {
+                    "event": "internal_error",
+                    "exc_type": exc.__class__.__name__,
+                    "path": request.url.path,
+                }
+            },
+        )
+        return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
     app.add_exception_handler(DomainError, on_domain)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -259,3 +260,27 @@ async def test_invite_policy_consumes_invites(tmp_path: Path) -> None:
         _error(
             await TestAccount.new("frank").register(http, invite="let-me-in"), 403, "invalid_invite"
         )
+
+
+async def _race_for_a_username(tmp_path: Path, database_url: str | None) -> None:
+    settings = make_settings(tmp_path, database_url=database_url)
+    async with running_relay(settings) as relay, relay.client() as http:
+        contenders = [TestAccount.new("popular") for _ in range(8)]
+        responses = await asyncio.gather(*(c.register(http) for c in contenders))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [201] + [409] * 7, [r.text for r in responses]
+        snap = await table_snapshot(relay.app, ["accounts", "devices"])
+        assert len(snap["accounts"]) == 1 and len(snap["devices"]) == 1
+
+
+async def test_concurrent_registrations_of_one_username_create_one_account_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    await _race_for_a_username(tmp_path, None)
+
+
+@pytest.mark.postgres
+async def test_concurrent_registrations_of_one_username_create_one_account_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    await _race_for_a_username(tmp_path, postgres_url)

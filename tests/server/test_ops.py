@@ -186,3 +186,23 @@ async def test_rest_requests_are_rate_limited_per_ip(tmp_path: Path) -> None:
         # Health, config and metrics are not counted.
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/v1/config")).status_code == 200
+
+
+async def test_unexpected_errors_are_a_json_500_without_details(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    from server.app import create_app
+
+    app = create_app(make_settings(tmp_path))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret-detail-123")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+        resp = await http.get("/boom")
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal", "message": "internal server error"}
+    assert "internal_error" in captured_logs.getvalue()
+    assert "secret-detail-123" not in captured_logs.getvalue()
