@@ -260,3 +260,25 @@ async def test_concurrent_fetchers_never_get_the_same_key_on_postgresql(
     tmp_path: Path, postgres_url: str
 ) -> None:
     await _concurrent_claims(tmp_path, postgres_url)
+
+
+async def test_a_connected_device_receives_prekeys_low_over_its_websocket(tmp_path: Path) -> None:
+    from tests.server.test_ws_kit import Peer, delivery_app, open_ws
+
+    settings = make_settings(tmp_path, limits={"prekey_low_threshold": 3})
+    app = delivery_app(settings)
+    async with running_relay(settings, app=app) as relay, relay.client() as http:
+        bob = TestAccount.new("bob")
+        bob_token = await bob.register_and_login(http, one_time=4, one_time_pq=8)
+        alice = TestAccount.new("alice")
+        token = await alice.register_and_login(http)
+        async with open_ws(relay, Peer("bob", 1, bob_token)) as ws:
+            assert (
+                await http.get("/v1/prekeys/bob", headers=auth_header(token))
+            ).status_code == 200
+            await ws.nothing(0.3)  # 3 left: not below the threshold
+            assert (
+                await http.get("/v1/prekeys/bob", headers=auth_header(token))
+            ).status_code == 200
+            frame = await ws.expect("prekeys_low")
+            assert frame == {"type": "prekeys_low", "one_time_prekeys": 2, "one_time_pq_prekeys": 6}
