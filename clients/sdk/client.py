@@ -187,6 +187,10 @@ class VoxClient:
         self._link_waiters: list[asyncio.Future[bytes]] = []
         self._reported_changes: set[str] = set()
         self._in_flight: set[str] = set()
+        self._lists_checked: dict[str, float] = {}
+        #: Seconds a fetched device list is trusted before a send refetches it (a new process
+        #: always refetches once, so a changed key is noticed on the next send).
+        self.device_list_ttl = 60.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- opening -----------------------------------------------------------------------
@@ -597,6 +601,7 @@ class VoxClient:
 
     async def _refresh_devices(self, username: str, *, report: bool = False) -> None:
         data = await self.http.devices(username)
+        self._lists_checked[username] = time.monotonic()
         _, changed = self.protocol.accept_device_list_changed(
             username, unb64(data["account_key"]), unb64(data["device_list"])
         )
@@ -607,8 +612,15 @@ class VoxClient:
 
     async def _ensure_sessions(self, usernames: Iterable[str], *, refresh: bool = False) -> None:
         names = sorted(set(usernames))
+        now = time.monotonic()
         for username in names:
-            if refresh or self.protocol.device_list(username) is None:
+            checked = self._lists_checked.get(username)
+            if (
+                refresh
+                or checked is None
+                or now - checked > self.device_list_ttl
+                or self.protocol.device_list(username) is None
+            ):
                 await self._refresh_devices(username)
         for username, devices in self.protocol.missing_sessions(names).items():
             for device_id in devices:
@@ -714,11 +726,13 @@ class VoxClient:
         raise last
 
     async def _send_direct(
-        self, to: str, content: Content, *, ephemeral: bool = False
+        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
     ) -> SendResult | None:
-        trust.require_trusted(self.store, to)
+        users = {to} if isinstance(to, str) else set(to)
+        for user in users:
+            trust.require_trusted(self.store, user)
         return await self._deliver(
-            {to}, lambda: [self.protocol.encode_direct(to, content, ephemeral=ephemeral)]
+            users, lambda: [self.protocol.encode_direct(users, content, ephemeral=ephemeral)]
         )
 
     async def _send_chat(
@@ -798,14 +812,11 @@ class VoxClient:
             group = self.protocol.groups.get(group_id)
             if group is None:
                 return
-            for member in group.members:
-                if member != self.username:
-                    with contextlib.suppress(ClientError):
-                        await self._send_direct(
-                            member,
-                            Typing(active=active, group_id=group_id, sent_at_ms=_now_ms()),
-                            ephemeral=True,
-                        )
+            others = set(group.members) - {self.username}
+            if others:
+                typing = Typing(active=active, group_id=group_id, sent_at_ms=_now_ms())
+                with contextlib.suppress(ClientError):
+                    await self._send_direct(others, typing, ephemeral=True)
             return
         await self._send_direct(to, Typing(active=active, sent_at_ms=_now_ms()), ephemeral=True)
 
@@ -1089,10 +1100,9 @@ class VoxClient:
                 trust.require_trusted(self.store, member)
         await self._ensure_sessions(set(members) | set(extra) | {self.username})
         update = self.protocol.group_update(group_id, name, members, action)
-        for member in sorted((set(members) | set(extra)) - {self.username}):
-            await self._send_direct(member, update)
-        if set(members) | set(extra) <= {self.username}:
-            await self._send_direct(self.username, update)
+        await self._send_direct(
+            (set(members) | set(extra)) - {self.username} or {self.username}, update
+        )
         epoch = self.protocol.groups.epoch(group_id)
         return GroupInfo(group_id.hex(), name, tuple(sorted(set(members))), epoch)
 

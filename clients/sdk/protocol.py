@@ -269,25 +269,32 @@ class ClientProtocol:
             )
         return out
 
-    def encode_direct(self, to: str, content: Content, *, ephemeral: bool = False) -> OutgoingSend:
-        """Encrypt ``content`` for every device of ``to`` and (as a transcript, for texts and
-        files) for our other devices. Requires sessions with all of them."""
-        if to != self.username:
-            self._require_trusted(to)
+    def encode_direct(
+        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
+    ) -> OutgoingSend:
+        """Encrypt ``content`` for every device of the user(s) ``to`` and for our other
+        devices (texts and files as a :class:`Transcript`), in one send with one client id.
+        Requires sessions with all of them."""
+        users = [to] if isinstance(to, str) else sorted(set(to))
+        for user in users:
+            if user != self.username:
+                self._require_trusted(user)
         with self.store.transaction():
-            payloads = self._pairwise(self.recipient_devices(to), content)
-            if to != self.username and not ephemeral:
+            devices: list[Address] = []
+            for user in users:
+                devices += [d for d in self.recipient_devices(user) if d not in devices]
+            payloads = self._pairwise(devices, content)
+            if not ephemeral and self.username not in users:
                 own = self.recipient_devices(self.username)
                 copy: Content = content
                 if isinstance(content, TextContent | AttachmentContent):
                     copy = Transcript(
-                        destination=to,
+                        destination=users[0],
                         inner=content,
                         message_id=content.message_id,
                         sent_at_ms=content.sent_at_ms,
                     )
-                if not isinstance(content, Typing):
-                    payloads += self._pairwise(own, copy)
+                payloads += self._pairwise(own, copy)
         return OutgoingSend(content.message_id.hex(), payloads, ephemeral)
 
     def _require_trusted(self, username: str) -> None:

@@ -1,0 +1,213 @@
+"""Groups (with removal and key rotation), attachments, multi-device linking and key changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import (
+    AttachmentError,
+    Event,
+    GroupChanged,
+    KeyChanged,
+    Message,
+    UntrustedIdentity,
+    VoxClient,
+)
+from clients.sdk.content import PayloadKind, RelayPayload
+from crypto.sender_keys import SenderKeyMessage
+from tests.clients.conftest import Factory
+from tests.clients.kit import texts, wait_for
+from tests.server.relay_harness import Relay
+
+
+def partial_files(directory: Path) -> list[Path]:
+    """Leftover ``.part`` files of an interrupted download."""
+    return [p for p in directory.iterdir() if p.name.endswith(".part")]
+
+
+def collect(client: VoxClient) -> list[Event]:
+    events: list[Event] = []
+    client.on_event(events.append)
+    return events
+
+
+async def test_group_messages_reach_members_and_removal_rotates_keys(make_client: Factory) -> None:
+    alice, bob, carol = [await make_client(n) for n in ("alice", "bob", "carol")]
+    ev_b, ev_c = collect(bob), collect(carol)
+    raw_c: list[bytes] = []
+    for c in (alice, bob, carol):
+        await c.connect()
+    info = await alice.create_group("friends", ["bob", "carol"])
+    assert info.members == ("alice", "bob", "carol")
+    await wait_for(lambda: len(bob.groups()) == 1 and len(carol.groups()) == 1)
+    assert any(isinstance(e, GroupChanged) and e.action == "create" for e in ev_b)
+
+    await alice.send_group_text(info.group_id, "hello group")
+    await bob.send_group_text("friends", "hi from bob")
+    await wait_for(lambda: len(texts(ev_c, "alice")) == 1 and len(texts(ev_c, "bob")) == 1)
+    assert texts(ev_b, "alice") == ["hello group"]
+    message = next(e for e in ev_c if isinstance(e, Message) and e.sender == "alice")
+    assert message.conversation == f"group:{info.group_id}" and message.group_id == info.group_id
+
+    # Carol keeps a copy of every ciphertext she is sent from now on (she is "compromised").
+    original = carol.protocol.receive
+
+    def spy(envelope):  # type: ignore[no-untyped-def]
+        raw_c.append(envelope.data)
+        return original(envelope)
+
+    carol.protocol.receive = spy  # type: ignore[method-assign]
+    await alice.remove_members(info.group_id, ["carol"])
+    await wait_for(lambda: carol.groups() == [] and bob.groups()[0].members == ("alice", "bob"))
+    await alice.send_group_text(info.group_id, "after carol left")
+    await bob.send_group_text(info.group_id, "bob after carol left")
+    await wait_for(lambda: texts(ev_b, "alice") == ["hello group", "after carol left"])
+    assert texts(ev_c, "alice") == ["hello group"]  # nothing new reached carol's history
+    # Even if a removed member obtained the new ciphertexts, her old sender keys do not open them.
+    group_id = bytes.fromhex(info.group_id)
+    for sender in ("alice", "bob"):
+        stored = carol.store.load_sender_key(info.group_id, sender, 1)
+        assert stored is None  # carol forgot the group (and its keys)
+    assert all(
+        RelayPayload.from_bytes(d).kind is not PayloadKind.GROUP
+        or SenderKeyMessage.from_bytes(RelayPayload.from_bytes(d).data).group_id != group_id
+        for d in raw_c
+    )
+
+
+async def test_removed_member_cannot_decrypt_with_the_keys_she_held(make_client: Factory) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_b = collect(bob)
+    await alice.connect()
+    await bob.connect()
+    info = await alice.create_group("pair", ["bob"])
+    await alice.send_group_text(info.group_id, "before")
+    await wait_for(lambda: texts(ev_b, "alice") == ["before"])
+    group_id = bytes.fromhex(info.group_id)
+    stolen = bob.protocol.groups.receiving(group_id, alice.identity.address)
+    assert stolen is not None
+    await alice.remove_members(info.group_id, ["bob"])
+    new_state = alice.protocol.groups.own_key(group_id)
+    assert new_state.key_id != stolen.key_id  # rotated
+    message = new_state.encrypt(b"secret after removal")
+    from crypto.errors import VoxError
+
+    with pytest.raises(VoxError):
+        stolen.decrypt(message)
+
+
+async def test_ten_mebibyte_attachment_round_trip_with_digest(
+    make_client: Factory, tmp_path: Path, relay: Relay
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_b = collect(bob)
+    await alice.connect()
+    await bob.connect()
+    source = tmp_path / "big.bin"
+    data = os.urandom(10 * 1024 * 1024)
+    source.write_bytes(data)
+    progress: list[tuple[int, int]] = []
+    await alice.send_file(
+        "bob", source, progress=lambda done, total: progress.append((done, total))
+    )
+    assert progress and progress[-1][0] == progress[-1][1] >= len(data)
+    await wait_for(lambda: any(isinstance(e, Message) and e.attachment for e in ev_b))
+    message = next(e for e in ev_b if isinstance(e, Message) and e.attachment)
+    assert message.attachment is not None and message.attachment.size == len(data)
+    out = await bob.download(message, tmp_path / "got.bin")
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+    # A tampered blob on the relay is refused and nothing is left behind.
+    blobs = [
+        p
+        for p in (relay.settings.data_dir).rglob("*")
+        if p.is_file() and p.stat().st_size > len(data)
+    ]
+    assert blobs
+    blob = blobs[0]
+    raw = bytearray(blob.read_bytes())
+    raw[100] ^= 1
+    blob.write_bytes(bytes(raw))
+    with pytest.raises(AttachmentError):
+        await bob.download(message, tmp_path / "bad.bin")
+    assert not (tmp_path / "bad.bin").exists()
+    assert not partial_files(tmp_path)
+
+
+async def test_linked_device_sends_and_receives_for_the_account(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_a, ev_b = collect(alice), collect(bob)
+    await alice.connect()
+    await bob.connect()
+    await alice.send_text("bob", "before linking")
+    invitation = await alice.link()
+    alice2 = await VoxClient.join(tmp_path / "alice2", relay.base_url, invitation.code)
+    try:
+        ev_a2 = collect(alice2)
+        await alice2.connect()
+        assert await alice.wait_linked(invitation, within=10) == invitation.device_id
+        assert {d.device_id for d in await alice2.devices()} == {1, invitation.device_id}
+        await bob.send_text("alice", "to both alices")
+        await wait_for(lambda: texts(ev_a, "bob") == ["to both alices"])
+        await wait_for(lambda: texts(ev_a2, "bob") == ["to both alices"])
+        await alice2.send_text("bob", "from the new device")
+        await wait_for(lambda: "from the new device" in texts(ev_b, "alice"))
+        sent_copy = [e for e in ev_a if isinstance(e, Message) and e.outgoing]
+        await wait_for(lambda: any(isinstance(e, Message) and e.outgoing for e in ev_a))
+        sent_copy = [e for e in ev_a if isinstance(e, Message) and e.outgoing]
+        assert sent_copy[0].text == "from the new device" and sent_copy[0].conversation == "bob"
+        from_new = next(
+            e for e in ev_b if isinstance(e, Message) and e.text == "from the new device"
+        )
+        assert from_new.device == invitation.device_id
+        # The code is single-use.
+        from clients.sdk import LinkError
+
+        with pytest.raises(LinkError):
+            await VoxClient.join(tmp_path / "alice3", relay.base_url, invitation.code)
+    finally:
+        await alice2.close()
+
+
+async def test_changed_account_key_blocks_sending_until_accepted(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    from sqlalchemy import delete
+
+    from server.db.models import Account
+
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_a = collect(alice)
+    alice.device_list_ttl = 0  # refetch before every send (a new process does so once)
+    await alice.connect()
+    await alice.send_text("bob", "first")
+    first = await alice.verify("bob")
+    assert not first.key_changed
+    # Bob loses his phone; the operator frees the name and bob registers again (new key).
+    await bob.close()
+    async with relay.app.state.sessions() as session:
+        await session.execute(delete(Account).where(Account.username == "bob"))
+        await session.commit()
+    bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")
+    try:
+        with pytest.raises(UntrustedIdentity):
+            await alice.send_text("bob", "are you still you?")
+        await wait_for(lambda: any(isinstance(e, KeyChanged) for e in ev_a))
+        changed = await alice.verify("bob")
+        assert changed.key_changed and changed.safety_number != first.safety_number
+        with pytest.raises(UntrustedIdentity):
+            await alice.send_text("bob", "still blocked")
+        accepted = await alice.accept_key("bob")
+        assert accepted.verified and not accepted.key_changed
+        ev_b2 = collect(bob2)
+        await bob2.connect()
+        await alice.send_text("bob", "welcome back")
+        await wait_for(lambda: texts(ev_b2, "alice") == ["welcome back"])
+    finally:
+        await bob2.close()
