@@ -102,6 +102,29 @@ async def _migrate(settings: Settings) -> str | None:
     return await _with_engine(settings, go)
 
 
+def _migrate_in_child(settings: Settings) -> str:
+    """Run ``vox-relay migrate`` in a short-lived child process; return the revision.
+
+    The serving process thus never loads Alembic and Mako (about 12 MB of resident memory
+    that would otherwise stay for the process's lifetime).
+    """
+    import os
+    import subprocess
+
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.pop("VOX_CONFIG", None)  # the parent already validated it; pass what matters
+    cmd = [sys.executable, "-m", "server.cli", "migrate"]
+    cmd += ["--database-url", settings.effective_database_url]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["migration failed"]
+        message = lines[-1].removeprefix("vox-relay: error: ")
+        _fail(message)
+    return result.stdout.strip().rsplit(" ", 1)[-1]
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -122,7 +145,7 @@ def serve(
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    revision = _run(_migrate(settings))
+    revision = _migrate_in_child(settings)
     log_event(
         "relay_starting",
         host=host,

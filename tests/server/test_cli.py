@@ -85,6 +85,10 @@ async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
             ["migrate", "--database-url", "postgresql+asyncpg://nobody@127.0.0.1:1/none"],
             "cannot reach the database",
         ),
+        (
+            ["serve", "--port", "0", "--database-url", "postgresql+asyncpg://x@127.0.0.1:1/none"],
+            "cannot reach the database",
+        ),
     ]
     for args, message in cases:
         code, out, err = await run_cli(*args, env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "3600"})
