@@ -32,6 +32,7 @@ from clients.sdk import (
     Message,
     VoxClient,
 )
+from clients.store.errors import StoreError as StoreFailure
 
 __all__ = ["app", "main"]
 
@@ -69,7 +70,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; turn every failure into one line on stderr and a non-zero exit."""
     try:
         return asyncio.run(coro)
-    except ClientError as exc:
+    except (ClientError, StoreFailure) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None

@@ -154,7 +154,10 @@ class VoxClient:
         owns_store: bool = True,
         http_timeout: float = 30.0,
     ) -> None:
-        profile = store.load_profile()
+        try:
+            profile = store.load_profile()
+        except store_errors.StoreError as exc:
+            raise StoreError(str(exc)) from None
         if profile is None:
             raise NoProfile(str(home or "the store"))
         self.store = store
@@ -463,7 +466,7 @@ class VoxClient:
                 except (RelayUnavailable, AuthFailed) as exc:
                     log.info("reconnect failed: %s", exc)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 1.0)
                 continue
             try:
                 frame = await socket.recv()

@@ -27,8 +27,16 @@ def relay_database(request: pytest.FixtureRequest, tmp_path: Path) -> str | None
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    """A relay on SQLite in ``tmp_path``."""
+    """A relay on SQLite in ``tmp_path`` (modules may override it with :func:`both_databases`)."""
     settings = make_settings(tmp_path)
+    async with running_relay(settings) as r:
+        yield r
+
+
+@pytest.fixture
+async def relay_on_both(relay_database: str | None, tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay on SQLite, and (second parameter) on PostgreSQL."""
+    settings = make_settings(tmp_path, database_url=relay_database)
     async with running_relay(settings) as r:
         yield r
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import httpx
 from sqlalchemy import func, select
 
 from clients.sdk import Event, Message
 from server.db.models import Account, Device
 from server.db.models_delivery import QueueEntry
-from tests.server.relay_harness import Relay
+from tests.server.relay_harness import Relay, free_port
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 20.0) -> None:
@@ -49,3 +54,64 @@ async def queued(relay: Relay, username: str) -> int:
     )
     async with relay.app.state.sessions() as session:
         return int((await session.execute(query)).scalar_one())
+
+
+class RelayProcess:
+    """``vox-relay serve`` as a subprocess (logs to a file), restartable and killable."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *, database_url: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.database_url = database_url
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        exe = Path(sys.executable).with_name("vox-relay")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+        env["VOX_LIMITS__REQUESTS_PER_MINUTE_PER_IP"] = "100000"
+        args = [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> bytes:
+        """Everything the relay logged so far."""
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    async def start(self) -> None:
+        """Start and wait until ``/healthz`` answers."""
+        self.proc = self._spawn()
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(300):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"vox-relay exited: {self.logs()[-2000:]!r}")
+                try:
+                    if (await http.get(f"{self.base_url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("vox-relay did not become healthy")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (graceful) or SIGKILL, and wait."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

@@ -24,6 +24,12 @@ from tests.clients.kit import texts, wait_for
 from tests.server.relay_harness import Relay
 
 
+@pytest.fixture
+def relay(relay_on_both: Relay) -> Relay:
+    """Every test of this module runs on SQLite and on PostgreSQL."""
+    return relay_on_both
+
+
 def partial_files(directory: Path) -> list[Path]:
     """Leftover ``.part`` files of an interrupted download."""
     return [p for p in directory.iterdir() if p.name.endswith(".part")]

@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from clients.sdk import DeliveryState, Event, ReceiptEvent, VoxClient
 from tests.clients.conftest import Factory
 from tests.clients.kit import queued, texts, wait_for, wait_for_value
 from tests.server.relay_harness import Relay
+
+
+@pytest.fixture
+def relay(relay_on_both: Relay) -> Relay:
+    """Every test of this module runs on SQLite and on PostgreSQL."""
+    return relay_on_both
 
 
 async def test_hundred_messages_each_way_arrive_once_in_order(make_client: Factory) -> None:

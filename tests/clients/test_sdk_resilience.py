@@ -1,0 +1,163 @@
+"""Failures: relay restarts and SIGKILL, the relay down, tampered envelopes, a canary scan."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from clients.sdk import DecryptFailure, Event, Message, RelayUnavailable, VoxClient
+from server.db.models_delivery import DeliveryPayload
+from tests.clients.conftest import Factory
+from tests.clients.kit import RelayProcess, queued, texts, wait_for, wait_for_value
+from tests.server.relay_harness import Relay
+
+
+def collect(client: VoxClient) -> list[Event]:
+    events: list[Event] = []
+    client.on_event(events.append)
+    return events
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every regular file below ``root``."""
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["restart", "sigkill"])
+async def test_relay_restart_or_kill_between_send_and_receive_loses_nothing(
+    tmp_path: Path, kill: bool
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+        await bob.close()
+        await alice.connect()
+        for i in range(15):
+            await alice.send_text("bob", f"m{i}")
+        relay.stop(kill=kill)
+        await relay.start()
+        # Alice's client reconnects by itself and keeps sending.
+        for i in range(15, 25):
+            await alice.send_text("bob", f"m{i}")
+        await alice.close()
+        bob = await VoxClient.open(tmp_path / "b")
+        try:
+            events = await bob.receive(wait=1.0)
+            assert texts(events, "alice") == [f"m{i}" for i in range(25)]
+            again = await bob.receive(wait=0.5)
+            assert texts(again, "alice") == []
+        finally:
+            await bob.close()
+    finally:
+        relay.stop()
+
+
+async def test_send_while_the_relay_is_down_fails_clearly_and_is_sent_later(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+        ev_b = collect(bob)
+        await alice.send_text("bob", "before")
+        await alice.close()
+        relay.stop()
+        alice = await VoxClient.open(tmp_path / "a")
+        with pytest.raises(RelayUnavailable, match="cannot reach the relay"):
+            await alice.send_text("bob", "while down")
+        assert [m.text for m in alice.history("bob")] == ["before", "while down"]
+        await relay.start()
+        await alice.connect()  # the outbox is flushed after (re)connecting
+        await bob.connect()
+        await wait_for(lambda: texts(ev_b, "alice") == ["before", "while down"])
+        await alice.close()
+        await bob.close()
+    finally:
+        relay.stop()
+
+
+async def test_tampered_envelope_is_reported_acked_and_does_not_jam_the_queue(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.close()
+    await alice.send_text("bob", "one")
+    async with relay.app.state.sessions() as session:
+        row = (await session.execute(select(DeliveryPayload))).scalars().one()
+        data = bytearray(row.data)
+        data[len(data) // 2] ^= 0x40
+        await session.execute(
+            update(DeliveryPayload)
+            .where(DeliveryPayload.envelope_id == row.envelope_id)
+            .values(data=bytes(data))
+        )
+        await session.commit()
+    await alice.send_text("bob", "two")
+    await alice.send_text("bob", "three")
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        events = await bob.receive(wait=1.0)
+        failures = [e for e in events if isinstance(e, DecryptFailure)]
+        assert len(failures) == 1 and failures[0].sender == "alice"
+        assert texts(events, "alice") == ["two", "three"]
+        await wait_for_value(lambda: queued(relay, "bob"), 0)
+    finally:
+        await bob.close()
+
+
+async def test_canary_plaintext_never_reaches_relay_storage_or_logs(tmp_path: Path) -> None:
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+        carol = await VoxClient.register(tmp_path / "c", relay.base_url, "carol")
+        ev_b = collect(bob)
+        for c in (alice, bob, carol):
+            await c.connect()
+        await alice.send_text("bob", f"direct {canary}")
+        group = await alice.create_group(f"group {canary}", ["bob", "carol"])
+        await alice.send_group_text(group.group_id, f"group {canary}")
+        secret_file = tmp_path / "secret.txt"
+        secret_file.write_text((canary + "\n") * 1000)
+        await alice.send_file("bob", secret_file, caption=canary)
+        await wait_for(lambda: sum(isinstance(e, Message) for e in ev_b) >= 3)
+        files = [e for e in ev_b if isinstance(e, Message) and e.attachment]
+        got = await bob.download(files[0], tmp_path / "got.txt")
+        assert canary in got.read_text()
+        for c in (alice, bob, carol):
+            await c.close()
+    finally:
+        relay.stop()
+    needle = canary.encode()
+    scanned = 0
+    for path in [*files_under(tmp_path / "relay"), tmp_path / "relay.log"]:
+        assert needle not in path.read_bytes(), f"canary found in {path}"
+        scanned += 1
+    assert scanned >= 2
+    assert (tmp_path / "relay.log").stat().st_size > 0
+    assert any(p.stat().st_size > 10_000 for p in files_under(tmp_path / "relay"))
+
+
+async def test_every_device_acks_and_reads_in_order_after_reconnects(make_client: Factory) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_b = collect(bob)
+    await bob.connect()
+    await alice.connect()
+    for i in range(10):
+        await alice.send_text("bob", f"x{i}")
+        if i == 4:
+            await bob.disconnect()
+            await asyncio.sleep(0.05)
+            await bob.connect()
+    await wait_for(lambda: len(texts(ev_b, "alice")) == 10)
+    assert texts(ev_b, "alice") == [f"x{i}" for i in range(10)]
