@@ -98,3 +98,67 @@ async def test_second_process_on_a_profile_fails_cleanly(relay: Relay, tmp_path:
     code, out, err = await vox(home, "devices")
     assert code == 0, err
     assert "1 (this device)" in out
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files have identical content."""
+    return a.read_bytes() == b.read_bytes()
+
+
+def corrupt(path: Path, offset: int, length: int) -> None:
+    """Overwrite ``length`` bytes of ``path`` at ``offset`` with garbage."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(b"\xa5" * length)
+
+
+async def test_corrupted_store_and_wrong_passphrase_are_clear_errors(
+    relay: Relay, tmp_path: Path
+) -> None:
+    secret = {"VOX_PASSPHRASE": "correct horse battery staple"}
+    code, _, err = await vox(
+        tmp_path / "p", "register", "alice", "--server", relay.base_url, env=secret
+    )
+    assert code == 0, err
+    code, _, err = await vox(tmp_path / "p", "devices", env={"VOX_PASSPHRASE": "wrong"})
+    assert_clean_error(code, err, "wrong passphrase")
+    code, _, err = await vox(tmp_path / "p", "devices")
+    assert_clean_error(code, err, "passphrase")
+    code, out, err = await vox(tmp_path / "p", "devices", env=secret)
+    assert code == 0 and "this device" in out, err
+
+    code, _, err = await vox(tmp_path / "c", "register", "carol", "--server", relay.base_url)
+    assert code == 0, err
+    db = tmp_path / "c" / "vox.db"
+    corrupt(db, 0, 64)  # the SQLite header
+    code, _, err = await vox(tmp_path / "c", "devices")
+    assert_clean_error(code, err, "corrupted")
+
+
+async def test_files_and_groups_through_the_cli(relay: Relay, tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for home, name in ((a, "alice"), (b, "bob"), (c, "carol")):
+        code, _, err = await vox(home, "register", name, "--server", relay.base_url)
+        assert code == 0, err
+    payload = tmp_path / "report.pdf"
+    payload.write_bytes(bytes(range(256)) * 4000)
+    code, _, err = await vox(a, "send-file", "bob", str(payload))
+    assert code == 0, err
+    code, out, err = await vox(a, "group", "create", "team", "bob", "carol")
+    assert code == 0, err
+    group_id = out.strip()
+    code, _, err = await vox(a, "group", "send", "team", "hello team")
+    assert code == 0, err
+    code, out, err = await vox(b, "receive", "--json", "--wait", "1")
+    assert code == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    files = [m for m in got if "attachment" in m]
+    assert len(files) == 1 and files[0]["attachment"]["size"] == payload.stat().st_size
+    assert same_bytes(Path(files[0]["attachment"]["path"]), payload)
+    assert [m["text"] for m in got if m.get("group") == group_id] == ["hello team"]
+    code, out, err = await vox(c, "receive", "--wait", "0.5")
+    assert code == 0 and "hello team" in out, err
+    code, out, err = await vox(c, "group", "list")
+    assert code == 0 and group_id in out and "alice bob carol" in out, err
+    code, out, err = await vox(a, "group", "remove", "team", "carol")
+    assert code == 0 and out.strip() == "alice bob", err
