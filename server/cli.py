@@ -236,13 +236,14 @@ def device_revoke(
     re-adds it.
     """
     from server.clock import now
-    from server.db.engine import session_factory
+    from server.db.engine import session_factory, write_lock
     from server.repositories.accounts import get_device, revoke_device
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
     async def go(engine: AsyncEngine) -> int | None:
         async with session_factory(engine)() as session:
+            await write_lock(session)
             device = await get_device(session, username, device_id)
             if device is None:
                 return None

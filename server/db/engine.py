@@ -82,4 +82,8 @@ async def write_lock(session: AsyncSession) -> None:
     """
     bind = session.bind
     if bind is not None and bind.dialect.name == "sqlite":
+        if session.in_transaction():
+            # A read-then-write transaction on SQLite fails with "database is locked"
+            # under concurrency instead of waiting: the lock must come first.
+            raise RuntimeError("write_lock() must be the first statement of a transaction")
         await session.connection(execution_options={IMMEDIATE: True})

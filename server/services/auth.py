@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.clock import now as clock_now
+from server.db.engine import write_lock
 from server.device_list import verify_ed25519
 from server.errors import Forbidden, NotFound, Unauthorized
 from server.repositories import accounts as account_repo
@@ -122,6 +123,7 @@ async def create_challenge(
     session: AsyncSession, username: str, device_id: int, *, ttl: int
 ) -> tuple[bytes, int]:
     """Store a fresh nonce for the device; return ``(nonce, expires_at)``. Commits."""
+    await write_lock(session)
     device = await account_repo.get_device(session, username, device_id)
     if device is None:
         raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
@@ -154,6 +156,7 @@ async def issue_token(
     t = clock_now()
     if len(nonce) != NONCE_LEN:
         raise Unauthorized("unknown or already used challenge", code="invalid_challenge")
+    await write_lock(session)
     taken = await auth_repo.take_challenge(session, hash_secret(nonce))
     device = await account_repo.get_device(session, username, device_id)
     if taken is None or device is None or taken[0] != device.pk:
@@ -170,6 +173,7 @@ async def issue_token(
             "signature does not verify with the device auth key", code="bad_signature"
         )
     raw = secrets.token_bytes(TOKEN_LEN)
+    await write_lock(session)
     await auth_repo.add_token(
         session, token_hash=hash_secret(raw), device_pk=device.pk, now=t, expires_at=t + ttl
     )
@@ -179,5 +183,6 @@ async def issue_token(
 
 async def revoke_token(session: AsyncSession, device: AuthenticatedDevice) -> None:
     """Revoke the token the device authenticated with. Commits."""
+    await write_lock(session)
     await auth_repo.revoke_token(session, device.token_id, clock_now())
     await session.commit()

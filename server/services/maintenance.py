@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.clock import now
+from server.db.engine import write_lock
 from server.logs import log_event
 from server.repositories import auth as auth_repo
 
@@ -28,6 +29,7 @@ SWEEP_INTERVAL_SECONDS = 600.0
 async def sweep_expired(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
     """Delete expired challenges and tokens; return ``(challenges, tokens)`` deleted."""
     async with sessions() as session:
+        await write_lock(session)
         counts = await auth_repo.delete_expired(session, now())
         await session.commit()
     return counts
