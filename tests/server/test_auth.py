@@ -268,3 +268,25 @@ def test_challenge_message_matches_the_documented_vector() -> None:
     assert message.hex() in compact
     assert signature.hex() in compact
     assert key.public_key().public_bytes_raw().hex() in compact
+
+
+async def test_many_concurrent_logins_all_succeed_on_sqlite(tmp_path: Path) -> None:
+    import asyncio
+
+    async with running_relay(make_settings(tmp_path)) as relay:
+        accounts = [TestAccount.new(f"user{i:02d}") for i in range(12)]
+        limits = httpx.Limits(max_connections=50)
+        async with relay.client(limits=limits) as http:
+            for account in accounts:
+                assert (await account.register(http)).status_code == 201
+
+            async def login_twice(account: TestAccount) -> list[str]:
+                return [await account.login(http), await account.login(http)]
+
+            tokens = await asyncio.gather(*(login_twice(a) for a in accounts * 2))
+            flat = [t for pair in tokens for t in pair]
+            assert len(set(flat)) == len(flat) == 48
+            counts = await asyncio.gather(
+                *(http.get("/v1/prekeys/count", headers=auth_header(t)) for t in flat)
+            )
+            assert {r.status_code for r in counts} == {200}
