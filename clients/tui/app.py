@@ -1,0 +1,532 @@
+"""The Vox chat TUI (Textual): conversation list, conversation pane, input box.
+
+Everything goes through a :class:`~clients.tui.backend.ChatBackend` (the SDK's asyncio shell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import shlex
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.color import Color, ColorParseError
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.theme import Theme
+from textual.timer import Timer
+from textual.widgets import Footer, Header, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from clients.sdk.errors import ClientError
+from clients.sdk.models import (
+    DecryptFailure,
+    Event,
+    GroupChanged,
+    KeyChanged,
+    Message,
+    ReceiptEvent,
+    ServerConfig,
+    TypingEvent,
+)
+from clients.store.models import DeliveryState, group_conversation, is_group_conversation
+from clients.tui.backend import ChatBackend, ConversationItem
+from clients.tui.render import render_message
+
+__all__ = ["BRAND_THEME", "HELP", "ChatApp"]
+
+BRAND_THEME = "vox-brand"
+TYPING_SHOW_S = 6.0
+TYPING_SEND_EVERY_S = 3.0
+HELP = (
+    "Commands: /chat USER|GROUP — open a conversation · /send-file PATH — send a file · "
+    "/verify — safety number · /accept — accept a changed key · /quit"
+)
+
+
+def _dom_id(message_id: str) -> str:
+    return "m-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in message_id)
+
+
+class ChatApp(App[None]):
+    """The chat window. ``open_conversation``: a username, a group name or ``group:<id hex>``."""
+
+    CSS_PATH = "vox.tcss"
+    TITLE = "Vox"
+    BINDINGS = [
+        ("ctrl+q", "quit", "Quit"),
+        ("ctrl+n", "next_conversation", "Next chat"),
+        ("ctrl+l", "focus_list", "Chats"),
+    ]
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        *,
+        open_conversation: str | None = None,
+        tz: dt.tzinfo | None = None,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.current: str | None = None
+        self.items: dict[str, ConversationItem] = {}
+        self.shown: dict[str, Message] = {}
+        self._initial = open_conversation
+        self._tz = tz
+        self._accent = "cyan"
+        self._typing_timer: Timer | None = None
+        self._typing_sent_at = 0.0
+        self._pending = 0
+        # One send at a time: typing, texts and files go out in the order the user made them.
+        self._send_lock = asyncio.Lock()
+        self._online = asyncio.Event()  # set once connect() was tried: sends wait for it
+        self.config: ServerConfig | None = None
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="body"):
+            with Vertical(id="sidebar"):
+                yield Label("Chats", id="sidebar-title")
+                yield OptionList(id="conversations")
+            with Vertical(id="main"):
+                yield Static("", id="conv-title")
+                yield Static("", id="warning")
+                yield VerticalScroll(id="messages")
+                yield Static("", id="status")
+                yield Input(placeholder="Type a message — /help for commands", id="input")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.sub_title = f"@{self.backend.username}"
+        try:
+            self.apply_brand(await self.backend.server_config())
+        except ClientError as exc:
+            self.notify(f"could not read the relay's config: {exc}", severity="warning")
+        await self.reload_conversations()
+        target = await self._resolve(self._initial) if self._initial else None
+        if target is None and self.items:
+            target = next(iter(self.items))
+        if target is not None:
+            await self.open_conversation(target)
+        else:
+            self._system(self._welcome() + HELP)
+        self.pump_events()
+        self.query_one("#input", Input).focus()
+
+    def apply_brand(self, config: ServerConfig) -> None:
+        """Title and theme colours from the relay's ``/v1/config``."""
+        self.config = config
+        self.title = config.name or "Vox"
+
+        def colour(value: str | None) -> str | None:
+            if not value:
+                return None
+            try:
+                return Color.parse(value).hex
+            except ColorParseError:
+                return None
+
+        primary = colour(config.primary_color) or "#4f46e5"
+        background = colour(config.background_color)
+        dark = Color.parse(background).brightness < 0.5 if background else True
+        theme = Theme(
+            name=BRAND_THEME,
+            primary=primary,
+            accent=colour(config.accent_color),
+            background=background,
+            dark=dark,
+        )
+        self.register_theme(theme)
+        self.theme = BRAND_THEME
+        self._accent = colour(config.accent_color) or primary
+
+    def _welcome(self) -> str:
+        text = self.config.welcome_text if self.config is not None else ""
+        return f"{text}\n" if text else ""
+
+    # ------------------------------------------------------------------ conversation list
+
+    async def reload_conversations(self) -> None:
+        """Refill the list from the backend (keeps a conversation opened but still empty)."""
+        items = {i.conversation: i for i in await self.backend.conversation_list()}
+        if self.current is not None and self.current not in items:
+            items[self.current] = self.items.get(self.current) or ConversationItem(
+                self.current, self.current, is_group=is_group_conversation(self.current)
+            )
+        if self.current is not None:  # what we are looking at is read
+            items[self.current] = _replace(items[self.current], unread=0)
+        self.items = items
+        self._render_list()
+
+    def _render_list(self) -> None:
+        ol = self.query_one("#conversations", OptionList)
+        highlighted = ol.highlighted_option.id if ol.highlighted_option is not None else None
+        ol.clear_options()
+        ol.add_options(Option(self._item_prompt(i), id=c) for c, i in self.items.items())
+        keep = self.current or highlighted
+        if keep is not None and keep in self.items:
+            ol.highlighted = list(self.items).index(keep)
+
+    @staticmethod
+    def _item_prompt(item: ConversationItem) -> Text:
+        text = Text()
+        text.append("# " if item.is_group else "@ ", style="dim")
+        text.append(item.title, style="bold" if item.unread else "")
+        if item.unread:
+            text.append(f" ({item.unread})", style="bold reverse")
+        if item.key_changed:
+            text.append(" ⚠", style="bold red")
+        return text
+
+    def _bump(self, conversation: str, **changes: object) -> None:
+        item = self.items.get(conversation) or ConversationItem(
+            conversation, conversation, is_group=is_group_conversation(conversation)
+        )
+        self.items[conversation] = _replace(item, **changes)
+        self._render_list()
+
+    @on(OptionList.OptionSelected, "#conversations")
+    async def _selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            await self.open_conversation(event.option.id)
+            self.query_one("#input", Input).focus()
+
+    def action_next_conversation(self) -> None:
+        """Cycle to the next conversation."""
+        if not self.items:
+            return
+        keys = list(self.items)
+        nxt = keys[(keys.index(self.current) + 1) % len(keys)] if self.current in keys else keys[0]
+        self.run_worker(self.open_conversation(nxt), group="open")
+
+    def action_focus_list(self) -> None:
+        """Move the focus to the conversation list."""
+        self.query_one("#conversations", OptionList).focus()
+
+    async def _resolve(self, name: str) -> str:
+        if is_group_conversation(name) or name in self.items:
+            return name
+        for group in await self.backend.groups():
+            if group.name == name:
+                return group.conversation
+        return name.lower()
+
+    # ------------------------------------------------------------------ conversation pane
+
+    async def open_conversation(self, conversation: str) -> None:
+        """Show a conversation's history and mark it read."""
+        self.current = conversation
+        item = self.items.get(conversation)
+        if item is None:
+            item = ConversationItem(
+                conversation, conversation, is_group=is_group_conversation(conversation)
+            )
+        self.items[conversation] = _replace(item, unread=0)
+        self._render_list()
+        title = Text()
+        title.append(("# " if item.is_group else "@ ") + item.title, style="bold")
+        self.query_one("#conv-title", Static).update(title)
+        self._show_warning(item.key_changed)
+        self._set_status("")
+        pane = self.query_one("#messages", VerticalScroll)
+        await pane.remove_children()
+        self.shown.clear()
+        try:
+            history = await self.backend.history(conversation)
+        except ClientError as exc:
+            self._system(f"cannot load the history: {exc}")
+            history = []
+        await self._merge(history)
+        if not history:
+            self._system(
+                self._welcome() + f"No messages with {item.title} yet. /help for commands."
+            )
+        self._mark_read(conversation)
+
+    def _show_warning(self, on: bool) -> None:
+        warning = self.query_one("#warning", Static)
+        if on and self.current is not None:
+            warning.update(
+                Text(
+                    f"⚠ {self.current}'s safety number changed. Sending is blocked: "
+                    "compare it with /verify, then /accept.",
+                    style="bold",
+                )
+            )
+        warning.set_class(on, "visible")
+
+    async def _merge(self, messages: list[Message]) -> None:
+        pane = self.query_one("#messages", VerticalScroll)
+        new: list[Static] = []
+        for m in messages:
+            if m.conversation != self.current:
+                continue
+            old = self.shown.get(m.id)
+            if old is not None:
+                if m.outgoing and m.state.rank > old.state.rank:
+                    self._update_row(m)
+                continue
+            self.shown[m.id] = m
+            row = Static(
+                render_message(m, accent=self._accent, tz=self._tz),
+                id=_dom_id(m.id),
+                classes="msg " + ("outgoing" if m.outgoing else "incoming"),
+            )
+            new.append(row)
+        if new:
+            await pane.mount_all(new)
+            pane.scroll_end(animate=False)
+
+    def _update_row(self, m: Message) -> None:
+        self.shown[m.id] = m
+        for row in self.query(f"#{_dom_id(m.id)}").results(Static):
+            row.update(render_message(m, accent=self._accent, tz=self._tz))
+
+    def _system(self, text: str) -> None:
+        pane = self.query_one("#messages", VerticalScroll)
+        pane.mount(Static(Text(text), classes="system"))
+        pane.scroll_end(animate=False)
+
+    def _set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(Text(text))
+
+    @work(group="read", exit_on_error=False)
+    async def _mark_read(self, conversation: str) -> None:
+        try:
+            await self.backend.mark_read(conversation)
+        except ClientError as exc:
+            self.log.warning(f"mark_read failed: {exc}")
+
+    # ------------------------------------------------------------------ events
+
+    @work(group="events", exclusive=True, exit_on_error=False)
+    async def pump_events(self) -> None:
+        """Apply every SDK event to the screen until the stream ends."""
+        try:
+            self._set_status("connecting…")
+            await self.backend.connect()
+            self._set_status("")
+        except ClientError as exc:
+            self._set_status(f"offline: {exc}")
+        finally:
+            self._online.set()
+        try:
+            async for event in self.backend.events():
+                await self.handle_event(event)
+        except ClientError as exc:
+            self._set_status(f"disconnected: {exc}")
+            self.notify(f"disconnected: {exc}", severity="error")
+
+    async def handle_event(self, event: Event) -> None:
+        """One SDK event."""
+        if isinstance(event, Message):
+            if event.conversation == self.current:
+                await self._merge([event])
+                if not event.outgoing:
+                    self._clear_typing()
+                    self._mark_read(event.conversation)
+            elif not event.outgoing:
+                item = self.items.get(event.conversation)
+                self._bump(event.conversation, unread=(item.unread if item else 0) + 1)
+            elif event.conversation not in self.items:
+                await self.reload_conversations()
+        elif isinstance(event, ReceiptEvent):
+            for mid in event.message_ids:
+                shown = self.shown.get(mid)
+                if shown is not None and shown.outgoing and event.kind.rank > shown.state.rank:
+                    self._update_row(_replace_msg(shown, event.kind))
+        elif isinstance(event, TypingEvent):
+            if event.conversation == self.current and event.sender != self.backend.username:
+                if event.active:
+                    self._set_status(f"{event.sender} is typing…")
+                    if self._typing_timer is not None:
+                        self._typing_timer.stop()
+                    self._typing_timer = self.set_timer(TYPING_SHOW_S, self._clear_typing)
+                else:
+                    self._clear_typing()
+        elif isinstance(event, KeyChanged):
+            self._bump(event.username, key_changed=True)
+            if self.current == event.username:
+                self._show_warning(True)
+            self.notify(
+                f"{event.username}'s safety number changed — /verify and /accept",
+                severity="warning",
+                timeout=10,
+            )
+        elif isinstance(event, GroupChanged):
+            await self.reload_conversations()
+            if self.current == group_conversation(event.group_id):
+                verb = {
+                    "create": "created the group",
+                    "add": "updated members",
+                    "remove": "removed members",
+                    "leave": "left",
+                }.get(event.action, event.action)
+                self._system(f"{event.by} {verb}: {', '.join(event.members)}")
+        elif isinstance(event, DecryptFailure):
+            self.notify(
+                f"a message from {event.sender}·{event.device} could not be decrypted "
+                f"({event.error})",
+                severity="error",
+            )
+
+    def _clear_typing(self) -> None:
+        status = self.query_one("#status", Static)
+        if str(status.content).endswith("is typing…"):
+            status.update("")
+
+    # ------------------------------------------------------------------ input
+
+    @on(Input.Changed, "#input")
+    def _typing(self, event: Input.Changed) -> None:
+        if not event.value or event.value.startswith("/") or self.current is None:
+            return
+        now = time.monotonic()
+        if now - self._typing_sent_at >= TYPING_SEND_EVERY_S:
+            self._typing_sent_at = now
+            self._send_typing(self.current)
+
+    @work(group="typing", exit_on_error=False)
+    async def _send_typing(self, conversation: str) -> None:
+        if self._send_lock.locked() or not self._online.is_set():
+            return  # typing is best effort: never queue it behind a message
+        async with self._send_lock:
+            with contextlib.suppress(ClientError):
+                await self.backend.send_typing(conversation, True)
+
+    @on(Input.Submitted, "#input")
+    async def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        event.input.clear()
+        self._typing_sent_at = 0.0
+        if not text:
+            return
+        if text.startswith("/"):
+            await self.run_command(text)
+            return
+        if self.current is None:
+            self._system("Open a conversation first: /chat USERNAME")
+            return
+        self._send_text(self.current, text)
+
+    async def run_command(self, line: str) -> None:
+        """``/chat``, ``/send-file``, ``/verify``, ``/accept``, ``/help``, ``/quit``."""
+        try:
+            cmd, *args = shlex.split(line)
+        except ValueError as exc:
+            self._system(f"cannot parse the command: {exc}")
+            return
+        if cmd in ("/quit", "/exit"):
+            self.exit()
+        elif cmd == "/help":
+            self._system(HELP)
+        elif cmd in ("/chat", "/open") and len(args) == 1:
+            await self.open_conversation(await self._resolve(args[0]))
+        elif cmd in ("/send-file", "/file") and len(args) == 1 and self.current is not None:
+            path = _existing_file(args[0])
+            if path is None:
+                self._system(f"no such file: {args[0]}")
+            else:
+                self._send_file(self.current, path)
+        elif cmd in ("/verify", "/accept") and self.current is not None:
+            if is_group_conversation(self.current):
+                self._system("safety numbers are per user: open a direct conversation")
+            else:
+                self._verify(self.current, accept=cmd == "/accept")
+        else:
+            self._system(f"unknown or incomplete command: {line}. {HELP}")
+
+    @work(group="send", exit_on_error=False)
+    async def _send_text(self, conversation: str, text: str) -> None:
+        self._pending += 1
+        placeholder = Message(
+            id=f"pending-{self._pending}",
+            conversation=conversation,
+            sender=self.backend.username,
+            device=0,
+            sent_at=int(time.time() * 1000),
+            received_at=0,
+            text=text,
+            outgoing=True,
+            state=DeliveryState.PENDING,
+        )
+        await self._merge([placeholder])
+        try:
+            await self._online.wait()
+            async with self._send_lock:
+                await self.backend.send_text(conversation, text)
+        except ClientError as exc:
+            self._system(f"not sent: {exc}")
+            return
+        finally:
+            await self._drop(placeholder.id)
+        await self._sync(conversation)
+
+    async def _drop(self, message_id: str) -> None:
+        self.shown.pop(message_id, None)
+        await self.query(f"#{_dom_id(message_id)}").remove()
+
+    async def _sync(self, conversation: str) -> None:
+        if conversation == self.current:
+            await self._merge(await self.backend.history(conversation, limit=50))
+
+    @work(group="send", exit_on_error=False)
+    async def _send_file(self, conversation: str, path: Path) -> None:
+        name = path.name
+
+        def progress(done: int, total: int) -> None:
+            pct = 100 * done // total if total else 100
+            self._set_status(f"sending {name}: {pct}%")
+
+        self._set_status(f"sending {name}…")
+        try:
+            await self._online.wait()
+            async with self._send_lock:
+                await self.backend.send_file(conversation, path, progress)
+        except ClientError as exc:
+            self._set_status("")
+            self._system(f"file not sent: {exc}")
+            return
+        self._set_status(f"sent {name}")
+        await self._sync(conversation)
+
+    @work(group="verify", exit_on_error=False)
+    async def _verify(self, username: str, *, accept: bool) -> None:
+        try:
+            if accept:
+                v = await self.backend.accept_identity(username)
+            else:
+                v = await self.backend.verify(username)
+        except ClientError as exc:
+            self._system(str(exc))
+            return
+        if accept:
+            self._bump(username, key_changed=False)
+            if self.current == username:
+                self._show_warning(False)
+        state = (
+            "CHANGED — not accepted"
+            if v.key_changed
+            else ("verified" if v.verified else "trusted on first use")
+        )
+        self._system(f"Safety number with {username} ({state}):\n{v.safety_number}")
+
+
+def _replace(item: ConversationItem, **changes: object) -> ConversationItem:
+    return dataclasses.replace(item, **changes)  # type: ignore[arg-type]
+
+
+def _replace_msg(m: Message, state: DeliveryState) -> Message:
+    return dataclasses.replace(m, state=state)
+
+
+def _existing_file(arg: str) -> Path | None:
+    path = Path(arg).expanduser()
+    return path if path.is_file() else None

@@ -1,0 +1,182 @@
+"""What the TUI needs from the SDK, as a ``typing.Protocol`` (:class:`ChatBackend`).
+
+The real implementation is :class:`SdkBackend` around :class:`clients.sdk.VoxClient`; anything
+with the same shape works. The TUI never touches the store, the relay or the
+crypto core itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from clients.sdk import VoxClient
+from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification
+from clients.store.models import TrustState, is_group_conversation
+
+__all__ = ["ChatBackend", "ConversationItem", "SdkBackend"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItem:
+    """A row of the conversation list."""
+
+    conversation: str  # username, or "group:" + group id hex
+    title: str
+    unread: int = 0
+    is_group: bool = False
+    key_changed: bool = False
+
+
+class ChatBackend(Protocol):
+    """The asyncio SDK surface the TUI uses."""
+
+    @property
+    def username(self) -> str:
+        """Our username."""
+        ...
+
+    async def server_config(self) -> ServerConfig:
+        """The relay's brand and limits (``/v1/config``)."""
+        ...
+
+    async def conversation_list(self) -> list[ConversationItem]:
+        """Contacts and groups with unread counts and key-change flags."""
+        ...
+
+    async def history(self, conversation: str, limit: int = 200) -> list[Message]:
+        """The last messages of a conversation, oldest first."""
+        ...
+
+    async def mark_read(self, conversation: str) -> None:
+        """Mark incoming messages read (sends read receipts)."""
+        ...
+
+    async def send_text(self, conversation: str, text: str) -> str:
+        """Send a message; returns its id once the relay accepted it."""
+        ...
+
+    async def send_file(
+        self, conversation: str, path: Path, progress: Callable[[int, int], None] | None = None
+    ) -> str:
+        """Encrypt, upload and send a file; returns the message id."""
+        ...
+
+    async def send_typing(self, conversation: str, active: bool) -> None:
+        """Ephemeral typing indicator."""
+        ...
+
+    async def verify(self, username: str) -> Verification:
+        """Safety number and trust state with ``username``."""
+        ...
+
+    async def accept_identity(self, username: str) -> Verification:
+        """Accept ``username``'s changed account key (unblocks sending)."""
+        ...
+
+    async def groups(self) -> list[GroupInfo]:
+        """Groups this device knows."""
+        ...
+
+    async def connect(self) -> None:
+        """Go online and start receiving (events from now on reach :meth:`events`)."""
+        ...
+
+    def events(self) -> AsyncIterator[Event]:
+        """Decrypted messages, receipts, typing, key changes, group changes, failures."""
+        ...
+
+
+class SdkBackend:
+    """:class:`ChatBackend` over :class:`clients.sdk.VoxClient` (the SDK's asyncio shell).
+
+    The conversation list reads the client's known peers (``client.store.list_peers()``, read
+    only) for contacts and their trust state; everything else is the client's public API.
+    """
+
+    def __init__(self, client: VoxClient) -> None:
+        self.client = client
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def username(self) -> str:
+        return self.client.username
+
+    async def server_config(self) -> ServerConfig:
+        return await self.client.config()
+
+    async def conversation_list(self) -> list[ConversationItem]:
+        me = self.client.username
+        peers = {p.username: p for p in self.client.store.list_peers() if p.username != me}
+        groups = {g.conversation: g for g in self.client.groups()}
+        items: dict[str, ConversationItem] = {}
+
+        def add(conversation: str, unread: int = 0) -> None:
+            if conversation in items or conversation == me:
+                return
+            group = groups.get(conversation)
+            peer = peers.get(conversation)
+            items[conversation] = ConversationItem(
+                conversation,
+                group.name if group else conversation,
+                unread,
+                is_group=is_group_conversation(conversation),
+                key_changed=peer is not None and peer.trust is TrustState.CHANGED,
+            )
+
+        for summary in self.client.conversations():
+            add(summary.conversation, summary.unread)
+        for conversation in groups:
+            add(conversation)
+        for username in sorted(peers):
+            add(username)
+        return list(items.values())
+
+    async def history(self, conversation: str, limit: int = 200) -> list[Message]:
+        return self.client.history(conversation, limit=limit)
+
+    async def mark_read(self, conversation: str) -> None:
+        await self.client.mark_read(conversation)
+
+    async def send_text(self, conversation: str, text: str) -> str:
+        return (await self.client.send_text(conversation, text)).id
+
+    async def send_file(
+        self, conversation: str, path: Path, progress: Callable[[int, int], None] | None = None
+    ) -> str:
+        return (await self.client.send_file(conversation, path, progress=progress)).id
+
+    async def send_typing(self, conversation: str, active: bool) -> None:
+        await self.client.send_typing(conversation, active)
+
+    async def verify(self, username: str) -> Verification:
+        return await self.client.verify(username)
+
+    async def accept_identity(self, username: str) -> Verification:
+        return await self.client.accept_key(username)
+
+    async def groups(self) -> list[GroupInfo]:
+        return self.client.groups()
+
+    async def connect(self) -> None:
+        """Subscribe, then connect with receiving on, so no event is missed in between."""
+        if self._unsubscribe is None:
+            self._unsubscribe = self.client.on_event(self._queue.put_nowait)
+        if self.client.connected:
+            # A send-only connection (opened by an earlier send) does not receive: reopen.
+            await self.client.disconnect()
+        await self.client.connect(receive=True)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events since :meth:`connect`, until the TUI stops iterating."""
+        try:
+            while True:
+                yield await self._queue.get()
+        finally:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None

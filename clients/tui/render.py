@@ -1,0 +1,67 @@
+"""Pure rendering helpers: SDK values → Rich ``Text`` (never markup, so user text is inert)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.text import Text
+
+from clients.sdk.models import Message
+from clients.store.models import DeliveryState
+
+__all__ = ["STATE_MARKS", "format_size", "format_time", "render_message", "state_mark"]
+
+STATE_MARKS = {
+    DeliveryState.PENDING: "…",
+    DeliveryState.SENT: "✓",
+    DeliveryState.DELIVERED: "✓✓",
+    DeliveryState.READ: "✓✓ read",
+    DeliveryState.FAILED: "✗ not sent",
+    DeliveryState.RECEIVED: "",
+}
+
+
+def format_time(ms: int, *, tz: dt.tzinfo | None = None) -> str:
+    """``HH:MM`` in local time (``tz`` for tests)."""
+    return dt.datetime.fromtimestamp(ms / 1000, tz=tz).strftime("%H:%M")
+
+
+def format_size(size: int) -> str:
+    """Human-readable byte count."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def state_mark(state: DeliveryState) -> str:
+    """The delivery mark shown after an outgoing message."""
+    return STATE_MARKS.get(state, "")
+
+
+def render_message(message: Message, *, accent: str = "cyan", tz: dt.tzinfo | None = None) -> Text:
+    """One line (or more) of the conversation pane; ``accent`` colours our own name."""
+    line = Text()
+    line.append(f"{format_time(message.sent_at, tz=tz)} ", style="dim")
+    who = "you" if message.outgoing else message.sender
+    line.append(who, style=f"bold {accent}" if message.outgoing else "bold")
+    if message.device and not message.outgoing:
+        line.append(f"·{message.device}", style="dim")
+    line.append(": ")
+    if message.attachment is not None:
+        att = message.attachment
+        line.append(f"📎 {att.file_name} ({format_size(att.size)})", style="italic")
+        if att.path is not None:
+            line.append(f" → {att.path}", style="dim")
+    if message.text:
+        if message.attachment is not None:
+            line.append(" ")
+        line.append(message.text)
+    mark = state_mark(message.state) if message.outgoing else ""
+    if mark:
+        line.append(
+            f"  {mark}", style="bold red" if message.state is DeliveryState.FAILED else "dim"
+        )
+    return line

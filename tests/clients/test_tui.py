@@ -1,0 +1,249 @@
+"""The chat TUI driven with Textual's pilot, on real SDK clients through a real relay on loopback.
+
+Alice runs the TUI; Bob and Carol are SDK clients in the same event loop. We press keys in
+Alice's window and assert on what it shows, and on what the others receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import OptionList, Static
+
+from clients.sdk import Event, Message, VoxClient
+from clients.store.models import TrustState
+from clients.tui import ChatApp, SdkBackend
+from clients.tui.app import BRAND_THEME
+from tests.server.relay_harness import Relay, make_settings, running_relay
+
+BRAND = {
+    "name": "Acme Chat",
+    "primary_color": "#e11d48",
+    "accent_color": "#f59e0b",
+    "background_color": "#111827",
+    "welcome_text": "Welcome to Acme",
+}
+SIZE = (110, 30)
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    async with running_relay(make_settings(tmp_path, brand=BRAND)) as r:
+        yield r
+
+
+@dataclasses.dataclass
+class People:
+    alice: VoxClient
+    bob: VoxClient
+    carol: VoxClient
+    bob_got: list[Event]
+    carol_got: list[Event]
+
+
+@pytest.fixture
+async def people(relay: Relay, tmp_path: Path) -> AsyncIterator[People]:
+    clients = [
+        await VoxClient.register(tmp_path / name, relay.base_url, name)
+        for name in ("alice", "bob", "carol")
+    ]
+    bob_got: list[Event] = []
+    carol_got: list[Event] = []
+    clients[1].on_event(bob_got.append)
+    clients[2].on_event(carol_got.append)
+    try:
+        await clients[1].connect()
+        await clients[2].connect()
+        yield People(*clients, bob_got, carol_got)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def until(pilot: Pilot[None], predicate: Callable[[], bool], within: float = 20.0) -> None:
+    """Let the app run until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            app = pilot.app
+            screen = lines(app) if isinstance(app, ChatApp) else []
+            raise AssertionError(f"the screen did not reach the expected state; it shows {screen}")
+        await pilot.pause(0.05)
+
+
+def lines(app: ChatApp) -> list[str]:
+    return [str(w.content) for w in app.query(".msg, .system").results(Static)]
+
+
+def shown(app: ChatApp, needle: str) -> bool:
+    return any(needle in line for line in lines(app))
+
+
+def status(app: ChatApp) -> str:
+    return str(app.query_one("#status", Static).content)
+
+
+def chat_list(app: ChatApp) -> list[str]:
+    ol = app.query_one("#conversations", OptionList)
+    return [str(ol.get_option_at_index(i).prompt) for i in range(ol.option_count)]
+
+
+def texts(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Message) and e.text is not None]
+
+
+def save_screenshot(svg: str) -> None:
+    """``VOX_TUI_SCREENSHOT=docs/tui.svg pytest ...`` refreshes the screenshot in the docs."""
+    if target := os.environ.get("VOX_TUI_SCREENSHOT"):
+        Path(target).write_text(svg, encoding="utf-8")
+
+
+async def type_line(pilot: Pilot[None], text: str) -> None:
+    await pilot.press(*text)
+    await pilot.press("enter")
+
+
+async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: People) -> None:
+    await people.bob.send_text("alice", "hello [bold]alice[/]")
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "bob·1: hello [bold]alice[/]"))
+        # Brand from /v1/config: title and theme colours.
+        assert app.title == "Acme Chat"
+        assert app.sub_title == "@alice"
+        assert app.theme == BRAND_THEME
+        theme = app.get_theme(BRAND_THEME)
+        assert theme is not None and theme.primary.lower() == "#e11d48"
+
+        await type_line(pilot, "hi bob")
+        await until(pilot, lambda: "hi bob" in texts(people.bob_got))
+        # Bob's client acks with a delivery receipt; then Bob reads it.
+        await until(pilot, lambda: shown(app, "you: hi bob  ✓✓"))
+        await people.bob.mark_read("alice")
+        await until(pilot, lambda: shown(app, "you: hi bob  ✓✓ read"))
+        # Alice opened the conversation, so Bob's message was marked read (receipt sent).
+        assert people.bob.history("alice")[-1].state.value == "read"
+
+        await people.bob.send_typing("alice", True)
+        await until(pilot, lambda: status(app) == "bob is typing…")
+        await people.bob.send_text("alice", "done typing")
+        await until(pilot, lambda: shown(app, "bob·1: done typing"))
+        assert status(app) == ""
+
+        # Typing in the box sends an ephemeral typing event to Bob.
+        await pilot.press("x")
+        await until(pilot, lambda: any(type(e).__name__ == "TypingEvent" for e in people.bob_got))
+
+        # Another conversation gets an unread count; Bob types again (the screenshot's state).
+        await people.carol.send_text("alice", "are you there?")
+        await until(pilot, lambda: "@ carol (1)" in chat_list(app))
+        await people.bob.send_typing("alice", True)
+        await until(pilot, lambda: status(app) == "bob is typing…")
+        await pilot.press("backspace", *"on my way")
+        svg = app.export_screenshot()
+        assert "Acme" in svg and "hi" in svg
+        save_screenshot(svg)
+
+
+async def test_unread_counts_and_switching_conversations(people: People) -> None:
+    await people.bob.send_text("alice", "first from bob")
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "first from bob"))
+        await people.carol.send_text("alice", "one")
+        await people.carol.send_text("alice", "two")
+        await until(pilot, lambda: "@ carol (2)" in chat_list(app))
+        assert not shown(app, "one")  # still looking at bob
+        await type_line(pilot, "/chat carol")
+        await until(pilot, lambda: shown(app, "carol·1: two"))
+        assert "@ carol" in chat_list(app)
+        assert "@ carol (2)" not in chat_list(app)
+        await until(
+            pilot,
+            lambda: (
+                all(
+                    m.state.value == "read" for m in people.carol.history("alice") if not m.outgoing
+                )
+                and people.carol.history("alice")[-1].state.value == "read"
+            ),
+        )
+
+
+async def test_send_file_command_uploads_and_bob_receives_it(
+    people: People, tmp_path: Path
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"secret notes\n" * 1000)
+    await people.alice.verify("bob")  # first contact: bob's key is trusted on first use
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "Welcome to Acme\nNo messages with bob yet."))
+        await type_line(pilot, f"/send-file {path}")
+        await until(pilot, lambda: shown(app, "you: 📎 notes.txt (12.7 KiB)"))
+        assert status(app) == "sent notes.txt"
+        await until(
+            pilot,
+            lambda: any(
+                isinstance(e, Message) and e.attachment is not None for e in people.bob_got
+            ),
+        )
+        got = next(e for e in people.bob_got if isinstance(e, Message) and e.attachment)
+        dest = await people.bob.download(got, tmp_path / "got.txt")
+        assert dest.read_bytes() == path.read_bytes()
+
+        await type_line(pilot, "/send-file /nonexistent/file")
+        await until(pilot, lambda: shown(app, "no such file: /nonexistent/file"))
+        await type_line(pilot, "/bogus")
+        await until(pilot, lambda: shown(app, "unknown or incomplete command: /bogus"))
+
+
+async def test_a_changed_key_warns_blocks_sending_until_accepted(people: People) -> None:
+    await people.bob.send_text("alice", "before")
+    await people.alice.receive(wait=0.5)
+    peer = people.alice.store.get_peer("bob")
+    assert peer is not None
+    # What the SDK records when bob's account key changes (the TUI reads it on start).
+    people.alice.store.put_peer(
+        dataclasses.replace(peer, trust=TrustState.CHANGED, previous_account_key=peer.account_key)
+    )
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "before"))
+        assert "⚠" in " ".join(chat_list(app))
+        warning = app.query_one("#warning", Static)
+        assert warning.has_class("visible")
+        assert "safety number changed" in str(warning.content)
+
+        await type_line(pilot, "blocked?")
+        await until(pilot, lambda: any(line.startswith("not sent:") for line in lines(app)))
+        assert "blocked?" not in texts(people.bob_got)
+
+        await type_line(pilot, "/accept")
+        await until(pilot, lambda: shown(app, "Safety number with bob (verified)"))
+        assert not warning.has_class("visible")
+        assert "⚠" not in " ".join(chat_list(app))
+        await type_line(pilot, "after accept")
+        await until(pilot, lambda: "after accept" in texts(people.bob_got))
+
+
+async def test_group_conversation_from_the_list(people: People) -> None:
+    await people.alice.verify("bob")
+    group = await people.alice.create_group("friends", ["bob"])
+    app = ChatApp(SdkBackend(people.alice), open_conversation="friends")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.current == group.conversation)
+        assert "# friends" in chat_list(app)
+        assert str(app.query_one("#conv-title", Static).content) == "# friends"
+        await type_line(pilot, "hello group")
+        await until(pilot, lambda: "hello group" in texts(people.bob_got))
+        got = next(e for e in people.bob_got if isinstance(e, Message) and e.text == "hello group")
+        assert got.conversation == group.conversation
+        await people.bob.send_text(group.conversation, "hi from bob")
+        await until(pilot, lambda: shown(app, "bob·1: hi from bob"))
