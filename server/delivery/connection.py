@@ -74,10 +74,13 @@ class DeviceConnection:
     __slots__ = (
         "_backlog",
         "_blocked_since",
+        "_flush_scheduled",
         "_inflight",
+        "_loop",
         "_max_seq",
         "_out",
         "_out_bytes",
+        "_proto",
         "_read_again",
         "_reader",
         "_sender",
@@ -96,6 +99,9 @@ class DeviceConnection:
         self._service = service
         self._out: deque[str | _Close] = deque()
         self._out_bytes = 0
+        self._proto = _sansio_protocol_of(ws)
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
         self._sender: asyncio.Task[None] | None = None
         self._blocked_since: float | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -109,15 +115,35 @@ class DeviceConnection:
     # -- outbound ----------------------------------------------------------------------------
 
     def push_frame(self, text: str) -> None:
-        """Queue a frame; a client that lets the buffer overflow is disconnected."""
+        """Send or queue a frame; a client that lets the buffer overflow is disconnected."""
         if self.closing:
             return
+        proto = self._proto
+        if proto is not None and not self._out and proto.writable.is_set():
+            # Fast path: nothing queued and the socket accepts data. Encode the frame now and
+            # write everything encoded during this loop iteration with one transport write.
+            if not (proto.close_sent or proto.disconnected):
+                proto.conn.send_text(text.encode())
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+            return
+        self._flush()  # whatever the fast path encoded goes first
         self._out.append(text)
         self._out_bytes += len(text)
         if self._out_bytes > self._service.config.max_out_bytes:
             self.abort("slow consumer: outbound buffer full")
             return
         self._ensure_sender()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        proto = self._proto
+        if proto is None:
+            return
+        data = proto.conn.data_to_send()
+        if data and not proto.transport.is_closing():
+            proto.transport.write(b"".join(data))
 
     def close(self, code: int, reason: str) -> None:
         """Write what is queued, then close with ``code``/``reason``."""
@@ -193,7 +219,6 @@ class DeviceConnection:
         self._inflight[delivery.seq] = False
         if delivery.seq > self._max_seq:
             self._max_seq = delivery.seq
-        self._service.metrics.deliveries.inc()
         self.push_frame(delivery.text)
 
     def push_committed(self, envelopes: Sequence[Any]) -> None:
@@ -203,6 +228,7 @@ class DeviceConnection:
         if self._reader is not None or self._backlog:
             self.wake()
             return
+        delivered = 0
         for delivery in envelopes:
             assert isinstance(delivery, Delivery)
             if delivery.seq in self._inflight:
@@ -210,11 +236,13 @@ class DeviceConnection:
             if delivery.seq <= self._max_seq:
                 # Committed elsewhere out of order, or already acked: let the database decide.
                 self.wake()
-                return
+                break
             if self._room() <= 0:
                 self._backlog = True
-                return
+                break
             self._deliver(delivery)
+            delivered += 1
+        self._service.metrics.deliveries.inc(delivered)
 
     def wake(self) -> None:
         """Read the device's queue from the database (coalesces while a read runs)."""
@@ -242,6 +270,7 @@ class DeviceConnection:
                         break
                     self._deliver(delivery)
                     sent += 1
+                self._service.metrics.deliveries.inc(sent)
                 more = len(rows) >= limit or sent < len(fresh)
                 self._backlog = more
                 if more and self._room() > 0:
@@ -297,6 +326,23 @@ class DeviceConnection:
             if task is not None:
                 task.cancel()
         self._out.clear()
+
+
+def _sansio_protocol_of(ws: WebSocket) -> Any:
+    """uvicorn's sans-I/O WebSocket protocol object behind ``ws``, if that is what serves it.
+
+    Writing a frame through the ASGI ``send`` chain costs several awaits and wrappers per
+    frame; with this object a frame is encoded and handed to the transport synchronously
+    (only when the transport is writable and nothing is queued, so ordering and back-pressure
+    are unchanged). Any other server falls back to the ASGI path.
+    """
+    receive = getattr(ws, "_receive", None)
+    protocol = getattr(receive, "__self__", None)
+    if protocol is None or type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    if not all(hasattr(protocol, a) for a in ("conn", "transport", "writable", "close_sent")):
+        return None
+    return protocol
 
 
 def _transport_of(ws: WebSocket) -> asyncio.Transport | None:

@@ -14,7 +14,16 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 __all__ = [
     "AckFrame",
@@ -135,6 +144,21 @@ def parse_client_frame(value: dict[str, Any]) -> ClientFrame:
         return model.model_validate(value)  # type: ignore[return-value]
     except ValidationError as exc:
         raise FrameError("bad_frame", _describe(exc), frame_id) from None
+
+
+_ADAPTER: TypeAdapter[ClientFrame] = TypeAdapter(
+    Annotated[AuthFrame | SendFrame | AckFrame | PingFrame, Field(discriminator="type")]
+)
+
+
+def parse_text(text: str) -> ClientFrame:
+    """Parse and validate a frame's JSON text in one pass (pydantic's JSON parser); on any
+    error, redo it step by step to raise the precise :class:`FrameError`."""
+    try:
+        return _ADAPTER.validate_json(text, strict=True)
+    except ValidationError:
+        pass
+    return parse_client_frame(parse_json(text))
 
 
 def decode_b64(data: str, frame_id: str | None) -> bytes:

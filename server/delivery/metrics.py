@@ -31,6 +31,11 @@ class DeliveryMetrics:
             "vox_envelopes_queued", "Queue rows written (one per recipient device)", registry=r
         )
         self.deliveries = Counter("vox_deliveries", "deliver frames written to sockets", registry=r)
+        self.queue_reads = Counter(
+            "vox_queue_reads",
+            "Queue reads from the database (reconnects, wakes, backlog)",
+            registry=r,
+        )
         self.acks = Counter("vox_acks", "Queue rows deleted by acks", registry=r)
         self.expired = Counter(
             "vox_envelopes_expired", "Queue rows deleted by the TTL sweeper", registry=r

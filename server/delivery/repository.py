@@ -1,8 +1,11 @@
-"""SQL for delivery (SQLAlchemy Core on an ``AsyncConnection``; the caller owns the transaction).
+"""SQL for delivery (SQLAlchemy Core on a *synchronous* ``Connection``; the caller owns the
+transaction).
 
 Every statement works for a whole batch at once: the group-commit writer
 (:mod:`server.delivery.writer`) calls these with the sends and acks of many connections and
-commits once.
+commits once. They are synchronous so that a whole transaction can run in one go — in a
+dedicated thread on SQLite (one hand-off per batch instead of several per statement), or
+through ``Connection.run_sync`` on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from sqlalchemy import Table, delete, exists, func, insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Table, bindparam, delete, exists, func, insert, select
+from sqlalchemy.engine import Connection
 
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
@@ -34,6 +37,22 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_FIND_SENDS = select(
+    _sends.c.sender_device_pk, _sends.c.client_id, _sends.c.envelope_id, _sends.c.created_at
+).where(
+    _sends.c.sender_device_pk.in_(bindparam("pks", expanding=True)),
+    _sends.c.client_id.in_(bindparam("ids", expanding=True)),
+)
+_DELETE_ACKED = (
+    delete(_queue)
+    .where(
+        _queue.c.device_pk.in_(bindparam("devices", expanding=True)),
+        _queue.c.seq.in_(bindparam("seqs", expanding=True)),
+    )
+    .returning(_queue.c.device_pk, _queue.c.seq, _queue.c.envelope_id)
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,43 +81,29 @@ class NewSend:
 class DeliveryRepository:
     """Batch-oriented queries over ``delivery_*``, ``devices`` and ``accounts``."""
 
-    async def find_sends(
-        self, conn: AsyncConnection, keys: Sequence[tuple[int, str]]
+    def find_sends(
+        self, conn: Connection, keys: Sequence[tuple[int, str]]
     ) -> dict[tuple[int, str], SendRecord]:
         """Existing sends for (sender device pk, client id) pairs."""
         found: dict[tuple[int, str], SendRecord] = {}
-        by_sender: dict[int, list[str]] = {}
-        for pk, client_id in keys:
-            by_sender.setdefault(pk, []).append(client_id)
-        groups = [(pk, chunk) for pk, ids in by_sender.items() for chunk in _chunks(ids)]
-        for part in _chunks(groups, 20):
-            rows = await conn.execute(
-                select(
-                    _sends.c.sender_device_pk,
-                    _sends.c.client_id,
-                    _sends.c.envelope_id,
-                    _sends.c.created_at,
-                ).where(
-                    or_(
-                        *[
-                            (_sends.c.sender_device_pk == pk) & _sends.c.client_id.in_(ids)
-                            for pk, ids in part
-                        ]
-                    )
-                )
-            )
-            for pk, client_id, envelope_id, ts in rows:
-                found[(pk, client_id)] = SendRecord(envelope_id, ts)
+        wanted = set(keys)
+        # A fixed statement shape (cached compilation): both IN lists, exact pairs kept below.
+        pks = sorted({pk for pk, _ in wanted})
+        ids = sorted({client_id for _, client_id in wanted})
+        for pk_chunk in _chunks(pks):
+            for id_chunk in _chunks(ids):
+                rows = conn.execute(_FIND_SENDS, {"pks": list(pk_chunk), "ids": list(id_chunk)})
+                for pk, client_id, envelope_id, ts in rows:
+                    if (pk, client_id) in wanted:
+                        found[(pk, client_id)] = SendRecord(envelope_id, ts)
         return found
 
-    async def device_sets(
-        self, conn: AsyncConnection, usernames: Iterable[str]
-    ) -> dict[str, dict[int, int]]:
+    def device_sets(self, conn: Connection, usernames: Iterable[str]) -> dict[str, dict[int, int]]:
         """username → {device_id: device_pk} for the users that exist."""
         names = sorted(set(usernames))
         out: dict[str, dict[int, int]] = {}
         for chunk in _chunks(names):
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(_accounts.c.username, _devices.c.device_id, _devices.c.pk)
                 .select_from(_accounts)
                 .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
@@ -110,14 +115,12 @@ class DeliveryRepository:
                     devices[device_id] = pk
         return out
 
-    async def queue_depths(
-        self, conn: AsyncConnection, device_pks: Iterable[int]
-    ) -> dict[int, int]:
+    def queue_depths(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, int]:
         """Current number of queued envelopes per device (absent = 0)."""
         pks = sorted(set(device_pks))
         out: dict[int, int] = {}
         for chunk in _chunks(pks):
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(_queue.c.device_pk, func.count())
                 .where(_queue.c.device_pk.in_(chunk))
                 .group_by(_queue.c.device_pk)
@@ -126,13 +129,11 @@ class DeliveryRepository:
                 out[pk] = count
         return out
 
-    async def insert_sends(
-        self, conn: AsyncConnection, sends: Sequence[NewSend]
-    ) -> dict[int, list[Delivery]]:
+    def insert_sends(self, conn: Connection, sends: Sequence[NewSend]) -> dict[int, list[Delivery]]:
         """Store sends, payloads (once each) and queue rows; return deliveries per device."""
         if not sends:
             return {}
-        await conn.execute(
+        conn.execute(
             insert(_sends),
             [
                 {
@@ -147,7 +148,7 @@ class DeliveryRepository:
                 for s in sends
             ],
         )
-        await conn.execute(
+        conn.execute(
             insert(_payloads),
             [
                 {"envelope_id": s.envelope_id, "idx": idx, "data": data}
@@ -173,7 +174,7 @@ class DeliveryRepository:
                     )
         # Unordered multi-row RETURNING (one statement); rows are matched back by their
         # columns, so the order the database returns them in does not matter.
-        result = await conn.execute(
+        result = conn.execute(
             insert(_queue).returning(
                 _queue.c.seq, _queue.c.device_pk, _queue.c.envelope_id, _queue.c.idx
             ),
@@ -186,47 +187,37 @@ class DeliveryRepository:
             deliveries.sort(key=lambda d: d.seq)
         return per_device
 
-    async def delete_acked(self, conn: AsyncConnection, pairs: Sequence[tuple[int, int]]) -> int:
+    def delete_acked(self, conn: Connection, pairs: Sequence[tuple[int, int]]) -> int:
         """Delete queue rows by (device pk, seq) — a device can only delete its own rows —
         then the payloads no queue row references any more. Returns the rows deleted."""
-        by_device: dict[int, list[int]] = {}
-        for device_pk, seq in pairs:
-            by_device.setdefault(device_pk, []).append(seq)
+        wanted = set(pairs)
+        devices = sorted({pk for pk, _ in wanted})
+        seqs = sorted({seq for _, seq in wanted})
         deleted = 0
         envelopes: set[str] = set()
-        # (device_pk = ? AND seq IN (...)) OR ...: one statement for the whole batch. (Row-value
-        # IN lists are avoided: SQLite via aiosqlite matched nothing with them in DELETE.)
-        groups = [(pk, chunk) for pk, seqs in by_device.items() for chunk in _chunks(seqs)]
-        for part in _chunks(groups, 20):
-            result = await conn.execute(
-                delete(_queue)
-                .where(
-                    or_(*[(_queue.c.device_pk == pk) & _queue.c.seq.in_(seqs) for pk, seqs in part])
-                )
-                .returning(_queue.c.envelope_id)
-            )
-            for (envelope_id,) in result:
+        # seq is unique across all queues, and the device filter keeps a device to its own
+        # rows; one cached statement shape (expanding IN lists) for any batch.
+        for seq_chunk in _chunks(seqs):
+            result = conn.execute(_DELETE_ACKED, {"devices": devices, "seqs": list(seq_chunk)})
+            for device_pk, seq, envelope_id in result:
                 deleted += 1
                 envelopes.add(envelope_id)
-        await self._delete_orphan_payloads(conn, sorted(envelopes))
+                assert (device_pk, seq) in wanted
+        self._delete_orphan_payloads(conn, sorted(envelopes))
         return deleted
 
-    async def _delete_orphan_payloads(
-        self, conn: AsyncConnection, envelopes: Sequence[str]
-    ) -> None:
+    def _delete_orphan_payloads(self, conn: Connection, envelopes: Sequence[str]) -> None:
         referenced = exists().where(
             _queue.c.envelope_id == _payloads.c.envelope_id, _queue.c.idx == _payloads.c.idx
         )
         for chunk in _chunks(envelopes):
-            await conn.execute(
-                delete(_payloads).where(_payloads.c.envelope_id.in_(chunk), ~referenced)
-            )
+            conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(chunk), ~referenced))
 
-    async def fetch_queue(
-        self, conn: AsyncConnection, device_pk: int, limit: int, now_ms: int
+    def fetch_queue(
+        self, conn: Connection, device_pk: int, limit: int, now_ms: int
     ) -> list[Delivery]:
         """The oldest ``limit`` unexpired queued envelopes of one device, in ``seq`` order."""
-        rows = await conn.execute(
+        rows = conn.execute(
             select(
                 _queue.c.seq,
                 _sends.c.envelope_id,
@@ -251,15 +242,15 @@ class DeliveryRepository:
             for seq, envelope_id, user, device_id, ts, data in rows
         ]
 
-    async def queue_depth_total(self, conn: AsyncConnection) -> int:
+    def queue_depth_total(self, conn: Connection) -> int:
         """All queued envelopes (for the queue-depth gauge)."""
-        return int((await conn.execute(select(func.count()).select_from(_queue))).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(_queue)).scalar_one())
 
-    async def sweep(self, conn: AsyncConnection, now_ms: int) -> int:
+    def sweep(self, conn: Connection, now_ms: int) -> int:
         """Delete expired queue rows, their payloads and expired send records."""
-        result = await conn.execute(delete(_queue).where(_queue.c.expires_at <= now_ms))
+        result = conn.execute(delete(_queue).where(_queue.c.expires_at <= now_ms))
         expired = result.rowcount or 0
         expired_sends = select(_sends.c.envelope_id).where(_sends.c.expires_at <= now_ms)
-        await conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
-        await conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
+        conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
+        conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
         return expired

@@ -25,8 +25,7 @@ from server.delivery.frames import (
     decode_b64,
     dumps,
     error_frame,
-    parse_client_frame,
-    parse_json,
+    parse_text,
 )
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.repository import DeliveryRepository
@@ -166,15 +165,16 @@ class DeliveryService:
 
     async def fetch_queue(self, device_pk: int, limit: int) -> list[Delivery]:
         """The device's oldest ``limit`` queued envelopes."""
+        self.metrics.queue_reads.inc()
         async with self.engine.connect() as conn:
-            return await self.repo.fetch_queue(conn, device_pk, limit, now_ms())
+            return await conn.run_sync(self.repo.fetch_queue, device_pk, limit, now_ms())
 
     async def sweep(self, now: int | None = None) -> int:
         """Delete expired envelopes (``now`` in Unix ms); returns queue rows deleted."""
         t = now_ms() if now is None else now
         async with self.engine.begin() as conn:
-            expired = await self.repo.sweep(conn, t)
-            depth = await self.repo.queue_depth_total(conn)
+            expired = await conn.run_sync(self.repo.sweep, t)
+            depth = await conn.run_sync(self.repo.queue_depth_total)
         self.metrics.expired.inc(expired)
         self.metrics.queue_depth.set(depth)
         return expired
@@ -208,8 +208,7 @@ class DeliveryService:
     def handle_text(self, conn: DeviceConnection, text: str, bucket: _Bucket) -> None:
         """Process one client frame after authentication (raises ``FrameError`` for the
         caller to answer, ``RateLimitExceeded`` to close)."""
-        value = parse_json(text)
-        frame = parse_client_frame(value)
+        frame = parse_text(text)
         if not bucket.take(1.0 if isinstance(frame, SendFrame) else 0.25):
             raise RateLimitExceeded
         if isinstance(frame, SendFrame):

@@ -19,11 +19,13 @@ import secrets
 import time
 from collections import Counter as CountMap
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.engine import IMMEDIATE
 from server.delivery.frames import Delivery, b64, dumps, error_frame
@@ -85,6 +87,39 @@ class AckOp:
 Op = SendOp | AckOp
 
 
+def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file, with the relay's connection pragmas.
+
+    The writer runs each batch's transaction in its own thread through it: with aiosqlite
+    every statement, fetch and cursor close is a separate hand-off to the driver's thread.
+    """
+    from sqlalchemy import create_engine, event
+
+    url = engine.url.set(drivername="sqlite")
+    sync = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(sync, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            "busy_timeout=30000",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(sync, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(IMMEDIATE) else "BEGIN"
+        )
+
+    return sync
+
+
 def now_ms() -> int:
     """Wall-clock Unix time in milliseconds."""
     return int(time.time() * 1000)
@@ -106,7 +141,10 @@ class GroupCommitWriter:
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self._engine = engine
-        self._sqlite = engine.dialect.name == "sqlite"
+        self._sqlite_engine = (
+            sqlite_sync_engine(engine) if engine.dialect.name == "sqlite" else None
+        )
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
         self._hub = hub
         self._metrics = metrics
         self._repo = DeliveryRepository()
@@ -137,6 +175,9 @@ class GroupCommitWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        self._thread.shutdown(wait=True)
+        if self._sqlite_engine is not None:
+            self._sqlite_engine.dispose()
 
     async def drained(self) -> None:
         """Wait until every submitted operation has been committed and answered."""
@@ -199,29 +240,33 @@ class GroupCommitWriter:
         for op in batch:
             if isinstance(op, SendOp):
                 op.answer, op.accepted = None, False
-        async with self._engine.connect() as conn:
-            if self._sqlite:
-                # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
-                conn = await conn.execution_options(**{IMMEDIATE: True})
-            async with conn.begin():
-                acks = [
-                    (op.device_pk, seq) for op in batch if isinstance(op, AckOp) for seq in op.seqs
-                ]
-                if acks:
-                    self._metrics.acks.inc(await self._repo.delete_acked(conn, acks))
-                sends = [op for op in batch if isinstance(op, SendOp)]
-                per_device: dict[int, list[Delivery]] = {}
-                if sends:
-                    per_device = await self._store(conn, sends)
-        return per_device
+        if self._sqlite_engine is not None:
+            # The whole transaction in the writer's own thread: one hand-off per batch.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._sqlite_transaction, batch)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(self._apply, batch)
 
-    async def _store(self, conn: AsyncConnection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
+    def _sqlite_transaction(self, batch: list[Op]) -> dict[int, list[Delivery]]:
+        assert self._sqlite_engine is not None
+        with self._sqlite_engine.connect() as conn:
+            # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
+            conn = conn.execution_options(**{IMMEDIATE: True})
+            with conn.begin():
+                return self._apply(conn, batch)
+
+    def _apply(self, conn: Connection, batch: list[Op]) -> dict[int, list[Delivery]]:
+        acks = [(op.device_pk, seq) for op in batch if isinstance(op, AckOp) for seq in op.seqs]
+        if acks:
+            self._metrics.acks.inc(self._repo.delete_acked(conn, acks))
+        sends = [op for op in batch if isinstance(op, SendOp)]
+        return self._store(conn, sends) if sends else {}
+
+    def _store(self, conn: Connection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
         now = self._clock_ms()
         durable = [op for op in ops if not op.ephemeral]
         # 1. De-duplication: already stored earlier, or twice in this batch.
-        found = await self._repo.find_sends(
-            conn, [(op.sender.device_pk, op.client_id) for op in durable]
-        )
+        found = self._repo.find_sends(conn, [(op.sender.device_pk, op.client_id) for op in durable])
         first_in_batch: dict[tuple[int, str], SendOp] = {}
         fresh: list[SendOp] = []
         duplicates: list[tuple[SendOp, SendOp]] = []
@@ -242,7 +287,7 @@ class GroupCommitWriter:
         # 2. Device sets of every user named and of every sender.
         users = {op.sender.user for op in fresh}
         users.update(user for op in fresh for _, to in op.payloads for user, _ in to)
-        device_sets = await self._repo.device_sets(conn, users)
+        device_sets = self._repo.device_sets(conn, users)
         resolved: list[tuple[SendOp, list[list[int]]]] = []
         for op in fresh:
             pks = self._check_recipients(op, device_sets)
@@ -250,7 +295,7 @@ class GroupCommitWriter:
                 resolved.append((op, pks))
         # 3. Queue depth limits (counting this batch's earlier sends too).
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
-        depths = CountMap(await self._repo.queue_depths(conn, targets)) if targets else CountMap()
+        depths = CountMap(self._repo.queue_depths(conn, targets)) if targets else CountMap()
         to_store: list[NewSend] = []
         live: list[tuple[SendOp, list[list[int]]]] = []
         for op, pks in resolved:
@@ -287,7 +332,7 @@ class GroupCommitWriter:
             )
             op.answer = _accepted(op.client_id, envelope_id, now)
             op.accepted = True
-        per_device = await self._repo.insert_sends(conn, to_store)
+        per_device = self._repo.insert_sends(conn, to_store)
         for op, dup_of in duplicates:
             op.answer, op.accepted = dup_of.answer, dup_of.accepted
         # 4. Ephemeral sends: answered and pushed after the commit, never stored.
@@ -338,17 +383,22 @@ class GroupCommitWriter:
         return [[device_sets[user][device_id] for user, device_id in to] for _, to in op.payloads]
 
     def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
+        accepted = 0
+        now = time.perf_counter()
+        observe = self._metrics.send_latency.observe
         for op in batch:
             if isinstance(op, SendOp):
                 if op.answer is None:  # pragma: no cover - every path sets an answer
                     op.answer = error_frame("internal", "send was not processed", op.client_id)
                 if op.accepted and not op.ephemeral:
-                    self._metrics.sends_accepted.inc()
-                    self._metrics.send_latency.observe(time.perf_counter() - op.started)
+                    accepted += 1
+                    observe(now - op.started)
                 op.origin.push_frame(op.answer)
                 op.origin.send_finished()
             else:
                 op.origin.acks_committed(op.seqs, True)
+        if accepted:
+            self._metrics.sends_accepted.inc(accepted)
         if per_device:
             self._metrics.envelopes_queued.inc(sum(len(v) for v in per_device.values()))
             self._hub.committed(per_device)

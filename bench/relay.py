@@ -1,0 +1,605 @@
+"""Relay throughput/latency/memory benchmark (prints one JSON line at the end).
+
+Durable mode (default)::
+
+    python bench/relay.py [--pairs 20] [--messages 500] [--size 1024] [--window 10]
+                          [--database sqlite|postgres]
+
+P sender→receiver device pairs, each sender keeping up to ``--window`` sends awaiting
+``accepted``, M messages of S opaque bytes each, through the whole durable path: persist →
+accepted → deliver → ack → delete (the clock stops when every message was delivered *and* the
+relay's queue is empty again). The relay is a real ``vox-relay serve`` subprocess (uvicorn, the
+production settings) so that its RSS can be read with psutil. Accounts and tokens are created
+through the REST API (signed device lists, challenge–response login).
+
+In the same run, the same clients drive a minimal in-memory WebSocket forwarder (a bare ASGI
+app on the same uvicorn/websockets stack: no persistence, no auth, no validation) under the
+same load: the floor for a Python relay. ``ratio = durable / baseline``.
+
+Connections mode::
+
+    python bench/relay.py --connections 5000
+
+opens N authenticated idle WebSockets (N devices, 16 per account) and reports the relay's RSS
+growth per connection.
+
+Latency is send → deliver as seen by the clients (both in this process, same clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+
+from tests.server.relay_harness import TestAccount, free_port  # noqa: E402
+
+PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# --- the baseline: a minimal in-memory forwarder --------------------------------------------
+
+
+async def baseline_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI app: ``hello`` names the socket; ``send`` is forwarded and answered ``accepted``."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    sockets = _SOCKETS
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    name = None
+    seq = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = json.loads(message["text"])
+            kind = frame["type"]
+            if kind == "hello":
+                name = frame["name"]
+                sockets[name] = send
+                await send({"type": "websocket.send", "text": '{"type":"ready"}'})
+            elif kind == "send":
+                for p in frame["payloads"]:
+                    for to in p["to"]:
+                        target = sockets.get(f"{to['user']}:{to['device']}")
+                        if target is not None:
+                            seq += 1
+                            out = json.dumps(
+                                {"type": "deliver", "seq": seq, "from": name, "data": p["data"]}
+                            )
+                            await target({"type": "websocket.send", "text": out})
+                await send(
+                    {
+                        "type": "websocket.send",
+                        "text": json.dumps({"type": "accepted", "id": frame["id"]}),
+                    }
+                )
+    finally:
+        if name is not None:
+            sockets.pop(name, None)
+
+
+_SOCKETS: dict[str, Any] = {}
+
+
+def serve_baseline(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        baseline_app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+async def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str) -> None:
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(timeout=2) as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}{path}")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def process(
+    cmd: list[str], env: dict[str, str], port: int, path: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)  # noqa: ASYNC220
+    try:
+        await wait_healthy(port, proc, path)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def relay_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    env.update(
+        {
+            "VOX_DATA_DIR": str(data_dir),
+            "VOX_LOG_LEVEL": "warning",
+            "VOX_ACCESS_LOG": "false",
+            "VOX_LIMITS__MESSAGES_PER_SECOND_PER_DEVICE": "100000",
+            "VOX_LIMITS__REQUESTS_PER_MINUTE_PER_IP": "1000000",
+            "VOX_LIMITS__MAX_QUEUE_DEPTH": "1000000",
+        }
+    )
+    if database_url:
+        env["VOX_DATABASE_URL"] = database_url
+    return env
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def rss(self) -> int:
+        rss: int = self.proc.memory_info().rss
+        self.peak = max(self.peak, rss)
+        return rss
+
+    async def _run(self) -> None:
+        while True:
+            self.rss()
+            await asyncio.sleep(0.05)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+
+async def make_devices(
+    base_url: str, users: list[str], devices_per_user: int, concurrency: int = 1
+) -> list[tuple[str, int, str]]:
+    """Register users (with ``devices_per_user`` devices each) and log every device in."""
+    out: list[tuple[str, int, str]] = []
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as http:
+
+        async def one(user: str) -> None:
+            async with sem:
+                account = TestAccount.new(user, list(range(1, devices_per_user + 1)))
+                devices = list(account.devices)
+                account.devices = devices[:1]
+                token = await account.register_and_login(http, one_time=1, one_time_pq=1)
+                if len(devices) > 1:
+                    resp = await account.publish_devices(http, token, devices)
+                    resp.raise_for_status()
+                out.append((user, 1, token))
+                for d in devices[1:]:
+                    out.append((user, d.device_id, await account.login(http, d.device_id)))
+
+        await asyncio.gather(*(one(u) for u in users))
+    return out
+
+
+# --- the load -------------------------------------------------------------------------------
+
+
+class Pair:
+    def __init__(self, index: int, messages: int, window: int) -> None:
+        self.index = index
+        self.messages = messages
+        self.window = asyncio.Semaphore(window)
+        self.sent_at: list[float] = [0.0] * messages
+        self.latencies: list[float] = []
+        self.received = 0
+        self.done = asyncio.Event()
+
+
+async def run_load(
+    open_sender: Callable[[int], Awaitable[ClientConnection]],
+    open_receiver: Callable[[int], Awaitable[ClientConnection]],
+    target: Callable[[int], dict[str, Any]],
+    pairs: int,
+    messages: int,
+    size: int,
+    window: int,
+    ack: bool,
+) -> tuple[float, list[float], float]:
+    """Drive the load; returns (elapsed seconds, latencies in ms, start time)."""
+    state = [Pair(i, messages, window) for i in range(pairs)]
+    senders = await asyncio.gather(*(open_sender(i) for i in range(pairs)))
+    receivers = await asyncio.gather(*(open_receiver(i) for i in range(pairs)))
+    filler = os.urandom(max(0, size - 8))
+
+    async def receive(pair: Pair, ws: ClientConnection) -> None:
+        pending: list[int] = []
+        flushing: asyncio.Task[None] | None = None
+
+        async def flush() -> None:
+            await asyncio.sleep(0.002)
+            nonlocal pending
+            seqs, pending = pending, []
+            if seqs:
+                await ws.send(ack_frame(seqs))
+
+        while pair.received < messages:
+            frame = json.loads(await ws.recv())
+            if frame["type"] != "deliver":
+                continue
+            now = time.perf_counter()
+            (i,) = struct.unpack(">Q", base64.b64decode(frame["data"][:12])[:8])
+            pair.latencies.append((now - pair.sent_at[i]) * 1000)
+            pair.received += 1
+            if ack:
+                pending.append(frame["seq"])
+                if len(pending) >= 32:
+                    seqs, pending = pending, []
+                    await ws.send(ack_frame(seqs))
+                elif flushing is None or flushing.done():
+                    flushing = asyncio.create_task(flush())
+        if flushing is not None:
+            await flushing
+        if pending:
+            await ws.send(ack_frame(pending))
+        pair.done.set()
+
+    async def answers(pair: Pair, ws: ClientConnection) -> None:
+        got = 0
+        while got < messages:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "accepted":
+                got += 1
+                pair.window.release()
+            elif frame["type"] != "deliver":
+                raise RuntimeError(f"unexpected answer {frame}")
+
+    async def send(pair: Pair, ws: ClientConnection) -> None:
+        to = [target(pair.index)]
+        for i in range(messages):
+            await pair.window.acquire()
+            data = base64.b64encode(struct.pack(">Q", i) + filler).decode()
+            frame = json.dumps(
+                {"type": "send", "id": f"{pair.index}-{i}", "payloads": [{"data": data, "to": to}]}
+            )
+            pair.sent_at[i] = time.perf_counter()
+            await ws.send(frame)
+
+    start = time.perf_counter()
+    tasks = []
+    for pair, s, r in zip(state, senders, receivers, strict=True):
+        tasks += [
+            asyncio.create_task(receive(pair, r)),
+            asyncio.create_task(answers(pair, s)),
+            asyncio.create_task(send(pair, s)),
+        ]
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for ws in (*senders, *receivers):
+        await ws.close()
+    latencies = [x for pair in state for x in pair.latencies]
+    return elapsed, latencies, start
+
+
+def ack_frame(seqs: list[int]) -> str:
+    return json.dumps({"type": "ack", "seqs": seqs})
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+# --- modes ----------------------------------------------------------------------------------
+
+
+async def create_pg_database(base: str) -> tuple[str, Callable[[], Awaitable[None]]]:
+    import asyncpg
+
+    admin = base.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"vox_bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+
+    async def drop() -> None:
+        c = await asyncpg.connect(admin)
+        await c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await c.close()
+
+    return base.rpartition("/")[0] + "/" + name, drop
+
+
+async def queue_rows(database_url: str) -> int:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(text("SELECT count(*) FROM delivery_queue"))
+            return int(result.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def durable(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="vox-bench-"))
+    drop: Callable[[], Awaitable[None]] | None = None
+    try:
+        if args.database == "postgres":
+            database_url, drop = await create_pg_database(args.postgres_url)
+        else:
+            database_url = f"sqlite+aiosqlite:///{tmp / 'relay.sqlite3'}"
+        port = free_port()
+        exe = str(Path(sys.executable).with_name("vox-relay"))
+        cmd = [exe, "serve", "--port", str(port)]
+        async with process(cmd, relay_env(tmp, database_url), port, "/healthz") as proc:
+            sampler = RssSampler(proc.pid)
+            await asyncio.sleep(1.0)
+            idle = sampler.rss()
+            base_url = f"http://127.0.0.1:{port}"
+            users = [f"s{i:04d}" for i in range(args.pairs)] + [
+                f"r{i:04d}" for i in range(args.pairs)
+            ]
+            tokens = {
+                u: t
+                for u, _, t in await make_devices(
+                    base_url, users, 1, 8 if args.database == "postgres" else 1
+                )
+            }
+            log(f"relay up on :{port} ({args.database}), {len(tokens)} accounts")
+            url = f"ws://127.0.0.1:{port}/v1/ws"
+
+            async def open_as(user: str) -> ClientConnection:
+                ws = await connect(url, compression=None, max_size=None)
+                await ws.send(json.dumps({"type": "auth", "token": tokens[user]}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                return ws
+
+            sampler.start()
+            spy = None
+            if args.profile:  # py-spy (pip install py-spy) samples the relay during the load
+                spy = subprocess.Popen(  # noqa: ASYNC220
+                    [
+                        "py-spy",
+                        "record",
+                        "-p",
+                        str(proc.pid),
+                        "-o",
+                        args.profile,
+                        "-f",
+                        "raw" if args.profile.endswith(".txt") else "flamegraph",
+                        "--rate",
+                        "200",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1.0)
+            cpu0 = sampler.proc.cpu_times()
+            me0 = psutil.Process().cpu_times()
+            elapsed, latencies, _ = await run_load(
+                lambda i: open_as(f"s{i:04d}"),
+                lambda i: open_as(f"r{i:04d}"),
+                lambda i: {"user": f"r{i:04d}", "device": 1},
+                args.pairs,
+                args.messages,
+                args.size,
+                args.window,
+                ack=True,
+            )
+            # The durable path ends when the acks have deleted every queue row.
+            start_wait = time.perf_counter()
+            while await queue_rows(database_url) > 0:
+                if time.perf_counter() - start_wait > 60:
+                    raise RuntimeError("queue did not drain")
+                await asyncio.sleep(0.005)
+            elapsed += time.perf_counter() - start_wait
+            cpu1 = sampler.proc.cpu_times()
+            me1 = psutil.Process().cpu_times()
+            relay_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
+            client_cpu = (me1.user + me1.system - me0.user - me0.system) / elapsed
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"{base_url}/metrics")).text
+            reads = [ln for ln in text.splitlines() if ln.startswith("vox_queue_reads_total")]
+            batch = [ln for ln in text.splitlines() if ln.startswith("vox_commit_batch_size_")]
+            log("relay metrics:", *reads, *batch[-2:])
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=30)
+            await sampler.stop()
+            peak = max(sampler.peak, sampler.rss())
+        total = args.pairs * args.messages
+        return {
+            "durable_msgs_per_s": round(total / elapsed, 1),
+            "durable_seconds": round(elapsed, 3),
+            "p50_ms": round(pct(latencies, 0.50), 2),
+            "p99_ms": round(pct(latencies, 0.99), 2),
+            "relay_idle_rss_mb": round(idle / 2**20, 1),
+            "relay_peak_rss_mb": round(peak / 2**20, 1),
+            "relay_cpu_cores": round(relay_cpu, 2),
+            "client_cpu_cores": round(client_cpu, 2),
+        }
+    finally:
+        if drop is not None:
+            await drop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def baseline(args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    cmd = [sys.executable, str(HERE), "--serve-baseline", str(port)]
+    async with process(cmd, dict(os.environ), port, "/"):
+        url = f"ws://127.0.0.1:{port}/"
+
+        async def open_as(name: str) -> ClientConnection:
+            ws = await connect(url, compression=None, max_size=None)
+            await ws.send(json.dumps({"type": "hello", "name": name}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            return ws
+
+        elapsed, latencies, _ = await run_load(
+            lambda i: open_as(f"s{i:04d}:1"),
+            lambda i: open_as(f"r{i:04d}:1"),
+            lambda i: {"user": f"r{i:04d}", "device": 1},
+            args.pairs,
+            args.messages,
+            args.size,
+            args.window,
+            ack=False,
+        )
+    total = args.pairs * args.messages
+    return {
+        "baseline_msgs_per_s": round(total / elapsed, 1),
+        "baseline_p50_ms": round(pct(latencies, 0.50), 2),
+        "baseline_p99_ms": round(pct(latencies, 0.99), 2),
+    }
+
+
+async def connections(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="vox-bench-"))
+    n = args.connections
+    try:
+        port = free_port()
+        exe = str(Path(sys.executable).with_name("vox-relay"))
+        cmd = [exe, "serve", "--port", str(port)]
+        async with process(cmd, relay_env(tmp, None), port, "/healthz") as proc:
+            sampler = RssSampler(proc.pid)
+            base_url = f"http://127.0.0.1:{port}"
+            per = 16
+            users = [f"c{i:05d}" for i in range(math.ceil(n / per))]
+            t0 = time.perf_counter()
+            devices = (await make_devices(base_url, users, per))[:n]
+            log(f"{len(devices)} devices logged in in {time.perf_counter() - t0:.1f}s")
+            await asyncio.sleep(1.0)
+            before = sampler.rss()
+            url = f"ws://127.0.0.1:{port}/v1/ws"
+            sem = asyncio.Semaphore(100)
+            sockets: list[ClientConnection] = []
+
+            async def open_one(token: str) -> None:
+                async with sem:
+                    ws = await connect(url, compression=None, open_timeout=60)
+                    await ws.send(json.dumps({"type": "auth", "token": token}))
+                    assert json.loads(await ws.recv())["type"] == "ready"
+                    sockets.append(ws)
+
+            await asyncio.gather(*(open_one(t) for _, _, t in devices))
+            await asyncio.sleep(2.0)
+            after = sampler.rss()
+            for ws in sockets:
+                await ws.close()
+        per_conn = (after - before) / len(sockets)
+        return {
+            "connections": len(sockets),
+            "relay_rss_before_mb": round(before / 2**20, 1),
+            "relay_rss_after_mb": round(after / 2**20, 1),
+            "rss_per_connection_kib": round(per_conn / 1024, 1),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("VOX_TEST_POSTGRES_URL", PG_DEFAULT),
+        help="server where a throw-away database is created (postgres mode)",
+    )
+    parser.add_argument("--connections", type=int, default=0, help="idle-connection mode")
+    parser.add_argument("--profile", help="write a py-spy profile of the relay to this file")
+    parser.add_argument("--serve-baseline", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline)
+        return
+    if args.size < 8:
+        parser.error("--size must be at least 8")
+    if args.connections:
+        result = asyncio.run(connections(args))
+    else:
+        result: dict[str, Any] = {
+            "database": args.database,
+            "pairs": args.pairs,
+            "messages": args.messages,
+            "size": args.size,
+            "window": args.window,
+        }
+        result.update(asyncio.run(durable(args)))
+        result.update(asyncio.run(baseline(args)))
+        result["ratio"] = round(result["durable_msgs_per_s"] / result["baseline_msgs_per_s"], 3)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
