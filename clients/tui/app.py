@@ -86,6 +86,7 @@ class ChatApp(App[None]):
         self._send_lock = asyncio.Lock()
         self._online = asyncio.Event()  # set once connect() was tried: sends wait for it
         self.config: ServerConfig | None = None
+        self._empty_note: Static | None = None  # "no messages yet", removed by the first one
 
     # ------------------------------------------------------------------ layout
 
@@ -237,6 +238,7 @@ class ChatApp(App[None]):
         self._set_status("")
         pane = self.query_one("#messages", VerticalScroll)
         await pane.remove_children()
+        self._empty_note = None
         self.shown.clear()
         try:
             history = await self.backend.history(conversation)
@@ -245,9 +247,8 @@ class ChatApp(App[None]):
             history = []
         await self._merge(history)
         if not history:
-            self._system(
-                self._welcome() + f"No messages with {item.title} yet. /help for commands."
-            )
+            note = self._welcome() + f"No messages with {item.title} yet. /help for commands."
+            self._empty_note = self._system(note)
         self._mark_read(conversation)
 
     def _show_warning(self, on: bool) -> None:
@@ -281,6 +282,9 @@ class ChatApp(App[None]):
             )
             new.append(row)
         if new:
+            if self._empty_note is not None:
+                await self._empty_note.remove()
+                self._empty_note = None
             await pane.mount_all(new)
             pane.scroll_end(animate=False)
 
@@ -289,10 +293,12 @@ class ChatApp(App[None]):
         for row in self.query(f"#{_dom_id(m.id)}").results(Static):
             row.update(render_message(m, accent=self._accent, tz=self._tz))
 
-    def _system(self, text: str) -> None:
+    def _system(self, text: str) -> Static:
         pane = self.query_one("#messages", VerticalScroll)
-        pane.mount(Static(Text(text), classes="system"))
+        line = Static(Text(text), classes="system")
+        pane.mount(line)
         pane.scroll_end(animate=False)
+        return line
 
     def _set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(Text(text))

@@ -111,10 +111,10 @@ async def type_line(pilot: Pilot[None], text: str) -> None:
 
 
 async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: People) -> None:
-    await people.bob.send_text("alice", "hello [bold]alice[/]")
+    await people.bob.send_text("alice", "hello alice, lunch at 12?")
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: shown(app, "bob·1: hello [bold]alice[/]"))
+        await until(pilot, lambda: shown(app, "bob·1: hello alice, lunch at 12?"))
         # Brand from /v1/config: title and theme colours.
         assert app.title == "Acme Chat"
         assert app.sub_title == "@alice"
