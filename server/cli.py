@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -145,6 +146,7 @@ def serve(
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    sock = _listen(host, port)
     revision = _migrate_in_child(settings)
     log_event(
         "relay_starting",
@@ -156,9 +158,25 @@ def serve(
         registration=settings.registration.value,
     )
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
         raise typer.Exit(1)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so that a busy port is one clear error line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return sock
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -96,6 +97,17 @@ async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
         assert lines[0].startswith("vox-relay: error: ") and message in lines[0], lines
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, _, err = await run_cli("serve", "--port", port, "--data-dir", data)
+    assert code == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"vox-relay: error: cannot listen on 127.0.0.1:{port}")
+    )
     code, _, err = await run_cli("invite", "create", "--expires", "soon", "--data-dir", data)
     assert code == 2 and "30m, 12h, 7d" in err
     code, _, err = await run_cli("stats", env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "1"})
