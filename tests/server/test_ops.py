@@ -206,3 +206,33 @@ async def test_unexpected_errors_are_a_json_500_without_details(
     assert resp.json() == {"error": "internal", "message": "internal server error"}
     assert "internal_error" in captured_logs.getvalue()
     assert "secret-detail-123" not in captured_logs.getvalue()
+
+
+async def test_rate_limit_follows_x_forwarded_for_from_a_trusted_proxy(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, forwarded_allow_ips="127.0.0.1", limits={"requests_per_minute_per_ip": 3}
+    )
+    body = {"username": "alice", "device_id": 1}
+    async with running_relay(settings) as relay, relay.client() as http:
+        first = {"X-Forwarded-For": "203.0.113.7"}
+        second = {"X-Forwarded-For": "198.51.100.9"}
+        for _ in range(3):
+            resp = await http.post("/v1/auth/challenge", json=body, headers=first)
+            assert resp.status_code == 404
+        assert (await http.post("/v1/auth/challenge", json=body, headers=first)).status_code == 429
+        assert (await http.post("/v1/auth/challenge", json=body, headers=second)).status_code == 404
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, forwarded_allow_ips="192.0.2.1", limits={"requests_per_minute_per_ip": 3}
+    )
+    body = {"username": "alice", "device_id": 1}
+    async with running_relay(settings) as relay, relay.client() as http:
+        for i in range(3):
+            spoof = {"X-Forwarded-For": f"203.0.113.{i}"}
+            assert (
+                await http.post("/v1/auth/challenge", json=body, headers=spoof)
+            ).status_code == 404
+        spoof = {"X-Forwarded-For": "203.0.113.99"}
+        assert (await http.post("/v1/auth/challenge", json=body, headers=spoof)).status_code == 429
