@@ -40,6 +40,7 @@ from clients.sdk.content import (
     TextContent,
     Typing,
     decode_content,
+    new_message_id,
 )
 from clients.sdk.errors import (
     AttachmentError,
@@ -191,6 +192,7 @@ class VoxClient:
         self._reported_changes: set[str] = set()
         self._in_flight: set[str] = set()
         self._lists_checked: dict[str, float] = {}
+        self._receipts: dict[tuple[str, ReceiptKind], list[bytes]] = {}
         #: Seconds a fetched device list is trusted before a send refetches it (a new process
         #: always refetches once, so a changed key is noticed on the next send).
         self.device_list_ttl = 60.0
@@ -519,6 +521,12 @@ class VoxClient:
                 with contextlib.suppress(SocketClosed):
                     await self._socket.send({"type": "ack", "seqs": seqs})
             self._last_activity = time.monotonic()
+            # One receipt per sender and kind for the whole batch.
+            receipts, self._receipts = self._receipts, {}
+            for (to, kind), message_ids in receipts.items():
+                for i in range(0, len(message_ids), 500):
+                    batch = SendReceipt(to, kind, tuple(message_ids[i : i + 500]))
+                    self._spawn(self._send_receipt_quietly(batch))
 
     async def _process(self, frame: dict[str, Any]) -> int | None:
         sender = frame.get("from") or {}
@@ -553,7 +561,7 @@ class VoxClient:
         await self._emit(result.events)
         for action in result.actions:
             if isinstance(action, SendReceipt):
-                self._spawn(self._send_receipt_quietly(action))
+                self._receipts.setdefault((action.to, action.kind), []).extend(action.ids)
         return envelope.seq
 
     async def _send_receipt_quietly(self, action: SendReceipt) -> None:
@@ -658,8 +666,10 @@ class VoxClient:
         assert self._socket is not None
         return self._socket
 
-    async def _transmit(self, send: OutgoingSend) -> dict[str, Any]:
-        socket = await self._ensure_connected()
+    async def _write(
+        self, socket: RelaySocket, send: OutgoingSend
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Write one ``send`` frame; the returned future resolves with the relay's answer."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[send.client_id] = future
         frame = {
@@ -673,29 +683,60 @@ class VoxClient:
         }
         try:
             await socket.send(frame)
-            return await asyncio.wait_for(future, _SEND_TIMEOUT)
         except SocketClosed as exc:
+            self._pending.pop(send.client_id, None)
             raise RelayUnavailable(self.server_url, str(exc)) from None
+        return future
+
+    async def _answer(
+        self, send: OutgoingSend, future: asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(future, _SEND_TIMEOUT)
         except TimeoutError:
             raise RelayUnavailable(self.server_url, "no answer to a send") from None
         finally:
-            self._pending.pop(send.client_id, None)
+            if self._pending.get(send.client_id) is future:
+                del self._pending[send.client_id]
+
+    async def _transmit(self, send: OutgoingSend) -> dict[str, Any]:
+        socket = await self._ensure_connected()
+        return await self._answer(send, await self._write(socket, send))
 
     async def _deliver(
         self, users: set[str], build: Callable[[], list[OutgoingSend]]
     ) -> SendResult | None:
-        """Build (encrypt) and transmit, handling mismatch and dropped connections."""
+        """Build (encrypt) and transmit, handling mismatch and dropped connections.
+
+        Encryption and the socket write happen under one lock, so frames reach the relay in
+        the order their ratchet steps were taken; answers are awaited outside it, so several
+        sends may be in flight (a window).
+        """
         refresh = False
         last: Exception | None = None
         for attempt in range(_MAX_ATTEMPTS):
-            await self._ensure_sessions(users | {self.username}, refresh=refresh)
+            written: list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]] = []
+            try:
+                async with self._send_lock:
+                    await self._ensure_sessions(users | {self.username}, refresh=refresh)
+                    socket = await self._ensure_connected()
+                    for send in build():
+                        if send.payloads:
+                            written.append((send, await self._write(socket, send)))
+            except RelayUnavailable as exc:
+                for send, future in written:
+                    self._pending.pop(send.client_id, None)
+                    future.cancel()
+                if attempt == 0 and not self._reader_task:
+                    raise
+                last = exc
+                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+                continue
             result: SendResult | None = None
             retry = False
-            for send in build():
-                if not send.payloads:
-                    continue
+            for send, future in written:
                 try:
-                    answer = await self._transmit(send)
+                    answer = await self._answer(send, future)
                 except RelayUnavailable as exc:
                     last = exc
                     retry = True
@@ -722,6 +763,11 @@ class VoxClient:
                 if code == "unknown_user":
                     bad = answer.get("users") or sorted(users)
                     raise UnknownUser(str(bad[0]))
+                if code in ("rate_limited", "internal", "busy"):
+                    last = RelayRejected(429, code, str(answer.get("message", "")))
+                    retry = True
+                    await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+                    break
                 raise RelayRejected(400, code, str(answer.get("message", "")))
             if not retry:
                 return result
@@ -741,46 +787,85 @@ class VoxClient:
     async def _send_chat(
         self, conversation: str, content: TextContent | AttachmentContent
     ) -> SendResult:
-        """Persist (history + outbox) first, then send; the same id is reused on retries."""
-        with self.store.transaction():
+        """Persist (history + outbox) first, then send; the same id is reused on retries.
+
+        The history row and outbox entry are written in the same store transaction as the
+        first encryption (one commit), which is committed before anything goes out.
+        """
+        entry = OutboxEntry(content.message_id.hex(), conversation, content.to_bytes(), time.time())
+
+        def persist() -> None:
             self.protocol.record_outgoing(conversation, content)
-            self.store.outbox_put(
-                OutboxEntry(content.message_id.hex(), conversation, content.to_bytes(), time.time())
-            )
-        return await self._send_outbox_entry(conversation, content)
+            self.store.outbox_put(entry)
+
+        return await self._send_outbox_entry(conversation, content, persist)
 
     async def _send_outbox_entry(
-        self, conversation: str, content: TextContent | AttachmentContent
+        self,
+        conversation: str,
+        content: TextContent | AttachmentContent,
+        persist: Callable[[], None] | None = None,
     ) -> SendResult:
         message_id = content.message_id.hex()
         self._in_flight.add(message_id)
         try:
-            return await self._send_outbox_locked(conversation, content)
+            return await self._send_once(conversation, content, persist)
         finally:
             self._in_flight.discard(message_id)
 
-    async def _send_outbox_locked(
-        self, conversation: str, content: TextContent | AttachmentContent
+    async def _send_once(
+        self,
+        conversation: str,
+        content: TextContent | AttachmentContent,
+        persist: Callable[[], None] | None,
     ) -> SendResult:
-        async with self._send_lock:
-            if self.store.get_message(content.message_id.hex()) is not None and not any(
-                e.message_id == content.message_id.hex() for e in self.store.outbox_pending()
-            ):
-                return SendResult(content.message_id.hex(), _now_ms(), 0)
-            self.store.outbox_attempted(content.message_id.hex())
-            if is_group_conversation(conversation):
-                group_id = bytes.fromhex(conversation.removeprefix("group:"))
-                group = self.protocol.groups.get(group_id)
-                if group is None:
-                    raise GroupError(f"unknown group {group_id.hex()}")
-                result = await self._deliver(
-                    set(group.members), lambda: self.protocol.encode_group(group_id, content)
-                )
-            else:
-                result = await self._send_direct(conversation, content)
+        stored = persist is None
+
+        def persisted(build: Callable[[], list[OutgoingSend]]) -> list[OutgoingSend]:
+            nonlocal stored
             with self.store.transaction():
-                self.store.outbox_remove(content.message_id.hex())
-                self.protocol.mark_sent(content.message_id.hex())
+                if not stored and persist is not None:
+                    persist()
+                else:
+                    self.store.outbox_attempted(content.message_id.hex())
+                sends = build()
+            stored = True
+            return sends
+
+        try:
+            return await self._send_built(conversation, content, persisted)
+        except RelayUnavailable:
+            if not stored and persist is not None:
+                with self.store.transaction():  # keep it: the outbox sends it later
+                    persist()
+            raise
+
+    async def _send_built(
+        self,
+        conversation: str,
+        content: TextContent | AttachmentContent,
+        persisted: Callable[[Callable[[], list[OutgoingSend]]], list[OutgoingSend]],
+    ) -> SendResult:
+
+        if is_group_conversation(conversation):
+            group_id = bytes.fromhex(conversation.removeprefix("group:"))
+            group = self.protocol.groups.get(group_id)
+            if group is None:
+                raise GroupError(f"unknown group {group_id.hex()}")
+            result = await self._deliver(
+                set(group.members),
+                lambda: persisted(lambda: self.protocol.encode_group(group_id, content)),
+            )
+        else:
+            _check_user(conversation)
+            trust.require_trusted(self.store, conversation)
+            result = await self._deliver(
+                {conversation},
+                lambda: persisted(lambda: [self.protocol.encode_direct(conversation, content)]),
+            )
+        with self.store.transaction():
+            self.store.outbox_remove(content.message_id.hex())
+            self.protocol.mark_sent(content.message_id.hex())
         return result or SendResult(content.message_id.hex(), _now_ms(), 0)
 
     async def _flush_outbox(self) -> None:
@@ -799,13 +884,19 @@ class VoxClient:
         except ClientError as exc:
             log.info("outbox retry failed: %s", exc)
 
-    async def send_text(self, to: str, text: str) -> SendResult:
+    async def send_text(self, to: str, text: str, *, message_id: str | None = None) -> SendResult:
         """Send a text to a user (or a group conversation ``group:<id>``); returns once the
-        relay accepted it."""
+        relay accepted it. ``message_id`` (32 hex digits) may be chosen by the caller, e.g. to
+        show the message before it is accepted; by default it is random."""
+        mid = _message_id(message_id)
         if is_group_conversation(to):
-            return await self.send_group_text(to, text)
+            group_id, _ = self._group(to)
+            content = TextContent(
+                text=text, group_id=group_id, sent_at_ms=_now_ms(), message_id=mid
+            )
+            return await self._send_chat(group_conversation(group_id.hex()), content)
         _check_user(to)
-        content = TextContent(text=text, sent_at_ms=_now_ms())
+        content = TextContent(text=text, sent_at_ms=_now_ms(), message_id=mid)
         return await self._send_chat(to, content)
 
     async def send_typing(self, to: str, active: bool = True) -> None:
@@ -1182,6 +1273,18 @@ def _device_bundle(entry: dict[str, Any]) -> DeviceBundle | None:
         one_time_prekey=(int(otk["key_id"]), unb64(otk["public_key"])) if otk else None,
         one_time_pq_prekey=signed(otpq) if otpq else None,
     )
+
+
+def _message_id(value: str | None) -> bytes:
+    if value is None:
+        return new_message_id()
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise ClientError("a message id is 32 hexadecimal digits")
+    return raw
 
 
 def _check_user(username: str) -> None:

@@ -1,0 +1,204 @@
+"""End-to-end benchmark through the SDK (prints one JSON line at the end).
+
+::
+
+    python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
+                        [--database sqlite|postgres] [--skip-relay-only]
+
+P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
+temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
+S bytes to its receiver with up to ``--window`` sends awaiting ``accepted``; every message is
+encrypted (Double Ratchet), persisted and acked by the relay, decrypted, stored and acked by
+the receiver — which also sends the usual encrypted delivery receipt back. One warm-up message
+per pair (PQXDH session set-up) is not timed. Latency is send → decrypted (both clients in this
+process, same clock).
+
+In the same run, ``bench/relay.py``'s durable load (raw opaque payloads of the same size as
+our ciphertexts, same pairs, messages and window, its own relay process) gives
+``relay_only_msgs_per_s``; ``ratio = e2e / relay_only`` shows what the client side costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clients.sdk import Event, Message, VoxClient  # noqa: E402
+
+#: Bytes a text of S bytes gains on the wire (content 34 + payload 11 + username + ratchet
+#: header 41 + envelope framing 7 + GCM tag 16 + relay payload 2, rounded up).
+CIPHERTEXT_OVERHEAD = 120
+
+
+def log(*parts: object) -> None:
+    """Progress on stderr (stdout carries only the final JSON line)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def load_relay_bench() -> Any:
+    """``bench/relay.py`` as a module (``bench/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("vox_bench_relay", ROOT / "bench" / "relay.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("bench/relay.py not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vox_bench_relay"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="vox-e2e-", dir=args.tmp_dir))
+    drop = None
+    clients: list[VoxClient] = []
+    try:
+        if args.database == "postgres":
+            database_url, drop = await relay_bench.create_pg_database(args.postgres_url)
+        else:
+            database_url = f"sqlite+aiosqlite:///{tmp / 'relay.sqlite3'}"
+        port = relay_bench.free_port()
+        exe = str(Path(sys.executable).with_name("vox-relay"))
+        cmd = [exe, "serve", "--port", str(port)]
+        env = relay_bench.relay_env(tmp, database_url)
+        async with relay_bench.process(cmd, env, port, "/healthz"):
+            url = f"http://127.0.0.1:{port}"
+            senders, receivers = [], []
+            for i in range(args.pairs):
+                senders.append(await VoxClient.register(tmp / f"s{i}", url, f"s{i:04d}"))
+                receivers.append(await VoxClient.register(tmp / f"r{i}", url, f"r{i:04d}"))
+            clients = senders + receivers
+            log(f"relay up on :{port} ({args.database}), {len(clients)} SDK clients registered")
+            sent_at: dict[str, float] = {}
+            latencies: list[float] = []
+            received = [0] * args.pairs
+            done = asyncio.Event()
+            warm = asyncio.Event()
+            expected = args.messages + 1  # + warm-up
+
+            def on_event(index: int) -> Any:
+                def handle(event: Event) -> None:
+                    if isinstance(event, Message) and not event.outgoing:
+                        t0 = sent_at.get(event.id)
+                        if t0 is not None and event.text != "warm-up":
+                            latencies.append((time.perf_counter() - t0) * 1000)
+                        received[index] += 1
+                        if all(n >= 1 for n in received):
+                            warm.set()
+                        if all(n >= expected for n in received):
+                            done.set()
+
+                return handle
+
+            for i, receiver in enumerate(receivers):
+                receiver.on_event(on_event(i))
+            await asyncio.gather(*(c.connect() for c in clients))
+            text = "x" * args.size
+            for i, sender in enumerate(senders):  # PQXDH set-up, not timed
+                await sender.send_text(f"r{i:04d}", "warm-up")
+            await asyncio.wait_for(warm.wait(), 60)
+
+            async def run_sender(i: int, sender: VoxClient) -> None:
+                window = asyncio.Semaphore(args.window)
+
+                async def one() -> None:
+                    async with window:
+                        message_id = os.urandom(16).hex()
+                        sent_at[message_id] = time.perf_counter()
+                        await sender.send_text(f"r{i:04d}", text, message_id=message_id)
+
+                await asyncio.gather(*(one() for _ in range(args.messages)))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(run_sender(i, s) for i, s in enumerate(senders)))
+            await asyncio.wait_for(done.wait(), 300)
+            elapsed = time.perf_counter() - started
+            for client in clients:
+                await client.close()
+            clients = []
+        total = args.pairs * args.messages
+        return {
+            "e2e_msgs_per_s": round(total / elapsed, 1),
+            "e2e_seconds": round(elapsed, 3),
+            "p50_ms": round(pct(latencies, 0.50), 2) if latencies else None,
+            "p99_ms": round(pct(latencies, 0.99), 2) if latencies else None,
+            "latency_samples": len(latencies),
+            "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+        }
+    finally:
+        for client in clients:
+            await client.close()
+        if drop is not None:
+            await drop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64, help="text bytes per message")
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "VOX_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--skip-relay-only", action="store_true")
+    parser.add_argument(
+        "--tmp-dir",
+        default=None,
+        help="where client profiles and the relay data live (e.g. /dev/shm to factor out fsync)",
+    )
+    args = parser.parse_args()
+    relay_bench = load_relay_bench()
+    result: dict[str, Any] = {
+        "database": args.database,
+        "pairs": args.pairs,
+        "messages": args.messages,
+        "size": args.size,
+        "window": args.window,
+    }
+    result.update(asyncio.run(e2e(args, relay_bench)))
+    if args.skip_relay_only:
+        result["relay_only_msgs_per_s"] = None
+        result["ratio"] = None
+    else:
+        relay_args = argparse.Namespace(
+            pairs=args.pairs,
+            messages=args.messages,
+            size=args.size + CIPHERTEXT_OVERHEAD,
+            window=args.window,
+            database=args.database,
+            postgres_url=args.postgres_url,
+            profile=None,
+        )
+        relay = asyncio.run(relay_bench.durable(relay_args))
+        result["relay_only_msgs_per_s"] = relay["durable_msgs_per_s"]
+        result["relay_only_p50_ms"] = relay["p50_ms"]
+        result["relay_only_p99_ms"] = relay["p99_ms"]
+        result["ratio"] = round(result["e2e_msgs_per_s"] / relay["durable_msgs_per_s"], 3)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
