@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 from textual.pilot import Pilot
-from textual.widgets import OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
 from clients.sdk import Event, Message, VoxClient
-from clients.store.models import TrustState
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.app import BRAND_THEME
+from server.db.models import Account
 from tests.server.relay_harness import Relay, make_settings, running_relay
 
 BRAND = {
@@ -106,7 +107,11 @@ def save_screenshot(svg: str) -> None:
 
 
 async def type_line(pilot: Pilot[None], text: str) -> None:
-    await pilot.press(*text)
+    """Type ``text`` into the input box and press Enter (long lines are pasted, not typed)."""
+    if len(text) > 24:
+        pilot.app.query_one("#input", Input).value = text
+    else:
+        await pilot.press(*text)
     await pilot.press("enter")
 
 
@@ -204,33 +209,42 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         await until(pilot, lambda: shown(app, "unknown or incomplete command: /bogus"))
 
 
-async def test_a_changed_key_warns_blocks_sending_until_accepted(people: People) -> None:
+async def test_a_changed_key_warns_blocks_sending_until_accepted(
+    people: People, relay: Relay, tmp_path: Path
+) -> None:
     await people.bob.send_text("alice", "before")
-    await people.alice.receive(wait=0.5)
-    peer = people.alice.store.get_peer("bob")
-    assert peer is not None
-    # What the SDK records when bob's account key changes (the TUI reads it on start).
-    people.alice.store.put_peer(
-        dataclasses.replace(peer, trust=TrustState.CHANGED, previous_account_key=peer.account_key)
-    )
+    people.alice.device_list_ttl = 0  # refetch bob's device list before every send
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: shown(app, "before"))
-        assert "⚠" in " ".join(chat_list(app))
+        await until(pilot, lambda: shown(app, "bob·1: before"))
         warning = app.query_one("#warning", Static)
-        assert warning.has_class("visible")
-        assert "safety number changed" in str(warning.content)
-
-        await type_line(pilot, "blocked?")
-        await until(pilot, lambda: any(line.startswith("not sent:") for line in lines(app)))
-        assert "blocked?" not in texts(people.bob_got)
-
-        await type_line(pilot, "/accept")
-        await until(pilot, lambda: shown(app, "Safety number with bob (verified)"))
         assert not warning.has_class("visible")
-        assert "⚠" not in " ".join(chat_list(app))
-        await type_line(pilot, "after accept")
-        await until(pilot, lambda: "after accept" in texts(people.bob_got))
+        # Bob loses his phone; the operator frees the name and bob registers again (new key).
+        await people.bob.close()
+        async with relay.app.state.sessions() as session:
+            await session.execute(delete(Account).where(Account.username == "bob"))
+            await session.commit()
+        bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")
+        try:
+            bob2_got: list[Event] = []
+            bob2.on_event(bob2_got.append)
+            await bob2.connect()
+            await type_line(pilot, "are you still you?")
+            await until(pilot, lambda: warning.has_class("visible"))
+            assert "bob's safety number changed" in str(warning.content)
+            assert "⚠" in " ".join(chat_list(app))
+            assert any(line.startswith("not sent:") for line in lines(app))
+
+            await type_line(pilot, "/verify")
+            await until(pilot, lambda: shown(app, "Safety number with bob (CHANGED"))
+            await type_line(pilot, "/accept")
+            await until(pilot, lambda: shown(app, "Safety number with bob (verified)"))
+            assert not warning.has_class("visible")
+            assert "⚠" not in " ".join(chat_list(app))
+            await type_line(pilot, "welcome back")
+            await until(pilot, lambda: texts(bob2_got) == ["welcome back"])
+        finally:
+            await bob2.close()
 
 
 async def test_group_conversation_from_the_list(people: People) -> None:
