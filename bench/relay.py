@@ -533,7 +533,7 @@ async def connections(args: argparse.Namespace) -> dict[str, Any]:
             per = 16
             users = [f"c{i:05d}" for i in range(math.ceil(n / per))]
             t0 = time.perf_counter()
-            devices = (await make_devices(base_url, users, per))[:n]
+            devices = (await make_devices(base_url, users, per, args.login_concurrency))[:n]
             log(f"{len(devices)} devices logged in in {time.perf_counter() - t0:.1f}s")
             await asyncio.sleep(1.0)
             before = sampler.rss()
@@ -577,6 +577,12 @@ def main() -> None:
         help="server where a throw-away database is created (postgres mode)",
     )
     parser.add_argument("--connections", type=int, default=0, help="idle-connection mode")
+    parser.add_argument(
+        "--login-concurrency",
+        type=int,
+        default=1,
+        help="parallel registrations/logins while preparing --connections devices",
+    )
     parser.add_argument("--profile", help="write a py-spy profile of the relay to this file")
     parser.add_argument("--serve-baseline", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Feature layers (routers + lifespan hooks).
     app.include_router(delivery.router)
+    app.add_middleware(delivery.WebSocketFastPath)  # outermost: /v1/ws skips HTTP layers
     app.state.lifespan_hooks.append(delivery.lifespan)
     app.include_router(attachments.router, dependencies=v1)
     app.state.lifespan_hooks.append(attachments.lifespan)

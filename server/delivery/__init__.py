@@ -3,6 +3,7 @@
 Wiring, in the app factory::
 
     app.include_router(delivery.router)
+    app.add_middleware(delivery.WebSocketFastPath)   # optional: fewer frames per socket
     app.state.lifespan_hooks.append(delivery.lifespan)
 
 ``lifespan(app)`` starts the hub (in-process, or Redis pub/sub when ``redis_url`` is set),
@@ -24,12 +25,20 @@ from typing import Any
 from fastapi import FastAPI
 
 from server.delivery.metrics import DeliveryMetrics
-from server.delivery.routes import router
+from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
 from server.fanout import Hub
 from server.settings import Settings
 
-__all__ = ["DeliveryConfig", "DeliveryService", "lifespan", "router", "start", "stop"]
+__all__ = [
+    "DeliveryConfig",
+    "DeliveryService",
+    "WebSocketFastPath",
+    "lifespan",
+    "router",
+    "start",
+    "stop",
+]
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, WebSocket
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from server.delivery.connection import CloseCode, DeviceConnection
@@ -20,7 +21,7 @@ from server.delivery.writer import Sender
 from server.errors import Unauthorized
 from server.services.auth import authenticate_token
 
-__all__ = ["router"]
+__all__ = ["WebSocketFastPath", "router"]
 
 log = logging.getLogger("vox.delivery")
 
@@ -125,3 +126,22 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     finally:
         service.hub.detach(sender.device_pk, conn)
         conn.shutdown()
+
+
+class WebSocketFastPath:
+    """Pure ASGI middleware: hand ``/v1/ws`` straight to :func:`websocket_endpoint`.
+
+    A WebSocket lives as long as the device stays connected, and every layer of middleware
+    and routing between the server and the endpoint stays suspended on its stack for that
+    whole time. Skipping them (none of them acts on WebSockets: the body limit, HTTP metrics
+    and HTTP exception handlers are HTTP-only) saves memory on every idle connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            await websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        await self.app(scope, receive, send)
