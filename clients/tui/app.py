@@ -43,6 +43,8 @@ __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
 BRAND_THEME = "vox-brand"
 TYPING_SHOW_S = 6.0
 TYPING_SEND_EVERY_S = 3.0
+RECONNECT_FIRST_S = 2.0
+RECONNECT_MAX_S = 30.0
 HELP = (
     "Commands: /chat USER|GROUP — open a conversation · /send-file PATH — send a file · "
     "/verify — safety number · /accept — accept a changed key · /quit"
@@ -315,14 +317,20 @@ class ChatApp(App[None]):
     @work(group="events", exclusive=True, exit_on_error=False)
     async def pump_events(self) -> None:
         """Apply every SDK event to the screen until the stream ends."""
-        try:
-            self._set_status("connecting…")
-            await self.backend.connect()
+        delay = RECONNECT_FIRST_S
+        self._set_status("connecting…")
+        while True:
+            try:
+                await self.backend.connect()
+            except ClientError as exc:
+                self._set_status(f"offline: {exc} (retrying in {delay:.0f} s)")
+                self._online.set()  # sends go ahead and fail with a clear message
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
             self._set_status("")
-        except ClientError as exc:
-            self._set_status(f"offline: {exc}")
-        finally:
             self._online.set()
+            break
         try:
             async for event in self.backend.events():
                 await self.handle_event(event)
@@ -469,8 +477,9 @@ class ChatApp(App[None]):
             async with self._send_lock:
                 await self.backend.send_text(conversation, text)
         except ClientError as exc:
+            # If the SDK kept it (history + outbox), the sync below shows it pending ("…")
+            # and the SDK sends it once the relay is reachable again.
             self._system(f"not sent: {exc}")
-            return
         finally:
             await self._drop(placeholder.id)
         await self._sync(conversation)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from clients.sdk import VoxClient
+from clients.sdk.errors import ClientError, RelayUnavailable
 from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification
 from clients.store.models import TrustState, is_group_conversation
 
@@ -166,10 +167,17 @@ class SdkBackend:
         """Subscribe, then connect with receiving on, so no event is missed in between."""
         if self._unsubscribe is None:
             self._unsubscribe = self.client.on_event(self._queue.put_nowait)
-        if self.client.connected:
-            # A send-only connection (opened by an earlier send) does not receive: reopen.
+        # Start from a clean state: a send-only connection (opened by an earlier send) does not
+        # receive, and a client still retrying an old connection would only time out.
+        await self.client.disconnect()
+        try:
+            await self.client.connect(receive=True)
+        except TimeoutError:
             await self.client.disconnect()
-        await self.client.connect(receive=True)
+            raise RelayUnavailable(self.client.server_url, "timed out") from None
+        except ClientError:
+            await self.client.disconnect()
+            raise
 
     async def events(self) -> AsyncIterator[Event]:
         """Events since :meth:`connect`, until the TUI stops iterating."""

@@ -261,3 +261,23 @@ async def test_group_conversation_from_the_list(people: People) -> None:
         assert got.conversation == group.conversation
         await people.bob.send_text(group.conversation, "hi from bob")
         await until(pilot, lambda: shown(app, "bob·1: hi from bob"))
+
+
+async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "relay", brand={"name": "Cached Brand"})
+    async with running_relay(settings) as relay:
+        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+        await alice.config()  # the SDK caches /v1/config in the profile
+        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        await bob.send_text("alice", "stored earlier")
+        await alice.receive(wait=0.3)
+        await bob.close()
+    try:  # the relay is gone now
+        app = ChatApp(SdkBackend(alice), open_conversation="bob")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: status(app).startswith("offline: cannot reach the relay"))
+            assert "(retrying in 2 s)" in status(app)
+            assert shown(app, "bob·1: stored earlier")
+            assert app.title == "Cached Brand"
+    finally:
+        await alice.close()
