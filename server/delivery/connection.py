@@ -85,6 +85,7 @@ class DeviceConnection:
         "_reader",
         "_sender",
         "_service",
+        "_unflushed",
         "_ws",
         "closing",
         "connection_id",
@@ -102,6 +103,7 @@ class DeviceConnection:
         self._proto = _sansio_protocol_of(ws)
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
+        self._unflushed = 0
         self._sender: asyncio.Task[None] | None = None
         self._blocked_since: float | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -124,7 +126,10 @@ class DeviceConnection:
             # write everything encoded during this loop iteration with one transport write.
             if not (proto.close_sent or proto.disconnected):
                 proto.conn.send_text(text.encode())
-                if not self._flush_scheduled:
+                self._unflushed += len(text)
+                if self._unflushed >= self._service.config.out_soft_bytes:
+                    self._flush()  # bounded: the transport then pauses us if it must
+                elif not self._flush_scheduled:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._flush)
             return
@@ -138,6 +143,7 @@ class DeviceConnection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._unflushed = 0
         proto = self._proto
         if proto is None:
             return

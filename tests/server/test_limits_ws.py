@@ -106,6 +106,6 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_sl
             assert hub.connection_count == 0  # bob/1 was dropped
         # Nothing was lost: bob/1 gets its envelopes when it reads again.
         assert await w.count(QueueEntry) == 160
-        async with open_ws(w.relay, b1, max_size=None) as b:
+        async with open_ws(w.relay, b1, max_size=None, close_timeout=0.5) as b:
             first = await b.expect("deliver")
             assert first["from"] == {"user": "alice", "device": 1}
