@@ -76,6 +76,7 @@ from clients.sdk.protocol import (
     Envelope,
     NeedDeviceList,
     OutgoingSend,
+    Received,
     SendReceipt,
     message_from_stored,
 )
@@ -193,6 +194,8 @@ class VoxClient:
         self._in_flight: set[str] = set()
         self._lists_checked: dict[str, float] = {}
         self._receipts: dict[tuple[str, ReceiptKind], list[bytes]] = {}
+        self._sent_batch: list[str] = []
+        self._sent_flush: asyncio.Future[None] | None = None
         #: Seconds a fetched device list is trusted before a send refetches it (a new process
         #: always refetches once, so a changed key is noticed on the next send).
         self.device_list_ttl = 60.0
@@ -502,21 +505,16 @@ class VoxClient:
 
     async def _run_processor(self) -> None:
         while True:
-            frame = await self._deliveries.get()
-            seqs: list[int] = []
-            while True:
-                try:
-                    seq = await self._process(frame)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # never let one envelope stop the loop
-                    log.exception("processing a delivery failed")
-                    seq = frame.get("seq") if isinstance(frame.get("seq"), int) else None
-                if seq is not None:
-                    seqs.append(seq)
-                if self._deliveries.empty() or len(seqs) >= 100:
-                    break
-                frame = self._deliveries.get_nowait()
+            batch = [await self._deliveries.get()]
+            while not self._deliveries.empty() and len(batch) < 100:
+                batch.append(self._deliveries.get_nowait())
+            try:
+                seqs = await self._process_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a batch stop the loop; unacked ones come back
+                log.exception("processing deliveries failed")
+                seqs = []
             if seqs and self._socket is not None:
                 with contextlib.suppress(SocketClosed):
                     await self._socket.send({"type": "ack", "seqs": seqs})
@@ -525,44 +523,70 @@ class VoxClient:
             receipts, self._receipts = self._receipts, {}
             for (to, kind), message_ids in receipts.items():
                 for i in range(0, len(message_ids), 500):
-                    batch = SendReceipt(to, kind, tuple(message_ids[i : i + 500]))
-                    self._spawn(self._send_receipt_quietly(batch))
+                    receipt = SendReceipt(to, kind, tuple(message_ids[i : i + 500]))
+                    self._spawn(self._send_receipt_quietly(receipt))
 
-    async def _process(self, frame: dict[str, Any]) -> int | None:
-        sender = frame.get("from") or {}
-        data = unb64(str(frame.get("data", "")))
-        ephemeral = frame.get("type") == "ephemeral"
-        envelope = Envelope(
-            seq=int(frame.get("seq", 0)),
-            envelope_id=str(frame.get("envelope") or ("eph-" + secrets.token_hex(8))),
-            sender_user=str(sender.get("user", "")),
-            sender_device=int(sender.get("device", 0)),
-            ts=int(frame.get("ts", 0)),
-            data=data,
-        )
+    async def _process_batch(self, frames: list[dict[str, Any]]) -> list[int]:
+        """Decrypt and store a batch of deliveries in one store transaction; returns the
+        sequence numbers to ack (every envelope handled, failures included)."""
+        envelopes: list[tuple[Envelope, bool]] = []
+        seqs: list[int] = []
+        for frame in frames:
+            ephemeral = frame.get("type") == "ephemeral"
+            try:
+                sender = frame.get("from") or {}
+                envelope = Envelope(
+                    seq=int(frame.get("seq", 0)),
+                    envelope_id=str(frame.get("envelope") or ("eph-" + secrets.token_hex(8))),
+                    sender_user=str(sender.get("user", "")),
+                    sender_device=int(sender.get("device", 0)),
+                    ts=int(frame.get("ts", 0)),
+                    data=unb64(str(frame.get("data", ""))),
+                )
+            except (ValueError, TypeError, AttributeError):
+                log.warning("malformed deliver frame")
+                if not ephemeral and isinstance(frame.get("seq"), int):
+                    seqs.append(frame["seq"])
+                continue
+            try:
+                payload: RelayPayload | None = RelayPayload.from_bytes(envelope.data)
+            except VoxError:
+                payload = None
+            if payload is not None and payload.kind is PayloadKind.LINK:
+                for waiter in self._link_waiters:
+                    if not waiter.done():
+                        waiter.set_result(payload.data)
+                if not ephemeral:
+                    seqs.append(envelope.seq)
+                continue
+            need = self.protocol.precheck(envelope)
+            if isinstance(need, NeedDeviceList):
+                with contextlib.suppress(ClientError):
+                    await self._refresh_devices(need.username, report=True)
+            envelopes.append((envelope, ephemeral))
+        results: list[tuple[Envelope, bool, Received]] = []
         try:
-            payload = RelayPayload.from_bytes(data)
-        except VoxError:
-            payload = None
-        if payload is not None and payload.kind is PayloadKind.LINK:
-            for waiter in self._link_waiters:
-                if not waiter.done():
-                    waiter.set_result(payload.data)
-            return None if ephemeral else envelope.seq
-        need = self.protocol.precheck(envelope)
-        if isinstance(need, NeedDeviceList):
-            with contextlib.suppress(ClientError):
-                await self._refresh_devices(need.username, report=True)
-        result = self.protocol.receive(envelope)
-        if ephemeral:
-            events = [e for e in result.events if isinstance(e, TypingEvent)]
-            await self._emit(events)
-            return None
-        await self._emit(result.events)
-        for action in result.actions:
-            if isinstance(action, SendReceipt):
-                self._receipts.setdefault((action.to, action.kind), []).extend(action.ids)
-        return envelope.seq
+            with self.store.transaction():
+                for envelope, ephemeral in envelopes:
+                    results.append((envelope, ephemeral, self.protocol.receive(envelope)))
+        except Exception:  # a store failure: retry one by one, ack only what was stored
+            log.exception("batch store transaction failed; retrying envelopes one by one")
+            results = []
+            for envelope, ephemeral in envelopes:
+                try:
+                    results.append((envelope, ephemeral, self.protocol.receive(envelope)))
+                except Exception:
+                    log.exception("storing an envelope failed; it will be redelivered")
+        for envelope, ephemeral, result in results:
+            if ephemeral:
+                await self._emit([e for e in result.events if isinstance(e, TypingEvent)])
+                continue
+            seqs.append(envelope.seq)
+            await self._emit(result.events)
+            for action in result.actions:
+                if isinstance(action, SendReceipt):
+                    self._receipts.setdefault((action.to, action.kind), []).extend(action.ids)
+        return seqs
 
     async def _send_receipt_quietly(self, action: SendReceipt) -> None:
         receipt = Receipt(kind=action.kind, ids=action.ids, sent_at_ms=_now_ms())
@@ -863,10 +887,33 @@ class VoxClient:
                 {conversation},
                 lambda: persisted(lambda: [self.protocol.encode_direct(conversation, content)]),
             )
-        with self.store.transaction():
-            self.store.outbox_remove(content.message_id.hex())
-            self.protocol.mark_sent(content.message_id.hex())
+        await self._mark_sent(content.message_id.hex())
         return result or SendResult(content.message_id.hex(), _now_ms(), 0)
+
+    async def _mark_sent(self, message_id: str) -> None:
+        """Outbox entry done, history state ``sent``: coalesced with other sends answered
+        within a few milliseconds into one store transaction (one commit)."""
+        loop = asyncio.get_running_loop()
+        self._sent_batch.append(message_id)
+        if self._sent_flush is None:
+            self._sent_flush = loop.create_future()
+            loop.call_later(0.002, self._flush_sent)
+        await asyncio.shield(self._sent_flush)
+
+    def _flush_sent(self) -> None:
+        ids, self._sent_batch = self._sent_batch, []
+        future, self._sent_flush = self._sent_flush, None
+        try:
+            with self.store.transaction():
+                for message_id in ids:
+                    self.store.outbox_remove(message_id)
+                    self.protocol.mark_sent(message_id)
+        except Exception as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            return
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def _flush_outbox(self) -> None:
         for entry in self.store.outbox_pending():
@@ -1021,16 +1068,27 @@ class VoxClient:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
+                failure: VoxError | None = None
 
                 async def sink(chunk: bytes) -> None:
-                    nonlocal done
+                    # After a failure the rest is read but ignored, so the relay's response
+                    # finishes normally instead of being cut off.
+                    nonlocal done, failure
                     done += len(chunk)
-                    out.write(decryptor.feed(chunk))
+                    if done > total:  # a relay that streams more than announced: cut it off
+                        raise AttachmentError("the blob is larger than its pointer says")
+                    if failure is None:
+                        try:
+                            out.write(decryptor.feed(chunk))
+                        except VoxError as exc:
+                            failure = exc
                     if progress:
-                        progress(done, total)
+                        progress(min(done, total), total)
 
+                await self.http.download_attachment(pointer.blob_id, sink)
                 try:
-                    await self.http.download_attachment(pointer.blob_id, sink)
+                    if failure is not None:
+                        raise failure
                     out.write(decryptor.finish())
                 except VoxError as exc:
                     raise AttachmentError(f"verification failed ({type(exc).__name__})") from None

@@ -389,6 +389,9 @@ class ClientProtocol:
             return Received([failure], [])
 
     def _receive(self, envelope: Envelope, now: float) -> Received:
+        # Everything that can fail for bad input is checked before the first write, so a
+        # failed envelope leaves no trace but its "seen" mark (several envelopes may share
+        # one store transaction).
         payload = RelayPayload.from_bytes(envelope.data)
         if payload.kind is PayloadKind.PAIRWISE:
             decrypted = self.sessions.decrypt(
@@ -403,6 +406,8 @@ class ClientProtocol:
             if peer is None or peer.account_key != decrypted.peer.account_key.to_bytes():
                 raise UnknownDevice(sender.device_id)
             content = decode_content(decrypted.body)
+            self._check_pairwise(sender, content)
+            decrypted.commit()
             return self._pairwise_content(sender, content, now)
         if payload.kind is PayloadKind.GROUP:
             message = SenderKeyMessage.from_bytes(payload.data)
@@ -410,7 +415,6 @@ class ClientProtocol:
             if state is None or state.key_id != message.key_id:
                 raise UnknownSenderKey(message.key_id)
             body = state.decrypt(message)
-            self.groups.save_receiving(message.group_id, state)
             content = decode_content(body)
             if not isinstance(content, TextContent | AttachmentContent):
                 raise GroupError("a group message carries a text or a file")
@@ -419,10 +423,31 @@ class ClientProtocol:
             group = self.groups.get(message.group_id)
             if group is None or message.sender.username not in group.members:
                 raise GroupError("group message from a non-member")
-            return self._chat(
-                message.sender, content, group_conversation(message.group_id.hex()), now
-            )
+            if isinstance(content, AttachmentContent):
+                AttachmentPointer.from_bytes(content.pointer)
+            self.groups.save_receiving(message.group_id, state)
+            conversation = group_conversation(message.group_id.hex())
+            return self._chat(message.sender, content, conversation, now)
         raise GroupError("link offers are only read while joining")
+
+    def _check_pairwise(self, sender: DeviceAddress, content: Content) -> None:
+        """Refuse pairwise contents that are not acceptable from ``sender`` (before writing)."""
+        own = sender.username == self.username
+        if isinstance(content, TextContent | AttachmentContent) and content.group_id:
+            raise GroupError("group messages travel under sender keys")
+        if isinstance(content, Transcript) and not own:
+            raise GroupError("transcripts come only from our own devices")
+        inner = content.inner if isinstance(content, Transcript) else content
+        if isinstance(inner, AttachmentContent):
+            AttachmentPointer.from_bytes(inner.pointer)
+        if isinstance(content, GroupUpdate):
+            group = self.groups.get(content.group_id)
+            if group is not None and sender.username not in group.members:
+                raise GroupError("membership change from a non-member")
+        if isinstance(content, SenderKeyContent):
+            distribution = SenderKeyDistribution.from_bytes(content.distribution)
+            if distribution.sender != sender or distribution.group_id != content.group_id:
+                raise GroupError("sender key distribution for another sender or group")
 
     def _pairwise_content(self, sender: DeviceAddress, content: Content, now: float) -> Received:
         own = sender.username == self.username

@@ -6,13 +6,14 @@ or the peer reinstalled): the store keeps, per device, a small list, newest firs
     u8 version (1) || u8 n (1..=4) || n x bytes32 crypto Session state
 
 Encryption uses the first; decryption tries the one whose PQXDH base key an initial
-message names, otherwise each in turn; the one that decrypts moves to the front. Every
-operation works on copies and returns the new state to store, so the caller can commit
-the session, the message and the "seen" mark in one store transaction.
+message names, otherwise each in turn; the one that decrypts moves to the front. Decryption
+works on copies and returns a ``commit`` callable, so the caller checks the sender first and
+then writes the session, the message and the "seen" mark in one store transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -49,11 +50,13 @@ def _decode(data: bytes) -> list[Session]:
 
 @dataclass(frozen=True, slots=True)
 class Decrypted:
-    """A decrypted pairwise message: the body and the peer as the session knows it."""
+    """A decrypted pairwise message: the body, the peer as the session knows it, and
+    ``commit()`` which stores the advanced session state."""
 
     body: bytes
     peer: PeerDevice
     new_session: bool
+    commit: Callable[[], None]
 
 
 class SessionBook:
@@ -100,8 +103,9 @@ class SessionBook:
     def decrypt(self, username: str, device_id: int, data: bytes) -> Decrypted:
         """Decrypt a pairwise envelope from the device ``username:device_id``.
 
-        Nothing is stored here: call :meth:`commit` with the result's session (done by
-        :meth:`decrypt_and_commit`). Raises crypto's ``VoxError`` subclasses.
+        Nothing is written: the result's :meth:`Decrypted.commit` stores the advanced session
+        (and deletes consumed one-time prekeys), so the caller can check the sender first and
+        commit everything in one store transaction. Raises crypto's ``VoxError`` subclasses.
         """
         message = decode_message(data)
         sessions = self._load(username, device_id)
@@ -109,18 +113,22 @@ class SessionBook:
             for i, session in enumerate(sessions):
                 if session.base_key == message.prefix.base_key:
                     body = session.decrypt(data)
-                    self._save_front(username, device_id, sessions, i)
-                    return Decrypted(body, session.peer, False)
+                    return Decrypted(
+                        body, session.peer, False, self._front(username, device_id, sessions, i)
+                    )
             prefix = message.prefix
             if (prefix.sender.username, prefix.sender.device_id) != (username, device_id):
                 raise StateError("initial message names another sender device")
             accepted = accept_session(
                 self._identity.local, prekey_secrets_for(self._store, prefix), message
             )
-            consume_prekeys(self._store, accepted.consumed)
-            sessions = [accepted.session, *sessions][:MAX_SESSIONS]
-            self._store.store_session(username, device_id, _encode(sessions))
-            return Decrypted(accepted.body, accepted.session.peer, True)
+            new = [accepted.session, *sessions][:MAX_SESSIONS]
+
+            def commit() -> None:
+                consume_prekeys(self._store, accepted.consumed)
+                self._store.store_session(username, device_id, _encode(new))
+
+            return Decrypted(accepted.body, accepted.session.peer, True, commit)
         last_error: VoxError = DecryptionError("no session with the sender device")
         for i, session in enumerate(sessions):
             try:
@@ -128,10 +136,13 @@ class SessionBook:
             except DecryptionError as exc:
                 last_error = exc
                 continue
-            self._save_front(username, device_id, sessions, i)
-            return Decrypted(body, session.peer, False)
+            return Decrypted(
+                body, session.peer, False, self._front(username, device_id, sessions, i)
+            )
         raise last_error
 
-    def _save_front(self, username: str, device_id: int, sessions: list[Session], i: int) -> None:
+    def _front(
+        self, username: str, device_id: int, sessions: list[Session], i: int
+    ) -> Callable[[], None]:
         ordered = [sessions[i], *sessions[:i], *sessions[i + 1 :]]
-        self._store.store_session(username, device_id, _encode(ordered))
+        return lambda: self._store.store_session(username, device_id, _encode(ordered))
