@@ -47,7 +47,9 @@ RECONNECT_FIRST_S = 2.0
 RECONNECT_MAX_S = 30.0
 HELP = (
     "Commands: /chat USER|GROUP — open a conversation · /send-file PATH — send a file · "
-    "/verify — safety number · /accept — accept a changed key · /quit"
+    "/save [DIR] — save the last file received here · /verify — safety number · "
+    "/accept — accept a changed key · /group NAME USER... — create a group · "
+    "/add USER... · /remove USER... (in a group) · /quit"
 )
 
 
@@ -431,7 +433,7 @@ class ChatApp(App[None]):
         self._send_text(self.current, text)
 
     async def run_command(self, line: str) -> None:
-        """``/chat``, ``/send-file``, ``/verify``, ``/accept``, ``/help``, ``/quit``."""
+        """Run a ``/command`` typed in the input box (see :data:`HELP`)."""
         try:
             cmd, *args = shlex.split(line)
         except ValueError as exc:
@@ -454,6 +456,19 @@ class ChatApp(App[None]):
                 self._system("safety numbers are per user: open a direct conversation")
             else:
                 self._verify(self.current, accept=cmd == "/accept")
+        elif cmd == "/save" and len(args) <= 1 and self.current is not None:
+            received = [m for m in self.shown.values() if m.attachment and not m.outgoing]
+            if not received:
+                self._system("no received file in this conversation")
+            else:
+                self._save(received[-1], _user_path(args[0] if args else "."))
+        elif cmd == "/group" and len(args) >= 2:
+            self._group_change("create", args[0], args[1:])
+        elif cmd in ("/add", "/remove") and args and self.current is not None:
+            if not is_group_conversation(self.current):
+                self._system(f"{cmd} works in a group conversation")
+            else:
+                self._group_change(cmd[1:], self.current, args)
         else:
             self._system(f"unknown or incomplete command: {line}. {HELP}")
 
@@ -512,6 +527,41 @@ class ChatApp(App[None]):
         self._set_status(f"sent {name}")
         await self._sync(conversation)
 
+    @work(group="save", exit_on_error=False)
+    async def _save(self, message: Message, dest: Path) -> None:
+        name = message.attachment.file_name if message.attachment else "file"
+
+        def progress(done: int, total: int) -> None:
+            self._set_status(f"saving {name}: {100 * done // total if total else 100}%")
+
+        try:
+            path = await self.backend.download(message, dest, progress)
+        except ClientError as exc:
+            self._set_status("")
+            self._system(f"file not saved: {exc}")
+            return
+        self._set_status("")
+        self._system(f"saved {name} to {path}")
+
+    @work(group="send", exit_on_error=False)
+    async def _group_change(self, action: str, group: str, users: list[str]) -> None:
+        try:
+            await self._online.wait()
+            async with self._send_lock:
+                if action == "create":
+                    info = await self.backend.create_group(group, users)
+                elif action == "add":
+                    info = await self.backend.add_members(group, users)
+                else:
+                    info = await self.backend.remove_members(group, users)
+        except ClientError as exc:
+            self._system(f"group not changed: {exc}")
+            return
+        await self.reload_conversations()
+        if action == "create":
+            await self.open_conversation(info.conversation)
+        self._system(f"{info.name}: members {', '.join(info.members)}")
+
     @work(group="verify", exit_on_error=False)
     async def _verify(self, username: str, *, accept: bool) -> None:
         try:
@@ -545,3 +595,7 @@ def _replace_msg(m: Message, state: DeliveryState) -> Message:
 def _existing_file(arg: str) -> Path | None:
     path = Path(arg).expanduser()
     return path if path.is_file() else None
+
+
+def _user_path(arg: str) -> Path:
+    return Path(arg).expanduser()

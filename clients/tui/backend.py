@@ -82,6 +82,24 @@ class ChatBackend(Protocol):
         """Groups this device knows."""
         ...
 
+    async def download(
+        self, message: Message, dest: Path, progress: Callable[[int, int], None] | None = None
+    ) -> Path:
+        """Download, verify and decrypt a received file to ``dest`` (a file or a directory)."""
+        ...
+
+    async def create_group(self, name: str, members: list[str]) -> GroupInfo:
+        """Create a group with ``members`` (we are added)."""
+        ...
+
+    async def add_members(self, group: str, members: list[str]) -> GroupInfo:
+        """Add members to a group (``group:<id>`` or name)."""
+        ...
+
+    async def remove_members(self, group: str, members: list[str]) -> GroupInfo:
+        """Remove members from a group (keys are rotated)."""
+        ...
+
     async def connect(self) -> None:
         """Go online and start receiving (events from now on reach :meth:`events`)."""
         ...
@@ -162,6 +180,20 @@ class SdkBackend:
 
     async def groups(self) -> list[GroupInfo]:
         return self.client.groups()
+
+    async def download(
+        self, message: Message, dest: Path, progress: Callable[[int, int], None] | None = None
+    ) -> Path:
+        return await self.client.download(message, dest, progress=progress)
+
+    async def create_group(self, name: str, members: list[str]) -> GroupInfo:
+        return await self.client.create_group(name, members)
+
+    async def add_members(self, group: str, members: list[str]) -> GroupInfo:
+        return await self.client.add_members(group, members)
+
+    async def remove_members(self, group: str, members: list[str]) -> GroupInfo:
+        return await self.client.remove_members(group, members)
 
     async def connect(self) -> None:
         """Subscribe, then connect with receiving on, so no event is missed in between."""

@@ -203,6 +203,17 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         dest = await people.bob.download(got, tmp_path / "got.txt")
         assert dest.read_bytes() == path.read_bytes()
 
+        # Bob answers with a file; /save downloads, verifies and decrypts it.
+        reply = tmp_path / "reply.bin"
+        reply.write_bytes(os.urandom(70_000))
+        await people.bob.send_file("alice", reply)
+        await until(pilot, lambda: shown(app, "bob·1: 📎 reply.bin (68.4 KiB)"))
+        saved = tmp_path / "saved"
+        saved.mkdir()
+        await type_line(pilot, f"/save {saved}")
+        await until(pilot, lambda: shown(app, f"saved reply.bin to {saved / 'reply.bin'}"))
+        assert (saved / "reply.bin").read_bytes() == reply.read_bytes()
+
         await type_line(pilot, "/send-file /nonexistent/file")
         await until(pilot, lambda: shown(app, "no such file: /nonexistent/file"))
         await type_line(pilot, "/bogus")
@@ -247,20 +258,35 @@ async def test_a_changed_key_warns_blocks_sending_until_accepted(
             await bob2.close()
 
 
-async def test_group_conversation_from_the_list(people: People) -> None:
+async def test_group_created_and_changed_from_the_tui(people: People) -> None:
     await people.alice.verify("bob")
-    group = await people.alice.create_group("friends", ["bob"])
-    app = ChatApp(SdkBackend(people.alice), open_conversation="friends")
+    await people.alice.verify("carol")
+    app = ChatApp(SdkBackend(people.alice))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.current == group.conversation)
-        assert "# friends" in chat_list(app)
+        await until(pilot, lambda: status(app) == "")  # online
+        await type_line(pilot, "/group friends bob")
+        await until(pilot, lambda: "# friends" in chat_list(app))
+        await until(pilot, lambda: app.current is not None and app.current.startswith("group:"))
         assert str(app.query_one("#conv-title", Static).content) == "# friends"
+        assert shown(app, "friends: members alice, bob")
+        group = app.current
         await type_line(pilot, "hello group")
         await until(pilot, lambda: "hello group" in texts(people.bob_got))
         got = next(e for e in people.bob_got if isinstance(e, Message) and e.text == "hello group")
-        assert got.conversation == group.conversation
-        await people.bob.send_text(group.conversation, "hi from bob")
+        assert got.conversation == group
+        await people.bob.send_text(group, "hi from bob")
         await until(pilot, lambda: shown(app, "bob·1: hi from bob"))
+
+        await type_line(pilot, "/add carol")
+        await until(pilot, lambda: shown(app, "friends: members alice, bob, carol"))
+        await type_line(pilot, "/remove bob")
+        await until(pilot, lambda: shown(app, "friends: members alice, carol"))
+        await type_line(pilot, "after removal")
+        await until(pilot, lambda: "after removal" in texts(people.carol_got))
+        await asyncio.sleep(0.3)
+        assert "after removal" not in texts(people.bob_got)
+        await type_line(pilot, "/verify")
+        await until(pilot, lambda: shown(app, "safety numbers are per user"))
 
 
 async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_path: Path) -> None:
