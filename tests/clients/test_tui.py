@@ -116,6 +116,8 @@ async def type_line(pilot: Pilot[None], text: str) -> None:
 
 
 async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: People) -> None:
+    await people.alice.verify("carol")
+    await people.alice.create_group("weekend", ["bob", "carol"])
     await people.bob.send_text("alice", "hello alice, lunch at 12?")
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
@@ -149,6 +151,7 @@ async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: Peopl
         # Another conversation gets an unread count; Bob types again (the screenshot's state).
         await people.carol.send_text("alice", "are you there?")
         await until(pilot, lambda: "@ carol (1)" in chat_list(app))
+        assert "# weekend" in chat_list(app)
         await people.bob.send_typing("alice", True)
         await until(pilot, lambda: status(app) == "bob is typing…")
         await pilot.press("backspace", *"on my way")
@@ -158,18 +161,21 @@ async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: Peopl
 
 
 async def test_unread_counts_and_switching_conversations(people: People) -> None:
+    await people.carol.send_text("alice", "zero")
+    await people.alice.receive(wait=0.3)  # stored, not read yet
     await people.bob.send_text("alice", "first from bob")
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: shown(app, "first from bob"))
+        assert "@ carol (1)" in chat_list(app)  # counted from the store at start
         await people.carol.send_text("alice", "one")
         await people.carol.send_text("alice", "two")
-        await until(pilot, lambda: "@ carol (2)" in chat_list(app))
+        await until(pilot, lambda: "@ carol (3)" in chat_list(app))
         assert not shown(app, "one")  # still looking at bob
         await type_line(pilot, "/chat carol")
         await until(pilot, lambda: shown(app, "carol·1: two"))
         assert "@ carol" in chat_list(app)
-        assert "@ carol (2)" not in chat_list(app)
+        assert "@ carol (3)" not in chat_list(app)
         await until(
             pilot,
             lambda: (
