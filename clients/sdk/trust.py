@@ -15,6 +15,7 @@ Only devices on the last verified list are ever encrypted to or believed as send
 
 from __future__ import annotations
 
+import functools
 import hmac
 import time
 
@@ -36,12 +37,18 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_list(data: bytes) -> DeviceList:
+    """Decode a stored (already verified) signed list; cached, it is read on every send."""
+    return SignedDeviceList.from_bytes(data).device_list
+
+
 def known_device_list(store: Store, username: str) -> DeviceList | None:
     """The last verified device list of ``username`` (None if none yet)."""
     peer = store.get_peer(username)
     if peer is None or peer.device_list is None:
         return None
-    return SignedDeviceList.from_bytes(peer.device_list).device_list
+    return _parse_list(peer.device_list)
 
 
 def is_trusted(store: Store, username: str) -> bool:

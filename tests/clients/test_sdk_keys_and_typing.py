@@ -1,0 +1,99 @@
+"""Prekey replenishment on the relay's low-stock signal, signed prekey rotation, typing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import Event, TypingEvent, VoxClient
+from clients.store.models import PrekeyKind
+from tests.clients.kit import queued, texts, wait_for
+from tests.server.relay_harness import Relay, make_settings, running_relay
+
+
+@pytest.fixture
+async def low_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay that calls a device's stock low below 45 one-time prekeys."""
+    settings = make_settings(tmp_path, limits={"prekey_low_threshold": 45})
+    async with running_relay(settings) as relay:
+        yield relay
+
+
+async def test_low_prekey_signal_makes_the_device_upload_more(
+    low_relay: Relay, tmp_path: Path
+) -> None:
+    alice = await VoxClient.register(tmp_path / "a", low_relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", low_relay.base_url, "bob")
+    try:
+        await bob.connect()
+        await alice.connect()
+        start = await bob.http.prekey_count()
+        assert start["one_time_prekeys"] == 50
+        for _ in range(6):  # six claims: 44 left, below the threshold of 45
+            await alice.http.bundle("bob", 1)
+        counts: dict[str, int] = {}
+
+        async def refreshed() -> bool:
+            counts.update(await bob.http.prekey_count())
+            return counts["one_time_prekeys"] > 44 and counts["one_time_pq_prekeys"] > 44
+
+        for _ in range(100):
+            if await refreshed():
+                break
+            await wait_for(lambda: True, within=0.05)
+        assert counts["one_time_prekeys"] == 94
+        # The private halves of the new prekeys are in bob's store, so they are usable.
+        assert len(bob.store.list_prekeys(PrekeyKind.ONE_TIME_X25519)) >= 94
+        await alice.send_text("bob", "uses a fresh prekey")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_rotated_signed_prekey_is_used_by_new_sessions_and_old_ones_keep_working(
+    relay: Relay, tmp_path: Path
+) -> None:
+    alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    carol = await VoxClient.register(tmp_path / "c", relay.base_url, "carol")
+    events: list[Event] = []
+    bob.on_event(events.append)
+    try:
+        await bob.connect()
+        await alice.send_text("bob", "old session")
+        await wait_for(lambda: texts(events, "alice") == ["old session"])
+        assert not await bob.rotate_signed_prekey()  # not due yet
+        assert await bob.rotate_signed_prekey(force=True)
+        assert len(bob.store.list_prekeys(PrekeyKind.SIGNED)) == 2  # the old one is kept
+        bundle = await carol.http.bundle("bob", 1)
+        newest = max(r.key_id for r in bob.store.list_prekeys(PrekeyKind.SIGNED))
+        assert bundle["devices"][0]["signed_prekey"]["key_id"] == newest
+        await carol.send_text("bob", "new session")
+        await alice.send_text("bob", "old session still works")
+        await wait_for(lambda: texts(events, "carol") == ["new session"])
+        await wait_for(lambda: len(texts(events, "alice")) == 2)
+    finally:
+        for client in (alice, bob, carol):
+            await client.close()
+
+
+async def test_typing_is_ephemeral_and_never_queued(relay: Relay, tmp_path: Path) -> None:
+    alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    events: list[Event] = []
+    bob.on_event(events.append)
+    try:
+        await bob.connect()
+        await alice.send_text("bob", "hello")  # session set-up
+        await alice.send_typing("bob", True)
+        await wait_for(lambda: any(isinstance(e, TypingEvent) for e in events))
+        typing = next(e for e in events if isinstance(e, TypingEvent))
+        assert typing.sender == "alice" and typing.active and typing.conversation == "alice"
+        await bob.disconnect()
+        await alice.send_typing("bob", False)  # bob is offline: dropped, never stored
+        assert await queued(relay, "bob") == 0
+    finally:
+        await alice.close()
+        await bob.close()
