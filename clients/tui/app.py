@@ -34,6 +34,7 @@ from clients.sdk.models import (
     ServerConfig,
     TypingEvent,
 )
+from clients.store.errors import StoreError as LocalStoreError
 from clients.store.models import DeliveryState, group_conversation, is_group_conversation
 from clients.tui.backend import ChatBackend, ConversationItem
 from clients.tui.render import render_message
@@ -41,6 +42,8 @@ from clients.tui.render import render_message
 __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
 
 BRAND_THEME = "vox-brand"
+#: What the SDK (and the store beneath it) raise; shown in the window, never a traceback.
+FAILURES = (ClientError, LocalStoreError)
 TYPING_SHOW_S = 6.0
 TYPING_SEND_EVERY_S = 3.0
 RECONNECT_FIRST_S = 2.0
@@ -112,7 +115,7 @@ class ChatApp(App[None]):
         self.sub_title = f"@{self.backend.username}"
         try:
             self.apply_brand(await self.backend.server_config())
-        except ClientError as exc:
+        except FAILURES as exc:
             self.notify(f"could not read the relay's config: {exc}", severity="warning")
         await self.reload_conversations()
         target = await self._resolve(self._initial) if self._initial else None
@@ -246,7 +249,7 @@ class ChatApp(App[None]):
         self.shown.clear()
         try:
             history = await self.backend.history(conversation)
-        except ClientError as exc:
+        except FAILURES as exc:
             self._system(f"cannot load the history: {exc}")
             history = []
         await self._merge(history)
@@ -311,7 +314,7 @@ class ChatApp(App[None]):
     async def _mark_read(self, conversation: str) -> None:
         try:
             await self.backend.mark_read(conversation)
-        except ClientError as exc:
+        except FAILURES as exc:
             self.log.warning(f"mark_read failed: {exc}")
 
     # ------------------------------------------------------------------ events
@@ -324,7 +327,7 @@ class ChatApp(App[None]):
         while True:
             try:
                 await self.backend.connect()
-            except ClientError as exc:
+            except FAILURES as exc:
                 self._set_status(f"offline: {exc} (retrying in {delay:.0f} s)")
                 self._online.set()  # sends go ahead and fail with a clear message
                 await asyncio.sleep(delay)
@@ -335,8 +338,12 @@ class ChatApp(App[None]):
             break
         try:
             async for event in self.backend.events():
-                await self.handle_event(event)
-        except ClientError as exc:
+                try:
+                    await self.handle_event(event)
+                except Exception as exc:  # one bad event never stops the window
+                    self.log.error(f"cannot show {type(event).__name__}: {exc!r}")
+                    self.notify(f"cannot show an event: {type(exc).__name__}", severity="error")
+        except FAILURES as exc:
             self._set_status(f"disconnected: {exc}")
             self.notify(f"disconnected: {exc}", severity="error")
 
@@ -414,7 +421,7 @@ class ChatApp(App[None]):
         if self._send_lock.locked() or not self._online.is_set():
             return  # typing is best effort: never queue it behind a message
         async with self._send_lock:
-            with contextlib.suppress(ClientError):
+            with contextlib.suppress(*FAILURES):
                 await self.backend.send_typing(conversation, True)
 
     @on(Input.Submitted, "#input")
@@ -491,7 +498,7 @@ class ChatApp(App[None]):
             await self._online.wait()
             async with self._send_lock:
                 await self.backend.send_text(conversation, text)
-        except ClientError as exc:
+        except FAILURES as exc:
             # If the SDK kept it (history + outbox), the sync below shows it pending ("…")
             # and the SDK sends it once the relay is reachable again.
             self._system(f"not sent: {exc}")
@@ -520,7 +527,7 @@ class ChatApp(App[None]):
             await self._online.wait()
             async with self._send_lock:
                 await self.backend.send_file(conversation, path, progress)
-        except ClientError as exc:
+        except FAILURES as exc:
             self._set_status("")
             self._system(f"file not sent: {exc}")
             return
@@ -536,7 +543,7 @@ class ChatApp(App[None]):
 
         try:
             path = await self.backend.download(message, dest, progress)
-        except ClientError as exc:
+        except FAILURES as exc:
             self._set_status("")
             self._system(f"file not saved: {exc}")
             return
@@ -554,7 +561,7 @@ class ChatApp(App[None]):
                     info = await self.backend.add_members(group, users)
                 else:
                     info = await self.backend.remove_members(group, users)
-        except ClientError as exc:
+        except FAILURES as exc:
             self._system(f"group not changed: {exc}")
             return
         await self.reload_conversations()
@@ -569,7 +576,7 @@ class ChatApp(App[None]):
                 v = await self.backend.accept_identity(username)
             else:
                 v = await self.backend.verify(username)
-        except ClientError as exc:
+        except FAILURES as exc:
             self._system(str(exc))
             return
         if accept:
