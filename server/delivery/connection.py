@@ -239,8 +239,8 @@ class DeviceConnection:
             assert isinstance(delivery, Delivery)
             if delivery.seq in self._inflight:
                 continue
-            if delivery.seq <= self._max_seq:
-                # Committed elsewhere out of order, or already acked: let the database decide.
+            if delivery.seq <= self._max_seq and self._service.strict_order_hints:
+                # Committed out of seq order (another writer or node): let the database decide.
                 self.wake()
                 break
             if self._room() <= 0:
@@ -300,7 +300,9 @@ class DeviceConnection:
                 self._inflight[seq] = True
                 fresh.append(seq)
         if fresh:
-            self._service.writer.submit(AckOp(self, self.device.device_pk, fresh))
+            self._service.writer_for(self.device.device_pk).submit(
+                AckOp(self, self.device.device_pk, fresh)
+            )
         if unknown:
             self.push_frame(
                 error_frame(

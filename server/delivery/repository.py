@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, func, insert, select
+from sqlalchemy import ColumnElement, Table, any_, bindparam, delete, exists, func, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from server.db.models import Account, Device
@@ -39,19 +40,16 @@ def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
         yield items[start : start + size]
 
 
+def _in(conn: Connection, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+    """``column IN (:name...)`` with a statement text that does not depend on the list length
+    on PostgreSQL (``= ANY(:name)``), so asyncpg's prepared-statement cache keeps hitting."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
 _FIND_SENDS = select(
     _sends.c.sender_device_pk, _sends.c.client_id, _sends.c.envelope_id, _sends.c.created_at
-).where(
-    _sends.c.sender_device_pk.in_(bindparam("pks", expanding=True)),
-    _sends.c.client_id.in_(bindparam("ids", expanding=True)),
-)
-_DELETE_ACKED = (
-    delete(_queue)
-    .where(
-        _queue.c.device_pk.in_(bindparam("devices", expanding=True)),
-        _queue.c.seq.in_(bindparam("seqs", expanding=True)),
-    )
-    .returning(_queue.c.device_pk, _queue.c.seq, _queue.c.envelope_id)
 )
 
 
@@ -107,7 +105,8 @@ class DeliveryRepository:
                 select(_accounts.c.username, _devices.c.device_id, _devices.c.pk)
                 .select_from(_accounts)
                 .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
-                .where(_accounts.c.username.in_(chunk))
+                .where(_in(conn, _accounts.c.username, "names")),
+                {"names": list(chunk)},
             )
             for username, device_id, pk in rows:
                 devices = out.setdefault(username, {})
@@ -122,8 +121,9 @@ class DeliveryRepository:
         for chunk in _chunks(pks):
             rows = conn.execute(
                 select(_queue.c.device_pk, func.count())
-                .where(_queue.c.device_pk.in_(chunk))
-                .group_by(_queue.c.device_pk)
+                .where(_in(conn, _queue.c.device_pk, "pks"))
+                .group_by(_queue.c.device_pk),
+                {"pks": list(chunk)},
             )
             for pk, count in rows:
                 out[pk] = count
@@ -198,7 +198,12 @@ class DeliveryRepository:
         # seq is unique across all queues, and the device filter keeps a device to its own
         # rows; one cached statement shape (expanding IN lists) for any batch.
         for seq_chunk in _chunks(seqs):
-            result = conn.execute(_DELETE_ACKED, {"devices": devices, "seqs": list(seq_chunk)})
+            result = conn.execute(
+                delete(_queue)
+                .where(_in(conn, _queue.c.device_pk, "devices"), _in(conn, _queue.c.seq, "seqs"))
+                .returning(_queue.c.device_pk, _queue.c.seq, _queue.c.envelope_id),
+                {"devices": devices, "seqs": list(seq_chunk)},
+            )
             for device_pk, seq, envelope_id in result:
                 deleted += 1
                 envelopes.add(envelope_id)
@@ -211,7 +216,10 @@ class DeliveryRepository:
             _queue.c.envelope_id == _payloads.c.envelope_id, _queue.c.idx == _payloads.c.idx
         )
         for chunk in _chunks(envelopes):
-            conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(chunk), ~referenced))
+            conn.execute(
+                delete(_payloads).where(_in(conn, _payloads.c.envelope_id, "ids"), ~referenced),
+                {"ids": list(chunk)},
+            )
 
     def fetch_queue(
         self, conn: Connection, device_pk: int, limit: int, now_ms: int

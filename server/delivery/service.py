@@ -61,6 +61,8 @@ class DeliveryConfig:
     auth_timeout: float = 10.0
     sweep_interval: float = 60.0
     commit_max_batch: int = 256
+    #: Concurrent group-commit writers (0: 1 on SQLite, 2 on PostgreSQL).
+    commit_writers: int = 0
     commit_max_wait: float = 0.002
 
     @classmethod
@@ -114,23 +116,36 @@ class DeliveryService:
         self.metrics = metrics
         self.config = config
         self.repo = DeliveryRepository()
-        self.writer = GroupCommitWriter(
-            engine,
-            hub,
-            metrics,
-            ttl_seconds=config.envelope_ttl_seconds,
-            max_queue_depth=config.max_queue_depth,
-            max_batch=config.commit_max_batch,
-            max_wait=config.commit_max_wait,
-        )
+        # SQLite has one writer at a time anyway; PostgreSQL overlaps commits of several
+        # writers. A device's sends and acks always go to the same writer (by device pk), so
+        # each connection's operations still commit and are answered in order.
+        count = config.commit_writers or (1 if engine.dialect.name == "sqlite" else 2)
+        self.writers = [
+            GroupCommitWriter(
+                engine,
+                hub,
+                metrics,
+                ttl_seconds=config.envelope_ttl_seconds,
+                max_queue_depth=config.max_queue_depth,
+                max_batch=config.commit_max_batch,
+                max_wait=config.commit_max_wait,
+            )
+            for _ in range(count)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
         self.accepting = True
+        #: With one writer, envelopes committed here arrive in seq order and a lower seq means
+        #: "already delivered or committed elsewhere" (checked against the database). With
+        #: several writers, commit order is the delivery order (each sender's envelopes still
+        #: come in its order, since one writer handles all of a device's sends).
+        self.strict_order_hints = len(self.writers) == 1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the writer, the TTL sweeper and the slow-consumer watchdog."""
-        self.writer.start()
+        for writer in self.writers:
+            writer.start()
         self._tasks = [
             asyncio.create_task(self._sweeper(), name="vox-ttl-sweeper"),
             asyncio.create_task(self._watchdog(), name="vox-ws-watchdog"),
@@ -142,7 +157,7 @@ class DeliveryService:
             return
         self.accepting = False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.writer.drained(), timeout=grace)
+            await asyncio.wait_for(self.drained(), timeout=grace)
         for sink in self.hub.local_sinks():
             if isinstance(sink, DeviceConnection):
                 sink.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -153,13 +168,23 @@ class DeliveryService:
     async def stop(self) -> None:
         """Stop background tasks; the writer commits what it was given first."""
         self.accepting = False
-        await self.writer.stop()
+        for writer in self.writers:
+            await writer.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    async def drained(self) -> None:
+        """Every operation submitted so far is committed and answered."""
+        for writer in self.writers:
+            await writer.drained()
+
+    def writer_for(self, device_pk: int) -> GroupCommitWriter:
+        """The writer that handles this device's sends and acks."""
+        return self.writers[device_pk % len(self.writers)]
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -252,7 +277,8 @@ class DeliveryService:
         if conn.pending_sends >= cfg.max_pending_sends:
             raise FrameError("busy", "too many sends awaiting an answer", frame.id)
         conn.pending_sends += 1
-        self.writer.submit(SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral))
+        op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral)
+        self.writer_for(conn.device.device_pk).submit(op)
 
     @staticmethod
     def bucket(rate: float) -> _Bucket:

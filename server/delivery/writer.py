@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.db.engine import IMMEDIATE
 from server.delivery.frames import Delivery, b64, dumps, error_frame
@@ -145,6 +145,7 @@ class GroupCommitWriter:
             sqlite_sync_engine(engine) if engine.dialect.name == "sqlite" else None
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
+        self._conn: AsyncConnection | None = None
         self._hub = hub
         self._metrics = metrics
         self._repo = DeliveryRepository()
@@ -176,6 +177,9 @@ class GroupCommitWriter:
             await self._task
         self._task = None
         self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
         if self._sqlite_engine is not None:
             self._sqlite_engine.dispose()
 
@@ -244,8 +248,17 @@ class GroupCommitWriter:
             # The whole transaction in the writer's own thread: one hand-off per batch.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._thread, self._sqlite_transaction, batch)
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(self._apply, batch)
+        # PostgreSQL: the writer keeps one connection (no pool checkout and ping per batch).
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+        try:
+            async with self._conn.begin():
+                return await self._conn.run_sync(self._apply, batch)
+        except BaseException:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
 
     def _sqlite_transaction(self, batch: list[Op]) -> dict[int, list[Delivery]]:
         assert self._sqlite_engine is not None
