@@ -1,0 +1,145 @@
+"""The sans-I/O ClientProtocol without a relay: two devices over an in-memory link that can
+drop, reorder, duplicate and flip bits (h11's ConnectionPair idea)."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from clients.sdk import identity as ids
+from clients.sdk import trust
+from clients.sdk.content import TextContent
+from clients.sdk.models import DecryptFailure, Message
+from clients.sdk.protocol import ClientProtocol, DeviceBundle, Envelope, NeedDeviceList
+from clients.store.memory import MemoryStore
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Party:
+    """One registered device: its protocol, public registration material."""
+
+    proto: ClientProtocol
+    account_key: bytes
+    device_list: bytes
+    upload: dict[str, object]
+
+    @classmethod
+    def new(cls, username: str) -> Party:
+        store = MemoryStore()
+        me = ids.new_identity(username, 1, None)
+        signed = ids.first_device_list(me)
+        upload = ids.registration_prekeys(store, me, batch=3)
+        store.save_profile(me.to_profile("http://relay.invalid"))
+        key = me.account_key.public_key.to_bytes()
+        trust.accept_device_list(store, username, key, signed.to_bytes())
+        return cls(ClientProtocol(store, me), key, signed.to_bytes(), upload)
+
+    def bundle(self) -> DeviceBundle:
+        def signed(x: object) -> tuple[int, bytes, bytes]:
+            assert isinstance(x, dict)
+            return x["key_id"], base64.b64decode(x["public_key"]), base64.b64decode(x["signature"])
+
+        up = self.upload
+        otk = up["one_time_prekeys"][0]  # type: ignore[index]
+        return DeviceBundle(
+            device_id=1,
+            identity_key=self.proto.identity.identity_key.public_key.to_bytes(),
+            signed_prekey=signed(up["signed_prekey"]),
+            last_resort_prekey=signed(up["last_resort_prekey"]),
+            one_time_prekey=(otk["key_id"], base64.b64decode(otk["public_key"])),
+            one_time_pq_prekey=signed(up["one_time_pq_prekeys"][0]),  # type: ignore[index]
+        )
+
+    def knows(self, other: Party) -> None:
+        """What the relay would serve: the other's key and list (TOFU)."""
+        self.proto.accept_device_list(other.proto.username, other.account_key, other.device_list)
+
+
+def pair() -> tuple[Party, Party]:
+    alice, bob = Party.new("alice"), Party.new("bob")
+    alice.knows(bob)
+    alice.proto.accept_bundle("bob", bob.account_key, bob.bundle())
+    return alice, bob
+
+
+def envelopes(sender: Party, to: str, *texts: str) -> list[Envelope]:
+    out = []
+    for text in texts:
+        send = sender.proto.encode_direct(to, TextContent(text=text, sent_at_ms=1))
+        ((data, recipients),) = send.payloads
+        assert recipients == [(to, 1)]
+        out.append(Envelope(next(_ids), f"env{next(_ids)}", sender.proto.username, 1, 0, data))
+    return out
+
+
+def messages(party: Party, envs: list[Envelope]) -> list[str | DecryptFailure]:
+    out: list[str | DecryptFailure] = []
+    for env in envs:
+        need = party.proto.precheck(env)
+        if isinstance(need, NeedDeviceList):
+            pytest.fail(f"unexpected device list request for {need.username}")
+        for event in party.proto.receive(env).events:
+            if isinstance(event, Message):
+                out.append(event.text or "")
+            elif isinstance(event, DecryptFailure):
+                out.append(event)
+    return out
+
+
+def test_first_message_asks_for_the_senders_device_list_then_decrypts() -> None:
+    alice, bob = pair()
+    (env,) = envelopes(alice, "bob", "hi")
+    assert bob.proto.precheck(env) == NeedDeviceList("alice")
+    bob.knows(alice)
+    assert messages(bob, [env]) == ["hi"]
+    assert messages(bob, [env]) == []  # the same envelope again: already processed
+    reply = envelopes(bob, "alice", "hello")  # bob answers over the session alice started
+    alice.knows(bob)
+    assert messages(alice, reply) == ["hello"]
+
+
+def test_reordered_and_duplicated_messages_arrive_once() -> None:
+    alice, bob = pair()
+    bob.knows(alice)
+    envs = envelopes(alice, "bob", *(f"m{i}" for i in range(6)))
+    shuffled = [envs[0], envs[3], envs[1], envs[5], envs[2], envs[4]]
+    replays = [Envelope(e.seq + 1000, e.envelope_id + "x", "alice", 1, 0, e.data) for e in envs[:3]]
+    got = messages(bob, shuffled + replays)
+    assert [g for g in got if isinstance(g, str)] == ["m0", "m3", "m1", "m5", "m2", "m4"]
+    # A replayed ciphertext under a new envelope id is refused by the ratchet, not shown twice.
+    failures = [g for g in got if isinstance(g, DecryptFailure)]
+    assert len(failures) == 3 and {f.error for f in failures} == {"DuplicateMessage"}
+    assert len(bob.proto.store.history("alice")) == 6
+
+
+def test_a_flipped_bit_is_reported_and_changes_no_state() -> None:
+    alice, bob = pair()
+    bob.knows(alice)
+    first, second = envelopes(alice, "bob", "one", "two")
+    for position in (5, len(first.data) // 2, len(first.data) - 1):
+        data = bytearray(first.data)
+        data[position] ^= 0x01
+        tampered = Envelope(first.seq, f"t{position}", "alice", 1, 0, bytes(data))
+        (failure,) = messages(bob, [tampered])
+        assert isinstance(failure, DecryptFailure) and failure.sender == "alice"
+    assert messages(bob, [first, second]) == ["one", "two"]
+
+
+def test_a_device_missing_from_the_signed_list_is_refused() -> None:
+    alice, bob = pair()
+    mallory = Party.new("mallory")
+    # The relay claims mallory's device is alice's: the ciphertext names mallory, and the
+    # list bob verified for alice does not contain mallory's identity key.
+    mallory.knows(bob)
+    mallory.proto.accept_bundle("bob", bob.account_key, bob.bundle())
+    (env,) = envelopes(mallory, "bob", "trust me")
+    forged = Envelope(env.seq, env.envelope_id, "alice", 1, 0, env.data)
+    bob.knows(alice)
+    (failure,) = messages(bob, [forged])
+    assert isinstance(failure, DecryptFailure)
+    assert bob.proto.store.history("alice") == []
