@@ -162,3 +162,40 @@ async def test_files_and_groups_through_the_cli(relay: Relay, tmp_path: Path) ->
     assert code == 0 and group_id in out and "alice bob carol" in out, err
     code, out, err = await vox(a, "group", "remove", "team", "carol")
     assert code == 0 and out.strip() == "alice bob", err
+
+
+async def test_link_and_join_through_the_cli(relay: Relay, tmp_path: Path) -> None:
+    a, a2, b = tmp_path / "a", tmp_path / "a2", tmp_path / "b"
+    for home, name in ((a, "alice"), (b, "bob")):
+        code, _, err = await vox(home, "register", name, "--server", relay.base_url)
+        assert code == 0, err
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    link = await asyncio.create_subprocess_exec(
+        VOX,
+        "--home",
+        str(a),
+        "link",
+        "--wait",
+        "30",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert link.stdout is not None
+    line = (await asyncio.wait_for(link.stdout.readline(), 30)).decode()
+    assert "vox join" in line, line
+    code_text = line.split("vox join", 1)[1].split()[0]
+    code, out, err = await vox(a2, "join", code_text, "--server", relay.base_url)
+    assert code == 0, err
+    assert "joined as alice" in out
+    rest, err_link = await asyncio.wait_for(link.communicate(), 30)
+    assert link.returncode == 0, err_link.decode()
+    assert "linked device" in rest.decode()
+    code, out, err = await vox(a2, "devices")
+    assert code == 0 and len(out.strip().splitlines()) == 2, err
+    code, _, err = await vox(b, "send", "alice", "to every alice")
+    assert code == 0, err
+    for home in (a, a2):
+        code, out, err = await vox(home, "receive", "--json", "--wait", "1")
+        assert code == 0, err
+        assert [json.loads(x)["text"] for x in out.splitlines()] == ["to every alice"]

@@ -217,3 +217,32 @@ async def test_changed_account_key_blocks_sending_until_accepted(
         await wait_for(lambda: texts(ev_b2, "alice") == ["welcome back"])
     finally:
         await bob2.close()
+
+
+async def test_added_member_reads_later_messages_and_a_leaver_does_not(
+    make_client: Factory,
+) -> None:
+    alice, bob, carol = [await make_client(n) for n in ("alice", "bob", "carol")]
+    ev_b, ev_c = collect(bob), collect(carol)
+    for c in (alice, bob, carol):
+        await c.connect()
+    info = await alice.create_group("pair", ["bob"])
+    await alice.send_group_text(info.group_id, "just us")
+    await wait_for(lambda: texts(ev_b, "alice") == ["just us"])
+    added = await alice.add_members(info.group_id, ["carol"])
+    assert added.members == ("alice", "bob", "carol") and added.epoch == 2
+    await wait_for(lambda: len(carol.groups()) == 1 and len(bob.groups()[0].members) == 3)
+    await alice.send_group_text(info.group_id, "welcome carol")
+    await wait_for(lambda: texts(ev_c, "alice") == ["welcome carol"])
+    await bob.leave_group(info.group_id)
+    assert bob.groups() == []
+    await wait_for(lambda: alice.groups()[0].members == ("alice", "carol"))
+    await wait_for(lambda: carol.groups()[0].members == ("alice", "carol"))
+    await carol.send_group_text(info.group_id, "bob is gone")
+    await wait_for(lambda: texts(collect_history(alice, info.group_id), "carol") == ["bob is gone"])
+    assert texts(ev_b, "carol") == []
+
+
+def collect_history(client: VoxClient, group_id: str) -> list[Event]:
+    """A client's stored messages of a group, as events."""
+    return list(client.history(f"group:{group_id}"))
