@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from clients.store.errors import KeyFileError, StoreCorrupted
 from crypto.encoding import Writer
 
-__all__ = ["SCRYPT_N", "SCRYPT_P", "SCRYPT_R", "Sealer", "derive_key", "load_or_create_key_file"]
+__all__ = [
+    "SCRYPT_N",
+    "SCRYPT_P",
+    "SCRYPT_R",
+    "Sealer",
+    "derive_key",
+    "load_or_create_key_file",
+    "write_key_file",
+]
 
 SCRYPT_N = 2**15
 SCRYPT_R = 8
@@ -64,6 +72,19 @@ def load_or_create_key_file(path: Path, *, create: bool) -> bytes:
     key = path.read_bytes()
     if len(key) != KEY_LEN:
         raise KeyFileError(path, f"expected {KEY_LEN} bytes, found {len(key)}")
+    return key
+
+
+def write_key_file(path: Path) -> bytes:
+    """Write a fresh random 32-byte key to ``path`` (mode 0600, fsynced), replacing it."""
+    key = os.urandom(KEY_LEN)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return key
 
 

@@ -42,6 +42,7 @@ from clients.store.sealing import (
     Sealer,
     derive_key,
     load_or_create_key_file,
+    write_key_file,
 )
 from crypto.encoding import Reader, Writer
 from crypto.errors import DecodeError
@@ -50,6 +51,7 @@ __all__ = ["DB_NAME", "KEY_FILE_NAME", "SCHEMA_VERSION", "SqliteStore", "profile
 
 DB_NAME = "vox.db"
 KEY_FILE_NAME = "vox.key"
+NEW_KEY_FILE_NAME = "vox.key.new"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -90,6 +92,18 @@ CREATE TABLE kv (key TEXT PRIMARY KEY, secret INTEGER NOT NULL, value BLOB NOT N
 """
 
 _PROFILE_ROW = b"profile"
+
+#: Every sealed column: (table, column, primary key columns giving the row key, filter).
+_SEALED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("profile", "secret", (), ""),
+    ("prekeys", "secret", ("kind", "key_id"), ""),
+    ("sessions", "state", ("username", "device_id"), ""),
+    ("own_sender_keys", "state", ("group_id",), ""),
+    ("sender_keys", "state", ("group_id", "username", "device_id"), ""),
+    ("messages", "body", ("message_id",), ""),
+    ("outbox", "payload", ("message_id",), ""),
+    ("kv", "value", ("key",), " WHERE secret = 1"),
+)
 
 
 def profile_exists(home: Path) -> bool:
@@ -177,8 +191,15 @@ class SqliteStore:
             raise
 
     @staticmethod
-    def _initialize(conn: sqlite3.Connection, home: Path, passphrase: str | None) -> Sealer:
-        meta: dict[str, bytes] = {"schema_version": str(SCHEMA_VERSION).encode()}
+    def _key_and_meta(
+        home: Path, passphrase: str | None, *, new_key_file: bool = False
+    ) -> tuple[Sealer, dict[str, bytes]]:
+        """A store key (new scrypt salt, or the key file) and the meta rows describing it.
+
+        With ``new_key_file`` a fresh key is written to ``vox.key.new`` (see
+        :meth:`change_passphrase`) instead of reading or creating ``vox.key``.
+        """
+        meta: dict[str, bytes] = {}
         if passphrase is not None:
             if not passphrase:
                 raise WrongPassphrase("the passphrase must not be empty")
@@ -189,11 +210,20 @@ class SqliteStore:
                 "salt": salt,
                 "scrypt": f"{SCRYPT_N},{SCRYPT_R},{SCRYPT_P}".encode(),
             }
+        elif new_key_file:
+            key = write_key_file(home / NEW_KEY_FILE_NAME)
+            meta["kdf"] = b"keyfile"
         else:
             key = load_or_create_key_file(home / KEY_FILE_NAME, create=True)
             meta["kdf"] = b"keyfile"
         sealer = Sealer(key)
         meta["check"] = sealer.check_value()
+        return sealer, meta
+
+    @classmethod
+    def _initialize(cls, conn: sqlite3.Connection, home: Path, passphrase: str | None) -> Sealer:
+        sealer, meta = cls._key_and_meta(home, passphrase)
+        meta["schema_version"] = str(SCHEMA_VERSION).encode()
         try:
             # executescript() commits first, so the transaction is opened inside the script.
             conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
@@ -224,6 +254,9 @@ class SqliteStore:
                 salt = meta["salt"]
             except (KeyError, ValueError) as exc:
                 raise StoreCorrupted(f"store metadata is damaged ({exc!r})") from None
+            # Refuse parameters weakened (or inflated to exhaust memory) by tampering.
+            if not (2**14 <= n <= 2**20 and n & (n - 1) == 0 and 8 <= r <= 32 and 1 <= p <= 16):
+                raise StoreCorrupted(f"scrypt parameters out of bounds (n={n}, r={r}, p={p})")
             sealer = Sealer(derive_key(passphrase, salt, n=n, r=r, p=p))
             if not sealer.verify_check_value(check):
                 raise WrongPassphrase("wrong passphrase for this profile")
@@ -231,12 +264,47 @@ class SqliteStore:
         if kdf == "keyfile":
             if passphrase is not None:
                 raise WrongPassphrase("this profile uses a key file, not a passphrase")
-            path = home / KEY_FILE_NAME
+            path, pending = home / KEY_FILE_NAME, home / NEW_KEY_FILE_NAME
             sealer = Sealer(load_or_create_key_file(path, create=False))
-            if not sealer.verify_check_value(check):
-                raise KeyFileError(path, "does not open this store")
-            return sealer
+            if sealer.verify_check_value(check):
+                pending.unlink(missing_ok=True)  # a key change that never committed
+                return sealer
+            if pending.exists():  # a key change committed, the rename did not happen
+                sealer = Sealer(load_or_create_key_file(pending, create=False))
+                if sealer.verify_check_value(check):
+                    os.replace(pending, path)
+                    return sealer
+            raise KeyFileError(path, "does not open this store")
         raise StoreCorrupted(f"unknown key derivation {kdf!r}")
+
+    def change_passphrase(self, passphrase: str | None) -> None:
+        """Re-encrypt every secret under a new key: from ``passphrase``, or (None) a key file.
+
+        One transaction: a crash leaves the old key (and passphrase) in force. Switching to a
+        passphrase deletes the key file; switching to a key file writes a fresh one first.
+        Old ciphertext may survive in free pages of the file until SQLite reuses them.
+        """
+        home = self.path.parent
+        new_sealer, meta = self._key_and_meta(home, passphrase, new_key_file=True)
+        with self.transaction():
+            for table, column, pk, where in _SEALED:
+                cols = ", ".join(("rowid", *pk, column))
+                rows = self._exec(f"SELECT {cols} FROM {table}{where}").fetchall()  # noqa: S608
+                for rowid, *key, sealed in rows:
+                    row = _rk(*key) if pk else _PROFILE_ROW
+                    plain = self._open(table, row, sealed)
+                    self._exec(
+                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?",  # noqa: S608
+                        (new_sealer.seal(table, row, plain), rowid),
+                    )
+            self._exec("DELETE FROM meta WHERE key IN ('kdf', 'salt', 'scrypt', 'check')")
+            for name, value in meta.items():
+                self._exec("INSERT INTO meta (key, value) VALUES (?, ?)", (name, value))
+        self._sealer = new_sealer
+        if passphrase is None:
+            os.replace(home / NEW_KEY_FILE_NAME, home / KEY_FILE_NAME)
+        else:
+            (home / KEY_FILE_NAME).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close the database and release the profile lock (idempotent)."""

@@ -294,3 +294,82 @@ def test_concurrent_processes_take_turns_and_lose_nothing(tmp_path: Path) -> Non
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     with open_store(tmp_path) as store:
         assert len(store.history("bob", limit=1000)) == 3 * 5 * 4
+
+
+# --- changing the passphrase ---------------------------------------------------------------
+
+
+def assert_secrets_readable(store: SqliteStore) -> None:
+    profile = store.load_profile()
+    assert profile is not None and profile.account_key == CANARY + b"acct"
+    prekey = store.get_prekey(PrekeyKind.ONE_TIME_KEM, 1)
+    assert prekey is not None and prekey.secret == CANARY + b"kem"
+    assert store.load_session("bob", 1) == CANARY + b"session"
+    assert store.load_own_sender_key("g") == CANARY + b"own-sk"
+    assert store.load_sender_key("g", "bob", 1) == CANARY + b"bob-sk"
+    message = store.get_message("m")
+    assert message is not None and message.attachment == {"key": CANARY.decode()}
+    assert store.outbox_pending()[0].payload == CANARY + b"outbox"
+    assert store.get_secret("token") == CANARY + b"token"
+
+
+def test_changing_from_a_key_file_to_a_passphrase_and_back(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        fill_with_secrets(store)
+        store.change_passphrase("new passphrase")
+        assert_secrets_readable(store)
+    assert not (tmp_path / "vox.key").exists()
+    assert CANARY not in profile_bytes(tmp_path)
+    with pytest.raises(WrongPassphrase, match="none was given"):
+        open_store(tmp_path)
+    with open_store(tmp_path, passphrase="new passphrase") as store:
+        assert_secrets_readable(store)
+        store.change_passphrase("second")
+    with pytest.raises(WrongPassphrase, match="wrong passphrase"):
+        open_store(tmp_path, passphrase="new passphrase")
+    with open_store(tmp_path, passphrase="second") as store:
+        store.change_passphrase(None)
+    assert ((tmp_path / "vox.key").stat().st_mode & 0o777) == 0o600
+    assert not (tmp_path / "vox.key.new").exists()
+    with open_store(tmp_path) as store:
+        assert_secrets_readable(store)
+
+
+def test_an_interrupted_key_file_rotation_is_finished_or_discarded_on_open(
+    tmp_path: Path,
+) -> None:
+    with open_store(tmp_path) as store:
+        fill_with_secrets(store)
+    old_key = (tmp_path / "vox.key").read_bytes()
+    with open_store(tmp_path) as store:
+        store.change_passphrase(None)  # rotate the key file
+    new_key = (tmp_path / "vox.key").read_bytes()
+    assert new_key != old_key
+
+    def write(name: str, key: bytes) -> None:
+        path = tmp_path / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, key)
+        os.close(fd)
+
+    # Committed, but the crash came before vox.key.new replaced vox.key.
+    write("vox.key", old_key)
+    write("vox.key.new", new_key)
+    with open_store(tmp_path) as store:
+        assert_secrets_readable(store)
+    assert (tmp_path / "vox.key").read_bytes() == new_key
+    assert not (tmp_path / "vox.key.new").exists()
+    # Never committed: a stray new key file is discarded.
+    write("vox.key.new", old_key)
+    with open_store(tmp_path) as store:
+        assert_secrets_readable(store)
+    assert not (tmp_path / "vox.key.new").exists()
+
+
+@pytest.mark.parametrize("params", [b"1024,8,1", b"1048577,8,1", b"32768,1,1", b"4194304,8,1"])
+def test_tampered_scrypt_parameters_are_refused(tmp_path: Path, params: bytes) -> None:
+    open_store(tmp_path, passphrase="pw").close()
+    raw_update(tmp_path, "UPDATE meta SET value = ? WHERE key = 'scrypt'", (params,))
+    with pytest.raises(StoreCorrupted, match="scrypt parameters out of bounds"):
+        open_store(tmp_path, passphrase="pw")
