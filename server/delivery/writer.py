@@ -96,7 +96,9 @@ def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
     from sqlalchemy import create_engine, event
 
     url = engine.url.set(drivername="sqlite")
-    sync = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    sync = create_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+    )
 
     @event.listens_for(sync, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -210,8 +212,8 @@ class GroupCommitWriter:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._process(batch)
-            except Exception:  # never let the writer die
-                log.exception("group commit failed unexpectedly")
+            except Exception as exc:  # never let the writer die (and never log parameters)
+                log.error("group commit failed unexpectedly: %s", exc.__class__.__name__)
             finally:
                 self._outstanding -= len(batch)
                 if self._outstanding == 0:

@@ -4,6 +4,7 @@ ack → delete, redelivery, de-duplication, device-set checks, group fan-out, ep
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,30 @@ async def test_the_durable_path_works_on_postgresql(tmp_path: Path, postgres_url
         async with open_ws(w.relay, b1) as b:
             again = [await b.expect("deliver") for _ in range(2)]
             assert [d["seq"] for d in again] == [d["seq"] for d in got[3:]]
+
+
+async def test_logs_never_contain_ciphertext_or_tokens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Everything the relay logs at INFO, its own loggers at DEBUG. (At DEBUG, the websockets
+    # library logs whole frames through "uvicorn.error": never run a relay at DEBUG there.)
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="vox")
+    async with world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        alice, bob = w["alice", 1], w["bob", 1]
+        secret = payload(64)
+        async with open_ws(w.relay, alice) as a, open_ws(w.relay, bob) as b:
+            await a.send_message("m1", [(secret, [bob])])
+            await a.expect("accepted")
+            d = await b.expect("deliver")
+            await a.send({"type": "send", "id": "bad", "payloads": [{"data": "!!", "to": []}]})
+            await a.expect("error")
+            await b.send({"type": "ack", "seqs": [d["seq"], 999]})
+            await b.expect("error")
+        async with open_ws(w.relay, None) as anon:
+            await anon.send({"type": "auth", "token": "x" * 43})
+            await anon.closed()
+    text = "\n".join(r.getMessage() + " " + str(r.__dict__) for r in caplog.records)
+    assert text  # something was logged
+    for needle in (base64.b64encode(secret).decode(), alice.token, bob.token, "x" * 43):
+        assert needle not in text
