@@ -161,3 +161,35 @@ async def test_every_device_acks_and_reads_in_order_after_reconnects(make_client
             await bob.connect()
     await wait_for(lambda: len(texts(ev_b, "alice")) == 10)
     assert texts(ev_b, "alice") == [f"x{i}" for i in range(10)]
+
+
+async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    from clients.sdk.content import TextContent
+    from clients.store.models import OutboxEntry
+
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.close()
+    await alice.connect()
+    await alice.send_text("bob", "warm-up")  # session set-up
+    content = TextContent(text="exactly once", sent_at_ms=1)
+    with alice.store.transaction():  # what send_text persists before the first attempt
+        alice.protocol.record_outgoing("bob", content)
+        alice.store.outbox_put(OutboxEntry(content.id_hex, "bob", content.to_bytes(), 0.0))
+        send = alice.protocol.encode_direct("bob", content)
+    assert alice._socket is not None
+    await alice._write(alice._socket, send)
+    await wait_for_value(lambda: queued(relay, "bob"), 2)  # the relay stored it ...
+    old = alice._socket
+    old._ws.transport.abort()  # ... but the answer never reaches alice
+    # The client reconnects by itself; the outbox resends with the same client id.
+    await wait_for(lambda: alice._socket is not None and alice._socket is not old)
+    await wait_for(lambda: alice.store.outbox_pending() == [])
+    assert await queued(relay, "bob") == 2  # nothing stored twice
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        events = await bob.receive(wait=0.8)
+        assert texts(events, "alice") == ["warm-up", "exactly once"]
+    finally:
+        await bob.close()
