@@ -156,6 +156,15 @@ class Settings(BaseSettings):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("https://", "http://localhost", "http://127.0.0.1")):
+            raise ValueError("public_url must be https:// (http only for localhost)")
+        return value.rstrip("/")
+
     @property
     def effective_database_url(self) -> str:
         """The configured URL, or a SQLite file ``relay.sqlite3`` inside the data dir."""

@@ -73,6 +73,7 @@ def test_explicit_config_file_argument(tmp_path: Path) -> None:
         {"limits": {"max_recipients": 0}},
         {"limits": {"unknown_limit": 1}},
         {"typo_setting": True},
+        {"public_url": "http://chat.example.org"},
     ],
 )
 def test_unsafe_or_unknown_values_are_refused(overrides: dict[str, object]) -> None:
