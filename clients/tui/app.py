@@ -394,11 +394,13 @@ class ChatApp(App[None]):
                 }.get(event.action, event.action)
                 self._system(f"{event.by} {verb}: {', '.join(event.members)}")
         elif isinstance(event, DecryptFailure):
-            self.notify(
-                f"a message from {event.sender}·{event.device} could not be decrypted "
-                f"({event.error})",
-                severity="error",
+            text = (
+                f"⚠ a message from {event.sender}·{event.device} could not be decrypted "
+                f"({event.error})"
             )
+            self.notify(text, severity="error")
+            if self.current == event.sender:
+                self._system(text)
 
     def _clear_typing(self) -> None:
         status = self.query_one("#status", Static)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select, update
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
@@ -21,6 +21,7 @@ from clients.sdk import Event, Message, VoxClient
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.app import BRAND_THEME
 from server.db.models import Account
+from server.db.models_delivery import DeliveryPayload
 from tests.server.relay_harness import Relay, make_settings, running_relay
 
 BRAND = {
@@ -293,6 +294,10 @@ async def test_group_created_and_changed_from_the_tui(people: People) -> None:
         assert "after removal" not in texts(people.bob_got)
         await type_line(pilot, "/verify")
         await until(pilot, lambda: shown(app, "safety numbers are per user"))
+    # `vox chat friends` opens the group by its name, with its history.
+    again = ChatApp(SdkBackend(people.alice), open_conversation="friends")
+    async with again.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: again.current == group and shown(again, "you: after removal"))
 
 
 async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_path: Path) -> None:
@@ -313,3 +318,33 @@ async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_pat
             assert app.title == "Cached Brand"
     finally:
         await alice.close()
+
+
+async def test_a_tampered_envelope_is_reported_and_later_messages_still_show(
+    relay: Relay, tmp_path: Path
+) -> None:
+    alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+    await bob.close()
+    try:
+        await alice.send_text("bob", "one")
+        async with relay.app.state.sessions() as session:  # flip a bit at the relay
+            row = (await session.execute(select(DeliveryPayload))).scalars().one()
+            data = bytearray(row.data)
+            data[len(data) // 2] ^= 0x40
+            await session.execute(
+                update(DeliveryPayload)
+                .where(DeliveryPayload.envelope_id == row.envelope_id)
+                .values(data=bytes(data))
+            )
+            await session.commit()
+        await alice.send_text("bob", "two")
+        bob = await VoxClient.open(tmp_path / "bob")
+        app = ChatApp(SdkBackend(bob), open_conversation="alice")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: shown(app, "alice·1: two"))
+            assert shown(app, "⚠ a message from alice·1 could not be decrypted")
+            assert not shown(app, "one")
+    finally:
+        await alice.close()
+        await bob.close()
