@@ -84,16 +84,20 @@ class DeliveryRepository:
     ) -> dict[tuple[int, str], SendRecord]:
         """Existing sends for (sender device pk, client id) pairs."""
         found: dict[tuple[int, str], SendRecord] = {}
-        wanted = set(keys)
-        # A fixed statement shape (cached compilation): both IN lists, exact pairs kept below.
-        pks = sorted({pk for pk, _ in wanted})
-        ids = sorted({client_id for _, client_id in wanted})
-        for pk_chunk in _chunks(pks):
-            for id_chunk in _chunks(ids):
-                rows = conn.execute(_FIND_SENDS, {"pks": list(pk_chunk), "ids": list(id_chunk)})
-                for pk, client_id, envelope_id, ts in rows:
-                    if (pk, client_id) in wanted:
-                        found[(pk, client_id)] = SendRecord(envelope_id, ts)
+        by_sender: dict[int, list[str]] = {}
+        for pk, client_id in keys:
+            by_sender.setdefault(pk, []).append(client_id)
+        # One index lookup per (sender, id): a statement per sender in the batch. (Two IN
+        # lists would make the database probe their whole cross product.)
+        statement = _FIND_SENDS.where(
+            _sends.c.sender_device_pk == bindparam("pk"), _in(conn, _sends.c.client_id, "ids")
+        )
+        for pk, ids in by_sender.items():
+            for chunk in _chunks(ids):
+                for _, client_id, envelope_id, ts in conn.execute(
+                    statement, {"pk": pk, "ids": list(chunk)}
+                ):
+                    found[(pk, client_id)] = SendRecord(envelope_id, ts)
         return found
 
     def device_sets(self, conn: Connection, usernames: Iterable[str]) -> dict[str, dict[int, int]]:
