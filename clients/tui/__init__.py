@@ -16,6 +16,20 @@ For an already open client (in the running event loop)::
 
 The TUI talks only to the client (the SDK's asyncio shell) through
 :class:`~clients.tui.backend.ChatBackend`.
+
+The window (screenshot: ``docs/tui.svg``): the relay's brand name in the header and its colours
+as the Textual theme (``$primary``, ``$accent``, ``$background`` from ``/v1/config``); on the
+left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` for a changed
+key; on the right the history (``HH:MM sender·device: text``, files as ``📎 name (size)``, our
+messages marked ``…`` pending, ``✓`` accepted by the relay, ``✓✓`` delivered, ``✓✓ read``,
+``✗ not sent``), a red banner while a peer's key change is not accepted, a status line
+(``bob is typing…``, upload progress, ``offline: …``) and the input box.
+
+Keys: Enter sends, Ctrl+N next conversation, Ctrl+L focus the list (Enter opens), Ctrl+Q
+quits. Commands typed in the input box: ``/chat USER|GROUP``, ``/send-file PATH``,
+``/save [DIR]`` (last file received in this conversation: downloaded, verified, decrypted),
+``/verify`` (safety number), ``/accept`` (accept a changed key), ``/group NAME USER...``,
+``/add USER...`` and ``/remove USER...`` (in a group), ``/help``, ``/quit``.
 """
 
 from __future__ import annotations
