@@ -85,7 +85,7 @@ async def _with_engine(settings: Settings, fn: Callable[[AsyncEngine], Awaitable
     from server.db.engine import create_engine
 
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.effective_database_url)
     try:
         return await fn(engine)
@@ -113,7 +113,7 @@ def _migrate_in_child(settings: Settings) -> str:
     import subprocess
 
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(os.environ)
     env.pop("VOX_CONFIG", None)  # the parent already validated it; pass what matters
     cmd = [sys.executable, "-m", "server.cli", "migrate"]

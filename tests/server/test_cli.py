@@ -39,6 +39,7 @@ async def test_operator_flow_invite_register_revoke_and_stats(tmp_path: Path) ->
     code, out, err = await run_cli("migrate", "--data-dir", data)
     assert code == 0, err
     assert out.startswith("database at revision ")
+    assert (os.stat(data).st_mode & 0o777) == 0o700  # token hashes live here
     async with relay_process(
         ["serve", "--port", str(port), "--data-dir", data], env=env, port=port
     ):
