@@ -179,6 +179,11 @@ class MessageStore(Protocol):
         """Advance a message's state; True if it changed (states never move backwards)."""
         ...
 
+    def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
+        """Replace a message's attachment metadata (e.g. add the saved ``path``); False if
+        there is no such message."""
+        ...
+
     def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
         """Mark every unread incoming message read; returns them (to send read receipts)."""
         ...

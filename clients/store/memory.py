@@ -198,6 +198,13 @@ class MemoryStore:
         self._s.messages[message_id] = dataclasses.replace(m, state=state)
         return True
 
+    def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
+        m = self._s.messages.get(message_id)
+        if m is None:
+            return False
+        self._s.messages[message_id] = dataclasses.replace(m, attachment=dict(attachment))
+        return True
+
     def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
         changed = []
         for m in self.history(conversation, limit=len(self._s.messages)):

@@ -670,6 +670,16 @@ class SqliteStore:
             )
             return True
 
+    def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
+        with self.transaction():
+            current = self.get_message(message_id)
+            if current is None:
+                return False
+            body = json.dumps({"text": current.text, "attachment": attachment}).encode()
+            sealed = self._seal("messages", _rk(message_id), body)
+            self._exec("UPDATE messages SET body = ? WHERE message_id = ?", (sealed, message_id))
+            return True
+
     def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
         with self.transaction():
             rows = self._all(

@@ -154,6 +154,11 @@ def test_attachment_metadata_round_trips(store: Store) -> None:
     m = StoredMessage("a1", "bob", Direction.IN, "bob", 2, 1.0, 1.0, None, meta)
     store.add_message(m)
     assert store.get_message("a1") == m
+    saved = {**meta, "path": "/home/alice/a.txt"}
+    assert store.update_attachment("a1", saved)
+    got = store.get_message("a1")
+    assert got is not None and got.attachment == saved and got.state is m.state
+    assert not store.update_attachment("missing", saved)
 
 
 def test_delivery_state_only_moves_forward(store: Store) -> None:
