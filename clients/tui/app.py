@@ -550,6 +550,9 @@ class ChatApp(App[None]):
             self._system(f"file not saved: {exc}")
             return
         self._set_status("")
+        if message.attachment is not None and message.id in self.shown:
+            saved = dataclasses.replace(message.attachment, path=path)
+            self._update_row(dataclasses.replace(message, attachment=saved))
         self._system(f"saved {name} to {path}")
 
     @work(group="send", exit_on_error=False)

@@ -220,6 +220,7 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         await type_line(pilot, f"/save {saved}")
         await until(pilot, lambda: shown(app, f"saved reply.bin to {saved / 'reply.bin'}"))
         assert (saved / "reply.bin").read_bytes() == reply.read_bytes()
+        assert shown(app, f"bob·1: 📎 reply.bin (68.4 KiB) → {saved / 'reply.bin'}")
 
         await type_line(pilot, "/send-file /nonexistent/file")
         await until(pilot, lambda: shown(app, "no such file: /nonexistent/file"))
