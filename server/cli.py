@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -49,7 +49,7 @@ DbOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"vox-relay: error: {message}", err=True)
     raise typer.Exit(1)
 
@@ -251,7 +251,8 @@ def device_revoke(
 
     The device stays on the account's signed device list (only the account key can change
     that); it can log in again only after the account publishes a list without it and then
-    re-adds it.
+    re-adds it. With Redis configured, its open WebSocket connections are closed on every
+    node at once; without Redis they end when they next reconnect.
     """
     from server.clock import now
     from server.db.engine import session_factory, write_lock
@@ -259,7 +260,7 @@ def device_revoke(
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> int | None:
+    async def go(engine: AsyncEngine) -> tuple[int, int] | None:
         async with session_factory(engine)() as session:
             await write_lock(session)
             device = await get_device(session, username, device_id)
@@ -267,13 +268,30 @@ def device_revoke(
                 return None
             revoked = await revoke_device(session, device.pk, now())
             await session.commit()
-            return revoked
+            return device.pk, revoked
 
     _run(_migrate(settings))
-    count = _run(_with_engine(settings, go))
-    if count is None:
+    found = _run(_with_engine(settings, go))
+    if found is None:
         _fail(f"no device {device_id} for user {username!r}")
-    typer.echo(f"revoked device {device_id} of {username}: {count} token(s) revoked")
+    device_pk, count = found
+    closed = ""
+    if settings.redis_url:
+        _run(_disconnect_everywhere(settings, device_pk))
+        closed = "; its open connections were told to close"
+    typer.echo(f"revoked device {device_id} of {username}: {count} token(s) revoked{closed}")
+
+
+async def _disconnect_everywhere(settings: Settings, device_pk: int) -> None:
+    """Ask every relay node (through Redis) to close the device's connections."""
+    from server.fanout import Hub
+
+    hub = Hub(settings.redis_url, settings.redis_prefix)
+    await hub.start()
+    try:
+        await hub.disconnect(device_pk, "device revoked by the relay operator")
+    finally:
+        await hub.stop()
 
 
 @app.command()

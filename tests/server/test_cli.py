@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.server.relay_harness import TestAccount, auth_header, free_port, relay_process
 
@@ -113,3 +115,32 @@ async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 2 and "30m, 12h, 7d" in err
     code, _, err = await run_cli("stats", env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "1"})
     assert code == 1 and "token_ttl_seconds" in err
+
+
+@pytest.mark.redis
+async def test_device_revoke_closes_open_connections_through_redis(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    from websockets.asyncio.client import connect
+
+    data = str(tmp_path / "data")
+    port = free_port()
+    env = {"VOX_REDIS_URL": redis_url, "VOX_REDIS_PREFIX": redis_prefix}
+    async with relay_process(
+        ["serve", "--port", str(port), "--data-dir", data], env=env, port=port
+    ):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            alice = TestAccount.new("alice")
+            token = await alice.register_and_login(http)
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
+            code, out, err = await run_cli(
+                "device", "revoke", "alice", "1", "--data-dir", data, env=env
+            )
+            assert code == 0, err
+            assert "open connections were told to close" in out
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code is not None and ws.close_code != 1000
