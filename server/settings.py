@@ -101,6 +101,9 @@ class LimitSettings(_Section):
             raise ValueError("prekey_low_threshold must be below prekey_max_stock")
         if self.prekey_batch_max > self.prekey_max_stock:
             raise ValueError("prekey_batch_max must not exceed prekey_max_stock")
+        # A full batch of one-time ML-KEM prekeys (~1.7 KB each in JSON) must fit in a body.
+        if self.prekey_batch_max * 1700 + 16 * 1024 > self.max_body_bytes:
+            raise ValueError("max_body_bytes is too small for a full prekey batch")
         return self
 
 

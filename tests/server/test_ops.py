@@ -100,16 +100,16 @@ async def test_each_app_has_its_own_metrics(tmp_path: Path) -> None:
 
 
 async def test_oversized_bodies_are_refused_with_413(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, limits={"max_body_bytes": 8192})
+    settings = make_settings(tmp_path, limits={"max_body_bytes": 32768, "prekey_batch_max": 5})
     async with running_relay(settings) as relay, relay.client() as http:
         before = await table_snapshot(relay.app)
-        body = TestAccount.new("alice").register_body(one_time=0, one_time_pq=10)
+        body = TestAccount.new("alice").register_body(one_time=0, one_time_pq=30)
         resp = await http.post("/v1/accounts", json=body)
         assert resp.status_code == 413
         assert resp.json()["error"] == "body_too_large"
 
         async def chunks() -> AsyncIterator[bytes]:
-            for _ in range(20):
+            for _ in range(40):
                 yield b" " * 1024
 
         resp = await http.post(

@@ -71,6 +71,7 @@ def test_explicit_config_file_argument(tmp_path: Path) -> None:
         {"limits": {"max_ciphertext_bytes": 4 * 1024 * 1024, "max_frame_bytes": 1024 * 1024}},
         {"limits": {"prekey_low_threshold": 600}},
         {"limits": {"max_recipients": 0}},
+        {"limits": {"prekey_batch_max": 1000, "prekey_max_stock": 2000}},
         {"limits": {"unknown_limit": 1}},
         {"typo_setting": True},
         {"public_url": "http://chat.example.org"},
