@@ -108,6 +108,12 @@ Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` for uploads and downloads."""
 
 _SEND_TIMEOUT = 30.0
+_BuildRequest = tuple[
+    set[str],
+    bool,
+    Callable[[], "list[OutgoingSend]"],
+    "asyncio.Future[list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]]]",
+]
 _MAX_ATTEMPTS = 5
 
 
@@ -195,6 +201,7 @@ class VoxClient:
         self._lists_checked: dict[str, float] = {}
         self._receipts: dict[tuple[str, ReceiptKind], list[bytes]] = {}
         self._sent_batch: list[str] = []
+        self._build_queue: list[_BuildRequest] = []
         self._sent_flush: asyncio.Future[None] | None = None
         #: Seconds a fetched device list is trusted before a send refetches it (a new process
         #: always refetches once, so a changed key is noticed on the next send).
@@ -727,6 +734,67 @@ class VoxClient:
         socket = await self._ensure_connected()
         return await self._answer(send, await self._write(socket, send))
 
+    async def _build_and_write(
+        self, users: set[str], refresh: bool, build: Callable[[], list[OutgoingSend]]
+    ) -> list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]]:
+        """Encrypt and write under the send lock; concurrent sends are batched.
+
+        Whoever gets the lock builds every request queued so far in **one** store transaction
+        (one disk sync for many messages), then writes their frames in queue order. If any
+        build fails, the batch is rolled back and each request is built on its own, so a bad
+        request never leaves a trace in the store or disturbs the others.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]]]
+        future = loop.create_future()
+        self._build_queue.append((users, refresh, build, future))
+        async with self._send_lock:
+            if not future.done():
+                batch, self._build_queue = self._build_queue, []
+                await self._run_builds(batch)
+        return await future
+
+    async def _run_builds(self, batch: list[_BuildRequest]) -> None:
+        try:
+            every = set().union(*(users for users, _, _, _ in batch))
+            await self._ensure_sessions(every, refresh=any(r for _, r, _, _ in batch))
+            socket = await self._ensure_connected()
+            built: list[tuple[_BuildRequest, list[OutgoingSend]]] = []
+            try:
+                with self.store.transaction():
+                    built = [(request, request[2]()) for request in batch]
+            except Exception:
+                built = []
+                for request in batch:
+                    try:
+                        built.append((request, request[2]()))
+                    except Exception as exc:
+                        request[3].set_exception(exc)
+            for request, sends in built:
+                written = []
+                try:
+                    for send in sends:
+                        if send.payloads:
+                            written.append((send, await self._write(socket, send)))
+                except RelayUnavailable as exc:
+                    for send, pending in written:
+                        self._pending.pop(send.client_id, None)
+                        pending.cancel()
+                    request[3].set_exception(exc)
+                    continue
+                request[3].set_result(written)
+        except BaseException as exc:
+            for request in batch:
+                if not request[3].done():
+                    error = (
+                        exc
+                        if isinstance(exc, Exception)
+                        else RelayUnavailable(self.server_url, "send cancelled")
+                    )
+                    request[3].set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+
     async def _deliver(
         self, users: set[str], build: Callable[[], list[OutgoingSend]]
     ) -> SendResult | None:
@@ -739,18 +807,9 @@ class VoxClient:
         refresh = False
         last: Exception | None = None
         for attempt in range(_MAX_ATTEMPTS):
-            written: list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]] = []
             try:
-                async with self._send_lock:
-                    await self._ensure_sessions(users | {self.username}, refresh=refresh)
-                    socket = await self._ensure_connected()
-                    for send in build():
-                        if send.payloads:
-                            written.append((send, await self._write(socket, send)))
+                written = await self._build_and_write(users | {self.username}, refresh, build)
             except RelayUnavailable as exc:
-                for send, future in written:
-                    self._pending.pop(send.client_id, None)
-                    future.cancel()
                 if attempt == 0 and not self._reader_task:
                     raise
                 last = exc
@@ -843,23 +902,20 @@ class VoxClient:
         content: TextContent | AttachmentContent,
         persist: Callable[[], None] | None,
     ) -> SendResult:
-        stored = persist is None
+        message_id = content.message_id.hex()
 
         def persisted(build: Callable[[], list[OutgoingSend]]) -> list[OutgoingSend]:
-            nonlocal stored
             with self.store.transaction():
-                if not stored and persist is not None:
+                if persist is not None and self.store.get_message(message_id) is None:
                     persist()
                 else:
-                    self.store.outbox_attempted(content.message_id.hex())
-                sends = build()
-            stored = True
-            return sends
+                    self.store.outbox_attempted(message_id)
+                return build()
 
         try:
             return await self._send_built(conversation, content, persisted)
         except RelayUnavailable:
-            if not stored and persist is not None:
+            if persist is not None and self.store.get_message(message_id) is None:
                 with self.store.transaction():  # keep it: the outbox sends it later
                     persist()
             raise
