@@ -39,7 +39,7 @@ def test_compose_file_has_relay_postgres_redis_and_a_tls_proxy() -> None:
     assert any(v.endswith(":/data") for v in services["relay"]["volumes"])
     assert "443:443" in services["caddy"]["ports"]
     caddyfile = (REPO / "deploy" / "Caddyfile").read_text()
-    assert "dynamic a relay 8000" in caddyfile and "health_uri /readyz" in caddyfile
+    assert "dynamic a relay 8000" in caddyfile and "lb_try_duration" in caddyfile
     assert services["relay"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
