@@ -9,7 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import OneTimePrekey
 
-__all__ = ["add_one_time", "claim_one_time", "count_one_time", "existing_key_ids"]
+__all__ = [
+    "add_one_time",
+    "claim_one_time",
+    "count_by_kind",
+    "count_one_time",
+    "existing_key_ids",
+]
 
 
 async def count_one_time(session: AsyncSession, device_pk: int, kind: int) -> int:
@@ -18,6 +24,16 @@ async def count_one_time(session: AsyncSession, device_pk: int, kind: int) -> in
         OneTimePrekey.device_pk == device_pk, OneTimePrekey.kind == kind
     )
     return int(await session.scalar(query) or 0)
+
+
+async def count_by_kind(session: AsyncSession, device_pk: int) -> dict[int, int]:
+    """Remaining one-time prekeys of the device, per kind (one query)."""
+    result = await session.execute(
+        select(OneTimePrekey.kind, func.count())
+        .where(OneTimePrekey.device_pk == device_pk)
+        .group_by(OneTimePrekey.kind)
+    )
+    return {int(kind): int(n) for kind, n in result.all()}
 
 
 async def existing_key_ids(

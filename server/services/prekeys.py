@@ -171,10 +171,8 @@ async def upload_prekeys(
 
 async def prekey_counts(session: AsyncSession, device_pk: int) -> tuple[int, int]:
     """``(one-time X25519, one-time ML-KEM)`` keys left for the device."""
-    return (
-        await prekey_repo.count_one_time(session, device_pk, PREKEY_KIND_X25519),
-        await prekey_repo.count_one_time(session, device_pk, PREKEY_KIND_MLKEM),
-    )
+    counts = await prekey_repo.count_by_kind(session, device_pk)
+    return counts.get(PREKEY_KIND_X25519, 0), counts.get(PREKEY_KIND_MLKEM, 0)
 
 
 async def claim_bundle(
