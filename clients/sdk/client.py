@@ -33,6 +33,7 @@ from clients.sdk.content import (
     AttachmentContent,
     Content,
     GroupAction,
+    GroupUpdate,
     PayloadKind,
     Receipt,
     ReceiptKind,
@@ -1253,9 +1254,25 @@ class VoxClient:
             await self._refresh_devices(self.username)
             current = self.protocol.device_list(self.username)
             if current is not None and current.version > invitation.list_version:
+                await self._share_groups_with_own_devices()
                 return invitation.device_id
             await asyncio.sleep(0.5)
         raise LinkError("the new device did not join in time")
+
+    async def _share_groups_with_own_devices(self) -> None:
+        """Tell our other devices (e.g. a newly linked one) about every group, at its current
+        epoch: devices that know the group ignore it, a new device adds it."""
+        for info in self.groups():
+            update = GroupUpdate(
+                group_id=bytes.fromhex(info.group_id),
+                epoch=info.epoch,
+                name=info.name,
+                action=GroupAction.ADD,
+                members=info.members,
+                sent_at_ms=_now_ms(),
+            )
+            with contextlib.suppress(ClientError):
+                await self._send_direct(self.username, update)
 
     async def remove_device(self, device_id: int) -> None:
         """Remove a device from the account's signed device list."""

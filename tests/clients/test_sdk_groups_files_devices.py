@@ -152,6 +152,8 @@ async def test_linked_device_sends_and_receives_for_the_account(
     await alice.connect()
     await bob.connect()
     await alice.send_text("bob", "before linking")
+    group = await alice.create_group("with-bob", ["bob"])
+    await wait_for(lambda: len(bob.groups()) == 1)
     invitation = await alice.link()
     alice2 = await VoxClient.join(tmp_path / "alice2", relay.base_url, invitation.code)
     try:
@@ -172,6 +174,10 @@ async def test_linked_device_sends_and_receives_for_the_account(
             e for e in ev_b if isinstance(e, Message) and e.text == "from the new device"
         )
         assert from_new.device == invitation.device_id
+        # The new device learned about the group from the old one and reads bob's messages.
+        await wait_for(lambda: [g.group_id for g in alice2.groups()] == [group.group_id])
+        await bob.send_group_text(group.group_id, "group hello")
+        await wait_for(lambda: "group hello" in texts(ev_a2, "bob"))
         # The code is single-use.
         from clients.sdk import LinkError
 
