@@ -61,6 +61,7 @@ from clients.sdk.errors import (
 from clients.sdk.groups import new_group_id
 from clients.sdk.identity import LocalIdentity
 from clients.sdk.models import (
+    DecryptFailure,
     DeviceInfo,
     Event,
     GroupInfo,
@@ -590,6 +591,15 @@ class VoxClient:
                 await self._emit([e for e in result.events if isinstance(e, TypingEvent)])
                 continue
             seqs.append(envelope.seq)
+            for event in result.events:
+                if isinstance(event, DecryptFailure):  # never the content, only metadata
+                    log.warning(
+                        "could not decrypt envelope %s from %s:%d (%s); acked",
+                        event.envelope_id,
+                        event.sender,
+                        event.device,
+                        event.error,
+                    )
             await self._emit(result.events)
             for action in result.actions:
                 if isinstance(action, SendReceipt):
