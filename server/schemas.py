@@ -10,7 +10,14 @@ import base64
 import binascii
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 __all__ = [
     "B64",
@@ -59,7 +66,12 @@ def _encode_b64(value: bytes) -> str:
 
 
 #: Bytes on the wire as standard, padded base64.
-B64 = Annotated[bytes, BeforeValidator(_decode_b64), PlainSerializer(_encode_b64, return_type=str)]
+B64 = Annotated[
+    bytes,
+    BeforeValidator(_decode_b64),
+    PlainSerializer(_encode_b64, return_type=str),
+    WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64"}),
+]
 
 
 class _In(BaseModel):

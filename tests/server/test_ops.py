@@ -236,3 +236,26 @@ async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path)
             ).status_code == 404
         spoof = {"X-Forwarded-For": "203.0.113.99"}
         assert (await http.post("/v1/auth/challenge", json=body, headers=spoof)).status_code == 429
+
+
+async def test_openapi_describes_every_core_endpoint_with_base64_fields(
+    http: httpx.AsyncClient,
+) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    for path in (
+        "/v1/accounts",
+        "/v1/accounts/{username}/devices",
+        "/v1/auth/challenge",
+        "/v1/auth/token",
+        "/v1/prekeys",
+        "/v1/prekeys/count",
+        "/v1/prekeys/{username}",
+        "/v1/config",
+    ):
+        assert path in spec["paths"], path
+    nonce = spec["components"]["schemas"]["TokenIn"]["properties"]["nonce"]
+    assert (nonce["type"], nonce["format"], nonce["contentEncoding"]) == (
+        "string",
+        "byte",
+        "base64",
+    )
