@@ -259,3 +259,33 @@ async def test_openapi_describes_every_core_endpoint_with_base64_fields(
         "byte",
         "base64",
     )
+
+
+async def test_an_invalid_content_length_is_a_400(tmp_path: Path) -> None:
+    from server.app import create_app
+
+    app = create_app(make_settings(tmp_path))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/auth/challenge",
+        "raw_path": b"/v1/auth/challenge",
+        "query_string": b"",
+        "headers": [(b"content-length", b"12abc"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b'"error": "bad_request"' in sent[1]["body"]  # type: ignore[operator]
