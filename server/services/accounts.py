@@ -62,6 +62,8 @@ async def _check_invite(session: AsyncSession, settings: Settings, invite: str |
 
 async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -> Device:
     """Create the account and its first device with its prekeys. Commits."""
+    if settings.registration is RegistrationPolicy.CLOSED:
+        raise Forbidden("registration is closed on this relay", code="registration_closed")
     try:
         ed25519_public(req.account_key)
     except DeviceListError:
