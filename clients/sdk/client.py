@@ -205,6 +205,7 @@ class VoxClient:
         self._sent_batch: list[str] = []
         self._build_queue: list[_BuildRequest] = []
         self._sent_flush: asyncio.Future[None] | None = None
+        self._sent_timer: asyncio.TimerHandle | None = None
         #: Seconds a fetched device list is trusted before a send refetches it (a new process
         #: always refetches once, so a changed key is noticed on the next send).
         self.device_list_ttl = 60.0
@@ -441,6 +442,9 @@ class VoxClient:
     async def disconnect(self) -> None:
         """Close the WebSocket and stop the background tasks."""
         self._closing = True
+        if self._sent_timer is not None:  # write pending "sent" updates now
+            self._sent_timer.cancel()
+            self._flush_sent()
         for task in (
             self._maintenance_task,
             self._processor_task,
@@ -964,12 +968,17 @@ class VoxClient:
         self._sent_batch.append(message_id)
         if self._sent_flush is None:
             self._sent_flush = loop.create_future()
-            loop.call_later(0.002, self._flush_sent)
+            self._sent_timer = loop.call_later(0.002, self._flush_sent)
         await asyncio.shield(self._sent_flush)
 
     def _flush_sent(self) -> None:
         ids, self._sent_batch = self._sent_batch, []
         future, self._sent_flush = self._sent_flush, None
+        self._sent_timer = None
+        if not ids:
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
         try:
             with self.store.transaction():
                 for message_id in ids:
