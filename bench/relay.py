@@ -257,6 +257,8 @@ class Pair:
         self.sent_at: list[float] = [0.0] * messages
         self.latencies: list[float] = []
         self.received = 0
+        self.seen: set[int] = set()
+        self.duplicates = 0
         self.done = asyncio.Event()
 
 
@@ -293,8 +295,12 @@ async def run_load(
                 continue
             now = time.perf_counter()
             (i,) = struct.unpack(">Q", base64.b64decode(frame["data"][:12])[:8])
-            pair.latencies.append((now - pair.sent_at[i]) * 1000)
-            pair.received += 1
+            if i not in pair.seen:  # delivery is at-least-once: count each message once
+                pair.seen.add(i)
+                pair.latencies.append((now - pair.sent_at[i]) * 1000)
+                pair.received += 1
+            else:
+                pair.duplicates += 1
             if ack:
                 pending.append(frame["seq"])
                 if len(pending) >= 32:
@@ -342,6 +348,7 @@ async def run_load(
     for ws in (*senders, *receivers):
         await ws.close()
     latencies = [x for pair in state for x in pair.latencies]
+    log(f"duplicate deliveries: {sum(pair.duplicates for pair in state)}")
     return elapsed, latencies, start
 
 

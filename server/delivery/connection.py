@@ -72,6 +72,7 @@ class DeviceConnection:
     """The relay side of one device's WebSocket (implements ``server.fanout.DeviceSink``)."""
 
     __slots__ = (
+        "_acked_during_read",
         "_backlog",
         "_blocked_since",
         "_flush_scheduled",
@@ -110,6 +111,7 @@ class DeviceConnection:
         self._read_again = False
         self._backlog = False
         self._inflight: dict[int, bool] = {}
+        self._acked_during_read: list[int] | None = None
         self._max_seq = 0
         self.pending_sends = 0
         self.closing = False
@@ -279,6 +281,7 @@ class DeviceConnection:
                 self._service.metrics.deliveries.inc(sent)
                 more = len(rows) >= limit or sent < len(fresh)
                 self._backlog = more
+                self._forget_acked()
                 if more and self._room() > 0:
                     continue
                 if not self._read_again:
@@ -288,6 +291,7 @@ class DeviceConnection:
             self._backlog = True
         finally:
             self._reader = None
+            self._forget_acked()
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -316,12 +320,25 @@ class DeviceConnection:
     def acks_committed(self, seqs: list[int], ok: bool) -> None:
         """Called by the writer after the ack transaction."""
         for seq in seqs:
-            if ok:
+            if not ok:
+                if seq in self._inflight:
+                    self._inflight[seq] = False
+            elif self._reader is not None:
+                # A queue read may have started before this delete was committed and may still
+                # return these rows: keep them marked in flight until that read is done.
+                if self._acked_during_read is None:
+                    self._acked_during_read = []
+                self._acked_during_read.append(seq)
+            else:
                 self._inflight.pop(seq, None)
-            elif seq in self._inflight:
-                self._inflight[seq] = False
         if self._backlog:
             self.wake()
+
+    def _forget_acked(self) -> None:
+        if self._acked_during_read:
+            for seq in self._acked_during_read:
+                self._inflight.pop(seq, None)
+        self._acked_during_read = None
 
     def send_finished(self) -> None:
         """One of this connection's sends was answered."""
