@@ -300,12 +300,14 @@ def stats(
     database_url: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print accounts, devices and queued envelopes as JSON."""
+    """Print accounts, devices, active invites, stored prekeys and queued envelopes (JSON)."""
     import json
 
+    from server.clock import now
     from server.db.engine import session_factory
     from server.db.models import OneTimePrekey
     from server.repositories.accounts import count_accounts, count_devices
+    from server.repositories.invites import count_invites
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -318,6 +320,7 @@ def stats(
             out: dict[str, Any] = {
                 "accounts": await count_accounts(session),
                 "devices": await count_devices(session),
+                "active_invites": await count_invites(session, now()),
                 "one_time_prekeys": int(
                     await session.scalar(select(func.count()).select_from(OneTimePrekey)) or 0
                 ),

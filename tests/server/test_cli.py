@@ -75,6 +75,8 @@ async def test_operator_flow_invite_register_revoke_and_stats(tmp_path: Path) ->
         assert code == 0, err
         stats = json.loads(out)
         assert stats["accounts"] == 1 and stats["devices"] == 1
+        assert stats["active_invites"] == 0  # its single use was consumed
+        assert stats["queued_envelopes"] == 0
         assert stats["one_time_prekeys"] == 10
 
 
