@@ -23,6 +23,10 @@ Or as a subprocess, exactly like an operator (``vox-relay serve``)::
 
 Test identities use real Ed25519 keys (device list and challenge signatures); prekey
 public keys are random bytes of the right typed shape (the relay treats them as opaque).
+
+``table_snapshot(relay.app)`` returns every row of the core tables, to assert that a
+rejected request changed nothing; ``auth_header(token)`` builds the ``Authorization``
+header; ``free_port()`` and ``make_settings(..., limits={...})`` help with the rest.
 """
 
 from __future__ import annotations
