@@ -85,7 +85,7 @@ async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     cases = [
         (["migrate", "--config", str(tmp_path / "nope.toml")], "config file not found"),
         (["migrate", "--database-url", "mysql://x"], "invalid setting database_url"),
-        (["stats", "--data-dir", data], "no relay schema"),
+        (["stats", "--data-dir", data + "-empty"], "no relay schema"),
         (["device", "revoke", "ghost", "3", "--data-dir", data], "no device 3 for user 'ghost'"),
         (
             ["migrate", "--database-url", "postgresql+asyncpg://nobody@127.0.0.1:1/none"],
@@ -96,8 +96,9 @@ async def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
             "cannot reach the database",
         ),
     ]
+    env = {"VOX_LIMITS__TOKEN_TTL_SECONDS": "3600"}
     for args, message in cases:
-        code, out, err = await run_cli(*args, env={"VOX_LIMITS__TOKEN_TTL_SECONDS": "3600"})
+        code, out, err = await run_cli(*args, env=env)
         assert code == 1, (args, out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
