@@ -284,3 +284,31 @@ async def test_concurrent_registrations_of_one_username_create_one_account_on_po
     tmp_path: Path, postgres_url: str
 ) -> None:
     await _race_for_a_username(tmp_path, postgres_url)
+
+
+@pytest.mark.postgres
+async def test_refused_device_list_changes_leave_postgresql_unchanged(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=postgres_url)
+    async with running_relay(settings) as relay, relay.client() as http:
+        alice = TestAccount.new("alice")
+        token = await alice.register_and_login(http)
+        mallory = TestAccount.new("mallory")
+        m_token = await mallory.register_and_login(http)
+        before = await table_snapshot(relay.app)
+        attempts = [
+            (token, alice.device_list(1, [alice.devices[0], TestDevice(5)]), 409),
+            (token, alice.device_list(2, signer=Ed25519PrivateKey.generate()), 400),
+            (m_token, mallory.device_list(2, username="alice"), 403),
+            (token, b"\x01\x00", 400),
+        ]
+        for who, blob, status in attempts:
+            resp = await http.put(
+                "/v1/accounts/alice/devices",
+                json={"device_list": b64(blob)},
+                headers=auth_header(who),
+            )
+            assert resp.status_code == status, resp.text
+        _error(await TestAccount.new("alice").register(http), 409, "username_taken")
+        assert await table_snapshot(relay.app) == before
