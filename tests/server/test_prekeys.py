@@ -145,8 +145,8 @@ async def test_bad_uploads_are_refused_and_store_nothing(
     bob = TestAccount.new("bob")
     token = await bob.register_and_login(http)
     for body, status, code in _bad_uploads(bob):
-        resp = await http.post("/v1/prekeys", json=body, headers=auth_header(token))
         if status == 201:  # a good upload in the sequence
+            resp = await http.post("/v1/prekeys", json=body, headers=auth_header(token))
             assert resp.status_code == 204, resp.text
             continue
         before = await table_snapshot(relay.app)
@@ -282,3 +282,26 @@ async def test_a_connected_device_receives_prekeys_low_over_its_websocket(tmp_pa
             ).status_code == 200
             frame = await ws.expect("prekeys_low")
             assert frame == {"type": "prekeys_low", "one_time_prekeys": 2, "one_time_pq_prekeys": 6}
+
+
+@pytest.mark.postgres
+async def test_refused_prekey_uploads_leave_postgresql_unchanged(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=postgres_url,
+        limits={"prekey_batch_max": 20, "prekey_max_stock": 40, "prekey_low_threshold": 3},
+    )
+    async with running_relay(settings) as relay, relay.client() as http:
+        bob = TestAccount.new("bob")
+        token = await bob.register_and_login(http)
+        for body, status, code in _bad_uploads(bob):
+            if status == 201:
+                resp = await http.post("/v1/prekeys", json=body, headers=auth_header(token))
+                assert resp.status_code == 204, resp.text
+                continue
+            before = await table_snapshot(relay.app)
+            resp = await http.post("/v1/prekeys", json=body, headers=auth_header(token))
+            _error(resp, status, code)
+            assert await table_snapshot(relay.app) == before, code
