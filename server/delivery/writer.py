@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 import time
-from collections import Counter as CountMap
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -310,15 +309,17 @@ class GroupCommitWriter:
                 resolved.append((op, pks))
         # 3. Queue depth limits (counting this batch's earlier sends too).
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
-        depths = CountMap(self._repo.queue_depths(conn, targets)) if targets else CountMap()
+        depths = self._repo.queue_depths(conn, targets) if targets else {}
         to_store: list[NewSend] = []
         live: list[tuple[SendOp, list[list[int]]]] = []
-        for op, pks in resolved:
+        ids = os.urandom(16 * len(resolved)).hex()  # envelope ids: 128 random bits each
+        max_depth = self._max_depth
+        for n, (op, pks) in enumerate(resolved):
             if op.ephemeral:
                 live.append((op, pks))
                 continue
-            adding = CountMap(pk for group in pks for pk in group)
-            full = [pk for pk, n in adding.items() if depths[pk] + n > self._max_depth]
+            # Devices are distinct within a send, so each appears once in ``pks``.
+            full = [pk for group in pks for pk in group if depths.get(pk, 0) + 1 > max_depth]
             if full:
                 names = {pk: ref for ref, pk in _refs(op, pks)}
                 op.answer = error_frame(
@@ -329,8 +330,10 @@ class GroupCommitWriter:
                 )
                 self._metrics.sends_refused.labels("queue_full").inc()
                 continue
-            depths.update(adding)
-            envelope_id = secrets.token_hex(16)
+            for group in pks:
+                for pk in group:
+                    depths[pk] = depths.get(pk, 0) + 1
+            envelope_id = ids[32 * n : 32 * n + 32]
             to_store.append(
                 NewSend(
                     envelope_id=envelope_id,
@@ -377,25 +380,37 @@ class GroupCommitWriter:
         addressed: dict[str, set[int]] = {}
         for _, to in op.payloads:
             for user, device_id in to:
-                addressed.setdefault(user, set()).add(device_id)
-        if not op.ephemeral:
+                devices = addressed.get(user)
+                if devices is None:
+                    addressed[user] = {device_id}
+                else:
+                    devices.add(device_id)
+        sender = op.sender
+        if not op.ephemeral and sender.user not in addressed:
             # The sender's other devices always get a copy.
-            addressed.setdefault(op.sender.user, set())
+            addressed[sender.user] = set()
+        for user, devices in addressed.items():
+            current = device_sets[user].keys()
+            if user == sender.user:
+                if devices != current - {sender.device_id}:
+                    break
+            elif devices != current:
+                break
+        else:
+            return [[device_sets[u][d] for u, d in to] for _, to in op.payloads]
         missing: list[dict[str, object]] = []
         stale: list[dict[str, object]] = []
         for user, devices in sorted(addressed.items()):
-            current = set(device_sets.get(user, {}))
+            expected = set(device_sets.get(user, {}))
             if user == op.sender.user:
-                current.discard(op.sender.device_id)
-            missing.extend({"user": user, "device": d} for d in sorted(current - devices))
-            stale.extend({"user": user, "device": d} for d in sorted(devices - current))
-        if missing or stale:
-            op.answer = dumps(
-                {"type": "mismatch", "id": op.client_id, "missing": missing, "stale": stale}
-            )
-            self._metrics.sends_refused.labels("mismatch").inc()
-            return None
-        return [[device_sets[user][device_id] for user, device_id in to] for _, to in op.payloads]
+                expected.discard(op.sender.device_id)
+            missing.extend({"user": user, "device": d} for d in sorted(expected - devices))
+            stale.extend({"user": user, "device": d} for d in sorted(devices - expected))
+        op.answer = dumps(
+            {"type": "mismatch", "id": op.client_id, "missing": missing, "stale": stale}
+        )
+        self._metrics.sends_refused.labels("mismatch").inc()
+        return None
 
     def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
         accepted = 0
