@@ -44,6 +44,18 @@ async def relay_on_both(relay_database: str | None, tmp_path: Path) -> AsyncIter
 @pytest.fixture
 async def make_client(relay: Relay, tmp_path: Path) -> AsyncIterator[Factory]:
     """``await make_client("alice")`` registers a profile in ``tmp_path/alice``; all are closed."""
+    async for factory in _factory(relay, tmp_path):
+        yield factory
+
+
+@pytest.fixture
+async def make_client_on_both(relay_on_both: Relay, tmp_path: Path) -> AsyncIterator[Factory]:
+    """Like ``make_client``, on SQLite and (second parameter) on PostgreSQL."""
+    async for factory in _factory(relay_on_both, tmp_path):
+        yield factory
+
+
+async def _factory(relay: Relay, tmp_path: Path) -> AsyncIterator[Factory]:
     clients: list[VoxClient] = []
 
     async def make(username: str) -> VoxClient:

@@ -48,12 +48,14 @@ async def test_a_dozen_messages_through_cli_subprocesses(relay: Relay, tmp_path:
         code, out, err = await vox(home, "register", name, "--server", relay.base_url)
         assert code == 0, err
         assert "registered" in out
-    for i in range(6):
-        code, out, err = await vox(a, "send", "bob", f"hello {i}")
-        assert code == 0, err
-        assert len(out.strip()) == 32  # the message id
-        code, _, err = await vox(b, "send", "alice", f"hi {i}")
-        assert code == 0, err
+
+    async def chat(home: Path, peer: str, prefix: str) -> None:
+        for i in range(6):  # one process per message, in order
+            code, out, err = await vox(home, "send", peer, f"{prefix} {i}")
+            assert code == 0, err
+            assert len(out.strip()) == 32  # the message id
+
+    await asyncio.gather(chat(a, "bob", "hello"), chat(b, "alice", "hi"))
     code, out, err = await vox(b, "receive", "--json", "--wait", "1")
     assert code == 0, err
     got = [json.loads(line) for line in out.splitlines()]

@@ -24,12 +24,6 @@ from tests.clients.kit import texts, wait_for
 from tests.server.relay_harness import Relay
 
 
-@pytest.fixture
-def relay(relay_on_both: Relay) -> Relay:
-    """Every test of this module runs on SQLite and on PostgreSQL."""
-    return relay_on_both
-
-
 def partial_files(directory: Path) -> list[Path]:
     """Leftover ``.part`` files of an interrupted download."""
     return [p for p in directory.iterdir() if p.name.endswith(".part")]
@@ -41,7 +35,10 @@ def collect(client: VoxClient) -> list[Event]:
     return events
 
 
-async def test_group_messages_reach_members_and_removal_rotates_keys(make_client: Factory) -> None:
+async def test_group_messages_reach_members_and_removal_rotates_keys(
+    make_client_on_both: Factory,
+) -> None:
+    make_client = make_client_on_both  # this one runs on SQLite and PostgreSQL
     alice, bob, carol = [await make_client(n) for n in ("alice", "bob", "carol")]
     ev_b, ev_c = collect(bob), collect(carol)
     raw_c: list[bytes] = []
