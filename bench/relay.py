@@ -473,9 +473,19 @@ async def durable(args: argparse.Namespace) -> dict[str, Any]:
             client_cpu = (me1.user + me1.system - me0.user - me0.system) / elapsed
             async with httpx.AsyncClient() as http:
                 text = (await http.get(f"{base_url}/metrics")).text
-            reads = [ln for ln in text.splitlines() if ln.startswith("vox_queue_reads_total")]
-            batch = [ln for ln in text.splitlines() if ln.startswith("vox_commit_batch_size_")]
-            log("relay metrics:", *reads, *batch[-2:])
+            values = {
+                ln.split(" ")[0]: float(ln.split(" ")[1])
+                for ln in text.splitlines()
+                if ln.startswith(("vox_queue_reads_total", "vox_commit_"))
+                and ("_sum " in ln or "_count " in ln or "_total " in ln)
+            }
+            batches = values.get("vox_commit_batch_size_count", 0) or 1
+            log(
+                f"relay: {batches:.0f} commits, "
+                f"{values.get('vox_commit_batch_size_sum', 0) / batches:.1f} ops/commit, "
+                f"{1000 * values.get('vox_commit_seconds_sum', 0) / batches:.2f} ms/commit, "
+                f"{values.get('vox_queue_reads_total', 0):.0f} queue reads"
+            )
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)

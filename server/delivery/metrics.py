@@ -51,6 +51,12 @@ class DeliveryMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.commit_seconds = Histogram(
+            "vox_commit_seconds",
+            "Duration of one group-commit transaction (validation, writes, commit)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.send_latency = Histogram(
             "vox_send_accepted_seconds",
             "Time from a send frame's arrival to its 'accepted' (after commit)",

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -63,6 +64,49 @@ _FIND_SENDS = select(
 )
 
 
+_FIND_SENDS_PG = text(
+    "SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at "
+    "FROM delivery_sends AS s "
+    "JOIN unnest(CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[])) AS k(pk, cid) "
+    "ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
+)
+
+
+_INSERT_PG = text(
+    "WITH new_sends AS ("
+    " INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user,"
+    " sender_device_id, client_id, created_at, expires_at)"
+    " SELECT * FROM unnest(CAST(:s0 AS VARCHAR[]), CAST(:s1 AS BIGINT[]),"
+    " CAST(:s2 AS VARCHAR[]), CAST(:s3 AS BIGINT[]), CAST(:s4 AS VARCHAR[]),"
+    " CAST(:s5 AS BIGINT[]), CAST(:s6 AS BIGINT[]))"
+    "), new_payloads AS ("
+    " INSERT INTO delivery_payloads (envelope_id, idx, data)"
+    " SELECT * FROM unnest(CAST(:p0 AS VARCHAR[]), CAST(:p1 AS SMALLINT[]), CAST(:p2 AS BYTEA[]))"
+    ") "
+    "INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at)"
+    " SELECT * FROM unnest(CAST(:q0 AS BIGINT[]), CAST(:q1 AS VARCHAR[]),"
+    " CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]))"
+    " RETURNING seq, device_pk, envelope_id, idx"
+)
+
+
+# The NOT EXISTS sees the statement's snapshot (rows being deleted still there): it ignores
+# the rows this statement deletes.
+_DELETE_ACKED_PG = text(
+    "WITH gone AS ("
+    " DELETE FROM delivery_queue"
+    " WHERE device_pk = ANY(CAST(:devices AS BIGINT[])) AND seq = ANY(CAST(:seqs AS BIGINT[]))"
+    " RETURNING device_pk, seq, envelope_id, idx"
+    "), orphans AS ("
+    " DELETE FROM delivery_payloads AS p USING (SELECT DISTINCT envelope_id, idx FROM gone) AS g"
+    " WHERE p.envelope_id = g.envelope_id AND p.idx = g.idx AND NOT EXISTS ("
+    "  SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = p.envelope_id"
+    "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
+    ") "
+    "SELECT device_pk, seq FROM gone"
+)
+
+
 @dataclass(slots=True, frozen=True)
 class SendRecord:
     """What a repeated send is answered with."""
@@ -97,15 +141,25 @@ class DeliveryRepository:
         by_sender: dict[int, list[str]] = {}
         for pk, client_id in keys:
             by_sender.setdefault(pk, []).append(client_id)
-        # One index lookup per (sender, id): a statement per sender in the batch. (Two IN
-        # lists would make the database probe their whole cross product.)
+        if conn.dialect.name == "postgresql":
+            # Exact pairs in one round trip: join against the unnested key arrays.
+            for pairs in _chunks(list(keys), 1000):
+                rows = conn.execute(
+                    _FIND_SENDS_PG,
+                    {"pks": [pk for pk, _ in pairs], "ids": [cid for _, cid in pairs]},
+                )
+                for pk, client_id, envelope_id, ts in rows:
+                    found[(pk, client_id)] = SendRecord(envelope_id, ts)
+            return found
+        # SQLite (in-process, no round trips): one index lookup per (sender, id), a statement
+        # per sender. (Two IN lists would make it probe their whole cross product.)
         statement = _FIND_SENDS.where(
             _sends.c.sender_device_pk == bindparam("pk"), _in(conn, _sends.c.client_id, "ids")
         )
         for pk, ids in by_sender.items():
-            for chunk in _chunks(ids):
+            for id_chunk in _chunks(ids):
                 for _, client_id, envelope_id, ts in conn.execute(
-                    statement, {"pk": pk, "ids": list(chunk)}
+                    statement, {"pk": pk, "ids": list(id_chunk)}
                 ):
                     found[(pk, client_id)] = SendRecord(envelope_id, ts)
         return found
@@ -172,6 +226,8 @@ class DeliveryRepository:
                 queue_rows.extend((pk, s.envelope_id, idx, s.expires_at) for pk in device_pks)
         if conn.dialect.name == "sqlite":
             inserted = self._insert_sqlite(conn, send_rows, payload_rows, queue_rows)
+        elif conn.dialect.name == "postgresql":
+            inserted = self._insert_pg(conn, send_rows, payload_rows, queue_rows)
         else:
             inserted = self._insert_core(conn, send_rows, payload_rows, queue_rows)
         per_device: dict[int, list[Delivery]] = {}
@@ -212,6 +268,28 @@ class DeliveryRepository:
                 {"device_pk": pk, "envelope_id": e, "idx": i, "expires_at": x}
                 for pk, e, i, x in queue_rows
             ],
+        )
+        return [(seq, pk, e, i) for seq, pk, e, i in result]
+
+    @staticmethod
+    def _insert_pg(
+        conn: Connection,
+        send_rows: list[tuple[str, int, str, int, str, int, int]],
+        payload_rows: list[tuple[str, int, bytes]],
+        queue_rows: list[tuple[int, str, int, int]],
+    ) -> list[tuple[int, int, str, int]]:
+        """All three inserts in one statement (one round trip): arrays unnested into rows.
+        Foreign keys are checked at the end of the statement, when all rows exist."""
+        s_cols = list(zip(*send_rows, strict=True))
+        p_cols = list(zip(*payload_rows, strict=True))
+        q_cols = list(zip(*queue_rows, strict=True))
+        result = conn.execute(
+            _INSERT_PG,
+            {
+                **{f"s{i}": list(col) for i, col in enumerate(s_cols)},
+                **{f"p{i}": list(col) for i, col in enumerate(p_cols)},
+                **{f"q{i}": list(col) for i, col in enumerate(q_cols)},
+            },
         )
         return [(seq, pk, e, i) for seq, pk, e, i in result]
 
@@ -257,6 +335,15 @@ class DeliveryRepository:
         devices = sorted({pk for pk, _ in wanted})
         seqs = sorted({seq for _, seq in wanted})
         deleted = 0
+        if conn.dialect.name == "postgresql":
+            # Queue rows and orphaned payloads in one statement (one round trip).
+            for pg_chunk in _chunks(seqs, 5000):
+                for device_pk, seq in conn.execute(
+                    _DELETE_ACKED_PG, {"devices": devices, "seqs": list(pg_chunk)}
+                ):
+                    deleted += 1
+                    assert (device_pk, seq) in wanted
+            return deleted
         envelopes: set[str] = set()
         # seq is unique across all queues, and the device filter keeps a device to its own
         # rows; one cached statement shape (expanding IN lists) for any batch.

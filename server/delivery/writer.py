@@ -223,7 +223,9 @@ class GroupCommitWriter:
     async def _process(self, batch: list[Op]) -> None:
         self._metrics.batch_size.observe(len(batch))
         try:
+            started = time.perf_counter()
             per_device = await self._transaction(batch)
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
         except IntegrityError:
             # A concurrent node stored the same (sender, client id): redo one by one, so the
             # de-duplication check sees the other row.

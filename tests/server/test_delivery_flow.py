@@ -199,6 +199,18 @@ async def test_the_durable_path_works_on_postgresql(tmp_path: Path, postgres_url
         async with open_ws(w.relay, b1) as b:
             again = [await b.expect("deliver") for _ in range(2)]
             assert [d["seq"] for d in again] == [d["seq"] for d in got[3:]]
+            await b.send({"type": "ack", "seqs": [d["seq"] for d in again]})
+            await w.wait_count(QueueEntry, 10)
+        assert await w.count(DeliveryPayload) == 5  # still needed by bob/2 and alice/2
+        for peer in (b2, a2):
+            async with open_ws(w.relay, peer) as c:
+                frames = [await c.expect("deliver") for _ in range(5)]
+                await c.send({"type": "ack", "seqs": [f["seq"] for f in frames]})
+                await c.send({"type": "ping"})
+                await c.expect("pong")
+        await w.wait_count(QueueEntry, 0)
+        await w.wait_count(DeliveryPayload, 0)
+        assert await w.count(DeliverySend) == 5
 
 
 async def test_logs_never_contain_ciphertext_or_tokens(
