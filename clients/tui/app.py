@@ -336,6 +336,11 @@ class ChatApp(App[None]):
             self._set_status("")
             self._online.set()
             break
+        # Whatever arrived before we subscribed is in the store: catch up once.
+        await self.reload_conversations()
+        if self.current is not None:
+            await self._sync(self.current, limit=200)
+            self._mark_read(self.current)
         try:
             async for event in self.backend.events():
                 try:
@@ -512,9 +517,9 @@ class ChatApp(App[None]):
         self.shown.pop(message_id, None)
         await self.query(f"#{_dom_id(message_id)}").remove()
 
-    async def _sync(self, conversation: str) -> None:
+    async def _sync(self, conversation: str, *, limit: int = 50) -> None:
         if conversation == self.current:
-            await self._merge(await self.backend.history(conversation, limit=50))
+            await self._merge(await self.backend.history(conversation, limit=limit))
 
     @work(group="send", exit_on_error=False)
     async def _send_file(self, conversation: str, path: Path) -> None:
