@@ -51,17 +51,17 @@ def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
         yield items[start : start + size]
 
 
+def _raw_cursor(conn: Connection) -> Any:
+    """A cursor of the driver connection inside the caller's transaction (SQLite)."""
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
 def _in(conn: Connection, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
     """``column IN (:name...)`` with a statement text that does not depend on the list length
     on PostgreSQL (``= ANY(:name)``), so asyncpg's prepared-statement cache keeps hitting."""
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
-
-
-_FIND_SENDS = select(
-    _sends.c.sender_device_pk, _sends.c.client_id, _sends.c.envelope_id, _sends.c.created_at
-)
 
 
 _FIND_SENDS_PG = text(
@@ -138,9 +138,6 @@ class DeliveryRepository:
     ) -> dict[tuple[int, str], SendRecord]:
         """Existing sends for (sender device pk, client id) pairs."""
         found: dict[tuple[int, str], SendRecord] = {}
-        by_sender: dict[int, list[str]] = {}
-        for pk, client_id in keys:
-            by_sender.setdefault(pk, []).append(client_id)
         if conn.dialect.name == "postgresql":
             # Exact pairs in one round trip: join against the unnested key arrays.
             for pairs in _chunks(list(keys), 1000):
@@ -151,17 +148,20 @@ class DeliveryRepository:
                 for pk, client_id, envelope_id, ts in rows:
                     found[(pk, client_id)] = SendRecord(envelope_id, ts)
             return found
-        # SQLite (in-process, no round trips): one index lookup per (sender, id), a statement
-        # per sender. (Two IN lists would make it probe their whole cross product.)
-        statement = _FIND_SENDS.where(
-            _sends.c.sender_device_pk == bindparam("pk"), _in(conn, _sends.c.client_id, "ids")
-        )
-        for pk, ids in by_sender.items():
-            for id_chunk in _chunks(ids):
-                for _, client_id, envelope_id, ts in conn.execute(
-                    statement, {"pk": pk, "ids": list(id_chunk)}
-                ):
+        # SQLite: exact pairs through the driver, one statement per chunk (row values).
+        cursor = _raw_cursor(conn)
+        try:
+            for pairs in _chunks(list(keys), 400):
+                marks = ",".join("(?,?)" for _ in pairs)  # placeholders only, never values
+                sql = (
+                    "SELECT sender_device_pk, client_id, envelope_id, created_at FROM "  # noqa: S608
+                    f"delivery_sends WHERE (sender_device_pk, client_id) IN (VALUES {marks})"
+                )
+                flat = [v for pair in pairs for v in pair]
+                for pk, client_id, envelope_id, ts in cursor.execute(sql, flat).fetchall():
                     found[(pk, client_id)] = SendRecord(envelope_id, ts)
+        finally:
+            cursor.close()
         return found
 
     def device_sets(self, conn: Connection, usernames: Iterable[str]) -> dict[str, dict[int, int]]:
@@ -303,7 +303,7 @@ class DeliveryRepository:
         """The same rows through the driver's ``executemany`` (C speed). The caller holds
         SQLite's write lock (``BEGIN IMMEDIATE``), so the next ``seq`` values can be taken
         from ``sqlite_sequence`` (the AUTOINCREMENT counter) and assigned here."""
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = _raw_cursor(conn)
         try:
             cursor.executemany(
                 "INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user, "
@@ -344,6 +344,8 @@ class DeliveryRepository:
                     deleted += 1
                     assert (device_pk, seq) in wanted
             return deleted
+        if conn.dialect.name == "sqlite":
+            return self._delete_acked_sqlite(conn, devices, seqs, wanted)
         envelopes: set[str] = set()
         # seq is unique across all queues, and the device filter keeps a device to its own
         # rows; one cached statement shape (expanding IN lists) for any batch.
@@ -359,6 +361,36 @@ class DeliveryRepository:
                 envelopes.add(envelope_id)
                 assert (device_pk, seq) in wanted
         self._delete_orphan_payloads(conn, sorted(envelopes))
+        return deleted
+
+    @staticmethod
+    def _delete_acked_sqlite(
+        conn: Connection, devices: list[int], seqs: list[int], wanted: set[tuple[int, int]]
+    ) -> int:
+        deleted = 0
+        keys: set[tuple[str, int]] = set()
+        cursor = _raw_cursor(conn)
+        try:
+            device_marks = ",".join("?" for _ in devices)
+            for chunk in _chunks(seqs, 400):
+                seq_marks = ",".join("?" for _ in chunk)
+                for device_pk, seq, envelope_id, idx in cursor.execute(
+                    f"DELETE FROM delivery_queue WHERE seq IN ({seq_marks}) "  # noqa: S608
+                    f"AND device_pk IN ({device_marks}) "
+                    "RETURNING device_pk, seq, envelope_id, idx",
+                    [*chunk, *devices],
+                ).fetchall():
+                    assert (device_pk, seq) in wanted
+                    deleted += 1
+                    keys.add((envelope_id, idx))
+            cursor.executemany(
+                "DELETE FROM delivery_payloads WHERE envelope_id = ? AND idx = ? AND NOT EXISTS "
+                "(SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = delivery_payloads"
+                ".envelope_id AND q.idx = delivery_payloads.idx)",
+                sorted(keys),
+            )
+        finally:
+            cursor.close()
         return deleted
 
     def _delete_orphan_payloads(self, conn: Connection, envelopes: Sequence[str]) -> None:
