@@ -193,8 +193,9 @@ class VoxClient:
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._callbacks: list[Callable[[Event], Any]] = []
         self._connected = asyncio.Event()
+        self._new_socket = asyncio.Event()
         self._closing = False
-        self._receive = True
+        self._receive = False
         self._send_lock = asyncio.Lock()
         self._last_activity = time.monotonic()
         self._link_waiters: list[asyncio.Future[bytes]] = []
@@ -411,18 +412,25 @@ class VoxClient:
     async def connect(self, *, receive: bool = True, open_timeout: float = 15.0) -> None:
         """Open the WebSocket. With ``receive=False`` deliveries are left queued on the relay
         (a send-only process such as ``vox send`` must not consume them)."""
-        self._receive = receive
         self._closing = False
+        reconnect = False
         if self._reader_task is None:
             await self._open_socket()
             self._reader_task = asyncio.create_task(self._run_reader(), name="vox-reader")
-            if receive:
-                self._processor_task = asyncio.create_task(
-                    self._run_processor(), name="vox-processor"
-                )
-                self._maintenance_task = asyncio.create_task(
-                    self._maintenance(), name="vox-maintenance"
-                )
+        elif receive and not self._receive:
+            # Deliveries that arrived while not receiving were left unacked: reconnecting makes
+            # the relay deliver them again.
+            reconnect = True
+        if receive and self._processor_task is None:
+            self._receive = True
+            self._processor_task = asyncio.create_task(self._run_processor(), name="vox-processor")
+            self._maintenance_task = asyncio.create_task(
+                self._maintenance(), name="vox-maintenance"
+            )
+        if reconnect and self._socket is not None:
+            self._new_socket.clear()
+            await self._socket.close()
+            await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
         self._spawn(self._flush_outbox_quietly())
 
@@ -438,6 +446,7 @@ class VoxClient:
                 raise AuthFailed(exc.reason) from None
         self._socket = socket
         self._connected.set()
+        self._new_socket.set()
 
     async def disconnect(self) -> None:
         """Close the WebSocket and stop the background tasks."""
@@ -1190,7 +1199,7 @@ class VoxClient:
         events: list[Event] = []
         unsubscribe = self.on_event(events.append)
         try:
-            if self._reader_task is None:
+            if self._reader_task is None or not self._receive:
                 await self.connect(receive=True)
             self._last_activity = time.monotonic()
             while True:

@@ -193,3 +193,15 @@ async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message
         assert texts(events, "alice") == ["warm-up", "exactly once"]
     finally:
         await bob.close()
+
+
+async def test_a_send_only_connection_leaves_deliveries_for_receiving_later(
+    make_client: Factory,
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.send_text("alice", "warm-up")  # bob connects send-only (like `vox send`)
+    await alice.send_text("bob", "for later")
+    await asyncio.sleep(0.3)  # delivered to bob's socket, neither processed nor acked
+    assert bob.history("alice")[-1].text == "warm-up"
+    events = await bob.receive(wait=0.5)  # switching to receiving: the relay delivers again
+    assert texts(events, "alice") == ["for later"]
