@@ -13,7 +13,7 @@
     │   ├── RelayUnavailable(url, reason) connection refused, DNS, TLS, timeout
     │   ├── RelayRejected(status, code, message)  a 4xx/5xx answer or a WS close with reason
     │   ├── AuthFailed(reason)           login refused (device removed / revoked)
-    │   └── RegistrationClosed(policy)   registration needs an invite or is closed
+    │   └── RegistrationClosed(code)     registration needs an invite or is closed
     ├── UnknownUser(username)            no such account on the relay
     ├── UntrustedIdentity(username)      the user's account key changed; accept it first
     ├── BadDeviceList(username, reason)  the relay served a list that does not verify
@@ -121,9 +121,9 @@ class AuthFailed(RelayError):
 class RegistrationClosed(RelayError):
     """The relay's registration policy refuses this registration."""
 
-    def __init__(self, policy: str, message: str) -> None:
-        super().__init__(f"registration refused (policy {policy}): {message}")
-        self.policy = policy
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"registration refused ({code}): {message}")
+        self.code = code
 
 
 class UnknownUser(ClientError):

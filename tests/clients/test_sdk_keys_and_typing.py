@@ -97,3 +97,32 @@ async def test_typing_is_ephemeral_and_never_queued(relay: Relay, tmp_path: Path
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_invite_only_relay_needs_a_valid_invite(tmp_path: Path) -> None:
+    import asyncio
+    import sys
+
+    from clients.sdk import RegistrationClosed
+
+    settings = make_settings(tmp_path, registration="invite")
+    async with running_relay(settings) as relay:
+        with pytest.raises(RegistrationClosed, match="invite_required"):
+            await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+        with pytest.raises(RegistrationClosed, match="invalid_invite"):
+            await VoxClient.register(tmp_path / "a", relay.base_url, "alice", invite="nope")
+        exe = str(Path(sys.executable).with_name("vox-relay"))
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            "invite",
+            "create",
+            "--data-dir",
+            str(settings.data_dir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        token = out.decode().split()[-1]
+        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice", invite=token)
+        await alice.close()
