@@ -65,6 +65,10 @@ def configure_logging(
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("alembic").setLevel("WARNING")
+    # The websockets library logs whole frames (ciphertext, the auth token) at DEBUG through
+    # the logger uvicorn gives it: never let those loggers go below INFO, whatever the level.
+    for name in ("uvicorn.error", "websockets"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

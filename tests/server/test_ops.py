@@ -289,3 +289,18 @@ async def test_an_invalid_content_length_is_a_400(tmp_path: Path) -> None:
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert b'"error": "bad_request"' in sent[1]["body"]  # type: ignore[operator]
+
+
+def test_debug_logging_never_enables_frame_logging_of_the_websocket_library() -> None:
+    import io
+    import logging
+
+    from server.logs import configure_logging
+
+    configure_logging("debug", stream=io.StringIO())
+    try:
+        assert logging.getLogger().isEnabledFor(logging.DEBUG)
+        for name in ("uvicorn.error", "websockets", "websockets.server"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+    finally:
+        configure_logging("info", stream=None)
