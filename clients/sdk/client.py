@@ -1184,12 +1184,9 @@ class VoxClient:
         if isinstance(attachment, Message):
             stored = self.store.get_message(attachment.id)
             if stored is not None and stored.attachment is not None:
-                import dataclasses
-
                 meta = dict(stored.attachment)
                 meta["path"] = str(dest)
-                with contextlib.suppress(Exception):
-                    self.store.add_message(dataclasses.replace(stored, attachment=meta))
+                self.store.update_attachment(attachment.id, meta)
         return dest
 
     # --- receiving helpers -------------------------------------------------------------

@@ -123,6 +123,9 @@ async def test_ten_mebibyte_attachment_round_trip_with_digest(
     assert message.attachment is not None and message.attachment.size == len(data)
     out = await bob.download(message, tmp_path / "got.bin")
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+    saved = bob.store.get_message(message.id)
+    assert saved is not None and saved.attachment is not None
+    assert saved.attachment["path"] == str(out)  # the history records where the file was saved
 
     # A tampered blob on the relay is refused and nothing is left behind.
     blobs = [
