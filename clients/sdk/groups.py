@@ -9,6 +9,10 @@ Sender keys are distributed lazily: before a group send, every member device tha
 received our *current* sender key gets a pairwise ``SENDER_KEY`` content. Removing a member
 (or seeing a member removed) deletes our sending state, so the next send creates a new key
 (new ``key_id``) that only the remaining members receive: the removed member cannot read it.
+
+For every other member device we keep a :class:`~crypto.sender_keys.SenderKeyRecord`: its
+newest few receiving states, so a message still in flight under a key the sender has since
+replaced (a retried send, a queue drained after a rotation) decrypts with the older state.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import time
 
 from clients.store.base import Store
 from clients.store.models import Group
+from crypto.errors import DecodeError
 from crypto.keys import DeviceAddress
-from crypto.sender_keys import SenderKeyState
+from crypto.sender_keys import SenderKeyDistribution, SenderKeyRecord, SenderKeyState
 
 __all__ = ["GroupBook", "new_group_id"]
 
@@ -109,17 +114,35 @@ class GroupBook:
 
     # --- others' keys --------------------------------------------------------------------
 
-    def receiving(self, group_id: bytes, sender: DeviceAddress) -> SenderKeyState | None:
-        """A member device's sender key state, if we received one."""
+    def record(self, group_id: bytes, sender: DeviceAddress) -> SenderKeyRecord | None:
+        """The receiving states we hold for a member device, newest first (None: none yet)."""
         data = self._store.load_sender_key(group_id.hex(), sender.username, sender.device_id)
-        return None if data is None else SenderKeyState.from_bytes(data)
+        if data is None:
+            return None
+        try:
+            return SenderKeyRecord.from_bytes(data)
+        except DecodeError:
+            # Stores written before records held one bare state per sender device.
+            return SenderKeyRecord([SenderKeyState.from_bytes(data)])
 
-    def save_receiving(self, group_id: bytes, state: SenderKeyState) -> None:
-        """Store a member device's (advanced or new) sender key state."""
-        sender = state.sender
+    def receiving(self, group_id: bytes, sender: DeviceAddress) -> SenderKeyState | None:
+        """The newest receiving state of a member device, if we received one."""
+        record = self.record(group_id, sender)
+        return None if record is None else record.state(record.key_ids[0])
+
+    def save_record(self, group_id: bytes, sender: DeviceAddress, record: SenderKeyRecord) -> None:
+        """Store a member device's record (after a decrypt advanced one of its states)."""
         self._store.store_sender_key(
-            group_id.hex(), sender.username, sender.device_id, state.to_bytes()
+            group_id.hex(), sender.username, sender.device_id, record.to_bytes()
         )
+
+    def add_distribution(self, distribution: SenderKeyDistribution) -> None:
+        """Import a member device's (new) sender key; a re-sent one changes nothing."""
+        record = self.record(distribution.group_id, distribution.sender) or SenderKeyRecord()
+        if distribution.key_id in record.key_ids:
+            return
+        record.add(distribution)
+        self.save_record(distribution.group_id, distribution.sender, record)
 
     def forget_member_keys(self, group_id: bytes, username: str) -> None:
         """Drop a removed member's sender keys."""

@@ -64,7 +64,7 @@ from crypto.keys import (
     SignedPrekeyPublic,
     X25519PublicKey,
 )
-from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage, SenderKeyState
+from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage
 
 __all__ = [
     "Action",
@@ -411,10 +411,10 @@ class ClientProtocol:
             return self._pairwise_content(sender, content, now)
         if payload.kind is PayloadKind.GROUP:
             message = SenderKeyMessage.from_bytes(payload.data)
-            state = self.groups.receiving(message.group_id, message.sender)
-            if state is None or state.key_id != message.key_id:
+            record = self.groups.record(message.group_id, message.sender)
+            if record is None:
                 raise UnknownSenderKey(message.key_id)
-            body = state.decrypt(message)
+            body = record.decrypt(message)
             content = decode_content(body)
             if not isinstance(content, TextContent | AttachmentContent):
                 raise GroupError("a group message carries a text or a file")
@@ -425,7 +425,7 @@ class ClientProtocol:
                 raise GroupError("group message from a non-member")
             if isinstance(content, AttachmentContent):
                 AttachmentPointer.from_bytes(content.pointer)
-            self.groups.save_receiving(message.group_id, state)
+            self.groups.save_record(message.group_id, message.sender, record)
             conversation = group_conversation(message.group_id.hex())
             return self._chat(message.sender, content, conversation, now)
         raise GroupError("link offers are only read while joining")
@@ -475,11 +475,7 @@ class ClientProtocol:
             distribution = SenderKeyDistribution.from_bytes(content.distribution)
             if distribution.sender != sender or distribution.group_id != content.group_id:
                 raise GroupError("sender key distribution for another sender or group")
-            existing = self.groups.receiving(content.group_id, sender)
-            if existing is None or existing.key_id != distribution.key_id:
-                self.groups.save_receiving(
-                    content.group_id, SenderKeyState.from_distribution(distribution)
-                )
+            self.groups.add_distribution(distribution)
             return Received([], [])
         if isinstance(content, DevicesChanged):
             return Received([], [])

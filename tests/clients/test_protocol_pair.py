@@ -11,10 +11,18 @@ import pytest
 
 from clients.sdk import identity as ids
 from clients.sdk import trust
-from clients.sdk.content import TextContent
+from clients.sdk.content import GroupAction, TextContent
+from clients.sdk.groups import new_group_id
 from clients.sdk.models import DecryptFailure, Message
-from clients.sdk.protocol import ClientProtocol, DeviceBundle, Envelope, NeedDeviceList
+from clients.sdk.protocol import (
+    ClientProtocol,
+    DeviceBundle,
+    Envelope,
+    NeedDeviceList,
+    OutgoingSend,
+)
 from clients.store.memory import MemoryStore
+from crypto.sender_keys import SenderKeyState
 
 _ids = itertools.count(1)
 
@@ -143,3 +151,81 @@ def test_a_device_missing_from_the_signed_list_is_refused() -> None:
     (failure,) = messages(bob, [forged])
     assert isinstance(failure, DecryptFailure)
     assert bob.proto.store.history("alice") == []
+
+
+def group_envelopes(sender: Party, sends: list[OutgoingSend], to: str) -> list[Envelope]:
+    """The envelopes of ``sends`` that the relay would queue for ``to``'s device 1."""
+    out = []
+    for send in sends:
+        for data, recipients in send.payloads:
+            if (to, 1) in recipients:
+                env_id = f"env{next(_ids)}"
+                out.append(Envelope(next(_ids), env_id, sender.proto.username, 1, 0, data))
+    return out
+
+
+def test_a_late_group_message_under_a_replaced_sender_key_still_decrypts() -> None:
+    alice, bob = pair()
+    bob.knows(alice)
+    group_id = new_group_id()
+    members = ("alice", "bob")
+    create = alice.proto.group_update(group_id, "g", members, GroupAction.CREATE)
+    setup = group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob")
+    assert messages(bob, setup) == []
+    first_key = alice.proto.groups.own_key(group_id).key_id
+    old = group_envelopes(
+        alice, alice.proto.encode_group(group_id, group_text(group_id, "old")), "bob"
+    )
+    alice.proto.groups.rotate(group_id)  # e.g. a member was removed meanwhile
+    new = group_envelopes(
+        alice, alice.proto.encode_group(group_id, group_text(group_id, "new")), "bob"
+    )
+    assert alice.proto.groups.own_key(group_id).key_id != first_key
+    *distributions, newest = new
+    # The old key's distribution and the new one arrive first, the old message last.
+    assert messages(bob, [old[0], *distributions, newest, old[1]]) == ["new", "old"]
+    record = bob.proto.groups.record(group_id, alice.proto.identity.address)
+    assert record is not None and len(record.key_ids) == 2
+    # A replay of the late message is a duplicate, not a second copy in the history.
+    replay = Envelope(next(_ids), "replay", "alice", 1, 0, old[1].data)
+    (failure,) = messages(bob, [replay])
+    assert isinstance(failure, DecryptFailure) and failure.error == "DuplicateMessage"
+
+
+def test_an_unknown_sender_key_is_reported_without_jamming() -> None:
+    alice, bob = pair()
+    bob.knows(alice)
+    group_id = new_group_id()
+    create = alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.CREATE)
+    assert (
+        messages(bob, group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob"))
+        == []
+    )
+    distribution, message = group_envelopes(
+        alice, alice.proto.encode_group(group_id, group_text(group_id, "lost key")), "bob"
+    )
+    (failure,) = messages(bob, [message])  # the distribution was lost
+    assert isinstance(failure, DecryptFailure) and failure.error == "UnknownSenderKey"
+    assert messages(bob, [distribution]) == []
+    later = group_envelopes(
+        alice, alice.proto.encode_group(group_id, group_text(group_id, "ok")), "bob"
+    )
+    assert messages(bob, later) == ["ok"]
+
+
+def group_text(group_id: bytes, text: str) -> TextContent:
+    return TextContent(text=text, group_id=group_id, sent_at_ms=1)
+
+
+def test_a_store_written_with_one_bare_state_per_sender_still_loads() -> None:
+    alice, bob = pair()
+    group_id = new_group_id()
+    alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.CREATE)
+    distribution = alice.proto.groups.own_key(group_id).distribution()
+    bare = SenderKeyState.from_distribution(distribution)
+    address = alice.proto.identity.address
+    bob.proto.store.store_sender_key(group_id.hex(), "alice", 1, bare.to_bytes())
+    record = bob.proto.groups.record(group_id, address)
+    assert record is not None and record.key_ids == (distribution.key_id,)
+    message = alice.proto.groups.own_key(group_id).encrypt(b"still readable")
+    assert record.decrypt(message) == b"still readable"
