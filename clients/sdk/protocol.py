@@ -53,6 +53,7 @@ from clients.store.models import (
 )
 from crypto.attachments import AttachmentPointer
 from crypto.device_list import DeviceList
+from crypto.envelope import InitialMessage, decode_message
 from crypto.errors import UnknownDevice, UnknownSenderKey, VoxError
 from crypto.keys import (
     DeviceAddress,
@@ -360,6 +361,22 @@ class ClientProtocol:
         known = self.device_list(envelope.sender_user)
         if known is None or envelope.sender_device not in known.device_ids:
             return NeedDeviceList(envelope.sender_user)
+        # A new session from keys our verified list does not hold: the user may have
+        # re-registered (a changed account key) or replaced the device since we last looked.
+        try:
+            message = decode_message(payload.data)
+        except VoxError:
+            return None
+        if isinstance(message, InitialMessage):
+            prefix = message.prefix
+            peer = self.store.get_peer(envelope.sender_user)
+            listed = next(d for d in known.devices if d.device_id == envelope.sender_device)
+            if (
+                peer is None
+                or peer.account_key != prefix.account_key.to_bytes()
+                or listed.identity_key.to_bytes() != prefix.identity_key.to_bytes()
+            ):
+                return NeedDeviceList(envelope.sender_user)
         return None
 
     def receive(self, envelope: Envelope) -> Received:

@@ -225,6 +225,39 @@ async def test_changed_account_key_blocks_sending_until_accepted(
         await bob2.close()
 
 
+async def test_first_message_from_a_changed_key_is_shown_with_a_warning(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    from sqlalchemy import delete
+
+    from server.db.models import Account
+
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_a = collect(alice)
+    await alice.connect()
+    await bob.send_text("alice", "old phone")
+    await wait_for(lambda: texts(ev_a, "bob") == ["old phone"])
+    before = await alice.verify("bob")
+    # Bob re-registers with a new key and writes first; alice's cached list (fetched
+    # moments ago, well within its TTL) still holds bob's old key for the same device id.
+    await bob.close()
+    async with relay.app.state.sessions() as session:
+        await session.execute(delete(Account).where(Account.username == "bob"))
+        await session.commit()
+    bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")
+    try:
+        await bob2.send_text("alice", "new phone, same bob")
+        await wait_for(lambda: texts(ev_a, "bob") == ["old phone", "new phone, same bob"])
+        changed = [e for e in ev_a if isinstance(e, KeyChanged)]
+        assert [e.username for e in changed] == ["bob"]
+        after = await alice.verify("bob")
+        assert after.key_changed and after.safety_number != before.safety_number
+        with pytest.raises(UntrustedIdentity):
+            await alice.send_text("bob", "blocked until alice compares numbers")
+    finally:
+        await bob2.close()
+
+
 async def test_added_member_reads_later_messages_and_a_leaver_does_not(
     make_client: Factory,
 ) -> None:
