@@ -210,6 +210,9 @@ class VoxClient:
         #: Seconds a fetched device list is trusted before a send refetches it (a new process
         #: always refetches once, so a changed key is noticed on the next send).
         self.device_list_ttl = 60.0
+        #: Seconds between maintenance rounds while connected (prekey stock, signed prekey
+        #: rotation): a client left running for weeks still rotates on schedule.
+        self.maintenance_interval = 3600.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- opening -----------------------------------------------------------------------
@@ -629,10 +632,12 @@ class VoxClient:
     # --- maintenance (prekeys) ---------------------------------------------------------
 
     async def _maintenance(self) -> None:
-        with contextlib.suppress(ClientError):
-            await self.replenish_prekeys()
-        with contextlib.suppress(ClientError):
-            await self.rotate_signed_prekey()
+        while True:
+            with contextlib.suppress(ClientError):
+                await self.replenish_prekeys()
+            with contextlib.suppress(ClientError):
+                await self.rotate_signed_prekey()
+            await asyncio.sleep(self.maintenance_interval)
 
     async def _replenish_quietly(self) -> None:
         with contextlib.suppress(ClientError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,28 @@ async def test_low_prekey_signal_makes_the_device_upload_more(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_long_running_client_rotates_its_signed_prekey_on_schedule(
+    relay: Relay, tmp_path: Path
+) -> None:
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    carol = await VoxClient.register(tmp_path / "c", relay.base_url, "carol")
+    try:
+        bob.maintenance_interval = 0.1
+        await bob.connect()
+        (first,) = bob.store.list_prekeys(PrekeyKind.SIGNED)
+        # Eight days pass while bob stays connected (the key is aged in bob's store).
+        with bob.store.transaction():
+            bob.store.put_prekeys([replace(first, created_at=first.created_at - 8 * 86400)])
+        await wait_for(lambda: len(bob.store.list_prekeys(PrekeyKind.SIGNED)) == 2)
+        newest = max(r.key_id for r in bob.store.list_prekeys(PrekeyKind.SIGNED))
+        assert newest != first.key_id
+        bundle = await carol.http.bundle("bob", 1)
+        assert bundle["devices"][0]["signed_prekey"]["key_id"] == newest
+    finally:
+        await bob.close()
+        await carol.close()
 
 
 async def test_rotated_signed_prekey_is_used_by_new_sessions_and_old_ones_keep_working(
