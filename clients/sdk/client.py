@@ -856,6 +856,9 @@ class VoxClient:
                     break
                 kind = answer.get("type")
                 if kind == "accepted":
+                    if send.accepted is not None:
+                        with self.store.transaction():
+                            send.accepted()
                     ts = int(answer.get("ts") or 0)
                     result = SendResult(send.client_id, ts, send.device_count)
                     continue

@@ -95,11 +95,17 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingSend:
-    """A WebSocket ``send``: client id, payloads each addressed to devices, ephemeral flag."""
+    """A WebSocket ``send``: client id, payloads each addressed to devices, ephemeral flag.
+
+    ``accepted`` (if set) is called, inside a store transaction, once the relay accepted the
+    send: state that must only be recorded for a send that really went out (which devices
+    hold our sender key).
+    """
 
     client_id: str
     payloads: list[tuple[bytes, list[Address]]]
     ephemeral: bool = False
+    accepted: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def device_count(self) -> int:
@@ -331,8 +337,18 @@ class ClientProtocol:
                     distribution=state.distribution().to_bytes(),
                     sent_at_ms=_ms(self._now()),
                 )
-                sends.append(OutgoingSend(skd.message_id.hex(), self._pairwise(need, skd)))
-                self.groups.mark_distributed(group_id, state.key_id, set(need))
+                key_id, devices_sent = state.key_id, set(need)
+
+                def distributed() -> None:
+                    self.groups.mark_distributed(group_id, key_id, devices_sent)
+
+                # Marked only once the relay accepted the distribution: if the connection drops
+                # first, the retried send distributes the key again (receivers ignore repeats).
+                sends.append(
+                    OutgoingSend(
+                        skd.message_id.hex(), self._pairwise(need, skd), False, distributed
+                    )
+                )
             message = state.encrypt(content.to_bytes())
             self.groups.save_own_key(group_id, state)
         if devices:
