@@ -167,22 +167,29 @@ def group_envelopes(sender: Party, sends: list[OutgoingSend], to: str) -> list[E
     return out
 
 
-def test_a_late_group_message_under_a_replaced_sender_key_still_decrypts() -> None:
+def group_pair() -> tuple[Party, Party, bytes]:
+    """Alice and bob, each knowing the other, in a group alice created (bob applied it)."""
     alice, bob = pair()
     bob.knows(alice)
     group_id = new_group_id()
-    members = ("alice", "bob")
-    create = alice.proto.group_update(group_id, "g", members, GroupAction.CREATE)
+    create = alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.CREATE)
     setup = group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob")
     assert messages(bob, setup) == []
+    return alice, bob, group_id
+
+
+def group_sends(sender: Party, group_id: bytes, text: str) -> list[OutgoingSend]:
+    """What ``sender`` sends for a group text: a distribution if still needed, the message."""
+    content = TextContent(text=text, group_id=group_id, sent_at_ms=1)
+    return sender.proto.encode_group(group_id, content)
+
+
+def test_a_late_group_message_under_a_replaced_sender_key_still_decrypts() -> None:
+    alice, bob, group_id = group_pair()
     first_key = alice.proto.groups.own_key(group_id).key_id
-    old = group_envelopes(
-        alice, alice.proto.encode_group(group_id, group_text(group_id, "old")), "bob"
-    )
+    old = group_envelopes(alice, group_sends(alice, group_id, "old"), "bob")
     alice.proto.groups.rotate(group_id)  # e.g. a member was removed meanwhile
-    new = group_envelopes(
-        alice, alice.proto.encode_group(group_id, group_text(group_id, "new")), "bob"
-    )
+    new = group_envelopes(alice, group_sends(alice, group_id, "new"), "bob")
     assert alice.proto.groups.own_key(group_id).key_id != first_key
     *distributions, newest = new
     # The old key's distribution and the new one arrive first, the old message last.
@@ -196,28 +203,14 @@ def test_a_late_group_message_under_a_replaced_sender_key_still_decrypts() -> No
 
 
 def test_an_unknown_sender_key_is_reported_without_jamming() -> None:
-    alice, bob = pair()
-    bob.knows(alice)
-    group_id = new_group_id()
-    create = alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.CREATE)
-    assert (
-        messages(bob, group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob"))
-        == []
-    )
-    distribution, message = group_envelopes(
-        alice, alice.proto.encode_group(group_id, group_text(group_id, "lost key")), "bob"
-    )
+    alice, bob, group_id = group_pair()
+    distribution, message = group_envelopes(alice, group_sends(alice, group_id, "lost"), "bob")
     (failure,) = messages(bob, [message])  # the distribution was lost
     assert isinstance(failure, DecryptFailure) and failure.error == "UnknownSenderKey"
     assert messages(bob, [distribution]) == []
-    later = group_envelopes(
-        alice, alice.proto.encode_group(group_id, group_text(group_id, "ok")), "bob"
-    )
-    assert messages(bob, later) == ["ok"]
-
-
-def group_text(group_id: bytes, text: str) -> TextContent:
-    return TextContent(text=text, group_id=group_id, sent_at_ms=1)
+    assert messages(bob, group_envelopes(alice, group_sends(alice, group_id, "ok"), "bob")) == [
+        "ok"
+    ]
 
 
 def test_a_store_written_with_one_bare_state_per_sender_still_loads() -> None:
@@ -235,22 +228,14 @@ def test_a_store_written_with_one_bare_state_per_sender_still_loads() -> None:
 
 
 def test_a_sender_key_counts_as_distributed_only_once_the_relay_accepted_it() -> None:
-    alice, bob = pair()
-    bob.knows(alice)
-    group_id = new_group_id()
-    create = alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.CREATE)
-    assert (
-        messages(bob, group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob"))
-        == []
-    )
-    first = alice.proto.encode_group(group_id, group_text(group_id, "one"))
+    alice, bob, group_id = group_pair()
+    first = group_sends(alice, group_id, "one")
     assert len(first) == 2 and first[0].accepted is not None  # distribution, then message
     # The connection dropped before the relay answered: the retry distributes again.
-    retry = alice.proto.encode_group(group_id, group_text(group_id, "one"))
+    retry = group_sends(alice, group_id, "one")
     assert len(retry) == 2 and retry[0].accepted is not None
     retry[0].accepted()
-    later = alice.proto.encode_group(group_id, group_text(group_id, "two"))
+    later = group_sends(alice, group_id, "two")
     assert len(later) == 1 and later[0].accepted is None
     # Bob, given only the retried distribution, reads the retried and the later message.
-    envs = group_envelopes(alice, retry + later, "bob")
-    assert messages(bob, envs) == ["one", "two"]
+    assert messages(bob, group_envelopes(alice, retry + later, "bob")) == ["one", "two"]

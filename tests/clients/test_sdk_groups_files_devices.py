@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
 from clients.sdk import (
     AttachmentError,
@@ -19,6 +20,7 @@ from clients.sdk import (
 )
 from clients.sdk.content import PayloadKind, RelayPayload
 from crypto.sender_keys import SenderKeyMessage
+from server.db.models import Account
 from tests.clients.conftest import Factory
 from tests.clients.kit import texts, wait_for
 from tests.server.relay_harness import Relay
@@ -187,13 +189,19 @@ async def test_linked_device_sends_and_receives_for_the_account(
         await alice2.close()
 
 
+async def reregister(client: VoxClient, relay: Relay, home: Path) -> VoxClient:
+    """The user lost the device: the operator frees the name, the user registers again with
+    a new account key (same username, device id 1)."""
+    await client.close()
+    async with relay.app.state.sessions() as session:
+        await session.execute(delete(Account).where(Account.username == client.username))
+        await session.commit()
+    return await VoxClient.register(home, relay.base_url, client.username)
+
+
 async def test_changed_account_key_blocks_sending_until_accepted(
     make_client: Factory, relay: Relay, tmp_path: Path
 ) -> None:
-    from sqlalchemy import delete
-
-    from server.db.models import Account
-
     alice, bob = await make_client("alice"), await make_client("bob")
     ev_a = collect(alice)
     alice.device_list_ttl = 0  # refetch before every send (a new process does so once)
@@ -202,11 +210,7 @@ async def test_changed_account_key_blocks_sending_until_accepted(
     first = await alice.verify("bob")
     assert not first.key_changed
     # Bob loses his phone; the operator frees the name and bob registers again (new key).
-    await bob.close()
-    async with relay.app.state.sessions() as session:
-        await session.execute(delete(Account).where(Account.username == "bob"))
-        await session.commit()
-    bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")
+    bob2 = await reregister(bob, relay, tmp_path / "bob-new")
     try:
         with pytest.raises(UntrustedIdentity):
             await alice.send_text("bob", "are you still you?")
@@ -228,10 +232,6 @@ async def test_changed_account_key_blocks_sending_until_accepted(
 async def test_first_message_from_a_changed_key_is_shown_with_a_warning(
     make_client: Factory, relay: Relay, tmp_path: Path
 ) -> None:
-    from sqlalchemy import delete
-
-    from server.db.models import Account
-
     alice, bob = await make_client("alice"), await make_client("bob")
     ev_a = collect(alice)
     await alice.connect()
@@ -240,11 +240,7 @@ async def test_first_message_from_a_changed_key_is_shown_with_a_warning(
     before = await alice.verify("bob")
     # Bob re-registers with a new key and writes first; alice's cached list (fetched
     # moments ago, well within its TTL) still holds bob's old key for the same device id.
-    await bob.close()
-    async with relay.app.state.sessions() as session:
-        await session.execute(delete(Account).where(Account.username == "bob"))
-        await session.commit()
-    bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")
+    bob2 = await reregister(bob, relay, tmp_path / "bob-new")
     try:
         await bob2.send_text("alice", "new phone, same bob")
         await wait_for(lambda: texts(ev_a, "bob") == ["old phone", "new phone, same bob"])
