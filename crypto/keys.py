@@ -214,23 +214,26 @@ def _private_writer(kind: int) -> Writer:
 
 
 @dataclass(frozen=True, slots=True)
-class AccountKey:
-    """The account's Ed25519 signing key (shared by the user's devices)."""
+class _Ed25519SigningKey:
+    """An Ed25519 private key (its 32-byte seed) with Vox's labelled signatures."""
+
+    KIND: ClassVar[int] = 0
+    NAME: ClassVar[str] = ""
 
     private: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         if len(self.private) != p.ED25519_KEY_LEN:
-            raise InvalidValue("account key", "must be 32 bytes")
+            raise InvalidValue(self.NAME, "must be 32 bytes")
 
     @classmethod
-    def generate(cls, rng: p.Rng = p.random_bytes) -> AccountKey:
-        """Create a fresh account key."""
+    def generate(cls, rng: p.Rng = p.random_bytes) -> Self:
+        """Create a fresh key."""
         return cls(p.ed25519_generate(rng))
 
     @property
     def public_key(self) -> Ed25519PublicKey:
-        """The account's public signing key."""
+        """The public verification key."""
         return Ed25519PublicKey(p.ed25519_public(self.private))
 
     def sign(self, label: bytes, data: bytes) -> bytes:
@@ -238,53 +241,34 @@ class AccountKey:
         return p.ed25519_sign(self.private, p.signing_message(label, data))
 
     def to_bytes(self) -> bytes:
-        """Serialize: ``01 || 11 || seed (32)``."""
-        return _private_writer(ACCOUNT_KEY_KIND).raw(self.private).finish()
+        """Serialize: ``01 || KIND || seed (32)``."""
+        return _private_writer(self.KIND).raw(self.private).finish()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> AccountKey:
+    def from_bytes(cls, data: bytes) -> Self:
         """Inverse of :meth:`to_bytes`."""
-        r = _private_reader(data, ACCOUNT_KEY_KIND, "account key")
+        r = _private_reader(data, cls.KIND, cls.NAME)
         key = cls(r.raw(p.ED25519_KEY_LEN))
         r.end()
         return key
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceAuthKey:
-    """A device's Ed25519 key, used only to sign relay authentication challenges."""
+class AccountKey(_Ed25519SigningKey):
+    """The account's Ed25519 signing key (shared by the user's devices); encoded
+    ``01 || 11 || seed``."""
 
-    private: bytes = field(repr=False)
+    KIND: ClassVar[int] = ACCOUNT_KEY_KIND
+    NAME: ClassVar[str] = "account key"
 
-    def __post_init__(self) -> None:
-        if len(self.private) != p.ED25519_KEY_LEN:
-            raise InvalidValue("device auth key", "must be 32 bytes")
 
-    @classmethod
-    def generate(cls, rng: p.Rng = p.random_bytes) -> DeviceAuthKey:
-        """Create a fresh device auth key."""
-        return cls(p.ed25519_generate(rng))
+@dataclass(frozen=True, slots=True)
+class DeviceAuthKey(_Ed25519SigningKey):
+    """A device's Ed25519 key, used only to sign relay authentication challenges (it is
+    registered with the relay and listed in the device list); encoded ``01 || 13 || seed``."""
 
-    @property
-    def public_key(self) -> Ed25519PublicKey:
-        """The public auth key (registered with the relay, listed in the device list)."""
-        return Ed25519PublicKey(p.ed25519_public(self.private))
-
-    def sign(self, label: bytes, data: bytes) -> bytes:
-        """Sign ``label || 0x00 || data`` (64-byte Ed25519)."""
-        return p.ed25519_sign(self.private, p.signing_message(label, data))
-
-    def to_bytes(self) -> bytes:
-        """Serialize: ``01 || 13 || seed (32)``."""
-        return _private_writer(_AUTH_KIND).raw(self.private).finish()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> DeviceAuthKey:
-        """Inverse of :meth:`to_bytes`."""
-        r = _private_reader(data, _AUTH_KIND, "device auth key")
-        key = cls(r.raw(p.ED25519_KEY_LEN))
-        r.end()
-        return key
+    KIND: ClassVar[int] = _AUTH_KIND
+    NAME: ClassVar[str] = "device auth key"
 
 
 @dataclass(frozen=True, slots=True)
