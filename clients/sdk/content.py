@@ -29,6 +29,11 @@ Content (inside every plaintext)::
     type 0x07 TRANSCRIPT  str16 destination username ("" for a group) || bytes32 inner Content
                           (what this account sent from another device: TEXT or ATTACHMENT)
     type 0x08 DEVICES     (empty) -- "my device list changed, refetch it" to own devices
+
+Every content is **padded** before it is encrypted (pairwise and under sender keys), so the
+relay learns a message's length only to within :data:`PAD_BLOCK` bytes::
+
+    plaintext = Content || 0x80 || 0x00 ... (to the next multiple of PAD_BLOCK = 160 bytes)
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ __all__ = [
     "Transcript",
     "Typing",
     "decode_content",
+    "decode_padded",
     "new_message_id",
+    "padded",
 ]
 
 CONTENT_VERSION: Final = 1
@@ -72,6 +79,8 @@ MAX_MEMBERS: Final = 256
 MAX_POINTER: Final = 4096
 MAX_DISTRIBUTION: Final = 1024
 MAX_INNER: Final = MAX_TEXT + 1024
+#: Plaintexts are padded to a multiple of this many bytes (as Signal does).
+PAD_BLOCK: Final = 160
 
 
 def new_message_id() -> bytes:
@@ -298,6 +307,23 @@ Content = (
     | Transcript
     | DevicesChanged
 )
+
+
+def padded(content: Content) -> bytes:
+    """The content's bytes padded for encryption: ``|| 0x80 || 0x00...`` to a multiple of
+    :data:`PAD_BLOCK` (at least one byte of padding, so the marker is always there)."""
+    data = content.to_bytes() + b"\x80"
+    return data + bytes(-len(data) % PAD_BLOCK)
+
+
+def decode_padded(data: bytes) -> Content:
+    """Inverse of :func:`padded`; raises only ``DecodeError`` subclasses."""
+    end = len(data.rstrip(b"\x00"))
+    if end == 0 or data[end - 1] != 0x80:
+        raise InvalidValue("padding", "no 0x80 marker before the zero bytes")
+    if len(data) - end >= PAD_BLOCK:
+        raise InvalidValue("padding", f"longer than {PAD_BLOCK} bytes")
+    return decode_content(data[: end - 1])
 
 
 def decode_content(data: bytes) -> Content:

@@ -29,7 +29,8 @@ from clients.sdk.content import (
     TextContent,
     Transcript,
     Typing,
-    decode_content,
+    decode_padded,
+    padded,
 )
 from clients.sdk.errors import ClientError, GroupError, UnknownUser
 from clients.sdk.groups import GroupBook
@@ -267,7 +268,7 @@ class ClientProtocol:
     def _pairwise(
         self, devices: list[Address], content: Content
     ) -> list[tuple[bytes, list[Address]]]:
-        body = content.to_bytes()
+        body = padded(content)
         out = []
         for username, device_id in devices:
             ciphertext = self.sessions.encrypt(username, device_id, body)
@@ -349,7 +350,7 @@ class ClientProtocol:
                         skd.message_id.hex(), self._pairwise(need, skd), False, distributed
                     )
                 )
-            message = state.encrypt(content.to_bytes())
+            message = state.encrypt(padded(content))
             self.groups.save_own_key(group_id, state)
         if devices:
             payload = RelayPayload(PayloadKind.GROUP, message.to_bytes()).to_bytes()
@@ -438,7 +439,7 @@ class ClientProtocol:
             peer = self.store.get_peer(sender.username)
             if peer is None or peer.account_key != decrypted.peer.account_key.to_bytes():
                 raise UnknownDevice(sender.device_id)
-            content = decode_content(decrypted.body)
+            content = decode_padded(decrypted.body)
             self._check_pairwise(sender, content)
             decrypted.commit()
             return self._pairwise_content(sender, content, now)
@@ -448,7 +449,7 @@ class ClientProtocol:
             if record is None:
                 raise UnknownSenderKey(message.key_id)
             body = record.decrypt(message)
-            content = decode_content(body)
+            content = decode_padded(body)
             if not isinstance(content, TextContent | AttachmentContent):
                 raise GroupError("a group message carries a text or a file")
             if content.group_id != message.group_id:

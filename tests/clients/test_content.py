@@ -22,6 +22,8 @@ from clients.sdk.content import (
     Transcript,
     Typing,
     decode_content,
+    decode_padded,
+    padded,
 )
 from clients.sdk.errors import LinkError
 from clients.sdk.linking import format_code, parse_code
@@ -102,3 +104,33 @@ def test_link_codes_round_trip_and_reject_garbage() -> None:
     ):
         with pytest.raises(LinkError):
             parse_code(bad)
+
+
+def test_padding_hides_the_length_to_within_160_bytes() -> None:
+    short = TextContent(text="y", message_id=MID, sent_at_ms=5)
+    assert padded(short) == short.to_bytes() + b"\x80" + bytes(160 - len(short.to_bytes()) - 1)
+    lengths = {len(padded(TextContent(text="x" * n, sent_at_ms=1))) for n in range(0, 120)}
+    assert lengths == {160}
+    assert len(padded(TextContent(text="x" * 200, sent_at_ms=1))) == 320
+    # A content that fills a block exactly still gets a marker (and a whole block of padding).
+    exact = TextContent(text="x" * (160 - 34), sent_at_ms=1)
+    assert len(exact.to_bytes()) == 160 and len(padded(exact)) == 320
+
+
+@given(st.text(max_size=600), st.booleans())
+def test_padded_contents_round_trip(text: str, active: bool) -> None:
+    for content in (TextContent(text=text, sent_at_ms=7), Typing(active=active, sent_at_ms=0)):
+        data = padded(content)
+        assert len(data) % 160 == 0
+        assert decode_padded(data) == content
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"", b"\x00" * 10, b"\x81" + bytes(10), b"\x80" + bytes(160)],
+    ids=["no-marker", "zeros-only", "wrong-marker", "too-long"],
+)
+def test_bad_padding_is_a_decode_error(tail: bytes) -> None:
+    body = TextContent(text="hi", message_id=MID, sent_at_ms=5).to_bytes()
+    with pytest.raises(DecodeError):
+        decode_padded(body + tail)

@@ -239,3 +239,14 @@ def test_a_sender_key_counts_as_distributed_only_once_the_relay_accepted_it() ->
     assert len(later) == 1 and later[0].accepted is None
     # Bob, given only the retried distribution, reads the retried and the later message.
     assert messages(bob, group_envelopes(alice, retry + later, "bob")) == ["one", "two"]
+
+
+def test_ciphertexts_reveal_lengths_only_to_within_a_pad_block() -> None:
+    alice, bob, group_id = group_pair()
+    short, longer, long = envelopes(alice, "bob", "ok", "x" * 100, "x" * 300)
+    assert len(short.data) == len(longer.data) < len(long.data)
+    envs = [
+        group_envelopes(alice, group_sends(alice, group_id, t), "bob")[-1] for t in ("k", "x" * 100)
+    ]
+    assert len(envs[0].data) == len(envs[1].data)
+    assert messages(bob, [short, longer, long]) == ["ok", "x" * 100, "x" * 300]
