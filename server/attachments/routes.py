@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from server.attachments.service import AttachmentService
 from server.deps import CurrentDevice
@@ -44,6 +46,25 @@ def _declared_length(request: Request) -> int | None:
     return int(value)
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that always closes its body iterator (and so the blob's open
+    file), also when the client disconnects mid-stream or sending fails. Starlette leaves
+    an abandoned iterator to the garbage collector."""
+
+    def __init__(self, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self._content, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
+
+
 @router.post("", status_code=201, response_model=AttachmentCreated)
 async def upload(request: Request, me: CurrentDevice, service: AttachmentsDep) -> AttachmentCreated:
     """Stream an opaque blob (``application/octet-stream``) into the store."""
@@ -61,13 +82,8 @@ async def download(
 ) -> StreamingResponse:
     """Stream a blob back (any authenticated device holding the id may fetch it)."""
     info = await service.lookup(attachment_id)
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in service.stream(info.id):
-            yield chunk
-
-    return StreamingResponse(
-        body(),
+    return _ClosingStreamingResponse(
+        service.stream(info.id),
         media_type="application/octet-stream",
         headers={"Content-Length": str(info.size), "Cache-Control": "no-store"},
     )

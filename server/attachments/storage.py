@@ -47,7 +47,11 @@ class AttachmentStore(Protocol):
         ...
 
     def get(self, blob_id: str) -> AsyncIterator[bytes]:
-        """Stream the blob's bytes (raises ``FileNotFoundError`` if it is absent)."""
+        """Stream the blob's bytes (raises ``FileNotFoundError`` if it is absent).
+
+        Whatever the stream holds open is released when it ends, fails, or is closed early
+        with ``aclose()`` (the download route always closes it, also on a client abort).
+        """
         ...
 
     async def size(self, blob_id: str) -> int | None:
@@ -109,7 +113,7 @@ class LocalDiskStore:
             raise
 
     async def get(self, blob_id: str) -> AsyncIterator[bytes]:
-        fh: BinaryIO = await asyncio.to_thread(open, self._path(blob_id), "rb")
+        fh = await _open_for_reading(self._path(blob_id))
         try:
             while True:
                 chunk = await asyncio.to_thread(fh.read, CHUNK)
@@ -117,7 +121,11 @@ class LocalDiskStore:
                     return
                 yield chunk
         finally:
-            await asyncio.to_thread(fh.close)
+            # Synchronously: closing a file opened for reading does not block (at most it
+            # waits for a read still running in its thread), and an ``await`` here would
+            # itself be cancelled when the client disconnected mid-stream (anyio re-cancels
+            # until the task leaves its cancel scope), leaking the file.
+            fh.close()
 
     async def size(self, blob_id: str) -> int | None:
         try:
@@ -141,6 +149,29 @@ class LocalDiskStore:
                         part.unlink(missing_ok=True)
 
         await asyncio.to_thread(_clean)
+
+
+async def _open_for_reading(path: Path) -> BinaryIO:
+    """``open(path, "rb")`` in a thread; the file is closed if the caller is cancelled
+    while the thread opens it (instead of being left to the garbage collector)."""
+    future: asyncio.Future[BinaryIO] = asyncio.get_running_loop().run_in_executor(
+        None, _open_rb, path
+    )
+    try:
+        fh = await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_result)
+        raise
+    return fh
+
+
+def _open_rb(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def _close_result(future: asyncio.Future[BinaryIO]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 def _flush_and_close(fh: BinaryIO) -> None:

@@ -4,6 +4,7 @@ uploads, unguessable ids, expiry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -105,3 +106,50 @@ async def test_expired_attachments_are_swept(tmp_path: Path) -> None:
         assert await service.sweep(now=info["expires_at"]) == 1
         assert (await http.get(f"/v1/attachments/{info['id']}", headers=token)).status_code == 404
         assert _files(w) == []
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what they point to."""
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return out
+
+
+async def _abort_download(port: int, path: str, token: str, read: int) -> None:
+    """GET ``path`` over a raw socket, read ``read`` bytes, then reset the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    writer.write(request.encode())
+    await writer.drain()
+    await reader.readexactly(read)
+    writer.transport.abort()  # RST mid-stream, like a client that was killed
+    await asyncio.sleep(0)
+
+
+async def test_a_download_aborted_mid_stream_closes_the_blob_file(tmp_path: Path) -> None:
+    size = 16 * 1024 * 1024
+    async with world(tmp_path, {"alice": [1]}, limits={"max_attachment_bytes": size}) as w:
+        root = str(w.relay.settings.data_dir.resolve() / "attachments")
+        token = w["alice", 1].token
+        blob = os.urandom(size)
+        async with w.relay.client() as http:
+            resp = await http.post("/v1/attachments", content=blob, headers=auth_header(token))
+            assert resp.status_code == 201, resp.text
+            blob_id = resp.json()["id"]
+            baseline = set(_open_fds())
+            for read in (200_000, 1_000_000, 3_000_000):
+                await _abort_download(w.relay.port, f"/v1/attachments/{blob_id}", token, read)
+            # No garbage collection here: the relay must close the file itself, promptly.
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                fds = _open_fds()
+                blob_files = [p for p in fds.values() if p.startswith(root)]
+                if not blob_files and set(fds) <= baseline:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (blob_files, baseline, fds)
+                await asyncio.sleep(0.05)
+            got = await http.get(f"/v1/attachments/{blob_id}", headers=auth_header(token))
+            assert got.status_code == 200 and got.content == blob
+        assert not [p for p in _open_fds().values() if p.startswith(root)]
