@@ -37,10 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.sdk import Event, Message, VoxClient  # noqa: E402
+from clients.sdk.content import TextContent, padded  # noqa: E402
 
-#: Bytes a text of S bytes gains on the wire (content 34 + payload 11 + username + ratchet
-#: header 41 + envelope framing 7 + GCM tag 16 + relay payload 2, rounded up).
-CIPHERTEXT_OVERHEAD = 120
+#: Bytes a padded content gains on the wire (payload 11 + username + ratchet header 41 +
+#: envelope framing 7 + GCM tag 16 + relay payload 2, rounded up).
+CIPHERTEXT_OVERHEAD = 90
+
+
+def wire_size(text_bytes: int) -> int:
+    """The ciphertext size of a text of ``text_bytes`` bytes (content padded to 160 bytes)."""
+    return len(padded(TextContent(text="x" * text_bytes, sent_at_ms=0))) + CIPHERTEXT_OVERHEAD
 
 
 def log(*parts: object) -> None:
@@ -186,7 +192,7 @@ def main() -> None:
         relay_args = argparse.Namespace(
             pairs=args.pairs,
             messages=args.messages,
-            size=args.size + CIPHERTEXT_OVERHEAD,
+            size=wire_size(args.size),
             window=args.window,
             database=args.database,
             postgres_url=args.postgres_url,
