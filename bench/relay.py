@@ -413,12 +413,7 @@ async def durable(args: argparse.Namespace) -> dict[str, Any]:
             users = [f"s{i:04d}" for i in range(args.pairs)] + [
                 f"r{i:04d}" for i in range(args.pairs)
             ]
-            tokens = {
-                u: t
-                for u, _, t in await make_devices(
-                    base_url, users, 1, 8 if args.database == "postgres" else 1
-                )
-            }
+            tokens = {u: t for u, _, t in await make_devices(base_url, users, 1, 8)}
             log(f"relay up on :{port} ({args.database}), {len(tokens)} accounts")
             url = f"ws://127.0.0.1:{port}/v1/ws"
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.attachments.storage import AttachmentStore, TooLarge, Truncated
 from server.clock import now as clock_now
+from server.db.engine import write_transaction
 from server.db.models_delivery import Attachment
 from server.errors import BadRequest, NotFound, PayloadTooLarge
 
@@ -117,7 +118,8 @@ class AttachmentService:
     async def sweep(self, now: int | None = None) -> int:
         """Delete expired attachments (rows first, then bytes)."""
         t = clock_now() if now is None else now
-        async with self.engine.begin() as conn:
+        # Reads, then deletes: on SQLite the write lock must be taken at BEGIN.
+        async with write_transaction(self.engine) as conn:
             ids = [
                 r[0]
                 for r in await conn.execute(

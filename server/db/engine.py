@@ -9,24 +9,47 @@ hold SQLite's write lock from its first statement can ask for ``BEGIN IMMEDIATE`
         ...
         await session.commit()
 
-On PostgreSQL :func:`write_lock` does nothing: row locks (``FOR UPDATE SKIP LOCKED``) do
-the job there.
+Code on an ``AsyncConnection`` (SQLAlchemy Core) uses :func:`write_transaction` instead of
+``engine.begin()`` for a transaction that reads before it writes::
+
+    async with write_transaction(engine) as conn:   # BEGIN IMMEDIATE on SQLite
+        ids = (await conn.execute(select(...))).scalars().all()
+        await conn.execute(delete(...).where(...))
+
+A transaction whose first statement writes (``INSERT``, ``DELETE ... WHERE x IN (SELECT
+...)``) is safe with a plain ``BEGIN``: SQLite takes the write lock at that statement and
+waits for it (``busy_timeout``). One that *reads first* and writes later cannot wait: when
+another connection committed in between, its snapshot is stale and the write fails at once
+with "database is locked".
+
+On PostgreSQL :func:`write_lock` and :func:`write_transaction`'s lock do nothing: row locks
+(``FOR UPDATE SKIP LOCKED``) do the job there.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 
-__all__ = ["IMMEDIATE", "create_engine", "is_sqlite", "session_factory", "write_lock"]
+__all__ = [
+    "IMMEDIATE",
+    "create_engine",
+    "is_sqlite",
+    "session_factory",
+    "write_lock",
+    "write_transaction",
+]
 
 #: Execution option that makes the next ``BEGIN`` on SQLite a ``BEGIN IMMEDIATE``.
 IMMEDIATE = "vox_sqlite_immediate"
@@ -87,3 +110,15 @@ async def write_lock(session: AsyncSession) -> None:
             # under concurrency instead of waiting: the lock must come first.
             raise RuntimeError("write_lock() must be the first statement of a transaction")
         await session.connection(execution_options={IMMEDIATE: True})
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Like ``engine.begin()``, but holding SQLite's write lock from ``BEGIN`` (``BEGIN
+    IMMEDIATE``); commits on success, rolls back on error. A plain transaction on PostgreSQL.
+    """
+    async with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn = await conn.execution_options(**{IMMEDIATE: True})
+        async with conn.begin():
+            yield conn
