@@ -107,6 +107,22 @@ _DELETE_ACKED_PG = text(
 )
 
 
+#: Class id of the transaction-level advisory locks that serialise writers per recipient
+#: queue (``pg_advisory_xact_lock(int4, int4)``): "VoxQ".
+QUEUE_LOCK_CLASS = 0x566F7851
+
+# Takes the locks in array order (the caller passes the keys sorted, so two writers never
+# wait for each other in a cycle); held until the transaction ends.
+_LOCK_QUEUES_PG = text(
+    "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM unnest(CAST(:keys AS INTEGER[])) AS t(k)"
+)
+
+
+def _queue_lock_key(device_pk: int) -> int:
+    """The device pk folded into PostgreSQL's signed 32-bit advisory-lock key space."""
+    return (device_pk + 2**31) % 2**32 - 2**31
+
+
 @dataclass(slots=True, frozen=True)
 class SendRecord:
     """What a repeated send is answered with."""
@@ -181,6 +197,20 @@ class DeliveryRepository:
                 if pk is not None:
                     devices[device_id] = pk
         return out
+
+    def lock_queues(self, conn: Connection, device_pks: Iterable[int]) -> None:
+        """Hold the devices' queues until the transaction ends, so that "count, then insert"
+        (the queue-depth limit) is atomic across writers and relay nodes.
+
+        PostgreSQL: one transaction-level advisory lock per device, taken in key order (no
+        deadlock between writers; other transactions never take them). SQLite: nothing to
+        do, the writer's transaction began with ``BEGIN IMMEDIATE`` (one writer at a time).
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        keys = sorted({_queue_lock_key(pk) for pk in device_pks})
+        if keys:
+            conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
     def queue_depths(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, int]:
         """Current number of queued envelopes per device (absent = 0)."""

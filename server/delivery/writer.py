@@ -309,8 +309,12 @@ class GroupCommitWriter:
             pks = self._check_recipients(op, device_sets)
             if pks is not None:
                 resolved.append((op, pks))
-        # 3. Queue depth limits (counting this batch's earlier sends too).
+        # 3. Queue depth limits (counting this batch's earlier sends too). The targets' queues
+        # are locked first (PostgreSQL: until the commit), so that no other writer, here or
+        # on another node, counts and fills the same queue at the same time.
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
+        if targets:
+            self._repo.lock_queues(conn, targets)
         depths = self._repo.queue_depths(conn, targets) if targets else {}
         to_store: list[NewSend] = []
         live: list[tuple[SendOp, list[list[int]]]] = []
