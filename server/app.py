@@ -9,7 +9,8 @@ configured) and closes them on shutdown. ``app.state`` carries, for every layer:
   replaces it)
 * ``engine`` / ``sessions`` — ``AsyncEngine`` and ``async_sessionmaker`` (set at startup)
 * ``redis`` — ``redis.asyncio.Redis`` or ``None`` (set at startup)
-* ``ip_limiter`` / ``bundle_limiter`` — :class:`server.ratelimit.RateLimiter`
+* ``ip_limiter`` / ``bundle_limiter`` — :class:`server.ratelimit.RateLimiter` (per process),
+  replaced at startup by :class:`server.ratelimit.SharedRateLimiter` when Redis is configured
 
 Feature layers plug in below in ``create_app`` with a router and, optionally, a lifespan
 hook: an async context manager factory ``hook(app)`` entered after the database and Redis
@@ -32,7 +33,7 @@ from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from server.notify import NullNotifier
-from server.ratelimit import RateLimiter
+from server.ratelimit import RateLimiter, SharedRateLimiter
 from server.services.maintenance import core_lifespan
 from server.settings import Settings
 
@@ -60,6 +61,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             client = aioredis.from_url(settings.redis_url, socket_connect_timeout=5)
             stack.push_async_callback(client.aclose)
             app.state.redis = client
+            # Rate limits shared by every relay process (per-process if Redis fails).
+            for attr, name in (("ip_limiter", "ip"), ("bundle_limiter", "bundle")):
+                local = getattr(app.state, attr)
+                if isinstance(local, RateLimiter):
+                    shared = SharedRateLimiter(
+                        client, prefix=settings.redis_prefix, name=name, fallback=local
+                    )
+                    setattr(app.state, attr, shared)
         for hook in app.state.lifespan_hooks:
             await stack.enter_async_context(hook(app))
         yield

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.errors import Unauthorized
 from server.metrics import Metrics
 from server.notify import DeviceNotifier
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter
 from server.services.auth import AuthenticatedDevice, authenticate_token
 from server.settings import Settings
 
@@ -85,7 +85,8 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def per_ip_rate_limit(request: Request) -> None:
-    """Router-wide dependency: ``limits.requests_per_minute_per_ip`` for every REST call."""
-    limiter: RateLimiter = request.app.state.ip_limiter
-    limiter.check(client_ip(request))
+async def per_ip_rate_limit(request: Request) -> None:
+    """Router-wide dependency: ``limits.requests_per_minute_per_ip`` for every REST call
+    (shared by all relay processes when Redis is configured)."""
+    limiter: Limiter = request.app.state.ip_limiter
+    await limiter.acquire(client_ip(request))

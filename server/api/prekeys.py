@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
-from server.ratelimit import RateLimiter
+from server.ratelimit import Limiter
 from server.schemas import (
     USERNAME_PATTERN,
     BundleDevice,
@@ -86,8 +86,8 @@ async def bundle(
     device_id: int | None = Query(None, ge=1, le=0xFFFFFFFF),
 ) -> PrekeyBundle:
     """Claim a bundle: one entry per device, each with at most one one-time key of each kind."""
-    limiter: RateLimiter = request.app.state.bundle_limiter
-    limiter.check(me.device_pk)
+    limiter: Limiter = request.app.state.bundle_limiter
+    await limiter.acquire(me.device_pk)
     claimed = await service.claim_bundle(
         session, username, device_id, low_threshold=settings.limits.prekey_low_threshold
     )
