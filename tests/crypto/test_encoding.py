@@ -17,7 +17,7 @@ from crypto.errors import (
 
 def test_writer_encodes_fields_big_endian_with_length_prefixes() -> None:
     data = Writer().u8(1).u16(0x0203).u32(4).u64(5).bytes16(b"ab").str16("é").finish()
-    assert data == bytes.fromhex("01" "0203" "00000004" "0000000000000005" "00026162" "0002c3a9")
+    assert data == bytes.fromhex("010203000000040000000000000005000261620002c3a9")
 
 
 def test_reader_decodes_what_writer_wrote() -> None:
