@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Generate the crypto-extras test vectors (signed device list, sender keys, safety number,
-attachment) from fixed seeds, into ``tests/vectors/vox_extras_vectors.json``.
+attachment, padded attachment, padding buckets) from fixed seeds, into
+``tests/vectors/vox_extras_vectors.json``.
 
 Every random byte comes from :class:`crypto.primitives.DeterministicRng` with the seeds below;
 Ed25519 signatures are deterministic (RFC 8032), so the output is fully reproducible.
@@ -22,7 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from crypto import primitives  # noqa: E402
-from crypto.attachments import AttachmentEncryptor, encrypt_stream  # noqa: E402
+from crypto.attachments import (  # noqa: E402
+    AttachmentEncryptor,
+    ciphertext_size,
+    encrypt_stream,
+    padded_size,
+)
 from crypto.device_list import DeviceEntry, DeviceList  # noqa: E402
 from crypto.fingerprint import safety_number  # noqa: E402
 from crypto.keys import AccountKey, DeviceAddress, DeviceAuthKey, DeviceIdentityKey  # noqa: E402
@@ -141,6 +147,59 @@ def attachment_vectors() -> dict[str, Any]:
     }
 
 
+def padded_attachment_vectors() -> dict[str, Any]:
+    """A 315-byte file padded to 541 bytes in 256-byte chunks: chunk 0 is file only, chunk 1
+    holds the file's last 59 bytes and 197 zero bytes, the final chunk 2 holds 29 zero bytes.
+    The pointer is version 2 (it carries the padding)."""
+    plaintext = b"Vox padded attachment test vector. " * 9
+    encryptor = AttachmentEncryptor(
+        chunk_size=256, rng=DeterministicRng(b"vox-extras padded attachment")
+    )
+    blob = b"".join(encrypt_stream([plaintext], encryptor, padded=True))
+    pointer = encryptor.pointer(
+        content_type="text/plain", file_name="padded.txt", blob_id="blob-0002"
+    )
+    assert pointer.padded_size == padded_size(len(plaintext)) == 541
+    assert len(blob) == pointer.ciphertext_size
+    return {
+        "seed": "vox-extras padded attachment",
+        "chunk_size": 256,
+        "size": len(plaintext),
+        "padding": pointer.padding,
+        "padded_size": pointer.padded_size,
+        "plaintext": plaintext.hex(),
+        "key": encryptor.key.hex(),
+        "header": blob[:5].hex(),
+        "chunk_nonces": [
+            "0000000000000000" + "00000000",
+            "0000000000000001" + "00000000",
+            "0000000000000002" + "00000001",
+        ],
+        "blob_size": len(blob),
+        "blob": blob.hex(),
+        "digest": pointer.digest.hex(),
+        "pointer": pointer.to_bytes().hex(),
+    }
+
+
+PADDING_SIZES = (0, 1, 541, 542, 1_000, 1_010, 65_536, 10_485_760, 104_857_600, 2**32, 2**62)
+
+
+def padding_vectors() -> dict[str, Any]:
+    """``padded_size`` (Signal's buckets, exact integer rule) and the resulting blob sizes with
+    the default 64 KiB chunks."""
+    return {
+        "buckets": [
+            {
+                "size": size,
+                "padded_size": padded_size(size),
+                "blob_size": ciphertext_size(padded_size(size)),
+            }
+            for size in PADDING_SIZES
+        ]
+    }
+
+
 def generate() -> dict[str, Any]:
     """All vectors, as written to the JSON file."""
     return {
@@ -150,6 +209,8 @@ def generate() -> dict[str, Any]:
         "sender_key": sender_key_vectors(),
         "safety_number": safety_number_vectors(),
         "attachment": attachment_vectors(),
+        "padded_attachment": padded_attachment_vectors(),
+        "padding": padding_vectors(),
     }
 
 

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from crypto import primitives
-from crypto.attachments import AttachmentDecryptor, AttachmentPointer, decrypt_stream
+from crypto.attachments import (
+    AttachmentDecryptor,
+    AttachmentPointer,
+    ciphertext_size,
+    decrypt_stream,
+    padded_size,
+)
 from crypto.device_list import SignedDeviceList
 from crypto.errors import DeviceListRollback
 from crypto.fingerprint import ScannableFingerprint, safety_number
@@ -52,7 +58,9 @@ def _hex_values(node: object) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("section", ["device_list", "sender_key", "safety_number", "attachment"])
+@pytest.mark.parametrize(
+    "section", ["device_list", "sender_key", "safety_number", "attachment", "padded_attachment"]
+)
 def test_every_vector_is_pinned_in_the_protocol_document(section: str) -> None:
     doc = "".join(DOC_PATH.read_text(encoding="utf-8").split())
     values = _hex_values(VECTORS[section])
@@ -147,6 +155,52 @@ def test_pinned_attachment_decrypts_per_the_documented_chunk_nonces() -> None:
         header,
     )
     assert first == plaintext[:64]
+
+
+def test_pinned_v1_pointer_still_decodes_without_padding_and_re_encodes_identically() -> None:
+    raw = bytes.fromhex(VECTORS["attachment"]["pointer"])
+    pointer = AttachmentPointer.from_bytes(raw)
+    assert raw[0] == 1 and pointer.padding == 0 and pointer.padded_size == pointer.size == 112
+    assert pointer.to_bytes() == raw
+    assert pointer.ciphertext_size == len(bytes.fromhex(VECTORS["attachment"]["blob"]))
+
+
+def test_pinned_padded_attachment_decrypts_and_its_padding_is_zero_per_the_document() -> None:
+    v = VECTORS["padded_attachment"]
+    raw = bytes.fromhex(v["pointer"])
+    pointer = AttachmentPointer.from_bytes(raw)
+    blob = bytes.fromhex(v["blob"])
+    assert (pointer.size, pointer.padding, pointer.padded_size) == (315, 226, 541)
+    assert (v["size"], v["padding"], v["padded_size"]) == (315, 226, padded_size(315))
+    assert pointer.key.hex() == v["key"] and pointer.blob_id == "blob-0002"
+    assert len(blob) == v["blob_size"] == pointer.ciphertext_size == ciphertext_size(541, 256)
+    assert hashlib.sha256(blob).hexdigest() == v["digest"] == pointer.digest.hex()
+    plaintext = b"".join(decrypt_stream([blob], AttachmentDecryptor.for_pointer(pointer)))
+    assert plaintext.hex() == v["plaintext"]
+    assert pointer.to_bytes() == raw
+    # The v2 layout read by hand: u8 2 || key || digest || u64 size || u64 padding || u32 ...
+    assert raw[0] == 2 and raw[1:33].hex() == v["key"] and raw[33:65].hex() == v["digest"]
+    assert int.from_bytes(raw[65:73], "big") == 315 and int.from_bytes(raw[73:81], "big") == 226
+    assert int.from_bytes(raw[81:85], "big") == v["chunk_size"] == 256
+    # Re-derive with raw AES-GCM: chunks at the documented offsets and nonces; the plaintext is
+    # the file followed by 226 zero bytes, split 256 / 256 / 29.
+    header = bytes.fromhex(v["header"])
+    assert blob[:5] == header
+    opened = b""
+    for index, nonce in enumerate(v["chunk_nonces"]):
+        start = 5 + index * (256 + 16)
+        chunk = blob[start : start + 256 + 16]
+        opened += primitives.aes256gcm_decrypt(pointer.key, bytes.fromhex(nonce), chunk, header)
+    assert opened == bytes.fromhex(v["plaintext"]) + bytes(226)
+
+
+def test_pinned_padding_buckets_and_their_table_in_the_document() -> None:
+    doc = DOC_PATH.read_text(encoding="utf-8")
+    table = doc[doc.index("### 5.6") :]
+    for entry in VECTORS["padding"]["buckets"]:
+        size, padded, blob = entry["size"], entry["padded_size"], entry["blob_size"]
+        assert padded_size(size) == padded and ciphertext_size(padded) == blob
+        assert f"| {size:,} | {padded:,} | {padded - size:,} | {blob:,} |" in table
 
 
 def test_annotated_device_list_example_in_the_document_is_the_v1_vector() -> None:
