@@ -98,8 +98,9 @@ from crypto.attachments import (
     AttachmentEncryptor,
     AttachmentPointer,
     ciphertext_size,
+    padded_size,
 )
-from crypto.errors import VoxError
+from crypto.errors import AttachmentMismatch, VoxError
 from crypto.keys import validate_username
 
 __all__ = ["LinkInvitation", "Progress", "VoxClient"]
@@ -1097,34 +1098,71 @@ class VoxClient:
     async def upload_file(
         self, path: Path | str, *, progress: Progress | None = None
     ) -> AttachmentPointer:
-        """Encrypt and upload a file; returns its pointer (with the relay's blob id)."""
+        """Encrypt and upload a file; returns its pointer (with the relay's blob id).
+
+        The file is padded with zeros to Signal's bucket (``crypto.attachments.padded_size``,
+        at most 5 % more, 541 bytes at least), so the relay sees only the bucket. If the
+        padded blob exceeds the relay's ``max_attachment_bytes`` (from ``/v1/config``), an
+        :class:`AttachmentError` is raised before anything is uploaded. ``progress`` counts
+        blob bytes (padding included) against the exact blob size.
+        """
         path = Path(path)
         try:
             size = path.stat().st_size
+        except OSError as exc:
+            raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
+        padded = padded_size(size)
+        total = ciphertext_size(padded, DEFAULT_CHUNK_SIZE)
+        limit: float | None = None
+        with contextlib.suppress(RelayRejected, RelayUnavailable):
+            limit = (await self.config()).limits.get("max_attachment_bytes")
+        if limit is not None and total > limit:
+            raise AttachmentError(
+                f"{path.name} is too large for this relay: {size:,} bytes are {total:,} bytes "
+                f"encrypted and padded, over the relay's limit of {int(limit):,} bytes"
+            )
+        try:
             handle = await asyncio.to_thread(path.open, "rb")
         except OSError as exc:
             raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
         encryptor = AttachmentEncryptor()
-        total = ciphertext_size(size, DEFAULT_CHUNK_SIZE)
         sent = 0
+        piece = 1024 * 1024
+
+        def counted(out: bytes) -> bytes:
+            nonlocal sent
+            sent += len(out)
+            if progress and out:
+                progress(sent, total)
+            return out
 
         async def chunks() -> AsyncIterator[bytes]:
-            nonlocal sent
             with handle:
-                while piece := await asyncio.to_thread(handle.read, 1024 * 1024):
-                    out = encryptor.feed(piece)
+                while data := await asyncio.to_thread(handle.read, piece):
+                    out = encryptor.feed(data)
+                    if encryptor.size > padded:  # the blob would exceed its Content-Length
+                        raise AttachmentError(f"{path} grew while it was being uploaded")
                     if out:
-                        sent += len(out)
-                        if progress:
-                            progress(sent, total)
-                        yield out
-            last = encryptor.finish()
-            sent += len(last)
-            if progress:
-                progress(sent, total)
-            yield last
+                        yield counted(out)
+            # Zero padding up to the bucket, streamed; a file that shrank meanwhile is padded
+            # further, so the blob is always exactly ``total`` bytes.
+            while (missing := padded - encryptor.size - encryptor.padding) > 0:
+                out = encryptor.pad(min(missing, piece))
+                if out:
+                    yield counted(out)
+            yield counted(encryptor.finish())
 
-        answer = await self.http.upload_attachment(chunks(), total)
+        try:
+            answer = await self.http.upload_attachment(chunks(), total)
+        except RelayRejected as exc:
+            if exc.code != "too_large":
+                raise
+            raise AttachmentError(
+                f"{path.name} is too large for this relay ({total:,} bytes encrypted and "
+                f"padded): {exc.message}"
+            ) from None
+        finally:
+            handle.close()  # also when the upload failed before reading the file
         blob_id = str(answer.get("id") or answer.get("attachment_id") or "")
         if not blob_id:
             raise AttachmentError("the relay did not return an attachment id")
@@ -1141,7 +1179,10 @@ class VoxClient:
         progress: Progress | None = None,
     ) -> Path:
         """Download, verify (digest, size) and decrypt an attachment to ``dest`` (a file, or a
-        directory to put the original file name in). Nothing is left behind on failure."""
+        directory to put the original file name in). Nothing is left behind on failure.
+
+        Padding (pointer version 2) is checked to be all zero and never written; ``progress``
+        counts blob bytes against the exact (padded) blob size."""
         if isinstance(attachment, Message):
             if attachment.attachment is None:
                 raise AttachmentError("this message has no attachment")
@@ -1184,7 +1225,10 @@ class VoxClient:
                         raise failure
                     out.write(decryptor.finish())
                 except VoxError as exc:
-                    raise AttachmentError(f"verification failed ({type(exc).__name__})") from None
+                    what = type(exc).__name__
+                    if isinstance(exc, AttachmentMismatch):  # digest, size or padding
+                        what = f"{what}: {exc.field}"
+                    raise AttachmentError(f"verification failed ({what})") from None
             tmp.replace(dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
