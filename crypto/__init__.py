@@ -113,6 +113,7 @@ from crypto.attachments import (
     AttachmentPointer,
     decrypt_stream,
     encrypt_stream,
+    padded_size,
 )
 from crypto.device_list import DeviceEntry, DeviceList, SignedDeviceList
 from crypto.errors import AttachmentMismatch, DeviceListAccountMismatch, UnknownSenderKey
@@ -204,6 +205,7 @@ __all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block
     "UnknownSenderKey",
     "decrypt_stream",
     "encrypt_stream",
+    "padded_size",
     "safety_number",
     "safety_numbers_equal",
     # --- end of crypto-extras names ---
