@@ -296,6 +296,9 @@ async def _print_event(client: VoxClient, event: Event, as_json: bool, target: P
         else:
             when = dt.datetime.fromtimestamp(event.sent_at / 1000).strftime("%H:%M:%S")
             where = "" if event.conversation == event.sender else f" [{event.conversation}]"
+            if event.group_id:  # the group's name, as in "group NAME (ID8): ..." lines
+                names = {g.group_id: g.name for g in client.groups()}
+                where = f" [group {names.get(event.group_id, '?')} ({event.group_id[:8]})]"
             body = event.text
             if event.attachment is not None:
                 body = f"[file] {event.attachment.file_name} ({event.attachment.size} bytes)"
@@ -334,9 +337,14 @@ def _unique(directory: Path, name: str) -> Path:
 @app.command()
 def verify(
     username: Annotated[str, typer.Argument(help="The user to verify.")],
-    accept: Annotated[bool, typer.Option("--accept", help="Accept a changed key.")] = False,
+    accept: Annotated[
+        bool,
+        typer.Option(
+            "--accept", help="The numbers match: mark their key verified (or accept a new one)."
+        ),
+    ] = False,
 ) -> None:
-    """Show the safety number with a user; --accept trusts their (changed) key."""
+    """Show the safety number with a user; --accept marks their (current) key verified."""
 
     async def go(client: VoxClient) -> str:
         result = await (client.accept_key(username) if accept else client.verify(username))

@@ -102,6 +102,30 @@ async def test_second_process_on_a_profile_fails_cleanly(relay: Relay, tmp_path:
     assert "1 (this device)" in out
 
 
+async def test_verify_shows_one_safety_number_on_both_sides_and_accept_marks_verified(
+    relay: Relay, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home, name in ((a, "alice"), (b, "bob")):
+        code, _, err = await vox(home, "register", name, "--server", relay.base_url)
+        assert code == 0, err
+    shown = []
+    for home, peer in ((a, "bob"), (b, "alice")):
+        code, out, err = await vox(home, "verify", peer)
+        assert code == 0, err
+        head, number, status = out.strip().splitlines()
+        assert head == f"safety number with {peer}:"
+        assert len(number.replace(" ", "")) == 60 and number.replace(" ", "").isdigit()
+        assert status == "status: trusted on first use"
+        shown.append(number)
+    assert shown[0] == shown[1]
+    code, out, err = await vox(a, "verify", "bob", "--accept")
+    assert code == 0, err
+    assert out.strip().splitlines()[1:] == [shown[0], "status: verified"], out
+    code, out, err = await vox(a, "verify", "bob")
+    assert code == 0 and out.strip().endswith("status: verified"), err
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """Whether two files have identical content."""
     return a.read_bytes() == b.read_bytes()
@@ -159,7 +183,9 @@ async def test_files_and_groups_through_the_cli(relay: Relay, tmp_path: Path) ->
     assert same_bytes(Path(files[0]["attachment"]["path"]), payload)
     assert [m["text"] for m in got if m.get("group") == group_id] == ["hello team"]
     code, out, err = await vox(c, "receive", "--wait", "0.5")
-    assert code == 0 and "hello team" in out, err
+    assert code == 0, err
+    # Group messages name their group (as the "group NAME (ID8): create by ..." line does).
+    assert f"alice:1 [group team ({group_id[:8]})]: hello team" in out, out
     code, out, err = await vox(c, "group", "list")
     assert code == 0 and group_id in out and "alice bob carol" in out, err
     code, out, err = await vox(a, "group", "remove", "team", "carol")
