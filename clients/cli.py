@@ -30,6 +30,7 @@ from clients.sdk import (
     GroupChanged,
     KeyChanged,
     Message,
+    SignedOut,
     VoxClient,
 )
 from clients.store.errors import StoreError as StoreFailure
@@ -45,7 +46,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-group_app = typer.Typer(help="Groups: create, add, remove, send, list.", no_args_is_help=True)
+group_app = typer.Typer(
+    help="Groups: create, add, remove, leave, send, list.", no_args_is_help=True
+)
 app.add_typer(group_app, name="group")
 
 
@@ -261,6 +264,7 @@ def receive(
         queue: asyncio.Queue[Event] = asyncio.Queue()
         client.on_event(queue.put_nowait)
         done = asyncio.Event()
+        signed_out: list[str] = []
 
         async def printer() -> None:
             while not (done.is_set() and queue.empty()):
@@ -268,7 +272,10 @@ def receive(
                     event = await asyncio.wait_for(queue.get(), 0.1)
                 except TimeoutError:
                     continue
-                await _print_event(client, event, as_json, target)
+                if isinstance(event, SignedOut):
+                    signed_out.append(event.reason)
+                else:
+                    await _print_event(client, event, as_json, target)
 
         task = asyncio.create_task(printer())
         try:
@@ -276,6 +283,8 @@ def receive(
         finally:
             done.set()
             await task
+        if signed_out:  # what arrived before is printed and acked; then fail clearly
+            raise _fail(signed_out[0])
 
     run(_with_client(go))
 
@@ -373,6 +382,20 @@ def devices() -> None:
 
 
 @app.command()
+def unlink(
+    device_id: Annotated[int, typer.Argument(help="The device to remove (see `vox devices`).")],
+) -> None:
+    """Remove another device of this account (e.g. a lost laptop) from the signed device list;
+    the relay drops its queue, its connection and its tokens at once."""
+
+    async def go(client: VoxClient) -> str:
+        await client.remove_device(device_id)
+        return f"removed device {device_id}"
+
+    typer.echo(run(_with_client(go)))
+
+
+@app.command()
 def link(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the new device.")] = 300.0,
 ) -> None:
@@ -449,6 +472,19 @@ def group_remove(
     async def go(client: VoxClient) -> str:
         info = await client.remove_members(group, members)
         return " ".join(info.members)
+
+    typer.echo(run(_with_client(go)))
+
+
+@group_app.command("leave")
+def group_leave(
+    group: Annotated[str, typer.Argument(help="Group id or name.")],
+) -> None:
+    """Leave a group (the remaining members rotate their sender keys)."""
+
+    async def go(client: VoxClient) -> str:
+        await client.leave_group(group)
+        return f"left {group}"
 
     typer.echo(run(_with_client(go)))
 

@@ -69,6 +69,7 @@ from clients.sdk.models import (
     Message,
     SendResult,
     ServerConfig,
+    SignedOut,
     TypingEvent,
     Verification,
 )
@@ -194,6 +195,9 @@ class VoxClient:
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._callbacks: list[Callable[[Event], Any]] = []
         self._connected = asyncio.Event()
+        #: Set (with the error) when the relay refused this device for good: no reconnects.
+        self._signed_out: AuthFailed | None = None
+        self._signed_out_event = asyncio.Event()
         self._new_socket = asyncio.Event()
         self._closing = False
         self._receive = False
@@ -494,7 +498,10 @@ class VoxClient:
                     await self._open_socket()
                     backoff = 0.2
                     self._spawn(self._flush_outbox_quietly())
-                except (RelayUnavailable, AuthFailed) as exc:
+                except AuthFailed as exc:  # removed, revoked, bad key: retrying cannot help
+                    await self._sign_out(exc)
+                    return
+                except RelayUnavailable as exc:
                     log.info("reconnect failed: %s", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -514,6 +521,12 @@ class VoxClient:
                 continue
             self._last_activity = time.monotonic()
             self._dispatch(frame)
+
+    async def _sign_out(self, error: AuthFailed) -> None:
+        log.warning("the relay refused this device; not reconnecting: %s", error.reason)
+        self._signed_out = error
+        self._signed_out_event.set()
+        await self._emit([SignedOut(error.reason, _now_ms())])
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -718,13 +731,23 @@ class VoxClient:
     # --- sending -----------------------------------------------------------------------
 
     async def _ensure_connected(self) -> RelaySocket:
+        if self._signed_out is not None:
+            raise self._signed_out
         if self._reader_task is None:
             await self.connect(receive=False)
+        connected = asyncio.ensure_future(self._connected.wait())
+        signed_out = asyncio.ensure_future(self._signed_out_event.wait())
         try:
-            await asyncio.wait_for(self._connected.wait(), _SEND_TIMEOUT)
-        except TimeoutError:
-            raise RelayUnavailable(self.server_url, "not connected") from None
-        assert self._socket is not None
+            await asyncio.wait(
+                (connected, signed_out), timeout=_SEND_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            connected.cancel()
+            signed_out.cancel()
+        if self._signed_out is not None:
+            raise self._signed_out
+        if not self._connected.is_set() or self._socket is None:
+            raise RelayUnavailable(self.server_url, "not connected")
         return self._socket
 
     async def _write(
@@ -778,13 +801,24 @@ class VoxClient:
         future: asyncio.Future[list[tuple[OutgoingSend, asyncio.Future[dict[str, Any]]]]]
         future = loop.create_future()
         self._build_queue.append((users, refresh, build, future))
-        async with self._send_lock:
-            if not future.done():
-                batch, self._build_queue = self._build_queue, []
-                await self._run_builds(batch)
-        return await future
+        try:
+            async with self._send_lock:
+                if not future.done():
+                    batch, self._build_queue = self._build_queue, []
+                    await self._run_builds(batch)
+            return await future
+        except asyncio.CancelledError:
+            # Our send was cancelled (e.g. the client is closing): nobody will read its result.
+            if future.done() and not future.cancelled():
+                future.exception()
+            else:
+                future.cancel()
+            raise
 
     async def _run_builds(self, batch: list[_BuildRequest]) -> None:
+        batch = [request for request in batch if not request[3].done()]  # drop cancelled sends
+        if not batch:
+            return
         try:
             every = set().union(*(users for users, _, _, _ in batch))
             await self._ensure_sessions(every, refresh=any(r for _, r, _, _ in batch))
@@ -799,7 +833,8 @@ class VoxClient:
                     try:
                         built.append((request, request[2]()))
                     except Exception as exc:
-                        request[3].set_exception(exc)
+                        if not request[3].done():
+                            request[3].set_exception(exc)
             for request, sends in built:
                 written = []
                 try:
@@ -810,9 +845,11 @@ class VoxClient:
                     for send, pending in written:
                         self._pending.pop(send.client_id, None)
                         pending.cancel()
-                    request[3].set_exception(exc)
+                    if not request[3].done():
+                        request[3].set_exception(exc)
                     continue
-                request[3].set_result(written)
+                if not request[3].done():
+                    request[3].set_result(written)
         except BaseException as exc:
             for request in batch:
                 if not request[3].done():

@@ -12,7 +12,8 @@
     ├── RelayError                       talking to the relay
     │   ├── RelayUnavailable(url, reason) connection refused, DNS, TLS, timeout
     │   ├── RelayRejected(status, code, message)  a 4xx/5xx answer or a WS close with reason
-    │   ├── AuthFailed(reason)           login refused (device removed / revoked)
+    │   ├── AuthFailed(reason)           login refused (bad key, account gone, ...)
+    │   │   └── DeviceRemoved(reason)    this device is no longer on the account's list
     │   └── RegistrationClosed(code)     registration needs an invite or is closed
     ├── UnknownUser(username)            no such account on the relay
     ├── UntrustedIdentity(username)      the user's account key changed; accept it first
@@ -31,6 +32,7 @@ __all__ = [
     "BadDeviceList",
     "ClientError",
     "DecryptFailed",
+    "DeviceRemoved",
     "GroupError",
     "LinkError",
     "NoProfile",
@@ -116,6 +118,18 @@ class AuthFailed(RelayError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"login failed: {reason}")
         self.reason = reason
+
+
+class DeviceRemoved(AuthFailed):
+    """The relay no longer knows this device: another device of the account removed it
+    from the signed device list (``vox unlink``), or the operator revoked it. Permanent: the
+    profile can only be used again by linking it anew."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason} — this device was removed from the account; "
+            "link it again (`vox link` on another device, then `vox join`)"
+        )
 
 
 class RegistrationClosed(RelayError):

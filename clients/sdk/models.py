@@ -123,7 +123,18 @@ class DecryptFailure:
     at: int
 
 
-Event = Message | ReceiptEvent | TypingEvent | KeyChanged | GroupChanged | DecryptFailure
+@dataclass(frozen=True, slots=True)
+class SignedOut:
+    """The relay refused to log this device in for good (``reason``: removed from the
+    account, revoked, ...): the client stopped reconnecting; sends raise the same error."""
+
+    reason: str
+    at: int
+
+
+Event = (
+    Message | ReceiptEvent | TypingEvent | KeyChanged | GroupChanged | DecryptFailure | SignedOut
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,6 +331,12 @@ class ClientProtocol:
         with self.store.transaction():
             state = self.groups.own_key(group_id)
             have = self.groups.distributed(group_id, state.key_id)
+            if have - set(devices):
+                # A device that holds our key is no longer a member device (it was unlinked,
+                # e.g. a lost laptop): a new key, which only current devices receive.
+                self.groups.rotate(group_id)
+                state = self.groups.own_key(group_id)
+                have = set()
             need = [d for d in devices if d not in have]
             if need:
                 skd = SenderKeyContent(
@@ -588,22 +594,28 @@ class ClientProtocol:
         group = self.groups.get(gid)
         if group is not None and sender.username not in group.members:
             raise GroupError("membership change from a non-member")
+        epoch, name = update.epoch, update.name
+        members = tuple(sorted(set(update.members)))
         if group is not None and update.epoch <= self.groups.epoch(gid):
-            return Received([], [])
+            if update.action is not GroupAction.LEAVE or sender.username in members:
+                return Received([], [])
+            # A member left from a stale view (a concurrent change raced it): leaving is
+            # unilateral, so it applies to our current list whatever the epoch.
+            epoch, name = self.groups.epoch(gid), group.name
+            members = tuple(sorted(set(group.members) - {sender.username}))
         if group is None and update.action not in (GroupAction.CREATE, GroupAction.ADD):
             return Received([], [])
-        members = tuple(sorted(set(update.members)))
         removed = set(group.members) - set(members) if group is not None else set()
         if self.username not in members:
             self.groups.forget(gid)
         else:
-            self.groups.put(gid, update.name, members, update.epoch, sender.username)
+            self.groups.put(gid, name, members, epoch, sender.username)
             for username in removed:
                 self.groups.forget_member_keys(gid, username)
             if removed:
                 self.groups.rotate(gid)
         event = GroupChanged(
-            gid.hex(), update.name, update.action.name.lower(), members, sender.username, _ms(now)
+            gid.hex(), name, update.action.name.lower(), members, sender.username, _ms(now)
         )
         return Received([event], [])
 

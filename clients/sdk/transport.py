@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from clients.sdk.errors import (
     AuthFailed,
+    DeviceRemoved,
     RegistrationClosed,
     RelayRejected,
     RelayUnavailable,
@@ -137,6 +138,12 @@ class RelayHttp:
             return self._token
         return await self.login()
 
+    def _auth_failed(self, resp: httpx.Response) -> AuthFailed:
+        error = self._error(resp)
+        if error.code in ("unknown_device", "device_revoked"):
+            return DeviceRemoved(error.message)
+        return AuthFailed(error.message)
+
     async def login(self) -> str:
         """Challenge–response login with the device auth key; returns the new token."""
         if self._credentials is None:
@@ -149,7 +156,7 @@ class RelayHttp:
                 json_body={"username": username, "device_id": device_id},
             )
             if resp.status_code in (401, 403, 404):
-                raise AuthFailed(self._error(resp).message)
+                raise self._auth_failed(resp)
             nonce = unb64(self._check(resp).json()["nonce"])
             data = Writer().str16(username).u32(device_id).raw(nonce).finish()
             body = {
@@ -160,7 +167,7 @@ class RelayHttp:
             }
             resp = await self._request("POST", "/v1/auth/token", json_body=body)
             if resp.status_code in (401, 403, 404):
-                raise AuthFailed(self._error(resp).message)
+                raise self._auth_failed(resp)
             token = str(self._check(resp).json()["token"])
             self._token = token
             if self._token_cache is not None:

@@ -23,7 +23,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from clients.sdk.errors import ClientError
+from clients.sdk.errors import AuthFailed, ClientError
 from clients.sdk.models import (
     DecryptFailure,
     Event,
@@ -32,6 +32,7 @@ from clients.sdk.models import (
     Message,
     ReceiptEvent,
     ServerConfig,
+    SignedOut,
     TypingEvent,
 )
 from clients.store.errors import StoreError as LocalStoreError
@@ -307,6 +308,11 @@ class ChatApp(App[None]):
         pane.scroll_end(animate=False)
         return line
 
+    def _signed_out(self, reason: str) -> None:
+        self._set_status(f"signed out: {reason}")
+        self._online.set()  # sends go ahead and fail with the same clear message
+        self.notify(reason, title="signed out", severity="error", timeout=30)
+
     def _set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(Text(text))
 
@@ -327,6 +333,9 @@ class ChatApp(App[None]):
         while True:
             try:
                 await self.backend.connect()
+            except AuthFailed as exc:  # removed from the account, revoked: retrying cannot help
+                self._signed_out(str(exc))
+                return
             except FAILURES as exc:
                 self._set_status(f"offline: {exc} (retrying in {delay:.0f} s)")
                 self._online.set()  # sends go ahead and fail with a clear message
@@ -379,6 +388,8 @@ class ChatApp(App[None]):
                     self._typing_timer = self.set_timer(TYPING_SHOW_S, self._clear_typing)
                 else:
                     self._clear_typing()
+        elif isinstance(event, SignedOut):
+            self._signed_out(event.reason)
         elif isinstance(event, KeyChanged):
             self._bump(event.username, key_changed=True)
             if self.current == event.username:

@@ -190,6 +190,14 @@ async def test_files_and_groups_through_the_cli(relay: Relay, tmp_path: Path) ->
     assert code == 0 and group_id in out and "alice bob carol" in out, err
     code, out, err = await vox(a, "group", "remove", "team", "carol")
     assert code == 0 and out.strip() == "alice bob", err
+    code, out, err = await vox(b, "group", "leave", "team")
+    assert code == 0 and out.strip() == "left team", err
+    code, out, err = await vox(b, "group", "list")
+    assert code == 0 and group_id not in out, err
+    code, out, err = await vox(a, "receive", "--wait", "0.5")
+    assert code == 0 and "leave by bob" in out, err
+    code, out, err = await vox(a, "group", "list")
+    assert code == 0 and group_id in out and "bob" not in out.split(group_id, 1)[1], err
 
 
 async def test_link_and_join_through_the_cli(relay: Relay, tmp_path: Path) -> None:
@@ -227,3 +235,15 @@ async def test_link_and_join_through_the_cli(relay: Relay, tmp_path: Path) -> No
         code, out, err = await vox(home, "receive", "--json", "--wait", "1")
         assert code == 0, err
         assert [json.loads(x)["text"] for x in out.splitlines()] == ["to every alice"]
+    # The laptop is lost: unlink it from the first device. It is refused from then on.
+    linked_id = next(
+        line.split()[0] for line in (await vox(a, "devices"))[1].splitlines() if "this" not in line
+    )
+    code, out, err = await vox(a, "unlink", linked_id)
+    assert code == 0 and out.strip() == f"removed device {linked_id}", err
+    code, out, err = await vox(a, "devices")
+    assert code == 0 and len(out.strip().splitlines()) == 1, err
+    code, _, err = await vox(a2, "receive", "--wait", "0.5")
+    assert_clean_error(code, err, "removed from the account")
+    code, _, err = await vox(a, "unlink", "1")
+    assert_clean_error(code, err, "cannot remove itself")

@@ -250,3 +250,18 @@ def test_ciphertexts_reveal_lengths_only_to_within_a_pad_block() -> None:
     ]
     assert len(envs[0].data) == len(envs[1].data)
     assert messages(bob, [short, longer, long]) == ["ok", "x" * 100, "x" * 300]
+
+
+def test_a_leave_from_a_stale_view_still_removes_the_leaver() -> None:
+    alice, bob, group_id = group_pair()
+    alice.knows(bob)
+    # Alice renames the group (epoch 2) while bob, still at epoch 1, leaves (also epoch 2).
+    alice.proto.group_update(group_id, "renamed", ("alice", "bob"), GroupAction.ADD)
+    leave = bob.proto.group_update(group_id, "g", ("alice",), GroupAction.LEAVE)
+    assert bob.proto.groups.get(group_id) is None  # bob forgot the group
+    bob.proto.accept_bundle("alice", alice.account_key, alice.bundle())
+    envs = group_envelopes(bob, [bob.proto.encode_direct("alice", leave)], "alice")
+    assert messages(alice, envs) == []
+    group = alice.proto.groups.get(group_id)
+    assert group is not None and group.members == ("alice",) and group.name == "renamed"
+    assert alice.proto.groups.epoch(group_id) == 2

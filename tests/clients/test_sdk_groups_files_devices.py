@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ from sqlalchemy import delete
 
 from clients.sdk import (
     AttachmentError,
+    DeviceRemoved,
     Event,
     GroupChanged,
     KeyChanged,
     Message,
+    SignedOut,
     UntrustedIdentity,
     VoxClient,
 )
@@ -35,6 +38,17 @@ def collect(client: VoxClient) -> list[Event]:
     events: list[Event] = []
     client.on_event(events.append)
     return events
+
+
+async def connected_pair(
+    make_client: Factory,
+) -> tuple[VoxClient, VoxClient, list[Event], list[Event]]:
+    """Alice and bob, connected, with the events each received so far."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_a, ev_b = collect(alice), collect(bob)
+    await alice.connect()
+    await bob.connect()
+    return alice, bob, ev_a, ev_b
 
 
 async def test_group_messages_reach_members_and_removal_rotates_keys(
@@ -149,10 +163,7 @@ async def test_ten_mebibyte_attachment_round_trip_with_digest(
 async def test_linked_device_sends_and_receives_for_the_account(
     make_client: Factory, relay: Relay, tmp_path: Path
 ) -> None:
-    alice, bob = await make_client("alice"), await make_client("bob")
-    ev_a, ev_b = collect(alice), collect(bob)
-    await alice.connect()
-    await bob.connect()
+    alice, bob, ev_a, ev_b = await connected_pair(make_client)
     await alice.send_text("bob", "before linking")
     group = await alice.create_group("with-bob", ["bob"])
     await wait_for(lambda: len(bob.groups()) == 1)
@@ -187,6 +198,50 @@ async def test_linked_device_sends_and_receives_for_the_account(
             await VoxClient.join(tmp_path / "alice3", relay.base_url, invitation.code)
     finally:
         await alice2.close()
+
+
+async def test_an_unlinked_device_gets_no_later_group_keys_and_is_locked_out(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob, ev_a, ev_b = await connected_pair(make_client)
+    group = await alice.create_group("g", ["bob"])
+    gid = bytes.fromhex(group.group_id)
+    invitation = await alice.link()
+    laptop = await VoxClient.join(tmp_path / "laptop", relay.base_url, invitation.code)
+    try:
+        ev_l = collect(laptop)
+        await laptop.connect()
+        await alice.wait_linked(invitation, within=10)
+        await wait_for(lambda: len(laptop.groups()) == 1 and len(bob.groups()) == 1)
+        await bob.send_group_text(group.group_id, "before")
+        await alice.send_group_text(group.group_id, "alice before")
+        await wait_for(lambda: texts(ev_l, "bob") == ["before"])
+        await wait_for(lambda: texts(ev_b, "alice") == ["alice before"])
+        bob_key = bob.protocol.groups.own_key(gid).key_id
+        alice_key = alice.protocol.groups.own_key(gid).key_id
+        # The laptop is lost: alice removes it from her signed device list.
+        await alice.remove_device(invitation.device_id)
+        assert [d.device_id for d in await alice.devices()] == [1]
+        await bob.send_group_text(group.group_id, "after")  # bob's list is stale: refetched
+        await alice.send_group_text(group.group_id, "alice after")
+        await wait_for(lambda: texts(ev_a, "bob") == ["before", "after"])
+        await wait_for(lambda: texts(ev_b, "alice") == ["alice before", "alice after"])
+        # Both members rotated: the laptop never received the new keys.
+        new_bob_key = bob.protocol.groups.own_key(gid).key_id
+        new_alice_key = alice.protocol.groups.own_key(gid).key_id
+        assert new_bob_key != bob_key and new_alice_key != alice_key
+        record = laptop.protocol.groups.record(gid, bob.identity.address)
+        assert record is not None and new_bob_key not in record.key_ids
+        assert texts(ev_l, "bob") == ["before"]
+        # The relay dropped the laptop's socket and refuses its login: it stops reconnecting,
+        # says so in its event stream, and a send fails at once with a clear error.
+        await wait_for(lambda: any(isinstance(e, SignedOut) for e in ev_l))
+        started = time.monotonic()
+        with pytest.raises(DeviceRemoved, match="removed from the account"):
+            await laptop.send_text("bob", "still here?")
+        assert time.monotonic() - started < 5
+    finally:
+        await laptop.close()
 
 
 async def reregister(client: VoxClient, relay: Relay, home: Path) -> VoxClient:
