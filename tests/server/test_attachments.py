@@ -142,14 +142,21 @@ async def test_a_download_aborted_mid_stream_closes_the_blob_file(tmp_path: Path
             for read in (200_000, 1_000_000, 3_000_000):
                 await _abort_download(w.relay.port, f"/v1/attachments/{blob_id}", token, read)
             # No garbage collection here: the relay must close the file itself, promptly.
-            deadline = asyncio.get_running_loop().time() + 5
-            while True:
-                fds = _open_fds()
-                blob_files = [p for p in fds.values() if p.startswith(root)]
-                if not blob_files and set(fds) <= baseline:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, (blob_files, baseline, fds)
-                await asyncio.sleep(0.05)
+            await _blob_files_closed(root, baseline)
             got = await http.get(f"/v1/attachments/{blob_id}", headers=auth_header(token))
             assert got.status_code == 200 and got.content == blob
-        assert not [p for p in _open_fds().values() if p.startswith(root)]
+        # The complete download's file is closed too (just after its last bytes went out).
+        await _blob_files_closed(root)
+
+
+async def _blob_files_closed(root: str, baseline: set[int] | None = None) -> None:
+    """Wait (up to 5 s) until no file under ``root`` is open in this process and, with a
+    ``baseline``, no descriptor beyond it is."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        fds = _open_fds()
+        blob_files = [p for p in fds.values() if p.startswith(root)]
+        if not blob_files and (baseline is None or set(fds) <= baseline):
+            return
+        assert asyncio.get_running_loop().time() < deadline, (blob_files, baseline, fds)
+        await asyncio.sleep(0.05)
