@@ -53,6 +53,11 @@ class GroupBook:
         value = self._store.get_setting(f"group_epoch:{group_id.hex()}")
         return int(value) if value else 0
 
+    def since(self, group_id: bytes) -> dict[str, int]:
+        """Per member, the epoch at which we saw them added (0: a member when we joined)."""
+        raw = self._store.get_setting(f"group_since:{group_id.hex()}")
+        return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
+
     def put(
         self, group_id: bytes, name: str, members: tuple[str, ...], epoch: int, by: str
     ) -> None:
@@ -64,11 +69,18 @@ class GroupBook:
             Group(group_id.hex(), name, tuple(sorted(set(members))), created_by, created_at)
         )
         self._store.set_setting(f"group_epoch:{group_id.hex()}", str(epoch))
+        # Members we knew keep their epoch; new ones are added at ``epoch``; joining a group,
+        # we cannot know when the others were added and count them as old (0), so that a
+        # concurrent removal of any of them is applied (fail closed).
+        known = self.since(group_id)
+        since = {m: known.get(m, epoch if existing else 0) for m in sorted(set(members))}
+        self._store.set_setting(f"group_since:{group_id.hex()}", json.dumps(since))
 
     def forget(self, group_id: bytes) -> None:
         """Drop a group entirely (we were removed or left)."""
         self._store.delete_group(group_id.hex())
         self._store.set_setting(f"group_epoch:{group_id.hex()}", None)
+        self._store.set_setting(f"group_since:{group_id.hex()}", None)
         self._store.set_setting(f"skd:{group_id.hex()}", None)
 
     # --- our sending key ---------------------------------------------------------------

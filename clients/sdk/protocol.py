@@ -597,12 +597,13 @@ class ClientProtocol:
         epoch, name = update.epoch, update.name
         members = tuple(sorted(set(update.members)))
         if group is not None and update.epoch <= self.groups.epoch(gid):
-            if update.action is not GroupAction.LEAVE or sender.username in members:
+            gone = self._stale_removals(group.members, update, sender.username)
+            if not gone:
                 return Received([], [])
-            # A member left from a stale view (a concurrent change raced it): leaving is
-            # unilateral, so it applies to our current list whatever the epoch.
+            # A concurrent change raced this removal (or leave): removals still apply to our
+            # current list, so a removed member can never stay in by a race.
             epoch, name = self.groups.epoch(gid), group.name
-            members = tuple(sorted(set(group.members) - {sender.username}))
+            members = tuple(sorted(set(group.members) - gone))
         if group is None and update.action not in (GroupAction.CREATE, GroupAction.ADD):
             return Received([], [])
         removed = set(group.members) - set(members) if group is not None else set()
@@ -618,6 +619,20 @@ class ClientProtocol:
             gid.hex(), name, update.action.name.lower(), members, sender.username, _ms(now)
         )
         return Received([event], [])
+
+    def _stale_removals(
+        self, current: tuple[str, ...], update: GroupUpdate, sender: str
+    ) -> set[str]:
+        """Who a REMOVE/LEAVE at a stale epoch removes from our list: members it omits that
+        were already members before its epoch (so its sender meant to drop them); a leaver
+        always. Members added at or after its epoch were unknown to its sender: kept."""
+        if update.action not in (GroupAction.REMOVE, GroupAction.LEAVE):
+            return set()
+        since = self.groups.since(update.group_id)
+        gone = {m for m in current if m not in update.members and since.get(m, 0) < update.epoch}
+        if update.action is GroupAction.LEAVE and sender not in update.members:
+            gone.add(sender)
+        return gone
 
     # --- groups (local side) -----------------------------------------------------------
 

@@ -265,3 +265,36 @@ def test_a_leave_from_a_stale_view_still_removes_the_leaver() -> None:
     group = alice.proto.groups.get(group_id)
     assert group is not None and group.members == ("alice",) and group.name == "renamed"
     assert alice.proto.groups.epoch(group_id) == 2
+
+
+def test_a_removal_raced_by_a_concurrent_add_still_removes() -> None:
+    alice, bob = pair()
+    bob.knows(alice)
+    group_id = new_group_id()
+    create = alice.proto.group_update(group_id, "g", ("alice", "bob", "carol"), GroupAction.CREATE)
+    assert (
+        messages(bob, group_envelopes(alice, [alice.proto.encode_direct("bob", create)], "bob"))
+        == []
+    )
+    bob_key = bob.proto.groups.own_key(group_id).key_id
+    # At epoch 1 both act at once: alice removes carol, bob adds dave (both now at epoch 2).
+    remove = alice.proto.group_update(group_id, "g", ("alice", "bob"), GroupAction.REMOVE)
+    add = bob.proto.group_update(group_id, "g", ("alice", "bob", "carol", "dave"), GroupAction.ADD)
+    # Bob gets alice's removal at a stale epoch: carol goes (she was a member before epoch 2),
+    # dave stays (added at epoch 2, unknown to alice), and bob rotates his sender key.
+    assert (
+        messages(bob, group_envelopes(alice, [alice.proto.encode_direct("bob", remove)], "bob"))
+        == []
+    )
+    group = bob.proto.groups.get(group_id)
+    assert group is not None and group.members == ("alice", "bob", "dave")
+    assert bob.proto.groups.own_key(group_id).key_id != bob_key
+    # Alice gets bob's add at a stale epoch: an add is not forced through (dave can be re-added).
+    alice.knows(bob)
+    bob.proto.accept_bundle("alice", alice.account_key, alice.bundle())
+    assert (
+        messages(alice, group_envelopes(bob, [bob.proto.encode_direct("alice", add)], "alice"))
+        == []
+    )
+    group = alice.proto.groups.get(group_id)
+    assert group is not None and group.members == ("alice", "bob")
