@@ -735,6 +735,8 @@ class VoxClient:
             raise self._signed_out
         if self._reader_task is None:
             await self.connect(receive=False)
+        if self._connected.is_set() and self._socket is not None:
+            return self._socket  # the usual case: no waiting, no extra event-loop turn
         connected = asyncio.ensure_future(self._connected.wait())
         signed_out = asyncio.ensure_future(self._signed_out_event.wait())
         try:
