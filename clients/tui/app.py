@@ -53,7 +53,7 @@ HELP = (
     "Commands: /chat USER|GROUP — open a conversation · /send-file PATH — send a file · "
     "/save [DIR] — save the last file received here · /verify — safety number · "
     "/accept — accept a changed key · /group NAME USER... — create a group · "
-    "/add USER... · /remove USER... (in a group) · /quit"
+    "/add USER... · /remove USER... · /leave (in a group) · /quit"
 )
 
 
@@ -489,11 +489,15 @@ class ChatApp(App[None]):
                 self._save(received[-1], _user_path(args[0] if args else "."))
         elif cmd == "/group" and len(args) >= 2:
             self._group_change("create", args[0], args[1:])
-        elif cmd in ("/add", "/remove") and args and self.current is not None:
+        elif cmd in ("/add", "/remove", "/leave") and self.current is not None:
             if not is_group_conversation(self.current):
                 self._system(f"{cmd} works in a group conversation")
-            else:
+            elif cmd == "/leave":
+                self._group_change("leave", self.current, [])
+            elif args:
                 self._group_change(cmd[1:], self.current, args)
+            else:
+                self._system(f"{cmd} needs usernames")
         else:
             self._system(f"unknown or incomplete command: {line}. {HELP}")
 
@@ -580,10 +584,19 @@ class ChatApp(App[None]):
                     info = await self.backend.create_group(group, users)
                 elif action == "add":
                     info = await self.backend.add_members(group, users)
+                elif action == "leave":
+                    await self.backend.leave_group(group)
                 else:
                     info = await self.backend.remove_members(group, users)
         except FAILURES as exc:
             self._system(f"group not changed: {exc}")
+            return
+        if action == "leave":
+            if self.current == group:  # the pane stays as it was; the group leaves the list
+                self.current = None
+                self.query_one("#conv-title", Static).update("")
+            await self.reload_conversations()
+            self._system("you left the group: you receive nothing more from it")
             return
         await self.reload_conversations()
         if action == "create":

@@ -100,6 +100,10 @@ class ChatBackend(Protocol):
         """Remove members from a group (keys are rotated)."""
         ...
 
+    async def leave_group(self, group: str) -> None:
+        """Leave a group (the others rotate their keys)."""
+        ...
+
     async def connect(self) -> None:
         """Go online and start receiving (events from now on reach :meth:`events`)."""
         ...
@@ -194,6 +198,9 @@ class SdkBackend:
 
     async def remove_members(self, group: str, members: list[str]) -> GroupInfo:
         return await self.client.remove_members(group, members)
+
+    async def leave_group(self, group: str) -> None:
+        await self.client.leave_group(group)
 
     async def connect(self) -> None:
         """Subscribe, then connect with receiving on, so no event is missed in between."""

@@ -307,6 +307,23 @@ async def test_group_created_and_changed_from_the_tui(people: People) -> None:
         await until(pilot, lambda: again.current == group and shown(again, "you: after removal"))
 
 
+async def test_leaving_a_group_from_the_tui(people: People) -> None:
+    info = await people.bob.create_group("club", ["alice", "carol"])
+    app = ChatApp(SdkBackend(people.alice), open_conversation=f"group:{info.group_id}")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: status(app) == "" and "# club" in chat_list(app))
+        await type_line(pilot, "/leave")
+        await until(pilot, lambda: shown(app, "you left the group"))
+        await until(pilot, lambda: "# club" not in chat_list(app))
+        # The others see alice leave and stop sending to her.
+        await until(pilot, lambda: people.carol.groups()[0].members == ("bob", "carol"))
+        await people.bob.send_group_text(info.group_id, "without alice")
+        await until(pilot, lambda: "without alice" in texts(people.carol_got))
+        assert not shown(app, "without alice")
+        await type_line(pilot, "back?")  # no conversation is open any more
+        await until(pilot, lambda: shown(app, "Open a conversation first"))
+
+
 async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "relay", brand={"name": "Cached Brand"})
     async with running_relay(settings) as relay:
