@@ -34,6 +34,7 @@ from crypto.errors import (
     UnsupportedVersion,
 )
 from crypto.primitives import DeterministicRng
+from tests.crypto.test_attachments import _fields as _pointer_fields
 
 CHUNK = 64
 
@@ -435,13 +436,4 @@ def test_v2_pointer_decoder_raises_only_decode_error(tail: bytes) -> None:
 
 
 def _fields(pointer: AttachmentPointer) -> dict[str, object]:
-    return {
-        "key": pointer.key,
-        "digest": pointer.digest,
-        "size": pointer.size,
-        "chunk_size": pointer.chunk_size,
-        "content_type": pointer.content_type,
-        "file_name": pointer.file_name,
-        "blob_id": pointer.blob_id,
-        "padding": pointer.padding,
-    }
+    return {**_pointer_fields(pointer), "padding": pointer.padding}
