@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from clients.sdk import Event, Message
 from server.db.models import Account, Device
-from server.db.models_delivery import QueueEntry
+from server.db.models_delivery import DeliveryPayload, QueueEntry
 from tests.server.relay_harness import Relay, free_port
 
 
@@ -115,3 +115,18 @@ class RelayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+async def tamper_queued_payload(relay: Relay) -> None:
+    """Flip one bit in the middle of the one payload queued at the relay (an attack on
+    stored ciphertext)."""
+    async with relay.app.state.sessions() as session:
+        row = (await session.execute(select(DeliveryPayload))).scalars().one()
+        data = bytearray(row.data)
+        data[len(data) // 2] ^= 0x40
+        await session.execute(
+            update(DeliveryPayload)
+            .where(DeliveryPayload.envelope_id == row.envelope_id)
+            .values(data=bytes(data))
+        )
+        await session.commit()

@@ -7,12 +7,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
 
 from clients.sdk import DecryptFailure, Event, Message, RelayUnavailable, VoxClient
-from server.db.models_delivery import DeliveryPayload
 from tests.clients.conftest import Factory
-from tests.clients.kit import RelayProcess, queued, texts, wait_for, wait_for_value
+from tests.clients.kit import (
+    RelayProcess,
+    queued,
+    tamper_queued_payload,
+    texts,
+    wait_for,
+    wait_for_value,
+)
 from tests.server.relay_harness import Relay
 
 
@@ -90,16 +95,7 @@ async def test_tampered_envelope_is_reported_acked_and_does_not_jam_the_queue(
     alice, bob = await make_client("alice"), await make_client("bob")
     await bob.close()
     await alice.send_text("bob", "one")
-    async with relay.app.state.sessions() as session:
-        row = (await session.execute(select(DeliveryPayload))).scalars().one()
-        data = bytearray(row.data)
-        data[len(data) // 2] ^= 0x40
-        await session.execute(
-            update(DeliveryPayload)
-            .where(DeliveryPayload.envelope_id == row.envelope_id)
-            .values(data=bytes(data))
-        )
-        await session.commit()
+    await tamper_queued_payload(relay)
     await alice.send_text("bob", "two")
     await alice.send_text("bob", "three")
     bob = await VoxClient.open(tmp_path / "bob")

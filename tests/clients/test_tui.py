@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
@@ -22,7 +22,7 @@ from clients.sdk import Event, Message, VoxClient
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.app import BRAND_THEME
 from server.db.models import Account
-from server.db.models_delivery import DeliveryPayload
+from tests.clients.kit import tamper_queued_payload
 from tests.server.relay_harness import Relay, make_settings, running_relay
 
 BRAND = {
@@ -352,16 +352,7 @@ async def test_a_tampered_envelope_is_reported_and_later_messages_still_show(
     await bob.close()
     try:
         await alice.send_text("bob", "one")
-        async with relay.app.state.sessions() as session:  # flip a bit at the relay
-            row = (await session.execute(select(DeliveryPayload))).scalars().one()
-            data = bytearray(row.data)
-            data[len(data) // 2] ^= 0x40
-            await session.execute(
-                update(DeliveryPayload)
-                .where(DeliveryPayload.envelope_id == row.envelope_id)
-                .values(data=bytes(data))
-            )
-            await session.commit()
+        await tamper_queued_payload(relay)  # flip a bit at the relay
         await alice.send_text("bob", "two")
         bob = await VoxClient.open(tmp_path / "bob")
         app = ChatApp(SdkBackend(bob), open_conversation="alice")
