@@ -3,7 +3,10 @@ other's connected devices (wake-ups over Redis pub/sub, envelopes read from Post
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,7 +19,7 @@ from websockets.asyncio.client import connect
 from tests.server.relay_harness import free_port, relay_process
 from tests.server.test_ws_kit import Peer, WsClient, setup_accounts
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]  # (the outage test runs its own Redis)
 
 
 @asynccontextmanager
@@ -88,6 +91,78 @@ async def test_two_nodes_deliver_to_each_others_devices(
             await a.expect("accepted")
             assert base64.b64decode((await b_again.expect("deliver"))["data"]) == b"final"
             await b_again.ws.close()
+        finally:
+            await a.ws.close()
+            await b.ws.close()
+
+
+@asynccontextmanager
+async def _private_redis(port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """A throw-away ``redis-server`` on ``port`` (nothing persisted), stopped at the end."""
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; we poll below
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", *_NO_PERSISTENCE],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                break
+            except OSError:
+                assert loop.time() < deadline, "redis-server did not start"
+                await asyncio.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
+REDIS_SERVER = shutil.which("redis-server") or "redis-server"
+_NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+async def test_a_redis_outage_delays_cross_node_delivery_but_loses_nothing(
+    tmp_path: Path, postgres_url: str, redis_prefix: str
+) -> None:
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(_private_redis(redis_port))
+        p1, p2 = await stack.enter_async_context(
+            _nodes(tmp_path, postgres_url, redis_url, redis_prefix)
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{p1}", timeout=10) as http:
+            peers = await setup_accounts(http, {"alice": [1], "bob": [1]})
+        alice, bob = peers["alice", 1], peers["bob", 1]
+        a = await _ws(p1, alice)  # alice on node 1, bob on node 2: only Redis links them
+        b = await _ws(p2, bob)
+        try:
+            await a.send_message("before", [(b"before", [bob])])
+            await a.expect("accepted")
+            assert base64.b64decode((await b.expect("deliver"))["data"]) == b"before"
+            # Redis goes away: sends are still accepted (PostgreSQL holds the queue) ...
+            redis.kill()
+            await asyncio.to_thread(redis.wait, 10)
+            for i in range(5):
+                await a.send_message(f"during{i}", [(f"during {i}".encode(), [bob])])
+                await a.expect("accepted")
+            # ... and when it is back, node 2 resubscribes, wakes its devices and delivers
+            # everything from the database, in order, once.
+            await stack.enter_async_context(_private_redis(redis_port))
+            got = [await b.expect("deliver", wait=30) for _ in range(5)]
+            assert [base64.b64decode(d["data"]).decode() for d in got] == [
+                f"during {i}" for i in range(5)
+            ]
+            await b.send({"type": "ack", "seqs": [d["seq"] for d in got]})
+            await a.send_message("after", [(b"after", [bob])])
+            await a.expect("accepted")
+            assert base64.b64decode((await b.expect("deliver", wait=30))["data"]) == b"after"
         finally:
             await a.ws.close()
             await b.ws.close()
