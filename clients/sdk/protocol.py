@@ -54,7 +54,7 @@ from clients.store.models import (
 )
 from crypto.attachments import AttachmentPointer
 from crypto.device_list import DeviceList
-from crypto.envelope import InitialMessage, decode_message
+from crypto.envelope import KIND_INITIAL, InitialMessage, decode_message
 from crypto.errors import UnknownDevice, UnknownSenderKey, VoxError
 from crypto.keys import (
     DeviceAddress,
@@ -386,6 +386,8 @@ class ClientProtocol:
             return NeedDeviceList(envelope.sender_user)
         # A new session from keys our verified list does not hold: the user may have
         # re-registered (a changed account key) or replaced the device since we last looked.
+        if payload.data[1:2] != bytes([KIND_INITIAL]):  # most messages: no parse needed
+            return None
         try:
             message = decode_message(payload.data)
         except VoxError:
