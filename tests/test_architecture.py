@@ -1,0 +1,62 @@
+"""Import rules between the top-level packages, checked on the source (ARCHITECTURE.md):
+
+* ``wire/`` (the typed protocol) imports neither side: only pydantic and the standard library;
+* the relay never imports ``crypto/`` (it cannot decrypt anything) nor ``clients/``;
+* ``crypto/`` imports only ``cryptography`` and the standard library;
+* ``clients/`` never imports the relay.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _offenders(package: str, allowed: set[str]) -> dict[str, list[str]]:
+    found = {
+        str(path.relative_to(REPO)): sorted(_imports(path) - allowed - STDLIB)
+        for path in (REPO / package).rglob("*.py")
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+@pytest.mark.parametrize(
+    ("package", "allowed"),
+    [
+        ("wire", {"wire", "pydantic", "pydantic_core"}),
+        ("crypto", {"crypto", "cryptography"}),
+    ],
+)
+def test_a_core_package_imports_only_what_it_may(package: str, allowed: set[str]) -> None:
+    assert _offenders(package, allowed) == {}
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("server", {"crypto", "clients"}), ("clients", {"server"})],
+)
+def test_the_relay_and_the_clients_never_import_each_other(
+    package: str, forbidden: set[str]
+) -> None:
+    found = {
+        str(path.relative_to(REPO)): sorted(_imports(path) & forbidden)
+        for path in (REPO / package).rglob("*.py")
+    }
+    assert {k: v for k, v in found.items() if v} == {}

@@ -1,0 +1,264 @@
+"""REST request and response bodies (``docs/protocol-relay.md``, ``docs/protocol-ws.md`` §9).
+
+Requests (``*In``, :class:`PrekeyUpload`) reject unknown fields; responses ignore unknown
+fields, so an older client keeps working against a newer relay. Binary fields are
+:data:`~wire.encoding.B64`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wire.encoding import B64, U32, DeviceId, Username
+
+__all__ = [
+    "AccountDevices",
+    "AttachmentCreated",
+    "BrandOut",
+    "BundleDevice",
+    "ChallengeIn",
+    "ChallengeOut",
+    "ConfigOut",
+    "DeviceListIn",
+    "DeviceOut",
+    "ErrorBody",
+    "LimitsOut",
+    "OneTimePqPrekeyIn",
+    "OneTimePrekeyIn",
+    "OneTimePrekeyOut",
+    "PrekeyBundle",
+    "PrekeyCounts",
+    "PrekeyUpload",
+    "RegisterIn",
+    "RegisterOut",
+    "SignedPrekeyIn",
+    "SignedPrekeyOut",
+    "TokenIn",
+    "TokenOut",
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+# --- prekeys -----------------------------------------------------------------------------
+
+
+class SignedPrekeyIn(_In):
+    """A signed prekey (X25519) or signed last-resort ML-KEM prekey, opaque to the relay."""
+
+    key_id: U32
+    public_key: B64
+    signature: B64
+
+
+class OneTimePrekeyIn(_In):
+    """A one-time X25519 prekey (unsigned)."""
+
+    key_id: U32
+    public_key: B64
+
+
+class OneTimePqPrekeyIn(_In):
+    """A one-time ML-KEM-768 prekey, signed by the account key."""
+
+    key_id: U32
+    public_key: B64
+    signature: B64
+
+
+class PrekeyUpload(_In):
+    """``POST /v1/prekeys``: any subset of the device's prekey material."""
+
+    signed_prekey: SignedPrekeyIn | None = None
+    last_resort_prekey: SignedPrekeyIn | None = None
+    one_time_prekeys: list[OneTimePrekeyIn] = Field(default_factory=list)
+    one_time_pq_prekeys: list[OneTimePqPrekeyIn] = Field(default_factory=list)
+
+
+class PrekeyCounts(BaseModel):
+    """Remaining one-time prekeys of the authenticated device."""
+
+    one_time_prekeys: int
+    one_time_pq_prekeys: int
+    low_threshold: int
+    max_stock: int
+
+
+class SignedPrekeyOut(BaseModel):
+    """A signed prekey as served in a bundle."""
+
+    key_id: int
+    public_key: B64
+    signature: B64
+
+
+class OneTimePrekeyOut(BaseModel):
+    """A claimed one-time prekey (``signature`` is empty for X25519 ones)."""
+
+    key_id: int
+    public_key: B64
+    signature: B64
+
+
+class BundleDevice(BaseModel):
+    """One device's entry of a prekey bundle."""
+
+    device_id: int
+    identity_key: B64
+    signed_prekey: SignedPrekeyOut | None
+    last_resort_prekey: SignedPrekeyOut | None
+    one_time_prekey: OneTimePrekeyOut | None
+    one_time_pq_prekey: OneTimePrekeyOut | None
+
+
+class PrekeyBundle(BaseModel):
+    """``GET /v1/prekeys/{username}``."""
+
+    username: str
+    account_key: B64
+    device_list: B64
+    devices: list[BundleDevice]
+
+
+# --- accounts ----------------------------------------------------------------------------
+
+
+class RegisterIn(_In):
+    """``POST /v1/accounts``."""
+
+    username: Username
+    account_key: B64
+    device_list: B64
+    prekeys: PrekeyUpload
+    invite: str | None = Field(None, max_length=128)
+
+
+class RegisterOut(BaseModel):
+    """Answer to a registration."""
+
+    username: str
+    device_id: int
+    device_list_version: int
+
+
+class DeviceOut(BaseModel):
+    """A device as listed at ``GET /v1/accounts/{username}/devices``."""
+
+    device_id: int
+    identity_key: B64
+    auth_key: B64
+
+
+class AccountDevices(BaseModel):
+    """A user's account key, signed device list and the devices derived from it."""
+
+    username: str
+    account_key: B64
+    device_list: B64
+    device_list_version: int
+    devices: list[DeviceOut]
+
+
+class DeviceListIn(_In):
+    """``PUT /v1/accounts/{username}/devices``."""
+
+    device_list: B64
+
+
+# --- auth --------------------------------------------------------------------------------
+
+
+class ChallengeIn(_In):
+    """``POST /v1/auth/challenge``."""
+
+    username: Username
+    device_id: DeviceId
+
+
+class ChallengeOut(BaseModel):
+    """A one-shot nonce to sign, valid until ``expires_at`` (Unix seconds)."""
+
+    nonce: B64
+    expires_at: int
+
+
+class TokenIn(_In):
+    """``POST /v1/auth/token``."""
+
+    username: Username
+    device_id: DeviceId
+    nonce: B64
+    signature: B64
+
+
+class TokenOut(BaseModel):
+    """A bearer token (base64url, no padding) valid until ``expires_at`` (Unix seconds)."""
+
+    token: str
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    expires_at: int
+    device_id: int
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+class BrandOut(BaseModel):
+    """Brand part of ``/v1/config``."""
+
+    name: str
+    primary_color: str
+    accent_color: str
+    background_color: str
+    logo_url: str | None
+    welcome_text: str
+
+
+class LimitsOut(BaseModel):
+    """Limits part of ``/v1/config``."""
+
+    max_frame_bytes: int
+    max_ciphertext_bytes: int
+    max_recipients: int
+    max_queue_depth: int
+    max_attachment_bytes: int
+    max_body_bytes: int
+    messages_per_second_per_device: float
+    requests_per_minute_per_ip: int
+    bundle_fetches_per_minute_per_device: int
+    token_ttl_seconds: int
+    envelope_ttl_seconds: int
+    attachment_ttl_seconds: int
+    prekey_batch_max: int
+    prekey_max_stock: int
+    prekey_low_threshold: int
+
+
+class ConfigOut(BaseModel):
+    """``GET /v1/config``."""
+
+    protocol_version: int
+    brand: BrandOut
+    registration: str
+    limits: LimitsOut
+
+
+# --- attachments and errors --------------------------------------------------------------
+
+
+class AttachmentCreated(BaseModel):
+    """The upload's id (256-bit random, unguessable), size and expiry (Unix seconds)."""
+
+    id: str
+    size: int
+    expires_at: int
+
+
+class ErrorBody(BaseModel):
+    """Every REST error response: a machine code (:class:`~wire.codes.RestErrorCode`, kept as
+    ``str`` when unknown) and a human-readable message."""
+
+    error: str
+    message: str = ""
