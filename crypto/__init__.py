@@ -71,6 +71,7 @@ from crypto.errors import (
     UnknownPrekey,
     UnsupportedVersion,
     VoxError,
+    WeakPublicKey,
 )
 from crypto.keys import (
     AccountKey,
@@ -181,6 +182,7 @@ __all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block
     "UnknownPrekey",
     "UnsupportedVersion",
     "VoxError",
+    "WeakPublicKey",
     "X25519PublicKey",
     "accept_session",
     "decode_message",

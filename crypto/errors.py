@@ -13,6 +13,7 @@ boundary (:mod:`crypto.primitives`) and never escape as such.
     │   ├── TrailingBytes(count)
     │   ├── FieldTooLarge(field, size, limit)
     │   └── InvalidValue(field, reason)
+    │       └── WeakPublicKey(field, reason)  small-order / non-canonical Ed25519 key
     ├── DecryptionError                  authenticated decryption failed
     │   ├── AuthenticationFailed         AEAD tag / MAC / signature over ciphertext
     │   ├── DuplicateMessage(chain, index)
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownSenderKey",
     "UnsupportedVersion",
     "VoxError",
+    "WeakPublicKey",
 ]
 
 
@@ -114,6 +116,15 @@ class InvalidValue(DecodeError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class WeakPublicKey(InvalidValue):
+    """An Ed25519 public key that is a small-order point or a non-canonical encoding.
+
+    Such a key would let anyone forge signatures under it (with the identity point as the
+    key, the signature ``R = identity, S = 0`` verifies every message), so Vox refuses it
+    wherever a key enters: typed key construction and decoding, and verification.
+    """
 
 
 # --- decryption -----------------------------------------------------------------------

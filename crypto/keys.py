@@ -168,11 +168,20 @@ class X25519PublicKey(_TypedPublicKey):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Ed25519PublicKey(_TypedPublicKey):
-    """An Ed25519 public key; encoded ``0x02 || 32 bytes``."""
+    """An Ed25519 public key; encoded ``0x02 || 32 bytes``.
+
+    Weak keys are refused on construction and decoding with
+    :class:`~crypto.errors.WeakPublicKey`: non-canonical encodings and small-order points
+    (:func:`crypto.primitives.ed25519_check_public`).
+    """
 
     PREFIX: ClassVar[int] = 0x02
     SIZE: ClassVar[int] = p.ED25519_KEY_LEN
     NAME: ClassVar[str] = "Ed25519 public key"
+
+    def __post_init__(self) -> None:
+        _TypedPublicKey.__post_init__(self)
+        p.ed25519_check_public(self.raw, self.NAME)
 
     def verify(self, label: bytes, data: bytes, signature: bytes, what: str) -> None:
         """Verify ``signature`` over ``label || 0x00 || data``; raise ``BadSignature(what)``."""

@@ -29,7 +29,13 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crypto.errors import AuthenticationFailed, BadSignature, InvalidPublicKey, InvalidValue
+from crypto.errors import (
+    AuthenticationFailed,
+    BadSignature,
+    InvalidPublicKey,
+    InvalidValue,
+    WeakPublicKey,
+)
 
 __all__ = [
     "AES_KEY_LEN",
@@ -48,6 +54,7 @@ __all__ = [
     "X25519KeyPair",
     "aes256gcm_decrypt",
     "aes256gcm_encrypt",
+    "ed25519_check_public",
     "ed25519_generate",
     "ed25519_public",
     "ed25519_sign",
@@ -82,6 +89,13 @@ AES_TAG_LEN: Final = 16
 SHA256_LEN: Final = 32
 _HKDF_MAX: Final = 255 * SHA256_LEN
 _ZERO32: Final = bytes(32)
+_P25519: Final = 2**255 - 19
+_Y_MASK: Final = (1 << 255) - 1
+# The y-coordinates of the eight points of order dividing 8 on edwards25519: the identity
+# (y = 1), the point of order 2 (y = -1), the two of order 4 (y = 0) and the four of order 8
+# (y = ±Y8). Any encoding with one of these y values (either sign bit) is a small-order key.
+_Y8: Final = 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826
+_SMALL_ORDER_Y: Final = frozenset({0, 1, _P25519 - 1, _Y8, _P25519 - _Y8})
 
 
 def _need(field: str, data: bytes, size: int) -> None:
@@ -224,13 +238,36 @@ def ed25519_sign(private: bytes, message: bytes) -> bytes:
     return ed25519.Ed25519PrivateKey.from_private_bytes(private).sign(message)
 
 
+def ed25519_check_public(public: bytes, field: str = "Ed25519 public key") -> None:
+    """Refuse a weak Ed25519 public key: raise :class:`WeakPublicKey` (a ``DecodeError``).
+
+    Refused: a length other than 32 bytes, a **non-canonical** encoding (the 255-bit
+    y-coordinate is ``>= 2^255 - 19``), and a **small-order** point (the identity, the point
+    of order 2, the two of order 4 and the four of order 8, with either sign bit). A string
+    that is canonical but not on the curve is not checked here (it costs an exponentiation);
+    no signature ever verifies under it (:class:`BadSignature`).
+    """
+    if len(public) != ED25519_KEY_LEN:
+        raise WeakPublicKey(field, f"must be {ED25519_KEY_LEN} bytes, got {len(public)}")
+    y = int.from_bytes(public, "little") & _Y_MASK
+    if y >= _P25519:
+        raise WeakPublicKey(field, "non-canonical encoding (y >= 2^255 - 19)")
+    if y in _SMALL_ORDER_Y:
+        raise WeakPublicKey(field, "small-order point")
+
+
 def ed25519_verify(public: bytes, message: bytes, signature: bytes, what: str = "message") -> None:
     """Verify an Ed25519 signature; raise :class:`BadSignature` (naming ``what``) if it fails.
 
-    A public key that is not a valid 32-byte encoding also raises :class:`BadSignature`.
+    A public key that is not a valid 32-byte encoding, or that is weak
+    (:func:`ed25519_check_public`), also raises :class:`BadSignature`.
     """
     if len(public) != ED25519_KEY_LEN or len(signature) != ED25519_SIGNATURE_LEN:
         raise BadSignature(what)
+    try:
+        ed25519_check_public(public)
+    except WeakPublicKey as exc:
+        raise BadSignature(what) from exc
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except (InvalidSignature, ValueError) as exc:

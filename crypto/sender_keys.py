@@ -220,6 +220,7 @@ class SenderKeyState:
             raise ValueError("key id and iteration are u32")
         if len(chain_key) != 32 or len(signing_public) != primitives.ED25519_KEY_LEN:
             raise ValueError("chain key and signing public key are 32 bytes")
+        primitives.ed25519_check_public(signing_public, "sender key signing key")
         self._group_id = bytes(group_id)
         self._sender = sender
         self._key_id = key_id

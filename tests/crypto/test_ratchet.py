@@ -28,7 +28,7 @@ from crypto.ratchet.header import Header
 from crypto.ratchet.message_keys import MessageKey
 from crypto.ratchet.root_chain import RootKey
 from crypto.ratchet.session import RatchetConfig, Session
-from tests.crypto.test_pqxdh import LOW_ORDER, make_pair
+from tests.crypto.support import LOW_ORDER, make_pair
 
 
 def _unchanged_after_failure(session: Session, data: bytes, error: type[VoxError]) -> VoxError:
@@ -244,7 +244,7 @@ def test_a_session_without_a_peer_ratchet_key_cannot_send() -> None:
 
     key = X25519KeyPair(bytes(range(1, 33)))
     peer = PeerDevice(
-        DeviceAddress("bob", 1), Ed25519PublicKey(bytes(32)), X25519PublicKey(key.public)
+        DeviceAddress("bob", 1), Ed25519PublicKey(bytes(range(32))), X25519PublicKey(key.public)
     )
     session = Session(
         local=DeviceAddress("alice", 1),
@@ -283,7 +283,7 @@ def test_a_pinned_encapsulation_must_have_ml_kem_sizes() -> None:
     from crypto.errors import InvalidValue
     from crypto.pqxdh import initiate_session_with_encapsulation
     from crypto.primitives import DeterministicRng
-    from tests.crypto.test_pqxdh import make_device
+    from tests.crypto.support import make_device
 
     rng = DeterministicRng(b"r14")
     alice, bob = make_device("alice", 1, rng), make_device("bob", 2, rng)

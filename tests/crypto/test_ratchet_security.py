@@ -10,7 +10,7 @@ from crypto.errors import DecryptionError, VoxError
 from crypto.pqxdh import accept_session, initiate_session
 from crypto.primitives import DeterministicRng
 from crypto.ratchet.session import Session
-from tests.crypto.test_pqxdh import make_device, make_pair
+from tests.crypto.support import make_device, make_pair
 
 
 def test_forward_secrecy_old_ciphertexts_do_not_decrypt_with_current_state() -> None:

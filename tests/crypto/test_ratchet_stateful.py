@@ -15,7 +15,7 @@ from crypto.errors import DecryptionError, VoxError
 from crypto.pqxdh import accept_session, initiate_session
 from crypto.primitives import DeterministicRng
 from crypto.ratchet.session import Session
-from tests.crypto.test_pqxdh import Device, make_device
+from tests.crypto.support import Device, make_device
 
 
 @dataclass
