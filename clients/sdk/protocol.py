@@ -339,12 +339,18 @@ class ClientProtocol:
                 have = set()
             need = [d for d in devices if d not in have]
             if need:
+                # The relay's rule for every send: all devices of every user it names, and
+                # always all our own other devices. So the distribution goes to every device
+                # of each user with a device that lacks the key (those that hold it ignore
+                # the repeat), e.g. a member who just linked a new device.
+                users = {u for u, _ in need} | {self.username}
+                targets = [d for d in devices if d[0] in users]
                 skd = SenderKeyContent(
                     group_id=group_id,
                     distribution=state.distribution().to_bytes(),
                     sent_at_ms=_ms(self._now()),
                 )
-                key_id, devices_sent = state.key_id, set(need)
+                key_id, devices_sent = state.key_id, set(targets)
 
                 def distributed() -> None:
                     self.groups.mark_distributed(group_id, key_id, devices_sent)
@@ -353,7 +359,7 @@ class ClientProtocol:
                 # first, the retried send distributes the key again (receivers ignore repeats).
                 sends.append(
                     OutgoingSend(
-                        skd.message_id.hex(), self._pairwise(need, skd), False, distributed
+                        skd.message_id.hex(), self._pairwise(targets, skd), False, distributed
                     )
                 )
             message = state.encrypt(padded(content))
