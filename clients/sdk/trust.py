@@ -5,10 +5,21 @@ decides what we believe:
 
 * first contact: the account key is trusted on first use (``TOFU``);
 * the same key: the list must verify under it and must not roll back (crypto's rule);
-* a different key: the peer is marked ``CHANGED`` (the old key kept for the warning); nothing
-  is sent to that user (:class:`~clients.sdk.errors.UntrustedIdentity`) until
-  :func:`accept_key` (``vox verify USER --accept``). Messages from the user's devices on the
-  list verified under the new key are still received and shown, so nothing is lost.
+* a different key: the peer is marked ``CHANGED`` (the key before the change kept for the
+  warning); nothing is sent to that user (:class:`~clients.sdk.errors.UntrustedIdentity`)
+  until :func:`accept_key` (``vox verify USER --accept``). Messages from the user's devices on
+  the list verified under the new key are still received and shown, so nothing is lost. A
+  flip *back* to a key seen before is a key change like any other.
+
+**Rollback floors.** For every account key a list was ever accepted under, we remember the
+highest list version seen under it (and a SHA-256 of that list, for crypto's "equal version
+means byte-identical" rule), in the setting ``trust_floors:USERNAME``. A list below its key's
+floor is refused (:class:`BadDeviceList` wrapping ``DeviceListRollback``) — also when the key
+is not the current one: a relay that serves an attacker's key once and then the genuine key
+with an old list (one that still names a revoked device) gets the old list refused. Floors of
+keys the user trusted (first use or accepted) are kept forever; of the others (keys that
+were only ever "changed"), the newest :data:`MAX_UNTRUSTED_FLOORS` are kept, so a relay
+cannot grow the store without bound by serving fresh keys.
 
 Only devices on the last verified list are ever encrypted to or believed as senders.
 """
@@ -16,18 +27,22 @@ Only devices on the last verified list are ever encrypted to or believed as send
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
+import json
 import time
+from typing import Final
 
 from clients.sdk.errors import BadDeviceList, UntrustedIdentity
 from clients.store.base import Store
 from clients.store.models import PeerIdentity, TrustState
 from crypto.device_list import DeviceList, SignedDeviceList
-from crypto.errors import VoxError
+from crypto.errors import DeviceListRollback, VoxError
 from crypto.fingerprint import safety_number
 from crypto.keys import Ed25519PublicKey
 
 __all__ = [
+    "MAX_UNTRUSTED_FLOORS",
     "accept_device_list",
     "accept_key",
     "is_trusted",
@@ -35,6 +50,59 @@ __all__ = [
     "peer_safety_number",
     "require_trusted",
 ]
+
+
+#: Rollback floors kept for account keys the user never trusted (see the module docstring).
+MAX_UNTRUSTED_FLOORS: Final = 32
+_FLOORS: Final = "trust_floors:"
+
+
+class _Floor:
+    """The highest list version accepted under one account key (and that list's digest)."""
+
+    __slots__ = ("digest", "trusted", "version")
+
+    def __init__(self, version: int, digest: str, trusted: bool) -> None:
+        self.version, self.digest, self.trusted = version, digest, trusted
+
+
+def _digest(signed_list: bytes) -> str:
+    return hashlib.sha256(signed_list).hexdigest()
+
+
+def _load_floors(store: Store, username: str, peer: PeerIdentity | None) -> dict[str, _Floor]:
+    """Floors by account key (hex), oldest first; a store written before floors existed
+    contributes the list it holds under the current key."""
+    raw = store.get_setting(_FLOORS + username)
+    floors = (
+        {k: _Floor(int(v), str(d), bool(t)) for k, (v, d, t) in json.loads(raw).items()}
+        if raw
+        else {}
+    )
+    if peer is not None and peer.device_list is not None:
+        key = peer.account_key.hex()
+        if key not in floors:
+            trusted = peer.trust is not TrustState.CHANGED
+            floors[key] = _Floor(peer.device_list_version, _digest(peer.device_list), trusted)
+    return floors
+
+
+def _save_floors(store: Store, username: str, floors: dict[str, _Floor]) -> None:
+    untrusted = [k for k, f in floors.items() if not f.trusted]
+    for key in untrusted[: max(0, len(untrusted) - MAX_UNTRUSTED_FLOORS)]:
+        del floors[key]
+    value = {k: [f.version, f.digest, f.trusted] for k, f in floors.items()}
+    store.set_setting(_FLOORS + username, json.dumps(value))
+
+
+def _check_floor(floor: _Floor | None, version: int, signed_list: bytes) -> None:
+    """Crypto's rollback rule against a remembered floor (raises ``DeviceListRollback``)."""
+    if floor is None:
+        return
+    if version < floor.version or (
+        version == floor.version and not hmac.compare_digest(floor.digest, _digest(signed_list))
+    ):
+        raise DeviceListRollback(floor.version, version)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,11 +136,12 @@ def accept_device_list(
 ) -> tuple[DeviceList, bool]:
     """Verify what the relay served for ``username``; return ``(list, key_changed_now)``.
 
-    The list must verify under the served account key and must not roll back the last list
-    accepted under the *same* key. A key different from the trusted one marks the peer
-    ``CHANGED`` (sending blocked until :func:`accept_key`; receiving continues, so nothing is
-    lost) and returns ``key_changed_now=True`` the first time. A list that does not verify
-    raises :class:`BadDeviceList` and changes nothing.
+    The list must verify under the served account key and must not roll back the highest
+    list ever accepted under that key (current or not: the key's rollback floor). A key
+    different from the current one — new, or one seen before — marks the peer ``CHANGED``
+    (sending blocked until :func:`accept_key`; receiving continues, so nothing is lost) and
+    returns ``key_changed_now=True``. A list that does not verify or rolls back raises
+    :class:`BadDeviceList` and changes nothing.
     """
     try:
         key = Ed25519PublicKey.from_bytes(account_key)
@@ -81,11 +150,11 @@ def accept_device_list(
         raise BadDeviceList(username, str(exc)) from None
     peer = store.get_peer(username)
     same_key = peer is not None and hmac.compare_digest(peer.account_key, account_key)
-    previous = None
-    if same_key and peer is not None and peer.device_list is not None:
-        previous = SignedDeviceList.from_bytes(peer.device_list)
+    floors = _load_floors(store, username, peer)
+    canonical = signed.to_bytes()
     try:
-        device_list = signed.verify(key, username=username, previous=previous)
+        device_list = signed.verify(key, username=username)
+        _check_floor(floors.get(account_key.hex()), device_list.version, canonical)
     except VoxError as exc:
         raise BadDeviceList(username, str(exc)) from None
     changed_now = False
@@ -94,9 +163,17 @@ def accept_device_list(
     elif same_key:
         trust, old_key = peer.trust, peer.previous_account_key
     else:
-        changed_now = peer.trust is not TrustState.CHANGED
-        trust = TrustState.CHANGED
-        old_key = peer.account_key if changed_now else peer.previous_account_key
+        # Any change of the served key — a new key, or a flip back to one seen before — is
+        # reported and blocks sending until the user accepts the key now served.
+        changed_now = True
+        trust, old_key = TrustState.CHANGED, peer.account_key
+    known = floors.pop(account_key.hex(), None)
+    floors[account_key.hex()] = _Floor(
+        device_list.version,
+        _digest(canonical),
+        trust is not TrustState.CHANGED or (known is not None and known.trusted),
+    )
+    _save_floors(store, username, floors)
     store.put_peer(
         PeerIdentity(
             username,
@@ -104,7 +181,7 @@ def accept_device_list(
             trust,
             previous_account_key=old_key,
             device_list_version=device_list.version,
-            device_list=signed.to_bytes(),
+            device_list=canonical,
             updated_at=time.time(),
         )
     )
@@ -121,6 +198,11 @@ def accept_key(store: Store, username: str) -> bool:
     if peer is None:
         return False
     changed = peer.trust is TrustState.CHANGED
+    floors = _load_floors(store, username, peer)
+    floor = floors.get(peer.account_key.hex())
+    if floor is not None:
+        floor.trusted = True
+        _save_floors(store, username, floors)
     store.put_peer(
         PeerIdentity(
             username,
