@@ -160,6 +160,11 @@ def _ms(now: float) -> int:
 class ClientProtocol:
     """Sessions, device lists, groups and content processing for one device."""
 
+    #: A group message makes :meth:`precheck` ask for its sender's device list when the one
+    #: we hold was verified longer ago than this (seconds), so that a removed device stops
+    #: being believed within about this long, even by a device that only receives.
+    sender_list_ttl: float = 60.0
+
     def __init__(
         self, store: Store, identity: LocalIdentity, *, now: Callable[[], float] = time.time
     ) -> None:
@@ -190,7 +195,7 @@ class ClientProtocol:
         """Like :meth:`accept_device_list`; also says whether the account key just changed."""
         with self.store.transaction():
             device_list, changed = trust.accept_device_list(
-                self.store, username, account_key, signed
+                self.store, username, account_key, signed, now=self._now()
             )
             current = {d.device_id: d for d in device_list.devices}
             for device_id in self.store.session_devices(username):
@@ -203,6 +208,9 @@ class ClientProtocol:
                     or peer.account_key.to_bytes() != account_key
                 ):
                     self.sessions.drop(username, device_id)
+            # Sender-key states of devices that left the list go too (a group message from
+            # such a device is refused anyway: see ``_receive``).
+            self.store.prune_device_sender_keys(username, device_list.device_ids)
         return device_list, changed
 
     def recipient_devices(self, username: str) -> list[Address]:
@@ -385,6 +393,8 @@ class ClientProtocol:
             payload = RelayPayload.from_bytes(envelope.data)
         except VoxError:
             return None
+        if payload.kind is PayloadKind.GROUP:
+            return self._precheck_group(payload.data)
         if payload.kind is not PayloadKind.PAIRWISE:
             return None
         known = self.device_list(envelope.sender_user)
@@ -408,6 +418,25 @@ class ClientProtocol:
                 or listed.identity_key.to_bytes() != prefix.identity_key.to_bytes()
             ):
                 return NeedDeviceList(envelope.sender_user)
+        return None
+
+    def _precheck_group(self, data: bytes) -> NeedDeviceList | None:
+        """A group message is believed only from a device on its sender's current list: fetch
+        the list if the device is not on ours (a new device), or if ours was verified more than
+        :attr:`sender_list_ttl` seconds ago (the device may have been removed since)."""
+        try:
+            sender = SenderKeyMessage.from_bytes(data).sender
+        except VoxError:
+            return None
+        known = self.device_list(sender.username)
+        peer = self.store.get_peer(sender.username)
+        if (
+            known is None
+            or peer is None
+            or sender.device_id not in known.device_ids
+            or peer.updated_at < self._now() - self.sender_list_ttl
+        ):
+            return NeedDeviceList(sender.username)
         return None
 
     def receive(self, envelope: Envelope) -> Received:
@@ -459,6 +488,11 @@ class ClientProtocol:
             return self._pairwise_content(sender, content, now)
         if payload.kind is PayloadKind.GROUP:
             message = SenderKeyMessage.from_bytes(payload.data)
+            listed = self.device_list(message.sender.username)
+            if listed is None or message.sender.device_id not in listed.device_ids:
+                # Its key may still be held (a message in flight, a record not yet pruned): a
+                # device off its account's signed list is never believed.
+                raise UnknownDevice(message.sender.device_id)
             record = self.groups.record(message.group_id, message.sender)
             if record is None:
                 raise UnknownSenderKey(message.key_id)

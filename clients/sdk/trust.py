@@ -132,7 +132,7 @@ def require_trusted(store: Store, username: str) -> None:
 
 
 def accept_device_list(
-    store: Store, username: str, account_key: bytes, signed_list: bytes
+    store: Store, username: str, account_key: bytes, signed_list: bytes, *, now: float | None = None
 ) -> tuple[DeviceList, bool]:
     """Verify what the relay served for ``username``; return ``(list, key_changed_now)``.
 
@@ -141,7 +141,8 @@ def accept_device_list(
     different from the current one — new, or one seen before — marks the peer ``CHANGED``
     (sending blocked until :func:`accept_key`; receiving continues, so nothing is lost) and
     returns ``key_changed_now=True``. A list that does not verify or rolls back raises
-    :class:`BadDeviceList` and changes nothing.
+    :class:`BadDeviceList` and changes nothing. The peer's ``updated_at`` becomes ``now``
+    (when the list was last verified).
     """
     try:
         key = Ed25519PublicKey.from_bytes(account_key)
@@ -182,7 +183,7 @@ def accept_device_list(
             previous_account_key=old_key,
             device_list_version=device_list.version,
             device_list=canonical,
-            updated_at=time.time(),
+            updated_at=time.time() if now is None else now,
         )
     )
     return device_list, changed_now

@@ -159,6 +159,11 @@ class GroupStore(Protocol):
         """Forget others' sender keys in a group (all, or one member's) — e.g. on rotation."""
         ...
 
+    def prune_device_sender_keys(self, username: str, keep: Iterable[int]) -> int:
+        """Forget, in every group, the sender keys of ``username``'s devices not in ``keep``
+        (they left the user's signed device list); returns how many were deleted."""
+        ...
+
 
 class MessageStore(Protocol):
     def add_message(self, message: StoredMessage) -> bool:

@@ -170,6 +170,13 @@ class MemoryStore:
         ]:
             del self._s.sender_keys[key]
 
+    def prune_device_sender_keys(self, username: str, keep: Iterable[int]) -> int:
+        kept = set(keep)
+        gone = [k for k in self._s.sender_keys if k[1] == username and k[2] not in kept]
+        for key in gone:
+            del self._s.sender_keys[key]
+        return len(gone)
+
     # messages
     def add_message(self, message: StoredMessage) -> bool:
         if message.message_id in self._s.messages:

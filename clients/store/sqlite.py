@@ -597,6 +597,20 @@ class SqliteStore:
                 "DELETE FROM sender_keys WHERE group_id = ? AND username = ?", (group_id, username)
             )
 
+    def prune_device_sender_keys(self, username: str, keep: Iterable[int]) -> int:
+        kept = set(keep)
+        rows = self._all(
+            "SELECT DISTINCT device_id FROM sender_keys WHERE username = ?", (username,)
+        )
+        gone = [int(r[0]) for r in rows if int(r[0]) not in kept]
+        deleted = 0
+        for device_id in gone:
+            deleted += self._write(
+                "DELETE FROM sender_keys WHERE username = ? AND device_id = ?",
+                (username, device_id),
+            )
+        return deleted
+
     # ------------------------------------------------------------------ messages
 
     def _message(self, row: Any) -> StoredMessage:

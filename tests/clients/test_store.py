@@ -137,6 +137,20 @@ def test_groups_and_sender_keys(store: Store) -> None:
     assert store.load_sender_key("g1", "carol", 1) is None
 
 
+def test_sender_keys_of_devices_off_the_list_are_pruned_in_every_group(store: Store) -> None:
+    for group_id in ("g1", "g2"):
+        for device_id in (1, 2, 3):
+            store.store_sender_key(group_id, "bob", device_id, b"bob%d" % device_id)
+        store.store_sender_key(group_id, "carol", 2, b"carol2")
+    assert store.prune_device_sender_keys("bob", [1, 3]) == 2
+    for group_id in ("g1", "g2"):
+        assert store.load_sender_key(group_id, "bob", 2) is None
+        assert store.load_sender_key(group_id, "bob", 1) == b"bob1"
+        assert store.load_sender_key(group_id, "bob", 3) == b"bob3"
+        assert store.load_sender_key(group_id, "carol", 2) == b"carol2"
+    assert store.prune_device_sender_keys("bob", [1, 3]) == 0
+
+
 def test_messages_are_stored_once_and_listed_in_order(store: Store) -> None:
     assert store.add_message(msg("m2", sent_at=2.0, text="second"))
     assert store.add_message(msg("m1", sent_at=1.0, text="first"))
