@@ -1,5 +1,12 @@
 """This device's keys: registration material, prekey batches and signed-prekey rotation.
 
+The signed X25519 prekey and the last-resort ML-KEM-768 prekey are rotated together, on one
+schedule (:func:`prekeys_due`, :func:`rotate_signed_prekey`): each is replaced when the newest
+is older than :data:`SIGNED_PREKEY_MAX_AGE_S`, and a replaced key's private half is kept until
+:data:`SIGNED_PREKEY_GRACE_S` after its successor was made (an initiator may have fetched it
+just before), then deleted at the next rotation — so a compromise of the device reveals
+neither the X25519 nor the post-quantum secret of sessions begun on keys that old.
+
 Sans-I/O: functions take the store and return what to upload (``PrekeyUpload``, a plain
 JSON-able dict in the relay's ``POST /v1/prekeys`` shape); the shell uploads it and only then
 is the material considered published. Private halves go to the store first, so a crash
@@ -9,6 +16,7 @@ after the upload never leaves the relay serving a prekey we cannot use.
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -40,6 +48,7 @@ __all__ = [
     "new_identity",
     "one_time_batch",
     "prekey_secrets_for",
+    "prekeys_due",
     "registration_prekeys",
     "rotate_signed_prekey",
     "signed_prekey_due",
@@ -49,7 +58,8 @@ DEFAULT_BATCH: Final = 50
 #: Last-resort ML-KEM prekey ids live above this base so that they never collide with
 #: one-time ML-KEM prekey ids (an initial message names a KEM prekey id without its kind).
 LAST_RESORT_ID_BASE: Final = 0x8000_0000
-#: Rotate the signed prekey after a week; keep the previous one for 2 weeks for late initiators.
+#: Rotate the signed prekey and the last-resort ML-KEM prekey after a week; keep a replaced
+#: one for 2 weeks after its replacement for late initiators.
 SIGNED_PREKEY_MAX_AGE_S: Final = 7 * 24 * 3600
 SIGNED_PREKEY_GRACE_S: Final = 14 * 24 * 3600
 
@@ -149,22 +159,52 @@ def one_time_batch(store: Store, identity: LocalIdentity, count: int) -> dict[st
     return {"one_time_prekeys": ones, "one_time_pq_prekeys": kems}
 
 
-def rotate_signed_prekey(store: Store, identity: LocalIdentity) -> dict[str, Any]:
-    """A new signed prekey (stored); old ones past the grace period are deleted."""
+def _prune_replaced(store: Store, kind: PrekeyKind, now: float) -> None:
+    """Delete keys of ``kind`` whose successor was made more than the grace period ago."""
+    records = sorted(store.list_prekeys(kind), key=lambda r: (r.created_at, r.key_id))
+    for old, successor in itertools.pairwise(records):
+        if successor.created_at < now - SIGNED_PREKEY_GRACE_S:
+            store.delete_prekey(kind, old.key_id)
+
+
+def _new_last_resort(store: Store, identity: LocalIdentity, now: float) -> dict[str, Any]:
+    key_id = store.next_prekey_id(PrekeyKind.LAST_RESORT_KEM)
+    key_id = key_id if key_id >= LAST_RESORT_ID_BASE else LAST_RESORT_ID_BASE + key_id
+    kem = KemPrekey.generate(
+        key_id, identity.account_key, identity.identity_key.public_key, last_resort=True
+    )
+    store.put_prekeys([PrekeyRecord(PrekeyKind.LAST_RESORT_KEM, key_id, kem.to_bytes(), now)])
+    return _signed_json(key_id, kem.public_key.to_bytes(), kem.signature)
+
+
+def rotate_signed_prekey(
+    store: Store, identity: LocalIdentity, now: float | None = None
+) -> dict[str, Any]:
+    """A new signed X25519 prekey **and** a new last-resort ML-KEM prekey (stored), returned
+    as one upload; keys replaced more than the grace period ago are deleted."""
+    when = time.time() if now is None else now
     key_id = store.next_prekey_id(PrekeyKind.SIGNED)
     spk = SignedPrekey.generate(key_id, identity.account_key, identity.identity_key.public_key)
-    now = time.time()
-    for old in store.list_prekeys(PrekeyKind.SIGNED):
-        if old.created_at < now - SIGNED_PREKEY_GRACE_S:
-            store.delete_prekey(PrekeyKind.SIGNED, old.key_id)
-    store.put_prekeys([PrekeyRecord(PrekeyKind.SIGNED, key_id, spk.to_bytes(), now)])
-    return {"signed_prekey": _signed_json(key_id, spk.public_key.to_bytes(), spk.signature)}
+    store.put_prekeys([PrekeyRecord(PrekeyKind.SIGNED, key_id, spk.to_bytes(), when)])
+    upload = {"signed_prekey": _signed_json(key_id, spk.public_key.to_bytes(), spk.signature)}
+    upload["last_resort_prekey"] = _new_last_resort(store, identity, when)
+    for kind in (PrekeyKind.SIGNED, PrekeyKind.LAST_RESORT_KEM):
+        _prune_replaced(store, kind, when)
+    return upload
 
 
-def signed_prekey_due(store: Store, now: float, max_age: float = SIGNED_PREKEY_MAX_AGE_S) -> bool:
-    """True when the newest signed prekey is older than ``max_age`` seconds (or missing)."""
-    records = store.list_prekeys(PrekeyKind.SIGNED)
-    return not records or max(r.created_at for r in records) < now - max_age
+def prekeys_due(store: Store, now: float, max_age: float = SIGNED_PREKEY_MAX_AGE_S) -> bool:
+    """True when the newest signed prekey or the newest last-resort ML-KEM prekey is older
+    than ``max_age`` seconds (or missing): time for :func:`rotate_signed_prekey`."""
+    for kind in (PrekeyKind.SIGNED, PrekeyKind.LAST_RESORT_KEM):
+        records = store.list_prekeys(kind)
+        if not records or max(r.created_at for r in records) < now - max_age:
+            return True
+    return False
+
+
+#: The name the shell calls (both keys are rotated together).
+signed_prekey_due = prekeys_due
 
 
 def registration_prekeys(
@@ -172,15 +212,6 @@ def registration_prekeys(
 ) -> dict[str, Any]:
     """Signed prekey, last-resort ML-KEM prekey and a batch of one-time prekeys."""
     upload = rotate_signed_prekey(store, identity)
-    key_id = store.next_prekey_id(PrekeyKind.LAST_RESORT_KEM)
-    key_id = key_id if key_id >= LAST_RESORT_ID_BASE else LAST_RESORT_ID_BASE + key_id
-    kem = KemPrekey.generate(
-        key_id, identity.account_key, identity.identity_key.public_key, last_resort=True
-    )
-    store.put_prekeys(
-        [PrekeyRecord(PrekeyKind.LAST_RESORT_KEM, key_id, kem.to_bytes(), time.time())]
-    )
-    upload["last_resort_prekey"] = _signed_json(key_id, kem.public_key.to_bytes(), kem.signature)
     upload.update(one_time_batch(store, identity, batch))
     return upload
 
