@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SECTION = "## Walk-through: two people chat with the `vox` client"
@@ -408,6 +410,8 @@ class Walk:
         self.joined = profile
 
 
+# A dozen `vox` processes, a relay and a pty session: minutes on a loaded 2-core machine.
+@pytest.mark.timeout(600)
 def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     relay_command, lines = read_walkthrough()
     home = tmp_path / "home"
