@@ -9,24 +9,39 @@ Encryption uses the first; decryption tries the one whose PQXDH base key an init
 message names, otherwise each in turn; the one that decrypts moves to the front. Decryption
 works on copies and returns a ``commit`` callable, so the caller checks the sender first and
 then writes the session, the message and the "seen" mark in one store transaction.
+
+**Replayed initial messages.** An initial message that used no one-time X25519 prekey and the
+last-resort ML-KEM prekey consumes nothing, so PQXDH alone would accept it again and again (a
+relay replaying it after the session was evicted or dropped would start a second copy of the
+session). Every such message we accept leaves its *replay id* — SHA-256 of its PQXDH prefix
+(``replay_id``) — in the store's seen set (``pqxdh:`` + hex); a second initial message with the
+same id is refused with :class:`ReplayedInitialMessage` before any key agreement. A replay
+naming a one-time prekey already fails, the prekey being gone (``UnknownPrekey``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from clients.sdk.identity import LocalIdentity, consume_prekeys, prekey_secrets_for
+from clients.sdk.identity import (
+    LAST_RESORT_ID_BASE,
+    LocalIdentity,
+    consume_prekeys,
+    prekey_secrets_for,
+)
 from clients.store.base import Store
 from crypto.encoding import Reader, Writer
-from crypto.envelope import InitialMessage, decode_message
+from crypto.envelope import InitialMessage, PqxdhPrefix, decode_message
 from crypto.errors import DecryptionError, StateError, VoxError
 from crypto.keys import PeerDevice, PrekeyBundle
 from crypto.pqxdh import accept_session, initiate_session
 from crypto.ratchet.session import Session
 
-__all__ = ["MAX_SESSIONS", "Decrypted", "SessionBook"]
+__all__ = ["MAX_SESSIONS", "Decrypted", "ReplayedInitialMessage", "SessionBook", "replay_id"]
 
 MAX_SESSIONS: Final = 4
 _VERSION: Final = 1
@@ -46,6 +61,22 @@ def _decode(data: bytes) -> list[Session]:
     out = [Session.from_bytes(r.bytes32("session")) for _ in range(n)]
     r.end()
     return out
+
+
+class ReplayedInitialMessage(DecryptionError):
+    """A PQXDH initial message (no one-time prekey) that was already accepted once."""
+
+    def __init__(self, replay: bytes) -> None:
+        super().__init__("a replayed PQXDH initial message")
+        self.replay_id = replay
+
+
+def replay_id(prefix: PqxdhPrefix) -> bytes | None:
+    """SHA-256 of the PQXDH prefix when the message can be replayed (it used no one-time
+    X25519 prekey and the last-resort ML-KEM prekey), else None."""
+    if prefix.one_time_prekey_id is not None or prefix.kem_prekey_id < LAST_RESORT_ID_BASE:
+        return None
+    return hashlib.sha256(prefix.write(Writer()).finish()).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +150,10 @@ class SessionBook:
             prefix = message.prefix
             if (prefix.sender.username, prefix.sender.device_id) != (username, device_id):
                 raise StateError("initial message names another sender device")
+            replay = replay_id(prefix)
+            seen_key = None if replay is None else "pqxdh:" + replay.hex()
+            if seen_key is not None and self._store.is_seen(seen_key):
+                raise ReplayedInitialMessage(replay or b"")
             accepted = accept_session(
                 self._identity.local, prekey_secrets_for(self._store, prefix), message
             )
@@ -127,6 +162,8 @@ class SessionBook:
             def commit() -> None:
                 consume_prekeys(self._store, accepted.consumed)
                 self._store.store_session(username, device_id, _encode(new))
+                if seen_key is not None:
+                    self._store.mark_seen(seen_key, time.time())
 
             return Decrypted(accepted.body, accepted.session.peer, True, commit)
         last_error: VoxError = DecryptionError("no session with the sender device")

@@ -1,0 +1,104 @@
+"""A replayed PQXDH initial message (no one-time prekey: nothing is consumed) is refused by the
+SDK even after the session it started is gone — the relay (the only party that can deliver it
+again under the sender's name) gets a ``DecryptFailure``, not a second session."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import itertools
+from typing import Any
+
+from clients.sdk import identity as ids
+from clients.sdk import trust
+from clients.sdk.content import TextContent
+from clients.sdk.models import DecryptFailure, Message
+from clients.sdk.protocol import ClientProtocol, DeviceBundle, Envelope
+from clients.sdk.sessions import MAX_SESSIONS
+from clients.store.memory import MemoryStore
+
+_ids = itertools.count(1)
+
+
+def device(username: str) -> tuple[ClientProtocol, bytes, bytes, dict[str, Any]]:
+    """A registered device: protocol, account key, signed list, prekey upload."""
+    store = MemoryStore()
+    me = ids.new_identity(username, 1, None)
+    signed = ids.first_device_list(me).to_bytes()
+    upload = ids.registration_prekeys(store, me, batch=2)
+    key = me.account_key.public_key.to_bytes()
+    trust.accept_device_list(store, username, key, signed)
+    return ClientProtocol(store, me), key, signed, upload
+
+
+def last_resort_bundle(proto: ClientProtocol, upload: dict[str, Any]) -> DeviceBundle:
+    """The bundle a relay serves once the one-time stocks are exhausted."""
+
+    def signed(x: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        return int(x["key_id"]), base64.b64decode(x["public_key"]), base64.b64decode(x["signature"])
+
+    return DeviceBundle(
+        device_id=1,
+        identity_key=proto.identity.identity_key.public_key.to_bytes(),
+        signed_prekey=signed(upload["signed_prekey"]),
+        last_resort_prekey=signed(upload["last_resort_prekey"]),
+        one_time_prekey=None,
+        one_time_pq_prekey=None,
+    )
+
+
+def first_message(alice: ClientProtocol, bob_key: bytes, bundle: DeviceBundle, text: str) -> bytes:
+    alice.accept_bundle("bob", bob_key, bundle)  # a new session (newest first)
+    send = alice.encode_direct("bob", TextContent(text=text, sent_at_ms=1))
+    ((data, _),) = send.payloads
+    return data
+
+
+def deliver(bob: ClientProtocol, data: bytes) -> list[object]:
+    """The relay delivers ``data`` as from alice:1 under a fresh envelope id."""
+    envelope = Envelope(next(_ids), f"env{next(_ids)}", "alice", 1, 0, data)
+    return [
+        e.text if isinstance(e, Message) else e.error if isinstance(e, DecryptFailure) else e
+        for e in bob.receive(envelope).events
+    ]
+
+
+def test_a_replayed_initial_message_is_refused_after_its_session_was_evicted() -> None:
+    alice, alice_key, alice_list, _ = device("alice")
+    bob, bob_key, bob_list, upload = device("bob")
+    alice.accept_device_list("bob", bob_key, bob_list)
+    bob.accept_device_list("alice", alice_key, alice_list)
+    bundle = last_resort_bundle(bob, upload)
+
+    captured = first_message(alice, bob_key, bundle, "hello once")
+    assert deliver(bob, captured) == ["hello once"]
+    assert deliver(bob, captured) == ["DuplicateMessage"]  # the session still holds it
+    # Alice starts newer sessions (e.g. reinstalls); bob keeps the newest four, so the first
+    # session is evicted from his store.
+    for n in range(MAX_SESSIONS):
+        assert deliver(bob, first_message(alice, bob_key, bundle, f"session {n}")) == [
+            f"session {n}"
+        ]
+    front = bob.sessions.peer("alice", 1)
+    before = bob.store.load_session("alice", 1)
+    # The relay replays the captured first message: without a record it would open a fifth
+    # session again (nothing one-time was consumed). Refused, and nothing changes.
+    assert deliver(bob, captured) == ["ReplayedInitialMessage"]
+    assert bob.store.load_session("alice", 1) == before
+    assert bob.sessions.peer("alice", 1) == front
+
+
+def test_an_initial_message_with_a_one_time_prekey_is_not_recorded() -> None:
+    alice, alice_key, alice_list, _ = device("alice")
+    bob, bob_key, bob_list, upload = device("bob")
+    alice.accept_device_list("bob", bob_key, bob_list)
+    bob.accept_device_list("alice", alice_key, alice_list)
+    otk = upload["one_time_prekeys"][0]
+    bundle = dataclasses.replace(
+        last_resort_bundle(bob, upload),
+        one_time_prekey=(int(otk["key_id"]), base64.b64decode(otk["public_key"])),
+    )
+    data = first_message(alice, bob_key, bundle, "with a one-time prekey")
+    assert deliver(bob, data) == ["with a one-time prekey"]
+    bob.sessions.drop("alice", 1)
+    assert deliver(bob, data) == ["UnknownPrekey"]  # the one-time prekey is gone
