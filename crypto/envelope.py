@@ -7,15 +7,19 @@
       u8 version (1) || str16 sender username (<= 32 bytes) || u32 sender device id
       || u32 length || body (<= 16 MiB)
 
-* :class:`RatchetMessage` is a normal Double Ratchet message::
+* :class:`RatchetMessage` is a normal Double Ratchet message. Version 2 (what Vox sends)
+  carries a fresh random 96-bit AES-GCM nonce; version 1 (still decrypted, never sent)
+  derived the nonce from the message key::
 
-      u8 version (1) || u8 kind (0x01) || header (41) || u32 length || ciphertext
+      v2: u8 version (2) || u8 kind (0x01) || header (41) || nonce (12) || u32 length
+          || ciphertext
+      v1: u8 version (1) || u8 kind (0x01) || header (41) || u32 length || ciphertext
 
 * :class:`InitialMessage` carries the PQXDH fields in front of a ratchet message; an
   initiator sends it until the first reply from the responder arrives::
 
-      u8 version (1) || u8 kind (0x02) || PQXDH prefix || header (41) || u32 length
-      || ciphertext
+      u8 version || u8 kind (0x02) || PQXDH prefix || header (41) || [nonce (12), v2 only]
+      || u32 length || ciphertext
 
   PQXDH prefix::
 
@@ -27,7 +31,9 @@
       || ML-KEM-768 ciphertext (1088)
 
 ``ciphertext`` is AES-256-GCM output (ciphertext || 16-byte tag), so it is at least 16
-bytes long. :func:`decode_message` reads either kind.
+bytes long. :func:`decode_message` reads either kind of either version. In version 2 the
+AEAD associated data is ``session AD || u8 version || u8 kind || header``
+(:func:`message_associated_data`), so neither byte can be changed in transit.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from typing import Final
 
 from crypto import primitives as p
 from crypto.encoding import MAX_PAYLOAD, Reader, Writer
-from crypto.errors import InvalidValue
+from crypto.errors import InvalidValue, UnsupportedVersion
 from crypto.keys import DeviceAddress, Ed25519PublicKey, X25519PublicKey
 from crypto.ratchet.header import Header
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "ENVELOPE_VERSION_V1",
     "KIND_INITIAL",
     "KIND_RATCHET",
     "MAX_BODY",
@@ -51,9 +58,14 @@ __all__ = [
     "PqxdhPrefix",
     "RatchetMessage",
     "decode_message",
+    "message_associated_data",
 ]
 
-ENVELOPE_VERSION: Final = 1
+#: The envelope version Vox sends (random nonce in the message; version and kind in the AD).
+ENVELOPE_VERSION: Final = 2
+#: The first envelope version (nonce derived from the message key): decrypted, never sent.
+ENVELOPE_VERSION_V1: Final = 1
+_VERSIONS: Final = (ENVELOPE_VERSION_V1, ENVELOPE_VERSION)
 PAYLOAD_VERSION: Final = 1
 KIND_RATCHET: Final = 0x01
 KIND_INITIAL: Final = 0x02
@@ -94,17 +106,44 @@ def _read_ciphertext(r: Reader) -> bytes:
     return ciphertext
 
 
+def _read_nonce(r: Reader, version: int) -> bytes:
+    return r.raw(p.AES_NONCE_LEN) if version == ENVELOPE_VERSION else b""
+
+
+def message_associated_data(session_ad: bytes, version: int, kind: int, header: bytes) -> bytes:
+    """The AEAD associated data of one message.
+
+    Version 2: ``session AD || u8 version || u8 kind || header``; version 1 (legacy):
+    ``session AD || header``.
+    """
+    if version == ENVELOPE_VERSION_V1:
+        return session_ad + header
+    return session_ad + bytes((version, kind)) + header
+
+
 @dataclass(frozen=True, slots=True)
 class RatchetMessage:
-    """A Double Ratchet message: clear header and AEAD ciphertext."""
+    """A Double Ratchet message: clear header, nonce (version 2) and AEAD ciphertext."""
 
     header: Header
+    nonce: bytes
     ciphertext: bytes
+    version: int = ENVELOPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version not in _VERSIONS:
+            raise InvalidValue("version", f"unknown envelope version {self.version}")
+        want = p.AES_NONCE_LEN if self.version == ENVELOPE_VERSION else 0
+        if len(self.nonce) != want:
+            raise InvalidValue("nonce", f"must be {want} bytes in version {self.version}")
+
+    def write_body(self, w: Writer) -> Writer:
+        """Append ``header || [nonce] || bytes32 ciphertext`` (after the kind-specific part)."""
+        return self.header.write(w).raw(self.nonce).bytes32(self.ciphertext)
 
     def to_bytes(self) -> bytes:
         """Encode as a kind-0x01 envelope."""
-        w = self.header.write(Writer().u8(ENVELOPE_VERSION).u8(KIND_RATCHET))
-        return w.bytes32(self.ciphertext).finish()
+        return self.write_body(Writer().u8(self.version).u8(KIND_RATCHET)).finish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,27 +188,31 @@ class PqxdhPrefix:
 
 @dataclass(frozen=True, slots=True)
 class InitialMessage:
-    """A PQXDH prefix followed by a ratchet message."""
+    """A PQXDH prefix followed by a ratchet message (of the same envelope version)."""
 
     prefix: PqxdhPrefix
     message: RatchetMessage
 
     def to_bytes(self) -> bytes:
         """Encode as a kind-0x02 envelope."""
-        w = self.prefix.write(Writer().u8(ENVELOPE_VERSION).u8(KIND_INITIAL))
-        return self.message.header.write(w).bytes32(self.message.ciphertext).finish()
+        w = self.prefix.write(Writer().u8(self.message.version).u8(KIND_INITIAL))
+        return self.message.write_body(w).finish()
 
 
 def decode_message(data: bytes) -> InitialMessage | RatchetMessage:
-    """Decode a pairwise envelope of either kind (raises only ``DecodeError``)."""
+    """Decode a pairwise envelope of either kind and version (raises only ``DecodeError``)."""
     r = Reader(data)
-    r.version(ENVELOPE_VERSION)
+    version = r.u8()
+    if version not in _VERSIONS:
+        raise UnsupportedVersion(ENVELOPE_VERSION, version)
     kind = r.u8()
     prefix: PqxdhPrefix | None = None
     if kind == KIND_INITIAL:
         prefix = PqxdhPrefix.read(r)
     elif kind != KIND_RATCHET:
         raise InvalidValue("kind", f"unknown message kind {kind:#04x}")
-    message = RatchetMessage(Header.read(r), _read_ciphertext(r))
+    header = Header.read(r)
+    nonce = _read_nonce(r, version)
+    message = RatchetMessage(header, nonce, _read_ciphertext(r), version)
     r.end()
     return message if prefix is None else InitialMessage(prefix, message)

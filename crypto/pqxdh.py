@@ -264,7 +264,7 @@ def accept_session(
         pending=None,
         config=config or RatchetConfig(),
     )
-    body = session.decrypt_message(message.message)
+    body = session.decrypt_message(message)
     consumed = ConsumedPrekeys(
         one_time_prekey_id=prefix.one_time_prekey_id,
         kem_prekey_id=None if kem.last_resort else kem.key_id,

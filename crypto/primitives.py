@@ -66,6 +66,7 @@ __all__ = [
     "mlkem768_generate",
     "mlkem768_public",
     "random_bytes",
+    "random_nonce",
     "sha256",
     "signing_message",
     "x25519_exchange",
@@ -140,6 +141,11 @@ class DeterministicRng:
 def random_bytes(n: int) -> bytes:
     """The default :data:`Rng`: ``n`` bytes from the operating system (:func:`os.urandom`)."""
     return os.urandom(n)
+
+
+def random_nonce(rng: Rng = random_bytes) -> bytes:
+    """A fresh 96-bit AES-GCM nonce: exactly 12 bytes drawn from ``rng``."""
+    return _random(rng, AES_NONCE_LEN)
 
 
 def signing_message(label: bytes, data: bytes) -> bytes:

@@ -6,8 +6,11 @@ key (private in our own sending state, public in receiving states)::
 
     message_key_seed_i = HMAC-SHA256(chain_key_i, 0x01)
     chain_key_{i+1}    = HMAC-SHA256(chain_key_i, 0x02)
-    aes_key || nonce   = HKDF-SHA256(ikm=message_key_seed_i, salt=32 zero bytes,
-                                     info="VoxSenderKey-v1 message keys", L=44)   (32 || 12)
+    v2: aes_key        = HKDF-Expand-SHA256(message_key_seed_i,
+                                            "VoxSenderKey-v2 message key", 32)
+        nonce          = 12 random bytes drawn per message (carried in the message)
+    v1: aes_key || nonce = HKDF-SHA256(ikm=message_key_seed_i, salt=32 zero bytes,
+                                       info="VoxSenderKey-v1 message keys", L=44)  (decrypt only)
 
 A message is encrypted once, signed by the sender's signing key, and fanned out to every
 member. The sender hands its current chain (:class:`SenderKeyDistribution`) to each member over
@@ -29,6 +32,7 @@ older ``key_id`` still decrypts; a message naming a key id the record does not h
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ from crypto.errors import (
     StateError,
     TooManySkipped,
     UnknownSenderKey,
+    UnsupportedVersion,
 )
 from crypto.keys import DeviceAddress, Ed25519PublicKey
 from crypto.primitives import Rng
@@ -53,6 +58,8 @@ from crypto.primitives import Rng
 __all__ = [
     "MAX_SKIP",
     "MAX_STATES_PER_SENDER",
+    "MESSAGE_VERSION",
+    "MESSAGE_VERSION_V1",
     "SenderKeyDistribution",
     "SenderKeyMessage",
     "SenderKeyRecord",
@@ -61,14 +68,22 @@ __all__ = [
 
 STATE_VERSION: Final = 1
 DISTRIBUTION_VERSION: Final = 1
-MESSAGE_VERSION: Final = 1
+#: The group-message version Vox sends: random nonce, version and kind in the AD and signature.
+MESSAGE_VERSION: Final = 2
+#: The first group-message version (nonce derived from the key): decrypted, never sent.
+MESSAGE_VERSION_V1: Final = 1
+#: The kind byte of a version-2 group message (pairwise envelopes use 0x01 and 0x02).
+KIND_SENDER_KEY: Final = 0x03
 MAX_SKIP: Final = 1000
 MAX_STATES_PER_SENDER: Final = 5
 RECORD_VERSION: Final = 1
 MAX_GROUP_ID: Final = 64
 MAX_ITERATION: Final = 0xFFFFFFFF
-SIGNATURE_LABEL: Final = b"VoxSenderKeyMessage-v1"
-HKDF_INFO: Final = b"VoxSenderKey-v1 message keys"
+SIGNATURE_LABEL: Final = b"VoxSenderKeyMessage-v2"
+SIGNATURE_LABEL_V1: Final = b"VoxSenderKeyMessage-v1"
+HKDF_INFO: Final = b"VoxSenderKey-v2 message key"
+HKDF_INFO_V1: Final = b"VoxSenderKey-v1 message keys"
+_EXPAND: Final = HKDF_INFO + b"\x01"
 _MESSAGE_KEY_SEED: Final = b"\x01"
 _CHAIN_KEY_SEED: Final = b"\x02"
 
@@ -85,8 +100,13 @@ def _check_group_id(group_id: bytes) -> None:
         raise ValueError(f"group id must be 1..{MAX_GROUP_ID} bytes")
 
 
-def _message_key(seed: bytes) -> tuple[bytes, bytes]:
-    okm = primitives.hkdf_sha256(seed, b"", HKDF_INFO, 44)
+def _message_key(seed: bytes) -> bytes:
+    """The version-2 AES key (HKDF-Expand with one block: one HMAC)."""
+    return hmac.digest(seed, _EXPAND, "sha256")
+
+
+def _message_key_v1(seed: bytes) -> tuple[bytes, bytes]:
+    okm = primitives.hkdf_sha256(seed, b"", HKDF_INFO_V1, 44)
     return okm[:32], okm[32:]
 
 
@@ -137,28 +157,43 @@ class SenderKeyDistribution:
 
 @dataclass(frozen=True, slots=True)
 class SenderKeyMessage:
-    """One group message: header, AES-256-GCM ciphertext, Ed25519 signature.
+    """One group message: header, nonce, AES-256-GCM ciphertext, Ed25519 signature.
 
-    ``header = u8 1 || bytes16 group_id || str16 username || u32 device_id || u32 key_id ||
-    u32 iteration``; ``message = header || bytes32 ciphertext || signature[64]``; the signature
-    covers ``"VoxSenderKeyMessage-v1" || 0x00 || header || bytes32 ciphertext``; the AEAD's
-    associated data is ``header``.
+    Version 2 (sent)::
+
+        header  = u8 2 || u8 kind (0x03) || bytes16 group_id || str16 username
+                  || u32 device_id || u32 key_id || u32 iteration
+        message = header || nonce[12] || bytes32 ciphertext || signature[64]
+
+    The AEAD's associated data is ``header``; the signature covers
+    ``"VoxSenderKeyMessage-v2" || 0x00 || header || nonce || bytes32 ciphertext``.
+    Version 1 (decrypted only): ``header = u8 1 || bytes16 group_id || ... || u32 iteration``
+    (no kind byte), no nonce field, label ``"VoxSenderKeyMessage-v1"``.
     """
 
     group_id: bytes
     sender: DeviceAddress
     key_id: int
     iteration: int
+    nonce: bytes
     ciphertext: bytes
     signature: bytes
+    version: int = MESSAGE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version not in (MESSAGE_VERSION_V1, MESSAGE_VERSION):
+            raise InvalidValue("version", f"unknown group message version {self.version}")
+        want = primitives.AES_NONCE_LEN if self.version == MESSAGE_VERSION else 0
+        if len(self.nonce) != want:
+            raise InvalidValue("nonce", f"must be {want} bytes in version {self.version}")
 
     def header(self) -> bytes:
         """The encoded header (also the AEAD associated data)."""
-        return _header(self.group_id, self.sender, self.key_id, self.iteration)
+        return _header(self.version, self.group_id, self.sender, self.key_id, self.iteration)
 
     def signed_part(self) -> bytes:
         """Everything the signature covers (without the label)."""
-        return Writer().raw(self.header()).bytes32(self.ciphertext).finish()
+        return Writer().raw(self.header()).raw(self.nonce).bytes32(self.ciphertext).finish()
 
     def to_bytes(self) -> bytes:
         """Encode as documented on the class."""
@@ -168,22 +203,33 @@ class SenderKeyMessage:
     def from_bytes(cls, data: bytes) -> SenderKeyMessage:
         """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
         r = Reader(data)
-        r.version(MESSAGE_VERSION)
+        version = r.u8()
+        if version not in (MESSAGE_VERSION_V1, MESSAGE_VERSION):
+            raise UnsupportedVersion(MESSAGE_VERSION, version)
+        if version == MESSAGE_VERSION:
+            kind = r.u8()
+            if kind != KIND_SENDER_KEY:
+                raise InvalidValue("kind", f"group message kind {kind:#04x}, expected 0x03")
         group_id = _read_group_id(r)
         sender = DeviceAddress.read(r)
         key_id = r.u32()
         iteration = r.u32()
+        nonce = r.raw(primitives.AES_NONCE_LEN) if version == MESSAGE_VERSION else b""
         ciphertext = r.bytes32("ciphertext")
         if len(ciphertext) < primitives.AES_TAG_LEN:
             raise InvalidValue("ciphertext", "shorter than the AES-GCM tag")
         signature = r.raw(primitives.ED25519_SIGNATURE_LEN)
         r.end()
-        return cls(group_id, sender, key_id, iteration, ciphertext, signature)
+        return cls(group_id, sender, key_id, iteration, nonce, ciphertext, signature, version)
 
 
-def _header(group_id: bytes, sender: DeviceAddress, key_id: int, iteration: int) -> bytes:
-    w = Writer().u8(MESSAGE_VERSION).bytes16(group_id)
-    sender.write(w)
+def _header(
+    version: int, group_id: bytes, sender: DeviceAddress, key_id: int, iteration: int
+) -> bytes:
+    w = Writer().u8(version)
+    if version == MESSAGE_VERSION:
+        w.u8(KIND_SENDER_KEY)
+    sender.write(w.bytes16(group_id))
     return w.u32(key_id).u32(iteration).finish()
 
 
@@ -334,22 +380,42 @@ class SenderKeyState:
 
     # --- messages -----------------------------------------------------------------------
 
-    def encrypt(self, plaintext: bytes) -> SenderKeyMessage:
-        """Encrypt and sign one group message, advancing the chain by one."""
+    def encrypt(self, plaintext: bytes, rng: Rng = primitives.random_bytes) -> SenderKeyMessage:
+        """Encrypt and sign one group message (version 2), advancing the chain by one.
+
+        ``rng`` gives the message's 12-byte nonce.
+        """
+        return self._seal(plaintext, rng, MESSAGE_VERSION)
+
+    def _seal(self, plaintext: bytes, rng: Rng, version: int) -> SenderKeyMessage:
+        # ``version`` 1 exists only for the pinned v1 vectors; applications get version 2.
         self._require_own("encrypt")
         assert self._signing_private is not None
         if self._iteration >= MAX_ITERATION:
             raise StateError("sender key chain exhausted; rotate")
         seed, next_chain = _chain_step(self._chain_key)
-        key, nonce = _message_key(seed)
-        header = _header(self._group_id, self._sender, self._key_id, self._iteration)
-        ciphertext = primitives.aes256gcm_encrypt(key, nonce, plaintext, header)
-        signed = Writer().raw(header).bytes32(ciphertext).finish()
+        header = _header(version, self._group_id, self._sender, self._key_id, self._iteration)
+        if version == MESSAGE_VERSION:
+            nonce = primitives.random_nonce(rng)
+            ciphertext = primitives.aes256gcm_encrypt(_message_key(seed), nonce, plaintext, header)
+            label = SIGNATURE_LABEL
+        else:
+            nonce, label = b"", SIGNATURE_LABEL_V1
+            key, derived_nonce = _message_key_v1(seed)
+            ciphertext = primitives.aes256gcm_encrypt(key, derived_nonce, plaintext, header)
+        signed = Writer().raw(header).raw(nonce).bytes32(ciphertext).finish()
         signature = primitives.ed25519_sign(
-            self._signing_private, primitives.signing_message(SIGNATURE_LABEL, signed)
+            self._signing_private, primitives.signing_message(label, signed)
         )
         message = SenderKeyMessage(
-            self._group_id, self._sender, self._key_id, self._iteration, ciphertext, signature
+            self._group_id,
+            self._sender,
+            self._key_id,
+            self._iteration,
+            nonce,
+            ciphertext,
+            signature,
+            version,
         )
         self._chain_key = next_chain
         self._iteration += 1
@@ -373,9 +439,10 @@ class SenderKeyState:
         if message.key_id != self._key_id:
             raise UnknownSenderKey(message.key_id)
         try:
+            label = SIGNATURE_LABEL if message.version == MESSAGE_VERSION else SIGNATURE_LABEL_V1
             primitives.ed25519_verify(
                 self._signing_public,
-                primitives.signing_message(SIGNATURE_LABEL, message.signed_part()),
+                primitives.signing_message(label, message.signed_part()),
                 message.signature,
                 "sender key message",
             )
@@ -398,8 +465,12 @@ class SenderKeyState:
                 iteration += 1
             seed, chain_key = _chain_step(chain_key)
             iteration += 1
-        key, nonce = _message_key(seed)
-        plaintext = primitives.aes256gcm_decrypt(key, nonce, message.ciphertext, message.header())
+        header = message.header()
+        if message.version == MESSAGE_VERSION:
+            key, nonce = _message_key(seed), message.nonce
+        else:
+            key, nonce = _message_key_v1(seed)
+        plaintext = primitives.aes256gcm_decrypt(key, nonce, message.ciphertext, header)
 
         # Success: commit.
         if target < self._iteration:

@@ -51,6 +51,8 @@ from crypto.pqxdh import (  # noqa: E402
 )
 
 OUTPUT = ROOT / "tests" / "vectors" / "vox_vectors.json"
+#: The fixed nonce of the ``ratchet_kdf`` section's version-2 example.
+V2_NONCE = bytes(range(0x40, 0x4C))
 ALICE_SEED = b"vox-vectors-v1/alice"
 BOB_SEED = b"vox-vectors-v1/bob"
 
@@ -95,8 +97,8 @@ def _bob_keys(
     return account, identity, spk, kem, OneTimePrekey.generate(3, rng)
 
 
-def pqxdh_and_ratchet() -> dict[str, Any]:
-    """A PQXDH initial message and the first three ratchet messages each way."""
+def _conversation(version: int) -> tuple[dict[str, Any], list[Any]]:
+    """Alice and Bob's keys, the session setup and six messages in envelope ``version``."""
     rng_a, rng_b = p.DeterministicRng(ALICE_SEED), p.DeterministicRng(BOB_SEED)
     b_account, b_identity, spk, kem, otk = _bob_keys(rng_b)
     a_account = AccountKey.generate(rng_a)
@@ -116,20 +118,48 @@ def pqxdh_and_ratchet() -> dict[str, Any]:
         alice, bundle, (PINNED_KEM_CIPHERTEXT, kem_secret), rng=rng_a
     )
     flow: list[dict[str, str]] = []
-    first = a_session.encrypt(b"Hello Bob! (1)", rng_a)
+    first = a_session._seal(b"Hello Bob! (1)", rng_a, version)
     flow.append({"from": "alice", "plaintext": "Hello Bob! (1)", "wire": first.hex()})
     accepted = accept_session(bob, PrekeySecrets({1: spk}, {2: kem}, {3: otk}), first)
     b_session = accepted.session
     for i in (1, 2, 3):
         text = f"Hello Alice! ({i})"
-        wire = b_session.encrypt(text.encode(), rng_b)
+        wire = b_session._seal(text.encode(), rng_b, version)
         assert a_session.decrypt(wire) == text.encode()
         flow.append({"from": "bob", "plaintext": text, "wire": wire.hex()})
         if i < 3:
             text = f"Hello Bob! ({i + 1})"
-            wire = a_session.encrypt(text.encode(), rng_a)
+            wire = a_session._seal(text.encode(), rng_a, version)
             assert b_session.decrypt(wire) == text.encode()
             flow.append({"from": "alice", "plaintext": text, "wire": wire.hex()})
+    keys = {
+        "a_account": a_account,
+        "a_identity": a_identity,
+        "b_account": b_account,
+        "b_identity": b_identity,
+        "spk": spk,
+        "kem": kem,
+        "otk": otk,
+        "bundle": bundle,
+        "kem_secret": kem_secret,
+        "a_session": a_session,
+        "accepted": accepted,
+        "first": first,
+    }
+    return keys, flow
+
+
+def pqxdh_and_ratchet() -> dict[str, Any]:
+    """A PQXDH initial message and the first three ratchet messages each way (envelope v1)."""
+    k, flow = _conversation(1)
+    a_account, a_identity, b_account, b_identity = (
+        k["a_account"],
+        k["a_identity"],
+        k["b_account"],
+        k["b_identity"],
+    )
+    spk, kem, otk, bundle, kem_secret = k["spk"], k["kem"], k["otk"], k["bundle"], k["kem_secret"]
+    a_session, accepted, first = k["a_session"], k["accepted"], k["first"]
     # Recompute the PQXDH intermediate values independently of the session code.
     message = decode_message(first)
     assert isinstance(message, InitialMessage)
@@ -201,13 +231,43 @@ def primitives_section() -> dict[str, Any]:
         "next_chain_key": ChainKey(chain.key).next().key.hex(),
         "aes_key_0": key_nonce[:32].hex(),
         "nonce_0": key_nonce[32:].hex(),
-        "ciphertext_0": mk.encrypt(b"vox", b"ad").hex(),
+        "ciphertext_0": mk.encrypt_v1(b"vox", b"ad").hex(),
+        "aes_key_0_v2": mk.aead_key().hex(),
+        "nonce_v2": V2_NONCE.hex(),
+        "ciphertext_0_v2": mk.encrypt(V2_NONCE, b"vox", b"ad").hex(),
+    }
+
+
+def pqxdh_and_ratchet_v2() -> dict[str, Any]:
+    """The same conversation as ``pqxdh_ratchet`` in envelope version 2."""
+    k, flow = _conversation(2)
+    accepted = k["accepted"]
+    return {
+        "description": (
+            "The conversation of pqxdh_ratchet (same seeds, keys, bundle, pinned ML-KEM"
+            " ciphertext, DH outputs, SK and AD) with version-2 envelopes. Randomness: as in"
+            " pqxdh_ratchet, except that every encryption draws its 12-byte nonce right after"
+            " the 32-byte ratchet key of a new sending chain (or first, when the chain"
+            " continues). Alice: account seed (32), identity scalar (32), EK_A (32), first"
+            " ratchet key (32), nonce A1 (12), ratchet key (32) and nonce for A2, ratchet key"
+            " and nonce for A3. Bob: account seed (32), identity scalar (32), signed prekey"
+            " scalar (32), ML-KEM seed (64), one-time prekey scalar (32), then ratchet key and"
+            " nonce for each of B1, B2, B3."
+        ),
+        "alice_seed": ALICE_SEED.decode(),
+        "bob_seed": BOB_SEED.decode(),
+        "consumed": {
+            "one_time_prekey_id": accepted.consumed.one_time_prekey_id,
+            "kem_prekey_id": accepted.consumed.kem_prekey_id,
+        },
+        "messages": flow,
     }
 
 
 SECTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "ratchet_kdf": primitives_section,
     "pqxdh_ratchet": pqxdh_and_ratchet,
+    "pqxdh_ratchet_v2": pqxdh_and_ratchet_v2,
 }
 
 

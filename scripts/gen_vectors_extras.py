@@ -33,7 +33,7 @@ from crypto.device_list import DeviceEntry, DeviceList  # noqa: E402
 from crypto.fingerprint import safety_number  # noqa: E402
 from crypto.keys import AccountKey, DeviceAddress, DeviceAuthKey, DeviceIdentityKey  # noqa: E402
 from crypto.primitives import DeterministicRng  # noqa: E402
-from crypto.sender_keys import HKDF_INFO, SenderKeyState  # noqa: E402
+from crypto.sender_keys import HKDF_INFO, HKDF_INFO_V1, SenderKeyState  # noqa: E402
 
 OUTPUT = ROOT / "tests" / "vectors" / "vox_extras_vectors.json"
 
@@ -82,11 +82,18 @@ def sender_key_vectors() -> dict[str, Any]:
     distribution = state.distribution()
     chain_key = distribution.chain_key
     seed = primitives.hmac_sha256(chain_key, b"\x01")
-    okm = primitives.hkdf_sha256(seed, b"", HKDF_INFO, 44)
+    okm = primitives.hkdf_sha256(seed, b"", HKDF_INFO_V1, 44)
     state_bytes = state.to_bytes()
+    v2_state = SenderKeyState.from_bytes(state_bytes)
     messages = []
+    messages_v2 = []
     for text in (b"hello group", b"second message"):
-        messages.append({"plaintext": text.hex(), "message": state.encrypt(text).to_bytes().hex()})
+        v1 = state._seal(text, rng, 1)  # version 1 draws no randomness
+        messages.append({"plaintext": text.hex(), "message": v1.to_bytes().hex()})
+        v2 = v2_state.encrypt(text, rng)  # draws the 12-byte nonce
+        messages_v2.append(
+            {"plaintext": text.hex(), "nonce": v2.nonce.hex(), "message": v2.to_bytes().hex()}
+        )
     return {
         "seed": "vox-extras sender key",
         "group_id": group_id.hex(),
@@ -101,8 +108,10 @@ def sender_key_vectors() -> dict[str, Any]:
             "aes_key": okm[:32].hex(),
             "nonce": okm[32:].hex(),
             "next_chain_key": primitives.hmac_sha256(chain_key, b"\x02").hex(),
+            "aes_key_v2": primitives.hmac_sha256(seed, HKDF_INFO + b"\x01").hex(),
         },
         "messages": messages,
+        "messages_v2": messages_v2,
     }
 
 

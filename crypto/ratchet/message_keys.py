@@ -1,21 +1,29 @@
-"""Per-message keys: one AES-256-GCM key and 96-bit nonce per message.
+"""Per-message keys: one AES-256-GCM key per message.
 
-``HKDF-SHA256(ikm=mk, salt=32 zero bytes, info=MESSAGE_KEY_INFO, L=44)`` gives
-``aes_key (32) || nonce (12)``. Each message key encrypts exactly one message, so the
-nonce never repeats under a key.
+Envelope version 2 (what Vox sends): ``aes_key = HKDF-Expand-SHA256(mk, MESSAGE_KEY_INFO, 32)``
+(= ``HMAC-SHA256(mk, MESSAGE_KEY_INFO || 0x01)``; ``mk`` is already a uniform PRF output, so
+no extract step) and the 96-bit nonce is **drawn at random** for every encryption and carried
+in the message. Encrypting again from a restored copy of a state therefore never repeats a
+(key, nonce) pair.
+
+Envelope version 1 (decrypted only): ``HKDF-SHA256(ikm=mk, salt=32 zero bytes,
+info=MESSAGE_KEY_INFO_V1, L=44)`` gives ``aes_key (32) || nonce (12)``.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from typing import Final
 
 from crypto import primitives as p
 from crypto.errors import InvalidValue
 
-__all__ = ["MESSAGE_KEY_INFO", "MessageKey"]
+__all__ = ["MESSAGE_KEY_INFO", "MESSAGE_KEY_INFO_V1", "MessageKey"]
 
-MESSAGE_KEY_INFO: Final = b"VoxRatchet-v1-MessageKeys"
+MESSAGE_KEY_INFO: Final = b"VoxRatchet-v2-MessageKey"
+MESSAGE_KEY_INFO_V1: Final = b"VoxRatchet-v1-MessageKeys"
+_EXPAND: Final = MESSAGE_KEY_INFO + b"\x01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +37,28 @@ class MessageKey:
         if len(self.key) != 32:
             raise InvalidValue("message key", "must be 32 bytes")
 
-    def _expand(self) -> tuple[bytes, bytes]:
-        out = p.hkdf_sha256(self.key, b"", MESSAGE_KEY_INFO, p.AES_KEY_LEN + p.AES_NONCE_LEN)
+    def aead_key(self) -> bytes:
+        """The AES-256-GCM key of envelope version 2."""
+        return hmac.digest(self.key, _EXPAND, "sha256")
+
+    def encrypt(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+        """AES-256-GCM encrypt (version 2) under a caller-drawn nonce; ``ciphertext || tag``."""
+        return p.aes256gcm_encrypt(self.aead_key(), nonce, plaintext, associated_data)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+        """AES-256-GCM decrypt (version 2); raises ``AuthenticationFailed``."""
+        return p.aes256gcm_decrypt(self.aead_key(), nonce, ciphertext, associated_data)
+
+    def _expand_v1(self) -> tuple[bytes, bytes]:
+        out = p.hkdf_sha256(self.key, b"", MESSAGE_KEY_INFO_V1, p.AES_KEY_LEN + p.AES_NONCE_LEN)
         return out[: p.AES_KEY_LEN], out[p.AES_KEY_LEN :]
 
-    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
-        """AES-256-GCM encrypt; returns ``ciphertext || tag``."""
-        key, nonce = self._expand()
+    def encrypt_v1(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Version-1 AES-256-GCM (key and nonce from the message key). Vectors only."""
+        key, nonce = self._expand_v1()
         return p.aes256gcm_encrypt(key, nonce, plaintext, associated_data)
 
-    def decrypt(self, ciphertext: bytes, associated_data: bytes) -> bytes:
-        """AES-256-GCM decrypt; raises ``AuthenticationFailed``."""
-        key, nonce = self._expand()
+    def decrypt_v1(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+        """Version-1 AES-256-GCM decrypt; raises ``AuthenticationFailed``."""
+        key, nonce = self._expand_v1()
         return p.aes256gcm_decrypt(key, nonce, ciphertext, associated_data)

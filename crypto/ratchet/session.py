@@ -21,7 +21,17 @@ from typing import Final
 
 from crypto import primitives as p
 from crypto.encoding import Reader, Writer
-from crypto.envelope import InitialMessage, Payload, PqxdhPrefix, RatchetMessage, decode_message
+from crypto.envelope import (
+    ENVELOPE_VERSION,
+    KIND_INITIAL,
+    KIND_RATCHET,
+    InitialMessage,
+    Payload,
+    PqxdhPrefix,
+    RatchetMessage,
+    decode_message,
+    message_associated_data,
+)
 from crypto.errors import (
     DuplicateMessage,
     InvalidValue,
@@ -155,7 +165,16 @@ class Session:
     # --- encrypt ----------------------------------------------------------------------
 
     def encrypt(self, body: bytes, rng: p.Rng = p.random_bytes) -> bytes:
-        """Encrypt ``body`` for the peer; return envelope bytes (initial or ratchet message)."""
+        """Encrypt ``body`` for the peer; return envelope bytes (initial or ratchet message).
+
+        Version-2 envelope: ``rng`` gives a new ratchet key (32 bytes) when a new sending
+        chain starts, then the message's 12-byte nonce.
+        """
+        return self._seal(body, rng, ENVELOPE_VERSION)
+
+    def _seal(self, body: bytes, rng: p.Rng, version: int) -> bytes:
+        # ``version`` 1 exists only so the vector generator can reproduce the pinned v1
+        # vectors; applications always get version 2 through :meth:`encrypt`.
         if self._remote is None:
             raise StateError("no ratchet key from the peer yet; this session cannot send")
         root, sending = self._root, self._sending
@@ -165,11 +184,18 @@ class Session:
             public = X25519PublicKey(pair.public)
             root, sending = root.advance(pair.exchange(self._remote.raw))
         header = Header(public, self._previous_counter, sending.index)
+        kind = KIND_RATCHET if self._pending is None else KIND_INITIAL
+        ad = message_associated_data(self._ad, version, kind, header.to_bytes())
         plaintext = Payload(self.local, body).to_bytes()
-        ciphertext = sending.message_key().encrypt(plaintext, self._ad + header.to_bytes())
+        mk = sending.message_key()
+        if version == ENVELOPE_VERSION:
+            nonce = p.random_nonce(rng)
+            ciphertext = mk.encrypt(nonce, plaintext, ad)
+        else:
+            nonce, ciphertext = b"", mk.encrypt_v1(plaintext, ad)
         self._root, self._sending = root, sending.next()
         self._self_key, self._self_public = pair, public
-        message = RatchetMessage(header, ciphertext)
+        message = RatchetMessage(header, nonce, ciphertext, version)
         if self._pending is not None:
             return InitialMessage(self._pending, message).to_bytes()
         return message.to_bytes()
@@ -186,21 +212,29 @@ class Session:
         The session is unchanged whenever anything is raised.
         """
         message = decode_message(data)
-        if isinstance(message, InitialMessage):
-            if initial_digest(message.prefix) != self._initial_digest:
-                raise StateError("initial message of another session (different PQXDH prefix)")
-            message = message.message
+        if (
+            isinstance(message, InitialMessage)
+            and initial_digest(message.prefix) != self._initial_digest
+        ):
+            raise StateError("initial message of another session (different PQXDH prefix)")
         return self.decrypt_message(message)
 
-    def decrypt_message(self, message: RatchetMessage) -> bytes:
-        """Decrypt an already decoded ratchet message (see :meth:`decrypt`)."""
+    def decrypt_message(self, envelope: RatchetMessage | InitialMessage) -> bytes:
+        """Decrypt an already decoded message (see :meth:`decrypt`).
+
+        The caller has checked an initial message's prefix (this method does not).
+        """
+        if isinstance(envelope, InitialMessage):
+            message, kind = envelope.message, KIND_INITIAL
+        else:
+            message, kind = envelope, KIND_RATCHET
         header = message.header
         ratchet_key = header.ratchet_key.raw
-        ad = self._ad + header.to_bytes()
+        ad = message_associated_data(self._ad, message.version, kind, header.to_bytes())
 
         stored = self._skipped.get(ratchet_key, header.index)
         if stored is not None:
-            body = self._open(stored, message.ciphertext, ad)
+            body = self._open(stored, message, ad)
             self._skipped.remove(ratchet_key, header.index)
             self._pending = None
             return body
@@ -210,7 +244,7 @@ class Session:
             if header.index < receiving.index:
                 raise DuplicateMessage(ratchet_key, header.index)
             skipped, chain = self._skip(receiving, header.index)
-            body = self._open(chain.message_key(), message.ciphertext, ad)
+            body = self._open(chain.message_key(), message, ad)
             self._receiving = chain.next()
             self._skipped.add(ratchet_key, skipped)
             self._pending = None
@@ -225,7 +259,7 @@ class Session:
             old_skipped, _ = self._skip(receiving, header.previous_chain_length)
         root, new_chain = self._root.advance(self._self_key.exchange(ratchet_key))
         new_skipped, chain = self._skip(new_chain, header.index)
-        body = self._open(chain.message_key(), message.ciphertext, ad)
+        body = self._open(chain.message_key(), message, ad)
 
         if self._remote is not None:
             self._skipped.add(self._remote.raw, old_skipped)
@@ -249,8 +283,12 @@ class Session:
             chain = chain.next()
         return skipped, chain
 
-    def _open(self, mk: MessageKey, ciphertext: bytes, ad: bytes) -> bytes:
-        payload = Payload.from_bytes(mk.decrypt(ciphertext, ad))
+    def _open(self, mk: MessageKey, message: RatchetMessage, ad: bytes) -> bytes:
+        if message.version == ENVELOPE_VERSION:
+            plaintext = mk.decrypt(message.nonce, message.ciphertext, ad)
+        else:
+            plaintext = mk.decrypt_v1(message.ciphertext, ad)
+        payload = Payload.from_bytes(plaintext)
         if payload.sender != self.peer.address:
             raise SenderMismatch(str(self.peer.address), str(payload.sender))
         return payload.body

@@ -14,12 +14,14 @@ from crypto.envelope import (
     PqxdhPrefix,
     RatchetMessage,
     decode_message,
+    message_associated_data,
 )
 from crypto.errors import DecodeError, FieldTooLarge, InvalidValue, UnsupportedVersion
 from crypto.keys import DeviceAddress, Ed25519PublicKey, X25519PublicKey
 from crypto.ratchet.header import Header
 
 KEY = X25519PublicKey(bytes(range(32)))
+NONCE = bytes(range(0x60, 0x6C))
 HEADER = Header(KEY, 7, 9)
 PREFIX = PqxdhPrefix(
     sender=DeviceAddress("alice", 2),
@@ -53,14 +55,37 @@ def test_header_is_41_bytes() -> None:
 
 
 def test_ratchet_message_encoding_both_ways() -> None:
-    message = RatchetMessage(HEADER, b"\xee" * 20)
+    message = RatchetMessage(HEADER, NONCE, b"\xee" * 20)
+    data = message.to_bytes()
+    assert data == b"\x02\x01" + HEADER.to_bytes() + NONCE + b"\x00\x00\x00\x14" + b"\xee" * 20
+    assert decode_message(data) == message
+
+
+def test_version_1_ratchet_message_has_no_nonce_and_still_decodes() -> None:
+    message = RatchetMessage(HEADER, b"", b"\xee" * 20, version=1)
     data = message.to_bytes()
     assert data == b"\x01\x01" + HEADER.to_bytes() + b"\x00\x00\x00\x14" + b"\xee" * 20
     assert decode_message(data) == message
 
 
+def test_the_nonce_length_must_match_the_version() -> None:
+    with pytest.raises(InvalidValue):
+        RatchetMessage(HEADER, b"", b"\xee" * 16)
+    with pytest.raises(InvalidValue):
+        RatchetMessage(HEADER, NONCE, b"\xee" * 16, version=1)
+    with pytest.raises(InvalidValue):
+        RatchetMessage(HEADER, NONCE, b"\xee" * 16, version=3)
+
+
+def test_associated_data_binds_version_and_kind_in_version_2_only() -> None:
+    header = HEADER.to_bytes()
+    assert message_associated_data(b"AD", 2, 0x01, header) == b"AD\x02\x01" + header
+    assert message_associated_data(b"AD", 2, 0x02, header) == b"AD\x02\x02" + header
+    assert message_associated_data(b"AD", 1, 0x02, header) == b"AD" + header
+
+
 def test_initial_message_encoding_both_ways_with_and_without_one_time_prekey() -> None:
-    message = InitialMessage(PREFIX, RatchetMessage(HEADER, b"\xee" * 16))
+    message = InitialMessage(PREFIX, RatchetMessage(HEADER, NONCE, b"\xee" * 16))
     data = message.to_bytes()
     prefix = (
         b"\x00\x05alice\x00\x00\x00\x02"
@@ -73,7 +98,8 @@ def test_initial_message_encoding_both_ways_with_and_without_one_time_prekey() -
         + b"\x00\x00\x00\x01\x00\x00\x00\x02\x01\x00\x00\x00\x03"
         + b"\x0d" * 1088
     )
-    assert data == b"\x01\x02" + prefix + HEADER.to_bytes() + b"\x00\x00\x00\x10" + b"\xee" * 16
+    body = HEADER.to_bytes() + NONCE + b"\x00\x00\x00\x10" + b"\xee" * 16
+    assert data == b"\x02\x02" + prefix + body
     assert decode_message(data) == message
     without = InitialMessage(
         PqxdhPrefix(
@@ -93,11 +119,12 @@ def test_initial_message_encoding_both_ways_with_and_without_one_time_prekey() -
 
 
 def test_decoder_rejects_unknown_version_kind_and_short_ciphertext() -> None:
-    good = RatchetMessage(HEADER, b"\xee" * 16).to_bytes()
-    with pytest.raises(UnsupportedVersion):
-        decode_message(b"\x02" + good[1:])
+    good = RatchetMessage(HEADER, NONCE, b"\xee" * 16).to_bytes()
+    for version in (0, 3, 255):
+        with pytest.raises(UnsupportedVersion):
+            decode_message(bytes([version]) + good[1:])
     with pytest.raises(InvalidValue):
-        decode_message(b"\x01\x03" + good[2:])
+        decode_message(b"\x02\x03" + good[2:])
     with pytest.raises(InvalidValue):
         decode_message(b"\x01\x01" + HEADER.to_bytes() + b"\x00\x00\x00\x0f" + b"\xee" * 15)
     with pytest.raises(FieldTooLarge):
@@ -130,8 +157,8 @@ def test_payload_decoder_raises_only_decode_error(data: bytes) -> None:
 
 
 _SAMPLES = [
-    InitialMessage(PREFIX, RatchetMessage(HEADER, b"\xee" * 16)).to_bytes(),
-    RatchetMessage(HEADER, b"\xee" * 40).to_bytes(),
+    InitialMessage(PREFIX, RatchetMessage(HEADER, NONCE, b"\xee" * 16)).to_bytes(),
+    RatchetMessage(HEADER, NONCE, b"\xee" * 40).to_bytes(),
     Payload(DeviceAddress("bob", 1), b"body").to_bytes(),
 ]
 

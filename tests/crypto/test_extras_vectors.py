@@ -125,6 +125,32 @@ def test_pinned_sender_key_messages_decrypt_per_the_documented_kdf() -> None:
     assert sending.to_bytes().hex() == v["sending_state"] and sending.is_sending
 
 
+def test_pinned_version_2_sender_key_messages_follow_the_documented_layout() -> None:
+    v = VECTORS["sender_key"]
+    receiver = SenderKeyState.from_distribution(
+        SenderKeyDistribution.from_bytes(bytes.fromhex(v["distribution"]))
+    )
+    for item in v["messages_v2"]:
+        message = SenderKeyMessage.from_bytes(bytes.fromhex(item["message"]))
+        assert message.version == 2 and message.nonce.hex() == item["nonce"]
+        assert receiver.decrypt(message).hex() == item["plaintext"]
+    wire = bytes.fromhex(v["messages_v2"][0]["message"])
+    seed = primitives.hmac_sha256(bytes.fromhex(v["chain_key"]), b"\x01")
+    key = primitives.hmac_sha256(seed, b"VoxSenderKey-v2 message key\x01")
+    assert key.hex() == v["iteration0"]["aes_key_v2"]
+    header_len = 2 + 2 + 16 + 2 + 5 + 4 + 4 + 4
+    header, nonce = wire[:header_len], wire[header_len : header_len + 12]
+    assert header[:2] == b"\x02\x03"
+    ct_len = int.from_bytes(wire[header_len + 12 : header_len + 16], "big")
+    ciphertext = wire[header_len + 16 : header_len + 16 + ct_len]
+    signing_public = bytes.fromhex(v["signing_public_key"])[1:]
+    primitives.ed25519_verify(
+        signing_public, b"VoxSenderKeyMessage-v2\x00" + wire[:-64], wire[-64:]
+    )
+    plaintext = primitives.aes256gcm_decrypt(key, nonce, ciphertext, header)
+    assert plaintext.hex() == v["messages_v2"][0]["plaintext"]
+
+
 def test_pinned_safety_number() -> None:
     v = VECTORS["safety_number"]
     alice = Ed25519PublicKey.from_bytes(bytes.fromhex(v["alice_public_key"]))

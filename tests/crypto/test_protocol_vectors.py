@@ -9,6 +9,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 from crypto.keys import (
     DeviceAddress,
     DeviceIdentityKey,
@@ -74,9 +76,11 @@ def test_ratchet_kdf_section_follows_the_documented_constructions() -> None:
     assert (kn[:32].hex(), kn[32:].hex()) == (v["aes_key_0"], v["nonce_0"])
 
 
-def test_bob_replays_the_conversation_from_the_json_alone() -> None:
-    v = _vectors()["pqxdh_ratchet"]
-    bob_keys = v["bob"]
+@pytest.mark.parametrize(("section", "version"), [("pqxdh_ratchet", 1), ("pqxdh_ratchet_v2", 2)])
+def test_bob_replays_the_conversation_from_the_json_alone(section: str, version: int) -> None:
+    v = _vectors()[section]
+    setup = _vectors()["pqxdh_ratchet"]  # both sections use the same keys
+    bob_keys = setup["bob"]
     bob = LocalDevice(
         DeviceAddress("bob", 7),
         Ed25519PublicKey.from_bytes(bytes.fromhex(bob_keys["account_public"])),
@@ -87,20 +91,35 @@ def test_bob_replays_the_conversation_from_the_json_alone() -> None:
     otk = OneTimePrekey.from_bytes(bytes.fromhex(bob_keys["one_time_prekey"]))
     messages = v["messages"]
     assert [m["from"] for m in messages] == ["alice", "bob", "alice", "bob", "alice", "bob"]
+    assert all(bytes.fromhex(m["wire"])[0] == version for m in messages)
     accepted = accept_session(
         bob, PrekeySecrets({1: spk}, {2: kem}, {3: otk}), bytes.fromhex(messages[0]["wire"])
     )
     assert accepted.body == messages[0]["plaintext"].encode()
-    assert accepted.session.associated_data.hex() == v["associated_data"]
-    # Bob's rng: his keys took 32 + 32 + 32 + 64 + 32 bytes, then come his ratchet keys.
+    assert accepted.session.associated_data.hex() == setup["associated_data"]
+    # Bob's rng: his keys took 32 + 32 + 32 + 64 + 32 bytes, then come his ratchet keys
+    # (and, in version 2, each message's nonce right after).
     rng = DeterministicRng(v["bob_seed"].encode())
     rng(192)
     for m in messages[1:]:
         wire, plaintext = bytes.fromhex(m["wire"]), m["plaintext"].encode()
         if m["from"] == "alice":
             assert accepted.session.decrypt(wire) == plaintext
-        else:
+        elif version == 2:
             assert accepted.session.encrypt(plaintext, rng) == wire
+        else:  # version 1 is decrypted but never sent: the private hook reproduces it
+            assert accepted.session._seal(plaintext, rng, 1) == wire
+
+
+def test_version_2_example_follows_the_documented_construction() -> None:
+    v = _vectors()["ratchet_kdf"]
+    mk = bytes.fromhex(v["message_key_0"])
+    key = hmac.digest(mk, b"VoxRatchet-v2-MessageKey\x01", "sha256")
+    assert key.hex() == v["aes_key_0_v2"]
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    sealed = AESGCM(key).encrypt(bytes.fromhex(v["nonce_v2"]), b"vox", b"ad")
+    assert sealed.hex() == v["ciphertext_0_v2"]
 
 
 def _strings(value: Any) -> list[str]:

@@ -130,7 +130,7 @@ def test_a_low_order_ratchet_key_is_a_typed_error_and_changes_nothing() -> None:
     m = decode_message(alice.encrypt(b"x", rng))
     inner = m if isinstance(m, RatchetMessage) else m.message
     evil_header = Header(X25519PublicKey(LOW_ORDER), 0, 0)
-    evil = RatchetMessage(evil_header, inner.ciphertext).to_bytes()
+    evil = RatchetMessage(evil_header, inner.nonce, inner.ciphertext).to_bytes()
     _unchanged_after_failure(bob, evil, InvalidPublicKey)
 
 
@@ -151,7 +151,7 @@ def test_wrong_session_or_garbage_fails_without_changing_state() -> None:
     foreign = other_bob.encrypt(b"x", other_rng)
     _unchanged_after_failure(alice, foreign, AuthenticationFailed)
     _unchanged_after_failure(alice, b"", Truncated)
-    _unchanged_after_failure(alice, b"\x02\x01", UnsupportedVersion)
+    _unchanged_after_failure(alice, b"\x03\x01", UnsupportedVersion)
     good = bob.encrypt(b"g", rng)
     _unchanged_after_failure(alice, good + b"\x00", TrailingBytes)
     assert alice.decrypt(good) == b"g"

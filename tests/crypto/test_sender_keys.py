@@ -69,7 +69,7 @@ def test_distribution_and_message_codecs_round_trip() -> None:
     assert len(distribution.to_bytes()) == 1 + 2 + 16 + 2 + 5 + 4 + 4 + 4 + 32 + 33
     message = alice.encrypt(b"x")
     assert message.to_bytes()[: len(message.header())] == message.header()
-    assert len(message.to_bytes()) == len(message.header()) + 4 + 1 + 16 + 64
+    assert len(message.to_bytes()) == len(message.header()) + 12 + 4 + 1 + 16 + 64
 
 
 def test_state_round_trips_exactly_for_sending_and_receiving_states() -> None:
@@ -159,6 +159,7 @@ def test_a_member_holding_the_chain_key_cannot_forge_the_senders_messages() -> N
         genuine.sender,
         genuine.key_id,
         genuine.iteration,
+        genuine.nonce,
         genuine.ciphertext,
         forged_key.encrypt(b"").signature,
     )
