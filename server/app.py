@@ -31,7 +31,7 @@ from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from server.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
 from server.notify import NullNotifier
 from server.ratelimit import RateLimiter, SharedRateLimiter
 from server.services.maintenance import core_lifespan
@@ -62,7 +62,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stack.push_async_callback(client.aclose)
             app.state.redis = client
             # Rate limits shared by every relay process (per-process if Redis fails).
-            for attr, name in (("ip_limiter", "ip"), ("bundle_limiter", "bundle")):
+            for attr, name in (
+                ("ip_limiter", "ip"),
+                ("bundle_limiter", "bundle"),
+                ("challenge_limiter", "challenge"),
+            ):
                 local = getattr(app.state, attr)
                 if isinstance(local, RateLimiter):
                     shared = SharedRateLimiter(
@@ -92,11 +96,17 @@ def create_app(settings: Settings) -> FastAPI:
         per_seconds=60,
         what="prekey bundle fetches",
     )
+    app.state.challenge_limiter = RateLimiter(
+        capacity=limits.challenges_per_minute_per_address,
+        per_seconds=60,
+        what="login challenges from this address",
+    )
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ConnectionGuardMiddleware)  # reserve and per-address caps (HTTP)
 
     app.include_router(ops.router)
     v1 = [Depends(per_ip_rate_limit)]

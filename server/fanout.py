@@ -24,6 +24,7 @@ pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
     a newer connection of this device exists on node ``n``: close any other one (4409).
 ``{"n": node, "k": "drop", "d": device_pk, "r": reason}``
     the device was removed from its account or revoked: close its connection (4401).
+    With ``"t": token_id`` (a logout): only if that connection authenticated with that token.
 
 Signals are best effort: a lost wake only delays delivery until the device's next wake or
 reconnect, because the queue itself lives in the database.
@@ -211,10 +212,17 @@ class Hub:
         self._drop_local(device_pk, reason)
         self._publish({"k": "drop", "d": device_pk, "r": reason})
 
-    def _drop_local(self, device_pk: int, reason: str) -> None:
-        sink = self._sinks.pop(device_pk, None)
-        if sink is not None:
-            sink.revoked(reason)
+    async def disconnect_token(self, device_pk: int, token_id: int, reason: str) -> None:
+        """``DeviceNotifier``: close the device's connection if it used this token (logout)."""
+        self._drop_local(device_pk, reason, token_id)
+        self._publish({"k": "drop", "d": device_pk, "r": reason, "t": token_id})
+
+    def _drop_local(self, device_pk: int, reason: str, token_id: int | None = None) -> None:
+        sink = self._sinks.get(device_pk)
+        if sink is None or (token_id is not None and getattr(sink, "token_id", None) != token_id):
+            return
+        del self._sinks[device_pk]
+        sink.revoked(reason)
 
     # -- Redis bridge ------------------------------------------------------------------------
 
@@ -287,7 +295,12 @@ class Hub:
                     if sink is not None:
                         sink.push_frame(text)
             elif kind == "drop":
-                self._drop_local(int(message["d"]), str(message["r"])[:100])
+                token = message.get("t")
+                self._drop_local(
+                    int(message["d"]),
+                    str(message["r"])[:100],
+                    None if token is None else int(token),
+                )
             elif kind == "kick":
                 sink = self._sinks.get(int(message["d"]))
                 if sink is not None and sink.connection_id != message["c"]:

@@ -1,4 +1,10 @@
-"""Pure ASGI middleware: request body limit and HTTP metrics.
+"""Pure ASGI middleware: connection admission, request body limit and HTTP metrics.
+
+:class:`ConnectionGuardMiddleware` acts on what :mod:`server.connections` recorded for the
+request's TCP connection: a connection admitted from the reserve (the relay is at
+``max_connections``) may only ask for ``/healthz``, ``/readyz`` or ``/metrics`` (anything else:
+``503 overloaded``); a connection from a trusted proxy is counted under the client address
+the proxy names, and refused (``429 too_many_connections``) if that address is at its cap.
 
 :class:`BodyLimitMiddleware` reads at most ``max_bytes`` of a request body before the app
 sees it and answers ``413 {"error": "body_too_large", ...}`` otherwise (``Content-Length``
@@ -14,13 +20,16 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.connections import OPS_PATHS, Tracked
 from server.errors import error_body
 from server.metrics import Metrics
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+__all__ = ["BodyLimitMiddleware", "ConnectionGuardMiddleware", "MetricsMiddleware"]
 
 
-async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, str], extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -30,10 +39,36 @@ async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
                 (b"connection", b"close"),
+                *extra,
             ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+class ConnectionGuardMiddleware:
+    """Serve only the operator paths from the reserve; count proxied clients by address."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracked: Tracked | None = scope.get("vox.connection")
+        if scope["type"] != "http" or tracked is None or tracked.guard is None:
+            await self.app(scope, receive, send)
+            return
+        retry = ((b"retry-after", b"5"),)
+        if tracked.reserve_only and scope["path"] not in OPS_PATHS:
+            tracked.guard.refused["reserve"] += 1
+            body = error_body("overloaded", "the relay is at its connection limit; retry later")
+            await _send_json(send, 503, body, retry)
+            return
+        client = scope.get("client")
+        if client and not tracked.guard.rekey(tracked, str(client[0])):
+            body = error_body("too_many_connections", "too many open connections from this address")
+            await _send_json(send, 429, body, retry)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

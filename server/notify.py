@@ -32,6 +32,10 @@ class DeviceNotifier(Protocol):
         """Close the device's live connections, if any."""
         ...
 
+    async def disconnect_token(self, device_pk: int, token_id: int, reason: str) -> None:
+        """Close the device's live connection if it authenticated with ``token_id``."""
+        ...
+
 
 class NullNotifier:
     """The default notifier: no WebSocket layer, nothing to tell."""
@@ -40,4 +44,7 @@ class NullNotifier:
         """Drop the frame."""
 
     async def disconnect(self, device_pk: int, reason: str) -> None:
+        """Nothing to close."""
+
+    async def disconnect_token(self, device_pk: int, token_id: int, reason: str) -> None:
         """Nothing to close."""

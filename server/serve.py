@@ -3,6 +3,13 @@
 WebSocket settings: the sans-I/O ``websockets`` implementation, **no per-message deflate**
 (ciphertext does not compress, and each deflate context costs memory per connection),
 pings every 20 s (20 s timeout), frames capped at ``limits.max_frame_bytes``.
+
+Connection hygiene (:mod:`server.connections`): the HTTP and WebSocket protocols are uvicorn's
+httptools and sans-I/O ``websockets`` ones, subclassed to admit connections through one
+:class:`~server.connections.ConnectionGuard` (total and per-address caps, a reserve for
+``/healthz``/``/readyz``/``/metrics``) and to enforce the request-head deadline; the guard is
+``app.state.connection_guard``. Idle keep-alive connections close after
+``limits.keepalive_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
+from server.connections import ConnectionGuard, protocol_classes, raise_open_file_limit
 from server.settings import Settings
 
 __all__ = ["uvicorn_config"]
@@ -21,12 +29,17 @@ def uvicorn_config(
     app: FastAPI, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
 ) -> uvicorn.Config:
     """A ``uvicorn.Config`` with the relay's HTTP and WebSocket settings."""
+    raise_open_file_limit()  # every socket is a file: take all the kernel allows (logged)
+    guard = ConnectionGuard.from_settings(settings)
+    app.state.connection_guard = guard
+    http_protocol, ws_protocol = protocol_classes(guard)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         lifespan="on",
-        ws="websockets-sansio",
+        http=http_protocol,
+        ws=ws_protocol,
         ws_per_message_deflate=False,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
@@ -37,7 +50,7 @@ def uvicorn_config(
         server_header=False,
         date_header=True,
         timeout_graceful_shutdown=10,
-        timeout_keep_alive=30,
+        timeout_keep_alive=settings.limits.keepalive_timeout_seconds,  # type: ignore[arg-type]
         log_config=None,
         access_log=settings.access_log,
     )

@@ -92,6 +92,34 @@ class LimitSettings(_Section):
     prekey_batch_max: int = Field(100, ge=1, le=1000)
     prekey_max_stock: int = Field(500, ge=1, le=10_000)
     prekey_low_threshold: int = Field(10, ge=0, le=1000)
+    # -- hostile clients: connections, frames, connect and login rates (docs/threat-model.md)
+    #: Seconds for a request head (and a WebSocket upgrade) to arrive completely.
+    header_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
+    #: Seconds for the ``auth`` frame after the WebSocket opened.
+    auth_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
+    #: Seconds an idle HTTP keep-alive connection is kept.
+    keepalive_timeout_seconds: float = Field(15.0, ge=0.2, le=600)
+    #: Open TCP connections in total (lowered to the open-file limit minus a margin).
+    max_connections: int = Field(10_000, ge=16, le=1_000_000)
+    #: Extra connections kept for ``/healthz``, ``/readyz`` and ``/metrics`` only.
+    connection_reserve: int = Field(64, ge=1, le=10_000)
+    #: Open connections per client address that are not authenticated WebSockets.
+    max_unauthenticated_connections_per_address: int = Field(64, ge=1, le=1_000_000)
+    #: Authenticated WebSockets per client address.
+    max_authenticated_connections_per_address: int = Field(128, ge=1, le=1_000_000)
+    ws_connects_per_minute_per_address: int = Field(120, ge=1, le=1_000_000)
+    ws_connects_per_minute_per_device: int = Field(30, ge=1, le=1_000_000)
+    #: Every frame, counted before it is parsed (burst: twice the rate).
+    frames_per_second_per_device: float = Field(400.0, gt=0, le=1_000_000)
+    #: Frame bytes (UTF-8), counted before parsing (burst: 2 s or one largest frame).
+    frame_bytes_per_second_per_device: int = Field(8 * MiB, ge=4096, le=1024 * MiB)
+    #: Frames answered with an ``error`` (or malformed); the socket closes 4400 past it.
+    invalid_frames_per_minute_per_device: int = Field(20, ge=1, le=100_000)
+    messages_per_second_per_account: float = Field(400.0, gt=0, le=1_000_000)
+    challenges_per_minute_per_address: int = Field(30, ge=1, le=100_000)
+    #: Outstanding login challenges per device, and per (device, requesting address).
+    max_challenges_per_device: int = Field(64, ge=2, le=10_000)
+    max_challenges_per_address_per_device: int = Field(4, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -99,6 +127,8 @@ class LimitSettings(_Section):
             raise ValueError("max_ciphertext_bytes must not exceed max_frame_bytes")
         if self.prekey_low_threshold >= self.prekey_max_stock:
             raise ValueError("prekey_low_threshold must be below prekey_max_stock")
+        if self.max_challenges_per_address_per_device > self.max_challenges_per_device:
+            raise ValueError("max_challenges_per_address_per_device exceeds the per-device cap")
         if self.prekey_batch_max > self.prekey_max_stock:
             raise ValueError("prekey_batch_max must not exceed prekey_max_stock")
         # A full batch of one-time ML-KEM prekeys (~1.7 KB each in JSON) must fit in a body.

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from server.deps import CurrentDevice, MetricsDep, SessionDep, SettingsDep
+from server.deps import (
+    CurrentDevice,
+    MetricsDep,
+    NotifierDep,
+    SessionDep,
+    SettingsDep,
+    client_ip,
+)
 from server.errors import DomainError
 from server.logs import log_event
+from server.ratelimit import Limiter
 from server.schemas import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 from server.services import auth as service
 
@@ -16,10 +24,24 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
 @router.post("/challenge")
-async def challenge(body: ChallengeIn, session: SessionDep, settings: SettingsDep) -> ChallengeOut:
-    """A one-shot nonce for the device to sign."""
+async def challenge(
+    body: ChallengeIn, request: Request, session: SessionDep, settings: SettingsDep
+) -> ChallengeOut:
+    """A one-shot nonce for the device to sign (bounded per address and per device)."""
+    address = client_ip(request)
+    limiter: Limiter = request.app.state.challenge_limiter
+    await limiter.acquire(address)
+    limits = settings.limits
     nonce, expires = await service.create_challenge(
-        session, body.username, body.device_id, ttl=settings.limits.challenge_ttl_seconds
+        session,
+        body.username,
+        body.device_id,
+        ttl=limits.challenge_ttl_seconds,
+        requester=service.requester_tag(address),
+        bounds=service.ChallengeBounds(
+            per_device=limits.max_challenges_per_device,
+            per_requester=limits.max_challenges_per_address_per_device,
+        ),
     )
     return ChallengeOut(nonce=nonce, expires_at=expires)
 
@@ -53,7 +75,8 @@ async def token(
 
 
 @router.delete("/token", status_code=204)
-async def logout(me: CurrentDevice, session: SessionDep) -> Response:
-    """Revoke the bearer token used for this request."""
+async def logout(me: CurrentDevice, session: SessionDep, notifier: NotifierDep) -> Response:
+    """Revoke the bearer token used for this request; close sockets opened with it (4401)."""
     await service.revoke_token(session, me)
+    await notifier.disconnect_token(me.device_pk, me.token_id, "token_revoked")
     return Response(status_code=204)

@@ -94,6 +94,8 @@ class AuthChallenge(Base):
     nonce_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"), index=True)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+    #: Who asked: a short hash of the client address (bounds per requester, never an IP).
+    requester: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class AuthToken(Base):

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from server.delivery.budgets import DeviceBudgets
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
@@ -101,7 +102,10 @@ async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryS
     await hub.start()
     metrics = DeliveryMetrics(app.state.metrics.registry, lambda: hub.connection_count)
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
-    service = DeliveryService(app.state.engine, hub, metrics, config)
+    budgets = DeviceBudgets(
+        settings.limits, getattr(app.state, "redis", None), settings.redis_prefix
+    )
+    service = DeliveryService(app.state.engine, hub, metrics, config, budgets)
     await service.start()
     app.state.hub = hub
     app.state.delivery = service

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.delivery.frames import Delivery, error_frame
 from server.delivery.writer import AckOp, Sender
@@ -39,7 +40,7 @@ from server.delivery.writer import AckOp, Sender
 if TYPE_CHECKING:
     from server.delivery.service import DeliveryService
 
-__all__ = ["CloseCode", "DeviceConnection"]
+__all__ = ["CloseCode", "DeviceConnection", "sansio_protocol_of"]
 
 log = logging.getLogger("vox.delivery")
 
@@ -53,6 +54,7 @@ class CloseCode:
 
     GOING_AWAY = 1001
     TOO_LARGE = 1009
+    TRY_AGAIN_LATER = 1013
     BAD_FRAME = 4400
     UNAUTHORIZED = 4401
     SLOW_CONSUMER = 4408
@@ -92,16 +94,26 @@ class DeviceConnection:
         "connection_id",
         "device",
         "pending_sends",
+        "token_id",
     )
 
-    def __init__(self, ws: WebSocket, device: Sender, service: DeliveryService) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        device: Sender,
+        service: DeliveryService,
+        *,
+        token_id: int | None = None,
+    ) -> None:
         self.connection_id = secrets.token_hex(8)
+        #: The bearer token this connection authenticated with (logout closes it).
+        self.token_id = token_id
         self.device = device
         self._ws = ws
         self._service = service
         self._out: deque[str | _Close] = deque()
         self._out_bytes = 0
-        self._proto = _sansio_protocol_of(ws)
+        self._proto = sansio_protocol_of(ws)
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
         self._unflushed = 0
@@ -353,7 +365,7 @@ class DeviceConnection:
         self._out.clear()
 
 
-def _sansio_protocol_of(ws: WebSocket) -> Any:
+def sansio_protocol_of(ws: WebSocket) -> Any:
     """uvicorn's sans-I/O WebSocket protocol object behind ``ws``, if that is what serves it.
 
     Writing a frame through the ASGI ``send`` chain costs several awaits and wrappers per
@@ -363,7 +375,7 @@ def _sansio_protocol_of(ws: WebSocket) -> Any:
     """
     receive = getattr(ws, "_receive", None)
     protocol = getattr(receive, "__self__", None)
-    if protocol is None or type(protocol).__name__ != "WebSocketsSansIOProtocol":
+    if not isinstance(protocol, WebSocketsSansIOProtocol):
         return None
     if not all(hasattr(protocol, a) for a in ("conn", "transport", "writable", "close_sent")):
         return None

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 
 from fastapi import APIRouter, WebSocket
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
-from server.delivery.connection import CloseCode, DeviceConnection
-from server.delivery.frames import AuthFrame, FrameError, dumps, parse_client_frame, parse_json
-from server.delivery.service import DeliveryService, RateLimitExceeded
+from server.clock import now as clock_now
+from server.connections import PRE_AUTH_MAX_BYTES, Tracked
+from server.delivery.budgets import Budget
+from server.delivery.connection import CloseCode, DeviceConnection, sansio_protocol_of
+from server.delivery.frames import (
+    AuthFrame,
+    FrameError,
+    SendFrame,
+    dumps,
+    parse_client_frame,
+    parse_json,
+    parse_text,
+)
+from server.delivery.service import DeliveryService
 from server.delivery.writer import Sender
-from server.errors import Unauthorized
-from server.services.auth import authenticate_token
+from server.errors import RateLimited, Unauthorized
+from server.services.auth import AuthenticatedDevice, authenticate_token
 
 __all__ = ["WebSocketFastPath", "router"]
 
@@ -28,12 +40,37 @@ log = logging.getLogger("vox.delivery")
 router = APIRouter()
 
 
+#: ``error`` codes that mean "this client sends frames it should not": each one is charged to
+#: the device's invalid-frame budget (``busy``, ``queue_full``, ``mismatch``... are not).
+INVALID_FRAME_CODES = frozenset(
+    {
+        "bad_frame",
+        "unknown_type",
+        "bad_base64",
+        "too_large",
+        "too_many_recipients",
+        "duplicate_recipient",
+        "bad_recipient",
+    }
+)
+
+
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     if ws.application_state == WebSocketState.CONNECTED:
         await ws.close(code, reason)
 
 
-async def _authenticate(ws: WebSocket, service: DeliveryService) -> Sender | None:
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+async def _charge(budget: Budget, key: Hashable, cost: float = 1.0) -> None:
+    """Spend from ``budget`` (raises ``RateLimited``); awaits only to refill a shared lease."""
+    if not budget.take(key, cost):
+        await budget.spend(key, cost)
+
+
+async def _authenticate(ws: WebSocket, service: DeliveryService) -> AuthenticatedDevice | None:
     """Read and check the ``auth`` frame; close the socket and return None on failure."""
     try:
         message = await asyncio.wait_for(ws.receive(), timeout=service.config.auth_timeout)
@@ -46,8 +83,8 @@ async def _authenticate(ws: WebSocket, service: DeliveryService) -> Sender | Non
     if text is None:
         await _close(ws, CloseCode.UNAUTHORIZED, "first frame must be a text auth frame")
         return None
-    if len(text) > 4096:
-        await _close(ws, CloseCode.TOO_LARGE, "auth frame too large")
+    if _utf8_len(text) > PRE_AUTH_MAX_BYTES:
+        await _close(ws, CloseCode.TOO_LARGE, "frame too large")
         return None
     try:
         frame = parse_client_frame(parse_json(text))
@@ -59,27 +96,69 @@ async def _authenticate(ws: WebSocket, service: DeliveryService) -> Sender | Non
         return None
     try:
         async with ws.app.state.sessions() as session:
-            device = await authenticate_token(session, frame.token)
+            return await authenticate_token(session, frame.token)
     except Unauthorized as exc:
         await _close(ws, CloseCode.UNAUTHORIZED, exc.code)
         return None
-    return Sender(device.device_pk, device.username, device.device_id)
+
+
+async def _admit(ws: WebSocket, service: DeliveryService, tracked: Tracked | None) -> bool:
+    """Connection-level checks before the ``auth`` frame (close and return False on refusal)."""
+    if not service.accepting:
+        await _close(ws, CloseCode.GOING_AWAY, "server shutting down")
+        return False
+    client = ws.scope.get("client")
+    address = str(client[0]) if client else "unknown"
+    if tracked is not None and tracked.guard is not None:
+        if tracked.reserve_only:
+            tracked.guard.refused["reserve"] += 1
+            await _close(ws, CloseCode.TRY_AGAIN_LATER, "relay at its connection limit")
+            return False
+        if not tracked.guard.rekey(tracked, address):
+            await _close(ws, CloseCode.RATE_LIMITED, "too many connections from this address")
+            return False
+    try:
+        await _charge(service.budgets.connects_by_address, address)
+    except RateLimited:
+        await _close(ws, CloseCode.RATE_LIMITED, "too many connection attempts")
+        return False
+    return True
 
 
 @router.websocket("/v1/ws")
 async def websocket_endpoint(ws: WebSocket) -> None:
     """One device's messaging connection (``docs/protocol-ws.md``)."""
     service: DeliveryService = ws.app.state.delivery
+    budgets = service.budgets
+    tracked: Tracked | None = ws.scope.get("vox.connection")
     await ws.accept()
-    if not service.accepting:
-        await _close(ws, CloseCode.GOING_AWAY, "server shutting down")
+    if not await _admit(ws, service, tracked):
         return
-    sender = await _authenticate(ws, service)
-    if sender is None:
+    device = await _authenticate(ws, service)
+    if device is None:
         return
-    conn = DeviceConnection(ws, sender, service)
+    try:
+        await _charge(budgets.connects_by_device, device.device_pk)
+    except RateLimited:
+        await _close(ws, CloseCode.RATE_LIMITED, "too many connection attempts")
+        return
+    if tracked is not None and tracked.guard is not None and not tracked.guard.promote(tracked):
+        await _close(ws, CloseCode.RATE_LIMITED, "too many connections from this address")
+        return
+    protocol = sansio_protocol_of(ws)
+    if protocol is not None and hasattr(protocol, "authenticated"):
+        protocol.authenticated()  # frames up to max_frame_bytes from now on
+    sender = Sender(device.device_pk, device.username, device.device_id)
+    conn = DeviceConnection(ws, sender, service, token_id=device.token_id)
     service.hub.attach(sender.device_pk, conn)
     cfg = service.config
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(
+        max(0.0, device.expires_at - clock_now()),
+        conn.close,
+        CloseCode.UNAUTHORIZED,
+        "token_expired",
+    )
     conn.push_frame(
         dumps(
             {
@@ -98,7 +177,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         )
     )
     conn.wake()  # (re)deliver whatever is queued
-    bucket = service.bucket(cfg.messages_per_second)
+    pk, account = device.device_pk, device.account_id
     receive = ws.receive
     try:
         while True:
@@ -108,24 +187,44 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             if conn.closing:
                 continue
             text = message.get("text")
+            size = _utf8_len(text) if text is not None else len(message.get("bytes") or b"")
+            try:
+                # Charged before anything looks inside the frame.
+                await _charge(budgets.frames, pk)
+                await _charge(budgets.frame_bytes, pk, size)
+            except RateLimited:
+                conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                continue
             if text is None:
                 conn.close(CloseCode.BAD_FRAME, "binary frames are not supported; send JSON text")
                 continue
-            if len(text) > cfg.max_frame_bytes:
+            if size > cfg.max_frame_bytes:
                 conn.close(CloseCode.TOO_LARGE, "frame too large")
                 continue
             try:
-                service.handle_text(conn, text, bucket)
+                frame = parse_text(text)
+                if isinstance(frame, SendFrame):
+                    await _charge(budgets.sends, pk)
+                    await _charge(budgets.account_sends, account)
+                service.handle_frame(conn, frame)
             except FrameError as exc:
                 if exc.code == "malformed":
                     conn.close(CloseCode.BAD_FRAME, exc.message)
-                else:
-                    conn.push_frame(service.frame_error(exc))
-            except RateLimitExceeded:
+                    continue
+                if exc.code in INVALID_FRAME_CODES:
+                    try:
+                        await _charge(budgets.invalid, pk)
+                    except RateLimited:
+                        conn.close(CloseCode.BAD_FRAME, "too many invalid frames")
+                        continue
+                conn.push_frame(service.frame_error(exc))
+            except RateLimited:
                 conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
     finally:
+        expiry.cancel()
         service.hub.detach(sender.device_pk, conn)
         conn.shutdown()
+        budgets.forget(pk, account)
 
 
 class WebSocketFastPath:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.delivery.budgets import DeviceBudgets
 from server.delivery.connection import CloseCode, DeviceConnection
 from server.delivery.frames import (
     AckFrame,
+    ClientFrame,
     Delivery,
     FrameError,
     PingFrame,
@@ -25,7 +27,6 @@ from server.delivery.frames import (
     decode_b64,
     dumps,
     error_frame,
-    parse_text,
 )
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.repository import DeliveryRepository
@@ -33,7 +34,7 @@ from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
 from server.fanout import Hub
 from server.settings import LimitSettings
 
-__all__ = ["DeliveryConfig", "DeliveryService", "RateLimitExceeded"]
+__all__ = ["DeliveryConfig", "DeliveryService"]
 
 log = logging.getLogger("vox.delivery")
 
@@ -75,43 +76,26 @@ class DeliveryConfig:
             "max_queue_depth": limits.max_queue_depth,
             "envelope_ttl_seconds": limits.envelope_ttl_seconds,
             "messages_per_second": limits.messages_per_second_per_device,
+            "auth_timeout": limits.auth_timeout_seconds,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
-
-
-class RateLimitExceeded(Exception):
-    """The connection sent frames faster than its budget."""
-
-
-class _Bucket:
-    """A token bucket: sends cost 1, other frames 1/4."""
-
-    __slots__ = ("capacity", "last", "rate", "tokens")
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(2 * rate, 20.0)
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-
-    def take(self, cost: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < cost:
-            return False
-        self.tokens -= cost
-        return True
 
 
 class DeliveryService:
     """Owns the hub registrations, the writer and the background tasks of one node."""
 
     def __init__(
-        self, engine: AsyncEngine, hub: Hub, metrics: DeliveryMetrics, config: DeliveryConfig
+        self,
+        engine: AsyncEngine,
+        hub: Hub,
+        metrics: DeliveryMetrics,
+        config: DeliveryConfig,
+        budgets: DeviceBudgets | None = None,
     ) -> None:
         self.engine = engine
+        #: Per-device, per-account and per-address budgets (``server.delivery.budgets``).
+        self.budgets = budgets or DeviceBudgets(LimitSettings())
         self.hub = hub
         self.metrics = metrics
         self.config = config
@@ -230,12 +214,9 @@ class DeliveryService:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def handle_text(self, conn: DeviceConnection, text: str, bucket: _Bucket) -> None:
-        """Process one client frame after authentication (raises ``FrameError`` for the
-        caller to answer, ``RateLimitExceeded`` to close)."""
-        frame = parse_text(text)
-        if not bucket.take(1.0 if isinstance(frame, SendFrame) else 0.25):
-            raise RateLimitExceeded
+    def handle_frame(self, conn: DeviceConnection, frame: ClientFrame) -> None:
+        """Process one parsed client frame after authentication (raises ``FrameError`` for
+        the caller to answer). Budgets were charged by the caller (``routes``)."""
         if isinstance(frame, SendFrame):
             self._handle_send(conn, frame)
         elif isinstance(frame, AckFrame):
@@ -279,11 +260,6 @@ class DeliveryService:
         conn.pending_sends += 1
         op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral)
         self.writer_for(conn.device.device_pk).submit(op)
-
-    @staticmethod
-    def bucket(rate: float) -> _Bucket:
-        """A fresh per-connection rate bucket."""
-        return _Bucket(rate)
 
     @staticmethod
     def frame_error(exc: FrameError) -> str:

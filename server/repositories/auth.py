@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import Account, AuthChallenge, AuthToken, Device
@@ -10,21 +10,54 @@ from server.db.models import Account, AuthChallenge, AuthToken, Device
 __all__ = [
     "add_challenge",
     "add_token",
+    "challenge_counts",
     "delete_expired",
     "delete_expired_for_device",
+    "delete_oldest_challenges",
     "find_token",
     "revoke_token",
     "take_challenge",
-    "trim_challenges",
 ]
 
 
 async def add_challenge(
-    session: AsyncSession, *, nonce_hash: bytes, device_pk: int, expires_at: int
+    session: AsyncSession,
+    *,
+    nonce_hash: bytes,
+    device_pk: int,
+    expires_at: int,
+    requester: str = "",
 ) -> None:
     """Store a challenge."""
-    session.add(AuthChallenge(nonce_hash=nonce_hash, device_pk=device_pk, expires_at=expires_at))
+    session.add(
+        AuthChallenge(
+            nonce_hash=nonce_hash, device_pk=device_pk, expires_at=expires_at, requester=requester
+        )
+    )
     await session.flush()
+
+
+async def challenge_counts(session: AsyncSession, device_pk: int) -> dict[str, tuple[int, int]]:
+    """The device's outstanding challenges per requester: ``{requester: (count, newest id)}``."""
+    result = await session.execute(
+        select(AuthChallenge.requester, func.count(), func.max(AuthChallenge.id))
+        .where(AuthChallenge.device_pk == device_pk)
+        .group_by(AuthChallenge.requester)
+    )
+    return {str(r): (int(n), int(newest)) for r, n, newest in result.all()}
+
+
+async def delete_oldest_challenges(
+    session: AsyncSession, device_pk: int, requester: str, count: int
+) -> None:
+    """Delete the ``count`` oldest challenges that ``requester`` holds for the device."""
+    oldest = (
+        select(AuthChallenge.id)
+        .where(AuthChallenge.device_pk == device_pk, AuthChallenge.requester == requester)
+        .order_by(AuthChallenge.id)
+        .limit(count)
+    )
+    await session.execute(delete(AuthChallenge).where(AuthChallenge.id.in_(oldest)))
 
 
 async def take_challenge(session: AsyncSession, nonce_hash: bytes) -> tuple[int, int] | None:
@@ -47,21 +80,6 @@ async def delete_expired_for_device(session: AsyncSession, device_pk: int, now: 
     )
     await session.execute(
         delete(AuthToken).where(AuthToken.device_pk == device_pk, AuthToken.expires_at <= now)
-    )
-
-
-async def trim_challenges(session: AsyncSession, device_pk: int, keep: int) -> None:
-    """Keep only the device's ``keep`` newest outstanding challenges."""
-    newest = (
-        select(AuthChallenge.id)
-        .where(AuthChallenge.device_pk == device_pk)
-        .order_by(AuthChallenge.id.desc())
-        .limit(keep)
-    )
-    await session.execute(
-        delete(AuthChallenge).where(
-            AuthChallenge.device_pk == device_pk, AuthChallenge.id.not_in(newest)
-        )
     )
 
 

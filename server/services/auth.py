@@ -38,19 +38,41 @@ from server.repositories import auth as auth_repo
 __all__ = [
     "CHALLENGE_CONTEXT",
     "AuthenticatedDevice",
+    "ChallengeBounds",
     "authenticate_token",
     "challenge_message",
     "create_challenge",
     "hash_secret",
     "issue_token",
+    "requester_tag",
     "revoke_token",
 ]
 
 CHALLENGE_CONTEXT = b"VoxAuthChallenge-v1"
 NONCE_LEN = 32
-#: Outstanding (unanswered, unexpired) challenges kept per device; older ones are dropped.
-MAX_OUTSTANDING_CHALLENGES = 8
 TOKEN_LEN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeBounds:
+    """How many unanswered challenges a device keeps (``limits.max_challenges_*``).
+
+    A requester (one client address) holds at most ``per_requester`` of a device's
+    challenges: asking for more drops *its own* oldest one. When the device holds
+    ``per_device`` in all, one challenge of the requester holding the most is dropped, and
+    among requesters holding equally many, of the one that asked most recently. The owner,
+    who asks once and answers within a second, is therefore never the one to go unless
+    ``per_device - 1`` other addresses hold exactly one challenge each *and* one of them asks
+    in the moment between the owner's request and answer.
+    """
+
+    per_device: int = 64
+    per_requester: int = 4
+
+
+def requester_tag(address: str) -> str:
+    """What a challenge stores about who asked: 16 hex digits of a hash, never the address."""
+    return hashlib.sha256(b"vox-challenge-requester\x00" + address.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +142,18 @@ async def authenticate_token(
 
 
 async def create_challenge(
-    session: AsyncSession, username: str, device_id: int, *, ttl: int
+    session: AsyncSession,
+    username: str,
+    device_id: int,
+    *,
+    ttl: int,
+    requester: str = "",
+    bounds: ChallengeBounds = ChallengeBounds(),
 ) -> tuple[bytes, int]:
-    """Store a fresh nonce for the device; return ``(nonce, expires_at)``. Commits."""
+    """Store a fresh nonce for the device; return ``(nonce, expires_at)``. Commits.
+
+    ``requester`` is :func:`requester_tag` of the client address; see :class:`ChallengeBounds`.
+    """
     await write_lock(session)
     device = await account_repo.get_device(session, username, device_id)
     if device is None:
@@ -131,13 +162,34 @@ async def create_challenge(
         raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
     t = clock_now()
     await auth_repo.delete_expired_for_device(session, device.pk, t)
-    await auth_repo.trim_challenges(session, device.pk, MAX_OUTSTANDING_CHALLENGES - 1)
+    await _make_room(session, device.pk, requester, bounds)
     nonce = secrets.token_bytes(NONCE_LEN)
     await auth_repo.add_challenge(
-        session, nonce_hash=hash_secret(nonce), device_pk=device.pk, expires_at=t + ttl
+        session,
+        nonce_hash=hash_secret(nonce),
+        device_pk=device.pk,
+        expires_at=t + ttl,
+        requester=requester,
     )
     await session.commit()
     return nonce, t + ttl
+
+
+async def _make_room(
+    session: AsyncSession, device_pk: int, requester: str, bounds: ChallengeBounds
+) -> None:
+    """Drop challenges so that one more from ``requester`` fits within ``bounds``."""
+    counts = await auth_repo.challenge_counts(session, device_pk)
+    own = counts.get(requester, (0, 0))[0]
+    if own >= bounds.per_requester:
+        await auth_repo.delete_oldest_challenges(
+            session, device_pk, requester, own - bounds.per_requester + 1
+        )
+        return  # the total did not grow
+    if sum(n for n, _ in counts.values()) >= bounds.per_device:
+        # The requester holding the most (on a tie: the one that asked last) gives one up.
+        heaviest = max(counts, key=lambda r: counts[r])
+        await auth_repo.delete_oldest_challenges(session, device_pk, heaviest, 1)
 
 
 async def issue_token(

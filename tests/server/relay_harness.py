@@ -95,6 +95,15 @@ def make_settings(tmp_path: Path, *, database_url: str | None = None, **override
     }
     limits = dict(overrides.pop("limits", {}))
     limits.setdefault("requests_per_minute_per_ip", 100_000)
+    # Every test client shares 127.0.0.1: per-address caps generous unless a test sets them.
+    for name, value in (
+        ("max_unauthenticated_connections_per_address", 100_000),
+        ("max_authenticated_connections_per_address", 100_000),
+        ("ws_connects_per_minute_per_address", 100_000),
+        ("ws_connects_per_minute_per_device", 100_000),
+        ("challenges_per_minute_per_address", 100_000),
+    ):
+        limits.setdefault(name, value)
     base["limits"] = limits
     base.update(overrides)
     return load_settings(environ={}, **base)

@@ -1,0 +1,389 @@
+"""Connection hygiene below the ASGI app: deadlines, per-address caps, a reserve for operators.
+
+uvicorn's protocols have a keep-alive timeout but no deadline for a request head, and no
+notion of "one address holds too many sockets". The relay runs them through two subclasses
+(wired by :func:`server.serve.uvicorn_config`) that report to one :class:`ConnectionGuard`:
+
+* :class:`GuardedHttpProtocol` (httptools): every TCP connection is admitted or closed at
+  once (total cap, per-address cap of unauthenticated connections), and its request head —
+  also a WebSocket upgrade — must be complete within ``header_timeout_seconds`` of the
+  connection (or, on a kept-alive connection, of the next request's first byte), or the
+  connection is closed. Idle kept-alive connections close after ``keepalive_timeout_seconds``
+  (uvicorn's own timer).
+* :class:`GuardedWebSocketProtocol` (websockets sans-I/O): frames before authentication may
+  be at most :data:`PRE_AUTH_MAX_BYTES`; an oversized frame is answered with close 1009
+  ``frame too large`` and the rest of the peer's data is read and dropped for a moment before
+  the TCP connection closes (closing with unread data would reset it, and the client would
+  never see the close frame).
+
+Counting. Every connection is counted under its client address as *unauthenticated* until the
+``/v1/ws`` endpoint authenticates it (:meth:`ConnectionGuard.promote`), then as
+*authenticated*; each kind has its own per-address cap. Behind a trusted proxy
+(``forwarded_allow_ips``) the TCP peer is the proxy, so such connections are counted under the
+client address the proxy names (``X-Forwarded-For``) once their head is read
+(:meth:`ConnectionGuard.rekey`, from :class:`server.middleware.ConnectionGuardMiddleware`).
+
+Reserve. Past ``max_connections`` open connections, up to ``connection_reserve`` more are
+accepted, but they may only ask for ``/healthz``, ``/readyz`` or ``/metrics``: anything else
+is answered ``503`` and closed. So monitoring keeps working when the relay is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.server import ServerProtocol
+
+from server.logs import log_event
+
+__all__ = [
+    "OPS_PATHS",
+    "PRE_AUTH_MAX_BYTES",
+    "ConnectionGuard",
+    "GuardedHttpProtocol",
+    "GuardedWebSocketProtocol",
+    "Tracked",
+    "raise_open_file_limit",
+]
+
+log = logging.getLogger("vox.connections")
+
+#: Paths served from the reserve when the relay is at ``max_connections``.
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Largest frame accepted before the ``auth`` frame (an ``auth`` frame is far smaller).
+PRE_AUTH_MAX_BYTES = 4096
+#: Seconds an oversized-frame close waits (reading and dropping) for the peer to hang up.
+_LINGER_SECONDS = 2.0
+#: Open files kept for everything that is not a client connection (database, logs, ...).
+_FD_MARGIN = 256
+
+
+@dataclass(eq=False)
+class Tracked:
+    """One TCP connection as the guard counts it."""
+
+    address: str
+    trusted_peer: bool
+    reserve_only: bool = False
+    authenticated: bool = False
+    closed: bool = False
+    transport: asyncio.BaseTransport | None = field(default=None, repr=False)
+    guard: ConnectionGuard | None = field(default=None, repr=False)
+
+
+class ConnectionGuard:
+    """Counts open connections per client address and in total; decides who gets in."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        reserve: int,
+        max_unauthenticated_per_address: int,
+        max_authenticated_per_address: int,
+        header_timeout: float,
+        trusted_proxies: str = "127.0.0.1",
+    ) -> None:
+        self.max_connections = max_connections
+        self.reserve = reserve
+        self.max_unauthenticated = max_unauthenticated_per_address
+        self.max_authenticated = max_authenticated_per_address
+        self.header_timeout = header_timeout
+        self._trusted = _TrustedHosts(trusted_proxies)
+        self.total = 0
+        self.unauthenticated: Counter[str] = Counter()
+        self.authenticated: Counter[str] = Counter()
+        self._by_transport: dict[int, Tracked] = {}
+        #: Refusals by reason (``total``, ``address``, ``address_authenticated``, ``reserve``,
+        #: ``header_timeout``), for metrics and tests.
+        self.refused: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ConnectionGuard:
+        """A guard with the limits of ``settings`` (capped by the open-file limit)."""
+        limits = settings.limits
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        ceiling = soft - limits.connection_reserve - _FD_MARGIN
+        max_connections = limits.max_connections
+        if soft != resource.RLIM_INFINITY and ceiling < max_connections:
+            max_connections = max(16, ceiling)
+            log_event(
+                "max_connections_lowered",
+                logging.WARNING,
+                configured=limits.max_connections,
+                effective=max_connections,
+                open_file_limit=soft,
+            )
+        return cls(
+            max_connections=max_connections,
+            reserve=limits.connection_reserve,
+            max_unauthenticated_per_address=limits.max_unauthenticated_connections_per_address,
+            max_authenticated_per_address=limits.max_authenticated_connections_per_address,
+            header_timeout=limits.header_timeout_seconds,
+            trusted_proxies=settings.forwarded_allow_ips,
+        )
+
+    # -- TCP level ---------------------------------------------------------------------------
+
+    def admit(self, transport: asyncio.BaseTransport) -> Tracked | None:
+        """A new TCP connection: its tracking record, or None if it must be closed now."""
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        trusted = address in self._trusted
+        if self.total >= self.max_connections + self.reserve:
+            self.refused["total"] += 1
+            return None
+        if not trusted and self.unauthenticated[address] >= self.max_unauthenticated:
+            self.refused["address"] += 1
+            return None
+        tracked = Tracked(address, trusted, reserve_only=self.total >= self.max_connections)
+        tracked.transport = transport
+        tracked.guard = self
+        self.total += 1
+        self.unauthenticated[address] += 1
+        self._by_transport[id(transport)] = tracked
+        return tracked
+
+    def lookup(self, transport: asyncio.BaseTransport) -> Tracked | None:
+        """The record of a connection admitted earlier (the WebSocket protocol takes it over)."""
+        return self._by_transport.get(id(transport))
+
+    def release(self, tracked: Tracked) -> None:
+        """The connection is gone."""
+        if tracked.closed:
+            return
+        tracked.closed = True
+        self.total -= 1
+        counts = self.authenticated if tracked.authenticated else self.unauthenticated
+        _decrement(counts, tracked.address)
+        if tracked.transport is not None:
+            self._by_transport.pop(id(tracked.transport), None)
+            tracked.transport = None
+
+    # -- ASGI level --------------------------------------------------------------------------
+
+    def rekey(self, tracked: Tracked, address: str) -> bool:
+        """Count a proxied connection under the client address its proxy names.
+
+        Returns False (and leaves the count unchanged) if that address is at its cap of
+        unauthenticated connections.
+        """
+        if tracked.closed or address == tracked.address or not tracked.trusted_peer:
+            return True
+        if tracked.authenticated:
+            return True
+        if self.unauthenticated[address] >= self.max_unauthenticated:
+            self.refused["address"] += 1
+            return False
+        _decrement(self.unauthenticated, tracked.address)
+        self.unauthenticated[address] += 1
+        tracked.address = address
+        return True
+
+    def promote(self, tracked: Tracked) -> bool:
+        """An authenticated WebSocket: count it as such, unless its address is at the cap."""
+        if tracked.closed or tracked.authenticated:
+            return True
+        if self.authenticated[tracked.address] >= self.max_authenticated:
+            self.refused["address_authenticated"] += 1
+            return False
+        _decrement(self.unauthenticated, tracked.address)
+        self.authenticated[tracked.address] += 1
+        tracked.authenticated = True
+        return True
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with admission control and a request-head deadline."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        guard: ConnectionGuard,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = guard
+        self.tracked: Tracked | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._upgraded = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Admit the connection (or close it at once) and start the head deadline."""
+        super().connection_made(transport)
+        self.tracked = self.guard.admit(transport)
+        if self.tracked is None:
+            transport.abort()
+            return
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the deadline; forget the connection (unless a WebSocket took it over)."""
+        self._stop_head_timer()
+        if self.tracked is not None and not self._upgraded:
+            self.guard.release(self.tracked)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser (ignored once the connection was refused)."""
+        if self.tracked is None:
+            return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        """A request starts: its head must be complete before the deadline."""
+        super().on_message_begin()
+        self.scope["vox.connection"] = self.tracked  # type: ignore[typeddict-unknown-key]
+        if self._head_timer is None:
+            self._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: the deadline is met."""
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        """The WebSocket protocol takes over the transport (and its tracking record)."""
+        self._stop_head_timer()
+        self._upgraded = True
+        super().handle_websocket_upgrade()
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.guard.header_timeout, self._head_timeout)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.guard.refused["header_timeout"] += 1
+            self.transport.abort()
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol with the relay's documented close reason for 1009."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection; an oversized frame gets the reason ``frame too large``."""
+        if code == 1009:
+            reason = "frame too large"
+        super().fail(code, reason)
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol: small frames until authenticated, a clean 1009."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        guard: ConnectionGuard,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = guard
+        self.tracked: Tracked | None = None
+        self.max_frame_bytes = config.ws_max_size
+        self.conn = _ServerProtocol(
+            extensions=[],
+            max_size=min(PRE_AUTH_MAX_BYTES, config.ws_max_size),
+            logger=logging.getLogger("uvicorn.error"),
+        )
+        self._lingering = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take over the tracking record the HTTP protocol made for this transport."""
+        super().connection_made(transport)
+        self.tracked = self.guard.lookup(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection."""
+        if self.tracked is not None:
+            self.guard.release(self.tracked)
+        super().connection_lost(exc)
+
+    def handle_connect(self, event: Any) -> None:
+        """Give the app the connection's tracking record (``scope["vox.connection"]``)."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["vox.connection"] = self.tracked
+
+    def authenticated(self) -> None:
+        """The app authenticated the device: frames up to ``max_frame_bytes`` from now on."""
+        self.conn.max_message_size = self.max_frame_bytes
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; after an oversized frame, drop what the peer still sends."""
+        if self._lingering:
+            return
+        super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        """Send the close frame; for 1009, let the peer read it before the socket closes."""
+        close = self.conn.close_sent
+        if close is None or close.code != 1009:
+            super().handle_parser_exception()
+            return
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        output = self.conn.data_to_send()
+        self.transport.write(b"".join(output))
+        self.close_sent = True
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.close_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+
+def protocol_classes(guard: ConnectionGuard) -> tuple[Any, Any]:
+    """The ``http`` and ``ws`` protocol factories for ``uvicorn.Config``."""
+    return (
+        partial(GuardedHttpProtocol, guard=guard),
+        partial(GuardedWebSocketProtocol, guard=guard),
+    )
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard limit; log and return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log_event("open_file_limit_unchanged", logging.WARNING, error=str(exc))
+    log_event("open_file_limit", logging.INFO, soft=soft, hard=hard)
+    return soft
+
+
+__all__ += ["protocol_classes"]
