@@ -1,0 +1,22 @@
+// Build the bundle into dist/ (deterministic: the same lockfile and sources give the same
+// bytes, which CI checks against the committed dist/). Usage: node build.mjs [OUT_DIR]
+import { build } from "esbuild";
+import { copyFileSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { resolve } from "node:path";
+
+process.chdir(new URL(".", import.meta.url).pathname);
+const out = resolve(process.argv[2] ?? "dist") + "/";
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
+const common = {
+  bundle: true,
+  minify: true,
+  format: "esm",
+  target: ["chrome110", "firefox115", "safari16"],
+  legalComments: "eof",
+  logLevel: "warning",
+  charset: "utf8",
+};
+await build({ ...common, entryPoints: ["src/main.tsx"], outfile: `${out}app.js` });
+await build({ ...common, entryPoints: ["src/sw.ts"], outfile: `${out}sw.js` });
+for (const name of readdirSync("static")) copyFileSync(`static/${name}`, `${out}${name}`);

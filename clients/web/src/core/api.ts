@@ -1,0 +1,175 @@
+// The relay's REST API (protocol-relay.md) over fetch. Tokens travel only in the
+// Authorization header. Errors become RelayError with the relay's machine code.
+import { b64, fromB64 } from "./bytes";
+import type { Bundle } from "./keys";
+
+export interface Brand {
+  name: string;
+  primary_color: string;
+  accent_color: string;
+  background_color: string;
+  logo_url: string | null;
+  welcome_text: string;
+}
+export interface RelayConfig {
+  protocol_version: number;
+  brand: Brand;
+  registration: "open" | "invite" | "closed";
+  limits: Record<string, number>;
+}
+
+export class RelayError extends Error {
+  override name = "RelayError";
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+export class Offline extends Error {
+  override name = "Offline";
+}
+
+export interface DevicesAnswer {
+  username: string;
+  account_key: string;
+  device_list: string;
+  device_list_version: number;
+}
+
+interface SignedJson {
+  key_id: number;
+  public_key: string;
+  signature: string;
+}
+
+export class Api {
+  token: string | null = null;
+  constructor(readonly base: string = "") {}
+
+  async call<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (auth && this.token) headers["Authorization"] = `Bearer ${this.token}`;
+    let res: Response;
+    try {
+      res = await fetch(this.base + path, {
+        method,
+        headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        cache: "no-store",
+        credentials: "omit",
+      });
+    } catch (e) {
+      throw new Offline(`relay unreachable (${(e as Error).message})`);
+    }
+    if (res.status === 204) return undefined as T;
+    const text = await res.text();
+    let data: unknown = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!res.ok) {
+      const err = (data ?? {}) as { error?: string; message?: string };
+      if (res.status >= 500 || res.status === 502 || res.status === 503) {
+        throw new Offline(`relay answered ${res.status}`);
+      }
+      throw new RelayError(res.status, err.error ?? "http_" + res.status, err.message ?? res.statusText);
+    }
+    return data as T;
+  }
+
+  config(): Promise<RelayConfig> {
+    return this.call("GET", "/v1/config", undefined, false);
+  }
+
+  devices(user: string): Promise<DevicesAnswer> {
+    return this.call("GET", `/v1/accounts/${encodeURIComponent(user)}/devices`);
+  }
+
+  putDevices(user: string, signed: Uint8Array): Promise<DevicesAnswer> {
+    return this.call("PUT", `/v1/accounts/${encodeURIComponent(user)}/devices`, { device_list: b64(signed) });
+  }
+
+  async bundles(user: string, device?: number): Promise<{ accountKey: Uint8Array; deviceList: Uint8Array; bundles: Bundle[] }> {
+    const q = device === undefined ? "" : `?device_id=${device}`;
+    const data = await this.call<{
+      username: string;
+      account_key: string;
+      device_list: string;
+      devices: {
+        device_id: number;
+        identity_key: string;
+        signed_prekey: SignedJson | null;
+        last_resort_prekey: SignedJson | null;
+        one_time_prekey: SignedJson | null;
+        one_time_pq_prekey: SignedJson | null;
+      }[];
+    }>("GET", `/v1/prekeys/${encodeURIComponent(user)}${q}`);
+    const accountKey = fromB64(data.account_key);
+    const bundles: Bundle[] = [];
+    for (const d of data.devices) {
+      if (!d.signed_prekey || !d.last_resort_prekey) continue;
+      const kem = d.one_time_pq_prekey ?? d.last_resort_prekey;
+      bundles.push({
+        user,
+        device: d.device_id,
+        accountKey,
+        identityKey: fromB64(d.identity_key),
+        signedPrekey: { id: d.signed_prekey.key_id, key: fromB64(d.signed_prekey.public_key), sig: fromB64(d.signed_prekey.signature) },
+        kemPrekey: {
+          id: kem.key_id,
+          lastResort: d.one_time_pq_prekey === null,
+          key: fromB64(kem.public_key),
+          sig: fromB64(kem.signature),
+        },
+        oneTime: d.one_time_prekey ? { id: d.one_time_prekey.key_id, key: fromB64(d.one_time_prekey.public_key) } : null,
+      });
+    }
+    return { accountKey, deviceList: fromB64(data.device_list), bundles };
+  }
+
+  /** Challenge–response login; ``sign`` signs the relay's nonce (see protocol-relay.md). */
+  async login(user: string, device: number, sign: (nonce: Uint8Array) => Uint8Array): Promise<string> {
+    const ch = await this.call<{ nonce: string }>("POST", "/v1/auth/challenge", { username: user, device_id: device }, false);
+    const nonce = fromB64(ch.nonce);
+    const tok = await this.call<{ token: string }>(
+      "POST",
+      "/v1/auth/token",
+      { username: user, device_id: device, nonce: ch.nonce, signature: b64(sign(nonce)) },
+      false,
+    );
+    this.token = tok.token;
+    return tok.token;
+  }
+
+  async uploadAttachment(blob: Uint8Array, onProgress?: (sent: number, total: number) => void): Promise<string> {
+    // XMLHttpRequest gives upload progress; fetch does not.
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", this.base + "/v1/attachments");
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      if (this.token) xhr.setRequestHeader("Authorization", `Bearer ${this.token}`);
+      xhr.upload.onprogress = (e) => onProgress?.(e.loaded, e.total);
+      xhr.onload = () => {
+        if (xhr.status === 201) resolve((JSON.parse(xhr.responseText) as { id: string }).id);
+        else reject(new RelayError(xhr.status, "upload_failed", xhr.responseText));
+      };
+      xhr.onerror = () => reject(new Offline("upload failed"));
+      xhr.send(blob as Uint8Array<ArrayBuffer>);
+    });
+  }
+
+  async downloadAttachment(id: string): Promise<Response> {
+    const res = await fetch(`${this.base}/v1/attachments/${encodeURIComponent(id)}`, {
+      headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
+      credentials: "omit",
+    });
+    if (!res.ok) throw new RelayError(res.status, "download_failed", `download failed (${res.status})`);
+    return res;
+  }
+}

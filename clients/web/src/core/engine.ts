@@ -1,0 +1,905 @@
+// The client engine: identity, device lists and trust, sessions, fan-out, the outbox,
+// receiving (decrypt → store in one transaction → ack), receipts, typing, reconnects.
+// The UI only calls its public methods and re-renders on `subscribe` notifications.
+import { Api, Offline, RelayError, type RelayConfig } from "./api";
+import { DecodeError, Writer, b64, equal, fromB64, hex, fromHex, randomBytes } from "./bytes";
+import {
+  type Content,
+  PayloadKind,
+  decodeContent,
+  decodeRelayPayload,
+  encodeContent,
+  encodeRelayPayload,
+  newMessageId,
+  pad,
+  unpad,
+} from "./content";
+import { type DeviceList, findDevice, parseList, signList, verifyList } from "./devicelist";
+import { displaySafetyNumber, safetyNumber } from "./fingerprint";
+import {
+  type KemPrekeyPriv,
+  type OneTimePriv,
+  type SignedPrekeyPriv,
+  ED25519_TYPE,
+  X25519_TYPE,
+  accountPublic,
+  kemPublic,
+  newKemPrekey,
+  newSignedPrekey,
+  typed,
+  x25519Typed,
+} from "./keys";
+import { completeLink, parseLinkCode, receiveOffer } from "./link";
+import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
+import * as S from "./session";
+import type { Store } from "./store";
+
+export const LAST_RESORT_BASE = 0x80000000;
+const BATCH = 50;
+const LIST_TTL_MS = 60_000;
+const MAX_SESSIONS = 4;
+const MAX_ATTEMPTS = 5;
+
+export interface Identity {
+  user: string;
+  device: number;
+  accountSeed: Uint8Array;
+  identityPriv: Uint8Array;
+  authSeed: Uint8Array;
+}
+interface Prekeys {
+  signed: SignedPrekeyPriv[];
+  kem: KemPrekeyPriv[];
+  otp: OneTimePriv[];
+  nextOtp: number;
+  nextKem: number;
+  nextSigned: number;
+  nextLastResort: number;
+}
+interface PeerRec {
+  accountKey: Uint8Array;
+  list: Uint8Array;
+  trusted: Uint8Array;
+  verified: boolean;
+}
+export interface Conversation {
+  name: string;
+  unread: number;
+  last: number;
+}
+export type MessageState = "pending" | "sent" | "delivered" | "read" | "failed" | "received";
+export interface Message {
+  key: string;
+  id: string; // 32 hex
+  conv: string;
+  from: string;
+  device: number;
+  text: string | null;
+  sentAt: number;
+  state: MessageState;
+  notice?: string; // "could not decrypt ..." entries
+}
+interface OutboxEntry {
+  id: string;
+  to: string;
+  content: Uint8Array;
+  attempts: number;
+}
+export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
+
+type Frame = Record<string, unknown> & { type: string };
+type Answer = { type: "accepted" | "mismatch" | "error" } & Frame;
+
+export class UntrustedIdentity extends Error {
+  override name = "UntrustedIdentity";
+}
+
+const sessionKey = (user: string, device: number): string => `session:${user}:${device}`;
+
+/** Ed25519 by the device auth key over "VoxAuthChallenge-v1" || 0x00 || str16 user || u32 device || nonce. */
+export function signChallenge(authSeed: Uint8Array, user: string, device: number, nonce: Uint8Array): Uint8Array {
+  return ed25519Sign(authSeed, "VoxAuthChallenge-v1", new Writer().str16(user).u32(device).raw(nonce).done());
+}
+
+/** A tiny mutex: encryption and the socket write of one send happen under it. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn);
+    this.tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    return next;
+  }
+}
+
+export class Engine {
+  readonly api: Api;
+  identity: Identity | null = null;
+  config: RelayConfig | null = null;
+  status: ConnectionStatus = "offline";
+  conversations = new Map<string, Conversation>();
+  messages = new Map<string, Message[]>();
+  typing = new Map<string, number>();
+  active: string | null = null;
+  notify: ((title: string, body: string, conv: string) => void) | null = null;
+
+  private prekeys: Prekeys | null = null;
+  private sessions = new Map<string, S.SessionState[]>();
+  private peers = new Map<string, PeerRec>();
+  private fetchedAt = new Map<string, number>();
+  private outbox = new Map<string, OutboxEntry>();
+  private seen = new Set<string>();
+  private counter = 0;
+  private listeners = new Set<() => void>();
+  private ws: WebSocket | null = null;
+  private waiting = new Map<string, (a: Answer) => void>();
+  private sendLock = new Mutex();
+  private recvLock = new Mutex();
+  private reconnectDelay = 500;
+  private stopped = false;
+  private relogged = false;
+
+  constructor(
+    readonly store: Store,
+    base = "",
+  ) {
+    this.api = new Api(base);
+  }
+
+  // --- observation --------------------------------------------------------------------
+
+  subscribe(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  private changed(): void {
+    for (const fn of this.listeners) fn();
+  }
+  private setStatus(s: ConnectionStatus): void {
+    this.status = s;
+    this.changed();
+  }
+
+  // --- loading ------------------------------------------------------------------------
+
+  async load(): Promise<boolean> {
+    this.identity = (await this.store.get<Identity>("identity")) ?? null;
+    if (!this.identity) return false;
+    this.prekeys = (await this.store.get<Prekeys>("prekeys")) ?? null;
+    for (const [k, v] of await this.store.list<S.SessionState[]>("session:")) this.sessions.set(k, v);
+    for (const [k, v] of await this.store.list<PeerRec>("peer:")) this.peers.set(k.slice(5), v);
+    for (const [, v] of await this.store.list<Conversation>("conv:")) this.conversations.set(v.name, v);
+    for (const [, v] of await this.store.list<Message>("msg:")) {
+      const list = this.messages.get(v.conv) ?? [];
+      list.push(v);
+      this.messages.set(v.conv, list);
+      this.counter = Math.max(this.counter, Number(v.key.split(":").pop()));
+    }
+    for (const [, v] of await this.store.list<OutboxEntry>("outbox:")) this.outbox.set(v.id, v);
+    for (const [k] of await this.store.list<number>("seen:")) this.seen.add(k.slice(5));
+    return true;
+  }
+
+  get user(): string {
+    if (!this.identity) throw new Error("no identity");
+    return this.identity.user;
+  }
+
+  // --- registration and login ---------------------------------------------------------
+
+  private newPrekeys(id: Identity): { prekeys: Prekeys; upload: Record<string, unknown> } {
+    const idPub = x25519Public(id.identityPriv);
+    const spk = newSignedPrekey(id.accountSeed, idPub, 1, randomBytes);
+    const lr = newKemPrekey(id.accountSeed, idPub, LAST_RESORT_BASE + 1, true, randomBytes);
+    const prekeys: Prekeys = { signed: [spk], kem: [lr], otp: [], nextOtp: 1, nextKem: 1, nextSigned: 2, nextLastResort: 2 };
+    const batch = this.oneTimeBatch(id, prekeys);
+    return {
+      prekeys,
+      upload: {
+        signed_prekey: { key_id: spk.id, public_key: b64(x25519Typed(spk.priv)), signature: b64(spk.sig) },
+        last_resort_prekey: { key_id: lr.id, public_key: b64(typed(3, kemPublic(lr))), signature: b64(lr.sig) },
+        ...batch,
+      },
+    };
+  }
+
+  private oneTimeBatch(id: Identity, pk: Prekeys): Record<string, unknown> {
+    const idPub = x25519Public(id.identityPriv);
+    const ones = [];
+    const kems = [];
+    for (let i = 0; i < BATCH; i++) {
+      const otp = { id: pk.nextOtp++, priv: randomBytes(32) };
+      pk.otp.push(otp);
+      ones.push({ key_id: otp.id, public_key: b64(x25519Typed(otp.priv)) });
+      const kem = newKemPrekey(id.accountSeed, idPub, pk.nextKem++, false, randomBytes);
+      pk.kem.push(kem);
+      kems.push({ key_id: kem.id, public_key: b64(typed(3, kemPublic(kem))), signature: b64(kem.sig) });
+    }
+    return { one_time_prekeys: ones, one_time_pq_prekeys: kems };
+  }
+
+  private entry(id: Identity): { id: number; identityKey: Uint8Array; authKey: Uint8Array } {
+    return { id: id.device, identityKey: x25519Typed(id.identityPriv), authKey: typed(ED25519_TYPE, ed25519Public(id.authSeed)) };
+  }
+
+  async register(user: string, invite: string | null): Promise<void> {
+    const id: Identity = { user, device: 1, accountSeed: randomBytes(32), identityPriv: randomBytes(32), authSeed: randomBytes(32) };
+    const signed = signList({ user, version: 1, devices: [this.entry(id)] }, id.accountSeed);
+    const { prekeys, upload } = this.newPrekeys(id);
+    // Private halves first: a crash after the upload never leaves unusable prekeys behind.
+    await this.store.commit([["pending-identity", id], ["prekeys", prekeys]]);
+    await this.api.call("POST", "/v1/accounts", {
+      username: user,
+      account_key: b64(accountPublic(id.accountSeed)),
+      device_list: b64(signed),
+      prekeys: upload,
+      invite: invite || null,
+    });
+    const me: PeerRec = { accountKey: accountPublic(id.accountSeed), list: signed, trusted: accountPublic(id.accountSeed), verified: true };
+    await this.store.commit([["identity", id], ["pending-identity", undefined], [`peer:${user}`, me]]);
+    this.identity = id;
+    this.prekeys = prekeys;
+    this.peers.set(user, me);
+    this.changed();
+  }
+
+  /** Join an existing account with the code from `vox link` (protocol-client.md §7). */
+  async join(code: string): Promise<void> {
+    const parsed = parseLinkCode(code);
+    const offer = await receiveOffer(this.api, parsed);
+    const id: Identity = { user: parsed.user, device: parsed.device, accountSeed: offer.accountSeed, identityPriv: randomBytes(32), authSeed: randomBytes(32) };
+    const { prekeys, upload } = this.newPrekeys(id);
+    await this.store.commit([["pending-identity", id], ["prekeys", prekeys]]);
+    const signed = await completeLink(this.api, parsed, offer, this.entry(id));
+    this.api.token = null;
+    await this.api.login(id.user, id.device, (n) => signChallenge(id.authSeed, id.user, id.device, n));
+    await this.api.call("POST", "/v1/prekeys", upload);
+    const me: PeerRec = { accountKey: accountPublic(id.accountSeed), list: signed, trusted: accountPublic(id.accountSeed), verified: true };
+    await this.store.commit([["identity", id], ["pending-identity", undefined], [`peer:${id.user}`, me]]);
+    this.identity = id;
+    this.prekeys = prekeys;
+    this.peers.set(id.user, me);
+    this.fetchedAt.set(id.user, Date.now());
+    this.changed();
+  }
+
+  async login(): Promise<void> {
+    const id = this.identity;
+    if (!id) throw new Error("no identity");
+    await this.api.login(id.user, id.device, (n) => signChallenge(id.authSeed, id.user, id.device, n));
+  }
+
+  // --- the socket ---------------------------------------------------------------------
+
+  start(): void {
+    this.stopped = false;
+    void this.connect();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.ws?.close(1000);
+    this.ws = null;
+  }
+
+  private wsUrl(): string {
+    const base = this.api.base || location.origin;
+    return base.replace(/^http/, "ws") + "/v1/ws";
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    this.setStatus("connecting");
+    try {
+      if (!this.api.token) await this.login();
+    } catch (e) {
+      if (e instanceof RelayError && (e.code === "unknown_device" || e.code === "device_revoked")) {
+        this.stopped = true;
+        this.setStatus("signed-out");
+        return;
+      }
+      this.retry();
+      return;
+    }
+    const ws = new WebSocket(this.wsUrl());
+    this.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.api.token }));
+    ws.onmessage = (ev) => {
+      let frame: Frame;
+      try {
+        frame = JSON.parse(String(ev.data)) as Frame;
+      } catch {
+        return;
+      }
+      this.onFrame(frame);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      for (const [, resolve] of this.waiting) resolve({ type: "error", code: "disconnected" } as Answer);
+      this.waiting.clear();
+      if (ev.code === 4409) {
+        this.stopped = true;
+        this.setStatus("replaced");
+        return;
+      }
+      if (ev.code === 4401) {
+        const reason = ev.reason || "";
+        this.api.token = null;
+        if (/remov|revok|unknown_device/.test(reason)) {
+          this.stopped = true;
+          this.setStatus("signed-out");
+          return;
+        }
+        if (!this.relogged) {
+          this.relogged = true;
+          void this.connect();
+          return;
+        }
+      }
+      this.retry();
+    };
+  }
+
+  private retry(): void {
+    if (this.stopped) return;
+    this.setStatus("offline");
+    const delay = this.reconnectDelay;
+    this.reconnectDelay = Math.min(this.reconnectDelay * 2, 8000);
+    setTimeout(() => void this.connect(), delay);
+  }
+
+  private onFrame(f: Frame): void {
+    switch (f.type) {
+      case "ready":
+        this.reconnectDelay = 500;
+        this.relogged = false;
+        this.setStatus("online");
+        void this.afterReady();
+        break;
+      case "accepted":
+      case "mismatch":
+      case "error": {
+        const id = typeof f["id"] === "string" ? f["id"] : null;
+        const resolve = id ? this.waiting.get(id) : undefined;
+        if (id && resolve) {
+          this.waiting.delete(id);
+          resolve(f as Answer);
+        }
+        break;
+      }
+      case "deliver":
+        void this.recvLock.run(() => this.onDeliver(f));
+        break;
+      case "ephemeral":
+        void this.recvLock.run(() => this.onEphemeral(f));
+        break;
+      case "prekeys_low":
+        void this.replenish(true);
+        break;
+      default:
+        break; // forward compatible: unknown frames are ignored
+    }
+  }
+
+  private async afterReady(): Promise<void> {
+    await this.replenish(false).catch(() => undefined);
+    await this.flushOutbox();
+  }
+
+  private async replenish(force: boolean): Promise<void> {
+    const id = this.identity;
+    const pk = this.prekeys;
+    if (!id || !pk) return;
+    const count = await this.api.call<{ one_time_prekeys: number; one_time_pq_prekeys: number; low_threshold: number }>("GET", "/v1/prekeys/count");
+    if (!force && count.one_time_prekeys > count.low_threshold && count.one_time_pq_prekeys > count.low_threshold) return;
+    const upload = this.oneTimeBatch(id, pk);
+    await this.store.commit([["prekeys", pk]]);
+    await this.api.call("POST", "/v1/prekeys", upload);
+  }
+
+  private transmit(frame: Record<string, unknown>): Promise<Answer> {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || this.status !== "online") {
+      return Promise.resolve({ type: "error", code: "disconnected" } as Answer);
+    }
+    const id = frame["id"] as string;
+    const p = new Promise<Answer>((resolve) => this.waiting.set(id, resolve));
+    ws.send(JSON.stringify(frame));
+    return p;
+  }
+
+  // --- device lists and trust ---------------------------------------------------------
+
+  peer(user: string): PeerRec | undefined {
+    return this.peers.get(user);
+  }
+
+  keyChanged(user: string): boolean {
+    const p = this.peers.get(user);
+    return !!p && !equal(p.accountKey, p.trusted);
+  }
+
+  /** Fetch and verify a user's signed device list (TOFU on the first account key). */
+  async refreshList(user: string, force = false): Promise<DeviceList> {
+    const cached = this.peers.get(user);
+    const at = this.fetchedAt.get(user) ?? 0;
+    if (cached && !force && Date.now() - at < LIST_TTL_MS) return parseList(cached.list).list;
+    const data = await this.api.devices(user);
+    const accountKey = fromB64(data.account_key);
+    const signed = fromB64(data.device_list);
+    const sameKey = cached && equal(cached.accountKey, accountKey);
+    const list = verifyList(signed, accountKey, user, sameKey ? cached.list : null);
+    const rec: PeerRec = cached
+      ? { ...cached, accountKey, list: signed }
+      : { accountKey, list: signed, trusted: accountKey, verified: false };
+    const changes: [string, unknown][] = [[`peer:${user}`, rec]];
+    // Sessions with devices that left the list or changed keys are dropped.
+    for (const [k, v] of this.sessions) {
+      if (!k.startsWith(`session:${user}:`)) continue;
+      const dev = Number(k.split(":")[2]);
+      const entry = findDevice(list, dev);
+      const keep = entry ? v.filter((s) => equal(s.peer.identityKey, entry.identityKey) && equal(s.peer.accountKey, accountKey)) : [];
+      if (keep.length !== v.length) {
+        changes.push([k, keep.length ? keep : undefined]);
+        if (keep.length) this.sessions.set(k, keep);
+        else this.sessions.delete(k);
+      }
+    }
+    await this.store.commit(changes);
+    this.peers.set(user, rec);
+    this.fetchedAt.set(user, Date.now());
+    this.changed();
+    return list;
+  }
+
+  safetyNumber(user: string): string | null {
+    const p = this.peers.get(user);
+    const me = this.identity;
+    if (!p || !me) return null;
+    return displaySafetyNumber(safetyNumber(accountPublic(me.accountSeed), me.user, p.accountKey, user));
+  }
+
+  /** Accept (and mark verified) the currently served account key of ``user``. */
+  async acceptKey(user: string): Promise<void> {
+    const p = this.peers.get(user);
+    if (!p) return;
+    const rec = { ...p, trusted: p.accountKey, verified: true };
+    await this.store.commit([[`peer:${user}`, rec]]);
+    this.peers.set(user, rec);
+    this.changed();
+  }
+
+  // --- sessions -----------------------------------------------------------------------
+
+  private local(): S.LocalDevice {
+    const id = this.identity as Identity;
+    return { user: id.user, device: id.device, accountKey: accountPublic(id.accountSeed), identityPriv: id.identityPriv };
+  }
+
+  private async ensureSessions(user: string, list: DeviceList): Promise<{ user: string; device: number }[]> {
+    const me = this.identity as Identity;
+    const targets = list.devices.filter((d) => !(user === me.user && d.id === me.device));
+    const peer = this.peers.get(user) as PeerRec;
+    for (const d of targets) {
+      if (this.sessions.get(sessionKey(user, d.id))?.length) continue;
+      const { bundles, accountKey } = await this.api.bundles(user, d.id);
+      if (!equal(accountKey, peer.accountKey)) throw new UntrustedIdentity(`${user}'s account key changed`);
+      const b = bundles.find((x) => x.device === d.id);
+      if (!b || !equal(b.identityKey, d.identityKey)) continue; // not uploaded yet / not on the list
+      const s = await S.initiate(this.local(), b, randomBytes);
+      this.sessions.set(sessionKey(user, d.id), [s]);
+      await this.store.commit([[sessionKey(user, d.id), [s]]]);
+    }
+    return targets.map((d) => ({ user, device: d.id }));
+  }
+
+  private async encryptFor(devices: { user: string; device: number }[], content: Uint8Array, changes: [string, unknown][]): Promise<{ data: string; to: { user: string; device: number }[] }[]> {
+    const out = [];
+    const body = pad(content);
+    for (const d of devices) {
+      const k = sessionKey(d.user, d.device);
+      const list = this.sessions.get(k);
+      if (!list?.length) continue;
+      const { state, data } = await S.encrypt(list[0] as S.SessionState, body, randomBytes);
+      const next = [state, ...list.slice(1)];
+      this.sessions.set(k, next);
+      changes.push([k, next]);
+      out.push({ data: b64(encodeRelayPayload(PayloadKind.Pairwise, data)), to: [d] });
+    }
+    return out;
+  }
+
+  // --- sending ------------------------------------------------------------------------
+
+  private nextKey(conv: string): string {
+    this.counter += 1;
+    return `msg:${conv}:${String(this.counter).padStart(12, "0")}`;
+  }
+
+  private addMessage(m: Message, changes: [string, unknown][]): void {
+    const list = this.messages.get(m.conv) ?? [];
+    list.push(m);
+    this.messages.set(m.conv, list);
+    changes.push([m.key, m]);
+    const c = this.conversations.get(m.conv) ?? { name: m.conv, unread: 0, last: 0 };
+    const conv = { ...c, last: Date.now(), unread: m.from !== this.user && this.active !== m.conv && m.text !== null ? c.unread + 1 : c.unread };
+    this.conversations.set(m.conv, conv);
+    changes.push([`conv:${m.conv}`, conv]);
+  }
+
+  private findMessage(id: string): Message | undefined {
+    for (const list of this.messages.values()) {
+      const m = list.find((x) => x.id === id);
+      if (m) return m;
+    }
+    return undefined;
+  }
+
+  async openConversation(user: string): Promise<void> {
+    if (!this.conversations.has(user)) {
+      const c = { name: user, unread: 0, last: Date.now() };
+      this.conversations.set(user, c);
+      await this.store.commit([[`conv:${user}`, c]]);
+    }
+    this.active = user;
+    await this.markRead(user);
+    this.changed();
+  }
+
+  async sendText(to: string, text: string): Promise<string> {
+    if (this.keyChanged(to)) throw new UntrustedIdentity(`${to}'s safety number changed: verify it first`);
+    const id = newMessageId();
+    const sentAt = Date.now();
+    const content = encodeContent({ type: 1, id, sentAt, groupId: new Uint8Array(0), text });
+    const idHex = hex(id);
+    const entry: OutboxEntry = { id: idHex, to, content, attempts: 0 };
+    const m: Message = { key: this.nextKey(to), id: idHex, conv: to, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending" };
+    const changes: [string, unknown][] = [[`outbox:${idHex}`, entry]];
+    this.addMessage(m, changes);
+    await this.store.commit(changes);
+    this.outbox.set(idHex, entry);
+    this.changed();
+    void this.deliverOutbox(entry);
+    return idHex;
+  }
+
+  private async flushOutbox(): Promise<void> {
+    for (const e of [...this.outbox.values()]) await this.deliverOutbox(e);
+  }
+
+  private async deliverOutbox(e: OutboxEntry): Promise<void> {
+    const answer = await this.sendContent(e.to, e.id, e.content, { transcript: true });
+    if (answer === "accepted") {
+      this.outbox.delete(e.id);
+      const m = this.findMessage(e.id);
+      const changes: [string, unknown][] = [[`outbox:${e.id}`, undefined]];
+      if (m && m.state === "pending") {
+        m.state = "sent";
+        changes.push([m.key, m]);
+      }
+      await this.store.commit(changes);
+      this.changed();
+    } else if (answer === "failed") {
+      this.outbox.delete(e.id);
+      const m = this.findMessage(e.id);
+      const changes: [string, unknown][] = [[`outbox:${e.id}`, undefined]];
+      if (m) {
+        m.state = "failed";
+        changes.push([m.key, m]);
+      }
+      await this.store.commit(changes);
+      this.changed();
+    }
+    // "retry": stays in the outbox and is resent after the next (re)connect.
+  }
+
+  /**
+   * Encrypt a content for every device of ``to`` and our other devices (a transcript for
+   * texts/files), send it with client id ``id``, and follow mismatches. Returns "accepted",
+   * "retry" (connection trouble: keep it queued) or "failed".
+   */
+  private sendContent(to: string, id: string, content: Uint8Array, opts: { transcript: boolean; ephemeral?: boolean }): Promise<"accepted" | "retry" | "failed"> {
+    return this.sendLock.run(async () => {
+      const me = this.user;
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        if (this.status !== "online") return "retry";
+        try {
+          const theirs = await this.ensureSessions(to, await this.refreshList(to, attempt > 0));
+          let own: { user: string; device: number }[] = [];
+          if (!opts.ephemeral && to !== me) own = await this.ensureSessions(me, await this.refreshList(me, attempt > 0));
+          const changes: [string, unknown][] = [];
+          const payloads = await this.encryptFor(theirs, content, changes);
+          if (own.length) {
+            const copy = opts.transcript
+              ? encodeContent({ ...decodeContentHead(content), type: 7, destination: to, inner: content })
+              : content;
+            payloads.push(...(await this.encryptFor(own, copy, changes)));
+          }
+          await this.store.commit(changes);
+          if (!payloads.length) return "failed";
+          const frame: Record<string, unknown> = { type: "send", id, payloads };
+          if (opts.ephemeral) frame["ephemeral"] = true;
+          const answer = await this.transmit(frame);
+          if (answer.type === "accepted") return "accepted";
+          if (answer.type === "mismatch") {
+            const stale = (answer["stale"] as { user: string; device: number }[]) ?? [];
+            const changes2: [string, unknown][] = [];
+            for (const d of stale) {
+              this.sessions.delete(sessionKey(d.user, d.device));
+              changes2.push([sessionKey(d.user, d.device), undefined]);
+            }
+            await this.store.commit(changes2);
+            continue;
+          }
+          if (answer["code"] === "disconnected" || answer["code"] === "internal" || answer["code"] === "busy" || answer["code"] === "shutting_down") return "retry";
+          return "failed";
+        } catch (e) {
+          if (e instanceof Offline) return "retry";
+          if (e instanceof UntrustedIdentity) return "failed";
+          console.warn("send failed", e);
+          return "failed";
+        }
+      }
+      return "failed";
+    });
+  }
+
+  async setTyping(to: string, active: boolean): Promise<void> {
+    if (this.keyChanged(to) || this.status !== "online") return;
+    const content = encodeContent({ type: 4, id: newMessageId(), sentAt: Date.now(), groupId: new Uint8Array(0), active });
+    await this.sendContent(to, "t-" + hex(randomBytes(8)), content, { transcript: false, ephemeral: true });
+  }
+
+  async markRead(conv: string): Promise<void> {
+    const c = this.conversations.get(conv);
+    const unreadIds = (this.messages.get(conv) ?? []).filter((m) => m.from === conv && m.state === "received").map((m) => m);
+    const changes: [string, unknown][] = [];
+    if (c && c.unread) {
+      const next = { ...c, unread: 0 };
+      this.conversations.set(conv, next);
+      changes.push([`conv:${conv}`, next]);
+    }
+    for (const m of unreadIds) {
+      m.state = "read";
+      changes.push([m.key, m]);
+    }
+    if (changes.length) await this.store.commit(changes);
+    this.changed();
+    if (unreadIds.length && !this.keyChanged(conv)) void this.sendReceipt(conv, 2, unreadIds.map((m) => fromHex(m.id)));
+  }
+
+  private async sendReceipt(to: string, kind: 1 | 2, ids: Uint8Array[]): Promise<void> {
+    const content = encodeContent({ type: 3, id: newMessageId(), sentAt: Date.now(), receipt: kind, ids });
+    await this.sendContent(to, "r-" + hex(randomBytes(12)), content, { transcript: false });
+  }
+
+  // --- receiving ----------------------------------------------------------------------
+
+  private ack(seq: unknown): void {
+    if (typeof seq === "number" && this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "ack", seqs: [seq] }));
+    }
+  }
+
+  private async decryptPairwise(from: { user: string; device: number }, data: Uint8Array, changes: [string, unknown][]): Promise<{ body: Uint8Array; peer: S.PeerDevice }> {
+    const env = S.decodeEnvelope(data);
+    let list = await this.refreshList(from.user);
+    let entry = findDevice(list, from.device);
+    if (!entry || (env.kind === 2 && !equal(env.prefix.identityKey, entry.identityKey))) {
+      list = await this.refreshList(from.user, true);
+      entry = findDevice(list, from.device);
+    }
+    const k = sessionKey(from.user, from.device);
+    const sessions = this.sessions.get(k) ?? [];
+    let result: { state: S.SessionState; body: Uint8Array } | null = null;
+    let index = -1;
+    let lastError: unknown = null;
+    if (env.kind === 2) {
+      const digest = await crypto.subtle.digest("SHA-256", env.prefixBytes as Uint8Array<ArrayBuffer>);
+      index = sessions.findIndex((s) => equal(s.initialDigest, new Uint8Array(digest)));
+      if (index >= 0) result = await S.decryptMessage(sessions[index] as S.SessionState, env);
+      else {
+        const pk = this.prekeys as Prekeys;
+        const accepted = await S.accept(this.local(), {
+          signed: (i) => pk.signed.find((x) => x.id === i)?.priv ?? null,
+          kem: (i) => pk.kem.find((x) => x.id === i) ?? null,
+          oneTime: (i) => pk.otp.find((x) => x.id === i)?.priv ?? null,
+        }, data);
+        result = { state: accepted.session, body: accepted.body };
+        const next: Prekeys = {
+          ...pk,
+          otp: pk.otp.filter((x) => x.id !== accepted.consumedOneTime),
+          kem: pk.kem.filter((x) => x.id !== accepted.consumedKem),
+        };
+        changes.push(["prekeys", next]);
+        this.pendingPrekeys = next;
+      }
+    } else {
+      for (let i = 0; i < sessions.length && !result; i++) {
+        try {
+          result = await S.decryptMessage(sessions[i] as S.SessionState, env);
+          index = i;
+        } catch (e) {
+          lastError = e;
+        }
+      }
+      if (!result) throw lastError ?? new S.StateError("no session with this device");
+    }
+    const peer = result.state.peer;
+    const onList = findDevice(list, peer.device, peer.identityKey);
+    const rec = this.peers.get(peer.user);
+    if (peer.user !== from.user || peer.device !== from.device || !onList || !rec || !equal(rec.accountKey, peer.accountKey)) {
+      throw new S.SenderMismatch("the sender is not on its verified device list");
+    }
+    const rest = sessions.filter((_, i) => i !== index);
+    const next = [result.state, ...rest].slice(0, MAX_SESSIONS);
+    changes.push([k, next]);
+    this.pendingSessions.set(k, next);
+    return { body: result.body, peer };
+  }
+
+  private pendingSessions = new Map<string, S.SessionState[]>();
+  private pendingPrekeys: Prekeys | null = null;
+
+  private async onDeliver(f: Frame): Promise<void> {
+    const envelope = String(f["envelope"]);
+    const from = f["from"] as { user: string; device: number };
+    if (this.seen.has(envelope)) {
+      this.ack(f["seq"]);
+      return;
+    }
+    const changes: [string, unknown][] = [[`seen:${envelope}`, Date.now()]];
+    const after: (() => void)[] = [];
+    this.pendingSessions.clear();
+    this.pendingPrekeys = null;
+    try {
+      const payload = decodeRelayPayload(fromB64(String(f["data"])));
+      if (payload.kind !== PayloadKind.Pairwise) throw new DecodeError(payload.kind === PayloadKind.Group ? "group messages are not supported in this browser client yet" : "unexpected link payload");
+      const { body } = await this.decryptPairwise(from, payload.data, changes);
+      const content = decodeContent(unpad(body));
+      this.handleContent(from, content, changes, after);
+      await this.store.commit(changes);
+      for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
+      if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
+      this.seen.add(envelope);
+      this.ack(f["seq"]);
+      this.changed();
+      for (const fn of after) fn();
+    } catch (e) {
+      if (e instanceof Offline) return; // not stored, not acked: redelivered on reconnect
+      console.warn("could not decrypt", e);
+      // Roll back the in-memory side effects of the failed envelope.
+      this.reloadAfterFailure();
+      const notice: Message = {
+        key: this.nextKey(from.user),
+        id: "x" + envelope,
+        conv: from.user,
+        from: from.user,
+        device: from.device,
+        text: null,
+        sentAt: Number(f["ts"]) || Date.now(),
+        state: "received",
+        notice: `could not decrypt a message from ${from.user} (${(e as Error).name})`,
+      };
+      const fail: [string, unknown][] = [[`seen:${envelope}`, Date.now()]];
+      this.addMessage(notice, fail);
+      await this.store.commit(fail);
+      this.seen.add(envelope);
+      this.ack(f["seq"]);
+      this.changed();
+    }
+  }
+
+  private snapshot: { messages: Map<string, Message[]>; conversations: Map<string, Conversation> } | null = null;
+  private reloadAfterFailure(): void {
+    // handleContent runs only after every check passed, so a failure leaves nothing to undo.
+    this.pendingSessions.clear();
+    this.pendingPrekeys = null;
+  }
+
+  private handleContent(from: { user: string; device: number }, c: Content, changes: [string, unknown][], after: (() => void)[]): void {
+    const me = this.identity as Identity;
+    const own = from.user === me.user;
+    switch (c.type) {
+      case 1: {
+        if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
+        this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes);
+        if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
+        if (!own && this.notify && (this.active !== from.user || document.hidden)) {
+          const n = this.notify;
+          after.push(() => n(from.user, c.text, from.user));
+        }
+        break;
+      }
+      case 7: {
+        if (!own) throw new DecodeError("transcripts come only from our own devices");
+        const inner = decodeContent(c.inner);
+        if (inner.type === 1 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, inner.text, changes);
+        break;
+      }
+      case 3: {
+        const rank: Record<MessageState, number> = { pending: 0, failed: 0, sent: 1, delivered: 2, read: 3, received: 0 };
+        const target: MessageState = c.receipt === 2 ? "read" : "delivered";
+        for (const id of c.ids) {
+          const m = this.findMessage(hex(id));
+          if (m && m.from === me.user && rank[m.state] < rank[target]) {
+            m.state = target;
+            changes.push([m.key, m]);
+          }
+        }
+        break;
+      }
+      case 8:
+        this.fetchedAt.delete(me.user);
+        break;
+      default:
+        break; // typing arrives as ephemeral; groups and files: not yet in this client
+    }
+  }
+
+  private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string, changes: [string, unknown][]): void {
+    const idHex = hex(id);
+    if (this.findMessage(idHex)) return; // duplicate message ids are stored once
+    const mine = from.user === (this.identity as Identity).user;
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text, sentAt, state: mine ? "sent" : "received" };
+    this.addMessage(m, changes);
+  }
+
+  private async onEphemeral(f: Frame): Promise<void> {
+    const from = f["from"] as { user: string; device: number };
+    const changes: [string, unknown][] = [];
+    this.pendingSessions.clear();
+    this.pendingPrekeys = null;
+    try {
+      const payload = decodeRelayPayload(fromB64(String(f["data"])));
+      if (payload.kind !== PayloadKind.Pairwise) return;
+      const { body } = await this.decryptPairwise(from, payload.data, changes);
+      const c = decodeContent(unpad(body));
+      await this.store.commit(changes);
+      for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
+      if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
+      if (c.type === 4 && !c.groupId.length) {
+        if (c.active) this.typing.set(from.user, Date.now());
+        else this.typing.delete(from.user);
+        this.changed();
+      }
+    } catch {
+      // ephemeral frames are best effort
+    }
+  }
+
+  // --- devices ------------------------------------------------------------------------
+
+  async devices(): Promise<DeviceList> {
+    return this.refreshList(this.user, true);
+  }
+
+  async unlink(device: number): Promise<void> {
+    const id = this.identity as Identity;
+    if (device === id.device) throw new Error("a device cannot remove itself");
+    const list = await this.refreshList(id.user, true);
+    const next = { user: id.user, version: list.version + 1, devices: list.devices.filter((d) => d.id !== device) };
+    const signed = signList(next, id.accountSeed);
+    await this.api.putDevices(id.user, signed);
+    await this.refreshList(id.user, true);
+  }
+
+  async logout(): Promise<void> {
+    this.stop();
+    try {
+      await this.api.call("DELETE", "/v1/auth/token");
+    } catch {
+      // offline: the token expires on its own
+    }
+  }
+}
+
+function decodeContentHead(b: Uint8Array): { id: Uint8Array; sentAt: number } {
+  const c = decodeContent(b);
+  return { id: c.id, sentAt: c.sentAt };
+}
+
+export { X25519_TYPE };

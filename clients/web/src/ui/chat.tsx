@@ -1,0 +1,368 @@
+// The chat screen: header (brand, connection status), chat list, conversation, composer,
+// safety numbers and devices. Phone-sized screens show the list or the conversation.
+import { useEffect, useRef, useState } from "preact/hooks";
+import type { RelayConfig } from "../core/api";
+import { type ConnectionStatus, type Engine, type Message, UntrustedIdentity } from "../core/engine";
+import type { DeviceList } from "../core/devicelist";
+import { USERNAME } from "../core/keys";
+import { logoUrl } from "./brand";
+
+const STATUS_TEXT: Record<ConnectionStatus, string> = {
+  connecting: "connecting…",
+  online: "online",
+  offline: "offline, retrying",
+  replaced: "open in another tab",
+  "signed-out": "signed out (this device was removed)",
+};
+
+function useEngine(engine: Engine): number {
+  const [tick, setTick] = useState(0);
+  useEffect(() => engine.subscribe(() => setTick((t) => t + 1)), [engine]);
+  return tick;
+}
+
+export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogout: () => Promise<void> }) {
+  const { engine, config } = props;
+  useEngine(engine);
+  const [panel, setPanel] = useState<"none" | "devices">("none");
+  const [active, setActive] = useState<string | null>(engine.active);
+  const logo = logoUrl(config.brand);
+
+  useEffect(() => {
+    if (typeof Notification !== "undefined" && Notification.permission === "granted") enableNotifications(engine, config);
+  }, [engine]);
+
+  const convs = [...engine.conversations.values()].sort((a, b) => b.last - a.last);
+  return (
+    <div class={active ? "app has-active" : "app"}>
+      <header class="top">
+        {logo && <img class="logo" src={logo} alt="" referrerpolicy="no-referrer" />}
+        <span class="brand" data-testid="brand-name">
+          {config.brand.name}
+        </span>
+        <span class={`status ${engine.status}`} data-testid="connection-status" data-status={engine.status}>
+          {STATUS_TEXT[engine.status]}
+        </span>
+        <span class="me" data-testid="me">
+          {engine.user}
+        </span>
+        {typeof Notification !== "undefined" && Notification.permission === "default" && (
+          <button type="button" data-testid="notifications-enable" onClick={() => void askNotifications(engine, config)}>
+            Enable notifications
+          </button>
+        )}
+        <button type="button" data-testid="devices-open" onClick={() => setPanel(panel === "devices" ? "none" : "devices")}>
+          Devices
+        </button>
+        <button type="button" data-testid="logout" onClick={() => void props.onLogout()}>
+          Log out
+        </button>
+      </header>
+      {panel === "devices" && <Devices engine={engine} onClose={() => setPanel("none")} />}
+      <div class="body">
+        <aside class="sidebar">
+          <NewChat
+            onOpen={async (user) => {
+              await engine.openConversation(user);
+              setActive(user);
+            }}
+          />
+          <ul class="chat-list" data-testid="chat-list">
+            {convs.map((c) => (
+              <li key={c.name}>
+                <button
+                  type="button"
+                  class={c.name === active ? "chat-item on" : "chat-item"}
+                  data-testid={`chat-item-${c.name}`}
+                  onClick={async () => {
+                    await engine.openConversation(c.name);
+                    setActive(c.name);
+                  }}
+                >
+                  <span>{c.name}</span>
+                  {c.unread > 0 && (
+                    <span class="badge" data-testid={`unread-${c.name}`}>
+                      {c.unread}
+                    </span>
+                  )}
+                </button>
+              </li>
+            ))}
+          </ul>
+        </aside>
+        <main class="conversation">
+          {active ? (
+            <Conversation
+              engine={engine}
+              user={active}
+              onBack={() => {
+                engine.active = null;
+                setActive(null);
+              }}
+            />
+          ) : (
+            <div class="empty" data-testid="no-conversation">
+              <p>{config.brand.welcome_text}</p>
+            </div>
+          )}
+        </main>
+      </div>
+    </div>
+  );
+}
+
+async function askNotifications(engine: Engine, config: RelayConfig): Promise<void> {
+  // Asked only after this click (a user action), never on load.
+  const result = await Notification.requestPermission();
+  if (result === "granted") enableNotifications(engine, config);
+}
+
+function enableNotifications(engine: Engine, config: RelayConfig): void {
+  engine.notify = (title, body) => {
+    try {
+      new Notification(config.brand.name, { body: `${title}: ${body.slice(0, 80)}`, tag: "vox-" + title });
+    } catch {
+      // some browsers only allow notifications from the service worker
+    }
+  };
+  if ("serviceWorker" in navigator) {
+    void navigator.serviceWorker.register("/sw.js", { scope: "/" }).then(async (reg) => {
+      await navigator.serviceWorker.ready;
+      reg.active?.postMessage({ brand: config.brand.name });
+    }).catch(() => undefined);
+  }
+}
+
+function NewChat(props: { onOpen: (user: string) => Promise<void> }) {
+  const [user, setUser] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  return (
+    <form
+      class="new-chat"
+      onSubmit={async (e) => {
+        e.preventDefault();
+        if (!USERNAME.test(user)) {
+          setError("not a valid username");
+          return;
+        }
+        setError(null);
+        await props.onOpen(user);
+        setUser("");
+      }}
+    >
+      <input data-testid="new-chat-username" placeholder="Start a chat: username" value={user} onInput={(e) => setUser(e.currentTarget.value.trim().toLowerCase())} />
+      <button type="submit" data-testid="new-chat-submit">
+        Chat
+      </button>
+      {error && <small class="error">{error}</small>}
+    </form>
+  );
+}
+
+function Conversation(props: { engine: Engine; user: string; onBack: () => void }) {
+  const { engine, user } = props;
+  const [text, setText] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const [safety, setSafety] = useState(false);
+  const listRef = useRef<HTMLDivElement>(null);
+  const typingSent = useRef(0);
+  const messages = engine.messages.get(user) ?? [];
+  const changed = engine.keyChanged(user);
+  const typingAt = engine.typing.get(user) ?? 0;
+  const [, force] = useState(0);
+
+  useEffect(() => {
+    void engine.refreshList(user).then(() => force((x) => x + 1)).catch((e: Error) => setError(e.message));
+  }, [user]);
+  useEffect(() => {
+    listRef.current?.scrollTo(0, listRef.current.scrollHeight);
+    if (engine.active === user && (engine.conversations.get(user)?.unread ?? 0) > 0) void engine.markRead(user);
+  }, [messages.length]);
+  useEffect(() => {
+    if (!typingAt) return;
+    const t = setTimeout(() => force((x) => x + 1), 6000);
+    return () => clearTimeout(t);
+  }, [typingAt]);
+
+  async function send(): Promise<void> {
+    const body = text.trim();
+    if (!body) return;
+    setError(null);
+    try {
+      await engine.sendText(user, body);
+      setText("");
+      typingSent.current = 0;
+    } catch (e) {
+      setError(e instanceof UntrustedIdentity ? e.message : (e as Error).message);
+    }
+  }
+
+  return (
+    <div class="conv">
+      <div class="conv-head">
+        <button type="button" class="back" data-testid="back" onClick={props.onBack}>
+          ←
+        </button>
+        <h2 data-testid="conversation-title">{user}</h2>
+        {Date.now() - typingAt < 6000 && (
+          <span class="typing" data-testid="typing">
+            typing…
+          </span>
+        )}
+        <button type="button" data-testid="safety-open" onClick={() => setSafety(!safety)}>
+          Safety number
+        </button>
+      </div>
+      {(safety || changed) && <Safety engine={engine} user={user} changed={changed} onDone={() => setSafety(false)} />}
+      <div class="messages" ref={listRef}>
+        {messages.map((m) => (
+          <MessageView key={m.key} m={m} me={engine.user} />
+        ))}
+      </div>
+      {error && (
+        <p class="error" data-testid="send-error">
+          {error}
+        </p>
+      )}
+      <form
+        class="composer"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void send();
+        }}
+      >
+        <label class="attach" title="Files are not yet supported in the browser client">
+          <input type="file" data-testid="attach-file" disabled />
+          File
+        </label>
+        <textarea
+          data-testid="composer"
+          rows={1}
+          placeholder={changed ? "Verify the new safety number to send" : "Message"}
+          disabled={changed}
+          value={text}
+          onInput={(e) => {
+            setText(e.currentTarget.value);
+            const now = Date.now();
+            if (now - typingSent.current > 4000) {
+              typingSent.current = now;
+              void engine.setTyping(user, true);
+            }
+          }}
+          onKeyDown={(e) => {
+            if (e.key === "Enter" && !e.shiftKey) {
+              e.preventDefault();
+              void send();
+            }
+          }}
+        />
+        <button type="submit" class="primary" data-testid="send" disabled={changed}>
+          Send
+        </button>
+      </form>
+    </div>
+  );
+}
+
+const STATE_MARK: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓ read", failed: "⚠ not sent", received: "", };
+
+function MessageView(props: { m: Message; me: string }) {
+  const { m, me } = props;
+  if (m.notice) {
+    return (
+      <div class="notice" data-testid="decrypt-failure" data-from={m.from}>
+        ⚠ {m.notice}
+      </div>
+    );
+  }
+  const mine = m.from === me;
+  return (
+    <div class={mine ? "msg mine" : "msg"} data-testid="message" data-from={m.from} data-message-id={m.id} data-state={m.state}>
+      <div class="text">{m.text}</div>
+      <div class="meta">
+        <time>{new Date(m.sentAt).toLocaleTimeString()}</time>
+        {mine && (
+          <span class="state" data-testid="message-state">
+            {STATE_MARK[m.state]}
+          </span>
+        )}
+      </div>
+    </div>
+  );
+}
+
+function Safety(props: { engine: Engine; user: string; changed: boolean; onDone: () => void }) {
+  const { engine, user, changed } = props;
+  const number = engine.safetyNumber(user);
+  const verified = engine.peer(user)?.verified ?? false;
+  return (
+    <div class={changed ? "safety warn" : "safety"} data-testid="safety-panel">
+      {changed && (
+        <p data-testid="key-changed">
+          {user}'s safety number has changed (a new account key). Sending is blocked until you compare the number
+          below with {user} and accept it.
+        </p>
+      )}
+      <p>Safety number with {user}{verified && !changed ? " (verified)" : ""}:</p>
+      <code class="number" data-testid="safety-number">
+        {number ?? "…"}
+      </code>
+      <div>
+        <button
+          type="button"
+          class="primary"
+          data-testid="verify-accept"
+          onClick={async () => {
+            await engine.acceptKey(user);
+            props.onDone();
+          }}
+        >
+          {changed ? "Accept the new key" : "Mark as verified"}
+        </button>
+      </div>
+    </div>
+  );
+}
+
+function Devices(props: { engine: Engine; onClose: () => void }) {
+  const { engine } = props;
+  const [list, setList] = useState<DeviceList | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const load = () => engine.devices().then(setList).catch((e: Error) => setError(e.message));
+  useEffect(() => {
+    void load();
+  }, []);
+  const me = engine.identity?.device;
+  return (
+    <div class="panel" data-testid="devices-panel">
+      <h3>Devices of {engine.user}</h3>
+      {error && <p class="error">{error}</p>}
+      <ul>
+        {list?.devices.map((d) => (
+          <li key={d.id} data-testid={`device-${d.id}`}>
+            Device {d.id} {d.id === me ? "(this browser)" : ""}
+            {d.id !== me && (
+              <button
+                type="button"
+                data-testid={`unlink-${d.id}`}
+                onClick={async () => {
+                  try {
+                    await engine.unlink(d.id);
+                    await load();
+                  } catch (e) {
+                    setError((e as Error).message);
+                  }
+                }}
+              >
+                Unlink
+              </button>
+            )}
+          </li>
+        ))}
+      </ul>
+      <button type="button" onClick={props.onClose}>
+        Close
+      </button>
+    </div>
+  );
+}
