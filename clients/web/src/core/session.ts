@@ -1,7 +1,7 @@
 // PQXDH (protocol-crypto.md §5), the Double Ratchet (§6) and the envelopes (§8).
 // Decrypt commits on success: it works on a copy and returns the new state only after the
 // AEAD tag verified and the payload's sender matched.
-import { DecodeError, Reader, Writer, concat, equal, hex, type Rng } from "./bytes";
+import { DecodeError, Reader, Writer, concat, equal, hex, utf8, type Rng } from "./bytes";
 import { type Bundle, MLKEM_TYPE, X25519_TYPE, typed, untype, verifyBundle, ED25519_TYPE } from "./keys";
 import {
   CryptoError,
@@ -83,16 +83,12 @@ export interface PqxdhPrefix {
   kemCiphertext: Uint8Array;
 }
 
-export type Envelope =
-  | { kind: 1; header: Header; headerBytes: Uint8Array; ciphertext: Uint8Array }
-  | {
-      kind: 2;
-      prefix: PqxdhPrefix;
-      prefixBytes: Uint8Array;
-      header: Header;
-      headerBytes: Uint8Array;
-      ciphertext: Uint8Array;
-    };
+/** Envelope version 2 (sent) carries a random nonce; version 1 is only decrypted. */
+export type Envelope = { version: 1 | 2; header: Header; headerBytes: Uint8Array; nonce: Uint8Array | null; ciphertext: Uint8Array } & (
+  | { kind: 1 }
+  | { kind: 2; prefix: PqxdhPrefix; prefixBytes: Uint8Array }
+);
+export const ENVELOPE_VERSION = 2;
 
 // --- encodings ---------------------------------------------------------------------------
 
@@ -133,26 +129,23 @@ function readPrefix(r: Reader): PqxdhPrefix {
 
 export function decodeEnvelope(data: Uint8Array): Envelope {
   const r = new Reader(data);
-  r.version(1);
+  const version = r.u8();
+  if (version !== 1 && version !== 2) throw new DecodeError(`unsupported envelope version ${version}`);
   const kind = r.u8();
-  if (kind === 1) {
-    const { header, headerBytes } = readHeader(r);
-    const ciphertext = r.bytes32();
-    if (ciphertext.length < 16) throw new DecodeError("ciphertext too short");
-    r.end();
-    return { kind: 1, header, headerBytes, ciphertext };
-  }
+  if (kind !== 1 && kind !== 2) throw new DecodeError(`invalid envelope kind ${kind}`);
+  let prefixPart: { prefix: PqxdhPrefix; prefixBytes: Uint8Array } | null = null;
   if (kind === 2) {
     const start = r.offset;
     const prefix = readPrefix(r);
-    const prefixBytes = data.slice(start, r.offset);
-    const { header, headerBytes } = readHeader(r);
-    const ciphertext = r.bytes32();
-    if (ciphertext.length < 16) throw new DecodeError("ciphertext too short");
-    r.end();
-    return { kind: 2, prefix, prefixBytes, header, headerBytes, ciphertext };
+    prefixPart = { prefix, prefixBytes: data.slice(start, r.offset) };
   }
-  throw new DecodeError(`invalid envelope kind ${kind}`);
+  const { header, headerBytes } = readHeader(r);
+  const nonce = version === 2 ? r.raw(12) : null;
+  const ciphertext = r.bytes32();
+  if (ciphertext.length < 16) throw new DecodeError("ciphertext too short");
+  r.end();
+  const common = { version: version as 1 | 2, header, headerBytes, nonce, ciphertext };
+  return prefixPart ? { ...common, kind: 2, ...prefixPart } : { ...common, kind: 1 };
 }
 
 function encodePayload(user: string, device: number, body: Uint8Array): Uint8Array {
@@ -186,19 +179,26 @@ export async function chainStep(ck: Uint8Array): Promise<[Uint8Array, Uint8Array
   return [await hmac(ck, Uint8Array.of(1)), await hmac(ck, Uint8Array.of(2))];
 }
 
-export async function messageKeys(mk: Uint8Array): Promise<[Uint8Array, Uint8Array]> {
+/** Version 1 (decrypt only): key and nonce both derived from the message key. */
+export async function messageKeysV1(mk: Uint8Array): Promise<[Uint8Array, Uint8Array]> {
   const out = await hkdf(mk, ZERO32, "VoxRatchet-v1-MessageKeys", 44);
   return [out.slice(0, 32), out.slice(32, 44)];
 }
 
-async function seal(mk: Uint8Array, plaintext: Uint8Array, ad: Uint8Array): Promise<Uint8Array> {
-  const [key, nonce] = await messageKeys(mk);
-  return aesGcmEncrypt(key, nonce, plaintext, ad);
+/** Version 2: HKDF-Expand(PRK = mk, "VoxRatchet-v2-MessageKey", 32) = one HMAC. */
+export async function messageKeyV2(mk: Uint8Array): Promise<Uint8Array> {
+  return hmac(mk, concat(utf8("VoxRatchet-v2-MessageKey"), Uint8Array.of(1)));
 }
 
-async function open(mk: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array): Promise<Uint8Array> {
-  const [key, nonce] = await messageKeys(mk);
-  return aesGcmDecrypt(key, nonce, ciphertext, ad);
+/** AEAD associated data: session AD [|| version || kind (v2)] || header. */
+function aeadAd(s: SessionState, env: { version: number; kind: number; headerBytes: Uint8Array }): Uint8Array {
+  return env.version === 2 ? concat(s.ad, Uint8Array.of(2, env.kind), env.headerBytes) : concat(s.ad, env.headerBytes);
+}
+
+async function open(mk: Uint8Array, env: Envelope, ad: Uint8Array): Promise<Uint8Array> {
+  if (env.version === 2) return aesGcmDecrypt(await messageKeyV2(mk), env.nonce as Uint8Array, env.ciphertext, ad);
+  const [key, nonce] = await messageKeysV1(mk);
+  return aesGcmDecrypt(key, nonce, env.ciphertext, ad);
 }
 
 // --- PQXDH ------------------------------------------------------------------------------
@@ -360,14 +360,16 @@ export async function encrypt(
     s.ns = 0;
   }
   const headerBytes = encodeHeader({ ratchetKey: x25519Public(s.dhsPriv), pn: s.pn, n: s.ns });
+  const nonce = rng(12); // drawn after the ratchet key (§6.5)
+  const kind = s.pending ? 2 : 1;
   const [mk, next] = await chainStep(s.cks as Uint8Array);
-  const ct = await seal(mk, encodePayload(s.localUser, s.localDevice, body), concat(s.ad, headerBytes));
+  const ad = aeadAd(s, { version: ENVELOPE_VERSION, kind, headerBytes });
+  const ct = await aesGcmEncrypt(await messageKeyV2(mk), nonce, encodePayload(s.localUser, s.localDevice, body), ad);
   s.cks = next;
   s.ns += 1;
-  const w = new Writer().u8(1);
-  if (s.pending) w.u8(2).raw(s.pending);
-  else w.u8(1);
-  w.raw(headerBytes).bytes32(ct);
+  const w = new Writer().u8(ENVELOPE_VERSION).u8(kind);
+  if (s.pending) w.raw(s.pending);
+  w.raw(headerBytes).raw(nonce).bytes32(ct);
   return { state: s, data: w.done() };
 }
 
@@ -396,8 +398,8 @@ function addSkipped(s: SessionState, key: Uint8Array, keys: [number, Uint8Array]
   while (s.skipped.length > MAX_STORED) s.skipped.shift();
 }
 
-async function openPayload(s: SessionState, mk: Uint8Array, ct: Uint8Array, ad: Uint8Array): Promise<Uint8Array> {
-  const payload = decodePayload(await open(mk, ct, ad));
+async function openPayload(s: SessionState, mk: Uint8Array, env: Envelope, ad: Uint8Array): Promise<Uint8Array> {
+  const payload = decodePayload(await open(mk, env, ad));
   if (payload.user !== s.peer.user || payload.device !== s.peer.device) {
     throw new SenderMismatch(`${s.peer.user}:${s.peer.device} != ${payload.user}:${payload.device}`);
   }
@@ -408,12 +410,12 @@ export async function decryptMessage(
   s0: SessionState,
   env: Envelope,
 ): Promise<{ state: SessionState; body: Uint8Array }> {
-  const { header, headerBytes, ciphertext } = env;
-  const ad = concat(s0.ad, headerBytes);
+  const { header } = env;
+  const ad = aeadAd(s0, env);
   const k = hex(header.ratchetKey);
   const stored = s0.skipped.find(([kk, i]) => kk === k && i === header.n);
   if (stored) {
-    const body = await openPayload(s0, stored[2], ciphertext, ad);
+    const body = await openPayload(s0, stored[2], env, ad);
     const s = clone(s0);
     s.skipped = s.skipped.filter((e) => e !== stored);
     s.pending = null;
@@ -423,7 +425,7 @@ export async function decryptMessage(
     if (header.n < s0.nr) throw new DuplicateMessage(`index ${header.n}`);
     const { keys, ck } = await skipKeys(s0.ckr, s0.nr, header.n);
     const [mk, next] = await chainStep(ck);
-    const body = await openPayload(s0, mk, ciphertext, ad);
+    const body = await openPayload(s0, mk, env, ad);
     const s = clone(s0);
     s.ckr = next;
     s.nr = header.n + 1;
@@ -437,7 +439,7 @@ export async function decryptMessage(
   const [rk, ckNew] = await kdfRk(s0.rk, x25519Dh(s0.dhsPriv, header.ratchetKey));
   const { keys, ck } = await skipKeys(ckNew, 0, header.n);
   const [mk, next] = await chainStep(ck);
-  const body = await openPayload(s0, mk, ciphertext, ad);
+  const body = await openPayload(s0, mk, env, ad);
   const s = clone(s0);
   if (s.dhr) {
     addSkipped(s, s.dhr, oldKeys);
