@@ -216,6 +216,7 @@ def accept_session(
     message: bytes | InitialMessage,
     *,
     config: RatchetConfig | None = None,
+    now: float | None = None,
 ) -> AcceptedSession:
     """Build the responder's session from an initial message and decrypt its body.
 
@@ -264,7 +265,7 @@ def accept_session(
         pending=None,
         config=config or RatchetConfig(),
     )
-    body = session.decrypt_message(message)
+    body = session.decrypt_message(message, now=now)
     consumed = ConsumedPrekeys(
         one_time_prekey_id=prefix.one_time_prekey_id,
         kem_prekey_id=None if kem.last_resort else kem.key_id,

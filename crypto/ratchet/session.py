@@ -38,6 +38,7 @@ from crypto.errors import (
     SenderMismatch,
     StateError,
     TooManySkipped,
+    UnsupportedVersion,
 )
 from crypto.keys import DeviceAddress, PeerDevice, X25519PublicKey
 from crypto.ratchet.chain_key import ChainKey
@@ -46,9 +47,13 @@ from crypto.ratchet.message_keys import MessageKey
 from crypto.ratchet.root_chain import RootKey
 from crypto.ratchet.skipped_keys import SkippedKeys
 
-__all__ = ["SESSION_VERSION", "RatchetConfig", "Session", "initial_digest"]
+__all__ = ["MAX_SKIPPED_AGE", "SESSION_VERSION", "RatchetConfig", "Session", "initial_digest"]
 
-SESSION_VERSION: Final = 1
+SESSION_VERSION: Final = 2
+#: The first state version (no skipped-key ages): still read, never written.
+SESSION_VERSION_V1: Final = 1
+#: Default age limit of a skipped message key: the relay's default envelope TTL.
+MAX_SKIPPED_AGE: Final = 30 * 24 * 3600
 #: How many previous receiving ratchet keys are remembered to classify replays.
 PREVIOUS_KEYS: Final = 5
 _MAX_AD: Final = 1024
@@ -61,14 +66,40 @@ def initial_digest(prefix: PqxdhPrefix) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class RatchetConfig:
-    """Limits of one session: skip per message and stored skipped keys in total."""
+    """Limits of one session (all stored in the session state).
+
+    * ``max_skip``: message keys one message may make the receiver skip, **in total** over
+      the old and the new chain of a DH step. It also bounds the work a forged message costs
+      before its tag is checked: at most ``max_skip`` HMACs (chain steps), one X25519 and one
+      HKDF.
+    * ``max_stored``: skipped keys kept in total (oldest evicted).
+    * ``max_skipped_age``: seconds after which a skipped key expires (``0`` = no limit);
+      measured on the ``now`` the caller passes to :meth:`Session.decrypt`.
+    """
 
     max_skip: int = 1000
     max_stored: int = 2000
+    max_skipped_age: int = MAX_SKIPPED_AGE
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_skip <= 0xFFFF or not 0 <= self.max_stored <= 0xFFFF:
             raise InvalidValue("ratchet config", "limits must be in 0..65535")
+        if not 0 <= self.max_skipped_age <= 0xFFFFFFFF:
+            raise InvalidValue("ratchet config", "max_skipped_age must be a u32")
+
+
+def _walk(chain: ChainKey, index: int) -> tuple[list[bytes], ChainKey]:
+    """Step ``chain`` up to ``index``: the raw chain keys passed (one HMAC each), and the chain
+    at ``index``. Message keys are derived from the passed keys only after a tag verified."""
+    passed: list[bytes] = []
+    while chain.index < index:
+        passed.append(chain.key)
+        chain = chain.next()
+    return passed, chain
+
+
+def _message_keys(chain_keys: list[bytes], first_index: int) -> list[MessageKey]:
+    return [ChainKey(ck, first_index + i).message_key() for i, ck in enumerate(chain_keys)]
 
 
 def _write_chain(w: Writer, chain: ChainKey | None) -> None:
@@ -87,6 +118,7 @@ class Session:
     __slots__ = (
         "_ad",
         "_base_key",
+        "_clock",
         "_config",
         "_initial_digest",
         "_pending",
@@ -135,6 +167,7 @@ class Session:
         self._initial_digest = initial_digest
         self._pending = pending
         self._config = config
+        self._clock = 0
 
     # --- properties -------------------------------------------------------------------
 
@@ -152,6 +185,12 @@ class Session:
     def awaiting_reply(self) -> bool:
         """True while this (initiating) side still prefixes messages with PQXDH fields."""
         return self._pending is not None
+
+    @property
+    def initial_digest(self) -> bytes:
+        """SHA-256 of the session's PQXDH prefix (:func:`initial_digest`); an initial message
+        that used no one-time prekeys can be replayed, and this is the id to remember."""
+        return self._initial_digest
 
     @property
     def skipped_count(self) -> int:
@@ -202,8 +241,12 @@ class Session:
 
     # --- decrypt ----------------------------------------------------------------------
 
-    def decrypt(self, data: bytes) -> bytes:
+    def decrypt(self, data: bytes, *, now: float | None = None) -> bytes:
         """Decrypt envelope bytes from the peer and return the body.
+
+        ``now`` (seconds since the epoch) is the caller's clock: skipped message keys older
+        than ``config.max_skipped_age`` no longer open their message and are deleted at this
+        commit. Without ``now`` the session's last known time is used (nothing new expires).
 
         Raises ``DecodeError`` (malformed), ``AuthenticationFailed`` (tampered or not for
         this session), ``DuplicateMessage`` (replay), ``TooManySkipped`` (gap over the
@@ -217,9 +260,20 @@ class Session:
             and initial_digest(message.prefix) != self._initial_digest
         ):
             raise StateError("initial message of another session (different PQXDH prefix)")
-        return self.decrypt_message(message)
+        return self.decrypt_message(message, now=now)
 
-    def decrypt_message(self, envelope: RatchetMessage | InitialMessage) -> bytes:
+    def expire_skipped(self, now: float) -> int:
+        """Delete the skipped message keys older than ``config.max_skipped_age`` at ``now``.
+
+        For sessions that receive nothing for a long time (a decrypt does this too). Returns
+        how many keys were deleted; the caller stores the session afterwards.
+        """
+        self._clock = max(self._clock, int(now))
+        return self._skipped.expire(self._clock, self._config.max_skipped_age)
+
+    def decrypt_message(
+        self, envelope: RatchetMessage | InitialMessage, *, now: float | None = None
+    ) -> bytes:
         """Decrypt an already decoded message (see :meth:`decrypt`).
 
         The caller has checked an initial message's prefix (this method does not).
@@ -232,56 +286,63 @@ class Session:
         ratchet_key = header.ratchet_key.raw
         ad = message_associated_data(self._ad, message.version, kind, header.to_bytes())
 
-        stored = self._skipped.get(ratchet_key, header.index)
+        clock = self._clock if now is None else max(self._clock, int(now))
+        max_age, max_skip = self._config.max_skipped_age, self._config.max_skip
+
+        stored = self._skipped.get(ratchet_key, header.index, clock, max_age)
         if stored is not None:
             body = self._open(stored, message, ad)
             self._skipped.remove(ratchet_key, header.index)
-            self._pending = None
-            return body
+            return self._commit(body, clock)
 
         receiving = self._receiving
         if self._remote is not None and ratchet_key == self._remote.raw and receiving is not None:
             if header.index < receiving.index:
                 raise DuplicateMessage(ratchet_key, header.index)
-            skipped, chain = self._skip(receiving, header.index)
+            gap = header.index - receiving.index
+            if gap > max_skip:
+                raise TooManySkipped(gap, max_skip)
+            passed, chain = _walk(receiving, header.index)
             body = self._open(chain.message_key(), message, ad)
             self._receiving = chain.next()
-            self._skipped.add(ratchet_key, skipped)
-            self._pending = None
-            return body
+            self._skipped.add(ratchet_key, _message_keys(passed, receiving.index), clock)
+            return self._commit(body, clock)
 
         if ratchet_key in self._previous_remote:
             raise DuplicateMessage(ratchet_key, header.index)
 
-        # A new ratchet key from the peer: a DH ratchet step.
-        old_skipped: list[MessageKey] = []
+        # A new ratchet key from the peer: a DH ratchet step. Everything that costs work in
+        # proportion to attacker-chosen numbers is bounded first, and the old chain's keys
+        # are only derived once the new message's tag verified (a forged message costs at
+        # most max_skip chain steps, one X25519 and one HKDF).
+        old_gap = 0
         if receiving is not None and self._remote is not None:
-            old_skipped, _ = self._skip(receiving, header.previous_chain_length)
+            old_gap = max(0, header.previous_chain_length - receiving.index)
+        if old_gap + header.index > max_skip:
+            raise TooManySkipped(old_gap + header.index, max_skip)
         root, new_chain = self._root.advance(self._self_key.exchange(ratchet_key))
-        new_skipped, chain = self._skip(new_chain, header.index)
+        passed, chain = _walk(new_chain, header.index)
         body = self._open(chain.message_key(), message, ad)
 
         if self._remote is not None:
-            self._skipped.add(self._remote.raw, old_skipped)
+            if receiving is not None and old_gap:
+                old_passed, _ = _walk(receiving, header.previous_chain_length)
+                old_keys = _message_keys(old_passed, receiving.index)
+                self._skipped.add(self._remote.raw, old_keys, clock)
             self._previous_remote.append(self._remote.raw)
-        self._skipped.add(ratchet_key, new_skipped)
+        self._skipped.add(ratchet_key, _message_keys(passed, 0), clock)
         self._root, self._remote, self._receiving = root, header.ratchet_key, chain.next()
         if self._sending is not None:
             self._previous_counter = self._sending.index
         self._sending = None
-        self._pending = None
-        return body
+        return self._commit(body, clock)
 
-    def _skip(self, chain: ChainKey, index: int) -> tuple[list[MessageKey], ChainKey]:
-        """The message keys of ``chain`` below ``index``, and the chain at ``index``."""
-        gap = index - chain.index
-        if gap > self._config.max_skip:
-            raise TooManySkipped(gap, self._config.max_skip)
-        skipped: list[MessageKey] = []
-        while chain.index < index:
-            skipped.append(chain.message_key())
-            chain = chain.next()
-        return skipped, chain
+    def _commit(self, body: bytes, clock: int) -> bytes:
+        """The common end of every successful decrypt."""
+        self._pending = None
+        self._clock = clock
+        self._skipped.expire(clock, self._config.max_skipped_age)
+        return body
 
     def _open(self, mk: MessageKey, message: RatchetMessage, ad: bytes) -> bytes:
         if message.version == ENVELOPE_VERSION:
@@ -301,6 +362,7 @@ class Session:
         self.local.write(w)
         self.peer.write(w)
         w.bytes16(self._ad).u16(self._config.max_skip).u16(self._config.max_stored)
+        w.u32(self._config.max_skipped_age).u64(self._clock)
         w.raw(self._root.key).raw(self._self_key.private)
         w.u8(int(self._remote is not None))
         if self._remote is not None:
@@ -316,19 +378,27 @@ class Session:
         for key in self._previous_remote:
             w.raw(key)
         w.u16(len(self._skipped))
-        for ratchet_key, mk in self._skipped:
-            w.raw(ratchet_key).u32(mk.index).raw(mk.key)
+        for ratchet_key, mk, stored_at in self._skipped:
+            w.raw(ratchet_key).u32(mk.index).raw(mk.key).u64(stored_at)
         return w.finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Session:
-        """Inverse of :meth:`to_bytes`; raises only ``DecodeError``."""
+        """Inverse of :meth:`to_bytes`; raises only ``DecodeError``.
+
+        Also reads state version 1 (written before skipped keys had ages): its keys get an
+        unknown age (they start aging at the next clock reading) and the default age limit.
+        """
         r = Reader(data)
-        r.version(SESSION_VERSION)
+        version = r.u8()
+        if version not in (SESSION_VERSION_V1, SESSION_VERSION):
+            raise UnsupportedVersion(SESSION_VERSION, version)
         local = DeviceAddress.read(r)
         peer = PeerDevice.read(r)
         ad = r.bytes16("associated_data", _MAX_AD)
-        config = RatchetConfig(r.u16(), r.u16())
+        max_skip, max_stored = r.u16(), r.u16()
+        max_age, clock = (r.u32(), r.u64()) if version == SESSION_VERSION else (MAX_SKIPPED_AGE, 0)
+        config = RatchetConfig(max_skip, max_stored, max_age)
         root = RootKey(r.raw(32))
         self_key = p.X25519KeyPair(r.raw(32))
         remote = X25519PublicKey.read(r) if r.flag("has_remote") else None
@@ -343,10 +413,13 @@ class Session:
             raise InvalidValue("previous ratchet keys", f"more than {PREVIOUS_KEYS}")
         previous = [r.raw(32) for _ in range(n_previous)]
         n_skipped = r.count("skipped keys", config.max_stored)
-        skipped: list[tuple[bytes, MessageKey]] = []
+        skipped: list[tuple[bytes, MessageKey, int]] = []
         for _ in range(n_skipped):
-            ratchet_key, index = r.raw(32), r.u32()
-            skipped.append((ratchet_key, MessageKey(r.raw(32), index)))
+            ratchet_key, index, key = r.raw(32), r.u32(), r.raw(32)
+            stored_at = r.u64() if version == SESSION_VERSION else 0
+            if stored_at > clock:
+                raise InvalidValue("skipped keys", "stored after the session's clock")
+            skipped.append((ratchet_key, MessageKey(key, index), stored_at))
         r.end()
         session = cls(
             local=local,
@@ -364,6 +437,9 @@ class Session:
         session._receiving = receiving
         session._previous_counter = previous_counter
         session._previous_remote.extend(previous)
-        for ratchet_key, mk in skipped:
-            session._skipped.add(ratchet_key, (mk,))
+        session._clock = clock
+        for ratchet_key, mk, stored_at in skipped:
+            session._skipped.add(ratchet_key, (mk,), stored_at)
+        if len(session._skipped) != n_skipped:
+            raise InvalidValue("skipped keys", "a (ratchet key, index) pair is repeated")
         return session

@@ -1,8 +1,12 @@
 """Message keys kept for messages that have not arrived yet (out-of-order delivery).
 
-Keys are stored by ``(sender ratchet key, index)`` in arrival order. One message may skip
-at most ``max_skip`` keys of a chain (checked by the session before anything is stored);
-the store as a whole holds at most ``max_stored`` keys and evicts the oldest beyond that.
+Keys are stored by ``(sender ratchet key, index)`` in arrival order, each with the time it was
+stored (``stored_at``, whole seconds of the caller's clock; ``0`` = unknown). One message may
+skip at most ``max_skip`` keys (checked by the session before anything is stored); the store as
+a whole holds at most ``max_stored`` keys and evicts the oldest beyond that; and a key older
+than ``max_age`` seconds is **expired**: it no longer opens its message and is deleted at the
+next commit (:meth:`SkippedKeys.expire`). A key stored while the clock was unknown starts
+aging at the first clock reading.
 """
 
 from __future__ import annotations
@@ -16,36 +20,58 @@ __all__ = ["SkippedKeys"]
 
 
 class SkippedKeys:
-    """A bounded, insertion-ordered map ``(ratchet key, index) -> message key``."""
+    """A bounded, insertion-ordered map ``(ratchet key, index) -> (message key, stored_at)``."""
 
     __slots__ = ("_keys", "max_stored")
 
     def __init__(self, max_stored: int) -> None:
         self.max_stored = max_stored
-        self._keys: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._keys: OrderedDict[tuple[bytes, int], tuple[bytes, int]] = OrderedDict()
 
-    def get(self, ratchet_key: bytes, index: int) -> MessageKey | None:
-        """The stored key for this message, if any (not removed: see :meth:`remove`)."""
-        key = self._keys.get((ratchet_key, index))
-        return None if key is None else MessageKey(key, index)
+    def get(self, ratchet_key: bytes, index: int, clock: int, max_age: int) -> MessageKey | None:
+        """The stored key for this message unless absent or expired at ``clock`` (not removed)."""
+        entry = self._keys.get((ratchet_key, index))
+        if entry is None or _expired(entry[1], clock, max_age):
+            return None
+        return MessageKey(entry[0], index)
 
     def remove(self, ratchet_key: bytes, index: int) -> None:
         """Forget a key once its message decrypted."""
         self._keys.pop((ratchet_key, index), None)
 
-    def add(self, ratchet_key: bytes, keys: Iterable[MessageKey]) -> None:
+    def add(self, ratchet_key: bytes, keys: Iterable[MessageKey], stored_at: int = 0) -> None:
         """Store keys of one chain, evicting the oldest beyond ``max_stored``."""
         for mk in keys:
-            self._keys[(ratchet_key, mk.index)] = mk.key
+            self._keys[(ratchet_key, mk.index)] = (mk.key, stored_at)
         while len(self._keys) > self.max_stored:
             self._keys.popitem(last=False)
+
+    def expire(self, clock: int, max_age: int) -> int:
+        """Delete the keys expired at ``clock``; stamp keys of unknown age with ``clock``.
+
+        Returns how many keys were deleted. ``clock == 0`` (unknown) or ``max_age == 0`` (no
+        limit) deletes nothing.
+        """
+        if clock <= 0:
+            return 0
+        expired = [slot for slot, (_, at) in self._keys.items() if _expired(at, clock, max_age)]
+        for slot in expired:
+            del self._keys[slot]
+        for slot, (key, at) in self._keys.items():
+            if at == 0:
+                self._keys[slot] = (key, clock)
+        return len(expired)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __iter__(self) -> Iterator[tuple[bytes, MessageKey]]:
-        for (ratchet_key, index), key in self._keys.items():
-            yield ratchet_key, MessageKey(key, index)
+    def __iter__(self) -> Iterator[tuple[bytes, MessageKey, int]]:
+        for (ratchet_key, index), (key, stored_at) in self._keys.items():
+            yield ratchet_key, MessageKey(key, index), stored_at
 
     def __repr__(self) -> str:
         return f"SkippedKeys(count={len(self._keys)}, max_stored={self.max_stored})"
+
+
+def _expired(stored_at: int, clock: int, max_age: int) -> bool:
+    return max_age > 0 and stored_at > 0 and clock - stored_at > max_age

@@ -180,7 +180,7 @@ def test_session_decoder_rejects_bad_versions_truncation_and_trailing_bytes() ->
     alice, _, _ = make_pair(b"r11")
     data = alice.to_bytes()
     with pytest.raises(UnsupportedVersion):
-        Session.from_bytes(b"\x02" + data[1:])
+        Session.from_bytes(b"\x03" + data[1:])
     with pytest.raises(Truncated):
         Session.from_bytes(data[:-1])
     with pytest.raises(TrailingBytes):
