@@ -25,7 +25,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import Depends, FastAPI
 
-from server import attachments, delivery, web
+from server import attachments, delivery, push, web
 from server.api import accounts, auth, ops, prekeys
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
@@ -119,5 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lifespan_hooks.append(delivery.lifespan)
     app.include_router(attachments.router, dependencies=v1)
     app.state.lifespan_hooks.append(attachments.lifespan)
+    app.include_router(push.router, dependencies=v1)
+    app.state.lifespan_hooks.append(push.lifespan)  # after delivery: observes its hub
     web.mount(app, settings)  # the browser client at / (clients/web/dist)
     return app

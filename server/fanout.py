@@ -69,6 +69,20 @@ class DeviceSink(Protocol):
         """The device was removed or revoked: close with 4401."""
 
 
+class HubObserver(Protocol):
+    """Told about this node's connections and about envelopes for devices not connected
+    here (the push layer, ``server.push``). Calls are synchronous and must be cheap."""
+
+    def attached(self, device_pk: int) -> None:
+        """The device now has a connection on this node."""
+
+    def detached(self, device_pk: int) -> None:
+        """The device no longer has a connection on this node."""
+
+    def queued_elsewhere(self, device_pks: Sequence[int]) -> None:
+        """Envelopes were just committed for these devices, not connected to this node."""
+
+
 class Hub:
     """In-process fan-out, optionally bridged to other nodes through Redis pub/sub."""
 
@@ -82,6 +96,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.dropped_signals = 0
+        self.observer: HubObserver | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,6 +158,8 @@ class Hub:
         """Register a device's new connection; an older one (here or elsewhere) is replaced."""
         previous = self._sinks.get(device_pk)
         self._sinks[device_pk] = sink
+        if self.observer is not None:
+            self.observer.attached(device_pk)
         if previous is not None and previous is not sink:
             previous.replaced()
         self._publish({"k": "kick", "d": device_pk, "c": sink.connection_id})
@@ -151,6 +168,11 @@ class Hub:
         """Forget a connection (only if it is still the registered one)."""
         if self._sinks.get(device_pk) is sink:
             del self._sinks[device_pk]
+            self._left(device_pk)
+
+    def _left(self, device_pk: int) -> None:
+        if self.observer is not None:
+            self.observer.detached(device_pk)
 
     def local(self, device_pk: int) -> DeviceSink | None:
         """The device's connection on this node, if any."""
@@ -178,6 +200,8 @@ class Hub:
                 remote.append(device_pk)
         if remote:
             self._publish({"k": "wake", "d": remote})
+            if self.observer is not None:
+                self.observer.queued_elsewhere(remote)
 
     def wake(self, device_pks: Iterable[int]) -> None:
         """Tell whoever holds these devices' sockets to read their queues."""
@@ -222,6 +246,7 @@ class Hub:
         if sink is None or (token_id is not None and getattr(sink, "token_id", None) != token_id):
             return
         del self._sinks[device_pk]
+        self._left(device_pk)
         sink.revoked(reason)
 
     # -- Redis bridge ------------------------------------------------------------------------
@@ -305,6 +330,7 @@ class Hub:
                 sink = self._sinks.get(int(message["d"]))
                 if sink is not None and sink.connection_id != message["c"]:
                     del self._sinks[int(message["d"])]
+                    self._left(int(message["d"]))
                     sink.replaced()
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed fan-out message (%s)", exc.__class__.__name__)

@@ -27,6 +27,7 @@ __all__ = [
     "BrandSettings",
     "ConfigFileError",
     "LimitSettings",
+    "PushSettings",
     "RegistrationPolicy",
     "Settings",
     "load_settings",
@@ -137,6 +138,30 @@ class LimitSettings(_Section):
         return self
 
 
+class PushSettings(_Section):
+    """Content-free Web Push to offline devices (``docs/self-hosting.md``, "Push")."""
+
+    enabled: bool = True
+    #: At most one push per device per this many seconds (a burst gives one notification).
+    coalesce_seconds: int = Field(30, ge=1, le=24 * 3600)
+    #: ``TTL`` header: how long the push service keeps an undelivered push.
+    ttl_seconds: int = Field(DAY, ge=0, le=28 * DAY)
+    #: ``Urgency`` header (RFC 8030 section 5.3).
+    urgency: str = Field("normal", pattern=r"^(very-low|low|normal|high)$")
+    max_subscriptions_per_device: int = Field(5, ge=1, le=100)
+    request_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    #: Attempts per push when the push service fails (5xx, 429, network); 404/410 end it.
+    max_attempts: int = Field(3, ge=1, le=10)
+    #: VAPID ``sub`` claim: ``mailto:`` or ``https:`` contact for push services.
+    subject: str | None = Field(
+        None, max_length=256, pattern=r"^(mailto:[^\s]+@[^\s]+|https://\S+)$"
+    )
+    #: The VAPID private key (PEM); default ``<data_dir>/vapid_private_key.pem``.
+    vapid_key_file: Path | None = None
+    #: Accept ``http://`` and loopback endpoints (tests and local push receivers only).
+    allow_loopback_endpoints: bool = False
+
+
 class Settings(BaseSettings):
     """The relay's whole configuration (immutable once loaded)."""
 
@@ -162,6 +187,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     brand: BrandSettings = BrandSettings()
     limits: LimitSettings = LimitSettings()
+    push: PushSettings = PushSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def]

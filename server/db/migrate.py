@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 __all__ = ["MODEL_MODULES", "alembic_config", "all_metadata", "current_revision", "upgrade"]
 
 #: Every module that defines tables on ``Base.metadata``; missing ones are skipped.
-MODEL_MODULES = ("server.db.models", "server.db.models_delivery")
+MODEL_MODULES = ("server.db.models", "server.db.models_delivery", "server.push.models")
 
 
 def all_metadata() -> MetaData:

@@ -1,0 +1,283 @@
+"""Sending content-free pushes to devices that are offline (RFC 8030 delivery).
+
+The delivery hub calls :meth:`PushDispatcher.queued_elsewhere` right after a commit, with the
+devices that got envelopes and have no connection on this node. That call only adds them to a
+set (never blocks, never touches the database); a background task then, outside any write
+transaction:
+
+1. drops devices connected on another node (:class:`~server.push.presence.Presence`);
+2. reads their subscriptions — only for devices that still hold an envelope from another user
+   (``repository.targets``);
+3. claims the device's coalescing window (one push per ``push.coalesce_seconds``);
+4. POSTs the RFC 8291-encrypted fixed payload to every subscription, with ``TTL``,
+   ``Urgency``, ``Topic`` and a VAPID ``Authorization``; 404/410 deletes the subscription;
+   429, 5xx and network errors are retried up to ``push.max_attempts`` times (honouring
+   ``Retry-After`` up to a minute); anything else is logged and dropped.
+
+Logs name only the push service's origin (``https://host``), never the endpoint path (a
+capability) or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.db.engine import write_lock
+from server.logs import log_event
+from server.push import repository as repo
+from server.push.presence import Coalescer, Presence
+from server.push.service import is_loopback_host
+from server.push.vapid import CONTENT_ENCODING, VapidKey, encrypt_payload
+
+__all__ = ["TOPIC", "PushConfig", "PushDispatcher"]
+
+#: RFC 8030 ``Topic``: a newer push replaces an undelivered older one at the push service.
+TOPIC = "new-messages"
+_BATCH = 500
+_MAX_PENDING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """How pushes are sent (from ``settings.push``; tests may shorten the retry delays)."""
+
+    ttl_seconds: int = 86400
+    urgency: str = "normal"
+    request_timeout: float = 10.0
+    max_attempts: int = 3
+    allow_loopback: bool = False
+    concurrency: int = 16
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "vox_push_requests",
+            "Push requests by outcome (sent, gone, retry, failed, refused)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.coalesced = Counter(
+            "vox_push_coalesced",
+            "Pushes skipped inside a device's coalescing window",
+            registry=registry,
+        )
+
+
+def origin_of(endpoint: str) -> str:
+    """``scheme://host[:port]`` of an endpoint: the VAPID audience and what logs may show."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+class PushDispatcher:
+    """This node's push sender; also the hub's observer (presence + queued envelopes)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        vapid: VapidKey,
+        config: PushConfig,
+        presence: Presence,
+        coalescer: Coalescer,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._sessions = sessions
+        self.vapid = vapid
+        self.config = config
+        self.presence = presence
+        self._coalescer = coalescer
+        self._metrics = _Metrics(registry)
+        self._pending: set[int] = set()
+        self._wakeup = asyncio.Event()
+        self._busy = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- hub observer (synchronous, cheap) ---------------------------------------------------
+
+    def attached(self, device_pk: int) -> None:
+        """A device connected to this node."""
+        self.presence.attached(device_pk)
+
+    def detached(self, device_pk: int) -> None:
+        """A device's connection on this node is gone."""
+        self.presence.detached(device_pk)
+
+    def queued_elsewhere(self, device_pks: Iterable[int]) -> None:
+        """Envelopes were committed for devices not connected to this node."""
+        if len(self._pending) >= _MAX_PENDING:
+            log_event("push_backlog_full", logging.WARNING)
+            return
+        self._pending.update(device_pks)
+        self._wakeup.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the HTTP client and start the presence tasks and the worker."""
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.request_timeout),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=self.config.concurrency * 2),
+        )
+        await self.presence.start()
+        self._task = asyncio.create_task(self._run(), name="vox-push-worker")
+
+    async def stop(self) -> None:
+        """Stop the worker, abandon pushes still being sent, close the client."""
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        await self.presence.stop()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def drained(self) -> None:
+        """Wait until every device handed over so far has been handled (tests)."""
+        await self.presence.settled()
+        while self._pending or self._busy or self._inflight:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # -- worker ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                self._busy = True
+                batch = [self._pending.pop() for _ in range(min(_BATCH, len(self._pending)))]
+                try:
+                    await self._handle(batch)
+                except Exception as exc:  # keep the worker alive; never log parameters
+                    log_event("push_batch_failed", logging.WARNING, error=exc.__class__.__name__)
+                finally:
+                    self._busy = False
+
+    async def _handle(self, device_pks: list[int]) -> None:
+        online = await self.presence.connected(device_pks)
+        offline = [pk for pk in device_pks if pk not in online]
+        if not offline:
+            return
+        async with self._sessions() as session:
+            targets = await repo.targets(session, offline)
+        per_device: dict[int, list[repo.Target]] = {}
+        for target in targets:
+            per_device.setdefault(target.device_pk, []).append(target)
+        for device_pk, subs in per_device.items():
+            if not await self._coalescer.claim(device_pk):
+                self._metrics.coalesced.inc()
+                continue
+            for target in subs:
+                task = asyncio.create_task(self._deliver(target), name="vox-push-send")
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _deliver(self, target: repo.Target) -> None:
+        origin = origin_of(target.endpoint)
+        cfg = self.config
+        for attempt in range(1, cfg.max_attempts + 1):
+            delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (attempt - 1))
+            try:
+                async with self._slots:
+                    if not await self._allowed(target.endpoint):
+                        self._metrics.requests.labels("refused").inc()
+                        log_event(
+                            "push_refused",
+                            logging.WARNING,
+                            origin=origin,
+                            reason="endpoint resolves to a non-public address",
+                        )
+                        return
+                    status, retry_after = await self._post(target, origin)
+            except httpx.HTTPError as exc:
+                outcome = f"network error {exc.__class__.__name__}"
+            else:
+                if 200 <= status < 300:
+                    self._metrics.requests.labels("sent").inc()
+                    log_event("push_sent", origin=origin, status=status, attempt=attempt)
+                    return
+                if status in (404, 410):
+                    await self._forget(target)
+                    self._metrics.requests.labels("gone").inc()
+                    log_event("push_subscription_gone", origin=origin, status=status)
+                    return
+                if status != 429 and status < 500:
+                    self._metrics.requests.labels("failed").inc()
+                    log_event("push_failed", logging.WARNING, origin=origin, status=status)
+                    return
+                outcome = f"status {status}"
+                if retry_after is not None:
+                    delay = min(cfg.retry_max_seconds, retry_after)
+            if attempt == cfg.max_attempts:
+                self._metrics.requests.labels("failed").inc()
+                log_event(
+                    "push_failed", logging.WARNING, origin=origin, error=outcome, attempts=attempt
+                )
+                return
+            self._metrics.requests.labels("retry").inc()
+            await asyncio.sleep(delay)
+
+    async def _post(self, target: repo.Target, origin: str) -> tuple[int, float | None]:
+        assert self._client is not None
+        headers = {
+            "TTL": str(self.config.ttl_seconds),
+            "Urgency": self.config.urgency,
+            "Topic": TOPIC,
+            "Content-Encoding": CONTENT_ENCODING,
+            "Content-Type": "application/octet-stream",
+            "Authorization": self.vapid.authorization(origin),
+        }
+        body = encrypt_payload(target.p256dh, target.auth)
+        # Read the status only: a hostile endpoint cannot make the relay buffer a body.
+        async with self._client.stream(
+            "POST", target.endpoint, content=body, headers=headers
+        ) as resp:
+            return resp.status_code, _retry_after(resp.headers.get("retry-after"))
+
+    async def _allowed(self, endpoint: str) -> bool:
+        """The endpoint's host resolves only to public addresses (or loopback when allowed)."""
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+        if self.config.allow_loopback and is_loopback_host(host):
+            return True
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, proto=6)
+        except OSError:
+            return True  # let the request fail (and be retried) like any network error
+        return all(
+            ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_global for info in infos
+        )
+
+    async def _forget(self, target: repo.Target) -> None:
+        async with self._sessions() as session:
+            await write_lock(session)
+            await repo.delete_by_pk(session, target.pk)
+            await session.commit()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

@@ -1,0 +1,147 @@
+"""The relay's VAPID identity (RFC 8292) and the RFC 8291 encryption of a push message.
+
+The relay signs every push request with one P-256 key, generated at first start and kept in
+``<data dir>/vapid_private_key.pem`` (mode 0600; ``push.vapid_key_file`` moves it, e.g. to a
+secret shared by every relay node — subscriptions are bound to this key, so all nodes of one
+deployment must use the same file). Browsers subscribe with its public key
+(``GET /v1/push/vapid``).
+
+Signing (``py_vapid``) and encryption (``http_ece``, ``aes128gcm``) come from maintained
+libraries; nothing here is hand-written cryptography.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import http_ece
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid import Vapid02
+
+from server.logs import log_event
+
+__all__ = [
+    "CONTENT_ENCODING",
+    "JWT_LIFETIME_SECONDS",
+    "PAYLOAD",
+    "VapidKey",
+    "b64url",
+    "encrypt_payload",
+]
+
+#: The only plaintext a push ever carries: no sender, no count, no message data.
+PAYLOAD = b'{"v":1,"type":"new_messages"}'
+CONTENT_ENCODING = "aes128gcm"
+#: Lifetime of a signed VAPID token (RFC 8292 allows at most 24 hours).
+JWT_LIFETIME_SECONDS = 12 * 3600
+#: A cached token is replaced when it has less than this left.
+_JWT_MIN_LEFT_SECONDS = 3600
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (how Web Push encodes keys)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class VapidKey:
+    """The relay's VAPID signing key, with a per-audience cache of signed tokens."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
+        if not isinstance(private_key.curve, ec.SECP256R1):
+            raise ValueError("a VAPID key must be a P-256 key")
+        self._vapid = Vapid02(private_key)
+        self.subject = subject
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VapidKey(public_key={self.public_key_b64!r})"
+
+    @property
+    def public_key_b64(self) -> str:
+        """The public key as browsers take it (``applicationServerKey``)."""
+        return b64url(self.public_key)
+
+    @classmethod
+    def load_or_create(cls, path: Path, subject: str) -> VapidKey:
+        """Load the PEM key at ``path``, creating it (mode 0600, atomically) if missing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create_key_file(path)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log_event(
+                "vapid_key_permissions",
+                logging.WARNING,
+                path=str(path),
+                mode=oct(mode),
+                hint="chmod 600",
+            )
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path} does not hold an EC private key")
+        return cls(key, subject)
+
+    def authorization(self, audience: str, now: int | None = None) -> str:
+        """The ``Authorization: vapid t=<JWT>, k=<public key>`` value for a push service.
+
+        ``audience`` is the push endpoint's origin (``https://host[:port]``).
+        """
+        t = int(time.time()) if now is None else now
+        with self._lock:
+            cached = self._tokens.get(audience)
+            if cached is not None and cached[1] - t > _JWT_MIN_LEFT_SECONDS:
+                return cached[0]
+            exp = t + JWT_LIFETIME_SECONDS
+            claims = {"aud": audience, "exp": exp, "sub": self.subject}
+            header: str = self._vapid.sign(claims)["Authorization"]
+            if len(self._tokens) > 1000:
+                self._tokens.clear()
+            self._tokens[audience] = (header, exp)
+            return header
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a fresh P-256 key to ``path`` (0600); keep another process's key if it won."""
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic; a concurrent first start keeps the winner's key
+    finally:
+        tmp.unlink(missing_ok=True)
+    log_event("vapid_key_created", path=str(path))
+
+
+def encrypt_payload(p256dh: bytes, auth: bytes, payload: bytes = PAYLOAD) -> bytes:
+    """RFC 8291 ``aes128gcm`` body for a subscription (fresh ephemeral key and salt)."""
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    body: bytes = http_ece.encrypt(
+        payload,
+        salt=os.urandom(16),
+        private_key=ephemeral,
+        dh=p256dh,
+        auth_secret=auth,
+        version=CONTENT_ENCODING,
+    )
+    return body
