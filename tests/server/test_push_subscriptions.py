@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from server.push.vapid import PAYLOAD
 from tests.server.push_receiver import UserAgent, b64url
-from tests.server.relay_harness import auth_header, make_settings, running_relay
+from tests.server.relay_harness import REPO, auth_header, make_settings, running_relay
 from tests.server.test_ws_kit import delivery_app, setup_accounts
 
 ENDPOINT = "https://push.example.com/wpush/v2/gAAAAABk-secret-token"
@@ -199,3 +201,21 @@ def test_unsafe_push_settings_are_refused(tmp_path: Path, push: dict[str, Any]) 
 
     with pytest.raises(ValidationError):
         make_settings(tmp_path, push=push)
+
+
+def _documented_push_section() -> str:
+    text = (REPO / "docs" / "protocol-relay.md").read_text()
+    return text.split("## Web Push", 1)[1].split("\n## ", 1)[0]
+
+
+async def test_the_documented_subscription_body_and_payload_are_what_the_relay_uses(
+    tmp_path: Path,
+) -> None:
+    section = _documented_push_section()
+    body_text = section.split("### `POST /v1/push/subscriptions`", 1)[1]
+    body = json.loads(body_text.split("```json", 1)[1].split("```", 1)[0])
+    assert PAYLOAD.decode() in section and f"{len(PAYLOAD)} bytes" in section
+    async with _relay(tmp_path) as (http, alice, _):
+        resp = await http.post("/v1/push/subscriptions", json=body, headers=auth_header(alice))
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["endpoint"] == body["endpoint"]
