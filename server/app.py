@@ -9,8 +9,11 @@ configured) and closes them on shutdown. ``app.state`` carries, for every layer:
   replaces it)
 * ``engine`` / ``sessions`` — ``AsyncEngine`` and ``async_sessionmaker`` (set at startup)
 * ``redis`` — ``redis.asyncio.Redis`` or ``None`` (set at startup)
-* ``ip_limiter`` / ``bundle_limiter`` — :class:`server.ratelimit.RateLimiter` (per process),
-  replaced at startup by :class:`server.ratelimit.SharedRateLimiter` when Redis is configured
+* ``ip_limiter`` / ``bundle_limiter`` / ``registration_limiter`` —
+  :class:`server.ratelimit.RateLimiter` (per process), replaced at startup by
+  :class:`server.ratelimit.SharedRateLimiter` when Redis is configured
+* ``disk`` — :class:`server.diskguard.DiskGuard`, the free-disk watermark (uploads and
+  sends are refused below it; replace ``disk.free_bytes`` to probe differently)
 
 Feature layers plug in below in ``create_app`` with a router and, optionally, a lifespan
 hook: an async context manager factory ``hook(app)`` entered after the database and Redis
@@ -29,6 +32,7 @@ from server import attachments, delivery, push, web
 from server.api import accounts, auth, ops, prekeys
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
+from server.diskguard import DiskGuard, free_bytes_of
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
@@ -66,6 +70,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 ("ip_limiter", "ip"),
                 ("bundle_limiter", "bundle"),
                 ("challenge_limiter", "challenge"),
+                ("registration_limiter", "registration"),
             ):
                 local = getattr(app.state, attr)
                 if isinstance(local, RateLimiter):
@@ -101,6 +106,12 @@ def create_app(settings: Settings) -> FastAPI:
         per_seconds=60,
         what="login challenges from this address",
     )
+    app.state.registration_limiter = RateLimiter(
+        capacity=limits.registrations_per_hour_per_ip,
+        per_seconds=3600,
+        what="registrations from this address",
+    )
+    app.state.disk = DiskGuard(limits.min_free_disk_bytes, free_bytes_of(settings.data_dir))
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES

@@ -25,6 +25,7 @@ __all__ = [
     "Conflict",
     "DomainError",
     "Forbidden",
+    "InsufficientStorage",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -109,6 +110,14 @@ class RateLimited(DomainError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class InsufficientStorage(DomainError):
+    """The relay will not store more: free disk below the watermark, or a storage quota
+    (``quota_exceeded``) reached (507)."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class Unavailable(DomainError):

@@ -279,6 +279,9 @@ class LimitsOut(BaseModel):
     invalid_frames_per_minute_per_device: int
     messages_per_second_per_account: float
     challenges_per_minute_per_address: int
+    max_queue_bytes: int
+    queue_share_per_sender: float
+    max_attachment_bytes_per_device: int
 
 
 class ConfigOut(BaseModel):

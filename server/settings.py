@@ -121,6 +121,24 @@ class LimitSettings(_Section):
     #: Outstanding login challenges per device, and per (device, requesting address).
     max_challenges_per_device: int = Field(64, ge=2, le=10_000)
     max_challenges_per_address_per_device: int = Field(4, ge=1, le=1000)
+    # -- storage quotas and per-target limits (docs/threat-model.md: what one device costs) --
+    #: Bytes queued for one device (payload bytes of its undelivered envelopes).
+    max_queue_bytes: int = Field(256 * MiB, ge=1024, le=64 * 1024 * MiB)
+    #: Share (0..1] of a device's queue depth and bytes that one *other* account may fill.
+    queue_share_per_sender: float = Field(0.25, gt=0, le=1)
+    #: Bytes of unexpired attachments one device may have stored.
+    max_attachment_bytes_per_device: int = Field(2048 * MiB, ge=1024, le=1024 * 1024 * MiB)
+    #: Bytes of attachments stored on the relay in total.
+    max_attachment_bytes_total: int = Field(100 * 1024 * MiB, ge=1024, le=2**50)
+    #: Below this many free bytes in ``data_dir`` uploads and sends are refused (0 = off).
+    min_free_disk_bytes: int = Field(1024 * MiB, ge=0, le=2**62)
+    #: Accounts one client address may register per hour.
+    registrations_per_hour_per_ip: int = Field(20, ge=1, le=1_000_000)
+    #: Claims of one device's one-time prekeys per hour, all requesters together; past it,
+    #: bundles carry the signed and last-resort prekeys only.
+    prekey_claims_per_hour_per_target: int = Field(100, ge=1, le=100_000)
+    #: Claims of one device's one-time prekeys per hour by one requesting device.
+    prekey_claims_per_hour_per_requester: int = Field(10, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -130,6 +148,17 @@ class LimitSettings(_Section):
             raise ValueError("prekey_low_threshold must be below prekey_max_stock")
         if self.max_challenges_per_address_per_device > self.max_challenges_per_device:
             raise ValueError("max_challenges_per_address_per_device exceeds the per-device cap")
+        if self.max_queue_bytes < self.max_ciphertext_bytes:
+            raise ValueError("max_queue_bytes must be at least max_ciphertext_bytes")
+        if self.max_attachment_bytes_per_device > self.max_attachment_bytes_total:
+            raise ValueError(
+                "max_attachment_bytes_per_device must not exceed max_attachment_bytes_total"
+            )
+        if self.prekey_claims_per_hour_per_requester > self.prekey_claims_per_hour_per_target:
+            raise ValueError(
+                "prekey_claims_per_hour_per_requester must not exceed "
+                "prekey_claims_per_hour_per_target"
+            )
         if self.prekey_batch_max > self.prekey_max_stock:
             raise ValueError("prekey_batch_max must not exceed prekey_max_stock")
         # A full batch of one-time ML-KEM prekeys (~1.7 KB each in JSON) must fit in a body.

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 
 from server.db.models import Account, Device
-from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.deps import (
+    CurrentDevice,
+    MetricsDep,
+    NotifierDep,
+    SessionDep,
+    SettingsDep,
+    client_ip,
+)
 from server.logs import log_event
+from server.ratelimit import Limiter
 from server.schemas import (
     USERNAME_PATTERN,
     AccountDevices,
@@ -36,9 +44,15 @@ def _devices_out(account: Account, devices: list[Device]) -> AccountDevices:
 
 @router.post("", status_code=201)
 async def register(
-    body: RegisterIn, session: SessionDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request,
+    body: RegisterIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> RegisterOut:
     """Create an account with its first device and prekeys."""
+    limiter: Limiter = request.app.state.registration_limiter
+    await limiter.acquire(client_ip(request))
     device = await service.register(session, settings, body)
     metrics.accounts_registered.inc()
     log_event("account_registered", username=body.username, device_id=device.device_id)

@@ -16,7 +16,7 @@ from server.schemas import (
     SignedPrekeyOut,
 )
 from server.services import prekeys as service
-from server.services.prekeys import BundleEntry
+from server.services.prekeys import BundleEntry, ClaimBudget
 
 router = APIRouter(prefix="/v1/prekeys", tags=["prekeys"])
 
@@ -88,8 +88,17 @@ async def bundle(
     """Claim a bundle: one entry per device, each with at most one one-time key of each kind."""
     limiter: Limiter = request.app.state.bundle_limiter
     await limiter.acquire(me.device_pk)
+    limits = settings.limits
     claimed = await service.claim_bundle(
-        session, username, device_id, low_threshold=settings.limits.prekey_low_threshold
+        session,
+        username,
+        device_id,
+        low_threshold=limits.prekey_low_threshold,
+        requester_pk=me.device_pk,
+        budget=ClaimBudget(
+            per_target=limits.prekey_claims_per_hour_per_target,
+            per_requester=limits.prekey_claims_per_hour_per_requester,
+        ),
     )
     for e in claimed.entries:
         for kind, got in (("x25519", e.one_time), ("mlkem", e.one_time_pq)):
@@ -101,6 +110,15 @@ async def bundle(
                 "type": "prekeys_low",
                 "one_time_prekeys": low.one_time_prekeys,
                 "one_time_pq_prekeys": low.one_time_pq_prekeys,
+            },
+        )
+    for drained in claimed.drained:
+        await notifier.notify(
+            drained.device_pk,
+            {
+                "type": "prekeys_drain",
+                "claims": drained.claims,
+                "window_seconds": drained.window_seconds,
             },
         )
     return PrekeyBundle(

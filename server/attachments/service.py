@@ -1,4 +1,14 @@
-"""Attachment uploads, downloads and expiry (metadata in ``attachments``, bytes in a store)."""
+"""Attachment uploads, downloads and expiry (metadata in ``attachments``, bytes in a store).
+
+Quotas (``docs/threat-model.md``): one device may have at most ``quota_per_device`` bytes of
+unexpired attachments stored, the relay at most ``quota_total`` bytes in all (expired but
+not yet swept ones included: they are still on disk), and nothing is accepted while free
+disk space is below the watermark (:class:`server.diskguard.DiskGuard`). An upload is
+checked before its bytes are read (with ``Content-Length``), its stream is cut off at what
+the quotas leave, and the usage is checked again when its row is inserted, under a lock
+(SQLite's write lock; a PostgreSQL advisory transaction lock), so that concurrent uploads
+can never overshoot a quota together.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +21,15 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.attachments.storage import AttachmentStore, TooLarge, Truncated
 from server.clock import now as clock_now
 from server.db.engine import write_transaction
 from server.db.models_delivery import Attachment
-from server.errors import BadRequest, NotFound, PayloadTooLarge
+from server.diskguard import DiskGuard
+from server.errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge
 
 __all__ = ["ATTACHMENT_ID_PATTERN", "AttachmentInfo", "AttachmentService"]
 
@@ -28,6 +39,26 @@ _table = cast(Table, Attachment.__table__)
 #: 32 bytes from ``secrets`` as unpadded base64url: 43 characters, 256 bits.
 ATTACHMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{43}$"
 _ID_RE = re.compile(ATTACHMENT_ID_PATTERN)
+#: ``pg_advisory_xact_lock(int4, int4)`` class of the attachment-quota lock: "VoxA".
+_QUOTA_LOCK_CLASS = 0x566F7841
+_LOCK_QUOTA_PG = text("SELECT pg_advisory_xact_lock(:cls, 0)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    device: int
+    total: int
+
+
+async def _usage(conn: AsyncConnection, device_pk: int, now: int) -> _Usage:
+    """Bytes stored by the device (unexpired) and by everyone (everything still stored)."""
+    device = await conn.scalar(
+        select(func.coalesce(func.sum(_table.c.size), 0)).where(
+            _table.c.uploader_device_pk == device_pk, _table.c.expires_at > now
+        )
+    )
+    total = await conn.scalar(select(func.coalesce(func.sum(_table.c.size), 0)))
+    return _Usage(int(device or 0), int(total or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,29 +80,42 @@ class AttachmentService:
         *,
         max_bytes: int,
         ttl_seconds: int,
+        quota_per_device: int | None = None,
+        quota_total: int | None = None,
+        disk: DiskGuard | None = None,
         sweep_interval: float = 300.0,
     ) -> None:
         self.engine = engine
         self.store = store
         self.max_bytes = max_bytes
         self.ttl = ttl_seconds
+        self.quota_per_device = quota_per_device
+        self.quota_total = quota_total
+        self.disk = disk
         self.sweep_interval = sweep_interval
         self._task: asyncio.Task[None] | None = None
 
     async def upload(
         self, device_pk: int, chunks: AsyncIterable[bytes], declared: int | None
     ) -> AttachmentInfo:
-        """Store an upload; nothing is kept unless all of it arrived within the limit."""
+        """Store an upload; nothing is kept unless all of it arrived within the limits."""
         if declared is not None and declared > self.max_bytes:
             raise PayloadTooLarge(
                 f"attachment exceeds the limit of {self.max_bytes} bytes", code="too_large"
             )
+        if self.disk is not None:
+            self.disk.check()
+        async with self.engine.connect() as conn:
+            before = await _usage(conn, device_pk, clock_now())
+        room = self._room(before, declared or 0)
         blob_id = secrets.token_urlsafe(32)
         try:
             size = await self.store.put(
-                blob_id, chunks, max_bytes=self.max_bytes, expected=declared
+                blob_id, chunks, max_bytes=min(self.max_bytes, room), expected=declared
             )
         except TooLarge:
+            if room < self.max_bytes:
+                self._room(before, room + 1)  # a quota cut the stream off: its 507
             raise PayloadTooLarge(
                 f"attachment exceeds the limit of {self.max_bytes} bytes", code="too_large"
             ) from None
@@ -82,7 +126,10 @@ class AttachmentService:
         now = clock_now()
         info = AttachmentInfo(blob_id, size, now + self.ttl)
         try:
-            async with self.engine.begin() as conn:
+            async with write_transaction(self.engine) as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(_LOCK_QUOTA_PG, {"cls": _QUOTA_LOCK_CLASS})
+                self._room(await _usage(conn, device_pk, now), size)
                 await conn.execute(
                     insert(_table).values(
                         id=blob_id,
@@ -96,6 +143,25 @@ class AttachmentService:
             await asyncio.shield(self.store.delete(blob_id))
             raise
         return info
+
+    def _room(self, usage: _Usage, size: int) -> int:
+        """Bytes the quotas leave for one more upload; 507 if ``size`` bytes do not fit."""
+        room = self.max_bytes
+        if self.quota_per_device is not None:
+            left = self.quota_per_device - usage.device
+            if size > left or left <= 0:
+                raise InsufficientStorage(
+                    f"this device's attachments would exceed its quota of "
+                    f"{self.quota_per_device} bytes (until some expire)",
+                    code="quota_exceeded",
+                )
+            room = min(room, left)
+        if self.quota_total is not None:
+            left = self.quota_total - usage.total
+            if size > left or left <= 0:
+                raise InsufficientStorage("the relay's attachment storage is full; retry later")
+            room = min(room, left)
+        return room
 
     async def lookup(self, blob_id: str) -> AttachmentInfo:
         """Metadata of a live attachment, or ``NotFound``."""

@@ -11,14 +11,18 @@ device list deletes its row, which drops its tokens, prekeys and queued envelope
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
+    Dialect,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     SmallInteger,
     String,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -28,12 +32,14 @@ from server.db.base import Base
 __all__ = [
     "PREKEY_KIND_MLKEM",
     "PREKEY_KIND_X25519",
+    "U64",
     "Account",
     "AuthChallenge",
     "AuthToken",
     "Device",
     "Invite",
     "OneTimePrekey",
+    "PrekeyClaim",
 ]
 
 #: ``one_time_prekeys.kind`` values.
@@ -43,17 +49,52 @@ PREKEY_KIND_MLKEM = 2
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
+_U64_OFFSET = 2**63
+
+
+class U64(TypeDecorator[int]):
+    """An unsigned 64-bit integer (``0 ..= 2^64 - 1``) in a signed 64-bit column.
+
+    SQLite and PostgreSQL integers are signed 64-bit; a protocol ``u64`` is stored shifted
+    by ``-2^63``, which keeps the order, so ``<``/``>`` and ``ORDER BY`` in SQL stay correct
+    (comparisons with bound values go through this type). Values outside the range raise
+    ``ValueError`` before they reach the database.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        number = int(value)
+        if not 0 <= number < 2**64:
+            raise ValueError(f"{number} is not a u64")
+        return number - _U64_OFFSET
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value) + _U64_OFFSET
+
 
 class Account(Base):
     """A username, its account signing key and the latest signed device list."""
 
     __tablename__ = "accounts"
+    __table_args__ = (
+        # A unique index, not a constraint: SQLite adds it without rebuilding the table.
+        Index("uq_accounts_username_skeleton", "username_skeleton", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
+    #: The name's confusable skeleton (``server.usernames.skeleton``): unique, so that no
+    #: look-alike of an existing name can be registered. ``NULL`` only for accounts that
+    #: already existed as look-alikes when the rule was introduced (migration 0003).
+    username_skeleton: Mapped[str | None] = mapped_column(String(128), default=None)
     account_key: Mapped[bytes] = mapped_column(LargeBinary(33))
     device_list: Mapped[bytes] = mapped_column(LargeBinary)
-    device_list_version: Mapped[int] = mapped_column(BigInteger)
+    #: The signed list's ``u64 list_version``.
+    device_list_version: Mapped[int] = mapped_column(U64)
     created_at: Mapped[int] = mapped_column(BigInteger)
 
     devices: Mapped[list[Device]] = relationship(
@@ -139,3 +180,17 @@ class OneTimePrekey(Base):
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     #: Empty for X25519 one-time keys (unsigned); 64 bytes for ML-KEM ones.
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class PrekeyClaim(Base):
+    """One bundle claim that handed out one-time prekeys of ``device_pk`` (the target) to the
+    device ``requester_pk``, at ``claimed_at`` (Unix seconds). Only the last window's rows are
+    kept: they bound how fast one-time prekeys leave a device (``server.services.prekeys``)."""
+
+    __tablename__ = "prekey_claims"
+    __table_args__ = (Index("ix_prekey_claims_target", "device_pk", "claimed_at"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    requester_pk: Mapped[int] = mapped_column(BigInteger)
+    claimed_at: Mapped[int] = mapped_column(BigInteger)

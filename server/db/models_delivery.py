@@ -8,7 +8,8 @@ What the relay keeps about one accepted ``send`` (see ``docs/protocol-ws.md``):
   It is kept until the expiry so that a retried send is answered with the same ``accepted``.
 * ``delivery_payloads`` — each opaque ciphertext once, however many devices it serves;
   deleted as soon as no queue row references it.
-* ``delivery_queue`` — one row per recipient device and payload, ordered by ``seq``;
+* ``delivery_queue`` — one row per recipient device and payload, ordered by ``seq``, with the
+  payload's size and the sending account (for the queue quotas, ``server.delivery.policy``);
   deleted when the device acks it or when it expires.
 
 Nothing else: no plaintext, no recipient list beyond the queue rows, no IP addresses.
@@ -82,6 +83,8 @@ class QueueEntry(Base):
         Index("ix_delivery_queue_device", "device_pk", "seq"),
         Index("ix_delivery_queue_payload", "envelope_id", "idx"),
         Index("ix_delivery_queue_expires_at", "expires_at"),
+        # Covers the quota query (depth and bytes per device and sending account).
+        Index("ix_delivery_queue_usage", "device_pk", "sender_account_id", "size"),
         # Never reuse a seq on SQLite (a bare INTEGER PRIMARY KEY may after deletes).
         {"sqlite_autoincrement": True},
     )
@@ -91,6 +94,10 @@ class QueueEntry(Base):
     envelope_id: Mapped[str] = mapped_column(String(32))
     idx: Mapped[int] = mapped_column(SmallInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+    #: Bytes of the payload this row delivers (counted against the device's queue bytes).
+    size: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: ``accounts.id`` of the sender (for the per-sender share of the queue).
+    sender_account_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Attachment(Base):

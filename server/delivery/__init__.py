@@ -105,7 +105,9 @@ async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryS
     budgets = DeviceBudgets(
         settings.limits, getattr(app.state, "redis", None), settings.redis_prefix
     )
-    service = DeliveryService(app.state.engine, hub, metrics, config, budgets)
+    service = DeliveryService(
+        app.state.engine, hub, metrics, config, budgets, storage_low=app.state.disk.low
+    )
     await service.start()
     app.state.hub = hub
     app.state.delivery = service

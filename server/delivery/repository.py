@@ -32,8 +32,9 @@ from sqlalchemy.engine import Connection
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from server.delivery.frames import Delivery, b64, deliver_tail
+from server.delivery.policy import QueueUsage
 
-__all__ = ["DeliveryRepository", "NewSend", "SendRecord"]
+__all__ = ["DeliveryRepository", "DeviceSets", "NewSend", "SendRecord"]
 
 _sends = cast(Table, DeliverySend.__table__)
 _payloads = cast(Table, DeliveryPayload.__table__)
@@ -83,9 +84,11 @@ _INSERT_PG = text(
     " INSERT INTO delivery_payloads (envelope_id, idx, data)"
     " SELECT * FROM unnest(CAST(:p0 AS VARCHAR[]), CAST(:p1 AS SMALLINT[]), CAST(:p2 AS BYTEA[]))"
     ") "
-    "INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at)"
+    "INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at, size,"
+    " sender_account_id)"
     " SELECT * FROM unnest(CAST(:q0 AS BIGINT[]), CAST(:q1 AS VARCHAR[]),"
-    " CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]))"
+    " CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]), CAST(:q4 AS INTEGER[]),"
+    " CAST(:q5 AS BIGINT[]))"
     " RETURNING seq, device_pk, envelope_id, idx"
 )
 
@@ -118,6 +121,10 @@ _LOCK_QUEUES_PG = text(
 )
 
 
+#: One ``delivery_queue`` row: (device pk, envelope id, idx, expires at, size, sender account).
+QueueRow = tuple[int, str, int, int, int, int]
+
+
 def _queue_lock_key(device_pk: int) -> int:
     """The device pk folded into PostgreSQL's signed 32-bit advisory-lock key space."""
     return (device_pk + 2**31) % 2**32 - 2**31
@@ -132,11 +139,22 @@ class SendRecord:
 
 
 @dataclass(slots=True)
+class DeviceSets:
+    """The named users that exist: their devices and their account ids."""
+
+    #: username → {device id: device pk}
+    devices: dict[str, dict[int, int]]
+    #: username → ``accounts.id``
+    accounts: dict[str, int]
+
+
+@dataclass(slots=True)
 class NewSend:
     """A validated send ready to be stored."""
 
     envelope_id: str
     sender_device_pk: int
+    sender_account_id: int
     sender_user: str
     sender_device_id: int
     client_id: str
@@ -180,20 +198,21 @@ class DeliveryRepository:
             cursor.close()
         return found
 
-    def device_sets(self, conn: Connection, usernames: Iterable[str]) -> dict[str, dict[int, int]]:
-        """username → {device_id: device_pk} for the users that exist."""
+    def device_sets(self, conn: Connection, usernames: Iterable[str]) -> DeviceSets:
+        """The devices (id → pk) and account ids of the users that exist."""
         names = sorted(set(usernames))
-        out: dict[str, dict[int, int]] = {}
+        out = DeviceSets({}, {})
         for chunk in _chunks(names):
             rows = conn.execute(
-                select(_accounts.c.username, _devices.c.device_id, _devices.c.pk)
+                select(_accounts.c.username, _accounts.c.id, _devices.c.device_id, _devices.c.pk)
                 .select_from(_accounts)
                 .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
                 .where(_in(conn, _accounts.c.username, "names")),
                 {"names": list(chunk)},
             )
-            for username, device_id, pk in rows:
-                devices = out.setdefault(username, {})
+            for username, account_id, device_id, pk in rows:
+                devices = out.devices.setdefault(username, {})
+                out.accounts[username] = account_id
                 if pk is not None:
                     devices[device_id] = pk
         return out
@@ -212,19 +231,28 @@ class DeliveryRepository:
         if keys:
             conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
-    def queue_depths(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, int]:
-        """Current number of queued envelopes per device (absent = 0)."""
+    def queue_usage(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, QueueUsage]:
+        """What each device's queue holds, in total and per sending account (every device
+        asked for is in the result). One index-only pass (``ix_delivery_queue_usage``)."""
         pks = sorted(set(device_pks))
-        out: dict[int, int] = {}
+        out = {pk: QueueUsage() for pk in pks}
         for chunk in _chunks(pks):
             rows = conn.execute(
-                select(_queue.c.device_pk, func.count())
+                select(
+                    _queue.c.device_pk,
+                    _queue.c.sender_account_id,
+                    func.count(),
+                    func.coalesce(func.sum(_queue.c.size), 0),
+                )
                 .where(_in(conn, _queue.c.device_pk, "pks"))
-                .group_by(_queue.c.device_pk),
+                .group_by(_queue.c.device_pk, _queue.c.sender_account_id),
                 {"pks": list(chunk)},
             )
-            for pk, count in rows:
-                out[pk] = count
+            for pk, sender, count, size in rows:
+                usage = out[pk]
+                usage.depth += int(count)
+                usage.bytes += int(size)
+                usage.by_sender[sender] = (int(count), int(size))
         return out
 
     def insert_sends(self, conn: Connection, sends: Sequence[NewSend]) -> dict[int, list[Delivery]]:
@@ -247,13 +275,16 @@ class DeliveryRepository:
             (s.envelope_id, idx, data) for s in sends for idx, (data, _) in enumerate(s.payloads)
         ]
         tails: dict[tuple[str, int], str] = {}
-        queue_rows: list[tuple[int, str, int, int]] = []
+        queue_rows: list[QueueRow] = []
         for s in sends:
             for idx, (data, device_pks) in enumerate(s.payloads):
                 tails[(s.envelope_id, idx)] = deliver_tail(
                     s.envelope_id, s.sender_user, s.sender_device_id, s.ts, b64(data)
                 )
-                queue_rows.extend((pk, s.envelope_id, idx, s.expires_at) for pk in device_pks)
+                queue_rows.extend(
+                    (pk, s.envelope_id, idx, s.expires_at, len(data), s.sender_account_id)
+                    for pk in device_pks
+                )
         if conn.dialect.name == "sqlite":
             inserted = self._insert_sqlite(conn, send_rows, payload_rows, queue_rows)
         elif conn.dialect.name == "postgresql":
@@ -272,7 +303,7 @@ class DeliveryRepository:
         conn: Connection,
         send_rows: list[tuple[str, int, str, int, str, int, int]],
         payload_rows: list[tuple[str, int, bytes]],
-        queue_rows: list[tuple[int, str, int, int]],
+        queue_rows: list[QueueRow],
     ) -> list[tuple[int, int, str, int]]:
         send_cols = (
             "envelope_id",
@@ -295,8 +326,15 @@ class DeliveryRepository:
                 _queue.c.seq, _queue.c.device_pk, _queue.c.envelope_id, _queue.c.idx
             ),
             [
-                {"device_pk": pk, "envelope_id": e, "idx": i, "expires_at": x}
-                for pk, e, i, x in queue_rows
+                {
+                    "device_pk": pk,
+                    "envelope_id": e,
+                    "idx": i,
+                    "expires_at": x,
+                    "size": size,
+                    "sender_account_id": sender,
+                }
+                for pk, e, i, x, size, sender in queue_rows
             ],
         )
         return [(seq, pk, e, i) for seq, pk, e, i in result]
@@ -306,7 +344,7 @@ class DeliveryRepository:
         conn: Connection,
         send_rows: list[tuple[str, int, str, int, str, int, int]],
         payload_rows: list[tuple[str, int, bytes]],
-        queue_rows: list[tuple[int, str, int, int]],
+        queue_rows: list[QueueRow],
     ) -> list[tuple[int, int, str, int]]:
         """All three inserts in one statement (one round trip): arrays unnested into rows.
         Foreign keys are checked at the end of the statement, when all rows exist."""
@@ -328,7 +366,7 @@ class DeliveryRepository:
         conn: Connection,
         send_rows: list[tuple[str, int, str, int, str, int, int]],
         payload_rows: list[tuple[str, int, bytes]],
-        queue_rows: list[tuple[int, str, int, int]],
+        queue_rows: list[QueueRow],
     ) -> list[tuple[int, int, str, int]]:
         """The same rows through the driver's ``executemany`` (C speed). The caller holds
         SQLite's write lock (``BEGIN IMMEDIATE``), so the next ``seq`` values can be taken
@@ -350,13 +388,13 @@ class DeliveryRepository:
             base = int(row[0]) if row else 0
             numbered = [(base + n, *r) for n, r in enumerate(queue_rows, start=1)]
             cursor.executemany(
-                "INSERT INTO delivery_queue (seq, device_pk, envelope_id, idx, expires_at) "
-                "VALUES (?,?,?,?,?)",
+                "INSERT INTO delivery_queue (seq, device_pk, envelope_id, idx, expires_at, "
+                "size, sender_account_id) VALUES (?,?,?,?,?,?,?)",
                 numbered,
             )
         finally:
             cursor.close()
-        return [(seq, pk, e, i) for seq, pk, e, i, _ in numbered]
+        return [(seq, pk, e, i) for seq, pk, e, i, *_ in numbered]
 
     def delete_acked(self, conn: Connection, pairs: Sequence[tuple[int, int]]) -> int:
         """Delete queue rows by (device pk, seq) — a device can only delete its own rows —

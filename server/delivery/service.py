@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +30,7 @@ from server.delivery.frames import (
     error_frame,
 )
 from server.delivery.metrics import DeliveryMetrics
+from server.delivery.policy import QueueLimits, QueuePolicy
 from server.delivery.repository import DeliveryRepository
 from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
 from server.fanout import Hub
@@ -47,6 +49,8 @@ class DeliveryConfig:
     max_ciphertext_bytes: int = 256 * 1024
     max_recipients: int = 1000
     max_queue_depth: int = 10_000
+    max_queue_bytes: int = 256 * 1024 * 1024
+    queue_share_per_sender: float = 0.25
     envelope_ttl_seconds: int = 30 * 24 * 3600
     messages_per_second: float = 200.0
     #: Envelopes written to a socket and not yet acked.
@@ -74,6 +78,8 @@ class DeliveryConfig:
             "max_ciphertext_bytes": limits.max_ciphertext_bytes,
             "max_recipients": limits.max_recipients,
             "max_queue_depth": limits.max_queue_depth,
+            "max_queue_bytes": limits.max_queue_bytes,
+            "queue_share_per_sender": limits.queue_share_per_sender,
             "envelope_ttl_seconds": limits.envelope_ttl_seconds,
             "messages_per_second": limits.messages_per_second_per_device,
             "auth_timeout": limits.auth_timeout_seconds,
@@ -92,6 +98,8 @@ class DeliveryService:
         metrics: DeliveryMetrics,
         config: DeliveryConfig,
         budgets: DeviceBudgets | None = None,
+        *,
+        storage_low: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
         #: Per-device, per-account and per-address budgets (``server.delivery.budgets``).
@@ -110,7 +118,14 @@ class DeliveryService:
                 hub,
                 metrics,
                 ttl_seconds=config.envelope_ttl_seconds,
-                max_queue_depth=config.max_queue_depth,
+                queue_policy=QueuePolicy(
+                    QueueLimits(
+                        max_depth=config.max_queue_depth,
+                        max_bytes=config.max_queue_bytes,
+                        sender_share=config.queue_share_per_sender,
+                    )
+                ),
+                storage_low=storage_low,
                 max_batch=config.commit_max_batch,
                 max_wait=config.commit_max_wait,
             )

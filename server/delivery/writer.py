@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.db.engine import IMMEDIATE
 from server.delivery.frames import Delivery, b64, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
-from server.delivery.repository import DeliveryRepository, NewSend
+from server.delivery.policy import QUEUE_FULL, QUEUE_SHARE_FULL, QueuePolicy, QueueUsage
+from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend
 from server.fanout import Hub
 
 __all__ = ["AckOp", "GroupCommitWriter", "SendOp", "Sender"]
@@ -136,7 +137,8 @@ class GroupCommitWriter:
         metrics: DeliveryMetrics,
         *,
         ttl_seconds: int,
-        max_queue_depth: int,
+        queue_policy: QueuePolicy,
+        storage_low: Callable[[], bool] = lambda: False,
         max_batch: int = 256,
         max_wait: float = 0.002,
         clock_ms: Callable[[], int] = now_ms,
@@ -151,7 +153,9 @@ class GroupCommitWriter:
         self._metrics = metrics
         self._repo = DeliveryRepository()
         self._ttl_ms = ttl_seconds * 1000
-        self._max_depth = max_queue_depth
+        self._policy = queue_policy
+        #: True while free disk space is below the watermark: durable sends are refused.
+        self._storage_low = storage_low
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._clock_ms = clock_ms
@@ -281,6 +285,7 @@ class GroupCommitWriter:
     def _store(self, conn: Connection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
         now = self._clock_ms()
         durable = [op for op in ops if not op.ephemeral]
+        storage_low = bool(durable) and self._storage_low()
         # 1. De-duplication: already stored earlier, or twice in this batch.
         found = self._repo.find_sends(conn, [(op.sender.device_pk, op.client_id) for op in durable])
         first_in_batch: dict[tuple[int, str], SendOp] = {}
@@ -297,53 +302,53 @@ class GroupCommitWriter:
                 op.accepted = True
             elif key in first_in_batch:
                 duplicates.append((op, first_in_batch[key]))
+            elif storage_low:
+                # Below the free-disk watermark: refuse before the database runs out of space.
+                op.answer = error_frame(
+                    "insufficient_storage",
+                    "the relay is low on storage; nothing was stored; retry later",
+                    op.client_id,
+                )
+                self._metrics.sends_refused.labels("insufficient_storage").inc()
             else:
                 first_in_batch[key] = op
                 fresh.append(op)
         # 2. Device sets of every user named and of every sender.
         users = {op.sender.user for op in fresh}
         users.update(user for op in fresh for _, to in op.payloads for user, _ in to)
-        device_sets = self._repo.device_sets(conn, users)
+        sets = self._repo.device_sets(conn, users)
         resolved: list[tuple[SendOp, list[list[int]]]] = []
         for op in fresh:
-            pks = self._check_recipients(op, device_sets)
+            pks = self._check_recipients(op, sets.devices)
             if pks is not None:
                 resolved.append((op, pks))
-        # 3. Queue depth limits (counting this batch's earlier sends too). The targets' queues
+        # 3. Queue limits (counting this batch's earlier sends too). The targets' queues
         # are locked first (PostgreSQL: until the commit), so that no other writer, here or
         # on another node, counts and fills the same queue at the same time.
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
         if targets:
             self._repo.lock_queues(conn, targets)
-        depths = self._repo.queue_depths(conn, targets) if targets else {}
+        usage = self._repo.queue_usage(conn, targets) if targets else {}
+        owners = _owners(sets)
         to_store: list[NewSend] = []
         live: list[tuple[SendOp, list[list[int]]]] = []
         ids = os.urandom(16 * len(resolved)).hex()  # envelope ids: 128 random bits each
-        max_depth = self._max_depth
         for n, (op, pks) in enumerate(resolved):
             if op.ephemeral:
                 live.append((op, pks))
                 continue
-            # Devices are distinct within a send, so each appears once in ``pks``.
-            full = [pk for group in pks for pk in group if depths.get(pk, 0) + 1 > max_depth]
-            if full:
-                names = {pk: ref for ref, pk in _refs(op, pks)}
-                op.answer = error_frame(
-                    "queue_full",
-                    "a recipient device's queue is full; nothing was stored",
-                    op.client_id,
-                    devices=[names[pk] for pk in full],
-                )
-                self._metrics.sends_refused.labels("queue_full").inc()
+            sender = sets.accounts[op.sender.user]
+            if self._refuse_over_quota(op, pks, usage, owners, sender):
                 continue
-            for group in pks:
+            for (data, _), group in zip(op.payloads, pks, strict=True):
                 for pk in group:
-                    depths[pk] = depths.get(pk, 0) + 1
+                    usage[pk].add(sender, len(data))
             envelope_id = ids[32 * n : 32 * n + 32]
             to_store.append(
                 NewSend(
                     envelope_id=envelope_id,
                     sender_device_pk=op.sender.device_pk,
+                    sender_account_id=sender,
                     sender_user=op.sender.user,
                     sender_device_id=op.sender.device_id,
                     client_id=op.client_id,
@@ -373,6 +378,40 @@ class GroupCommitWriter:
             op.answer, op.accepted = ephemeral_answer, True
             self._pending_live.append((op, pks, now))
         return per_device
+
+    def _refuse_over_quota(
+        self,
+        op: SendOp,
+        pks: list[list[int]],
+        usage: dict[int, QueueUsage],
+        owners: dict[int, int],
+        sender: int,
+    ) -> bool:
+        """Set the refusal answer if a payload does not fit its devices' queues (the queue
+        policy: depth, bytes, the sender's share); nothing of the send is stored then."""
+        refused: dict[str, list[int]] = {}
+        # Devices are distinct within a send, so each appears once in ``pks``.
+        for (data, _), group in zip(op.payloads, pks, strict=True):
+            for pk in group:
+                code = self._policy.refusal(
+                    usage[pk], sender=sender, owner=owners[pk], size=len(data)
+                )
+                if code is not None:
+                    refused.setdefault(code, []).append(pk)
+        if not refused:
+            return False
+        code = QUEUE_FULL if QUEUE_FULL in refused else QUEUE_SHARE_FULL
+        names = {pk: ref for ref, pk in _refs(op, pks)}
+        message = (
+            "a recipient device's queue is full; nothing was stored"
+            if code == QUEUE_FULL
+            else "you have filled your share of a recipient device's queue; nothing was stored"
+        )
+        op.answer = error_frame(
+            code, message, op.client_id, devices=[names[pk] for pk in refused[code]]
+        )
+        self._metrics.sends_refused.labels(code).inc()
+        return True
 
     def _check_recipients(
         self, op: SendOp, device_sets: dict[str, dict[int, int]]
@@ -468,6 +507,13 @@ class GroupCommitWriter:
 
 def _accepted(client_id: str, envelope_id: str, ts: int) -> str:
     return f'{{"type":"accepted","id":"{client_id}","envelope":"{envelope_id}","ts":{ts}}}'
+
+
+def _owners(sets: DeviceSets) -> dict[int, int]:
+    """device pk → its account id."""
+    return {
+        pk: sets.accounts[user] for user, devices in sets.devices.items() for pk in devices.values()
+    }
 
 
 def _refs(op: SendOp, pks: list[list[int]]) -> list[tuple[dict[str, object], int]]:

@@ -20,6 +20,7 @@ __all__ = [
     "get_device",
     "list_devices",
     "revoke_device",
+    "skeleton_taken",
 ]
 
 
@@ -27,6 +28,14 @@ async def get_account(session: AsyncSession, username: str) -> Account | None:
     """The account named ``username``."""
     result = await session.execute(select(Account).where(Account.username == username))
     return result.scalar_one_or_none()
+
+
+async def skeleton_taken(session: AsyncSession, skeleton: str) -> bool:
+    """True when an account's username has this confusable skeleton."""
+    result = await session.execute(
+        select(Account.id).where(Account.username_skeleton == skeleton).limit(1)
+    )
+    return result.first() is not None
 
 
 async def get_account_for_update(session: AsyncSession, username: str) -> Account | None:
@@ -45,10 +54,12 @@ async def add_account(
     device_list: bytes,
     version: int,
     now: int,
+    username_skeleton: str | None = None,
 ) -> Account:
     """Insert an account (flushes, so ``id`` is set)."""
     account = Account(
         username=username,
+        username_skeleton=username_skeleton,
         account_key=account_key,
         device_list=device_list,
         device_list_version=version,

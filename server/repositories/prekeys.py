@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.db.models import OneTimePrekey
+from server.db.models import OneTimePrekey, PrekeyClaim
 
 __all__ = [
     "add_one_time",
@@ -15,7 +15,14 @@ __all__ = [
     "count_by_kind",
     "count_one_time",
     "existing_key_ids",
+    "lock_claims",
+    "recent_claims",
+    "record_claim",
 ]
+
+#: ``pg_advisory_xact_lock(int4, int4)`` class of the per-target claim lock: "VoxP".
+_CLAIM_LOCK_CLASS = 0x566F7850
+_LOCK_CLAIMS_PG = text("SELECT pg_advisory_xact_lock(:cls, :key)")
 
 
 async def count_one_time(session: AsyncSession, device_pk: int, kind: int) -> int:
@@ -88,3 +95,43 @@ async def claim_one_time(
     )
     row = result.first()
     return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+
+
+async def lock_claims(session: AsyncSession, device_pk: int) -> None:
+    """Serialise claims of one target device until the transaction ends, so that "count the
+    last hour's claims, then claim" is exact across relay nodes. PostgreSQL: an advisory
+    transaction lock; SQLite: nothing (the caller holds the write lock)."""
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        key = (device_pk + 2**31) % 2**32 - 2**31
+        await session.execute(_LOCK_CLAIMS_PG, {"cls": _CLAIM_LOCK_CLASS, "key": key})
+
+
+async def recent_claims(
+    session: AsyncSession, device_pk: int, requester_pk: int, since: int
+) -> tuple[int, int]:
+    """``(all requesters, this requester)``: claims of the device's one-time prekeys after
+    ``since``. Older claim records are deleted first (only the window is kept)."""
+    await session.execute(
+        delete(PrekeyClaim).where(
+            PrekeyClaim.device_pk == device_pk, PrekeyClaim.claimed_at <= since
+        )
+    )
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.coalesce(
+                    func.sum(case((PrekeyClaim.requester_pk == requester_pk, 1), else_=0)), 0
+                ),
+            ).where(PrekeyClaim.device_pk == device_pk)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def record_claim(session: AsyncSession, device_pk: int, requester_pk: int, now: int) -> None:
+    """Remember that ``requester_pk`` was handed one-time prekeys of ``device_pk``."""
+    await session.execute(
+        insert(PrekeyClaim).values(device_pk=device_pk, requester_pk=requester_pk, claimed_at=now)
+    )

@@ -1,5 +1,8 @@
 """Registration and signed device-list updates.
 
+A username is refused when it, or a name that looks like it (the same confusable skeleton,
+``server.usernames``), is already registered.
+
 A device list is accepted only when it parses, is signed by the stored account key, names
 the account, and carries a version strictly greater than the stored one. The device set
 is then *derived* from it: new ids are inserted, missing ids (or ids whose keys changed)
@@ -24,6 +27,7 @@ from server.schemas import RegisterIn
 from server.services.auth import hash_secret
 from server.services.prekeys import store_prekeys, validate_upload
 from server.settings import RegistrationPolicy, Settings
+from server.usernames import skeleton
 
 __all__ = ["DeviceListUpdate", "account_devices", "register", "update_device_list"]
 
@@ -84,12 +88,20 @@ async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -
     await write_lock(session)
     if await account_repo.get_account(session, req.username) is not None:
         raise Conflict(f"username {req.username!r} is taken", code="username_taken")
+    name_skeleton = skeleton(req.username)
+    if await account_repo.skeleton_taken(session, name_skeleton):
+        raise Conflict(
+            f"username {req.username!r} looks like an existing username "
+            "(same confusable skeleton); choose another",
+            code="username_lookalike",
+        )
     await _check_invite(session, settings, req.invite)
     t = clock_now()
     try:
         account = await account_repo.add_account(
             session,
             username=req.username,
+            username_skeleton=name_skeleton,
             account_key=req.account_key,
             device_list=req.device_list,
             version=signed.version,
@@ -107,8 +119,11 @@ async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -
         await store_prekeys(session, device, req.prekeys, settings.limits)
         await session.commit()
     except IntegrityError:
+        # A concurrent registration (PostgreSQL) took the name or a look-alike of it.
         await session.rollback()
-        raise Conflict(f"username {req.username!r} is taken", code="username_taken") from None
+        raise Conflict(
+            f"username {req.username!r} (or a look-alike of it) is taken", code="username_taken"
+        ) from None
     return device
 
 

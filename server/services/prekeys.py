@@ -3,6 +3,13 @@
 The relay checks only the *shape* of prekeys (type prefix, length, 64-byte signatures);
 it does not verify prekey signatures — clients verify them with the account key from the
 signed device list. One-time keys are claimed oldest first, each exactly once.
+
+One-time keys leave a device at a bounded rate (:class:`ClaimBudget`): at most
+``per_target`` claims per hour by all requesters together and ``per_requester`` by one
+requesting device. A claim over either budget still returns a bundle, with the signed prekey
+and the last-resort ML-KEM key only (PQXDH without one-time keys), so a stranger can no
+longer drain a victim's stock. The claim that uses up the target's hourly budget tells the
+device (``prekeys_drain``), so that it can notice an attack (``docs/protocol-relay.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
 from server.device_list import canonical_x25519
@@ -23,7 +31,9 @@ from server.settings import LimitSettings
 
 __all__ = [
     "BundleEntry",
+    "ClaimBudget",
     "ClaimedBundle",
+    "Drained",
     "LowStock",
     "claim_bundle",
     "prekey_counts",
@@ -46,6 +56,24 @@ class LowStock:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimBudget:
+    """How many claims of one device's one-time prekeys a window allows."""
+
+    per_target: int
+    per_requester: int
+    window_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """A device whose one-time prekeys reached the per-target budget with this claim."""
+
+    device_pk: int
+    claims: int
+    window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class BundleEntry:
     """One device's part of a bundle: the device row and what was claimed for it."""
 
@@ -61,6 +89,7 @@ class ClaimedBundle:
     account: Account
     entries: list[BundleEntry]
     low_stock: list[LowStock]
+    drained: list[Drained]
 
 
 def _check_key(what: str, key: bytes, prefix: int, length: int) -> None:
@@ -176,9 +205,16 @@ async def prekey_counts(session: AsyncSession, device_pk: int) -> tuple[int, int
 
 
 async def claim_bundle(
-    session: AsyncSession, username: str, device_id: int | None, *, low_threshold: int
+    session: AsyncSession,
+    username: str,
+    device_id: int | None,
+    *,
+    low_threshold: int,
+    requester_pk: int,
+    budget: ClaimBudget,
 ) -> ClaimedBundle:
-    """Claim one one-time key of each kind per device of ``username``. Commits."""
+    """Claim one one-time key of each kind per device of ``username``, within the claim
+    budget (past it the entry has no one-time keys). Commits."""
     await write_lock(session)
     account = await account_repo.get_account(session, username)
     if account is None:
@@ -190,12 +226,26 @@ async def claim_bundle(
             raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
     entries: list[BundleEntry] = []
     low: list[LowStock] = []
+    drained: list[Drained] = []
+    now = clock_now()
     for device in devices:
+        await prekey_repo.lock_claims(session, device.pk)
+        total, mine = await prekey_repo.recent_claims(
+            session, device.pk, requester_pk, now - budget.window_seconds
+        )
+        if total >= budget.per_target or mine >= budget.per_requester:
+            entries.append(BundleEntry(device, None, None))  # signed + last-resort keys only
+            continue
         otk = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_X25519)
         pq = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_MLKEM)
         entries.append(BundleEntry(device, otk, pq))
+        if otk is None and pq is None:
+            continue  # nothing was handed out: nothing to count
+        await prekey_repo.record_claim(session, device.pk, requester_pk, now)
+        if total + 1 == budget.per_target:
+            drained.append(Drained(device.pk, total + 1, budget.window_seconds))
         left = await prekey_counts(session, device.pk)
         if min(left) < low_threshold:
             low.append(LowStock(device.pk, *left))
     await session.commit()
-    return ClaimedBundle(account, entries, low)
+    return ClaimedBundle(account, entries, low, drained)

@@ -224,7 +224,12 @@ async def _concurrent_claims(settings_dir: Path, database_url: str | None) -> No
     settings = make_settings(
         settings_dir,
         database_url=database_url,
-        limits={"bundle_fetches_per_minute_per_device": 1000},
+        limits={
+            "bundle_fetches_per_minute_per_device": 1000,
+            # This test is about atomic claims, not the claim budget (tests/abuse).
+            "prekey_claims_per_hour_per_target": 1000,
+            "prekey_claims_per_hour_per_requester": 1000,
+        },
     )
     async with running_relay(settings) as relay:
         async with relay.client() as http:

@@ -47,7 +47,12 @@ async def _device_pk(relay: Relay, peer: Peer) -> int:
 async def test_queue_depth_limit_holds_for_concurrent_sends_through_two_nodes(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    limits = {"max_queue_depth": DEPTH, "messages_per_second_per_device": 10_000.0}
+    # Every sender may fill the whole queue here (the per-sender share: tests/abuse).
+    limits = {
+        "max_queue_depth": DEPTH,
+        "queue_share_per_sender": 1.0,
+        "messages_per_second_per_device": 10_000.0,
+    }
     async with AsyncExitStack() as stack:
         nodes: list[Relay] = []
         for i in range(2):

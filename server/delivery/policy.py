@@ -1,0 +1,85 @@
+"""The queue policy: how much one recipient device's queue may hold, and from whom.
+
+Pure (no I/O): the group-commit writer (:mod:`server.delivery.writer`) reads the current
+usage of the addressed queues (under their locks), asks :meth:`QueuePolicy.refusal` for each
+(recipient device, payload) of a send, and records what it accepts with
+:meth:`QueueUsage.add`, so that the sends of one batch count against each other.
+
+Bounds, per recipient device (``docs/protocol-ws.md`` §4.2, ``docs/threat-model.md``):
+
+* **depth** — at most ``max_depth`` queued envelopes (``queue_full``);
+* **bytes** — at most ``max_bytes`` payload bytes (``queue_full``);
+* **share per sender** — one sending account other than the recipient's own may occupy at
+  most ``sender_share`` of the depth and of the bytes (``queue_share_full``). A stranger who
+  floods a queue runs into their share and is refused; everyone else (friends, the owner's
+  own devices) still gets through, until ``1 / sender_share`` different accounts have each
+  filled their share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["QUEUE_FULL", "QUEUE_SHARE_FULL", "QueueLimits", "QueuePolicy", "QueueUsage"]
+
+#: Error codes of a refused send (``error`` frames).
+QUEUE_FULL = "queue_full"
+QUEUE_SHARE_FULL = "queue_share_full"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """The configured bounds of one device's queue."""
+
+    max_depth: int
+    max_bytes: int
+    #: Fraction (0..1] of depth and bytes that one other account may occupy.
+    sender_share: float = 1.0
+
+    @property
+    def sender_depth(self) -> int:
+        """Envelopes one other account may have queued for the device."""
+        return max(1, int(self.max_depth * self.sender_share))
+
+    @property
+    def sender_bytes(self) -> int:
+        """Payload bytes one other account may have queued for the device."""
+        return max(1, int(self.max_bytes * self.sender_share))
+
+
+@dataclass(slots=True)
+class QueueUsage:
+    """What one device's queue holds: in total and per sending account id."""
+
+    depth: int = 0
+    bytes: int = 0
+    #: sending account id → (envelopes, bytes)
+    by_sender: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, sender: int, size: int, count: int = 1) -> None:
+        """Count ``count`` envelopes of ``size`` bytes each from ``sender``."""
+        self.depth += count
+        self.bytes += count * size
+        depth, used = self.by_sender.get(sender, (0, 0))
+        self.by_sender[sender] = (depth + count, used + count * size)
+
+
+class QueuePolicy:
+    """Decides whether one more envelope fits a device's queue."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, limits: QueueLimits) -> None:
+        self.limits = limits
+
+    def refusal(self, usage: QueueUsage, *, sender: int, owner: int, size: int) -> str | None:
+        """``None`` if an envelope of ``size`` bytes from account ``sender`` fits the queue
+        of a device of account ``owner``; else the error code that refuses it."""
+        limits = self.limits
+        if sender != owner:
+            depth, used = usage.by_sender.get(sender, (0, 0))
+            if depth + 1 > limits.sender_depth or used + size > limits.sender_bytes:
+                return QUEUE_SHARE_FULL
+        if usage.depth + 1 > limits.max_depth or usage.bytes + size > limits.max_bytes:
+            return QUEUE_FULL
+        return None
