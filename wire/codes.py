@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     BAD_RECIPIENT = "bad_recipient"
     UNKNOWN_USER = "unknown_user"
     QUEUE_FULL = "queue_full"
+    QUEUE_SHARE_FULL = "queue_share_full"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
     ACK_UNKNOWN = "ack_unknown"
@@ -67,6 +69,7 @@ class RestErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     USERNAME_TAKEN = "username_taken"
+    USERNAME_LOOKALIKE = "username_lookalike"
     STALE_DEVICE_LIST = "stale_device_list"
     PREKEY_STOCK_FULL = "prekey_stock_full"
     BODY_TOO_LARGE = "body_too_large"
@@ -74,6 +77,8 @@ class RestErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     INVALID_REQUEST = "invalid_request"
     RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     INTERNAL = "internal"
 
 

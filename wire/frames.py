@@ -39,6 +39,7 @@ __all__ = [
     "PayloadIn",
     "PingFrame",
     "PongFrame",
+    "PrekeysDrainFrame",
     "PrekeysLowFrame",
     "ReadyFrame",
     "Recipient",
@@ -206,6 +207,15 @@ class PrekeysLowFrame(_ServerFrame):
     one_time_pq_prekeys: int
 
 
+class PrekeysDrainFrame(_ServerFrame):
+    """This device's one-time prekeys were claimed as often as the relay allows in a window
+    (``claims`` in ``window_seconds``): further bundles carry no one-time keys for now."""
+
+    type: Literal["prekeys_drain"] = "prekeys_drain"
+    claims: int
+    window_seconds: int
+
+
 ServerFrame = (
     ReadyFrame
     | AcceptedFrame
@@ -215,6 +225,7 @@ ServerFrame = (
     | EphemeralFrame
     | PongFrame
     | PrekeysLowFrame
+    | PrekeysDrainFrame
 )
 
 _SERVER: TypeAdapter[ServerFrame] = TypeAdapter(Annotated[ServerFrame, Field(discriminator="type")])

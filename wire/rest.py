@@ -234,6 +234,9 @@ class LimitsOut(BaseModel):
     prekey_batch_max: int
     prekey_max_stock: int
     prekey_low_threshold: int
+    max_queue_bytes: int
+    queue_share_per_sender: float
+    max_attachment_bytes_per_device: int
 
 
 class ConfigOut(BaseModel):
