@@ -76,10 +76,10 @@ class QueuePolicy:
         """``None`` if an envelope of ``size`` bytes from account ``sender`` fits the queue
         of a device of account ``owner``; else the error code that refuses it."""
         limits = self.limits
+        if usage.depth + 1 > limits.max_depth or usage.bytes + size > limits.max_bytes:
+            return QUEUE_FULL
         if sender != owner:
             depth, used = usage.by_sender.get(sender, (0, 0))
             if depth + 1 > limits.sender_depth or used + size > limits.sender_bytes:
                 return QUEUE_SHARE_FULL
-        if usage.depth + 1 > limits.max_depth or usage.bytes + size > limits.max_bytes:
-            return QUEUE_FULL
         return None
