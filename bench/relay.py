@@ -184,6 +184,9 @@ def relay_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
             "VOX_LIMITS__MESSAGES_PER_SECOND_PER_DEVICE": "100000",
             "VOX_LIMITS__REQUESTS_PER_MINUTE_PER_IP": "1000000",
             "VOX_LIMITS__MAX_QUEUE_DEPTH": "1000000",
+            "VOX_LIMITS__MAX_QUEUE_BYTES": str(16 * 2**30),
+            "VOX_LIMITS__QUEUE_SHARE_PER_SENDER": "1.0",
+            "VOX_LIMITS__REGISTRATIONS_PER_HOUR_PER_IP": "1000000",
         }
     )
     if database_url:

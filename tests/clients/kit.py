@@ -75,6 +75,7 @@ class RelayProcess:
         exe = Path(sys.executable).with_name("vox-relay")
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
         env["VOX_LIMITS__REQUESTS_PER_MINUTE_PER_IP"] = "100000"
+        env["VOX_LIMITS__REGISTRATIONS_PER_HOUR_PER_IP"] = "100000"
         args = [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.database_url:
             args += ["--database-url", self.database_url]

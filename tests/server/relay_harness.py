@@ -102,6 +102,7 @@ def make_settings(tmp_path: Path, *, database_url: str | None = None, **override
         ("ws_connects_per_minute_per_address", 100_000),
         ("ws_connects_per_minute_per_device", 100_000),
         ("challenges_per_minute_per_address", 100_000),
+        ("registrations_per_hour_per_ip", 100_000),
     ):
         limits.setdefault(name, value)
     base["limits"] = limits

@@ -31,7 +31,9 @@ SPEC = {"alice": [1], "bob": [1, 2], "carol": [1], "dave": [1]}
 
 
 async def test_a_full_queue_refuses_the_send_and_stores_nothing(tmp_path: Path) -> None:
-    async with world(tmp_path, SPEC, limits={"max_queue_depth": 10}) as w:
+    # One sender fills the whole queue here (the per-sender share: tests/abuse).
+    limits = {"max_queue_depth": 10, "queue_share_per_sender": 1.0}
+    async with world(tmp_path, SPEC, limits=limits) as w:
         alice, b1, b2 = w["alice", 1], w["bob", 1], w["bob", 2]
         async with open_ws(w.relay, alice) as a:
             for i in range(10):
