@@ -234,6 +234,15 @@ class LimitsOut(BaseModel):
     prekey_batch_max: int
     prekey_max_stock: int
     prekey_low_threshold: int
+    # What a well-behaved client paces itself by (docs/protocol-ws.md §7).
+    auth_timeout_seconds: float
+    ws_connects_per_minute_per_address: int
+    ws_connects_per_minute_per_device: int
+    frames_per_second_per_device: float
+    frame_bytes_per_second_per_device: int
+    invalid_frames_per_minute_per_device: int
+    messages_per_second_per_account: float
+    challenges_per_minute_per_address: int
     max_queue_bytes: int
     queue_share_per_sender: float
     max_attachment_bytes_per_device: int

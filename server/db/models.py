@@ -89,7 +89,7 @@ class Account(Base):
     username: Mapped[str] = mapped_column(String(32), unique=True)
     #: The name's confusable skeleton (``server.usernames.skeleton``): unique, so that no
     #: look-alike of an existing name can be registered. ``NULL`` only for accounts that
-    #: already existed as look-alikes when the rule was introduced (migration 0003).
+    #: already existed as look-alikes when the rule was introduced (migration 0003b).
     username_skeleton: Mapped[str | None] = mapped_column(String(128), default=None)
     account_key: Mapped[bytes] = mapped_column(LargeBinary(33))
     device_list: Mapped[bytes] = mapped_column(LargeBinary)

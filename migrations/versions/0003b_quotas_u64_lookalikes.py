@@ -9,8 +9,8 @@
   filled in for queued rows from their payloads and send records.
 * ``prekey_claims``: the last hour's one-time prekey claims per target device.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0003b
+Revises: 0003
 Create Date: 2026-11-30
 """
 
@@ -23,8 +23,8 @@ from alembic import op
 
 from server.usernames import skeleton
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0003b"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
