@@ -1,7 +1,7 @@
 """push subscriptions (content-free Web Push)
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0003b
 Create Date: 2026-11-30
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0003"
+down_revision: str | None = "0003b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
