@@ -104,9 +104,9 @@ from crypto.primitives import DeterministicRng, Rng, random_bytes
 from crypto.ratchet.header import Header
 from crypto.ratchet.session import RatchetConfig, Session
 
-# --- crypto-extras imports (device_list, sender_keys, fingerprint, attachments) --------
-# The crypto-extras helper adds its imports here and its names in the marked block of
-# ``__all__`` below.
+# --- devices, groups and attachments (device_list, sender_keys, fingerprint, attachments) ---
+# Specified in docs/protocol-crypto-devices-groups-attachments.md; their names are the marked
+# block of ``__all__`` below.
 # isort: split
 from crypto.attachments import (
     AttachmentDecryptor,
@@ -131,9 +131,9 @@ from crypto.sender_keys import (
     SenderKeyState,
 )
 
-# --- end of crypto-extras imports -------------------------------------------------------
+# --- end of the devices, groups and attachments imports ----------------------------------
 
-__all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block)
+__all__ = [  # noqa: RUF022 (devices, groups and attachments are a separate marked block)
     "AcceptedSession",
     "AccountKey",
     "AccountPublicKey",
@@ -189,7 +189,7 @@ __all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block
     "initiate_session",
     "random_bytes",
     "validate_username",
-    # --- crypto-extras names (device_list, sender_keys, fingerprint, attachments) ---
+    # --- devices, groups and attachments (device_list, sender_keys, fingerprint, attachments) ---
     "AttachmentDecryptor",
     "AttachmentEncryptor",
     "AttachmentMismatch",
@@ -210,5 +210,5 @@ __all__ = [  # noqa: RUF022 (the crypto-extras names are a separate marked block
     "padded_size",
     "safety_number",
     "safety_numbers_equal",
-    # --- end of crypto-extras names ---
+    # --- end of the devices, groups and attachments names ---
 ]

@@ -116,15 +116,17 @@ class DeterministicRng:
 
     The stream is ``SHA-256(seed || u64be(0)) || SHA-256(seed || u64be(1)) || ...``,
     consumed front to back across calls (documented in ``docs/protocol-crypto.md``
-    because the pinned vectors depend on it).
+    because the pinned vectors depend on it). :attr:`drawn` lists every output in order
+    (the vector generators publish it as the "RNG draws" of each vector).
     """
 
-    __slots__ = ("_buffer", "_counter", "_seed")
+    __slots__ = ("_buffer", "_counter", "_seed", "drawn")
 
     def __init__(self, seed: bytes) -> None:
         self._seed = bytes(seed)
         self._counter = 0
         self._buffer = b""
+        self.drawn: list[bytes] = []
 
     def __call__(self, n: int) -> bytes:
         while len(self._buffer) < n:
@@ -132,6 +134,7 @@ class DeterministicRng:
             self._buffer += block
             self._counter += 1
         out, self._buffer = self._buffer[:n], self._buffer[n:]
+        self.drawn.append(out)
         return out
 
     def __repr__(self) -> str:

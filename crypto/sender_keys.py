@@ -27,7 +27,8 @@ Rotation: when a member leaves, every remaining member calls :meth:`SenderKeySta
 remaining members only. Receivers keep a :class:`SenderKeyRecord` per (group, sender device):
 up to :data:`MAX_STATES_PER_SENDER` receiving states, newest first, so a late message under an
 older ``key_id`` still decrypts; a message naming a key id the record does not hold raises
-:class:`~crypto.errors.UnknownSenderKey`. See ``docs/protocol-crypto-extras.md`` §2.
+:class:`~crypto.errors.UnknownSenderKey`. See
+``docs/protocol-crypto-devices-groups-attachments.md`` §2.
 """
 
 from __future__ import annotations
@@ -488,7 +489,10 @@ class SenderKeyState:
     # --- serialization ------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Encode the state (see ``docs/protocol-crypto-extras.md``); secret material inside."""
+        """Encode the state (``docs/protocol-crypto-devices-groups-attachments.md`` §2.5).
+
+        Secret material inside.
+        """
         w = Writer().u8(STATE_VERSION).bytes16(self._group_id)
         self._sender.write(w)
         w.u32(self._key_id).u32(self._iteration).raw(self._chain_key)

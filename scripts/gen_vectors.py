@@ -1,4 +1,4 @@
-"""Generate the project's own protocol vectors into ``tests/vectors/vox_vectors.json``.
+"""Generate the project's own protocol vectors into ``docs/vectors/protocol-crypto.json``.
 
 Everything is derived from fixed seeds through :class:`crypto.primitives.DeterministicRng`
 (``SHA-256(seed || u64be(counter))`` blocks), so running this script again gives the
@@ -7,8 +7,9 @@ byte, and ``docs/protocol-crypto.md`` pins the values.
 
 The file is a JSON object with one key per *section*. Each section is produced by a
 function registered in :data:`SECTIONS`; to add vectors, write a function returning a
-JSON-able dict and register it under a new name (the crypto-extras vectors live in their
-own generator, ``scripts/gen_vectors_extras.py``).
+JSON-able dict and register it under a new name (the vectors of device lists, sender keys,
+safety numbers and attachments live in their own generator,
+``scripts/gen_vectors_devices_groups_attachments.py``).
 
 One input cannot come from a seed: ``cryptography`` draws ML-KEM encapsulation randomness
 itself. The PQXDH section therefore uses a pinned ML-KEM-768 ciphertext (made once by a
@@ -50,7 +51,7 @@ from crypto.pqxdh import (  # noqa: E402
     shared_secret,
 )
 
-OUTPUT = ROOT / "tests" / "vectors" / "vox_vectors.json"
+OUTPUT = ROOT / "docs" / "vectors" / "protocol-crypto.json"
 #: The fixed nonce of the ``ratchet_kdf`` section's version-2 example.
 V2_NONCE = bytes(range(0x40, 0x4C))
 ALICE_SEED = b"vox-vectors-v1/alice"
@@ -145,8 +146,44 @@ def _conversation(version: int) -> tuple[dict[str, Any], list[Any]]:
         "a_session": a_session,
         "accepted": accepted,
         "first": first,
+        "rng_draws": {
+            "alice": _draws(rng_a, _labels("alice", version)),
+            "bob": _draws(rng_b, _labels("bob", version)),
+        },
     }
     return keys, flow
+
+
+def _labels(party: str, version: int) -> list[str]:
+    """What each draw of a party's DeterministicRng becomes, in order (documented in §12)."""
+    if party == "alice":
+        setup = ["account key seed", "identity scalar", "ephemeral EK_A", "ratchet key (A1)"]
+        sends = [("A1", False), ("A2", True), ("A3", True)]
+    else:
+        setup = [
+            "account key seed",
+            "identity scalar",
+            "signed prekey 1 scalar",
+            "ML-KEM-768 prekey 2 seed d || z",
+            "one-time prekey 3 scalar",
+        ]
+        sends = [("B1", True), ("B2", True), ("B3", True)]
+    labels = list(setup)
+    for name, new_chain in sends:
+        if new_chain:
+            labels.append(f"ratchet key ({name})")
+        if version == 2:
+            labels.append(f"nonce ({name})")
+    return labels
+
+
+def _draws(rng: p.DeterministicRng, labels: list[str]) -> list[dict[str, Any]]:
+    """The rng's outputs in order, each with what it became (sizes must match the labels)."""
+    assert len(rng.drawn) == len(labels), (len(rng.drawn), labels)
+    return [
+        {"what": w, "bytes": len(d), "value": d.hex()}
+        for w, d in zip(labels, rng.drawn, strict=True)
+    ]
 
 
 def pqxdh_and_ratchet() -> dict[str, Any]:
@@ -184,6 +221,7 @@ def pqxdh_and_ratchet() -> dict[str, Any]:
         ),
         "alice_seed": ALICE_SEED.decode(),
         "bob_seed": BOB_SEED.decode(),
+        "rng_draws": k["rng_draws"],
         "alice": {
             "account_seed": a_account.private.hex(),
             "account_public": a_account.public_key.to_bytes().hex(),
@@ -256,6 +294,7 @@ def pqxdh_and_ratchet_v2() -> dict[str, Any]:
         ),
         "alice_seed": ALICE_SEED.decode(),
         "bob_seed": BOB_SEED.decode(),
+        "rng_draws": k["rng_draws"],
         "consumed": {
             "one_time_prekey_id": accepted.consumed.one_time_prekey_id,
             "kem_prekey_id": accepted.consumed.kem_prekey_id,

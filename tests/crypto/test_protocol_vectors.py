@@ -23,7 +23,7 @@ from crypto.pqxdh import LocalDevice, PrekeySecrets, accept_session
 from crypto.primitives import DeterministicRng
 
 ROOT = Path(__file__).resolve().parents[2]
-VECTORS = ROOT / "tests" / "vectors" / "vox_vectors.json"
+VECTORS = ROOT / "docs" / "vectors" / "protocol-crypto.json"
 
 
 def _generator() -> ModuleType:
@@ -123,11 +123,30 @@ def test_version_2_example_follows_the_documented_construction() -> None:
 
 
 def _strings(value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, dict):  # the RNG draws are published in the JSON only
+        return [s for k, v in value.items() if k != "rng_draws" for s in _strings(v)]
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return [value] if isinstance(value, str) else []
+
+
+def test_the_published_rng_draws_are_the_documented_keys_in_the_documented_order() -> None:
+    v = _vectors()
+    v1, v2 = v["pqxdh_ratchet"], v["pqxdh_ratchet_v2"]
+    for section in (v1, v2):
+        for party, seed in (("alice", v1["alice_seed"]), ("bob", v1["bob_seed"])):
+            rng = DeterministicRng(seed.encode())
+            for draw in section["rng_draws"][party]:
+                assert rng(draw["bytes"]).hex() == draw["value"], draw["what"]
+    alice, bob = v1["rng_draws"]["alice"], v1["rng_draws"]["bob"]
+    assert alice[0]["value"] == v1["alice"]["account_seed"]
+    assert alice[1]["value"] == v1["alice"]["identity_private"]
+    assert alice[2]["value"] == v1["alice"]["ephemeral_private"]
+    assert [d["bytes"] for d in bob[:5]] == [32, 32, 32, 64, 32]
+    assert bob[0]["value"] == v1["bob"]["account_seed"]
+    assert bob[1]["value"] == v1["bob"]["identity_private"]
+    assert bob[3]["value"] in v1["bob"]["kem_prekey"]
+    assert [d["bytes"] for d in v2["rng_draws"]["alice"][3:]] == [32, 12, 32, 12, 32, 12]
 
 
 def test_every_pinned_hex_value_appears_in_the_protocol_document() -> None:

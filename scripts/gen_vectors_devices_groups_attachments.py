@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Generate the crypto-extras test vectors (signed device list, sender keys, safety number,
-attachment, padded attachment, padding buckets) from fixed seeds, into
-``tests/vectors/vox_extras_vectors.json``.
+"""Generate the vectors of the devices, groups and attachments chapter (signed device list,
+sender keys, safety number, attachment, padded attachment, padding buckets) from fixed seeds,
+into ``docs/vectors/protocol-crypto-devices-groups-attachments.json``.
 
 Every random byte comes from :class:`crypto.primitives.DeterministicRng` with the seeds below;
 Ed25519 signatures are deterministic (RFC 8032), so the output is fully reproducible.
-``docs/protocol-crypto-extras.md`` pins the same values; ``tests/crypto/test_extras_vectors.py``
+``docs/protocol-crypto-devices-groups-attachments.md`` pins the same values;
+``tests/crypto/test_devices_groups_attachments_vectors.py``
 regenerates them and compares byte for byte.
 
-Usage: ``.venv/bin/python scripts/gen_vectors_extras.py [--check]``
+Usage: ``.venv/bin/python scripts/gen_vectors_devices_groups_attachments.py [--check]``
 """
 
 from __future__ import annotations
@@ -35,12 +36,21 @@ from crypto.keys import AccountKey, DeviceAddress, DeviceAuthKey, DeviceIdentity
 from crypto.primitives import DeterministicRng  # noqa: E402
 from crypto.sender_keys import HKDF_INFO, HKDF_INFO_V1, SenderKeyState  # noqa: E402
 
-OUTPUT = ROOT / "tests" / "vectors" / "vox_extras_vectors.json"
+OUTPUT = ROOT / "docs" / "vectors" / "protocol-crypto-devices-groups-attachments.json"
+
+
+def _draws(rng: DeterministicRng, labels: list[str]) -> list[dict[str, Any]]:
+    """The rng's outputs in order, each with what it became (sizes must match the labels)."""
+    assert len(rng.drawn) == len(labels), (len(rng.drawn), labels)
+    return [
+        {"what": w, "bytes": len(d), "value": d.hex()}
+        for w, d in zip(labels, rng.drawn, strict=True)
+    ]
 
 
 def device_list_vectors() -> dict[str, Any]:
     """Two consecutive signed device lists of account ``alice``."""
-    rng = DeterministicRng(b"vox-extras device list")
+    rng = DeterministicRng(b"vox-vectors-v1/device list")
     account = AccountKey.generate(rng)
     entries = []
     devices = []
@@ -58,7 +68,17 @@ def device_list_vectors() -> dict[str, Any]:
     v1 = DeviceList.first("alice", entries[0]).sign(account)
     v2 = v1.device_list.add_device(entries[1]).sign(account)
     return {
-        "seed": "vox-extras device list",
+        "seed": "vox-vectors-v1/device list",
+        "rng_draws": _draws(
+            rng,
+            [
+                "account key seed",
+                "device 1 identity scalar",
+                "device 1 auth key seed",
+                "device 7 identity scalar",
+                "device 7 auth key seed",
+            ],
+        ),
         "account_private_seed": account.private.hex(),
         "account_public_key": account.public_key.to_bytes().hex(),
         "username": "alice",
@@ -76,7 +96,7 @@ def device_list_vectors() -> dict[str, Any]:
 
 def sender_key_vectors() -> dict[str, Any]:
     """A sending state, its distribution and its first two messages."""
-    rng = DeterministicRng(b"vox-extras sender key")
+    rng = DeterministicRng(b"vox-vectors-v1/sender key")
     group_id = b"vox-group-vector"
     state = SenderKeyState.create(group_id, DeviceAddress("alice", 1), rng=rng)
     distribution = state.distribution()
@@ -95,7 +115,17 @@ def sender_key_vectors() -> dict[str, Any]:
             {"plaintext": text.hex(), "nonce": v2.nonce.hex(), "message": v2.to_bytes().hex()}
         )
     return {
-        "seed": "vox-extras sender key",
+        "seed": "vox-vectors-v1/sender key",
+        "rng_draws": _draws(
+            rng,
+            [
+                "key_id (u32, big-endian)",
+                "chain key",
+                "signing key seed",
+                "nonce of version-2 message 0",
+                "nonce of version-2 message 1",
+            ],
+        ),
         "group_id": group_id.hex(),
         "sender": {"username": "alice", "device_id": 1},
         "key_id": distribution.key_id,
@@ -117,8 +147,8 @@ def sender_key_vectors() -> dict[str, Any]:
 
 def safety_number_vectors() -> dict[str, Any]:
     """The safety number between ``alice`` and ``bob``."""
-    alice = AccountKey.generate(DeterministicRng(b"vox-extras safety alice")).public_key
-    bob = AccountKey.generate(DeterministicRng(b"vox-extras safety bob")).public_key
+    alice = AccountKey.generate(DeterministicRng(b"vox-vectors-v1/safety alice")).public_key
+    bob = AccountKey.generate(DeterministicRng(b"vox-vectors-v1/safety bob")).public_key
     at_alice = safety_number("alice", alice, "bob", bob)
     at_bob = safety_number("bob", bob, "alice", alice)
     assert at_alice.digits == at_bob.digits
@@ -137,13 +167,15 @@ def safety_number_vectors() -> dict[str, Any]:
 def attachment_vectors() -> dict[str, Any]:
     """A 112-byte attachment in 64-byte chunks (one full chunk, one final chunk)."""
     plaintext = b"Vox attachment test vector. " * 4
-    encryptor = AttachmentEncryptor(chunk_size=64, rng=DeterministicRng(b"vox-extras attachment"))
+    rng = DeterministicRng(b"vox-vectors-v1/attachment")
+    encryptor = AttachmentEncryptor(chunk_size=64, rng=rng)
     blob = b"".join(encrypt_stream([plaintext], encryptor))
     pointer = encryptor.pointer(
         content_type="text/plain", file_name="vector.txt", blob_id="blob-0001"
     )
     return {
-        "seed": "vox-extras attachment",
+        "seed": "vox-vectors-v1/attachment",
+        "rng_draws": _draws(rng, ["attachment key"]),
         "chunk_size": 64,
         "plaintext": plaintext.hex(),
         "key": encryptor.key.hex(),
@@ -161,9 +193,8 @@ def padded_attachment_vectors() -> dict[str, Any]:
     holds the file's last 59 bytes and 197 zero bytes, the final chunk 2 holds 29 zero bytes.
     The pointer is version 2 (it carries the padding)."""
     plaintext = b"Vox padded attachment test vector. " * 9
-    encryptor = AttachmentEncryptor(
-        chunk_size=256, rng=DeterministicRng(b"vox-extras padded attachment")
-    )
+    rng = DeterministicRng(b"vox-vectors-v1/padded attachment")
+    encryptor = AttachmentEncryptor(chunk_size=256, rng=rng)
     blob = b"".join(encrypt_stream([plaintext], encryptor, padded=True))
     pointer = encryptor.pointer(
         content_type="text/plain", file_name="padded.txt", blob_id="blob-0002"
@@ -171,7 +202,8 @@ def padded_attachment_vectors() -> dict[str, Any]:
     assert pointer.padded_size == padded_size(len(plaintext)) == 541
     assert len(blob) == pointer.ciphertext_size
     return {
-        "seed": "vox-extras padded attachment",
+        "seed": "vox-vectors-v1/padded attachment",
+        "rng_draws": _draws(rng, ["attachment key"]),
         "chunk_size": 256,
         "size": len(plaintext),
         "padding": pointer.padding,
@@ -212,8 +244,8 @@ def padding_vectors() -> dict[str, Any]:
 def generate() -> dict[str, Any]:
     """All vectors, as written to the JSON file."""
     return {
-        "comment": "Generated by scripts/gen_vectors_extras.py; pinned in "
-        "docs/protocol-crypto-extras.md. All byte strings are lower-case hex.",
+        "comment": "Generated by scripts/gen_vectors_devices_groups_attachments.py; pinned in "
+        "docs/protocol-crypto-devices-groups-attachments.md. All byte strings are lower-case hex.",
         "device_list": device_list_vectors(),
         "sender_key": sender_key_vectors(),
         "safety_number": safety_number_vectors(),
