@@ -97,7 +97,12 @@ class Presence:
         except Exception as exc:
             log_event("push_presence_failed", logging.WARNING, error=exc.__class__.__name__)
             return online
-        return online | {pk for pk, value in zip(rest, values, strict=True) if value is not None}
+        # This node's own keys are stale for devices no longer in its set (their deletion may
+        # still be queued): only other nodes' keys count.
+        node = self._node.encode()
+        return online | {
+            pk for pk, value in zip(rest, values, strict=True) if value not in (None, node)
+        }
 
     async def _writer(self) -> None:
         while True:

@@ -1,7 +1,9 @@
 """Sending content-free pushes to devices that are offline (RFC 8030 delivery).
 
 The delivery hub calls :meth:`PushDispatcher.queued_elsewhere` right after a commit, with the
-devices that got envelopes and have no connection on this node. That call only adds them to a
+devices that got envelopes and have no connection on this node (and, through
+:meth:`PushDispatcher.detached`, ``detach_recheck_seconds`` after a device's connection ended,
+so that envelopes it was sent but never acked still notify it). That call only adds them to a
 set (never blocks, never touches the database); a background task then, outside any write
 transaction:
 
@@ -59,6 +61,9 @@ class PushConfig:
     concurrency: int = 16
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+    #: After a device's connection ends, look again this much later: envelopes it was sent
+    #: but did not ack (a socket that died) still deserve a push.
+    detach_recheck_seconds: float = 2.0
 
 
 class _Metrics:
@@ -107,6 +112,7 @@ class PushDispatcher:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._rechecks: dict[int, asyncio.TimerHandle] = {}
 
     # -- hub observer (synchronous, cheap) ---------------------------------------------------
 
@@ -115,8 +121,20 @@ class PushDispatcher:
         self.presence.attached(device_pk)
 
     def detached(self, device_pk: int) -> None:
-        """A device's connection on this node is gone."""
+        """A device's connection on this node is gone (unacked envelopes get a push later)."""
         self.presence.detached(device_pk)
+        if self._task is None or len(self._rechecks) >= _MAX_PENDING:
+            return
+        previous = self._rechecks.pop(device_pk, None)
+        if previous is not None:
+            previous.cancel()
+        self._rechecks[device_pk] = asyncio.get_running_loop().call_later(
+            self.config.detach_recheck_seconds, self._recheck, device_pk
+        )
+
+    def _recheck(self, device_pk: int) -> None:
+        self._rechecks.pop(device_pk, None)
+        self.queued_elsewhere([device_pk])
 
     def queued_elsewhere(self, device_pks: Iterable[int]) -> None:
         """Envelopes were committed for devices not connected to this node."""
@@ -141,6 +159,9 @@ class PushDispatcher:
 
     async def stop(self) -> None:
         """Stop the worker, abandon pushes still being sent, close the client."""
+        for timer in self._rechecks.values():
+            timer.cancel()
+        self._rechecks.clear()
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for task in tasks:
             task.cancel()
@@ -156,7 +177,7 @@ class PushDispatcher:
     async def drained(self) -> None:
         """Wait until every device handed over so far has been handled (tests)."""
         await self.presence.settled()
-        while self._pending or self._busy or self._inflight:  # noqa: ASYNC110
+        while self._rechecks or self._pending or self._busy or self._inflight:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     # -- worker ------------------------------------------------------------------------------

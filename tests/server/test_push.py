@@ -11,11 +11,12 @@ import os
 import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from server.push import PushDispatcher
 from server.push.vapid import PAYLOAD
@@ -248,3 +249,43 @@ async def test_two_nodes_push_only_to_devices_connected_to_neither(
         await _send(node_b, alice, [bob])
         await w.drained()
         assert len(w.rx.pushes("bob")) == 1
+
+
+async def test_a_device_whose_connection_ends_with_unacked_messages_gets_a_push(
+    tmp_path: Path,
+) -> None:
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        bob = w.peers["bob", 1]
+        await w.subscribe(bob, "bob")
+        async with open_ws(w.relay, bob) as bob_ws:
+            await _send(w.relay, w.peers["alice", 1], [bob])
+            await bob_ws.expect("deliver")  # ... never acked: the socket dies
+            await w.drained()
+            assert w.rx.pushes("bob") == []
+        await w.rx.wait_for("bob", 1)
+        await w.drained()
+        assert len(w.rx.pushes("bob")) == 1
+
+
+async def test_an_endpoint_on_a_private_address_is_never_contacted(tmp_path: Path) -> None:
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        bob = w.peers["bob", 1]
+        await w.subscribe(bob, "bob")
+        # A row that bypassed registration's checks (or a name that now resolves inside).
+        async with w.relay.app.state.sessions() as session:
+            await session.execute(
+                text(
+                    "INSERT INTO push_subscriptions (id, device_pk, endpoint, p256dh, auth,"
+                    " created_at) SELECT 'x' || id, device_pk, 'https://10.255.255.1:9/x',"
+                    " p256dh, auth, 0 FROM push_subscriptions"
+                )
+            )
+            await session.commit()
+        w.dispatcher().config = replace(w.dispatcher().config, allow_loopback=False)
+        await _send(w.relay, w.peers["alice", 1], [bob])
+        await w.drained()
+        async with w.relay.client() as http:
+            metrics = (await http.get("/metrics")).text
+        # Loopback is now refused too: neither endpoint was contacted.
+        assert 'vox_push_requests_total{outcome="refused"} 2.0' in metrics
+        assert w.rx.pushes("bob") == []
