@@ -20,3 +20,6 @@ const common = {
 await build({ ...common, entryPoints: ["src/main.tsx"], outfile: `${out}app.js` });
 await build({ ...common, entryPoints: ["src/sw.ts"], outfile: `${out}sw.js` });
 for (const name of readdirSync("static")) copyFileSync(`static/${name}`, `${out}${name}`);
+// The test kit (protocol core for tests/web/test_vectors.py) is built beside dist/, never
+// served by the relay nor shipped in the Python package.
+await build({ ...common, entryPoints: ["src/testkit.ts"], outfile: `${out}../testkit/testkit.js` });

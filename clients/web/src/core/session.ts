@@ -88,7 +88,7 @@ export type Envelope = { version: 1 | 2; header: Header; headerBytes: Uint8Array
   | { kind: 1 }
   | { kind: 2; prefix: PqxdhPrefix; prefixBytes: Uint8Array }
 );
-export const ENVELOPE_VERSION = 2;
+export const ENVELOPE_VERSION: 1 | 2 = 2;
 
 // --- encodings ---------------------------------------------------------------------------
 
@@ -351,6 +351,7 @@ export async function encrypt(
   s0: SessionState,
   body: Uint8Array,
   rng: Rng,
+  version: 1 | 2 = ENVELOPE_VERSION,
 ): Promise<{ state: SessionState; data: Uint8Array }> {
   if (!s0.dhr) throw new StateError("no ratchet key from the peer yet");
   const s = clone(s0);
@@ -360,16 +361,27 @@ export async function encrypt(
     s.ns = 0;
   }
   const headerBytes = encodeHeader({ ratchetKey: x25519Public(s.dhsPriv), pn: s.pn, n: s.ns });
-  const nonce = rng(12); // drawn after the ratchet key (§6.5)
   const kind = s.pending ? 2 : 1;
   const [mk, next] = await chainStep(s.cks as Uint8Array);
-  const ad = aeadAd(s, { version: ENVELOPE_VERSION, kind, headerBytes });
-  const ct = await aesGcmEncrypt(await messageKeyV2(mk), nonce, encodePayload(s.localUser, s.localDevice, body), ad);
+  const ad = aeadAd(s, { version, kind, headerBytes });
+  const plaintext = encodePayload(s.localUser, s.localDevice, body);
+  let nonce: Uint8Array | null = null;
+  let ct: Uint8Array;
+  if (version === 2) {
+    nonce = rng(12); // drawn after the ratchet key (§6.5)
+    ct = await aesGcmEncrypt(await messageKeyV2(mk), nonce, plaintext, ad);
+  } else {
+    // Version 1 is never sent by the app; only the pinned vectors reproduce it.
+    const [key, derived] = await messageKeysV1(mk);
+    ct = await aesGcmEncrypt(key, derived, plaintext, ad);
+  }
   s.cks = next;
   s.ns += 1;
-  const w = new Writer().u8(ENVELOPE_VERSION).u8(kind);
+  const w = new Writer().u8(version).u8(kind);
   if (s.pending) w.raw(s.pending);
-  w.raw(headerBytes).raw(nonce).bytes32(ct);
+  w.raw(headerBytes);
+  if (nonce) w.raw(nonce);
+  w.bytes32(ct);
   return { state: s, data: w.done() };
 }
 

@@ -1,0 +1,235 @@
+// Test kit (not part of the app bundle; built to testkit/testkit.js): exposes the protocol
+// core to the Chromium tests (tests/web/test_vectors.py), which feed it the pinned vectors of
+// docs/ and compare what it computes. Inputs and outputs are hex strings.
+import { sha256 } from "@noble/hashes/sha2.js";
+import { Reader, Writer, concat, fromHex, hex, utf8, type Rng } from "./core/bytes";
+import * as A from "./core/attachments";
+import { decodeContent, encodeContent, pad, unpad } from "./core/content";
+import { parseList, signList, verifyList } from "./core/devicelist";
+import { safetyNumber, displaySafetyNumber } from "./core/fingerprint";
+import { decodeBundle, typed, X25519_TYPE } from "./core/keys";
+import { aesGcmEncrypt, ed25519Public, mlkemDecapsulate, x25519Public } from "./core/primitives";
+import * as SK from "./core/senderkeys";
+import * as S from "./core/session";
+
+/** protocol-crypto.md §1: SHA-256(seed || u64 i) blocks, consumed front to back. */
+function deterministicRng(seed: Uint8Array): Rng {
+  let buf: Uint8Array = new Uint8Array(0);
+  let counter = 0n;
+  return (n: number) => {
+    while (buf.length < n) {
+      buf = concat(buf, sha256(concat(seed, new Writer().u64(counter).done())));
+      counter += 1n;
+    }
+    const out = buf.slice(0, n);
+    buf = buf.slice(n);
+    return out;
+  };
+}
+
+async function ratchetKdf(rootKey: string, dh: string, nonceV2: string): Promise<Record<string, string>> {
+  const [rk, ck] = await S.kdfRk(fromHex(rootKey), fromHex(dh));
+  const [mk, next] = await S.chainStep(ck);
+  const [key, nonce] = await S.messageKeysV1(mk);
+  const keyV2 = await S.messageKeyV2(mk);
+  return {
+    next_root_key: hex(rk),
+    chain_key: hex(ck),
+    message_key_0: hex(mk),
+    next_chain_key: hex(next),
+    aes_key_0: hex(key),
+    nonce_0: hex(nonce),
+    ciphertext_0: hex(await aesGcmEncrypt(key, nonce, utf8("vox"), utf8("ad"))),
+    aes_key_0_v2: hex(keyV2),
+    ciphertext_0_v2: hex(await aesGcmEncrypt(keyV2, fromHex(nonceV2), utf8("vox"), utf8("ad"))),
+  };
+}
+
+interface ConvVector {
+  alice_seed: string;
+  bob_seed: string;
+  bundle: string;
+  kem_ciphertext: string;
+  kem_shared_secret: string;
+  bob: { identity_private: string; signed_prekey: string; kem_prekey: string; one_time_prekey: string };
+  messages: { from: string; plaintext: string; wire: string }[];
+}
+
+/**
+ * Replay the pinned conversation from the seeds alone: Alice initiates from the bundle with
+ * the pinned encapsulation, the two sides alternate, every wire is produced by this code.
+ * Returns, per message, the wire we produced and the plaintext the other side decrypted.
+ */
+async function conversation(
+  v: ConvVector,
+  version: 1 | 2,
+  tamperAt = -1,
+): Promise<{ wires: string[]; plaintexts: string[]; consumed: (number | null)[]; decapsulated: string; tamperError: string }> {
+  let tamperError = "";
+  const aliceRng = deterministicRng(utf8(v.alice_seed));
+  const bobRng = deterministicRng(utf8(v.bob_seed));
+  const aliceAccount = aliceRng(32);
+  const aliceIdentity = aliceRng(32);
+  bobRng(192); // Bob's keys (given below as serialized private keys)
+  const bundle = decodeBundle(fromHex(v.bundle));
+  const alice: S.LocalDevice = { user: "alice", device: 1, accountKey: typed(2, ed25519Public(aliceAccount)), identityPriv: aliceIdentity };
+  const spk = new Reader(fromHex(v.bob.signed_prekey));
+  spk.raw(2);
+  const spkId = spk.u32();
+  const spkPriv = spk.raw(32);
+  const kem = new Reader(fromHex(v.bob.kem_prekey));
+  kem.raw(2);
+  const kemId = kem.u32();
+  const kemLr = kem.u8() === 1;
+  const kemSeed = kem.raw(64);
+  const otp = new Reader(fromHex(v.bob.one_time_prekey));
+  otp.raw(2);
+  const otpId = otp.u32();
+  const otpPriv = otp.raw(32);
+  const bob: S.LocalDevice = { user: "bob", device: 7, accountKey: bundle.accountKey, identityPriv: fromHex(v.bob.identity_private) };
+  const lookup: S.PrekeyLookup = {
+    signed: (i) => (i === spkId ? spkPriv : null),
+    kem: (i) => (i === kemId ? { seed: kemSeed, lastResort: kemLr } : null),
+    oneTime: (i) => (i === otpId ? otpPriv : null),
+  };
+  const decapsulated = hex(mlkemDecapsulate(fromHex(v.kem_ciphertext), kemSeed));
+  let a = await S.initiate(alice, bundle, aliceRng, { cipherText: fromHex(v.kem_ciphertext), sharedSecret: fromHex(v.kem_shared_secret) });
+  let b: S.SessionState | null = null;
+  const wires: string[] = [];
+  const plaintexts: string[] = [];
+  let consumed: (number | null)[] = [];
+  for (const m of v.messages) {
+    const body = utf8(m.plaintext);
+    if (m.from === "alice") {
+      const out = await S.encrypt(a, body, aliceRng, version);
+      a = out.state;
+      wires.push(hex(out.data));
+      if (!b) {
+        const acc = await S.accept(bob, lookup, out.data);
+        b = acc.session;
+        consumed = [acc.consumedOneTime, acc.consumedKem];
+        plaintexts.push(new TextDecoder().decode(acc.body));
+      } else {
+        const r = await S.decrypt(b, out.data);
+        b = r.state;
+        plaintexts.push(new TextDecoder().decode(r.body));
+      }
+    } else {
+      const out = await S.encrypt(b as S.SessionState, body, bobRng, version);
+      b = out.state;
+      wires.push(hex(out.data));
+      if (wires.length - 1 === tamperAt) {
+        // A flipped bit in the ciphertext is refused and leaves Alice's session unchanged.
+        const bad = out.data.slice();
+        bad[bad.length - 20] = (bad[bad.length - 20] as number) ^ 1;
+        try {
+          await S.decrypt(a, bad);
+          tamperError = "accepted";
+        } catch (e) {
+          tamperError = (e as Error).name;
+        }
+      }
+      const r = await S.decrypt(a, out.data);
+      a = r.state;
+      plaintexts.push(new TextDecoder().decode(r.body));
+    }
+  }
+  return { wires, plaintexts, consumed, decapsulated, tamperError };
+}
+
+function deviceList(seed: string, username: string, devices: { device_id: number; identity_key: string; auth_key: string }[]): Record<string, string | boolean> {
+  const account = fromHex(seed);
+  const entries = devices.map((d) => ({ id: d.device_id, identityKey: fromHex(d.identity_key), authKey: fromHex(d.auth_key) }));
+  const v1 = signList({ user: username, version: 1, devices: entries.slice(0, 1) }, account);
+  const v2 = signList({ user: username, version: 2, devices: entries }, account);
+  const pub = typed(2, ed25519Public(account));
+  let rollback = "accepted";
+  try {
+    verifyList(v1, pub, username, v2);
+  } catch (e) {
+    rollback = (e as Error).name;
+  }
+  const flipped = v2.slice();
+  flipped[10] = (flipped[10] as number) ^ 1;
+  let tampered = "accepted";
+  try {
+    verifyList(flipped, pub, username, null);
+  } catch (e) {
+    tampered = (e as Error).name;
+  }
+  return {
+    account_public_key: hex(pub),
+    v1_signed: hex(v1),
+    v2_signed: hex(v2),
+    v2_ids: parseList(v2).list.devices.map((d) => d.id).join(","),
+    rollback,
+    tampered,
+  };
+}
+
+function safety(aKey: string, aUser: string, bKey: string, bUser: string): Record<string, string> {
+  const n = safetyNumber(fromHex(aKey), aUser, fromHex(bKey), bUser);
+  return { digits: n, display: displaySafetyNumber(n) };
+}
+
+async function senderKey(seed: string, groupId: string, plaintexts: string[], nonces: string[], v1Messages: string[], v2Messages: string[]): Promise<Record<string, unknown>> {
+  const rng = deterministicRng(utf8(seed));
+  let state = SK.createSenderKey(fromHex(groupId), "alice", 1, rng);
+  const distribution = SK.encodeDistribution(state);
+  const produced: string[] = [];
+  for (let i = 0; i < plaintexts.length; i++) {
+    const nonce = fromHex(nonces[i] as string);
+    const out = await SK.senderKeyEncrypt(state, fromHex(plaintexts[i] as string), () => nonce);
+    state = out.state;
+    produced.push(hex(out.message));
+  }
+  const opened: Record<string, string[]> = { v1: [], v2: [] };
+  for (const [name, list] of [["v1", v1Messages], ["v2", v2Messages]] as const) {
+    let recv = SK.decodeDistribution(distribution);
+    for (const m of list) {
+      const r = await SK.senderKeyDecrypt(recv, SK.decodeGroupMessage(fromHex(m)));
+      recv = r.state;
+      opened[name]?.push(hex(r.plaintext));
+    }
+  }
+  let replay = "accepted";
+  try {
+    let recv = SK.decodeDistribution(distribution);
+    const m = SK.decodeGroupMessage(fromHex(v2Messages[0] as string));
+    recv = (await SK.senderKeyDecrypt(recv, m)).state;
+    await SK.senderKeyDecrypt(recv, m);
+  } catch (e) {
+    replay = (e as Error).name;
+  }
+  return { key_id: state.keyId, distribution: hex(distribution), messages_v2: produced, opened, replay };
+}
+
+async function attachment(file: string, key: string, chunkSize: number, padded: boolean, contentType: string, fileName: string, blobId: string): Promise<Record<string, string | number>> {
+  const data = fromHex(file);
+  const enc = await A.encryptFile(data, () => fromHex(key), { chunkSize, key: fromHex(key), pad: padded });
+  const pointer = A.encodePointer({ key: enc.key, digest: enc.digest, size: data.length, padding: enc.padding, chunkSize, contentType, fileName, blobId });
+  const back = await A.decryptBlob(enc.blob, A.decodePointer(pointer));
+  return { blob: hex(enc.blob), digest: hex(enc.digest), pointer: hex(pointer), padding: enc.padding, roundtrip: hex(back) };
+}
+
+const paddedSizes = (sizes: string[]): string[] => sizes.map((s) => A.paddedSizeBig(BigInt(s)).toString());
+
+function contentExample(): string {
+  // protocol-client.md §2: a direct TEXT "hi", message id a99d…b436, sent at 5 ms.
+  const c = encodeContent({ type: 1, id: fromHex("a99d8543039507ed6de4de7d15dcb436"), sentAt: 5, groupId: new Uint8Array(0), text: "hi" });
+  const padded = pad(c);
+  const back = decodeContent(unpad(padded));
+  return `${hex(c)}|${padded.length}|${back.type === 1 ? back.text : ""}`;
+}
+
+(globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
+  ratchetKdf,
+  conversation,
+  deviceList,
+  safety,
+  senderKey,
+  attachment,
+  paddedSizes,
+  contentExample,
+  x25519Public: (k: string) => hex(typed(X25519_TYPE, x25519Public(fromHex(k)))),
+};
