@@ -289,3 +289,14 @@ async def test_an_endpoint_on_a_private_address_is_never_contacted(tmp_path: Pat
         # Loopback is now refused too: neither endpoint was contacted.
         assert 'vox_push_requests_total{outcome="refused"} 2.0' in metrics
         assert w.rx.pushes("bob") == []
+
+
+async def test_one_send_to_many_offline_devices_pushes_each_of_them_once(tmp_path: Path) -> None:
+    names = [f"user{i}" for i in range(8)]
+    async with push_world(tmp_path, {"alice": [1], **{n: [1] for n in names}}) as w:
+        for name in names:
+            await w.subscribe(w.peers[name, 1], name)
+        recipients = [w.peers[name, 1] for name in names]
+        await _send(w.relay, w.peers["alice", 1], recipients, count=3)
+        await w.drained()
+        assert {name: len(w.rx.pushes(name)) for name in names} == dict.fromkeys(names, 1)
