@@ -135,16 +135,12 @@ def test_sender_key_distribution_and_group_messages_v1_and_v2(kit: Any) -> None:
 def test_attachment_blob_digest_and_pointer(kit: Any, section: str) -> None:
     v = EXTRAS[section]
     pointer = bytes.fromhex(v["pointer"])
-    # content type, file name and blob id are the pointer's three trailing str16 fields
+    # content type, file name and blob id: the three str16 fields after the fixed-size head
+    offset = 1 + 32 + 32 + 8 + (8 if pointer[0] == 2 else 0) + 4
     fields: list[str] = []
-    offset = len(pointer)
-    raw = pointer
-    # parse from the fixed-size head instead of guessing from the end
-    head = 1 + 32 + 32 + 8 + (8 if pointer[0] == 2 else 0) + 4
-    offset = head
     for _ in range(3):
-        n = int.from_bytes(raw[offset : offset + 2], "big")
-        fields.append(raw[offset + 2 : offset + 2 + n].decode())
+        n = int.from_bytes(pointer[offset : offset + 2], "big")
+        fields.append(pointer[offset + 2 : offset + 2 + n].decode())
         offset += 2 + n
     got = call(
         kit,
