@@ -3,9 +3,10 @@ Chromium.
 
 The test kit (``clients/web/testkit/testkit.js``, built from ``src/testkit.ts`` with the app
 and checked by ``scripts/web-build --check``) exposes the protocol core; this module feeds it
-the vectors of ``tests/vectors/*.json`` (the same values pinned in ``docs/protocol-crypto.md``
-§12 and ``docs/protocol-crypto-extras.md`` §5) and compares byte for byte. The conversations
-are replayed from the seeds alone: every wire is produced by the TypeScript code.
+the vectors of ``docs/vectors/*.json`` (the same values pinned in ``docs/protocol-crypto.md``
+§12 and ``docs/protocol-crypto-devices-groups-attachments.md`` §5) and compares byte for
+byte. The conversations are replayed from the seeds alone: every wire is produced by the
+TypeScript code.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "clients" / "web" / "testkit" / "testkit.js"
-CORE = json.loads((ROOT / "tests" / "vectors" / "vox_vectors.json").read_text())
-EXTRAS = json.loads((ROOT / "tests" / "vectors" / "vox_extras_vectors.json").read_text())
+VECTORS = ROOT / "docs" / "vectors"
+CORE = json.loads((VECTORS / "protocol-crypto.json").read_text())
+EXTRAS = json.loads((VECTORS / "protocol-crypto-devices-groups-attachments.json").read_text())
 ORIGIN = "http://127.0.0.1:9"  # intercepted: a secure context for WebCrypto, no server
 
 
