@@ -300,3 +300,15 @@ async def test_one_send_to_many_offline_devices_pushes_each_of_them_once(tmp_pat
         await _send(w.relay, w.peers["alice", 1], recipients, count=3)
         await w.drained()
         assert {name: len(w.rx.pushes(name)) for name in names} == dict.fromkeys(names, 1)
+
+
+async def test_after_the_coalescing_window_a_new_message_gives_a_new_push(tmp_path: Path) -> None:
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}, coalesce_seconds=1) as w:
+        await w.subscribe(w.peers["bob", 1], "bob")
+        await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
+        await w.rx.wait_for("bob", 1)
+        await asyncio.sleep(1.5)  # the window (1 s) is over
+        await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
+        await w.rx.wait_for("bob", 2)
+        await w.drained()
+        assert len(w.rx.pushes("bob")) == 2
