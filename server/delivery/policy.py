@@ -1,6 +1,11 @@
-"""The queue policy: how much one recipient device's queue may hold, and from whom.
+"""The delivery rules, pure (no I/O): who a send must address, and what a queue may hold.
 
-Pure (no I/O): the group-commit writer (:mod:`server.delivery.writer`) reads the current
+**Recipients** (:func:`resolve_recipients`): every named user must exist; a send must address
+exactly the current device set of every user it names, and a durable send also every other
+device of the sender's own account (the sender's devices stay in sync); otherwise the answer
+is ``unknown_user`` or a ``mismatch`` listing the missing and stale devices.
+
+**Queues**: the group-commit writer (:mod:`server.delivery.writer`) reads the current
 usage of the addressed queues (under their locks), asks :meth:`QueuePolicy.refusal` for each
 (recipient device, payload) of a send, and records what it accepts with
 :meth:`QueueUsage.add`, so that the sends of one batch count against each other.
@@ -18,9 +23,19 @@ Bounds, per recipient device (``docs/protocol-ws.md`` §4.2, ``docs/threat-model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["QUEUE_FULL", "QUEUE_SHARE_FULL", "QueueLimits", "QueuePolicy", "QueueUsage"]
+__all__ = [
+    "QUEUE_FULL",
+    "QUEUE_SHARE_FULL",
+    "Mismatch",
+    "QueueLimits",
+    "QueuePolicy",
+    "QueueUsage",
+    "UnknownUsers",
+    "resolve_recipients",
+]
 
 #: Error codes of a refused send (``error`` frames).
 QUEUE_FULL = "queue_full"
@@ -83,3 +98,65 @@ class QueuePolicy:
             if depth + 1 > limits.sender_depth or used + size > limits.sender_bytes:
                 return QUEUE_SHARE_FULL
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownUsers:
+    """Named users that do not exist (sorted)."""
+
+    users: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The addressed devices differ from the current device sets."""
+
+    #: ``{"user", "device"}`` devices that must be addressed and are not (sorted).
+    missing: list[dict[str, object]]
+    #: ``{"user", "device"}`` addressed devices that do not exist (sorted).
+    stale: list[dict[str, object]]
+
+
+def resolve_recipients(
+    to_lists: Sequence[Sequence[tuple[str, int]]],
+    sender_user: str,
+    sender_device: int,
+    device_sets: dict[str, dict[int, int]],
+    *,
+    durable: bool,
+) -> list[list[int]] | UnknownUsers | Mismatch:
+    """Map each payload's ``(user, device id)`` recipients to device pks (same shape), given
+    ``device_sets`` (username → {device id: device pk} of the users that exist); or say why
+    the send is refused. Recipients are distinct within a send (checked when it is parsed)."""
+    unknown = sorted({user for to in to_lists for user, _ in to} - device_sets.keys())
+    if unknown:
+        return UnknownUsers(unknown)
+    addressed: dict[str, set[int]] = {}
+    for to in to_lists:
+        for user, device_id in to:
+            devices = addressed.get(user)
+            if devices is None:
+                addressed[user] = {device_id}
+            else:
+                devices.add(device_id)
+    if durable and sender_user not in addressed:
+        # The sender's other devices always get a copy.
+        addressed[sender_user] = set()
+    for user, devices in addressed.items():
+        current = device_sets[user].keys()
+        if user == sender_user:
+            if devices != current - {sender_device}:
+                break
+        elif devices != current:
+            break
+    else:
+        return [[device_sets[u][d] for u, d in to] for to in to_lists]
+    missing: list[dict[str, object]] = []
+    stale: list[dict[str, object]] = []
+    for user, devices in sorted(addressed.items()):
+        expected = set(device_sets.get(user, {}))
+        if user == sender_user:
+            expected.discard(sender_device)
+        missing.extend({"user": user, "device": d} for d in sorted(expected - devices))
+        stale.extend({"user": user, "device": d} for d in sorted(devices - expected))
+    return Mismatch(missing, stale)

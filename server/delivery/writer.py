@@ -29,7 +29,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.db.engine import IMMEDIATE
 from server.delivery.frames import Delivery, b64, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
-from server.delivery.policy import QUEUE_FULL, QUEUE_SHARE_FULL, QueuePolicy, QueueUsage
+from server.delivery.policy import (
+    QUEUE_FULL,
+    QUEUE_SHARE_FULL,
+    Mismatch,
+    QueuePolicy,
+    QueueUsage,
+    UnknownUsers,
+    resolve_recipients,
+)
 from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend
 from server.fanout import Hub
 
@@ -417,45 +425,31 @@ class GroupCommitWriter:
         self, op: SendOp, device_sets: dict[str, dict[int, int]]
     ) -> list[list[int]] | None:
         """Map every payload's recipients to device pks, or set the refusal answer."""
-        unknown = sorted({user for _, to in op.payloads for user, _ in to} - device_sets.keys())
-        if unknown:
-            op.answer = error_frame("unknown_user", "no such user", op.client_id, users=unknown)
+        result = resolve_recipients(
+            [to for _, to in op.payloads],
+            op.sender.user,
+            op.sender.device_id,
+            device_sets,
+            durable=not op.ephemeral,
+        )
+        if isinstance(result, UnknownUsers):
+            op.answer = error_frame(
+                "unknown_user", "no such user", op.client_id, users=result.users
+            )
             self._metrics.sends_refused.labels("unknown_user").inc()
             return None
-        addressed: dict[str, set[int]] = {}
-        for _, to in op.payloads:
-            for user, device_id in to:
-                devices = addressed.get(user)
-                if devices is None:
-                    addressed[user] = {device_id}
-                else:
-                    devices.add(device_id)
-        sender = op.sender
-        if not op.ephemeral and sender.user not in addressed:
-            # The sender's other devices always get a copy.
-            addressed[sender.user] = set()
-        for user, devices in addressed.items():
-            current = device_sets[user].keys()
-            if user == sender.user:
-                if devices != current - {sender.device_id}:
-                    break
-            elif devices != current:
-                break
-        else:
-            return [[device_sets[u][d] for u, d in to] for _, to in op.payloads]
-        missing: list[dict[str, object]] = []
-        stale: list[dict[str, object]] = []
-        for user, devices in sorted(addressed.items()):
-            expected = set(device_sets.get(user, {}))
-            if user == op.sender.user:
-                expected.discard(op.sender.device_id)
-            missing.extend({"user": user, "device": d} for d in sorted(expected - devices))
-            stale.extend({"user": user, "device": d} for d in sorted(devices - expected))
-        op.answer = dumps(
-            {"type": "mismatch", "id": op.client_id, "missing": missing, "stale": stale}
-        )
-        self._metrics.sends_refused.labels("mismatch").inc()
-        return None
+        if isinstance(result, Mismatch):
+            op.answer = dumps(
+                {
+                    "type": "mismatch",
+                    "id": op.client_id,
+                    "missing": result.missing,
+                    "stale": result.stale,
+                }
+            )
+            self._metrics.sends_refused.labels("mismatch").inc()
+            return None
+        return result
 
     def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
         accepted = 0

@@ -1,13 +1,17 @@
-"""The queue policy (``server.delivery.policy``) on its own: depth, bytes, per-sender share."""
+"""The delivery rules (``server.delivery.policy``) on their own: recipients (device sets, the
+sender's own devices) and the queue policy (depth, bytes, per-sender share)."""
 
 from __future__ import annotations
 
 from server.delivery.policy import (
     QUEUE_FULL,
     QUEUE_SHARE_FULL,
+    Mismatch,
     QueueLimits,
     QueuePolicy,
     QueueUsage,
+    UnknownUsers,
+    resolve_recipients,
 )
 from server.diskguard import DiskGuard
 
@@ -80,3 +84,33 @@ def test_the_disk_guard_caches_its_probe_and_never_refuses_when_off() -> None:
         raise OSError("gone")
 
     assert not DiskGuard(100, failing).low()
+
+
+#: alice has devices 1 and 2 (pks 11, 12), bob has 1 and 3 (pks 21, 23).
+SETS = {"alice": {1: 11, 2: 12}, "bob": {1: 21, 3: 23}}
+
+
+def test_a_send_to_every_device_of_the_recipient_and_the_senders_others_resolves() -> None:
+    to = [[("bob", 1), ("bob", 3)], [("alice", 2)]]
+    assert resolve_recipients(to, "alice", 1, SETS, durable=True) == [[21, 23], [12]]
+
+
+def test_a_durable_send_must_copy_the_senders_other_devices() -> None:
+    result = resolve_recipients([[("bob", 1), ("bob", 3)]], "alice", 1, SETS, durable=True)
+    assert result == Mismatch(missing=[{"user": "alice", "device": 2}], stale=[])
+    # An ephemeral one need not.
+    assert resolve_recipients([[("bob", 1), ("bob", 3)]], "alice", 1, SETS, durable=False) == [
+        [21, 23]
+    ]
+
+
+def test_missing_and_stale_devices_are_listed_sorted() -> None:
+    result = resolve_recipients([[("bob", 3), ("bob", 2)]], "alice", 2, SETS, durable=False)
+    assert result == Mismatch(
+        missing=[{"user": "bob", "device": 1}], stale=[{"user": "bob", "device": 2}]
+    )
+
+
+def test_unknown_users_are_named_before_anything_else() -> None:
+    result = resolve_recipients([[("zed", 1), ("amy", 4)]], "alice", 1, SETS, durable=True)
+    assert result == UnknownUsers(["amy", "zed"])
