@@ -7,6 +7,7 @@ The relay runs under uvicorn; devices use real WebSockets; the push service is
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +21,7 @@ from sqlalchemy import text
 
 from server.push import PushDispatcher
 from server.push.vapid import PAYLOAD
-from tests.server.push_receiver import PushReceiver, push_receiver
+from tests.server.push_receiver import PushReceiver, b64url, push_receiver
 from tests.server.relay_harness import Relay, auth_header, make_settings, running_relay
 from tests.server.test_ws_kit import Peer, delivery_app, open_ws, payload, setup_accounts
 
@@ -312,3 +313,23 @@ async def test_after_the_coalescing_window_a_new_message_gives_a_new_push(tmp_pa
         await w.rx.wait_for("bob", 2)
         await w.drained()
         assert len(w.rx.pushes("bob")) == 2
+
+
+async def test_push_logs_name_the_push_service_but_never_the_endpoint_or_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vox")
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        await w.subscribe(w.peers["bob", 1], "bob-secret-path")
+        w.rx.respond("bob-secret-path", 503, 410)
+        await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
+        await w.drained()
+        agent = w.rx.agents["bob-secret-path"]
+    events = {
+        getattr(r, "fields", {}).get("event"): getattr(r, "fields", {}) for r in caplog.records
+    }
+    assert events["push_subscription_gone"]["origin"] == w.rx.origin
+    logged = "\n".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert "bob-secret-path" not in logged
+    for secret in (agent.auth, agent.public_key):
+        assert b64url(secret) not in logged and secret.hex() not in logged
