@@ -69,3 +69,11 @@ def context(browser: Any) -> Iterator[Any]:
         yield ctx
     finally:
         ctx.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests drive several real processes on a loaded machine: 10 minutes each."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timeout(600))

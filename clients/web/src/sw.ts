@@ -13,7 +13,7 @@ sw.addEventListener("push", (event: PushEvent) => {
       const windows = await sw.clients.matchAll({ type: "window", includeUncontrolled: true });
       if (windows.some((w) => w.focused)) return; // the open app notifies by itself
       const title = (await brandName()) || name || "Vox";
-      await sw.registration.showNotification(title, { body: "New message", tag: "vox-new-message", icon: "/icon.svg" });
+      await sw.registration.showNotification(title, { body: "New message", tag: "vox-new-messages", icon: "/icon.svg" });
     })(),
   );
 });

@@ -32,6 +32,7 @@ import {
 import { completeLink, parseLinkCode, receiveOffer } from "./link";
 import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
 import * as S from "./session";
+import * as SK from "./senderkeys";
 import type { Store } from "./store";
 
 export const LAST_RESORT_BASE = 0x80000000;
@@ -78,6 +79,16 @@ export interface Message {
   sentAt: number;
   state: MessageState;
   notice?: string; // "could not decrypt ..." entries
+}
+export interface Group {
+  id: string; // 32 hex
+  name: string;
+  members: string[];
+  epoch: number;
+  since: Record<string, number>;
+  ownKey: SK.SenderKeyState | null;
+  distributed: { keyId: number; devices: string[] };
+  records: Record<string, SK.SenderKeyState[]>; // "user:device" → newest first
 }
 interface OutboxEntry {
   id: string;
@@ -130,6 +141,7 @@ export class Engine {
   private peers = new Map<string, PeerRec>();
   private fetchedAt = new Map<string, number>();
   private outbox = new Map<string, OutboxEntry>();
+  groups = new Map<string, Group>();
   private seen = new Set<string>();
   private counter = 0;
   private listeners = new Set<() => void>();
@@ -178,6 +190,7 @@ export class Engine {
       this.counter = Math.max(this.counter, Number(v.key.split(":").pop()));
     }
     for (const [, v] of await this.store.list<OutboxEntry>("outbox:")) this.outbox.set(v.id, v);
+    for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k] of await this.store.list<number>("seen:")) this.seen.add(k.slice(5));
     return true;
   }
@@ -601,20 +614,30 @@ export class Engine {
    * texts/files), send it with client id ``id``, and follow mismatches. Returns "accepted",
    * "retry" (connection trouble: keep it queued) or "failed".
    */
-  private sendContent(to: string, id: string, content: Uint8Array, opts: { transcript: boolean; ephemeral?: boolean }): Promise<"accepted" | "retry" | "failed"> {
+  private sendContent(
+    to: string | string[],
+    id: string,
+    content: Uint8Array,
+    opts: { transcript: boolean; ephemeral?: boolean; extra?: () => Promise<{ data: string; to: { user: string; device: number }[] }[]> },
+  ): Promise<"accepted" | "retry" | "failed"> {
+    const users = typeof to === "string" ? [to] : [...new Set(to)].sort();
     return this.sendLock.run(async () => {
       const me = this.user;
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         if (this.status !== "online") return "retry";
         try {
-          const theirs = await this.ensureSessions(to, await this.refreshList(to, attempt > 0));
+          const theirs: { user: string; device: number }[] = [];
+          for (const u of users) {
+            if (u !== me && this.keyChanged(u)) throw new UntrustedIdentity(`${u}'s safety number changed`);
+            theirs.push(...(await this.ensureSessions(u, await this.refreshList(u, attempt > 0))));
+          }
           let own: { user: string; device: number }[] = [];
-          if (!opts.ephemeral && to !== me) own = await this.ensureSessions(me, await this.refreshList(me, attempt > 0));
+          if (!opts.ephemeral && !users.includes(me)) own = await this.ensureSessions(me, await this.refreshList(me, attempt > 0));
           const changes: [string, unknown][] = [];
           const payloads = await this.encryptFor(theirs, content, changes);
           if (own.length) {
             const copy = opts.transcript
-              ? encodeContent({ ...decodeContentHead(content), type: 7, destination: to, inner: content })
+              ? encodeContent({ ...decodeContentHead(content), type: 7, destination: users[0] as string, inner: content })
               : content;
             payloads.push(...(await this.encryptFor(own, copy, changes)));
           }
@@ -743,6 +766,7 @@ export class Engine {
 
   private pendingSessions = new Map<string, S.SessionState[]>();
   private pendingPrekeys: Prekeys | null = null;
+  private pendingGroups = new Map<string, Group | null>();
 
   private async onDeliver(f: Frame): Promise<void> {
     const envelope = String(f["envelope"]);
@@ -755,15 +779,23 @@ export class Engine {
     const after: (() => void)[] = [];
     this.pendingSessions.clear();
     this.pendingPrekeys = null;
+    this.pendingGroups.clear();
     try {
       const payload = decodeRelayPayload(fromB64(String(f["data"])));
-      if (payload.kind !== PayloadKind.Pairwise) throw new DecodeError(payload.kind === PayloadKind.Group ? "group messages are not supported in this browser client yet" : "unexpected link payload");
-      const { body } = await this.decryptPairwise(from, payload.data, changes);
-      const content = decodeContent(unpad(body));
-      this.handleContent(from, content, changes, after);
+      if (payload.kind === PayloadKind.Group) await this.receiveGroup(payload.data, changes, after);
+      else if (payload.kind !== PayloadKind.Pairwise) throw new DecodeError("link offers are only read while joining");
+      else {
+        const { body } = await this.decryptPairwise(from, payload.data, changes);
+        const content = decodeContent(unpad(body));
+        this.handleContent(from, content, changes, after);
+      }
       await this.store.commit(changes);
       for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
       if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
+      for (const [k, v] of this.pendingGroups) {
+        if (v) this.groups.set(k, v);
+        else this.groups.delete(k);
+      }
       this.seen.add(envelope);
       this.ack(f["seq"]);
       this.changed();
@@ -795,9 +827,10 @@ export class Engine {
 
   private snapshot: { messages: Map<string, Message[]>; conversations: Map<string, Conversation> } | null = null;
   private reloadAfterFailure(): void {
-    // handleContent runs only after every check passed, so a failure leaves nothing to undo.
+    // Group and session changes are staged and applied only after the commit.
     this.pendingSessions.clear();
     this.pendingPrekeys = null;
+    this.pendingGroups.clear();
   }
 
   private handleContent(from: { user: string; device: number }, c: Content, changes: [string, unknown][], after: (() => void)[]): void {
@@ -806,6 +839,7 @@ export class Engine {
     switch (c.type) {
       case 1: {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
+        if (this.findMessage(hex(c.id))) break;
         this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes);
         if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
         if (!own && this.notify && (this.active !== from.user || document.hidden)) {
@@ -835,8 +869,23 @@ export class Engine {
       case 8:
         this.fetchedAt.delete(me.user);
         break;
+      case 5:
+        this.applyGroupUpdate(from, c, changes);
+        break;
+      case 6: {
+        const dist = SK.decodeDistribution(c.distribution);
+        if (dist.user !== from.user || dist.device !== from.device || hex(dist.groupId) !== hex(c.groupId)) {
+          throw new DecodeError("sender key distribution for another sender or group");
+        }
+        const g = this.stagedGroup(hex(c.groupId));
+        if (!g) break; // not (yet) a member: nothing to keep
+        const k = `${from.user}:${from.device}`;
+        g.records[k] = SK.recordImport(g.records[k] ?? [], dist);
+        this.stageGroup(g, changes);
+        break;
+      }
       default:
-        break; // typing arrives as ephemeral; groups and files: not yet in this client
+        break; // typing arrives as ephemeral
     }
   }
 
@@ -871,6 +920,222 @@ export class Engine {
     }
   }
 
+  // --- groups (protocol-client.md §6) ------------------------------------------------
+
+  /** The group as staged in the current receive (or stored), copied for modification. */
+  private stagedGroup(id: string): Group | null {
+    const g = this.pendingGroups.has(id) ? this.pendingGroups.get(id) : this.groups.get(id);
+    return g ? structuredClone(g) : null;
+  }
+
+  private stageGroup(g: Group, changes: [string, unknown][]): void {
+    this.pendingGroups.set(g.id, g);
+    changes.push([`group:${g.id}`, g]);
+  }
+
+  private applyGroupUpdate(from: { user: string; device: number }, c: Extract<Content, { type: 5 }>, changes: [string, unknown][]): void {
+    const id = hex(c.groupId);
+    const me = this.user;
+    const group = this.stagedGroup(id);
+    const epoch = Number(c.epoch);
+    let members = [...new Set(c.members)].sort();
+    let name = c.name;
+    let newEpoch = epoch;
+    if (group && !group.members.includes(from.user)) throw new DecodeError("membership change from a non-member");
+    if (group && epoch <= group.epoch) {
+      // Removals win over concurrent changes (protocol-client.md §6).
+      if (c.action !== 3 && c.action !== 4) return;
+      const gone = new Set(group.members.filter((m) => !c.members.includes(m) && (group.since[m] ?? 0) < epoch));
+      if (c.action === 4 && !c.members.includes(from.user)) gone.add(from.user);
+      if (!gone.size) return;
+      members = group.members.filter((m) => !gone.has(m));
+      name = group.name;
+      newEpoch = group.epoch;
+    }
+    if (!group && c.action !== 1 && c.action !== 2) return;
+    const conv = `group:${id}`;
+    if (!members.includes(me)) {
+      this.pendingGroups.set(id, null);
+      changes.push([`group:${id}`, undefined]);
+      return;
+    }
+    const removed = group ? group.members.filter((m) => !members.includes(m)) : [];
+    const since: Record<string, number> = {};
+    for (const m of members) since[m] = group ? (group.since[m] ?? newEpoch) : 0;
+    const next: Group = group
+      ? { ...group, name, members, epoch: newEpoch, since }
+      : { id, name, members, epoch: newEpoch, since, ownKey: null, distributed: { keyId: 0, devices: [] }, records: {} };
+    for (const u of removed) for (const k of Object.keys(next.records)) if (k.startsWith(`${u}:`)) delete next.records[k];
+    if (removed.length) next.ownKey = null; // rotate: the next send distributes a new key
+    this.stageGroup(next, changes);
+    if (!this.conversations.has(conv)) {
+      const cv = { name: conv, unread: 0, last: Date.now() };
+      this.conversations.set(conv, cv);
+      changes.push([`conv:${conv}`, cv]);
+    }
+  }
+
+  private async receiveGroup(data: Uint8Array, changes: [string, unknown][], after: (() => void)[]): Promise<void> {
+    const m = SK.decodeGroupMessage(data);
+    const list = await this.refreshList(m.user);
+    if (!findDevice(list, m.device)) throw new DecodeError("group message from a device off its signed list");
+    const id = hex(m.groupId);
+    const g = this.stagedGroup(id);
+    if (!g || !g.members.includes(m.user)) throw new DecodeError("group message from a non-member");
+    const k = `${m.user}:${m.device}`;
+    const record = g.records[k] ?? [];
+    const state = record.find((x) => x.keyId === m.keyId);
+    if (!state) throw new SK.UnknownSenderKey(String(m.keyId));
+    const { state: next, plaintext } = await SK.senderKeyDecrypt(state, m);
+    const c = decodeContent(unpad(plaintext));
+    if (c.type !== 1 && c.type !== 2) throw new DecodeError("a group message carries a text or a file");
+    if (hex(c.groupId) !== id) throw new DecodeError("group message for another group");
+    g.records[k] = record.map((x) => (x.keyId === m.keyId ? next : x));
+    this.stageGroup(g, changes);
+    if (c.type === 1) {
+      const conv = `group:${id}`;
+      if (!this.findMessage(hex(c.id))) {
+        this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, c.text, changes);
+        if (m.user !== this.user) {
+          after.push(() => void this.sendReceipt(m.user, 1, [c.id]));
+          if (this.notify && (this.active !== conv || document.hidden)) {
+            const n = this.notify;
+            after.push(() => n(`${m.user} in ${g.name}`, c.text, conv));
+          }
+        }
+      }
+    }
+  }
+
+  groupTitle(conv: string): string {
+    return conv.startsWith("group:") ? (this.groups.get(conv.slice(6))?.name ?? "group") : conv;
+  }
+
+  private async announce(g: Group, members: string[], action: number, extra: string[]): Promise<void> {
+    const me = this.user;
+    const epoch = g.epoch + 1;
+    const previous = this.groups.get(g.id);
+    const changes: [string, unknown][] = [];
+    const sorted = [...new Set(members)].sort();
+    if (sorted.includes(me)) {
+      const since: Record<string, number> = {};
+      for (const m of sorted) since[m] = previous ? (previous.since[m] ?? epoch) : 0;
+      const next: Group = { ...g, members: sorted, epoch, since };
+      const removed = previous ? previous.members.filter((m) => !sorted.includes(m)) : [];
+      for (const u of removed) for (const k of Object.keys(next.records)) if (k.startsWith(`${u}:`)) delete next.records[k];
+      if (removed.length) next.ownKey = null;
+      this.groups.set(g.id, next);
+      changes.push([`group:${g.id}`, next]);
+      const conv = `group:${g.id}`;
+      if (!this.conversations.has(conv)) {
+        const cv = { name: conv, unread: 0, last: Date.now() };
+        this.conversations.set(conv, cv);
+        changes.push([`conv:${conv}`, cv]);
+      }
+    } else {
+      this.groups.delete(g.id);
+      changes.push([`group:${g.id}`, undefined]);
+    }
+    await this.store.commit(changes);
+    this.changed();
+    const content = encodeContent({ type: 5, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(g.id), epoch: BigInt(epoch), name: g.name, action, members: sorted });
+    const to = [...new Set([...sorted, ...extra])].filter((u) => u !== me);
+    const r = await this.sendContent(to.length ? to : me, hex(randomBytes(16)), content, { transcript: false });
+    if (r !== "accepted") throw new Error("the relay did not accept the group change (offline?)");
+  }
+
+  async createGroup(name: string, members: string[]): Promise<string> {
+    const id = hex(randomBytes(16));
+    const g: Group = { id, name, members: [], epoch: 0, since: {}, ownKey: null, distributed: { keyId: 0, devices: [] }, records: {} };
+    await this.announce(g, [...members, this.user], 1, []);
+    return `group:${id}`;
+  }
+
+  async addMembers(conv: string, users: string[]): Promise<void> {
+    const g = this.groups.get(conv.slice(6));
+    if (!g) throw new Error("unknown group");
+    await this.announce(g, [...g.members, ...users], 2, []);
+  }
+
+  async removeMembers(conv: string, users: string[]): Promise<void> {
+    const g = this.groups.get(conv.slice(6));
+    if (!g) throw new Error("unknown group");
+    if (users.includes(this.user)) throw new Error("use leave to leave");
+    await this.announce(g, g.members.filter((m) => !users.includes(m)), 3, users.filter((u) => g.members.includes(u)));
+  }
+
+  async leaveGroup(conv: string): Promise<void> {
+    const g = this.groups.get(conv.slice(6));
+    if (!g) return;
+    await this.announce(g, g.members.filter((m) => m !== this.user), 4, [this.user]);
+    this.active = null;
+  }
+
+  async sendGroupText(conv: string, text: string): Promise<string> {
+    const g = this.groups.get(conv.slice(6));
+    if (!g) throw new Error("unknown group");
+    for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
+    const id = newMessageId();
+    const idHex = hex(id);
+    const sentAt = Date.now();
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending" };
+    const changes: [string, unknown][] = [];
+    this.addMessage(m, changes);
+    await this.store.commit(changes);
+    this.changed();
+    const content = encodeContent({ type: 1, id, sentAt, groupId: fromHex(g.id), text });
+    const r = await this.sendGroupContent(g.id, idHex, content);
+    m.state = r === "accepted" ? "sent" : "failed";
+    await this.store.commit([[m.key, m]]);
+    this.changed();
+    return idHex;
+  }
+
+  private async sendGroupContent(gid: string, idHex: string, content: Uint8Array): Promise<"accepted" | "retry" | "failed"> {
+    const me = this.identity as Identity;
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const g = structuredClone(this.groups.get(gid) as Group);
+      // Every member device (our own other devices too), from verified lists.
+      const devices: { user: string; device: number }[] = [];
+      for (const u of g.members) {
+        const list = await this.refreshList(u, attempt > 0);
+        for (const d of list.devices) if (!(u === me.user && d.id === me.device)) devices.push({ user: u, device: d.id });
+      }
+      const names = devices.map((d) => `${d.user}:${d.device}`);
+      if (!g.ownKey) g.ownKey = SK.createSenderKey(fromHex(gid), me.user, me.device, randomBytes);
+      let have = g.distributed.keyId === g.ownKey.keyId ? g.distributed.devices : [];
+      if (have.some((d) => !names.includes(d))) {
+        // A device holding our key left (unlinked): rotate first.
+        g.ownKey = SK.createSenderKey(fromHex(gid), me.user, me.device, randomBytes);
+        have = [];
+      }
+      const need = devices.filter((d) => !have.includes(`${d.user}:${d.device}`));
+      if (need.length) {
+        const users = [...new Set([...need.map((d) => d.user), me.user])];
+        const skd = encodeContent({ type: 6, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(gid), distribution: SK.encodeDistribution(g.ownKey) });
+        this.groups.set(gid, g);
+        await this.store.commit([[`group:${gid}`, g]]);
+        const r = await this.sendContent(users, hex(randomBytes(16)), skd, { transcript: false });
+        if (r !== "accepted") return r;
+        const targets = devices.filter((d) => users.includes(d.user)).map((d) => `${d.user}:${d.device}`);
+        g.distributed = { keyId: g.ownKey.keyId, devices: [...new Set([...have, ...targets])] };
+      }
+      const result = await this.sendLock.run(async () => {
+        const { state, message } = await SK.senderKeyEncrypt(g.ownKey as SK.SenderKeyState, pad(content), randomBytes);
+        g.ownKey = state;
+        this.groups.set(gid, g);
+        await this.store.commit([[`group:${gid}`, g]]);
+        if (!devices.length) return { type: "accepted" } as Answer;
+        return this.transmit({ type: "send", id: idHex, payloads: [{ data: b64(encodeRelayPayload(PayloadKind.Group, message)), to: devices }] });
+      });
+      if (result.type === "accepted") return "accepted";
+      if (result.type === "mismatch") continue; // lists refetched on the next attempt
+      if (result["code"] === "disconnected") return "retry";
+      return "failed";
+    }
+    return "failed";
+  }
+
   // --- devices ------------------------------------------------------------------------
 
   async devices(): Promise<DeviceList> {
@@ -887,9 +1152,26 @@ export class Engine {
     await this.refreshList(id.user, true);
   }
 
+  /** Web Push (docs/protocol-relay.md "Web Push"): the relay's VAPID key, or null if off. */
+  async vapidKey(): Promise<Uint8Array | null> {
+    try {
+      const r = await this.api.call<{ public_key: string }>("GET", "/v1/push/vapid", undefined, false);
+      const b64u = r.public_key.replace(/-/g, "+").replace(/_/g, "/");
+      return fromB64(b64u + "=".repeat((4 - (b64u.length % 4)) % 4));
+    } catch {
+      return null;
+    }
+  }
+
+  async registerPush(subscription: PushSubscriptionJSON): Promise<void> {
+    await this.api.call("POST", "/v1/push/subscriptions", subscription);
+  }
+
   async logout(): Promise<void> {
     this.stop();
     try {
+      // Subscriptions first: a logged-out device must not keep getting pushes.
+      await this.api.call("DELETE", "/v1/push/subscriptions").catch(() => undefined);
       await this.api.call("DELETE", "/v1/auth/token");
     } catch {
       // offline: the token expires on its own

@@ -67,21 +67,28 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
               setActive(user);
             }}
           />
+          <NewGroup
+            onCreate={async (name, members) => {
+              const conv = await engine.createGroup(name, members);
+              await engine.openConversation(conv);
+              setActive(conv);
+            }}
+          />
           <ul class="chat-list" data-testid="chat-list">
             {convs.map((c) => (
               <li key={c.name}>
                 <button
                   type="button"
                   class={c.name === active ? "chat-item on" : "chat-item"}
-                  data-testid={`chat-item-${c.name}`}
+                  data-testid={c.name.startsWith("group:") ? `group-item-${engine.groupTitle(c.name)}` : `chat-item-${c.name}`}
                   onClick={async () => {
                     await engine.openConversation(c.name);
                     setActive(c.name);
                   }}
                 >
-                  <span>{c.name}</span>
+                  <span>{c.name.startsWith("group:") ? `# ${engine.groupTitle(c.name)}` : c.name}</span>
                   {c.unread > 0 && (
-                    <span class="badge" data-testid={`unread-${c.name}`}>
+                    <span class="badge" data-testid={`unread-${c.name.startsWith("group:") ? engine.groupTitle(c.name) : c.name}`}>
                       {c.unread}
                     </span>
                   )}
@@ -125,11 +132,22 @@ function enableNotifications(engine: Engine, config: RelayConfig): void {
       // some browsers only allow notifications from the service worker
     }
   };
-  if ("serviceWorker" in navigator) {
-    void navigator.serviceWorker.register("/sw.js", { scope: "/" }).then(async (reg) => {
-      await navigator.serviceWorker.ready;
-      reg.active?.postMessage({ brand: config.brand.name });
-    }).catch(() => undefined);
+  if ("serviceWorker" in navigator) void subscribePush(engine, config);
+}
+
+/** Service worker + Web Push subscription (content-free pushes from the relay). */
+async function subscribePush(engine: Engine, config: RelayConfig): Promise<void> {
+  try {
+    const reg = await navigator.serviceWorker.register("/sw.js", { scope: "/" });
+    await navigator.serviceWorker.ready;
+    reg.active?.postMessage({ brand: config.brand.name });
+    const key = await engine.vapidKey();
+    if (!key || !("pushManager" in reg)) return; // push turned off by the operator
+    let sub = await reg.pushManager.getSubscription();
+    if (!sub) sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key as Uint8Array<ArrayBuffer> });
+    await engine.registerPush(sub.toJSON());
+  } catch (e) {
+    console.info("push notifications unavailable:", (e as Error).message);
   }
 }
 
@@ -159,6 +177,95 @@ function NewChat(props: { onOpen: (user: string) => Promise<void> }) {
   );
 }
 
+function NewGroup(props: { onCreate: (name: string, members: string[]) => Promise<void> }) {
+  const [name, setName] = useState("");
+  const [members, setMembers] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  return (
+    <form
+      class="new-chat"
+      onSubmit={async (e) => {
+        e.preventDefault();
+        const list = members.split(/[\s,]+/).filter(Boolean);
+        if (!name.trim() || list.some((u) => !USERNAME.test(u))) {
+          setError("a group needs a name and valid usernames");
+          return;
+        }
+        setError(null);
+        try {
+          await props.onCreate(name.trim(), list);
+          setName("");
+          setMembers("");
+        } catch (err) {
+          setError((err as Error).message);
+        }
+      }}
+    >
+      <input data-testid="group-name" placeholder="New group: name" value={name} onInput={(e) => setName(e.currentTarget.value)} />
+      <input data-testid="group-members" placeholder="members: bob, carol" value={members} onInput={(e) => setMembers(e.currentTarget.value.toLowerCase())} />
+      <button type="submit" data-testid="group-create">
+        Create group
+      </button>
+      {error && <small class="error">{error}</small>}
+    </form>
+  );
+}
+
+function GroupPanel(props: { engine: Engine; conv: string; onLeft: () => void }) {
+  const { engine, conv } = props;
+  const g = engine.groups.get(conv.slice(6));
+  const [add, setAdd] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  if (!g) return <p data-testid="group-gone">You are no longer a member of this group.</p>;
+  const run = async (fn: () => Promise<void>) => {
+    setError(null);
+    try {
+      await fn();
+    } catch (e) {
+      setError((e as Error).message);
+    }
+  };
+  return (
+    <div class="panel group-panel" data-testid="group-panel">
+      <span data-testid="group-member-list">
+        {g.members.map((m) => (
+          <span key={m} class="member" data-testid={`group-member-${m}`}>
+            {m}
+            {m !== engine.user && (
+              <button type="button" data-testid={`group-remove-${m}`} title={`Remove ${m}`} onClick={() => void run(() => engine.removeMembers(conv, [m]))}>
+                ×
+              </button>
+            )}
+          </span>
+        ))}
+      </span>
+      <form
+        class="inline"
+        onSubmit={(e) => {
+          e.preventDefault();
+          const users = add.split(/[\s,]+/).filter(Boolean);
+          void run(async () => {
+            await engine.addMembers(conv, users);
+            setAdd("");
+          });
+        }}
+      >
+        <input data-testid="group-add-username" placeholder="add member" value={add} onInput={(e) => setAdd(e.currentTarget.value.trim().toLowerCase())} />
+        <button type="submit" data-testid="group-add-submit">
+          Add
+        </button>
+      </form>
+      <button type="button" data-testid="group-leave" onClick={() => void run(async () => {
+        await engine.leaveGroup(conv);
+        props.onLeft();
+      })}>
+        Leave group
+      </button>
+      {error && <small class="error">{error}</small>}
+    </div>
+  );
+}
+
 function Conversation(props: { engine: Engine; user: string; onBack: () => void }) {
   const { engine, user } = props;
   const [text, setText] = useState("");
@@ -167,11 +274,13 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const listRef = useRef<HTMLDivElement>(null);
   const typingSent = useRef(0);
   const messages = engine.messages.get(user) ?? [];
-  const changed = engine.keyChanged(user);
+  const isGroup = user.startsWith("group:");
+  const changed = isGroup ? false : engine.keyChanged(user);
   const typingAt = engine.typing.get(user) ?? 0;
   const [, force] = useState(0);
 
   useEffect(() => {
+    if (isGroup) return;
     void engine.refreshList(user).then(() => force((x) => x + 1)).catch((e: Error) => setError(e.message));
   }, [user]);
   useEffect(() => {
@@ -189,7 +298,8 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
     if (!body) return;
     setError(null);
     try {
-      await engine.sendText(user, body);
+      if (isGroup) await engine.sendGroupText(user, body);
+      else await engine.sendText(user, body);
       setText("");
       typingSent.current = 0;
     } catch (e) {
@@ -203,16 +313,19 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
         <button type="button" class="back" data-testid="back" onClick={props.onBack}>
           ←
         </button>
-        <h2 data-testid="conversation-title">{user}</h2>
+        <h2 data-testid="conversation-title">{isGroup ? engine.groupTitle(user) : user}</h2>
         {Date.now() - typingAt < 6000 && (
           <span class="typing" data-testid="typing">
             typing…
           </span>
         )}
-        <button type="button" data-testid="safety-open" onClick={() => setSafety(!safety)}>
-          Safety number
-        </button>
+        {!isGroup && (
+          <button type="button" data-testid="safety-open" onClick={() => setSafety(!safety)}>
+            Safety number
+          </button>
+        )}
       </div>
+      {isGroup && <GroupPanel engine={engine} conv={user} onLeft={props.onBack} />}
       {(safety || changed) && <Safety engine={engine} user={user} changed={changed} onDone={() => setSafety(false)} />}
       <div class="messages" ref={listRef}>
         {messages.map((m) => (
@@ -246,7 +359,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
             const now = Date.now();
             if (now - typingSent.current > 4000) {
               typingSent.current = now;
-              void engine.setTyping(user, true);
+              if (!isGroup) void engine.setTyping(user, true);
             }
           }}
           onKeyDown={(e) => {
