@@ -126,6 +126,8 @@ class AttachmentService:
         now = clock_now()
         info = AttachmentInfo(blob_id, size, now + self.ttl)
         try:
+            if self.disk is not None:
+                self.disk.check()  # the disk may have filled while the body streamed in
             async with write_transaction(self.engine) as conn:
                 if conn.dialect.name == "postgresql":
                     await conn.execute(_LOCK_QUOTA_PG, {"cls": _QUOTA_LOCK_CLASS})
