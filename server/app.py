@@ -37,6 +37,7 @@ from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
 from server.notify import NullNotifier
+from server.openapi import document_errors, error_responses
 from server.ratelimit import RateLimiter, SharedRateLimiter
 from server.services.maintenance import core_lifespan
 from server.settings import Settings
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.disk = DiskGuard(limits.min_free_disk_bytes, free_bytes_of(settings.data_dir))
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )
@@ -121,14 +123,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(ops.router)
     v1 = [Depends(per_ip_rate_limit)]
+    limited = error_responses(429)  # what per_ip_rate_limit adds to every operation
     for module in (accounts, auth, prekeys):
-        app.include_router(module.router, dependencies=v1)
+        app.include_router(module.router, dependencies=v1, responses=limited)
 
     # Feature layers (routers + lifespan hooks).
     app.include_router(delivery.router)
     app.add_middleware(delivery.WebSocketFastPath)  # outermost: /v1/ws skips HTTP layers
     app.state.lifespan_hooks.append(delivery.lifespan)
-    app.include_router(attachments.router, dependencies=v1)
+    app.include_router(attachments.router, dependencies=v1, responses=limited)
     app.state.lifespan_hooks.append(attachments.lifespan)
     app.include_router(push.router, dependencies=v1)
     app.state.lifespan_hooks.append(push.lifespan)  # after delivery: observes its hub

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.errors import Unauthorized
@@ -53,7 +54,15 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 NotifierDep = Annotated[DeviceNotifier, Depends(_notifier)]
 
 
-def bearer_token(request: Request) -> str:
+#: Declares the bearer scheme in the OpenAPI document (``security`` on every operation that
+#: needs a token); the checks and their error codes are :func:`bearer_token`'s.
+_BEARER_SCHEME = HTTPBearer(auto_error=False, description="a token from POST /v1/auth/token")
+
+
+def bearer_token(
+    request: Request,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_SCHEME)],
+) -> str:
     """The token of an ``Authorization: Bearer <token>`` header (never a query parameter)."""
     header = request.headers.get("authorization")
     if not header:

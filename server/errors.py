@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = [
     "BadRequest",
@@ -31,6 +32,7 @@ __all__ = [
     "RateLimited",
     "Unauthorized",
     "Unavailable",
+    "allowed_methods",
     "error_body",
     "install_error_handlers",
 ]
@@ -132,15 +134,44 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
-def _describe_validation(errors: list[Any]) -> tuple[str, str]:
+#: FastAPI's ``HTTPException`` detail when a JSON body cannot be decoded at all (bad UTF-8,
+#: nesting too deep): the same failure as a JSON syntax error.
+_FASTAPI_BODY_PARSE_DETAIL = "There was an error parsing the body"
+
+
+def _describe_validation(errors: list[Any]) -> tuple[int, str, str]:
+    """``(status, code, message)`` of a request that failed validation."""
     for err in errors:
+        where = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid":
-            return "malformed_json", "request body is not valid JSON"
+            return 400, "malformed_json", "request body is not valid JSON"
+        if where == ("body",) and err.get("type") == "missing":
+            return 400, "malformed_json", "request body is empty; expected a JSON object"
+        if where == ("body",) and isinstance(err.get("input"), bytes | bytearray):
+            # FastAPI hands the raw bytes on when the Content-Type is not JSON.
+            return (
+                415,
+                "unsupported_media_type",
+                "send the request body as JSON with Content-Type: application/json",
+            )
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "invalid_request", "; ".join(parts)
+    return 422, "invalid_request", "; ".join(parts)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (for a 405's ``Allow``)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -154,18 +185,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        code, message = _describe_validation(list(exc.errors()))
-        status = 400 if code == "malformed_json" else 422
+        status, code, message = _describe_validation(list(exc.errors()))
         return JSONResponse(error_body(code, message), status_code=status)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-        code = codes.get(exc.status_code, "http_error")
-        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse(
-            error_body(code, detail), status_code=exc.status_code, headers=exc.headers
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_DETAIL:
+            code, detail = "malformed_json", "request body is not valid JSON"
+        else:
+            codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+            code = codes.get(exc.status_code, "http_error")
+            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; a path served by
+            # several routes (GET and PUT) must name them all.
+            allow = allowed_methods(request)
+            headers["Allow"] = ", ".join(allow)
+            detail = f"method {request.method} not allowed here; use {', '.join(allow)}"
+        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Log the type and route only: exception messages may quote request data.

@@ -8,8 +8,11 @@ the proxy names, and refused (``429 too_many_connections``) if that address is a
 
 :class:`BodyLimitMiddleware` reads at most ``max_bytes`` of a request body before the app
 sees it and answers ``413 {"error": "body_too_large", ...}`` otherwise (``Content-Length``
-is checked first, chunked bodies are counted). Paths under ``exempt_prefixes`` (streaming
-uploads with their own limit, e.g. ``/v1/attachments``) pass through untouched.
+is checked first, chunked bodies are counted). An oversized body is read and dropped up to
+``drain_bytes`` before the 413 goes out with ``Connection: close``, so that a client still
+writing reads the answer instead of a reset; ``Expect: 100-continue`` is answered at once.
+Paths under ``exempt_prefixes`` (streaming uploads with their own limit, e.g.
+``/v1/attachments``) pass through untouched.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt = tuple(exempt_prefixes)
+        #: How much of an oversized body is read (and dropped) before the 413 is sent.
+        self.drain_bytes = max(8 * max_bytes, 8 * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt):
@@ -88,16 +93,22 @@ class BodyLimitMiddleware:
         too_large = error_body(
             "body_too_large", f"request body exceeds the limit of {self.max_bytes} bytes"
         )
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
-                    return
-                if declared > self.max_bytes:
-                    await _send_json(send, 413, too_large)
-                    return
+        headers = dict(scope.get("headers", ()))
+        value = headers.get(b"content-length")
+        if value is not None:
+            try:
+                declared = int(value)
+            except ValueError:
+                await _send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
+                return
+            if declared > self.max_bytes:
+                # Read the body first (up to a bound), so that the client, still writing,
+                # sees the 413 instead of a connection reset; a client that asked
+                # "Expect: 100-continue" has not sent it yet and is answered at once.
+                if headers.get(b"expect", b"").lower() != b"100-continue":
+                    await self._drain(receive, {"more_body": True}, 0)
+                await _send_json(send, 413, too_large)
+                return
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -127,8 +138,9 @@ class BodyLimitMiddleware:
 
     async def _drain(self, receive: Receive, message: Message, size: int) -> None:
         # Read (and drop) the rest of a moderately oversized body so the client sees the
-        # 413 instead of a reset connection; give up past a hard cap.
-        cap = max(4 * self.max_bytes, 4 * 1024 * 1024)
+        # 413 instead of a reset connection; give up past a hard cap (the answer then
+        # closes the connection while the client may still be sending).
+        cap = self.drain_bytes
         while message.get("more_body", False) and size <= cap:
             message = await receive()
             if message["type"] == "http.disconnect":

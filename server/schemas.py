@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictInt,
     WithJsonSchema,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigOut",
     "DeviceListIn",
     "DeviceOut",
+    "ErrorBody",
     "LimitsOut",
     "OneTimePqPrekeyIn",
     "OneTimePrekeyIn",
@@ -37,6 +39,7 @@ __all__ = [
     "PrekeyBundle",
     "PrekeyCounts",
     "PrekeyUpload",
+    "QueryDeviceId",
     "RegisterIn",
     "RegisterOut",
     "SignedPrekeyIn",
@@ -45,8 +48,9 @@ __all__ = [
 ]
 
 USERNAME_PATTERN = r"^[a-z0-9_.-]{3,32}$"
-U32 = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
-DeviceId = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+# Integers are strict: JSON ``true`` or ``1.0`` is not an integer (422 ``invalid_request``).
+U32 = Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)]
+DeviceId = Annotated[StrictInt, Field(ge=1, le=0xFFFFFFFF)]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN)]
 
 
@@ -72,6 +76,24 @@ B64 = Annotated[
     PlainSerializer(_encode_b64, return_type=str),
     WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64"}),
 ]
+
+
+def _decimal_digits(value: object) -> object:
+    # Query strings are text: accept only plain decimal digits ("1", not "1.0" or "+1").
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("expected a decimal integer")
+    return value
+
+
+#: A device id in a query string (``?device_id=``): decimal digits only, 1 ..= 2^32-1.
+QueryDeviceId = Annotated[int, BeforeValidator(_decimal_digits), Field(ge=1, le=0xFFFFFFFF)]
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (``docs/protocol-relay.md``, "Errors")."""
+
+    error: str = Field(description="stable machine-readable code, e.g. `unknown_user`")
+    message: str = Field("", description="human-readable explanation")
 
 
 class _In(BaseModel):

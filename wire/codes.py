@@ -76,6 +76,7 @@ class RestErrorCode(StrEnum):
     PREKEY_BATCH_TOO_LARGE = "prekey_batch_too_large"
     TOO_LARGE = "too_large"
     INVALID_REQUEST = "invalid_request"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     QUOTA_EXCEEDED = "quota_exceeded"
     INSUFFICIENT_STORAGE = "insufficient_storage"

@@ -14,6 +14,7 @@ from server.deps import (
     client_ip,
 )
 from server.logs import log_event
+from server.openapi import error_responses
 from server.ratelimit import Limiter
 from server.schemas import (
     USERNAME_PATTERN,
@@ -42,7 +43,7 @@ def _devices_out(account: Account, devices: list[Device]) -> AccountDevices:
     )
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(403, 409))
 async def register(
     request: Request,
     body: RegisterIn,
@@ -59,7 +60,7 @@ async def register(
     return RegisterOut(username=body.username, device_id=device.device_id, device_list_version=1)
 
 
-@router.get("/{username}/devices")
+@router.get("/{username}/devices", responses=error_responses(404))
 async def get_devices(
     _: CurrentDevice, session: SessionDep, username: str = UsernamePath
 ) -> AccountDevices:
@@ -68,7 +69,7 @@ async def get_devices(
     return _devices_out(account, devices)
 
 
-@router.put("/{username}/devices")
+@router.put("/{username}/devices", responses=error_responses(403, 404, 409))
 async def put_devices(
     body: DeviceListIn,
     me: CurrentDevice,

@@ -16,6 +16,7 @@ from server.deps import (
 )
 from server.errors import DomainError
 from server.logs import log_event
+from server.openapi import error_responses
 from server.ratelimit import Limiter
 from server.schemas import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 from server.services import auth as service
@@ -23,7 +24,7 @@ from server.services import auth as service
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
-@router.post("/challenge")
+@router.post("/challenge", responses=error_responses(403, 404))
 async def challenge(
     body: ChallengeIn, request: Request, session: SessionDep, settings: SettingsDep
 ) -> ChallengeOut:
@@ -46,7 +47,7 @@ async def challenge(
     return ChallengeOut(nonce=nonce, expires_at=expires)
 
 
-@router.post("/token")
+@router.post("/token", responses=error_responses(401, 403))
 async def token(
     body: TokenIn, session: SessionDep, settings: SettingsDep, metrics: MetricsDep
 ) -> TokenOut:

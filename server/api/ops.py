@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from server.deps import SettingsDep
+from server.openapi import error_responses
 from server.schemas import BrandOut, ConfigOut, LimitsOut
 
 router = APIRouter(tags=["ops"])
@@ -32,7 +33,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the database (and Redis, when configured) answer."""
     checks: dict[str, Any] = {}
@@ -54,7 +55,11 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.openapi import error_responses
 from server.ratelimit import Limiter
 from server.schemas import (
     USERNAME_PATTERN,
@@ -13,6 +16,7 @@ from server.schemas import (
     PrekeyBundle,
     PrekeyCounts,
     PrekeyUpload,
+    QueryDeviceId,
     SignedPrekeyOut,
 )
 from server.services import prekeys as service
@@ -52,7 +56,7 @@ def _entry(e: BundleEntry) -> BundleDevice:
     )
 
 
-@router.post("", status_code=204)
+@router.post("", status_code=204, responses=error_responses(409))
 async def upload(
     body: PrekeyUpload, me: CurrentDevice, session: SessionDep, settings: SettingsDep
 ) -> Response:
@@ -74,7 +78,7 @@ async def count(me: CurrentDevice, session: SessionDep, settings: SettingsDep) -
     )
 
 
-@router.get("/{username}")
+@router.get("/{username}", responses=error_responses(404))
 async def bundle(
     request: Request,
     me: CurrentDevice,
@@ -83,7 +87,7 @@ async def bundle(
     metrics: MetricsDep,
     notifier: NotifierDep,
     username: str = Path(pattern=USERNAME_PATTERN),
-    device_id: int | None = Query(None, ge=1, le=0xFFFFFFFF),
+    device_id: Annotated[QueryDeviceId | None, Query()] = None,
 ) -> PrekeyBundle:
     """Claim a bundle: one entry per device, each with at most one one-time key of each kind."""
     limiter: Limiter = request.app.state.bundle_limiter

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from server.attachments.service import AttachmentService
 from server.deps import CurrentDevice
 from server.errors import BadRequest
+from server.openapi import error_responses
 
 __all__ = ["AttachmentCreated", "router"]
 
@@ -65,7 +66,18 @@ class _ClosingStreamingResponse(StreamingResponse):
                     await close()
 
 
-@router.post("", status_code=201, response_model=AttachmentCreated)
+@router.post(
+    "",
+    status_code=201,
+    response_model=AttachmentCreated,
+    responses=error_responses(400, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def upload(request: Request, me: CurrentDevice, service: AttachmentsDep) -> AttachmentCreated:
     """Stream an opaque blob (``application/octet-stream``) into the store."""
     declared = _declared_length(request)
@@ -76,7 +88,14 @@ async def upload(request: Request, me: CurrentDevice, service: AttachmentsDep) -
     return AttachmentCreated(id=info.id, size=info.size, expires_at=info.expires_at)
 
 
-@router.get("/{attachment_id}", response_class=StreamingResponse)
+@router.get(
+    "/{attachment_id}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+        **error_responses(404),
+    },
+)
 async def download(
     attachment_id: str, _: CurrentDevice, service: AttachmentsDep
 ) -> StreamingResponse:
