@@ -35,6 +35,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "wrong types, missing or unknown fields, pattern mismatch (body, path or query)",
     429: "rate limited (see Retry-After)",
     503: "a dependency (database) is unavailable",
+    507: "the relay is low on storage, or a storage quota is used up",
 }
 
 

@@ -70,7 +70,7 @@ class _ClosingStreamingResponse(StreamingResponse):
     "",
     status_code=201,
     response_model=AttachmentCreated,
-    responses=error_responses(400, 413),
+    responses=error_responses(400, 413, 507),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -180,7 +180,7 @@ async def test_the_openapi_document_lists_every_error_response(tmp_path: Path) -
         ("POST", "/v1/prekeys"): {400, 401, 409, 413, 415, 422, 429},
         ("GET", "/v1/prekeys/count"): {401, 429},
         ("GET", "/v1/prekeys/{username}"): {401, 404, 422, 429},
-        ("POST", "/v1/attachments"): {400, 401, 413, 429},
+        ("POST", "/v1/attachments"): {400, 401, 413, 429, 507},
         ("GET", "/v1/attachments/{attachment_id}"): {401, 404, 422, 429},
         ("GET", "/readyz"): {503},
     }
