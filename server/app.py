@@ -133,7 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lifespan_hooks.append(delivery.lifespan)
     app.include_router(attachments.router, dependencies=v1, responses=limited)
     app.state.lifespan_hooks.append(attachments.lifespan)
-    app.include_router(push.router, dependencies=v1)
+    # Every push route answers 404 push_disabled when push is turned off.
+    app.include_router(push.router, dependencies=v1, responses=error_responses(404, 429))
     app.state.lifespan_hooks.append(push.lifespan)  # after delivery: observes its hub
     web.mount(app, settings)  # the browser client at / (clients/web/dist)
     return app

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.deps import CurrentDevice, SessionDep, SettingsDep
 from server.errors import NotFound
+from server.openapi import error_responses
 from server.push import service
 from server.push.models import MAX_ENDPOINT_LENGTH, PushSubscription
 from server.push.sender import PushDispatcher
@@ -83,7 +84,10 @@ async def vapid_key(push: PushDep) -> VapidOut:
     "/subscriptions",
     status_code=201,
     response_model=SubscriptionOut,
-    responses={200: {"model": SubscriptionOut, "description": "already registered"}},
+    responses={
+        200: {"model": SubscriptionOut, "description": "already registered"},
+        **error_responses(400, 409),
+    },
 )
 async def register_subscription(
     body: SubscriptionIn,
