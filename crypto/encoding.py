@@ -85,23 +85,25 @@ class Writer:
 class Reader:
     """Bounds-checked decoder over one buffer. Raises only :class:`DecodeError` subclasses."""
 
-    __slots__ = ("_data", "_pos")
+    __slots__ = ("_data", "_len", "_pos")
 
     def __init__(self, data: bytes) -> None:
-        self._data = memoryview(bytes(data))
+        self._data = data if type(data) is bytes else bytes(data)
+        self._len = len(self._data)
         self._pos = 0
 
     @property
     def remaining(self) -> int:
         """Bytes not yet consumed."""
-        return len(self._data) - self._pos
+        return self._len - self._pos
 
     def _take(self, n: int) -> bytes:
-        if n > self.remaining:
-            raise Truncated(n, self.remaining)
-        out = bytes(self._data[self._pos : self._pos + n])
-        self._pos += n
-        return out
+        pos = self._pos
+        end = pos + n
+        if end > self._len:
+            raise Truncated(n, self._len - pos)
+        self._pos = end
+        return self._data[pos:end]
 
     def version(self, expected: int) -> int:
         """Read the leading version byte and require it to equal ``expected``."""
@@ -112,7 +114,11 @@ class Reader:
 
     def u8(self) -> int:
         """Read one byte."""
-        return self._take(1)[0]
+        pos = self._pos
+        if pos >= self._len:
+            raise Truncated(1, 0)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
         """Read a big-endian 16-bit unsigned integer."""

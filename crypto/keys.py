@@ -509,21 +509,35 @@ class SignedPrekey:
 
 @dataclass(frozen=True, slots=True)
 class KemPrekey:
-    """An ML-KEM-768 prekey (PQXDH ``PQPK``): a one-time one or the last-resort one."""
+    """An ML-KEM-768 prekey (PQXDH ``PQPK``): a one-time one or the last-resort one.
+
+    The expanded key is computed on first use and kept (expanding the seed costs more than a
+    decapsulation), so keep the object rather than re-reading it from bytes per message.
+    """
 
     key_id: int
     seed: bytes = field(repr=False)
     last_resort: bool
     signature: bytes = field(repr=False)
+    _loaded: p.MlKem768DecapsulationKey | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         _check_len("KEM prekey seed", self.seed, p.MLKEM768_SEED_LEN)
         _check_len("KEM prekey signature", self.signature, p.ED25519_SIGNATURE_LEN)
 
+    def _key(self) -> p.MlKem768DecapsulationKey:
+        loaded = self._loaded
+        if loaded is None:
+            loaded = p.MlKem768DecapsulationKey(self.seed)
+            object.__setattr__(self, "_loaded", loaded)
+        return loaded
+
     @property
     def public_key(self) -> MlKem768PublicKey:
         """The public encapsulation key."""
-        return MlKem768PublicKey(p.mlkem768_public(self.seed))
+        return MlKem768PublicKey(self._key().public)
 
     @classmethod
     def generate(
@@ -537,9 +551,11 @@ class KemPrekey:
     ) -> KemPrekey:
         """Create and sign a KEM prekey for the device whose identity key is ``identity``."""
         seed = p.mlkem768_generate(rng)
-        public = MlKem768PublicKey(p.mlkem768_public(seed))
-        data = _kem_prekey_data(identity, key_id, last_resort, public)
-        return cls(key_id, seed, last_resort, account.sign(KEM_PREKEY_LABEL, data))
+        loaded = p.MlKem768DecapsulationKey(seed)
+        data = _kem_prekey_data(identity, key_id, last_resort, MlKem768PublicKey(loaded.public))
+        prekey = cls(key_id, seed, last_resort, account.sign(KEM_PREKEY_LABEL, data))
+        object.__setattr__(prekey, "_loaded", loaded)
+        return prekey
 
     def to_public(self) -> KemPrekeyPublic:
         """The part published in the bundle."""
@@ -547,7 +563,7 @@ class KemPrekey:
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         """Return the 32-byte ML-KEM shared secret of ``ciphertext``."""
-        return p.mlkem768_decapsulate(self.seed, ciphertext)
+        return self._key().decapsulate(ciphertext)
 
     def to_bytes(self) -> bytes:
         """Serialize: ``01 || 15 || u32 key_id || u8 last_resort || seed (64) || sig (64)``."""
@@ -571,18 +587,26 @@ class OneTimePrekey:
 
     key_id: int
     private: bytes = field(repr=False)
+    _pair: p.X25519KeyPair | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_len("one-time prekey", self.private, p.X25519_KEY_LEN)
 
+    def _key(self) -> p.X25519KeyPair:
+        pair = self._pair
+        if pair is None:
+            pair = p.X25519KeyPair(self.private)
+            object.__setattr__(self, "_pair", pair)
+        return pair
+
     @property
     def public_key(self) -> X25519PublicKey:
         """The public prekey."""
-        return X25519PublicKey(p.x25519_public(self.private))
+        return X25519PublicKey(self._key().public)
 
     def exchange(self, peer: X25519PublicKey) -> bytes:
         """X25519 with a peer key; raises ``InvalidPublicKey`` on a bad peer key."""
-        return p.x25519_exchange(self.private, peer.raw)
+        return self._key().exchange(peer.raw)
 
     @classmethod
     def generate(cls, key_id: int, rng: p.Rng = p.random_bytes) -> OneTimePrekey:

@@ -50,6 +50,9 @@ __all__ = [
     "SHA256_LEN",
     "X25519_KEY_LEN",
     "DeterministicRng",
+    "Ed25519Signer",
+    "Ed25519Verifier",
+    "MlKem768DecapsulationKey",
     "Rng",
     "X25519KeyPair",
     "aes256gcm_decrypt",
@@ -283,6 +286,54 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes, what: str = 
         raise BadSignature(what) from exc
 
 
+class Ed25519Signer:
+    """An Ed25519 seed loaded into ``cryptography`` once (loading derives the public key: a
+    scalar multiplication), for holders that sign repeatedly (a sender key)."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private: bytes) -> None:
+        _need("ed25519 private key", private, ED25519_KEY_LEN)
+        self._key = ed25519.Ed25519PrivateKey.from_private_bytes(private)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte deterministic signature of ``message``."""
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"Ed25519Signer(public={self.public[:8].hex()}…)"
+
+
+class Ed25519Verifier:
+    """An Ed25519 public key checked (:func:`ed25519_check_public`) and loaded once, for holders
+    that verify repeatedly (a receiving sender key)."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, public: bytes) -> None:
+        ed25519_check_public(public)
+        self.public = bytes(public)
+        try:
+            self._key: ed25519.Ed25519PublicKey | None = ed25519.Ed25519PublicKey.from_public_bytes(
+                public
+            )
+        except ValueError:  # not a curve point: nothing will ever verify under it
+            self._key = None
+
+    def verify(self, message: bytes, signature: bytes, what: str = "message") -> None:
+        """Like :func:`ed25519_verify` with this key."""
+        if self._key is None or len(signature) != ED25519_SIGNATURE_LEN:
+            raise BadSignature(what)
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature as exc:
+            raise BadSignature(what) from exc
+
+    def __repr__(self) -> str:
+        return f"Ed25519Verifier({self.public[:8].hex()}…)"
+
+
 # --- hashes ---------------------------------------------------------------------------
 
 
@@ -367,6 +418,26 @@ def mlkem768_encapsulate(public: bytes) -> tuple[bytes, bytes]:
     except ValueError as exc:
         raise InvalidPublicKey("ML-KEM-768 encapsulation key is not valid") from exc
     return ciphertext, shared
+
+
+class MlKem768DecapsulationKey:
+    """An ML-KEM-768 seed expanded once (FIPS 203 key generation costs more than a
+    decapsulation), for holders that decapsulate or publish repeatedly (a KEM prekey)."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        _need("ml-kem-768 seed", seed, MLKEM768_SEED_LEN)
+        self._key = mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def decapsulate(self, ciphertext: bytes) -> bytes:
+        """Like :func:`mlkem768_decapsulate` with this key."""
+        _need("ml-kem-768 ciphertext", ciphertext, MLKEM768_CIPHERTEXT_LEN)
+        return self._key.decapsulate(ciphertext)
+
+    def __repr__(self) -> str:
+        return "MlKem768DecapsulationKey(…)"
 
 
 def mlkem768_decapsulate(seed: bytes, ciphertext: bytes) -> bytes:

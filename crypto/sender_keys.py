@@ -33,6 +33,7 @@ older ``key_id`` still decrypts; a message naming a key id the record does not h
 
 from __future__ import annotations
 
+import functools
 import hmac
 import struct
 from collections.abc import Iterable
@@ -85,6 +86,8 @@ SIGNATURE_LABEL_V1: Final = b"VoxSenderKeyMessage-v1"
 HKDF_INFO: Final = b"VoxSenderKey-v2 message key"
 HKDF_INFO_V1: Final = b"VoxSenderKey-v1 message keys"
 _EXPAND: Final = HKDF_INFO + b"\x01"
+_U32: Final = struct.Struct(">I")
+_U32X2: Final = struct.Struct(">II")
 _MESSAGE_KEY_SEED: Final = b"\x01"
 _CHAIN_KEY_SEED: Final = b"\x02"
 
@@ -194,7 +197,7 @@ class SenderKeyMessage:
 
     def signed_part(self) -> bytes:
         """Everything the signature covers (without the label)."""
-        return Writer().raw(self.header()).raw(self.nonce).bytes32(self.ciphertext).finish()
+        return _signed(self.header(), self.nonce, self.ciphertext)
 
     def to_bytes(self) -> bytes:
         """Encode as documented on the class."""
@@ -227,11 +230,20 @@ class SenderKeyMessage:
 def _header(
     version: int, group_id: bytes, sender: DeviceAddress, key_id: int, iteration: int
 ) -> bytes:
+    return _header_prefix(version, group_id, sender) + _U32X2.pack(key_id, iteration)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_prefix(version: int, group_id: bytes, sender: DeviceAddress) -> bytes:
+    """The header up to ``key_id`` (constant for one sender in one group)."""
     w = Writer().u8(version)
     if version == MESSAGE_VERSION:
         w.u8(KIND_SENDER_KEY)
-    sender.write(w.bytes16(group_id))
-    return w.u32(key_id).u32(iteration).finish()
+    return sender.write(w.bytes16(group_id)).finish()
+
+
+def _signed(header: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
+    return header + nonce + _U32.pack(len(ciphertext)) + ciphertext
 
 
 class SenderKeyState:
@@ -246,9 +258,11 @@ class SenderKeyState:
         "_iteration",
         "_key_id",
         "_sender",
+        "_signer",
         "_signing_private",
         "_signing_public",
         "_skipped",
+        "_verifier",
     )
 
     def __init__(
@@ -275,6 +289,9 @@ class SenderKeyState:
         self._chain_key = bytes(chain_key)
         self._signing_public = bytes(signing_public)
         self._signing_private = signing_private
+        # Loaded on first use and kept (loading a key costs about as much as using it).
+        self._signer: primitives.Ed25519Signer | None = None
+        self._verifier: primitives.Ed25519Verifier | None = None
         self._skipped: dict[int, bytes] = dict(skipped or {})
 
     # --- construction -------------------------------------------------------------------
@@ -404,10 +421,11 @@ class SenderKeyState:
             nonce, label = b"", SIGNATURE_LABEL_V1
             key, derived_nonce = _message_key_v1(seed)
             ciphertext = primitives.aes256gcm_encrypt(key, derived_nonce, plaintext, header)
-        signed = Writer().raw(header).raw(nonce).bytes32(ciphertext).finish()
-        signature = primitives.ed25519_sign(
-            self._signing_private, primitives.signing_message(label, signed)
-        )
+        signer = self._signer
+        if signer is None:
+            signer = self._signer = primitives.Ed25519Signer(self._signing_private)
+        signed = _signed(header, nonce, ciphertext)
+        signature = signer.sign(primitives.signing_message(label, signed))
         message = SenderKeyMessage(
             self._group_id,
             self._sender,
@@ -439,13 +457,15 @@ class SenderKeyState:
             )
         if message.key_id != self._key_id:
             raise UnknownSenderKey(message.key_id)
+        header = message.header()
+        verifier = self._verifier
+        if verifier is None:
+            verifier = self._verifier = primitives.Ed25519Verifier(self._signing_public)
         try:
             label = SIGNATURE_LABEL if message.version == MESSAGE_VERSION else SIGNATURE_LABEL_V1
-            primitives.ed25519_verify(
-                self._signing_public,
-                primitives.signing_message(label, message.signed_part()),
-                message.signature,
-                "sender key message",
+            signed = _signed(header, message.nonce, message.ciphertext)
+            verifier.verify(
+                primitives.signing_message(label, signed), message.signature, "sender key message"
             )
         except BadSignature as exc:
             raise AuthenticationFailed("sender key message signature does not verify") from exc
@@ -466,7 +486,6 @@ class SenderKeyState:
                 iteration += 1
             seed, chain_key = _chain_step(chain_key)
             iteration += 1
-        header = message.header()
         if message.version == MESSAGE_VERSION:
             key, nonce = _message_key(seed), message.nonce
         else:
