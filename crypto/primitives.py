@@ -18,6 +18,7 @@ Private keys are raw byte strings here:
 
 from __future__ import annotations
 
+import _hashlib
 import hashlib
 import hmac
 import os
@@ -345,9 +346,14 @@ def sha256(data: bytes) -> bytes:
 # --- HKDF / HMAC ----------------------------------------------------------------------
 
 
+# ``hmac.digest`` is a Python wrapper around OpenSSL's one-shot HMAC; the ratchet calls it a
+# few times per message, so call the one-shot directly when the interpreter has it.
+_hmac_digest: Callable[[bytes, bytes, str], bytes] = getattr(_hashlib, "hmac_digest", hmac.digest)
+
+
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """Return the 32-byte HMAC-SHA256 of ``data`` under ``key`` (RFC 2104)."""
-    return hmac.digest(key, data, "sha256")
+    return _hmac_digest(key, data, "sha256")
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
@@ -357,12 +363,12 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     """
     if not 0 < length <= _HKDF_MAX:
         raise ValueError(f"HKDF-SHA256 output length must be 1..{_HKDF_MAX}, got {length}")
-    prk = hmac.digest(salt or _ZERO32, ikm, "sha256")
+    prk = _hmac_digest(salt or _ZERO32, ikm, "sha256")
     out = b""
     block = b""
     counter = 1
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
+        block = _hmac_digest(prk, block + info + bytes((counter,)), "sha256")
         out += block
         counter += 1
     return out[:length]

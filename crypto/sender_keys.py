@@ -34,7 +34,6 @@ older ``key_id`` still decrypts; a message naming a key id the record does not h
 from __future__ import annotations
 
 import functools
-import hmac
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -106,7 +105,7 @@ def _check_group_id(group_id: bytes) -> None:
 
 def _message_key(seed: bytes) -> bytes:
     """The version-2 AES key (HKDF-Expand with one block: one HMAC)."""
-    return hmac.digest(seed, _EXPAND, "sha256")
+    return primitives.hmac_sha256(seed, _EXPAND)
 
 
 def _message_key_v1(seed: bytes) -> tuple[bytes, bytes]:
@@ -425,7 +424,7 @@ class SenderKeyState:
         if signer is None:
             signer = self._signer = primitives.Ed25519Signer(self._signing_private)
         signed = _signed(header, nonce, ciphertext)
-        signature = signer.sign(primitives.signing_message(label, signed))
+        signature = signer.sign(label + b"\x00" + signed)  # signing_message(label, signed)
         message = SenderKeyMessage(
             self._group_id,
             self._sender,
@@ -464,9 +463,8 @@ class SenderKeyState:
         try:
             label = SIGNATURE_LABEL if message.version == MESSAGE_VERSION else SIGNATURE_LABEL_V1
             signed = _signed(header, message.nonce, message.ciphertext)
-            verifier.verify(
-                primitives.signing_message(label, signed), message.signature, "sender key message"
-            )
+            # signing_message(label, signed), the labels being constants
+            verifier.verify(label + b"\x00" + signed, message.signature, "sender key message")
         except BadSignature as exc:
             raise AuthenticationFailed("sender key message signature does not verify") from exc
 

@@ -12,7 +12,6 @@ info=MESSAGE_KEY_INFO_V1, L=44)`` gives ``aes_key (32) || nonce (12)``.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -39,7 +38,7 @@ class MessageKey:
 
     def aead_key(self) -> bytes:
         """The AES-256-GCM key of envelope version 2."""
-        return hmac.digest(self.key, _EXPAND, "sha256")
+        return p.hmac_sha256(self.key, _EXPAND)
 
     def encrypt(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
         """AES-256-GCM encrypt (version 2) under a caller-drawn nonce; ``ciphertext || tag``."""
