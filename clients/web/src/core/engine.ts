@@ -33,6 +33,7 @@ import { completeLink, parseLinkCode, receiveOffer } from "./link";
 import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
 import * as S from "./session";
 import * as SK from "./senderkeys";
+import * as ATT from "./attachments";
 import type { Store } from "./store";
 
 export const LAST_RESORT_BASE = 0x80000000;
@@ -79,6 +80,7 @@ export interface Message {
   sentAt: number;
   state: MessageState;
   notice?: string; // "could not decrypt ..." entries
+  file?: { name: string; type: string; size: number; pointer: Uint8Array };
 }
 export interface Group {
   id: string; // 32 hex
@@ -538,7 +540,7 @@ export class Engine {
     this.messages.set(m.conv, list);
     changes.push([m.key, m]);
     const c = this.conversations.get(m.conv) ?? { name: m.conv, unread: 0, last: 0 };
-    const conv = { ...c, last: Date.now(), unread: m.from !== this.user && this.active !== m.conv && m.text !== null ? c.unread + 1 : c.unread };
+    const conv = { ...c, last: Date.now(), unread: m.from !== this.user && this.active !== m.conv && !m.notice ? c.unread + 1 : c.unread };
     this.conversations.set(m.conv, conv);
     changes.push([`conv:${m.conv}`, conv]);
   }
@@ -668,6 +670,53 @@ export class Engine {
       }
       return "failed";
     });
+  }
+
+  /**
+   * Encrypt a file (fresh key, 64 KiB chunks, padded to Signal's bucket), upload it with
+   * progress, then send its pointer like a text (outbox, transcripts, groups).
+   */
+  async sendFile(conv: string, file: File, onProgress: (fraction: number) => void): Promise<string> {
+    const isGroup = conv.startsWith("group:");
+    if (!isGroup && this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
+    const limit = this.config?.limits["max_attachment_bytes"] ?? 104857600;
+    if (ATT.blobSize(ATT.paddedSize(file.size), ATT.CHUNK) > limit) throw new Error(`the file is too large for this relay (limit ${limit} bytes after padding)`);
+    const data = new Uint8Array(await file.arrayBuffer());
+    const enc = await ATT.encryptFile(data, randomBytes, { onChunk: (done, total) => onProgress((0.5 * done) / total) });
+    const blobId = await this.api.uploadAttachment(enc.blob, (sent, total) => onProgress(0.5 + (0.5 * sent) / Math.max(total, 1)));
+    const pointer = ATT.encodePointer({ key: enc.key, digest: enc.digest, size: data.length, padding: enc.padding, chunkSize: enc.chunkSize, contentType: file.type || "application/octet-stream", fileName: file.name || "file", blobId });
+    const id = newMessageId();
+    const idHex = hex(id);
+    const sentAt = Date.now();
+    const content = encodeContent({ type: 2, id, sentAt, groupId: isGroup ? fromHex(conv.slice(6)) : new Uint8Array(0), pointer, caption: "" });
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: data.length, pointer } };
+    const changes: [string, unknown][] = [];
+    this.addMessage(m, changes);
+    if (isGroup) {
+      await this.store.commit(changes);
+      this.changed();
+      const r = await this.sendGroupContent(conv.slice(6), idHex, content);
+      m.state = r === "accepted" ? "sent" : "failed";
+      await this.store.commit([[m.key, m]]);
+      this.changed();
+      return idHex;
+    }
+    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0 };
+    changes.push([`outbox:${idHex}`, entry]);
+    await this.store.commit(changes);
+    this.outbox.set(idHex, entry);
+    this.changed();
+    void this.deliverOutbox(entry);
+    return idHex;
+  }
+
+  /** Download and decrypt an attachment (digest, size and zero padding checked). */
+  async openFile(pointer: Uint8Array): Promise<Blob> {
+    const p = ATT.decodePointer(pointer);
+    const res = await this.api.downloadAttachment(p.blobId);
+    const blob = new Uint8Array(await res.arrayBuffer());
+    const plain = await ATT.decryptBlob(blob, p);
+    return new Blob([plain as Uint8Array<ArrayBuffer>], { type: p.contentType });
   }
 
   async setTyping(to: string, active: boolean): Promise<void> {
@@ -848,10 +897,18 @@ export class Engine {
         }
         break;
       }
+      case 2: {
+        if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
+        if (this.findMessage(hex(c.id))) break;
+        this.receiveChat(from, from.user, c.id, c.sentAt, { pointer: c.pointer, caption: c.caption }, changes);
+        if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
+        break;
+      }
       case 7: {
         if (!own) throw new DecodeError("transcripts come only from our own devices");
         const inner = decodeContent(c.inner);
         if (inner.type === 1 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, inner.text, changes);
+        if (inner.type === 2 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, { pointer: inner.pointer, caption: inner.caption }, changes);
         break;
       }
       case 3: {
@@ -889,11 +946,17 @@ export class Engine {
     }
   }
 
-  private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string, changes: [string, unknown][]): void {
+  private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string | { pointer: Uint8Array; caption: string }, changes: [string, unknown][]): void {
     const idHex = hex(id);
     if (this.findMessage(idHex)) return; // duplicate message ids are stored once
     const mine = from.user === (this.identity as Identity).user;
-    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text, sentAt, state: mine ? "sent" : "received" };
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text: null, sentAt, state: mine ? "sent" : "received" };
+    if (typeof text === "string") m.text = text;
+    else {
+      const p = ATT.decodePointer(text.pointer); // refuses a malformed pointer before storing
+      m.file = { name: p.fileName, type: p.contentType, size: p.size, pointer: text.pointer };
+      m.text = text.caption || null;
+    }
     this.addMessage(m, changes);
   }
 
@@ -992,15 +1055,16 @@ export class Engine {
     if (hex(c.groupId) !== id) throw new DecodeError("group message for another group");
     g.records[k] = record.map((x) => (x.keyId === m.keyId ? next : x));
     this.stageGroup(g, changes);
-    if (c.type === 1) {
+    {
       const conv = `group:${id}`;
       if (!this.findMessage(hex(c.id))) {
-        this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, c.text, changes);
+        const body = c.type === 1 ? c.text : { pointer: c.pointer, caption: c.caption };
+        this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, body, changes);
         if (m.user !== this.user) {
           after.push(() => void this.sendReceipt(m.user, 1, [c.id]));
           if (this.notify && (this.active !== conv || document.hidden)) {
             const n = this.notify;
-            after.push(() => n(`${m.user} in ${g.name}`, c.text, conv));
+            after.push(() => n(`${m.user} in ${g.name}`, c.type === 1 ? c.text : "sent a file", conv));
           }
         }
       }

@@ -23,6 +23,7 @@ function useEngine(engine: Engine): number {
 
 export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogout: () => Promise<void> }) {
   const { engine, config } = props;
+  engine.config = config;
   useEngine(engine);
   const [panel, setPanel] = useState<"none" | "devices">("none");
   const [active, setActive] = useState<string | null>(engine.active);
@@ -271,6 +272,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const [text, setText] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [safety, setSafety] = useState(false);
+  const [progress, setProgress] = useState<number | null>(null);
   const listRef = useRef<HTMLDivElement>(null);
   const typingSent = useRef(0);
   const messages = engine.messages.get(user) ?? [];
@@ -329,7 +331,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
       {(safety || changed) && <Safety engine={engine} user={user} changed={changed} onDone={() => setSafety(false)} />}
       <div class="messages" ref={listRef}>
         {messages.map((m) => (
-          <MessageView key={m.key} m={m} me={engine.user} />
+          <MessageView key={m.key} m={m} me={engine.user} engine={engine} />
         ))}
       </div>
       {error && (
@@ -344,10 +346,32 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
           void send();
         }}
       >
-        <label class="attach" title="Files are not yet supported in the browser client">
-          <input type="file" data-testid="attach-file" disabled />
+        <label class="attach" title="Send a file (end-to-end encrypted)">
+          <input
+            type="file"
+            data-testid="attach-file"
+            disabled={changed || progress !== null}
+            onChange={async (e) => {
+              const input = e.currentTarget;
+              const file = input.files?.[0];
+              if (!file) return;
+              setError(null);
+              setProgress(0);
+              try {
+                await engine.sendFile(user, file, setProgress);
+              } catch (err) {
+                setError((err as Error).message);
+              } finally {
+                setProgress(null);
+                input.value = "";
+              }
+            }}
+          />
           File
         </label>
+        {progress !== null && (
+          <progress data-testid="upload-progress" max={1} value={progress} />
+        )}
         <textarea
           data-testid="composer"
           rows={1}
@@ -379,7 +403,55 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
 
 const STATE_MARK: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓ read", failed: "⚠ not sent", received: "", };
 
-function MessageView(props: { m: Message; me: string }) {
+function FileView(props: { m: Message; engine: Engine }) {
+  const file = props.m.file as NonNullable<Message["file"]>;
+  const image = /^image\/(png|jpeg|gif|webp)$/.test(file.type);
+  const [url, setUrl] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const load = async (): Promise<string | null> => {
+    try {
+      const blob = await props.engine.openFile(file.pointer);
+      const u = URL.createObjectURL(blob);
+      setUrl(u);
+      return u;
+    } catch (e) {
+      setError(`could not open the file (${(e as Error).name})`);
+      return null;
+    }
+  };
+  useEffect(() => {
+    if (image) void load();
+  }, [props.m.id]);
+  useEffect(() => () => void (url && URL.revokeObjectURL(url)), [url]);
+  return (
+    <div class="file" data-testid="attachment" data-name={file.name} data-size={file.size}>
+      {image && url && <img data-testid="attachment-image" src={url} alt={file.name} />}
+      <button
+        type="button"
+        data-testid="attachment-download"
+        onClick={async () => {
+          const u = url ?? (await load());
+          if (!u) return;
+          const a = document.createElement("a");
+          a.href = u;
+          a.download = file.name;
+          a.click();
+        }}
+      >
+        ⬇ {file.name} ({formatSize(file.size)})
+      </button>
+      {error && <small class="error">{error}</small>}
+    </div>
+  );
+}
+
+function formatSize(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function MessageView(props: { m: Message; me: string; engine: Engine }) {
   const { m, me } = props;
   if (m.notice) {
     return (
@@ -391,7 +463,8 @@ function MessageView(props: { m: Message; me: string }) {
   const mine = m.from === me;
   return (
     <div class={mine ? "msg mine" : "msg"} data-testid="message" data-from={m.from} data-message-id={m.id} data-state={m.state}>
-      <div class="text">{m.text}</div>
+      {m.file && <FileView m={m} engine={props.engine} />}
+      {m.text && <div class="text">{m.text}</div>}
       <div class="meta">
         <time>{new Date(m.sentAt).toLocaleTimeString()}</time>
         {mine && (
