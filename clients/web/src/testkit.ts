@@ -7,8 +7,8 @@ import * as A from "./core/attachments";
 import { decodeContent, encodeContent, pad, unpad } from "./core/content";
 import { parseList, signList, verifyList } from "./core/devicelist";
 import { safetyNumber, displaySafetyNumber } from "./core/fingerprint";
-import { decodeBundle, typed, X25519_TYPE } from "./core/keys";
-import { aesGcmEncrypt, ed25519Public, mlkemDecapsulate, x25519Public } from "./core/primitives";
+import { type Bundle, accountPublic, decodeBundle, kemPublic, newKemPrekey, newSignedPrekey, typed, X25519_TYPE } from "./core/keys";
+import { aesGcmDecrypt, aesGcmEncrypt, ed25519Public, mlkemDecapsulate, x25519Public } from "./core/primitives";
 import * as SK from "./core/senderkeys";
 import * as S from "./core/session";
 
@@ -222,7 +222,102 @@ function contentExample(): string {
   return `${hex(c)}|${padded.length}|${back.type === 1 ? back.text : ""}`;
 }
 
+/** A fresh responder (keys + bundle) and initiator, with real randomness. */
+function freshPair(): { alice: S.LocalDevice; bob: S.LocalDevice; bundle: Bundle; lookup: S.PrekeyLookup } {
+  const rnd = (n: number): Uint8Array => crypto.getRandomValues(new Uint8Array(n));
+  const aliceSeed = rnd(32);
+  const bobSeed = rnd(32);
+  const alice: S.LocalDevice = { user: "alice", device: 1, accountKey: accountPublic(aliceSeed), identityPriv: rnd(32) };
+  const bob: S.LocalDevice = { user: "bob", device: 1, accountKey: accountPublic(bobSeed), identityPriv: rnd(32) };
+  const idPub = x25519Public(bob.identityPriv);
+  const spk = newSignedPrekey(bobSeed, idPub, 1, rnd);
+  const kem = newKemPrekey(bobSeed, idPub, 2, false, rnd);
+  const otp = rnd(32);
+  const bundle: Bundle = {
+    user: "bob",
+    device: 1,
+    accountKey: bob.accountKey,
+    identityKey: typed(X25519_TYPE, idPub),
+    signedPrekey: { id: 1, key: typed(X25519_TYPE, x25519Public(spk.priv)), sig: spk.sig },
+    kemPrekey: { id: 2, lastResort: false, key: typed(3, kemPublic(kem)), sig: kem.sig },
+    oneTime: { id: 3, key: typed(X25519_TYPE, x25519Public(otp)) },
+  };
+  const lookup: S.PrekeyLookup = {
+    signed: (i) => (i === 1 ? spk.priv : null),
+    kem: (i) => (i === 2 ? { seed: kem.seed, lastResort: false } : null),
+    oneTime: (i) => (i === 3 ? otp : null),
+  };
+  return { alice, bob, bundle, lookup };
+}
+
+async function timeIt(n: number, fn: () => Promise<void>): Promise<number> {
+  await fn(); // warm-up
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) await fn();
+  return ((performance.now() - t0) / n) * 1000; // µs per operation
+}
+
+/** bench/web.py: per-operation times in µs, measured in this page. */
+async function benchmark(n: number, size: number): Promise<Record<string, number>> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  const body = rnd(size);
+  const setup = await timeIt(Math.max(3, Math.floor(n / 20)), async () => {
+    const { alice, bob, bundle, lookup } = freshPair();
+    const a = await S.initiate(alice, bundle, rnd);
+    const first = await S.encrypt(a, body, rnd);
+    await S.accept(bob, lookup, first.data);
+  });
+  const { alice, bob, bundle, lookup } = freshPair();
+  let a = (await S.initiate(alice, bundle, rnd));
+  const first = await S.encrypt(a, body, rnd);
+  a = first.state;
+  let b = (await S.accept(bob, lookup, first.data)).session;
+  const reply = await S.encrypt(b, body, rnd);
+  b = reply.state;
+  a = (await S.decrypt(a, reply.data)).state;
+  // Symmetric chain step: alice sends, bob decrypts, same chain.
+  const symmetric = await timeIt(n, async () => {
+    const out = await S.encrypt(a, body, rnd);
+    a = out.state;
+    b = (await S.decrypt(b, out.data)).state;
+  });
+  // DH ratchet step every message: the sides alternate.
+  let turn = 0;
+  const dhStep = await timeIt(n, async () => {
+    if (turn++ % 2 === 0) {
+      const out = await S.encrypt(b, body, rnd);
+      b = out.state;
+      a = (await S.decrypt(a, out.data)).state;
+    } else {
+      const out = await S.encrypt(a, body, rnd);
+      a = out.state;
+      b = (await S.decrypt(b, out.data)).state;
+    }
+  });
+  const key = rnd(32);
+  const ad = rnd(64);
+  const aes = await timeIt(n, async () => {
+    const nonce = rnd(12);
+    const ct = await aesGcmEncrypt(key, nonce, body, ad);
+    await aesGcmDecrypt(key, nonce, ct, ad);
+  });
+  const cryptoKey = await crypto.subtle.importKey("raw", key as Uint8Array<ArrayBuffer>, "AES-GCM", false, ["encrypt", "decrypt"]);
+  const aesReused = await timeIt(n, async () => {
+    const nonce = rnd(12);
+    const ct = await aesGcmEncrypt(cryptoKey, nonce, body, ad);
+    await aesGcmDecrypt(cryptoKey, nonce, ct, ad);
+  });
+  return {
+    pqxdh_setup_us: setup,
+    ratchet_message_symmetric_us: symmetric,
+    ratchet_message_dh_step_us: dhStep,
+    aes_gcm_us: aes,
+    aes_gcm_reused_key_us: aesReused,
+  };
+}
+
 (globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
+  benchmark,
   ratchetKdf,
   conversation,
   deviceList,
