@@ -472,7 +472,7 @@ class ClientProtocol:
         payload = RelayPayload.from_bytes(envelope.data)
         if payload.kind is PayloadKind.PAIRWISE:
             decrypted = self.sessions.decrypt(
-                envelope.sender_user, envelope.sender_device, payload.data
+                envelope.sender_user, envelope.sender_device, payload.data, now=now
             )
             sender = decrypted.peer.address
             device_list = self.device_list(sender.username)

@@ -21,7 +21,6 @@ naming a one-time prekey already fails, the prekey being gone (``UnknownPrekey``
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from crypto.envelope import InitialMessage, PqxdhPrefix, decode_message
 from crypto.errors import DecryptionError, StateError, VoxError
 from crypto.keys import PeerDevice, PrekeyBundle
 from crypto.pqxdh import accept_session, initiate_session
-from crypto.ratchet.session import Session
+from crypto.ratchet.session import Session, initial_digest
 
 __all__ = ["MAX_SESSIONS", "Decrypted", "ReplayedInitialMessage", "SessionBook", "replay_id"]
 
@@ -76,7 +75,7 @@ def replay_id(prefix: PqxdhPrefix) -> bytes | None:
     X25519 prekey and the last-resort ML-KEM prekey), else None."""
     if prefix.one_time_prekey_id is not None or prefix.kem_prekey_id < LAST_RESORT_ID_BASE:
         return None
-    return hashlib.sha256(prefix.write(Writer()).finish()).digest()
+    return initial_digest(prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +130,9 @@ class SessionBook:
         self._store.store_session(username, device_id, _encode(sessions))
         return ciphertext
 
-    def decrypt(self, username: str, device_id: int, data: bytes) -> Decrypted:
+    def decrypt(
+        self, username: str, device_id: int, data: bytes, *, now: float | None = None
+    ) -> Decrypted:
         """Decrypt a pairwise envelope from the device ``username:device_id``.
 
         Nothing is written: the result's :meth:`Decrypted.commit` stores the advanced session
@@ -143,7 +144,7 @@ class SessionBook:
         if isinstance(message, InitialMessage):
             for i, session in enumerate(sessions):
                 if session.base_key == message.prefix.base_key:
-                    body = session.decrypt(data)
+                    body = session.decrypt(data, now=now)
                     return Decrypted(
                         body, session.peer, False, self._front(username, device_id, sessions, i)
                     )
@@ -155,7 +156,7 @@ class SessionBook:
             if seen_key is not None and self._store.is_seen(seen_key):
                 raise ReplayedInitialMessage(replay or b"")
             accepted = accept_session(
-                self._identity.local, prekey_secrets_for(self._store, prefix), message
+                self._identity.local, prekey_secrets_for(self._store, prefix), message, now=now
             )
             new = [accepted.session, *sessions][:MAX_SESSIONS]
 
@@ -163,13 +164,13 @@ class SessionBook:
                 consume_prekeys(self._store, accepted.consumed)
                 self._store.store_session(username, device_id, _encode(new))
                 if seen_key is not None:
-                    self._store.mark_seen(seen_key, time.time())
+                    self._store.mark_seen(seen_key, time.time() if now is None else now)
 
             return Decrypted(accepted.body, accepted.session.peer, True, commit)
         last_error: VoxError = DecryptionError("no session with the sender device")
         for i, session in enumerate(sessions):
             try:
-                body = session.decrypt(data)
+                body = session.decrypt(data, now=now)
             except DecryptionError as exc:
                 last_error = exc
                 continue

@@ -1,12 +1,15 @@
 """A replayed PQXDH initial message (no one-time prekey: nothing is consumed) is refused by the
 SDK even after the session it started is gone — the relay (the only party that can deliver it
-again under the sender's name) gets a ``DecryptFailure``, not a second session."""
+again under the sender's name) gets a ``DecryptFailure``, not a second session. And the SDK
+gives the ratchet its clock, so skipped message keys expire (30 days)."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import itertools
+import time
+from collections.abc import Callable
 from typing import Any
 
 from clients.sdk import identity as ids
@@ -20,15 +23,17 @@ from clients.store.memory import MemoryStore
 _ids = itertools.count(1)
 
 
-def device(username: str) -> tuple[ClientProtocol, bytes, bytes, dict[str, Any]]:
-    """A registered device: protocol, account key, signed list, prekey upload."""
+def device(
+    username: str, clock: Callable[[], float] = time.time
+) -> tuple[ClientProtocol, bytes, bytes, dict[str, Any]]:
+    """A registered device: protocol (on ``clock``), account key, signed list, prekey upload."""
     store = MemoryStore()
     me = ids.new_identity(username, 1, None)
     signed = ids.first_device_list(me).to_bytes()
     upload = ids.registration_prekeys(store, me, batch=2)
     key = me.account_key.public_key.to_bytes()
     trust.accept_device_list(store, username, key, signed)
-    return ClientProtocol(store, me), key, signed, upload
+    return ClientProtocol(store, me, now=clock), key, signed, upload
 
 
 def last_resort_bundle(proto: ClientProtocol, upload: dict[str, Any]) -> DeviceBundle:
@@ -102,3 +107,25 @@ def test_an_initial_message_with_a_one_time_prekey_is_not_recorded() -> None:
     assert deliver(bob, data) == ["with a one-time prekey"]
     bob.sessions.drop("alice", 1)
     assert deliver(bob, data) == ["UnknownPrekey"]  # the one-time prekey is gone
+
+
+def test_a_message_held_back_longer_than_the_skipped_key_age_no_longer_opens() -> None:
+    clock = [1_800_000_000.0]
+    alice, alice_key, alice_list, _ = device("alice", lambda: clock[0])
+    bob, bob_key, bob_list, upload = device("bob", lambda: clock[0])
+    alice.accept_device_list("bob", bob_key, bob_list)
+    bob.accept_device_list("alice", alice_key, alice_list)
+    first = first_message(alice, bob_key, last_resort_bundle(bob, upload), "first")
+    assert deliver(bob, first) == ["first"]
+    reply = bob.encode_direct("alice", TextContent(text="ack", sent_at_ms=2))
+    ((data, _),) = reply.payloads
+    alice.receive(Envelope(next(_ids), f"env{next(_ids)}", "bob", 1, 0, data))
+    held, late, later = (
+        alice.encode_direct("bob", TextContent(text=t, sent_at_ms=3)).payloads[0][0]
+        for t in ("held back", "held back too", "later")
+    )
+    assert deliver(bob, later) == ["later"]  # the keys of the two held back are skipped
+    clock[0] += 29 * 86400
+    assert deliver(bob, held) == ["held back"]  # within 30 days: still opens
+    clock[0] += 2 * 86400
+    assert deliver(bob, late) == ["DuplicateMessage"]  # 31 days after it was skipped: expired
