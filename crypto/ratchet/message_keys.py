@@ -18,11 +18,16 @@ from typing import Final
 from crypto import primitives as p
 from crypto.errors import InvalidValue
 
-__all__ = ["MESSAGE_KEY_INFO", "MESSAGE_KEY_INFO_V1", "MessageKey"]
+__all__ = ["MESSAGE_KEY_INFO", "MESSAGE_KEY_INFO_V1", "MessageKey", "aead_key"]
 
 MESSAGE_KEY_INFO: Final = b"VoxRatchet-v2-MessageKey"
 MESSAGE_KEY_INFO_V1: Final = b"VoxRatchet-v1-MessageKeys"
 _EXPAND: Final = MESSAGE_KEY_INFO + b"\x01"
+
+
+def aead_key(message_key: bytes) -> bytes:
+    """The version-2 AES-256-GCM key of a raw 32-byte message key (one HMAC)."""
+    return p.hmac_sha256(message_key, _EXPAND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,7 @@ class MessageKey:
 
     def aead_key(self) -> bytes:
         """The AES-256-GCM key of envelope version 2."""
-        return p.hmac_sha256(self.key, _EXPAND)
+        return aead_key(self.key)
 
     def encrypt(self, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
         """AES-256-GCM encrypt (version 2) under a caller-drawn nonce; ``ciphertext || tag``."""

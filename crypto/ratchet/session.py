@@ -44,9 +44,9 @@ from crypto.errors import (
     UnsupportedVersion,
 )
 from crypto.keys import DeviceAddress, PeerDevice, X25519PublicKey
-from crypto.ratchet.chain_key import ChainKey
+from crypto.ratchet.chain_key import CHAIN_KEY_CONSTANT, MESSAGE_KEY_CONSTANT, ChainKey
 from crypto.ratchet.header import HEADER_LEN
-from crypto.ratchet.message_keys import MessageKey
+from crypto.ratchet.message_keys import MessageKey, aead_key
 from crypto.ratchet.root_chain import RootKey
 from crypto.ratchet.skipped_keys import SkippedKeys
 
@@ -109,7 +109,9 @@ def _split_ratchet_message(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     (length,) = _U32.unpack_from(data, 55)
     if length + 59 != len(data) or length > _MAX_CIPHERTEXT:
         return None
-    return bytes(data[2:43]), bytes(data[43:55]), bytes(data[59:])
+    if type(data) is not bytes:
+        data = bytes(data)
+    return data[2:43], data[43:55], data[59:]
 
 
 def _payload_prefix(address: DeviceAddress) -> bytes:
@@ -263,14 +265,18 @@ class Session:
         kind = KIND_RATCHET if self._pending is None else KIND_INITIAL
         lead = bytes((version, kind))
         plaintext = self._payload_prefix() + _U32.pack(len(body)) + body
-        mk = sending.message_key()
+        chain_key = sending.key
+        mk = p.hmac_sha256(chain_key, MESSAGE_KEY_CONSTANT)
         if version == ENVELOPE_VERSION:
             nonce = p.random_nonce(rng)
-            ciphertext = mk.encrypt(nonce, plaintext, self._ad + lead + header)
+            ciphertext = p.aes256gcm_encrypt(
+                aead_key(mk), nonce, plaintext, self._ad + lead + header
+            )
         else:
             nonce = b""
-            ciphertext = mk.encrypt_v1(plaintext, self._ad + header)
-        self._root, self._sending = root, sending.next()
+            ciphertext = MessageKey(mk, sending.index).encrypt_v1(plaintext, self._ad + header)
+        following = ChainKey(p.hmac_sha256(chain_key, CHAIN_KEY_CONSTANT), sending.index + 1)
+        self._root, self._sending = root, following
         self._self_key, self._self_public = pair, public
         prefix = b"" if self._pending is None else self._pending_bytes()
         return lead + prefix + header + nonce + _U32.pack(len(ciphertext)) + ciphertext
@@ -371,9 +377,11 @@ class Session:
             gap = index - receiving.index
             if gap > max_skip:
                 raise TooManySkipped(gap, max_skip)
-            passed, chain = _walk(receiving, index)
-            body = self._open(chain.message_key().key, version, nonce, ciphertext, ad)
-            self._receiving = chain.next()
+            passed, chain = _walk(receiving, index) if gap else ([], receiving)
+            chain_key = chain.key
+            mk = p.hmac_sha256(chain_key, MESSAGE_KEY_CONSTANT)
+            body = self._open(mk, version, nonce, ciphertext, ad)
+            self._receiving = ChainKey(p.hmac_sha256(chain_key, CHAIN_KEY_CONSTANT), index + 1)
             if passed:
                 self._skipped.add(ratchet_key, _message_keys(passed, receiving.index), clock)
             return self._commit(body, clock)
@@ -418,11 +426,10 @@ class Session:
         return body
 
     def _open(self, mk: bytes, version: int, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-        message_key = MessageKey(mk, 0)
         if version == ENVELOPE_VERSION:
-            plaintext = message_key.decrypt(nonce, ciphertext, ad)
+            plaintext = p.aes256gcm_decrypt(aead_key(mk), nonce, ciphertext, ad)
         else:
-            plaintext = message_key.decrypt_v1(ciphertext, ad)
+            plaintext = MessageKey(mk, 0).decrypt_v1(ciphertext, ad)
         expected = self._peer_prefix
         if expected is None:
             expected = self._peer_prefix = _payload_prefix(self.peer.address)
