@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from typing import Final
 
 from clients.sdk.errors import BadDeviceList, UntrustedIdentity
@@ -57,13 +58,14 @@ MAX_UNTRUSTED_FLOORS: Final = 32
 _FLOORS: Final = "trust_floors:"
 
 
+@dataclass(slots=True)
 class _Floor:
-    """The highest list version accepted under one account key (and that list's digest)."""
+    """The highest list version accepted under one account key, that list's SHA-256 (hex),
+    and whether the user ever trusted the key (first use or accepted)."""
 
-    __slots__ = ("digest", "trusted", "version")
-
-    def __init__(self, version: int, digest: str, trusted: bool) -> None:
-        self.version, self.digest, self.trusted = version, digest, trusted
+    version: int
+    digest: str
+    trusted: bool
 
 
 def _digest(signed_list: bytes) -> str:
