@@ -22,6 +22,7 @@ from tests.web.support import (
     Vox,
     clean_env,
     open_app,
+    register_in_browser,
     send_in_browser,
     unique,
     wait_message,
@@ -118,3 +119,35 @@ def test_a_wrong_link_code_is_refused_with_a_clear_error(context: Any, relay: Re
     # Nothing was stored: the page still offers registration and linking.
     page.reload()
     page.get_by_test_id("mode-link").wait_for()
+
+
+def test_the_browser_shows_a_link_code_and_qr_that_vox_join_redeems(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    friend = Vox(tmp_path / "bob", relay, bob).register()
+    page = open_app(context, relay)
+    register_in_browser(page, alice)
+    page.get_by_test_id("devices-open").click()
+    page.get_by_test_id("link-new-device").click()
+    code = page.get_by_test_id("link-new-code").inner_text()
+    assert re.fullmatch(rf"{alice}:\d+:[A-Z2-7]{{4}}(-[A-Z2-7]{{4}}){{3}}", code), code
+    assert page.get_by_test_id("link-qr").get_attribute("src").startswith("data:image/")
+    laptop = Vox(tmp_path / "alice-laptop", relay, alice)
+    out = laptop.run("join", code, "--server", relay.url).stdout
+    device = int(code.split(":")[1])
+    assert f"joined as {alice} device {device}" in out
+    page.get_by_test_id("link-new-status").filter(has_text=f"linked device {device}").wait_for()
+    page.get_by_test_id(f"device-{device}").wait_for()
+    # The new CLI device is a full device of the account: it gets what the browser sends.
+    page.get_by_test_id("devices-open").click()
+    page.get_by_test_id("new-chat-username").fill(bob)
+    page.get_by_test_id("new-chat-submit").click()
+    send_in_browser(page, "sent from the browser, seen on the laptop")
+    got = laptop.receive_until(
+        lambda g: any(m.get("text") == "sent from the browser, seen on the laptop" for m in g)
+    )
+    assert any(m.get("conversation") == bob for m in got)
+    friend.receive_until(
+        lambda g: any(m.get("text") == "sent from the browser, seen on the laptop" for m in g)
+    )

@@ -29,7 +29,7 @@ import {
   typed,
   x25519Typed,
 } from "./keys";
-import { completeLink, parseLinkCode, receiveOffer } from "./link";
+import { completeLink, deriveLinkKeys, formatLinkCode, parseLinkCode, receiveOffer, sealOffer } from "./link";
 import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
 import * as S from "./session";
 import * as SK from "./senderkeys";
@@ -1204,6 +1204,63 @@ export class Engine {
 
   async devices(): Promise<DeviceList> {
     return this.refreshList(this.user, true);
+  }
+
+  /**
+   * Existing device side of linking (protocol-client.md §7, what `vox link` does): add a
+   * slot with a temporary auth key derived from a fresh code, send the encrypted offer, and
+   * return the code; ``waitLinked`` then waits for the new device to take its slot.
+   */
+  async offerLink(): Promise<{ code: string; device: number; version: number; throwaway: Uint8Array }> {
+    const id = this.identity as Identity;
+    const current = await this.refreshList(id.user, true);
+    let device = 0;
+    do {
+      device = 2 + (new DataView(randomBytes(4).buffer).getUint32(0) % 2 ** 31);
+    } while (current.devices.some((d) => d.id === device));
+    const code = { user: id.user, device, secret: randomBytes(10) };
+    const { authSeed, offerKey } = await deriveLinkKeys(code);
+    const throwaway = x25519Typed(randomBytes(32));
+    const entry = { id: device, identityKey: throwaway, authKey: typed(ED25519_TYPE, ed25519Public(authSeed)) };
+    const next = { user: id.user, version: current.version + 1, devices: [...current.devices, entry].sort((a, b) => a.id - b.id) };
+    await this.api.putDevices(id.user, signList(next, id.accountSeed));
+    const list = await this.refreshList(id.user, true);
+    const sealed = await sealOffer(code, offerKey, id.accountSeed, randomBytes(12));
+    // Our other devices (not the new one: it has no prekeys yet) learn about the change.
+    const others = await this.ensureSessions(id.user, { ...list, devices: list.devices.filter((d) => d.id !== device) });
+    const answer = await this.sendLock.run(async () => {
+      const changes: [string, unknown][] = [];
+      const payloads = await this.encryptFor(others, encodeContent({ type: 8, id: newMessageId(), sentAt: Date.now() }), changes);
+      await this.store.commit(changes);
+      payloads.push({ data: b64(encodeRelayPayload(PayloadKind.Link, sealed)), to: [{ user: id.user, device }] });
+      return this.transmit({ type: "send", id: "link-" + hex(randomBytes(8)), payloads });
+    });
+    if (answer.type !== "accepted") throw new Error(`the relay refused the offer (${String(answer["code"] ?? answer.type)})`);
+    return { code: formatLinkCode(code), device, version: list.version, throwaway };
+  }
+
+  /** Wait until the new device replaced its temporary entry (list v+2), then hand it the groups. */
+  async waitLinked(offer: { device: number; version: number; throwaway: Uint8Array }, withinMs = 300_000): Promise<void> {
+    const deadline = Date.now() + withinMs;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 2000));
+      let list: DeviceList;
+      try {
+        list = await this.refreshList(this.user, true);
+      } catch {
+        continue;
+      }
+      const entry = list.devices.find((d) => d.id === offer.device);
+      if (!entry) throw new Error("the new device's slot disappeared");
+      if (list.version > offer.version && !equal(entry.identityKey, offer.throwaway)) {
+        for (const g of this.groups.values()) {
+          const content = encodeContent({ type: 5, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(g.id), epoch: BigInt(g.epoch), name: g.name, action: 2, members: g.members });
+          await this.sendContent(this.user, hex(randomBytes(16)), content, { transcript: false });
+        }
+        return;
+      }
+    }
+    throw new Error("the new device did not join in time");
   }
 
   async unlink(device: number): Promise<void> {

@@ -2,11 +2,11 @@
 // with the code that `vox link` shows: USERNAME:DEVICE:XXXX-XXXX-XXXX-XXXX.
 import { scryptAsync } from "@noble/hashes/scrypt.js";
 import { Api, RelayError } from "./api";
-import { DecodeError, Reader, Writer, equal, fromB64, utf8 } from "./bytes";
+import { DecodeError, Reader, Writer, concat, equal, fromB64, utf8 } from "./bytes";
 import { decodeRelayPayload, PayloadKind } from "./content";
 import { type DeviceEntry, signList, verifyList } from "./devicelist";
 import { USERNAME, accountPublic, decodeAccountKey } from "./keys";
-import { aesGcmDecrypt, ed25519Public, ed25519Sign } from "./primitives";
+import { aesGcmDecrypt, aesGcmEncrypt, ed25519Public, ed25519Sign } from "./primitives";
 
 export class LinkError extends Error {
   override name = "LinkError";
@@ -35,6 +35,29 @@ function base32Decode(s: string): Uint8Array {
     }
   }
   return Uint8Array.from(out);
+}
+
+export function formatLinkCode(c: LinkCode): string {
+  let bits = 0;
+  let value = 0;
+  let out = "";
+  for (const byte of c.secret) {
+    value = (value << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      out += B32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += B32[(value << (5 - bits)) & 31];
+  return `${c.user}:${c.device}:${(out.match(/.{1,4}/g) ?? []).join("-")}`;
+}
+
+/** The encrypted offer sent to the new device: nonce || AES-GCM(offer key, offer, ad). */
+export async function sealOffer(c: LinkCode, offerKey: Uint8Array, accountSeed: Uint8Array, nonce: Uint8Array): Promise<Uint8Array> {
+  const accountKey = new Writer().u8(1).u8(0x11).raw(accountSeed).done();
+  const body = new Writer().u8(1).str16(c.user).u32(c.device).raw(accountKey).done();
+  return concat(nonce, await aesGcmEncrypt(offerKey, nonce, body, linkAd(c)));
 }
 
 export function parseLinkCode(code: string): LinkCode {

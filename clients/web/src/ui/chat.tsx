@@ -6,6 +6,7 @@ import { type ConnectionStatus, type Engine, type Message, UntrustedIdentity } f
 import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
+import qrcode from "qrcode-generator";
 
 const STATUS_TEXT: Record<ConnectionStatus, string> = {
   connecting: "connecting…",
@@ -546,9 +547,58 @@ function Devices(props: { engine: Engine; onClose: () => void }) {
           </li>
         ))}
       </ul>
+      <LinkNewDevice engine={engine} onLinked={() => void load()} />
       <button type="button" onClick={props.onClose}>
         Close
       </button>
+    </div>
+  );
+}
+
+/** Show a one-time code (and its QR code, for a future phone app) for a new device. */
+function LinkNewDevice(props: { engine: Engine; onLinked: () => void }) {
+  const [code, setCode] = useState<string | null>(null);
+  const [qr, setQr] = useState<string | null>(null);
+  const [status, setStatus] = useState<string | null>(null);
+  return (
+    <div class="link-new">
+      <button
+        type="button"
+        data-testid="link-new-device"
+        disabled={!!code && !status?.startsWith("linked")}
+        onClick={async () => {
+          setStatus("creating a code…");
+          try {
+            const offer = await props.engine.offerLink();
+            setCode(offer.code);
+            const q = qrcode(0, "M");
+            q.addData(offer.code);
+            q.make();
+            setQr(q.createDataURL(4, 2));
+            setStatus("waiting for the new device…");
+            await props.engine.waitLinked(offer);
+            setStatus(`linked device ${offer.device}`);
+            props.onLinked();
+          } catch (e) {
+            setStatus(`linking failed: ${(e as Error).message}`);
+          }
+        }}
+      >
+        Link a new device
+      </button>
+      {code && (
+        <div>
+          <p>
+            On the new device run <code>vox join {code} --server {location.origin}</code>, or type the code into
+            its "Link to an existing account" screen:
+          </p>
+          <code class="number" data-testid="link-new-code">
+            {code}
+          </code>
+          {qr && <img data-testid="link-qr" class="qr" src={qr} alt="QR code of the link code" />}
+        </div>
+      )}
+      {status && <p data-testid="link-new-status">{status}</p>}
     </div>
   );
 }
