@@ -47,6 +47,16 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.prekeys_withheld = Counter(
+            "vox_prekeys_withheld",
+            "Bundle entries served without one-time keys because of the claim budget",
+            registry=r,
+        )
+        self.prekeys_drained = Counter(
+            "vox_prekeys_drained",
+            "Devices told that their one-time prekeys reached the hourly claim budget",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of every collector on this registry."""

@@ -105,6 +105,9 @@ async def bundle(
         ),
     )
     for e in claimed.entries:
+        if e.withheld:
+            metrics.prekeys_withheld.inc()
+            continue
         for kind, got in (("x25519", e.one_time), ("mlkem", e.one_time_pq)):
             (metrics.prekeys_claimed if got else metrics.prekeys_exhausted).labels(kind).inc()
     for low in claimed.low_stock:
@@ -117,6 +120,7 @@ async def bundle(
             },
         )
     for drained in claimed.drained:
+        metrics.prekeys_drained.inc()
         await notifier.notify(
             drained.device_pk,
             {

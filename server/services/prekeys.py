@@ -80,6 +80,8 @@ class BundleEntry:
     device: Device
     one_time: tuple[int, bytes, bytes] | None
     one_time_pq: tuple[int, bytes, bytes] | None
+    #: One-time keys were not handed out: the claim budget was used up.
+    withheld: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +236,7 @@ async def claim_bundle(
             session, device.pk, requester_pk, now - budget.window_seconds
         )
         if total >= budget.per_target or mine >= budget.per_requester:
-            entries.append(BundleEntry(device, None, None))  # signed + last-resort keys only
+            entries.append(BundleEntry(device, None, None, withheld=True))  # signed + last resort
             continue
         otk = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_X25519)
         pq = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_MLKEM)

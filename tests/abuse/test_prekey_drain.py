@@ -78,6 +78,9 @@ async def _drain(tmp_path: Path, database_url: str | None) -> None:
         counts = await http.get("/v1/prekeys/count", headers=auth_header(victim_token))
         assert counts.json()["one_time_prekeys"] == STOCK - PER_TARGET
         assert counts.json()["one_time_pq_prekeys"] == STOCK - PER_TARGET
+        metrics = (await http.get("/metrics")).text
+        assert f"vox_prekeys_withheld_total {60 - PER_TARGET}.0" in metrics
+        assert "vox_prekeys_drained_total 1.0" in metrics
 
 
 async def test_strangers_cannot_drain_a_devices_one_time_prekeys_on_sqlite(
