@@ -187,6 +187,15 @@ def relay_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
             "VOX_LIMITS__MAX_QUEUE_BYTES": str(16 * 2**30),
             "VOX_LIMITS__QUEUE_SHARE_PER_SENDER": "1.0",
             "VOX_LIMITS__REGISTRATIONS_PER_HOUR_PER_IP": "1000000",
+            # Every bench client is 127.0.0.1 and floods on purpose: lift the hostile-client
+            # budgets (bench/abuse.py measures those).
+            "VOX_LIMITS__MESSAGES_PER_SECOND_PER_ACCOUNT": "100000",
+            "VOX_LIMITS__FRAMES_PER_SECOND_PER_DEVICE": "100000",
+            "VOX_LIMITS__FRAME_BYTES_PER_SECOND_PER_DEVICE": str(1024 * 1024 * 1024),
+            "VOX_LIMITS__MAX_UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS": "1000000",
+            "VOX_LIMITS__MAX_AUTHENTICATED_CONNECTIONS_PER_ADDRESS": "1000000",
+            "VOX_LIMITS__WS_CONNECTS_PER_MINUTE_PER_ADDRESS": "1000000",
+            "VOX_LIMITS__CHALLENGES_PER_MINUTE_PER_ADDRESS": "100000",
         }
     )
     if database_url:

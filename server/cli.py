@@ -147,6 +147,9 @@ def serve(
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
     configure_logging(settings.log_level, json_lines=settings.log_json)
     sock = _listen(host, port)
+    sockets = [sock]
+    if settings.ops_port is not None:  # operator-only: /healthz, /readyz, /metrics
+        sockets.append(_listen(settings.ops_host, settings.ops_port))
     revision = _migrate_in_child(settings)
     log_event(
         "relay_starting",
@@ -156,12 +159,14 @@ def serve(
         redis=bool(settings.redis_url),
         schema=revision,
         registration=settings.registration.value,
+        ops_port=settings.ops_port,
     )
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
     finally:
-        sock.close()
+        for s in sockets:
+            s.close()
     if not server.started:
         raise typer.Exit(1)
 

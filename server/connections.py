@@ -26,6 +26,10 @@ client address the proxy names (``X-Forwarded-For``) once their head is read
 Reserve. Past ``max_connections`` open connections, up to ``connection_reserve`` more are
 accepted, but they may only ask for ``/healthz``, ``/readyz`` or ``/metrics``: anything else
 is answered ``503`` and closed. So monitoring keeps working when the relay is full.
+
+Operator listener. With ``ops_port`` set, connections to that port are outside every cap and
+may only ask for those three paths (others: ``404``; WebSocket: close 1008). Its accept queue
+is not the one a connection flood fills, so probes keep their latency even then.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Tracked:
     address: str
     trusted_peer: bool
     reserve_only: bool = False
+    #: Arrived on the operator-only listener (``ops_port``): outside every cap.
+    operator: bool = False
     authenticated: bool = False
     closed: bool = False
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
@@ -94,7 +100,9 @@ class ConnectionGuard:
         max_authenticated_per_address: int,
         header_timeout: float,
         trusted_proxies: str = "127.0.0.1",
+        ops_port: int | None = None,
     ) -> None:
+        self.ops_port = ops_port
         self.max_connections = max_connections
         self.reserve = reserve
         self.max_unauthenticated = max_unauthenticated_per_address
@@ -132,6 +140,7 @@ class ConnectionGuard:
             max_authenticated_per_address=limits.max_authenticated_connections_per_address,
             header_timeout=limits.header_timeout_seconds,
             trusted_proxies=settings.forwarded_allow_ips,
+            ops_port=settings.ops_port,
         )
 
     # -- TCP level ---------------------------------------------------------------------------
@@ -140,6 +149,12 @@ class ConnectionGuard:
         """A new TCP connection: its tracking record, or None if it must be closed now."""
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if self.ops_port is not None:
+            local = transport.get_extra_info("sockname")
+            if isinstance(local, tuple) and len(local) > 1 and local[1] == self.ops_port:
+                tracked = Tracked(address, False, operator=True, transport=transport, guard=self)
+                self._by_transport[id(transport)] = tracked
+                return tracked
         trusted = address in self._trusted
         if self.total >= self.max_connections + self.reserve:
             self.refused["total"] += 1
@@ -164,9 +179,10 @@ class ConnectionGuard:
         if tracked.closed:
             return
         tracked.closed = True
-        self.total -= 1
-        counts = self.authenticated if tracked.authenticated else self.unauthenticated
-        _decrement(counts, tracked.address)
+        if not tracked.operator:
+            self.total -= 1
+            counts = self.authenticated if tracked.authenticated else self.unauthenticated
+            _decrement(counts, tracked.address)
         if tracked.transport is not None:
             self._by_transport.pop(id(tracked.transport), None)
             tracked.transport = None
@@ -179,7 +195,9 @@ class ConnectionGuard:
         Returns False (and leaves the count unchanged) if that address is at its cap of
         unauthenticated connections.
         """
-        if tracked.closed or address == tracked.address or not tracked.trusted_peer:
+        if tracked.closed or tracked.operator:
+            return True
+        if address == tracked.address or not tracked.trusted_peer:
             return True
         if tracked.authenticated:
             return True
@@ -193,7 +211,7 @@ class ConnectionGuard:
 
     def promote(self, tracked: Tracked) -> bool:
         """An authenticated WebSocket: count it as such, unless its address is at the cap."""
-        if tracked.closed or tracked.authenticated:
+        if tracked.closed or tracked.authenticated or tracked.operator:
             return True
         if self.authenticated[tracked.address] >= self.max_authenticated:
             self.refused["address_authenticated"] += 1

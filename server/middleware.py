@@ -61,6 +61,10 @@ class ConnectionGuardMiddleware:
             await self.app(scope, receive, send)
             return
         retry = ((b"retry-after", b"5"),)
+        if tracked.operator and scope["path"] not in OPS_PATHS:
+            body = error_body("not_found", "the operator listener serves only health and metrics")
+            await _send_json(send, 404, body)
+            return
         if tracked.reserve_only and scope["path"] not in OPS_PATHS:
             tracked.guard.refused["reserve"] += 1
             body = error_body("overloaded", "the relay is at its connection limit; retry later")

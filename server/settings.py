@@ -120,7 +120,7 @@ class LimitSettings(_Section):
     challenges_per_minute_per_address: int = Field(30, ge=1, le=100_000)
     #: Outstanding login challenges per device, and per (device, requesting address).
     max_challenges_per_device: int = Field(64, ge=2, le=10_000)
-    max_challenges_per_address_per_device: int = Field(4, ge=1, le=1000)
+    max_challenges_per_address_per_device: int = Field(8, ge=1, le=1000)
     # -- storage quotas and per-target limits (docs/threat-model.md: what one device costs) --
     #: Bytes queued for one device (payload bytes of its undelivered envelopes).
     max_queue_bytes: int = Field(256 * MiB, ge=1024, le=64 * 1024 * MiB)
@@ -214,6 +214,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = "127.0.0.1"
     #: Log one line per HTTP request (method, path, status; never headers or bodies).
     access_log: bool = True
+    #: An extra, operator-only listener (e.g. 9100) that serves only ``/healthz``, ``/readyz``
+    #: and ``/metrics``, outside every connection cap (bind it to a private address).
+    ops_port: int | None = Field(None, ge=1, le=65535)
+    ops_host: str = "127.0.0.1"
     brand: BrandSettings = BrandSettings()
     limits: LimitSettings = LimitSettings()
     push: PushSettings = PushSettings()

@@ -54,6 +54,7 @@ class CloseCode:
 
     GOING_AWAY = 1001
     TOO_LARGE = 1009
+    POLICY = 1008
     TRY_AGAIN_LATER = 1013
     BAD_FRAME = 4400
     UNAUTHORIZED = 4401

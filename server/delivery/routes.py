@@ -110,6 +110,9 @@ async def _admit(ws: WebSocket, service: DeliveryService, tracked: Tracked | Non
     client = ws.scope.get("client")
     address = str(client[0]) if client else "unknown"
     if tracked is not None and tracked.guard is not None:
+        if tracked.operator:
+            await _close(ws, CloseCode.POLICY, "not on the operator listener")
+            return False
         if tracked.reserve_only:
             tracked.guard.refused["reserve"] += 1
             await _close(ws, CloseCode.TRY_AGAIN_LATER, "relay at its connection limit")

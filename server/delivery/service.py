@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from server.clock import now as clock_now
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.connection import CloseCode, DeviceConnection
 from server.delivery.frames import (
@@ -34,6 +35,7 @@ from server.delivery.policy import QueueLimits, QueuePolicy
 from server.delivery.repository import DeliveryRepository
 from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
 from server.fanout import Hub
+from server.repositories import auth as auth_repo
 from server.settings import LimitSettings
 
 __all__ = ["DeliveryConfig", "DeliveryService"]
@@ -65,6 +67,9 @@ class DeliveryConfig:
     max_pending_sends: int = 256
     auth_timeout: float = 10.0
     sweep_interval: float = 60.0
+    #: How often the tokens of open sockets are re-checked (a revocation that no signal
+    #: reported — e.g. ``vox-relay device revoke`` without Redis — closes them within this).
+    token_check_interval: float = 30.0
     commit_max_batch: int = 256
     #: Concurrent group-commit writers (0: 1 on SQLite, 2 on PostgreSQL).
     commit_writers: int = 0
@@ -148,6 +153,7 @@ class DeliveryService:
         self._tasks = [
             asyncio.create_task(self._sweeper(), name="vox-ttl-sweeper"),
             asyncio.create_task(self._watchdog(), name="vox-ws-watchdog"),
+            asyncio.create_task(self._token_checker(), name="vox-ws-token-checker"),
         ]
 
     async def going_away(self, grace: float = 5.0) -> None:
@@ -226,6 +232,35 @@ class DeliveryService:
                     and sink.blocked_for(now) > self.config.send_timeout
                 ):
                     sink.abort("slow consumer: socket not writable")
+
+    async def check_tokens(self) -> int:
+        """Close (4401) every local socket whose token no longer authenticates; how many."""
+        conns = [
+            sink
+            for sink in self.hub.local_sinks()
+            if isinstance(sink, DeviceConnection) and sink.token_id is not None
+        ]
+        closed = 0
+        for start in range(0, len(conns), 500):
+            chunk = conns[start : start + 500]
+            ids = [c.token_id for c in chunk if c.token_id is not None]
+            async with AsyncSession(self.engine) as session:
+                dead = await auth_repo.dead_tokens(session, ids, clock_now())
+            for conn in chunk:
+                if conn.token_id in dead:
+                    conn.close(CloseCode.UNAUTHORIZED, "token_revoked")
+                    closed += 1
+        return closed
+
+    async def _token_checker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.token_check_interval)
+            try:
+                await self.check_tokens()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("token check failed: %s", exc.__class__.__name__)
 
     # -- frames ------------------------------------------------------------------------------
 

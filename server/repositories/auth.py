@@ -11,6 +11,7 @@ __all__ = [
     "add_challenge",
     "add_token",
     "challenge_counts",
+    "dead_tokens",
     "delete_expired",
     "delete_expired_for_device",
     "delete_oldest_challenges",
@@ -112,6 +113,23 @@ async def find_token(
     )
     row = result.first()
     return None if row is None else (row[0], row[1], row[2])
+
+
+async def dead_tokens(session: AsyncSession, token_ids: list[int], now: int) -> set[int]:
+    """Those of ``token_ids`` that no longer authenticate (revoked, expired, device revoked
+    or deleted)."""
+    result = await session.execute(
+        select(AuthToken.id)
+        .join(Device, Device.pk == AuthToken.device_pk)
+        .where(
+            AuthToken.id.in_(token_ids),
+            AuthToken.revoked_at.is_(None),
+            AuthToken.expires_at > now,
+            Device.revoked_at.is_(None),
+        )
+    )
+    live = {int(r[0]) for r in result.all()}
+    return set(token_ids) - live
 
 
 async def revoke_token(session: AsyncSession, token_id: int, now: int) -> None:

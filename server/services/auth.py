@@ -67,7 +67,7 @@ class ChallengeBounds:
     """
 
     per_device: int = 64
-    per_requester: int = 4
+    per_requester: int = 8
 
 
 def requester_tag(address: str) -> str:

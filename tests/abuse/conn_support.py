@@ -39,10 +39,11 @@ def ws_from(relay: Relay, peer: Any, address: str) -> Any:
 
 
 async def raw_connect(
-    relay: Relay, address: str = "127.0.0.1"
+    relay: Relay | int, address: str = "127.0.0.1"
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A plain TCP connection to the relay from ``address``."""
-    return await asyncio.open_connection("127.0.0.1", relay.port, local_addr=(address, 0))
+    """A plain TCP connection to the relay (or a loopback port) from ``address``."""
+    port = relay if isinstance(relay, int) else relay.port
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
 
 
 async def hung_up(reader: asyncio.StreamReader, wait: float) -> bool:

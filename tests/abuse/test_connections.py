@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.abuse.conn_support import http_from, hung_up, raw_connect, ws_from
+from tests.server.relay_harness import free_port, relay_process
 from tests.server.test_ws_kit import open_ws, world
 
 UPGRADE = (
@@ -125,3 +126,30 @@ async def test_health_probes_are_answered_from_the_reserve_when_the_relay_is_ful
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=w.relay.base_url, timeout=30) as http:
             assert (await http.get("/v1/config")).status_code == 200
+
+
+async def test_the_operator_listener_answers_probes_outside_every_cap(tmp_path: Path) -> None:
+    port, ops = free_port(), free_port()
+    env = {
+        "VOX_DATA_DIR": str(tmp_path / "vox-data"),
+        "VOX_LOG_LEVEL": "warning",
+        "VOX_OPS_PORT": str(ops),
+        "VOX_LIMITS__MAX_UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS": "2",
+        "VOX_LIMITS__HEADER_TIMEOUT_SECONDS": "60",
+    }
+    async with relay_process(["serve", "--port", str(port)], env=env, port=port):
+        # This address holds its two connections to the public port: a third is refused...
+        held = [await raw_connect(port, "127.0.0.2") for _ in range(2)]
+        reader, writer = await raw_connect(port, "127.0.0.2")
+        assert await hung_up(reader, 10)
+        writer.close()
+        # ... but the operator listener serves it, and only the operator paths.
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=transport, timeout=30) as http:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert (await http.get(f"http://127.0.0.1:{ops}{path}")).status_code == 200
+            resp = await http.get(f"http://127.0.0.1:{ops}/v1/config")
+            assert resp.status_code == 404
+            assert resp.json()["error"] == "not_found"
+        for _, w in held:
+            w.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -68,3 +71,29 @@ async def test_logout_on_one_node_closes_the_socket_on_another(
             resp = await http.delete("/v1/auth/token", headers=auth_header(alice.token))
             assert resp.status_code == 204
             assert await ws.closed(wait=10) == (4401, "token_revoked")
+
+
+async def test_an_operator_revoke_without_redis_closes_the_socket(tmp_path: Path) -> None:
+    # `vox-relay device revoke` runs in its own process: without Redis no signal reaches the
+    # relay, which finds the revoked token when it re-checks its sockets' tokens.
+    async with (
+        world(tmp_path, {"alice": [1]}, token_check_interval=0.5) as w,
+        open_ws(w.relay, w["alice", 1]) as ws,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server.cli",
+            "device",
+            "revoke",
+            "alice",
+            "1",
+            "--data-dir",
+            str(w.relay.settings.data_dir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "VOX_LOG_LEVEL": "warning"},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out
+        assert await ws.closed(wait=15) == (4401, "token_revoked")
