@@ -73,6 +73,17 @@ _FIND_SENDS_PG = text(
 )
 
 
+def _find_sends_sqlite(n: int) -> str:
+    """The SQLite dedupe lookup for ``n`` (sender device pk, client id) pairs."""
+    marks = ",".join("(?,?)" for _ in range(n))  # placeholders only, never values
+    return (
+        f"WITH k(pk, cid) AS (VALUES {marks}) "  # noqa: S608
+        "SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at "
+        "FROM k CROSS JOIN delivery_sends AS s "
+        "ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
+    )
+
+
 _INSERT_PG = text(
     "WITH new_sends AS ("
     " INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user,"
@@ -182,15 +193,14 @@ class DeliveryRepository:
                 for pk, client_id, envelope_id, ts in rows:
                     found[(pk, client_id)] = SendRecord(envelope_id, ts)
             return found
-        # SQLite: exact pairs through the driver, one statement per chunk (row values).
+        # SQLite: exact pairs through the driver, one statement per chunk. The keys are a
+        # VALUES table joined to the sends with CROSS JOIN (SQLite keeps that join order), so
+        # each key is one search of the unique index. (A row-value ``IN (VALUES ...)`` scans
+        # the whole table instead — every send of the last 30 days, per batch.)
         cursor = _raw_cursor(conn)
         try:
             for pairs in _chunks(list(keys), 400):
-                marks = ",".join("(?,?)" for _ in pairs)  # placeholders only, never values
-                sql = (
-                    "SELECT sender_device_pk, client_id, envelope_id, created_at FROM "  # noqa: S608
-                    f"delivery_sends WHERE (sender_device_pk, client_id) IN (VALUES {marks})"
-                )
+                sql = _find_sends_sqlite(len(pairs))
                 flat = [v for pair in pairs for v in pair]
                 for pk, client_id, envelope_id, ts in cursor.execute(sql, flat).fetchall():
                     found[(pk, client_id)] = SendRecord(envelope_id, ts)

@@ -1,0 +1,274 @@
+"""The relay's hot statements use indexes, on SQLite and on PostgreSQL.
+
+Every statement of the delivery path (de-duplication lookup, device sets, queue usage and the
+queue locks, the inserts, the queue fetch for delivery, the ack deletes, the expiry sweep) and
+of the one-time-prekey claim is run once through the real repository code on a migrated
+database, recorded as it reaches the driver, and explained:
+
+- SQLite: ``EXPLAIN QUERY PLAN`` must not ``SCAN`` a table (a full pass, with or without a
+  covering index) — only searches, the statement's own ``VALUES``/CTE rows and
+  ``sqlite_sequence`` (one row per table) may be scanned.
+- PostgreSQL: ``EXPLAIN`` with ``enable_seqscan = off`` must not show a ``Seq Scan`` (the
+  planner then picks a sequential scan only when no index can answer the statement).
+
+The tables are near-empty, so this checks the *shape* of each plan, not its speed: a statement
+that can only be answered by reading a whole table (the row-value ``IN (VALUES ...)`` dedupe
+lookup did, growing with every send of the last 30 days) fails here at any size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+import server.delivery.repository as repository
+from server.db.engine import create_engine
+from server.db.migrate import upgrade
+from server.db.models import Account, Device, OneTimePrekey
+from server.delivery.repository import DeliveryRepository, NewSend
+from server.delivery.writer import sqlite_sync_engine
+from server.repositories import prekeys
+
+NOW = 1_700_000_000_000
+TABLES = {
+    "accounts",
+    "devices",
+    "delivery_sends",
+    "delivery_payloads",
+    "delivery_queue",
+    "one_time_prekeys",
+    "prekey_claims",
+}
+
+Statement = tuple[str, Any]
+
+
+class _RecordingCursor:
+    """A driver cursor that records what it is asked to run (the repository's raw paths)."""
+
+    def __init__(self, cursor: Any, seen: list[Statement]) -> None:
+        self._cursor = cursor
+        self._seen = seen
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self._seen.append((sql, params))
+        return self._cursor.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        if rows:
+            self._seen.append((sql, rows[0]))
+        return self._cursor.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@contextmanager
+def _recording(sync_engines: list[Any], seen: list[Statement]) -> Iterator[None]:
+    def before(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool
+    ) -> None:
+        if many:
+            parameters = parameters[0] if parameters else ()
+        seen.append((statement, parameters))
+
+    for engine in sync_engines:
+        event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield
+    finally:
+        for engine in sync_engines:
+            event.remove(engine, "before_cursor_execute", before)
+
+
+def _hot(statement: str) -> bool:
+    head = statement.lstrip().split(None, 1)[0].upper()
+    return head in {"SELECT", "INSERT", "DELETE", "UPDATE", "WITH"}
+
+
+def _seed(conn: Connection) -> tuple[int, int, int]:
+    """Two users (one device each) and one-time prekeys; returns (sender pk, recipient pk,
+    recipient account id)."""
+    ids = []
+    for name in ("alice", "bob"):
+        account_id = conn.execute(
+            insert(Account).returning(Account.id),
+            {
+                "username": name,
+                "account_key": b"\x01" * 33,
+                "device_list": b"",
+                "device_list_version": 1,
+                "created_at": NOW,
+            },
+        ).scalar_one()
+        pk = conn.execute(
+            insert(Device).returning(Device.pk),
+            {
+                "account_id": account_id,
+                "device_id": 1,
+                "identity_key": b"\x02" * 33,
+                "auth_key": b"\x03" * 33,
+                "created_at": NOW,
+            },
+        ).scalar_one()
+        ids.append((account_id, pk))
+    conn.execute(
+        insert(OneTimePrekey),
+        [
+            {
+                "device_pk": ids[1][1],
+                "kind": 1,
+                "key_id": k,
+                "public_key": b"\x04" * 33,
+                "signature": b"\x05" * 64,
+            }
+            for k in range(3)
+        ],
+    )
+    return ids[0][1], ids[1][1], ids[0][0]
+
+
+def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_acct: int) -> None:
+    """Every delivery statement once, with more than one row where a batch can have several."""
+    repo = DeliveryRepository()
+    repo.find_sends(conn, [(sender_pk, "c1"), (sender_pk, "c2"), (recipient_pk, "c3")])
+    sets = repo.device_sets(conn, ["alice", "bob", "nobody"])
+    assert sets.devices["bob"] == {1: recipient_pk}
+    repo.lock_queues(conn, [recipient_pk, sender_pk])
+    repo.queue_usage(conn, [recipient_pk, sender_pk])
+    sends = [
+        NewSend(
+            envelope_id=f"env{i}",
+            sender_device_pk=sender_pk,
+            sender_account_id=sender_acct,
+            sender_user="alice",
+            sender_device_id=1,
+            client_id=f"c{i}",
+            ts=NOW,
+            expires_at=NOW + 86_400_000,
+            payloads=[(b"ciphertext", [recipient_pk])],
+        )
+        for i in (1, 2)
+    ]
+    per_device = repo.insert_sends(conn, sends)
+    seqs = [d.seq for d in per_device[recipient_pk]]
+    assert len(repo.fetch_queue(conn, recipient_pk, 100, NOW)) == 2
+    assert repo.delete_acked(conn, [(recipient_pk, seq) for seq in seqs]) == 2
+    repo.sweep(conn, NOW)
+
+
+async def _prekey_claim(engine: AsyncEngine, recipient_pk: int, sender_pk: int) -> None:
+    async with AsyncSession(engine) as session, session.begin():
+        await prekeys.lock_claims(session, recipient_pk)
+        await prekeys.recent_claims(session, recipient_pk, sender_pk, NOW - 3_600_000)
+        assert await prekeys.claim_one_time(session, recipient_pk, 1) is not None
+        await prekeys.record_claim(session, recipient_pk, sender_pk, NOW)
+
+
+def _sqlite_full_scans(plan: list[tuple[Any, ...]], statement: str) -> list[str]:
+    aliases = {
+        alias.lower()
+        for table, alias in re.findall(r"\b(\w+)\s+AS\s+(\w+)", statement, flags=re.IGNORECASE)
+        if table.lower() in TABLES
+    }
+    bad = []
+    for row in plan:
+        detail = str(row[-1])
+        match = re.match(r"SCAN (\w+)", detail)
+        if match and match.group(1).lower() in TABLES | aliases:
+            bad.append(detail)
+    return bad
+
+
+async def test_sqlite_hot_statements_search_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'plans.sqlite3'}")
+    await upgrade(engine)
+    sync = sqlite_sync_engine(engine)
+    seen: list[Statement] = []
+    raw = repository._raw_cursor
+    monkeypatch.setattr(repository, "_raw_cursor", lambda conn: _RecordingCursor(raw(conn), seen))
+    try:
+        with sync.begin() as conn:
+            sender_pk, recipient_pk, sender_acct = _seed(conn)
+        with _recording([sync, engine.sync_engine], seen):
+            with sync.begin() as conn:
+                _delivery_path(conn, sender_pk, recipient_pk, sender_acct)
+            await _prekey_claim(engine, recipient_pk, sender_pk)
+        hot = [(sql, params) for sql, params in seen if _hot(sql)]
+        texts = " ".join(sql for sql, _ in hot)
+        for needle in ("delivery_sends", "delivery_queue", "one_time_prekeys", "prekey_claims"):
+            assert needle in texts
+        failures = []
+        with sync.connect() as conn:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            for sql, params in hot:
+                plan = cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+                if bad := _sqlite_full_scans(plan, sql):
+                    failures.append(f"{sql}\n  -> {bad}")
+            cursor.close()
+        assert not failures, "full table scans:\n" + "\n".join(failures)
+    finally:
+        sync.dispose()
+        await engine.dispose()
+
+
+def test_sqlite_plan_check_catches_the_row_value_dedupe_scan(tmp_path: Path) -> None:
+    """The check itself: the old de-duplication lookup is reported as a full scan."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3")
+    db.execute(
+        "CREATE TABLE delivery_sends (envelope_id TEXT PRIMARY KEY, sender_device_pk INTEGER,"
+        " client_id TEXT, created_at INTEGER, UNIQUE (sender_device_pk, client_id))"
+    )
+    old = (
+        "SELECT sender_device_pk, client_id, envelope_id, created_at FROM delivery_sends "
+        "WHERE (sender_device_pk, client_id) IN (VALUES (?,?),(?,?))"
+    )
+    plan = db.execute(f"EXPLAIN QUERY PLAN {old}", (1, "a", 2, "b")).fetchall()
+    assert _sqlite_full_scans(plan, old)
+    new = repository._find_sends_sqlite(2)
+    plan = db.execute(f"EXPLAIN QUERY PLAN {new}", (1, "a", 2, "b")).fetchall()
+    assert not _sqlite_full_scans(plan, new)
+    db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    await upgrade(engine)
+    seen: list[Statement] = []
+    try:
+        async with engine.begin() as conn:
+            sender_pk, recipient_pk, sender_acct = await conn.run_sync(_seed)
+        with _recording([engine.sync_engine], seen):
+            async with engine.begin() as conn:
+                await conn.run_sync(_delivery_path, sender_pk, recipient_pk, sender_acct)
+            await _prekey_claim(engine, recipient_pk, sender_pk)
+        hot = [(sql, params) for sql, params in seen if _hot(sql)]
+        texts = " ".join(sql for sql, _ in hot)
+        for needle in ("delivery_sends", "delivery_queue", "one_time_prekeys", "prekey_claims"):
+            assert needle in texts
+        failures = []
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            for sql, params in hot:
+                result = await conn.exec_driver_sql(f"EXPLAIN {sql}", params)
+                plan = "\n".join(str(row[0]) for row in result)
+                if "Seq Scan" in plan:
+                    failures.append(f"{sql}\n{plan}")
+            await conn.rollback()
+        assert not failures, "sequential scans:\n" + "\n\n".join(failures)
+    finally:
+        await engine.dispose()
