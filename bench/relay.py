@@ -12,9 +12,21 @@ relay's queue is empty again). The relay is a real ``vox-relay serve`` subproces
 production settings) so that its RSS can be read with psutil. Accounts and tokens are created
 through the REST API (signed device lists, challenge–response login).
 
-In the same run, the same clients drive a minimal in-memory WebSocket forwarder (a bare ASGI
-app on the same uvicorn/websockets stack: no persistence, no auth, no validation) under the
-same load: the floor for a Python relay. ``ratio = durable / baseline``.
+In the same run, the same clients drive in-memory WebSocket forwarders (``bench/forwarder.py``
+on the same uvicorn/websockets stack: no persistence, no auth, no validation) under the same
+load: ``asgi`` (a bare ASGI app) and ``fastapi`` (a FastAPI WebSocket route) — the floor for a
+Python relay. ``ratio_vs_<kind> = durable / baseline`` throughput; ``cpu_vs_<kind>`` compares
+server CPU per message (each server's own process, from ``/proc/<pid>/stat``). On PostgreSQL
+``db_cpu_us_per_msg`` adds the CPU of the database's backends serving the bench database
+(their process titles name it; the shared WAL writer and checkpointer are not counted).
+
+History mode::
+
+    python bench/relay.py --growth [5] [--database ...]
+
+runs the same load (default 20 pairs × 2,500 messages) five times in a row on one relay: the
+send records of every run are kept (de-duplication, 30 days), so the last run starts with
+200,000 of them. Reports each run's throughput and ``last_vs_first``.
 
 Connections mode::
 
@@ -63,78 +75,6 @@ PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
-
-
-# --- the baseline: a minimal in-memory forwarder --------------------------------------------
-
-
-async def baseline_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """ASGI app: ``hello`` names the socket; ``send`` is forwarded and answered ``accepted``."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-        return
-    sockets = _SOCKETS
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    name = None
-    seq = 0
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            frame = json.loads(message["text"])
-            kind = frame["type"]
-            if kind == "hello":
-                name = frame["name"]
-                sockets[name] = send
-                await send({"type": "websocket.send", "text": '{"type":"ready"}'})
-            elif kind == "send":
-                for p in frame["payloads"]:
-                    for to in p["to"]:
-                        target = sockets.get(f"{to['user']}:{to['device']}")
-                        if target is not None:
-                            seq += 1
-                            out = json.dumps(
-                                {"type": "deliver", "seq": seq, "from": name, "data": p["data"]}
-                            )
-                            await target({"type": "websocket.send", "text": out})
-                await send(
-                    {
-                        "type": "websocket.send",
-                        "text": json.dumps({"type": "accepted", "id": frame["id"]}),
-                    }
-                )
-    finally:
-        if name is not None:
-            sockets.pop(name, None)
-
-
-_SOCKETS: dict[str, Any] = {}
-
-
-def serve_baseline(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        baseline_app,
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -229,6 +169,31 @@ class RssSampler:
                 await self._task
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far, from ``/proc/<pid>/stat`` (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pg_backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``database`` (its process title names
+    the database: ``postgres: <user> <database> <client> <state>``)."""
+    out: dict[int, float] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        title = " ".join(cmdline)
+        if title.startswith("postgres: ") and f" {database} " in title:
+            with suppress(OSError):
+                out[proc.pid] = cpu_seconds(proc.pid)
+    return out
+
+
+def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """Backends that started during the run count from zero; ones that ended are lost (the
+    relay keeps its pool and writer connections open, so that is rare)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 # --- accounts -------------------------------------------------------------------------------
 
 
@@ -283,6 +248,7 @@ async def run_load(
     size: int,
     window: int,
     ack: bool,
+    tag: str = "",
 ) -> tuple[float, list[float], float]:
     """Drive the load; returns (elapsed seconds, latencies in ms, start time)."""
     state = [Pair(i, messages, window) for i in range(pairs)]
@@ -342,7 +308,11 @@ async def run_load(
             await pair.window.acquire()
             data = base64.b64encode(struct.pack(">Q", i) + filler).decode()
             frame = json.dumps(
-                {"type": "send", "id": f"{pair.index}-{i}", "payloads": [{"data": data, "to": to}]}
+                {
+                    "type": "send",
+                    "id": f"{tag}{pair.index}-{i}",
+                    "payloads": [{"data": data, "to": to}],
+                }
             )
             pair.sent_at[i] = time.perf_counter()
             await ws.send(frame)
@@ -406,12 +376,15 @@ async def queue_rows(database_url: str) -> int:
         await engine.dispose()
 
 
-async def durable(args: argparse.Namespace) -> dict[str, Any]:
+async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The durable load on one relay: once, or ``--growth`` times in a row (history grows)."""
     tmp = Path(tempfile.mkdtemp(prefix="vox-bench-"))
     drop: Callable[[], Awaitable[None]] | None = None
+    pg_database = ""
     try:
         if args.database == "postgres":
             database_url, drop = await create_pg_database(args.postgres_url)
+            pg_database = database_url.rpartition("/")[2]
         else:
             database_url = f"sqlite+aiosqlite:///{tmp / 'relay.sqlite3'}"
         port = free_port()
@@ -455,29 +428,14 @@ async def durable(args: argparse.Namespace) -> dict[str, Any]:
                     stderr=subprocess.DEVNULL,
                 )
                 await asyncio.sleep(1.0)
-            cpu0 = sampler.proc.cpu_times()
-            me0 = psutil.Process().cpu_times()
-            elapsed, latencies, _ = await run_load(
-                lambda i: open_as(f"s{i:04d}"),
-                lambda i: open_as(f"r{i:04d}"),
-                lambda i: {"user": f"r{i:04d}", "device": 1},
-                args.pairs,
-                args.messages,
-                args.size,
-                args.window,
-                ack=True,
-            )
-            # The durable path ends when the acks have deleted every queue row.
-            start_wait = time.perf_counter()
-            while await queue_rows(database_url) > 0:
-                if time.perf_counter() - start_wait > 60:
-                    raise RuntimeError("queue did not drain")
-                await asyncio.sleep(0.005)
-            elapsed += time.perf_counter() - start_wait
-            cpu1 = sampler.proc.cpu_times()
-            me1 = psutil.Process().cpu_times()
-            relay_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
-            client_cpu = (me1.user + me1.system - me0.user - me0.system) / elapsed
+            results = []
+            for run in range(max(1, args.growth)):
+                results.append(
+                    await _durable_load(
+                        args, proc.pid, database_url, pg_database, open_as, f"r{run}-"
+                    )
+                )
+                results[-1]["retained_sends_before"] = run * args.pairs * args.messages
             async with httpx.AsyncClient() as http:
                 text = (await http.get(f"{base_url}/metrics")).text
             values = {
@@ -498,27 +456,73 @@ async def durable(args: argparse.Namespace) -> dict[str, Any]:
                 spy.wait(timeout=30)
             await sampler.stop()
             peak = max(sampler.peak, sampler.rss())
-        total = args.pairs * args.messages
-        return {
-            "durable_msgs_per_s": round(total / elapsed, 1),
-            "durable_seconds": round(elapsed, 3),
-            "p50_ms": round(pct(latencies, 0.50), 2),
-            "p99_ms": round(pct(latencies, 0.99), 2),
-            "relay_idle_rss_mb": round(idle / 2**20, 1),
-            "relay_peak_rss_mb": round(peak / 2**20, 1),
-            "relay_cpu_cores": round(relay_cpu, 2),
-            "client_cpu_cores": round(client_cpu, 2),
-        }
+        for one in results:
+            one["relay_idle_rss_mb"] = round(idle / 2**20, 1)
+            one["relay_peak_rss_mb"] = round(peak / 2**20, 1)
+        return results
     finally:
         if drop is not None:
             await drop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def baseline(args: argparse.Namespace) -> dict[str, Any]:
+async def _durable_load(
+    args: argparse.Namespace,
+    pid: int,
+    database_url: str,
+    pg_database: str,
+    open_as: Callable[[str], Awaitable[ClientConnection]],
+    tag: str,
+) -> dict[str, Any]:
+    cpu0 = cpu_seconds(pid)
+    db0 = pg_backend_cpu(pg_database) if pg_database else {}
+    me0 = psutil.Process().cpu_times()
+    elapsed, latencies, _ = await run_load(
+        lambda i: open_as(f"s{i:04d}"),
+        lambda i: open_as(f"r{i:04d}"),
+        lambda i: {"user": f"r{i:04d}", "device": 1},
+        args.pairs,
+        args.messages,
+        args.size,
+        args.window,
+        ack=True,
+        tag=tag,
+    )
+    # The durable path ends when the acks have deleted every queue row.
+    start_wait = time.perf_counter()
+    while await queue_rows(database_url) > 0:
+        if time.perf_counter() - start_wait > 60:
+            raise RuntimeError("queue did not drain")
+        await asyncio.sleep(0.005)
+    elapsed += time.perf_counter() - start_wait
+    relay_cpu = cpu_seconds(pid) - cpu0
+    db_cpu = pg_cpu_delta(db0, pg_backend_cpu(pg_database)) if pg_database else 0.0
+    me1 = psutil.Process().cpu_times()
+    client_cpu = me1.user + me1.system - me0.user - me0.system
+    total = args.pairs * args.messages
+    out = {
+        "durable_msgs_per_s": round(total / elapsed, 1),
+        "durable_seconds": round(elapsed, 3),
+        "p50_ms": round(pct(latencies, 0.50), 2),
+        "p99_ms": round(pct(latencies, 0.99), 2),
+        "relay_cpu_cores": round(relay_cpu / elapsed, 2),
+        "relay_cpu_us_per_msg": round(relay_cpu * 1e6 / total, 1),
+        "client_cpu_cores": round(client_cpu / elapsed, 2),
+    }
+    if pg_database:
+        out["db_cpu_us_per_msg"] = round(db_cpu * 1e6 / total, 1)
+        out["relay_db_cpu_us_per_msg"] = round((relay_cpu + db_cpu) * 1e6 / total, 1)
+    return out
+
+
+async def baseline(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """One run against a forwarder: ``asgi`` (a bare ASGI app) or ``fastapi`` (the same in
+    FastAPI). Keys are prefixed with the kind."""
     port = free_port()
-    cmd = [sys.executable, str(HERE), "--serve-baseline", str(port)]
-    async with process(cmd, dict(os.environ), port, "/"):
+    cmd = [sys.executable, str(HERE.with_name("forwarder.py")), str(port), kind]
+    async with process(cmd, dict(os.environ), port, "/") as proc:
+        await asyncio.sleep(1.0)
+        idle = psutil.Process(proc.pid).memory_info().rss
         url = f"ws://127.0.0.1:{port}/"
 
         async def open_as(name: str) -> ClientConnection:
@@ -527,6 +531,7 @@ async def baseline(args: argparse.Namespace) -> dict[str, Any]:
             assert json.loads(await ws.recv())["type"] == "ready"
             return ws
 
+        cpu0 = cpu_seconds(proc.pid)
         elapsed, latencies, _ = await run_load(
             lambda i: open_as(f"s{i:04d}:1"),
             lambda i: open_as(f"r{i:04d}:1"),
@@ -537,11 +542,14 @@ async def baseline(args: argparse.Namespace) -> dict[str, Any]:
             args.window,
             ack=False,
         )
+        cpu = cpu_seconds(proc.pid) - cpu0
     total = args.pairs * args.messages
     return {
-        "baseline_msgs_per_s": round(total / elapsed, 1),
-        "baseline_p50_ms": round(pct(latencies, 0.50), 2),
-        "baseline_p99_ms": round(pct(latencies, 0.99), 2),
+        f"{kind}_msgs_per_s": round(total / elapsed, 1),
+        f"{kind}_p50_ms": round(pct(latencies, 0.50), 2),
+        f"{kind}_p99_ms": round(pct(latencies, 0.99), 2),
+        f"{kind}_cpu_us_per_msg": round(cpu * 1e6 / total, 1),
+        f"{kind}_idle_rss_mb": round(idle / 2**20, 1),
     }
 
 
@@ -592,7 +600,9 @@ async def connections(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument(
+        "--messages", type=int, default=0, help="per pair (default 500; 2500 with --growth)"
+    )
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
@@ -609,48 +619,93 @@ def main() -> None:
         help="parallel registrations/logins while preparing --connections devices",
     )
     parser.add_argument("--repeat", type=int, default=1, help="alternate runs, report medians")
+    parser.add_argument(
+        "--growth",
+        type=int,
+        nargs="?",
+        const=5,
+        default=0,
+        help="history mode: the same load N times (default 5) in a row on one relay",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="asgi,fastapi",
+        help="forwarders to run beside the relay (comma-separated: asgi, fastapi; '' for none)",
+    )
     parser.add_argument("--profile", help="write a py-spy profile of the relay to this file")
-    parser.add_argument("--serve-baseline", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_baseline:
-        serve_baseline(args.serve_baseline)
-        return
+    if not args.messages:
+        args.messages = 2500 if args.growth else 500
     if args.size < 8:
         parser.error("--size must be at least 8")
+    result: dict[str, Any]
     if args.connections:
         result = asyncio.run(connections(args))
+    elif args.growth:
+        result = growth(args)
     else:
-        result: dict[str, Any] = {
-            "database": args.database,
-            "pairs": args.pairs,
-            "messages": args.messages,
-            "size": args.size,
-            "window": args.window,
-        }
-        # Durable and baseline runs alternate; with --repeat N the medians are reported (the
-        # machine may be shared: alternating keeps both exposed to the same background load).
-        runs = []
-        for _ in range(args.repeat):
-            one = asyncio.run(durable(args))
-            one.update(asyncio.run(baseline(args)))
-            one["ratio"] = round(one["durable_msgs_per_s"] / one["baseline_msgs_per_s"], 3)
-            one["relay_cpu_us_per_msg"] = round(
-                one["relay_cpu_cores"]
-                * one["durable_seconds"]
-                * 1e6
-                / (args.pairs * args.messages),
-                1,
-            )
-            log(json.dumps(one))
-            runs.append(one)
-        for key in runs[0]:
-            values = [r[key] for r in runs]
-            result[key] = statistics.median(values) if key != "relay_peak_rss_mb" else max(values)
-        result["relay_idle_rss_mb"] = max(r["relay_idle_rss_mb"] for r in runs)
-        result["repeat"] = args.repeat
-        if args.repeat > 1:
-            result["ratio_per_run"] = [r["ratio"] for r in runs]
+        result = series(args)
     print(json.dumps(result), flush=True)
+
+
+def growth(args: argparse.Namespace) -> dict[str, Any]:
+    """``--growth N``: N loads in a row on one relay; each run's throughput against the
+    first's (the send records of every run are retained: dedupe and expiry keep them)."""
+    runs = asyncio.run(durable(args))
+    for one in runs:
+        log(json.dumps(one))
+    first = runs[0]["durable_msgs_per_s"]
+    return {
+        "mode": "growth",
+        "database": args.database,
+        "pairs": args.pairs,
+        "messages": args.messages,
+        "msgs_per_s_per_run": [r["durable_msgs_per_s"] for r in runs],
+        "relay_cpu_us_per_msg_per_run": [r["relay_cpu_us_per_msg"] for r in runs],
+        "retained_sends_before_run": [r["retained_sends_before"] for r in runs],
+        "p99_ms_per_run": [r["p99_ms"] for r in runs],
+        "last_vs_first": round(runs[-1]["durable_msgs_per_s"] / first, 3),
+        "min_vs_first": round(min(r["durable_msgs_per_s"] for r in runs) / first, 3),
+    }
+
+
+def series(args: argparse.Namespace) -> dict[str, Any]:
+    """Durable and baseline runs alternate; with --repeat N the medians are reported (the
+    machine may be shared: alternating keeps all of them exposed to the same background load).
+    """
+    kinds = [k for k in args.baselines.split(",") if k]
+    result: dict[str, Any] = {
+        "database": args.database,
+        "pairs": args.pairs,
+        "messages": args.messages,
+        "size": args.size,
+        "window": args.window,
+    }
+    runs = []
+    for _ in range(args.repeat):
+        (one,) = asyncio.run(durable(args))
+        for kind in kinds:
+            one.update(asyncio.run(baseline(args, kind)))
+            base_rate = one[f"{kind}_msgs_per_s"]
+            one[f"ratio_vs_{kind}"] = round(one["durable_msgs_per_s"] / base_rate, 3)
+            base_cpu = one[f"{kind}_cpu_us_per_msg"]
+            one[f"cpu_vs_{kind}"] = round(one["relay_cpu_us_per_msg"] / base_cpu, 2)
+            if "relay_db_cpu_us_per_msg" in one:
+                one[f"relay_db_cpu_vs_{kind}"] = round(one["relay_db_cpu_us_per_msg"] / base_cpu, 2)
+        if "asgi" in kinds:
+            one["ratio"] = one["ratio_vs_asgi"]
+        log(json.dumps(one))
+        runs.append(one)
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        result[key] = statistics.median(values) if key != "relay_peak_rss_mb" else max(values)
+    result["relay_idle_rss_mb"] = max(r["relay_idle_rss_mb"] for r in runs)
+    result["repeat"] = args.repeat
+    if args.repeat > 1:
+        for key in ("durable_msgs_per_s", "ratio_vs_fastapi", "cpu_vs_fastapi", "p99_ms"):
+            if key in runs[0]:
+                result[f"{key}_per_run"] = [r[key] for r in runs]
+    return result
 
 
 if __name__ == "__main__":
