@@ -20,6 +20,8 @@ balancer should probe: ``healthz_max_ms``), one on the public port under attack
 (``healthz_public_max_ms``; a probe that fails or takes over 5 s counts as 5,000 ms). The
 final JSON line has ``quiet_msgs_per_s``, ``attacked_msgs_per_s``, ``quiet_p99_ms``,
 ``attacked_p99_ms``, ``healthz_max_ms`` and what the attacker achieved.
+The two phases alternate ``--rounds`` times (the machine may be shared: its load should not
+land on one side only); rates are total messages over total time, latencies pooled.
 Targets (``docs/threat-model.md``): ``/healthz`` within 100 ms throughout, attacked p99 ≤ 3 ×
 quiet, attacked throughput ≥ 0.5 × quiet.
 
@@ -308,10 +310,52 @@ async def attacker(port: int, token: str, sockets: int, duration: float) -> dict
 # --- main -----------------------------------------------------------------------------------
 
 
+async def attacked_phase(
+    args: argparse.Namespace, port: int, tokens: dict[str, str], tag: str, relay_pid: int
+) -> tuple[float, list[float], float, float, dict[str, Any]]:
+    """Start the attacker, let it ramp up, run the pair, stop the attacker."""
+    attack = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--attacker",
+        str(port),
+        tokens["mallory"],
+        str(args.sockets),
+        str(args.attack_seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert attack.stdout is not None
+    await asyncio.wait_for(attack.stdout.readline(), 60)  # "ready"
+    await asyncio.sleep(args.ramp_seconds)
+    relay_ps, attacker_ps = psutil.Process(relay_pid), psutil.Process(attack.pid)
+    a0, r0, t0 = _cpu(attacker_ps), _cpu(relay_ps), time.perf_counter()
+    rate, lat = await pair_load(port, tokens, tag, args.messages, args.size, args.window)
+    t1 = time.perf_counter()
+    relay_cpu, attacker_cpu = (
+        (_cpu(relay_ps) - r0) / (t1 - t0),
+        (_cpu(attacker_ps) - a0) / (t1 - t0),
+    )
+    attack.terminate()
+    out, _ = await asyncio.wait_for(attack.communicate(), 120)
+    return rate, lat, relay_cpu, attacker_cpu, json.loads(out.decode().strip().splitlines()[-1])
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile()
     port, ops_port = free_port(), free_port()
     exe = str(Path(sys.executable).with_name("vox-relay"))
+    quiet_lat: list[float] = []
+    attacked_lat: list[float] = []
+    quiet_rates: list[float] = []
+    attacked_rates: list[float] = []
+    cpu: dict[str, list[float]] = {"quiet": [], "attacked": [], "attacker": []}
+    attack_stats: Counter[str] = Counter()
+    held_max = 0
     with tempfile.TemporaryDirectory(prefix="vox-abuse-") as tmp:
         proc = subprocess.Popen(  # noqa: ASYNC220
             [exe, "serve", "--port", str(port)], env=relay_env(Path(tmp), ops_port), cwd=ROOT
@@ -321,7 +365,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tokens = await login_all(f"http://127.0.0.1:{port}")
             samples: dict[str, list[float]] = {"quiet": [], "attacked": [], "ramp": []}
             public: dict[str, list[float]] = {"quiet": [], "attacked": [], "ramp": []}
-            phase = ["quiet"]
+            phase = ["ramp"]
             stop = asyncio.Event()
             probes = [
                 asyncio.create_task(prober(ops_port, stop, samples, phase)),
@@ -329,44 +373,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             await pair_load(port, tokens, "warm", min(300, args.messages), args.size, args.window)
             relay_ps = psutil.Process(proc.pid)
-            cpu0, t0 = sum(relay_ps.cpu_times()[:2]), time.perf_counter()
-            quiet_rate, quiet_lat = await pair_load(
-                port, tokens, "quiet", args.messages, args.size, args.window
-            )
-            cpu1, t1 = sum(relay_ps.cpu_times()[:2]), time.perf_counter()
-            relay_cpu_quiet = (cpu1 - cpu0) / (t1 - t0)
-            log(f"quiet: {quiet_rate:.0f} msg/s, p99 {pct(quiet_lat, 0.99):.1f} ms")
-            phase[0] = "ramp"
-            attack = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--attacker",
-                str(port),
-                tokens["mallory"],
-                str(args.sockets),
-                str(args.attack_seconds),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert attack.stdout is not None
-            await asyncio.wait_for(attack.stdout.readline(), 60)  # "ready"
-            await asyncio.sleep(args.ramp_seconds)
-            phase[0] = "attacked"
-            attacker_ps = psutil.Process(attack.pid)
-            a0 = sum(attacker_ps.cpu_times()[:2])
-            cpu0, t0 = sum(relay_ps.cpu_times()[:2]), time.perf_counter()
-            attacked_rate, attacked_lat = await pair_load(
-                port, tokens, "attacked", args.messages, args.size, args.window
-            )
-            cpu1, t1 = sum(relay_ps.cpu_times()[:2]), time.perf_counter()
-            relay_cpu_attacked = (cpu1 - cpu0) / (t1 - t0)
-            attacker_cpu = (sum(attacker_ps.cpu_times()[:2]) - a0) / (t1 - t0)
-            log(f"attacked: {attacked_rate:.0f} msg/s, p99 {pct(attacked_lat, 0.99):.1f} ms")
-            phase[0] = "ramp"
-            attack.terminate()
-            out, _ = await asyncio.wait_for(attack.communicate(), 120)
+            # Quiet and attacked phases alternate, so that a change in the machine's load
+            # (it is shared) does not land on one side only.
+            for r in range(args.rounds):
+                phase[0] = "quiet"
+                r0, t0 = _cpu(relay_ps), time.perf_counter()
+                rate, lat = await pair_load(
+                    port, tokens, f"q{r}", args.messages, args.size, args.window
+                )
+                cpu["quiet"].append((_cpu(relay_ps) - r0) / (time.perf_counter() - t0))
+                quiet_rates.append(rate)
+                quiet_lat += lat
+                log(f"round {r} quiet: {rate:.0f} msg/s, p99 {pct(lat, 0.99):.1f} ms")
+                phase[0] = "ramp"
+                rate, lat, relay_cpu, attacker_cpu, stats = await attacked_phase(
+                    args, port, tokens, f"a{r}", proc.pid
+                )
+                phase[0] = "ramp"
+                cpu["attacked"].append(relay_cpu)
+                cpu["attacker"].append(attacker_cpu)
+                attacked_rates.append(rate)
+                attacked_lat += lat
+                held_max = max(held_max, int(stats.pop("attacker_sockets_held_max", 0)))
+                attack_stats.update(stats)
+                log(f"round {r} attacked: {rate:.0f} msg/s, p99 {pct(lat, 0.99):.1f} ms")
             stop.set()
             await asyncio.gather(*probes)
-            attack_stats = json.loads(out.decode().strip().splitlines()[-1])
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -375,15 +407,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+    # Rates: the harmonic mean over rounds (= total messages / total time).
+    quiet_rate = len(quiet_rates) / sum(1 / x for x in quiet_rates)
+    attacked_rate = len(attacked_rates) / sum(1 / x for x in attacked_rates)
     quiet_p99 = pct(quiet_lat, 0.99)
     attacked_p99 = pct(attacked_lat, 0.99)
-    healthz_max = max(max(v) for v in samples.values() if v)
-    public_max = max(max(v) for v in public.values() if v)
+    probed = [v for k, v in samples.items() if k != "ramp" and v]
+    healthz_max = max(max(v) for v in probed)
+    public_max = max(max(v) for k, v in public.items() if k != "ramp" and v)
     return {
         "bench": "abuse",
-        "messages": args.messages,
+        "rounds": args.rounds,
+        "messages_per_phase": args.messages,
         "size": args.size,
         "window": args.window,
+        "sockets": args.sockets,
         "open_file_limit": nofile,
         "quiet_msgs_per_s": round(quiet_rate, 1),
         "attacked_msgs_per_s": round(attacked_rate, 1),
@@ -392,16 +430,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "quiet_p99_ms": round(quiet_p99, 2),
         "attacked_p99_ms": round(attacked_p99, 2),
         "healthz_max_ms": round(healthz_max, 2),
-        "healthz_probes": sum(len(v) for v in samples.values()),
-        "relay_cpu_quiet": round(relay_cpu_quiet, 2),
-        "relay_cpu_attacked": round(relay_cpu_attacked, 2),
-        "attacker_cpu": round(attacker_cpu, 2),
-        "load_average_1m": round(os.getloadavg()[0], 2),
         "healthz_quiet_max_ms": round(max(samples["quiet"] or [0.0]), 2),
+        "healthz_attacked_max_ms": round(max(samples["attacked"] or [0.0]), 2),
+        "healthz_probes": sum(len(v) for v in probed),
         "healthz_public_max_ms": round(public_max, 2),
         "healthz_public_quiet_max_ms": round(max(public["quiet"] or [0.0]), 2),
         "healthz_public_attacked_p99_ms": round(pct(public["attacked"], 0.99), 2),
-        **attack_stats,
+        "relay_cpu_quiet": round(sum(cpu["quiet"]) / len(cpu["quiet"]), 2),
+        "relay_cpu_attacked": round(sum(cpu["attacked"]) / len(cpu["attacked"]), 2),
+        "attacker_cpu": round(sum(cpu["attacker"]) / len(cpu["attacker"]), 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "attacker_sockets_held_max": held_max,
+        **dict(attack_stats),
         "target_healthz_100ms": healthz_max <= 100,
         "target_p99_3x": attacked_p99 <= 3 * quiet_p99,
         "target_throughput_half": attacked_rate >= 0.5 * quiet_rate,
@@ -416,7 +456,8 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--messages", type=int, default=1500, help="per phase")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--sockets", type=int, default=10_000)

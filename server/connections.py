@@ -249,9 +249,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Admit the connection (or close it at once) and start the head deadline."""
+        """Admit the connection (unless :class:`_Gate` did) and start the head deadline."""
         super().connection_made(transport)
-        self.tracked = self.guard.admit(transport)
+        if self.tracked is None:
+            self.tracked = self.guard.admit(transport)
         if self.tracked is None:
             transport.abort()
             return
@@ -382,10 +383,36 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
 
+class _Gate(asyncio.Protocol):
+    """Admission before any HTTP machinery exists, so that refusing a connection of a flood
+    costs a few microseconds; an admitted one is handed to a :class:`GuardedHttpProtocol`."""
+
+    __slots__ = ("_args", "_guard")
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        self._args = (args, kwargs)
+        self._guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Refuse (abort) or hand over to the HTTP protocol."""
+        tracked = self._guard.admit(transport)
+        if tracked is None:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        args, kwargs = self._args
+        protocol = GuardedHttpProtocol(*args, guard=self._guard, **kwargs)
+        protocol.tracked = tracked
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A refused connection is gone (nothing to do)."""
+
+
 def protocol_classes(guard: ConnectionGuard) -> tuple[Any, Any]:
     """The ``http`` and ``ws`` protocol factories for ``uvicorn.Config``."""
     return (
-        partial(GuardedHttpProtocol, guard=guard),
+        partial(_Gate, guard=guard),
         partial(GuardedWebSocketProtocol, guard=guard),
     )
 
