@@ -89,6 +89,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     ABNORMAL = 1006  # never sent: the connection dropped without a close frame
+    POLICY = 1008
     TOO_LARGE = 1009
     KEEPALIVE_TIMEOUT = 1011
     SERVICE_RESTART = 1012
