@@ -58,6 +58,7 @@ from crypto.primitives import Rng
 
 __all__ = [
     "MAX_SKIP",
+    "MAX_SKIPPED_AGE",
     "MAX_STATES_PER_SENDER",
     "MESSAGE_VERSION",
     "MESSAGE_VERSION_V1",
@@ -67,7 +68,12 @@ __all__ = [
     "SenderKeyState",
 ]
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
+#: The first state version (no skipped-key ages): still read, never written.
+STATE_VERSION_V1: Final = 1
+#: A skipped message key expires after this many seconds of the caller's clock (30 days, the
+#: relay's default envelope TTL); the same rule as the pairwise ratchet's.
+MAX_SKIPPED_AGE: Final = 30 * 24 * 3600
 DISTRIBUTION_VERSION: Final = 1
 #: The group-message version Vox sends: random nonce, version and kind in the AD and signature.
 MESSAGE_VERSION: Final = 2
@@ -253,6 +259,7 @@ class SenderKeyState:
 
     __slots__ = (
         "_chain_key",
+        "_clock",
         "_group_id",
         "_iteration",
         "_key_id",
@@ -261,6 +268,7 @@ class SenderKeyState:
         "_signing_private",
         "_signing_public",
         "_skipped",
+        "_stored_at",
         "_verifier",
     )
 
@@ -292,6 +300,10 @@ class SenderKeyState:
         self._signer: primitives.Ed25519Signer | None = None
         self._verifier: primitives.Ed25519Verifier | None = None
         self._skipped: dict[int, bytes] = dict(skipped or {})
+        # When each skipped key was stored (the caller's clock, whole seconds; 0 = unknown)
+        # and the latest clock this state was given.
+        self._stored_at: dict[int, int] = dict.fromkeys(self._skipped, 0)
+        self._clock = 0
 
     # --- construction -------------------------------------------------------------------
 
@@ -439,8 +451,30 @@ class SenderKeyState:
         self._iteration += 1
         return message
 
-    def decrypt(self, message: SenderKeyMessage) -> bytes:
+    def expire_skipped(self, now: float) -> int:
+        """Delete skipped message keys older than :data:`MAX_SKIPPED_AGE` at ``now``; return
+        how many (keys of unknown age start aging now)."""
+        self._clock = max(self._clock, int(now))
+        return self._expire()
+
+    def _expire(self) -> int:
+        clock = self._clock
+        if clock <= 0:
+            return 0
+        old = [i for i, at in self._stored_at.items() if at and clock - at > MAX_SKIPPED_AGE]
+        for index in old:
+            del self._skipped[index], self._stored_at[index]
+        for index, at in self._stored_at.items():
+            if not at:
+                self._stored_at[index] = clock
+        return len(old)
+
+    def decrypt(self, message: SenderKeyMessage, *, now: float | None = None) -> bytes:
         """Verify the signature, then decrypt; commit the chain only on success.
+
+        ``now`` (seconds since the epoch) is the caller's clock: a skipped message key older
+        than :data:`MAX_SKIPPED_AGE` no longer opens its message (``DuplicateMessage``) and is
+        deleted at this commit; without ``now`` nothing new expires.
 
         Raises :class:`~crypto.errors.SenderMismatch` (other group or sender),
         :class:`~crypto.errors.UnknownSenderKey` (other ``key_id``),
@@ -469,11 +503,13 @@ class SenderKeyState:
             raise AuthenticationFailed("sender key message signature does not verify") from exc
 
         target = message.iteration
+        clock = self._clock if now is None else max(self._clock, int(now))
         chain_key, iteration = self._chain_key, self._iteration
         new_skipped: dict[int, bytes] = {}
         if target < iteration:
             seed = self._skipped.get(target)
-            if seed is None:
+            at = self._stored_at.get(target, 0)
+            if seed is None or (at and clock - at > MAX_SKIPPED_AGE):
                 raise DuplicateMessage(self._chain_id(), target)
         else:
             if target - iteration > MAX_SKIP:
@@ -492,12 +528,17 @@ class SenderKeyState:
 
         # Success: commit.
         if target < self._iteration:
-            del self._skipped[target]
+            del self._skipped[target], self._stored_at[target]
         else:
             self._chain_key, self._iteration = chain_key, iteration
             self._skipped.update(new_skipped)
+            self._stored_at.update(dict.fromkeys(new_skipped, clock))
             while len(self._skipped) > MAX_SKIP:
-                del self._skipped[next(iter(self._skipped))]
+                oldest = next(iter(self._skipped))
+                del self._skipped[oldest], self._stored_at[oldest]
+        if clock != self._clock:
+            self._clock = clock
+            self._expire()
         return plaintext
 
     def _chain_id(self) -> bytes:
@@ -518,16 +559,22 @@ class SenderKeyState:
         else:
             w.u8(1).raw(self._signing_private)
         w.raw(Ed25519PublicKey(self._signing_public).to_bytes())
-        w.u16(len(self._skipped))
+        w.u64(self._clock).u16(len(self._skipped))
         for iteration, seed in self._skipped.items():
-            w.u32(iteration).raw(seed)
+            w.u32(iteration).raw(seed).u64(self._stored_at[iteration])
         return w.finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SenderKeyState:
-        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`."""
+        """Decode :meth:`to_bytes` output; raises only :class:`~crypto.errors.DecodeError`.
+
+        Also reads state version 1 (no clock, no key ages: its keys start aging at the next
+        clock reading).
+        """
         r = Reader(data)
-        r.version(STATE_VERSION)
+        version = r.u8()
+        if version not in (STATE_VERSION_V1, STATE_VERSION):
+            raise UnsupportedVersion(STATE_VERSION, version)
         group_id = _read_group_id(r)
         sender = DeviceAddress.read(r)
         key_id = r.u32()
@@ -537,19 +584,26 @@ class SenderKeyState:
         public = Ed25519PublicKey.read(r).raw
         if private is not None and primitives.ed25519_public(private) != public:
             raise InvalidValue("signing key", "private and public keys do not match")
+        clock = r.u64() if version == STATE_VERSION else 0
         count = r.u16()
         if count > MAX_SKIP:
             raise FieldTooLarge("skipped keys", count, MAX_SKIP)
         skipped: dict[int, bytes] = {}
+        stored_at: dict[int, int] = {}
         for _ in range(count):
             index = r.u32()
             if index >= iteration or index in skipped:
                 raise InvalidValue("skipped keys", "index not before the chain or repeated")
             skipped[index] = r.raw(32)
+            stored_at[index] = r.u64() if version == STATE_VERSION else 0
+            if stored_at[index] > clock:
+                raise InvalidValue("skipped keys", "stored after the state's clock")
         r.end()
         if private is not None and skipped:
             raise InvalidValue("skipped keys", "a sending state has no skipped keys")
-        return cls(group_id, sender, key_id, iteration, chain_key, public, private, skipped)
+        state = cls(group_id, sender, key_id, iteration, chain_key, public, private, skipped)
+        state._stored_at, state._clock = stored_at, clock
+        return state
 
 
 class SenderKeyRecord:
@@ -605,9 +659,10 @@ class SenderKeyRecord:
         """Forget every state but the newest (late messages under them become unknown)."""
         del self._states[1:]
 
-    def decrypt(self, message: SenderKeyMessage) -> bytes:
-        """Decrypt with the state named by ``message.key_id`` (commit on success)."""
-        return self.state(message.key_id).decrypt(message)
+    def decrypt(self, message: SenderKeyMessage, *, now: float | None = None) -> bytes:
+        """Decrypt with the state named by ``message.key_id`` (commit on success; ``now`` as
+        in :meth:`SenderKeyState.decrypt`)."""
+        return self.state(message.key_id).decrypt(message, now=now)
 
     def __repr__(self) -> str:
         return f"SenderKeyRecord(key_ids={list(self.key_ids)})"

@@ -218,12 +218,13 @@ def test_repr_never_shows_key_material() -> None:
 def test_state_decoder_rejects_unknown_versions_and_inconsistent_keys() -> None:
     alice, _ = pair()
     data = bytearray(alice.to_bytes())
-    data[0] = 2
+    data[0] = 3
     with pytest.raises(UnsupportedVersion):
         SenderKeyState.from_bytes(bytes(data))
     # Replace the public signing key of a sending state with another key.
     other = SenderKeyState.create(GROUP, ALICE, rng=DeterministicRng(b"other"))
-    mixed = alice.to_bytes()[:-35] + other.to_bytes()[-35:]
+    # (the tail: typed key (33) || u64 clock || u16 skipped count)
+    mixed = alice.to_bytes()[:-43] + other.to_bytes()[-43:]
     with pytest.raises(DecodeError):
         SenderKeyState.from_bytes(mixed)
 
@@ -468,3 +469,39 @@ class GroupMachine(RuleBasedStateMachine):
 
 GroupMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_three_member_group_under_loss_duplication_reordering_and_removal = GroupMachine.TestCase
+
+
+def test_a_skipped_group_message_key_expires_after_the_age_limit() -> None:
+    from crypto.sender_keys import MAX_SKIPPED_AGE
+
+    alice, bob_view = pair(b"age")
+    late = alice.encrypt(b"late")
+    t0 = 1_800_000_000
+    assert bob_view.decrypt(alice.encrypt(b"on time"), now=t0) == b"on time"
+    assert bob_view.skipped_count == 1
+    restored = SenderKeyState.from_bytes(bob_view.to_bytes())
+    assert restored.to_bytes() == bob_view.to_bytes()
+    before = bob_view.to_bytes()
+    with pytest.raises(DuplicateMessage):
+        bob_view.decrypt(late, now=t0 + MAX_SKIPPED_AGE + 1)
+    assert bob_view.to_bytes() == before
+    assert bob_view.decrypt(late, now=t0 + MAX_SKIPPED_AGE) == b"late"
+    assert restored.expire_skipped(t0 + MAX_SKIPPED_AGE + 1) == 1
+    assert restored.skipped_count == 0
+
+
+def test_a_version_1_sender_key_state_still_loads_and_its_keys_start_aging() -> None:
+    from crypto.sender_keys import MAX_SKIPPED_AGE
+
+    alice, bob_view = pair(b"age-v1")
+    late = alice.encrypt(b"late")
+    bob_view.decrypt(alice.encrypt(b"x"))  # no clock given: clock 0, key age unknown
+    v2 = bob_view.to_bytes()
+    # Version 1 had no clock and no key ages: drop them (u64 clock, then u64 per key).
+    head, tail = v2[: -(8 + 2 + 44)], v2[-(2 + 44) :]
+    assert v2[-(8 + 2 + 44) : -(2 + 44)] == bytes(8)
+    v1 = b"\x01" + head[1:] + tail[:-8]
+    loaded = SenderKeyState.from_bytes(v1)
+    assert loaded.skipped_count == 1 and loaded.to_bytes() == v2
+    assert loaded.expire_skipped(1_800_000_000) == 0  # starts aging now
+    assert loaded.decrypt(late, now=1_800_000_000 + MAX_SKIPPED_AGE) == b"late"
