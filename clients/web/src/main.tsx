@@ -22,6 +22,16 @@ function App() {
   const [phase, setPhase] = useState<Phase>({ kind: "loading" });
 
   async function openStore(passphrase?: string): Promise<void> {
+    // Nothing is created before the user registers or links (with their passphrase choice).
+    const mode = await Store.mode();
+    if (mode === "none") {
+      setPhase({ kind: "welcome", engine: null });
+      return;
+    }
+    if (mode === "passphrase" && passphrase === undefined) {
+      setPhase({ kind: "locked" });
+      return;
+    }
     let store: Store;
     try {
       store = await Store.open(passphrase);
