@@ -18,7 +18,6 @@ Private keys are raw byte strings here:
 
 from __future__ import annotations
 
-import _hashlib
 import hashlib
 import hmac
 import os
@@ -348,7 +347,10 @@ def sha256(data: bytes) -> bytes:
 
 # ``hmac.digest`` is a Python wrapper around OpenSSL's one-shot HMAC; the ratchet calls it a
 # few times per message, so call the one-shot directly when the interpreter has it.
-_hmac_digest: Callable[[bytes, bytes, str], bytes] = getattr(_hashlib, "hmac_digest", hmac.digest)
+try:
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover (an interpreter without OpenSSL's one-shot HMAC)
+    _hmac_digest = hmac.digest  # type: ignore[assignment]
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
