@@ -28,6 +28,18 @@ pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
 
 Signals are best effort: a lost wake only delays delivery until the device's next wake or
 reconnect, because the queue itself lives in the database.
+
+**Redis outage (degraded mode).** A node whose subscription is down or whose Redis stops
+answering a ping is *degraded* (:attr:`Hub.degraded`). It then asks the database, every
+``poll_interval`` seconds, which devices got queue rows since its last look
+(:class:`QueuePoller`: one indexed query on ``delivery_queue.seq``) and wakes those connected
+here; on entering the mode it wakes all of them once. Cross-node delivery thus continues
+with at most about one poll interval of delay. What Redis alone carries is lost while it is
+down: ephemeral frames and notifications to devices on other nodes, "kick" (a device
+connected on two nodes keeps both until one closes) and cross-node "drop" (a removed device's
+socket on another node closes at its next read of a queue or at reconnect; its token no
+longer works). When Redis answers again the node resubscribes, wakes every local device
+once and stops polling.
 """
 
 from __future__ import annotations
@@ -39,6 +51,11 @@ import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.db.models_delivery import QueueEntry
 
 log = logging.getLogger("vox.fanout")
 
@@ -83,10 +100,54 @@ class HubObserver(Protocol):
         """Envelopes were just committed for these devices, not connected to this node."""
 
 
+class QueueCursor(Protocol):
+    """Which devices have new queue rows: the database side of the degraded mode."""
+
+    async def latest(self) -> int:
+        """The highest queue ``seq`` now (0 for an empty queue)."""
+        ...
+
+    async def since(self, seq: int) -> tuple[int, list[int]]:
+        """``(highest seq, devices with a row whose seq > seq)``."""
+        ...
+
+
+class QueuePoller:
+    """:class:`QueueCursor` over the relay database (``delivery_queue``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def latest(self) -> int:
+        """The highest queue ``seq`` now (0 for an empty queue)."""
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(select(func.max(QueueEntry.seq)))
+        return int(value or 0)
+
+    async def since(self, seq: int) -> tuple[int, list[int]]:
+        """``(highest seq, devices with a row whose seq > seq)``."""
+        query = (
+            select(QueueEntry.device_pk, func.max(QueueEntry.seq))
+            .where(QueueEntry.seq > seq)
+            .group_by(QueueEntry.device_pk)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        top = max((int(r[1]) for r in rows), default=seq)
+        return top, [int(r[0]) for r in rows]
+
+
 class Hub:
     """In-process fan-out, optionally bridged to other nodes through Redis pub/sub."""
 
-    def __init__(self, redis_url: str | None = None, prefix: str = "vox:") -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        prefix: str = "vox:",
+        *,
+        poller: QueueCursor | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
         self.node_id = secrets.token_hex(8)
         self._sinks: dict[int, DeviceSink] = {}
         self._redis_url = redis_url
@@ -97,6 +158,12 @@ class Hub:
         self._stopping = False
         self.dropped_signals = 0
         self.observer: HubObserver | None = None
+        self._poller = poller
+        self._poll_interval = poll_interval
+        self._subscribed = False
+        self._degraded = False
+        #: Degraded-mode polls run so far (for tests and metrics).
+        self.outage_polls = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -104,6 +171,11 @@ class Hub:
     def distributed(self) -> bool:
         """True when other nodes are reachable through Redis."""
         return self._redis_url is not None
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is configured but unreachable (the node polls the database)."""
+        return self._degraded
 
     async def start(self) -> None:
         """Connect to Redis (if configured) and start the subscriber and publisher tasks."""
@@ -117,6 +189,7 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self._subscriber(ready), name="vox-hub-subscriber"),
             asyncio.create_task(self._publisher(), name="vox-hub-publisher"),
+            asyncio.create_task(self._watch(), name="vox-hub-outage-watch"),
         ]
         # Do not serve before the subscription is live, or early wakes could be missed.
         with contextlib.suppress(TimeoutError):
@@ -139,14 +212,58 @@ class Hub:
             await self._redis.aclose()
             self._redis = None
 
-    async def ping(self) -> bool:
-        """True if Redis answers (or is not configured)."""
+    async def ping(self, within: float = 2.0) -> bool:
+        """True if Redis answers within ``within`` seconds (or is not configured)."""
         if self._redis is None:
             return self._redis_url is None
         try:
-            return bool(await self._redis.ping())
+            return bool(await asyncio.wait_for(self._redis.ping(), within))
         except Exception:
             return False
+
+    async def _watch(self) -> None:
+        """Every poll interval: is Redis there? If not, poll the database for new rows."""
+        window: list[int] = []  # cursors of the last two polls (rows may commit late)
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                healthy = self._subscribed and await self.ping(within=self._poll_interval)
+                if healthy:
+                    if self._degraded:
+                        self._degraded = False
+                        window = []
+                        log.warning("redis is back: cross-node wake-ups over pub/sub again")
+                        self._wake_all()  # rows committed since the last poll
+                    continue
+                if not self._degraded:
+                    self._degraded = True
+                    log.warning(
+                        "redis unreachable: degraded mode, polling the database every %.1f s",
+                        self._poll_interval,
+                    )
+                    if self._poller is not None:
+                        window = [await self._poller.latest()]
+                    self._wake_all()  # wakes lost before the outage was noticed
+                    continue
+                if self._poller is None:
+                    continue
+                if not window:
+                    window = [await self._poller.latest()]
+                top, devices = await self._poller.since(window[0])
+                self.outage_polls += 1
+                window = [window[-1], max(top, window[-1])]
+                for device_pk in devices:
+                    sink = self._sinks.get(device_pk)
+                    if sink is not None:
+                        sink.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outage poll failed: %s", exc.__class__.__name__)
+
+    def _wake_all(self) -> None:
+        for sink in list(self._sinks.values()):
+            sink.wake()
 
     async def _drain_outbox(self) -> None:
         assert self._outbox is not None
@@ -254,6 +371,8 @@ class Hub:
     def _publish(self, message: dict[str, Any]) -> None:
         if self._outbox is None or (self._stopping and message["k"] == "kick"):
             return
+        if self._degraded and message["k"] == "wake":
+            return  # the other nodes poll the database while Redis is down
         message["n"] = self.node_id
         try:
             self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
@@ -282,11 +401,11 @@ class Hub:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                self._subscribed = True
                 ready.set()
                 backoff = 0.1
                 # Wake-ups may have been lost while we were not subscribed.
-                for sink in list(self._sinks.values()):
-                    sink.wake()
+                self._wake_all()
                 while True:
                     message = await pubsub.get_message(timeout=30.0)
                     if message is not None and message.get("type") == "message":
@@ -296,6 +415,7 @@ class Hub:
                     await pubsub.aclose()
                 raise
             except Exception as exc:
+                self._subscribed = False
                 log.warning("redis subscription lost (%s), retrying", exc.__class__.__name__)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = Field("vox:", max_length=64)
+    #: While Redis is unreachable, each node polls the database this often for new
+    #: envelopes of its connected devices (degraded mode, ``docs/self-hosting.md``).
+    redis_outage_poll_seconds: float = Field(1.0, ge=0.1, le=60)
     registration: RegistrationPolicy = RegistrationPolicy.OPEN
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool = True

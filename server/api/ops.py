@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -35,24 +36,36 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: the database (and Redis, when configured) answer."""
+    """Readiness for a load balancer: 200 while this node can serve, 503 when it cannot.
+
+    * ``200 {"status": "ready"}`` — the database and Redis (when configured) answer.
+    * ``200 {"status": "degraded"}`` — Redis is unreachable; the node still serves and
+      delivers across nodes by polling the database (slower; alert on it, do not pull it).
+    * ``503 {"status": "unavailable"}`` — the database does not answer.
+    """
     checks: dict[str, Any] = {}
-    ok = True
+    database_ok = True
     try:
         async with request.app.state.sessions() as session:
             await session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
-        ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
+        database_ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
+    degraded = False
     redis = request.app.state.redis
     if redis is not None:
         try:
-            await redis.ping()
+            await asyncio.wait_for(redis.ping(), timeout=2)
             checks["redis"] = "ok"
         except Exception as exc:
-            ok, checks["redis"] = False, f"error: {exc.__class__.__name__}"
-    status = "ready" if ok else "unavailable"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
+            degraded, checks["redis"] = True, f"error: {exc.__class__.__name__}"
+        hub = getattr(request.app.state, "hub", None)
+        if hub is not None and hub.degraded:
+            degraded = True
+            checks["fanout"] = "polling the database (Redis unreachable)"
+    if not database_ok:
+        return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
+    return JSONResponse({"status": "degraded" if degraded else "ready", "checks": checks})
 
 
 @router.get(

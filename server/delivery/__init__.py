@@ -28,7 +28,7 @@ from server.delivery.budgets import DeviceBudgets
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
-from server.fanout import Hub
+from server.fanout import Hub, QueuePoller
 from server.settings import Settings
 
 __all__ = [
@@ -98,7 +98,12 @@ def _drain_on_signals(service: DeliveryService) -> Callable[[], None]:
 
 async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryService:
     """Create and start the node's hub and delivery service on ``app.state``."""
-    hub = Hub(settings.redis_url, settings.redis_prefix)
+    hub = Hub(
+        settings.redis_url,
+        settings.redis_prefix,
+        poller=QueuePoller(app.state.engine),
+        poll_interval=settings.redis_outage_poll_seconds,
+    )
     await hub.start()
     metrics = DeliveryMetrics(app.state.metrics.registry, lambda: hub.connection_count)
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
