@@ -665,6 +665,10 @@ def growth(args: argparse.Namespace) -> dict[str, Any]:
         "retained_sends_before_run": [r["retained_sends_before"] for r in runs],
         "p99_ms_per_run": [r["p99_ms"] for r in runs],
         "last_vs_first": round(runs[-1]["durable_msgs_per_s"] / first, 3),
+        # CPU per message is the steadier measure on a shared machine.
+        "cpu_last_vs_first": round(
+            runs[-1]["relay_cpu_us_per_msg"] / runs[0]["relay_cpu_us_per_msg"], 3
+        ),
         "min_vs_first": round(min(r["durable_msgs_per_s"] for r in runs) / first, 3),
     }
 

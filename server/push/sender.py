@@ -28,9 +28,9 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,6 +40,9 @@ from server.push import repository as repo
 from server.push.presence import Coalescer, Presence
 from server.push.service import is_loopback_host
 from server.push.vapid import CONTENT_ENCODING, VapidKey, encrypt_payload
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["TOPIC", "PushConfig", "PushDispatcher"]
 
@@ -149,13 +152,8 @@ class PushDispatcher:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the HTTP client and start the presence tasks and the worker."""
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.request_timeout),
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=self.config.concurrency * 2),
-        )
+        """Start the presence tasks and the worker (the HTTP client opens with the first
+        push: a relay whose users never subscribe does not load ``httpx``)."""
         await self.presence.start()
         self._task = asyncio.create_task(self._run(), name="vox-push-worker")
 
@@ -221,7 +219,21 @@ class PushDispatcher:
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
 
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.config.request_timeout),
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_connections=self.config.concurrency * 2),
+            )
+        return self._client
+
     async def _deliver(self, target: repo.Target) -> None:
+        import httpx
+
         origin = origin_of(target.endpoint)
         cfg = self.config
         for attempt in range(1, cfg.max_attempts + 1):
@@ -267,7 +279,7 @@ class PushDispatcher:
             await asyncio.sleep(delay)
 
     async def _post(self, target: repo.Target, origin: str) -> tuple[int, float | None]:
-        assert self._client is not None
+        client = self._http()
         headers = {
             "TTL": str(self.config.ttl_seconds),
             "Urgency": self.config.urgency,
@@ -279,9 +291,7 @@ class PushDispatcher:
         # ~1 ms of CPU (a fresh P-256 key, ECDH, HKDF): off the event loop thread.
         body = await asyncio.to_thread(encrypt_payload, target.p256dh, target.auth)
         # Read the status only: a hostile endpoint cannot make the relay buffer a body.
-        async with self._client.stream(
-            "POST", target.endpoint, content=body, headers=headers
-        ) as resp:
+        async with client.stream("POST", target.endpoint, content=body, headers=headers) as resp:
             return resp.status_code, _retry_after(resp.headers.get("retry-after"))
 
     async def _allowed(self, endpoint: str) -> bool:

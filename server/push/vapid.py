@@ -20,11 +20,10 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import http_ece
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid02
 
 from server.logs import log_event
 
@@ -57,7 +56,8 @@ class VapidKey:
     def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
         if not isinstance(private_key.curve, ec.SECP256R1):
             raise ValueError("a VAPID key must be a P-256 key")
-        self._vapid = Vapid02(private_key)
+        self._private_key = private_key
+        self._vapid: Any = None  # py_vapid's signer, loaded with the first push
         self.subject = subject
         self.public_key = private_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
@@ -105,6 +105,10 @@ class VapidKey:
                 return cached[0]
             exp = t + JWT_LIFETIME_SECONDS
             claims = {"aud": audience, "exp": exp, "sub": self.subject}
+            if self._vapid is None:
+                from py_vapid import Vapid02
+
+                self._vapid = Vapid02(self._private_key)
             header: str = self._vapid.sign(claims)["Authorization"]
             if len(self._tokens) > 1000:
                 self._tokens.clear()
@@ -136,6 +140,8 @@ def _create_key_file(path: Path) -> None:
 def encrypt_payload(p256dh: bytes, auth: bytes, payload: bytes = PAYLOAD) -> bytes:
     """RFC 8291 ``aes128gcm`` body for a subscription (fresh ephemeral key and salt)."""
     ephemeral = ec.generate_private_key(ec.SECP256R1())
+    import http_ece  # loaded with the first push
+
     body: bytes = http_ece.encrypt(
         payload,
         salt=os.urandom(16),
