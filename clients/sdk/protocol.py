@@ -496,7 +496,7 @@ class ClientProtocol:
             record = self.groups.record(message.group_id, message.sender)
             if record is None:
                 raise UnknownSenderKey(message.key_id)
-            body = record.decrypt(message)
+            body = record.decrypt(message, now=now)
             content = decode_padded(body)
             if not isinstance(content, TextContent | AttachmentContent):
                 raise GroupError("a group message carries a text or a file")
