@@ -38,10 +38,12 @@ import asyncio
 import logging
 import resource
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -55,6 +57,7 @@ __all__ = [
     "OPS_PATHS",
     "PRE_AUTH_MAX_BYTES",
     "ConnectionGuard",
+    "GuardCollector",
     "GuardedHttpProtocol",
     "GuardedWebSocketProtocol",
     "Tracked",
@@ -220,6 +223,33 @@ class ConnectionGuard:
         self.authenticated[tracked.address] += 1
         tracked.authenticated = True
         return True
+
+
+class GuardCollector:
+    """Prometheus view of a guard: ``vox_tcp_connections`` (gauge: open, by kind) and
+    ``vox_connections_refused_total{reason}``."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the guard's counters at scrape time."""
+        guard = self.guard
+        open_ = GaugeMetricFamily(
+            "vox_tcp_connections", "Open client connections by kind", labels=["kind"]
+        )
+        authenticated = sum(guard.authenticated.values())
+        open_.add_metric(["authenticated"], authenticated)
+        open_.add_metric(["unauthenticated"], guard.total - authenticated)
+        yield open_
+        refused = CounterMetricFamily(
+            "vox_connections_refused",
+            "Connections refused or closed by the guard, by reason",
+            labels=["reason"],
+        )
+        for reason in ("total", "address", "address_authenticated", "reserve", "header_timeout"):
+            refused.add_metric([reason], guard.refused[reason])
+        yield refused
 
 
 def _decrement(counts: Counter[str], key: str) -> None:

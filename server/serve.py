@@ -19,7 +19,12 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from server.connections import ConnectionGuard, protocol_classes, raise_open_file_limit
+from server.connections import (
+    ConnectionGuard,
+    GuardCollector,
+    protocol_classes,
+    raise_open_file_limit,
+)
 from server.settings import Settings
 
 __all__ = ["uvicorn_config"]
@@ -32,6 +37,11 @@ def uvicorn_config(
     raise_open_file_limit()  # every socket is a file: take all the kernel allows (logged)
     guard = ConnectionGuard.from_settings(settings)
     app.state.connection_guard = guard
+    previous = getattr(app.state, "guard_collector", None)
+    if previous is not None:  # the same app served again (tests)
+        app.state.metrics.registry.unregister(previous)
+    app.state.guard_collector = GuardCollector(guard)
+    app.state.metrics.registry.register(app.state.guard_collector)
     http_protocol, ws_protocol = protocol_classes(guard)
     config = uvicorn.Config(
         app,

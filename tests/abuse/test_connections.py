@@ -82,9 +82,11 @@ async def test_one_address_cannot_hold_more_than_its_unauthenticated_connections
         conns = [await raw_connect(w.relay, "127.0.0.2") for _ in range(12)]
         states = await asyncio.gather(*(hung_up(reader, 2) for reader, _ in conns))
         assert sum(not closed for closed in states) == 5
-        # Another address is served meanwhile.
+        # Another address is served meanwhile, and the operator sees the refusals.
         async with http_from(w.relay, "127.0.0.3") as http:
             assert (await http.get("/healthz")).status_code == 200
+            metrics = (await http.get("/metrics")).text
+        assert 'vox_connections_refused_total{reason="address"} 7.0' in metrics
         for _, writer in conns:
             writer.close()
 
