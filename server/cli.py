@@ -1,4 +1,4 @@
-"""``vox-relay``: serve, migrate, invites, device revocation and stats.
+"""``vox-relay``: serve, migrate, invites, device revocation, stats, backup and restore.
 
 Every command reads settings like the server does (defaults < ``--config``/``VOX_CONFIG``
 TOML < ``VOX_*`` environment < options) and fails with one clear line on stderr and exit
@@ -8,9 +8,11 @@ status 1 (2 for usage errors).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import socket
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -306,8 +308,6 @@ def stats(
     config: ConfigOpt = None,
 ) -> None:
     """Print accounts, devices, active invites, stored prekeys and queued envelopes (JSON)."""
-    import json
-
     from server.clock import now
     from server.db.engine import session_factory
     from server.db.models import OneTimePrekey
@@ -337,6 +337,51 @@ def stats(
             return out
 
     typer.echo(json.dumps(_run(_with_engine(settings, go)), sort_keys=True))
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="A new directory to write the backup into.")],
+    no_database: Annotated[
+        bool,
+        typer.Option("--no-database", help="Attachments only (back the database up with pg_dump)."),
+    ] = False,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Back up the database (SQLite online backup or pg_dump) and the attachments."""
+    from server.backup import BackupError
+    from server.backup import backup as run_backup
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    try:
+        manifest = run_backup(settings, dest, database=not no_database)
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        _fail(str(exc))
+    typer.echo(f"backup written to {dest}: {json.dumps(manifest, sort_keys=True)}")
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="A directory written by `vox-relay backup`.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing SQLite database file.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Restore a backup (stop the relay first; `serve` then migrates as usual)."""
+    from server.backup import BackupError
+    from server.backup import restore as run_restore
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    try:
+        manifest = run_restore(settings, src, force=force)
+    except (BackupError, OSError, sqlite3.Error) as exc:
+        _fail(str(exc))
+    typer.echo(f"restored {src}: {json.dumps(manifest, sort_keys=True)}")
 
 
 def main() -> None:

@@ -105,7 +105,9 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path)
         "VOX_LOG_LEVEL": "warning",
         "VOX_LIMITS__REQUESTS_PER_MINUTE_PER_IP": "1000000",
     }
-    async with relay_process(["serve", "--port", str(port)], env=env, port=port):
+    async with relay_process(
+        ["serve", "--port", str(port)], env=env, port=port, startup_timeout=120
+    ):
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
             token = await TestAccount.new("alice").register_and_login(http)
