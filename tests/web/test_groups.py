@@ -63,3 +63,20 @@ def test_a_group_with_python_members_and_a_removal_that_rotates_keys(
     vbob.receive(wait=3)
     members = vbob.run("group", "list").stdout
     assert alice not in members.split(group_id, 1)[-1].splitlines()[0]
+
+
+def test_a_group_created_by_python_includes_the_browser(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    vbob = Vox(tmp_path / "bob", relay, bob).register()
+    page = open_app(context, relay)
+    register_in_browser(page, alice)
+    name = f"club{unique('')}"
+    vbob.run("group", "create", name, alice)
+    vbob.run("group", "send", name, "welcome to the club")
+    page.get_by_test_id(f"group-item-{name}").click()
+    wait_message(page, bob, "welcome to the club")
+    page.get_by_test_id(f"group-member-{bob}").wait_for()
+    send_in_browser(page, "thanks for having me")
+    vbob.receive_until(lambda g: "thanks for having me" in texts(g))
