@@ -351,14 +351,10 @@ def backup(
     config: ConfigOpt = None,
 ) -> None:
     """Back up the database (SQLite online backup or pg_dump) and the attachments."""
-    from server.backup import BackupError
     from server.backup import backup as run_backup
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
-    try:
-        manifest = run_backup(settings, dest, database=not no_database)
-    except (BackupError, OSError, sqlite3.Error) as exc:
-        _fail(str(exc))
+    manifest = _backup_step(lambda: run_backup(settings, dest, database=not no_database))
     typer.echo(f"backup written to {dest}: {json.dumps(manifest, sort_keys=True)}")
 
 
@@ -373,15 +369,21 @@ def restore(
     config: ConfigOpt = None,
 ) -> None:
     """Restore a backup (stop the relay first; `serve` then migrates as usual)."""
-    from server.backup import BackupError
     from server.backup import restore as run_restore
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    manifest = _backup_step(lambda: run_restore(settings, src, force=force))
+    typer.echo(f"restored {src}: {json.dumps(manifest, sort_keys=True)}")
+
+
+def _backup_step(step: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run a backup or restore; any failure is one line on stderr and exit status 1."""
+    from server.backup import BackupError
+
     try:
-        manifest = run_restore(settings, src, force=force)
+        return step()
     except (BackupError, OSError, sqlite3.Error) as exc:
         _fail(str(exc))
-    typer.echo(f"restored {src}: {json.dumps(manifest, sort_keys=True)}")
 
 
 def main() -> None:
