@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.metrics import DeliveryMetrics
@@ -106,6 +107,11 @@ async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryS
     )
     await hub.start()
     metrics = DeliveryMetrics(app.state.metrics.registry, lambda: hub.connection_count)
+    Gauge(
+        "vox_fanout_degraded",
+        "1 while Redis is unreachable and this node polls the database (degraded mode)",
+        registry=app.state.metrics.registry,
+    ).set_function(lambda: float(hub.degraded))
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
     budgets = DeviceBudgets(
         settings.limits, getattr(app.state, "redis", None), settings.redis_prefix
