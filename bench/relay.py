@@ -566,8 +566,11 @@ async def connections(args: argparse.Namespace) -> dict[str, Any]:
             per = 16
             users = [f"c{i:05d}" for i in range(math.ceil(n / per))]
             t0 = time.perf_counter()
+            cpu0 = cpu_seconds(proc.pid)
             devices = (await make_devices(base_url, users, per, args.login_concurrency))[:n]
-            log(f"{len(devices)} devices logged in in {time.perf_counter() - t0:.1f}s")
+            login_s = time.perf_counter() - t0
+            login_cpu = cpu_seconds(proc.pid) - cpu0
+            log(f"{len(devices)} devices logged in in {login_s:.1f}s")
             await asyncio.sleep(1.0)
             before = sampler.rss()
             url = f"ws://127.0.0.1:{port}/v1/ws"
@@ -592,6 +595,10 @@ async def connections(args: argparse.Namespace) -> dict[str, Any]:
             "relay_rss_before_mb": round(before / 2**20, 1),
             "relay_rss_after_mb": round(after / 2**20, 1),
             "rss_per_connection_kib": round(per_conn / 1024, 1),
+            # registration of the accounts, their device lists and every device's login
+            "login_seconds": round(login_s, 1),
+            "login_concurrency": args.login_concurrency,
+            "relay_cpu_ms_per_device_login": round(1000 * login_cpu / len(devices), 2),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -615,8 +622,8 @@ def main() -> None:
     parser.add_argument(
         "--login-concurrency",
         type=int,
-        default=1,
-        help="parallel registrations/logins while preparing --connections devices",
+        default=8,
+        help="accounts registered and logged in at once while preparing --connections devices",
     )
     parser.add_argument("--repeat", type=int, default=1, help="alternate runs, report medians")
     parser.add_argument(
