@@ -197,8 +197,9 @@ def main() -> None:
             database=args.database,
             postgres_url=args.postgres_url,
             profile=None,
+            growth=0,
         )
-        relay = asyncio.run(relay_bench.durable(relay_args))
+        (relay,) = asyncio.run(relay_bench.durable(relay_args))
         result["relay_only_msgs_per_s"] = relay["durable_msgs_per_s"]
         result["relay_only_p50_ms"] = relay["p50_ms"]
         result["relay_only_p99_ms"] = relay["p99_ms"]
