@@ -81,7 +81,7 @@ def log(*parts: object) -> None:
 
 
 async def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a shared, busy machine can take a minute to start a relay
     async with httpx.AsyncClient(timeout=2) as http:
         while True:
             if proc.poll() is not None:
