@@ -23,11 +23,17 @@ left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` 
 key; on the right the history (``HH:MM sender·device: text``, files as ``📎 name (size)``, our
 messages marked ``…`` pending, ``✓`` accepted by the relay, ``✓✓`` delivered, ``✓✓ read``,
 ``✗ not sent``), a red banner while a peer's key change is not accepted, a status line
-(``bob is typing…``, upload progress, ``offline: …``) and the input box.
+(``bob is typing…``, upload progress, ``offline — … retrying (N s)`` as soon as the connection
+drops, then ``back online``) and the input box. The conversation pane is anchored to its end:
+opening a chat, a resize or a new message shows the newest row, unless the user scrolled up.
 
-Keys: Enter sends, Ctrl+N next conversation, Ctrl+L focus the list (Enter opens), Ctrl+Q
-quits. Commands typed in the input box: ``/chat USER|GROUP``, ``/send-file PATH``,
-``/save [DIR]`` (last file received in this conversation: downloaded, verified, decrypted),
+Keys: Enter sends, PgUp/PgDn and the mouse wheel scroll the conversation (from the input box
+too), Ctrl+End back to the newest, Ctrl+N next conversation, Ctrl+L focus the list (Enter
+opens), Ctrl+Q quits. ``/help`` opens the table of keys and commands
+(:mod:`clients.tui.help`); a wrong command shows that command's usage line only. Commands
+typed in the input box: ``/chat USER|GROUP`` (a name the relay does not know is refused),
+``/send-file PATH`` (the rest of the line, or a quoted path), ``/save [DIR]`` (last file
+received in this conversation: downloaded, verified, decrypted; default ``HOME/downloads``),
 ``/verify`` (safety number), ``/accept`` (accept a changed key), ``/group NAME USER...``,
 ``/add USER...`` and ``/remove USER...`` (in a group), ``/help``, ``/quit``.
 """

@@ -14,16 +14,19 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.color import Color, ColorParseError
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
+from textual.screen import Screen
 from textual.theme import Theme
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from clients.sdk.errors import AuthFailed, ClientError
+from clients.sdk.errors import AuthFailed, ClientError, UnknownUser
 from clients.sdk.models import (
     DecryptFailure,
     Event,
@@ -38,6 +41,7 @@ from clients.sdk.models import (
 from clients.store.errors import StoreError as LocalStoreError
 from clients.store.models import DeliveryState, group_conversation, is_group_conversation
 from clients.tui.backend import ChatBackend, ConversationItem
+from clients.tui.help import COMMANDS, HelpScreen, usage
 from clients.tui.render import render_message
 
 __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
@@ -49,12 +53,10 @@ TYPING_SHOW_S = 6.0
 TYPING_SEND_EVERY_S = 3.0
 RECONNECT_FIRST_S = 2.0
 RECONNECT_MAX_S = 30.0
-HELP = (
-    "Commands: /chat USER|GROUP — open a conversation · /send-file PATH — send a file · "
-    "/save [DIR] — save the last file received here · /verify — safety number · "
-    "/accept — accept a changed key · /group NAME USER... — create a group · "
-    "/add USER... · /remove USER... · /leave (in a group) · /quit"
-)
+CONNECTION_POLL_S = 0.5
+BACK_ONLINE_SHOW_S = 5.0
+#: The commands on one line (the welcome text); ``/help`` shows the full table.
+HELP = "Commands: " + " · ".join(c.usage for c in COMMANDS) + " — /help for keys and details"
 
 
 def _dom_id(message_id: str) -> str:
@@ -70,6 +72,12 @@ class ChatApp(App[None]):
         ("ctrl+q", "quit", "Quit"),
         ("ctrl+n", "next_conversation", "Next chat"),
         ("ctrl+l", "focus_list", "Chats"),
+        # Scrollback works from the input box (the wheel scrolls wherever the mouse is).
+        Binding(
+            "pageup", "scroll_history(-1)", "Scroll", key_display="PgUp/PgDn/wheel", priority=True
+        ),
+        Binding("pagedown", "scroll_history(1)", "Scroll", show=False, priority=True),
+        Binding("ctrl+end", "scroll_history(0)", "Newest", show=False),
     ]
 
     def __init__(
@@ -95,6 +103,7 @@ class ChatApp(App[None]):
         self._online = asyncio.Event()  # set once connect() was tried: sends wait for it
         self.config: ServerConfig | None = None
         self._empty_note: Static | None = None  # "no messages yet", removed by the first one
+        self._offline_since: float | None = None  # monotonic time the connection dropped
 
     # ------------------------------------------------------------------ layout
 
@@ -118,6 +127,9 @@ class ChatApp(App[None]):
             self.apply_brand(await self.backend.server_config())
         except FAILURES as exc:
             self.notify(f"could not read the relay's config: {exc}", severity="warning")
+        # Anchored: the view follows new rows and stays at the bottom across resizes, until
+        # the user scrolls up (scrolling back to the end re-anchors it).
+        self._chat.query_one("#messages", VerticalScroll).anchor()
         await self.reload_conversations()
         target = await self._resolve(self._initial) if self._initial else None
         if target is None and self.items:
@@ -127,7 +139,12 @@ class ChatApp(App[None]):
         else:
             self._system(self._welcome() + HELP)
         self.pump_events()
-        self.query_one("#input", Input).focus()
+        self._chat.query_one("#input", Input).focus()
+
+    @property
+    def _chat(self) -> Screen[object]:
+        """The chat screen (under ``/help`` when that is open)."""
+        return self.screen_stack[0] if self.screen_stack else self.screen
 
     def apply_brand(self, config: ServerConfig) -> None:
         """Title and theme colours from the relay's ``/v1/config``."""
@@ -175,7 +192,7 @@ class ChatApp(App[None]):
         self._render_list()
 
     def _render_list(self) -> None:
-        ol = self.query_one("#conversations", OptionList)
+        ol = self._chat.query_one("#conversations", OptionList)
         highlighted = ol.highlighted_option.id if ol.highlighted_option is not None else None
         ol.clear_options()
         ol.add_options(Option(self._item_prompt(i), id=c) for c, i in self.items.items())
@@ -205,7 +222,7 @@ class ChatApp(App[None]):
     async def _selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id is not None:
             await self.open_conversation(event.option.id)
-            self.query_one("#input", Input).focus()
+            self._chat.query_one("#input", Input).focus()
 
     def action_next_conversation(self) -> None:
         """Cycle to the next conversation."""
@@ -217,7 +234,7 @@ class ChatApp(App[None]):
 
     def action_focus_list(self) -> None:
         """Move the focus to the conversation list."""
-        self.query_one("#conversations", OptionList).focus()
+        self._chat.query_one("#conversations", OptionList).focus()
 
     async def _resolve(self, name: str) -> str:
         if is_group_conversation(name) or name in self.items:
@@ -241,10 +258,10 @@ class ChatApp(App[None]):
         self._render_list()
         title = Text()
         title.append(("# " if item.is_group else "@ ") + item.title, style="bold")
-        self.query_one("#conv-title", Static).update(title)
+        self._chat.query_one("#conv-title", Static).update(title)
         self._show_warning(item.key_changed)
         self._set_status("")
-        pane = self.query_one("#messages", VerticalScroll)
+        pane = self._chat.query_one("#messages", VerticalScroll)
         await pane.remove_children()
         self._empty_note = None
         self.shown.clear()
@@ -257,10 +274,11 @@ class ChatApp(App[None]):
         if not history:
             note = self._welcome() + f"No messages with {item.title} yet. /help for commands."
             self._empty_note = self._system(note)
+        self._follow()
         self._mark_read(conversation)
 
     def _show_warning(self, on: bool) -> None:
-        warning = self.query_one("#warning", Static)
+        warning = self._chat.query_one("#warning", Static)
         if on and self.current is not None:
             warning.update(
                 Text(
@@ -272,7 +290,7 @@ class ChatApp(App[None]):
         warning.set_class(on, "visible")
 
     async def _merge(self, messages: list[Message]) -> None:
-        pane = self.query_one("#messages", VerticalScroll)
+        pane = self._chat.query_one("#messages", VerticalScroll)
         new: list[Static] = []
         for m in messages:
             if m.conversation != self.current:
@@ -294,19 +312,40 @@ class ChatApp(App[None]):
                 await self._empty_note.remove()
                 self._empty_note = None
             await pane.mount_all(new)
-            pane.scroll_end(animate=False)
 
     def _update_row(self, m: Message) -> None:
         self.shown[m.id] = m
-        for row in self.query(f"#{_dom_id(m.id)}").results(Static):
+        for row in self._chat.query(f"#{_dom_id(m.id)}").results(Static):
             row.update(render_message(m, accent=self._accent, tz=self._tz))
 
     def _system(self, text: str) -> Static:
-        pane = self.query_one("#messages", VerticalScroll)
+        pane = self._chat.query_one("#messages", VerticalScroll)
         line = Static(Text(text), classes="system")
         pane.mount(line)
-        pane.scroll_end(animate=False)
+        self._follow()
         return line
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        """The wheel over the input box, the status line, ...: scrolls the conversation."""
+        self._chat.query_one("#messages", VerticalScroll).scroll_relative(y=-3, animate=False)
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        """See :meth:`on_mouse_scroll_up`."""
+        self._chat.query_one("#messages", VerticalScroll).scroll_relative(y=3, animate=False)
+
+    def _follow(self) -> None:
+        """Show the newest rows: re-anchor the pane to its end (after the next layout)."""
+        self._chat.query_one("#messages", VerticalScroll).anchor()
+
+    def action_scroll_history(self, pages: int) -> None:
+        """PageUp (-1) / PageDown (+1) / Ctrl+End (0: the newest) in the conversation."""
+        pane = self._chat.query_one("#messages", VerticalScroll)
+        if pages < 0:
+            pane.scroll_page_up(animate=False)
+        elif pages > 0:
+            pane.scroll_page_down(animate=False)
+        else:
+            self._follow()
 
     def _signed_out(self, reason: str) -> None:
         self._set_status(f"signed out: {reason}")
@@ -314,7 +353,7 @@ class ChatApp(App[None]):
         self.notify(reason, title="signed out", severity="error", timeout=30)
 
     def _set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(Text(text))
+        self._chat.query_one("#status", Static).update(Text(text))
 
     @work(group="read", exit_on_error=False)
     async def _mark_read(self, conversation: str) -> None:
@@ -345,6 +384,7 @@ class ChatApp(App[None]):
             self._set_status("")
             self._online.set()
             break
+        self._watch_connection()
         # Whatever arrived before we subscribed is in the store: catch up once.
         await self.reload_conversations()
         if self.current is not None:
@@ -360,6 +400,43 @@ class ChatApp(App[None]):
         except FAILURES as exc:
             self._set_status(f"disconnected: {exc}")
             self.notify(f"disconnected: {exc}", severity="error")
+
+    def _watch_connection(self) -> None:
+        """Poll the backend's ``connected`` (when it has one) and show drops at once:
+        ``offline — reconnecting (N s)`` while down, ``back online`` when it is up again.
+        The SDK reconnects by itself (backoff up to 1 s); the status only reports it."""
+        if not isinstance(getattr(self.backend, "connected", None), bool):
+            return  # a backend without the property (e.g. over a daemon): nothing to show
+        self.set_interval(CONNECTION_POLL_S, self._check_connection)
+
+    def _check_connection(self) -> None:
+        if not self.is_running:
+            return
+        up = bool(getattr(self.backend, "connected", True))
+        try:
+            status = str(self._chat.query_one("#status", Static).content)
+        except NoMatches:  # shutting down
+            return
+        if not up:
+            now = time.monotonic()
+            if self._offline_since is None:
+                self._offline_since = now
+                self.notify("connection to the relay lost — reconnecting", severity="warning")
+            down_for = now - self._offline_since
+            self._set_status(
+                f"offline — the relay is unreachable, retrying every second ({down_for:.0f} s)"
+            )
+        elif self._offline_since is not None:
+            self._offline_since = None
+            self._set_status("back online")
+            self.notify("back online")
+            self.set_timer(BACK_ONLINE_SHOW_S, self._clear_back_online)
+        elif status.startswith("offline"):
+            self._set_status("")
+
+    def _clear_back_online(self) -> None:
+        if str(self._chat.query_one("#status", Static).content) == "back online":
+            self._set_status("")
 
     async def handle_event(self, event: Event) -> None:
         """One SDK event."""
@@ -419,7 +496,7 @@ class ChatApp(App[None]):
                 self._system(text)
 
     def _clear_typing(self) -> None:
-        status = self.query_one("#status", Static)
+        status = self._chat.query_one("#status", Static)
         if str(status.content).endswith("is typing…"):
             status.update("")
 
@@ -453,53 +530,81 @@ class ChatApp(App[None]):
             await self.run_command(text)
             return
         if self.current is None:
-            self._system("Open a conversation first: /chat USERNAME")
+            event.input.value = text  # kept: nothing was sent
+            self._system("No conversation is open: /chat USERNAME (or Ctrl+L), then Enter again")
             return
         self._send_text(self.current, text)
 
     async def run_command(self, line: str) -> None:
-        """Run a ``/command`` typed in the input box (see :data:`HELP`)."""
+        """Run a ``/command`` typed in the input box (see :mod:`clients.tui.help`)."""
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
         try:
-            cmd, *args = shlex.split(line)
-        except ValueError as exc:
-            self._system(f"cannot parse the command: {exc}")
-            return
-        if cmd in ("/quit", "/exit"):
+            args = shlex.split(rest)
+        except ValueError:
+            args = rest.split()  # an unbalanced quote: the raw words (a path takes the rest)
+        if name in ("/quit", "/exit"):
             self.exit()
-        elif cmd == "/help":
-            self._system(HELP)
-        elif cmd in ("/chat", "/open") and len(args) == 1:
-            await self.open_conversation(await self._resolve(args[0]))
-        elif cmd in ("/send-file", "/file") and len(args) == 1 and self.current is not None:
-            path = _existing_file(args[0])
+        elif name == "/help":
+            self.push_screen(HelpScreen())
+        elif name in ("/chat", "/open") and len(args) == 1:
+            await self._open_checked(args[0])
+        elif name in ("/send-file", "/file") and rest and self.current is not None:
+            path = _existing_file(rest, args)
             if path is None:
-                self._system(f"no such file: {args[0]}")
+                self._system(f"no such file: {rest}")
             else:
                 self._send_file(self.current, path)
-        elif cmd in ("/verify", "/accept") and self.current is not None:
+        elif name in ("/verify", "/accept") and self.current is not None:
             if is_group_conversation(self.current):
                 self._system("safety numbers are per user: open a direct conversation")
             else:
-                self._verify(self.current, accept=cmd == "/accept")
-        elif cmd == "/save" and len(args) <= 1 and self.current is not None:
+                self._verify(self.current, accept=name == "/accept")
+        elif name == "/save" and len(args) <= 1 and self.current is not None:
             received = [m for m in self.shown.values() if m.attachment and not m.outgoing]
             if not received:
                 self._system("no received file in this conversation")
             else:
-                self._save(received[-1], _user_path(args[0] if args else "."))
-        elif cmd == "/group" and len(args) >= 2:
+                self._save(received[-1], self._downloads(args[0] if args else None))
+        elif name == "/group" and len(args) >= 2:
             self._group_change("create", args[0], args[1:])
-        elif cmd in ("/add", "/remove", "/leave") and self.current is not None:
+        elif name in ("/add", "/remove", "/leave") and self.current is not None:
             if not is_group_conversation(self.current):
-                self._system(f"{cmd} works in a group conversation")
-            elif cmd == "/leave":
+                self._system(f"{name} works in a group conversation")
+            elif name == "/leave":
                 self._group_change("leave", self.current, [])
             elif args:
-                self._group_change(cmd[1:], self.current, args)
+                self._group_change(name[1:], self.current, args)
             else:
-                self._system(f"{cmd} needs usernames")
+                self._system(usage(name))
+        elif self.current is None and name in _NEEDS_CONVERSATION:
+            self._system(f"{name} works in an open conversation: /chat USER|GROUP first")
         else:
-            self._system(f"unknown or incomplete command: {line}. {HELP}")
+            self._system(usage(name))
+
+    async def _open_checked(self, name: str) -> None:
+        """``/chat NAME``: a group, a known contact, or a user the relay knows — not a typo."""
+        target = await self._resolve(name)
+        if not is_group_conversation(target) and target not in self.items:
+            try:
+                await self.backend.verify(target)
+            except UnknownUser:
+                if bool(getattr(self.backend, "connected", True)):
+                    self._system(f"no user or group called {name!r} on this relay")
+                    return
+            except FAILURES:
+                pass  # offline: open it; sending says what is wrong
+        await self.open_conversation(target)
+
+    def _downloads(self, arg: str | None) -> Path:
+        """Where ``/save`` writes: ``DIR`` if given, else the profile's ``downloads`` folder
+        (as ``vox receive``), created on demand."""
+        if arg:
+            return _user_path(arg)
+        home = getattr(self.backend, "home", None)
+        target = Path(home) / "downloads" if home is not None else Path("downloads")
+        target.mkdir(parents=True, exist_ok=True)
+        return target
 
     @work(group="send", exit_on_error=False)
     async def _send_text(self, conversation: str, text: str) -> None:
@@ -516,6 +621,7 @@ class ChatApp(App[None]):
             state=DeliveryState.PENDING,
         )
         await self._merge([placeholder])
+        self._follow()
         try:
             await self._online.wait()
             async with self._send_lock:
@@ -530,7 +636,7 @@ class ChatApp(App[None]):
 
     async def _drop(self, message_id: str) -> None:
         self.shown.pop(message_id, None)
-        await self.query(f"#{_dom_id(message_id)}").remove()
+        await self._chat.query(f"#{_dom_id(message_id)}").remove()
 
     async def _sync(self, conversation: str, *, limit: int = 50) -> None:
         if conversation == self.current:
@@ -594,7 +700,7 @@ class ChatApp(App[None]):
         if action == "leave":
             if self.current == group:  # the pane stays as it was; the group leaves the list
                 self.current = None
-                self.query_one("#conv-title", Static).update("")
+                self._chat.query_one("#conv-title", Static).update("")
             await self.reload_conversations()
             self._system("you left the group: you receive nothing more from it")
             return
@@ -633,9 +739,19 @@ def _replace_msg(m: Message, state: DeliveryState) -> Message:
     return dataclasses.replace(m, state=state)
 
 
-def _existing_file(arg: str) -> Path | None:
-    path = Path(arg).expanduser()
-    return path if path.is_file() else None
+def _existing_file(rest: str, args: list[str]) -> Path | None:
+    """The file ``/send-file`` means: the quoted or escaped path, or the rest of the line as
+    typed (a path with spaces needs no quotes)."""
+    for candidate in ([args[0]] if len(args) == 1 else []) + [rest]:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            return path
+    return None
+
+
+_NEEDS_CONVERSATION = frozenset(
+    {"/send-file", "/file", "/verify", "/accept", "/save", "/add", "/remove", "/leave"}
+)
 
 
 def _user_path(arg: str) -> Path:

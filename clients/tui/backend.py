@@ -129,6 +129,16 @@ class SdkBackend:
     def username(self) -> str:
         return self.client.username
 
+    @property
+    def home(self) -> Path | None:
+        """The profile directory (``/save`` writes to its ``downloads`` folder)."""
+        return self.client.home
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client's WebSocket is up (optional: the TUI shows drops with it)."""
+        return self.client.connected
+
     async def server_config(self) -> ServerConfig:
         return await self.client.config()
 

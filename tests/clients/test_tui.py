@@ -231,7 +231,7 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         await type_line(pilot, "/send-file /nonexistent/file")
         await until(pilot, lambda: shown(app, "no such file: /nonexistent/file"))
         await type_line(pilot, "/bogus")
-        await until(pilot, lambda: shown(app, "unknown or incomplete command: /bogus"))
+        await until(pilot, lambda: shown(app, "unknown command /bogus — /help lists the commands"))
 
 
 async def test_a_changed_key_warns_blocks_sending_until_accepted(
@@ -321,7 +321,8 @@ async def test_leaving_a_group_from_the_tui(people: People) -> None:
         await until(pilot, lambda: "without alice" in texts(people.carol_got))
         assert not shown(app, "without alice")
         await type_line(pilot, "back?")  # no conversation is open any more
-        await until(pilot, lambda: shown(app, "Open a conversation first"))
+        await until(pilot, lambda: shown(app, "No conversation is open"))
+        assert pilot.app.query_one("#input", Input).value == "back?"  # the text is kept
 
 
 async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""The TUI's rough edges a gomuks or iamb user notices (issue 11), driven with Textual's pilot on
+real SDK clients through a real relay on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+from textual import events
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Input, Static
+from textual.widgets._footer import FooterKey
+
+from clients.sdk import VoxClient
+from clients.tui import ChatApp, SdkBackend
+from clients.tui.help import HelpScreen
+from tests.clients import test_tui as base
+from tests.clients.kit import RelayProcess
+from tests.clients.test_tui import People, chat_list, lines, shown, status, type_line, until
+
+relay = base.relay  # the fixtures, used by name
+people = base.people
+
+
+def pane(app: ChatApp) -> VerticalScroll:
+    return app.query_one("#messages", VerticalScroll)
+
+
+def at_bottom(app: ChatApp) -> bool:
+    p = pane(app)
+    return p.max_scroll_y > 0 and p.scroll_y >= p.max_scroll_y
+
+
+async def fill(sender: VoxClient, to: str, n: int) -> None:
+    for i in range(n):
+        await sender.send_text(to, f"line {i:03d} " + "words " * (i % 7))
+
+
+async def test_opening_a_chat_shows_the_newest_messages_and_stays_at_the_bottom(
+    people: People,
+) -> None:
+    await fill(people.bob, "alice", 60)
+    await fill(people.carol, "alice", 60)
+    await newest_in_view(people, (120, 35))
+    await newest_in_view(people, (110, 14))
+
+
+async def newest_in_view(people: People, size: tuple[int, int]) -> None:
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: shown(app, "line 059"))
+        await until(pilot, lambda: at_bottom(app))
+        # Another conversation: its newest line is in view as well.
+        await type_line(pilot, "/chat carol")
+        await until(pilot, lambda: shown(app, "carol·1: line 059"))
+        await until(pilot, lambda: at_bottom(app))
+        # A resize keeps the bottom in view.
+        await pilot.resize_terminal(80, 20)
+        await pilot.pause(0.2)
+        await until(pilot, lambda: at_bottom(app))
+        await pilot.resize_terminal(*size)
+        await until(pilot, lambda: at_bottom(app))
+        # A new message follows the bottom.
+        await people.carol.send_text("alice", f"the very newest {size}")
+        await until(pilot, lambda: shown(app, f"the very newest {size}"))
+        await until(pilot, lambda: at_bottom(app))
+
+
+async def test_page_up_down_and_the_wheel_scroll_from_the_input_box(people: People) -> None:
+    await fill(people.bob, "alice", 60)
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(100, 24)) as pilot:
+        await until(pilot, lambda: shown(app, "line 059"))
+        await until(pilot, lambda: at_bottom(app))
+        assert app.focused is not None and app.focused.id == "input"
+        await pilot.press("pageup")
+        await until(pilot, lambda: not at_bottom(app))
+        up_once = pane(app).scroll_y
+        await pilot.press("pageup")
+        await until(pilot, lambda: pane(app).scroll_y < up_once)
+        # New messages do not yank the reader back down while scrolled up.
+        await people.bob.send_text("alice", "arrives while reading")
+        await until(pilot, lambda: shown(app, "arrives while reading"))
+        await pilot.pause(0.2)
+        assert not at_bottom(app)
+        await pilot.press("pagedown", "pagedown", "pagedown", "pagedown")
+        await until(pilot, lambda: at_bottom(app))
+        # The wheel over the input box scrolls the conversation too.
+        before = pane(app).scroll_y
+        box = app.query_one("#input", Input)
+        box.post_message(events.MouseScrollUp(box, 2, 1, 0, -1, 0, False, False, False))
+        await until(pilot, lambda: pane(app).scroll_y < before)
+        box.post_message(events.MouseScrollDown(box, 2, 1, 0, 1, 0, False, False, False))
+        await until(pilot, lambda: at_bottom(app))
+        # The footer says how.
+        footer = app.query_one(Footer)
+        keys = " ".join(str(k.key_display) for k in footer.query(FooterKey))
+        assert "PgUp/PgDn" in keys
+
+
+async def test_a_dropped_connection_shows_offline_and_back_online(tmp_path: Path) -> None:
+    proc = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await proc.start()
+    alice = await VoxClient.register(tmp_path / "a", proc.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", proc.base_url, "bob")
+    try:
+        await bob.send_text("alice", "before the drop")
+        app = ChatApp(SdkBackend(alice), open_conversation="bob")
+        async with app.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: shown(app, "before the drop"))
+            await until(pilot, lambda: alice.connected)
+            proc.stop()
+            await until(pilot, lambda: status(app).startswith("offline"), within=30)
+            assert "retrying" in status(app)
+            await proc.start()
+            await until(pilot, lambda: status(app) == "back online", within=60)
+            await bob.send_text("alice", "after the drop")
+            await until(pilot, lambda: shown(app, "after the drop"), within=60)
+    finally:
+        await alice.close()
+        await bob.close()
+        proc.stop()
+
+
+async def test_help_is_a_table_and_a_command_error_names_one_command(people: People) -> None:
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(110, 40)) as pilot:
+        await until(pilot, lambda: shown(app, "No messages with bob yet"))
+        await type_line(pilot, "/help")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        table = app.screen.query_one("#help-table", Static).content
+        assert isinstance(table, Table)
+        cells = [str(c) for col in table.columns for c in col.cells]
+        assert "PgUp / PgDn, mouse wheel" in cells and "/send-file PATH" in cells
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+        await type_line(pilot, "/group lonely")
+        await until(pilot, lambda: shown(app, "usage: /group NAME USER... — create a group"))
+        assert not shown(app, "/send-file")  # the one command, not the whole list
+
+
+async def test_send_file_with_spaces_save_to_downloads_and_unknown_users(
+    people: People, tmp_path: Path
+) -> None:
+    spaced = tmp_path / "my holiday photo.bin"
+    spaced.write_bytes(b"x" * 3000)
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: shown(app, "No messages with bob yet"))
+        await type_line(pilot, f"/send-file {spaced}")  # no quotes needed
+        await until(pilot, lambda: shown(app, "you: 📎 my holiday photo.bin"))
+        await type_line(pilot, f'/send-file "{spaced}"')  # quotes work too
+        await until(pilot, lambda: sum("my holiday photo" in line for line in lines(app)) == 2)
+        # /save without a directory: the profile's downloads folder, like `vox receive`.
+        reply = tmp_path / "reply.txt"
+        reply.write_bytes(b"y" * 100)
+        await people.bob.send_file("alice", reply)
+        await until(pilot, lambda: shown(app, "bob·1: 📎 reply.txt"))
+        await type_line(pilot, "/save")
+        assert people.alice.home is not None
+        downloads = people.alice.home / "downloads"
+        await until(pilot, lambda: (downloads / "reply.txt").is_file())
+        assert (downloads / "reply.txt").read_bytes() == reply.read_bytes()
+        # /chat with a name nobody has: said so, nothing opened.
+        await type_line(pilot, "/chat nosuchuser")
+        await until(pilot, lambda: shown(app, "no user or group called 'nosuchuser'"))
+        assert app.current == "bob"
+        assert not any("nosuchuser" in line for line in chat_list(app))
