@@ -1,4 +1,4 @@
-"""``vox-relay``: serve, migrate, invites, device revocation, stats, backup and restore.
+"""``vox-relay``: serve, migrate, invites, accounts, device revocation, stats, backup and restore.
 
 Every command reads settings like the server does (defaults < ``--config``/``VOX_CONFIG``
 TOML < ``VOX_*`` environment < options) and fails with one clear line on stderr and exit
@@ -35,9 +35,32 @@ app = typer.Typer(
 invite_app = typer.Typer(help="Invite tokens (registration policy 'invite').", no_args_is_help=True)
 device_app = typer.Typer(help="Operator actions on devices.", no_args_is_help=True)
 app.add_typer(invite_app, name="invite")
+account_app = typer.Typer(help="Operator actions on accounts.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
+app.add_typer(account_app, name="account")
 
 T = TypeVar("T")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vox-relay {version('vox')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Vox relay: store-and-forward of end-to-end encrypted messages."""
+
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML settings file (default: $VOX_CONFIG).")
@@ -284,21 +307,182 @@ def device_revoke(
     device_pk, count = found
     closed = ""
     if settings.redis_url:
-        _run(_disconnect_everywhere(settings, device_pk))
+        _run(_disconnect_everywhere(settings, [device_pk]))
         closed = "; its open connections were told to close"
     typer.echo(f"revoked device {device_id} of {username}: {count} token(s) revoked{closed}")
 
 
-async def _disconnect_everywhere(settings: Settings, device_pk: int) -> None:
-    """Ask every relay node (through Redis) to close the device's connections."""
+async def _disconnect_everywhere(
+    settings: Settings, device_pks: list[int], reason: str = "device revoked by the relay operator"
+) -> None:
+    """Ask every relay node (through Redis) to close the devices' connections."""
     from server.fanout import Hub
 
     hub = Hub(settings.redis_url, settings.redis_prefix)
     await hub.start()
     try:
-        await hub.disconnect(device_pk, "device revoked by the relay operator")
+        for device_pk in device_pks:
+            await hub.disconnect(device_pk, reason)
     finally:
         await hub.stop()
+
+
+@device_app.command("unrevoke")
+def device_unrevoke(
+    username: Annotated[str, typer.Argument(help="Account username.")],
+    device_id: Annotated[int, typer.Argument(help="Device id on that account.", min=1)],
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Undo `device revoke`: the device may log in again (with a fresh challenge).
+
+    Example: vox-relay device unrevoke alice 467399649
+    """
+    from server.db.engine import session_factory, write_lock
+    from server.repositories.accounts import get_device, unrevoke_device
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> bool | None:
+        async with session_factory(engine)() as session:
+            await write_lock(session)
+            device = await get_device(session, username, device_id)
+            if device is None:
+                return None
+            changed = await unrevoke_device(session, device.pk)
+            await session.commit()
+            return changed
+
+    _run(_migrate(settings))
+    changed = _run(_with_engine(settings, go))
+    if changed is None:
+        _fail(f"no device {device_id} for user {username!r}")
+    if not changed:
+        _fail(f"device {device_id} of {username} is not revoked")
+    typer.echo(f"device {device_id} of {username} may log in again")
+
+
+@account_app.command("delete")
+def account_delete(
+    username: Annotated[str, typer.Argument(help="Account username.")],
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete an account: its devices, queues, prekeys, tokens, push subscriptions and the
+    attachments it uploaded. Its name (and look-alikes) stay reserved for
+    `username_quarantine_days`; its contacts get 410 account_deleted.
+
+    Example: vox-relay account delete mallory
+    """
+    from server.attachments.storage import LocalDiskStore
+    from server.db.engine import session_factory
+    from server.errors import DomainError
+    from server.services.accounts import DeletedAccount, delete_account
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> DeletedAccount | str:
+        async with session_factory(engine)() as session:
+            try:
+                deleted = await delete_account(session, settings, username)
+            except DomainError as exc:
+                return exc.message
+        store = LocalDiskStore(settings.data_dir.resolve() / "attachments")
+        for blob_id in deleted.blob_ids:
+            await store.delete(blob_id)
+        return deleted
+
+    _run(_migrate(settings))
+    deleted = _run(_with_engine(settings, go))
+    if isinstance(deleted, str):
+        _fail(deleted)
+    closed = ""
+    if settings.redis_url:
+        _run(_disconnect_everywhere(settings, deleted.device_pks, "account deleted"))
+        closed = "; open connections were told to close"
+    from datetime import UTC, datetime
+
+    until = datetime.fromtimestamp(deleted.released_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    typer.echo(
+        f"deleted account {username}: {len(deleted.device_pks)} device(s), "
+        f"{len(deleted.blob_ids)} attachment(s){closed}; the name is reserved until {until}"
+    )
+
+
+@invite_app.command("list")
+def invite_list(
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List invites (id, uses left, expiry, state); tokens are not stored, so not shown.
+
+    Example: vox-relay invite list
+    """
+    from datetime import UTC, datetime
+
+    from server.clock import now
+    from server.db.engine import session_factory
+    from server.repositories.invites import list_invites
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> list[tuple[int, int, int | None, int]]:
+        async with session_factory(engine)() as session:
+            return [
+                (i.id, i.uses_left, i.expires_at, i.created_at) for i in await list_invites(session)
+            ]
+
+    _run(_migrate(settings))
+    rows = _run(_with_engine(settings, go))
+    t = now()
+
+    def when(ts: int | None) -> str:
+        return (
+            "never" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        )
+
+    typer.echo(f"{'ID':>6}  {'USES LEFT':>9}  {'EXPIRES':<17}  {'CREATED':<17}  STATE")
+    for invite_id, uses, expires, created in rows:
+        state = (
+            "used up"
+            if uses <= 0
+            else "expired"
+            if expires is not None and expires <= t
+            else "active"
+        )
+        typer.echo(f"{invite_id:>6}  {uses:>9}  {when(expires):<17}  {when(created):<17}  {state}")
+
+
+@invite_app.command("revoke")
+def invite_revoke(
+    invite_id: Annotated[int, typer.Argument(help="Invite id from `vox-relay invite list`.")],
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke an invite so that it admits nobody more.
+
+    Example: vox-relay invite revoke 3
+    """
+    from server.db.engine import session_factory, write_lock
+    from server.repositories.invites import delete_invite
+
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+
+    async def go(engine: AsyncEngine) -> bool:
+        async with session_factory(engine)() as session:
+            await write_lock(session)
+            found = await delete_invite(session, invite_id)
+            await session.commit()
+            return found
+
+    _run(_migrate(settings))
+    if not _run(_with_engine(settings, go)):
+        _fail(f"no invite with id {invite_id}")
+    typer.echo(f"revoked invite {invite_id}")
 
 
 @app.command()

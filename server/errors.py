@@ -26,6 +26,7 @@ __all__ = [
     "Conflict",
     "DomainError",
     "Forbidden",
+    "Gone",
     "InsufficientStorage",
     "NotFound",
     "PayloadTooLarge",
@@ -84,6 +85,13 @@ class NotFound(DomainError):
 
     status = 404
     code = "not_found"
+
+
+class Gone(DomainError):
+    """The resource existed and was deleted for good, e.g. a deleted account (410)."""
+
+    status = 410
+    code = "gone"
 
 
 class Conflict(DomainError):

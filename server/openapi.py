@@ -30,6 +30,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "not allowed",
     404: "unknown user, device or resource",
     409: "conflicts with stored state",
+    410: "the account was deleted (``account_deleted``)",
     413: "body, batch or field over its limit",
     415: "the body is not sent as application/json",
     422: "wrong types, missing or unknown fields, pattern mismatch (body, path or query)",

@@ -193,6 +193,13 @@ class RegisterIn(_In):
     invite: str | None = Field(None, max_length=128)
 
 
+class AccountDeleteIn(_In):
+    """``DELETE /v1/accounts/me``: the account key's signature over
+    ``"VoxAccountDelete-v1" || 0x00 || username`` (UTF-8)."""
+
+    signature: B64
+
+
 class RegisterOut(BaseModel):
     """Answer to a registration."""
 

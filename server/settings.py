@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     #: and ``/metrics``, outside every connection cap (bind it to a private address).
     ops_port: int | None = Field(None, ge=1, le=65535)
     ops_host: str = "127.0.0.1"
+    #: After an account is deleted its username (and every look-alike of it) stays
+    #: reserved this many days before anyone may register it again (0: free at once).
+    username_quarantine_days: int = Field(30, ge=0, le=3650)
     brand: BrandSettings = BrandSettings()
     limits: LimitSettings = LimitSettings()
     push: PushSettings = PushSettings()

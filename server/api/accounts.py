@@ -1,4 +1,4 @@
-"""``/v1/accounts``: register, list devices, replace the signed device list."""
+"""``/v1/accounts``: register, list devices, replace the signed device list, delete."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from server.deps import (
     client_ip,
 )
 from server.logs import log_event
+from server.notify import DeviceNotifier
 from server.openapi import error_responses
 from server.ratelimit import Limiter
 from server.schemas import (
     USERNAME_PATTERN,
+    AccountDeleteIn,
     AccountDevices,
     DeviceListIn,
     DeviceOut,
@@ -60,7 +62,36 @@ async def register(
     return RegisterOut(username=body.username, device_id=device.device_id, device_list_version=1)
 
 
-@router.get("/{username}/devices", responses=error_responses(404))
+@router.delete("/me", status_code=204, responses=error_responses(403))
+async def delete_me(
+    request: Request,
+    body: AccountDeleteIn,
+    me: CurrentDevice,
+    session: SessionDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+) -> None:
+    """Delete the caller's whole account (signed by the account key); its name is quarantined."""
+    deleted = await service.delete_account(
+        session, settings, me.username, signature=body.signature, account_id=me.account_id
+    )
+    await finish_deletion(request, notifier, deleted)
+    log_event("account_deleted", username=me.username, by="owner", devices=len(deleted.device_pks))
+
+
+async def finish_deletion(
+    request: Request, notifier: DeviceNotifier, deleted: service.DeletedAccount
+) -> None:
+    """After the commit: close the devices' sockets and erase the uploaded blobs."""
+    for pk in deleted.device_pks:
+        await notifier.disconnect(pk, "account deleted")
+    attachments = getattr(request.app.state, "attachments", None)
+    if attachments is not None:
+        for blob_id in deleted.blob_ids:
+            await attachments.store.delete(blob_id)
+
+
+@router.get("/{username}/devices", responses=error_responses(404, 410))
 async def get_devices(
     _: CurrentDevice, session: SessionDep, username: str = UsernamePath
 ) -> AccountDevices:

@@ -78,7 +78,7 @@ async def count(me: CurrentDevice, session: SessionDep, settings: SettingsDep) -
     )
 
 
-@router.get("/{username}", responses=error_responses(404))
+@router.get("/{username}", responses=error_responses(404, 410))
 async def bundle(
     request: Request,
     me: CurrentDevice,

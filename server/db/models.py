@@ -102,6 +102,21 @@ class Account(Base):
     )
 
 
+class DeletedUsername(Base):
+    """A deleted account's username: answered as gone, and reserved until ``released_at``.
+
+    While ``released_at`` is in the future, neither the name nor any name with the same
+    confusable skeleton can be registered (``username_quarantine_days``).
+    """
+
+    __tablename__ = "deleted_usernames"
+
+    username: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username_skeleton: Mapped[str] = mapped_column(String(128), index=True)
+    deleted_at: Mapped[int] = mapped_column(BigInteger)
+    released_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class Device(Base):
     """One device on an account's signed list, with its current signed prekeys."""
 

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.db.models import Account, AuthToken, Device
+from server.db.models import Account, AuthToken, DeletedUsername, Device
+from server.db.models_delivery import Attachment
 
 __all__ = [
     "add_account",
     "add_device",
     "count_accounts",
     "count_devices",
+    "delete_account",
     "delete_devices",
+    "deleted_username",
     "get_account",
     "get_account_for_update",
     "get_device",
     "list_devices",
+    "quarantine_username",
+    "reserved_until",
     "revoke_device",
     "skeleton_taken",
+    "take_attachments",
+    "unrevoke_device",
 ]
 
 
@@ -135,3 +142,68 @@ async def count_accounts(session: AsyncSession) -> int:
 async def count_devices(session: AsyncSession) -> int:
     """Number of devices."""
     return int(await session.scalar(select(func.count()).select_from(Device)) or 0)
+
+
+async def unrevoke_device(session: AsyncSession, device_pk: int) -> bool:
+    """Allow a revoked device to log in again; False when it was not revoked.
+
+    Its revoked tokens stay revoked: the device logs in afresh with a challenge.
+    """
+    result = await session.execute(
+        update(Device)
+        .where(Device.pk == device_pk, Device.revoked_at.is_not(None))
+        .values(revoked_at=None)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def take_attachments(session: AsyncSession, device_pks: Sequence[int]) -> list[str]:
+    """Delete the attachment rows these devices uploaded; return their blob ids."""
+    if not device_pks:
+        return []
+    result = await session.execute(
+        delete(Attachment)
+        .where(Attachment.uploader_device_pk.in_(device_pks))
+        .returning(Attachment.id)
+    )
+    return [row[0] for row in result]
+
+
+async def delete_account(session: AsyncSession, account_id: int) -> None:
+    """Delete the account; foreign keys cascade to its devices and everything they own."""
+    await session.execute(delete(Device).where(Device.account_id == account_id))
+    await session.execute(delete(Account).where(Account.id == account_id))
+
+
+async def quarantine_username(
+    session: AsyncSession, *, username: str, skeleton: str, now: int, released_at: int
+) -> None:
+    """Remember a deleted account's name, reserved (with its look-alikes) until ``released_at``."""
+    await session.execute(delete(DeletedUsername).where(DeletedUsername.username == username))
+    session.add(
+        DeletedUsername(
+            username=username, username_skeleton=skeleton, deleted_at=now, released_at=released_at
+        )
+    )
+    await session.flush()
+
+
+async def reserved_until(
+    session: AsyncSession, username: str, skeleton: str, now: int
+) -> int | None:
+    """When a quarantine on this name or a look-alike of it ends; None when there is none."""
+    result = await session.scalar(
+        select(func.max(DeletedUsername.released_at)).where(
+            or_(
+                DeletedUsername.username == username,
+                DeletedUsername.username_skeleton == skeleton,
+            ),
+            DeletedUsername.released_at > now,
+        )
+    )
+    return None if result is None else int(result)
+
+
+async def deleted_username(session: AsyncSession, username: str) -> DeletedUsername | None:
+    """The record of a deleted account of this name, if one was ever deleted."""
+    return await session.get(DeletedUsername, username)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select, update
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import Invite
 
-__all__ = ["add_invite", "consume_invite", "count_invites"]
+__all__ = ["add_invite", "consume_invite", "count_invites", "delete_invite", "list_invites"]
 
 
 async def add_invite(
@@ -18,6 +20,18 @@ async def add_invite(
         Invite(token_hash=token_hash, uses_left=uses, expires_at=expires_at, created_at=now)
     )
     await session.flush()
+
+
+async def list_invites(session: AsyncSession) -> Sequence[Invite]:
+    """Every stored invite (used-up and expired ones too), oldest first."""
+    result = await session.execute(select(Invite).order_by(Invite.id))
+    return result.scalars().all()
+
+
+async def delete_invite(session: AsyncSession, invite_id: int) -> bool:
+    """Delete an invite so that it admits nobody; False when there is no such invite."""
+    result = await session.execute(delete(Invite).where(Invite.id == invite_id))
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def consume_invite(session: AsyncSession, token_hash: bytes, now: int) -> bool:

@@ -7,6 +7,12 @@ A device list is accepted only when it parses, is signed by the stored account k
 the account, and carries a version strictly greater than the stored one. The device set
 is then *derived* from it: new ids are inserted, missing ids (or ids whose keys changed)
 are deleted, which cascades to their tokens, challenges, prekeys and queued envelopes.
+
+Deleting an account (by one of its devices, proven with an account-key signature, or by the
+operator) removes it with its devices, queues, prekeys, tokens, push subscriptions and the
+attachments its devices uploaded, and records the name in ``deleted_usernames``: a fetch of
+its devices then answers 410 ``account_deleted``, and the name and its look-alikes stay
+reserved for ``username_quarantine_days``.
 """
 
 from __future__ import annotations
@@ -19,17 +25,36 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import Account, Device
-from server.device_list import DeviceListError, SignedDeviceList, ed25519_public, parse_device_list
-from server.errors import BadRequest, Conflict, Forbidden, NotFound
+from server.device_list import (
+    DeviceListError,
+    SignedDeviceList,
+    ed25519_public,
+    parse_device_list,
+    verify_ed25519,
+)
+from server.errors import BadRequest, Conflict, DomainError, Forbidden, Gone, NotFound
 from server.repositories import accounts as account_repo
 from server.repositories import invites as invite_repo
 from server.schemas import RegisterIn
 from server.services.auth import hash_secret
 from server.services.prekeys import store_prekeys, validate_upload
-from server.settings import RegistrationPolicy, Settings
+from server.settings import DAY, RegistrationPolicy, Settings
 from server.usernames import skeleton
 
-__all__ = ["DeviceListUpdate", "account_devices", "register", "update_device_list"]
+__all__ = [
+    "ACCOUNT_DELETE_CONTEXT",
+    "DeletedAccount",
+    "DeviceListUpdate",
+    "account_devices",
+    "delete_account",
+    "deletion_message",
+    "missing_user",
+    "register",
+    "update_device_list",
+]
+
+#: An account deletion is signed by the account key over ``context || 0x00 || username``.
+ACCOUNT_DELETE_CONTEXT = b"VoxAccountDelete-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +64,21 @@ class DeviceListUpdate:
     account: Account
     devices: list[Device]
     removed_device_pks: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedAccount:
+    """What a deletion removed: the devices to disconnect and the blobs to erase."""
+
+    username: str
+    device_pks: list[int]
+    blob_ids: list[str]
+    released_at: int
+
+
+def deletion_message(username: str) -> bytes:
+    """The bytes an account key signs to delete the account ``username``."""
+    return ACCOUNT_DELETE_CONTEXT + b"\x00" + username.encode("utf-8")
 
 
 def _parse_and_verify(blob: bytes, username: str, account_key: bytes) -> SignedDeviceList:
@@ -95,8 +135,15 @@ async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -
             "(same confusable skeleton); choose another",
             code="username_lookalike",
         )
-    await _check_invite(session, settings, req.invite)
     t = clock_now()
+    until = await account_repo.reserved_until(session, req.username, name_skeleton, t)
+    if until is not None:
+        raise Conflict(
+            f"username {req.username!r} (or a look-alike of it) belonged to a deleted account "
+            f"and is reserved for {max(1, -(-(until - t) // DAY))} more day(s)",
+            code="username_quarantined",
+        )
+    await _check_invite(session, settings, req.invite)
     try:
         account = await account_repo.add_account(
             session,
@@ -131,8 +178,58 @@ async def account_devices(session: AsyncSession, username: str) -> tuple[Account
     """The account and its devices."""
     account = await account_repo.get_account(session, username)
     if account is None:
-        raise NotFound(f"no user {username!r}", code="unknown_user")
+        raise await missing_user(session, username)
     return account, list(await account_repo.list_devices(session, account.id))
+
+
+async def missing_user(session: AsyncSession, username: str) -> DomainError:
+    """The error for a name with no account: 410 ``account_deleted`` or 404 ``unknown_user``."""
+    if await account_repo.deleted_username(session, username) is not None:
+        return Gone(f"the account {username!r} was deleted", code="account_deleted")
+    return NotFound(f"no user {username!r}", code="unknown_user")
+
+
+async def delete_account(
+    session: AsyncSession,
+    settings: Settings,
+    username: str,
+    *,
+    signature: bytes | None = None,
+    account_id: int | None = None,
+) -> DeletedAccount:
+    """Delete the account and all it owns; quarantine its name. Commits.
+
+    A device deleting its own account passes ``account_id`` (its token's account) and the
+    account key's ``signature`` over :func:`deletion_message`; the operator passes neither.
+    The caller disconnects ``device_pks`` and erases ``blob_ids`` from the attachment store.
+    """
+    await write_lock(session)
+    account = await account_repo.get_account_for_update(session, username)
+    if account is None:
+        raise await missing_user(session, username)
+    if account_id is not None:
+        if account.id != account_id:
+            raise Forbidden("a device may only delete its own account", code="not_your_account")
+        if signature is None or not verify_ed25519(
+            account.account_key, signature, deletion_message(username)
+        ):
+            raise Forbidden(
+                "the deletion must be signed by the account key", code="invalid_signature"
+            )
+    device_pks = [d.pk for d in await account_repo.list_devices(session, account.id)]
+    blob_ids = await account_repo.take_attachments(session, device_pks)
+    await account_repo.delete_account(session, account.id)
+    t = clock_now()
+    released_at = t + settings.username_quarantine_days * DAY
+    await account_repo.quarantine_username(
+        session,
+        username=username,
+        skeleton=account.username_skeleton or skeleton(username),
+        now=t,
+        released_at=released_at,
+    )
+    await session.commit()
+    return DeletedAccount(username, device_pks, blob_ids, released_at)
 
 
 async def update_device_list(

@@ -23,7 +23,7 @@ from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
 from server.device_list import canonical_x25519
-from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
 from server.repositories import accounts as account_repo
 from server.repositories import prekeys as prekey_repo
 from server.schemas import PrekeyUpload, SignedPrekeyIn
@@ -220,6 +220,8 @@ async def claim_bundle(
     await write_lock(session)
     account = await account_repo.get_account(session, username)
     if account is None:
+        if await account_repo.deleted_username(session, username) is not None:
+            raise Gone(f"the account {username!r} was deleted", code="account_deleted")
         raise NotFound(f"no user {username!r}", code="unknown_user")
     devices = list(await account_repo.list_devices(session, account.id))
     if device_id is not None:

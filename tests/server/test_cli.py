@@ -147,3 +147,63 @@ async def test_device_revoke_closes_open_connections_through_redis(
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code is not None and ws.close_code != 1000
+
+
+@pytest.mark.timeout(900)  # a dozen CLI processes; the shared machine is slow
+async def test_operator_deletes_an_account_unrevokes_a_device_and_manages_invites(
+    tmp_path: Path,
+) -> None:
+    data = str(tmp_path / "data")
+    port = free_port()
+    env = {"VOX_REGISTRATION": "invite", "VOX_LOG_JSON": "true"}
+    code, out, err = await run_cli("--version")
+    assert code == 0 and out.startswith("vox-relay ") and out.strip().split()[-1][0].isdigit()
+    async with relay_process(
+        ["serve", "--port", str(port), "--data-dir", data],
+        env=env,
+        port=port,
+        startup_timeout=300,
+    ):
+        code, out, err = await run_cli("invite", "create", "--uses", "2", "--data-dir", data)
+        assert code == 0, err
+        invite = out.strip()
+        code, out, err = await run_cli("invite", "list", "--data-dir", data)
+        assert code == 0, err
+        lines = out.strip().splitlines()
+        assert lines[0].split()[:3] == ["ID", "USES", "LEFT"] and len(lines) == 2
+        assert lines[1].split()[1] == "2" and lines[1].split()[-1] == "active"
+        assert invite not in out  # only hashes are stored
+        first_id = lines[1].split()[0]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            alice = TestAccount.new("alice")
+            assert (await alice.register(http, invite=invite)).status_code == 201
+            token = await alice.login(http)
+
+            code, out, err = await run_cli("device", "unrevoke", "alice", "1", "--data-dir", data)
+            assert code == 1 and "not revoked" in err
+            code, out, err = await run_cli("device", "revoke", "alice", "1", "--data-dir", data)
+            assert code == 0, err
+            ch = await http.post("/v1/auth/challenge", json={"username": "alice", "device_id": 1})
+            assert ch.status_code == 403
+            code, out, err = await run_cli("device", "unrevoke", "alice", "1", "--data-dir", data)
+            assert code == 0, err
+            assert "may log in again" in out
+            token = await alice.login(http)
+            assert (
+                await http.get("/v1/prekeys/count", headers=auth_header(token))
+            ).status_code == 200
+
+            code, out, err = await run_cli("invite", "revoke", first_id, "--data-dir", data)
+            assert code == 0, err
+            assert (await TestAccount.new("bob").register(http, invite=invite)).status_code == 403
+
+            code, out, err = await run_cli("account", "delete", "alice", "--data-dir", data)
+            assert code == 0, err
+            assert "deleted account alice: 1 device(s)" in out and "reserved until" in out
+            assert (
+                await http.get("/v1/prekeys/count", headers=auth_header(token))
+            ).status_code == 401
+            code, out, err = await run_cli("account", "delete", "alice", "--data-dir", data)
+            assert code == 1 and "was deleted" in err
+        code, out, err = await run_cli("stats", "--data-dir", data)
+        assert json.loads(out)["accounts"] == 0
