@@ -1,6 +1,8 @@
 """Domain errors raised by services, and their one mapping to HTTP responses.
 
-Every error carries a stable machine ``code`` (the ``error`` field of the JSON body), a
+Every error carries a stable machine ``code`` (the ``error`` field of the JSON body, a
+:class:`wire.codes.RestErrorCode` value; ``tests/wire`` checks every code the relay raises is
+one), a
 human ``message`` and the HTTP ``status`` it maps to. Routes never build error responses
 themselves; :func:`install_error_handlers` turns every :class:`DomainError` (and FastAPI's
 own validation / routing errors) into ``{"error": code, "message": text}``.
@@ -20,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from wire.codes import RestErrorCode
 
 __all__ = [
     "BadRequest",
@@ -43,7 +47,7 @@ class DomainError(Exception):
     """Base of every relay error that reaches a client."""
 
     status: int = 400
-    code: str = "bad_request"
+    code: str = RestErrorCode.BAD_REQUEST
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -60,7 +64,7 @@ class BadRequest(DomainError):
     """Structurally valid JSON with an unacceptable value (400)."""
 
     status = 400
-    code = "bad_request"
+    code = RestErrorCode.BAD_REQUEST
 
 
 class Unauthorized(DomainError):
@@ -84,14 +88,14 @@ class NotFound(DomainError):
     """Unknown user, device or resource (404)."""
 
     status = 404
-    code = "not_found"
+    code = RestErrorCode.NOT_FOUND
 
 
 class Gone(DomainError):
     """The resource existed and was deleted for good, e.g. a deleted account (410)."""
 
     status = 410
-    code = "gone"
+    code = RestErrorCode.ACCOUNT_DELETED
 
 
 class Conflict(DomainError):
@@ -105,14 +109,14 @@ class PayloadTooLarge(DomainError):
     """A body, batch or field over its limit (413)."""
 
     status = 413
-    code = "too_large"
+    code = RestErrorCode.TOO_LARGE
 
 
 class RateLimited(DomainError):
     """Too many requests; retry after ``retry_after`` seconds (429)."""
 
     status = 429
-    code = "rate_limited"
+    code = RestErrorCode.RATE_LIMITED
 
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
@@ -127,7 +131,7 @@ class InsufficientStorage(DomainError):
     (``quota_exceeded``) reached (507)."""
 
     status = 507
-    code = "insufficient_storage"
+    code = RestErrorCode.INSUFFICIENT_STORAGE
 
 
 class Unavailable(DomainError):
@@ -152,21 +156,25 @@ def _describe_validation(errors: list[Any]) -> tuple[int, str, str]:
     for err in errors:
         where = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid":
-            return 400, "malformed_json", "request body is not valid JSON"
+            return 400, RestErrorCode.MALFORMED_JSON, "request body is not valid JSON"
         if where == ("body",) and err.get("type") == "missing":
-            return 400, "malformed_json", "request body is empty; expected a JSON object"
+            return (
+                400,
+                RestErrorCode.MALFORMED_JSON,
+                "request body is empty; expected a JSON object",
+            )
         if where == ("body",) and isinstance(err.get("input"), bytes | bytearray):
             # FastAPI hands the raw bytes on when the Content-Type is not JSON.
             return (
                 415,
-                "unsupported_media_type",
+                RestErrorCode.UNSUPPORTED_MEDIA_TYPE,
                 "send the request body as JSON with Content-Type: application/json",
             )
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return 422, "invalid_request", "; ".join(parts)
+    return 422, RestErrorCode.INVALID_REQUEST, "; ".join(parts)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -200,9 +208,14 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_DETAIL:
-            code, detail = "malformed_json", "request body is not valid JSON"
+            code: str = RestErrorCode.MALFORMED_JSON
+            detail = "request body is not valid JSON"
         else:
-            codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+            codes: dict[int, str] = {
+                404: RestErrorCode.NOT_FOUND,
+                405: RestErrorCode.METHOD_NOT_ALLOWED,
+                413: RestErrorCode.BODY_TOO_LARGE,
+            }
             code = codes.get(exc.status_code, "http_error")
             detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 405:
@@ -225,7 +238,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 }
             },
         )
-        return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+        return JSONResponse(
+            error_body(RestErrorCode.INTERNAL, "internal server error"), status_code=500
+        )
 
     app.add_exception_handler(DomainError, on_domain)
     app.add_exception_handler(Exception, on_unexpected)

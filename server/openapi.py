@@ -10,7 +10,7 @@ Two sources, merged by :func:`document_errors`:
   operation's ``security``). The per-address rate limit (429) is declared where the
   routers are included with it (``server.app``).
 
-Every error response has the one shared body :class:`server.schemas.ErrorBody`.
+Every error response has the one shared body :class:`wire.rest.ErrorBody`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from server.schemas import ErrorBody
+from wire.rest import ErrorBody
 
 __all__ = ["ERROR_DESCRIPTIONS", "document_errors", "error_responses"]
 

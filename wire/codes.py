@@ -70,6 +70,8 @@ class RestErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     USERNAME_TAKEN = "username_taken"
     USERNAME_LOOKALIKE = "username_lookalike"
+    USERNAME_QUARANTINED = "username_quarantined"
+    ACCOUNT_DELETED = "account_deleted"
     STALE_DEVICE_LIST = "stale_device_list"
     PREKEY_STOCK_FULL = "prekey_stock_full"
     BODY_TOO_LARGE = "body_too_large"
@@ -81,6 +83,13 @@ class RestErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     INSUFFICIENT_STORAGE = "insufficient_storage"
     INTERNAL = "internal"
+    # attachments (docs/protocol-ws.md §9)
+    TRUNCATED = "truncated"
+    UNKNOWN_ATTACHMENT = "unknown_attachment"
+    # push (docs/protocol-relay.md, Push notifications)
+    BAD_SUBSCRIPTION = "bad_subscription"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    PUSH_DISABLED = "push_disabled"
 
 
 class CloseCode(IntEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainSerializer, StrictInt, WithJsonSchema
 
 __all__ = [
     "B64",
@@ -20,6 +20,7 @@ __all__ = [
     "U32_MAX",
     "USERNAME_PATTERN",
     "DeviceId",
+    "QueryDeviceId",
     "Username",
     "WireDecodeError",
     "b64",
@@ -34,9 +35,21 @@ CLIENT_ID_PATTERN = r"^[A-Za-z0-9_\-+/=.:]{1,64}$"
 
 U32_MAX = 2**32 - 1
 
-U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
-DeviceId = Annotated[int, Field(ge=1, le=U32_MAX)]
+# Integers are strict: JSON ``true`` or ``1.0`` is not an integer.
+U32 = Annotated[StrictInt, Field(ge=0, le=U32_MAX)]
+DeviceId = Annotated[StrictInt, Field(ge=1, le=U32_MAX)]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN)]
+
+
+def _decimal_digits(value: object) -> object:
+    # Query strings are text: accept only plain decimal digits ("1", not "1.0" or "+1").
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("expected a decimal integer")
+    return value
+
+
+QueryDeviceId = Annotated[int, BeforeValidator(_decimal_digits), Field(ge=1, le=U32_MAX)]
+"""A device id in a query string (``?device_id=``): decimal digits only, 1 ..= 2^32-1."""
 
 
 class WireDecodeError(ValueError):

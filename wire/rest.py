@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wire.encoding import B64, U32, DeviceId, Username
 
 __all__ = [
+    "MAX_PUSH_ENDPOINT_LENGTH",
     "AccountDevices",
     "AttachmentCreated",
     "BrandOut",
@@ -33,8 +34,13 @@ __all__ = [
     "RegisterOut",
     "SignedPrekeyIn",
     "SignedPrekeyOut",
+    "SubscriptionIn",
+    "SubscriptionKeys",
+    "SubscriptionList",
+    "SubscriptionOut",
     "TokenIn",
     "TokenOut",
+    "VapidOut",
 ]
 
 
@@ -133,6 +139,13 @@ class RegisterIn(_In):
     device_list: B64
     prekeys: PrekeyUpload
     invite: str | None = Field(None, max_length=128)
+
+
+class AccountDeleteIn(_In):
+    """``DELETE /v1/accounts/me``: the account key's signature over
+    ``"VoxAccountDelete-v1" || 0x00 || username`` (UTF-8)."""
+
+    signature: B64
 
 
 class RegisterOut(BaseModel):
@@ -257,6 +270,49 @@ class ConfigOut(BaseModel):
     limits: LimitsOut
 
 
+# --- push (``/v1/push``) -------------------------------------------------------------------
+
+MAX_PUSH_ENDPOINT_LENGTH = 1024
+"""The longest push-service endpoint URL the relay stores."""
+
+
+class SubscriptionKeys(_In):
+    """RFC 8291 keys, base64url (padding optional)."""
+
+    p256dh: str = Field(max_length=200)
+    auth: str = Field(max_length=200)
+
+
+class SubscriptionIn(_In):
+    """``POST /v1/push/subscriptions``: ``PushSubscription.toJSON()`` of a browser (or the
+    same fields from UnifiedPush)."""
+
+    endpoint: str = Field(max_length=MAX_PUSH_ENDPOINT_LENGTH)
+    expirationTime: int | None = None
+    keys: SubscriptionKeys
+
+
+class SubscriptionOut(BaseModel):
+    """A stored subscription."""
+
+    id: str
+    endpoint: str
+    created_at: int
+
+
+class SubscriptionList(BaseModel):
+    """``GET /v1/push/subscriptions``."""
+
+    subscriptions: list[SubscriptionOut]
+
+
+class VapidOut(BaseModel):
+    """``GET /v1/push/vapid``."""
+
+    public_key: str
+    content_encoding: str
+
+
 # --- attachments and errors --------------------------------------------------------------
 
 
@@ -272,5 +328,5 @@ class ErrorBody(BaseModel):
     """Every REST error response: a machine code (:class:`~wire.codes.RestErrorCode`, kept as
     ``str`` when unknown) and a human-readable message."""
 
-    error: str
-    message: str = ""
+    error: str = Field(description="stable machine-readable code, e.g. `unknown_user`")
+    message: str = Field("", description="human-readable explanation")

@@ -17,8 +17,9 @@ from server.logs import log_event
 from server.notify import DeviceNotifier
 from server.openapi import error_responses
 from server.ratelimit import Limiter
-from server.schemas import (
-    USERNAME_PATTERN,
+from server.services import accounts as service
+from wire.encoding import USERNAME_PATTERN
+from wire.rest import (
     AccountDeleteIn,
     AccountDevices,
     DeviceListIn,
@@ -26,7 +27,6 @@ from server.schemas import (
     RegisterIn,
     RegisterOut,
 )
-from server.services import accounts as service
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 UsernamePath = Path(pattern=USERNAME_PATTERN)

@@ -18,8 +18,8 @@ from server.errors import DomainError
 from server.logs import log_event
 from server.openapi import error_responses
 from server.ratelimit import Limiter
-from server.schemas import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 from server.services import auth as service
+from wire.rest import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from server.deps import SettingsDep
 from server.openapi import error_responses
-from server.schemas import BrandOut, ConfigOut, LimitsOut
+from wire.rest import BrandOut, ConfigOut, LimitsOut
 
 router = APIRouter(tags=["ops"])
 PROTOCOL_VERSION = 1

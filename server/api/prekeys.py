@@ -9,18 +9,17 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
 from server.openapi import error_responses
 from server.ratelimit import Limiter
-from server.schemas import (
-    USERNAME_PATTERN,
+from server.services import prekeys as service
+from server.services.prekeys import BundleEntry, ClaimBudget
+from wire.encoding import USERNAME_PATTERN, QueryDeviceId
+from wire.rest import (
     BundleDevice,
     OneTimePrekeyOut,
     PrekeyBundle,
     PrekeyCounts,
     PrekeyUpload,
-    QueryDeviceId,
     SignedPrekeyOut,
 )
-from server.services import prekeys as service
-from server.services.prekeys import BundleEntry, ClaimBudget
 
 router = APIRouter(prefix="/v1/prekeys", tags=["prekeys"])
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
@@ -16,18 +15,11 @@ from server.attachments.service import AttachmentService
 from server.deps import CurrentDevice
 from server.errors import BadRequest
 from server.openapi import error_responses
+from wire.rest import AttachmentCreated
 
-__all__ = ["AttachmentCreated", "router"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/v1/attachments", tags=["attachments"])
-
-
-class AttachmentCreated(BaseModel):
-    """The upload's id (256-bit random, unguessable), size and expiry (Unix seconds)."""
-
-    id: str
-    size: int
-    expires_at: int
 
 
 def _service(request: Request) -> AttachmentService:

@@ -36,31 +36,18 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from server.delivery.frames import Delivery, error_frame
 from server.delivery.writer import AckOp, Sender
+from wire.codes import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
     from server.delivery.service import DeliveryService
 
-__all__ = ["CloseCode", "DeviceConnection", "sansio_protocol_of"]
+__all__ = ["DeviceConnection", "sansio_protocol_of"]
 
 log = logging.getLogger("vox.delivery")
 
 
 #: Queue rows read per database round trip.
 _READ_PAGE = 100
-
-
-class CloseCode:
-    """WebSocket close codes used by the relay (``docs/protocol-ws.md``)."""
-
-    GOING_AWAY = 1001
-    TOO_LARGE = 1009
-    POLICY = 1008
-    TRY_AGAIN_LATER = 1013
-    BAD_FRAME = 4400
-    UNAUTHORIZED = 4401
-    SLOW_CONSUMER = 4408
-    REPLACED = 4409
-    RATE_LIMITED = 4429
 
 
 class _Close:
@@ -323,7 +310,7 @@ class DeviceConnection:
         if unknown:
             self.push_frame(
                 error_frame(
-                    "ack_unknown",
+                    ErrorCode.ACK_UNKNOWN,
                     "these seqs were not delivered on this connection; ignored",
                     None,
                     seqs=unknown[:100],

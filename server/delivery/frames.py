@@ -12,97 +12,38 @@ from __future__ import annotations
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from wire.codes import ErrorCode
+from wire.frames import AckFrame, AuthFrame, ClientFrame, PingFrame, SendFrame
 
 __all__ = [
-    "AckFrame",
-    "AuthFrame",
+    "ClientFrame",
+    "Delivery",
     "FrameError",
-    "PingFrame",
-    "Recipient",
-    "SendFrame",
     "decode_b64",
+    "deliver_tail",
     "dumps",
+    "error_frame",
     "parse_client_frame",
+    "parse_json",
+    "parse_text",
 ]
-
-U32_MAX = 2**32 - 1
-CLIENT_ID_PATTERN = r"^[A-Za-z0-9_\-+/=.:]{1,64}$"
-USERNAME_PATTERN = r"^[a-z0-9_.-]{3,32}$"
 
 
 class FrameError(Exception):
     """A client frame is not acceptable; ``code`` is the wire error code."""
 
-    def __init__(self, code: str, message: str, frame_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, frame_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.frame_id = frame_id
 
 
-class _Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class AuthFrame(_Frame):
-    """``{"type":"auth","token":"..."}`` — must be the first frame."""
-
-    type: Literal["auth"]
-    token: StrictStr = Field(min_length=1, max_length=512)
-
-
-class Recipient(_Frame):
-    """One addressed device."""
-
-    user: Annotated[StrictStr, Field(pattern=USERNAME_PATTERN)]
-    device: Annotated[StrictInt, Field(ge=1, le=U32_MAX)]
-
-
-class PayloadIn(_Frame):
-    """One ciphertext (standard base64) and the devices it is for."""
-
-    data: StrictStr
-    to: list[Recipient] = Field(min_length=1)
-
-
-class SendFrame(_Frame):
-    """``send``: a client message id, payloads, and whether it is ephemeral."""
-
-    type: Literal["send"]
-    id: Annotated[StrictStr, Field(pattern=CLIENT_ID_PATTERN)]
-    payloads: list[PayloadIn] = Field(min_length=1)
-    ephemeral: StrictBool = False
-
-
-class AckFrame(_Frame):
-    """``ack``: queue sequence numbers received on this connection and stored by the client."""
-
-    type: Literal["ack"]
-    seqs: list[Annotated[StrictInt, Field(ge=1)]] = Field(min_length=1, max_length=1000)
-
-
-class PingFrame(_Frame):
-    """``ping``: answered with ``pong`` (application-level liveness)."""
-
-    type: Literal["ping"]
-    id: StrictStr | None = Field(default=None, max_length=64)
-
-
-ClientFrame = AuthFrame | SendFrame | AckFrame | PingFrame
-
-_MODELS: dict[str, type[_Frame]] = {
+_MODELS: dict[str, type[BaseModel]] = {
     "auth": AuthFrame,
     "send": SendFrame,
     "ack": AckFrame,
@@ -124,9 +65,9 @@ def parse_json(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
-        raise FrameError("malformed", "frame is not valid JSON") from None
+        raise FrameError(ErrorCode.MALFORMED, "frame is not valid JSON") from None
     if not isinstance(value, dict):
-        raise FrameError("malformed", "frame must be a JSON object")
+        raise FrameError(ErrorCode.MALFORMED, "frame must be a JSON object")
     return value
 
 
@@ -136,14 +77,14 @@ def parse_client_frame(value: dict[str, Any]) -> ClientFrame:
     frame_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else None
     kind = value.get("type")
     if not isinstance(kind, str):
-        raise FrameError("bad_frame", "frame has no string 'type'", frame_id)
+        raise FrameError(ErrorCode.BAD_FRAME, "frame has no string 'type'", frame_id)
     model = _MODELS.get(kind)
     if model is None:
-        raise FrameError("unknown_type", f"unknown frame type {kind[:32]!r}", frame_id)
+        raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:32]!r}", frame_id)
     try:
         return model.model_validate(value)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise FrameError("bad_frame", _describe(exc), frame_id) from None
+        raise FrameError(ErrorCode.BAD_FRAME, _describe(exc), frame_id) from None
 
 
 _ADAPTER: TypeAdapter[ClientFrame] = TypeAdapter(
@@ -167,7 +108,7 @@ def decode_b64(data: str, frame_id: str | None) -> bytes:
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise FrameError(
-            "bad_base64", "payload data is not valid standard base64", frame_id
+            ErrorCode.BAD_BASE64, "payload data is not valid standard base64", frame_id
         ) from None
 
 
@@ -176,7 +117,7 @@ def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
-def error_frame(code: str, message: str, frame_id: str | None = None, **extra: Any) -> str:
+def error_frame(code: ErrorCode, message: str, frame_id: str | None = None, **extra: Any) -> str:
     """``{"type":"error","id":...,"code":...,"message":...}``."""
     frame: dict[str, Any] = {"type": "error", "id": frame_id, "code": code, "message": message}
     frame.update(extra)
@@ -202,8 +143,3 @@ class Delivery:
     def text(self) -> str:
         """The complete ``deliver`` frame."""
         return f'{{"type":"deliver","seq":{self.seq}{self.tail}'
-
-
-def b64(data: bytes) -> str:
-    """Standard base64 with padding, as ``str``."""
-    return binascii.b2a_base64(data, newline=False).decode("ascii")

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from wire.codes import ErrorCode
+
 __all__ = [
     "QUEUE_FULL",
     "QUEUE_SHARE_FULL",
@@ -38,8 +40,8 @@ __all__ = [
 ]
 
 #: Error codes of a refused send (``error`` frames).
-QUEUE_FULL = "queue_full"
-QUEUE_SHARE_FULL = "queue_share_full"
+QUEUE_FULL = ErrorCode.QUEUE_FULL
+QUEUE_SHARE_FULL = ErrorCode.QUEUE_SHARE_FULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,7 @@ class QueuePolicy:
     def __init__(self, limits: QueueLimits) -> None:
         self.limits = limits
 
-    def refusal(self, usage: QueueUsage, *, sender: int, owner: int, size: int) -> str | None:
+    def refusal(self, usage: QueueUsage, *, sender: int, owner: int, size: int) -> ErrorCode | None:
         """``None`` if an envelope of ``size`` bytes from account ``sender`` fits the queue
         of a device of account ``owner``; else the error code that refuses it."""
         limits = self.limits

@@ -31,8 +31,9 @@ from sqlalchemy.engine import Connection
 
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
-from server.delivery.frames import Delivery, b64, deliver_tail
+from server.delivery.frames import Delivery, deliver_tail
 from server.delivery.policy import QueueUsage
+from wire.encoding import b64
 
 __all__ = ["DeliveryRepository", "DeviceSets", "NewSend", "SendRecord"]
 

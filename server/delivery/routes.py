@@ -18,11 +18,9 @@ from starlette.websockets import WebSocketState
 from server.clock import now as clock_now
 from server.connections import PRE_AUTH_MAX_BYTES, Tracked
 from server.delivery.budgets import Budget
-from server.delivery.connection import CloseCode, DeviceConnection, sansio_protocol_of
+from server.delivery.connection import DeviceConnection, sansio_protocol_of
 from server.delivery.frames import (
-    AuthFrame,
     FrameError,
-    SendFrame,
     dumps,
     parse_client_frame,
     parse_json,
@@ -32,6 +30,8 @@ from server.delivery.service import DeliveryService
 from server.delivery.writer import Sender
 from server.errors import RateLimited, Unauthorized
 from server.services.auth import AuthenticatedDevice, authenticate_token
+from wire.codes import CloseCode
+from wire.frames import AuthFrame, SendFrame
 
 __all__ = ["WebSocketFastPath", "router"]
 

@@ -18,14 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from server.clock import now as clock_now
 from server.delivery.budgets import DeviceBudgets
-from server.delivery.connection import CloseCode, DeviceConnection
+from server.delivery.connection import DeviceConnection
 from server.delivery.frames import (
-    AckFrame,
     ClientFrame,
     Delivery,
     FrameError,
-    PingFrame,
-    SendFrame,
     decode_b64,
     dumps,
     error_frame,
@@ -37,6 +34,8 @@ from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
 from server.fanout import Hub
 from server.repositories import auth as auth_repo
 from server.settings import LimitSettings
+from wire.codes import CloseCode, ErrorCode
+from wire.frames import AckFrame, PingFrame, SendFrame
 
 __all__ = ["DeliveryConfig", "DeliveryService"]
 
@@ -274,14 +273,16 @@ class DeliveryService:
         elif isinstance(frame, PingFrame):
             conn.push_frame(dumps({"type": "pong", "id": frame.id}))
         else:
-            raise FrameError("bad_frame", "already authenticated", None)
+            raise FrameError(ErrorCode.BAD_FRAME, "already authenticated", None)
 
     def _handle_send(self, conn: DeviceConnection, frame: SendFrame) -> None:
         cfg = self.config
         recipients = sum(len(p.to) for p in frame.payloads)
         if recipients > cfg.max_recipients:
             raise FrameError(
-                "too_many_recipients", f"at most {cfg.max_recipients} recipient devices", frame.id
+                ErrorCode.TOO_MANY_RECIPIENTS,
+                f"at most {cfg.max_recipients} recipient devices",
+                frame.id,
             )
         seen: set[tuple[str, int]] = set()
         payloads: list[tuple[bytes, list[tuple[str, int]]]] = []
@@ -289,24 +290,28 @@ class DeliveryService:
             data = decode_b64(payload.data, frame.id)
             if len(data) > cfg.max_ciphertext_bytes:
                 raise FrameError(
-                    "too_large", f"a payload is over {cfg.max_ciphertext_bytes} bytes", frame.id
+                    ErrorCode.TOO_LARGE,
+                    f"a payload is over {cfg.max_ciphertext_bytes} bytes",
+                    frame.id,
                 )
             to = []
             for r in payload.to:
                 key = (r.user, r.device)
                 if key in seen:
                     raise FrameError(
-                        "duplicate_recipient", "a device is addressed more than once", frame.id
+                        ErrorCode.DUPLICATE_RECIPIENT,
+                        "a device is addressed more than once",
+                        frame.id,
                     )
                 seen.add(key)
                 to.append(key)
             payloads.append((data, to))
         if (conn.device.user, conn.device.device_id) in seen:
-            raise FrameError("bad_recipient", "a device cannot send to itself", frame.id)
+            raise FrameError(ErrorCode.BAD_RECIPIENT, "a device cannot send to itself", frame.id)
         if not self.accepting:
-            raise FrameError("shutting_down", "the relay is shutting down; retry", frame.id)
+            raise FrameError(ErrorCode.SHUTTING_DOWN, "the relay is shutting down; retry", frame.id)
         if conn.pending_sends >= cfg.max_pending_sends:
-            raise FrameError("busy", "too many sends awaiting an answer", frame.id)
+            raise FrameError(ErrorCode.BUSY, "too many sends awaiting an answer", frame.id)
         conn.pending_sends += 1
         op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral)
         self.writer_for(conn.device.device_pk).submit(op)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.db.engine import IMMEDIATE
-from server.delivery.frames import Delivery, b64, dumps, error_frame
+from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.policy import (
     QUEUE_FULL,
@@ -40,6 +40,8 @@ from server.delivery.policy import (
 )
 from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend
 from server.fanout import Hub
+from wire.codes import ErrorCode
+from wire.encoding import b64
 
 __all__ = ["AckOp", "GroupCommitWriter", "SendOp", "Sender"]
 
@@ -313,7 +315,7 @@ class GroupCommitWriter:
             elif storage_low:
                 # Below the free-disk watermark: refuse before the database runs out of space.
                 op.answer = error_frame(
-                    "insufficient_storage",
+                    ErrorCode.INSUFFICIENT_STORAGE,
                     "the relay is low on storage; nothing was stored; retry later",
                     op.client_id,
                 )
@@ -434,7 +436,7 @@ class GroupCommitWriter:
         )
         if isinstance(result, UnknownUsers):
             op.answer = error_frame(
-                "unknown_user", "no such user", op.client_id, users=result.users
+                ErrorCode.UNKNOWN_USER, "no such user", op.client_id, users=result.users
             )
             self._metrics.sends_refused.labels("unknown_user").inc()
             return None
@@ -458,7 +460,9 @@ class GroupCommitWriter:
         for op in batch:
             if isinstance(op, SendOp):
                 if op.answer is None:  # pragma: no cover - every path sets an answer
-                    op.answer = error_frame("internal", "send was not processed", op.client_id)
+                    op.answer = error_frame(
+                        ErrorCode.INTERNAL, "send was not processed", op.client_id
+                    )
                 if op.accepted and not op.ephemeral:
                     accepted += 1
                     observe(now - op.started)
@@ -492,7 +496,7 @@ class GroupCommitWriter:
             if isinstance(op, SendOp):
                 self._metrics.sends_refused.labels("internal").inc()
                 op.origin.push_frame(
-                    error_frame("internal", "temporary server error; retry", op.client_id)
+                    error_frame(ErrorCode.INTERNAL, "temporary server error; retry", op.client_id)
                 )
                 op.origin.send_finished()
             else:

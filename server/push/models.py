@@ -12,10 +12,9 @@ from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, Uni
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base
+from wire.rest import MAX_PUSH_ENDPOINT_LENGTH as MAX_ENDPOINT_LENGTH
 
 __all__ = ["MAX_ENDPOINT_LENGTH", "PushSubscription"]
-
-MAX_ENDPOINT_LENGTH = 1024
 
 _PK = BigInteger().with_variant(Integer(), "sqlite")
 

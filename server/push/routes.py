@@ -5,59 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from server.deps import CurrentDevice, SessionDep, SettingsDep
 from server.errors import NotFound
 from server.openapi import error_responses
 from server.push import service
-from server.push.models import MAX_ENDPOINT_LENGTH, PushSubscription
+from server.push.models import PushSubscription
 from server.push.sender import PushDispatcher
 from server.push.vapid import CONTENT_ENCODING
+from wire.rest import SubscriptionIn, SubscriptionList, SubscriptionOut, VapidOut
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/push", tags=["push"])
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubscriptionKeys(_Strict):
-    """RFC 8291 keys, base64url (padding optional)."""
-
-    p256dh: str = Field(max_length=200)
-    auth: str = Field(max_length=200)
-
-
-class SubscriptionIn(_Strict):
-    """``PushSubscription.toJSON()`` of a browser (or the same fields from UnifiedPush)."""
-
-    endpoint: str = Field(max_length=MAX_ENDPOINT_LENGTH)
-    expirationTime: int | None = None
-    keys: SubscriptionKeys
-
-
-class SubscriptionOut(BaseModel):
-    """A stored subscription."""
-
-    id: str
-    endpoint: str
-    created_at: int
-
-
-class SubscriptionList(BaseModel):
-    """``GET /v1/push/subscriptions``."""
-
-    subscriptions: list[SubscriptionOut]
-
-
-class VapidOut(BaseModel):
-    """``GET /v1/push/vapid``."""
-
-    public_key: str
-    content_encoding: str
 
 
 def _dispatcher(request: Request) -> PushDispatcher:

@@ -35,11 +35,11 @@ from server.device_list import (
 from server.errors import BadRequest, Conflict, DomainError, Forbidden, Gone, NotFound
 from server.repositories import accounts as account_repo
 from server.repositories import invites as invite_repo
-from server.schemas import RegisterIn
 from server.services.auth import hash_secret
 from server.services.prekeys import store_prekeys, validate_upload
 from server.settings import DAY, RegistrationPolicy, Settings
 from server.usernames import skeleton
+from wire.rest import RegisterIn
 
 __all__ = [
     "ACCOUNT_DELETE_CONTEXT",

@@ -26,8 +26,8 @@ from server.device_list import canonical_x25519
 from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
 from server.repositories import accounts as account_repo
 from server.repositories import prekeys as prekey_repo
-from server.schemas import PrekeyUpload, SignedPrekeyIn
 from server.settings import LimitSettings
+from wire.rest import PrekeyUpload, SignedPrekeyIn
 
 __all__ = [
     "BundleEntry",

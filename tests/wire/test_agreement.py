@@ -1,91 +1,105 @@
-"""The relay's own pydantic models and :mod:`wire` describe the same protocol.
+"""The relay speaks :mod:`wire`: it defines no protocol shape or code of its own.
 
-Until the relay imports :mod:`wire` itself, these tests keep the two from drifting: every
-REST body and client frame the relay validates has the same JSON schema in :mod:`wire`
-(descriptions aside), and the frames the relay builds parse as :mod:`wire`'s server frames.
+The relay imports its REST bodies, frames, error codes and close codes from :mod:`wire`
+(``tests/test_architecture.py`` has the package import rules); these tests check, on the
+source, that no duplicate creeps back in (no pydantic model outside ``server/settings.py``,
+every error code the relay raises is a wire enum member), that the frames the relay builds
+by hand parse as wire's server frames, and that every code is documented.
 """
 
 from __future__ import annotations
 
+import ast
 import doctest
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 import server.delivery.frames as relay_frames
-import server.schemas as relay_schemas
 import wire
-from server.attachments.routes import AttachmentCreated as RelayAttachmentCreated
-from server.delivery.connection import CloseCode as RelayCloseCode
-from wire import codes, frames, rest
+from wire import codes, frames
 from wire.encoding import WireDecodeError, b64, unb64
 
 REPO = Path(__file__).resolve().parents[2]
+SERVER = REPO / "server"
+_ERROR_CLASSES = {
+    "DomainError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "Gone",
+    "PayloadTooLarge",
+    "RateLimited",
+    "InsufficientStorage",
+    "Unavailable",
+}
 
 
-def _schema(model: type[BaseModel], *, client_frame: bool = False) -> Any:
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "description"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    schema = strip(model.model_json_schema())
-    if client_frame:  # wire gives ``type`` its value as a default; the relay dispatches on it
-        schema.get("properties", {}).get("type", {}).pop("default", None)
-        required = schema.get("required", [])
-        if "type" not in required:
-            schema["required"] = ["type", *required]
-    return schema
+def _trees() -> list[tuple[Path, ast.AST]]:
+    return [(path, ast.parse(path.read_text(), str(path))) for path in SERVER.rglob("*.py")]
 
 
-REST_MODELS = sorted(
-    name
-    for name in relay_schemas.__all__
-    if isinstance(getattr(relay_schemas, name), type)
-    and issubclass(getattr(relay_schemas, name), BaseModel)
-)
+def test_the_relay_defines_no_pydantic_model_of_its_own() -> None:
+    found = []
+    for path, tree in _trees():
+        if path.name == "settings.py":  # configuration, not protocol
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(base) in {"BaseModel", "pydantic.BaseModel"} for base in node.bases
+            ):
+                found.append(f"{path.relative_to(REPO)}:{node.name}")
+    assert found == [], "protocol shapes belong in wire/ (wire.rest / wire.frames)"
 
 
-def test_every_relay_rest_model_is_in_wire() -> None:
-    assert REST_MODELS
-    assert set(REST_MODELS) <= set(rest.__all__)
+def _literal_codes() -> set[tuple[str, str]]:
+    """Every ``code="..."`` passed to a domain error of the relay (REST codes)."""
+    found = set()
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in _ERROR_CLASSES
+            ):
+                for kw in node.keywords:
+                    if kw.arg == "code" and isinstance(kw.value, ast.Constant):
+                        found.add((str(path.relative_to(REPO)), str(kw.value.value)))
+    return found
 
 
-@pytest.mark.parametrize("name", REST_MODELS)
-def test_rest_bodies_have_the_relays_json_schema(name: str) -> None:
-    assert _schema(getattr(rest, name)) == _schema(getattr(relay_schemas, name))
+def test_every_rest_error_code_the_relay_raises_is_a_wire_code() -> None:
+    used = _literal_codes()
+    assert used
+    known = {c.value for c in codes.RestErrorCode}
+    assert {(where, code) for where, code in used if code not in known} == set()
 
 
-def test_attachment_answer_has_the_relays_json_schema() -> None:
-    assert _schema(rest.AttachmentCreated) == _schema(RelayAttachmentCreated)
-
-
-@pytest.mark.parametrize("name", ["AuthFrame", "SendFrame", "AckFrame", "PingFrame", "Recipient"])
-def test_client_frames_have_the_relays_json_schema(name: str) -> None:
-    relay = _schema(getattr(relay_frames, name))
-    ours = _schema(getattr(frames, name), client_frame=name.endswith("Frame"))
-    assert ours == relay
-
-
-def test_the_relays_close_codes_are_wires() -> None:
-    relay = {k: v for k, v in vars(RelayCloseCode).items() if k.isupper()}
-    assert relay
-    assert {k: codes.CloseCode[k].value for k in relay} == relay
+def test_ws_error_frames_and_close_codes_come_from_wire() -> None:
+    """``FrameError`` / ``error_frame`` take :class:`wire.codes.ErrorCode` (mypy enforces
+    it); no module of the relay spells a close code number or redefines ``CloseCode``."""
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                assert node.name not in {"CloseCode", "ErrorCode", "RestErrorCode"}, path
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("close"):
+                for arg in node.args[:1]:
+                    assert not (isinstance(arg, ast.Constant) and isinstance(arg.value, int)), (
+                        f"{path.relative_to(REPO)}:{node.lineno}: use wire.codes.CloseCode"
+                    )
 
 
 def test_frames_the_relay_builds_parse_as_wire_server_frames() -> None:
     error = frames.parse_server_frame(
-        relay_frames.error_frame("unknown_user", "no such user", "m1", users=["zed"])
+        relay_frames.error_frame(codes.ErrorCode.UNKNOWN_USER, "no such user", "m1", users=["zed"])
     )
     assert isinstance(error, frames.ErrorFrame)
     assert (error.id, error.code, error.users) == ("m1", codes.ErrorCode.UNKNOWN_USER, ["zed"])
-    tail = relay_frames.deliver_tail("e" * 32, "alice", 7, 1234, relay_frames.b64(b"\x01\x02"))
+    tail = relay_frames.deliver_tail("e" * 32, "alice", 7, 1234, b64(b"\x01\x02"))
     deliver = frames.parse_server_frame(relay_frames.Delivery(42, tail).text)
     assert isinstance(deliver, frames.DeliverFrame)
     assert (deliver.seq, deliver.sender.user, deliver.sender.device, deliver.ts) == (
@@ -109,21 +123,22 @@ def test_client_frames_wire_builds_are_accepted_by_the_relays_parser() -> None:
         frames.AuthFrame(token="t"),
     ):
         parsed = relay_frames.parse_text(frames.encode(frame))
-        assert parsed.model_dump() == frame.model_dump()
+        assert parsed == frame
 
 
-def _doc_codes(doc: str, heading: str) -> set[str]:
+def _doc_codes(doc: str, heading: str | None = None) -> set[str]:
     text = (REPO / "docs" / doc).read_text()
-    section = text[text.index(heading) :]
-    section = section[: section.index("\n#", 1)]
-    return set(re.findall(r"`([a-z0-9_]+)`", section))
+    if heading is not None:
+        text = text[text.index(heading) :]
+        text = text[: text.index("\n#", 1)]
+    return set(re.findall(r"`(?:\d{3}\s)?([a-z0-9_]+)`", text))
 
 
 def test_every_wire_error_code_is_documented() -> None:
     ws = _doc_codes("protocol-ws.md", "### 4.2 Error codes")
     missing_ws = {c.value for c in codes.ErrorCode} - ws - {"malformed", "rate_limited"}
     assert missing_ws == set()
-    rest_doc = _doc_codes("protocol-relay.md", "### Errors")
+    rest_doc = _doc_codes("protocol-relay.md") | _doc_codes("protocol-ws.md")
     assert {c.value for c in codes.RestErrorCode} - rest_doc - {"too_large"} == set()
     close = set(
         map(int, re.findall(r"^\| (\d{4}) \|", (REPO / "docs/protocol-ws.md").read_text(), re.M))
