@@ -41,6 +41,8 @@ from clients.sdk.models import (
 from clients.store.errors import StoreError as LocalStoreError
 from clients.store.models import DeliveryState, group_conversation, is_group_conversation
 from clients.tui.backend import ChatBackend, ConversationItem
+from clients.tui.dates import day_label, local_day
+from clients.tui.group_text import describe_group_change
 from clients.tui.help import COMMANDS, HelpScreen, usage
 from clients.tui.render import render_message
 
@@ -54,6 +56,7 @@ TYPING_SEND_EVERY_S = 3.0
 RECONNECT_FIRST_S = 2.0
 RECONNECT_MAX_S = 30.0
 CONNECTION_POLL_S = 0.5
+NARROW_COLUMNS = 60
 BACK_ONLINE_SHOW_S = 5.0
 #: The commands on one line (the welcome text); ``/help`` shows the full table.
 HELP = "Commands: " + " · ".join(c.usage for c in COMMANDS) + " — /help for keys and details"
@@ -104,6 +107,8 @@ class ChatApp(App[None]):
         self.config: ServerConfig | None = None
         self._empty_note: Static | None = None  # "no messages yet", removed by the first one
         self._offline_since: float | None = None  # monotonic time the connection dropped
+        self._last_day: dt.date | None = None  # the day of the last row (for separators)
+        self._group_members: dict[str, tuple[str, ...]] = {}  # to say who joined or left
 
     # ------------------------------------------------------------------ layout
 
@@ -130,6 +135,9 @@ class ChatApp(App[None]):
         # Anchored: the view follows new rows and stays at the bottom across resizes, until
         # the user scrolls up (scrolling back to the end re-anchors it).
         self._chat.query_one("#messages", VerticalScroll).anchor()
+        self._narrow(self.size.width)
+        with contextlib.suppress(*FAILURES):
+            self._group_members = {g.conversation: g.members for g in await self.backend.groups()}
         await self.reload_conversations()
         target = await self._resolve(self._initial) if self._initial else None
         if target is None and self.items:
@@ -221,6 +229,7 @@ class ChatApp(App[None]):
     @on(OptionList.OptionSelected, "#conversations")
     async def _selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id is not None:
+            self._narrow(self.size.width)
             await self.open_conversation(event.option.id)
             self._chat.query_one("#input", Input).focus()
 
@@ -233,7 +242,8 @@ class ChatApp(App[None]):
         self.run_worker(self.open_conversation(nxt), group="open")
 
     def action_focus_list(self) -> None:
-        """Move the focus to the conversation list."""
+        """Move the focus to the conversation list (shown even on a narrow terminal)."""
+        self._chat.query_one("#sidebar").remove_class("collapsed")
         self._chat.query_one("#conversations", OptionList).focus()
 
     async def _resolve(self, name: str) -> str:
@@ -264,6 +274,7 @@ class ChatApp(App[None]):
         pane = self._chat.query_one("#messages", VerticalScroll)
         await pane.remove_children()
         self._empty_note = None
+        self._last_day = None
         self.shown.clear()
         try:
             history = await self.backend.history(conversation)
@@ -301,6 +312,11 @@ class ChatApp(App[None]):
                     self._update_row(m)
                 continue
             self.shown[m.id] = m
+            day = local_day(m.sent_at, tz=self._tz)
+            if day != self._last_day:
+                self._last_day = day
+                today = dt.datetime.now(tz=self._tz).date()
+                new.append(Static(Text(f"── {day_label(day, today=today)} ──"), classes="day"))
             row = Static(
                 render_message(m, accent=self._accent, tz=self._tz),
                 id=_dom_id(m.id),
@@ -332,6 +348,13 @@ class ChatApp(App[None]):
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
         """See :meth:`on_mouse_scroll_up`."""
         self._chat.query_one("#messages", VerticalScroll).scroll_relative(y=3, animate=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Below :data:`NARROW_COLUMNS` columns the conversation list hides (Ctrl+L shows it)."""
+        self._narrow(event.size.width)
+
+    def _narrow(self, width: int) -> None:
+        self._chat.query_one("#sidebar").set_class(width < NARROW_COLUMNS, "collapsed")
 
     def _follow(self) -> None:
         """Show the newest rows: re-anchor the pane to its end (after the next layout)."""
@@ -477,15 +500,15 @@ class ChatApp(App[None]):
                 timeout=10,
             )
         elif isinstance(event, GroupChanged):
+            conversation = group_conversation(event.group_id)
+            before = self._group_members.get(conversation)
+            self._group_members[conversation] = event.members
+            text = describe_group_change(event, before, self.backend.username)
             await self.reload_conversations()
-            if self.current == group_conversation(event.group_id):
-                verb = {
-                    "create": "created the group",
-                    "add": "updated members",
-                    "remove": "removed members",
-                    "leave": "left",
-                }.get(event.action, event.action)
-                self._system(f"{event.by} {verb}: {', '.join(event.members)}")
+            if self.current == conversation:
+                self._system(text)
+            elif self.backend.username not in event.members or event.action == "create":
+                self.notify(f"{event.name}: {text}")
         elif isinstance(event, DecryptFailure):
             text = (
                 f"⚠ a message from {event.sender}·{event.device} could not be decrypted "
@@ -704,6 +727,7 @@ class ChatApp(App[None]):
             await self.reload_conversations()
             self._system("you left the group: you receive nothing more from it")
             return
+        self._group_members[info.conversation] = info.members
         await self.reload_conversations()
         if action == "create":
             await self.open_conversation(info.conversation)

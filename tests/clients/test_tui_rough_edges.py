@@ -3,6 +3,8 @@ real SDK clients through a real relay on loopback."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from pathlib import Path
 
 from rich.table import Table
@@ -11,8 +13,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
 from textual.widgets._footer import FooterKey
 
-from clients.sdk import VoxClient
+from clients.sdk import Message, VoxClient
 from clients.tui import ChatApp, SdkBackend
+from clients.tui.dates import day_label, local_day
 from clients.tui.help import HelpScreen
 from tests.clients import test_tui as base
 from tests.clients.kit import RelayProcess
@@ -166,3 +169,61 @@ async def test_send_file_with_spaces_save_to_downloads_and_unknown_users(
         await until(pilot, lambda: shown(app, "no user or group called 'nosuchuser'"))
         assert app.current == "bob"
         assert not any("nosuchuser" in line for line in chat_list(app))
+
+
+def test_day_labels() -> None:
+    today = dt.date(2026, 11, 30)
+    assert day_label(today, today=today) == "Today"
+    assert day_label(dt.date(2026, 11, 29), today=today) == "Yesterday"
+    assert day_label(dt.date(2026, 11, 27), today=today) == "Friday 27 November"
+    assert day_label(dt.date(2025, 12, 31), today=today) == "31 December 2025"
+
+
+async def test_date_separators_between_days(people: People) -> None:
+    now = int(time.time() * 1000)
+    day_ms = 86_400_000
+
+    def msg(i: int, at: int) -> Message:
+        return Message(f"{i:032x}", "bob", "bob", 1, at, at, text=f"day test {i}")
+
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: shown(app, "No messages with bob yet"))
+        for i, at in enumerate((now - 3 * day_ms, now - 3 * day_ms + 1, now - day_ms, now)):
+            await app.handle_event(msg(i, at))
+        await until(pilot, lambda: shown(app, "day test 3"))
+        rows = [str(w.content) for w in app.query(".msg, .day").results(Static) if w.display]
+        old = local_day(now - 3 * day_ms)
+        assert [r for r in rows if r.startswith("──")] == [
+            f"── {day_label(old, today=local_day(now))} ──",
+            "── Yesterday ──",
+            "── Today ──",
+        ]
+        assert (
+            rows.index("── Yesterday ──")
+            == rows.index(next(r for r in rows if "day test 1" in r)) + 1
+        )
+
+
+async def test_group_changes_say_who_did_what_to_whom(people: People) -> None:
+    info = await people.bob.create_group("club", ["alice", "carol"])
+    app = ChatApp(SdkBackend(people.alice), open_conversation=f"group:{info.group_id}")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: status(app) == "" and "# club" in chat_list(app))
+        await people.bob.remove_members(info.group_id, ["carol"])
+        await until(pilot, lambda: shown(app, "bob removed carol"))
+        await people.bob.remove_members(info.group_id, ["alice"])
+        await until(pilot, lambda: shown(app, "bob removed you"))
+
+
+async def test_the_sidebar_collapses_on_a_narrow_terminal(people: People) -> None:
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(50, 20)) as pilot:
+        await until(pilot, lambda: shown(app, "No messages with bob yet"))
+        sidebar = app.query_one("#sidebar")
+        assert not sidebar.display
+        assert app.query_one("#messages").region.x < 5  # the pane takes the width
+        await pilot.press("ctrl+l")  # the list on demand
+        await until(pilot, lambda: sidebar.display)
+        await pilot.resize_terminal(100, 20)
+        await until(pilot, lambda: sidebar.display and app.query_one("#messages").region.x > 20)
