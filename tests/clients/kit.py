@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -89,8 +90,9 @@ class RelayProcess:
     async def start(self) -> None:
         """Start and wait until ``/healthz`` answers."""
         self.proc = self._spawn()
+        deadline = time.monotonic() + 120  # a relay can take a minute to start under load
         async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(300):
+            while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"vox-relay exited: {self.logs()[-2000:]!r}")
                 try:

@@ -181,7 +181,7 @@ async def relay_process(
     env: Mapping[str, str] | None = None,
     port: int,
     cwd: Path | None = None,
-    startup_timeout: float = 30.0,
+    startup_timeout: float = 120.0,  # a relay can take a minute to start on a loaded machine
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     """Run ``vox-relay *args`` as a subprocess and wait until ``/healthz`` answers on ``port``."""
     exe = Path(sys.executable).with_name("vox-relay")

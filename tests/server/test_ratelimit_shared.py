@@ -83,7 +83,11 @@ async def test_two_nodes_sharing_redis_enforce_the_combined_rate(
         # The buckets live in Redis under the configured prefix, and expire.
         redis = a.app.state.redis
         keys = sorted(k.decode() for k in await redis.keys(f"{redis_prefix}rl:*"))
-        assert keys == [f"{redis_prefix}rl:bundle:{_pk(keys)}", f"{redis_prefix}rl:ip:127.0.0.1"]
+        assert keys == [
+            f"{redis_prefix}rl:bundle:{_pk(keys)}",
+            f"{redis_prefix}rl:challenge:127.0.0.1",
+            f"{redis_prefix}rl:ip:127.0.0.1",
+        ]
         assert 0 < await redis.pttl(f"{redis_prefix}rl:ip:127.0.0.1") <= 61_000
         await redis.delete(*keys)
 
