@@ -4,6 +4,8 @@ A stable contract for scripts and tests (see ``docs/protocol-client.md``):
 
 * every command takes ``--home DIR`` (or ``VOX_HOME``; default ``~/.vox``); the profile
   passphrase, if any, comes from ``VOX_PASSPHRASE`` (without it a 0600 key file is used);
+  when a profile needs one and ``VOX_PASSPHRASE`` is unset, it is asked for on the terminal
+  (no echo), or the command fails if there is no terminal;
 * success exits 0; every failure prints one line ``vox: error: ...`` to stderr and exits
   non-zero (1 for expected errors, 2 for usage, 3 for anything unexpected) — never a traceback;
 * a second process on the same profile waits up to ``--lock-timeout`` seconds (default 10)
@@ -33,6 +35,7 @@ from clients.sdk import (
     SignedOut,
     VoxClient,
 )
+from clients.sdk.account import ProfileProtection, profile_protection
 from clients.store.errors import StoreError as StoreFailure
 
 __all__ = ["app", "main"]
@@ -50,6 +53,10 @@ group_app = typer.Typer(
     help="Groups: create, add, remove, leave, send, list.", no_args_is_help=True
 )
 app.add_typer(group_app, name="group")
+account_app = typer.Typer(help="Your account on the relay.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+passphrase_app = typer.Typer(help="The local profile's passphrase.", no_args_is_help=True)
+app.add_typer(passphrase_app, name="passphrase")
 
 
 class _State:
@@ -66,7 +73,22 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _passphrase() -> str | None:
-    return os.environ.get("VOX_PASSPHRASE") or None
+    given = os.environ.get("VOX_PASSPHRASE") or None
+    if given is None and profile_protection(STATE.home) is ProfileProtection.PASSPHRASE:
+        return _ask_secret(f"Passphrase for the profile in {STATE.home}: ")
+    return given
+
+
+def _ask_secret(prompt: str) -> str:
+    """Read a secret from the terminal without echo; fail cleanly without a terminal."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise _fail("this profile is protected by a passphrase: set VOX_PASSPHRASE")
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise _fail("no passphrase given", 130) from None
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -94,6 +116,14 @@ async def _with_client(action: Callable[[VoxClient], Awaitable[T]]) -> T:
         await client.close()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vox {version('vox')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     home: Annotated[
@@ -103,6 +133,12 @@ def _main(
     lock_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for another vox process on this profile.")
     ] = 10.0,
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Vox client."""
     STATE.home = (home or Path("~/.vox")).expanduser()
@@ -511,6 +547,76 @@ def group_list() -> None:
 
     for line in run(_with_client(go)):
         typer.echo(line)
+
+
+# --- account deletion and passphrase -----------------------------------------------------
+
+
+@account_app.command("delete")
+def account_delete(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete your whole account on the relay (every device), then this local profile.
+
+    The relay deletes the account's devices, queued messages, prekeys and uploaded files;
+    contacts see the account as deleted; the name stays reserved for a while (the relay's
+    quarantine). Received files in HOME/downloads are kept.
+
+    Example: vox account delete --yes
+    """
+    from clients.sdk.account import delete_account, remove_profile_files
+
+    async def go(client: VoxClient) -> str:
+        if not yes:
+            typer.echo(
+                f"This deletes the account {client.username} on {client.server_url} for every "
+                "device, and this profile. It cannot be undone.",
+                err=True,
+            )
+            answer = typer.prompt("Type the username to confirm", default="", err=True)
+            if answer.strip() != client.username:
+                raise _fail("not confirmed; nothing was deleted")
+        await delete_account(client)
+        return client.username
+
+    username = run(_with_client(go))
+    if remove_profile_files(STATE.home):
+        where = f"removed the local profile {STATE.home}"
+    else:
+        where = f"removed the local profile's files; {STATE.home} still holds your other files"
+    typer.echo(f"deleted account {username}; {where}")
+
+
+@passphrase_app.command("change")
+def passphrase_change(
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Use a 0600 key file instead of a passphrase.")
+    ] = False,
+) -> None:
+    """Set, change or (--remove) drop the passphrase that encrypts this profile.
+
+    The current one comes from VOX_PASSPHRASE or is asked for; the new one from
+    VOX_NEW_PASSPHRASE or is asked for twice (no echo).
+
+    Example: vox passphrase change
+    """
+    from clients.sdk.account import change_passphrase
+
+    new: str | None = None
+    if not remove:
+        new = os.environ.get("VOX_NEW_PASSPHRASE") or None
+        if new is None:
+            new = _ask_secret("New passphrase: ")
+            if _ask_secret("New passphrase again: ") != new:
+                raise _fail("the two passphrases differ; nothing was changed")
+        if not new:
+            raise _fail("the new passphrase must not be empty (use --remove for none)")
+
+    async def go(client: VoxClient) -> None:
+        change_passphrase(client, new)
+
+    run(_with_client(go))
+    typer.echo("passphrase removed (a key file is used)" if remove else "passphrase changed")
 
 
 # --- TUI ------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from clients.sdk.client import LinkInvitation, Progress, VoxClient
 from clients.sdk.errors import (
+    AccountDeleted,
     AttachmentError,
     AuthFailed,
     BadDeviceList,
@@ -100,6 +101,7 @@ from clients.sdk.models import (
 )
 
 __all__ = [
+    "AccountDeleted",
     "AttachmentError",
     "AttachmentInfo",
     "AuthFailed",

@@ -130,8 +130,10 @@ def _open_store(home: Path, passphrase: str | None, *, create: bool, lock_timeou
         )
     except store_errors.ProfileLocked:
         raise ProfileLocked(str(home)) from None
-    except store_errors.WrongPassphrase:
-        raise StoreError("wrong passphrase (or the profile needs one)") from None
+    except store_errors.WrongPassphrase as exc:
+        # "wrong passphrase for this profile", "this profile is protected by a passphrase;
+        # none was given", "this profile uses a key file, not a passphrase"
+        raise StoreError(str(exc)) from None
     except store_errors.StoreError as exc:
         raise StoreError(str(exc)) from None
 
@@ -1550,6 +1552,8 @@ def _remove_profile(home: Path) -> None:
     for name in ("vox.db", "vox.db-wal", "vox.db-shm", "vox.key", "vox.lock"):
         with contextlib.suppress(FileNotFoundError):
             (home / name).unlink()
+    with contextlib.suppress(OSError):
+        home.rmdir()  # only when empty: a directory that held nothing else
 
 
 _ = (Awaitable, DeliveryState, UntrustedIdentity)

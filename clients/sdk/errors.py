@@ -16,6 +16,7 @@
     │   │   └── DeviceRemoved(reason)    this device is no longer on the account's list
     │   └── RegistrationClosed(code)     registration needs an invite or is closed
     ├── UnknownUser(username)            no such account on the relay
+│   └── AccountDeleted(username)     the account existed and was deleted (relay: 410)
     ├── UntrustedIdentity(username)      the user's account key changed; accept it first
     ├── BadDeviceList(username, reason)  the relay served a list that does not verify
     ├── DecryptFailed(sender, device, kind)  reported in the event stream, never raised by send
@@ -27,6 +28,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AccountDeleted",
     "AttachmentError",
     "AuthFailed",
     "BadDeviceList",
@@ -121,15 +123,25 @@ class AuthFailed(RelayError):
 
 
 class DeviceRemoved(AuthFailed):
-    """The relay no longer knows this device: another device of the account removed it
-    from the signed device list (``vox unlink``), or the operator revoked it. Permanent: the
-    profile can only be used again by linking it anew."""
+    """The relay refuses this device for good: another device of the account removed it
+    from the signed device list (``vox unlink``; ``revoked`` False: link it anew), or the
+    relay operator revoked it (``revoked`` True: it is still on the account's list; the
+    operator can undo that with ``vox-relay device unrevoke``)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            f"{reason} — this device was removed from the account; "
-            "link it again (`vox link` on another device, then `vox join`)"
-        )
+    def __init__(self, reason: str, *, revoked: bool = False) -> None:
+        if revoked:
+            hint = (
+                "this device is still on your account's device list; ask the relay operator "
+                "to undo the revocation, or remove it (`vox unlink` on another device) and "
+                "link it again"
+            )
+        else:
+            hint = (
+                "this device was removed from the account; "
+                "link it again (`vox link` on another device, then `vox join`)"
+            )
+        super().__init__(f"{reason} — {hint}")
+        self.revoked = revoked
 
 
 class RegistrationClosed(RelayError):
@@ -145,6 +157,14 @@ class UnknownUser(ClientError):
 
     def __init__(self, username: str) -> None:
         super().__init__(f"unknown user {username!r}")
+        self.username = username
+
+
+class AccountDeleted(UnknownUser):
+    """The user deleted their account (the relay answers 410 ``account_deleted``)."""
+
+    def __init__(self, username: str) -> None:
+        ClientError.__init__(self, f"the account {username!r} was deleted")
         self.username = username
 
 

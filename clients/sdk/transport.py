@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from clients.sdk.errors import (
+    AccountDeleted,
     AuthFailed,
     DeviceRemoved,
     RegistrationClosed,
@@ -130,6 +131,8 @@ class RelayHttp:
             return resp
         if resp.status_code == 404 and user is not None:
             raise UnknownUser(user)
+        if resp.status_code == 410 and user is not None:
+            raise AccountDeleted(user)
         raise self._error(resp)
 
     async def token(self) -> str:
@@ -141,7 +144,7 @@ class RelayHttp:
     def _auth_failed(self, resp: httpx.Response) -> AuthFailed:
         error = self._error(resp)
         if error.code in ("unknown_device", "device_revoked"):
-            return DeviceRemoved(error.message)
+            return DeviceRemoved(error.message, revoked=error.code == "device_revoked")
         return AuthFailed(error.message)
 
     async def login(self) -> str:

@@ -14,8 +14,11 @@ from tests.server.relay_harness import Relay
 VOX = str(Path(sys.executable).with_name("vox"))
 
 
-async def vox(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run ``vox --home HOME args...``; returns (exit code, stdout, stderr)."""
+async def vox(
+    home: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> tuple[int, str, str]:
+    """Run ``vox --home HOME args...`` (``stdin`` piped in, not a terminal); returns
+    (exit code, stdout, stderr)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
@@ -23,11 +26,14 @@ async def vox(home: Path, *args: str, env: dict[str, str] | None = None) -> tupl
         "--home",
         str(home),
         *args,
+        stdin=None if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(
+        proc.communicate(None if stdin is None else stdin.encode()), 60
+    )
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
