@@ -37,6 +37,7 @@ from clients.sdk import (
 )
 from clients.sdk.account import ProfileProtection, profile_protection
 from clients.store.errors import StoreError as StoreFailure
+from clients.units import format_size
 
 __all__ = ["app", "main"]
 
@@ -346,7 +347,8 @@ async def _print_event(client: VoxClient, event: Event, as_json: bool, target: P
                 where = f" [group {names.get(event.group_id, '?')} ({event.group_id[:8]})]"
             body = event.text
             if event.attachment is not None:
-                body = f"[file] {event.attachment.file_name} ({event.attachment.size} bytes)"
+                att = event.attachment
+                body = f"[file] {att.file_name} ({format_size(att.size)})"
                 if event.attachment.path:
                     body += f" -> {event.attachment.path}"
             typer.echo(f"{when} {event.sender}:{event.device}{where}: {body}")
@@ -625,8 +627,18 @@ def passphrase_change(
 @app.command()
 def chat(
     target: Annotated[str | None, typer.Argument(help="A username or group to open.")] = None,
+    no_notify: Annotated[
+        bool,
+        typer.Option(
+            "--no-notify",
+            help="No bell or desktop notification for messages in other chats "
+            "(also VOX_CHAT_NOTIFY=0; VOX_CHAT_NOTIFY=bell: the bell only).",
+        ),
+    ] = False,
 ) -> None:
     """Open the terminal chat (Textual TUI)."""
+    if no_notify:
+        os.environ["VOX_CHAT_NOTIFY"] = "0"  # read by the TUI (clients.tui.notify)
     try:
         from clients import tui
     except ImportError:

@@ -27,6 +27,12 @@ messages marked ``…`` pending, ``✓`` accepted by the relay, ``✓✓`` deliv
 drops, then ``back online``) and the input box. The conversation pane is anchored to its end:
 opening a chat, a resize or a new message shows the newest row, unless the user scrolled up.
 
+Rows are grouped under day separators (``── Today ──``, ``── Yesterday ──``, dates); group
+changes read ``bob removed you``; file sizes are binary units of the file's own size; below 60
+columns the conversation list hides (Ctrl+L shows it). Messages in other conversations ring
+the bell and raise a desktop notification (:mod:`clients.tui.notify`; ``vox chat --no-notify``
+or ``VOX_CHAT_NOTIFY=0`` turns them off).
+
 Keys: Enter sends, PgUp/PgDn and the mouse wheel scroll the conversation (from the input box
 too), Ctrl+End back to the newest, Ctrl+N next conversation, Ctrl+L focus the list (Enter
 opens), Ctrl+Q quits. ``/help`` opens the table of keys and commands

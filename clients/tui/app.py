@@ -44,7 +44,9 @@ from clients.tui.backend import ChatBackend, ConversationItem
 from clients.tui.dates import day_label, local_day
 from clients.tui.group_text import describe_group_change
 from clients.tui.help import COMMANDS, HelpScreen, usage
+from clients.tui.notify import Notifier, mode_from_env
 from clients.tui.render import render_message
+from clients.units import format_size
 
 __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
 
@@ -89,8 +91,12 @@ class ChatApp(App[None]):
         *,
         open_conversation: str | None = None,
         tz: dt.tzinfo | None = None,
+        notify: str | None = None,
     ) -> None:
         super().__init__()
+        #: Bell and desktop notification for messages in other conversations (see
+        #: :mod:`clients.tui.notify`): ``"off"``, ``"bell"``, ``"desktop"``; default from the env.
+        self.notifier = Notifier(self, notify or mode_from_env())
         self.backend = backend
         self.current: str | None = None
         self.items: dict[str, ConversationItem] = {}
@@ -472,6 +478,9 @@ class ChatApp(App[None]):
             elif not event.outgoing:
                 item = self.items.get(event.conversation)
                 self._bump(event.conversation, unread=(item.unread if item else 0) + 1)
+                title = self.items[event.conversation].title
+                where = "" if title == event.sender else f" in {title}"
+                self.notifier.notify(f"Vox: {event.sender}", f"new message{where}")
             elif event.conversation not in self.items:
                 await self.reload_conversations()
         elif isinstance(event, ReceiptEvent):
@@ -667,7 +676,7 @@ class ChatApp(App[None]):
 
     @work(group="send", exit_on_error=False)
     async def _send_file(self, conversation: str, path: Path) -> None:
-        name = path.name
+        name = _file_label(path)
 
         def progress(done: int, total: int) -> None:
             pct = 100 * done // total if total else 100
@@ -776,6 +785,14 @@ def _existing_file(rest: str, args: list[str]) -> Path | None:
 _NEEDS_CONVERSATION = frozenset(
     {"/send-file", "/file", "/verify", "/accept", "/save", "/add", "/remove", "/leave"}
 )
+
+
+def _file_label(path: Path) -> str:
+    """``name (12.7 KiB)``: the file's own size, as the conversation shows it."""
+    try:
+        return f"{path.name} ({format_size(path.stat().st_size)})"
+    except OSError:
+        return path.name
 
 
 def _user_path(arg: str) -> Path:

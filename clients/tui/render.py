@@ -8,6 +8,7 @@ from rich.text import Text
 
 from clients.sdk.models import Message
 from clients.store.models import DeliveryState
+from clients.units import format_size
 
 __all__ = ["STATE_MARKS", "format_size", "format_time", "render_message", "state_mark"]
 
@@ -24,16 +25,6 @@ STATE_MARKS = {
 def format_time(ms: int, *, tz: dt.tzinfo | None = None) -> str:
     """``HH:MM`` in local time (``tz`` for tests)."""
     return dt.datetime.fromtimestamp(ms / 1000, tz=tz).strftime("%H:%M")
-
-
-def format_size(size: int) -> str:
-    """Human-readable byte count."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def state_mark(state: DeliveryState) -> str:

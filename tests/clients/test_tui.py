@@ -205,7 +205,7 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         await until(pilot, lambda: shown(app, "Welcome to Acme\nNo messages with bob yet."))
         await type_line(pilot, f"/send-file {path}")
         await until(pilot, lambda: shown(app, "you: 📎 notes.txt (12.7 KiB)"))
-        assert status(app) == "sent notes.txt"
+        assert status(app) == "sent notes.txt (12.7 KiB)"  # the file's size, not the padded one
         await until(
             pilot,
             lambda: any(

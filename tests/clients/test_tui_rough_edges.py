@@ -4,9 +4,11 @@ real SDK clients through a real relay on loopback."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from pathlib import Path
 
+import pytest
 from rich.table import Table
 from textual import events
 from textual.containers import VerticalScroll
@@ -227,3 +229,33 @@ async def test_the_sidebar_collapses_on_a_narrow_terminal(people: People) -> Non
         await until(pilot, lambda: sidebar.display)
         await pilot.resize_terminal(100, 20)
         await until(pilot, lambda: sidebar.display and app.query_one("#messages").region.x > 20)
+
+
+async def test_messages_in_other_chats_ring_and_notify_unless_turned_off(
+    people: People, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for the desktop's notify-send (an outside service): records its arguments.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "notified.txt"
+    fake = bin_dir / "notify-send"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> "{record}"\necho >> "{record}"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("VOX_CHAT_NOTIFY", raising=False)
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: status(app) == "")
+        await people.bob.send_text("alice", "in the open chat")
+        await until(pilot, lambda: shown(app, "in the open chat"))
+        await people.carol.send_text("alice", "secret words")
+        await until(pilot, lambda: app.notifier.sent == [("Vox: carol", "new message")])
+        await until(pilot, lambda: record.is_file() and "Vox: carol" in record.read_text())
+        assert "secret words" not in record.read_text()  # never the text
+    monkeypatch.setenv("VOX_CHAT_NOTIFY", "0")  # what `vox chat --no-notify` sets
+    quiet = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with quiet.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: status(quiet) == "")
+        await people.carol.send_text("alice", "again")
+        await until(pilot, lambda: "carol (" in " ".join(chat_list(quiet)))
+        assert quiet.notifier.mode == "off" and quiet.notifier.sent == []
