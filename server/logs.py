@@ -69,6 +69,10 @@ def configure_logging(
     # the logger uvicorn gives it: never let those loggers go below INFO, whatever the level.
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    # Libraries that log request URLs (a push endpoint's path is a capability) or SQL with
+    # its parameters (token hashes, endpoints): warnings only, whatever the level.
+    for name in ("httpx", "httpcore", "aiosqlite", "sqlalchemy", "asyncpg"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

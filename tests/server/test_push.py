@@ -7,6 +7,7 @@ The relay runs under uvicorn; devices use real WebSockets; the push service is
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import stat
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from server.logs import configure_logging
 from server.push import PushDispatcher
 from server.push.vapid import PAYLOAD
 from tests.server.push_receiver import PushReceiver, b64url, push_receiver
@@ -333,3 +335,41 @@ async def test_push_logs_name_the_push_service_but_never_the_endpoint_or_keys(
     assert "bob-secret-path" not in logged
     for secret in (agent.auth, agent.public_key):
         assert b64url(secret) not in logged and secret.hex() not in logged
+
+
+async def test_the_relays_logging_never_writes_a_push_endpoint_even_at_debug(
+    tmp_path: Path,
+) -> None:
+    # configure_logging is what `vox-relay serve` runs; httpx would log each request's URL.
+    root = logging.getLogger()
+    names = (
+        "httpx",
+        "httpcore",
+        "aiosqlite",
+        "sqlalchemy",
+        "asyncpg",
+        "uvicorn.error",
+        "websockets",
+        "alembic",
+    )
+    saved = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}
+    stream = io.StringIO()
+    try:
+        configure_logging("debug", stream=stream)
+        async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+            await w.subscribe(w.peers["bob", 1], "bob-secret-path")
+            await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
+            await w.drained()
+            assert w.rx.pushes("bob-secret-path")
+    finally:
+        handlers, level, levels = saved
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
+    logged = stream.getvalue()
+    assert "push_sent" in logged
+    assert "bob-secret-path" not in logged
