@@ -1,19 +1,25 @@
 """The Vox relay: store-and-forward of opaque ciphertext (never imports ``crypto/``).
 
-Layout (routes → services → repositories):
+Laid out by domain (``docs/architecture.md``); each domain is a package with
+``routes.py`` (thin FastAPI routes) → ``service.py`` (the rules) → ``repository.py`` (all
+SQL), and speaks the typed protocol of :mod:`wire`:
 
-* ``server.app.create_app(settings)`` — the app factory; ``server.cli`` — ``vox-relay``.
-* ``server.settings`` — typed settings (``load_settings``); ``server.serve`` — uvicorn config.
-* ``server.api`` — thin REST routes; ``server.deps`` — ``Annotated`` dependencies
-  (``SessionDep``, ``SettingsDep``, ``CurrentDevice``).
-* ``server.services`` — rules: ``accounts`` (registration, signed device lists), ``auth``
-  (challenge–response, bearer tokens; **``authenticate_token(session, token) ->
-  AuthenticatedDevice``** is what the WebSocket layer calls), ``prekeys`` (upload, atomic
-  claims), ``maintenance`` (expiry sweeper).
-* ``server.repositories`` — all SQL; ``server.db`` — base, engine, models, migrations runner.
-* ``server.errors`` — domain errors and their one HTTP mapping.
-* ``server.notify`` — ``DeviceNotifier`` (``app.state.notifier``), how core services reach a
-  connected device; ``server.metrics`` — per-app Prometheus registry.
-* ``server.delivery``, ``server.fanout``, ``server.attachments`` — the WebSocket delivery
-  path, fan-out (in-process / Redis) and attachments.
+* ``server.accounts`` — registration, signed device lists (``device_list``: the relay's own
+  verifier), look-alike usernames, invites;
+* ``server.auth`` — challenge–response, bearer tokens (**``authenticate_token(session,
+  token) -> AuthenticatedDevice``** is what the WebSocket layer calls), the expiry sweeper;
+* ``server.prekeys`` — uploads, bundles with atomic one-time-key claims;
+* ``server.delivery`` — ``/v1/ws``: frames, the group-commit writer, the queue policy,
+  fan-out (in-process / Redis);
+* ``server.attachments``, ``server.push`` — uploads/downloads, Web Push;
+* ``server.ops`` — ``/v1/config``, health, metrics, backups; ``server.web`` — the browser
+  client's static files; ``server.edge`` — connection admission below the app and the
+  uvicorn configuration.
+
+The core: ``server.app.create_app(settings)`` (the app factory), ``server.cli``
+(``vox-relay``), ``server.settings``, ``server.db`` (base, engine, ORM rows, migrations
+runner), ``server.clock``, ``server.errors`` (domain errors and their one HTTP mapping),
+``server.deps`` (``Annotated`` dependencies), ``server.notify`` (``DeviceNotifier``: how
+services reach a connected device), ``server.metrics``, ``server.logs``,
+``server.ratelimit``, ``server.diskguard``, ``server.openapi``.
 """

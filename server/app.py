@@ -28,19 +28,23 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import Depends, FastAPI
 
-from server import attachments, delivery, push, web
-from server.api import accounts, auth, ops, prekeys
+from server import attachments, delivery, push
+from server.accounts import routes as accounts
+from server.auth import routes as auth
+from server.auth.maintenance import core_lifespan
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
 from server.diskguard import DiskGuard, free_bytes_of
+from server.edge.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
 from server.notify import NullNotifier
 from server.openapi import document_errors, error_responses
+from server.ops import routes as ops
+from server.prekeys import routes as prekeys
 from server.ratelimit import RateLimiter, SharedRateLimiter
-from server.services.maintenance import core_lifespan
 from server.settings import Settings
+from server.web import routes as web
 
 __all__ = ["LifespanHook", "create_app"]
 

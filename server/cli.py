@@ -166,8 +166,8 @@ def serve(
     import uvicorn
 
     from server.app import create_app
+    from server.edge.serve import uvicorn_config
     from server.logs import configure_logging, log_event
-    from server.serve import uvicorn_config
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -242,9 +242,9 @@ def invite_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create an invite token and print it (only its hash is stored)."""
+    from server.accounts.invites import add_invite
+    from server.auth.service import hash_secret
     from server.clock import now
-    from server.repositories.invites import add_invite
-    from server.services.auth import hash_secret
 
     ttl = parse_duration(expires) if expires else None
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
@@ -284,9 +284,9 @@ def device_revoke(
     re-adds it. With Redis configured, its open WebSocket connections are closed on every
     node at once; without Redis they end when they next reconnect.
     """
+    from server.accounts.repository import get_device, revoke_device
     from server.clock import now
     from server.db.engine import session_factory, write_lock
-    from server.repositories.accounts import get_device, revoke_device
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -316,7 +316,7 @@ async def _disconnect_everywhere(
     settings: Settings, device_pks: list[int], reason: str = "device revoked by the relay operator"
 ) -> None:
     """Ask every relay node (through Redis) to close the devices' connections."""
-    from server.fanout import Hub
+    from server.delivery.fanout import Hub
 
     hub = Hub(settings.redis_url, settings.redis_prefix)
     await hub.start()
@@ -339,8 +339,8 @@ def device_unrevoke(
 
     Example: vox-relay device unrevoke alice 467399649
     """
+    from server.accounts.repository import get_device, unrevoke_device
     from server.db.engine import session_factory, write_lock
-    from server.repositories.accounts import get_device, unrevoke_device
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -376,10 +376,10 @@ def account_delete(
 
     Example: vox-relay account delete mallory
     """
+    from server.accounts.service import DeletedAccount, delete_account
     from server.attachments.storage import LocalDiskStore
     from server.db.engine import session_factory
     from server.errors import DomainError
-    from server.services.accounts import DeletedAccount, delete_account
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -423,9 +423,9 @@ def invite_list(
     """
     from datetime import UTC, datetime
 
+    from server.accounts.invites import list_invites
     from server.clock import now
     from server.db.engine import session_factory
-    from server.repositories.invites import list_invites
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -467,8 +467,8 @@ def invite_revoke(
 
     Example: vox-relay invite revoke 3
     """
+    from server.accounts.invites import delete_invite
     from server.db.engine import session_factory, write_lock
-    from server.repositories.invites import delete_invite
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -492,11 +492,11 @@ def stats(
     config: ConfigOpt = None,
 ) -> None:
     """Print accounts, devices, active invites, stored prekeys and queued envelopes (JSON)."""
+    from server.accounts.invites import count_invites
+    from server.accounts.repository import count_accounts, count_devices
     from server.clock import now
     from server.db.engine import session_factory
     from server.db.models import OneTimePrekey
-    from server.repositories.accounts import count_accounts, count_devices
-    from server.repositories.invites import count_invites
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
@@ -535,7 +535,7 @@ def backup(
     config: ConfigOpt = None,
 ) -> None:
     """Back up the database (SQLite online backup or pg_dump) and the attachments."""
-    from server.backup import backup as run_backup
+    from server.ops.backup import backup as run_backup
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
     manifest = _backup_step(lambda: run_backup(settings, dest, database=not no_database))
@@ -553,7 +553,7 @@ def restore(
     config: ConfigOpt = None,
 ) -> None:
     """Restore a backup (stop the relay first; `serve` then migrates as usual)."""
-    from server.backup import restore as run_restore
+    from server.ops.backup import restore as run_restore
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
     manifest = _backup_step(lambda: run_restore(settings, src, force=force))
@@ -562,7 +562,7 @@ def restore(
 
 def _backup_step(step: Callable[[], dict[str, object]]) -> dict[str, object]:
     """Run a backup or restore; any failure is one line on stderr and exit status 1."""
-    from server.backup import BackupError
+    from server.ops.backup import BackupError
 
     try:
         return step()

@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth.service import AuthenticatedDevice, authenticate_token
 from server.errors import Unauthorized
 from server.metrics import Metrics
 from server.notify import DeviceNotifier
 from server.ratelimit import Limiter
-from server.services.auth import AuthenticatedDevice, authenticate_token
 from server.settings import Settings
 
 __all__ = [

@@ -3,7 +3,8 @@
 * ``accounts.device_list_version`` holds a protocol u64 shifted by -2^63 (``server.db.models.U64``):
   existing values are shifted; the column stays BIGINT.
 * ``accounts.username_skeleton`` (unique): the confusable skeleton of the username
-  (``server.usernames.skeleton``); existing look-alikes keep ``NULL`` (the oldest account of a
+  (``server.accounts.usernames.skeleton``); existing look-alikes keep ``NULL`` (the oldest account
+  of a
   skeleton gets it).
 * ``delivery_queue.size`` / ``sender_account_id`` (+ covering index): the queue quotas;
   filled in for queued rows from their payloads and send records.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from server.usernames import skeleton
+from server.accounts.usernames import skeleton
 
 revision: str = "0003b"
 down_revision: str | None = "0003"

@@ -87,7 +87,7 @@ class Account(Base):
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
-    #: The name's confusable skeleton (``server.usernames.skeleton``): unique, so that no
+    #: The name's confusable skeleton (``server.accounts.usernames.skeleton``): unique, so that no
     #: look-alike of an existing name can be registered. ``NULL`` only for accounts that
     #: already existed as look-alikes when the rule was introduced (migration 0003b).
     username_skeleton: Mapped[str | None] = mapped_column(String(128), default=None)
@@ -200,7 +200,7 @@ class OneTimePrekey(Base):
 class PrekeyClaim(Base):
     """One bundle claim that handed out one-time prekeys of ``device_pk`` (the target) to the
     device ``requester_pk``, at ``claimed_at`` (Unix seconds). Only the last window's rows are
-    kept: they bound how fast one-time prekeys leave a device (``server.services.prekeys``)."""
+    kept: they bound how fast one-time prekeys leave a device (``server.prekeys.service``)."""
 
     __tablename__ = "prekey_claims"
     __table_args__ = (Index("ix_prekey_claims_target", "device_pk", "claimed_at"),)

@@ -26,10 +26,10 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from server.delivery.budgets import DeviceBudgets
+from server.delivery.fanout import Hub, QueuePoller
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
-from server.fanout import Hub, QueuePoller
 from server.settings import Settings
 
 __all__ = [

@@ -59,7 +59,8 @@ class _Close:
 
 
 class DeviceConnection:
-    """The relay side of one device's WebSocket (implements ``server.fanout.DeviceSink``)."""
+    """The relay side of one device's WebSocket (implements
+    ``server.delivery.fanout.DeviceSink``)."""
 
     __slots__ = (
         "_acked_during_read",

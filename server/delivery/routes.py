@@ -15,8 +15,8 @@ from fastapi import APIRouter, WebSocket
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
+from server.auth.service import AuthenticatedDevice, authenticate_token
 from server.clock import now as clock_now
-from server.connections import PRE_AUTH_MAX_BYTES, Tracked
 from server.delivery.budgets import Budget
 from server.delivery.connection import DeviceConnection, sansio_protocol_of
 from server.delivery.frames import (
@@ -28,8 +28,8 @@ from server.delivery.frames import (
 )
 from server.delivery.service import DeliveryService
 from server.delivery.writer import Sender
+from server.edge.connections import PRE_AUTH_MAX_BYTES, Tracked
 from server.errors import RateLimited, Unauthorized
-from server.services.auth import AuthenticatedDevice, authenticate_token
 from wire.codes import CloseCode
 from wire.frames import AuthFrame, SendFrame
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from server.auth import repository as auth_repo
 from server.clock import now as clock_now
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.connection import DeviceConnection
+from server.delivery.fanout import Hub
 from server.delivery.frames import (
     ClientFrame,
     Delivery,
@@ -31,8 +33,6 @@ from server.delivery.metrics import DeliveryMetrics
 from server.delivery.policy import QueueLimits, QueuePolicy
 from server.delivery.repository import DeliveryRepository
 from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
-from server.fanout import Hub
-from server.repositories import auth as auth_repo
 from server.settings import LimitSettings
 from wire.codes import CloseCode, ErrorCode
 from wire.frames import AckFrame, PingFrame, SendFrame

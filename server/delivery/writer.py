@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.db.engine import IMMEDIATE
+from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.policy import (
@@ -39,7 +40,6 @@ from server.delivery.policy import (
     resolve_recipients,
 )
 from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend
-from server.fanout import Hub
 from wire.codes import ErrorCode
 from wire.encoding import b64
 

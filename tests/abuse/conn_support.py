@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from tests.server.relay_harness import Relay
-from tests.server.test_ws_kit import WsClient, open_ws
+from tests.server.ws_kit import WsClient, open_ws
 
 __all__ = ["http_from", "hung_up", "raw_connect", "ws_from"]
 

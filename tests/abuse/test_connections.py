@@ -10,7 +10,7 @@ import httpx
 
 from tests.abuse.conn_support import http_from, hung_up, raw_connect, ws_from
 from tests.server.relay_harness import free_port, relay_process
-from tests.server.test_ws_kit import open_ws, world
+from tests.server.ws_kit import open_ws, world
 
 UPGRADE = (
     b"GET /v1/ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.server.test_ws_kit import open_ws, world
+from tests.server.ws_kit import open_ws, world
 
 
 async def test_a_flood_of_unknown_type_frames_is_closed_4400_once_the_invalid_budget_is_spent(

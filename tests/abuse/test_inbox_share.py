@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.db.models_delivery import QueueEntry
-from tests.server.test_ws_kit import Peer, World, WsClient, open_ws, payload, world
+from tests.server.ws_kit import Peer, World, WsClient, open_ws, payload, world
 
 DEPTH = 20
 SHARE = 0.25  # 5 envelopes per other account

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.server.relay_harness import TestAccount, auth_header, make_settings, running_relay
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws, setup_accounts, world
+from tests.server.ws_kit import Peer, delivery_app, open_ws, setup_accounts, world
 
 
 async def test_logout_closes_the_socket_opened_with_that_token(tmp_path: Path) -> None:

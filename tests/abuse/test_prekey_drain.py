@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.server.relay_harness import TestAccount, auth_header, make_settings, running_relay
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws
+from tests.server.ws_kit import Peer, delivery_app, open_ws
 
 PER_TARGET = 10
 PER_REQUESTER = 3

@@ -18,7 +18,7 @@ import pytest
 
 from server.db.models_delivery import Attachment, QueueEntry
 from tests.server.relay_harness import TestAccount, auth_header, make_settings, running_relay
-from tests.server.test_ws_kit import delivery_app, open_ws, payload, world
+from tests.server.ws_kit import delivery_app, open_ws, payload, world
 
 
 async def _upload(http: httpx.AsyncClient, token: str, body: bytes | AsyncIterator[bytes]) -> Any:

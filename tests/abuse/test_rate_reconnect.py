@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.abuse.conn_support import ws_from
-from tests.server.test_ws_kit import Peer, WsClient, open_ws, world
+from tests.server.ws_kit import Peer, WsClient, open_ws, world
 
 
 async def _send_until_closed(

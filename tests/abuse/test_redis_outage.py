@@ -15,7 +15,7 @@ import pytest
 
 from tests.server.cluster import REDIS_SERVER, node_ws, private_redis, relay_nodes
 from tests.server.relay_harness import free_port
-from tests.server.test_ws_kit import Peer, WsClient, setup_accounts
+from tests.server.ws_kit import Peer, WsClient, setup_accounts
 
 pytestmark = [
     pytest.mark.postgres,

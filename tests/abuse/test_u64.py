@@ -25,7 +25,7 @@ from tests.server.relay_harness import (
     make_settings,
     running_relay,
 )
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws
+from tests.server.ws_kit import Peer, delivery_app, open_ws
 
 U64_MAX = 2**64 - 1
 

@@ -1,7 +1,8 @@
 """Finding 12 (look-alike usernames): a name that looks like an existing one is refused.
 
 Measured before: ``a1ice`` next to ``alice`` and ``rnallory`` next to ``mallory`` were both
-accepted. Now registration compares confusable skeletons (Unicode TR39, ``server.usernames``)
+accepted. Now registration compares confusable skeletons (Unicode TR39,
+``server.accounts.usernames``)
 and answers ``409 username_lookalike``; the skeleton is stored under a unique index, so two
 concurrent registrations of look-alikes cannot both succeed on PostgreSQL either.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.usernames import skeleton
+from server.accounts.usernames import skeleton
 from tests.server.relay_harness import TestAccount, make_settings, running_relay
 
 

@@ -12,7 +12,7 @@ from clients.sdk.content import PayloadKind, RelayPayload, TextContent, padded
 from tests.clients.conftest import Factory
 from tests.clients.kit import texts, wait_for
 from tests.server.relay_harness import Relay, TestAccount
-from tests.server.test_ws_kit import Peer, open_ws
+from tests.server.ws_kit import Peer, open_ws
 
 
 def collect(client: VoxClient) -> list[Event]:

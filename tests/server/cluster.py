@@ -18,7 +18,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from tests.server.relay_harness import free_port, relay_process
-from tests.server.test_ws_kit import Peer, WsClient
+from tests.server.ws_kit import Peer, WsClient
 
 __all__ = ["REDIS_SERVER", "node_ws", "private_redis", "relay_nodes"]
 

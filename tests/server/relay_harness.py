@@ -54,7 +54,7 @@ from fastapi import FastAPI
 from server.app import create_app
 from server.db.engine import create_engine
 from server.db.migrate import upgrade
-from server.serve import uvicorn_config
+from server.edge.serve import uvicorn_config
 from server.settings import Settings, load_settings
 
 __all__ = [

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from server.accounts.service import deletion_message
 from server.clock import now
-from server.services.accounts import deletion_message
 from tests.server.relay_harness import (
     TestAccount,
     auth_header,
@@ -20,7 +20,7 @@ from tests.server.relay_harness import (
     make_settings,
     running_relay,
 )
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws, payload
+from tests.server.ws_kit import Peer, delivery_app, open_ws, payload
 
 OWNED_TABLES = (
     "devices",

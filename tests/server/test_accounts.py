@@ -243,9 +243,9 @@ async def test_closed_registration_refuses_everyone(tmp_path: Path) -> None:
 
 
 async def test_invite_policy_consumes_invites(tmp_path: Path) -> None:
+    from server.accounts.invites import add_invite
+    from server.auth.service import hash_secret
     from server.clock import now
-    from server.repositories.invites import add_invite
-    from server.services.auth import hash_secret
 
     settings = make_settings(tmp_path, registration="invite")
     async with running_relay(settings) as relay, relay.client() as http:

@@ -1,5 +1,15 @@
-"""Layering rules of the relay, checked on the source: it never imports ``crypto/``; routes
-hold no SQL; nothing reads settings or opens an engine at import time."""
+"""Layout and layering rules of the relay, checked on the source (``docs/architecture.md``).
+
+The relay is laid out by domain: ``server/<domain>/{routes,service,repository}.py`` plus a
+small core of shared modules at the top of ``server/``. The rules:
+
+* the relay never imports ``crypto/`` (nor ``clients/``: ``tests/test_architecture.py``);
+* only the core modules listed below sit loose in ``server/``; everything else is in a domain;
+* routes hold no SQL and never reach a repository directly (they call the domain's service);
+* repositories and services know nothing of HTTP (no FastAPI / Starlette), and no module
+  imports another domain's routes (only ``server.app`` mounts them);
+* nothing reads settings or opens an engine at import time.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +18,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.server.relay_harness import REPO
 
 SERVER = REPO / "server"
 
+CORE = {
+    "__init__.py",
+    "app.py",  # the app factory: mounts every domain's routes
+    "cli.py",  # vox-relay
+    "clock.py",
+    "deps.py",  # Annotated dependencies shared by routes
+    "diskguard.py",
+    "errors.py",
+    "logs.py",
+    "metrics.py",
+    "notify.py",  # DeviceNotifier: how services reach a connected device
+    "openapi.py",
+    "ratelimit.py",
+    "settings.py",
+}
+"""The relay's core; a new module goes into its domain's package instead."""
+
+DOMAINS = ("accounts", "auth", "prekeys", "delivery", "attachments", "push", "ops")
+
 
 def _imports(path: Path) -> set[str]:
+    """Every module (and ``module.name``) a file imports."""
     tree = ast.parse(path.read_text(), str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -21,24 +53,80 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _where(path: Path) -> str:
+    return str(path.relative_to(REPO))
 
 
 def test_the_relay_never_imports_the_protocol_core() -> None:
     offenders = {
-        str(path.relative_to(REPO)): sorted(
-            n for n in _imports(path) if n.split(".")[0] == "crypto"
-        )
+        _where(path): sorted(n for n in _imports(path) if n.split(".")[0] == "crypto")
         for path in SERVER.rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_core_routes_contain_no_sql() -> None:
-    for path in (SERVER / "api").glob("*.py"):
-        sql = {n for n in _imports(path) if n.split(".")[0] == "sqlalchemy"}
-        # ops.py's /readyz runs "SELECT 1" as its database probe; nothing else touches SQL.
-        assert sql <= ({"sqlalchemy"} if path.name == "ops.py" else set()), (path, sql)
+def test_only_the_core_sits_loose_in_server() -> None:
+    loose = {p.name for p in SERVER.glob("*.py")}
+    assert loose - CORE == set(), "put a new module into its domain package (server/<domain>/)"
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_every_domain_has_routes_and_a_service(domain: str) -> None:
+    package = SERVER / domain
+    assert (package / "__init__.py").is_file()
+    assert (package / "routes.py").is_file()
+    if domain != "ops":  # config and health: nothing but routes
+        assert (package / "service.py").is_file()
+
+
+def test_routes_hold_no_sql_and_never_reach_a_repository() -> None:
+    offenders = {}
+    for path in SERVER.rglob("routes.py"):
+        bad = {
+            n
+            for n in _imports(path)
+            if n.split(".")[0] == "sqlalchemy" or ".repository" in n or n.endswith(".invites")
+        }
+        # ops' /readyz runs "SELECT 1" as its database probe; nothing else touches SQL.
+        if path.parent.name == "ops":
+            bad -= {"sqlalchemy", "sqlalchemy.text"}
+        if bad:
+            offenders[_where(path)] = sorted(bad)
+    assert offenders == {}
+
+
+def test_services_and_repositories_know_nothing_of_http() -> None:
+    offenders = {}
+    for name in ("service.py", "repository.py"):
+        for path in SERVER.rglob(name):
+            bad = {
+                n
+                for n in _imports(path)
+                if n.split(".")[0] in {"fastapi", "starlette"} or n.endswith(".routes")
+            }
+            if bad:
+                offenders[_where(path)] = sorted(bad)
+    assert offenders == {}
+
+
+def test_only_the_app_mounts_routes() -> None:
+    offenders = {}
+    for path in SERVER.rglob("*.py"):
+        if path == SERVER / "app.py":
+            continue
+        own = path.relative_to(SERVER).parts[0]
+        bad = {
+            n
+            for n in _imports(path)
+            if n.startswith("server.") and n.endswith(".routes") and n.split(".")[1] != own
+        }
+        if bad:
+            offenders[_where(path)] = sorted(bad)
+    assert offenders == {}
 
 
 def test_importing_the_app_reads_no_settings_and_opens_no_database(tmp_path: Path) -> None:

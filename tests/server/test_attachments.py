@@ -10,7 +10,7 @@ from pathlib import Path
 
 from server.db.models_delivery import Attachment
 from tests.server.relay_harness import auth_header
-from tests.server.test_ws_kit import World, world
+from tests.server.ws_kit import World, world
 
 LIMIT = 64 * 1024
 

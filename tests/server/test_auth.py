@@ -240,7 +240,7 @@ async def test_only_the_newest_challenges_of_a_device_stay_valid(
 async def test_the_sweeper_forgets_expired_challenges_and_tokens(
     relay: Relay, http: httpx.AsyncClient, alice: TestAccount
 ) -> None:
-    from server.services.maintenance import sweep_expired
+    from server.auth.maintenance import sweep_expired
 
     await alice.login(http)
     live = await alice.login(http)
@@ -257,7 +257,7 @@ async def test_the_sweeper_forgets_expired_challenges_and_tokens(
 def test_challenge_message_matches_the_documented_vector() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from server.services.auth import challenge_message
+    from server.auth.service import challenge_message
     from tests.server.relay_harness import REPO
 
     doc = (REPO / "docs" / "protocol-relay.md").read_text()

@@ -18,7 +18,7 @@ import pytest
 
 from tests.server.cluster import node_ws
 from tests.server.relay_harness import REPO, auth_header, free_port, relay_process
-from tests.server.test_ws_kit import setup_accounts
+from tests.server.ws_kit import setup_accounts
 
 VOX_RELAY = str(Path(sys.executable).with_name("vox-relay"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
-from tests.server.test_ws_kit import open_ws, payload, world
+from tests.server.ws_kit import open_ws, payload, world
 
 
 async def test_message_is_accepted_delivered_acked_and_deleted(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
-from tests.server.test_ws_kit import open_ws, payload, world
+from tests.server.ws_kit import open_ws, payload, world
 
 
 async def test_expired_envelopes_are_swept_and_never_delivered(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from crypto.device_list import DeviceEntry, DeviceList
 from crypto.device_list import SignedDeviceList as ClientSignedList
 from crypto.keys import AccountKey, DeviceAuthKey, DeviceIdentityKey
-from server.device_list import DeviceListError, parse_device_list
+from server.accounts.device_list import DeviceListError, parse_device_list
 from tests.server.relay_harness import TestAccount
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from server.db.models import Account, Device
 from server.db.models_delivery import QueueEntry
 from tests.server.relay_harness import TestAccount, make_settings, running_relay
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws, payload
+from tests.server.ws_kit import Peer, delivery_app, open_ws, payload
 
 
 async def _queued(app: object, device_pk_of: dict[int, int], device_id: int) -> int:

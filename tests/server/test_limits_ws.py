@@ -11,7 +11,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 from server.db.models_delivery import QueueEntry
-from tests.server.test_ws_kit import World, open_ws, payload, world
+from tests.server.ws_kit import World, open_ws, payload, world
 
 
 async def _round_trip(w: World) -> float:

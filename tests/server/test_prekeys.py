@@ -268,7 +268,7 @@ async def test_concurrent_fetchers_never_get_the_same_key_on_postgresql(
 
 
 async def test_a_connected_device_receives_prekeys_low_over_its_websocket(tmp_path: Path) -> None:
-    from tests.server.test_ws_kit import Peer, delivery_app, open_ws
+    from tests.server.ws_kit import Peer, delivery_app, open_ws
 
     settings = make_settings(tmp_path, limits={"prekey_low_threshold": 3})
     app = delivery_app(settings)

@@ -25,7 +25,7 @@ from server.push import PushDispatcher
 from server.push.vapid import PAYLOAD
 from tests.server.push_receiver import PushReceiver, b64url, push_receiver
 from tests.server.relay_harness import Relay, auth_header, make_settings, running_relay
-from tests.server.test_ws_kit import Peer, delivery_app, open_ws, payload, setup_accounts
+from tests.server.ws_kit import Peer, delivery_app, open_ws, payload, setup_accounts
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from server.push.vapid import PAYLOAD
 from tests.server.push_receiver import UserAgent, b64url
 from tests.server.relay_harness import REPO, auth_header, make_settings, running_relay
-from tests.server.test_ws_kit import delivery_app, setup_accounts
+from tests.server.ws_kit import delivery_app, setup_accounts
 
 ENDPOINT = "https://push.example.com/wpush/v2/gAAAAABk-secret-token"
 

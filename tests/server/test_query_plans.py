@@ -35,7 +35,7 @@ from server.db.migrate import upgrade
 from server.db.models import Account, Device, OneTimePrekey
 from server.delivery.repository import DeliveryRepository, NewSend
 from server.delivery.writer import sqlite_sync_engine
-from server.repositories import prekeys
+from server.prekeys import repository as prekeys
 
 NOW = 1_700_000_000_000
 TABLES = {

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from server.db.models_delivery import QueueEntry
 from tests.server.relay_harness import Relay, make_settings, running_relay
-from tests.server.test_ws_kit import Peer, WsClient, delivery_app, open_ws, payload, setup_accounts
+from tests.server.ws_kit import Peer, WsClient, delivery_app, open_ws, payload, setup_accounts
 
 pytestmark = pytest.mark.postgres
 

@@ -28,10 +28,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.auth.maintenance import sweep_expired
 from server.db.engine import IMMEDIATE
-from server.services.maintenance import sweep_expired
 from tests.server.relay_harness import TestAccount, auth_header, b64
-from tests.server.test_ws_kit import open_ws, payload, world
+from tests.server.ws_kit import open_ws, payload, world
 
 FAR_FUTURE = 2**40
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")

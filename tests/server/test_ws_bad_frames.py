@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.server.test_ws_kit import Peer, World, WsClient, open_ws, payload, world
+from tests.server.ws_kit import Peer, World, WsClient, open_ws, payload, world
 
 SPEC = {"alice": [1], "bob": [1], "carol": [1], "dave": [1]}
 

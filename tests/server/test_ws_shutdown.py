@@ -14,7 +14,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from tests.server.relay_harness import free_port, relay_process
-from tests.server.test_ws_kit import Peer, WsClient, setup_accounts
+from tests.server.ws_kit import Peer, WsClient, setup_accounts
 
 
 class _Relay:

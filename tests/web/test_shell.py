@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from server.web import DIST
+from server.web.routes import DIST
 from tests.web.support import (
     RelayProc,
     Vox,

@@ -2,7 +2,7 @@
 
 uvicorn's protocols have a keep-alive timeout but no deadline for a request head, and no
 notion of "one address holds too many sockets". The relay runs them through two subclasses
-(wired by :func:`server.serve.uvicorn_config`) that report to one :class:`ConnectionGuard`:
+(wired by :func:`server.edge.serve.uvicorn_config`) that report to one :class:`ConnectionGuard`:
 
 * :class:`GuardedHttpProtocol` (httptools): every TCP connection is admitted or closed at
   once (total cap, per-address cap of unauthenticated connections), and its request head —
@@ -21,7 +21,7 @@ Counting. Every connection is counted under its client address as *unauthenticat
 *authenticated*; each kind has its own per-address cap. Behind a trusted proxy
 (``forwarded_allow_ips``) the TCP peer is the proxy, so such connections are counted under the
 client address the proxy names (``X-Forwarded-For``) once their head is read
-(:meth:`ConnectionGuard.rekey`, from :class:`server.middleware.ConnectionGuardMiddleware`).
+(:meth:`ConnectionGuard.rekey`, from :class:`server.edge.middleware.ConnectionGuardMiddleware`).
 
 Reserve. Past ``max_connections`` open connections, up to ``connection_reserve`` more are
 accepted, but they may only ask for ``/healthz``, ``/readyz`` or ``/metrics``: anything else

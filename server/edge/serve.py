@@ -4,9 +4,9 @@ WebSocket settings: the sans-I/O ``websockets`` implementation, **no per-message
 (ciphertext does not compress, and each deflate context costs memory per connection),
 pings every 20 s (20 s timeout), frames capped at ``limits.max_frame_bytes``.
 
-Connection hygiene (:mod:`server.connections`): the HTTP and WebSocket protocols are uvicorn's
+Connection hygiene (:mod:`server.edge.connections`): the HTTP and WebSocket protocols are uvicorn's
 httptools and sans-I/O ``websockets`` ones, subclassed to admit connections through one
-:class:`~server.connections.ConnectionGuard` (total and per-address caps, a reserve for
+:class:`~server.edge.connections.ConnectionGuard` (total and per-address caps, a reserve for
 ``/healthz``/``/readyz``/``/metrics``) and to enforce the request-head deadline; the guard is
 ``app.state.connection_guard``. Idle keep-alive connections close after
 ``limits.keepalive_timeout_seconds``.
@@ -19,7 +19,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from server.connections import (
+from server.edge.connections import (
     ConnectionGuard,
     GuardCollector,
     protocol_classes,

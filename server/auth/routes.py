@@ -6,6 +6,7 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 
+from server.auth import service
 from server.deps import (
     CurrentDevice,
     MetricsDep,
@@ -18,7 +19,6 @@ from server.errors import DomainError
 from server.logs import log_event
 from server.openapi import error_responses
 from server.ratelimit import Limiter
-from server.services import auth as service
 from wire.rest import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])

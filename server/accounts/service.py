@@ -1,7 +1,7 @@
 """Registration and signed device-list updates.
 
 A username is refused when it, or a name that looks like it (the same confusable skeleton,
-``server.usernames``), is already registered.
+``server.accounts.usernames``), is already registered.
 
 A device list is accepted only when it parses, is signed by the stored account key, names
 the account, and carries a version strictly greater than the stored one. The device set
@@ -22,23 +22,23 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.clock import now as clock_now
-from server.db.engine import write_lock
-from server.db.models import Account, Device
-from server.device_list import (
+from server.accounts import invites as invite_repo
+from server.accounts import repository as account_repo
+from server.accounts.device_list import (
     DeviceListError,
     SignedDeviceList,
     ed25519_public,
     parse_device_list,
     verify_ed25519,
 )
+from server.accounts.usernames import skeleton
+from server.auth.service import hash_secret
+from server.clock import now as clock_now
+from server.db.engine import write_lock
+from server.db.models import Account, Device
 from server.errors import BadRequest, Conflict, DomainError, Forbidden, Gone, NotFound
-from server.repositories import accounts as account_repo
-from server.repositories import invites as invite_repo
-from server.services.auth import hash_secret
-from server.services.prekeys import store_prekeys, validate_upload
+from server.prekeys.service import store_prekeys, validate_upload
 from server.settings import DAY, RegistrationPolicy, Settings
-from server.usernames import skeleton
 from wire.rest import RegisterIn
 
 __all__ = [

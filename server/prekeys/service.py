@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.accounts import repository as account_repo
+from server.accounts.device_list import canonical_x25519
 from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
-from server.device_list import canonical_x25519
 from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
-from server.repositories import accounts as account_repo
-from server.repositories import prekeys as prekey_repo
+from server.prekeys import repository as prekey_repo
 from server.settings import LimitSettings
 from wire.rest import PrekeyUpload, SignedPrekeyIn
 

@@ -1,6 +1,6 @@
 """Pure ASGI middleware: connection admission, request body limit and HTTP metrics.
 
-:class:`ConnectionGuardMiddleware` acts on what :mod:`server.connections` recorded for the
+:class:`ConnectionGuardMiddleware` acts on what :mod:`server.edge.connections` recorded for the
 request's TCP connection: a connection admitted from the reserve (the relay is at
 ``max_connections``) may only ask for ``/healthz``, ``/readyz`` or ``/metrics`` (anything else:
 ``503 overloaded``); a connection from a trusted proxy is counted under the client address
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.connections import OPS_PATHS, Tracked
+from server.edge.connections import OPS_PATHS, Tracked
 from server.errors import error_body
 from server.metrics import Metrics
 

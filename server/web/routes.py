@@ -31,7 +31,7 @@ __all__ = ["DIST", "content_security_policy", "mount"]
 
 #: Where the committed bundle lives (in a checkout and in an installed distribution alike:
 #: ``clients/`` is installed beside ``server/``).
-DIST = Path(__file__).resolve().parent.parent / "clients" / "web" / "dist"
+DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",

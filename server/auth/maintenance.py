@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server.auth import repository as auth_repo
 from server.clock import now
 from server.db.engine import write_lock
 from server.logs import log_event
-from server.repositories import auth as auth_repo
 
 __all__ = ["SWEEP_INTERVAL_SECONDS", "core_lifespan", "sweep_expired"]
 

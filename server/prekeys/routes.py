@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
 from server.openapi import error_responses
+from server.prekeys import service
+from server.prekeys.service import BundleEntry, ClaimBudget
 from server.ratelimit import Limiter
-from server.services import prekeys as service
-from server.services.prekeys import BundleEntry, ClaimBudget
 from wire.encoding import USERNAME_PATTERN, QueryDeviceId
 from wire.rest import (
     BundleDevice,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request
 
+from server.accounts import service
 from server.db.models import Account, Device
 from server.deps import (
     CurrentDevice,
@@ -17,7 +18,6 @@ from server.logs import log_event
 from server.notify import DeviceNotifier
 from server.openapi import error_responses
 from server.ratelimit import Limiter
-from server.services import accounts as service
 from wire.encoding import USERNAME_PATTERN
 from wire.rest import (
     AccountDeleteIn,

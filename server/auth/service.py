@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.accounts import repository as account_repo
+from server.accounts.device_list import verify_ed25519
+from server.auth import repository as auth_repo
 from server.clock import now as clock_now
 from server.db.engine import write_lock
-from server.device_list import verify_ed25519
 from server.errors import Forbidden, NotFound, Unauthorized
-from server.repositories import accounts as account_repo
-from server.repositories import auth as auth_repo
 
 __all__ = [
     "CHALLENGE_CONTEXT",

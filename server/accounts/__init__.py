@@ -1,0 +1,3 @@
+"""Accounts: registration, signed device lists, look-alike usernames,
+invites.
+"""

@@ -1,1 +1,0 @@
-"""HTTP routes (thin): parse, call a service, shape the response."""

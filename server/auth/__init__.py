@@ -1,0 +1,1 @@
+"""Authentication: challenges, bearer tokens, and the sweeper of expired ones."""

@@ -1,0 +1,3 @@
+"""Below the app: connection admission and deadlines (uvicorn protocol
+subclasses), ASGI middleware, and the uvicorn configuration.
+"""

@@ -1,0 +1,1 @@
+"""Operations endpoints: ``/v1/config``, ``/healthz``, ``/readyz``, ``/metrics``."""

@@ -1,0 +1,1 @@
+"""Prekeys: uploads, bundles (claiming one-time keys), stock warnings."""

@@ -1,1 +1,0 @@
-"""Repositories: the only place with SQL. Functions take an ``AsyncSession`` and plain values."""

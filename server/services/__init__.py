@@ -1,1 +1,0 @@
-"""Services: the relay's rules. They take a session and plain values, raise domain errors."""

@@ -1,0 +1,1 @@
+"""The browser client's static files, served at ``/``."""
