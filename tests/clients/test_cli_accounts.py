@@ -9,8 +9,8 @@ import os
 import pty
 from pathlib import Path
 
+from server.accounts.repository import get_device, revoke_device
 from server.clock import now
-from server.repositories.accounts import get_device, revoke_device
 from tests.clients.test_cli import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
 
