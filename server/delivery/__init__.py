@@ -24,6 +24,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.fanout import Hub, QueuePoller
@@ -97,6 +99,24 @@ def _drain_on_signals(service: DeliveryService) -> Callable[[], None]:
     return restore
 
 
+class _DroppedSignals(Collector):
+    """``vox_fanout_dropped_signals_total``: fan-out signals this node could not publish
+    (outbox full, Redis publish failed); the devices concerned catch up on their next poll or
+    reconnect."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "vox_fanout_dropped_signals",
+                "Fan-out signals this node could not publish to Redis",
+                value=float(self._hub.dropped_signals),
+            )
+        ]
+
+
 async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryService:
     """Create and start the node's hub and delivery service on ``app.state``."""
     hub = Hub(
@@ -112,6 +132,7 @@ async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryS
         "1 while Redis is unreachable and this node polls the database (degraded mode)",
         registry=app.state.metrics.registry,
     ).set_function(lambda: float(hub.degraded))
+    app.state.metrics.registry.register(_DroppedSignals(hub))
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
     budgets = DeviceBudgets(
         settings.limits, getattr(app.state, "redis", None), settings.redis_prefix

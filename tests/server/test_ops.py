@@ -98,6 +98,7 @@ async def test_each_app_has_its_own_metrics(tmp_path: Path) -> None:
         text_b = (await http_b.get("/metrics")).text
     assert "vox_accounts_registered_total 1.0" in text_a
     assert "vox_tokens_issued_total 1.0" in text_a
+    assert "vox_fanout_dropped_signals_total 0.0" in text_a
     assert "vox_accounts_registered_total 0.0" in text_b
     assert 'vox_http_requests_total{route="/v1/accounts",status="201"} 1.0' in text_a
 
