@@ -10,6 +10,7 @@ some); :func:`parse_server_frame` turns JSON text into one of them or raises
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Literal
 
@@ -56,7 +57,7 @@ __all__ = [
 
 
 class _ClientFrame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 class AuthFrame(_ClientFrame):
@@ -110,7 +111,7 @@ ClientFrame = AuthFrame | SendFrame | AckFrame | PingFrame
 
 
 class _ServerFrame(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class DeviceRef(_ServerFrame):
@@ -228,15 +229,22 @@ ServerFrame = (
     | PrekeysDrainFrame
 )
 
-_SERVER: TypeAdapter[ServerFrame] = TypeAdapter(Annotated[ServerFrame, Field(discriminator="type")])
-_CLIENT: TypeAdapter[ClientFrame] = TypeAdapter(Annotated[ClientFrame, Field(discriminator="type")])
+
+@functools.cache
+def _server() -> TypeAdapter[ServerFrame]:
+    return TypeAdapter(Annotated[ServerFrame, Field(discriminator="type")])
+
+
+@functools.cache
+def _client() -> TypeAdapter[ClientFrame]:
+    return TypeAdapter(Annotated[ClientFrame, Field(discriminator="type")])
 
 
 def parse_server_frame(text: str | bytes) -> ServerFrame:
     """One relay frame from its JSON text; raises :class:`WireDecodeError` (with field
     locations only, never the values) on anything else."""
     try:
-        return _SERVER.validate_json(text)
+        return _server().validate_json(text)
     except ValidationError as exc:
         raise WireDecodeError(_describe(exc)) from None
 
@@ -244,7 +252,7 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
 def parse_client_frame(text: str | bytes) -> ClientFrame:
     """One client frame from its JSON text (strict); raises :class:`WireDecodeError`."""
     try:
-        return _CLIENT.validate_json(text, strict=True)
+        return _client().validate_json(text, strict=True)
     except ValidationError as exc:
         raise WireDecodeError(_describe(exc)) from None
 

@@ -45,7 +45,11 @@ __all__ = [
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, defer_build=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # validators built on first use: fast import
 
 
 # --- prekeys -----------------------------------------------------------------------------
@@ -83,7 +87,7 @@ class PrekeyUpload(_In):
     one_time_pq_prekeys: list[OneTimePqPrekeyIn] = Field(default_factory=list)
 
 
-class PrekeyCounts(BaseModel):
+class PrekeyCounts(_Out):
     """Remaining one-time prekeys of the authenticated device."""
 
     one_time_prekeys: int
@@ -92,7 +96,7 @@ class PrekeyCounts(BaseModel):
     max_stock: int
 
 
-class SignedPrekeyOut(BaseModel):
+class SignedPrekeyOut(_Out):
     """A signed prekey as served in a bundle."""
 
     key_id: int
@@ -100,7 +104,7 @@ class SignedPrekeyOut(BaseModel):
     signature: B64
 
 
-class OneTimePrekeyOut(BaseModel):
+class OneTimePrekeyOut(_Out):
     """A claimed one-time prekey (``signature`` is empty for X25519 ones)."""
 
     key_id: int
@@ -108,7 +112,7 @@ class OneTimePrekeyOut(BaseModel):
     signature: B64
 
 
-class BundleDevice(BaseModel):
+class BundleDevice(_Out):
     """One device's entry of a prekey bundle."""
 
     device_id: int
@@ -119,7 +123,7 @@ class BundleDevice(BaseModel):
     one_time_pq_prekey: OneTimePrekeyOut | None
 
 
-class PrekeyBundle(BaseModel):
+class PrekeyBundle(_Out):
     """``GET /v1/prekeys/{username}``."""
 
     username: str
@@ -148,7 +152,7 @@ class AccountDeleteIn(_In):
     signature: B64
 
 
-class RegisterOut(BaseModel):
+class RegisterOut(_Out):
     """Answer to a registration."""
 
     username: str
@@ -156,7 +160,7 @@ class RegisterOut(BaseModel):
     device_list_version: int
 
 
-class DeviceOut(BaseModel):
+class DeviceOut(_Out):
     """A device as listed at ``GET /v1/accounts/{username}/devices``."""
 
     device_id: int
@@ -164,7 +168,7 @@ class DeviceOut(BaseModel):
     auth_key: B64
 
 
-class AccountDevices(BaseModel):
+class AccountDevices(_Out):
     """A user's account key, signed device list and the devices derived from it."""
 
     username: str
@@ -190,7 +194,7 @@ class ChallengeIn(_In):
     device_id: DeviceId
 
 
-class ChallengeOut(BaseModel):
+class ChallengeOut(_Out):
     """A one-shot nonce to sign, valid until ``expires_at`` (Unix seconds)."""
 
     nonce: B64
@@ -206,7 +210,7 @@ class TokenIn(_In):
     signature: B64
 
 
-class TokenOut(BaseModel):
+class TokenOut(_Out):
     """A bearer token (base64url, no padding) valid until ``expires_at`` (Unix seconds)."""
 
     token: str
@@ -218,7 +222,7 @@ class TokenOut(BaseModel):
 # --- config ------------------------------------------------------------------------------
 
 
-class BrandOut(BaseModel):
+class BrandOut(_Out):
     """Brand part of ``/v1/config``."""
 
     name: str
@@ -229,7 +233,7 @@ class BrandOut(BaseModel):
     welcome_text: str
 
 
-class LimitsOut(BaseModel):
+class LimitsOut(_Out):
     """Limits part of ``/v1/config``."""
 
     max_frame_bytes: int
@@ -261,7 +265,7 @@ class LimitsOut(BaseModel):
     max_attachment_bytes_per_device: int
 
 
-class ConfigOut(BaseModel):
+class ConfigOut(_Out):
     """``GET /v1/config``."""
 
     protocol_version: int
@@ -316,7 +320,7 @@ class VapidOut(BaseModel):
 # --- attachments and errors --------------------------------------------------------------
 
 
-class AttachmentCreated(BaseModel):
+class AttachmentCreated(_Out):
     """The upload's id (256-bit random, unguessable), size and expiry (Unix seconds)."""
 
     id: str
@@ -324,7 +328,7 @@ class AttachmentCreated(BaseModel):
     expires_at: int
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(_Out):
     """Every REST error response: a machine code (:class:`~wire.codes.RestErrorCode`, kept as
     ``str`` when unknown) and a human-readable message."""
 

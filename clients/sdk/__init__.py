@@ -1,14 +1,22 @@
 """Vox client SDK: one device of one account, talking to a relay, end to end encrypted.
 
-Architecture (two layers, as in h11 / websockets)::
+Architecture (sans-I/O core under a thin asyncio shell, as in h11 / websockets)::
 
-    CLI (clients/cli.py)   TUI (clients/tui/)          <- talk only to VoxClient
+    CLI (clients/cli.py)   TUI (clients/tui/)           <- talk only to VoxClient
             \\                 /
-          VoxClient  (client.py: asyncio shell — owns the WebSocket, HTTP pool, clock, tasks)
-               |  transport.py: RelayHttp (httpx, REST /v1/...), RelaySocket (websockets /v1/ws)
+          VoxClient  (client.py: the asyncio shell — WebSocket, HTTP pool, tasks, clock)
+               |  pipeline.py (send lock, window, batching)   transport.py (RelayHttp, RelaySocket)
+               |  features over core.Core: messaging.py (texts, typing, receipts, Outbox)
+               |  attachments.py  group_admin.py  peers.py (device lists, sessions, verify,
+               |  prekeys)  linking.py  profile.py (open/register/join, cached config)
+          ClientEngine (engine.py: sans-I/O decisions — frame routing, retries, acks, receipts,
+               |  device-list freshness, backoff; clock and rng are inputs)
           ClientProtocol (protocol.py: sans-I/O — sessions, device lists, groups, dedup, content)
-               |  sessions.py  trust.py  groups.py  identity.py  content.py  linking.py
-          crypto/ (PQXDH, Double Ratchet, sender keys, device lists)   clients/store/ (Store)
+               |  sessions.py  trust.py  groups.py  identity.py  content.py
+          crypto/ (PQXDH, Double Ratchet, sender keys)   clients/store/ (Store)   wire/ (frames)
+
+Every frame and REST body is a typed :mod:`wire` model; nothing parses JSON by hand.
+The picture with the data flow is in ``docs/architecture.md``.
 
 Quick use::
 

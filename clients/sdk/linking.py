@@ -33,31 +33,52 @@ import asyncio
 import base64
 import os
 import secrets
-from typing import TYPE_CHECKING, Final
+import time
+from dataclasses import dataclass
+from typing import Final
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from clients.sdk import group_admin, peers, trust
 from clients.sdk import identity as ids
-from clients.sdk import trust
 from clients.sdk.content import DevicesChanged, PayloadKind, RelayPayload
+from clients.sdk.core import Core
 from clients.sdk.errors import AuthFailed, ClientError, LinkError, RelayUnavailable
 from clients.sdk.protocol import OutgoingSend
-from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed, unb64
+from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed
 from clients.store.base import Store
 from crypto import primitives as p
 from crypto.device_list import DeviceEntry, DeviceList, SignedDeviceList
 from crypto.encoding import Reader, Writer
 from crypto.errors import VoxError
 from crypto.keys import AccountKey, DeviceAuthKey, DeviceIdentityKey, validate_username
+from wire.encoding import WireDecodeError, unb64
+from wire.frames import AcceptedFrame, AckFrame, DeliverFrame
+from wire.rest import PrekeyUpload
 
-if TYPE_CHECKING:
-    from clients.sdk.client import LinkInvitation, VoxClient
-
-__all__ = ["LINK_LABEL", "derive_link_keys", "format_code", "join", "offer", "parse_code"]
+__all__ = [
+    "LINK_LABEL",
+    "LinkInvitation",
+    "derive_link_keys",
+    "format_code",
+    "join",
+    "offer",
+    "parse_code",
+    "wait_linked",
+]
 
 LINK_LABEL: Final = b"VoxLink-v1"
 SECRET_LEN: Final = 10
 OFFER_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInvitation:
+    """What :func:`offer` returns: the code to type on the new device."""
+
+    code: str
+    device_id: int
+    list_version: int
 
 
 def format_code(username: str, device_id: int, secret: bytes) -> str:
@@ -92,10 +113,9 @@ def derive_link_keys(username: str, device_id: int, secret: bytes) -> tuple[Devi
     return DeviceAuthKey(k[:32]), k[32:]
 
 
-async def offer(client: VoxClient) -> LinkInvitation:
+async def offer(client: Core) -> LinkInvitation:
     """Existing device: add a slot for the new device and send it the encrypted offer."""
-    from clients.sdk.client import LinkInvitation
-
+    await peers.refresh_devices(client, client.username)
     username = client.username
     current = client.protocol.device_list(username)
     if current is None:
@@ -109,10 +129,8 @@ async def offer(client: VoxClient) -> LinkInvitation:
     throwaway = DeviceIdentityKey.generate()
     entry = DeviceEntry(device_id, throwaway.public_key, auth_key.public_key)
     new_list = current.add_device(entry).sign(client.identity.account_key)
-    data = await client.http.put_devices(username, new_list.to_bytes())
-    client.protocol.accept_device_list(
-        username, unb64(data["account_key"]), unb64(data["device_list"])
-    )
+    answer = await client.http.put_devices(username, new_list.to_bytes())
+    client.protocol.accept_device_list(username, answer.account_key, answer.device_list)
     body = (
         Writer()
         .u8(OFFER_VERSION)
@@ -128,22 +146,34 @@ async def offer(client: VoxClient) -> LinkInvitation:
     for other in others:
         if not client.protocol.sessions.has_session(username, other):
             bundle = await client.http.bundle(username, other)
-            from clients.sdk.client import _device_bundle
-
-            for item in bundle.get("devices", []):
-                parsed = _device_bundle(item)
+            for item in bundle.devices:
+                parsed = peers.device_bundle(item)
                 if parsed is not None and parsed.device_id == other:
-                    client.protocol.accept_bundle(username, unb64(bundle["account_key"]), parsed)
+                    client.protocol.accept_bundle(username, bundle.account_key, parsed)
     payloads: list[tuple[bytes, list[tuple[str, int]]]] = [
         (RelayPayload(PayloadKind.LINK, sealed).to_bytes(), [(username, device_id)])
     ]
     with client.store.transaction():
         payloads += client.protocol._pairwise([(username, d) for d in others], DevicesChanged())
     send = OutgoingSend("link-" + secrets.token_hex(8), payloads)
-    answer = await client._transmit_raw(send)
-    if answer.get("type") != "accepted":
-        raise LinkError(f"the relay refused the offer ({answer.get('type')})")
+    reply = await client.transmit(send)
+    if not isinstance(reply, AcceptedFrame):
+        raise LinkError(f"the relay refused the offer ({reply.type})")
     return LinkInvitation(format_code(username, device_id, secret), device_id, new_list.version)
+
+
+async def wait_linked(client: Core, invitation: LinkInvitation, within: float = 300.0) -> int:
+    """Existing device: wait until the new device has taken over its slot (then share every
+    group with it); returns its device id."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        await peers.refresh_devices(client, client.username)
+        current = client.protocol.device_list(client.username)
+        if current is not None and current.version > invitation.list_version:
+            await group_admin.share_with_own_devices(client)
+            return invitation.device_id
+        await asyncio.sleep(0.5)
+    raise LinkError("the new device did not join in time")
 
 
 def _open_offer(sealed: bytes, username: str, device_id: int, offer_key: bytes) -> AccountKey:
@@ -167,14 +197,13 @@ async def _receive_offer(
         async with asyncio.timeout(within):
             while True:
                 frame = await socket.recv()
-                if frame.get("type") != "deliver":
+                if not isinstance(frame, DeliverFrame):
                     continue
-                seq = frame.get("seq")
                 try:
-                    payload = RelayPayload.from_bytes(unb64(str(frame.get("data", ""))))
-                except (VoxError, ValueError):
+                    payload = RelayPayload.from_bytes(unb64(frame.data))
+                except (VoxError, WireDecodeError):
                     payload = None
-                await socket.send({"type": "ack", "seqs": [seq]})
+                await socket.send(AckFrame(seqs=[frame.seq]))
                 if payload is not None and payload.kind is PayloadKind.LINK:
                     return _open_offer(payload.data, username, device_id, offer_key)
     except TimeoutError:
@@ -200,11 +229,10 @@ async def join(store: Store, server: str, code: str, *, offer_timeout: float = 6
         account_key = await _receive_offer(
             http, token, username, device_id, offer_key, offer_timeout
         )
-        data = await http.devices(username)
-        served_key = unb64(data["account_key"])
-        if served_key != account_key.public_key.to_bytes():
+        served = await http.devices(username)
+        if served.account_key != account_key.public_key.to_bytes():
             raise LinkError("the relay serves another account key than the offer's")
-        current = SignedDeviceList.from_bytes(unb64(data["device_list"])).verify(
+        current = SignedDeviceList.from_bytes(served.device_list).verify(
             account_key.public_key, username=username
         )
         me = ids.new_identity(username, device_id, account_key)
@@ -216,9 +244,9 @@ async def join(store: Store, server: str, code: str, *, offer_timeout: float = 6
             prekeys = ids.registration_prekeys(store, me)
         await http.put_devices(username, new_list.to_bytes())
         http.set_credentials(username, device_id, me.auth_key)
-        http._token = None
+        http.forget_token()
         await http.login()
-        await http.upload_prekeys(prekeys)
+        await http.upload_prekeys(PrekeyUpload.model_validate(prekeys))
         with store.transaction():
             store.save_profile(me.to_profile(http.base_url))
             trust.accept_device_list(

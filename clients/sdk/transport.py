@@ -9,14 +9,14 @@ connection problems are :class:`RelayUnavailable`, answers with an error status 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import websockets
+from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -31,20 +31,34 @@ from clients.sdk.errors import (
 )
 from crypto.encoding import Writer
 from crypto.keys import DeviceAuthKey
+from wire.codes import CloseCode, RestErrorCode
+from wire.encoding import WireDecodeError, b64, unb64
+from wire.frames import AuthFrame, ClientFrame, ReadyFrame, ServerFrame, encode, parse_server_frame
+from wire.rest import (
+    AccountDevices,
+    AttachmentCreated,
+    ChallengeIn,
+    ChallengeOut,
+    ConfigOut,
+    DeviceListIn,
+    ErrorBody,
+    PrekeyBundle,
+    PrekeyCounts,
+    PrekeyUpload,
+    RegisterIn,
+    RegisterOut,
+    TokenIn,
+    TokenOut,
+)
 
 __all__ = ["AUTH_LABEL", "RelayHttp", "RelaySocket", "SocketClosed", "b64", "unb64"]
+
+log = logging.getLogger("vox.transport")
 
 AUTH_LABEL = b"VoxAuthChallenge-v1"
 
 
-def b64(data: bytes) -> str:
-    """Standard base64 with padding."""
-    return base64.b64encode(data).decode("ascii")
-
-
-def unb64(text: str) -> bytes:
-    """Strict standard base64."""
-    return base64.b64decode(text.encode("ascii"), validate=True)
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def _reason(exc: BaseException) -> str:
@@ -85,6 +99,10 @@ class RelayHttp:
         """Close the HTTP connection pool."""
         await self._http.aclose()
 
+    def forget_token(self) -> None:
+        """Drop the cached token: the next request logs in again."""
+        self._token = None
+
     def set_credentials(self, username: str, device_id: int, auth_key: DeviceAuthKey) -> None:
         """Who to log in as when a token is needed."""
         if self._credentials is not None and self._credentials[:2] != (username, device_id):
@@ -98,18 +116,21 @@ class RelayHttp:
         method: str,
         path: str,
         *,
-        json_body: Any = None,
+        body: BaseModel | None = None,
         params: dict[str, Any] | None = None,
         token: str | None = None,
         content: Any = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
+        if body is not None:
+            content = body.model_dump_json(exclude_none=True).encode()
+            all_headers["Content-Type"] = "application/json"
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         try:
             return await self._http.request(
-                method, path, json=json_body, params=params, headers=all_headers, content=content
+                method, path, params=params, headers=all_headers, content=content
             )
         except httpx.TransportError as exc:
             raise RelayUnavailable(self.base_url, _reason(exc)) from None
@@ -119,12 +140,21 @@ class RelayHttp:
     @staticmethod
     def _error(resp: httpx.Response) -> RelayRejected:
         try:
-            body = resp.json()
-            code = str(body.get("error", "error"))
-            message = str(body.get("message", resp.reason_phrase))
-        except (ValueError, AttributeError):
+            body = ErrorBody.model_validate_json(resp.content)
+            code, message = body.error, body.message or resp.reason_phrase
+        except ValidationError:
             code, message = "error", resp.reason_phrase or "unexpected answer"
         return RelayRejected(resp.status_code, code, message[:300])
+
+    def _parse(self, resp: httpx.Response, model: type[Model], *, user: str | None = None) -> Model:
+        """A successful answer as ``model``; an answer of another shape is a relay error."""
+        self._check(resp, user=user)
+        try:
+            return model.model_validate_json(resp.content)
+        except ValidationError:
+            raise RelayRejected(
+                resp.status_code, "bad_answer", f"unexpected {model.__name__} from the relay"
+            ) from None
 
     def _check(self, resp: httpx.Response, *, user: str | None = None) -> httpx.Response:
         if resp.status_code < 400:
@@ -143,8 +173,8 @@ class RelayHttp:
 
     def _auth_failed(self, resp: httpx.Response) -> AuthFailed:
         error = self._error(resp)
-        if error.code in ("unknown_device", "device_revoked"):
-            return DeviceRemoved(error.message, revoked=error.code == "device_revoked")
+        if error.code in (RestErrorCode.UNKNOWN_DEVICE, RestErrorCode.DEVICE_REVOKED):
+            return DeviceRemoved(error.message, revoked=error.code == RestErrorCode.DEVICE_REVOKED)
         return AuthFailed(error.message)
 
     async def login(self) -> str:
@@ -153,25 +183,22 @@ class RelayHttp:
             raise AuthFailed("no device credentials")
         async with self._login_lock:
             username, device_id, key = self._credentials
-            resp = await self._request(
-                "POST",
-                "/v1/auth/challenge",
-                json_body={"username": username, "device_id": device_id},
-            )
+            challenge = ChallengeIn(username=username, device_id=device_id)
+            resp = await self._request("POST", "/v1/auth/challenge", body=challenge)
             if resp.status_code in (401, 403, 404):
                 raise self._auth_failed(resp)
-            nonce = unb64(self._check(resp).json()["nonce"])
+            nonce = self._parse(resp, ChallengeOut).nonce
             data = Writer().str16(username).u32(device_id).raw(nonce).finish()
-            body = {
-                "username": username,
-                "device_id": device_id,
-                "nonce": b64(nonce),
-                "signature": b64(key.sign(AUTH_LABEL, data)),
-            }
-            resp = await self._request("POST", "/v1/auth/token", json_body=body)
+            body = TokenIn(
+                username=username,
+                device_id=device_id,
+                nonce=nonce,
+                signature=key.sign(AUTH_LABEL, data),
+            )
+            resp = await self._request("POST", "/v1/auth/token", body=body)
             if resp.status_code in (401, 403, 404):
                 raise self._auth_failed(resp)
-            token = str(self._check(resp).json()["token"])
+            token = self._parse(resp, TokenOut).token
             self._token = token
             if self._token_cache is not None:
                 self._token_cache[1](token)
@@ -193,63 +220,56 @@ class RelayHttp:
 
     # --- endpoints -------------------------------------------------------------------
 
-    async def config(self) -> dict[str, Any]:
+    async def config(self) -> ConfigOut:
         """``GET /v1/config`` (also the check that ``base_url`` is a Vox relay)."""
         resp = await self._request("GET", "/v1/config")
         if resp.status_code == 404:
             raise RelayUnavailable(self.base_url, "not a Vox relay (no /v1/config)")
         self._check(resp)
         try:
-            data: dict[str, Any] = resp.json()
-        except ValueError:
-            raise RelayUnavailable(self.base_url, "not a Vox relay (no JSON config)") from None
-        return data
+            return ConfigOut.model_validate_json(resp.content)
+        except ValidationError:
+            raise RelayUnavailable(self.base_url, "not a Vox relay (no valid config)") from None
 
-    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def register(self, body: RegisterIn) -> RegisterOut:
         """``POST /v1/accounts``."""
-        resp = await self._request("POST", "/v1/accounts", json_body=body)
+        resp = await self._request("POST", "/v1/accounts", body=body)
         if resp.status_code == 403:
             err = self._error(resp)
             raise RegistrationClosed(err.code, err.message)
-        data: dict[str, Any] = self._check(resp).json()
-        return data
+        return self._parse(resp, RegisterOut)
 
-    async def devices(self, username: str) -> dict[str, Any]:
+    async def devices(self, username: str) -> AccountDevices:
         """``GET /v1/accounts/{username}/devices``."""
         resp = await self.authed("GET", f"/v1/accounts/{username}/devices", user=username)
-        data: dict[str, Any] = resp.json()
-        return data
+        return self._parse(resp, AccountDevices)
 
-    async def put_devices(self, username: str, signed_list: bytes) -> dict[str, Any]:
+    async def put_devices(self, username: str, signed_list: bytes) -> AccountDevices:
         """``PUT /v1/accounts/{username}/devices``."""
         resp = await self.authed(
-            "PUT", f"/v1/accounts/{username}/devices", json_body={"device_list": b64(signed_list)}
+            "PUT", f"/v1/accounts/{username}/devices", body=DeviceListIn(device_list=signed_list)
         )
-        data: dict[str, Any] = resp.json()
-        return data
+        return self._parse(resp, AccountDevices)
 
-    async def upload_prekeys(self, body: dict[str, Any]) -> None:
+    async def upload_prekeys(self, body: PrekeyUpload) -> None:
         """``POST /v1/prekeys``."""
-        await self.authed("POST", "/v1/prekeys", json_body=body)
+        await self.authed("POST", "/v1/prekeys", body=body)
 
-    async def prekey_count(self) -> dict[str, Any]:
+    async def prekey_count(self) -> PrekeyCounts:
         """``GET /v1/prekeys/count``."""
-        data: dict[str, Any] = (await self.authed("GET", "/v1/prekeys/count")).json()
-        return data
+        return self._parse(await self.authed("GET", "/v1/prekeys/count"), PrekeyCounts)
 
-    async def bundle(self, username: str, device_id: int | None = None) -> dict[str, Any]:
+    async def bundle(self, username: str, device_id: int | None = None) -> PrekeyBundle:
         """``GET /v1/prekeys/{username}[?device_id=]`` (claims one-time prekeys)."""
         params = {"device_id": device_id} if device_id is not None else None
         resp = await self.authed("GET", f"/v1/prekeys/{username}", user=username, params=params)
-        data: dict[str, Any] = resp.json()
-        return data
+        return self._parse(resp, PrekeyBundle)
 
-    async def upload_attachment(self, chunks: AsyncIterator[bytes], size: int) -> dict[str, Any]:
+    async def upload_attachment(self, chunks: AsyncIterator[bytes], size: int) -> AttachmentCreated:
         """Stream an encrypted blob to ``POST /v1/attachments``; returns the relay's answer."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         resp = await self.authed("POST", "/v1/attachments", content=chunks, headers=headers)
-        data: dict[str, Any] = resp.json()
-        return data
+        return self._parse(resp, AttachmentCreated)
 
     async def download_attachment(
         self, blob_id: str, sink: Callable[[bytes], Awaitable[None]]
@@ -289,7 +309,7 @@ class SocketClosed(Exception):
 class RelaySocket:
     """One authenticated ``/v1/ws`` connection: JSON frames in and out."""
 
-    def __init__(self, ws: ClientConnection, ready: dict[str, Any]) -> None:
+    def __init__(self, ws: ClientConnection, ready: ReadyFrame) -> None:
         self._ws = ws
         self.ready = ready
         self._send_lock = asyncio.Lock()
@@ -310,40 +330,49 @@ class RelaySocket:
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise RelayUnavailable(url, _reason(exc)) from None
         try:
-            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await ws.send(encode(AuthFrame(token=token)))
             raw = await asyncio.wait_for(ws.recv(), open_timeout)
         except ConnectionClosed as exc:
             await ws.close()
             code = exc.rcvd.code if exc.rcvd else 1006
             reason = exc.rcvd.reason if exc.rcvd else "connection lost"
-            if code == 4401:
+            if code == CloseCode.UNAUTHORIZED:
                 raise SocketClosed(code, reason) from None
             raise RelayUnavailable(url, f"closed ({code}) {reason}") from None
         except (TimeoutError, OSError) as exc:
             await ws.close()
             raise RelayUnavailable(url, _reason(exc)) from None
-        frame = json.loads(raw)
-        if frame.get("type") != "ready":
+        try:
+            frame = parse_server_frame(raw)
+        except WireDecodeError as exc:
+            frame = None
+            reason = str(exc)
+        if not isinstance(frame, ReadyFrame):
             await ws.close()
-            raise RelayUnavailable(url, f"unexpected first frame {frame.get('type')!r}")
+            what = type(frame).__name__ if frame is not None else reason
+            raise RelayUnavailable(url, f"unexpected first frame ({what})")
         return cls(ws, frame)
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        """Send one JSON frame."""
+    async def send(self, frame: ClientFrame) -> None:
+        """Send one frame."""
         async with self._send_lock:
             try:
-                await self._ws.send(json.dumps(frame, separators=(",", ":")))
+                await self._ws.send(encode(frame))
             except ConnectionClosed as exc:
                 raise self._closed(exc) from None
 
-    async def recv(self) -> dict[str, Any]:
-        """The next frame (raises :class:`SocketClosed`)."""
-        try:
-            raw = await self._ws.recv()
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from None
-        frame: dict[str, Any] = json.loads(raw)
-        return frame
+    async def recv(self) -> ServerFrame:
+        """The next frame the relay sent that this version understands (others are logged
+        and skipped). Raises :class:`SocketClosed`."""
+        while True:
+            try:
+                raw = await self._ws.recv()
+            except ConnectionClosed as exc:
+                raise self._closed(exc) from None
+            try:
+                return parse_server_frame(raw)
+            except WireDecodeError as exc:
+                log.warning("ignored a frame from the relay: %s", exc)
 
     @staticmethod
     def _closed(exc: ConnectionClosed) -> SocketClosed:

@@ -122,7 +122,7 @@ async def test_non_zero_padding_from_a_malicious_sender_is_refused_and_nothing_k
         enc.chunk_size,
         "text/plain",
         "forged.txt",
-        str(answer["id"]),
+        answer.id,
         padding=len(padding),
     )
     with pytest.raises(AttachmentError, match="padding"):
@@ -143,9 +143,9 @@ async def test_an_unpadded_version_1_pointer_still_downloads(
 
     answer = await alice.http.upload_attachment(blob(), ciphertext_size(len(data)))
     pointer = enc.pointer(content_type="application/octet-stream", file_name="old.bin")
-    raw = pointer.with_blob_id(str(answer["id"])).to_bytes()
+    raw = pointer.with_blob_id(answer.id).to_bytes()
     assert raw[0] == 1
-    assert stored_size(relay, str(answer["id"])) == ciphertext_size(777)
+    assert stored_size(relay, answer.id) == ciphertext_size(777)
     out = await bob.download(raw, tmp_path)
     assert out == tmp_path / "old.bin" and out.read_bytes() == data
 

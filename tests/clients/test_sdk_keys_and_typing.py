@@ -31,13 +31,13 @@ async def test_low_prekey_signal_makes_the_device_upload_more(
         await bob.connect()
         await alice.connect()
         start = await bob.http.prekey_count()
-        assert start["one_time_prekeys"] == 50
+        assert start.one_time_prekeys == 50
         for _ in range(6):  # six claims: 44 left, below the threshold of 45
             await alice.http.bundle("bob", 1)
         counts: dict[str, int] = {}
 
         async def refreshed() -> bool:
-            counts.update(await bob.http.prekey_count())
+            counts.update((await bob.http.prekey_count()).model_dump())
             return counts["one_time_prekeys"] > 44 and counts["one_time_pq_prekeys"] > 44
 
         for _ in range(100):
@@ -69,7 +69,8 @@ async def test_a_long_running_client_rotates_its_signed_prekey_on_schedule(
         newest = max(r.key_id for r in bob.store.list_prekeys(PrekeyKind.SIGNED))
         assert newest != first.key_id
         bundle = await carol.http.bundle("bob", 1)
-        assert bundle["devices"][0]["signed_prekey"]["key_id"] == newest
+        spk = bundle.devices[0].signed_prekey
+        assert spk is not None and spk.key_id == newest
     finally:
         await bob.close()
         await carol.close()
@@ -92,7 +93,8 @@ async def test_rotated_signed_prekey_is_used_by_new_sessions_and_old_ones_keep_w
         assert len(bob.store.list_prekeys(PrekeyKind.SIGNED)) == 2  # the old one is kept
         bundle = await carol.http.bundle("bob", 1)
         newest = max(r.key_id for r in bob.store.list_prekeys(PrekeyKind.SIGNED))
-        assert bundle["devices"][0]["signed_prekey"]["key_id"] == newest
+        spk = bundle.devices[0].signed_prekey
+        assert spk is not None and spk.key_id == newest
         await carol.send_text("bob", "new session")
         await alice.send_text("bob", "old session still works")
         await wait_for(lambda: texts(events, "carol") == ["new session"])
@@ -149,3 +151,22 @@ async def test_invite_only_relay_needs_a_valid_invite(tmp_path: Path) -> None:
         token = out.decode().split()[-1]
         alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice", invite=token)
         await alice.close()
+
+
+async def test_maintenance_prunes_envelope_ids_the_relay_can_no_longer_redeliver(
+    relay: Relay, tmp_path: Path
+) -> None:
+    import time
+
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    try:
+        ttl = (await bob.config()).limits["envelope_ttl_seconds"]
+        now = time.time()
+        with bob.store.transaction():
+            bob.store.mark_seen("env:ancient", now - ttl - 2 * 86400)
+            bob.store.mark_seen("env:recent", now - ttl + 3600)  # may still come again
+        await bob.connect()  # the first maintenance round runs at once
+        await wait_for(lambda: not bob.store.is_seen("env:ancient"))
+        assert bob.store.is_seen("env:recent")
+    finally:
+        await bob.close()

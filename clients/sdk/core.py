@@ -1,0 +1,73 @@
+"""What the feature modules (attachments, groups, devices and linking, peers) see of the client.
+
+:class:`Core` is a :class:`typing.Protocol` that :class:`~clients.sdk.client.VoxClient`
+satisfies; feature modules are functions over it, so none of them imports the shell (no
+import cycles) and each can be driven by a stand-in in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from clients.sdk.content import AttachmentContent, Content, TextContent
+from clients.sdk.engine import ClientEngine
+from clients.sdk.identity import LocalIdentity
+from clients.sdk.models import Event, SendResult, ServerConfig
+from clients.sdk.protocol import ClientProtocol, OutgoingSend
+from clients.sdk.transport import RelayHttp
+from clients.store.base import Store
+from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
+
+__all__ = ["Core"]
+
+
+class Core(Protocol):
+    """The client's state and the few I/O operations features build on."""
+
+    store: Store
+    protocol: ClientProtocol
+    engine: ClientEngine
+    http: RelayHttp
+    identity: LocalIdentity
+    server_url: str
+
+    @property
+    def username(self) -> str:
+        """Our username."""
+        ...
+
+    @property
+    def device_id(self) -> int:
+        """This device's id."""
+        ...
+
+    async def config(self) -> ServerConfig:
+        """The relay's configuration (cached)."""
+        ...
+
+    async def emit(self, events: Iterable[Event]) -> None:
+        """Hand events to every subscriber."""
+        ...
+
+    async def send_direct(
+        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
+    ) -> SendResult | None:
+        """Encrypt ``content`` pairwise to every device of ``to`` (and our other devices)."""
+        ...
+
+    async def send_chat(
+        self, conversation: str, content: TextContent | AttachmentContent
+    ) -> SendResult:
+        """Record a chat message in history and the outbox, then send it."""
+        ...
+
+    async def deliver(
+        self, users: set[str], build: Callable[[], list[OutgoingSend]]
+    ) -> SendResult | None:
+        """Build (encrypt) and send under the send lock; retries as the engine decides."""
+        ...
+
+    async def transmit(self, send: OutgoingSend) -> AcceptedFrame | MismatchFrame | ErrorFrame:
+        """Write one prepared send and wait for the relay's answer."""
+        ...

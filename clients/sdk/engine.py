@@ -1,0 +1,342 @@
+"""The client engine: every protocol decision between the relay's frames and the store, sans-I/O.
+
+The asyncio shell (:mod:`clients.sdk.client`) owns sockets, HTTP, tasks and the clock; it
+feeds this engine typed :mod:`wire` frames, HTTP answers and the current time, and does what
+the engine answers. Nothing here reads a clock, opens a socket or sleeps: ``now`` (monotonic
+seconds) and an ``rng`` are parameters, so every decision is a fast, deterministic unit test
+(``tests/clients/test_engine.py``).
+
+What the engine decides:
+
+* **routing** (:meth:`ClientEngine.route`): an ``accepted``/``mismatch``/``error`` frame
+  answers a pending send, ``deliver``/``ephemeral`` go to in-order processing (or are left
+  for the relay to redeliver when this connection does not receive), ``prekeys_low`` asks for
+  a replenishment;
+* **the outcome of a send** (:meth:`ClientEngine.on_answer`, :meth:`ClientEngine.on_unavailable`):
+  accepted, retried after a delay (``mismatch`` → refresh those users' device lists and drop
+  stale sessions; ``busy``/``internal``/``rate_limited``/``shutting_down`` → back off; a
+  lost connection → back off and resend with the same client id, so the relay never stores
+  it twice) or failed with a typed :class:`~clients.sdk.errors.ClientError`;
+* **deliveries** (:meth:`ClientEngine.envelope`): a frame becomes an
+  :class:`~clients.sdk.protocol.Envelope` or a device-linking offer; which sequence numbers
+  to ack; one receipt per sender and kind per batch (:class:`ReceiptBatcher`);
+* **freshness and maintenance**: when a user's device list must be refetched
+  (:meth:`ClientEngine.list_due`), whether a key change is reported (once per user), how many
+  one-time prekeys to upload (:func:`replenish_count`), the reconnect backoff.
+
+A new content type (edit, reaction, ...) needs no change here: it is a
+:mod:`clients.sdk.content` type, encrypted and decoded by
+:class:`~clients.sdk.protocol.ClientProtocol`; the engine only moves its frames.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from clients.sdk.content import PayloadKind, ReceiptKind, RelayPayload
+from clients.sdk.errors import ClientError, RelayRejected, RelayUnavailable, UnknownUser
+from clients.sdk.protocol import Envelope, OutgoingSend, SendReceipt
+from crypto.errors import VoxError
+from wire.codes import RETRYABLE_SEND_ERRORS, ErrorCode
+from wire.encoding import WireDecodeError, b64, unb64
+from wire.frames import (
+    AcceptedFrame,
+    AckFrame,
+    DeliverFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    MismatchFrame,
+    PayloadIn,
+    PrekeysLowFrame,
+    Recipient,
+    SendFrame,
+    ServerFrame,
+)
+from wire.rest import PrekeyCounts
+
+__all__ = [
+    "Accepted",
+    "Answer",
+    "Backoff",
+    "ClientEngine",
+    "Fail",
+    "LinkOffer",
+    "Process",
+    "ReceiptBatcher",
+    "Replenish",
+    "Retry",
+    "Routed",
+    "SendOutcome",
+    "ack_frames",
+    "replenish_count",
+    "send_frame",
+]
+
+SendAnswer = AcceptedFrame | MismatchFrame | ErrorFrame
+MAX_ACK_SEQS = 1000  # wire.frames.AckFrame's bound
+RECEIPT_CHUNK = 500
+
+
+# --- routing of incoming frames ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The relay answered the pending send ``client_id``."""
+
+    client_id: str | None
+    frame: SendAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A delivery to decrypt, store and ack (in arrival order)."""
+
+    frame: DeliverFrame | EphemeralFrame
+
+
+@dataclass(frozen=True, slots=True)
+class Replenish:
+    """The relay says our one-time prekey stock is low: upload more."""
+
+
+Routed = Answer | Process | Replenish | None
+
+
+# --- send outcomes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The relay stored the send (``ts``: its acceptance time, Unix ms)."""
+
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send again (same client id) after ``delay`` seconds, first refreshing ``refresh``'s
+    device lists and dropping the sessions with ``drop``; ``error`` is raised if no attempt
+    is left."""
+
+    delay: float
+    error: ClientError
+    refresh: frozenset[str] = frozenset()
+    drop: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Give up: raise ``error``."""
+
+    error: ClientError
+
+
+SendOutcome = Accepted | Retry | Fail
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOffer:
+    """A device-linking offer (sealed) for ``clients.sdk.linking``."""
+
+    seq: int | None
+    sealed: bytes
+
+
+# --- small state machines ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff: ``initial``, doubling, at most ``cap`` seconds."""
+
+    initial: float = 0.2
+    cap: float = 1.0
+    current: float = field(default=0.0)
+
+    def next(self) -> float:
+        """The next delay."""
+        self.current = self.initial if self.current == 0 else min(self.current * 2, self.cap)
+        return self.current
+
+    def reset(self) -> None:
+        """After a success."""
+        self.current = 0.0
+
+
+@dataclass(slots=True)
+class ReceiptBatcher:
+    """Receipts collected while processing a batch: one per sender and kind, chunked."""
+
+    pending: dict[tuple[str, ReceiptKind], list[bytes]] = field(default_factory=dict)
+
+    def add(self, receipt: SendReceipt) -> None:
+        """Collect ``receipt``'s message ids."""
+        self.pending.setdefault((receipt.to, receipt.kind), []).extend(receipt.ids)
+
+    def drain(self) -> list[SendReceipt]:
+        """Everything collected, as receipts of at most :data:`RECEIPT_CHUNK` ids."""
+        pending, self.pending = self.pending, {}
+        return [
+            SendReceipt(to, kind, tuple(ids[i : i + RECEIPT_CHUNK]))
+            for (to, kind), ids in pending.items()
+            for i in range(0, len(ids), RECEIPT_CHUNK)
+        ]
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class ClientEngine:
+    """Decisions of one device's client; state that is not in the store.
+
+    ``device_list_ttl``: seconds a fetched device list is trusted before a send refetches it
+    (a new process always fetches once, so a changed key is noticed on the next send).
+    """
+
+    def __init__(
+        self,
+        username: str,
+        *,
+        device_list_ttl: float = 60.0,
+        max_attempts: int = 5,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.username = username
+        self.device_list_ttl = device_list_ttl
+        self.max_attempts = max_attempts
+        self.rng = rng or random.SystemRandom()
+        self.receipts = ReceiptBatcher()
+        self.reconnect = Backoff()
+        self._lists_checked: dict[str, float] = {}
+        self._reported_changes: set[str] = set()
+
+    # --- frames in ---------------------------------------------------------------------
+
+    def route(self, frame: ServerFrame, *, receiving: bool) -> Routed:
+        """What to do with one frame from the relay."""
+        if isinstance(frame, AcceptedFrame | MismatchFrame | ErrorFrame):
+            return Answer(frame.id, frame)
+        if isinstance(frame, DeliverFrame | EphemeralFrame):
+            return Process(frame) if receiving else None  # unacked: redelivered later
+        if isinstance(frame, PrekeysLowFrame):
+            return Replenish()
+        return None  # ready, pong
+
+    def envelope(self, frame: DeliverFrame | EphemeralFrame) -> Envelope | LinkOffer | None:
+        """The envelope of a delivery, a linking offer, or ``None`` when ``data`` is not
+        base64 (acked and dropped: it can never decrypt)."""
+        try:
+            data = unb64(frame.data)
+        except WireDecodeError:
+            return None
+        seq = frame.seq if isinstance(frame, DeliverFrame) else None
+        if data[1:2] == bytes([PayloadKind.LINK]):  # u8 version || u8 kind || ...
+            try:
+                payload = RelayPayload.from_bytes(data)
+            except VoxError:
+                payload = None
+            if payload is not None and payload.kind is PayloadKind.LINK:
+                return LinkOffer(seq, payload.data)
+        envelope_id = (
+            frame.envelope
+            if isinstance(frame, DeliverFrame)
+            else f"eph-{self.rng.getrandbits(64):016x}"
+        )
+        return Envelope(
+            seq=seq or 0,
+            envelope_id=envelope_id,
+            sender_user=frame.sender.user,
+            sender_device=frame.sender.device,
+            ts=frame.ts,
+            data=data,
+        )
+
+    # --- sends -------------------------------------------------------------------------
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1``."""
+        return float(min(0.2 * 2**attempt, 2.0))
+
+    def on_answer(self, answer: SendAnswer, users: Iterable[str], attempt: int) -> SendOutcome:
+        """The outcome of a send the relay answered (``users``: who it was addressed to)."""
+        if isinstance(answer, AcceptedFrame):
+            return Accepted(answer.ts)
+        if isinstance(answer, MismatchFrame):
+            changed = frozenset(d.user for d in (*answer.missing, *answer.stale))
+            drop = tuple((d.user, d.device) for d in answer.stale)
+            error = RelayRejected(409, "mismatch", "device lists kept changing")
+            return self._retry(Retry(0.0, error, changed, drop), attempt)
+        code = answer.code
+        if code == ErrorCode.UNKNOWN_USER:
+            bad = answer.users or sorted(users)
+            return Fail(UnknownUser(str(bad[0])))
+        if code in RETRYABLE_SEND_ERRORS:
+            error = RelayRejected(429, code, answer.message)
+            return self._retry(Retry(self.backoff(attempt), error), attempt)
+        return Fail(RelayRejected(400, code, answer.message))
+
+    def on_unavailable(
+        self, error: RelayUnavailable, attempt: int, *, reconnects: bool
+    ) -> Retry | Fail:
+        """The connection failed before an answer. Without a reconnecting reader (a one-shot
+        send) the first failure is final; otherwise back off and resend the same id."""
+        if attempt == 0 and not reconnects:
+            return Fail(error)
+        return self._retry(Retry(self.backoff(attempt), error), attempt)
+
+    def _retry(self, retry: Retry, attempt: int) -> Retry | Fail:
+        return retry if attempt + 1 < self.max_attempts else Fail(retry.error)
+
+    # --- device lists and key changes ---------------------------------------------------
+
+    def list_due(self, username: str, now: float, *, known: bool, refresh: bool = False) -> bool:
+        """Whether ``username``'s device list must be fetched before a send."""
+        checked = self._lists_checked.get(username)
+        return refresh or not known or checked is None or now - checked > self.device_list_ttl
+
+    def list_checked(self, username: str, now: float) -> None:
+        """``username``'s device list was fetched at ``now``."""
+        self._lists_checked[username] = now
+
+    def report_key_change(self, username: str) -> bool:
+        """Whether to emit a key-change event for ``username`` (once until accepted)."""
+        if username in self._reported_changes:
+            return False
+        self._reported_changes.add(username)
+        return True
+
+    def key_accepted(self, username: str) -> None:
+        """The user accepted ``username``'s new key: report the next change again."""
+        self._reported_changes.discard(username)
+
+
+# --- frames out --------------------------------------------------------------------------------
+
+
+def send_frame(send: OutgoingSend) -> SendFrame:
+    """The ``send`` frame of an encrypted send."""
+    return SendFrame(
+        id=send.client_id,
+        ephemeral=send.ephemeral,
+        payloads=[
+            PayloadIn(data=b64(data), to=[Recipient(user=u, device=d) for u, d in to])
+            for data, to in send.payloads
+        ],
+    )
+
+
+def ack_frames(seqs: list[int]) -> list[AckFrame]:
+    """``ack`` frames for ``seqs`` (at most :data:`MAX_ACK_SEQS` each)."""
+    return [AckFrame(seqs=seqs[i : i + MAX_ACK_SEQS]) for i in range(0, len(seqs), MAX_ACK_SEQS)]
+
+
+def replenish_count(counts: PrekeyCounts, batch: int) -> int:
+    """How many one-time prekeys (of each kind) to upload given the relay's ``counts``."""
+    have = min(counts.one_time_prekeys, counts.one_time_pq_prekeys)
+    if have > counts.low_threshold:
+        return 0
+    target = min(counts.max_stock, batch * 2)
+    return max(0, min(target - have, batch))

@@ -1,0 +1,210 @@
+"""Chat messages over :class:`~clients.sdk.core.Core`: texts, typing, read receipts, and the
+outbox that makes a chat message survive a failed send (sent again, same id, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from clients.sdk import group_admin, peers, trust
+from clients.sdk.content import (
+    AttachmentContent,
+    Receipt,
+    ReceiptKind,
+    TextContent,
+    Typing,
+    decode_content,
+    new_message_id,
+)
+from clients.sdk.core import Core
+from clients.sdk.errors import ClientError, GroupError, RelayUnavailable
+from clients.sdk.models import SendResult
+from clients.sdk.protocol import OutgoingSend
+from clients.store.models import OutboxEntry, group_conversation, is_group_conversation
+
+__all__ = ["Outbox", "mark_read", "parse_message_id", "send_text", "send_typing"]
+
+ChatContent = TextContent | AttachmentContent
+
+
+def now_ms() -> int:
+    """Wall clock in Unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+def parse_message_id(value: str | None) -> bytes:
+    """A caller-chosen message id (32 hex digits), or a random one."""
+    if value is None:
+        return new_message_id()
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise ClientError("a message id is 32 hexadecimal digits")
+    return raw
+
+
+async def send_text(core: Core, to: str, text: str, *, message_id: str | None = None) -> SendResult:
+    """Send a text to a user or a group conversation (``group:<id>``); returns once the relay
+    accepted it. ``message_id`` (32 hex digits) may be chosen by the caller, e.g. to show the
+    message before it is accepted; by default it is random."""
+    raw_id = parse_message_id(message_id)
+    if is_group_conversation(to):
+        group_id, _ = group_admin.resolve(core, to)
+        content = TextContent(text=text, group_id=group_id, sent_at_ms=now_ms(), message_id=raw_id)
+        return await core.send_chat(group_conversation(group_id.hex()), content)
+    peers.check_user(to)
+    content = TextContent(text=text, sent_at_ms=now_ms(), message_id=raw_id)
+    return await core.send_chat(to, content)
+
+
+async def send_typing(core: Core, to: str, active: bool = True) -> None:
+    """Tell ``to`` that we are typing (an ephemeral send: never stored)."""
+    if is_group_conversation(to):
+        group_id = bytes.fromhex(to.removeprefix("group:"))
+        group = core.protocol.groups.get(group_id)
+        if group is None:
+            return
+        others = set(group.members) - {core.username}
+        if others:
+            typing = Typing(active=active, group_id=group_id, sent_at_ms=now_ms())
+            with contextlib.suppress(ClientError):
+                await core.send_direct(others, typing, ephemeral=True)
+        return
+    await core.send_direct(to, Typing(active=active, sent_at_ms=now_ms()), ephemeral=True)
+
+
+async def mark_read(core: Core, conversation: str) -> int:
+    """Mark a conversation read and send read receipts; returns how many messages."""
+    messages = core.store.mark_conversation_read(conversation)
+    by_sender: dict[str, list[bytes]] = {}
+    for message in messages:
+        if message.sender != core.username:
+            by_sender.setdefault(message.sender, []).append(bytes.fromhex(message.message_id))
+    for sender, ids in by_sender.items():
+        for i in range(0, len(ids), 500):
+            receipt = Receipt(
+                kind=ReceiptKind.READ, ids=tuple(ids[i : i + 500]), sent_at_ms=now_ms()
+            )
+            with contextlib.suppress(ClientError):
+                await core.send_direct(sender, receipt)
+    return len(messages)
+
+
+Build = Callable[[], list[OutgoingSend]]
+
+
+class Outbox:
+    """Chat messages are persisted (history + outbox) in the transaction of their first
+    encryption, then sent; a failed send stays in the outbox and is sent again, with the same
+    id, after the next (re)connect. ``sent`` updates are coalesced into one transaction."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.in_flight: set[str] = set()
+        self._sent_batch: list[str] = []
+        self._sent_flush: asyncio.Future[None] | None = None
+        self._sent_timer: asyncio.TimerHandle | None = None
+
+    async def send(self, conversation: str, content: ChatContent) -> SendResult:
+        """Persist, then send ``content``; returns once the relay accepted it."""
+        entry = OutboxEntry(content.message_id.hex(), conversation, content.to_bytes(), time.time())
+
+        def persist() -> None:
+            self.core.protocol.record_outgoing(conversation, content)
+            self.core.store.outbox_put(entry)
+
+        return await self._send_entry(conversation, content, persist)
+
+    async def _send_entry(
+        self, conversation: str, content: ChatContent, persist: Callable[[], None] | None = None
+    ) -> SendResult:
+        mid = content.message_id.hex()
+        self.in_flight.add(mid)
+        try:
+            return await self._send_once(conversation, content, persist)
+        finally:
+            self.in_flight.discard(mid)
+
+    async def _send_once(
+        self, conversation: str, content: ChatContent, persist: Callable[[], None] | None
+    ) -> SendResult:
+        core, mid = self.core, content.message_id.hex()
+
+        def persisted(build: Build) -> list[OutgoingSend]:
+            with core.store.transaction():
+                if persist is not None and core.store.get_message(mid) is None:
+                    persist()
+                else:
+                    core.store.outbox_attempted(mid)
+                return build()
+
+        try:
+            if is_group_conversation(conversation):
+                group_id = bytes.fromhex(conversation.removeprefix("group:"))
+                group = core.protocol.groups.get(group_id)
+                if group is None:
+                    raise GroupError(f"unknown group {group_id.hex()}")
+                result = await core.deliver(
+                    set(group.members),
+                    lambda: persisted(lambda: core.protocol.encode_group(group_id, content)),
+                )
+            else:
+                peers.check_user(conversation)
+                trust.require_trusted(core.store, conversation)
+                result = await core.deliver(
+                    {conversation},
+                    lambda: persisted(lambda: [core.protocol.encode_direct(conversation, content)]),
+                )
+        except RelayUnavailable:
+            if persist is not None and core.store.get_message(mid) is None:
+                with core.store.transaction():  # keep it: the outbox sends it later
+                    persist()
+            raise
+        await self._mark_sent(mid)
+        return result or SendResult(mid, now_ms(), 0)
+
+    async def _mark_sent(self, mid: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._sent_batch.append(mid)
+        if self._sent_flush is None:
+            self._sent_flush = loop.create_future()
+            self._sent_timer = loop.call_later(0.002, self.flush_sent)
+        await asyncio.shield(self._sent_flush)
+
+    def flush_sent(self) -> None:
+        """Write pending ``sent`` updates now (one transaction)."""
+        if self._sent_timer is not None:
+            self._sent_timer.cancel()
+        ids, self._sent_batch = self._sent_batch, []
+        future, self._sent_flush = self._sent_flush, None
+        self._sent_timer = None
+        error: Exception | None = None
+        if ids:
+            try:
+                with self.core.store.transaction():
+                    for mid in ids:
+                        self.core.store.outbox_remove(mid)
+                        self.core.protocol.mark_sent(mid)
+            except Exception as exc:
+                error = exc
+        if future is not None and not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+
+    async def flush(self) -> None:
+        """Send every pending outbox entry (after a (re)connect)."""
+        for entry in self.core.store.outbox_pending():
+            if entry.message_id in self.in_flight:
+                continue
+            content = decode_content(entry.payload)
+            if isinstance(content, ChatContent):
+                await self._send_entry(entry.conversation, content)
+            else:
+                self.core.store.outbox_remove(entry.message_id)

@@ -1,0 +1,246 @@
+"""A fake relay pair harness for the sans-I/O client engine (h11's ``ConnectionPair`` idea).
+
+:class:`FakeRelay` keeps the relay's delivery rules on the :mod:`wire` types — device sets per
+account (``mismatch``), de-duplication by (sending device, client id), per-device queues,
+acks — and can be told to refuse the next sends with an error code or to lose an answer.
+:class:`Device` is one client device: a :class:`~clients.sdk.protocol.ClientProtocol` and a
+:class:`~clients.sdk.engine.ClientEngine` over an in-memory store, driven synchronously by
+:meth:`Device.send_text` and :meth:`Device.receive` the way the asyncio shell drives them
+(``clients/sdk/pipeline.py``), with a fake clock: no sockets, no sleeping, milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from clients.sdk import identity as ids
+from clients.sdk import trust
+from clients.sdk.content import TextContent
+from clients.sdk.engine import (
+    Accepted,
+    Answer,
+    ClientEngine,
+    Fail,
+    Process,
+    SendOutcome,
+    ack_frames,
+    send_frame,
+)
+from clients.sdk.errors import RelayUnavailable
+from clients.sdk.models import Event
+from clients.sdk.peers import device_bundle
+from clients.sdk.protocol import ClientProtocol, Envelope, NeedDeviceList
+from clients.store.memory import MemoryStore
+from crypto.device_list import DeviceList
+from crypto.keys import AccountKey
+from wire.frames import (
+    AcceptedFrame,
+    DeliverFrame,
+    DeviceRef,
+    ErrorFrame,
+    MismatchFrame,
+    SendFrame,
+    ServerFrame,
+    parse_server_frame,
+)
+from wire.rest import BundleDevice, OneTimePrekeyOut, PrekeyUpload, SignedPrekeyOut
+
+Address = tuple[str, int]
+
+
+@dataclass
+class FakeRelay:
+    """The relay's delivery semantics in memory (``docs/protocol-ws.md`` §3-5)."""
+
+    devices: dict[str, dict[int, Device]] = field(default_factory=dict)
+    account_keys: dict[str, bytes] = field(default_factory=dict)
+    device_lists: dict[str, bytes] = field(default_factory=dict)
+    queues: dict[Address, list[DeliverFrame]] = field(default_factory=lambda: defaultdict(list))
+    answers: dict[tuple[Address, str], ServerFrame] = field(default_factory=dict)
+    #: Error codes to answer the next sends with (nothing stored), in order.
+    refuse: list[str] = field(default_factory=list)
+    #: How many of the next accepted sends have their answer lost (stored, not answered).
+    lose_answers: int = 0
+    stored: int = 0
+    _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    now_ms: int = 1_700_000_000_000
+
+    def handle(self, sender: Address, frame: SendFrame) -> ServerFrame | None:
+        """A ``send`` from ``sender``; returns the answer (``None``: lost on the way)."""
+        key = (sender, frame.id)
+        if key in self.answers:  # a repeated id is answered again, never stored twice
+            return self.answers[key]
+        if self.refuse:
+            code = self.refuse.pop(0)
+            return ErrorFrame(id=frame.id, code=code, message="refused by the fake relay")
+        addressed: dict[str, set[int]] = defaultdict(set)
+        for payload in frame.payloads:
+            for r in payload.to:
+                addressed[r.user].add(r.device)
+        if not frame.ephemeral:
+            addressed.setdefault(sender[0], set())
+        missing: list[DeviceRef] = []
+        stale: list[DeviceRef] = []
+        for user, got in sorted(addressed.items()):
+            expected = set(self.devices[user]) - ({sender[1]} if user == sender[0] else set())
+            missing += [DeviceRef(user=user, device=d) for d in sorted(expected - got)]
+            stale += [DeviceRef(user=user, device=d) for d in sorted(got - expected)]
+        if missing or stale:
+            return MismatchFrame(id=frame.id, missing=missing, stale=stale)
+        envelope = f"{next(self._seq):032x}"
+        for payload in frame.payloads:
+            for r in payload.to:
+                self.queues[(r.user, r.device)].append(
+                    DeliverFrame.model_validate(
+                        {
+                            "seq": next(self._seq),
+                            "envelope": envelope,
+                            "from": {"user": sender[0], "device": sender[1]},
+                            "ts": self.now_ms,
+                            "data": payload.data,
+                        }
+                    )
+                )
+        self.stored += 1
+        answer = AcceptedFrame(id=frame.id, envelope=envelope, ts=self.now_ms)
+        self.answers[key] = answer
+        if self.lose_answers:
+            self.lose_answers -= 1
+            return None
+        return answer
+
+    def ack(self, address: Address, seqs: list[int]) -> None:
+        """Acked envelopes are deleted."""
+        done = set(seqs)
+        self.queues[address] = [f for f in self.queues[address] if f.seq not in done]
+
+
+@dataclass
+class Device:
+    """One client device on a :class:`FakeRelay`, with a fake clock."""
+
+    relay: FakeRelay
+    proto: ClientProtocol
+    engine: ClientEngine
+    upload: PrekeyUpload
+    clock: float = 0.0
+    slept: list[float] = field(default_factory=list)
+
+    @classmethod
+    def register(cls, relay: FakeRelay, username: str, account: AccountKey | None = None,
+                 device_id: int = 1) -> Device:  # fmt: skip
+        """A new account (or, with ``account``, a further device of it) on ``relay``."""
+        store = MemoryStore()
+        me = ids.new_identity(username, device_id, account)
+        upload = PrekeyUpload.model_validate(ids.registration_prekeys(store, me, batch=3))
+        store.save_profile(me.to_profile("http://relay.invalid"))
+        device = cls(relay, ClientProtocol(store, me), ClientEngine(username), upload)
+        relay.devices.setdefault(username, {})[device_id] = device
+        entries = tuple(
+            sorted((d.proto.identity.entry() for d in relay.devices[username].values()),
+                   key=lambda e: e.device_id)
+        )  # fmt: skip
+        signed = DeviceList(username, len(entries), entries).sign(me.account_key)
+        relay.account_keys[username] = me.account_key.public_key.to_bytes()
+        relay.device_lists[username] = signed.to_bytes()
+        trust.accept_device_list(store, username, relay.account_keys[username], signed.to_bytes())
+        trust.accept_key(store, username)
+        return device
+
+    @property
+    def address(self) -> Address:
+        """(username, device id)."""
+        return (self.proto.username, self.proto.identity.device_id)
+
+    def bundle_entry(self) -> BundleDevice:
+        """What ``GET /v1/prekeys`` serves for this device (its first one-time keys)."""
+        up = self.upload
+        assert up.signed_prekey is not None and up.last_resort_prekey is not None
+        otk, otpq = up.one_time_prekeys[0], up.one_time_pq_prekeys[0]
+        return BundleDevice(
+            device_id=self.address[1],
+            identity_key=self.proto.identity.identity_key.public_key.to_bytes(),
+            signed_prekey=SignedPrekeyOut.model_validate(up.signed_prekey.model_dump()),
+            last_resort_prekey=SignedPrekeyOut.model_validate(up.last_resort_prekey.model_dump()),
+            one_time_prekey=OneTimePrekeyOut(
+                key_id=otk.key_id, public_key=otk.public_key, signature=b""
+            ),
+            one_time_pq_prekey=OneTimePrekeyOut.model_validate(otpq.model_dump()),
+        )
+
+    # --- what the shell's HTTP calls do --------------------------------------------------
+
+    def refresh(self, username: str) -> None:
+        """Fetch ``username``'s device list (``GET /v1/accounts/{username}/devices``)."""
+        self.proto.accept_device_list_changed(
+            username, self.relay.account_keys[username], self.relay.device_lists[username]
+        )
+        self.engine.list_checked(username, self.clock)
+
+    def ensure_sessions(self, users: set[str]) -> None:
+        """Device lists when due, bundles for devices without a session."""
+        for user in sorted(users):
+            if self.engine.list_due(
+                user, self.clock, known=self.proto.device_list(user) is not None
+            ):
+                self.refresh(user)
+        for user, device_ids in self.proto.missing_sessions(sorted(users)).items():
+            for device_id in device_ids:
+                entry = self.relay.devices[user][device_id].bundle_entry()
+                parsed = device_bundle(entry)
+                assert parsed is not None
+                self.proto.accept_bundle(user, self.relay.account_keys[user], parsed)
+
+    # --- the send loop of clients/sdk/pipeline.py, synchronously ------------------------
+
+    def send_text(self, to: str, text: str) -> SendOutcome:
+        """Encrypt and send until the engine says accepted or fail; retries resend the same
+        client id; waiting advances the fake clock."""
+        content = TextContent(text=text, sent_at_ms=1)
+        users = {to}
+        for attempt in range(self.engine.max_attempts):
+            self.ensure_sessions(users | {self.proto.username})
+            built = self.proto.encode_direct(to, content)  # re-encrypted, same client id
+            answer = self.relay.handle(self.address, send_frame(built))
+            if answer is None:  # the connection dropped before the answer
+                outcome: SendOutcome = self.engine.on_unavailable(
+                    RelayUnavailable("fake", "lost"), attempt, reconnects=True
+                )
+            else:
+                routed = self.engine.route(answer, receiving=True)
+                assert isinstance(routed, Answer) and routed.client_id == built.client_id
+                outcome = self.engine.on_answer(routed.frame, users, attempt)
+            if isinstance(outcome, Accepted | Fail):
+                return outcome
+            for user in sorted(outcome.refresh):
+                self.refresh(user)
+            for user, device in outcome.drop:
+                self.proto.sessions.drop(user, device)
+            users |= outcome.refresh
+            self.slept.append(outcome.delay)
+            self.clock += outcome.delay
+        raise AssertionError("the engine neither accepted nor failed")  # pragma: no cover
+
+    def receive(self) -> list[Event]:
+        """Process everything queued for this device (as the processor task does) and ack."""
+        events: list[Event] = []
+        seqs: list[int] = []
+        for frame in list(self.relay.queues[self.address]):
+            parsed = parse_server_frame(frame.model_dump_json(by_alias=True))
+            routed = self.engine.route(parsed, receiving=True)
+            assert isinstance(routed, Process)
+            envelope = self.engine.envelope(routed.frame)
+            assert isinstance(envelope, Envelope)
+            need = self.proto.precheck(envelope)
+            if isinstance(need, NeedDeviceList):
+                self.refresh(need.username)
+            result = self.proto.receive(envelope)
+            events += result.events
+            for action in result.actions:
+                self.engine.receipts.add(action)
+            seqs.append(envelope.seq)
+        for ack in ack_frames(seqs):
+            self.relay.ack(self.address, ack.seqs)
+        return events

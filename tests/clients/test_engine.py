@@ -1,0 +1,220 @@
+"""The sans-I/O client engine, without a relay: decisions on typed frames and a given clock.
+
+Most cases run through :mod:`tests.clients.fake_relay` (a relay's delivery rules in memory);
+each takes milliseconds. A few of the same paths also run through a real relay in
+``test_sdk_resilience.py``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from clients.sdk.content import PayloadKind, ReceiptKind, RelayPayload
+from clients.sdk.engine import (
+    Accepted,
+    Answer,
+    Backoff,
+    ClientEngine,
+    Fail,
+    LinkOffer,
+    Process,
+    Replenish,
+    Retry,
+    ack_frames,
+    replenish_count,
+)
+from clients.sdk.errors import RelayRejected, RelayUnavailable, UnknownUser
+from clients.sdk.models import Message
+from clients.sdk.protocol import Envelope, SendReceipt
+from tests.clients.fake_relay import Device, FakeRelay
+from wire.codes import ErrorCode
+from wire.encoding import b64
+from wire.frames import (
+    AcceptedFrame,
+    DeliverFrame,
+    EphemeralFrame,
+    ErrorFrame,
+    MismatchFrame,
+    PongFrame,
+    PrekeysLowFrame,
+)
+from wire.rest import PrekeyCounts
+
+
+def texts(device: Device) -> list[str]:
+    return [e.text or "" for e in device.receive() if isinstance(e, Message) and not e.outgoing]
+
+
+def two() -> tuple[FakeRelay, Device, Device]:
+    relay = FakeRelay()
+    return relay, Device.register(relay, "alice"), Device.register(relay, "bob")
+
+
+def test_a_plain_send_is_accepted_and_delivered_once() -> None:
+    _, alice, bob = two()
+    assert isinstance(alice.send_text("bob", "hi"), Accepted)
+    assert texts(bob) == ["hi"]
+    assert texts(bob) == []  # acked: gone from the queue
+    assert alice.slept == []
+
+
+@pytest.mark.parametrize("code", ["busy", "internal", "rate_limited", "shutting_down"])
+def test_a_transient_refusal_is_retried_with_backoff_and_stored_once(code: str) -> None:
+    relay, alice, bob = two()
+    relay.refuse = [code, code]
+    assert isinstance(alice.send_text("bob", "later"), Accepted)
+    assert alice.slept == [0.2, 0.4]
+    assert relay.stored == 1
+    assert texts(bob) == ["later"]
+
+
+def test_a_refusal_that_cannot_heal_fails_at_once_with_its_code() -> None:
+    relay, alice, _ = two()
+    relay.refuse = ["queue_full"]
+    outcome = alice.send_text("bob", "x")
+    assert isinstance(outcome, Fail) and isinstance(outcome.error, RelayRejected)
+    assert outcome.error.code == "queue_full" and alice.slept == []
+
+
+def test_retries_give_up_after_the_engines_attempts() -> None:
+    relay, alice, _ = two()
+    relay.refuse = ["busy"] * 10
+    outcome = alice.send_text("bob", "x")
+    assert isinstance(outcome, Fail) and isinstance(outcome.error, RelayRejected)
+    assert len(alice.slept) == alice.engine.max_attempts - 1
+    assert relay.stored == 0
+
+
+def test_a_lost_answer_is_resent_with_the_same_id_and_not_stored_twice() -> None:
+    relay, alice, bob = two()
+    relay.lose_answers = 1
+    assert isinstance(alice.send_text("bob", "exactly once"), Accepted)
+    assert relay.stored == 1
+    assert texts(bob) == ["exactly once"]
+
+
+def test_a_mismatch_refreshes_the_device_list_and_reaches_a_new_device() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    bob2 = Device.register(relay, "bob", bob.proto.identity.account_key, device_id=2)
+    alice.clock += 1  # well within the list's TTL: only the relay's mismatch reveals bob:2
+    assert isinstance(alice.send_text("bob", "to both"), Accepted)
+    assert texts(bob) == ["warm-up", "to both"]
+    bob2.refresh("alice")
+    assert texts(bob2) == ["to both"]
+
+
+def test_the_engine_decides_on_typed_answers() -> None:
+    engine = ClientEngine("alice")
+    assert engine.on_answer(AcceptedFrame(id="m", envelope="e", ts=7), {"bob"}, 0) == Accepted(7)
+    unknown = engine.on_answer(
+        ErrorFrame(id="m", code=ErrorCode.UNKNOWN_USER, users=["zed"]), {"bob"}, 0
+    )
+    assert isinstance(unknown, Fail) and isinstance(unknown.error, UnknownUser)
+    assert "zed" in str(unknown.error)
+    mismatch = engine.on_answer(
+        MismatchFrame.model_validate(
+            {
+                "id": "m",
+                "missing": [{"user": "bob", "device": 3}],
+                "stale": [{"user": "carl", "device": 2}],
+            }
+        ),
+        {"bob"},
+        0,
+    )
+    assert isinstance(mismatch, Retry)
+    assert mismatch.refresh == {"bob", "carl"} and mismatch.drop == (("carl", 2),)
+    assert mismatch.delay == 0
+    newer = engine.on_answer(ErrorFrame(id="m", code="a_code_from_the_future"), {"bob"}, 0)
+    assert isinstance(newer, Fail) and isinstance(newer.error, RelayRejected)
+
+
+def test_a_one_shot_send_fails_at_once_when_the_relay_is_down_a_connected_one_retries() -> None:
+    engine = ClientEngine("alice")
+    down = RelayUnavailable("http://x", "refused")
+    assert engine.on_unavailable(down, 0, reconnects=False) == Fail(down)
+    retry = engine.on_unavailable(down, 0, reconnects=True)
+    assert isinstance(retry, Retry) and retry.delay == 0.2
+    assert isinstance(engine.on_unavailable(down, engine.max_attempts - 1, reconnects=True), Fail)
+
+
+def test_frames_are_routed_by_type() -> None:
+    engine = ClientEngine("alice")
+    deliver = DeliverFrame.model_validate(
+        {"seq": 1, "envelope": "e", "from": {"user": "bob", "device": 1}, "ts": 1, "data": ""}
+    )
+    assert engine.route(deliver, receiving=True) == Process(deliver)
+    assert engine.route(deliver, receiving=False) is None  # left unacked for a receiver
+    accepted = AcceptedFrame(id="m1", envelope="e", ts=1)
+    assert engine.route(accepted, receiving=False) == Answer("m1", accepted)
+    low = PrekeysLowFrame(one_time_prekeys=1, one_time_pq_prekeys=1)
+    assert engine.route(low, receiving=True) == Replenish()
+    assert engine.route(PongFrame(id="p"), receiving=True) is None
+
+
+def test_envelopes_link_offers_and_undecodable_data() -> None:
+    engine = ClientEngine("alice", rng=random.Random(1))
+    sender = {"user": "bob", "device": 2}
+    frame = DeliverFrame.model_validate(
+        {"seq": 9, "envelope": "env", "from": sender, "ts": 5, "data": b64(b"\x01\x01abc")}
+    )
+    assert engine.envelope(frame) == Envelope(9, "env", "bob", 2, 5, b"\x01\x01abc")
+    link = RelayPayload(PayloadKind.LINK, b"sealed").to_bytes()
+    offer = DeliverFrame.model_validate(
+        {"seq": 10, "envelope": "e2", "from": sender, "ts": 5, "data": b64(link)}
+    )
+    assert engine.envelope(offer) == LinkOffer(10, b"sealed")
+    bad = DeliverFrame.model_validate(
+        {"seq": 11, "envelope": "e3", "from": sender, "ts": 5, "data": "not base64!"}
+    )
+    assert engine.envelope(bad) is None
+    typing = EphemeralFrame.model_validate({"from": sender, "ts": 5, "data": b64(b"\x01\x01")})
+    first, second = engine.envelope(typing), engine.envelope(typing)
+    assert isinstance(first, Envelope) and isinstance(second, Envelope)
+    assert first.envelope_id.startswith("eph-") and first.envelope_id != second.envelope_id
+
+
+def test_receipts_are_one_per_sender_and_kind_in_chunks() -> None:
+    engine = ClientEngine("alice")
+    ids = [i.to_bytes(16, "big") for i in range(600)]
+    engine.receipts.add(SendReceipt("bob", ReceiptKind.DELIVERED, tuple(ids[:300])))
+    engine.receipts.add(SendReceipt("bob", ReceiptKind.DELIVERED, tuple(ids[300:])))
+    engine.receipts.add(SendReceipt("carl", ReceiptKind.DELIVERED, (ids[0],)))
+    drained = engine.receipts.drain()
+    assert [(r.to, len(r.ids)) for r in drained] == [("bob", 500), ("bob", 100), ("carl", 1)]
+    assert engine.receipts.drain() == []
+
+
+def test_device_lists_are_refetched_after_their_ttl_on_the_given_clock() -> None:
+    engine = ClientEngine("alice", device_list_ttl=60)
+    assert engine.list_due("bob", 0.0, known=False)
+    engine.list_checked("bob", 100.0)
+    assert not engine.list_due("bob", 159.0, known=True)
+    assert engine.list_due("bob", 161.0, known=True)
+    assert engine.list_due("bob", 101.0, known=True, refresh=True)
+
+
+def test_a_key_change_is_reported_once_until_accepted() -> None:
+    engine = ClientEngine("alice")
+    assert engine.report_key_change("bob") and not engine.report_key_change("bob")
+    engine.key_accepted("bob")
+    assert engine.report_key_change("bob")
+
+
+def test_backoff_replenishment_and_ack_chunks() -> None:
+    backoff = Backoff()
+    assert [backoff.next() for _ in range(4)] == [0.2, 0.4, 0.8, 1.0]
+    backoff.reset()
+    assert backoff.next() == 0.2
+    counts = PrekeyCounts(
+        one_time_prekeys=5, one_time_pq_prekeys=8, low_threshold=10, max_stock=100
+    )
+    assert replenish_count(counts, 50) == 50
+    full = PrekeyCounts(
+        one_time_prekeys=60, one_time_pq_prekeys=60, low_threshold=10, max_stock=100
+    )
+    assert replenish_count(full, 50) == 0
+    assert [len(a.seqs) for a in ack_frames(list(range(1, 2502)))] == [1000, 1000, 501]
