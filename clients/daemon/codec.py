@@ -1,0 +1,144 @@
+"""SDK values as JSON objects: what ``vox receive --json`` prints and ``vox daemon`` sends."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from clients.sdk.models import (
+    DecryptFailure,
+    DeviceInfo,
+    Event,
+    GroupChanged,
+    GroupInfo,
+    KeyChanged,
+    Message,
+    ReceiptEvent,
+    SendResult,
+    SignedOut,
+    TypingEvent,
+    Verification,
+)
+
+__all__ = ["event_json", "group_json", "iso", "message_json", "result_json"]
+
+
+def iso(ms: int) -> str:
+    """Unix milliseconds as ISO 8601 (UTC, milliseconds)."""
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A message as ``vox receive --json`` prints it (``docs/protocol-client.md`` §9)."""
+    out: dict[str, Any] = {
+        "id": message.id,
+        "from": message.sender,
+        "device": message.device,
+        "conversation": message.conversation,
+        "sent_at": iso(message.sent_at),
+        "sent_at_ms": message.sent_at,
+    }
+    if message.group_id:
+        out["group"] = message.group_id
+    if message.outgoing:
+        out["outgoing"] = True
+        out["state"] = message.state.value
+    if message.attachment is not None:
+        a = message.attachment
+        out["attachment"] = {
+            "name": a.file_name,
+            "content_type": a.content_type,
+            "size": a.size,
+            "path": str(a.path) if a.path else None,
+        }
+    else:
+        out["text"] = message.text
+    return out
+
+
+def group_json(group: GroupInfo) -> dict[str, Any]:
+    """A group."""
+    return {
+        "id": group.group_id,
+        "name": group.name,
+        "members": list(group.members),
+        "epoch": group.epoch,
+        "conversation": group.conversation,
+    }
+
+
+def result_json(value: SendResult) -> dict[str, Any]:
+    """An accepted send."""
+    return {"id": value.id, "accepted_at": value.accepted_at, "devices": value.devices}
+
+
+def verification_json(value: Verification) -> dict[str, Any]:
+    """A safety number and trust state."""
+    return {
+        "username": value.username,
+        "safety_number": value.safety_number,
+        "key_changed": value.key_changed,
+        "verified": value.verified,
+    }
+
+
+def device_json(value: DeviceInfo) -> dict[str, Any]:
+    """One of our devices."""
+    return {
+        "device_id": value.device_id,
+        "identity_key": value.identity_key_hex,
+        "current": value.current,
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """Any event, with a ``kind``: ``message``, ``receipt``, ``typing``, ``key_changed``,
+    ``group``, ``decrypt_failure`` or ``signed_out``."""
+    if isinstance(event, Message):
+        return {"kind": "message", **message_json(event)}
+    if isinstance(event, ReceiptEvent):
+        return {
+            "kind": "receipt",
+            "from": event.sender,
+            "device": event.device,
+            "state": event.kind.value,
+            "message_ids": list(event.message_ids),
+            "at_ms": event.at,
+        }
+    if isinstance(event, TypingEvent):
+        return {
+            "kind": "typing",
+            "from": event.sender,
+            "device": event.device,
+            "conversation": event.conversation,
+            "active": event.active,
+            "at_ms": event.at,
+        }
+    if isinstance(event, KeyChanged):
+        return {
+            "kind": "key_changed",
+            "username": event.username,
+            "safety_number": event.safety_number,
+            "at_ms": event.at,
+        }
+    if isinstance(event, GroupChanged):
+        return {
+            "kind": "group",
+            "id": event.group_id,
+            "name": event.name,
+            "action": event.action,
+            "members": list(event.members),
+            "by": event.by,
+            "at_ms": event.at,
+        }
+    if isinstance(event, DecryptFailure):
+        return {
+            "kind": "decrypt_failure",
+            "from": event.sender,
+            "device": event.device,
+            "error": event.error,
+            "envelope": event.envelope_id,
+            "at_ms": event.at,
+        }
+    assert isinstance(event, SignedOut)
+    return {"kind": "signed_out", "reason": event.reason, "at_ms": event.at}
