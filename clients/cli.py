@@ -8,13 +8,20 @@ A stable contract for scripts and tests (see ``docs/protocol-client.md``):
   (no echo), or the command fails if there is no terminal;
 * success exits 0; every failure prints one line ``vox: error: ...`` to stderr and exits
   non-zero (1 for expected errors, 2 for usage, 3 for anything unexpected) — never a traceback;
-* a second process on the same profile waits up to ``--lock-timeout`` seconds (default 10)
-  for the first to finish, then fails cleanly.
+* **75** (``EX_TEMPFAIL``): the message is *queued, not yet accepted* — the relay could not
+  take it now; it is kept and sent, once and in order, by the next ``vox`` process (or the
+  running daemon) that reaches the relay. Its id is printed as on success; do not send it
+  again. ``vox status`` lists queued messages;
+* while ``vox daemon`` or ``vox chat`` holds the profile, commands are sent to it over its
+  JSON-RPC socket (``docs/daemon.md``) instead of opening the profile; otherwise a second
+  process on the same profile waits up to ``--lock-timeout`` seconds (default 10) for the
+  first to finish, then fails cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -25,13 +32,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from clients.daemon.remote import RemoteApi
+from clients.daemon.server import is_live, socket_path
 from clients.sdk import (
     ClientError,
     DecryptFailure,
     Event,
     GroupChanged,
+    GroupInfo,
     KeyChanged,
     Message,
+    MessageQueued,
     SignedOut,
     VoxClient,
 )
@@ -92,10 +103,17 @@ def _ask_secret(prompt: str) -> str:
         raise _fail("no passphrase given", 130) from None
 
 
+EXIT_QUEUED = 75
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; turn every failure into one line on stderr and a non-zero exit."""
     try:
         return asyncio.run(coro)
+    except MessageQueued as exc:
+        typer.echo(exc.message_id)
+        typer.echo(f"vox: {exc}", err=True)
+        raise typer.Exit(EXIT_QUEUED) from None
     except (ClientError, StoreFailure) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -107,7 +125,31 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise _fail(f"unexpected {type(exc).__name__}: {detail}", 3) from None
 
 
-async def _with_client(action: Callable[[VoxClient], Awaitable[T]]) -> T:
+Api = VoxClient | RemoteApi
+"""A profile opened here, or the daemon (or ``vox chat``) that holds it."""
+
+
+async def _open_api() -> Api:
+    if await is_live(socket_path(STATE.home)):
+        with contextlib.suppress(OSError):
+            return await RemoteApi.connect(socket_path(STATE.home))
+    return await VoxClient.open(
+        STATE.home, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout
+    )
+
+
+async def _with_client(action: Callable[[Api], Awaitable[T]]) -> T:
+    client = await _open_api()
+    try:
+        return await action(client)
+    finally:
+        await client.close()
+
+
+async def _with_local_client(action: Callable[[VoxClient], Awaitable[T]]) -> T:
+    """For what only the profile's holder may do (delete the account, change the passphrase)."""
+    if await is_live(socket_path(STATE.home)):
+        raise _fail("vox chat or vox daemon holds this profile: stop it first")
     client = await VoxClient.open(
         STATE.home, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout
     )
@@ -123,6 +165,10 @@ def _version(value: bool) -> None:
 
         typer.echo(f"vox {version('vox')}")
         raise typer.Exit()
+
+
+async def _groups(client: Api) -> list[GroupInfo]:
+    return client.groups() if isinstance(client, VoxClient) else await client.list_groups()
 
 
 @app.callback()
@@ -182,7 +228,7 @@ def register(
 def whoami() -> None:
     """Show this profile's username, device and relay."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         return f"{client.username} device {client.device_id} on {client.server_url}"
 
     typer.echo(run(_with_client(go)))
@@ -198,7 +244,7 @@ def send(
 ) -> None:
     """Send a text; exits 0 once the relay accepted it."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         result = await client.send_text(username, text)
         return result.id
 
@@ -243,7 +289,7 @@ def send_file(
     if not path.is_file():
         raise _fail(f"no such file: {path}")
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         update, stop = _progress_bar(path.name)
         try:
             result = await client.send_file(username, path, caption=caption, progress=update)
@@ -252,6 +298,28 @@ def send_file(
         return result.id
 
     typer.echo(run(_with_client(go)))
+
+
+@app.command()
+def status() -> None:
+    """Who this profile is, and the messages queued (written, not yet accepted by the relay)."""
+
+    async def go(client: Api) -> list[str]:
+        where = f"{client.username} device {client.device_id} on {client.server_url}"
+        if isinstance(client, RemoteApi):
+            answer = await client.status()
+            state = "connected" if answer["connected"] else "offline"
+            lines = [f"{where} (daemon, {state})"]
+            queued = [(q["id"], q["conversation"], "") for q in answer["queued"]]
+        else:
+            lines = [where]
+            queued = [(m.id, m.conversation, m.text or "[file]") for m in client.queued()]
+        lines.append(f"queued: {len(queued)}")
+        lines += [f"  {mid}  {conv}  {text[:40]}".rstrip() for mid, conv, text in queued]
+        return lines
+
+    for line in run(_with_client(go)):
+        typer.echo(line)
 
 
 def _iso(ms: int) -> str:
@@ -294,10 +362,15 @@ def receive(
         Path | None, typer.Option(help="Where to save received files (default HOME/downloads).")
     ] = None,
 ) -> None:
-    """Print (and ack) what arrives; exits after --wait seconds with nothing new."""
+    """Print (and ack) what arrives; exits after --wait seconds with nothing new. While a
+    daemon holds the profile it has already received (and acked) what came before: this
+    prints what it receives from now on."""
 
-    async def go(client: VoxClient) -> None:
+    async def go(client: Api) -> None:
         target = save_dir or (STATE.home / "downloads")
+        if isinstance(client, RemoteApi):
+            await _receive_from_daemon(client, wait, as_json, target)
+            return
         queue: asyncio.Queue[Event] = asyncio.Queue()
         client.on_event(queue.put_nowait)
         done = asyncio.Event()
@@ -326,7 +399,19 @@ def receive(
     run(_with_client(go))
 
 
-async def _print_event(client: VoxClient, event: Event, as_json: bool, target: Path) -> None:
+async def _receive_from_daemon(client: RemoteApi, wait: float, as_json: bool, target: Path) -> None:
+    events = client.events()
+    while True:
+        try:
+            event = await asyncio.wait_for(anext(events), wait)
+        except (TimeoutError, StopAsyncIteration):
+            return
+        if isinstance(event, SignedOut):
+            raise _fail(event.reason)
+        await _print_event(client, event, as_json, target)
+
+
+async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -> None:
     if isinstance(event, Message):
         if event.attachment is not None and not event.outgoing:
             await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
@@ -343,7 +428,7 @@ async def _print_event(client: VoxClient, event: Event, as_json: bool, target: P
             when = dt.datetime.fromtimestamp(event.sent_at / 1000).strftime("%H:%M:%S")
             where = "" if event.conversation == event.sender else f" [{event.conversation}]"
             if event.group_id:  # the group's name, as in "group NAME (ID8): ..." lines
-                names = {g.group_id: g.name for g in client.groups()}
+                names = {g.group_id: g.name for g in await _groups(client)}
                 where = f" [group {names.get(event.group_id, '?')} ({event.group_id[:8]})]"
             body = event.text
             if event.attachment is not None:
@@ -393,7 +478,7 @@ def verify(
 ) -> None:
     """Show the safety number with a user; --accept marks their (current) key verified."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         result = await (client.accept_key(username) if accept else client.verify(username))
         state = (
             "key CHANGED (not accepted)"
@@ -409,7 +494,7 @@ def verify(
 def devices() -> None:
     """List this account's devices (from its signed device list)."""
 
-    async def go(client: VoxClient) -> list[str]:
+    async def go(client: Api) -> list[str]:
         return [
             f"{d.device_id}{' (this device)' if d.current else ''}  {d.identity_key_hex[:16]}…"
             for d in await client.devices()
@@ -426,7 +511,7 @@ def unlink(
     """Remove another device of this account (e.g. a lost laptop) from the signed device list;
     the relay drops its queue, its connection and its tokens at once."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         await client.remove_device(device_id)
         return f"removed device {device_id}"
 
@@ -439,7 +524,7 @@ def link(
 ) -> None:
     """Show a one-time code to type into `vox join` on the new device, and wait for it."""
 
-    async def go(client: VoxClient) -> int:
+    async def go(client: Api) -> int:
         invitation = await client.link()
         typer.echo(
             f"on the new device run:  vox join {invitation.code} --server {client.server_url}"
@@ -480,7 +565,7 @@ def group_create(
 ) -> None:
     """Create a group; prints its id."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         return (await client.create_group(name, members)).group_id
 
     typer.echo(run(_with_client(go)))
@@ -493,7 +578,7 @@ def group_add(
 ) -> None:
     """Add members to a group."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         info = await client.add_members(group, members)
         return " ".join(info.members)
 
@@ -507,7 +592,7 @@ def group_remove(
 ) -> None:
     """Remove members from a group (everyone rotates their sender key)."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         info = await client.remove_members(group, members)
         return " ".join(info.members)
 
@@ -520,7 +605,7 @@ def group_leave(
 ) -> None:
     """Leave a group (the remaining members rotate their sender keys)."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         await client.leave_group(group)
         return f"left {group}"
 
@@ -534,7 +619,7 @@ def group_send(
 ) -> None:
     """Send a text to a group; exits 0 once the relay accepted it."""
 
-    async def go(client: VoxClient) -> str:
+    async def go(client: Api) -> str:
         return (await client.send_group_text(group, text)).id
 
     typer.echo(run(_with_client(go)))
@@ -544,8 +629,8 @@ def group_send(
 def group_list() -> None:
     """List groups: id, name, members."""
 
-    async def go(client: VoxClient) -> list[str]:
-        return [f"{g.group_id}  {g.name}  {' '.join(g.members)}" for g in client.groups()]
+    async def go(client: Api) -> list[str]:
+        return [f"{g.group_id}  {g.name}  {' '.join(g.members)}" for g in await _groups(client)]
 
     for line in run(_with_client(go)):
         typer.echo(line)
@@ -581,7 +666,7 @@ def account_delete(
         await delete_account(client)
         return client.username
 
-    username = run(_with_client(go))
+    username = run(_with_local_client(go))
     if remove_profile_files(STATE.home):
         where = f"removed the local profile {STATE.home}"
     else:
@@ -617,11 +702,25 @@ def passphrase_change(
     async def go(client: VoxClient) -> None:
         change_passphrase(client, new)
 
-    run(_with_client(go))
+    run(_with_local_client(go))
     typer.echo("passphrase removed (a key file is used)" if remove else "passphrase changed")
 
 
-# --- TUI ------------------------------------------------------------------------------
+# --- daemon and TUI -------------------------------------------------------------------
+
+
+@app.command()
+def daemon() -> None:
+    """Hold the profile and serve JSON-RPC 2.0 on HOME/vox.sock (see docs/daemon.md); vox
+    commands then talk to it. Stops on SIGINT/SIGTERM."""
+    from clients.daemon import serve
+
+    def announce(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()
+
+    run(serve(STATE.home, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout,
+              announce=announce))  # fmt: skip
 
 
 @app.command()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from clients.sdk.models import (
+    AttachmentInfo,
     DecryptFailure,
+    DeliveryState,
     DeviceInfo,
     Event,
     GroupChanged,
     GroupInfo,
     KeyChanged,
     Message,
+    MessageSent,
     ReceiptEvent,
     SendResult,
     SignedOut,
@@ -20,7 +24,15 @@ from clients.sdk.models import (
     Verification,
 )
 
-__all__ = ["event_json", "group_json", "iso", "message_json", "result_json"]
+__all__ = [
+    "event_from_json",
+    "event_json",
+    "group_json",
+    "iso",
+    "message_from_json",
+    "message_json",
+    "result_json",
+]
 
 
 def iso(ms: int) -> str:
@@ -93,7 +105,8 @@ def device_json(value: DeviceInfo) -> dict[str, Any]:
 
 def event_json(event: Event) -> dict[str, Any]:
     """Any event, with a ``kind``: ``message``, ``receipt``, ``typing``, ``key_changed``,
-    ``group``, ``decrypt_failure`` or ``signed_out``."""
+    ``group``, ``decrypt_failure``, ``sent`` (a queued message was accepted) or
+    ``signed_out``."""
     if isinstance(event, Message):
         return {"kind": "message", **message_json(event)}
     if isinstance(event, ReceiptEvent):
@@ -140,5 +153,64 @@ def event_json(event: Event) -> dict[str, Any]:
             "envelope": event.envelope_id,
             "at_ms": event.at,
         }
+    if isinstance(event, MessageSent):
+        return {
+            "kind": "sent",
+            "id": event.message_id,
+            "conversation": event.conversation,
+            "at_ms": event.at,
+        }
     assert isinstance(event, SignedOut)
     return {"kind": "signed_out", "reason": event.reason, "at_ms": event.at}
+
+
+def message_from_json(value: dict[str, Any]) -> Message:
+    """Inverse of :func:`message_json` (an attachment's pointer stays with the daemon:
+    download it with the daemon's ``download`` method)."""
+    attachment = None
+    if "attachment" in value:
+        a = value["attachment"]
+        path = a.get("path")
+        attachment = AttachmentInfo(
+            a["name"], a["content_type"], a["size"], "", b"", Path(path) if path else None
+        )
+    return Message(
+        id=value["id"],
+        conversation=value["conversation"],
+        sender=value["from"],
+        device=value["device"],
+        sent_at=value["sent_at_ms"],
+        received_at=0,
+        text=value.get("text"),
+        attachment=attachment,
+        group_id=value.get("group"),
+        outgoing=bool(value.get("outgoing", False)),
+        state=DeliveryState(value.get("state", "received")),
+    )
+
+
+def event_from_json(value: dict[str, Any]) -> Event | None:
+    """Inverse of :func:`event_json` (``None`` for a kind this version does not know)."""
+    kind = value.get("kind")
+    if kind == "message":
+        return message_from_json(value)
+    if kind == "receipt":
+        ids = tuple(value["message_ids"])
+        state = DeliveryState(value["state"])
+        return ReceiptEvent(value["from"], value["device"], state, ids, value["at_ms"])
+    if kind == "typing":
+        return TypingEvent(value["from"], value["device"], value["conversation"],
+                           value["active"], value["at_ms"])  # fmt: skip
+    if kind == "key_changed":
+        return KeyChanged(value["username"], value["safety_number"], value["at_ms"])
+    if kind == "group":
+        return GroupChanged(value["id"], value["name"], value["action"],
+                            tuple(value["members"]), value["by"], value["at_ms"])  # fmt: skip
+    if kind == "decrypt_failure":
+        return DecryptFailure(value["from"], value["device"], value["error"],
+                              value["envelope"], value["at_ms"])  # fmt: skip
+    if kind == "sent":
+        return MessageSent(value["id"], value["conversation"], value["at_ms"])
+    if kind == "signed_out":
+        return SignedOut(value["reason"], value["at_ms"])
+    return None

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from clients.daemon import jsonrpc as rpc
+from clients.daemon.codec import event_from_json
 from clients.sdk.errors import ClientError, GroupError, MessageQueued
 from clients.sdk.linking import LinkInvitation
-from clients.sdk.models import DeviceInfo, GroupInfo, SendResult, Verification
+from clients.sdk.models import DeviceInfo, Event, GroupInfo, Message, SendResult, Verification
 
 __all__ = ["RemoteApi", "RemoteClient", "RemoteError"]
 
@@ -217,6 +218,19 @@ class RemoteApi:
     async def leave_group(self, group: str) -> None:
         """See :meth:`VoxClient.leave_group`."""
         await self.rpc.call("group_leave", group=group)
+
+    async def download(self, message: Message, dest: Path | str) -> Path:
+        """See :meth:`VoxClient.download` (the daemon writes the file)."""
+        absolute = os.path.join(os.getcwd(), dest)
+        answer = await self.rpc.call("download", message_id=message.id, dest=absolute)
+        return Path(answer["path"])
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event the daemon sees from now on."""
+        async for value in self.rpc.events():
+            event = event_from_json(value)
+            if event is not None:
+                yield event
 
     async def status(self) -> dict[str, Any]:
         """Who, connected, queued messages."""

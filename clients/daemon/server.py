@@ -30,6 +30,7 @@ from clients.daemon.codec import (
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, MessageQueued
 from clients.sdk.models import Event
+from clients.sdk.protocol import message_from_stored
 
 __all__ = ["SOCKET_NAME", "Daemon", "DaemonRunning", "socket_path"]
 
@@ -134,6 +135,7 @@ class Daemon:
             "unlink": lambda p: c.remove_device(_int(p, "device_id")),
             "link": lambda p: self._link(),
             "wait_linked": lambda p: self._wait_linked(p),
+            "download": lambda p: self._download(p),
             "groups": lambda p: self._groups(),
             "group_create": lambda p: self._group(c.create_group(_str(p, "name"), _names(p))),
             "group_add": lambda p: self._group(c.add_members(_str(p, "group"), _names(p))),
@@ -305,6 +307,16 @@ class Daemon:
         if not isinstance(within, int | float) or isinstance(within, bool):
             raise rpc.RpcError(rpc.INVALID_PARAMS, "invalid params: 'within' must be a number")
         return {"device_id": await self.client.wait_linked(inv, float(within))}
+
+    async def _download(self, p: dict[str, Any]) -> dict[str, Any]:
+        stored = self.client.store.get_message(_str(p, "message_id"))
+        if stored is None:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "invalid params: no such message")
+        dest = Path(_str(p, "dest"))
+        if not dest.is_absolute():
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "invalid params: 'dest' must be absolute")
+        path = await self.client.download(message_from_stored(stored), dest)
+        return {"path": str(path)}
 
     async def _groups(self) -> list[dict[str, Any]]:
         return [group_json(g) for g in self.client.groups()]

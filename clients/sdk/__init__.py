@@ -37,7 +37,9 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
   ``close()`` / ``async with``; properties ``username``, ``device_id``, ``server_url``.
 * relay: ``config() -> ServerConfig`` (brand, colours, registration, limits),
   ``connect(receive=True)``, ``disconnect()``, ``connected`` (property).
-* messages: ``send_text(to, text) -> SendResult`` (``to`` = username or ``group:<id>``),
+* messages: ``send_text(to, text) -> SendResult`` (``to`` = username or ``group:<id>``;
+  raises :class:`MessageQueued` when the relay cannot take it now: it is kept and sent, in
+  order, on the next connection, then a :class:`MessageSent` event follows),
   ``send_file(to, path, caption=, progress=)``, ``download(message, dest, progress=)``,
   ``send_typing(to, active)``, ``mark_read(conversation)`` (sends read receipts),
   ``messages()`` (async iterator of events), ``on_event(callback)`` (returns unsubscribe),
@@ -77,6 +79,7 @@ from clients.sdk.errors import (
     DeviceRemoved,
     GroupError,
     LinkError,
+    MessageQueued,
     NoProfile,
     ProfileError,
     ProfileExists,
@@ -99,6 +102,7 @@ from clients.sdk.models import (
     GroupInfo,
     KeyChanged,
     Message,
+    MessageSent,
     ReceiptEvent,
     SendResult,
     ServerConfig,
@@ -128,6 +132,8 @@ __all__ = [
     "LinkError",
     "LinkInvitation",
     "Message",
+    "MessageQueued",
+    "MessageSent",
     "NoProfile",
     "ProfileError",
     "ProfileExists",

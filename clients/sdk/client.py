@@ -445,6 +445,7 @@ class VoxClient:
     send_text = messaging.send_text
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
+    queued = messaging.queued
     send_file = attachments.send_file
     upload_file = attachments.upload_file
     download = attachments.download

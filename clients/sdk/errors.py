@@ -11,6 +11,7 @@
     │   └── StoreError(reason)           corrupted store, wrong passphrase, bad key file
     ├── RelayError                       talking to the relay
     │   ├── RelayUnavailable(url, reason) connection refused, DNS, TLS, timeout
+    │   │   └── MessageQueued(id, conversation, reason)  kept in the outbox, sent later
     │   ├── RelayRejected(status, code, message)  a 4xx/5xx answer or a WS close with reason
     │   ├── AuthFailed(reason)           login refused (bad key, account gone, ...)
     │   │   └── DeviceRemoved(reason)    this device is no longer on the account's list
@@ -37,6 +38,7 @@ __all__ = [
     "DeviceRemoved",
     "GroupError",
     "LinkError",
+    "MessageQueued",
     "NoProfile",
     "ProfileError",
     "ProfileExists",
@@ -102,6 +104,27 @@ class RelayUnavailable(RelayError):
         super().__init__(f"cannot reach the relay at {url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+class MessageQueued(RelayUnavailable):
+    """A chat message could not be handed to the relay now (unreachable, or busy after every
+    retry): it is kept in the outbox and sent — once, in the order it was written within its
+    conversation — when the relay is reachable again (the next connection of any process on
+    this profile). Do not send it again. ``vox`` exits 75 for this."""
+
+    def __init__(
+        self, message_id: str, conversation: str, reason: str, *, text: str | None = None
+    ) -> None:
+        ClientError.__init__(
+            self,
+            text
+            or f"queued, not yet accepted ({reason}): message {message_id} is kept and sent "
+            "in order when the relay is reachable; do not send it again",
+        )
+        self.url = ""
+        self.reason = reason
+        self.message_id = message_id
+        self.conversation = conversation
 
 
 class RelayRejected(RelayError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,14 +21,28 @@ from clients.sdk.content import (
     new_message_id,
 )
 from clients.sdk.core import Core
-from clients.sdk.errors import ClientError, GroupError, RelayUnavailable
-from clients.sdk.models import SendResult
-from clients.sdk.protocol import OutgoingSend
-from clients.store.models import OutboxEntry, group_conversation, is_group_conversation
+from clients.sdk.errors import (
+    ClientError,
+    GroupError,
+    MessageQueued,
+    RelayRejected,
+    RelayUnavailable,
+    UnknownUser,
+)
+from clients.sdk.models import Message, MessageSent, SendResult
+from clients.sdk.protocol import OutgoingSend, message_from_stored
+from clients.store.models import (
+    DeliveryState,
+    OutboxEntry,
+    group_conversation,
+    is_group_conversation,
+)
+from wire.codes import RETRYABLE_SEND_ERRORS
 
-__all__ = ["Outbox", "mark_read", "parse_message_id", "send_text", "send_typing"]
+__all__ = ["Outbox", "mark_read", "parse_message_id", "queued", "send_text", "send_typing"]
 
 ChatContent = TextContent | AttachmentContent
+log = logging.getLogger("vox.client")
 
 
 def now_ms() -> int:
@@ -98,27 +113,140 @@ async def mark_read(core: Core, conversation: str) -> int:
 Build = Callable[[], list[OutgoingSend]]
 
 
+def queued(core: Core) -> list[Message]:
+    """Messages written but not yet accepted by the relay (oldest first)."""
+    out = []
+    for entry in core.store.outbox_pending():
+        stored = core.store.get_message(entry.message_id)
+        if stored is not None:
+            out.append(message_from_stored(stored))
+    return out
+
+
 class Outbox:
-    """Chat messages are persisted (history + outbox) in the transaction of their first
-    encryption, then sent; a failed send stays in the outbox and is sent again, with the same
-    id, after the next (re)connect. ``sent`` updates are coalesced into one transaction."""
+    """Honest sending of chat messages (texts and files).
+
+    A message is persisted (history ``pending`` + outbox) in the transaction of its first
+    encryption, then sent. Outcomes:
+
+    * accepted → ``sent``; :meth:`send` returns the :class:`SendResult`;
+    * the relay cannot take it now (unreachable, or ``busy``/``internal``/``rate_limited``
+      after every retry) → it stays in the outbox and :class:`MessageQueued` is raised; it is
+      sent on the next connection of any process on this profile, once (same client id), and
+      a :class:`MessageSent` event follows;
+    * refused for good (unknown user, ``queue_full``, ...) → ``failed``, removed from the
+      outbox, the error is raised.
+
+    Within a conversation messages reach the relay in the order they were written: while a
+    conversation has queued messages, a new one is queued behind them and the conversation is
+    drained oldest first (:meth:`drain`).
+    """
 
     def __init__(self, core: Core) -> None:
         self.core = core
         self.in_flight: set[str] = set()
+        self._queued: set[str] | None = None  # conversations with queued messages
+        self._drains: dict[str, asyncio.Lock] = {}
         self._sent_batch: list[str] = []
         self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
 
+    def queued_conversations(self) -> set[str]:
+        """Conversations with messages waiting in the outbox (read from the store once)."""
+        if self._queued is None:
+            pending = self.core.store.outbox_pending()
+            self._queued = {e.conversation for e in pending if e.message_id not in self.in_flight}
+        return self._queued
+
     async def send(self, conversation: str, content: ChatContent) -> SendResult:
-        """Persist, then send ``content``; returns once the relay accepted it."""
-        entry = OutboxEntry(content.message_id.hex(), conversation, content.to_bytes(), time.time())
+        """Persist, then send ``content`` (see the class docstring for the outcomes)."""
+        core = self.core
+        mid = content.message_id.hex()
+        entry = OutboxEntry(mid, conversation, content.to_bytes(), time.time())
 
         def persist() -> None:
-            self.core.protocol.record_outgoing(conversation, content)
-            self.core.store.outbox_put(entry)
+            core.protocol.record_outgoing(conversation, content)
+            core.store.outbox_put(entry)
 
-        return await self._send_entry(conversation, content, persist)
+        if conversation in self.queued_conversations():  # behind the queued ones, in order
+            self._check_recipient(conversation)
+            with core.store.transaction():
+                persist()
+            return await self.drain(conversation, until=mid)
+        try:
+            return await self._send_entry(conversation, content, persist)
+        except (RelayUnavailable, RelayRejected, UnknownUser) as exc:
+            raise self._settle(conversation, mid, exc) from None
+
+    def _check_recipient(self, conversation: str) -> None:
+        if not is_group_conversation(conversation):
+            peers.check_user(conversation)
+            trust.require_trusted(self.core.store, conversation)
+
+    def _settle(self, conversation: str, mid: str, exc: ClientError) -> ClientError:
+        """After a failed attempt: queue the message (transient) or mark it failed."""
+        store = self.core.store
+        if store.get_message(mid) is None:
+            return exc  # refused before anything was kept
+        reason: str | None = None
+        if isinstance(exc, MessageQueued):
+            reason = exc.reason
+        elif isinstance(exc, RelayUnavailable):
+            reason = str(exc)
+        elif isinstance(exc, RelayRejected) and exc.code in RETRYABLE_SEND_ERRORS:
+            reason = f"the relay answered {exc.code}"
+        if reason is not None:
+            self.queued_conversations().add(conversation)
+            return MessageQueued(mid, conversation, reason)
+        with store.transaction():
+            store.outbox_remove(mid)
+            store.update_message_state(mid, DeliveryState.FAILED)
+        return exc
+
+    async def drain(self, conversation: str, *, until: str | None = None) -> SendResult:
+        """Send ``conversation``'s queued messages oldest first, stopping after ``until``
+        (the caller's message); raises :class:`MessageQueued` if the relay still cannot take
+        them."""
+        core = self.core
+        lock = self._drains.setdefault(conversation, asyncio.Lock())
+        async with lock:
+            result: SendResult | None = None
+            for entry in core.store.outbox_pending():
+                if entry.conversation != conversation or entry.message_id in self.in_flight:
+                    continue
+                content = decode_content(entry.payload)
+                if not isinstance(content, ChatContent):
+                    core.store.outbox_remove(entry.message_id)
+                    continue
+                try:
+                    sent = await self._send_entry(conversation, content)
+                except (RelayUnavailable, RelayRejected, UnknownUser) as exc:
+                    settled = self._settle(conversation, entry.message_id, exc)
+                    if isinstance(settled, MessageQueued):
+                        raise MessageQueued(
+                            until or entry.message_id, conversation, settled.reason
+                        ) from None
+                    if entry.message_id == until:
+                        raise settled from None
+                    log.warning("queued message %s refused for good: %s", entry.message_id, settled)
+                    continue
+                await core.emit([MessageSent(entry.message_id, conversation, now_ms())])
+                if entry.message_id == until:
+                    result = sent
+                    break
+            if not any(e.conversation == conversation for e in core.store.outbox_pending()):
+                self.queued_conversations().discard(conversation)
+        return result or SendResult(until or "", now_ms(), 0)
+
+    async def flush(self) -> None:
+        """Drain every conversation with queued messages (after a (re)connect)."""
+        pending = self.core.store.outbox_pending()
+        for conversation in dict.fromkeys(e.conversation for e in pending):
+            try:
+                await self.drain(conversation)
+            except MessageQueued as exc:
+                log.info("outbox: %s still queued (%s)", conversation, exc.reason)
+                return  # the relay is still unreachable: try again on the next connection
 
     async def _send_entry(
         self, conversation: str, content: ChatContent, persist: Callable[[], None] | None = None
@@ -154,8 +282,7 @@ class Outbox:
                     lambda: persisted(lambda: core.protocol.encode_group(group_id, content)),
                 )
             else:
-                peers.check_user(conversation)
-                trust.require_trusted(core.store, conversation)
+                self._check_recipient(conversation)
                 result = await core.deliver(
                     {conversation},
                     lambda: persisted(lambda: [core.protocol.encode_direct(conversation, content)]),
@@ -197,14 +324,3 @@ class Outbox:
                 future.set_exception(error)
             else:
                 future.set_result(None)
-
-    async def flush(self) -> None:
-        """Send every pending outbox entry (after a (re)connect)."""
-        for entry in self.core.store.outbox_pending():
-            if entry.message_id in self.in_flight:
-                continue
-            content = decode_content(entry.payload)
-            if isinstance(content, ChatContent):
-                await self._send_entry(entry.conversation, content)
-            else:
-                self.core.store.outbox_remove(entry.message_id)

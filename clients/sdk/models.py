@@ -22,6 +22,7 @@ __all__ = [
     "GroupInfo",
     "KeyChanged",
     "Message",
+    "MessageSent",
     "ReceiptEvent",
     "SendResult",
     "ServerConfig",
@@ -132,8 +133,25 @@ class SignedOut:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class MessageSent:
+    """A message that was queued (:class:`~clients.sdk.errors.MessageQueued`) was accepted by
+    the relay: its state is now ``sent``."""
+
+    message_id: str
+    conversation: str
+    at: int
+
+
 Event = (
-    Message | ReceiptEvent | TypingEvent | KeyChanged | GroupChanged | DecryptFailure | SignedOut
+    Message
+    | ReceiptEvent
+    | TypingEvent
+    | KeyChanged
+    | GroupChanged
+    | DecryptFailure
+    | SignedOut
+    | MessageSent
 )
 
 

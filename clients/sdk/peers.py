@@ -200,13 +200,14 @@ SEEN_MARGIN_S = 86400.0
 
 
 async def prune_seen(core: Core) -> int:
-    """Forget processed envelope ids the relay can no longer redeliver: older than its
-    envelope TTL (from ``/v1/config``; a year when unknown) plus a day."""
+    """Forget processed envelope ids (``env:``) the relay can no longer redeliver: older than
+    its envelope TTL (from ``/v1/config``; a year when unknown) plus a day. Other ids in the
+    table (``pqxdh:`` replay guards) are kept."""
     ttl = 365 * 86400.0
     with contextlib.suppress(ClientError):
         ttl = (await core.config()).limits.get("envelope_ttl_seconds", ttl)
     with core.store.transaction():
-        return core.store.prune_seen(time.time() - ttl - SEEN_MARGIN_S)
+        return core.store.prune_seen(time.time() - ttl - SEEN_MARGIN_S, prefix="env:")
 
 
 async def rotate_signed_prekey(core: Core, *, force: bool = False) -> bool:

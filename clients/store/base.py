@@ -225,8 +225,8 @@ class SeenStore(Protocol):
         """Whether an incoming id was already processed."""
         ...
 
-    def prune_seen(self, older_than: float) -> int:
-        """Forget ids seen before ``older_than``; returns how many."""
+    def prune_seen(self, older_than: float, prefix: str = "") -> int:
+        """Forget ids starting with ``prefix`` seen before ``older_than``; returns how many."""
         ...
 
 

@@ -258,8 +258,8 @@ class MemoryStore:
     def is_seen(self, message_id: str) -> bool:
         return message_id in self._s.seen
 
-    def prune_seen(self, older_than: float) -> int:
-        old = [k for k, at in self._s.seen.items() if at < older_than]
+    def prune_seen(self, older_than: float, prefix: str = "") -> int:
+        old = [k for k, at in self._s.seen.items() if at < older_than and k.startswith(prefix)]
         for k in old:
             del self._s.seen[k]
         return len(old)

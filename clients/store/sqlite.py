@@ -765,8 +765,11 @@ class SqliteStore:
     def is_seen(self, message_id: str) -> bool:
         return self._one("SELECT 1 FROM seen WHERE message_id = ?", (message_id,)) is not None
 
-    def prune_seen(self, older_than: float) -> int:
-        return self._write("DELETE FROM seen WHERE at < ?", (older_than,))
+    def prune_seen(self, older_than: float, prefix: str = "") -> int:
+        return self._write(
+            "DELETE FROM seen WHERE at < ? AND substr(message_id, 1, ?) = ?",
+            (older_than, len(prefix), prefix),
+        )
 
     # ------------------------------------------------------------------ settings
 

@@ -80,9 +80,14 @@ async def run_async(
 async def open_and_run(
     home: Path | str, *, target: str | None = None, passphrase: str | None = None
 ) -> None:
-    """Open the profile, run the TUI, close the profile (even on errors)."""
+    """Open the profile, run the TUI, close the profile (even on errors). While it runs, the
+    TUI serves the profile's daemon socket, so ``vox`` commands work next to it."""
+    from clients.daemon import DaemonRunning, is_live, serving, socket_path
+
+    if await is_live(socket_path(Path(home))):
+        raise DaemonRunning(socket_path(Path(home)))
     client = await VoxClient.open(home, passphrase=passphrase)
-    async with client:
+    async with client, serving(client, Path(home)):
         await run_async(client, open_conversation=target)
 
 

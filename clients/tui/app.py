@@ -26,13 +26,14 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from clients.sdk.errors import AuthFailed, ClientError, UnknownUser
+from clients.sdk.errors import AuthFailed, ClientError, MessageQueued, UnknownUser
 from clients.sdk.models import (
     DecryptFailure,
     Event,
     GroupChanged,
     KeyChanged,
     Message,
+    MessageSent,
     ReceiptEvent,
     ServerConfig,
     SignedOut,
@@ -497,6 +498,10 @@ class ChatApp(App[None]):
                     self._typing_timer = self.set_timer(TYPING_SHOW_S, self._clear_typing)
                 else:
                     self._clear_typing()
+        elif isinstance(event, MessageSent):  # a queued message went out: "…" becomes "✓"
+            shown = self.shown.get(event.message_id)
+            if shown is not None and DeliveryState.SENT.rank > shown.state.rank:
+                self._update_row(_replace_msg(shown, DeliveryState.SENT))
         elif isinstance(event, SignedOut):
             self._signed_out(event.reason)
         elif isinstance(event, KeyChanged):
@@ -658,9 +663,10 @@ class ChatApp(App[None]):
             await self._online.wait()
             async with self._send_lock:
                 await self.backend.send_text(conversation, text)
+        except MessageQueued:
+            # Kept in the outbox: the sync below shows it "…" until a MessageSent event.
+            self._system("queued: it is sent, in order, when the relay is reachable")
         except FAILURES as exc:
-            # If the SDK kept it (history + outbox), the sync below shows it pending ("…")
-            # and the SDK sends it once the relay is reachable again.
             self._system(f"not sent: {exc}")
         finally:
             await self._drop(placeholder.id)

@@ -5,47 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
 from clients.sdk import VoxClient
+from tests.clients.kit import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
-
-VOX = str(Path(sys.executable).with_name("vox"))
-
-
-async def vox(
-    home: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
-) -> tuple[int, str, str]:
-    """Run ``vox --home HOME args...`` (``stdin`` piped in, not a terminal); returns
-    (exit code, stdout, stderr)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
-    full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
-        VOX,
-        "--home",
-        str(home),
-        *args,
-        stdin=None if stdin is None else asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=full_env,
-    )
-    out, err = await asyncio.wait_for(
-        proc.communicate(None if stdin is None else stdin.encode()), 60
-    )
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def assert_clean_error(code: int, err: str, needle: str) -> None:
-    """A non-zero exit with exactly one line on stderr, mentioning ``needle``, no traceback."""
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("vox: error: "), err
-    assert needle in lines[0], err
-    assert "Traceback" not in err
 
 
 async def test_a_dozen_messages_through_cli_subprocesses(relay: Relay, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from server.accounts.repository import get_device, revoke_device
 from server.clock import now
-from tests.clients.test_cli import VOX, assert_clean_error, vox
+from tests.clients.kit import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
 
 

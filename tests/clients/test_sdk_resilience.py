@@ -1,4 +1,7 @@
-"""Failures: relay restarts and SIGKILL, the relay down, tampered envelopes, a canary scan."""
+"""Failures through a real relay: restarts and SIGKILL, tampered envelopes, a canary scan.
+
+The send-retry decisions (busy, internal, mismatch, lost answers) are tested without a relay in
+``test_engine.py``; the relay being down (the outbox) in ``test_outbox.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk import DecryptFailure, Event, Message, RelayUnavailable, VoxClient
+from clients.sdk import DecryptFailure, Event, Message, VoxClient
 from tests.clients.conftest import Factory
 from tests.clients.kit import (
     RelayProcess,
@@ -59,32 +62,6 @@ async def test_relay_restart_or_kill_between_send_and_receive_loses_nothing(
             assert texts(again, "alice") == []
         finally:
             await bob.close()
-    finally:
-        relay.stop()
-
-
-async def test_send_while_the_relay_is_down_fails_clearly_and_is_sent_later(
-    tmp_path: Path,
-) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
-    try:
-        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
-        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
-        ev_b = collect(bob)
-        await alice.send_text("bob", "before")
-        await alice.close()
-        relay.stop()
-        alice = await VoxClient.open(tmp_path / "a")
-        with pytest.raises(RelayUnavailable, match="cannot reach the relay"):
-            await alice.send_text("bob", "while down")
-        assert [m.text for m in alice.history("bob")] == ["before", "while down"]
-        await relay.start()
-        await alice.connect()  # the outbox is flushed after (re)connecting
-        await bob.connect()
-        await wait_for(lambda: texts(ev_b, "alice") == ["before", "while down"])
-        await alice.close()
-        await bob.close()
     finally:
         relay.stop()
 

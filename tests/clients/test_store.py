@@ -223,6 +223,14 @@ def test_seen_ids_deduplicate_and_prune(store: Store) -> None:
     assert not store.is_seen("x") and store.is_seen("y")
 
 
+def test_seen_ids_prune_by_prefix(store: Store) -> None:
+    store.mark_seen("env:a", 1.0)
+    store.mark_seen("pqxdh:a", 1.0)
+    store.mark_seen("env:b", 9.0)
+    assert store.prune_seen(older_than=5.0, prefix="env:") == 1
+    assert store.is_seen("pqxdh:a") and store.is_seen("env:b") and not store.is_seen("env:a")
+
+
 def test_settings_and_secrets_are_separate(store: Store) -> None:
     store.set_setting("brand", '{"name": "Vox"}')
     store.set_secret("token", b"bearer-123")
