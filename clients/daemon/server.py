@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,8 @@ class Daemon:
         c = client
         self.methods: dict[str, Handler] = {
             "whoami": lambda p: self._whoami(),
+            "config": lambda p: self._config(),
+            "conversation_list": lambda p: self._conversation_list(),
             "status": lambda p: self._status(),
             "send": lambda p: self._send(p),
             "send_file": lambda p: self._send_file(p),
@@ -246,6 +249,15 @@ class Daemon:
     async def _whoami(self) -> dict[str, Any]:
         c = self.client
         return {"username": c.username, "device_id": c.device_id, "server": c.server_url}
+
+    async def _config(self) -> dict[str, Any]:
+        return dataclasses.asdict(await self.client.config())
+
+    async def _conversation_list(self) -> list[dict[str, Any]]:
+        from clients.tui.backend import SdkBackend
+
+        items = await SdkBackend(self.client).conversation_list()
+        return [dataclasses.asdict(item) for item in items]
 
     async def _status(self) -> dict[str, Any]:
         queued = [

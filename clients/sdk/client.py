@@ -1,12 +1,10 @@
 """The asyncio shell: :class:`VoxClient` owns the socket, the HTTP pool, the tasks and the clock.
 
-Decisions are not taken here: the :class:`~clients.sdk.engine.ClientEngine` routes frames
-and decides retries, the sans-I/O :class:`~clients.sdk.protocol.ClientProtocol` encrypts,
-decrypts and stores; features are modules over :class:`~clients.sdk.core.Core`
-(:mod:`~clients.sdk.messaging`, :mod:`~clients.sdk.attachments`,
-:mod:`~clients.sdk.group_admin`, :mod:`~clients.sdk.peers`, :mod:`~clients.sdk.linking`).
-Tasks: a *reader* (frames in, reconnects with backoff), a *processor* (deliveries in order:
-decrypt + store in one transaction, then ack), a *maintenance* loop (prekeys).
+No protocol decision is taken here (``docs/architecture.md``): the
+:class:`~clients.sdk.engine.ClientEngine` routes frames and decides retries, the sans-I/O
+:class:`~clients.sdk.protocol.ClientProtocol` encrypts and stores, and features are functions
+over :class:`~clients.sdk.core.Core` bound as methods. Tasks: the *reader* (frames in,
+reconnects), the *processor* (:func:`~clients.sdk.inbox.run`), *maintenance*.
 """
 
 from __future__ import annotations
@@ -21,31 +19,18 @@ from typing import Any
 
 from clients.sdk import attachments, group_admin, inbox, linking, messaging, peers, profile
 from clients.sdk.attachments import Progress
-from clients.sdk.content import AttachmentContent, Content, Receipt, TextContent
-from clients.sdk.engine import (
-    Answer,
-    ClientEngine,
-    Process,
-    Replenish,
-    SendAnswer,
-    ack_frames,
-)
+from clients.sdk.content import AttachmentContent, Content, TextContent
+from clients.sdk.engine import Answer, ClientEngine, Process, Replenish, ack_frames
 from clients.sdk.errors import AuthFailed, ClientError, NoProfile, RelayUnavailable, StoreError
+from clients.sdk.events import EventHub
 from clients.sdk.identity import LocalIdentity
 from clients.sdk.linking import LinkInvitation
-from clients.sdk.models import (
-    Event,
-    Message,
-    SendResult,
-    ServerConfig,
-    SignedOut,
-)
+from clients.sdk.models import Event, SendResult, ServerConfig, SignedOut
 from clients.sdk.pipeline import SendPipeline
 from clients.sdk.protocol import ClientProtocol, OutgoingSend
 from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed
 from clients.store import errors as store_errors
 from clients.store.base import Store
-from clients.store.models import ConversationSummary
 from wire.codes import CloseCode
 from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
 
@@ -90,8 +75,7 @@ class VoxClient:
         self._processor_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
         self._deliveries: asyncio.Queue[Process] = asyncio.Queue()
-        self._subscribers: list[asyncio.Queue[Event]] = []
-        self._callbacks: list[Callable[[Event], Any]] = []
+        self.events = EventHub()
         self._connected = asyncio.Event()
         self._signed_out: AuthFailed | None = None  # the relay refused this device for good
         self._signed_out_event = asyncio.Event()
@@ -172,49 +156,23 @@ class VoxClient:
         """This device's id."""
         return self.identity.device_id
 
-    @property
-    def device_list_ttl(self) -> float:
-        """Seconds a fetched device list is trusted before a send refetches it."""
-        return self.engine.device_list_ttl
-
-    @device_list_ttl.setter
-    def device_list_ttl(self, value: float) -> None:
-        self.engine.device_list_ttl = value
-
     async def config(self) -> ServerConfig:
         """The relay's ``/v1/config`` (brand, registration policy, limits); cached locally."""
         return await profile.config(self.store, self.http)
 
-    # --- events ------------------------------------------------------------------------
+    # --- events (clients.sdk.events) -------------------------------------------------
 
     def on_event(self, callback: Callable[[Event], Any]) -> Callable[[], None]:
-        """Call ``callback(event)`` (may return an awaitable) for every event; returns an
-        unsubscribe function."""
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback)
+        """Call ``callback(event)`` for every event; returns an unsubscribe function."""
+        return self.events.on_event(callback)
 
-    async def messages(self) -> AsyncIterator[Event]:
+    def messages(self) -> AsyncIterator[Event]:
         """Every event from now on (connect first): messages, receipts, typing, ..."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._subscribers.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.remove(queue)
+        return self.events.messages()
 
     async def emit(self, events: Iterable[Event]) -> None:
-        """Hand ``events`` to every subscriber and callback (a failing callback is logged)."""
-        for event in events:
-            for queue in list(self._subscribers):
-                queue.put_nowait(event)
-            for callback in list(self._callbacks):
-                try:
-                    result = callback(event)
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception:
-                    log.exception("event callback failed")
+        """Hand ``events`` to every subscriber and callback."""
+        await self.events.emit(events)
 
     # --- connection --------------------------------------------------------------------
 
@@ -235,16 +193,17 @@ class VoxClient:
             reconnect = True  # deliveries left unacked meanwhile come again on a new socket
         if receive and self._processor_task is None:
             self._receive = True
-            self._processor_task = asyncio.create_task(self._run_processor(), name="vox-processor")
-            self._maintenance_task = asyncio.create_task(
-                self._maintenance(), name="vox-maintenance"
+            self._processor_task = asyncio.create_task(
+                inbox.run(self, self._deliveries, self._ack), name="vox-processor"
             )
+            maintain = peers.maintain(self, lambda: self.maintenance_interval)
+            self._maintenance_task = asyncio.create_task(maintain, name="vox-maintenance")
         if reconnect and self._socket is not None:
             self._new_socket.clear()
             await self._socket.close()
             await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
-        self.spawn(self._flush_outbox_quietly())
+        self.spawn(self._quietly(self.outbox.flush()))
 
     async def _open_socket(self) -> None:
         try:
@@ -290,7 +249,7 @@ class VoxClient:
                 try:
                     await self._open_socket()
                     self.engine.reconnect.reset()
-                    self.spawn(self._flush_outbox_quietly())
+                    self.spawn(self._quietly(self.outbox.flush()))
                 except AuthFailed as exc:  # removed, revoked, bad key: retrying cannot help
                     await self._sign_out(exc)
                     return
@@ -325,33 +284,12 @@ class VoxClient:
 
     # --- deliveries --------------------------------------------------------------------
 
-    async def _run_processor(self) -> None:
-        while True:
-            batch = [await self._deliveries.get()]
-            while not self._deliveries.empty() and len(batch) < 100:
-                batch.append(self._deliveries.get_nowait())
-            try:
-                seqs = await inbox.process_batch(self, batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let a batch stop the loop; unacked ones come back
-                log.exception("processing deliveries failed")
-                seqs = []
-            if seqs and self._socket is not None:
-                with contextlib.suppress(SocketClosed):
-                    for ack in ack_frames(seqs):
-                        await self._socket.send(ack)
-            self._last_activity = time.monotonic()
-            for receipt in self.engine.receipts.drain():
-                content = Receipt(kind=receipt.kind, ids=receipt.ids, sent_at_ms=messaging.now_ms())
-                self.spawn(self._quietly(self.send_direct(receipt.to, content)))
-
-    async def _maintenance(self) -> None:
-        while True:
-            await self._quietly(peers.replenish_prekeys(self))
-            await self._quietly(peers.rotate_signed_prekey(self))
-            await self._quietly(peers.prune_seen(self))
-            await asyncio.sleep(self.maintenance_interval)
+    async def _ack(self, seqs: list[int]) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(SocketClosed):
+                for ack in ack_frames(seqs):
+                    await self._socket.send(ack)
+        self._last_activity = time.monotonic()
 
     @staticmethod
     async def _quietly(work: Awaitable[Any]) -> None:
@@ -387,9 +325,6 @@ class VoxClient:
         """Whether a reader task reconnects after a lost connection."""
         return self._reader_task is not None
 
-    async def _write(self, socket: RelaySocket, send: OutgoingSend) -> asyncio.Future[SendAnswer]:
-        return await self.pipeline.write(socket, send)
-
     async def transmit(self, send: OutgoingSend) -> AcceptedFrame | MismatchFrame | ErrorFrame:
         """Write one prepared send and wait for the relay's answer."""
         return await self.pipeline.transmit(send)
@@ -412,9 +347,6 @@ class VoxClient:
         """Record a chat message (history + outbox), then send it."""
         return await self.outbox.send(conversation, content)
 
-    async def _flush_outbox_quietly(self) -> None:
-        await self._quietly(self.outbox.flush())
-
     async def receive(self, wait: float = 2.0) -> list[Event]:
         """Connect, collect events until nothing new arrived for ``wait`` seconds, return them."""
         events: list[Event] = []
@@ -432,20 +364,14 @@ class VoxClient:
             unsubscribe()
         return events
 
-    def history(self, conversation: str, *, limit: int = 100) -> list[Message]:
-        """The last ``limit`` messages of a conversation, oldest first."""
-        return profile.history(self.store, conversation, limit)
-
-    def conversations(self) -> list[ConversationSummary]:
-        """Conversations with messages, most recent first (with unread counts)."""
-        return self.store.conversations()
-
     # --- the public API: feature functions over Core, bound as methods ------------------
 
     send_text = messaging.send_text
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
     queued = messaging.queued
+    history = messaging.history
+    conversations = messaging.conversations
     send_file = attachments.send_file
     upload_file = attachments.upload_file
     download = attachments.download

@@ -7,8 +7,8 @@ import cycles) and each can be driven by a stand-in in tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from clients.sdk.content import AttachmentContent, Content, TextContent
 from clients.sdk.engine import ClientEngine
@@ -40,6 +40,10 @@ class Core(Protocol):
     @property
     def device_id(self) -> int:
         """This device's id."""
+        ...
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background (cancelled when the client disconnects)."""
         ...
 
     async def config(self) -> ServerConfig:

@@ -5,10 +5,14 @@ order, receipts are collected by the engine; the shell acks what this returns.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from clients.sdk import peers
+from clients.sdk.content import Receipt
 from clients.sdk.core import Core
 from clients.sdk.engine import Process
 from clients.sdk.errors import ClientError
@@ -16,7 +20,7 @@ from clients.sdk.models import DecryptFailure, TypingEvent
 from clients.sdk.protocol import Envelope, NeedDeviceList, Received
 from wire.frames import DeliverFrame
 
-__all__ = ["process_batch"]
+__all__ = ["process_batch", "run"]
 
 log = logging.getLogger("vox.client")
 
@@ -63,3 +67,38 @@ async def process_batch(core: Core, batch: list[Process]) -> list[int]:
         for action in result.actions:
             core.engine.receipts.add(action)
     return seqs
+
+
+async def run(
+    core: Core, deliveries: asyncio.Queue[Process], ack: Callable[[list[int]], Awaitable[None]]
+) -> None:
+    """The processor task: batches of up to 100 deliveries in arrival order; ack what was
+    handled; then one receipt per sender and kind (sent in the background)."""
+    while True:
+        batch = [await deliveries.get()]
+        while not deliveries.empty() and len(batch) < 100:
+            batch.append(deliveries.get_nowait())
+        try:
+            seqs = await process_batch(core, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let a batch stop the loop; unacked ones come back
+            log.exception("processing deliveries failed")
+            seqs = []
+        if seqs:
+            await ack(seqs)
+        for receipt in core.engine.receipts.drain():
+            content = Receipt(kind=receipt.kind, ids=receipt.ids, sent_at_ms=now_ms())
+            core.spawn(_quietly(core.send_direct(receipt.to, content)))
+
+
+async def _quietly(work: Awaitable[object]) -> None:
+    try:
+        await work
+    except ClientError as exc:
+        log.info("receipt not sent: %s", exc)
+
+
+def now_ms() -> int:
+    """Wall clock in Unix milliseconds."""
+    return int(time.time() * 1000)

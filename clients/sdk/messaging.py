@@ -32,6 +32,7 @@ from clients.sdk.errors import (
 from clients.sdk.models import Message, MessageSent, SendResult
 from clients.sdk.protocol import OutgoingSend, message_from_stored
 from clients.store.models import (
+    ConversationSummary,
     DeliveryState,
     OutboxEntry,
     group_conversation,
@@ -39,7 +40,16 @@ from clients.store.models import (
 )
 from wire.codes import RETRYABLE_SEND_ERRORS
 
-__all__ = ["Outbox", "mark_read", "parse_message_id", "queued", "send_text", "send_typing"]
+__all__ = [
+    "Outbox",
+    "conversations",
+    "history",
+    "mark_read",
+    "parse_message_id",
+    "queued",
+    "send_text",
+    "send_typing",
+]
 
 ChatContent = TextContent | AttachmentContent
 log = logging.getLogger("vox.client")
@@ -111,6 +121,16 @@ async def mark_read(core: Core, conversation: str) -> int:
 
 
 Build = Callable[[], list[OutgoingSend]]
+
+
+def history(core: Core, conversation: str, *, limit: int = 100) -> list[Message]:
+    """The last ``limit`` messages of a conversation, oldest first."""
+    return [message_from_stored(m) for m in core.store.history(conversation, limit=limit)]
+
+
+def conversations(core: Core) -> list[ConversationSummary]:
+    """Conversations with messages, most recent first (with unread counts)."""
+    return core.store.conversations()
 
 
 def queued(core: Core) -> list[Message]:

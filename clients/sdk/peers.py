@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from clients.sdk import identity as ids
 from clients.sdk import trust
@@ -26,12 +28,15 @@ from crypto.errors import VoxError
 from crypto.keys import validate_username
 from wire.rest import AccountDevices, BundleDevice, PrekeyUpload
 
+log = logging.getLogger("vox.client")
+
 __all__ = [
     "accept_key",
     "check_user",
     "device_bundle",
     "devices",
     "ensure_sessions",
+    "maintain",
     "prune_seen",
     "refresh_devices",
     "remove_device",
@@ -218,3 +223,15 @@ async def rotate_signed_prekey(core: Core, *, force: bool = False) -> bool:
         upload = ids.rotate_signed_prekey(core.store, core.identity)
     await core.http.upload_prekeys(PrekeyUpload.model_validate(upload))
     return True
+
+
+async def maintain(core: Core, interval: Callable[[], float]) -> None:
+    """The maintenance task: prekey stock, signed prekey rotation, pruning the seen table;
+    then sleep ``interval()`` seconds. A failed round is logged and retried next time."""
+    while True:
+        for work in (replenish_prekeys, rotate_signed_prekey, prune_seen):
+            try:
+                await work(core)
+            except ClientError as exc:
+                log.info("maintenance: %s failed: %s", work.__name__, exc)
+        await asyncio.sleep(interval())

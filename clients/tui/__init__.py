@@ -82,10 +82,17 @@ async def open_and_run(
 ) -> None:
     """Open the profile, run the TUI, close the profile (even on errors). While it runs, the
     TUI serves the profile's daemon socket, so ``vox`` commands work next to it."""
-    from clients.daemon import DaemonRunning, is_live, serving, socket_path
+    from clients.daemon import is_live, serving, socket_path
+    from clients.tui.daemon_backend import DaemonBackend
 
-    if await is_live(socket_path(Path(home))):
-        raise DaemonRunning(socket_path(Path(home)))
+    path = socket_path(Path(home))
+    if await is_live(path):  # a daemon holds the profile: attach to it
+        backend = await DaemonBackend.connect_to(path)
+        try:
+            await run_async(backend, open_conversation=target)
+        finally:
+            await backend.close()
+        return
     client = await VoxClient.open(home, passphrase=passphrase)
     async with client, serving(client, Path(home)):
         await run_async(client, open_conversation=target)

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import Input
+
 from clients.daemon import is_live, serving, socket_path
 from clients.daemon import jsonrpc as rpc
 from clients.daemon.remote import RemoteClient
@@ -195,6 +197,43 @@ async def test_cli_commands_work_while_the_tui_is_open(relay: Relay, tmp_path: P
                     await pilot.pause(0.05)
                 else:
                     raise AssertionError("the TUI did not show the message")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_the_tui_attaches_to_a_running_daemon(relay: Relay, tmp_path: Path) -> None:
+    from clients.tui.daemon_backend import DaemonBackend
+
+    alice, bob, got = await two(relay, tmp_path)
+    home = tmp_path / "alice"
+    try:
+        await bob.send_text("alice", "before the TUI opened")
+        async with serving(alice, home):
+            await alice.connect()
+            backend = await DaemonBackend.connect_to(socket_path(home))
+            try:
+                app = ChatApp(backend, open_conversation="bob")
+                async with app.run_test(size=(100, 30)) as pilot:
+
+                    def shown(needle: str) -> bool:
+                        return any(needle in str(w.content) for w in app.query(".msg"))
+
+                    for _ in range(400):
+                        if shown("before the TUI opened"):
+                            break
+                        await pilot.pause(0.05)
+                    await bob.send_text("alice", "while it is open")
+                    for _ in range(400):
+                        if shown("while it is open"):
+                            break
+                        await pilot.pause(0.05)
+                    assert shown("while it is open")
+                    app.query_one("#input", Input).value = "typed in the attached TUI"
+                    await pilot.press("enter")
+                    await wait_for(lambda: texts(got, "alice") == ["typed in the attached TUI"])
+            finally:
+                await backend.close()
     finally:
         await alice.close()
         await bob.close()

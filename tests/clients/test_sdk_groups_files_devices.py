@@ -259,7 +259,7 @@ async def test_changed_account_key_blocks_sending_until_accepted(
 ) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
     ev_a = collect(alice)
-    alice.device_list_ttl = 0  # refetch before every send (a new process does so once)
+    alice.engine.device_list_ttl = 0  # refetch before every send (a new process does so once)
     await alice.connect()
     await alice.send_text("bob", "first")
     first = await alice.verify("bob")

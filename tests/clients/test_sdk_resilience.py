@@ -152,7 +152,7 @@ async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message
         alice.store.outbox_put(OutboxEntry(content.id_hex, "bob", content.to_bytes(), 0.0))
         send = alice.protocol.encode_direct("bob", content)
     assert alice._socket is not None
-    await alice._write(alice._socket, send)
+    await alice.pipeline.write(alice._socket, send)
     await wait_for_value(lambda: queued(relay, "bob"), 2)  # the relay stored it ...
     old = alice._socket
     old._ws.transport.abort()  # ... but the answer never reaches alice

@@ -238,7 +238,7 @@ async def test_a_changed_key_warns_blocks_sending_until_accepted(
     people: People, relay: Relay, tmp_path: Path
 ) -> None:
     await people.bob.send_text("alice", "before")
-    people.alice.device_list_ttl = 0  # refetch bob's device list before every send
+    people.alice.engine.device_list_ttl = 0  # refetch bob's device list before every send
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: shown(app, "bob·1: before"))
