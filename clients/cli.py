@@ -710,6 +710,15 @@ def passphrase_change(
 
 
 @app.command()
+def jsonrpc() -> None:
+    """The daemon's JSON-RPC 2.0 on stdin/stdout, one request per line (for bots); through
+    the running daemon if there is one. Ends when stdin ends."""
+    from clients.daemon import serve_stdio
+
+    run(serve_stdio(STATE.home, passphrase=_passphrase(), lock_timeout=STATE.lock_timeout))
+
+
+@app.command()
 def daemon() -> None:
     """Hold the profile and serve JSON-RPC 2.0 on HOME/vox.sock (see docs/daemon.md); vox
     commands then talk to it. Stops on SIGINT/SIGTERM."""

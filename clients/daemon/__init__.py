@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from clients.daemon import jsonrpc as rpc
 from clients.daemon.server import Daemon, DaemonRunning, is_live, socket_path
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError
 
-__all__ = ["Daemon", "DaemonRunning", "is_live", "serve", "serving", "socket_path"]
+__all__ = ["Daemon", "DaemonRunning", "is_live", "serve", "serve_stdio", "serving", "socket_path"]
 
 log = logging.getLogger("vox.daemon")
 
@@ -74,6 +76,50 @@ async def serve(
         try:
             await stop.wait()
         finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+
+
+async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=rpc.MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, sys.stdout
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, eof: bool) -> None:
+    while line := await source.readline():
+        sink.write(line)
+        await sink.drain()
+    if eof and sink.can_write_eof():
+        sink.write_eof()
+
+
+async def serve_stdio(home: Path, *, passphrase: str | None, lock_timeout: float) -> None:
+    """``vox jsonrpc``: the daemon's JSON-RPC on standard input and output, one request per
+    line, until standard input ends (then running calls are answered). When a daemon holds
+    the profile, the lines are passed to it."""
+    reader, writer = await _stdio()
+    path = socket_path(home)
+    if await is_live(path):
+        sock_reader, sock_writer = await asyncio.open_unix_connection(str(path), limit=rpc.MAX_LINE)
+        answers = asyncio.create_task(_pump(sock_reader, writer, eof=False))
+        await _pump(reader, sock_writer, eof=True)
+        await answers
+        return
+    client = await VoxClient.open(home, passphrase=passphrase, lock_timeout=lock_timeout)
+    async with client:
+        daemon = Daemon(client, path)
+        unsubscribe = client.on_event(daemon.on_event)
+        connecting = asyncio.create_task(_stay_connected(client))
+        try:
+            await daemon.serve_stream(reader, writer)
+        finally:
+            unsubscribe()
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting

@@ -162,7 +162,7 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        self._unsubscribe = self.client.on_event(self._on_event)
+        self._unsubscribe = self.client.on_event(self.on_event)
 
     async def close(self) -> None:
         """Stop listening, let running calls finish (briefly), remove the socket."""
@@ -180,9 +180,17 @@ class Daemon:
 
     # --- connections ---------------------------------------------------------------------
 
+    async def serve_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve one connection (a socket client, or stdin/stdout for ``vox jsonrpc``) until
+        it ends; calls still running then are finished and answered first."""
+        await self._serve(reader, writer)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(writer)
         self._connections.add(conn)
+        mine: set[asyncio.Task[None]] = set()
         try:
             while True:
                 try:
@@ -199,6 +207,10 @@ class Daemon:
                     task = asyncio.create_task(self._handle(conn, line))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    mine.add(task)
+                    task.add_done_callback(mine.discard)
+            if mine:  # the client finished writing (EOF): answer what it asked first
+                await asyncio.wait(set(mine))
         finally:
             conn.open = False
             self._connections.discard(conn)
@@ -236,7 +248,8 @@ class Daemon:
             err = rpc.RpcError(rpc.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
             await conn.write(rpc.error(request_id, err))
 
-    def _on_event(self, event: Event) -> None:
+    def on_event(self, event: Event) -> None:
+        """Notify every subscribed connection of ``event``."""
         data = rpc.notification("event", event_json(event))
         for conn in list(self._connections):
             if conn.subscribed and conn.open:

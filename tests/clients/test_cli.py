@@ -7,9 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from clients.sdk import VoxClient
 from tests.clients.kit import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
+
+# Many real `vox` processes: generous on a loaded machine (assert behaviour, not speed).
+pytestmark = pytest.mark.timeout(600)
 
 
 async def test_a_dozen_messages_through_cli_subprocesses(relay: Relay, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.widgets import Input
 
 from clients.daemon import is_live, serving, socket_path
@@ -23,6 +24,9 @@ from tests.clients.kit import texts, vox, wait_for
 from tests.server.relay_harness import Relay
 
 VOX = str(Path(sys.executable).with_name("vox"))
+
+# Many real `vox` processes: generous on a loaded machine (assert behaviour, not speed).
+pytestmark = pytest.mark.timeout(600)
 
 
 async def start_daemon(home: Path) -> asyncio.subprocess.Process:
@@ -236,4 +240,45 @@ async def test_the_tui_attaches_to_a_running_daemon(relay: Relay, tmp_path: Path
                 await backend.close()
     finally:
         await alice.close()
+        await bob.close()
+
+
+async def test_vox_jsonrpc_serves_stdin_and_stdout_alone_or_through_the_daemon(
+    relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob, got = await two(relay, tmp_path)
+    home = tmp_path / "alice"
+    await alice.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    requests = b"".join(
+        rpc.encode({"jsonrpc": "2.0", "id": n, "method": method, "params": params})
+        for n, (method, params) in enumerate(
+            [("whoami", {}), ("send", {"to": "bob", "text": "from a bot"}), ("nope", {})], 1
+        )
+    )
+
+    async def jsonrpc() -> dict[int, dict[str, Any]]:
+        proc = await asyncio.create_subprocess_exec(
+            VOX, "--home", str(home), "jsonrpc", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(requests), 120)
+        assert proc.returncode == 0, err
+        answers = [json.loads(line) for line in out.splitlines()]
+        return {a["id"]: a for a in answers}
+
+    try:
+        answers = await jsonrpc()  # holds the profile itself
+        assert answers[1]["result"]["username"] == "alice"
+        assert answers[2]["result"]["devices"] >= 1
+        assert answers[3]["error"]["code"] == rpc.METHOD_NOT_FOUND
+        daemon = await start_daemon(home)
+        try:
+            answers = await jsonrpc()  # passed through to the daemon
+            assert answers[1]["result"]["username"] == "alice" and "result" in answers[2]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(daemon.wait(), 60)
+        await wait_for(lambda: texts(got, "alice") == ["from a bot", "from a bot"])
+    finally:
         await bob.close()

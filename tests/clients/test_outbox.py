@@ -14,6 +14,9 @@ from tests.clients.kit import RelayProcess, texts, vox, wait_for
 
 EXIT_QUEUED = 75
 
+# Many real `vox` processes: generous on a loaded machine (assert behaviour, not speed).
+pytestmark = pytest.mark.timeout(600)
+
 
 async def test_sends_while_the_relay_is_down_are_queued_and_delivered_once_in_order(
     tmp_path: Path,
