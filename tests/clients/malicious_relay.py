@@ -34,10 +34,12 @@ class Forgeries:
 
     def serve(self, username: str, *, account_key: bytes, device_list: bytes) -> None:
         """Answer the next fetch of ``username``'s devices with this key and signed list."""
-        body = {
+        body = {  # a complete AccountDevices answer (wire.rest), with forged key and list
             "username": username,
             "account_key": b64(account_key),
             "device_list": b64(device_list),
+            "device_list_version": 1,
+            "devices": [],
         }
         self._queued.setdefault(username, []).append(json.dumps(body).encode())
 
