@@ -57,7 +57,7 @@ __all__ = [
 
 
 class _ClientFrame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class AuthFrame(_ClientFrame):
@@ -111,7 +111,7 @@ ClientFrame = AuthFrame | SendFrame | AckFrame | PingFrame
 
 
 class _ServerFrame(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class DeviceRef(_ServerFrame):

@@ -45,11 +45,11 @@ __all__ = [
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(defer_build=True)  # validators built on first use: fast import
+    """Responses: unknown fields ignored (a newer relay may add some)."""
 
 
 # --- prekeys -----------------------------------------------------------------------------
