@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clients.sdk.errors import ClientError
-from clients.sdk.transport import b64
+from wire.rest import AccountDeleteIn
 
 if TYPE_CHECKING:
     from clients.sdk.client import VoxClient
@@ -71,7 +71,8 @@ async def delete_account(client: VoxClient) -> None:
     signature = client.identity.account_key.sign(
         ACCOUNT_DELETE_LABEL, client.username.encode("utf-8")
     )
-    await client.http.authed("DELETE", "/v1/accounts/me", json_body={"signature": b64(signature)})
+    body = AccountDeleteIn(signature=signature)
+    await client.http.authed("DELETE", "/v1/accounts/me", body=body)
 
 
 def change_passphrase(client: VoxClient, passphrase: str | None) -> None:
