@@ -33,7 +33,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import (
 
 __all__ = [
     "IMMEDIATE",
+    "configure_sqlite",
     "create_engine",
     "is_sqlite",
     "session_factory",
@@ -72,7 +73,13 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
+    configure_sqlite(engine.sync_engine)
+
+
+def configure_sqlite(sync_engine: Engine) -> None:
+    """The relay's SQLite connection set-up, for every engine on the database file (the async
+    one here, the group-commit writer's synchronous one): WAL, ``synchronous=NORMAL``,
+    foreign keys, a busy timeout, and ``BEGIN`` / ``BEGIN IMMEDIATE`` emitted by SQLAlchemy."""
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.db.engine import IMMEDIATE
+from server.db.engine import IMMEDIATE, configure_sqlite
 from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
@@ -103,31 +103,14 @@ def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
     The writer runs each batch's transaction in its own thread through it: with aiosqlite
     every statement, fetch and cursor close is a separate hand-off to the driver's thread.
     """
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import create_engine
 
     url = engine.url.set(drivername="sqlite")
     sync = create_engine(
         url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
     )
 
-    @event.listens_for(sync, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-            "busy_timeout=30000",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(sync, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(
-            "BEGIN IMMEDIATE" if conn.get_execution_options().get(IMMEDIATE) else "BEGIN"
-        )
+    configure_sqlite(sync)
 
     return sync
 
