@@ -29,6 +29,20 @@ Content (inside every plaintext)::
     type 0x07 TRANSCRIPT  str16 destination username ("" for a group) || bytes32 inner Content
                           (what this account sent from another device: TEXT or ATTACHMENT)
     type 0x08 DEVICES     (empty) -- "my device list changed, refetch it" to own devices
+    type 0x09 EDIT        bytes16 group_id || bytes16 target id (16) || bytes32 UTF-8 new text
+    type 0x0A DELETE      bytes16 group_id || bytes16 target id (16)  -- delete for everyone
+    type 0x0B REACTION    bytes16 group_id || bytes16 target id (16) || str16 emoji
+                          (<= 32 bytes; "" removes the sender's reaction)
+    type 0x0C TIMER       bytes16 group_id || u32 seconds (0 = off; else 30 .. 2419200)
+
+TEXT and ATTACHMENT may end with *extensions*, each ``u8 tag || bytes16 value`` (unknown tags
+are skipped)::
+
+    tag 0x01 QUOTE   bytes16 quoted id (16) || str16 author || str16 excerpt (<= 200 bytes)
+    tag 0x02 EXPIRE  u32 seconds -- the conversation's disappearing timer when it was sent
+
+Contents 0x09..0x0C are *operations* on a conversation: sent like a text (pairwise, or under
+the group's sender key, and to our own devices as a TRANSCRIPT).
 
 Every content is **padded** before it is encrypted (pairwise and under sender keys), so the
 relay learns a message's length only to within :data:`PAD_BLOCK` bytes::
@@ -52,15 +66,20 @@ __all__ = [
     "AttachmentContent",
     "Content",
     "ContentType",
+    "DeleteContent",
     "DevicesChanged",
+    "EditContent",
     "GroupAction",
     "GroupUpdate",
     "PayloadKind",
+    "Quote",
+    "ReactionContent",
     "Receipt",
     "ReceiptKind",
     "RelayPayload",
     "SenderKeyContent",
     "TextContent",
+    "TimerContent",
     "Transcript",
     "Typing",
     "decode_content",
@@ -131,6 +150,76 @@ class ContentType(enum.IntEnum):
     SENDER_KEY = 0x06
     TRANSCRIPT = 0x07
     DEVICES = 0x08
+    EDIT = 0x09
+    DELETE = 0x0A
+    REACTION = 0x0B
+    TIMER = 0x0C
+
+
+class Extension(enum.IntEnum):
+    """Tags of the optional extensions after a TEXT or ATTACHMENT body."""
+
+    QUOTE = 0x01
+    EXPIRE = 0x02
+
+
+#: Disappearing-message timers: off (0) or between these bounds (seconds).
+MIN_TIMER: Final = 30
+MAX_TIMER: Final = 4 * 7 * 24 * 3600
+MAX_EXCERPT: Final = 200
+MAX_EMOJI: Final = 32
+
+
+def check_timer(seconds: int) -> int:
+    """``seconds`` if it is a valid timer (0 = off, or 30 s .. 4 weeks)."""
+    if seconds != 0 and not MIN_TIMER <= seconds <= MAX_TIMER:
+        raise InvalidValue("timer", f"0 or {MIN_TIMER}..{MAX_TIMER} seconds")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a reply quotes: the message id, its author and a short excerpt."""
+
+    message_id: bytes
+    author: str
+    excerpt: str
+
+    @staticmethod
+    def excerpt_of(text: str) -> str:
+        """At most :data:`MAX_EXCERPT` UTF-8 bytes of ``text`` (cut on a character)."""
+        data = text.encode("utf-8")[:MAX_EXCERPT]
+        return data.decode("utf-8", errors="ignore")
+
+
+def _write_extensions(w: Writer, quote: Quote | None, expire: int) -> None:
+    if quote is not None:
+        if len(quote.message_id) != MESSAGE_ID_LEN:
+            raise InvalidValue("quote", "the quoted id must be 16 bytes")
+        if len(quote.excerpt.encode("utf-8")) > MAX_EXCERPT:
+            raise InvalidValue("quote", f"excerpt longer than {MAX_EXCERPT} bytes")
+        value = Writer().bytes16(quote.message_id).str16(quote.author).str16(quote.excerpt)
+        w.u8(Extension.QUOTE).bytes16(value.finish())
+    if expire:
+        w.u8(Extension.EXPIRE).bytes16(Writer().u32(check_timer(expire)).finish())
+
+
+def _read_extensions(r: Reader) -> tuple[Quote | None, int]:
+    quote: Quote | None = None
+    expire = 0
+    while r.remaining:
+        tag = r.u8()
+        value = Reader(r.bytes16("extension", 4096))
+        if tag == Extension.QUOTE:
+            qid = value.bytes16("quoted id", MESSAGE_ID_LEN)
+            if len(qid) != MESSAGE_ID_LEN:
+                raise InvalidValue("quote", "the quoted id must be 16 bytes")
+            quote = Quote(qid, value.str16("author", 32), value.str16("excerpt", MAX_EXCERPT))
+            value.end()
+        elif tag == Extension.EXPIRE:
+            expire = check_timer(value.u32())
+            value.end()
+    return quote, expire
 
 
 class ReceiptKind(enum.IntEnum):
@@ -193,6 +282,8 @@ class TextContent(_Base):
 
     text: str
     group_id: bytes = b""
+    quote: Quote | None = None
+    expire: int = 0
     TYPE: ClassVar[ContentType] = ContentType.TEXT
 
     def _body(self, w: Writer) -> None:
@@ -200,6 +291,7 @@ class TextContent(_Base):
         if len(data) > MAX_TEXT:
             raise InvalidValue("text", f"longer than {MAX_TEXT} bytes")
         w.bytes16(self.group_id).bytes32(data)
+        _write_extensions(w, self.quote, self.expire)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,10 +301,13 @@ class AttachmentContent(_Base):
     pointer: bytes = field(repr=False)
     caption: str = ""
     group_id: bytes = b""
+    quote: Quote | None = None
+    expire: int = 0
     TYPE: ClassVar[ContentType] = ContentType.ATTACHMENT
 
     def _body(self, w: Writer) -> None:
         w.bytes16(self.group_id).bytes32(self.pointer).str16(self.caption)
+        _write_extensions(w, self.quote, self.expire)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,7 +375,7 @@ class Transcript(_Base):
     """A copy, for the sender's other devices, of what it sent (``inner`` is TEXT/ATTACHMENT)."""
 
     destination: str
-    inner: TextContent | AttachmentContent
+    inner: ConversationContent
     TYPE: ClassVar[ContentType] = ContentType.TRANSCRIPT
 
     def _body(self, w: Writer) -> None:
@@ -297,6 +392,72 @@ class DevicesChanged(_Base):
         return None
 
 
+def _target(w: Writer, group_id: bytes, target: bytes) -> Writer:
+    if len(target) != MESSAGE_ID_LEN:
+        raise InvalidValue("target", "must be 16 bytes")
+    return w.bytes16(group_id).bytes16(target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EditContent(_Base):
+    """Replaces the text of our message ``target`` (only its author may edit it)."""
+
+    target: bytes
+    text: str
+    group_id: bytes = b""
+    TYPE: ClassVar[ContentType] = ContentType.EDIT
+
+    def _body(self, w: Writer) -> None:
+        data = self.text.encode("utf-8")
+        if len(data) > MAX_TEXT:
+            raise InvalidValue("text", f"longer than {MAX_TEXT} bytes")
+        _target(w, self.group_id, self.target).bytes32(data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteContent(_Base):
+    """Deletes our message ``target`` for everyone (a tombstone replaces it)."""
+
+    target: bytes
+    group_id: bytes = b""
+    TYPE: ClassVar[ContentType] = ContentType.DELETE
+
+    def _body(self, w: Writer) -> None:
+        _target(w, self.group_id, self.target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReactionContent(_Base):
+    """The sender's reaction to ``target`` (one per person; ``emoji == ""`` removes it)."""
+
+    target: bytes
+    emoji: str
+    group_id: bytes = b""
+    TYPE: ClassVar[ContentType] = ContentType.REACTION
+
+    def _body(self, w: Writer) -> None:
+        if len(self.emoji.encode("utf-8")) > MAX_EMOJI:
+            raise InvalidValue("emoji", f"longer than {MAX_EMOJI} bytes")
+        _target(w, self.group_id, self.target).str16(self.emoji)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerContent(_Base):
+    """Sets the conversation's disappearing-messages timer (0 = off)."""
+
+    seconds: int
+    group_id: bytes = b""
+    TYPE: ClassVar[ContentType] = ContentType.TIMER
+
+    def _body(self, w: Writer) -> None:
+        w.bytes16(self.group_id).u32(check_timer(self.seconds))
+
+
+#: Operations on a conversation (not messages of their own).
+OperationContent = EditContent | DeleteContent | ReactionContent | TimerContent
+#: What a TRANSCRIPT or a group message may carry.
+ConversationContent = TextContent | AttachmentContent | OperationContent
+
 Content = (
     TextContent
     | AttachmentContent
@@ -306,6 +467,10 @@ Content = (
     | SenderKeyContent
     | Transcript
     | DevicesChanged
+    | EditContent
+    | DeleteContent
+    | ReactionContent
+    | TimerContent
 )
 
 
@@ -340,12 +505,38 @@ def decode_content(data: bytes) -> Content:
     if raw_type == ContentType.TEXT:
         group_id = _group_id(r)
         text = _utf8("text", r.bytes32("text", MAX_TEXT))
-        out = TextContent(text=text, group_id=group_id, **head)  # type: ignore[arg-type]
+        quote, expire = _read_extensions(r)
+        out = TextContent(text=text, group_id=group_id, quote=quote, expire=expire, **head)  # type: ignore[arg-type]
     elif raw_type == ContentType.ATTACHMENT:
         group_id = _group_id(r)
         pointer = r.bytes32("pointer", MAX_POINTER)
         caption = r.str16("caption", 4096)
-        out = AttachmentContent(pointer=pointer, caption=caption, group_id=group_id, **head)  # type: ignore[arg-type]
+        quote, expire = _read_extensions(r)
+        out = AttachmentContent(
+            pointer=pointer,
+            caption=caption,
+            group_id=group_id,
+            quote=quote,
+            expire=expire,
+            **head,  # type: ignore[arg-type]
+        )
+    elif raw_type in (ContentType.EDIT, ContentType.DELETE, ContentType.REACTION):
+        group_id = _group_id(r)
+        target = r.bytes16("target", MESSAGE_ID_LEN)
+        if len(target) != MESSAGE_ID_LEN:
+            raise InvalidValue("target", "must be 16 bytes")
+        if raw_type == ContentType.EDIT:
+            text = _utf8("text", r.bytes32("text", MAX_TEXT))
+            out = EditContent(target=target, text=text, group_id=group_id, **head)  # type: ignore[arg-type]
+        elif raw_type == ContentType.DELETE:
+            out = DeleteContent(target=target, group_id=group_id, **head)  # type: ignore[arg-type]
+        else:
+            emoji = r.str16("emoji", MAX_EMOJI)
+            out = ReactionContent(target=target, emoji=emoji, group_id=group_id, **head)  # type: ignore[arg-type]
+    elif raw_type == ContentType.TIMER:
+        group_id = _group_id(r)
+        seconds = check_timer(r.u32())
+        out = TimerContent(seconds=seconds, group_id=group_id, **head)  # type: ignore[arg-type]
     elif raw_type == ContentType.RECEIPT:
         raw_kind = r.u8()
         if raw_kind not in (1, 2):
@@ -387,8 +578,8 @@ def decode_content(data: bytes) -> Content:
     elif raw_type == ContentType.TRANSCRIPT:
         destination = r.str16("destination", 32)
         inner = decode_content(r.bytes32("inner", MAX_INNER))
-        if not isinstance(inner, TextContent | AttachmentContent):
-            raise InvalidValue("inner", "a transcript carries a text or an attachment")
+        if not isinstance(inner, ConversationContent):
+            raise InvalidValue("inner", "a transcript carries a message or an operation")
         out = Transcript(destination=destination, inner=inner, **head)  # type: ignore[arg-type]
     elif raw_type == ContentType.DEVICES:
         out = DevicesChanged(**head)  # type: ignore[arg-type]

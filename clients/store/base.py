@@ -189,8 +189,33 @@ class MessageStore(Protocol):
         there is no such message."""
         ...
 
-    def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
-        """Mark every unread incoming message read; returns them (to send read receipts)."""
+    def mark_conversation_read(
+        self, conversation: str, *, now: float | None = None
+    ) -> list[StoredMessage]:
+        """Mark every unread incoming message read; returns them (to send read receipts).
+
+        With ``now``, a read message with a disappearing timer gets ``expire_at = now +
+        expires_in`` (its countdown starts when this device reads it)."""
+        ...
+
+    def replace_message(self, message: StoredMessage) -> bool:
+        """Rewrite a stored message (text, edits, tombstone, reactions, expiry); False if
+        there is no message with its id. The id, conversation and sender never change."""
+        ...
+
+    def delete_message(self, message_id: str) -> bool:
+        """Remove a message from this device (delete for me, or expiry); False if absent."""
+        ...
+
+    def expired_messages(self, now: float) -> list[StoredMessage]:
+        """Messages whose ``expire_at`` is at or before ``now`` (for the expiry sweep)."""
+        ...
+
+    def search_messages(
+        self, query: str, *, conversation: str | None = None, limit: int = 50
+    ) -> list[StoredMessage]:
+        """Messages (not deleted) whose text or caption contains every word of ``query``
+        (whole words, case-insensitive), newest first."""
         ...
 
     def conversations(self) -> list[ConversationSummary]:

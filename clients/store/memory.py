@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from clients.store import search
 from clients.store.models import (
     Contact,
     ConversationSummary,
@@ -212,13 +213,49 @@ class MemoryStore:
         self._s.messages[message_id] = dataclasses.replace(m, attachment=dict(attachment))
         return True
 
-    def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
+    def mark_conversation_read(
+        self, conversation: str, *, now: float | None = None
+    ) -> list[StoredMessage]:
         changed = []
         for m in self.history(conversation, limit=len(self._s.messages)):
             if m.direction is Direction.IN and m.state is DeliveryState.RECEIVED:
-                self._s.messages[m.message_id] = dataclasses.replace(m, state=DeliveryState.READ)
+                expire_at = m.expire_at
+                if now is not None and m.expires_in and expire_at is None:
+                    expire_at = now + m.expires_in
+                self._s.messages[m.message_id] = dataclasses.replace(
+                    m, state=DeliveryState.READ, expire_at=expire_at
+                )
                 changed.append(self._s.messages[m.message_id])
         return changed
+
+    def replace_message(self, message: StoredMessage) -> bool:
+        if message.message_id not in self._s.messages:
+            return False
+        self._s.messages[message.message_id] = message
+        return True
+
+    def delete_message(self, message_id: str) -> bool:
+        return self._s.messages.pop(message_id, None) is not None
+
+    def expired_messages(self, now: float) -> list[StoredMessage]:
+        return [
+            m
+            for m in self._s.messages.values()
+            if m.expire_at is not None and m.expire_at <= now
+        ]
+
+    def search_messages(
+        self, query: str, *, conversation: str | None = None, limit: int = 50
+    ) -> list[StoredMessage]:
+        wanted = search.words(query)
+        found = [
+            m
+            for m in self._s.messages.values()
+            if (conversation is None or m.conversation == conversation)
+            and search.matches(m, wanted)
+        ]
+        found.sort(key=lambda m: (m.sent_at, m.received_at, m.message_id), reverse=True)
+        return found[: max(limit, 0)]
 
     def conversations(self) -> list[ConversationSummary]:
         out: dict[str, ConversationSummary] = {}

@@ -169,6 +169,23 @@ class StoredMessage:
     text: str | None = field(default=None, repr=False)
     attachment: dict[str, object] | None = field(default=None, repr=False)
     state: DeliveryState = DeliveryState.RECEIVED
+    #: Earlier texts of an edited message, oldest first (encrypted at rest).
+    edits: tuple[str, ...] = field(default=(), repr=False)
+    #: Deleted for everyone by its author: a tombstone (text and attachment are gone).
+    deleted: bool = False
+    #: The quoted message of a reply: (message id hex, author, excerpt) (encrypted at rest).
+    reply: tuple[str, str, str] | None = field(default=None, repr=False)
+    #: One reaction per person: ((username, emoji), ...) sorted by username (encrypted).
+    reactions: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: Disappearing-messages timer this message was sent under (seconds; 0 = never).
+    expires_in: int = 0
+    #: When it disappears (Unix seconds): set when sent, or when read by this device.
+    expire_at: float | None = None
+
+    @property
+    def edited(self) -> bool:
+        """True if the text was edited."""
+        return bool(self.edits)
 
 
 @dataclass(frozen=True, slots=True)

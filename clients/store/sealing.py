@@ -12,6 +12,8 @@ row or table without failing authentication.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -96,10 +98,17 @@ def row_ad(table: str, row_key: bytes) -> bytes:
 class Sealer:
     """Seals and opens secret values under the store key."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_search_key")
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        self._search_key = hmac.new(key, b"VoxStore-v1 search tokens", hashlib.sha256).digest()
+
+    @property
+    def search_key(self) -> bytes:
+        """The key of the search index's word tokens (HMAC-SHA256 of a label under the
+        store key: the index is useless without the store key)."""
+        return self._search_key
 
     def __repr__(self) -> str:
         return "Sealer(<secret>)"

@@ -9,6 +9,7 @@ held with :class:`~clients.store.lock.ProfileLock` for as long as the store is o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clients.store import search
 from clients.store.errors import KeyFileError, StoreCorrupted, StoreError, WrongPassphrase
 from clients.store.lock import ProfileLock
 from clients.store.models import (
@@ -52,7 +54,7 @@ __all__ = ["DB_NAME", "KEY_FILE_NAME", "SCHEMA_VERSION", "SqliteStore", "profile
 DB_NAME = "vox.db"
 KEY_FILE_NAME = "vox.key"
 NEW_KEY_FILE_NAME = "vox.key.new"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -89,6 +91,17 @@ CREATE TABLE outbox (
     attempts INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE seen (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE kv (key TEXT PRIMARY KEY, secret INTEGER NOT NULL, value BLOB NOT NULL);
+"""
+
+#: Schema 1 -> 2: disappearing-message columns and the keyed search index.
+_MIGRATE_2 = """
+ALTER TABLE messages ADD COLUMN expires_in INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN expire_at REAL;
+CREATE INDEX messages_by_expiry ON messages (expire_at) WHERE expire_at IS NOT NULL;
+CREATE TABLE search_tokens (
+    token BLOB NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (token, message_id))
+    WITHOUT ROWID;
+CREATE INDEX search_tokens_by_message ON search_tokens (message_id);
 """
 
 _PROFILE_ROW = b"profile"
@@ -183,7 +196,9 @@ class SqliteStore:
                     sealer = cls._unlock(conn, home, passphrase)
             except sqlite3.DatabaseError as exc:
                 raise StoreCorrupted(f"{path}: {exc}") from None
-            return cls(conn, sealer, lock, path)
+            store = cls(conn, sealer, lock, path)
+            store._migrate()
+            return store
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -226,7 +241,7 @@ class SqliteStore:
         meta["schema_version"] = str(SCHEMA_VERSION).encode()
         try:
             # executescript() commits first, so the transaction is opened inside the script.
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MIGRATE_2)
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
             conn.execute("COMMIT")
         except BaseException:
@@ -244,7 +259,7 @@ class SqliteStore:
             check = meta["check"]
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise StoreCorrupted(f"store metadata is damaged ({exc!r})") from None
-        if version != SCHEMA_VERSION:
+        if not 1 <= version <= SCHEMA_VERSION:
             raise StoreCorrupted(f"unsupported store schema version {version}")
         if kdf == "scrypt":
             if passphrase is None:
@@ -277,6 +292,35 @@ class SqliteStore:
             raise KeyFileError(path, "does not open this store")
         raise StoreCorrupted(f"unknown key derivation {kdf!r}")
 
+    def _migrate(self) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION` (one transaction per step)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        if int(bytes(row[0])) >= 2:
+            return
+        with self.transaction():
+            for statement in _MIGRATE_2.split(";"):
+                if statement.strip():
+                    self._exec(statement)
+            self._reindex()
+            self._exec("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"2",))
+
+    def _reindex(self) -> None:
+        """Rebuild the search index from the decrypted messages (after a migration or a
+        change of store key)."""
+        self._exec("DELETE FROM search_tokens")
+        for row in self._exec("SELECT * FROM messages").fetchall():
+            self._index(self._message(row))
+
+    def _index(self, message: StoredMessage) -> None:
+        self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message.message_id,))
+        found = search.tokens(
+            self._sealer.search_key, search.words(search.searchable_text(message))
+        )
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO search_tokens VALUES (?, ?)",
+            [(t, message.message_id) for t in found],
+        )
+
     def change_passphrase(self, passphrase: str | None) -> None:
         """Re-encrypt every secret under a new key: from ``passphrase``, or (None) a key file.
 
@@ -300,7 +344,12 @@ class SqliteStore:
             self._exec("DELETE FROM meta WHERE key IN ('kdf', 'salt', 'scrypt', 'check')")
             for name, value in meta.items():
                 self._exec("INSERT INTO meta (key, value) VALUES (?, ?)", (name, value))
-        self._sealer = new_sealer
+            self._sealer, old = new_sealer, self._sealer
+            try:
+                self._reindex()  # tokens are keyed by the store key
+            except BaseException:
+                self._sealer = old
+                raise
         if passphrase is None:
             os.replace(home / NEW_KEY_FILE_NAME, home / KEY_FILE_NAME)
         else:
@@ -620,6 +669,7 @@ class SqliteStore:
             direction, state = Direction(row[2]), DeliveryState(row[7])
         except ValueError:
             raise StoreCorrupted(f"message {row[0]!r} is damaged") from None
+        reply = content.get("reply")
         return StoredMessage(
             row[0],
             row[1],
@@ -631,28 +681,110 @@ class SqliteStore:
             content.get("text"),
             content.get("attachment"),
             state,
+            edits=tuple(content.get("edits", ())),
+            deleted=bool(content.get("deleted", False)),
+            reply=None if reply is None else (str(reply[0]), str(reply[1]), str(reply[2])),
+            reactions=tuple((str(u), str(e)) for u, e in content.get("reactions", ())),
+            expires_in=int(row[9]),
+            expire_at=row[10],
         )
 
+    def _body(self, message: StoredMessage) -> bytes:
+        body: dict[str, object] = {"text": message.text, "attachment": message.attachment}
+        if message.edits:
+            body["edits"] = list(message.edits)
+        if message.deleted:
+            body["deleted"] = True
+        if message.reply is not None:
+            body["reply"] = list(message.reply)
+        if message.reactions:
+            body["reactions"] = [list(r) for r in message.reactions]
+        return self._seal("messages", _rk(message.message_id), json.dumps(body).encode())
+
     def add_message(self, message: StoredMessage) -> bool:
-        body = json.dumps({"text": message.text, "attachment": message.attachment}).encode()
-        sealed = self._seal("messages", _rk(message.message_id), body)
-        return (
-            self._write(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.message_id,
-                    message.conversation,
-                    Direction(message.direction).value,
-                    message.sender,
-                    message.sender_device,
-                    message.sent_at,
-                    message.received_at,
-                    DeliveryState(message.state).value,
-                    sealed,
-                ),
+        sealed = self._body(message)
+        with self.transaction():
+            added = (
+                self._exec(
+                    "INSERT OR IGNORE INTO messages (message_id, conversation, direction, sender,"
+                    " sender_device, sent_at, received_at, state, body, expires_in, expire_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message.message_id,
+                        message.conversation,
+                        Direction(message.direction).value,
+                        message.sender,
+                        message.sender_device,
+                        message.sent_at,
+                        message.received_at,
+                        DeliveryState(message.state).value,
+                        sealed,
+                        message.expires_in,
+                        message.expire_at,
+                    ),
+                ).rowcount
+                == 1
             )
-            == 1
+            if added:
+                self._index(message)
+            return added
+
+    def replace_message(self, message: StoredMessage) -> bool:
+        with self.transaction():
+            changed = self._exec(
+                "UPDATE messages SET state = ?, body = ?, expires_in = ?, expire_at = ?"
+                " WHERE message_id = ?",
+                (
+                    DeliveryState(message.state).value,
+                    self._body(message),
+                    message.expires_in,
+                    message.expire_at,
+                    message.message_id,
+                ),
+            ).rowcount
+            if changed:
+                self._index(message)
+            return changed == 1
+
+    def delete_message(self, message_id: str) -> bool:
+        with self.transaction():
+            self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message_id,))
+            return self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
+
+    def expired_messages(self, now: float) -> list[StoredMessage]:
+        rows = self._all(
+            "SELECT * FROM messages WHERE expire_at IS NOT NULL AND expire_at <= ?"
+            " ORDER BY expire_at",
+            (now,),
         )
+        return [self._message(r) for r in rows]
+
+    def search_messages(
+        self, query: str, *, conversation: str | None = None, limit: int = 50
+    ) -> list[StoredMessage]:
+        wanted = search.words(query)
+        if not wanted or limit <= 0:
+            return []
+        found = sorted(search.tokens(self._sealer.search_key, wanted))
+        marks = ", ".join("?" * len(found))
+        where, params = "", [*found, len(found)]
+        if conversation is not None:
+            where, params = " AND m.conversation = ?", [*found, len(found), conversation]
+        rows = self._all(
+            "SELECT m.* FROM messages m JOIN (SELECT message_id FROM search_tokens"  # noqa: S608
+            f" WHERE token IN ({marks}) GROUP BY message_id HAVING count(*) = ?) t"
+            f" ON t.message_id = m.message_id WHERE 1{where}"
+            " ORDER BY m.sent_at DESC, m.received_at DESC, m.message_id DESC",
+            params,
+        )
+        out = []
+        for row in rows:
+            message = self._message(row)
+            if search.matches(message, wanted):  # rules out a token collision
+                out.append(message)
+                if len(out) >= limit:
+                    break
+        return out
 
     def get_message(self, message_id: str) -> StoredMessage | None:
         row = self._one("SELECT * FROM messages WHERE message_id = ?", (message_id,))
@@ -689,12 +821,11 @@ class SqliteStore:
             current = self.get_message(message_id)
             if current is None:
                 return False
-            body = json.dumps({"text": current.text, "attachment": attachment}).encode()
-            sealed = self._seal("messages", _rk(message_id), body)
-            self._exec("UPDATE messages SET body = ? WHERE message_id = ?", (sealed, message_id))
-            return True
+            return self.replace_message(dataclasses.replace(current, attachment=attachment))
 
-    def mark_conversation_read(self, conversation: str) -> list[StoredMessage]:
+    def mark_conversation_read(
+        self, conversation: str, *, now: float | None = None
+    ) -> list[StoredMessage]:
         with self.transaction():
             rows = self._all(
                 "SELECT * FROM messages WHERE conversation = ? AND direction = ?"
@@ -711,22 +842,20 @@ class SqliteStore:
                     DeliveryState.RECEIVED.value,
                 ),
             )
-        return [self._replace_state(self._message(r), DeliveryState.READ) for r in rows]
+            read = [self._replace_state(self._message(r), DeliveryState.READ) for r in rows]
+            if now is not None:
+                for i, m in enumerate(read):
+                    if m.expires_in and m.expire_at is None:
+                        read[i] = dataclasses.replace(m, expire_at=now + m.expires_in)
+                        self._exec(
+                            "UPDATE messages SET expire_at = ? WHERE message_id = ?",
+                            (read[i].expire_at, m.message_id),
+                        )
+        return read
 
     @staticmethod
     def _replace_state(m: StoredMessage, state: DeliveryState) -> StoredMessage:
-        return StoredMessage(
-            m.message_id,
-            m.conversation,
-            m.direction,
-            m.sender,
-            m.sender_device,
-            m.sent_at,
-            m.received_at,
-            m.text,
-            m.attachment,
-            state,
-        )
+        return dataclasses.replace(m, state=state)
 
     def conversations(self) -> list[ConversationSummary]:
         rows = self._all(
