@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.sdk import attachments, group_admin, inbox, linking, messaging, peers, profile
+from clients.sdk import message_ops as ops
 from clients.sdk.attachments import Progress
 from clients.sdk.content import AttachmentContent, Content, TextContent
 from clients.sdk.engine import Answer, ClientEngine, Process, Replenish, ack_frames
@@ -204,6 +205,7 @@ class VoxClient:
             await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
         self.spawn(self._quietly(self.outbox.flush()))
+        self.spawn(ops.run_sweeper(self.store))
 
     async def _open_socket(self) -> None:
         try:
@@ -367,6 +369,8 @@ class VoxClient:
     # --- the public API: feature functions over Core, bound as methods ------------------
 
     send_text = messaging.send_text
+    edit, delete, react, reply = ops.edit, ops.delete, ops.react, ops.reply
+    set_timer, search = ops.set_timer, ops.search
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
     queued = messaging.queued

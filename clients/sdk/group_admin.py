@@ -51,7 +51,7 @@ def resolve(core: Core, group: str) -> tuple[bytes, GroupInfo]:
     for info in groups(core):
         if info.group_id == key:
             return bytes.fromhex(info.group_id), info
-    named = [info for info in groups(core) if info.name == group]
+    named = [info for info in groups(core) if info.name in (group, key)]
     if len(named) == 1:
         return bytes.fromhex(named[0].group_id), named[0]
     if len(named) > 1:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
-from clients.sdk import group_admin, peers, trust
+from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
     AttachmentContent,
     Receipt,
@@ -105,7 +106,7 @@ async def send_typing(core: Core, to: str, active: bool = True) -> None:
 
 async def mark_read(core: Core, conversation: str) -> int:
     """Mark a conversation read and send read receipts; returns how many messages."""
-    messages = core.store.mark_conversation_read(conversation)
+    messages = core.store.mark_conversation_read(conversation, now=time.time())
     by_sender: dict[str, list[bytes]] = {}
     for message in messages:
         if message.sender != core.username:
@@ -181,6 +182,9 @@ class Outbox:
     async def send(self, conversation: str, content: ChatContent) -> SendResult:
         """Persist, then send ``content`` (see the class docstring for the outcomes)."""
         core = self.core
+        expire = message_rules.timer(core.store, conversation)
+        if expire and not content.expire:  # sent under the conversation's timer
+            content = dataclasses.replace(content, expire=expire)
         mid = content.message_id.hex()
         entry = OutboxEntry(mid, conversation, content.to_bytes(), time.time())
 

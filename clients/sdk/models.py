@@ -23,7 +23,9 @@ __all__ = [
     "KeyChanged",
     "Message",
     "MessageSent",
+    "MessageUpdate",
     "ReceiptEvent",
+    "ReplyRef",
     "SendResult",
     "ServerConfig",
     "TypingEvent",
@@ -63,11 +65,50 @@ class Message:
     group_id: str | None = None  # hex, for group messages
     outgoing: bool = False  # sent by this account (from this or another device)
     state: DeliveryState = DeliveryState.RECEIVED
+    edited: bool = False  # the author edited the text (earlier texts: ``edits``)
+    deleted: bool = False  # deleted for everyone by its author (a tombstone)
+    reply_to: ReplyRef | None = None  # the quoted message, for a reply
+    reactions: tuple[tuple[str, str], ...] = ()  # (username, emoji), one per person
+    expires_in: int = 0  # disappearing timer (seconds) it was sent under; 0 = never
+    edits: tuple[str, ...] = ()  # earlier texts, oldest first
 
     @property
     def kind(self) -> str:
         """``"text"`` or ``"attachment"``."""
         return "attachment" if self.attachment is not None else "text"
+
+    def reaction_counts(self) -> dict[str, int]:
+        """How many people reacted with each emoji."""
+        counts: dict[str, int] = {}
+        for _, emoji in self.reactions:
+            counts[emoji] = counts.get(emoji, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRef:
+    """What a reply quotes: the message id (hex), its author and a short excerpt."""
+
+    id: str
+    author: str
+    excerpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageUpdate:
+    """Someone changed a conversation: ``kind`` is ``"edit"`` (``text``), ``"delete"``,
+    ``"reaction"`` (``emoji``; ``""`` = removed) on message ``target``, or ``"timer"``
+    (``seconds``; 0 = off) for the conversation's disappearing messages."""
+
+    kind: str
+    conversation: str
+    target: str | None
+    sender: str
+    device: int
+    at: int
+    text: str | None = None
+    emoji: str | None = None
+    seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +193,7 @@ Event = (
     | DecryptFailure
     | SignedOut
     | MessageSent
+    | MessageUpdate
 )
 
 

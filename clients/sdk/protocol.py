@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from clients.sdk import trust
+from clients.sdk import message_rules, trust
 from clients.sdk.content import (
     AttachmentContent,
     Content,
+    ConversationContent,
     DevicesChanged,
     GroupAction,
     GroupUpdate,
+    OperationContent,
     PayloadKind,
     Receipt,
     ReceiptKind,
@@ -42,6 +44,7 @@ from clients.sdk.models import (
     GroupChanged,
     Message,
     ReceiptEvent,
+    ReplyRef,
     TypingEvent,
 )
 from clients.sdk.sessions import SessionBook
@@ -303,7 +306,7 @@ class ClientProtocol:
             if not ephemeral and self.username not in users:
                 own = self.recipient_devices(self.username)
                 copy: Content = content
-                if isinstance(content, TextContent | AttachmentContent):
+                if isinstance(content, ConversationContent):
                     copy = Transcript(
                         destination=users[0],
                         inner=content,
@@ -498,8 +501,8 @@ class ClientProtocol:
                 raise UnknownSenderKey(message.key_id)
             body = record.decrypt(message, now=now)
             content = decode_padded(body)
-            if not isinstance(content, TextContent | AttachmentContent):
-                raise GroupError("a group message carries a text or a file")
+            if not isinstance(content, ConversationContent):
+                raise GroupError("a group message carries a message or an operation")
             if content.group_id != message.group_id:
                 raise GroupError("group message for another group")
             group = self.groups.get(message.group_id)
@@ -509,13 +512,16 @@ class ClientProtocol:
                 AttachmentPointer.from_bytes(content.pointer)
             self.groups.save_record(message.group_id, message.sender, record)
             conversation = group_conversation(message.group_id.hex())
+            if isinstance(content, OperationContent):
+                ops = message_rules.apply(self.store, conversation, message.sender, content, now)
+                return Received(list(ops), [])
             return self._chat(message.sender, content, conversation, now)
         raise GroupError("link offers are only read while joining")
 
     def _check_pairwise(self, sender: DeviceAddress, content: Content) -> None:
         """Refuse pairwise contents that are not acceptable from ``sender`` (before writing)."""
         own = sender.username == self.username
-        if isinstance(content, TextContent | AttachmentContent) and content.group_id:
+        if isinstance(content, ConversationContent) and content.group_id:
             raise GroupError("group messages travel under sender keys")
         if isinstance(content, Transcript) and not own:
             raise GroupError("transcripts come only from our own devices")
@@ -537,10 +543,23 @@ class ClientProtocol:
             if content.group_id:
                 raise GroupError("group messages travel under sender keys")
             return self._chat(sender, content, sender.username, now)
+        if isinstance(content, OperationContent):
+            return Received(
+                list(message_rules.apply(self.store, sender.username, sender, content, now)), []
+            )
         if isinstance(content, Transcript):
             if not own:
                 raise GroupError("transcripts come only from our own devices")
-            return self._chat(sender, content.inner, content.destination, now)
+            inner = content.inner
+            if isinstance(inner, OperationContent):
+                conversation = (
+                    group_conversation(inner.group_id.hex())
+                    if inner.group_id
+                    else content.destination
+                )
+                ops = message_rules.apply(self.store, conversation, sender, inner, now)
+                return Received(list(ops), [])
+            return self._chat(sender, inner, content.destination, now)
         if isinstance(content, Receipt):
             return self._receipt(sender, content, now)
         if isinstance(content, Typing):
@@ -586,6 +605,7 @@ class ClientProtocol:
                 "caption": content.caption,
             }
         when = self._now() if now is None else now
+        quote = content.quote
         return StoredMessage(
             message_id=content.message_id.hex(),
             conversation=conversation,
@@ -597,6 +617,12 @@ class ClientProtocol:
             text=text,
             attachment=attachment,
             state=DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED,
+            reply=None if quote is None else (quote.message_id.hex(), quote.author, quote.excerpt),
+            expires_in=content.expire,
+            # Ours disappear that long after they were sent; theirs after we read them.
+            expire_at=content.sent_at_ms / 1000 + content.expire
+            if outgoing and content.expire
+            else None,
         )
 
     def _chat(
@@ -617,7 +643,9 @@ class ClientProtocol:
             actions.append(
                 SendReceipt(sender.username, ReceiptKind.DELIVERED, (content.message_id,))
             )
-        return Received([message_from_stored(stored)], actions)
+        events: list[Event] = [message_from_stored(stored)]
+        events += message_rules.on_stored(self.store, stored.message_id, now)
+        return Received(events, actions)
 
     def _receipt(self, sender: DeviceAddress, content: Receipt, now: float) -> Received:
         state = (
@@ -730,6 +758,7 @@ def message_from_stored(stored: StoredMessage) -> Message:
     group_id = None
     if stored.conversation.startswith("group:"):
         group_id = stored.conversation.removeprefix("group:")
+    reply = None if stored.reply is None else ReplyRef(*stored.reply)
     return Message(
         id=stored.message_id,
         conversation=stored.conversation,
@@ -742,4 +771,10 @@ def message_from_stored(stored: StoredMessage) -> Message:
         group_id=group_id,
         outgoing=stored.direction is Direction.OUT,
         state=stored.state,
+        edited=stored.edited,
+        deleted=stored.deleted,
+        reply_to=reply,
+        reactions=stored.reactions,
+        expires_in=stored.expires_in,
+        edits=stored.edits,
     )

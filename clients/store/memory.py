@@ -239,9 +239,7 @@ class MemoryStore:
 
     def expired_messages(self, now: float) -> list[StoredMessage]:
         return [
-            m
-            for m in self._s.messages.values()
-            if m.expire_at is not None and m.expire_at <= now
+            m for m in self._s.messages.values() if m.expire_at is not None and m.expire_at <= now
         ]
 
     def search_messages(

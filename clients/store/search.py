@@ -33,7 +33,10 @@ def searchable_text(message: StoredMessage) -> str:
         return ""
     parts = [message.text or ""]
     if message.attachment is not None:
-        parts += [str(message.attachment.get("caption", "")), str(message.attachment.get("file_name", ""))]
+        parts += [
+            str(message.attachment.get("caption", "")),
+            str(message.attachment.get("file_name", "")),
+        ]
     return " ".join(parts)
 
 
@@ -45,6 +48,5 @@ def matches(message: StoredMessage, query_words: set[str]) -> bool:
 def tokens(key: bytes, message_words: set[str]) -> set[bytes]:
     """The keyed tokens of a set of words (see the module docstring)."""
     return {
-        hmac.new(key, w.encode("utf-8"), hashlib.sha256).digest()[:TOKEN_LEN]
-        for w in message_words
+        hmac.new(key, w.encode("utf-8"), hashlib.sha256).digest()[:TOKEN_LEN] for w in message_words
     }

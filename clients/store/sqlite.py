@@ -749,7 +749,9 @@ class SqliteStore:
     def delete_message(self, message_id: str) -> bool:
         with self.transaction():
             self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message_id,))
-            return self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
+            return (
+                self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
+            )
 
     def expired_messages(self, now: float) -> list[StoredMessage]:
         rows = self._all(

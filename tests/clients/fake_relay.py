@@ -127,6 +127,7 @@ class Device:
     upload: PrekeyUpload
     clock: float = 0.0
     slept: list[float] = field(default_factory=list)
+    served: int = 0  # one-time keys handed out so far (each bundle fetch takes the next)
 
     @classmethod
     def register(cls, relay: FakeRelay, username: str, account: AccountKey | None = None,
@@ -155,10 +156,12 @@ class Device:
         return (self.proto.username, self.proto.identity.device_id)
 
     def bundle_entry(self) -> BundleDevice:
-        """What ``GET /v1/prekeys`` serves for this device (its first one-time keys)."""
+        """What ``GET /v1/prekeys`` serves for this device (its next one-time keys)."""
         up = self.upload
         assert up.signed_prekey is not None and up.last_resort_prekey is not None
-        otk, otpq = up.one_time_prekeys[0], up.one_time_pq_prekeys[0]
+        i = self.served % len(up.one_time_prekeys)
+        self.served += 1
+        otk, otpq = up.one_time_prekeys[i], up.one_time_pq_prekeys[i]
         return BundleDevice(
             device_id=self.address[1],
             identity_key=self.proto.identity.identity_key.public_key.to_bytes(),

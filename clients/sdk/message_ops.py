@@ -1,0 +1,189 @@
+"""Everyday operations on messages: edit, delete (for everyone / for me), replies, reactions,
+disappearing messages (the per-conversation timer and the expiry sweep) and local search.
+
+The receiving half (:func:`apply`, :func:`on_stored`) is synchronous over the
+:class:`~clients.store.base.Store` and called by :class:`~clients.sdk.protocol.ClientProtocol`
+inside its store transaction, with the clock as a parameter. The sending half are functions
+over :class:`~clients.sdk.core.Core`, bound as :class:`~clients.sdk.VoxClient` methods. Rules
+(the same on every device, so all devices converge):
+
+* only a message's author edits or deletes it for everyone; an edit keeps the earlier texts;
+  a delete leaves a tombstone (text, file, reactions gone; a downloaded file is removed);
+* a reaction is one emoji per person per message, replaced by the next, removed by ``""``;
+* an operation on a message this device does not hold (yet) is kept — at most
+  :data:`MAX_PENDING` of them, for :data:`PENDING_TTL` seconds — and applied when it arrives;
+* an operation is applied only within the conversation it was sent in;
+* a message sent under a disappearing timer is deleted from this device's store (and its file
+  from disk) ``expires_in`` seconds after it was sent (ours) or read on this device (theirs).
+"""
+
+from __future__ import annotations
+
+import time
+
+from clients.sdk import group_admin, peers
+from clients.sdk.content import (
+    DeleteContent,
+    EditContent,
+    OperationContent,
+    Quote,
+    ReactionContent,
+    TextContent,
+    TimerContent,
+    check_timer,
+)
+from clients.sdk.core import Core
+from clients.sdk.errors import ClientError
+from clients.sdk.message_rules import (
+    MAX_PENDING,
+    PENDING_TTL,
+    _remove_file,
+    apply,
+    parse_duration,
+    run_sweeper,
+    sweep,
+    timer,
+)
+from clients.sdk.models import Message, SendResult
+from clients.store.models import StoredMessage, group_conversation, is_group_conversation
+
+__all__ = [
+    "MAX_PENDING",
+    "PENDING_TTL",
+    "delete",
+    "edit",
+    "parse_duration",
+    "react",
+    "reply",
+    "resolve_target",
+    "run_sweeper",
+    "search",
+    "set_timer",
+    "sweep",
+    "timer",
+]
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+def resolve_target(core: Core, target: str) -> str:
+    """The conversation key of a TARGET: a username, ``group:NAME`` or ``group:ID``."""
+    if is_group_conversation(target):
+        group_id, _ = group_admin.resolve(core, target)
+        return group_conversation(group_id.hex())
+    peers.check_user(target)
+    return target
+
+
+def _message(core: Core, conversation: str, message_id: str) -> StoredMessage:
+    stored = core.store.get_message(message_id.lower())
+    if stored is None or stored.conversation != conversation:
+        raise ClientError(f"no message {message_id} in this conversation")
+    return stored
+
+
+async def _send(core: Core, conversation: str, content: OperationContent) -> SendResult | None:
+    if content.group_id:
+        group = core.protocol.groups.get(content.group_id)
+        if group is None:
+            raise ClientError(f"unknown group {content.group_id.hex()}")
+        result = await core.deliver(
+            set(group.members), lambda: core.protocol.encode_group(content.group_id, content)
+        )
+    else:
+        result = await core.send_direct(conversation, content)
+    with core.store.transaction():
+        apply(core.store, conversation, core.identity.address, content, time.time())
+    return result
+
+
+def _group_id(conversation: str) -> bytes:
+    return (
+        bytes.fromhex(conversation.removeprefix("group:"))
+        if is_group_conversation(conversation)
+        else b""
+    )
+
+
+def _head(conversation: str) -> dict[str, object]:
+    return {"group_id": _group_id(conversation), "sent_at_ms": _ms(time.time())}
+
+
+async def edit(core: Core, target: str, message_id: str, text: str) -> SendResult | None:
+    """Replace the text of our message ``message_id`` in ``target``'s conversation."""
+    conversation = resolve_target(core, target)
+    stored = _message(core, conversation, message_id)
+    if stored.sender != core.username or stored.deleted or stored.text is None:
+        raise ClientError("only your own text messages can be edited")
+    content = EditContent(target=bytes.fromhex(stored.message_id), text=text, **_head(conversation))  # type: ignore[arg-type]
+    return await _send(core, conversation, content)
+
+
+async def delete(
+    core: Core, target: str, message_id: str, *, for_me: bool = False
+) -> SendResult | None:
+    """Delete a message for everyone (only our own), or only from this device."""
+    conversation = resolve_target(core, target)
+    stored = _message(core, conversation, message_id)
+    if for_me:
+        _remove_file(stored)
+        core.store.delete_message(stored.message_id)
+        return None
+    if stored.sender != core.username:
+        raise ClientError("only your own messages can be deleted for everyone (use --for-me)")
+    content = DeleteContent(target=bytes.fromhex(stored.message_id), **_head(conversation))  # type: ignore[arg-type]
+    return await _send(core, conversation, content)
+
+
+async def react(
+    core: Core, target: str, message_id: str, emoji: str, *, remove: bool = False
+) -> SendResult | None:
+    """Set (or with ``remove``, remove) our reaction to a message."""
+    conversation = resolve_target(core, target)
+    stored = _message(core, conversation, message_id)
+    if stored.deleted:
+        raise ClientError("that message was deleted")
+    if not remove and not emoji.strip():
+        raise ClientError("an emoji is required")
+    content = ReactionContent(
+        target=bytes.fromhex(stored.message_id), emoji="" if remove else emoji.strip(),
+        **_head(conversation),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return await _send(core, conversation, content)
+
+
+async def set_timer(core: Core, target: str, seconds: int) -> SendResult | None:
+    """Set the conversation's disappearing-messages timer for every member (0 = off)."""
+    conversation = resolve_target(core, target)
+    content = TimerContent(seconds=check_timer(seconds), **_head(conversation))  # type: ignore[arg-type]
+    return await _send(core, conversation, content)
+
+
+async def reply(core: Core, target: str, message_id: str, text: str) -> SendResult:
+    """Send ``text`` as a reply quoting ``message_id`` (id, author, a short excerpt)."""
+    conversation = resolve_target(core, target)
+    stored = _message(core, conversation, message_id)
+    if stored.deleted:
+        raise ClientError("that message was deleted")
+    excerpt = (
+        stored.text
+        if stored.text is not None
+        else str((stored.attachment or {}).get("file_name", ""))
+    )
+    quote = Quote(bytes.fromhex(stored.message_id), stored.sender, Quote.excerpt_of(excerpt))
+    content = TextContent(text=text, quote=quote, **_head(conversation))  # type: ignore[arg-type]
+    return await core.send_chat(conversation, content)
+
+
+def search(core: Core, query: str, *, chat: str | None = None, limit: int = 50) -> list[Message]:
+    """Local history search (every word of ``query``, whole words), newest first."""
+    from clients.sdk.protocol import message_from_stored
+
+    conversation = resolve_target(core, chat) if chat else None
+    found = core.store.search_messages(query, conversation=conversation, limit=limit)
+    return [message_from_stored(m) for m in found]

@@ -1,0 +1,253 @@
+"""The receiving rules of message operations (edit, delete, reactions, the disappearing
+timer) and the expiry sweep: synchronous functions over the
+:class:`~clients.store.base.Store`, with the clock as a parameter, called by
+:class:`~clients.sdk.protocol.ClientProtocol` inside its store transaction. The sending half is
+:mod:`clients.sdk.message_ops`, whose docstring states the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from clients.sdk.content import (
+    DeleteContent,
+    EditContent,
+    OperationContent,
+    ReactionContent,
+    TimerContent,
+    check_timer,
+)
+from clients.sdk.errors import ClientError
+from clients.sdk.models import MessageUpdate
+from clients.store.base import Store
+from clients.store.models import StoredMessage, group_conversation
+from crypto.errors import InvalidValue
+from crypto.keys import DeviceAddress
+
+__all__ = [
+    "MAX_PENDING",
+    "PENDING_TTL",
+    "apply",
+    "on_stored",
+    "parse_duration",
+    "run_sweeper",
+    "sweep",
+    "timer",
+]
+
+log = logging.getLogger("vox.client")
+
+#: At most this many operations on messages not (yet) held are kept ...
+MAX_PENDING = 1000
+#: ... for at most this many seconds.
+PENDING_TTL = 7 * 24 * 3600
+_PENDING_KEY = "message_ops.pending"
+_TIMER_PREFIX = "timer:"
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
+
+
+# --- the conversation timer -------------------------------------------------------------
+
+
+def timer(store: Store, conversation: str) -> int:
+    """The conversation's disappearing-messages timer in seconds (0 = off)."""
+    value = store.get_setting(_TIMER_PREFIX + conversation)
+    return int(value) if value else 0
+
+
+def _set_timer(store: Store, conversation: str, seconds: int) -> None:
+    store.set_setting(_TIMER_PREFIX + conversation, str(seconds) if seconds else None)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str) -> int:
+    """``off``/``0`` → 0; ``30s``, ``5m``, ``1h``, ``1d``, ``4w`` or plain seconds; checked
+    against the allowed range (30 s .. 4 weeks)."""
+    text = value.strip().lower()
+    if text in ("off", "0"):
+        return 0
+    try:
+        seconds = int(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else int(text)
+        return check_timer(seconds)
+    except (ValueError, InvalidValue):
+        raise ClientError(
+            f"bad duration {value!r}: off, or 30s .. 4w (units s, m, h, d, w)"
+        ) from None
+
+
+# --- receiving -----------------------------------------------------------------------------
+
+
+def _conversation_of(content: OperationContent, fallback: str) -> str:
+    return group_conversation(content.group_id.hex()) if content.group_id else fallback
+
+
+def apply(
+    store: Store, conversation: str, sender: DeviceAddress, content: OperationContent, now: float
+) -> list[MessageUpdate]:
+    """Apply an operation received (or sent by us) in ``conversation``; returns the events."""
+    at = _ms(now)
+    if isinstance(content, TimerContent):
+        _set_timer(store, conversation, content.seconds)
+        return [
+            MessageUpdate(
+                "timer",
+                conversation,
+                None,
+                sender.username,
+                sender.device_id,
+                at,
+                seconds=content.seconds,
+            )
+        ]
+    stored = store.get_message(content.target.hex())
+    if stored is None:
+        _defer(store, conversation, sender, content, now)
+        return []
+    if stored.conversation != conversation:
+        return []
+    return _apply_to(store, stored, sender, content, at)
+
+
+def _apply_to(
+    store: Store,
+    stored: StoredMessage,
+    sender: DeviceAddress,
+    content: EditContent | DeleteContent | ReactionContent,
+    at: int,
+) -> list[MessageUpdate]:
+    def update(kind: str, text: str | None = None, emoji: str | None = None) -> list[MessageUpdate]:
+        return [
+            MessageUpdate(
+                kind,
+                stored.conversation,
+                stored.message_id,
+                sender.username,
+                sender.device_id,
+                at,
+                text=text,
+                emoji=emoji,
+            )
+        ]
+
+    author = sender.username == stored.sender
+    if isinstance(content, EditContent):
+        if not author or stored.deleted or stored.text is None:
+            return []
+        store.replace_message(
+            dataclasses.replace(stored, text=content.text, edits=(*stored.edits, stored.text))
+        )
+        return update("edit", text=content.text)
+    if isinstance(content, DeleteContent):
+        if not author or stored.deleted:
+            return []
+        _remove_file(stored)
+        store.replace_message(
+            dataclasses.replace(
+                stored, text=None, attachment=None, deleted=True, edits=(), reactions=()
+            )
+        )
+        return update("delete")
+    if stored.deleted:
+        return []
+    reactions = dict(stored.reactions)
+    if content.emoji:
+        reactions[sender.username] = content.emoji
+    else:
+        reactions.pop(sender.username, None)
+    store.replace_message(dataclasses.replace(stored, reactions=tuple(sorted(reactions.items()))))
+    return update("reaction", emoji=content.emoji)
+
+
+def _remove_file(stored: StoredMessage) -> None:
+    path = (stored.attachment or {}).get("path")
+    if path:
+        with contextlib.suppress(OSError):
+            Path(str(path)).unlink(missing_ok=True)
+
+
+def _load_pending(store: Store) -> list[dict[str, object]]:
+    raw = store.get_secret(_PENDING_KEY)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _save_pending(store: Store, pending: list[dict[str, object]]) -> None:
+    store.set_secret(_PENDING_KEY, json.dumps(pending).encode() if pending else None)
+
+
+def _defer(
+    store: Store, conversation: str, sender: DeviceAddress, content: OperationContent, now: float
+) -> None:
+    pending = [p for p in _load_pending(store) if float(str(p["at"])) > now - PENDING_TTL]
+    pending.append(
+        {
+            "c": conversation,
+            "u": sender.username,
+            "d": sender.device_id,
+            "b": content.to_bytes().hex(),
+            "t": getattr(content, "target", b"").hex(),
+            "at": now,
+        }
+    )
+    _save_pending(store, pending[-MAX_PENDING:])
+
+
+def on_stored(store: Store, message_id: str, now: float) -> list[MessageUpdate]:
+    """A message was just stored: apply operations that arrived before it."""
+    from clients.sdk.content import decode_content
+
+    pending = _load_pending(store)
+    if not pending:
+        return []
+    mine = [p for p in pending if p.get("t") == message_id]
+    if not mine:
+        return []
+    _save_pending(store, [p for p in pending if p not in mine])
+    events: list[MessageUpdate] = []
+    for p in mine:
+        content = decode_content(bytes.fromhex(str(p["b"])))
+        sender = DeviceAddress(str(p["u"]), int(str(p["d"])))
+        if isinstance(content, EditContent | DeleteContent | ReactionContent):
+            events += apply(store, str(p["c"]), sender, content, now)
+    return events
+
+
+def sweep(store: Store, now: float) -> list[str]:
+    """Delete every message whose disappearing time has come (and its file); returns ids."""
+    gone = []
+    with store.transaction():
+        for message in store.expired_messages(now):
+            _remove_file(message)
+            store.delete_message(message.message_id)
+            gone.append(message.message_id)
+    return gone
+
+
+async def run_sweeper(
+    store: Store, clock: Callable[[], float] = time.time, every: float = 1.0
+) -> None:
+    """Background task: :func:`sweep` every ``every`` seconds."""
+    while True:
+        try:
+            sweep(store, clock())
+        except Exception:  # never stop the loop
+            log.exception("expiry sweep failed")
+        await asyncio.sleep(every)

@@ -1,0 +1,211 @@
+"""Edit, delete, replies, reactions and disappearing messages, through the fake relay
+harness (no sockets, milliseconds): the receiving rules on every device, including the
+sender's other device through transcripts; the expiry sweep with an injected clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clients.sdk import message_rules
+from clients.sdk.content import (
+    Content,
+    DeleteContent,
+    EditContent,
+    Quote,
+    ReactionContent,
+    TextContent,
+    TimerContent,
+)
+from clients.sdk.engine import Accepted, Answer, send_frame
+from clients.sdk.models import Event, Message, MessageUpdate
+from clients.sdk.protocol import message_from_stored
+from tests.clients.fake_relay import Device, FakeRelay
+
+MID = bytes.fromhex("0102030405060708090a0b0c0d0e0f10")
+
+
+def send(device: Device, to: str, content: Content) -> None:
+    """Encrypt ``content`` for ``to`` (and our other devices) and hand it to the relay."""
+    device.ensure_sessions({to, device.proto.username})
+    if isinstance(content, TextContent):
+        device.proto.record_outgoing(to, content)
+    answer = device.relay.handle(
+        device.address, send_frame(device.proto.encode_direct(to, content))
+    )
+    assert answer is not None
+    routed = device.engine.route(answer, receiving=True)
+    assert isinstance(routed, Answer)
+    assert isinstance(device.engine.on_answer(routed.frame, {to}, 0), Accepted)
+    if isinstance(content, EditContent | DeleteContent | ReactionContent | TimerContent):
+        # what clients.sdk.message_ops does once the relay accepted an operation
+        message_rules.apply(device.proto.store, to, device.proto.identity.address, content, 0.0)
+
+
+def updates(events: list[Event]) -> list[MessageUpdate]:
+    return [e for e in events if isinstance(e, MessageUpdate)]
+
+
+def trio() -> tuple[Device, Device, Device]:
+    relay = FakeRelay()
+    alice = Device.register(relay, "alice")
+    alice2 = Device.register(relay, "alice", alice.proto.identity.account_key, device_id=2)
+    bob = Device.register(relay, "bob")
+    for d in (alice, alice2, bob):
+        for user in ("alice", "bob"):
+            d.refresh(user)
+    return alice, alice2, bob
+
+
+def stored(device: Device, mid: bytes = MID) -> Message:
+    row = device.proto.store.get_message(mid.hex())
+    assert row is not None
+    return message_from_stored(row)
+
+
+def test_edit_reaches_the_peer_and_our_other_device_with_history() -> None:
+    alice, alice2, bob = trio()
+    send(alice, "bob", TextContent(text="helo", message_id=MID, sent_at_ms=1))
+    bob.receive(), alice2.receive()
+    send(alice, "bob", EditContent(target=MID, text="hello", sent_at_ms=2))
+    got = updates(bob.receive())
+    assert [(u.kind, u.target, u.text) for u in got] == [("edit", MID.hex(), "hello")]
+    updates(alice2.receive())
+    for device in (bob, alice2):
+        message = stored(device)
+        assert (message.text, message.edited, message.edits) == ("hello", True, ("helo",))
+
+
+def test_only_the_author_edits_or_deletes() -> None:
+    alice, _, bob = trio()
+    send(alice, "bob", TextContent(text="mine", message_id=MID, sent_at_ms=1))
+    bob.receive()
+    send(bob, "alice", TextContent(text="x", sent_at_ms=1))
+    alice.receive()
+    # bob cannot edit or delete alice's message in alice's store (he is not its author)
+    send(bob, "alice", EditContent(target=MID, text="forged", sent_at_ms=2))
+    send(bob, "alice", DeleteContent(target=MID, sent_at_ms=3))
+    assert updates(alice.receive()) == []
+    assert stored(alice).text == "mine" and not stored(alice).deleted
+
+
+def test_an_edit_before_its_message_is_kept_then_applied() -> None:
+    alice, _, bob = trio()
+    send(alice, "bob", EditContent(target=MID, text="second", sent_at_ms=2))
+    assert updates(bob.receive()) == []  # kept: the message is not here yet
+    send(alice, "bob", TextContent(text="first", message_id=MID, sent_at_ms=1))
+    events = bob.receive()
+    assert [u.kind for u in updates(events)] == ["edit"]
+    assert stored(bob).text == "second" and stored(bob).edits == ("first",)
+
+
+def test_pending_operations_are_bounded() -> None:
+    alice, _, bob = trio()
+    store = bob.proto.store
+    for i in range(message_rules.MAX_PENDING + 5):
+        op = EditContent(target=i.to_bytes(16, "big"), text="x", sent_at_ms=1)
+        message_rules.apply(store, "alice", alice.proto.identity.address, op, now=100.0)
+    assert len(message_rules._load_pending(store)) == message_rules.MAX_PENDING
+    later = 100.0 + message_rules.PENDING_TTL + 1
+    message_rules.apply(store, "alice", alice.proto.identity.address,
+                        EditContent(target=MID, text="y", sent_at_ms=1), now=later)  # fmt: skip
+    assert len(message_rules._load_pending(store)) == 1  # the stale ones were dropped
+
+
+def test_delete_for_everyone_leaves_a_tombstone_everywhere() -> None:
+    alice, alice2, bob = trio()
+    send(alice, "bob", TextContent(text="oops", message_id=MID, sent_at_ms=1))
+    bob.receive(), alice2.receive()
+    send(alice, "bob", DeleteContent(target=MID, sent_at_ms=2))
+    assert [u.kind for u in updates(bob.receive())] == ["delete"]
+    alice2.receive()
+    for device in (bob, alice2):
+        message = stored(device)
+        assert message.deleted and message.text is None and message.attachment is None
+    send(alice, "bob", EditContent(target=MID, text="back", sent_at_ms=3))
+    assert updates(bob.receive()) == [] and stored(bob).text is None  # no edit of a tombstone
+
+
+def test_reactions_one_per_person_replaceable_removable() -> None:
+    alice, alice2, bob = trio()
+    send(alice, "bob", TextContent(text="lunch?", message_id=MID, sent_at_ms=1))
+    bob.receive(), alice2.receive()
+    send(bob, "alice", ReactionContent(target=MID, emoji="👍", sent_at_ms=2))
+    send(alice, "bob", ReactionContent(target=MID, emoji="🎉", sent_at_ms=3))
+    alice.receive(), alice2.receive(), bob.receive()
+    assert stored(alice).reactions == (("alice", "🎉"), ("bob", "👍"))
+    assert stored(alice2).reaction_counts() == {"🎉": 1, "👍": 1}
+    send(bob, "alice", ReactionContent(target=MID, emoji="❤️", sent_at_ms=4))  # replaces
+    alice.receive()
+    assert stored(alice).reactions == (("alice", "🎉"), ("bob", "❤️"))
+    send(bob, "alice", ReactionContent(target=MID, emoji="", sent_at_ms=5))  # removes
+    got = updates(alice.receive())
+    assert [(u.kind, u.emoji) for u in got] == [("reaction", "")]
+    assert stored(alice).reactions == (("alice", "🎉"),)
+
+
+def test_an_operation_is_applied_only_in_its_own_conversation() -> None:
+    relay = FakeRelay()
+    alice = Device.register(relay, "alice")
+    bob = Device.register(relay, "bob")
+    carol = Device.register(relay, "carol")
+    for d in (alice, bob, carol):
+        for user in ("alice", "bob", "carol"):
+            d.refresh(user)
+    send(alice, "bob", TextContent(text="to bob", message_id=MID, sent_at_ms=1))
+    bob.receive()
+    # carol reacts to a message id of the alice<->bob chat, in her chat with bob: ignored
+    send(carol, "bob", ReactionContent(target=MID, emoji="👀", sent_at_ms=2))
+    assert updates(bob.receive()) == [] and stored(bob).reactions == ()
+
+
+def test_a_reply_carries_its_quote() -> None:
+    alice, _, bob = trio()
+    send(alice, "bob", TextContent(text="meet at 5?", message_id=MID, sent_at_ms=1))
+    bob.receive()
+    quote = Quote(MID, "alice", Quote.excerpt_of("meet at 5?"))
+    send(bob, "alice", TextContent(text="yes", quote=quote, sent_at_ms=2))
+    [message] = [e for e in alice.receive() if isinstance(e, Message)]
+    assert message.reply_to is not None
+    assert (message.reply_to.id, message.reply_to.author, message.reply_to.excerpt) == (
+        MID.hex(), "alice", "meet at 5?")  # fmt: skip
+
+
+def test_disappearing_messages_with_an_injected_clock() -> None:
+    alice, alice2, bob = trio()
+    send(alice, "bob", TimerContent(seconds=60, sent_at_ms=1))
+    got = updates(bob.receive())
+    assert [(u.kind, u.seconds) for u in got] == [("timer", 60)]
+    alice2.receive()
+    for device, conversation in ((bob, "alice"), (alice2, "bob")):
+        assert message_rules.timer(device.proto.store, conversation) == 60
+    send(alice, "bob", TextContent(text="secret", message_id=MID, sent_at_ms=1_000_000, expire=60))
+    bob.receive(), alice2.receive()
+    # bob's copy starts counting when bob reads it, at t=5000
+    assert stored(bob).expires_in == 60
+    assert message_rules.sweep(bob.proto.store, now=10_000.0) == []  # never read: kept
+    bob.proto.store.mark_conversation_read("alice", now=5000.0)
+    assert message_rules.sweep(bob.proto.store, now=5059.0) == []
+    assert message_rules.sweep(bob.proto.store, now=5060.0) == [MID.hex()]
+    assert bob.proto.store.get_message(MID.hex()) is None
+    # the sender's own devices count from the time it was sent (1000 s)
+    assert message_rules.sweep(alice2.proto.store, now=1059.0) == []
+    assert message_rules.sweep(alice2.proto.store, now=1060.0) == [MID.hex()]
+    assert message_rules.sweep(alice.proto.store, now=1060.0) == [MID.hex()]
+
+
+def test_a_deleted_message_loses_its_downloaded_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    alice, _, bob = trio()
+    send(alice, "bob", TextContent(text="file", message_id=MID, sent_at_ms=1))
+    bob.receive()
+    path = Path(str(tmp_path)) / "photo.jpg"
+    path.write_bytes(b"x")
+    row = bob.proto.store.get_message(MID.hex())
+    assert row is not None
+    bob.proto.store.replace_message(
+        dataclasses.replace(row, attachment={"file_name": "photo.jpg", "path": str(path)})
+    )
+    send(alice, "bob", DeleteContent(target=MID, sent_at_ms=2))
+    bob.receive()
+    assert not path.exists() and stored(bob).deleted
