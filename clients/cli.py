@@ -43,6 +43,8 @@ from clients.sdk import (
     KeyChanged,
     Message,
     MessageQueued,
+    MessageUpdate,
+    ReceiptEvent,
     SignedOut,
     VoxClient,
 )
@@ -237,18 +239,224 @@ def whoami() -> None:
 # --- messaging ------------------------------------------------------------------------
 
 
+TARGET_HELP = "A username, group:NAME or group:ID."
+
+
+def _text(text: str) -> str:
+    """TEXT, or standard input when it is ``-``; an empty message is refused (exit 2)."""
+    if text == "-":
+        text = sys.stdin.read().removesuffix("\n")
+    if not text.strip():
+        raise _fail("refusing to send an empty message", 2)
+    return text
+
+
+async def _target(client: Api, target: str) -> str:
+    """The conversation key of a TARGET (``group:NAME`` resolved to ``group:<id>``)."""
+    if not target.startswith("group:"):
+        return target
+    key = target.removeprefix("group:")
+    groups = await _groups(client)
+    by_id = [g for g in groups if g.group_id == key.lower()]
+    named = by_id or [g for g in groups if g.name == key]
+    if len(named) == 1:
+        return named[0].conversation
+    if named:
+        raise ClientError(f"several groups are named {key!r}; use group:ID (vox group list)")
+    raise ClientError(f"unknown group {key!r} (vox group list shows your groups)")
+
+
 @app.command()
 def send(
-    username: Annotated[str, typer.Argument(help="Recipient username.")],
-    text: Annotated[str, typer.Argument(help="Message text.")],
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    text: Annotated[str, typer.Argument(help="Message text ('-' reads standard input).")],
+    reply_to: Annotated[
+        str | None, typer.Option("--reply-to", help="Quote this message id (a reply).")
+    ] = None,
 ) -> None:
-    """Send a text; exits 0 once the relay accepted it."""
+    """Send a text; prints its id and exits 0 once the relay accepted it.
+
+    Example: vox send bob "lunch?"  ·  vox send group:friends - < note.txt
+    """
+    body = _text(text)
 
     async def go(client: Api) -> str:
-        result = await client.send_text(username, text)
-        return result.id
+        to = await _target(client, target)
+        if reply_to is not None:
+            return (await client.reply(to, reply_to, body)).id
+        return (await client.send_text(to, body)).id
 
     typer.echo(run(_with_client(go)))
+
+
+def _done(result: object, fallback: str) -> str:
+    return str(getattr(result, "id", fallback))
+
+
+@app.command()
+def edit(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    message_id: Annotated[str, typer.Argument(help="Id of your message (vox history).")],
+    text: Annotated[str, typer.Argument(help="The new text ('-' reads standard input).")],
+) -> None:
+    """Edit a message you sent (everyone sees the new text, marked edited).
+
+    Example: vox edit bob 3f2a...e1 "lunch at 1?"
+    """
+    body = _text(text)
+
+    async def go(client: Api) -> str:
+        return _done(await client.edit(await _target(client, target), message_id, body), "")
+
+    typer.echo(run(_with_client(go)))
+
+
+@app.command()
+def delete(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    message_id: Annotated[str, typer.Argument(help="Message id (vox history).")],
+    for_me: Annotated[
+        bool, typer.Option("--for-me", help="Only from this device (any message).")
+    ] = False,
+) -> None:
+    """Delete a message you sent for everyone (a tombstone replaces it), or --for-me.
+
+    Example: vox delete bob 3f2a...e1  ·  vox delete group:friends 3f2a...e1 --for-me
+    """
+
+    async def go(client: Api) -> str:
+        conversation = await _target(client, target)
+        result = await client.delete(conversation, message_id, for_me=for_me)
+        return _done(result, "deleted on this device")
+
+    typer.echo(run(_with_client(go)))
+
+
+@app.command()
+def react(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    message_id: Annotated[str, typer.Argument(help="Message id (vox history).")],
+    emoji: Annotated[str, typer.Argument(help="One emoji (replaces your earlier one).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove your reaction.")] = False,
+) -> None:
+    """React to a message (one emoji per person; --remove takes it back).
+
+    Example: vox react bob 3f2a...e1 👍
+    """
+
+    async def go(client: Api) -> str:
+        conversation = await _target(client, target)
+        return _done(await client.react(conversation, message_id, emoji, remove=remove), "")
+
+    typer.echo(run(_with_client(go)))
+
+
+@app.command()
+def disappear(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    duration: Annotated[
+        str, typer.Argument(help="off, or 30s .. 4w (units s, m, h, d, w).", metavar="DURATION")
+    ],
+) -> None:
+    """Set the conversation's disappearing-messages timer for every member and device.
+
+    Messages sent from then on are deleted from each device that long after they were read
+    there (or sent). Example: vox disappear bob 1h  ·  vox disappear group:friends off
+    """
+    from clients.sdk.message_rules import parse_duration
+
+    try:
+        seconds = parse_duration(duration)
+    except ClientError as exc:
+        raise _fail(str(exc), 2) from None
+
+    async def go(client: Api) -> str:
+        await client.set_timer(await _target(client, target), seconds)
+        return f"disappearing messages: {_duration(seconds)}"
+
+    typer.echo(run(_with_client(go)))
+
+
+def _duration(seconds: int) -> str:
+    if not seconds:
+        return "off"
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _line(message: Message) -> str:
+    when = dt.datetime.fromtimestamp(message.sent_at / 1000).strftime("%Y-%m-%d %H:%M")
+    if message.deleted:
+        body = "[deleted]"
+    elif message.attachment is not None:
+        body = f"[file] {message.attachment.file_name}"
+    else:
+        body = message.text or ""
+    if message.reply_to is not None:
+        body = f"(reply to {message.reply_to.author}: {message.reply_to.excerpt[:30]!r}) {body}"
+    if message.edited:
+        body += " (edited)"
+    if message.reactions:
+        counts = message.reaction_counts()
+        body += "  " + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items())
+    return f"{message.id}  {when}  {message.sender}: {body}"
+
+
+@app.command()
+def history(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
+    limit: Annotated[int, typer.Option(help="How many of the last messages.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show a conversation's last messages with their ids (for edit, delete, react, reply).
+
+    Example: vox history bob --limit 5
+    """
+    from clients.daemon.codec import message_json
+
+    async def go(client: Api) -> list[str]:
+        conversation = await _target(client, target)
+        if isinstance(client, VoxClient):
+            found = client.history(conversation, limit=limit)
+        else:
+            found = await client.history(conversation, limit=limit)
+        if as_json:
+            return [json.dumps(message_json(m), ensure_ascii=False) for m in found]
+        return [_line(m) for m in found]
+
+    for line in run(_with_client(go)):
+        typer.echo(line)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Words to find (all of them, whole words).")],
+    chat: Annotated[
+        str | None, typer.Option("--chat", help="Only this conversation: " + TARGET_HELP)
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many results.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Search the local history (decrypted on this device only), newest first.
+
+    Example: vox search lunch --chat bob
+    """
+    from clients.daemon.codec import message_json
+
+    async def go(client: Api) -> list[str]:
+        conversation = None if chat is None else await _target(client, chat)
+        if isinstance(client, VoxClient):
+            found = client.search(text, chat=conversation, limit=limit)
+        else:
+            found = await client.search(text, chat=conversation, limit=limit)
+        if as_json:
+            return [json.dumps(message_json(m), ensure_ascii=False) for m in found]
+        return [f"[{m.conversation}] {_line(m)}" for m in found]
+
+    for line in run(_with_client(go)):
+        typer.echo(line)
 
 
 def _progress_bar(label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -281,18 +489,22 @@ def _progress_bar(label: str) -> tuple[Callable[[int, int], None], Callable[[], 
 
 @app.command("send-file")
 def send_file(
-    username: Annotated[str, typer.Argument(help="Recipient username (or group:<id>).")],
+    target: Annotated[str, typer.Argument(help=TARGET_HELP, metavar="TARGET")],
     path: Annotated[Path, typer.Argument(help="File to send.")],
     caption: Annotated[str, typer.Option(help="Optional caption.")] = "",
 ) -> None:
-    """Encrypt, upload and send a file (with a progress bar)."""
+    """Encrypt, upload and send a file (with a progress bar).
+
+    Example: vox send-file group:friends photo.jpg --caption "the view"
+    """
     if not path.is_file():
         raise _fail(f"no such file: {path}")
 
     async def go(client: Api) -> str:
         update, stop = _progress_bar(path.name)
+        to = await _target(client, target)
         try:
-            result = await client.send_file(username, path, caption=caption, progress=update)
+            result = await client.send_file(to, path, caption=caption, progress=update)
         finally:
             stop()
         return result.id
@@ -324,32 +536,6 @@ def status() -> None:
 
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _message_json(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": message.id,
-        "from": message.sender,
-        "device": message.device,
-        "conversation": message.conversation,
-        "sent_at": _iso(message.sent_at),
-        "sent_at_ms": message.sent_at,
-    }
-    if message.group_id:
-        out["group"] = message.group_id
-    if message.outgoing:
-        out["outgoing"] = True
-    if message.attachment is not None:
-        a = message.attachment
-        out["attachment"] = {
-            "name": a.file_name,
-            "content_type": a.content_type,
-            "size": a.size,
-            "path": str(a.path) if a.path else None,
-        }
-    else:
-        out["text"] = message.text
-    return out
 
 
 @app.command()
@@ -423,7 +609,7 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
             except ClientError as exc:
                 typer.echo(f"vox: warning: {exc}", err=True)
         if as_json:
-            typer.echo(json.dumps(_message_json(event)))
+            typer.echo(json.dumps(_event_json(event), ensure_ascii=False))
         else:
             when = dt.datetime.fromtimestamp(event.sent_at / 1000).strftime("%H:%M:%S")
             where = "" if event.conversation == event.sender else f" [{event.conversation}]"
@@ -451,6 +637,37 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
         )
     elif isinstance(event, GroupChanged) and not as_json:
         typer.echo(f"group {event.name} ({event.group_id[:8]}): {event.action} by {event.by}")
+    elif isinstance(event, MessageUpdate | ReceiptEvent | GroupChanged) and as_json:
+        typer.echo(json.dumps(_event_json(event), ensure_ascii=False))
+    elif isinstance(event, MessageUpdate):
+        typer.echo(_update_line(event))
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    """``vox receive --json``: every kind with a ``kind`` field (docs/protocol-client.md §9)."""
+    from clients.daemon.codec import event_json
+
+    out = event_json(event)
+    if isinstance(event, Message):
+        kind = "file" if event.attachment is not None else "text"
+        out["kind"] = "reply" if event.reply_to is not None else kind
+    return out
+
+
+def _update_line(event: MessageUpdate) -> str:
+    when = dt.datetime.fromtimestamp(event.at / 1000).strftime("%H:%M:%S")
+    who = f"{event.sender}:{event.device}"
+    where = "" if event.conversation == event.sender else f" [{event.conversation}]"
+    target = (event.target or "")[:8]
+    if event.kind == "edit":
+        return f"{when} {who}{where} edited {target}: {event.text}"
+    if event.kind == "delete":
+        return f"{when} {who}{where} deleted {target}"
+    if event.kind == "reaction":
+        if event.emoji:
+            return f"{when} {who}{where} reacted {event.emoji} to {target}"
+        return f"{when} {who}{where} removed the reaction to {target}"
+    return f"{when} {who}{where} set disappearing messages: {_duration(event.seconds or 0)}"
 
 
 def _unique(directory: Path, name: str) -> Path:
@@ -623,6 +840,16 @@ def group_send(
         return (await client.send_group_text(group, text)).id
 
     typer.echo(run(_with_client(go)))
+
+
+@group_app.command("send-file")
+def group_send_file(
+    group: Annotated[str, typer.Argument(help="Group id or name.")],
+    path: Annotated[Path, typer.Argument(help="File to send.")],
+    caption: Annotated[str, typer.Option(help="Optional caption.")] = "",
+) -> None:
+    """Send a file to a group. Example: vox group send-file friends photo.jpg"""
+    send_file("group:" + group.removeprefix("group:"), path, caption)
 
 
 @group_app.command("list")

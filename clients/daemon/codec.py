@@ -17,7 +17,9 @@ from clients.sdk.models import (
     KeyChanged,
     Message,
     MessageSent,
+    MessageUpdate,
     ReceiptEvent,
+    ReplyRef,
     SendResult,
     SignedOut,
     TypingEvent,
@@ -32,6 +34,7 @@ __all__ = [
     "message_from_json",
     "message_json",
     "result_json",
+    "update_json",
 ]
 
 
@@ -65,6 +68,39 @@ def message_json(message: Message) -> dict[str, Any]:
         }
     else:
         out["text"] = message.text
+    if message.edited:
+        out["edited"] = True
+        out["edits"] = list(message.edits)
+    if message.deleted:
+        out["deleted"] = True
+    if message.reply_to is not None:
+        r = message.reply_to
+        out["reply_to"] = {"id": r.id, "author": r.author, "excerpt": r.excerpt}
+    if message.reactions:
+        out["reactions"] = {user: emoji for user, emoji in message.reactions}
+    if message.expires_in:
+        out["expires_in"] = message.expires_in
+    return out
+
+
+def update_json(event: MessageUpdate) -> dict[str, Any]:
+    """An edit, delete, reaction or timer change (``kind`` is that word)."""
+    out: dict[str, Any] = {
+        "kind": event.kind,
+        "from": event.sender,
+        "device": event.device,
+        "conversation": event.conversation,
+        "at_ms": event.at,
+    }
+    if event.target is not None:
+        out["target"] = event.target
+    if event.kind == "edit":
+        out["text"] = event.text
+    elif event.kind == "reaction":
+        out["emoji"] = event.emoji
+        out["removed"] = not event.emoji
+    elif event.kind == "timer":
+        out["seconds"] = event.seconds
     return out
 
 
@@ -153,6 +189,8 @@ def event_json(event: Event) -> dict[str, Any]:
             "envelope": event.envelope_id,
             "at_ms": event.at,
         }
+    if isinstance(event, MessageUpdate):
+        return update_json(event)
     if isinstance(event, MessageSent):
         return {
             "kind": "sent",
@@ -186,6 +224,12 @@ def message_from_json(value: dict[str, Any]) -> Message:
         group_id=value.get("group"),
         outgoing=bool(value.get("outgoing", False)),
         state=DeliveryState(value.get("state", "received")),
+        edited=bool(value.get("edited", False)),
+        deleted=bool(value.get("deleted", False)),
+        reply_to=ReplyRef(**value["reply_to"]) if value.get("reply_to") else None,
+        reactions=tuple(sorted(value.get("reactions", {}).items())),
+        expires_in=int(value.get("expires_in", 0)),
+        edits=tuple(value.get("edits", ())),
     )
 
 
@@ -213,4 +257,8 @@ def event_from_json(value: dict[str, Any]) -> Event | None:
         return MessageSent(value["id"], value["conversation"], value["at_ms"])
     if kind == "signed_out":
         return SignedOut(value["reason"], value["at_ms"])
+    if kind in ("edit", "delete", "reaction", "timer"):
+        return MessageUpdate(kind, value["conversation"], value.get("target"), value["from"],
+                             value["device"], value["at_ms"], text=value.get("text"),
+                             emoji=value.get("emoji"), seconds=value.get("seconds"))  # fmt: skip
     return None

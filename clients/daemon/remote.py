@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.daemon import jsonrpc as rpc
-from clients.daemon.codec import event_from_json
+from clients.daemon.codec import event_from_json, message_from_json
 from clients.sdk.errors import ClientError, GroupError, MessageQueued
 from clients.sdk.linking import LinkInvitation
 from clients.sdk.models import DeviceInfo, Event, GroupInfo, Message, SendResult, Verification
@@ -232,6 +232,40 @@ class RemoteApi:
             if event is not None:
                 yield event
 
+    async def edit(self, target: str, message_id: str, text: str) -> SendResult | None:
+        """See :meth:`VoxClient.edit`."""
+        return _maybe(await self.rpc.call("edit", to=target, id=message_id, text=text))
+
+    async def delete(self, target: str, message_id: str, *, for_me: bool = False
+                     ) -> SendResult | None:  # fmt: skip
+        """See :meth:`VoxClient.delete`."""
+        return _maybe(await self.rpc.call("delete", to=target, id=message_id, for_me=for_me))
+
+    async def react(self, target: str, message_id: str, emoji: str, *, remove: bool = False
+                    ) -> SendResult | None:  # fmt: skip
+        """See :meth:`VoxClient.react`."""
+        answer = await self.rpc.call("react", to=target, id=message_id, emoji=emoji, remove=remove)
+        return _maybe(answer)
+
+    async def reply(self, target: str, message_id: str, text: str) -> SendResult:
+        """See :meth:`VoxClient.reply`."""
+        return _result(await self.rpc.call("reply", to=target, id=message_id, text=text))
+
+    async def set_timer(self, target: str, seconds: int) -> SendResult | None:
+        """See :meth:`VoxClient.set_timer`."""
+        return _maybe(await self.rpc.call("set_timer", to=target, seconds=seconds))
+
+    async def search(self, query: str, *, chat: str | None = None, limit: int = 50
+                     ) -> list[Message]:  # fmt: skip
+        """See :meth:`VoxClient.search`."""
+        found = await self.rpc.call("search", query=query, chat=chat, limit=limit)
+        return [message_from_json(m) for m in found]
+
+    async def history(self, conversation: str, *, limit: int = 100) -> list[Message]:
+        """See :meth:`VoxClient.history`."""
+        found = await self.rpc.call("history", conversation=conversation, limit=limit)
+        return [message_from_json(m) for m in found]
+
     async def status(self) -> dict[str, Any]:
         """Who, connected, queued messages."""
         answer: dict[str, Any] = await self.rpc.call("status")
@@ -243,12 +277,16 @@ class RemoteApi:
         for info in groups:
             if info.group_id == key:
                 return info
-        named = [info for info in groups if info.name == group]
+        named = [info for info in groups if info.name in (group, key)]
         if len(named) == 1:
             return named[0]
         if named:
             raise GroupError(f"several groups are named {group!r}; use the id")
         raise GroupError(f"unknown group {group!r}")
+
+
+def _maybe(value: dict[str, Any] | None) -> SendResult | None:
+    return None if value is None else _result(value)
 
 
 def _result(value: dict[str, Any]) -> SendResult:

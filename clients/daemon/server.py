@@ -30,7 +30,7 @@ from clients.daemon.codec import (
 )
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, MessageQueued
-from clients.sdk.models import Event
+from clients.sdk.models import Event, SendResult
 from clients.sdk.protocol import message_from_stored
 
 __all__ = ["SOCKET_NAME", "Daemon", "DaemonRunning", "socket_path"]
@@ -144,6 +144,21 @@ class Daemon:
             "group_add": lambda p: self._group(c.add_members(_str(p, "group"), _names(p))),
             "group_remove": lambda p: self._group(c.remove_members(_str(p, "group"), _names(p))),
             "group_leave": lambda p: c.leave_group(_str(p, "group")),
+            "edit": lambda p: self._op(c.edit(_str(p, "to"), _str(p, "id"), _str(p, "text"))),
+            "delete": lambda p: self._op(
+                c.delete(_str(p, "to"), _str(p, "id"), for_me=bool(p.get("for_me", False)))
+            ),
+            "react": lambda p: self._op(
+                c.react(
+                    _str(p, "to"),
+                    _str(p, "id"),
+                    str(p.get("emoji", "")),
+                    remove=bool(p.get("remove", False)),
+                )
+            ),
+            "reply": lambda p: self._op(c.reply(_str(p, "to"), _str(p, "id"), _str(p, "text"))),
+            "set_timer": lambda p: self._op(c.set_timer(_str(p, "to"), _int(p, "seconds"))),
+            "search": lambda p: self._search(p),
         }
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -295,6 +310,18 @@ class Daemon:
         if not path.is_absolute():  # the daemon's working directory is not the caller's
             raise rpc.RpcError(rpc.INVALID_PARAMS, "invalid params: 'path' must be absolute")
         return result_json(await self.client.send_file(_str(p, "to"), path, caption=caption))
+
+    @staticmethod
+    async def _op(work: Awaitable[SendResult | None]) -> dict[str, Any] | None:
+        result = await work
+        return None if result is None else result_json(result)
+
+    async def _search(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        chat = p.get("chat")
+        if chat is not None and not isinstance(chat, str):
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "invalid params: 'chat' must be a string")
+        found = self.client.search(_str(p, "query"), chat=chat, limit=_int(p, "limit", 50))
+        return [message_json(m) for m in found]
 
     async def _history(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         limit = _int(p, "limit", 100)

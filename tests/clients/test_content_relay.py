@@ -1,0 +1,124 @@
+"""Edit, delete, replies, reactions and disappearing messages between real clients through a
+real relay: one-to-one with a linked second device (transcripts), and in a group."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import ClientError, Event, Message, MessageUpdate, VoxClient, message_ops
+from clients.sdk.protocol import message_from_stored
+from tests.clients.conftest import Factory
+from tests.clients.kit import wait_for
+from tests.server.relay_harness import Relay
+
+
+def collect(client: VoxClient) -> list[Event]:
+    events: list[Event] = []
+    client.on_event(events.append)
+    return events
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events if isinstance(e, MessageUpdate)]
+
+
+def row(client: VoxClient, message_id: str) -> Message | None:
+    stored = client.store.get_message(message_id)
+    return None if stored is None else message_from_stored(stored)
+
+
+async def until(client: VoxClient, message_id: str, check: Callable[[Message], bool]) -> Message:
+    """Wait until ``client`` holds the message and ``check`` holds for it; return it."""
+    await wait_for(lambda: (m := row(client, message_id)) is not None and check(m))
+    found = row(client, message_id)
+    assert found is not None
+    return found
+
+
+async def test_operations_reach_the_peer_and_a_linked_device(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_b = collect(bob)
+    for c in (alice, bob):
+        await c.connect()
+    invitation = await alice.link()
+    alice2 = await VoxClient.join(tmp_path / "alice2", relay.base_url, invitation.code)
+    try:
+        ev_a2 = collect(alice2)
+        await alice2.connect()
+        assert await alice.wait_linked(invitation, within=20) == invitation.device_id
+        sent = await alice.send_text("bob", "lunch at noon?")
+        await wait_for(lambda: row(bob, sent.id) is not None and row(alice2, sent.id) is not None)
+
+        await alice.edit("bob", sent.id, "lunch at one?")
+        for client in (bob, alice2, alice):
+            got = await until(client, sent.id, lambda m: m.edited)
+            assert got.text == "lunch at one?" and got.edits == ("lunch at noon?",)
+
+        answer = await bob.reply("alice", sent.id, "yes!")
+        quoted = await until(alice2, answer.id, lambda m: True)
+        assert quoted.reply_to is not None
+        assert (quoted.reply_to.id, quoted.reply_to.author) == (sent.id, "alice")
+
+        await bob.react("alice", sent.id, "👍")
+        await alice2.react("bob", sent.id, "🎉")  # from the linked device
+        for client in (alice, alice2, bob):
+            got = await until(client, sent.id, lambda m: len(m.reactions) == 2)
+            assert dict(got.reactions) == {"bob": "👍", "alice": "🎉"}
+
+        await alice.delete("bob", sent.id)
+        for client in (bob, alice2, alice):
+            got = await until(client, sent.id, lambda m: m.deleted)
+            assert got.text is None and got.reactions == ()
+        assert "delete" in kinds(ev_b) and "edit" in kinds(ev_a2)
+
+        # disappearing messages: the timer reaches everyone; a message sent under it goes
+        await bob.set_timer("alice", 30)
+        await wait_for(lambda: message_ops.timer(alice2.store, "bob") == 30)
+        await wait_for(lambda: message_ops.timer(alice.store, "bob") == 30)
+        short = await alice.send_text("bob", "this will vanish")
+        await wait_for(lambda: row(bob, short.id) is not None and row(alice2, short.id) is not None)
+        assert row(bob, short.id).expires_in == 30  # type: ignore[union-attr]
+        await bob.mark_read("alice")
+        later = time.time() + 31  # the clock, moved on (the sweeper runs every second)
+        for client in (alice, alice2, bob):
+            assert short.id in message_ops.sweep(client.store, later)
+            assert row(client, short.id) is None
+        assert "timer" in kinds(ev_a2)
+    finally:
+        await alice2.close()
+
+
+async def test_operations_in_a_group(make_client: Factory) -> None:
+    alice, bob, carol = [await make_client(n) for n in ("alice", "bob", "carol")]
+    ev_c = collect(carol)
+    for c in (alice, bob, carol):
+        await c.connect()
+    info = await alice.create_group("friends", ["bob", "carol"])
+    await wait_for(lambda: len(bob.groups()) == 1 and len(carol.groups()) == 1)
+    sent = await alice.send_text("group:friends", "pizza tonight?")
+    await wait_for(lambda: row(bob, sent.id) is not None and row(carol, sent.id) is not None)
+    await alice.edit("group:friends", sent.id, "pizza tomorrow?")
+    await bob.react(info.conversation, sent.id, "🍕")
+    await carol.react("group:" + info.group_id, sent.id, "👍")
+    reply = await bob.reply("group:friends", sent.id, "sure")
+    for client in (alice, bob, carol):
+        got = await until(client, sent.id, lambda m: len(m.reactions) == 2 and m.edited)
+        assert got.text == "pizza tomorrow?"
+    await wait_for(lambda: row(carol, reply.id) is not None)
+    assert row(carol, reply.id).reply_to.id == sent.id  # type: ignore[union-attr]
+    # bob cannot delete alice's message for everyone
+    with pytest.raises(ClientError):
+        await bob.delete("group:friends", sent.id)
+    await alice.delete("group:friends", sent.id)
+    await until(carol, sent.id, lambda m: m.deleted)
+    await carol.set_timer("group:friends", 3600)
+    await wait_for(lambda: message_ops.timer(alice.store, info.conversation) == 3600)
+    assert [m.text for m in alice.search("sure")] == ["sure"]
+    assert [m.text for m in alice.search("pizza")] == []  # deleted
+    assert kinds(ev_c).count("reaction") >= 1
