@@ -55,7 +55,12 @@ REQUIRED_STEPS = {
     "group remove",
     "link",
     "devices",
+    "edit",
+    "react",
+    "disappear",
+    "search",
 }
+ASSIGN = re.compile(r"^([A-Z_]+)=\$\((vox .*)\)(\s+#.*)?$")
 
 
 # --- the README ---------------------------------------------------------------------------
@@ -213,6 +218,8 @@ class Walk:
     steps: set[str] = field(default_factory=set)
     removed: tuple[str, str, str] | None = None  # (profile that removed, group, user)
     joined: str | None = None  # the profile made by `join`
+    variables: dict[str, str] = field(default_factory=dict)  # NAME=$(vox ...) in the README
+    last_out: str = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -241,6 +248,7 @@ class Walk:
         )
         assert r.returncode == 0, f"{line}\nexit {r.returncode}\n{r.stdout}{r.stderr}"
         assert "Traceback" not in r.stderr, f"{line}\n{r.stderr}"
+        self.last_out = r.stdout
         return r.stdout
 
     def profiles_of(self, username: str) -> list[str]:
@@ -254,7 +262,15 @@ class Walk:
             self.inbox.setdefault(p, []).append(line)
 
     def step(self, line: str) -> None:
-        """Run one line of the walk-through and check what it printed."""
+        """Run one line of the walk-through and check what it printed (``NAME=$(vox ...)``
+        keeps the output for ``"$NAME"`` in later lines)."""
+        assign = ASSIGN.match(line)
+        if assign is not None:
+            self.step(assign.group(2))
+            self.variables[assign.group(1)] = self.last_out.strip()
+            return
+        for name, value in self.variables.items():
+            line = line.replace(f'"${name}"', value)
         tokens = shlex.split(line, comments=True)
         assert tokens[:2] == ["vox", "--home"] and tokens[2].startswith("~/"), line
         profile = tokens[2][2:]
@@ -299,6 +315,23 @@ class Walk:
             self.removed = (profile, args[0], args[1])
         elif sub == "link":
             self.link(line, argv, me)
+        elif sub in ("edit", "react"):
+            assert HEX_ID.fullmatch(self.run(line, argv).strip()), line
+            short = re.escape(args[1][:8])
+            done = f"edited {short}: {re.escape(args[2])}" if sub == "edit" else (
+                f"reacted {re.escape(args[2])} to {short}")  # fmt: skip
+            for p in self.profiles_of(args[0]):
+                self.inbox.setdefault(p, []).append(rf"^\d\d:\d\d:\d\d {me}:\d+ {done}$")
+        elif sub == "disappear":
+            assert self.run(line, argv).strip() == f"disappearing messages: {args[1]}", line
+            for p in self.profiles_of(args[0]):
+                self.inbox.setdefault(p, []).append(
+                    rf"^\d\d:\d\d:\d\d {me}:\d+ set disappearing messages: {args[1]}$"
+                )
+        elif sub == "search":
+            found = self.run(line, argv).strip().splitlines()
+            assert found and all(args[0].lower() in f.lower() for f in found), found
+            assert all(HEX_ID.search(f) for f in found), found
         elif sub == "devices":
             out = self.run(line, argv).strip().splitlines()
             assert len(out) == len(self.profiles_of(me)), out

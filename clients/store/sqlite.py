@@ -771,12 +771,13 @@ class SqliteStore:
         marks = ", ".join("?" * len(found))
         where, params = "", [*found, len(found)]
         if conversation is not None:
-            where, params = " AND m.conversation = ?", [*found, len(found), conversation]
+            where, params = " AND m.conversation = ?", [*params, conversation]
+        params.append(limit + 16)  # deleted messages have no tokens; collisions are rare
         rows = self._all(
             "SELECT m.* FROM messages m JOIN (SELECT message_id FROM search_tokens"  # noqa: S608
             f" WHERE token IN ({marks}) GROUP BY message_id HAVING count(*) = ?) t"
             f" ON t.message_id = m.message_id WHERE 1{where}"
-            " ORDER BY m.sent_at DESC, m.received_at DESC, m.message_id DESC",
+            " ORDER BY m.sent_at DESC, m.received_at DESC, m.message_id DESC LIMIT ?",
             params,
         )
         out = []

@@ -34,6 +34,7 @@ from clients.sdk.models import (
     KeyChanged,
     Message,
     MessageSent,
+    MessageUpdate,
     ReceiptEvent,
     ServerConfig,
     SignedOut,
@@ -502,6 +503,8 @@ class ChatApp(App[None]):
             shown = self.shown.get(event.message_id)
             if shown is not None and DeliveryState.SENT.rank > shown.state.rank:
                 self._update_row(_replace_msg(shown, DeliveryState.SENT))
+        elif isinstance(event, MessageUpdate):
+            await self._message_update(event)
         elif isinstance(event, SignedOut):
             self._signed_out(event.reason)
         elif isinstance(event, KeyChanged):
@@ -531,6 +534,20 @@ class ChatApp(App[None]):
             self.notify(text, severity="error")
             if self.current == event.sender:
                 self._system(text)
+
+    async def _message_update(self, event: MessageUpdate) -> None:
+        """An edit, delete or reaction redraws its message; a timer change is announced."""
+        if event.conversation != self.current:
+            return
+        if event.kind == "timer":
+            who = "you" if event.sender == self.backend.username else event.sender
+            when = f"{event.seconds} s" if event.seconds else "off"
+            self._system(f"{who} set disappearing messages: {when}")
+            return
+        if event.target in self.shown:
+            for message in await self.backend.history(event.conversation):
+                if message.id == event.target:
+                    self._update_row(message)
 
     def _clear_typing(self) -> None:
         status = self._chat.query_one("#status", Static)

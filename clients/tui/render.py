@@ -41,6 +41,11 @@ def render_message(message: Message, *, accent: str = "cyan", tz: dt.tzinfo | No
     if message.device and not message.outgoing:
         line.append(f"·{message.device}", style="dim")
     line.append(": ")
+    if message.reply_to is not None:
+        quoted = message.reply_to
+        line.append(f"↪ {quoted.author}: {quoted.excerpt[:40]} ", style="dim italic")
+    if message.deleted:
+        line.append("🗑 this message was deleted", style="dim italic")
     if message.attachment is not None:
         att = message.attachment
         line.append(f"📎 {att.file_name} ({format_size(att.size)})", style="italic")
@@ -50,6 +55,13 @@ def render_message(message: Message, *, accent: str = "cyan", tz: dt.tzinfo | No
         if message.attachment is not None:
             line.append(" ")
         line.append(message.text)
+    if message.edited:
+        line.append(" (edited)", style="dim")
+    if message.reactions:
+        counts = message.reaction_counts()
+        line.append("  " + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items()))
+    if message.expires_in:
+        line.append(" ⏱", style="dim")
     mark = state_mark(message.state) if message.outgoing else ""
     if mark:
         line.append(
