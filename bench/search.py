@@ -103,7 +103,7 @@ def main() -> None:
         for label, query, chat in (
             ("rare word (100 hits)", "zanzibar", None),
             ("common word (limit 50)", "lunch", None),
-            ("two words (limit 50)", "coffee rain", None),
+            ("two words (limit 50)", "coffee tea", None),
             ("rare word in one chat", "zanzibar", "peer0"),
         ):
             median, found = timed(store, query, args.rounds, chat)

@@ -99,9 +99,9 @@ ALTER TABLE messages ADD COLUMN expires_in INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN expire_at REAL;
 CREATE INDEX messages_by_expiry ON messages (expire_at) WHERE expire_at IS NOT NULL;
 CREATE TABLE search_tokens (
-    token BLOB NOT NULL, message_id TEXT NOT NULL, PRIMARY KEY (token, message_id))
-    WITHOUT ROWID;
-CREATE INDEX search_tokens_by_message ON search_tokens (message_id);
+    token BLOB NOT NULL, sent_at REAL NOT NULL, message_id TEXT NOT NULL,
+    PRIMARY KEY (token, sent_at, message_id)) WITHOUT ROWID;
+CREATE INDEX search_tokens_by_message ON search_tokens (message_id, token);
 """
 
 _PROFILE_ROW = b"profile"
@@ -317,8 +317,8 @@ class SqliteStore:
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
         self._conn.executemany(
-            "INSERT OR IGNORE INTO search_tokens VALUES (?, ?)",
-            [(t, message.message_id) for t in found],
+            "INSERT OR IGNORE INTO search_tokens VALUES (?, ?, ?)",
+            [(t, message.sent_at, message.message_id) for t in found],
         )
 
     def change_passphrase(self, passphrase: str | None) -> None:
@@ -767,19 +767,21 @@ class SqliteStore:
         wanted = search.words(query)
         if not wanted or limit <= 0:
             return []
-        found = sorted(search.tokens(self._sealer.search_key, wanted))
-        marks = ", ".join("?" * len(found))
-        where, params = "", [*found, len(found)]
-        if conversation is not None:
-            where, params = " AND m.conversation = ?", [*params, conversation]
-        params.append(limit + 16)  # deleted messages have no tokens; collisions are rare
-        rows = self._all(
-            "SELECT m.* FROM messages m JOIN (SELECT message_id FROM search_tokens"  # noqa: S608
-            f" WHERE token IN ({marks}) GROUP BY message_id HAVING count(*) = ?) t"
-            f" ON t.message_id = m.message_id WHERE 1{where}"
-            " ORDER BY m.sent_at DESC, m.received_at DESC, m.message_id DESC LIMIT ?",
-            params,
+        first, *others = sorted(search.tokens(self._sealer.search_key, wanted))
+        # Newest first along the first word's index range; the other words are index lookups;
+        # stops after LIMIT rows (deleted messages have no tokens; collisions are rare).
+        sql = (
+            "SELECT m.* FROM search_tokens t JOIN messages m ON m.message_id = t.message_id"  # noqa: S608
+            " WHERE t.token = ?" + " AND EXISTS (SELECT 1 FROM search_tokens u"
+            " WHERE u.message_id = t.message_id AND u.token = ?)"
+            * len(others)
+            + (" AND m.conversation = ?" if conversation is not None else "")
+            + " ORDER BY t.sent_at DESC, t.message_id DESC LIMIT ?"
         )
+        params: list[Any] = [first, *others]
+        if conversation is not None:
+            params.append(conversation)
+        rows = self._all(sql, [*params, limit + 16])
         out = []
         for row in rows:
             message = self._message(row)
