@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from clients.units import format_size
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SECTION = "## Walk-through: two people chat with the `vox` client"
@@ -358,9 +360,9 @@ class Walk:
         for text in self.never.pop(profile, []):
             assert text not in out, f"{line}: {text!r} should not have arrived:\n{out}"
         for source in self.files.pop(profile, []):
-            size = source.stat().st_size
+            size = format_size(source.stat().st_size)  # the file's own size, binary units
             m = re.search(
-                rf"\[file\] {re.escape(source.name)} \({size} bytes\) -> (.+)$", out, re.M
+                rf"\[file\] {re.escape(source.name)} \({re.escape(size)}\) -> (.+)$", out, re.M
             )
             assert m is not None, f"{line}: {source.name} did not arrive:\n{out}"
             saved = Path(m.group(1))
