@@ -23,6 +23,7 @@ KIT = ROOT / "clients" / "web" / "testkit" / "testkit.js"
 VECTORS = ROOT / "docs" / "vectors"
 CORE = json.loads((VECTORS / "protocol-crypto.json").read_text())
 EXTRAS = json.loads((VECTORS / "protocol-crypto-devices-groups-attachments.json").read_text())
+CONTENT = json.loads((VECTORS / "protocol-client-content.json").read_text())["vectors"]
 ORIGIN = "http://127.0.0.1:9"  # intercepted: a secure context for WebCrypto, no server
 
 
@@ -177,3 +178,37 @@ def test_content_example_and_padding_of_protocol_client(kit: Any) -> None:
         + "6869"
     )
     assert padded_len == "160" and text == "hi"
+
+
+@pytest.mark.parametrize("vector", CONTENT, ids=[v["name"] for v in CONTENT])
+def test_the_pinned_content_types_are_encoded_and_decoded_byte_for_byte(
+    kit: Any, vector: dict[str, Any]
+) -> None:
+    """docs/vectors/protocol-client-content.json: EDIT, DELETE, REACTION, TIMER and a TEXT
+    with the QUOTE and EXPIRE extensions, both ways."""
+    fields = {k: v for k, v in vector.items() if k not in {"name", "hex"}}
+    got = call(kit, "contentVector", fields, vector["hex"])
+    assert got["encoded"] == vector["hex"]
+    assert got["decoded"] == fields
+
+
+def test_content_decoders_skip_unknown_extensions_and_refuse_bad_values(kit: Any) -> None:
+    by_name = {v["name"]: v["hex"] for v in CONTENT}
+    timer = by_name["TIMER 1 hour"]
+    reply = by_name["TEXT with QUOTE and EXPIRE extensions (a reply under a 1 h timer)"]
+    reaction = by_name["REACTION"]
+    target = "0010" + "0102030405060708090a0b0c0d0e0f10"
+    short_target = "000f" + "0102030405060708090a0b0c0d0e0f"
+    cases = {
+        "unknown extension tag 0x7f is skipped": (reply + "7f0002abcd", "type 1"),
+        "timer of 29 s": (timer[:-8] + "0000001d", "DecodeError"),
+        "timer of 4 weeks + 1 s": (timer[:-8] + f"{4 * 7 * 86400 + 1:08x}", "DecodeError"),
+        "truncated extension": (reply[:-2], "DecodeError"),
+        "EXPIRE of 10 s": (reply[: -len("02000400000e10")] + "020004 0000000a", "DecodeError"),
+        "emoji of 33 bytes": (reaction[:-12] + "0021" + "61" * 33, "DecodeError"),
+        "trailing byte after a REACTION": (reaction + "00", "DecodeError"),
+        "EDIT target of 15 bytes": (by_name["EDIT"].replace(target, short_target), "DecodeError"),
+    }
+    hexes = [h.replace(" ", "") for h, _ in cases.values()]
+    got = call(kit, "contentDecodes", hexes)
+    assert dict(zip(cases, got, strict=True)) == {k: want for k, (_, want) in cases.items()}

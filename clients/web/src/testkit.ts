@@ -4,7 +4,7 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 import { Reader, Writer, concat, fromHex, hex, utf8, type Rng } from "./core/bytes";
 import * as A from "./core/attachments";
-import { decodeContent, encodeContent, pad, unpad } from "./core/content";
+import { type Content, decodeContent, encodeContent, pad, unpad } from "./core/content";
 import { parseList, signList, verifyList } from "./core/devicelist";
 import { safetyNumber, displaySafetyNumber } from "./core/fingerprint";
 import { type Bundle, accountPublic, decodeBundle, kemPublic, newKemPrekey, newSignedPrekey, typed, X25519_TYPE } from "./core/keys";
@@ -222,6 +222,55 @@ function contentExample(): string {
   return `${hex(c)}|${padded.length}|${back.type === 1 ? back.text : ""}`;
 }
 
+interface ContentVector {
+  type: string;
+  group_id: string;
+  target?: string;
+  text?: string;
+  emoji?: string;
+  seconds?: number;
+  quote?: { id: string; author: string; excerpt: string };
+  expire?: number;
+}
+
+/**
+ * docs/vectors/protocol-client-content.json: build each content from its fields (message id
+ * 0011…eeff, sent at 1700000000000) and encode it; decode the pinned bytes back to fields.
+ */
+function contentVector(v: ContentVector, pinned: string): { encoded: string; decoded: ContentVector } {
+  const head = { id: fromHex("00112233445566778899aabbccddeeff"), sentAt: 1700000000000, groupId: fromHex(v.group_id) };
+  const target = fromHex(v.target ?? "");
+  const quote = v.quote && { id: fromHex(v.quote.id), author: v.quote.author, excerpt: v.quote.excerpt };
+  const body: Record<string, Content> = {
+    text: { ...head, type: 1, text: v.text ?? "", ...(quote ? { quote } : {}), ...(v.expire ? { expire: v.expire } : {}) },
+    edit: { ...head, type: 9, target, text: v.text ?? "" },
+    delete: { ...head, type: 10, target },
+    reaction: { ...head, type: 11, target, emoji: v.emoji ?? "" },
+    timer: { ...head, type: 12, seconds: v.seconds ?? 0 },
+  };
+  const c = decodeContent(fromHex(pinned));
+  const names: Record<number, string> = { 1: "text", 9: "edit", 10: "delete", 11: "reaction", 12: "timer" };
+  const decoded: ContentVector = { type: names[c.type] ?? String(c.type), group_id: "groupId" in c ? hex(c.groupId) : "" };
+  if (c.type === 1 || c.type === 9) decoded.text = c.text;
+  if (c.type === 9 || c.type === 10 || c.type === 11) decoded.target = hex(c.target);
+  if (c.type === 11) decoded.emoji = c.emoji;
+  if (c.type === 12) decoded.seconds = c.seconds;
+  if (c.type === 1 && c.quote) decoded.quote = { id: hex(c.quote.id), author: c.quote.author, excerpt: c.quote.excerpt };
+  if (c.type === 1 && c.expire) decoded.expire = c.expire;
+  return { encoded: hex(encodeContent(body[v.type] as Content)), decoded };
+}
+
+/** For each hex content: "type N" if it decodes, else the error's class name. */
+function contentDecodes(hexes: string[]): string[] {
+  return hexes.map((h) => {
+    try {
+      return `type ${decodeContent(fromHex(h)).type}`;
+    } catch (e) {
+      return (e as Error).name;
+    }
+  });
+}
+
 /** A fresh responder (keys + bundle) and initiator, with real randomness. */
 function freshPair(): { alice: S.LocalDevice; bob: S.LocalDevice; bundle: Bundle; lookup: S.PrekeyLookup } {
   const rnd = (n: number): Uint8Array => crypto.getRandomValues(new Uint8Array(n));
@@ -326,5 +375,7 @@ async function benchmark(n: number, size: number): Promise<Record<string, number
   attachment,
   paddedSizes,
   contentExample,
+  contentVector,
+  contentDecodes,
   x25519Public: (k: string) => hex(typed(X25519_TYPE, x25519Public(fromHex(k)))),
 };
