@@ -82,12 +82,16 @@ class PayloadIn(_ClientFrame):
 
 
 class SendFrame(_ClientFrame):
-    """``send``: a client message id, payloads, and whether it is ephemeral."""
+    """``send``: a client message id, payloads, whether it is ephemeral, and optionally a
+    ``ttl`` in seconds (1 .. 2**32-1) that caps how long the relay keeps it undelivered."""
 
     type: Literal["send"] = "send"
     id: Annotated[StrictStr, Field(pattern=CLIENT_ID_PATTERN)]
     payloads: list[PayloadIn] = Field(min_length=1)
     ephemeral: StrictBool = False
+    ttl: Annotated[StrictInt, Field(ge=1, le=U32_MAX)] | None = Field(
+        default=None, exclude_if=lambda ttl: ttl is None
+    )
 
 
 class AckFrame(_ClientFrame):

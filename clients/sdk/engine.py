@@ -321,6 +321,7 @@ def send_frame(send: OutgoingSend) -> SendFrame:
     return SendFrame(
         id=send.client_id,
         ephemeral=send.ephemeral,
+        ttl=send.ttl,
         payloads=[
             PayloadIn(data=b64(data), to=[Recipient(user=u, device=d) for u, d in to])
             for data, to in send.payloads

@@ -110,6 +110,8 @@ class OutgoingSend:
     payloads: list[tuple[bytes, list[Address]]]
     ephemeral: bool = False
     accepted: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    #: Relay lifetime cap (seconds): the disappearing timer a message was sent under.
+    ttl: int | None = None
 
     @property
     def device_count(self) -> int:
@@ -154,6 +156,14 @@ class DeviceBundle:
     last_resort_prekey: tuple[int, bytes, bytes]
     one_time_prekey: tuple[int, bytes] | None
     one_time_pq_prekey: tuple[int, bytes, bytes] | None
+
+
+def _ttl(content: Content) -> int | None:
+    """The relay lifetime cap of a send: the disappearing timer of a message sent under one
+    (``docs/protocol-ws.md`` §3.1 ``ttl``)."""
+    if isinstance(content, TextContent | AttachmentContent) and content.expire:
+        return content.expire
+    return None
 
 
 def _ms(now: float) -> int:
@@ -314,7 +324,7 @@ class ClientProtocol:
                         sent_at_ms=content.sent_at_ms,
                     )
                 payloads += self._pairwise(own, copy)
-        return OutgoingSend(content.message_id.hex(), payloads, ephemeral)
+        return OutgoingSend(content.message_id.hex(), payloads, ephemeral, ttl=_ttl(content))
 
     def _require_trusted(self, username: str) -> None:
         trust.require_trusted(self.store, username)
@@ -377,7 +387,9 @@ class ClientProtocol:
             self.groups.save_own_key(group_id, state)
         if devices:
             payload = RelayPayload(PayloadKind.GROUP, message.to_bytes()).to_bytes()
-            sends.append(OutgoingSend(content.message_id.hex(), [(payload, devices)]))
+            sends.append(
+                OutgoingSend(content.message_id.hex(), [(payload, devices)], ttl=_ttl(content))
+            )
         return sends
 
     def record_outgoing(self, conversation: str, content: TextContent | AttachmentContent) -> None:

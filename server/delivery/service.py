@@ -313,7 +313,7 @@ class DeliveryService:
         if conn.pending_sends >= cfg.max_pending_sends:
             raise FrameError(ErrorCode.BUSY, "too many sends awaiting an answer", frame.id)
         conn.pending_sends += 1
-        op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral)
+        op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral, frame.ttl)
         self.writer_for(conn.device.device_pk).submit(op)
 
     @staticmethod

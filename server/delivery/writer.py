@@ -80,6 +80,8 @@ class SendOp:
     #: (ciphertext, [(user, device id), ...]) per payload.
     payloads: list[tuple[bytes, list[tuple[str, int]]]]
     ephemeral: bool
+    #: The send's ``ttl`` (seconds): caps the stored envelope's lifetime.
+    ttl_seconds: int | None = None
     started: float = field(default_factory=time.perf_counter)
     answer: str | None = None
     accepted: bool = False
@@ -346,7 +348,7 @@ class GroupCommitWriter:
                     sender_device_id=op.sender.device_id,
                     client_id=op.client_id,
                     ts=now,
-                    expires_at=now + self._ttl_ms,
+                    expires_at=now + _lifetime_ms(self._ttl_ms, op.ttl_seconds),
                     payloads=[
                         (data, group) for (data, _), group in zip(op.payloads, pks, strict=True)
                     ],
@@ -495,6 +497,11 @@ def _owners(sets: DeviceSets) -> dict[int, int]:
     return {
         pk: sets.accounts[user] for user, devices in sets.devices.items() for pk in devices.values()
     }
+
+
+def _lifetime_ms(default_ms: int, ttl_seconds: int | None) -> int:
+    """The relay's envelope lifetime, capped at the send's own ``ttl``."""
+    return default_ms if ttl_seconds is None else min(default_ms, ttl_seconds * 1000)
 
 
 def _refs(op: SendOp, pks: list[list[int]]) -> list[tuple[dict[str, object], int]]:

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from clients.sdk import ClientError, Event, Message, MessageUpdate, VoxClient, message_ops
 from clients.sdk.protocol import message_from_stored
+from server.db.models_delivery import DeliverySend
 from tests.clients.conftest import Factory
 from tests.clients.kit import wait_for
 from tests.server.relay_harness import Relay
@@ -122,3 +124,36 @@ async def test_operations_in_a_group(make_client: Factory) -> None:
     assert [m.text for m in alice.search("sure")] == ["sure"]
     assert [m.text for m in alice.search("pizza")] == []  # deleted
     assert kinds(ev_c).count("reaction") >= 1
+
+
+async def _relay_lifetime(relay: Relay, client_id: str) -> int:
+    """Seconds the relay keeps the send ``client_id`` undelivered (its stored expiry)."""
+    async with relay.app.state.sessions() as session:
+        send = (
+            await session.execute(select(DeliverySend).where(DeliverySend.client_id == client_id))
+        ).scalar_one()
+    return (send.expires_at - send.created_at) // 1000
+
+
+async def test_a_message_sent_under_a_timer_is_kept_by_the_relay_no_longer_than_the_timer(
+    make_client: Factory, relay: Relay
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.connect()  # bob stays offline: everything waits in the relay's queue
+    before = await alice.send_text("bob", "kept the usual 30 days")
+    await alice.set_timer("bob", 30)
+    vanishing = await alice.send_text("bob", "gone from the relay in 30 s")
+    assert await _relay_lifetime(relay, before.id) == 30 * 24 * 3600
+    assert await _relay_lifetime(relay, vanishing.id) == 30
+    # In a group too (the sender-key distribution, which later messages need, is not capped).
+    info = await alice.create_group("friends", ["bob"])
+    await alice.set_timer(info.conversation, 3600)
+    grouped = await alice.send_text(info.conversation, "gone within the hour")
+    assert await _relay_lifetime(relay, grouped.id) == 3600
+    async with relay.app.state.sessions() as session:
+        lifetimes = {
+            (s.expires_at - s.created_at) // 1000
+            for s in (await session.execute(select(DeliverySend))).scalars()
+        }
+    assert lifetimes == {30 * 24 * 3600, 30, 3600}
+    assert bob.store.get_message(vanishing.id) is None
