@@ -4,6 +4,7 @@ Nothing happens at import time. The lifespan opens the database engine (and Redi
 configured) and closes them on shutdown. ``app.state`` carries, for every layer:
 
 * ``settings`` — :class:`server.settings.Settings`
+* ``clock`` — :class:`server.clock.Clock`, the relay's one clock (``create_app(..., clock=)``)
 * ``metrics`` — :class:`server.metrics.Metrics` (add collectors to ``metrics.registry``)
 * ``notifier`` — :class:`server.notify.DeviceNotifier` (default: no-op; the delivery hub
   replaces it)
@@ -32,6 +33,7 @@ from server import attachments, delivery, push
 from server.accounts import routes as accounts
 from server.auth import routes as auth
 from server.auth.maintenance import core_lifespan
+from server.clock import Clock
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
 from server.diskguard import DiskGuard, free_bytes_of
@@ -88,11 +90,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build a relay app for ``settings`` (the database is opened by the lifespan)."""
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    """Build a relay app for ``settings`` (the database is opened by the lifespan).
+
+    ``clock`` is the relay's one clock (default: the system's); a test passes a
+    :class:`~server.clock.ShiftedClock` to move every expiry and window forward at once.
+    """
     app = FastAPI(title=f"{settings.brand.name} relay", version="1", lifespan=_lifespan)
     limits = settings.limits
+    clock = clock or Clock()
     app.state.settings = settings
+    app.state.clock = clock
     app.state.metrics = Metrics()
     app.state.notifier = NullNotifier()
     app.state.lifespan_hooks = [core_lifespan]
@@ -100,29 +108,35 @@ def create_app(settings: Settings) -> FastAPI:
         capacity=limits.requests_per_minute_per_ip,
         per_seconds=60,
         what="requests from this address",
+        clock=clock,
     )
     app.state.bundle_limiter = RateLimiter(
         capacity=limits.bundle_fetches_per_minute_per_device,
         per_seconds=60,
         what="prekey bundle fetches",
+        clock=clock,
     )
     app.state.challenge_limiter = RateLimiter(
         capacity=limits.challenges_per_minute_per_address,
         per_seconds=60,
         what="login challenges from this address",
+        clock=clock,
     )
     app.state.registration_limiter = RateLimiter(
         capacity=limits.registrations_per_hour_per_ip,
         per_seconds=3600,
         what="registrations from this address",
+        clock=clock,
     )
-    app.state.disk = DiskGuard(limits.min_free_disk_bytes, free_bytes_of(settings.data_dir))
+    app.state.disk = DiskGuard(
+        limits.min_free_disk_bytes, free_bytes_of(settings.data_dir), clock=clock
+    )
     install_error_handlers(app)
     document_errors(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, clock=clock)
     app.add_middleware(ConnectionGuardMiddleware)  # reserve and per-address caps (HTTP)
 
     app.include_router(ops.router)

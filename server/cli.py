@@ -244,7 +244,7 @@ def invite_create(
     """Create an invite token and print it (only its hash is stored)."""
     from server.accounts.invites import add_invite
     from server.auth.service import hash_secret
-    from server.clock import now
+    from server.clock import Clock
 
     ttl = parse_duration(expires) if expires else None
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
@@ -254,7 +254,7 @@ def invite_create(
         from server.db.engine import session_factory
 
         async with session_factory(engine)() as session:
-            t = now()
+            t = Clock().now()
             await add_invite(
                 session,
                 token_hash=hash_secret(token.encode()),
@@ -285,7 +285,7 @@ def device_revoke(
     node at once; without Redis they end when they next reconnect.
     """
     from server.accounts.repository import get_device, revoke_device
-    from server.clock import now
+    from server.clock import Clock
     from server.db.engine import session_factory, write_lock
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
@@ -296,7 +296,7 @@ def device_revoke(
             device = await get_device(session, username, device_id)
             if device is None:
                 return None
-            revoked = await revoke_device(session, device.pk, now())
+            revoked = await revoke_device(session, device.pk, Clock().now())
             await session.commit()
             return device.pk, revoked
 
@@ -378,6 +378,7 @@ def account_delete(
     """
     from server.accounts.service import DeletedAccount, delete_account
     from server.attachments.storage import LocalDiskStore
+    from server.clock import Clock
     from server.db.engine import session_factory
     from server.errors import DomainError
 
@@ -386,7 +387,7 @@ def account_delete(
     async def go(engine: AsyncEngine) -> DeletedAccount | str:
         async with session_factory(engine)() as session:
             try:
-                deleted = await delete_account(session, settings, username)
+                deleted = await delete_account(session, settings, username, now=Clock().now())
             except DomainError as exc:
                 return exc.message
         store = LocalDiskStore(settings.data_dir.resolve() / "attachments")
@@ -424,7 +425,7 @@ def invite_list(
     from datetime import UTC, datetime
 
     from server.accounts.invites import list_invites
-    from server.clock import now
+    from server.clock import Clock
     from server.db.engine import session_factory
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
@@ -437,7 +438,7 @@ def invite_list(
 
     _run(_migrate(settings))
     rows = _run(_with_engine(settings, go))
-    t = now()
+    t = Clock().now()
 
     def when(ts: int | None) -> str:
         return (
@@ -494,7 +495,7 @@ def stats(
     """Print accounts, devices, active invites, stored prekeys and queued envelopes (JSON)."""
     from server.accounts.invites import count_invites
     from server.accounts.repository import count_accounts, count_devices
-    from server.clock import now
+    from server.clock import Clock
     from server.db.engine import session_factory
     from server.db.models import OneTimePrekey
 
@@ -509,7 +510,7 @@ def stats(
             out: dict[str, Any] = {
                 "accounts": await count_accounts(session),
                 "devices": await count_devices(session),
-                "active_invites": await count_invites(session, now()),
+                "active_invites": await count_invites(session, Clock().now()),
                 "one_time_prekeys": int(
                     await session.scalar(select(func.count()).select_from(OneTimePrekey)) or 0
                 ),
@@ -535,10 +536,13 @@ def backup(
     config: ConfigOpt = None,
 ) -> None:
     """Back up the database (SQLite online backup or pg_dump) and the attachments."""
+    from server.clock import Clock
     from server.ops.backup import backup as run_backup
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
-    manifest = _backup_step(lambda: run_backup(settings, dest, database=not no_database))
+    manifest = _backup_step(
+        lambda: run_backup(settings, dest, now=Clock().now(), database=not no_database)
+    )
     typer.echo(f"backup written to {dest}: {json.dumps(manifest, sort_keys=True)}")
 
 

@@ -1,4 +1,4 @@
-"""``Annotated`` dependencies for routes: settings, DB session, current device, rate limits."""
+"""``Annotated`` route dependencies: settings, clock, DB session, current device, rate limits."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.service import AuthenticatedDevice, authenticate_token
+from server.clock import Clock
 from server.errors import Unauthorized
 from server.metrics import Metrics
 from server.notify import DeviceNotifier
@@ -17,6 +18,7 @@ from server.ratelimit import Limiter
 from server.settings import Settings
 
 __all__ = [
+    "ClockDep",
     "CurrentDevice",
     "MetricsDep",
     "NotifierDep",
@@ -31,6 +33,11 @@ __all__ = [
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -49,6 +56,8 @@ def _notifier(request: Request) -> DeviceNotifier:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
+#: The relay's one clock (``create_app(settings, clock=...)``); services take ``now=clock.now()``.
+ClockDep = Annotated[Clock, Depends(_clock)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 NotifierDep = Annotated[DeviceNotifier, Depends(_notifier)]
@@ -74,10 +83,13 @@ def bearer_token(
 
 
 async def _current_device(
-    request: Request, session: SessionDep, token: Annotated[str, Depends(bearer_token)]
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    token: Annotated[str, Depends(bearer_token)],
 ) -> AuthenticatedDevice:
     try:
-        return await authenticate_token(session, token)
+        return await authenticate_token(session, token, now=clock.now())
     except Unauthorized:
         _metrics(request).auth_failures.inc()
         raise

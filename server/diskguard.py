@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from server.clock import Clock
 from server.errors import InsufficientStorage
 
 __all__ = ["DiskGuard", "free_bytes_of"]
@@ -44,8 +44,8 @@ class DiskGuard:
         min_free_bytes: int,
         free_bytes: Callable[[], int],
         *,
+        clock: Clock,
         ttl: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_free_bytes = min_free_bytes
         self.free_bytes = free_bytes
@@ -59,7 +59,7 @@ class DiskGuard:
         """True while free space is below ``min_free_bytes`` (never with a watermark of 0)."""
         if self.min_free_bytes <= 0:
             return False
-        now = self._clock()
+        now = self._clock.monotonic()
         with self._lock:
             if self._checked_at is None or now - self._checked_at >= self.ttl:
                 try:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, Protocol
 
+from server.clock import Clock
 from server.errors import RateLimited
 from server.logs import log_event
 
@@ -51,13 +51,13 @@ class RateLimiter:
         per_seconds: float,
         what: str,
         max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock,
     ) -> None:
         self.capacity = float(capacity)
         self.rate = float(capacity) / per_seconds
         self.what = what
         self.max_keys = max_keys
-        self._clock = clock
+        self.clock = clock
         self._buckets: dict[Hashable, tuple[float, float]] = {}
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
@@ -66,7 +66,7 @@ class RateLimiter:
 
     def check(self, key: Hashable, cost: float = 1.0) -> None:
         """Take ``cost`` tokens for ``key`` or raise :class:`RateLimited` with a retry delay."""
-        now = self._clock()
+        now = self.clock.monotonic()
         tokens, last = self._buckets.get(key, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
         if tokens < cost:
@@ -160,7 +160,7 @@ class SharedRateLimiter:
             raise RateLimited(f"too many {self.what}; slow down", retry_after=float(wait))
 
     def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
+        now = self.fallback.clock.monotonic()
         if self._warned_at is None or now - self._warned_at >= 60:
             self._warned_at = now
             log_event(

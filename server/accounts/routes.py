@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Request
 from server.accounts import service
 from server.db.models import Account, Device
 from server.deps import (
+    ClockDep,
     CurrentDevice,
     MetricsDep,
     NotifierDep,
@@ -52,11 +53,12 @@ async def register(
     session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    clock: ClockDep,
 ) -> RegisterOut:
     """Create an account with its first device and prekeys."""
     limiter: Limiter = request.app.state.registration_limiter
     await limiter.acquire(client_ip(request))
-    device = await service.register(session, settings, body)
+    device = await service.register(session, settings, body, now=clock.now())
     metrics.accounts_registered.inc()
     log_event("account_registered", username=body.username, device_id=device.device_id)
     return RegisterOut(username=body.username, device_id=device.device_id, device_list_version=1)
@@ -70,10 +72,16 @@ async def delete_me(
     session: SessionDep,
     settings: SettingsDep,
     notifier: NotifierDep,
+    clock: ClockDep,
 ) -> None:
     """Delete the caller's whole account (signed by the account key); its name is quarantined."""
     deleted = await service.delete_account(
-        session, settings, me.username, signature=body.signature, account_id=me.account_id
+        session,
+        settings,
+        me.username,
+        now=clock.now(),
+        signature=body.signature,
+        account_id=me.account_id,
     )
     await finish_deletion(request, notifier, deleted)
     log_event("account_deleted", username=me.username, by="owner", devices=len(deleted.device_pks))
@@ -106,10 +114,13 @@ async def put_devices(
     me: CurrentDevice,
     session: SessionDep,
     notifier: NotifierDep,
+    clock: ClockDep,
     username: str = UsernamePath,
 ) -> AccountDevices:
     """Replace the signed device list (strictly newer version, signed by the account key)."""
-    update = await service.update_device_list(session, me.account_id, username, body.device_list)
+    update = await service.update_device_list(
+        session, me.account_id, username, body.device_list, now=clock.now()
+    )
     for pk in update.removed_device_pks:
         await notifier.disconnect(pk, "device removed from the account's device list")
     log_event(

@@ -33,7 +33,6 @@ from server.accounts.device_list import (
 )
 from server.accounts.usernames import skeleton
 from server.auth.service import hash_secret
-from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import Account, Device
 from server.errors import BadRequest, Conflict, DomainError, Forbidden, Gone, NotFound
@@ -92,19 +91,21 @@ def _parse_and_verify(blob: bytes, username: str, account_key: bytes) -> SignedD
     return signed
 
 
-async def _check_invite(session: AsyncSession, settings: Settings, invite: str | None) -> None:
+async def _check_invite(
+    session: AsyncSession, settings: Settings, invite: str | None, now: int
+) -> None:
     if settings.registration is RegistrationPolicy.CLOSED:
         raise Forbidden("registration is closed on this relay", code="registration_closed")
     if settings.registration is RegistrationPolicy.INVITE:
         if not invite:
             raise Forbidden("this relay requires an invite token", code="invite_required")
-        if not await invite_repo.consume_invite(
-            session, hash_secret(invite.encode("utf-8")), clock_now()
-        ):
+        if not await invite_repo.consume_invite(session, hash_secret(invite.encode("utf-8")), now):
             raise Forbidden("invite token is unknown, used up or expired", code="invalid_invite")
 
 
-async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -> Device:
+async def register(
+    session: AsyncSession, settings: Settings, req: RegisterIn, *, now: int
+) -> Device:
     """Create the account and its first device with its prekeys. Commits."""
     if settings.registration is RegistrationPolicy.CLOSED:
         raise Forbidden("registration is closed on this relay", code="registration_closed")
@@ -135,7 +136,7 @@ async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -
             "(same confusable skeleton); choose another",
             code="username_lookalike",
         )
-    t = clock_now()
+    t = now
     until = await account_repo.reserved_until(session, req.username, name_skeleton, t)
     if until is not None:
         raise Conflict(
@@ -143,7 +144,7 @@ async def register(session: AsyncSession, settings: Settings, req: RegisterIn) -
             f"and is reserved for {max(1, -(-(until - t) // DAY))} more day(s)",
             code="username_quarantined",
         )
-    await _check_invite(session, settings, req.invite)
+    await _check_invite(session, settings, req.invite, t)
     try:
         account = await account_repo.add_account(
             session,
@@ -194,6 +195,7 @@ async def delete_account(
     settings: Settings,
     username: str,
     *,
+    now: int,
     signature: bytes | None = None,
     account_id: int | None = None,
 ) -> DeletedAccount:
@@ -219,7 +221,7 @@ async def delete_account(
     device_pks = [d.pk for d in await account_repo.list_devices(session, account.id)]
     blob_ids = await account_repo.take_attachments(session, device_pks)
     await account_repo.delete_account(session, account.id)
-    t = clock_now()
+    t = now
     released_at = t + settings.username_quarantine_days * DAY
     await account_repo.quarantine_username(
         session,
@@ -233,7 +235,7 @@ async def delete_account(
 
 
 async def update_device_list(
-    session: AsyncSession, account_id: int, username: str, blob: bytes
+    session: AsyncSession, account_id: int, username: str, blob: bytes, *, now: int
 ) -> DeviceListUpdate:
     """Replace the account's signed device list (caller is a device of ``account_id``). Commits."""
     await write_lock(session)
@@ -261,7 +263,7 @@ async def update_device_list(
         != (wanted[dev_id].identity_key, wanted[dev_id].auth_key)
     ]
     await account_repo.delete_devices(session, removed)
-    t = clock_now()
+    t = now
     keep = {dev_id for dev_id, dev in current.items() if dev.pk not in removed}
     for dev_id, listed in wanted.items():
         if dev_id not in keep:

@@ -31,6 +31,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store,
         max_bytes=settings.limits.max_attachment_bytes,
         ttl_seconds=settings.limits.attachment_ttl_seconds,
+        clock=app.state.clock,
         quota_per_device=settings.limits.max_attachment_bytes_per_device,
         quota_total=settings.limits.max_attachment_bytes_total,
         disk=app.state.disk,

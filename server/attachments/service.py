@@ -25,7 +25,7 @@ from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.attachments.storage import AttachmentStore, TooLarge, Truncated
-from server.clock import now as clock_now
+from server.clock import Clock
 from server.db.engine import write_transaction
 from server.db.models_delivery import Attachment
 from server.diskguard import DiskGuard
@@ -80,6 +80,7 @@ class AttachmentService:
         *,
         max_bytes: int,
         ttl_seconds: int,
+        clock: Clock,
         quota_per_device: int | None = None,
         quota_total: int | None = None,
         disk: DiskGuard | None = None,
@@ -89,6 +90,7 @@ class AttachmentService:
         self.store = store
         self.max_bytes = max_bytes
         self.ttl = ttl_seconds
+        self.clock = clock
         self.quota_per_device = quota_per_device
         self.quota_total = quota_total
         self.disk = disk
@@ -106,7 +108,7 @@ class AttachmentService:
         if self.disk is not None:
             self.disk.check()
         async with self.engine.connect() as conn:
-            before = await _usage(conn, device_pk, clock_now())
+            before = await _usage(conn, device_pk, self.clock.now())
         room = self._room(before, declared or 0)
         blob_id = secrets.token_urlsafe(32)
         try:
@@ -123,7 +125,7 @@ class AttachmentService:
             raise BadRequest(
                 "upload ended before Content-Length bytes arrived", code="truncated"
             ) from None
-        now = clock_now()
+        now = self.clock.now()
         info = AttachmentInfo(blob_id, size, now + self.ttl)
         try:
             if self.disk is not None:
@@ -175,7 +177,7 @@ class AttachmentService:
                     select(_table.c.size, _table.c.expires_at).where(_table.c.id == blob_id)
                 )
             ).first()
-        if row is None or row.expires_at <= clock_now():
+        if row is None or row.expires_at <= self.clock.now():
             raise NotFound("no such attachment", code="unknown_attachment")
         return AttachmentInfo(blob_id, row.size, row.expires_at)
 
@@ -185,7 +187,7 @@ class AttachmentService:
 
     async def sweep(self, now: int | None = None) -> int:
         """Delete expired attachments (rows first, then bytes)."""
-        t = clock_now() if now is None else now
+        t = self.clock.now() if now is None else now
         # Reads, then deletes: on SQLite the write lock must be taken at BEGIN.
         async with write_transaction(self.engine) as conn:
             ids = [
@@ -216,7 +218,7 @@ class AttachmentService:
         clean = getattr(self.store, "clean_temp", None)
         if clean is not None:
             with contextlib.suppress(Exception):
-                await clean()
+                await clean(before=self.clock.time() - 3600.0)
         while True:
             try:
                 await self.sweep()

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import time
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -136,16 +135,16 @@ class LocalDiskStore:
     async def delete(self, blob_id: str) -> None:
         await asyncio.to_thread(self._path(blob_id).unlink, missing_ok=True)
 
-    async def clean_temp(self, older_than: float = 3600.0) -> None:
-        """Remove partial uploads left behind by a crash (older than ``older_than`` s)."""
+    async def clean_temp(self, *, before: float) -> None:
+        """Remove partial uploads left behind by a crash (last written before ``before``,
+        Unix time)."""
 
         def _clean() -> None:
             if not self._tmp.is_dir():
                 return
-            cutoff = time.time() - older_than
             for part in self._tmp.glob("*.part"):
                 with contextlib.suppress(FileNotFoundError):
-                    if part.stat().st_mtime < cutoff:
+                    if part.stat().st_mtime < before:
                         part.unlink(missing_ok=True)
 
         await asyncio.to_thread(_clean)

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.auth import repository as auth_repo
-from server.clock import now
+from server.clock import Clock
 from server.db.engine import write_lock
 from server.logs import log_event
 
@@ -26,20 +26,20 @@ __all__ = ["SWEEP_INTERVAL_SECONDS", "core_lifespan", "sweep_expired"]
 SWEEP_INTERVAL_SECONDS = 600.0
 
 
-async def sweep_expired(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
-    """Delete expired challenges and tokens; return ``(challenges, tokens)`` deleted."""
+async def sweep_expired(sessions: async_sessionmaker[AsyncSession], now: int) -> tuple[int, int]:
+    """Delete challenges and tokens expired at ``now``; return ``(challenges, tokens)``."""
     async with sessions() as session:
         await write_lock(session)
-        counts = await auth_repo.delete_expired(session, now())
+        counts = await auth_repo.delete_expired(session, now)
         await session.commit()
     return counts
 
 
-async def _loop(sessions: async_sessionmaker[AsyncSession], interval: float) -> None:
+async def _loop(sessions: async_sessionmaker[AsyncSession], clock: Clock, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            challenges, tokens = await sweep_expired(sessions)
+            challenges, tokens = await sweep_expired(sessions, clock.now())
             if challenges or tokens:
                 log_event("auth_swept", challenges=challenges, tokens=tokens)
         except Exception as exc:  # keep sweeping; the next round may succeed
@@ -50,7 +50,9 @@ async def _loop(sessions: async_sessionmaker[AsyncSession], interval: float) -> 
 async def core_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run the expiry sweeper for the app's lifetime."""
     interval = float(getattr(app.state, "sweep_interval", SWEEP_INTERVAL_SECONDS))
-    task = asyncio.create_task(_loop(app.state.sessions, interval), name="vox-auth-sweeper")
+    task = asyncio.create_task(
+        _loop(app.state.sessions, app.state.clock, interval), name="vox-auth-sweeper"
+    )
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from server.auth import service
 from server.deps import (
+    ClockDep,
     CurrentDevice,
     MetricsDep,
     NotifierDep,
@@ -26,7 +27,11 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 @router.post("/challenge", responses=error_responses(403, 404))
 async def challenge(
-    body: ChallengeIn, request: Request, session: SessionDep, settings: SettingsDep
+    body: ChallengeIn,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
 ) -> ChallengeOut:
     """A one-shot nonce for the device to sign (bounded per address and per device)."""
     address = client_ip(request)
@@ -37,6 +42,7 @@ async def challenge(
         session,
         body.username,
         body.device_id,
+        now=clock.now(),
         ttl=limits.challenge_ttl_seconds,
         requester=service.requester_tag(address),
         bounds=service.ChallengeBounds(
@@ -49,7 +55,11 @@ async def challenge(
 
 @router.post("/token", responses=error_responses(401, 403))
 async def token(
-    body: TokenIn, session: SessionDep, settings: SettingsDep, metrics: MetricsDep
+    body: TokenIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    clock: ClockDep,
 ) -> TokenOut:
     """Exchange a signed challenge for a bearer token."""
     try:
@@ -59,6 +69,7 @@ async def token(
             body.device_id,
             body.nonce,
             body.signature,
+            now=clock.now(),
             ttl=settings.limits.token_ttl_seconds,
         )
     except DomainError as exc:
@@ -76,8 +87,10 @@ async def token(
 
 
 @router.delete("/token", status_code=204)
-async def logout(me: CurrentDevice, session: SessionDep, notifier: NotifierDep) -> Response:
+async def logout(
+    me: CurrentDevice, session: SessionDep, notifier: NotifierDep, clock: ClockDep
+) -> Response:
     """Revoke the bearer token used for this request; close sockets opened with it (4401)."""
-    await service.revoke_token(session, me)
+    await service.revoke_token(session, me, now=clock.now())
     await notifier.disconnect_token(me.device_pk, me.token_id, "token_revoked")
     return Response(status_code=204)

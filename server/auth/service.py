@@ -2,7 +2,7 @@
 
 Public entry points (also used by the WebSocket layer):
 
-* :func:`authenticate_token` — ``await authenticate_token(session, token)`` returns an
+* :func:`authenticate_token` — ``await authenticate_token(session, token, now=...)`` returns an
   :class:`AuthenticatedDevice` or raises :class:`~server.errors.Unauthorized`. The
   WebSocket's first frame carries the same token as the ``Authorization: Bearer`` header.
 * :func:`create_challenge`, :func:`issue_token`, :func:`revoke_token`.
@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.accounts import repository as account_repo
 from server.accounts.device_list import verify_ed25519
 from server.auth import repository as auth_repo
-from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.errors import Forbidden, NotFound, Unauthorized
 
@@ -117,19 +116,16 @@ def _decode_token(token: str) -> bytes:
     return raw
 
 
-async def authenticate_token(
-    session: AsyncSession, token: str, *, now: int | None = None
-) -> AuthenticatedDevice:
+async def authenticate_token(session: AsyncSession, token: str, *, now: int) -> AuthenticatedDevice:
     """Resolve a bearer token to its device; raise ``Unauthorized`` if it is not live."""
     digest = hash_secret(_decode_token(token))
     found = await auth_repo.find_token(session, digest)
     if found is None or not hmac.compare_digest(found[0].token_hash, digest):
         raise Unauthorized("unknown bearer token", code="invalid_token")
     row, device, account = found
-    t = clock_now() if now is None else now
     if row.revoked_at is not None or device.revoked_at is not None:
         raise Unauthorized("bearer token was revoked", code="token_revoked")
-    if row.expires_at <= t:
+    if row.expires_at <= now:
         raise Unauthorized("bearer token has expired", code="token_expired")
     return AuthenticatedDevice(
         device_pk=device.pk,
@@ -146,6 +142,7 @@ async def create_challenge(
     username: str,
     device_id: int,
     *,
+    now: int,
     ttl: int,
     requester: str = "",
     bounds: ChallengeBounds = ChallengeBounds(),
@@ -160,19 +157,18 @@ async def create_challenge(
         raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
     if device.revoked_at is not None:
         raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
-    t = clock_now()
-    await auth_repo.delete_expired_for_device(session, device.pk, t)
+    await auth_repo.delete_expired_for_device(session, device.pk, now)
     await _make_room(session, device.pk, requester, bounds)
     nonce = secrets.token_bytes(NONCE_LEN)
     await auth_repo.add_challenge(
         session,
         nonce_hash=hash_secret(nonce),
         device_pk=device.pk,
-        expires_at=t + ttl,
+        expires_at=now + ttl,
         requester=requester,
     )
     await session.commit()
-    return nonce, t + ttl
+    return nonce, now + ttl
 
 
 async def _make_room(
@@ -199,13 +195,14 @@ async def issue_token(
     nonce: bytes,
     signature: bytes,
     *,
+    now: int,
     ttl: int,
 ) -> tuple[str, int]:
     """Check the signed challenge and return ``(token, expires_at)``. Commits.
 
     The challenge is consumed by the first attempt, successful or not.
     """
-    t = clock_now()
+    t = now
     if len(nonce) != NONCE_LEN:
         raise Unauthorized("unknown or already used challenge", code="invalid_challenge")
     # One transaction (one commit per login): the challenge is taken, the signature checked
@@ -239,8 +236,8 @@ async def issue_token(
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), t + ttl
 
 
-async def revoke_token(session: AsyncSession, device: AuthenticatedDevice) -> None:
+async def revoke_token(session: AsyncSession, device: AuthenticatedDevice, *, now: int) -> None:
     """Revoke the token the device authenticated with. Commits."""
     await write_lock(session)
-    await auth_repo.revoke_token(session, device.token_id, clock_now())
+    await auth_repo.revoke_token(session, device.token_id, now)
     await session.commit()

@@ -134,11 +134,12 @@ async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryS
     ).set_function(lambda: float(hub.degraded))
     app.state.metrics.registry.register(_DroppedSignals(hub))
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
+    clock = app.state.clock
     budgets = DeviceBudgets(
-        settings.limits, getattr(app.state, "redis", None), settings.redis_prefix
+        settings.limits, clock, getattr(app.state, "redis", None), settings.redis_prefix
     )
     service = DeliveryService(
-        app.state.engine, hub, metrics, config, budgets, storage_low=app.state.disk.low
+        app.state.engine, hub, metrics, config, budgets, clock=clock, storage_low=app.state.disk.low
     )
     await service.start()
     app.state.hub = hub

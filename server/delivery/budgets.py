@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+from server.clock import Clock
 from server.errors import RateLimited
 from server.ratelimit import RateLimiter, SharedRateLimiter
 from server.settings import LimitSettings
@@ -77,9 +78,11 @@ class Budget:
 class DeviceBudgets:
     """The WebSocket budgets of one relay node (see the module docstring)."""
 
-    def __init__(self, limits: LimitSettings, redis: Any = None, prefix: str = "vox:") -> None:
+    def __init__(
+        self, limits: LimitSettings, clock: Clock, redis: Any = None, prefix: str = "vox:"
+    ) -> None:
         def bucket(name: str, capacity: float, per_seconds: float, what: str) -> Budget:
-            local = RateLimiter(capacity=capacity, per_seconds=per_seconds, what=what)
+            local = RateLimiter(capacity=capacity, per_seconds=per_seconds, what=what, clock=clock)
             if redis is None:
                 return Budget(local)
             shared = SharedRateLimiter(redis, prefix=prefix, name=name, fallback=local)

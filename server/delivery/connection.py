@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -190,7 +189,7 @@ class DeviceConnection:
         try:
             while self._out:
                 item = self._out.popleft()
-                self._blocked_since = time.monotonic()
+                self._blocked_since = self._service.clock.monotonic()
                 if isinstance(item, _Close):
                     await ws_send(
                         {"type": "websocket.close", "code": item.code, "reason": item.reason}

@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from server.auth.service import AuthenticatedDevice, authenticate_token
-from server.clock import now as clock_now
 from server.delivery.budgets import Budget
 from server.delivery.connection import DeviceConnection, sansio_protocol_of
 from server.delivery.frames import (
@@ -96,7 +95,7 @@ async def _authenticate(ws: WebSocket, service: DeliveryService) -> Authenticate
         return None
     try:
         async with ws.app.state.sessions() as session:
-            return await authenticate_token(session, frame.token)
+            return await authenticate_token(session, frame.token, now=service.clock.now())
     except Unauthorized as exc:
         await _close(ws, CloseCode.UNAUTHORIZED, exc.code)
         return None
@@ -157,7 +156,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     cfg = service.config
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(
-        max(0.0, device.expires_at - clock_now()),
+        max(0.0, device.expires_at - service.clock.now()),
         conn.close,
         CloseCode.UNAUTHORIZED,
         "token_expired",

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from server.auth import repository as auth_repo
-from server.clock import now as clock_now
+from server.clock import Clock
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.connection import DeviceConnection
 from server.delivery.fanout import Hub
@@ -32,7 +31,7 @@ from server.delivery.frames import (
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.policy import QueueLimits, QueuePolicy
 from server.delivery.repository import DeliveryRepository
-from server.delivery.writer import GroupCommitWriter, SendOp, now_ms
+from server.delivery.writer import GroupCommitWriter, SendOp
 from server.settings import LimitSettings
 from wire.codes import CloseCode, ErrorCode
 from wire.frames import AckFrame, PingFrame, SendFrame
@@ -103,11 +102,13 @@ class DeliveryService:
         config: DeliveryConfig,
         budgets: DeviceBudgets | None = None,
         *,
+        clock: Clock,
         storage_low: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         #: Per-device, per-account and per-address budgets (``server.delivery.budgets``).
-        self.budgets = budgets or DeviceBudgets(LimitSettings())
+        self.budgets = budgets or DeviceBudgets(LimitSettings(), clock)
         self.hub = hub
         self.metrics = metrics
         self.config = config
@@ -132,6 +133,7 @@ class DeliveryService:
                 storage_low=storage_low,
                 max_batch=config.commit_max_batch,
                 max_wait=config.commit_max_wait,
+                clock=clock,
             )
             for _ in range(count)
         ]
@@ -165,8 +167,8 @@ class DeliveryService:
         for sink in self.hub.local_sinks():
             if isinstance(sink, DeviceConnection):
                 sink.close(CloseCode.GOING_AWAY, "server shutting down")
-        deadline = time.monotonic() + grace
-        while self.hub.connection_count and time.monotonic() < deadline:  # noqa: ASYNC110
+        deadline = self.clock.monotonic() + grace
+        while self.hub.connection_count and self.clock.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -196,11 +198,11 @@ class DeliveryService:
         """The device's oldest ``limit`` queued envelopes."""
         self.metrics.queue_reads.inc()
         async with self.engine.connect() as conn:
-            return await conn.run_sync(self.repo.fetch_queue, device_pk, limit, now_ms())
+            return await conn.run_sync(self.repo.fetch_queue, device_pk, limit, self.clock.now_ms())
 
     async def sweep(self, now: int | None = None) -> int:
         """Delete expired envelopes (``now`` in Unix ms); returns queue rows deleted."""
-        t = now_ms() if now is None else now
+        t = self.clock.now_ms() if now is None else now
         async with self.engine.begin() as conn:
             expired = await conn.run_sync(self.repo.sweep, t)
             depth = await conn.run_sync(self.repo.queue_depth_total)
@@ -224,7 +226,7 @@ class DeliveryService:
         interval = max(0.05, min(1.0, self.config.send_timeout / 4))
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
+            now = self.clock.monotonic()
             for sink in self.hub.local_sinks():
                 if (
                     isinstance(sink, DeviceConnection)
@@ -244,7 +246,7 @@ class DeliveryService:
             chunk = conns[start : start + 500]
             ids = [c.token_id for c in chunk if c.token_id is not None]
             async with AsyncSession(self.engine) as session:
-                dead = await auth_repo.dead_tokens(session, ids, clock_now())
+                dead = await auth_repo.dead_tokens(session, ids, self.clock.now())
             for conn in chunk:
                 if conn.token_id in dead:
                     conn.close(CloseCode.UNAUTHORIZED, "token_revoked")
@@ -313,7 +315,15 @@ class DeliveryService:
         if conn.pending_sends >= cfg.max_pending_sends:
             raise FrameError(ErrorCode.BUSY, "too many sends awaiting an answer", frame.id)
         conn.pending_sends += 1
-        op = SendOp(conn, conn.device, frame.id, payloads, frame.ephemeral, frame.ttl)
+        op = SendOp(
+            conn,
+            conn.device,
+            frame.id,
+            payloads,
+            frame.ephemeral,
+            frame.ttl,
+            self.clock.monotonic(),
+        )
         self.writer_for(conn.device.device_pk).submit(op)
 
     @staticmethod

@@ -16,16 +16,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from server.clock import Clock
 from server.db.engine import IMMEDIATE, configure_sqlite
 from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
@@ -81,8 +81,9 @@ class SendOp:
     payloads: list[tuple[bytes, list[tuple[str, int]]]]
     ephemeral: bool
     #: The send's ``ttl`` (seconds): caps the stored envelope's lifetime.
-    ttl_seconds: int | None = None
-    started: float = field(default_factory=time.perf_counter)
+    ttl_seconds: int | None
+    #: ``clock.monotonic()`` when the frame arrived (send latency).
+    started: float
     answer: str | None = None
     accepted: bool = False
 
@@ -117,11 +118,6 @@ def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
     return sync
 
 
-def now_ms() -> int:
-    """Wall-clock Unix time in milliseconds."""
-    return int(time.time() * 1000)
-
-
 class GroupCommitWriter:
     """Batches sends and acks from every connection into single transactions."""
 
@@ -136,7 +132,7 @@ class GroupCommitWriter:
         storage_low: Callable[[], bool] = lambda: False,
         max_batch: int = 256,
         max_wait: float = 0.002,
-        clock_ms: Callable[[], int] = now_ms,
+        clock: Clock,
     ) -> None:
         self._engine = engine
         self._sqlite_engine = (
@@ -153,7 +149,7 @@ class GroupCommitWriter:
         self._storage_low = storage_low
         self._max_batch = max_batch
         self._max_wait = max_wait
-        self._clock_ms = clock_ms
+        self._clock = clock
         self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._outstanding = 0
@@ -222,9 +218,9 @@ class GroupCommitWriter:
     async def _process(self, batch: list[Op]) -> None:
         self._metrics.batch_size.observe(len(batch))
         try:
-            started = time.perf_counter()
+            started = self._clock.monotonic()
             per_device = await self._transaction(batch)
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._metrics.commit_seconds.observe(self._clock.monotonic() - started)
         except IntegrityError:
             # A concurrent node stored the same (sender, client id): redo one by one, so the
             # de-duplication check sees the other row.
@@ -278,7 +274,7 @@ class GroupCommitWriter:
         return self._store(conn, sends) if sends else {}
 
     def _store(self, conn: Connection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
-        now = self._clock_ms()
+        now = self._clock.now_ms()
         durable = [op for op in ops if not op.ephemeral]
         storage_low = bool(durable) and self._storage_low()
         # 1. De-duplication: already stored earlier, or twice in this batch.
@@ -440,7 +436,7 @@ class GroupCommitWriter:
 
     def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
         accepted = 0
-        now = time.perf_counter()
+        now = self._clock.monotonic()
         observe = self._metrics.send_latency.observe
         for op in batch:
             if isinstance(op, SendOp):

@@ -18,11 +18,11 @@ Paths under ``exempt_prefixes`` (streaming uploads with their own limit, e.g.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.clock import Clock
 from server.edge.connections import OPS_PATHS, Tracked
 from server.errors import error_body
 from server.metrics import Metrics
@@ -155,15 +155,16 @@ class BodyLimitMiddleware:
 class MetricsMiddleware:
     """Count HTTP requests by route template and status; time them."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, clock: Clock) -> None:
         self.app = app
         self.metrics = metrics
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = self.clock.monotonic()
         status = 500
 
         async def wrapped(message: Message) -> None:
@@ -178,4 +179,4 @@ class MetricsMiddleware:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(name, str(status)).inc()
-            self.metrics.http_latency.labels(name).observe(time.perf_counter() - start)
+            self.metrics.http_latency.labels(name).observe(self.clock.monotonic() - start)

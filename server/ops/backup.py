@@ -21,7 +21,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 from server.settings import Settings
@@ -69,7 +68,7 @@ def _attachments_dir(settings: Settings) -> Path:
     return settings.data_dir.resolve() / ATTACHMENTS
 
 
-def backup(settings: Settings, dest: Path, *, database: bool = True) -> dict[str, object]:
+def backup(settings: Settings, dest: Path, *, now: int, database: bool = True) -> dict[str, object]:
     """Write a backup of ``settings``' relay into the new directory ``dest``; its manifest."""
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} exists and is not empty; choose a new directory")
@@ -102,7 +101,7 @@ def backup(settings: Settings, dest: Path, *, database: bool = True) -> dict[str
         "format": FORMAT,
         "database": kind,
         "attachment_files": copied,
-        "created_at": int(time.time()),
+        "created_at": now,
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

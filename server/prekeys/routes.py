@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from server.deps import CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.deps import ClockDep, CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
 from server.openapi import error_responses
 from server.prekeys import service
 from server.prekeys.service import BundleEntry, ClaimBudget
@@ -85,6 +85,7 @@ async def bundle(
     settings: SettingsDep,
     metrics: MetricsDep,
     notifier: NotifierDep,
+    clock: ClockDep,
     username: str = Path(pattern=USERNAME_PATTERN),
     device_id: Annotated[QueryDeviceId | None, Query()] = None,
 ) -> PrekeyBundle:
@@ -96,6 +97,7 @@ async def bundle(
         session,
         username,
         device_id,
+        now=clock.now(),
         low_threshold=limits.prekey_low_threshold,
         requester_pk=me.device_pk,
         budget=ClaimBudget(

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.accounts import repository as account_repo
 from server.accounts.device_list import canonical_x25519
-from server.clock import now as clock_now
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
 from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
@@ -211,6 +210,7 @@ async def claim_bundle(
     username: str,
     device_id: int | None,
     *,
+    now: int,
     low_threshold: int,
     requester_pk: int,
     budget: ClaimBudget,
@@ -231,7 +231,6 @@ async def claim_bundle(
     entries: list[BundleEntry] = []
     low: list[LowStock] = []
     drained: list[Drained] = []
-    now = clock_now()
     for device in devices:
         await prekey_repo.lock_claims(session, device.pk)
         total, mine = await prekey_repo.recent_claims(

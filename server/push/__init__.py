@@ -66,8 +66,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         vapid,
         config,
         Presence(redis, settings.redis_prefix, node),
-        Coalescer(redis, settings.redis_prefix, cfg.coalesce_seconds),
+        Coalescer(redis, settings.redis_prefix, cfg.coalesce_seconds, app.state.clock),
         app.state.metrics.registry,
+        clock=app.state.clock,
     )
     await dispatcher.start()
     app.state.push = dispatcher

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
+from server.clock import Clock
 from server.logs import log_event
 
 __all__ = ["Coalescer", "Presence"]
@@ -139,8 +139,9 @@ class Presence:
 class Coalescer:
     """At most one push per device per ``window`` seconds (across nodes with Redis)."""
 
-    def __init__(self, redis: Any, prefix: str, window: int) -> None:
+    def __init__(self, redis: Any, prefix: str, window: int, clock: Clock) -> None:
         self._redis = redis
+        self._clock = clock
         self._prefix = f"{prefix}push:sent:"
         self._window = window
         self._local: dict[int, float] = {}
@@ -154,7 +155,7 @@ class Coalescer:
                 )
             except Exception as exc:
                 log_event("push_coalesce_failed", logging.WARNING, error=exc.__class__.__name__)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if len(self._local) > 100_000:
             self._local = {pk: t for pk, t in self._local.items() if t > now}
         until = self._local.get(device_pk)

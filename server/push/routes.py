@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from server.deps import CurrentDevice, SessionDep, SettingsDep
+from server.deps import ClockDep, CurrentDevice, SessionDep, SettingsDep
 from server.errors import NotFound
 from server.openapi import error_responses
 from server.push import service
@@ -55,6 +55,7 @@ async def register_subscription(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
+    clock: ClockDep,
     _: PushDep,
 ) -> SubscriptionOut:
     """Register (or refresh the keys of) a push subscription of the calling device."""
@@ -65,7 +66,11 @@ async def register_subscription(
         allow_loopback=settings.push.allow_loopback_endpoints,
     )
     row, created = await service.register(
-        session, me.device_pk, new, max_per_device=settings.push.max_subscriptions_per_device
+        session,
+        me.device_pk,
+        new,
+        max_per_device=settings.push.max_subscriptions_per_device,
+        now_ms=clock.now_ms(),
     )
     if not created:
         response.status_code = 200

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server.clock import Clock
 from server.db.engine import write_lock
 from server.logs import log_event
 from server.push import repository as repo
@@ -103,8 +104,11 @@ class PushDispatcher:
         presence: Presence,
         coalescer: Coalescer,
         registry: CollectorRegistry,
+        *,
+        clock: Clock,
     ) -> None:
         self._sessions = sessions
+        self._clock = clock
         self.vapid = vapid
         self.config = config
         self.presence = presence
@@ -286,7 +290,7 @@ class PushDispatcher:
             "Topic": TOPIC,
             "Content-Encoding": CONTENT_ENCODING,
             "Content-Type": "application/octet-stream",
-            "Authorization": self.vapid.authorization(origin),
+            "Authorization": self.vapid.authorization(origin, now=self._clock.now()),
         }
         # ~1 ms of CPU (a fresh P-256 key, ECDH, HKDF): off the event loop thread.
         body = await asyncio.to_thread(encrypt_payload, target.p256dh, target.auth)

@@ -11,7 +11,6 @@ import base64
 import binascii
 import ipaddress
 import secrets
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -133,7 +132,12 @@ def check_endpoint(endpoint: str, *, allow_loopback: bool) -> None:
 
 
 async def register(
-    session: AsyncSession, device_pk: int, new: NewSubscription, *, max_per_device: int
+    session: AsyncSession,
+    device_pk: int,
+    new: NewSubscription,
+    *,
+    max_per_device: int,
+    now_ms: int,
 ) -> tuple[PushSubscription, bool]:
     """Store ``new`` for the device; ``(row, created)``. The same endpoint again updates its
     keys and keeps its id. Refuses (409) a device at ``max_per_device`` subscriptions."""
@@ -156,7 +160,7 @@ async def register(
         endpoint=new.endpoint,
         p256dh=new.p256dh,
         auth=new.auth,
-        created_at=int(time.time() * 1000),
+        created_at=now_ms,
     )
     session.add(row)
     await session.commit()

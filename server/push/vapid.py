@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +92,12 @@ class VapidKey:
             raise ValueError(f"{path} does not hold an EC private key")
         return cls(key, subject)
 
-    def authorization(self, audience: str, now: int | None = None) -> str:
+    def authorization(self, audience: str, now: int) -> str:
         """The ``Authorization: vapid t=<JWT>, k=<public key>`` value for a push service.
 
         ``audience`` is the push endpoint's origin (``https://host[:port]``).
         """
-        t = int(time.time()) if now is None else now
+        t = now
         with self._lock:
             cached = self._tokens.get(audience)
             if cached is not None and cached[1] - t > _JWT_MIN_LEFT_SECONDS:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from server.accounts.service import deletion_message
-from server.clock import now
+from server.clock import Clock
 from tests.server.relay_harness import (
     TestAccount,
     auth_header,
@@ -118,7 +118,7 @@ async def _delete_flow(tmp_path: Path, database_url: str | None) -> None:
             row = (
                 await session.execute(text("SELECT released_at FROM deleted_usernames"))
             ).scalar_one()
-            assert abs(int(row) - (now() + 30 * 86400)) < 600
+            assert abs(int(row) - (Clock().now() + 30 * 86400)) < 600
 
 
 async def test_deleting_an_account_removes_what_it_owns_and_quarantines_its_name_on_sqlite(

@@ -245,13 +245,17 @@ async def test_closed_registration_refuses_everyone(tmp_path: Path) -> None:
 async def test_invite_policy_consumes_invites(tmp_path: Path) -> None:
     from server.accounts.invites import add_invite
     from server.auth.service import hash_secret
-    from server.clock import now
+    from server.clock import Clock
 
     settings = make_settings(tmp_path, registration="invite")
     async with running_relay(settings) as relay, relay.client() as http:
         async with relay.app.state.sessions() as session:
             await add_invite(
-                session, token_hash=hash_secret(b"let-me-in"), uses=1, expires_at=None, now=now()
+                session,
+                token_hash=hash_secret(b"let-me-in"),
+                uses=1,
+                expires_at=None,
+                now=Clock().now(),
             )
             await session.commit()
         _error(await TestAccount.new("erin").register(http), 403, "invite_required")

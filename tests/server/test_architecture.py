@@ -142,3 +142,72 @@ def test_importing_the_app_reads_no_settings_and_opens_no_database(tmp_path: Pat
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+#: Functions that read the system's time (``time.X`` / ``datetime.X`` / ``date.X``).
+_TIME_READERS = {
+    "time": {
+        "time",
+        "time_ns",
+        "monotonic",
+        "monotonic_ns",
+        "perf_counter",
+        "perf_counter_ns",
+        "process_time",
+        "clock_gettime",
+        "clock_gettime_ns",
+    },
+    "datetime": {"now", "utcnow", "today"},
+    "date": {"today"},
+}
+
+
+def _time_reads(source: str) -> list[str]:
+    """``line: expression`` for every read of the system's time (called or passed on)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+            if name in _TIME_READERS and node.attr in _TIME_READERS[name]:
+                found.append((node.lineno, f"{name}.{node.attr}"))
+        elif isinstance(node, ast.ImportFrom) and node.module == "time":
+            found += [
+                (node.lineno, f"from time import {alias.name}")
+                for alias in node.names
+                if alias.name in _TIME_READERS["time"]
+            ]
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_only_the_clock_module_reads_the_system_time() -> None:
+    """Everything else is handed the one :class:`server.clock.Clock` (tests move it)."""
+    offenders = {
+        _where(path): reads
+        for path in SERVER.rglob("*.py")
+        if path != SERVER / "clock.py" and (reads := _time_reads(path.read_text()))
+    }
+    assert offenders == {}, "take the clock (ClockDep, RelayState.clock, a `clock` argument)"
+
+
+def test_the_time_rule_sees_every_spelling() -> None:
+    source = (
+        "import time, datetime as dt\n"
+        "from time import monotonic\n"
+        "from datetime import datetime, date\n"
+        "a = time.time()\n"
+        "b = datetime.now(UTC)\n"
+        "c = dt.datetime.utcnow()\n"
+        "d = date.today()\n"
+        "e = field(default_factory=time.perf_counter)\n"
+        "f = time.strftime('%H', time.localtime(record.created))\n"
+        "g = datetime.fromtimestamp(0, UTC)\n"
+    )
+    assert _time_reads(source) == [
+        "2: from time import monotonic",
+        "4: time.time",
+        "5: datetime.now",
+        "6: datetime.utcnow",
+        "7: date.today",
+        "8: time.perf_counter",
+    ]

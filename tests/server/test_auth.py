@@ -241,6 +241,7 @@ async def test_the_sweeper_forgets_expired_challenges_and_tokens(
     relay: Relay, http: httpx.AsyncClient, alice: TestAccount
 ) -> None:
     from server.auth.maintenance import sweep_expired
+    from server.clock import Clock
 
     await alice.login(http)
     live = await alice.login(http)
@@ -249,7 +250,7 @@ async def test_the_sweeper_forgets_expired_challenges_and_tokens(
         await session.execute(update(AuthChallenge).values(expires_at=1))
         await session.execute(update(AuthToken).where(AuthToken.id == 1).values(expires_at=1))
         await session.commit()
-    assert await sweep_expired(relay.app.state.sessions) == (1, 1)
+    assert await sweep_expired(relay.app.state.sessions, Clock().now()) == (1, 1)
     assert len((await table_snapshot(relay.app, ["auth_tokens"]))["auth_tokens"]) == 1
     assert (await http.get("/v1/prekeys/count", headers=auth_header(live))).status_code == 200
 

@@ -3,6 +3,7 @@ sender's own devices) and the queue policy (depth, bytes, per-sender share)."""
 
 from __future__ import annotations
 
+from server.clock import ShiftedClock
 from server.delivery.policy import (
     QUEUE_FULL,
     QUEUE_SHARE_FULL,
@@ -65,25 +66,25 @@ def test_limits_give_every_sender_at_least_one_envelope_and_byte() -> None:
 
 
 def test_the_disk_guard_caches_its_probe_and_never_refuses_when_off() -> None:
-    now = [0.0]
     calls: list[int] = []
 
     def probe() -> int:
         calls.append(1)
         return 10
 
-    guard = DiskGuard(100, probe, ttl=1.0, clock=lambda: now[0])
+    clock = ShiftedClock()
+    guard = DiskGuard(100, probe, ttl=60.0, clock=clock)
     assert guard.low() and guard.low()
     assert len(calls) == 1
-    now[0] = 1.5
+    clock.advance(61)
     assert guard.low()
     assert len(calls) == 2
-    assert not DiskGuard(0, probe).low()
+    assert not DiskGuard(0, probe, clock=clock).low()
 
     def failing() -> int:
         raise OSError("gone")
 
-    assert not DiskGuard(100, failing).low()
+    assert not DiskGuard(100, failing, clock=clock).low()
 
 
 #: alice has devices 1 and 2 (pks 11, 12), bob has 1 and 3 (pks 21, 23).

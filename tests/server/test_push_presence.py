@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
+from server.clock import Clock
 from server.push.presence import Coalescer, Presence
 from tests.server.relay_harness import free_port
 
@@ -49,7 +50,10 @@ async def test_nodes_see_each_others_connected_devices(redis_url: str, redis_pre
 async def test_the_coalescing_window_is_shared_by_nodes(redis_url: str, redis_prefix: str) -> None:
     client = aioredis.from_url(redis_url)
     try:
-        one, two = Coalescer(client, redis_prefix, 60), Coalescer(client, redis_prefix, 60)
+        one, two = (
+            Coalescer(client, redis_prefix, 60, Clock()),
+            Coalescer(client, redis_prefix, 60, Clock()),
+        )
         assert await one.claim(1)
         assert not await two.claim(1)
         assert not await one.claim(1)
@@ -65,11 +69,11 @@ async def test_without_redis_a_node_uses_what_it_knows() -> None:
     try:
         presence.attached(3)
         assert await presence.connected([3, 4]) == {3}
-        coalescer = Coalescer(dead, "vox:", 60)
+        coalescer = Coalescer(dead, "vox:", 60, Clock())
         assert await coalescer.claim(4)
         assert not await coalescer.claim(4)
     finally:
         await presence.stop()
         await dead.aclose()
-    local = Coalescer(None, "vox:", 60)
+    local = Coalescer(None, "vox:", 60, Clock())
     assert await local.claim(1) and not await local.claim(1)

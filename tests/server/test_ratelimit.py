@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from server.clock import Clock
 from server.errors import RateLimited
 from server.ratelimit import RateLimiter
 
 
-class FakeClock:
+class FakeClock(Clock):
+    """A clock that stands still until the test moves ``t``."""
+
+    __slots__ = ("t",)
+
     def __init__(self) -> None:
         self.t = 1000.0
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.t
 
 

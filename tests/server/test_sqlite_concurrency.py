@@ -141,7 +141,7 @@ async def test_no_sqlite_transaction_reads_then_writes_without_the_write_lock(
                 await b.send({"type": "ack", "seqs": [(await b.expect("deliver"))["seq"]]})
                 await app.state.delivery.drained()
             await app.state.delivery.sweep(FAR_FUTURE * 1000)
-            await sweep_expired(app.state.sessions)
+            await sweep_expired(app.state.sessions, FAR_FUTURE)
         assert audit.violations == []
         # The audit saw both kinds of transaction (it is not vacuous).
         assert audit.begun["BEGIN IMMEDIATE"] >= 8 and audit.begun["BEGIN"] >= 5, audit.begun

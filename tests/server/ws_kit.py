@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
+from server.clock import Clock
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from server.settings import Settings
 from tests.server.relay_harness import Relay, TestAccount, make_settings, running_relay
@@ -34,10 +35,10 @@ __all__ = [
 ]
 
 
-def delivery_app(settings: Settings, **overrides: Any) -> FastAPI:
-    """``create_app(settings)`` with the delivery and attachment layers registered;
-    ``overrides`` tune ``DeliveryConfig`` fields (e.g. ``send_timeout=1.0``)."""
-    app = create_app(settings)
+def delivery_app(settings: Settings, *, clock: Clock | None = None, **overrides: Any) -> FastAPI:
+    """``create_app(settings, clock=clock)``; ``overrides`` tune ``DeliveryConfig`` fields
+    (e.g. ``send_timeout=1.0``)."""
+    app = create_app(settings, clock=clock)
     app.state.delivery_overrides = overrides
     return app
 
@@ -174,11 +175,14 @@ async def world(
     *,
     database_url: str | None = None,
     limits: dict[str, Any] | None = None,
+    clock: Clock | None = None,
     **overrides: Any,
 ) -> AsyncIterator[World]:
-    """A relay (SQLite in ``tmp_path`` unless ``database_url``) with accounts from ``spec``."""
+    """A relay (SQLite in ``tmp_path`` unless ``database_url``) with accounts from ``spec``;
+    ``clock`` is the relay's clock (a ``ShiftedClock`` lets the test move time)."""
     settings = make_settings(tmp_path, database_url=database_url, limits=limits or {})
-    async with running_relay(settings, app=delivery_app(settings, **overrides)) as relay:
+    app = delivery_app(settings, clock=clock, **overrides)
+    async with running_relay(settings, app=app) as relay:
         async with relay.client() as http:
             peers = await setup_accounts(http, spec)
         yield World(relay, peers)
