@@ -35,6 +35,16 @@ Connections mode::
 opens N authenticated idle WebSockets (N devices, 16 per account) and reports the relay's RSS
 growth per connection.
 
+Logins mode::
+
+    python bench/relay.py --logins 10000 [--login-concurrency 64] [--database ...]
+
+registers N devices (16 per account; not timed), then logs every one of them in again
+(challenge, Ed25519 signature, token) with ``--login-concurrency`` logins at a time over
+keep-alive connections, and reports the wall time and the relay's CPU per login. The client
+side is a minimal HTTP/1.1 client (a few µs per request) so that, on a small machine, the
+figure is the relay's and not the benchmark's.
+
 Latency is send → deliver as seen by the clients (both in this process, same clock).
 """
 
@@ -198,9 +208,14 @@ def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 async def make_devices(
-    base_url: str, users: list[str], devices_per_user: int, concurrency: int = 1
+    base_url: str,
+    users: list[str],
+    devices_per_user: int,
+    concurrency: int = 1,
+    accounts: list[TestAccount] | None = None,
 ) -> list[tuple[str, int, str]]:
-    """Register users (with ``devices_per_user`` devices each) and log every device in."""
+    """Register users (with ``devices_per_user`` devices each) and log every device in
+    (the accounts, with their keys, are appended to ``accounts``)."""
     out: list[tuple[str, int, str]] = []
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=16)
@@ -215,6 +230,8 @@ async def make_devices(
                 if len(devices) > 1:
                     resp = await account.publish_devices(http, token, devices)
                     resp.raise_for_status()
+                if accounts is not None:
+                    accounts.append(account)
                 out.append((user, 1, token))
                 for d in devices[1:]:
                     out.append((user, d.device_id, await account.login(http, d.device_id)))
@@ -604,6 +621,104 @@ async def connections(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class KeepAlive:
+    """A minimal HTTP/1.1 keep-alive client for JSON POSTs (one request at a time)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> KeepAlive:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return status, json.loads(payload) if payload else {}
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def logins(args: argparse.Namespace) -> dict[str, Any]:
+    """Register N devices (not timed), then log each in again, timed."""
+    tmp = Path(tempfile.mkdtemp(prefix="vox-bench-"))
+    n = args.logins
+    drop: Callable[[], Awaitable[None]] | None = None
+    try:
+        database_url = None
+        if args.database == "postgres":
+            database_url, drop = await create_pg_database(args.postgres_url)
+        port = free_port()
+        exe = str(Path(sys.executable).with_name("vox-relay"))
+        cmd = [exe, "serve", "--port", str(port)]
+        async with process(cmd, relay_env(tmp, database_url), port, "/healthz") as proc:
+            base_url = f"http://127.0.0.1:{port}"
+            per = 16
+            users = [f"l{i:05d}" for i in range(math.ceil(n / per))]
+            accounts: list[TestAccount] = []
+            await make_devices(base_url, users, per, 16, accounts)
+            work = [(a, d) for a in accounts for d in a.devices][:n]
+            log(f"{len(work)} devices registered; logging them in")
+            queue = list(reversed(work))
+            cpu0 = cpu_seconds(proc.pid)
+            t0 = time.perf_counter()
+
+            async def worker() -> None:
+                http = await KeepAlive.open(port)
+                try:
+                    while queue:
+                        account, device = queue.pop()
+                        who = {"username": account.username, "device_id": device.device_id}
+                        status, ch = await http.post("/v1/auth/challenge", who)
+                        assert status == 200, (status, ch)
+                        nonce = base64.b64decode(ch["nonce"])
+                        signature = device.sign_challenge(account.username, nonce)
+                        status, tok = await http.post(
+                            "/v1/auth/token",
+                            {
+                                **who,
+                                "nonce": ch["nonce"],
+                                "signature": base64.b64encode(signature).decode(),
+                            },
+                        )
+                        assert status == 200, (status, tok)
+                finally:
+                    await http.close()
+
+            await asyncio.gather(*(worker() for _ in range(args.login_concurrency)))
+            elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds(proc.pid) - cpu0
+        return {
+            "mode": "logins",
+            "database": args.database,
+            "devices": len(work),
+            "login_seconds": round(elapsed, 2),
+            "logins_per_s": round(len(work) / elapsed, 1),
+            "login_concurrency": args.login_concurrency,
+            "relay_cpu_ms_per_login": round(1000 * cpu / len(work), 3),
+            "seconds_for_10k": round(10_000 * elapsed / len(work), 1),
+        }
+    finally:
+        if drop is not None:
+            await drop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
@@ -619,6 +734,7 @@ def main() -> None:
         help="server where a throw-away database is created (postgres mode)",
     )
     parser.add_argument("--connections", type=int, default=0, help="idle-connection mode")
+    parser.add_argument("--logins", type=int, default=0, help="login mode: N devices")
     parser.add_argument(
         "--login-concurrency",
         type=int,
@@ -648,6 +764,8 @@ def main() -> None:
     result: dict[str, Any]
     if args.connections:
         result = asyncio.run(connections(args))
+    elif args.logins:
+        result = asyncio.run(logins(args))
     elif args.growth:
         result = growth(args)
     else:

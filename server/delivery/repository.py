@@ -35,7 +35,7 @@ from server.delivery.frames import Delivery, deliver_tail
 from server.delivery.policy import QueueUsage
 from wire.encoding import b64
 
-__all__ = ["DeliveryRepository", "DeviceSets", "NewSend", "SendRecord"]
+__all__ = ["DeliveryRepository", "DeviceSets", "NewSend", "SendRecord", "Stored"]
 
 _sends = cast(Table, DeliverySend.__table__)
 _payloads = cast(Table, DeliveryPayload.__table__)
@@ -85,6 +85,11 @@ def _find_sends_sqlite(n: int) -> str:
     )
 
 
+# A send whose (sender, client id) another transaction stored meanwhile (another node:
+# this node's writers never have the same send in flight twice) is skipped with its payloads
+# and queue rows, not an error: the statement answers which sends it stored. (An error would
+# roll back the whole batch, and redoing its sends one by one could let a later batch of the
+# same connection commit first.)
 _INSERT_PG = text(
     "WITH new_sends AS ("
     " INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user,"
@@ -92,16 +97,23 @@ _INSERT_PG = text(
     " SELECT * FROM unnest(CAST(:s0 AS VARCHAR[]), CAST(:s1 AS BIGINT[]),"
     " CAST(:s2 AS VARCHAR[]), CAST(:s3 AS BIGINT[]), CAST(:s4 AS VARCHAR[]),"
     " CAST(:s5 AS BIGINT[]), CAST(:s6 AS BIGINT[]))"
+    " ON CONFLICT (sender_device_pk, client_id) DO NOTHING"
+    " RETURNING envelope_id"
     "), new_payloads AS ("
     " INSERT INTO delivery_payloads (envelope_id, idx, data)"
-    " SELECT * FROM unnest(CAST(:p0 AS VARCHAR[]), CAST(:p1 AS SMALLINT[]), CAST(:p2 AS BYTEA[]))"
-    ") "
-    "INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at, size,"
+    " SELECT p.* FROM unnest(CAST(:p0 AS VARCHAR[]), CAST(:p1 AS SMALLINT[]),"
+    " CAST(:p2 AS BYTEA[])) AS p(e, i, d) WHERE p.e IN (SELECT envelope_id FROM new_sends)"
+    "), new_queue AS ("
+    " INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at, size,"
     " sender_account_id)"
-    " SELECT * FROM unnest(CAST(:q0 AS BIGINT[]), CAST(:q1 AS VARCHAR[]),"
+    " SELECT q.* FROM unnest(CAST(:q0 AS BIGINT[]), CAST(:q1 AS VARCHAR[]),"
     " CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]), CAST(:q4 AS INTEGER[]),"
-    " CAST(:q5 AS BIGINT[]))"
+    " CAST(:q5 AS BIGINT[])) AS q(d, e, i, x, s, a)"
+    " WHERE q.e IN (SELECT envelope_id FROM new_sends)"
     " RETURNING seq, device_pk, envelope_id, idx"
+    ") "
+    "SELECT seq, device_pk, envelope_id, idx FROM new_queue"
+    " UNION ALL SELECT NULL, NULL, envelope_id, NULL FROM new_sends"
 )
 
 
@@ -174,6 +186,16 @@ class NewSend:
     expires_at: int
     #: (ciphertext, recipient device pks) per payload, in frame order.
     payloads: list[tuple[bytes, list[int]]]
+
+
+@dataclass(slots=True)
+class Stored:
+    """What :meth:`DeliveryRepository.insert_sends` stored."""
+
+    #: Deliveries per recipient device pk, ascending ``seq``.
+    per_device: dict[int, list[Delivery]]
+    #: Sends not stored: another transaction stored the same (sender, client id) first.
+    conflicts: list[NewSend]
 
 
 class DeliveryRepository:
@@ -266,10 +288,11 @@ class DeliveryRepository:
                 usage.by_sender[sender] = (int(count), int(size))
         return out
 
-    def insert_sends(self, conn: Connection, sends: Sequence[NewSend]) -> dict[int, list[Delivery]]:
-        """Store sends, payloads (once each) and queue rows; return deliveries per device."""
+    def insert_sends(self, conn: Connection, sends: Sequence[NewSend]) -> Stored:
+        """Store sends, payloads (once each) and queue rows; return deliveries per device
+        (and, on PostgreSQL, the sends another transaction stored first)."""
         if not sends:
-            return {}
+            return Stored({}, [])
         send_rows = [
             (
                 s.envelope_id,
@@ -296,10 +319,12 @@ class DeliveryRepository:
                     (pk, s.envelope_id, idx, s.expires_at, len(data), s.sender_account_id)
                     for pk in device_pks
                 )
+        conflicts: list[NewSend] = []
         if conn.dialect.name == "sqlite":
             inserted = self._insert_sqlite(conn, send_rows, payload_rows, queue_rows)
         elif conn.dialect.name == "postgresql":
-            inserted = self._insert_pg(conn, send_rows, payload_rows, queue_rows)
+            inserted, stored = self._insert_pg(conn, send_rows, payload_rows, queue_rows)
+            conflicts = [s for s in sends if s.envelope_id not in stored]
         else:
             inserted = self._insert_core(conn, send_rows, payload_rows, queue_rows)
         per_device: dict[int, list[Delivery]] = {}
@@ -307,7 +332,7 @@ class DeliveryRepository:
             per_device.setdefault(pk, []).append(Delivery(seq, tails[(envelope_id, idx)]))
         for deliveries in per_device.values():
             deliveries.sort(key=lambda d: d.seq)
-        return per_device
+        return Stored(per_device, conflicts)
 
     @staticmethod
     def _insert_core(
@@ -356,9 +381,10 @@ class DeliveryRepository:
         send_rows: list[tuple[str, int, str, int, str, int, int]],
         payload_rows: list[tuple[str, int, bytes]],
         queue_rows: list[QueueRow],
-    ) -> list[tuple[int, int, str, int]]:
+    ) -> tuple[list[tuple[int, int, str, int]], set[str]]:
         """All three inserts in one statement (one round trip): arrays unnested into rows.
-        Foreign keys are checked at the end of the statement, when all rows exist."""
+        Foreign keys are checked at the end of the statement, when all rows exist. Returns
+        the queue rows and the envelope ids of the sends stored."""
         s_cols = list(zip(*send_rows, strict=True))
         p_cols = list(zip(*payload_rows, strict=True))
         q_cols = list(zip(*queue_rows, strict=True))
@@ -370,7 +396,14 @@ class DeliveryRepository:
                 **{f"q{i}": list(col) for i, col in enumerate(q_cols)},
             },
         )
-        return [(seq, pk, e, i) for seq, pk, e, i in result]
+        rows: list[tuple[int, int, str, int]] = []
+        stored: set[str] = set()
+        for seq, pk, e, i in result:
+            if seq is None:
+                stored.add(e)
+            else:
+                rows.append((seq, pk, e, i))
+        return rows, stored
 
     @staticmethod
     def _insert_sqlite(

@@ -69,8 +69,10 @@ class DeliveryConfig:
     #: reported — e.g. ``vox-relay device revoke`` without Redis — closes them within this).
     token_check_interval: float = 30.0
     commit_max_batch: int = 256
-    #: Concurrent group-commit writers (0: 1 on SQLite, 2 on PostgreSQL).
-    commit_writers: int = 0
+    #: Concurrent group-commit writers (a device's operations always go to the same one).
+    commit_writers: int = 1
+    #: Batches each writer keeps in flight on PostgreSQL (one connection each; SQLite: 1).
+    commit_pipeline: int = 3
     commit_max_wait: float = 0.002
 
     @classmethod
@@ -113,10 +115,11 @@ class DeliveryService:
         self.metrics = metrics
         self.config = config
         self.repo = DeliveryRepository()
-        # SQLite has one writer at a time anyway; PostgreSQL overlaps commits of several
-        # writers. A device's sends and acks always go to the same writer (by device pk), so
-        # each connection's operations still commit and are answered in order.
-        count = config.commit_writers or (1 if engine.dialect.name == "sqlite" else 2)
+        # SQLite has one writer at a time anyway; on PostgreSQL one writer keeps several
+        # batches in flight (``commit_pipeline``), which makes bigger batches than several
+        # writers would. With more writers, a device's sends and acks still always go to the
+        # same one (by device pk), so each connection's operations are answered in order.
+        count = max(1, config.commit_writers)
         self.writers = [
             GroupCommitWriter(
                 engine,
@@ -134,6 +137,7 @@ class DeliveryService:
                 max_batch=config.commit_max_batch,
                 max_wait=config.commit_max_wait,
                 clock=clock,
+                pipeline=config.commit_pipeline,
             )
             for _ in range(count)
         ]

@@ -8,6 +8,20 @@ commits, and only then answers: ``accepted`` to each sender, deliveries to the r
 sockets (through the hub), ack completion to the ackers. Nothing is answered ``accepted``
 before its commit; if the transaction fails, every send in it is answered with an error and
 nothing of it is stored.
+
+On PostgreSQL a writer keeps up to ``pipeline`` batches in flight, each in its own
+transaction on its own connection, so that the next batch's statements run while the
+previous one waits for its commit (commit latency, not CPU, bounds a single writer there).
+Order is kept:
+
+* answers (``accepted``, deliveries, ack completions) go out in batch order — a batch that
+  commits early waits for the batches before it to be answered;
+* a recipient's queue rows are numbered in batch order: every batch takes the recipients'
+  queue locks before counting and inserting, and holds them until it commits, so a later
+  batch's rows for the same device are inserted (and numbered) after the earlier batch
+  committed;
+* a send repeated while its first copy is still in flight (the same sender and client id)
+  is answered with the first copy's answer, once that one is answered.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy.engine import Connection, Engine
@@ -86,6 +100,8 @@ class SendOp:
     started: float
     answer: str | None = None
     accepted: bool = False
+    #: The same send (sender, client id) still in flight in an earlier batch.
+    copy_of: SendOp | None = None
 
 
 @dataclass(slots=True)
@@ -95,9 +111,22 @@ class AckOp:
     origin: Origin
     device_pk: int
     seqs: list[int]
+    #: False once the transaction that held them failed.
+    ok: bool = True
 
 
 Op = SendOp | AckOp
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One transaction's operations and what it produced."""
+
+    ops: list[Op]
+    #: Deliveries per recipient device pk (committed rows).
+    per_device: dict[int, list[Delivery]] = field(default_factory=dict)
+    #: Ephemeral sends validated in the transaction, pushed after it: (op, device pks, ts).
+    live: list[tuple[SendOp, list[list[int]], int]] = field(default_factory=list)
 
 
 def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
@@ -132,6 +161,7 @@ class GroupCommitWriter:
         storage_low: Callable[[], bool] = lambda: False,
         max_batch: int = 256,
         max_wait: float = 0.002,
+        pipeline: int = 1,
         clock: Clock,
     ) -> None:
         self._engine = engine
@@ -139,7 +169,18 @@ class GroupCommitWriter:
             sqlite_sync_engine(engine) if engine.dialect.name == "sqlite" else None
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
-        self._conn: AsyncConnection | None = None
+        #: Idle PostgreSQL connections of this writer (one per batch in flight).
+        self._conns: list[AsyncConnection] = []
+        # SQLite has one writer at a time (BEGIN IMMEDIATE) and one thread: one batch.
+        self._pipeline = 1 if self._sqlite_engine is not None else max(1, pipeline)
+        self._slots = asyncio.Semaphore(self._pipeline)
+        self._batches: set[asyncio.Task[None]] = set()
+        #: Set once the most recently started batch has been answered.
+        self._answered: asyncio.Event | None = None
+        #: The most batches that were in flight at once (tests and diagnostics).
+        self.peak_in_flight = 0
+        #: Durable sends in batches not yet answered, by (sender device pk, client id).
+        self._in_flight: dict[tuple[int, str], SendOp] = {}
         self._hub = hub
         self._metrics = metrics
         self._repo = DeliveryRepository()
@@ -155,8 +196,6 @@ class GroupCommitWriter:
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        #: Ephemeral sends validated in the current transaction, pushed after it.
-        self._pending_live: list[tuple[SendOp, list[list[int]], int]] = []
 
     def start(self) -> None:
         """Start the writer task."""
@@ -169,13 +208,17 @@ class GroupCommitWriter:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drained(), timeout=10)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in list(self._batches):
+            task.cancel()
+        for task in (self._task, *self._batches):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._task = None
         self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
         if self._sqlite_engine is not None:
             self._sqlite_engine.dispose()
 
@@ -204,76 +247,118 @@ class GroupCommitWriter:
                     await asyncio.sleep(min(remaining, 0.0005))
                     continue
                 batch.append(self._queue.get_nowait())
-            try:
+            await self._slots.acquire()
+            previous, answered = self._answered, asyncio.Event()
+            self._answered = answered
+            task = asyncio.create_task(self._batch(batch, previous, answered))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+            self.peak_in_flight = max(self.peak_in_flight, len(self._batches))
+
+    async def _batch(
+        self, ops: list[Op], previous: asyncio.Event | None, answered: asyncio.Event
+    ) -> None:
+        """Run one batch's transaction, then answer it after every earlier batch."""
+        try:
+            todo: list[Op] = []
+            for op in ops:
+                if isinstance(op, SendOp) and not op.ephemeral:
+                    key = (op.sender.device_pk, op.client_id)
+                    first = self._in_flight.get(key)
+                    if first is not None:
+                        op.copy_of = first  # answered like the first copy, after it
+                        continue
+                    self._in_flight[key] = op
+                todo.append(op)
+            batch = _Batch(todo)
+            if todo:
                 await self._process(batch)
-            except Exception as exc:  # never let the writer die (and never log parameters)
-                log.error("group commit failed unexpectedly: %s", exc.__class__.__name__)
-            finally:
-                self._outstanding -= len(batch)
-                if self._outstanding == 0:
-                    self._idle.set()
+            if previous is not None:
+                await previous.wait()
+            self._answer(batch)
+            self._answer_copies(ops)
+        except Exception as exc:  # never let the writer die (and never log parameters)
+            log.error("group commit failed unexpectedly: %s", exc.__class__.__name__)
+        finally:
+            for op in ops:
+                if isinstance(op, SendOp) and op.copy_of is None:
+                    key = (op.sender.device_pk, op.client_id)
+                    if self._in_flight.get(key) is op:
+                        del self._in_flight[key]
+            answered.set()
+            self._slots.release()
+            self._outstanding -= len(ops)
+            if self._outstanding == 0:
+                self._idle.set()
 
     # -- one batch ---------------------------------------------------------------------------
 
-    async def _process(self, batch: list[Op]) -> None:
-        self._metrics.batch_size.observe(len(batch))
+    async def _process(self, batch: _Batch) -> None:
+        """Store the batch, retrying one by one after a conflict; every operation ends with
+        its answer set (nothing is sent yet)."""
+        self._metrics.batch_size.observe(len(batch.ops))
         try:
             started = self._clock.monotonic()
-            per_device = await self._transaction(batch)
+            await self._transaction(batch)
             self._metrics.commit_seconds.observe(self._clock.monotonic() - started)
         except IntegrityError:
             # A concurrent node stored the same (sender, client id): redo one by one, so the
             # de-duplication check sees the other row.
-            for op in batch:
+            batch.per_device, batch.live = {}, []
+            for op in batch.ops:
+                single = _Batch([op])
                 try:
-                    per_device = await self._transaction([op])
+                    await self._transaction(single)
                 except Exception as exc:
-                    self._fail([op], exc)
-                else:
-                    self._answer([op], per_device)
-            return
+                    self._fail(single, exc)
+                    continue
+                batch.live += single.live
+                for pk, deliveries in single.per_device.items():
+                    batch.per_device.setdefault(pk, []).extend(deliveries)
+            for deliveries in batch.per_device.values():
+                deliveries.sort(key=lambda d: d.seq)
         except Exception as exc:
             self._fail(batch, exc)
-            return
-        self._answer(batch, per_device)
 
-    async def _transaction(self, batch: list[Op]) -> dict[int, list[Delivery]]:
-        self._pending_live = []
-        for op in batch:
+    async def _transaction(self, batch: _Batch) -> None:
+        for op in batch.ops:
             if isinstance(op, SendOp):
                 op.answer, op.accepted = None, False
         if self._sqlite_engine is not None:
             # The whole transaction in the writer's own thread: one hand-off per batch.
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._sqlite_transaction, batch)
-        # PostgreSQL: the writer keeps one connection (no pool checkout and ping per batch).
-        if self._conn is None:
-            self._conn = await self._engine.connect()
+            await loop.run_in_executor(self._thread, self._sqlite_transaction, batch)
+            return
+        # PostgreSQL: the writer keeps its connections (no pool checkout and ping per batch).
+        conn = self._conns.pop() if self._conns else await self._engine.connect()
         try:
-            async with self._conn.begin():
-                return await self._conn.run_sync(self._apply, batch)
+            async with conn.begin():
+                await conn.run_sync(self._apply, batch)
         except BaseException:
-            conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 await conn.close()
             raise
+        self._conns.append(conn)
 
-    def _sqlite_transaction(self, batch: list[Op]) -> dict[int, list[Delivery]]:
+    def _sqlite_transaction(self, batch: _Batch) -> None:
         assert self._sqlite_engine is not None
         with self._sqlite_engine.connect() as conn:
             # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
             conn = conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
-                return self._apply(conn, batch)
+                self._apply(conn, batch)
 
-    def _apply(self, conn: Connection, batch: list[Op]) -> dict[int, list[Delivery]]:
-        acks = [(op.device_pk, seq) for op in batch if isinstance(op, AckOp) for seq in op.seqs]
+    def _apply(self, conn: Connection, batch: _Batch) -> None:
+        batch.per_device, batch.live = {}, []
+        ops = batch.ops
+        acks = [(op.device_pk, seq) for op in ops if isinstance(op, AckOp) for seq in op.seqs]
         if acks:
             self._metrics.acks.inc(self._repo.delete_acked(conn, acks))
-        sends = [op for op in batch if isinstance(op, SendOp)]
-        return self._store(conn, sends) if sends else {}
+        sends = [op for op in ops if isinstance(op, SendOp)]
+        if sends:
+            self._store(conn, sends, batch)
 
-    def _store(self, conn: Connection, ops: list[SendOp]) -> dict[int, list[Delivery]]:
+    def _store(self, conn: Connection, ops: list[SendOp], batch: _Batch) -> None:
         now = self._clock.now_ms()
         durable = [op for op in ops if not op.ephemeral]
         storage_low = bool(durable) and self._storage_low()
@@ -322,6 +407,7 @@ class GroupCommitWriter:
         usage = self._repo.queue_usage(conn, targets) if targets else {}
         owners = _owners(sets)
         to_store: list[NewSend] = []
+        accepted: dict[str, SendOp] = {}  # envelope id → send
         live: list[tuple[SendOp, list[list[int]]]] = []
         ids = os.urandom(16 * len(resolved)).hex()  # envelope ids: 128 random bits each
         for n, (op, pks) in enumerate(resolved):
@@ -352,7 +438,12 @@ class GroupCommitWriter:
             )
             op.answer = _accepted(op.client_id, envelope_id, now)
             op.accepted = True
-        per_device = self._repo.insert_sends(conn, to_store)
+            accepted[envelope_id] = op
+        stored = self._repo.insert_sends(conn, to_store)
+        batch.per_device = stored.per_device
+        if stored.conflicts:
+            # Another node stored the same sends first: answer with its envelopes.
+            self._answer_conflicts(conn, stored.conflicts, accepted)
         for op, dup_of in duplicates:
             op.answer, op.accepted = dup_of.answer, dup_of.accepted
         # 4. Ephemeral sends: answered and pushed after the commit, never stored.
@@ -367,8 +458,23 @@ class GroupCommitWriter:
                 }
             )
             op.answer, op.accepted = ephemeral_answer, True
-            self._pending_live.append((op, pks, now))
-        return per_device
+            batch.live.append((op, pks, now))
+
+    def _answer_conflicts(
+        self, conn: Connection, conflicts: list[NewSend], ops: dict[str, SendOp]
+    ) -> None:
+        keys = [(s.sender_device_pk, s.client_id) for s in conflicts]
+        found = self._repo.find_sends(conn, keys)
+        for send, key in zip(conflicts, keys, strict=True):
+            op = ops[send.envelope_id]
+            record = found.get(key)
+            if record is None:  # stored and already expired: let the client retry
+                op.answer = error_frame(
+                    ErrorCode.INTERNAL, "temporary server error; retry", op.client_id
+                )
+                op.accepted = False
+            else:
+                op.answer = _accepted(op.client_id, record.envelope_id, record.ts)
 
     def _refuse_over_quota(
         self,
@@ -434,11 +540,11 @@ class GroupCommitWriter:
             return None
         return result
 
-    def _answer(self, batch: list[Op], per_device: dict[int, list[Delivery]]) -> None:
+    def _answer(self, batch: _Batch) -> None:
         accepted = 0
         now = self._clock.monotonic()
         observe = self._metrics.send_latency.observe
-        for op in batch:
+        for op in batch.ops:
             if isinstance(op, SendOp):
                 if op.answer is None:  # pragma: no cover - every path sets an answer
                     op.answer = error_frame(
@@ -450,14 +556,13 @@ class GroupCommitWriter:
                 op.origin.push_frame(op.answer)
                 op.origin.send_finished()
             else:
-                op.origin.acks_committed(op.seqs, True)
+                op.origin.acks_committed(op.seqs, op.ok)
         if accepted:
             self._metrics.sends_accepted.inc(accepted)
-        if per_device:
-            self._metrics.envelopes_queued.inc(sum(len(v) for v in per_device.values()))
-            self._hub.committed(per_device)
-        live, self._pending_live = self._pending_live, []
-        for op, pks, ts in live:
+        if batch.per_device:
+            self._metrics.envelopes_queued.inc(sum(len(v) for v in batch.per_device.values()))
+            self._hub.committed(batch.per_device)
+        for op, pks, ts in batch.live:
             self._metrics.ephemeral_sent.inc()
             for (data, _), group in zip(op.payloads, pks, strict=True):
                 text = dumps(
@@ -470,18 +575,31 @@ class GroupCommitWriter:
                 )
                 self._hub.send_frame(group, text)
 
-    def _fail(self, batch: list[Op], exc: BaseException) -> None:
+    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+        """The batch's transaction failed: nothing of it is stored; set the error answers."""
         log.error("delivery transaction failed: %s", exc.__class__.__name__)
-        self._pending_live = []
-        for op in batch:
+        batch.per_device, batch.live = {}, []
+        for op in batch.ops:
             if isinstance(op, SendOp):
                 self._metrics.sends_refused.labels("internal").inc()
-                op.origin.push_frame(
-                    error_frame(ErrorCode.INTERNAL, "temporary server error; retry", op.client_id)
+                op.answer = error_frame(
+                    ErrorCode.INTERNAL, "temporary server error; retry", op.client_id
                 )
-                op.origin.send_finished()
+                op.accepted = False
             else:
-                op.origin.acks_committed(op.seqs, False)
+                op.ok = False
+
+    def _answer_copies(self, ops: list[Op]) -> None:
+        """Sends repeated while their first copy was in flight: the first copy's answer."""
+        for op in ops:
+            if isinstance(op, SendOp) and op.copy_of is not None:
+                first = op.copy_of
+                op.answer = first.answer or error_frame(
+                    ErrorCode.INTERNAL, "temporary server error; retry", op.client_id
+                )
+                op.accepted = first.accepted and first.answer is not None
+                op.origin.push_frame(op.answer)
+                op.origin.send_finished()
 
 
 def _accepted(client_id: str, envelope_id: str, ts: int) -> str:

@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import server.delivery.repository as repository
 from server.db.engine import create_engine
 from server.db.migrate import upgrade
-from server.db.models import Account, Device, OneTimePrekey
 from server.delivery.repository import DeliveryRepository, NewSend
 from server.delivery.writer import sqlite_sync_engine
 from server.prekeys import repository as prekeys
+from tests.server.ws_kit import seed_alice_and_bob
 
 NOW = 1_700_000_000_000
 TABLES = {
@@ -95,48 +95,6 @@ def _hot(statement: str) -> bool:
     return head in {"SELECT", "INSERT", "DELETE", "UPDATE", "WITH"}
 
 
-def _seed(conn: Connection) -> tuple[int, int, int]:
-    """Two users (one device each) and one-time prekeys; returns (sender pk, recipient pk,
-    recipient account id)."""
-    ids = []
-    for name in ("alice", "bob"):
-        account_id = conn.execute(
-            insert(Account).returning(Account.id),
-            {
-                "username": name,
-                "account_key": b"\x01" * 33,
-                "device_list": b"",
-                "device_list_version": 1,
-                "created_at": NOW,
-            },
-        ).scalar_one()
-        pk = conn.execute(
-            insert(Device).returning(Device.pk),
-            {
-                "account_id": account_id,
-                "device_id": 1,
-                "identity_key": b"\x02" * 33,
-                "auth_key": b"\x03" * 33,
-                "created_at": NOW,
-            },
-        ).scalar_one()
-        ids.append((account_id, pk))
-    conn.execute(
-        insert(OneTimePrekey),
-        [
-            {
-                "device_pk": ids[1][1],
-                "kind": 1,
-                "key_id": k,
-                "public_key": b"\x04" * 33,
-                "signature": b"\x05" * 64,
-            }
-            for k in range(3)
-        ],
-    )
-    return ids[0][1], ids[1][1], ids[0][0]
-
-
 def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_acct: int) -> None:
     """Every delivery statement once, with more than one row where a batch can have several."""
     repo = DeliveryRepository()
@@ -159,7 +117,7 @@ def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_a
         )
         for i in (1, 2)
     ]
-    per_device = repo.insert_sends(conn, sends)
+    per_device = repo.insert_sends(conn, sends).per_device
     seqs = [d.seq for d in per_device[recipient_pk]]
     assert len(repo.fetch_queue(conn, recipient_pk, 100, NOW)) == 2
     assert repo.delete_acked(conn, [(recipient_pk, seq) for seq in seqs]) == 2
@@ -200,7 +158,7 @@ async def test_sqlite_hot_statements_search_indexes(
     monkeypatch.setattr(repository, "_raw_cursor", lambda conn: _RecordingCursor(raw(conn), seen))
     try:
         with sync.begin() as conn:
-            sender_pk, recipient_pk, sender_acct = _seed(conn)
+            sender_pk, recipient_pk, sender_acct = seed_alice_and_bob(conn)
         with _recording([sync, engine.sync_engine], seen):
             with sync.begin() as conn:
                 _delivery_path(conn, sender_pk, recipient_pk, sender_acct)
@@ -251,7 +209,7 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
     seen: list[Statement] = []
     try:
         async with engine.begin() as conn:
-            sender_pk, recipient_pk, sender_acct = await conn.run_sync(_seed)
+            sender_pk, recipient_pk, sender_acct = await conn.run_sync(seed_alice_and_bob)
         with _recording([engine.sync_engine], seen):
             async with engine.begin() as conn:
                 await conn.run_sync(_delivery_path, sender_pk, recipient_pk, sender_acct)

@@ -1,6 +1,6 @@
 """The per-device queue-depth limit holds across relay nodes sharing one PostgreSQL database.
 
-Two relay apps (each with its own engine and its two group-commit writers) run on loopback
+Two relay apps (each with its own engine and its pipelined group-commit writer) run on loopback
 against the same database; senders connected to both send to one offline recipient at the
 same time. Every writer checks the depth and inserts in its own transaction, so without a
 lock per recipient queue the concurrent batches each see room and together overfill it.

@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
 from server.clock import Clock
+from server.db.models import Account, Device, OneTimePrekey
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from server.settings import Settings
 from tests.server.relay_harness import Relay, TestAccount, make_settings, running_relay
@@ -30,6 +32,7 @@ __all__ = [
     "delivery_app",
     "open_ws",
     "payload",
+    "seed_alice_and_bob",
     "setup_accounts",
     "world",
 ]
@@ -202,3 +205,45 @@ async def open_ws(relay: Relay, peer: Peer | None, **kwargs: Any) -> AsyncIterat
 def payload(n: int = 64) -> bytes:
     """Random opaque bytes."""
     return os.urandom(n)
+
+
+def seed_alice_and_bob(conn: Connection, now: int = 1_700_000_000_000) -> tuple[int, int, int]:
+    """Straight into the tables: alice and bob with one device each, and three one-time
+    prekeys of bob's; returns (alice's device pk, bob's device pk, alice's account id)."""
+    ids = []
+    for name in ("alice", "bob"):
+        account_id = conn.execute(
+            insert(Account).returning(Account.id),
+            {
+                "username": name,
+                "account_key": b"\x01" * 33,
+                "device_list": b"",
+                "device_list_version": 1,
+                "created_at": now,
+            },
+        ).scalar_one()
+        pk = conn.execute(
+            insert(Device).returning(Device.pk),
+            {
+                "account_id": account_id,
+                "device_id": 1,
+                "identity_key": b"\x02" * 33,
+                "auth_key": b"\x03" * 33,
+                "created_at": now,
+            },
+        ).scalar_one()
+        ids.append((account_id, pk))
+    conn.execute(
+        insert(OneTimePrekey),
+        [
+            {
+                "device_pk": ids[1][1],
+                "kind": 1,
+                "key_id": k,
+                "public_key": b"\x04" * 33,
+                "signature": b"\x05" * 64,
+            }
+            for k in range(3)
+        ],
+    )
+    return ids[0][1], ids[1][1], ids[0][0]
