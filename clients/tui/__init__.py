@@ -20,12 +20,20 @@ The TUI talks only to the client (the SDK's asyncio shell) through
 The window (screenshot: ``docs/tui.svg``): the relay's brand name in the header and its colours
 as the Textual theme (``$primary``, ``$accent``, ``$background`` from ``/v1/config``); on the
 left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` for a changed
-key; on the right the history (``HH:MM sender·device: text``, files as ``📎 name (size)``, our
-messages marked ``…`` pending, ``✓`` accepted by the relay, ``✓✓`` delivered, ``✓✓ read``,
-``✗ not sent``), a red banner while a peer's key change is not accepted, a status line
-(``bob is typing…``, upload progress, ``offline — … retrying (N s)`` as soon as the connection
-drops, then ``back online``) and the input box. The conversation pane is anchored to its end:
-opening a chat, a resize or a new message shows the newest row, unless the user scrolled up.
+key; on the right the conversation's title (with ``⏱ 1 h`` while a disappearing timer is set)
+and its history: ``HH:MM #3f9a0c sender: text`` — ``#3f9a0c`` is the message's short id
+(:mod:`clients.tui.ids`), files read ``📎 name (size)``, a reply starts with the quoted
+message on its own line (``↪ alice #b2c3d4: excerpt``), then ``(edited)``, the reactions with
+their counts (``👍2 🎉``), ``⏱`` for a disappearing message and, on ours, ``…`` pending, ``✓``
+accepted by the relay, ``✓✓`` delivered, ``✓✓ read``, ``✗ not sent``; a message deleted for
+everyone is a tombstone (``🗑 this message was deleted``), a timer change is announced
+(``bob set disappearing messages to 1 h``). The sender's device number (``bob·2``,
+``you·467399649``) is shown only when it helps: a message from our own other device, or a user
+writing from several devices in this conversation. Below: a red banner while a peer's key change
+is not accepted, a status line (``bob is typing…``, upload progress, ``offline — … retrying
+(N s)`` as soon as the connection drops, then ``back online``) and the input box. The
+conversation pane is anchored to its end: opening a chat, a resize or a new message shows the
+newest row, unless the user scrolled up.
 
 Rows are grouped under day separators (``── Today ──``, ``── Yesterday ──``, dates); group
 changes read ``bob removed you``; file sizes are binary units of the file's own size; below 60
@@ -35,13 +43,23 @@ or ``VOX_CHAT_NOTIFY=0`` turns them off).
 
 Keys: Enter sends, PgUp/PgDn and the mouse wheel scroll the conversation (from the input box
 too), Ctrl+End back to the newest, Ctrl+N next conversation, Ctrl+L focus the list (Enter
-opens), Ctrl+Q quits. ``/help`` opens the table of keys and commands
-(:mod:`clients.tui.help`); a wrong command shows that command's usage line only. Commands
-typed in the input box: ``/chat USER|GROUP`` (a name the relay does not know is refused),
-``/send-file PATH`` (the rest of the line, or a quoted path), ``/save [DIR]`` (last file
-received in this conversation: downloaded, verified, decrypted; default ``HOME/downloads``),
-``/verify`` (safety number), ``/accept`` (accept a changed key), ``/group NAME USER...``,
-``/add USER...`` and ``/remove USER...`` (in a group), ``/help``, ``/quit``.
+opens), Ctrl+Q quits; a click on a reply shows the message it quotes. ``/help`` opens the table
+of keys and commands (:mod:`clients.tui.help`); a wrong command shows that command's usage line
+only. Commands typed in the input box: ``/chat USER|GROUP`` (a name the relay does not know is
+refused), ``/send-file PATH`` (the rest of the line, or a quoted path), ``/save [DIR]`` (last
+file received in this conversation: downloaded, verified, decrypted; default
+``HOME/downloads``), ``/verify`` (safety number), ``/accept`` (accept a changed key),
+``/group NAME USER...``, ``/add USER...`` and ``/remove USER...`` (in a group), ``/leave``;
+on messages (``ID``: the short id shown, or any unique start of it, 4+ digits): ``/reply [ID]
+TEXT`` (default: the newest message of the others), ``/edit [ID] TEXT`` (default: our newest),
+``/delete ID [--for-me]``, ``/react [ID] EMOJI``, ``/react ID --remove`` or ``/unreact [ID]``,
+``/jump ID`` (loads older history as needed); ``/disappear DURATION|off`` (``30s`` .. ``4w``),
+``/search TEXT`` (this device's history, every conversation: a list, Enter opens the chat at
+that message), ``/help``, ``/quit``.
+
+Attached to a running ``vox daemon`` (:class:`~clients.tui.daemon_backend.DaemonBackend`) the
+window is the same: the connection state comes from the daemon's ``status``, ``/save`` writes
+under the profile's ``downloads``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import shlex
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from textual.widgets import Footer, Header, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from clients.sdk.errors import AuthFailed, ClientError, MessageQueued, UnknownUser
+from clients.sdk.message_ops import parse_duration
 from clients.sdk.models import (
     DecryptFailure,
     Event,
@@ -36,6 +38,7 @@ from clients.sdk.models import (
     MessageSent,
     MessageUpdate,
     ReceiptEvent,
+    ReplyRef,
     ServerConfig,
     SignedOut,
     TypingEvent,
@@ -46,8 +49,11 @@ from clients.tui.backend import ChatBackend, ConversationItem
 from clients.tui.dates import day_label, local_day
 from clients.tui.group_text import describe_group_change
 from clients.tui.help import COMMANDS, HelpScreen, usage
+from clients.tui.ids import SHORT, IdError, looks_like_id, resolve, short_id
 from clients.tui.notify import Notifier, mode_from_env
-from clients.tui.render import render_message
+from clients.tui.render import format_duration, render_message
+from clients.tui.rows import MessageRow, dom_id
+from clients.tui.search import SearchScreen, result_prompt
 from clients.units import format_size
 
 __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
@@ -62,12 +68,13 @@ RECONNECT_MAX_S = 30.0
 CONNECTION_POLL_S = 0.5
 NARROW_COLUMNS = 60
 BACK_ONLINE_SHOW_S = 5.0
+HIGHLIGHT_S = 3.0
+#: ``/jump`` and a search result load this much more history at a time, up to the maximum.
+JUMP_HISTORY_STEP, JUMP_HISTORY_MAX = 1000, 20_000
+#: How often disappeared messages (the SDK's expiry sweep) leave the open conversation.
+EXPIRY_CHECK_S = 1.0
 #: The commands on one line (the welcome text); ``/help`` shows the full table.
 HELP = "Commands: " + " · ".join(c.usage for c in COMMANDS) + " — /help for keys and details"
-
-
-def _dom_id(message_id: str) -> str:
-    return "m-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in message_id)
 
 
 class ChatApp(App[None]):
@@ -117,6 +124,11 @@ class ChatApp(App[None]):
         self._offline_since: float | None = None  # monotonic time the connection dropped
         self._last_day: dt.date | None = None  # the day of the last row (for separators)
         self._group_members: dict[str, tuple[str, ...]] = {}  # to say who joined or left
+        self._devices: dict[str, set[int]] = {}  # sender -> devices seen in the open chat
+        self._prefixes: dict[str, set[str]] = {}  # first SHORT digits -> loaded ids
+        self._notes: dict[str, list[str]] = {}  # timer changes in chats that were not open
+        #: How many messages opening a conversation shows (``/jump`` and search load more).
+        self.history_limit = 200
 
     # ------------------------------------------------------------------ layout
 
@@ -155,6 +167,7 @@ class ChatApp(App[None]):
         else:
             self._system(self._welcome() + HELP)
         self.pump_events()
+        self.set_interval(EXPIRY_CHECK_S, self._check_expired)
         self._chat.query_one("#input", Input).focus()
 
     @property
@@ -264,8 +277,9 @@ class ChatApp(App[None]):
 
     # ------------------------------------------------------------------ conversation pane
 
-    async def open_conversation(self, conversation: str) -> None:
-        """Show a conversation's history and mark it read."""
+    async def open_conversation(self, conversation: str, *, limit: int | None = None) -> None:
+        """Show a conversation's last ``limit`` messages (:attr:`history_limit`) and mark it
+        read."""
         self.current = conversation
         item = self.items.get(conversation)
         if item is None:
@@ -274,9 +288,7 @@ class ChatApp(App[None]):
             )
         self.items[conversation] = _replace(item, unread=0)
         self._render_list()
-        title = Text()
-        title.append(("# " if item.is_group else "@ ") + item.title, style="bold")
-        self._chat.query_one("#conv-title", Static).update(title)
+        self._show_title()
         self._show_warning(item.key_changed)
         self._set_status("")
         pane = self._chat.query_one("#messages", VerticalScroll)
@@ -284,8 +296,10 @@ class ChatApp(App[None]):
         self._empty_note = None
         self._last_day = None
         self.shown.clear()
+        self._devices.clear()
+        self._prefixes.clear()
         try:
-            history = await self.backend.history(conversation)
+            history = await self.backend.history(conversation, limit=limit or self.history_limit)
         except FAILURES as exc:
             self._system(f"cannot load the history: {exc}")
             history = []
@@ -293,8 +307,20 @@ class ChatApp(App[None]):
         if not history:
             note = self._welcome() + f"No messages with {item.title} yet. /help for commands."
             self._empty_note = self._system(note)
+        for text in self._notes.pop(conversation, []):
+            self._system(text)
         self._follow()
         self._mark_read(conversation)
+
+    def _show_title(self) -> None:
+        """``@ bob`` or ``# weekend``, and the disappearing timer when one is set."""
+        item = self.items.get(self.current or "")
+        title = Text()
+        if item is not None:
+            title.append(("# " if item.is_group else "@ ") + item.title, style="bold")
+            if item.timer:
+                title.append(f"  ⏱ {format_duration(item.timer)}", style="dim")
+        self._chat.query_one("#conv-title", Static).update(title)
 
     def _show_warning(self, on: bool) -> None:
         warning = self._chat.query_one("#warning", Static)
@@ -309,38 +335,71 @@ class ChatApp(App[None]):
         warning.set_class(on, "visible")
 
     async def _merge(self, messages: list[Message]) -> None:
+        """Add new messages of the open conversation as rows; redraw changed ones (an edit,
+        a reaction, a tombstone, a later delivery state — never an earlier one)."""
         pane = self._chat.query_one("#messages", VerticalScroll)
         new: list[Static] = []
+        redraw: set[str] = set()
         for m in messages:
             if m.conversation != self.current:
                 continue
             old = self.shown.get(m.id)
             if old is not None:
-                if m.outgoing and m.state.rank > old.state.rank:
+                if old.state.rank > m.state.rank:
+                    m = dataclasses.replace(m, state=old.state)
+                if m != old:
                     self._update_row(m)
                 continue
             self.shown[m.id] = m
+            redraw |= self._learn(m)
             day = local_day(m.sent_at, tz=self._tz)
             if day != self._last_day:
                 self._last_day = day
                 today = dt.datetime.now(tz=self._tz).date()
                 new.append(Static(Text(f"── {day_label(day, today=today)} ──"), classes="day"))
-            row = Static(
-                render_message(m, accent=self._accent, tz=self._tz),
-                id=_dom_id(m.id),
-                classes="msg " + ("outgoing" if m.outgoing else "incoming"),
-            )
-            new.append(row)
+            new.append(MessageRow(m, self._render(m)))
+        for mid in redraw - {row.message.id for row in new if isinstance(row, MessageRow)}:
+            self._update_row(self.shown[mid])
         if new:
             if self._empty_note is not None:
                 await self._empty_note.remove()
                 self._empty_note = None
             await pane.mount_all(new)
 
+    def _learn(self, m: Message) -> set[str]:
+        """Note ``m``'s sender device and short id; returns the ids of rows to redraw (the
+        sender's earlier rows when a second device of theirs shows up, rows whose short id
+        became ambiguous)."""
+        redraw: set[str] = set()
+        if not m.outgoing and m.device:
+            devices = self._devices.setdefault(m.sender, set())
+            if m.device not in devices:
+                devices.add(m.device)
+                if len(devices) == 2:
+                    redraw |= {i for i, s in self.shown.items() if s.sender == m.sender}
+        if not m.id.startswith("pending-"):
+            same = self._prefixes.setdefault(m.id[:SHORT], set())
+            same.add(m.id)
+            if len(same) > 1:
+                redraw |= same
+        return redraw
+
+    def _render(self, m: Message) -> Text:
+        if m.outgoing:  # our own other device: say which
+            show_device = m.device not in (0, self.backend.device_id)
+        else:  # a user writing from several devices in this conversation
+            show_device = len(self._devices.get(m.sender, ())) > 1
+        clashing = self._prefixes.get(m.id[:SHORT], ())
+        ident = "" if m.id.startswith("pending-") else short_id(m.id, clashing)
+        return render_message(
+            m, accent=self._accent, tz=self._tz, ident=ident, show_device=show_device,
+            me=self.backend.username,
+        )  # fmt: skip
+
     def _update_row(self, m: Message) -> None:
         self.shown[m.id] = m
-        for row in self._chat.query(f"#{_dom_id(m.id)}").results(Static):
-            row.update(render_message(m, accent=self._accent, tz=self._tz))
+        for row in self._chat.query(f"#{dom_id(m.id)}").results(MessageRow):
+            row.show(m, self._render(m))
 
     def _system(self, text: str) -> Static:
         pane = self._chat.query_one("#messages", VerticalScroll)
@@ -433,17 +492,15 @@ class ChatApp(App[None]):
             self.notify(f"disconnected: {exc}", severity="error")
 
     def _watch_connection(self) -> None:
-        """Poll the backend's ``connected`` (when it has one) and show drops at once:
-        ``offline — reconnecting (N s)`` while down, ``back online`` when it is up again.
-        The SDK reconnects by itself (backoff up to 1 s); the status only reports it."""
-        if not isinstance(getattr(self.backend, "connected", None), bool):
-            return  # a backend without the property (e.g. over a daemon): nothing to show
+        """Poll the backend's ``connected`` and show drops at once: ``offline — reconnecting
+        (N s)`` while down, ``back online`` when it is up again. The SDK (or the daemon)
+        reconnects by itself (backoff up to 1 s); the status only reports it."""
         self.set_interval(CONNECTION_POLL_S, self._check_connection)
 
     def _check_connection(self) -> None:
         if not self.is_running:
             return
-        up = bool(getattr(self.backend, "connected", True))
+        up = self.backend.connected
         try:
             status = str(self._chat.query_one("#status", Static).content)
         except NoMatches:  # shutting down
@@ -536,18 +593,50 @@ class ChatApp(App[None]):
                 self._system(text)
 
     async def _message_update(self, event: MessageUpdate) -> None:
-        """An edit, delete or reaction redraws its message; a timer change is announced."""
-        if event.conversation != self.current:
-            return
+        """An edit, delete or reaction redraws its message; a timer change is announced (in
+        the conversation, now or when it is next opened) and shown in the title."""
         if event.kind == "timer":
-            who = "you" if event.sender == self.backend.username else event.sender
-            when = f"{event.seconds} s" if event.seconds else "off"
-            self._system(f"{who} set disappearing messages: {when}")
+            self._timer_changed(event.conversation, event.sender, event.seconds or 0)
+        elif event.conversation == self.current and event.target in self.shown:
+            await self._refresh(event.conversation, {event.target})
+
+    def _timer_changed(self, conversation: str, sender: str, seconds: int) -> None:
+        who = "you" if sender == self.backend.username else sender
+        text = (
+            f"{who} set disappearing messages to {format_duration(seconds)}"
+            if seconds
+            else f"{who} turned disappearing messages off"
+        )
+        self._bump(conversation, timer=seconds)
+        if conversation == self.current:
+            self._show_title()
+            self._system(text)
+        else:
+            self._notes.setdefault(conversation, []).append(text)
+
+    async def _refresh(self, conversation: str, ids: set[str]) -> None:
+        """Redraw the rows of ``ids`` from the store; rows of messages gone from it (deleted
+        on this device, disappeared) are removed."""
+        history = await self.backend.history(conversation, limit=max(200, len(self.shown) + 50))
+        if conversation != self.current:
             return
-        if event.target in self.shown:
-            for message in await self.backend.history(event.conversation):
-                if message.id == event.target:
-                    self._update_row(message)
+        found = {m.id: m for m in history if m.id in ids}
+        for mid in ids:
+            if mid in found:
+                self._update_row(found[mid])
+            elif mid in self.shown:
+                await self._drop(mid)
+
+    def _check_expired(self) -> None:
+        if self.current is not None and any(m.expires_in for m in self.shown.values()):
+            self._prune_expired(self.current)
+
+    @work(group="expire", exclusive=True, exit_on_error=False)
+    async def _prune_expired(self, conversation: str) -> None:
+        """Remove the rows of disappearing messages the SDK's sweep deleted from the store."""
+        timed = {i for i, m in self.shown.items() if m.expires_in and not i.startswith("pending-")}
+        with contextlib.suppress(*FAILURES):
+            await self._refresh(conversation, timed)
 
     def _clear_typing(self) -> None:
         status = self._chat.query_one("#status", Static)
@@ -631,10 +720,177 @@ class ChatApp(App[None]):
                 self._group_change(name[1:], self.current, args)
             else:
                 self._system(usage(name))
+        elif name == "/search" and rest:
+            self._search(rest)
+        elif name in _MESSAGE_COMMANDS and self.current is not None:
+            try:
+                await self._message_command(name, self.current, rest, args)
+            except IdError as exc:
+                self._system(f"{name}: {exc}")
         elif self.current is None and name in _NEEDS_CONVERSATION:
             self._system(f"{name} works in an open conversation: /chat USER|GROUP first")
         else:
             self._system(usage(name))
+
+    async def _message_command(
+        self, name: str, conversation: str, rest: str, args: list[str]
+    ) -> None:
+        """``/reply``, ``/edit``, ``/delete``, ``/react``, ``/unreact``, ``/disappear``,
+        ``/jump`` in the open conversation (see :mod:`clients.tui.help`)."""
+        flags = {a for a in args if a.startswith("--")}
+        words = [a for a in args if not a.startswith("--")]
+        if name in ("/reply", "/edit"):
+            target, text = self._target_and_text(rest, mine=name == "/edit")
+            if not text:
+                self._system(usage(name))
+            elif target is None:
+                self._system(f"{name}: no message to {name[1:]}")
+            elif name == "/reply":
+                self._send_text(conversation, text, reply_to=target)
+            else:
+                self._operate(name, conversation, target, text=text)
+        elif name == "/delete" and len(words) == 1 and flags <= {"--for-me"}:
+            target = self._message_id(words[0])
+            self._operate(name, conversation, target, for_me="--for-me" in flags)
+        elif name in ("/react", "/unreact") and len(words) <= 2 and flags <= {"--remove"}:
+            await self._react_command(name, conversation, words, remove="--remove" in flags)
+        elif name == "/disappear" and len(args) == 1:
+            try:
+                seconds = parse_duration(args[0])
+            except ClientError as exc:
+                self._system(f"/disappear: {exc}")
+                return
+            self._operate(name, conversation, "", seconds=seconds)
+        elif name == "/jump" and len(words) == 1:
+            await self.jump_to(conversation, self._message_id(words[0]))
+        else:
+            self._system(usage(name))
+
+    async def _react_command(
+        self, name: str, conversation: str, words: list[str], *, remove: bool
+    ) -> None:
+        """``/react ID EMOJI``, ``/react EMOJI`` (the newest message of the others),
+        ``/react ID --remove``, ``/unreact [ID]``."""
+        remove = remove or name == "/unreact"
+        if remove and len(words) <= 1:
+            given, emoji = (words[0] if words else None), ""
+        elif not remove and len(words) == 2:
+            given, emoji = words
+        elif not remove and len(words) == 1 and not looks_like_id(words[0]):
+            given, emoji = None, words[0]
+        else:
+            self._system(usage(name))
+            return
+        target = self._message_id(given) if given else self._last(mine=False)
+        if target is None:
+            self._system(f"{name}: no message to react to")
+        else:
+            self._operate(name, conversation, target, emoji=emoji, remove=remove)
+
+    def _message_id(self, typed: str) -> str:
+        """The message id a (short) id typed in a command means (:mod:`clients.tui.ids`): a
+        message loaded in the pane, or one a loaded reply quotes."""
+        ids = {i for i in self.shown if not i.startswith("pending-")}
+        ids |= {m.reply_to.id for m in self.shown.values() if m.reply_to is not None}
+        return resolve(typed, ids)
+
+    def _last(self, *, mine: bool) -> str | None:
+        """The newest message of ours (``mine``: edit) or of the others (reply, react)."""
+        for m in sorted(self.shown.values(), key=lambda m: m.sent_at, reverse=True):
+            usable = not m.deleted and not m.id.startswith("pending-")
+            if usable and m.outgoing == mine and (not mine or m.text is not None):
+                return m.id
+        return None
+
+    def _target_and_text(self, rest: str, *, mine: bool) -> tuple[str | None, str]:
+        """``ID TEXT`` or just ``TEXT`` (then the newest message, see :meth:`_last`). A first
+        word that looks like an id but names no message is text, unless it starts with ``#``."""
+        first, _, text = rest.partition(" ")
+        if looks_like_id(first):
+            try:
+                return self._message_id(first), text.strip()
+            except IdError:
+                if first.startswith("#"):
+                    raise
+        return self._last(mine=mine), rest
+
+    @work(group="send", exit_on_error=False)
+    async def _operate(
+        self, name: str, conversation: str, target: str, *, text: str = "", emoji: str = "",
+        remove: bool = False, for_me: bool = False, seconds: int = 0,
+    ) -> None:  # fmt: skip
+        """Send an edit, delete, reaction or timer change; redraw what it changed."""
+        try:
+            await self._online.wait()
+            async with self._send_lock:
+                if name == "/edit":
+                    await self.backend.edit(conversation, target, text)
+                elif name == "/delete":
+                    await self.backend.delete(conversation, target, for_me=for_me)
+                elif name == "/disappear":
+                    await self.backend.set_timer(conversation, seconds)
+                else:
+                    await self.backend.react(conversation, target, emoji, remove=remove)
+        except FAILURES as exc:
+            self._system(f"{name}: {exc}")
+            return
+        if name == "/disappear":
+            self._timer_changed(conversation, self.backend.username, seconds)
+        elif conversation == self.current:
+            await self._refresh(conversation, {target})
+
+    @work(group="search", exclusive=True, exit_on_error=False)
+    async def _search(self, query: str) -> None:
+        """``/search TEXT``: the results as a list; the one chosen opens at that message."""
+        try:
+            found = await self.backend.search(query)
+        except FAILURES as exc:
+            self._system(f"/search: {exc}")
+            return
+        if not found:
+            self._system(f"/search: no message matches {query!r}")
+            return
+        today = dt.datetime.now(tz=self._tz).date()
+        prompt = functools.partial(
+            result_prompt, words=query.split(), me=self.backend.username, today=today, tz=self._tz
+        )
+        prompts = [prompt(m, chat=self._chat_label(m.conversation)) for m in found]
+
+        def chosen(message: Message | None) -> None:
+            if message is not None:
+                self.run_worker(self.jump_to(message.conversation, message.id), group="open")
+
+        self.push_screen(SearchScreen(query, found, prompts), chosen)
+
+    def _chat_label(self, conversation: str) -> str:
+        item = self.items.get(conversation)
+        title = item.title if item is not None else conversation
+        return ("# " if is_group_conversation(conversation) else "@ ") + title
+
+    async def jump_to(self, conversation: str, message_id: str) -> None:
+        """Open ``conversation`` (loading older history as needed) with ``message_id`` in view
+        and highlighted for a moment."""
+        if conversation != self.current:
+            await self.open_conversation(conversation)
+        while message_id not in self.shown and len(self.shown) < JUMP_HISTORY_MAX:
+            loaded = len(self.shown)
+            await self.open_conversation(conversation, limit=loaded + JUMP_HISTORY_STEP)
+            if len(self.shown) <= loaded:
+                break  # that was all of it
+        row = next(iter(self._chat.query(f"#{dom_id(message_id)}").results(MessageRow)), None)
+        if row is None:
+            self._system(f"/jump: message #{message_id[:SHORT]} is not in this conversation")
+            return
+        self._chat.query_one("#messages", VerticalScroll).scroll_to_widget(
+            row, animate=False, center=True
+        )
+        row.add_class("highlight")
+        self.set_timer(HIGHLIGHT_S, lambda: row.remove_class("highlight"))
+
+    @on(MessageRow.QuoteClicked)
+    async def _quote_clicked(self, event: MessageRow.QuoteClicked) -> None:
+        await self.jump_to(event.conversation, event.message_id)
+        self._chat.query_one("#input", Input).focus()  # the click focused the pane: type on
 
     async def _open_checked(self, name: str) -> None:
         """``/chat NAME``: a group, a known contact, or a user the relay knows — not a typo."""
@@ -643,7 +899,7 @@ class ChatApp(App[None]):
             try:
                 await self.backend.verify(target)
             except UnknownUser:
-                if bool(getattr(self.backend, "connected", True)):
+                if self.backend.connected:
                     self._system(f"no user or group called {name!r} on this relay")
                     return
             except FAILURES:
@@ -655,13 +911,14 @@ class ChatApp(App[None]):
         (as ``vox receive``), created on demand."""
         if arg:
             return _user_path(arg)
-        home = getattr(self.backend, "home", None)
-        target = Path(home) / "downloads" if home is not None else Path("downloads")
+        home = self.backend.home
+        target = home / "downloads" if home is not None else Path("downloads")
         target.mkdir(parents=True, exist_ok=True)
         return target
 
     @work(group="send", exit_on_error=False)
-    async def _send_text(self, conversation: str, text: str) -> None:
+    async def _send_text(self, conversation: str, text: str, reply_to: str | None = None) -> None:
+        quoted = self.shown.get(reply_to) if reply_to else None
         self._pending += 1
         placeholder = Message(
             id=f"pending-{self._pending}",
@@ -673,13 +930,17 @@ class ChatApp(App[None]):
             text=text,
             outgoing=True,
             state=DeliveryState.PENDING,
+            reply_to=None if quoted is None else _quote(quoted),
         )
         await self._merge([placeholder])
         self._follow()
         try:
             await self._online.wait()
             async with self._send_lock:
-                await self.backend.send_text(conversation, text)
+                if reply_to:
+                    await self.backend.reply(conversation, reply_to, text)
+                else:
+                    await self.backend.send_text(conversation, text)
         except MessageQueued:
             # Kept in the outbox: the sync below shows it "…" until a MessageSent event.
             self._system("queued: it is sent, in order, when the relay is reachable")
@@ -691,7 +952,7 @@ class ChatApp(App[None]):
 
     async def _drop(self, message_id: str) -> None:
         self.shown.pop(message_id, None)
-        await self._chat.query(f"#{_dom_id(message_id)}").remove()
+        await self._chat.query(f"#{dom_id(message_id)}").remove()
 
     async def _sync(self, conversation: str, *, limit: int = 50) -> None:
         if conversation == self.current:
@@ -795,6 +1056,12 @@ def _replace_msg(m: Message, state: DeliveryState) -> Message:
     return dataclasses.replace(m, state=state)
 
 
+def _quote(m: Message) -> ReplyRef:
+    """What a reply to ``m`` quotes (shown until the sent reply replaces the placeholder)."""
+    name = m.attachment.file_name if m.attachment is not None else ""
+    return ReplyRef(m.id, m.sender, (m.text or name)[:60])
+
+
 def _existing_file(rest: str, args: list[str]) -> Path | None:
     """The file ``/send-file`` means: the quoted or escaped path, or the rest of the line as
     typed (a path with spaces needs no quotes)."""
@@ -805,8 +1072,12 @@ def _existing_file(rest: str, args: list[str]) -> Path | None:
     return None
 
 
-_NEEDS_CONVERSATION = frozenset(
-    {"/send-file", "/file", "/verify", "/accept", "/save", "/add", "/remove", "/leave"}
+_MESSAGE_COMMANDS = frozenset(
+    {"/reply", "/edit", "/delete", "/react", "/unreact", "/disappear", "/jump"}
+)
+_NEEDS_CONVERSATION = (
+    frozenset({"/send-file", "/file", "/verify", "/accept", "/save", "/add", "/remove", "/leave"})
+    | _MESSAGE_COMMANDS
 )
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, RelayUnavailable
+from clients.sdk.message_ops import timer
 from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification
 from clients.store.models import TrustState, is_group_conversation
 
@@ -30,6 +31,7 @@ class ConversationItem:
     unread: int = 0
     is_group: bool = False
     key_changed: bool = False
+    timer: int = 0  # disappearing-messages timer in seconds (0 = off)
 
 
 class ChatBackend(Protocol):
@@ -38,6 +40,21 @@ class ChatBackend(Protocol):
     @property
     def username(self) -> str:
         """Our username."""
+        ...
+
+    @property
+    def device_id(self) -> int:
+        """This device's number (messages from our other devices show theirs)."""
+        ...
+
+    @property
+    def home(self) -> Path | None:
+        """The profile directory (``/save`` writes to its ``downloads`` folder)."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the relay connection is up (the TUI shows drops and returns)."""
         ...
 
     async def server_config(self) -> ServerConfig:
@@ -68,6 +85,32 @@ class ChatBackend(Protocol):
 
     async def send_typing(self, conversation: str, active: bool) -> None:
         """Ephemeral typing indicator."""
+        ...
+
+    async def reply(self, conversation: str, message_id: str, text: str) -> str:
+        """Send ``text`` quoting ``message_id``; returns the new message's id."""
+        ...
+
+    async def edit(self, conversation: str, message_id: str, text: str) -> None:
+        """Replace the text of our message ``message_id``."""
+        ...
+
+    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> None:
+        """Delete a message for everyone (our own), or only on this device."""
+        ...
+
+    async def react(
+        self, conversation: str, message_id: str, emoji: str, *, remove: bool = False
+    ) -> None:
+        """Set (or remove) our reaction to a message."""
+        ...
+
+    async def set_timer(self, conversation: str, seconds: int) -> None:
+        """Set the conversation's disappearing-messages timer (0 = off)."""
+        ...
+
+    async def search(self, query: str, limit: int = 50) -> list[Message]:
+        """Local history search over every conversation, newest first."""
         ...
 
     async def verify(self, username: str) -> Verification:
@@ -117,7 +160,8 @@ class SdkBackend:
     """:class:`ChatBackend` over :class:`clients.sdk.VoxClient` (the SDK's asyncio shell).
 
     The conversation list reads the client's known peers (``client.store.list_peers()``, read
-    only) for contacts and their trust state; everything else is the client's public API.
+    only) for contacts and their trust state, and each conversation's disappearing timer
+    (:func:`clients.sdk.message_ops.timer`); everything else is the client's public API.
     """
 
     def __init__(self, client: VoxClient) -> None:
@@ -136,8 +180,12 @@ class SdkBackend:
 
     @property
     def connected(self) -> bool:
-        """Whether the client's WebSocket is up (optional: the TUI shows drops with it)."""
+        """Whether the client's WebSocket is up."""
         return self.client.connected
+
+    @property
+    def device_id(self) -> int:
+        return self.client.device_id
 
     async def server_config(self) -> ServerConfig:
         return await self.client.config()
@@ -159,6 +207,7 @@ class SdkBackend:
                 unread,
                 is_group=is_group_conversation(conversation),
                 key_changed=peer is not None and peer.trust is TrustState.CHANGED,
+                timer=timer(self.client.store, conversation),
             )
 
         for summary in self.client.conversations():
@@ -185,6 +234,26 @@ class SdkBackend:
 
     async def send_typing(self, conversation: str, active: bool) -> None:
         await self.client.send_typing(conversation, active)
+
+    async def reply(self, conversation: str, message_id: str, text: str) -> str:
+        return (await self.client.reply(conversation, message_id, text)).id
+
+    async def edit(self, conversation: str, message_id: str, text: str) -> None:
+        await self.client.edit(conversation, message_id, text)
+
+    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> None:
+        await self.client.delete(conversation, message_id, for_me=for_me)
+
+    async def react(
+        self, conversation: str, message_id: str, emoji: str, *, remove: bool = False
+    ) -> None:
+        await self.client.react(conversation, message_id, emoji, remove=remove)
+
+    async def set_timer(self, conversation: str, seconds: int) -> None:
+        await self.client.set_timer(conversation, seconds)
+
+    async def search(self, query: str, limit: int = 50) -> list[Message]:
+        return self.client.search(query, limit=limit)
 
     async def verify(self, username: str) -> Verification:
         return await self.client.verify(username)

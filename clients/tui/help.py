@@ -41,11 +41,20 @@ COMMANDS: list[Command] = [
     Command("/add", "USER...", "add members (in a group)"),
     Command("/remove", "USER...", "remove members (in a group)"),
     Command("/leave", "", "leave this group"),
+    Command("/reply", "[ID] TEXT", "reply quoting message ID (default: the newest of the others)"),
+    Command("/edit", "[ID] TEXT", "edit your message ID (default: your newest)"),
+    Command("/delete", "ID [--for-me]", "delete your message for everyone (or any, only here)"),
+    Command("/react", "[ID] EMOJI", "react to a message; /react ID --remove takes it back"),
+    Command("/unreact", "[ID]", "remove your reaction"),
+    Command("/disappear", "DURATION|off", "disappearing messages: 30s .. 4w (s, m, h, d, w)"),
+    Command("/search", "TEXT", "search the history on this device (Enter opens a result)"),
+    Command("/jump", "ID", "show message ID (clicking a reply shows what it quotes)"),
     Command("/help", "", "this help"),
     Command("/quit", "", "quit", ("/exit",)),
 ]
 
 KEYS: list[tuple[str, str]] = [
+    ("ID", "a message's #id as shown (#3f9a0c), or any unique start of it (4+ digits)"),
     ("Enter", "send the message or run the command"),
     ("PgUp / PgDn, mouse wheel", "scroll the conversation (also while typing)"),
     ("Ctrl+End", "back to the newest message"),

@@ -10,7 +10,14 @@ from clients.sdk.models import Message
 from clients.store.models import DeliveryState
 from clients.units import format_size
 
-__all__ = ["STATE_MARKS", "format_size", "format_time", "render_message", "state_mark"]
+__all__ = [
+    "STATE_MARKS",
+    "format_duration",
+    "format_size",
+    "format_time",
+    "render_message",
+    "state_mark",
+]
 
 STATE_MARKS = {
     DeliveryState.PENDING: "…",
@@ -32,18 +39,46 @@ def state_mark(state: DeliveryState) -> str:
     return STATE_MARKS.get(state, "")
 
 
-def render_message(message: Message, *, accent: str = "cyan", tz: dt.tzinfo | None = None) -> Text:
-    """One line (or more) of the conversation pane; ``accent`` colours our own name."""
+def format_duration(seconds: int) -> str:
+    """``30 s``, ``5 min``, ``1 h``, ``2 d``, ``4 weeks`` (the largest whole unit), ``off``."""
+    if seconds <= 0:
+        return "off"
+    for size, unit in ((7 * 86400, " weeks"), (86400, " d"), (3600, " h"), (60, " min")):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n}{' week' if unit == ' weeks' and n == 1 else unit}"
+    return f"{seconds} s"
+
+
+def render_message(
+    message: Message,
+    *,
+    accent: str = "cyan",
+    tz: dt.tzinfo | None = None,
+    ident: str = "",
+    show_device: bool = False,
+    me: str = "",
+) -> Text:
+    """One row of the conversation pane; ``accent`` colours our own name.
+
+    ``ident`` is the short id the commands take (``#3f9a0c``, see :mod:`clients.tui.ids`);
+    ``show_device`` adds the sender's device number (``bob·2``, ``you·467399649``) — the
+    caller decides when it helps; ``me`` (our username) makes a quote of ours read ``you``.
+    A reply starts with the quoted message on its own line (``↪ alice #b2c3d4: excerpt``).
+    """
     line = Text()
-    line.append(f"{format_time(message.sent_at, tz=tz)} ", style="dim")
-    who = "you" if message.outgoing else message.sender
-    line.append(who, style=f"bold {accent}" if message.outgoing else "bold")
-    if message.device and not message.outgoing:
-        line.append(f"·{message.device}", style="dim")
-    line.append(": ")
     if message.reply_to is not None:
         quoted = message.reply_to
-        line.append(f"↪ {quoted.author}: {quoted.excerpt[:40]} ", style="dim italic")
+        author = "you" if me and quoted.author == me else quoted.author
+        line.append(f"  ↪ {author} #{quoted.id[:6]}: {quoted.excerpt[:60]}\n", style="dim italic")
+    line.append(f"{format_time(message.sent_at, tz=tz)} ", style="dim")
+    if ident:
+        line.append(f"{ident} ", style="dim")
+    who = "you" if message.outgoing else message.sender
+    line.append(who, style=f"bold {accent}" if message.outgoing else "bold")
+    if show_device and message.device:
+        line.append(f"·{message.device}", style="dim")
+    line.append(": ")
     if message.deleted:
         line.append("🗑 this message was deleted", style="dim italic")
     if message.attachment is not None:

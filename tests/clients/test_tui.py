@@ -109,8 +109,9 @@ def save_screenshot(svg: str) -> None:
 
 
 async def type_line(pilot: Pilot[None], text: str) -> None:
-    """Type ``text`` into the input box and press Enter (long lines are pasted, not typed)."""
-    if len(text) > 24:
+    """Type ``text`` into the input box and press Enter (long lines and emoji are pasted, not
+    typed)."""
+    if len(text) > 24 or not text.isascii():
         pilot.app.query_one("#input", Input).value = text
     else:
         await pilot.press(*text)
@@ -123,7 +124,7 @@ async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: Peopl
     await people.bob.send_text("alice", "hello alice, lunch at 12?")
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: shown(app, "bob·1: hello alice, lunch at 12?"))
+        await until(pilot, lambda: shown(app, "bob: hello alice, lunch at 12?"))
         # Brand from /v1/config: title and theme colours.
         assert app.title == "Acme Chat"
         assert app.sub_title == "@alice"
@@ -147,8 +148,21 @@ async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: Peopl
         await people.bob.send_typing("alice", True)
         await until(pilot, lambda: status(app) == "bob is typing…")
         await people.bob.send_text("alice", "done typing")
-        await until(pilot, lambda: shown(app, "bob·1: done typing"))
+        await until(pilot, lambda: shown(app, "bob: done typing"))
         assert status(app) == ""
+
+        # A reply (by the short id shown), an edit of it, reactions both ways (the screenshot
+        # shows them).
+        lunch = next(m.id for m in app.shown.values() if m.text == "hello alice, lunch at 12?")
+        await type_line(pilot, f"/reply {lunch[:6]} yes, 12 is fine")
+        await until(pilot, lambda: "yes, 12 is fine" in texts(people.bob_got))
+        await type_line(pilot, "/edit yes, 12:30 is better")
+        await until(pilot, lambda: shown(app, "you: yes, 12:30 is better (edited)"))
+        answer = next(m.id for m in app.shown.values() if m.text == "yes, 12:30 is better")
+        await people.bob.react("alice", answer, "👍")
+        await until(pilot, lambda: shown(app, "yes, 12:30 is better (edited)  👍"))
+        await type_line(pilot, f"/react {lunch[:6]} 🎉")
+        await until(pilot, lambda: shown(app, "bob: hello alice, lunch at 12?  🎉"))
 
         # Typing in the box sends an ephemeral typing event to Bob.
         await pilot.press("x")
@@ -180,7 +194,7 @@ async def test_unread_counts_and_switching_conversations(people: People) -> None
         await until(pilot, lambda: "@ carol (3)" in chat_list(app))
         assert not shown(app, "one")  # still looking at bob
         await type_line(pilot, "/chat carol")
-        await until(pilot, lambda: shown(app, "carol·1: two"))
+        await until(pilot, lambda: shown(app, "carol: two"))
         assert "@ carol" in chat_list(app)
         assert "@ carol (3)" not in chat_list(app)
         await until(
@@ -220,13 +234,13 @@ async def test_send_file_command_uploads_and_bob_receives_it(
         reply = tmp_path / "reply.bin"
         reply.write_bytes(os.urandom(70_000))
         await people.bob.send_file("alice", reply)
-        await until(pilot, lambda: shown(app, "bob·1: 📎 reply.bin (68.4 KiB)"))
+        await until(pilot, lambda: shown(app, "bob: 📎 reply.bin (68.4 KiB)"))
         saved = tmp_path / "saved"
         saved.mkdir()
         await type_line(pilot, f"/save {saved}")
         await until(pilot, lambda: shown(app, f"saved reply.bin to {saved / 'reply.bin'}"))
         assert (saved / "reply.bin").read_bytes() == reply.read_bytes()
-        assert shown(app, f"bob·1: 📎 reply.bin (68.4 KiB) → {saved / 'reply.bin'}")
+        assert shown(app, f"bob: 📎 reply.bin (68.4 KiB) → {saved / 'reply.bin'}")
 
         await type_line(pilot, "/send-file /nonexistent/file")
         await until(pilot, lambda: shown(app, "no such file: /nonexistent/file"))
@@ -241,7 +255,7 @@ async def test_a_changed_key_warns_blocks_sending_until_accepted(
     people.alice.engine.device_list_ttl = 0  # refetch bob's device list before every send
     app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: shown(app, "bob·1: before"))
+        await until(pilot, lambda: shown(app, "bob: before"))
         warning = app.query_one("#warning", Static)
         assert not warning.has_class("visible")
         # Bob loses his phone; the operator frees the name and bob registers again (new key).
@@ -289,7 +303,7 @@ async def test_group_created_and_changed_from_the_tui(people: People) -> None:
         got = next(e for e in people.bob_got if isinstance(e, Message) and e.text == "hello group")
         assert got.conversation == group
         await people.bob.send_text(group, "hi from bob")
-        await until(pilot, lambda: shown(app, "bob·1: hi from bob"))
+        await until(pilot, lambda: shown(app, "bob: hi from bob"))
 
         await type_line(pilot, "/add carol")
         await until(pilot, lambda: shown(app, "friends: members alice, bob, carol"))
@@ -339,7 +353,7 @@ async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_pat
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: status(app).startswith("offline: cannot reach the relay"))
             assert re.search(r"\(retrying in \d+ s\)$", status(app))
-            assert shown(app, "bob·1: stored earlier")
+            assert shown(app, "bob: stored earlier")
             assert app.title == "Cached Brand"
     finally:
         await alice.close()
@@ -358,7 +372,7 @@ async def test_a_tampered_envelope_is_reported_and_later_messages_still_show(
         bob = await VoxClient.open(tmp_path / "bob")
         app = ChatApp(SdkBackend(bob), open_conversation="alice")
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: shown(app, "alice·1: two"))
+            await until(pilot, lambda: shown(app, "alice: two"))
             assert shown(app, "⚠ a message from alice·1 could not be decrypted")
             assert not shown(app, "one")
     finally:

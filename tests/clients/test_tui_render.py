@@ -27,8 +27,17 @@ def message(**kw: object) -> Message:
     return Message(**base)  # type: ignore[arg-type]
 
 
-def test_an_incoming_line_shows_time_sender_device_and_text() -> None:
-    assert render_message(message(), tz=UTC).plain == "09:05 bob·2: hello"
+def test_an_incoming_line_shows_time_short_id_sender_and_text() -> None:
+    assert render_message(message(), tz=UTC).plain == "09:05 bob: hello"
+    line = render_message(message(), tz=UTC, ident="#aaaaaa").plain
+    assert line == "09:05 #aaaaaa bob: hello"
+
+
+def test_the_device_number_only_when_the_caller_says_it_helps() -> None:
+    line = render_message(message(), tz=UTC, ident="#aaaaaa", show_device=True).plain
+    assert line == "09:05 #aaaaaa bob·2: hello"
+    ours = message(sender="alice", device=467399649, outgoing=True, state=DeliveryState.SENT)
+    assert render_message(ours, tz=UTC, show_device=True).plain == "09:05 you·467399649: hello  ✓"
 
 
 def test_outgoing_lines_show_the_delivery_state() -> None:
@@ -59,7 +68,7 @@ def test_user_text_is_never_interpreted_as_markup() -> None:
 def test_attachments_show_name_size_and_saved_path() -> None:
     att = AttachmentInfo("report.pdf", "application/pdf", 3 * 1024 * 1024, "00", b"", Path("/d/r"))
     line = render_message(message(text=None, attachment=att), tz=UTC).plain
-    assert line == "09:05 bob·2: 📎 report.pdf (3.0 MiB) → /d/r"
+    assert line == "09:05 bob: 📎 report.pdf (3.0 MiB) → /d/r"
 
 
 def test_sizes_are_human_readable() -> None:

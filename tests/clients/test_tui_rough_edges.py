@@ -57,7 +57,7 @@ async def newest_in_view(people: People, size: tuple[int, int]) -> None:
         await until(pilot, lambda: at_bottom(app))
         # Another conversation: its newest line is in view as well.
         await type_line(pilot, "/chat carol")
-        await until(pilot, lambda: shown(app, "carol·1: line 059"))
+        await until(pilot, lambda: shown(app, "carol: line 059"))
         await until(pilot, lambda: at_bottom(app))
         # A resize keeps the bottom in view.
         await pilot.resize_terminal(80, 20)
@@ -160,7 +160,7 @@ async def test_send_file_with_spaces_save_to_downloads_and_unknown_users(
         reply = tmp_path / "reply.txt"
         reply.write_bytes(b"y" * 100)
         await people.bob.send_file("alice", reply)
-        await until(pilot, lambda: shown(app, "bob·1: 📎 reply.txt"))
+        await until(pilot, lambda: shown(app, "bob: 📎 reply.txt"))
         await type_line(pilot, "/save")
         assert people.alice.home is not None
         downloads = people.alice.home / "downloads"

@@ -37,10 +37,11 @@ def read_until(fd: int, needles: list[bytes], within: float) -> bytes:
     return out
 
 
-async def test_vox_chat_runs_in_a_terminal_and_quits_cleanly(tmp_path: Path) -> None:
+async def test_vox_chat_runs_in_a_terminal_notifies_and_quits_cleanly(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, brand={"name": "Termchat"})
     async with running_relay(settings) as relay:
         bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        carol = await VoxClient.register(tmp_path / "carol", relay.base_url, "carol")
         alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
         await alice.close()  # release the profile for the subprocess
         await bob.send_text("alice", "ping from bob")
@@ -48,7 +49,10 @@ async def test_vox_chat_runs_in_a_terminal_and_quits_cleanly(tmp_path: Path) -> 
 
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "VOX_HOME": str(tmp_path / "alice")}
+        # No notify-send on the PATH: desktop notifications go out as OSC 777 / OSC 9 escapes.
+        env = {**os.environ, "TERM": "xterm-256color", "VOX_HOME": str(tmp_path / "alice"),
+               "PATH": str(VOX.parent)}  # fmt: skip
+        env.pop("VOX_CHAT_NOTIFY", None)
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; we wait in a thread
             [str(VOX), "chat", "bob"],
             stdin=slave,
@@ -62,10 +66,19 @@ async def test_vox_chat_runs_in_a_terminal_and_quits_cleanly(tmp_path: Path) -> 
             await asyncio.to_thread(
                 read_until, master, [b"Termchat", b"ping", b"from", b"bob"], 30.0
             )
+            # A message in a chat that is not open: the bell and a desktop notification that
+            # names the sender, never the text.
+            await carol.send_text("alice", "secret words")
+            out = await asyncio.to_thread(
+                read_until, master, [b"\x1b]777;notify;Vox: carol;new message\x1b\\"], 30.0
+            )
+            assert b"\x1b]9;Vox: carol: new message\x1b\\" in out and b"\x07" in out
+            assert b"secret" not in out
             os.write(master, b"\x11")  # Ctrl+Q
             code = await asyncio.to_thread(proc.wait, 20)
             assert code == 0
         finally:
+            await carol.close()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
