@@ -11,6 +11,8 @@ import { type Bundle, accountPublic, decodeBundle, kemPublic, newKemPrekey, newS
 import { aesGcmDecrypt, aesGcmEncrypt, ed25519Public, mlkemDecapsulate, x25519Public } from "./core/primitives";
 import * as SK from "./core/senderkeys";
 import * as S from "./core/session";
+import { Engine } from "./core/engine";
+import { Store } from "./core/store";
 
 /** protocol-crypto.md §1: SHA-256(seed || u64 i) blocks, consumed front to back. */
 function deterministicRng(seed: Uint8Array): Rng {
@@ -365,7 +367,149 @@ async function benchmark(n: number, size: number): Promise<Record<string, number
   };
 }
 
+
+// --- skipped-key bounds (protocol-crypto.md §6.6) ------------------------------------------
+
+/** A fresh session pair that has exchanged one message each way (both have chains). */
+async function warmPair(): Promise<{ a: S.SessionState; b: S.SessionState }> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  const { alice, bob, bundle, lookup } = freshPair();
+  let a = await S.initiate(alice, bundle, rnd);
+  const first = await S.encrypt(a, utf8("hello"), rnd);
+  a = first.state;
+  let b = (await S.accept(bob, lookup, first.data)).session;
+  const reply = await S.encrypt(b, utf8("hi"), rnd);
+  b = reply.state;
+  a = (await S.decrypt(a, reply.data)).state;
+  return { a, b };
+}
+
+const errorName = async (p: Promise<unknown>): Promise<string> => {
+  try {
+    await p;
+    return "accepted";
+  } catch (e) {
+    return (e as Error).name;
+  }
+};
+
+/**
+ * Out-of-order messages under a clock (seconds): Alice sends m0, m1, m2; Bob receives m2 at
+ * ``t0`` (m0 and m1 become skipped keys), m1 at ``t1``, m0 at ``t2``. Returns what each late
+ * message gave and the skipped count after each step, and what ``expireSkipped`` leaves.
+ */
+async function skippedExpiry(t0: number, t1: number, t2: number): Promise<Record<string, unknown>> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  let { a, b } = await warmPair();
+  const wires: Uint8Array[] = [];
+  for (const text of ["m0", "m1", "m2"]) {
+    const out = await S.encrypt(a, utf8(text), rnd);
+    a = out.state;
+    wires.push(out.data);
+  }
+  const r2 = await S.decrypt(b, wires[2] as Uint8Array, t0);
+  b = r2.state;
+  const afterM2 = b.skipped.length;
+  let m1 = "";
+  try {
+    const r1 = await S.decrypt(b, wires[1] as Uint8Array, t1);
+    b = r1.state;
+    m1 = new TextDecoder().decode(r1.body);
+  } catch (e) {
+    m1 = (e as Error).name;
+  }
+  const afterM1 = b.skipped.length;
+  const before = b;
+  const m0 = await errorName(S.decrypt(b, wires[0] as Uint8Array, t2));
+  const sweep = S.expireSkipped(before, t2);
+  return { afterM2, m1, afterM1, m0, stateUnchanged: before.skipped.length, swept: sweep.expired, afterSweep: sweep.state.skipped.length };
+}
+
+/**
+ * The bound of one DH step counts both chains together (max_skip = 1000): Bob has read
+ * nothing of Alice's current chain past message 0 when ``oldGap`` more messages were sent on
+ * it; then Alice's next chain's message ``newIndex`` arrives. Returns the outcome.
+ */
+async function combinedSkipBound(oldGap: number, newIndex: number): Promise<string> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  let { a, b } = await warmPair();
+  // Alice's current chain: one message Bob reads, then oldGap he never sees.
+  let out = await S.encrypt(a, utf8("read"), rnd);
+  a = out.state;
+  b = (await S.decrypt(b, out.data)).state;
+  for (let i = 0; i < oldGap; i++) a = (await S.encrypt(a, utf8("lost"), rnd)).state;
+  // Bob answers; Alice steps; her new chain's message newIndex reaches Bob.
+  out = await S.encrypt(b, utf8("answer"), rnd);
+  b = out.state;
+  a = (await S.decrypt(a, out.data)).state;
+  let data: Uint8Array = new Uint8Array(0);
+  for (let i = 0; i <= newIndex; i++) {
+    out = await S.encrypt(a, utf8(`new ${i}`), rnd);
+    a = out.state;
+    data = out.data;
+  }
+  return errorName(S.decrypt(b, data));
+}
+
+/** Sender-key skipped keys expire like the ratchet's: iteration 0 skipped at t0, read at t1. */
+async function senderKeyExpiry(t0: number, t1: number): Promise<Record<string, unknown>> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  let send = SK.createSenderKey(rnd(16), "alice", 1, rnd);
+  let recv = SK.decodeDistribution(SK.encodeDistribution(send));
+  const msgs: Uint8Array[] = [];
+  for (let i = 0; i < 2; i++) {
+    const out = await SK.senderKeyEncrypt(send, utf8(`g${i}`), rnd);
+    send = out.state;
+    msgs.push(out.message);
+  }
+  recv = (await SK.senderKeyDecrypt(recv, SK.decodeGroupMessage(msgs[1] as Uint8Array), t0)).state;
+  const skipped = recv.skipped.length;
+  const late = await errorName(SK.senderKeyDecrypt(recv, SK.decodeGroupMessage(msgs[0] as Uint8Array), t1));
+  return { skipped, late, afterSweep: SK.expireSenderKey(recv, t1).skipped.length };
+}
+
+// --- the engine against a real relay, with an injected clock (tests/web/test_web_maint*) ----
+
+let kitEngine: Engine | null = null;
+let kitClock = Date.now();
+const engine = (): Engine => {
+  if (!kitEngine) throw new Error("no engine: call engineRegister first");
+  return kitEngine;
+};
+
+/** Register ``user`` on this page's relay with a fresh store, connect, wait until online. */
+async function engineRegister(user: string, clockMs: number): Promise<void> {
+  kitClock = clockMs;
+  const store = await Store.open();
+  const e = new Engine(store);
+  e.clock = () => kitClock;
+  await e.register(user, null);
+  e.start();
+  kitEngine = e;
+  for (let i = 0; i < 600 && e.status !== "online"; i++) await new Promise((r) => setTimeout(r, 100));
+  if (e.status !== "online") throw new Error(`engine is ${e.status}`);
+}
+
+const engineKit = {
+  engineRegister,
+  setClock: (ms: number) => void (kitClock = ms),
+  engineMaintain: () => engine().maintain(),
+  engineInspect: () => engine().inspect(),
+  engineTexts: (conv: string) => (engine().messages.get(conv) ?? []).map((m) => m.text ?? m.notice ?? ""),
+  /** The signed and last-resort key ids the relay serves for ``user`` device 1. */
+  engineServed: async (user: string) => {
+    const r = await engine().api.call<{ devices: { signed_prekey: { key_id: number }; last_resort_prekey: { key_id: number } }[] }>("GET", `/v1/prekeys/${user}?device_id=1`);
+    const d = r.devices[0];
+    return { signed: d?.signed_prekey.key_id, lastResort: d?.last_resort_prekey.key_id };
+  },
+  engineCount: () => engine().api.call("GET", "/v1/prekeys/count"),
+};
+
 (globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
+  ...engineKit,
+  skippedExpiry,
+  combinedSkipBound,
+  senderKeyExpiry,
   benchmark,
   ratchetKdf,
   conversation,

@@ -16,29 +16,23 @@ import {
 } from "./content";
 import { type DeviceList, findDevice, parseList, signList, verifyList } from "./devicelist";
 import { displaySafetyNumber, safetyNumber } from "./fingerprint";
-import {
-  type KemPrekeyPriv,
-  type OneTimePriv,
-  type SignedPrekeyPriv,
-  ED25519_TYPE,
-  X25519_TYPE,
-  accountPublic,
-  kemPublic,
-  newKemPrekey,
-  newSignedPrekey,
-  typed,
-  x25519Typed,
-} from "./keys";
+import { ED25519_TYPE, X25519_TYPE, accountPublic, typed, x25519Typed } from "./keys";
 import { completeLink, deriveLinkKeys, formatLinkCode, parseLinkCode, receiveOffer, sealOffer } from "./link";
 import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
+import * as P from "./prekeys";
+import type { Prekeys } from "./prekeys";
 import * as S from "./session";
 import * as SK from "./senderkeys";
 import * as ATT from "./attachments";
 import type { Store } from "./store";
 
-export const LAST_RESORT_BASE = 0x80000000;
-const BATCH = 50;
+export const LAST_RESORT_BASE = P.LAST_RESORT_BASE;
 const LIST_TTL_MS = 60_000;
+/** Prekey stock, rotation, skipped-key expiry and seen pruning repeat this often while
+ * connected (the SDK's `maintenance_interval`). */
+export const MAINTENANCE_MS = 3600_000;
+/** Processed envelope ids are kept this long past the relay's envelope lifetime. */
+export const SEEN_MARGIN_MS = 24 * 3600_000;
 const MAX_SESSIONS = 4;
 const MAX_ATTEMPTS = 5;
 
@@ -48,15 +42,6 @@ export interface Identity {
   accountSeed: Uint8Array;
   identityPriv: Uint8Array;
   authSeed: Uint8Array;
-}
-interface Prekeys {
-  signed: SignedPrekeyPriv[];
-  kem: KemPrekeyPriv[];
-  otp: OneTimePriv[];
-  nextOtp: number;
-  nextKem: number;
-  nextSigned: number;
-  nextLastResort: number;
 }
 interface PeerRec {
   accountKey: Uint8Array;
@@ -144,13 +129,33 @@ export class Engine {
   private fetchedAt = new Map<string, number>();
   private outbox = new Map<string, OutboxEntry>();
   groups = new Map<string, Group>();
-  private seen = new Set<string>();
+  /** Processed envelope ids → when they were processed (ms). */
+  private seen = new Map<string, number>();
+  /** Counts for diagnostics and tests: prekeys held (ids), seen ids, skipped keys. */
+  inspect(): { signed: number[]; lastResort: number[]; oneTime: number; oneTimeKem: number; unpublished: boolean; seen: number; skipped: number } {
+    const pk = this.prekeys;
+    let skipped = 0;
+    for (const list of this.sessions.values()) for (const st of list) skipped += st.skipped.length;
+    return {
+      signed: pk ? pk.signed.map((k) => k.id) : [],
+      lastResort: pk ? pk.kem.filter((k) => k.lastResort).map((k) => k.id) : [],
+      oneTime: pk ? pk.otp.length : 0,
+      oneTimeKem: pk ? pk.kem.filter((k) => !k.lastResort).length : 0,
+      unpublished: !!pk?.unpublished,
+      seen: this.seen.size,
+      skipped,
+    };
+  }
+  /** The engine's clock (ms since the epoch); the test kit injects another. */
+  clock: () => number = () => Date.now();
+  private maintenanceTimer: ReturnType<typeof setInterval> | null = null;
   private counter = 0;
   private listeners = new Set<() => void>();
   private ws: WebSocket | null = null;
   private waiting = new Map<string, (a: Answer) => void>();
   private sendLock = new Mutex();
   private recvLock = new Mutex();
+  private maintenanceLock = new Mutex();
   private reconnectDelay = 500;
   private stopped = false;
   private relogged = false;
@@ -193,7 +198,7 @@ export class Engine {
     }
     for (const [, v] of await this.store.list<OutboxEntry>("outbox:")) this.outbox.set(v.id, v);
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
-    for (const [k] of await this.store.list<number>("seen:")) this.seen.add(k.slice(5));
+    for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
     return true;
   }
 
@@ -205,34 +210,7 @@ export class Engine {
   // --- registration and login ---------------------------------------------------------
 
   private newPrekeys(id: Identity): { prekeys: Prekeys; upload: Record<string, unknown> } {
-    const idPub = x25519Public(id.identityPriv);
-    const spk = newSignedPrekey(id.accountSeed, idPub, 1, randomBytes);
-    const lr = newKemPrekey(id.accountSeed, idPub, LAST_RESORT_BASE + 1, true, randomBytes);
-    const prekeys: Prekeys = { signed: [spk], kem: [lr], otp: [], nextOtp: 1, nextKem: 1, nextSigned: 2, nextLastResort: 2 };
-    const batch = this.oneTimeBatch(id, prekeys);
-    return {
-      prekeys,
-      upload: {
-        signed_prekey: { key_id: spk.id, public_key: b64(x25519Typed(spk.priv)), signature: b64(spk.sig) },
-        last_resort_prekey: { key_id: lr.id, public_key: b64(typed(3, kemPublic(lr))), signature: b64(lr.sig) },
-        ...batch,
-      },
-    };
-  }
-
-  private oneTimeBatch(id: Identity, pk: Prekeys): Record<string, unknown> {
-    const idPub = x25519Public(id.identityPriv);
-    const ones = [];
-    const kems = [];
-    for (let i = 0; i < BATCH; i++) {
-      const otp = { id: pk.nextOtp++, priv: randomBytes(32) };
-      pk.otp.push(otp);
-      ones.push({ key_id: otp.id, public_key: b64(x25519Typed(otp.priv)) });
-      const kem = newKemPrekey(id.accountSeed, idPub, pk.nextKem++, false, randomBytes);
-      pk.kem.push(kem);
-      kems.push({ key_id: kem.id, public_key: b64(typed(3, kemPublic(kem))), signature: b64(kem.sig) });
-    }
-    return { one_time_prekeys: ones, one_time_pq_prekeys: kems };
+    return P.initialPrekeys(id, this.clock(), randomBytes);
   }
 
   private entry(id: Identity): { id: number; identityKey: Uint8Array; authKey: Uint8Array } {
@@ -295,6 +273,8 @@ export class Engine {
 
   stop(): void {
     this.stopped = true;
+    if (this.maintenanceTimer !== null) clearInterval(this.maintenanceTimer);
+    this.maintenanceTimer = null;
     this.ws?.close(1000);
     this.ws = null;
   }
@@ -392,7 +372,7 @@ export class Engine {
         void this.recvLock.run(() => this.onEphemeral(f));
         break;
       case "prekeys_low":
-        void this.replenish(true);
+        void this.maintain().catch(() => undefined);
         break;
       default:
         break; // forward compatible: unknown frames are ignored
@@ -400,19 +380,106 @@ export class Engine {
   }
 
   private async afterReady(): Promise<void> {
-    await this.replenish(false).catch(() => undefined);
+    await this.maintain().catch((e) => console.warn("maintenance failed", e));
     await this.flushOutbox();
+    if (this.maintenanceTimer === null && !this.stopped) {
+      this.maintenanceTimer = setInterval(() => {
+        if (this.status === "online") void this.maintain().catch((e) => console.warn("maintenance failed", e));
+      }, MAINTENANCE_MS);
+    }
   }
 
-  private async replenish(force: boolean): Promise<void> {
+  /**
+   * One maintenance round (after every connect, every MAINTENANCE_MS while connected, and on
+   * `prekeys_low`), like the SDK's: replenish one-time prekeys when the relay's stock is low,
+   * rotate the signed prekey and the last-resort ML-KEM prekey when due (and delete replaced
+   * ones past their grace period), expire old skipped message keys, forget processed envelope
+   * ids the relay can no longer redeliver. State changes run under the receive lock (a
+   * receive consumes prekeys and advances sessions); uploads happen after the commit.
+   */
+  maintain(): Promise<{ uploaded: number; rotated: boolean; expired: number; forgotten: number }> {
+    return this.maintenanceLock.run(() => this.maintainOnce());
+  }
+
+  private async maintainOnce(): Promise<{ uploaded: number; rotated: boolean; expired: number; forgotten: number }> {
     const id = this.identity;
-    const pk = this.prekeys;
-    if (!id || !pk) return;
-    const count = await this.api.call<{ one_time_prekeys: number; one_time_pq_prekeys: number; low_threshold: number }>("GET", "/v1/prekeys/count");
-    if (!force && count.one_time_prekeys > count.low_threshold && count.one_time_pq_prekeys > count.low_threshold) return;
-    const upload = this.oneTimeBatch(id, pk);
-    await this.store.commit([["prekeys", pk]]);
-    await this.api.call("POST", "/v1/prekeys", upload);
+    if (!id || !this.prekeys) return { uploaded: 0, rotated: false, expired: 0, forgotten: 0 };
+    const counts = await this.api.call<P.PrekeyCounts>("GET", "/v1/prekeys/count");
+    const cfg = this.config ?? (this.config = await this.api.config());
+    const ttlMs = (cfg.limits["envelope_ttl_seconds"] ?? 365 * 86400) * 1000;
+    let upload: P.Upload = {};
+    let result = { uploaded: 0, rotated: false, expired: 0, forgotten: 0 };
+    await this.recvLock.run(async () => {
+      const now = this.clock();
+      let pk = this.prekeys as Prekeys;
+      const changes: [string, unknown][] = [];
+      const count = P.replenishCount(counts);
+      if (count > 0) {
+        const batch = P.oneTimeBatch(id, pk, count, randomBytes);
+        pk = batch.prekeys;
+        upload = batch.upload;
+      }
+      pk = P.prune(pk, now);
+      const rotated = !pk.unpublished && P.rotationDue(pk, now);
+      if (rotated) pk = P.rotate(id, pk, now, randomBytes).prekeys;
+      if (pk.unpublished) upload = { ...upload, ...pk.unpublished };
+      if (pk !== this.prekeys) changes.push(["prekeys", pk]);
+      // Skipped message keys past their age (pairwise sessions and sender keys).
+      let expired = 0;
+      const sessions = new Map<string, S.SessionState[]>();
+      for (const [k, list] of this.sessions) {
+        const next = list.map((st) => {
+          const r = S.expireSkipped(st, now / 1000);
+          expired += r.expired;
+          return r.state;
+        });
+        if (next.some((st, i) => st.skipped.length !== (list[i] as S.SessionState).skipped.length)) {
+          sessions.set(k, next);
+          changes.push([k, next]);
+        }
+      }
+      const groups = new Map<string, Group>();
+      for (const [gid, g] of this.groups) {
+        let touched = false;
+        const records: Group["records"] = {};
+        for (const [k, rec] of Object.entries(g.records)) {
+          records[k] = rec.map((st) => {
+            const next = SK.expireSenderKey(st, now / 1000);
+            if (next.skipped.length !== st.skipped.length) {
+              expired += st.skipped.length - next.skipped.length;
+              touched = true;
+            }
+            return next;
+          });
+        }
+        if (touched) {
+          const ng = { ...g, records };
+          groups.set(gid, ng);
+          changes.push([`group:${gid}`, ng]);
+        }
+      }
+      // Envelope ids older than the relay's envelope lifetime (plus a day) cannot come back.
+      const cutoff = now - ttlMs - SEEN_MARGIN_MS;
+      const forget = [...this.seen].filter(([, at]) => at < cutoff).map(([k]) => k);
+      for (const k of forget) changes.push([`seen:${k}`, undefined]);
+      if (changes.length) await this.store.commit(changes);
+      this.prekeys = pk;
+      for (const [k, v] of sessions) this.sessions.set(k, v);
+      for (const [k, v] of groups) this.groups.set(k, v);
+      for (const k of forget) this.seen.delete(k);
+      result = { uploaded: count, rotated, expired, forgotten: forget.length };
+    });
+    if (Object.keys(upload).length) {
+      await this.api.call("POST", "/v1/prekeys", upload);
+      if (this.prekeys?.unpublished) {
+        await this.recvLock.run(async () => {
+          const pk = P.published(this.prekeys as Prekeys, this.clock());
+          await this.store.commit([["prekeys", pk]]);
+          this.prekeys = pk;
+        });
+      }
+    }
+    return result;
   }
 
   private transmit(frame: Record<string, unknown>): Promise<Answer> {
@@ -772,14 +839,14 @@ export class Engine {
     if (env.kind === 2) {
       const digest = await crypto.subtle.digest("SHA-256", env.prefixBytes as Uint8Array<ArrayBuffer>);
       index = sessions.findIndex((s) => equal(s.initialDigest, new Uint8Array(digest)));
-      if (index >= 0) result = await S.decryptMessage(sessions[index] as S.SessionState, env);
+      if (index >= 0) result = await S.decryptMessage(sessions[index] as S.SessionState, env, this.clock() / 1000);
       else {
         const pk = this.prekeys as Prekeys;
         const accepted = await S.accept(this.local(), {
           signed: (i) => pk.signed.find((x) => x.id === i)?.priv ?? null,
           kem: (i) => pk.kem.find((x) => x.id === i) ?? null,
           oneTime: (i) => pk.otp.find((x) => x.id === i)?.priv ?? null,
-        }, data);
+        }, data, this.clock() / 1000);
         result = { state: accepted.session, body: accepted.body };
         const next: Prekeys = {
           ...pk,
@@ -792,7 +859,7 @@ export class Engine {
     } else {
       for (let i = 0; i < sessions.length && !result; i++) {
         try {
-          result = await S.decryptMessage(sessions[i] as S.SessionState, env);
+          result = await S.decryptMessage(sessions[i] as S.SessionState, env, this.clock() / 1000);
           index = i;
         } catch (e) {
           lastError = e;
@@ -824,7 +891,8 @@ export class Engine {
       this.ack(f["seq"]);
       return;
     }
-    const changes: [string, unknown][] = [[`seen:${envelope}`, Date.now()]];
+    const seenAt = this.clock();
+    const changes: [string, unknown][] = [[`seen:${envelope}`, seenAt]];
     const after: (() => void)[] = [];
     this.pendingSessions.clear();
     this.pendingPrekeys = null;
@@ -845,7 +913,7 @@ export class Engine {
         if (v) this.groups.set(k, v);
         else this.groups.delete(k);
       }
-      this.seen.add(envelope);
+      this.seen.set(envelope, seenAt);
       this.ack(f["seq"]);
       this.changed();
       for (const fn of after) fn();
@@ -865,10 +933,10 @@ export class Engine {
         state: "received",
         notice: `could not decrypt a message from ${from.user} (${(e as Error).name})`,
       };
-      const fail: [string, unknown][] = [[`seen:${envelope}`, Date.now()]];
+      const fail: [string, unknown][] = [[`seen:${envelope}`, seenAt]];
       this.addMessage(notice, fail);
       await this.store.commit(fail);
-      this.seen.add(envelope);
+      this.seen.set(envelope, seenAt);
       this.ack(f["seq"]);
       this.changed();
     }
@@ -1049,7 +1117,7 @@ export class Engine {
     const record = g.records[k] ?? [];
     const state = record.find((x) => x.keyId === m.keyId);
     if (!state) throw new SK.UnknownSenderKey(String(m.keyId));
-    const { state: next, plaintext } = await SK.senderKeyDecrypt(state, m);
+    const { state: next, plaintext } = await SK.senderKeyDecrypt(state, m, this.clock() / 1000);
     const c = decodeContent(unpad(plaintext));
     if (c.type !== 1 && c.type !== 2) throw new DecodeError("a group message carries a text or a file");
     if (hex(c.groupId) !== id) throw new DecodeError("group message for another group");

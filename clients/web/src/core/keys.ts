@@ -41,6 +41,7 @@ export interface KemPrekeyPriv {
   seed: Uint8Array;
   lastResort: boolean;
   sig: Uint8Array;
+  created?: number; // ms; last-resort keys (rotation), absent in stores written before it
 }
 export interface OneTimePriv {
   id: number;
@@ -61,10 +62,10 @@ function kemData(identityTyped: Uint8Array, id: number, lastResort: boolean, kem
   return new Writer().raw(identityTyped).u32(id).u8(lastResort ? 1 : 0).raw(kemTyped).done();
 }
 
-export function newSignedPrekey(accountSeed: Uint8Array, identityPub: Uint8Array, id: number, rng: Rng): SignedPrekeyPriv {
+export function newSignedPrekey(accountSeed: Uint8Array, identityPub: Uint8Array, id: number, rng: Rng, created = Date.now()): SignedPrekeyPriv {
   const priv = rng(32);
   const sig = signSignedPrekey(accountSeed, identityPub, id, x25519Public(priv));
-  return { id, priv, sig, created: Date.now() };
+  return { id, priv, sig, created };
 }
 
 export function newKemPrekey(

@@ -4,7 +4,7 @@
 import { DecodeError, Reader, Writer, concat, utf8, type Rng } from "./bytes";
 import { ED25519_TYPE, typed, untype } from "./keys";
 import { CryptoError, aesGcmDecrypt, aesGcmEncrypt, ed25519Public, ed25519Sign, ed25519Verify, hkdf, hmac } from "./primitives";
-import { DuplicateMessage, SenderMismatch, StateError, TooManySkipped } from "./session";
+import { DuplicateMessage, MAX_SKIPPED_AGE, SenderMismatch, StateError, TooManySkipped } from "./session";
 
 export class UnknownSenderKey extends CryptoError {
   override name = "UnknownSenderKey";
@@ -23,7 +23,24 @@ export interface SenderKeyState {
   chainKey: Uint8Array;
   signingSeed: Uint8Array | null; // sending states only
   signingPublic: Uint8Array; // typed Ed25519
-  skipped: [number, Uint8Array][]; // (iteration, message key seed), insertion order
+  // (iteration, message key seed, stored at: seconds of the caller's clock, 0/absent =
+  // unknown), insertion order; expire after MAX_SKIPPED_AGE like the pairwise ratchet's
+  skipped: [number, Uint8Array, number?][];
+  clock?: number; // the latest clock (seconds) a decrypt was given
+}
+
+const expired = (at: number | undefined, clock: number): boolean => MAX_SKIPPED_AGE > 0 && !!at && clock - at > MAX_SKIPPED_AGE;
+
+/** Drop skipped keys expired at ``clock``, stamp keys of unknown age (a new state). */
+function expireAt(s: SenderKeyState, clock: number): SenderKeyState {
+  if (clock <= 0 || clock === (s.clock ?? 0)) return s;
+  const skipped = s.skipped.filter(([, , at]) => !expired(at, clock)).map((e): [number, Uint8Array, number?] => (e[2] ? e : [e[0], e[1], clock]));
+  return { ...s, skipped, clock };
+}
+
+/** The state without the skipped keys older than MAX_SKIPPED_AGE at ``now`` (seconds). */
+export function expireSenderKey(s: SenderKeyState, now: number): SenderKeyState {
+  return expireAt(s, Math.max(s.clock ?? 0, Math.floor(now)));
 }
 
 export function createSenderKey(groupId: Uint8Array, user: string, device: number, rng: Rng): SenderKeyState {
@@ -111,18 +128,20 @@ export async function senderKeyEncrypt(s: SenderKeyState, plaintext: Uint8Array,
   return { state: { ...s, chainKey: next, iteration: s.iteration + 1 }, message: concat(signed, sig) };
 }
 
-/** Decrypt with a receiving state (§2.4). */
-export async function senderKeyDecrypt(s: SenderKeyState, m: GroupMessage): Promise<{ state: SenderKeyState; plaintext: Uint8Array }> {
+/** Decrypt with a receiving state (§2.4); ``now`` (seconds) is the caller's clock for the
+ * skipped keys' age (without it nothing new expires). */
+export async function senderKeyDecrypt(s: SenderKeyState, m: GroupMessage, now?: number): Promise<{ state: SenderKeyState; plaintext: Uint8Array }> {
   if (s.signingSeed) throw new StateError("a sending state does not decrypt");
   if (m.user !== s.user || m.device !== s.device || m.groupId.length !== s.groupId.length || !m.groupId.every((x, i) => x === s.groupId[i])) {
     throw new SenderMismatch(`${s.user}:${s.device} != ${m.user}:${m.device}`);
   }
   if (m.keyId !== s.keyId) throw new UnknownSenderKey(String(m.keyId));
   ed25519Verify(untype(ED25519_TYPE, s.signingPublic), m.version === 2 ? "VoxSenderKeyMessage-v2" : "VoxSenderKeyMessage-v1", m.signed, m.signature, "sender key message");
+  const clock = now === undefined ? (s.clock ?? 0) : Math.max(s.clock ?? 0, Math.floor(now));
   let seed: Uint8Array;
   let next: SenderKeyState;
   if (m.iteration < s.iteration) {
-    const hit = s.skipped.find(([i]) => i === m.iteration);
+    const hit = s.skipped.find(([i, , at]) => i === m.iteration && !expired(at, clock));
     if (!hit) throw new DuplicateMessage(`iteration ${m.iteration}`);
     seed = hit[1];
     next = { ...s, skipped: s.skipped.filter((e) => e !== hit) };
@@ -132,7 +151,7 @@ export async function senderKeyDecrypt(s: SenderKeyState, m: GroupMessage): Prom
     const skipped = [...s.skipped];
     for (let i = s.iteration; i < m.iteration; i++) {
       const [sd, n] = await step(ck);
-      skipped.push([i, sd]);
+      skipped.push([i, sd, clock]);
       ck = n;
     }
     const [sd, n] = await step(ck);
@@ -146,7 +165,7 @@ export async function senderKeyDecrypt(s: SenderKeyState, m: GroupMessage): Prom
     const [key, nonce] = await senderKeysV1(seed);
     plaintext = await aesGcmDecrypt(key, nonce, m.ciphertext, m.header);
   }
-  return { state: next, plaintext };
+  return { state: expireAt(next, clock), plaintext };
 }
 
 /** A receiver's newest states of one sender (newest first, at most 5). */

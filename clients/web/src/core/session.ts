@@ -34,6 +34,9 @@ export class UnknownPrekey extends CryptoError {
 
 export const MAX_SKIP = 1000;
 export const MAX_STORED = 2000;
+/** A skipped message key no longer opens its message after this many seconds of the
+ * caller's clock (30 days, the relay's default envelope TTL; protocol-crypto.md §6.6). */
+export const MAX_SKIPPED_AGE = 30 * 24 * 3600;
 const PREVIOUS_KEYS = 5;
 const INFO_PQXDH = "VoxPQXDH_CURVE25519_SHA-256_ML-KEM-768";
 const ZERO32 = new Uint8Array(32);
@@ -62,8 +65,13 @@ export interface SessionState {
   initialDigest: Uint8Array;
   pending: Uint8Array | null; // encoded PqxdhPrefix (initiator until the first reply)
   previous: Uint8Array[]; // raw, newest last
-  skipped: [string, number, Uint8Array][]; // (hex ratchet key, index, message key), oldest first
+  // (hex ratchet key, index, message key, stored at: whole seconds of the caller's clock,
+  // 0 or absent = unknown, starts aging at the next clock reading), oldest inserted first
+  skipped: Skipped[];
+  clock?: number; // the latest clock (seconds) a decrypt was given; never moves backwards
 }
+
+export type Skipped = [string, number, Uint8Array, number?];
 
 export interface Header {
   ratchetKey: Uint8Array; // raw 32
@@ -291,6 +299,7 @@ export async function accept(
   local: LocalDevice,
   prekeys: PrekeyLookup,
   data: Uint8Array,
+  now?: number,
 ): Promise<{ session: SessionState; body: Uint8Array; consumedOneTime: number | null; consumedKem: number | null }> {
   const env = decodeEnvelope(data);
   if (env.kind !== 2) throw new DecodeError("not an initial message");
@@ -331,7 +340,7 @@ export async function accept(
     previous: [],
     skipped: [],
   };
-  const { state, body } = await decryptMessage(fresh, env);
+  const { state, body } = await decryptMessage(fresh, env, now);
   return {
     session: state,
     body,
@@ -401,13 +410,33 @@ async function skipKeys(
   return { keys, ck: c };
 }
 
-function addSkipped(s: SessionState, key: Uint8Array, keys: [number, Uint8Array][]): void {
+function addSkipped(s: SessionState, key: Uint8Array, keys: [number, Uint8Array][], clock: number): void {
   const k = hex(key);
   for (const [i, mk] of keys) {
     s.skipped = s.skipped.filter(([kk, ii]) => !(kk === k && ii === i));
-    s.skipped.push([k, i, mk]);
+    s.skipped.push([k, i, mk, clock]);
   }
   while (s.skipped.length > MAX_STORED) s.skipped.shift();
+}
+
+const expired = (storedAt: number | undefined, clock: number): boolean =>
+  MAX_SKIPPED_AGE > 0 && !!storedAt && clock - storedAt > MAX_SKIPPED_AGE;
+
+/** Delete the skipped keys expired at ``clock`` and stamp keys of unknown age; returns how
+ * many were deleted (mutates ``s``: call it on a copy). */
+function expireAt(s: SessionState, clock: number): number {
+  if (clock <= 0) return 0;
+  const before = s.skipped.length;
+  s.skipped = s.skipped.filter(([, , , at]) => !expired(at, clock)).map((e) => (e[3] ? e : [e[0], e[1], e[2], clock]));
+  return before - s.skipped.length;
+}
+
+/** §6.6 `expire_skipped(now)`: the session without the skipped keys older than
+ * MAX_SKIPPED_AGE at ``now`` (seconds), and how many were deleted. */
+export function expireSkipped(s0: SessionState, now: number): { state: SessionState; expired: number } {
+  const s = clone(s0);
+  s.clock = Math.max(s0.clock ?? 0, Math.floor(now));
+  return { state: s, expired: expireAt(s, s.clock) };
 }
 
 async function openPayload(s: SessionState, mk: Uint8Array, env: Envelope, ad: Uint8Array): Promise<Uint8Array> {
@@ -418,20 +447,36 @@ async function openPayload(s: SessionState, mk: Uint8Array, env: Envelope, ad: U
   return payload.body;
 }
 
+/** The common end of every successful decrypt (§6.6 step 5). */
+function commit(s: SessionState, clock: number): SessionState {
+  s.pending = null;
+  if (clock !== (s.clock ?? 0)) {
+    s.clock = clock;
+    expireAt(s, clock);
+  }
+  return s;
+}
+
+/**
+ * §6.6. ``now`` (seconds since the epoch) is the caller's clock: skipped keys older than
+ * MAX_SKIPPED_AGE no longer open their message and are deleted at this commit; without it
+ * nothing new expires.
+ */
 export async function decryptMessage(
   s0: SessionState,
   env: Envelope,
+  now?: number,
 ): Promise<{ state: SessionState; body: Uint8Array }> {
   const { header } = env;
   const ad = aeadAd(s0, env);
   const k = hex(header.ratchetKey);
-  const stored = s0.skipped.find(([kk, i]) => kk === k && i === header.n);
+  const clock = now === undefined ? (s0.clock ?? 0) : Math.max(s0.clock ?? 0, Math.floor(now));
+  const stored = s0.skipped.find(([kk, i, , at]) => kk === k && i === header.n && !expired(at, clock));
   if (stored) {
     const body = await openPayload(s0, stored[2], env, ad);
     const s = clone(s0);
     s.skipped = s.skipped.filter((e) => e !== stored);
-    s.pending = null;
-    return { state: s, body };
+    return { state: commit(s, clock), body };
   }
   if (s0.dhr && s0.ckr && equal(header.ratchetKey, s0.dhr)) {
     if (header.n < s0.nr) throw new DuplicateMessage(`index ${header.n}`);
@@ -441,39 +486,39 @@ export async function decryptMessage(
     const s = clone(s0);
     s.ckr = next;
     s.nr = header.n + 1;
-    addSkipped(s, header.ratchetKey, keys);
-    s.pending = null;
-    return { state: s, body };
+    addSkipped(s, header.ratchetKey, keys, clock);
+    return { state: commit(s, clock), body };
   }
   if (s0.previous.some((p) => equal(p, header.ratchetKey))) throw new DuplicateMessage(`old chain, index ${header.n}`);
-  let oldKeys: [number, Uint8Array][] = [];
-  if (s0.ckr && s0.dhr) oldKeys = (await skipKeys(s0.ckr, s0.nr, header.pn)).keys;
+  // A DH ratchet step: the bound first, over both chains together; the old chain's keys are
+  // derived only after the new message's tag verified.
+  const oldGap = s0.ckr && s0.dhr ? Math.max(0, header.pn - s0.nr) : 0;
+  if (oldGap + header.n > MAX_SKIP) throw new TooManySkipped(`${oldGap + header.n} > ${MAX_SKIP}`);
   const [rk, ckNew] = await kdfRk(s0.rk, x25519Dh(s0.dhsPriv, header.ratchetKey));
   const { keys, ck } = await skipKeys(ckNew, 0, header.n);
   const [mk, next] = await chainStep(ck);
   const body = await openPayload(s0, mk, env, ad);
   const s = clone(s0);
   if (s.dhr) {
-    addSkipped(s, s.dhr, oldKeys);
+    if (s0.ckr && oldGap) addSkipped(s, s.dhr, (await skipKeys(s0.ckr, s0.nr, header.pn)).keys, clock);
     s.previous.push(s.dhr);
     while (s.previous.length > PREVIOUS_KEYS) s.previous.shift();
   }
-  addSkipped(s, header.ratchetKey, keys);
+  addSkipped(s, header.ratchetKey, keys, clock);
   s.rk = rk;
   s.dhr = header.ratchetKey;
   s.ckr = next;
   s.nr = header.n + 1;
   if (s.cks) s.pn = s.ns;
   s.cks = null;
-  s.pending = null;
-  return { state: s, body };
+  return { state: commit(s, clock), body };
 }
 
 /** Decrypt envelope bytes with an existing session (§6.6, §8.3). */
-export async function decrypt(s: SessionState, data: Uint8Array): Promise<{ state: SessionState; body: Uint8Array }> {
+export async function decrypt(s: SessionState, data: Uint8Array, now?: number): Promise<{ state: SessionState; body: Uint8Array }> {
   const env = decodeEnvelope(data);
   if (env.kind === 2 && !equal(await sha256(env.prefixBytes), s.initialDigest)) {
     throw new StateError("initial message of another session");
   }
-  return decryptMessage(s, env);
+  return decryptMessage(s, env, now);
 }
