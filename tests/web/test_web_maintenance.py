@@ -170,11 +170,10 @@ def test_maintenance_refills_one_time_prekeys_when_the_relay_stock_is_low(
     page = _engine(context, low_relay, user, 1_800_000_000_000)
     # The round run on connect saw 50 <= 60 and uploaded 50 more (up to twice a batch).
     page.wait_for_function(
-        "async () => (await window.voxTestkit.engineCount()).one_time_prekeys === 100",
+        "async () => { const c = await window.voxTestkit.engineCount();"
+        " return c.one_time_prekeys === 100 && c.one_time_pq_prekeys === 100; }",
         timeout=TIMEOUT_MS,
     )
-    count = call(page, "engineCount")
-    assert count["one_time_pq_prekeys"] == 100
     assert call(page, "engineMaintain")["uploaded"] == 0  # 100 > 60: nothing to do
     held = call(page, "engineInspect")
     assert (held["oneTime"], held["oneTimeKem"]) == (100, 100)
