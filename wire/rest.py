@@ -265,6 +265,13 @@ class LimitsOut(_Out):
     max_attachment_bytes_per_device: int
 
 
+class VapidOut(BaseModel):
+    """``GET /v1/push/vapid``."""
+
+    public_key: str
+    content_encoding: str
+
+
 class ConfigOut(_Out):
     """``GET /v1/config``."""
 
@@ -272,6 +279,8 @@ class ConfigOut(_Out):
     brand: BrandOut
     registration: str
     limits: LimitsOut
+    #: Web Push: the relay's VAPID key (as ``GET /v1/push/vapid``); ``None`` when push is off.
+    push: VapidOut | None = None
 
 
 # --- push (``/v1/push``) -------------------------------------------------------------------
@@ -308,13 +317,6 @@ class SubscriptionList(BaseModel):
     """``GET /v1/push/subscriptions``."""
 
     subscriptions: list[SubscriptionOut]
-
-
-class VapidOut(BaseModel):
-    """``GET /v1/push/vapid``."""
-
-    public_key: str
-    content_encoding: str
 
 
 # --- attachments and errors --------------------------------------------------------------

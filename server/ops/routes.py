@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from server.deps import SettingsDep
 from server.openapi import error_responses
+from server.push.routes import vapid_out
 from wire.rest import BrandOut, ConfigOut, LimitsOut
 
 router = APIRouter(tags=["ops"])
@@ -18,13 +19,16 @@ PROTOCOL_VERSION = 1
 
 
 @router.get("/v1/config")
-async def config(settings: SettingsDep) -> ConfigOut:
-    """Brand, registration policy and limits, for clients to render and respect."""
+async def config(settings: SettingsDep, request: Request) -> ConfigOut:
+    """Brand, registration policy, limits and the Web Push VAPID key (``null`` when push is
+    off), for clients to render and respect."""
+    push = getattr(request.app.state, "push", None)
     return ConfigOut(
         protocol_version=PROTOCOL_VERSION,
         brand=BrandOut(**settings.brand.model_dump()),
         registration=settings.registration.value,
         limits=LimitsOut(**settings.limits.model_dump(exclude={"challenge_ttl_seconds"})),
+        push=None if push is None else vapid_out(push),
     )
 
 

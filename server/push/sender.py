@@ -11,7 +11,12 @@ transaction:
 2. reads their subscriptions — only for devices that still hold an envelope from another user
    (``repository.targets``);
 3. claims the device's coalescing window (one push per ``push.coalesce_seconds``);
-4. POSTs the RFC 8291-encrypted fixed payload to every subscription, with ``TTL``,
+4. resolves the endpoint's host **once**, refuses it unless every address is public (or
+   loopback, when ``allow_loopback`` is set for tests), and connects to the address it checked
+   (DNS pinning: the URL's host is replaced by that address, the name travels in ``Host`` and
+   as the TLS SNI / certificate name), so a name that rebinds to an internal address between
+   the check and the connection cannot make the relay POST inside the operator's network;
+5. POSTs the RFC 8291-encrypted fixed payload to every subscription, with ``TTL``,
    ``Urgency``, ``Topic`` and a VAPID ``Authorization``; 404/410 deletes the subscription;
    429, 5xx and network errors are retried up to ``push.max_attempts`` times (honouring
    ``Retry-After`` up to a minute); anything else is logged and dropped.
@@ -26,10 +31,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,13 +45,30 @@ from server.db.engine import write_lock
 from server.logs import log_event
 from server.push import repository as repo
 from server.push.presence import Coalescer, Presence
-from server.push.service import is_loopback_host
 from server.push.vapid import CONTENT_ENCODING, VapidKey, encrypt_payload
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["TOPIC", "PushConfig", "PushDispatcher"]
+__all__ = ["TOPIC", "PinnedRequest", "PushConfig", "PushDispatcher", "Resolver", "system_resolver"]
+
+#: ``(host, port) -> getaddrinfo`` results; the dispatcher's DNS (tests substitute their own).
+Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def system_resolver(host: str, port: int) -> list[tuple[Any, ...]]:
+    """The system resolver (``getaddrinfo``, TCP), off the event loop's thread."""
+    return await asyncio.get_running_loop().getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedRequest:
+    """Where a push goes: the endpoint with its host replaced by the checked address."""
+
+    url: str
+    host_header: str
+    sni_hostname: str
+
 
 #: RFC 8030 ``Topic``: a newer push replaces an undelivered older one at the push service.
 TOPIC = "new-messages"
@@ -122,6 +145,8 @@ class PushDispatcher:
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._rechecks: dict[int, asyncio.TimerHandle] = {}
+        #: DNS used to resolve push endpoints (each attempt resolves once and pins).
+        self.resolve: Resolver = system_resolver
 
     # -- hub observer (synchronous, cheap) ---------------------------------------------------
 
@@ -244,7 +269,8 @@ class PushDispatcher:
             delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (attempt - 1))
             try:
                 async with self._slots:
-                    if not await self._allowed(target.endpoint):
+                    pinned = await self.pin(target.endpoint)
+                    if pinned is None:
                         self._metrics.requests.labels("refused").inc()
                         log_event(
                             "push_refused",
@@ -253,7 +279,7 @@ class PushDispatcher:
                             reason="endpoint resolves to a non-public address",
                         )
                         return
-                    status, retry_after = await self._post(target, origin)
+                    status, retry_after = await self._post(target, origin, pinned)
             except httpx.HTTPError as exc:
                 outcome = f"network error {exc.__class__.__name__}"
             else:
@@ -282,7 +308,9 @@ class PushDispatcher:
             self._metrics.requests.labels("retry").inc()
             await asyncio.sleep(delay)
 
-    async def _post(self, target: repo.Target, origin: str) -> tuple[int, float | None]:
+    async def _post(
+        self, target: repo.Target, origin: str, pinned: PinnedRequest
+    ) -> tuple[int, float | None]:
         client = self._http()
         headers = {
             "TTL": str(self.config.ttl_seconds),
@@ -291,26 +319,39 @@ class PushDispatcher:
             "Content-Encoding": CONTENT_ENCODING,
             "Content-Type": "application/octet-stream",
             "Authorization": self.vapid.authorization(origin, now=self._clock.now()),
+            "Host": pinned.host_header,
         }
         # ~1 ms of CPU (a fresh P-256 key, ECDH, HKDF): off the event loop thread.
         body = await asyncio.to_thread(encrypt_payload, target.p256dh, target.auth)
         # Read the status only: a hostile endpoint cannot make the relay buffer a body.
-        async with client.stream("POST", target.endpoint, content=body, headers=headers) as resp:
+        extensions = {"sni_hostname": pinned.sni_hostname}
+        async with client.stream(
+            "POST", pinned.url, content=body, headers=headers, extensions=extensions
+        ) as resp:
             return resp.status_code, _retry_after(resp.headers.get("retry-after"))
 
-    async def _allowed(self, endpoint: str) -> bool:
-        """The endpoint's host resolves only to public addresses (or loopback when allowed)."""
+    async def pin(self, endpoint: str) -> PinnedRequest | None:
+        """Resolve the endpoint's host once; ``None`` (refused) unless every address is public
+        (or loopback when allowed). The request then goes to the first address, so what was
+        checked is what is contacted. A failed lookup raises ``httpx.ConnectError`` (retried
+        like any network error)."""
+        import httpx
+
         parts = urlsplit(endpoint)
         host = parts.hostname or ""
-        if self.config.allow_loopback and is_loopback_host(host):
-            return True
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, proto=6)
-        except OSError:
-            return True  # let the request fail (and be retried) like any network error
-        return all(
-            ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_global for info in infos
-        )
+            infos = await self.resolve(host, port)
+        except OSError as exc:
+            raise httpx.ConnectError(f"could not resolve the push service: {exc}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+        allowed = [a.is_global or (self.config.allow_loopback and a.is_loopback) for a in addresses]
+        if not addresses or not all(allowed):
+            return None
+        first = addresses[0]
+        literal = f"[{first}]" if first.version == 6 else str(first)
+        url = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path, parts.query, ""))
+        return PinnedRequest(url, parts.netloc.rpartition("@")[2], host)
 
     async def _forget(self, target: repo.Target) -> None:
         async with self._sessions() as session:

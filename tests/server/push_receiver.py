@@ -184,8 +184,10 @@ class PushReceiver:
         status = answers.pop(0) if answers else 201
         try:
             assert name in self.agents, f"unknown subscription {name}"
+            # The audience is this service's origin as the relay addressed it (its Host).
+            audience = f"http://{request.headers.get('host', '')}"
             claims, key = _verify_vapid(
-                request.headers.get("authorization", ""), self.vapid_key, self.origin
+                request.headers.get("authorization", ""), self.vapid_key, audience
             )
             assert request.headers.get("content-encoding") == "aes128gcm"
             plaintext = self.agents[name].decrypt(body)

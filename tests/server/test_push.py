@@ -294,6 +294,81 @@ async def test_an_endpoint_on_a_private_address_is_never_contacted(tmp_path: Pat
         assert w.rx.pushes("bob") == []
 
 
+def _resolver(answers: dict[str, list[str]], calls: list[str]) -> Any:
+    """A DNS stand-in: ``answers`` maps names to addresses; other names fail like NXDOMAIN."""
+
+    async def resolve(host: str, port: int) -> list[tuple[Any, ...]]:
+        calls.append(host)
+        if host not in answers:
+            raise OSError(f"no such name: {host}")
+        return [(2, 1, 6, "", (address, port)) for address in answers[host]]
+
+    return resolve
+
+
+async def _point_subscriptions_at(w: PushWorld, endpoint: str) -> None:
+    async with w.relay.app.state.sessions() as session:
+        await session.execute(text("UPDATE push_subscriptions SET endpoint = :e"), {"e": endpoint})
+        await session.commit()
+
+
+async def test_the_relay_connects_to_the_address_it_checked_not_a_second_lookup(
+    tmp_path: Path,
+) -> None:
+    # A name only the relay's (test) resolver knows: had the HTTP client looked the name up
+    # again (the DNS-rebinding window), the system resolver would fail and nothing arrive.
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        bob = w.peers["bob", 1]
+        await w.subscribe(bob, "bob")
+        name = "push.rebind.invalid"
+        await _point_subscriptions_at(w, f"http://{name}:{w.rx.port}/push/bob")
+        calls: list[str] = []
+        w.dispatcher().resolve = _resolver({name: ["127.0.0.1"]}, calls)
+        await _send(w.relay, w.peers["alice", 1], [bob])
+        (push,) = await w.rx.wait_for("bob")
+        await w.drained()
+    assert calls == [name]  # resolved once, for the check; the connection used that address
+    assert push.headers["host"] == f"{name}:{w.rx.port}"
+    assert push.claims["aud"] == f"http://{name}:{w.rx.port}"  # VAPID names the real origin
+    assert push.body == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [["10.20.30.40"], ["93.184.216.34", "192.168.1.1"], ["127.0.0.1"], ["::1"], ["fd00::1"]],
+)
+async def test_a_name_resolving_to_any_internal_address_is_refused(
+    tmp_path: Path, addresses: list[str]
+) -> None:
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        bob = w.peers["bob", 1]
+        await w.subscribe(bob, "bob")
+        name = "push.internal.invalid"
+        await _point_subscriptions_at(w, f"https://{name}/push/bob")
+        calls: list[str] = []
+        w.dispatcher().resolve = _resolver({name: addresses}, calls)
+        # Loopback is allowed only for tests' local push service; here it is off.
+        w.dispatcher().config = replace(w.dispatcher().config, allow_loopback=False)
+        await _send(w.relay, w.peers["alice", 1], [bob])
+        await w.drained()
+        async with w.relay.client() as http:
+            metrics = (await http.get("/metrics")).text
+    assert calls == [name]
+    assert 'vox_push_requests_total{outcome="refused"} 1.0' in metrics
+    assert w.rx.pushes("bob") == []
+
+
+async def test_the_vapid_key_is_in_the_config_and_null_when_push_is_off(tmp_path: Path) -> None:
+    async with push_world(tmp_path, {"alice": [1]}) as w, w.relay.client() as http:
+        config = (await http.get("/v1/config")).json()
+        vapid = (await http.get("/v1/push/vapid")).json()
+    assert config["push"] == vapid
+    assert config["push"]["content_encoding"] == "aes128gcm"
+    settings = make_settings(tmp_path / "off", push={"enabled": False})
+    async with running_relay(settings) as relay, relay.client() as http:
+        assert (await http.get("/v1/config")).json()["push"] is None
+
+
 async def test_one_send_to_many_offline_devices_pushes_each_of_them_once(tmp_path: Path) -> None:
     names = [f"user{i}" for i in range(8)]
     async with push_world(tmp_path, {"alice": [1], **{n: [1] for n in names}}) as w:

@@ -16,6 +16,8 @@ export interface RelayConfig {
   brand: Brand;
   registration: "open" | "invite" | "closed";
   limits: Record<string, number>;
+  /** Web Push VAPID key (protocol-relay.md); null when push is off, absent on older relays. */
+  push?: { public_key: string; content_encoding: string } | null;
 }
 
 export class RelayError extends Error {

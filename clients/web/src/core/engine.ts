@@ -1344,7 +1344,10 @@ export class Engine {
   /** Web Push (docs/protocol-relay.md "Web Push"): the relay's VAPID key, or null if off. */
   async vapidKey(): Promise<Uint8Array | null> {
     try {
-      const r = await this.api.call<{ public_key: string }>("GET", "/v1/push/vapid", undefined, false);
+      // /v1/config carries it (null when push is off); a relay from before that asks /v1/push/vapid.
+      const cfg = this.config ?? (this.config = await this.api.config());
+      const r = cfg.push !== undefined ? cfg.push : await this.api.call<{ public_key: string }>("GET", "/v1/push/vapid", undefined, false);
+      if (!r) return null;
       const b64u = r.public_key.replace(/-/g, "+").replace(/_/g, "/");
       return fromB64(b64u + "=".repeat((4 - (b64u.length % 4)) % 4));
     } catch {
