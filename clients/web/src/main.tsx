@@ -58,6 +58,9 @@ function App() {
         const cfg = await new Api().config();
         setConfig(cfg);
         applyBrand(cfg.brand);
+        // The offline app shell (src/sw.ts); no permission is involved (notifications are
+        // asked for only after a user action).
+        if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => undefined);
       } catch (e) {
         setPhase({ kind: "error", message: `The relay is not reachable (${(e as Error).message}). Reload to retry.` });
         return;
