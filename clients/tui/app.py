@@ -70,7 +70,7 @@ NARROW_COLUMNS = 60
 BACK_ONLINE_SHOW_S = 5.0
 HIGHLIGHT_S = 3.0
 #: ``/jump`` and a search result load this much more history at a time, up to the maximum.
-JUMP_HISTORY_STEP, JUMP_HISTORY_MAX = 1000, 20_000
+JUMP_HISTORY_STEP, JUMP_HISTORY_MAX = 500, 5000
 #: How often disappeared messages (the SDK's expiry sweep) leave the open conversation.
 EXPIRY_CHECK_S = 1.0
 #: The commands on one line (the welcome text); ``/help`` shows the full table.
@@ -338,7 +338,7 @@ class ChatApp(App[None]):
         """Add new messages of the open conversation as rows; redraw changed ones (an edit,
         a reaction, a tombstone, a later delivery state — never an earlier one)."""
         pane = self._chat.query_one("#messages", VerticalScroll)
-        new: list[Static] = []
+        new: list[Static | Message] = []  # day separators, and messages (drawn below)
         redraw: set[str] = set()
         for m in messages:
             if m.conversation != self.current:
@@ -357,14 +357,16 @@ class ChatApp(App[None]):
                 self._last_day = day
                 today = dt.datetime.now(tz=self._tz).date()
                 new.append(Static(Text(f"── {day_label(day, today=today)} ──"), classes="day"))
-            new.append(MessageRow(m, self._render(m)))
-        for mid in redraw - {row.message.id for row in new if isinstance(row, MessageRow)}:
+            new.append(m)
+        # Drawn once everything is learned (a second device of a sender later in the batch).
+        rows = [MessageRow(w, self._render(w)) if isinstance(w, Message) else w for w in new]
+        for mid in redraw - {w.id for w in new if isinstance(w, Message)}:
             self._update_row(self.shown[mid])
-        if new:
+        if rows:
             if self._empty_note is not None:
                 await self._empty_note.remove()
                 self._empty_note = None
-            await pane.mount_all(new)
+            await pane.mount_all(rows)
 
     def _learn(self, m: Message) -> set[str]:
         """Note ``m``'s sender device and short id; returns the ids of rows to redraw (the
@@ -879,7 +881,10 @@ class ChatApp(App[None]):
                 break  # that was all of it
         row = next(iter(self._chat.query(f"#{dom_id(message_id)}").results(MessageRow)), None)
         if row is None:
-            self._system(f"/jump: message #{message_id[:SHORT]} is not in this conversation")
+            self._system(
+                f"/jump: message #{message_id[:SHORT]} is not among this conversation's "
+                f"{JUMP_HISTORY_MAX} newest messages"
+            )
             return
         self._chat.query_one("#messages", VerticalScroll).scroll_to_widget(
             row, animate=False, center=True

@@ -223,3 +223,43 @@ async def test_search_opens_the_chat_at_the_message_and_a_quote_jumps_to_its_mes
 
         await type_line(pilot, "/search nothing-like-this")
         await until(pilot, lambda: shown(app, "/search: no message matches 'nothing-like-this'"))
+
+
+async def test_a_group_deletes_by_others_timer_notes_and_disappearing_rows(people: People) -> None:
+    info = await people.bob.create_group("club", ["alice", "carol"])
+    group = f"group:{info.group_id}"
+    hello = (await people.bob.send_text(group, "club hello")).id
+    oops = (await people.bob.send_text(group, "oops wrong chat")).id
+    app = ChatApp(SdkBackend(people.alice), open_conversation=group)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "bob: oops wrong chat"))
+        # In a group too: the reaction and the reply reach every member.
+        await type_line(pilot, f"/react {hello[:6]} 👍")
+        await until(pilot, lambda: len(updates(people.carol_got, "reaction")) == 1)
+        reaction = updates(people.carol_got, "reaction")[0]
+        assert (reaction.conversation, reaction.target, reaction.emoji) == (group, hello, "👍")
+        await type_line(pilot, f"/reply {hello[:6]} hi club")
+        await until(pilot, lambda: any(m.text == "hi club" for m in messages(people.carol_got)))
+        answer = next(m for m in messages(people.carol_got) if m.text == "hi club")
+        assert answer.conversation == group and answer.reply_to is not None
+        assert answer.reply_to.id == hello
+        # Bob deletes his message for everyone: a tombstone here.
+        await people.bob.delete(group, oops)
+        await until(pilot, lambda: "🗑 this message was deleted" in row_of(app, oops))
+
+        # A timer set in a chat that is not open: in the list at once, announced when opened.
+        await people.carol.set_timer("alice", 300)
+        await until(pilot, lambda: "carol" in app.items and app.items["carol"].timer == 300)
+        await type_line(pilot, "/chat carol")
+        await until(pilot, lambda: shown(app, "carol set disappearing messages to 5 min"))
+        assert "⏱ 5 min" in str(app.query_one("#conv-title", Static).content)
+        # A disappearing message leaves the window once the store drops it (the SDK's sweep
+        # does that when its time has come; here: deleted on this device behind the TUI).
+        timed = (await people.carol.send_text("alice", "this vanishes")).id
+        await until(pilot, lambda: shown(app, "carol: this vanishes ⏱"))
+        await people.alice.delete("carol", timed, for_me=True)
+        await until(pilot, lambda: timed not in app.shown and not shown(app, "this vanishes"))
+
+
+def messages(events: Sequence[object]) -> list[Message]:
+    return [e for e in events if isinstance(e, Message)]

@@ -43,11 +43,14 @@ async def test_device_numbers_show_only_for_our_other_devices_and_multi_device_s
             await until(pilot, lambda: shown(app, f" you·{laptop.device_id}: from alice's laptop"))
             # Bob writes from a second device: both of his rows name theirs from now on.
             await bob_laptop.send_text("alice", "from bob's laptop")
-            await until(
-                pilot, lambda: shown(app, f" bob·{bob_laptop.device_id}: from bob's laptop")
-            )
-            await until(pilot, lambda: shown(app, f" bob·{people.bob.device_id}: from bob's phone"))
+            first, second = people.bob.device_id, bob_laptop.device_id
+            await until(pilot, lambda: shown(app, f" bob·{second}: from bob's laptop"))
+            await until(pilot, lambda: shown(app, f" bob·{first}: from bob's phone"))
             assert shown(app, " you: from alice's desk")  # this device: never a number
+            # Opened again: both devices in the loaded history, every row says which.
+            await app.open_conversation("bob")
+            await until(pilot, lambda: shown(app, f" bob·{first}: from bob's phone"))
+            assert shown(app, f" bob·{second}: from bob's laptop")
     finally:
         await laptop.close()
         await bob_laptop.close()
