@@ -1,4 +1,5 @@
-"""``Annotated`` route dependencies: settings, clock, DB session, current device, rate limits."""
+"""``Annotated`` route dependencies on the app's :class:`~server.state.RelayState`: the state
+itself, settings, clock, DB session, metrics, notifier, rate limiters, the current device."""
 
 from __future__ import annotations
 
@@ -14,45 +15,54 @@ from server.clock import Clock
 from server.errors import Unauthorized
 from server.metrics import Metrics
 from server.notify import DeviceNotifier
-from server.ratelimit import Limiter
 from server.settings import Settings
+from server.state import RateLimiters, RelayState, relay_state
 
 __all__ = [
     "ClockDep",
     "CurrentDevice",
+    "LimitersDep",
     "MetricsDep",
     "NotifierDep",
     "SessionDep",
     "SettingsDep",
+    "StateDep",
     "bearer_token",
     "client_ip",
     "per_ip_rate_limit",
 ]
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _state(request: Request) -> RelayState:
+    return relay_state(request.app)
 
 
-def _clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.clock
-    return clock
+StateDep = Annotated[RelayState, Depends(_state)]
 
 
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessions() as session:
+def _settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def _clock(state: StateDep) -> Clock:
+    return state.clock
+
+
+async def _session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessions() as session:
         yield session
 
 
-def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+def _metrics(state: StateDep) -> Metrics:
+    return state.metrics
 
 
-def _notifier(request: Request) -> DeviceNotifier:
-    notifier: DeviceNotifier = request.app.state.notifier
-    return notifier
+def _notifier(state: StateDep) -> DeviceNotifier:
+    return state.notifier
+
+
+def _limiters(state: StateDep) -> RateLimiters:
+    return state.limiters
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -61,6 +71,7 @@ ClockDep = Annotated[Clock, Depends(_clock)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 NotifierDep = Annotated[DeviceNotifier, Depends(_notifier)]
+LimitersDep = Annotated[RateLimiters, Depends(_limiters)]
 
 
 #: Declares the bearer scheme in the OpenAPI document (``security`` on every operation that
@@ -83,15 +94,15 @@ def bearer_token(
 
 
 async def _current_device(
-    request: Request,
     session: SessionDep,
     clock: ClockDep,
+    metrics: MetricsDep,
     token: Annotated[str, Depends(bearer_token)],
 ) -> AuthenticatedDevice:
     try:
         return await authenticate_token(session, token, now=clock.now())
     except Unauthorized:
-        _metrics(request).auth_failures.inc()
+        metrics.auth_failures.inc()
         raise
     finally:
         # The auth lookup is a read; end it so the route starts a fresh transaction.
@@ -106,8 +117,7 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def per_ip_rate_limit(request: Request) -> None:
+async def per_ip_rate_limit(request: Request, limiters: LimitersDep) -> None:
     """Router-wide dependency: ``limits.requests_per_minute_per_ip`` for every REST call
     (shared by all relay processes when Redis is configured)."""
-    limiter: Limiter = request.app.state.ip_limiter
-    await limiter.acquire(client_ip(request))
+    await limiters.ip.acquire(client_ip(request))

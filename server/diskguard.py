@@ -7,7 +7,7 @@ so that SQLite or PostgreSQL (when its data lives on the same disk) never hits a
 in the middle of a transaction. Reads, acks (which free space) and ephemeral sends go on.
 
 The probe is a plain callable (``free_bytes``) so that tests and operators can replace it
-(``app.state.disk.free_bytes = ...``); its answer is cached for ``ttl`` seconds, so the
+(``RelayState.disk.free_bytes = ...``); its answer is cached for ``ttl`` seconds, so the
 check costs one ``statvfs`` per second at most, whatever the traffic.
 """
 

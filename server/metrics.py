@@ -1,10 +1,10 @@
-"""Prometheus metrics on a per-app ``CollectorRegistry`` (``app.state.metrics``).
+"""Prometheus metrics on a per-app ``CollectorRegistry`` (``RelayState.metrics``).
 
 Several apps can live in one process (tests), so nothing registers on the global registry.
-Other layers add their own collectors to ``app.state.metrics.registry``::
+Other layers add their own collectors to ``RelayState.metrics.registry``::
 
     from prometheus_client import Counter
-    sends = Counter("vox_sends_accepted", "...", registry=app.state.metrics.registry)
+    sends = Counter("vox_sends_accepted", "...", registry=relay_state(app).metrics.registry)
 
 ``GET /metrics`` exposes everything registered there.
 """

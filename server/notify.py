@@ -1,6 +1,6 @@
 """How core services reach a connected device: the :class:`DeviceNotifier` interface.
 
-``app.state.notifier`` holds the implementation. The default, :class:`NullNotifier`, drops
+``RelayState.notifier`` holds the implementation. The default, :class:`NullNotifier`, drops
 everything (a relay without the WebSocket layer). The delivery layer replaces it with its
 fan-out hub (in-process or via Redis), so that:
 

@@ -9,16 +9,17 @@ from server.db.models import Account, Device
 from server.deps import (
     ClockDep,
     CurrentDevice,
+    LimitersDep,
     MetricsDep,
     NotifierDep,
     SessionDep,
     SettingsDep,
+    StateDep,
     client_ip,
 )
 from server.logs import log_event
-from server.notify import DeviceNotifier
 from server.openapi import error_responses
-from server.ratelimit import Limiter
+from server.state import RelayState
 from wire.encoding import USERNAME_PATTERN
 from wire.rest import (
     AccountDeleteIn,
@@ -54,10 +55,10 @@ async def register(
     settings: SettingsDep,
     metrics: MetricsDep,
     clock: ClockDep,
+    limiters: LimitersDep,
 ) -> RegisterOut:
     """Create an account with its first device and prekeys."""
-    limiter: Limiter = request.app.state.registration_limiter
-    await limiter.acquire(client_ip(request))
+    await limiters.registration.acquire(client_ip(request))
     device = await service.register(session, settings, body, now=clock.now())
     metrics.accounts_registered.inc()
     log_event("account_registered", username=body.username, device_id=device.device_id)
@@ -66,37 +67,30 @@ async def register(
 
 @router.delete("/me", status_code=204, responses=error_responses(403))
 async def delete_me(
-    request: Request,
     body: AccountDeleteIn,
     me: CurrentDevice,
     session: SessionDep,
-    settings: SettingsDep,
-    notifier: NotifierDep,
-    clock: ClockDep,
+    state: StateDep,
 ) -> None:
     """Delete the caller's whole account (signed by the account key); its name is quarantined."""
     deleted = await service.delete_account(
         session,
-        settings,
+        state.settings,
         me.username,
-        now=clock.now(),
+        now=state.clock.now(),
         signature=body.signature,
         account_id=me.account_id,
     )
-    await finish_deletion(request, notifier, deleted)
+    await finish_deletion(state, deleted)
     log_event("account_deleted", username=me.username, by="owner", devices=len(deleted.device_pks))
 
 
-async def finish_deletion(
-    request: Request, notifier: DeviceNotifier, deleted: service.DeletedAccount
-) -> None:
+async def finish_deletion(state: RelayState, deleted: service.DeletedAccount) -> None:
     """After the commit: close the devices' sockets and erase the uploaded blobs."""
     for pk in deleted.device_pks:
-        await notifier.disconnect(pk, "account deleted")
-    attachments = getattr(request.app.state, "attachments", None)
-    if attachments is not None:
-        for blob_id in deleted.blob_ids:
-            await attachments.store.delete(blob_id)
+        await state.notifier.disconnect(pk, "account deleted")
+    for blob_id in deleted.blob_ids:
+        await state.attachments.store.delete(blob_id)
 
 
 @router.get("/{username}/devices", responses=error_responses(404, 410))

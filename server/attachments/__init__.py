@@ -3,7 +3,7 @@
 Wiring, in the app factory::
 
     app.include_router(attachments.router, dependencies=v1)
-    app.state.lifespan_hooks.append(attachments.lifespan)
+    relay_state(app).lifespan_hooks.append(attachments.lifespan)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from server.attachments.routes import router
 from server.attachments.service import AttachmentService
 from server.attachments.storage import AttachmentStore, LocalDiskStore
-from server.settings import Settings
+from server.state import relay_state
 
 __all__ = ["AttachmentService", "AttachmentStore", "LocalDiskStore", "lifespan", "router"]
 
@@ -24,19 +24,20 @@ __all__ = ["AttachmentService", "AttachmentStore", "LocalDiskStore", "lifespan",
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Create the store under ``<data dir>/attachments`` and run the expiry sweeper."""
-    settings: Settings = app.state.settings
+    state = relay_state(app)
+    settings = state.settings
     store = LocalDiskStore(settings.data_dir.resolve() / "attachments")
     service = AttachmentService(
-        app.state.engine,
+        state.engine,
         store,
         max_bytes=settings.limits.max_attachment_bytes,
         ttl_seconds=settings.limits.attachment_ttl_seconds,
-        clock=app.state.clock,
+        clock=state.clock,
         quota_per_device=settings.limits.max_attachment_bytes_per_device,
         quota_total=settings.limits.max_attachment_bytes_total,
-        disk=app.state.disk,
+        disk=state.disk,
     )
-    app.state.attachments = service
+    state.attachments = service
     service.start()
     try:
         yield

@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from server.attachments.service import AttachmentService
-from server.deps import CurrentDevice
+from server.deps import CurrentDevice, StateDep
 from server.errors import BadRequest
 from server.openapi import error_responses
 from wire.rest import AttachmentCreated
@@ -22,9 +22,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/attachments", tags=["attachments"])
 
 
-def _service(request: Request) -> AttachmentService:
-    service: AttachmentService = request.app.state.attachments
-    return service
+def _service(state: StateDep) -> AttachmentService:
+    return state.attachments
 
 
 AttachmentsDep = Annotated[AttachmentService, Depends(_service)]

@@ -1,8 +1,8 @@
 """Core background upkeep: forget expired challenges and tokens.
 
 :func:`core_lifespan` is the core layer's lifespan hook (see ``server.app``); it runs
-:func:`sweep_expired` every ``interval`` seconds until shutdown. Several relay processes
-may sweep the same database: the deletes are idempotent.
+:func:`sweep_expired` every ``RelayState.auth_sweep_interval`` seconds until shutdown. Several
+relay processes may sweep the same database: the deletes are idempotent.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from server.auth import repository as auth_repo
 from server.clock import Clock
 from server.db.engine import write_lock
 from server.logs import log_event
+from server.state import relay_state
 
-__all__ = ["SWEEP_INTERVAL_SECONDS", "core_lifespan", "sweep_expired"]
-
-SWEEP_INTERVAL_SECONDS = 600.0
+__all__ = ["core_lifespan", "sweep_expired"]
 
 
 async def sweep_expired(sessions: async_sessionmaker[AsyncSession], now: int) -> tuple[int, int]:
@@ -49,9 +48,9 @@ async def _loop(sessions: async_sessionmaker[AsyncSession], clock: Clock, interv
 @asynccontextmanager
 async def core_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run the expiry sweeper for the app's lifetime."""
-    interval = float(getattr(app.state, "sweep_interval", SWEEP_INTERVAL_SECONDS))
+    state = relay_state(app)
     task = asyncio.create_task(
-        _loop(app.state.sessions, app.state.clock, interval), name="vox-auth-sweeper"
+        _loop(state.sessions, state.clock, state.auth_sweep_interval), name="vox-auth-sweeper"
     )
     try:
         yield

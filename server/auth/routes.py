@@ -10,6 +10,7 @@ from server.auth import service
 from server.deps import (
     ClockDep,
     CurrentDevice,
+    LimitersDep,
     MetricsDep,
     NotifierDep,
     SessionDep,
@@ -19,7 +20,6 @@ from server.deps import (
 from server.errors import DomainError
 from server.logs import log_event
 from server.openapi import error_responses
-from server.ratelimit import Limiter
 from wire.rest import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
@@ -32,11 +32,11 @@ async def challenge(
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
+    limiters: LimitersDep,
 ) -> ChallengeOut:
     """A one-shot nonce for the device to sign (bounded per address and per device)."""
     address = client_ip(request)
-    limiter: Limiter = request.app.state.challenge_limiter
-    await limiter.acquire(address)
+    await limiters.challenge.acquire(address)
     limits = settings.limits
     nonce, expires = await service.create_challenge(
         session,

@@ -101,7 +101,7 @@ def configure_sqlite(sync_engine: Engine) -> None:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """The session factory stored as ``app.state.sessions``."""
+    """The session factory stored as ``RelayState.sessions``."""
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

@@ -4,11 +4,11 @@ Wiring, in the app factory::
 
     app.include_router(delivery.router)
     app.add_middleware(delivery.WebSocketFastPath)   # optional: fewer frames per socket
-    app.state.lifespan_hooks.append(delivery.lifespan)
+    relay_state(app).lifespan_hooks.append(delivery.lifespan)
 
 ``lifespan(app)`` starts the hub (in-process, or Redis pub/sub when ``redis_url`` is set),
 the group-commit writer, the TTL sweeper and the slow-consumer watchdog, and installs the hub
-as ``app.state.notifier``; on exit it closes every socket with 1001, commits and answers what
+as the ``RelayState.notifier``; on exit it closes every socket with 1001, commits and answers what
 was submitted, then stops them.
 """
 
@@ -32,7 +32,7 @@ from server.delivery.fanout import Hub, QueuePoller
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
-from server.settings import Settings
+from server.state import RelayState, relay_state
 
 __all__ = [
     "DeliveryConfig",
@@ -47,16 +47,16 @@ __all__ = [
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery layer's lifespan hook (``app.state.lifespan_hooks``)."""
+    """The delivery layer's lifespan hook (``RelayState.lifespan_hooks``)."""
+    state = relay_state(app)
     # Tests and benchmarks may tune internal bounds (``DeliveryConfig`` fields) this way.
-    overrides: dict[str, Any] = getattr(app.state, "delivery_overrides", {})
-    service = await start(app, app.state.settings, **overrides)
+    service = await start(state, **state.delivery_overrides)
     restore = _drain_on_signals(service)
     try:
         yield
     finally:
         restore()
-        await stop(app)
+        await stop(state)
 
 
 def _drain_on_signals(service: DeliveryService) -> Callable[[], None]:
@@ -117,42 +117,39 @@ class _DroppedSignals(Collector):
         ]
 
 
-async def start(app: FastAPI, settings: Settings, **overrides: Any) -> DeliveryService:
-    """Create and start the node's hub and delivery service on ``app.state``."""
+async def start(state: RelayState, **overrides: Any) -> DeliveryService:
+    """Create and start the node's hub and delivery service on ``state``."""
+    settings = state.settings
     hub = Hub(
         settings.redis_url,
         settings.redis_prefix,
-        poller=QueuePoller(app.state.engine),
+        poller=QueuePoller(state.engine),
         poll_interval=settings.redis_outage_poll_seconds,
     )
     await hub.start()
-    metrics = DeliveryMetrics(app.state.metrics.registry, lambda: hub.connection_count)
+    registry = state.metrics.registry
+    metrics = DeliveryMetrics(registry, lambda: hub.connection_count)
     Gauge(
         "vox_fanout_degraded",
         "1 while Redis is unreachable and this node polls the database (degraded mode)",
-        registry=app.state.metrics.registry,
+        registry=registry,
     ).set_function(lambda: float(hub.degraded))
-    app.state.metrics.registry.register(_DroppedSignals(hub))
+    registry.register(_DroppedSignals(hub))
     config = DeliveryConfig.from_limits(settings.limits, **overrides)
-    clock = app.state.clock
-    budgets = DeviceBudgets(
-        settings.limits, clock, getattr(app.state, "redis", None), settings.redis_prefix
-    )
+    budgets = DeviceBudgets(settings.limits, state.clock, state.redis, settings.redis_prefix)
     service = DeliveryService(
-        app.state.engine, hub, metrics, config, budgets, clock=clock, storage_low=app.state.disk.low
+        state.engine, hub, metrics, config, budgets, clock=state.clock, storage_low=state.disk.low
     )
     await service.start()
-    app.state.hub = hub
-    app.state.delivery = service
-    app.state.notifier = hub
+    state.hub = hub
+    state.delivery = service
+    state.notifier = hub
     return service
 
 
-async def stop(app: FastAPI) -> None:
+async def stop(state: RelayState) -> None:
     """Close every socket with 1001, commit and answer what was submitted, stop the hub."""
-    service: DeliveryService | None = getattr(app.state, "delivery", None)
-    if service is None:
-        return
+    service = state.delivery
     await service.going_away()
     await service.stop()
     await service.hub.stop()

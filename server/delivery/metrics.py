@@ -1,4 +1,4 @@
-"""Delivery collectors, registered on the app's own registry (``app.state.metrics.registry``)."""
+"""Delivery collectors, registered on the app's own registry (``RelayState.metrics.registry``)."""
 
 from __future__ import annotations
 

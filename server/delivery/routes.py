@@ -29,6 +29,7 @@ from server.delivery.service import DeliveryService
 from server.delivery.writer import Sender
 from server.edge.connections import PRE_AUTH_MAX_BYTES, Tracked
 from server.errors import RateLimited, Unauthorized
+from server.state import relay_state
 from wire.codes import CloseCode
 from wire.frames import AuthFrame, SendFrame
 
@@ -94,7 +95,7 @@ async def _authenticate(ws: WebSocket, service: DeliveryService) -> Authenticate
         await _close(ws, CloseCode.UNAUTHORIZED, "first frame must be auth")
         return None
     try:
-        async with ws.app.state.sessions() as session:
+        async with relay_state(ws.app).sessions() as session:
             return await authenticate_token(session, frame.token, now=service.clock.now())
     except Unauthorized as exc:
         await _close(ws, CloseCode.UNAUTHORIZED, exc.code)
@@ -130,7 +131,7 @@ async def _admit(ws: WebSocket, service: DeliveryService, tracked: Tracked | Non
 @router.websocket("/v1/ws")
 async def websocket_endpoint(ws: WebSocket) -> None:
     """One device's messaging connection (``docs/protocol-ws.md``)."""
-    service: DeliveryService = ws.app.state.delivery
+    service = relay_state(ws.app).delivery
     budgets = service.budgets
     tracked: Tracked | None = ws.scope.get("vox.connection")
     await ws.accept()

@@ -8,7 +8,7 @@ Connection hygiene (:mod:`server.edge.connections`): the HTTP and WebSocket prot
 httptools and sans-I/O ``websockets`` ones, subclassed to admit connections through one
 :class:`~server.edge.connections.ConnectionGuard` (total and per-address caps, a reserve for
 ``/healthz``/``/readyz``/``/metrics``) and to enforce the request-head deadline; the guard is
-``app.state.connection_guard``. Idle keep-alive connections close after
+``RelayState.connection_guard``. Idle keep-alive connections close after
 ``limits.keepalive_timeout_seconds``.
 """
 
@@ -26,6 +26,7 @@ from server.edge.connections import (
     raise_open_file_limit,
 )
 from server.settings import Settings
+from server.state import relay_state
 
 __all__ = ["uvicorn_config"]
 
@@ -36,12 +37,13 @@ def uvicorn_config(
     """A ``uvicorn.Config`` with the relay's HTTP and WebSocket settings."""
     raise_open_file_limit()  # every socket is a file: take all the kernel allows (logged)
     guard = ConnectionGuard.from_settings(settings)
-    app.state.connection_guard = guard
-    previous = getattr(app.state, "guard_collector", None)
-    if previous is not None:  # the same app served again (tests)
-        app.state.metrics.registry.unregister(previous)
-    app.state.guard_collector = GuardCollector(guard)
-    app.state.metrics.registry.register(app.state.guard_collector)
+    state = relay_state(app)
+    state.connection_guard = guard
+    registry = state.metrics.registry
+    if state.guard_collector is not None:  # the same app served again (tests)
+        registry.unregister(state.guard_collector)
+    state.guard_collector = GuardCollector(guard)
+    registry.register(state.guard_collector)
     http_protocol, ws_protocol = protocol_classes(guard)
     config = uvicorn.Config(
         app,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from server.deps import SettingsDep
+from server.deps import MetricsDep, SettingsDep, StateDep
 from server.openapi import error_responses
 from server.push.routes import vapid_out
 from wire.rest import BrandOut, ConfigOut, LimitsOut
@@ -19,10 +19,10 @@ PROTOCOL_VERSION = 1
 
 
 @router.get("/v1/config")
-async def config(settings: SettingsDep, request: Request) -> ConfigOut:
+async def config(settings: SettingsDep, state: StateDep) -> ConfigOut:
     """Brand, registration policy, limits and the Web Push VAPID key (``null`` when push is
     off), for clients to render and respect."""
-    push = getattr(request.app.state, "push", None)
+    push = state.push
     return ConfigOut(
         protocol_version=PROTOCOL_VERSION,
         brand=BrandOut(**settings.brand.model_dump()),
@@ -39,7 +39,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=error_responses(503))
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(state: StateDep) -> JSONResponse:
     """Readiness for a load balancer: 200 while this node can serve, 503 when it cannot.
 
     * ``200 {"status": "ready"}`` — the database and Redis (when configured) answer.
@@ -50,21 +50,20 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     database_ok = True
     try:
-        async with request.app.state.sessions() as session:
+        async with state.sessions() as session:
             await session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
         database_ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
     degraded = False
-    redis = request.app.state.redis
+    redis = state.redis
     if redis is not None:
         try:
             await asyncio.wait_for(redis.ping(), timeout=2)
             checks["redis"] = "ok"
         except Exception as exc:
             degraded, checks["redis"] = True, f"error: {exc.__class__.__name__}"
-        hub = getattr(request.app.state, "hub", None)
-        if hub is not None and hub.degraded:
+        if state.hub.degraded:
             degraded = True
             checks["fanout"] = "polling the database (Redis unreachable)"
     if not database_ok:
@@ -77,8 +76,6 @@ async def readyz(request: Request) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(relay_metrics: MetricsDep) -> Response:
     """Prometheus text exposition of this app's registry."""
-    return Response(
-        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    return Response(relay_metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

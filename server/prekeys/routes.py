@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from server.deps import ClockDep, CurrentDevice, MetricsDep, NotifierDep, SessionDep, SettingsDep
+from server.deps import (
+    ClockDep,
+    CurrentDevice,
+    LimitersDep,
+    MetricsDep,
+    NotifierDep,
+    SessionDep,
+    SettingsDep,
+)
 from server.openapi import error_responses
 from server.prekeys import service
 from server.prekeys.service import BundleEntry, ClaimBudget
-from server.ratelimit import Limiter
 from wire.encoding import USERNAME_PATTERN, QueryDeviceId
 from wire.rest import (
     BundleDevice,
@@ -79,19 +86,18 @@ async def count(me: CurrentDevice, session: SessionDep, settings: SettingsDep) -
 
 @router.get("/{username}", responses=error_responses(404, 410))
 async def bundle(
-    request: Request,
     me: CurrentDevice,
     session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     notifier: NotifierDep,
     clock: ClockDep,
+    limiters: LimitersDep,
     username: str = Path(pattern=USERNAME_PATTERN),
     device_id: Annotated[QueryDeviceId | None, Query()] = None,
 ) -> PrekeyBundle:
     """Claim a bundle: one entry per device, each with at most one one-time key of each kind."""
-    limiter: Limiter = request.app.state.bundle_limiter
-    await limiter.acquire(me.device_pk)
+    await limiters.bundle.acquire(me.device_pk)
     limits = settings.limits
     claimed = await service.claim_bundle(
         session,

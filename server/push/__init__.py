@@ -3,11 +3,11 @@
 Wiring, in the app factory (after the delivery layer, whose hub it observes)::
 
     app.include_router(push.router, dependencies=v1)
-    app.state.lifespan_hooks.append(push.lifespan)
+    relay_state(app).lifespan_hooks.append(push.lifespan)
 
 ``lifespan(app)`` (when ``push.enabled``) loads or creates the VAPID key, starts the
-:class:`PushDispatcher` as ``app.state.push`` and makes it the hub's observer; otherwise
-``app.state.push`` is ``None`` and the routes answer 404 ``push_disabled``.
+:class:`PushDispatcher` as ``RelayState.push`` and makes it the hub's observer; otherwise
+``RelayState.push`` is ``None`` and the routes answer 404 ``push_disabled``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -24,6 +23,7 @@ from server.push.routes import router
 from server.push.sender import PushConfig, PushDispatcher
 from server.push.vapid import VapidKey
 from server.settings import Settings
+from server.state import relay_state
 
 __all__ = ["PushConfig", "PushDispatcher", "lifespan", "router", "vapid_subject"]
 
@@ -40,19 +40,19 @@ def vapid_subject(settings: Settings) -> str:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the push dispatcher (if enabled) and attach it to the delivery hub."""
-    settings: Settings = app.state.settings
+    state = relay_state(app)
+    settings = state.settings
     cfg = settings.push
-    app.state.push = None
+    state.push = None
     if not cfg.enabled:
         yield
         return
     key_file = cfg.vapid_key_file or settings.data_dir / "vapid_private_key.pem"
     vapid = await asyncio.to_thread(VapidKey.load_or_create, key_file, vapid_subject(settings))
-    hub: Any = getattr(app.state, "hub", None)
-    redis = app.state.redis
-    node = hub.node_id if hub is not None else "single"
+    hub = state.hub
+    redis = state.redis
     # Tests may tune PushConfig fields (e.g. retry delays) this way.
-    overrides: dict[str, Any] = getattr(app.state, "push_overrides", {})
+    overrides = state.push_overrides
     config = PushConfig(
         ttl_seconds=cfg.ttl_seconds,
         urgency=cfg.urgency,
@@ -62,21 +62,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         **overrides,
     )
     dispatcher = PushDispatcher(
-        app.state.sessions,
+        state.sessions,
         vapid,
         config,
-        Presence(redis, settings.redis_prefix, node),
-        Coalescer(redis, settings.redis_prefix, cfg.coalesce_seconds, app.state.clock),
-        app.state.metrics.registry,
-        clock=app.state.clock,
+        Presence(redis, settings.redis_prefix, hub.node_id),
+        Coalescer(redis, settings.redis_prefix, cfg.coalesce_seconds, state.clock),
+        state.metrics.registry,
+        clock=state.clock,
     )
     await dispatcher.start()
-    app.state.push = dispatcher
-    if hub is not None:
-        hub.observer = dispatcher
+    state.push = dispatcher
+    hub.observer = dispatcher
     try:
         yield
     finally:
-        if hub is not None and hub.observer is dispatcher:
+        if hub.observer is dispatcher:
             hub.observer = None
         await dispatcher.stop()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from server.deps import ClockDep, CurrentDevice, SessionDep, SettingsDep
+from server.deps import ClockDep, CurrentDevice, SessionDep, SettingsDep, StateDep
 from server.errors import NotFound
 from server.openapi import error_responses
 from server.push import service
@@ -20,8 +20,8 @@ __all__ = ["router", "vapid_out"]
 router = APIRouter(prefix="/v1/push", tags=["push"])
 
 
-def _dispatcher(request: Request) -> PushDispatcher:
-    dispatcher: PushDispatcher | None = getattr(request.app.state, "push", None)
+def _dispatcher(state: StateDep) -> PushDispatcher:
+    dispatcher = state.push
     if dispatcher is None:
         raise NotFound("push notifications are turned off on this relay", code="push_disabled")
     return dispatcher

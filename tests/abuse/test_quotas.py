@@ -60,7 +60,7 @@ async def test_a_device_cannot_store_more_attachment_bytes_than_its_quota(tmp_pa
             assert chunked.json()["error"] == "quota_exceeded"
             # Another device's quota is its own.
             assert (await _upload(http, bob, os.urandom(1000))).status_code == 201
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             from sqlalchemy import func, select
 
             rows = (await session.execute(select(func.count()).select_from(Attachment))).scalar()
@@ -139,7 +139,7 @@ async def test_below_the_free_disk_watermark_uploads_and_sends_are_refused(
     tmp_path: Path,
 ) -> None:
     async with world(tmp_path, {"alice": [1], "bob": [1]}) as w:
-        disk = w.relay.app.state.disk
+        disk = w.relay.state.disk
         free = {"bytes": 10 * 2**30}
         disk.free_bytes = lambda: free["bytes"]
         disk.refresh()

@@ -128,7 +128,7 @@ async def test_stored_versions_keep_their_value_and_order_through_the_migration(
 
         from server.db.models import Account
 
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             rows = await session.execute(
                 select(Account.username, Account.device_list_version).order_by(
                     Account.device_list_version

@@ -53,7 +53,7 @@ async def queued(relay: Relay, username: str) -> int:
         .join(Account, Account.id == Device.account_id)
         .where(Account.username == username)
     )
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         return int((await session.execute(query)).scalar_one())
 
 
@@ -123,7 +123,7 @@ class RelayProcess:
 async def tamper_queued_payload(relay: Relay) -> None:
     """Flip one bit in the middle of the one payload queued at the relay (an attack on
     stored ciphertext)."""
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         row = (await session.execute(select(DeliveryPayload))).scalars().one()
         data = bytearray(row.data)
         data[len(data) // 2] ^= 0x40

@@ -170,7 +170,7 @@ async def test_a_revoked_device_is_told_so_without_contradiction(
     a = tmp_path / "a"
     code, _, err = await vox(a, "register", "alice", "--server", relay.base_url)
     assert code == 0, err
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         device = await get_device(session, "alice", 1)
         assert device is not None
         await revoke_device(session, device.pk, now())

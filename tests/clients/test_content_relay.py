@@ -128,7 +128,7 @@ async def test_operations_in_a_group(make_client: Factory) -> None:
 
 async def _relay_lifetime(relay: Relay, client_id: str) -> int:
     """Seconds the relay keeps the send ``client_id`` undelivered (its stored expiry)."""
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         send = (
             await session.execute(select(DeliverySend).where(DeliverySend.client_id == client_id))
         ).scalar_one()
@@ -150,7 +150,7 @@ async def test_a_message_sent_under_a_timer_is_kept_by_the_relay_no_longer_than_
     await alice.set_timer(info.conversation, 3600)
     grouped = await alice.send_text(info.conversation, "gone within the hour")
     assert await _relay_lifetime(relay, grouped.id) == 3600
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         lifetimes = {
             (s.expires_at - s.created_at) // 1000
             for s in (await session.execute(select(DeliverySend))).scalars()

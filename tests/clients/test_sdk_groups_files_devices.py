@@ -248,7 +248,7 @@ async def reregister(client: VoxClient, relay: Relay, home: Path) -> VoxClient:
     """The user lost the device: the operator frees the name, the user registers again with
     a new account key (same username, device id 1)."""
     await client.close()
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         await session.execute(delete(Account).where(Account.username == client.username))
         await session.commit()
     return await VoxClient.register(home, relay.base_url, client.username)

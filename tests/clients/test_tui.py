@@ -260,7 +260,7 @@ async def test_a_changed_key_warns_blocks_sending_until_accepted(
         assert not warning.has_class("visible")
         # Bob loses his phone; the operator frees the name and bob registers again (new key).
         await people.bob.close()
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             await session.execute(delete(Account).where(Account.username == "bob"))
             await session.commit()
         bob2 = await VoxClient.register(tmp_path / "bob-new", relay.base_url, "bob")

@@ -14,8 +14,9 @@ Start a relay (in-process uvicorn on a free 127.0.0.1 port, migrations applied):
             relay.ws_url                                        # "ws://127.0.0.1:PORT/v1/ws"
 
 ``running_relay(settings, app=...)`` accepts an app you built yourself (e.g. after
-registering extra routers); ``relay.app`` is the live FastAPI app (``app.state.sessions``
-etc. are available inside the block).
+registering extra routers); ``relay.app`` is the live FastAPI app and ``relay.state`` its
+:class:`~server.state.RelayState` (``relay.state.sessions``, ``.delivery``, ``.hub``... inside the
+block).
 
 Or as a subprocess, exactly like an operator (``vox-relay serve``)::
 
@@ -56,6 +57,7 @@ from server.db.engine import create_engine
 from server.db.migrate import upgrade
 from server.edge.serve import uvicorn_config
 from server.settings import Settings, load_settings
+from server.state import RelayState, relay_state
 
 __all__ = [
     "Relay",
@@ -138,6 +140,11 @@ class Relay:
     def ws_url(self) -> str:
         """``ws://127.0.0.1:PORT/v1/ws``."""
         return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
+    def state(self) -> RelayState:
+        """The app's shared state (database, hub, delivery service, clock...)."""
+        return relay_state(self.app)
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An HTTP client for this relay (use as ``async with``)."""
@@ -454,7 +461,7 @@ async def table_snapshot(
     from sqlalchemy import text
 
     out: dict[str, list[tuple[Any, ...]]] = {}
-    async with app.state.sessions() as session:
+    async with relay_state(app).sessions() as session:
         for table in tables:
             rows = (await session.execute(text(f"SELECT * FROM {table}"))).all()
             out[table] = sorted((tuple(r) for r in rows), key=repr)

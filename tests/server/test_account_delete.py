@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from server.accounts.service import deletion_message
 from server.clock import Clock
+from server.state import relay_state
 from tests.server.relay_harness import (
     TestAccount,
     auth_header,
@@ -38,7 +39,7 @@ def _signature(account: TestAccount) -> dict[str, str]:
 
 
 async def _counts(app: object) -> dict[str, int]:
-    async with app.state.sessions() as session:  # type: ignore[attr-defined]
+    async with relay_state(app).sessions() as session:
         return {
             t: int((await session.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one())
             for t in OWNED_TABLES
@@ -114,7 +115,7 @@ async def _delete_flow(tmp_path: Path, database_url: str | None) -> None:
             assert again.status_code == 409 and again.json()["error"] == "username_quarantined"
             assert "30 more day" in again.json()["message"]
         assert (await TestAccount.new("carol").register(http)).status_code == 201
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             row = (
                 await session.execute(text("SELECT released_at FROM deleted_usernames"))
             ).scalar_one()
@@ -157,5 +158,5 @@ async def test_account_deletion_needs_a_token(tmp_path: Path) -> None:
         await erin.register_and_login(http)
         resp = await http.request("DELETE", "/v1/accounts/me", json=_signature(erin))
         assert resp.status_code == 401
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             assert (await session.scalar(select(func.count()).select_from(text("accounts")))) == 1

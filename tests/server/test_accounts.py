@@ -249,7 +249,7 @@ async def test_invite_policy_consumes_invites(tmp_path: Path) -> None:
 
     settings = make_settings(tmp_path, registration="invite")
     async with running_relay(settings) as relay, relay.client() as http:
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             await add_invite(
                 session,
                 token_hash=hash_secret(b"let-me-in"),

@@ -38,6 +38,7 @@ CORE = {
     "openapi.py",
     "ratelimit.py",
     "settings.py",
+    "state.py",  # RelayState: what the layers share (app.state.relay)
 }
 """The relay's core; a new module goes into its domain's package instead."""
 
@@ -210,4 +211,50 @@ def test_the_time_rule_sees_every_spelling() -> None:
         "6: datetime.utcnow",
         "7: date.today",
         "8: time.perf_counter",
+    ]
+
+
+def _app_state_uses(source: str) -> list[str]:
+    """``line: expression`` for every use of Starlette's ``<x>.state`` bag."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            if node.value.attr == "state":
+                found.append((node.lineno, f".state.{node.attr}"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in {
+            "getattr",
+            "setattr",
+            "hasattr",
+            "delattr",
+            "vars",
+        }:
+            target = node.args[0] if node.args else None
+            if isinstance(target, ast.Attribute) and target.attr == "state":
+                found.append((node.lineno, f"{getattr(node.func, 'id', '')}(.state, ...)"))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_the_relay_shares_state_only_through_the_typed_container() -> None:
+    """``app.state.relay`` (a :class:`server.state.RelayState`) is stored by the app factory
+    and read by :func:`server.state.relay_state`; nothing else touches ``app.state``."""
+    uses = {
+        _where(path): [use.split(": ", 1)[1] for use in found]
+        for path in SERVER.rglob("*.py")
+        if (found := _app_state_uses(path.read_text()))
+    }
+    assert uses == {"server/app.py": [".state.relay"], "server/state.py": [".state.relay"]}
+
+
+def test_the_state_rule_sees_every_spelling() -> None:
+    source = (
+        "hub = request.app.state.hub\n"
+        "app.state.push = None\n"
+        "x = getattr(app.state, 'delivery', None)\n"
+        "ok = relay_state(app).hub\n"
+        "fine = ws.application_state\n"
+    )
+    assert _app_state_uses(source) == [
+        "1: .state.hub",
+        "2: .state.push",
+        "3: getattr(.state, ...)",
     ]

@@ -101,7 +101,7 @@ async def test_expired_attachments_are_swept(tmp_path: Path) -> None:
     async with world(tmp_path, {"alice": [1]}) as w, w.relay.client() as http:
         token = auth_header(w["alice", 1].token)
         info = (await http.post("/v1/attachments", content=b"q" * 100, headers=token)).json()
-        service = w.relay.app.state.attachments
+        service = w.relay.state.attachments
         assert await service.sweep(now=info["expires_at"] - 1) == 0
         assert await service.sweep(now=info["expires_at"]) == 1
         assert (await http.get(f"/v1/attachments/{info['id']}", headers=token)).status_code == 404

@@ -135,7 +135,7 @@ async def test_an_expired_challenge_is_refused(
     relay: Relay, http: httpx.AsyncClient, alice: TestAccount
 ) -> None:
     nonce = await _challenge(http)
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         await session.execute(update(AuthChallenge).values(expires_at=1))
         await session.commit()
     _error(
@@ -186,7 +186,7 @@ async def test_expired_revoked_and_forged_tokens_are_401(
     expired = await alice.login(http)
     revoked = await alice.login(http)
     live = await alice.login(http)
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         await session.execute(update(AuthToken).where(AuthToken.id == 1).values(expires_at=1))
         await session.commit()
     assert (await http.delete("/v1/auth/token", headers=auth_header(revoked))).status_code == 204
@@ -246,11 +246,11 @@ async def test_the_sweeper_forgets_expired_challenges_and_tokens(
     await alice.login(http)
     live = await alice.login(http)
     await _challenge(http)
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         await session.execute(update(AuthChallenge).values(expires_at=1))
         await session.execute(update(AuthToken).where(AuthToken.id == 1).values(expires_at=1))
         await session.commit()
-    assert await sweep_expired(relay.app.state.sessions, Clock().now()) == (1, 1)
+    assert await sweep_expired(relay.state.sessions, Clock().now()) == (1, 1)
     assert len((await table_snapshot(relay.app, ["auth_tokens"]))["auth_tokens"]) == 1
     assert (await http.get("/v1/prekeys/count", headers=auth_header(live))).status_code == 200
 

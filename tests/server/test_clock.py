@@ -54,7 +54,7 @@ async def test_queued_envelopes_expire_when_the_relay_clock_passes_their_ttl(
         # same clock) deletes it.
         async with open_ws(w.relay, bob) as b:
             await b.nothing()
-        assert await w.relay.app.state.delivery.sweep() == 1
+        assert await w.relay.state.delivery.sweep() == 1
         assert await w.counts() == (0, 0, 0)
 
 

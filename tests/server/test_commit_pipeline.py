@@ -114,7 +114,7 @@ async def test_pipelined_batches_answer_and_deliver_in_each_connections_order(
                 for sender in senders.values():
                     got = [n for s, n in frames if s == sender]
                     assert got == list(range(i, MESSAGES, RECIPIENTS)), (i, sender, got)
-            writer = w.relay.app.state.delivery.writers[0]
+            writer = w.relay.state.delivery.writers[0]
             assert writer.peak_in_flight >= 2, "the batches never overlapped"
         finally:
             await db.close()

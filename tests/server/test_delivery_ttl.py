@@ -23,7 +23,7 @@ async def test_expired_envelopes_are_swept_and_never_delivered(tmp_path: Path) -
         async with open_ws(w.relay, alice) as a:
             await a.send_message("old", [(payload(), [bob])])
             accepted = await a.expect("accepted")
-        service = w.relay.app.state.delivery
+        service = w.relay.state.delivery
         expiry = accepted["ts"] + ttl * 1000
         # One millisecond before the expiry nothing goes; at the expiry everything does.
         assert await service.sweep(now=expiry - 1) == 0
@@ -47,7 +47,7 @@ async def test_the_sweeper_runs_on_its_own(tmp_path: Path) -> None:
             await a.send_message("m", [(payload(), [bob])])
             await a.expect("accepted")
         # Make the stored envelope already expired, then let the background sweeper find it.
-        async with w.relay.app.state.engine.begin() as conn:
+        async with w.relay.state.engine.begin() as conn:
             await conn.execute(QueueEntry.__table__.update().values(expires_at=0))
             await conn.execute(DeliverySend.__table__.update().values(expires_at=0))
         await w.wait_count(QueueEntry, 0)
@@ -77,7 +77,7 @@ async def test_a_send_ttl_caps_the_envelope_expiry(
         async with open_ws(w.relay, alice) as a:
             await a.send(_send("m", bob, ttl))
             accepted = await a.expect("accepted")
-        service = w.relay.app.state.delivery
+        service = w.relay.state.delivery
         assert await service.sweep(now=accepted["ts"] + lifetime_ms - 1) == 0
         assert await w.counts() == (1, 1, 1)
         assert await service.sweep(now=accepted["ts"] + lifetime_ms) == 1

@@ -14,12 +14,13 @@ from sqlalchemy import func, select
 
 from server.db.models import Account, Device
 from server.db.models_delivery import QueueEntry
+from server.state import relay_state
 from tests.server.relay_harness import TestAccount, make_settings, running_relay
 from tests.server.ws_kit import Peer, delivery_app, open_ws, payload
 
 
 async def _queued(app: object, device_pk_of: dict[int, int], device_id: int) -> int:
-    async with app.state.sessions() as session:  # type: ignore[attr-defined]
+    async with relay_state(app).sessions() as session:
         query = select(func.count()).where(QueueEntry.device_pk == device_pk_of[device_id])
         return int((await session.execute(query)).scalar_one())
 
@@ -36,7 +37,7 @@ async def _removal_flow(tmp_path: Path, database_url: str | None) -> None:
         bob2_token = await bob.login(http, 2)
         alice = TestAccount.new("alice")
         alice_token = await alice.register_and_login(http)
-        async with relay.app.state.sessions() as session:
+        async with relay.state.sessions() as session:
             rows = (
                 await session.execute(
                     select(Device.device_id, Device.pk)

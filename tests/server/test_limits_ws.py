@@ -90,7 +90,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_sl
     limits = {"frame_bytes_per_second_per_device": 1024 * 1024 * 1024}
     async with world(tmp_path, SPEC, send_timeout=1.0, limits=limits) as w:
         alice, b1, b2 = w["alice", 1], w["bob", 1], w["bob", 2]
-        hub = w.relay.app.state.hub
+        hub = w.relay.state.hub
         # bob/1 authenticates, then never reads again (tiny client-side buffer).
         async with connect(
             w.relay.ws_url, compression=None, max_queue=1, close_timeout=0.2

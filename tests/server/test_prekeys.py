@@ -175,7 +175,7 @@ async def test_low_stock_is_signalled_to_the_owning_device(
     relay: Relay, http: httpx.AsyncClient
 ) -> None:
     notifier = RecordingNotifier()
-    relay.app.state.notifier = notifier
+    relay.state.notifier = notifier
     bob = TestAccount.new("bob")
     assert (await bob.register(http, one_time=5, one_time_pq=5)).status_code == 201
     alice = TestAccount.new("alice")
@@ -186,7 +186,7 @@ async def test_low_stock_is_signalled_to_the_owning_device(
     await http.get("/v1/prekeys/bob", headers=auth_header(token))  # 2 left
     (device_pk, frame), *_ = notifier.frames
     assert frame == {"type": "prekeys_low", "one_time_prekeys": 2, "one_time_pq_prekeys": 2}
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         bob_pk = (
             await session.execute(
                 select(Device.pk).where(Device.auth_key == bob.devices[0].auth_key)

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from server.logs import configure_logging
 from server.push import PushDispatcher
 from server.push.vapid import PAYLOAD
+from server.state import relay_state
 from tests.server.push_receiver import PushReceiver, b64url, push_receiver
 from tests.server.relay_harness import Relay, auth_header, make_settings, running_relay
 from tests.server.ws_kit import Peer, delivery_app, open_ws, payload, setup_accounts
@@ -39,7 +40,7 @@ class PushWorld:
         return self.relays[0]
 
     def dispatcher(self, node: int = 0) -> PushDispatcher:
-        push: PushDispatcher = self.relays[node].app.state.push
+        push: PushDispatcher = self.relays[node].state.push
         return push
 
     async def drained(self) -> None:
@@ -99,7 +100,7 @@ async def push_world(
                 push=push_settings(vapid_key_file=tmp_path / "vapid.pem", **push),
             )
             app = delivery_app(settings)
-            app.state.push_overrides = {"retry_base_seconds": 0.05}
+            relay_state(app).push_overrides = {"retry_base_seconds": 0.05}
             relays.append(await stack.enter_async_context(running_relay(settings, app=app)))
         async with relays[0].client() as http:
             peers = await setup_accounts(http, spec)
@@ -113,7 +114,7 @@ async def push_world(
 async def _gone(relay: Relay) -> None:
     """Wait until the relay has noticed that its WebSocket clients left."""
     deadline = asyncio.get_running_loop().time() + 30
-    while relay.app.state.hub.connection_count:
+    while relay.state.hub.connection_count:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
 
@@ -275,7 +276,7 @@ async def test_an_endpoint_on_a_private_address_is_never_contacted(tmp_path: Pat
         bob = w.peers["bob", 1]
         await w.subscribe(bob, "bob")
         # A row that bypassed registration's checks (or a name that now resolves inside).
-        async with w.relay.app.state.sessions() as session:
+        async with w.relay.state.sessions() as session:
             await session.execute(
                 text(
                     "INSERT INTO push_subscriptions (id, device_pk, endpoint, p256dh, auth,"
@@ -307,7 +308,7 @@ def _resolver(answers: dict[str, list[str]], calls: list[str]) -> Any:
 
 
 async def _point_subscriptions_at(w: PushWorld, endpoint: str) -> None:
-    async with w.relay.app.state.sessions() as session:
+    async with w.relay.state.sessions() as session:
         await session.execute(text("UPDATE push_subscriptions SET endpoint = :e"), {"e": endpoint})
         await session.commit()
 

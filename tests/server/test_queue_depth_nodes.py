@@ -27,7 +27,7 @@ PER_SENDER = 6
 
 
 async def _queued(relay: Relay, peer_pk: int) -> int:
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         query = select(func.count()).select_from(QueueEntry).where(QueueEntry.device_pk == peer_pk)
         return int((await session.execute(query)).scalar_one())
 
@@ -35,7 +35,7 @@ async def _queued(relay: Relay, peer_pk: int) -> int:
 async def _device_pk(relay: Relay, peer: Peer) -> int:
     from server.db.models import Account, Device
 
-    async with relay.app.state.sessions() as session:
+    async with relay.state.sessions() as session:
         query = (
             select(Device.pk)
             .join(Account, Account.id == Device.account_id)

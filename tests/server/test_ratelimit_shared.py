@@ -53,7 +53,7 @@ async def test_two_nodes_sharing_redis_enforce_the_combined_rate(
             redis_prefix=redis_prefix,
             limits=limits,
         )
-        assert isinstance(a.app.state.ip_limiter, SharedRateLimiter)
+        assert isinstance(a.state.limiters.ip, SharedRateLimiter)
         http_a = await stack.enter_async_context(a.client())
         http_b = await stack.enter_async_context(b.client())
         started = time.monotonic()
@@ -81,7 +81,7 @@ async def test_two_nodes_sharing_redis_enforce_the_combined_rate(
         # Per-process buckets would have let all 40 through (26 + 24 tokens left).
         assert allowed <= 20 + int(elapsed * 0.5) + 1, (allowed, elapsed, codes)
         # The buckets live in Redis under the configured prefix, and expire.
-        redis = a.app.state.redis
+        redis = a.state.redis
         keys = sorted(k.decode() for k in await redis.keys(f"{redis_prefix}rl:*"))
         assert keys == [
             f"{redis_prefix}rl:bundle:{_pk(keys)}",
@@ -102,7 +102,7 @@ async def test_without_a_reachable_redis_each_process_limits_on_its_own(
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     settings = make_settings(tmp_path, redis_url=dead, limits={"requests_per_minute_per_ip": 5})
     async with running_relay(settings) as relay, relay.client() as http:
-        assert isinstance(relay.app.state.ip_limiter, SharedRateLimiter)
+        assert isinstance(relay.state.limiters.ip, SharedRateLimiter)
         codes = [
             (await http.post("/v1/auth/challenge", json=CHALLENGE)).status_code for _ in range(7)
         ]

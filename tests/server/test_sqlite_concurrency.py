@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.auth.maintenance import sweep_expired
 from server.db.engine import IMMEDIATE
+from server.state import relay_state
 from tests.server.relay_harness import TestAccount, auth_header, b64
 from tests.server.ws_kit import open_ws, payload, world
 
@@ -108,7 +109,7 @@ async def test_no_sqlite_transaction_reads_then_writes_without_the_write_lock(
 ) -> None:
     async with world(tmp_path, {"alice": [1], "bob": [1]}) as w, w.relay.client() as http:
         app = w.relay.app
-        with audit_read_then_write(app.state.engine) as audit:
+        with audit_read_then_write(relay_state(app).engine) as audit:
             # Accounts and auth: register, challenge, token, device list, logout.
             carol = TestAccount.new("carol", [1, 2])
             second = carol.devices[1]
@@ -132,16 +133,16 @@ async def test_no_sqlite_transaction_reads_then_writes_without_the_write_lock(
             # Attachments: upload, download, expiry sweep (with something to delete).
             blob = (await http.post("/v1/attachments", content=b"a" * 100, headers=bob)).json()
             assert (await http.get(f"/v1/attachments/{blob['id']}", headers=bob)).status_code == 200
-            assert await app.state.attachments.sweep(now=FAR_FUTURE) == 1
+            assert await relay_state(app).attachments.sweep(now=FAR_FUTURE) == 1
             # Messages: send, deliver, ack; envelope and auth expiry sweeps.
             alice, bob_peer = w["alice", 1], w["bob", 1]
             async with open_ws(w.relay, alice) as a, open_ws(w.relay, bob_peer) as b:
                 await a.send_message("m1", [(payload(), [bob_peer])])
                 await a.expect("accepted")
                 await b.send({"type": "ack", "seqs": [(await b.expect("deliver"))["seq"]]})
-                await app.state.delivery.drained()
-            await app.state.delivery.sweep(FAR_FUTURE * 1000)
-            await sweep_expired(app.state.sessions, FAR_FUTURE)
+                await relay_state(app).delivery.drained()
+            await relay_state(app).delivery.sweep(FAR_FUTURE * 1000)
+            await sweep_expired(relay_state(app).sessions, FAR_FUTURE)
         assert audit.violations == []
         # The audit saw both kinds of transaction (it is not vacuous).
         assert audit.begun["BEGIN IMMEDIATE"] >= 8 and audit.begun["BEGIN"] >= 5, audit.begun
@@ -190,7 +191,7 @@ async def test_concurrent_logins_registrations_and_sweeps_never_fail_on_sqlite(
             async def sweep() -> None:
                 for _ in range(40):
                     try:
-                        await app.state.attachments.sweep(now=FAR_FUTURE)
+                        await relay_state(app).attachments.sweep(now=FAR_FUTURE)
                     except Exception as exc:  # the defect: "database is locked"
                         sweep_errors.append(repr(exc)[:120])
                     await asyncio.sleep(0)

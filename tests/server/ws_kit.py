@@ -23,6 +23,7 @@ from server.clock import Clock
 from server.db.models import Account, Device, OneTimePrekey
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from server.settings import Settings
+from server.state import relay_state
 from tests.server.relay_harness import Relay, TestAccount, make_settings, running_relay
 
 __all__ = [
@@ -42,7 +43,7 @@ def delivery_app(settings: Settings, *, clock: Clock | None = None, **overrides:
     """``create_app(settings, clock=clock)``; ``overrides`` tune ``DeliveryConfig`` fields
     (e.g. ``send_timeout=1.0``)."""
     app = create_app(settings, clock=clock)
-    app.state.delivery_overrides = overrides
+    relay_state(app).delivery_overrides = overrides
     return app
 
 
@@ -149,7 +150,7 @@ class World:
 
     async def count(self, model: Any) -> int:
         """Rows in ``model``'s table."""
-        async with self.relay.app.state.sessions() as session:
+        async with self.relay.state.sessions() as session:
             return int(
                 (await session.execute(select(func.count()).select_from(model))).scalar_one()
             )
