@@ -3,7 +3,7 @@
 ::
 
     python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
-                        [--database sqlite|postgres] [--skip-relay-only]
+                        [--database sqlite|postgres] [--skip-relay-only] [--repeat 1]
 
 P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
 temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from clients.sdk import Event, Message, VoxClient  # noqa: E402
 from clients.sdk.content import TextContent, padded  # noqa: E402
+from clients.store import SqliteStore  # noqa: E402
 
 #: Bytes a padded content gains on the wire (payload 11 + username + ratchet header 41 +
 #: envelope framing 7 + GCM tag 16 + relay payload 2, rounded up).
@@ -63,6 +64,25 @@ def load_relay_bench() -> Any:
     sys.modules["vox_bench_relay"] = module
     spec.loader.exec_module(module)
     return module
+
+
+class StatementCounter:
+    """Counts the SQL statements (and commits) the clients' stores run, through SQLite's trace
+    hook on each store's connection (the bench reaches into the store for this only)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.commits = 0
+        self.on = False
+
+    def attach(self, client: VoxClient) -> None:
+        if isinstance(client.store, SqliteStore):
+            client.store._conn.set_trace_callback(self._trace)
+
+    def _trace(self, sql: str) -> None:
+        if self.on:
+            self.statements += 1
+            self.commits += sql == "COMMIT"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -91,6 +111,9 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
                 senders.append(await VoxClient.register(tmp / f"s{i}", url, f"s{i:04d}"))
                 receivers.append(await VoxClient.register(tmp / f"r{i}", url, f"r{i:04d}"))
             clients = senders + receivers
+            counter = StatementCounter()
+            for client in clients:
+                counter.attach(client)
             log(f"relay up on :{port} ({args.database}), {len(clients)} SDK clients registered")
             sent_at: dict[str, float] = {}
             latencies: list[float] = []
@@ -132,10 +155,13 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
 
                 await asyncio.gather(*(one() for _ in range(args.messages)))
 
-            started = time.perf_counter()
+            counter.on = True
+            started, cpu_started = time.perf_counter(), time.process_time()
             await asyncio.gather(*(run_sender(i, s) for i, s in enumerate(senders)))
             await asyncio.wait_for(done.wait(), 300)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+            counter.on = False
             for client in clients:
                 await client.close()
             clients = []
@@ -147,6 +173,11 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             "p99_ms": round(pct(latencies, 0.99), 2) if latencies else None,
             "latency_samples": len(latencies),
             "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+            # Both clients of every pair, with their delivery receipts (this process's CPU:
+            # less sensitive to other load on the machine than the throughput).
+            "client_cpu_us_per_msg": round(cpu / total * 1e6),
+            "store_statements_per_msg": round(counter.statements / total, 1),
+            "store_commits_per_msg": round(counter.commits / total, 2),
         }
     finally:
         for client in clients:
@@ -175,6 +206,9 @@ def main() -> None:
         default=None,
         help="where client profiles and the relay data live (e.g. /dev/shm to factor out fsync)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate e2e and relay-only runs N times"
+    )
     args = parser.parse_args()
     relay_bench = load_relay_bench()
     result: dict[str, Any] = {
@@ -184,27 +218,44 @@ def main() -> None:
         "size": args.size,
         "window": args.window,
     }
-    result.update(asyncio.run(e2e(args, relay_bench)))
-    if args.skip_relay_only:
-        result["relay_only_msgs_per_s"] = None
-        result["ratio"] = None
+    runs = []
+    for n in range(args.repeat):
+        log(f"run {n + 1}/{args.repeat}")
+        run = asyncio.run(e2e(args, relay_bench))
+        if not args.skip_relay_only:
+            run.update(relay_only(args, relay_bench))
+            run["ratio"] = round(run["e2e_msgs_per_s"] / run["relay_only_msgs_per_s"], 3)
+        runs.append(run)
+    if args.repeat == 1:
+        result.update(runs[0])
     else:
-        relay_args = argparse.Namespace(
-            pairs=args.pairs,
-            messages=args.messages,
-            size=wire_size(args.size),
-            window=args.window,
-            database=args.database,
-            postgres_url=args.postgres_url,
-            profile=None,
-            growth=0,
-        )
-        (relay,) = asyncio.run(relay_bench.durable(relay_args))
-        result["relay_only_msgs_per_s"] = relay["durable_msgs_per_s"]
-        result["relay_only_p50_ms"] = relay["p50_ms"]
-        result["relay_only_p99_ms"] = relay["p99_ms"]
-        result["ratio"] = round(result["e2e_msgs_per_s"] / relay["durable_msgs_per_s"], 3)
+        result["runs"] = runs
+        for key in ("ratio", "e2e_msgs_per_s", "p50_ms", "client_cpu_us_per_msg"):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if values:
+                result[f"median_{key}"] = statistics.median(values)
+                result[f"spread_{key}"] = [min(values), max(values)]
     print(json.dumps(result), flush=True)
+
+
+def relay_only(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
+    """``bench/relay.py``'s durable load with raw payloads of our ciphertexts' size."""
+    relay_args = argparse.Namespace(
+        pairs=args.pairs,
+        messages=args.messages,
+        size=wire_size(args.size),
+        window=args.window,
+        database=args.database,
+        postgres_url=args.postgres_url,
+        profile=None,
+        growth=0,
+    )
+    (relay,) = asyncio.run(relay_bench.durable(relay_args))
+    return {
+        "relay_only_msgs_per_s": relay["durable_msgs_per_s"],
+        "relay_only_p50_ms": relay["p50_ms"],
+        "relay_only_p99_ms": relay["p99_ms"],
+    }
 
 
 if __name__ == "__main__":

@@ -337,7 +337,8 @@ class Outbox:
         error: Exception | None = None
         if ids:
             try:
-                with self.core.store.transaction():
+                # Not synced: if lost, the outbox resends with the same id (stored once).
+                with self.core.store.transaction(sync=False):
                     for mid in ids:
                         self.core.store.outbox_remove(mid)
                         self.core.protocol.mark_sent(mid)

@@ -190,7 +190,7 @@ class SendPipeline:
             socket = await client.ensure_connected()
             built: list[tuple[_Request, list[OutgoingSend]]] = []
             try:
-                with client.store.transaction():
+                with client.store.transaction(sync=False):
                     built = [(r, r.build()) for r in batch]
             except Exception:
                 built = []
@@ -200,6 +200,9 @@ class SendPipeline:
                     except Exception as exc:
                         if not r.done.done():
                             r.done.set_exception(exc)
+            # The advanced ratchets are on disk before a ciphertext leaves; the fsync runs
+            # in a thread, so other clients' work and the receive side go on meanwhile.
+            await asyncio.to_thread(client.store.flush)
             for r, sends in built:
                 written: Written = []
                 try:

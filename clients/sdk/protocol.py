@@ -664,10 +664,8 @@ class ClientProtocol:
             DeliveryState.DELIVERED if content.kind is ReceiptKind.DELIVERED else DeliveryState.READ
         )
         ids = tuple(i.hex() for i in content.ids)
-        for message_id in ids:
-            stored = self.store.get_message(message_id)
-            if stored is not None and stored.direction is Direction.OUT:
-                self.store.update_message_state(message_id, state)
+        for message_id in ids:  # one statement each: only our own messages move forward
+            self.store.update_message_state(message_id, state, direction=Direction.OUT)
         event = ReceiptEvent(sender.username, sender.device_id, state, ids, _ms(now))
         return Received([event], [])
 

@@ -16,6 +16,7 @@ from clients.store.models import (
     Contact,
     ConversationSummary,
     DeliveryState,
+    Direction,
     Group,
     OutboxEntry,
     PeerIdentity,
@@ -180,8 +181,11 @@ class MessageStore(Protocol):
         """The last ``limit`` messages of a conversation (sent before ``before``), oldest first."""
         ...
 
-    def update_message_state(self, message_id: str, state: DeliveryState) -> bool:
-        """Advance a message's state; True if it changed (states never move backwards)."""
+    def update_message_state(
+        self, message_id: str, state: DeliveryState, *, direction: Direction | None = None
+    ) -> bool:
+        """Advance a message's state; True if it changed (states never move backwards). With
+        ``direction``, only a message of that direction (e.g. a receipt: our own ones)."""
         ...
 
     def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
@@ -288,11 +292,22 @@ class Store(
 ):
     """Everything a client keeps locally."""
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, *, sync: bool = True) -> AbstractContextManager[None]:
         """All calls inside commit together or not at all (nesting joins the outer one).
 
         E.g. store a decrypted message, advance the session and mark the id seen atomically.
+        When the block returns the commit is on disk (it survives a crash and a power loss).
+        With ``sync=False`` it returns as soon as the commit survives the process being killed
+        (no fsync): call :meth:`flush` (e.g. ``await asyncio.to_thread(store.flush)``) before
+        anything that relies on it leaves the device — an ack, a ciphertext, an upload. Many
+        such commits then share one fsync, off the event loop. Only the outermost block's
+        ``sync`` counts.
         """
+        ...
+
+    def flush(self) -> None:
+        """Make every transaction committed so far durable (one fsync). Thread-safe: meant to
+        run in a worker thread while the caller's event loop keeps using the store."""
         ...
 
     def close(self) -> None:

@@ -51,8 +51,8 @@ class MemoryStore:
         self._depth = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Roll every change back if the block raises."""
+    def transaction(self, *, sync: bool = True) -> Iterator[None]:
+        """Roll every change back if the block raises (``sync``: nothing to write)."""
         if self._depth:
             self._depth += 1
             try:
@@ -69,6 +69,9 @@ class MemoryStore:
             raise
         finally:
             self._depth = 0
+
+    def flush(self) -> None:
+        """Nothing to write."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -199,9 +202,13 @@ class MemoryStore:
         rows.sort(key=lambda m: (m.sent_at, m.received_at, m.message_id))
         return rows[-limit:] if limit > 0 else []
 
-    def update_message_state(self, message_id: str, state: DeliveryState) -> bool:
+    def update_message_state(
+        self, message_id: str, state: DeliveryState, *, direction: Direction | None = None
+    ) -> bool:
         m = self._s.messages.get(message_id)
         if m is None or state.rank <= m.state.rank:
+            return False
+        if direction is not None and m.direction is not direction:
             return False
         self._s.messages[message_id] = dataclasses.replace(m, state=state)
         return True

@@ -139,14 +139,28 @@ class SqliteStore:
     """An open profile store. Use :meth:`open`; close it (or use ``with``) to release the lock."""
 
     def __init__(
-        self, conn: sqlite3.Connection, sealer: Sealer, lock: ProfileLock, path: Path
+        self,
+        conn: sqlite3.Connection,
+        sealer: Sealer,
+        lock: ProfileLock,
+        path: Path,
+        *,
+        wal: bool = False,
     ) -> None:
         self._conn = conn
         self._sealer = sealer
         self._lock = lock
         self.path = path
+        #: The write-ahead log :meth:`flush` fsyncs (None: not in WAL mode, commits sync).
+        self._wal = path.with_name(path.name + "-wal") if wal else None
         self._mutex = threading.RLock()
         self._depth = 0
+        # Read-through caches of the rows read on every message (this process holds the
+        # profile lock, so nobody else writes them); dropped whenever a transaction rolls back.
+        self._peers: dict[str, PeerIdentity | None] = {}
+        self._sessions: dict[tuple[str, int], bytes | None] = {}
+        self._settings: dict[str, str | None] = {}
+        self._secrets: dict[str, bytes | None] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -182,8 +196,10 @@ class SqliteStore:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                wal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+                # In WAL mode FULL = NORMAL + an fsync of the WAL after each commit; that
+                # fsync is ours (``flush``), so commits can share one, off the event loop.
+                conn.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 has_meta = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
@@ -196,8 +212,10 @@ class SqliteStore:
                     sealer = cls._unlock(conn, home, passphrase)
             except sqlite3.DatabaseError as exc:
                 raise StoreCorrupted(f"{path}: {exc}") from None
-            store = cls(conn, sealer, lock, path)
+            store = cls(conn, sealer, lock, path, wal=wal)
             store._migrate()
+            if fresh:
+                store.flush()  # the schema's commit
             return store
         except BaseException:
             if conn is not None:
@@ -311,8 +329,9 @@ class SqliteStore:
         for row in self._exec("SELECT * FROM messages").fetchall():
             self._index(self._message(row))
 
-    def _index(self, message: StoredMessage) -> None:
-        self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message.message_id,))
+    def _index(self, message: StoredMessage, *, fresh: bool = False) -> None:
+        if not fresh:  # a new message has no tokens yet (deleting one deletes its tokens)
+            self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message.message_id,))
         found = search.tokens(
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
@@ -374,8 +393,13 @@ class SqliteStore:
     # ------------------------------------------------------------------ plumbing
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises; nesting joins."""
+    def transaction(self, *, sync: bool = True) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises; nesting joins.
+
+        The commit is in the WAL when the block returns (it survives the process being
+        killed); with ``sync`` (and if it changed anything) the WAL is also fsynced before
+        returning, otherwise that is :meth:`flush`'s job.
+        """
         with self._mutex:
             if self._depth:
                 self._depth += 1
@@ -384,18 +408,46 @@ class SqliteStore:
                 finally:
                     self._depth -= 1
                 return
+            changes = self._conn.total_changes
             self._exec("BEGIN IMMEDIATE")
             self._depth = 1
             try:
                 yield
             except BaseException:
+                self._forget_cached()
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 raise
             else:
-                self._exec("COMMIT")
+                try:
+                    self._exec("COMMIT")
+                except BaseException:
+                    self._forget_cached()
+                    raise
             finally:
                 self._depth = 0
+            if sync and self._conn.total_changes != changes:
+                self.flush()
+
+    def _forget_cached(self) -> None:
+        self._peers.clear()
+        self._sessions.clear()
+        self._settings.clear()
+        self._secrets.clear()
+
+    def flush(self) -> None:
+        """fsync the WAL: every commit so far is durable. Needs no connection (and no mutex),
+        so it runs in a worker thread while the event loop keeps using the store."""
+        if self._wal is None:
+            return
+        try:
+            fd = os.open(self._wal, os.O_RDWR)
+        except FileNotFoundError:  # no WAL yet, or checkpointed away on close: nothing to sync
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -511,22 +563,29 @@ class SqliteStore:
     # ------------------------------------------------------------------ sessions
 
     def load_session(self, username: str, device_id: int) -> bytes | None:
-        row = self._one(
-            "SELECT state FROM sessions WHERE username = ? AND device_id = ?",
-            (username, device_id),
-        )
-        return None if row is None else self._open("sessions", _rk(username, device_id), row[0])
+        with self._mutex:
+            key = (username, device_id)
+            if key in self._sessions:
+                return self._sessions[key]
+            row = self._one("SELECT state FROM sessions WHERE username = ? AND device_id = ?", key)
+            state = None if row is None else self._open("sessions", _rk(*key), row[0])
+            self._sessions[key] = state
+            return state
 
     def store_session(self, username: str, device_id: int, state: bytes) -> None:
         sealed = self._seal("sessions", _rk(username, device_id), state)
-        self._write(
-            "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", (username, device_id, sealed)
-        )
+        with self.transaction():
+            self._exec(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", (username, device_id, sealed)
+            )
+            self._sessions[(username, device_id)] = state
 
     def delete_session(self, username: str, device_id: int) -> None:
-        self._write(
-            "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
-        )
+        with self.transaction():
+            self._exec(
+                "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
+            )
+            self._sessions[(username, device_id)] = None
 
     def session_devices(self, username: str) -> list[int]:
         rows = self._all(
@@ -545,22 +604,29 @@ class SqliteStore:
         return PeerIdentity(row[0], bytes(row[1]), trust, row[3], row[4], row[5], row[6])
 
     def get_peer(self, username: str) -> PeerIdentity | None:
-        row = self._one("SELECT * FROM peers WHERE username = ?", (username,))
-        return None if row is None else self._peer(row)
+        with self._mutex:
+            if username in self._peers:
+                return self._peers[username]
+            row = self._one("SELECT * FROM peers WHERE username = ?", (username,))
+            peer = None if row is None else self._peer(row)
+            self._peers[username] = peer
+            return peer
 
     def put_peer(self, peer: PeerIdentity) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                peer.username,
-                peer.account_key,
-                TrustState(peer.trust).value,
-                peer.previous_account_key,
-                peer.device_list_version,
-                peer.device_list,
-                peer.updated_at,
-            ),
-        )
+        with self.transaction():
+            self._exec(
+                "INSERT OR REPLACE INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer.username,
+                    peer.account_key,
+                    TrustState(peer.trust).value,
+                    peer.previous_account_key,
+                    peer.device_list_version,
+                    peer.device_list,
+                    peer.updated_at,
+                ),
+            )
+            self._peers[peer.username] = peer
 
     def list_peers(self) -> list[PeerIdentity]:
         return [self._peer(r) for r in self._all("SELECT * FROM peers ORDER BY username")]
@@ -726,7 +792,7 @@ class SqliteStore:
                 == 1
             )
             if added:
-                self._index(message)
+                self._index(message, fresh=True)
             return added
 
     def replace_message(self, message: StoredMessage) -> bool:
@@ -805,21 +871,32 @@ class SqliteStore:
         )
         return [self._message(r) for r in reversed(rows)]
 
-    def update_message_state(self, message_id: str, state: DeliveryState) -> bool:
+    def update_message_state(
+        self, message_id: str, state: DeliveryState, *, direction: Direction | None = None
+    ) -> bool:
+        lower = [s.value for s in DeliveryState if s.rank < state.rank]
+        where = "" if direction is None else " AND direction = ?"
+        params = [
+            state.value,
+            message_id,
+            *lower,
+            *([] if direction is None else [direction.value]),
+        ]
         with self.transaction():
+            if self._exec(
+                "UPDATE messages SET state = ? WHERE message_id = ?"  # noqa: S608
+                f" AND state IN ({', '.join('?' * len(lower))}){where}",
+                params,
+            ).rowcount:
+                return True  # the usual case: one statement
             row = self._one("SELECT state FROM messages WHERE message_id = ?", (message_id,))
             if row is None:
                 return False
-            try:
-                current = DeliveryState(row[0])
+            try:  # not moved forward (or another direction); only a damaged state is an error
+                DeliveryState(row[0])
             except ValueError:
                 raise StoreCorrupted(f"message {message_id!r} has state {row[0]!r}") from None
-            if state.rank <= current.rank:
-                return False
-            self._exec(
-                "UPDATE messages SET state = ? WHERE message_id = ?", (state.value, message_id)
-            )
-            return True
+            return False
 
     def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
         with self.transaction():
@@ -908,18 +985,33 @@ class SqliteStore:
     # ------------------------------------------------------------------ settings
 
     def get_setting(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 0", (key,))
-        return None if row is None else bytes(row[0]).decode()
+        with self._mutex:
+            if key in self._settings:
+                return self._settings[key]
+            row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 0", (key,))
+            value = None if row is None else bytes(row[0]).decode()
+            self._settings[key] = value
+            return value
 
     def set_setting(self, key: str, value: str | None) -> None:
-        self._set_kv(key, None if value is None else value.encode(), secret=False)
+        with self.transaction():
+            self._set_kv(key, None if value is None else value.encode(), secret=False)
+            self._settings[key] = value
 
     def get_secret(self, key: str) -> bytes | None:
-        row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 1", (key,))
-        return None if row is None else self._open("kv", _rk(key), row[0])
+        with self._mutex:
+            if key in self._secrets:
+                return self._secrets[key]
+            row = self._one("SELECT value FROM kv WHERE key = ? AND secret = 1", (key,))
+            value = None if row is None else self._open("kv", _rk(key), row[0])
+            self._secrets[key] = value
+            return value
 
     def set_secret(self, key: str, value: bytes | None) -> None:
-        self._set_kv(key, None if value is None else self._seal("kv", _rk(key), value), secret=True)
+        sealed = None if value is None else self._seal("kv", _rk(key), value)
+        with self.transaction():
+            self._set_kv(key, sealed, secret=True)
+            self._secrets[key] = value
 
     def _set_kv(self, key: str, value: bytes | None, *, secret: bool) -> None:
         if value is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,6 +186,17 @@ def test_delivery_state_only_moves_forward(store: Store) -> None:
     assert not store.update_message_state("missing", DeliveryState.READ)
 
 
+def test_a_receipt_moves_only_our_own_messages(store: Store) -> None:
+    store.add_message(msg("o1", direction=Direction.OUT, state=DeliveryState.SENT))
+    store.add_message(msg("i1"))  # received: a receipt naming it changes nothing
+    out = Direction.OUT
+    assert not store.update_message_state("i1", DeliveryState.DELIVERED, direction=out)
+    assert store.update_message_state("o1", DeliveryState.DELIVERED, direction=out)
+    assert not store.update_message_state("o1", DeliveryState.DELIVERED, direction=out)
+    states = {m.message_id: m.state for m in store.history("bob")}
+    assert states == {"o1": DeliveryState.DELIVERED, "i1": DeliveryState.RECEIVED}
+
+
 def test_unread_counts_and_mark_read(store: Store) -> None:
     store.add_message(msg("b1", sent_at=1.0))
     store.add_message(msg("b2", sent_at=2.0))
@@ -251,6 +263,37 @@ def test_transaction_commits_everything_together(store: Store) -> None:
     assert store.get_message("m1") is not None
     assert store.load_session("bob", 1) == b"advanced"
     assert store.is_seen("m1")
+
+
+def test_a_rolled_back_peer_session_or_setting_is_not_read_back(store: Store) -> None:
+    peer = PeerIdentity("bob", b"\x02" + b"k" * 32)
+    store.put_peer(peer)
+    store.store_session("bob", 1, b"before")
+    store.set_setting("timer:bob", "60")
+    assert store.get_peer("carol") is None and store.load_session("bob", 2) is None  # read once
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put_peer(PeerIdentity("bob", b"\x02" + b"x" * 32, TrustState.CHANGED))
+        store.put_peer(PeerIdentity("carol", b"\x02" + b"c" * 32))
+        store.store_session("bob", 1, b"after")
+        store.store_session("bob", 2, b"new")
+        store.delete_session("bob", 1)
+        store.set_setting("timer:bob", None)
+        assert store.get_peer("carol") is not None and store.load_session("bob", 1) is None
+        raise RuntimeError("halfway")
+    assert store.get_peer("bob") == peer and store.get_peer("carol") is None
+    assert store.load_session("bob", 1) == b"before" and store.load_session("bob", 2) is None
+    assert store.get_setting("timer:bob") == "60"
+
+
+def test_an_unsynced_commit_is_read_back_and_flush_can_run_in_any_thread(store: Store) -> None:
+    with store.transaction(sync=False):
+        store.add_message(msg("m1"))
+    worker = threading.Thread(target=store.flush)
+    worker.start()
+    store.add_message(msg("m2"))  # meanwhile
+    worker.join()
+    store.flush()
+    assert [m.message_id for m in store.history("bob")] == ["m1", "m2"]
 
 
 def test_failed_transaction_rolls_everything_back(store: Store) -> None:

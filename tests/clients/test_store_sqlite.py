@@ -250,26 +250,38 @@ def test_a_waiting_process_gets_the_profile_when_released(tmp_path: Path) -> Non
     holder.communicate(timeout=10)
 
 
-def test_a_killed_holder_mid_transaction_leaves_nothing_half_written(tmp_path: Path) -> None:
+KILLED_WRITER = """
+import sys
+from clients.store import Direction, StoredMessage, open_store
+store = open_store({home!r})
+with store.transaction(sync=False):
+    store.add_message(StoredMessage("m", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "x"))
+    store.store_session("bob", 1, b"after")
+    if {inside}:
+        print("killed", flush=True)
+        sys.stdin.readline()
+print("killed", flush=True)  # committed, never flushed
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["mid-transaction", "unsynced-commit"])
+def test_a_killed_holder_leaves_its_transaction_all_or_nothing(
+    tmp_path: Path, inside: bool
+) -> None:
     with open_store(tmp_path) as store:
         store.store_session("bob", 1, b"before")
-    code = f"""
-    import sys
-    from clients.store import Direction, StoredMessage, open_store
-    store = open_store({str(tmp_path)!r})
-    with store.transaction():
-        store.add_message(StoredMessage("m", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "x"))
-        store.store_session("bob", 1, b"after")
-        print("inside", flush=True)
-        sys.stdin.readline()
-    """
-    child = spawn(code)
-    assert child.stdout is not None and child.stdout.readline() == "inside\n"
+    child = spawn(KILLED_WRITER.format(home=str(tmp_path), inside=inside))
+    assert child.stdout is not None and child.stdout.readline() == "killed\n"
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=10)
     with open_store(tmp_path, lock_timeout=5) as store:  # the kernel released the lock
-        assert store.load_session("bob", 1) == b"before"
-        assert store.get_message("m") is None
+        message = store.get_message("m")
+        if inside:  # nothing of it
+            assert store.load_session("bob", 1) == b"before" and message is None
+        else:  # all of it, although nobody called flush()
+            assert store.load_session("bob", 1) == b"after"
+            assert message is not None and message.text == "x"
 
 
 def test_concurrent_processes_take_turns_and_lose_nothing(tmp_path: Path) -> None:

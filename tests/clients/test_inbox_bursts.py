@@ -1,0 +1,211 @@
+"""The receive path a burst at a time: one store transaction per burst, one fsync off the event
+loop, acks only after it (a SIGKILL in between loses and duplicates nothing), and coalesced
+delivery receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.sdk import Message, ReceiptEvent, VoxClient, inbox
+from clients.sdk.content import Content, Receipt, ReceiptKind
+from clients.sdk.core import Core
+from clients.sdk.engine import Process
+from clients.sdk.models import SendResult
+from clients.sdk.protocol import SendReceipt
+from clients.store import SqliteStore
+from tests.clients.conftest import Factory
+from tests.clients.kit import queued, texts, wait_for, wait_for_value
+from tests.server.relay_harness import Relay
+
+ROOT = Path(__file__).resolve().parents[2]
+BURST = 30
+
+
+def hold_processor_until(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Let the processor start only once ``count`` deliveries wait: one burst of them."""
+    real_run = inbox.run
+
+    async def held(
+        core: Core, deliveries: asyncio.Queue[Process], ack: Callable[[list[int]], Awaitable[None]]
+    ) -> None:
+        await wait_for(lambda: deliveries.qsize() >= count)
+        await real_run(core, deliveries, ack)
+
+    monkeypatch.setattr(inbox, "run", held)
+
+
+async def test_a_burst_is_stored_in_one_transaction_fsynced_off_the_loop_then_acked(
+    make_client: Factory, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.close()
+    for i in range(BURST):
+        await alice.send_text("bob", f"m{i}")
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        store = bob.store
+        assert isinstance(store, SqliteStore)
+        log: list[str] = []
+        store._conn.set_trace_callback(log.append)
+        flush, ack = store.flush, bob._ack
+
+        def spied_flush() -> None:
+            flush()
+            log.append("FLUSH " + ("loop" if threading.current_thread() is main else "worker"))
+
+        async def spied_ack(seqs: list[int]) -> None:
+            log.append(f"ACK {len(seqs)}")
+            await ack(seqs)
+
+        main = threading.current_thread()
+        monkeypatch.setattr(store, "flush", spied_flush)
+        monkeypatch.setattr(bob, "_ack", spied_ack)
+        hold_processor_until(monkeypatch, BURST)
+        events = await bob.receive(wait=1.0)
+        assert texts(events, "alice") == [f"m{i}" for i in range(BURST)]
+        await wait_for_value(lambda: queued(relay, "bob"), 0)
+    finally:
+        await bob.close()
+    inserts = [i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages")]
+    assert len(inserts) == BURST
+    begin = max(i for i, s in enumerate(log[: inserts[0]]) if s == "BEGIN IMMEDIATE")
+    commit = log.index("COMMIT", inserts[-1])
+    assert "COMMIT" not in log[begin : inserts[-1]]  # every message in one transaction
+    acked = log.index(f"ACK {BURST}", commit)  # the whole burst in one ack ...
+    assert "FLUSH worker" in log[commit:acked]  # ... after an fsync in a worker thread
+    assert not any(s.startswith("ACK") for s in log[:acked])
+
+
+CHILD = """
+import asyncio
+from clients.sdk import VoxClient, inbox
+
+real_run = inbox.run
+
+async def held(core, deliveries, ack):
+    while deliveries.qsize() < {burst}:
+        await asyncio.sleep(0.01)
+    await real_run(core, deliveries, ack)
+
+inbox.run = held
+
+async def main():
+    client = await VoxClient.open({home!r})
+
+    async def ack_then_hang(seqs):
+        print("acking", len(seqs), flush=True)  # committed and flushed: now die
+        await asyncio.Event().wait()
+
+    client._ack = ack_then_hang
+    await client.connect()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_kill_between_the_bursts_commit_and_its_ack_loses_and_duplicates_nothing(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.close()
+    for i in range(BURST):
+        await alice.send_text("bob", f"k{i}")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(CHILD.format(burst=BURST, home=str(tmp_path / "bob"))),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    try:
+        line = await asyncio.wait_for(child.stdout.readline(), 60)
+        assert line == f"acking {BURST}\n".encode()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert await queued(relay, "bob") == BURST  # nothing was acked
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        events = await bob.receive(wait=1.0)  # the relay redelivers the whole burst ...
+        await wait_for_value(lambda: queued(relay, "bob"), 0)
+        assert not [e for e in events if isinstance(e, Message)]  # ... already stored: seen
+        history = bob.history("alice", limit=100)
+        assert [m.text for m in history] == [f"k{i}" for i in range(BURST)]  # each once
+    finally:
+        await bob.close()
+
+
+async def test_the_senders_receipt_lists_the_whole_burst(
+    make_client: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await bob.close()
+    sent = [(await alice.send_text("bob", f"r{i}")).id for i in range(BURST)]
+    receipts: list[ReceiptEvent] = []
+    alice.on_event(lambda e: receipts.append(e) if isinstance(e, ReceiptEvent) else None)
+    await alice.connect()
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        hold_processor_until(monkeypatch, BURST)
+        await bob.receive(wait=0.5)
+        await wait_for(lambda: bool(receipts))
+        await asyncio.sleep(0.3)
+    finally:
+        await bob.close()
+    assert len(receipts) == 1 and sorted(receipts[0].message_ids) == sorted(sent)
+
+
+class ReceiptRecorder:
+    """A stand-in :class:`~clients.sdk.core.Core` for :class:`inbox.ReceiptSender`: records each
+    receipt sent and holds it until released."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Receipt]] = []
+        self.release = asyncio.Event()
+        self.tasks: list[asyncio.Future[Any]] = []
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def send_direct(self, to: str, content: Content) -> SendResult | None:
+        assert isinstance(content, Receipt)
+        self.sent.append((to, content))
+        await self.release.wait()
+        return None
+
+
+def ids(*numbers: int) -> tuple[bytes, ...]:
+    return tuple(n.to_bytes(16, "big") for n in numbers)
+
+
+async def test_receipts_wait_while_one_is_on_its_way_then_go_together() -> None:
+    core = ReceiptRecorder()
+    sender = inbox.ReceiptSender(core)  # type: ignore[arg-type]
+    delivered = ReceiptKind.DELIVERED
+    sender.add([SendReceipt("alice", delivered, ids(1, 2))])
+    await asyncio.sleep(0)
+    sender.add([SendReceipt("alice", delivered, ids(3))])  # alice's receipt is on its way
+    sender.add([SendReceipt("alice", delivered, ids(4)), SendReceipt("carol", delivered, ids(5))])
+    sender.add([SendReceipt("alice", delivered, ids(*range(6, 606)))])
+    await asyncio.sleep(0)
+    assert [(to, r.ids) for to, r in core.sent] == [("alice", ids(1, 2)), ("carol", ids(5))]
+    core.release.set()
+    await asyncio.gather(*core.tasks)
+    alice = [r.ids for to, r in core.sent if to == "alice"]
+    assert alice == [ids(1, 2), ids(3, 4, *range(6, 504)), ids(*range(504, 606))]
+    sender.add([SendReceipt("alice", delivered, ids(7))])  # idle again: sent at once
+    await asyncio.gather(*core.tasks)
+    assert core.sent[-1][1].ids == ids(7)
