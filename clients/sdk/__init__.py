@@ -5,7 +5,7 @@ Architecture (sans-I/O core under a thin asyncio shell, as in h11 / websockets):
     CLI (clients/cli.py)   TUI (clients/tui/)           <- talk only to VoxClient
             \\                 /
           VoxClient  (client.py: the asyncio shell — WebSocket, HTTP pool, tasks, clock)
-               |  pipeline.py (send lock, window, batching)   transport.py (RelayHttp, RelaySocket)
+               |  pipeline.py (executes sendqueue decisions) transport.py (RelayHttp, RelaySocket)
                |  features over core.Core: messaging.py (texts, typing, receipts, Outbox)
                |  attachments.py  group_admin.py  peers.py (device lists, sessions, verify,
                |  prekeys)  linking.py  profile.py (open/register/join, cached config)

@@ -20,7 +20,7 @@ from typing import Any
 from clients.sdk import attachments, group_admin, inbox, linking, messaging, peers, profile
 from clients.sdk import message_ops as ops
 from clients.sdk.attachments import Progress
-from clients.sdk.content import AttachmentContent, Content, TextContent
+from clients.sdk.content import Content, ConversationContent
 from clients.sdk.engine import Answer, ClientEngine, Process, Replenish, ack_frames
 from clients.sdk.errors import AuthFailed, ClientError, NoProfile, RelayUnavailable, StoreError
 from clients.sdk.events import EventHub
@@ -33,7 +33,6 @@ from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed
 from clients.store import errors as store_errors
 from clients.store.base import Store
 from wire.codes import CloseCode
-from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
 
 __all__ = ["LinkInvitation", "Progress", "VoxClient"]
 
@@ -187,6 +186,7 @@ class VoxClient:
         (a send-only process such as ``vox send`` must not consume them)."""
         self._closing = False
         reconnect = False
+        self.outbox.load()  # queued messages of earlier runs, resumed once connected
         if self._reader_task is None:
             await self._open_socket()
             self._reader_task = asyncio.create_task(self._run_reader(), name="vox-reader")
@@ -204,7 +204,6 @@ class VoxClient:
             await self._socket.close()
             await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
-        self.spawn(self._quietly(self.outbox.flush()))
         self.spawn(ops.run_sweeper(self.store))
 
     async def _open_socket(self) -> None:
@@ -219,6 +218,7 @@ class VoxClient:
         self._socket = socket
         self._connected.set()
         self._new_socket.set()
+        self.pipeline.connection_up()
 
     async def disconnect(self) -> None:
         """Close the WebSocket and stop the background tasks."""
@@ -236,7 +236,7 @@ class VoxClient:
                 await self._socket.close()
             self._socket = None
         self._connected.clear()
-        self.pipeline.fail_pending(RelayUnavailable(self.server_url, "disconnected"))
+        self.pipeline.close(RelayUnavailable(self.server_url, "disconnected"))
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a background coroutine, keeping a reference until it finishes."""
@@ -251,7 +251,6 @@ class VoxClient:
                 try:
                     await self._open_socket()
                     self.engine.reconnect.reset()
-                    self.spawn(self._quietly(self.outbox.flush()))
                 except AuthFailed as exc:  # removed, revoked, bad key: retrying cannot help
                     await self._sign_out(exc)
                     return
@@ -265,7 +264,8 @@ class VoxClient:
                 log.info("connection closed: %s", exc)
                 self._socket = None
                 self._connected.clear()
-                self.pipeline.fail_pending(RelayUnavailable(self.server_url, str(exc)))
+                lost = RelayUnavailable(self.server_url, str(exc))
+                self.pipeline.connection_down(lost, reconnecting=True)
                 if exc.code == CloseCode.UNAUTHORIZED:
                     self.http.forget_token()
                 continue
@@ -282,6 +282,8 @@ class VoxClient:
         log.warning("the relay refused this device; not reconnecting: %s", error.reason)
         self._signed_out = error
         self._signed_out_event.set()
+        gone = RelayUnavailable(self.server_url, error.reason)
+        self.pipeline.connection_down(gone, reconnecting=False)  # sends fail with `error` now
         await self.emit([SignedOut(error.reason, messaging.now_ms())])
 
     # --- deliveries --------------------------------------------------------------------
@@ -322,20 +324,11 @@ class VoxClient:
             raise RelayUnavailable(self.server_url, "not connected")
         return self._socket
 
-    @property
-    def reconnects(self) -> bool:
-        """Whether a reader task reconnects after a lost connection."""
-        return self._reader_task is not None
-
-    async def transmit(self, send: OutgoingSend) -> AcceptedFrame | MismatchFrame | ErrorFrame:
-        """Write one prepared send and wait for the relay's answer."""
-        return await self.pipeline.transmit(send)
-
     async def deliver(
         self, users: set[str], build: Callable[[], list[OutgoingSend]]
     ) -> SendResult | None:
         """Build (encrypt) and send; retries as the engine decides."""
-        return await self.pipeline.deliver(users, build)
+        return await self.pipeline.deliver(users | {self.username}, build)
 
     async def send_direct(
         self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
@@ -343,10 +336,8 @@ class VoxClient:
         """Encrypt ``content`` pairwise to every device of ``to`` (and our other devices)."""
         return await self.pipeline.send_direct(to, content, ephemeral=ephemeral)
 
-    async def send_chat(
-        self, conversation: str, content: TextContent | AttachmentContent
-    ) -> SendResult:
-        """Record a chat message (history + outbox), then send it."""
+    async def send_chat(self, conversation: str, content: ConversationContent) -> SendResult:
+        """Record a conversation message (outbox, history), then send it in order."""
         return await self.outbox.send(conversation, content)
 
     async def receive(self, wait: float = 2.0) -> list[Event]:

@@ -8,16 +8,18 @@ import cycles) and each can be driven by a stand-in in tests.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from clients.sdk.content import AttachmentContent, Content, TextContent
+from clients.sdk.content import Content, ConversationContent
 from clients.sdk.engine import ClientEngine
 from clients.sdk.identity import LocalIdentity
 from clients.sdk.models import Event, SendResult, ServerConfig
 from clients.sdk.protocol import ClientProtocol, OutgoingSend
 from clients.sdk.transport import RelayHttp
 from clients.store.base import Store
-from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
+
+if TYPE_CHECKING:
+    from clients.sdk.pipeline import SendPipeline
 
 __all__ = ["Core"]
 
@@ -28,6 +30,7 @@ class Core(Protocol):
     store: Store
     protocol: ClientProtocol
     engine: ClientEngine
+    pipeline: SendPipeline
     http: RelayHttp
     identity: LocalIdentity
     server_url: str
@@ -60,18 +63,13 @@ class Core(Protocol):
         """Encrypt ``content`` pairwise to every device of ``to`` (and our other devices)."""
         ...
 
-    async def send_chat(
-        self, conversation: str, content: TextContent | AttachmentContent
-    ) -> SendResult:
-        """Record a chat message in history and the outbox, then send it."""
+    async def send_chat(self, conversation: str, content: ConversationContent) -> SendResult:
+        """Record a conversation message (a text, file, edit, delete, reaction or timer
+        change) in the outbox, then send it in order with the conversation's others."""
         ...
 
     async def deliver(
         self, users: set[str], build: Callable[[], list[OutgoingSend]]
     ) -> SendResult | None:
         """Build (encrypt) and send under the send lock; retries as the engine decides."""
-        ...
-
-    async def transmit(self, send: OutgoingSend) -> AcceptedFrame | MismatchFrame | ErrorFrame:
-        """Write one prepared send and wait for the relay's answer."""
         ...

@@ -12,11 +12,15 @@ What the engine decides:
   answers a pending send, ``deliver``/``ephemeral`` go to in-order processing (or are left
   for the relay to redeliver when this connection does not receive), ``prekeys_low`` asks for
   a replenishment;
-* **the outcome of a send** (:meth:`ClientEngine.on_answer`, :meth:`ClientEngine.on_unavailable`):
-  accepted, retried after a delay (``mismatch`` → refresh those users' device lists and drop
-  stale sessions; ``busy``/``internal``/``rate_limited``/``shutting_down`` → back off; a
-  lost connection → back off and resend with the same client id, so the relay never stores
-  it twice) or failed with a typed :class:`~clients.sdk.errors.ClientError`;
+* **pending sends and their retries** (:attr:`ClientEngine.sends`, a
+  :class:`~clients.sdk.sendqueue.SendQueue`): a state machine fed sends, written frames,
+  answers, connection up/down and timer ticks, answering what to transmit and when, what
+  was accepted, what failed for good and what stays queued; accepted, retried after a delay
+  (``mismatch`` → refresh those users' device lists and drop stale sessions;
+  ``busy``/``internal``/``rate_limited``/``shutting_down`` → back off; a lost connection →
+  back off and resend with the same client id, so the relay never stores it twice) or
+  failed with a typed :class:`~clients.sdk.errors.ClientError`; per-conversation order
+  (lanes) across refusals, drops and restarts;
 * **deliveries** (:meth:`ClientEngine.envelope`): a frame becomes an
   :class:`~clients.sdk.protocol.Envelope` or a device-linking offer; which sequence numbers
   to ack; one receipt per sender and kind per batch (:class:`ReceiptBatcher`);
@@ -32,14 +36,12 @@ A new content type (edit, reaction, ...) needs no change here: it is a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clients.sdk.content import PayloadKind, ReceiptKind, RelayPayload
-from clients.sdk.errors import ClientError, RelayRejected, RelayUnavailable, UnknownUser
 from clients.sdk.protocol import Envelope, OutgoingSend, SendReceipt
+from clients.sdk.sendqueue import SendAnswer, SendQueue
 from crypto.errors import VoxError
-from wire.codes import RETRYABLE_SEND_ERRORS, ErrorCode
 from wire.encoding import WireDecodeError, b64, unb64
 from wire.frames import (
     AcceptedFrame,
@@ -57,24 +59,19 @@ from wire.frames import (
 from wire.rest import PrekeyCounts
 
 __all__ = [
-    "Accepted",
     "Answer",
     "Backoff",
     "ClientEngine",
-    "Fail",
     "LinkOffer",
     "Process",
     "ReceiptBatcher",
     "Replenish",
-    "Retry",
     "Routed",
-    "SendOutcome",
     "ack_frames",
     "replenish_count",
     "send_frame",
 ]
 
-SendAnswer = AcceptedFrame | MismatchFrame | ErrorFrame
 MAX_ACK_SEQS = 1000  # wire.frames.AckFrame's bound
 RECEIPT_CHUNK = 500
 
@@ -105,36 +102,7 @@ class Replenish:
 Routed = Answer | Process | Replenish | None
 
 
-# --- send outcomes ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """The relay stored the send (``ts``: its acceptance time, Unix ms)."""
-
-    ts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Send again (same client id) after ``delay`` seconds, first refreshing ``refresh``'s
-    device lists and dropping the sessions with ``drop``; ``error`` is raised if no attempt
-    is left."""
-
-    delay: float
-    error: ClientError
-    refresh: frozenset[str] = frozenset()
-    drop: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Give up: raise ``error``."""
-
-    error: ClientError
-
-
-SendOutcome = Accepted | Retry | Fail
+# --- deliveries -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +174,8 @@ class ClientEngine:
     ) -> None:
         self.username = username
         self.device_list_ttl = device_list_ttl
-        self.max_attempts = max_attempts
+        #: Pending sends and their retries.
+        self.sends = SendQueue(max_attempts=max_attempts)
         self.rng = rng or random.SystemRandom()
         self.receipts = ReceiptBatcher()
         self.reconnect = Backoff()
@@ -253,42 +222,6 @@ class ClientEngine:
             ts=frame.ts,
             data=data,
         )
-
-    # --- sends -------------------------------------------------------------------------
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1``."""
-        return float(min(0.2 * 2**attempt, 2.0))
-
-    def on_answer(self, answer: SendAnswer, users: Iterable[str], attempt: int) -> SendOutcome:
-        """The outcome of a send the relay answered (``users``: who it was addressed to)."""
-        if isinstance(answer, AcceptedFrame):
-            return Accepted(answer.ts)
-        if isinstance(answer, MismatchFrame):
-            changed = frozenset(d.user for d in (*answer.missing, *answer.stale))
-            drop = tuple((d.user, d.device) for d in answer.stale)
-            error = RelayRejected(409, "mismatch", "device lists kept changing")
-            return self._retry(Retry(0.0, error, changed, drop), attempt)
-        code = answer.code
-        if code == ErrorCode.UNKNOWN_USER:
-            bad = answer.users or sorted(users)
-            return Fail(UnknownUser(str(bad[0])))
-        if code in RETRYABLE_SEND_ERRORS:
-            error = RelayRejected(429, code, answer.message)
-            return self._retry(Retry(self.backoff(attempt), error), attempt)
-        return Fail(RelayRejected(400, code, answer.message))
-
-    def on_unavailable(
-        self, error: RelayUnavailable, attempt: int, *, reconnects: bool
-    ) -> Retry | Fail:
-        """The connection failed before an answer. Without a reconnecting reader (a one-shot
-        send) the first failure is final; otherwise back off and resend the same id."""
-        if attempt == 0 and not reconnects:
-            return Fail(error)
-        return self._retry(Retry(self.backoff(attempt), error), attempt)
-
-    def _retry(self, retry: Retry, attempt: int) -> Retry | Fail:
-        return retry if attempt + 1 < self.max_attempts else Fail(retry.error)
 
     # --- device lists and key changes ---------------------------------------------------
 

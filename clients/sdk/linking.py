@@ -43,7 +43,7 @@ from clients.sdk import group_admin, peers, trust
 from clients.sdk import identity as ids
 from clients.sdk.content import DevicesChanged, PayloadKind, RelayPayload
 from clients.sdk.core import Core
-from clients.sdk.errors import AuthFailed, ClientError, LinkError, RelayUnavailable
+from clients.sdk.errors import AuthFailed, ClientError, LinkError, RelayRejected, RelayUnavailable
 from clients.sdk.protocol import OutgoingSend
 from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed
 from clients.store.base import Store
@@ -53,7 +53,7 @@ from crypto.encoding import Reader, Writer
 from crypto.errors import VoxError
 from crypto.keys import AccountKey, DeviceAuthKey, DeviceIdentityKey, validate_username
 from wire.encoding import WireDecodeError, unb64
-from wire.frames import AcceptedFrame, AckFrame, DeliverFrame
+from wire.frames import AckFrame, DeliverFrame
 from wire.rest import PrekeyUpload
 
 __all__ = [
@@ -156,9 +156,10 @@ async def offer(client: Core) -> LinkInvitation:
     with client.store.transaction():
         payloads += client.protocol._pairwise([(username, d) for d in others], DevicesChanged())
     send = OutgoingSend("link-" + secrets.token_hex(8), payloads)
-    reply = await client.transmit(send)
-    if not isinstance(reply, AcceptedFrame):
-        raise LinkError(f"the relay refused the offer ({reply.type})")
+    try:
+        await client.pipeline.deliver(set(), lambda: [send])  # no session set-up
+    except RelayRejected as exc:
+        raise LinkError(f"the relay refused the offer ({exc.code})") from None
     return LinkInvitation(format_code(username, device_id, secret), device_id, new_list.version)
 
 

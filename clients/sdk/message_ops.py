@@ -38,7 +38,6 @@ from clients.sdk.message_rules import (
     MAX_PENDING,
     PENDING_TTL,
     _remove_file,
-    apply,
     parse_duration,
     run_sweeper,
     sweep,
@@ -87,19 +86,11 @@ def _message(core: Core, conversation: str, message_id: str) -> StoredMessage:
     return stored
 
 
-async def _send(core: Core, conversation: str, content: OperationContent) -> SendResult | None:
-    if content.group_id:
-        group = core.protocol.groups.get(content.group_id)
-        if group is None:
-            raise ClientError(f"unknown group {content.group_id.hex()}")
-        result = await core.deliver(
-            set(group.members), lambda: core.protocol.encode_group(content.group_id, content)
-        )
-    else:
-        result = await core.send_direct(conversation, content)
-    with core.store.transaction():
-        apply(core.store, conversation, core.identity.address, content, time.time())
-    return result
+async def _send(core: Core, conversation: str, content: OperationContent) -> SendResult:
+    """Through the outbox, like a text: applied here at once, kept and sent in order with the
+    conversation's other messages (:class:`~clients.sdk.errors.MessageQueued` when the relay
+    cannot take it now)."""
+    return await core.send_chat(conversation, content)
 
 
 def _group_id(conversation: str) -> bytes:

@@ -1,5 +1,6 @@
 """Chat messages over :class:`~clients.sdk.core.Core`: texts, typing, read receipts, and the
-outbox that makes a chat message survive a failed send (sent again, same id, in order).
+outbox that makes every conversation message (texts, files, edits, deletes, reactions, timer
+changes) survive a failed send (sent again, same id, in order).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
     AttachmentContent,
+    ConversationContent,
     Receipt,
     ReceiptKind,
     TextContent,
@@ -28,10 +30,11 @@ from clients.sdk.errors import (
     MessageQueued,
     RelayRejected,
     RelayUnavailable,
-    UnknownUser,
 )
 from clients.sdk.models import Message, MessageSent, SendResult
+from clients.sdk.pipeline import Settled
 from clients.sdk.protocol import OutgoingSend, message_from_stored
+from clients.sdk.sendqueue import Fail, Queued
 from clients.store.models import (
     ConversationSummary,
     DeliveryState,
@@ -39,7 +42,7 @@ from clients.store.models import (
     group_conversation,
     is_group_conversation,
 )
-from wire.codes import RETRYABLE_SEND_ERRORS
+from crypto.errors import VoxError
 
 __all__ = [
     "Outbox",
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 ChatContent = TextContent | AttachmentContent
+Outgoing = ConversationContent
 log = logging.getLogger("vox.client")
 
 
@@ -145,10 +149,13 @@ def queued(core: Core) -> list[Message]:
 
 
 class Outbox:
-    """Honest sending of chat messages (texts and files).
+    """Honest sending of conversation messages: texts, files, edits, deletes, reactions and
+    disappearing-timer changes.
 
-    A message is persisted (history ``pending`` + outbox) in the transaction of its first
-    encryption, then sent. Outcomes:
+    A message is persisted (the outbox, and for a text or file the history as ``pending``;
+    an edit, delete, reaction or timer change is applied locally at once) before it is handed
+    to the engine as a *durable* send in its conversation's lane
+    (:class:`~clients.sdk.sendqueue.SendQueue`). Outcomes:
 
     * accepted → ``sent``; :meth:`send` returns the :class:`SendResult`;
     * the relay cannot take it now (unreachable, or ``busy``/``internal``/``rate_limited``
@@ -156,176 +163,164 @@ class Outbox:
       sent on the next connection of any process on this profile, once (same client id), and
       a :class:`MessageSent` event follows;
     * refused for good (unknown user, ``queue_full``, ...) → ``failed``, removed from the
-      outbox, the error is raised.
+      outbox, the error is raised (a message that never left, e.g. refused while encrypting,
+      is removed without a trace).
 
-    Within a conversation messages reach the relay in the order they were written: while a
-    conversation has queued messages, a new one is queued behind them and the conversation is
-    drained oldest first (:meth:`drain`).
+    Within a conversation messages reach the relay one at a time, in the order they were
+    written — across refusals, dropped connections and restarts: the engine's lane holds
+    every later message while an earlier one is retried or queued, and after a restart
+    :meth:`load` hands the outbox back to the engine oldest first (the outbox's
+    ``created_at`` is strictly increasing, see :meth:`_stamp`).
     """
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.in_flight: set[str] = set()
-        self._queued: set[str] | None = None  # conversations with queued messages
-        self._drains: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, asyncio.Future[SendResult]] = {}
+        self._last_stamp = 0.0
         self._sent_batch: list[str] = []
         self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
 
-    def queued_conversations(self) -> set[str]:
-        """Conversations with messages waiting in the outbox (read from the store once)."""
-        if self._queued is None:
-            pending = self.core.store.outbox_pending()
-            self._queued = {e.conversation for e in pending if e.message_id not in self.in_flight}
-        return self._queued
+    def load(self) -> None:
+        """Hand the store's queued messages that the engine does not hold to it, oldest first
+        (held until the next connection or a new message in their conversation)."""
+        core = self.core
+        for entry in core.store.outbox_pending():
+            self._last_stamp = max(self._last_stamp, entry.created_at)
+            if entry.message_id in core.pipeline.sends:
+                continue
+            try:
+                content = decode_content(entry.payload)
+            except VoxError:
+                content = None
+            if not isinstance(content, Outgoing):
+                core.store.outbox_remove(entry.message_id)
+                continue
+            self._submit(entry.conversation, content, queued=True)
 
-    async def send(self, conversation: str, content: ChatContent) -> SendResult:
+    def _stamp(self) -> float:
+        """A ``created_at`` later than every earlier one (the store orders the outbox by it,
+        and two messages written within one clock tick must keep their order)."""
+        self._last_stamp = max(time.time(), self._last_stamp + 0.001)
+        return self._last_stamp
+
+    async def send(self, conversation: str, content: Outgoing) -> SendResult:
         """Persist, then send ``content`` (see the class docstring for the outcomes)."""
         core = self.core
-        expire = message_rules.timer(core.store, conversation)
-        if expire and not content.expire:  # sent under the conversation's timer
-            content = dataclasses.replace(content, expire=expire)
+        self.load()
+        self._check_recipient(conversation)  # refused before anything is kept
+        if isinstance(content, ChatContent):
+            expire = message_rules.timer(core.store, conversation)
+            if expire and not content.expire:  # sent under the conversation's timer
+                content = dataclasses.replace(content, expire=expire)
         mid = content.message_id.hex()
-        entry = OutboxEntry(mid, conversation, content.to_bytes(), time.time())
-
-        def persist() -> None:
-            core.protocol.record_outgoing(conversation, content)
+        entry = OutboxEntry(mid, conversation, content.to_bytes(), self._stamp())
+        with core.store.transaction():
+            if isinstance(content, ChatContent):
+                core.protocol.record_outgoing(conversation, content)
+            else:
+                address = core.identity.address
+                message_rules.apply(core.store, conversation, address, content, time.time())
             core.store.outbox_put(entry)
-
-        if conversation in self.queued_conversations():  # behind the queued ones, in order
-            self._check_recipient(conversation)
-            with core.store.transaction():
-                persist()
-            return await self.drain(conversation, until=mid)
+        waiter: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        self._waiting[mid] = waiter
         try:
-            return await self._send_entry(conversation, content, persist)
-        except (RelayUnavailable, RelayRejected, UnknownUser) as exc:
-            raise self._settle(conversation, mid, exc) from None
+            self._submit(conversation, content)
+            return await waiter
+        finally:
+            self._waiting.pop(mid, None)
 
     def _check_recipient(self, conversation: str) -> None:
-        if not is_group_conversation(conversation):
-            peers.check_user(conversation)
-            trust.require_trusted(self.core.store, conversation)
+        if is_group_conversation(conversation):
+            group_id = bytes.fromhex(conversation.removeprefix("group:"))
+            if self.core.protocol.groups.get(group_id) is None:
+                raise GroupError(f"unknown group {group_id.hex()}")
+            return
+        peers.check_user(conversation)
+        trust.require_trusted(self.core.store, conversation)
 
-    def _settle(self, conversation: str, mid: str, exc: ClientError) -> ClientError:
-        """After a failed attempt: queue the message (transient) or mark it failed."""
-        store = self.core.store
-        if store.get_message(mid) is None:
-            return exc  # refused before anything was kept
-        reason: str | None = None
-        if isinstance(exc, MessageQueued):
-            reason = exc.reason
-        elif isinstance(exc, RelayUnavailable):
-            reason = str(exc)
-        elif isinstance(exc, RelayRejected) and exc.code in RETRYABLE_SEND_ERRORS:
-            reason = f"the relay answered {exc.code}"
-        if reason is not None:
-            self.queued_conversations().add(conversation)
-            return MessageQueued(mid, conversation, reason)
-        with store.transaction():
-            store.outbox_remove(mid)
-            store.update_message_state(mid, DeliveryState.FAILED)
-        return exc
-
-    async def drain(self, conversation: str, *, until: str | None = None) -> SendResult:
-        """Send ``conversation``'s queued messages oldest first, stopping after ``until``
-        (the caller's message); raises :class:`MessageQueued` if the relay still cannot take
-        them."""
-        core = self.core
-        lock = self._drains.setdefault(conversation, asyncio.Lock())
-        async with lock:
-            result: SendResult | None = None
-            for entry in core.store.outbox_pending():
-                if entry.conversation != conversation or entry.message_id in self.in_flight:
-                    continue
-                content = decode_content(entry.payload)
-                if not isinstance(content, ChatContent):
-                    core.store.outbox_remove(entry.message_id)
-                    continue
-                try:
-                    sent = await self._send_entry(conversation, content)
-                except (RelayUnavailable, RelayRejected, UnknownUser) as exc:
-                    settled = self._settle(conversation, entry.message_id, exc)
-                    if isinstance(settled, MessageQueued):
-                        raise MessageQueued(
-                            until or entry.message_id, conversation, settled.reason
-                        ) from None
-                    if entry.message_id == until:
-                        raise settled from None
-                    log.warning("queued message %s refused for good: %s", entry.message_id, settled)
-                    continue
-                await core.emit([MessageSent(entry.message_id, conversation, now_ms())])
-                if entry.message_id == until:
-                    result = sent
-                    break
-            if not any(e.conversation == conversation for e in core.store.outbox_pending()):
-                self.queued_conversations().discard(conversation)
-        return result or SendResult(until or "", now_ms(), 0)
-
-    async def flush(self) -> None:
-        """Drain every conversation with queued messages (after a (re)connect)."""
-        pending = self.core.store.outbox_pending()
-        for conversation in dict.fromkeys(e.conversation for e in pending):
-            try:
-                await self.drain(conversation)
-            except MessageQueued as exc:
-                log.info("outbox: %s still queued (%s)", conversation, exc.reason)
-                return  # the relay is still unreachable: try again on the next connection
-
-    async def _send_entry(
-        self, conversation: str, content: ChatContent, persist: Callable[[], None] | None = None
-    ) -> SendResult:
-        mid = content.message_id.hex()
-        self.in_flight.add(mid)
-        try:
-            return await self._send_once(conversation, content, persist)
-        finally:
-            self.in_flight.discard(mid)
-
-    async def _send_once(
-        self, conversation: str, content: ChatContent, persist: Callable[[], None] | None
-    ) -> SendResult:
+    def _submit(self, conversation: str, content: Outgoing, *, queued: bool = False) -> None:
         core, mid = self.core, content.message_id.hex()
+        users: set[str]
+        encode: Callable[[], list[OutgoingSend]]
+        if is_group_conversation(conversation):
+            group_id = bytes.fromhex(conversation.removeprefix("group:"))
+            group = core.protocol.groups.get(group_id)
+            users = set(group.members) if group is not None else {core.username}
+            encode = lambda: core.protocol.encode_group(group_id, content)  # noqa: E731
+        else:
+            users = {conversation, core.username}
+            encode = lambda: [core.protocol.encode_direct(conversation, content)]  # noqa: E731
 
-        def persisted(build: Build) -> list[OutgoingSend]:
+        def build() -> list[OutgoingSend]:
             with core.store.transaction():
-                if persist is not None and core.store.get_message(mid) is None:
-                    persist()
-                else:
-                    core.store.outbox_attempted(mid)
-                return build()
+                core.store.outbox_attempted(mid)
+                return encode()
 
-        try:
-            if is_group_conversation(conversation):
-                group_id = bytes.fromhex(conversation.removeprefix("group:"))
-                group = core.protocol.groups.get(group_id)
-                if group is None:
-                    raise GroupError(f"unknown group {group_id.hex()}")
-                result = await core.deliver(
-                    set(group.members),
-                    lambda: persisted(lambda: core.protocol.encode_group(group_id, content)),
-                )
+        def settle(outcome: Settled, result: SendResult | None, announce: bool) -> None:
+            self._settle(conversation, mid, outcome, result, announce)
+
+        core.pipeline.submit(
+            mid, users, build, settle, lane=conversation, durable=True, queued=queued
+        )
+
+    def _settle(
+        self,
+        conversation: str,
+        mid: str,
+        outcome: Settled,
+        result: SendResult | None,
+        announce: bool,
+    ) -> None:
+        """How a message's send ended (the engine's :data:`~clients.sdk.pipeline.Settle`)."""
+        store, waiter = self.core.store, self._waiting.get(mid)
+        if isinstance(outcome, Queued):
+            error = outcome.error
+            reason = (
+                error.reason
+                if isinstance(error, RelayUnavailable)
+                else f"the relay answered {error.code}"
+                if isinstance(error, RelayRejected)
+                else str(error)
+            )
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(MessageQueued(mid, conversation, reason))
+            return
+        if isinstance(outcome, Fail):
+            with store.transaction():
+                store.outbox_remove(mid)
+                if store.get_message(mid) is not None:
+                    if not outcome.written and waiter is not None:
+                        store.delete_message(mid)  # it never left: no trace
+                    else:
+                        store.update_message_state(mid, DeliveryState.FAILED)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(outcome.error)
             else:
-                self._check_recipient(conversation)
-                result = await core.deliver(
-                    {conversation},
-                    lambda: persisted(lambda: [core.protocol.encode_direct(conversation, content)]),
-                )
-        except RelayUnavailable:
-            if persist is not None and core.store.get_message(mid) is None:
-                with core.store.transaction():  # keep it: the outbox sends it later
-                    persist()
-            raise
-        await self._mark_sent(mid)
-        return result or SendResult(mid, now_ms(), 0)
+                log.warning("queued message %s refused for good: %s", mid, outcome.error)
+            return
+        sent = result or SendResult(mid, now_ms(), 0)
 
-    async def _mark_sent(self, mid: str) -> None:
+        def done(flushed: asyncio.Future[None]) -> None:
+            error = flushed.exception()
+            if waiter is not None and not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(sent)
+            if announce and error is None:
+                event = MessageSent(mid, conversation, now_ms())
+                self.core.spawn(self.core.emit([event]))
+
+        self._mark_sent(mid).add_done_callback(done)
+
+    def _mark_sent(self, mid: str) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         self._sent_batch.append(mid)
         if self._sent_flush is None:
             self._sent_flush = loop.create_future()
             self._sent_timer = loop.call_later(0.002, self.flush_sent)
-        await asyncio.shield(self._sent_flush)
+        return self._sent_flush
 
     def flush_sent(self) -> None:
         """Write pending ``sent`` updates now (one transaction)."""

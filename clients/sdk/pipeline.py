@@ -1,183 +1,204 @@
-"""The send pipeline of the shell: encrypt under one lock, write, await answers, retry.
+"""The send half of the shell: executes the engine's send decisions (:mod:`clients.sdk.sendqueue`).
+
+Every send is submitted to the engine's :class:`~clients.sdk.sendqueue.SendQueue`; this module
+only does what it answers — fetch device lists and bundles, encrypt, write frames, arm one
+timer — and feeds back what happened (frames written, the write failed, answers, the
+connection up or down, the time). Which send goes when, what is retried, what fails and what
+stays queued is the engine's decision.
 
 Encryption and the socket write happen under one lock, so frames reach the relay in the
-order their ratchet steps were taken; answers are awaited outside it, so several sends are in
-flight at once (a window). Concurrent sends are batched: whoever gets the lock builds every
-request queued so far in **one** store transaction, then writes their frames in order; if a
-build fails the batch is rolled back and each request is built alone, so a bad request never
-leaves a trace in the store or disturbs the others. What happens after an answer (or a lost
-connection) is the :class:`~clients.sdk.engine.ClientEngine`'s decision.
+order their ratchet steps were taken; answers are awaited outside it, so sends of different
+conversations are in flight at once. Concurrent builds are batched: whoever gets the lock
+builds every request queued so far in **one** store transaction, then writes their frames in
+order; if a build fails the batch is rolled back and each request is built alone, so a bad
+request never leaves a trace in the store or disturbs the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from clients.sdk import peers, trust
 from clients.sdk.content import Content
-from clients.sdk.engine import (
-    Accepted,
-    Answer,
-    Fail,
-    Retry,
-    SendAnswer,
-    SendOutcome,
-    send_frame,
-)
+from clients.sdk.engine import Answer, send_frame
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.models import SendResult
 from clients.sdk.protocol import OutgoingSend
-from clients.sdk.transport import RelaySocket, SocketClosed
+from clients.sdk.sendqueue import (
+    Accepted,
+    Action,
+    Fail,
+    Finished,
+    FrameAccepted,
+    Queued,
+    Transmit,
+)
+from clients.sdk.transport import SocketClosed
 from wire.frames import ErrorFrame
 
 if TYPE_CHECKING:
     from clients.sdk.client import VoxClient
 
-__all__ = ["SendPipeline"]
+__all__ = ["Build", "SendPipeline", "Settle", "Settled"]
 
 log = logging.getLogger("vox.client")
 
-ANSWER_TIMEOUT = 30.0
 Build = Callable[[], list[OutgoingSend]]
-Written = list[tuple[OutgoingSend, "asyncio.Future[SendAnswer]"]]
+Settled = Accepted | Fail | Queued
+Settle = Callable[[Settled, SendResult | None, bool], None]
+"""Told how a send ended: the outcome, the result (when accepted), and whether the send had
+been reported queued before (so whoever waited must now hear it went out)."""
+
+
+@dataclass(slots=True)
+class _Job:
+    build: Build
+    settle: Settle
+    frames: dict[str, OutgoingSend] = field(default_factory=dict)
+    last: OutgoingSend | None = None
 
 
 @dataclass(slots=True)
 class _Request:
-    users: set[str]
-    refresh: bool
+    key: str
+    transmit: Transmit
     build: Build
-    done: asyncio.Future[Written] = field(
+    done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
+def now() -> float:
+    """The engine's clock (monotonic seconds)."""
+    return time.monotonic()
+
+
 class SendPipeline:
-    """Pending sends of one client, keyed by client id."""
+    """Pending sends of one client: the engine's decisions, executed."""
 
     def __init__(self, client: VoxClient) -> None:
         self.client = client
-        self.pending: dict[str, asyncio.Future[SendAnswer]] = {}
+        self.sends = client.engine.sends
+        self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()
         self._queue: list[_Request] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- events in ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        key: str,
+        users: Iterable[str],
+        build: Build,
+        settle: Settle,
+        *,
+        lane: str | None = None,
+        durable: bool = False,
+        queued: bool = False,
+    ) -> None:
+        """Hand a send to the engine; ``settle`` is told how it ends (see :data:`Settle`)."""
+        self._jobs[key] = _Job(build, settle)
+        try:
+            actions = self.sends.submit(
+                key, users, now(), lane=lane, durable=durable, queued=queued
+            )
+        except BaseException:
+            del self._jobs[key]
+            raise
+        self.feed(actions)
 
     def answered(self, answer: Answer) -> None:
         """The relay answered a send (an unmatched ``error`` is only logged)."""
-        future = self.pending.pop(str(answer.client_id), None)
-        if future is not None and not future.done():
-            future.set_result(answer.frame)
-        elif isinstance(answer.frame, ErrorFrame):
+        actions = self.sends.answer(answer.frame, now())
+        if not actions and isinstance(answer.frame, ErrorFrame):
             log.warning("relay error: %s %s", answer.frame.code, answer.frame.message)
+        self.feed(actions)
 
-    def fail_pending(self, error: RelayUnavailable) -> None:
-        """The connection is gone: every send awaiting an answer fails (and is retried)."""
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self.pending.clear()
+    def connection_up(self) -> None:
+        """A connection is established."""
+        self.feed(self.sends.connection_up(now()))
 
-    async def write(self, socket: RelaySocket, send: OutgoingSend) -> asyncio.Future[SendAnswer]:
-        """Write one ``send`` frame; the returned future resolves with the relay's answer."""
-        future: asyncio.Future[SendAnswer] = asyncio.get_running_loop().create_future()
-        self.pending[send.client_id] = future
-        try:
-            await socket.send(send_frame(send))
-        except SocketClosed as exc:
-            self.pending.pop(send.client_id, None)
-            raise RelayUnavailable(self.client.server_url, str(exc)) from None
-        return future
+    def connection_down(self, error: RelayUnavailable, *, reconnecting: bool) -> None:
+        """The connection is gone."""
+        self.feed(self.sends.connection_down(now(), error, reconnecting=reconnecting))
 
-    async def answer(self, send: OutgoingSend, future: asyncio.Future[SendAnswer]) -> SendAnswer:
-        """Wait for the relay's answer to ``send``."""
-        try:
-            return await asyncio.wait_for(future, ANSWER_TIMEOUT)
-        except TimeoutError:
-            raise RelayUnavailable(self.client.server_url, "no answer to a send") from None
-        finally:
-            if self.pending.get(send.client_id) is future:
-                del self.pending[send.client_id]
+    def close(self, error: RelayUnavailable) -> None:
+        """The client disconnects: every pending send ends now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.feed(self.sends.abandon(error))
 
-    async def transmit(self, send: OutgoingSend) -> SendAnswer:
-        """Write one prepared send and wait for its answer (no retries)."""
-        socket = await self.client.ensure_connected()
-        return await self.answer(send, await self.write(socket, send))
+    def _tick(self) -> None:
+        self._timer = None
+        self.feed(self.sends.tick(now()))
 
-    async def send_direct(
-        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
-    ) -> SendResult | None:
-        """Encrypt ``content`` pairwise for ``to`` and send it."""
-        users = {to} if isinstance(to, str) else set(to)
-        for user in users:
-            trust.require_trusted(self.client.store, user)
-        protocol = self.client.protocol
-        return await self.deliver(
-            users, lambda: [protocol.encode_direct(users, content, ephemeral=ephemeral)]
-        )
+    # --- actions out ------------------------------------------------------------------------
 
-    async def deliver(self, users: set[str], build: Build) -> SendResult | None:
-        """Build and transmit until accepted or the engine gives up."""
-        client, engine = self.client, self.client.engine
-        refresh = False
-        for attempt in range(engine.max_attempts):
-            try:
-                written = await self._build_and_write(users | {client.username}, refresh, build)
-            except RelayUnavailable as exc:
-                lost = engine.on_unavailable(exc, attempt, reconnects=client.reconnects)
-                if isinstance(lost, Fail):
-                    raise lost.error from None
-                await asyncio.sleep(lost.delay)
+    def feed(self, actions: list[Action]) -> None:
+        """Execute the engine's actions, then arm the timer for its next deadline."""
+        for action in actions:
+            job = self._jobs.get(action.key)
+            if job is None:
                 continue
-            result: SendResult | None = None
-            retry: Retry | None = None
-            for send, future in written:
-                outcome: SendOutcome
-                try:
-                    answer = await self.answer(send, future)
-                except RelayUnavailable as exc:
-                    outcome = engine.on_unavailable(exc, attempt, reconnects=True)
-                else:
-                    outcome = engine.on_answer(answer, users, attempt)
-                if isinstance(outcome, Accepted):
-                    if send.accepted is not None:
-                        with client.store.transaction():
-                            send.accepted()
-                    result = SendResult(send.client_id, outcome.ts, send.device_count)
-                    continue
-                if isinstance(outcome, Fail):
-                    raise outcome.error
-                retry = outcome
-                break
-            if retry is None:
-                return result
-            users = users | retry.refresh
-            for name in sorted(retry.refresh):
-                await peers.refresh_devices(client, name)
-            for user, device in retry.drop:
-                client.protocol.sessions.drop(user, device)
-            refresh = refresh or bool(retry.refresh)
-            await asyncio.sleep(retry.delay)
-        raise RelayUnavailable(client.server_url, "gave up sending")  # pragma: no cover
-
-    async def _build_and_write(self, users: set[str], refresh: bool, build: Build) -> Written:
-        request = _Request(users, refresh, build)
-        self._queue.append(request)
-        try:
-            async with self._lock:
-                if not request.done.done():
-                    batch, self._queue = self._queue, []
-                    await self._run_builds(batch)
-            return await request.done
-        except asyncio.CancelledError:
-            # Our send was cancelled (e.g. the client is closing): nobody will read its result.
-            if request.done.done() and not request.done.cancelled():
-                request.done.exception()
+            if isinstance(action, Transmit):
+                self.client.spawn(self._attempt(job, action))
+            elif isinstance(action, FrameAccepted):
+                send = job.frames.get(action.client_id)
+                if send is not None and send.accepted is not None:
+                    with self.client.store.transaction():
+                        send.accepted()
+            elif isinstance(action, Queued):
+                job.settle(action, None, False)
             else:
-                request.done.cancel()
-            raise
+                del self._jobs[action.key]
+                self._finished(job, action)
+        self._arm()
+
+    def _finished(self, job: _Job, finished: Finished) -> None:
+        outcome = finished.outcome
+        result: SendResult | None = None
+        if isinstance(outcome, Accepted) and job.last is not None and outcome.ts is not None:
+            result = SendResult(job.last.client_id, outcome.ts, job.last.device_count)
+        job.settle(outcome, result, finished.announce)
+
+    def _arm(self) -> None:
+        deadline = self.sends.deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, deadline - now()), self._tick)
+
+    async def _attempt(self, job: _Job, transmit: Transmit) -> None:
+        client = self.client
+        try:
+            for name in sorted(transmit.refresh):
+                await peers.refresh_devices(client, name)
+            for user, device in transmit.drop:
+                client.protocol.sessions.drop(user, device)
+            request = _Request(transmit.key, transmit, job.build)
+            self._queue.append(request)
+            try:
+                async with self._lock:
+                    if not request.done.done():
+                        batch, self._queue = self._queue, []
+                        await self._run_builds(batch)
+                await request.done
+            except asyncio.CancelledError:
+                if not request.done.done():
+                    request.done.cancel()
+                raise
+        except Exception as exc:
+            self.feed(self.sends.write_failed(transmit.key, transmit.attempt, exc, now()))
 
     async def _run_builds(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if not r.done.done()]  # drop cancelled sends
@@ -185,8 +206,9 @@ class SendPipeline:
             return
         client = self.client
         try:
-            every = set().union(*(r.users for r in batch))
-            await peers.ensure_sessions(client, every, refresh=any(r.refresh for r in batch))
+            every = set().union(*(r.transmit.users for r in batch))
+            force = any(r.transmit.force for r in batch)
+            await peers.ensure_sessions(client, every, refresh=force)
             socket = await client.ensure_connected()
             built: list[tuple[_Request, list[OutgoingSend]]] = []
             try:
@@ -198,26 +220,25 @@ class SendPipeline:
                     try:
                         built.append((r, r.build()))
                     except Exception as exc:
-                        if not r.done.done():
-                            r.done.set_exception(exc)
+                        r.done.set_exception(exc)
             # The advanced ratchets are on disk before a ciphertext leaves; the fsync runs
             # in a thread, so other clients' work and the receive side go on meanwhile.
             await asyncio.to_thread(client.store.flush)
             for r, sends in built:
-                written: Written = []
+                sends = [s for s in sends if s.payloads]
+                job = self._jobs.get(r.key)
+                if job is not None:
+                    job.frames = {s.client_id: s for s in sends}
+                    job.last = sends[-1] if sends else None
+                attempt = r.transmit.attempt
+                self.feed(self.sends.expect(r.key, attempt, [s.client_id for s in sends], now()))
                 try:
                     for send in sends:
-                        if send.payloads:
-                            written.append((send, await self.write(socket, send)))
-                except RelayUnavailable as exc:
-                    for send, pending in written:
-                        self.pending.pop(send.client_id, None)
-                        pending.cancel()
-                    if not r.done.done():
-                        r.done.set_exception(exc)
+                        await socket.send(send_frame(send))
+                except SocketClosed as exc:
+                    r.done.set_exception(RelayUnavailable(client.server_url, str(exc)))
                     continue
-                if not r.done.done():
-                    r.done.set_result(written)
+                r.done.set_result(None)
         except BaseException as exc:
             for r in batch:
                 if not r.done.done():
@@ -229,3 +250,37 @@ class SendPipeline:
                     r.done.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
+
+    # --- what callers use --------------------------------------------------------------------
+
+    async def deliver(
+        self, users: set[str], build: Build, *, key: str | None = None
+    ) -> SendResult | None:
+        """Build and send (not kept: a send the relay cannot take fails); returns once the
+        relay accepted every frame (``None`` if there was nothing to send). Sessions with every
+        device of ``users`` are set up first (name our own username for our other devices)."""
+        future: asyncio.Future[tuple[Settled, SendResult | None]]
+        future = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: Settled, result: SendResult | None, _: bool) -> None:
+            if not future.done():
+                future.set_result((outcome, result))
+
+        self.submit(key or f"send-{secrets.token_hex(8)}", users, build, settle)
+        outcome, result = await future
+        if isinstance(outcome, Fail | Queued):
+            raise outcome.error
+        return result
+
+    async def send_direct(
+        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
+    ) -> SendResult | None:
+        """Encrypt ``content`` pairwise for ``to`` and send it."""
+        users = {to} if isinstance(to, str) else set(to)
+        for user in users:
+            trust.require_trusted(self.client.store, user)
+        protocol = self.client.protocol
+        return await self.deliver(
+            users | {self.client.username},
+            lambda: [protocol.encode_direct(users, content, ephemeral=ephemeral)],
+        )

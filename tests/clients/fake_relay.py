@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from clients.sdk import identity as ids
 from clients.sdk import trust
 from clients.sdk.content import TextContent
-from clients.sdk.engine import (
-    Accepted,
-    Answer,
-    ClientEngine,
-    Fail,
-    Process,
-    SendOutcome,
-    ack_frames,
-    send_frame,
-)
+from clients.sdk.engine import Answer, ClientEngine, Process, ack_frames, send_frame
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.models import Event
 from clients.sdk.peers import device_bundle
-from clients.sdk.protocol import ClientProtocol, Envelope, NeedDeviceList
+from clients.sdk.protocol import ClientProtocol, Envelope, NeedDeviceList, OutgoingSend
+from clients.sdk.sendqueue import Accepted, Action, Fail, Finished, Queued, Transmit
 from clients.store.memory import MemoryStore
 from crypto.device_list import DeviceList
 from crypto.keys import AccountKey
@@ -64,12 +57,19 @@ class FakeRelay:
     #: How many of the next accepted sends have their answer lost (stored, not answered).
     lose_answers: int = 0
     stored: int = 0
+    #: Every stored send as (sender, client id), in the order the relay accepted them.
+    log: list[tuple[Address, str]] = field(default_factory=list)
+    #: How many of the next frames are lost on the way (neither stored nor answered).
+    blackhole: int = 0
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     now_ms: int = 1_700_000_000_000
 
     def handle(self, sender: Address, frame: SendFrame) -> ServerFrame | None:
         """A ``send`` from ``sender``; returns the answer (``None``: lost on the way)."""
         key = (sender, frame.id)
+        if self.blackhole:
+            self.blackhole -= 1
+            return None
         if key in self.answers:  # a repeated id is answered again, never stored twice
             return self.answers[key]
         if self.refuse:
@@ -104,6 +104,7 @@ class FakeRelay:
                     )
                 )
         self.stored += 1
+        self.log.append(key)
         answer = AcceptedFrame(id=frame.id, envelope=envelope, ts=self.now_ms)
         self.answers[key] = answer
         if self.lose_answers:
@@ -128,6 +129,11 @@ class Device:
     clock: float = 0.0
     slept: list[float] = field(default_factory=list)
     served: int = 0  # one-time keys handed out so far (each bundle fetch takes the next)
+    online: bool = True
+    builds: dict[str, Callable[[], list[OutgoingSend]]] = field(default_factory=dict)
+    answers: list[ServerFrame] = field(default_factory=list)  # on the link, not yet read
+    written: list[str] = field(default_factory=list)  # client ids, in write order
+    settled: dict[str, list[Finished | Queued]] = field(default_factory=dict)
 
     @classmethod
     def register(cls, relay: FakeRelay, username: str, account: AccountKey | None = None,
@@ -138,6 +144,7 @@ class Device:
         upload = PrekeyUpload.model_validate(ids.registration_prekeys(store, me, batch=3))
         store.save_profile(me.to_profile("http://relay.invalid"))
         device = cls(relay, ClientProtocol(store, me), ClientEngine(username), upload)
+        device.engine.sends.connection_up(0.0)
         relay.devices.setdefault(username, {})[device_id] = device
         entries = tuple(
             sorted((d.proto.identity.entry() for d in relay.devices[username].values()),
@@ -182,12 +189,11 @@ class Device:
         )
         self.engine.list_checked(username, self.clock)
 
-    def ensure_sessions(self, users: set[str]) -> None:
+    def ensure_sessions(self, users: set[str], *, force: bool = False) -> None:
         """Device lists when due, bundles for devices without a session."""
         for user in sorted(users):
-            if self.engine.list_due(
-                user, self.clock, known=self.proto.device_list(user) is not None
-            ):
+            known = self.proto.device_list(user) is not None
+            if self.engine.list_due(user, self.clock, known=known, refresh=force):
                 self.refresh(user)
         for user, device_ids in self.proto.missing_sessions(sorted(users)).items():
             for device_id in device_ids:
@@ -196,35 +202,95 @@ class Device:
                 assert parsed is not None
                 self.proto.accept_bundle(user, self.relay.account_keys[user], parsed)
 
-    # --- the send loop of clients/sdk/pipeline.py, synchronously ------------------------
+    # --- the shell's send half (clients/sdk/pipeline.py), synchronously -------------------
 
-    def send_text(self, to: str, text: str) -> SendOutcome:
-        """Encrypt and send until the engine says accepted or fail; retries resend the same
-        client id; waiting advances the fake clock."""
+    def connect(self) -> None:
+        """The connection is up (the engine resumes queued sends)."""
+        self.online = True
+        self.feed(self.engine.sends.connection_up(self.clock))
+
+    def drop(self) -> None:
+        """The connection drops: answers on their way are lost, the shell reconnects later."""
+        self.online = False
+        self.answers.clear()
+        lost = RelayUnavailable("fake", "connection dropped")
+        self.feed(self.engine.sends.connection_down(self.clock, lost, reconnecting=True))
+
+    def submit(self, to: str, text: str, *, lane: str | None = None, durable: bool = False,
+               key: str | None = None) -> str:  # fmt: skip
+        """Hand a text for ``to`` to the engine (not run yet: see :meth:`run`); returns its key."""
         content = TextContent(text=text, sent_at_ms=1)
-        users = {to}
-        for attempt in range(self.engine.max_attempts):
-            self.ensure_sessions(users | {self.proto.username})
-            built = self.proto.encode_direct(to, content)  # re-encrypted, same client id
-            answer = self.relay.handle(self.address, send_frame(built))
-            if answer is None:  # the connection dropped before the answer
-                outcome: SendOutcome = self.engine.on_unavailable(
-                    RelayUnavailable("fake", "lost"), attempt, reconnects=True
-                )
-            else:
-                routed = self.engine.route(answer, receiving=True)
-                assert isinstance(routed, Answer) and routed.client_id == built.client_id
-                outcome = self.engine.on_answer(routed.frame, users, attempt)
-            if isinstance(outcome, Accepted | Fail):
-                return outcome
-            for user in sorted(outcome.refresh):
-                self.refresh(user)
-            for user, device in outcome.drop:
-                self.proto.sessions.drop(user, device)
-            users |= outcome.refresh
-            self.slept.append(outcome.delay)
-            self.clock += outcome.delay
-        raise AssertionError("the engine neither accepted nor failed")  # pragma: no cover
+        key = key or content.id_hex
+        self.builds[key] = lambda: [self.proto.encode_direct(to, content)]
+        self.feed(
+            self.engine.sends.submit(
+                key, {to, self.proto.username}, self.clock, lane=lane, durable=durable
+            )
+        )
+        return key
+
+    def feed(self, actions: list[Action]) -> None:
+        """Execute the engine's actions (a :class:`Transmit` writes to the relay at once;
+        answers wait on the link until :meth:`step`)."""
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._transmit(action)
+            elif isinstance(action, Finished | Queued):
+                self.settled.setdefault(action.key, []).append(action)
+
+    def _transmit(self, t: Transmit) -> None:
+        for user in sorted(t.refresh):
+            self.refresh(user)
+        for user, device in t.drop:
+            self.proto.sessions.drop(user, device)
+        if not self.online:  # a process that never connected: the connect fails
+            down = RelayUnavailable("fake", "refused")
+            self.feed(self.engine.sends.write_failed(t.key, t.attempt, down, self.clock))
+            return
+        self.ensure_sessions(set(t.users), force=t.force)
+        sends = [s for s in self.builds[t.key]() if s.payloads]  # re-encrypted, same client id
+        self.feed(self.engine.sends.expect(t.key, t.attempt, [s.client_id for s in sends],
+                                           self.clock))  # fmt: skip
+        for send in sends:
+            self.written.append(send.client_id)
+            answer = self.relay.handle(self.address, send_frame(send))
+            if answer is not None:
+                self.answers.append(answer)
+
+    def step(self) -> bool:
+        """Deliver the next answer on the link, or else let time run to the engine's next
+        deadline; ``False`` when nothing is left to do."""
+        if self.answers:
+            routed = self.engine.route(self.answers.pop(0), receiving=True)
+            assert isinstance(routed, Answer)
+            self.feed(self.engine.sends.answer(routed.frame, self.clock))
+            return True
+        deadline = self.engine.sends.deadline()
+        if deadline is None:
+            return False
+        if deadline > self.clock:
+            self.slept.append(round(deadline - self.clock, 6))
+            self.clock = deadline
+        self.feed(self.engine.sends.tick(self.clock))
+        return True
+
+    def run(self, *, limit: int = 1000) -> None:
+        """Step until nothing is left to do (or ``limit`` steps)."""
+        for _ in range(limit):
+            if not self.step():
+                return
+
+    def outcome(self, key: str) -> Finished | Queued:
+        """The last settlement of send ``key``."""
+        return self.settled[key][-1]
+
+    def send_text(self, to: str, text: str) -> Accepted | Fail:
+        """Send one text and run until the engine has decided; waiting advances the clock."""
+        key = self.submit(to, text)
+        self.run()
+        outcome = self.outcome(key)
+        assert isinstance(outcome, Finished)
+        return outcome.outcome
 
     def receive(self) -> list[Event]:
         """Process everything queued for this device (as the processor task does) and ack."""

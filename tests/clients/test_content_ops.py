@@ -16,9 +16,10 @@ from clients.sdk.content import (
     TextContent,
     TimerContent,
 )
-from clients.sdk.engine import Accepted, Answer, send_frame
+from clients.sdk.engine import Answer, send_frame
 from clients.sdk.models import Event, Message, MessageUpdate
 from clients.sdk.protocol import message_from_stored
+from clients.sdk.sendqueue import Accepted, classify
 from tests.clients.fake_relay import Device, FakeRelay
 
 MID = bytes.fromhex("0102030405060708090a0b0c0d0e0f10")
@@ -35,7 +36,7 @@ def send(device: Device, to: str, content: Content) -> None:
     assert answer is not None
     routed = device.engine.route(answer, receiving=True)
     assert isinstance(routed, Answer)
-    assert isinstance(device.engine.on_answer(routed.frame, {to}, 0), Accepted)
+    assert isinstance(classify(routed.frame, {to}, 0), Accepted)
     if isinstance(content, EditContent | DeleteContent | ReactionContent | TimerContent):
         # what clients.sdk.message_ops does once the relay accepted an operation
         message_rules.apply(device.proto.store, to, device.proto.identity.address, content, 0.0)

@@ -7,27 +7,35 @@ each takes milliseconds. A few of the same paths also run through a real relay i
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from clients.sdk.content import PayloadKind, ReceiptKind, RelayPayload
 from clients.sdk.engine import (
-    Accepted,
     Answer,
     Backoff,
     ClientEngine,
-    Fail,
     LinkOffer,
     Process,
     Replenish,
-    Retry,
     ack_frames,
     replenish_count,
 )
 from clients.sdk.errors import RelayRejected, RelayUnavailable, UnknownUser
 from clients.sdk.models import Message
 from clients.sdk.protocol import Envelope, SendReceipt
+from clients.sdk.sendqueue import (
+    Accepted,
+    Fail,
+    Finished,
+    Queued,
+    Retry,
+    SendQueue,
+    Transmit,
+    classify,
+)
 from tests.clients.fake_relay import Device, FakeRelay
 from wire.codes import ErrorCode
 from wire.encoding import b64
@@ -83,7 +91,7 @@ def test_retries_give_up_after_the_engines_attempts() -> None:
     relay.refuse = ["busy"] * 10
     outcome = alice.send_text("bob", "x")
     assert isinstance(outcome, Fail) and isinstance(outcome.error, RelayRejected)
-    assert len(alice.slept) == alice.engine.max_attempts - 1
+    assert len(alice.slept) == alice.engine.sends.max_attempts - 1
     assert relay.stored == 0
 
 
@@ -91,8 +99,145 @@ def test_a_lost_answer_is_resent_with_the_same_id_and_not_stored_twice() -> None
     relay, alice, bob = two()
     relay.lose_answers = 1
     assert isinstance(alice.send_text("bob", "exactly once"), Accepted)
-    assert relay.stored == 1
+    assert alice.slept == [alice.engine.sends.answer_timeout, 0.2]  # unanswered, then backoff
+    assert relay.stored == 1 and len(alice.written) == 2
     assert texts(bob) == ["exactly once"]
+
+
+def test_a_send_written_into_a_dropped_connection_is_resent_after_reconnecting() -> None:
+    relay, alice, bob = two()
+    relay.blackhole = 1  # the frame dies with the connection
+    key = alice.submit("bob", "lost on the way")
+    alice.drop()
+    assert key not in alice.settled  # held for a while: the shell is reconnecting
+    assert alice.engine.sends.deadline() == alice.engine.sends.offline_patience
+    alice.connect()
+    alice.run()
+    assert isinstance(alice.outcome(key), Finished) and relay.stored == 1
+    assert texts(bob) == ["lost on the way"]
+
+
+def test_a_send_waits_for_the_connection_then_fails_or_is_queued_if_durable() -> None:
+    relay, alice, _ = two()
+    alice.drop()
+    plain = alice.submit("bob", "plain")
+    kept = alice.submit("bob", "kept", lane="bob", durable=True)
+    alice.run()
+    patience = alice.engine.sends.offline_patience
+    assert alice.clock == patience and relay.stored == 0
+    failed = alice.outcome(plain)
+    assert isinstance(failed, Finished) and isinstance(failed.outcome, Fail)
+    assert isinstance(failed.outcome.error, RelayUnavailable) and not failed.outcome.written
+    assert isinstance(alice.outcome(kept), Queued)
+    assert alice.engine.sends.queued() == [kept]
+    alice.connect()  # a durable send resumes on the next connection
+    alice.run()
+    assert isinstance(alice.outcome(kept), Finished) and relay.stored == 1
+    announced = alice.outcome(kept)
+    assert isinstance(announced, Finished) and announced.announce  # it had been reported queued
+
+
+# --- per-conversation order (lanes) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("lane", [None, "bob"], ids=["no-lane", "lane"])
+def test_a_refused_first_message_is_never_overtaken_by_the_next_in_its_lane(
+    lane: str | None,
+) -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.refuse = ["busy"]
+    alice.submit("bob", "first", lane=lane, durable=True)
+    alice.submit("bob", "second", lane=lane, durable=True)
+    alice.run()
+    received = texts(bob)
+    if lane is None:  # what a window without lanes does: the second overtakes the first
+        assert received == ["warm-up", "second", "first"]
+    else:
+        assert received == ["warm-up", "first", "second"]
+        assert alice.written.count(alice.written[-1]) == 1  # second written once, after first
+
+
+def test_a_connection_drop_never_lets_a_later_message_overtake_a_lost_one() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.blackhole = 1
+    first = alice.submit("bob", "first", lane="bob", durable=True)
+    alice.drop()  # "first" was written into the dying connection
+    alice.connect()  # back at once, before first's retry is due
+    second = alice.submit("bob", "second", lane="bob", durable=True)
+    assert alice.engine.sends.lane("bob") == [first, second]
+    alice.run()
+    assert texts(bob) == ["warm-up", "first", "second"]
+
+
+def test_a_queued_head_holds_its_conversation_and_everything_resumes_in_order() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.refuse = ["busy"] * alice.engine.sends.max_attempts
+    alice.engine.sends.requeue_after = math.inf  # resumed only by a connection
+    keys = [alice.submit("bob", t, lane="bob", durable=True) for t in ("one", "two", "three")]
+    alice.run()
+    assert [type(alice.outcome(k)) for k in keys] == [Queued, Queued, Queued]
+    other = alice.submit("bob", "another conversation", lane="group:x", durable=True)
+    alice.run()
+    assert isinstance(alice.outcome(other), Finished)  # other lanes are not held
+    assert texts(bob) == ["warm-up", "another conversation"]
+    alice.drop()
+    alice.connect()
+    alice.run()
+    assert texts(bob) == ["one", "two", "three"]
+    assert all(isinstance(alice.outcome(k), Finished) for k in keys)
+
+
+def test_a_queued_conversation_is_retried_later_while_connected() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.refuse = ["busy"] * alice.engine.sends.max_attempts
+    keys = [alice.submit("bob", t, lane="bob", durable=True) for t in ("one", "two")]
+    alice.run()
+    assert [type(alice.settled[k][0]) for k in keys] == [Queued, Queued]
+    assert alice.clock >= alice.engine.sends.requeue_after
+    assert texts(bob) == ["warm-up", "one", "two"]
+
+
+def test_a_new_message_resumes_its_queued_conversation_behind_the_queued_ones() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.refuse = ["busy"] * alice.engine.sends.max_attempts
+    alice.engine.sends.requeue_after = math.inf
+    queued = alice.submit("bob", "queued", lane="bob", durable=True)
+    alice.run()
+    assert isinstance(alice.outcome(queued), Queued)
+    alice.submit("bob", "new", lane="bob", durable=True)
+    alice.run()
+    assert texts(bob) == ["warm-up", "queued", "new"]
+
+
+def test_a_message_refused_for_good_releases_its_lane() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    relay.refuse = ["queue_full"]
+    bad = alice.submit("bob", "refused", lane="bob", durable=True)
+    alice.submit("bob", "next", lane="bob", durable=True)
+    alice.run()
+    failed = alice.outcome(bad)
+    assert isinstance(failed, Finished) and isinstance(failed.outcome, Fail)
+    assert texts(bob) == ["warm-up", "next"]
+
+
+def test_stale_reports_and_unknown_answers_change_nothing() -> None:
+    queue = SendQueue()
+    queue.connection_up(0.0)
+    (transmit,) = queue.submit("k", {"bob"}, 0.0)
+    assert isinstance(transmit, Transmit) and transmit.attempt == 0
+    assert queue.expect("k", 0, ["c1"], 0.0) == []
+    assert queue.answer(AcceptedFrame(id="nobody", envelope="e", ts=1), 0.0) == []
+    down = RelayUnavailable("x", "gone")
+    assert queue.connection_down(1.0, down, reconnecting=True) == []  # held, not failed
+    assert queue.write_failed("k", 0, down, 1.0) == []  # attempt 0 is over already
+    assert queue.answer(AcceptedFrame(id="c1", envelope="e", ts=1), 1.0) == []  # forgotten
+    assert len(queue) == 1
 
 
 def test_a_mismatch_refreshes_the_device_list_and_reaches_a_new_device() -> None:
@@ -107,14 +252,11 @@ def test_a_mismatch_refreshes_the_device_list_and_reaches_a_new_device() -> None
 
 
 def test_the_engine_decides_on_typed_answers() -> None:
-    engine = ClientEngine("alice")
-    assert engine.on_answer(AcceptedFrame(id="m", envelope="e", ts=7), {"bob"}, 0) == Accepted(7)
-    unknown = engine.on_answer(
-        ErrorFrame(id="m", code=ErrorCode.UNKNOWN_USER, users=["zed"]), {"bob"}, 0
-    )
+    assert classify(AcceptedFrame(id="m", envelope="e", ts=7), {"bob"}, 0) == Accepted(7)
+    unknown = classify(ErrorFrame(id="m", code=ErrorCode.UNKNOWN_USER, users=["zed"]), {"bob"}, 0)
     assert isinstance(unknown, Fail) and isinstance(unknown.error, UnknownUser)
     assert "zed" in str(unknown.error)
-    mismatch = engine.on_answer(
+    mismatch = classify(
         MismatchFrame.model_validate(
             {
                 "id": "m",
@@ -128,17 +270,28 @@ def test_the_engine_decides_on_typed_answers() -> None:
     assert isinstance(mismatch, Retry)
     assert mismatch.refresh == {"bob", "carl"} and mismatch.drop == (("carl", 2),)
     assert mismatch.delay == 0
-    newer = engine.on_answer(ErrorFrame(id="m", code="a_code_from_the_future"), {"bob"}, 0)
+    newer = classify(ErrorFrame(id="m", code="a_code_from_the_future"), {"bob"}, 0)
     assert isinstance(newer, Fail) and isinstance(newer.error, RelayRejected)
 
 
 def test_a_one_shot_send_fails_at_once_when_the_relay_is_down_a_connected_one_retries() -> None:
-    engine = ClientEngine("alice")
     down = RelayUnavailable("http://x", "refused")
-    assert engine.on_unavailable(down, 0, reconnects=False) == Fail(down)
-    retry = engine.on_unavailable(down, 0, reconnects=True)
-    assert isinstance(retry, Retry) and retry.delay == 0.2
-    assert isinstance(engine.on_unavailable(down, engine.max_attempts - 1, reconnects=True), Fail)
+    one_shot = SendQueue()  # never connected: no reader re-establishes anything
+    (transmit,) = one_shot.submit("k", {"bob"}, 0.0)
+    assert isinstance(transmit, Transmit)
+    (failed,) = one_shot.write_failed("k", 0, down, 0.0)
+    assert failed == Finished("k", Fail(down, written=False))
+    kept = SendQueue()
+    kept.submit("k", {"bob"}, 0.0, lane="bob", durable=True)
+    assert kept.write_failed("k", 0, down, 0.0) == [Queued("k", down)]
+    connected = SendQueue()
+    connected.connection_up(0.0)
+    connected.submit("k", {"bob"}, 0.0)
+    connected.expect("k", 0, ["k"], 0.0)
+    assert connected.write_failed("k", 0, down, 0.0) == []  # retried after the backoff
+    assert connected.deadline() == 0.2
+    (again,) = connected.tick(0.2)
+    assert isinstance(again, Transmit) and again.attempt == 1
 
 
 def test_frames_are_routed_by_type() -> None:

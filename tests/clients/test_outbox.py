@@ -5,11 +5,13 @@ conversation."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from clients.sdk import DeliveryState, MessageQueued, MessageSent, VoxClient
+from clients.sdk import DeliveryState, Message, MessageQueued, MessageSent, VoxClient
+from clients.sdk.models import MessageUpdate
 from tests.clients.kit import RelayProcess, texts, vox, wait_for
 
 EXIT_QUEUED = 75
@@ -28,20 +30,29 @@ async def test_sends_while_the_relay_is_down_are_queued_and_delivered_once_in_or
         for home, name in ((a, "alice"), (b, "bob")):
             code, _, err = await vox(home, "register", name, "--server", relay.base_url)
             assert code == 0, err
-        code, _, err = await vox(a, "send", "bob", "zero")
+        code, out, err = await vox(a, "send", "bob", "zero")
         assert code == 0, err
+        zero = out.strip()
         relay.stop()
 
         ids = []
-        for text in ("one", "two"):
-            code, out, err = await vox(a, "send", "bob", text)
-            assert code == EXIT_QUEUED, err
+        for args in (
+            ("send", "bob", "one"),
+            ("edit", "bob", zero, "zero, edited"),  # edits, reactions, deletes and timer
+            ("react", "bob", zero, "👍"),  # changes queue like texts, in the same order
+            ("send", "bob", "two"),
+            ("disappear", "bob", "off"),
+        ):
+            code, out, err = await vox(a, *args)
+            assert code == EXIT_QUEUED, (args, err)
             assert "queued, not yet accepted" in err and "Traceback" not in err
             ids.append(out.strip())
             assert len(ids[-1]) == 32  # the id, as on success
+        code, out, err = await vox(a, "delete", "bob", ids[0])  # "one", itself still queued
+        assert code == EXIT_QUEUED, err
         code, out, err = await vox(a, "status")
         assert code == 0, err
-        assert "queued: 2" in out and ids[0] in out and ids[1] in out
+        assert ids[3] in out  # the queued text "two" is listed
 
         await relay.start()
         code, out, err = await vox(a, "send", "bob", "three")  # goes out after one and two
@@ -53,14 +64,70 @@ async def test_sends_while_the_relay_is_down_are_queued_and_delivered_once_in_or
         try:
             events = await bob.receive(wait=1.0)
             assert texts(events, "alice") == ["zero", "one", "two", "three"]
+            arrived = [
+                e.text if isinstance(e, Message) else e.kind
+                for e in events
+                if isinstance(e, Message | MessageUpdate)
+            ]
+            assert arrived == ["zero", "one", "edit", "reaction", "two", "timer", "delete", "three"]
             assert texts(await bob.receive(wait=0.5), "alice") == []  # nothing twice
+            shown = [m.text for m in bob.history("alice")]
+            assert shown[0] == "zero, edited" and "one" not in shown
         finally:
             await bob.close()
         alice = await VoxClient.open(a)
         try:
-            assert [m.state for m in alice.history("bob")] == [DeliveryState.SENT] * 4
+            states = [m.state for m in alice.history("bob")]
+            assert states == [DeliveryState.SENT] * len(states) and alice.queued() == []
         finally:
             await alice.close()
+    finally:
+        relay.stop()
+
+
+async def test_a_conversation_keeps_its_order_across_relay_and_client_restarts(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+        await bob.close()
+        await alice.connect()
+        await alice.send_text("bob", "zero")
+        # As after a quiet minute, every send refetches bob's device list first.
+        alice.engine.device_list_ttl = 0
+        alice.engine.sends.offline_patience = 300  # a loaded machine restarts relays slowly
+        relay.stop()
+        # Sent while the connection is down: held until the client has reconnected ...
+        first = asyncio.create_task(alice.send_text("bob", "one"))
+        await asyncio.sleep(0.3)
+        await relay.start()
+        await wait_for(lambda: alice.connected, within=60)
+        # ... and a message written right after the reconnection never overtakes it.
+        await alice.send_text("bob", "two")
+        await first
+        # Queued while the relay is down, then the client process ends: a new process sends
+        # them in the order they were written, before a newer message.
+        relay.stop()
+        alice.engine.sends.offline_patience = 0.5
+        down = await asyncio.gather(
+            alice.send_text("bob", "three"), alice.send_text("bob", "four"), return_exceptions=True
+        )
+        assert [type(r) for r in down] == [MessageQueued, MessageQueued]
+        await alice.close()
+        await relay.start()
+        alice = await VoxClient.open(tmp_path / "a")
+        await alice.send_text("bob", "five")
+        assert alice.queued() == []
+        await alice.close()
+        bob = await VoxClient.open(tmp_path / "b")
+        try:
+            got = texts(await bob.receive(wait=1.0), "alice")
+            assert got == ["zero", "one", "two", "three", "four", "five"]
+        finally:
+            await bob.close()
     finally:
         relay.stop()
 

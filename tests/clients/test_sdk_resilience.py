@@ -140,6 +140,7 @@ async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message
     make_client: Factory, relay: Relay, tmp_path: Path
 ) -> None:
     from clients.sdk.content import TextContent
+    from clients.sdk.engine import send_frame
     from clients.store.models import OutboxEntry
 
     alice, bob = await make_client("alice"), await make_client("bob")
@@ -151,12 +152,13 @@ async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message
         alice.protocol.record_outgoing("bob", content)
         alice.store.outbox_put(OutboxEntry(content.id_hex, "bob", content.to_bytes(), 0.0))
         send = alice.protocol.encode_direct("bob", content)
+    alice.outbox.load()  # as a process that wrote it and died would find it
     assert alice._socket is not None
-    await alice.pipeline.write(alice._socket, send)
+    await alice._socket.send(send_frame(send))
     await wait_for_value(lambda: queued(relay, "bob"), 2)  # the relay stored it ...
     old = alice._socket
-    old._ws.transport.abort()  # ... but the answer never reaches alice
-    # The client reconnects by itself; the outbox resends with the same client id.
+    old._ws.transport.abort()  # ... but the answer does not count
+    # The client reconnects by itself; the engine resends with the same client id.
     await wait_for(lambda: alice._socket is not None and alice._socket is not old)
     await wait_for(lambda: alice.store.outbox_pending() == [])
     assert await queued(relay, "bob") == 2  # nothing stored twice

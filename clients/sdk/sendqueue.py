@@ -1,0 +1,483 @@
+"""Pending sends and their retries: the client engine's send state machine, sans-I/O.
+
+The shell (:mod:`clients.sdk.pipeline`) feeds :class:`SendQueue` events — a send submitted,
+its frames written (or the write failed), an answer from the relay, the connection up or
+down, a timer tick — each with the current (monotonic) time, and executes the actions it
+returns: :class:`Transmit` (build, encrypt and write a send's frames), :class:`FrameAccepted`
+(record what only an accepted frame may record), :class:`Finished` (accepted or failed for
+good) and :class:`Queued` (a durable send the relay cannot take now: kept, resumed on the next
+connection). :meth:`SendQueue.deadline` says when to call :meth:`SendQueue.tick` next.
+
+Rules:
+
+* a refused send is retried with the **same client id**, so the relay never stores it twice:
+  ``mismatch`` at once, after refreshing the named users' device lists and dropping the stale
+  sessions; ``busy``/``internal``/``rate_limited``/``shutting_down`` and a lost connection after
+  :func:`backoff`; anything else fails at once (:func:`classify`);
+* a send written on a connection that is gone, or unanswered for :attr:`SendQueue.answer_timeout`
+  seconds, counts as a lost connection;
+* while the connection is down and being re-established, a send waits (at most
+  :attr:`SendQueue.offline_patience` seconds); a process that never connected fails its first
+  attempt at once;
+* after :attr:`SendQueue.max_attempts` attempts a *durable* send (an outbox message) is
+  :class:`Queued`, not failed: it stays here and is resumed on the next connection, after
+  :attr:`SendQueue.requeue_after` seconds while connected, or when a new send joins its lane;
+* **lanes** (a conversation): at most :attr:`SendQueue.lane_window` (default 1) sends of a
+  lane are on their way at a time, in submission order, and none while an earlier one waits
+  for a retry; while the head of a lane is queued, every later send of the lane is queued
+  behind it. So two messages of one conversation can never reach the relay out of order —
+  not after a refused send, a dropped connection or a restart (the outbox reloads its
+  messages in the order they were written).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from clients.sdk.errors import ClientError, RelayRejected, RelayUnavailable, UnknownUser
+from wire.codes import RETRYABLE_SEND_ERRORS, ErrorCode
+from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
+
+__all__ = [
+    "Accepted",
+    "Action",
+    "Fail",
+    "Finished",
+    "FrameAccepted",
+    "Queued",
+    "Retry",
+    "SendAnswer",
+    "SendOutcome",
+    "SendQueue",
+    "Transmit",
+    "backoff",
+    "classify",
+    "is_transient",
+]
+
+SendAnswer = AcceptedFrame | MismatchFrame | ErrorFrame
+Address = tuple[str, int]
+
+
+# --- the decision on one answer ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The relay stored the send (``ts``: its acceptance time, Unix ms; ``None`` when there
+    was nothing to send)."""
+
+    ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send again (same client id) after ``delay`` seconds, first refreshing ``refresh``'s
+    device lists and dropping the sessions with ``drop``; ``error`` is the failure reported
+    if no attempt is left."""
+
+    delay: float
+    error: ClientError
+    refresh: frozenset[str] = frozenset()
+    drop: tuple[Address, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Give up: ``error``. ``written``: whether any frame of the send was ever written (a send
+    that never left may be forgotten without a trace)."""
+
+    error: Exception
+    written: bool = True
+
+
+SendOutcome = Accepted | Retry | Fail
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (0.2 s doubling, at most 2 s)."""
+    return float(min(0.2 * 2**attempt, 2.0))
+
+
+def classify(answer: SendAnswer, users: Iterable[str], attempt: int) -> Accepted | Retry | Fail:
+    """What an answer means (``users``: who the send was addressed to)."""
+    if isinstance(answer, AcceptedFrame):
+        return Accepted(answer.ts)
+    if isinstance(answer, MismatchFrame):
+        changed = frozenset(d.user for d in (*answer.missing, *answer.stale))
+        drop = tuple((d.user, d.device) for d in answer.stale)
+        error = RelayRejected(409, "mismatch", "device lists kept changing")
+        return Retry(0.0, error, changed, drop)
+    code = answer.code
+    if code == ErrorCode.UNKNOWN_USER:
+        bad = answer.users or sorted(users)
+        return Fail(UnknownUser(str(bad[0])))
+    if code in RETRYABLE_SEND_ERRORS:
+        return Retry(backoff(attempt), RelayRejected(429, code, answer.message))
+    return Fail(RelayRejected(400, code, answer.message))
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether the relay may take the send later (unreachable, or busy after every retry)."""
+    return isinstance(error, RelayUnavailable) or (
+        isinstance(error, RelayRejected) and error.code in RETRYABLE_SEND_ERRORS
+    )
+
+
+# --- actions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Build (encrypt) send ``key`` for ``users`` and write its frames: first refetch the
+    device lists of ``refresh`` (and every due list if ``force``) and drop the ``drop``
+    sessions; then report :meth:`SendQueue.expect` before writing and
+    :meth:`SendQueue.write_failed` if building or writing fails."""
+
+    key: str
+    attempt: int
+    users: frozenset[str]
+    refresh: frozenset[str] = frozenset()
+    drop: tuple[Address, ...] = ()
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAccepted:
+    """The relay accepted frame ``client_id`` of send ``key``."""
+
+    key: str
+    client_id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Send ``key`` is done: accepted or failed for good. ``announce``: it had been reported
+    queued, so whoever waited was told so and must now hear that it went out."""
+
+    key: str
+    outcome: Accepted | Fail
+    announce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Durable send ``key`` cannot go out now (``error``); it is kept and resumed later."""
+
+    key: str
+    error: Exception
+
+
+Action = Transmit | FrameAccepted | Finished | Queued
+
+
+# --- the state machine ----------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    READY = "ready"  # to transmit when due (and first in its lane, and connected)
+    SENDING = "sending"  # Transmit emitted: the shell builds and writes
+    IN_FLIGHT = "in flight"  # frames written: awaiting their answers
+    QUEUED = "queued"  # durable, held until resumed
+
+
+@dataclass(slots=True)
+class _Send:
+    key: str
+    order: int
+    users: frozenset[str]
+    lane: str | None
+    durable: bool
+    state: _State = _State.READY
+    attempt: int = 0
+    due: float = 0.0
+    held_since: float | None = None  # waiting for a connection since
+    refresh: frozenset[str] = frozenset()
+    drop: tuple[Address, ...] = ()
+    force: bool = False
+    awaiting: list[str] = field(default_factory=list)
+    answer_by: float = math.inf
+    written: bool = False
+    reported: bool = False  # a Queued action was emitted
+    last_ts: int | None = None
+
+
+class SendQueue:
+    """Every send of one client that the relay has not answered for good, with its retries."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 5,
+        answer_timeout: float = 30.0,
+        offline_patience: float = 10.0,
+        requeue_after: float = 30.0,
+        lane_window: int = 1,
+    ) -> None:
+        self.max_attempts = max_attempts
+        #: Sends of one lane on their way at once. 1 guarantees the order; more pipelines a
+        #: lane (and stops it at the first send that is not accepted), which keeps the order
+        #: only while the relay never refuses a send (``busy``, ``internal``) and then accepts
+        #: the next one.
+        self.lane_window = lane_window
+        self.answer_timeout = answer_timeout
+        self.offline_patience = offline_patience
+        self.requeue_after = requeue_after
+        self.online = False
+        self.reconnecting = False  # a reader re-establishes a lost connection by itself
+        self._sends: dict[str, _Send] = {}
+        self._by_frame: dict[str, str] = {}  # frame client id -> send key
+        self._order = itertools.count()
+
+    # --- inspection ------------------------------------------------------------------------
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sends
+
+    def __len__(self) -> int:
+        return len(self._sends)
+
+    def lane(self, lane: str) -> list[str]:
+        """The keys of ``lane``'s pending sends, in order."""
+        return [s.key for s in self._ordered() if s.lane == lane]
+
+    def queued(self) -> list[str]:
+        """Keys of the sends that are queued (held until resumed), in order."""
+        return [s.key for s in self._ordered() if s.state is _State.QUEUED]
+
+    def deadline(self) -> float | None:
+        """When :meth:`tick` must be called next (``None``: nothing is timed)."""
+        times: list[float] = []
+        for send in self._sends.values():
+            if send.state is _State.IN_FLIGHT:
+                times.append(send.answer_by)
+            elif send.state is _State.QUEUED:
+                if self.online and send.due < math.inf:
+                    times.append(send.due)
+            elif send.state is _State.READY and self._may_go(send):
+                if send.held_since is not None:
+                    times.append(send.held_since + self.offline_patience)
+                else:
+                    times.append(send.due)
+        return min(times) if times else None
+
+    # --- events in -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        key: str,
+        users: Iterable[str],
+        now: float,
+        *,
+        lane: str | None = None,
+        durable: bool = False,
+        queued: bool = False,
+    ) -> list[Action]:
+        """A new send. ``lane`` orders it behind the lane's earlier sends; ``durable`` keeps it
+        (queued) when the relay cannot take it; ``queued`` adds it held (an outbox message
+        reloaded after a restart), to go out when resumed. A new send resumes its lane."""
+        if key in self._sends:
+            raise ValueError(f"send {key} is already pending")
+        send = _Send(key, next(self._order), frozenset(users), lane, durable or queued, due=now)
+        if queued:
+            send.state, send.reported, send.due = _State.QUEUED, True, math.inf
+        self._sends[key] = send
+        if not queued and lane is not None:
+            self._resume(now, lambda s: s.lane == lane)
+        return self._pump(now)
+
+    def connection_up(self, now: float) -> list[Action]:
+        """A connection is established: resume every queued send."""
+        self.online = self.reconnecting = True
+        for send in self._sends.values():
+            send.held_since = None
+        self._resume(now, lambda s: True)
+        return self._pump(now)
+
+    def connection_down(
+        self, now: float, error: RelayUnavailable, *, reconnecting: bool
+    ) -> list[Action]:
+        """The connection is gone (``reconnecting``: a reader re-establishes it). Every
+        send awaiting answers lost them."""
+        self.online, self.reconnecting = False, reconnecting
+        actions: list[Action] = []
+        for send in self._ordered():
+            if send.state is _State.IN_FLIGHT:
+                actions += self._failed(send, Retry(backoff(send.attempt), error), now)
+        return actions + self._pump(now)
+
+    def expect(self, key: str, attempt: int, client_ids: Iterable[str], now: float) -> list[Action]:
+        """Send ``key`` (attempt ``attempt``) was built: its frames ``client_ids`` are about to
+        be written, answers may arrive from now on. No frame at all: accepted as is."""
+        send = self._current(key, attempt, _State.SENDING)
+        if send is None:
+            return []
+        ids = list(client_ids)
+        if not ids:
+            return self._finish(send, Accepted(None), now)
+        send.state, send.awaiting, send.written = _State.IN_FLIGHT, ids, True
+        send.answer_by = now + self.answer_timeout
+        for client_id in ids:
+            self._by_frame[client_id] = key
+        return []
+
+    def write_failed(self, key: str, attempt: int, error: Exception, now: float) -> list[Action]:
+        """Building or writing send ``key`` failed: a lost connection is retried (a process
+        that never connected gives up at once), anything else fails for good."""
+        send = self._current(key, attempt, _State.SENDING, _State.IN_FLIGHT)
+        if send is None:
+            return []
+        if not isinstance(error, RelayUnavailable):
+            return self._finish(send, Fail(error, send.written), now)
+        if not self.reconnecting and not self.online:
+            return self._give_up(send, error, now)
+        return self._failed(send, Retry(backoff(attempt), error), now)
+
+    def answer(self, answer: SendAnswer, now: float) -> list[Action]:
+        """The relay answered a frame (an answer to no pending frame is ignored)."""
+        key = self._by_frame.pop(str(answer.id), None)
+        send = self._sends.get(key) if key is not None else None
+        if send is None or send.state is not _State.IN_FLIGHT or answer.id not in send.awaiting:
+            return []
+        outcome = classify(answer, send.users, send.attempt)
+        if isinstance(outcome, Accepted):
+            assert outcome.ts is not None
+            send.awaiting.remove(answer.id)
+            send.last_ts = outcome.ts
+            actions: list[Action] = [FrameAccepted(send.key, answer.id, outcome.ts)]
+            if not send.awaiting:
+                actions += self._finish(send, outcome, now)
+            return actions
+        if isinstance(outcome, Fail):
+            return self._finish(send, outcome, now)
+        return self._failed(send, outcome, now) + self._pump(now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: unanswered sends count as lost, due retries go out, sends that waited
+        too long for a connection give up."""
+        actions: list[Action] = []
+        lost = RelayUnavailable("the relay", "no answer to a send")
+        for send in self._ordered():
+            if send.state is _State.IN_FLIGHT and now >= send.answer_by:
+                actions += self._failed(send, Retry(backoff(send.attempt), lost), now)
+        if self.online:
+            self._resume(now, lambda s: s.due <= now)
+        return actions + self._pump(now)
+
+    def abandon(self, error: RelayUnavailable) -> list[Action]:
+        """The client is closing: every pending send ends (durable ones queued, kept by the
+        caller's store); nothing is pending afterwards."""
+        actions: list[Action] = []
+        for send in self._ordered():
+            if send.durable:
+                if not send.reported:
+                    actions.append(Queued(send.key, error))
+            else:
+                actions.append(Finished(send.key, Fail(error, send.written)))
+        self._sends.clear()
+        self._by_frame.clear()
+        self.online = self.reconnecting = False
+        return actions
+
+    # --- transitions ---------------------------------------------------------------------
+
+    def _ordered(self) -> list[_Send]:
+        return sorted(self._sends.values(), key=lambda s: s.order)
+
+    def _current(self, key: str, attempt: int, *states: _State) -> _Send | None:
+        send = self._sends.get(key)
+        if send is None or send.attempt != attempt or send.state not in states:
+            return None  # a stale report (the send moved on meanwhile)
+        return send
+
+    def _may_go(self, send: _Send) -> bool:
+        """Whether ``send`` may be transmitted as far as its lane is concerned: fewer than
+        :attr:`lane_window` sends ahead of it, all of them on their way."""
+        if send.lane is None:
+            return True
+        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
+        on_their_way = (_State.SENDING, _State.IN_FLIGHT)
+        return len(ahead) < self.lane_window and all(s.state in on_their_way for s in ahead)
+
+    def _resume(self, now: float, which: Callable[[_Send], bool]) -> None:
+        for send in self._sends.values():
+            if send.state is _State.QUEUED and which(send):
+                send.state, send.attempt, send.due, send.held_since = _State.READY, 0, now, None
+
+    def _forget_frames(self, send: _Send) -> None:
+        for client_id in send.awaiting:
+            self._by_frame.pop(client_id, None)
+        send.awaiting = []
+        send.answer_by = math.inf
+
+    def _failed(self, send: _Send, retry: Retry, now: float) -> list[Action]:
+        """One attempt failed: retry after ``retry.delay`` or give up."""
+        self._forget_frames(send)
+        send.attempt += 1
+        send.refresh |= retry.refresh
+        send.drop += retry.drop
+        send.force = send.force or bool(retry.refresh)
+        send.users |= retry.refresh
+        if send.attempt >= self.max_attempts:
+            return self._give_up(send, retry.error, now)
+        send.state, send.due, send.held_since = _State.READY, now + retry.delay, None
+        return []
+
+    def _give_up(self, send: _Send, error: Exception, now: float) -> list[Action]:
+        self._forget_frames(send)
+        if not (send.durable and is_transient(error)):
+            return self._finish(send, Fail(error, send.written), now)
+        return self._queue(send, error, now)
+
+    def _queue(self, send: _Send, error: Exception, now: float) -> list[Action]:
+        send.state, send.attempt, send.held_since = _State.QUEUED, 0, None
+        send.due = now + self.requeue_after
+        actions: list[Action] = []
+        if not send.reported:
+            send.reported = True
+            actions.append(Queued(send.key, error))
+        if send.lane is not None:  # everything behind it in its lane waits too
+            for other in self._ordered():
+                behind = other.lane == send.lane and other.order > send.order
+                if behind and other.state is _State.READY:
+                    other.state, other.due, other.held_since = _State.QUEUED, send.due, None
+                    if not other.reported:
+                        other.reported = True
+                        actions.append(Queued(other.key, error))
+        return actions
+
+    def _finish(self, send: _Send, outcome: Accepted | Fail, now: float) -> list[Action]:
+        self._forget_frames(send)
+        del self._sends[send.key]
+        if isinstance(outcome, Accepted) and outcome.ts is None:
+            outcome = Accepted(send.last_ts)
+        return [Finished(send.key, outcome, send.reported), *self._pump(now)]
+
+    def _pump(self, now: float) -> list[Action]:
+        """Transmit every send that is due, first in its lane and may go now."""
+        actions: list[Action] = []
+        for send in self._ordered():
+            if self._sends.get(send.key) is not send:
+                continue  # finished meanwhile
+            if send.state is not _State.READY or not self._may_go(send):
+                continue
+            if not self.online and self.reconnecting:
+                if send.held_since is None:
+                    send.held_since = now
+                elif now >= send.held_since + self.offline_patience:
+                    error = RelayUnavailable("the relay", "not connected")
+                    actions += self._give_up(send, error, now)
+                continue
+            if send.due > now:
+                continue
+            send.state = _State.SENDING
+            actions.append(
+                Transmit(send.key, send.attempt, send.users, send.refresh, send.drop, send.force)
+            )
+            send.refresh, send.drop = frozenset(), ()
+        return actions
