@@ -253,7 +253,7 @@ class Outbox:
             encode = lambda: [core.protocol.encode_direct(conversation, content)]  # noqa: E731
 
         def build() -> list[OutgoingSend]:
-            with core.store.transaction():
+            with core.store.transaction(sync=False):  # the pipeline flushes before writing
                 core.store.outbox_attempted(mid)
                 return encode()
 
