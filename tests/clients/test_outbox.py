@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk import DeliveryState, Message, MessageQueued, MessageSent, VoxClient
+from clients.sdk import (
+    DeliveryState,
+    Message,
+    MessageQueued,
+    MessageSent,
+    UnknownUser,
+    VoxClient,
+)
 from clients.sdk.models import MessageUpdate
+from tests.clients.conftest import Factory
 from tests.clients.kit import RelayProcess, texts, vox, wait_for
 
 EXIT_QUEUED = 75
@@ -166,18 +174,10 @@ async def test_a_connected_client_queues_then_sends_and_announces_it(tmp_path: P
         relay.stop()
 
 
-async def test_a_message_refused_for_good_is_marked_failed_not_kept(tmp_path: Path) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
-    try:
-        alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
-        try:
-            from clients.sdk import UnknownUser
-
-            with pytest.raises(UnknownUser):
-                await alice.send_text("nobody", "hello?")
-            assert alice.queued() == []
-        finally:
-            await alice.close()
-    finally:
-        relay.stop()
+async def test_a_message_refused_for_good_is_marked_failed_not_kept(
+    make_client: Factory,
+) -> None:
+    alice = await make_client("alice")
+    with pytest.raises(UnknownUser):
+        await alice.send_text("nobody", "hello?")
+    assert alice.queued() == []
