@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-__all__ = ["COMMANDS", "KEYS", "Command", "HelpScreen", "command", "help_table", "usage"]
+__all__ = ["COMMANDS", "ID_NOTE", "KEYS", "Command", "HelpScreen", "command", "help_table", "usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +53,17 @@ COMMANDS: list[Command] = [
     Command("/quit", "", "quit", ("/exit",)),
 ]
 
+#: What ``ID`` means in the commands below.
+ID_NOTE = ("ID", "a message's #id as shown (#3f9a0c), or a unique start of it (4+ digits)")
+
 KEYS: list[tuple[str, str]] = [
-    ("ID", "a message's #id as shown (#3f9a0c), or any unique start of it (4+ digits)"),
     ("Enter", "send the message or run the command"),
     ("PgUp / PgDn, mouse wheel", "scroll the conversation (also while typing)"),
     ("Ctrl+End", "back to the newest message"),
     ("Ctrl+N", "next conversation"),
     ("Ctrl+L", "focus the conversation list (Enter opens)"),
     ("Ctrl+Q", "quit"),
+    ("Click on a reply", "show the message it quotes"),
     ("Esc", "close this help"),
 ]
 
@@ -91,6 +94,7 @@ def help_table() -> Table:
         table.add_row(key, what)
     table.add_row("", "")
     table.add_row(Text("Commands", style="bold underline"), "")
+    table.add_row(*ID_NOTE)
     for c in COMMANDS:
         aliases = f" (or {', '.join(c.aliases)})" if c.aliases else ""
         table.add_row(c.usage, c.summary + aliases)
@@ -102,8 +106,9 @@ class HelpScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    #help { width: auto; max-width: 100%; height: auto; max-height: 90%;
+    #help { width: 100; max-width: 100%; height: auto; max-height: 90%;
             border: round $primary; background: $surface; padding: 0 1; }
+    #help-table { width: 100%; height: auto; }
     """
     BINDINGS = [
         Binding("escape", "dismiss", "Close"),

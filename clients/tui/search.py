@@ -65,7 +65,7 @@ class SearchScreen(ModalScreen[Message | None]):
         n = len(self.results)
         with Vertical(id="search"):
             yield Label(
-                f"{n} message{'s' if n != 1 else ''} match {self.query_text!r} — "
+                f"{n} message{' matches' if n == 1 else 's match'} {self.query_text!r} — "
                 "Enter opens, Esc closes",
                 id="search-title",
             )

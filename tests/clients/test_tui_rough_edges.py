@@ -137,6 +137,11 @@ async def test_help_is_a_table_and_a_command_error_names_one_command(people: Peo
         assert isinstance(table, Table)
         cells = [str(c) for col in table.columns for c in col.cells]
         assert "PgUp / PgDn, mouse wheel" in cells and "/send-file PATH" in cells
+        assert {"/reply [ID] TEXT", "/react [ID] EMOJI", "/search TEXT", "/jump ID"} <= set(cells)
+        # Drawn, not a collapsed empty box (the table is wide and tall; it scrolls).
+        shown_table = app.screen.query_one("#help-table", Static)
+        await until(pilot, lambda: shown_table.region.width > 60)
+        assert app.screen.query_one("#help").region.height > 20
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
         await type_line(pilot, "/group lonely")
