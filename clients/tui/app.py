@@ -833,6 +833,8 @@ class ChatApp(App[None]):
                     await self.backend.set_timer(conversation, seconds)
                 else:
                     await self.backend.react(conversation, target, emoji, remove=remove)
+        except MessageQueued:  # applied here already; kept and sent in order later
+            self._system(f"{name}: queued: it is sent, in order, when the relay is reachable")
         except FAILURES as exc:
             self._system(f"{name}: {exc}")
             return

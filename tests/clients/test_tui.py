@@ -355,6 +355,11 @@ async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_pat
             assert re.search(r"\(retrying in \d+ s\)$", status(app))
             assert shown(app, "bob: stored earlier")
             assert app.title == "Cached Brand"
+            # A reaction while offline is applied here and kept in the outbox, in order.
+            earlier = next(iter(app.shown))
+            await type_line(pilot, f"/react {earlier[:6]} 👍")
+            await until(pilot, lambda: shown(app, "/react: queued: it is sent, in order"))
+            await until(pilot, lambda: shown(app, "bob: stored earlier  👍"))
     finally:
         await alice.close()
 
