@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,39 @@ def wait_message(page: Any, sender: str, text: str) -> Any:
     loc = page.locator(f'[data-testid="message"][data-from="{sender}"]', has_text=text)
     loc.first.wait_for(timeout=TIMEOUT_MS)
     return loc
+
+
+# --- the test kit (clients/web/testkit/testkit.js: the protocol core and the engine) -------
+
+KIT = Path(__file__).resolve().parents[2] / "clients" / "web" / "testkit" / "testkit.js"
+#: An origin nothing listens on, intercepted: a secure context for WebCrypto, no server.
+KIT_ORIGIN = "http://127.0.0.1:9"
+
+
+@contextmanager
+def kit_page(browser: Any) -> Iterator[Any]:
+    """A page of its own context with the test kit loaded (``window.voxTestkit``)."""
+    ctx = browser.new_context()
+    ctx.set_default_timeout(120_000)
+    ctx.route(f"{KIT_ORIGIN}/**", lambda route: route.fulfill(body="", content_type="text/html"))
+    try:
+        yield kit_on(ctx, KIT_ORIGIN)
+    finally:
+        ctx.close()
+
+
+def kit_on(context: Any, origin: str) -> Any:
+    """A page at ``origin`` with the test kit injected. On a relay the page is the relay's own
+    ``/healthz`` (so Chromium treats it as a loopback page that may open WebSockets to
+    loopback; a page fulfilled by Playwright may not)."""
+    page = context.new_page()
+    page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
+    page.goto(f"{origin}/healthz")
+    page.add_script_tag(content=KIT.read_text(), type="module")
+    page.wait_for_function("() => !!window.voxTestkit")
+    return page
+
+
+def kit_call(page: Any, name: str, *args: Any) -> Any:
+    """``window.voxTestkit[name](...args)``, awaited."""
+    return page.evaluate("([n, a]) => window.voxTestkit[n](...a)", [name, list(args)])

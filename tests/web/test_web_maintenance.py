@@ -14,41 +14,17 @@ from typing import Any
 
 import pytest
 
-from tests.web.support import TIMEOUT_MS, RelayProc, Vox, unique
+from tests.web.support import TIMEOUT_MS, RelayProc, Vox, kit_call, kit_on, kit_page, unique
 
-ROOT = Path(__file__).resolve().parents[2]
-KIT = ROOT / "clients" / "web" / "testkit" / "testkit.js"
-ORIGIN = "http://127.0.0.1:9"  # intercepted: a secure context for WebCrypto, no server
 DAY = 86400
 LAST_RESORT = 0x8000_0000
 LOW_THRESHOLD = 60  # above a fresh device's 50 keys: the first maintenance round refills
 
 
-def _kit_page(ctx: Any, origin: str) -> Any:
-    """A page at ``origin`` with the test kit (``window.voxTestkit``) loaded. On a relay the
-    page is the relay's own ``/healthz`` (so Chromium treats it as a loopback page that may
-    open WebSockets to loopback) and the kit is injected as a module script."""
-    page = ctx.new_page()
-    page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
-    page.goto(f"{origin}/healthz")
-    page.add_script_tag(content=KIT.read_text(), type="module")
-    page.wait_for_function("() => !!window.voxTestkit")
-    return page
-
-
-def call(page: Any, name: str, *args: Any) -> Any:
-    return page.evaluate("([n, a]) => window.voxTestkit[n](...a)", [name, list(args)])
-
-
 @pytest.fixture(scope="module")
 def kit(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context()
-    ctx.set_default_timeout(120_000)
-    ctx.route(f"{ORIGIN}/**", lambda route: route.fulfill(body="", content_type="text/html"))
-    try:
-        yield _kit_page(ctx, ORIGIN)
-    finally:
-        ctx.close()
+    with kit_page(browser) as page:
+        yield page
 
 
 # --- skipped message keys -------------------------------------------------------------------
@@ -57,7 +33,7 @@ T0 = 1_700_000_000
 
 
 def test_a_skipped_key_opens_its_message_within_30_days_and_not_after(kit: Any) -> None:
-    got = call(kit, "skippedExpiry", T0, T0 + 29 * DAY, T0 + 31 * DAY)
+    got = kit_call(kit, "skippedExpiry", T0, T0 + 29 * DAY, T0 + 31 * DAY)
     assert got["afterM2"] == 2  # m0 and m1 skipped
     assert got["m1"] == "m1"  # 29 days late: still opens
     assert got["afterM1"] == 1
@@ -71,24 +47,24 @@ def test_a_skipped_key_opens_its_message_within_30_days_and_not_after(kit: Any) 
 def test_a_later_decrypt_deletes_expired_skipped_keys(kit: Any) -> None:
     # m1 read 31 days after m2: its own key has expired, and the commit of... nothing (it
     # fails); the sweep at that time leaves no key.
-    got = call(kit, "skippedExpiry", T0, T0 + 31 * DAY, T0 + 31 * DAY)
+    got = kit_call(kit, "skippedExpiry", T0, T0 + 31 * DAY, T0 + 31 * DAY)
     assert got["m1"] == "DuplicateMessage"
     assert got["afterSweep"] == 0
 
 
 def test_one_dh_step_may_skip_at_most_1000_keys_over_both_chains(kit: Any) -> None:
     # 599 unread on the old chain + 500 on the new one: 1099 > max_skip (each alone is below).
-    assert call(kit, "combinedSkipBound", 600, 500) == "TooManySkipped"
-    assert call(kit, "combinedSkipBound", 300, 500) == "accepted"
+    assert kit_call(kit, "combinedSkipBound", 600, 500) == "TooManySkipped"
+    assert kit_call(kit, "combinedSkipBound", 300, 500) == "accepted"
 
 
 def test_sender_key_skipped_keys_expire_after_30_days(kit: Any) -> None:
-    assert call(kit, "senderKeyExpiry", T0, T0 + 29 * DAY) == {
+    assert kit_call(kit, "senderKeyExpiry", T0, T0 + 29 * DAY) == {
         "skipped": 1,
         "late": "accepted",
         "afterSweep": 1,
     }
-    assert call(kit, "senderKeyExpiry", T0, T0 + 31 * DAY) == {
+    assert kit_call(kit, "senderKeyExpiry", T0, T0 + 31 * DAY) == {
         "skipped": 1,
         "late": "DuplicateMessage",
         "afterSweep": 0,
@@ -113,8 +89,8 @@ def low_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc]:
 
 
 def _engine(context: Any, relay: RelayProc, user: str, clock_ms: int) -> Any:
-    page = _kit_page(context, relay.url)
-    call(page, "engineRegister", user, clock_ms)
+    page = kit_on(context, relay.url)
+    kit_call(page, "engineRegister", user, clock_ms)
     return page
 
 
@@ -124,22 +100,22 @@ def test_maintenance_rotates_prekeys_weekly_and_deletes_replaced_ones_after_14_d
     user = unique("rot")
     t0 = 1_800_000_000_000  # ms; registration (and the first round, on connect)
     page = _engine(context, low_relay, user, t0)
-    held = call(page, "engineInspect")
+    held = kit_call(page, "engineInspect")
     assert (held["signed"], held["lastResort"]) == ([1], [LAST_RESORT + 1])
-    assert call(page, "engineServed", user) == {"signed": 1, "lastResort": LAST_RESORT + 1}
+    assert kit_call(page, "engineServed", user) == {"signed": 1, "lastResort": LAST_RESORT + 1}
 
-    call(page, "setClock", t0 + 6 * DAY * 1000)
-    assert call(page, "engineMaintain")["rotated"] is False
+    kit_call(page, "setClock", t0 + 6 * DAY * 1000)
+    assert kit_call(page, "engineMaintain")["rotated"] is False
 
     # A week old: both keys are replaced together; the old ones stay (grace period).
     t1 = t0 + 7 * DAY * 1000 + 3600_000
-    call(page, "setClock", t1)
-    assert call(page, "engineMaintain")["rotated"] is True
-    held = call(page, "engineInspect")
+    kit_call(page, "setClock", t1)
+    assert kit_call(page, "engineMaintain")["rotated"] is True
+    held = kit_call(page, "engineInspect")
     assert held["signed"] == [1, 2]
     assert held["lastResort"] == [LAST_RESORT + 1, LAST_RESORT + 2]
     assert held["unpublished"] is False
-    assert call(page, "engineServed", user) == {"signed": 2, "lastResort": LAST_RESORT + 2}
+    assert kit_call(page, "engineServed", user) == {"signed": 2, "lastResort": LAST_RESORT + 2}
 
     # A `vox` user starts a session on the rotated keys: the browser decrypts it.
     bob = Vox(tmp_path / "bob", low_relay, unique("bob")).register()
@@ -151,14 +127,14 @@ def test_maintenance_rotates_prekeys_weekly_and_deletes_replaced_ones_after_14_d
     )
 
     # 13 days after key 2 replaced key 1, key 1 is still held ...
-    call(page, "setClock", t1 + 13 * DAY * 1000)
-    assert call(page, "engineMaintain")["rotated"] is True  # key 2 is a week old: key 3
-    held = call(page, "engineInspect")
+    kit_call(page, "setClock", t1 + 13 * DAY * 1000)
+    assert kit_call(page, "engineMaintain")["rotated"] is True  # key 2 is a week old: key 3
+    held = kit_call(page, "engineInspect")
     assert held["signed"] == [1, 2, 3]
     # ... and 14 days after, it is deleted (key 2 stays: its successor is new).
-    call(page, "setClock", t1 + 14 * DAY * 1000 + 60_000)
-    call(page, "engineMaintain")
-    held = call(page, "engineInspect")
+    kit_call(page, "setClock", t1 + 14 * DAY * 1000 + 60_000)
+    kit_call(page, "engineMaintain")
+    held = kit_call(page, "engineInspect")
     assert held["signed"] == [2, 3]
     assert held["lastResort"] == [LAST_RESORT + 2, LAST_RESORT + 3]
 
@@ -174,8 +150,8 @@ def test_maintenance_refills_one_time_prekeys_when_the_relay_stock_is_low(
         " return c.one_time_prekeys === 100 && c.one_time_pq_prekeys === 100; }",
         timeout=TIMEOUT_MS,
     )
-    assert call(page, "engineMaintain")["uploaded"] == 0  # 100 > 60: nothing to do
-    held = call(page, "engineInspect")
+    assert kit_call(page, "engineMaintain")["uploaded"] == 0  # 100 > 60: nothing to do
+    held = kit_call(page, "engineInspect")
     assert (held["oneTime"], held["oneTimeKem"]) == (100, 100)
 
 
@@ -192,13 +168,13 @@ def test_processed_envelope_ids_are_forgotten_after_the_relays_envelope_lifetime
         arg=bob.username,
         timeout=TIMEOUT_MS,
     )
-    seen = call(page, "engineInspect")["seen"]
+    seen = kit_call(page, "engineInspect")["seen"]
     assert seen >= 1
     ttl_ms = 30 * DAY * 1000  # the relay's default envelope_ttl_seconds
-    call(page, "setClock", t0 + ttl_ms)  # the relay could still redeliver: kept
-    assert call(page, "engineMaintain")["forgotten"] == 0
-    call(page, "setClock", t0 + ttl_ms + DAY * 1000 + 1000)  # past the TTL and a day's margin
-    assert call(page, "engineMaintain")["forgotten"] == seen
-    assert call(page, "engineInspect")["seen"] == 0
+    kit_call(page, "setClock", t0 + ttl_ms)  # the relay could still redeliver: kept
+    assert kit_call(page, "engineMaintain")["forgotten"] == 0
+    kit_call(page, "setClock", t0 + ttl_ms + DAY * 1000 + 1000)  # past the TTL and a day's margin
+    assert kit_call(page, "engineMaintain")["forgotten"] == seen
+    assert kit_call(page, "engineInspect")["seen"] == 0
     # The message itself is kept.
-    assert "remember me" in call(page, "engineTexts", bob.username)
+    assert "remember me" in kit_call(page, "engineTexts", bob.username)

@@ -468,6 +468,70 @@ async function senderKeyExpiry(t0: number, t1: number): Promise<Record<string, u
   return { skipped, late, afterSweep: SK.expireSenderKey(recv, t1).skipped.length };
 }
 
+
+// --- attachments streamed (protocol-crypto-devices-groups-attachments §4.2) ----------------
+
+/** A `Blob` that records every slice read from it. */
+class SpyBlob extends Blob {
+  reads: number[] = [];
+  whole = 0;
+  override slice(start?: number, end?: number, type?: string): Blob {
+    this.reads.push((end ?? this.size) - (start ?? 0));
+    return super.slice(start, end, type);
+  }
+  override arrayBuffer(): Promise<ArrayBuffer> {
+    this.whole += 1;
+    return super.arrayBuffer();
+  }
+}
+
+async function attachmentStreaming(size: number): Promise<Record<string, unknown>> {
+  const rnd = (k: number): Uint8Array => crypto.getRandomValues(new Uint8Array(k));
+  const data = new Uint8Array(size);
+  for (let o = 0; o < size; o += 65536) data.set(rnd(Math.min(65536, size - o)), o);
+  const key = rnd(32);
+  const spy = new SpyBlob([data as Uint8Array<ArrayBuffer>]);
+  const streamed = await A.encryptBlob(spy, rnd, { key });
+  const whole = await A.encryptFile(data, rnd, { key });
+  const streamedBytes = new Uint8Array(await streamed.blob.arrayBuffer());
+  const pointer = { key, digest: whole.digest, size, padding: whole.padding, chunkSize: A.CHUNK, contentType: "x/y", fileName: "f", blobId: "b" };
+  // Fed in network-sized pieces: plaintext comes out before the end.
+  const d = new A.BlobDecryptor(pointer);
+  let released = 0;
+  let releasedBeforeFinish = 0;
+  for (let o = 0; o < whole.blob.length; o += 16384) {
+    for (const part of await d.feed(whole.blob.subarray(o, o + 16384))) released += part.length;
+  }
+  releasedBeforeFinish = released;
+  for (const part of await d.finish()) released += part.length;
+  // One byte more than the pointer allows is refused at once (not at the end).
+  const extra = new A.BlobDecryptor(pointer);
+  const extraError = await errorName(extra.feed(concat(whole.blob, Uint8Array.of(0))));
+  // A wrong digest: chunks open, but finish() refuses — nothing may be published.
+  const wrong = new A.BlobDecryptor({ ...pointer, digest: new Uint8Array(32) });
+  const wrongReleased = (await wrong.feed(whole.blob)).reduce((n, p) => n + p.length, 0);
+  const wrongFinish = await errorName(wrong.finish());
+  // Truncated at a chunk boundary: the new last chunk was sealed as not final.
+  const cut = new A.BlobDecryptor(pointer);
+  const cutError = await errorName((async () => {
+    await cut.feed(whole.blob.subarray(0, 5 + 2 * (A.CHUNK + 16)));
+    await cut.finish();
+  })());
+  return {
+    sameBlob: hex(streamedBytes) === hex(whole.blob),
+    sameDigest: hex(streamed.digest) === hex(whole.digest),
+    maxRead: Math.max(...spy.reads),
+    reads: spy.reads.length,
+    wholeReads: spy.whole,
+    released,
+    releasedBeforeFinish,
+    extraError,
+    wrongReleased,
+    wrongFinish,
+    cutError,
+  };
+}
+
 // --- the engine against a real relay, with an injected clock (tests/web/test_web_maint*) ----
 
 let kitEngine: Engine | null = null;
@@ -507,6 +571,7 @@ const engineKit = {
 
 (globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
   ...engineKit,
+  attachmentStreaming,
   skippedExpiry,
   combinedSkipBound,
   senderKeyExpiry,

@@ -149,7 +149,7 @@ export class Api {
     return tok.token;
   }
 
-  async uploadAttachment(blob: Uint8Array, onProgress?: (sent: number, total: number) => void): Promise<string> {
+  async uploadAttachment(blob: Uint8Array | Blob, onProgress?: (sent: number, total: number) => void): Promise<string> {
     // XMLHttpRequest gives upload progress; fetch does not.
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
@@ -162,7 +162,7 @@ export class Api {
         else reject(new RelayError(xhr.status, "upload_failed", xhr.responseText));
       };
       xhr.onerror = () => reject(new Offline("upload failed"));
-      xhr.send(blob as Uint8Array<ArrayBuffer>);
+      xhr.send(blob instanceof Blob ? blob : (blob as Uint8Array<ArrayBuffer>));
     });
   }
 

@@ -1,7 +1,8 @@
-// Attachments (protocol-crypto-extras.md §4): chunked AES-256-GCM under a fresh key, Signal's
-// padding buckets, the pointer that travels inside the message.
+// Attachments (protocol-crypto-devices-groups-attachments.md §4): chunked AES-256-GCM under a
+// fresh key, Signal's padding buckets, the pointer that travels inside the message. Files are
+// encrypted slice by slice and decrypted as the download arrives (§4.2).
 import { DecodeError, Reader, Writer, concat, equal, type Rng } from "./bytes";
-import { CryptoError, aesGcmDecrypt, aesGcmEncrypt } from "./primitives";
+import { CryptoError, aesGcmDecrypt, aesGcmEncrypt, aesGcmKey, sha256Stream } from "./primitives";
 
 export const CHUNK = 65536;
 
@@ -62,49 +63,164 @@ export function decodePointer(b: Uint8Array): Pointer {
   return p;
 }
 
-/** Encrypt a whole file (padded) into a blob; ``onChunk`` reports progress. */
-export async function encryptFile(
-  file: Uint8Array,
+/** What an encryption produced: the blob (to upload) and the pointer's secrets. */
+export interface Encrypted<B> {
+  blob: B;
+  key: Uint8Array;
+  digest: Uint8Array;
+  padding: number;
+  chunkSize: number;
+}
+type EncryptOptions = { chunkSize?: number; key?: Uint8Array; pad?: boolean; onChunk?: (done: number, total: number) => void };
+
+/**
+ * Encrypt a file chunk by chunk (§4.1), reading it with ``read(offset, length)`` — a
+ * `File`'s `slice()` in the app, so the file is never read whole — and padding it with zero
+ * bytes to Signal's bucket. The encrypted chunks are handed to ``collect`` as they are made
+ * and the digest is computed incrementally.
+ */
+async function encryptChunks(
+  size: number,
+  read: (offset: number, length: number) => Promise<Uint8Array>,
   rng: Rng,
-  opts: { chunkSize?: number; key?: Uint8Array; pad?: boolean; onChunk?: (done: number, total: number) => void } = {},
-): Promise<{ blob: Uint8Array; key: Uint8Array; digest: Uint8Array; padding: number; chunkSize: number }> {
+  opts: EncryptOptions,
+  collect: (part: Uint8Array) => void,
+): Promise<Omit<Encrypted<null>, "blob">> {
   const chunkSize = opts.chunkSize ?? CHUNK;
   const key = opts.key ?? rng(32);
-  const padding = opts.pad === false ? 0 : paddedSize(file.length) - file.length;
-  const plain = padding ? concat(file, new Uint8Array(padding)) : file;
+  const padding = opts.pad === false ? 0 : paddedSize(size) - size;
+  const n = size + padding;
   const header = new Writer().u8(1).u32(chunkSize).done();
-  const parts: Uint8Array[] = [header];
-  const count = Math.max(1, Math.ceil(plain.length / chunkSize));
+  const hash = sha256Stream();
+  hash.update(header);
+  collect(header);
+  const cryptoKey = await aesGcmKey(key);
+  const count = Math.max(1, Math.ceil(n / chunkSize));
   for (let i = 0; i < count; i++) {
-    const chunk = plain.subarray(i * chunkSize, (i + 1) * chunkSize);
-    parts.push(await aesGcmEncrypt(key, nonce(i, i === count - 1), chunk, header));
+    const start = i * chunkSize;
+    const end = Math.min(n, start + chunkSize);
+    let chunk = start < size ? await read(start, Math.min(end, size) - start) : new Uint8Array(0);
+    if (end > size) chunk = concat(chunk, new Uint8Array(end - Math.max(start, size))); // zero padding
+    const sealed = await aesGcmEncrypt(cryptoKey, nonce(i, i === count - 1), chunk, header);
+    hash.update(sealed);
+    collect(sealed);
     opts.onChunk?.(i + 1, count);
   }
-  const blob = concat(...parts);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", blob as Uint8Array<ArrayBuffer>));
-  return { blob, key, digest, padding, chunkSize };
+  return { key, digest: hash.digest(), padding, chunkSize };
+}
+
+/** Encrypt an in-memory file into one blob (the test kit's vectors). */
+export async function encryptFile(file: Uint8Array, rng: Rng, opts: EncryptOptions = {}): Promise<Encrypted<Uint8Array>> {
+  const parts: Uint8Array[] = [];
+  const read = async (o: number, l: number): Promise<Uint8Array> => file.subarray(o, o + l);
+  const out = await encryptChunks(file.length, read, rng, opts, (p) => parts.push(p));
+  return { ...out, blob: concat(...parts) };
+}
+
+/** Encrypt a `File`/`Blob` read slice by slice into a `Blob` of encrypted chunks (the app). */
+export async function encryptBlob(file: Blob, rng: Rng, opts: EncryptOptions = {}): Promise<Encrypted<Blob>> {
+  const parts: Uint8Array<ArrayBuffer>[] = [];
+  const read = async (o: number, l: number): Promise<Uint8Array> => new Uint8Array(await file.slice(o, o + l).arrayBuffer());
+  const out = await encryptChunks(file.size, read, rng, opts, (p) => parts.push(p as Uint8Array<ArrayBuffer>));
+  return { ...out, blob: new Blob(parts, { type: "application/octet-stream" }) };
+}
+
+/**
+ * The streaming decryptor of §4.2 for one pointer: ``feed`` ciphertext as it arrives and get
+ * back the plaintext released so far (authenticated chunk by chunk, the file's bytes only,
+ * never padding); ``finish`` checks the final chunk, the total size and the digest. Plaintext
+ * is complete only when ``finish`` returned: callers keep it unpublished until then. After
+ * any error the decryptor refuses further use.
+ */
+export class BlobDecryptor {
+  private pending: Uint8Array[] = [];
+  private pendingLength = 0;
+  private received = 0;
+  private index = 0;
+  private released = 0; // plaintext offset (padding included) of the next chunk
+  private header: Uint8Array | null = null;
+  private key: Promise<CryptoKey>;
+  private hash = sha256Stream();
+  private failed = false;
+  private readonly total: number;
+  private readonly expected: number;
+
+  constructor(private readonly p: Pointer) {
+    this.key = aesGcmKey(p.key);
+    this.total = p.size + p.padding;
+    this.expected = blobSize(this.total, p.chunkSize);
+  }
+
+  async feed(data: Uint8Array): Promise<Uint8Array[]> {
+    return this.guard(async () => {
+      this.received += data.length;
+      if (this.received > this.expected) throw new AttachmentMismatch("size");
+      this.hash.update(data);
+      this.pending.push(data);
+      this.pendingLength += data.length;
+      const out: Uint8Array[] = [];
+      if (!this.header && this.pendingLength >= 5) this.readHeader();
+      const full = this.p.chunkSize + 16;
+      // Hold back one chunk until more data follows (it may be the final one).
+      while (this.header && this.pendingLength > full) out.push(...(await this.open(this.take(full), false)));
+      return out;
+    });
+  }
+
+  async finish(): Promise<Uint8Array[]> {
+    return this.guard(async () => {
+      if (!this.header) throw new DecodeError("truncated");
+      if (this.pendingLength < 16) throw new DecodeError("truncated");
+      const out = await this.open(this.take(this.pendingLength), true);
+      if (this.released !== this.total || this.received !== this.expected) throw new AttachmentMismatch("size");
+      if (!equal(this.hash.digest(), this.p.digest)) throw new AttachmentMismatch("digest");
+      return out;
+    });
+  }
+
+  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.failed) throw new CryptoError("the decryptor failed before");
+    try {
+      return await fn();
+    } catch (e) {
+      this.failed = true;
+      throw e;
+    }
+  }
+
+  private take(n: number): Uint8Array {
+    const all = this.pending.length === 1 ? (this.pending[0] as Uint8Array) : concat(...this.pending);
+    const head = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.pending = rest.length ? [rest] : [];
+    this.pendingLength = rest.length;
+    return head;
+  }
+
+  private readHeader(): void {
+    const header = this.take(5);
+    const r = new Reader(header);
+    r.version(1);
+    if (r.u32() !== this.p.chunkSize) throw new AttachmentMismatch("chunk_size");
+    this.header = header.slice();
+  }
+
+  /** Open one chunk; release only the bytes before the file's size, check the rest is zero. */
+  private async open(sealed: Uint8Array, final: boolean): Promise<Uint8Array[]> {
+    const plain = await aesGcmDecrypt(await this.key, nonce(this.index, final), sealed, this.header as Uint8Array);
+    this.index += 1;
+    const start = this.released;
+    this.released += plain.length;
+    if (this.released > this.total) throw new AttachmentMismatch("size");
+    const keep = Math.max(0, Math.min(plain.length, this.p.size - start));
+    if (plain.subarray(keep).some((x) => x !== 0)) throw new AttachmentMismatch("padding");
+    return keep ? [plain.subarray(0, keep)] : [];
+  }
 }
 
 /** Decrypt a whole blob against its pointer (size, padding and digest checked). */
 export async function decryptBlob(blob: Uint8Array, p: Pointer): Promise<Uint8Array> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", blob as Uint8Array<ArrayBuffer>));
-  if (!equal(digest, p.digest)) throw new AttachmentMismatch("digest");
-  if (blob.length < 5) throw new DecodeError("truncated");
-  const header = blob.slice(0, 5);
-  const r = new Reader(header);
-  r.version(1);
-  if (r.u32() !== p.chunkSize) throw new AttachmentMismatch("chunk_size");
-  const n = p.size + p.padding;
-  if (blob.length !== blobSize(n, p.chunkSize)) throw new AttachmentMismatch("size");
-  const count = Math.max(1, Math.ceil(n / p.chunkSize));
-  const out = new Uint8Array(n);
-  let o = 5;
-  for (let i = 0; i < count; i++) {
-    const len = Math.min(p.chunkSize, n - i * p.chunkSize) + 16;
-    const pt = await aesGcmDecrypt(p.key, nonce(i, i === count - 1), blob.subarray(o, o + len), header);
-    out.set(pt, i * p.chunkSize);
-    o += len;
-  }
-  if (out.subarray(p.size).some((x) => x !== 0)) throw new AttachmentMismatch("padding");
-  return out.slice(0, p.size);
+  const d = new BlobDecryptor(p);
+  const parts = [...(await d.feed(blob)), ...(await d.finish())];
+  return concat(...parts);
 }

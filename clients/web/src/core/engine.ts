@@ -748,15 +748,16 @@ export class Engine {
     if (!isGroup && this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
     const limit = this.config?.limits["max_attachment_bytes"] ?? 104857600;
     if (ATT.blobSize(ATT.paddedSize(file.size), ATT.CHUNK) > limit) throw new Error(`the file is too large for this relay (limit ${limit} bytes after padding)`);
-    const data = new Uint8Array(await file.arrayBuffer());
-    const enc = await ATT.encryptFile(data, randomBytes, { onChunk: (done, total) => onProgress((0.5 * done) / total) });
+    // Read slice by slice and encrypted chunk by chunk; only the encrypted chunks (then the
+    // Blob made of them) are held, never the whole plaintext (clients/web/README.md).
+    const enc = await ATT.encryptBlob(file, randomBytes, { onChunk: (done, total) => onProgress((0.5 * done) / total) });
     const blobId = await this.api.uploadAttachment(enc.blob, (sent, total) => onProgress(0.5 + (0.5 * sent) / Math.max(total, 1)));
-    const pointer = ATT.encodePointer({ key: enc.key, digest: enc.digest, size: data.length, padding: enc.padding, chunkSize: enc.chunkSize, contentType: file.type || "application/octet-stream", fileName: file.name || "file", blobId });
+    const pointer = ATT.encodePointer({ key: enc.key, digest: enc.digest, size: file.size, padding: enc.padding, chunkSize: enc.chunkSize, contentType: file.type || "application/octet-stream", fileName: file.name || "file", blobId });
     const id = newMessageId();
     const idHex = hex(id);
     const sentAt = Date.now();
     const content = encodeContent({ type: 2, id, sentAt, groupId: isGroup ? fromHex(conv.slice(6)) : new Uint8Array(0), pointer, caption: "" });
-    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: data.length, pointer } };
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: file.size, pointer } };
     const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
     if (isGroup) {
@@ -777,13 +778,32 @@ export class Engine {
     return idHex;
   }
 
-  /** Download and decrypt an attachment (digest, size and zero padding checked). */
+  /**
+   * Download and decrypt an attachment as it arrives (protocol-crypto-devices-groups-
+   * attachments §4.2): each chunk is authenticated and decrypted from the response stream,
+   * the ciphertext is never held whole, and the plaintext parts become the returned `Blob`
+   * only after the final chunk, the size and the digest verified (a relay that sends more
+   * than the pointer's size is cut off at once).
+   */
   async openFile(pointer: Uint8Array): Promise<Blob> {
     const p = ATT.decodePointer(pointer);
     const res = await this.api.downloadAttachment(p.blobId);
-    const blob = new Uint8Array(await res.arrayBuffer());
-    const plain = await ATT.decryptBlob(blob, p);
-    return new Blob([plain as Uint8Array<ArrayBuffer>], { type: p.contentType });
+    const decryptor = new ATT.BlobDecryptor(p);
+    const parts: Uint8Array<ArrayBuffer>[] = [];
+    const keep = (out: Uint8Array[]): void => void parts.push(...(out as Uint8Array<ArrayBuffer>[]));
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        keep(await decryptor.feed(value));
+      }
+      keep(await decryptor.finish());
+    } catch (e) {
+      await reader.cancel().catch(() => undefined);
+      throw e;
+    }
+    return new Blob(parts, { type: p.contentType });
   }
 
   async setTyping(to: string, active: boolean): Promise<void> {

@@ -1,9 +1,10 @@
 // The primitives of protocol-crypto.md §1, all from audited libraries: X25519 and Ed25519
 // from @noble/curves, ML-KEM-768 from @noble/post-quantum, SHA-512 from @noble/hashes;
-// HKDF, HMAC, SHA-256 and AES-256-GCM from WebCrypto. Nothing here is hand-written crypto.
+// HKDF, HMAC, SHA-256 and AES-256-GCM from WebCrypto (incremental SHA-256 for attachment
+// digests, which WebCrypto lacks, from @noble/hashes). Nothing here is hand-written crypto.
 import { ed25519, x25519 } from "@noble/curves/ed25519.js";
 import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
-import { sha512 as nobleSha512 } from "@noble/hashes/sha2.js";
+import { sha256 as nobleSha256, sha512 as nobleSha512 } from "@noble/hashes/sha2.js";
 import { concat, utf8 } from "./bytes";
 
 export class CryptoError extends Error {
@@ -161,4 +162,20 @@ export function mlkemEncapsulate(publicKey: Uint8Array): {
 export function mlkemDecapsulate(cipherText: Uint8Array, seed: Uint8Array): Uint8Array {
   if (cipherText.length !== 1088) throw new CryptoError("ML-KEM-768 ciphertext must be 1088 bytes");
   return ml_kem768.decapsulate(cipherText, ml_kem768.keygen(seed).secretKey);
+}
+
+/** An incremental SHA-256 (WebCrypto digests only whole buffers): attachment digests. */
+export interface Sha256Stream {
+  update(data: Uint8Array): void;
+  digest(): Uint8Array;
+}
+export function sha256Stream(): Sha256Stream {
+  const h = nobleSha256.create();
+  return { update: (d) => void h.update(d), digest: () => h.digest() };
+}
+
+/** A non-extractable AES-256-GCM key for many operations (one import per attachment). */
+export async function aesGcmKey(key: Uint8Array): Promise<CryptoKey> {
+  if (key.length !== 32) throw new CryptoError("AES-256-GCM key must be 32 bytes");
+  return subtle().importKey("raw", buf(key), "AES-GCM", false, ["encrypt", "decrypt"]);
 }
