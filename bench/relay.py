@@ -204,6 +204,37 @@ def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+async def start_profile(pid: int, path: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy (``pip install py-spy``) sampling the relay into ``path`` (raw text when it ends
+    with ``.txt``, else a flame graph), or nothing."""
+    if not path:
+        return None
+    spy = subprocess.Popen(  # noqa: ASYNC220
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-o",
+            path,
+            "-f",
+            "raw" if path.endswith(".txt") else "flamegraph",
+            "--rate",
+            "200",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    await asyncio.sleep(1.0)
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
+
+
 # --- accounts -------------------------------------------------------------------------------
 
 
@@ -426,25 +457,7 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
                 return ws
 
             sampler.start()
-            spy = None
-            if args.profile:  # py-spy (pip install py-spy) samples the relay during the load
-                spy = subprocess.Popen(  # noqa: ASYNC220
-                    [
-                        "py-spy",
-                        "record",
-                        "-p",
-                        str(proc.pid),
-                        "-o",
-                        args.profile,
-                        "-f",
-                        "raw" if args.profile.endswith(".txt") else "flamegraph",
-                        "--rate",
-                        "200",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                await asyncio.sleep(1.0)
+            spy = await start_profile(proc.pid, args.profile)
             results = []
             for run in range(max(1, args.growth)):
                 results.append(
@@ -468,9 +481,7 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{1000 * values.get('vox_commit_seconds_sum', 0) / batches:.2f} ms/commit, "
                 f"{values.get('vox_queue_reads_total', 0):.0f} queue reads"
             )
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(timeout=30)
+            stop_profile(spy)
             await sampler.stop()
             peak = max(sampler.peak, sampler.rss())
         for one in results:
@@ -675,6 +686,7 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
             work = [(a, d) for a in accounts for d in a.devices][:n]
             log(f"{len(work)} devices registered; logging them in")
             queue = list(reversed(work))
+            spy = await start_profile(proc.pid, args.profile)
             cpu0 = cpu_seconds(proc.pid)
             t0 = time.perf_counter()
 
@@ -703,6 +715,7 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(worker() for _ in range(args.login_concurrency)))
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(proc.pid) - cpu0
+            stop_profile(spy)
         return {
             "mode": "logins",
             "database": args.database,

@@ -23,6 +23,7 @@ part                     what                                                   
 ``hub``, ``delivery``    :class:`~server.delivery.fanout.Hub`,                   delivery
                          :class:`~server.delivery.service.DeliveryService`
 ``attachments``          :class:`~server.attachments.service.AttachmentService`  attachments
+``login_db``             :class:`~server.db.onehop.OneHop` (login transactions)  auth lifespan
 ``push``                 :class:`~server.push.sender.PushDispatcher` or ``None``  push
                          (push disabled)
 ``connection_guard``     :class:`~server.edge.connections.ConnectionGuard`       ``uvicorn_config``
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # the parts' types; the _SetAtStartup["..."] below name some 
     )
 
     from server.attachments.service import AttachmentService  # noqa: F401
+    from server.db.onehop import OneHop  # noqa: F401
     from server.delivery.fanout import Hub  # noqa: F401
     from server.delivery.service import DeliveryService  # noqa: F401
     from server.edge.connections import ConnectionGuard, GuardCollector
@@ -148,6 +150,8 @@ class RelayState:
     delivery = _SetAtStartup["DeliveryService"]()
     #: The attachment service (uploads, downloads, expiry).
     attachments = _SetAtStartup["AttachmentService"]()
+    #: Runs the login transactions (challenge, token) in one hand-off each.
+    login_db = _SetAtStartup["OneHop"]()
 
 
 def relay_state(app: Starlette) -> RelayState:

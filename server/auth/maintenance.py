@@ -1,4 +1,4 @@
-"""Core background upkeep: forget expired challenges and tokens.
+"""Core background upkeep: forget expired challenges and tokens; the login runner.
 
 :func:`core_lifespan` is the core layer's lifespan hook (see ``server.app``); it runs
 :func:`sweep_expired` every ``RelayState.auth_sweep_interval`` seconds until shutdown. Several
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.auth import repository as auth_repo
 from server.clock import Clock
 from server.db.engine import write_lock
+from server.db.onehop import OneHop
 from server.logs import log_event
 from server.state import relay_state
 
@@ -47,8 +48,10 @@ async def _loop(sessions: async_sessionmaker[AsyncSession], clock: Clock, interv
 
 @asynccontextmanager
 async def core_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the expiry sweeper for the app's lifetime."""
+    """Open the login transactions' runner (``RelayState.login_db``) and run the expiry
+    sweeper for the app's lifetime."""
     state = relay_state(app)
+    state.login_db = OneHop(state.engine)
     task = asyncio.create_task(
         _loop(state.sessions, state.clock, state.auth_sweep_interval), name="vox-auth-sweeper"
     )
@@ -58,3 +61,4 @@ async def core_lifespan(app: FastAPI) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await state.login_db.close()

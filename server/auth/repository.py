@@ -1,13 +1,22 @@
-"""Challenges and bearer tokens (stored only as SHA-256 digests)."""
+"""Challenges and bearer tokens (stored only as SHA-256 digests).
+
+The login statements are synchronous functions of a ``Connection``: a challenge or a token
+is one short transaction run in one hand-off (:class:`server.db.onehop.OneHop`). Token lookups
+and upkeep use an ``AsyncSession``.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import Account, AuthChallenge, AuthToken, Device
 
 __all__ = [
+    "LoginDevice",
     "add_challenge",
     "add_token",
     "challenge_counts",
@@ -16,72 +25,110 @@ __all__ = [
     "delete_expired_for_device",
     "delete_oldest_challenges",
     "find_token",
+    "login_device",
     "revoke_token",
     "take_challenge",
 ]
 
 
-async def add_challenge(
-    session: AsyncSession,
-    *,
-    nonce_hash: bytes,
-    device_pk: int,
-    expires_at: int,
-    requester: str = "",
+# -- login: synchronous, inside one transaction run by server.db.onehop.OneHop -------------
+
+_LOGIN_DEVICE = text(
+    "SELECT d.pk, d.revoked_at, d.auth_key FROM devices AS d"
+    " JOIN accounts AS a ON a.id = d.account_id"
+    " WHERE a.username = :username AND d.device_id = :device_id"
+)
+_DELETE_EXPIRED_CHALLENGES = text(
+    "DELETE FROM auth_challenges WHERE device_pk = :pk AND expires_at <= :now"
+)
+_DELETE_EXPIRED_TOKENS = text(
+    "DELETE FROM auth_tokens WHERE device_pk = :pk AND expires_at <= :now"
+)
+_CHALLENGE_COUNTS = text(
+    "SELECT requester, count(*), max(id) FROM auth_challenges WHERE device_pk = :pk"
+    " GROUP BY requester"
+)
+_DELETE_OLDEST = text(
+    "DELETE FROM auth_challenges WHERE id IN (SELECT id FROM auth_challenges"
+    " WHERE device_pk = :pk AND requester = :requester ORDER BY id LIMIT :count)"
+)
+_ADD_CHALLENGE = text(
+    "INSERT INTO auth_challenges (nonce_hash, device_pk, expires_at, requester)"
+    " VALUES (:nonce_hash, :pk, :expires_at, :requester)"
+)
+_TAKE_CHALLENGE = text(
+    "DELETE FROM auth_challenges WHERE nonce_hash = :nonce_hash RETURNING device_pk, expires_at"
+)
+_ADD_TOKEN = text(
+    "INSERT INTO auth_tokens (token_hash, device_pk, created_at, expires_at)"
+    " VALUES (:token_hash, :pk, :now, :expires_at)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginDevice:
+    """What a login needs of a device."""
+
+    pk: int
+    revoked_at: int | None
+    auth_key: bytes
+
+
+def login_device(conn: Connection, username: str, device_id: int) -> LoginDevice | None:
+    """The device ``device_id`` of ``username``."""
+    row = conn.execute(_LOGIN_DEVICE, {"username": username, "device_id": device_id}).first()
+    return None if row is None else LoginDevice(int(row[0]), row[1], bytes(row[2]))
+
+
+def delete_expired_for_device(conn: Connection, device_pk: int, now: int) -> None:
+    """Forget the device's expired challenges and tokens."""
+    conn.execute(_DELETE_EXPIRED_CHALLENGES, {"pk": device_pk, "now": now})
+    conn.execute(_DELETE_EXPIRED_TOKENS, {"pk": device_pk, "now": now})
+
+
+def challenge_counts(conn: Connection, device_pk: int) -> dict[str, tuple[int, int]]:
+    """The device's outstanding challenges per requester: ``{requester: (count, newest id)}``."""
+    rows = conn.execute(_CHALLENGE_COUNTS, {"pk": device_pk})
+    return {str(r): (int(n), int(newest)) for r, n, newest in rows}
+
+
+def delete_oldest_challenges(conn: Connection, device_pk: int, requester: str, count: int) -> None:
+    """Delete the ``count`` oldest challenges that ``requester`` holds for the device."""
+    conn.execute(_DELETE_OLDEST, {"pk": device_pk, "requester": requester, "count": count})
+
+
+def add_challenge(
+    conn: Connection, *, nonce_hash: bytes, device_pk: int, expires_at: int, requester: str = ""
 ) -> None:
     """Store a challenge."""
-    session.add(
-        AuthChallenge(
-            nonce_hash=nonce_hash, device_pk=device_pk, expires_at=expires_at, requester=requester
-        )
+    conn.execute(
+        _ADD_CHALLENGE,
+        {
+            "nonce_hash": nonce_hash,
+            "pk": device_pk,
+            "expires_at": expires_at,
+            "requester": requester,
+        },
     )
-    await session.flush()
 
 
-async def challenge_counts(session: AsyncSession, device_pk: int) -> dict[str, tuple[int, int]]:
-    """The device's outstanding challenges per requester: ``{requester: (count, newest id)}``."""
-    result = await session.execute(
-        select(AuthChallenge.requester, func.count(), func.max(AuthChallenge.id))
-        .where(AuthChallenge.device_pk == device_pk)
-        .group_by(AuthChallenge.requester)
-    )
-    return {str(r): (int(n), int(newest)) for r, n, newest in result.all()}
-
-
-async def delete_oldest_challenges(
-    session: AsyncSession, device_pk: int, requester: str, count: int
-) -> None:
-    """Delete the ``count`` oldest challenges that ``requester`` holds for the device."""
-    oldest = (
-        select(AuthChallenge.id)
-        .where(AuthChallenge.device_pk == device_pk, AuthChallenge.requester == requester)
-        .order_by(AuthChallenge.id)
-        .limit(count)
-    )
-    await session.execute(delete(AuthChallenge).where(AuthChallenge.id.in_(oldest)))
-
-
-async def take_challenge(session: AsyncSession, nonce_hash: bytes) -> tuple[int, int] | None:
+def take_challenge(conn: Connection, nonce_hash: bytes) -> tuple[int, int] | None:
     """Delete the challenge and return ``(device_pk, expires_at)`` — at most once, ever."""
-    result = await session.execute(
-        delete(AuthChallenge)
-        .where(AuthChallenge.nonce_hash == nonce_hash)
-        .returning(AuthChallenge.device_pk, AuthChallenge.expires_at)
-    )
-    row = result.first()
+    row = conn.execute(_TAKE_CHALLENGE, {"nonce_hash": nonce_hash}).first()
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-async def delete_expired_for_device(session: AsyncSession, device_pk: int, now: int) -> None:
-    """Forget the device's expired challenges and tokens."""
-    await session.execute(
-        delete(AuthChallenge).where(
-            AuthChallenge.device_pk == device_pk, AuthChallenge.expires_at <= now
-        )
+def add_token(
+    conn: Connection, *, token_hash: bytes, device_pk: int, now: int, expires_at: int
+) -> None:
+    """Store a token digest."""
+    conn.execute(
+        _ADD_TOKEN,
+        {"token_hash": token_hash, "pk": device_pk, "now": now, "expires_at": expires_at},
     )
-    await session.execute(
-        delete(AuthToken).where(AuthToken.device_pk == device_pk, AuthToken.expires_at <= now)
-    )
+
+
+# -- tokens and upkeep (async sessions) -----------------------------------------------------
 
 
 async def delete_expired(session: AsyncSession, now: int) -> tuple[int, int]:
@@ -89,16 +136,6 @@ async def delete_expired(session: AsyncSession, now: int) -> tuple[int, int]:
     ch = await session.execute(delete(AuthChallenge).where(AuthChallenge.expires_at <= now))
     tok = await session.execute(delete(AuthToken).where(AuthToken.expires_at <= now))
     return int(getattr(ch, "rowcount", 0) or 0), int(getattr(tok, "rowcount", 0) or 0)
-
-
-async def add_token(
-    session: AsyncSession, *, token_hash: bytes, device_pk: int, now: int, expires_at: int
-) -> None:
-    """Store a token digest."""
-    session.add(
-        AuthToken(token_hash=token_hash, device_pk=device_pk, created_at=now, expires_at=expires_at)
-    )
-    await session.flush()
 
 
 async def find_token(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from server.auth import service
+from server.db.onehop import OneHop
 from server.deps import (
     ClockDep,
     CurrentDevice,
@@ -15,6 +17,7 @@ from server.deps import (
     NotifierDep,
     SessionDep,
     SettingsDep,
+    StateDep,
     client_ip,
 )
 from server.errors import DomainError
@@ -25,11 +28,19 @@ from wire.rest import ChallengeIn, ChallengeOut, TokenIn, TokenOut
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
+async def _login_db(state: StateDep) -> OneHop:
+    return state.login_db
+
+
+#: The login transactions' runner (one hand-off per transaction; ``core_lifespan`` opens it).
+LoginDbDep = Annotated[OneHop, Depends(_login_db)]
+
+
 @router.post("/challenge", responses=error_responses(403, 404))
 async def challenge(
     body: ChallengeIn,
     request: Request,
-    session: SessionDep,
+    hop: LoginDbDep,
     settings: SettingsDep,
     clock: ClockDep,
     limiters: LimitersDep,
@@ -39,7 +50,7 @@ async def challenge(
     await limiters.challenge.acquire(address)
     limits = settings.limits
     nonce, expires = await service.create_challenge(
-        session,
+        hop,
         body.username,
         body.device_id,
         now=clock.now(),
@@ -56,7 +67,7 @@ async def challenge(
 @router.post("/token", responses=error_responses(401, 403))
 async def token(
     body: TokenIn,
-    session: SessionDep,
+    hop: LoginDbDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     clock: ClockDep,
@@ -64,7 +75,7 @@ async def token(
     """Exchange a signed challenge for a bearer token."""
     try:
         value, expires = await service.issue_token(
-            session,
+            hop,
             body.username,
             body.device_id,
             body.nonce,

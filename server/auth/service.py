@@ -26,12 +26,13 @@ import secrets
 import struct
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.accounts import repository as account_repo
 from server.accounts.device_list import verify_ed25519
 from server.auth import repository as auth_repo
 from server.db.engine import write_lock
+from server.db.onehop import OneHop
 from server.errors import Forbidden, NotFound, Unauthorized
 
 __all__ = [
@@ -138,7 +139,7 @@ async def authenticate_token(session: AsyncSession, token: str, *, now: int) -> 
 
 
 async def create_challenge(
-    session: AsyncSession,
+    hop: OneHop,
     username: str,
     device_id: int,
     *,
@@ -147,49 +148,52 @@ async def create_challenge(
     requester: str = "",
     bounds: ChallengeBounds = ChallengeBounds(),
 ) -> tuple[bytes, int]:
-    """Store a fresh nonce for the device; return ``(nonce, expires_at)``. Commits.
+    """Store a fresh nonce for the device; return ``(nonce, expires_at)``. One transaction.
 
     ``requester`` is :func:`requester_tag` of the client address; see :class:`ChallengeBounds`.
     """
-    await write_lock(session)
-    device = await account_repo.get_device(session, username, device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
-    if device.revoked_at is not None:
-        raise Forbidden("this device was revoked by the relay operator", code="device_revoked")
-    await auth_repo.delete_expired_for_device(session, device.pk, now)
-    await _make_room(session, device.pk, requester, bounds)
     nonce = secrets.token_bytes(NONCE_LEN)
-    await auth_repo.add_challenge(
-        session,
-        nonce_hash=hash_secret(nonce),
-        device_pk=device.pk,
-        expires_at=now + ttl,
-        requester=requester,
-    )
-    await session.commit()
+
+    def store(conn: Connection) -> NotFound | Forbidden | None:
+        device = auth_repo.login_device(conn, username, device_id)
+        if device is None:
+            return NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
+        if device.revoked_at is not None:
+            return Forbidden("this device was revoked by the relay operator", code="device_revoked")
+        auth_repo.delete_expired_for_device(conn, device.pk, now)
+        _make_room(conn, device.pk, requester, bounds)
+        auth_repo.add_challenge(
+            conn,
+            nonce_hash=hash_secret(nonce),
+            device_pk=device.pk,
+            expires_at=now + ttl,
+            requester=requester,
+        )
+        return None
+
+    refusal = await hop.write(store)
+    if refusal is not None:
+        raise refusal
     return nonce, now + ttl
 
 
-async def _make_room(
-    session: AsyncSession, device_pk: int, requester: str, bounds: ChallengeBounds
-) -> None:
+def _make_room(conn: Connection, device_pk: int, requester: str, bounds: ChallengeBounds) -> None:
     """Drop challenges so that one more from ``requester`` fits within ``bounds``."""
-    counts = await auth_repo.challenge_counts(session, device_pk)
+    counts = auth_repo.challenge_counts(conn, device_pk)
     own = counts.get(requester, (0, 0))[0]
     if own >= bounds.per_requester:
-        await auth_repo.delete_oldest_challenges(
-            session, device_pk, requester, own - bounds.per_requester + 1
+        auth_repo.delete_oldest_challenges(
+            conn, device_pk, requester, own - bounds.per_requester + 1
         )
         return  # the total did not grow
     if sum(n for n, _ in counts.values()) >= bounds.per_device:
         # The requester holding the most (on a tie: the one that asked last) gives one up.
         heaviest = max(counts, key=lambda r: counts[r])
-        await auth_repo.delete_oldest_challenges(session, device_pk, heaviest, 1)
+        auth_repo.delete_oldest_challenges(conn, device_pk, heaviest, 1)
 
 
 async def issue_token(
-    session: AsyncSession,
+    hop: OneHop,
     username: str,
     device_id: int,
     nonce: bytes,
@@ -198,42 +202,40 @@ async def issue_token(
     now: int,
     ttl: int,
 ) -> tuple[str, int]:
-    """Check the signed challenge and return ``(token, expires_at)``. Commits.
+    """Check the signed challenge and return ``(token, expires_at)``. One transaction.
 
     The challenge is consumed by the first attempt, successful or not.
     """
-    t = now
     if len(nonce) != NONCE_LEN:
         raise Unauthorized("unknown or already used challenge", code="invalid_challenge")
-    # One transaction (one commit per login): the challenge is taken, the signature checked
-    # (~50 µs, under the write lock) and the token stored together; every refusal still
-    # commits the taken challenge first.
-    await write_lock(session)
-    taken = await auth_repo.take_challenge(session, hash_secret(nonce))
-    device = await account_repo.get_device(session, username, device_id)
-    refusal: Unauthorized | Forbidden | None = None
-    if taken is None or device is None or taken[0] != device.pk:
-        refusal = Unauthorized("unknown or already used challenge", code="invalid_challenge")
-    elif taken[1] <= t:
-        refusal = Unauthorized("challenge has expired", code="challenge_expired")
-    elif device.revoked_at is not None:
-        refusal = Forbidden("this device was revoked by the relay operator", code="device_revoked")
-    elif not verify_ed25519(
-        device.auth_key, signature, challenge_message(username, device_id, nonce)
-    ):
-        refusal = Unauthorized(
-            "signature does not verify with the device auth key", code="bad_signature"
-        )
-    if refusal is not None:
-        await session.commit()
-        raise refusal
-    assert device is not None
     raw = secrets.token_bytes(TOKEN_LEN)
-    await auth_repo.add_token(
-        session, token_hash=hash_secret(raw), device_pk=device.pk, now=t, expires_at=t + ttl
-    )
-    await session.commit()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), t + ttl
+
+    # The challenge is taken, the signature checked (~50 µs, under the write lock) and the
+    # token stored together; a refusal still commits the taken challenge.
+    def store(conn: Connection) -> Unauthorized | Forbidden | None:
+        taken = auth_repo.take_challenge(conn, hash_secret(nonce))
+        device = auth_repo.login_device(conn, username, device_id)
+        if taken is None or device is None or taken[0] != device.pk:
+            return Unauthorized("unknown or already used challenge", code="invalid_challenge")
+        if taken[1] <= now:
+            return Unauthorized("challenge has expired", code="challenge_expired")
+        if device.revoked_at is not None:
+            return Forbidden("this device was revoked by the relay operator", code="device_revoked")
+        if not verify_ed25519(
+            device.auth_key, signature, challenge_message(username, device_id, nonce)
+        ):
+            return Unauthorized(
+                "signature does not verify with the device auth key", code="bad_signature"
+            )
+        auth_repo.add_token(
+            conn, token_hash=hash_secret(raw), device_pk=device.pk, now=now, expires_at=now + ttl
+        )
+        return None
+
+    refusal = await hop.write(store)
+    if refusal is not None:
+        raise refusal
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), now + ttl
 
 
 async def revoke_token(session: AsyncSession, device: AuthenticatedDevice, *, now: int) -> None:

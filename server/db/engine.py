@@ -48,6 +48,7 @@ __all__ = [
     "create_engine",
     "is_sqlite",
     "session_factory",
+    "sqlite_sync_engine",
     "write_lock",
     "write_transaction",
 ]
@@ -98,6 +99,20 @@ def configure_sqlite(sync_engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file, with the relay's connection set-up, for
+    work that runs a whole transaction in one thread (the group-commit writer,
+    :class:`server.db.onehop.OneHop`)."""
+    from sqlalchemy import create_engine as create_sync_engine
+
+    url = engine.url.set(drivername="sqlite")
+    sync = create_sync_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+    )
+    configure_sqlite(sync)
+    return sync
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

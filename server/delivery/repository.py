@@ -58,6 +58,35 @@ def _raw_cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
+def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """All rows of one statement run through the SQLite driver in the caller's transaction."""
+    cursor = _raw_cursor(conn)
+    try:
+        return list(cursor.execute(sql, params).fetchall())
+    finally:
+        cursor.close()
+
+
+def _marks(n: int) -> str:
+    """``?,?,...``: ``n`` placeholders (never values)."""
+    return ",".join("?" * n)
+
+
+def _device_sets_sqlite(n: int) -> str:
+    return (
+        "SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a "  # noqa: S608
+        f"LEFT OUTER JOIN devices AS d ON d.account_id = a.id WHERE a.username IN ({_marks(n)})"
+    )
+
+
+def _queue_usage_sqlite(n: int) -> str:
+    return (
+        "SELECT device_pk, sender_account_id, count(*), coalesce(sum(size), 0) "  # noqa: S608
+        f"FROM delivery_queue WHERE device_pk IN ({_marks(n)}) "
+        "GROUP BY device_pk, sender_account_id"
+    )
+
+
 def _in(conn: Connection, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
     """``column IN (:name...)`` with a statement text that does not depend on the list length
     on PostgreSQL (``= ANY(:name)``), so asyncpg's prepared-statement cache keeps hitting."""
@@ -235,14 +264,21 @@ class DeliveryRepository:
         """The devices (id → pk) and account ids of the users that exist."""
         names = sorted(set(usernames))
         out = DeviceSets({}, {})
+        sqlite = conn.dialect.name == "sqlite"
         for chunk in _chunks(names):
-            rows = conn.execute(
-                select(_accounts.c.username, _accounts.c.id, _devices.c.device_id, _devices.c.pk)
-                .select_from(_accounts)
-                .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
-                .where(_in(conn, _accounts.c.username, "names")),
-                {"names": list(chunk)},
-            )
+            rows: Iterable[Any]
+            if sqlite:  # the same statement through the driver (no SQLAlchemy per batch)
+                rows = _raw_rows(conn, _device_sets_sqlite(len(chunk)), chunk)
+            else:
+                rows = conn.execute(
+                    select(
+                        _accounts.c.username, _accounts.c.id, _devices.c.device_id, _devices.c.pk
+                    )
+                    .select_from(_accounts)
+                    .outerjoin(_devices, _devices.c.account_id == _accounts.c.id)
+                    .where(_in(conn, _accounts.c.username, "names")),
+                    {"names": list(chunk)},
+                )
             for username, account_id, device_id, pk in rows:
                 devices = out.devices.setdefault(username, {})
                 out.accounts[username] = account_id
@@ -269,18 +305,23 @@ class DeliveryRepository:
         asked for is in the result). One index-only pass (``ix_delivery_queue_usage``)."""
         pks = sorted(set(device_pks))
         out = {pk: QueueUsage() for pk in pks}
+        sqlite = conn.dialect.name == "sqlite"
         for chunk in _chunks(pks):
-            rows = conn.execute(
-                select(
-                    _queue.c.device_pk,
-                    _queue.c.sender_account_id,
-                    func.count(),
-                    func.coalesce(func.sum(_queue.c.size), 0),
+            rows: Iterable[Any]
+            if sqlite:  # the same statement through the driver (no SQLAlchemy per batch)
+                rows = _raw_rows(conn, _queue_usage_sqlite(len(chunk)), chunk)
+            else:
+                rows = conn.execute(
+                    select(
+                        _queue.c.device_pk,
+                        _queue.c.sender_account_id,
+                        func.count(),
+                        func.coalesce(func.sum(_queue.c.size), 0),
+                    )
+                    .where(_in(conn, _queue.c.device_pk, "pks"))
+                    .group_by(_queue.c.device_pk, _queue.c.sender_account_id),
+                    {"pks": list(chunk)},
                 )
-                .where(_in(conn, _queue.c.device_pk, "pks"))
-                .group_by(_queue.c.device_pk, _queue.c.sender_account_id),
-                {"pks": list(chunk)},
-            )
             for pk, sender, count, size in rows:
                 usage = out[pk]
                 usage.depth += int(count)

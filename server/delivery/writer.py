@@ -35,12 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.clock import Clock
-from server.db.engine import IMMEDIATE, configure_sqlite
+from server.db.engine import IMMEDIATE, sqlite_sync_engine
 from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
@@ -129,24 +129,6 @@ class _Batch:
     live: list[tuple[SendOp, list[list[int]], int]] = field(default_factory=list)
 
 
-def sqlite_sync_engine(engine: AsyncEngine) -> Engine:
-    """A synchronous engine on the same SQLite file, with the relay's connection pragmas.
-
-    The writer runs each batch's transaction in its own thread through it: with aiosqlite
-    every statement, fetch and cursor close is a separate hand-off to the driver's thread.
-    """
-    from sqlalchemy import create_engine
-
-    url = engine.url.set(drivername="sqlite")
-    sync = create_engine(
-        url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
-    )
-
-    configure_sqlite(sync)
-
-    return sync
-
-
 class GroupCommitWriter:
     """Batches sends and acks from every connection into single transactions."""
 
@@ -169,6 +151,8 @@ class GroupCommitWriter:
             sqlite_sync_engine(engine) if engine.dialect.name == "sqlite" else None
         )
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
+        #: SQLite: the connection the writer's thread keeps (no pool checkout per batch).
+        self._sqlite_conn: Connection | None = None
         #: Idle PostgreSQL connections of this writer (one per batch in flight).
         self._conns: list[AsyncConnection] = []
         # SQLite has one writer at a time (BEGIN IMMEDIATE) and one thread: one batch.
@@ -214,6 +198,8 @@ class GroupCommitWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task = None
+        if self._sqlite_conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_sqlite)
         self._thread.shutdown(wait=True)
         conns, self._conns = self._conns, []
         for conn in conns:
@@ -342,11 +328,23 @@ class GroupCommitWriter:
 
     def _sqlite_transaction(self, batch: _Batch) -> None:
         assert self._sqlite_engine is not None
-        with self._sqlite_engine.connect() as conn:
+        conn = self._sqlite_conn
+        if conn is None:
             # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
-            conn = conn.execution_options(**{IMMEDIATE: True})
+            conn = self._sqlite_engine.connect().execution_options(**{IMMEDIATE: True})
+            self._sqlite_conn = conn
+        try:
             with conn.begin():
                 self._apply(conn, batch)
+        except BaseException:
+            self._close_sqlite()
+            raise
+
+    def _close_sqlite(self) -> None:
+        conn, self._sqlite_conn = self._sqlite_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _apply(self, conn: Connection, batch: _Batch) -> None:
         batch.per_device, batch.live = {}, []

@@ -2,8 +2,9 @@
 
 Every statement of the delivery path (de-duplication lookup, device sets, queue usage and the
 queue locks, the inserts, the queue fetch for delivery, the ack deletes, the expiry sweep) and
-of the one-time-prekey claim is run once through the real repository code on a migrated
-database, recorded as it reaches the driver, and explained:
+of the one-time-prekey claim and of a login (challenge and token) is run once through the
+real repository code on a migrated database, recorded as it reaches the driver, and
+explained:
 
 - SQLite: ``EXPLAIN QUERY PLAN`` must not ``SCAN`` a table (a full pass, with or without a
   covering index) — only searches, the statement's own ``VALUES``/CTE rows and
@@ -30,10 +31,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import server.delivery.repository as repository
-from server.db.engine import create_engine
+from server.auth import repository as auth_repo
+from server.db.engine import create_engine, sqlite_sync_engine
 from server.db.migrate import upgrade
 from server.delivery.repository import DeliveryRepository, NewSend
-from server.delivery.writer import sqlite_sync_engine
 from server.prekeys import repository as prekeys
 from tests.server.ws_kit import seed_alice_and_bob
 
@@ -46,6 +47,8 @@ TABLES = {
     "delivery_queue",
     "one_time_prekeys",
     "prekey_claims",
+    "auth_challenges",
+    "auth_tokens",
 }
 
 Statement = tuple[str, Any]
@@ -124,6 +127,20 @@ def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_a
     repo.sweep(conn, NOW)
 
 
+def _login_path(conn: Connection, device_pk: int) -> None:
+    """Every statement of a challenge and a token (``server.auth.service``)."""
+    assert auth_repo.login_device(conn, "bob", 1) is not None
+    auth_repo.delete_expired_for_device(conn, device_pk, NOW)
+    auth_repo.challenge_counts(conn, device_pk)
+    auth_repo.add_challenge(conn, nonce_hash=b"n" * 32, device_pk=device_pk, expires_at=NOW + 1)
+    auth_repo.delete_oldest_challenges(conn, device_pk, "", 1)
+    auth_repo.add_challenge(conn, nonce_hash=b"m" * 32, device_pk=device_pk, expires_at=NOW + 1)
+    assert auth_repo.take_challenge(conn, b"m" * 32) == (device_pk, NOW + 1)
+    auth_repo.add_token(
+        conn, token_hash=b"t" * 32, device_pk=device_pk, now=NOW, expires_at=NOW + 1
+    )
+
+
 async def _prekey_claim(engine: AsyncEngine, recipient_pk: int, sender_pk: int) -> None:
     async with AsyncSession(engine) as session, session.begin():
         await prekeys.lock_claims(session, recipient_pk)
@@ -162,10 +179,12 @@ async def test_sqlite_hot_statements_search_indexes(
         with _recording([sync, engine.sync_engine], seen):
             with sync.begin() as conn:
                 _delivery_path(conn, sender_pk, recipient_pk, sender_acct)
+            with sync.begin() as conn:
+                _login_path(conn, recipient_pk)
             await _prekey_claim(engine, recipient_pk, sender_pk)
         hot = [(sql, params) for sql, params in seen if _hot(sql)]
         texts = " ".join(sql for sql, _ in hot)
-        for needle in ("delivery_sends", "delivery_queue", "one_time_prekeys", "prekey_claims"):
+        for needle in sorted(TABLES - {"accounts", "devices", "delivery_payloads"}):
             assert needle in texts
         failures = []
         with sync.connect() as conn:
@@ -213,10 +232,12 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
         with _recording([engine.sync_engine], seen):
             async with engine.begin() as conn:
                 await conn.run_sync(_delivery_path, sender_pk, recipient_pk, sender_acct)
+            async with engine.begin() as conn:
+                await conn.run_sync(_login_path, recipient_pk)
             await _prekey_claim(engine, recipient_pk, sender_pk)
         hot = [(sql, params) for sql, params in seen if _hot(sql)]
         texts = " ".join(sql for sql, _ in hot)
-        for needle in ("delivery_sends", "delivery_queue", "one_time_prekeys", "prekey_claims"):
+        for needle in sorted(TABLES - {"accounts", "devices", "delivery_payloads"}):
             assert needle in texts
         failures = []
         async with engine.connect() as conn:
