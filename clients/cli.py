@@ -50,7 +50,7 @@ from clients.sdk import (
 )
 from clients.sdk.account import ProfileProtection, profile_protection
 from clients.store.errors import StoreError as StoreFailure
-from clients.units import format_size
+from clients.units import format_size, timer_notice
 
 __all__ = ["app", "main"]
 
@@ -372,7 +372,7 @@ def disappear(
 
     async def go(client: Api) -> str:
         await client.set_timer(await _target(client, target), seconds)
-        return f"disappearing messages: {_duration(seconds)}"
+        return timer_notice("you", seconds)
 
     typer.echo(run(_with_client(go)))
 
@@ -388,6 +388,8 @@ def _duration(seconds: int) -> str:
 
 def _line(message: Message) -> str:
     when = dt.datetime.fromtimestamp(message.sent_at / 1000).strftime("%Y-%m-%d %H:%M")
+    if message.timer is not None:
+        return f"{message.id}  {when}  {timer_notice(message.sender, message.timer)}"
     if message.deleted:
         body = "[deleted]"
     elif message.attachment is not None:
@@ -548,53 +550,108 @@ def receive(
         Path | None, typer.Option(help="Where to save received files (default HOME/downloads).")
     ] = None,
 ) -> None:
-    """Print (and ack) what arrives; exits after --wait seconds with nothing new. While a
-    daemon holds the profile it has already received (and acked) what came before: this
-    prints what it receives from now on."""
+    """Print (and ack) what arrives; exits after --wait seconds with nothing new. Each message
+    line starts with the message's id (for edit, delete, react, send --reply-to). Printed
+    messages count as read: read receipts go to their senders and the disappearing countdown
+    of a message sent under a timer starts. While a daemon holds the profile it has already
+    received (and acked) what came before: this prints what it receives from now on.
+
+    Example: vox receive --wait 10
+    """
 
     async def go(client: Api) -> None:
         target = save_dir or (STATE.home / "downloads")
-        if isinstance(client, RemoteApi):
-            await _receive_from_daemon(client, wait, as_json, target)
-            return
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        client.on_event(queue.put_nowait)
-        done = asyncio.Event()
-        signed_out: list[str] = []
-
-        async def printer() -> None:
-            while not (done.is_set() and queue.empty()):
-                try:
-                    event = await asyncio.wait_for(queue.get(), 0.1)
-                except TimeoutError:
-                    continue
-                if isinstance(event, SignedOut):
-                    signed_out.append(event.reason)
-                else:
-                    await _print_event(client, event, as_json, target)
-
-        task = asyncio.create_task(printer())
+        printed = _Printed(client)
         try:
-            await client.receive(wait)
+            if isinstance(client, RemoteApi):
+                await _receive_from_daemon(client, wait, as_json, target, printed)
+            else:
+                await _receive_here(client, wait, as_json, target, printed)
         finally:
-            done.set()
-            await task
-        if signed_out:  # what arrived before is printed and acked; then fail clearly
-            raise _fail(signed_out[0])
+            await printed.mark_read()
 
     run(_with_client(go))
 
 
-async def _receive_from_daemon(client: RemoteApi, wait: float, as_json: bool, target: Path) -> None:
+class _Printed:
+    """The incoming messages ``vox receive`` printed, to be marked read (in batches: after
+    each burst and at the end), as reading them in the TUI would."""
+
+    def __init__(self, client: Api) -> None:
+        self.client = client
+        self.unread: dict[str, list[str]] = {}
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, Message) and not event.outgoing:
+            self.unread.setdefault(event.conversation, []).append(event.id)
+
+    async def mark_read(self) -> None:
+        unread, self.unread = self.unread, {}
+        for conversation, ids in unread.items():
+            try:
+                await self.client.mark_read(conversation, ids=ids)
+            except ClientError as exc:
+                typer.echo(f"vox: warning: could not mark messages read: {exc}", err=True)
+
+
+async def _receive_here(
+    client: VoxClient, wait: float, as_json: bool, target: Path, printed: _Printed
+) -> None:
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    client.on_event(queue.put_nowait)
+    done = asyncio.Event()
+    signed_out: list[str] = []
+
+    async def printer() -> None:
+        while not (done.is_set() and queue.empty()):
+            try:
+                event = await asyncio.wait_for(queue.get(), 0.1)
+            except TimeoutError:
+                await printed.mark_read()  # a burst was printed: it has been read
+                continue
+            if isinstance(event, SignedOut):
+                signed_out.append(event.reason)
+            else:
+                await _print_event(client, event, as_json, target)
+                printed.add(event)
+
+    task = asyncio.create_task(printer())
+    try:
+        await client.receive(wait)
+    finally:
+        done.set()
+        await task
+    if signed_out:  # what arrived before is printed and acked; then fail clearly
+        raise _fail(signed_out[0])
+
+
+async def _receive_from_daemon(
+    client: RemoteApi, wait: float, as_json: bool, target: Path, printed: _Printed
+) -> None:
     events = client.events()
-    while True:
-        try:
-            event = await asyncio.wait_for(anext(events), wait)
-        except (TimeoutError, StopAsyncIteration):
-            return
-        if isinstance(event, SignedOut):
-            raise _fail(event.reason)
-        await _print_event(client, event, as_json, target)
+    pending: asyncio.Future[Event] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            idle = 0.1 if printed.unread else wait
+            if not (await asyncio.wait({pending}, timeout=idle))[0]:
+                if not printed.unread:
+                    return  # nothing new for --wait seconds
+                await printed.mark_read()  # a burst was printed: it has been read
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            if isinstance(event, SignedOut):
+                raise _fail(event.reason)
+            await _print_event(client, event, as_json, target)
+            printed.add(event)
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -> None:
@@ -622,7 +679,7 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
                 body = f"[file] {att.file_name} ({format_size(att.size)})"
                 if event.attachment.path:
                     body += f" -> {event.attachment.path}"
-            typer.echo(f"{when} {event.sender}:{event.device}{where}: {body}")
+            typer.echo(f"{event.id}  {when}  {event.sender}:{event.device}{where}: {body}")
     elif isinstance(event, KeyChanged):
         typer.echo(
             f"vox: warning: the account key of {event.username} changed; "
@@ -658,7 +715,7 @@ def _update_line(event: MessageUpdate) -> str:
     when = dt.datetime.fromtimestamp(event.at / 1000).strftime("%H:%M:%S")
     who = f"{event.sender}:{event.device}"
     where = "" if event.conversation == event.sender else f" [{event.conversation}]"
-    target = (event.target or "")[:8]
+    target = event.target or ""
     if event.kind == "edit":
         return f"{when} {who}{where} edited {target}: {event.text}"
     if event.kind == "delete":
@@ -667,7 +724,7 @@ def _update_line(event: MessageUpdate) -> str:
         if event.emoji:
             return f"{when} {who}{where} reacted {event.emoji} to {target}"
         return f"{when} {who}{where} removed the reaction to {target}"
-    return f"{when} {who}{where} set disappearing messages: {_duration(event.seconds or 0)}"
+    return f"{when} {timer_notice(who + where, event.seconds or 0)}"
 
 
 def _unique(directory: Path, name: str) -> Path:

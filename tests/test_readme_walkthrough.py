@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.units import format_size
+from clients.sdk.message_rules import parse_duration
+from clients.units import format_size, timer_notice
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -61,6 +62,8 @@ REQUIRED_STEPS = {
     "react",
     "disappear",
     "search",
+    "history",
+    "unlink",
 }
 ASSIGN = re.compile(r"^([A-Z_]+)=\$\((vox .*)\)(\s+#.*)?$")
 
@@ -221,6 +224,9 @@ class Walk:
     removed: tuple[str, str, str] | None = None  # (profile that removed, group, user)
     joined: str | None = None  # the profile made by `join`
     variables: dict[str, str] = field(default_factory=dict)  # NAME=$(vox ...) in the README
+    notices: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # history rows due
+    other_device: str | None = None  # a device id other than the current one (`devices`)
+    unlinked: str | None = None  # the profile of the device removed by `unlink`
     last_out: str = ""
 
     @property
@@ -259,7 +265,8 @@ class Walk:
     def deliver(self, username: str, sender: str, text: str, group: str | None = None) -> None:
         """``receive`` on each of ``username``'s devices will print ``text`` from ``sender``."""
         where = rf" \[group {re.escape(group)} \([0-9a-f]{{8}}\)\]" if group else ""
-        line = rf"^\d\d:\d\d:\d\d {re.escape(sender)}:\d+{where}: {re.escape(text)}$"
+        said = f"{re.escape(sender)}:\\d+{where}: {re.escape(text)}"
+        line = rf"^[0-9a-f]{{32}}  \d\d:\d\d:\d\d  {said}$"
         for p in self.profiles_of(username):
             self.inbox.setdefault(p, []).append(line)
 
@@ -319,17 +326,27 @@ class Walk:
             self.link(line, argv, me)
         elif sub in ("edit", "react"):
             assert HEX_ID.fullmatch(self.run(line, argv).strip()), line
-            short = re.escape(args[1][:8])
-            done = f"edited {short}: {re.escape(args[2])}" if sub == "edit" else (
-                f"reacted {re.escape(args[2])} to {short}")  # fmt: skip
+            target = re.escape(args[1])
+            done = f"edited {target}: {re.escape(args[2])}" if sub == "edit" else (
+                f"reacted {re.escape(args[2])} to {target}")  # fmt: skip
             for p in self.profiles_of(args[0]):
                 self.inbox.setdefault(p, []).append(rf"^\d\d:\d\d:\d\d {me}:\d+ {done}$")
         elif sub == "disappear":
-            assert self.run(line, argv).strip() == f"disappearing messages: {args[1]}", line
+            seconds = parse_duration(args[1])
+            assert self.run(line, argv).strip() == timer_notice("you", seconds), line
+            notice = timer_notice(me, seconds)
             for p in self.profiles_of(args[0]):
-                self.inbox.setdefault(p, []).append(
-                    rf"^\d\d:\d\d:\d\d {me}:\d+ set disappearing messages: {args[1]}$"
-                )
+                told = re.escape(notice.removeprefix(me))  # " set disappearing messages to ..."
+                self.inbox.setdefault(p, []).append(rf"^\d\d:\d\d:\d\d {me}:\d+{told}$")
+            # a row of the conversation's history on every device of both sides
+            for user, peer in ((me, args[0]), (args[0], me)):
+                for p in self.profiles_of(user):
+                    self.notices.setdefault((p, peer), []).append(notice)
+        elif sub == "history":
+            rows = self.run(line, argv).strip().splitlines()
+            assert rows and all(HEX_ID.match(r) for r in rows), rows
+            for notice in self.notices.get((profile, args[0]), []):
+                assert any(r.endswith(f"  {notice}") for r in rows), (notice, rows)
         elif sub == "search":
             found = self.run(line, argv).strip().splitlines()
             assert found and all(args[0].lower() in f.lower() for f in found), found
@@ -338,6 +355,17 @@ class Walk:
             out = self.run(line, argv).strip().splitlines()
             assert len(out) == len(self.profiles_of(me)), out
             assert sum("(this device)" in d for d in out) == 1, out
+            others = [d.split()[0] for d in out if "(this device)" not in d]
+            self.other_device = others[0] if others else None
+        elif sub == "unlink":
+            # `ID` in the README: the other device's number from the `devices` list before.
+            assert args == ["ID"] and self.joined is not None, line
+            device = self.other_device
+            assert device is not None, "the walk-through unlinks before listing the devices"
+            argv = [device if a == "ID" else a for a in argv]
+            assert self.run(line, argv).strip() == f"removed device {device}", line
+            self.unlinked = self.joined
+            del self.users[self.joined]
         else:
             raise AssertionError(f"a walk-through step this test does not know: {line}")
 
@@ -458,14 +486,20 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
             walk.step(line)
         assert walk.steps >= REQUIRED_STEPS, f"the walk-through lost {REQUIRED_STEPS - walk.steps}"
         assert any(len(shown) >= 2 for shown in walk.numbers.values()), "no two sides compared"
-        assert len(walk.users) >= 4 and walk.joined is not None
+        assert len(walk.users) >= 3 and walk.joined is not None and walk.unlinked is not None
 
         # What the comments promise beyond each line's own output: a removed member reads no
-        # more of the group (the others still do), and the new device sees both devices.
+        # more of the group (the others still do), and the unlinked laptop is cut off.
         assert walk.removed is not None
         by, group, gone = walk.removed
         walk.step(f'vox --home ~/{by} group send {group} "{gone} cannot read this"')
         readers = {gone, *walk.groups[group]} - {walk.users[by]}
         for profile in sorted(p for user in readers for p in walk.profiles_of(user)):
             walk.step(f"vox --home ~/{profile} receive --wait 1")
-        walk.step(f"vox --home ~/{walk.joined} devices")
+        laptop = subprocess.run(
+            [str(VOX), "--home", str(home / walk.unlinked), "receive", "--wait", "1"],
+            cwd=ROOT, env=walk.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert laptop.returncode == 1 and "removed from the account" in laptop.stderr, laptop
+        assert "Traceback" not in laptop.stderr

@@ -66,6 +66,8 @@ def message_json(message: Message) -> dict[str, Any]:
             "size": a.size,
             "path": str(a.path) if a.path else None,
         }
+    elif message.timer is not None:  # a timer announcement row (history)
+        out["timer"] = message.timer
     else:
         out["text"] = message.text
     if message.edited:
@@ -230,6 +232,7 @@ def message_from_json(value: dict[str, Any]) -> Message:
         reactions=tuple(sorted(value.get("reactions", {}).items())),
         expires_in=int(value.get("expires_in", 0)),
         edits=tuple(value.get("edits", ())),
+        timer=value.get("timer"),
     )
 
 

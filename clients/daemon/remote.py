@@ -261,6 +261,13 @@ class RemoteApi:
         found = await self.rpc.call("search", query=query, chat=chat, limit=limit)
         return [message_from_json(m) for m in found]
 
+    async def mark_read(self, conversation: str, *, ids: Iterable[str] | None = None) -> int:
+        """See :meth:`VoxClient.mark_read`."""
+        params: dict[str, Any] = {"conversation": conversation}
+        if ids is not None:
+            params["ids"] = list(ids)
+        return int(await self.rpc.call("mark_read", **params))
+
     async def history(self, conversation: str, *, limit: int = 100) -> list[Message]:
         """See :meth:`VoxClient.history`."""
         found = await self.rpc.call("history", conversation=conversation, limit=limit)

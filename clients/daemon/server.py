@@ -129,7 +129,9 @@ class Daemon:
             "send": lambda p: self._send(p),
             "send_file": lambda p: self._send_file(p),
             "typing": lambda p: c.send_typing(_str(p, "to"), bool(p.get("active", True))),
-            "mark_read": lambda p: c.mark_read(_str(p, "conversation")),
+            "mark_read": lambda p: c.mark_read(
+                _str(p, "conversation"), ids=_names(p, "ids") if "ids" in p else None
+            ),
             "history": lambda p: self._history(p),
             "conversations": lambda p: self._conversations(),
             "contacts": lambda p: self._contacts(),

@@ -34,6 +34,9 @@ Content (inside every plaintext)::
     type 0x0B REACTION    bytes16 group_id || bytes16 target id (16) || str16 emoji
                           (<= 32 bytes; "" removes the sender's reaction)
     type 0x0C TIMER       bytes16 group_id || u32 seconds (0 = off; else 30 .. 2419200)
+    type 0x0D VERIFIED    str16 username || account key (typed: 0x02 || 32 bytes Ed25519)
+                          || u8 state (1 verified) -- "I verified this user's key", sent to
+                          our own devices only
 
 TEXT and ATTACHMENT may end with *extensions*, each ``u8 tag || bytes16 value`` (unknown tags
 are skipped)::
@@ -59,6 +62,7 @@ from typing import ClassVar, Final
 
 from crypto.encoding import Reader, Writer
 from crypto.errors import InvalidValue
+from crypto.keys import Ed25519PublicKey
 
 __all__ = [
     "CONTENT_VERSION",
@@ -82,6 +86,8 @@ __all__ = [
     "TimerContent",
     "Transcript",
     "Typing",
+    "VerifiedContent",
+    "VerifyState",
     "decode_content",
     "decode_padded",
     "new_message_id",
@@ -154,6 +160,7 @@ class ContentType(enum.IntEnum):
     DELETE = 0x0A
     REACTION = 0x0B
     TIMER = 0x0C
+    VERIFIED = 0x0D
 
 
 class Extension(enum.IntEnum):
@@ -453,6 +460,27 @@ class TimerContent(_Base):
         w.bytes16(self.group_id).u32(check_timer(self.seconds))
 
 
+class VerifyState(enum.IntEnum):
+    """The ``state`` byte of a :class:`VerifiedContent`."""
+
+    VERIFIED = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedContent(_Base):
+    """To our own other devices: the user verified ``username``'s account key (compared
+    the safety number and accepted it) on this device. Believed only from our own account."""
+
+    username: str
+    account_key: bytes  # typed Ed25519 public key (0x02 || 32 bytes), as in device lists
+    state: VerifyState = VerifyState.VERIFIED
+    TYPE: ClassVar[ContentType] = ContentType.VERIFIED
+
+    def _body(self, w: Writer) -> None:
+        Ed25519PublicKey.from_bytes(self.account_key).write(w.str16(self.username))
+        w.u8(int(self.state))
+
+
 #: Operations on a conversation (not messages of their own).
 OperationContent = EditContent | DeleteContent | ReactionContent | TimerContent
 #: What a TRANSCRIPT or a group message may carry.
@@ -471,6 +499,7 @@ Content = (
     | DeleteContent
     | ReactionContent
     | TimerContent
+    | VerifiedContent
 )
 
 
@@ -583,6 +612,13 @@ def decode_content(data: bytes) -> Content:
         out = Transcript(destination=destination, inner=inner, **head)  # type: ignore[arg-type]
     elif raw_type == ContentType.DEVICES:
         out = DevicesChanged(**head)  # type: ignore[arg-type]
+    elif raw_type == ContentType.VERIFIED:
+        username = r.str16("username", 32)
+        account_key = Ed25519PublicKey.read(r).to_bytes()
+        raw_state = r.u8()
+        if raw_state != VerifyState.VERIFIED:
+            raise InvalidValue("verify state", f"unknown state {raw_state}")
+        out = VerifiedContent(username=username, account_key=account_key, **head)  # type: ignore[arg-type]
     else:
         raise InvalidValue("content type", f"unknown type {raw_type:#04x}")
     r.end()

@@ -27,7 +27,7 @@ from clients.sdk.content import (
 from clients.sdk.errors import ClientError
 from clients.sdk.models import MessageUpdate
 from clients.store.base import Store
-from clients.store.models import StoredMessage, group_conversation
+from clients.store.models import DeliveryState, Direction, StoredMessage, group_conversation
 from crypto.errors import InvalidValue
 from crypto.keys import DeviceAddress
 
@@ -95,12 +95,20 @@ def _conversation_of(content: OperationContent, fallback: str) -> str:
 
 
 def apply(
-    store: Store, conversation: str, sender: DeviceAddress, content: OperationContent, now: float
+    store: Store,
+    conversation: str,
+    sender: DeviceAddress,
+    content: OperationContent,
+    now: float,
+    *,
+    own: str,
 ) -> list[MessageUpdate]:
-    """Apply an operation received (or sent by us) in ``conversation``; returns the events."""
+    """Apply an operation received (or sent by us — ``own`` is our username) in
+    ``conversation``; returns the events."""
     at = _ms(now)
     if isinstance(content, TimerContent):
         _set_timer(store, conversation, content.seconds)
+        store.add_message(_timer_notice(conversation, sender, content, now, own))
         return [
             MessageUpdate(
                 "timer",
@@ -112,13 +120,43 @@ def apply(
                 seconds=content.seconds,
             )
         ]
+    return _apply_op(store, conversation, sender, content, now)
+
+
+def _apply_op(
+    store: Store,
+    conversation: str,
+    sender: DeviceAddress,
+    content: EditContent | DeleteContent | ReactionContent,
+    now: float,
+) -> list[MessageUpdate]:
+    """An edit, delete or reaction: applied to its target, or kept until the target arrives."""
     stored = store.get_message(content.target.hex())
     if stored is None:
         _defer(store, conversation, sender, content, now)
         return []
     if stored.conversation != conversation:
         return []
-    return _apply_to(store, stored, sender, content, at)
+    return _apply_to(store, stored, sender, content, _ms(now))
+
+
+def _timer_notice(
+    conversation: str, sender: DeviceAddress, content: TimerContent, now: float, own: str
+) -> StoredMessage:
+    """The history row announcing a timer change (under the TIMER's own message id, the same
+    on every device; already read: a notice is never unread)."""
+    outgoing = sender.username == own
+    return StoredMessage(
+        message_id=content.message_id.hex(),
+        conversation=conversation,
+        direction=Direction.OUT if outgoing else Direction.IN,
+        sender=sender.username,
+        sender_device=sender.device_id,
+        sent_at=content.sent_at_ms / 1000,
+        received_at=now,
+        state=DeliveryState.SENT if outgoing else DeliveryState.READ,
+        timer=content.seconds,
+    )
 
 
 def _apply_to(
@@ -226,7 +264,7 @@ def on_stored(store: Store, message_id: str, now: float) -> list[MessageUpdate]:
         content = decode_content(bytes.fromhex(str(p["b"])))
         sender = DeviceAddress(str(p["u"]), int(str(p["d"])))
         if isinstance(content, EditContent | DeleteContent | ReactionContent):
-            events += apply(store, str(p["c"]), sender, content, now)
+            events += _apply_op(store, str(p["c"]), sender, content, now)
     return events
 
 

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
@@ -38,7 +38,9 @@ from clients.sdk.sendqueue import Fail, Queued
 from clients.store.models import (
     ConversationSummary,
     DeliveryState,
+    Direction,
     OutboxEntry,
+    StoredMessage,
     group_conversation,
     is_group_conversation,
 )
@@ -108,21 +110,46 @@ async def send_typing(core: Core, to: str, active: bool = True) -> None:
     await core.send_direct(to, Typing(active=active, sent_at_ms=now_ms()), ephemeral=True)
 
 
-async def mark_read(core: Core, conversation: str) -> int:
-    """Mark a conversation read and send read receipts; returns how many messages."""
-    messages = core.store.mark_conversation_read(conversation, now=time.time())
+async def mark_read(core: Core, conversation: str, *, ids: Iterable[str] | None = None) -> int:
+    """Mark a conversation read — or, with ``ids``, only those of its messages (e.g. the ones
+    ``vox receive`` printed) — and send read receipts; returns how many messages. Reading
+    starts the disappearing countdown of a message sent under a timer on this device."""
+    now = time.time()
+    if ids is None:
+        messages = core.store.mark_conversation_read(conversation, now=now)
+    else:
+        with core.store.transaction():
+            messages = [m for i in dict.fromkeys(ids) if (m := _read(core, conversation, i, now))]
     by_sender: dict[str, list[bytes]] = {}
     for message in messages:
         if message.sender != core.username:
             by_sender.setdefault(message.sender, []).append(bytes.fromhex(message.message_id))
-    for sender, ids in by_sender.items():
-        for i in range(0, len(ids), 500):
+    for sender, read in by_sender.items():
+        for i in range(0, len(read), 500):
             receipt = Receipt(
-                kind=ReceiptKind.READ, ids=tuple(ids[i : i + 500]), sent_at_ms=now_ms()
+                kind=ReceiptKind.READ, ids=tuple(read[i : i + 500]), sent_at_ms=now_ms()
             )
             with contextlib.suppress(ClientError):
                 await core.send_direct(sender, receipt)
     return len(messages)
+
+
+def _read(core: Core, conversation: str, message_id: str, now: float) -> StoredMessage | None:
+    """Mark one unread incoming message of ``conversation`` read (its countdown starts)."""
+    stored = core.store.get_message(message_id)
+    if (
+        stored is None
+        or stored.conversation != conversation
+        or stored.direction is not Direction.IN
+        or stored.state is not DeliveryState.RECEIVED
+    ):
+        return None
+    expire_at = stored.expire_at
+    if stored.expires_in and expire_at is None:
+        expire_at = now + stored.expires_in
+    read = dataclasses.replace(stored, state=DeliveryState.READ, expire_at=expire_at)
+    core.store.replace_message(read)
+    return read
 
 
 Build = Callable[[], list[OutgoingSend]]
@@ -220,7 +247,9 @@ class Outbox:
                 core.protocol.record_outgoing(conversation, content)
             else:
                 address = core.identity.address
-                message_rules.apply(core.store, conversation, address, content, time.time())
+                message_rules.apply(
+                    core.store, conversation, address, content, time.time(), own=core.username
+                )
             core.store.outbox_put(entry)
         waiter: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = waiter

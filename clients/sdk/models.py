@@ -71,10 +71,14 @@ class Message:
     reactions: tuple[tuple[str, str], ...] = ()  # (username, emoji), one per person
     expires_in: int = 0  # disappearing timer (seconds) it was sent under; 0 = never
     edits: tuple[str, ...] = ()  # earlier texts, oldest first
+    #: A notice, not a message: ``sender`` set the disappearing timer to this (0 = off).
+    timer: int | None = None
 
     @property
     def kind(self) -> str:
-        """``"text"`` or ``"attachment"``."""
+        """``"text"``, ``"attachment"`` or ``"timer"`` (a timer announcement)."""
+        if self.timer is not None:
+            return "timer"
         return "attachment" if self.attachment is not None else "text"
 
     def reaction_counts(self) -> dict[str, int]:

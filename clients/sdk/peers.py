@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from clients.sdk import identity as ids
 from clients.sdk import trust
+from clients.sdk.content import VerifiedContent
 from clients.sdk.core import Core
 from clients.sdk.engine import replenish_count
 from clients.sdk.errors import ClientError, RelayRejected, RelayUnavailable, UnknownUser
@@ -151,11 +152,25 @@ async def accept_key(core: Core, username: str) -> Verification:
     check_user(username)
     with contextlib.suppress(RelayUnavailable):
         await refresh_devices(core, username)
-    if core.store.get_peer(username) is None:
+    peer = core.store.get_peer(username)
+    if peer is None:
         raise UnknownUser(username)
     trust.accept_key(core.store, username)
     core.engine.key_accepted(username)
+    await _tell_own_devices(core, username, peer.account_key)
     return await verify(core, username)
+
+
+async def _tell_own_devices(core: Core, username: str, account_key: bytes) -> None:
+    """Our other devices learn that we verified ``username``'s key (best effort: a device
+    this does not reach keeps its own trust state until the user accepts there too)."""
+    content = VerifiedContent(
+        username=username, account_key=account_key, sent_at_ms=int(time.time() * 1000)
+    )
+    try:
+        await core.send_direct(core.username, content)
+    except ClientError as exc:
+        log.warning("could not tell our other devices about verifying %s: %s", username, exc)
 
 
 # --- our own devices -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ shell (:mod:`clients.sdk.client`) performs the I/O in between.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from clients.sdk.content import (
     TextContent,
     Transcript,
     Typing,
+    VerifiedContent,
     decode_padded,
     padded,
 )
@@ -70,6 +72,7 @@ from crypto.keys import (
     X25519PublicKey,
 )
 from crypto.sender_keys import SenderKeyDistribution, SenderKeyMessage
+from wire.encoding import USERNAME_PATTERN
 
 __all__ = [
     "Action",
@@ -525,7 +528,9 @@ class ClientProtocol:
             self.groups.save_record(message.group_id, message.sender, record)
             conversation = group_conversation(message.group_id.hex())
             if isinstance(content, OperationContent):
-                ops = message_rules.apply(self.store, conversation, message.sender, content, now)
+                ops = message_rules.apply(
+                    self.store, conversation, message.sender, content, now, own=self.username
+                )
                 return Received(list(ops), [])
             return self._chat(message.sender, content, conversation, now)
         raise GroupError("link offers are only read while joining")
@@ -537,6 +542,8 @@ class ClientProtocol:
             raise GroupError("group messages travel under sender keys")
         if isinstance(content, Transcript) and not own:
             raise GroupError("transcripts come only from our own devices")
+        if isinstance(content, VerifiedContent) and not own:
+            raise GroupError("verification syncs come only from our own devices")
         inner = content.inner if isinstance(content, Transcript) else content
         if isinstance(inner, AttachmentContent):
             AttachmentPointer.from_bytes(inner.pointer)
@@ -556,9 +563,10 @@ class ClientProtocol:
                 raise GroupError("group messages travel under sender keys")
             return self._chat(sender, content, sender.username, now)
         if isinstance(content, OperationContent):
-            return Received(
-                list(message_rules.apply(self.store, sender.username, sender, content, now)), []
+            ops = message_rules.apply(
+                self.store, sender.username, sender, content, now, own=self.username
             )
+            return Received(list(ops), [])
         if isinstance(content, Transcript):
             if not own:
                 raise GroupError("transcripts come only from our own devices")
@@ -569,7 +577,9 @@ class ClientProtocol:
                     if inner.group_id
                     else content.destination
                 )
-                ops = message_rules.apply(self.store, conversation, sender, inner, now)
+                ops = message_rules.apply(
+                    self.store, conversation, sender, inner, now, own=self.username
+                )
                 return Received(list(ops), [])
             return self._chat(sender, inner, content.destination, now)
         if isinstance(content, Receipt):
@@ -591,6 +601,14 @@ class ClientProtocol:
             self.groups.add_distribution(distribution)
             return Received([], [])
         if isinstance(content, DevicesChanged):
+            return Received([], [])
+        if isinstance(content, VerifiedContent):
+            if not own:
+                raise GroupError("verification syncs come only from our own devices")
+            if content.username != self.username and re.fullmatch(
+                USERNAME_PATTERN, content.username
+            ):
+                trust.apply_verified(self.store, content.username, content.account_key)
             return Received([], [])
         raise GroupError("unexpected content")
 
@@ -787,4 +805,5 @@ def message_from_stored(stored: StoredMessage) -> Message:
         reactions=stored.reactions,
         expires_in=stored.expires_in,
         edits=stored.edits,
+        timer=stored.timer,
     )

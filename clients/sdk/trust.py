@@ -21,6 +21,14 @@ keys the user trusted (first use or accepted) are kept forever; of the others (k
 were only ever "changed"), the newest :data:`MAX_UNTRUSTED_FLOORS` are kept, so a relay
 cannot grow the store without bound by serving fresh keys.
 
+**Verification across our devices.** Accepting a key (:func:`accept_key`) on one device is
+told to the account's other devices (a VERIFIED content, ``docs/protocol-client.md`` §2,
+believed only from our own devices): :func:`apply_verified` marks the user ``VERIFIED`` there
+if that device holds the same key; otherwise it remembers the key (setting
+``verified_sync:USERNAME``) and :func:`accept_device_list` marks the user ``VERIFIED`` — not
+``CHANGED`` — when a list under exactly that key arrives. Any other key still counts as a
+change.
+
 Only devices on the last verified list are ever encrypted to or believed as senders.
 """
 
@@ -46,6 +54,7 @@ __all__ = [
     "MAX_UNTRUSTED_FLOORS",
     "accept_device_list",
     "accept_key",
+    "apply_verified",
     "is_trusted",
     "known_device_list",
     "peer_safety_number",
@@ -56,6 +65,7 @@ __all__ = [
 #: Rollback floors kept for account keys the user never trusted (see the module docstring).
 MAX_UNTRUSTED_FLOORS: Final = 32
 _FLOORS: Final = "trust_floors:"
+_VERIFIED_SYNC: Final = "verified_sync:"
 
 
 @dataclass(slots=True)
@@ -170,6 +180,14 @@ def accept_device_list(
         # reported and blocks sending until the user accepts the key now served.
         changed_now = True
         trust, old_key = TrustState.CHANGED, peer.account_key
+    verified_elsewhere = store.get_setting(_VERIFIED_SYNC + username)
+    if verified_elsewhere is not None and hmac.compare_digest(
+        verified_elsewhere, account_key.hex()
+    ):
+        # The user verified exactly this key on another of our devices.
+        changed_now = False
+        trust, old_key = TrustState.VERIFIED, None
+        store.set_setting(_VERIFIED_SYNC + username, None)
     known = floors.pop(account_key.hex(), None)
     floors[account_key.hex()] = _Floor(
         device_list.version,
@@ -200,6 +218,7 @@ def accept_key(store: Store, username: str) -> bool:
     peer = store.get_peer(username)
     if peer is None:
         return False
+    store.set_setting(_VERIFIED_SYNC + username, None)  # this device's own decision wins
     changed = peer.trust is TrustState.CHANGED
     floors = _load_floors(store, username, peer)
     floor = floors.get(peer.account_key.hex())
@@ -218,6 +237,21 @@ def accept_key(store: Store, username: str) -> bool:
         )
     )
     return changed
+
+
+def apply_verified(store: Store, username: str, account_key: bytes) -> bool:
+    """Another of our devices verified ``username``'s ``account_key``: mark it ``VERIFIED``
+    if it is the key held here (True), else remember it until a list under that key is
+    accepted (False)."""
+    peer = store.get_peer(username)
+    if peer is not None and hmac.compare_digest(peer.account_key, account_key):
+        if peer.trust is TrustState.VERIFIED:
+            store.set_setting(_VERIFIED_SYNC + username, None)
+        else:
+            accept_key(store, username)
+        return True
+    store.set_setting(_VERIFIED_SYNC + username, account_key.hex())
+    return False
 
 
 def peer_safety_number(

@@ -181,6 +181,9 @@ class StoredMessage:
     expires_in: int = 0
     #: When it disappears (Unix seconds): set when sent, or when read by this device.
     expire_at: float | None = None
+    #: A notice row, not a message: ``sender`` set the conversation's disappearing timer to
+    #: this many seconds (0 = off). ``text`` and ``attachment`` are then ``None``.
+    timer: int | None = None
 
     @property
     def edited(self) -> bool:

@@ -735,7 +735,9 @@ class SqliteStore:
             direction, state = Direction(row[2]), DeliveryState(row[7])
         except ValueError:
             raise StoreCorrupted(f"message {row[0]!r} is damaged") from None
-        reply = content.get("reply")
+        reply, timer = content.get("reply"), content.get("timer")
+        if timer is not None and not isinstance(timer, int):
+            raise StoreCorrupted(f"message {row[0]!r} is damaged")
         return StoredMessage(
             row[0],
             row[1],
@@ -753,6 +755,7 @@ class SqliteStore:
             reactions=tuple((str(u), str(e)) for u, e in content.get("reactions", ())),
             expires_in=int(row[9]),
             expire_at=row[10],
+            timer=timer,
         )
 
     def _body(self, message: StoredMessage) -> bytes:
@@ -765,6 +768,8 @@ class SqliteStore:
             body["reply"] = list(message.reply)
         if message.reactions:
             body["reactions"] = [list(r) for r in message.reactions]
+        if message.timer is not None:
+            body["timer"] = message.timer
         return self._seal("messages", _rk(message.message_id), json.dumps(body).encode())
 
     def add_message(self, message: StoredMessage) -> bool:

@@ -34,7 +34,8 @@ async def ok(home: Path, *args: str) -> str:
 
 async def received(home: Path) -> list[dict[str, Any]]:
     """What ``receive --json`` prints, delivery/read receipts left out."""
-    out = await ok(home, "receive", "--json", "--wait", "1")
+    code, out, err = await vox(home, "receive", "--json", "--wait", "1")
+    assert code == 0 and err == "", err
     every = [json.loads(line) for line in out.splitlines()]
     assert all("kind" in m for m in every)
     return [m for m in every if m["kind"] != "receipt"]
@@ -77,7 +78,7 @@ async def test_edit_reply_react_delete_disappear_search(relay: Relay, tmp_path: 
     await ok(b, "delete", "alice", reply_id, "--for-me")
     assert reply_id not in await ok(b, "history", "alice")
 
-    assert "1h" in await ok(b, "disappear", "alice", "1h")
+    assert "to 1 hour" in await ok(b, "disappear", "alice", "1h")
     got = await received(a)
     assert [(m["kind"], m["seconds"]) for m in got] == [("timer", 3600)]
     sent = (await ok(a, "send", "bob", "vanishing")).strip()

@@ -8,7 +8,6 @@ import dataclasses
 
 from clients.sdk import message_rules
 from clients.sdk.content import (
-    Content,
     DeleteContent,
     EditContent,
     Quote,
@@ -16,30 +15,12 @@ from clients.sdk.content import (
     TextContent,
     TimerContent,
 )
-from clients.sdk.engine import Answer, send_frame
 from clients.sdk.models import Event, Message, MessageUpdate
 from clients.sdk.protocol import message_from_stored
-from clients.sdk.sendqueue import Accepted, classify
+from tests.clients.content_kit import send
 from tests.clients.fake_relay import Device, FakeRelay
 
 MID = bytes.fromhex("0102030405060708090a0b0c0d0e0f10")
-
-
-def send(device: Device, to: str, content: Content) -> None:
-    """Encrypt ``content`` for ``to`` (and our other devices) and hand it to the relay."""
-    device.ensure_sessions({to, device.proto.username})
-    if isinstance(content, TextContent):
-        device.proto.record_outgoing(to, content)
-    answer = device.relay.handle(
-        device.address, send_frame(device.proto.encode_direct(to, content))
-    )
-    assert answer is not None
-    routed = device.engine.route(answer, receiving=True)
-    assert isinstance(routed, Answer)
-    assert isinstance(classify(routed.frame, {to}, 0), Accepted)
-    if isinstance(content, EditContent | DeleteContent | ReactionContent | TimerContent):
-        # what clients.sdk.message_ops does once the relay accepted an operation
-        message_rules.apply(device.proto.store, to, device.proto.identity.address, content, 0.0)
 
 
 def updates(events: list[Event]) -> list[MessageUpdate]:
@@ -104,11 +85,11 @@ def test_pending_operations_are_bounded() -> None:
     store = bob.proto.store
     for i in range(message_rules.MAX_PENDING + 5):
         op = EditContent(target=i.to_bytes(16, "big"), text="x", sent_at_ms=1)
-        message_rules.apply(store, "alice", alice.proto.identity.address, op, now=100.0)
+        message_rules.apply(store, "alice", alice.proto.identity.address, op, now=100.0, own="bob")
     assert len(message_rules._load_pending(store)) == message_rules.MAX_PENDING
     later = 100.0 + message_rules.PENDING_TTL + 1
-    message_rules.apply(store, "alice", alice.proto.identity.address,
-                        EditContent(target=MID, text="y", sent_at_ms=1), now=later)  # fmt: skip
+    late = EditContent(target=MID, text="y", sent_at_ms=1)
+    message_rules.apply(store, "alice", alice.proto.identity.address, late, now=later, own="bob")
     assert len(message_rules._load_pending(store)) == 1  # the stale ones were dropped
 
 
@@ -210,3 +191,26 @@ def test_a_deleted_message_loses_its_downloaded_file(tmp_path: object) -> None:
     send(alice, "bob", DeleteContent(target=MID, sent_at_ms=2))
     bob.receive()
     assert not path.exists() and stored(bob).deleted
+
+
+def test_a_timer_change_is_a_history_row_on_every_device() -> None:
+    alice, alice2, bob = trio()
+    timer = TimerContent(seconds=3600, sent_at_ms=5000)
+    send(alice, "bob", timer)
+    bob.receive(), alice2.receive()
+    send(bob, "alice", TimerContent(seconds=0, sent_at_ms=6000))
+    alice.receive(), alice2.receive()
+    for device, conversation in ((alice, "bob"), (alice2, "bob"), (bob, "alice")):
+        rows = [message_from_stored(m) for m in device.proto.store.history(conversation)]
+        assert [(m.kind, m.sender, m.timer, m.sent_at) for m in rows] == [
+            ("timer", "alice", 3600, 5000),
+            ("timer", "bob", 0, 6000),
+        ]
+        mine = device.proto.username
+        assert [m.outgoing for m in rows] == [mine == "alice", mine == "bob"]
+        assert rows[0].id == timer.message_id.hex()  # the same row id everywhere
+        assert [c.unread for c in device.proto.store.conversations()] == [0]
+    # a repeat (a retried send) adds nothing
+    send(alice, "bob", timer)
+    bob.receive()
+    assert len(bob.proto.store.history("alice")) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.store import Direction, MemoryStore, SqliteStore, StoredMessage
+from clients.store import DeliveryState, Direction, MemoryStore, SqliteStore, StoredMessage
 from clients.store.base import Store
 
 
@@ -107,3 +107,13 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "p" / "vox.db")
     assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == b"2"
     conn.close()
+
+
+def test_a_timer_notice_row_round_trips_and_is_never_unread(store: Store) -> None:
+    notice = msg(7, None, timer=3600, state=DeliveryState.READ)
+    assert store.add_message(notice)
+    assert store.get_message(notice.message_id) == notice
+    assert store.history("bob")[-1].timer == 3600
+    assert [c.unread for c in store.conversations()] == [0]
+    assert store.mark_conversation_read("bob", now=1.0) == []
+    assert store.search_messages("3600") == []

@@ -1,5 +1,6 @@
-"""The pinned encodings of docs/vectors/protocol-client-content.json (also printed in
-docs/protocol-client.md §2): encoding reproduces them, decoding reads them back."""
+"""The pinned encodings of docs/vectors/protocol-client-content.json and
+protocol-client-sync.json (also printed in docs/protocol-client.md §2): encoding reproduces
+them, decoding reads them back; the doc prints the same bytes."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from clients.sdk.content import (
     ReactionContent,
     TextContent,
     TimerContent,
+    VerifiedContent,
     decode_content,
 )
 from crypto.errors import DecodeError
 
-VECTORS = json.loads(
-    (Path(__file__).parents[2] / "docs/vectors/protocol-client-content.json").read_text()
-)["vectors"]
+DOCS = Path(__file__).parents[2] / "docs"
+VECTORS = json.loads((DOCS / "vectors/protocol-client-content.json").read_text())["vectors"]
+SYNC = json.loads((DOCS / "vectors/protocol-client-sync.json").read_text())["vectors"]
 HEAD: dict[str, Any] = {
     "message_id": bytes.fromhex("00112233445566778899aabbccddeeff"),
     "sent_at_ms": 1_700_000_000_000,
@@ -31,6 +33,9 @@ HEAD: dict[str, Any] = {
 
 
 def build(v: dict[str, Any]) -> Content:
+    if v["type"] == "verified":
+        key = bytes.fromhex(v["account_key"])
+        return VerifiedContent(username=v["username"], account_key=key, state=v["state"], **HEAD)
     group_id = bytes.fromhex(v["group_id"])
     target = bytes.fromhex(v.get("target", ""))
     if v["type"] == "edit":
@@ -46,11 +51,31 @@ def build(v: dict[str, Any]) -> Content:
     return TextContent(text=v["text"], quote=quote, expire=v["expire"], group_id=group_id, **HEAD)
 
 
-@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+@pytest.mark.parametrize("vector", VECTORS + SYNC, ids=[v["name"] for v in VECTORS + SYNC])
 def test_pinned_encoding(vector: dict[str, Any]) -> None:
     content = build(vector)
     assert content.to_bytes().hex() == vector["hex"]
     assert decode_content(bytes.fromhex(vector["hex"])) == content
+
+
+def test_the_doc_prints_the_verified_vector() -> None:
+    doc = (DOCS / "protocol-client.md").read_text().replace(" ", "")
+    assert SYNC[0]["hex"] in doc
+
+
+def test_a_verified_sync_with_a_bad_key_or_state_is_refused() -> None:
+    good = bytes.fromhex(SYNC[0]["hex"])
+    key_at = good.index(bytes.fromhex(SYNC[0]["account_key"]))
+    for bad in (
+        good[:-1] + b"\x02",  # unknown state
+        good[:key_at] + b"\x01" + good[key_at + 1 :],  # an X25519 prefix, not Ed25519
+        good[:-2],  # truncated
+        good + b"\x00",  # trailing byte
+    ):
+        with pytest.raises(DecodeError):
+            decode_content(bad)
+    with pytest.raises(DecodeError):
+        VerifiedContent(username="bob", account_key=b"\x02" + bytes(31), **HEAD).to_bytes()
 
 
 def test_a_text_without_extensions_is_encoded_as_before() -> None:
