@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select, update
 
-from clients.sdk import Event, Message
+from clients.sdk import Event, Message, VoxClient
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, QueueEntry
 from tests.server.relay_harness import Relay, free_port
@@ -37,6 +37,26 @@ async def wait_for_value(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"expected {expected!r}, still {got!r}")
         await asyncio.sleep(0.05)
+
+
+async def receive_until(
+    client: VoxClient, done: Callable[[list[Event]], bool], within: float = 60.0
+) -> list[Event]:
+    """Connect ``client`` (receiving) and collect its events until ``done(events)``: no idle
+    wait to guess, and no early return on a loaded machine."""
+    events: list[Event] = []
+    unsubscribe = client.on_event(events.append)
+    try:
+        await client.connect(receive=True)
+        await wait_for(lambda: done(events), within)
+    finally:
+        unsubscribe()
+    return events
+
+
+async def receive_texts(client: VoxClient, sender: str, count: int) -> list[Event]:
+    """:func:`receive_until` ``count`` texts from ``sender`` arrived."""
+    return await receive_until(client, lambda events: len(texts(events, sender)) >= count)
 
 
 def texts(events: list[Event], sender: str) -> list[str]:

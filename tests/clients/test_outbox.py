@@ -12,6 +12,7 @@ import pytest
 
 from clients.sdk import (
     DeliveryState,
+    Event,
     Message,
     MessageQueued,
     MessageSent,
@@ -20,12 +21,28 @@ from clients.sdk import (
 )
 from clients.sdk.models import MessageUpdate
 from tests.clients.conftest import Factory
-from tests.clients.kit import RelayProcess, texts, vox, wait_for
+from tests.clients.kit import (
+    RelayProcess,
+    receive_texts,
+    receive_until,
+    texts,
+    vox,
+    wait_for,
+)
 
 EXIT_QUEUED = 75
 
 # Many real `vox` processes: generous on a loaded machine (assert behaviour, not speed).
 pytestmark = pytest.mark.timeout(600)
+
+
+def conversation(events: list[Event]) -> list[str | None]:
+    """Messages (their texts) and updates (their kinds), in the order they arrived."""
+    return [
+        e.text if isinstance(e, Message) else e.kind
+        for e in events
+        if isinstance(e, Message | MessageUpdate)
+    ]
 
 
 async def test_sends_while_the_relay_is_down_are_queued_and_delivered_once_in_order(
@@ -70,14 +87,10 @@ async def test_sends_while_the_relay_is_down_are_queued_and_delivered_once_in_or
 
         bob = await VoxClient.open(b)
         try:
-            events = await bob.receive(wait=1.0)
+            events = await receive_until(bob, lambda evs: len(conversation(evs)) >= 8)
             assert texts(events, "alice") == ["zero", "one", "two", "three"]
-            arrived = [
-                e.text if isinstance(e, Message) else e.kind
-                for e in events
-                if isinstance(e, Message | MessageUpdate)
-            ]
-            assert arrived == ["zero", "one", "edit", "reaction", "two", "timer", "delete", "three"]
+            expected = ["zero", "one", "edit", "reaction", "two", "timer", "delete", "three"]
+            assert conversation(events) == expected
             assert texts(await bob.receive(wait=0.5), "alice") == []  # nothing twice
             shown = [m.text for m in bob.history("alice")]
             assert shown[0] == "zero, edited" and "one" not in shown
@@ -132,7 +145,7 @@ async def test_a_conversation_keeps_its_order_across_relay_and_client_restarts(
         await alice.close()
         bob = await VoxClient.open(tmp_path / "b")
         try:
-            got = texts(await bob.receive(wait=1.0), "alice")
+            got = texts(await receive_texts(bob, "alice", 6), "alice")
             assert got == ["zero", "one", "two", "three", "four", "five"]
         finally:
             await bob.close()
@@ -167,7 +180,8 @@ async def test_a_connected_client_queues_then_sends_and_announces_it(tmp_path: P
         await alice.close()
         bob = await VoxClient.open(tmp_path / "b")
         try:
-            assert texts(await bob.receive(wait=1.0), "alice") == ["warm-up", "while down"]
+            got = texts(await receive_texts(bob, "alice", 2), "alice")
+            assert got == ["warm-up", "while down"]
         finally:
             await bob.close()
     finally:

@@ -14,6 +14,8 @@ from tests.clients.conftest import Factory
 from tests.clients.kit import (
     RelayProcess,
     queued,
+    receive_texts,
+    receive_until,
     tamper_queued_payload,
     texts,
     wait_for,
@@ -52,7 +54,7 @@ async def test_a_relay_killed_between_send_and_receive_loses_nothing(tmp_path: P
         await alice.close()
         bob = await VoxClient.open(tmp_path / "b")
         try:
-            events = await bob.receive(wait=1.0)
+            events = await receive_texts(bob, "alice", 10)
             assert texts(events, "alice") == [f"m{i}" for i in range(10)]
             again = await bob.receive(wait=0.5)
             assert texts(again, "alice") == []
@@ -73,7 +75,12 @@ async def test_tampered_envelope_is_reported_acked_and_does_not_jam_the_queue(
     await alice.send_text("bob", "three")
     bob = await VoxClient.open(tmp_path / "bob")
     try:
-        events = await bob.receive(wait=1.0)
+        events = await receive_until(
+            bob,
+            lambda evs: (
+                len(texts(evs, "alice")) >= 2 and any(isinstance(e, DecryptFailure) for e in evs)
+            ),
+        )
         failures = [e for e in events if isinstance(e, DecryptFailure)]
         assert len(failures) == 1 and failures[0].sender == "alice"
         assert texts(events, "alice") == ["two", "three"]
@@ -160,7 +167,7 @@ async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message
     assert await queued(relay, "bob") == 2  # nothing stored twice
     bob = await VoxClient.open(tmp_path / "bob")
     try:
-        events = await bob.receive(wait=0.8)
+        events = await receive_texts(bob, "alice", 2)
         assert texts(events, "alice") == ["warm-up", "exactly once"]
     finally:
         await bob.close()
