@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from server.deps import MetricsDep, SettingsDep, StateDep
 from server.openapi import error_responses
-from server.push.routes import vapid_out
+from server.push.service import vapid_out
 from wire.rest import BrandOut, ConfigOut, LimitsOut
 
 router = APIRouter(tags=["ops"])
@@ -28,7 +28,7 @@ async def config(settings: SettingsDep, state: StateDep) -> ConfigOut:
         brand=BrandOut(**settings.brand.model_dump()),
         registration=settings.registration.value,
         limits=LimitsOut(**settings.limits.model_dump(exclude={"challenge_ttl_seconds"})),
-        push=None if push is None else vapid_out(push),
+        push=None if push is None else vapid_out(push.vapid),
     )
 
 

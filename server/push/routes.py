@@ -12,10 +12,9 @@ from server.openapi import error_responses
 from server.push import service
 from server.push.models import PushSubscription
 from server.push.sender import PushDispatcher
-from server.push.vapid import CONTENT_ENCODING
 from wire.rest import SubscriptionIn, SubscriptionList, SubscriptionOut, VapidOut
 
-__all__ = ["router", "vapid_out"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/v1/push", tags=["push"])
 
@@ -34,15 +33,10 @@ def _out(row: PushSubscription) -> SubscriptionOut:
     return SubscriptionOut(id=row.id, endpoint=row.endpoint, created_at=row.created_at)
 
 
-def vapid_out(push: PushDispatcher) -> VapidOut:
-    """The VAPID key as ``GET /v1/push/vapid`` and ``/v1/config``'s ``push`` serve it."""
-    return VapidOut(public_key=push.vapid.public_key_b64, content_encoding=CONTENT_ENCODING)
-
-
 @router.get("/vapid", response_model=VapidOut)
 async def vapid_key(push: PushDep) -> VapidOut:
     """The relay's VAPID public key (``applicationServerKey``), base64url without padding."""
-    return vapid_out(push)
+    return service.vapid_out(push.vapid)
 
 
 @router.post(

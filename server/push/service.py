@@ -21,6 +21,8 @@ from server.db.engine import write_lock
 from server.errors import BadRequest, Conflict, NotFound
 from server.push import repository as repo
 from server.push.models import MAX_ENDPOINT_LENGTH, PushSubscription
+from server.push.vapid import CONTENT_ENCODING, VapidKey
+from wire.rest import VapidOut
 
 __all__ = [
     "NewSubscription",
@@ -31,6 +33,7 @@ __all__ = [
     "is_loopback_host",
     "list_subscriptions",
     "register",
+    "vapid_out",
 ]
 
 P256DH_LENGTH = 65
@@ -187,3 +190,8 @@ async def delete_all(session: AsyncSession, device_pk: int) -> int:
     count = await repo.delete_all_for_device(session, device_pk)
     await session.commit()
     return count
+
+
+def vapid_out(key: VapidKey) -> VapidOut:
+    """The VAPID key as ``GET /v1/push/vapid`` and ``/v1/config``'s ``push`` serve it."""
+    return VapidOut(public_key=key.public_key_b64, content_encoding=CONTENT_ENCODING)
