@@ -2,7 +2,9 @@
 
 Every command reads settings like the server does (defaults < ``--config``/``VOX_CONFIG``
 TOML < ``VOX_*`` environment < options) and fails with one clear line on stderr and exit
-status 1 (2 for usage errors).
+status 1 (2 for usage errors). The operator's commands call the same service functions as
+the REST API (``server.accounts.service``, ``server.ops.service``), each in one database
+session and with the relay's clock.
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import socket
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy import func, inspect, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from server.notify import DeviceNotifier
 from server.settings import ConfigFileError, Settings, load_settings
 
 app = typer.Typer(
@@ -92,11 +94,15 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _run(coro: Awaitable[T]) -> T:
+    from server.errors import DomainError
+
     async def wrapper() -> T:
         return await coro
 
     try:
         return asyncio.run(wrapper())
+    except DomainError as exc:  # a service refused: its message is the line
+        _fail(exc.message)
     except (OSError, ConnectionError) as exc:
         _fail(f"cannot reach the database: {exc}")
     except Exception as exc:
@@ -116,6 +122,35 @@ async def _with_engine(settings: Settings, fn: Callable[[AsyncEngine], Awaitable
         return await fn(engine)
     finally:
         await engine.dispose()
+
+
+async def _in_session(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``fn`` (a call into the services, as a route would make) in one database session."""
+    from server.db.engine import session_factory
+
+    async def go(engine: AsyncEngine) -> T:
+        async with session_factory(engine)() as session:
+            return await fn(session)
+
+    return await _with_engine(settings, go)
+
+
+@asynccontextmanager
+async def _notifier(settings: Settings) -> AsyncIterator[DeviceNotifier]:
+    """Every relay node's connections, through Redis when it is configured; else nobody's
+    (each node re-checks the tokens of its open sockets and closes revoked ones)."""
+    from server.delivery.fanout import Hub
+    from server.notify import NullNotifier
+
+    if not settings.redis_url:
+        yield NullNotifier()
+        return
+    hub = Hub(settings.redis_url, settings.redis_prefix)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 async def _migrate(settings: Settings) -> str | None:
@@ -242,31 +277,17 @@ def invite_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create an invite token and print it (only its hash is stored)."""
-    from server.accounts.invites import add_invite
-    from server.auth.service import hash_secret
+    from server.accounts.service import create_invite
     from server.clock import Clock
 
     ttl = parse_duration(expires) if expires else None
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
-    token = secrets.token_urlsafe(24)
 
-    async def go(engine: AsyncEngine) -> None:
-        from server.db.engine import session_factory
-
-        async with session_factory(engine)() as session:
-            t = Clock().now()
-            await add_invite(
-                session,
-                token_hash=hash_secret(token.encode()),
-                uses=uses,
-                expires_at=None if ttl is None else t + ttl,
-                now=t,
-            )
-            await session.commit()
+    async def go(session: AsyncSession) -> str:
+        return await create_invite(session, uses=uses, ttl=ttl, now=Clock().now())
 
     _run(_migrate(settings))
-    _run(_with_engine(settings, go))
-    typer.echo(token)
+    typer.echo(_run(_in_session(settings, go)))
 
 
 @device_app.command("revoke")
@@ -284,47 +305,24 @@ def device_revoke(
     re-adds it. With Redis configured, its open WebSocket connections are closed on every
     node at once; without Redis they end when they next reconnect.
     """
-    from server.accounts.repository import get_device, revoke_device
+    from server.accounts.service import RevokedDevice, revoke_device
     from server.clock import Clock
-    from server.db.engine import session_factory, write_lock
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> tuple[int, int] | None:
-        async with session_factory(engine)() as session:
-            await write_lock(session)
-            device = await get_device(session, username, device_id)
-            if device is None:
-                return None
-            revoked = await revoke_device(session, device.pk, Clock().now())
-            await session.commit()
-            return device.pk, revoked
+    async def go(session: AsyncSession) -> RevokedDevice:
+        revoked = await revoke_device(session, username, device_id, now=Clock().now())
+        async with _notifier(settings) as notifier:
+            await notifier.disconnect(revoked.device_pk, "device revoked by the relay operator")
+        return revoked
 
     _run(_migrate(settings))
-    found = _run(_with_engine(settings, go))
-    if found is None:
-        _fail(f"no device {device_id} for user {username!r}")
-    device_pk, count = found
-    closed = ""
-    if settings.redis_url:
-        _run(_disconnect_everywhere(settings, [device_pk]))
-        closed = "; its open connections were told to close"
-    typer.echo(f"revoked device {device_id} of {username}: {count} token(s) revoked{closed}")
-
-
-async def _disconnect_everywhere(
-    settings: Settings, device_pks: list[int], reason: str = "device revoked by the relay operator"
-) -> None:
-    """Ask every relay node (through Redis) to close the devices' connections."""
-    from server.delivery.fanout import Hub
-
-    hub = Hub(settings.redis_url, settings.redis_prefix)
-    await hub.start()
-    try:
-        for device_pk in device_pks:
-            await hub.disconnect(device_pk, reason)
-    finally:
-        await hub.stop()
+    revoked = _run(_in_session(settings, go))
+    closed = "; its open connections were told to close" if settings.redis_url else ""
+    typer.echo(
+        f"revoked device {device_id} of {username}: "
+        f"{revoked.tokens_revoked} token(s) revoked{closed}"
+    )
 
 
 @device_app.command("unrevoke")
@@ -339,26 +337,15 @@ def device_unrevoke(
 
     Example: vox-relay device unrevoke alice 467399649
     """
-    from server.accounts.repository import get_device, unrevoke_device
-    from server.db.engine import session_factory, write_lock
+    from server.accounts.service import unrevoke_device
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> bool | None:
-        async with session_factory(engine)() as session:
-            await write_lock(session)
-            device = await get_device(session, username, device_id)
-            if device is None:
-                return None
-            changed = await unrevoke_device(session, device.pk)
-            await session.commit()
-            return changed
+    async def go(session: AsyncSession) -> bool:
+        return await unrevoke_device(session, username, device_id)
 
     _run(_migrate(settings))
-    changed = _run(_with_engine(settings, go))
-    if changed is None:
-        _fail(f"no device {device_id} for user {username!r}")
-    if not changed:
+    if not _run(_in_session(settings, go)):
         _fail(f"device {device_id} of {username} is not revoked")
     typer.echo(f"device {device_id} of {username} may log in again")
 
@@ -376,40 +363,33 @@ def account_delete(
 
     Example: vox-relay account delete mallory
     """
-    from server.accounts.service import DeletedAccount, delete_account
+    from server.accounts.service import DeletedAccount, delete_account, finish_deletion
     from server.attachments.storage import LocalDiskStore
     from server.clock import Clock
-    from server.db.engine import session_factory
-    from server.errors import DomainError
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> DeletedAccount | str:
-        async with session_factory(engine)() as session:
-            try:
-                deleted = await delete_account(session, settings, username, now=Clock().now())
-            except DomainError as exc:
-                return exc.message
+    async def go(session: AsyncSession) -> DeletedAccount:
+        deleted = await delete_account(session, settings, username, now=Clock().now())
         store = LocalDiskStore(settings.data_dir.resolve() / "attachments")
-        for blob_id in deleted.blob_ids:
-            await store.delete(blob_id)
+        async with _notifier(settings) as notifier:
+            await finish_deletion(deleted, notifier, store)
         return deleted
 
     _run(_migrate(settings))
-    deleted = _run(_with_engine(settings, go))
-    if isinstance(deleted, str):
-        _fail(deleted)
-    closed = ""
-    if settings.redis_url:
-        _run(_disconnect_everywhere(settings, deleted.device_pks, "account deleted"))
-        closed = "; open connections were told to close"
-    from datetime import UTC, datetime
-
-    until = datetime.fromtimestamp(deleted.released_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    deleted = _run(_in_session(settings, go))
+    closed = "; open connections were told to close" if settings.redis_url else ""
+    until = _utc(deleted.released_at, "%Y-%m-%d %H:%M UTC")
     typer.echo(
         f"deleted account {username}: {len(deleted.device_pks)} device(s), "
         f"{len(deleted.blob_ids)} attachment(s){closed}; the name is reserved until {until}"
     )
+
+
+def _utc(timestamp: int, fmt: str) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).strftime(fmt)
 
 
 @invite_app.command("list")
@@ -422,39 +402,26 @@ def invite_list(
 
     Example: vox-relay invite list
     """
-    from datetime import UTC, datetime
-
-    from server.accounts.invites import list_invites
+    from server.accounts.service import InviteInfo, list_invites
     from server.clock import Clock
-    from server.db.engine import session_factory
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> list[tuple[int, int, int | None, int]]:
-        async with session_factory(engine)() as session:
-            return [
-                (i.id, i.uses_left, i.expires_at, i.created_at) for i in await list_invites(session)
-            ]
+    async def go(session: AsyncSession) -> list[InviteInfo]:
+        return await list_invites(session, now=Clock().now())
 
     _run(_migrate(settings))
-    rows = _run(_with_engine(settings, go))
-    t = Clock().now()
+    invites = _run(_in_session(settings, go))
 
     def when(ts: int | None) -> str:
-        return (
-            "never" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%MZ")
-        )
+        return "never" if ts is None else _utc(ts, "%Y-%m-%dT%H:%MZ")
 
     typer.echo(f"{'ID':>6}  {'USES LEFT':>9}  {'EXPIRES':<17}  {'CREATED':<17}  STATE")
-    for invite_id, uses, expires, created in rows:
-        state = (
-            "used up"
-            if uses <= 0
-            else "expired"
-            if expires is not None and expires <= t
-            else "active"
+    for i in invites:
+        typer.echo(
+            f"{i.id:>6}  {i.uses_left:>9}  {when(i.expires_at):<17}  "
+            f"{when(i.created_at):<17}  {i.state}"
         )
-        typer.echo(f"{invite_id:>6}  {uses:>9}  {when(expires):<17}  {when(created):<17}  {state}")
 
 
 @invite_app.command("revoke")
@@ -468,20 +435,15 @@ def invite_revoke(
 
     Example: vox-relay invite revoke 3
     """
-    from server.accounts.invites import delete_invite
-    from server.db.engine import session_factory, write_lock
+    from server.accounts.service import revoke_invite
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> bool:
-        async with session_factory(engine)() as session:
-            await write_lock(session)
-            found = await delete_invite(session, invite_id)
-            await session.commit()
-            return found
+    async def go(session: AsyncSession) -> bool:
+        return await revoke_invite(session, invite_id)
 
     _run(_migrate(settings))
-    if not _run(_with_engine(settings, go)):
+    if not _run(_in_session(settings, go)):
         _fail(f"no invite with id {invite_id}")
     typer.echo(f"revoked invite {invite_id}")
 
@@ -493,35 +455,18 @@ def stats(
     config: ConfigOpt = None,
 ) -> None:
     """Print accounts, devices, active invites, stored prekeys and queued envelopes (JSON)."""
-    from server.accounts.invites import count_invites
-    from server.accounts.repository import count_accounts, count_devices
     from server.clock import Clock
-    from server.db.engine import session_factory
-    from server.db.models import OneTimePrekey
+    from server.db.migrate import current_revision
+    from server.ops.service import relay_stats
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url)
 
-    async def go(engine: AsyncEngine) -> dict[str, Any]:
-        async with engine.connect() as conn:
-            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-        if "accounts" not in tables:
-            _fail("the database has no relay schema yet (run `vox-relay migrate`)")
-        async with session_factory(engine)() as session:
-            out: dict[str, Any] = {
-                "accounts": await count_accounts(session),
-                "devices": await count_devices(session),
-                "active_invites": await count_invites(session, Clock().now()),
-                "one_time_prekeys": int(
-                    await session.scalar(select(func.count()).select_from(OneTimePrekey)) or 0
-                ),
-            }
-            if "delivery_queue" in tables:
-                out["queued_envelopes"] = int(
-                    await session.scalar(text("SELECT count(*) FROM delivery_queue")) or 0
-                )
-            return out
+    async def go(session: AsyncSession) -> dict[str, int]:
+        return await relay_stats(session, now=Clock().now())
 
-    typer.echo(json.dumps(_run(_with_engine(settings, go)), sort_keys=True))
+    if _run(_with_engine(settings, current_revision)) is None:
+        _fail("the database has no relay schema yet (run `vox-relay migrate`)")
+    typer.echo(json.dumps(_run(_in_session(settings, go)), sort_keys=True))
 
 
 @app.command()

@@ -19,7 +19,6 @@ from server.deps import (
 )
 from server.logs import log_event
 from server.openapi import error_responses
-from server.state import RelayState
 from wire.encoding import USERNAME_PATTERN
 from wire.rest import (
     AccountDeleteIn,
@@ -81,16 +80,8 @@ async def delete_me(
         signature=body.signature,
         account_id=me.account_id,
     )
-    await finish_deletion(state, deleted)
+    await service.finish_deletion(deleted, state.notifier, state.attachments.store)
     log_event("account_deleted", username=me.username, by="owner", devices=len(deleted.device_pks))
-
-
-async def finish_deletion(state: RelayState, deleted: service.DeletedAccount) -> None:
-    """After the commit: close the devices' sockets and erase the uploaded blobs."""
-    for pk in deleted.device_pks:
-        await state.notifier.disconnect(pk, "account deleted")
-    for blob_id in deleted.blob_ids:
-        await state.attachments.store.delete(blob_id)
 
 
 @router.get("/{username}/devices", responses=error_responses(404, 410))

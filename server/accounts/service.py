@@ -13,10 +13,14 @@ operator) removes it with its devices, queues, prekeys, tokens, push subscriptio
 attachments its devices uploaded, and records the name in ``deleted_usernames``: a fetch of
 its devices then answers 410 ``account_deleted``, and the name and its look-alikes stay
 reserved for ``username_quarantine_days``.
+
+The operator (``vox-relay``) goes through the same functions, plus its own: revoking and
+unrevoking a device, and creating, listing and revoking invites.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -32,10 +36,12 @@ from server.accounts.device_list import (
     verify_ed25519,
 )
 from server.accounts.usernames import skeleton
+from server.attachments.storage import AttachmentStore
 from server.auth.service import hash_secret
 from server.db.engine import write_lock
 from server.db.models import Account, Device
 from server.errors import BadRequest, Conflict, DomainError, Forbidden, Gone, NotFound
+from server.notify import DeviceNotifier
 from server.prekeys.service import store_prekeys, validate_upload
 from server.settings import DAY, RegistrationPolicy, Settings
 from wire.rest import RegisterIn
@@ -44,11 +50,19 @@ __all__ = [
     "ACCOUNT_DELETE_CONTEXT",
     "DeletedAccount",
     "DeviceListUpdate",
+    "InviteInfo",
+    "RevokedDevice",
     "account_devices",
+    "create_invite",
     "delete_account",
     "deletion_message",
+    "finish_deletion",
+    "list_invites",
     "missing_user",
     "register",
+    "revoke_device",
+    "revoke_invite",
+    "unrevoke_device",
     "update_device_list",
 ]
 
@@ -283,3 +297,103 @@ async def update_device_list(
     assert fresh is not None
     devices = list(await account_repo.list_devices(session, fresh.id))
     return DeviceListUpdate(fresh, devices, removed)
+
+
+async def finish_deletion(
+    deleted: DeletedAccount, notifier: DeviceNotifier, store: AttachmentStore
+) -> None:
+    """After :func:`delete_account` committed: close the devices' sockets, erase the blobs."""
+    for pk in deleted.device_pks:
+        await notifier.disconnect(pk, "account deleted")
+    for blob_id in deleted.blob_ids:
+        await store.delete(blob_id)
+
+
+# -- the operator's -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedDevice:
+    """A device the operator revoked: its pk (to disconnect) and how many tokens died."""
+
+    device_pk: int
+    tokens_revoked: int
+
+
+async def _operated_device(session: AsyncSession, username: str, device_id: int) -> Device:
+    device = await account_repo.get_device(session, username, device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id} for user {username!r}", code="unknown_device")
+    return device
+
+
+async def revoke_device(
+    session: AsyncSession, username: str, device_id: int, *, now: int
+) -> RevokedDevice:
+    """Revoke all of a device's tokens and refuse its logins (403 ``device_revoked``) until
+    :func:`unrevoke_device`. Commits; the caller disconnects ``device_pk``."""
+    await write_lock(session)
+    device = await _operated_device(session, username, device_id)
+    revoked = await account_repo.revoke_device(session, device.pk, now)
+    await session.commit()
+    return RevokedDevice(device.pk, revoked)
+
+
+async def unrevoke_device(session: AsyncSession, username: str, device_id: int) -> bool:
+    """Let a revoked device log in again (its old tokens stay revoked); False when it was not
+    revoked. Commits."""
+    await write_lock(session)
+    device = await _operated_device(session, username, device_id)
+    changed = await account_repo.unrevoke_device(session, device.pk)
+    await session.commit()
+    return changed
+
+
+@dataclass(frozen=True, slots=True)
+class InviteInfo:
+    """A stored invite as the operator sees it (the token itself is never stored)."""
+
+    id: int
+    uses_left: int
+    expires_at: int | None
+    created_at: int
+    #: ``active``, ``used up`` or ``expired``.
+    state: str
+
+
+async def create_invite(session: AsyncSession, *, uses: int, ttl: int | None, now: int) -> str:
+    """A new invite token admitting ``uses`` registrations (for ``ttl`` seconds, or for good).
+    Only its hash is stored. Commits."""
+    token = secrets.token_urlsafe(24)
+    await write_lock(session)
+    await invite_repo.add_invite(
+        session,
+        token_hash=hash_secret(token.encode("utf-8")),
+        uses=uses,
+        expires_at=None if ttl is None else now + ttl,
+        now=now,
+    )
+    await session.commit()
+    return token
+
+
+async def list_invites(session: AsyncSession, *, now: int) -> list[InviteInfo]:
+    """Every stored invite, oldest first, with its state at ``now``."""
+
+    def state(uses_left: int, expires_at: int | None) -> str:
+        if uses_left <= 0:
+            return "used up"
+        return "expired" if expires_at is not None and expires_at <= now else "active"
+
+    return [
+        InviteInfo(i.id, i.uses_left, i.expires_at, i.created_at, state(i.uses_left, i.expires_at))
+        for i in await invite_repo.list_invites(session)
+    ]
+
+
+async def revoke_invite(session: AsyncSession, invite_id: int) -> bool:
+    """Delete an invite so that it admits nobody more; False when there is none. Commits."""
+    await write_lock(session)
+    found = await invite_repo.delete_invite(session, invite_id)
+    await session.commit()
+    return found

@@ -12,6 +12,7 @@ from server.db.models import OneTimePrekey, PrekeyClaim
 __all__ = [
     "add_one_time",
     "claim_one_time",
+    "count_all",
     "count_by_kind",
     "count_one_time",
     "existing_key_ids",
@@ -31,6 +32,11 @@ async def count_one_time(session: AsyncSession, device_pk: int, kind: int) -> in
         OneTimePrekey.device_pk == device_pk, OneTimePrekey.kind == kind
     )
     return int(await session.scalar(query) or 0)
+
+
+async def count_all(session: AsyncSession) -> int:
+    """One-time prekeys stored for every device, both kinds."""
+    return int(await session.scalar(select(func.count()).select_from(OneTimePrekey)) or 0)
 
 
 async def count_by_kind(session: AsyncSession, device_pk: int) -> dict[int, int]:

@@ -258,3 +258,17 @@ def test_the_state_rule_sees_every_spelling() -> None:
         "2: .state.push",
         "3: getattr(.state, ...)",
     ]
+
+
+def test_the_admin_cli_goes_through_services_not_sql() -> None:
+    """``vox-relay`` calls the services the REST API calls; it holds no SQL of its own."""
+    bad = {
+        n
+        for n in _imports(SERVER / "cli.py")
+        if ".repository" in n
+        or n.endswith(".invites")
+        or n.startswith("server.accounts.invites")
+        or (n.split(".")[0] == "sqlalchemy" and not n.startswith("sqlalchemy.ext.asyncio"))
+        or n.startswith("server.db.models")
+    }
+    assert bad == set()

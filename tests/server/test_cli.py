@@ -13,7 +13,14 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.server.relay_harness import TestAccount, auth_header, free_port, relay_process
+from tests.server.relay_harness import (
+    TestAccount,
+    auth_header,
+    free_port,
+    make_settings,
+    relay_process,
+    running_relay,
+)
 
 VOX_RELAY = str(Path(sys.executable).with_name("vox-relay"))
 
@@ -207,3 +214,53 @@ async def test_operator_deletes_an_account_unrevokes_a_device_and_manages_invite
             assert code == 1 and "was deleted" in err
         code, out, err = await run_cli("stats", "--data-dir", data)
         assert json.loads(out)["accounts"] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)  # several CLI processes on a shared machine
+async def test_the_operator_cli_runs_the_services_the_api_runs_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Invites, device revocation and account deletion by ``vox-relay`` on PostgreSQL: the
+    registration the REST API runs honours the CLI's invite, and the CLI's account deletion
+    does what the API's does after its commit (the account's blobs leave the disk)."""
+    settings = make_settings(tmp_path, database_url=postgres_url, registration="invite")
+    where = ["--database-url", postgres_url, "--data-dir", str(settings.data_dir)]
+    code, invite, err = await run_cli("invite", "create", "--uses", "1", *where)
+    assert code == 0, err
+    async with running_relay(settings) as relay, relay.client() as http:
+        alice = TestAccount.new("alice")
+        token = await alice.register_and_login(http, invite=invite.strip())
+        up = await http.post("/v1/attachments", content=b"x" * 3000, headers=auth_header(token))
+        assert up.status_code == 201, up.text
+        blobs = [p for p in (settings.data_dir / "attachments").rglob("*") if p.is_file()]
+        assert len(blobs) == 1
+
+        code, out, err = await run_cli("invite", "list", *where)
+        assert code == 0, err
+        assert out.splitlines()[1].split()[1:2] == ["0"] and out.rstrip().endswith("used up")
+
+        code, out, err = await run_cli("device", "revoke", "alice", "1", *where)
+        assert code == 0 and "1 token(s) revoked" in out, err
+        resp = await http.get("/v1/prekeys/count", headers=auth_header(token))
+        assert resp.status_code == 401 and resp.json()["error"] == "token_revoked"
+        code, out, err = await run_cli("device", "unrevoke", "alice", "1", *where)
+        assert code == 0, err
+        token = await alice.login(http)
+
+        code, out, err = await run_cli("account", "delete", "alice", *where)
+        assert code == 0 and "1 device(s), 1 attachment(s)" in out, err
+        assert not any(p.exists() for p in blobs)
+        gone = await http.get("/v1/accounts/alice/devices", headers=auth_header(token))
+        assert gone.status_code == 401  # its tokens went with it
+        code, out, err = await run_cli("account", "delete", "alice", *where)
+        assert code == 1 and err.strip() == "vox-relay: error: the account 'alice' was deleted"
+    code, out, err = await run_cli("stats", *where)
+    assert code == 0, err
+    assert json.loads(out) == {
+        "accounts": 0,
+        "active_invites": 0,
+        "devices": 0,
+        "one_time_prekeys": 0,
+        "queued_envelopes": 0,
+    }
