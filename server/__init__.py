@@ -7,7 +7,7 @@ SQL), and speaks the typed protocol of :mod:`wire`:
 * ``server.accounts`` — registration, signed device lists (``device_list``: the relay's own
   verifier), look-alike usernames, invites;
 * ``server.auth`` — challenge–response, bearer tokens (**``authenticate_token(session,
-  token) -> AuthenticatedDevice``** is what the WebSocket layer calls), the expiry sweeper;
+  token, now=) -> AuthenticatedDevice``** is what the WebSocket layer calls), the expiry sweeper;
 * ``server.prekeys`` — uploads, bundles with atomic one-time-key claims;
 * ``server.delivery`` — ``/v1/ws``: frames, the group-commit writer, the queue policy,
   fan-out (in-process / Redis);
@@ -16,10 +16,11 @@ SQL), and speaks the typed protocol of :mod:`wire`:
   client's static files; ``server.edge`` — connection admission below the app and the
   uvicorn configuration.
 
-The core: ``server.app.create_app(settings)`` (the app factory), ``server.cli``
-(``vox-relay``), ``server.settings``, ``server.db`` (base, engine, ORM rows, migrations
-runner), ``server.clock``, ``server.errors`` (domain errors and their one HTTP mapping),
-``server.deps`` (``Annotated`` dependencies), ``server.notify`` (``DeviceNotifier``: how
-services reach a connected device), ``server.metrics``, ``server.logs``,
-``server.ratelimit``, ``server.diskguard``, ``server.openapi``.
+The core: ``server.app.create_app(settings, clock=)`` (the app factory), ``server.state``
+(``RelayState``: what the layers share, typed), ``server.clock`` (the relay's one clock),
+``server.cli`` (``vox-relay``, through the services), ``server.settings``, ``server.db``
+(base, engine, ORM rows, migrations runner), ``server.errors`` (domain errors and their one
+HTTP mapping), ``server.deps`` (``Annotated`` dependencies), ``server.notify``
+(``DeviceNotifier``: how services reach a connected device), ``server.metrics``,
+``server.logs``, ``server.ratelimit``, ``server.diskguard``, ``server.openapi``.
 """

@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     registration: RegistrationPolicy = RegistrationPolicy.OPEN
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool = True
+    #: The relay's public origin; an ``https://`` one is the VAPID contact (``push.subject``
+    #: unset) that push services see.
     public_url: str | None = None
     #: Proxies whose ``X-Forwarded-For`` is trusted (comma-separated IPs, or ``*``).
     forwarded_allow_ips: str = "127.0.0.1"
