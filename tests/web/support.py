@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,32 @@ def wait_message(page: Any, sender: str, text: str) -> Any:
     loc = page.locator(f'[data-testid="message"][data-from="{sender}"]', has_text=text)
     loc.first.wait_for(timeout=TIMEOUT_MS)
     return loc
+
+
+@dataclass
+class BrowserChat:
+    """A browser user (``me``) with a conversation open with a `vox` user (``peer``)."""
+
+    page: Any
+    vox: Vox
+    me: str
+    peer: str
+    first: str  # the id of the first message (browser → vox)
+
+
+def browser_chatting_with_vox(
+    context: Any, relay: RelayProc, homes: Path, prefix: str
+) -> BrowserChat:
+    """Register a `vox` user and a browser user, open their chat and run the first message
+    browser → `vox` (the browser starts the PQXDH session)."""
+    me, peer = unique("webalice"), unique(prefix)
+    vox = Vox(homes / peer, relay, peer).register()
+    page = open_app(context, relay)
+    register_in_browser(page, me)
+    open_chat(page, peer)
+    first = send_in_browser(page, f"hi {peer}")
+    vox.receive_until(lambda g: any(m.get("text") == f"hi {peer}" for m in g))
+    return BrowserChat(page, vox, me, peer, first)
 
 
 # --- the test kit (clients/web/testkit/testkit.js: the protocol core and the engine) -------

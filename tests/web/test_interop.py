@@ -16,6 +16,7 @@ from typing import Any
 from tests.web.support import (
     RelayProc,
     Vox,
+    browser_chatting_with_vox,
     open_app,
     open_chat,
     register_in_browser,
@@ -111,13 +112,8 @@ def _tamper_queued_payload_for(relay: RelayProc, username: str) -> None:
 def test_a_tampered_ciphertext_shows_could_not_decrypt_and_the_conversation_goes_on(
     context: Any, relay: RelayProc, tmp_path: Path
 ) -> None:
-    alice, dave = unique("webalice"), unique("dave")
-    vox = Vox(tmp_path / "dave", relay, dave).register()
-    page = open_app(context, relay)
-    register_in_browser(page, alice)
-    open_chat(page, dave)
-    send_in_browser(page, "hi dave")
-    vox.receive_until(lambda g: any(m.get("text") == "hi dave" for m in g))
+    chat = browser_chatting_with_vox(context, relay, tmp_path, "dave")
+    page, vox, alice, dave = chat.page, chat.vox, chat.me, chat.peer
     vox.send(alice, "before")
     wait_message(page, dave, "before")
     page.close()  # offline: the next envelope waits in the relay's queue
@@ -149,13 +145,8 @@ def test_a_second_tab_is_told_the_app_is_open_in_another_tab(
 def test_key_change_blocks_sending_until_the_new_safety_number_is_accepted(
     context: Any, relay: RelayProc, tmp_path: Path
 ) -> None:
-    alice, erin = unique("webalice"), unique("erin")
-    vox = Vox(tmp_path / "erin", relay, erin).register()
-    page = open_app(context, relay)
-    register_in_browser(page, alice)
-    open_chat(page, erin)
-    send_in_browser(page, "hello erin")
-    vox.receive_until(lambda g: any(m.get("text") == "hello erin" for m in g))
+    chat = browser_chatting_with_vox(context, relay, tmp_path, "erin")
+    page, vox, alice, erin = chat.page, chat.vox, chat.me, chat.peer
     page.get_by_test_id("safety-open").click()
     before = page.get_by_test_id("safety-number").inner_text()
     assert len(before.replace(" ", "")) == 60

@@ -18,40 +18,21 @@ from typing import Any
 
 import pytest
 
+from tests.web.support import kit_call as call
+from tests.web.support import kit_page
+
 ROOT = Path(__file__).resolve().parents[2]
-KIT = ROOT / "clients" / "web" / "testkit" / "testkit.js"
 VECTORS = ROOT / "docs" / "vectors"
 CORE = json.loads((VECTORS / "protocol-crypto.json").read_text())
 EXTRAS = json.loads((VECTORS / "protocol-crypto-devices-groups-attachments.json").read_text())
 CONTENT = json.loads((VECTORS / "protocol-client-content.json").read_text())["vectors"]
-ORIGIN = "http://127.0.0.1:9"  # intercepted: a secure context for WebCrypto, no server
 
 
 @pytest.fixture(scope="module")
 def kit(browser: Any) -> Iterator[Any]:
     """A page with the test kit loaded (``window.voxTestkit``)."""
-    ctx = browser.new_context()
-    ctx.set_default_timeout(120_000)
-    html = '<!doctype html><script type="module" src="/testkit.js"></script>'
-
-    def serve(route: Any) -> None:
-        if route.request.url.endswith("/testkit.js"):
-            route.fulfill(body=KIT.read_bytes(), content_type="text/javascript")
-        else:
-            route.fulfill(body=html, content_type="text/html")
-
-    ctx.route(f"{ORIGIN}/**", serve)
-    page = ctx.new_page()
-    page.goto(f"{ORIGIN}/")
-    page.wait_for_function("() => !!window.voxTestkit")
-    try:
+    with kit_page(browser) as page:
         yield page
-    finally:
-        ctx.close()
-
-
-def call(page: Any, name: str, *args: Any) -> Any:
-    return page.evaluate("([n, a]) => window.voxTestkit[n](...a)", [name, list(args)])
 
 
 def test_ratchet_kdf_steps_and_message_keys_v1_and_v2(kit: Any) -> None:

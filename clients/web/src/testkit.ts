@@ -4,7 +4,9 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 import { Reader, Writer, concat, fromHex, hex, utf8, type Rng } from "./core/bytes";
 import * as A from "./core/attachments";
-import { type Content, decodeContent, encodeContent, pad, unpad } from "./core/content";
+import { type Content, type Operation, decodeContent, encodeContent, pad, unpad } from "./core/content";
+import type { Conversation, Message } from "./core/engine";
+import { MessageOps } from "./core/messageops";
 import { parseList, signList, verifyList } from "./core/devicelist";
 import { safetyNumber, displaySafetyNumber } from "./core/fingerprint";
 import { type Bundle, accountPublic, decodeBundle, kemPublic, newKemPrekey, newSignedPrekey, typed, X25519_TYPE } from "./core/keys";
@@ -271,6 +273,64 @@ function contentDecodes(hexes: string[]): string[] {
       return (e as Error).name;
     }
   });
+}
+
+type OpsStep =
+  | { kind: "message"; conv: string; from: string; id: string; text?: string; file?: boolean; sentAt?: number; expire?: number; now?: number }
+  | { kind: "op"; conv: string; from: string; type: "edit" | "delete" | "reaction" | "timer"; target?: string; text?: string; emoji?: string; seconds?: number; group?: string; now?: number }
+  | { kind: "read"; conv: string; now: number }
+  | { kind: "sweep"; now: number };
+
+/**
+ * The receiving rules of messageops.ts over an in-memory host (no relay, injected clock):
+ * plays ``steps`` as user "me" and returns every stored message and the timers.
+ */
+async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string, unknown>[]; timers: Record<string, number>; swept: number[] }> {
+  const messages = new Map<string, Message[]>();
+  const conversations = new Map<string, Conversation>();
+  let counter = 0;
+  const store = { get: async () => undefined, commit: async () => undefined } as unknown as Store;
+  const all = (): Message[] => [...messages.values()].flat();
+  const ops = new MessageOps({
+    store,
+    messages,
+    conversations,
+    user: "me",
+    device: 1,
+    find: (id) => all().find((m) => m.id === id),
+    add: (m) => {
+      messages.set(m.conv, [...(messages.get(m.conv) ?? []), m]);
+      conversations.set(m.conv, { name: m.conv, unread: 0, last: 0, ...conversations.get(m.conv) });
+    },
+    nextKey: (conv) => `msg:${conv}:${++counter}`,
+    sendOperation: async (_conv, _id, _content, apply) => apply([]),
+    changed: () => undefined,
+  });
+  const swept: number[] = [];
+  for (const s of steps) {
+    if (s.kind === "message") {
+      const sentAt = s.sentAt ?? 1000;
+      const m: Message = { key: `msg:${s.conv}:${++counter}`, id: s.id, conv: s.conv, from: s.from, device: 1, text: s.file ? null : (s.text ?? ""), sentAt, state: s.from === "me" ? "sent" : "received", ...ops.incoming(s.expire ? { expire: s.expire } : {}, sentAt, s.from === "me") };
+      if (s.file) m.file = { name: "f.bin", type: "application/octet-stream", size: 1, pointer: new Uint8Array(0) };
+      messages.set(s.conv, [...(messages.get(s.conv) ?? []), m]);
+      ops.onStored(m, [], s.now ?? sentAt);
+    } else if (s.kind === "op") {
+      const head = { id: crypto.getRandomValues(new Uint8Array(16)), sentAt: s.now ?? 0, groupId: fromHex(s.group ?? "") };
+      const target = fromHex(s.target ?? "00".repeat(16));
+      const op: Operation =
+        s.type === "edit" ? { ...head, type: 9, target, text: s.text ?? "" }
+        : s.type === "delete" ? { ...head, type: 10, target }
+        : s.type === "reaction" ? { ...head, type: 11, target, emoji: s.emoji ?? "" }
+        : { ...head, type: 12, seconds: s.seconds ?? 0 };
+      ops.apply(s.conv, { user: s.from, device: 1 }, op, [], s.now ?? 0);
+    } else if (s.kind === "read") {
+      for (const m of messages.get(s.conv) ?? []) if (m.state === "received" && !m.notice) ops.read(m, s.now);
+    } else swept.push(await ops.sweep(s.now));
+  }
+  const timers: Record<string, number> = {};
+  for (const [k, c] of conversations) if (c.timer !== undefined) timers[k] = c.timer;
+  const out = all().map((m) => ({ id: m.id, conv: m.conv, from: m.from, text: m.text, file: !!m.file, edits: m.edits ?? [], deleted: !!m.deleted, reactions: m.reactions ?? {}, expireAt: m.expireAt ?? null, event: m.event ?? null }));
+  return { messages: out, timers, swept };
 }
 
 /** A fresh responder (keys + bundle) and initiator, with real randomness. */
@@ -586,5 +646,6 @@ const engineKit = {
   contentExample,
   contentVector,
   contentDecodes,
+  opsScenario,
   x25519Public: (k: string) => hex(typed(X25519_TYPE, x25519Public(fromHex(k)))),
 };

@@ -5,8 +5,11 @@ import { Api, Offline, RelayError, type RelayConfig } from "./api";
 import { DecodeError, Writer, b64, equal, fromB64, hex, fromHex, randomBytes } from "./bytes";
 import {
   type Content,
+  type Extensions,
   PayloadKind,
   decodeContent,
+  isConversationContent,
+  isOperation,
   decodeRelayPayload,
   encodeContent,
   encodeRelayPayload,
@@ -24,6 +27,7 @@ import type { Prekeys } from "./prekeys";
 import * as S from "./session";
 import * as SK from "./senderkeys";
 import * as ATT from "./attachments";
+import { MessageOps, type MessageExtras } from "./messageops";
 import type { Store } from "./store";
 
 export const LAST_RESORT_BASE = P.LAST_RESORT_BASE;
@@ -53,9 +57,10 @@ export interface Conversation {
   name: string;
   unread: number;
   last: number;
+  timer?: number; // disappearing messages (seconds; messageops.ts)
 }
 export type MessageState = "pending" | "sent" | "delivered" | "read" | "failed" | "received";
-export interface Message {
+export interface Message extends MessageExtras {
   key: string;
   id: string; // 32 hex
   conv: string;
@@ -119,7 +124,7 @@ export class Engine {
   status: ConnectionStatus = "offline";
   conversations = new Map<string, Conversation>();
   messages = new Map<string, Message[]>();
-  typing = new Map<string, number>();
+  typing = new Map<string, Map<string, number>>(); // conversation → user → when
   active: string | null = null;
   notify: ((title: string, body: string, conv: string) => void) | null = null;
 
@@ -159,12 +164,31 @@ export class Engine {
   private reconnectDelay = 500;
   private stopped = false;
   private relogged = false;
+  /** Edits, deletes, reactions, replies, disappearing messages (messageops.ts). */
+  readonly ops: MessageOps;
 
   constructor(
     readonly store: Store,
     base = "",
   ) {
     this.api = new Api(base);
+    const engine = this;
+    this.ops = new MessageOps({
+      store,
+      messages: this.messages,
+      conversations: this.conversations,
+      get user() {
+        return engine.user;
+      },
+      get device() {
+        return (engine.identity as Identity).device;
+      },
+      find: (id) => this.findMessage(id),
+      add: (m, changes) => this.addMessage(m, changes),
+      nextKey: (conv) => this.nextKey(conv),
+      sendOperation: (conv, id, content, apply) => this.sendOperation(conv, id, content, apply),
+      changed: () => this.changed(),
+    });
   }
 
   // --- observation --------------------------------------------------------------------
@@ -199,6 +223,7 @@ export class Engine {
     for (const [, v] of await this.store.list<OutboxEntry>("outbox:")) this.outbox.set(v.id, v);
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
+    await this.ops.load();
     return true;
   }
 
@@ -268,6 +293,7 @@ export class Engine {
 
   start(): void {
     this.stopped = false;
+    this.ops.startSweeper();
     void this.connect();
   }
 
@@ -275,6 +301,7 @@ export class Engine {
     this.stopped = true;
     if (this.maintenanceTimer !== null) clearInterval(this.maintenanceTimer);
     this.maintenanceTimer = null;
+    this.ops.stopSweeper();
     this.ws?.close(1000);
     this.ws = null;
   }
@@ -631,14 +658,15 @@ export class Engine {
     this.changed();
   }
 
-  async sendText(to: string, text: string): Promise<string> {
+  async sendText(to: string, text: string, replyTo?: string): Promise<string> {
     if (this.keyChanged(to)) throw new UntrustedIdentity(`${to}'s safety number changed: verify it first`);
     const id = newMessageId();
     const sentAt = Date.now();
-    const content = encodeContent({ type: 1, id, sentAt, groupId: new Uint8Array(0), text });
+    const { ext, extras } = this.ops.outgoing(to, sentAt, replyTo);
+    const content = encodeContent({ type: 1, id, sentAt, groupId: new Uint8Array(0), text, ...ext });
     const idHex = hex(id);
     const entry: OutboxEntry = { id: idHex, to, content, attempts: 0 };
-    const m: Message = { key: this.nextKey(to), id: idHex, conv: to, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending" };
+    const m: Message = { key: this.nextKey(to), id: idHex, conv: to, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending", ...extras };
     const changes: [string, unknown][] = [[`outbox:${idHex}`, entry]];
     this.addMessage(m, changes);
     await this.store.commit(changes);
@@ -646,6 +674,30 @@ export class Engine {
     this.changed();
     void this.deliverOutbox(entry);
     return idHex;
+  }
+
+  /** An operation (messageops.ts): direct ones go through the outbox like a text. */
+  private async sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: [string, unknown][]) => void): Promise<void> {
+    const changes: [string, unknown][] = [];
+    if (conv.startsWith("group:")) {
+      const g = this.groups.get(conv.slice(6));
+      if (!g) throw new Error("unknown group");
+      for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
+      const r = await this.sendGroupContent(g.id, idHex, content);
+      if (r !== "accepted") throw new Error(r === "retry" ? "offline: not sent, try again" : "the relay refused it");
+      apply(changes);
+      await this.store.commit(changes);
+      this.changed();
+      return;
+    }
+    if (this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
+    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0 };
+    changes.push([`outbox:${idHex}`, entry]);
+    apply(changes);
+    await this.store.commit(changes);
+    this.outbox.set(idHex, entry);
+    this.changed();
+    void this.deliverOutbox(entry);
   }
 
   private async flushOutbox(): Promise<void> {
@@ -756,8 +808,9 @@ export class Engine {
     const id = newMessageId();
     const idHex = hex(id);
     const sentAt = Date.now();
-    const content = encodeContent({ type: 2, id, sentAt, groupId: isGroup ? fromHex(conv.slice(6)) : new Uint8Array(0), pointer, caption: "" });
-    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: file.size, pointer } };
+    const { ext, extras } = this.ops.outgoing(conv, sentAt);
+    const content = encodeContent({ type: 2, id, sentAt, groupId: isGroup ? fromHex(conv.slice(6)) : new Uint8Array(0), pointer, caption: "", ...ext });
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: file.size, pointer }, ...extras };
     const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
     if (isGroup) {
@@ -807,27 +860,42 @@ export class Engine {
   }
 
   async setTyping(to: string, active: boolean): Promise<void> {
-    if (this.keyChanged(to) || this.status !== "online") return;
-    const content = encodeContent({ type: 4, id: newMessageId(), sentAt: Date.now(), groupId: new Uint8Array(0), active });
-    await this.sendContent(to, "t-" + hex(randomBytes(8)), content, { transcript: false, ephemeral: true });
+    if (this.status !== "online") return;
+    let users = [to];
+    let groupId: Uint8Array = new Uint8Array(0);
+    if (to.startsWith("group:")) {
+      // Pairwise to every other member (ephemeral, like the Python SDK's group typing).
+      users = (this.groups.get(to.slice(6))?.members ?? []).filter((m) => m !== this.user && !this.keyChanged(m));
+      groupId = fromHex(to.slice(6));
+    } else if (this.keyChanged(to)) return;
+    if (!users.length) return;
+    const content = encodeContent({ type: 4, id: newMessageId(), sentAt: Date.now(), groupId, active });
+    await this.sendContent(users, "t-" + hex(randomBytes(8)), content, { transcript: false, ephemeral: true });
   }
 
   async markRead(conv: string): Promise<void> {
     const c = this.conversations.get(conv);
-    const unreadIds = (this.messages.get(conv) ?? []).filter((m) => m.from === conv && m.state === "received").map((m) => m);
+    const unreadIds = (this.messages.get(conv) ?? []).filter((m) => m.from !== this.user && !m.notice && m.state === "received");
     const changes: [string, unknown][] = [];
     if (c && c.unread) {
       const next = { ...c, unread: 0 };
       this.conversations.set(conv, next);
       changes.push([`conv:${conv}`, next]);
     }
+    const bySender = new Map<string, Uint8Array[]>();
     for (const m of unreadIds) {
       m.state = "read";
+      this.ops.read(m);
       changes.push([m.key, m]);
+      bySender.set(m.from, [...(bySender.get(m.from) ?? []), fromHex(m.id)]);
     }
     if (changes.length) await this.store.commit(changes);
     this.changed();
-    if (unreadIds.length && !this.keyChanged(conv)) void this.sendReceipt(conv, 2, unreadIds.map((m) => fromHex(m.id)));
+    // READ receipts to each sender (group members too), at most 500 ids per receipt.
+    for (const [sender, ids] of bySender) {
+      if (this.keyChanged(sender)) continue;
+      for (let i = 0; i < ids.length; i += 500) void this.sendReceipt(sender, 2, ids.slice(i, i + 500));
+    }
   }
 
   private async sendReceipt(to: string, kind: 1 | 2, ids: Uint8Array[]): Promise<void> {
@@ -977,7 +1045,7 @@ export class Engine {
       case 1: {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
         if (this.findMessage(hex(c.id))) break;
-        this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes);
+        this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes, c);
         if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
         if (!own && this.notify && (this.active !== from.user || document.hidden)) {
           const n = this.notify;
@@ -988,15 +1056,16 @@ export class Engine {
       case 2: {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
         if (this.findMessage(hex(c.id))) break;
-        this.receiveChat(from, from.user, c.id, c.sentAt, { pointer: c.pointer, caption: c.caption }, changes);
+        this.receiveChat(from, from.user, c.id, c.sentAt, { pointer: c.pointer, caption: c.caption }, changes, c);
         if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
         break;
       }
       case 7: {
         if (!own) throw new DecodeError("transcripts come only from our own devices");
         const inner = decodeContent(c.inner);
-        if (inner.type === 1 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, inner.text, changes);
-        if (inner.type === 2 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, { pointer: inner.pointer, caption: inner.caption }, changes);
+        if (inner.type === 1 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, inner.text, changes, inner);
+        if (inner.type === 2 && !inner.groupId.length) this.receiveChat(from, c.destination, inner.id, inner.sentAt, { pointer: inner.pointer, caption: inner.caption }, changes, inner);
+        if (isOperation(inner)) this.ops.apply(inner.groupId.length ? `group:${hex(inner.groupId)}` : c.destination, from, inner, changes);
         break;
       }
       case 3: {
@@ -1008,6 +1077,7 @@ export class Engine {
             m.state = target;
             changes.push([m.key, m]);
           }
+          if (m && m.from === me.user) this.ops.receipt(m, from.user, c.receipt, changes);
         }
         break;
       }
@@ -1029,16 +1099,23 @@ export class Engine {
         this.stageGroup(g, changes);
         break;
       }
+      case 9:
+      case 10:
+      case 11:
+      case 12:
+        if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
+        this.ops.apply(from.user, from, c, changes);
+        break;
       default:
         break; // typing arrives as ephemeral
     }
   }
 
-  private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string | { pointer: Uint8Array; caption: string }, changes: [string, unknown][]): void {
+  private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string | { pointer: Uint8Array; caption: string }, changes: [string, unknown][], ext: Extensions = {}): void {
     const idHex = hex(id);
     if (this.findMessage(idHex)) return; // duplicate message ids are stored once
     const mine = from.user === (this.identity as Identity).user;
-    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text: null, sentAt, state: mine ? "sent" : "received" };
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text: null, sentAt, state: mine ? "sent" : "received", ...this.ops.incoming(ext, sentAt, mine) };
     if (typeof text === "string") m.text = text;
     else {
       const p = ATT.decodePointer(text.pointer); // refuses a malformed pointer before storing
@@ -1046,6 +1123,7 @@ export class Engine {
       m.text = text.caption || null;
     }
     this.addMessage(m, changes);
+    this.ops.onStored(m, changes);
   }
 
   private async onEphemeral(f: Frame): Promise<void> {
@@ -1061,9 +1139,13 @@ export class Engine {
       await this.store.commit(changes);
       for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
       if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
-      if (c.type === 4 && !c.groupId.length) {
-        if (c.active) this.typing.set(from.user, Date.now());
-        else this.typing.delete(from.user);
+      if (c.type === 4) {
+        const conv = c.groupId.length ? `group:${hex(c.groupId)}` : from.user;
+        if (c.groupId.length && !this.groups.get(hex(c.groupId))?.members.includes(from.user)) return;
+        const who = new Map(this.typing.get(conv));
+        if (c.active) who.set(from.user, Date.now());
+        else who.delete(from.user);
+        this.typing.set(conv, who);
         this.changed();
       }
     } catch {
@@ -1139,15 +1221,16 @@ export class Engine {
     if (!state) throw new SK.UnknownSenderKey(String(m.keyId));
     const { state: next, plaintext } = await SK.senderKeyDecrypt(state, m, this.clock() / 1000);
     const c = decodeContent(unpad(plaintext));
-    if (c.type !== 1 && c.type !== 2) throw new DecodeError("a group message carries a text or a file");
+    if (!isConversationContent(c)) throw new DecodeError("a group message carries a message or an operation");
     if (hex(c.groupId) !== id) throw new DecodeError("group message for another group");
     g.records[k] = record.map((x) => (x.keyId === m.keyId ? next : x));
     this.stageGroup(g, changes);
-    {
+    if (isOperation(c)) this.ops.apply(`group:${id}`, { user: m.user, device: m.device }, c, changes);
+    else {
       const conv = `group:${id}`;
       if (!this.findMessage(hex(c.id))) {
         const body = c.type === 1 ? c.text : { pointer: c.pointer, caption: c.caption };
-        this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, body, changes);
+        this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, body, changes, c);
         if (m.user !== this.user) {
           after.push(() => void this.sendReceipt(m.user, 1, [c.id]));
           if (this.notify && (this.active !== conv || document.hidden)) {
@@ -1223,19 +1306,20 @@ export class Engine {
     this.active = null;
   }
 
-  async sendGroupText(conv: string, text: string): Promise<string> {
+  async sendGroupText(conv: string, text: string, replyTo?: string): Promise<string> {
     const g = this.groups.get(conv.slice(6));
     if (!g) throw new Error("unknown group");
     for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
     const id = newMessageId();
     const idHex = hex(id);
     const sentAt = Date.now();
-    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending" };
+    const { ext, extras } = this.ops.outgoing(conv, sentAt, replyTo);
+    const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending", ...extras };
     const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
     await this.store.commit(changes);
     this.changed();
-    const content = encodeContent({ type: 1, id, sentAt, groupId: fromHex(g.id), text });
+    const content = encodeContent({ type: 1, id, sentAt, groupId: fromHex(g.id), text, ...ext });
     const r = await this.sendGroupContent(g.id, idHex, content);
     m.state = r === "accepted" ? "sent" : "failed";
     await this.store.commit([[m.key, m]]);

@@ -2,11 +2,12 @@
 // safety numbers and devices. Phone-sized screens show the list or the conversation.
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { RelayConfig } from "../core/api";
-import { type ConnectionStatus, type Engine, type Message, UntrustedIdentity } from "../core/engine";
+import { type ConnectionStatus, type Engine, UntrustedIdentity } from "../core/engine";
 import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
 import qrcode from "qrcode-generator";
+import { type Compose, ComposeBanner, MessageView, TimerPicker } from "./messages";
 
 const STATUS_TEXT: Record<ConnectionStatus, string> = {
   connecting: "connecting…",
@@ -274,12 +275,15 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const [error, setError] = useState<string | null>(null);
   const [safety, setSafety] = useState(false);
   const [progress, setProgress] = useState<number | null>(null);
+  const [compose, setCompose] = useState<Compose>(null);
   const listRef = useRef<HTMLDivElement>(null);
+  const composerRef = useRef<HTMLTextAreaElement>(null);
   const typingSent = useRef(0);
   const messages = engine.messages.get(user) ?? [];
   const isGroup = user.startsWith("group:");
   const changed = isGroup ? false : engine.keyChanged(user);
-  const typingAt = engine.typing.get(user) ?? 0;
+  const typists = [...(engine.typing.get(user) ?? new Map<string, number>())].filter(([, at]) => Date.now() - at < 6000).map(([u]) => u);
+  const unread = messages.some((m) => m.state === "received" && !m.notice && m.from !== engine.user);
   const [, force] = useState(0);
 
   useEffect(() => {
@@ -287,23 +291,46 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
     void engine.refreshList(user).then(() => force((x) => x + 1)).catch((e: Error) => setError(e.message));
   }, [user]);
   useEffect(() => {
+    setCompose(null);
+    setText("");
+  }, [user]);
+  useEffect(() => {
     listRef.current?.scrollTo(0, listRef.current.scrollHeight);
-    if (engine.active === user && (engine.conversations.get(user)?.unread ?? 0) > 0) void engine.markRead(user);
   }, [messages.length]);
   useEffect(() => {
-    if (!typingAt) return;
+    // Messages that arrive while the conversation is open and visible are read now.
+    const read = (): void => {
+      if (engine.active === user && unread && !document.hidden) void engine.markRead(user);
+    };
+    read();
+    document.addEventListener("visibilitychange", read);
+    return () => document.removeEventListener("visibilitychange", read);
+  }, [messages.length, unread, user]);
+  useEffect(() => {
+    if (!typists.length) return;
     const t = setTimeout(() => force((x) => x + 1), 6000);
     return () => clearTimeout(t);
-  }, [typingAt]);
+  }, [typists.join(",")]);
+
+  function startCompose(c: Compose): void {
+    setCompose(c);
+    if (c?.kind === "edit") setText(c.m.text ?? "");
+    composerRef.current?.focus();
+  }
 
   async function send(): Promise<void> {
     const body = text.trim();
     if (!body) return;
     setError(null);
     try {
-      if (isGroup) await engine.sendGroupText(user, body);
-      else await engine.sendText(user, body);
+      if (compose?.kind === "edit") await engine.ops.edit(user, compose.m.id, body);
+      else {
+        const replyTo = compose?.kind === "reply" ? compose.m.id : undefined;
+        if (isGroup) await engine.sendGroupText(user, body, replyTo);
+        else await engine.sendText(user, body, replyTo);
+      }
       setText("");
+      setCompose(null);
       typingSent.current = 0;
     } catch (e) {
       setError(e instanceof UntrustedIdentity ? e.message : (e as Error).message);
@@ -317,22 +344,25 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
           ←
         </button>
         <h2 data-testid="conversation-title">{isGroup ? engine.groupTitle(user) : user}</h2>
-        {Date.now() - typingAt < 6000 && (
-          <span class="typing" data-testid="typing">
-            typing…
+        {typists.length > 0 && (
+          <span class="typing" data-testid="typing" data-users={typists.join(",")}>
+            {isGroup ? `${typists.join(", ")} ${typists.length === 1 ? "is" : "are"} typing…` : "typing…"}
           </span>
         )}
-        {!isGroup && (
-          <button type="button" data-testid="safety-open" onClick={() => setSafety(!safety)}>
-            Safety number
-          </button>
-        )}
+        <span class="head-tools">
+          <TimerPicker engine={engine} conv={user} onError={setError} />
+          {!isGroup && (
+            <button type="button" data-testid="safety-open" onClick={() => setSafety(!safety)}>
+              Safety number
+            </button>
+          )}
+        </span>
       </div>
       {isGroup && <GroupPanel engine={engine} conv={user} onLeft={props.onBack} />}
       {(safety || changed) && <Safety engine={engine} user={user} changed={changed} onDone={() => setSafety(false)} />}
       <div class="messages" ref={listRef}>
         {messages.map((m) => (
-          <MessageView key={m.key} m={m} me={engine.user} engine={engine} />
+          <MessageView key={m.key} m={m} engine={engine} onCompose={startCompose} onError={setError} />
         ))}
       </div>
       {error && (
@@ -340,6 +370,13 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
           {error}
         </p>
       )}
+      <ComposeBanner
+        compose={compose}
+        onCancel={() => {
+          if (compose?.kind === "edit") setText("");
+          setCompose(null);
+        }}
+      />
       <form
         class="composer"
         onSubmit={(e) => {
@@ -375,6 +412,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
         )}
         <textarea
           data-testid="composer"
+          ref={composerRef}
           rows={1}
           placeholder={changed ? "Verify the new safety number to send" : "Message"}
           disabled={changed}
@@ -384,96 +422,23 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
             const now = Date.now();
             if (now - typingSent.current > 4000) {
               typingSent.current = now;
-              if (!isGroup) void engine.setTyping(user, true);
+              void engine.setTyping(user, true);
             }
           }}
           onKeyDown={(e) => {
             if (e.key === "Enter" && !e.shiftKey) {
               e.preventDefault();
               void send();
+            } else if (e.key === "Escape" && compose) {
+              if (compose.kind === "edit") setText("");
+              setCompose(null);
             }
           }}
         />
         <button type="submit" class="primary" data-testid="send" disabled={changed}>
-          Send
+          {compose?.kind === "edit" ? "Save" : "Send"}
         </button>
       </form>
-    </div>
-  );
-}
-
-const STATE_MARK: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓ read", failed: "⚠ not sent", received: "", };
-
-function FileView(props: { m: Message; engine: Engine }) {
-  const file = props.m.file as NonNullable<Message["file"]>;
-  const image = /^image\/(png|jpeg|gif|webp)$/.test(file.type);
-  const [url, setUrl] = useState<string | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  const load = async (): Promise<string | null> => {
-    try {
-      const blob = await props.engine.openFile(file.pointer);
-      const u = URL.createObjectURL(blob);
-      setUrl(u);
-      return u;
-    } catch (e) {
-      setError(`could not open the file (${(e as Error).name})`);
-      return null;
-    }
-  };
-  useEffect(() => {
-    if (image) void load();
-  }, [props.m.id]);
-  useEffect(() => () => void (url && URL.revokeObjectURL(url)), [url]);
-  return (
-    <div class="file" data-testid="attachment" data-name={file.name} data-size={file.size}>
-      {image && url && <img data-testid="attachment-image" src={url} alt={file.name} />}
-      <button
-        type="button"
-        data-testid="attachment-download"
-        onClick={async () => {
-          const u = url ?? (await load());
-          if (!u) return;
-          const a = document.createElement("a");
-          a.href = u;
-          a.download = file.name;
-          a.click();
-        }}
-      >
-        ⬇ {file.name} ({formatSize(file.size)})
-      </button>
-      {error && <small class="error">{error}</small>}
-    </div>
-  );
-}
-
-function formatSize(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
-
-function MessageView(props: { m: Message; me: string; engine: Engine }) {
-  const { m, me } = props;
-  if (m.notice) {
-    return (
-      <div class="notice" data-testid="decrypt-failure" data-from={m.from}>
-        ⚠ {m.notice}
-      </div>
-    );
-  }
-  const mine = m.from === me;
-  return (
-    <div class={mine ? "msg mine" : "msg"} data-testid="message" data-from={m.from} data-message-id={m.id} data-state={m.state}>
-      {m.file && <FileView m={m} engine={props.engine} />}
-      {m.text && <div class="text">{m.text}</div>}
-      <div class="meta">
-        <time>{new Date(m.sentAt).toLocaleTimeString()}</time>
-        {mine && (
-          <span class="state" data-testid="message-state">
-            {STATE_MARK[m.state]}
-          </span>
-        )}
-      </div>
     </div>
   );
 }
