@@ -9,6 +9,7 @@ their message, the expiry clock) are tested with an injected clock in test_conte
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ def act(page: Any, mid: str, action: str, emoji: str | None = None) -> None:
     if emoji is not None:
         target = m.locator(f'[data-testid="{action}"][data-emoji="{emoji}"]')
     target.click()
+
+
+def relay_lifetime_ms(relay: RelayProc, client_id: str) -> int:
+    """How long the relay keeps the (undelivered) envelope of a send: ``expires_at - ts``."""
+    db = sqlite3.connect(relay.data_dir / "relay.sqlite3", timeout=30)
+    try:
+        rows = db.execute(
+            "SELECT expires_at - created_at FROM delivery_sends WHERE client_id = ?", (client_id,)
+        ).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
 
 
 def update(kind: str, **fields: Any) -> Callable[[Events], bool]:
@@ -153,6 +167,7 @@ def test_a_disappearing_timer_set_on_either_side_is_announced_and_its_messages_d
     wait_message(page, carol, "self-destructing")
     assert message(page, theirs).get_by_test_id("expires").count() == 1
     ours = send_in_browser(page, "mine disappears too")
+    assert relay_lifetime_ms(relay, ours) == 30_000  # the relay's copy is capped at the timer
     got = vox.receive_until(update("text", id=ours))
     assert next(e for e in got if e.get("id") == ours)["expires_in"] == 30
     # ~30 s after it was read here (the chat is open) / sent, each leaves page and store.
@@ -231,6 +246,7 @@ def test_group_operations_typing_and_receipts_with_a_vox_member_and_a_second_bro
             has_text=f"{dave} set disappearing messages to 1 hour"
         ).wait_for()
         later = send_in_browser(pa, "under the group timer")
+        assert relay_lifetime_ms(relay, later) == 3_600_000
         got = vbob.receive_until(update("text", id=later))
         assert next(e for e in got if e.get("id") == later)["expires_in"] == 3600
     finally:

@@ -252,6 +252,15 @@ export function decodeContent(b: Uint8Array): Content {
   return { id, sentAt, ...body };
 }
 
+/**
+ * The relay's `ttl` for a send carrying this content: the disappearing timer of a TEXT or
+ * ATTACHMENT sent under one (protocol-ws §3.1); none (undefined) for everything else.
+ */
+export function sendTtl(content: Uint8Array): number | undefined {
+  const c = decodeContent(content);
+  return (c.type === 1 || c.type === 2) && c.expire ? c.expire : undefined;
+}
+
 export function pad(content: Uint8Array): Uint8Array {
   const total = (Math.floor(content.length / PAD_BLOCK) + 1) * PAD_BLOCK;
   const out = new Uint8Array(total);

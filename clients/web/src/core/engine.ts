@@ -15,6 +15,7 @@ import {
   encodeRelayPayload,
   newMessageId,
   pad,
+  sendTtl,
   unpad,
 } from "./content";
 import { type DeviceList, findDevice, parseList, signList, verifyList } from "./devicelist";
@@ -764,7 +765,7 @@ export class Engine {
           }
           await this.store.commit(changes);
           if (!payloads.length) return "failed";
-          const frame: Record<string, unknown> = { type: "send", id, payloads };
+          const frame: Record<string, unknown> = { type: "send", id, payloads, ttl: sendTtl(content) };
           if (opts.ephemeral) frame["ephemeral"] = true;
           const answer = await this.transmit(frame);
           if (answer.type === "accepted") return "accepted";
@@ -1362,7 +1363,7 @@ export class Engine {
         this.groups.set(gid, g);
         await this.store.commit([[`group:${gid}`, g]]);
         if (!devices.length) return { type: "accepted" } as Answer;
-        return this.transmit({ type: "send", id: idHex, payloads: [{ data: b64(encodeRelayPayload(PayloadKind.Group, message)), to: devices }] });
+        return this.transmit({ type: "send", id: idHex, payloads: [{ data: b64(encodeRelayPayload(PayloadKind.Group, message)), to: devices }], ttl: sendTtl(content) });
       });
       if (result.type === "accepted") return "accepted";
       if (result.type === "mismatch") continue; // lists refetched on the next attempt
