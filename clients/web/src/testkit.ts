@@ -305,6 +305,7 @@ async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string,
     nextKey: (conv) => `msg:${conv}:${++counter}`,
     sendOperation: async (_conv, _id, _content, apply) => apply([]),
     changed: () => undefined,
+    now: () => 0,
   });
   const swept: number[] = [];
   for (const s of steps) {

@@ -189,6 +189,7 @@ export class Engine {
       nextKey: (conv) => this.nextKey(conv),
       sendOperation: (conv, id, content, apply) => this.sendOperation(conv, id, content, apply),
       changed: () => this.changed(),
+      now: () => this.clock(),
     });
   }
 

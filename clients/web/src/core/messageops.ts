@@ -92,6 +92,8 @@ export interface OpsHost {
    */
   sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: Changes) => void): Promise<void>;
   changed(): void;
+  /** The engine's clock (Unix ms). */
+  now(): number;
 }
 
 const TIMER_UNITS: [number, string][] = [
@@ -166,7 +168,7 @@ export class MessageOps {
   }
 
   /** ``m`` was read on this device now: its disappearing countdown starts. */
-  read(m: Message, now = Date.now()): void {
+  read(m: Message, now = this.host.now()): void {
     if (m.expiresIn && m.expireAt === undefined) m.expireAt = now + m.expiresIn * 1000;
   }
 
@@ -182,7 +184,7 @@ export class MessageOps {
   // --- receiving -------------------------------------------------------------------------
 
   /** Apply an operation received (or sent by us) in ``conv``. */
-  apply(conv: string, sender: Sender, op: Operation, changes: Changes, now = Date.now()): void {
+  apply(conv: string, sender: Sender, op: Operation, changes: Changes, now = this.host.now()): void {
     if (op.type === 12) {
       this.applyTimer(conv, sender, op, changes);
       return;
@@ -216,7 +218,7 @@ export class MessageOps {
   }
 
   private applyTimer(conv: string, sender: Sender, op: Extract<Operation, { type: 12 }>, changes: Changes): void {
-    const c = this.host.conversations.get(conv) ?? { name: conv, unread: 0, last: Date.now() };
+    const c = this.host.conversations.get(conv) ?? { name: conv, unread: 0, last: this.host.now() };
     const next: Conversation = { ...c, timer: op.seconds };
     this.host.conversations.set(conv, next);
     changes.push([`conv:${conv}`, next]);
@@ -239,7 +241,7 @@ export class MessageOps {
   }
 
   /** ``m`` was just stored: apply the operations that arrived before it. */
-  onStored(m: Message, changes: Changes, now = Date.now()): void {
+  onStored(m: Message, changes: Changes, now = this.host.now()): void {
     const mine = this.pending.filter((p) => p.target === m.id);
     if (!mine.length) return;
     this.pending = this.pending.filter((p) => p.target !== m.id);
@@ -259,7 +261,7 @@ export class MessageOps {
   }
 
   private async send(conv: string, body: Record<string, unknown> & { type: 9 | 10 | 11 | 12 }): Promise<void> {
-    const op = { ...body, id: newMessageId(), sentAt: Date.now(), groupId: groupIdOf(conv) } as Operation;
+    const op = { ...body, id: newMessageId(), sentAt: this.host.now(), groupId: groupIdOf(conv) } as Operation;
     const me = { user: this.host.user, device: this.host.device };
     await this.host.sendOperation(conv, hex(op.id), encodeContent(op), (changes) => this.apply(conv, me, op, changes));
   }
@@ -310,7 +312,7 @@ export class MessageOps {
   }
 
   /** Remove every message whose disappearing time has come; returns how many. */
-  async sweep(now = Date.now()): Promise<number> {
+  async sweep(now = this.host.now()): Promise<number> {
     const gone: Message[] = [];
     for (const list of this.host.messages.values()) {
       for (const m of list) if (m.expireAt !== undefined && m.expireAt <= now) gone.push(m);
