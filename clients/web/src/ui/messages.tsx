@@ -79,11 +79,12 @@ function GroupReceipts(props: { m: Message; engine: Engine }) {
   const g = props.engine.groups.get(props.m.conv.slice(6));
   const others = (g?.members ?? []).filter((u) => u !== props.engine.user);
   const r = props.m.receipts ?? {};
-  const read = others.filter((u) => r[u] === "read").length;
+  const readBy = others.filter((u) => r[u] === "read");
+  const read = readBy.length;
   const delivered = others.filter((u) => r[u]).length;
   if (!others.length || !delivered) return null;
   return (
-    <span class="receipts" data-testid="group-receipts" data-read={read} data-delivered={delivered} title={others.map((u) => `${u}: ${r[u] ?? "not yet"}`).join("\n")}>
+    <span class="receipts" data-testid="group-receipts" data-read={read} data-delivered={delivered} data-read-by={readBy.join(",")} title={others.map((u) => `${u}: ${r[u] ?? "not yet"}`).join("\n")}>
       {read ? `read by ${read}/${others.length}` : `delivered to ${delivered}/${others.length}`}
     </span>
   );
@@ -97,7 +98,7 @@ function Actions(props: { m: Message; me: string; onAction: (a: string, arg?: st
     <div class="actions" data-testid="message-actions-panel">
       <div class="quick">
         {QUICK_REACTIONS.map((e) => (
-          <button type="button" key={e} class={e === reacted ? "on" : ""} data-testid="react-option" data-emoji={e} onClick={() => props.onAction("react", e)}>
+          <button type="button" key={e} class={e === reacted ? "on" : ""} data-testid="react-option" data-emoji={e} aria-label={`React ${e}`} onClick={() => props.onAction("react", e)}>
             {e}
           </button>
         ))}
