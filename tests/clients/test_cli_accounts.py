@@ -10,7 +10,7 @@ import pty
 from pathlib import Path
 
 from server.accounts.repository import get_device, revoke_device
-from server.clock import now
+from server.clock import Clock
 from tests.clients.kit import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
 
@@ -173,7 +173,7 @@ async def test_a_revoked_device_is_told_so_without_contradiction(
     async with relay.state.sessions() as session:
         device = await get_device(session, "alice", 1)
         assert device is not None
-        await revoke_device(session, device.pk, now())
+        await revoke_device(session, device.pk, Clock().now())
         await session.commit()
     code, _, err = await vox(a, "devices")
     assert_clean_error(code, err, "revoked by the relay operator")
