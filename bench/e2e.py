@@ -4,10 +4,13 @@
 
     python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
                         [--database sqlite|postgres] [--skip-relay-only] [--repeat 1]
+                        [--lane-window N] [--tmp-dir DIR]
 
 P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
 temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
-S bytes to its receiver with up to ``--window`` sends awaiting ``accepted``; every message is
+S bytes to its receiver with up to ``--window`` ``send_text`` calls outstanding (the SDK keeps
+at most its lane window of one conversation's sends on their way to the relay at once:
+``--lane-window`` overrides it for every client, reported as ``lane_window``); every message is
 encrypted (Double Ratchet), persisted and acked by the relay, decrypted, stored and acked by
 the receiver — which also sends the usual encrypted delivery receipt back. One warm-up message
 per pair (PQXDH session set-up) is not timed. Latency is send → decrypted (both clients in this
@@ -114,6 +117,8 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             counter = StatementCounter()
             for client in clients:
                 counter.attach(client)
+                if args.lane_window is not None:
+                    client.engine.sends.lane_window = args.lane_window
             log(f"relay up on :{port} ({args.database}), {len(clients)} SDK clients registered")
             sent_at: dict[str, float] = {}
             latencies: list[float] = []
@@ -202,6 +207,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-relay-only", action="store_true")
     parser.add_argument(
+        "--lane-window",
+        type=int,
+        default=None,
+        help="sends of one conversation on their way at once (default: the SDK's)",
+    )
+    parser.add_argument(
         "--tmp-dir",
         default=None,
         help="where client profiles and the relay data live (e.g. /dev/shm to factor out fsync)",
@@ -217,6 +228,7 @@ def main() -> None:
         "messages": args.messages,
         "size": args.size,
         "window": args.window,
+        "lane_window": args.lane_window,
     }
     runs = []
     for n in range(args.repeat):

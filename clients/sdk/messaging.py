@@ -242,7 +242,9 @@ class Outbox:
                 content = dataclasses.replace(content, expire=expire)
         mid = content.message_id.hex()
         entry = OutboxEntry(mid, conversation, content.to_bytes(), self._stamp())
-        with core.store.transaction():
+        # Unsynced (survives a kill, not a power loss): the pipeline flushes before the first
+        # frame of it leaves, and the caller hears nothing before that.
+        with core.store.transaction(sync=False):
             if isinstance(content, ChatContent):
                 core.protocol.record_outgoing(conversation, content)
             else:
