@@ -237,6 +237,7 @@ class VoxClient:
             self._socket = None
         self._connected.clear()
         self.pipeline.close(RelayUnavailable(self.server_url, "disconnected"))
+        self.outbox.forget()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run a background coroutine, keeping a reference until it finishes."""

@@ -204,13 +204,18 @@ class Outbox:
         self.core = core
         self._waiting: dict[str, asyncio.Future[SendResult]] = {}
         self._last_stamp = 0.0
+        self._loaded = False
         self._sent_batch: list[str] = []
         self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
 
     def load(self) -> None:
         """Hand the store's queued messages that the engine does not hold to it, oldest first
-        (held until the next connection or a new message in their conversation)."""
+        (held until the next connection or a new message in their conversation). Once per
+        connection: after :meth:`forget` (the client disconnected) it reads the store again."""
+        if self._loaded:
+            return
+        self._loaded = True
         core = self.core
         for entry in core.store.outbox_pending():
             self._last_stamp = max(self._last_stamp, entry.created_at)
@@ -224,6 +229,11 @@ class Outbox:
                 core.store.outbox_remove(entry.message_id)
                 continue
             self._submit(entry.conversation, content, queued=True)
+
+    def forget(self) -> None:
+        """The engine dropped every pending send (the client disconnected): the next
+        :meth:`load` hands the store's queue to it again."""
+        self._loaded = False
 
     def _stamp(self) -> float:
         """A ``created_at`` later than every earlier one (the store orders the outbox by it,
@@ -339,7 +349,7 @@ class Outbox:
                     waiter.set_exception(error)
                 else:
                     waiter.set_result(sent)
-            if announce and error is None:
+            if (announce or waiter is None) and error is None:  # nobody heard the outcome
                 event = MessageSent(mid, conversation, now_ms())
                 self.core.spawn(self.core.emit([event]))
 
