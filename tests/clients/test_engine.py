@@ -371,3 +371,17 @@ def test_backoff_replenishment_and_ack_chunks() -> None:
     )
     assert replenish_count(full, 50) == 0
     assert [len(a.seqs) for a in ack_frames(list(range(1, 2502)))] == [1000, 1000, 501]
+
+
+def test_a_lane_window_pipelines_a_conversation_and_stops_it_at_a_retry() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    alice.engine.sends.lane_window = 3
+    relay.refuse = ["busy"]
+    keys = [alice.submit("bob", f"m{i}", lane="bob", durable=True) for i in range(5)]
+    assert alice.written[1:] == keys[:3]  # three on their way before any answer
+    alice.run()
+    # m0 was refused and resent before m3 and m4 went out — but m1 and m2 were already on
+    # their way and accepted: why the default window is 1 (the order guarantee).
+    assert alice.written[1:] == [*keys[:3], keys[0], keys[3], keys[4]]
+    assert texts(bob) == ["warm-up", "m1", "m2", "m0", "m3", "m4"]
