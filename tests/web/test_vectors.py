@@ -26,6 +26,7 @@ VECTORS = ROOT / "docs" / "vectors"
 CORE = json.loads((VECTORS / "protocol-crypto.json").read_text())
 EXTRAS = json.loads((VECTORS / "protocol-crypto-devices-groups-attachments.json").read_text())
 CONTENT = json.loads((VECTORS / "protocol-client-content.json").read_text())["vectors"]
+SYNC = json.loads((VECTORS / "protocol-client-sync.json").read_text())["vectors"]
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +162,13 @@ def test_content_example_and_padding_of_protocol_client(kit: Any) -> None:
     assert padded_len == "160" and text == "hi"
 
 
-@pytest.mark.parametrize("vector", CONTENT, ids=[v["name"] for v in CONTENT])
+@pytest.mark.parametrize("vector", CONTENT + SYNC, ids=[v["name"] for v in CONTENT + SYNC])
 def test_the_pinned_content_types_are_encoded_and_decoded_byte_for_byte(
     kit: Any, vector: dict[str, Any]
 ) -> None:
-    """docs/vectors/protocol-client-content.json: EDIT, DELETE, REACTION, TIMER and a TEXT
-    with the QUOTE and EXPIRE extensions, both ways."""
+    """docs/vectors/protocol-client-content.json (EDIT, DELETE, REACTION, TIMER and a TEXT
+    with the QUOTE and EXPIRE extensions) and protocol-client-sync.json (VERIFIED), both
+    ways."""
     fields = {k: v for k, v in vector.items() if k not in {"name", "hex"}}
     got = call(kit, "contentVector", fields, vector["hex"])
     assert got["encoded"] == vector["hex"]
@@ -178,6 +180,7 @@ def test_content_decoders_skip_unknown_extensions_and_refuse_bad_values(kit: Any
     timer = by_name["TIMER 1 hour"]
     reply = by_name["TEXT with QUOTE and EXPIRE extensions (a reply under a 1 h timer)"]
     reaction = by_name["REACTION"]
+    verified = SYNC[0]["hex"]
     target = "0010" + "0102030405060708090a0b0c0d0e0f10"
     short_target = "000f" + "0102030405060708090a0b0c0d0e0f"
     cases = {
@@ -189,6 +192,11 @@ def test_content_decoders_skip_unknown_extensions_and_refuse_bad_values(kit: Any
         "emoji of 33 bytes": (reaction[:-12] + "0021" + "61" * 33, "DecodeError"),
         "trailing byte after a REACTION": (reaction + "00", "DecodeError"),
         "EDIT target of 15 bytes": (by_name["EDIT"].replace(target, short_target), "DecodeError"),
+        "VERIFIED with state 2": (verified[:-2] + "02", "DecodeError"),
+        "VERIFIED with an X25519-typed key": (
+            verified.replace("626f6202d75a", "626f6201d75a"),
+            "DecodeError",
+        ),
     }
     hexes = [h.replace(" ", "") for h, _ in cases.values()]
     got = call(kit, "contentDecodes", hexes)

@@ -228,13 +228,16 @@ function contentExample(): string {
 
 interface ContentVector {
   type: string;
-  group_id: string;
+  group_id?: string;
   target?: string;
   text?: string;
   emoji?: string;
   seconds?: number;
   quote?: { id: string; author: string; excerpt: string };
   expire?: number;
+  username?: string;
+  account_key?: string;
+  state?: number;
 }
 
 /**
@@ -242,7 +245,7 @@ interface ContentVector {
  * 0011…eeff, sent at 1700000000000) and encode it; decode the pinned bytes back to fields.
  */
 function contentVector(v: ContentVector, pinned: string): { encoded: string; decoded: ContentVector } {
-  const head = { id: fromHex("00112233445566778899aabbccddeeff"), sentAt: 1700000000000, groupId: fromHex(v.group_id) };
+  const head = { id: fromHex("00112233445566778899aabbccddeeff"), sentAt: 1700000000000, groupId: fromHex(v.group_id ?? "") };
   const target = fromHex(v.target ?? "");
   const quote = v.quote && { id: fromHex(v.quote.id), author: v.quote.author, excerpt: v.quote.excerpt };
   const body: Record<string, Content> = {
@@ -251,10 +254,15 @@ function contentVector(v: ContentVector, pinned: string): { encoded: string; dec
     delete: { ...head, type: 10, target },
     reaction: { ...head, type: 11, target, emoji: v.emoji ?? "" },
     timer: { ...head, type: 12, seconds: v.seconds ?? 0 },
+    verified: { id: head.id, sentAt: head.sentAt, type: 13, username: v.username ?? "", accountKey: fromHex(v.account_key ?? ""), state: 1 },
   };
   const c = decodeContent(fromHex(pinned));
-  const names: Record<number, string> = { 1: "text", 9: "edit", 10: "delete", 11: "reaction", 12: "timer" };
+  const names: Record<number, string> = { 1: "text", 9: "edit", 10: "delete", 11: "reaction", 12: "timer", 13: "verified" };
   const decoded: ContentVector = { type: names[c.type] ?? String(c.type), group_id: "groupId" in c ? hex(c.groupId) : "" };
+  if (c.type === 13) {
+    delete decoded.group_id;
+    Object.assign(decoded, { username: c.username, account_key: hex(c.accountKey), state: c.state });
+  }
   if (c.type === 1 || c.type === 9) decoded.text = c.text;
   if (c.type === 9 || c.type === 10 || c.type === 11) decoded.target = hex(c.target);
   if (c.type === 11) decoded.emoji = c.emoji;

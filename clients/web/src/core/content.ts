@@ -37,6 +37,7 @@ export const MAX_EXCERPT = 200;
 export const MAX_EMOJI = 32;
 export const MIN_TIMER = 30;
 export const MAX_TIMER = 4 * 7 * 24 * 3600;
+const ED25519_KEY = 0x02; // the type byte of a typed Ed25519 public key (protocol-crypto §4)
 const QUOTE = 1;
 const EXPIRE = 2;
 
@@ -68,7 +69,8 @@ export type ContentBody =
   | { type: 9; groupId: Uint8Array; target: Uint8Array; text: string }
   | { type: 10; groupId: Uint8Array; target: Uint8Array }
   | { type: 11; groupId: Uint8Array; target: Uint8Array; emoji: string }
-  | { type: 12; groupId: Uint8Array; seconds: number };
+  | { type: 12; groupId: Uint8Array; seconds: number }
+  | { type: 13; username: string; accountKey: Uint8Array; state: 1 };
 
 /** Operations on a conversation's messages (EDIT, DELETE, REACTION, TIMER). */
 export type Operation = Extract<Content, { type: 9 | 10 | 11 | 12 }>;
@@ -123,6 +125,10 @@ export function encodeContent(c: Content): Uint8Array {
       break;
     case 12:
       w.bytes16(c.groupId).u32(checkTimer(c.seconds));
+      break;
+    case 13:
+      if (c.accountKey.length !== 33 || c.accountKey[0] !== ED25519_KEY) throw new DecodeError("not a typed Ed25519 key");
+      w.str16(c.username).raw(c.accountKey).u8(c.state);
       break;
   }
   return w.done();
@@ -245,6 +251,15 @@ export function decodeContent(b: Uint8Array): Content {
     case 12:
       body = { type, groupId: r.bytes16(32), seconds: checkTimer(r.u32()) };
       break;
+    case 13: {
+      // VERIFIED: to our own devices only (protocol-client §2); the key as in device lists.
+      const username = r.str16(32);
+      const accountKey = r.raw(33);
+      if (accountKey[0] !== ED25519_KEY) throw new DecodeError("not a typed Ed25519 key");
+      if (r.u8() !== 1) throw new DecodeError("unknown verify state");
+      body = { type, username, accountKey, state: 1 };
+      break;
+    }
     default:
       throw new DecodeError(`unknown content type ${type}`);
   }

@@ -20,7 +20,7 @@ import {
 } from "./content";
 import { type DeviceList, findDevice, parseList, signList, verifyList } from "./devicelist";
 import { displaySafetyNumber, safetyNumber } from "./fingerprint";
-import { ED25519_TYPE, X25519_TYPE, accountPublic, typed, x25519Typed } from "./keys";
+import { ED25519_TYPE, USERNAME, X25519_TYPE, accountPublic, typed, x25519Typed } from "./keys";
 import { completeLink, deriveLinkKeys, formatLinkCode, parseLinkCode, receiveOffer, sealOffer } from "./link";
 import { ed25519Public, ed25519Sign, x25519Public } from "./primitives";
 import * as P from "./prekeys";
@@ -132,6 +132,8 @@ export class Engine {
   private prekeys: Prekeys | null = null;
   private sessions = new Map<string, S.SessionState[]>();
   private peers = new Map<string, PeerRec>();
+  /** Keys our other devices verified (VERIFIED) that this device does not hold yet. */
+  private verifiedSync = new Map<string, Uint8Array>();
   private fetchedAt = new Map<string, number>();
   private outbox = new Map<string, OutboxEntry>();
   groups = new Map<string, Group>();
@@ -215,6 +217,7 @@ export class Engine {
     this.prekeys = (await this.store.get<Prekeys>("prekeys")) ?? null;
     for (const [k, v] of await this.store.list<S.SessionState[]>("session:")) this.sessions.set(k, v);
     for (const [k, v] of await this.store.list<PeerRec>("peer:")) this.peers.set(k.slice(5), v);
+    for (const [k, v] of await this.store.list<Uint8Array>("vsync:")) this.verifiedSync.set(k.slice(6), v);
     for (const [, v] of await this.store.list<Conversation>("conv:")) this.conversations.set(v.name, v);
     for (const [, v] of await this.store.list<Message>("msg:")) {
       const list = this.messages.get(v.conv) ?? [];
@@ -547,6 +550,14 @@ export class Engine {
       ? { ...cached, accountKey, list: signed }
       : { accountKey, list: signed, trusted: accountKey, verified: false };
     const changes: [string, unknown][] = [[`peer:${user}`, rec]];
+    const synced = this.verifiedSync.get(user);
+    if (synced && equal(synced, accountKey)) {
+      // Our other device verified exactly this key: verified here too, no "key changed".
+      rec.trusted = accountKey;
+      rec.verified = true;
+      this.verifiedSync.delete(user);
+      changes.push([`vsync:${user}`, undefined]);
+    }
     // Sessions with devices that left the list or changed keys are dropped.
     for (const [k, v] of this.sessions) {
       if (!k.startsWith(`session:${user}:`)) continue;
@@ -578,9 +589,29 @@ export class Engine {
     const p = this.peers.get(user);
     if (!p) return;
     const rec = { ...p, trusted: p.accountKey, verified: true };
-    await this.store.commit([[`peer:${user}`, rec]]);
+    this.verifiedSync.delete(user); // this device's own decision wins
+    await this.store.commit([[`peer:${user}`, rec], [`vsync:${user}`, undefined]]);
     this.peers.set(user, rec);
     this.changed();
+    // Our other devices learn it (VERIFIED, protocol-client §2; best effort, none if alone).
+    const id = newMessageId();
+    const content = encodeContent({ type: 13, id, sentAt: this.clock(), username: user, accountKey: p.accountKey, state: 1 });
+    void this.sendContent(this.user, hex(id), content, { transcript: false });
+  }
+
+  /** VERIFIED from our own other device: verified here if we hold that key, else remembered. */
+  private applyVerified(user: string, key: Uint8Array, changes: [string, unknown][]): void {
+    if (user === this.user || !USERNAME.test(user)) return;
+    const p = this.peers.get(user);
+    if (p && equal(p.accountKey, key)) {
+      const rec = { ...p, trusted: key, verified: true };
+      this.peers.set(user, rec);
+      this.verifiedSync.delete(user);
+      changes.push([`peer:${user}`, rec], [`vsync:${user}`, undefined]);
+    } else {
+      this.verifiedSync.set(user, key);
+      changes.push([`vsync:${user}`, key]);
+    }
   }
 
   // --- sessions -----------------------------------------------------------------------
@@ -1101,6 +1132,10 @@ export class Engine {
         this.stageGroup(g, changes);
         break;
       }
+      case 13:
+        if (!own) throw new DecodeError("verification syncs come only from our own devices");
+        this.applyVerified(c.username, c.accountKey, changes);
+        break;
       case 9:
       case 10:
       case 11:

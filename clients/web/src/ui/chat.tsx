@@ -448,7 +448,7 @@ function Safety(props: { engine: Engine; user: string; changed: boolean; onDone:
   const number = engine.safetyNumber(user);
   const verified = engine.peer(user)?.verified ?? false;
   return (
-    <div class={changed ? "safety warn" : "safety"} data-testid="safety-panel">
+    <div class={changed ? "safety warn" : "safety"} data-testid="safety-panel" data-verified={verified && !changed ? "true" : "false"}>
       {changed && (
         <p data-testid="key-changed">
           {user}'s safety number has changed (a new account key). Sending is blocked until you compare the number
