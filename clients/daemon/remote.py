@@ -44,6 +44,7 @@ class RemoteClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._gone = False  # the connection ended: calls fail at once
         self._task = asyncio.create_task(self._read(), name="vox-rpc-reader")
 
     @classmethod
@@ -71,12 +72,18 @@ class RemoteClient:
 
     async def call(self, method: str, **params: Any) -> Any:
         """Call ``method`` with named ``params``; returns its result or raises."""
+        if self._gone:  # nothing would ever answer
+            raise ClientError("the vox daemon closed the connection")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        self._writer.write(rpc.encode(request))
-        await self._writer.drain()
+        try:
+            self._writer.write(rpc.encode(request))
+            await self._writer.drain()
+        except (ConnectionError, OSError):  # the daemon went away: the SDK's error, not OSError
+            self._pending.pop(request_id, None)
+            raise ClientError("the vox daemon closed the connection") from None
         return await future
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -102,6 +109,7 @@ class RemoteClient:
         except (OSError, ValueError):
             pass
         finally:
+            self._gone = True
             gone = ClientError("the vox daemon closed the connection")
             for future in self._pending.values():
                 if not future.done():

@@ -122,6 +122,7 @@ class ChatApp(App[None]):
         self.config: ServerConfig | None = None
         self._empty_note: Static | None = None  # "no messages yet", removed by the first one
         self._offline_since: float | None = None  # monotonic time the connection dropped
+        self._events_ended = False  # the backend's event stream ended (a daemon went away)
         self._last_day: dt.date | None = None  # the day of the last row (for separators)
         self._group_members: dict[str, tuple[str, ...]] = {}  # to say who joined or left
         self._devices: dict[str, set[int]] = {}  # sender -> devices seen in the open chat
@@ -489,9 +490,12 @@ class ChatApp(App[None]):
                 except Exception as exc:  # one bad event never stops the window
                     self.log.error(f"cannot show {type(event).__name__}: {exc!r}")
                     self.notify(f"cannot show an event: {type(exc).__name__}", severity="error")
+            reason = "the vox daemon stopped — quit and start vox chat again"
         except FAILURES as exc:
-            self._set_status(f"disconnected: {exc}")
-            self.notify(f"disconnected: {exc}", severity="error")
+            reason = str(exc)
+        self._events_ended = True  # the connection state no longer matters
+        self._set_status(f"disconnected: {reason}")
+        self.notify(f"disconnected: {reason}", severity="error", timeout=30)
 
     def _watch_connection(self) -> None:
         """Poll the backend's ``connected`` and show drops at once: ``offline — reconnecting
@@ -500,7 +504,7 @@ class ChatApp(App[None]):
         self.set_interval(CONNECTION_POLL_S, self._check_connection)
 
     def _check_connection(self) -> None:
-        if not self.is_running:
+        if not self.is_running or self._events_ended:
             return
         up = self.backend.connected
         try:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import Static
 
-from clients.daemon import serving, socket_path
+from clients.daemon import Daemon, socket_path
 from clients.sdk import VoxClient
+from clients.sdk.errors import ClientError
 from clients.tui import ChatApp
 from clients.tui.daemon_backend import DaemonBackend
 from clients.tui.rows import dom_id
@@ -29,7 +31,10 @@ async def test_the_attached_tui_shows_offline_saves_to_downloads_and_reacts(
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"minutes\n" * 500)
     try:
-        async with serving(alice, home):
+        daemon = Daemon(alice, socket_path(home))
+        await daemon.start()
+        running = True
+        try:
             await alice.connect()
             backend = await DaemonBackend.connect_to(socket_path(home))
             try:
@@ -52,8 +57,20 @@ async def test_the_attached_tui_shows_offline_saves_to_downloads_and_reacts(
                     await until(pilot, lambda: status(app) == "back online", within=90)
                     await bob.send_text("alice", "after the drop")
                     await until(pilot, lambda: shown(app, "after the drop"), within=60)
+
+                    # The daemon goes away: said once, not "offline" forever.
+                    await daemon.close()
+                    running = False
+                    await until(pilot, lambda: "the vox daemon stopped" in status(app))
+                    await pilot.pause(1.5)  # several connection polls later
+                    assert status(app).startswith("disconnected: the vox daemon stopped")
+                    with pytest.raises(ClientError, match="the vox daemon closed the connection"):
+                        await backend.api.status()  # an SDK error, at once (no OSError, no hang)
             finally:
                 await backend.close()
+        finally:
+            if running:
+                await daemon.close()
     finally:
         await alice.close()
         await bob.close()
