@@ -145,6 +145,16 @@ def test_edits_deletes_replies_and_reactions_travel_both_ways_with_vox(
     assert message(page, reply).count() == 0
     assert message(page, first).get_by_test_id("tombstone").count() == 1
     assert message(page, oops).get_by_test_id("tombstone").count() == 1
+    # On a phone-sized screen the actions and the quote fit the width (nothing off-screen).
+    page.set_viewport_size({"width": 360, "height": 740})
+    message(page, answer).get_by_test_id("message-actions").click()
+    controls = message(page, answer).locator(
+        '[data-testid="message-actions-panel"] button, [data-testid="reply-quote"]'
+    )
+    assert controls.count() >= 9  # six reactions, reply, delete for everyone, delete for me
+    for i in range(controls.count()):
+        box = controls.nth(i).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, box
 
 
 def _history(vox: Vox, target: str) -> Events:
