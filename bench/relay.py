@@ -688,6 +688,7 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
             queue = list(reversed(work))
             spy = await start_profile(proc.pid, args.profile)
             cpu0 = cpu_seconds(proc.pid)
+            me0 = psutil.Process().cpu_times()
             t0 = time.perf_counter()
 
             async def worker() -> None:
@@ -715,6 +716,7 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(worker() for _ in range(args.login_concurrency)))
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(proc.pid) - cpu0
+            me1 = psutil.Process().cpu_times()
             stop_profile(spy)
         return {
             "mode": "logins",
@@ -724,6 +726,8 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
             "logins_per_s": round(len(work) / elapsed, 1),
             "login_concurrency": args.login_concurrency,
             "relay_cpu_ms_per_login": round(1000 * cpu / len(work), 3),
+            "relay_cpu_cores": round(cpu / elapsed, 2),
+            "client_cpu_cores": round((me1.user + me1.system - me0.user - me0.system) / elapsed, 2),
             "seconds_for_10k": round(10_000 * elapsed / len(work), 1),
         }
     finally:

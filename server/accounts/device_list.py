@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 __all__ = [
     "DEVICE_LIST_CONTEXT",
@@ -80,8 +78,15 @@ class SignedDeviceList:
             raise DeviceListError("device list signature does not verify with the account key")
 
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
 def ed25519_public(typed_key: bytes) -> Ed25519PublicKey:
     """Decode a type-prefixed Ed25519 public key (``0x02 || 32 bytes``)."""
+    # cryptography (~8 MB resident) is loaded with the first signature check, not at start.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if len(typed_key) != 33 or typed_key[0] != TYPE_ED25519:
         raise DeviceListError("an Ed25519 key must be 0x02 followed by 32 bytes")
     try:
@@ -92,6 +97,8 @@ def ed25519_public(typed_key: bytes) -> Ed25519PublicKey:
 
 def verify_ed25519(typed_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``typed_key``."""
+    from cryptography.exceptions import InvalidSignature
+
     if len(signature) != SIGNATURE_LEN:
         return False
     try:

@@ -14,7 +14,6 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.engine import write_lock
@@ -64,6 +63,8 @@ class NewSubscription:
         key = decode_b64url(p256dh, "keys.p256dh")
         if len(key) != P256DH_LENGTH:
             raise _bad(f"keys.p256dh must be {P256DH_LENGTH} bytes (got {len(key)})")
+        from cryptography.hazmat.primitives.asymmetric import ec  # loaded when first used
+
         try:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
         except ValueError:

@@ -19,10 +19,10 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:  # cryptography (~8 MB resident) is loaded only when push is used
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.logs import log_event
 
@@ -53,6 +53,9 @@ class VapidKey:
     """The relay's VAPID signing key, with a per-audience cache of signed tokens."""
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         if not isinstance(private_key.curve, ec.SECP256R1):
             raise ValueError("a VAPID key must be a P-256 key")
         self._private_key = private_key
@@ -87,6 +90,9 @@ class VapidKey:
                 mode=oct(mode),
                 hint="chmod 600",
             )
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path} does not hold an EC private key")
@@ -117,6 +123,9 @@ class VapidKey:
 
 def _create_key_file(path: Path) -> None:
     """Write a fresh P-256 key to ``path`` (0600); keep another process's key if it won."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -138,8 +147,10 @@ def _create_key_file(path: Path) -> None:
 
 def encrypt_payload(p256dh: bytes, auth: bytes, payload: bytes = PAYLOAD) -> bytes:
     """RFC 8291 ``aes128gcm`` body for a subscription (fresh ephemeral key and salt)."""
-    ephemeral = ec.generate_private_key(ec.SECP256R1())
     import http_ece  # loaded with the first push
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
 
     body: bytes = http_ece.encrypt(
         payload,
