@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from clients.sdk import peers
+from clients.sdk import durable, peers
 from clients.sdk.content import Receipt, ReceiptKind
 from clients.sdk.core import Core
 from clients.sdk.engine import RECEIPT_CHUNK, Process
@@ -142,7 +142,7 @@ async def run(
         try:
             burst = await process_batch(core, batch)
             await core.emit(burst.events)  # what they show is committed already
-            await asyncio.to_thread(core.store.flush)  # durable before anything leaves
+            await durable.flush(core.store)  # durable before anything leaves
         except asyncio.CancelledError:
             raise
         except Exception:  # never let a batch stop the loop; unacked ones come back

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from clients.sdk import peers, trust
+from clients.sdk import durable, peers, trust
 from clients.sdk.content import Content
 from clients.sdk.engine import Answer, send_frame
 from clients.sdk.errors import RelayUnavailable
@@ -222,8 +222,9 @@ class SendPipeline:
                     except Exception as exc:
                         r.done.set_exception(exc)
             # The advanced ratchets are on disk before a ciphertext leaves; the fsync runs
-            # in a thread, so other clients' work and the receive side go on meanwhile.
-            await asyncio.to_thread(client.store.flush)
+            # in a thread (shared with the receive side's, clients.sdk.durable), so the event
+            # loop goes on meanwhile.
+            await durable.flush(client.store)
             for r, sends in built:
                 sends = [s for s in sends if s.payloads]
                 job = self._jobs.get(r.key)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clients.sdk import Message, ReceiptEvent, VoxClient, inbox
+from clients.sdk import Message, ReceiptEvent, VoxClient, durable, inbox
 from clients.sdk.content import Content, Receipt, ReceiptKind
 from clients.sdk.core import Core
 from clients.sdk.engine import Process
@@ -209,3 +209,41 @@ async def test_receipts_wait_while_one_is_on_its_way_then_go_together() -> None:
     sender.add([SendReceipt("alice", delivered, ids(7))])  # idle again: sent at once
     await asyncio.gather(*core.tasks)
     assert core.sent[-1][1].ids == ids(7)
+
+
+class SlowStore:
+    """A stand-in store whose fsync waits for the test (and may fail)."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.error = error
+
+    def flush(self) -> None:
+        self.calls += 1
+        self.started.set()
+        self.gate.wait(10)
+        if self.error is not None:
+            raise self.error
+
+
+async def test_flushes_asked_for_during_an_fsync_share_the_next_one() -> None:
+    store = SlowStore()
+    first = asyncio.ensure_future(durable.flush(store))  # type: ignore[arg-type]
+    await asyncio.to_thread(store.started.wait, 10)
+    store.started.clear()
+    later = [asyncio.ensure_future(durable.flush(store)) for _ in range(5)]  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert store.calls == 1 and not any(f.done() for f in later)
+    store.gate.set()  # the first ends, the shared second one runs
+    await asyncio.gather(first, *later)
+    assert store.calls == 2
+
+
+async def test_an_fsync_error_reaches_every_caller_sharing_it() -> None:
+    store = SlowStore(OSError("disk gone"))
+    callers = [asyncio.ensure_future(durable.flush(store)) for _ in range(3)]  # type: ignore[arg-type]
+    store.gate.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert [str(r) for r in results] == ["disk gone"] * 3
