@@ -28,6 +28,15 @@ runs the same load (default 20 pairs × 2,500 messages) five times in a row on o
 send records of every run are kept (de-duplication, 30 days), so the last run starts with
 200,000 of them. Reports each run's throughput and ``last_vs_first``.
 
+Two-node mode::
+
+    python bench/relay.py --database postgres --nodes 2 [--baselines ...]
+
+runs ``--nodes`` relay processes on the same PostgreSQL database and one Redis (``--redis-url``,
+a fresh key prefix per run) and splits the same load across them: pair i's sender connects
+to node i mod N and its receiver to the next node, so every envelope crosses nodes (Redis
+fan-out). CPU per message is the relay processes' sum.
+
 Connections mode::
 
     python bench/relay.py --connections 5000
@@ -66,7 +75,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -435,10 +444,20 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
             pg_database = database_url.rpartition("/")[2]
         else:
             database_url = f"sqlite+aiosqlite:///{tmp / 'relay.sqlite3'}"
-        port = free_port()
         exe = str(Path(sys.executable).with_name("vox-relay"))
-        cmd = [exe, "serve", "--port", str(port)]
-        async with process(cmd, relay_env(tmp, database_url), port, "/healthz") as proc:
+        ports = [free_port() for _ in range(args.nodes)]
+        prefix = f"vox-bench-{uuid.uuid4().hex[:8]}:"
+        async with AsyncExitStack() as stack:
+            procs = []
+            for n, port in enumerate(ports):  # one after the other: each migrates at start
+                (tmp / f"node{n}").mkdir()
+                env = relay_env(tmp / f"node{n}", database_url)
+                if args.nodes > 1:
+                    env.update({"VOX_REDIS_URL": args.redis_url, "VOX_REDIS_PREFIX": prefix})
+                cmd = [exe, "serve", "--port", str(port)]
+                procs.append(await stack.enter_async_context(process(cmd, env, port, "/healthz")))
+            proc = procs[0]
+            port = ports[0]
             sampler = RssSampler(proc.pid)
             await asyncio.sleep(1.0)
             idle = sampler.rss()
@@ -447,10 +466,16 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"r{i:04d}" for i in range(args.pairs)
             ]
             tokens = {u: t for u, _, t in await make_devices(base_url, users, 1, 8)}
-            log(f"relay up on :{port} ({args.database}), {len(tokens)} accounts")
-            url = f"ws://127.0.0.1:{port}/v1/ws"
+            log(
+                f"relay up on :{port} ({args.database}, {args.nodes} node(s)),"
+                f" {len(tokens)} accounts"
+            )
+
+            def node_of(user: str) -> int:  # senders on node i, their receivers on the next
+                return (int(user[1:]) + (user[0] == "r")) % args.nodes
 
             async def open_as(user: str) -> ClientConnection:
+                url = f"ws://127.0.0.1:{ports[node_of(user)]}/v1/ws"
                 ws = await connect(url, compression=None, max_size=None)
                 await ws.send(json.dumps({"type": "auth", "token": tokens[user]}))
                 assert json.loads(await ws.recv())["type"] == "ready"
@@ -462,7 +487,7 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
             for run in range(max(1, args.growth)):
                 results.append(
                     await _durable_load(
-                        args, proc.pid, database_url, pg_database, open_as, f"r{run}-"
+                        args, [p.pid for p in procs], database_url, pg_database, open_as, f"r{run}-"
                     )
                 )
                 results[-1]["retained_sends_before"] = run * args.pairs * args.messages
@@ -496,13 +521,13 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 async def _durable_load(
     args: argparse.Namespace,
-    pid: int,
+    pids: list[int],
     database_url: str,
     pg_database: str,
     open_as: Callable[[str], Awaitable[ClientConnection]],
     tag: str,
 ) -> dict[str, Any]:
-    cpu0 = cpu_seconds(pid)
+    cpu0 = sum(cpu_seconds(pid) for pid in pids)
     db0 = pg_backend_cpu(pg_database) if pg_database else {}
     me0 = psutil.Process().cpu_times()
     elapsed, latencies, _ = await run_load(
@@ -523,7 +548,7 @@ async def _durable_load(
             raise RuntimeError("queue did not drain")
         await asyncio.sleep(0.005)
     elapsed += time.perf_counter() - start_wait
-    relay_cpu = cpu_seconds(pid) - cpu0
+    relay_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
     db_cpu = pg_cpu_delta(db0, pg_backend_cpu(pg_database)) if pg_database else 0.0
     me1 = psutil.Process().cpu_times()
     client_cpu = me1.user + me1.system - me0.user - me0.system
@@ -751,6 +776,14 @@ def main() -> None:
         help="server where a throw-away database is created (postgres mode)",
     )
     parser.add_argument("--connections", type=int, default=0, help="idle-connection mode")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="relay processes sharing the database (and Redis)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("VOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis for --nodes > 1",
+    )
     parser.add_argument("--logins", type=int, default=0, help="login mode: N devices")
     parser.add_argument(
         "--login-concurrency",
@@ -778,6 +811,8 @@ def main() -> None:
         args.messages = 2500 if args.growth else 500
     if args.size < 8:
         parser.error("--size must be at least 8")
+    if args.nodes > 1 and args.database != "postgres":
+        parser.error("--nodes > 1 needs --database postgres (nodes share one database)")
     result: dict[str, Any]
     if args.connections:
         result = asyncio.run(connections(args))
@@ -822,6 +857,7 @@ def series(args: argparse.Namespace) -> dict[str, Any]:
     kinds = [k for k in args.baselines.split(",") if k]
     result: dict[str, Any] = {
         "database": args.database,
+        "nodes": args.nodes,
         "pairs": args.pairs,
         "messages": args.messages,
         "size": args.size,
