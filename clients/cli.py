@@ -696,7 +696,7 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
         typer.echo(f"group {event.name} ({event.group_id[:8]}): {event.action} by {event.by}")
     elif isinstance(event, MessageUpdate | ReceiptEvent | GroupChanged) and as_json:
         typer.echo(json.dumps(_event_json(event), ensure_ascii=False))
-    elif isinstance(event, MessageUpdate):
+    elif isinstance(event, MessageUpdate) and event.kind != "expired":  # --json only
         typer.echo(_update_line(event))
 
 

@@ -86,7 +86,7 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def update_json(event: MessageUpdate) -> dict[str, Any]:
-    """An edit, delete, reaction or timer change (``kind`` is that word)."""
+    """An edit, delete, reaction, timer change or expiry (``kind`` is that word)."""
     out: dict[str, Any] = {
         "kind": event.kind,
         "from": event.sender,
@@ -260,7 +260,7 @@ def event_from_json(value: dict[str, Any]) -> Event | None:
         return MessageSent(value["id"], value["conversation"], value["at_ms"])
     if kind == "signed_out":
         return SignedOut(value["reason"], value["at_ms"])
-    if kind in ("edit", "delete", "reaction", "timer"):
+    if kind in ("edit", "delete", "reaction", "timer", "expired"):
         return MessageUpdate(kind, value["conversation"], value.get("target"), value["from"],
                              value["device"], value["at_ms"], text=value.get("text"),
                              emoji=value.get("emoji"), seconds=value.get("seconds"))  # fmt: skip

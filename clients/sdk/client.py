@@ -204,7 +204,7 @@ class VoxClient:
             await self._socket.close()
             await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
-        self.spawn(ops.run_sweeper(self.store))
+        self.spawn(ops.run_sweeper(self.store, emit=self.emit))
 
     async def _open_socket(self) -> None:
         try:
@@ -363,6 +363,10 @@ class VoxClient:
     send_text = messaging.send_text
     edit, delete, react, reply = ops.edit, ops.delete, ops.react, ops.reply
     set_timer, search = ops.set_timer, ops.search
+
+    def timer(self, conversation: str) -> int:
+        """The conversation's disappearing-messages timer in seconds (0 = off)."""
+        return ops.timer(self.store, conversation)
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
     queued = messaging.queued

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from clients.sdk.content import (
@@ -270,22 +270,40 @@ def on_stored(store: Store, message_id: str, now: float) -> list[MessageUpdate]:
 
 def sweep(store: Store, now: float) -> list[str]:
     """Delete every message whose disappearing time has come (and its file); returns ids."""
-    gone = []
+    return [m.message_id for m in _sweep(store, now)]
+
+
+def _sweep(store: Store, now: float) -> list[StoredMessage]:
     with store.transaction():
-        for message in store.expired_messages(now):
+        gone = store.expired_messages(now)
+        for message in gone:
             _remove_file(message)
             store.delete_message(message.message_id)
-            gone.append(message.message_id)
     return gone
 
 
+def expired_events(gone: list[StoredMessage], now: float) -> list[MessageUpdate]:
+    """``MessageUpdate(kind="expired", target=id)`` for each message the sweep deleted."""
+    return [
+        MessageUpdate("expired", m.conversation, m.message_id, m.sender, m.sender_device, _ms(now))
+        for m in gone
+    ]
+
+
 async def run_sweeper(
-    store: Store, clock: Callable[[], float] = time.time, every: float = 1.0
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    every: float = 1.0,
+    emit: Callable[[list[MessageUpdate]], Awaitable[None]] | None = None,
 ) -> None:
-    """Background task: :func:`sweep` every ``every`` seconds."""
+    """Background task: :func:`sweep` every ``every`` seconds; ``emit`` gets an ``expired``
+    :class:`MessageUpdate` per message deleted (so a UI drops its row at once)."""
     while True:
         try:
-            sweep(store, clock())
+            now = clock()
+            gone = _sweep(store, now)
+            if gone and emit is not None:
+                await emit(expired_events(gone, now))
         except Exception:  # never stop the loop
             log.exception("expiry sweep failed")
         await asyncio.sleep(every)

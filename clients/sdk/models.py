@@ -102,7 +102,8 @@ class ReplyRef:
 class MessageUpdate:
     """Someone changed a conversation: ``kind`` is ``"edit"`` (``text``), ``"delete"``,
     ``"reaction"`` (``emoji``; ``""`` = removed) on message ``target``, or ``"timer"``
-    (``seconds``; 0 = off) for the conversation's disappearing messages."""
+    (``seconds``; 0 = off) for the conversation's disappearing messages; or ``"expired"``:
+    message ``target`` (by ``sender``) disappeared from this device (its timer ran out)."""
 
     kind: str
     conversation: str

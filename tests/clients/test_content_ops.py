@@ -4,6 +4,7 @@ sender's other device through transcripts; the expiry sweep with an injected clo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from clients.sdk import message_rules
@@ -214,3 +215,29 @@ def test_a_timer_change_is_a_history_row_on_every_device() -> None:
     send(alice, "bob", timer)
     bob.receive()
     assert len(bob.proto.store.history("alice")) == 2
+
+
+async def test_the_sweeper_tells_which_messages_disappeared() -> None:
+    alice, _, bob = trio()
+    send(alice, "bob", TextContent(text="secret", message_id=MID, sent_at_ms=1_000, expire=60))
+    bob.receive()
+    bob.proto.store.mark_conversation_read("alice", now=10.0)  # disappears at t=70
+    got: list[MessageUpdate] = []
+    seen = asyncio.Event()
+
+    async def emit(events: list[MessageUpdate]) -> None:
+        got.extend(events)
+        seen.set()
+
+    clock = iter([69.0, 70.0])
+    sweeper = asyncio.create_task(
+        message_rules.run_sweeper(bob.proto.store, lambda: next(clock, 71.0), 0.001, emit)
+    )
+    try:
+        await asyncio.wait_for(seen.wait(), 10)
+    finally:
+        sweeper.cancel()
+    assert [(u.kind, u.conversation, u.target, u.sender, u.at) for u in got] == [
+        ("expired", "alice", MID.hex(), "alice", 70_000)
+    ]
+    assert bob.proto.store.get_message(MID.hex()) is None

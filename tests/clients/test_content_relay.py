@@ -83,6 +83,7 @@ async def test_operations_reach_the_peer_and_a_linked_device(
         await bob.set_timer("alice", 30)
         await wait_for(lambda: message_ops.timer(alice2.store, "bob") == 30)
         await wait_for(lambda: message_ops.timer(alice.store, "bob") == 30)
+        assert alice.timer("bob") == alice2.timer("bob") == bob.timer("alice") == 30
         short = await alice.send_text("bob", "this will vanish")
         await wait_for(lambda: row(bob, short.id) is not None and row(alice2, short.id) is not None)
         assert row(bob, short.id).expires_in == 30  # type: ignore[union-attr]
