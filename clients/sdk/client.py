@@ -367,6 +367,7 @@ class VoxClient:
     def timer(self, conversation: str) -> int:
         """The conversation's disappearing-messages timer in seconds (0 = off)."""
         return ops.timer(self.store, conversation)
+
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
     queued = messaging.queued
