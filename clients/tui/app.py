@@ -73,8 +73,12 @@ HIGHLIGHT_S = 3.0
 JUMP_HISTORY_STEP, JUMP_HISTORY_MAX = 500, 5000
 #: How often disappeared messages (the SDK's expiry sweep) leave the open conversation.
 EXPIRY_CHECK_S = 1.0
-#: The commands on one line (the welcome text); ``/help`` shows the full table.
-HELP = "Commands: " + " · ".join(c.usage for c in COMMANDS) + " — /help for keys and details"
+#: The first commands a new user needs, on one line (the welcome text); ``/help`` shows all.
+HELP = (
+    "Start with "
+    + " · ".join(c.usage for c in COMMANDS if c.name in ("/chat", "/group", "/send-file"))
+    + " — /help lists every key and command"
+)
 
 
 class ChatApp(App[None]):

@@ -264,3 +264,12 @@ async def test_messages_in_other_chats_ring_and_notify_unless_turned_off(
         await people.carol.send_text("alice", "again")
         await until(pilot, lambda: "carol (" in " ".join(chat_list(quiet)))
         assert quiet.notifier.mode == "off" and quiet.notifier.sent == []
+
+
+async def test_a_new_user_is_told_how_to_start_in_one_line(people: People) -> None:
+    app = ChatApp(SdkBackend(people.alice))  # no contacts, no conversation yet
+    async with app.run_test(size=(110, 30)) as pilot:
+        await until(pilot, lambda: shown(app, "Start with /chat USER|GROUP"))
+        welcome = next(line for line in lines(app) if "Start with" in line)
+        assert welcome.endswith("— /help lists every key and command")
+        assert "/reply" not in welcome  # the full list is /help's table
