@@ -605,26 +605,69 @@ async function attachmentStreaming(size: number): Promise<Record<string, unknown
 
 let kitEngine: Engine | null = null;
 let kitClock = Date.now();
+const kitPeers = new Map<string, Engine>();
+/** Every frame the primary engine received (the replay test re-feeds one). */
+const kitFrames: Record<string, unknown>[] = [];
 const engine = (): Engine => {
   if (!kitEngine) throw new Error("no engine: call engineRegister first");
   return kitEngine;
 };
 
-/** Register ``user`` on this page's relay with a fresh store, connect, wait until online. */
-async function engineRegister(user: string, clockMs: number): Promise<void> {
+async function registered(user: string, db: string | undefined, clockMs: number): Promise<Engine> {
   kitClock = clockMs;
-  const store = await Store.open();
+  const store = await Store.open(undefined, db);
   const e = new Engine(store);
   e.clock = () => kitClock;
   await e.register(user, null);
+  const hooks = e as unknown as { onFrame(f: Record<string, unknown>): void };
+  const onFrame = hooks.onFrame.bind(e);
+  hooks.onFrame = (f) => {
+    if (e === kitEngine) kitFrames.push(f);
+    onFrame(f);
+  };
   e.start();
-  kitEngine = e;
   for (let i = 0; i < 600 && e.status !== "online"; i++) await new Promise((r) => setTimeout(r, 100));
   if (e.status !== "online") throw new Error(`engine is ${e.status}`);
+  return e;
+}
+
+/** Register ``user`` on this page's relay with a fresh store, connect, wait until online. */
+async function engineRegister(user: string, clockMs: number): Promise<void> {
+  kitEngine = await registered(user, undefined, clockMs);
+}
+
+/**
+ * protocol-client §5 "Replayed initial messages": ``alice`` (a second device in this page,
+ * its own database) claims one bundle of the primary engine's user — on a relay that allows
+ * one claim per requester and hour, her next bundle has no one-time keys — then sends
+ * ``text``: an initial message on the signed prekey and the last-resort ML-KEM key. The
+ * receiver's session with her is then dropped (as eviction would) and the same initial
+ * message is delivered again under a new envelope id. Returns the receiver's entries for
+ * alice (texts and "could not decrypt" notices).
+ */
+async function lastResortReplay(alice: string, text: string): Promise<string[]> {
+  const bob = engine();
+  const a = await registered(alice, `vox-kit-${alice}`, kitClock);
+  kitPeers.set(alice, a);
+  const claimed = await a.api.bundles(bob.user, 1);
+  if (!claimed.bundles[0]?.oneTime) throw new Error("the first claim should carry a one-time key");
+  await a.sendText(bob.user, text);
+  const texts = (): string[] => (bob.messages.get(alice) ?? []).map((m) => m.text ?? m.notice ?? "");
+  for (let i = 0; i < 600 && !texts().includes(text); i++) await new Promise((r) => setTimeout(r, 100));
+  const frame = kitFrames.find((f) => f["type"] === "deliver" && (f["from"] as { user: string }).user === alice);
+  if (!frame) throw new Error("no delivery from alice captured");
+  const inner = bob as unknown as { sessions: Map<string, unknown>; onFrame(f: Record<string, unknown>): void };
+  inner.sessions.delete(`session:${alice}:1`);
+  await bob.store.commit([[`session:${alice}:1`, undefined]]);
+  const before = texts().length;
+  inner.onFrame({ ...frame, envelope: `${String(frame["envelope"])}-replayed`, seq: undefined });
+  for (let i = 0; i < 300 && texts().length === before; i++) await new Promise((r) => setTimeout(r, 100));
+  return texts();
 }
 
 const engineKit = {
   engineRegister,
+  lastResortReplay,
   setClock: (ms: number) => void (kitClock = ms),
   engineMaintain: () => engine().maintain(),
   engineInspect: () => engine().inspect(),

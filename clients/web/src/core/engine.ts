@@ -492,7 +492,8 @@ export class Engine {
       }
       // Envelope ids older than the relay's envelope lifetime (plus a day) cannot come back.
       const cutoff = now - ttlMs - SEEN_MARGIN_MS;
-      const forget = [...this.seen].filter(([, at]) => at < cutoff).map(([k]) => k);
+      // (`pqxdh:` replay ids are kept: they guard keys, not envelopes.)
+      const forget = [...this.seen].filter(([k, at]) => at < cutoff && !k.startsWith("pqxdh:")).map(([k]) => k);
       for (const k of forget) changes.push([`seen:${k}`, undefined]);
       if (changes.length) await this.store.commit(changes);
       this.prekeys = pk;
@@ -963,6 +964,16 @@ export class Engine {
       if (index >= 0) result = await S.decryptMessage(sessions[index] as S.SessionState, env, this.clock() / 1000);
       else {
         const pk = this.prekeys as Prekeys;
+        // An initial message on the last-resort KEM key with no one-time X25519 key consumes
+        // nothing: its replay id (SHA-256 of the prefix) is kept so that it cannot start a
+        // second session after its first was evicted or dropped (protocol-client §5).
+        const replayId = `pqxdh:${hex(new Uint8Array(digest))}`;
+        const reusable = env.prefix.oneTimePrekeyId === null && !!pk.kem.find((x) => x.id === env.prefix.kemPrekeyId)?.lastResort;
+        if (reusable && this.seen.has(replayId)) throw new S.ReplayedInitialMessage("initial message accepted before");
+        if (reusable) {
+          changes.push([`seen:${replayId}`, this.clock()]);
+          this.pendingSeen.push(replayId);
+        }
         const accepted = await S.accept(this.local(), {
           signed: (i) => pk.signed.find((x) => x.id === i)?.priv ?? null,
           kem: (i) => pk.kem.find((x) => x.id === i) ?? null,
@@ -1003,6 +1014,7 @@ export class Engine {
 
   private pendingSessions = new Map<string, S.SessionState[]>();
   private pendingPrekeys: Prekeys | null = null;
+  private pendingSeen: string[] = [];
   private pendingGroups = new Map<string, Group | null>();
 
   private async onDeliver(f: Frame): Promise<void> {
@@ -1018,6 +1030,7 @@ export class Engine {
     this.pendingSessions.clear();
     this.pendingPrekeys = null;
     this.pendingGroups.clear();
+    this.pendingSeen = [];
     try {
       const payload = decodeRelayPayload(fromB64(String(f["data"])));
       if (payload.kind === PayloadKind.Group) await this.receiveGroup(payload.data, changes, after);
@@ -1030,6 +1043,7 @@ export class Engine {
       await this.store.commit(changes);
       for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
       if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
+      for (const id of this.pendingSeen) this.seen.set(id, seenAt);
       for (const [k, v] of this.pendingGroups) {
         if (v) this.groups.set(k, v);
         else this.groups.delete(k);
@@ -1168,6 +1182,7 @@ export class Engine {
     const changes: [string, unknown][] = [];
     this.pendingSessions.clear();
     this.pendingPrekeys = null;
+    this.pendingSeen = [];
     try {
       const payload = decodeRelayPayload(fromB64(String(f["data"])));
       if (payload.kind !== PayloadKind.Pairwise) return;
@@ -1176,6 +1191,7 @@ export class Engine {
       await this.store.commit(changes);
       for (const [k, v] of this.pendingSessions) this.sessions.set(k, v);
       if (this.pendingPrekeys) this.prekeys = this.pendingPrekeys;
+      for (const id of this.pendingSeen) this.seen.set(id, this.clock());
       if (c.type === 4) {
         const conv = c.groupId.length ? `group:${hex(c.groupId)}` : from.user;
         if (c.groupId.length && !this.groups.get(hex(c.groupId))?.members.includes(from.user)) return;

@@ -31,6 +31,10 @@ export class StateError extends CryptoError {
 export class UnknownPrekey extends CryptoError {
   override name = "UnknownPrekey";
 }
+/** An initial message that used no one-time prekey, accepted before (protocol-client §5). */
+export class ReplayedInitialMessage extends CryptoError {
+  override name = "ReplayedInitialMessage";
+}
 
 export const MAX_SKIP = 1000;
 export const MAX_STORED = 2000;

@@ -17,9 +17,9 @@ function reqP<T>(r: IDBRequest<T>): Promise<T> {
   });
 }
 
-function openDb(): Promise<IDBDatabase> {
+function openDb(name = DB_NAME): Promise<IDBDatabase> {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB_NAME, 1);
+    const req = indexedDB.open(name, 1);
     req.onupgradeneeded = () => {
       req.result.createObjectStore("meta");
       req.result.createObjectStore("kv");
@@ -72,8 +72,9 @@ export class Store {
   }
 
   /** Open (or create) the store; a passphrase is needed iff the store was made with one. */
-  static async open(passphrase?: string): Promise<Store> {
-    const db = await openDb();
+  /** ``name``: the IndexedDB database (the app uses one; the test kit runs two devices). */
+  static async open(passphrase?: string, name = DB_NAME): Promise<Store> {
+    const db = await openDb(name);
     const meta = (k: string): Promise<unknown> => reqP(db.transaction("meta").objectStore("meta").get(k));
     let mode = (await meta("mode")) as string | undefined;
     let key: CryptoKey;

@@ -1,0 +1,41 @@
+"""A replayed PQXDH initial message that consumed no one-time key is refused by the browser
+client (``protocol-client.md`` §5 "Replayed initial messages"): its replay id is kept in the
+seen set, so even after the session it started is gone, the same bytes delivered again under
+a new envelope id do not start a second session. Two engines in one Chromium page (the test
+kit), a real relay that allows one bundle claim per requester and hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.web.support import RelayProc, kit_call, kit_on, unique
+
+
+@pytest.fixture(scope="module")
+def stingy_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc]:
+    r = RelayProc(
+        tmp_path_factory.mktemp("relay") / "vox-data",
+        env={"VOX_LIMITS__PREKEY_CLAIMS_PER_HOUR_PER_REQUESTER": "1"},
+    )
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def test_an_initial_message_on_the_last_resort_key_cannot_start_a_second_session(
+    context: Any, stingy_relay: RelayProc, tmp_path: Path
+) -> None:
+    page = kit_on(context, stingy_relay.url)
+    kit_call(page, "engineRegister", unique("bob"), 1_800_000_000_000)
+    alice = unique("alice")
+    entries = kit_call(page, "lastResortReplay", alice, "only once")
+    assert entries.count("only once") == 1
+    assert entries[-1] == f"could not decrypt a message from {alice} (ReplayedInitialMessage)"
+    assert kit_call(page, "engineInspect")["seen"] >= 2  # the envelope and the replay id
