@@ -656,9 +656,16 @@ async function lastResortReplay(alice: string, text: string): Promise<string[]> 
   for (let i = 0; i < 600 && !texts().includes(text); i++) await new Promise((r) => setTimeout(r, 100));
   const frame = kitFrames.find((f) => f["type"] === "deliver" && (f["from"] as { user: string }).user === alice);
   if (!frame) throw new Error("no delivery from alice captured");
-  const inner = bob as unknown as { sessions: Map<string, unknown>; onFrame(f: Record<string, unknown>): void };
-  inner.sessions.delete(`session:${alice}:1`);
-  await bob.store.commit([[`session:${alice}:1`, undefined]]);
+  const inner = bob as unknown as {
+    sessions: Map<string, unknown>;
+    recvLock: { run(fn: () => Promise<void>): Promise<void> };
+    onFrame(f: Record<string, unknown>): void;
+  };
+  // Under the receive lock: the delivery that showed the text may still be committing.
+  await inner.recvLock.run(async () => {
+    if (!inner.sessions.delete(`session:${alice}:1`)) throw new Error("no session with alice to drop");
+    await bob.store.commit([[`session:${alice}:1`, undefined]]);
+  });
   const before = texts().length;
   inner.onFrame({ ...frame, envelope: `${String(frame["envelope"])}-replayed`, seq: undefined });
   for (let i = 0; i < 300 && texts().length === before; i++) await new Promise((r) => setTimeout(r, 100));
