@@ -38,9 +38,11 @@ def test_browser_and_vox_chat_both_ways_with_ratchet_steps_and_receipts(
     first = send_in_browser(page, "hello from the browser")
     got = vox.receive_until(lambda g: any(m.get("text") == "hello from the browser" for m in g))
     assert got[0]["from"] == alice and got[0]["id"] == first
-    # Bob's delivery receipt reaches the browser (sent → delivered).
+    # Bob's receipts reach the browser (sent → delivered, or read: vox receive marks what it
+    # printed read).
     page.wait_for_selector(
-        f'[data-testid="message"][data-message-id="{first}"][data-state="delivered"]'
+        f'[data-testid="message"][data-message-id="{first}"][data-state="delivered"],'
+        f' [data-testid="message"][data-message-id="{first}"][data-state="read"]'
     )
     # Several turns: each direction change is a DH ratchet step.
     for i in range(3):

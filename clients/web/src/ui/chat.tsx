@@ -286,10 +286,13 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const unread = messages.some((m) => m.state === "received" && !m.notice && m.from !== engine.user);
   const [, force] = useState(0);
 
+  const online = engine.status === "online";
   useEffect(() => {
-    if (isGroup) return;
+    // Only once logged in (after a reload the token comes with the connection: a fetch
+    // before it was refused with 401 and the key-change warning never showed).
+    if (isGroup || !online) return;
     void engine.refreshList(user).then(() => force((x) => x + 1)).catch((e: Error) => setError(e.message));
-  }, [user]);
+  }, [user, online]);
   useEffect(() => {
     setCompose(null);
     setText("");
