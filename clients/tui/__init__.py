@@ -19,21 +19,21 @@ The TUI talks only to the client (the SDK's asyncio shell) through
 
 The window (screenshot: ``docs/tui.svg``): the relay's brand name in the header and its colours
 as the Textual theme (``$primary``, ``$accent``, ``$background`` from ``/v1/config``); on the
-left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` for a changed
-key; on the right the conversation's title (with ``⏱ 1 h`` while a disappearing timer is set)
-and its history: ``HH:MM #3f9a0c sender: text`` — ``#3f9a0c`` is the message's short id
-(:mod:`clients.tui.ids`), files read ``📎 name (size)``, a reply starts with the quoted
-message on its own line (``↪ alice #b2c3d4: excerpt``), then ``(edited)``, the reactions with
-their counts (``👍2 🎉``), ``⏱`` for a disappearing message and, on ours, ``…`` pending, ``✓``
-accepted by the relay, ``✓✓`` delivered, ``✓✓ read``, ``✗ not sent``; a message deleted for
-everyone is a tombstone (``🗑 this message was deleted``), a timer change is announced
-(``bob set disappearing messages to 1 h``). The sender's device number (``bob·2``,
+left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` for a changed key;
+on the right the conversation's title (with ``⏱ 1 h`` while a disappearing timer is set) and its
+history: ``HH:MM #3f9a0c sender: text`` — ``#3f9a0c`` is the message's short id
+(:mod:`clients.tui.ids`), files read ``📎 name (size)``, a reply starts with the quoted message
+on its own line (``↪ alice #b2c3d4: excerpt``), then ``(edited)``, the reactions with their
+counts (``👍2 🎉``), ``⏱`` for a disappearing message and, on ours, ``…`` pending, ``✓`` accepted
+by the relay, ``✓✓`` delivered, ``✓✓ read``, ``✗ not sent``; a message deleted for everyone is a
+tombstone (``🗑 this message was deleted``), a timer change is a row of its own, once (``12:00
+#3f9a0c bob set disappearing messages to 1 hour``). The sender's device number (``bob·2``,
 ``you·467399649``) is shown only when it helps: a message from our own other device, or a user
 writing from several devices in this conversation. Below: a red banner while a peer's key change
-is not accepted, a status line (``bob is typing…``, upload progress, ``offline — … retrying
-(N s)`` as soon as the connection drops, then ``back online``) and the input box. The
-conversation pane is anchored to its end: opening a chat, a resize or a new message shows the
-newest row, unless the user scrolled up.
+is not accepted, a status line (``bob is typing…``, upload progress, ``offline — … retrying (N
+s)`` as soon as the connection drops, then ``back online``) and the input box. The conversation
+pane is anchored to its end: opening a chat, a resize or a new message shows the newest row,
+unless the user scrolled up.
 
 Rows are grouped under day separators (``── Today ──``, ``── Yesterday ──``, dates); group
 changes read ``bob removed you``; file sizes are binary units of the file's own size; below 60

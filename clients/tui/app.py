@@ -131,7 +131,6 @@ class ChatApp(App[None]):
         self._group_members: dict[str, tuple[str, ...]] = {}  # to say who joined or left
         self._devices: dict[str, set[int]] = {}  # sender -> devices seen in the open chat
         self._prefixes: dict[str, set[str]] = {}  # first SHORT digits -> loaded ids
-        self._notes: dict[str, list[str]] = {}  # timer changes in chats that were not open
         #: How many messages opening a conversation shows (``/jump`` and search load more).
         self.history_limit = 200
 
@@ -312,8 +311,6 @@ class ChatApp(App[None]):
         if not history:
             note = self._welcome() + f"No messages with {item.title} yet. /help for commands."
             self._empty_note = self._system(note)
-        for text in self._notes.pop(conversation, []):
-            self._system(text)
         self._follow()
         self._mark_read(conversation)
 
@@ -603,26 +600,20 @@ class ChatApp(App[None]):
                 self._system(text)
 
     async def _message_update(self, event: MessageUpdate) -> None:
-        """An edit, delete or reaction redraws its message; a timer change is announced (in
-        the conversation, now or when it is next opened) and shown in the title."""
+        """An edit, delete or reaction redraws its message; a timer change is shown in the
+        title (its announcement is a history row: drawn now in the open chat, else on open)."""
         if event.kind == "timer":
-            self._timer_changed(event.conversation, event.sender, event.seconds or 0)
+            await self._timer_changed(event.conversation, event.seconds or 0)
         elif event.conversation == self.current and event.target in self.shown:
             await self._refresh(event.conversation, {event.target})
 
-    def _timer_changed(self, conversation: str, sender: str, seconds: int) -> None:
-        who = "you" if sender == self.backend.username else sender
-        text = (
-            f"{who} set disappearing messages to {format_duration(seconds)}"
-            if seconds
-            else f"{who} turned disappearing messages off"
-        )
+    async def _timer_changed(self, conversation: str, seconds: int) -> None:
+        """The title shows the new timer; the open chat draws the announcement row from the
+        store (once: our own change and its event both land here, and a row is drawn once)."""
         self._bump(conversation, timer=seconds)
         if conversation == self.current:
             self._show_title()
-            self._system(text)
-        else:
-            self._notes.setdefault(conversation, []).append(text)
+            await self._sync(conversation)
 
     async def _refresh(self, conversation: str, ids: set[str]) -> None:
         """Redraw the rows of ``ids`` from the store; rows of messages gone from it (deleted
@@ -847,7 +838,7 @@ class ChatApp(App[None]):
             self._system(f"{name}: {exc}")
             return
         if name == "/disappear":
-            self._timer_changed(conversation, self.backend.username, seconds)
+            await self._timer_changed(conversation, seconds)
         elif conversation == self.current:
             await self._refresh(conversation, {target})
 

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from clients.sdk.models import Message
 from clients.store.models import DeliveryState
-from clients.units import format_size
+from clients.units import format_size, timer_notice
 
 __all__ = [
     "STATE_MARKS",
@@ -65,8 +65,17 @@ def render_message(
     ``show_device`` adds the sender's device number (``bob·2``, ``you·467399649``) — the
     caller decides when it helps; ``me`` (our username) makes a quote of ours read ``you``.
     A reply starts with the quoted message on its own line (``↪ alice #b2c3d4: excerpt``).
+    A timer announcement is a notice, not a message (``12:00 alice set disappearing messages
+    to 1 hour``), dim like the window's own notes.
     """
     line = Text()
+    if message.timer is not None:
+        line.append(f"{format_time(message.sent_at, tz=tz)} ", style="dim")
+        if ident:
+            line.append(f"{ident} ", style="dim")
+        who = "you" if message.outgoing else message.sender
+        line.append(timer_notice(who, message.timer), style="dim italic")
+        return line
     if message.reply_to is not None:
         quoted = message.reply_to
         author = "you" if me and quoted.author == me else quoted.author

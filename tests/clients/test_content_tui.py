@@ -11,6 +11,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import OptionList, Static
 
 from clients.sdk.models import Message, MessageUpdate, ReplyRef
+from clients.store.models import DeliveryState
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.ids import IdError, resolve, short_id
 from clients.tui.render import format_duration, render_message
@@ -41,6 +42,16 @@ def test_a_tombstone_and_a_disappearing_message() -> None:
     assert gone.endswith("🗑 this message was deleted")
     timed = render_message(Message("a" * 32, "bob", "bob", 1, 0, 0, text="hi", expires_in=30))
     assert timed.plain.endswith("hi ⏱")
+
+
+def test_a_timer_change_is_a_notice_not_an_empty_message() -> None:
+    set_by_bob = Message("a" * 32, "bob", "bob", 1, 0, 0, timer=3600)
+    row = render_message(set_by_bob, ident="#aaaaaa").plain
+    assert row.endswith(" #aaaaaa bob set disappearing messages to 1 hour")
+    assert "bob:" not in row
+    off = Message("a" * 32, "bob", "alice", 1, 0, 0, outgoing=True, timer=0,
+                  state=DeliveryState.SENT)  # fmt: skip
+    assert render_message(off).plain.endswith(" you turned off disappearing messages")
 
 
 def test_durations_read_in_the_largest_whole_unit() -> None:
@@ -138,11 +149,11 @@ async def test_reply_edit_react_delete_and_the_timer_from_the_tui(people: People
 
         # The disappearing timer: set here, announced, in the title; Bob turns it off.
         await type_line(pilot, "/disappear 1h")
-        await until(pilot, lambda: shown(app, "you set disappearing messages to 1 h"))
+        await until(pilot, lambda: shown(app, "you set disappearing messages to 1 hour"))
         assert "⏱ 1 h" in str(app.query_one("#conv-title", Static).content)
         await until(pilot, lambda: [u.seconds for u in updates(people.bob_got, "timer")] == [3600])
         await people.bob.set_timer("alice", 0)
-        await until(pilot, lambda: shown(app, "bob turned disappearing messages off"))
+        await until(pilot, lambda: shown(app, "bob turned off disappearing messages"))
         assert "⏱" not in str(app.query_one("#conv-title", Static).content)
 
         # Errors name the one command.
@@ -251,7 +262,7 @@ async def test_a_group_deletes_by_others_timer_notes_and_disappearing_rows(peopl
         await people.carol.set_timer("alice", 300)
         await until(pilot, lambda: "carol" in app.items and app.items["carol"].timer == 300)
         await type_line(pilot, "/chat carol")
-        await until(pilot, lambda: shown(app, "carol set disappearing messages to 5 min"))
+        await until(pilot, lambda: shown(app, "carol set disappearing messages to 5 minutes"))
         assert "⏱ 5 min" in str(app.query_one("#conv-title", Static).content)
         # A disappearing message leaves the window once the store drops it (the SDK's sweep
         # does that when its time has come; here: deleted on this device behind the TUI).
@@ -259,6 +270,31 @@ async def test_a_group_deletes_by_others_timer_notes_and_disappearing_rows(peopl
         await until(pilot, lambda: shown(app, "carol: this vanishes ⏱"))
         await people.alice.delete("carol", timed, for_me=True)
         await until(pilot, lambda: timed not in app.shown and not shown(app, "this vanishes"))
+
+
+async def test_a_timer_change_shows_once_live_and_after_reopening(people: People) -> None:
+    await people.bob.send_text("alice", "hello")
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+
+    def notices() -> list[str]:
+        return [x for x in lines(app) if "set disappearing messages to" in x]
+
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "bob: hello"))
+        await people.bob.set_timer("alice", 3600)  # the live event, and a history row
+        await until(pilot, lambda: shown(app, "bob set disappearing messages to 1 hour"))
+        await type_line(pilot, "/disappear 30s")  # our own: sent, and its event
+        await until(pilot, lambda: shown(app, "you set disappearing messages to 30 seconds"))
+        await pilot.pause(0.3)
+        assert len(notices()) == 2
+        await app.open_conversation("bob")  # reopened: drawn from the history alone
+        await pilot.pause()
+        assert shown(app, "bob: hello")
+        assert [x.split(" ", 2)[2] for x in notices()] == [
+            "bob set disappearing messages to 1 hour",
+            "you set disappearing messages to 30 seconds",
+        ]
+        assert not [x for x in lines(app) if x.rstrip().endswith(("bob:", "you:"))]
 
 
 def messages(events: Sequence[object]) -> list[Message]:
