@@ -139,9 +139,14 @@ def test_whitelabel_title_header_and_colours_follow_the_settings(
     assert header_border == "rgb(225, 29, 72)"
     assert page.title() == "AcmeChat"
     open_chat(page, bob)
-    send_in_browser(page, "Hi Bob, this is the AcmeChat web app.")
-    vox.send(alice, "Hello from the terminal!")
+    hi = send_in_browser(page, "Hi Bob, this is the AcmeChat web app.")
+    vox.receive_until(lambda got: any(m.get("id") == hi for m in got))
+    # The screenshot shows a reply (its quote) and a reaction, sent from the terminal.
+    vox.run("send", alice, "Hello from the terminal!", "--reply-to", hi)
     wait_message(page, bob, "Hello from the terminal!")
+    page.get_by_test_id("reply-quote").wait_for()
+    vox.run("react", alice, hi, "👍")
+    page.get_by_test_id("reaction").wait_for()
     page.screenshot(path=str(shots / "web-chat-dark.png"))
 
 
