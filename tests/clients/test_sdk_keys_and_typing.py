@@ -10,7 +10,7 @@ import pytest
 
 from clients.sdk import Event, TypingEvent, VoxClient
 from clients.store.models import PrekeyKind
-from tests.clients.kit import queued, texts, wait_for
+from tests.clients.kit import queued, texts, wait_for, wait_for_value
 from tests.server.relay_harness import Relay, make_settings, running_relay
 
 
@@ -68,9 +68,14 @@ async def test_a_long_running_client_rotates_its_signed_prekey_on_schedule(
         await wait_for(lambda: len(bob.store.list_prekeys(PrekeyKind.SIGNED)) == 2)
         newest = max(r.key_id for r in bob.store.list_prekeys(PrekeyKind.SIGNED))
         assert newest != first.key_id
-        bundle = await carol.http.bundle("bob", 1)
-        spk = bundle.devices[0].signed_prekey
-        assert spk is not None and spk.key_id == newest
+
+        async def served() -> int | None:
+            spk = (await carol.http.bundle("bob", 1)).devices[0].signed_prekey
+            return None if spk is None else spk.key_id
+
+        # The new key is stored, then uploaded (clients/sdk/peers.py): the relay serves it a
+        # moment after bob's store holds it.
+        await wait_for_value(served, newest)
     finally:
         await bob.close()
         await carol.close()
