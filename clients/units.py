@@ -1,6 +1,7 @@
 """Sizes and durations shown to people, one way in the CLI and the TUI: file sizes in binary
 units (``B``, ``KiB``, ``MiB``, ``GiB``) of the file's own size (never the padded
-ciphertext's); disappearing-message timers in words (``1 hour``, ``4 weeks``)."""
+ciphertext's); disappearing-message timers in words (``1 hour``, ``4 weeks``) — the one
+duration form of every surface (``vox disappear``, the history rows, the TUI's title)."""
 
 from __future__ import annotations
 

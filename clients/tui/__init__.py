@@ -20,7 +20,8 @@ The TUI talks only to the client (the SDK's asyncio shell) through
 The window (screenshot: ``docs/tui.svg``): the relay's brand name in the header and its colours
 as the Textual theme (``$primary``, ``$accent``, ``$background`` from ``/v1/config``); on the
 left the conversations (``@ user``, ``# group``) with unread counts and ``⚠`` for a changed key;
-on the right the conversation's title (with ``⏱ 1 h`` while a disappearing timer is set) and its
+on the right the conversation's title (with ``⏱ 1 hour`` while a disappearing timer is set,
+in the words of :func:`clients.units.format_duration`, as the CLI and the timer rows) and its
 history: ``HH:MM #3f9a0c sender: text`` — ``#3f9a0c`` is the message's short id
 (:mod:`clients.tui.ids`), files read ``📎 name (size)``, a reply starts with the quoted message
 on its own line (``↪ alice #b2c3d4: excerpt``), then ``(edited)``, the reactions with their

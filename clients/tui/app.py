@@ -51,10 +51,10 @@ from clients.tui.group_text import describe_group_change
 from clients.tui.help import COMMANDS, HelpScreen, usage
 from clients.tui.ids import SHORT, IdError, looks_like_id, resolve, short_id
 from clients.tui.notify import Notifier, mode_from_env
-from clients.tui.render import format_duration, render_message
+from clients.tui.render import render_message
 from clients.tui.rows import MessageRow, dom_id
 from clients.tui.search import SearchScreen, result_prompt
-from clients.units import format_size
+from clients.units import format_duration, format_size
 
 __all__ = ["BRAND_THEME", "HELP", "ChatApp"]
 

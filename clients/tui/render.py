@@ -12,7 +12,6 @@ from clients.units import format_size, timer_notice
 
 __all__ = [
     "STATE_MARKS",
-    "format_duration",
     "format_size",
     "format_time",
     "render_message",
@@ -37,17 +36,6 @@ def format_time(ms: int, *, tz: dt.tzinfo | None = None) -> str:
 def state_mark(state: DeliveryState) -> str:
     """The delivery mark shown after an outgoing message."""
     return STATE_MARKS.get(state, "")
-
-
-def format_duration(seconds: int) -> str:
-    """``30 s``, ``5 min``, ``1 h``, ``2 d``, ``4 weeks`` (the largest whole unit), ``off``."""
-    if seconds <= 0:
-        return "off"
-    for size, unit in ((7 * 86400, " weeks"), (86400, " d"), (3600, " h"), (60, " min")):
-        if seconds % size == 0:
-            n = seconds // size
-            return f"{n}{' week' if unit == ' weeks' and n == 1 else unit}"
-    return f"{seconds} s"
 
 
 def render_message(

@@ -14,9 +14,10 @@ from clients.sdk.models import Message, MessageUpdate, ReplyRef
 from clients.store.models import DeliveryState
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.ids import IdError, resolve, short_id
-from clients.tui.render import format_duration, render_message
+from clients.tui.render import render_message
 from clients.tui.rows import MessageRow, dom_id
 from clients.tui.search import SearchScreen
+from clients.units import format_duration
 from tests.clients import test_tui as base
 from tests.clients.test_tui import People, lines, shown, type_line, until
 
@@ -54,10 +55,15 @@ def test_a_timer_change_is_a_notice_not_an_empty_message() -> None:
     assert render_message(off).plain.endswith(" you turned off disappearing messages")
 
 
-def test_durations_read_in_the_largest_whole_unit() -> None:
+def test_durations_read_in_the_largest_whole_unit_in_words_everywhere() -> None:
+    """One formatter for every surface (the TUI's title said ``1 h`` where its own timer row
+    and the CLI said ``1 hour``)."""
     assert [format_duration(s) for s in (0, 30, 90, 300, 3600, 86400, 604800, 2419200)] == [
-        "off", "30 s", "90 s", "5 min", "1 h", "1 d", "1 week", "4 weeks",
+        "off", "30 seconds", "90 seconds", "5 minutes", "1 hour", "1 day", "1 week", "4 weeks",
     ]  # fmt: skip
+    import clients.tui.render
+
+    assert not hasattr(clients.tui.render, "format_duration")  # no second formatter
 
 
 def test_short_ids_and_unique_prefixes() -> None:
@@ -150,7 +156,8 @@ async def test_reply_edit_react_delete_and_the_timer_from_the_tui(people: People
         # The disappearing timer: set here, announced, in the title; Bob turns it off.
         await type_line(pilot, "/disappear 1h")
         await until(pilot, lambda: shown(app, "you set disappearing messages to 1 hour"))
-        assert "⏱ 1 h" in str(app.query_one("#conv-title", Static).content)
+        # The title says it in the same words as the row above (and as the CLI).
+        assert str(app.query_one("#conv-title", Static).content).endswith("⏱ 1 hour")
         await until(pilot, lambda: [u.seconds for u in updates(people.bob_got, "timer")] == [3600])
         await people.bob.set_timer("alice", 0)
         await until(pilot, lambda: shown(app, "bob turned off disappearing messages"))
