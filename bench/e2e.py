@@ -3,8 +3,8 @@
 ::
 
     python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
-                        [--database sqlite|postgres] [--skip-relay-only] [--repeat 1]
-                        [--lane-window N] [--tmp-dir DIR]
+                        [--client-procs 2] [--database sqlite|postgres] [--skip-relay-only]
+                        [--repeat 1] [--lane-window N] [--tmp-dir DIR]
 
 P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
 temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
@@ -13,12 +13,18 @@ at most its lane window of one conversation's sends on their way to the relay at
 ``--lane-window`` overrides it for every client, reported as ``lane_window``); every message is
 encrypted (Double Ratchet), persisted and acked by the relay, decrypted, stored and acked by
 the receiver — which also sends the usual encrypted delivery receipt back. One warm-up message
-per pair (PQXDH session set-up) is not timed. Latency is send → decrypted (both clients in this
-process, same clock).
+per pair (PQXDH session set-up) is not timed.
+
+The clients run in ``--client-procs`` N processes (so the figure is the protocol's, not one
+Python process's GIL): sender ``i`` in process ``i mod N``, its receiver in the next one.
+Latency is send → decrypted: each text starts with its send time on the machine's monotonic
+clock. ``client_cpu_us_per_msg`` is the client processes' CPU from ``/proc`` over the timed
+load (both ends of every pair, receipts included), ``e2e_relay_cpu_us_per_msg`` the relay's.
 
 In the same run, ``bench/relay.py``'s durable load (raw opaque payloads of the same size as
 our ciphertexts, same pairs, messages and window, its own relay process) gives
-``relay_only_msgs_per_s``; ``ratio = e2e / relay_only`` shows what the client side costs.
+``relay_only_msgs_per_s`` (and its relay CPU); ``ratio = e2e / relay_only`` shows what the
+client side costs.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,9 @@ from clients.store import SqliteStore  # noqa: E402
 #: Bytes a padded content gains on the wire (payload 11 + username + ratchet header 41 +
 #: envelope framing 7 + GCM tag 16 + relay payload 2, rounded up).
 CIPHERTEXT_OVERHEAD = 90
+
+#: Seconds a client process may take for one phase (registering, a whole load, ...).
+STEP_TIMEOUT = 600
 
 
 def wire_size(text_bytes: int) -> int:
@@ -94,10 +106,167 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def stamped(size: int) -> str:
+    """A text of ``size`` characters that starts with the send time (``time.perf_counter``,
+    CLOCK_MONOTONIC: the same clock in every process of the machine)."""
+    return f"{time.perf_counter():.6f} ".ljust(size, "x")
+
+
+def placement(pairs: int, procs: int) -> dict[str, int]:
+    """The client process of each user: sender ``i`` in process ``i mod N``, its receiver in
+    the next one (with more than one process, every message crosses processes)."""
+    where: dict[str, int] = {}
+    for i in range(pairs):
+        where[f"s{i:04d}"] = i % procs
+        where[f"r{i:04d}"] = (i + (procs > 1)) % procs
+    return where
+
+
+async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> None:
+    """One client process: registers its users, then follows the coordinator's phases
+    (``connect``, ``warm``, ``go``, ``close``), answering each when done."""
+    tmp = Path(config["tmp"])
+    url, pairs, messages = config["url"], config["pairs"], config["messages"]
+    mine = [u for u, n in placement(pairs, config["procs"]).items() if n == index]
+    clients: dict[str, VoxClient] = {}
+
+    async def command() -> str:
+        name: str = await asyncio.to_thread(conn.recv)
+        return name
+
+    try:
+        for user in mine:
+            clients[user] = await VoxClient.register(tmp / user, url, user)
+        counter = StatementCounter()
+        for client in clients.values():
+            counter.attach(client)
+            if config["lane_window"] is not None:
+                client.engine.sends.lane_window = config["lane_window"]
+        receivers = [u for u in mine if u.startswith("r")]
+        senders = [u for u in mine if u.startswith("s")]
+        latencies: list[float] = []
+        received = dict.fromkeys(receivers, 0)
+        done, warm = asyncio.Event(), asyncio.Event()
+        expected = messages + 1  # + warm-up
+
+        def on_event(user: str) -> Any:
+            def handle(event: Event) -> None:
+                if isinstance(event, Message) and not event.outgoing:
+                    if event.text and event.text != "warm-up":
+                        sent = float(event.text.split(" ", 1)[0])
+                        latencies.append((time.perf_counter() - sent) * 1000)
+                    received[user] += 1
+                    if all(n >= 1 for n in received.values()):
+                        warm.set()
+                    if all(n >= expected for n in received.values()):
+                        done.set()
+
+            return handle
+
+        for user in receivers:
+            clients[user].on_event(on_event(user))
+        if not receivers:
+            warm.set()
+            done.set()
+        conn.send("registered")
+        assert await command() == "connect"
+        await asyncio.gather(*(c.connect() for c in clients.values()))
+        conn.send("connected")
+        assert await command() == "warm"
+        for user in senders:  # PQXDH set-up, not timed
+            await clients[user].send_text("r" + user[1:], "warm-up")
+        await asyncio.wait_for(warm.wait(), 120)
+        conn.send("warm")
+        assert await command() == "go"
+
+        async def run_sender(user: str) -> None:
+            window = asyncio.Semaphore(config["window"])
+
+            async def one() -> None:
+                async with window:
+                    await clients[user].send_text("r" + user[1:], stamped(config["size"]))
+
+            await asyncio.gather(*(one() for _ in range(messages)))
+
+        counter.on = True
+        await asyncio.gather(*(run_sender(u) for u in senders))
+        await asyncio.wait_for(done.wait(), 600)
+        counter.on = False
+        conn.send(
+            {"latencies": latencies, "statements": counter.statements, "commits": counter.commits}
+        )
+        assert await command() == "close"
+    finally:
+        for client in clients.values():
+            await client.close()
+    conn.send("closed")
+
+
+def worker(conn: Connection, index: int, config: dict[str, Any]) -> None:
+    """Entry point of a client process."""
+    try:
+        asyncio.run(worker_main(conn, index, config))
+    except BaseException as exc:
+        conn.send(f"error: {type(exc).__name__}: {exc}")
+        raise
+
+
+class Workers:
+    """The client processes and the coordinator's end of their pipes."""
+
+    def __init__(self, procs: int, config: dict[str, Any]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[BaseProcess] = []
+        for index in range(procs):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=worker, args=(theirs, index, config), daemon=True)
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+
+    async def step(self, command: str | None) -> list[Any]:
+        """Send ``command`` to every process (None: send nothing) and wait for each answer."""
+        if command is not None:
+            for conn in self.conns:
+                conn.send(command)
+
+        def answer(conn: Connection, proc: BaseProcess) -> Any:
+            deadline = time.monotonic() + STEP_TIMEOUT
+            while not conn.poll(0.5):
+                if not proc.is_alive():
+                    raise RuntimeError(f"client process exited with {proc.exitcode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("a client process did not answer")
+            value = conn.recv()
+            if isinstance(value, str) and value.startswith("error:"):
+                raise RuntimeError(f"client process failed: {value}")
+            return value
+
+        return list(
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(answer, c, p)
+                    for c, p in zip(self.conns, self.procs, strict=True)
+                )
+            )
+        )
+
+    def cpu_seconds(self, relay_bench: Any) -> float:
+        return sum(relay_bench.cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vox-e2e-", dir=args.tmp_dir))
     drop = None
-    clients: list[VoxClient] = []
+    workers: Workers | None = None
     try:
         if args.database == "postgres":
             database_url, drop = await relay_bench.create_pg_database(args.postgres_url)
@@ -107,69 +276,38 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
         exe = str(Path(sys.executable).with_name("vox-relay"))
         cmd = [exe, "serve", "--port", str(port)]
         env = relay_bench.relay_env(tmp, database_url)
-        async with relay_bench.process(cmd, env, port, "/healthz"):
-            url = f"http://127.0.0.1:{port}"
-            senders, receivers = [], []
-            for i in range(args.pairs):
-                senders.append(await VoxClient.register(tmp / f"s{i}", url, f"s{i:04d}"))
-                receivers.append(await VoxClient.register(tmp / f"r{i}", url, f"r{i:04d}"))
-            clients = senders + receivers
-            counter = StatementCounter()
-            for client in clients:
-                counter.attach(client)
-                if args.lane_window is not None:
-                    client.engine.sends.lane_window = args.lane_window
-            log(f"relay up on :{port} ({args.database}), {len(clients)} SDK clients registered")
-            sent_at: dict[str, float] = {}
-            latencies: list[float] = []
-            received = [0] * args.pairs
-            done = asyncio.Event()
-            warm = asyncio.Event()
-            expected = args.messages + 1  # + warm-up
-
-            def on_event(index: int) -> Any:
-                def handle(event: Event) -> None:
-                    if isinstance(event, Message) and not event.outgoing:
-                        t0 = sent_at.get(event.id)
-                        if t0 is not None and event.text != "warm-up":
-                            latencies.append((time.perf_counter() - t0) * 1000)
-                        received[index] += 1
-                        if all(n >= 1 for n in received):
-                            warm.set()
-                        if all(n >= expected for n in received):
-                            done.set()
-
-                return handle
-
-            for i, receiver in enumerate(receivers):
-                receiver.on_event(on_event(i))
-            await asyncio.gather(*(c.connect() for c in clients))
-            text = "x" * args.size
-            for i, sender in enumerate(senders):  # PQXDH set-up, not timed
-                await sender.send_text(f"r{i:04d}", "warm-up")
-            await asyncio.wait_for(warm.wait(), 60)
-
-            async def run_sender(i: int, sender: VoxClient) -> None:
-                window = asyncio.Semaphore(args.window)
-
-                async def one() -> None:
-                    async with window:
-                        message_id = os.urandom(16).hex()
-                        sent_at[message_id] = time.perf_counter()
-                        await sender.send_text(f"r{i:04d}", text, message_id=message_id)
-
-                await asyncio.gather(*(one() for _ in range(args.messages)))
-
-            counter.on = True
-            started, cpu_started = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(run_sender(i, s) for i, s in enumerate(senders)))
-            await asyncio.wait_for(done.wait(), 300)
+        async with relay_bench.process(cmd, env, port, "/healthz") as relay:
+            config = {
+                "tmp": str(tmp),
+                "url": f"http://127.0.0.1:{port}",
+                "pairs": args.pairs,
+                "messages": args.messages,
+                "size": args.size,
+                "window": args.window,
+                "lane_window": args.lane_window,
+                "procs": args.client_procs,
+            }
+            workers = Workers(args.client_procs, config)
+            await workers.step(None)  # registered
+            await workers.step("connect")
+            log(
+                f"relay up on :{port} ({args.database}), {2 * args.pairs} SDK clients"
+                f" in {args.client_procs} process(es)"
+            )
+            await workers.step("warm")
+            relay_cpu0, client_cpu0 = (
+                relay_bench.cpu_seconds(relay.pid),
+                workers.cpu_seconds(relay_bench),
+            )
+            started = time.perf_counter()
+            stats = await workers.step("go")
             elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-            counter.on = False
-            for client in clients:
-                await client.close()
-            clients = []
+            relay_cpu = relay_bench.cpu_seconds(relay.pid) - relay_cpu0
+            client_cpu = workers.cpu_seconds(relay_bench) - client_cpu0
+            await workers.step("close")
+        latencies = [v for s in stats for v in s["latencies"]]
+        statements = sum(s["statements"] for s in stats)
+        commits = sum(s["commits"] for s in stats)
         total = args.pairs * args.messages
         return {
             "e2e_msgs_per_s": round(total / elapsed, 1),
@@ -178,15 +316,18 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             "p99_ms": round(pct(latencies, 0.99), 2) if latencies else None,
             "latency_samples": len(latencies),
             "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
-            # Both clients of every pair, with their delivery receipts (this process's CPU:
-            # less sensitive to other load on the machine than the throughput).
-            "client_cpu_us_per_msg": round(cpu / total * 1e6),
-            "store_statements_per_msg": round(counter.statements / total, 1),
-            "store_commits_per_msg": round(counter.commits / total, 2),
+            # Both clients of every pair, with their delivery receipts: the client processes'
+            # CPU from /proc (less sensitive to other load on the machine than the throughput).
+            "client_cpu_us_per_msg": round(client_cpu / total * 1e6),
+            "client_cpu_cores": round(client_cpu / elapsed, 2),
+            "e2e_relay_cpu_us_per_msg": round(relay_cpu / total * 1e6, 1),
+            "e2e_relay_cpu_cores": round(relay_cpu / elapsed, 2),
+            "store_statements_per_msg": round(statements / total, 1),
+            "store_commits_per_msg": round(commits / total, 2),
         }
     finally:
-        for client in clients:
-            await client.close()
+        if workers is not None:
+            workers.stop()
         if drop is not None:
             await drop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,9 +359,20 @@ def main() -> None:
         help="where client profiles and the relay data live (e.g. /dev/shm to factor out fsync)",
     )
     parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="client processes the pairs are split across (a pair's sender and receiver sit in"
+        " different ones when N > 1)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="alternate e2e and relay-only runs N times"
     )
     args = parser.parse_args()
+    if args.size < 24:
+        parser.error("--size must be at least 24 (a text starts with its send time)")
+    if args.client_procs < 1:
+        parser.error("--client-procs must be at least 1")
     relay_bench = load_relay_bench()
     result: dict[str, Any] = {
         "database": args.database,
@@ -229,6 +381,7 @@ def main() -> None:
         "size": args.size,
         "window": args.window,
         "lane_window": args.lane_window,
+        "client_procs": args.client_procs,
     }
     runs = []
     for n in range(args.repeat):
@@ -242,7 +395,13 @@ def main() -> None:
         result.update(runs[0])
     else:
         result["runs"] = runs
-        for key in ("ratio", "e2e_msgs_per_s", "p50_ms", "client_cpu_us_per_msg"):
+        for key in (
+            "ratio",
+            "e2e_msgs_per_s",
+            "p50_ms",
+            "client_cpu_us_per_msg",
+            "e2e_relay_cpu_us_per_msg",
+        ):
             values = [r[key] for r in runs if r.get(key) is not None]
             if values:
                 result[f"median_{key}"] = statistics.median(values)
@@ -261,12 +420,14 @@ def relay_only(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
         postgres_url=args.postgres_url,
         profile=None,
         growth=0,
+        nodes=1,
     )
     (relay,) = asyncio.run(relay_bench.durable(relay_args))
     return {
         "relay_only_msgs_per_s": relay["durable_msgs_per_s"],
         "relay_only_p50_ms": relay["p50_ms"],
         "relay_only_p99_ms": relay["p99_ms"],
+        "relay_only_relay_cpu_us_per_msg": relay["relay_cpu_us_per_msg"],
     }
 
 
