@@ -22,7 +22,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/attachments", tags=["attachments"])
 
 
-def _service(state: StateDep) -> AttachmentService:
+async def _service(state: StateDep) -> AttachmentService:
     return state.attachments
 
 

@@ -19,7 +19,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/push", tags=["push"])
 
 
-def _dispatcher(state: StateDep) -> PushDispatcher:
+async def _dispatcher(state: StateDep) -> PushDispatcher:
     dispatcher = state.push
     if dispatcher is None:
         raise NotFound("push notifications are turned off on this relay", code="push_disabled")

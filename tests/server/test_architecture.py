@@ -272,3 +272,36 @@ def test_the_admin_cli_goes_through_services_not_sql() -> None:
         or n.startswith("server.db.models")
     }
     assert bad == set()
+
+
+def test_every_request_dependency_is_a_coroutine() -> None:
+    """A plain ``def`` dependency runs in the thread pool: one thread hop per request for
+    what is a field lookup. Every dependency of every route must be ``async def``."""
+    import importlib
+    import inspect
+
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute, APIRouter
+
+    def sync_calls(dependant: Dependant) -> list[str]:
+        found = []
+        for sub in dependant.dependencies:
+            call = sub.call
+            # An instance (fastapi.security.HTTPBearer) is called through its __call__.
+            target = call if inspect.isroutine(call) else type(call).__call__
+            if call is not None and not (
+                inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+            ):
+                found.append(f"{call.__module__}.{getattr(call, '__qualname__', call)}")
+            found += sync_calls(sub)
+        return found
+
+    offenders: set[str] = set()
+    routes = sorted(SERVER.glob("*/routes.py"))
+    assert len(routes) > 5
+    for path in routes:
+        module = importlib.import_module(f"server.{path.parent.name}.routes")
+        for route in getattr(module, "router", APIRouter()).routes:
+            if isinstance(route, APIRoute):
+                offenders.update(sync_calls(route.dependant))
+    assert not offenders, sorted(offenders)
