@@ -672,9 +672,50 @@ async function lastResortReplay(alice: string, text: string): Promise<string[]> 
   return texts();
 }
 
+const until = async (ok: () => boolean, what: string): Promise<void> => {
+  for (let i = 0; i < 600 && !ok(); i++) await new Promise((r) => setTimeout(r, 100));
+  if (!ok()) throw new Error(`timed out waiting for ${what}`);
+};
+
+/**
+ * "Delete for me" against a copy that comes again: ``alice`` (a second device in this page)
+ * sends ``text``; the primary engine deletes it for itself and is reloaded (a new Engine on
+ * the same store); alice then sends the same content (same message id) again under a new
+ * client id — a new envelope, freshly encrypted, as a resend or a history transcript
+ * arrives — and then ``marker``. Returns the receiver's entries for alice once the marker
+ * is there.
+ */
+async function deleteForMeRedelivered(alice: string, text: string, marker: string): Promise<string[]> {
+  const bob = engine();
+  const a = kitPeers.get(alice) ?? (await registered(alice, `vox-kit-${alice}`, kitClock));
+  kitPeers.set(alice, a);
+  const id = await a.sendText(bob.user, text);
+  const texts = (e: Engine): string[] => (e.messages.get(alice) ?? []).map((m) => m.text ?? m.notice ?? "");
+  await until(() => texts(bob).includes(text), "the first copy");
+  await bob.ops.deleteForMe(alice, id);
+  // A reload: the tombstone must come from the store.
+  bob.stop();
+  const again = new Engine(bob.store);
+  again.clock = () => kitClock;
+  if (!(await again.load())) throw new Error("no identity after the reload");
+  again.start();
+  await until(() => again.status === "online", "the reloaded engine online");
+  kitEngine = again;
+  const sent = (a.messages.get(bob.user) ?? []).find((m) => m.id === id);
+  if (!sent || sent.text === null) throw new Error("alice has no copy of her message");
+  const content = encodeContent({ type: 1, id: fromHex(id), sentAt: sent.sentAt, groupId: new Uint8Array(0), text: sent.text });
+  const resend = a as unknown as { sendContent(to: string, id: string, c: Uint8Array, o: { transcript: boolean }): Promise<string> };
+  const r = await resend.sendContent(bob.user, `again-${id}`, content, { transcript: true });
+  if (r !== "accepted") throw new Error(`the second copy was not accepted (${r})`);
+  await a.sendText(bob.user, marker);
+  await until(() => texts(again).includes(marker), "the marker");
+  return texts(again);
+}
+
 const engineKit = {
   engineRegister,
   lastResortReplay,
+  deleteForMeRedelivered,
   setClock: (ms: number) => void (kitClock = ms),
   engineMaintain: () => engine().maintain(),
   engineInspect: () => engine().inspect(),

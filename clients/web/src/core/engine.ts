@@ -495,11 +495,14 @@ export class Engine {
       // (`pqxdh:` replay ids are kept: they guard keys, not envelopes.)
       const forget = [...this.seen].filter(([k, at]) => at < cutoff && !k.startsWith("pqxdh:")).map(([k]) => k);
       for (const k of forget) changes.push([`seen:${k}`, undefined]);
+      // Tombstones of messages deleted for me: no copy of them can come any more either.
+      const goneIds = this.ops.prune(cutoff, changes);
       if (changes.length) await this.store.commit(changes);
       this.prekeys = pk;
       for (const [k, v] of sessions) this.sessions.set(k, v);
       for (const [k, v] of groups) this.groups.set(k, v);
       for (const k of forget) this.seen.delete(k);
+      this.ops.forget(goneIds);
       result = { uploaded: count, rotated, expired, forgotten: forget.length };
     });
     if (Object.keys(upload).length) {
@@ -671,6 +674,11 @@ export class Engine {
     const conv = { ...c, last: Date.now(), unread: m.from !== this.user && this.active !== m.conv && !m.notice ? c.unread + 1 : c.unread };
     this.conversations.set(m.conv, conv);
     changes.push([`conv:${m.conv}`, conv]);
+  }
+
+  /** Stored here, or removed here (deleted for me, disappeared): a copy is not stored again. */
+  private known(id: string): boolean {
+    return this.ops.isGone(id) || !!this.findMessage(id);
   }
 
   private findMessage(id: string): Message | undefined {
@@ -1091,7 +1099,7 @@ export class Engine {
     switch (c.type) {
       case 1: {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
-        if (this.findMessage(hex(c.id))) break;
+        if (this.known(hex(c.id))) break;
         this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes, c);
         if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
         if (!own && this.notify && (this.active !== from.user || document.hidden)) {
@@ -1102,7 +1110,7 @@ export class Engine {
       }
       case 2: {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
-        if (this.findMessage(hex(c.id))) break;
+        if (this.known(hex(c.id))) break;
         this.receiveChat(from, from.user, c.id, c.sentAt, { pointer: c.pointer, caption: c.caption }, changes, c);
         if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
         break;
@@ -1164,7 +1172,8 @@ export class Engine {
 
   private receiveChat(from: { user: string; device: number }, conv: string, id: Uint8Array, sentAt: number, text: string | { pointer: Uint8Array; caption: string }, changes: [string, unknown][], ext: Extensions = {}): void {
     const idHex = hex(id);
-    if (this.findMessage(idHex)) return; // duplicate message ids are stored once
+    // Duplicate message ids are stored once, and one deleted for me here stays deleted.
+    if (this.known(idHex)) return;
     const mine = from.user === (this.identity as Identity).user;
     const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: from.user, device: from.device, text: null, sentAt, state: mine ? "sent" : "received", ...this.ops.incoming(ext, sentAt, mine) };
     if (typeof text === "string") m.text = text;
@@ -1281,7 +1290,7 @@ export class Engine {
     if (isOperation(c)) this.ops.apply(`group:${id}`, { user: m.user, device: m.device }, c, changes);
     else {
       const conv = `group:${id}`;
-      if (!this.findMessage(hex(c.id))) {
+      if (!this.known(hex(c.id))) {
         const body = c.type === 1 ? c.text : { pointer: c.pointer, caption: c.caption };
         this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, body, changes, c);
         if (m.user !== this.user) {

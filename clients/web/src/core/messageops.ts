@@ -34,6 +34,8 @@ import type { Store } from "./store";
 export const MAX_PENDING = 1000;
 export const PENDING_TTL_MS = 7 * 24 * 3600 * 1000;
 const PENDING = "ops:pending";
+/** Ids of messages deleted for me (or expired) here: ``gone:<id>`` → when (Unix ms). */
+const GONE = "gone:";
 const SWEEP_EVERY_MS = 1000;
 
 /** What a reply shows of the quoted message (ids as 32 hex digits). */
@@ -120,12 +122,36 @@ export const groupIdOf = (conv: string): Uint8Array => (conv.startsWith("group:"
 
 export class MessageOps {
   private pending: PendingOp[] = [];
+  /**
+   * Messages removed from this device (delete for me, disappeared): id → when. A copy that
+   * arrives again later (a relay redelivery, a history transcript, the sender's resend) is
+   * not stored again, and operations on it are dropped. Pruned like processed envelope ids.
+   */
+  private gone = new Map<string, number>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
 
   constructor(private readonly host: OpsHost) {}
 
   async load(): Promise<void> {
     this.pending = (await this.host.store.get<PendingOp[]>(PENDING)) ?? [];
+    for (const [k, at] of await this.host.store.list<number>(GONE)) this.gone.set(k.slice(GONE.length), at);
+  }
+
+  /** Was message ``id`` deleted for me (or did it disappear) on this device? */
+  isGone(id: string): boolean {
+    return this.gone.has(id);
+  }
+
+  /** Forget tombstones made before ``cutoff`` (Unix ms): no copy can arrive any more. */
+  prune(cutoff: number, changes: Changes): string[] {
+    const old = [...this.gone].filter(([, at]) => at < cutoff).map(([id]) => id);
+    for (const id of old) changes.push([GONE + id, undefined]);
+    return old;
+  }
+
+  /** After the commit of ``prune``'s changes. */
+  forget(ids: string[]): void {
+    for (const id of ids) this.gone.delete(id);
   }
 
   /** The conversation's disappearing-messages timer in seconds (0 = off). */
@@ -189,6 +215,7 @@ export class MessageOps {
       this.applyTimer(conv, sender, op, changes);
       return;
     }
+    if (this.gone.has(hex(op.target))) return; // removed here: nothing to change
     const m = this.host.find(hex(op.target));
     if (!m) {
       this.defer(conv, sender, op, changes, now);
@@ -304,11 +331,16 @@ export class MessageOps {
   private async remove(gone: Message[]): Promise<void> {
     if (!gone.length) return;
     const keys = new Set(gone.map((m) => m.key));
+    const now = this.host.now();
+    // The message and its tombstone in one transaction: a copy that comes again stays gone.
+    const changes: Changes = [...keys].map((k): [string, unknown] => [k, undefined]);
+    for (const m of gone) if (!m.notice) changes.push([GONE + m.id, now]);
+    await this.host.store.commit(changes);
     for (const conv of new Set(gone.map((m) => m.conv))) {
       this.host.messages.set(conv, (this.host.messages.get(conv) ?? []).filter((m) => !keys.has(m.key)));
     }
+    for (const m of gone) if (!m.notice) this.gone.set(m.id, now);
     this.host.changed();
-    await this.host.store.commit([...keys].map((k): [string, unknown] => [k, undefined]));
   }
 
   /** Remove every message whose disappearing time has come; returns how many. */
