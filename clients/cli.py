@@ -37,6 +37,7 @@ from clients.daemon.server import is_live, socket_path
 from clients.sdk import (
     ClientError,
     DecryptFailure,
+    DeliveryState,
     Event,
     GroupChanged,
     GroupInfo,
@@ -386,10 +387,16 @@ def _duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
+#: What a history row of ours says while it is not (or never) accepted by the relay.
+_UNSENT = {DeliveryState.PENDING: " (queued)", DeliveryState.FAILED: " (not sent)"}
+
+
 def _line(message: Message) -> str:
     when = dt.datetime.fromtimestamp(message.sent_at / 1000).strftime("%Y-%m-%d %H:%M")
+    unsent = _UNSENT.get(message.state, "") if message.outgoing else ""
     if message.timer is not None:
-        return f"{message.id}  {when}  {timer_notice(message.sender, message.timer)}"
+        notice = timer_notice(message.sender, message.timer)
+        return f"{message.id}  {when}  {notice}{unsent}"
     if message.deleted:
         body = "[deleted]"
     elif message.attachment is not None:
@@ -403,7 +410,7 @@ def _line(message: Message) -> str:
     if message.reactions:
         counts = message.reaction_counts()
         body += "  " + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items())
-    return f"{message.id}  {when}  {message.sender}: {body}"
+    return f"{message.id}  {when}  {message.sender}: {body}{unsent}"
 
 
 @app.command()

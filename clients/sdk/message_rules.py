@@ -102,13 +102,15 @@ def apply(
     now: float,
     *,
     own: str,
+    pending: bool = False,
 ) -> list[MessageUpdate]:
     """Apply an operation received (or sent by us — ``own`` is our username) in
-    ``conversation``; returns the events."""
+    ``conversation``; returns the events. ``pending``: written on this device and not yet
+    accepted by the relay (a timer change's row is ``pending`` until then, not ``sent``)."""
     at = _ms(now)
     if isinstance(content, TimerContent):
         _set_timer(store, conversation, content.seconds)
-        store.add_message(_timer_notice(conversation, sender, content, now, own))
+        store.add_message(_timer_notice(conversation, sender, content, now, own, pending))
         return [
             MessageUpdate(
                 "timer",
@@ -141,11 +143,20 @@ def _apply_op(
 
 
 def _timer_notice(
-    conversation: str, sender: DeviceAddress, content: TimerContent, now: float, own: str
+    conversation: str,
+    sender: DeviceAddress,
+    content: TimerContent,
+    now: float,
+    own: str,
+    pending: bool,
 ) -> StoredMessage:
     """The history row announcing a timer change (under the TIMER's own message id, the same
-    on every device; already read: a notice is never unread)."""
+    on every device; already read: a notice is never unread). Ours: ``pending`` while this
+    device's outbox holds it (``sent`` once accepted), ``sent`` from another device."""
     outgoing = sender.username == own
+    state = DeliveryState.READ
+    if outgoing:
+        state = DeliveryState.PENDING if pending else DeliveryState.SENT
     return StoredMessage(
         message_id=content.message_id.hex(),
         conversation=conversation,
@@ -154,7 +165,7 @@ def _timer_notice(
         sender_device=sender.device_id,
         sent_at=content.sent_at_ms / 1000,
         received_at=now,
-        state=DeliveryState.SENT if outgoing else DeliveryState.READ,
+        state=state,
         timer=content.seconds,
     )
 

@@ -260,8 +260,9 @@ class Outbox:
             else:
                 address = core.identity.address
                 message_rules.apply(
-                    core.store, conversation, address, content, time.time(), own=core.username
-                )
+                    core.store, conversation, address, content, time.time(),
+                    own=core.username, pending=True,
+                )  # fmt: skip
             core.store.outbox_put(entry)
         waiter: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = waiter

@@ -63,6 +63,8 @@ def render_message(
             line.append(f"{ident} ", style="dim")
         who = "you" if message.outgoing else message.sender
         line.append(timer_notice(who, message.timer), style="dim italic")
+        if message.outgoing and message.state in (DeliveryState.PENDING, DeliveryState.FAILED):
+            _mark(line, message.state)  # queued, or refused: "sent" needs no mark on a notice
         return line
     if message.reply_to is not None:
         quoted = message.reply_to
@@ -94,9 +96,12 @@ def render_message(
         line.append("  " + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items()))
     if message.expires_in:
         line.append(" ⏱", style="dim")
-    mark = state_mark(message.state) if message.outgoing else ""
-    if mark:
-        line.append(
-            f"  {mark}", style="bold red" if message.state is DeliveryState.FAILED else "dim"
-        )
+    if message.outgoing:
+        _mark(line, message.state)
     return line
+
+
+def _mark(line: Text, state: DeliveryState) -> None:
+    mark = state_mark(state)
+    if mark:
+        line.append(f"  {mark}", style="bold red" if state is DeliveryState.FAILED else "dim")

@@ -1,0 +1,84 @@
+"""Every surface tells the truth about queued *operations* (edits, deletes, reactions, timer
+changes, verification syncs), through a real relay that is stopped and restarted, with real
+``vox`` processes where the CLI is the surface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import DeliveryState, Event, Message, MessageSent, VoxClient
+from clients.tui.render import render_message
+from tests.clients.kit import RelayProcess, vox, wait_for
+
+EXIT_QUEUED = 75
+
+pytestmark = pytest.mark.timeout(600)
+
+
+async def _pair(tmp_path: Path, relay: RelayProcess) -> str:
+    """Alice and Bob registered; Alice sent Bob one text (its id). No client left open."""
+    alice = await VoxClient.register(tmp_path / "a", relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    await bob.close()
+    try:
+        return (await alice.send_text("bob", "hi")).id
+    finally:
+        await alice.close()
+
+
+def _row(out: str, message_id: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(message_id))
+
+
+# --- 3. a queued timer change reads "queued", then "sent" -----------------------------------
+
+
+async def test_a_queued_timer_change_reads_queued_until_the_relay_accepts_it(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    a = tmp_path / "a"
+    try:
+        await _pair(tmp_path, relay)
+        relay.stop()
+        code, out, err = await vox(a, "disappear", "bob", "1h")
+        assert code == EXIT_QUEUED, err
+        timer_id = out.strip()
+        code, out, err = await vox(a, "history", "bob")
+        assert code == 0, err
+        assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour (queued)")
+        code, out, err = await vox(a, "history", "bob", "--json")
+        row = next(r for r in map(json.loads, out.splitlines()) if r["id"] == timer_id)
+        assert row["timer"] == 3600 and row["state"] == "pending"
+
+        await relay.start()
+        alice = await VoxClient.open(a)
+        events: list[Event] = []
+        alice.on_event(events.append)
+        try:
+            notice = alice.history("bob")[-1]
+            assert notice.timer == 3600 and notice.state is DeliveryState.PENDING
+            assert render_message(notice).plain.endswith("1 hour  …")  # the TUI's row
+            await alice.connect()
+            await wait_for(lambda: any(isinstance(e, MessageSent) for e in events), within=60)
+            assert [e.message_id for e in events if isinstance(e, MessageSent)] == [timer_id]
+            notice = alice.history("bob")[-1]
+            assert notice.state is DeliveryState.SENT
+            assert render_message(notice).plain.endswith("set disappearing messages to 1 hour")
+        finally:
+            await alice.close()
+        code, out, err = await vox(a, "history", "bob")
+        assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour")
+    finally:
+        relay.stop()
+
+
+def test_our_failed_timer_change_reads_not_sent_in_the_tui() -> None:
+    failed = Message("a" * 32, "bob", "alice", 1, 0, 0, outgoing=True, timer=60,
+                     state=DeliveryState.FAILED)  # fmt: skip
+    row = render_message(failed).plain
+    assert row.endswith("you set disappearing messages to 1 minute  ✗ not sent")
