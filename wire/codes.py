@@ -32,6 +32,9 @@ class ErrorCode(StrEnum):
     ACK_UNKNOWN = "ack_unknown"
     INTERNAL = "internal"
     RATE_LIMITED = "rate_limited"
+    #: The send's ``after`` (its lane predecessor) is not stored for this device: nothing was
+    #: stored; resend the lane from the predecessor (``docs/protocol-ws.md`` §3.1.4).
+    PREDECESSOR_MISSING = "predecessor_missing"
 
 
 RETRYABLE_SEND_ERRORS = frozenset(

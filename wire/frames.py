@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from wire.encoding import CLIENT_ID_PATTERN, U32_MAX, USERNAME_PATTERN, WireDecodeError
@@ -83,7 +84,9 @@ class PayloadIn(_ClientFrame):
 
 class SendFrame(_ClientFrame):
     """``send``: a client message id, payloads, whether it is ephemeral, and optionally a
-    ``ttl`` in seconds (1 .. 2**32-1) that caps how long the relay keeps it undelivered."""
+    ``ttl`` in seconds (1 .. 2**32-1) that caps how long the relay keeps it undelivered and
+    ``after``, the client id of the lane predecessor that must already be stored (the lane
+    fence, ``docs/protocol-ws.md`` §3.1.4; not on ephemeral sends, never the send's own id)."""
 
     type: Literal["send"] = "send"
     id: Annotated[StrictStr, Field(pattern=CLIENT_ID_PATTERN)]
@@ -92,6 +95,18 @@ class SendFrame(_ClientFrame):
     ttl: Annotated[StrictInt, Field(ge=1, le=U32_MAX)] | None = Field(
         default=None, exclude_if=lambda ttl: ttl is None
     )
+    after: Annotated[StrictStr, Field(pattern=CLIENT_ID_PATTERN)] | None = Field(
+        default=None, exclude_if=lambda after: after is None
+    )
+
+    @model_validator(mode="after")
+    def _fence(self) -> Self:
+        if self.after is not None:
+            if self.ephemeral:
+                raise ValueError("an ephemeral send cannot name a predecessor ('after')")
+            if self.after == self.id:
+                raise ValueError("'after' names the send itself")
+        return self
 
 
 class AckFrame(_ClientFrame):

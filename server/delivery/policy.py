@@ -19,18 +19,26 @@ Bounds, per recipient device (``docs/protocol-ws.md`` §4.2, ``docs/threat-model
   floods a queue runs into their share and is refused; everyone else (friends, the owner's
   own devices) still gets through, until ``1 / sender_share`` different accounts have each
   filled their share.
+
+**Lane fence** (:class:`LaneFence`, ``docs/protocol-ws.md`` §3.1.4): a send that names a
+predecessor (``after``, a client id of the same sending device) is accepted only if that
+predecessor is stored — committed earlier, or accepted earlier in the same batch; otherwise
+it is refused with ``predecessor_missing`` and nothing of it is stored. A predecessor refused
+in the batch (for any reason) therefore refuses its successor too, and so on down the lane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from wire.codes import ErrorCode
 
 __all__ = [
+    "PREDECESSOR_MISSING",
     "QUEUE_FULL",
     "QUEUE_SHARE_FULL",
+    "LaneFence",
     "Mismatch",
     "QueueLimits",
     "QueuePolicy",
@@ -42,6 +50,35 @@ __all__ = [
 #: Error codes of a refused send (``error`` frames).
 QUEUE_FULL = ErrorCode.QUEUE_FULL
 QUEUE_SHARE_FULL = ErrorCode.QUEUE_SHARE_FULL
+PREDECESSOR_MISSING = ErrorCode.PREDECESSOR_MISSING
+
+#: A send's identity: (sending device pk, client id).
+SendKey = tuple[int, str]
+
+
+class LaneFence:
+    """Which sends of a batch may be stored as far as their lanes are concerned.
+
+    Built from the (sending device pk, client id) pairs already stored (the de-duplication
+    lookup, which also looks up every predecessor named in the batch); the writer then walks
+    the batch's sends in order, asks :meth:`refusal` before storing one and calls
+    :meth:`stored` for each one it accepts."""
+
+    __slots__ = ("_stored",)
+
+    def __init__(self, stored: Iterable[SendKey]) -> None:
+        self._stored = set(stored)
+
+    def refusal(self, device_pk: int, after: str | None) -> ErrorCode | None:
+        """``None`` if a send of device ``device_pk`` naming predecessor ``after`` (``None``:
+        no constraint) may be stored now; else ``predecessor_missing``."""
+        if after is None or (device_pk, after) in self._stored:
+            return None
+        return PREDECESSOR_MISSING
+
+    def stored(self, device_pk: int, client_id: str) -> None:
+        """A send was accepted in this batch: its successors later in the batch may follow."""
+        self._stored.add((device_pk, client_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -327,6 +327,7 @@ class DeliveryService:
             frame.ephemeral,
             frame.ttl,
             self.clock.monotonic(),
+            after=frame.after,
         )
         self.writer_for(conn.device.device_pk).submit(op)
 

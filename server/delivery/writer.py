@@ -21,7 +21,11 @@ Order is kept:
   batch's rows for the same device are inserted (and numbered) after the earlier batch
   committed;
 * a send repeated while its first copy is still in flight (the same sender and client id)
-  is answered with the first copy's answer, once that one is answered.
+  is answered with the first copy's answer, once that one is answered;
+* a send whose lane predecessor (``after``, :class:`~server.delivery.policy.LaneFence`) is
+  still in flight in an earlier batch waits for that predecessor's answer and then joins the
+  next batch, where the predecessor is either committed or known refused (a transaction
+  cannot see another one's uncommitted rows, and the earlier batch may still fail).
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.policy import (
+    PREDECESSOR_MISSING,
     QUEUE_FULL,
     QUEUE_SHARE_FULL,
+    LaneFence,
     Mismatch,
     QueuePolicy,
     QueueUsage,
@@ -102,6 +108,12 @@ class SendOp:
     accepted: bool = False
     #: The same send (sender, client id) still in flight in an earlier batch.
     copy_of: SendOp | None = None
+    #: The client id of the send's lane predecessor (``after``): stored, or refused.
+    after: str | None = None
+    #: The predecessor in flight in an earlier batch that this send waits for.
+    waiting_on: SendOp | None = None
+    #: Sends waiting for this one's answer (resubmitted once it is answered).
+    followers: list[SendOp] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -246,16 +258,29 @@ class GroupCommitWriter:
         self, ops: list[Op], previous: asyncio.Event | None, answered: asyncio.Event
     ) -> None:
         """Run one batch's transaction, then answer it after every earlier batch."""
+        todo: list[Op] = []
         try:
-            todo: list[Op] = []
+            here: set[tuple[int, str]] = set()
             for op in ops:
                 if isinstance(op, SendOp) and not op.ephemeral:
                     key = (op.sender.device_pk, op.client_id)
                     first = self._in_flight.get(key)
-                    if first is not None:
-                        op.copy_of = first  # answered like the first copy, after it
+                    if first is not None and first is not op:
+                        if first.waiting_on is not None:  # waits with its first copy
+                            op.waiting_on = first.waiting_on
+                            first.waiting_on.followers.append(op)
+                        else:
+                            op.copy_of = first  # answered like the first copy, after it
                         continue
+                    if op.after is not None and (op.sender.device_pk, op.after) not in here:
+                        before = self._in_flight.get((op.sender.device_pk, op.after))
+                        if before is not None:  # in an earlier batch: wait for its answer
+                            op.waiting_on = before.waiting_on or before
+                            op.waiting_on.followers.append(op)
+                            self._in_flight[key] = op
+                            continue
                     self._in_flight[key] = op
+                    here.add(key)
                 todo.append(op)
             batch = _Batch(todo)
             if todo:
@@ -267,16 +292,24 @@ class GroupCommitWriter:
         except Exception as exc:  # never let the writer die (and never log parameters)
             log.error("group commit failed unexpectedly: %s", exc.__class__.__name__)
         finally:
-            for op in ops:
-                if isinstance(op, SendOp) and op.copy_of is None:
+            for op in todo:  # not the copies, nor the sends now waiting for a predecessor
+                if isinstance(op, SendOp) and not op.ephemeral:
                     key = (op.sender.device_pk, op.client_id)
                     if self._in_flight.get(key) is op:
                         del self._in_flight[key]
+                    self._release_followers(op)
             answered.set()
             self._slots.release()
             self._outstanding -= len(ops)
             if self._outstanding == 0:
                 self._idle.set()
+
+    def _release_followers(self, op: SendOp) -> None:
+        """``op`` was answered: the sends that waited for it join the next batch (in order)."""
+        followers, op.followers = op.followers, []
+        for follower in followers:
+            follower.waiting_on = None
+            self.submit(follower)  # counted again: its old batch stops counting it
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -361,8 +394,11 @@ class GroupCommitWriter:
         now = self._clock.now_ms()
         durable = [op for op in ops if not op.ephemeral]
         storage_low = bool(durable) and self._storage_low()
-        # 1. De-duplication: already stored earlier, or twice in this batch.
-        found = self._repo.find_sends(conn, [(op.sender.device_pk, op.client_id) for op in durable])
+        # 1. De-duplication: already stored earlier, or twice in this batch. The same lookup
+        # finds the lane predecessors named (the fence, step 3).
+        keys = {(op.sender.device_pk, op.client_id) for op in durable}
+        keys.update((op.sender.device_pk, op.after) for op in durable if op.after is not None)
+        found = self._repo.find_sends(conn, sorted(keys))
         first_in_batch: dict[tuple[int, str], SendOp] = {}
         fresh: list[SendOp] = []
         duplicates: list[tuple[SendOp, SendOp]] = []
@@ -405,6 +441,7 @@ class GroupCommitWriter:
             self._repo.lock_queues(conn, targets)
         usage = self._repo.queue_usage(conn, targets) if targets else {}
         owners = _owners(sets)
+        fence = LaneFence(found)
         to_store: list[NewSend] = []
         accepted: dict[str, SendOp] = {}  # envelope id → send
         live: list[tuple[SendOp, list[list[int]]]] = []
@@ -413,9 +450,19 @@ class GroupCommitWriter:
             if op.ephemeral:
                 live.append((op, pks))
                 continue
+            if fence.refusal(op.sender.device_pk, op.after) is not None:
+                op.answer = error_frame(
+                    PREDECESSOR_MISSING,
+                    "the send named in 'after' is not stored; nothing was stored; "
+                    "resend the lane from that send",
+                    op.client_id,
+                )
+                self._metrics.sends_refused.labels(PREDECESSOR_MISSING).inc()
+                continue
             sender = sets.accounts[op.sender.user]
             if self._refuse_over_quota(op, pks, usage, owners, sender):
                 continue
+            fence.stored(op.sender.device_pk, op.client_id)
             for (data, _), group in zip(op.payloads, pks, strict=True):
                 for pk in group:
                     usage[pk].add(sender, len(data))

@@ -1,10 +1,10 @@
 """The relay's hot statements use indexes, on SQLite and on PostgreSQL.
 
-Every statement of the delivery path (de-duplication lookup, device sets, queue usage and the
-queue locks, the inserts, the queue fetch for delivery, the ack deletes, the expiry sweep) and
-of the one-time-prekey claim and of a login (challenge and token) is run once through the
-real repository code on a migrated database, recorded as it reaches the driver, and
-explained:
+Every statement of the delivery path (de-duplication lookup, which also finds the lane
+predecessors named in ``after``; device sets, queue usage and the queue locks, the inserts,
+the queue fetch for delivery, the ack deletes, the expiry sweep) and of the one-time-prekey
+claim and of a login (challenge and token) is run once through the real repository code on
+a migrated database, recorded as it reaches the driver, and explained:
 
 - SQLite: ``EXPLAIN QUERY PLAN`` must not ``SCAN`` a table (a full pass, with or without a
   covering index) — only searches, the statement's own ``VALUES``/CTE rows and
@@ -101,6 +101,7 @@ def _hot(statement: str) -> bool:
 def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_acct: int) -> None:
     """Every delivery statement once, with more than one row where a batch can have several."""
     repo = DeliveryRepository()
+    # Own keys and predecessors (``after``) alike: one statement per batch.
     repo.find_sends(conn, [(sender_pk, "c1"), (sender_pk, "c2"), (recipient_pk, "c3")])
     sets = repo.device_sets(conn, ["alice", "bob", "nobody"])
     assert sets.devices["bob"] == {1: recipient_pk}

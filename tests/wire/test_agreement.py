@@ -119,6 +119,7 @@ def test_client_frames_wire_builds_are_accepted_by_the_relays_parser() -> None:
     for frame in (
         send,
         send.model_copy(update={"ttl": 30}),
+        send.model_copy(update={"after": "prev"}),
         frames.AckFrame(seqs=[1, 2]),
         frames.PingFrame(id="p"),
         frames.AuthFrame(token="t"),
