@@ -3,7 +3,9 @@
 * ``wire/`` (the typed protocol) imports neither side: only pydantic and the standard library;
 * the relay never imports ``crypto/`` (it cannot decrypt anything) nor ``clients/``;
 * ``crypto/`` imports only ``cryptography`` and the standard library;
-* ``clients/`` never imports the relay.
+* ``clients/`` never imports the relay;
+* the client engine's sans-I/O modules (:data:`SANS_IO`) import nothing that does I/O or reads
+  a clock: no ``asyncio``, ``socket``, ``time``, ``httpx``, ``websockets``, ...
 """
 
 from __future__ import annotations
@@ -60,3 +62,45 @@ def test_the_relay_and_the_clients_never_import_each_other(
         for path in (REPO / package).rglob("*.py")
     }
     assert {k: v for k, v in found.items() if v} == {}
+
+
+#: The client engine's decision modules: typed values, ``now`` and an ``rng`` in, decisions out.
+SANS_IO = [
+    "clients/sdk/engine.py",
+    "clients/sdk/sendqueue.py",
+    "clients/sdk/groupstate.py",
+]
+#: What they may not import (I/O, clocks, threads, the shell's transport).
+IO_MODULES = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "time",
+    "threading",
+    "subprocess",
+    "httpx",
+    "websockets",
+    "sqlite3",
+}
+#: Nor the SDK modules that do I/O themselves.
+IO_SDK_MODULES = {"client", "pipeline", "transport", "group_admin", "linking", "inbox"}
+
+
+def _sdk_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "clients.sdk":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clients.sdk."):
+            names.add((node.module or "").split(".")[2])
+    return names
+
+
+@pytest.mark.parametrize("module", SANS_IO)
+def test_the_client_engine_does_no_io(module: str) -> None:
+    path = REPO / module
+    assert sorted(_imports(path) & IO_MODULES) == []
+    assert sorted(_sdk_imports(path) & IO_SDK_MODULES) == []

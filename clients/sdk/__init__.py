@@ -11,6 +11,8 @@ Architecture (sans-I/O core under a thin asyncio shell, as in h11 / websockets):
                |  prekeys)  linking.py  profile.py (open/register/join, cached config)
           ClientEngine (engine.py: sans-I/O decisions — frame routing, retries, acks, receipts,
                |  device-list freshness, backoff; clock and rng are inputs)
+               |  sendqueue.py (pending sends)  groupstate.py (membership, epochs, sender-key
+               |  rotation and distribution)
           ClientProtocol (protocol.py: sans-I/O — sessions, device lists, groups, dedup, content)
                |  sessions.py  trust.py  groups.py  identity.py  content.py
           crypto/ (PQXDH, Double Ratchet, sender keys)   clients/store/ (Store)   wire/ (frames)

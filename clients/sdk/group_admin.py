@@ -1,8 +1,10 @@
 """Group administration over :class:`~clients.sdk.core.Core`: create a group, add and remove
 members, leave, send to a group, and tell our other devices about every group.
 
-The group state machine itself (epochs, sender keys, concurrent changes) is
-:class:`~clients.sdk.groups.GroupBook`, driven by :class:`~clients.sdk.protocol.ClientProtocol`.
+This module only executes: the decisions (the new member list and epoch, who is told, whose
+sender keys go, when our key rotates, how concurrent changes merge) are the sans-I/O state
+machine :mod:`clients.sdk.groupstate`; :class:`~clients.sdk.groups.GroupBook` stores its
+states, :class:`~clients.sdk.protocol.ClientProtocol` applies remote changes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from clients.sdk import attachments, peers, trust
+from clients.sdk import attachments, groupstate, peers, trust
 from clients.sdk.attachments import Progress
-from clients.sdk.content import GroupAction, GroupUpdate, TextContent
+from clients.sdk.content import TextContent
 from clients.sdk.core import Core
 from clients.sdk.errors import ClientError, GroupError
 from clients.sdk.groups import new_group_id
@@ -59,64 +61,56 @@ def resolve(core: Core, group: str) -> tuple[bytes, GroupInfo]:
     raise GroupError(f"unknown group {group!r}")
 
 
-async def announce(
-    core: Core,
-    group_id: bytes,
-    name: str,
-    members: tuple[str, ...],
-    action: GroupAction,
-    extra: Iterable[str] = (),
-) -> GroupInfo:
-    for member in members:
+def _state(core: Core, group: str) -> groupstate.GroupState:
+    group_id, _ = resolve(core, group)
+    state = core.protocol.groups.state(group_id)
+    if state is None:
+        raise GroupError(f"unknown group {group!r}")
+    return state
+
+
+async def announce(core: Core, change: groupstate.Transition) -> GroupInfo:
+    """Execute our own membership ``change``: sessions with everyone concerned, apply it
+    locally, send the update pairwise to its recipients."""
+    for member in change.members:
         if member != core.username:
             trust.require_trusted(core.store, member)
-    await peers.ensure_sessions(core, set(members) | set(extra) | {core.username})
-    update = core.protocol.group_update(group_id, name, members, action)
-    await core.send_direct((set(members) | set(extra)) - {core.username} or {core.username}, update)
-    epoch = core.protocol.groups.epoch(group_id)
-    return GroupInfo(group_id.hex(), name, tuple(sorted(set(members))), epoch)
+    await peers.ensure_sessions(core, set(change.members) | change.recipients | {core.username})
+    update = core.protocol.apply_group_change(change)
+    await core.send_direct(set(change.recipients), update)
+    return GroupInfo(change.group_id.hex(), change.name, change.members, change.epoch)
 
 
 async def create_group(core: Core, name: str, members: Iterable[str]) -> GroupInfo:
     """Create a group with ``members`` (usernames; we are added)."""
-    users = tuple(sorted({*members, core.username}))
-    for user in users:
+    change = groupstate.create(core.username, new_group_id(), name, members)
+    for user in change.members:
         peers.check_user(user)
-    return await announce(core, new_group_id(), name, users, GroupAction.CREATE)
+    return await announce(core, change)
 
 
 async def add_members(core: Core, group: str, members: Iterable[str]) -> GroupInfo:
     """Add members to a group (they receive the full member list)."""
-    group_id, info = resolve(core, group)
-    users = tuple(sorted({*info.members, *members}))
-    for user in users:
+    change = groupstate.add(core.username, _state(core, group), members)
+    for user in change.members:
         peers.check_user(user)
-    return await announce(core, group_id, info.name, users, GroupAction.ADD)
+    return await announce(core, change)
 
 
 async def remove_members(core: Core, group: str, members: Iterable[str]) -> GroupInfo:
     """Remove members; every remaining member rotates its sender key."""
-    group_id, info = resolve(core, group)
-    gone = set(members)
-    if core.username in gone:
-        raise GroupError("use leave_group to leave")
-    users = tuple(sorted(set(info.members) - gone))
-    return await announce(
-        core, group_id, info.name, users, GroupAction.REMOVE, extra=gone & set(info.members)
-    )
+    return await announce(core, groupstate.remove(core.username, _state(core, group), members))
 
 
 async def leave_group(core: Core, group: str) -> None:
     """Leave a group (the others rotate their sender keys)."""
-    group_id, info = resolve(core, group)
-    users = tuple(sorted(set(info.members) - {core.username}))
-    await announce(core, group_id, info.name, users, GroupAction.LEAVE, extra=[core.username])
+    await announce(core, groupstate.leave(core.username, _state(core, group)))
 
 
 async def send_group_text(core: Core, group: str, text: str) -> SendResult:
     """Send a text to a group (encrypted once with our sender key)."""
     group_id, _ = resolve(core, group)
-    content = TextContent(text=text, group_id=group_id, sent_at_ms=int(time.time() * 1000))
+    content = TextContent(text=text, group_id=group_id, sent_at_ms=_now_ms())
     return await core.send_chat(group_conversation(group_id.hex()), content)
 
 
@@ -134,13 +128,12 @@ async def share_with_own_devices(core: Core) -> None:
     """Tell our other devices (e.g. a newly linked one) about every group, at its current
     epoch: devices that know the group ignore it, a new device adds it."""
     for info in groups(core):
-        update = GroupUpdate(
-            group_id=bytes.fromhex(info.group_id),
-            epoch=info.epoch,
-            name=info.name,
-            action=GroupAction.ADD,
-            members=info.members,
-            sent_at_ms=int(time.time() * 1000),
-        )
+        state = core.protocol.groups.state(bytes.fromhex(info.group_id))
+        if state is None:
+            continue
         with contextlib.suppress(ClientError):
-            await core.send_direct(core.username, update)
+            await core.send_direct(core.username, groupstate.share(state, _now_ms()))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

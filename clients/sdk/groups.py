@@ -1,4 +1,9 @@
-"""Group bookkeeping: membership, epochs, our sender key and who has received it.
+"""Group bookkeeping: membership, epochs, our sender key and who has received it, in the store.
+
+The decisions (what a change does, when our key rotates, who gets it) are the sans-I/O state
+machine :mod:`clients.sdk.groupstate`; :meth:`GroupBook.state` hands it the stored
+:class:`~clients.sdk.groupstate.GroupState` and :meth:`GroupBook.apply` executes its
+:class:`~clients.sdk.groupstate.Transition`.
 
 Groups are client-side only: the relay sees one payload addressed to many devices. A group
 is ``(group_id (16 random bytes, hex in the store), name, members (usernames), epoch)``.
@@ -19,8 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
+from clients.sdk.groupstate import GroupState, Transition
 from clients.store.base import Store
 from clients.store.models import Group
 from crypto.errors import DecodeError
@@ -58,23 +63,33 @@ class GroupBook:
         raw = self._store.get_setting(f"group_since:{group_id.hex()}")
         return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
 
-    def put(
-        self, group_id: bytes, name: str, members: tuple[str, ...], epoch: int, by: str
-    ) -> None:
-        """Create or replace a group at ``epoch``."""
-        existing = self.get(group_id)
-        created_by = existing.created_by if existing else by
-        created_at = existing.created_at if existing else time.time()
-        self._store.put_group(
-            Group(group_id.hex(), name, tuple(sorted(set(members))), created_by, created_at)
+    def state(self, group_id: bytes) -> GroupState | None:
+        """The group as the state machine (:mod:`clients.sdk.groupstate`) sees it."""
+        group = self.get(group_id)
+        if group is None:
+            return None
+        return GroupState(
+            group_id, group.name, group.members, self.epoch(group_id), self.since(group_id)
         )
-        self._store.set_setting(f"group_epoch:{group_id.hex()}", str(epoch))
-        # Members we knew keep their epoch; new ones are added at ``epoch``; joining a group,
-        # we cannot know when the others were added and count them as old (0), so that a
-        # concurrent removal of any of them is applied (fail closed).
-        known = self.since(group_id)
-        since = {m: known.get(m, epoch if existing else 0) for m in sorted(set(members))}
-        self._store.set_setting(f"group_since:{group_id.hex()}", json.dumps(since))
+
+    def apply(self, transition: Transition, by: str, now: float) -> None:
+        """Store what the state machine decided (call inside a store transaction)."""
+        gid, after = transition.group_id, transition.state
+        if after is None:
+            self.forget(gid)
+        else:
+            existing = self.get(gid)
+            created_by = existing.created_by if existing else by
+            created_at = existing.created_at if existing else now
+            self._store.put_group(
+                Group(gid.hex(), after.name, after.members, created_by, created_at)
+            )
+            self._store.set_setting(f"group_epoch:{gid.hex()}", str(after.epoch))
+            self._store.set_setting(f"group_since:{gid.hex()}", json.dumps(dict(after.since)))
+        for username in transition.removed:
+            self.forget_member_keys(gid, username)
+        if transition.rotate:
+            self.rotate(gid)
 
     def forget(self, group_id: bytes) -> None:
         """Drop a group entirely (we were removed or left)."""

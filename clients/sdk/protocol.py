@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from clients.sdk import message_rules, trust
+from clients.sdk import groupstate, message_rules, trust
 from clients.sdk.content import (
     AttachmentContent,
     Content,
@@ -354,21 +354,14 @@ class ClientProtocol:
         sends: list[OutgoingSend] = []
         with self.store.transaction():
             state = self.groups.own_key(group_id)
-            have = self.groups.distributed(group_id, state.key_id)
-            if have - set(devices):
-                # A device that holds our key is no longer a member device (it was unlinked,
-                # e.g. a lost laptop): a new key, which only current devices receive.
+            plan = groupstate.distribution(
+                self.username, devices, self.groups.distributed(group_id, state.key_id)
+            )
+            if plan.rotate:  # a device holding our key is gone: a new key for the others
                 self.groups.rotate(group_id)
                 state = self.groups.own_key(group_id)
-                have = set()
-            need = [d for d in devices if d not in have]
-            if need:
-                # The relay's rule for every send: all devices of every user it names, and
-                # always all our own other devices. So the distribution goes to every device
-                # of each user with a device that lacks the key (those that hold it ignore
-                # the repeat), e.g. a member who just linked a new device.
-                users = {u for u, _ in need} | {self.username}
-                targets = [d for d in devices if d[0] in users]
+            if plan.targets:
+                targets = list(plan.targets)
                 skd = SenderKeyContent(
                     group_id=group_id,
                     distribution=state.distribution().to_bytes(),
@@ -548,9 +541,7 @@ class ClientProtocol:
         if isinstance(inner, AttachmentContent):
             AttachmentPointer.from_bytes(inner.pointer)
         if isinstance(content, GroupUpdate):
-            group = self.groups.get(content.group_id)
-            if group is not None and sender.username not in group.members:
-                raise GroupError("membership change from a non-member")
+            groupstate.check_sender(self.groups.state(content.group_id), sender.username)
         if isinstance(content, SenderKeyContent):
             distribution = SenderKeyDistribution.from_bytes(content.distribution)
             if distribution.sender != sender or distribution.group_id != content.group_id:
@@ -688,77 +679,34 @@ class ClientProtocol:
         return Received([event], [])
 
     def _group_update(self, sender: DeviceAddress, update: GroupUpdate, now: float) -> Received:
-        gid = update.group_id
-        group = self.groups.get(gid)
-        if group is not None and sender.username not in group.members:
-            raise GroupError("membership change from a non-member")
-        epoch, name = update.epoch, update.name
-        members = tuple(sorted(set(update.members)))
-        if group is not None and update.epoch <= self.groups.epoch(gid):
-            gone = self._stale_removals(group.members, update, sender.username)
-            if not gone:
-                return Received([], [])
-            # A concurrent change raced this removal (or leave): removals still apply to our
-            # current list, so a removed member can never stay in by a race.
-            epoch, name = self.groups.epoch(gid), group.name
-            members = tuple(sorted(set(group.members) - gone))
-        if group is None and update.action not in (GroupAction.CREATE, GroupAction.ADD):
+        state = self.groups.state(update.group_id)
+        transition = groupstate.receive(self.username, state, sender.username, update)
+        if transition is None:
             return Received([], [])
-        removed = set(group.members) - set(members) if group is not None else set()
-        if self.username not in members:
-            self.groups.forget(gid)
-        else:
-            self.groups.put(gid, name, members, epoch, sender.username)
-            for username in removed:
-                self.groups.forget_member_keys(gid, username)
-            if removed:
-                self.groups.rotate(gid)
-        event = GroupChanged(
-            gid.hex(), name, update.action.name.lower(), members, sender.username, _ms(now)
-        )
+        self.groups.apply(transition, sender.username, now)
+        t = transition
+        by, at = sender.username, _ms(now)
+        event = GroupChanged(t.group_id.hex(), t.name, t.action.name.lower(), t.members, by, at)
         return Received([event], [])
 
-    def _stale_removals(
-        self, current: tuple[str, ...], update: GroupUpdate, sender: str
-    ) -> set[str]:
-        """Who a REMOVE/LEAVE at a stale epoch removes from our list: members it omits that
-        were already members before its epoch (so its sender meant to drop them); a leaver
-        always. Members added at or after its epoch were unknown to its sender: kept."""
-        if update.action not in (GroupAction.REMOVE, GroupAction.LEAVE):
-            return set()
-        since = self.groups.since(update.group_id)
-        gone = {m for m in current if m not in update.members and since.get(m, 0) < update.epoch}
-        if update.action is GroupAction.LEAVE and sender not in update.members:
-            gone.add(sender)
-        return gone
-
     # --- groups (local side) -----------------------------------------------------------
+
+    def apply_group_change(self, transition: groupstate.Transition) -> GroupUpdate:
+        """Apply our own membership change (:mod:`clients.sdk.groupstate`) and return the
+        update to send."""
+        now = self._now()
+        with self.store.transaction():
+            self.groups.apply(transition, self.username, now)
+        return transition.update(_ms(now))
 
     def group_update(
         self, group_id: bytes, name: str, members: tuple[str, ...], action: GroupAction
     ) -> GroupUpdate:
-        """Apply a membership change locally and return the update to send."""
-        epoch = self.groups.epoch(group_id) + 1
-        previous = self.groups.get(group_id)
-        members = tuple(sorted(set(members)))
-        with self.store.transaction():
-            if self.username in members:
-                self.groups.put(group_id, name, members, epoch, self.username)
-            else:
-                self.groups.forget(group_id)
-            if previous is not None:
-                for username in set(previous.members) - set(members):
-                    self.groups.forget_member_keys(group_id, username)
-                if set(previous.members) - set(members):
-                    self.groups.rotate(group_id)
-        return GroupUpdate(
-            group_id=group_id,
-            epoch=epoch,
-            name=name,
-            action=action,
-            members=members,
-            sent_at_ms=_ms(self._now()),
-        )
+        """Apply a membership change (the full new member list) locally and return the update
+        to send."""
+        before = self.groups.state(group_id)
+        change = groupstate.change(self.username, group_id, before, name, members, action)
+        return self.apply_group_change(change)
 
 
 def _with_state(stored: StoredMessage, state: DeliveryState) -> StoredMessage:
