@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.logging_state import preserved_logging
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -40,6 +42,13 @@ async def _pg_execute(dsn: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Every test leaves the logging configuration as it found it (:mod:`tests.logging_state`)."""
+    with preserved_logging():
+        yield
 
 
 @pytest.fixture

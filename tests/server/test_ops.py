@@ -177,6 +177,36 @@ async def test_logs_never_contain_tokens_keys_or_nonces(
         assert secret not in text
 
 
+def test_a_test_that_reconfigures_logging_leaves_no_trace() -> None:
+    # The autouse fixture (tests.logging_state) undoes configure_logging and uvicorn's own
+    # dictConfig; before it, the access-log capture above missed uvicorn.access records
+    # whenever a push test (which runs both) had run earlier in the same process.
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    from server.logs import configure_logging
+    from tests.logging_state import preserved_logging
+
+    names = ["", "uvicorn", "uvicorn.access", "uvicorn.error", "httpx", "websockets"]
+
+    def state() -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        for name in names:
+            lg = logging.getLogger(name)
+            own = [h for h in lg.handlers if type(h).__module__ != "_pytest.logging"]
+            out.append((lg.level, lg.propagate, lg.disabled, own))
+        return out
+
+    before = state()
+    with preserved_logging():
+        configure_logging("debug", stream=io.StringIO())
+        logging.config.dictConfig(LOGGING_CONFIG)
+        logging.getLogger("uvicorn.access").propagate = False
+        assert state() != before
+    assert state() == before
+
+
 async def test_rest_requests_are_rate_limited_per_ip(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, limits={"requests_per_minute_per_ip": 5})
     async with running_relay(settings) as relay, relay.client() as http:

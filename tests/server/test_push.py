@@ -417,35 +417,14 @@ async def test_the_relays_logging_never_writes_a_push_endpoint_even_at_debug(
     tmp_path: Path,
 ) -> None:
     # configure_logging is what `vox-relay serve` runs; httpx would log each request's URL.
-    root = logging.getLogger()
-    names = (
-        "httpx",
-        "httpcore",
-        "aiosqlite",
-        "sqlalchemy",
-        "asyncpg",
-        "uvicorn.error",
-        "websockets",
-        "alembic",
-    )
-    saved = list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names}
+    # (tests/conftest.py puts the logging configuration back after the test.)
     stream = io.StringIO()
-    try:
-        configure_logging("debug", stream=stream)
-        async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
-            await w.subscribe(w.peers["bob", 1], "bob-secret-path")
-            await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
-            await w.drained()
-            assert w.rx.pushes("bob-secret-path")
-    finally:
-        handlers, level, levels = saved
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
+    configure_logging("debug", stream=stream)
+    async with push_world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        await w.subscribe(w.peers["bob", 1], "bob-secret-path")
+        await _send(w.relay, w.peers["alice", 1], [w.peers["bob", 1]])
+        await w.drained()
+        assert w.rx.pushes("bob-secret-path")
     logged = stream.getvalue()
     assert "push_sent" in logged
     assert "bob-secret-path" not in logged
