@@ -22,13 +22,13 @@ PROTOCOL_VERSION = 1
 async def config(settings: SettingsDep, state: StateDep) -> ConfigOut:
     """Brand, registration policy, limits and the Web Push VAPID key (``null`` when push is
     off), for clients to render and respect."""
-    push = state.push
+    push = None if state.push is None else await vapid_out(state.push.vapid)
     return ConfigOut(
         protocol_version=PROTOCOL_VERSION,
         brand=BrandOut(**settings.brand.model_dump()),
         registration=settings.registration.value,
         limits=LimitsOut(**settings.limits.model_dump(exclude={"challenge_ttl_seconds"})),
-        push=None if push is None else vapid_out(push.vapid),
+        push=push,
     )
 
 

@@ -5,14 +5,13 @@ Wiring, in the app factory (after the delivery layer, whose hub it observes)::
     app.include_router(push.router, dependencies=v1)
     relay_state(app).lifespan_hooks.append(push.lifespan)
 
-``lifespan(app)`` (when ``push.enabled``) loads or creates the VAPID key, starts the
-:class:`PushDispatcher` as ``RelayState.push`` and makes it the hub's observer; otherwise
+``lifespan(app)`` (when ``push.enabled``) names the VAPID key file (read when first used),
+starts the :class:`PushDispatcher` as ``RelayState.push`` and makes it the hub's observer; otherwise
 ``RelayState.push`` is ``None`` and the routes answer 404 ``push_disabled``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,7 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     key_file = cfg.vapid_key_file or settings.data_dir / "vapid_private_key.pem"
-    vapid = await asyncio.to_thread(VapidKey.load_or_create, key_file, vapid_subject(settings))
+    vapid = VapidKey(key_file, vapid_subject(settings))  # read (or created) when first used
+    vapid.check_permissions()
     hub = state.hub
     redis = state.redis
     # Tests may tune PushConfig fields (e.g. retry delays) this way.

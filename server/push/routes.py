@@ -36,7 +36,7 @@ def _out(row: PushSubscription) -> SubscriptionOut:
 @router.get("/vapid", response_model=VapidOut)
 async def vapid_key(push: PushDep) -> VapidOut:
     """The relay's VAPID public key (``applicationServerKey``), base64url without padding."""
-    return service.vapid_out(push.vapid)
+    return await service.vapid_out(push.vapid)
 
 
 @router.post(

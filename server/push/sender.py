@@ -312,6 +312,7 @@ class PushDispatcher:
         self, target: repo.Target, origin: str, pinned: PinnedRequest
     ) -> tuple[int, float | None]:
         client = self._http()
+        await self.vapid.ready()  # the first push reads the key file off the event loop
         headers = {
             "TTL": str(self.config.ttl_seconds),
             "Urgency": self.config.urgency,

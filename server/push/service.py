@@ -193,6 +193,7 @@ async def delete_all(session: AsyncSession, device_pk: int) -> int:
     return count
 
 
-def vapid_out(key: VapidKey) -> VapidOut:
+async def vapid_out(key: VapidKey) -> VapidOut:
     """The VAPID key as ``GET /v1/push/vapid`` and ``/v1/config``'s ``push`` serve it."""
+    await key.ready()
     return VapidOut(public_key=key.public_key_b64, content_encoding=CONTENT_ENCODING)

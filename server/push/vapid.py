@@ -1,10 +1,12 @@
 """The relay's VAPID identity (RFC 8292) and the RFC 8291 encryption of a push message.
 
-The relay signs every push request with one P-256 key, generated at first start and kept in
+The relay signs every push request with one P-256 key, kept in
 ``<data dir>/vapid_private_key.pem`` (mode 0600; ``push.vapid_key_file`` moves it, e.g. to a
 secret shared by every relay node — subscriptions are bound to this key, so all nodes of one
 deployment must use the same file). Browsers subscribe with its public key
-(``GET /v1/push/vapid``).
+(``GET /v1/push/vapid``). The file is read (or created) when the key is first needed — its
+public key served or a push signed — not at start: an idle relay does not load
+``cryptography``.
 
 Signing (``py_vapid``) and encryption (``http_ece``, ``aes128gcm``) come from maintained
 libraries; nothing here is hand-written cryptography.
@@ -12,6 +14,7 @@ libraries; nothing here is hand-written cryptography.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -21,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # cryptography (~8 MB resident) is loaded only when push is used
+if TYPE_CHECKING:  # cryptography (~8 MB resident) is loaded only when the key is used
     from cryptography.hazmat.primitives.asymmetric import ec
 
 from server.logs import log_event
@@ -50,59 +53,66 @@ def b64url(data: bytes) -> str:
 
 
 class VapidKey:
-    """The relay's VAPID signing key, with a per-audience cache of signed tokens."""
+    """The relay's VAPID signing key, with a per-audience cache of signed tokens.
 
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
+    Nothing is read at construction: the key file is loaded (or created) the first time
+    the key is needed — its public key served (``await ready()``) or a push signed — so an
+    idle relay never loads ``cryptography`` (about 8 MB resident) for it.
+    """
 
-        if not isinstance(private_key.curve, ec.SECP256R1):
-            raise ValueError("a VAPID key must be a P-256 key")
-        self._private_key = private_key
-        self._vapid: Any = None  # py_vapid's signer, loaded with the first push
+    def __init__(self, path: Path, subject: str) -> None:
+        self.path = path
         self.subject = subject
-        self.public_key = private_key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        self._private_key: ec.EllipticCurvePrivateKey | None = None
+        self._public_key = b""
+        self._vapid: Any = None  # py_vapid's signer, loaded with the first push
         self._tokens: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"VapidKey(public_key={self.public_key_b64!r})"
+        return f"VapidKey(path={str(self.path)!r})"
+
+    def check_permissions(self) -> None:
+        """Warn if an existing key file is readable by others (a stat: no key is loaded)."""
+        with contextlib.suppress(FileNotFoundError):
+            mode = self.path.stat().st_mode & 0o777
+            if mode & 0o077:
+                log_event(
+                    "vapid_key_permissions",
+                    logging.WARNING,
+                    path=str(self.path),
+                    mode=oct(mode),
+                    hint="chmod 600",
+                )
+
+    async def ready(self) -> None:
+        """Load the key off the event loop's thread (a no-op once loaded)."""
+        if self._private_key is None:
+            await asyncio.to_thread(self._load)
+
+    @property
+    def public_key(self) -> bytes:
+        """The uncompressed P-256 public point (65 bytes)."""
+        self._load()
+        return self._public_key
 
     @property
     def public_key_b64(self) -> str:
         """The public key as browsers take it (``applicationServerKey``)."""
         return b64url(self.public_key)
 
-    @classmethod
-    def load_or_create(cls, path: Path, subject: str) -> VapidKey:
-        """Load the PEM key at ``path``, creating it (mode 0600, atomically) if missing."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            _create_key_file(path)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log_event(
-                "vapid_key_permissions",
-                logging.WARNING,
-                path=str(path),
-                mode=oct(mode),
-                hint="chmod 600",
-            )
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path} does not hold an EC private key")
-        return cls(key, subject)
+    def _load(self) -> ec.EllipticCurvePrivateKey:
+        with self._lock:
+            if self._private_key is None:
+                self._private_key, self._public_key = _load_key_file(self.path)
+            return self._private_key
 
     def authorization(self, audience: str, now: int) -> str:
         """The ``Authorization: vapid t=<JWT>, k=<public key>`` value for a push service.
 
         ``audience`` is the push endpoint's origin (``https://host[:port]``).
         """
+        private_key = self._load()
         t = now
         with self._lock:
             cached = self._tokens.get(audience)
@@ -113,12 +123,31 @@ class VapidKey:
             if self._vapid is None:
                 from py_vapid import Vapid02
 
-                self._vapid = Vapid02(self._private_key)
+                self._vapid = Vapid02(private_key)
             header: str = self._vapid.sign(claims)["Authorization"]
             if len(self._tokens) > 1000:
                 self._tokens.clear()
             self._tokens[audience] = (header, exp)
             return header
+
+
+def _load_key_file(path: Path) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """The P-256 key at ``path`` and its public point, creating the file if missing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _create_key_file(path)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} does not hold an EC private key")
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("a VAPID key must be a P-256 key")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return key, public
 
 
 def _create_key_file(path: Path) -> None:
