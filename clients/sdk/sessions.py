@@ -10,6 +10,15 @@ message names, otherwise each in turn; the one that decrypts moves to the front.
 works on copies and returns a ``commit`` callable, so the caller checks the sender first and
 then writes the session, the message and the "seen" mark in one store transaction.
 
+**Decoded-session cache.** Decoding a state (which loads each ratchet key pair) would cost
+more than the decryption itself, so :class:`SessionBook` keeps the decoded sessions of each
+device beside the exact bytes they were decoded from, and reuses them only while the store
+still returns those bytes: a transaction that rolled back (a store failure in the middle of a
+burst, a crash) leaves the store's state, which differs, and the next use decodes that. The
+cached sessions are never advanced in place: encrypting and decrypting work on copies
+(:meth:`Session.copy`), which replace the cached ones only once written to the store — a
+message that fails, or is refused after decrypting, leaves the cache as the store has it.
+
 **Replayed initial messages.** An initial message that used no one-time X25519 prekey and the
 last-resort ML-KEM prekey consumes nothing, so PQXDH alone would accept it again and again (a
 relay replaying it after the session was evicted or dropped would start a second copy of the
@@ -44,6 +53,8 @@ __all__ = ["MAX_SESSIONS", "Decrypted", "ReplayedInitialMessage", "SessionBook",
 
 MAX_SESSIONS: Final = 4
 _VERSION: Final = 1
+#: Devices whose decoded sessions :class:`SessionBook` keeps at most (then it starts over).
+CACHED_DEVICES: Final = 4096
 
 
 def _encode(sessions: list[Session]) -> bytes:
@@ -95,10 +106,35 @@ class SessionBook:
     def __init__(self, store: Store, identity: LocalIdentity) -> None:
         self._store = store
         self._identity = identity
+        #: (username, device) -> (the stored bytes, the sessions decoded from them).
+        self._decoded: dict[tuple[str, int], tuple[bytes, list[Session]]] = {}
 
     def _load(self, username: str, device_id: int) -> list[Session]:
+        """The device's sessions as the store has them now. Shared with the cache: never
+        advance them in place (work on :meth:`Session.copy`, then :meth:`_save`)."""
         data = self._store.load_session(username, device_id)
-        return [] if data is None else _decode(data)
+        if data is None:
+            return []
+        key = (username, device_id)
+        cached = self._decoded.get(key)
+        if cached is not None and (cached[0] is data or cached[0] == data):
+            return cached[1]
+        sessions = _decode(data)
+        self._remember(key, data, sessions)
+        return sessions
+
+    def _save(self, username: str, device_id: int, sessions: list[Session]) -> None:
+        """Write ``sessions`` (the caller hands them over: no more changes to them)."""
+        key = (username, device_id)
+        self._decoded.pop(key, None)  # if the write fails, the next use decodes the store's
+        data = _encode(sessions)
+        self._store.store_session(username, device_id, data)
+        self._remember(key, data, sessions)
+
+    def _remember(self, key: tuple[str, int], data: bytes, sessions: list[Session]) -> None:
+        if len(self._decoded) >= CACHED_DEVICES:
+            self._decoded.clear()
+        self._decoded[key] = (data, sessions)
 
     def has_session(self, username: str, device_id: int) -> bool:
         """Whether we can encrypt to this device without a bundle."""
@@ -111,6 +147,7 @@ class SessionBook:
 
     def drop(self, username: str, device_id: int) -> None:
         """Forget every session with a device (it left the list or re-keyed)."""
+        self._decoded.pop((username, device_id), None)
         self._store.delete_session(username, device_id)
 
     def start(self, bundle: PrekeyBundle) -> None:
@@ -118,16 +155,16 @@ class SessionBook:
         session = initiate_session(self._identity.local, bundle)
         address = bundle.address
         existing = self._load(address.username, address.device_id)
-        sessions = [session, *existing][:MAX_SESSIONS]
-        self._store.store_session(address.username, address.device_id, _encode(sessions))
+        self._save(address.username, address.device_id, [session, *existing][:MAX_SESSIONS])
 
     def encrypt(self, username: str, device_id: int, body: bytes) -> bytes:
         """Encrypt ``body`` with the device's current session and store the advanced state."""
         sessions = self._load(username, device_id)
         if not sessions:
             raise StateError(f"no session with {username}:{device_id}")
-        ciphertext = sessions[0].encrypt(body)
-        self._store.store_session(username, device_id, _encode(sessions))
+        current = sessions[0].copy()
+        ciphertext = current.encrypt(body)
+        self._save(username, device_id, [current, *sessions[1:]])
         return ciphertext
 
     def decrypt(
@@ -144,9 +181,13 @@ class SessionBook:
         if isinstance(message, InitialMessage):
             for i, session in enumerate(sessions):
                 if session.base_key == message.prefix.base_key:
-                    body = session.decrypt(data, now=now)
+                    trial = session.copy()
+                    body = trial.decrypt(data, now=now)
                     return Decrypted(
-                        body, session.peer, False, self._front(username, device_id, sessions, i)
+                        body,
+                        trial.peer,
+                        False,
+                        self._front(username, device_id, sessions, i, trial),
                     )
             prefix = message.prefix
             if (prefix.sender.username, prefix.sender.device_id) != (username, device_id):
@@ -162,25 +203,27 @@ class SessionBook:
 
             def commit() -> None:
                 consume_prekeys(self._store, accepted.consumed)
-                self._store.store_session(username, device_id, _encode(new))
+                self._save(username, device_id, new)
                 if seen_key is not None:
                     self._store.mark_seen(seen_key, time.time() if now is None else now)
 
             return Decrypted(accepted.body, accepted.session.peer, True, commit)
         last_error: VoxError = DecryptionError("no session with the sender device")
         for i, session in enumerate(sessions):
+            trial = session.copy()
             try:
-                body = session.decrypt(data, now=now)
+                body = trial.decrypt(data, now=now)
             except DecryptionError as exc:
                 last_error = exc
                 continue
             return Decrypted(
-                body, session.peer, False, self._front(username, device_id, sessions, i)
+                body, trial.peer, False, self._front(username, device_id, sessions, i, trial)
             )
         raise last_error
 
     def _front(
-        self, username: str, device_id: int, sessions: list[Session], i: int
+        self, username: str, device_id: int, sessions: list[Session], i: int, advanced: Session
     ) -> Callable[[], None]:
-        ordered = [sessions[i], *sessions[:i], *sessions[i + 1 :]]
-        return lambda: self._store.store_session(username, device_id, _encode(ordered))
+        """Commit: ``advanced`` (session ``i`` after decrypting) first, the others after it."""
+        ordered = [advanced, *sessions[:i], *sessions[i + 1 :]]
+        return lambda: self._save(username, device_id, ordered)

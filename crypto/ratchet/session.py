@@ -445,6 +445,17 @@ class Session:
             raise SenderMismatch(str(self.peer.address), str(payload.sender))
         return payload.body  # pragma: no cover (an equal sender has the expected prefix)
 
+    def copy(self) -> Session:
+        """An independent copy: encrypting or decrypting with it leaves this one unchanged
+        (much cheaper than :meth:`to_bytes` + :meth:`from_bytes`, which load the ratchet key
+        pair again; every other part of the state is immutable and shared)."""
+        other = Session.__new__(Session)
+        for name in Session.__slots__:
+            setattr(other, name, getattr(self, name))
+        other._previous_remote = self._previous_remote.copy()
+        other._skipped = self._skipped.copy()
+        return other
+
     # --- serialization ----------------------------------------------------------------
 
     def to_bytes(self) -> bytes:

@@ -62,6 +62,12 @@ class SkippedKeys:
                 self._keys[slot] = (key, clock)
         return len(expired)
 
+    def copy(self) -> SkippedKeys:
+        """An independent copy (the keys are immutable; only the map is new)."""
+        other = SkippedKeys(self.max_stored)
+        other._keys = self._keys.copy()
+        return other
+
     def __len__(self) -> int:
         return len(self._keys)
 

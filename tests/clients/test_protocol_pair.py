@@ -21,6 +21,7 @@ from clients.sdk.protocol import (
     NeedDeviceList,
     OutgoingSend,
 )
+from clients.store.base import Store
 from clients.store.memory import MemoryStore
 from crypto.sender_keys import SenderKeyState
 
@@ -37,8 +38,8 @@ class Party:
     upload: dict[str, object]
 
     @classmethod
-    def new(cls, username: str) -> Party:
-        store = MemoryStore()
+    def new(cls, username: str, store: Store | None = None) -> Party:
+        store = MemoryStore() if store is None else store
         me = ids.new_identity(username, 1, None)
         signed = ids.first_device_list(me)
         upload = ids.registration_prekeys(store, me, batch=3)
@@ -68,8 +69,10 @@ class Party:
         self.proto.accept_device_list(other.proto.username, other.account_key, other.device_list)
 
 
-def pair() -> tuple[Party, Party]:
-    alice, bob = Party.new("alice"), Party.new("bob")
+def pair(stores: tuple[Store, Store] | None = None) -> tuple[Party, Party]:
+    """alice and bob (on ``stores``, else in memory); alice holds a session with bob."""
+    alice_store, bob_store = (None, None) if stores is None else stores
+    alice, bob = Party.new("alice", alice_store), Party.new("bob", bob_store)
     alice.knows(bob)
     alice.proto.accept_bundle("bob", bob.account_key, bob.bundle())
     return alice, bob

@@ -1,0 +1,118 @@
+"""The decoded-session cache of :class:`clients.sdk.sessions.SessionBook` always agrees with
+the store: after a tampered message, a message refused once decrypted, and a transaction that
+rolled back (on SQLite and in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.sdk.content import TextContent, VerifiedContent
+from clients.sdk.models import DecryptFailure
+from clients.sdk.protocol import Envelope
+from clients.sdk.sessions import _decode
+from clients.store.base import Store
+from clients.store.memory import MemoryStore
+from clients.store.sqlite import SqliteStore
+from tests.clients.test_protocol_pair import Party, envelopes, messages, pair
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def parties(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Party, Party]]:
+    stores: tuple[Store, Store]
+    if request.param == "sqlite":
+        stores = (SqliteStore.open(tmp_path / "alice"), SqliteStore.open(tmp_path / "bob"))
+    else:
+        stores = (MemoryStore(), MemoryStore())
+    alice, bob = pair(stores)
+    bob.knows(alice)
+    yield alice, bob
+    for store in stores:
+        store.close()
+
+
+def set_up(alice: Party, bob: Party, *, replied: bool) -> None:
+    """alice's first message; with ``replied`` bob answers, so alice's next messages are
+    ratchet messages (else initial messages, with the PQXDH prefix, until bob replies)."""
+    assert messages(bob, envelopes(alice, "bob", "set-up")) == ["set-up"]
+    if replied:
+        assert messages(alice, envelopes(bob, "alice", "reply")) == ["reply"]
+
+
+def assert_cache_is_store(party: Party, peer: str) -> None:
+    """What the book would encrypt/decrypt with is exactly the store's state."""
+    stored = party.proto.store.load_session(peer, 1)
+    assert stored is not None
+    in_use = party.proto.sessions._load(peer, 1)
+    assert [s.to_bytes() for s in in_use] == [s.to_bytes() for s in _decode(stored)]
+
+
+def tampered(envelope: Envelope, position: int) -> Envelope:
+    data = bytearray(envelope.data)
+    data[position] ^= 0x01
+    return Envelope(envelope.seq, envelope.envelope_id + "t", "alice", 1, 0, bytes(data))
+
+
+@pytest.mark.parametrize("replied", [False, True])
+def test_a_tampered_message_then_a_good_one(parties: tuple[Party, Party], replied: bool) -> None:
+    alice, bob = parties
+    set_up(alice, bob, replied=replied)
+    first, second = envelopes(alice, "bob", "one", "two")
+    (failure,) = messages(bob, [tampered(first, len(first.data) - 1)])
+    assert isinstance(failure, DecryptFailure)
+    assert_cache_is_store(bob, "alice")
+    assert messages(bob, [first, second]) == ["one", "two"]
+    assert_cache_is_store(bob, "alice")
+
+
+@pytest.mark.parametrize("replied", [False, True])
+def test_a_message_refused_after_decrypting_leaves_the_stored_state(
+    parties: tuple[Party, Party], replied: bool
+) -> None:
+    # A verification sync only comes from our own devices: bob decrypts it, then refuses it
+    # (no commit). Its message key must stay unused, as in the store: the same ciphertext
+    # again is refused for what it says, not as a replay of an already used key.
+    alice, bob = parties
+    set_up(alice, bob, replied=replied)
+    send = alice.proto.encode_direct(
+        "bob", VerifiedContent(username="carol", account_key=alice.account_key)
+    )
+    ((data, _),) = send.payloads
+    refused = [Envelope(90, "v1", "alice", 1, 0, data), Envelope(91, "v2", "alice", 1, 0, data)]
+    (failure,) = messages(bob, refused[:1])
+    assert isinstance(failure, DecryptFailure) and failure.error == "GroupError"
+    assert_cache_is_store(bob, "alice")
+    assert messages(bob, envelopes(alice, "bob", "after")) == ["after"]
+    (again,) = messages(bob, refused[1:])
+    assert isinstance(again, DecryptFailure) and again.error == "GroupError"
+
+
+@pytest.mark.parametrize("replied", [False, True])
+def test_a_rolled_back_burst_leaves_the_stored_state(
+    parties: tuple[Party, Party], replied: bool
+) -> None:
+    # A burst decrypted and committed its sessions inside one store transaction, then the
+    # transaction failed (a store error, a crash): nothing of it happened, so the same
+    # envelopes, delivered again, decrypt.
+    alice, bob = parties
+    set_up(alice, bob, replied=replied)
+    burst = envelopes(alice, "bob", "one", "two")
+    with pytest.raises(RuntimeError), bob.proto.store.transaction(sync=False):
+        assert messages(bob, burst) == ["one", "two"]
+        raise RuntimeError("the burst's commit failed")
+    assert_cache_is_store(bob, "alice")
+    assert messages(bob, burst) == ["one", "two"]
+    assert_cache_is_store(bob, "alice")
+
+
+def test_a_rolled_back_encryption_leaves_the_stored_state(parties: tuple[Party, Party]) -> None:
+    alice, bob = parties
+    set_up(alice, bob, replied=True)
+    with pytest.raises(RuntimeError), alice.proto.store.transaction():
+        alice.proto.encode_direct("bob", TextContent(text="never sent", sent_at_ms=1))
+        raise RuntimeError("the send was not recorded")
+    assert_cache_is_store(alice, "bob")
+    assert messages(bob, envelopes(alice, "bob", "sent")) == ["sent"]
+    assert_cache_is_store(alice, "bob")
