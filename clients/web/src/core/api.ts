@@ -49,9 +49,38 @@ interface SignedJson {
 
 export class Api {
   token: string | null = null;
+  /**
+   * Logs in again (challenge → token) after a REST 401: protocol-client §3, a token that
+   * expired or was revoked. Set by the engine; it rejects when the device may not log in
+   * (removed, revoked), and the engine then shows "signed out".
+   */
+  reauth: (() => Promise<void>) | null = null;
+  private relogin: Promise<void> | null = null;
   constructor(readonly base: string = "") {}
 
-  async call<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+  /**
+   * Run an authenticated request (``attempt`` reads ``this.token``); on 401 log in again once
+   * — one login shared by every request that met the same dead token — and retry once.
+   */
+  private async authed<T>(attempt: () => Promise<T>): Promise<T> {
+    const used = this.token;
+    try {
+      return await attempt();
+    } catch (e) {
+      if (!(e instanceof RelayError) || e.status !== 401 || !this.reauth) throw e;
+    }
+    if (this.token === used) {
+      this.relogin ??= this.reauth().finally(() => (this.relogin = null));
+      await this.relogin;
+    }
+    return attempt();
+  }
+
+  call<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+    return auth ? this.authed(() => this.request<T>(method, path, body, true)) : this.request<T>(method, path, body, false);
+  }
+
+  private async request<T>(method: string, path: string, body: unknown, auth: boolean): Promise<T> {
     const headers: Record<string, string> = {};
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (auth && this.token) headers["Authorization"] = `Bearer ${this.token}`;
@@ -149,7 +178,11 @@ export class Api {
     return tok.token;
   }
 
-  async uploadAttachment(blob: Uint8Array | Blob, onProgress?: (sent: number, total: number) => void): Promise<string> {
+  uploadAttachment(blob: Uint8Array | Blob, onProgress?: (sent: number, total: number) => void): Promise<string> {
+    return this.authed(() => this.upload(blob, onProgress));
+  }
+
+  private upload(blob: Uint8Array | Blob, onProgress?: (sent: number, total: number) => void): Promise<string> {
     // XMLHttpRequest gives upload progress; fetch does not.
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
@@ -166,7 +199,11 @@ export class Api {
     });
   }
 
-  async downloadAttachment(id: string): Promise<Response> {
+  downloadAttachment(id: string): Promise<Response> {
+    return this.authed(() => this.download(id));
+  }
+
+  private async download(id: string): Promise<Response> {
     const res = await fetch(`${this.base}/v1/attachments/${encodeURIComponent(id)}`, {
       headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
       credentials: "omit",

@@ -100,6 +100,10 @@ export class UntrustedIdentity extends Error {
 
 const sessionKey = (user: string, device: number): string => `session:${user}:${device}`;
 
+/** Login refusals that mean this device is gone (removed from its account, or revoked). */
+const isSignedOut = (e: unknown): boolean =>
+  e instanceof RelayError && (e.code === "unknown_device" || e.code === "device_revoked" || e.code === "unknown_user");
+
 /** Ed25519 by the device auth key over "VoxAuthChallenge-v1" || 0x00 || str16 user || u32 device || nonce. */
 export function signChallenge(authSeed: Uint8Array, user: string, device: number, nonce: Uint8Array): Uint8Array {
   return ed25519Sign(authSeed, "VoxAuthChallenge-v1", new Writer().str16(user).u32(device).raw(nonce).done());
@@ -175,6 +179,7 @@ export class Engine {
     base = "",
   ) {
     this.api = new Api(base);
+    this.api.reauth = () => this.reauthenticate();
     const engine = this;
     this.ops = new MessageOps({
       store,
@@ -294,6 +299,23 @@ export class Engine {
     await this.api.login(id.user, id.device, (n) => signChallenge(id.authSeed, id.user, id.device, n));
   }
 
+  /** After a REST 401 (api.ts): log in again; a device that may not is signed out. */
+  private async reauthenticate(): Promise<void> {
+    try {
+      await this.login();
+    } catch (e) {
+      if (isSignedOut(e)) this.signOut();
+      throw e;
+    }
+  }
+
+  private signOut(): void {
+    this.stopped = true;
+    this.ws?.close(1000);
+    this.ws = null;
+    this.setStatus("signed-out");
+  }
+
   // --- the socket ---------------------------------------------------------------------
 
   start(): void {
@@ -322,17 +344,18 @@ export class Engine {
     try {
       if (!this.api.token) await this.login();
     } catch (e) {
-      if (e instanceof RelayError && (e.code === "unknown_device" || e.code === "device_revoked")) {
-        this.stopped = true;
-        this.setStatus("signed-out");
+      if (isSignedOut(e)) {
+        this.signOut();
         return;
       }
       this.retry();
       return;
     }
+    if (this.stopped) return;
     const ws = new WebSocket(this.wsUrl());
+    const token = this.api.token;
     this.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.api.token }));
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
     ws.onmessage = (ev) => {
       let frame: Frame;
       try {
@@ -353,13 +376,10 @@ export class Engine {
         return;
       }
       if (ev.code === 4401) {
-        const reason = ev.reason || "";
-        this.api.token = null;
-        if (/remov|revok|unknown_device/.test(reason)) {
-          this.stopped = true;
-          this.setStatus("signed-out");
-          return;
-        }
+        // Expired, revoked (a relay re-checking tokens says token_revoked for an expired one
+        // too) or the device removed: log in again; a device that may not is signed out then.
+        // A token a REST 401 already replaced is used as it is.
+        if (this.api.token === token) this.api.token = null;
         if (!this.relogged) {
           this.relogged = true;
           void this.connect();

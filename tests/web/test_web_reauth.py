@@ -1,0 +1,149 @@
+"""A REST 401 makes the browser log in again (``protocol-client.md`` §3): the token expired or
+was revoked → one challenge/login, the request retried once; a device that may no longer log
+in (revoked by the operator, removed from its account) is shown signed out.
+
+The relay runs in this process (uvicorn on loopback, in a thread of its own) on a
+:class:`~server.clock.ShiftedClock`, so the test moves the relay's time past the token's
+lifetime without sleeping. Its periodic token re-check is pushed out of the test's way so
+that the REST request, not the WebSocket, is the first to meet the expired token; the test
+then runs that re-check itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from server.app import create_app
+from server.clock import ShiftedClock
+from server.delivery.connection import DeviceConnection
+from server.state import relay_state
+from tests.server.relay_harness import Relay, make_settings, running_relay
+from tests.web.support import (
+    TIMEOUT_MS,
+    VOX_RELAY,
+    clean_env,
+    open_app,
+    register_in_browser,
+    unique,
+    wait_online,
+)
+from wire.codes import CloseCode
+
+T = TypeVar("T")
+TOKEN_TTL = 3600
+
+
+class ThreadedRelay:
+    """A relay (``running_relay``) on an event loop in a background thread."""
+
+    def __init__(self, tmp_path: Path, clock: ShiftedClock) -> None:
+        self.settings = make_settings(tmp_path, limits={"token_ttl_seconds": TOKEN_TTL})
+        self.app = create_app(self.settings, clock=clock)
+        # Only the test re-checks the tokens of open sockets (see the module docstring).
+        relay_state(self.app).delivery_overrides["token_check_interval"] = 86400.0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._cm = running_relay(self.settings, app=self.app)
+        self.relay: Relay = self.run(self._cm.__aenter__())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    @property
+    def url(self) -> str:
+        return self.relay.base_url
+
+    def close(self) -> None:
+        try:
+            self.run(self._cm.__aexit__(None, None, None))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            self.loop.close()
+
+
+@pytest.fixture
+def clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture
+def shifted_relay(tmp_path: Path, clock: ShiftedClock) -> Iterator[ThreadedRelay]:
+    r = ThreadedRelay(tmp_path, clock)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_an_expired_token_is_renewed_transparently_and_a_revoked_device_is_signed_out(
+    context: Any, shifted_relay: ThreadedRelay, clock: ShiftedClock
+) -> None:
+    relay = shifted_relay
+    page = open_app(context, relay)  # type: ignore[arg-type]
+    seen: list[tuple[str, str, int]] = []
+    page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
+    alice = unique("alice")
+    register_in_browser(page, alice)
+    devices = f"{relay.url}/v1/accounts/{alice}/devices"
+
+    # The token expires while the page is open and connected.
+    clock.advance(TOKEN_TTL)
+    start = len(seen)
+    page.get_by_test_id("devices-open").click()
+    page.get_by_test_id("device-1").wait_for(timeout=TIMEOUT_MS)
+    after = seen[start:]
+    first_401 = next(i for i, r in enumerate(after) if r[1] == devices and r[2] == 401)
+    login = next(
+        i
+        for i, r in enumerate(after)
+        if i > first_401 and r[:2] == ("POST", f"{relay.url}/v1/auth/token") and r[2] == 200
+    )
+    assert any(r[1] == devices and r[2] == 200 for r in after[login:]), after
+    assert not page.get_by_test_id("devices-panel").locator(".error").count()
+
+    # The relay closes the socket (authenticated with the expired token) with 4401
+    # token_revoked, as its token re-check does for a dead token: the page reconnects with
+    # the token it already renewed — it is not signed out.
+    async def close_socket() -> int:
+        sinks = [s for s in relay.relay.state.hub.local_sinks() if isinstance(s, DeviceConnection)]
+        for s in sinks:
+            s.close(CloseCode.UNAUTHORIZED, "token_revoked")
+        return len(sinks)
+
+    logins = sum(r[:2] == ("POST", f"{relay.url}/v1/auth/token") for r in seen)
+    with page.expect_websocket(timeout=TIMEOUT_MS):
+        assert relay.run(close_socket()) == 1
+    wait_online(page)
+    assert sum(r[:2] == ("POST", f"{relay.url}/v1/auth/token") for r in seen) == logins
+
+    # The operator revokes the device: the next REST call's 401 leads to a login the relay
+    # refuses (403 device_revoked), and the page shows it signed out.
+    subprocess.run(
+        [
+            str(VOX_RELAY),
+            "device",
+            "revoke",
+            alice,
+            "1",
+            "--data-dir",
+            str(relay.settings.data_dir),
+        ],
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    page.get_by_test_id("devices-open").click()  # close
+    page.get_by_test_id("devices-open").click()  # open: the list is fetched again
+    page.wait_for_selector(
+        '[data-testid="connection-status"][data-status="signed-out"]', timeout=TIMEOUT_MS
+    )
