@@ -15,12 +15,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from clients.sdk.content import (
+    AttachmentContent,
     DeleteContent,
     EditContent,
     OperationContent,
     ReactionContent,
+    TextContent,
     TimerContent,
     check_timer,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "on_stored",
     "parse_duration",
     "run_sweeper",
+    "stored_message",
     "sweep",
     "timer",
 ]
@@ -157,6 +161,22 @@ def _timer_notice(
     state = DeliveryState.READ
     if outgoing:
         state = DeliveryState.PENDING if pending else DeliveryState.SENT
+    return stored_message(
+        content, conversation, sender, outgoing, now, state, timer=content.seconds
+    )
+
+
+def stored_message(
+    content: TextContent | AttachmentContent | TimerContent,
+    conversation: str,
+    sender: DeviceAddress,
+    outgoing: bool,
+    received_at: float,
+    state: DeliveryState,
+    **fields: Any,
+) -> StoredMessage:
+    """The history row of a content message: its id, conversation, author, direction and
+    times from ``content`` (``fields``: the rest of the row)."""
     return StoredMessage(
         message_id=content.message_id.hex(),
         conversation=conversation,
@@ -164,9 +184,9 @@ def _timer_notice(
         sender=sender.username,
         sender_device=sender.device_id,
         sent_at=content.sent_at_ms / 1000,
-        received_at=now,
+        received_at=received_at,
         state=state,
-        timer=content.seconds,
+        **fields,
     )
 
 

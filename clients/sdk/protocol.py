@@ -627,17 +627,15 @@ class ClientProtocol:
             }
         when = self._now() if now is None else now
         quote = content.quote
-        return StoredMessage(
-            message_id=content.message_id.hex(),
-            conversation=conversation,
-            direction=Direction.OUT if outgoing else Direction.IN,
-            sender=sender.username,
-            sender_device=sender.device_id,
-            sent_at=content.sent_at_ms / 1000,
-            received_at=when,
+        return message_rules.stored_message(
+            content,
+            conversation,
+            sender,
+            outgoing,
+            when,
+            DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED,
             text=text,
             attachment=attachment,
-            state=DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED,
             reply=None if quote is None else (quote.message_id.hex(), quote.author, quote.excerpt),
             expires_in=content.expire,
             # Ours disappear that long after they were sent; theirs after we read them.
