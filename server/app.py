@@ -26,7 +26,12 @@ from server.clock import Clock
 from server.db.engine import create_engine, session_factory
 from server.deps import per_ip_rate_limit
 from server.diskguard import DiskGuard, free_bytes_of
-from server.edge.middleware import BodyLimitMiddleware, ConnectionGuardMiddleware, MetricsMiddleware
+from server.edge.middleware import (
+    BodyDeadlineMiddleware,
+    BodyLimitMiddleware,
+    ConnectionGuardMiddleware,
+    MetricsMiddleware,
+)
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.openapi import document_errors, error_responses
@@ -117,6 +122,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     document_errors(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+    )
+    app.add_middleware(
+        BodyDeadlineMiddleware,
+        grace_seconds=limits.body_timeout_seconds,
+        min_bytes_per_second=limits.min_body_bytes_per_second,
+        clock=clock,
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, clock=clock)
     app.add_middleware(ConnectionGuardMiddleware)  # reserve and per-address caps (HTTP)

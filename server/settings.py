@@ -96,6 +96,11 @@ class LimitSettings(_Section):
     # -- hostile clients: connections, frames, connect and login rates (docs/threat-model.md)
     #: Seconds for a request head (and a WebSocket upgrade) to arrive completely.
     header_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
+    #: Seconds of waiting a request body gets for free; past them it must keep arriving at
+    #: ``min_body_bytes_per_second`` on average (or ``408 body_timeout``).
+    body_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
+    #: The slowest average rate a request body (also an attachment upload) may arrive at.
+    min_body_bytes_per_second: int = Field(1024, ge=1, le=100 * MiB)
     #: Seconds for the ``auth`` frame after the WebSocket opened.
     auth_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
     #: Seconds an idle HTTP keep-alive connection is kept.

@@ -117,7 +117,7 @@ class ConnectionGuard:
         self.authenticated: Counter[str] = Counter()
         self._by_transport: dict[int, Tracked] = {}
         #: Refusals by reason (``total``, ``address``, ``address_authenticated``, ``reserve``,
-        #: ``header_timeout``), for metrics and tests.
+        #: ``header_timeout``, ``body_timeout``), for metrics and tests.
         self.refused: Counter[str] = Counter()
 
     @classmethod
@@ -247,7 +247,8 @@ class GuardCollector:
             "Connections refused or closed by the guard, by reason",
             labels=["reason"],
         )
-        for reason in ("total", "address", "address_authenticated", "reserve", "header_timeout"):
+        reasons = ("total", "address", "address_authenticated", "reserve", "header_timeout")
+        for reason in (*reasons, "body_timeout"):
             refused.add_metric([reason], guard.refused[reason])
         yield refused
 

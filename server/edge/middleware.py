@@ -13,10 +13,19 @@ is checked first, chunked bodies are counted). An oversized body is read and dro
 writing reads the answer instead of a reset; ``Expect: 100-continue`` is answered at once.
 Paths under ``exempt_prefixes`` (streaming uploads with their own limit, e.g.
 ``/v1/attachments``) pass through untouched.
+
+:class:`BodyDeadlineMiddleware` bounds how long a request body may take to arrive (a
+slowloris on the body would otherwise hold a connection and a request forever): the time
+spent waiting for body bytes may be at most ``grace_seconds`` plus one second per
+``min_bytes_per_second`` bytes received so far, so a slow but steady upload of any size
+goes through, a trickle does not. Past it the request is answered ``408
+{"error": "body_timeout", ...}`` with ``Connection: close``. Only waiting for the client
+counts: time the app spends between reads (writing an attachment to disk) does not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -27,7 +36,12 @@ from server.edge.connections import OPS_PATHS, Tracked
 from server.errors import error_body
 from server.metrics import Metrics
 
-__all__ = ["BodyLimitMiddleware", "ConnectionGuardMiddleware", "MetricsMiddleware"]
+__all__ = [
+    "BodyDeadlineMiddleware",
+    "BodyLimitMiddleware",
+    "ConnectionGuardMiddleware",
+    "MetricsMiddleware",
+]
 
 
 async def _send_json(
@@ -150,6 +164,74 @@ class BodyLimitMiddleware:
             if message["type"] == "http.disconnect":
                 return
             size += len(message.get("body", b""))
+
+
+class _BodyTimeout(Exception):
+    """Raised from ``receive`` when the body is late (caught by the middleware)."""
+
+
+class BodyDeadlineMiddleware:
+    """Answer ``408 body_timeout`` when a request body arrives slower than allowed."""
+
+    def __init__(
+        self, app: ASGIApp, *, grace_seconds: float, min_bytes_per_second: int, clock: Clock
+    ) -> None:
+        self.app = app
+        self.grace = grace_seconds
+        self.rate = min_bytes_per_second
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        waited = 0.0
+        received = 0
+        complete = False
+        timed_out = False
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal waited, received, complete, timed_out
+            if complete:
+                return await receive()
+            left = self.grace + received / self.rate - waited
+            start = self.clock.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(left):  # no task per read, unlike wait_for
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                raise _BodyTimeout from None
+            finally:
+                waited += self.clock.monotonic() - start
+            received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return  # the 408 is (being) sent: whatever the app answers is dropped
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except Exception:  # _BodyTimeout, or what the app made of it
+            if not timed_out:
+                raise
+        if timed_out and not started:
+            tracked: Tracked | None = scope.get("vox.connection")
+            if tracked is not None and tracked.guard is not None:
+                tracked.guard.refused["body_timeout"] += 1
+            message = (
+                f"the request body did not arrive in time (allowed: {self.grace:g} s plus"
+                f" 1 s per {self.rate} bytes received)"
+            )
+            await _send_json(send, 408, error_body("body_timeout", message))
 
 
 class MetricsMiddleware:
