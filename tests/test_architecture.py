@@ -69,6 +69,7 @@ SANS_IO = [
     "clients/sdk/engine.py",
     "clients/sdk/sendqueue.py",
     "clients/sdk/groupstate.py",
+    "clients/sdk/linkstate.py",
 ]
 #: What they may not import (I/O, clocks, threads, the shell's transport).
 IO_MODULES = {

@@ -12,7 +12,7 @@ Architecture (sans-I/O core under a thin asyncio shell, as in h11 / websockets):
           ClientEngine (engine.py: sans-I/O decisions — frame routing, retries, acks, receipts,
                |  device-list freshness, backoff; clock and rng are inputs)
                |  sendqueue.py (pending sends)  groupstate.py (membership, epochs, sender-key
-               |  rotation and distribution)
+               |  rotation and distribution)  linkstate.py (linking, both devices)
           ClientProtocol (protocol.py: sans-I/O — sessions, device lists, groups, dedup, content)
                |  sessions.py  trust.py  groups.py  identity.py  content.py
           crypto/ (PQXDH, Double Ratchet, sender keys)   clients/store/ (Store)   wire/ (frames)
@@ -80,7 +80,11 @@ from clients.sdk.errors import (
     DecryptFailed,
     DeviceRemoved,
     GroupError,
+    LinkCodeExpired,
+    LinkCodeMalformed,
     LinkError,
+    LinkTimeout,
+    LinkWrongCode,
     MessageQueued,
     NoProfile,
     ProfileError,
@@ -133,8 +137,12 @@ __all__ = [
     "GroupError",
     "GroupInfo",
     "KeyChanged",
+    "LinkCodeExpired",
+    "LinkCodeMalformed",
     "LinkError",
     "LinkInvitation",
+    "LinkTimeout",
+    "LinkWrongCode",
     "Message",
     "MessageQueued",
     "MessageSent",

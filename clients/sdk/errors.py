@@ -21,7 +21,11 @@
     ├── UntrustedIdentity(username)      the user's account key changed; accept it first
     ├── BadDeviceList(username, reason)  the relay served a list that does not verify
     ├── DecryptFailed(sender, device, kind)  reported in the event stream, never raised by send
-    ├── LinkError(reason)                device linking failed (bad / expired code)
+    ├── LinkError(reason)                device linking failed
+    │   ├── LinkCodeMalformed(reason)    the code is not USERNAME:DEVICE:XXXX-XXXX-XXXX-XXXX
+    │   ├── LinkCodeExpired(reason)      the relay refuses the code (expired or already used)
+    │   ├── LinkWrongCode(reason)        the offer does not open with this code
+    │   └── LinkTimeout(reason, waited)  no offer arrived / the new device did not join in time
     ├── GroupError(reason)               unknown group, not a member, ...
     └── AttachmentError(reason)          upload/download/digest failure
 """
@@ -37,7 +41,11 @@ __all__ = [
     "DecryptFailed",
     "DeviceRemoved",
     "GroupError",
+    "LinkCodeExpired",
+    "LinkCodeMalformed",
     "LinkError",
+    "LinkTimeout",
+    "LinkWrongCode",
     "MessageQueued",
     "NoProfile",
     "ProfileError",
@@ -227,6 +235,26 @@ class LinkError(ClientError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"device linking failed: {reason}")
         self.reason = reason
+
+
+class LinkCodeMalformed(LinkError):
+    """The link code cannot be read (typed wrong?)."""
+
+
+class LinkCodeExpired(LinkError):
+    """The relay refused the code's temporary key: expired, already used or never issued."""
+
+
+class LinkWrongCode(LinkError):
+    """The offer that arrived does not open with this code (a mistyped secret)."""
+
+
+class LinkTimeout(LinkError):
+    """The other device did not do its part within ``waited`` seconds."""
+
+    def __init__(self, reason: str, waited: float) -> None:
+        super().__init__(reason)
+        self.waited = waited
 
 
 class GroupError(ClientError):

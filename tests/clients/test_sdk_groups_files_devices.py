@@ -192,9 +192,9 @@ async def test_linked_device_sends_and_receives_for_the_account(
         await bob.send_group_text(group.group_id, "group hello")
         await wait_for(lambda: "group hello" in texts(ev_a2, "bob"))
         # The code is single-use.
-        from clients.sdk import LinkError
+        from clients.sdk import LinkCodeExpired
 
-        with pytest.raises(LinkError):
+        with pytest.raises(LinkCodeExpired):
             await VoxClient.join(tmp_path / "alice3", relay.base_url, invitation.code)
     finally:
         await alice2.close()
