@@ -1,17 +1,25 @@
 """The group state machine (``clients/sdk/groupstate.py``) without a relay or a store: values in,
-decisions out, in microseconds. The same paths run through real relays in
+decisions out, in microseconds; then with the protocol and the engine over the fake relay
+(``fake_relay.py``), in milliseconds. The same paths run through real relays in
 ``test_sdk_groups_files_devices.py`` and ``test_trust_groups.py``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from clients.sdk import groupstate as gs
-from clients.sdk.content import GroupAction, GroupUpdate
+from clients.sdk.content import GroupAction, GroupUpdate, TextContent
 from clients.sdk.errors import GroupError
 from clients.sdk.groups import GroupBook
+from clients.sdk.models import Message
+from clients.sdk.protocol import OutgoingSend
+from clients.sdk.sendqueue import Finished
 from clients.store.memory import MemoryStore
+from crypto.device_list import DeviceList
 from crypto.keys import DeviceAddress
+from tests.clients.fake_relay import Device, FakeRelay
 
 GID = bytes(range(16))
 
@@ -186,3 +194,75 @@ def test_the_group_book_stores_what_the_machine_decided() -> None:
     with store.transaction():
         book.apply(gs.leave("alice", after), "alice", 300.0)
     assert book.state(GID) is None and book.epoch(GID) == 0
+
+
+# --- through the fake relay: the machine, the protocol and the engine together -----------------
+
+
+def _run(device: Device, users: set[str], build: Callable[[], list[OutgoingSend]]) -> None:
+    """Send what ``build`` makes as the shell does (retries included) and, like the pipeline,
+    run each accepted send's ``accepted`` hook (which records who holds our sender key)."""
+    made: list[OutgoingSend] = []
+
+    def recording() -> list[OutgoingSend]:
+        sends = build()
+        made.extend(sends)
+        return sends
+
+    key = f"k{len(device.builds)}"
+    device.builds[key] = recording
+    device.feed(device.engine.sends.submit(key, users, device.clock))
+    device.run()
+    assert isinstance(device.outcome(key), Finished)
+    stored = {cid for who, cid in device.relay.log if who == device.address}
+    with device.proto.store.transaction():
+        for send in made:
+            if send.accepted is not None and send.client_id in stored:
+                send.accepted()
+
+
+def _direct(device: Device, to: str, content: GroupUpdate) -> None:
+    _run(device, {to, device.proto.username}, lambda: [device.proto.encode_direct(to, content)])
+
+
+def _group_text(device: Device, text: str) -> None:
+    content = TextContent(text=text, group_id=GID, sent_at_ms=1)
+    group = device.proto.groups.get(GID)
+    assert group is not None
+    _run(device, set(group.members), lambda: device.proto.encode_group(GID, content))
+
+
+def _group_texts(device: Device) -> list[str]:
+    return [e.text or "" for e in device.receive() if isinstance(e, Message) and e.text]
+
+
+def test_a_members_new_device_gets_the_key_and_an_unlinked_one_no_later_key() -> None:
+    relay = FakeRelay()
+    alice, bob = Device.register(relay, "alice"), Device.register(relay, "bob")
+    _direct(alice, "bob", alice.proto.apply_group_change(gs.create("alice", GID, "g", ["bob"])))
+    assert [type(e).__name__ for e in bob.receive()] == ["GroupChanged"]
+    _group_text(alice, "one")
+    assert _group_texts(bob) == ["one"]
+    first_key = alice.proto.groups.own_key(GID).key_id
+
+    # Bob links a phone; his laptop hands it the group (as share_with_own_devices does).
+    account = bob.proto.identity.account_key
+    phone = Device.register(relay, "bob", account, device_id=2)
+    bob_state = bob.proto.groups.state(GID)
+    assert bob_state is not None
+    _direct(bob, "bob", gs.share(bob_state, 1))
+    phone.receive()
+    assert phone.proto.groups.get(GID) is not None
+    # Alice's next send meets a mismatch (bob has a device she did not know), refetches his
+    # list and hands the same key to both his devices.
+    _group_text(alice, "two")
+    assert _group_texts(bob) == ["two"] and _group_texts(phone) == ["two"]
+    assert alice.proto.groups.own_key(GID).key_id == first_key
+
+    # Bob unlinks the phone: alice's next send rotates, and the phone gets nothing more.
+    del relay.devices["bob"][2]
+    entries = (bob.proto.identity.entry(),)
+    relay.device_lists["bob"] = DeviceList("bob", 3, entries).sign(account).to_bytes()
+    _group_text(alice, "three")
+    assert alice.proto.groups.own_key(GID).key_id != first_key
+    assert _group_texts(bob) == ["three"] and relay.queues[phone.address] == []
