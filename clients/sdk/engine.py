@@ -249,12 +249,14 @@ class ClientEngine:
 # --- frames out --------------------------------------------------------------------------------
 
 
-def send_frame(send: OutgoingSend) -> SendFrame:
-    """The ``send`` frame of an encrypted send."""
+def send_frame(send: OutgoingSend, after: str | None = None) -> SendFrame:
+    """The ``send`` frame of an encrypted send (``after``: its lane predecessor's client id,
+    :meth:`~clients.sdk.sendqueue.SendQueue.predecessor`)."""
     return SendFrame(
         id=send.client_id,
         ephemeral=send.ephemeral,
         ttl=send.ttl,
+        after=None if send.ephemeral else after,
         payloads=[
             PayloadIn(data=b64(data), to=[Recipient(user=u, device=d) for u, d in to])
             for data, to in send.payloads

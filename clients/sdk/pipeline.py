@@ -7,8 +7,10 @@ connection up or down, the time). Which send goes when, what is retried, what fa
 stays queued is the engine's decision.
 
 Encryption and the socket write happen under one lock, so frames reach the relay in the
-order their ratchet steps were taken; answers are awaited outside it, so sends of different
-conversations are in flight at once. Concurrent builds are batched: whoever gets the lock
+order their ratchet steps were taken (each naming its lane predecessor in ``after``, so the
+relay stores a conversation's frames in that order whatever it refuses or loses); answers
+are awaited outside it, so sends of different conversations, and a window of sends of one
+conversation, are in flight at once. Concurrent builds are batched: whoever gets the lock
 builds every request queued so far in **one** store transaction, then writes their frames in
 order; if a build fails the batch is rolled back and each request is built alone, so a bad
 request never leaves a trace in the store or disturbs the others.
@@ -233,9 +235,12 @@ class SendPipeline:
                     job.last = sends[-1] if sends else None
                 attempt = r.transmit.attempt
                 self.feed(self.sends.expect(r.key, attempt, [s.client_id for s in sends], now()))
+                # The lane fence: each frame names the one before it in its conversation.
+                after = self.sends.predecessor(r.key)
                 try:
                     for send in sends:
-                        await socket.send(send_frame(send))
+                        await socket.send(send_frame(send, after))
+                        after = send.client_id
                 except SocketClosed as exc:
                     r.done.set_exception(RelayUnavailable(client.server_url, str(exc)))
                     continue

@@ -22,12 +22,19 @@ Rules:
 * after :attr:`SendQueue.max_attempts` attempts a *durable* send (an outbox message) is
   :class:`Queued`, not failed: it stays here and is resumed on the next connection, after
   :attr:`SendQueue.requeue_after` seconds while connected, or when a new send joins its lane;
-* **lanes** (a conversation): at most :attr:`SendQueue.lane_window` (default 1) sends of a
-  lane are on their way at a time, in submission order, and none while an earlier one waits
-  for a retry; while the head of a lane is queued, every later send of the lane is queued
-  behind it. So two messages of one conversation can never reach the relay out of order —
-  not after a refused send, a dropped connection or a restart (the outbox reloads its
-  messages in the order they were written).
+* **lanes** (a conversation): at most :attr:`SendQueue.lane_window` (default
+  :data:`LANE_WINDOW`) sends of a lane are on their way at a time, in submission order, and
+  none while an earlier one waits for a retry; while the head of a lane is queued, every
+  later send of the lane is queued behind it;
+* **the lane fence** (``docs/protocol-ws.md`` §3.1.4): each frame names its lane predecessor
+  (:meth:`SendQueue.predecessor`, the frame's ``after``) — the last frame of the nearest
+  earlier send of its lane still pending — so the relay stores it only once that one is
+  stored. A send refused with ``predecessor_missing`` goes back into its lane without using
+  up an attempt and goes out again once its predecessor has (or once that one is done).
+
+So two messages of one conversation can never be stored by the relay out of order — not
+after a refused send, a dropped connection or a restart (the outbox reloads its messages in
+the order they were written) — while up to a window of them are on their way at once.
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ from wire.codes import RETRYABLE_SEND_ERRORS, ErrorCode
 from wire.frames import AcceptedFrame, ErrorFrame, MismatchFrame
 
 __all__ = [
+    "LANE_WINDOW",
     "Accepted",
     "Action",
     "Fail",
+    "Fenced",
     "Finished",
     "FrameAccepted",
     "Queued",
@@ -61,6 +70,9 @@ __all__ = [
 
 SendAnswer = AcceptedFrame | MismatchFrame | ErrorFrame
 Address = tuple[str, int]
+
+#: Default sends of one lane on their way at once (the fence keeps their order).
+LANE_WINDOW = 10
 
 
 # --- the decision on one answer ------------------------------------------------------------
@@ -95,7 +107,13 @@ class Fail:
     written: bool = True
 
 
-SendOutcome = Accepted | Retry | Fail
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """``predecessor_missing``: the send's lane predecessor is not stored yet; send it again
+    once the predecessor has gone out again (or is done). Not a failed attempt."""
+
+
+SendOutcome = Accepted | Retry | Fail | Fenced
 
 
 def backoff(attempt: int) -> float:
@@ -103,7 +121,7 @@ def backoff(attempt: int) -> float:
     return float(min(0.2 * 2**attempt, 2.0))
 
 
-def classify(answer: SendAnswer, users: Iterable[str], attempt: int) -> Accepted | Retry | Fail:
+def classify(answer: SendAnswer, users: Iterable[str], attempt: int) -> SendOutcome:
     """What an answer means (``users``: who the send was addressed to)."""
     if isinstance(answer, AcceptedFrame):
         return Accepted(answer.ts)
@@ -113,6 +131,8 @@ def classify(answer: SendAnswer, users: Iterable[str], attempt: int) -> Accepted
         error = RelayRejected(409, "mismatch", "device lists kept changing")
         return Retry(0.0, error, changed, drop)
     code = answer.code
+    if code == ErrorCode.PREDECESSOR_MISSING:
+        return Fenced()
     if code == ErrorCode.UNKNOWN_USER:
         bad = answer.users or sorted(users)
         return Fail(UnknownUser(str(bad[0])))
@@ -205,6 +225,12 @@ class _Send:
     written: bool = False
     reported: bool = False  # a Queued action was emitted
     last_ts: int | None = None
+    frames: list[str] = field(default_factory=list)  # client ids of the last attempt written
+    transmits: int = 0  # Transmit actions emitted so far
+    #: Refused with ``predecessor_missing``: (predecessor key, its transmits then); held
+    #: until that send goes out again or is done.
+    fenced: tuple[str, int] | None = None
+    error: Exception | None = None  # why it was queued
 
 
 class SendQueue:
@@ -217,13 +243,11 @@ class SendQueue:
         answer_timeout: float = 30.0,
         offline_patience: float = 10.0,
         requeue_after: float = 30.0,
-        lane_window: int = 1,
+        lane_window: int = LANE_WINDOW,
     ) -> None:
         self.max_attempts = max_attempts
-        #: Sends of one lane on their way at once. 1 guarantees the order; more pipelines a
-        #: lane (and stops it at the first send that is not accepted), which keeps the order
-        #: only while the relay never refuses a send (``busy``, ``internal``) and then accepts
-        #: the next one.
+        #: Sends of one lane on their way at once (each naming its predecessor: the relay's
+        #: fence keeps their order). 1: one at a time, no ``after`` ever needed.
         self.lane_window = lane_window
         self.answer_timeout = answer_timeout
         self.offline_patience = offline_patience
@@ -249,6 +273,20 @@ class SendQueue:
     def queued(self) -> list[str]:
         """Keys of the sends that are queued (held until resumed), in order."""
         return [s.key for s in self._ordered() if s.state is _State.QUEUED]
+
+    def predecessor(self, key: str) -> str | None:
+        """The client id that the first frame of send ``key`` names in ``after``: the last
+        frame of the nearest earlier send of its lane still pending (its key if it never was
+        written: the SDK's message sends end with a frame whose client id is their key);
+        ``None`` when there is none. Asked when writing, after :meth:`expect`."""
+        send = self._sends.get(key)
+        if send is None or send.lane is None:
+            return None
+        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
+        if not ahead:
+            return None
+        last = max(ahead, key=lambda s: s.order)
+        return last.frames[-1] if last.frames else last.key
 
     def deadline(self) -> float | None:
         """When :meth:`tick` must be called next (``None``: nothing is timed)."""
@@ -321,6 +359,7 @@ class SendQueue:
         if not ids:
             return self._finish(send, Accepted(None), now)
         send.state, send.awaiting, send.written = _State.IN_FLIGHT, ids, True
+        send.frames = list(ids)
         send.answer_by = now + self.answer_timeout
         for client_id in ids:
             self._by_frame[client_id] = key
@@ -355,6 +394,8 @@ class SendQueue:
             return actions
         if isinstance(outcome, Fail):
             return self._finish(send, outcome, now)
+        if isinstance(outcome, Fenced):
+            return self._fenced(send, now) + self._pump(now)
         return self._failed(send, outcome, now) + self._pump(now)
 
     def tick(self, now: float) -> list[Action]:
@@ -397,9 +438,15 @@ class SendQueue:
 
     def _may_go(self, send: _Send) -> bool:
         """Whether ``send`` may be transmitted as far as its lane is concerned: fewer than
-        :attr:`lane_window` sends ahead of it, all of them on their way."""
+        :attr:`lane_window` sends ahead of it, all of them on their way, and (after a
+        ``predecessor_missing``) the predecessor sent again or done."""
         if send.lane is None:
             return True
+        if send.fenced is not None:
+            key, transmits = send.fenced
+            before = self._sends.get(key)
+            if before is not None and before.transmits == transmits:
+                return False
         ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
         on_their_way = (_State.SENDING, _State.IN_FLIGHT)
         return len(ahead) < self.lane_window and all(s.state in on_their_way for s in ahead)
@@ -428,6 +475,27 @@ class SendQueue:
         send.state, send.due, send.held_since = _State.READY, now + retry.delay, None
         return []
 
+    def _fenced(self, send: _Send, now: float) -> list[Action]:
+        """Refused with ``predecessor_missing``: back into the lane behind its predecessor
+        (held until that one goes out again or is done), without using up an attempt."""
+        self._forget_frames(send)
+        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
+        send.state, send.due, send.held_since = _State.READY, now, None
+        if not ahead:
+            return []
+        before = max(ahead, key=lambda s: s.order)
+        send.fenced = (before.key, before.transmits)
+        head = next((s for s in ahead if s.state is _State.QUEUED), None)
+        if head is None:
+            return []
+        # The lane is held behind a queued send: this one is queued with it.
+        send.state, send.due = _State.QUEUED, head.due
+        if send.reported:
+            return []
+        send.reported = True
+        error = head.error or RelayUnavailable("the relay", "queued behind an earlier send")
+        return [Queued(send.key, error)]
+
     def _give_up(self, send: _Send, error: Exception, now: float) -> list[Action]:
         self._forget_frames(send)
         if not (send.durable and is_transient(error)):
@@ -436,7 +504,7 @@ class SendQueue:
 
     def _queue(self, send: _Send, error: Exception, now: float) -> list[Action]:
         send.state, send.attempt, send.held_since = _State.QUEUED, 0, None
-        send.due = now + self.requeue_after
+        send.due, send.error = now + self.requeue_after, error
         actions: list[Action] = []
         if not send.reported:
             send.reported = True
@@ -446,6 +514,7 @@ class SendQueue:
                 behind = other.lane == send.lane and other.order > send.order
                 if behind and other.state is _State.READY:
                     other.state, other.due, other.held_since = _State.QUEUED, send.due, None
+                    other.error = error
                     if not other.reported:
                         other.reported = True
                         actions.append(Queued(other.key, error))
@@ -475,7 +544,8 @@ class SendQueue:
                 continue
             if send.due > now:
                 continue
-            send.state = _State.SENDING
+            send.state, send.fenced = _State.SENDING, None
+            send.transmits += 1
             actions.append(
                 Transmit(send.key, send.attempt, send.users, send.refresh, send.drop, send.force)
             )

@@ -52,7 +52,7 @@ class FakeRelay:
     device_lists: dict[str, bytes] = field(default_factory=dict)
     queues: dict[Address, list[DeliverFrame]] = field(default_factory=lambda: defaultdict(list))
     answers: dict[tuple[Address, str], ServerFrame] = field(default_factory=dict)
-    #: Error codes to answer the next sends with (nothing stored), in order.
+    #: Error codes to answer the next sends that pass the lane fence with (nothing stored).
     refuse: list[str] = field(default_factory=list)
     #: How many of the next accepted sends have their answer lost (stored, not answered).
     lose_answers: int = 0
@@ -61,6 +61,8 @@ class FakeRelay:
     log: list[tuple[Address, str]] = field(default_factory=list)
     #: How many of the next frames are lost on the way (neither stored nor answered).
     blackhole: int = 0
+    #: Enforce the lane fence (``after``); ``False``: a relay that ignores it.
+    fence: bool = True
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     now_ms: int = 1_700_000_000_000
 
@@ -72,6 +74,8 @@ class FakeRelay:
             return None
         if key in self.answers:  # a repeated id is answered again, never stored twice
             return self.answers[key]
+        if self.fence and frame.after is not None and (sender, frame.after) not in self.answers:
+            return ErrorFrame(id=frame.id, code="predecessor_missing", message="resend the lane")
         if self.refuse:
             code = self.refuse.pop(0)
             return ErrorFrame(id=frame.id, code=code, message="refused by the fake relay")
@@ -251,9 +255,11 @@ class Device:
         sends = [s for s in self.builds[t.key]() if s.payloads]  # re-encrypted, same client id
         self.feed(self.engine.sends.expect(t.key, t.attempt, [s.client_id for s in sends],
                                            self.clock))  # fmt: skip
+        after = self.engine.sends.predecessor(t.key)
         for send in sends:
             self.written.append(send.client_id)
-            answer = self.relay.handle(self.address, send_frame(send))
+            answer = self.relay.handle(self.address, send_frame(send, after))
+            after = send.client_id
             if answer is not None:
                 self.answers.append(answer)
 

@@ -27,6 +27,7 @@ from clients.sdk.errors import RelayRejected, RelayUnavailable, UnknownUser
 from clients.sdk.models import Message
 from clients.sdk.protocol import Envelope, SendReceipt
 from clients.sdk.sendqueue import (
+    LANE_WINDOW,
     Accepted,
     Fail,
     Finished,
@@ -34,6 +35,7 @@ from clients.sdk.sendqueue import (
     Retry,
     SendQueue,
     Transmit,
+    backoff,
     classify,
 )
 from tests.clients.fake_relay import Device, FakeRelay
@@ -47,6 +49,8 @@ from wire.frames import (
     MismatchFrame,
     PongFrame,
     PrekeysLowFrame,
+    SendFrame,
+    ServerFrame,
 )
 from wire.rest import PrekeyCounts
 
@@ -140,22 +144,32 @@ def test_a_send_waits_for_the_connection_then_fails_or_is_queued_if_durable() ->
 # --- per-conversation order (lanes) -------------------------------------------------------
 
 
-@pytest.mark.parametrize("lane", [None, "bob"], ids=["no-lane", "lane"])
+@pytest.mark.parametrize(
+    ("lane", "window", "fence"),
+    [(None, 10, True), ("bob", 1, True), ("bob", 10, False), ("bob", 10, True)],
+    ids=["no-lane", "lane-window-1", "lane-window-10-no-fence", "lane-window-10-fence"],
+)
 def test_a_refused_first_message_is_never_overtaken_by_the_next_in_its_lane(
-    lane: str | None,
+    lane: str | None, window: int, fence: bool
 ) -> None:
     relay, alice, bob = two()
+    alice.engine.sends.lane_window = window
+    relay.fence = fence  # False: a relay that ignores ``after``
     alice.send_text("bob", "warm-up")
     relay.refuse = ["busy"]
-    alice.submit("bob", "first", lane=lane, durable=True)
-    alice.submit("bob", "second", lane=lane, durable=True)
+    first = alice.submit("bob", "first", lane=lane, durable=True)
+    second = alice.submit("bob", "second", lane=lane, durable=True)
     alice.run()
     received = texts(bob)
-    if lane is None:  # what a window without lanes does: the second overtakes the first
+    if lane is None or not fence:  # the second overtakes the first: what the fence prevents
         assert received == ["warm-up", "second", "first"]
-    else:
-        assert received == ["warm-up", "first", "second"]
-        assert alice.written.count(alice.written[-1]) == 1  # second written once, after first
+        return
+    assert received == ["warm-up", "first", "second"]
+    assert all(isinstance(alice.outcome(k), Finished) for k in (first, second))
+    if window == 1:  # second written once, after first
+        assert alice.written[1:] == [first, first, second]
+    else:  # both on their way; second refused (predecessor_missing), resent behind first
+        assert alice.written[1:] == [first, second, first, second]
 
 
 def test_a_connection_drop_never_lets_a_later_message_overtake_a_lost_one() -> None:
@@ -169,6 +183,68 @@ def test_a_connection_drop_never_lets_a_later_message_overtake_a_lost_one() -> N
     assert alice.engine.sends.lane("bob") == [first, second]
     alice.run()
     assert texts(bob) == ["warm-up", "first", "second"]
+
+
+@pytest.mark.parametrize("fence", [False, True], ids=["no-fence", "fence"])
+def test_a_frame_lost_mid_window_is_never_overtaken_by_the_next_in_its_lane(fence: bool) -> None:
+    relay, alice, bob = two()
+    relay.fence = fence  # False: a relay that ignores ``after``
+    alice.send_text("bob", "warm-up")
+    relay.blackhole = 1  # "first" is lost on the way; "second", right behind it, arrives
+    keys = [alice.submit("bob", t, lane="bob", durable=True) for t in ("first", "second")]
+    alice.run()
+    assert all(isinstance(alice.outcome(k), Finished) for k in keys)
+    if not fence:
+        assert texts(bob) == ["warm-up", "second", "first"]
+    else:
+        assert texts(bob) == ["warm-up", "first", "second"]
+        assert relay.log[1:] == [(alice.address, k) for k in keys]
+
+
+def test_a_window_of_a_lane_is_written_at_once_each_naming_its_predecessor() -> None:
+    relay, alice, bob = two()
+    alice.send_text("bob", "warm-up")
+    named: list[str | None] = []
+    handle = relay.handle
+
+    def record(sender: tuple[str, int], frame: SendFrame) -> ServerFrame | None:
+        named.append(frame.after)
+        return handle(sender, frame)
+
+    relay.handle = record  # type: ignore[method-assign]
+    keys = [alice.submit("bob", f"m{i}", lane="bob", durable=True) for i in range(12)]
+    window = alice.engine.sends.lane_window
+    assert window == LANE_WINDOW > 1
+    assert alice.written[1:] == keys[:window]  # all on their way before any answer
+    assert named == [None, *keys[: window - 1]]
+    alice.run()
+    assert texts(bob) == ["warm-up", *(f"m{i}" for i in range(12))]
+    assert alice.written[1:] == keys  # nothing refused, nothing written twice
+    # m10 and m11 went out as m0 and m1 were accepted, each behind the one before it.
+    assert named[window:] == keys[window - 1 : 11]
+
+
+def test_the_predecessor_is_the_last_frame_of_the_nearest_pending_send_of_the_lane() -> None:
+    q = SendQueue(lane_window=4)
+    q.connection_up(0.0)
+    for key in ("a", "b", "c"):
+        q.submit(key, {"bob"}, 0.0, lane="bob")
+    q.submit("x", {"carol"}, 0.0, lane="carol")
+    q.submit("plain", {"bob"}, 0.0)
+    assert q.expect("a", 0, ["a-key-dist", "a"], 0.0) == []
+    assert q.expect("b", 0, ["b"], 0.0) == []
+    assert [q.predecessor(k) for k in ("a", "b", "c", "x", "plain")] == [None, "a", "b", None, None]
+    q.answer(AcceptedFrame(id="a-key-dist", envelope="e" * 32, ts=1), 0.0)
+    assert q.predecessor("b") == "a"  # a's message frame is still unanswered
+    q.answer(AcceptedFrame(id="a", envelope="f" * 32, ts=1), 0.0)
+    assert q.predecessor("b") is None and q.predecessor("c") == "b"
+    # Refused for want of its predecessor: held (not an attempt) until b goes out again.
+    q.expect("c", 0, ["c"], 0.0)
+    assert q.answer(ErrorFrame(id="b", code="busy"), 0.0) == []
+    assert q.answer(ErrorFrame(id="c", code="predecessor_missing"), 0.0) == []
+    assert q.deadline() == backoff(0)  # b's retry; c waits for it
+    actions = q.tick(backoff(0))
+    assert [(a.key, a.attempt) for a in actions if isinstance(a, Transmit)] == [("b", 1), ("c", 0)]
 
 
 def test_a_queued_head_holds_its_conversation_and_everything_resumes_in_order() -> None:
@@ -381,7 +457,8 @@ def test_a_lane_window_pipelines_a_conversation_and_stops_it_at_a_retry() -> Non
     keys = [alice.submit("bob", f"m{i}", lane="bob", durable=True) for i in range(5)]
     assert alice.written[1:] == keys[:3]  # three on their way before any answer
     alice.run()
-    # m0 was refused and resent before m3 and m4 went out — but m1 and m2 were already on
-    # their way and accepted: why the default window is 1 (the order guarantee).
-    assert alice.written[1:] == [*keys[:3], keys[0], keys[3], keys[4]]
-    assert texts(bob) == ["warm-up", "m1", "m2", "m0", "m3", "m4"]
+    # m0 was refused; m1 and m2, already on their way, named it (the fence) and were refused
+    # too; all three were resent in order, then m3 and m4 as the window moved on.
+    assert alice.written[1:] == [*keys[:3], *keys[:3], keys[3], keys[4]]
+    assert texts(bob) == ["warm-up", "m0", "m1", "m2", "m3", "m4"]
+    assert not any(isinstance(o, Queued) for k in keys for o in alice.settled[k])
