@@ -51,7 +51,9 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
   ``accept_key(username)``; a changed key raises :class:`UntrustedIdentity` on send and emits
   a :class:`KeyChanged` event.
 * devices: ``devices() -> list[DeviceInfo]``, ``link() -> LinkInvitation`` (``.code``),
-  ``wait_linked(invitation)``, ``remove_device(device_id)``.
+  ``wait_linked(invitation, within=300.0, clock=time.monotonic)``, ``remove_device(device_id)``;
+  linking fails with a :class:`LinkError`: :class:`LinkCodeMalformed`,
+  :class:`LinkCodeExpired`, :class:`LinkWrongCode`, :class:`LinkTimeout`.
 * groups: ``create_group(name, members) -> GroupInfo``, ``add_members(group, users)``,
   ``remove_members(group, users)``, ``leave_group(group)``, ``send_group_text(group, text)``,
   ``send_group_file(group, path)``, ``groups()`` (sync). ``group`` is an id, ``group:<id>``

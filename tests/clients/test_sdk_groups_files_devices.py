@@ -16,12 +16,16 @@ from clients.sdk import (
     Event,
     GroupChanged,
     KeyChanged,
+    LinkCodeExpired,
+    LinkCodeMalformed,
+    LinkTimeout,
     Message,
     SignedOut,
     UntrustedIdentity,
     VoxClient,
 )
 from clients.sdk.content import PayloadKind, RelayPayload
+from clients.sdk.linkstate import format_code
 from crypto.sender_keys import SenderKeyMessage
 from server.db.models import Account
 from tests.clients.conftest import Factory
@@ -192,12 +196,33 @@ async def test_linked_device_sends_and_receives_for_the_account(
         await bob.send_group_text(group.group_id, "group hello")
         await wait_for(lambda: "group hello" in texts(ev_a2, "bob"))
         # The code is single-use.
-        from clients.sdk import LinkCodeExpired
-
         with pytest.raises(LinkCodeExpired):
             await VoxClient.join(tmp_path / "alice3", relay.base_url, invitation.code)
     finally:
         await alice2.close()
+
+
+async def test_linking_fails_with_typed_errors_and_waits_on_the_given_clock(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice = await make_client("alice")
+    with pytest.raises(LinkCodeMalformed):
+        await VoxClient.join(tmp_path / "typo", relay.base_url, "alice:2:ABCD")
+    invitation = await alice.link()
+    # A mistyped secret derives another temporary key: the relay refuses the login.
+    wrong = format_code("alice", invitation.device_id, bytes(10))
+    with pytest.raises(LinkCodeExpired, match="expired or already used"):
+        await VoxClient.join(tmp_path / "wrong", relay.base_url, wrong)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "wrong").exists()
+    # The wait reads the clock it is given: five minutes pass after the first look.
+    readings = iter([0.0, 0.0])
+
+    def clock() -> float:
+        return next(readings, 301.0)
+
+    with pytest.raises(LinkTimeout, match="did not join in time") as caught:
+        await alice.wait_linked(invitation, within=300.0, clock=clock)
+    assert caught.value.waited == 300.0
 
 
 async def test_an_unlinked_device_gets_no_later_group_keys_and_is_locked_out(
