@@ -28,6 +28,12 @@ What the engine decides:
   (:meth:`ClientEngine.list_due`), whether a key change is reported (once per user), how many
   one-time prekeys to upload (:func:`replenish_count`), the reconnect backoff.
 
+Beside the engine, with the same rules (values, ``now`` and ``rng`` in; no I/O): the group
+state machine (:mod:`clients.sdk.groupstate`: membership, epochs, sender-key rotation and
+distribution) and the linking state machines (:mod:`clients.sdk.linkstate`: both devices of
+the link-code flow). They are driven by user actions rather than by frames, so they are not
+part of :class:`ClientEngine`.
+
 A new content type (edit, reaction, ...) needs no change here: it is a
 :mod:`clients.sdk.content` type, encrypted and decoded by
 :class:`~clients.sdk.protocol.ClientProtocol`; the engine only moves its frames.
@@ -107,7 +113,8 @@ Routed = Answer | Process | Replenish | None
 
 @dataclass(frozen=True, slots=True)
 class LinkOffer:
-    """A device-linking offer (sealed) for ``clients.sdk.linking``."""
+    """A device-linking offer (sealed): only a new device opens one
+    (:class:`clients.sdk.linkstate.Joining`); a device with an engine acks and skips it."""
 
     seq: int | None
     sealed: bytes
