@@ -410,6 +410,8 @@ def _line(message: Message) -> str:
     if message.reactions:
         counts = message.reaction_counts()
         body += "  " + " ".join(f"{e}{n if n > 1 else ''}" for e, n in counts.items())
+    for kind, state in message.unsent:  # our edit / delete / reaction the relay has not taken
+        unsent += f" ({kind} {'not sent' if state == 'failed' else 'queued'})"
     return f"{message.id}  {when}  {message.sender}: {body}{unsent}"
 
 
@@ -521,9 +523,19 @@ def send_file(
     typer.echo(run(_with_client(go)))
 
 
+def _operation(kind: str, target: str | None) -> str:
+    """``edit of #3f9a0c``, ``reaction to #3f9a0c``, ``timer change``, ``verify`` (the short
+    id is the first digits of the message's id, as the TUI shows it)."""
+    if target is None:
+        return {"timer": "timer change"}.get(kind, kind)
+    return f"{kind} {'to' if kind == 'reaction' else 'of'} #{target[:6]}"
+
+
 @app.command()
 def status() -> None:
-    """Who this profile is, and the messages queued (written, not yet accepted by the relay)."""
+    """Who this profile is, what is queued (written, not yet accepted by the relay: texts,
+    files and operations — edits, deletes, reactions, timer changes, verifications — in the
+    order they will go out), and the operations the relay refused for good ("not sent")."""
 
     async def go(client: Api) -> list[str]:
         where = f"{client.username} device {client.device_id} on {client.server_url}"
@@ -531,12 +543,35 @@ def status() -> None:
             answer = await client.status()
             state = "connected" if answer["connected"] else "offline"
             lines = [f"{where} (daemon, {state})"]
-            queued = [(q["id"], q["conversation"], "") for q in answer["queued"]]
+            queued = [
+                (q["id"], q["conversation"], "" if q.get("kind") in (None, "text", "file")
+                 else f"[{_operation(q['kind'], q.get('target'))}]")
+                for q in answer["queued"]
+            ]  # fmt: skip
+            failed = [
+                (f["id"], f["conversation"], _operation(f["kind"], f["target"]), f["reason"])
+                for f in answer.get("failed", ())
+            ]
         else:
             lines = [where]
-            queued = [(m.id, m.conversation, m.text or "[file]") for m in client.queued()]
+            texts = {m.id: m.text or "[file]" for m in client.queued()}
+            ops = client.operations()
+            labels = {o.id: f"[{_operation(o.kind, o.target)}]" for o in ops}
+            queued = [
+                (e.message_id, e.conversation, texts.get(e.message_id) or labels[e.message_id])
+                for e in client.store.outbox_pending()
+                if e.message_id in texts or e.message_id in labels
+            ]
+            failed = [
+                (o.id, o.conversation, _operation(o.kind, o.target), o.reason)
+                for o in ops
+                if o.state == "failed"
+            ]
         lines.append(f"queued: {len(queued)}")
         lines += [f"  {mid}  {conv}  {text[:40]}".rstrip() for mid, conv, text in queued]
+        if failed:
+            lines.append(f"not sent (refused for good): {len(failed)}")
+            lines += [f"  {mid}  {conv}  [{op}] {why}" for mid, conv, op, why in failed]
         return lines
 
     for line in run(_with_client(go)):

@@ -18,6 +18,7 @@ from clients.sdk.models import (
     Message,
     MessageSent,
     MessageUpdate,
+    Operation,
     ReceiptEvent,
     ReplyRef,
     SendResult,
@@ -33,6 +34,7 @@ __all__ = [
     "iso",
     "message_from_json",
     "message_json",
+    "operation_json",
     "result_json",
     "update_json",
 ]
@@ -82,6 +84,23 @@ def message_json(message: Message) -> dict[str, Any]:
         out["reactions"] = {user: emoji for user, emoji in message.reactions}
     if message.expires_in:
         out["expires_in"] = message.expires_in
+    if message.unsent:
+        out["unsent"] = [{"kind": kind, "state": state} for kind, state in message.unsent]
+    return out
+
+
+def operation_json(op: Operation) -> dict[str, Any]:
+    """An operation of ours the relay has not accepted (``status``)."""
+    out: dict[str, Any] = {
+        "id": op.id,
+        "kind": op.kind,
+        "conversation": op.conversation,
+        "target": op.target,
+        "state": op.state,
+        "at_ms": op.at,
+    }
+    if op.reason:
+        out["reason"] = op.reason
     return out
 
 
@@ -194,12 +213,13 @@ def event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, MessageUpdate):
         return update_json(event)
     if isinstance(event, MessageSent):
-        return {
+        sent = {
             "kind": "sent",
             "id": event.message_id,
             "conversation": event.conversation,
             "at_ms": event.at,
         }
+        return sent if event.target is None else {**sent, "target": event.target}
     assert isinstance(event, SignedOut)
     return {"kind": "signed_out", "reason": event.reason, "at_ms": event.at}
 
@@ -233,6 +253,7 @@ def message_from_json(value: dict[str, Any]) -> Message:
         expires_in=int(value.get("expires_in", 0)),
         edits=tuple(value.get("edits", ())),
         timer=value.get("timer"),
+        unsent=tuple((u["kind"], u["state"]) for u in value.get("unsent", ())),
     )
 
 
@@ -257,7 +278,7 @@ def event_from_json(value: dict[str, Any]) -> Event | None:
         return DecryptFailure(value["from"], value["device"], value["error"],
                               value["envelope"], value["at_ms"])  # fmt: skip
     if kind == "sent":
-        return MessageSent(value["id"], value["conversation"], value["at_ms"])
+        return MessageSent(value["id"], value["conversation"], value["at_ms"], value.get("target"))
     if kind == "signed_out":
         return SignedOut(value["reason"], value["at_ms"])
     if kind in ("edit", "delete", "reaction", "timer", "expired"):

@@ -32,6 +32,7 @@ from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, MessageQueued
 from clients.sdk.models import Event, SendResult
 from clients.sdk.protocol import message_from_stored
+from crypto.errors import VoxError
 
 __all__ = ["SOCKET_NAME", "Daemon", "DaemonRunning", "socket_path"]
 
@@ -290,11 +291,23 @@ class Daemon:
         return [dataclasses.asdict(item) for item in items]
 
     async def _status(self) -> dict[str, Any]:
-        queued = [
-            {"id": e.message_id, "conversation": e.conversation, "attempts": e.attempts}
-            for e in self.client.store.outbox_pending()
-        ]
-        return {**(await self._whoami()), "connected": self.client.connected, "queued": queued}
+        from clients.sdk.content import decode_content
+        from clients.sdk.messaging import describe
+
+        queued = []
+        for e in self.client.store.outbox_pending():
+            try:
+                kind, target = describe(decode_content(e.payload))
+            except VoxError:  # never sent (the outbox drops it when it loads)
+                continue
+            queued.append({"id": e.message_id, "conversation": e.conversation,
+                           "attempts": e.attempts, "kind": kind, "target": target,
+                           "state": "queued"})  # fmt: skip
+        return {
+            **(await self._whoami()),
+            "connected": self.client.connected,
+            "queued": queued,
+        }
 
     async def _send(self, p: dict[str, Any]) -> dict[str, Any]:
         mid = p.get("message_id")

@@ -46,7 +46,9 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
   ``send_typing(to, active)``, ``mark_read(conversation)`` (sends read receipts),
   ``messages()`` (async iterator of events), ``on_event(callback)`` (returns unsubscribe),
   ``receive(wait)`` (collect until idle), ``history(conversation, limit=)`` and
-  ``conversations()`` (sync, from the local store).
+  ``conversations()`` (sync, from the local store); ``queued()`` (texts and files not yet
+  accepted) and ``operations()`` (edits, deletes, reactions, timer changes and verification
+  syncs queued or refused for good: :class:`Operation`), both sync.
 * identity: ``verify(username) -> Verification`` (safety number, changed?, verified?),
   ``accept_key(username)``; a changed key raises :class:`UntrustedIdentity` on send and emits
   a :class:`KeyChanged` event.
@@ -64,7 +66,9 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
 Events (:data:`Event`): :class:`Message` (text or :class:`AttachmentInfo`; ``outgoing`` for
 what this account sent from another device), :class:`ReceiptEvent` (delivered/read),
 :class:`TypingEvent`, :class:`KeyChanged`, :class:`GroupChanged`, :class:`DecryptFailure`
-(reported, acked, never stops the loop). Conversations are usernames or ``group:<hex id>``.
+(reported, acked, never stops the loop), :class:`MessageSent` (a queued message or operation
+accepted). Conversations are usernames or
+``group:<hex id>``.
 
 Errors: every failure is a :class:`ClientError` subclass with a one-line message (see
 :mod:`clients.sdk.errors`). Formats and flows: ``docs/protocol-client.md``.
@@ -112,6 +116,7 @@ from clients.sdk.models import (
     Message,
     MessageSent,
     MessageUpdate,
+    Operation,
     ReceiptEvent,
     ReplyRef,
     SendResult,
@@ -150,6 +155,7 @@ __all__ = [
     "MessageSent",
     "MessageUpdate",
     "NoProfile",
+    "Operation",
     "ProfileError",
     "ProfileExists",
     "ProfileLocked",

@@ -371,6 +371,7 @@ class VoxClient:
     send_typing = messaging.send_typing
     mark_read = messaging.mark_read
     queued = messaging.queued
+    operations = messaging.operations
     history = messaging.history
     conversations = messaging.conversations
     send_file = attachments.send_file

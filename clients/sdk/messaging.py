@@ -15,11 +15,18 @@ from collections.abc import Callable, Iterable
 from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
     AttachmentContent,
+    Content,
     ConversationContent,
+    DeleteContent,
+    EditContent,
+    ReactionContent,
     Receipt,
     ReceiptKind,
     TextContent,
+    TimerContent,
     Typing,
+    VerifiedContent,
+    VerifyState,
     decode_content,
     new_message_id,
 )
@@ -31,7 +38,7 @@ from clients.sdk.errors import (
     RelayRejected,
     RelayUnavailable,
 )
-from clients.sdk.models import Message, MessageSent, SendResult
+from clients.sdk.models import Message, MessageSent, Operation, SendResult
 from clients.sdk.pipeline import Settled
 from clients.sdk.protocol import OutgoingSend, message_from_stored
 from clients.sdk.sendqueue import Fail, Queued
@@ -49,8 +56,10 @@ from crypto.errors import VoxError
 __all__ = [
     "Outbox",
     "conversations",
+    "describe",
     "history",
     "mark_read",
+    "operations",
     "parse_message_id",
     "queued",
     "send_text",
@@ -156,8 +165,18 @@ Build = Callable[[], list[OutgoingSend]]
 
 
 def history(core: Core, conversation: str, *, limit: int = 100) -> list[Message]:
-    """The last ``limit`` messages of a conversation, oldest first."""
-    return [message_from_stored(m) for m in core.store.history(conversation, limit=limit)]
+    """The last ``limit`` messages of a conversation, oldest first; a message whose edit,
+    delete or reaction of ours the relay has not accepted says so (:attr:`Message.unsent`)."""
+    found = [message_from_stored(m) for m in core.store.history(conversation, limit=limit)]
+    unsent: dict[str, list[tuple[str, str]]] = {}
+    for op in operations(core):
+        if op.target is not None and op.conversation == conversation:
+            unsent.setdefault(op.target, []).append((op.kind, op.state))
+    if not unsent:
+        return found
+    return [
+        dataclasses.replace(m, unsent=tuple(unsent[m.id])) if m.id in unsent else m for m in found
+    ]
 
 
 def conversations(core: Core) -> list[ConversationSummary]:
@@ -170,8 +189,45 @@ def queued(core: Core) -> list[Message]:
     out = []
     for entry in core.store.outbox_pending():
         stored = core.store.get_message(entry.message_id)
-        if stored is not None:
+        if stored is not None and stored.timer is None:
             out.append(message_from_stored(stored))
+    return out
+
+
+# --- operations: what an outgoing content is, and the ones refused for good -----------------
+
+
+def describe(content: Content) -> tuple[str, str | None]:
+    """``(kind, target)`` of an outgoing content: ``text``, ``file``, ``edit``, ``delete``,
+    ``reaction``, ``timer``, ``verify`` / ``unverify``; ``target`` the message an edit, delete
+    or reaction changes."""
+    if isinstance(content, TextContent):
+        return "text", None
+    if isinstance(content, AttachmentContent):
+        return "file", None
+    if isinstance(content, EditContent | DeleteContent | ReactionContent):
+        kind = {EditContent: "edit", DeleteContent: "delete", ReactionContent: "reaction"}
+        return kind[type(content)], content.target.hex()
+    if isinstance(content, TimerContent):
+        return "timer", None
+    if isinstance(content, VerifiedContent):
+        return ("verify" if content.state is VerifyState.VERIFIED else "unverify"), None
+    return type(content).__name__.lower(), None
+
+
+def operations(core: Core) -> list[Operation]:
+    """Our operations the relay has not accepted yet: the queued ones (oldest first, in the
+    order they will go out)."""
+    out: list[Operation] = []
+    for entry in core.store.outbox_pending():
+        try:
+            content = decode_content(entry.payload)
+        except VoxError:
+            continue
+        kind, target = describe(content)
+        if kind not in ("text", "file"):
+            at = int(entry.created_at * 1000)
+            out.append(Operation(entry.message_id, kind, entry.conversation, target, "queued", at))
     return out
 
 
@@ -299,8 +355,10 @@ class Outbox:
                 core.store.outbox_attempted(mid)
                 return encode()
 
+        kind, target = describe(content)
+
         def settle(outcome: Settled, result: SendResult | None, announce: bool) -> None:
-            self._settle(conversation, mid, outcome, result, announce)
+            self._settle(conversation, mid, (kind, target), outcome, result, announce)
 
         core.pipeline.submit(
             mid, users, build, settle, lane=conversation, durable=True, queued=queued
@@ -310,12 +368,15 @@ class Outbox:
         self,
         conversation: str,
         mid: str,
+        what: tuple[str, str | None],
         outcome: Settled,
         result: SendResult | None,
         announce: bool,
     ) -> None:
-        """How a message's send ended (the engine's :data:`~clients.sdk.pipeline.Settle`)."""
+        """How a message's send ended (the engine's :data:`~clients.sdk.pipeline.Settle`).
+        ``what``: its kind and target (:func:`describe`)."""
         store, waiter = self.core.store, self._waiting.get(mid)
+        _, target = what
         if isinstance(outcome, Queued):
             error = outcome.error
             reason = (
@@ -351,7 +412,7 @@ class Outbox:
                 else:
                     waiter.set_result(sent)
             if (announce or waiter is None) and error is None:  # nobody heard the outcome
-                event = MessageSent(mid, conversation, now_ms())
+                event = MessageSent(mid, conversation, now_ms(), target)
                 self.core.spawn(self.core.emit([event]))
 
         self._mark_sent(mid).add_done_callback(done)

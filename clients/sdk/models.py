@@ -24,6 +24,7 @@ __all__ = [
     "Message",
     "MessageSent",
     "MessageUpdate",
+    "Operation",
     "ReceiptEvent",
     "ReplyRef",
     "SendResult",
@@ -73,6 +74,10 @@ class Message:
     edits: tuple[str, ...] = ()  # earlier texts, oldest first
     #: A notice, not a message: ``sender`` set the disappearing timer to this (0 = off).
     timer: int | None = None
+    #: Our own edits, deletes and reactions of this message that the relay has not accepted,
+    #: ``(kind, state)``: ``state`` ``"queued"`` (in the outbox, applied here already) or
+    #: ``"failed"`` (refused for good: nobody else has it; see :class:`Operation`).
+    unsent: tuple[tuple[str, str], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -182,11 +187,33 @@ class SignedOut:
 @dataclass(frozen=True, slots=True)
 class MessageSent:
     """A message that was queued (:class:`~clients.sdk.errors.MessageQueued`) was accepted by
-    the relay: its state is now ``sent``."""
+    the relay: its state is now ``sent``. For an operation (an edit, delete, reaction or timer
+    change) ``message_id`` is the operation's id and ``target`` the message it changed."""
 
     message_id: str
     conversation: str
     at: int
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One of our operations the relay has not accepted (:meth:`VoxClient.operations`).
+
+    ``kind``: ``edit``, ``delete``, ``reaction``, ``timer``, ``verify`` or ``unverify``;
+    ``target``: the message an edit, delete or reaction changes (``None`` otherwise);
+    ``conversation``: where it goes (for ``verify``/``unverify``: the user concerned — the
+    sync goes to our own devices); ``state``: ``"queued"`` (kept in the outbox, sent in order
+    when the relay takes it) or ``"failed"`` (refused for good: ``reason``; its local effect
+    stays on this device, marked not sent). ``at``: when it was written (Unix ms)."""
+
+    id: str
+    kind: str
+    conversation: str
+    target: str | None
+    state: str
+    at: int
+    reason: str = ""
 
 
 Event = (

@@ -26,7 +26,9 @@ history: ``HH:MM #3f9a0c sender: text`` — ``#3f9a0c`` is the message's short i
 (:mod:`clients.tui.ids`), files read ``📎 name (size)``, a reply starts with the quoted message
 on its own line (``↪ alice #b2c3d4: excerpt``), then ``(edited)``, the reactions with their
 counts (``👍2 🎉``), ``⏱`` for a disappearing message and, on ours, ``…`` pending, ``✓`` accepted
-by the relay, ``✓✓`` delivered, ``✓✓ read``, ``✗ not sent``; a message deleted for everyone is a
+by the relay, ``✓✓`` delivered, ``✓✓ read``, ``✗ not sent``, and ``… edit queued`` / ``✗ edit not
+sent`` (a reaction, a delete) while our operation on it waits in the outbox / was refused for
+good (its reason is shown when that happens); a message deleted for everyone is a
 tombstone (``🗑 this message was deleted``), a timer change is a row of its own, once (``12:00
 #3f9a0c bob set disappearing messages to 1 hour``). The sender's device number (``bob·2``,
 ``you·467399649``) is shown only when it helps: a message from our own other device, or a user

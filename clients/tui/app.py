@@ -567,6 +567,8 @@ class ChatApp(App[None]):
             shown = self.shown.get(event.message_id)
             if shown is not None and DeliveryState.SENT.rank > shown.state.rank:
                 self._update_row(_replace_msg(shown, DeliveryState.SENT))
+            if event.target is not None and event.target in self.shown:  # "edit queued" goes
+                await self._refresh(event.conversation, {event.target})
         elif isinstance(event, MessageUpdate):
             await self._message_update(event)
         elif isinstance(event, SignedOut):

@@ -98,6 +98,11 @@ def render_message(
         line.append(" ⏱", style="dim")
     if message.outgoing:
         _mark(line, message.state)
+    for kind, state in message.unsent:  # our edit / delete / reaction the relay has not taken
+        if state == "failed":
+            line.append(f"  ✗ {kind} not sent", style="bold red")
+        else:
+            line.append(f"  … {kind} queued", style="dim")
     return line
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from clients.daemon import serving, socket_path
+from clients.daemon.remote import RemoteClient
 from clients.sdk import DeliveryState, Event, Message, MessageSent, VoxClient
 from clients.tui.render import render_message
 from tests.clients.kit import RelayProcess, vox, wait_for
@@ -82,3 +84,88 @@ def test_our_failed_timer_change_reads_not_sent_in_the_tui() -> None:
                      state=DeliveryState.FAILED)  # fmt: skip
     row = render_message(failed).plain
     assert row.endswith("you set disappearing messages to 1 minute  ✗ not sent")
+
+
+# --- 1. vox status (and the daemon's status, and the history) list queued operations --------
+
+
+async def test_status_and_history_list_queued_operations_then_forget_them_once_sent(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    a = tmp_path / "a"
+    try:
+        hi = await _pair(tmp_path, relay)
+        relay.stop()
+        ops = []
+        for args in (("edit", "bob", hi, "hi!"), ("react", "bob", hi, "👍"),
+                     ("disappear", "bob", "1h")):  # fmt: skip
+            code, out, err = await vox(a, *args)
+            assert code == EXIT_QUEUED, err
+            ops.append(out.strip())
+        code, out, err = await vox(a, "send", "bob", "later")
+        assert code == EXIT_QUEUED, err
+        later = out.strip()
+
+        code, out, err = await vox(a, "status")
+        assert code == 0, err
+        assert "queued: 4" in out  # in the order they go out, each with what it is
+        assert [line.split()[:2] for line in out.splitlines()[2:]] == [
+            [ops[0], "bob"], [ops[1], "bob"], [ops[2], "bob"], [later, "bob"],
+        ]  # fmt: skip
+        assert _row(out, f"  {ops[0]}").endswith(f"[edit of #{hi[:6]}]")
+        assert _row(out, f"  {ops[1]}").endswith(f"[reaction to #{hi[:6]}]")
+        assert _row(out, f"  {ops[2]}").endswith("[timer change]")
+        assert _row(out, f"  {later}").endswith("later")
+        code, out, err = await vox(a, "history", "bob")
+        assert _row(out, hi).endswith("alice: hi! (edited)  👍 (edit queued) (reaction queued)")
+
+        await relay.start()
+        alice = await VoxClient.open(a)
+        events: list[Event] = []
+        alice.on_event(events.append)
+        try:
+            async with serving(alice, a):  # the daemon's view of the same queue
+                remote = await RemoteClient.connect(socket_path(a))
+                try:
+                    status = await remote.call("status")
+                    queued = [
+                        (q["id"], q["kind"], q["target"], q["state"]) for q in status["queued"]
+                    ]
+                    assert queued == [
+                        (ops[0], "edit", hi, "queued"), (ops[1], "reaction", hi, "queued"),
+                        (ops[2], "timer", None, "queued"), (later, "text", None, "queued"),
+                    ]  # fmt: skip
+                    [row] = [m for m in await remote.call("history", conversation="bob")
+                             if m["id"] == hi]  # fmt: skip
+                    assert row["unsent"] == [{"kind": "edit", "state": "queued"},
+                                             {"kind": "reaction", "state": "queued"}]  # fmt: skip
+                    await alice.connect()
+                    await wait_for(lambda: len(_sent(events)) == 4, within=60)
+                    assert (await remote.call("status"))["queued"] == []
+                finally:
+                    await remote.close()
+            assert {e.message_id: e.target for e in _sent(events)} == {
+                ops[0]: hi, ops[1]: hi, ops[2]: None, later: None,
+            }  # fmt: skip
+            assert alice.operations() == []
+            assert [m.unsent for m in alice.history("bob") if m.id == hi] == [()]
+        finally:
+            await alice.close()
+        code, out, err = await vox(a, "status")
+        assert "queued: 0" in out and "not sent" not in out
+    finally:
+        relay.stop()
+
+
+def _sent(events: list[Event]) -> list[MessageSent]:
+    return [e for e in events if isinstance(e, MessageSent)]
+
+
+def test_the_tui_row_says_which_of_our_operations_are_queued_or_not_sent() -> None:
+    message = Message("a" * 32, "bob", "alice", 1, 0, 0, text="hi!", outgoing=True,
+                      edited=True, state=DeliveryState.SENT,
+                      unsent=(("edit", "failed"), ("reaction", "queued")))  # fmt: skip
+    row = render_message(message).plain
+    assert row.endswith("hi! (edited)  ✓  ✗ edit not sent  … reaction queued")
