@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from wire.weak_keys import ed25519_weakness, x25519_weakness
+
 __all__ = [
     "DEVICE_LIST_CONTEXT",
     "MAX_DEVICES",
@@ -89,6 +91,8 @@ def ed25519_public(typed_key: bytes) -> Ed25519PublicKey:
 
     if len(typed_key) != 33 or typed_key[0] != TYPE_ED25519:
         raise DeviceListError("an Ed25519 key must be 0x02 followed by 32 bytes")
+    if weakness := ed25519_weakness(typed_key[1:]):
+        raise DeviceListError(f"the Ed25519 key is {weakness}: refused")
     try:
         return Ed25519PublicKey.from_public_bytes(typed_key[1:])
     except ValueError as exc:
@@ -146,8 +150,12 @@ def parse_device_list(data: bytes) -> SignedDeviceList:
             raise DeviceListError(
                 "identity keys must be typed X25519 keys (0x01 || 32 bytes, canonical)"
             )
+        if weakness := x25519_weakness(identity[1:]):
+            raise DeviceListError(f"device {device_id}'s identity key is {weakness}: refused")
         if auth[0] != TYPE_ED25519:
             raise DeviceListError("device auth keys must be typed Ed25519 keys (0x02 || 32 bytes)")
+        if weakness := ed25519_weakness(auth[1:]):
+            raise DeviceListError(f"device {device_id}'s auth key is {weakness}: refused")
         devices.append(ListedDevice(device_id, bytes(identity), bytes(auth)))
     if version < 1:
         raise DeviceListError("device list versions start at 1")

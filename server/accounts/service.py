@@ -125,10 +125,8 @@ async def register(
         raise Forbidden("registration is closed on this relay", code="registration_closed")
     try:
         ed25519_public(req.account_key)
-    except DeviceListError:
-        raise BadRequest(
-            "account_key must be 0x02 followed by 32 bytes", code="invalid_key"
-        ) from None
+    except DeviceListError as exc:
+        raise BadRequest(f"account_key: {exc}", code="invalid_key") from None
     signed = _parse_and_verify(req.device_list, req.username, req.account_key)
     if signed.version != 1 or len(signed.devices) != 1:
         raise BadRequest(

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.accounts import repository as account_repo
-from server.accounts.device_list import canonical_x25519
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
 from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
 from server.prekeys import repository as prekey_repo
 from server.settings import LimitSettings
 from wire.rest import PrekeyUpload, SignedPrekeyIn
+from wire.weak_keys import x25519_weakness
 
 __all__ = [
     "BundleEntry",
@@ -94,12 +94,12 @@ class ClaimedBundle:
 
 
 def _check_key(what: str, key: bytes, prefix: int, length: int) -> None:
-    if prefix == 0x01 and len(key) == length and not canonical_x25519(key):
-        raise BadRequest(f"{what} is not a canonical X25519 key", code="invalid_key")
     if len(key) != length or key[0] != prefix:
         raise BadRequest(
             f"{what} must be 0x{prefix:02x} followed by {length - 1} bytes", code="invalid_key"
         )
+    if prefix == 0x01 and (weakness := x25519_weakness(key[1:])):
+        raise BadRequest(f"{what} is {weakness}: refused", code="invalid_key")
 
 
 def _check_sig(what: str, sig: bytes) -> None:
