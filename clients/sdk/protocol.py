@@ -457,16 +457,16 @@ class ClientProtocol:
         :class:`DecryptFailure` event. Either way the caller acks the envelope.
         """
         now = self._now()
-        if self.store.is_seen("env:" + envelope.envelope_id):
-            return Received([], [])
+        seen = "env:" + envelope.envelope_id
         try:
             with self.store.transaction():
+                if not self.store.mark_seen(seen, now):  # one statement: new, or a duplicate
+                    return Received([], [])
                 result = self._receive(envelope, now)
-                self.store.mark_seen("env:" + envelope.envelope_id, now)
             return result
         except (VoxError, ClientError, ValueError) as exc:
-            with self.store.transaction():
-                self.store.mark_seen("env:" + envelope.envelope_id, now)
+            with self.store.transaction():  # rolled back with the rest unless in a burst's
+                self.store.mark_seen(seen, now)
             failure = DecryptFailure(
                 envelope.sender_user,
                 envelope.sender_device,

@@ -159,6 +159,9 @@ class SqliteStore:
         # profile lock, so nobody else writes them); dropped whenever a transaction rolls back.
         self._peers: dict[str, PeerIdentity | None] = {}
         self._sessions: dict[tuple[str, int], bytes | None] = {}
+        # Session states written in the open transaction, sealed and written once at its
+        # commit (a burst advances one session many times; only its last state is kept).
+        self._dirty_sessions: dict[tuple[str, int], bytes] = {}
         self._settings: dict[str, str | None] = {}
         self._secrets: dict[str, bytes | None] = {}
 
@@ -335,7 +338,7 @@ class SqliteStore:
         found = search.tokens(
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
-        self._conn.executemany(
+        self._exec_many(
             "INSERT OR IGNORE INTO search_tokens VALUES (?, ?, ?)",
             [(t, message.sent_at, message.message_id) for t in found],
         )
@@ -350,6 +353,7 @@ class SqliteStore:
         home = self.path.parent
         new_sealer, meta = self._key_and_meta(home, passphrase, new_key_file=True)
         with self.transaction():
+            self._write_sessions()
             for table, column, pk, where in _SEALED:
                 cols = ", ".join(("rowid", *pk, column))
                 rows = self._exec(f"SELECT {cols} FROM {table}{where}").fetchall()  # noqa: S608
@@ -420,9 +424,12 @@ class SqliteStore:
                 raise
             else:
                 try:
+                    self._write_sessions()
                     self._exec("COMMIT")
                 except BaseException:
                     self._forget_cached()
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                     raise
             finally:
                 self._depth = 0
@@ -432,6 +439,7 @@ class SqliteStore:
     def _forget_cached(self) -> None:
         self._peers.clear()
         self._sessions.clear()
+        self._dirty_sessions.clear()
         self._settings.clear()
         self._secrets.clear()
 
@@ -452,6 +460,16 @@ class SqliteStore:
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
             return self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"local store: {exc}") from None
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupted(str(exc)) from None
+
+    def _exec_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
         except sqlite3.OperationalError as exc:
             raise StoreError(f"local store: {exc}") from None
         except sqlite3.IntegrityError:
@@ -573,24 +591,36 @@ class SqliteStore:
             return state
 
     def store_session(self, username: str, device_id: int, state: bytes) -> None:
-        sealed = self._seal("sessions", _rk(username, device_id), state)
-        with self.transaction():
-            self._exec(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", (username, device_id, sealed)
-            )
+        with self.transaction():  # written at its commit (_write_sessions)
             self._sessions[(username, device_id)] = state
+            self._dirty_sessions[(username, device_id)] = state
+
+    def _write_sessions(self) -> None:
+        """Seal and write the session states of the open transaction (before its COMMIT, or
+        before a statement that reads the table)."""
+        if not self._dirty_sessions:
+            return
+        rows = [
+            (username, device_id, self._seal("sessions", _rk(username, device_id), state))
+            for (username, device_id), state in self._dirty_sessions.items()
+        ]
+        self._dirty_sessions.clear()
+        self._exec_many("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", rows)
 
     def delete_session(self, username: str, device_id: int) -> None:
         with self.transaction():
+            self._dirty_sessions.pop((username, device_id), None)
             self._exec(
                 "DELETE FROM sessions WHERE username = ? AND device_id = ?", (username, device_id)
             )
             self._sessions[(username, device_id)] = None
 
     def session_devices(self, username: str) -> list[int]:
-        rows = self._all(
-            "SELECT device_id FROM sessions WHERE username = ? ORDER BY device_id", (username,)
-        )
+        with self._mutex:
+            self._write_sessions()
+            rows = self._all(
+                "SELECT device_id FROM sessions WHERE username = ? ORDER BY device_id", (username,)
+            )
         return [int(r[0]) for r in rows]
 
     # ------------------------------------------------------------------ peers

@@ -116,3 +116,23 @@ def test_a_rolled_back_encryption_leaves_the_stored_state(parties: tuple[Party, 
     assert_cache_is_store(alice, "bob")
     assert messages(bob, envelopes(alice, "bob", "sent")) == ["sent"]
     assert_cache_is_store(alice, "bob")
+
+
+def test_a_burst_writes_its_session_once_and_reads_no_seen_mark(tmp_path: Path) -> None:
+    # Store statements per received message: the "seen" insert says whether the envelope is
+    # new (no SELECT before it), and the session advanced by the whole burst is written once.
+    stores = (SqliteStore.open(tmp_path / "alice"), SqliteStore.open(tmp_path / "bob"))
+    alice, bob = pair(stores)
+    bob.knows(alice)
+    set_up(alice, bob, replied=True)
+    burst = envelopes(alice, "bob", *(f"m{i}" for i in range(5)))
+    statements: list[str] = []
+    stores[1]._conn.set_trace_callback(statements.append)
+    with stores[1].transaction(sync=False):
+        assert messages(bob, burst) == [f"m{i}" for i in range(5)]
+    assert not [s for s in statements if s.startswith("SELECT 1 FROM seen")]
+    assert len([s for s in statements if s.startswith("INSERT OR REPLACE INTO sessions")]) == 1
+    assert len([s for s in statements if s.startswith("INSERT OR IGNORE INTO seen")]) == 5
+    assert messages(bob, burst[:1]) == []  # a duplicate is still recognised
+    for store in stores:
+        store.close()

@@ -128,6 +128,27 @@ class BothStores(RuleBasedStateMachine):
             except Rollback:
                 pass
 
+    @rule(
+        ops=st.lists(st.tuples(USERS, DEVICES, st.none() | BLOBS), min_size=1, max_size=6),
+        commit=st.booleans(),
+    )
+    def session_burst(self, ops: list[tuple[str, int, bytes | None]], commit: bool) -> None:
+        # Several writes and deletes in one transaction (the SQLite store writes each session
+        # once, at the commit), reading the sessions back in between.
+        for s in self.stores:
+            try:
+                with s.transaction():
+                    for user, device, state in ops:
+                        if state is None:
+                            s.delete_session(user, device)
+                        else:
+                            s.store_session(user, device, state)
+                    if not commit:
+                        raise Rollback
+            except Rollback:
+                pass
+        self.same([[s.session_devices(u) for u in ("bob", "carol")] for s in self.stores])
+
     @invariant()
     def observably_equal(self) -> None:
         def view(s: Store) -> object:

@@ -385,3 +385,35 @@ def test_tampered_scrypt_parameters_are_refused(tmp_path: Path, params: bytes) -
     raw_update(tmp_path, "UPDATE meta SET value = ? WHERE key = 'scrypt'", (params,))
     with pytest.raises(StoreCorrupted, match="scrypt parameters out of bounds"):
         open_store(tmp_path, passphrase="pw")
+
+
+def test_a_transaction_writes_each_session_once_at_its_commit(tmp_path: Path) -> None:
+    # A burst advances one session once per message: the store keeps the last state and
+    # seals and writes it once, at the commit; reads in between see the latest state.
+    home = tmp_path / "p"
+    writes: list[str] = []
+    with SqliteStore.open(home) as store:
+        store._conn.set_trace_callback(
+            lambda sql: (
+                writes.append(sql) if sql.startswith("INSERT OR REPLACE INTO sessions") else None
+            )
+        )
+        with store.transaction():
+            for n in range(5):
+                store.store_session("bob", 1, b"bob-%d" % n)
+                assert store.load_session("bob", 1) == b"bob-%d" % n
+            store.store_session("carol", 2, b"carol")
+            assert store.session_devices("carol") == [2]  # written before the table is read
+            store.store_session("carol", 2, b"carol-2")
+            store.store_session("dave", 1, b"dave")
+            store.delete_session("dave", 1)
+        assert len(writes) == 3  # bob once, carol twice (read in between), dave never
+        with pytest.raises(RuntimeError), store.transaction():
+            store.store_session("bob", 1, b"rolled back")
+            raise RuntimeError
+        assert store.load_session("bob", 1) == b"bob-4"
+        assert len(writes) == 3
+    with SqliteStore.open(home) as store:
+        assert store.load_session("bob", 1) == b"bob-4"
+        assert store.load_session("carol", 2) == b"carol-2"
+        assert store.session_devices("dave") == []
