@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -160,11 +161,14 @@ def one_time_batch(store: Store, identity: LocalIdentity, count: int) -> dict[st
 
 
 def _prune_replaced(store: Store, kind: PrekeyKind, now: float) -> None:
-    """Delete keys of ``kind`` whose successor was made more than the grace period ago."""
+    """Delete keys of ``kind`` whose successor was made more than the grace period ago; with a
+    signed prekey, the replay guards naming it (a replay now fails: the key is gone)."""
     records = sorted(store.list_prekeys(kind), key=lambda r: (r.created_at, r.key_id))
     for old, successor in itertools.pairwise(records):
         if successor.created_at < now - SIGNED_PREKEY_GRACE_S:
             store.delete_prekey(kind, old.key_id)
+            if kind is PrekeyKind.SIGNED:
+                store.prune_seen(math.inf, prefix=f"pqxdh:{old.key_id}:")
 
 
 def _new_last_resort(store: Store, identity: LocalIdentity, now: float) -> dict[str, Any]:

@@ -222,7 +222,8 @@ SEEN_MARGIN_S = 86400.0
 async def prune_seen(core: Core) -> int:
     """Forget processed envelope ids (``env:``) the relay can no longer redeliver: older than
     its envelope TTL (from ``/v1/config``; a year when unknown) plus a day. Other ids in the
-    table (``pqxdh:`` replay guards) are kept."""
+    table (``pqxdh:`` replay guards) are kept here: they go with the signed prekey they name
+    (:func:`clients.sdk.identity.rotate_signed_prekey`)."""
     ttl = 365 * 86400.0
     with contextlib.suppress(ClientError):
         ttl = (await core.config()).limits.get("envelope_ttl_seconds", ttl)

@@ -23,9 +23,15 @@ message that fails, or is refused after decrypting, leaves the cache as the stor
 last-resort ML-KEM prekey consumes nothing, so PQXDH alone would accept it again and again (a
 relay replaying it after the session was evicted or dropped would start a second copy of the
 session). Every such message we accept leaves its *replay id* — SHA-256 of its PQXDH prefix
-(``replay_id``) — in the store's seen set (``pqxdh:`` + hex); a second initial message with the
-same id is refused with :class:`ReplayedInitialMessage` before any key agreement. A replay
-naming a one-time prekey already fails, the prekey being gone (``UnknownPrekey``).
+(``replay_id``) — in the store's seen set, under ``pqxdh:<signed prekey id>:<hex>``
+(:func:`replay_key`); a second initial message with the same id is refused with
+:class:`ReplayedInitialMessage` before any key agreement. A replay naming a one-time prekey
+already fails, the prekey being gone (``UnknownPrekey``). The guard is needed only while the
+signed prekey it names is held: once that key is deleted (its successor is older than the
+grace period, :func:`clients.sdk.identity.rotate_signed_prekey`) a replay fails with
+``UnknownPrekey`` anyway, and the guards naming it are deleted with it — so the seen set does
+not grow forever. (Guards written before the key id was part of the name, ``pqxdh:<hex>``,
+are still honoured, and kept.)
 """
 
 from __future__ import annotations
@@ -49,9 +55,19 @@ from crypto.keys import PeerDevice, PrekeyBundle
 from crypto.pqxdh import accept_session, initiate_session
 from crypto.ratchet.session import Session, initial_digest
 
-__all__ = ["MAX_SESSIONS", "Decrypted", "ReplayedInitialMessage", "SessionBook", "replay_id"]
+__all__ = [
+    "MAX_SESSIONS",
+    "REPLAY_PREFIX",
+    "Decrypted",
+    "ReplayedInitialMessage",
+    "SessionBook",
+    "replay_id",
+    "replay_key",
+]
 
 MAX_SESSIONS: Final = 4
+#: Seen-set names of replay guards: ``pqxdh:<signed prekey id>:<replay id hex>``.
+REPLAY_PREFIX: Final = "pqxdh:"
 _VERSION: Final = 1
 #: Devices whose decoded sessions :class:`SessionBook` keeps at most (then it starts over).
 CACHED_DEVICES: Final = 4096
@@ -87,6 +103,14 @@ def replay_id(prefix: PqxdhPrefix) -> bytes | None:
     if prefix.one_time_prekey_id is not None or prefix.kem_prekey_id < LAST_RESORT_ID_BASE:
         return None
     return initial_digest(prefix)
+
+
+def replay_key(prefix: PqxdhPrefix) -> str | None:
+    """The seen-set name of the message's replay guard (None if it cannot be replayed)."""
+    replay = replay_id(prefix)
+    if replay is None:
+        return None
+    return f"{REPLAY_PREFIX}{prefix.signed_prekey_id}:{replay.hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +217,12 @@ class SessionBook:
             if (prefix.sender.username, prefix.sender.device_id) != (username, device_id):
                 raise StateError("initial message names another sender device")
             replay = replay_id(prefix)
-            seen_key = None if replay is None else "pqxdh:" + replay.hex()
-            if seen_key is not None and self._store.is_seen(seen_key):
-                raise ReplayedInitialMessage(replay or b"")
+            seen_key = replay_key(prefix)
+            if replay is not None and (
+                self._store.is_seen(seen_key or "")
+                or self._store.is_seen(REPLAY_PREFIX + replay.hex())  # written before the id
+            ):
+                raise ReplayedInitialMessage(replay)
             accepted = accept_session(
                 self._identity.local, prekey_secrets_for(self._store, prefix), message, now=now
             )

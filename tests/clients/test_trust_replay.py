@@ -17,7 +17,7 @@ from clients.sdk import trust
 from clients.sdk.content import TextContent
 from clients.sdk.models import DecryptFailure, Message
 from clients.sdk.protocol import ClientProtocol, DeviceBundle, Envelope
-from clients.sdk.sessions import MAX_SESSIONS
+from clients.sdk.sessions import MAX_SESSIONS, REPLAY_PREFIX
 from clients.store.memory import MemoryStore
 
 _ids = itertools.count(1)
@@ -91,6 +91,55 @@ def test_a_replayed_initial_message_is_refused_after_its_session_was_evicted() -
     assert deliver(bob, captured) == ["ReplayedInitialMessage"]
     assert bob.store.load_session("alice", 1) == before
     assert bob.sessions.peer("alice", 1) == front
+
+
+def guards(proto: ClientProtocol) -> list[str]:
+    """The replay guards in a device's seen table."""
+    store = proto.store
+    assert isinstance(store, MemoryStore)
+    return [k for k in store._s.seen if k.startswith(REPLAY_PREFIX)]
+
+
+def test_replay_guards_go_with_the_signed_prekey_they_name() -> None:
+    # The guard is kept while the signed prekey it names is held (a replay could still open
+    # a session), and deleted with that key (a replay then fails: UnknownPrekey).
+    # Before, every guard stayed in the seen table forever.
+    alice, alice_key, alice_list, _ = device("alice")
+    bob, bob_key, bob_list, upload = device("bob")
+    alice.accept_device_list("bob", bob_key, bob_list)
+    bob.accept_device_list("alice", alice_key, alice_list)
+    captured = first_message(alice, bob_key, last_resort_bundle(bob, upload), "hello once")
+    assert deliver(bob, captured) == ["hello once"]
+    (guard,) = guards(bob)
+    assert guard.startswith(f"pqxdh:{upload['signed_prekey']['key_id']}:")
+
+    start = time.time()
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=start)  # the old key is kept...
+    bob.sessions.drop("alice", 1)
+    assert deliver(bob, captured) == ["ReplayedInitialMessage"]  # ...so the guard is too
+    assert guards(bob) == [guard]
+
+    later = start + ids.SIGNED_PREKEY_GRACE_S + 1
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=later)  # the old key goes
+    assert guards(bob) == []
+    assert deliver(bob, captured) == ["UnknownPrekey"]  # refused all the same
+    assert bob.sessions.peer("alice", 1) is None
+
+
+def test_a_guard_written_before_the_key_id_was_in_its_name_still_counts() -> None:
+    alice, alice_key, alice_list, _ = device("alice")
+    bob, bob_key, bob_list, upload = device("bob")
+    alice.accept_device_list("bob", bob_key, bob_list)
+    bob.accept_device_list("alice", alice_key, alice_list)
+    captured = first_message(alice, bob_key, last_resort_bundle(bob, upload), "hello once")
+    assert deliver(bob, captured) == ["hello once"]
+    (guard,) = guards(bob)
+    store = bob.store
+    assert isinstance(store, MemoryStore)
+    at = store._s.seen.pop(guard)
+    store._s.seen[REPLAY_PREFIX + guard.rsplit(":", 1)[1]] = at  # the old name: pqxdh:<hex>
+    bob.sessions.drop("alice", 1)
+    assert deliver(bob, captured) == ["ReplayedInitialMessage"]
 
 
 def test_an_initial_message_with_a_one_time_prekey_is_not_recorded() -> None:
