@@ -103,3 +103,20 @@ async def test_the_share_is_exact_for_concurrent_sends_of_many_devices_on_postgr
 def own_others(w: World, device: int) -> list[Peer]:
     """The stranger's other devices (a send must address all of them too)."""
     return [w["stranger", d] for d in (1, 2, 3, 4) if d != device]
+
+
+async def test_the_share_is_per_account_so_four_fresh_accounts_fill_a_queue(
+    tmp_path: Path,
+) -> None:
+    # The documented limit (docs/threat-model.md, "Another user"): each new account brings
+    # its own share, and one address may register four accounts at once with the defaults.
+    sybils = [f"sybil{i}" for i in range(int(1 / SHARE))]
+    spec = {"victim": [1], "friend": [1], **{name: [1] for name in sybils}}
+    async with world(tmp_path, spec, limits=LIMITS) as w:  # all registered from 127.0.0.1
+        for name in sybils:
+            async with open_ws(w.relay, w[name, 1]) as ws:
+                answers = await _flood(ws, [w["victim", 1]], name, 5)
+                assert answers == Counter({"accepted": 5})
+        async with open_ws(w.relay, w["friend", 1]) as friend:
+            await friend.send_message("hello", [(payload(), [w["victim", 1]])])
+            assert (await friend.expect("error"))["code"] == "queue_full"
