@@ -25,7 +25,9 @@ for (const name of readdirSync("static")) copyFileSync(`static/${name}`, `${out}
 const shell = createHash("sha256");
 for (const name of ["index.html", "app.js", "app.css", "icon.svg"]) shell.update(readFileSync(`${out}${name}`));
 const version = shell.digest("hex").slice(0, 16);
-await build({ ...common, entryPoints: ["src/sw.ts"], outfile: `${out}sw.js`, define: { __SHELL_VERSION__: JSON.stringify(version) } });
+// The push notification's icon, inlined: a push must not make the worker fetch anything.
+const icon = `data:image/svg+xml;base64,${readFileSync("static/icon.svg").toString("base64")}`;
+await build({ ...common, entryPoints: ["src/sw.ts"], outfile: `${out}sw.js`, define: { __SHELL_VERSION__: JSON.stringify(version), __ICON__: JSON.stringify(icon) } });
 // The test kit (protocol core for tests/web/test_vectors.py) is built beside dist/, never
 // served by the relay nor shipped in the Python package.
 await build({ ...common, entryPoints: ["src/testkit.ts"], outfile: `${out}../testkit/testkit.js` });

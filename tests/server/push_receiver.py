@@ -18,9 +18,10 @@ import base64
 import json
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-__all__ = ["PushReceiver", "Received", "UserAgent", "b64url", "push_receiver", "unb64url"]
+__all__ = [
+    "PushReceiver",
+    "Received",
+    "UserAgent",
+    "b64url",
+    "push_receiver",
+    "push_receiver_thread",
+    "unb64url",
+]
 
 
 def b64url(data: bytes) -> str:
@@ -224,3 +233,24 @@ async def push_receiver() -> AsyncIterator[PushReceiver]:
             await asyncio.wait_for(task, timeout=15)
         finally:
             sock.close()
+
+
+@contextmanager
+def push_receiver_thread() -> Iterator[PushReceiver]:
+    """:func:`push_receiver` on an event loop in a thread of its own, for synchronous tests
+    (the browser tests drive Playwright's sync API). Read ``pushes()`` from the test's thread;
+    ``wait_for`` belongs to the receiver's loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="push-receiver", daemon=True)
+    thread.start()
+    running = push_receiver()
+    try:
+        receiver = asyncio.run_coroutine_threadsafe(running.__aenter__(), loop).result(30)
+        try:
+            yield receiver
+        finally:
+            asyncio.run_coroutine_threadsafe(running.__aexit__(None, None, None), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -1,13 +1,18 @@
 // The service worker: (1) keeps the app shell (index, script, style, icon) and the last
 // /v1/config in the Cache API so the app opens without the relay (it then shows "offline"
 // and keeps sends queued in IndexedDB); (2) shows a content-free "New message" notification
-// for a Web Push (the relay's pushes carry no content and no sender) and opens the app on
-// click. Only same-origin GETs of those few paths are ever answered from the cache, and only
-// when the network fails: online, the relay's answer is always used.
+// for a Web Push (the relay's pushes carry no content and no sender; src/notify.ts), fetching
+// nothing, and focuses or opens the app on click. Only same-origin GETs of those few paths are
+// ever answered from the cache, and only when the network fails: online, the relay's answer is
+// always used.
+import { openApp, pushNotification } from "./notify";
+
 const sw = globalThis as unknown as ServiceWorkerGlobalScope;
 
 /** SHA-256 (first 16 hex digits) of the shell files, set by build.mjs at build time. */
 declare const __SHELL_VERSION__: string;
+/** static/icon.svg as a data: URL (build.mjs): the push notification's icon needs no fetch. */
+declare const __ICON__: string;
 const SHELL_CACHE = `vox-shell-${__SHELL_VERSION__}`;
 const SHELL = ["/", "/app.js", "/app.css", "/icon.svg"];
 const CONFIG = "/v1/config";
@@ -69,24 +74,15 @@ sw.addEventListener("push", (event: PushEvent) => {
   const name = new URL(sw.registration.scope).searchParams.get("brand") ?? "";
   event.waitUntil(
     (async () => {
-      const windows = await sw.clients.matchAll({ type: "window", includeUncontrolled: true });
-      if (windows.some((w) => w.focused)) return; // the open app notifies by itself
-      const title = (await brandName()) || name || "Vox";
-      await sw.registration.showNotification(title, { body: "New message", tag: "vox-new-messages", icon: "/icon.svg" });
+      const note = await pushNotification(sw.clients, sw.location.origin, (await brandName()) || name, __ICON__);
+      if (note) await sw.registration.showNotification(note.title, note.options);
     })(),
   );
 });
 
 sw.addEventListener("notificationclick", (event: NotificationEvent) => {
   event.notification.close();
-  event.waitUntil(
-    (async () => {
-      const windows = await sw.clients.matchAll({ type: "window", includeUncontrolled: true });
-      const first = windows[0];
-      if (first) await first.focus();
-      else await sw.clients.openWindow("/");
-    })(),
-  );
+  event.waitUntil(openApp(sw.clients, sw.location.origin));
 });
 
 // The brand name is handed over by the app (postMessage) and kept in the Cache API, so a

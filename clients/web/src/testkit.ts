@@ -15,6 +15,7 @@ import * as SK from "./core/senderkeys";
 import * as S from "./core/session";
 import { Engine } from "./core/engine";
 import { Store } from "./core/store";
+import { type AppClients, type AppWindow, openApp, pushNotification } from "./notify";
 
 /** protocol-crypto.md §1: SHA-256(seed || u64 i) blocks, consumed front to back. */
 function deterministicRng(seed: Uint8Array): Rng {
@@ -712,6 +713,22 @@ async function deleteForMeRedelivered(alice: string, text: string, marker: strin
   return texts(again);
 }
 
+/**
+ * The service worker's push and notificationclick handlers (src/notify.ts) against stand-in
+ * window clients: which notification a push shows, which window a click focuses or whether
+ * it opens one.
+ */
+async function swHandlers(origin: string, windows: { url: string; focused: boolean; visibilityState: DocumentVisibilityState }[]): Promise<Record<string, unknown>> {
+  const calls: string[] = [];
+  const clients: AppClients = {
+    matchAll: async () => windows.map((w): AppWindow => ({ ...w, focus: async () => void calls.push(`focus ${w.url}`) })),
+    openWindow: async (url) => void calls.push(`open ${url}`),
+  };
+  const note = await pushNotification(clients, origin, "AcmeChat", "data:,");
+  const click = await openApp(clients, origin);
+  return { note, click, calls };
+}
+
 const engineKit = {
   engineRegister,
   lastResortReplay,
@@ -732,6 +749,7 @@ const engineKit = {
 (globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
   ...engineKit,
   attachmentStreaming,
+  swHandlers,
   skippedExpiry,
   combinedSkipBound,
   senderKeyExpiry,

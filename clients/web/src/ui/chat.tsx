@@ -31,9 +31,18 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
   const [active, setActive] = useState<string | null>(engine.active);
   const logo = logoUrl(config.brand);
 
+  // Notifications once permitted (asked only after a click on "Enable notifications"); the
+  // push subscription is registered once logged in (right after registering or a reload the
+  // token comes with the connection: a registration before it was refused with 401), and
+  // again after each reconnect (the relay answers 200 for one it has).
+  const [notifying, setNotifying] = useState(typeof Notification !== "undefined" && Notification.permission === "granted");
+  const online = engine.status === "online";
   useEffect(() => {
-    if (typeof Notification !== "undefined" && Notification.permission === "granted") enableNotifications(engine, config);
-  }, [engine]);
+    if (notifying) enableNotifications(engine, config);
+  }, [engine, notifying]);
+  useEffect(() => {
+    if (notifying && online && "serviceWorker" in navigator) void subscribePush(engine, config);
+  }, [engine, notifying, online]);
 
   const convs = [...engine.conversations.values()].sort((a, b) => b.last - a.last);
   return (
@@ -50,14 +59,14 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
           {engine.user}
         </span>
         {typeof Notification !== "undefined" && Notification.permission === "default" && (
-          <button type="button" data-testid="notifications-enable" onClick={() => void askNotifications(engine, config)}>
+          <button type="button" data-testid="notifications-enable" onClick={() => void askNotifications().then(setNotifying)}>
             Enable notifications
           </button>
         )}
         <button type="button" data-testid="devices-open" onClick={() => setPanel(panel === "devices" ? "none" : "devices")}>
           Devices
         </button>
-        <button type="button" data-testid="logout" onClick={() => void props.onLogout()}>
+        <button type="button" data-testid="logout" onClick={() => void dropPushSubscription().then(props.onLogout)}>
           Log out
         </button>
       </header>
@@ -121,10 +130,9 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
   );
 }
 
-async function askNotifications(engine: Engine, config: RelayConfig): Promise<void> {
+async function askNotifications(): Promise<boolean> {
   // Asked only after this click (a user action), never on load.
-  const result = await Notification.requestPermission();
-  if (result === "granted") enableNotifications(engine, config);
+  return (await Notification.requestPermission()) === "granted";
 }
 
 function enableNotifications(engine: Engine, config: RelayConfig): void {
@@ -135,7 +143,6 @@ function enableNotifications(engine: Engine, config: RelayConfig): void {
       // some browsers only allow notifications from the service worker
     }
   };
-  if ("serviceWorker" in navigator) void subscribePush(engine, config);
 }
 
 /** Service worker + Web Push subscription (content-free pushes from the relay). */
@@ -151,6 +158,21 @@ async function subscribePush(engine: Engine, config: RelayConfig): Promise<void>
     await engine.registerPush(sub.toJSON());
   } catch (e) {
     console.info("push notifications unavailable:", (e as Error).message);
+  }
+}
+
+/**
+ * Logout: end this browser's push subscription at the push service too (the relay's copy is
+ * deleted by Engine.logout), so nothing is delivered to a logged-out browser even if the
+ * relay could not be told.
+ */
+async function dropPushSubscription(): Promise<void> {
+  try {
+    const reg = "serviceWorker" in navigator ? await navigator.serviceWorker.getRegistration("/") : undefined;
+    const sub = reg && "pushManager" in reg ? await reg.pushManager.getSubscription() : null;
+    await sub?.unsubscribe();
+  } catch (e) {
+    console.info("push subscription not removed:", (e as Error).message);
   }
 }
 
