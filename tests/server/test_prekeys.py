@@ -108,6 +108,33 @@ async def test_upload_and_count(relay: Relay, http: httpx.AsyncClient) -> None:
     assert (count.json()["one_time_prekeys"], count.json()["one_time_pq_prekeys"]) == (14, 5)
 
 
+async def test_the_count_reads_both_kinds_in_one_statement(
+    relay: Relay, http: httpx.AsyncClient
+) -> None:
+    # Two separate counts could straddle an upload committed in between and answer a pair
+    # that never existed; one grouped SELECT sees one snapshot.
+    from sqlalchemy import event
+
+    from server.state import relay_state
+
+    bob = TestAccount.new("bob")
+    token = await bob.register_and_login(http, one_time=4, one_time_pq=2)
+    seen: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "one_time_prekeys" in statement:
+            seen.append(statement)
+
+    engine = relay_state(relay.app).engine.sync_engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        count = await http.get("/v1/prekeys/count", headers=auth_header(token))
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    assert (count.json()["one_time_prekeys"], count.json()["one_time_pq_prekeys"]) == (4, 2)
+    assert len(seen) == 1, seen
+
+
 def _bad_uploads(bob: TestAccount) -> list[tuple[dict[str, Any], int, str]]:
     dev = bob.devices[0]
     otk = bob.one_time(dev, 1)[0]
