@@ -93,6 +93,8 @@ class RatchetConfig:
 
 _U32: Final = struct.Struct(">I")
 _U32X2: Final = struct.Struct(">II")
+_U16: Final = struct.Struct(">H")
+_U64: Final = struct.Struct(">Q")
 #: The smallest version-2 ratchet message: version, kind, header, nonce, length, tag.
 _MIN_RATCHET_V2: Final = 2 + HEADER_LEN + p.AES_NONCE_LEN + 4 + p.AES_TAG_LEN
 _MAX_CIPHERTEXT: Final = MAX_BODY + 64 + p.AES_TAG_LEN
@@ -150,6 +152,7 @@ class Session:
         "_base_key",
         "_clock",
         "_config",
+        "_head",
         "_initial_digest",
         "_own_prefix",
         "_peer_prefix",
@@ -204,6 +207,7 @@ class Session:
         self._own_prefix: bytes | None = None
         self._peer_prefix: bytes | None = None
         self._pending_encoded: bytes | None = None
+        self._head: bytes | None = None  # the state's encoding up to the clock (never changes)
 
     # --- properties -------------------------------------------------------------------
 
@@ -450,39 +454,62 @@ class Session:
         (much cheaper than :meth:`to_bytes` + :meth:`from_bytes`, which load the ratchet key
         pair again; every other part of the state is immutable and shared)."""
         other = Session.__new__(Session)
-        for name in Session.__slots__:
-            setattr(other, name, getattr(self, name))
+        other.local, other.peer, other._ad = self.local, self.peer, self._ad
+        other._root, other._self_key, other._self_public = (
+            self._root,
+            self._self_key,
+            self._self_public,
+        )
+        other._remote, other._sending, other._receiving = (
+            self._remote,
+            self._sending,
+            self._receiving,
+        )
+        other._previous_counter = self._previous_counter
         other._previous_remote = self._previous_remote.copy()
         other._skipped = self._skipped.copy()
+        other._base_key, other._initial_digest = self._base_key, self._initial_digest
+        other._pending, other._config, other._clock = self._pending, self._config, self._clock
+        other._own_prefix, other._peer_prefix = self._own_prefix, self._peer_prefix
+        other._pending_encoded, other._head = self._pending_encoded, self._head
         return other
 
     # --- serialization ----------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Serialize the whole state (contains secrets: store it encrypted)."""
-        w = Writer().u8(SESSION_VERSION)
-        self.local.write(w)
-        self.peer.write(w)
-        w.bytes16(self._ad).u16(self._config.max_skip).u16(self._config.max_stored)
-        w.u32(self._config.max_skipped_age).u64(self._clock)
-        w.raw(self._root.key).raw(self._self_key.private)
-        w.u8(int(self._remote is not None))
-        if self._remote is not None:
-            w.raw(self._remote.to_bytes())
-        _write_chain(w, self._sending)
-        _write_chain(w, self._receiving)
-        w.u32(self._previous_counter)
-        w.raw(self._base_key.to_bytes()).raw(self._initial_digest)
-        w.u8(int(self._pending is not None))
-        if self._pending is not None:
-            self._pending.write(w)
-        w.u8(len(self._previous_remote))
-        for key in self._previous_remote:
-            w.raw(key)
-        w.u16(len(self._skipped))
+        """Serialize the whole state (contains secrets: store it encrypted).
+
+        ``u8 version || local || peer || bytes16 AD || u16 max_skip || u16 max_stored ||
+        u32 max_age || u64 clock || root key || ratchet private key || flag, remote key ||
+        flag, sending chain (key, u32 index) || flag, receiving chain || u32 previous counter
+        || base key || initial digest || flag, PQXDH prefix || u8 n, previous ratchet keys ||
+        u16 n, skipped (ratchet key, u32 index, key, u64 stored_at)`` — assembled from bytes
+        (the part up to the clock is encoded once per session object)."""
+        head = self._head
+        if head is None:
+            w = Writer().u8(SESSION_VERSION)
+            self.local.write(w)
+            self.peer.write(w)
+            config = self._config
+            w.bytes16(self._ad).u16(config.max_skip).u16(config.max_stored)
+            head = self._head = w.u32(config.max_skipped_age).finish()
+        parts = [head, _U64.pack(self._clock), self._root.key, self._self_key.private]
+        remote = self._remote
+        parts += (b"\x00",) if remote is None else (b"\x01", remote.to_bytes())
+        for chain in (self._sending, self._receiving):
+            parts += (b"\x00",) if chain is None else (b"\x01", chain.key, _U32.pack(chain.index))
+        parts += (
+            _U32.pack(self._previous_counter),
+            self._base_key.to_bytes(),
+            self._initial_digest,
+        )
+        parts += (b"\x00",) if self._pending is None else (b"\x01", self._pending_bytes())
+        parts.append(bytes((len(self._previous_remote),)))
+        parts += self._previous_remote
+        parts.append(_U16.pack(len(self._skipped)))
         for ratchet_key, mk, stored_at in self._skipped:
-            w.raw(ratchet_key).u32(mk.index).raw(mk.key).u64(stored_at)
-        return w.finish()
+            parts += (ratchet_key, _U32.pack(mk.index), mk.key, _U64.pack(stored_at))
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Session:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto.encoding import Writer
 from crypto.envelope import RatchetMessage, decode_message
 from crypto.errors import (
     AuthenticationFailed,
@@ -27,7 +28,7 @@ from crypto.ratchet.chain_key import ChainKey
 from crypto.ratchet.header import Header
 from crypto.ratchet.message_keys import MessageKey
 from crypto.ratchet.root_chain import RootKey
-from crypto.ratchet.session import RatchetConfig, Session
+from crypto.ratchet.session import SESSION_VERSION, RatchetConfig, Session
 from tests.crypto.support import LOW_ORDER, make_pair
 
 
@@ -174,6 +175,60 @@ def test_session_state_round_trips_exactly_at_every_step() -> None:
     assert bob.skipped_count == len(pending)
     for m in pending:
         bob.decrypt(m)
+
+
+def _reference_state(s: Session) -> bytes:
+    """The session state encoding field by field with the Writer (the documented layout)."""
+    w = Writer().u8(SESSION_VERSION)
+    s.local.write(w)
+    s.peer.write(w)
+    config = s._config
+    w.bytes16(s.associated_data).u16(config.max_skip).u16(config.max_stored)
+    w.u32(config.max_skipped_age).u64(s._clock)
+    w.raw(s._root.key).raw(s._self_key.private)
+    w.u8(int(s._remote is not None))
+    if s._remote is not None:
+        w.raw(s._remote.to_bytes())
+    for chain in (s._sending, s._receiving):
+        w.u8(int(chain is not None))
+        if chain is not None:
+            w.raw(chain.key).u32(chain.index)
+    w.u32(s._previous_counter).raw(s.base_key.to_bytes()).raw(s.initial_digest)
+    w.u8(int(s._pending is not None))
+    if s._pending is not None:
+        s._pending.write(w)
+    w.u8(len(s._previous_remote))
+    for key in s._previous_remote:
+        w.raw(key)
+    w.u16(len(s._skipped))
+    for ratchet_key, mk, stored_at in s._skipped:
+        w.raw(ratchet_key).u32(mk.index).raw(mk.key).u64(stored_at)
+    return w.finish()
+
+
+def test_session_state_encoding_and_copies_at_every_step() -> None:
+    # The assembled encoding is the documented layout (states stored by earlier versions
+    # still load), and a copy advances without touching the original.
+    alice, bob, rng = make_pair(b"r10b", config=RatchetConfig(max_skip=50, max_stored=60))
+    late: list[bytes] = []
+    for i in range(10):
+        for s in (alice, bob):
+            assert s.to_bytes() == _reference_state(s)
+            before, copy = s.to_bytes(), s.copy()
+            assert copy.to_bytes() == before
+            with contextlib.suppress(VoxError):
+                copy.encrypt(b"from the copy", rng)
+            assert s.to_bytes() == before
+        if i % 3 == 0:
+            late.append(alice.encrypt(b"late %d" % i, rng))
+        trial = bob.copy()
+        assert trial.decrypt(alice.encrypt(b"a", rng), now=1000 + i) == b"a"
+        assert bob.to_bytes() != trial.to_bytes()
+        bob = trial
+        if i % 2:
+            alice = alice.copy()
+            assert alice.decrypt(bob.encrypt(b"b", rng)) == b"b"
+    assert bob.skipped_count == len(late) and bob.to_bytes() == _reference_state(bob)
 
 
 def test_session_decoder_rejects_bad_versions_truncation_and_trailing_bytes() -> None:
