@@ -46,6 +46,7 @@ from clients.sdk import (
     MessageQueued,
     MessageUpdate,
     ReceiptEvent,
+    SendFailed,
     SignedOut,
     VoxClient,
 )
@@ -732,6 +733,15 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
         typer.echo(
             f"vox: warning: could not decrypt a message from {event.sender}:{event.device} "
             f"({event.error})",
+            err=True,
+        )
+    elif isinstance(event, SendFailed) and as_json:
+        typer.echo(json.dumps(_event_json(event), ensure_ascii=False))
+    elif isinstance(event, SendFailed):
+        what = _operation(event.kind, event.target)
+        typer.echo(
+            f"vox: warning: queued {what} {event.message_id} to {event.conversation} was "
+            f"refused for good, not sent: {event.reason}",
             err=True,
         )
     elif isinstance(event, GroupChanged) and not as_json:

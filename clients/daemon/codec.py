@@ -21,6 +21,7 @@ from clients.sdk.models import (
     Operation,
     ReceiptEvent,
     ReplyRef,
+    SendFailed,
     SendResult,
     SignedOut,
     TypingEvent,
@@ -162,8 +163,8 @@ def device_json(value: DeviceInfo) -> dict[str, Any]:
 
 def event_json(event: Event) -> dict[str, Any]:
     """Any event, with a ``kind``: ``message``, ``receipt``, ``typing``, ``key_changed``,
-    ``group``, ``decrypt_failure``, ``sent`` (a queued message was accepted) or
-    ``signed_out``."""
+    ``group``, ``decrypt_failure``, ``sent`` (a queued message was accepted), ``failed`` (a
+    queued message or operation was refused for good) or ``signed_out``."""
     if isinstance(event, Message):
         return {"kind": "message", **message_json(event)}
     if isinstance(event, ReceiptEvent):
@@ -220,6 +221,16 @@ def event_json(event: Event) -> dict[str, Any]:
             "at_ms": event.at,
         }
         return sent if event.target is None else {**sent, "target": event.target}
+    if isinstance(event, SendFailed):
+        return {
+            "kind": "failed",
+            "id": event.message_id,
+            "conversation": event.conversation,
+            "content": event.kind,
+            "target": event.target,
+            "reason": event.reason,
+            "at_ms": event.at,
+        }
     assert isinstance(event, SignedOut)
     return {"kind": "signed_out", "reason": event.reason, "at_ms": event.at}
 
@@ -279,6 +290,9 @@ def event_from_json(value: dict[str, Any]) -> Event | None:
                               value["envelope"], value["at_ms"])  # fmt: skip
     if kind == "sent":
         return MessageSent(value["id"], value["conversation"], value["at_ms"], value.get("target"))
+    if kind == "failed":
+        return SendFailed(value["id"], value["conversation"], value["content"],
+                          value.get("target"), value["reason"], value["at_ms"])  # fmt: skip
     if kind == "signed_out":
         return SignedOut(value["reason"], value["at_ms"])
     if kind in ("edit", "delete", "reaction", "timer", "expired"):

@@ -25,6 +25,7 @@ from clients.daemon.codec import (
     event_json,
     group_json,
     message_json,
+    operation_json,
     result_json,
     verification_json,
 )
@@ -303,10 +304,12 @@ class Daemon:
             queued.append({"id": e.message_id, "conversation": e.conversation,
                            "attempts": e.attempts, "kind": kind, "target": target,
                            "state": "queued"})  # fmt: skip
+        failed = [operation_json(op) for op in self.client.operations() if op.state == "failed"]
         return {
             **(await self._whoami()),
             "connected": self.client.connected,
             "queued": queued,
+            "failed": failed,
         }
 
     async def _send(self, p: dict[str, Any]) -> dict[str, Any]:

@@ -66,8 +66,8 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
 Events (:data:`Event`): :class:`Message` (text or :class:`AttachmentInfo`; ``outgoing`` for
 what this account sent from another device), :class:`ReceiptEvent` (delivered/read),
 :class:`TypingEvent`, :class:`KeyChanged`, :class:`GroupChanged`, :class:`DecryptFailure`
-(reported, acked, never stops the loop), :class:`MessageSent` (a queued message or operation
-accepted). Conversations are usernames or
+(reported, acked, never stops the loop), :class:`MessageSent` / :class:`SendFailed` (a queued
+message or operation accepted / refused for good). Conversations are usernames or
 ``group:<hex id>``.
 
 Errors: every failure is a :class:`ClientError` subclass with a one-line message (see
@@ -119,6 +119,7 @@ from clients.sdk.models import (
     Operation,
     ReceiptEvent,
     ReplyRef,
+    SendFailed,
     SendResult,
     ServerConfig,
     SignedOut,
@@ -166,6 +167,7 @@ __all__ = [
     "RelayRejected",
     "RelayUnavailable",
     "ReplyRef",
+    "SendFailed",
     "SendResult",
     "ServerConfig",
     "SignedOut",

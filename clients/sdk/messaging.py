@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
@@ -38,10 +40,11 @@ from clients.sdk.errors import (
     RelayRejected,
     RelayUnavailable,
 )
-from clients.sdk.models import Message, MessageSent, Operation, SendResult
+from clients.sdk.models import Message, MessageSent, Operation, SendFailed, SendResult
 from clients.sdk.pipeline import Settled
 from clients.sdk.protocol import OutgoingSend, message_from_stored
 from clients.sdk.sendqueue import Fail, Queued
+from clients.store.base import Store
 from clients.store.models import (
     ConversationSummary,
     DeliveryState,
@@ -196,6 +199,10 @@ def queued(core: Core) -> list[Message]:
 
 # --- operations: what an outgoing content is, and the ones refused for good -----------------
 
+#: The operations refused for good (newest last, at most :data:`MAX_FAILED`), a secret setting.
+_FAILED_KEY = "outbox.failed"
+MAX_FAILED = 200
+
 
 def describe(content: Content) -> tuple[str, str | None]:
     """``(kind, target)`` of an outgoing content: ``text``, ``file``, ``edit``, ``delete``,
@@ -215,9 +222,24 @@ def describe(content: Content) -> tuple[str, str | None]:
     return type(content).__name__.lower(), None
 
 
+def _load_failed(store: Store) -> list[dict[str, Any]]:
+    raw = store.get_secret(_FAILED_KEY)
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _save_failed(store: Store, failed: list[dict[str, Any]]) -> None:
+    kept = failed[-MAX_FAILED:]
+    store.set_secret(_FAILED_KEY, json.dumps(kept).encode() if kept else None)
+
+
 def operations(core: Core) -> list[Operation]:
-    """Our operations the relay has not accepted yet: the queued ones (oldest first, in the
-    order they will go out)."""
+    """Our operations the relay has not accepted: the queued ones (oldest first, in the order
+    they will go out), then the ones refused for good (oldest first) — until a later operation
+    of the same kind on the same message (or the same user's verification) is accepted."""
     out: list[Operation] = []
     for entry in core.store.outbox_pending():
         try:
@@ -228,6 +250,10 @@ def operations(core: Core) -> list[Operation]:
         if kind not in ("text", "file"):
             at = int(entry.created_at * 1000)
             out.append(Operation(entry.message_id, kind, entry.conversation, target, "queued", at))
+    for f in _load_failed(core.store):
+        out.append(
+            Operation(f["id"], f["kind"], f["c"], f["t"], "failed", int(f["at"]), f["reason"])
+        )
     return out
 
 
@@ -264,6 +290,8 @@ class Outbox:
         self._sent_batch: list[str] = []
         self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
+        #: Accepted operations whose ``sent`` is not written yet: (kind, target, conversation).
+        self._accepted_ops: dict[str, tuple[str, str | None, str]] = {}
 
     def load(self) -> None:
         """Hand the store's queued messages that the engine does not hold to it, oldest first
@@ -376,7 +404,7 @@ class Outbox:
         """How a message's send ended (the engine's :data:`~clients.sdk.pipeline.Settle`).
         ``what``: its kind and target (:func:`describe`)."""
         store, waiter = self.core.store, self._waiting.get(mid)
-        _, target = what
+        kind, target = what
         if isinstance(outcome, Queued):
             error = outcome.error
             reason = (
@@ -390,18 +418,29 @@ class Outbox:
                 waiter.set_exception(MessageQueued(mid, conversation, reason))
             return
         if isinstance(outcome, Fail):
+            message = kind in ("text", "file")
+            reason = str(outcome.error)
             with store.transaction():
                 store.outbox_remove(mid)
+                if not message:  # its local effect stays, marked not sent
+                    failed = _load_failed(store)
+                    failed.append({"id": mid, "kind": kind, "c": conversation, "t": target,
+                                   "reason": reason, "at": now_ms()})  # fmt: skip
+                    _save_failed(store, failed)
                 if store.get_message(mid) is not None:
-                    if not outcome.written and waiter is not None:
+                    if message and not outcome.written and waiter is not None:
                         store.delete_message(mid)  # it never left: no trace
                     else:
                         store.update_message_state(mid, DeliveryState.FAILED)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(outcome.error)
-            else:
-                log.warning("queued message %s refused for good: %s", mid, outcome.error)
+            else:  # nobody is waiting for the answer: tell whoever listens
+                log.warning("queued %s %s refused for good: %s", kind, mid, outcome.error)
+                event = SendFailed(mid, conversation, kind, target, reason, now_ms())
+                self.core.spawn(self.core.emit([event]))
             return
+        if kind not in ("text", "file"):
+            self._accepted_ops[mid] = (kind, target, conversation)
         sent = result or SendResult(mid, now_ms(), 0)
 
         def done(flushed: asyncio.Future[None]) -> None:
@@ -416,6 +455,17 @@ class Outbox:
                 self.core.spawn(self.core.emit([event]))
 
         self._mark_sent(mid).add_done_callback(done)
+
+    def _clear_failed(self, accepted: list[tuple[str, str | None, str]]) -> None:
+        """An accepted operation supersedes the refused ones of its kind on the same message
+        (or the same user's verification): the recipients now have the newer one."""
+        if not accepted:
+            return
+        store = self.core.store
+        failed = _load_failed(store)
+        keep = [f for f in failed if (f["kind"], f["t"], f["c"]) not in accepted]
+        if len(keep) != len(failed):
+            _save_failed(store, keep)
 
     def _mark_sent(self, mid: str) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -440,6 +490,8 @@ class Outbox:
                     for mid in ids:
                         self.core.store.outbox_remove(mid)
                         self.core.protocol.mark_sent(mid)
+                    self._clear_failed([self._accepted_ops.pop(m) for m in ids
+                                        if m in self._accepted_ops])  # fmt: skip
             except Exception as exc:
                 error = exc
         if future is not None and not future.done():

@@ -27,6 +27,7 @@ __all__ = [
     "Operation",
     "ReceiptEvent",
     "ReplyRef",
+    "SendFailed",
     "SendResult",
     "ServerConfig",
     "TypingEvent",
@@ -197,6 +198,22 @@ class MessageSent:
 
 
 @dataclass(frozen=True, slots=True)
+class SendFailed:
+    """A message or operation that had been queued was refused for good (``reason``): it
+    reached no one. ``kind`` is ``text``, ``file``, ``edit``, ``delete``, ``reaction``,
+    ``timer``, ``verify`` or ``unverify``; ``target`` the message an edit, delete or reaction
+    changed. A message's state is now ``failed``; an operation's local effect stays, shown as
+    not sent (:attr:`Message.unsent`, :meth:`VoxClient.operations`)."""
+
+    message_id: str
+    conversation: str
+    kind: str
+    target: str | None
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One of our operations the relay has not accepted (:meth:`VoxClient.operations`).
 
@@ -225,6 +242,7 @@ Event = (
     | DecryptFailure
     | SignedOut
     | MessageSent
+    | SendFailed
     | MessageUpdate
 )
 

@@ -39,6 +39,7 @@ from clients.sdk.models import (
     MessageUpdate,
     ReceiptEvent,
     ReplyRef,
+    SendFailed,
     ServerConfig,
     SignedOut,
     TypingEvent,
@@ -569,6 +570,8 @@ class ChatApp(App[None]):
                 self._update_row(_replace_msg(shown, DeliveryState.SENT))
             if event.target is not None and event.target in self.shown:  # "edit queued" goes
                 await self._refresh(event.conversation, {event.target})
+        elif isinstance(event, SendFailed):  # a queued message or operation reached no one
+            await self._send_failed(event)
         elif isinstance(event, MessageUpdate):
             await self._message_update(event)
         elif isinstance(event, SignedOut):
@@ -600,6 +603,21 @@ class ChatApp(App[None]):
             self.notify(text, severity="error")
             if self.current == event.sender:
                 self._system(text)
+
+    async def _send_failed(self, event: SendFailed) -> None:
+        """A queued message turns "✗ not sent"; the message a queued edit, delete or reaction
+        changed says that one was not sent (its local effect stays); the reason is shown."""
+        shown = self.shown.get(event.message_id)
+        if shown is not None and DeliveryState.FAILED.rank > shown.state.rank:
+            self._update_row(_replace_msg(shown, DeliveryState.FAILED))
+        if event.target is not None and event.target in self.shown:
+            await self._refresh(event.conversation, {event.target})
+        what = "message" if event.kind in ("text", "file") else event.kind
+        text = f"✗ {what} not sent: {event.reason}"
+        if event.conversation == self.current:
+            self._system(text)
+        else:
+            self.notify(f"{self._chat_label(event.conversation)}: {text}", severity="error")
 
     async def _message_update(self, event: MessageUpdate) -> None:
         """An edit, delete or reaction redraws its message; a timer change is shown in the

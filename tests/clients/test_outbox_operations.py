@@ -4,16 +4,20 @@ changes, verification syncs), through a real relay that is stopped and restarted
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from clients.daemon import serving, socket_path
 from clients.daemon.remote import RemoteClient
-from clients.sdk import DeliveryState, Event, Message, MessageSent, VoxClient
+from clients.sdk import DeliveryState, Event, Message, MessageSent, SendFailed, VoxClient
+from clients.tui import ChatApp, SdkBackend
 from clients.tui.render import render_message
 from tests.clients.kit import RelayProcess, vox, wait_for
+from tests.clients.test_tui import shown, until
 
 EXIT_QUEUED = 75
 
@@ -137,6 +141,7 @@ async def test_status_and_history_list_queued_operations_then_forget_them_once_s
                         (ops[0], "edit", hi, "queued"), (ops[1], "reaction", hi, "queued"),
                         (ops[2], "timer", None, "queued"), (later, "text", None, "queued"),
                     ]  # fmt: skip
+                    assert status["failed"] == []
                     [row] = [m for m in await remote.call("history", conversation="bob")
                              if m["id"] == hi]  # fmt: skip
                     assert row["unsent"] == [{"kind": "edit", "state": "queued"},
@@ -169,3 +174,107 @@ def test_the_tui_row_says_which_of_our_operations_are_queued_or_not_sent() -> No
                       unsent=(("edit", "failed"), ("reaction", "queued")))  # fmt: skip
     row = render_message(message).plain
     assert row.endswith("hi! (edited)  ✓  ✗ edit not sent  … reaction queued")
+
+
+# --- 2. an operation refused for good: its local effect stays, marked "not sent" ------------
+
+
+async def _edit_refused_later(tmp_path: Path, relay: RelayProcess) -> tuple[str, str]:
+    """Alice's edit of her message to Bob is queued while the relay is down; then Bob deletes
+    his account: the queued edit can never be delivered. Returns (message id, edit id)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    hi = await _pair(tmp_path, relay)
+    relay.stop()
+    code, out, err = await vox(a, "edit", "bob", hi, "hi, edited")
+    assert code == EXIT_QUEUED, err
+    edit = out.strip()
+    await relay.start()
+    code, _, err = await vox(b, "account", "delete", "--yes")
+    assert code == 0, err
+    return hi, edit
+
+
+async def test_a_queued_edit_refused_for_good_is_shown_not_sent_everywhere(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    a = tmp_path / "a"
+    try:
+        hi, edit = await _edit_refused_later(tmp_path, relay)
+        alice = await VoxClient.open(a)
+        events: list[Event] = []
+        alice.on_event(events.append)
+        try:
+            async with serving(alice, a):
+                remote = await RemoteClient.connect(socket_path(a))
+                try:
+                    await remote.call("subscribe")
+                    heard: list[dict[str, Any]] = []
+
+                    async def listen() -> None:
+                        async for event in remote.events():
+                            heard.append(event)
+
+                    listener = asyncio.create_task(listen())
+                    await alice.connect()  # the outbox resumes: the relay refuses the edit
+                    await wait_for(lambda: any(e["kind"] == "failed" for e in heard), within=60)
+                    listener.cancel()
+                    [failed] = [e for e in heard if e["kind"] == "failed"]
+                    assert (failed["id"], failed["content"], failed["target"]) == (edit, "edit", hi)
+                    assert failed["conversation"] == "bob" and failed["reason"]
+                    status = await remote.call("status")
+                    assert status["queued"] == []
+                    [op] = status["failed"]
+                    assert (op["id"], op["kind"], op["target"], op["state"]) == (
+                        edit,
+                        "edit",
+                        hi,
+                        "failed",
+                    )
+                finally:
+                    await remote.close()
+            [event] = [e for e in events if isinstance(e, SendFailed)]
+            assert (event.kind, event.target) == ("edit", hi)
+            [mine] = [m for m in alice.history("bob") if m.id == hi]
+            assert mine.text == "hi, edited" and mine.unsent == (("edit", "failed"),)
+        finally:
+            await alice.close()
+
+        code, out, err = await vox(a, "status")
+        assert code == 0, err
+        assert "queued: 0" in out and "not sent (refused for good): 1" in out
+        assert f"{edit}  bob  [edit of #{hi[:6]}]" in out
+        code, out, err = await vox(a, "history", "bob")
+        assert _row(out, hi).endswith("alice: hi, edited (edited) (edit not sent)")
+        # Refused at once (nothing queued): the command fails, and the history says so too.
+        code, out, err = await vox(a, "react", "bob", hi, "👍")
+        assert code == 1, err
+        code, out, err = await vox(a, "history", "bob")
+        assert _row(out, hi).endswith("(edit not sent) (reaction not sent)")
+    finally:
+        relay.stop()
+
+
+async def test_the_tui_shows_a_queued_edit_refused_for_good_as_not_sent(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        hi, _ = await _edit_refused_later(tmp_path, relay)
+        alice = await VoxClient.open(tmp_path / "a")
+        app = ChatApp(SdkBackend(alice), open_conversation="bob")
+        try:
+            async with app.run_test(size=(120, 30)) as pilot:
+                await until(pilot, lambda: shown(app, "✗ edit not sent:"), within=60)
+                await until(pilot, lambda: "✗ edit not sent" in _tui_row(app, hi))
+                assert "hi, edited (edited)" in _tui_row(app, hi)
+        finally:
+            await alice.close()
+    finally:
+        relay.stop()
+
+
+def _tui_row(app: ChatApp, message_id: str) -> str:
+    from clients.tui.rows import MessageRow, dom_id
+
+    return str(app.query_one(f"#{dom_id(message_id)}", MessageRow).content)
