@@ -114,6 +114,8 @@ class SendOp:
     waiting_on: SendOp | None = None
     #: Sends waiting for this one's answer (resubmitted once it is answered).
     followers: list[SendOp] = field(default_factory=list)
+    #: Resubmitted after waiting, not in a batch yet.
+    requeued: bool = False
 
 
 @dataclass(slots=True)
@@ -264,11 +266,14 @@ class GroupCommitWriter:
             for op in ops:
                 if isinstance(op, SendOp) and not op.ephemeral:
                     key = (op.sender.device_pk, op.client_id)
+                    op.requeued = False
                     first = self._in_flight.get(key)
                     if first is not None and first is not op:
-                        if first.waiting_on is not None:  # waits with its first copy
-                            op.waiting_on = first.waiting_on
-                            first.waiting_on.followers.append(op)
+                        if first.waiting_on is not None or first.requeued:
+                            # The first copy is not in a batch yet: wait for its answer (then
+                            # this one is a repeat of a stored send, or goes again).
+                            op.waiting_on = first
+                            first.followers.append(op)
                         else:
                             op.copy_of = first  # answered like the first copy, after it
                         continue
@@ -308,7 +313,7 @@ class GroupCommitWriter:
         """``op`` was answered: the sends that waited for it join the next batch (in order)."""
         followers, op.followers = op.followers, []
         for follower in followers:
-            follower.waiting_on = None
+            follower.waiting_on, follower.requeued = None, True
             self.submit(follower)  # counted again: its old batch stops counting it
 
     # -- one batch ---------------------------------------------------------------------------

@@ -204,3 +204,33 @@ async def test_a_predecessor_still_committing_in_an_earlier_batch_is_waited_for(
         delivered = [base64.b64decode((await b.expect("deliver"))["data"]) for _ in range(n)]
         assert delivered == [f"n{i}".encode() for i in range(n)]
         assert await w.count(DeliverySend) == n
+
+
+@pytest.mark.postgres
+async def test_a_repeat_of_a_send_waiting_for_its_predecessor_gets_its_answer(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A send held for its predecessor (pipelined batches) and repeated meanwhile: both copies
+    are answered with the same ``accepted``, and it is stored once."""
+    n = 20
+    async with alice_and_bob(
+        tmp_path,
+        postgres_url,
+        commit_writers=1,
+        commit_pipeline=4,
+        commit_max_batch=1,
+        commit_max_wait=0.0,
+    ) as (w, a, _):
+        bob = w["bob", 1]
+        frames = [
+            send(f"m{i}", [bob], f"n{i}".encode(), after=f"m{i - 1}" if i else None)
+            for i in range(n)
+        ]
+        for frame in frames:
+            await a.send(frame)
+        await a.send(frames[n - 1])  # the last one again, while it (probably) still waits
+        got = [await a.recv() for _ in range(n + 1)]
+        assert [f for f in got if f["type"] != "accepted"] == []
+        last = [f for f in got if f["id"] == f"m{n - 1}"]
+        assert len(last) == 2 and last[0]["envelope"] == last[1]["envelope"]
+        assert await w.count(DeliverySend) == n
