@@ -39,3 +39,29 @@ def test_an_initial_message_on_the_last_resort_key_cannot_start_a_second_session
     assert entries.count("only once") == 1
     assert entries[-1] == f"could not decrypt a message from {alice} (ReplayedInitialMessage)"
     assert kit_call(page, "engineInspect")["seen"] >= 2  # the envelope and the replay id
+
+
+def test_the_replay_id_is_forgotten_with_the_signed_prekey_it_names(
+    context: Any, stingy_relay: RelayProc
+) -> None:
+    # Before, every `pqxdh:` replay id stayed in the seen set forever. Now it goes when the
+    # signed prekey it names is deleted (a replay then fails: the key is gone).
+    day = 86400_000
+    t0 = 1_800_000_000_000
+    page = kit_on(context, stingy_relay.url)
+    kit_call(page, "engineRegister", unique("bob"), t0)
+    entries = kit_call(page, "lastResortReplay", unique("alice"), "only once")
+    assert entries[-1].endswith("(ReplayedInitialMessage)")
+    assert kit_call(page, "engineInspect")["replayGuards"] == 1
+
+    t1 = t0 + 7 * day + 3600_000  # a week: signed prekey 2 replaces 1, which is kept (grace)
+    kit_call(page, "setClock", t1)
+    assert kit_call(page, "engineMaintain")["rotated"] is True
+    held = kit_call(page, "engineInspect")
+    assert (held["signed"], held["replayGuards"]) == ([1, 2], 1)
+
+    kit_call(page, "setClock", t1 + 14 * day + 60_000)  # key 1 is deleted, and its guard
+    kit_call(page, "engineMaintain")
+    held = kit_call(page, "engineInspect")
+    assert 1 not in held["signed"]
+    assert held["replayGuards"] == 0

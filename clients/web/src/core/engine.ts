@@ -144,7 +144,7 @@ export class Engine {
   /** Processed envelope ids → when they were processed (ms). */
   private seen = new Map<string, number>();
   /** Counts for diagnostics and tests: prekeys held (ids), seen ids, skipped keys. */
-  inspect(): { signed: number[]; lastResort: number[]; oneTime: number; oneTimeKem: number; unpublished: boolean; seen: number; skipped: number } {
+  inspect(): { signed: number[]; lastResort: number[]; oneTime: number; oneTimeKem: number; unpublished: boolean; seen: number; replayGuards: number; skipped: number } {
     const pk = this.prekeys;
     let skipped = 0;
     for (const list of this.sessions.values()) for (const st of list) skipped += st.skipped.length;
@@ -155,6 +155,7 @@ export class Engine {
       oneTimeKem: pk ? pk.kem.filter((k) => !k.lastResort).length : 0,
       unpublished: !!pk?.unpublished,
       seen: this.seen.size,
+      replayGuards: [...this.seen.keys()].filter((k) => k.startsWith("pqxdh:")).length,
       skipped,
     };
   }
@@ -512,8 +513,15 @@ export class Engine {
       }
       // Envelope ids older than the relay's envelope lifetime (plus a day) cannot come back.
       const cutoff = now - ttlMs - SEEN_MARGIN_MS;
-      // (`pqxdh:` replay ids are kept: they guard keys, not envelopes.)
-      const forget = [...this.seen].filter(([k, at]) => at < cutoff && !k.startsWith("pqxdh:")).map(([k]) => k);
+      // `pqxdh:<signed prekey id>:` replay ids go with their signed prekey, not by age: once
+      // it is deleted a replay fails (unknown prekey) anyway. (Older `pqxdh:<hex>` ids stay.)
+      const held = new Set(pk.signed.map((k) => k.id));
+      const gone = ([k, at]: [string, number]): boolean => {
+        if (!k.startsWith("pqxdh:")) return at < cutoff;
+        const spk = /^pqxdh:(\d+):/.exec(k);
+        return spk !== null && !held.has(Number(spk[1]));
+      };
+      const forget = [...this.seen].filter(gone).map(([k]) => k);
       for (const k of forget) changes.push([`seen:${k}`, undefined]);
       // Tombstones of messages deleted for me: no copy of them can come any more either.
       const goneIds = this.ops.prune(cutoff, changes);
@@ -994,10 +1002,13 @@ export class Engine {
         const pk = this.prekeys as Prekeys;
         // An initial message on the last-resort KEM key with no one-time X25519 key consumes
         // nothing: its replay id (SHA-256 of the prefix) is kept so that it cannot start a
-        // second session after its first was evicted or dropped (protocol-client §5).
-        const replayId = `pqxdh:${hex(new Uint8Array(digest))}`;
+        // second session after its first was evicted or dropped (protocol-client §5). It is
+        // named after the signed prekey it used, and forgotten when that key is deleted.
+        const digestHex = hex(new Uint8Array(digest));
+        const replayId = `pqxdh:${env.prefix.signedPrekeyId}:${digestHex}`;
         const reusable = env.prefix.oneTimePrekeyId === null && !!pk.kem.find((x) => x.id === env.prefix.kemPrekeyId)?.lastResort;
-        if (reusable && this.seen.has(replayId)) throw new S.ReplayedInitialMessage("initial message accepted before");
+        const known = this.seen.has(replayId) || this.seen.has(`pqxdh:${digestHex}`); // (older name)
+        if (reusable && known) throw new S.ReplayedInitialMessage("initial message accepted before");
         if (reusable) {
           changes.push([`seen:${replayId}`, this.clock()]);
           this.pendingSeen.push(replayId);
