@@ -671,8 +671,8 @@ class ClientProtocol:
             DeliveryState.DELIVERED if content.kind is ReceiptKind.DELIVERED else DeliveryState.READ
         )
         ids = tuple(i.hex() for i in content.ids)
-        for message_id in ids:  # one statement each: only our own messages move forward
-            self.store.update_message_state(message_id, state, direction=Direction.OUT)
+        # One statement for the receipt's ids: only our own messages move forward.
+        self.store.update_message_states(ids, state, direction=Direction.OUT)
         event = ReceiptEvent(sender.username, sender.device_id, state, ids, _ms(now))
         return Received([event], [])
 

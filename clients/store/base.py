@@ -188,6 +188,17 @@ class MessageStore(Protocol):
         ``direction``, only a message of that direction (e.g. a receipt: our own ones)."""
         ...
 
+    def update_message_states(
+        self,
+        message_ids: Iterable[str],
+        state: DeliveryState,
+        *,
+        direction: Direction | None = None,
+    ) -> int:
+        """:meth:`update_message_state` for each of ``message_ids`` (a receipt's ids) at
+        once; returns how many changed."""
+        ...
+
     def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
         """Replace a message's attachment metadata (e.g. add the saved ``path``); False if
         there is no such message."""

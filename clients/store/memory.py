@@ -213,6 +213,15 @@ class MemoryStore:
         self._s.messages[message_id] = dataclasses.replace(m, state=state)
         return True
 
+    def update_message_states(
+        self,
+        message_ids: Iterable[str],
+        state: DeliveryState,
+        *,
+        direction: Direction | None = None,
+    ) -> int:
+        return sum(self.update_message_state(m, state, direction=direction) for m in message_ids)
+
     def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
         m = self._s.messages.get(message_id)
         if m is None:

@@ -107,6 +107,9 @@ CREATE INDEX search_tokens_by_message ON search_tokens (message_id, token);
 _PROFILE_ROW = b"profile"
 
 #: Every sealed column: (table, column, primary key columns giving the row key, filter).
+#: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters; old builds 999).
+_IN_CHUNK = 500
+
 _SEALED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("profile", "secret", (), ""),
     ("prekeys", "secret", ("kind", "key_id"), ""),
@@ -932,6 +935,45 @@ class SqliteStore:
             except ValueError:
                 raise StoreCorrupted(f"message {message_id!r} has state {row[0]!r}") from None
             return False
+
+    def update_message_states(
+        self,
+        message_ids: Iterable[str],
+        state: DeliveryState,
+        *,
+        direction: Direction | None = None,
+    ) -> int:
+        ids = list(dict.fromkeys(message_ids))
+        lower = [s.value for s in DeliveryState if s.rank < state.rank]
+        where = "" if direction is None else " AND direction = ?"
+        changed = 0
+        with self.transaction():
+            for start in range(0, len(ids), _IN_CHUNK):  # one statement per receipt, usually
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                n = self._exec(
+                    f"UPDATE messages SET state = ? WHERE message_id IN ({marks})"  # noqa: S608
+                    f" AND state IN ({', '.join('?' * len(lower))}){where}",
+                    [
+                        state.value,
+                        *chunk,
+                        *lower,
+                        *([] if direction is None else [direction.value]),
+                    ],
+                ).rowcount
+                changed += n
+                if n < len(chunk):  # some were not moved: only a damaged state is an error
+                    for message_id, value in self._exec(
+                        f"SELECT message_id, state FROM messages WHERE message_id IN ({marks})",  # noqa: S608
+                        chunk,
+                    ).fetchall():
+                        try:
+                            DeliveryState(value)
+                        except ValueError:
+                            raise StoreCorrupted(
+                                f"message {message_id!r} has state {value!r}"
+                            ) from None
+        return changed
 
     def update_attachment(self, message_id: str, attachment: dict[str, object]) -> bool:
         with self.transaction():

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk.content import TextContent, VerifiedContent
-from clients.sdk.models import DecryptFailure
+from clients.sdk.content import Receipt, ReceiptKind, TextContent, VerifiedContent
+from clients.sdk.models import DecryptFailure, ReceiptEvent
 from clients.sdk.protocol import Envelope
 from clients.sdk.sessions import _decode
 from clients.store.base import Store
 from clients.store.memory import MemoryStore
+from clients.store.models import DeliveryState
 from clients.store.sqlite import SqliteStore
 from tests.clients.test_protocol_pair import Party, envelopes, messages, pair
 
@@ -134,5 +135,32 @@ def test_a_burst_writes_its_session_once_and_reads_no_seen_mark(tmp_path: Path) 
     assert len([s for s in statements if s.startswith("INSERT OR REPLACE INTO sessions")]) == 1
     assert len([s for s in statements if s.startswith("INSERT OR IGNORE INTO seen")]) == 5
     assert messages(bob, burst[:1]) == []  # a duplicate is still recognised
+    for store in stores:
+        store.close()
+
+
+def test_a_receipt_moves_its_messages_in_one_statement(tmp_path: Path) -> None:
+    stores = (SqliteStore.open(tmp_path / "alice"), SqliteStore.open(tmp_path / "bob"))
+    alice, bob = pair(stores)
+    bob.knows(alice)
+    texts = [TextContent(text=f"m{i}", sent_at_ms=1) for i in range(4)]
+    for content in texts:
+        alice.proto.record_outgoing("bob", content)
+        alice.proto.mark_sent(content.message_id.hex())
+    set_up(alice, bob, replied=True)
+    receipt = Receipt(
+        kind=ReceiptKind.DELIVERED, ids=tuple(c.message_id for c in texts), sent_at_ms=1
+    )
+    send = bob.proto.encode_direct("alice", receipt)
+    ((data, _),) = send.payloads
+    updates: list[str] = []
+    stores[0]._conn.set_trace_callback(
+        lambda sql: updates.append(sql) if sql.startswith("UPDATE messages") else None
+    )
+    (event,) = alice.proto.receive(Envelope(70, "rc", "bob", 1, 0, data)).events
+    assert isinstance(event, ReceiptEvent) and len(event.message_ids) == 4
+    assert len(updates) == 1
+    states = {m.message_id: m.state for m in stores[0].history("bob")}
+    assert {states[c.message_id.hex()] for c in texts} == {DeliveryState.DELIVERED}
     for store in stores:
         store.close()

@@ -197,6 +197,23 @@ def test_a_receipt_moves_only_our_own_messages(store: Store) -> None:
     assert states == {"o1": DeliveryState.DELIVERED, "i1": DeliveryState.RECEIVED}
 
 
+def test_a_receipt_moves_all_its_own_messages_at_once(store: Store) -> None:
+    for mid, state in (("o1", DeliveryState.SENT), ("o2", DeliveryState.READ), ("o3", None)):
+        if state is not None:
+            store.add_message(msg(mid, direction=Direction.OUT, state=state))
+    store.add_message(msg("i1"))
+    out = Direction.OUT
+    ids = ["o1", "o2", "o3", "i1", "o1", "missing"]
+    assert store.update_message_states(ids, DeliveryState.DELIVERED, direction=out) == 1
+    states = {m.message_id: m.state for m in store.history("bob")}
+    assert states == {
+        "o1": DeliveryState.DELIVERED,
+        "o2": DeliveryState.READ,  # never backwards
+        "i1": DeliveryState.RECEIVED,  # not ours
+    }
+    assert store.update_message_states(["o1", "o2"], DeliveryState.READ) == 1
+
+
 def test_unread_counts_and_mark_read(store: Store) -> None:
     store.add_message(msg("b1", sent_at=1.0))
     store.add_message(msg("b2", sent_at=2.0))

@@ -78,6 +78,11 @@ class BothStores(RuleBasedStateMachine):
     def update_state(self, mid: str, state: DeliveryState) -> None:
         self.same([s.update_message_state(mid, state) for s in self.stores])
 
+    @rule(mids=st.lists(IDS, max_size=5), state=STATES, out=st.none() | st.booleans())
+    def update_states(self, mids: list[str], state: DeliveryState, out: bool | None) -> None:
+        direction = None if out is None else Direction.OUT if out else Direction.IN
+        self.same([s.update_message_states(mids, state, direction=direction) for s in self.stores])
+
     @rule(conv=CONVERSATIONS)
     def mark_read(self, conv: str) -> None:
         self.same([[m.message_id for m in s.mark_conversation_read(conv)] for s in self.stores])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from clients.store import (
+    DeliveryState,
     Direction,
     Group,
     KeyFileError,
@@ -417,3 +418,23 @@ def test_a_transaction_writes_each_session_once_at_its_commit(tmp_path: Path) ->
         assert store.load_session("bob", 1) == b"bob-4"
         assert store.load_session("carol", 2) == b"carol-2"
         assert store.session_devices("dave") == []
+
+
+def test_a_receipts_ids_move_in_one_statement_and_a_damaged_state_is_reported(
+    tmp_path: Path,
+) -> None:
+    with open_store(tmp_path) as store:
+        for n in range(5):
+            store.add_message(
+                StoredMessage(f"o{n}", "bob", Direction.OUT, "me", 1, 1.0, 1.0, "hi", None)
+            )
+        updates: list[str] = []
+        store._conn.set_trace_callback(
+            lambda sql: updates.append(sql) if sql.startswith("UPDATE messages") else None
+        )
+        ids = [f"o{n}" for n in range(5)]
+        assert store.update_message_states(ids, DeliveryState.DELIVERED) == 5
+        assert len(updates) == 1
+    raw_update(tmp_path, "UPDATE messages SET state = 'bogus' WHERE message_id = 'o3'")
+    with open_store(tmp_path) as store, pytest.raises(StoreCorrupted, match="o3"):
+        store.update_message_states(ids, DeliveryState.READ)
