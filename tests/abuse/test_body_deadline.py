@@ -83,6 +83,8 @@ async def test_a_trickled_body_gets_408_and_the_connection_closes_others_are_ser
         stop.set()
         await asyncio.gather(*(task for _, _, task in attackers))
         assert await w.count(Attachment) == 1  # bob's; nothing of the trickled upload
+        blobs = w.relay.settings.data_dir.resolve() / "attachments"
+        assert len([p for p in blobs.rglob("*") if p.is_file()]) == 1
         async with http_from(w.relay, "127.0.0.3") as http:
             metrics = (await http.get("/metrics")).text
         assert 'vox_connections_refused_total{reason="body_timeout"} 2.0' in metrics
