@@ -141,6 +141,11 @@ def classify(answer: SendAnswer, users: Iterable[str], attempt: int) -> SendOutc
     return Fail(RelayRejected(400, code, answer.message))
 
 
+def _refuses_after(answer: ErrorFrame) -> bool:
+    """A relay that predates the lane fence refused the ``after`` field itself."""
+    return answer.code == ErrorCode.BAD_FRAME and answer.message.startswith("after:")
+
+
 def is_transient(error: Exception) -> bool:
     """Whether the relay may take the send later (unreachable, or busy after every retry)."""
     return isinstance(error, RelayUnavailable) or (
@@ -249,6 +254,10 @@ class SendQueue:
         #: Sends of one lane on their way at once (each naming its predecessor: the relay's
         #: fence keeps their order). 1: one at a time, no ``after`` ever needed.
         self.lane_window = lane_window
+        #: Whether the relay takes ``after``. A relay older than the fence refuses the field
+        #: (``bad_frame``, ``after: ...``): from then on no send names a predecessor and one
+        #: send per lane is on its way at a time.
+        self.fence = True
         self.answer_timeout = answer_timeout
         self.offline_patience = offline_patience
         self.requeue_after = requeue_after
@@ -280,7 +289,7 @@ class SendQueue:
         written: the SDK's message sends end with a frame whose client id is their key);
         ``None`` when there is none. Asked when writing, after :meth:`expect`."""
         send = self._sends.get(key)
-        if send is None or send.lane is None:
+        if send is None or send.lane is None or not self.fence:
             return None
         ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
         if not ahead:
@@ -383,6 +392,10 @@ class SendQueue:
         send = self._sends.get(key) if key is not None else None
         if send is None or send.state is not _State.IN_FLIGHT or answer.id not in send.awaiting:
             return []
+        if isinstance(answer, ErrorFrame) and _refuses_after(answer):
+            # A relay without the fence: resend without ``after``, one per lane at a time.
+            self.fence = False
+            return self._fenced(send, now) + self._pump(now)
         outcome = classify(answer, send.users, send.attempt)
         if isinstance(outcome, Accepted):
             assert outcome.ts is not None
@@ -449,7 +462,8 @@ class SendQueue:
                 return False
         ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
         on_their_way = (_State.SENDING, _State.IN_FLIGHT)
-        return len(ahead) < self.lane_window and all(s.state in on_their_way for s in ahead)
+        window = self.lane_window if self.fence else 1
+        return len(ahead) < window and all(s.state in on_their_way for s in ahead)
 
     def _resume(self, now: float, which: Callable[[_Send], bool]) -> None:
         for send in self._sends.values():

@@ -63,6 +63,8 @@ class FakeRelay:
     blackhole: int = 0
     #: Enforce the lane fence (``after``); ``False``: a relay that ignores it.
     fence: bool = True
+    #: ``False``: a relay older than the fence, which refuses the ``after`` field.
+    knows_after: bool = True
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     now_ms: int = 1_700_000_000_000
 
@@ -74,6 +76,10 @@ class FakeRelay:
             return None
         if key in self.answers:  # a repeated id is answered again, never stored twice
             return self.answers[key]
+        if not self.knows_after and frame.after is not None:
+            return ErrorFrame(
+                id=frame.id, code="bad_frame", message="after: Extra inputs are not permitted"
+            )
         if self.fence and frame.after is not None and (sender, frame.after) not in self.answers:
             return ErrorFrame(id=frame.id, code="predecessor_missing", message="resend the lane")
         if self.refuse:

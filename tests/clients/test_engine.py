@@ -224,6 +224,20 @@ def test_a_window_of_a_lane_is_written_at_once_each_naming_its_predecessor() -> 
     assert named[window:] == keys[window - 1 : 11]
 
 
+def test_a_relay_without_the_fence_gets_the_lane_one_send_at_a_time_without_after() -> None:
+    relay, alice, bob = two()
+    relay.knows_after = False  # refuses the field: bad_frame "after: Extra inputs ..."
+    alice.send_text("bob", "warm-up")
+    keys = [alice.submit("bob", f"m{i}", lane="bob", durable=True) for i in range(4)]
+    alice.run()
+    assert all(isinstance(alice.outcome(k), Finished) for k in keys)
+    assert not any(isinstance(o, Queued) for k in keys for o in alice.settled[k])
+    assert texts(bob) == ["warm-up", "m0", "m1", "m2", "m3"]
+    assert alice.engine.sends.fence is False
+    # m1..m3 went out with ``after`` once (refused), then one at a time without it.
+    assert alice.written[1:] == [*keys, *keys[1:]]
+
+
 def test_the_predecessor_is_the_last_frame_of_the_nearest_pending_send_of_the_lane() -> None:
     q = SendQueue(lane_window=4)
     q.connection_up(0.0)
