@@ -109,6 +109,8 @@ _PROFILE_ROW = b"profile"
 #: Every sealed column: (table, column, primary key columns giving the row key, filter).
 #: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters; old builds 999).
 _IN_CHUNK = 500
+#: Search-token rows per INSERT (three parameters each).
+_TOKEN_ROWS = 300
 
 _SEALED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("profile", "secret", (), ""),
@@ -341,10 +343,14 @@ class SqliteStore:
         found = search.tokens(
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
-        self._exec_many(
-            "INSERT OR IGNORE INTO search_tokens VALUES (?, ?, ?)",
-            [(t, message.sent_at, message.message_id) for t in found],
-        )
+        rows = [(t, message.sent_at, message.message_id) for t in sorted(found)]
+        for start in range(0, len(rows), _TOKEN_ROWS):  # one statement per message, usually
+            chunk = rows[start : start + _TOKEN_ROWS]
+            self._exec(
+                "INSERT OR IGNORE INTO search_tokens VALUES "  # noqa: S608
+                + ", ".join(["(?, ?, ?)"] * len(chunk)),
+                [value for row in chunk for value in row],
+            )
 
     def change_passphrase(self, passphrase: str | None) -> None:
         """Re-encrypt every secret under a new key: from ``passphrase``, or (None) a key file.

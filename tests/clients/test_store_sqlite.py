@@ -438,3 +438,20 @@ def test_a_receipts_ids_move_in_one_statement_and_a_damaged_state_is_reported(
     raw_update(tmp_path, "UPDATE messages SET state = 'bogus' WHERE message_id = 'o3'")
     with open_store(tmp_path) as store, pytest.raises(StoreCorrupted, match="o3"):
         store.update_message_states(ids, DeliveryState.READ)
+
+
+def test_a_messages_search_tokens_go_in_one_statement(tmp_path: Path) -> None:
+    # One INSERT for a message's words (it was one per word); a text of more distinct words
+    # than one statement takes still has every word indexed.
+    with open_store(tmp_path) as store:
+        inserts: list[str] = []
+        store._conn.set_trace_callback(
+            lambda sql: inserts.append(sql) if "search_tokens" in sql else None
+        )
+        store.add_message(StoredMessage("a", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "one two"))
+        assert len(inserts) == 1
+        many = " ".join(f"w{n}" for n in range(700))
+        store.add_message(StoredMessage("b", "bob", Direction.IN, "bob", 1, 2.0, 2.0, many))
+        assert len(inserts) == 4  # 300 + 300 + 100 rows
+        for word in ("w0", "w350", "w699", "two"):
+            assert len(store.search_messages(word)) == 1
