@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI
 from server import attachments, delivery, push
 from server.accounts import routes as accounts
 from server.auth import routes as auth
+from server.auth.fastpath import LoginFastPath
 from server.auth.maintenance import core_lifespan
 from server.clock import Clock
 from server.db.engine import create_engine, session_factory
@@ -120,6 +121,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.state.relay = state
     install_error_handlers(app)
     document_errors(app)
+    # Innermost: well-formed logins skip FastAPI's request path (the layers below apply).
+    app.add_middleware(LoginFastPath, state=state)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )

@@ -291,3 +291,70 @@ async def test_many_concurrent_logins_all_succeed_on_sqlite(tmp_path: Path) -> N
                 *(http.get("/v1/prekeys/count", headers=auth_header(t)) for t in flat)
             )
             assert {r.status_code for r in counts} == {200}
+
+
+async def test_well_formed_logins_skip_fastapi_and_answer_as_its_routes(
+    relay: Relay, http: httpx.AsyncClient, alice: TestAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``server.auth.fastpath`` answers well-formed logins without FastAPI's dependency
+    solving; its answers (success and refusals) equal the routes', which still serve any
+    other request (here: the same bodies as ``application/merge-patch+json``, JSON to
+    FastAPI but not the fast path's exact ``application/json``)."""
+    import fastapi.routing
+
+    solved: list[str] = []
+    original = fastapi.routing.solve_dependencies  # type: ignore[attr-defined]
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        solved.append(str(kwargs["request"].url.path))  # type: ignore[attr-defined]
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    device = alice.devices[0]
+
+    async def both(path: str, body: object) -> list[tuple[int, str, dict[str, object]]]:
+        answers = []
+        for content_type in ("application/json", "application/merge-patch+json"):
+            resp = await http.post(path, json=body, headers={"content-type": content_type})
+            answers.append(
+                (resp.status_code, resp.headers.get("www-authenticate", ""), resp.json())
+            )
+        return answers
+
+    # Success: the fast path's answer has the route's shape (values differ: fresh nonces).
+    fast, routed = await both("/v1/auth/challenge", {"username": "alice", "device_id": 1})
+    assert fast[0] == routed[0] == 200 and fast[2].keys() == routed[2].keys()
+    assert solved == ["/v1/auth/challenge"]  # only the merge-patch+json request
+    nonces = [base64.b64decode(str(a[2]["nonce"])) for a in (fast, routed)]
+    for nonce in nonces:
+        fast_token = await http.post("/v1/auth/token", json=_token_body(alice, nonce))
+        assert fast_token.status_code == 200, fast_token.text
+        assert list(fast_token.json()) == ["token", "token_type", "expires_at", "device_id"]
+    assert solved == ["/v1/auth/challenge"]
+    # Refusals: the same status, code, message and headers either way.
+    for path, body in [
+        ("/v1/auth/challenge", {"username": "nobody", "device_id": 1}),
+        ("/v1/auth/challenge", {"username": "alice", "device_id": 9}),
+        ("/v1/auth/challenge", {"username": "alice", "device_id": True}),
+        ("/v1/auth/challenge", {"username": "alice\n", "device_id": 1}),
+        ("/v1/auth/challenge", {"username": "alice", "device_id": 1, "x": 1}),
+        ("/v1/auth/token", {**_token_body(alice, b"\x00" * 32, device)}),
+        ("/v1/auth/token", {**_token_body(alice, b"\x00" * 31, device)}),
+        ("/v1/auth/token", {**_token_body(alice, b"\x00" * 32, device), "nonce": "AA"}),
+    ]:
+        fast, routed = await both(path, body)
+        assert fast == routed, (path, body)
+        assert fast[0] in (401, 404, 422), fast
+    # A bad signature burns the challenge on either path.
+    for content_type in ("application/json", "application/merge-patch+json"):
+        nonce = await _challenge(http)
+        bad = {**_token_body(alice, nonce), "signature": b64(b"\x01" * 64)}
+        resp = await http.post("/v1/auth/token", json=bad, headers={"content-type": content_type})
+        assert (resp.status_code, resp.json()["error"]) == (401, "bad_signature")
+        again = await http.post("/v1/auth/token", json=_token_body(alice, nonce))
+        assert (again.status_code, again.json()["error"]) == (401, "invalid_challenge")
+    # The HTTP metrics label fast-path requests by their route, as before.
+    text = (await http.get("/metrics")).text
+    assert 'vox_http_requests_total{route="/v1/auth/challenge",status="200"} 4.0' in text
+    assert 'vox_http_requests_total{route="/v1/auth/token",status="200"} 2.0' in text
+    assert 'route="unmatched"' not in text
