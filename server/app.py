@@ -122,7 +122,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_error_handlers(app)
     document_errors(app)
     # Innermost: well-formed logins skip FastAPI's request path (the layers below apply).
-    app.add_middleware(LoginFastPath, state=state)
+    app.add_middleware(LoginFastPath, relay=state)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )

@@ -71,9 +71,9 @@ def _is_json(scope: Scope) -> bool:
 class LoginFastPath:
     """Answer well-formed login requests directly (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, state: RelayState) -> None:
+    def __init__(self, app: ASGIApp, *, relay: RelayState) -> None:
         self.app = app
-        self.state = state
+        self.relay = relay
         #: The routes' own objects: what the HTTP metrics label requests with.
         self._routes: dict[str, BaseRoute] = {
             path: route
@@ -104,7 +104,7 @@ class LoginFastPath:
         fields = _CHALLENGE_FIELDS if path == CHALLENGE_PATH else _TOKEN_FIELDS
         try:
             body = _well_formed(json.loads(raw), fields)
-        except ValueError:  # not JSON (or not UTF-8): the route says how
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep: the route says how
             body = None
         if body is None:
             await self.app(scope, _replay(raw, receive), send)
@@ -113,7 +113,7 @@ class LoginFastPath:
         client = scope.get("client")
         address = client[0] if client else "unknown"  # as server.deps.client_ip
         try:
-            await self.state.limiters.ip.acquire(address)  # the /v1 routers' per_ip_rate_limit
+            await self.relay.limiters.ip.acquire(address)  # the /v1 routers' per_ip_rate_limit
             if path == CHALLENGE_PATH:
                 answer = await self._challenge(address, body)
             else:
@@ -125,14 +125,14 @@ class LoginFastPath:
 
     async def _challenge(self, address: str, body: dict[str, Any]) -> dict[str, Any]:
         """As :func:`server.auth.routes.challenge`."""
-        state = self.state
-        await state.limiters.challenge.acquire(address)
-        limits = state.settings.limits
+        relay = self.relay
+        await relay.limiters.challenge.acquire(address)
+        limits = relay.settings.limits
         nonce, expires = await service.create_challenge(
-            state.login_db,
+            relay.login_db,
             body["username"],
             body["device_id"],
-            now=state.clock.now(),
+            now=relay.clock.now(),
             ttl=limits.challenge_ttl_seconds,
             requester=service.requester_tag(address),
             bounds=service.ChallengeBounds(
@@ -144,19 +144,19 @@ class LoginFastPath:
 
     async def _token(self, body: dict[str, Any]) -> dict[str, Any]:
         """As :func:`server.auth.routes.token`."""
-        state = self.state
+        relay = self.relay
         try:
             value, expires = await service.issue_token(
-                state.login_db,
+                relay.login_db,
                 body["username"],
                 body["device_id"],
                 body["nonce"],
                 body["signature"],
-                now=state.clock.now(),
-                ttl=state.settings.limits.token_ttl_seconds,
+                now=relay.clock.now(),
+                ttl=relay.settings.limits.token_ttl_seconds,
             )
         except DomainError as exc:
-            state.metrics.auth_failures.inc()
+            relay.metrics.auth_failures.inc()
             log_event(
                 "auth_failed",
                 logging.WARNING,
@@ -165,7 +165,7 @@ class LoginFastPath:
                 device_id=body["device_id"],
             )
             raise
-        state.metrics.tokens_issued.inc()
+        relay.metrics.tokens_issued.inc()
         return {
             "token": value,
             "token_type": "Bearer",
