@@ -72,8 +72,6 @@ BACK_ONLINE_SHOW_S = 5.0
 HIGHLIGHT_S = 3.0
 #: ``/jump`` and a search result load this much more history at a time, up to the maximum.
 JUMP_HISTORY_STEP, JUMP_HISTORY_MAX = 500, 5000
-#: How often disappeared messages (the SDK's expiry sweep) leave the open conversation.
-EXPIRY_CHECK_S = 1.0
 #: The first commands a new user needs, on one line (the welcome text); ``/help`` shows all.
 HELP = (
     "Start with "
@@ -172,7 +170,6 @@ class ChatApp(App[None]):
         else:
             self._system(self._welcome() + HELP)
         self.pump_events()
-        self.set_interval(EXPIRY_CHECK_S, self._check_expired)
         self._chat.query_one("#input", Input).focus()
 
     @property
@@ -621,9 +618,13 @@ class ChatApp(App[None]):
 
     async def _message_update(self, event: MessageUpdate) -> None:
         """An edit, delete or reaction redraws its message; a timer change is shown in the
-        title (its announcement is a history row: drawn now in the open chat, else on open)."""
+        title (its announcement is a history row: drawn now in the open chat, else on open); a
+        message that disappeared (the SDK's ``expired`` event) leaves the pane — no polling."""
         if event.kind == "timer":
             await self._timer_changed(event.conversation, event.seconds or 0)
+        elif event.kind == "expired":  # the SDK's sweep deleted it: the row goes at once
+            if event.conversation == self.current and event.target in self.shown:
+                await self._drop(event.target)
         elif event.conversation == self.current and event.target in self.shown:
             await self._refresh(event.conversation, {event.target})
 
@@ -647,17 +648,6 @@ class ChatApp(App[None]):
                 self._update_row(found[mid])
             elif mid in self.shown:
                 await self._drop(mid)
-
-    def _check_expired(self) -> None:
-        if self.current is not None and any(m.expires_in for m in self.shown.values()):
-            self._prune_expired(self.current)
-
-    @work(group="expire", exclusive=True, exit_on_error=False)
-    async def _prune_expired(self, conversation: str) -> None:
-        """Remove the rows of disappearing messages the SDK's sweep deleted from the store."""
-        timed = {i for i, m in self.shown.items() if m.expires_in and not i.startswith("pending-")}
-        with contextlib.suppress(*FAILURES):
-            await self._refresh(conversation, timed)
 
     def _clear_typing(self) -> None:
         status = self._chat.query_one("#status", Static)

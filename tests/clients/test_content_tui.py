@@ -4,12 +4,15 @@ pilot), with Bob and Carol as SDK clients, through a real relay on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import OptionList, Static
 
+from clients.sdk.message_ops import run_sweeper
 from clients.sdk.models import Message, MessageUpdate, ReplyRef
 from clients.store.models import DeliveryState
 from clients.tui import ChatApp, SdkBackend
@@ -270,13 +273,37 @@ async def test_a_group_deletes_by_others_timer_notes_and_disappearing_rows(peopl
         await until(pilot, lambda: "carol" in app.items and app.items["carol"].timer == 300)
         await type_line(pilot, "/chat carol")
         await until(pilot, lambda: shown(app, "carol set disappearing messages to 5 minutes"))
-        assert "⏱ 5 min" in str(app.query_one("#conv-title", Static).content)
-        # A disappearing message leaves the window once the store drops it (the SDK's sweep
-        # does that when its time has come; here: deleted on this device behind the TUI).
+        assert str(app.query_one("#conv-title", Static).content).endswith("⏱ 5 minutes")
+        # A disappearing message leaves the window when the SDK's sweep deletes it: the
+        # sweeper (here on a clock an hour ahead: read 5 minutes ago is long gone) emits
+        # `expired`, the TUI drops the row.
         timed = (await people.carol.send_text("alice", "this vanishes")).id
         await until(pilot, lambda: shown(app, "carol: this vanishes ⏱"))
-        await people.alice.delete("carol", timed, for_me=True)
-        await until(pilot, lambda: timed not in app.shown and not shown(app, "this vanishes"))
+        store = people.alice.store
+        await until(
+            pilot, lambda: (m := store.get_message(timed)) is not None and bool(m.expire_at)
+        )
+        later = asyncio.create_task(
+            run_sweeper(store, clock=lambda: time.time() + 3600, emit=people.alice.emit)
+        )
+        try:
+            await until(pilot, lambda: timed not in app.shown and not shown(app, "this vanishes"))
+        finally:
+            later.cancel()
+        assert store.get_message(timed) is None
+
+
+async def test_an_expired_event_drops_the_row_with_no_polling_of_the_store(people: People) -> None:
+    """The TUI follows the SDK's `expired` events (it polled the store every second while a
+    timed message was shown): the event alone removes the row, whatever the store says."""
+    await people.bob.set_timer("alice", 60)
+    timed = (await people.bob.send_text("alice", "gone soon")).id
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: shown(app, "bob: gone soon ⏱"))
+        gone = MessageUpdate("expired", "bob", timed, "bob", 1, int(time.time() * 1000))
+        await people.alice.emit([gone])
+        await until(pilot, lambda: timed not in app.shown and not shown(app, "gone soon"))
 
 
 async def test_a_timer_change_shows_once_live_and_after_reopening(people: People) -> None:
