@@ -78,6 +78,7 @@ class RestErrorCode(StrEnum):
     STALE_DEVICE_LIST = "stale_device_list"
     PREKEY_STOCK_FULL = "prekey_stock_full"
     BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"  # 408: the body arrived too slowly (edge deadline)
     PREKEY_BATCH_TOO_LARGE = "prekey_batch_too_large"
     TOO_LARGE = "too_large"
     INVALID_REQUEST = "invalid_request"

@@ -35,6 +35,7 @@ from server.clock import Clock
 from server.edge.connections import OPS_PATHS, Tracked
 from server.errors import error_body
 from server.metrics import Metrics
+from wire.codes import RestErrorCode
 
 __all__ = [
     "BodyDeadlineMiddleware",
@@ -231,7 +232,7 @@ class BodyDeadlineMiddleware:
                 f"the request body did not arrive in time (allowed: {self.grace:g} s plus"
                 f" 1 s per {self.rate} bytes received)"
             )
-            await _send_json(send, 408, error_body("body_timeout", message))
+            await _send_json(send, 408, error_body(RestErrorCode.BODY_TIMEOUT, message))
 
 
 class MetricsMiddleware:
