@@ -84,6 +84,18 @@ class RelayProc:
         self.proc = None
 
 
+@contextmanager
+def own_relay(tmp_path: Path) -> Iterator[RelayProc]:
+    """A relay of the test's own (it may stop and start it), stopped at the end."""
+    (tmp_path / "own-relay").mkdir()
+    relay = RelayProc(tmp_path / "own-relay" / "vox-data")
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
 class Vox:
     """One `vox` CLI profile (a real process per command)."""
 
@@ -189,6 +201,21 @@ def wait_message(page: Any, sender: str, text: str) -> Any:
     loc = page.locator(f'[data-testid="message"][data-from="{sender}"]', has_text=text)
     loc.first.wait_for(timeout=TIMEOUT_MS)
     return loc
+
+
+def message(page: Any, mid: str) -> Any:
+    """The rendered message ``mid``."""
+    return page.locator(f'[data-testid="message"][data-message-id="{mid}"]')
+
+
+def act(page: Any, mid: str, action: str, emoji: str | None = None) -> None:
+    """Open a message's actions and pick one (``react-option`` needs the emoji)."""
+    m = message(page, mid)
+    m.get_by_test_id("message-actions").click()
+    target = m.get_by_test_id(action)
+    if emoji is not None:
+        target = m.locator(f'[data-testid="{action}"][data-emoji="{emoji}"]')
+    target.click()
 
 
 @dataclass

@@ -17,7 +17,9 @@ from typing import Any
 from tests.web.support import (
     RelayProc,
     Vox,
+    act,
     browser_chatting_with_vox,
+    message,
     open_app,
     register_in_browser,
     send_in_browser,
@@ -26,20 +28,6 @@ from tests.web.support import (
 )
 
 Events = list[dict[str, Any]]
-
-
-def message(page: Any, mid: str) -> Any:
-    return page.locator(f'[data-testid="message"][data-message-id="{mid}"]')
-
-
-def act(page: Any, mid: str, action: str, emoji: str | None = None) -> None:
-    """Open a message's actions and pick one (``react-option`` needs the emoji)."""
-    m = message(page, mid)
-    m.get_by_test_id("message-actions").click()
-    target = m.get_by_test_id(action)
-    if emoji is not None:
-        target = m.locator(f'[data-testid="{action}"][data-emoji="{emoji}"]')
-    target.click()
 
 
 def relay_lifetime_ms(relay: RelayProc, client_id: str) -> int:

@@ -16,6 +16,7 @@ from tests.web.support import (
     Vox,
     open_app,
     open_chat,
+    own_relay,
     register_in_browser,
     send_in_browser,
     unique,
@@ -49,10 +50,7 @@ def _cached(page: Any) -> dict[str, list[str]]:
 def test_the_app_opens_offline_from_the_cached_shell_and_sends_queued_messages_later(
     context: Any, tmp_path: Path
 ) -> None:
-    (tmp_path / "own-relay").mkdir()
-    relay = RelayProc(tmp_path / "own-relay" / "vox-data")
-    relay.start()
-    try:
+    with own_relay(tmp_path) as relay:
         alice, bob = unique("webalice"), unique("bob")
         vox = Vox(tmp_path / "bob", relay, bob).register()
         page = open_app(context, relay)
@@ -101,8 +99,6 @@ def test_the_app_opens_offline_from_the_cached_shell_and_sends_queued_messages_l
         )
         got = vox.receive_until(lambda g: any(m.get("text") == "queued offline" for m in g))
         assert [m.get("text") for m in got].count("queued offline") == 1
-    finally:
-        relay.stop()
 
 
 def test_online_the_relays_answers_are_used_not_the_cache(context: Any, relay: RelayProc) -> None:

@@ -83,12 +83,22 @@ export interface Group {
   distributed: { keyId: number; devices: string[] };
   records: Record<string, SK.SenderKeyState[]>; // "user:device" → newest first
 }
+/**
+ * A conversation message (text, file, edit, delete, reaction, timer) waiting for the relay:
+ * ``to`` is its conversation (a username, or ``group:<hex id>`` for a group), ``seq`` its
+ * place in the outbox (strictly increasing; entries of one conversation go out in that order).
+ */
 interface OutboxEntry {
   id: string;
   to: string;
   content: Uint8Array;
   attempts: number;
+  seq?: number; // absent in entries stored before it existed: they go first
 }
+/** Group membership changes are not queued (see ``announce``). */
+export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
+/** A queued send that the relay could not take now is tried again this much later while connected. */
+const RETRY_CONNECTED_MS = 10_000;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
 
 type Frame = Record<string, unknown> & { type: string };
@@ -140,6 +150,10 @@ export class Engine {
   private verifiedSync = new Map<string, Uint8Array>();
   private fetchedAt = new Map<string, number>();
   private outbox = new Map<string, OutboxEntry>();
+  private outboxSeq = 0;
+  /** Conversations whose queue is being sent (one message at a time each), and those asked again meanwhile. */
+  private pumps = new Map<string, Promise<void>>();
+  private pumpAgain = new Set<string>();
   groups = new Map<string, Group>();
   /** Processed envelope ids → when they were processed (ms). */
   private seen = new Map<string, number>();
@@ -231,7 +245,9 @@ export class Engine {
       this.messages.set(v.conv, list);
       this.counter = Math.max(this.counter, Number(v.key.split(":").pop()));
     }
-    for (const [, v] of await this.store.list<OutboxEntry>("outbox:")) this.outbox.set(v.id, v);
+    const queued = (await this.store.list<OutboxEntry>("outbox:")).map(([, v]) => v);
+    for (const v of queued.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0))) this.outbox.set(v.id, v);
+    this.outboxSeq = Math.max(0, ...queued.map((v) => v.seq ?? 0));
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
     await this.ops.load();
@@ -735,47 +751,108 @@ export class Engine {
     const { ext, extras } = this.ops.outgoing(to, sentAt, replyTo);
     const content = encodeContent({ type: 1, id, sentAt, groupId: new Uint8Array(0), text, ...ext });
     const idHex = hex(id);
-    const entry: OutboxEntry = { id: idHex, to, content, attempts: 0 };
     const m: Message = { key: this.nextKey(to), id: idHex, conv: to, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending", ...extras };
-    const changes: [string, unknown][] = [[`outbox:${idHex}`, entry]];
+    const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
-    await this.store.commit(changes);
-    this.outbox.set(idHex, entry);
-    this.changed();
-    void this.deliverOutbox(entry);
+    await this.enqueue(to, idHex, content, changes);
     return idHex;
   }
 
-  /** An operation (messageops.ts): direct ones go through the outbox like a text. */
-  private async sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: [string, unknown][]) => void): Promise<void> {
-    const changes: [string, unknown][] = [];
-    if (conv.startsWith("group:")) {
-      const g = this.groups.get(conv.slice(6));
-      if (!g) throw new Error("unknown group");
-      for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
-      const r = await this.sendGroupContent(g.id, idHex, content);
-      if (r !== "accepted") throw new Error(r === "retry" ? "offline: not sent, try again" : "the relay refused it");
-      apply(changes);
-      await this.store.commit(changes);
-      this.changed();
+  /** Refuse a send to ``conv`` while a member's key change is not accepted. */
+  private checkTrusted(conv: string): void {
+    if (!conv.startsWith("group:")) {
+      if (this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
       return;
     }
-    if (this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
-    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0 };
+    const g = this.groups.get(conv.slice(6));
+    if (!g) throw new Error("unknown group");
+    for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
+  }
+
+  /**
+   * Put a conversation message in the outbox, in the same transaction as ``changes`` (its
+   * history entry, or an operation's local effect), and start sending ``conv``'s queue. It
+   * stays there — across reconnects and reloads — until the relay accepted it (the client id
+   * is the message id: a resend after a lost answer is answered with the first `accepted`
+   * and stored once) or refused it for good.
+   */
+  private async enqueue(conv: string, idHex: string, content: Uint8Array, changes: [string, unknown][]): Promise<void> {
+    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq };
     changes.push([`outbox:${idHex}`, entry]);
-    apply(changes);
     await this.store.commit(changes);
     this.outbox.set(idHex, entry);
     this.changed();
-    void this.deliverOutbox(entry);
+    void this.pump(conv);
+  }
+
+  /** How many messages and operations of ``conv`` wait in the outbox. */
+  queued(conv: string): number {
+    let n = 0;
+    for (const e of this.outbox.values()) if (e.to === conv) n++;
+    return n;
+  }
+
+  /** An operation (messageops.ts): queued like a text, its local effect applied at once. */
+  private async sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: [string, unknown][]) => void): Promise<void> {
+    this.checkTrusted(conv);
+    const changes: [string, unknown][] = [];
+    apply(changes);
+    await this.enqueue(conv, idHex, content, changes);
   }
 
   private async flushOutbox(): Promise<void> {
-    for (const e of [...this.outbox.values()]) await this.deliverOutbox(e);
+    await Promise.all([...new Set([...this.outbox.values()].map((e) => e.to))].map((conv) => this.pump(conv)));
   }
 
-  private async deliverOutbox(e: OutboxEntry): Promise<void> {
-    const answer = await this.sendContent(e.to, e.id, e.content, { transcript: true });
+  /**
+   * Send ``conv``'s queue oldest first, one message at a time: the next goes only once the
+   * relay accepted (or refused for good) the previous one; a message that must wait for the
+   * connection holds every later one of its conversation back (protocol-client §4.6).
+   */
+  private pump(conv: string): Promise<void> {
+    const running = this.pumps.get(conv);
+    if (running) {
+      this.pumpAgain.add(conv);
+      return running;
+    }
+    const run = async (): Promise<void> => {
+      try {
+        do {
+          this.pumpAgain.delete(conv);
+          for (;;) {
+            let next: OutboxEntry | undefined;
+            for (const e of this.outbox.values()) if (e.to === conv && (!next || (e.seq ?? 0) < (next.seq ?? 0))) next = e;
+            if (!next) return;
+            if ((await this.deliverOutbox(next)) !== "retry") continue;
+            // Kept; sent again after the next connect, or soon if we are still connected.
+            if (this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), RETRY_CONNECTED_MS);
+            break;
+          }
+        } while (this.pumpAgain.has(conv) && this.status === "online");
+      } finally {
+        this.pumps.delete(conv);
+      }
+    };
+    const p = run();
+    this.pumps.set(conv, p);
+    return p;
+  }
+
+  /** One attempt at a queued group message: encrypted under our sender key when it goes. */
+  private async deliverGroup(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
+    if (this.status !== "online") return "retry";
+    try {
+      this.checkTrusted(e.to); // the group still exists (we may have left), no unaccepted key change
+      return await this.sendGroupContent(e.to.slice(6), e.id, e.content);
+    } catch (err) {
+      if (err instanceof Offline) return "retry";
+      console.warn("group send failed", err);
+      return "failed";
+    }
+  }
+
+  private async deliverOutbox(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
+    const answer = e.to.startsWith("group:") ? await this.deliverGroup(e) : await this.sendContent(e.to, e.id, e.content, { transcript: true });
     if (answer === "accepted") {
       this.outbox.delete(e.id);
       const m = this.findMessage(e.id);
@@ -798,6 +875,7 @@ export class Engine {
       this.changed();
     }
     // "retry": stays in the outbox and is resent after the next (re)connect.
+    return answer;
   }
 
   /**
@@ -867,7 +945,7 @@ export class Engine {
    */
   async sendFile(conv: string, file: File, onProgress: (fraction: number) => void): Promise<string> {
     const isGroup = conv.startsWith("group:");
-    if (!isGroup && this.keyChanged(conv)) throw new UntrustedIdentity(`${conv}'s safety number changed: verify it first`);
+    this.checkTrusted(conv);
     const limit = this.config?.limits["max_attachment_bytes"] ?? 104857600;
     if (ATT.blobSize(ATT.paddedSize(file.size), ATT.CHUNK) > limit) throw new Error(`the file is too large for this relay (limit ${limit} bytes after padding)`);
     // Read slice by slice and encrypted chunk by chunk; only the encrypted chunks (then the
@@ -883,21 +961,7 @@ export class Engine {
     const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text: null, sentAt, state: "pending", file: { name: file.name, type: file.type, size: file.size, pointer }, ...extras };
     const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
-    if (isGroup) {
-      await this.store.commit(changes);
-      this.changed();
-      const r = await this.sendGroupContent(conv.slice(6), idHex, content);
-      m.state = r === "accepted" ? "sent" : "failed";
-      await this.store.commit([[m.key, m]]);
-      this.changed();
-      return idHex;
-    }
-    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0 };
-    changes.push([`outbox:${idHex}`, entry]);
-    await this.store.commit(changes);
-    this.outbox.set(idHex, entry);
-    this.changed();
-    void this.deliverOutbox(entry);
+    await this.enqueue(conv, idHex, content, changes);
     return idHex;
   }
 
@@ -1339,20 +1403,35 @@ export class Engine {
     return conv.startsWith("group:") ? (this.groups.get(conv.slice(6))?.name ?? "group") : conv;
   }
 
+  /**
+   * Send a membership change (GROUP_UPDATE, the next epoch) pairwise to every member and to
+   * those removed, and only once the relay accepted it apply it here. Not queued: a change
+   * written offline would carry an epoch that other members may have passed meanwhile (their
+   * concurrent changes; only removals win over those, protocol-client §6), so a late add could
+   * be dropped by everyone but us, and what this device believes about the group would
+   * diverge from the others without any sign. Like the SDK (protocol-client §4.4: a group
+   * update is not kept), it needs the connection and fails otherwise.
+   */
   private async announce(g: Group, members: string[], action: number, extra: string[]): Promise<void> {
+    if (this.status !== "online") throw new Error(GROUP_CHANGE_OFFLINE);
     const me = this.user;
     const epoch = g.epoch + 1;
+    const sorted = [...new Set(members)].sort();
+    const content = encodeContent({ type: 5, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(g.id), epoch: BigInt(epoch), name: g.name, action, members: sorted });
+    const to = [...new Set([...sorted, ...extra])].filter((u) => u !== me);
+    const r = await this.sendContent(to.length ? to : me, hex(randomBytes(16)), content, { transcript: false });
+    if (r !== "accepted") throw new Error(r === "retry" ? GROUP_CHANGE_OFFLINE : "the relay did not accept the group change");
+    // In memory at once (a member's answer may already be arriving), then stored.
     const previous = this.groups.get(g.id);
     const changes: [string, unknown][] = [];
-    const sorted = [...new Set(members)].sort();
     if (sorted.includes(me)) {
       const since: Record<string, number> = {};
       for (const m of sorted) since[m] = previous ? (previous.since[m] ?? epoch) : 0;
-      const next: Group = { ...g, members: sorted, epoch, since };
+      const base = previous ?? g;
+      const next: Group = { ...base, members: sorted, epoch, since };
       const removed = previous ? previous.members.filter((m) => !sorted.includes(m)) : [];
       for (const u of removed) for (const k of Object.keys(next.records)) if (k.startsWith(`${u}:`)) delete next.records[k];
-      if (removed.length) next.ownKey = null;
-      this.groups.set(g.id, next);
+      if (removed.length) next.ownKey = null; // rotate: the next send distributes a new key
       changes.push([`group:${g.id}`, next]);
       const conv = `group:${g.id}`;
       if (!this.conversations.has(conv)) {
@@ -1360,16 +1439,13 @@ export class Engine {
         this.conversations.set(conv, cv);
         changes.push([`conv:${conv}`, cv]);
       }
+      this.groups.set(g.id, next);
     } else {
       this.groups.delete(g.id);
       changes.push([`group:${g.id}`, undefined]);
     }
-    await this.store.commit(changes);
     this.changed();
-    const content = encodeContent({ type: 5, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(g.id), epoch: BigInt(epoch), name: g.name, action, members: sorted });
-    const to = [...new Set([...sorted, ...extra])].filter((u) => u !== me);
-    const r = await this.sendContent(to.length ? to : me, hex(randomBytes(16)), content, { transcript: false });
-    if (r !== "accepted") throw new Error("the relay did not accept the group change (offline?)");
+    await this.store.commit(changes);
   }
 
   async createGroup(name: string, members: string[]): Promise<string> {
@@ -1399,10 +1475,10 @@ export class Engine {
     this.active = null;
   }
 
+  /** A text in a group: queued like a direct one (``enqueue``), encrypted when it goes. */
   async sendGroupText(conv: string, text: string, replyTo?: string): Promise<string> {
-    const g = this.groups.get(conv.slice(6));
-    if (!g) throw new Error("unknown group");
-    for (const m of g.members) if (m !== this.user && this.keyChanged(m)) throw new UntrustedIdentity(`${m}'s safety number changed: verify it first`);
+    this.checkTrusted(conv);
+    const g = this.groups.get(conv.slice(6)) as Group;
     const id = newMessageId();
     const idHex = hex(id);
     const sentAt = Date.now();
@@ -1410,13 +1486,8 @@ export class Engine {
     const m: Message = { key: this.nextKey(conv), id: idHex, conv, from: this.user, device: (this.identity as Identity).device, text, sentAt, state: "pending", ...extras };
     const changes: [string, unknown][] = [];
     this.addMessage(m, changes);
-    await this.store.commit(changes);
-    this.changed();
     const content = encodeContent({ type: 1, id, sentAt, groupId: fromHex(g.id), text, ...ext });
-    const r = await this.sendGroupContent(g.id, idHex, content);
-    m.state = r === "accepted" ? "sent" : "failed";
-    await this.store.commit([[m.key, m]]);
-    this.changed();
+    await this.enqueue(conv, idHex, content, changes);
     return idHex;
   }
 

@@ -2,7 +2,7 @@
 // safety numbers and devices. Phone-sized screens show the list or the conversation.
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { RelayConfig } from "../core/api";
-import { type ConnectionStatus, type Engine, UntrustedIdentity } from "../core/engine";
+import { type ConnectionStatus, type Engine, GROUP_CHANGE_OFFLINE, UntrustedIdentity } from "../core/engine";
 import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
@@ -80,6 +80,7 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
             }}
           />
           <NewGroup
+            online={engine.status === "online"}
             onCreate={async (name, members) => {
               const conv = await engine.createGroup(name, members);
               await engine.openConversation(conv);
@@ -202,7 +203,7 @@ function NewChat(props: { onOpen: (user: string) => Promise<void> }) {
   );
 }
 
-function NewGroup(props: { onCreate: (name: string, members: string[]) => Promise<void> }) {
+function NewGroup(props: { online: boolean; onCreate: (name: string, members: string[]) => Promise<void> }) {
   const [name, setName] = useState("");
   const [members, setMembers] = useState("");
   const [error, setError] = useState<string | null>(null);
@@ -228,7 +229,7 @@ function NewGroup(props: { onCreate: (name: string, members: string[]) => Promis
     >
       <input data-testid="group-name" placeholder="New group: name" value={name} onInput={(e) => setName(e.currentTarget.value)} />
       <input data-testid="group-members" placeholder="members: bob, carol" value={members} onInput={(e) => setMembers(e.currentTarget.value.toLowerCase())} />
-      <button type="submit" data-testid="group-create">
+      <button type="submit" data-testid="group-create" disabled={!props.online} title={props.online ? undefined : GROUP_CHANGE_OFFLINE}>
         Create group
       </button>
       {error && <small class="error">{error}</small>}
@@ -242,6 +243,9 @@ function GroupPanel(props: { engine: Engine; conv: string; onLeft: () => void })
   const [add, setAdd] = useState("");
   const [error, setError] = useState<string | null>(null);
   if (!g) return <p data-testid="group-gone">You are no longer a member of this group.</p>;
+  // Messages, edits, reactions and timer changes are queued offline; membership changes are
+  // not (Engine.announce says why), so their controls wait for the connection.
+  const offline = engine.status !== "online";
   const run = async (fn: () => Promise<void>) => {
     setError(null);
     try {
@@ -257,7 +261,7 @@ function GroupPanel(props: { engine: Engine; conv: string; onLeft: () => void })
           <span key={m} class="member" data-testid={`group-member-${m}`}>
             {m}
             {m !== engine.user && (
-              <button type="button" data-testid={`group-remove-${m}`} title={`Remove ${m}`} onClick={() => void run(() => engine.removeMembers(conv, [m]))}>
+              <button type="button" data-testid={`group-remove-${m}`} title={`Remove ${m}`} disabled={offline} onClick={() => void run(() => engine.removeMembers(conv, [m]))}>
                 ×
               </button>
             )}
@@ -276,16 +280,22 @@ function GroupPanel(props: { engine: Engine; conv: string; onLeft: () => void })
         }}
       >
         <input data-testid="group-add-username" placeholder="add member" value={add} onInput={(e) => setAdd(e.currentTarget.value.trim().toLowerCase())} />
-        <button type="submit" data-testid="group-add-submit">
+        <button type="submit" data-testid="group-add-submit" disabled={offline}>
           Add
         </button>
       </form>
-      <button type="button" data-testid="group-leave" onClick={() => void run(async () => {
+      <button type="button" data-testid="group-leave" disabled={offline} onClick={() => void run(async () => {
         await engine.leaveGroup(conv);
         props.onLeft();
       })}>
         Leave group
       </button>
+      {offline && (
+        <small class="hint" data-testid="group-offline">
+          Offline: messages are queued, but adding, removing and leaving need the connection — a membership change must
+          reach every member at once.
+        </small>
+      )}
       {error && <small class="error">{error}</small>}
     </div>
   );
@@ -309,6 +319,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const [, force] = useState(0);
 
   const online = engine.status === "online";
+  const queued = engine.queued(user);
   useEffect(() => {
     // Only once logged in (after a reload the token comes with the connection: a fetch
     // before it was refused with 401 and the key-change warning never showed).
@@ -369,6 +380,11 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
           ←
         </button>
         <h2 data-testid="conversation-title">{isGroup ? engine.groupTitle(user) : user}</h2>
+        {queued > 0 && !online && (
+          <span class="queued" data-testid="queued" data-count={queued} title="sent in order when the relay is reachable again">
+            🕓 {queued} queued — offline, retrying
+          </span>
+        )}
         {typists.length > 0 && (
           <span class="typing" data-testid="typing" data-users={typists.join(",")}>
             {isGroup ? `${typists.join(", ")} ${typists.length === 1 ? "is" : "are"} typing…` : "typing…"}

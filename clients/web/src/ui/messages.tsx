@@ -193,8 +193,8 @@ export function MessageView(props: { m: Message; engine: Engine; onCompose: (c: 
         )}
         <time>{new Date(m.sentAt).toLocaleTimeString()}</time>
         {mine && (
-          <span class="state" data-testid="message-state">
-            {STATE_MARK[m.state]}
+          <span class="state" data-testid="message-state" title={m.state === "pending" && engine.status !== "online" ? "queued: sent when the relay is reachable again" : undefined}>
+            {m.state === "pending" && engine.status !== "online" ? "🕓 queued" : STATE_MARK[m.state]}
           </span>
         )}
         {mine && isGroup && <GroupReceipts m={m} engine={engine} />}
