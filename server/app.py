@@ -47,6 +47,8 @@ __all__ = ["LifespanHook", "create_app"]
 
 #: Paths that stream large bodies and enforce their own limit.
 STREAMING_PREFIXES = ("/v1/attachments",)
+#: ... except the JSON body that starts a resumable upload.
+LIMITED_STREAMING_PATHS = ("/v1/attachments/uploads",)
 
 
 @asynccontextmanager
@@ -124,7 +126,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     # Innermost: well-formed logins skip FastAPI's request path (the layers below apply).
     app.add_middleware(LoginFastPath, relay=state)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=limits.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+        BodyLimitMiddleware,
+        max_bytes=limits.max_body_bytes,
+        exempt_prefixes=STREAMING_PREFIXES,
+        limited_paths=LIMITED_STREAMING_PATHS,
     )
     app.add_middleware(
         BodyDeadlineMiddleware,

@@ -135,6 +135,11 @@ class LimitSettings(_Section):
     max_attachment_bytes_per_device: int = Field(2048 * MiB, ge=1024, le=1024 * 1024 * MiB)
     #: Bytes of attachments stored on the relay in total.
     max_attachment_bytes_total: int = Field(100 * 1024 * MiB, ge=1024, le=2**50)
+    #: Resumable uploads (docs/protocol-ws.md §9.1): bytes one ``PATCH`` may carry,
+    #: how long an unfinished upload lives, how many one device may have open at once.
+    max_upload_chunk_bytes: int = Field(8 * MiB, ge=64 * 1024, le=64 * MiB)
+    upload_ttl_seconds: int = Field(DAY, ge=60, le=30 * DAY)
+    max_concurrent_uploads_per_device: int = Field(4, ge=1, le=100)
     #: Below this many free bytes in ``data_dir`` uploads and sends are refused (0 = off).
     min_free_disk_bytes: int = Field(1024 * MiB, ge=0, le=2**62)
     #: Accounts one client address may register per hour.

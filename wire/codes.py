@@ -90,6 +90,12 @@ class RestErrorCode(StrEnum):
     # attachments (docs/protocol-ws.md §9)
     TRUNCATED = "truncated"
     UNKNOWN_ATTACHMENT = "unknown_attachment"
+    UNKNOWN_UPLOAD = "unknown_upload"
+    OFFSET_MISMATCH = "offset_mismatch"
+    UPLOAD_INCOMPLETE = "upload_incomplete"
+    BEYOND_SIZE = "beyond_size"
+    TOO_MANY_UPLOADS = "too_many_uploads"
+    UPLOAD_FINISHED = "upload_finished"
     # push (docs/protocol-relay.md, Push notifications)
     BAD_SUBSCRIPTION = "bad_subscription"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"

@@ -40,6 +40,8 @@ __all__ = [
     "SubscriptionOut",
     "TokenIn",
     "TokenOut",
+    "UploadIn",
+    "UploadOut",
     "VapidOut",
 ]
 
@@ -263,6 +265,9 @@ class LimitsOut(_Out):
     max_queue_bytes: int
     queue_share_per_sender: float
     max_attachment_bytes_per_device: int
+    max_upload_chunk_bytes: int
+    upload_ttl_seconds: int
+    max_concurrent_uploads_per_device: int
 
 
 class VapidOut(BaseModel):
@@ -328,6 +333,24 @@ class AttachmentCreated(_Out):
     id: str
     size: int
     expires_at: int
+
+
+class UploadIn(BaseModel):
+    """``POST /v1/attachments/uploads``: the blob's total size, declared up front."""
+
+    size: int = Field(ge=1)
+
+
+class UploadOut(_Out):
+    """A resumable upload's state: bytes received so far (``offset``) of ``size``; once
+    finished, the attachment it became."""
+
+    upload_id: str
+    size: int
+    offset: int
+    chunk_bytes: int
+    expires_at: int
+    attachment: AttachmentCreated | None = None
 
 
 class ErrorBody(_Out):

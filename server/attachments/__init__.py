@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.attachments.routes import router
-from server.attachments.service import AttachmentService
+from server.attachments.service import AttachmentService, UploadLimits
 from server.attachments.storage import AttachmentStore, LocalDiskStore
 from server.state import relay_state
 
@@ -36,6 +36,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quota_per_device=settings.limits.max_attachment_bytes_per_device,
         quota_total=settings.limits.max_attachment_bytes_total,
         disk=state.disk,
+        uploads=UploadLimits(
+            chunk_bytes=settings.limits.max_upload_chunk_bytes,
+            ttl_seconds=settings.limits.upload_ttl_seconds,
+            per_device=settings.limits.max_concurrent_uploads_per_device,
+        ),
     )
     state.attachments = service
     service.start()

@@ -1,4 +1,5 @@
-"""``POST /v1/attachments`` (streaming upload) and ``GET /v1/attachments/{id}`` (download)."""
+"""``POST /v1/attachments`` (streaming upload), the resumable uploads under
+``/v1/attachments/uploads`` and ``GET /v1/attachments/{id}`` (download)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from server.attachments.service import AttachmentService
+from server.attachments.service import AttachmentService, UploadInfo
 from server.deps import CurrentDevice, StateDep
 from server.errors import BadRequest
 from server.openapi import error_responses
-from wire.rest import AttachmentCreated
+from wire.rest import AttachmentCreated, UploadIn, UploadOut
 
 __all__ = ["router"]
 
@@ -77,6 +78,109 @@ async def upload(request: Request, me: CurrentDevice, service: AttachmentsDep) -
     except ClientDisconnect:
         raise BadRequest("client disconnected during upload", code="truncated") from None
     return AttachmentCreated(id=info.id, size=info.size, expires_at=info.expires_at)
+
+
+def _upload_out(service: AttachmentService, up: UploadInfo, response: Response) -> UploadOut:
+    response.headers["Upload-Offset"] = str(up.offset)
+    response.headers["Cache-Control"] = "no-store"
+    att = up.attachment
+    return UploadOut(
+        upload_id=up.id,
+        size=up.size,
+        offset=up.offset,
+        chunk_bytes=service.uploads.chunk_bytes,
+        expires_at=up.expires_at,
+        attachment=AttachmentCreated(id=att.id, size=att.size, expires_at=att.expires_at)
+        if att
+        else None,
+    )
+
+
+@router.post(
+    "/uploads",
+    status_code=201,
+    response_model=UploadOut,
+    responses=error_responses(400, 413, 429, 507),
+)
+async def create_upload(
+    body: UploadIn, response: Response, me: CurrentDevice, service: AttachmentsDep
+) -> UploadOut:
+    """Start a resumable upload of ``size`` bytes (reserved against the quotas now)."""
+    return _upload_out(service, await service.create_upload(me.device_pk, body.size), response)
+
+
+@router.get("/uploads/{upload_id}", response_model=UploadOut, responses=error_responses(404))
+async def upload_state(
+    upload_id: str, response: Response, me: CurrentDevice, service: AttachmentsDep
+) -> UploadOut:
+    """Where an upload stands: resume at ``offset``."""
+    return _upload_out(service, await service.upload_state(me.device_pk, upload_id), response)
+
+
+@router.patch(
+    "/uploads/{upload_id}",
+    response_model=UploadOut,
+    responses=error_responses(400, 404, 409, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        "parameters": [
+            {
+                "name": "Upload-Offset",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "integer"},
+            }
+        ],
+    },
+)
+async def append_chunk(
+    upload_id: str,
+    request: Request,
+    response: Response,
+    me: CurrentDevice,
+    service: AttachmentsDep,
+) -> UploadOut:
+    """Append the body (``Content-Length`` bytes) at ``Upload-Offset``."""
+    offset = request.headers.get("upload-offset", "")
+    if not offset.isdigit() or len(offset) > 18:
+        raise BadRequest("Upload-Offset must be a non-negative integer", code="bad_request")
+    length = _declared_length(request)
+    if length is None:
+        raise BadRequest("a chunk needs a Content-Length", code="bad_request")
+    try:
+        up = await service.append(me.device_pk, upload_id, int(offset), length, request.stream())
+    except ClientDisconnect:
+        raise BadRequest("client disconnected during the chunk", code="truncated") from None
+    return _upload_out(service, up, response)
+
+
+@router.post(
+    "/uploads/{upload_id}/finish",
+    status_code=201,
+    response_model=AttachmentCreated,
+    responses={
+        200: {"model": AttachmentCreated, "description": "finished before: the same attachment"},
+        **error_responses(404, 409),
+    },
+)
+async def finish_upload(
+    upload_id: str, response: Response, me: CurrentDevice, service: AttachmentsDep
+) -> AttachmentCreated:
+    """Make the complete upload an attachment (idempotent)."""
+    info, created = await service.finish(me.device_pk, upload_id)
+    if not created:
+        response.status_code = 200
+    return AttachmentCreated(id=info.id, size=info.size, expires_at=info.expires_at)
+
+
+@router.delete("/uploads/{upload_id}", status_code=204, responses=error_responses(404))
+async def cancel_upload(upload_id: str, me: CurrentDevice, service: AttachmentsDep) -> Response:
+    """Abandon an upload (its bytes are deleted at once)."""
+    await service.cancel_upload(me.device_pk, upload_id)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -61,6 +61,28 @@ class AttachmentStore(Protocol):
         """Remove the blob if present."""
         ...
 
+    # -- resumable uploads (docs/protocol-ws.md §9.1): a part file per upload -------------
+
+    async def create_part(self, upload_id: str) -> None:
+        """Start an empty part for ``upload_id``."""
+        ...
+
+    async def append_part(
+        self, upload_id: str, offset: int, chunks: AsyncIterable[bytes], length: int
+    ) -> None:
+        """Write exactly ``length`` bytes at ``offset`` (the part's end so far). Raises
+        :class:`TooLarge` past ``length``, :class:`Truncated` short of it; then (and on any
+        error) the part is cut back to ``offset``."""
+        ...
+
+    async def commit_part(self, upload_id: str, blob_id: str) -> None:
+        """Make the complete part the blob ``blob_id``."""
+        ...
+
+    async def delete_part(self, upload_id: str) -> None:
+        """Remove the part if present."""
+        ...
+
 
 class LocalDiskStore:
     """Blobs as files under ``root`` (``root/ab/abcdef…``), written via a temp file + rename."""
@@ -86,23 +108,11 @@ class LocalDiskStore:
         await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         tmp = self._tmp / f"{secrets.token_hex(16)}.part"
         fh: BinaryIO = await asyncio.to_thread(open, tmp, "xb")
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes or (expected is not None and size > expected):
-                    raise TooLarge
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= CHUNK:
-                    await asyncio.to_thread(fh.write, b"".join(pending))
-                    pending, pending_size = [], 0
+            limit = max_bytes if expected is None else min(max_bytes, expected)
+            size = await _write_stream(fh, chunks, limit)
             if expected is not None and size != expected:
                 raise Truncated
-            if pending:
-                await asyncio.to_thread(fh.write, b"".join(pending))
             await asyncio.to_thread(_flush_and_close, fh)
             await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(os.replace, tmp, final)
@@ -135,6 +145,49 @@ class LocalDiskStore:
     async def delete(self, blob_id: str) -> None:
         await asyncio.to_thread(self._path(blob_id).unlink, missing_ok=True)
 
+    def _part(self, upload_id: str) -> Path:
+        if not upload_id or "/" in upload_id or "\\" in upload_id or upload_id.startswith("."):
+            raise ValueError("invalid upload id")
+        return self.root / "uploads" / f"{upload_id}.part"
+
+    async def create_part(self, upload_id: str) -> None:
+        part = self._part(upload_id)
+        await asyncio.to_thread(part.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(part.touch, exist_ok=False)
+
+    async def append_part(
+        self, upload_id: str, offset: int, chunks: AsyncIterable[bytes], length: int
+    ) -> None:
+        fh: BinaryIO = await asyncio.to_thread(open, self._part(upload_id), "r+b")
+        try:
+            await asyncio.to_thread(fh.seek, offset)
+            if await _write_stream(fh, chunks, length) != length:
+                raise Truncated
+            await asyncio.to_thread(_flush_and_close, fh)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_cut_back, fh, offset))
+            raise
+
+    async def commit_part(self, upload_id: str, blob_id: str) -> None:
+        final = self._path(blob_id)
+        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(os.replace, self._part(upload_id), final)
+
+    async def delete_part(self, upload_id: str) -> None:
+        await asyncio.to_thread(self._part(upload_id).unlink, missing_ok=True)
+
+    async def clean_parts(self, *, before: float) -> None:
+        """Remove part files last written before ``before`` (Unix time): an upload whose row
+        went (its device was deleted) or a crash between the row's and the file's removal."""
+
+        def _clean() -> None:
+            for part in (self.root / "uploads").glob("*.part"):
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_mtime < before:
+                        part.unlink(missing_ok=True)
+
+        await asyncio.to_thread(_clean)
+
     async def clean_temp(self, *, before: float) -> None:
         """Remove partial uploads left behind by a crash (last written before ``before``,
         Unix time)."""
@@ -148,6 +201,26 @@ class LocalDiskStore:
                         part.unlink(missing_ok=True)
 
         await asyncio.to_thread(_clean)
+
+
+async def _write_stream(fh: BinaryIO, chunks: AsyncIterable[bytes], limit: int) -> int:
+    """Write the stream to ``fh`` in ``CHUNK``-sized batches; its size. :class:`TooLarge`
+    as soon as it passes ``limit``."""
+    size = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= CHUNK:
+            await asyncio.to_thread(fh.write, b"".join(pending))
+            pending, pending_size = [], 0
+    if pending:
+        await asyncio.to_thread(fh.write, b"".join(pending))
+    return size
 
 
 async def _open_for_reading(path: Path) -> BinaryIO:
@@ -182,3 +255,14 @@ def _flush_and_close(fh: BinaryIO) -> None:
 def _discard(fh: BinaryIO, tmp: Path) -> None:
     fh.close()
     tmp.unlink(missing_ok=True)
+
+
+def _cut_back(fh: BinaryIO, offset: int) -> None:
+    """After a failed append: the part ends at ``offset`` again (what arrived is dropped)."""
+    if fh.closed:
+        with open(fh.name, "r+b") as again:
+            again.truncate(offset)
+        return
+    fh.flush()
+    fh.truncate(offset)
+    fh.close()

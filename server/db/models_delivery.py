@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base
 
-__all__ = ["Attachment", "DeliveryPayload", "DeliverySend", "QueueEntry"]
+__all__ = ["Attachment", "AttachmentUpload", "DeliveryPayload", "DeliverySend", "QueueEntry"]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
@@ -112,3 +112,20 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class AttachmentUpload(Base):
+    """A resumable upload in progress (``docs/protocol-ws.md`` §9.1): its bytes so far are
+    the store's part file ``id``; ``received`` of ``size`` have arrived. Once finished,
+    ``attachment_id`` names the attachment it became (kept until ``expires_at`` so that a
+    repeated finish gets the same answer). Times are Unix seconds."""
+
+    __tablename__ = "attachment_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    attachment_id: Mapped[str | None] = mapped_column(String(64))

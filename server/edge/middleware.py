@@ -97,16 +97,25 @@ class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with a 413 JSON error."""
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: Sequence[str] = ()
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        exempt_prefixes: Sequence[str] = (),
+        limited_paths: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.exempt = tuple(exempt_prefixes)
+        #: Exact paths under an exempt prefix whose (JSON) bodies are limited all the same.
+        self.limited = frozenset(limited_paths)
         #: How much of an oversized body is read (and dropped) before the 413 is sent.
         self.drain_bytes = max(8 * max_bytes, 8 * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http" or (
+            scope["path"].startswith(self.exempt) and scope["path"] not in self.limited
+        ):
             await self.app(scope, receive, send)
             return
         too_large = error_body(
