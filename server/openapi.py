@@ -5,10 +5,10 @@ Two sources, merged by :func:`document_errors`:
 * what a route's own service can refuse, declared on the route with
   ``responses=error_responses(404, 409)``;
 * what the plumbing around it can refuse, read off the operation: a JSON body
-  (400 ``malformed_json``, 413 ``body_too_large``, 415 ``unsupported_media_type``,
-  422 ``invalid_request``), path or query parameters (422), the bearer token (401; the
-  operation's ``security``). The per-address rate limit (429) is declared where the
-  routers are included with it (``server.app``).
+  (400 ``malformed_json``, 408 ``body_timeout``, 413 ``body_too_large``,
+  415 ``unsupported_media_type``, 422 ``invalid_request``), path or query parameters
+  (422), the bearer token (401; the operation's ``security``). The per-address rate limit
+  (429) is declared where the routers are included with it (``server.app``).
 
 Every error response has the one shared body :class:`wire.rest.ErrorBody`.
 """
@@ -30,6 +30,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "not allowed",
     404: "unknown user, device or resource",
     409: "conflicts with stored state",
+    408: "the request body arrived too slowly (``body_timeout``); the connection closes",
     410: "the account was deleted (``account_deleted``)",
     413: "body, batch or field over its limit",
     415: "the body is not sent as application/json",
@@ -50,9 +51,9 @@ def _plumbing_statuses(operation: dict[str, Any]) -> set[int]:
     statuses: set[int] = set()
     content = operation.get("requestBody", {}).get("content", {})
     if "application/json" in content:
-        statuses |= {400, 413, 415, 422}
+        statuses |= {400, 408, 413, 415, 422}
     elif content:
-        statuses |= {400, 413}
+        statuses |= {400, 408, 413}
     if operation.get("parameters"):
         statuses.add(422)
     if operation.get("security"):

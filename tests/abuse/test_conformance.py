@@ -171,16 +171,27 @@ async def test_the_openapi_document_lists_every_error_response(tmp_path: Path) -
         schema = (await http.get("/openapi.json")).json()
     ops = _operations(schema)
     expected = {
-        ("POST", "/v1/accounts"): {400, 403, 409, 413, 415, 422, 429},
+        ("POST", "/v1/accounts"): {400, 403, 408, 409, 413, 415, 422, 429},
         ("GET", "/v1/accounts/{username}/devices"): {401, 404, 422, 429},
-        ("PUT", "/v1/accounts/{username}/devices"): {400, 401, 403, 404, 409, 413, 415, 422, 429},
-        ("POST", "/v1/auth/challenge"): {400, 403, 404, 413, 415, 422, 429},
-        ("POST", "/v1/auth/token"): {400, 401, 403, 413, 415, 422, 429},
+        ("PUT", "/v1/accounts/{username}/devices"): {
+            400,
+            401,
+            403,
+            404,
+            408,
+            409,
+            413,
+            415,
+            422,
+            429,
+        },
+        ("POST", "/v1/auth/challenge"): {400, 403, 404, 408, 413, 415, 422, 429},
+        ("POST", "/v1/auth/token"): {400, 401, 403, 408, 413, 415, 422, 429},
         ("DELETE", "/v1/auth/token"): {401, 429},
-        ("POST", "/v1/prekeys"): {400, 401, 409, 413, 415, 422, 429},
+        ("POST", "/v1/prekeys"): {400, 401, 408, 409, 413, 415, 422, 429},
         ("GET", "/v1/prekeys/count"): {401, 429},
         ("GET", "/v1/prekeys/{username}"): {401, 404, 422, 429},
-        ("POST", "/v1/attachments"): {400, 401, 413, 429, 507},
+        ("POST", "/v1/attachments"): {400, 401, 408, 413, 429, 507},
         ("GET", "/v1/attachments/{attachment_id}"): {401, 404, 422, 429},
         ("GET", "/readyz"): {503},
     }
