@@ -100,18 +100,25 @@ def guards(proto: ClientProtocol) -> list[str]:
     return [k for k in store._s.seen if k.startswith(REPLAY_PREFIX)]
 
 
-def test_replay_guards_go_with_the_signed_prekey_they_name() -> None:
-    # The guard is kept while the signed prekey it names is held (a replay could still open
-    # a session), and deleted with that key (a replay then fails: UnknownPrekey).
-    # Before, every guard stayed in the seen table forever.
+def accepted_once() -> tuple[ClientProtocol, bytes, int]:
+    """Bob, who accepted alice's initial message on his last-resort key; the message; the
+    id of the signed prekey it named."""
     alice, alice_key, alice_list, _ = device("alice")
     bob, bob_key, bob_list, upload = device("bob")
     alice.accept_device_list("bob", bob_key, bob_list)
     bob.accept_device_list("alice", alice_key, alice_list)
     captured = first_message(alice, bob_key, last_resort_bundle(bob, upload), "hello once")
     assert deliver(bob, captured) == ["hello once"]
+    return bob, captured, int(upload["signed_prekey"]["key_id"])
+
+
+def test_replay_guards_go_with_the_signed_prekey_they_name() -> None:
+    # The guard is kept while the signed prekey it names is held (a replay could still open
+    # a session), and deleted with that key (a replay then fails: UnknownPrekey).
+    # Before, every guard stayed in the seen table forever.
+    bob, captured, spk = accepted_once()
     (guard,) = guards(bob)
-    assert guard.startswith(f"pqxdh:{upload['signed_prekey']['key_id']}:")
+    assert guard.startswith(f"pqxdh:{spk}:")
 
     start = time.time()
     ids.rotate_signed_prekey(bob.store, bob.identity, now=start)  # the old key is kept...
@@ -127,12 +134,7 @@ def test_replay_guards_go_with_the_signed_prekey_they_name() -> None:
 
 
 def test_a_guard_written_before_the_key_id_was_in_its_name_still_counts() -> None:
-    alice, alice_key, alice_list, _ = device("alice")
-    bob, bob_key, bob_list, upload = device("bob")
-    alice.accept_device_list("bob", bob_key, bob_list)
-    bob.accept_device_list("alice", alice_key, alice_list)
-    captured = first_message(alice, bob_key, last_resort_bundle(bob, upload), "hello once")
-    assert deliver(bob, captured) == ["hello once"]
+    bob, captured, _ = accepted_once()
     (guard,) = guards(bob)
     store = bob.store
     assert isinstance(store, MemoryStore)
