@@ -77,14 +77,14 @@ type EncryptOptions = { chunkSize?: number; key?: Uint8Array; pad?: boolean; onC
  * Encrypt a file chunk by chunk (§4.1), reading it with ``read(offset, length)`` — a
  * `File`'s `slice()` in the app, so the file is never read whole — and padding it with zero
  * bytes to Signal's bucket. The encrypted chunks are handed to ``collect`` as they are made
- * and the digest is computed incrementally.
+ * (awaited: an upload may hold the next one back) and the digest is computed incrementally.
  */
-async function encryptChunks(
+export async function encryptChunks(
   size: number,
   read: (offset: number, length: number) => Promise<Uint8Array>,
   rng: Rng,
   opts: EncryptOptions,
-  collect: (part: Uint8Array) => void,
+  collect: (part: Uint8Array) => void | Promise<void>,
 ): Promise<Omit<Encrypted<null>, "blob">> {
   const chunkSize = opts.chunkSize ?? CHUNK;
   const key = opts.key ?? rng(32);
@@ -93,7 +93,7 @@ async function encryptChunks(
   const header = new Writer().u8(1).u32(chunkSize).done();
   const hash = sha256Stream();
   hash.update(header);
-  collect(header);
+  await collect(header);
   const cryptoKey = await aesGcmKey(key);
   const count = Math.max(1, Math.ceil(n / chunkSize));
   for (let i = 0; i < count; i++) {
@@ -103,7 +103,7 @@ async function encryptChunks(
     if (end > size) chunk = concat(chunk, new Uint8Array(end - Math.max(start, size))); // zero padding
     const sealed = await aesGcmEncrypt(cryptoKey, nonce(i, i === count - 1), chunk, header);
     hash.update(sealed);
-    collect(sealed);
+    await collect(sealed);
     opts.onChunk?.(i + 1, count);
   }
   return { key, digest: hash.digest(), padding, chunkSize };
@@ -113,15 +113,21 @@ async function encryptChunks(
 export async function encryptFile(file: Uint8Array, rng: Rng, opts: EncryptOptions = {}): Promise<Encrypted<Uint8Array>> {
   const parts: Uint8Array[] = [];
   const read = async (o: number, l: number): Promise<Uint8Array> => file.subarray(o, o + l);
-  const out = await encryptChunks(file.length, read, rng, opts, (p) => parts.push(p));
+  const out = await encryptChunks(file.length, read, rng, opts, (p) => void parts.push(p));
   return { ...out, blob: concat(...parts) };
 }
 
-/** Encrypt a `File`/`Blob` read slice by slice into a `Blob` of encrypted chunks (the app). */
+/** Read a `File`/`Blob` by `slice()`, never whole. */
+export const sliceReader =
+  (file: Blob) =>
+  async (o: number, l: number): Promise<Uint8Array> =>
+    new Uint8Array(await file.slice(o, o + l).arrayBuffer());
+
+/** Encrypt a `File`/`Blob` read slice by slice into a `Blob` of encrypted chunks (a relay
+ * without resumable uploads, src/core/upload.ts). */
 export async function encryptBlob(file: Blob, rng: Rng, opts: EncryptOptions = {}): Promise<Encrypted<Blob>> {
   const parts: Uint8Array<ArrayBuffer>[] = [];
-  const read = async (o: number, l: number): Promise<Uint8Array> => new Uint8Array(await file.slice(o, o + l).arrayBuffer());
-  const out = await encryptChunks(file.size, read, rng, opts, (p) => parts.push(p as Uint8Array<ArrayBuffer>));
+  const out = await encryptChunks(file.size, sliceReader(file), rng, opts, (p) => void parts.push(p as Uint8Array<ArrayBuffer>));
   return { ...out, blob: new Blob(parts, { type: "application/octet-stream" }) };
 }
 

@@ -28,6 +28,7 @@ import type { Prekeys } from "./prekeys";
 import * as S from "./session";
 import * as SK from "./senderkeys";
 import * as ATT from "./attachments";
+import { RelayUploads, encryptAndUpload } from "./upload";
 import { MessageOps, type MessageExtras } from "./messageops";
 import type { Store } from "./store";
 
@@ -948,10 +949,10 @@ export class Engine {
     this.checkTrusted(conv);
     const limit = this.config?.limits["max_attachment_bytes"] ?? 104857600;
     if (ATT.blobSize(ATT.paddedSize(file.size), ATT.CHUNK) > limit) throw new Error(`the file is too large for this relay (limit ${limit} bytes after padding)`);
-    // Read slice by slice and encrypted chunk by chunk; only the encrypted chunks (then the
-    // Blob made of them) are held, never the whole plaintext (clients/web/README.md).
-    const enc = await ATT.encryptBlob(file, randomBytes, { onChunk: (done, total) => onProgress((0.5 * done) / total) });
-    const blobId = await this.api.uploadAttachment(enc.blob, (sent, total) => onProgress(0.5 + (0.5 * sent) / Math.max(total, 1)));
+    // Read slice by slice, encrypted chunk by chunk, uploaded as it is made (resumable, at
+    // most one window of ciphertext held: src/core/upload.ts, clients/web/README.md).
+    const enc = await encryptAndUpload(file, randomBytes, new RelayUploads(this.api), onProgress);
+    const blobId = enc.blob;
     const pointer = ATT.encodePointer({ key: enc.key, digest: enc.digest, size: file.size, padding: enc.padding, chunkSize: enc.chunkSize, contentType: file.type || "application/octet-stream", fileName: file.name || "file", blobId });
     const id = newMessageId();
     const idHex = hex(id);

@@ -1,0 +1,94 @@
+"""A file sent from the browser goes up as a resumable upload (docs/protocol-ws.md §9.1):
+encrypted chunk by chunk and uploaded window by window (never more than the relay's chunk size
+per request), resumed from the relay's offset after connections dropped mid-way — once before a
+chunk reached the relay, once after the relay stored it but before its answer came back — and
+received intact by a Python ``vox`` user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.web.support import RelayProc, Vox, open_app, open_chat, register_in_browser, unique
+
+CHUNK_BYTES = 65536  # the relay's max_upload_chunk_bytes in this test (its minimum)
+
+
+def test_a_multi_chunk_upload_resumes_after_drops_and_arrives_intact(
+    browser: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "relay").mkdir()
+    relay = RelayProc(
+        tmp_path / "relay" / "vox-data",
+        env={"VOX_LIMITS__MAX_UPLOAD_CHUNK_BYTES": str(CHUNK_BYTES)},
+    )
+    relay.start()
+    ctx = browser.new_context()
+    ctx.set_default_timeout(120_000)
+    try:
+        alice, bob = unique("alice"), unique("bob")
+        vox = Vox(tmp_path / "bob", relay, bob).register()
+        patches: list[tuple[int, int, str]] = []  # (Upload-Offset, length, what happened)
+        others: list[str] = []
+
+        def uploads(route: Any) -> None:
+            req = route.request
+            if req.method != "PATCH":
+                others.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
+                route.continue_()
+                return
+            offset, length = int(req.headers["upload-offset"]), len(req.post_data_buffer)
+            if len(patches) == 2:  # the 3rd chunk: the connection drops before the relay
+                patches.append((offset, length, "dropped"))
+                route.abort("connectionreset")
+            elif len(patches) == 4:  # the 5th: the relay stores it, its answer is lost
+                stored = route.fetch()
+                patches.append((offset, length, f"stored {stored.status}, answer lost"))
+                route.abort("connectionreset")
+            else:
+                patches.append((offset, length, "ok"))
+                route.continue_()
+
+        ctx.route("**/v1/attachments/uploads**", uploads)
+        one_shot: list[str] = []
+        ctx.on(
+            "request",
+            lambda r: (
+                one_shot.append(r.url)
+                if r.method == "POST" and r.url.endswith("/v1/attachments")
+                else None
+            ),
+        )
+        page = open_app(ctx, relay)
+        register_in_browser(page, alice)
+        open_chat(page, bob)
+        data = b"".join(i.to_bytes(4, "big") for i in range(150_000)) + b"tail"  # ~586 KiB
+        page.get_by_test_id("attach-file").set_input_files(
+            files=[{"name": "big.bin", "mimeType": "application/octet-stream", "buffer": data}]
+        )
+        page.wait_for_selector(
+            '[data-testid="message"][data-state="sent"] [data-testid="attachment"]'
+        )
+        got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+        att = next(m["attachment"] for m in got if m.get("attachment"))
+        assert att["name"] == "big.bin" and att["size"] == len(data)
+        assert Path(att["path"]).read_bytes() == data
+
+        # Chunk by chunk, never more than the relay's chunk size per request.
+        assert len(patches) >= 8
+        assert all(0 < length <= CHUNK_BYTES for _, length, _ in patches)
+        assert one_shot == []  # not the one-shot upload
+        # The dropped chunk was sent again from the same offset...
+        assert patches[2][2] == "dropped" and patches[3][0] == patches[2][0]
+        # ...the stored one was not: the next chunk starts where the relay's offset was.
+        assert patches[4][2] == "stored 200, answer lost"
+        assert patches[5][0] == patches[4][0] + patches[4][1]
+        # In order, without gaps, from 0 to the end (repeats only where a chunk was lost).
+        sent = [(o, n) for o, n, what in patches if what != "dropped"]
+        assert [o for o, _ in sent] == [sum(n for _, n in sent[:i]) for i in range(len(sent))]
+        # Resumed by asking the relay where it stands (once per drop), then finished.
+        assert others[0] == "POST " and others[-1].endswith("/finish")
+        assert sum(1 for o in others if o.startswith("GET ")) == 2
+    finally:
+        ctx.close()
+        relay.stop()
