@@ -28,9 +28,12 @@ from tests.server.relay_harness import Relay, make_settings, running_relay
 from tests.web.support import (
     TIMEOUT_MS,
     VOX_RELAY,
+    Vox,
     clean_env,
     open_app,
+    open_chat,
     register_in_browser,
+    send_in_browser,
     unique,
     wait_online,
 )
@@ -85,15 +88,19 @@ def shifted_relay(tmp_path: Path, clock: ShiftedClock) -> Iterator[ThreadedRelay
 
 
 def test_an_expired_token_is_renewed_transparently_and_a_revoked_device_is_signed_out(
-    context: Any, shifted_relay: ThreadedRelay, clock: ShiftedClock
+    context: Any, shifted_relay: ThreadedRelay, clock: ShiftedClock, tmp_path: Path
 ) -> None:
     relay = shifted_relay
     page = open_app(context, relay)  # type: ignore[arg-type]
     seen: list[tuple[str, str, int]] = []
     page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
-    alice = unique("alice")
+    alice, bob = unique("alice"), unique("bob")
+    vox = Vox(tmp_path / "bob", relay, bob).register()  # type: ignore[arg-type]
     register_in_browser(page, alice)
+    open_chat(page, bob)
+    send_in_browser(page, "before the token expires")
     devices = f"{relay.url}/v1/accounts/{alice}/devices"
+    token = ("POST", f"{relay.url}/v1/auth/token")
 
     # The token expires while the page is open and connected.
     clock.advance(TOKEN_TTL)
@@ -102,13 +109,25 @@ def test_an_expired_token_is_renewed_transparently_and_a_revoked_device_is_signe
     page.get_by_test_id("device-1").wait_for(timeout=TIMEOUT_MS)
     after = seen[start:]
     first_401 = next(i for i, r in enumerate(after) if r[1] == devices and r[2] == 401)
-    login = next(
-        i
-        for i, r in enumerate(after)
-        if i > first_401 and r[:2] == ("POST", f"{relay.url}/v1/auth/token") and r[2] == 200
-    )
+    login = next(i for i, r in enumerate(after) if i > first_401 and r[:2] == token and r[2] == 200)
     assert any(r[1] == devices and r[2] == 200 for r in after[login:]), after
     assert not page.get_by_test_id("devices-panel").locator(".error").count()
+    page.get_by_test_id("devices-open").click()  # close the panel
+
+    # The renewed token expires too; the next REST call is a file upload (XHR).
+    clock.advance(TOKEN_TTL)
+    start = len(seen)
+    data = b"uploaded after a transparent re-login"
+    page.get_by_test_id("attach-file").set_input_files(
+        files=[{"name": "after.txt", "mimeType": "text/plain", "buffer": data}]
+    )
+    page.wait_for_selector('[data-testid="message"][data-state="sent"] [data-testid="attachment"]')
+    upload = f"{relay.url}/v1/attachments"
+    after = [r for r in seen[start:] if r[:2] in {token, ("POST", upload)}]
+    assert [r[2] for r in after] == [401, 200, 201], after
+    got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+    att = next(m["attachment"] for m in got if m.get("attachment"))
+    assert Path(att["path"]).read_bytes() == data
 
     # The relay closes the socket (authenticated with the expired token) with 4401
     # token_revoked, as its token re-check does for a dead token: the page reconnects with
@@ -119,11 +138,11 @@ def test_an_expired_token_is_renewed_transparently_and_a_revoked_device_is_signe
             s.close(CloseCode.UNAUTHORIZED, "token_revoked")
         return len(sinks)
 
-    logins = sum(r[:2] == ("POST", f"{relay.url}/v1/auth/token") for r in seen)
+    logins = sum(r[:2] == token for r in seen)
     with page.expect_websocket(timeout=TIMEOUT_MS):
         assert relay.run(close_socket()) == 1
     wait_online(page)
-    assert sum(r[:2] == ("POST", f"{relay.url}/v1/auth/token") for r in seen) == logins
+    assert sum(r[:2] == token for r in seen) == logins
 
     # The operator revokes the device: the next REST call's 401 leads to a login the relay
     # refuses (403 device_revoked), and the page shows it signed out.
