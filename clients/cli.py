@@ -801,11 +801,27 @@ def verify(
             "--accept", help="The numbers match: mark their key verified (or accept a new one)."
         ),
     ] = False,
+    clear: Annotated[
+        bool,
+        typer.Option(
+            "--clear", help="Take the verification back: trusted on first use again (unverify)."
+        ),
+    ] = False,
 ) -> None:
-    """Show the safety number with a user; --accept marks their (current) key verified."""
+    """Show the safety number with a user; --accept marks their (current) key verified,
+    --clear takes a verification back. Either is told to your other devices (queued while
+    the relay is unreachable: vox status lists it)."""
+    if accept and clear:
+        raise _fail("--accept and --clear exclude each other", 2)
 
     async def go(client: Api) -> str:
-        result = await (client.accept_key(username) if accept else client.verify(username))
+        result = await (
+            client.accept_key(username)
+            if accept
+            else client.clear_verification(username)
+            if clear
+            else client.verify(username)
+        )
         state = (
             "key CHANGED (not accepted)"
             if result.key_changed

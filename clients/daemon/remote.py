@@ -180,6 +180,10 @@ class RemoteApi:
         """See :meth:`VoxClient.accept_key`."""
         return Verification(**await self.rpc.call("verify", username=username, accept=True))
 
+    async def clear_verification(self, username: str) -> Verification:
+        """See :meth:`VoxClient.clear_verification`."""
+        return Verification(**await self.rpc.call("verify", username=username, clear=True))
+
     async def devices(self) -> list[DeviceInfo]:
         """See :meth:`VoxClient.devices`."""
         return [

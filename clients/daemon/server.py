@@ -358,8 +358,12 @@ class Daemon:
 
     async def _verify(self, p: dict[str, Any]) -> dict[str, Any]:
         username = _str(p, "username")
+        if p.get("accept") is True and p.get("clear") is True:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "accept and clear exclude each other")
         if p.get("accept") is True:
             return verification_json(await self.client.accept_key(username))
+        if p.get("clear") is True:
+            return verification_json(await self.client.clear_verification(username))
         return verification_json(await self.client.verify(username))
 
     async def _devices(self) -> list[dict[str, Any]]:

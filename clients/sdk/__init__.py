@@ -50,7 +50,8 @@ Public API of :class:`VoxClient` (all ``async`` unless noted):
   accepted) and ``operations()`` (edits, deletes, reactions, timer changes and verification
   syncs queued or refused for good: :class:`Operation`), both sync.
 * identity: ``verify(username) -> Verification`` (safety number, changed?, verified?),
-  ``accept_key(username)``; a changed key raises :class:`UntrustedIdentity` on send and emits
+  ``accept_key(username)``, ``clear_verification(username)`` (both told to our other devices
+  through the outbox); a changed key raises :class:`UntrustedIdentity` on send and emits
   a :class:`KeyChanged` event.
 * devices: ``devices() -> list[DeviceInfo]``, ``link() -> LinkInvitation`` (``.code``),
   ``wait_linked(invitation, within=300.0, clock=time.monotonic)``, ``remove_device(device_id)``;

@@ -379,6 +379,7 @@ class VoxClient:
     download = attachments.download
     verify = peers.verify
     accept_key = peers.accept_key
+    clear_verification = peers.clear_verification
     devices = peers.devices
     remove_device = peers.remove_device
     replenish_prekeys = peers.replenish_prekeys

@@ -464,12 +464,15 @@ class VerifyState(enum.IntEnum):
     """The ``state`` byte of a :class:`VerifiedContent`."""
 
     VERIFIED = 1
+    UNVERIFIED = 2  # the user cleared the verification ("unverify")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifiedContent(_Base):
     """To our own other devices: the user verified ``username``'s account key (compared
-    the safety number and accepted it) on this device. Believed only from our own account."""
+    the safety number and accepted it) on this device — or, with ``state``
+    :attr:`VerifyState.UNVERIFIED`, cleared that verification. Believed only from our own
+    account."""
 
     username: str
     account_key: bytes  # typed Ed25519 public key (0x02 || 32 bytes), as in device lists
@@ -616,9 +619,11 @@ def decode_content(data: bytes) -> Content:
         username = r.str16("username", 32)
         account_key = Ed25519PublicKey.read(r).to_bytes()
         raw_state = r.u8()
-        if raw_state != VerifyState.VERIFIED:
+        if raw_state not in tuple(VerifyState):
             raise InvalidValue("verify state", f"unknown state {raw_state}")
-        out = VerifiedContent(username=username, account_key=account_key, **head)  # type: ignore[arg-type]
+        out = VerifiedContent(
+            username=username, account_key=account_key, state=VerifyState(raw_state), **head,  # type: ignore[arg-type]
+        )  # fmt: skip
     else:
         raise InvalidValue("content type", f"unknown type {raw_type:#04x}")
     r.end()

@@ -19,6 +19,7 @@ from clients.sdk.transport import RelayHttp
 from clients.store.base import Store
 
 if TYPE_CHECKING:
+    from clients.sdk.messaging import Outbox
     from clients.sdk.pipeline import SendPipeline
 
 __all__ = ["Core"]
@@ -31,6 +32,7 @@ class Core(Protocol):
     protocol: ClientProtocol
     engine: ClientEngine
     pipeline: SendPipeline
+    outbox: Outbox
     http: RelayHttp
     identity: LocalIdentity
     server_url: str

@@ -70,7 +70,12 @@ __all__ = [
 ]
 
 ChatContent = TextContent | AttachmentContent
-Outgoing = ConversationContent
+#: What the outbox sends: conversation messages and operations, and verification syncs (to
+#: our own devices only, in a lane of their own).
+Outgoing = ConversationContent | VerifiedContent
+#: The lane of the verification syncs (never a conversation key: no ``:``-less username
+#: starts with ``:``).
+OWN_DEVICES_LANE = ":own-devices"
 log = logging.getLogger("vox.client")
 
 
@@ -325,11 +330,17 @@ class Outbox:
         self._last_stamp = max(time.time(), self._last_stamp + 0.001)
         return self._last_stamp
 
-    async def send(self, conversation: str, content: Outgoing) -> SendResult:
-        """Persist, then send ``content`` (see the class docstring for the outcomes)."""
+    async def send(
+        self, conversation: str, content: Outgoing, *, local: Callable[[], object] | None = None
+    ) -> SendResult:
+        """Persist, then send ``content`` (see the class docstring for the outcomes).
+        ``local``: its effect on this device, written in the same transaction as the outbox
+        entry (a verification sync: ``conversation`` is the user concerned; it goes to our
+        own other devices)."""
         core = self.core
         self.load()
-        self._check_recipient(conversation)  # refused before anything is kept
+        if not isinstance(content, VerifiedContent):
+            self._check_recipient(conversation)  # refused before anything is kept
         if isinstance(content, ChatContent):
             expire = message_rules.timer(core.store, conversation)
             if expire and not content.expire:  # sent under the conversation's timer
@@ -339,9 +350,11 @@ class Outbox:
         # Unsynced (survives a kill, not a power loss): the pipeline flushes before the first
         # frame of it leaves, and the caller hears nothing before that.
         with core.store.transaction(sync=False):
+            if local is not None:
+                local()
             if isinstance(content, ChatContent):
                 core.protocol.record_outgoing(conversation, content)
-            else:
+            elif not isinstance(content, VerifiedContent):
                 address = core.identity.address
                 message_rules.apply(
                     core.store, conversation, address, content, time.time(),
@@ -369,7 +382,11 @@ class Outbox:
         core, mid = self.core, content.message_id.hex()
         users: set[str]
         encode: Callable[[], list[OutgoingSend]]
-        if is_group_conversation(conversation):
+        lane = conversation
+        if isinstance(content, VerifiedContent):  # to our own other devices only
+            users, lane = {core.username}, OWN_DEVICES_LANE
+            encode = lambda: [core.protocol.encode_direct(core.username, content)]  # noqa: E731
+        elif is_group_conversation(conversation):
             group_id = bytes.fromhex(conversation.removeprefix("group:"))
             group = core.protocol.groups.get(group_id)
             users = set(group.members) if group is not None else {core.username}
@@ -388,9 +405,7 @@ class Outbox:
         def settle(outcome: Settled, result: SendResult | None, announce: bool) -> None:
             self._settle(conversation, mid, (kind, target), outcome, result, announce)
 
-        core.pipeline.submit(
-            mid, users, build, settle, lane=conversation, durable=True, queued=queued
-        )
+        core.pipeline.submit(mid, users, build, settle, lane=lane, durable=True, queued=queued)
 
     def _settle(
         self,

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
 
 from clients.sdk import identity as ids
 from clients.sdk import trust
-from clients.sdk.content import VerifiedContent
+from clients.sdk.content import VerifiedContent, VerifyState
 from clients.sdk.core import Core
 from clients.sdk.engine import replenish_count
-from clients.sdk.errors import ClientError, RelayRejected, RelayUnavailable, UnknownUser
+from clients.sdk.errors import (
+    ClientError,
+    MessageQueued,
+    RelayRejected,
+    RelayUnavailable,
+    UnknownUser,
+)
 from clients.sdk.models import DeviceInfo, KeyChanged, Verification
 from clients.sdk.protocol import DeviceBundle
 from crypto.errors import VoxError
@@ -34,6 +41,7 @@ log = logging.getLogger("vox.client")
 __all__ = [
     "accept_key",
     "check_user",
+    "clear_verification",
     "device_bundle",
     "devices",
     "ensure_sessions",
@@ -148,28 +156,50 @@ async def verify(core: Core, username: str) -> Verification:
 
 
 async def accept_key(core: Core, username: str) -> Verification:
-    """Accept ``username``'s current account key (after comparing safety numbers)."""
+    """Accept ``username``'s current account key (after comparing safety numbers); our other
+    devices are told through the outbox (:func:`_tell_own_devices`)."""
     check_user(username)
     with contextlib.suppress(RelayUnavailable):
         await refresh_devices(core, username)
     peer = core.store.get_peer(username)
     if peer is None:
         raise UnknownUser(username)
-    trust.accept_key(core.store, username)
+    accepted = functools.partial(trust.accept_key, core.store, username)
+    await _tell_own_devices(core, username, peer.account_key, VerifyState.VERIFIED, accepted)
     core.engine.key_accepted(username)
-    await _tell_own_devices(core, username, peer.account_key)
     return await verify(core, username)
 
 
-async def _tell_own_devices(core: Core, username: str, account_key: bytes) -> None:
-    """Our other devices learn that we verified ``username``'s key (best effort: a device
-    this does not reach keeps its own trust state until the user accepts there too)."""
+async def clear_verification(core: Core, username: str) -> Verification:
+    """Take back the verification of ``username`` ("unverify", e.g. accepted by mistake): the
+    user is trusted on first use again, on this device and — through the outbox — on our
+    other devices. A changed key stays changed (sending to it stays blocked)."""
+    check_user(username)
+    peer = core.store.get_peer(username)
+    if peer is None:
+        raise UnknownUser(username)
+    cleared = functools.partial(trust.clear_verified, core.store, username)
+    await _tell_own_devices(core, username, peer.account_key, VerifyState.UNVERIFIED, cleared)
+    return await verify(core, username)
+
+
+async def _tell_own_devices(
+    core: Core, username: str, account_key: bytes, state: VerifyState, local: Callable[[], object]
+) -> None:
+    """Apply ``local`` (the trust change here) and queue the VERIFIED content telling our
+    other devices, in one transaction; it goes out like a message — in order with the other
+    syncs, retried, kept while the relay is unreachable (:class:`MessageQueued` is not an
+    error here: the change is made on this device, the others hear it once the relay takes
+    it; ``VoxClient.operations()`` lists it meanwhile)."""
     content = VerifiedContent(
-        username=username, account_key=account_key, sent_at_ms=int(time.time() * 1000)
-    )
+        username=username, account_key=account_key, state=state,
+        sent_at_ms=int(time.time() * 1000),
+    )  # fmt: skip
     try:
-        await core.send_direct(core.username, content)
-    except ClientError as exc:
+        await core.outbox.send(username, content, local=local)
+    except MessageQueued:
+        log.info("telling our other devices about %s is queued", username)
+    except ClientError as exc:  # refused for good: listed as not sent (operations())
         log.warning("could not tell our other devices about verifying %s: %s", username, exc)
 
 

@@ -33,6 +33,7 @@ from clients.sdk.content import (
     Transcript,
     Typing,
     VerifiedContent,
+    VerifyState,
     decode_padded,
     padded,
 )
@@ -599,7 +600,10 @@ class ClientProtocol:
             if content.username != self.username and re.fullmatch(
                 USERNAME_PATTERN, content.username
             ):
-                trust.apply_verified(self.store, content.username, content.account_key)
+                verified = content.state is VerifyState.VERIFIED
+                trust.apply_verified(
+                    self.store, content.username, content.account_key, verified=verified
+                )
             return Received([], [])
         raise GroupError("unexpected content")
 

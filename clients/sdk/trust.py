@@ -27,13 +27,18 @@ believed only from our own devices): :func:`apply_verified` marks the user ``VER
 if that device holds the same key; otherwise it remembers the key (setting
 ``verified_sync:USERNAME``) and :func:`accept_device_list` marks the user ``VERIFIED`` — not
 ``CHANGED`` — when a list under exactly that key arrives. Any other key still counts as a
-change.
+change. The content goes through the outbox (queued while the relay is unreachable, in order,
+retried). Taking a verification back (:func:`clear_verified`, ``vox verify --clear``) makes
+the user ``TOFU`` again and is told the same way (state UNVERIFIED): a device holding exactly
+that key and the user ``VERIFIED`` makes it ``TOFU``, and forgets a remembered key equal to it
+(``apply_verified(..., verified=False)``).
 
 Only devices on the last verified list are ever encrypted to or believed as senders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -55,6 +60,7 @@ __all__ = [
     "accept_device_list",
     "accept_key",
     "apply_verified",
+    "clear_verified",
     "is_trusted",
     "known_device_list",
     "peer_safety_number",
@@ -239,10 +245,35 @@ def accept_key(store: Store, username: str) -> bool:
     return changed
 
 
-def apply_verified(store: Store, username: str, account_key: bytes) -> bool:
+def clear_verified(store: Store, username: str) -> bool:
+    """The user takes back the verification of ``username`` ("unverify"): a ``VERIFIED`` peer
+    becomes ``TOFU`` (trusted on first use, as before the safety numbers were compared;
+    sending continues), a verification remembered from another device is forgotten. A
+    ``CHANGED`` key stays changed. Returns True if the peer was verified."""
+    store.set_setting(_VERIFIED_SYNC + username, None)
+    peer = store.get_peer(username)
+    if peer is None or peer.trust is not TrustState.VERIFIED:
+        return False
+    store.put_peer(dataclasses.replace(peer, trust=TrustState.TOFU, updated_at=time.time()))
+    return True
+
+
+def apply_verified(
+    store: Store, username: str, account_key: bytes, *, verified: bool = True
+) -> bool:
     """Another of our devices verified ``username``'s ``account_key``: mark it ``VERIFIED``
     if it is the key held here (True), else remember it until a list under that key is
-    accepted (False)."""
+    accepted (False). ``verified=False`` (the other device cleared the verification of that
+    key): a ``VERIFIED`` peer holding exactly that key becomes ``TOFU`` (True), and a
+    remembered verification of that key is forgotten; any other key is left alone."""
+    if not verified:
+        remembered = store.get_setting(_VERIFIED_SYNC + username)
+        if remembered is not None and hmac.compare_digest(remembered, account_key.hex()):
+            store.set_setting(_VERIFIED_SYNC + username, None)
+        held = store.get_peer(username)
+        if held is None or not hmac.compare_digest(held.account_key, account_key):
+            return False
+        return clear_verified(store, username)
     peer = store.get_peer(username)
     if peer is not None and hmac.compare_digest(peer.account_key, account_key):
         if peer.trust is TrustState.VERIFIED:

@@ -58,16 +58,19 @@ def test_pinned_encoding(vector: dict[str, Any]) -> None:
     assert decode_content(bytes.fromhex(vector["hex"])) == content
 
 
-def test_the_doc_prints_the_verified_vector() -> None:
+def test_the_doc_prints_the_verified_and_unverified_vectors() -> None:
     doc = (DOCS / "protocol-client.md").read_text().replace(" ", "")
-    assert SYNC[0]["hex"] in doc
+    assert [v["state"] for v in SYNC] == [1, 2]
+    for vector in SYNC:
+        assert vector["hex"] in doc
 
 
 def test_a_verified_sync_with_a_bad_key_or_state_is_refused() -> None:
     good = bytes.fromhex(SYNC[0]["hex"])
     key_at = good.index(bytes.fromhex(SYNC[0]["account_key"]))
     for bad in (
-        good[:-1] + b"\x02",  # unknown state
+        good[:-1] + b"\x03",  # unknown state (1 verified, 2 unverified)
+        good[:-1] + b"\x00",
         good[:key_at] + b"\x01" + good[key_at + 1 :],  # an X25519 prefix, not Ed25519
         good[:-2],  # truncated
         good + b"\x00",  # trailing byte

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clients.sdk import VoxClient, trust
-from clients.sdk.content import VerifiedContent
+from clients.sdk.content import VerifiedContent, VerifyState
 from clients.sdk.models import DecryptFailure
 from clients.store.models import TrustState
 from tests.clients.conftest import Factory
@@ -77,6 +77,35 @@ def test_a_key_verified_elsewhere_replaces_a_changed_key_without_a_warning() -> 
         "bob", relay.account_keys["bob"], relay.device_lists["bob"]
     )[1]  # no "key changed" for a key we verified on another device
     assert state(alice2, "bob") is TrustState.VERIFIED
+
+
+def test_an_unverified_sync_takes_back_exactly_that_key_and_a_remembered_one() -> None:
+    alice, alice2, _, relay = pair_and_bob(siblings_know_bob=True)
+    key = relay.account_keys["bob"]
+    send(alice, "alice", verified_bob(alice))
+    alice2.receive()
+    assert state(alice2, "bob") is TrustState.VERIFIED
+    trust.clear_verified(alice.proto.store, "bob")
+    assert state(alice, "bob") is TrustState.TOFU
+    unverified = VerifiedContent(
+        username="bob", account_key=key, state=VerifyState.UNVERIFIED, sent_at_ms=2
+    )
+    send(alice, "alice", unverified)
+    assert [e for e in alice2.receive() if isinstance(e, DecryptFailure)] == []
+    assert state(alice2, "bob") is TrustState.TOFU
+    # An unverify of another key leaves this one alone ...
+    send(alice, "alice", verified_bob(alice))
+    alice2.receive()
+    other = VerifiedContent(username="bob", account_key=b"\x02" + bytes(range(32)),
+                            state=VerifyState.UNVERIFIED, sent_at_ms=3)  # fmt: skip
+    send(alice, "alice", other)
+    alice2.receive()
+    assert state(alice2, "bob") is TrustState.VERIFIED
+    # ... and one of a key only remembered (not held yet) forgets it.
+    _, sibling, _, _ = pair_and_bob(siblings_know_bob=False)
+    sibling.proto.store.set_setting("verified_sync:bob", key.hex())
+    assert trust.apply_verified(sibling.proto.store, "bob", key, verified=False) is False
+    assert sibling.proto.store.get_setting("verified_sync:bob") is None
 
 
 def test_a_verified_sync_from_another_account_is_refused() -> None:

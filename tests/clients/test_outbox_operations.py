@@ -278,3 +278,63 @@ def _tui_row(app: ChatApp, message_id: str) -> str:
     from clients.tui.rows import MessageRow, dom_id
 
     return str(app.query_one(f"#{dom_id(message_id)}", MessageRow).content)
+
+
+# --- 4. verification syncs go through the outbox; unverify -----------------------------------
+
+
+async def test_a_verification_made_offline_reaches_our_other_device_and_so_does_unverify(
+    tmp_path: Path,
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    a, a2 = tmp_path / "a", tmp_path / "a2"
+    try:
+        alice = await VoxClient.register(a, relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+        await bob.close()
+        await alice.connect()
+        invitation = await alice.link()
+        laptop = await VoxClient.join(a2, relay.base_url, invitation.code)
+        try:
+            await laptop.connect()
+            assert await alice.wait_linked(invitation, within=30) == invitation.device_id
+            await laptop.send_text("bob", "hi from the laptop")  # the laptop knows bob (TOFU)
+            await alice.send_text("bob", "hi from the phone")
+        finally:
+            await laptop.close()
+        await alice.close()
+
+        relay.stop()  # compared the numbers in person, no network: accepted anyway
+        code, out, err = await vox(a, "verify", "bob", "--accept")
+        assert code == 0, err
+        assert out.strip().endswith("status: verified")
+        code, out, err = await vox(a, "status")
+        assert "queued: 1" in out and out.rstrip().endswith("bob  [verify]"), out
+
+        await relay.start()
+        alice = await VoxClient.open(a)
+        laptop = await VoxClient.open(a2)
+        try:
+            await alice.connect()  # the queued sync goes out
+            await wait_for(lambda: alice.operations() == [], within=60)
+            await laptop.connect()
+            await wait_for(lambda: _trust(laptop, "bob") == "verified", within=60)
+
+            # Taken back on the phone: trusted on first use again, on the laptop too.
+            assert not (await alice.clear_verification("bob")).verified
+            assert _trust(alice, "bob") == "tofu"
+            await wait_for(lambda: _trust(laptop, "bob") == "tofu", within=60)
+            assert (await laptop.send_text("bob", "still fine")).id  # sending continues
+        finally:
+            await laptop.close()
+            await alice.close()
+        code, out, err = await vox(a, "verify", "bob", "--accept", "--clear")
+        assert code == 2 and "exclude each other" in err
+    finally:
+        relay.stop()
+
+
+def _trust(client: VoxClient, username: str) -> str | None:
+    peer = client.store.get_peer(username)
+    return None if peer is None else str(peer.trust)

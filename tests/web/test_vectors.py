@@ -162,7 +162,18 @@ def test_content_example_and_padding_of_protocol_client(kit: Any) -> None:
     assert padded_len == "160" and text == "hi"
 
 
-@pytest.mark.parametrize("vector", CONTENT + SYNC, ids=[v["name"] for v in CONTENT + SYNC])
+def _web_pending(vector: dict[str, Any]) -> Any:
+    """UNVERIFIED (VERIFIED with state 2, docs/protocol-client.md §2) is newer than the
+    browser client: expected to fail there until clients/web reproduces it (then drop this)."""
+    if vector.get("type") == "verified" and vector.get("state") == 2:
+        reason = "clients/web does not encode/decode the UNVERIFIED state (2) yet"
+        return pytest.param(vector, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return vector
+
+
+@pytest.mark.parametrize(
+    "vector", [_web_pending(v) for v in CONTENT + SYNC], ids=[v["name"] for v in CONTENT + SYNC]
+)
 def test_the_pinned_content_types_are_encoded_and_decoded_byte_for_byte(
     kit: Any, vector: dict[str, Any]
 ) -> None:
