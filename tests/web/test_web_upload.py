@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.web.support import RelayProc, Vox, open_app, open_chat, register_in_browser, unique
+from tests.web.support import (
+    RelayProc,
+    Vox,
+    kit_call,
+    kit_page,
+    open_app,
+    open_chat,
+    register_in_browser,
+    unique,
+)
 
 CHUNK_BYTES = 65536  # the relay's max_upload_chunk_bytes in this test (its minimum)
 
@@ -92,3 +101,34 @@ def test_a_multi_chunk_upload_resumes_after_drops_and_arrives_intact(
     finally:
         ctx.close()
         relay.stop()
+
+
+WINDOW = 1024 * 1024  # src/core/upload.ts: the most ciphertext held and sent per request
+
+
+def test_the_upload_follows_the_relays_offset_and_holds_one_window(browser: Any) -> None:
+    """The resume rules against a stand-in relay (through the test kit): a chunk lost on the
+    way is resent, a stored one whose answer was lost is not, a 409 moves to the offset it
+    names (and on from there), an offset outside the held window ends the upload, and no
+    request carries more than one window however large the relay's chunk limit."""
+    with kit_page(browser) as kit:
+        last = 4 * CHUNK_BYTES  # where the 5th (last, partial) window starts
+        got = kit_call(
+            kit,
+            "uploadScenario",
+            300_000,
+            CHUNK_BYTES,
+            {"1": "offline", "3": "lost", "5": f"conflict:{last + 1000}"},
+        )
+        assert got["error"] == "" and got["same"] is True
+        calls = got["calls"]
+        assert calls[2][0] == calls[1][0]  # lost on the way: sent again
+        assert calls[4][0] == calls[3][0] + calls[3][1]  # stored: not sent again
+        assert calls[5][0] == last and calls[6][0] == last + 1000  # the 409's offset...
+        assert calls[7][0] == last  # ...and the relay's own 409 back to where it is
+        assert got["maxBody"] == CHUNK_BYTES
+        outside = kit_call(kit, "uploadScenario", 300_000, CHUNK_BYTES, {"2": "conflict:0"})
+        assert "outside" in outside["error"] and outside["same"] is False
+        big = kit_call(kit, "uploadScenario", 3 * WINDOW, 8 * WINDOW, {})
+        assert big["error"] == "" and big["same"] is True
+        assert big["maxBody"] == WINDOW

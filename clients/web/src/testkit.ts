@@ -16,6 +16,8 @@ import * as S from "./core/session";
 import { Engine } from "./core/engine";
 import { Store } from "./core/store";
 import { type AppClients, type AppWindow, openApp, pushNotification } from "./notify";
+import { Offline } from "./core/api";
+import { UploadConflict, type UploadTransport, encryptAndUpload } from "./core/upload";
 
 /** protocol-crypto.md §1: SHA-256(seed || u64 i) blocks, consumed front to back. */
 function deterministicRng(seed: Uint8Array): Rng {
@@ -729,6 +731,48 @@ async function swHandlers(origin: string, windows: { url: string; focused: boole
   return { note, click, calls };
 }
 
+/**
+ * encryptAndUpload (src/core/upload.ts) against a stand-in relay that keeps the bytes and
+ * misbehaves on cue, by PATCH call number: "offline" (lost before the relay), "lost" (stored,
+ * its answer lost), "conflict:<offset>" (a 409 naming that offset). Returns whether the relay
+ * ends up with exactly encryptBlob's blob (same key), every PATCH as [offset, length], the
+ * largest body, and the error if the upload gave up.
+ */
+async function uploadScenario(size: number, chunkBytes: number, script: Record<string, string>): Promise<Record<string, unknown>> {
+  const file = new Blob([Uint8Array.from({ length: size }, (_, i) => (i * 31 + (i >> 8)) & 255)]);
+  const key = new Uint8Array(32).fill(7);
+  const rng = (): Uint8Array => key;
+  let stored: Uint8Array = new Uint8Array(0);
+  const calls: [number, number][] = [];
+  const relay: UploadTransport = {
+    create: async () => ({ id: "upload", chunkBytes }),
+    offset: async () => stored.length,
+    finish: async () => "attachment",
+    whole: async () => {
+      throw new Error("the one-shot upload was used");
+    },
+    append: async (_id, offset, body) => {
+      const what = script[String(calls.length)] ?? "";
+      calls.push([offset, body.length]);
+      if (what === "offline") throw new Offline("connection lost");
+      if (what.startsWith("conflict:")) throw new UploadConflict(Number(what.slice(9)));
+      if (offset < stored.length && offset + body.length <= stored.length) return stored.length;
+      if (offset !== stored.length) throw new UploadConflict(stored.length);
+      stored = concat(stored, body);
+      if (what === "lost") throw new Offline("answer lost");
+      return stored.length;
+    },
+  };
+  let error = "";
+  try {
+    await encryptAndUpload(file, rng, relay, () => undefined);
+  } catch (e) {
+    error = `${(e as Error).name}: ${(e as Error).message}`;
+  }
+  const whole = new Uint8Array(await (await A.encryptBlob(file, rng)).blob.arrayBuffer());
+  return { same: stored.length === whole.length && stored.every((b, i) => b === whole[i]), calls, maxBody: Math.max(...calls.map((c) => c[1])), error };
+}
+
 const engineKit = {
   engineRegister,
   lastResortReplay,
@@ -749,6 +793,7 @@ const engineKit = {
 (globalThis as unknown as { voxTestkit: unknown }).voxTestkit = {
   ...engineKit,
   attachmentStreaming,
+  uploadScenario,
   swHandlers,
   skippedExpiry,
   combinedSkipBound,
