@@ -52,7 +52,8 @@ only. Commands typed in the input box: ``/chat USER|GROUP`` (a name the relay do
 refused), ``/send-file PATH`` (the rest of the line, or a quoted path), ``/save [DIR]`` (last
 file received in this conversation: downloaded, verified, decrypted; default
 ``HOME/downloads``), ``/verify`` (safety number), ``/accept`` (accept a changed key),
-``/group NAME USER...``, ``/add USER...`` and ``/remove USER...`` (in a group), ``/leave``;
+``/unverify`` (take a verification back), ``/group NAME USER...``, ``/add USER...`` and
+``/remove USER...`` (in a group), ``/leave``;
 on messages (``ID``: the short id shown, or any unique start of it, 4+ digits): ``/reply [ID]
 TEXT`` (default: the newest message of the others), ``/edit [ID] TEXT`` (default: our newest),
 ``/delete ID [--for-me]``, ``/react [ID] EMOJI``, ``/react ID --remove`` or ``/unreact [ID]``,

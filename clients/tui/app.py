@@ -709,11 +709,11 @@ class ChatApp(App[None]):
                 self._system(f"no such file: {rest}")
             else:
                 self._send_file(self.current, path)
-        elif name in ("/verify", "/accept") and self.current is not None:
+        elif name in ("/verify", "/accept", "/unverify") and self.current is not None:
             if is_group_conversation(self.current):
                 self._system("safety numbers are per user: open a direct conversation")
             else:
-                self._verify(self.current, accept=name == "/accept")
+                self._verify(self.current, accept=name == "/accept", clear=name == "/unverify")
         elif name == "/save" and len(args) <= 1 and self.current is not None:
             received = [m for m in self.shown.values() if m.attachment and not m.outgoing]
             if not received:
@@ -1043,10 +1043,12 @@ class ChatApp(App[None]):
         self._system(f"{info.name}: members {', '.join(info.members)}")
 
     @work(group="verify", exit_on_error=False)
-    async def _verify(self, username: str, *, accept: bool) -> None:
+    async def _verify(self, username: str, *, accept: bool, clear: bool = False) -> None:
         try:
             if accept:
                 v = await self.backend.accept_identity(username)
+            elif clear:
+                v = await self.backend.clear_identity(username)
             else:
                 v = await self.backend.verify(username)
         except FAILURES as exc:
@@ -1092,7 +1094,19 @@ _MESSAGE_COMMANDS = frozenset(
     {"/reply", "/edit", "/delete", "/react", "/unreact", "/disappear", "/jump"}
 )
 _NEEDS_CONVERSATION = (
-    frozenset({"/send-file", "/file", "/verify", "/accept", "/save", "/add", "/remove", "/leave"})
+    frozenset(
+        {
+            "/send-file",
+            "/file",
+            "/verify",
+            "/accept",
+            "/unverify",
+            "/save",
+            "/add",
+            "/remove",
+            "/leave",
+        }
+    )
     | _MESSAGE_COMMANDS
 )
 

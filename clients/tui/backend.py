@@ -121,6 +121,10 @@ class ChatBackend(Protocol):
         """Accept ``username``'s changed account key (unblocks sending)."""
         ...
 
+    async def clear_identity(self, username: str) -> Verification:
+        """Take back the verification of ``username`` (trusted on first use again)."""
+        ...
+
     async def groups(self) -> list[GroupInfo]:
         """Groups this device knows."""
         ...
@@ -260,6 +264,9 @@ class SdkBackend:
 
     async def accept_identity(self, username: str) -> Verification:
         return await self.client.accept_key(username)
+
+    async def clear_identity(self, username: str) -> Verification:
+        return await self.client.clear_verification(username)
 
     async def groups(self) -> list[GroupInfo]:
         return self.client.groups()

@@ -136,6 +136,9 @@ class DaemonBackend:
     async def accept_identity(self, username: str) -> Verification:
         return await self.api.accept_key(username)
 
+    async def clear_identity(self, username: str) -> Verification:
+        return await self.api.clear_verification(username)
+
     async def groups(self) -> list[GroupInfo]:
         return await self.api.list_groups()
 

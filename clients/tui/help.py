@@ -37,6 +37,7 @@ COMMANDS: list[Command] = [
     Command("/save", "[DIR]", "save the last file received here (default: HOME/downloads)"),
     Command("/verify", "", "show the safety number with this user"),
     Command("/accept", "", "accept this user's changed key (after /verify)"),
+    Command("/unverify", "", "take back this user's verification (on your other devices too)"),
     Command("/group", "NAME USER...", "create a group"),
     Command("/add", "USER...", "add members (in a group)"),
     Command("/remove", "USER...", "remove members (in a group)"),

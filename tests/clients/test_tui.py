@@ -284,6 +284,9 @@ async def test_a_changed_key_warns_blocks_sending_until_accepted(
             assert "⚠" not in " ".join(chat_list(app))
             await type_line(pilot, "welcome back")
             await until(pilot, lambda: texts(bob2_got) == ["welcome back"])
+            # Taken back: trusted on first use again (told to our other devices).
+            await type_line(pilot, "/unverify")
+            await until(pilot, lambda: shown(app, "Safety number with bob (trusted on first use)"))
         finally:
             await bob2.close()
 
