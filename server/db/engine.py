@@ -68,9 +68,22 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+    _configure_postgres(engine)
+    return engine
+
+
+def _configure_postgres(engine: AsyncEngine) -> None:
+    """Each new PostgreSQL connection gets the session's own functions (``pg_temp``; outside
+    any transaction, so nothing rolls them back): the delivery writer's queue lock-and-count
+    (:data:`server.delivery.repository.QUEUE_USAGE_FUNCTION_PG`)."""
+    from server.delivery.repository import QUEUE_USAGE_FUNCTION_PG
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(lambda raw: raw.execute(QUEUE_USAGE_FUNCTION_PG))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

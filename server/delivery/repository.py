@@ -95,12 +95,13 @@ def _in(conn: Connection, column: ColumnElement[Any], name: str) -> ColumnElemen
     return column.in_(bindparam(name, expanding=True))
 
 
-_FIND_SENDS_PG = text(
+_FIND_SENDS_SQL = (
     "SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at "
     "FROM delivery_sends AS s "
     "JOIN unnest(CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[])) AS k(pk, cid) "
     "ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
 )
+_FIND_SENDS_PG = text(_FIND_SENDS_SQL)
 
 
 def _find_sends_sqlite(n: int) -> str:
@@ -146,9 +147,10 @@ _INSERT_PG = text(
 )
 
 
-# The NOT EXISTS sees the statement's snapshot (rows being deleted still there): it ignores
-# the rows this statement deletes.
-_DELETE_ACKED_PG = text(
+# The acks' queue rows, then the payloads no other queue row references. The NOT EXISTS sees
+# the statement's snapshot (rows being deleted still there): it ignores the rows this
+# statement deletes.
+_ACKED_CTES = (
     "WITH gone AS ("
     " DELETE FROM delivery_queue"
     " WHERE device_pk = ANY(CAST(:devices AS BIGINT[])) AND seq = ANY(CAST(:seqs AS BIGINT[]))"
@@ -158,8 +160,26 @@ _DELETE_ACKED_PG = text(
     " WHERE p.envelope_id = g.envelope_id AND p.idx = g.idx AND NOT EXISTS ("
     "  SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = p.envelope_id"
     "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
+    ")"
+)
+_DELETE_ACKED_PG = text(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa: S608
+
+
+# The batch's reads in one round trip (PostgreSQL): its acks deleted, the sends already
+# stored among the (sender device pk, client id) pairs named (de-duplication and lane
+# predecessors), and the device sets of the users named. Rows are tagged by kind: 0 = (device
+# pk, seq) acked; 1 = (sender device pk, created at, -, client id, envelope id) found; 2 =
+# (account id, device id, device pk, username) of a device set (no device: NULL pk).
+_BATCH_READS_PG = text(
+    f"{_ACKED_CTES}, found AS ({_FIND_SENDS_SQL}), sets AS ("  # noqa: S608 (constants)
+    " SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a"
+    " LEFT OUTER JOIN devices AS d ON d.account_id = a.id"
+    " WHERE a.username = ANY(CAST(:names AS VARCHAR[]))"
     ") "
-    "SELECT device_pk, seq FROM gone"
+    "SELECT 0, device_pk, seq, CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR),"
+    " CAST(NULL AS VARCHAR) FROM gone"
+    " UNION ALL SELECT 1, sender_device_pk, created_at, NULL, client_id, envelope_id FROM found"
+    " UNION ALL SELECT 2, id, device_id, pk, username, NULL FROM sets"
 )
 
 
@@ -171,6 +191,36 @@ QUEUE_LOCK_CLASS = 0x566F7851
 # wait for each other in a cycle); held until the transaction ends.
 _LOCK_QUEUES_PG = text(
     "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM unnest(CAST(:keys AS INTEGER[])) AS t(k)"
+)
+
+
+#: What a queue holds, per device and sending account (PostgreSQL; ``$1``: device pks).
+QUEUE_USAGE_PG = (
+    "SELECT q.device_pk, q.sender_account_id, count(*), coalesce(sum(q.size), 0)"
+    " FROM delivery_queue AS q WHERE q.device_pk = ANY($1)"
+    " GROUP BY q.device_pk, q.sender_account_id"
+)
+
+#: Locks the queues, then counts them, in one round trip. A statement sees the snapshot taken
+#: when it began — before a lock it waits for inside it is granted — so the count cannot
+#: share the locking statement; a VOLATILE function takes a fresh snapshot for each statement
+#: in it (READ COMMITTED), so its count, taken once the locks are held, sees every row the
+#: batches that held them before committed. ``pg_temp``: created on each connection
+#: (:func:`server.db.engine.create_engine`), nothing in the schema.
+QUEUE_USAGE_FUNCTION_PG = (
+    "CREATE OR REPLACE FUNCTION pg_temp.vox_lock_queue_usage("
+    "pks BIGINT[], keys INTEGER[], cls INTEGER)"
+    " RETURNS TABLE (o_device BIGINT, o_sender BIGINT, o_count BIGINT, o_bytes BIGINT)"
+    " LANGUAGE plpgsql VOLATILE AS $fn$"
+    " BEGIN"
+    " PERFORM count(pg_advisory_xact_lock(cls, k)) FROM unnest(keys) AS t(k);"
+    f" RETURN QUERY {QUEUE_USAGE_PG};"
+    " END $fn$"
+)
+
+_LOCK_QUEUE_USAGE_PG = text(
+    "SELECT * FROM pg_temp.vox_lock_queue_usage("
+    "CAST(:pks AS BIGINT[]), CAST(:keys AS INTEGER[]), :cls)"
 )
 
 
@@ -218,6 +268,17 @@ class NewSend:
 
 
 @dataclass(slots=True)
+class BatchReads:
+    """What :meth:`DeliveryRepository.batch_reads` found."""
+
+    #: Queue rows the acks deleted.
+    acked: int
+    #: Existing sends among the (sender device pk, client id) pairs asked for.
+    found: dict[tuple[int, str], SendRecord]
+    sets: DeviceSets
+
+
+@dataclass(slots=True)
 class Stored:
     """What :meth:`DeliveryRepository.insert_sends` stored."""
 
@@ -229,6 +290,48 @@ class Stored:
 
 class DeliveryRepository:
     """Batch-oriented queries over ``delivery_*``, ``devices`` and ``accounts``."""
+
+    def batch_reads(
+        self,
+        conn: Connection,
+        acks: Sequence[tuple[int, int]],
+        keys: Sequence[tuple[int, str]],
+        users: Iterable[str],
+    ) -> BatchReads:
+        """A batch's first step: delete its acked queue rows (:meth:`delete_acked`), find
+        the sends already stored (:meth:`find_sends`), and the device sets of ``users``
+        (:meth:`device_sets`) — on PostgreSQL in one statement (one round trip)."""
+        names = sorted(set(users))
+        if conn.dialect.name != "postgresql":
+            return BatchReads(
+                self.delete_acked(conn, acks) if acks else 0,
+                self.find_sends(conn, keys) if keys else {},
+                self.device_sets(conn, names),
+            )
+        wanted = set(acks)
+        out = BatchReads(0, {}, DeviceSets({}, {}))
+        rows = conn.execute(
+            _BATCH_READS_PG,
+            {
+                "devices": sorted({pk for pk, _ in wanted}),
+                "seqs": sorted({seq for _, seq in wanted}),
+                "pks": [pk for pk, _ in keys],
+                "ids": [cid for _, cid in keys],
+                "names": names,
+            },
+        )
+        for kind, a, b, c, name, envelope_id in rows:
+            if kind == 0:
+                assert (a, b) in wanted
+                out.acked += 1
+            elif kind == 1:
+                out.found[(a, name)] = SendRecord(envelope_id, b)
+            else:
+                devices = out.sets.devices.setdefault(name, {})
+                out.sets.accounts[name] = a
+                if c is not None:
+                    devices[b] = c
+        return out
 
     def find_sends(
         self, conn: Connection, keys: Sequence[tuple[int, str]]
@@ -300,6 +403,29 @@ class DeliveryRepository:
         if keys:
             conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
+    def lock_queue_usage(
+        self, conn: Connection, device_pks: Iterable[int]
+    ) -> dict[int, QueueUsage]:
+        """:meth:`lock_queues`, then :meth:`queue_usage` — on PostgreSQL in one round trip
+        (a function that counts once it holds the locks)."""
+        pks = sorted(set(device_pks))
+        if conn.dialect.name != "postgresql":
+            self.lock_queues(conn, pks)
+            return self.queue_usage(conn, pks)
+        out = {pk: QueueUsage() for pk in pks}
+        if not pks:
+            return out
+        rows = conn.execute(
+            _LOCK_QUEUE_USAGE_PG,
+            {
+                "pks": pks,
+                "keys": sorted({_queue_lock_key(pk) for pk in pks}),
+                "cls": QUEUE_LOCK_CLASS,
+            },
+        )
+        _add_usage(out, rows)
+        return out
+
     def queue_usage(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, QueueUsage]:
         """What each device's queue holds, in total and per sending account (every device
         asked for is in the result). One index-only pass (``ix_delivery_queue_usage``)."""
@@ -322,11 +448,7 @@ class DeliveryRepository:
                     .group_by(_queue.c.device_pk, _queue.c.sender_account_id),
                     {"pks": list(chunk)},
                 )
-            for pk, sender, count, size in rows:
-                usage = out[pk]
-                usage.depth += int(count)
-                usage.bytes += int(size)
-                usage.by_sender[sender] = (int(count), int(size))
+            _add_usage(out, rows)
         return out
 
     def insert_sends(self, conn: Connection, sends: Sequence[NewSend]) -> Stored:
@@ -597,3 +719,12 @@ class DeliveryRepository:
         conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
         conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
         return expired
+
+
+def _add_usage(out: dict[int, QueueUsage], rows: Iterable[Any]) -> None:
+    """Add (device pk, sender account, count, bytes) rows to the devices' usage."""
+    for pk, sender, count, size in rows:
+        usage = out[pk]
+        usage.depth += int(count)
+        usage.bytes += int(size)
+        usage.by_sender[sender] = (int(count), int(size))

@@ -59,7 +59,7 @@ from server.delivery.policy import (
     UnknownUsers,
     resolve_recipients,
 )
-from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend
+from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend, SendRecord
 from wire.codes import ErrorCode
 from wire.encoding import b64
 
@@ -389,21 +389,33 @@ class GroupCommitWriter:
         batch.per_device, batch.live = {}, []
         ops = batch.ops
         acks = [(op.device_pk, seq) for op in ops if isinstance(op, AckOp) for seq in op.seqs]
-        if acks:
-            self._metrics.acks.inc(self._repo.delete_acked(conn, acks))
         sends = [op for op in ops if isinstance(op, SendOp)]
+        durable = [op for op in sends if not op.ephemeral]
+        # The acks, the de-duplication lookup (which also finds the lane predecessors named,
+        # the fence, step 3) and the device sets of every user named and of every sender: one
+        # round trip on PostgreSQL.
+        keys = {(op.sender.device_pk, op.client_id) for op in durable}
+        keys.update((op.sender.device_pk, op.after) for op in durable if op.after is not None)
+        users = {op.sender.user for op in sends}
+        users.update(user for op in sends for _, to in op.payloads for user, _ in to)
+        reads = self._repo.batch_reads(conn, acks, sorted(keys), users)
+        if acks:
+            self._metrics.acks.inc(reads.acked)
         if sends:
-            self._store(conn, sends, batch)
+            self._store(conn, sends, reads.found, reads.sets, batch)
 
-    def _store(self, conn: Connection, ops: list[SendOp], batch: _Batch) -> None:
+    def _store(
+        self,
+        conn: Connection,
+        ops: list[SendOp],
+        found: dict[tuple[int, str], SendRecord],
+        sets: DeviceSets,
+        batch: _Batch,
+    ) -> None:
         now = self._clock.now_ms()
         durable = [op for op in ops if not op.ephemeral]
         storage_low = bool(durable) and self._storage_low()
-        # 1. De-duplication: already stored earlier, or twice in this batch. The same lookup
-        # finds the lane predecessors named (the fence, step 3).
-        keys = {(op.sender.device_pk, op.client_id) for op in durable}
-        keys.update((op.sender.device_pk, op.after) for op in durable if op.after is not None)
-        found = self._repo.find_sends(conn, sorted(keys))
+        # 1. De-duplication: already stored earlier, or twice in this batch.
         first_in_batch: dict[tuple[int, str], SendOp] = {}
         fresh: list[SendOp] = []
         duplicates: list[tuple[SendOp, SendOp]] = []
@@ -429,22 +441,18 @@ class GroupCommitWriter:
             else:
                 first_in_batch[key] = op
                 fresh.append(op)
-        # 2. Device sets of every user named and of every sender.
-        users = {op.sender.user for op in fresh}
-        users.update(user for op in fresh for _, to in op.payloads for user, _ in to)
-        sets = self._repo.device_sets(conn, users)
+        # 2. Recipients against the device sets.
         resolved: list[tuple[SendOp, list[list[int]]]] = []
         for op in fresh:
             pks = self._check_recipients(op, sets.devices)
             if pks is not None:
                 resolved.append((op, pks))
         # 3. Queue limits (counting this batch's earlier sends too). The targets' queues
-        # are locked first (PostgreSQL: until the commit), so that no other writer, here or
-        # on another node, counts and fills the same queue at the same time.
+        # are locked before they are counted (PostgreSQL: until the commit; one round trip),
+        # so that no other writer, here or on another node, counts and fills the same queue
+        # at the same time.
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
-        if targets:
-            self._repo.lock_queues(conn, targets)
-        usage = self._repo.queue_usage(conn, targets) if targets else {}
+        usage = self._repo.lock_queue_usage(conn, targets) if targets else {}
         owners = _owners(sets)
         fence = LaneFence(found)
         to_store: list[NewSend] = []

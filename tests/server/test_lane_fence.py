@@ -114,13 +114,14 @@ async def test_a_predecessor_earlier_in_the_same_batch_lets_the_lane_through(
         bob = w["bob", 1]
         repo = w.relay.state.delivery.writers[0]._repo
         lookups: list[list[tuple[int, str]]] = []
-        find_sends = repo.find_sends
+        batch_reads = repo.batch_reads
 
-        def counted(conn: Any, keys: Any) -> Any:
-            lookups.append(list(keys))
-            return find_sends(conn, keys)
+        def counted(conn: Any, acks: Any, keys: Any, users: Any) -> Any:
+            if keys:
+                lookups.append(list(keys))
+            return batch_reads(conn, acks, keys, users)
 
-        repo.find_sends = counted  # type: ignore[method-assign]
+        repo.batch_reads = counted  # type: ignore[method-assign]
         for i in range(5):
             after = f"m{i - 1}" if i else None
             await a.send(send(f"m{i}", [bob], f"n{i}".encode(), after=after))

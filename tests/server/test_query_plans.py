@@ -107,6 +107,13 @@ def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_a
     assert sets.devices["bob"] == {1: recipient_pk}
     repo.lock_queues(conn, [recipient_pk, sender_pk])
     repo.queue_usage(conn, [recipient_pk, sender_pk])
+    # What the writer runs (PostgreSQL: one statement each; the queue count runs inside a
+    # function, explained on its own below).
+    reads = repo.batch_reads(
+        conn, [(recipient_pk, 1), (recipient_pk, 2)], [(sender_pk, "c1")], ["alice", "bob"]
+    )
+    assert reads.sets.devices["bob"] == {1: recipient_pk}
+    repo.lock_queue_usage(conn, [recipient_pk, sender_pk])
     sends = [
         NewSend(
             envelope_id=f"env{i}",
@@ -248,6 +255,13 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
                 plan = "\n".join(str(row[0]) for row in result)
                 if "Seq Scan" in plan:
                     failures.append(f"{sql}\n{plan}")
+            # The count inside the writer's lock-and-count function.
+            result = await conn.exec_driver_sql(
+                f"EXPLAIN {repository.QUEUE_USAGE_PG}", ([recipient_pk, sender_pk],)
+            )
+            plan = "\n".join(str(row[0]) for row in result)
+            if "Seq Scan" in plan or "delivery_queue" not in plan:
+                failures.append(f"{repository.QUEUE_USAGE_PG}\n{plan}")
             await conn.rollback()
         assert not failures, "sequential scans:\n" + "\n\n".join(failures)
     finally:
