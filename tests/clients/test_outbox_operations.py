@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ from tests.clients.test_tui import shown, until
 EXIT_QUEUED = 75
 
 pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
+    """A real relay process (stopped and started again by the tests)."""
+    process = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 async def _pair(tmp_path: Path, relay: RelayProcess) -> str:
@@ -44,43 +56,39 @@ def _row(out: str, message_id: str) -> str:
 
 async def test_a_queued_timer_change_reads_queued_until_the_relay_accepts_it(
     tmp_path: Path,
+    relay: RelayProcess,
 ) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
     a = tmp_path / "a"
-    try:
-        await _pair(tmp_path, relay)
-        relay.stop()
-        code, out, err = await vox(a, "disappear", "bob", "1h")
-        assert code == EXIT_QUEUED, err
-        timer_id = out.strip()
-        code, out, err = await vox(a, "history", "bob")
-        assert code == 0, err
-        assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour (queued)")
-        code, out, err = await vox(a, "history", "bob", "--json")
-        row = next(r for r in map(json.loads, out.splitlines()) if r["id"] == timer_id)
-        assert row["timer"] == 3600 and row["state"] == "pending"
+    await _pair(tmp_path, relay)
+    relay.stop()
+    code, out, err = await vox(a, "disappear", "bob", "1h")
+    assert code == EXIT_QUEUED, err
+    timer_id = out.strip()
+    code, out, err = await vox(a, "history", "bob")
+    assert code == 0, err
+    assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour (queued)")
+    code, out, err = await vox(a, "history", "bob", "--json")
+    row = next(r for r in map(json.loads, out.splitlines()) if r["id"] == timer_id)
+    assert row["timer"] == 3600 and row["state"] == "pending"
 
-        await relay.start()
-        alice = await VoxClient.open(a)
-        events: list[Event] = []
-        alice.on_event(events.append)
-        try:
-            notice = alice.history("bob")[-1]
-            assert notice.timer == 3600 and notice.state is DeliveryState.PENDING
-            assert render_message(notice).plain.endswith("1 hour  …")  # the TUI's row
-            await alice.connect()
-            await wait_for(lambda: any(isinstance(e, MessageSent) for e in events), within=60)
-            assert [e.message_id for e in events if isinstance(e, MessageSent)] == [timer_id]
-            notice = alice.history("bob")[-1]
-            assert notice.state is DeliveryState.SENT
-            assert render_message(notice).plain.endswith("set disappearing messages to 1 hour")
-        finally:
-            await alice.close()
-        code, out, err = await vox(a, "history", "bob")
-        assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour")
+    await relay.start()
+    alice = await VoxClient.open(a)
+    events: list[Event] = []
+    alice.on_event(events.append)
+    try:
+        notice = alice.history("bob")[-1]
+        assert notice.timer == 3600 and notice.state is DeliveryState.PENDING
+        assert render_message(notice).plain.endswith("1 hour  …")  # the TUI's row
+        await alice.connect()
+        await wait_for(lambda: any(isinstance(e, MessageSent) for e in events), within=60)
+        assert [e.message_id for e in events if isinstance(e, MessageSent)] == [timer_id]
+        notice = alice.history("bob")[-1]
+        assert notice.state is DeliveryState.SENT
+        assert render_message(notice).plain.endswith("set disappearing messages to 1 hour")
     finally:
-        relay.stop()
+        await alice.close()
+    code, out, err = await vox(a, "history", "bob")
+    assert _row(out, timer_id).endswith("alice set disappearing messages to 1 hour")
 
 
 def test_our_failed_timer_change_reads_not_sent_in_the_tui() -> None:
@@ -95,73 +103,67 @@ def test_our_failed_timer_change_reads_not_sent_in_the_tui() -> None:
 
 async def test_status_and_history_list_queued_operations_then_forget_them_once_sent(
     tmp_path: Path,
+    relay: RelayProcess,
 ) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
     a = tmp_path / "a"
-    try:
-        hi = await _pair(tmp_path, relay)
-        relay.stop()
-        ops = []
-        for args in (("edit", "bob", hi, "hi!"), ("react", "bob", hi, "👍"),
-                     ("disappear", "bob", "1h")):  # fmt: skip
-            code, out, err = await vox(a, *args)
-            assert code == EXIT_QUEUED, err
-            ops.append(out.strip())
-        code, out, err = await vox(a, "send", "bob", "later")
+    hi = await _pair(tmp_path, relay)
+    relay.stop()
+    ops = []
+    for args in (("edit", "bob", hi, "hi!"), ("react", "bob", hi, "👍"),
+                 ("disappear", "bob", "1h")):  # fmt: skip
+        code, out, err = await vox(a, *args)
         assert code == EXIT_QUEUED, err
-        later = out.strip()
+        ops.append(out.strip())
+    code, out, err = await vox(a, "send", "bob", "later")
+    assert code == EXIT_QUEUED, err
+    later = out.strip()
 
-        code, out, err = await vox(a, "status")
-        assert code == 0, err
-        assert "queued: 4" in out  # in the order they go out, each with what it is
-        assert [line.split()[:2] for line in out.splitlines()[2:]] == [
-            [ops[0], "bob"], [ops[1], "bob"], [ops[2], "bob"], [later, "bob"],
-        ]  # fmt: skip
-        assert _row(out, f"  {ops[0]}").endswith(f"[edit of #{hi[:6]}]")
-        assert _row(out, f"  {ops[1]}").endswith(f"[reaction to #{hi[:6]}]")
-        assert _row(out, f"  {ops[2]}").endswith("[timer change]")
-        assert _row(out, f"  {later}").endswith("later")
-        code, out, err = await vox(a, "history", "bob")
-        assert _row(out, hi).endswith("alice: hi! (edited)  👍 (edit queued) (reaction queued)")
+    code, out, err = await vox(a, "status")
+    assert code == 0, err
+    assert "queued: 4" in out  # in the order they go out, each with what it is
+    assert [line.split()[:2] for line in out.splitlines()[2:]] == [
+        [ops[0], "bob"], [ops[1], "bob"], [ops[2], "bob"], [later, "bob"],
+    ]  # fmt: skip
+    assert _row(out, f"  {ops[0]}").endswith(f"[edit of #{hi[:6]}]")
+    assert _row(out, f"  {ops[1]}").endswith(f"[reaction to #{hi[:6]}]")
+    assert _row(out, f"  {ops[2]}").endswith("[timer change]")
+    assert _row(out, f"  {later}").endswith("later")
+    code, out, err = await vox(a, "history", "bob")
+    assert _row(out, hi).endswith("alice: hi! (edited)  👍 (edit queued) (reaction queued)")
 
-        await relay.start()
-        alice = await VoxClient.open(a)
-        events: list[Event] = []
-        alice.on_event(events.append)
-        try:
-            async with serving(alice, a):  # the daemon's view of the same queue
-                remote = await RemoteClient.connect(socket_path(a))
-                try:
-                    status = await remote.call("status")
-                    queued = [
-                        (q["id"], q["kind"], q["target"], q["state"]) for q in status["queued"]
-                    ]
-                    assert queued == [
-                        (ops[0], "edit", hi, "queued"), (ops[1], "reaction", hi, "queued"),
-                        (ops[2], "timer", None, "queued"), (later, "text", None, "queued"),
-                    ]  # fmt: skip
-                    assert status["failed"] == []
-                    [row] = [m for m in await remote.call("history", conversation="bob")
-                             if m["id"] == hi]  # fmt: skip
-                    assert row["unsent"] == [{"kind": "edit", "state": "queued"},
-                                             {"kind": "reaction", "state": "queued"}]  # fmt: skip
-                    await alice.connect()
-                    await wait_for(lambda: len(_sent(events)) == 4, within=60)
-                    assert (await remote.call("status"))["queued"] == []
-                finally:
-                    await remote.close()
-            assert {e.message_id: e.target for e in _sent(events)} == {
-                ops[0]: hi, ops[1]: hi, ops[2]: None, later: None,
-            }  # fmt: skip
-            assert alice.operations() == []
-            assert [m.unsent for m in alice.history("bob") if m.id == hi] == [()]
-        finally:
-            await alice.close()
-        code, out, err = await vox(a, "status")
-        assert "queued: 0" in out and "not sent" not in out
+    await relay.start()
+    alice = await VoxClient.open(a)
+    events: list[Event] = []
+    alice.on_event(events.append)
+    try:
+        async with serving(alice, a):  # the daemon's view of the same queue
+            remote = await RemoteClient.connect(socket_path(a))
+            try:
+                status = await remote.call("status")
+                queued = [(q["id"], q["kind"], q["target"], q["state"]) for q in status["queued"]]
+                assert queued == [
+                    (ops[0], "edit", hi, "queued"), (ops[1], "reaction", hi, "queued"),
+                    (ops[2], "timer", None, "queued"), (later, "text", None, "queued"),
+                ]  # fmt: skip
+                assert status["failed"] == []
+                [row] = [m for m in await remote.call("history", conversation="bob")
+                         if m["id"] == hi]  # fmt: skip
+                assert row["unsent"] == [{"kind": "edit", "state": "queued"},
+                                         {"kind": "reaction", "state": "queued"}]  # fmt: skip
+                await alice.connect()
+                await wait_for(lambda: len(_sent(events)) == 4, within=60)
+                assert (await remote.call("status"))["queued"] == []
+            finally:
+                await remote.close()
+        assert {e.message_id: e.target for e in _sent(events)} == {
+            ops[0]: hi, ops[1]: hi, ops[2]: None, later: None,
+        }  # fmt: skip
+        assert alice.operations() == []
+        assert [m.unsent for m in alice.history("bob") if m.id == hi] == [()]
     finally:
-        relay.stop()
+        await alice.close()
+    code, out, err = await vox(a, "status")
+    assert "queued: 0" in out and "not sent" not in out
 
 
 def _sent(events: list[Event]) -> list[MessageSent]:
@@ -196,82 +198,75 @@ async def _edit_refused_later(tmp_path: Path, relay: RelayProcess) -> tuple[str,
 
 async def test_a_queued_edit_refused_for_good_is_shown_not_sent_everywhere(
     tmp_path: Path,
+    relay: RelayProcess,
 ) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
     a = tmp_path / "a"
+    hi, edit = await _edit_refused_later(tmp_path, relay)
+    alice = await VoxClient.open(a)
+    events: list[Event] = []
+    alice.on_event(events.append)
     try:
-        hi, edit = await _edit_refused_later(tmp_path, relay)
-        alice = await VoxClient.open(a)
-        events: list[Event] = []
-        alice.on_event(events.append)
-        try:
-            async with serving(alice, a):
-                remote = await RemoteClient.connect(socket_path(a))
-                try:
-                    await remote.call("subscribe")
-                    heard: list[dict[str, Any]] = []
+        async with serving(alice, a):
+            remote = await RemoteClient.connect(socket_path(a))
+            try:
+                await remote.call("subscribe")
+                heard: list[dict[str, Any]] = []
 
-                    async def listen() -> None:
-                        async for event in remote.events():
-                            heard.append(event)
+                async def listen() -> None:
+                    async for event in remote.events():
+                        heard.append(event)
 
-                    listener = asyncio.create_task(listen())
-                    await alice.connect()  # the outbox resumes: the relay refuses the edit
-                    await wait_for(lambda: any(e["kind"] == "failed" for e in heard), within=60)
-                    listener.cancel()
-                    [failed] = [e for e in heard if e["kind"] == "failed"]
-                    assert (failed["id"], failed["content"], failed["target"]) == (edit, "edit", hi)
-                    assert failed["conversation"] == "bob" and failed["reason"]
-                    status = await remote.call("status")
-                    assert status["queued"] == []
-                    [op] = status["failed"]
-                    assert (op["id"], op["kind"], op["target"], op["state"]) == (
-                        edit,
-                        "edit",
-                        hi,
-                        "failed",
-                    )
-                finally:
-                    await remote.close()
-            [event] = [e for e in events if isinstance(e, SendFailed)]
-            assert (event.kind, event.target) == ("edit", hi)
-            [mine] = [m for m in alice.history("bob") if m.id == hi]
-            assert mine.text == "hi, edited" and mine.unsent == (("edit", "failed"),)
-        finally:
-            await alice.close()
-
-        code, out, err = await vox(a, "status")
-        assert code == 0, err
-        assert "queued: 0" in out and "not sent (refused for good): 1" in out
-        assert f"{edit}  bob  [edit of #{hi[:6]}]" in out
-        code, out, err = await vox(a, "history", "bob")
-        assert _row(out, hi).endswith("alice: hi, edited (edited) (edit not sent)")
-        # Refused at once (nothing queued): the command fails, and the history says so too.
-        code, out, err = await vox(a, "react", "bob", hi, "👍")
-        assert code == 1, err
-        code, out, err = await vox(a, "history", "bob")
-        assert _row(out, hi).endswith("(edit not sent) (reaction not sent)")
+                listener = asyncio.create_task(listen())
+                await alice.connect()  # the outbox resumes: the relay refuses the edit
+                await wait_for(lambda: any(e["kind"] == "failed" for e in heard), within=60)
+                listener.cancel()
+                [failed] = [e for e in heard if e["kind"] == "failed"]
+                assert (failed["id"], failed["content"], failed["target"]) == (edit, "edit", hi)
+                assert failed["conversation"] == "bob" and failed["reason"]
+                status = await remote.call("status")
+                assert status["queued"] == []
+                [op] = status["failed"]
+                assert (op["id"], op["kind"], op["target"], op["state"]) == (
+                    edit,
+                    "edit",
+                    hi,
+                    "failed",
+                )
+            finally:
+                await remote.close()
+        [event] = [e for e in events if isinstance(e, SendFailed)]
+        assert (event.kind, event.target) == ("edit", hi)
+        [mine] = [m for m in alice.history("bob") if m.id == hi]
+        assert mine.text == "hi, edited" and mine.unsent == (("edit", "failed"),)
     finally:
-        relay.stop()
+        await alice.close()
+
+    code, out, err = await vox(a, "status")
+    assert code == 0, err
+    assert "queued: 0" in out and "not sent (refused for good): 1" in out
+    assert f"{edit}  bob  [edit of #{hi[:6]}]" in out
+    code, out, err = await vox(a, "history", "bob")
+    assert _row(out, hi).endswith("alice: hi, edited (edited) (edit not sent)")
+    # Refused at once (nothing queued): the command fails, and the history says so too.
+    code, out, err = await vox(a, "react", "bob", hi, "👍")
+    assert code == 1, err
+    code, out, err = await vox(a, "history", "bob")
+    assert _row(out, hi).endswith("(edit not sent) (reaction not sent)")
 
 
-async def test_the_tui_shows_a_queued_edit_refused_for_good_as_not_sent(tmp_path: Path) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
+async def test_the_tui_shows_a_queued_edit_refused_for_good_as_not_sent(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    hi, _ = await _edit_refused_later(tmp_path, relay)
+    alice = await VoxClient.open(tmp_path / "a")
+    app = ChatApp(SdkBackend(alice), open_conversation="bob")
     try:
-        hi, _ = await _edit_refused_later(tmp_path, relay)
-        alice = await VoxClient.open(tmp_path / "a")
-        app = ChatApp(SdkBackend(alice), open_conversation="bob")
-        try:
-            async with app.run_test(size=(120, 30)) as pilot:
-                await until(pilot, lambda: shown(app, "✗ edit not sent:"), within=60)
-                await until(pilot, lambda: "✗ edit not sent" in _tui_row(app, hi))
-                assert "hi, edited (edited)" in _tui_row(app, hi)
-        finally:
-            await alice.close()
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: shown(app, "✗ edit not sent:"), within=60)
+            await until(pilot, lambda: "✗ edit not sent" in _tui_row(app, hi))
+            assert "hi, edited (edited)" in _tui_row(app, hi)
     finally:
-        relay.stop()
+        await alice.close()
 
 
 def _tui_row(app: ChatApp, message_id: str) -> str:
@@ -285,54 +280,50 @@ def _tui_row(app: ChatApp, message_id: str) -> str:
 
 async def test_a_verification_made_offline_reaches_our_other_device_and_so_does_unverify(
     tmp_path: Path,
+    relay: RelayProcess,
 ) -> None:
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
     a, a2 = tmp_path / "a", tmp_path / "a2"
+    alice = await VoxClient.register(a, relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
+    await bob.close()
+    await alice.connect()
+    invitation = await alice.link()
+    laptop = await VoxClient.join(a2, relay.base_url, invitation.code)
     try:
-        alice = await VoxClient.register(a, relay.base_url, "alice")
-        bob = await VoxClient.register(tmp_path / "b", relay.base_url, "bob")
-        await bob.close()
-        await alice.connect()
-        invitation = await alice.link()
-        laptop = await VoxClient.join(a2, relay.base_url, invitation.code)
-        try:
-            await laptop.connect()
-            assert await alice.wait_linked(invitation, within=30) == invitation.device_id
-            await laptop.send_text("bob", "hi from the laptop")  # the laptop knows bob (TOFU)
-            await alice.send_text("bob", "hi from the phone")
-        finally:
-            await laptop.close()
-        await alice.close()
-
-        relay.stop()  # compared the numbers in person, no network: accepted anyway
-        code, out, err = await vox(a, "verify", "bob", "--accept")
-        assert code == 0, err
-        assert out.strip().endswith("status: verified")
-        code, out, err = await vox(a, "status")
-        assert "queued: 1" in out and out.rstrip().endswith("bob  [verify]"), out
-
-        await relay.start()
-        alice = await VoxClient.open(a)
-        laptop = await VoxClient.open(a2)
-        try:
-            await alice.connect()  # the queued sync goes out
-            await wait_for(lambda: alice.operations() == [], within=60)
-            await laptop.connect()
-            await wait_for(lambda: _trust(laptop, "bob") == "verified", within=60)
-
-            # Taken back on the phone: trusted on first use again, on the laptop too.
-            assert not (await alice.clear_verification("bob")).verified
-            assert _trust(alice, "bob") == "tofu"
-            await wait_for(lambda: _trust(laptop, "bob") == "tofu", within=60)
-            assert (await laptop.send_text("bob", "still fine")).id  # sending continues
-        finally:
-            await laptop.close()
-            await alice.close()
-        code, out, err = await vox(a, "verify", "bob", "--accept", "--clear")
-        assert code == 2 and "exclude each other" in err
+        await laptop.connect()
+        assert await alice.wait_linked(invitation, within=30) == invitation.device_id
+        await laptop.send_text("bob", "hi from the laptop")  # the laptop knows bob (TOFU)
+        await alice.send_text("bob", "hi from the phone")
     finally:
-        relay.stop()
+        await laptop.close()
+    await alice.close()
+
+    relay.stop()  # compared the numbers in person, no network: accepted anyway
+    code, out, err = await vox(a, "verify", "bob", "--accept")
+    assert code == 0, err
+    assert out.strip().endswith("status: verified")
+    code, out, err = await vox(a, "status")
+    assert "queued: 1" in out and out.rstrip().endswith("bob  [verify]"), out
+
+    await relay.start()
+    alice = await VoxClient.open(a)
+    laptop = await VoxClient.open(a2)
+    try:
+        await alice.connect()  # the queued sync goes out
+        await wait_for(lambda: alice.operations() == [], within=60)
+        await laptop.connect()
+        await wait_for(lambda: _trust(laptop, "bob") == "verified", within=60)
+
+        # Taken back on the phone: trusted on first use again, on the laptop too.
+        assert not (await alice.clear_verification("bob")).verified
+        assert _trust(alice, "bob") == "tofu"
+        await wait_for(lambda: _trust(laptop, "bob") == "tofu", within=60)
+        assert (await laptop.send_text("bob", "still fine")).id  # sending continues
+    finally:
+        await laptop.close()
+        await alice.close()
+    code, out, err = await vox(a, "verify", "bob", "--accept", "--clear")
+    assert code == 2 and "exclude each other" in err
 
 
 def _trust(client: VoxClient, username: str) -> str | None:
