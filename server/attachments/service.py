@@ -345,6 +345,12 @@ class AttachmentService:
                 self.disk.check()
             try:
                 await self.store.append_part(upload_id, offset, chunks, length)
+            except FileNotFoundError:
+                await self.cancel_upload(device_pk, upload_id)
+                raise NotFound(
+                    "the relay lost this upload's bytes; start a new upload",
+                    code="unknown_upload",
+                ) from None
             except TooLarge:
                 raise BadRequest(
                     "the chunk is longer than its Content-Length", code="bad_request"
@@ -381,7 +387,14 @@ class AttachmentService:
             blob_id = secrets.token_urlsafe(32)
             now = self.clock.now()
             info = AttachmentInfo(blob_id, up.size, now + self.ttl)
-            await self.store.commit_part(upload_id, blob_id)
+            try:
+                await self.store.commit_part(upload_id, blob_id, up.size)
+            except (Truncated, FileNotFoundError):
+                await self.cancel_upload(device_pk, upload_id)
+                raise NotFound(
+                    "the relay lost this upload's bytes; start a new upload",
+                    code="unknown_upload",
+                ) from None
             try:
                 async with write_transaction(self.engine) as conn:
                     await conn.execute(

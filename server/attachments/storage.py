@@ -75,8 +75,9 @@ class AttachmentStore(Protocol):
         error) the part is cut back to ``offset``."""
         ...
 
-    async def commit_part(self, upload_id: str, blob_id: str) -> None:
-        """Make the complete part the blob ``blob_id``."""
+    async def commit_part(self, upload_id: str, blob_id: str, size: int) -> None:
+        """Make the complete part (its first ``size`` bytes) the blob ``blob_id``;
+        :class:`Truncated` if it has fewer."""
         ...
 
     async def delete_part(self, upload_id: str) -> None:
@@ -160,6 +161,8 @@ class LocalDiskStore:
     ) -> None:
         fh: BinaryIO = await asyncio.to_thread(open, self._part(upload_id), "r+b")
         try:
+            # Bytes past the offset (a chunk written before a crash, never recorded) go.
+            await asyncio.to_thread(fh.truncate, offset)
             await asyncio.to_thread(fh.seek, offset)
             if await _write_stream(fh, chunks, length) != length:
                 raise Truncated
@@ -168,10 +171,15 @@ class LocalDiskStore:
             await asyncio.shield(asyncio.to_thread(_cut_back, fh, offset))
             raise
 
-    async def commit_part(self, upload_id: str, blob_id: str) -> None:
+    async def commit_part(self, upload_id: str, blob_id: str, size: int) -> None:
+        part = self._part(upload_id)
+        if (await asyncio.to_thread(part.stat)).st_size < size:
+            raise Truncated  # bytes lost (e.g. a restore of an older copy of the part)
+        # Past a crash after a recorded chunk, the part may still hold unrecorded bytes.
+        await asyncio.to_thread(os.truncate, part, size)
         final = self._path(blob_id)
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(os.replace, self._part(upload_id), final)
+        await asyncio.to_thread(os.replace, part, final)
 
     async def delete_part(self, upload_id: str) -> None:
         await asyncio.to_thread(self._part(upload_id).unlink, missing_ok=True)

@@ -249,3 +249,42 @@ async def _quota_flow(w: World, quota: int) -> None:
 async def test_concurrent_uploads_and_quotas_count_unfinished_uploads(tmp_path: Path) -> None:
     async with world(tmp_path, {"bob": [1]}, limits=QUOTA_LIMITS) as w:
         await _quota_flow(w, quota=20 * CHUNK)
+
+
+async def test_bytes_past_the_offset_left_by_a_crash_are_overwritten(tmp_path: Path) -> None:
+    """A relay that wrote a chunk but stopped before recording the new offset leaves bytes
+    past the offset in the part file; the chunk sent again (here a shorter one) replaces
+    them, and the attachment is exactly what the client sent."""
+    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w, w.relay.client() as http:
+        token = auth_header(w["alice", 1].token)
+        blob = os.urandom(CHUNK + 100)
+        uid = (await _create(http, token, len(blob)))["upload_id"]
+        assert (await _patch(http, token, uid, 0, blob[:CHUNK])).status_code == 200
+        [part] = _parts(w)
+        with part.open("ab") as fh:
+            fh.write(b"residue of a chunk the relay never recorded" * 100)
+        assert (await _patch(http, token, uid, CHUNK, blob[CHUNK:])).status_code == 200
+        done = await http.post(f"/v1/attachments/uploads/{uid}/finish", headers=token)
+        assert done.status_code == 201 and done.json()["size"] == len(blob)
+        got = await http.get(f"/v1/attachments/{done.json()['id']}", headers=token)
+        assert got.content == blob
+
+
+async def test_an_upload_whose_bytes_were_lost_is_refused_as_unknown(tmp_path: Path) -> None:
+    """Part files gone or short (a restore of an older copy of the data directory): the
+    relay says so (404 ``unknown_upload``, start again) instead of storing a broken blob."""
+    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w, w.relay.client() as http:
+        token = auth_header(w["alice", 1].token)
+        short = (await _create(http, token, CHUNK))["upload_id"]
+        assert (await _patch(http, token, short, 0, b"s" * CHUNK)).status_code == 200
+        gone = (await _create(http, token, 2 * CHUNK))["upload_id"]
+        assert (await _patch(http, token, gone, 0, b"g" * CHUNK)).status_code == 200
+        parts = {p.stem: p for p in _parts(w)}
+        parts[short].write_bytes(b"s" * 100)
+        parts[gone].unlink()
+        finish = await http.post(f"/v1/attachments/uploads/{short}/finish", headers=token)
+        assert finish.status_code == 404 and finish.json()["error"] == "unknown_upload"
+        more = await _patch(http, token, gone, CHUNK, b"g" * CHUNK)
+        assert more.status_code == 404 and more.json()["error"] == "unknown_upload"
+        assert await w.count(Attachment) == 0 and await w.count(AttachmentUpload) == 0
+        assert _parts(w) == []
