@@ -10,8 +10,9 @@ State kept per connection is small and bounded:
 
 Deliveries come from two places, kept in ``seq`` order:
 
-* ``push_committed`` — envelopes this node just committed for the device: written directly
-  while the connection is caught up (no database read);
+* ``push_committed`` — envelopes just committed for the device, by this node or (carried by
+  Redis with the wake-up) by another: written directly while the connection is caught up (no
+  database read);
 * ``wake`` — the queue changed (another node, redelivery, backlog): a reader task reads the
   device's oldest queued rows, skipping those already in flight.
 
@@ -229,8 +230,10 @@ class DeviceConnection:
             self._max_seq = delivery.seq
         self.push_frame(delivery.text)
 
-    def push_committed(self, envelopes: Sequence[Any]) -> None:
-        """Envelopes this node committed for this device (ascending ``seq``)."""
+    def push_committed(self, envelopes: Sequence[Any], *, remote: bool = False) -> None:
+        """Envelopes committed for this device (ascending ``seq``): by this node, or by
+        another (``remote``, carried by Redis, possibly late: a ``seq`` not above every one
+        this connection has seen is left to the database)."""
         if self.closing:
             return
         if self._reader is not None or self._backlog:
@@ -241,7 +244,7 @@ class DeviceConnection:
             assert isinstance(delivery, Delivery)
             if delivery.seq in self._inflight:
                 continue
-            if delivery.seq <= self._max_seq and self._service.strict_order_hints:
+            if delivery.seq <= self._max_seq and (remote or self._service.strict_order_hints):
                 # Committed out of seq order (another writer or node): let the database decide.
                 self.wake()
                 break

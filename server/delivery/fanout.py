@@ -15,7 +15,17 @@ Without Redis the hub is purely in-process (one node). With Redis, every node su
 pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
 
 ``{"n": node, "k": "wake", "d": [device_pk, ...]}``
-    read the queue of these devices. Carries no ciphertext and no message metadata.
+    read the queue of these devices. Sent for signals that carry no envelope (redelivery,
+    backlog) and for committed envelopes too large to carry (below).
+``{"n": node, "k": "wake", "d": [device_pk, ...], "e": {"<device_pk>": [[seq, tail], ...]}}``
+    envelopes node ``n`` has just committed (:meth:`Hub.committed`), carried with the wake-up
+    when their frames total at most :data:`CARRIED_BYTES`: each is the ``deliver`` frame of
+    queue row ``seq`` (``tail`` is the frame after its ``seq``; the ciphertext envelope is
+    already stored, so Redis carries nothing the database does not hold). The node holding a
+    device of ``e`` delivers them without reading the database, exactly as if it had
+    committed them itself (a connection that is reading its queue, has a backlog or has
+    already seen a higher ``seq`` wakes instead, and lets the database decide); ``d`` lists
+    every device, so a node that does not know ``e`` still reads the queue.
 ``{"n": node, "k": "frame", "d": [device_pk, ...], "f": "<frame JSON text>"}``
     push this frame to these devices if connected. Used for notifications and ephemeral sends,
     which are never stored anywhere, so the frame (an ephemeral ciphertext) is the only copy;
@@ -26,8 +36,9 @@ pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
     the device was removed from its account or revoked: close its connection (4401).
     With ``"t": token_id`` (a logout): only if that connection authenticated with that token.
 
-Signals are best effort: a lost wake only delays delivery until the device's next wake or
-reconnect, because the queue itself lives in the database.
+Signals are best effort: a lost wake (or carried envelope) only delays delivery until the
+device's next wake or reconnect, because the queue itself lives in the database; acks always
+go to the database.
 
 **Redis outage (degraded mode).** A node whose subscription is down or whose Redis stops
 answering a ping is *degraded* (:attr:`Hub.degraded`). It then asks the database, every
@@ -56,10 +67,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db.models_delivery import QueueEntry
+from server.delivery.frames import Delivery
 
 log = logging.getLogger("vox.fanout")
 
 _OUTBOX_LIMIT = 10_000
+#: Committed envelopes ride along with a cross-node wake-up while the frames of one
+#: wake-up total at most this many characters; devices beyond it are only woken.
+CARRIED_BYTES = 64 * 1024
 
 
 class DeviceSink(Protocol):
@@ -73,8 +88,9 @@ class DeviceSink(Protocol):
     def wake(self) -> None:
         """New rows may be in the device's queue: read them from the database."""
 
-    def push_committed(self, envelopes: Sequence[Any]) -> None:
-        """Envelopes committed by this node for this device, in queue order."""
+    def push_committed(self, envelopes: Sequence[Any], *, remote: bool = False) -> None:
+        """Envelopes just committed for this device, in queue order (``remote``: by another
+        node, carried by Redis)."""
 
     def push_frame(self, text: str) -> None:
         """Send a live (never stored) frame."""
@@ -316,7 +332,19 @@ class Hub:
             else:
                 remote.append(device_pk)
         if remote:
-            self._publish({"k": "wake", "d": remote})
+            message: dict[str, Any] = {"k": "wake", "d": remote}
+            if self._outbox is not None:
+                carried: dict[str, list[tuple[int, str]]] = {}
+                budget = CARRIED_BYTES
+                for device_pk in remote:
+                    rows = [(d.seq, d.tail) for d in per_device[device_pk]]
+                    budget -= sum(len(tail) + 16 for _, tail in rows)
+                    if budget < 0:
+                        break
+                    carried[str(device_pk)] = rows
+                if carried:
+                    message["e"] = carried
+            self._publish(message)
             if self.observer is not None:
                 self.observer.queued_elsewhere(remote)
 
@@ -429,10 +457,17 @@ class Hub:
                 return
             kind = message["k"]
             if kind == "wake":
+                carried = message.get("e") or {}
                 for device_pk in message["d"]:
                     sink = self._sinks.get(int(device_pk))
-                    if sink is not None:
+                    if sink is None:
+                        continue
+                    rows = carried.get(str(device_pk))
+                    if rows is None:
                         sink.wake()
+                    else:
+                        envelopes = [Delivery(int(seq), str(tail)) for seq, tail in rows]
+                        sink.push_committed(envelopes, remote=True)
             elif kind == "frame":
                 text = str(message["f"])
                 for device_pk in message["d"]:

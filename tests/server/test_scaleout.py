@@ -64,6 +64,67 @@ async def test_two_nodes_deliver_to_each_others_devices(
             await b.ws.close()
 
 
+async def _queue_reads(port: int) -> float:
+    """The node's ``vox_queue_reads_total`` (its database reads of device queues)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vox_queue_reads_total ")
+    )
+
+
+async def test_the_wake_up_carries_committed_envelopes_and_the_database_stays_the_fallback(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """The node holding the receiver delivers envelopes committed on the other node from the
+    wake-up itself (no queue read); too big to carry, or for a device that was not connected
+    when the wake-up went by (it missed it), it reads the database as before. Nothing is lost
+    or delivered twice."""
+    async with relay_nodes(tmp_path, postgres_url, redis_url, redis_prefix) as (p1, p2):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{p1}", timeout=10) as http:
+            peers = await setup_accounts(http, {"alice": [1], "bob": [1], "carol": [1]})
+        alice, b1, carol = peers["alice", 1], peers["bob", 1], peers["carol", 1]
+        a = await node_ws(p1, alice)
+        b = await node_ws(p2, b1)
+        try:
+            await b.nothing()  # its first (empty) queue read is done
+            before = await _queue_reads(p2)
+            for i in range(30):
+                await a.send_message(f"m{i}", [(f"hello {i}".encode(), [b1])])
+            accepted = [await a.expect("accepted") for _ in range(30)]
+            got = [await b.expect("deliver") for _ in range(30)]
+            assert [base64.b64decode(d["data"]).decode() for d in got] == [
+                f"hello {i}" for i in range(30)
+            ]
+            assert [d["envelope"] for d in got] == [x["envelope"] for x in accepted]
+            await b.send({"type": "ack", "seqs": [d["seq"] for d in got]})
+            await b.nothing()
+            assert await _queue_reads(p2) == before  # every one came with its wake-up
+            # Too big to ride along: a plain wake-up, and node 2 reads the queue.
+            big = b"x" * 100_000
+            await a.send_message("big", [(big, [b1])])
+            await a.expect("accepted")
+            frame = await b.expect("deliver")
+            assert base64.b64decode(frame["data"]) == big
+            await b.send({"type": "ack", "seqs": [frame["seq"]]})
+            await b.nothing()
+            assert await _queue_reads(p2) > before
+            # carol was connected nowhere when her envelope went by: she reads it on connect.
+            await a.send_message("late", [(b"late", [carol])])
+            await a.expect("accepted")
+            c = await node_ws(p2, carol)
+            late = await c.expect("deliver")
+            assert base64.b64decode(late["data"]) == b"late"
+            await c.nothing()
+            await c.ws.close()
+            await b.nothing()  # and bob/1 got nothing twice
+        finally:
+            await a.ws.close()
+            await b.ws.close()
+
+
 @pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
 async def test_a_redis_outage_delays_cross_node_delivery_but_loses_nothing(
     tmp_path: Path, postgres_url: str, redis_prefix: str
