@@ -328,9 +328,7 @@ export class Engine {
   }
 
   private signOut(): void {
-    this.stopped = true;
-    this.ws?.close(1000);
-    this.ws = null;
+    this.stop(); // no reconnects, no maintenance or sweeps
     this.setStatus("signed-out");
   }
 
