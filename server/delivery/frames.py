@@ -17,12 +17,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from wire.codes import ErrorCode
+from wire.encoding import b64
 from wire.frames import AckFrame, AuthFrame, ClientFrame, PingFrame, SendFrame
 
 __all__ = [
     "ClientFrame",
     "Delivery",
     "FrameError",
+    "canonical_b64",
     "decode_b64",
     "deliver_tail",
     "dumps",
@@ -110,6 +112,27 @@ def decode_b64(data: str, frame_id: str | None) -> bytes:
         raise FrameError(
             ErrorCode.BAD_BASE64, "payload data is not valid standard base64", frame_id
         ) from None
+
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: Characters that may stand before ``==`` / ``=`` in canonical base64: the bits past the
+#: last whole byte are zero (strict decoding accepts ``QR==`` as well as ``QQ==``).
+_BEFORE_TWO_PADS = frozenset(_B64_ALPHABET[::16])
+_BEFORE_ONE_PAD = frozenset(_B64_ALPHABET[::4])
+
+
+def canonical_b64(text: str, data: bytes) -> str:
+    """The standard base64 of ``data``, which strictly decoded from ``text``: ``text`` itself
+    when it is that encoding already (every client's is; no second encoding pass), else the
+    re-encoded form, so that a ``deliver`` frame's ``data`` never depends on how the sender
+    spelled the unused bits."""
+    if text.endswith("=="):
+        canonical = text[-3] in _BEFORE_TWO_PADS
+    elif text.endswith("="):
+        canonical = text[-2] in _BEFORE_ONE_PAD
+    else:
+        canonical = True
+    return text if canonical else b64(data)
 
 
 def dumps(frame: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ through ``Connection.run_sync`` on PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -265,6 +265,8 @@ class NewSend:
     expires_at: int
     #: (ciphertext, recipient device pks) per payload, in frame order.
     payloads: list[tuple[bytes, list[int]]]
+    #: Each payload's standard base64, if known (else encoded here).
+    texts: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -476,7 +478,11 @@ class DeliveryRepository:
         for s in sends:
             for idx, (data, device_pks) in enumerate(s.payloads):
                 tails[(s.envelope_id, idx)] = deliver_tail(
-                    s.envelope_id, s.sender_user, s.sender_device_id, s.ts, b64(data)
+                    s.envelope_id,
+                    s.sender_user,
+                    s.sender_device_id,
+                    s.ts,
+                    s.texts[idx] if s.texts else b64(data),
                 )
                 queue_rows.extend(
                     (pk, s.envelope_id, idx, s.expires_at, len(data), s.sender_account_id)

@@ -24,6 +24,7 @@ from server.delivery.frames import (
     ClientFrame,
     Delivery,
     FrameError,
+    canonical_b64,
     decode_b64,
     dumps,
     error_frame,
@@ -292,6 +293,7 @@ class DeliveryService:
             )
         seen: set[tuple[str, int]] = set()
         payloads: list[tuple[bytes, list[tuple[str, int]]]] = []
+        texts: list[str] = []
         for payload in frame.payloads:
             data = decode_b64(payload.data, frame.id)
             if len(data) > cfg.max_ciphertext_bytes:
@@ -312,6 +314,7 @@ class DeliveryService:
                 seen.add(key)
                 to.append(key)
             payloads.append((data, to))
+            texts.append(canonical_b64(payload.data, data))
         if (conn.device.user, conn.device.device_id) in seen:
             raise FrameError(ErrorCode.BAD_RECIPIENT, "a device cannot send to itself", frame.id)
         if not self.accepting:
@@ -328,6 +331,7 @@ class DeliveryService:
             frame.ttl,
             self.clock.monotonic(),
             after=frame.after,
+            texts=texts,
         )
         self.writer_for(conn.device.device_pk).submit(op)
 

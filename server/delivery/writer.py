@@ -116,6 +116,9 @@ class SendOp:
     followers: list[SendOp] = field(default_factory=list)
     #: Resubmitted after waiting, not in a batch yet.
     requeued: bool = False
+    #: Each payload's standard base64 (the client's text when canonical), reused in the
+    #: ``deliver`` and ``ephemeral`` frames; empty: encoded from the bytes.
+    texts: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -493,6 +496,7 @@ class GroupCommitWriter:
                     payloads=[
                         (data, group) for (data, _), group in zip(op.payloads, pks, strict=True)
                     ],
+                    texts=op.texts,
                 )
             )
             op.answer = _accepted(op.client_id, envelope_id, now)
@@ -623,13 +627,13 @@ class GroupCommitWriter:
             self._hub.committed(batch.per_device)
         for op, pks, ts in batch.live:
             self._metrics.ephemeral_sent.inc()
-            for (data, _), group in zip(op.payloads, pks, strict=True):
+            for idx, ((data, _), group) in enumerate(zip(op.payloads, pks, strict=True)):
                 text = dumps(
                     {
                         "type": "ephemeral",
                         "from": {"user": op.sender.user, "device": op.sender.device_id},
                         "ts": ts,
-                        "data": b64(data),
+                        "data": op.texts[idx] if op.texts else b64(data),
                     }
                 )
                 self._hub.send_frame(group, text)

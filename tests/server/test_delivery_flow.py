@@ -238,3 +238,33 @@ async def test_logs_never_contain_ciphertext_or_tokens(
     assert text  # something was logged
     for needle in (base64.b64encode(secret).decode(), alice.token, bob.token, "x" * 43):
         assert needle not in text
+
+
+async def test_deliver_frames_carry_canonical_base64_live_queued_and_ephemeral(
+    tmp_path: Path,
+) -> None:
+    # The relay reuses the sender's base64 text in deliver frames when it is the canonical
+    # encoding; "QR==" / "QUJ=" decode strictly too (non-zero unused bits) and must come out
+    # as "QQ==" / "QUI=", the same whether delivered live, from the queue or ephemeral.
+    async with world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        alice, bob = w["alice", 1], w["bob", 1]
+        spelled = {"m1": ("QQ==", "QQ=="), "m2": ("QR==", "QQ=="), "m3": ("QUJ=", "QUI=")}
+        async with open_ws(w.relay, alice) as a, open_ws(w.relay, bob) as b:
+            for client_id, (text, _) in spelled.items():
+                await a.send(
+                    {"type": "send", "id": client_id, "payloads": [{"data": text, "to": [bob.ref]}]}
+                )
+                await a.expect("accepted")
+            live = [(await b.expect("deliver"))["data"] for _ in spelled]
+            await a.send(
+                {
+                    "type": "send",
+                    "id": "e1",
+                    "ephemeral": True,
+                    "payloads": [{"data": "QUJ=", "to": [bob.ref]}],
+                }
+            )
+            assert (await b.expect("ephemeral"))["data"] == "QUI="
+        async with open_ws(w.relay, bob) as b:  # unacked: redelivered from the database
+            queued = [(await b.expect("deliver"))["data"] for _ in spelled]
+        assert live == queued == [canonical for _, canonical in spelled.values()]
