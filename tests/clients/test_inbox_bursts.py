@@ -24,7 +24,7 @@ from clients.sdk.models import SendResult
 from clients.sdk.protocol import SendReceipt
 from clients.store import SqliteStore
 from tests.clients.conftest import Factory
-from tests.clients.kit import queued, texts, wait_for, wait_for_value
+from tests.clients.kit import queued, receive_texts, texts, wait_for, wait_for_value
 from tests.server.relay_harness import Relay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,48 @@ async def test_a_burst_is_stored_in_one_transaction_fsynced_off_the_loop_then_ac
     acked = log.index(f"ACK {BURST}", commit)  # the whole burst in one ack ...
     assert "FLUSH worker" in log[commit:acked]  # ... after an fsync in a worker thread
     assert not any(s.startswith("ACK") for s in log[:acked])
+
+
+async def test_a_burst_whose_commit_fails_is_stored_again_one_by_one(
+    make_client: Factory, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The burst decrypts (advancing bob's cached sessions), then its commit fails and rolls
+    # back: the one-by-one retry must start from the sessions as the store has them, or every
+    # message would be refused as a replay of keys the cache already used.
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    assert texts(await receive_texts(bob, "alice", 1), "alice") == ["set-up"]
+    await bob.send_text("alice", "reply")  # alice's next messages are plain ratchet messages
+    assert texts(await receive_texts(alice, "bob", 1), "bob") == ["reply"]
+    await bob.close()
+    for i in range(BURST):
+        await alice.send_text("bob", f"f{i}")
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        store = bob.store
+        assert isinstance(store, SqliteStore)
+        real_write = store._write_sessions
+        failed: list[int] = []
+
+        def fail_once() -> None:  # the first commit that writes sessions: the burst's
+            if not failed and store._dirty_sessions:
+                failed.append(1)
+                raise OSError("disk full")
+            real_write()
+
+        monkeypatch.setattr(store, "_write_sessions", fail_once)
+        hold_processor_until(monkeypatch, BURST)
+        events = await bob.receive(wait=1.0)
+        assert failed
+        assert texts(events, "alice") == [f"f{i}" for i in range(BURST)]
+        assert [m.text for m in bob.history("alice", limit=100)][-BURST:] == [
+            f"f{i}" for i in range(BURST)
+        ]
+        await wait_for_value(lambda: queued(relay, "bob"), 0)
+        await alice.send_text("bob", "after")
+        await wait_for(lambda: bob.history("alice", limit=1)[0].text == "after")
+    finally:
+        await bob.close()
 
 
 CHILD = """
