@@ -6,6 +6,8 @@ received intact by a Python ``vox`` user."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from tests.web.support import (
     open_chat,
     register_in_browser,
     unique,
+    wait_online,
 )
 
 CHUNK_BYTES = 65536  # the relay's max_upload_chunk_bytes in this test (its minimum)
@@ -106,6 +109,76 @@ def test_a_multi_chunk_upload_resumes_after_drops_and_arrives_intact(
 WINDOW = 1024 * 1024  # src/core/upload.ts: the most ciphertext held and sent per request
 
 
+def open_uploads(relay: RelayProc) -> list[str]:
+    """Ids of the relay's unfinished uploads (read from its SQLite file)."""
+    with sqlite3.connect(relay.data_dir / "relay.sqlite3") as db:
+        rows = db.execute("SELECT id FROM attachment_uploads WHERE attachment_id IS NULL")
+        return [str(r[0]) for r in rows]
+
+
+def test_an_upload_left_by_a_closed_tab_is_abandoned_by_the_next(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A tab closed in the middle of an upload leaves it on the relay (holding a slot of
+    max_concurrent_uploads_per_device and its reserved bytes); the next upload from this
+    browser deletes it first, then goes through."""
+    (tmp_path / "relay").mkdir()
+    relay = RelayProc(
+        tmp_path / "relay" / "vox-data",
+        env={"VOX_LIMITS__MAX_UPLOAD_CHUNK_BYTES": str(CHUNK_BYTES)},
+    )
+    relay.start()
+    ctx = browser.new_context()
+    ctx.set_default_timeout(120_000)
+    try:
+        alice, bob = unique("alice"), unique("bob")
+        vox = Vox(tmp_path / "bob", relay, bob).register()
+        seen: list[str] = []
+        hang = {"on": True}
+
+        def uploads(route: Any) -> None:
+            req = route.request
+            seen.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
+            if hang["on"] and req.method == "PATCH" and req.headers["upload-offset"] != "0":
+                return  # the second chunk never gets an answer: the tab is closed meanwhile
+            route.continue_()
+
+        ctx.route("**/v1/attachments/uploads**", uploads)
+        page = open_app(ctx, relay)
+        register_in_browser(page, alice)
+        open_chat(page, bob)
+        data = bytes(range(256)) * 1000
+        page.get_by_test_id("attach-file").set_input_files(
+            files=[{"name": "first.bin", "mimeType": "application/octet-stream", "buffer": data}]
+        )
+        deadline = time.monotonic() + 60
+        while sum(1 for s in seen if s.startswith("PATCH")) < 2:  # the 2nd hangs
+            assert time.monotonic() < deadline, seen
+            page.wait_for_timeout(100)
+        [left] = open_uploads(relay)
+        page.close()
+        hang["on"] = False
+        page = open_app(ctx, relay)
+        wait_online(page)
+        page.get_by_test_id(f"chat-item-{bob}").click()
+        page.get_by_test_id("attach-file").set_input_files(
+            files=[{"name": "second.bin", "mimeType": "application/octet-stream", "buffer": data}]
+        )
+        page.wait_for_selector(
+            '[data-testid="message"][data-state="sent"] [data-testid="attachment"]'
+        )
+        # The leftover was deleted before the new upload was created.
+        after = seen[seen.index(f"DELETE /{left}") :]
+        assert after[1] == "POST "
+        assert open_uploads(relay) == []
+        got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+        att = next(m["attachment"] for m in got if m.get("attachment"))
+        assert att["name"] == "second.bin" and Path(att["path"]).read_bytes() == data
+    finally:
+        ctx.close()
+        relay.stop()
+
+
 def test_the_upload_follows_the_relays_offset_and_holds_one_window(browser: Any) -> None:
     """The resume rules against a stand-in relay (through the test kit): a chunk lost on the
     way is resent, a stored one whose answer was lost is not, a 409 moves to the offset it
@@ -129,6 +202,7 @@ def test_the_upload_follows_the_relays_offset_and_holds_one_window(browser: Any)
         assert got["maxBody"] == CHUNK_BYTES
         outside = kit_call(kit, "uploadScenario", 300_000, CHUNK_BYTES, {"2": "conflict:0"})
         assert "outside" in outside["error"] and outside["same"] is False
+        assert outside["calls"][-1] == [-1, 0]  # given up: the upload is abandoned at once
         big = kit_call(kit, "uploadScenario", 3 * WINDOW, 8 * WINDOW, {})
         assert big["error"] == "" and big["same"] is True
         assert big["maxBody"] == WINDOW

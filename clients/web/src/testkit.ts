@@ -748,6 +748,7 @@ async function uploadScenario(size: number, chunkBytes: number, script: Record<s
     create: async () => ({ id: "upload", chunkBytes }),
     offset: async () => stored.length,
     finish: async () => "attachment",
+    cancel: async () => void calls.push([-1, 0]),
     whole: async () => {
       throw new Error("the one-shot upload was used");
     },

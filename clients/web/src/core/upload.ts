@@ -30,6 +30,8 @@ export interface UploadTransport {
   offset(id: string): Promise<number>;
   /** The attachment id (finishing again gives the same one). */
   finish(id: string): Promise<string>;
+  /** Abandon an upload (best effort: its bytes and its reservation go at once). */
+  cancel(id: string): Promise<void>;
   /** The one-shot upload of a whole blob (a relay without resumable uploads). */
   whole(blob: Blob, onProgress: (fraction: number) => void): Promise<string>;
 }
@@ -98,14 +100,48 @@ export async function encryptAndUpload(file: Blob, rng: Rng, t: UploadTransport,
     heldBytes = buf.length;
   };
 
-  const enc = await encryptChunks(file.size, sliceReader(file), rng, {}, async (part) => {
-    held.push(part);
-    heldBytes += part.length;
-    if (heldBytes >= window) await flush(false);
-  });
-  await flush(true);
-  if (acked !== total) throw new Error(`uploaded ${acked} of ${total} bytes`);
-  return { ...enc, blob: await patiently(() => t.finish(up.id)) };
+  try {
+    const enc = await encryptChunks(file.size, sliceReader(file), rng, {}, async (part) => {
+      held.push(part);
+      heldBytes += part.length;
+      if (heldBytes >= window) await flush(false);
+    });
+    await flush(true);
+    if (acked !== total) throw new Error(`uploaded ${acked} of ${total} bytes`);
+    return { ...enc, blob: await patiently(() => t.finish(up.id)) };
+  } catch (e) {
+    // Given up: free the relay's reservation now rather than when the upload expires.
+    await t.cancel(up.id).catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * Uploads this browser started and has not finished or abandoned (localStorage): a tab
+ * closed in the middle leaves one behind, holding one of the device's
+ * `max_concurrent_uploads_per_device` slots and its reserved bytes for a day. The next
+ * upload abandons them first.
+ */
+const OPEN_UPLOADS = "vox-open-uploads";
+/** Uploads running in this page (one tab holds the device), never abandoned as leftovers. */
+const inProgress = new Set<string>();
+
+function openUploads(): string[] {
+  try {
+    const v = JSON.parse(localStorage.getItem(OPEN_UPLOADS) ?? "[]") as unknown;
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function setOpenUploads(ids: string[]): void {
+  try {
+    if (ids.length) localStorage.setItem(OPEN_UPLOADS, JSON.stringify(ids));
+    else localStorage.removeItem(OPEN_UPLOADS);
+  } catch {
+    // no localStorage: leftovers expire on the relay
+  }
 }
 
 interface UploadState {
@@ -119,8 +155,11 @@ export class RelayUploads implements UploadTransport {
   constructor(readonly api: Api) {}
 
   async create(size: number): Promise<{ id: string; chunkBytes: number } | null> {
+    for (const id of openUploads()) if (!inProgress.has(id)) await this.cancel(id).catch(() => undefined);
     try {
       const r = await this.api.call<UploadState>("POST", "/v1/attachments/uploads", { size });
+      inProgress.add(r.upload_id);
+      setOpenUploads([...openUploads(), r.upload_id]);
       return { id: r.upload_id, chunkBytes: r.chunk_bytes };
     } catch (e) {
       if (e instanceof RelayError && (e.status === 404 || e.status === 405) && e.code !== "unknown_upload") return null; // an older relay
@@ -138,7 +177,23 @@ export class RelayUploads implements UploadTransport {
   }
 
   async finish(id: string): Promise<string> {
-    return (await this.api.call<{ id: string }>("POST", `/v1/attachments/uploads/${encodeURIComponent(id)}/finish`)).id;
+    const blob = (await this.api.call<{ id: string }>("POST", `/v1/attachments/uploads/${encodeURIComponent(id)}/finish`)).id;
+    this.forget(id);
+    return blob;
+  }
+
+  async cancel(id: string): Promise<void> {
+    try {
+      await this.api.call("DELETE", `/v1/attachments/uploads/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (!(e instanceof RelayError && e.status === 404)) throw e; // gone already: forget it
+    }
+    this.forget(id);
+  }
+
+  private forget(id: string): void {
+    inProgress.delete(id);
+    setOpenUploads(openUploads().filter((x) => x !== id));
   }
 
   append(id: string, offset: number, body: Uint8Array, onSent: (bytes: number) => void): Promise<number> {
