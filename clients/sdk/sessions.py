@@ -49,7 +49,7 @@ from clients.sdk.identity import (
 )
 from clients.store.base import Store
 from crypto.encoding import Reader, Writer
-from crypto.envelope import InitialMessage, PqxdhPrefix, decode_message
+from crypto.envelope import KIND_INITIAL, InitialMessage, PqxdhPrefix, decode_message
 from crypto.errors import DecryptionError, StateError, VoxError
 from crypto.keys import PeerDevice, PrekeyBundle
 from crypto.pqxdh import accept_session, initiate_session
@@ -69,6 +69,7 @@ MAX_SESSIONS: Final = 4
 #: Seen-set names of replay guards: ``pqxdh:<signed prekey id>:<replay id hex>``.
 REPLAY_PREFIX: Final = "pqxdh:"
 _VERSION: Final = 1
+_INITIAL_KIND: Final = bytes((KIND_INITIAL,))
 #: Devices whose decoded sessions :class:`SessionBook` keeps at most (then it starts over).
 CACHED_DEVICES: Final = 4096
 
@@ -200,8 +201,11 @@ class SessionBook:
         (and deletes consumed one-time prekeys), so the caller can check the sender first and
         commit everything in one store transaction. Raises crypto's ``VoxError`` subclasses.
         """
-        message = decode_message(data)
         sessions = self._load(username, device_id)
+        # A ratchet message (most of them) is parsed by the session itself, so it is decoded
+        # here only when it may be an initial message or there is no session to try.
+        maybe_initial = data[1:2] == _INITIAL_KIND
+        message = decode_message(data) if maybe_initial or not sessions else None
         if isinstance(message, InitialMessage):
             for i, session in enumerate(sessions):
                 if session.base_key == message.prefix.base_key:

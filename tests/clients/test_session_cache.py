@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk.content import Receipt, ReceiptKind, TextContent, VerifiedContent
+from clients.sdk.content import (
+    PayloadKind,
+    Receipt,
+    ReceiptKind,
+    RelayPayload,
+    TextContent,
+    VerifiedContent,
+)
 from clients.sdk.models import DecryptFailure, ReceiptEvent
 from clients.sdk.protocol import Envelope
 from clients.sdk.sessions import _decode
@@ -17,6 +24,8 @@ from clients.store.base import Store
 from clients.store.memory import MemoryStore
 from clients.store.models import DeliveryState
 from clients.store.sqlite import SqliteStore
+from crypto.envelope import decode_message
+from crypto.errors import VoxError
 from tests.clients.test_protocol_pair import Party, envelopes, messages, pair
 
 
@@ -164,3 +173,21 @@ def test_a_receipt_moves_its_messages_in_one_statement(tmp_path: Path) -> None:
     assert {states[c.message_id.hex()] for c in texts} == {DeliveryState.DELIVERED}
     for store in stores:
         store.close()
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x02", b"\x09\x01" + b"\x00" * 80, b"\x02\x01\x05"])
+def test_a_malformed_ratchet_message_fails_as_its_decoding_does(
+    parties: tuple[Party, Party], garbage: bytes
+) -> None:
+    # Ratchet messages are parsed by the session (not decoded first): the failure is still
+    # the decoder's own error.
+    alice, bob = parties
+    set_up(alice, bob, replied=True)
+    with pytest.raises(VoxError) as expected:
+        decode_message(garbage)
+    data = RelayPayload(PayloadKind.PAIRWISE, garbage).to_bytes()
+    (failure,) = messages(bob, [Envelope(80, "g", "alice", 1, 0, data)])
+    assert isinstance(failure, DecryptFailure)
+    assert failure.error == type(expected.value).__name__
+    assert_cache_is_store(bob, "alice")
+    assert messages(bob, envelopes(alice, "bob", "still fine")) == ["still fine"]
