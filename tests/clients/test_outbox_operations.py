@@ -18,7 +18,7 @@ from clients.sdk import DeliveryState, Event, Message, MessageSent, SendFailed, 
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.render import render_message
 from tests.clients.kit import RelayProcess, vox, wait_for
-from tests.clients.test_tui import shown, until
+from tests.clients.test_tui import shown, type_line, until
 
 EXIT_QUEUED = 75
 
@@ -329,3 +329,24 @@ async def test_a_verification_made_offline_reaches_our_other_device_and_so_does_
 def _trust(client: VoxClient, username: str) -> str | None:
     peer = client.store.get_peer(username)
     return None if peer is None else str(peer.trust)
+
+
+async def test_the_tui_shows_an_edit_queued_while_offline_until_the_relay_takes_it(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    hi = await _pair(tmp_path, relay)
+    alice = await VoxClient.open(tmp_path / "a")
+    app = ChatApp(SdkBackend(alice), open_conversation="bob")
+    try:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: alice.connected and "hi" in _tui_row(app, hi), within=60)
+            relay.stop()
+            await until(pilot, lambda: not alice.connected, within=60)
+            await type_line(pilot, f"/edit {hi[:6]} hi, edited offline")
+            await until(pilot, lambda: shown(app, "/edit: queued"), within=60)
+            assert _tui_row(app, hi).endswith("(edited)  ✓  … edit queued")
+            await relay.start()
+            await until(pilot, lambda: "queued" not in _tui_row(app, hi), within=60)
+            assert _tui_row(app, hi).endswith("hi, edited offline (edited)  ✓")
+    finally:
+        await alice.close()
