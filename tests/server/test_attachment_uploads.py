@@ -77,7 +77,7 @@ async def _chunked_upload_flow(w: World) -> None:
         assert early.headers["upload-offset"] == str(CHUNK)
         state = await http.get(f"/v1/attachments/uploads/{uid}", headers=token)
         assert state.status_code == 200 and state.json()["offset"] == CHUNK
-        # Another device (even the same account's) does not see it.
+        # Another device does not see it.
         other = await http.get(
             f"/v1/attachments/uploads/{uid}", headers=auth_header(w["bob", 1].token)
         )
