@@ -162,18 +162,7 @@ def test_content_example_and_padding_of_protocol_client(kit: Any) -> None:
     assert padded_len == "160" and text == "hi"
 
 
-def _web_pending(vector: dict[str, Any]) -> Any:
-    """UNVERIFIED (VERIFIED with state 2, docs/protocol-client.md §2) is newer than the
-    browser client: expected to fail there until clients/web reproduces it (then drop this)."""
-    if vector.get("type") == "verified" and vector.get("state") == 2:
-        reason = "clients/web does not encode/decode the UNVERIFIED state (2) yet"
-        return pytest.param(vector, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return vector
-
-
-@pytest.mark.parametrize(
-    "vector", [_web_pending(v) for v in CONTENT + SYNC], ids=[v["name"] for v in CONTENT + SYNC]
-)
+@pytest.mark.parametrize("vector", CONTENT + SYNC, ids=[v["name"] for v in CONTENT + SYNC])
 def test_the_pinned_content_types_are_encoded_and_decoded_byte_for_byte(
     kit: Any, vector: dict[str, Any]
 ) -> None:
@@ -203,7 +192,9 @@ def test_content_decoders_skip_unknown_extensions_and_refuse_bad_values(kit: Any
         "emoji of 33 bytes": (reaction[:-12] + "0021" + "61" * 33, "DecodeError"),
         "trailing byte after a REACTION": (reaction + "00", "DecodeError"),
         "EDIT target of 15 bytes": (by_name["EDIT"].replace(target, short_target), "DecodeError"),
-        "VERIFIED with state 2": (verified[:-2] + "02", "DecodeError"),
+        "VERIFIED with state 2 (unverified)": (verified[:-2] + "02", "type 13"),
+        "VERIFIED with state 3 (reserved)": (verified[:-2] + "03", "DecodeError"),
+        "VERIFIED with state 0": (verified[:-2] + "00", "DecodeError"),
         "VERIFIED with an X25519-typed key": (
             verified.replace("626f6202d75a", "626f6201d75a"),
             "DecodeError",

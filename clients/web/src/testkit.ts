@@ -257,7 +257,7 @@ function contentVector(v: ContentVector, pinned: string): { encoded: string; dec
     delete: { ...head, type: 10, target },
     reaction: { ...head, type: 11, target, emoji: v.emoji ?? "" },
     timer: { ...head, type: 12, seconds: v.seconds ?? 0 },
-    verified: { id: head.id, sentAt: head.sentAt, type: 13, username: v.username ?? "", accountKey: fromHex(v.account_key ?? ""), state: 1 },
+    verified: { id: head.id, sentAt: head.sentAt, type: 13, username: v.username ?? "", accountKey: fromHex(v.account_key ?? ""), state: v.state === 2 ? 2 : 1 },
   };
   const c = decodeContent(fromHex(pinned));
   const names: Record<number, string> = { 1: "text", 9: "edit", 10: "delete", 11: "reaction", 12: "timer", 13: "verified" };

@@ -57,6 +57,9 @@ export function excerptOf(text: string): string {
   return fromUtf8(b.slice(0, end));
 }
 
+/** VERIFIED's state (protocol-client §2): 1 = verified, 2 = unverified (taken back). */
+export type VerifyState = 1 | 2;
+
 export type ContentBody =
   | ({ type: 1; groupId: Uint8Array; text: string } & Extensions)
   | ({ type: 2; groupId: Uint8Array; pointer: Uint8Array; caption: string } & Extensions)
@@ -70,7 +73,7 @@ export type ContentBody =
   | { type: 10; groupId: Uint8Array; target: Uint8Array }
   | { type: 11; groupId: Uint8Array; target: Uint8Array; emoji: string }
   | { type: 12; groupId: Uint8Array; seconds: number }
-  | { type: 13; username: string; accountKey: Uint8Array; state: 1 };
+  | { type: 13; username: string; accountKey: Uint8Array; state: VerifyState };
 
 /** Operations on a conversation's messages (EDIT, DELETE, REACTION, TIMER). */
 export type Operation = Extract<Content, { type: 9 | 10 | 11 | 12 }>;
@@ -128,6 +131,7 @@ export function encodeContent(c: Content): Uint8Array {
       break;
     case 13:
       if (c.accountKey.length !== 33 || c.accountKey[0] !== ED25519_KEY) throw new DecodeError("not a typed Ed25519 key");
+      if (c.state !== 1 && c.state !== 2) throw new DecodeError("unknown verify state");
       w.str16(c.username).raw(c.accountKey).u8(c.state);
       break;
   }
@@ -256,8 +260,9 @@ export function decodeContent(b: Uint8Array): Content {
       const username = r.str16(32);
       const accountKey = r.raw(33);
       if (accountKey[0] !== ED25519_KEY) throw new DecodeError("not a typed Ed25519 key");
-      if (r.u8() !== 1) throw new DecodeError("unknown verify state");
-      body = { type, username, accountKey, state: 1 };
+      const state = r.u8();
+      if (state !== 1 && state !== 2) throw new DecodeError("unknown verify state");
+      body = { type, username, accountKey, state };
       break;
     }
     default:

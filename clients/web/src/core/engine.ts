@@ -6,6 +6,7 @@ import { DecodeError, Writer, b64, equal, fromB64, hex, fromHex, randomBytes } f
 import {
   type Content,
   type Extensions,
+  type VerifyState,
   PayloadKind,
   decodeContent,
   isConversationContent,
@@ -86,7 +87,8 @@ export interface Group {
 }
 /**
  * A conversation message (text, file, edit, delete, reaction, timer) waiting for the relay:
- * ``to`` is its conversation (a username, or ``group:<hex id>`` for a group), ``seq`` its
+ * ``to`` is its conversation (a username, or ``group:<hex id>`` for a group; or
+ * ``OWN_DEVICES_LANE`` for a verification sync to our own other devices), ``seq`` its
  * place in the outbox (strictly increasing; entries of one conversation go out in that order).
  */
 interface OutboxEntry {
@@ -96,6 +98,11 @@ interface OutboxEntry {
   attempts: number;
   seq?: number; // absent in entries stored before it existed: they go first
 }
+/**
+ * The outbox lane of the verification syncs (VERIFIED, to our own other devices only): no
+ * conversation is called that (a username never starts with ":").
+ */
+export const OWN_DEVICES_LANE = ":own-devices";
 /** Group membership changes are not queued (see ``announce``). */
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
 /** A queued send that the relay could not take now is tried again this much later while connected. */
@@ -637,19 +644,60 @@ export class Engine {
     if (!p) return;
     const rec = { ...p, trusted: p.accountKey, verified: true };
     this.verifiedSync.delete(user); // this device's own decision wins
-    await this.store.commit([[`peer:${user}`, rec], [`vsync:${user}`, undefined]]);
     this.peers.set(user, rec);
-    this.changed();
-    // Our other devices learn it (VERIFIED, protocol-client §2; best effort, none if alone).
-    const id = newMessageId();
-    const content = encodeContent({ type: 13, id, sentAt: this.clock(), username: user, accountKey: p.accountKey, state: 1 });
-    void this.sendContent(this.user, hex(id), content, { transcript: false });
+    await this.tellOwnDevices(user, p.accountKey, 1, [[`peer:${user}`, rec], [`vsync:${user}`, undefined]]);
   }
 
-  /** VERIFIED from our own other device: verified here if we hold that key, else remembered. */
-  private applyVerified(user: string, key: Uint8Array, changes: [string, unknown][]): void {
+  /**
+   * Take back the verification of ``user`` ("unverify", protocol-client §2): trusted on first
+   * use again (sending continues; a changed key stays changed), a verification remembered
+   * from another device is forgotten, and our other devices are told (VERIFIED state 2).
+   */
+  async clearVerification(user: string): Promise<void> {
+    const p = this.peers.get(user);
+    if (!p) return;
+    const changes: [string, unknown][] = [[`vsync:${user}`, undefined]];
+    this.verifiedSync.delete(user);
+    if (p.verified) {
+      const rec = { ...p, verified: false };
+      this.peers.set(user, rec);
+      changes.push([`peer:${user}`, rec]);
+    }
+    await this.tellOwnDevices(user, p.accountKey, 2, changes);
+  }
+
+  /**
+   * Our other devices learn a verification (or its withdrawal) of ``user``'s ``key``: the
+   * VERIFIED content goes through the outbox in the same transaction as the trust change here
+   * (``changes``), in the own-devices lane — in order, retried, kept while offline.
+   */
+  private async tellOwnDevices(user: string, key: Uint8Array, state: VerifyState, changes: [string, unknown][]): Promise<void> {
+    const id = newMessageId();
+    const content = encodeContent({ type: 13, id, sentAt: this.clock(), username: user, accountKey: key, state });
+    await this.enqueue(OWN_DEVICES_LANE, hex(id), content, changes);
+  }
+
+  /**
+   * VERIFIED from our own other device. State 1: verified here if we hold that key, else
+   * remembered. State 2 (taken back): a verified user under exactly that key is trusted on
+   * first use again, a remembered verification of that key is forgotten; anything else stays.
+   */
+  private applyVerified(user: string, key: Uint8Array, state: VerifyState, changes: [string, unknown][]): void {
     if (user === this.user || !USERNAME.test(user)) return;
     const p = this.peers.get(user);
+    if (state === 2) {
+      const remembered = this.verifiedSync.get(user);
+      if (remembered && equal(remembered, key)) {
+        this.verifiedSync.delete(user);
+        changes.push([`vsync:${user}`, undefined]);
+      }
+      if (p && p.verified && equal(p.accountKey, key)) {
+        const rec = { ...p, verified: false };
+        this.peers.set(user, rec);
+        changes.push([`peer:${user}`, rec]);
+      }
+      return;
+    }
     if (p && equal(p.accountKey, key)) {
       const rec = { ...p, trusted: key, verified: true };
       this.peers.set(user, rec);
@@ -851,7 +899,11 @@ export class Engine {
   }
 
   private async deliverOutbox(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
-    const answer = e.to.startsWith("group:") ? await this.deliverGroup(e) : await this.sendContent(e.to, e.id, e.content, { transcript: true });
+    const answer = e.to.startsWith("group:")
+      ? await this.deliverGroup(e)
+      : e.to === OWN_DEVICES_LANE
+        ? await this.sendContent(this.user, e.id, e.content, { transcript: false })
+        : await this.sendContent(e.to, e.id, e.content, { transcript: true });
     if (answer === "accepted") {
       this.outbox.delete(e.id);
       const m = this.findMessage(e.id);
@@ -910,7 +962,8 @@ export class Engine {
             payloads.push(...(await this.encryptFor(own, copy, changes)));
           }
           await this.store.commit(changes);
-          if (!payloads.length) return "failed";
+          // Nothing to send: refused, except a sync to our own devices when we have no other.
+          if (!payloads.length) return users.length === 1 && users[0] === me ? "accepted" : "failed";
           const frame: Record<string, unknown> = { type: "send", id, payloads, ttl: sendTtl(content) };
           if (opts.ephemeral) frame["ephemeral"] = true;
           const answer = await this.transmit(frame);
@@ -1250,7 +1303,7 @@ export class Engine {
       }
       case 13:
         if (!own) throw new DecodeError("verification syncs come only from our own devices");
-        this.applyVerified(c.username, c.accountKey, changes);
+        this.applyVerified(c.username, c.accountKey, c.state, changes);
         break;
       case 9:
       case 10:

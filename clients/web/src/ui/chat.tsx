@@ -512,6 +512,19 @@ function Safety(props: { engine: Engine; user: string; changed: boolean; onDone:
         >
           {changed ? "Accept the new key" : "Mark as verified"}
         </button>
+        {verified && !changed && (
+          <button
+            type="button"
+            data-testid="verify-clear"
+            title="trusted on first use again, here and on your other devices"
+            onClick={async () => {
+              await engine.clearVerification(user);
+              props.onDone();
+            }}
+          >
+            Clear verification
+          </button>
+        )}
       </div>
     </div>
   );
