@@ -165,6 +165,7 @@ class Hub:
         poll_interval: float = 1.0,
     ) -> None:
         self.node_id = secrets.token_hex(8)
+        self._own = f'{{"n":"{self.node_id}",'.encode()
         self._sinks: dict[int, DeviceSink] = {}
         self._redis_url = redis_url
         self._channel = f"{prefix}fanout"
@@ -401,9 +402,10 @@ class Hub:
             return
         if self._degraded and message["k"] == "wake":
             return  # the other nodes poll the database while Redis is down
-        message["n"] = self.node_id
         try:
-            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+            # "n" first: every node also receives its own messages, and skips them unparsed.
+            text = json.dumps({"n": self.node_id, **message}, separators=(",", ":"))
+            self._outbox.put_nowait(text)
         except asyncio.QueueFull:
             self.dropped_signals += 1
             log.warning("fan-out outbox full, signal dropped", extra={"kind": message["k"]})
@@ -451,6 +453,8 @@ class Hub:
                 backoff = min(backoff * 2, 5.0)
 
     def _dispatch(self, raw: bytes | str) -> None:
+        if (raw if isinstance(raw, bytes) else raw.encode()).startswith(self._own):
+            return  # this node's own message (it acted on it when it sent it)
         try:
             message = json.loads(raw)
             if message.get("n") == self.node_id:
