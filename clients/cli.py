@@ -44,6 +44,7 @@ from clients.sdk import (
     KeyChanged,
     Message,
     MessageQueued,
+    MessageSent,
     MessageUpdate,
     ReceiptEvent,
     SendFailed,
@@ -735,7 +736,7 @@ async def _print_event(client: Api, event: Event, as_json: bool, target: Path) -
             f"({event.error})",
             err=True,
         )
-    elif isinstance(event, SendFailed) and as_json:
+    elif isinstance(event, MessageSent | SendFailed) and as_json:
         typer.echo(json.dumps(_event_json(event), ensure_ascii=False))
     elif isinstance(event, SendFailed):
         what = _operation(event.kind, event.target)

@@ -350,3 +350,19 @@ async def test_the_tui_shows_an_edit_queued_while_offline_until_the_relay_takes_
             assert _tui_row(app, hi).endswith("hi, edited offline (edited)  ✓")
     finally:
         await alice.close()
+
+
+async def test_vox_receive_json_says_when_a_queued_operation_was_sent(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    a = tmp_path / "a"
+    hi = await _pair(tmp_path, relay)
+    relay.stop()
+    code, out, err = await vox(a, "react", "bob", hi, "👍")
+    assert code == EXIT_QUEUED, err
+    reaction = out.strip()
+    await relay.start()
+    code, out, err = await vox(a, "receive", "--json", "--wait", "3")
+    assert code == 0, err
+    sent = [e for e in map(json.loads, out.splitlines()) if e["kind"] == "sent"]
+    assert [(e["id"], e["conversation"], e["target"]) for e in sent] == [(reaction, "bob", hi)]
