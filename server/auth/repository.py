@@ -152,21 +152,28 @@ async def find_token(
     return None if row is None else (row[0], row[1], row[2])
 
 
-async def dead_tokens(session: AsyncSession, token_ids: list[int], now: int) -> set[int]:
-    """Those of ``token_ids`` that no longer authenticate (revoked, expired, device revoked
-    or deleted)."""
+async def dead_tokens(session: AsyncSession, token_ids: list[int], now: int) -> dict[int, str]:
+    """Those of ``token_ids`` that no longer authenticate, each with the reason its socket is
+    closed for (``docs/protocol-ws.md`` §2): ``token_revoked`` (revoked, or its device revoked
+    by the operator), ``token_expired`` (expired, or already swept as expired)."""
     result = await session.execute(
-        select(AuthToken.id)
+        select(AuthToken.id, AuthToken.revoked_at, AuthToken.expires_at, Device.revoked_at)
         .join(Device, Device.pk == AuthToken.device_pk)
-        .where(
-            AuthToken.id.in_(token_ids),
-            AuthToken.revoked_at.is_(None),
-            AuthToken.expires_at > now,
-            Device.revoked_at.is_(None),
-        )
+        .where(AuthToken.id.in_(token_ids))
     )
-    live = {int(r[0]) for r in result.all()}
-    return set(token_ids) - live
+    found = {int(r[0]): (r[1], int(r[2]), r[3]) for r in result.all()}
+    dead: dict[int, str] = {}
+    for token_id in token_ids:
+        row = found.get(token_id)
+        if row is None:
+            dead[token_id] = "token_expired"
+            continue
+        token_revoked, expires_at, device_revoked = row
+        if token_revoked is not None or device_revoked is not None:
+            dead[token_id] = "token_revoked"
+        elif expires_at <= now:
+            dead[token_id] = "token_expired"
+    return dead
 
 
 async def revoke_token(session: AsyncSession, token_id: int, now: int) -> None:

@@ -158,6 +158,8 @@ class AuthToken(Base):
     """A bearer token (stored as SHA-256) bound to one device."""
 
     __tablename__ = "auth_tokens"
+    #: Ids are never reused (SQLite: AUTOINCREMENT): a socket's token re-check goes by id.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)

@@ -253,8 +253,9 @@ class DeliveryService:
             async with AsyncSession(self.engine) as session:
                 dead = await auth_repo.dead_tokens(session, ids, self.clock.now())
             for conn in chunk:
-                if conn.token_id in dead:
-                    conn.close(CloseCode.UNAUTHORIZED, "token_revoked")
+                reason = dead.get(conn.token_id) if conn.token_id is not None else None
+                if reason is not None:
+                    conn.close(CloseCode.UNAUTHORIZED, reason)
                     closed += 1
         return closed
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.clock import ShiftedClock
-from tests.server.relay_harness import auth_header
-from tests.server.ws_kit import open_ws, payload, world
+from tests.server.relay_harness import TestAccount, auth_header
+from tests.server.ws_kit import Peer, open_ws, payload, world
 
 HOUR = 3600
 
@@ -71,3 +71,22 @@ async def test_a_rate_limit_window_refills_when_the_relay_clock_moves(tmp_path: 
             clock.advance(30)  # one token back (2 per minute)
             assert (await http.post("/v1/auth/challenge", json=body)).status_code == 200
             assert (await http.post("/v1/auth/challenge", json=body)).status_code == 429
+
+
+async def test_a_socket_outlives_its_token_by_no_relogin_of_the_same_device(tmp_path: Path) -> None:
+    # A device's socket authenticated with a token that expires; the device then logs in again
+    # over REST (which deletes its expired tokens and stores the new one). The token re-check
+    # must close the old socket as expired: on SQLite the new token took the deleted row's id
+    # (rowid reuse), so the re-check found "its" token alive and the socket lived on.
+    clock = ShiftedClock()
+    async with world(
+        tmp_path, {}, clock=clock, limits={"token_ttl_seconds": HOUR}, token_check_interval=3600
+    ) as w:
+        alice = TestAccount.new("alice")
+        async with w.relay.client() as http:
+            token = await alice.register_and_login(http)
+            async with open_ws(w.relay, Peer("alice", 1, token)) as ws:
+                clock.advance(HOUR)
+                await alice.login(http)
+                assert await w.relay.state.delivery.check_tokens() == 1
+                assert await ws.closed() == (4401, "token_expired")
