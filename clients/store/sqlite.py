@@ -109,8 +109,8 @@ _PROFILE_ROW = b"profile"
 #: Every sealed column: (table, column, primary key columns giving the row key, filter).
 #: Ids per ``IN (...)`` list (SQLite allows 32,766 parameters; old builds 999).
 _IN_CHUNK = 500
-#: Search-token rows per INSERT (three parameters each).
-_TOKEN_ROWS = 300
+#: Parameters per multi-row INSERT at most (search tokens: 300 rows of three).
+_ROW_PARAMS = 900
 
 _SEALED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("profile", "secret", (), ""),
@@ -344,13 +344,7 @@ class SqliteStore:
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
         rows = [(t, message.sent_at, message.message_id) for t in sorted(found)]
-        for start in range(0, len(rows), _TOKEN_ROWS):  # one statement per message, usually
-            chunk = rows[start : start + _TOKEN_ROWS]
-            self._exec(
-                "INSERT OR IGNORE INTO search_tokens VALUES "  # noqa: S608
-                + ", ".join(["(?, ?, ?)"] * len(chunk)),
-                [value for row in chunk for value in row],
-            )
+        self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
 
     def change_passphrase(self, passphrase: str | None) -> None:
         """Re-encrypt every secret under a new key: from ``passphrase``, or (None) a key file.
@@ -476,15 +470,18 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupted(str(exc)) from None
 
-    def _exec_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        try:
-            self._conn.executemany(sql, rows)
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"local store: {exc}") from None
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise StoreCorrupted(str(exc)) from None
+    def _insert_rows(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``head`` (``INSERT … VALUES``) for all ``rows``: one statement, or one per
+        :data:`_ROW_PARAMS` parameters."""
+        if not rows:
+            return
+        width = len(rows[0])
+        per = _ROW_PARAMS // width
+        marks = "(" + ", ".join("?" * width) + ")"
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            values = ", ".join([marks] * len(chunk))
+            self._exec(f"{head} {values}", [value for row in chunk for value in row])
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._mutex:
@@ -614,7 +611,7 @@ class SqliteStore:
             for (username, device_id), state in self._dirty_sessions.items()
         ]
         self._dirty_sessions.clear()
-        self._exec_many("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", rows)
+        self._insert_rows("INSERT OR REPLACE INTO sessions VALUES", rows)
 
     def delete_session(self, username: str, device_id: int) -> None:
         with self.transaction():
