@@ -1,21 +1,29 @@
 """PostgreSQL: a group-commit batch is three statements between BEGIN and COMMIT, whatever it
 holds (docs/protocol-ws.md §11): the acks, de-duplication and device sets in one; the queue
 locks and depths in one; the inserts in one. An ack-only batch is one statement. Each statement
-is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU."""
+is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU.
+
+The queue count shares its round trip with the queue locks but must still see every row the
+locks' previous holder committed while this batch waited (else the depth bound is not exact).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 
+from server.db.engine import create_engine
+from server.db.migrate import upgrade
 from server.db.models_delivery import QueueEntry
+from server.delivery.repository import DeliveryRepository, NewSend
 from server.delivery.writer import AckOp, SendOp
-from tests.server.ws_kit import open_ws, payload, world
+from tests.server.ws_kit import open_ws, payload, seed_alice_and_bob, world
 
 pytestmark = pytest.mark.postgres
 
@@ -85,3 +93,54 @@ async def test_a_batch_is_three_statements_and_an_ack_batch_one(
         assert batches and any(s for s, _, _ in batches) and any(a for _, a, _ in batches)
         for sends, _acks, n in batches:
             assert n == (3 if sends else 1), batches
+
+
+async def test_the_queue_count_sees_rows_committed_while_it_waited_for_the_lock(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url)
+    await upgrade(engine)
+    repo = DeliveryRepository()
+    try:
+        async with engine.begin() as conn:
+            alice, bob, alice_account = await conn.run_sync(seed_alice_and_bob)
+        send = NewSend(
+            envelope_id="e" * 32,
+            sender_device_pk=alice,
+            sender_account_id=alice_account,
+            sender_user="alice",
+            sender_device_id=1,
+            client_id="c1",
+            ts=1,
+            expires_at=2**60,
+            payloads=[(b"ciphertext", [bob])],
+        )
+        async with engine.connect() as first, engine.connect() as second, engine.connect() as spy:
+            await first.begin()
+            usage = await first.run_sync(lambda c: repo.lock_queue_usage(c, [bob]))
+            assert usage[bob].depth == 0
+            await first.run_sync(lambda c: repo.insert_sends(c, [send]))
+            await second.begin()
+            waiting = asyncio.create_task(
+                second.run_sync(lambda c: repo.lock_queue_usage(c, [bob]))
+            )
+            # Until the second batch waits for bob's queue lock, held by the first.
+            while True:
+                blocked = await spy.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND NOT granted AND database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())"
+                    )
+                )
+                await spy.rollback()
+                if blocked:
+                    break
+                assert not waiting.done()
+                await asyncio.sleep(0.01)
+            await first.commit()
+            usage = await waiting
+            assert (usage[bob].depth, usage[bob].by_sender) == (1, {alice_account: (1, 10)})
+            await second.rollback()
+    finally:
+        await engine.dispose()
