@@ -14,8 +14,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +137,45 @@ def _rk(*parts: str | int) -> bytes:
         else:
             w.u8(0).str16(part)
     return w.finish()
+
+
+class _Transaction:
+    """One ``with store.transaction():`` block. A class rather than a generator context
+    manager: nearly every store call enters one (nested: a depth count under the mutex)."""
+
+    __slots__ = ("_changes", "_store", "_sync")
+
+    def __init__(self, store: SqliteStore, sync: bool) -> None:
+        self._store = store
+        self._sync = sync
+        self._changes = -1  # the outermost block: total_changes at its BEGIN
+
+    def __enter__(self) -> None:
+        store = self._store
+        store._mutex.acquire()
+        if store._depth:
+            store._depth += 1
+            return
+        try:
+            changes = store._conn.total_changes
+            store._exec("BEGIN IMMEDIATE")
+        except BaseException:
+            store._mutex.release()
+            raise
+        self._changes = changes
+        store._depth = 1
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        store = self._store
+        try:
+            if self._changes < 0:
+                store._depth -= 1
+            else:
+                store._end(kind is not None, self._changes, self._sync)
+        finally:
+            store._mutex.release()
 
 
 class SqliteStore:
@@ -399,45 +437,36 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextmanager
-    def transaction(self, *, sync: bool = True) -> Iterator[None]:
+    def transaction(self, *, sync: bool = True) -> _Transaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back if the block raises; nesting joins.
 
         The commit is in the WAL when the block returns (it survives the process being
         killed); with ``sync`` (and if it changed anything) the WAL is also fsynced before
         returning, otherwise that is :meth:`flush`'s job.
         """
-        with self._mutex:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
+        return _Transaction(self, sync)
+
+    def _end(self, error: bool, changes: int, sync: bool) -> None:
+        """End the outermost transaction (mutex held): roll back after an ``error``, else
+        write the pending sessions and commit (rolled back if that fails), then fsync."""
+        try:
+            if error:
+                self._forget_cached()
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 return
-            changes = self._conn.total_changes
-            self._exec("BEGIN IMMEDIATE")
-            self._depth = 1
             try:
-                yield
+                self._write_sessions()
+                self._exec("COMMIT")
             except BaseException:
                 self._forget_cached()
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 raise
-            else:
-                try:
-                    self._write_sessions()
-                    self._exec("COMMIT")
-                except BaseException:
-                    self._forget_cached()
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("ROLLBACK")
-                    raise
-            finally:
-                self._depth = 0
-            if sync and self._conn.total_changes != changes:
-                self.flush()
+        finally:
+            self._depth = 0
+        if sync and self._conn.total_changes != changes:
+            self.flush()
 
     def _forget_cached(self) -> None:
         self._peers.clear()
