@@ -299,14 +299,16 @@ class DeliveryRepository:
         acks: Sequence[tuple[int, int]],
         keys: Sequence[tuple[int, str]],
         users: Iterable[str],
+        removed: list[tuple[int, int, int]] | None = None,
     ) -> BatchReads:
-        """A batch's first step: delete its acked queue rows (:meth:`delete_acked`), find
-        the sends already stored (:meth:`find_sends`), and the device sets of ``users``
-        (:meth:`device_sets`) — on PostgreSQL in one statement (one round trip)."""
+        """A batch's first step: delete its acked queue rows (:meth:`delete_acked`; SQLite:
+        listed in ``removed``), find the sends already stored (:meth:`find_sends`), and the
+        device sets of ``users`` (:meth:`device_sets`) — on PostgreSQL in one statement (one
+        round trip)."""
         names = sorted(set(users))
         if conn.dialect.name != "postgresql":
             return BatchReads(
-                self.delete_acked(conn, acks) if acks else 0,
+                self.delete_acked(conn, acks, removed) if acks else 0,
                 self.find_sends(conn, keys) if keys else {},
                 self.device_sets(conn, names),
             )
@@ -609,9 +611,15 @@ class DeliveryRepository:
             cursor.close()
         return [(seq, pk, e, i) for seq, pk, e, i, *_ in numbered]
 
-    def delete_acked(self, conn: Connection, pairs: Sequence[tuple[int, int]]) -> int:
+    def delete_acked(
+        self,
+        conn: Connection,
+        pairs: Sequence[tuple[int, int]],
+        removed: list[tuple[int, int, int]] | None = None,
+    ) -> int:
         """Delete queue rows by (device pk, seq) — a device can only delete its own rows —
-        then the payloads no queue row references any more. Returns the rows deleted."""
+        then the payloads no queue row references any more. Returns the rows deleted (on
+        SQLite, also appended to ``removed`` as (device pk, size, sender account id))."""
         wanted = set(pairs)
         devices = sorted({pk for pk, _ in wanted})
         seqs = sorted({seq for _, seq in wanted})
@@ -626,7 +634,7 @@ class DeliveryRepository:
                     assert (device_pk, seq) in wanted
             return deleted
         if conn.dialect.name == "sqlite":
-            return self._delete_acked_sqlite(conn, devices, seqs, wanted)
+            return self._delete_acked_sqlite(conn, devices, seqs, wanted, removed)
         envelopes: set[str] = set()
         # seq is unique across all queues, and the device filter keeps a device to its own
         # rows; one cached statement shape (expanding IN lists) for any batch.
@@ -646,7 +654,11 @@ class DeliveryRepository:
 
     @staticmethod
     def _delete_acked_sqlite(
-        conn: Connection, devices: list[int], seqs: list[int], wanted: set[tuple[int, int]]
+        conn: Connection,
+        devices: list[int],
+        seqs: list[int],
+        wanted: set[tuple[int, int]],
+        removed: list[tuple[int, int, int]] | None,
     ) -> int:
         deleted = 0
         keys: set[tuple[str, int]] = set()
@@ -655,15 +667,17 @@ class DeliveryRepository:
             device_marks = ",".join("?" for _ in devices)
             for chunk in _chunks(seqs, 400):
                 seq_marks = ",".join("?" for _ in chunk)
-                for device_pk, seq, envelope_id, idx in cursor.execute(
+                for device_pk, seq, envelope_id, idx, size, sender in cursor.execute(
                     f"DELETE FROM delivery_queue WHERE seq IN ({seq_marks}) "  # noqa: S608
                     f"AND device_pk IN ({device_marks}) "
-                    "RETURNING device_pk, seq, envelope_id, idx",
+                    "RETURNING device_pk, seq, envelope_id, idx, size, sender_account_id",
                     [*chunk, *devices],
                 ).fetchall():
                     assert (device_pk, seq) in wanted
                     deleted += 1
                     keys.add((envelope_id, idx))
+                    if removed is not None:
+                        removed.append((device_pk, size, sender))
             cursor.executemany(
                 "DELETE FROM delivery_payloads WHERE envelope_id = ? AND idx = ? AND NOT EXISTS "
                 "(SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = delivery_payloads"

@@ -60,6 +60,7 @@ from server.delivery.policy import (
     resolve_recipients,
 )
 from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend, SendRecord
+from server.delivery.sqlite_cache import WriterCache
 from wire.codes import ErrorCode
 from wire.encoding import b64
 
@@ -170,6 +171,8 @@ class GroupCommitWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
         #: SQLite: the connection the writer's thread keeps (no pool checkout per batch).
         self._sqlite_conn: Connection | None = None
+        #: SQLite: device sets and queue usage kept between transactions.
+        self.cache = WriterCache() if self._sqlite_engine is not None else None
         #: Idle PostgreSQL connections of this writer (one per batch in flight).
         self._conns: list[AsyncConnection] = []
         # SQLite has one writer at a time (BEGIN IMMEDIATE) and one thread: one batch.
@@ -375,10 +378,15 @@ class GroupCommitWriter:
             # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
             conn = self._sqlite_engine.connect().execution_options(**{IMMEDIATE: True})
             self._sqlite_conn = conn
+        cache = self.cache
         try:
             with conn.begin():
+                if cache is not None:
+                    cache.begin(conn)
                 self._apply(conn, batch)
         except BaseException:
+            if cache is not None:
+                cache.clear()  # it may hold what the rolled-back transaction counted
             self._close_sqlite()
             raise
 
@@ -401,7 +409,10 @@ class GroupCommitWriter:
         keys.update((op.sender.device_pk, op.after) for op in durable if op.after is not None)
         users = {op.sender.user for op in sends}
         users.update(user for op in sends for _, to in op.payloads for user, _ in to)
-        reads = self._repo.batch_reads(conn, acks, sorted(keys), users)
+        if self.cache is not None:
+            reads = self.cache.batch_reads(self._repo, conn, acks, sorted(keys), users)
+        else:
+            reads = self._repo.batch_reads(conn, acks, sorted(keys), users)
         if acks:
             self._metrics.acks.inc(reads.acked)
         if sends:
@@ -455,7 +466,11 @@ class GroupCommitWriter:
         # so that no other writer, here or on another node, counts and fills the same queue
         # at the same time.
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
-        usage = self._repo.lock_queue_usage(conn, targets) if targets else {}
+        usage: dict[int, QueueUsage] = {}
+        if targets and self.cache is not None:  # SQLite: BEGIN IMMEDIATE is the lock
+            usage = self.cache.queue_usage(self._repo, conn, targets)
+        elif targets:
+            usage = self._repo.lock_queue_usage(conn, targets)
         owners = _owners(sets)
         fence = LaneFence(found)
         to_store: list[NewSend] = []

@@ -116,10 +116,10 @@ async def test_a_predecessor_earlier_in_the_same_batch_lets_the_lane_through(
         lookups: list[list[tuple[int, str]]] = []
         batch_reads = repo.batch_reads
 
-        def counted(conn: Any, acks: Any, keys: Any, users: Any) -> Any:
+        def counted(conn: Any, acks: Any, keys: Any, users: Any, **more: Any) -> Any:
             if keys:
                 lookups.append(list(keys))
-            return batch_reads(conn, acks, keys, users)
+            return batch_reads(conn, acks, keys, users, **more)
 
         repo.batch_reads = counted  # type: ignore[method-assign]
         for i in range(5):
