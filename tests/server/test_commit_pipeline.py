@@ -20,15 +20,13 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from server.db.engine import create_engine
-from server.db.migrate import upgrade
-from server.delivery.repository import DeliveryRepository, NewSend
+from server.delivery.repository import DeliveryRepository
 from tests.server.relay_harness import make_settings, running_relay
 from tests.server.ws_kit import (
     WsClient,
     delivery_app,
     open_ws,
-    seed_alice_and_bob,
+    seeded_database,
     setup_accounts,
     world,
 )
@@ -123,26 +121,9 @@ async def test_pipelined_batches_answer_and_deliver_in_each_connections_order(
 async def test_a_send_stored_meanwhile_by_another_transaction_is_skipped_not_an_error(
     postgres_url: str,
 ) -> None:
-    engine = create_engine(postgres_url)
-    await upgrade(engine)
     repo = DeliveryRepository()
-    try:
-        async with engine.begin() as conn:
-            sender, recipient, account = await conn.run_sync(seed_alice_and_bob)
-
-        def send(envelope: str, client_id: str) -> NewSend:
-            return NewSend(
-                envelope_id=envelope,
-                sender_device_pk=sender,
-                sender_account_id=account,
-                sender_user="alice",
-                sender_device_id=1,
-                client_id=client_id,
-                ts=1,
-                expires_at=2**40,
-                payloads=[(b"ciphertext", [recipient])],
-            )
-
+    async with seeded_database(postgres_url) as (engine, seeded):
+        send, recipient = seeded.send, seeded.recipient
         async with engine.begin() as conn:
             first = await conn.run_sync(repo.insert_sends, [send("e1", "c1")])
         assert first.conflicts == [] and len(first.per_device[recipient]) == 1
@@ -160,8 +141,6 @@ async def test_a_send_stored_meanwhile_by_another_transaction_is_skipped_not_an_
                 )
             )
             assert tuple(rows.one()) == (2, 2, 2)
-    finally:
-        await engine.dispose()
 
 
 async def test_two_nodes_storing_the_same_sends_answer_one_envelope_each(

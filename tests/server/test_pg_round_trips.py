@@ -18,12 +18,10 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 
-from server.db.engine import create_engine
-from server.db.migrate import upgrade
 from server.db.models_delivery import QueueEntry
-from server.delivery.repository import DeliveryRepository, NewSend
+from server.delivery.repository import DeliveryRepository
 from server.delivery.writer import AckOp, SendOp
-from tests.server.ws_kit import open_ws, payload, seed_alice_and_bob, world
+from tests.server.ws_kit import open_ws, payload, seeded_database, world
 
 pytestmark = pytest.mark.postgres
 
@@ -98,23 +96,10 @@ async def test_a_batch_is_three_statements_and_an_ack_batch_one(
 async def test_the_queue_count_sees_rows_committed_while_it_waited_for_the_lock(
     postgres_url: str,
 ) -> None:
-    engine = create_engine(postgres_url)
-    await upgrade(engine)
     repo = DeliveryRepository()
-    try:
-        async with engine.begin() as conn:
-            alice, bob, alice_account = await conn.run_sync(seed_alice_and_bob)
-        send = NewSend(
-            envelope_id="e" * 32,
-            sender_device_pk=alice,
-            sender_account_id=alice_account,
-            sender_user="alice",
-            sender_device_id=1,
-            client_id="c1",
-            ts=1,
-            expires_at=2**60,
-            payloads=[(b"ciphertext", [bob])],
-        )
+    async with seeded_database(postgres_url) as (engine, seeded):
+        bob, alice_account = seeded.recipient, seeded.account
+        send = seeded.send("e" * 32, "c1")
         async with engine.connect() as first, engine.connect() as second, engine.connect() as spy:
             await first.begin()
             usage = await first.run_sync(lambda c: repo.lock_queue_usage(c, [bob]))
@@ -142,5 +127,3 @@ async def test_the_queue_count_sees_rows_committed_while_it_waited_for_the_lock(
             usage = await waiting
             assert (usage[bob].depth, usage[bob].by_sender) == (1, {alice_account: (1, 10)})
             await second.rollback()
-    finally:
-        await engine.dispose()

@@ -16,12 +16,16 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
 from server.clock import Clock
+from server.db.engine import create_engine
+from server.db.migrate import upgrade
 from server.db.models import Account, Device, OneTimePrekey
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
+from server.delivery.repository import NewSend
 from server.settings import Settings
 from server.state import relay_state
 from tests.server.relay_harness import Relay, TestAccount, make_settings, running_relay
@@ -248,3 +252,39 @@ def seed_alice_and_bob(conn: Connection, now: int = 1_700_000_000_000) -> tuple[
         ],
     )
     return ids[0][1], ids[1][1], ids[0][0]
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What :func:`seeded_database` seeded: alice's device and account, bob's device."""
+
+    sender: int
+    recipient: int
+    account: int
+
+    def send(self, envelope_id: str, client_id: str) -> NewSend:
+        """A send from alice/1 to bob/1, ready for ``DeliveryRepository.insert_sends``."""
+        return NewSend(
+            envelope_id=envelope_id,
+            sender_device_pk=self.sender,
+            sender_account_id=self.account,
+            sender_user="alice",
+            sender_device_id=1,
+            client_id=client_id,
+            ts=1,
+            expires_at=2**40,
+            payloads=[(b"ciphertext", [self.recipient])],
+        )
+
+
+@asynccontextmanager
+async def seeded_database(url: str) -> AsyncIterator[tuple[AsyncEngine, Seeded]]:
+    """An engine on a migrated database with alice and bob seeded (no relay)."""
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            sender, recipient, account = await conn.run_sync(seed_alice_and_bob)
+        yield engine, Seeded(sender, recipient, account)
+    finally:
+        await engine.dispose()
