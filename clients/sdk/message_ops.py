@@ -123,7 +123,8 @@ async def delete(
     stored = _message(core, conversation, message_id)
     if for_me:
         _remove_file(stored)
-        core.store.delete_message(stored.message_id)
+        # Remembered (in the same transaction): a copy that arrives again stays deleted.
+        core.store.forget_message(stored.message_id, time.time())
         return None
     if stored.sender != core.username:
         raise ClientError("only your own messages can be deleted for everyone (use --for-me)")

@@ -136,8 +136,11 @@ def _apply_op(
     content: EditContent | DeleteContent | ReactionContent,
     now: float,
 ) -> list[MessageUpdate]:
-    """An edit, delete or reaction: applied to its target, or kept until the target arrives."""
+    """An edit, delete or reaction: applied to its target, or kept until the target arrives
+    (dropped if the target was removed from this device: it will not be stored again)."""
     stored = store.get_message(content.target.hex())
+    if stored is None and store.is_gone(content.target.hex()):
+        return []
     if stored is None:
         _defer(store, conversation, sender, content, now)
         return []
@@ -309,7 +312,7 @@ def _sweep(store: Store, now: float) -> list[StoredMessage]:
         gone = store.expired_messages(now)
         for message in gone:
             _remove_file(message)
-            store.delete_message(message.message_id)
+            store.forget_message(message.message_id, now)
     return gone
 
 

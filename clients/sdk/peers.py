@@ -32,6 +32,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.models import DeviceInfo, KeyChanged, Verification
 from clients.sdk.protocol import DeviceBundle
+from clients.store.models import GONE_PREFIX
 from crypto.errors import VoxError
 from crypto.keys import validate_username
 from wire.rest import AccountDevices, BundleDevice, PrekeyUpload
@@ -250,15 +251,20 @@ SEEN_MARGIN_S = 86400.0
 
 
 async def prune_seen(core: Core) -> int:
-    """Forget processed envelope ids (``env:``) the relay can no longer redeliver: older than
-    its envelope TTL (from ``/v1/config``; a year when unknown) plus a day. Other ids in the
-    table (``pqxdh:`` replay guards) are kept here: they go with the signed prekey they name
+    """Forget processed envelope ids (``env:``) the relay can no longer redeliver, and the
+    tombstones of messages removed here (``gone:``, :meth:`~clients.store.base.MessageStore.
+    forget_message`: no copy of them can arrive any more either): older than its envelope TTL
+    (from ``/v1/config``; a year when unknown) plus a day. Other ids in the table (``pqxdh:``
+    replay guards) are kept here: they go with the signed prekey they name
     (:func:`clients.sdk.identity.rotate_signed_prekey`)."""
     ttl = 365 * 86400.0
     with contextlib.suppress(ClientError):
         ttl = (await core.config()).limits.get("envelope_ttl_seconds", ttl)
+    cutoff = time.time() - ttl - SEEN_MARGIN_S
     with core.store.transaction():
-        return core.store.prune_seen(time.time() - ttl - SEEN_MARGIN_S, prefix="env:")
+        return core.store.prune_seen(cutoff, prefix="env:") + core.store.prune_seen(
+            cutoff, prefix=GONE_PREFIX
+        )
 
 
 async def rotate_signed_prekey(core: Core, *, force: bool = False) -> bool:

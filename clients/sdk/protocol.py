@@ -655,6 +655,10 @@ class ClientProtocol:
         conversation: str,
         now: float,
     ) -> Received:
+        if self.store.is_gone(content.message_id.hex()):
+            # Deleted for me (or disappeared) here: a copy that comes again (the sender's
+            # resend under a new client id, a transcript) stays gone, and gets no receipt.
+            return Received([], [])
         outgoing = sender.username == self.username
         stored = self._stored(conversation, content, sender, outgoing, now)
         if outgoing:

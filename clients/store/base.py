@@ -222,6 +222,17 @@ class MessageStore(Protocol):
         """Remove a message from this device (delete for me, or expiry); False if absent."""
         ...
 
+    def forget_message(self, message_id: str, at: float) -> bool:
+        """Remove a message from this device for good (delete for me, disappeared): delete it
+        and, in the same transaction, remember its id as the seen id ``gone:<id>`` (pruned
+        with the other seen ids), so a copy that arrives again is not stored again. False if
+        it was not stored (its id is remembered anyway)."""
+        ...
+
+    def is_gone(self, message_id: str) -> bool:
+        """Whether the message was removed from this device by :meth:`forget_message`."""
+        ...
+
     def expired_messages(self, now: float) -> list[StoredMessage]:
         """Messages whose ``expire_at`` is at or before ``now`` (for the expiry sweep)."""
         ...

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from clients.store import search
 from clients.store.models import (
+    GONE_PREFIX,
     Contact,
     ConversationSummary,
     DeliveryState,
@@ -252,6 +253,14 @@ class MemoryStore:
 
     def delete_message(self, message_id: str) -> bool:
         return self._s.messages.pop(message_id, None) is not None
+
+    def forget_message(self, message_id: str, at: float) -> bool:
+        with self.transaction():
+            self.mark_seen(GONE_PREFIX + message_id, at)
+            return self.delete_message(message_id)
+
+    def is_gone(self, message_id: str) -> bool:
+        return self.is_seen(GONE_PREFIX + message_id)
 
     def expired_messages(self, now: float) -> list[StoredMessage]:
         return [

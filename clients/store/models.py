@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = [
+    "GONE_PREFIX",
     "Contact",
     "ConversationSummary",
     "DeliveryState",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 GROUP_PREFIX = "group:"
+#: Seen-id prefix of a message removed from this device (:meth:`MessageStore.forget_message`).
+GONE_PREFIX = "gone:"
 
 
 def group_conversation(group_id: str) -> str:

@@ -22,6 +22,7 @@ from clients.store import search
 from clients.store.errors import KeyFileError, StoreCorrupted, StoreError, WrongPassphrase
 from clients.store.lock import ProfileLock
 from clients.store.models import (
+    GONE_PREFIX,
     Contact,
     ConversationSummary,
     DeliveryState,
@@ -888,6 +889,14 @@ class SqliteStore:
             return (
                 self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
             )
+
+    def forget_message(self, message_id: str, at: float) -> bool:
+        with self.transaction():
+            self.mark_seen(GONE_PREFIX + message_id, at)
+            return self.delete_message(message_id)
+
+    def is_gone(self, message_id: str) -> bool:
+        return self.is_seen(GONE_PREFIX + message_id)
 
     def expired_messages(self, now: float) -> list[StoredMessage]:
         rows = self._all(

@@ -174,6 +174,14 @@ def test_disappearing_messages_with_an_injected_clock() -> None:
     assert message_rules.sweep(alice2.proto.store, now=1059.0) == []
     assert message_rules.sweep(alice2.proto.store, now=1060.0) == [MID.hex()]
     assert message_rules.sweep(alice.proto.store, now=1060.0) == [MID.hex()]
+    # a copy that comes again (the sender's resend, in a new envelope) stays gone: not stored,
+    # and an operation on it is dropped, not kept for later
+    send(alice, "bob", TextContent(text="secret", message_id=MID, sent_at_ms=1_000_000, expire=60))
+    send(alice, "bob", ReactionContent(target=MID, emoji="👀", sent_at_ms=1_000_001))
+    assert bob.receive() == [] and alice2.receive() == []
+    for device in (bob, alice2):
+        assert device.proto.store.get_message(MID.hex()) is None
+        assert message_rules._load_pending(device.proto.store) == []
 
 
 def test_a_deleted_message_loses_its_downloaded_file(tmp_path: object) -> None:

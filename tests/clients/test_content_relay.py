@@ -3,6 +3,7 @@ real relay: one-to-one with a linked second device (transcripts), and in a group
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from clients.sdk import ClientError, Event, Message, MessageUpdate, VoxClient, message_ops
+from clients.sdk import (
+    ClientError,
+    Event,
+    Message,
+    MessageUpdate,
+    VoxClient,
+    message_ops,
+    message_rules,
+)
+from clients.sdk.content import TextContent
+from clients.sdk.engine import send_frame
 from clients.sdk.protocol import message_from_stored
 from server.db.models_delivery import DeliverySend
 from tests.clients.conftest import Factory
@@ -125,6 +136,37 @@ async def test_operations_in_a_group(make_client: Factory) -> None:
     assert [m.text for m in alice.search("sure")] == ["sure"]
     assert [m.text for m in alice.search("pizza")] == []  # deleted
     assert kinds(ev_c).count("reaction") >= 1
+
+
+async def test_delete_for_me_stays_deleted_when_a_copy_comes_again(make_client: Factory) -> None:
+    """A message deleted for me is remembered: the sender's resend of the same message id
+    under a new client id (after a lost answer) is not stored again and gets no receipt, and
+    an edit aimed at it is dropped (not kept for later)."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    ev_a = collect(alice)
+    for c in (alice, bob):
+        await c.connect()
+    sent = await alice.send_text("bob", "just once")
+    await wait_for(lambda: row(bob, sent.id) is not None)
+    await bob.delete("alice", sent.id, for_me=True)
+    assert row(bob, sent.id) is None
+    await wait_for(lambda: any(sent.id in getattr(e, "message_ids", ()) for e in ev_a))
+    ev_a.clear()
+
+    # alice resends the same message under a new client id (the relay takes it again)
+    content = TextContent(text="just once", message_id=bytes.fromhex(sent.id), sent_at_ms=1)
+    with alice.store.transaction():
+        send = alice.protocol.encode_direct("bob", content)
+    assert alice._socket is not None
+    await alice._socket.send(send_frame(dataclasses.replace(send, client_id="resend-1")))
+    await alice.edit("bob", sent.id, "just once more")
+    marker = await alice.send_text("bob", "after")
+    await wait_for(lambda: row(bob, marker.id) is not None)
+    await wait_for(lambda: any(marker.id in getattr(e, "message_ids", ()) for e in ev_a))
+    assert row(bob, sent.id) is None
+    # no receipt for the copy
+    assert not any(sent.id in getattr(e, "message_ids", ()) for e in ev_a)
+    assert message_rules._load_pending(bob.store) == []
 
 
 async def _relay_lifetime(relay: Relay, client_id: str) -> int:

@@ -324,3 +324,12 @@ def test_failed_transaction_rolls_everything_back(store: Store) -> None:
     assert store.get_message("m1") is None
     assert store.load_session("bob", 1) == b"before"
     assert not store.is_seen("m1")
+
+
+def test_forget_message_deletes_and_remembers_until_pruned(store: Store) -> None:
+    store.add_message(msg("a"))
+    assert store.forget_message("a", 1.0) and store.get_message("a") is None
+    assert store.is_gone("a") and not store.is_gone("b") and not store.is_seen("a")
+    assert not store.forget_message("b", 9.0) and store.is_gone("b")  # remembered anyway
+    assert store.prune_seen(older_than=5.0, prefix="gone:") == 1
+    assert not store.is_gone("a") and store.is_gone("b")

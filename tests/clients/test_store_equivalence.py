@@ -95,6 +95,23 @@ class BothStores(RuleBasedStateMachine):
     def prune_seen(self, at: int) -> None:
         self.same([s.prune_seen(at) for s in self.stores])
 
+    @rule(mid=IDS, at=st.integers(0, 9), commit=st.booleans())
+    def forget_message(self, mid: str, at: int, commit: bool) -> None:
+        results: list[object] = []
+        for s in self.stores:
+            try:
+                with s.transaction():
+                    results.append(s.forget_message(mid, at))
+                    if not commit:
+                        raise Rollback
+            except Rollback:
+                pass
+        self.same(results)
+
+    @rule(at=st.integers(0, 10))
+    def prune_gone(self, at: int) -> None:
+        self.same([s.prune_seen(at, prefix="gone:") for s in self.stores])
+
     @rule(kind=KINDS, key_id=st.integers(1, 5), secret=BLOBS)
     def put_prekey(self, kind: PrekeyKind, key_id: int, secret: bytes) -> None:
         for s in self.stores:
@@ -166,6 +183,7 @@ class BothStores(RuleBasedStateMachine):
                 s.conversations(),
                 [(e.message_id, e.payload, e.attempts) for e in s.outbox_pending()],
                 [m for m in (f"m{i}" for i in range(8)) if s.is_seen(m)],
+                [m for m in (f"m{i}" for i in range(8)) if s.is_gone(m)],
                 {k: (s.list_prekeys(k), s.next_prekey_id(k)) for k in PrekeyKind},
                 (s.get_secret("token"), s.get_secret("other")),
             )
