@@ -28,6 +28,7 @@ On PostgreSQL :func:`write_lock` and :func:`write_transaction`'s lock do nothing
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
     "write_lock",
     "write_transaction",
 ]
+
+log = logging.getLogger("vox.db")
 
 #: Execution option that makes the next ``BEGIN`` on SQLite a ``BEGIN IMMEDIATE``.
 IMMEDIATE = "vox_sqlite_immediate"
@@ -78,12 +81,22 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 def _configure_postgres(engine: AsyncEngine) -> None:
     """Each new PostgreSQL connection gets the session's own functions (``pg_temp``; outside
     any transaction, so nothing rolls them back): the delivery writer's queue lock-and-count
-    (:data:`server.delivery.repository.QUEUE_USAGE_FUNCTION_PG`)."""
-    from server.delivery.repository import QUEUE_USAGE_FUNCTION_PG
+    (:data:`server.delivery.repository.QUEUE_USAGE_FUNCTION_PG`). Without them (a role with no
+    ``TEMP`` privilege on the database) the writer takes one more round trip per batch."""
+    from server.delivery.repository import QUEUE_USAGE_FUNCTION_PG, SESSION_FUNCTIONS
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.run_async(lambda raw: raw.execute(QUEUE_USAGE_FUNCTION_PG))
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        try:
+            dbapi_connection.run_async(lambda raw: raw.execute(QUEUE_USAGE_FUNCTION_PG))
+        except Exception as exc:  # e.g. no TEMP privilege (never log the statement)
+            log.warning(
+                "no session function on a PostgreSQL connection (%s): queue locks and "
+                "counts take two round trips",
+                exc.__class__.__name__,
+            )
+            return
+        record.info[SESSION_FUNCTIONS] = True
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

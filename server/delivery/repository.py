@@ -218,6 +218,9 @@ QUEUE_USAGE_FUNCTION_PG = (
     " END $fn$"
 )
 
+#: ``Connection.info`` key: the connection has :data:`QUEUE_USAGE_FUNCTION_PG`.
+SESSION_FUNCTIONS = "vox_session_functions"
+
 _LOCK_QUEUE_USAGE_PG = text(
     "SELECT * FROM pg_temp.vox_lock_queue_usage("
     "CAST(:pks AS BIGINT[]), CAST(:keys AS INTEGER[]), :cls)"
@@ -411,9 +414,9 @@ class DeliveryRepository:
         self, conn: Connection, device_pks: Iterable[int]
     ) -> dict[int, QueueUsage]:
         """:meth:`lock_queues`, then :meth:`queue_usage` — on PostgreSQL in one round trip
-        (a function that counts once it holds the locks)."""
+        (a function that counts once it holds the locks) where the connection has it."""
         pks = sorted(set(device_pks))
-        if conn.dialect.name != "postgresql":
+        if conn.dialect.name != "postgresql" or not conn.info.get(SESSION_FUNCTIONS):
             self.lock_queues(conn, pks)
             return self.queue_usage(conn, pks)
         out = {pk: QueueUsage() for pk in pks}

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 
+from server.db.engine import create_engine
 from server.db.models_delivery import QueueEntry
-from server.delivery.repository import DeliveryRepository
+from server.delivery.repository import SESSION_FUNCTIONS, DeliveryRepository
 from server.delivery.writer import AckOp, SendOp
 from tests.server.ws_kit import open_ws, payload, seeded_database, world
 
@@ -127,3 +129,37 @@ async def test_the_queue_count_sees_rows_committed_while_it_waited_for_the_lock(
             usage = await waiting
             assert (usage[bob].depth, usage[bob].by_sender) == (1, {alice_account: (1, 10)})
             await second.rollback()
+
+
+async def test_without_the_temp_privilege_locks_and_counts_take_two_statements(
+    postgres_url: str,
+) -> None:
+    """A role that may not create temporary objects gets no session function: the relay
+    still serves (a warning, then the lock and the count as two statements)."""
+    repo = DeliveryRepository()
+    role = f"vox_notemp_{uuid.uuid4().hex[:12]}"
+    async with seeded_database(postgres_url) as (engine, seeded):
+        async with engine.begin() as conn:
+            await conn.run_sync(repo.insert_sends, [seeded.send("e1", "c1")])
+            database = await conn.scalar(text("SELECT current_database()"))
+            await conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            await conn.execute(text(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC'))
+            await conn.execute(
+                text(f'GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"')
+            )
+        limited = create_engine(make_url(postgres_url).set(username=role).render_as_string())
+        try:
+            async with limited.begin() as conn:
+                has_function, usage = await conn.run_sync(
+                    lambda c: (
+                        c.info.get(SESSION_FUNCTIONS),
+                        repo.lock_queue_usage(c, [seeded.recipient]),
+                    )
+                )
+            assert not has_function
+            assert usage[seeded.recipient].depth == 1
+        finally:
+            await limited.dispose()
+            async with engine.begin() as conn:
+                await conn.execute(text(f'DROP OWNED BY "{role}"'))
+                await conn.execute(text(f'DROP ROLE "{role}"'))
