@@ -74,6 +74,7 @@ class VoxClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._processor_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None  # one per client, not per connect
         self._deliveries: asyncio.Queue[Process] = asyncio.Queue()
         self.events = EventHub()
         self._connected = asyncio.Event()
@@ -204,7 +205,9 @@ class VoxClient:
             await self._socket.close()
             await asyncio.wait_for(self._new_socket.wait(), open_timeout)
         await asyncio.wait_for(self._connected.wait(), open_timeout)
-        self.spawn(ops.run_sweeper(self.store, emit=self.emit))
+        if self._sweeper_task is None:
+            sweeper = ops.run_sweeper(self.store, emit=self.emit)
+            self._sweeper_task = asyncio.create_task(sweeper, name="vox-sweeper")
 
     async def _open_socket(self) -> None:
         try:
@@ -224,13 +227,20 @@ class VoxClient:
         """Close the WebSocket and stop the background tasks."""
         self._closing = True
         self.outbox.flush_sent()
-        tasks = (self._maintenance_task, self._processor_task, self._reader_task, *self._tasks)
+        tasks = (
+            self._maintenance_task,
+            self._processor_task,
+            self._reader_task,
+            self._sweeper_task,
+            *self._tasks,
+        )
         for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._maintenance_task = self._processor_task = self._reader_task = None
+        self._sweeper_task = None
         if self._socket is not None:
             with contextlib.suppress(Exception):
                 await self._socket.close()

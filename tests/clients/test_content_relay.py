@@ -3,6 +3,7 @@ real relay: one-to-one with a linked second device (transcripts), and in a group
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -167,6 +168,28 @@ async def test_delete_for_me_stays_deleted_when_a_copy_comes_again(make_client: 
     # no receipt for the copy
     assert not any(sent.id in getattr(e, "message_ids", ()) for e in ev_a)
     assert message_rules._load_pending(bob.store) == []
+
+
+async def test_one_expiry_sweeper_per_client_however_often_it_connects(
+    make_client: Factory,
+) -> None:
+    alice = await make_client("alice")
+
+    def sweepers() -> list[asyncio.Task[object]]:
+        return [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "run_sweeper"
+        ]
+
+    await alice.connect(receive=False)
+    await alice.connect()
+    await alice.connect()
+    assert len(sweepers()) == 1
+    await alice.disconnect()
+    assert sweepers() == []
+    await alice.connect()
+    assert len(sweepers()) == 1
 
 
 async def _relay_lifetime(relay: Relay, client_id: str) -> int:
