@@ -227,6 +227,12 @@ def describe(content: Content) -> tuple[str, str | None]:
     return type(content).__name__.lower(), None
 
 
+def _superseded_by(kind: str, target: str | None, conversation: str) -> tuple[str, str | None, str]:
+    """What a refused operation is superseded by: a later accepted one of the same kind on the
+    same message — ``verify`` and ``unverify`` being one kind (the user's verification)."""
+    return ("verification" if kind in ("verify", "unverify") else kind), target, conversation
+
+
 def _load_failed(store: Store) -> list[dict[str, Any]]:
     raw = store.get_secret(_FAILED_KEY)
     try:
@@ -478,7 +484,8 @@ class Outbox:
             return
         store = self.core.store
         failed = _load_failed(store)
-        keep = [f for f in failed if (f["kind"], f["t"], f["c"]) not in accepted]
+        newer = {_superseded_by(*a) for a in accepted}
+        keep = [f for f in failed if _superseded_by(f["kind"], f["t"], f["c"]) not in newer]
         if len(keep) != len(failed):
             _save_failed(store, keep)
 

@@ -366,3 +366,32 @@ async def test_vox_receive_json_says_when_a_queued_operation_was_sent(
     assert code == 0, err
     sent = [e for e in map(json.loads, out.splitlines()) if e["kind"] == "sent"]
     assert [(e["id"], e["conversation"], e["target"]) for e in sent] == [(reaction, "bob", hi)]
+
+
+def test_an_accepted_unverify_clears_a_refused_verify_of_the_same_user() -> None:
+    from types import SimpleNamespace
+
+    from clients.sdk.messaging import Outbox, _load_failed, _save_failed
+    from clients.store import MemoryStore
+
+    store = MemoryStore()
+
+    def refused(
+        mid: str, kind: str, conversation: str, target: str | None = None
+    ) -> dict[str, Any]:
+        return {"id": mid, "kind": kind, "c": conversation, "t": target, "reason": "r", "at": 1}
+
+    _save_failed(
+        store,
+        [
+            refused("1", "verify", "bob"),
+            refused("2", "verify", "carol"),
+            refused("3", "edit", "bob", "m1"),
+            refused("4", "unverify", "dave"),
+        ],
+    )
+    outbox = Outbox(SimpleNamespace(store=store))  # type: ignore[arg-type]
+    outbox._clear_failed([("unverify", None, "bob"), ("reaction", "m1", "bob")])
+    assert [f["id"] for f in _load_failed(store)] == ["2", "3", "4"]
+    outbox._clear_failed([("verify", None, "dave"), ("edit", "m1", "bob")])
+    assert [f["id"] for f in _load_failed(store)] == ["2"]
