@@ -1,17 +1,48 @@
 """Attachments over :class:`~clients.sdk.core.Core`: encrypt and upload a file (streamed,
 padded to Signal's buckets), send its pointer, download and verify one.
+
+**Uploads are resumable** (``docs/protocol-ws.md`` §9.1): the blob is encrypted as the file
+is read and sent in chunks of ``min(UPLOAD_CHUNK_BYTES, the relay's chunk_bytes)``, each its
+own ``PATCH``. After a dropped connection, a timeout, a 5xx (or a 408/429) the client waits
+(0.5 s, doubling up to 10 s), asks the relay's offset and continues from there, so confirmed
+chunks are never sent again; ``ATTEMPTS`` failures in a row give up.
+
+To resend from the relay's offset the client keeps the **ciphertext of the unconfirmed
+chunk in memory** (one chunk, at most 4 MiB by default, plus one read of 1 MiB) instead of
+making the encryption seekable. Re-encrypting from an offset would be possible (AES-GCM
+chunks are deterministic under the attachment key) but the pointer's digest is SHA-256 of
+the *whole* blob, computed as it is produced: restarting the stream means hashing again
+from byte 0 (hashlib cannot save a hash state), i.e. re-reading the file. And the window
+always suffices: a chunk is all or nothing, so the relay's offset is the start or the end
+of the chunk in flight. A relay that reports an offset outside it (it lost bytes) fails the
+upload.
+
+``progress(done, total)`` reports the bytes the relay **confirmed** (updated once per
+chunk). An upload that fails for good (the file changed, the relay refused a chunk, the
+attempts ran out, the task was cancelled) is deleted on the relay at once (``DELETE``), so
+it holds none of the device's ``max_concurrent_uploads_per_device`` slots nor its reserved
+bytes. When that ``DELETE`` cannot reach the relay either, the upload id stays in the
+profile's store and the next upload deletes it first (the relay cannot list a device's
+uploads). An upload is not resumed after the process ends: a retried ``send-file`` starts
+again (resuming would need the attachment key, the file's identity and a re-read of the
+file up to the offset to rebuild the digest; the outbox takes the message only once its
+upload is finished). A relay without resumable uploads (``404``/``405`` on
+``POST /v1/attachments/uploads``) gets the one-shot ``POST /v1/attachments``, streamed as
+well; there a dropped connection fails the upload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import mimetypes
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from clients.sdk import trust
 from clients.sdk.content import AttachmentContent
@@ -19,6 +50,7 @@ from clients.sdk.core import Core
 from clients.sdk.errors import AttachmentError, RelayRejected, RelayUnavailable
 from clients.sdk.models import Message, SendResult
 from clients.sdk.peers import check_user
+from clients.sdk.transport import OffsetMismatch
 from clients.store.models import is_group_conversation
 from crypto.attachments import (
     DEFAULT_CHUNK_SIZE,
@@ -29,6 +61,8 @@ from crypto.attachments import (
     padded_size,
 )
 from crypto.errors import AttachmentMismatch, VoxError
+from wire.codes import RestErrorCode
+from wire.rest import UploadOut
 
 __all__ = ["Progress", "download", "send_file", "upload_file"]
 
@@ -62,6 +96,165 @@ async def send_file(
     return await core.send_chat(to, content)
 
 
+#: Ciphertext bytes per ``PATCH``, and so at most held in memory (the relay's
+#: ``chunk_bytes`` when that is smaller).
+UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
+#: Failures in a row (network errors, 5xx) after which a chunk or the finish gives up.
+ATTEMPTS = 8
+#: Plaintext read from the file at a time.
+_READ_BYTES = 1024 * 1024
+#: The store's list of this profile's unfinished uploads (JSON list of upload ids).
+_OPEN_UPLOADS = "attachments.open_uploads"
+#: Uploads running in this process (never deleted as leftovers).
+_running: set[str] = set()
+
+T = TypeVar("T")
+
+
+async def _pause(attempt: int) -> None:
+    await asyncio.sleep(min(10.0, 0.25 * 2**attempt))
+
+
+def _retryable(exc: Exception) -> bool:
+    """A failure worth asking the relay's offset again for: the connection or the relay (or a
+    proxy) failed, the request was slow, or the relay is pacing us."""
+    if isinstance(exc, RelayUnavailable):
+        return True
+    if isinstance(exc, RelayRejected):
+        if exc.code == RestErrorCode.TOO_MANY_UPLOADS:
+            return False
+        return exc.status >= 500 or exc.status in (408, 429) or exc.code == RestErrorCode.TRUNCATED
+    return False
+
+
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again after retryable failures, up to ``ATTEMPTS`` times."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await call()
+        except (RelayUnavailable, RelayRejected) as exc:
+            if not _retryable(exc) or attempt == ATTEMPTS:
+                raise
+        await _pause(attempt)
+    raise AssertionError("unreachable")
+
+
+def _open_uploads(core: Core) -> list[str]:
+    raw = core.store.get_secret(_OPEN_UPLOADS)
+    try:
+        ids = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+def _set_open_uploads(core: Core, ids: list[str]) -> None:
+    core.store.set_secret(_OPEN_UPLOADS, json.dumps(ids).encode() if ids else None)
+
+
+def _forget_upload(core: Core, upload_id: str) -> None:
+    _running.discard(upload_id)
+    _set_open_uploads(core, [i for i in _open_uploads(core) if i != upload_id])
+
+
+async def _cancel_upload(core: Core, upload_id: str) -> None:
+    """Delete an upload on the relay (best effort: kept in the store when that fails)."""
+    try:
+        await asyncio.wait_for(core.http.cancel_upload(upload_id), 10.0)
+    except (RelayUnavailable, RelayRejected, TimeoutError):
+        _running.discard(upload_id)  # a leftover now: the next upload deletes it
+        return
+    _forget_upload(core, upload_id)
+
+
+async def _abandon_leftovers(core: Core) -> None:
+    """Delete the uploads an earlier process of this profile left unfinished (killed, or
+    the relay unreachable when it gave up): each holds a slot and its size until it expires."""
+    for upload_id in _open_uploads(core):
+        if upload_id not in _running:
+            await _cancel_upload(core, upload_id)
+
+
+async def _create_upload(core: Core, total: int, name: str) -> UploadOut | None:
+    await _abandon_leftovers(core)
+    try:
+        # Not retried: a create whose answer was lost would leave an upload we cannot name.
+        upload = await core.http.create_upload(total)
+    except RelayRejected as exc:
+        if exc.code == RestErrorCode.TOO_MANY_UPLOADS:
+            raise AttachmentError(
+                f"this device has too many unfinished uploads on the relay: {exc.message}"
+            ) from None
+        raise _too_large(exc, name, total) from None
+    if upload is not None:
+        _running.add(upload.upload_id)
+        _set_open_uploads(core, [*_open_uploads(core), upload.upload_id])
+    return upload
+
+
+def _too_large(exc: RelayRejected, name: str, total: int) -> Exception:
+    if exc.code != "too_large":
+        return exc
+    return AttachmentError(
+        f"{name} is too large for this relay ({total:,} bytes encrypted and padded): {exc.message}"
+    )
+
+
+async def _send_chunks(
+    core: Core,
+    upload: UploadOut,
+    pieces: AsyncIterator[bytes],
+    total: int,
+    progress: Progress | None,
+) -> str:
+    """Upload the blob ``pieces`` make, chunk by chunk, resuming at the relay's offset;
+    returns the attachment id."""
+    upload_id = upload.upload_id
+    chunk_bytes = max(1, min(UPLOAD_CHUNK_BYTES, upload.chunk_bytes))
+    acked = upload.offset
+
+    async def send(window: bytes) -> None:
+        nonlocal acked
+        start = at = acked
+        end = start + len(window)
+        failures = 0
+        while at < end:
+            before = at
+            try:
+                at = await core.http.append_upload(upload_id, at, window[at - start :])
+            except OffsetMismatch as exc:
+                at = exc.offset
+            except (RelayUnavailable, RelayRejected) as exc:
+                if not _retryable(exc) or failures + 1 >= ATTEMPTS:
+                    raise
+                await _pause(failures + 1)
+                # The chunk may or may not have arrived: the relay says where it stands.
+                at = (await _patiently(lambda: core.http.upload_state(upload_id))).offset
+            if not start <= at <= end:  # we can resend only the window we hold
+                raise AttachmentError(
+                    f"the relay's upload is at byte {at:,}, outside the bytes "
+                    f"{start:,}..{end:,} this client still holds"
+                )
+            failures = 0 if at > before else failures + 1
+            if failures >= ATTEMPTS:
+                raise AttachmentError(f"the relay's upload is stuck at byte {at:,}")
+        acked = at
+        if progress:
+            progress(acked, total)
+
+    held = bytearray()
+    async for piece in pieces:
+        held += piece
+        while len(held) >= chunk_bytes:
+            await send(bytes(held[:chunk_bytes]))
+            del held[:chunk_bytes]
+    if held:
+        await send(bytes(held))
+    if acked != total:
+        raise AttachmentError(f"uploaded {acked:,} of {total:,} bytes")
+    return (await _patiently(lambda: core.http.finish_upload(upload_id))).id
+
+
 async def upload_file(
     core: Core, path: Path | str, *, progress: Progress | None = None
 ) -> AttachmentPointer:
@@ -70,8 +263,9 @@ async def upload_file(
     The file is padded with zeros to Signal's bucket (``crypto.attachments.padded_size``,
     at most 5 % more, 541 bytes at least), so the relay sees only the bucket. If the
     padded blob exceeds the relay's ``max_attachment_bytes`` (from ``/v1/config``), an
-    :class:`AttachmentError` is raised before anything is uploaded. ``progress`` counts
-    blob bytes (padding included) against the exact blob size.
+    :class:`AttachmentError` is raised before anything is uploaded. The upload is resumable
+    (module docstring); ``progress`` counts blob bytes the relay confirmed (padding
+    included) against the exact blob size.
     """
     path = Path(path)
     try:
@@ -93,46 +287,58 @@ async def upload_file(
     except OSError as exc:
         raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
     encryptor = AttachmentEncryptor()
-    sent = 0
-    piece = 1024 * 1024
 
-    def counted(out: bytes) -> bytes:
-        nonlocal sent
-        sent += len(out)
-        if progress and out:
-            progress(sent, total)
-        return out
-
-    async def chunks() -> AsyncIterator[bytes]:
+    async def pieces() -> AsyncIterator[bytes]:
         with handle:
-            while data := await asyncio.to_thread(handle.read, piece):
+            while data := await asyncio.to_thread(handle.read, _READ_BYTES):
                 out = encryptor.feed(data)
-                if encryptor.size > padded:  # the blob would exceed its Content-Length
+                if encryptor.size > padded:  # the blob would exceed its declared size
                     raise AttachmentError(f"{path} grew while it was being uploaded")
                 if out:
-                    yield counted(out)
+                    yield out
         # Zero padding up to the bucket, streamed; a file that shrank meanwhile is padded
         # further, so the blob is always exactly ``total`` bytes.
         while (missing := padded - encryptor.size - encryptor.padding) > 0:
-            out = encryptor.pad(min(missing, piece))
+            out = encryptor.pad(min(missing, _READ_BYTES))
             if out:
-                yield counted(out)
-        yield counted(encryptor.finish())
+                yield out
+        yield encryptor.finish()
 
     try:
-        answer = await core.http.upload_attachment(chunks(), total)
-    except RelayRejected as exc:
-        if exc.code != "too_large":
-            raise
-        raise AttachmentError(
-            f"{path.name} is too large for this relay ({total:,} bytes encrypted and "
-            f"padded): {exc.message}"
-        ) from None
+        upload = await _create_upload(core, total, path.name)
+        if upload is None:  # a relay without resumable uploads
+            blob_id = await _upload_whole(core, pieces(), total, path.name, progress)
+        else:
+            try:
+                blob_id = await _send_chunks(core, upload, pieces(), total, progress)
+            except BaseException:
+                await _cancel_upload(core, upload.upload_id)  # free its slot and bytes now
+                raise
+            _forget_upload(core, upload.upload_id)
     finally:
         handle.close()  # also when the upload failed before reading the file
-    blob_id = answer.id
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return encryptor.pointer(content_type=content_type, file_name=path.name[:255], blob_id=blob_id)
+
+
+async def _upload_whole(
+    core: Core, pieces: AsyncIterator[bytes], total: int, name: str, progress: Progress | None
+) -> str:
+    """The one-shot ``POST /v1/attachments`` (streamed); progress counts bytes sent."""
+    sent = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal sent
+        async for out in pieces:
+            sent += len(out)
+            if progress:
+                progress(sent, total)
+            yield out
+
+    try:
+        return (await core.http.upload_attachment(counted(), total)).id
+    except RelayRejected as exc:
+        raise _too_large(exc, name, total) from None
 
 
 async def download(

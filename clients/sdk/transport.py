@@ -49,9 +49,19 @@ from wire.rest import (
     RegisterOut,
     TokenIn,
     TokenOut,
+    UploadIn,
+    UploadOut,
 )
 
-__all__ = ["AUTH_LABEL", "RelayHttp", "RelaySocket", "SocketClosed", "b64", "unb64"]
+__all__ = [
+    "AUTH_LABEL",
+    "OffsetMismatch",
+    "RelayHttp",
+    "RelaySocket",
+    "SocketClosed",
+    "b64",
+    "unb64",
+]
 
 log = logging.getLogger("vox.transport")
 
@@ -59,6 +69,15 @@ AUTH_LABEL = b"VoxAuthChallenge-v1"
 
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class OffsetMismatch(RelayRejected):
+    """``409 offset_mismatch`` on a chunk of a resumable upload: the relay holds ``offset``
+    bytes; continue from there (``docs/protocol-ws.md`` §9.1)."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(409, RestErrorCode.OFFSET_MISMATCH, message)
+        self.offset = offset
 
 
 def _reason(exc: BaseException) -> str:
@@ -144,6 +163,9 @@ class RelayHttp:
             code, message = body.error, body.message or resp.reason_phrase
         except ValidationError:
             code, message = "error", resp.reason_phrase or "unexpected answer"
+        offset = resp.headers.get("Upload-Offset", "")
+        if resp.status_code == 409 and code == RestErrorCode.OFFSET_MISMATCH and offset.isdigit():
+            return OffsetMismatch(int(offset), message[:300])
         return RelayRejected(resp.status_code, code, message[:300])
 
     def _parse(self, resp: httpx.Response, model: type[Model], *, user: str | None = None) -> Model:
@@ -270,6 +292,45 @@ class RelayHttp:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         resp = await self.authed("POST", "/v1/attachments", content=chunks, headers=headers)
         return self._parse(resp, AttachmentCreated)
+
+    # Resumable uploads (docs/protocol-ws.md §9.1).
+
+    async def create_upload(self, size: int) -> UploadOut | None:
+        """``POST /v1/attachments/uploads``; ``None`` from a relay without resumable uploads
+        (it answers 404 or 405: the path is its download route's)."""
+        try:
+            resp = await self.authed("POST", "/v1/attachments/uploads", body=UploadIn(size=size))
+        except RelayRejected as exc:
+            if exc.status in (404, 405) and exc.code != RestErrorCode.UNKNOWN_UPLOAD:
+                return None
+            raise
+        return self._parse(resp, UploadOut)
+
+    async def upload_state(self, upload_id: str) -> UploadOut:
+        """``GET /v1/attachments/uploads/{id}``: where the upload stands."""
+        resp = await self.authed("GET", f"/v1/attachments/uploads/{upload_id}")
+        return self._parse(resp, UploadOut)
+
+    async def append_upload(self, upload_id: str, offset: int, chunk: bytes) -> int:
+        """``PATCH`` one chunk at ``offset``; returns the relay's new offset. Raises
+        :class:`OffsetMismatch` when the relay is elsewhere."""
+        headers = {"Content-Type": "application/octet-stream", "Upload-Offset": str(offset)}
+        path = f"/v1/attachments/uploads/{upload_id}"
+        resp = await self.authed("PATCH", path, content=chunk, headers=headers)
+        return self._parse(resp, UploadOut).offset
+
+    async def finish_upload(self, upload_id: str) -> AttachmentCreated:
+        """``POST /v1/attachments/uploads/{id}/finish`` (idempotent)."""
+        resp = await self.authed("POST", f"/v1/attachments/uploads/{upload_id}/finish")
+        return self._parse(resp, AttachmentCreated)
+
+    async def cancel_upload(self, upload_id: str) -> None:
+        """``DELETE /v1/attachments/uploads/{id}``; an upload already gone is fine."""
+        try:
+            await self.authed("DELETE", f"/v1/attachments/uploads/{upload_id}")
+        except RelayRejected as exc:
+            if exc.status != 404:
+                raise
 
     async def download_attachment(
         self, blob_id: str, sink: Callable[[bytes], Awaitable[None]]

@@ -1,0 +1,289 @@
+"""The SDK's resumable attachment uploads (docs/protocol-ws.md §9.1) through a real relay on
+loopback whose chunk size is its minimum (64 KiB), with a TCP proxy between the uploading
+client and the relay that records every chunk's ``Upload-Offset`` and can cut a chunk's
+connection midway or refuse chunks altogether; and the one-shot upload against a relay
+without resumable uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from starlette.routing import Route
+
+from clients.sdk import AttachmentError, Event, Message, RelayUnavailable, VoxClient
+from clients.sdk import attachments as sdk_attachments
+from crypto.attachments import ciphertext_size, padded_size
+from server.app import create_app
+from tests.clients.kit import wait_for
+from tests.server.relay_harness import Relay, make_settings, running_relay
+
+CHUNK = 64 * 1024
+_OFFSET = re.compile(rb"\r\nupload-offset: *(\d+)\r\n", re.IGNORECASE)
+
+
+class Proxy:
+    """A TCP proxy on loopback. ``offsets()``: the ``Upload-Offset`` of every chunk request
+    that went through, in order. ``cut_patch = n``: the n-th chunk request (1-based) is
+    cut off after ``cut_bytes`` of it went through. ``refuse``: requests starting with it
+    get their connection closed before anything reaches the relay."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.listen_port = 0
+        self.patches = 0
+        self.cut_patch: int | None = None
+        self.cut_bytes = 20_000
+        self.refuse: tuple[bytes, ...] = ()
+        self.streams: list[bytearray] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    def offsets(self) -> list[int]:
+        return [int(m) for s in self.streams for m in _OFFSET.findall(bytes(s))]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.listen_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        seen = bytearray()
+        self.streams.append(seen)
+
+        async def downstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await up_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+
+        back = asyncio.create_task(downstream())
+        budget: int | None = None
+        try:
+            while data := await reader.read(65536):
+                if data.startswith(self.refuse or (b"\0",)):
+                    break
+                if data.startswith(b"PATCH "):
+                    self.patches += 1
+                    if self.patches == self.cut_patch:
+                        budget = self.cut_bytes
+                if budget is not None:
+                    data = data[:budget]
+                    budget -= len(data)
+                seen += data
+                up_writer.write(data)
+                await up_writer.drain()
+                if budget == 0:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            # Abort both sides: the relay sees its chunk end early, the client a lost connection.
+            for w in (writer, up_writer):
+                w.transport.abort()
+            back.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await back
+
+
+def part_files(relay: Relay) -> list[Path]:
+    """The relay's unfinished uploads (one part file each)."""
+    uploads = relay.settings.data_dir.resolve() / "attachments" / "uploads"
+    return sorted(uploads.glob("*.part")) if uploads.exists() else []
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    settings = make_settings(tmp_path, limits={"max_upload_chunk_bytes": CHUNK})
+    async with running_relay(settings) as r:
+        yield r
+
+
+@pytest.fixture
+async def proxy(relay: Relay) -> AsyncIterator[Proxy]:
+    p = Proxy(relay.port)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.fixture
+def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_pause(attempt: int) -> None:
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(sdk_attachments, "_pause", no_pause)
+
+
+async def clients_via(
+    relay: Relay, proxy: Proxy, tmp_path: Path
+) -> tuple[VoxClient, VoxClient, list[Event]]:
+    """Alice (through the proxy) and bob (direct), connected; bob's events."""
+    alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+    events: list[Event] = []
+    bob.on_event(events.append)
+    await alice.connect()
+    await bob.connect()
+    return alice, bob, events
+
+
+async def received_intact(bob: VoxClient, events: list[Event], data: bytes, dest: Path) -> None:
+    await wait_for(lambda: any(isinstance(e, Message) and e.attachment for e in events))
+    message = next(e for e in events if isinstance(e, Message) and e.attachment)
+    out = await bob.download(message, dest)
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_multi_chunk_file_goes_up_chunk_by_chunk_and_arrives_intact(
+    relay: Relay, proxy: Proxy, tmp_path: Path
+) -> None:
+    alice, bob, events = await clients_via(relay, proxy, tmp_path)
+    try:
+        data = os.urandom(300_000)
+        source = tmp_path / "photo.bin"
+        source.write_bytes(data)
+        total = ciphertext_size(padded_size(len(data)))
+        progress: list[tuple[int, int]] = []
+        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+        chunks = -(-total // CHUNK)
+        assert chunks >= 5
+        assert proxy.offsets() == [i * CHUNK for i in range(chunks)]
+        # Progress is what the relay confirmed, chunk by chunk.
+        assert progress == [(min((i + 1) * CHUNK, total), total) for i in range(chunks)]
+        assert part_files(relay) == []
+        await received_intact(bob, events, data, tmp_path / "got.bin")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_connection_cut_mid_chunk_resumes_at_the_relays_offset(
+    relay: Relay, proxy: Proxy, tmp_path: Path
+) -> None:
+    alice, bob, events = await clients_via(relay, proxy, tmp_path)
+    try:
+        data = os.urandom(300_000)
+        source = tmp_path / "photo.bin"
+        source.write_bytes(data)
+        proxy.cut_patch = 3  # the third chunk's connection dies 20,000 bytes in
+        progress: list[tuple[int, int]] = []
+        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+        offsets = proxy.offsets()
+        # The cut chunk went again from the relay's offset; the two before it never did.
+        assert offsets[:4] == [0, CHUNK, 2 * CHUNK, 2 * CHUNK]
+        assert offsets == sorted(offsets) and offsets.count(0) == offsets.count(CHUNK) == 1
+        assert [d for d, _ in progress] == sorted({d for d, _ in progress})  # never backwards
+        assert part_files(relay) == []
+        await received_intact(bob, events, data, tmp_path / "got.bin")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_an_upload_that_fails_for_good_is_deleted_on_the_relay(
+    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+) -> None:
+    alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
+    try:
+        source = tmp_path / "photo.bin"
+        source.write_bytes(os.urandom(300_000))
+
+        # The file grows once a chunk is up: refused, and the upload deleted.
+        def grow(done: int, total: int) -> None:
+            with source.open("ab") as f:
+                f.write(os.urandom(2_000_000))
+
+        with pytest.raises(AttachmentError, match="grew"):
+            await alice.upload_file(source, progress=grow)
+        assert proxy.offsets()[0] == 0
+        assert part_files(relay) == []
+
+        # Every chunk's connection dies: the attempts run out, the upload is deleted.
+        source.write_bytes(os.urandom(300_000))
+        proxy.refuse = (b"PATCH ",)
+        with pytest.raises(RelayUnavailable):
+            await alice.upload_file(source)
+        assert part_files(relay) == []
+        assert sdk_attachments._open_uploads(alice) == []
+    finally:
+        await alice.close()
+
+
+async def test_an_upload_left_behind_is_deleted_by_the_next_one(
+    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+) -> None:
+    alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
+    try:
+        source = tmp_path / "photo.bin"
+        source.write_bytes(os.urandom(300_000))
+        # Neither the chunks nor the DELETE get through (the relay unreachable midway, or the
+        # process killed): the upload stays on the relay, holding a slot.
+        proxy.refuse = (b"PATCH ", b"DELETE ")
+        with pytest.raises(RelayUnavailable):
+            await alice.upload_file(source)
+        assert len(part_files(relay)) == 1
+        assert len(sdk_attachments._open_uploads(alice)) == 1
+        # The next upload (here after a restart of the client) deletes it first.
+        await alice.close()
+        alice = await VoxClient.open(tmp_path / "alice")
+        proxy.refuse = ()
+        pointer = await alice.upload_file(source)
+        assert pointer.blob_id
+        assert part_files(relay) == []
+        assert sdk_attachments._open_uploads(alice) == []
+    finally:
+        await alice.close()
+
+
+@pytest.fixture
+async def old_relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    """A relay as it was before resumable uploads: no ``/v1/attachments/uploads`` routes
+    (a POST there meets the download route: 405)."""
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    app.router.routes[:] = [
+        r
+        for r in app.router.routes
+        if not (isinstance(r, Route) and r.path.startswith("/v1/attachments/uploads"))
+    ]
+    async with running_relay(settings, app=app) as r:
+        yield r
+
+
+async def test_an_older_relay_gets_the_one_shot_upload(old_relay: Relay, tmp_path: Path) -> None:
+    alice = await VoxClient.register(tmp_path / "alice", old_relay.base_url, "alice")
+    bob = await VoxClient.register(tmp_path / "bob", old_relay.base_url, "bob")
+    events: list[Event] = []
+    bob.on_event(events.append)
+    try:
+        await alice.connect()
+        await bob.connect()
+        data = os.urandom(300_000)
+        source = tmp_path / "photo.bin"
+        source.write_bytes(data)
+        progress: list[tuple[int, int]] = []
+        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+        total = ciphertext_size(padded_size(len(data)))
+        assert progress[-1] == (total, total)
+        await received_intact(bob, events, data, tmp_path / "got.bin")
+    finally:
+        await alice.close()
+        await bob.close()
