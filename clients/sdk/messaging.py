@@ -16,8 +16,10 @@ from typing import Any
 
 from clients.sdk import group_admin, message_rules, peers, trust
 from clients.sdk.content import (
+    CONTENT_VERSION,
     AttachmentContent,
     Content,
+    ContentType,
     ConversationContent,
     DeleteContent,
     EditContent,
@@ -177,8 +179,8 @@ def history(core: Core, conversation: str, *, limit: int = 100) -> list[Message]
     delete or reaction of ours the relay has not accepted says so (:attr:`Message.unsent`)."""
     found = [message_from_stored(m) for m in core.store.history(conversation, limit=limit)]
     unsent: dict[str, list[tuple[str, str]]] = {}
-    for op in operations(core):
-        if op.target is not None and op.conversation == conversation:
+    for op in operations(core, conversation=conversation):
+        if op.target is not None:
             unsent.setdefault(op.target, []).append((op.kind, op.state))
     if not unsent:
         return found
@@ -247,12 +249,22 @@ def _save_failed(store: Store, failed: list[dict[str, Any]]) -> None:
     store.set_secret(_FAILED_KEY, json.dumps(kept).encode() if kept else None)
 
 
-def operations(core: Core) -> list[Operation]:
+#: The leading bytes (version, type) of a queued text or file: not an operation, not decoded.
+_MESSAGES = {
+    bytes((CONTENT_VERSION, ContentType.TEXT)),
+    bytes((CONTENT_VERSION, ContentType.ATTACHMENT)),
+}
+
+
+def operations(core: Core, *, conversation: str | None = None) -> list[Operation]:
     """Our operations the relay has not accepted: the queued ones (oldest first, in the order
     they will go out), then the ones refused for good (oldest first) — until a later operation
-    of the same kind on the same message (or the same user's verification) is accepted."""
+    of the same kind on the same message (or the same user's verification) is accepted.
+    ``conversation``: only that conversation's."""
     out: list[Operation] = []
-    for entry in core.store.outbox_pending():
+    for entry in core.store.outbox_pending(conversation=conversation):
+        if entry.payload[:2] in _MESSAGES:
+            continue
         try:
             content = decode_content(entry.payload)
         except VoxError:
@@ -262,6 +274,8 @@ def operations(core: Core) -> list[Operation]:
             at = int(entry.created_at * 1000)
             out.append(Operation(entry.message_id, kind, entry.conversation, target, "queued", at))
     for f in _load_failed(core.store):
+        if conversation is not None and f["c"] != conversation:
+            continue
         out.append(
             Operation(f["id"], f["kind"], f["c"], f["t"], "failed", int(f["at"]), f["reason"])
         )

@@ -254,8 +254,9 @@ class OutboxStore(Protocol):
         """Persist a send before it goes out (replaces an entry with the same id)."""
         ...
 
-    def outbox_pending(self) -> list[OutboxEntry]:
-        """Every send not yet accepted by the relay, oldest first."""
+    def outbox_pending(self, *, conversation: str | None = None) -> list[OutboxEntry]:
+        """Every send not yet accepted by the relay (or only ``conversation``'s), oldest
+        first."""
         ...
 
     def outbox_attempted(self, message_id: str) -> None:

@@ -297,8 +297,13 @@ class MemoryStore:
     def outbox_put(self, entry: OutboxEntry) -> None:
         self._s.outbox[entry.message_id] = entry
 
-    def outbox_pending(self) -> list[OutboxEntry]:
-        return sorted(self._s.outbox.values(), key=lambda e: (e.created_at, e.message_id))
+    def outbox_pending(self, *, conversation: str | None = None) -> list[OutboxEntry]:
+        entries = [
+            e
+            for e in self._s.outbox.values()
+            if conversation is None or e.conversation == conversation
+        ]
+        return sorted(entries, key=lambda e: (e.created_at, e.message_id))
 
     def outbox_attempted(self, message_id: str) -> None:
         e = self._s.outbox.get(message_id)

@@ -1074,8 +1074,15 @@ class SqliteStore:
             (entry.message_id, entry.conversation, entry.created_at, entry.attempts, sealed),
         )
 
-    def outbox_pending(self) -> list[OutboxEntry]:
-        rows = self._all("SELECT * FROM outbox ORDER BY created_at, message_id")
+    def outbox_pending(self, *, conversation: str | None = None) -> list[OutboxEntry]:
+        rows = (
+            self._all("SELECT * FROM outbox ORDER BY created_at, message_id")
+            if conversation is None
+            else self._all(
+                "SELECT * FROM outbox WHERE conversation = ? ORDER BY created_at, message_id",
+                (conversation,),
+            )
+        )
         return [
             OutboxEntry(r[0], r[1], self._open("outbox", _rk(r[0]), r[4]), r[2], r[3]) for r in rows
         ]

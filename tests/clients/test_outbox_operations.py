@@ -395,3 +395,31 @@ def test_an_accepted_unverify_clears_a_refused_verify_of_the_same_user() -> None
     assert [f["id"] for f in _load_failed(store)] == ["2", "3", "4"]
     outbox._clear_failed([("verify", None, "dave"), ("edit", "m1", "bob")])
     assert [f["id"] for f in _load_failed(store)] == ["2"]
+
+
+def test_history_decodes_only_the_conversations_queued_operations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from clients.sdk import messaging
+    from clients.sdk.content import EditContent, TextContent, decode_content
+    from clients.store import MemoryStore, OutboxEntry
+
+    store = MemoryStore()
+    target = b"\x01" * 16
+    queued = [("bob", TextContent(text=f"t{i}", sent_at_ms=i)) for i in range(5)]
+    queued += [(c, EditContent(target=target, text="x", sent_at_ms=9)) for c in ("bob", "carol")]
+    for at, (conversation, content) in enumerate(queued):
+        store.outbox_put(OutboxEntry(content.id_hex, conversation, content.to_bytes(), at))
+    decoded: list[bytes] = []
+
+    def counting(data: bytes) -> object:
+        decoded.append(data)
+        return decode_content(data)
+
+    monkeypatch.setattr(messaging, "decode_content", counting)
+    core = SimpleNamespace(store=store)
+    assert messaging.history(core, "bob") == []  # type: ignore[arg-type]
+    assert len(decoded) == 1  # the edit in bob's conversation; not the texts, not carol's
+    assert [op.conversation for op in messaging.operations(core)] == ["bob", "carol"]  # type: ignore[arg-type]

@@ -121,10 +121,10 @@ class BothStores(RuleBasedStateMachine):
     def consume_prekey(self, kind: PrekeyKind, key_id: int) -> None:
         self.same([s.consume_prekey(kind, key_id) for s in self.stores])
 
-    @rule(mid=IDS, payload=BLOBS, at=st.integers(0, 5))
-    def outbox_put(self, mid: str, payload: bytes, at: int) -> None:
+    @rule(mid=IDS, conv=CONVERSATIONS, payload=BLOBS, at=st.integers(0, 5))
+    def outbox_put(self, mid: str, conv: str, payload: bytes, at: int) -> None:
         for s in self.stores:
-            s.outbox_put(OutboxEntry(mid, "bob", payload, at))
+            s.outbox_put(OutboxEntry(mid, conv, payload, at))
 
     @rule(mid=IDS)
     def outbox_progress(self, mid: str) -> None:
@@ -182,6 +182,7 @@ class BothStores(RuleBasedStateMachine):
                 {c: s.history(c, limit=100) for c in ("bob", "carol", "group:g1")},
                 s.conversations(),
                 [(e.message_id, e.payload, e.attempts) for e in s.outbox_pending()],
+                [e.message_id for e in s.outbox_pending(conversation="bob")],
                 [m for m in (f"m{i}" for i in range(8)) if s.is_seen(m)],
                 [m for m in (f"m{i}" for i in range(8)) if s.is_gone(m)],
                 {k: (s.list_prekeys(k), s.next_prekey_id(k)) for k in PrekeyKind},
