@@ -282,6 +282,16 @@ def operations(core: Core, *, conversation: str | None = None) -> list[Operation
     return out
 
 
+@dataclasses.dataclass(slots=True)
+class _Write:
+    """A :meth:`Outbox.send` whose rows are not written yet."""
+
+    entry: OutboxEntry
+    content: Outgoing
+    local: Callable[[], object] | None
+    waiter: asyncio.Future[SendResult]
+
+
 class Outbox:
     """Honest sending of conversation messages: texts, files, edits, deletes, reactions and
     disappearing-timer changes.
@@ -289,7 +299,9 @@ class Outbox:
     A message is persisted (the outbox, and for a text or file the history as ``pending``;
     an edit, delete, reaction or timer change is applied locally at once) before it is handed
     to the engine as a *durable* send in its conversation's lane
-    (:class:`~clients.sdk.sendqueue.SendQueue`). Outcomes:
+    (:class:`~clients.sdk.sendqueue.SendQueue`); sends called in the same turn of the event
+    loop are written in one transaction (one commit for the burst), then handed over in call
+    order. Outcomes:
 
     * accepted → ``sent``; :meth:`send` returns the :class:`SendResult`;
     * the relay cannot take it now (unreachable, or ``busy``/``internal``/``rate_limited``
@@ -317,6 +329,8 @@ class Outbox:
         self._sent_timer: asyncio.TimerHandle | None = None
         #: Accepted operations whose ``sent`` is not written yet: (kind, target, conversation).
         self._accepted_ops: dict[str, tuple[str, str | None, str]] = {}
+        #: Sends called but not written yet (:meth:`_write_queued` runs in the next turn).
+        self._to_write: list[_Write] = []
 
     def load(self) -> None:
         """Hand the store's queued messages that the engine does not hold to it, oldest first
@@ -367,27 +381,57 @@ class Outbox:
                 content = dataclasses.replace(content, expire=expire)
         mid = content.message_id.hex()
         entry = OutboxEntry(mid, conversation, content.to_bytes(), self._stamp())
-        # Unsynced (survives a kill, not a power loss): the pipeline flushes before the first
-        # frame of it leaves, and the caller hears nothing before that.
-        with core.store.transaction(sync=False):
-            if local is not None:
-                local()
-            if isinstance(content, ChatContent):
-                core.protocol.record_outgoing(conversation, content)
-            elif not isinstance(content, VerifiedContent):
-                address = core.identity.address
-                message_rules.apply(
-                    core.store, conversation, address, content, time.time(),
-                    own=core.username, pending=True,
-                )  # fmt: skip
-            core.store.outbox_put(entry)
         waiter: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self._waiting[mid] = waiter
+        self._to_write.append(_Write(entry, content, local, waiter))
+        if len(self._to_write) == 1:  # sends begun in this turn of the loop commit together
+            asyncio.get_running_loop().call_soon(self._write_queued)
         try:
-            self._submit(conversation, content)
             return await waiter
         finally:
             self._waiting.pop(mid, None)
+
+    def _write_queued(self) -> None:
+        """Write the sends queued since the last call in one transaction (one commit for a
+        burst of concurrent :meth:`send` calls), then hand them to the engine in call order.
+        If that transaction fails it is rolled back and each is written alone, so one bad send
+        fails only its own caller."""
+        batch, self._to_write = self._to_write, []
+        written: list[_Write] = []
+        try:
+            # Unsynced (survives a kill, not a power loss): the pipeline flushes before the
+            # first frame of it leaves, and the caller hears nothing before that.
+            with self.core.store.transaction(sync=False):
+                for write in batch:
+                    self._write(write)
+            written = batch
+        except Exception:
+            for write in batch:
+                try:
+                    with self.core.store.transaction(sync=False):
+                        self._write(write)
+                except Exception as exc:
+                    if not write.waiter.done():
+                        write.waiter.set_exception(exc)
+                else:
+                    written.append(write)
+        for write in written:
+            self._submit(write.entry.conversation, write.content)
+
+    def _write(self, write: _Write) -> None:
+        """A send's rows: its local effect, the history or the operation applied, the outbox."""
+        core, conversation, content = self.core, write.entry.conversation, write.content
+        if write.local is not None:
+            write.local()
+        if isinstance(content, ChatContent):
+            core.protocol.record_outgoing(conversation, content)
+        elif not isinstance(content, VerifiedContent):
+            address = core.identity.address
+            message_rules.apply(
+                core.store, conversation, address, content, time.time(),
+                own=core.username, pending=True,
+            )  # fmt: skip
+        core.store.outbox_put(write.entry)
 
     def _check_recipient(self, conversation: str) -> None:
         if is_group_conversation(conversation):

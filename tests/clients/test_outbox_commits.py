@@ -1,0 +1,57 @@
+"""Store commits on the send path: concurrent sends write their history and outbox rows in one
+transaction (one commit for the burst, not one each), in call order, and a send whose rows
+cannot be written fails alone (real relay, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from clients.sdk import DeliveryState
+from clients.sdk.content import TextContent
+from clients.store import SqliteStore
+from tests.clients.conftest import Factory
+from tests.clients.kit import receive_texts, texts
+
+BURST = 5
+
+
+async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    store = alice.store
+    assert isinstance(store, SqliteStore)
+    log: list[str] = []
+    store._conn.set_trace_callback(log.append)
+    results = await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
+    store._conn.set_trace_callback(None)
+    puts = [i for i, s in enumerate(log) if s.startswith("INSERT OR REPLACE INTO outbox")]
+    assert len(puts) == BURST
+    assert "COMMIT" not in log[puts[0] : puts[-1]]  # every send's rows in one transaction
+    assert store.outbox_pending() == []
+    states = {m.message_id: m.state for m in store.history("bob")}
+    assert {states[r.id] for r in results} == {DeliveryState.SENT}
+    received = await receive_texts(bob, "alice", BURST + 1)
+    assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
+
+
+async def test_a_send_whose_rows_fail_fails_alone(make_client: Factory) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    contents = [TextContent(text=f"m{i}", sent_at_ms=1) for i in range(3)]
+    outcomes = await asyncio.gather(
+        alice.outbox.send("bob", contents[0]),
+        alice.outbox.send("bob", contents[1], local=broken),
+        alice.outbox.send("bob", contents[2]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], OSError)
+    assert not isinstance(outcomes[0], BaseException)
+    assert not isinstance(outcomes[2], BaseException)
+    assert alice.store.get_message(contents[1].message_id.hex()) is None  # no trace
+    assert alice.store.outbox_pending() == []
+    received = await receive_texts(bob, "alice", 3)
+    assert texts(received, "alice") == ["set-up", "m0", "m2"]
