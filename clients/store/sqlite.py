@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.store import search
+from clients.store.checkpoint import BACKSTOP_PAGES, Checkpointer
 from clients.store.errors import KeyFileError, StoreCorrupted, StoreError, WrongPassphrase
 from clients.store.lock import ProfileLock
 from clients.store.models import (
@@ -197,6 +198,8 @@ class SqliteStore:
         self.path = path
         #: The write-ahead log :meth:`flush` fsyncs (None: not in WAL mode, commits sync).
         self._wal = path.with_name(path.name + "-wal") if wal else None
+        #: Checkpoints the WAL in its own thread (None: not in WAL mode).
+        self._checkpointer = Checkpointer(path) if wal else None
         self._mutex = threading.RLock()
         self._depth = 0
         # Read-through caches of the rows read on every message (this process holds the
@@ -234,6 +237,7 @@ class SqliteStore:
         lock = ProfileLock(home)
         lock.acquire(lock_timeout)
         conn: sqlite3.Connection | None = None
+        store: SqliteStore | None = None
         try:
             path = home / DB_NAME
             fresh = not path.exists()
@@ -247,6 +251,9 @@ class SqliteStore:
                 # In WAL mode FULL = NORMAL + an fsync of the WAL after each commit; that
                 # fsync is ours (``flush``), so commits can share one, off the event loop.
                 conn.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
+                # Checkpoints run in the checkpointer's thread, not inside COMMIT; SQLite's
+                # own remains only as a backstop (clients/store/checkpoint.py).
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 has_meta = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
@@ -265,6 +272,8 @@ class SqliteStore:
                 store.flush()  # the schema's commit
             return store
         except BaseException:
+            if store is not None and store._checkpointer is not None:
+                store._checkpointer.close()
             if conn is not None:
                 conn.close()
             lock.release()
@@ -420,9 +429,26 @@ class SqliteStore:
         else:
             (home / KEY_FILE_NAME).unlink(missing_ok=True)
 
+    def checkpoint(self) -> tuple[int, int, int]:
+        """A passive WAL checkpoint on the checkpointer's connection, in the calling thread
+        (it copies and fsyncs: not on the event loop). SQLite's (busy, WAL frames, frames
+        checkpointed); ``(0, -1, -1)`` if the store is not in WAL mode."""
+        if self._checkpointer is None:
+            return (0, -1, -1)
+        try:
+            return self._checkpointer.checkpoint()
+        except sqlite3.Error as exc:
+            raise StoreError(f"local store: checkpoint: {exc}") from None
+
     def close(self) -> None:
-        """Close the database and release the profile lock (idempotent)."""
+        """Checkpoint and truncate the WAL, close the database and release the profile lock
+        (idempotent)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._mutex:
+            with contextlib.suppress(sqlite3.Error):
+                if self._wal is not None and not self._depth:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._lock.release()
@@ -466,8 +492,11 @@ class SqliteStore:
                 raise
         finally:
             self._depth = 0
-        if sync and self._conn.total_changes != changes:
-            self.flush()
+        if self._conn.total_changes != changes:
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
+            if sync:
+                self.flush()
 
     def _forget_cached(self) -> None:
         self._peers.clear()
