@@ -21,14 +21,18 @@ upload.
 chunk). An upload that fails for good (the file changed, the relay refused a chunk, the
 attempts ran out, the task was cancelled) is deleted on the relay at once (``DELETE``), so
 it holds none of the device's ``max_concurrent_uploads_per_device`` slots nor its reserved
-bytes. When that ``DELETE`` cannot reach the relay either, the upload id stays in the
-profile's store and the next upload deletes it first (the relay cannot list a device's
-uploads). An upload is not resumed after the process ends: a retried ``send-file`` starts
-again (resuming would need the attachment key, the file's identity and a re-read of the
-file up to the offset to rebuild the digest; the outbox takes the message only once its
-upload is finished). A relay without resumable uploads (``404``/``405`` on
-``POST /v1/attachments/uploads``) gets the one-shot ``POST /v1/attachments``, streamed as
-well; there a dropped connection fails the upload.
+bytes. When that ``DELETE`` cannot reach the relay either (or the process was killed), the
+upload stays listed in the profile's store (encrypted secrets: upload id, attachment key,
+the file's identity = path, size, mtime in ns, device, inode, blob size). The next upload of
+**the same unchanged file** resumes it, in a new process too (``vox send-file`` again): the
+same key gives the same blob (deterministic nonces, zero padding), so the file is read and
+encrypted again from the start to rebuild the digest, and only the bytes past the relay's
+offset are sent. Any other upload deletes such leftovers first (the relay cannot list a
+device's uploads). A file changed without changing any of those (same size and mtime) would
+make a blob that fails the recipient's digest check: refused there, never silently wrong.
+A relay without resumable uploads (``404``/``405`` on ``POST /v1/attachments/uploads``)
+gets the one-shot ``POST /v1/attachments``, streamed as well; there a dropped connection
+fails the upload.
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from clients.sdk.models import Message, SendResult
 from clients.sdk.peers import check_user
 from clients.sdk.transport import OffsetMismatch
 from clients.store.models import is_group_conversation
+from crypto import primitives
 from crypto.attachments import (
     DEFAULT_CHUNK_SIZE,
+    KEY_SIZE,
     AttachmentDecryptor,
     AttachmentEncryptor,
     AttachmentPointer,
@@ -139,22 +145,36 @@ async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-def _open_uploads(core: Core) -> list[str]:
+def _file_identity(path: Path, st: os.stat_result, total: int) -> str:
+    """What must not have changed for an upload of ``path`` to be resumed by another
+    process: where it is, its size, its modification time (ns), its inode; and the blob size."""
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_dev}|{st.st_ino}|{total}"
+
+
+def _open_uploads(core: Core) -> list[dict[str, str]]:
+    """This profile's unfinished uploads: ``{"id", "file", "key"}`` (file identity and
+    attachment key in hex, to resume it), kept in the store's encrypted secrets."""
     raw = core.store.get_secret(_OPEN_UPLOADS)
     try:
-        ids = json.loads(raw) if raw else []
+        entries = json.loads(raw) if raw else []
     except ValueError:
         return []
-    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+    if not isinstance(entries, list):
+        return []
+    return [
+        e
+        for e in entries
+        if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("id", "file", "key"))
+    ]
 
 
-def _set_open_uploads(core: Core, ids: list[str]) -> None:
-    core.store.set_secret(_OPEN_UPLOADS, json.dumps(ids).encode() if ids else None)
+def _set_open_uploads(core: Core, entries: list[dict[str, str]]) -> None:
+    core.store.set_secret(_OPEN_UPLOADS, json.dumps(entries).encode() if entries else None)
 
 
 def _forget_upload(core: Core, upload_id: str) -> None:
     _running.discard(upload_id)
-    _set_open_uploads(core, [i for i in _open_uploads(core) if i != upload_id])
+    _set_open_uploads(core, [e for e in _open_uploads(core) if e["id"] != upload_id])
 
 
 async def _cancel_upload(core: Core, upload_id: str) -> None:
@@ -170,12 +190,36 @@ async def _cancel_upload(core: Core, upload_id: str) -> None:
 async def _abandon_leftovers(core: Core) -> None:
     """Delete the uploads an earlier process of this profile left unfinished (killed, or
     the relay unreachable when it gave up): each holds a slot and its size until it expires."""
-    for upload_id in _open_uploads(core):
-        if upload_id not in _running:
-            await _cancel_upload(core, upload_id)
+    for entry in _open_uploads(core):
+        if entry["id"] not in _running:
+            await _cancel_upload(core, entry["id"])
 
 
-async def _create_upload(core: Core, total: int, name: str) -> UploadOut | None:
+async def _resumable(core: Core, identity: str, total: int) -> tuple[UploadOut, bytes] | None:
+    """An upload of this very file that an earlier process left unfinished, still on the
+    relay, with its attachment key; ``None`` when there is none."""
+    for entry in _open_uploads(core):
+        if entry["file"] != identity or entry["id"] in _running:
+            continue
+        try:
+            state = await core.http.upload_state(entry["id"])
+            key = bytes.fromhex(entry["key"])
+        except RelayRejected as exc:
+            if exc.status != 404:
+                raise
+            _forget_upload(core, entry["id"])  # expired, or the relay lost it
+            continue
+        except ValueError:
+            continue  # a damaged entry: deleted as a leftover
+        if state.size == total:
+            _running.add(state.upload_id)
+            return state, key
+    return None
+
+
+async def _create_upload(
+    core: Core, total: int, name: str, identity: str, key: bytes
+) -> UploadOut | None:
     await _abandon_leftovers(core)
     try:
         # Not retried: a create whose answer was lost would leave an upload we cannot name.
@@ -188,7 +232,8 @@ async def _create_upload(core: Core, total: int, name: str) -> UploadOut | None:
         raise _too_large(exc, name, total) from None
     if upload is not None:
         _running.add(upload.upload_id)
-        _set_open_uploads(core, [*_open_uploads(core), upload.upload_id])
+        entry = {"id": upload.upload_id, "file": identity, "key": key.hex()}
+        _set_open_uploads(core, [*_open_uploads(core), entry])
     return upload
 
 
@@ -208,10 +253,13 @@ async def _send_chunks(
     progress: Progress | None,
 ) -> str:
     """Upload the blob ``pieces`` make, chunk by chunk, resuming at the relay's offset;
-    returns the attachment id."""
+    returns the attachment id. ``pieces`` make the whole blob: of an upload resumed by
+    another process, what the relay has is made again (for the digest) but not sent."""
     upload_id = upload.upload_id
     chunk_bytes = max(1, min(UPLOAD_CHUNK_BYTES, upload.chunk_bytes))
-    acked = upload.offset
+    acked = skip = upload.offset
+    if skip and progress:
+        progress(skip, total)
 
     async def send(window: bytes) -> None:
         nonlocal acked
@@ -244,6 +292,10 @@ async def _send_chunks(
 
     held = bytearray()
     async for piece in pieces:
+        if skip:  # the relay has these bytes already
+            cut = min(skip, len(piece))
+            skip -= cut
+            piece = piece[cut:]
         held += piece
         while len(held) >= chunk_bytes:
             await send(bytes(held[:chunk_bytes]))
@@ -269,9 +321,10 @@ async def upload_file(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
+    size = st.st_size
     padded = padded_size(size)
     total = ciphertext_size(padded, DEFAULT_CHUNK_SIZE)
     limit: float | None = None
@@ -286,7 +339,16 @@ async def upload_file(
         handle = await asyncio.to_thread(path.open, "rb")
     except OSError as exc:
         raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
-    encryptor = AttachmentEncryptor()
+    identity = _file_identity(path, st, total)
+    try:
+        resumed = await _resumable(core, identity, total)
+    except BaseException:
+        handle.close()
+        raise
+    # Resumed: the same key makes the same blob (deterministic nonces), so the bytes the
+    # relay has and the digest of the whole blob match what is made again now.
+    key = resumed[1] if resumed else primitives.random_bytes(KEY_SIZE)
+    encryptor = AttachmentEncryptor(rng=lambda n: key)
 
     async def pieces() -> AsyncIterator[bytes]:
         with handle:
@@ -305,7 +367,9 @@ async def upload_file(
         yield encryptor.finish()
 
     try:
-        upload = await _create_upload(core, total, path.name)
+        upload = (
+            resumed[0] if resumed else await _create_upload(core, total, path.name, identity, key)
+        )
         if upload is None:  # a relay without resumable uploads
             blob_id = await _upload_whole(core, pieces(), total, path.name, progress)
         else:

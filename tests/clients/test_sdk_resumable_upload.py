@@ -41,7 +41,7 @@ class Proxy:
         self.cut_patch: int | None = None
         self.cut_bytes = 20_000
         self.refuse: tuple[bytes, ...] = ()
-        self.streams: list[bytearray] = []
+        self.patch_offsets: list[int] = []
         self._server: asyncio.Server | None = None
 
     @property
@@ -49,7 +49,7 @@ class Proxy:
         return f"http://127.0.0.1:{self.listen_port}"
 
     def offsets(self) -> list[int]:
-        return [int(m) for s in self.streams for m in _OFFSET.findall(bytes(s))]
+        return list(self.patch_offsets)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -63,14 +63,13 @@ class Proxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        seen = bytearray()
-        self.streams.append(seen)
 
         async def downstream() -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await up_reader.read(65536):
                     writer.write(data)
                     await writer.drain()
+            writer.close()  # the relay closed it (e.g. idle keep-alive): so does the client
 
         back = asyncio.create_task(downstream())
         budget: int | None = None
@@ -79,13 +78,15 @@ class Proxy:
                 if data.startswith(self.refuse or (b"\0",)):
                     break
                 if data.startswith(b"PATCH "):
+                    head = _OFFSET.search(data)  # the request head comes in one piece
+                    assert head is not None
+                    self.patch_offsets.append(int(head[1]))
                     self.patches += 1
                     if self.patches == self.cut_patch:
                         budget = self.cut_bytes
                 if budget is not None:
                     data = data[:budget]
                     budget -= len(data)
-                seen += data
                 up_writer.write(data)
                 await up_writer.drain()
                 if budget == 0:
@@ -241,16 +242,56 @@ async def test_an_upload_left_behind_is_deleted_by_the_next_one(
             await alice.upload_file(source)
         assert len(part_files(relay)) == 1
         assert len(sdk_attachments._open_uploads(alice)) == 1
-        # The next upload (here after a restart of the client) deletes it first.
+        # The next upload of another file (here after a restart of the client) deletes it.
         await alice.close()
         alice = await VoxClient.open(tmp_path / "alice")
         proxy.refuse = ()
-        pointer = await alice.upload_file(source)
+        other = tmp_path / "other.bin"
+        other.write_bytes(os.urandom(1_000))
+        pointer = await alice.upload_file(other)
         assert pointer.blob_id
         assert part_files(relay) == []
         assert sdk_attachments._open_uploads(alice) == []
     finally:
         await alice.close()
+
+
+async def test_an_upload_left_behind_by_a_process_is_resumed_by_the_next_send_of_that_file(
+    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+) -> None:
+    alice, bob, events = await clients_via(relay, proxy, tmp_path)
+    try:
+        data = os.urandom(300_000)
+        source = tmp_path / "photo.bin"
+        source.write_bytes(data)
+
+        # Two chunks go up, then the relay becomes unreachable for chunks and the DELETE.
+        def unreachable_after_two(done: int, total: int) -> None:
+            if done == 2 * CHUNK:
+                proxy.refuse = (b"PATCH ", b"DELETE ")
+
+        with pytest.raises(RelayUnavailable):
+            await alice.send_file("bob", source, progress=unreachable_after_two)
+        assert len(part_files(relay)) == 1
+        # A new process sends the same file: it goes on from the relay's offset (the blob
+        # made again under the same key is the same), and bob gets the file intact.
+        await alice.close()
+        alice = await VoxClient.open(tmp_path / "alice")
+        await alice.connect()
+        proxy.refuse = ()
+        before = len(proxy.offsets())
+        progress: list[tuple[int, int]] = []
+        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+        total = ciphertext_size(padded_size(len(data)))
+        resumed = proxy.offsets()[before:]
+        assert resumed == [i * CHUNK for i in range(2, -(-total // CHUNK))]
+        assert progress[0] == (2 * CHUNK, total) and progress[-1] == (total, total)
+        assert part_files(relay) == []
+        assert sdk_attachments._open_uploads(alice) == []
+        await received_intact(bob, events, data, tmp_path / "got.bin")
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 @pytest.fixture
