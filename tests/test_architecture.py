@@ -105,3 +105,10 @@ def test_the_client_engine_does_no_io(module: str) -> None:
     path = REPO / module
     assert sorted(_imports(path) & IO_MODULES) == []
     assert sorted(_sdk_imports(path) & IO_SDK_MODULES) == []
+
+
+def test_the_client_shell_stays_thin() -> None:
+    # Issue 10: VoxClient is the asyncio shell (sockets, HTTP, tasks, the clock) in at most
+    # 400 lines; protocol decisions and features live in the engine and the feature modules.
+    lines = (REPO / "clients/sdk/client.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 400, f"clients/sdk/client.py has {lines} lines"
