@@ -300,11 +300,15 @@ class DeviceConnection:
 
     def ack(self, seqs: list[int]) -> None:
         """Acks from the client: only envelopes delivered on this connection count."""
-        unknown = [seq for seq in seqs if seq not in self._inflight]
+        inflight = self._inflight
+        unknown = []
         fresh = []
-        for seq in seqs:
-            if self._inflight.get(seq) is False:
-                self._inflight[seq] = True
+        for seq in seqs:  # one pass: False = delivered, True = ack already on its way
+            state = inflight.get(seq)
+            if state is None:
+                unknown.append(seq)
+            elif state is False:
+                inflight[seq] = True
                 fresh.append(seq)
         if fresh:
             self._service.writer_for(self.device.device_pk).submit(

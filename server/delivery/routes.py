@@ -182,6 +182,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     conn.wake()  # (re)deliver whatever is queued
     pk, account = device.device_pk, device.account_id
     receive = ws.receive
+    frames, frame_bytes = budgets.frames, budgets.frame_bytes
+    sends, account_sends = budgets.sends, budgets.account_sends
     try:
         while True:
             message = await receive()
@@ -192,9 +194,12 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             text = message.get("text")
             size = _utf8_len(text) if text is not None else len(message.get("bytes") or b"")
             try:
-                # Charged before anything looks inside the frame.
-                await _charge(budgets.frames, pk)
-                await _charge(budgets.frame_bytes, pk, size)
+                # Charged before anything looks inside the frame. Inlined ``_charge``: a local
+                # bucket (or a lease in hand) is spent synchronously, no coroutine per charge.
+                if not frames.take(pk):
+                    await frames.spend(pk)
+                if not frame_bytes.take(pk, size):
+                    await frame_bytes.spend(pk, size)
             except RateLimited:
                 conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 continue
@@ -207,8 +212,10 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             try:
                 frame = parse_text(text)
                 if isinstance(frame, SendFrame):
-                    await _charge(budgets.sends, pk)
-                    await _charge(budgets.account_sends, account)
+                    if not sends.take(pk):
+                        await sends.spend(pk)
+                    if not account_sends.take(account):
+                        await account_sends.spend(account)
                 service.handle_frame(conn, frame)
             except FrameError as exc:
                 if exc.code == "malformed":

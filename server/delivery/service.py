@@ -285,7 +285,9 @@ class DeliveryService:
 
     def _handle_send(self, conn: DeviceConnection, frame: SendFrame) -> None:
         cfg = self.config
-        recipients = sum(len(p.to) for p in frame.payloads)
+        recipients = 0
+        for p in frame.payloads:
+            recipients += len(p.to)
         if recipients > cfg.max_recipients:
             raise FrameError(
                 ErrorCode.TOO_MANY_RECIPIENTS,
