@@ -18,13 +18,22 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["BACKSTOP_PAGES", "CHECKPOINT_COMMITS", "IDLE_SECONDS", "Checkpointer"]
+__all__ = [
+    "BACKSTOP_PAGES",
+    "CATCH_UP_ROUNDS",
+    "CHECKPOINT_COMMITS",
+    "IDLE_SECONDS",
+    "Checkpointer",
+]
 
 #: Changing commits between two worker checkpoints (a received message's commit writes ~14
 #: pages, so about SQLite's default of 1000 pages).
 CHECKPOINT_COMMITS = 64
 #: Seconds without a commit after which the worker checkpoints what is left.
 IDLE_SECONDS = 1.0
+#: Passive checkpoints in a row at most, while commits made during one left frames behind (the
+#: WAL starts over only at a write that finds every frame checkpointed).
+CATCH_UP_ROUNDS = 4
 #: ``wal_autocheckpoint`` of the store's connection: SQLite checkpoints inside a commit only
 #: once the WAL holds this many pages (16 MiB of 4 KiB pages), i.e. only if the worker fails.
 BACKSTOP_PAGES = 4000
@@ -89,7 +98,12 @@ class Checkpointer:
                 continue
             seen = self._done_at = commits
             try:
-                self.checkpoint()
+                last = -1
+                for _ in range(CATCH_UP_ROUNDS):  # each round copies what the last one left
+                    _, log, done = self.checkpoint()
+                    if (log == last and done >= log) or self._closing:
+                        break  # nothing committed during the last round
+                    last = log
             except sqlite3.Error:  # the backstop (wal_autocheckpoint) bounds the WAL
                 self.failures += 1
 
