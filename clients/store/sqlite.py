@@ -210,6 +210,8 @@ class SqliteStore:
         # commit (a burst advances one session many times; only its last state is kept).
         self._dirty_sessions: dict[tuple[str, int], bytes] = {}
         self._settings: dict[str, str | None] = {}
+        #: Whether any message was deleted for me (``gone:`` seen ids); ``None``: not read yet.
+        self._any_gone: bool | None = None
         self._secrets: dict[str, bytes | None] = {}
 
     # ------------------------------------------------------------------ opening
@@ -921,11 +923,22 @@ class SqliteStore:
 
     def forget_message(self, message_id: str, at: float) -> bool:
         with self.transaction():
+            self._any_gone = True  # a rollback leaves it set: only a lookup too many
             self.mark_seen(GONE_PREFIX + message_id, at)
             return self.delete_message(message_id)
 
     def is_gone(self, message_id: str) -> bool:
-        return self.is_seen(GONE_PREFIX + message_id)
+        # Asked for every received message: a profile that never deleted one for itself
+        # (the usual case) answers from memory instead of a lookup per message.
+        if self._any_gone is None:
+            self._any_gone = (
+                self._one(
+                    "SELECT 1 FROM seen WHERE message_id >= ? AND message_id < ? LIMIT 1",
+                    (GONE_PREFIX, GONE_PREFIX[:-1] + chr(ord(GONE_PREFIX[-1]) + 1)),
+                )
+                is not None
+            )
+        return self._any_gone and self.is_seen(GONE_PREFIX + message_id)
 
     def expired_messages(self, now: float) -> list[StoredMessage]:
         rows = self._all(

@@ -457,3 +457,21 @@ def test_a_messages_search_tokens_go_in_one_statement(tmp_path: Path) -> None:
         assert len(inserts) == 4  # 300 + 300 + 100 rows
         for word in ("w0", "w350", "w699", "two"):
             assert len(store.search_messages(word)) == 1
+
+
+def test_a_tombstone_is_found_after_reopening_and_a_profile_without_one_is_not_asked(
+    tmp_path: Path,
+) -> None:
+    # is_gone is asked for every received message: without any tombstone it answers from
+    # memory (no statement); one written earlier is found after the store is reopened.
+    store = SqliteStore.open(tmp_path / "p")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    assert not store.is_gone("m1") and not store.is_gone("m2")
+    assert len([s for s in statements if "FROM seen" in s]) == 1  # the one existence check
+    store.forget_message("m1", 1.0)
+    assert store.is_gone("m1") and not store.is_gone("m2")
+    store.close()
+    again = SqliteStore.open(tmp_path / "p")
+    assert again.is_gone("m1") and not again.is_gone("m2")
+    again.close()
