@@ -105,14 +105,6 @@ interface OutboxEntry {
 export const OWN_DEVICES_LANE = ":own-devices";
 /** Group membership changes are not queued (see ``announce``). */
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
-/** Sends of one conversation on their way at once (the lane fence keeps their order). */
-export const LANE_WINDOW = 8;
-/** What became of one attempt at a send (see ``Engine.sendContent``). */
-type SendOutcome = "accepted" | "retry" | "failed" | "requeue";
-/** A relay older than the lane fence refuses the ``after`` field itself (protocol-ws §3.1.4). */
-function refusesAfter(answer: Record<string, unknown>): boolean {
-  return String(answer["message"] ?? "").startsWith("after");
-}
 /** A queued send that the relay could not take now is tried again this much later while connected. */
 const RETRY_CONNECTED_MS = 10_000;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
@@ -170,10 +162,6 @@ export class Engine {
   /** Conversations whose queue is being sent (one message at a time each), and those asked again meanwhile. */
   private pumps = new Map<string, Promise<void>>();
   private pumpAgain = new Set<string>();
-  private pumpWake = new Map<string, () => void>();
-  /** Whether the relay takes ``after`` (false once it refused the field: an older relay). */
-  private fence = true;
-
   groups = new Map<string, Group>();
   /** Processed envelope ids → when they were processed (ms). */
   private seen = new Map<string, number>();
@@ -864,29 +852,25 @@ export class Engine {
   }
 
   /**
-   * Send ``conv``'s queue oldest first (protocol-client §4.6), up to ``LANE_WINDOW`` sends on
-   * their way at once in a direct conversation (or our own devices' lane), each naming the one
-   * before it in ``after`` — the relay's lane fence (protocol-ws §3.1.4) refuses a send whose
-   * predecessor is not stored, so nothing overtakes a refused or lost message. A group's queue
-   * (encrypted under the sender key as it goes) has one send on its way at a time; so has every
-   * queue once the relay refused ``after`` itself (a relay older than the fence). A message
-   * that must wait for the connection holds every later one of its conversation back.
+   * Send ``conv``'s queue oldest first, one message at a time: the next goes only once the
+   * relay accepted (or refused for good) the previous one; a message that must wait for the
+   * connection holds every later one of its conversation back (protocol-client §4.6).
    */
   private pump(conv: string): Promise<void> {
     const running = this.pumps.get(conv);
     if (running) {
       this.pumpAgain.add(conv);
-      this.pumpWake.get(conv)?.(); // new entries: the running pump may put them on their way
       return running;
     }
     const run = async (): Promise<void> => {
       try {
         do {
           this.pumpAgain.delete(conv);
-          const lane = await this.sendLane(conv);
-          if (lane === "requeue") {
-            this.pumpAgain.add(conv); // sent again from the oldest, at once
-          } else if (lane === "retry") {
+          for (;;) {
+            let next: OutboxEntry | undefined;
+            for (const e of this.outbox.values()) if (e.to === conv && (!next || (e.seq ?? 0) < (next.seq ?? 0))) next = e;
+            if (!next) return;
+            if ((await this.deliverOutbox(next)) !== "retry") continue;
             // Kept; sent again after the next connect, or soon if we are still connected.
             if (this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), RETRY_CONNECTED_MS);
             break;
@@ -894,7 +878,6 @@ export class Engine {
         } while (this.pumpAgain.has(conv) && this.status === "online");
       } finally {
         this.pumps.delete(conv);
-        this.pumpWake.delete(conv);
       }
     };
     const p = run();
@@ -902,47 +885,8 @@ export class Engine {
     return p;
   }
 
-  /**
-   * One pass over ``conv``'s queue with a window of sends on their way: "done" when it is
-   * empty, "retry" when a send must wait (the later ones in flight are drained first), and
-   * "requeue" when sends were refused because their predecessor is not stored (or the relay
-   * refused ``after``): the queue is sent again from its oldest entry.
-   */
-  private async sendLane(conv: string): Promise<"done" | "retry" | "requeue"> {
-    const inFlight: { e: OutboxEntry; outcome: Promise<SendOutcome> }[] = [];
-    let stop: "retry" | "requeue" | null = null;
-    for (;;) {
-      const window = conv.startsWith("group:") || !this.fence ? 1 : LANE_WINDOW;
-      while (!stop && inFlight.length < window && this.status === "online") {
-        let next: OutboxEntry | undefined;
-        for (const e of this.outbox.values()) {
-          if (e.to !== conv || inFlight.some((f) => f.e === e)) continue;
-          if (!next || (e.seq ?? 0) < (next.seq ?? 0)) next = e;
-        }
-        if (!next) break;
-        // The nearest earlier send not yet seen accepted: the relay stores this one only after it.
-        const after = inFlight.length ? (inFlight[inFlight.length - 1] as { e: OutboxEntry }).e.id : undefined;
-        let written = (): void => undefined;
-        const onWire = new Promise<void>((resolve) => (written = resolve));
-        const outcome = this.deliverOutbox(next, after, written);
-        inFlight.push({ e: next, outcome });
-        await Promise.race([onWire, outcome]); // frames of a lane leave in its order
-      }
-      const head = inFlight[0];
-      if (!head) return stop ?? (this.status === "online" ? "done" : "retry");
-      let wake = (): void => undefined;
-      const woken = new Promise<null>((resolve) => (wake = () => resolve(null)));
-      this.pumpWake.set(conv, wake);
-      const first = await Promise.race([head.outcome, woken]);
-      if (first === null) continue; // a new entry: put it on its way if the window allows
-      inFlight.shift();
-      if (first === "retry") stop = "retry";
-      else if (first === "requeue" && stop !== "retry") stop = "requeue";
-    }
-  }
-
   /** One attempt at a queued group message: encrypted under our sender key when it goes. */
-  private async deliverGroup(e: OutboxEntry): Promise<SendOutcome> {
+  private async deliverGroup(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
     if (this.status !== "online") return "retry";
     try {
       this.checkTrusted(e.to); // the group still exists (we may have left), no unaccepted key change
@@ -954,13 +898,12 @@ export class Engine {
     }
   }
 
-  /** One attempt at a queued entry (``after``: its lane predecessor still on its way). */
-  private async deliverOutbox(e: OutboxEntry, after?: string, written?: () => void): Promise<SendOutcome> {
+  private async deliverOutbox(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
     const answer = e.to.startsWith("group:")
       ? await this.deliverGroup(e)
       : e.to === OWN_DEVICES_LANE
-        ? await this.sendContent(this.user, e.id, e.content, { transcript: false, after, written })
-        : await this.sendContent(e.to, e.id, e.content, { transcript: true, after, written });
+        ? await this.sendContent(this.user, e.id, e.content, { transcript: false })
+        : await this.sendContent(e.to, e.id, e.content, { transcript: true });
     if (answer === "accepted") {
       this.outbox.delete(e.id);
       const m = this.findMessage(e.id);
@@ -982,32 +925,27 @@ export class Engine {
       await this.store.commit(changes);
       this.changed();
     }
-    // "retry": stays in the outbox and is resent after the next (re)connect; "requeue": resent
-    // behind its predecessor (no attempt counted).
+    // "retry": stays in the outbox and is resent after the next (re)connect.
     return answer;
   }
 
   /**
    * Encrypt a content for every device of ``to`` and our other devices (a transcript for
    * texts/files), send it with client id ``id``, and follow mismatches. Returns "accepted",
-   * "retry" (connection trouble: keep it queued), "requeue" (``after`` was given and the
-   * predecessor is not stored, or the relay does not know ``after``: send it again behind the
-   * predecessor) or "failed". Encrypting and writing the frame hold the send lock; waiting for
-   * the answer does not (``written`` is called once the frame is on the socket).
+   * "retry" (connection trouble: keep it queued) or "failed".
    */
-  private async sendContent(
+  private sendContent(
     to: string | string[],
     id: string,
     content: Uint8Array,
-    opts: { transcript: boolean; ephemeral?: boolean; after?: string | undefined; written?: (() => void) | undefined },
-  ): Promise<SendOutcome> {
+    opts: { transcript: boolean; ephemeral?: boolean; extra?: () => Promise<{ data: string; to: { user: string; device: number }[] }[]> },
+  ): Promise<"accepted" | "retry" | "failed"> {
     const users = typeof to === "string" ? [to] : [...new Set(to)].sort();
-    const me = this.user;
-    try {
+    return this.sendLock.run(async () => {
+      const me = this.user;
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const sent = await this.sendLock.run(async (): Promise<SendOutcome | { answer: Promise<Answer> }> => {
-          if (this.status !== "online") return "retry";
-          if (opts.after !== undefined && !this.fence) return "requeue"; // see below
+        if (this.status !== "online") return "retry";
+        try {
           const theirs: { user: string; device: number }[] = [];
           for (const u of users) {
             if (u !== me && this.keyChanged(u)) throw new UntrustedIdentity(`${u}'s safety number changed`);
@@ -1028,47 +966,29 @@ export class Engine {
           if (!payloads.length) return users.length === 1 && users[0] === me ? "accepted" : "failed";
           const frame: Record<string, unknown> = { type: "send", id, payloads, ttl: sendTtl(content) };
           if (opts.ephemeral) frame["ephemeral"] = true;
-          if (opts.after !== undefined) {
-            // Meant to follow its predecessor: never sent unfenced (the relay turned out not to
-            // know ``after`` meanwhile) — back behind it, sent once it is answered.
-            if (!this.fence) return "requeue";
-            frame["after"] = opts.after;
-          }
-          return { answer: this.transmit(frame) }; // the answer is awaited outside the lock
-        });
-        opts.written?.();
-        if (typeof sent === "string") return sent;
-        const answer = await sent.answer;
-        if (answer.type === "accepted") return "accepted";
-        if (answer.type === "mismatch") {
-          await this.sendLock.run(async () => {
+          const answer = await this.transmit(frame);
+          if (answer.type === "accepted") return "accepted";
+          if (answer.type === "mismatch") {
             const stale = (answer["stale"] as { user: string; device: number }[]) ?? [];
-            const changes: [string, unknown][] = [];
+            const changes2: [string, unknown][] = [];
             for (const d of stale) {
               this.sessions.delete(sessionKey(d.user, d.device));
-              changes.push([sessionKey(d.user, d.device), undefined]);
+              changes2.push([sessionKey(d.user, d.device), undefined]);
             }
-            await this.store.commit(changes);
-          });
-          continue;
+            await this.store.commit(changes2);
+            continue;
+          }
+          if (answer["code"] === "disconnected" || answer["code"] === "internal" || answer["code"] === "busy" || answer["code"] === "shutting_down") return "retry";
+          return "failed";
+        } catch (e) {
+          if (e instanceof Offline) return "retry";
+          if (e instanceof UntrustedIdentity) return "failed";
+          console.warn("send failed", e);
+          return "failed";
         }
-        const code = answer["code"];
-        if (code === "predecessor_missing") return "requeue";
-        if (code === "bad_frame" && refusesAfter(answer)) {
-          this.fence = false; // a relay older than the fence: one send per lane, no ``after``
-          return "requeue";
-        }
-        if (code === "disconnected" || code === "internal" || code === "busy" || code === "shutting_down") return "retry";
-        return "failed";
       }
       return "failed";
-    } catch (e) {
-      opts.written?.();
-      if (e instanceof Offline) return "retry";
-      if (e instanceof UntrustedIdentity) return "failed";
-      console.warn("send failed", e);
-      return "failed";
-    }
+    });
   }
 
   /**
@@ -1623,7 +1543,7 @@ export class Engine {
     return idHex;
   }
 
-  private async sendGroupContent(gid: string, idHex: string, content: Uint8Array): Promise<SendOutcome> {
+  private async sendGroupContent(gid: string, idHex: string, content: Uint8Array): Promise<"accepted" | "retry" | "failed"> {
     const me = this.identity as Identity;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const g = structuredClone(this.groups.get(gid) as Group);
