@@ -19,6 +19,7 @@ shown notification. So:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -210,11 +211,19 @@ def test_a_push_reaches_the_closed_app_as_a_content_free_notification(
         # That payload, delivered to the service worker as the browser's push service would.
         cdp, rid = push_session(blank, relay.url)
         before = len(requests)
-        cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {"origin": relay.url, "registrationId": rid, "data": push.body.decode()},
-        )
-        notes = wait_until(lambda: worker_notifications(ctx), "the notification")
+        notes: list[dict[str, Any]] = []
+        for _ in range(4):
+            # Under load a push handed over while Chromium is still stopping the closed app's
+            # worker was seen to vanish (once in a CI run); DevTools' delivery has no retry of
+            # its own, so hand it over again (the tag makes repeats one notification).
+            cdp.send(
+                "ServiceWorker.deliverPushMessage",
+                {"origin": relay.url, "registrationId": rid, "data": push.body.decode()},
+            )
+            with contextlib.suppress(AssertionError):
+                notes = wait_until(lambda: worker_notifications(ctx), "the notification", 15)
+                break
+        assert notes, "no notification after four pushes"
         assert [(n["title"], n["body"], n["tag"]) for n in notes] == [
             ("AcmeChat", "New message", "vox-new-messages")
         ]
