@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,17 +134,47 @@ def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sdk_attachments, "_pause", no_pause)
 
 
-async def clients_via(
-    relay: Relay, proxy: Proxy, tmp_path: Path
-) -> tuple[VoxClient, VoxClient, list[Event]]:
+@dataclass
+class Pair:
     """Alice (through the proxy) and bob (direct), connected; bob's events."""
+
+    alice: VoxClient
+    bob: VoxClient
+    events: list[Event]
+
+
+@pytest.fixture
+async def pair(relay: Relay, proxy: Proxy, tmp_path: Path) -> AsyncIterator[Pair]:
     alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
     bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
-    events: list[Event] = []
-    bob.on_event(events.append)
-    await alice.connect()
-    await bob.connect()
-    return alice, bob, events
+    p = Pair(alice, bob, [])
+    bob.on_event(p.events.append)
+    try:
+        await alice.connect()
+        await bob.connect()
+        yield p
+    finally:
+        await p.alice.close()  # a test may have reopened alice
+        await bob.close()
+
+
+@pytest.fixture
+async def alice(proxy: Proxy, tmp_path: Path) -> AsyncIterator[VoxClient]:
+    """Alice alone, through the proxy, not connected."""
+    client = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> tuple[Path, bytes]:
+    """A 300,000-byte file of random bytes (five chunks once encrypted) and its content."""
+    data = os.urandom(300_000)
+    source = tmp_path / "photo.bin"
+    source.write_bytes(data)
+    return source, data
 
 
 async def received_intact(bob: VoxClient, events: list[Event], data: bytes, dest: Path) -> None:
@@ -154,144 +185,126 @@ async def received_intact(bob: VoxClient, events: list[Event], data: bytes, dest
 
 
 async def test_a_multi_chunk_file_goes_up_chunk_by_chunk_and_arrives_intact(
-    relay: Relay, proxy: Proxy, tmp_path: Path
+    relay: Relay, proxy: Proxy, pair: Pair, photo: tuple[Path, bytes], tmp_path: Path
 ) -> None:
-    alice, bob, events = await clients_via(relay, proxy, tmp_path)
-    try:
-        data = os.urandom(300_000)
-        source = tmp_path / "photo.bin"
-        source.write_bytes(data)
-        total = ciphertext_size(padded_size(len(data)))
-        progress: list[tuple[int, int]] = []
-        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
-        chunks = -(-total // CHUNK)
-        assert chunks >= 5
-        assert proxy.offsets() == [i * CHUNK for i in range(chunks)]
-        # Progress is what the relay confirmed, chunk by chunk.
-        assert progress == [(min((i + 1) * CHUNK, total), total) for i in range(chunks)]
-        assert part_files(relay) == []
-        await received_intact(bob, events, data, tmp_path / "got.bin")
-    finally:
-        await alice.close()
-        await bob.close()
+    source, data = photo
+    total = ciphertext_size(padded_size(len(data)))
+    progress: list[tuple[int, int]] = []
+    await pair.alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+    chunks = -(-total // CHUNK)
+    assert chunks >= 5
+    assert proxy.offsets() == [i * CHUNK for i in range(chunks)]
+    # Progress is what the relay confirmed, chunk by chunk.
+    assert progress == [(min((i + 1) * CHUNK, total), total) for i in range(chunks)]
+    assert part_files(relay) == []
+    await received_intact(pair.bob, pair.events, data, tmp_path / "got.bin")
 
 
 async def test_a_connection_cut_mid_chunk_resumes_at_the_relays_offset(
-    relay: Relay, proxy: Proxy, tmp_path: Path
+    relay: Relay, proxy: Proxy, pair: Pair, photo: tuple[Path, bytes], tmp_path: Path
 ) -> None:
-    alice, bob, events = await clients_via(relay, proxy, tmp_path)
-    try:
-        data = os.urandom(300_000)
-        source = tmp_path / "photo.bin"
-        source.write_bytes(data)
-        proxy.cut_patch = 3  # the third chunk's connection dies 20,000 bytes in
-        progress: list[tuple[int, int]] = []
-        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
-        offsets = proxy.offsets()
-        # The cut chunk went again from the relay's offset; the two before it never did.
-        assert offsets[:4] == [0, CHUNK, 2 * CHUNK, 2 * CHUNK]
-        assert offsets == sorted(offsets) and offsets.count(0) == offsets.count(CHUNK) == 1
-        assert [d for d, _ in progress] == sorted({d for d, _ in progress})  # never backwards
-        assert part_files(relay) == []
-        await received_intact(bob, events, data, tmp_path / "got.bin")
-    finally:
-        await alice.close()
-        await bob.close()
+    source, data = photo
+    proxy.cut_patch = 3  # the third chunk's connection dies 20,000 bytes in
+    progress: list[tuple[int, int]] = []
+    await pair.alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+    offsets = proxy.offsets()
+    # The cut chunk went again from the relay's offset; the two before it never did.
+    assert offsets[:4] == [0, CHUNK, 2 * CHUNK, 2 * CHUNK]
+    assert offsets == sorted(offsets) and offsets.count(0) == offsets.count(CHUNK) == 1
+    assert [d for d, _ in progress] == sorted({d for d, _ in progress})  # never backwards
+    assert part_files(relay) == []
+    await received_intact(pair.bob, pair.events, data, tmp_path / "got.bin")
 
 
 async def test_an_upload_that_fails_for_good_is_deleted_on_the_relay(
-    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+    relay: Relay, proxy: Proxy, alice: VoxClient, photo: tuple[Path, bytes], no_pauses: None
 ) -> None:
-    alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
-    try:
-        source = tmp_path / "photo.bin"
-        source.write_bytes(os.urandom(300_000))
+    source, _ = photo
 
-        # The file grows once a chunk is up: refused, and the upload deleted.
-        def grow(done: int, total: int) -> None:
-            with source.open("ab") as f:
-                f.write(os.urandom(2_000_000))
+    # The file grows once a chunk is up: refused, and the upload deleted.
+    def grow(done: int, total: int) -> None:
+        with source.open("ab") as f:
+            f.write(os.urandom(2_000_000))
 
-        with pytest.raises(AttachmentError, match="grew"):
-            await alice.upload_file(source, progress=grow)
-        assert proxy.offsets()[0] == 0
-        assert part_files(relay) == []
+    with pytest.raises(AttachmentError, match="grew"):
+        await alice.upload_file(source, progress=grow)
+    assert proxy.offsets()[0] == 0
+    assert part_files(relay) == []
 
-        # Every chunk's connection dies: the attempts run out, the upload is deleted.
-        source.write_bytes(os.urandom(300_000))
-        proxy.refuse = (b"PATCH ",)
-        with pytest.raises(RelayUnavailable):
-            await alice.upload_file(source)
-        assert part_files(relay) == []
-        assert sdk_attachments._open_uploads(alice) == []
-    finally:
-        await alice.close()
+    # Every chunk's connection dies: the attempts run out, the upload is deleted.
+    source.write_bytes(os.urandom(300_000))
+    proxy.refuse = (b"PATCH ",)
+    with pytest.raises(RelayUnavailable):
+        await alice.upload_file(source)
+    assert part_files(relay) == []
+    assert sdk_attachments._open_uploads(alice) == []
 
 
 async def test_an_upload_left_behind_is_deleted_by_the_next_one(
-    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+    relay: Relay,
+    proxy: Proxy,
+    alice: VoxClient,
+    photo: tuple[Path, bytes],
+    tmp_path: Path,
+    no_pauses: None,
 ) -> None:
-    alice = await VoxClient.register(tmp_path / "alice", proxy.base_url, "alice")
+    source, _ = photo
+    # Neither the chunks nor the DELETE get through (the relay unreachable midway, or the
+    # process killed): the upload stays on the relay, holding a slot.
+    proxy.refuse = (b"PATCH ", b"DELETE ")
+    with pytest.raises(RelayUnavailable):
+        await alice.upload_file(source)
+    assert len(part_files(relay)) == 1
+    assert len(sdk_attachments._open_uploads(alice)) == 1
+    # The next upload of another file (here after a restart of the client) deletes it.
+    await alice.close()
+    reopened = await VoxClient.open(tmp_path / "alice")
     try:
-        source = tmp_path / "photo.bin"
-        source.write_bytes(os.urandom(300_000))
-        # Neither the chunks nor the DELETE get through (the relay unreachable midway, or the
-        # process killed): the upload stays on the relay, holding a slot.
-        proxy.refuse = (b"PATCH ", b"DELETE ")
-        with pytest.raises(RelayUnavailable):
-            await alice.upload_file(source)
-        assert len(part_files(relay)) == 1
-        assert len(sdk_attachments._open_uploads(alice)) == 1
-        # The next upload of another file (here after a restart of the client) deletes it.
-        await alice.close()
-        alice = await VoxClient.open(tmp_path / "alice")
         proxy.refuse = ()
         other = tmp_path / "other.bin"
         other.write_bytes(os.urandom(1_000))
-        pointer = await alice.upload_file(other)
+        pointer = await reopened.upload_file(other)
         assert pointer.blob_id
         assert part_files(relay) == []
-        assert sdk_attachments._open_uploads(alice) == []
+        assert sdk_attachments._open_uploads(reopened) == []
     finally:
-        await alice.close()
+        await reopened.close()
 
 
 async def test_an_upload_left_behind_by_a_process_is_resumed_by_the_next_send_of_that_file(
-    relay: Relay, proxy: Proxy, tmp_path: Path, no_pauses: None
+    relay: Relay,
+    proxy: Proxy,
+    pair: Pair,
+    photo: tuple[Path, bytes],
+    tmp_path: Path,
+    no_pauses: None,
 ) -> None:
-    alice, bob, events = await clients_via(relay, proxy, tmp_path)
-    try:
-        data = os.urandom(300_000)
-        source = tmp_path / "photo.bin"
-        source.write_bytes(data)
+    source, data = photo
 
-        # Two chunks go up, then the relay becomes unreachable for chunks and the DELETE.
-        def unreachable_after_two(done: int, total: int) -> None:
-            if done == 2 * CHUNK:
-                proxy.refuse = (b"PATCH ", b"DELETE ")
+    # Two chunks go up, then the relay becomes unreachable for chunks and the DELETE.
+    def unreachable_after_two(done: int, total: int) -> None:
+        if done == 2 * CHUNK:
+            proxy.refuse = (b"PATCH ", b"DELETE ")
 
-        with pytest.raises(RelayUnavailable):
-            await alice.send_file("bob", source, progress=unreachable_after_two)
-        assert len(part_files(relay)) == 1
-        # A new process sends the same file: it goes on from the relay's offset (the blob
-        # made again under the same key is the same), and bob gets the file intact.
-        await alice.close()
-        alice = await VoxClient.open(tmp_path / "alice")
-        await alice.connect()
-        proxy.refuse = ()
-        before = len(proxy.offsets())
-        progress: list[tuple[int, int]] = []
-        await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
-        total = ciphertext_size(padded_size(len(data)))
-        resumed = proxy.offsets()[before:]
-        assert resumed == [i * CHUNK for i in range(2, -(-total // CHUNK))]
-        assert progress[0] == (2 * CHUNK, total) and progress[-1] == (total, total)
-        assert part_files(relay) == []
-        assert sdk_attachments._open_uploads(alice) == []
-        await received_intact(bob, events, data, tmp_path / "got.bin")
-    finally:
-        await alice.close()
-        await bob.close()
+    with pytest.raises(RelayUnavailable):
+        await pair.alice.send_file("bob", source, progress=unreachable_after_two)
+    assert len(part_files(relay)) == 1
+    # A new process sends the same file: it goes on from the relay's offset (the blob
+    # made again under the same key is the same), and bob gets the file intact.
+    await pair.alice.close()
+    pair.alice = await VoxClient.open(tmp_path / "alice")
+    await pair.alice.connect()
+    proxy.refuse = ()
+    before = len(proxy.offsets())
+    progress: list[tuple[int, int]] = []
+    await pair.alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
+    total = ciphertext_size(padded_size(len(data)))
+    resumed = proxy.offsets()[before:]
+    assert resumed == [i * CHUNK for i in range(2, -(-total // CHUNK))]
+    assert progress[0] == (2 * CHUNK, total) and progress[-1] == (total, total)
+    assert part_files(relay) == []
+    assert sdk_attachments._open_uploads(pair.alice) == []
+    await received_intact(pair.bob, pair.events, data, tmp_path / "got.bin")
 
 
 @pytest.fixture
@@ -309,7 +322,10 @@ async def old_relay(tmp_path: Path) -> AsyncIterator[Relay]:
         yield r
 
 
-async def test_an_older_relay_gets_the_one_shot_upload(old_relay: Relay, tmp_path: Path) -> None:
+async def test_an_older_relay_gets_the_one_shot_upload(
+    old_relay: Relay, photo: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    source, data = photo
     alice = await VoxClient.register(tmp_path / "alice", old_relay.base_url, "alice")
     bob = await VoxClient.register(tmp_path / "bob", old_relay.base_url, "bob")
     events: list[Event] = []
@@ -317,9 +333,6 @@ async def test_an_older_relay_gets_the_one_shot_upload(old_relay: Relay, tmp_pat
     try:
         await alice.connect()
         await bob.connect()
-        data = os.urandom(300_000)
-        source = tmp_path / "photo.bin"
-        source.write_bytes(data)
         progress: list[tuple[int, int]] = []
         await alice.send_file("bob", source, progress=lambda d, t: progress.append((d, t)))
         total = ciphertext_size(padded_size(len(data)))

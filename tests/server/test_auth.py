@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,18 +20,6 @@ from tests.server.relay_harness import (
     running_relay,
     table_snapshot,
 )
-
-
-@pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    async with running_relay(make_settings(tmp_path)) as r:
-        yield r
-
-
-@pytest.fixture
-async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with relay.client() as client:
-        yield client
 
 
 @pytest.fixture

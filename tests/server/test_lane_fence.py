@@ -179,6 +179,16 @@ async def test_after_is_refused_on_an_ephemeral_send_and_on_the_send_itself(
         assert await w.counts() == (0, 0, 0)
 
 
+#: One writer keeping four one-send batches in flight: a lane's sends land in different,
+#: concurrently committing batches.
+PIPELINED: dict[str, Any] = {
+    "commit_writers": 1,
+    "commit_pipeline": 4,
+    "commit_max_batch": 1,
+    "commit_max_wait": 0.0,
+}
+
+
 @pytest.mark.postgres
 async def test_a_predecessor_still_committing_in_an_earlier_batch_is_waited_for(
     tmp_path: Path, postgres_url: str
@@ -187,14 +197,7 @@ async def test_a_predecessor_still_committing_in_an_earlier_batch_is_waited_for(
     predecessor's uncommitted row, so it waits for the predecessor's answer (never refused
     for that, never stored before it)."""
     n = 60
-    async with alice_and_bob(
-        tmp_path,
-        postgres_url,
-        commit_writers=1,
-        commit_pipeline=4,
-        commit_max_batch=1,
-        commit_max_wait=0.0,
-    ) as (w, a, b):
+    async with alice_and_bob(tmp_path, postgres_url, **PIPELINED) as (w, a, b):
         bob = w["bob", 1]
         for i in range(n):
             after = f"m{i - 1}" if i else None
@@ -214,14 +217,7 @@ async def test_a_repeat_of_a_send_waiting_for_its_predecessor_gets_its_answer(
     """A send held for its predecessor (pipelined batches) and repeated meanwhile: both copies
     are answered with the same ``accepted``, and it is stored once."""
     n = 20
-    async with alice_and_bob(
-        tmp_path,
-        postgres_url,
-        commit_writers=1,
-        commit_pipeline=4,
-        commit_max_batch=1,
-        commit_max_wait=0.0,
-    ) as (w, a, _):
+    async with alice_and_bob(tmp_path, postgres_url, **PIPELINED) as (w, a, _):
         bob = w["bob", 1]
         frames = [
             send(f"m{i}", [bob], f"n{i}".encode(), after=f"m{i - 1}" if i else None)

@@ -13,7 +13,6 @@ import pytest
 
 from server.logs import JsonFormatter
 from tests.server.relay_harness import (
-    Relay,
     TestAccount,
     auth_header,
     b64,
@@ -21,18 +20,6 @@ from tests.server.relay_harness import (
     running_relay,
     table_snapshot,
 )
-
-
-@pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    async with running_relay(make_settings(tmp_path)) as r:
-        yield r
-
-
-@pytest.fixture
-async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with relay.client() as client:
-        yield client
 
 
 async def test_config_serves_brand_policy_and_limits(tmp_path: Path) -> None:

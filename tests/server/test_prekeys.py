@@ -47,12 +47,6 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         yield r
 
 
-@pytest.fixture
-async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with relay.client() as client:
-        yield client
-
-
 def _error(resp: httpx.Response, status: int, code: str) -> None:
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == code, resp.json()

@@ -59,12 +59,6 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
         yield r
 
 
-@pytest.fixture
-async def http(relay: Relay) -> AsyncIterator[httpx.AsyncClient]:
-    async with relay.client() as client:
-        yield client
-
-
 def _refused(resp: httpx.Response, code: str, *words: str) -> None:
     assert resp.status_code == 400, resp.text
     body = resp.json()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.web.support import (
     RelayProc,
@@ -26,84 +29,95 @@ from tests.web.support import (
 CHUNK_BYTES = 65536  # the relay's max_upload_chunk_bytes in this test (its minimum)
 
 
-def test_a_multi_chunk_upload_resumes_after_drops_and_arrives_intact(
-    browser: Any, tmp_path: Path
-) -> None:
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RelayProc]:
+    """A relay process whose upload chunks are the smallest allowed."""
     (tmp_path / "relay").mkdir()
-    relay = RelayProc(
+    proc = RelayProc(
         tmp_path / "relay" / "vox-data",
         env={"VOX_LIMITS__MAX_UPLOAD_CHUNK_BYTES": str(CHUNK_BYTES)},
     )
-    relay.start()
-    ctx = browser.new_context()
-    ctx.set_default_timeout(120_000)
+    proc.start()
     try:
-        alice, bob = unique("alice"), unique("bob")
-        vox = Vox(tmp_path / "bob", relay, bob).register()
-        patches: list[tuple[int, int, str]] = []  # (Upload-Offset, length, what happened)
-        others: list[str] = []
-
-        def uploads(route: Any) -> None:
-            req = route.request
-            if req.method != "PATCH":
-                others.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
-                route.continue_()
-                return
-            offset, length = int(req.headers["upload-offset"]), len(req.post_data_buffer)
-            if len(patches) == 2:  # the 3rd chunk: the connection drops before the relay
-                patches.append((offset, length, "dropped"))
-                route.abort("connectionreset")
-            elif len(patches) == 4:  # the 5th: the relay stores it, its answer is lost
-                stored = route.fetch()
-                patches.append((offset, length, f"stored {stored.status}, answer lost"))
-                route.abort("connectionreset")
-            else:
-                patches.append((offset, length, "ok"))
-                route.continue_()
-
-        ctx.route("**/v1/attachments/uploads**", uploads)
-        one_shot: list[str] = []
-        ctx.on(
-            "request",
-            lambda r: (
-                one_shot.append(r.url)
-                if r.method == "POST" and r.url.endswith("/v1/attachments")
-                else None
-            ),
-        )
-        page = open_app(ctx, relay)
-        register_in_browser(page, alice)
-        open_chat(page, bob)
-        data = b"".join(i.to_bytes(4, "big") for i in range(150_000)) + b"tail"  # ~586 KiB
-        page.get_by_test_id("attach-file").set_input_files(
-            files=[{"name": "big.bin", "mimeType": "application/octet-stream", "buffer": data}]
-        )
-        page.wait_for_selector(
-            '[data-testid="message"][data-state="sent"] [data-testid="attachment"]'
-        )
-        got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
-        att = next(m["attachment"] for m in got if m.get("attachment"))
-        assert att["name"] == "big.bin" and att["size"] == len(data)
-        assert Path(att["path"]).read_bytes() == data
-
-        # Chunk by chunk, never more than the relay's chunk size per request.
-        assert len(patches) >= 8
-        assert all(0 < length <= CHUNK_BYTES for _, length, _ in patches)
-        assert one_shot == []  # not the one-shot upload
-        # The dropped chunk was sent again from the same offset...
-        assert patches[2][2] == "dropped" and patches[3][0] == patches[2][0]
-        # ...the stored one was not: the next chunk starts where the relay's offset was.
-        assert patches[4][2] == "stored 200, answer lost"
-        assert patches[5][0] == patches[4][0] + patches[4][1]
-        # In order, without gaps, from 0 to the end (repeats only where a chunk was lost).
-        sent = [(o, n) for o, n, what in patches if what != "dropped"]
-        assert [o for o, _ in sent] == [sum(n for _, n in sent[:i]) for i in range(len(sent))]
-        # Resumed by asking the relay where it stands (once per drop), then finished.
-        assert others[0] == "POST " and others[-1].endswith("/finish")
-        assert sum(1 for o in others if o.startswith("GET ")) == 2
+        yield proc
     finally:
-        ctx.close()
-        relay.stop()
+        proc.stop()
+
+
+@pytest.fixture
+def ctx(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    context.set_default_timeout(120_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def test_a_multi_chunk_upload_resumes_after_drops_and_arrives_intact(
+    relay: RelayProc, ctx: Any, tmp_path: Path
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    vox = Vox(tmp_path / "bob", relay, bob).register()
+    patches: list[tuple[int, int, str]] = []  # (Upload-Offset, length, what happened)
+    others: list[str] = []
+
+    def uploads(route: Any) -> None:
+        req = route.request
+        if req.method != "PATCH":
+            others.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
+            route.continue_()
+            return
+        offset, length = int(req.headers["upload-offset"]), len(req.post_data_buffer)
+        if len(patches) == 2:  # the 3rd chunk: the connection drops before the relay
+            patches.append((offset, length, "dropped"))
+            route.abort("connectionreset")
+        elif len(patches) == 4:  # the 5th: the relay stores it, its answer is lost
+            stored = route.fetch()
+            patches.append((offset, length, f"stored {stored.status}, answer lost"))
+            route.abort("connectionreset")
+        else:
+            patches.append((offset, length, "ok"))
+            route.continue_()
+
+    ctx.route("**/v1/attachments/uploads**", uploads)
+    one_shot: list[str] = []
+    ctx.on(
+        "request",
+        lambda r: (
+            one_shot.append(r.url)
+            if r.method == "POST" and r.url.endswith("/v1/attachments")
+            else None
+        ),
+    )
+    page = open_app(ctx, relay)
+    register_in_browser(page, alice)
+    open_chat(page, bob)
+    data = b"".join(i.to_bytes(4, "big") for i in range(150_000)) + b"tail"  # ~586 KiB
+    page.get_by_test_id("attach-file").set_input_files(
+        files=[{"name": "big.bin", "mimeType": "application/octet-stream", "buffer": data}]
+    )
+    page.wait_for_selector('[data-testid="message"][data-state="sent"] [data-testid="attachment"]')
+    got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+    att = next(m["attachment"] for m in got if m.get("attachment"))
+    assert att["name"] == "big.bin" and att["size"] == len(data)
+    assert Path(att["path"]).read_bytes() == data
+
+    # Chunk by chunk, never more than the relay's chunk size per request.
+    assert len(patches) >= 8
+    assert all(0 < length <= CHUNK_BYTES for _, length, _ in patches)
+    assert one_shot == []  # not the one-shot upload
+    # The dropped chunk was sent again from the same offset...
+    assert patches[2][2] == "dropped" and patches[3][0] == patches[2][0]
+    # ...the stored one was not: the next chunk starts where the relay's offset was.
+    assert patches[4][2] == "stored 200, answer lost"
+    assert patches[5][0] == patches[4][0] + patches[4][1]
+    # In order, without gaps, from 0 to the end (repeats only where a chunk was lost).
+    sent = [(o, n) for o, n, what in patches if what != "dropped"]
+    assert [o for o, _ in sent] == [sum(n for _, n in sent[:i]) for i in range(len(sent))]
+    # Resumed by asking the relay where it stands (once per drop), then finished.
+    assert others[0] == "POST " and others[-1].endswith("/finish")
+    assert sum(1 for o in others if o.startswith("GET ")) == 2
 
 
 WINDOW = 1024 * 1024  # src/core/upload.ts: the most ciphertext held and sent per request
@@ -117,66 +131,52 @@ def open_uploads(relay: RelayProc) -> list[str]:
 
 
 def test_an_upload_left_by_a_closed_tab_is_abandoned_by_the_next(
-    browser: Any, tmp_path: Path
+    relay: RelayProc, ctx: Any, tmp_path: Path
 ) -> None:
     """A tab closed in the middle of an upload leaves it on the relay (holding a slot of
     max_concurrent_uploads_per_device and its reserved bytes); the next upload from this
     browser deletes it first, then goes through."""
-    (tmp_path / "relay").mkdir()
-    relay = RelayProc(
-        tmp_path / "relay" / "vox-data",
-        env={"VOX_LIMITS__MAX_UPLOAD_CHUNK_BYTES": str(CHUNK_BYTES)},
+    alice, bob = unique("alice"), unique("bob")
+    vox = Vox(tmp_path / "bob", relay, bob).register()
+    seen: list[str] = []
+    hang = {"on": True}
+
+    def uploads(route: Any) -> None:
+        req = route.request
+        seen.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
+        if hang["on"] and req.method == "PATCH" and req.headers["upload-offset"] != "0":
+            return  # the second chunk never gets an answer: the tab is closed meanwhile
+        route.continue_()
+
+    ctx.route("**/v1/attachments/uploads**", uploads)
+    page = open_app(ctx, relay)
+    register_in_browser(page, alice)
+    open_chat(page, bob)
+    data = bytes(range(256)) * 1000
+    page.get_by_test_id("attach-file").set_input_files(
+        files=[{"name": "first.bin", "mimeType": "application/octet-stream", "buffer": data}]
     )
-    relay.start()
-    ctx = browser.new_context()
-    ctx.set_default_timeout(120_000)
-    try:
-        alice, bob = unique("alice"), unique("bob")
-        vox = Vox(tmp_path / "bob", relay, bob).register()
-        seen: list[str] = []
-        hang = {"on": True}
-
-        def uploads(route: Any) -> None:
-            req = route.request
-            seen.append(f"{req.method} {req.url.rsplit('/v1/attachments/uploads', 1)[1]}")
-            if hang["on"] and req.method == "PATCH" and req.headers["upload-offset"] != "0":
-                return  # the second chunk never gets an answer: the tab is closed meanwhile
-            route.continue_()
-
-        ctx.route("**/v1/attachments/uploads**", uploads)
-        page = open_app(ctx, relay)
-        register_in_browser(page, alice)
-        open_chat(page, bob)
-        data = bytes(range(256)) * 1000
-        page.get_by_test_id("attach-file").set_input_files(
-            files=[{"name": "first.bin", "mimeType": "application/octet-stream", "buffer": data}]
-        )
-        deadline = time.monotonic() + 60
-        while sum(1 for s in seen if s.startswith("PATCH")) < 2:  # the 2nd hangs
-            assert time.monotonic() < deadline, seen
-            page.wait_for_timeout(100)
-        [left] = open_uploads(relay)
-        page.close()
-        hang["on"] = False
-        page = open_app(ctx, relay)
-        wait_online(page)
-        page.get_by_test_id(f"chat-item-{bob}").click()
-        page.get_by_test_id("attach-file").set_input_files(
-            files=[{"name": "second.bin", "mimeType": "application/octet-stream", "buffer": data}]
-        )
-        page.wait_for_selector(
-            '[data-testid="message"][data-state="sent"] [data-testid="attachment"]'
-        )
-        # The leftover was deleted before the new upload was created.
-        after = seen[seen.index(f"DELETE /{left}") :]
-        assert after[1] == "POST "
-        assert open_uploads(relay) == []
-        got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
-        att = next(m["attachment"] for m in got if m.get("attachment"))
-        assert att["name"] == "second.bin" and Path(att["path"]).read_bytes() == data
-    finally:
-        ctx.close()
-        relay.stop()
+    deadline = time.monotonic() + 60
+    while sum(1 for s in seen if s.startswith("PATCH")) < 2:  # the 2nd hangs
+        assert time.monotonic() < deadline, seen
+        page.wait_for_timeout(100)
+    [left] = open_uploads(relay)
+    page.close()
+    hang["on"] = False
+    page = open_app(ctx, relay)
+    wait_online(page)
+    page.get_by_test_id(f"chat-item-{bob}").click()
+    page.get_by_test_id("attach-file").set_input_files(
+        files=[{"name": "second.bin", "mimeType": "application/octet-stream", "buffer": data}]
+    )
+    page.wait_for_selector('[data-testid="message"][data-state="sent"] [data-testid="attachment"]')
+    # The leftover was deleted before the new upload was created.
+    after = seen[seen.index(f"DELETE /{left}") :]
+    assert after[1] == "POST "
+    assert open_uploads(relay) == []
+    got = vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+    att = next(m["attachment"] for m in got if m.get("attachment"))
+    assert att["name"] == "second.bin" and Path(att["path"]).read_bytes() == data
 
 
 def test_the_upload_follows_the_relays_offset_and_holds_one_window(browser: Any) -> None:
