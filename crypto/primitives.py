@@ -64,6 +64,7 @@ __all__ = [
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
+    "hmac_sha256_pair",
     "mlkem768_decapsulate",
     "mlkem768_encapsulate",
     "mlkem768_generate",
@@ -151,6 +152,8 @@ def random_bytes(n: int) -> bytes:
 
 def random_nonce(rng: Rng = random_bytes) -> bytes:
     """A fresh 96-bit AES-GCM nonce: exactly 12 bytes drawn from ``rng``."""
+    if rng is random_bytes:  # the default: os.urandom returns exactly n bytes
+        return os.urandom(AES_NONCE_LEN)
     return _random(rng, AES_NONCE_LEN)
 
 
@@ -345,17 +348,53 @@ def sha256(data: bytes) -> bytes:
 # --- HKDF / HMAC ----------------------------------------------------------------------
 
 
-# ``hmac.digest`` is a Python wrapper around OpenSSL's one-shot HMAC; the ratchet calls it a
-# few times per message, so call the one-shot directly when the interpreter has it.
+# HMAC-SHA256 under a 32-byte key (every chain, message and AEAD key derivation of the
+# ratchet and of sender keys) is computed from its definition (RFC 2104) with two one-shot
+# SHA-256 calls: OpenSSL 3's one-shot HMAC (``hmac.digest``) looks the MAC up again on every
+# call and costs about twice as much. The key is XORed with the pads as one integer (no
+# table indexed by key bytes). Other key sizes, and long messages, take OpenSSL's HMAC.
 try:
     from _hashlib import hmac_digest as _hmac_digest
 except ImportError:  # pragma: no cover (an interpreter without OpenSSL's one-shot HMAC)
     _hmac_digest = hmac.digest  # type: ignore[assignment]
 
+_sha256 = hashlib.sha256
+_IPAD: Final = int.from_bytes(b"\x36" * SHA256_LEN, "big")
+_OPAD: Final = int.from_bytes(b"\x5c" * SHA256_LEN, "big")
+# The second half of a 32-byte key padded to SHA-256's 64-byte block, XORed with each pad.
+_IPAD_TAIL: Final = b"\x36" * SHA256_LEN
+_OPAD_TAIL: Final = b"\x5c" * SHA256_LEN
+_SHORT_MESSAGE: Final = 256
+
+
+def _pads(key: bytes) -> tuple[bytes, bytes]:
+    """``(K ^ ipad, K ^ opad)`` of a 32-byte key (zero-padded to the 64-byte block)."""
+    k = int.from_bytes(key, "big")
+    return (
+        (k ^ _IPAD).to_bytes(SHA256_LEN, "big") + _IPAD_TAIL,
+        (k ^ _OPAD).to_bytes(SHA256_LEN, "big") + _OPAD_TAIL,
+    )
+
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """Return the 32-byte HMAC-SHA256 of ``data`` under ``key`` (RFC 2104)."""
+    if len(key) == SHA256_LEN and len(data) <= _SHORT_MESSAGE:
+        inner, outer = _pads(key)
+        return _sha256(outer + _sha256(inner + data).digest()).digest()
     return _hmac_digest(key, data, "sha256")
+
+
+def hmac_sha256_pair(key: bytes, first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """``(HMAC-SHA256(key, first), HMAC-SHA256(key, second))`` for a 32-byte key and short
+    messages (a chain step: the message key and the next chain key), the pads computed once."""
+    if len(key) != SHA256_LEN or len(first) > _SHORT_MESSAGE or len(second) > _SHORT_MESSAGE:
+        return hmac_sha256(key, first), hmac_sha256(key, second)
+    inner, outer = _pads(key)
+    sha = _sha256
+    return (
+        sha(outer + sha(inner + first).digest()).digest(),
+        sha(outer + sha(inner + second).digest()).digest(),
+    )
 
 
 def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
@@ -365,12 +404,12 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     """
     if not 0 < length <= _HKDF_MAX:
         raise ValueError(f"HKDF-SHA256 output length must be 1..{_HKDF_MAX}, got {length}")
-    prk = _hmac_digest(salt or _ZERO32, ikm, "sha256")
+    prk = hmac_sha256(salt or _ZERO32, ikm)
     out = b""
     block = b""
     counter = 1
     while len(out) < length:
-        block = _hmac_digest(prk, block + info + bytes((counter,)), "sha256")
+        block = hmac_sha256(prk, block + info + bytes((counter,)))
         out += block
         counter += 1
     return out[:length]
@@ -381,15 +420,17 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 
 def aes256gcm_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """Return ``ciphertext || 16-byte tag``. Only 32-byte keys and 96-bit nonces."""
-    _need("aes key", key, AES_KEY_LEN)
-    _need("aes nonce", nonce, AES_NONCE_LEN)
+    if len(key) != AES_KEY_LEN or len(nonce) != AES_NONCE_LEN:
+        _need("aes key", key, AES_KEY_LEN)
+        _need("aes nonce", nonce, AES_NONCE_LEN)
     return AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def aes256gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     """Decrypt ``ciphertext || tag``; raise :class:`AuthenticationFailed` if the tag fails."""
-    _need("aes key", key, AES_KEY_LEN)
-    _need("aes nonce", nonce, AES_NONCE_LEN)
+    if len(key) != AES_KEY_LEN or len(nonce) != AES_NONCE_LEN:
+        _need("aes key", key, AES_KEY_LEN)
+        _need("aes nonce", nonce, AES_NONCE_LEN)
     if len(ciphertext) < AES_TAG_LEN:
         raise AuthenticationFailed("ciphertext shorter than the GCM tag")
     try:

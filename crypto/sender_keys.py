@@ -121,10 +121,7 @@ def _message_key_v1(seed: bytes) -> tuple[bytes, bytes]:
 
 def _chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
     """Return ``(message_key_seed, next_chain_key)``."""
-    return (
-        primitives.hmac_sha256(chain_key, _MESSAGE_KEY_SEED),
-        primitives.hmac_sha256(chain_key, _CHAIN_KEY_SEED),
-    )
+    return primitives.hmac_sha256_pair(chain_key, _MESSAGE_KEY_SEED, _CHAIN_KEY_SEED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,9 @@ _U32: Final = struct.Struct(">I")
 _U32X2: Final = struct.Struct(">II")
 _U16: Final = struct.Struct(">H")
 _U64: Final = struct.Struct(">Q")
+#: A present-flag followed by an X25519 public key's type prefix (``0x01 || 0x01``).
+_FLAG_X25519: Final = b"\x01" + bytes((X25519PublicKey.PREFIX,))
+_COUNT8: Final = tuple(bytes((n,)) for n in range(PREVIOUS_KEYS + 1))
 #: The smallest version-2 ratchet message: version, kind, header, nonce, length, tag.
 _MIN_RATCHET_V2: Final = 2 + HEADER_LEN + p.AES_NONCE_LEN + 4 + p.AES_TAG_LEN
 _MAX_CIPHERTEXT: Final = MAX_BODY + 64 + p.AES_TAG_LEN
@@ -269,8 +272,7 @@ class Session:
         kind = KIND_RATCHET if self._pending is None else KIND_INITIAL
         lead = bytes((version, kind))
         plaintext = self._payload_prefix() + _U32.pack(len(body)) + body
-        chain_key = sending.key
-        mk = p.hmac_sha256(chain_key, MESSAGE_KEY_CONSTANT)
+        mk, next_key = p.hmac_sha256_pair(sending.key, MESSAGE_KEY_CONSTANT, CHAIN_KEY_CONSTANT)
         if version == ENVELOPE_VERSION:
             nonce = p.random_nonce(rng)
             ciphertext = p.aes256gcm_encrypt(
@@ -279,11 +281,11 @@ class Session:
         else:
             nonce = b""
             ciphertext = MessageKey(mk, sending.index).encrypt_v1(plaintext, self._ad + header)
-        following = ChainKey(p.hmac_sha256(chain_key, CHAIN_KEY_CONSTANT), sending.index + 1)
+        following = ChainKey(next_key, sending.index + 1)
         self._root, self._sending = root, following
         self._self_key, self._self_public = pair, public
         prefix = b"" if self._pending is None else self._pending_bytes()
-        return lead + prefix + header + nonce + _U32.pack(len(ciphertext)) + ciphertext
+        return b"".join((lead, prefix, header, nonce, _U32.pack(len(ciphertext)), ciphertext))
 
     def _payload_prefix(self) -> bytes:
         """``Payload`` up to the body length: version, our username and device id."""
@@ -382,10 +384,9 @@ class Session:
             if gap > max_skip:
                 raise TooManySkipped(gap, max_skip)
             passed, chain = _walk(receiving, index) if gap else ([], receiving)
-            chain_key = chain.key
-            mk = p.hmac_sha256(chain_key, MESSAGE_KEY_CONSTANT)
+            mk, next_key = p.hmac_sha256_pair(chain.key, MESSAGE_KEY_CONSTANT, CHAIN_KEY_CONSTANT)
             body = self._open(mk, version, nonce, ciphertext, ad)
-            self._receiving = ChainKey(p.hmac_sha256(chain_key, CHAIN_KEY_CONSTANT), index + 1)
+            self._receiving = ChainKey(next_key, index + 1)
             if passed:
                 self._skipped.add(ratchet_key, _message_keys(passed, receiving.index), clock)
             return self._commit(body, clock)
@@ -495,20 +496,29 @@ class Session:
             head = self._head = w.u32(config.max_skipped_age).finish()
         parts = [head, _U64.pack(self._clock), self._root.key, self._self_key.private]
         remote = self._remote
-        parts += (b"\x00",) if remote is None else (b"\x01", remote.to_bytes())
+        if remote is None:
+            parts.append(b"\x00")
+        else:  # the flag, then the typed key (X25519PublicKey.to_bytes)
+            parts += (_FLAG_X25519, remote.raw)
         for chain in (self._sending, self._receiving):
-            parts += (b"\x00",) if chain is None else (b"\x01", chain.key, _U32.pack(chain.index))
-        parts += (
-            _U32.pack(self._previous_counter),
-            self._base_key.to_bytes(),
-            self._initial_digest,
-        )
-        parts += (b"\x00",) if self._pending is None else (b"\x01", self._pending_bytes())
-        parts.append(bytes((len(self._previous_remote),)))
-        parts += self._previous_remote
-        parts.append(_U16.pack(len(self._skipped)))
-        for ratchet_key, mk, stored_at in self._skipped:
-            parts += (ratchet_key, _U32.pack(mk.index), mk.key, _U64.pack(stored_at))
+            if chain is None:
+                parts.append(b"\x00")
+            else:
+                parts += (b"\x01", chain.key, _U32.pack(chain.index))
+        parts.append(_U32.pack(self._previous_counter))
+        parts.append(self._base_key.to_bytes() + self._initial_digest)
+        if self._pending is None:
+            parts.append(b"\x00")
+        else:
+            parts += (b"\x01", self._pending_bytes())
+        previous = self._previous_remote
+        parts.append(_COUNT8[len(previous)])
+        parts += previous
+        skipped = self._skipped
+        parts.append(_U16.pack(len(skipped)))
+        if len(skipped):
+            for ratchet_key, mk, stored_at in skipped:
+                parts += (ratchet_key, _U32.pack(mk.index), mk.key, _U64.pack(stored_at))
         return b"".join(parts)
 
     @classmethod

@@ -232,3 +232,18 @@ def test_deterministic_rng_is_the_documented_sha256_stream() -> None:
 def test_rng_returning_the_wrong_length_is_refused() -> None:
     with pytest.raises(ValueError):
         p.x25519_generate(lambda n: bytes(n - 1))
+
+
+def test_hmac_sha256_equals_the_standard_library_for_every_key_and_message_size() -> None:
+    """The 32-byte-key path (two SHA-256 calls) and OpenSSL's HMAC (other keys, long
+    messages) both give RFC 2104's HMAC, and the pair form equals two single calls."""
+    import os
+
+    for key_len in (0, 1, 16, 31, 32, 33, 64, 65, 100):
+        for msg_len in (0, 1, 25, 64, 255, 256, 257, 1000):
+            key, msg, other = os.urandom(key_len), os.urandom(msg_len), os.urandom(msg_len)
+            want = hmac.digest(key, msg, "sha256")
+            assert p.hmac_sha256(key, msg) == want
+            assert p.hmac_sha256_pair(key, msg, other) == (want, hmac.digest(key, other, "sha256"))
+    for key in (bytes(32), b"\xff" * 32, b"\x36" * 32, b"\x5c" * 32):  # pad edge cases
+        assert p.hmac_sha256(key, b"\x01") == hmac.digest(key, b"\x01", "sha256")
