@@ -21,6 +21,7 @@ MAX_PAYLOAD: Final = 16 * 1024 * 1024
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
 
 class Writer:
@@ -35,7 +36,7 @@ class Writer:
         """Append one byte."""
         if not 0 <= value <= 0xFF:
             raise ValueError(f"u8 out of range: {value}")
-        self._parts.append(bytes((value,)))
+        self._parts.append(_BYTE[value])
         return self
 
     def u16(self, value: int) -> Writer:
@@ -60,19 +61,28 @@ class Writer:
 
     def bytes16(self, data: bytes) -> Writer:
         """Append ``u16 length || data``."""
-        if len(data) > 0xFFFF:
+        n = len(data)
+        if n > 0xFFFF:
             raise ValueError("field longer than 65535 bytes")
-        return self.u16(len(data)).raw(data)
+        self._parts += (_U16.pack(n), data if type(data) is bytes else bytes(data))
+        return self
 
     def bytes32(self, data: bytes) -> Writer:
         """Append ``u32 length || data``."""
-        if len(data) > 0xFFFFFFFF:
+        n = len(data)
+        if n > 0xFFFFFFFF:
             raise ValueError("field longer than 2^32-1 bytes")
-        return self.u32(len(data)).raw(data)
+        self._parts += (_U32.pack(n), data if type(data) is bytes else bytes(data))
+        return self
 
     def str16(self, text: str) -> Writer:
         """Append a UTF-8 string with a ``u16`` length prefix."""
-        return self.bytes16(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        n = len(data)
+        if n > 0xFFFF:
+            raise ValueError("field longer than 65535 bytes")
+        self._parts += (_U16.pack(n), data)
+        return self
 
     def finish(self) -> bytes:
         """Return everything written so far."""
@@ -122,15 +132,30 @@ class Reader:
 
     def u16(self) -> int:
         """Read a big-endian 16-bit unsigned integer."""
-        return int(_U16.unpack(self._take(2))[0])
+        pos = self._pos
+        if pos + 2 > self._len:
+            raise Truncated(2, self._len - pos)
+        self._pos = pos + 2
+        value: int = _U16.unpack_from(self._data, pos)[0]
+        return value
 
     def u32(self) -> int:
         """Read a big-endian 32-bit unsigned integer."""
-        return int(_U32.unpack(self._take(4))[0])
+        pos = self._pos
+        if pos + 4 > self._len:
+            raise Truncated(4, self._len - pos)
+        self._pos = pos + 4
+        value: int = _U32.unpack_from(self._data, pos)[0]
+        return value
 
     def u64(self) -> int:
         """Read a big-endian 64-bit unsigned integer."""
-        return int(_U64.unpack(self._take(8))[0])
+        pos = self._pos
+        if pos + 8 > self._len:
+            raise Truncated(8, self._len - pos)
+        self._pos = pos + 8
+        value: int = _U64.unpack_from(self._data, pos)[0]
+        return value
 
     def flag(self, field: str) -> bool:
         """Read a boolean byte (exactly 0 or 1)."""

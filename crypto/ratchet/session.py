@@ -406,7 +406,8 @@ class Session:
             raise TooManySkipped(old_gap + index, max_skip)
         root, new_chain = self._root.advance(self._self_key.exchange(ratchet_key))
         passed, chain = _walk(new_chain, index)
-        body = self._open(chain.message_key().key, version, nonce, ciphertext, ad)
+        mk, next_key = p.hmac_sha256_pair(chain.key, MESSAGE_KEY_CONSTANT, CHAIN_KEY_CONSTANT)
+        body = self._open(mk, version, nonce, ciphertext, ad)
 
         if remote is not None:
             if receiving is not None and old_gap:
@@ -415,7 +416,8 @@ class Session:
                 self._skipped.add(remote.raw, old_keys, clock)
             self._previous_remote.append(remote.raw)
         self._skipped.add(ratchet_key, _message_keys(passed, 0), clock)
-        self._root, self._remote, self._receiving = root, new_remote, chain.next()
+        self._root, self._remote = root, new_remote
+        self._receiving = ChainKey(next_key, index + 1)
         if self._sending is not None:
             self._previous_counter = self._sending.index
         self._sending = None
