@@ -579,7 +579,10 @@ class SenderKeyState:
         chain_key = r.raw(32)
         private = r.raw(primitives.ED25519_KEY_LEN) if r.flag("has_private") else None
         public = Ed25519PublicKey.read(r).raw
-        if private is not None and primitives.ed25519_public(private) != public:
+        # Loading the seed derives its public key (a scalar multiplication): done once, and the
+        # loaded key is kept for signing (the state would load it again at its first encrypt).
+        signer = None if private is None else primitives.Ed25519Signer(private)
+        if signer is not None and signer.public != public:
             raise InvalidValue("signing key", "private and public keys do not match")
         clock = r.u64() if version == STATE_VERSION else 0
         count = r.u16()
@@ -599,7 +602,7 @@ class SenderKeyState:
         if private is not None and skipped:
             raise InvalidValue("skipped keys", "a sending state has no skipped keys")
         state = cls(group_id, sender, key_id, iteration, chain_key, public, private, skipped)
-        state._stored_at, state._clock = stored_at, clock
+        state._stored_at, state._clock, state._signer = stored_at, clock, signer
         return state
 
 

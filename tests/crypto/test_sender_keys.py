@@ -229,6 +229,36 @@ def test_state_decoder_rejects_unknown_versions_and_inconsistent_keys() -> None:
         SenderKeyState.from_bytes(mixed)
 
 
+def test_a_decoded_sending_state_loads_its_signing_seed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoding checks that the seed gives the public key, and that loaded key signs: one
+    scalar multiplication per decode + encrypt, not two (the SDK decodes its own state for
+    every group message it sends)."""
+    from crypto import primitives
+
+    alice, bob = pair()
+    data = alice.to_bytes()
+    loads = [0]
+    real_public, real_signer = primitives.ed25519_public, primitives.Ed25519Signer
+
+    def counting_public(private: bytes) -> bytes:
+        loads[0] += 1
+        return real_public(private)
+
+    def counting_signer(private: bytes) -> primitives.Ed25519Signer:
+        loads[0] += 1
+        return real_signer(private)
+
+    monkeypatch.setattr(primitives, "ed25519_public", counting_public)
+    monkeypatch.setattr(primitives, "Ed25519Signer", counting_signer)
+    decoded = SenderKeyState.from_bytes(data)
+    message = decoded.encrypt(b"hello")
+    assert loads[0] == 1
+    assert bob.decrypt(SenderKeyMessage.from_bytes(message.to_bytes())) == b"hello"
+    assert SenderKeyState.from_bytes(decoded.to_bytes()).to_bytes() == decoded.to_bytes()
+
+
 @settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_decoders_raise_only_decode_error_on_arbitrary_bytes(data: bytes) -> None:
