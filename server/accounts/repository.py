@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.db.device_rows import delete_device_deliveries
 from server.db.models import Account, AuthToken, DeletedUsername, Device
 from server.db.models_delivery import Attachment
 
@@ -118,8 +119,10 @@ async def list_devices(session: AsyncSession, account_id: int) -> Sequence[Devic
 
 
 async def delete_devices(session: AsyncSession, device_pks: Sequence[int]) -> None:
-    """Delete devices; foreign keys cascade to tokens, challenges, prekeys and envelopes."""
+    """Delete devices: their delivery rows explicitly (those tables have no foreign keys),
+    then the devices; foreign keys cascade to tokens, challenges and prekeys."""
     if device_pks:
+        await delete_device_deliveries(session, device_pks)
         await session.execute(delete(Device).where(Device.pk.in_(device_pks)))
 
 
@@ -170,7 +173,14 @@ async def take_attachments(session: AsyncSession, device_pks: Sequence[int]) -> 
 
 
 async def delete_account(session: AsyncSession, account_id: int) -> None:
-    """Delete the account; foreign keys cascade to its devices and everything they own."""
+    """Delete the account, its devices and everything they own (delivery rows explicitly,
+    the rest through foreign keys)."""
+    device_pks = (
+        (await session.execute(select(Device.pk).where(Device.account_id == account_id)))
+        .scalars()
+        .all()
+    )
+    await delete_device_deliveries(session, device_pks)
     await session.execute(delete(Device).where(Device.account_id == account_id))
     await session.execute(delete(Account).where(Account.id == account_id))
 

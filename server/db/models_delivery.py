@@ -14,6 +14,12 @@ What the relay keeps about one accepted ``send`` (see ``docs/protocol-ws.md``):
 
 Nothing else: no plaintext, no recipient list beyond the queue rows, no IP addresses.
 Times are integer Unix **milliseconds** (UTC).
+
+No foreign keys on these three tables (migration 0008): each one cost a trigger and a row
+lock per inserted row on PostgreSQL, on the relay's hottest path. What they cascaded is
+deleted explicitly instead, in the same transactions: a device's rows by
+:func:`server.db.device_rows.delete_device_deliveries` (device removal, account deletion),
+orphaned payloads with the acks that orphan them, expired rows by the sweep.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -35,7 +40,8 @@ from server.db.base import Base
 
 __all__ = ["Attachment", "AttachmentUpload", "DeliveryPayload", "DeliverySend", "QueueEntry"]
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT (also the type of
+# ``devices.pk`` and so of the columns that hold one).
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -49,8 +55,9 @@ class DeliverySend(Base):
     )
 
     envelope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    #: (The unique constraint's index serves lookups by sender device too.)
-    sender_device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    #: ``devices.pk`` (no foreign key). The unique constraint's index serves lookups by
+    #: sender device too.
+    sender_device_pk: Mapped[int] = mapped_column(_SEQ)
     sender_user: Mapped[str] = mapped_column(String(32))
     sender_device_id: Mapped[int] = mapped_column(BigInteger)
     client_id: Mapped[str] = mapped_column(String(64))
@@ -63,9 +70,8 @@ class DeliveryPayload(Base):
 
     __tablename__ = "delivery_payloads"
 
-    envelope_id: Mapped[str] = mapped_column(
-        ForeignKey("delivery_sends.envelope_id", ondelete="CASCADE"), primary_key=True
-    )
+    #: ``delivery_sends.envelope_id`` (no foreign key).
+    envelope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     idx: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
@@ -75,24 +81,24 @@ class QueueEntry(Base):
 
     __tablename__ = "delivery_queue"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["envelope_id", "idx"],
-            ["delivery_payloads.envelope_id", "delivery_payloads.idx"],
-            ondelete="CASCADE",
-        ),
-        Index("ix_delivery_queue_device", "device_pk", "seq"),
+        # A device's queue in seq order (delivery, acks), and it covers the quota query
+        # (depth and bytes per device and sending account).
+        Index("ix_delivery_queue_device", "device_pk", "seq", "sender_account_id", "size"),
+        # A payload's queue rows (is it orphaned? which rows does an expired send leave?).
+        # The sweep finds expired rows through their sends (same ``expires_at``): no index
+        # on ``expires_at`` here.
         Index("ix_delivery_queue_payload", "envelope_id", "idx"),
-        Index("ix_delivery_queue_expires_at", "expires_at"),
-        # Covers the quota query (depth and bytes per device and sending account).
-        Index("ix_delivery_queue_usage", "device_pk", "sender_account_id", "size"),
         # Never reuse a seq on SQLite (a bare INTEGER PRIMARY KEY may after deletes).
         {"sqlite_autoincrement": True},
     )
 
     seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
-    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.pk", ondelete="CASCADE"))
+    #: ``devices.pk`` of the recipient (no foreign key).
+    device_pk: Mapped[int] = mapped_column(_SEQ)
+    #: With ``idx``: the ``delivery_payloads`` row (no foreign key).
     envelope_id: Mapped[str] = mapped_column(String(32))
     idx: Mapped[int] = mapped_column(SmallInteger)
+    #: Always its send's ``expires_at``.
     expires_at: Mapped[int] = mapped_column(BigInteger)
     #: Bytes of the payload this row delivers (counted against the device's queue bytes).
     size: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -35,7 +35,15 @@ from server.delivery.frames import Delivery, deliver_tail
 from server.delivery.policy import QueueUsage
 from wire.encoding import b64
 
-__all__ = ["DeliveryRepository", "DeviceSets", "NewSend", "SendRecord", "Stored"]
+__all__ = [
+    "QUEUE_LOCK_CLASS",
+    "DeliveryRepository",
+    "DeviceSets",
+    "NewSend",
+    "SendRecord",
+    "Stored",
+    "queue_lock_key",
+]
 
 _sends = cast(Table, DeliverySend.__table__)
 _payloads = cast(Table, DeliveryPayload.__table__)
@@ -115,7 +123,11 @@ def _find_sends_sqlite(n: int) -> str:
     )
 
 
-# A send whose (sender, client id) another transaction stored meanwhile (another node:
+# No foreign keys (migration 0008): a queue row is inserted only while its device exists. A
+# device deletion takes the device's queue lock (which this batch holds by now) before it
+# deletes: deleted before this statement began, the device gets no row (as if it had been
+# deleted just after the commit); deleted after, its deletion sees and removes this batch's
+# rows. A send whose (sender, client id) another transaction stored meanwhile (another node:
 # this node's writers never have the same send in flight twice) is skipped with its payloads
 # and queue rows, not an error: the statement answers which sends it stored. (An error would
 # roll back the whole batch, and redoing its sends one by one could let a later batch of the
@@ -136,10 +148,12 @@ _INSERT_PG = text(
     "), new_queue AS ("
     " INSERT INTO delivery_queue (device_pk, envelope_id, idx, expires_at, size,"
     " sender_account_id)"
-    " SELECT q.* FROM unnest(CAST(:q0 AS BIGINT[]), CAST(:q1 AS VARCHAR[]),"
-    " CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]), CAST(:q4 AS INTEGER[]),"
-    " CAST(:q5 AS BIGINT[])) AS q(d, e, i, x, s, a)"
+    " SELECT q.d, q.e, q.i, q.x, q.s, q.a FROM unnest(CAST(:q0 AS BIGINT[]),"
+    " CAST(:q1 AS VARCHAR[]), CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]),"
+    " CAST(:q4 AS INTEGER[]), CAST(:q5 AS BIGINT[])) WITH ORDINALITY AS q(d, e, i, x, s, a, n)"
     " WHERE q.e IN (SELECT envelope_id FROM new_sends)"
+    " AND EXISTS (SELECT 1 FROM devices WHERE devices.pk = q.d)"
+    " ORDER BY q.n"  # seqs in the batch's order, whatever join the planner picks
     " RETURNING seq, device_pk, envelope_id, idx"
     ") "
     "SELECT seq, device_pk, envelope_id, idx FROM new_queue"
@@ -231,7 +245,7 @@ _LOCK_QUEUE_USAGE_PG = text(
 QueueRow = tuple[int, str, int, int, int, int]
 
 
-def _queue_lock_key(device_pk: int) -> int:
+def queue_lock_key(device_pk: int) -> int:
     """The device pk folded into PostgreSQL's signed 32-bit advisory-lock key space."""
     return (device_pk + 2**31) % 2**32 - 2**31
 
@@ -406,7 +420,7 @@ class DeliveryRepository:
         """
         if conn.dialect.name != "postgresql":
             return
-        keys = sorted({_queue_lock_key(pk) for pk in device_pks})
+        keys = sorted({queue_lock_key(pk) for pk in device_pks})
         if keys:
             conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
@@ -426,7 +440,7 @@ class DeliveryRepository:
             _LOCK_QUEUE_USAGE_PG,
             {
                 "pks": pks,
-                "keys": sorted({_queue_lock_key(pk) for pk in pks}),
+                "keys": sorted({queue_lock_key(pk) for pk in pks}),
                 "cls": QUEUE_LOCK_CLASS,
             },
         )
@@ -435,7 +449,8 @@ class DeliveryRepository:
 
     def queue_usage(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, QueueUsage]:
         """What each device's queue holds, in total and per sending account (every device
-        asked for is in the result). One index-only pass (``ix_delivery_queue_usage``)."""
+        asked for is in the result). One pass over ``ix_delivery_queue_device`` (it covers
+        the query)."""
         pks = sorted(set(device_pks))
         out = {pk: QueueUsage() for pk in pks}
         sqlite = conn.dialect.name == "sqlite"
@@ -557,8 +572,7 @@ class DeliveryRepository:
         queue_rows: list[QueueRow],
     ) -> tuple[list[tuple[int, int, str, int]], set[str]]:
         """All three inserts in one statement (one round trip): arrays unnested into rows.
-        Foreign keys are checked at the end of the statement, when all rows exist. Returns
-        the queue rows and the envelope ids of the sends stored."""
+        Returns the queue rows and the envelope ids of the sends stored."""
         s_cols = list(zip(*send_rows, strict=True))
         p_cols = list(zip(*payload_rows, strict=True))
         q_cols = list(zip(*queue_rows, strict=True))
@@ -735,10 +749,11 @@ class DeliveryRepository:
         return int(conn.execute(select(func.count()).select_from(_queue)).scalar_one())
 
     def sweep(self, conn: Connection, now_ms: int) -> int:
-        """Delete expired queue rows, their payloads and expired send records."""
-        result = conn.execute(delete(_queue).where(_queue.c.expires_at <= now_ms))
-        expired = result.rowcount or 0
+        """Delete expired queue rows, their payloads and expired send records. A queue row
+        expires with its send (the same ``expires_at``): found through the send's index."""
         expired_sends = select(_sends.c.envelope_id).where(_sends.c.expires_at <= now_ms)
+        result = conn.execute(delete(_queue).where(_queue.c.envelope_id.in_(expired_sends)))
+        expired = result.rowcount or 0
         conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
         conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
         return expired
