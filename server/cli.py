@@ -200,8 +200,10 @@ def serve(
     """Apply pending migrations, then serve HTTP and WebSocket on HOST:PORT."""
     import uvicorn
 
+    from server.edge.serve import lean_serving_process, uvicorn_config
+
+    lean_serving_process()
     from server.app import create_app
-    from server.edge.serve import uvicorn_config
     from server.logs import configure_logging, log_event
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)

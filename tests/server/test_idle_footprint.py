@@ -9,13 +9,16 @@ or the first request for the VAPID key, loads it.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server.relay_harness import TestAccount, free_port, relay_process
+from tests.server.relay_harness import REPO, TestAccount, free_port, relay_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/<pid>/maps")
 
@@ -55,3 +58,44 @@ async def test_an_idle_relay_with_push_on_reads_its_vapid_key_only_when_first_as
         assert config["push"] == vapid and len(vapid["public_key"]) == 87
         assert key_file.exists()
         assert _mapped(proc.pid, CRYPTOGRAPHY_SO)
+
+
+#: Loaded by nothing that serves: Alembic and Mako (migrations run in a child process),
+#: Pydantic 1's API (only FastAPI's compatibility probe would load it: blocked by
+#: ``server.edge.serve.lean_serving_process``), the clients and their crypto, Textual.
+NOT_SERVING = ("alembic", "mako", "pydantic.v1", "cryptography", "clients", "crypto", "textual")
+
+#: Runs ``vox-relay serve`` through its console-script entry point up to the moment it
+#: would serve (startup done, the lifespans entered), prints the loaded modules (a blocked
+#: one is ``None`` in ``sys.modules``) and stops.
+_SERVE_AND_LIST_MODULES = """
+import json, sys
+import uvicorn
+
+async def main_loop(self):
+    print(json.dumps(sorted(n for n, m in sys.modules.items() if m is not None)), flush=True)
+
+uvicorn.Server.main_loop = main_loop
+from server.cli import main
+
+sys.argv = ["vox-relay", "serve", "--port", sys.argv[1]]
+main()
+"""
+
+
+def test_the_serving_process_loads_only_what_serving_needs(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
+    env.update({"VOX_DATA_DIR": str(tmp_path), "VOX_LOG_LEVEL": "warning"})
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE_AND_LIST_MODULES, str(free_port())],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    modules = set(json.loads(out.strip().splitlines()[-1]))
+    assert "server.delivery.writer" in modules  # it did build and start the app
+    loaded = sorted(m for m in modules if m.split(".")[0] in NOT_SERVING or m in NOT_SERVING)
+    assert loaded == []
