@@ -255,3 +255,17 @@ async def test_the_operator_cli_runs_the_services_the_api_runs_on_postgresql(
         "one_time_prekeys": 0,
         "queued_envelopes": 0,
     }
+
+
+async def test_serve_is_listed_and_takes_its_options_without_typer() -> None:
+    # `serve` is a Click command parsed by the entry point (the serving process never loads
+    # Typer); the Typer app lists it and the other commands.
+    code, out, err = await run_cli("--help")
+    assert code == 0, err
+    assert "serve" in out and "migrate" in out and "invite" in out
+    code, out, err = await run_cli("serve", "--help")
+    assert code == 0, err
+    for option in ("--host", "--port", "--data-dir", "--database-url", "--redis-url", "--config"):
+        assert option in out
+    code, _, err = await run_cli("serve", "--port", "70000")
+    assert code == 2 and "--port" in err
