@@ -569,7 +569,7 @@ class Outbox:
                 with self.core.store.transaction(sync=False):
                     for mid in ids:
                         self.core.store.outbox_remove(mid)
-                        self.core.protocol.mark_sent(mid)
+                    self.core.protocol.mark_sent(ids)
                     self._clear_failed([self._accepted_ops.pop(m) for m in ids
                                         if m in self._accepted_ops])  # fmt: skip
             except Exception as exc:

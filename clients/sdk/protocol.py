@@ -393,9 +393,9 @@ class ClientProtocol:
         """Store our own message in the history as pending."""
         self.store.add_message(self._stored(conversation, content, self.identity.address, True))
 
-    def mark_sent(self, message_id: str) -> None:
-        """The relay accepted a send."""
-        self.store.update_message_state(message_id, DeliveryState.SENT)
+    def mark_sent(self, message_ids: list[str]) -> None:
+        """The relay accepted these sends (one statement for all, usually)."""
+        self.store.update_message_states(message_ids, DeliveryState.SENT)
 
     # --- incoming ----------------------------------------------------------------------
 

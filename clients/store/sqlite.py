@@ -209,6 +209,12 @@ class SqliteStore:
         # Session states written in the open transaction, sealed and written once at its
         # commit (a burst advances one session many times; only its last state is kept).
         self._dirty_sessions: dict[tuple[str, int], bytes] = {}
+        # Other rows written at the commit of the open transaction, in one statement each
+        # for the whole transaction rather than one per message: the search tokens of new
+        # messages (by message id), outbox attempts to count, outbox entries to remove.
+        self._new_tokens: dict[str, list[tuple[bytes, float, str]]] = {}
+        self._attempts: dict[str, int] = {}
+        self._removed: set[str] = set()
         self._settings: dict[str, str | None] = {}
         #: Whether any message was deleted for me (``gone:`` seen ids); ``None``: not read yet.
         self._any_gone: bool | None = None
@@ -383,18 +389,64 @@ class SqliteStore:
     def _reindex(self) -> None:
         """Rebuild the search index from the decrypted messages (after a migration or a
         change of store key)."""
+        self._new_tokens.clear()  # recomputed below from the messages
         self._exec("DELETE FROM search_tokens")
         for row in self._exec("SELECT * FROM messages").fetchall():
             self._index(self._message(row))
 
     def _index(self, message: StoredMessage, *, fresh: bool = False) -> None:
+        """(Re)index ``message``: a new one's tokens are written at the commit, with every
+        other new message's of the transaction (:meth:`_write_tokens`)."""
         if not fresh:  # a new message has no tokens yet (deleting one deletes its tokens)
+            self._new_tokens.pop(message.message_id, None)
             self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message.message_id,))
         found = search.tokens(
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
         rows = [(t, message.sent_at, message.message_id) for t in sorted(found)]
+        if fresh:
+            self._new_tokens[message.message_id] = rows
+        else:
+            self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
+
+    def _write_tokens(self) -> None:
+        """Write the search tokens of the open transaction's new messages (before its COMMIT,
+        or before a statement that reads the table)."""
+        if not self._new_tokens:
+            return
+        rows = [row for rows in self._new_tokens.values() for row in rows]
+        self._new_tokens.clear()
         self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
+
+    def _write_outbox(self) -> None:
+        """Write the open transaction's outbox attempts and removals (before its COMMIT, or
+        before another outbox statement): one statement each, usually."""
+        attempts, self._attempts = self._attempts, {}
+        removed, self._removed = list(self._removed), set()
+        by_count: dict[int, list[str]] = {}
+        for message_id, n in attempts.items():
+            by_count.setdefault(n, []).append(message_id)
+        for n, ids in by_count.items():
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                self._exec(
+                    f"UPDATE outbox SET attempts = attempts + ? WHERE message_id IN"  # noqa: S608
+                    f" ({', '.join('?' * len(chunk))})",
+                    [n, *chunk],
+                )
+        for start in range(0, len(removed), _IN_CHUNK):
+            chunk = removed[start : start + _IN_CHUNK]
+            self._exec(
+                f"DELETE FROM outbox WHERE message_id IN ({', '.join('?' * len(chunk))})",  # noqa: S608
+                chunk,
+            )
+
+    def _write_pending(self) -> None:
+        """Every row the open transaction left for its commit."""
+        self._write_sessions()
+        self._write_tokens()
+        if self._attempts or self._removed:
+            self._write_outbox()
 
     def change_passphrase(self, passphrase: str | None) -> None:
         """Re-encrypt every secret under a new key: from ``passphrase``, or (None) a key file.
@@ -406,7 +458,7 @@ class SqliteStore:
         home = self.path.parent
         new_sealer, meta = self._key_and_meta(home, passphrase, new_key_file=True)
         with self.transaction():
-            self._write_sessions()
+            self._write_pending()
             for table, column, pk, where in _SEALED:
                 cols = ", ".join(("rowid", *pk, column))
                 rows = self._exec(f"SELECT {cols} FROM {table}{where}").fetchall()  # noqa: S608
@@ -485,7 +537,7 @@ class SqliteStore:
                     self._conn.execute("ROLLBACK")
                 return
             try:
-                self._write_sessions()
+                self._write_pending()
                 self._exec("COMMIT")
             except BaseException:
                 self._forget_cached()
@@ -504,6 +556,9 @@ class SqliteStore:
         self._peers.clear()
         self._sessions.clear()
         self._dirty_sessions.clear()
+        self._new_tokens.clear()
+        self._attempts.clear()
+        self._removed.clear()
         self._settings.clear()
         self._secrets.clear()
 
@@ -916,6 +971,7 @@ class SqliteStore:
 
     def delete_message(self, message_id: str) -> bool:
         with self.transaction():
+            self._new_tokens.pop(message_id, None)
             self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message_id,))
             return (
                 self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
@@ -968,7 +1024,9 @@ class SqliteStore:
         params: list[Any] = [first, *others]
         if conversation is not None:
             params.append(conversation)
-        rows = self._all(sql, [*params, limit + 16])
+        with self._mutex:
+            self._write_tokens()  # the open transaction's (if this thread has one)
+            rows = self._all(sql, [*params, limit + 16])
         out = []
         for row in rows:
             message = self._message(row)
@@ -1111,12 +1169,20 @@ class SqliteStore:
 
     def outbox_put(self, entry: OutboxEntry) -> None:
         sealed = self._seal("outbox", _rk(entry.message_id), entry.payload)
-        self._write(
-            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?)",
-            (entry.message_id, entry.conversation, entry.created_at, entry.attempts, sealed),
-        )
+        with self.transaction():
+            self._write_outbox()
+            self._exec(
+                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?)",
+                (entry.message_id, entry.conversation, entry.created_at, entry.attempts, sealed),
+            )
 
     def outbox_pending(self, *, conversation: str | None = None) -> list[OutboxEntry]:
+        with self._mutex:
+            if self._depth:  # the open transaction's attempts and removals first
+                self._write_outbox()
+            return self._outbox_pending(conversation)
+
+    def _outbox_pending(self, conversation: str | None) -> list[OutboxEntry]:
         rows = (
             self._all("SELECT * FROM outbox ORDER BY created_at, message_id")
             if conversation is None
@@ -1130,10 +1196,14 @@ class SqliteStore:
         ]
 
     def outbox_attempted(self, message_id: str) -> None:
-        self._write("UPDATE outbox SET attempts = attempts + 1 WHERE message_id = ?", (message_id,))
+        with self.transaction():  # counted at its commit (_write_outbox)
+            if message_id not in self._removed:
+                self._attempts[message_id] = self._attempts.get(message_id, 0) + 1
 
     def outbox_remove(self, message_id: str) -> None:
-        self._write("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+        with self.transaction():  # removed at its commit (_write_outbox)
+            self._attempts.pop(message_id, None)
+            self._removed.add(message_id)
 
     # ------------------------------------------------------------------ seen ids
 

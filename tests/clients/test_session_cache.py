@@ -155,7 +155,7 @@ def test_a_receipt_moves_its_messages_in_one_statement(tmp_path: Path) -> None:
     texts = [TextContent(text=f"m{i}", sent_at_ms=1) for i in range(4)]
     for content in texts:
         alice.proto.record_outgoing("bob", content)
-        alice.proto.mark_sent(content.message_id.hex())
+        alice.proto.mark_sent([content.message_id.hex()])
     set_up(alice, bob, replied=True)
     receipt = Receipt(
         kind=ReceiptKind.DELIVERED, ids=tuple(c.message_id for c in texts), sent_at_ms=1

@@ -1,0 +1,99 @@
+"""The SQLite store writes some rows once per transaction rather than once per call: the search
+tokens of new messages, outbox attempts and outbox removals go out in one statement each at the
+commit (or before a statement that reads them), and are dropped with a rolled-back transaction.
+What the store answers is the same as when each call wrote at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.store import Direction, OutboxEntry, SqliteStore, StoredMessage
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore.open(tmp_path / "p")
+    yield s
+    s.close()
+
+
+def msg(mid: str, text: str) -> StoredMessage:
+    return StoredMessage(mid, "bob", Direction.IN, "bob", 1, 1.0, 1.5, text)
+
+
+def traced(store: SqliteStore) -> list[str]:
+    log: list[str] = []
+    store._conn.set_trace_callback(log.append)
+    return log
+
+
+def test_the_new_messages_of_a_transaction_write_their_search_tokens_in_one_statement(
+    store: SqliteStore,
+) -> None:
+    log = traced(store)
+    with store.transaction(sync=False):
+        for i in range(5):
+            store.add_message(msg(f"m{i}", f"hello word{i}"))
+        # Searching inside the transaction sees them already.
+        assert [m.message_id for m in store.search_messages("word3")] == ["m3"]
+        store.add_message(msg("m5", "hello again"))
+        store.add_message(msg("gone", "hello vanishing"))
+        store.delete_message("gone")
+    inserts = [s for s in log if s.startswith("INSERT OR IGNORE INTO search_tokens")]
+    assert len(inserts) == 2  # before the search, and at the commit
+    assert sorted(m.message_id for m in store.search_messages("hello")) == [
+        f"m{i}" for i in range(6)
+    ]
+    assert store.search_messages("vanishing") == []
+
+
+def test_a_rolled_back_transaction_leaves_no_tokens_attempts_or_removals(
+    store: SqliteStore,
+) -> None:
+    store.outbox_put(OutboxEntry("o1", "bob", b"p", 1.0))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_message(msg("m1", "rolled back"))
+        store.outbox_attempted("o1")
+        store.outbox_remove("o1")
+        raise RuntimeError
+    assert store.search_messages("rolled") == []
+    assert [(e.message_id, e.attempts) for e in store.outbox_pending()] == [("o1", 0)]
+    with store.transaction():
+        store.add_message(msg("m1", "kept now"))
+    assert [m.message_id for m in store.search_messages("kept")] == ["m1"]
+
+
+def test_outbox_attempts_and_removals_are_one_statement_each_per_transaction(
+    store: SqliteStore,
+) -> None:
+    ids = [f"o{i}" for i in range(5)]
+    with store.transaction():
+        for i, mid in enumerate(ids):
+            store.outbox_put(OutboxEntry(mid, "bob", b"p", 1.0 + i))
+    log = traced(store)
+    with store.transaction():
+        for mid in ids:
+            store.outbox_attempted(mid)
+        store.outbox_attempted("o0")
+        # Read inside the transaction: the counts are there.
+        assert [e.attempts for e in store.outbox_pending()] == [2, 1, 1, 1, 1]
+        store.outbox_attempted("o1")
+    updates = [s for s in log if s.startswith("UPDATE outbox")]
+    # Before the read one per distinct count (+2 for o0, +1 for the rest), one at the commit.
+    assert len(updates) == 3
+    assert [e.attempts for e in store.outbox_pending()] == [2, 2, 1, 1, 1]
+    log.clear()
+    with store.transaction():
+        for mid in ids[:4]:
+            store.outbox_remove(mid)
+        store.outbox_attempted("o0")  # removed already: nothing to count
+        store.outbox_put(OutboxEntry("o2", "bob", b"again", 9.0))  # put back after removal
+    assert len([s for s in log if s.startswith("DELETE FROM outbox")]) == 1
+    assert not [s for s in log if s.startswith("UPDATE outbox")]
+    assert [(e.message_id, e.attempts, e.payload) for e in store.outbox_pending()] == [
+        ("o4", 1, b"p"),
+        ("o2", 0, b"again"),
+    ]
