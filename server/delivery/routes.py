@@ -22,8 +22,8 @@ from server.delivery.frames import (
     FrameError,
     dumps,
     parse_client_frame,
+    parse_frame,
     parse_json,
-    parse_text,
 )
 from server.delivery.service import DeliveryService
 from server.delivery.writer import Sender
@@ -31,7 +31,7 @@ from server.edge.connections import PRE_AUTH_MAX_BYTES, Tracked
 from server.errors import RateLimited, Unauthorized
 from server.state import relay_state
 from wire.codes import CloseCode
-from wire.frames import AuthFrame, SendFrame
+from wire.frames import AuthFrame
 
 __all__ = ["WebSocketFastPath", "router"]
 
@@ -210,8 +210,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 conn.close(CloseCode.TOO_LARGE, "frame too large")
                 continue
             try:
-                frame = parse_text(text)
-                if isinstance(frame, SendFrame):
+                frame = parse_frame(text)
+                if isinstance(frame, dict) and frame["type"] == "send":
                     if not sends.take(pk):
                         await sends.spend(pk)
                     if not account_sends.take(account):

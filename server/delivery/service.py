@@ -21,9 +21,12 @@ from server.delivery.budgets import DeviceBudgets
 from server.delivery.connection import DeviceConnection
 from server.delivery.fanout import Hub
 from server.delivery.frames import (
+    AckIn,
     ClientFrame,
     Delivery,
     FrameError,
+    SendIn,
+    as_dict,
     canonical_b64,
     decode_b64,
     dumps,
@@ -271,11 +274,17 @@ class DeliveryService:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def handle_frame(self, conn: DeviceConnection, frame: ClientFrame) -> None:
+    def handle_frame(self, conn: DeviceConnection, frame: SendIn | AckIn | ClientFrame) -> None:
         """Process one parsed client frame after authentication (raises ``FrameError`` for
-        the caller to answer). Budgets were charged by the caller (``routes``)."""
-        if isinstance(frame, SendFrame):
-            self._handle_send(conn, frame)
+        the caller to answer): ``send`` and ``ack`` as :func:`~server.delivery.frames.parse_frame`
+        gives them (dicts) or as models. Budgets were charged by the caller (``routes``)."""
+        if isinstance(frame, dict):
+            if frame["type"] == "send":
+                self._handle_send(conn, frame)
+            else:
+                conn.ack(frame["seqs"])
+        elif isinstance(frame, SendFrame):
+            self._handle_send(conn, as_dict(frame))
         elif isinstance(frame, AckFrame):
             conn.ack(frame.seqs)
         elif isinstance(frame, PingFrame):
@@ -283,57 +292,58 @@ class DeliveryService:
         else:
             raise FrameError(ErrorCode.BAD_FRAME, "already authenticated", None)
 
-    def _handle_send(self, conn: DeviceConnection, frame: SendFrame) -> None:
+    def _handle_send(self, conn: DeviceConnection, frame: SendIn) -> None:
         cfg = self.config
+        frame_id = frame["id"]
         recipients = 0
-        for p in frame.payloads:
-            recipients += len(p.to)
+        for p in frame["payloads"]:
+            recipients += len(p["to"])
         if recipients > cfg.max_recipients:
             raise FrameError(
                 ErrorCode.TOO_MANY_RECIPIENTS,
                 f"at most {cfg.max_recipients} recipient devices",
-                frame.id,
+                frame_id,
             )
         seen: set[tuple[str, int]] = set()
         payloads: list[tuple[bytes, list[tuple[str, int]]]] = []
         texts: list[str] = []
-        for payload in frame.payloads:
-            data = decode_b64(payload.data, frame.id)
+        for payload in frame["payloads"]:
+            data = decode_b64(payload["data"], frame_id)
             if len(data) > cfg.max_ciphertext_bytes:
                 raise FrameError(
                     ErrorCode.TOO_LARGE,
                     f"a payload is over {cfg.max_ciphertext_bytes} bytes",
-                    frame.id,
+                    frame_id,
                 )
             to = []
-            for r in payload.to:
-                key = (r.user, r.device)
+            for r in payload["to"]:
+                key = (r["user"], r["device"])
                 if key in seen:
                     raise FrameError(
                         ErrorCode.DUPLICATE_RECIPIENT,
                         "a device is addressed more than once",
-                        frame.id,
+                        frame_id,
                     )
                 seen.add(key)
                 to.append(key)
             payloads.append((data, to))
-            texts.append(canonical_b64(payload.data, data))
+            texts.append(canonical_b64(payload["data"], data))
         if (conn.device.user, conn.device.device_id) in seen:
-            raise FrameError(ErrorCode.BAD_RECIPIENT, "a device cannot send to itself", frame.id)
+            raise FrameError(ErrorCode.BAD_RECIPIENT, "a device cannot send to itself", frame_id)
         if not self.accepting:
-            raise FrameError(ErrorCode.SHUTTING_DOWN, "the relay is shutting down; retry", frame.id)
+            raise FrameError(ErrorCode.SHUTTING_DOWN, "the relay is shutting down; retry", frame_id)
         if conn.pending_sends >= cfg.max_pending_sends:
-            raise FrameError(ErrorCode.BUSY, "too many sends awaiting an answer", frame.id)
+            raise FrameError(ErrorCode.BUSY, "too many sends awaiting an answer", frame_id)
         conn.pending_sends += 1
         op = SendOp(
             conn,
             conn.device,
-            frame.id,
+            frame_id,
             payloads,
-            frame.ephemeral,
-            frame.ttl,
+            frame["ephemeral"],
+            frame["ttl"],
             self.clock.monotonic(),
-            after=frame.after,
+            after=frame["after"],
             texts=texts,
         )
         self.writer_for(conn.device.device_pk).submit(op)

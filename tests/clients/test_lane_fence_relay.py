@@ -11,12 +11,11 @@ import pytest
 
 from clients.sdk import Event, VoxClient
 from server.delivery.connection import DeviceConnection
-from server.delivery.frames import FrameError
+from server.delivery.frames import FrameError, SendIn
 from tests.clients.conftest import Factory
 from tests.clients.kit import texts, wait_for
 from tests.server.relay_harness import Relay
 from wire.codes import ErrorCode
-from wire.frames import SendFrame
 
 N = 6
 
@@ -28,7 +27,7 @@ def relay(relay_on_both: Relay) -> Relay:
 
 
 def intercept(
-    relay: Relay, act: Callable[[DeviceConnection, SendFrame], bool]
+    relay: Relay, act: Callable[[DeviceConnection, SendIn], bool]
 ) -> list[tuple[str, str | None]]:
     """Run ``act`` on each of alice's durable send frames as the relay reads it (before any
     check); ``act`` returning ``True`` means the frame was dealt with (not handled further).
@@ -37,9 +36,9 @@ def intercept(
     handle = service._handle_send
     seen: list[tuple[str, str | None]] = []
 
-    def handle_send(conn: DeviceConnection, frame: SendFrame) -> None:
-        if conn.device.user == "alice" and not frame.ephemeral:
-            seen.append((frame.id, frame.after))
+    def handle_send(conn: DeviceConnection, frame: SendIn) -> None:
+        if conn.device.user == "alice" and not frame["ephemeral"]:
+            seen.append((frame["id"], frame["after"]))
             if act(conn, frame):
                 return
         handle(conn, frame)
@@ -81,9 +80,9 @@ async def test_a_busy_first_message_is_never_overtaken_by_the_rest_of_the_window
         alice.engine.sends.predecessor = lambda key: None  # type: ignore[method-assign]
     busy = [True]
 
-    def refuse_once(conn: DeviceConnection, frame: SendFrame) -> bool:
+    def refuse_once(conn: DeviceConnection, frame: SendIn) -> bool:
         if busy.pop() if busy else False:
-            raise FrameError(ErrorCode.BUSY, "injected busy", frame.id)
+            raise FrameError(ErrorCode.BUSY, "injected busy", frame["id"])
         return False
 
     seen = intercept(relay, refuse_once)
@@ -111,7 +110,7 @@ async def test_a_connection_dropped_mid_window_never_lets_a_later_message_overta
     alice, _, got = await chat(make_client)
     dropped = [2]  # the third frame of the window: it and everything behind it are lost
 
-    def drop_once(conn: DeviceConnection, frame: SendFrame) -> bool:
+    def drop_once(conn: DeviceConnection, frame: SendIn) -> bool:
         if not dropped:
             return False
         if dropped[0] > 0:
