@@ -181,7 +181,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     )
     conn.wake()  # (re)deliver whatever is queued
     pk, account = device.device_pk, device.account_id
-    receive = ws.receive
+    # uvicorn's own receive when it serves the socket: Starlette's wrapper only re-checks the
+    # message type (uvicorn sends nothing else) and tracks a state nothing reads after this.
+    receive = protocol.receive if protocol is not None else ws.receive
     frames, frame_bytes = budgets.frames, budgets.frame_bytes
     sends, account_sends = budgets.sends, budgets.account_sends
     try:
