@@ -19,7 +19,9 @@ pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
     backlog) and for committed envelopes too large to carry (below).
 ``{"n": node, "k": "wake", "d": [device_pk, ...], "e": {"<device_pk>": [[seq, tail], ...]}}``
     envelopes node ``n`` has just committed (:meth:`Hub.committed`), carried with the wake-up
-    when their frames total at most :data:`CARRIED_BYTES`: each is the ``deliver`` frame of
+    (a commit's envelopes are split over several such messages of at most
+    :data:`CARRIED_BYTES` of frames each; a device whose envelopes alone are bigger gets a
+    plain wake): each is the ``deliver`` frame of
     queue row ``seq`` (``tail`` is the frame after its ``seq``; the ciphertext envelope is
     already stored, so Redis carries nothing the database does not hold). The node holding a
     device of ``e`` delivers them without reading the database, exactly as if it had
@@ -333,21 +335,37 @@ class Hub:
             else:
                 remote.append(device_pk)
         if remote:
-            message: dict[str, Any] = {"k": "wake", "d": remote}
             if self._outbox is not None:
-                carried: dict[str, list[tuple[int, str]]] = {}
-                budget = CARRIED_BYTES
-                for device_pk in remote:
-                    rows = [(d.seq, d.tail) for d in per_device[device_pk]]
-                    budget -= sum(len(tail) + 16 for _, tail in rows)
-                    if budget < 0:
-                        break
-                    carried[str(device_pk)] = rows
-                if carried:
-                    message["e"] = carried
-            self._publish(message)
+                self._publish_committed(remote, per_device)
             if self.observer is not None:
                 self.observer.queued_elsewhere(remote)
+
+    def _publish_committed(
+        self, remote: list[int], per_device: Mapping[int, Sequence[Any]]
+    ) -> None:
+        """Wake-ups carrying the envelopes, split so that no message carries more than
+        :data:`CARRIED_BYTES` of frames; a device whose envelopes alone are bigger is only
+        woken (its node reads them from the database)."""
+        plain: list[int] = []
+        devices: list[int] = []
+        carried: dict[str, list[tuple[int, str]]] = {}
+        size = 0
+        for device_pk in remote:
+            rows = [(d.seq, d.tail) for d in per_device[device_pk]]
+            need = sum(len(tail) + 16 for _, tail in rows)
+            if need > CARRIED_BYTES:
+                plain.append(device_pk)
+                continue
+            if size + need > CARRIED_BYTES:
+                self._publish({"k": "wake", "d": devices, "e": carried})
+                devices, carried, size = [], {}, 0
+            devices.append(device_pk)
+            carried[str(device_pk)] = rows
+            size += need
+        if devices:
+            self._publish({"k": "wake", "d": devices, "e": carried})
+        if plain:
+            self._publish({"k": "wake", "d": plain})
 
     def wake(self, device_pks: Iterable[int]) -> None:
         """Tell whoever holds these devices' sockets to read their queues."""
