@@ -80,15 +80,16 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 
 def _configure_postgres(engine: AsyncEngine) -> None:
     """Each new PostgreSQL connection gets the session's own functions (``pg_temp``; outside
-    any transaction, so nothing rolls them back): the delivery writer's queue lock-and-count
-    (:data:`server.delivery.repository.QUEUE_USAGE_FUNCTION_PG`). Without them (a role with no
-    ``TEMP`` privilege on the database) the writer takes one more round trip per batch."""
-    from server.delivery.repository import QUEUE_USAGE_FUNCTION_PG, SESSION_FUNCTIONS
+    any transaction, so nothing rolls them back): the delivery writer's batch reads with the
+    queue locks and counts, and its queue lock-and-count
+    (:data:`server.delivery.repository.SESSION_FUNCTIONS_PG`). Without them (a role with no
+    ``TEMP`` privilege on the database) the writer takes two more round trips per batch."""
+    from server.delivery.repository import SESSION_FUNCTIONS, SESSION_FUNCTIONS_PG
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         try:
-            dbapi_connection.run_async(lambda raw: raw.execute(QUEUE_USAGE_FUNCTION_PG))
+            dbapi_connection.run_async(lambda raw: raw.execute(SESSION_FUNCTIONS_PG))
         except Exception as exc:  # e.g. no TEMP privilege (never log the statement)
             log.warning(
                 "no session function on a PostgreSQL connection (%s): queue locks and "

@@ -232,7 +232,85 @@ QUEUE_USAGE_FUNCTION_PG = (
     " END $fn$"
 )
 
-#: ``Connection.info`` key: the connection has :data:`QUEUE_USAGE_FUNCTION_PG`.
+#: Inside :data:`BATCH_READS_FUNCTION_PG` (``$1``-``$7``: its arguments): the batch reads.
+BATCH_READS_IN_FUNCTION_PG = (
+    "WITH gone AS ("
+    " DELETE FROM delivery_queue"
+    " WHERE device_pk = ANY(CAST($1 AS BIGINT[])) AND seq = ANY(CAST($2 AS BIGINT[]))"
+    " RETURNING device_pk, seq, envelope_id, idx"
+    "), orphans AS ("
+    " DELETE FROM delivery_payloads AS p USING (SELECT DISTINCT envelope_id, idx FROM gone) AS g"
+    " WHERE p.envelope_id = g.envelope_id AND p.idx = g.idx AND NOT EXISTS ("
+    "  SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = p.envelope_id"
+    "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
+    "), found AS ("
+    " SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at"
+    " FROM delivery_sends AS s"
+    " JOIN unnest(CAST($3 AS BIGINT[]), CAST($4 AS VARCHAR[])) AS k(pk, cid)"
+    " ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
+    "), sets AS ("
+    " SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a"
+    " LEFT OUTER JOIN devices AS d ON d.account_id = a.id"
+    " WHERE a.username = ANY(CAST($5 AS VARCHAR[]))"
+    ") "
+    "SELECT 0, gone.device_pk, gone.seq, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
+    " CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) FROM gone"
+    " UNION ALL SELECT 1, found.sender_device_pk, found.created_at, NULL, NULL,"
+    " found.client_id, found.envelope_id FROM found"
+    " UNION ALL SELECT 2, sets.id, sets.device_id, sets.pk, NULL, sets.username, NULL FROM sets"
+)
+
+#: Inside :data:`BATCH_READS_FUNCTION_PG`: the recipient devices named that exist.
+_RECIPIENT_DEVICES_FROM = (
+    " FROM devices AS d JOIN accounts AS a ON a.id = d.account_id"
+    " JOIN unnest(CAST($6 AS VARCHAR[]), CAST($7 AS BIGINT[])) AS r(u, i)"
+    " ON a.username = r.u AND d.device_id = r.i"
+)
+RECIPIENT_DEVICES_IN_FUNCTION_PG = f"SELECT array_agg(DISTINCT d.pk){_RECIPIENT_DEVICES_FROM}"
+
+#: A batch's first round trip when the connection has it (PostgreSQL): the batch reads
+#: (:data:`_BATCH_READS_PG`'s rows, kinds 0-2), then the queue locks of every existing device
+#: the batch's sends name as a recipient (in key order), then — counted once the locks are
+#: held, in a fresh snapshot (as :data:`QUEUE_USAGE_FUNCTION_PG`) — those devices (kind 3:
+#: pk) and their queues (kind 4: device pk, sending account, count, bytes). The locks are a
+#: superset of what the batch fills (a refused or repeated send's recipients too), taken in
+#: one sorted pass.
+BATCH_READS_FUNCTION_PG = (
+    "CREATE OR REPLACE FUNCTION pg_temp.vox_batch_reads("  # noqa: S608 (constants)
+    "devices BIGINT[], seqs BIGINT[], pks BIGINT[], ids VARCHAR[], names VARCHAR[],"
+    " ref_users VARCHAR[], ref_devices BIGINT[], cls INTEGER)"
+    " RETURNS TABLE (o_kind INTEGER, o_a BIGINT, o_b BIGINT, o_c BIGINT, o_d BIGINT,"
+    " o_name VARCHAR, o_env VARCHAR)"
+    " LANGUAGE plpgsql VOLATILE AS $fn$"
+    " DECLARE k INTEGER; locked BIGINT[];"
+    " BEGIN"
+    f" RETURN QUERY {BATCH_READS_IN_FUNCTION_PG};"
+    f" SELECT array_agg(DISTINCT d.pk) INTO locked{_RECIPIENT_DEVICES_FROM};"
+    " IF locked IS NULL THEN RETURN; END IF;"
+    " FOR k IN SELECT DISTINCT CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)"
+    "  FROM unnest(locked) AS t(p) ORDER BY 1 LOOP"
+    "  PERFORM pg_advisory_xact_lock(cls, k);"
+    " END LOOP;"
+    " RETURN QUERY SELECT 3, t.p, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
+    " CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
+    " FROM unnest(locked) AS t(p);"
+    " RETURN QUERY SELECT 4, q.device_pk, q.sender_account_id, count(*),"
+    " CAST(coalesce(sum(q.size), 0) AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
+    " FROM delivery_queue AS q WHERE q.device_pk = ANY(locked)"
+    " GROUP BY q.device_pk, q.sender_account_id;"
+    " END $fn$"
+)
+
+#: Every session function, created on each new PostgreSQL connection.
+SESSION_FUNCTIONS_PG = f"{QUEUE_USAGE_FUNCTION_PG}; {BATCH_READS_FUNCTION_PG}"
+
+_BATCH_READS_CALL_PG = text(
+    "SELECT * FROM pg_temp.vox_batch_reads(CAST(:devices AS BIGINT[]), CAST(:seqs AS BIGINT[]),"
+    " CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[]), CAST(:names AS VARCHAR[]),"
+    " CAST(:ref_users AS VARCHAR[]), CAST(:ref_devices AS BIGINT[]), :cls)"
+)
+
+#: ``Connection.info`` key: the connection has :data:`SESSION_FUNCTIONS_PG`.
 SESSION_FUNCTIONS = "vox_session_functions"
 
 _LOCK_QUEUE_USAGE_PG = text(
@@ -295,6 +373,9 @@ class BatchReads:
     #: Existing sends among the (sender device pk, client id) pairs asked for.
     found: dict[tuple[int, str], SendRecord]
     sets: DeviceSets
+    #: PostgreSQL with the session functions: the queues locked (until the commit) and
+    #: counted in the same round trip — every existing recipient device named.
+    held: dict[int, QueueUsage] | None = None
 
 
 @dataclass(slots=True)
@@ -317,11 +398,13 @@ class DeliveryRepository:
         keys: Sequence[tuple[int, str]],
         users: Iterable[str],
         removed: list[tuple[int, int, int]] | None = None,
+        recipients: Iterable[tuple[str, int]] = (),
     ) -> BatchReads:
         """A batch's first step: delete its acked queue rows (:meth:`delete_acked`; SQLite:
         listed in ``removed``), find the sends already stored (:meth:`find_sends`), and the
         device sets of ``users`` (:meth:`device_sets`) — on PostgreSQL in one statement (one
-        round trip)."""
+        round trip), which with the session functions also locks and counts the queues of
+        the ``recipients`` (user, device id) that exist (:attr:`BatchReads.held`)."""
         names = sorted(set(users))
         if conn.dialect.name != "postgresql":
             return BatchReads(
@@ -331,18 +414,36 @@ class DeliveryRepository:
             )
         wanted = set(acks)
         out = BatchReads(0, {}, DeviceSets({}, {}))
-        rows = conn.execute(
-            _BATCH_READS_PG,
-            {
-                "devices": sorted({pk for pk, _ in wanted}),
-                "seqs": sorted({seq for _, seq in wanted}),
-                "pks": [pk for pk, _ in keys],
-                "ids": [cid for _, cid in keys],
-                "names": names,
-            },
-        )
-        for kind, a, b, c, name, envelope_id in rows:
-            if kind == 0:
+        params: dict[str, Any] = {
+            "devices": sorted({pk for pk, _ in wanted}),
+            "seqs": sorted({seq for _, seq in wanted}),
+            "pks": [pk for pk, _ in keys],
+            "ids": [cid for _, cid in keys],
+            "names": names,
+        }
+        held: dict[int, QueueUsage] = {}
+        rows: Iterable[Any]
+        if conn.info.get(SESSION_FUNCTIONS):
+            refs = sorted(set(recipients))
+            params["ref_users"] = [user for user, _ in refs]
+            params["ref_devices"] = [device for _, device in refs]
+            params["cls"] = QUEUE_LOCK_CLASS
+            out.held = held
+            rows = conn.execute(_BATCH_READS_CALL_PG, params)
+        else:
+            rows = (
+                (kind, a, b, c, None, name, env)
+                for kind, a, b, c, name, env in conn.execute(_BATCH_READS_PG, params)
+            )
+        for kind, a, b, c, d, name, envelope_id in rows:
+            if kind == 3:
+                held[a] = QueueUsage()
+            elif kind == 4:
+                usage = held[a]
+                usage.depth += int(c)
+                usage.bytes += int(d)
+                usage.by_sender[b] = (int(c), int(d))
+            elif kind == 0:
                 assert (a, b) in wanted
                 out.acked += 1
             elif kind == 1:
@@ -425,11 +526,22 @@ class DeliveryRepository:
             conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
     def lock_queue_usage(
-        self, conn: Connection, device_pks: Iterable[int]
+        self,
+        conn: Connection,
+        device_pks: Iterable[int],
+        held: dict[int, QueueUsage] | None = None,
     ) -> dict[int, QueueUsage]:
         """:meth:`lock_queues`, then :meth:`queue_usage` — on PostgreSQL in one round trip
-        (a function that counts once it holds the locks) where the connection has it."""
+        (a function that counts once it holds the locks) where the connection has it. Queues
+        already locked and counted in this transaction (``held``, from :meth:`batch_reads`)
+        cost nothing more."""
         pks = sorted(set(device_pks))
+        if held is not None:
+            more = [pk for pk in pks if pk not in held]
+            out = {pk: held[pk] for pk in pks if pk in held}
+            if more:  # not found by the lock step: deleted meanwhile (it gets no rows)
+                out.update(self.lock_queue_usage(conn, more))
+            return out
         if conn.dialect.name != "postgresql" or not conn.info.get(SESSION_FUNCTIONS):
             self.lock_queues(conn, pks)
             return self.queue_usage(conn, pks)

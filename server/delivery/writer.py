@@ -412,11 +412,13 @@ class GroupCommitWriter:
         if self.cache is not None:
             reads = self.cache.batch_reads(self._repo, conn, acks, sorted(keys), users)
         else:
-            reads = self._repo.batch_reads(conn, acks, sorted(keys), users)
+            # PostgreSQL: the recipients' queues are locked and counted in the same round trip.
+            refs = {ref for op in durable for _, to in op.payloads for ref in to}
+            reads = self._repo.batch_reads(conn, acks, sorted(keys), users, recipients=refs)
         if acks:
             self._metrics.acks.inc(reads.acked)
         if sends:
-            self._store(conn, sends, reads.found, reads.sets, batch)
+            self._store(conn, sends, reads.found, reads.sets, batch, reads.held)
 
     def _store(
         self,
@@ -425,6 +427,7 @@ class GroupCommitWriter:
         found: dict[tuple[int, str], SendRecord],
         sets: DeviceSets,
         batch: _Batch,
+        held: dict[int, QueueUsage] | None = None,
     ) -> None:
         now = self._clock.now_ms()
         durable = [op for op in ops if not op.ephemeral]
@@ -470,7 +473,7 @@ class GroupCommitWriter:
         if targets and self.cache is not None:  # SQLite: BEGIN IMMEDIATE is the lock
             usage = self.cache.queue_usage(self._repo, conn, targets)
         elif targets:
-            usage = self._repo.lock_queue_usage(conn, targets)
+            usage = self._repo.lock_queue_usage(conn, targets, held)
         owners = _owners(sets)
         fence = LaneFence(found)
         to_store: list[NewSend] = []

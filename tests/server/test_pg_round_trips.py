@@ -1,7 +1,7 @@
-"""PostgreSQL: a group-commit batch is three statements between BEGIN and COMMIT, whatever it
-holds (docs/protocol-ws.md §11): the acks, de-duplication and device sets in one; the queue
-locks and depths in one; the inserts in one. An ack-only batch is one statement. Each statement
-is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU.
+"""PostgreSQL: a group-commit batch is two statements between BEGIN and COMMIT, whatever it
+holds (docs/protocol-ws.md §11): the acks, de-duplication, device sets and the recipients'
+queue locks and depths in one; the inserts in one. An ack-only batch is one statement. Each
+statement is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU.
 
 The queue count shares its round trip with the queue locks but must still see every row the
 locks' previous holder committed while this batch waited (else the depth bound is not exact).
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from server.db.engine import create_engine
 from server.db.models_delivery import QueueEntry
+from server.delivery.policy import QueueUsage
 from server.delivery.repository import SESSION_FUNCTIONS, DeliveryRepository
 from server.delivery.writer import AckOp, SendOp
 from tests.server.ws_kit import open_ws, payload, seeded_database, world
@@ -28,7 +29,7 @@ from tests.server.ws_kit import open_ws, payload, seeded_database, world
 pytestmark = pytest.mark.postgres
 
 
-async def test_a_batch_is_three_statements_and_an_ack_batch_one(
+async def test_a_batch_is_two_statements_and_an_ack_batch_one(
     tmp_path: Path, postgres_url: str
 ) -> None:
     async with world(
@@ -92,25 +93,32 @@ async def test_a_batch_is_three_statements_and_an_ack_batch_one(
             event.remove(writer._engine.sync_engine, "before_cursor_execute", count)
         assert batches and any(s for s, _, _ in batches) and any(a for _, a, _ in batches)
         for sends, _acks, n in batches:
-            assert n == (3 if sends else 1), batches
+            assert n == (2 if sends else 1), batches
 
 
+@pytest.mark.parametrize("step", ["lock_queue_usage", "batch_reads"])
 async def test_the_queue_count_sees_rows_committed_while_it_waited_for_the_lock(
-    postgres_url: str,
+    postgres_url: str, step: str
 ) -> None:
     repo = DeliveryRepository()
+
+    def lock_and_count(c: Connection, bob: int) -> dict[int, QueueUsage]:
+        if step == "lock_queue_usage":
+            return repo.lock_queue_usage(c, [bob])
+        held = repo.batch_reads(c, [], [], ["bob"], recipients=[("bob", 1)]).held
+        assert held is not None
+        return held
+
     async with seeded_database(postgres_url) as (engine, seeded):
         bob, alice_account = seeded.recipient, seeded.account
         send = seeded.send("e" * 32, "c1")
         async with engine.connect() as first, engine.connect() as second, engine.connect() as spy:
             await first.begin()
-            usage = await first.run_sync(lambda c: repo.lock_queue_usage(c, [bob]))
+            usage = await first.run_sync(lambda c: lock_and_count(c, bob))
             assert usage[bob].depth == 0
             await first.run_sync(lambda c: repo.insert_sends(c, [send]))
             await second.begin()
-            waiting = asyncio.create_task(
-                second.run_sync(lambda c: repo.lock_queue_usage(c, [bob]))
-            )
+            waiting = asyncio.create_task(second.run_sync(lambda c: lock_and_count(c, bob)))
             # Until the second batch waits for bob's queue lock, held by the first.
             while True:
                 blocked = await spy.scalar(

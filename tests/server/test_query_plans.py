@@ -110,9 +110,15 @@ def _delivery_path(conn: Connection, sender_pk: int, recipient_pk: int, sender_a
     # What the writer runs (PostgreSQL: one statement each; the queue count runs inside a
     # function, explained on its own below).
     reads = repo.batch_reads(
-        conn, [(recipient_pk, 1), (recipient_pk, 2)], [(sender_pk, "c1")], ["alice", "bob"]
+        conn,
+        [(recipient_pk, 1), (recipient_pk, 2)],
+        [(sender_pk, "c1")],
+        ["alice", "bob"],
+        recipients=[("bob", 1), ("alice", 2)],
     )
     assert reads.sets.devices["bob"] == {1: recipient_pk}
+    if reads.held is not None:  # PostgreSQL: the recipients' queues locked and counted
+        assert set(reads.held) == {recipient_pk}
     repo.lock_queue_usage(conn, [recipient_pk, sender_pk])
     sends = [
         NewSend(
@@ -255,13 +261,28 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
                 plan = "\n".join(str(row[0]) for row in result)
                 if "Seq Scan" in plan:
                     failures.append(f"{sql}\n{plan}")
-            # The count inside the writer's lock-and-count function.
-            result = await conn.exec_driver_sql(
-                f"EXPLAIN {repository.QUEUE_USAGE_PG}", ([recipient_pk, sender_pk],)
-            )
-            plan = "\n".join(str(row[0]) for row in result)
-            if "Seq Scan" in plan or "delivery_queue" not in plan:
-                failures.append(f"{repository.QUEUE_USAGE_PG}\n{plan}")
+            # The statements inside the writer's session functions (the batch reads with the
+            # recipients' queue locks, and the lock-and-count: their counts are this one).
+            inside = [
+                (repository.QUEUE_USAGE_PG, ([recipient_pk, sender_pk],), "delivery_queue"),
+                (
+                    repository.BATCH_READS_IN_FUNCTION_PG,
+                    ([recipient_pk], [1, 2], [sender_pk], ["c1"], ["alice", "bob"]),
+                    "delivery_sends",
+                ),
+                (  # its arguments 6 and 7 (the only ones it names)
+                    repository.RECIPIENT_DEVICES_IN_FUNCTION_PG.replace("$6", "$1").replace(
+                        "$7", "$2"
+                    ),
+                    (["bob", "alice"], [1, 2]),
+                    "devices",
+                ),
+            ]
+            for sql, args, table in inside:
+                result = await conn.exec_driver_sql(f"EXPLAIN {sql}", args)
+                plan = "\n".join(str(row[0]) for row in result)
+                if "Seq Scan" in plan or table not in plan:
+                    failures.append(f"{sql}\n{plan}")
             await conn.rollback()
         assert not failures, "sequential scans:\n" + "\n\n".join(failures)
     finally:
