@@ -43,6 +43,7 @@ SALT_LEN = 16
 NONCE_LEN = 12
 VERSION = 1
 _LABEL = b"VoxStore-v1"
+_VERSION_BYTE = bytes([VERSION])
 CHECK_PLAINTEXT = b"vox local store key check v1"
 
 
@@ -91,8 +92,18 @@ def write_key_file(path: Path) -> bytes:
 
 
 def row_ad(table: str, row_key: bytes) -> bytes:
-    """Associated data binding a sealed value to its table and row."""
-    return Writer().raw(_LABEL).u8(0).str16(table).bytes16(row_key).finish()
+    """Associated data binding a sealed value to its table and row:
+    ``label || 0x00 || str16 table || bytes16 row key``."""
+    prefix = _AD_PREFIX.get(table)
+    if prefix is None:
+        prefix = _AD_PREFIX[table] = Writer().raw(_LABEL).u8(0).str16(table).finish()
+    if len(row_key) > 0xFFFF:
+        raise ValueError("field longer than 65535 bytes")
+    return prefix + len(row_key).to_bytes(2, "big") + row_key
+
+
+#: ``row_ad``'s constant part per table (a handful of tables: built once each).
+_AD_PREFIX: dict[str, bytes] = {}
 
 
 class Sealer:
@@ -116,9 +127,7 @@ class Sealer:
     def seal(self, table: str, row_key: bytes, plaintext: bytes) -> bytes:
         """Encrypt ``plaintext`` bound to (table, row_key)."""
         nonce = os.urandom(NONCE_LEN)
-        return (
-            bytes([VERSION]) + nonce + self._aead.encrypt(nonce, plaintext, row_ad(table, row_key))
-        )
+        return _VERSION_BYTE + nonce + self._aead.encrypt(nonce, plaintext, row_ad(table, row_key))
 
     def open(self, table: str, row_key: bytes, sealed: bytes) -> bytes:
         """Decrypt a sealed value; :class:`StoreCorrupted` if it was altered or moved."""

@@ -11,8 +11,8 @@ has and which messages share a word); candidates are then decrypted and checked.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
+from typing import Any
 
 from clients.store.models import StoredMessage
 
@@ -46,7 +46,34 @@ def matches(message: StoredMessage, query_words: set[str]) -> bool:
 
 
 def tokens(key: bytes, message_words: set[str]) -> set[bytes]:
-    """The keyed tokens of a set of words (see the module docstring)."""
-    return {
-        hmac.new(key, w.encode("utf-8"), hashlib.sha256).digest()[:TOKEN_LEN] for w in message_words
-    }
+    """The keyed tokens of a set of words (see the module docstring).
+
+    HMAC-SHA256 from the key's two padded hash states, computed once per key and copied per
+    word (what :mod:`hmac` does, without setting up the key again for every word: 2-3x
+    faster per word)."""
+    inner, outer = _pads(key)
+    out = set()
+    for w in message_words:
+        h = inner.copy()
+        h.update(w.encode("utf-8"))
+        o = outer.copy()
+        o.update(h.digest())
+        out.add(o.digest()[:TOKEN_LEN])
+    return out
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+#: HMAC-SHA256's inner and outer hash states per key (one or two store keys per process).
+_PADS: dict[bytes, tuple[Any, Any]] = {}
+
+
+def _pads(key: bytes) -> tuple[Any, Any]:
+    pads = _PADS.get(key)
+    if pads is None:
+        if len(_PADS) >= 8:
+            _PADS.clear()
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        pads = (hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD)))
+        _PADS[key] = pads
+    return pads

@@ -131,7 +131,12 @@ def profile_exists(home: Path) -> bool:
 
 
 def _rk(*parts: str | int) -> bytes:
-    """The row key (for the AEAD's associated data) of a row with these primary key parts."""
+    """The row key (for the AEAD's associated data) of a row with these primary key parts:
+    per part ``0x00 || str16`` (text) or ``0x01 || u64`` (integer)."""
+    if len(parts) == 1 and type(parts[0]) is str:  # a message id: the common case
+        text = parts[0].encode("utf-8")
+        if len(text) <= 0xFFFF:
+            return b"\x00" + len(text).to_bytes(2, "big") + text
     w = Writer()
     for part in parts:
         if isinstance(part, int):

@@ -5,12 +5,17 @@ What the store answers is the same as when each call wrote at once."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clients.store import Direction, OutboxEntry, SqliteStore, StoredMessage
+from clients.store import Direction, OutboxEntry, SqliteStore, StoredMessage, search
+from clients.store.sealing import row_ad
+from clients.store.sqlite import _rk
+from crypto.encoding import Writer
 
 
 @pytest.fixture
@@ -97,3 +102,20 @@ def test_outbox_attempts_and_removals_are_one_statement_each_per_transaction(
         ("o4", 1, b"p"),
         ("o2", 0, b"again"),
     ]
+
+
+def test_row_keys_associated_data_and_search_tokens_keep_their_format() -> None:
+    """The fast paths write the documented bytes (a store written before still opens)."""
+    for key in ("a1", "é" * 40, ""):
+        assert _rk(key) == Writer().u8(0).str16(key).finish()
+    assert _rk("bob", 7) == Writer().u8(0).str16("bob").u8(1).u64(7).finish()
+    for table, row in (("messages", _rk("m1")), ("sessions", _rk("bob", 1)), ("kv", b"")):
+        assert row_ad(table, row) == (
+            Writer().raw(b"VoxStore-v1").u8(0).str16(table).bytes16(row).finish()
+        )
+    with pytest.raises(ValueError):
+        row_ad("messages", b"x" * 0x10000)
+    for key in (bytes(range(32)), bytes(range(100)), b"k"):
+        assert search.tokens(key, {"hello", "wörld"}) == {
+            hmac.new(key, w.encode(), hashlib.sha256).digest()[:8] for w in ("hello", "wörld")
+        }
