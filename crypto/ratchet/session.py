@@ -16,7 +16,6 @@ Sessions are created by :mod:`crypto.pqxdh` (``initiate_session`` / ``accept_ses
 from __future__ import annotations
 
 import struct
-from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -200,7 +199,8 @@ class Session:
         self._sending = sending
         self._receiving: ChainKey | None = None
         self._previous_counter = 0
-        self._previous_remote: deque[bytes] = deque(maxlen=PREVIOUS_KEYS)
+        # The last PREVIOUS_KEYS receiving ratchet keys, oldest first (a tuple: copies share it).
+        self._previous_remote: tuple[bytes, ...] = ()
         self._skipped = SkippedKeys(config.max_stored)
         self._base_key = base_key
         self._initial_digest = initial_digest
@@ -414,7 +414,7 @@ class Session:
                 old_passed, _ = _walk(receiving, previous_chain_length)
                 old_keys = _message_keys(old_passed, receiving.index)
                 self._skipped.add(remote.raw, old_keys, clock)
-            self._previous_remote.append(remote.raw)
+            self._previous_remote = (*self._previous_remote, remote.raw)[-PREVIOUS_KEYS:]
         self._skipped.add(ratchet_key, _message_keys(passed, 0), clock)
         self._root, self._remote = root, new_remote
         self._receiving = ChainKey(next_key, index + 1)
@@ -469,7 +469,7 @@ class Session:
             self._receiving,
         )
         other._previous_counter = self._previous_counter
-        other._previous_remote = self._previous_remote.copy()
+        other._previous_remote = self._previous_remote
         other._skipped = self._skipped.copy()
         other._base_key, other._initial_digest = self._base_key, self._initial_digest
         other._pending, other._config, other._clock = self._pending, self._config, self._clock
@@ -577,7 +577,7 @@ class Session:
         )
         session._receiving = receiving
         session._previous_counter = previous_counter
-        session._previous_remote.extend(previous)
+        session._previous_remote = tuple(previous)
         session._clock = clock
         for ratchet_key, mk, stored_at in skipped:
             session._skipped.add(ratchet_key, (mk,), stored_at)

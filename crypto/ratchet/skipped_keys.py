@@ -20,13 +20,25 @@ __all__ = ["SkippedKeys"]
 
 
 class SkippedKeys:
-    """A bounded, insertion-ordered map ``(ratchet key, index) -> (message key, stored_at)``."""
+    """A bounded, insertion-ordered map ``(ratchet key, index) -> (message key, stored_at)``.
 
-    __slots__ = ("_keys", "max_stored")
+    :meth:`copy` is copy-on-write: the copy and the original share the map until either
+    changes it (each session decrypt works on a copy; most never touch the skipped keys).
+    """
+
+    __slots__ = ("_keys", "_shared", "max_stored")
 
     def __init__(self, max_stored: int) -> None:
         self.max_stored = max_stored
         self._keys: OrderedDict[tuple[bytes, int], tuple[bytes, int]] = OrderedDict()
+        self._shared = False  # True: another SkippedKeys may hold this same map
+
+    def _writable(self) -> OrderedDict[tuple[bytes, int], tuple[bytes, int]]:
+        """The map, made private to this object first if it may be shared."""
+        if self._shared:
+            self._keys = self._keys.copy()
+            self._shared = False
+        return self._keys
 
     def get(self, ratchet_key: bytes, index: int, clock: int, max_age: int) -> MessageKey | None:
         """The stored key for this message unless absent or expired at ``clock`` (not removed)."""
@@ -37,14 +49,19 @@ class SkippedKeys:
 
     def remove(self, ratchet_key: bytes, index: int) -> None:
         """Forget a key once its message decrypted."""
-        self._keys.pop((ratchet_key, index), None)
+        if (ratchet_key, index) in self._keys:
+            del self._writable()[(ratchet_key, index)]
 
     def add(self, ratchet_key: bytes, keys: Iterable[MessageKey], stored_at: int = 0) -> None:
         """Store keys of one chain, evicting the oldest beyond ``max_stored``."""
+        store = None
         for mk in keys:
-            self._keys[(ratchet_key, mk.index)] = (mk.key, stored_at)
-        while len(self._keys) > self.max_stored:
-            self._keys.popitem(last=False)
+            if store is None:
+                store = self._writable()
+            store[(ratchet_key, mk.index)] = (mk.key, stored_at)
+        if store is not None:
+            while len(store) > self.max_stored:
+                store.popitem(last=False)
 
     def expire(self, clock: int, max_age: int) -> int:
         """Delete the keys expired at ``clock``; stamp keys of unknown age with ``clock``.
@@ -52,20 +69,24 @@ class SkippedKeys:
         Returns how many keys were deleted. ``clock == 0`` (unknown) or ``max_age == 0`` (no
         limit) deletes nothing.
         """
-        if clock <= 0:
+        if clock <= 0 or not self._keys:
             return 0
         expired = [slot for slot, (_, at) in self._keys.items() if _expired(at, clock, max_age)]
-        for slot in expired:
-            del self._keys[slot]
-        for slot, (key, at) in self._keys.items():
-            if at == 0:
-                self._keys[slot] = (key, clock)
+        unknown = [slot for slot, (_, at) in self._keys.items() if at == 0]
+        if expired or unknown:
+            store = self._writable()
+            for slot in expired:
+                del store[slot]
+            for slot in unknown:
+                if slot in store:
+                    store[slot] = (store[slot][0], clock)
         return len(expired)
 
     def copy(self) -> SkippedKeys:
-        """An independent copy (the keys are immutable; only the map is new)."""
-        other = SkippedKeys(self.max_stored)
-        other._keys = self._keys.copy()
+        """An independent copy (copy-on-write: the map is copied when either side changes)."""
+        other = SkippedKeys.__new__(SkippedKeys)
+        other.max_stored, other._keys = self.max_stored, self._keys
+        other._shared = self._shared = True
         return other
 
     def __len__(self) -> int:

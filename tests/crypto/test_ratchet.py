@@ -231,6 +231,37 @@ def test_session_state_encoding_and_copies_at_every_step() -> None:
     assert bob.skipped_count == len(late) and bob.to_bytes() == _reference_state(bob)
 
 
+def test_copies_share_nothing_observable_when_either_side_uses_or_expires_skipped_keys() -> None:
+    # Copies share the skipped-key map and the previous ratchet keys until one side changes
+    # them: whichever side changes them, the other keeps its own state exactly.
+    alice, bob, rng = make_pair(b"r10c", config=RatchetConfig(max_skipped_age=100))
+    late = [alice.encrypt(b"late %d" % i, rng) for i in range(3)]
+    assert bob.decrypt(alice.encrypt(b"now", rng), now=1000) == b"now"
+    alice.decrypt(bob.encrypt(b"turn", rng))  # a DH step: bob remembers alice's old key
+    assert bob.decrypt(alice.encrypt(b"next", rng), now=1001) == b"next"
+    assert bob.skipped_count == 3
+    before = bob.to_bytes()
+
+    copy = bob.copy()  # the copy uses a skipped key: the original keeps it
+    assert copy.decrypt(late[0], now=1002) == b"late 0"
+    assert copy.skipped_count == 2 and bob.skipped_count == 3 and bob.to_bytes() == before
+    expired = bob.copy()  # the copy expires every skipped key: the original keeps them
+    assert expired.expire_skipped(5000) == 3
+    assert expired.skipped_count == 0 and bob.to_bytes() == before
+    turned = bob.copy()  # the copy takes a DH step: the original's previous keys stay
+    alice.decrypt(turned.encrypt(b"again", rng))
+    assert turned.decrypt(alice.encrypt(b"after", rng)) == b"after"
+    assert bob.to_bytes() == before
+
+    kept = bob.copy()  # the original changes: the copy is untouched
+    assert bob.decrypt(late[1], now=1003) == b"late 1"
+    assert kept.to_bytes() == before
+    assert kept.decrypt(late[1], now=1003) == b"late 1"
+    assert kept.to_bytes() == bob.to_bytes()
+    with pytest.raises(DuplicateMessage):
+        bob.decrypt(late[1])
+
+
 def test_session_decoder_rejects_bad_versions_truncation_and_trailing_bytes() -> None:
     alice, _, _ = make_pair(b"r11")
     data = alice.to_bytes()
