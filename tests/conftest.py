@@ -17,10 +17,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.logging_state import preserved_logging
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Property tests check what is true of every example, never how fast one runs: on a loaded
+# 2-core machine an example can take longer than Hypothesis' 200 ms deadline, or its input
+# generation can trip the too-slow health check, which failed tests that were correct.
+# Loaded here, before any test module builds its own ``@settings``, which inherit this.
+settings.register_profile(
+    "vox", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("vox")
 
 
 def _unavailable(what: str) -> None:
