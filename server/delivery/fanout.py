@@ -11,36 +11,65 @@ connected *to this node* and routes three kinds of signal to them:
 * **frames** (:meth:`Hub.notify`, :meth:`Hub.send_frame`): small live frames that are never stored —
   server notifications (e.g. low prekey stock) and ephemeral sends (typing indicators).
 
-Without Redis the hub is purely in-process (one node). With Redis, every node subscribes to one
-pub/sub channel (``<prefix>fanout``) and publishes JSON messages on it:
+Without Redis the hub is purely in-process (one node). With Redis, signals for one device go
+only to the node holding its socket:
+
+* **presence**: ``<prefix>at:<device_pk>`` = the id of the node holding the device's socket
+  (``SET ... EX presence_ttl`` when it attaches, refreshed every ``presence_ttl / 3``,
+  deleted when it leaves if still this node's; a device replaced by a newer connection on
+  node ``m`` hands its key to ``m``).
+* **node channels**: every node subscribes to ``<prefix>node:<node id>``. Wake-ups and live
+  frames are *routed*: one Lua script call per signal (:data:`_ROUTE`) reads the devices'
+  presence keys and publishes one message per node holding some of them, on that node's
+  channel, with only its devices (and only their carried envelopes). A device without a key is
+  connected nowhere: nothing is published for it (its queue is read when it connects). A node
+  channel with no subscriber means a dead node: the script deletes the stale keys it read.
+* **broadcast**: every node also subscribes to ``<prefix>fanout`` for ``kick`` and ``drop``
+  (rare, and they must reach a node whatever presence says).
+
+So a node receives, parses and handles only signals for its own devices (plus kicks and
+drops), not every node's traffic, and a commit costs its node one Redis call whatever the
+number of nodes. Messages (JSON; ``n`` is the sending node):
 
 ``{"n": node, "k": "wake", "d": [device_pk, ...]}``
     read the queue of these devices. Sent for signals that carry no envelope (redelivery,
     backlog) and for committed envelopes too large to carry (below).
 ``{"n": node, "k": "wake", "d": [device_pk, ...], "e": {"<device_pk>": [[seq, tail], ...]}}``
     envelopes node ``n`` has just committed (:meth:`Hub.committed`), carried with the wake-up
-    (a commit's envelopes are split over several such messages of at most
-    :data:`CARRIED_BYTES` of frames each; a device whose envelopes alone are bigger gets a
-    plain wake): each is the ``deliver`` frame of
-    queue row ``seq`` (``tail`` is the frame after its ``seq``; the ciphertext envelope is
-    already stored, so Redis carries nothing the database does not hold). The node holding a
-    device of ``e`` delivers them without reading the database, exactly as if it had
-    committed them itself (a connection that is reading its queue, has a backlog or has
+    (a device's envelopes ride along while their frames total at most
+    :data:`CARRIED_BYTES`; past that the device gets a plain wake): each is the ``deliver``
+    frame of queue row ``seq`` (``tail`` is the frame after its ``seq``; the ciphertext
+    envelope is already stored, so Redis carries nothing the database does not hold). The
+    node holding a device of ``e`` delivers them without reading the database, exactly as if
+    it had committed them itself (a connection that is reading its queue, has a backlog or has
     already seen a higher ``seq`` wakes instead, and lets the database decide); ``d`` lists
     every device, so a node that does not know ``e`` still reads the queue.
-``{"n": node, "k": "frame", "d": [device_pk, ...], "f": "<frame JSON text>"}``
+``{"n": node, "k": "frame", "f": "<frame JSON text>", "d": [device_pk, ...]}``
     push this frame to these devices if connected. Used for notifications and ephemeral sends,
     which are never stored anywhere, so the frame (an ephemeral ciphertext) is the only copy;
     Redis pub/sub does not persist it either.
-``{"n": node, "k": "kick", "d": device_pk, "c": connection_id}``
-    a newer connection of this device exists on node ``n``: close any other one (4409).
-``{"n": node, "k": "drop", "d": device_pk, "r": reason}``
+``{"n": node, "k": "kick", "d": device_pk, "c": connection_id}`` (broadcast)
+    a newer connection of this device exists on node ``n``: close any other one (4409), hand
+    the presence key to ``n`` and send ``n`` a wake for the device (envelopes routed to the old
+    connection in the meantime are read by the new one).
+``{"n": node, "k": "drop", "d": device_pk, "r": reason}`` (broadcast)
     the device was removed from its account or revoked: close its connection (4401).
     With ``"t": token_id`` (a logout): only if that connection authenticated with that token.
 
+**Why nothing is lost.** A signal is routed by the presence key *after* its rows are
+committed. A connection's key is written when it attaches, and once Redis has it the hub wakes
+the connection again (a second queue read, only with Redis): a commit routed elsewhere
+(before the key) is older than that read, so the read finds it. A key that disappears while its
+device is connected (expiry during a stall, Redis restarted or flushed) is put back by the
+refresh, which wakes the device; after a lost subscription the node refreshes every key and
+wakes all its devices. A node killed with ``-9`` leaves keys that the first signal for one of
+them deletes (nobody listens on its channel), or that expire; its devices reconnect elsewhere
+and their new node's key replaces the old one.
+
 Signals are best effort: a lost wake (or carried envelope) only delays delivery until the
 device's next wake or reconnect, because the queue itself lives in the database; acks always
-go to the database.
+go to the database. Nodes of the previous scheme (one channel that every node read) are not
+woken by these nodes: upgrade all nodes together.
 
 **Redis outage (degraded mode).** A node whose subscription is down or whose Redis stops
 answering a ping is *degraded* (:attr:`Hub.degraded`). It then asks the database, every
@@ -51,8 +80,8 @@ with at most about one poll interval of delay. What Redis alone carries is lost 
 down: ephemeral frames and notifications to devices on other nodes, "kick" (a device
 connected on two nodes keeps both until one closes) and cross-node "drop" (a removed device's
 socket on another node closes at its next read of a queue or at reconnect; its token no
-longer works). When Redis answers again the node resubscribes, wakes every local device
-once and stops polling.
+longer works). When Redis answers again the node resubscribes, writes its presence keys
+again (Redis may have restarted empty), wakes every local device once and stops polling.
 """
 
 from __future__ import annotations
@@ -74,9 +103,96 @@ from server.delivery.frames import Delivery
 log = logging.getLogger("vox.fanout")
 
 _OUTBOX_LIMIT = 10_000
-#: Committed envelopes ride along with a cross-node wake-up while the frames of one
-#: wake-up total at most this many characters; devices beyond it are only woken.
+#: A device's committed envelopes ride along with its cross-node wake-up while their frames
+#: total at most this many characters; past that the device is only woken.
 CARRIED_BYTES = 64 * 1024
+#: One route call carries at most about this many characters of envelopes (a bigger commit
+#: is routed in several calls).
+ROUTE_BYTES = 256 * 1024
+#: Presence keys refreshed per script call.
+_REFRESH_CHUNK = 500
+
+# KEYS[i]: device i's presence key. ARGV[1]: node channel prefix, ARGV[2]: message head
+# (``{"n":...,"k":...`` without the closing brace), ARGV[2+i]: device i's pk, ARGV[2+n+i]:
+# its carried envelopes as a JSON member (``"pk":[[seq,tail],...]``) or ''. One message per
+# node holding some of the devices, on that node's channel; keys of a node nobody listens
+# for (a dead node) are deleted. Returns the number of devices a node received.
+_ROUTE = """
+local n = #KEYS
+local nodes, groups = {}, {}
+for i = 1, n do
+  local node = redis.call('GET', KEYS[i])
+  if node then
+    local g = groups[node]
+    if g == nil then
+      g = {{}, {}, {}}
+      groups[node] = g
+      nodes[#nodes + 1] = node
+    end
+    g[1][#g[1] + 1] = ARGV[2 + i]
+    local carried = ARGV[2 + n + i]
+    if carried ~= '' then g[2][#g[2] + 1] = carried end
+    g[3][#g[3] + 1] = KEYS[i]
+  end
+end
+local routed = 0
+for _, node in ipairs(nodes) do
+  local g = groups[node]
+  local text = ARGV[2] .. ',"d":[' .. table.concat(g[1], ',') .. ']'
+  if #g[2] > 0 then text = text .. ',"e":{' .. table.concat(g[2], ',') .. '}' end
+  if redis.call('PUBLISH', ARGV[1] .. node, text .. '}') > 0 then
+    routed = routed + #g[1]
+  else
+    for _, key in ipairs(g[3]) do redis.call('DEL', key) end
+  end
+end
+return routed
+"""
+
+# Delete the key only if this node still owns it (another node may hold a newer connection).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# A newer connection on node ARGV[2] replaced this node's (ARGV[1]): hand the key over.
+_HAND_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 0
+"""
+
+# Refresh this node's keys (ARGV[1], expiry ARGV[2]); a missing one is written again and its
+# index returned (wake-ups for that device may have gone nowhere); another node's is left.
+_REFRESH = """
+local missing = {}
+for i, key in ipairs(KEYS) do
+  local node = redis.call('GET', key)
+  if node == false or node == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+    if node == false then missing[#missing + 1] = i end
+  end
+end
+return missing
+"""
+
+
+class _Route:
+    """A signal to route by presence: ``head`` (the message without ``d``/``e``), the devices
+    and their carried envelopes (JSON members, ``""`` for none)."""
+
+    __slots__ = ("carried", "devices", "head", "wake")
+
+    def __init__(self, head: str, devices: list[int], carried: list[str], *, wake: bool) -> None:
+        self.head = head
+        self.devices = devices
+        self.carried = carried
+        self.wake = wake
+
+
+#: What the publisher sends: a broadcast message, ``(channel, message)`` or a route.
+_Outgoing = str | tuple[str, str] | _Route
 
 
 class DeviceSink(Protocol):
@@ -165,14 +281,23 @@ class Hub:
         *,
         poller: QueueCursor | None = None,
         poll_interval: float = 1.0,
+        presence_ttl: float = 60.0,
     ) -> None:
         self.node_id = secrets.token_hex(8)
         self._own = f'{{"n":"{self.node_id}",'.encode()
         self._sinks: dict[int, DeviceSink] = {}
         self._redis_url = redis_url
         self._channel = f"{prefix}fanout"
+        self._node_prefix = f"{prefix}node:"
+        self._node_channel = f"{prefix}node:{self.node_id}"
+        self._presence_prefix = f"{prefix}at:"
+        self._presence_ttl = max(1, round(presence_ttl))
         self._redis: Any = None
-        self._outbox: asyncio.Queue[str] | None = None
+        self._route: Any = None
+        self._outbox: asyncio.Queue[_Outgoing] | None = None
+        #: Presence writes in order: (pk, sink to wake once written) / (pk, None) = release /
+        #: (pk, node id) = hand over to that node.
+        self._presence: asyncio.Queue[tuple[int, DeviceSink | str | None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.dropped_signals = 0
@@ -203,11 +328,15 @@ class Hub:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.from_url(self._redis_url)
+        self._route = self._redis.register_script(_ROUTE)
         self._outbox = asyncio.Queue(maxsize=_OUTBOX_LIMIT)
+        self._presence = asyncio.Queue()
         ready = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._subscriber(ready), name="vox-hub-subscriber"),
             asyncio.create_task(self._publisher(), name="vox-hub-publisher"),
+            asyncio.create_task(self._presence_writer(), name="vox-hub-presence"),
+            asyncio.create_task(self._refresher(), name="vox-hub-presence-refresh"),
             asyncio.create_task(self._watch(), name="vox-hub-outage-watch"),
         ]
         # Do not serve before the subscription is live, or early wakes could be missed.
@@ -218,9 +347,10 @@ class Hub:
         """Stop the Redis tasks (local sinks are closed by their own connections)."""
         self._stopping = True
         if self._outbox is not None:
-            # Give queued wakes a brief chance to leave: they point at committed rows.
+            # Give queued wakes a brief chance to leave: they point at committed rows. And
+            # presence releases: the next signals then skip this node.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_outbox(), timeout=1.0)
+                await asyncio.wait_for(self.settled(), timeout=1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -230,6 +360,13 @@ class Hub:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    async def settled(self) -> None:
+        """Every signal and presence write queued so far has been sent to Redis."""
+        if self._outbox is not None:
+            await self._outbox.join()
+        if self._presence is not None:
+            await self._presence.join()
 
     async def ping(self, within: float = 2.0) -> bool:
         """True if Redis answers within ``within`` seconds (or is not configured)."""
@@ -253,6 +390,7 @@ class Hub:
                         window = []
                         log.warning("redis is back: cross-node wake-ups over pub/sub again")
                         self._wake_all()  # rows committed since the last poll
+                        await self._refresh()  # (the subscriber did it too, unless it failed)
                     continue
                 if not self._degraded:
                     self._degraded = True
@@ -284,20 +422,20 @@ class Hub:
         for sink in list(self._sinks.values()):
             sink.wake()
 
-    async def _drain_outbox(self) -> None:
-        assert self._outbox is not None
-        await self._outbox.join()
-
     # -- local registry ----------------------------------------------------------------------
 
     def attach(self, device_pk: int, sink: DeviceSink) -> None:
-        """Register a device's new connection; an older one (here or elsewhere) is replaced."""
+        """Register a device's new connection; an older one (here or elsewhere) is replaced.
+        With Redis, the device's presence key is written and the connection woken once Redis
+        has it (see "Why nothing is lost")."""
         previous = self._sinks.get(device_pk)
         self._sinks[device_pk] = sink
         if self.observer is not None:
             self.observer.attached(device_pk)
         if previous is not None and previous is not sink:
             previous.replaced()
+        if self._presence is not None and not self._stopping:
+            self._presence.put_nowait((device_pk, sink))
         self._publish({"k": "kick", "d": device_pk, "c": sink.connection_id})
 
     def detach(self, device_pk: int, sink: DeviceSink) -> None:
@@ -306,9 +444,11 @@ class Hub:
             del self._sinks[device_pk]
             self._left(device_pk)
 
-    def _left(self, device_pk: int) -> None:
+    def _left(self, device_pk: int, successor: str | None = None) -> None:
         if self.observer is not None:
             self.observer.detached(device_pk)
+        if self._presence is not None:
+            self._presence.put_nowait((device_pk, successor))
 
     def local(self, device_pk: int) -> DeviceSink | None:
         """The device's connection on this node, if any."""
@@ -336,36 +476,31 @@ class Hub:
                 remote.append(device_pk)
         if remote:
             if self._outbox is not None:
-                self._publish_committed(remote, per_device)
+                self._route_committed(remote, per_device)
             if self.observer is not None:
                 self.observer.queued_elsewhere(remote)
 
-    def _publish_committed(
-        self, remote: list[int], per_device: Mapping[int, Sequence[Any]]
-    ) -> None:
-        """Wake-ups carrying the envelopes, split so that no message carries more than
-        :data:`CARRIED_BYTES` of frames; a device whose envelopes alone are bigger is only
-        woken (its node reads them from the database)."""
-        plain: list[int] = []
+    def _route_committed(self, remote: list[int], per_device: Mapping[int, Sequence[Any]]) -> None:
+        """Wake-ups carrying the envelopes (a device whose frames total more than
+        :data:`CARRIED_BYTES` is only woken), in route calls of about :data:`ROUTE_BYTES`."""
+        head = f'{{"n":"{self.node_id}","k":"wake"'
         devices: list[int] = []
-        carried: dict[str, list[tuple[int, str]]] = {}
+        carried: list[str] = []
         size = 0
+        dumps = json.dumps
         for device_pk in remote:
-            rows = [(d.seq, d.tail) for d in per_device[device_pk]]
-            need = sum(len(tail) + 16 for _, tail in rows)
-            if need > CARRIED_BYTES:
-                plain.append(device_pk)
-                continue
-            if size + need > CARRIED_BYTES:
-                self._publish({"k": "wake", "d": devices, "e": carried})
-                devices, carried, size = [], {}, 0
+            rows = [[d.seq, d.tail] for d in per_device[device_pk]]
+            need = sum(len(row[1]) + 16 for row in rows)
+            member = ""
+            if need <= CARRIED_BYTES:
+                member = f'"{device_pk}":{dumps(rows, separators=(",", ":"))}'
+            if devices and size + len(member) > ROUTE_BYTES:
+                self._send(_Route(head, devices, carried, wake=True))
+                devices, carried, size = [], [], 0
             devices.append(device_pk)
-            carried[str(device_pk)] = rows
-            size += need
-        if devices:
-            self._publish({"k": "wake", "d": devices, "e": carried})
-        if plain:
-            self._publish({"k": "wake", "d": plain})
+            carried.append(member)
+            size += len(member)
+        self._send(_Route(head, devices, carried, wake=True))
 
     def wake(self, device_pks: Iterable[int]) -> None:
         """Tell whoever holds these devices' sockets to read their queues."""
@@ -376,8 +511,9 @@ class Hub:
                 sink.wake()
             else:
                 remote.append(device_pk)
-        if remote:
-            self._publish({"k": "wake", "d": remote})
+        if remote and self._outbox is not None:
+            head = f'{{"n":"{self.node_id}","k":"wake"'
+            self._send(_Route(head, remote, [""] * len(remote), wake=True))
 
     def send_frame(self, device_pks: Iterable[int], text: str) -> None:
         """Push a live frame to whichever of these devices are connected (here or elsewhere)."""
@@ -388,8 +524,9 @@ class Hub:
                 sink.push_frame(text)
             else:
                 remote.append(device_pk)
-        if remote:
-            self._publish({"k": "frame", "d": remote, "f": text})
+        if remote and self._outbox is not None:
+            head = f'{{"n":"{self.node_id}","k":"frame","f":{json.dumps(text)}'
+            self._send(_Route(head, remote, [""] * len(remote), wake=False))
 
     async def notify(self, device_pk: int, frame: dict[str, object]) -> None:
         """``DeviceNotifier``: push a server notification frame to a device, wherever it is."""
@@ -416,24 +553,37 @@ class Hub:
     # -- Redis bridge ------------------------------------------------------------------------
 
     def _publish(self, message: dict[str, Any]) -> None:
+        """A message for every node (``kick``, ``drop``) on the broadcast channel."""
         if self._outbox is None or (self._stopping and message["k"] == "kick"):
             return
-        if self._degraded and message["k"] == "wake":
+        # "n" first: every node also receives its own messages, and skips them unparsed.
+        self._send(json.dumps({"n": self.node_id, **message}, separators=(",", ":")))
+
+    def _send(self, item: _Outgoing) -> None:
+        assert self._outbox is not None
+        if self._degraded and isinstance(item, _Route) and item.wake:
             return  # the other nodes poll the database while Redis is down
         try:
-            # "n" first: every node also receives its own messages, and skips them unparsed.
-            text = json.dumps({"n": self.node_id, **message}, separators=(",", ":"))
-            self._outbox.put_nowait(text)
+            self._outbox.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped_signals += 1
-            log.warning("fan-out outbox full, signal dropped", extra={"kind": message["k"]})
+            log.warning("fan-out outbox full, signal dropped")
 
     async def _publisher(self) -> None:
         assert self._outbox is not None
+        prefix = self._presence_prefix
         while True:
-            text = await self._outbox.get()
+            item = await self._outbox.get()
             try:
-                await self._redis.publish(self._channel, text)
+                if isinstance(item, str):
+                    await self._redis.publish(self._channel, item)
+                elif isinstance(item, tuple):
+                    await self._redis.publish(*item)
+                else:
+                    await self._route(
+                        keys=[f"{prefix}{pk}" for pk in item.devices],
+                        args=[self._node_prefix, item.head, *item.devices, *item.carried],
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -443,16 +593,95 @@ class Hub:
             finally:
                 self._outbox.task_done()
 
+    # -- presence ----------------------------------------------------------------------------
+
+    async def _presence_writer(self) -> None:
+        """Write presence changes in order, as many as are queued in one round trip; wake each
+        attached connection once Redis has its key."""
+        assert self._presence is not None
+        queue = self._presence
+        ttl = self._presence_ttl
+        while True:
+            ops = [await queue.get()]
+            while not queue.empty():
+                ops.append(queue.get_nowait())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for pk, what in ops:
+                        key = f"{self._presence_prefix}{pk}"
+                        if what is None:
+                            pipe.eval(_RELEASE, 1, key, self.node_id)
+                        elif isinstance(what, str):
+                            pipe.eval(_HAND_OVER, 1, key, self.node_id, what, ttl)
+                        else:
+                            pipe.set(key, self.node_id, ex=ttl)
+                    await pipe.execute()
+                for pk, what in ops:
+                    if (
+                        what is not None
+                        and not isinstance(what, str)
+                        and self._sinks.get(pk) is what
+                    ):
+                        what.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The refresh after the outage writes the keys again and wakes the devices.
+                log.warning("presence write failed: %s", exc.__class__.__name__)
+            finally:
+                for _ in ops:
+                    queue.task_done()
+
+    async def _refresher(self) -> None:
+        pause = self._presence_ttl / 3
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._refresh()
+                pause = self._presence_ttl / 3
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence refresh failed: %s", exc.__class__.__name__)
+                pause = min(1.0, self._presence_ttl / 3)  # soon again
+
+    async def _refresh(self) -> None:
+        """Extend this node's presence keys; write missing ones again and wake their
+        devices (a wake-up routed while the key was missing went nowhere)."""
+        pks = list(self._sinks)
+        for i in range(0, len(pks), _REFRESH_CHUNK):
+            chunk = pks[i : i + _REFRESH_CHUNK]
+            keys = [f"{self._presence_prefix}{pk}" for pk in chunk]
+            missing = await self._redis.eval(
+                _REFRESH, len(keys), *keys, self.node_id, self._presence_ttl
+            )
+            for index in missing or []:
+                sink = self._sinks.get(chunk[int(index) - 1])
+                if sink is not None:
+                    sink.wake()
+
+    # -- subscription ------------------------------------------------------------------------
+
     async def _subscriber(self, ready: asyncio.Event) -> None:
         backoff = 0.1
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, self._node_channel)
+                # Redis has the subscription once it counts us (another node finding nobody
+                # on our channel deletes our keys, so they are written after this).
+                for _ in range(100):
+                    counts = await self._redis.pubsub_numsub(self._node_channel)
+                    if counts and int(counts[0][1]) > 0:
+                        break
+                    await asyncio.sleep(0.02)
+                # Other nodes deleted our keys if they found nobody on our channel, and Redis
+                # may have restarted empty: write them again (failing that, subscribe again),
+                # then read every queue (wake-ups may have been lost while we were away).
+                await self._refresh()
                 self._subscribed = True
                 ready.set()
                 backoff = 0.1
-                # Wake-ups may have been lost while we were not subscribed.
                 self._wake_all()
                 while True:
                     message = await pubsub.get_message(timeout=30.0)
@@ -504,10 +733,17 @@ class Hub:
                     None if token is None else int(token),
                 )
             elif kind == "kick":
-                sink = self._sinks.get(int(message["d"]))
+                device_pk = int(message["d"])
+                sink = self._sinks.get(device_pk)
                 if sink is not None and sink.connection_id != message["c"]:
-                    del self._sinks[int(message["d"])]
-                    self._left(int(message["d"]))
+                    node = str(message["n"])
+                    del self._sinks[device_pk]
+                    self._left(device_pk, node)
                     sink.replaced()
+                    # Envelopes routed here before the hand-over may have gone to the old
+                    # socket: the new connection's node reads the queue.
+                    wake = json.dumps({"n": self.node_id, "k": "wake", "d": [device_pk]})
+                    if self._outbox is not None:
+                        self._send((f"{self._node_prefix}{node}", wake))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed fan-out message (%s)", exc.__class__.__name__)

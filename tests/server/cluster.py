@@ -35,8 +35,10 @@ async def relay_nodes(
     prefix: str,
     n: int = 2,
     env: Mapping[str, str] | None = None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> AsyncIterator[list[int]]:
-    """``n`` ``vox-relay serve`` processes on one database and Redis; yields their ports."""
+    """``n`` ``vox-relay serve`` processes on one database and Redis; yields their ports
+    (their processes are appended to ``procs`` if given, e.g. to kill one)."""
     ports = [free_port() for _ in range(n)]
     async with AsyncExitStack() as stack:
         for i, port in enumerate(ports):
@@ -48,11 +50,13 @@ async def relay_nodes(
                 "VOX_LOG_LEVEL": "warning",
                 **(env or {}),
             }
-            await stack.enter_async_context(
+            proc = await stack.enter_async_context(
                 relay_process(
                     ["serve", "--port", str(port)], env=node_env, port=port, startup_timeout=120
                 )
             )
+            if procs is not None:
+                procs.append(proc)
         yield ports
 
 
