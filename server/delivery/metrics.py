@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from server.metrics import BulkHistogram
+
 __all__ = ["DeliveryMetrics"]
 
 
@@ -57,7 +59,8 @@ class DeliveryMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
-        self.send_latency = Histogram(
+        #: Observed once per batch (``observe_many``), not once per send.
+        self.send_latency = BulkHistogram(
             "vox_send_accepted_seconds",
             "Time from a send frame's arrival to its 'accepted' (after commit)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

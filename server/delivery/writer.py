@@ -34,10 +34,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -45,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.clock import Clock
 from server.db.engine import IMMEDIATE, sqlite_sync_engine
+from server.delivery.checkpoint import BACKSTOP_PAGES, WalCheckpointer
 from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
 from server.delivery.metrics import DeliveryMetrics
@@ -168,7 +170,13 @@ class GroupCommitWriter:
         self._sqlite_engine = (
             sqlite_sync_engine(engine) if engine.dialect.name == "sqlite" else None
         )
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vox-writer")
+        #: SQLite: the writer's own thread (started with the first transaction) and its
+        #: work: (batch, future, loop) per transaction; ``None`` stops it.
+        self._thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: SQLite (a database file): WAL checkpoints off the writer's commits, in their own
+        #: thread (started and stopped with the writer's thread).
+        self._checkpointer: WalCheckpointer | None = None
         #: SQLite: the connection the writer's thread keeps (no pool checkout per batch).
         self._sqlite_conn: Connection | None = None
         #: SQLite: device sets and queue usage kept between transactions.
@@ -218,9 +226,10 @@ class GroupCommitWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task = None
-        if self._sqlite_conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_sqlite)
-        self._thread.shutdown(wait=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:  # it closes its connection when it takes the stop mark
+            self._jobs.put(None)
+            await asyncio.to_thread(thread.join)
         conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(Exception):
@@ -356,9 +365,17 @@ class GroupCommitWriter:
             if isinstance(op, SendOp):
                 op.answer, op.accepted = None, False
         if self._sqlite_engine is not None:
-            # The whole transaction in the writer's own thread: one hand-off per batch.
+            # The whole transaction in the writer's own thread: one queue put there and one
+            # call_soon_threadsafe back per batch.
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._sqlite_transaction, batch)
+            done: asyncio.Future[None] = loop.create_future()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._sqlite_thread, name="vox-writer", daemon=True
+                )
+                self._thread.start()
+            self._jobs.put((batch, done, loop))
+            await done
             return
         # PostgreSQL: the writer keeps its connections (no pool checkout and ping per batch).
         conn = self._conns.pop() if self._conns else await self._engine.connect()
@@ -371,6 +388,28 @@ class GroupCommitWriter:
             raise
         self._conns.append(conn)
 
+    def _sqlite_thread(self) -> None:
+        """The SQLite writer's thread: run each queued batch's transaction, then hand the
+        outcome to the event loop (one ``call_soon_threadsafe`` per batch)."""
+        database = self._sqlite_engine.url.database if self._sqlite_engine else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            self._checkpointer = WalCheckpointer(database)
+        try:
+            while (job := self._jobs.get()) is not None:
+                batch, done, loop = job
+                error: BaseException | None = None
+                try:
+                    self._sqlite_transaction(batch)
+                except BaseException as exc:  # handed to the awaiting batch
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, done, error)
+        finally:
+            self._close_sqlite()
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
+
     def _sqlite_transaction(self, batch: _Batch) -> None:
         assert self._sqlite_engine is not None
         conn = self._sqlite_conn
@@ -378,6 +417,9 @@ class GroupCommitWriter:
             # Take SQLite's write lock at BEGIN: this transaction reads, then writes.
             conn = self._sqlite_engine.connect().execution_options(**{IMMEDIATE: True})
             self._sqlite_conn = conn
+            if self._checkpointer is not None:  # SQLite's own checkpoints: a backstop only
+                raw: Any = conn.connection.driver_connection
+                raw.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}").close()
         cache = self.cache
         try:
             with conn.begin():
@@ -389,6 +431,8 @@ class GroupCommitWriter:
                 cache.clear()  # it may hold what the rolled-back transaction counted
             self._close_sqlite()
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _close_sqlite(self) -> None:
         conn, self._sqlite_conn = self._sqlite_conn, None
@@ -622,9 +666,8 @@ class GroupCommitWriter:
         return result
 
     def _answer(self, batch: _Batch) -> None:
-        accepted = 0
         now = self._clock.monotonic()
-        observe = self._metrics.send_latency.observe
+        latencies: list[float] = []
         for op in batch.ops:
             if isinstance(op, SendOp):
                 if op.answer is None:  # pragma: no cover - every path sets an answer
@@ -632,14 +675,14 @@ class GroupCommitWriter:
                         ErrorCode.INTERNAL, "send was not processed", op.client_id
                     )
                 if op.accepted and not op.ephemeral:
-                    accepted += 1
-                    observe(now - op.started)
+                    latencies.append(now - op.started)
                 op.origin.push_frame(op.answer)
                 op.origin.send_finished()
             else:
                 op.origin.acks_committed(op.seqs, op.ok)
-        if accepted:
-            self._metrics.sends_accepted.inc(accepted)
+        if latencies:
+            self._metrics.sends_accepted.inc(len(latencies))
+            self._metrics.send_latency.observe_many(latencies)
         if batch.per_device:
             self._metrics.envelopes_queued.inc(sum(len(v) for v in batch.per_device.values()))
             self._hub.committed(batch.per_device)
@@ -681,6 +724,21 @@ class GroupCommitWriter:
                 op.accepted = first.accepted and first.answer is not None
                 op.origin.push_frame(op.answer)
                 op.origin.send_finished()
+
+
+#: One SQLite transaction for the writer's thread: the batch, the future the event loop
+#: awaits, and that loop.
+_Job = tuple[_Batch, "asyncio.Future[None]", asyncio.AbstractEventLoop]
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    """In the event loop: the writer thread finished a transaction."""
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def _accepted(client_id: str, envelope_id: str, ts: int) -> str:
