@@ -250,6 +250,10 @@ class GroupCommitWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # A batch is begun only once it can run: the operations that arrive while every
+            # slot is busy all wait for the next one (a batch sealed earlier, after its
+            # ``max_wait``, left the later ones a whole further cycle behind it).
+            await self._slots.acquire()
             first = await self._queue.get()
             batch = [first]
             deadline = loop.time() + self._max_wait
@@ -263,7 +267,6 @@ class GroupCommitWriter:
                     await asyncio.sleep(remaining)
                     continue
                 batch.append(self._queue.get_nowait())
-            await self._slots.acquire()
             previous, answered = self._answered, asyncio.Event()
             self._answered = answered
             task = asyncio.create_task(self._batch(batch, previous, answered))

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from server.delivery.checkpoint import BACKSTOP_PAGES, CHECKPOINT_COMMITS, WalCheckpointer
-from server.delivery.writer import GroupCommitWriter
+from server.delivery.writer import GroupCommitWriter, SendOp
 from server.metrics import BulkHistogram
 from tests.server.ws_kit import open_ws, payload, world
 
@@ -158,3 +158,35 @@ async def test_a_checkpointer_copies_the_wal_into_the_database_after_enough_comm
         checkpointer.close()
         db.close()
     assert not checkpointer._thread.is_alive()
+
+
+async def test_sends_arriving_during_a_transaction_all_join_the_next_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is sealed when the writer can take it, not ``max_wait`` after its first
+    operation while the previous transaction still runs (which left later sends a whole
+    further cycle behind: batch sizes alternated big and small)."""
+    batches: list[list[str]] = []
+    release = threading.Event()
+    transaction = GroupCommitWriter._sqlite_transaction
+
+    def held(self: GroupCommitWriter, batch: Any) -> None:
+        batches.append([op.client_id for op in batch.ops if isinstance(op, SendOp)])
+        if len(batches) == 1:
+            release.wait(60)
+        transaction(self, batch)
+
+    monkeypatch.setattr(GroupCommitWriter, "_sqlite_transaction", held)
+    async with world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        alice, bob = w["alice", 1], w["bob", 1]
+        async with open_ws(w.relay, alice) as a:
+            await a.send_message("first", [(payload(), [bob])])
+            await _until(lambda: len(batches) == 1)  # its transaction runs (held)
+            await a.send_message("second", [(payload(), [bob])])
+            await asyncio.sleep(0.1)  # far past max_wait (2 ms)
+            await a.send_message("third", [(payload(), [bob])])
+            await asyncio.sleep(0.1)
+            release.set()
+            for name in ("first", "second", "third"):
+                assert (await a.expect("accepted"))["id"] == name
+    assert batches == [["first"], ["second", "third"]]
