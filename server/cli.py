@@ -67,6 +67,30 @@ def _migrate_in_child(settings: Settings) -> str:
     return result.stdout.strip().rsplit(" ", 1)[-1]
 
 
+#: Modules that ``vox-relay serve`` blocks (``sys.modules[name] = None``: importing one raises
+#: ``ModuleNotFoundError``) because only an optional import with a fallback would load them:
+#:
+#: * ``pydantic.v1`` (Pydantic 1's API inside Pydantic 2: about 1.4 MB): FastAPI imports it
+#:   only to ask whether a route's response model is a Pydantic 1 class (``except
+#:   ImportError: return False``); the relay has none;
+#: * ``watchfiles`` (a Rust extension: about 0.6 MB): uvicorn's ``--reload`` supervisor,
+#:   imported by ``import uvicorn`` (falls back to polling; the relay never reloads);
+#: * ``python_multipart`` and its old name ``multipart``: Starlette's form parser (falls back
+#:   to "install python-multipart" if a form is ever parsed; no relay route takes a form).
+BLOCKED_MODULES = ("pydantic.v1", "watchfiles", "python_multipart", "multipart")
+
+
+def _lean_serving_process() -> None:
+    """Block :data:`BLOCKED_MODULES` in this process, before uvicorn and the app load.
+
+    ``vox-relay serve`` only (the serving process; ``docs/self-hosting.md``, "Memory"); a
+    module already imported is left alone.
+    """
+    for name in BLOCKED_MODULES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
 _PATH = click.Path(path_type=Path)
 
 
@@ -95,12 +119,11 @@ def serve_command(
     config: Path | None,
 ) -> None:
     """``vox-relay serve``."""
+    _lean_serving_process()
     import uvicorn
 
-    from server.edge.serve import lean_serving_process, uvicorn_config
-
-    lean_serving_process()
     from server.app import create_app
+    from server.edge.serve import uvicorn_config
     from server.logs import configure_logging, log_event
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)

@@ -10,15 +10,11 @@ httptools and sans-I/O ``websockets`` ones, subclassed to admit connections thro
 ``/healthz``/``/readyz``/``/metrics``) and to enforce the request-head deadline; the guard is
 ``RelayState.connection_guard``. Idle keep-alive connections close after
 ``limits.keepalive_timeout_seconds``.
-
-:func:`lean_serving_process` keeps out of the serving process what serving never uses (see
-its docstring; ``docs/self-hosting.md``, "Memory").
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,25 +28,7 @@ from server.edge.connections import (
 from server.settings import Settings
 from server.state import relay_state
 
-__all__ = ["lean_serving_process", "uvicorn_config"]
-
-#: Modules that ``vox-relay serve`` blocks (``sys.modules[name] = None``: importing one raises
-#: ``ImportError``) because only a compatibility probe would load them.
-BLOCKED_MODULES = ("pydantic.v1",)
-
-
-def lean_serving_process() -> None:
-    """Block the modules of :data:`BLOCKED_MODULES` in this process (before the app is built).
-
-    ``pydantic.v1`` (Pydantic 1's API, kept inside Pydantic 2: 1.4 MB of Python objects,
-    about 1.6 MB resident) is loaded by FastAPI only to ask whether a route's response model is
-    a Pydantic 1 class (``try: from pydantic import v1 except ImportError: return False``); the
-    relay has none, so the probe's answer is the same without it. Called by ``vox-relay serve``
-    only (the serving process); a module already imported is left alone.
-    """
-    for name in BLOCKED_MODULES:
-        if name not in sys.modules:
-            sys.modules[name] = None  # type: ignore[assignment]
+__all__ = ["uvicorn_config"]
 
 
 def uvicorn_config(

@@ -60,16 +60,19 @@ async def test_an_idle_relay_with_push_on_reads_its_vapid_key_only_when_first_as
         assert _mapped(proc.pid, CRYPTOGRAPHY_SO)
 
 
-#: Loaded by nothing that serves: Alembic and Mako (migrations run in a child process),
-#: Pydantic 1's API (only FastAPI's compatibility probe would load it: blocked by
-#: ``server.edge.serve.lean_serving_process``), Typer (``serve`` is parsed with Click; the
-#: operator's commands are ``server.ops.cli``), the clients and their crypto, Textual.
+#: Loaded by nothing that serves: Alembic and Mako (migrations run in a child process), Typer
+#: (``serve`` is parsed with Click; the operator's commands are ``server.ops.cli``), what
+#: ``server.cli.BLOCKED_MODULES`` blocks (Pydantic 1's API, uvicorn's reload watcher,
+#: Starlette's form parser), the clients and their crypto, Textual.
 NOT_SERVING = (
     "alembic",
     "mako",
-    "pydantic.v1",
     "typer",
     "server.ops.cli",
+    "pydantic.v1",
+    "watchfiles",
+    "python_multipart",
+    "multipart",
     "cryptography",
     "clients",
     "crypto",
@@ -78,15 +81,31 @@ NOT_SERVING = (
 
 #: Runs ``vox-relay serve`` through its console-script entry point up to the moment it
 #: would serve (startup done, the lifespans entered), prints the loaded modules (a blocked
-#: one is ``None`` in ``sys.modules``) and stops.
+#: one is ``None`` in ``sys.modules``) and stops. uvicorn's ``Server.main_loop`` is patched
+#: as ``uvicorn.server`` loads (importing uvicorn here first would load what serve blocks).
 _SERVE_AND_LIST_MODULES = """
-import json, sys
-import uvicorn
+import importlib.machinery, json, sys
 
 async def main_loop(self):
-    print(json.dumps(sorted(n for n, m in sys.modules.items() if m is not None)), flush=True)
+    names = sorted(n for n, m in sys.modules.items() if m is not None)
+    print(json.dumps(names), flush=True)
 
-uvicorn.Server.main_loop = main_loop
+class PatchServer:
+    def find_spec(self, name, path, target=None):
+        if name != "uvicorn.server":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+
+        def patched(module):
+            exec_module(module)
+            module.Server.main_loop = main_loop
+
+        spec.loader.exec_module = patched
+        return spec
+
+sys.meta_path.insert(0, PatchServer())
 from server.cli import main
 
 sys.argv = ["vox-relay", "serve", "--port", sys.argv[1]]
