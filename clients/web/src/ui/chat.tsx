@@ -357,19 +357,25 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   async function send(): Promise<void> {
     const body = text.trim();
     if (!body) return;
+    const c = compose;
     setError(null);
+    // The composer is emptied now, not once the message is stored: what is typed meanwhile
+    // is the next message (clearing it later wiped a message typed during a slow write).
+    setText("");
+    setCompose(null);
+    typingSent.current = 0;
     try {
-      if (compose?.kind === "edit") await engine.ops.edit(user, compose.m.id, body);
+      if (c?.kind === "edit") await engine.ops.edit(user, c.m.id, body);
       else {
-        const replyTo = compose?.kind === "reply" ? compose.m.id : undefined;
+        const replyTo = c?.kind === "reply" ? c.m.id : undefined;
         if (isGroup) await engine.sendGroupText(user, body, replyTo);
         else await engine.sendText(user, body, replyTo);
       }
-      setText("");
-      setCompose(null);
-      typingSent.current = 0;
     } catch (e) {
       setError(e instanceof UntrustedIdentity ? e.message : (e as Error).message);
+      // Not sent: given back to the composer unless something else was typed meanwhile.
+      setText((t) => (t ? t : body));
+      setCompose((x) => x ?? c);
     }
   }
 
