@@ -105,6 +105,37 @@ interface OutboxEntry {
 export const OWN_DEVICES_LANE = ":own-devices";
 /** Group membership changes are not queued (see ``announce``). */
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
+/** Sends of one conversation on their way at once (the lane fence keeps their order). */
+export const LANE_WINDOW = 8;
+/**
+ * An outbox entry as the engine holds it: ``state`` is where it is — "queued" (to be sent) or
+ * "in flight" (an attempt on its way; only the lane's pump puts it there, only the end of that
+ * attempt takes it back). Accepted and failed entries are no longer in the outbox.
+ */
+interface Pending {
+  entry: OutboxEntry;
+  state: "queued" | "in flight";
+  /** Attempts put on their way so far (this page's life). */
+  sent: number;
+  /** Refused with ``predecessor_missing`` naming ``id`` on its attempt ``sent``: held until that one's attempt ended. */
+  behind: { id: string; sent: number } | null;
+}
+/** The pump of one conversation's queue (see ``Engine.pump``). */
+interface Lane {
+  run: Promise<void>;
+  /** A send came back "retry": start no send until the lane is pumped again. */
+  held: boolean;
+  /** Pumped again since it was held. */
+  again: boolean;
+  /** Wakes the pump waiting for an attempt to end (or for a new entry). */
+  wake: (() => void) | null;
+}
+/** What became of one attempt at a send (see ``Engine.sendContent``). */
+type SendOutcome = "accepted" | "retry" | "failed" | "requeue";
+/** A relay older than the lane fence refuses the ``after`` field itself (protocol-ws §3.1.4). */
+function refusesAfter(answer: Record<string, unknown>): boolean {
+  return String(answer["message"] ?? "").startsWith("after");
+}
 /** A queued send that the relay could not take now is tried again this much later while connected. */
 const RETRY_CONNECTED_MS = 10_000;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
@@ -157,11 +188,14 @@ export class Engine {
   /** Keys our other devices verified (VERIFIED) that this device does not hold yet. */
   private verifiedSync = new Map<string, Uint8Array>();
   private fetchedAt = new Map<string, number>();
-  private outbox = new Map<string, OutboxEntry>();
+  /** Every entry not yet accepted or failed for good, in ``seq`` order (the only record of its state). */
+  private outbox = new Map<string, Pending>();
   private outboxSeq = 0;
-  /** Conversations whose queue is being sent (one message at a time each), and those asked again meanwhile. */
-  private pumps = new Map<string, Promise<void>>();
-  private pumpAgain = new Set<string>();
+  /** The conversations whose queue is being sent (one pump each). */
+  private lanes = new Map<string, Lane>();
+  /** Whether the relay takes ``after`` (false once it refused the field: an older relay). */
+  private fence = true;
+
   groups = new Map<string, Group>();
   /** Processed envelope ids → when they were processed (ms). */
   private seen = new Map<string, number>();
@@ -254,7 +288,7 @@ export class Engine {
       this.counter = Math.max(this.counter, Number(v.key.split(":").pop()));
     }
     const queued = (await this.store.list<OutboxEntry>("outbox:")).map(([, v]) => v);
-    for (const v of queued.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0))) this.outbox.set(v.id, v);
+    for (const v of queued.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0))) this.outbox.set(v.id, { entry: v, state: "queued", sent: 0, behind: null });
     this.outboxSeq = Math.max(0, ...queued.map((v) => v.seq ?? 0));
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
@@ -827,7 +861,7 @@ export class Engine {
     const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq };
     changes.push([`outbox:${idHex}`, entry]);
     await this.store.commit(changes);
-    this.outbox.set(idHex, entry);
+    this.outbox.set(idHex, { entry, state: "queued", sent: 0, behind: null });
     this.changed();
     void this.pump(conv);
   }
@@ -835,7 +869,7 @@ export class Engine {
   /** How many messages and operations of ``conv`` wait in the outbox. */
   queued(conv: string): number {
     let n = 0;
-    for (const e of this.outbox.values()) if (e.to === conv) n++;
+    for (const p of this.outbox.values()) if (p.entry.to === conv) n++;
     return n;
   }
 
@@ -848,45 +882,155 @@ export class Engine {
   }
 
   private async flushOutbox(): Promise<void> {
-    await Promise.all([...new Set([...this.outbox.values()].map((e) => e.to))].map((conv) => this.pump(conv)));
+    await Promise.all([...new Set([...this.outbox.values()].map((p) => p.entry.to))].map((conv) => this.pump(conv)));
   }
 
   /**
-   * Send ``conv``'s queue oldest first, one message at a time: the next goes only once the
-   * relay accepted (or refused for good) the previous one; a message that must wait for the
-   * connection holds every later one of its conversation back (protocol-client §4.6).
+   * Send ``conv``'s queue oldest first (protocol-client §4.6): one pump per conversation, the
+   * only thing that puts entries on their way. Up to ``LANE_WINDOW`` sends are on their way at
+   * once in a direct conversation (or our own devices' lane), each naming in ``after`` the
+   * entry before it — the relay's lane fence (protocol-ws §3.1.4) stores a send only once its
+   * predecessor is stored, so nothing overtakes a refused or lost message. A group's queue
+   * (encrypted under the sender key as it goes) has one send on its way at a time; so has every
+   * queue once the relay refused ``after`` itself (a relay older than the fence).
+   *
+   * Invariants (``nextToSend``): a lane's in-flight entries all precede its queued ones when a
+   * send starts (a refused entry goes out again only once every later attempt of its lane has
+   * ended — they come back ``predecessor_missing`` or accepted), so the queue is sent again
+   * from its oldest entry; an entry leaves the outbox only when accepted or failed for good.
+   * A send that must wait ("retry": busy, the connection) holds the lane until it is pumped
+   * again: after the next connect, a new send, or ``RETRY_CONNECTED_MS`` while connected.
    */
   private pump(conv: string): Promise<void> {
-    const running = this.pumps.get(conv);
+    const running = this.lanes.get(conv);
     if (running) {
-      this.pumpAgain.add(conv);
-      return running;
+      running.again = true;
+      running.wake?.();
+      return running.run;
     }
-    const run = async (): Promise<void> => {
-      try {
-        do {
-          this.pumpAgain.delete(conv);
-          for (;;) {
-            let next: OutboxEntry | undefined;
-            for (const e of this.outbox.values()) if (e.to === conv && (!next || (e.seq ?? 0) < (next.seq ?? 0))) next = e;
-            if (!next) return;
-            if ((await this.deliverOutbox(next)) !== "retry") continue;
-            // Kept; sent again after the next connect, or soon if we are still connected.
-            if (this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), RETRY_CONNECTED_MS);
-            break;
-          }
-        } while (this.pumpAgain.has(conv) && this.status === "online");
-      } finally {
-        this.pumps.delete(conv);
+    const lane: Lane = { run: Promise.resolve(), held: false, again: false, wake: null };
+    this.lanes.set(conv, lane);
+    lane.run = this.runLane(conv, lane);
+    return lane.run;
+  }
+
+  private async runLane(conv: string, lane: Lane): Promise<void> {
+    try {
+      for (;;) {
+        for (let p = this.nextToSend(conv, lane); p; p = this.nextToSend(conv, lane)) {
+          p.state = "in flight"; // the only place an entry goes on its way
+          p.sent++;
+          p.behind = null;
+          const after = this.predecessor(conv, p);
+          let written = (): void => undefined;
+          const onWire = new Promise<void>((resolve) => (written = resolve));
+          // Frames of a lane leave in its order: the next is started once this one is written.
+          await Promise.race([onWire, this.attempt(lane, p, after, written)]);
+        }
+        if (this.laneEntries(conv).some((p) => p.state === "in flight")) {
+          await new Promise<void>((resolve) => (lane.wake = resolve));
+          lane.wake = null;
+          continue;
+        }
+        if (lane.held && lane.again && this.status === "online") {
+          lane.held = lane.again = false; // pumped again since a send had to wait: resume
+          continue;
+        }
+        // Nothing on its way and nothing to start: done, or held until pumped again.
+        if (lane.held && this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), RETRY_CONNECTED_MS);
+        return;
       }
-    };
-    const p = run();
-    this.pumps.set(conv, p);
-    return p;
+    } finally {
+      this.lanes.delete(conv);
+    }
+  }
+
+  /** ``conv``'s outbox entries, oldest first. */
+  private laneEntries(conv: string): Pending[] {
+    const lane: Pending[] = [];
+    for (const p of this.outbox.values()) if (p.entry.to === conv) lane.push(p);
+    return lane.sort((a, b) => (a.entry.seq ?? 0) - (b.entry.seq ?? 0)); // stable: ties keep load order
+  }
+
+  /**
+   * The entry of ``conv`` to put on its way now, if any: its oldest queued entry, when the
+   * lane is not held and we are connected, fewer than the window are on their way, none of them
+   * comes after it, and (refused ``predecessor_missing``) the predecessor it named is no longer
+   * on that same attempt.
+   */
+  private nextToSend(conv: string, lane: Lane): Pending | undefined {
+    if (lane.held || this.status !== "online") return undefined;
+    const entries = this.laneEntries(conv);
+    const i = entries.findIndex((p) => p.state === "queued");
+    const next = entries[i];
+    if (!next) return undefined;
+    const inFlight = entries.filter((p) => p.state === "in flight").length;
+    const window = conv.startsWith("group:") || !this.fence ? 1 : LANE_WINDOW;
+    if (inFlight >= window || entries.slice(i + 1).some((p) => p.state === "in flight")) return undefined;
+    const named = next.behind ? this.outbox.get(next.behind.id) : undefined;
+    if (named && next.behind && named.state === "in flight" && named.sent === next.behind.sent) return undefined;
+    return next;
+  }
+
+  /**
+   * The ``after`` of ``p``: the entry just before it in its lane, still in the outbox (so on
+   * its way: see ``nextToSend``) — none when every earlier one was accepted or failed for good,
+   * and none in a group's queue or against a relay without the fence (one at a time there).
+   */
+  private predecessor(conv: string, p: Pending): Pending | undefined {
+    if (conv.startsWith("group:") || !this.fence) return undefined;
+    const entries = this.laneEntries(conv);
+    return entries[entries.indexOf(p) - 1];
+  }
+
+  /**
+   * One attempt at ``p`` (``after``: its predecessor on its way), then the end of the attempt:
+   * accepted or failed for good → out of the outbox (and its message marked); "retry" → queued,
+   * the lane held; "requeue" (predecessor_missing, or the relay refused ``after``) → queued,
+   * behind the attempt of the predecessor it named. Wakes the lane's pump.
+   */
+  private async attempt(lane: Lane, p: Pending, after: Pending | undefined, written: () => void): Promise<void> {
+    const e = p.entry;
+    const named = after ? { id: after.entry.id, sent: after.sent } : null;
+    let outcome: SendOutcome = "retry";
+    try {
+      outcome = e.to.startsWith("group:")
+        ? await this.deliverGroup(e)
+        : e.to === OWN_DEVICES_LANE
+          ? await this.sendContent(this.user, e.id, e.content, { transcript: false, after: named?.id, written })
+          : await this.sendContent(e.to, e.id, e.content, { transcript: true, after: named?.id, written });
+    } catch (err) {
+      console.warn("send failed", err); // not expected (the senders answer "failed"): sent again later
+    } finally {
+      written();
+    }
+    if (outcome === "accepted" || outcome === "failed") this.outbox.delete(e.id);
+    else {
+      p.state = "queued";
+      if (outcome === "retry") {
+        lane.held = true;
+        lane.again = false;
+      } else p.behind = named;
+    }
+    lane.wake?.();
+    if (outcome === "accepted" || outcome === "failed") {
+      const m = this.findMessage(e.id);
+      const changes: [string, unknown][] = [[`outbox:${e.id}`, undefined]];
+      if (m && (outcome === "failed" || m.state === "pending")) {
+        m.state = outcome === "accepted" ? "sent" : "failed";
+        changes.push([m.key, m]);
+      }
+      try {
+        await this.store.commit(changes);
+      } catch (err) {
+        console.warn("outbox update not stored", err); // kept stored: sent again (and deduplicated) after a reload
+      }
+      this.changed();
+    }
   }
 
   /** One attempt at a queued group message: encrypted under our sender key when it goes. */
-  private async deliverGroup(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
+  private async deliverGroup(e: OutboxEntry): Promise<SendOutcome> {
     if (this.status !== "online") return "retry";
     try {
       this.checkTrusted(e.to); // the group still exists (we may have left), no unaccepted key change
@@ -898,54 +1042,27 @@ export class Engine {
     }
   }
 
-  private async deliverOutbox(e: OutboxEntry): Promise<"accepted" | "retry" | "failed"> {
-    const answer = e.to.startsWith("group:")
-      ? await this.deliverGroup(e)
-      : e.to === OWN_DEVICES_LANE
-        ? await this.sendContent(this.user, e.id, e.content, { transcript: false })
-        : await this.sendContent(e.to, e.id, e.content, { transcript: true });
-    if (answer === "accepted") {
-      this.outbox.delete(e.id);
-      const m = this.findMessage(e.id);
-      const changes: [string, unknown][] = [[`outbox:${e.id}`, undefined]];
-      if (m && m.state === "pending") {
-        m.state = "sent";
-        changes.push([m.key, m]);
-      }
-      await this.store.commit(changes);
-      this.changed();
-    } else if (answer === "failed") {
-      this.outbox.delete(e.id);
-      const m = this.findMessage(e.id);
-      const changes: [string, unknown][] = [[`outbox:${e.id}`, undefined]];
-      if (m) {
-        m.state = "failed";
-        changes.push([m.key, m]);
-      }
-      await this.store.commit(changes);
-      this.changed();
-    }
-    // "retry": stays in the outbox and is resent after the next (re)connect.
-    return answer;
-  }
-
   /**
    * Encrypt a content for every device of ``to`` and our other devices (a transcript for
    * texts/files), send it with client id ``id``, and follow mismatches. Returns "accepted",
-   * "retry" (connection trouble: keep it queued) or "failed".
+   * "retry" (connection trouble: keep it queued), "requeue" (``after`` was given and the
+   * predecessor is not stored, or the relay does not know ``after``: send it again behind the
+   * predecessor) or "failed". Encrypting and writing the frame hold the send lock; waiting for
+   * the answer does not (``written`` is called once the frame is on the socket).
    */
-  private sendContent(
+  private async sendContent(
     to: string | string[],
     id: string,
     content: Uint8Array,
-    opts: { transcript: boolean; ephemeral?: boolean; extra?: () => Promise<{ data: string; to: { user: string; device: number }[] }[]> },
-  ): Promise<"accepted" | "retry" | "failed"> {
+    opts: { transcript: boolean; ephemeral?: boolean; after?: string | undefined; written?: (() => void) | undefined },
+  ): Promise<SendOutcome> {
     const users = typeof to === "string" ? [to] : [...new Set(to)].sort();
-    return this.sendLock.run(async () => {
-      const me = this.user;
+    const me = this.user;
+    try {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        if (this.status !== "online") return "retry";
-        try {
+        const sent = await this.sendLock.run(async (): Promise<SendOutcome | { answer: Promise<Answer> }> => {
+          if (this.status !== "online") return "retry";
+          if (opts.after !== undefined && !this.fence) return "requeue"; // see below
           const theirs: { user: string; device: number }[] = [];
           for (const u of users) {
             if (u !== me && this.keyChanged(u)) throw new UntrustedIdentity(`${u}'s safety number changed`);
@@ -966,29 +1083,47 @@ export class Engine {
           if (!payloads.length) return users.length === 1 && users[0] === me ? "accepted" : "failed";
           const frame: Record<string, unknown> = { type: "send", id, payloads, ttl: sendTtl(content) };
           if (opts.ephemeral) frame["ephemeral"] = true;
-          const answer = await this.transmit(frame);
-          if (answer.type === "accepted") return "accepted";
-          if (answer.type === "mismatch") {
+          if (opts.after !== undefined) {
+            // Meant to follow its predecessor: never sent unfenced (the relay turned out not to
+            // know ``after`` meanwhile) — back behind it, sent once it is answered.
+            if (!this.fence) return "requeue";
+            frame["after"] = opts.after;
+          }
+          return { answer: this.transmit(frame) }; // the answer is awaited outside the lock
+        });
+        opts.written?.();
+        if (typeof sent === "string") return sent;
+        const answer = await sent.answer;
+        if (answer.type === "accepted") return "accepted";
+        if (answer.type === "mismatch") {
+          await this.sendLock.run(async () => {
             const stale = (answer["stale"] as { user: string; device: number }[]) ?? [];
-            const changes2: [string, unknown][] = [];
+            const changes: [string, unknown][] = [];
             for (const d of stale) {
               this.sessions.delete(sessionKey(d.user, d.device));
-              changes2.push([sessionKey(d.user, d.device), undefined]);
+              changes.push([sessionKey(d.user, d.device), undefined]);
             }
-            await this.store.commit(changes2);
-            continue;
-          }
-          if (answer["code"] === "disconnected" || answer["code"] === "internal" || answer["code"] === "busy" || answer["code"] === "shutting_down") return "retry";
-          return "failed";
-        } catch (e) {
-          if (e instanceof Offline) return "retry";
-          if (e instanceof UntrustedIdentity) return "failed";
-          console.warn("send failed", e);
-          return "failed";
+            await this.store.commit(changes);
+          });
+          continue;
         }
+        const code = answer["code"];
+        if (code === "predecessor_missing") return "requeue";
+        if (code === "bad_frame" && refusesAfter(answer)) {
+          this.fence = false; // a relay older than the fence: one send per lane, no ``after``
+          return "requeue";
+        }
+        if (code === "disconnected" || code === "internal" || code === "busy" || code === "shutting_down") return "retry";
+        return "failed";
       }
       return "failed";
-    });
+    } catch (e) {
+      opts.written?.();
+      if (e instanceof Offline) return "retry";
+      if (e instanceof UntrustedIdentity) return "failed";
+      console.warn("send failed", e);
+      return "failed";
+    }
   }
 
   /**
@@ -1543,7 +1678,7 @@ export class Engine {
     return idHex;
   }
 
-  private async sendGroupContent(gid: string, idHex: string, content: Uint8Array): Promise<"accepted" | "retry" | "failed"> {
+  private async sendGroupContent(gid: string, idHex: string, content: Uint8Array): Promise<SendOutcome> {
     const me = this.identity as Identity;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const g = structuredClone(this.groups.get(gid) as Group);
