@@ -7,13 +7,17 @@ cd "$root"
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
   for c in python3.13 python3.12 python3.11 python3; do
-    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       py="$c"; break
     fi
   done
 fi
 [ -n "$py" ] || { echo "Vox needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
-[ -x .venv/bin/python ] || "$py" -m venv .venv
+# A venv left half-made by an interrupted first run (no pip in it yet) is made again.
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -c 'import pip' 2>/dev/null; }; then
+  rm -rf .venv
+  "$py" -m venv .venv
+fi
 stamp=.venv/.vox-installed
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
