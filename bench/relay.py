@@ -215,7 +215,8 @@ def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
 
 async def start_profile(pid: int, path: str | None) -> subprocess.Popen[bytes] | None:
     """py-spy (``pip install py-spy``) sampling the relay into ``path`` (raw text when it ends
-    with ``.txt``, else a flame graph), or nothing."""
+    with ``.txt``, else a flame graph), or nothing. Only samples holding the GIL count
+    (``--gil``): a thread waiting in a pool or on a lock is not CPU."""
     if not path:
         return None
     spy = subprocess.Popen(  # noqa: ASYNC220
@@ -230,6 +231,7 @@ async def start_profile(pid: int, path: str | None) -> subprocess.Popen[bytes] |
             "raw" if path.endswith(".txt") else "flamegraph",
             "--rate",
             "200",
+            "--gil",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
