@@ -129,11 +129,12 @@ async def test_receive_through_the_daemon_marks_what_it_printed_read(
         assert daemon.stdout is not None
         assert b"listening on" in await asyncio.wait_for(daemon.stdout.readline(), 60)
         receive = await asyncio.create_subprocess_exec(
-            VOX, "--home", str(b), "receive", "--wait", "3",
+            VOX, "--home", str(b), "receive", "--wait", "8",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         assert receive.stdout is not None
         # It prints only what arrives once it listens: send until it has printed something.
+        # (--wait 8: on a loaded machine a message can take seconds to come round.)
         sent: list[str] = []
         first = b""
         while not first:
@@ -142,6 +143,9 @@ async def test_receive_through_the_daemon_marks_what_it_printed_read(
                 first = await asyncio.wait_for(receive.stdout.readline(), 1.0)
             except TimeoutError:
                 continue
+            if not first:  # end of output: receive gave up before anything came
+                _, err = await receive.communicate()
+                pytest.fail(f"receive printed nothing (exit {receive.returncode}): {err.decode()}")
         rest, err = await asyncio.wait_for(receive.communicate(), 60)
         assert receive.returncode == 0, err.decode()
         printed = [
