@@ -95,6 +95,7 @@ interface OutboxEntry {
   id: string;
   to: string;
   content: Uint8Array;
+  /** 1 once an attempt was about to be handed to the relay (stored before its frame is written): never cancelled since. */
   attempts: number;
   seq?: number; // absent in entries stored before it existed: they go first
 }
@@ -135,6 +136,17 @@ type SendOutcome = "accepted" | "retry" | "failed" | "requeue";
 /** A relay older than the lane fence refuses the ``after`` field itself (protocol-ws §3.1.4). */
 function refusesAfter(answer: Record<string, unknown>): boolean {
   return String(answer["message"] ?? "").startsWith("after");
+}
+/** Never put on its way: queued, and no attempt at it got as far as its frame (``Engine.handing``). */
+const neverHanded = (p: Pending): boolean => p.state === "queued" && !p.entry.attempts;
+/** The message an outbox entry's content operates on (edit, delete, reaction), if it is such an operation. */
+function targetOf(content: Uint8Array): string | undefined {
+  try {
+    const c = decodeContent(content);
+    return isOperation(c) && "target" in c ? hex(c.target) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 /** A queued send that the relay could not take now is tried again this much later while connected. */
 const RETRY_CONNECTED_MS = 10_000;
@@ -252,6 +264,7 @@ export class Engine {
       add: (m, changes) => this.addMessage(m, changes),
       nextKey: (conv) => this.nextKey(conv),
       sendOperation: (conv, id, content, apply) => this.sendOperation(conv, id, content, apply),
+      cancelUnsent: (id) => this.cancelUnsent(id),
       changed: () => this.changed(),
       now: () => this.clock(),
     });
@@ -881,6 +894,48 @@ export class Engine {
     await this.enqueue(conv, idHex, content, changes);
   }
 
+  /**
+   * Take our message ``id`` out of the outbox if it was never handed to the relay — queued, and
+   * no attempt at it ever got as far as its frame (in this page's life or an earlier one: see
+   * ``handing``) — with the queued operations of its conversation that target it and were never
+   * handed either (edits, reactions): none of them will be sent, to the peers nor to our other
+   * devices. Synchronous, so the pump cannot put it on its way meanwhile (only the pump moves an
+   * entry to "in flight"). The caller commits ``changes`` (their outbox records removed) in the
+   * transaction that removes the message, and calls ``undo`` if that fails. Null when ``id`` is
+   * not in the outbox or may have reached the relay (on its way, or handed before): it cannot
+   * be recalled.
+   */
+  private cancelUnsent(id: string): { changes: [string, unknown][]; undo: () => void } | null {
+    const p = this.outbox.get(id);
+    if (!p || !neverHanded(p)) return null;
+    const gone = [p];
+    for (const q of this.outbox.values()) {
+      if (q !== p && q.entry.to === p.entry.to && neverHanded(q) && targetOf(q.entry.content) === id) gone.push(q);
+    }
+    for (const q of gone) this.outbox.delete(q.entry.id);
+    this.changed();
+    return {
+      changes: gone.map((q): [string, unknown] => [`outbox:${q.entry.id}`, undefined]),
+      undo: () => {
+        for (const q of gone) this.outbox.set(q.entry.id, q);
+        this.changed();
+        void this.pump(p.entry.to);
+      },
+    };
+  }
+
+  /**
+   * An attempt at outbox entry ``id`` is about to hand its frame to the relay: record that (once)
+   * in ``changes``, the transaction committed just before the frame is written, so that it is
+   * never cancelled as unsent afterwards (``cancelUnsent``), after a reload too.
+   */
+  private handing(id: string, changes: [string, unknown][]): void {
+    const p = this.outbox.get(id);
+    if (!p || p.entry.attempts) return;
+    p.entry.attempts = 1;
+    changes.push([`outbox:${id}`, p.entry]);
+  }
+
   private async flushOutbox(): Promise<void> {
     await Promise.all([...new Set([...this.outbox.values()].map((p) => p.entry.to))].map((conv) => this.pump(conv)));
   }
@@ -1078,6 +1133,7 @@ export class Engine {
               : content;
             payloads.push(...(await this.encryptFor(own, copy, changes)));
           }
+          this.handing(id, changes);
           await this.store.commit(changes);
           // Nothing to send: refused, except a sync to our own devices when we have no other.
           if (!payloads.length) return users.length === 1 && users[0] === me ? "accepted" : "failed";
@@ -1711,7 +1767,9 @@ export class Engine {
         const { state, message } = await SK.senderKeyEncrypt(g.ownKey as SK.SenderKeyState, pad(content), randomBytes);
         g.ownKey = state;
         this.groups.set(gid, g);
-        await this.store.commit([[`group:${gid}`, g]]);
+        const changes: [string, unknown][] = [[`group:${gid}`, g]];
+        this.handing(idHex, changes);
+        await this.store.commit(changes);
         if (!devices.length) return { type: "accepted" } as Answer;
         return this.transmit({ type: "send", id: idHex, payloads: [{ data: b64(encodeRelayPayload(PayloadKind.Group, message)), to: devices }], ttl: sendTtl(content) });
       });

@@ -93,6 +93,12 @@ export interface OpsHost {
    * (groups). Rejects when it cannot be sent.
    */
   sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: Changes) => void): Promise<void>;
+  /**
+   * Take our message ``id`` (and the queued operations on it) out of the outbox if it was never
+   * handed to the relay, at once (no await: the pump cannot send it meanwhile): ``changes`` to
+   * commit with its removal, ``undo`` if that commit fails. Null when it is not queued unsent.
+   */
+  cancelUnsent(id: string): { changes: Changes; undo: () => void } | null;
   changed(): void;
   /** The engine's clock (Unix ms). */
   now(): number;
@@ -301,11 +307,21 @@ export class MessageOps {
     await this.send(conv, { type: 9, target: fromHex(m.id), text });
   }
 
-  /** Delete our message ``id`` for everyone (a tombstone on every device). */
+  /**
+   * Delete our message ``id`` for everyone (a tombstone on every device). Still queued and never
+   * handed to the relay, it is not sent at all (nor the edits and reactions queued on it) and is
+   * removed here: no DELETE is needed. On its way (or possibly delivered) it cannot be recalled:
+   * the DELETE is queued behind it.
+   */
   async deleteForEveryone(conv: string, id: string): Promise<void> {
     const m = this.message(conv, id);
     if (m.from !== this.host.user) throw new Error("only your own messages can be deleted for everyone");
     if (m.deleted) return;
+    const cancelled = this.host.cancelUnsent(m.id);
+    if (cancelled) {
+      await this.remove([m], cancelled);
+      return;
+    }
     await this.send(conv, { type: 10, target: fromHex(m.id) });
   }
 
@@ -321,21 +337,33 @@ export class MessageOps {
     await this.send(conv, { type: 12, seconds: checkTimer(seconds) });
   }
 
-  /** Delete ``id`` from this device only. */
+  /**
+   * Delete ``id`` from this device only. Our message still queued and never handed to the relay
+   * is not sent at all (nor the edits and reactions queued on it); one on its way still goes,
+   * and stays deleted here.
+   */
   async deleteForMe(conv: string, id: string): Promise<void> {
-    await this.remove([this.message(conv, id)]);
+    const m = this.message(conv, id);
+    await this.remove([m], m.from === this.host.user ? this.host.cancelUnsent(m.id) : null);
   }
 
   // --- disappearing messages -------------------------------------------------------------
 
-  private async remove(gone: Message[]): Promise<void> {
+  /** Remove ``gone`` from this store (``cancelled``: its unsent outbox entries, taken out with it). */
+  private async remove(gone: Message[], cancelled: { changes: Changes; undo: () => void } | null = null): Promise<void> {
     if (!gone.length) return;
     const keys = new Set(gone.map((m) => m.key));
     const now = this.host.now();
     // The message and its tombstone in one transaction: a copy that comes again stays gone.
     const changes: Changes = [...keys].map((k): [string, unknown] => [k, undefined]);
     for (const m of gone) if (!m.notice) changes.push([GONE + m.id, now]);
-    await this.host.store.commit(changes);
+    if (cancelled) changes.push(...cancelled.changes);
+    try {
+      await this.host.store.commit(changes);
+    } catch (err) {
+      cancelled?.undo(); // still stored (message and outbox entries): sent after all
+      throw err;
+    }
     for (const conv of new Set(gone.map((m) => m.conv))) {
       this.host.messages.set(conv, (this.host.messages.get(conv) ?? []).filter((m) => !keys.has(m.key)));
     }

@@ -198,7 +198,7 @@ export function MessageView(props: { m: Message; engine: Engine; onCompose: (c: 
           </span>
         )}
         {mine && isGroup && <GroupReceipts m={m} engine={engine} />}
-        {!m.deleted && m.state !== "pending" && (
+        {!m.deleted && (
           <button type="button" class="link more" data-testid="message-actions" aria-label="Message actions" onClick={() => setOpen(!open)}>
             ⋯
           </button>
