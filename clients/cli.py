@@ -324,6 +324,9 @@ def delete(
 ) -> None:
     """Delete a message you sent for everyone (a tombstone replaces it), or --for-me.
 
+    Your message still queued (vox status) and not yet handed to the relay is never sent:
+    deleted either way, it reaches no one, nor do the edits and reactions queued on it.
+
     Example: vox delete bob 3f2a...e1  ·  vox delete group:friends 3f2a...e1 --for-me
     """
 

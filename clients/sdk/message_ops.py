@@ -118,9 +118,21 @@ async def edit(core: Core, target: str, message_id: str, text: str) -> SendResul
 async def delete(
     core: Core, target: str, message_id: str, *, for_me: bool = False
 ) -> SendResult | None:
-    """Delete a message for everyone (only our own), or only from this device."""
+    """Delete a message for everyone (only our own), or only from this device.
+
+    Our message still queued and never handed to the relay is withdrawn either way
+    (:meth:`Outbox.cancel <clients.sdk.messaging.Outbox.cancel>`, with the edits and reactions
+    queued on it): it reaches no one, no DELETE goes out, and it is removed here. Once it may
+    have reached the relay it cannot be recalled: for me, it goes from this device only (a
+    copy that comes back stays deleted); for everyone, a DELETE follows it."""
     conversation = resolve_target(core, target)
     stored = _message(core, conversation, message_id)
+    if stored.sender == core.username:
+        with core.store.transaction():
+            if core.outbox.cancel(conversation, stored.message_id):
+                _remove_file(stored)
+                core.store.forget_message(stored.message_id, time.time())
+                return None
     if for_me:
         _remove_file(stored)
         # Remembered (in the same transaction): a copy that arrives again stays deleted.

@@ -358,6 +358,47 @@ class Outbox:
         :meth:`load` hands the store's queue to it again."""
         self._loaded = False
 
+    def cancel(self, conversation: str, mid: str) -> bool:
+        """Withdraw our queued message ``mid`` of ``conversation`` if it never left: it has
+        no outbox entry attempted (none of its frames was built, in this process or an
+        earlier one) and the engine agrees (:meth:`SendPipeline.cancel
+        <clients.sdk.pipeline.SendPipeline.cancel>`). Then its outbox entry is removed, and
+        so are the queued edits, deletes and reactions that target it (those that never left
+        either) and the refused ones; it reaches no one, not even our other devices. Returns
+        whether it was withdrawn (``False``: not queued, or possibly at the relay already).
+
+        Call it inside a store transaction with the message's own removal. It does not
+        await, nor does the build of a send (:meth:`SendPipeline._run_builds
+        <clients.sdk.pipeline.SendPipeline._run_builds>`), so no send is picked for sending
+        between the check and the cancel."""
+        core = self.core
+        entries = core.store.outbox_pending(conversation=conversation)
+        entry = next((e for e in entries if e.message_id == mid), None)
+        if entry is None or entry.attempts or not core.pipeline.cancel(mid):
+            return False
+        self._withdraw(mid)
+        for other in entries:
+            if other.message_id == mid or other.attempts or other.payload[:2] in _MESSAGES:
+                continue
+            try:
+                _, target = describe(decode_content(other.payload))
+            except VoxError:
+                continue
+            if target == mid and core.pipeline.cancel(other.message_id):
+                self._withdraw(other.message_id)
+        failed = _load_failed(core.store)
+        kept = [f for f in failed if f["t"] != mid]
+        if len(kept) != len(failed):
+            _save_failed(core.store, kept)
+        return True
+
+    def _withdraw(self, mid: str) -> None:
+        """A cancelled send: its outbox entry goes; a caller still waiting hears why."""
+        self.core.store.outbox_remove(mid)
+        waiter = self._waiting.get(mid)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientError(f"{mid} was deleted before it was sent"))
+
     def _stamp(self) -> float:
         """A ``created_at`` later than every earlier one (the store orders the outbox by it,
         and two messages written within one clock tick must keep their order)."""

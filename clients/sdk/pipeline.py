@@ -64,13 +64,16 @@ class _Job:
     settle: Settle
     frames: dict[str, OutgoingSend] = field(default_factory=dict)
     last: OutgoingSend | None = None
+    #: Its build ran (or is running): its frames may have reached the relay, so it can no
+    #: longer be cancelled.
+    built: bool = False
 
 
 @dataclass(slots=True)
 class _Request:
     key: str
     transmit: Transmit
-    build: Build
+    job: _Job
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -115,6 +118,23 @@ class SendPipeline:
             del self._jobs[key]
             raise
         self.feed(actions)
+
+    def cancel(self, key: str) -> bool:
+        """Withdraw send ``key`` if it has not been built yet (so none of its frames can have
+        left): it is forgotten, its ``settle`` never called. Returns whether it is gone
+        (``True`` too when it is not pending here); ``False``: it is on its way, it stays.
+        Synchronous, like the build (:meth:`_run_builds`): no send is built in between."""
+        job = self._jobs.get(key)
+        if job is None:
+            return key not in self.sends
+        if job.built:
+            return False
+        actions = self.sends.cancel(key, now())
+        if actions is None:
+            return False
+        del self._jobs[key]
+        self.feed(actions)
+        return True
 
     def answered(self, answer: Answer) -> None:
         """The relay answered a send (an unmatched ``error`` is only logged)."""
@@ -187,7 +207,7 @@ class SendPipeline:
                 await peers.refresh_devices(client, name)
             for user, device in transmit.drop:
                 client.protocol.sessions.drop(user, device)
-            request = _Request(transmit.key, transmit, job.build)
+            request = _Request(transmit.key, transmit, job)
             self._queue.append(request)
             try:
                 async with self._lock:
@@ -212,15 +232,23 @@ class SendPipeline:
             force = any(r.transmit.force for r in batch)
             await peers.ensure_sessions(client, every, refresh=force)
             socket = await client.ensure_connected()
+            # From here to the builds nothing awaits: a send cancelled meanwhile (its job
+            # gone) is dropped, and no send can be cancelled once it is being built.
+            for r in batch:
+                if not r.done.done() and self._jobs.get(r.key) is not r.job:
+                    r.done.set_result(None)
+            batch = [r for r in batch if not r.done.done()]
+            for r in batch:
+                r.job.built = True
             built: list[tuple[_Request, list[OutgoingSend]]] = []
             try:
                 with client.store.transaction(sync=False):
-                    built = [(r, r.build()) for r in batch]
+                    built = [(r, r.job.build()) for r in batch]
             except Exception:
                 built = []
                 for r in batch:
                     try:
-                        built.append((r, r.build()))
+                        built.append((r, r.job.build()))
                     except Exception as exc:
                         r.done.set_exception(exc)
             # The advanced ratchets are on disk before a ciphertext leaves; the fsync runs

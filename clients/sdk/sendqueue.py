@@ -30,7 +30,9 @@ Rules:
   (:meth:`SendQueue.predecessor`, the frame's ``after``) — the last frame of the nearest
   earlier send of its lane still pending — so the relay stores it only once that one is
   stored. A send refused with ``predecessor_missing`` goes back into its lane without using
-  up an attempt and goes out again once its predecessor has (or once that one is done).
+  up an attempt and goes out again once its predecessor has (or once that one is done);
+* a send none of whose frames was ever written may be **cancelled** (:meth:`SendQueue.cancel`:
+  our message deleted before it left); a written one cannot be recalled.
 
 So two messages of one conversation can never be stored by the relay out of order — not
 after a refused send, a dropped connection or a restart (the outbox reloads its messages in
@@ -422,6 +424,20 @@ class SendQueue:
         if self.online:
             self._resume(now, lambda s: s.due <= now)
         return actions + self._pump(now)
+
+    def cancel(self, key: str, now: float) -> list[Action] | None:
+        """Withdraw send ``key`` if none of its frames was ever written (its Transmit, if one
+        is out, must not have been built yet: the shell checks that): it is forgotten without
+        an outcome, and its lane goes on without it. ``None``: it was written (the relay may
+        hold it) and stays; a send not pending here is nothing to cancel (``[]``)."""
+        send = self._sends.get(key)
+        if send is None:
+            return []
+        if send.written or send.state is _State.IN_FLIGHT:
+            return None
+        self._forget_frames(send)
+        del self._sends[key]
+        return self._pump(now)
 
     def abandon(self, error: RelayUnavailable) -> list[Action]:
         """The client is closing: every pending send ends (durable ones queued, kept by the
