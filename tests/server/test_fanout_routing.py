@@ -87,11 +87,18 @@ async def _nodes(url: str, prefix: str, n: int, **kwargs: Any) -> AsyncIterator[
         yield nodes
 
 
-async def _attached(node: _Node, pk: int, sink: _Sink) -> None:
-    """Attach and wait until Redis has the presence key (the hub then wakes the sink)."""
+async def _attached(node: _Node, pk: int, sink: _Sink, *peers: _Node) -> None:
+    """Attach and wait until Redis has the presence key (the hub then wakes the sink) and
+    the attach's kick has reached ``peers`` (a kick still on its way would otherwise meet a
+    connection the test makes next and replace it: a stale kick, not what is tested)."""
     node.hub.attach(pk, sink)
     await node.hub.settled()
     await _until(lambda: ("wake", None) in sink.events, "the wake once presence is written")
+
+    def kicked(peer: _Node) -> bool:
+        return any(m["k"] == "kick" and m["c"] == sink.connection_id for m in peer.received)
+
+    await _until(lambda: all(kicked(peer) for peer in peers), "the kick at the other nodes")
 
 
 def _rows(pk: int, count: int = 2, size: int = 10) -> list[Delivery]:
@@ -152,7 +159,7 @@ async def test_a_device_that_moves_is_reached_on_its_new_node(
     the old socket); later commits go to B only."""
     async with _nodes(redis_url, redis_prefix, 3) as (a, b, c):
         old, new = _Sink("old"), _Sink("new")
-        await _attached(a, 1, old)
+        await _attached(a, 1, old, b, c)
         await _attached(b, 1, new)
         await _until(lambda: "replaced" in old.kinds(), "the kick")
         await a.hub.settled()
@@ -176,7 +183,7 @@ async def test_the_late_presence_of_an_old_connection_is_handed_over(
     one device at once): the kick makes the old node hand the key to the new one."""
     async with _nodes(redis_url, redis_prefix, 2) as (a, b):
         old, new = _Sink("old"), _Sink("new")
-        await _attached(b, 1, new)
+        await _attached(b, 1, new, a)
         # A's connection attached first, but its presence write reaches Redis last.
         a.hub._sinks[1] = old
         client = aioredis.from_url(redis_url)
