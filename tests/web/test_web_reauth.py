@@ -11,20 +11,15 @@ then runs that re-check itself.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from server.app import create_app
 from server.clock import ShiftedClock
 from server.delivery.connection import DeviceConnection
-from server.state import relay_state
-from tests.server.relay_harness import Relay, make_settings, running_relay
 from tests.web.support import (
     TIMEOUT_MS,
     VOX_RELAY,
@@ -37,40 +32,10 @@ from tests.web.support import (
     unique,
     wait_online,
 )
+from tests.web.threaded_relay import ThreadedRelay
 from wire.codes import CloseCode
 
-T = TypeVar("T")
 TOKEN_TTL = 3600
-
-
-class ThreadedRelay:
-    """A relay (``running_relay``) on an event loop in a background thread."""
-
-    def __init__(self, tmp_path: Path, clock: ShiftedClock) -> None:
-        self.settings = make_settings(tmp_path, limits={"token_ttl_seconds": TOKEN_TTL})
-        self.app = create_app(self.settings, clock=clock)
-        # Only the test re-checks the tokens of open sockets (see the module docstring).
-        relay_state(self.app).delivery_overrides["token_check_interval"] = 86400.0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._cm = running_relay(self.settings, app=self.app)
-        self.relay: Relay = self.run(self._cm.__aenter__())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
-
-    @property
-    def url(self) -> str:
-        return self.relay.base_url
-
-    def close(self) -> None:
-        try:
-            self.run(self._cm.__aexit__(None, None, None))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            self.loop.close()
 
 
 @pytest.fixture
@@ -80,7 +45,13 @@ def clock() -> ShiftedClock:
 
 @pytest.fixture
 def shifted_relay(tmp_path: Path, clock: ShiftedClock) -> Iterator[ThreadedRelay]:
-    r = ThreadedRelay(tmp_path, clock)
+    # Only the test re-checks the tokens of open sockets (see the module docstring).
+    r = ThreadedRelay(
+        tmp_path,
+        clock,
+        limits={"token_ttl_seconds": TOKEN_TTL},
+        overrides={"token_check_interval": 86400.0},
+    )
     try:
         yield r
     finally:
