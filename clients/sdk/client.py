@@ -21,7 +21,7 @@ from clients.sdk import attachments, group_admin, inbox, linking, messaging, pee
 from clients.sdk import message_ops as ops
 from clients.sdk.attachments import Progress
 from clients.sdk.content import Content, ConversationContent
-from clients.sdk.engine import Answer, ClientEngine, Process, Replenish, ack_frames
+from clients.sdk.engine import Answer, ClientEngine, Process, Replenish, ack_texts
 from clients.sdk.errors import AuthFailed, ClientError, NoProfile, RelayUnavailable, StoreError
 from clients.sdk.events import EventHub
 from clients.sdk.identity import LocalIdentity
@@ -302,8 +302,7 @@ class VoxClient:
     async def _ack(self, seqs: list[int]) -> None:
         if self._socket is not None:
             with contextlib.suppress(SocketClosed):
-                for ack in ack_frames(seqs):
-                    await self._socket.send(ack)
+                await self._socket.send_texts(ack_texts(seqs))
         self._last_activity = time.monotonic()
 
     @staticmethod

@@ -41,6 +41,7 @@ A new content type (edit, reaction, ...) needs no change here: it is a
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 
@@ -74,8 +75,10 @@ __all__ = [
     "Replenish",
     "Routed",
     "ack_frames",
+    "ack_texts",
     "replenish_count",
     "send_frame",
+    "send_text",
 ]
 
 MAX_ACK_SEQS = 1000  # wire.frames.AckFrame's bound
@@ -271,9 +274,39 @@ def send_frame(send: OutgoingSend, after: str | None = None) -> SendFrame:
     )
 
 
+def send_text(send: OutgoingSend, after: str | None = None) -> str:
+    """The JSON text of :func:`send_frame` — the same text as ``wire.frames.encode`` of it —
+    written without building and dumping the pydantic models (about 3 µs instead of 80: the
+    SDK sends one per message). Its values are the SDK's own (client ids it made, usernames
+    and device ids from verified device lists); the relay validates every frame it reads."""
+    frame: dict[str, object] = {
+        "type": "send",
+        "id": send.client_id,
+        "payloads": [
+            {"data": b64(data), "to": [{"user": u, "device": d} for u, d in to]}
+            for data, to in send.payloads
+        ],
+        "ephemeral": send.ephemeral,
+    }
+    if send.ttl is not None:
+        frame["ttl"] = send.ttl
+    if after is not None and not send.ephemeral:
+        frame["after"] = after
+    return json.dumps(frame, separators=(",", ":"))
+
+
 def ack_frames(seqs: list[int]) -> list[AckFrame]:
     """``ack`` frames for ``seqs`` (at most :data:`MAX_ACK_SEQS` each)."""
     return [AckFrame(seqs=seqs[i : i + MAX_ACK_SEQS]) for i in range(0, len(seqs), MAX_ACK_SEQS)]
+
+
+def ack_texts(seqs: list[int]) -> list[str]:
+    """The JSON texts of :func:`ack_frames` (as ``wire.frames.encode`` writes them), without
+    the models."""
+    return [
+        json.dumps({"type": "ack", "seqs": seqs[i : i + MAX_ACK_SEQS]}, separators=(",", ":"))
+        for i in range(0, len(seqs), MAX_ACK_SEQS)
+    ]
 
 
 def replenish_count(counts: PrekeyCounts, batch: int) -> int:

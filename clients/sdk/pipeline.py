@@ -12,8 +12,9 @@ relay stores a conversation's frames in that order whatever it refuses or loses)
 are awaited outside it, so sends of different conversations, and a window of sends of one
 conversation, are in flight at once. Concurrent builds are batched: whoever gets the lock
 builds every request queued so far in **one** store transaction, then writes their frames in
-order; if a build fails the batch is rolled back and each request is built alone, so a bad
-request never leaves a trace in the store or disturbs the others.
+order, all in one write to the socket; if a build fails the batch is rolled back and each
+request is built alone, so a bad request never leaves a trace in the store or disturbs the
+others.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from clients.sdk import durable, peers, trust
 from clients.sdk.content import Content
-from clients.sdk.engine import Answer, send_frame
+from clients.sdk.engine import Answer, send_text
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.models import SendResult
 from clients.sdk.protocol import OutgoingSend
@@ -255,6 +256,7 @@ class SendPipeline:
             # in a thread (shared with the receive side's, clients.sdk.durable), so the event
             # loop goes on meanwhile.
             await durable.flush(client.store)
+            texts: list[str] = []
             for r, sends in built:
                 sends = [s for s in sends if s.payloads]
                 job = self._jobs.get(r.key)
@@ -265,14 +267,21 @@ class SendPipeline:
                 self.feed(self.sends.expect(r.key, attempt, [s.client_id for s in sends], now()))
                 # The lane fence: each frame names the one before it in its conversation.
                 after = self.sends.predecessor(r.key)
-                try:
-                    for send in sends:
-                        await socket.send(send_frame(send, after))
-                        after = send.client_id
-                except SocketClosed as exc:
-                    r.done.set_exception(RelayUnavailable(client.server_url, str(exc)))
-                    continue
-                r.done.set_result(None)
+                for send in sends:
+                    texts.append(send_text(send, after))
+                    after = send.client_id
+            # The whole batch's frames in one write, in the order their ratchet steps were taken.
+            try:
+                await socket.send_texts(texts)
+            except SocketClosed as exc:
+                lost = RelayUnavailable(client.server_url, str(exc))
+                for r, _ in built:
+                    if not r.done.done():  # (cancelled meanwhile)
+                        r.done.set_exception(lost)
+            else:
+                for r, _ in built:
+                    if not r.done.done():
+                        r.done.set_result(None)
         except BaseException as exc:
             for r in batch:
                 if not r.done.done():
