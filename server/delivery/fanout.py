@@ -15,9 +15,14 @@ Without Redis the hub is purely in-process (one node). With Redis, signals for o
 only to the node holding its socket:
 
 * **presence**: ``<prefix>at:<device_pk>`` = the id of the node holding the device's socket
-  (``SET ... EX presence_ttl`` when it attaches, refreshed every ``presence_ttl / 3``,
-  deleted when it leaves if still this node's; a device replaced by a newer connection on
-  node ``m`` hands its key to ``m``).
+  (written when it attaches, before its first queue read, with ``EX presence_ttl``;
+  refreshed every ``presence_ttl / 3``, deleted when it leaves if still this node's; a device
+  replaced by a newer connection on node ``m`` hands its key to ``m``).
+* **attach numbers**: the same script call that writes the key on attach (:data:`_CLAIM`)
+  gives the connection the device's next *attach number* (``<prefix>attach:<device_pk>``
+  holds the last one for :data:`ATTACH_NUMBER_TTL`): Redis's clock in microseconds, or the
+  last number + 1 if that is not higher. Numbers of one device only grow, whichever node
+  asks, across node restarts and across a Redis restart (its clock moved on).
 * **node channels**: every node subscribes to ``<prefix>node:<node id>``. Wake-ups and live
   frames are *routed*: one Lua script call per signal (:data:`_ROUTE`) reads the devices'
   presence keys and publishes one message per node holding some of them, on that node's
@@ -48,40 +53,55 @@ number of nodes. Messages (JSON; ``n`` is the sending node):
     push this frame to these devices if connected. Used for notifications and ephemeral sends,
     which are never stored anywhere, so the frame (an ephemeral ciphertext) is the only copy;
     Redis pub/sub does not persist it either.
-``{"n": node, "k": "kick", "d": device_pk, "c": connection_id}`` (broadcast)
-    a newer connection of this device exists on node ``n``: close any other one (4409), hand
-    the presence key to ``n`` and send ``n`` a wake for the device (envelopes routed to the old
-    connection in the meantime are read by the new one).
+``{"n": node, "k": "kick", "d": device_pk, "c": connection_id, "a": attach_number}`` (broadcast)
+    a connection of this device attached on node ``n`` with this attach number: a node
+    holding another connection of the device with a *lower* number closes it (4409) and
+    hands the presence key to ``n``; one with a higher number ignores the kick (it is stale:
+    an older attach whose kick was still on its way when a newer one attached). A kick
+    without ``"a"`` (a node of the previous version, which writes the key after attaching)
+    always replaces, and the old node then sends ``n`` a wake for the device.
 ``{"n": node, "k": "drop", "d": device_pk, "r": reason}`` (broadcast)
     the device was removed from its account or revoked: close its connection (4401).
     With ``"t": token_id`` (a logout): only if that connection authenticated with that token.
 
-**Why nothing is lost.** A signal is routed by the presence key *after* its rows are
-committed. A connection's key is written when it attaches, and once Redis has it the hub wakes
-the connection again (a second queue read, only with Redis): a commit routed elsewhere
-(before the key) is older than that read, so the read finds it. A key that disappears while its
-device is connected (expiry during a stall, Redis restarted or flushed) is put back by the
-refresh, which wakes the device; after a lost subscription the node refreshes every key and
-wakes all its devices. A node killed with ``-9`` leaves keys that the first signal for one of
-them deletes (nobody listens on its channel), or that expire; its devices reconnect elsewhere
-and their new node's key replaces the old one.
+**Kicks.** At most one connection of a device stays open, the one that attached last in
+Redis's order: a connection is registered only once its claim returned, before ``ready`` is
+sent, so a device that connects again after seeing ``ready`` always gets a higher number. A
+claim still on its way when a kick with a higher number arrives ends in 4409 at once, and of
+two connections of one device on one node the lower number is closed. A kick may arrive
+late, or before the connection it is meant for is registered: the numbers decide, not the
+order of arrival.
+
+**Why nothing is lost.** A signal is routed by the presence key *after* its rows are committed.
+A connection's key is written before its first queue read: a commit routed elsewhere (before
+the key) is older than that read, so the read finds it. A key that disappears while its device
+is connected (expiry during a stall, Redis restarted or flushed) is put back by the refresh,
+which wakes the device; after a lost subscription the node refreshes every key and wakes all
+its devices. A node killed with ``-9`` leaves keys that the first signal for one of them
+deletes (nobody listens on its channel), or that expire; its devices reconnect elsewhere and
+their new node's key replaces the old one.
 
 Signals are best effort: a lost wake (or carried envelope) only delays delivery until the
 device's next wake or reconnect, because the queue itself lives in the database; acks always
 go to the database. Nodes of the previous scheme (one channel that every node read) are not
-woken by these nodes: upgrade all nodes together.
+woken by these nodes: upgrade all nodes together. Nodes of the version before attach numbers
+(per-node channels, kicks without ``"a"``) do work with these, one at a time, but a stale kick
+from such a node can still close a newer connection until all are upgraded.
 
 **Redis outage (degraded mode).** A node whose subscription is down or whose Redis stops
-answering a ping is *degraded* (:attr:`Hub.degraded`). It then asks the database, every
-``poll_interval`` seconds, which devices got queue rows since its last look
-(:class:`QueuePoller`: one indexed query on ``delivery_queue.seq``) and wakes those connected
-here; on entering the mode it wakes all of them once. Cross-node delivery thus continues
-with at most about one poll interval of delay. What Redis alone carries is lost while it is
-down: ephemeral frames and notifications to devices on other nodes, "kick" (a device
-connected on two nodes keeps both until one closes) and cross-node "drop" (a removed device's
-socket on another node closes at its next read of a queue or at reconnect; its token no
-longer works). When Redis answers again the node resubscribes, writes its presence keys
-again (Redis may have restarted empty), wakes every local device once and stops polling.
+answering a ping is *degraded* (:attr:`Hub.degraded`); a device that connects then (or whose
+claim takes longer than ``poll_interval``) is registered unclaimed and claimed — then kicked
+for and woken — once Redis answers. A degraded node asks the database, every ``poll_interval``
+seconds, which devices got queue rows since its last look (:class:`QueuePoller`: one indexed
+query on ``delivery_queue.seq``) and wakes those connected here; on entering the mode it wakes
+all of them once. Cross-node delivery thus continues with at most about one poll interval of
+delay. What Redis alone carries is lost while it is down: ephemeral frames and notifications to
+devices on other nodes, "kick" (a device connected on two nodes keeps both until Redis answers:
+the connection made during the outage is then claimed, and its kick closes the other) and
+cross-node "drop" (a removed device's socket on another node closes at its next read of a queue
+or at reconnect; its token no longer works). When Redis answers again the node resubscribes,
+writes its presence keys again (Redis may have restarted empty), wakes every local device once
+and stops polling.
 """
 
 from __future__ import annotations
@@ -162,6 +182,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# A connection of device KEYS[1] attaches on node ARGV[1]: write its presence key (expiry
+# ARGV[2]) and give it the next attach number of the device: Redis's clock in microseconds,
+# or the device's last number + 1 if that is not higher (KEYS[2], kept ARGV[3] seconds). The
+# numbers of one device only grow, also across a Redis restart (the clock moved on).
+_CLAIM = """
+local t = redis.call('TIME')
+local attach = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if attach <= last then attach = last + 1 end
+attach = string.format('%.0f', attach)
+redis.call('SET', KEYS[2], attach, 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return attach
+"""
+#: Seconds a device's last attach number is kept in Redis (past that, Redis's clock alone
+#: keeps the numbers growing).
+ATTACH_NUMBER_TTL = 86_400
 
 # Refresh this node's keys (ARGV[1], expiry ARGV[2]); a missing one is written again and its
 # index returned (wake-ups for that device may have gone nowhere); another node's is left.
@@ -286,17 +324,25 @@ class Hub:
         self.node_id = secrets.token_hex(8)
         self._own = f'{{"n":"{self.node_id}",'.encode()
         self._sinks: dict[int, DeviceSink] = {}
+        #: The attach number of each registered connection (None: not claimed in Redis yet).
+        self._attach: dict[int, int | None] = {}
+        #: Devices with a claim on its way to Redis here: how many, and the highest attach
+        #: number a kick named meanwhile (a newer connection elsewhere).
+        self._claims: dict[int, int] = {}
+        self._kicked: dict[int, int] = {}
         self._redis_url = redis_url
         self._channel = f"{prefix}fanout"
         self._node_prefix = f"{prefix}node:"
         self._node_channel = f"{prefix}node:{self.node_id}"
         self._presence_prefix = f"{prefix}at:"
+        self._attach_prefix = f"{prefix}attach:"
         self._presence_ttl = max(1, round(presence_ttl))
         self._redis: Any = None
         self._route: Any = None
+        self._claim: Any = None
         self._outbox: asyncio.Queue[_Outgoing] | None = None
-        #: Presence writes in order: (pk, sink to wake once written) / (pk, None) = release /
-        #: (pk, node id) = hand over to that node.
+        #: Presence writes in order: (pk, sink to claim for, then kick for and wake) /
+        #: (pk, None) = release / (pk, node id) = hand over to that node.
         self._presence: asyncio.Queue[tuple[int, DeviceSink | str | None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -329,6 +375,7 @@ class Hub:
 
         self._redis = aioredis.from_url(self._redis_url)
         self._route = self._redis.register_script(_ROUTE)
+        self._claim = self._redis.register_script(_CLAIM)
         self._outbox = asyncio.Queue(maxsize=_OUTBOX_LIMIT)
         self._presence = asyncio.Queue()
         ready = asyncio.Event()
@@ -424,25 +471,72 @@ class Hub:
 
     # -- local registry ----------------------------------------------------------------------
 
-    def attach(self, device_pk: int, sink: DeviceSink) -> None:
+    async def attach(self, device_pk: int, sink: DeviceSink) -> bool:
         """Register a device's new connection; an older one (here or elsewhere) is replaced.
-        With Redis, the device's presence key is written and the connection woken once Redis
-        has it (see "Why nothing is lost")."""
+
+        With Redis the connection is first *claimed* (one script call, :data:`_CLAIM`): its
+        presence key is written and it gets the device's next attach number, which the kick
+        to the other nodes carries; a node ignores a kick older than the connection it holds
+        (see "Kicks"). The connection's first queue read comes after this returns, so a signal
+        routed before its key is found by that read. If Redis is down or slow (more than
+        ``poll_interval``), the connection is registered unclaimed and claimed (then kicked
+        for and woken) once Redis answers. Returns False if the connection was replaced at
+        once (a newer one of the device claimed meanwhile, here or elsewhere)."""
+        attach: int | None = None
+        if self._claim is not None and not self._degraded and not self._stopping:
+            self._claims[device_pk] = self._claims.get(device_pk, 0) + 1
+            try:
+                attach = await asyncio.wait_for(
+                    self._claim_one(device_pk), max(self._poll_interval, 0.1)
+                )
+            except Exception as exc:
+                log.warning("presence claim failed: %s", exc.__class__.__name__)
+            finally:
+                left = self._claims.pop(device_pk) - 1
+                newer = self._kicked.get(device_pk, 0)
+                if left:
+                    self._claims[device_pk] = left
+                else:
+                    self._kicked.pop(device_pk, None)
+            if attach is not None and newer > attach:
+                sink.replaced()  # a newer connection elsewhere claimed after this one
+                return False
         previous = self._sinks.get(device_pk)
+        if previous is not None and previous is not sink:
+            before = self._attach.get(device_pk)
+            if attach is not None and before is not None and before > attach:
+                sink.replaced()  # this node's other connection claimed after this one
+                return False
+            previous.replaced()
         self._sinks[device_pk] = sink
+        self._attach[device_pk] = attach
         if self.observer is not None:
             self.observer.attached(device_pk)
-        if previous is not None and previous is not sink:
-            previous.replaced()
-        if self._presence is not None and not self._stopping:
+        if attach is not None:
+            self._kick(device_pk, sink, attach)
+        elif self._presence is not None and not self._stopping:
             self._presence.put_nowait((device_pk, sink))
-        self._publish({"k": "kick", "d": device_pk, "c": sink.connection_id})
+        return True
+
+    async def _claim_one(self, device_pk: int) -> int:
+        keys = [f"{self._presence_prefix}{device_pk}", f"{self._attach_prefix}{device_pk}"]
+        args = [self.node_id, self._presence_ttl, ATTACH_NUMBER_TTL]
+        return int(await self._claim(keys=keys, args=args))
+
+    def _kick(self, device_pk: int, sink: DeviceSink, attach: int) -> None:
+        self._publish({"k": "kick", "d": device_pk, "c": sink.connection_id, "a": attach})
 
     def detach(self, device_pk: int, sink: DeviceSink) -> None:
         """Forget a connection (only if it is still the registered one)."""
         if self._sinks.get(device_pk) is sink:
-            del self._sinks[device_pk]
+            self._forget(device_pk)
             self._left(device_pk)
+
+    def _forget(self, device_pk: int) -> None:
+        del self._sinks[device_pk]
+        self._attach.pop(device_pk, None)
+        if device_pk not in self._claims:
+            self._kicked.pop(device_pk, None)
 
     def _left(self, device_pk: int, successor: str | None = None) -> None:
         if self.observer is not None:
@@ -546,7 +640,7 @@ class Hub:
         sink = self._sinks.get(device_pk)
         if sink is None or (token_id is not None and getattr(sink, "token_id", None) != token_id):
             return
-        del self._sinks[device_pk]
+        self._forget(device_pk)
         self._left(device_pk)
         sink.revoked(reason)
 
@@ -596,8 +690,9 @@ class Hub:
     # -- presence ----------------------------------------------------------------------------
 
     async def _presence_writer(self) -> None:
-        """Write presence changes in order, as many as are queued in one round trip; wake each
-        attached connection once Redis has its key."""
+        """Write presence changes in order, as many as are queued in one round trip. A
+        connection registered unclaimed is claimed, then kicked for and woken (a signal
+        routed before its key is found by that read)."""
         assert self._presence is not None
         queue = self._presence
         ttl = self._presence_ttl
@@ -606,6 +701,7 @@ class Hub:
             while not queue.empty():
                 ops.append(queue.get_nowait())
             try:
+                claims: list[tuple[int, DeviceSink, int]] = []  # (pk, sink, result index)
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for pk, what in ops:
                         key = f"{self._presence_prefix}{pk}"
@@ -613,16 +709,24 @@ class Hub:
                             pipe.eval(_RELEASE, 1, key, self.node_id)
                         elif isinstance(what, str):
                             pipe.eval(_HAND_OVER, 1, key, self.node_id, what, ttl)
-                        else:
-                            pipe.set(key, self.node_id, ex=ttl)
-                    await pipe.execute()
-                for pk, what in ops:
-                    if (
-                        what is not None
-                        and not isinstance(what, str)
-                        and self._sinks.get(pk) is what
-                    ):
-                        what.wake()
+                        elif self._unclaimed(pk, what) and all(c[1] is not what for c in claims):
+                            claims.append((pk, what, len(pipe)))
+                            attach_key = f"{self._attach_prefix}{pk}"
+                            args = (self.node_id, ttl, ATTACH_NUMBER_TTL)
+                            pipe.eval(_CLAIM, 2, key, attach_key, *args)
+                    results = await pipe.execute() if len(pipe) else []
+                for pk, sink, index in claims:
+                    if not self._unclaimed(pk, sink):
+                        continue
+                    attach = int(results[index])
+                    if self._kicked.pop(pk, 0) > attach:  # claimed after this one
+                        self._forget(pk)
+                        self._left(pk)
+                        sink.replaced()
+                        continue
+                    self._attach[pk] = attach
+                    self._kick(pk, sink, attach)
+                    sink.wake()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -631,6 +735,10 @@ class Hub:
             finally:
                 for _ in ops:
                     queue.task_done()
+
+    def _unclaimed(self, device_pk: int, sink: DeviceSink) -> bool:
+        """The device's registered connection is ``sink`` and has no attach number yet."""
+        return self._sinks.get(device_pk) is sink and self._attach.get(device_pk) is None
 
     async def _refresher(self) -> None:
         pause = self._presence_ttl / 3
@@ -647,7 +755,12 @@ class Hub:
 
     async def _refresh(self) -> None:
         """Extend this node's presence keys; write missing ones again and wake their
-        devices (a wake-up routed while the key was missing went nowhere)."""
+        devices (a wake-up routed while the key was missing went nowhere). Connections
+        registered unclaimed (Redis was down) are claimed (:meth:`_presence_writer`)."""
+        if self._presence is not None:
+            for pk, attach in self._attach.items():
+                if attach is None:
+                    self._presence.put_nowait((pk, self._sinks[pk]))
         pks = list(self._sinks)
         for i in range(0, len(pks), _REFRESH_CHUNK):
             chunk = pks[i : i + _REFRESH_CHUNK]
@@ -699,6 +812,38 @@ class Hub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _kicked_by(self, message: Mapping[str, Any]) -> None:
+        """A connection of the device attached on node ``n``: replace this node's, unless
+        this one is newer (a higher attach number: the kick is stale)."""
+        device_pk = int(message["d"])
+        attach = message.get("a")
+        if attach is not None:
+            attach = int(attach)
+            if device_pk in self._claims:  # decided when this node's claim returns
+                self._kicked[device_pk] = max(attach, self._kicked.get(device_pk, 0))
+        sink = self._sinks.get(device_pk)
+        if sink is None or sink.connection_id == message["c"]:
+            return
+        mine = self._attach.get(device_pk)
+        if attach is not None:
+            if mine is None:
+                # Not claimed yet (Redis was down): its claim will outnumber every kick sent
+                # so far; one that outnumbers the claim closes it when the claim returns.
+                self._kicked[device_pk] = max(attach, self._kicked.get(device_pk, 0))
+                return
+            if mine > attach:
+                return  # a stale kick: the connection here claimed after it
+        node = str(message["n"])
+        self._forget(device_pk)
+        self._left(device_pk, node)
+        sink.replaced()
+        if attach is None and self._outbox is not None:
+            # A kick without an attach number (a node of the previous version wrote its key
+            # after attaching): envelopes routed here before the hand-over may have gone to
+            # the old socket, so the new connection's node reads the queue.
+            wake = json.dumps({"n": self.node_id, "k": "wake", "d": [device_pk]})
+            self._send((f"{self._node_prefix}{node}", wake))
+
     def _dispatch(self, raw: bytes | str) -> None:
         if (raw if isinstance(raw, bytes) else raw.encode()).startswith(self._own):
             return  # this node's own message (it acted on it when it sent it)
@@ -733,17 +878,6 @@ class Hub:
                     None if token is None else int(token),
                 )
             elif kind == "kick":
-                device_pk = int(message["d"])
-                sink = self._sinks.get(device_pk)
-                if sink is not None and sink.connection_id != message["c"]:
-                    node = str(message["n"])
-                    del self._sinks[device_pk]
-                    self._left(device_pk, node)
-                    sink.replaced()
-                    # Envelopes routed here before the hand-over may have gone to the old
-                    # socket: the new connection's node reads the queue.
-                    wake = json.dumps({"n": self.node_id, "k": "wake", "d": [device_pk]})
-                    if self._outbox is not None:
-                        self._send((f"{self._node_prefix}{node}", wake))
+                self._kicked_by(message)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed fan-out message (%s)", exc.__class__.__name__)

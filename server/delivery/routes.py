@@ -153,7 +153,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         protocol.authenticated()  # frames up to max_frame_bytes from now on
     sender = Sender(device.device_pk, device.username, device.device_id)
     conn = DeviceConnection(ws, sender, service, token_id=device.token_id)
-    service.hub.attach(sender.device_pk, conn)
+    await service.hub.attach(sender.device_pk, conn)  # replaced at once: conn is closing
+    if not service.accepting:  # shutting down while the attach waited for Redis
+        conn.close(CloseCode.GOING_AWAY, "server shutting down")
     cfg = service.config
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(

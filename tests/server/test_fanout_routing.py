@@ -88,12 +88,10 @@ async def _nodes(url: str, prefix: str, n: int, **kwargs: Any) -> AsyncIterator[
 
 
 async def _attached(node: _Node, pk: int, sink: _Sink, *peers: _Node) -> None:
-    """Attach and wait until Redis has the presence key (the hub then wakes the sink) and
-    the attach's kick has reached ``peers`` (a kick still on its way would otherwise meet a
-    connection the test makes next and replace it: a stale kick, not what is tested)."""
-    node.hub.attach(pk, sink)
+    """Attach (Redis has the presence key when it returns) and wait until the attach's kick
+    has reached ``peers``."""
+    assert await node.hub.attach(pk, sink)
     await node.hub.settled()
-    await _until(lambda: ("wake", None) in sink.events, "the wake once presence is written")
 
     def kicked(peer: _Node) -> bool:
         return any(m["k"] == "kick" and m["c"] == sink.connection_id for m in peer.received)
@@ -139,24 +137,22 @@ async def test_a_big_commit_is_carried_whole_in_several_routes(
     async with _nodes(redis_url, redis_prefix, 2) as (a, b):
         sinks = {pk: _Sink() for pk in range(1, 61)}
         for pk, sink in sinks.items():
-            b.hub.attach(pk, sink)
-        await b.hub.settled()
-        await _until(lambda: all(s.events for s in sinks.values()), "the presence wakes")
+            assert await b.hub.attach(pk, sink)
         per_device = {pk: _rows(pk, 3, 2_000) for pk in sinks}
         assert sum(len(d.tail) for rows in per_device.values() for d in rows) > ROUTE_BYTES
         a.hub.committed(per_device)
         await _until(lambda: all(s.committed() for s in sinks.values()), "every delivery")
         for pk, sink in sinks.items():
             assert sink.committed() == [(d.seq, d.tail) for d in per_device[pk]]
-            assert sink.kinds() == ["wake", "committed"]  # no queue read for the envelopes
+            assert sink.kinds() == ["committed"]  # no queue read for the envelopes
 
 
 async def test_a_device_that_moves_is_reached_on_its_new_node(
     redis_url: str, redis_prefix: str
 ) -> None:
-    """Device 1 connects on A, then again on B: A closes its connection (4409), hands the
-    presence key to B and wakes B's connection (a wake-up routed to A just before went to
-    the old socket); later commits go to B only."""
+    """Device 1 connects on A, then again on B: A closes its connection (4409), the presence
+    key names B (written by B's attach, before B's first queue read: a wake-up routed to A
+    just before is found by that read); later commits go to B only."""
     async with _nodes(redis_url, redis_prefix, 3) as (a, b, c):
         old, new = _Sink("old"), _Sink("new")
         await _attached(a, 1, old, b, c)
@@ -168,8 +164,6 @@ async def test_a_device_that_moves_is_reached_on_its_new_node(
             assert await client.get(f"{redis_prefix}at:1") == b.hub.node_id.encode()
         finally:
             await client.aclose()
-        # B's connection was woken by the hand-over too (it reads its queue).
-        await _until(lambda: new.kinds().count("wake") >= 2, "the hand-over wake")
         c.hub.committed({1: _rows(1)})
         await _until(lambda: bool(new.committed()), "the delivery on B")
         assert old.committed() == []
@@ -290,3 +284,101 @@ async def test_after_a_redis_restart_nodes_write_their_presence_again(redis_pref
         assert await has_key()
         a.hub.committed({1: _rows(1)})
         await _until(lambda: bool(sink.committed()), "the delivery after the restart")
+
+
+async def test_a_claim_answered_after_a_newer_kick_ends_its_connection(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A's claim is made in Redis but its answer is slow; meanwhile the device attaches on B
+    (a higher attach number) and B's kick reaches A before A registered its connection: A
+    closes its connection at once instead of registering it and kicking B's."""
+    async with _nodes(redis_url, redis_prefix, 2) as (a, b):
+        answer = asyncio.Event()
+        claim = a.hub._claim_one
+
+        async def slow_answer(device_pk: int) -> int:
+            number = await claim(device_pk)
+            await answer.wait()
+            return number
+
+        a.hub._claim_one = slow_answer  # type: ignore[method-assign]
+        old, new = _Sink("old"), _Sink("new")
+        attaching = asyncio.create_task(a.hub.attach(1, old))
+        await _until(lambda: 1 in a.hub._claims, "A's claim under way")
+        await _attached(b, 1, new, a)
+        answer.set()
+        assert await attaching is False
+        assert old.kinds() == ["replaced"]
+        assert a.hub.local(1) is None
+        await a.hub.settled()
+        assert not any(m["k"] == "kick" and m["c"] == "old" for m in b.received)
+        assert new.kinds() == []
+        a.hub.committed({1: _rows(1)})
+        await _until(lambda: bool(new.committed()), "the delivery on B")
+
+
+async def test_of_two_connections_on_one_node_the_later_claim_stays(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Two attaches of one device on one node whose claims answer in the reverse order: the
+    one Redis numbered last stays, the other is closed (4409)."""
+    async with _nodes(redis_url, redis_prefix, 1) as (a,):
+        gates = [asyncio.Event(), asyncio.Event()]
+        numbers: list[int] = []
+        claim = a.hub._claim_one
+
+        async def gated(device_pk: int) -> int:
+            gate = gates[len(numbers)]
+            numbers.append(await claim(device_pk))
+            await gate.wait()
+            return numbers[gates.index(gate)]
+
+        a.hub._claim_one = gated  # type: ignore[method-assign]
+        first, second = _Sink("first"), _Sink("second")
+        attach_first = asyncio.create_task(a.hub.attach(1, first))
+        await _until(lambda: len(numbers) == 1, "the first claim")
+        attach_second = asyncio.create_task(a.hub.attach(1, second))
+        await _until(lambda: len(numbers) == 2, "the second claim")
+        assert numbers[0] < numbers[1]
+        gates[1].set()  # the later claim answers first
+        assert await attach_second is True
+        gates[0].set()
+        assert await attach_first is False
+        assert a.hub.local(1) is second
+        assert first.kinds() == ["replaced"] and second.kinds() == []
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
+async def test_attach_numbers_grow_across_a_redis_restart_and_an_outage(
+    redis_prefix: str,
+) -> None:
+    """Redis restarts empty: a connection made after it still outnumbers one made before.
+    A connection made while Redis is down is registered unclaimed (no wait), claimed once
+    Redis is back — its kick then closes the device's older connection on the other node —
+    and woken."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    async with AsyncExitStack() as stack:
+        redis_proc = await stack.enter_async_context(private_redis(port))
+        a, b = await stack.enter_async_context(_nodes(url, redis_prefix, 2, poll_interval=0.2))
+        before = _Sink("before")
+        await _attached(a, 1, before, b)
+        first = a.hub._attach[1]
+        redis_proc.kill()
+        await asyncio.to_thread(redis_proc.wait, 10)
+        await _until(lambda: b.hub.degraded, "B degraded")
+        during = _Sink("during")
+        assert await b.hub.attach(1, during)
+        assert b.hub._attach[1] is None
+        assert "replaced" not in before.kinds()  # no kick without Redis
+        await stack.enter_async_context(private_redis(port))
+        await _until(lambda: "replaced" in before.kinds(), "the kick once Redis is back")
+        second = b.hub._attach[1]
+        assert second is not None and first is not None and second > first
+        await _until(lambda: "wake" in during.kinds(), "the wake after the claim")
+        assert a.hub.local(1) is None and b.hub.local(1) is during
+        # One more attach after the restart (a stale kick of "before" would lose to it too).
+        after = _Sink("after")
+        await _attached(a, 1, after, b)
+        assert a.hub._attach[1] > second  # type: ignore[operator]
+        await _until(lambda: "replaced" in during.kinds(), "the kick of the newest")
