@@ -13,6 +13,7 @@ Load them with :func:`load_settings`; nothing reads the environment at import ti
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 __all__ = [
     "BrandSettings",
@@ -38,7 +38,8 @@ DAY = 24 * 3600
 
 
 class ConfigFileError(ValueError):
-    """The TOML settings file is missing or not valid TOML."""
+    """The TOML settings file is missing or not valid TOML (or a ``VOX_<TABLE>`` variable is
+    not JSON)."""
 
 
 class RegistrationPolicy(StrEnum):
@@ -201,16 +202,10 @@ class PushSettings(_Section):
     allow_loopback_endpoints: bool = False
 
 
-class Settings(BaseSettings):
-    """The relay's whole configuration (immutable once loaded)."""
+class Settings(BaseModel):
+    """The relay's whole configuration (immutable once loaded; defaults are validated too)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="VOX_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-        case_sensitive=False,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     data_dir: Path = Path("vox-data")
     database_url: str | None = None
@@ -239,12 +234,6 @@ class Settings(BaseSettings):
     brand: BrandSettings = BrandSettings()
     limits: LimitSettings = LimitSettings()
     push: PushSettings = PushSettings()
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *_: Any, **__: Any):  # type: ignore[no-untyped-def]
-        # load_settings() merges file, environment and overrides itself, so that the
-        # precedence is explicit; the constructor only validates what it is given.
-        return (init_settings,)
 
     @field_validator("database_url")
     @classmethod
@@ -298,6 +287,48 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings that ``VOX_*`` variables set, as a nested dict of strings.
+
+    Names are case-insensitive; ``VOX_<NAME>`` sets a top-level setting and ``__`` nests
+    (``VOX_LIMITS__MAX_RECIPIENTS`` is ``limits.max_recipients``); a whole table may also be
+    one JSON object (``VOX_LIMITS='{"max_recipients": 50}'``), which the nested variables
+    then update. Variables that name no setting are ignored; an unknown key inside a table
+    reaches the table, which refuses it. (The rules of pydantic-settings' environment source,
+    which the relay used before; ``tests/server/test_settings_env.py`` compares the two.
+    Reading them here keeps pydantic-settings, about 1.3 MB resident, out of the relay.)
+    """
+    variables = {k.lower(): v for k, v in env.items() if k.lower().startswith("vox_")}
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        key = f"vox_{name}"
+        table = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        if not table:
+            if key in variables:
+                values[name] = variables[key]
+            continue
+        prefix = key + "__"
+        exploded: dict[str, Any] = {}
+        for variable, raw in variables.items():
+            if variable.startswith(prefix):
+                *path, last = variable[len(prefix) :].split("__")
+                target: Any = exploded
+                for part in path:
+                    if isinstance(target, dict):
+                        target = target.setdefault(part, {})
+                if isinstance(target, dict):
+                    target[last] = raw
+        if key in variables:
+            try:
+                whole = json.loads(variables[key])
+            except ValueError:
+                raise ConfigFileError(f"{key.upper()} is not a JSON object") from None
+            values[name] = _deep_merge(whole, exploded) if isinstance(whole, dict) else whole
+        elif exploded:
+            values[name] = exploded
+    return values
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -323,9 +354,6 @@ def load_settings(
     path = config_file or env.get("VOX_CONFIG") or None
     merged: dict[str, Any] = _read_toml(Path(path)) if path else {}
     env.pop("VOX_CONFIG", None)
-    source = EnvSettingsSource(Settings, case_sensitive=False)
-    source.env_vars = {k.lower(): v for k, v in env.items()}
-    env_values = source()
-    merged = _deep_merge(merged, env_values)
+    merged = _deep_merge(merged, _environment(env))
     merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
     return Settings(**merged)

@@ -63,7 +63,8 @@ async def test_an_idle_relay_with_push_on_reads_its_vapid_key_only_when_first_as
 #: Loaded by nothing that serves: Alembic and Mako (migrations run in a child process), Typer
 #: (``serve`` is parsed with Click; the operator's commands are ``server.ops.cli``), what
 #: ``server.cli.BLOCKED_MODULES`` blocks (Pydantic 1's API, uvicorn's reload watcher,
-#: Starlette's form parser), the clients and their crypto, Textual.
+#: Starlette's form parser), the clients and their crypto, Textual, pydantic-settings and
+#: python-dotenv (``server.settings`` reads ``VOX_*`` itself).
 NOT_SERVING = (
     "alembic",
     "mako",
@@ -77,6 +78,8 @@ NOT_SERVING = (
     "clients",
     "crypto",
     "textual",
+    "pydantic_settings",
+    "dotenv",
 )
 
 #: Runs ``vox-relay serve`` through its console-script entry point up to the moment it
