@@ -103,11 +103,17 @@ def _in(conn: Connection, column: ColumnElement[Any], name: str) -> ColumnElemen
     return column.in_(bindparam(name, expanding=True))
 
 
+# One search of the unique index per key, whatever the planner knows about the table: a
+# cached plan (a prepared statement, a statement in a session function) is made once, often
+# while ``delivery_sends`` is still small or has no statistics, and a plain join against the
+# keys was then planned as a hash join over a sequential scan of the whole table — kept while
+# the table grew to every send of the last 30 days. The ``LIMIT`` keeps the subquery a
+# subquery (a per-key index probe), and the key is unique: it never drops a row.
 _FIND_SENDS_SQL = (
-    "SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at "
-    "FROM delivery_sends AS s "
-    "JOIN unnest(CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[])) AS k(pk, cid) "
-    "ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
+    "SELECT k.pk AS sender_device_pk, k.cid AS client_id, s.envelope_id, s.created_at "
+    "FROM unnest(CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[])) AS k(pk, cid) "
+    "CROSS JOIN LATERAL (SELECT s.envelope_id, s.created_at FROM delivery_sends AS s "
+    "WHERE s.sender_device_pk = k.pk AND s.client_id = k.cid LIMIT 1) AS s"
 )
 _FIND_SENDS_PG = text(_FIND_SENDS_SQL)
 
@@ -209,11 +215,29 @@ _LOCK_QUEUES_PG = text(
 
 
 #: What a queue holds, per device and sending account (PostgreSQL; ``$1``: device pks).
+#: One range of ``ix_delivery_queue_device`` per device (a subquery per device, as
+#: :data:`_FIND_SENDS_SQL`): ``device_pk = ANY(...)`` in a plan cached while the queue was
+#: small read the whole queue on every batch.
 QUEUE_USAGE_PG = (
-    "SELECT q.device_pk, q.sender_account_id, count(*), coalesce(sum(q.size), 0)"
-    " FROM delivery_queue AS q WHERE q.device_pk = ANY($1)"
-    " GROUP BY q.device_pk, q.sender_account_id"
+    "SELECT t.p, q.sender_account_id, count(*), coalesce(sum(q.size), 0)"
+    " FROM unnest(CAST($1 AS BIGINT[])) AS t(p) CROSS JOIN LATERAL ("
+    "SELECT q.sender_account_id, q.size FROM delivery_queue AS q WHERE q.device_pk = t.p"
+    " OFFSET 0) AS q"
+    " GROUP BY t.p, q.sender_account_id"
 )
+
+# Around the queue count in the session functions (a PL/pgSQL variable ``bitmap TEXT``): a
+# plain index scan, not a bitmap scan. The queue's rows are deleted as fast as they are
+# inserted (acks), and until VACUUM their index entries stay; a plain index scan marks the
+# entries of rows dead to everyone as such and later scans skip them, a bitmap scan never
+# does: it visits a heap page per dead row of the device on every batch (5,000 pages per
+# batch of 60 recipients with 100 acked rows each). ``set_config(..., true)``: for the
+# transaction only, restored right after (a plan is made with the setting in force then).
+_PLAIN_INDEX_SCANS_ON = (
+    " bitmap := current_setting('enable_bitmapscan');"
+    " PERFORM set_config('enable_bitmapscan', 'off', true);"
+)
+_PLAIN_INDEX_SCANS_OFF = " PERFORM set_config('enable_bitmapscan', bitmap, true);"
 
 #: Locks the queues, then counts them, in one round trip. A statement sees the snapshot taken
 #: when it began — before a lock it waits for inside it is granted — so the count cannot
@@ -226,9 +250,12 @@ QUEUE_USAGE_FUNCTION_PG = (
     "pks BIGINT[], keys INTEGER[], cls INTEGER)"
     " RETURNS TABLE (o_device BIGINT, o_sender BIGINT, o_count BIGINT, o_bytes BIGINT)"
     " LANGUAGE plpgsql VOLATILE AS $fn$"
+    " DECLARE bitmap TEXT;"
     " BEGIN"
     " PERFORM count(pg_advisory_xact_lock(cls, k)) FROM unnest(keys) AS t(k);"
-    f" RETURN QUERY {QUEUE_USAGE_PG};"
+    f"{_PLAIN_INDEX_SCANS_ON}"
+    f" RETURN QUERY {QUEUE_USAGE_PG.replace('$1', 'pks')};"
+    f"{_PLAIN_INDEX_SCANS_OFF}"
     " END $fn$"
 )
 
@@ -244,10 +271,10 @@ BATCH_READS_IN_FUNCTION_PG = (
     "  SELECT 1 FROM delivery_queue AS q WHERE q.envelope_id = p.envelope_id"
     "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
     "), found AS ("
-    " SELECT s.sender_device_pk, s.client_id, s.envelope_id, s.created_at"
-    " FROM delivery_sends AS s"
-    " JOIN unnest(CAST($3 AS BIGINT[]), CAST($4 AS VARCHAR[])) AS k(pk, cid)"
-    " ON s.sender_device_pk = k.pk AND s.client_id = k.cid"
+    " SELECT k.pk AS sender_device_pk, k.cid AS client_id, s.envelope_id, s.created_at"
+    " FROM unnest(CAST($3 AS BIGINT[]), CAST($4 AS VARCHAR[])) AS k(pk, cid)"
+    " CROSS JOIN LATERAL (SELECT s.envelope_id, s.created_at FROM delivery_sends AS s"
+    " WHERE s.sender_device_pk = k.pk AND s.client_id = k.cid LIMIT 1) AS s"
     "), sets AS ("
     " SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a"
     " LEFT OUTER JOIN devices AS d ON d.account_id = a.id"
@@ -282,22 +309,22 @@ BATCH_READS_FUNCTION_PG = (
     " RETURNS TABLE (o_kind INTEGER, o_a BIGINT, o_b BIGINT, o_c BIGINT, o_d BIGINT,"
     " o_name VARCHAR, o_env VARCHAR)"
     " LANGUAGE plpgsql VOLATILE AS $fn$"
-    " DECLARE k INTEGER; locked BIGINT[];"
+    " DECLARE keys INTEGER[]; locked BIGINT[]; bitmap TEXT;"
     " BEGIN"
     f" RETURN QUERY {BATCH_READS_IN_FUNCTION_PG};"
     f" SELECT array_agg(DISTINCT d.pk) INTO locked{_RECIPIENT_DEVICES_FROM};"
     " IF locked IS NULL THEN RETURN; END IF;"
-    " FOR k IN SELECT DISTINCT CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)"
-    "  FROM unnest(locked) AS t(p) ORDER BY 1 LOOP"
-    "  PERFORM pg_advisory_xact_lock(cls, k);"
-    " END LOOP;"
+    " SELECT array_agg(DISTINCT CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)"
+    "  ORDER BY CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)) INTO keys"
+    "  FROM unnest(locked) AS t(p);"
+    " PERFORM count(pg_advisory_xact_lock(cls, k)) FROM unnest(keys) AS t(k);"
     " RETURN QUERY SELECT 3, t.p, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
     " CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
     " FROM unnest(locked) AS t(p);"
-    " RETURN QUERY SELECT 4, q.device_pk, q.sender_account_id, count(*),"
-    " CAST(coalesce(sum(q.size), 0) AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
-    " FROM delivery_queue AS q WHERE q.device_pk = ANY(locked)"
-    " GROUP BY q.device_pk, q.sender_account_id;"
+    f"{_PLAIN_INDEX_SCANS_ON}"
+    " RETURN QUERY SELECT 4, u.*, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) FROM ("
+    f"{QUEUE_USAGE_PG.replace('$1', 'locked')}) AS u;"
+    f"{_PLAIN_INDEX_SCANS_OFF}"
     " END $fn$"
 )
 
