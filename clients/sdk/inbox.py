@@ -71,7 +71,8 @@ async def process_batch(core: Core, batch: list[Process]) -> Burst:
     results: list[tuple[Envelope, bool, Received]] = []
     try:
         with core.store.transaction(sync=False):
-            results = [(e, d, core.protocol.receive(e)) for e, d in envelopes]
+            received = core.protocol.receive_all([e for e, _ in envelopes])
+        results = [(e, d, r) for (e, d), r in zip(envelopes, received, strict=True)]
     except Exception:  # a store failure: retry one by one, ack only what was stored
         log.exception("batch store transaction failed; retrying envelopes one by one")
         results = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from clients.sdk import groupstate, message_rules, trust
@@ -172,6 +172,17 @@ def _ttl(content: Content) -> int | None:
 
 def _ms(now: float) -> int:
     return int(now * 1000)
+
+
+def _failure(envelope: Envelope, error: Exception, now: float) -> DecryptFailure:
+    """The event of an envelope that could not be processed (metadata only)."""
+    return DecryptFailure(
+        envelope.sender_user,
+        envelope.sender_device,
+        type(error).__name__,
+        envelope.envelope_id,
+        _ms(now),
+    )
 
 
 class ClientProtocol:
@@ -468,14 +479,27 @@ class ClientProtocol:
         except (VoxError, ClientError, ValueError) as exc:
             with self.store.transaction():  # rolled back with the rest unless in a burst's
                 self.store.mark_seen(seen, now)
-            failure = DecryptFailure(
-                envelope.sender_user,
-                envelope.sender_device,
-                type(exc).__name__,
-                envelope.envelope_id,
-                _ms(now),
-            )
-            return Received([failure], [])
+            return Received([_failure(envelope, exc, now)], [])
+
+    def receive_all(self, envelopes: Sequence[Envelope]) -> list[Received]:
+        """:meth:`receive` for a burst, in order, in one store transaction whose ids are all
+        marked seen by one statement first (a duplicate, also within the burst, yields
+        nothing). Raises only what the store raises (the transaction is then rolled back)."""
+        now = self._now()
+        keys = ["env:" + e.envelope_id for e in envelopes]
+        out: list[Received] = []
+        with self.store.transaction():
+            new = self.store.mark_seen_many(keys, now)
+            for envelope, key in zip(envelopes, keys, strict=True):
+                if key not in new:
+                    out.append(Received([], []))
+                    continue
+                new.discard(key)  # a second copy in this burst is a duplicate
+                try:
+                    out.append(self._receive(envelope, now))
+                except (VoxError, ClientError, ValueError) as exc:  # acked, marked seen
+                    out.append(Received([_failure(envelope, exc, now)], []))
+        return out
 
     def _receive(self, envelope: Envelope, now: float) -> Received:
         # Everything that can fail for bad input is checked before the first write, so a

@@ -8,7 +8,7 @@ fine. Never ``await`` inside :meth:`Store.transaction`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -271,6 +271,11 @@ class OutboxStore(Protocol):
 class SeenStore(Protocol):
     def mark_seen(self, message_id: str, at: float) -> bool:
         """Remember a processed incoming id; False if it was already seen (a duplicate)."""
+        ...
+
+    def mark_seen_many(self, message_ids: Sequence[str], at: float) -> set[str]:
+        """:meth:`mark_seen` for a burst of ids at once (one statement in the SQLite store):
+        returns those that were new. An id given twice is new at most once."""
         ...
 
     def is_seen(self, message_id: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from clients.store import search
@@ -319,6 +319,9 @@ class MemoryStore:
             return False
         self._s.seen[message_id] = at
         return True
+
+    def mark_seen_many(self, message_ids: Sequence[str], at: float) -> set[str]:
+        return {m for m in message_ids if self.mark_seen(m, at)}
 
     def is_seen(self, message_id: str) -> bool:
         return message_id in self._s.seen

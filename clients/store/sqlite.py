@@ -1215,6 +1215,20 @@ class SqliteStore:
     def mark_seen(self, message_id: str, at: float) -> bool:
         return self._write("INSERT OR IGNORE INTO seen VALUES (?, ?)", (message_id, at)) == 1
 
+    def mark_seen_many(self, message_ids: Sequence[str], at: float) -> set[str]:
+        new: set[str] = set()
+        per = _ROW_PARAMS // 2
+        with self.transaction():
+            for start in range(0, len(message_ids), per):
+                chunk = message_ids[start : start + per]
+                values = ", ".join(["(?, ?)"] * len(chunk))
+                rows = self._exec(
+                    f"INSERT OR IGNORE INTO seen VALUES {values} RETURNING message_id",  # noqa: S608
+                    [value for mid in chunk for value in (mid, at)],
+                ).fetchall()
+                new.update(row[0] for row in rows)
+        return new
+
     def is_seen(self, message_id: str) -> bool:
         return self._one("SELECT 1 FROM seen WHERE message_id = ?", (message_id,)) is not None
 
