@@ -118,6 +118,20 @@ _FIND_SENDS_SQL = (
 _FIND_SENDS_PG = text(_FIND_SENDS_SQL)
 
 
+def _device_sets_pg(names: str) -> str:
+    """The devices (NULL: none) and account ids of the users named by the array parameter
+    ``names``: one probe of the username index per name, then that account's range of
+    ``uq_devices_account_id_device_id`` (subqueries, as :data:`_FIND_SENDS_SQL`)."""
+    return (
+        " SELECT a.username, a.id, d.device_id, d.pk"  # noqa: S608 (a placeholder name)
+        f" FROM unnest(CAST({names} AS VARCHAR[])) AS n(u)"
+        " CROSS JOIN LATERAL (SELECT a.username, a.id FROM accounts AS a"
+        " WHERE a.username = n.u LIMIT 1) AS a"
+        " LEFT OUTER JOIN LATERAL (SELECT d.device_id, d.pk FROM devices AS d"
+        " WHERE d.account_id = a.id OFFSET 0) AS d ON true"
+    )
+
+
 def _find_sends_sqlite(n: int) -> str:
     """The SQLite dedupe lookup for ``n`` (sender device pk, client id) pairs."""
     marks = ",".join("(?,?)" for _ in range(n))  # placeholders only, never values
@@ -158,7 +172,9 @@ _INSERT_PG = text(
     " CAST(:q1 AS VARCHAR[]), CAST(:q2 AS SMALLINT[]), CAST(:q3 AS BIGINT[]),"
     " CAST(:q4 AS INTEGER[]), CAST(:q5 AS BIGINT[])) WITH ORDINALITY AS q(d, e, i, x, s, a, n)"
     " WHERE q.e IN (SELECT envelope_id FROM new_sends)"
-    " AND EXISTS (SELECT 1 FROM devices WHERE devices.pk = q.d)"
+    # (a scalar subquery: one probe of devices' primary key per row, never a join that a
+    # cached plan may turn into a scan of every device)
+    " AND (SELECT true FROM devices WHERE devices.pk = q.d)"
     " ORDER BY q.n"  # seqs in the batch's order, whatever join the planner picks
     " RETURNING seq, device_pk, envelope_id, idx"
     ") "
@@ -192,9 +208,7 @@ _DELETE_ACKED_PG = text(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noq
 # (account id, device id, device pk, username) of a device set (no device: NULL pk).
 _BATCH_READS_PG = text(
     f"{_ACKED_CTES}, found AS ({_FIND_SENDS_SQL}), sets AS ("  # noqa: S608 (constants)
-    " SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a"
-    " LEFT OUTER JOIN devices AS d ON d.account_id = a.id"
-    " WHERE a.username = ANY(CAST(:names AS VARCHAR[]))"
+    f"{_device_sets_pg(':names')}"
     ") "
     "SELECT 0, device_pk, seq, CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR),"
     " CAST(NULL AS VARCHAR) FROM gone"
@@ -261,7 +275,7 @@ QUEUE_USAGE_FUNCTION_PG = (
 
 #: Inside :data:`BATCH_READS_FUNCTION_PG` (``$1``-``$7``: its arguments): the batch reads.
 BATCH_READS_IN_FUNCTION_PG = (
-    "WITH gone AS ("
+    "WITH gone AS ("  # noqa: S608 (constants)
     " DELETE FROM delivery_queue"
     " WHERE device_pk = ANY(CAST($1 AS BIGINT[])) AND seq = ANY(CAST($2 AS BIGINT[]))"
     " RETURNING device_pk, seq, envelope_id, idx"
@@ -276,9 +290,7 @@ BATCH_READS_IN_FUNCTION_PG = (
     " CROSS JOIN LATERAL (SELECT s.envelope_id, s.created_at FROM delivery_sends AS s"
     " WHERE s.sender_device_pk = k.pk AND s.client_id = k.cid LIMIT 1) AS s"
     "), sets AS ("
-    " SELECT a.username, a.id, d.device_id, d.pk FROM accounts AS a"
-    " LEFT OUTER JOIN devices AS d ON d.account_id = a.id"
-    " WHERE a.username = ANY(CAST($5 AS VARCHAR[]))"
+    f"{_device_sets_pg('$5')}"
     ") "
     "SELECT 0, gone.device_pk, gone.seq, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
     " CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) FROM gone"
@@ -289,9 +301,10 @@ BATCH_READS_IN_FUNCTION_PG = (
 
 #: Inside :data:`BATCH_READS_FUNCTION_PG`: the recipient devices named that exist.
 _RECIPIENT_DEVICES_FROM = (
-    " FROM devices AS d JOIN accounts AS a ON a.id = d.account_id"
-    " JOIN unnest(CAST($6 AS VARCHAR[]), CAST($7 AS BIGINT[])) AS r(u, i)"
-    " ON a.username = r.u AND d.device_id = r.i"
+    " FROM unnest(CAST($6 AS VARCHAR[]), CAST($7 AS BIGINT[])) AS r(u, i)"
+    " CROSS JOIN LATERAL (SELECT a.id FROM accounts AS a WHERE a.username = r.u LIMIT 1) AS a"
+    " CROSS JOIN LATERAL (SELECT d.pk FROM devices AS d"
+    " WHERE d.account_id = a.id AND d.device_id = r.i LIMIT 1) AS d"
 )
 RECIPIENT_DEVICES_IN_FUNCTION_PG = f"SELECT array_agg(DISTINCT d.pk){_RECIPIENT_DEVICES_FROM}"
 

@@ -13,7 +13,8 @@ on every batch, and the queue count the whole queue, until an ANALYZE happened t
 So: on a freshly migrated database (tiny tables, never analyzed) with
 ``plan_cache_mode = force_generic_plan`` and the planner's default settings (unlike
 ``test_query_plans``, which turns sequential scans off to check that an index *can* answer),
-the generic plan of each statement must not scan the delivery tables.
+the generic plan of each statement must not scan the delivery tables, nor ``accounts`` and
+``devices`` (the device sets, the recipients' queue locks, the inserts' device check).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from tests.server.ws_kit import seed_alice_and_bob
 
 pytestmark = pytest.mark.postgres
 
-#: Tables that grow with traffic (sends of the last 30 days, queued envelopes).
-BIG = ("delivery_sends", "delivery_queue", "delivery_payloads")
+#: Tables that grow with traffic (sends of the last 30 days, queued envelopes) or with users.
+BIG = ("delivery_sends", "delivery_queue", "delivery_payloads", "accounts", "devices")
 
 #: The session function's arguments (its inner statements use ``$1``-``$8``).
 FUNCTION_ARGS = "bigint[], bigint[], bigint[], varchar[], varchar[], varchar[], bigint[], integer"
@@ -52,6 +53,11 @@ def _statements() -> list[tuple[str, str, str]]:
     out = [
         ("batch reads (in the function)", FUNCTION_ARGS, repository.BATCH_READS_IN_FUNCTION_PG),
         ("queue usage (in the functions)", "bigint[]", repository.QUEUE_USAGE_PG),
+        (
+            "recipient devices (in the function)",
+            FUNCTION_ARGS,
+            repository.RECIPIENT_DEVICES_IN_FUNCTION_PG,
+        ),
     ]
     for name, clause in (
         ("batch reads (without the function)", repository._BATCH_READS_PG),
