@@ -4,7 +4,7 @@
 
     python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
                         [--client-procs 2] [--database sqlite|postgres] [--skip-relay-only]
-                        [--repeat 1] [--lane-window N] [--tmp-dir DIR]
+                        [--repeat 1] [--lane-window N] [--tmp-dir DIR] [--profile PATH]
 
 P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
 temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
@@ -25,6 +25,12 @@ In the same run, ``bench/relay.py``'s durable load (raw opaque payloads of the s
 our ciphertexts, same pairs, messages and window, its own relay process) gives
 ``relay_only_msgs_per_s`` (and its relay CPU); ``ratio = e2e / relay_only`` shows what the
 client side costs.
+
+``--profile PATH`` samples each client process with py-spy (``pip install py-spy``) over the
+timed load: ``PATH.<n>.txt`` (raw collapsed stacks) or ``PATH.<n>.svg`` (a flame graph) per
+process. Every non-idle thread is sampled, not only the GIL holder (SQLite runs its
+statements without the GIL, on the event loop's thread); the stacks under
+``Thread._bootstrap`` are the store's fsync and checkpoint threads, mostly waiting on the disk.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -252,6 +260,31 @@ class Workers:
             )
         )
 
+    def start_profiles(self, path: str | None) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every client process (see ``--profile``), or nothing."""
+        if not path:
+            return []
+        spies = []
+        for n, proc in enumerate(self.procs):
+            raw = path.endswith(".txt")
+            out = f"{path.removesuffix('.txt').removesuffix('.svg')}.{n}.{'txt' if raw else 'svg'}"
+            command = ["py-spy", "record", "-p", str(proc.pid), "-o", out, "--rate", "200"]
+            spies.append(
+                subprocess.Popen(
+                    [*command, "-f", "raw" if raw else "flamegraph", "--nonblocking"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return spies
+
+    @staticmethod
+    def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+
     def cpu_seconds(self, relay_bench: Any) -> float:
         return sum(relay_bench.cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
 
@@ -299,9 +332,13 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
                 relay_bench.cpu_seconds(relay.pid),
                 workers.cpu_seconds(relay_bench),
             )
+            spies = workers.start_profiles(args.profile)
+            if spies:
+                await asyncio.sleep(1.0)  # py-spy attached
             started = time.perf_counter()
             stats = await workers.step("go")
             elapsed = time.perf_counter() - started
+            workers.stop_profiles(spies)
             relay_cpu = relay_bench.cpu_seconds(relay.pid) - relay_cpu0
             client_cpu = workers.cpu_seconds(relay_bench) - client_cpu0
             await workers.step("close")
@@ -367,6 +404,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="alternate e2e and relay-only runs N times"
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="py-spy profiles of the client processes over the timed load: PATH.<n>.txt (raw)"
+        " or PATH.<n>.svg",
     )
     args = parser.parse_args()
     if args.size < 24:
