@@ -23,15 +23,13 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import Gauge
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from server.delivery.budgets import DeviceBudgets
 from server.delivery.fanout import Hub, QueuePoller
 from server.delivery.metrics import DeliveryMetrics
 from server.delivery.routes import WebSocketFastPath, router
 from server.delivery.service import DeliveryConfig, DeliveryService
+from server.metrics import CounterMetricFamily, Gauge
 from server.state import RelayState, relay_state
 
 __all__ = [
@@ -99,7 +97,7 @@ def _drain_on_signals(service: DeliveryService) -> Callable[[], None]:
     return restore
 
 
-class _DroppedSignals(Collector):
+class _DroppedSignals:
     """``vox_fanout_dropped_signals_total``: fan-out signals this node could not publish
     (outbox full, Redis publish failed); the devices concerned catch up on their next poll or
     reconnect."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from server.metrics import BulkHistogram
+from server.metrics import BulkHistogram, CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["DeliveryMetrics"]
 

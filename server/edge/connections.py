@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -52,6 +51,7 @@ from uvicorn.server import ServerState
 from websockets.server import ServerProtocol
 
 from server.logs import log_event
+from server.metrics import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 
 __all__ = [
     "OPS_PATHS",
@@ -232,7 +232,7 @@ class GuardCollector:
     def __init__(self, guard: ConnectionGuard) -> None:
         self.guard = guard
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[MetricFamily]:
         """Read the guard's counters at scrape time."""
         guard = self.guard
         open_ = GaugeMetricFamily(

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.clock import Clock
 from server.db.engine import write_lock
 from server.logs import log_event
+from server.metrics import CollectorRegistry, Counter
 from server.push import repository as repo
 from server.push.presence import Coalescer, Presence
 from server.push.vapid import CONTENT_ENCODING, VapidKey, encrypt_payload

@@ -64,7 +64,8 @@ async def test_an_idle_relay_with_push_on_reads_its_vapid_key_only_when_first_as
 #: (``serve`` is parsed with Click; the operator's commands are ``server.ops.cli``), what
 #: ``server.cli.BLOCKED_MODULES`` blocks (Pydantic 1's API, uvicorn's reload watcher,
 #: Starlette's form parser), the clients and their crypto, Textual, pydantic-settings and
-#: python-dotenv (``server.settings`` reads ``VOX_*`` itself).
+#: python-dotenv (``server.settings`` reads ``VOX_*`` itself), prometheus_client and the HTTP
+#: server, WSGI and gzip modules its exposition imports (``server.metrics`` is the relay's own).
 NOT_SERVING = (
     "alembic",
     "mako",
@@ -80,6 +81,10 @@ NOT_SERVING = (
     "textual",
     "pydantic_settings",
     "dotenv",
+    "prometheus_client",
+    "wsgiref",
+    "http.server",
+    "gzip",
 )
 
 #: Runs ``vox-relay serve`` through its console-script entry point up to the moment it
