@@ -234,7 +234,8 @@ _LOCK_QUEUES_PG = text(
 #: small read the whole queue on every batch.
 QUEUE_USAGE_PG = (
     "SELECT t.p, q.sender_account_id, count(*), coalesce(sum(q.size), 0)"
-    " FROM unnest(CAST($1 AS BIGINT[])) AS t(p) CROSS JOIN LATERAL ("
+    " FROM (SELECT DISTINCT u.p FROM unnest(CAST($1 AS BIGINT[])) AS u(p)) AS t(p)"
+    " CROSS JOIN LATERAL ("
     "SELECT q.sender_account_id, q.size FROM delivery_queue AS q WHERE q.device_pk = t.p"
     " OFFSET 0) AS q"
     " GROUP BY t.p, q.sender_account_id"
