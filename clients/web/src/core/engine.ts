@@ -98,7 +98,14 @@ interface OutboxEntry {
   /** 1 once an attempt was about to be handed to the relay (stored before its frame is written): never cancelled since. */
   attempts: number;
   seq?: number; // absent in entries stored before it existed: they go first
+  /**
+   * ``OUTBOX_FORMAT`` in entries whose ``attempts`` can be trusted. Absent: stored by an older
+   * version, whose ``attempts`` stayed 0 even once sent — loaded as handed (``load``).
+   */
+  format?: number;
 }
+/** The outbox record format whose ``attempts`` is set before an attempt's frame is written. */
+const OUTBOX_FORMAT = 2;
 /**
  * The outbox lane of the verification syncs (VERIFIED, to our own other devices only): no
  * conversation is called that (a username never starts with ":").
@@ -124,10 +131,16 @@ interface Pending {
 /** The pump of one conversation's queue (see ``Engine.pump``). */
 interface Lane {
   run: Promise<void>;
-  /** A send came back "retry": start no send until the lane is pumped again. */
+  /** Times ``Engine.pump`` was called for the lane while it ran (a new send, a connect, the retry timer). */
+  pumps: number;
+  /**
+   * A send came back "retry": start no send until the lane is pumped again after ``heldAt`` —
+   * the ``pumps`` count when the latest attempt that came back "retry" started. A pump during
+   * that attempt (a reconnect's, a new send's) counts: the attempt may have failed on the
+   * connection that pump came after, and waiting for another would hold the lane for nothing.
+   */
   held: boolean;
-  /** Pumped again since it was held. */
-  again: boolean;
+  heldAt: number;
   /** Wakes the pump waiting for an attempt to end (or for a new entry). */
   wake: (() => void) | null;
 }
@@ -150,6 +163,13 @@ function targetOf(content: Uint8Array): string | undefined {
 }
 /** A queued send that the relay could not take now is tried again this much later while connected. */
 const RETRY_CONNECTED_MS = 10_000;
+/**
+ * A send (or any frame the relay answers) unanswered this long means the connection is lost —
+ * a half-open socket never reports its end: it is dropped and made again, and the send goes out
+ * again with the same client id, which the relay answers with its first answer (protocol-client
+ * §4.4 "no answer within 30 s"; the SDK's ``SendQueue.answer_timeout``).
+ */
+export const ANSWER_TIMEOUT_MS = 30_000;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
 
 type Frame = Record<string, unknown> & { type: string };
@@ -301,7 +321,13 @@ export class Engine {
       this.counter = Math.max(this.counter, Number(v.key.split(":").pop()));
     }
     const queued = (await this.store.list<OutboxEntry>("outbox:")).map(([, v]) => v);
-    for (const v of queued.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0))) this.outbox.set(v.id, { entry: v, state: "queued", sent: 0, behind: null });
+    for (const v of queued.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0))) {
+      // An entry of an older version may have been sent with its attempts left at 0: it is
+      // taken as handed to the relay (never cancelled as unsent; a delete for everyone follows
+      // it), which is what it would be if it had been sent.
+      if (v.format !== OUTBOX_FORMAT) v.attempts = Math.max(v.attempts || 0, 1);
+      this.outbox.set(v.id, { entry: v, state: "queued", sent: 0, behind: null });
+    }
     this.outboxSeq = Math.max(0, ...queued.map((v) => v.seq ?? 0));
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
@@ -437,9 +463,7 @@ export class Engine {
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
-      this.ws = null;
-      for (const [, resolve] of this.waiting) resolve({ type: "error", code: "disconnected" } as Answer);
-      this.waiting.clear();
+      this.detach();
       if (ev.code === 4409) {
         this.stopped = true;
         this.setStatus("replaced");
@@ -458,6 +482,28 @@ export class Engine {
       }
       this.retry();
     };
+  }
+
+  /** The current socket is gone: every frame awaiting an answer on it lost it ("disconnected": sent again on the next connection). */
+  private detach(): void {
+    this.ws = null;
+    for (const [, resolve] of this.waiting) resolve({ type: "error", code: "disconnected" } as Answer);
+    this.waiting.clear();
+  }
+
+  /**
+   * A frame written on ``ws`` had no answer within ``ANSWER_TIMEOUT_MS``: the connection is
+   * treated as lost at once — not when the browser notices (a half-open socket may never close
+   * by itself) — and made again. Nothing more is read from it (deliveries not acked yet come
+   * again on the next connection).
+   */
+  private abandon(ws: WebSocket): void {
+    if (this.ws !== ws) return;
+    console.warn(`no answer from the relay within ${ANSWER_TIMEOUT_MS / 1000} s: reconnecting`);
+    ws.onmessage = null;
+    this.detach();
+    ws.close(1000);
+    this.retry();
   }
 
   private retry(): void {
@@ -623,6 +669,8 @@ export class Engine {
     const id = frame["id"] as string;
     const p = new Promise<Answer>((resolve) => this.waiting.set(id, resolve));
     ws.send(JSON.stringify(frame));
+    const timer = setTimeout(() => this.abandon(ws), ANSWER_TIMEOUT_MS);
+    void p.then(() => clearTimeout(timer));
     return p;
   }
 
@@ -871,7 +919,7 @@ export class Engine {
    * and stored once) or refused it for good.
    */
   private async enqueue(conv: string, idHex: string, content: Uint8Array, changes: [string, unknown][]): Promise<void> {
-    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq };
+    const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq, format: OUTBOX_FORMAT };
     changes.push([`outbox:${idHex}`, entry]);
     await this.store.commit(changes);
     this.outbox.set(idHex, { entry, state: "queued", sent: 0, behind: null });
@@ -954,16 +1002,18 @@ export class Engine {
    * ended — they come back ``predecessor_missing`` or accepted), so the queue is sent again
    * from its oldest entry; an entry leaves the outbox only when accepted or failed for good.
    * A send that must wait ("retry": busy, the connection) holds the lane until it is pumped
-   * again: after the next connect, a new send, or ``RETRY_CONNECTED_MS`` while connected.
+   * again: after the next connect, a new send, or ``RETRY_CONNECTED_MS`` while connected. A
+   * pump that came while that attempt was on its way counts too (``Lane.heldAt``): a reconnect
+   * during an attempt that then failed with the old connection resumes the lane at once.
    */
   private pump(conv: string): Promise<void> {
     const running = this.lanes.get(conv);
     if (running) {
-      running.again = true;
+      running.pumps++;
       running.wake?.();
       return running.run;
     }
-    const lane: Lane = { run: Promise.resolve(), held: false, again: false, wake: null };
+    const lane: Lane = { run: Promise.resolve(), pumps: 0, held: false, heldAt: 0, wake: null };
     this.lanes.set(conv, lane);
     lane.run = this.runLane(conv, lane);
     return lane.run;
@@ -980,15 +1030,15 @@ export class Engine {
           let written = (): void => undefined;
           const onWire = new Promise<void>((resolve) => (written = resolve));
           // Frames of a lane leave in its order: the next is started once this one is written.
-          await Promise.race([onWire, this.attempt(lane, p, after, written)]);
+          await Promise.race([onWire, this.attempt(lane, p, after, written, lane.pumps)]);
         }
         if (this.laneEntries(conv).some((p) => p.state === "in flight")) {
           await new Promise<void>((resolve) => (lane.wake = resolve));
           lane.wake = null;
           continue;
         }
-        if (lane.held && lane.again && this.status === "online") {
-          lane.held = lane.again = false; // pumped again since a send had to wait: resume
+        if (lane.held && lane.pumps > lane.heldAt && this.status === "online") {
+          lane.held = false; // pumped again since the attempt that had to wait began: resume
           continue;
         }
         // Nothing on its way and nothing to start: done, or held until pumped again.
@@ -1044,7 +1094,7 @@ export class Engine {
    * the lane held; "requeue" (predecessor_missing, or the relay refused ``after``) → queued,
    * behind the attempt of the predecessor it named. Wakes the lane's pump.
    */
-  private async attempt(lane: Lane, p: Pending, after: Pending | undefined, written: () => void): Promise<void> {
+  private async attempt(lane: Lane, p: Pending, after: Pending | undefined, written: () => void, pumps: number): Promise<void> {
     const e = p.entry;
     const named = after ? { id: after.entry.id, sent: after.sent } : null;
     let outcome: SendOutcome = "retry";
@@ -1063,8 +1113,8 @@ export class Engine {
     else {
       p.state = "queued";
       if (outcome === "retry") {
+        lane.heldAt = lane.held ? Math.max(lane.heldAt, pumps) : pumps;
         lane.held = true;
-        lane.again = false;
       } else p.behind = named;
     }
     lane.wake?.();
