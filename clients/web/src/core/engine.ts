@@ -170,6 +170,8 @@ const RETRY_CONNECTED_MS = 10_000;
  * §4.4 "no answer within 30 s"; the SDK's ``SendQueue.answer_timeout``).
  */
 export const ANSWER_TIMEOUT_MS = 30_000;
+/** A download's decrypted plaintext held in this page's memory at most (then moved into a `Blob`). */
+export const BLOB_FOLD_BYTES = 1 << 20;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
 
 type Frame = Record<string, unknown> & { type: string };
@@ -1261,16 +1263,29 @@ export class Engine {
   /**
    * Download and decrypt an attachment as it arrives (protocol-crypto-devices-groups-
    * attachments §4.2): each chunk is authenticated and decrypted from the response stream,
-   * the ciphertext is never held whole, and the plaintext parts become the returned `Blob`
-   * only after the final chunk, the size and the digest verified (a relay that sends more
-   * than the pointer's size is cut off at once).
+   * the ciphertext is never held whole, and the plaintext is handed to a `Blob` under
+   * construction every ``BLOB_FOLD_BYTES`` (the browser's blob storage, which may keep it on
+   * disk, not this page's memory, holds the file); that `Blob` is returned only after the
+   * final chunk, the size and the digest verified (a relay that sends more than the pointer's
+   * size is cut off at once).
    */
   async openFile(pointer: Uint8Array): Promise<Blob> {
     const p = ATT.decodePointer(pointer);
     const res = await this.api.downloadAttachment(p.blobId);
     const decryptor = new ATT.BlobDecryptor(p);
-    const parts: Uint8Array<ArrayBuffer>[] = [];
-    const keep = (out: Uint8Array[]): void => void parts.push(...(out as Uint8Array<ArrayBuffer>[]));
+    let done = new Blob([]); // the plaintext so far, unpublished until finish() verified it all
+    let parts: Uint8Array<ArrayBuffer>[] = [];
+    let held = 0;
+    const keep = (out: Uint8Array[]): void => {
+      for (const part of out) {
+        parts.push(part as Uint8Array<ArrayBuffer>);
+        held += part.length;
+        if (held < BLOB_FOLD_BYTES) continue;
+        done = new Blob([done, ...parts]);
+        parts = [];
+        held = 0;
+      }
+    };
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     try {
       for (;;) {
@@ -1283,7 +1298,7 @@ export class Engine {
       await reader.cancel().catch(() => undefined);
       throw e;
     }
-    return new Blob(parts, { type: p.contentType });
+    return new Blob([done, ...parts], { type: p.contentType });
   }
 
   async setTyping(to: string, active: boolean): Promise<void> {
