@@ -100,8 +100,9 @@ devices on other nodes, "kick" (a device connected on two nodes keeps both until
 the connection made during the outage is then claimed, and its kick closes the other) and
 cross-node "drop" (a removed device's socket on another node closes at its next read of a queue
 or at reconnect; its token no longer works). When Redis answers again the node resubscribes,
-writes its presence keys again (Redis may have restarted empty), wakes every local device once
-and stops polling.
+writes its presence keys again (Redis may have restarted empty), wakes every local device once,
+routes the wake-ups it did not send while degraded (nodes leave the mode one by one: one that
+left first no longer polls) and stops polling.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ CARRIED_BYTES = 64 * 1024
 #: One route call carries at most about this many characters of envelopes (a bigger commit
 #: is routed in several calls).
 ROUTE_BYTES = 256 * 1024
+#: Devices elsewhere remembered for a wake-up after an outage (past that, dropped signals).
+_MISSED_LIMIT = 100_000
 #: Presence keys refreshed per script call.
 _REFRESH_CHUNK = 500
 
@@ -352,6 +355,8 @@ class Hub:
         self._poll_interval = poll_interval
         self._subscribed = False
         self._degraded = False
+        #: Devices elsewhere whose wake-ups were not sent while degraded (see :meth:`_send`).
+        self._missed: set[int] = set()
         #: Degraded-mode polls run so far (for tests and metrics).
         self.outage_polls = 0
 
@@ -437,6 +442,10 @@ class Hub:
                         window = []
                         log.warning("redis is back: cross-node wake-ups over pub/sub again")
                         self._wake_all()  # rows committed since the last poll
+                        # Wake-ups this node skipped: a node that left (or never entered) the
+                        # degraded mode before this one does not poll for them.
+                        missed, self._missed = self._missed, set()
+                        self.wake(missed)
                         await self._refresh()  # (the subscriber did it too, unless it failed)
                     continue
                 if not self._degraded:
@@ -656,7 +665,13 @@ class Hub:
     def _send(self, item: _Outgoing) -> None:
         assert self._outbox is not None
         if self._degraded and isinstance(item, _Route) and item.wake:
-            return  # the other nodes poll the database while Redis is down
+            # Not sent while Redis is down (nodes that are degraded too poll the database);
+            # remembered, and routed once this node is back, for nodes that were not.
+            if len(self._missed) < _MISSED_LIMIT:
+                self._missed.update(item.devices)
+            else:
+                self.dropped_signals += 1
+            return
         try:
             self._outbox.put_nowait(item)
         except asyncio.QueueFull:

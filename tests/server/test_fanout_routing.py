@@ -382,3 +382,24 @@ async def test_attach_numbers_grow_across_a_redis_restart_and_an_outage(
         await _attached(a, 1, after, b)
         assert a.hub._attach[1] > second  # type: ignore[operator]
         await _until(lambda: "replaced" in during.kinds(), "the kick of the newest")
+
+
+async def test_wake_ups_skipped_while_degraded_are_routed_when_the_node_is_back(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A degraded node sends no wake-ups (degraded nodes poll the database), but the node
+    holding the device may not be degraded (it left the mode first, or never entered it) and
+    does not poll: once back, the node routes the wake-ups it skipped."""
+    async with (
+        _nodes(redis_url, redis_prefix, 1, poll_interval=0.2) as (a,),
+        _nodes(redis_url, redis_prefix, 1, poll_interval=30.0) as (b,),  # B stays healthy
+    ):
+        sink = _Sink()
+        await _attached(b, 1, sink)
+        wakes = sink.kinds().count("wake")
+        a.hub._degraded = True  # A alone lost Redis (its subscription, say)
+        a.hub.committed({1: _rows(1)})
+        assert sink.committed() == []
+        # A's watch finds Redis healthy again and leaves the mode.
+        await _until(lambda: not a.hub.degraded, "A back from the degraded mode")
+        await _until(lambda: sink.kinds().count("wake") > wakes, "the skipped wake-up")
