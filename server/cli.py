@@ -123,8 +123,9 @@ def serve_command(
     import uvicorn
 
     from server.app import create_app
-    from server.edge.serve import uvicorn_config
+    from server.edge.serve import serving_gc, uvicorn_config
     from server.logs import configure_logging, log_event
+    from server.state import relay_state
 
     settings = _settings(config, data_dir=data_dir, database_url=database_url, redis_url=redis_url)
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -143,7 +144,9 @@ def serve_command(
         registration=settings.registration.value,
         ops_port=settings.ops_port,
     )
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port))
+    app = create_app(settings)
+    relay_state(app).lifespan_hooks.append(serving_gc)  # last: after every layer has started
+    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port))
     try:
         server.run(sockets=sockets)
     finally:

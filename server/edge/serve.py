@@ -10,11 +10,23 @@ httptools and sans-I/O ``websockets`` ones, subclassed to admit connections thro
 ``/healthz``/``/readyz``/``/metrics``) and to enforce the request-head deadline; the guard is
 ``RelayState.connection_guard``. Idle keep-alive connections close after
 ``limits.keepalive_timeout_seconds``.
+
+Garbage collection (:func:`serving_gc`, entered by ``vox-relay serve`` after every other
+lifespan hook): what start-up built (modules, routes, mappers: ~100,000 tracked objects) is
+moved out of the cyclic collector's reach with ``gc.freeze()``, and the young generation is
+collected every :data:`GC_YOUNG_THRESHOLD` allocations instead of 700. Before, a loaded relay
+ran a young collection every ~700 allocations (a message allocates several hundred tracked
+objects) and now and then a full one walking all of start-up's objects — each a pause in
+which no frame is read. Reference counting still frees almost everything at once; the
+collector only finds cycles, and a cycle now lives a little longer.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,7 +40,26 @@ from server.edge.connections import (
 from server.settings import Settings
 from server.state import relay_state
 
-__all__ = ["uvicorn_config"]
+__all__ = ["GC_YOUNG_THRESHOLD", "serving_gc", "uvicorn_config"]
+
+#: Allocations (of objects the cyclic collector tracks) between two young-generation
+#: collections in the serving process (Python's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+@asynccontextmanager
+async def serving_gc(app: FastAPI) -> AsyncIterator[None]:
+    """Freeze what start-up built and collect the young generation less often (module doc).
+
+    Entered last among the lifespan hooks, so that the frozen objects include the open
+    database engine and the feature layers' state; only the serving process uses it (a relay
+    built in a test process leaves that process's collector alone).
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    yield
 
 
 def uvicorn_config(
