@@ -301,7 +301,7 @@ async def test_group_created_and_changed_from_the_tui(people: People) -> None:
         await until(pilot, lambda: "# friends" in chat_list(app))
         await until(pilot, lambda: app.current is not None and app.current.startswith("group:"))
         assert str(app.query_one("#conv-title", Static).content) == "# friends"
-        assert shown(app, "friends: members alice, bob")
+        await until(pilot, lambda: shown(app, "friends: members alice, bob"))
         group = app.current
         await type_line(pilot, "hello group")
         await until(pilot, lambda: "hello group" in texts(people.bob_got))
