@@ -170,9 +170,18 @@ const RETRY_CONNECTED_MS = 10_000;
  * §4.4 "no answer within 30 s"; the SDK's ``SendQueue.answer_timeout``).
  */
 export const ANSWER_TIMEOUT_MS = 30_000;
+/**
+ * A socket that is not open this long after it was made, or open without ``ready`` this long
+ * after our ``auth``, is dropped and made again after the reconnect backoff — a relay (or a
+ * proxy) that accepts and stays silent would otherwise hold the page "connecting" for good
+ * (protocol-client §4.4; the SDK's ``RelaySocket.connect`` ``open_timeout``, 10 s per stage).
+ */
+export const READY_TIMEOUT_MS = 10_000;
 /** A download's decrypted plaintext held in this page's memory at most (then moved into a `Blob`). */
 export const BLOB_FOLD_BYTES = 1 << 20;
 export type ConnectionStatus = "connecting" | "online" | "offline" | "replaced" | "signed-out";
+/** Why the page is offline, when it knows: the relay did not answer (``ready`` or a send's answer) in time. */
+export type OfflineReason = "no-ready" | "no-answer" | null;
 
 type Frame = Record<string, unknown> & { type: string };
 type Answer = { type: "accepted" | "mismatch" | "error" } & Frame;
@@ -210,6 +219,8 @@ export class Engine {
   identity: Identity | null = null;
   config: RelayConfig | null = null;
   status: ConnectionStatus = "offline";
+  /** Set with "offline" when the relay went silent (see ``OfflineReason``); cleared on every other status. */
+  offlineReason: OfflineReason = null;
   conversations = new Map<string, Conversation>();
   messages = new Map<string, Message[]>();
   typing = new Map<string, Map<string, number>>(); // conversation → user → when
@@ -260,6 +271,8 @@ export class Engine {
   private recvLock = new Mutex();
   private maintenanceLock = new Mutex();
   private reconnectDelay = 500;
+  /** The pending wait for the current socket's ``ready`` (``awaitReady``). */
+  private readyTimer: ReturnType<typeof setTimeout> | null = null;
   private stopped = false;
   private relogged = false;
   /** Edits, deletes, reactions, replies, disappearing messages (messageops.ts). */
@@ -301,8 +314,9 @@ export class Engine {
   private changed(): void {
     for (const fn of this.listeners) fn();
   }
-  private setStatus(s: ConnectionStatus): void {
+  private setStatus(s: ConnectionStatus, reason: OfflineReason = null): void {
     this.status = s;
+    this.offlineReason = s === "offline" ? reason : null;
     this.changed();
   }
 
@@ -427,6 +441,7 @@ export class Engine {
     if (this.maintenanceTimer !== null) clearInterval(this.maintenanceTimer);
     this.maintenanceTimer = null;
     this.ops.stopSweeper();
+    this.readyWait(null);
     this.ws?.close(1000);
     this.ws = null;
   }
@@ -453,7 +468,11 @@ export class Engine {
     const ws = new WebSocket(this.wsUrl());
     const token = this.api.token;
     this.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+    this.awaitReady(ws);
+    ws.onopen = () => {
+      this.awaitReady(ws); // the open took its own stage: ``ready`` gets the whole timeout
+      ws.send(JSON.stringify({ type: "auth", token }));
+    };
     ws.onmessage = (ev) => {
       let frame: Frame;
       try {
@@ -465,6 +484,7 @@ export class Engine {
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
+      this.readyWait(null);
       this.detach();
       if (ev.code === 4409) {
         this.stopped = true;
@@ -486,6 +506,24 @@ export class Engine {
     };
   }
 
+  /** (Re)arms the wait for ``ws``'s ``ready`` (``READY_TIMEOUT_MS``): it ends in ``unready`` unless ``ready`` comes first. */
+  private awaitReady(ws: WebSocket): void {
+    this.readyWait(setTimeout(() => this.unready(ws), READY_TIMEOUT_MS));
+  }
+  /** Replaces the pending ``ready`` wait (``null``: none any more). */
+  private readyWait(timer: ReturnType<typeof setTimeout> | null): void {
+    if (this.readyTimer !== null) clearTimeout(this.readyTimer);
+    this.readyTimer = timer;
+  }
+
+  /** ``ws`` did not open, or did not bring ``ready``, within ``READY_TIMEOUT_MS``: dropped, and made again after the backoff. */
+  private unready(ws: WebSocket): void {
+    this.readyTimer = null;
+    if (this.ws !== ws) return;
+    console.warn(`no ready from the relay within ${READY_TIMEOUT_MS / 1000} s: reconnecting`);
+    this.drop(ws, "no-ready");
+  }
+
   /** The current socket is gone: every frame awaiting an answer on it lost it ("disconnected": sent again on the next connection). */
   private detach(): void {
     this.ws = null;
@@ -502,15 +540,21 @@ export class Engine {
   private abandon(ws: WebSocket): void {
     if (this.ws !== ws) return;
     console.warn(`no answer from the relay within ${ANSWER_TIMEOUT_MS / 1000} s: reconnecting`);
-    ws.onmessage = null;
-    this.detach();
-    ws.close(1000);
-    this.retry();
+    this.drop(ws, "no-answer");
   }
 
-  private retry(): void {
+  /** Stop reading ``ws`` (the current socket), close it and reconnect after the backoff. */
+  private drop(ws: WebSocket, reason: OfflineReason): void {
+    ws.onmessage = null;
+    this.readyWait(null);
+    this.detach();
+    ws.close(1000);
+    this.retry(reason);
+  }
+
+  private retry(reason: OfflineReason = null): void {
     if (this.stopped) return;
-    this.setStatus("offline");
+    this.setStatus("offline", reason);
     const delay = this.reconnectDelay;
     this.reconnectDelay = Math.min(this.reconnectDelay * 2, 8000);
     setTimeout(() => void this.connect(), delay);
@@ -519,6 +563,7 @@ export class Engine {
   private onFrame(f: Frame): void {
     switch (f.type) {
       case "ready":
+        this.readyWait(null);
         this.reconnectDelay = 500;
         this.relogged = false;
         this.setStatus("online");

@@ -2,7 +2,7 @@
 // safety numbers and devices. Phone-sized screens show the list or the conversation.
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { RelayConfig } from "../core/api";
-import { type ConnectionStatus, type Engine, GROUP_CHANGE_OFFLINE, UntrustedIdentity } from "../core/engine";
+import { type ConnectionStatus, type Engine, GROUP_CHANGE_OFFLINE, type OfflineReason, UntrustedIdentity } from "../core/engine";
 import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
@@ -15,6 +15,11 @@ const STATUS_TEXT: Record<ConnectionStatus, string> = {
   offline: "offline, retrying",
   replaced: "open in another tab",
   "signed-out": "signed out (this device was removed)",
+};
+/** Why "offline" (shown after the status text), when the engine knows. */
+const OFFLINE_REASON_TEXT: Record<Exclude<OfflineReason, null>, string> = {
+  "no-ready": "the relay did not answer",
+  "no-answer": "the relay stopped answering",
 };
 
 function useEngine(engine: Engine): number {
@@ -52,8 +57,14 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
         <span class="brand" data-testid="brand-name">
           {config.brand.name}
         </span>
-        <span class={`status ${engine.status}`} data-testid="connection-status" data-status={engine.status}>
+        <span
+          class={`status ${engine.status}`}
+          data-testid="connection-status"
+          data-status={engine.status}
+          data-reason={engine.offlineReason ?? undefined}
+        >
           {STATUS_TEXT[engine.status]}
+          {engine.offlineReason && ` (${OFFLINE_REASON_TEXT[engine.offlineReason]})`}
         </span>
         <span class="me" data-testid="me">
           {engine.user}
