@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.web.support import TIMEOUT_MS, RelayProc
+from tests.web.threaded_relay import ThreadedRelay
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CHROMIUM = os.environ.get("VOX_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -58,6 +59,29 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture
+def threaded_relays(tmp_path: Path) -> Iterator[Callable[..., ThreadedRelay]]:
+    """Makes relays in the test's own process (``ThreadedRelay``: keyword arguments ``clock``,
+    ``limits``, ``overrides``), each in its own directory; all closed after the test."""
+    made: list[ThreadedRelay] = []
+
+    def make(**kwargs: Any) -> ThreadedRelay:
+        made.append(ThreadedRelay(tmp_path / f"threaded-{len(made)}", **kwargs))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for r in reversed(made):
+            r.close()
+
+
+@pytest.fixture
+def threaded(threaded_relays: Callable[..., ThreadedRelay]) -> ThreadedRelay:
+    """One relay in the test's own process, for tests that reach into it (see threaded_relay.py)."""
+    return threaded_relays()
 
 
 @pytest.fixture

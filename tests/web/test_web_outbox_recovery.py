@@ -8,7 +8,10 @@
   session setup) resumes its conversation at once when the lane was pumped meanwhile (a
   reconnect, a new send): it used to wait for the next pump or 10 s;
 * an outbox record stored by an older version (``attempts`` left at 0 although it was sent) is
-  taken as handed to the relay: a delete for everyone follows it instead of cancelling it.
+  taken as handed to the relay: a delete for everyone follows it instead of cancelling it;
+* a send the relay refuses for now (``busy``, ``internal``, ``rate_limited``) goes out again
+  after the SDK's backoff (0.2 s doubling, at most 2 s), not 10 s later (and ``rate_limited``
+  is retried, not failed).
 
 A browser user and a `vox` peer through a relay running in this process, whose frame handler
 the tests wrap; the page's timers run on Playwright's clock, moved on (or frozen) by the test.
@@ -19,14 +22,13 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from server.delivery.connection import DeviceConnection
-from server.delivery.frames import SendIn
+from server.delivery.frames import FrameError, SendIn
+from server.delivery.service import DeliveryService
 from tests.web.support import (
     TIMEOUT_MS,
     Vox,
@@ -40,22 +42,13 @@ from tests.web.support import (
     wait_online,
 )
 from tests.web.threaded_relay import ThreadedRelay
-from wire.codes import CloseCode
+from wire.codes import CloseCode, ErrorCode
 
 ANSWER_TIMEOUT_MS = 30_000  # engine.ts ANSWER_TIMEOUT_MS
 NOTHING_PENDING = (
     "() => [...document.querySelectorAll('[data-testid=message]')]"
     ".every(m => m.dataset.state !== 'pending')"
 )
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[ThreadedRelay]:
-    r = ThreadedRelay(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 class Answered:
@@ -157,12 +150,15 @@ def send_losing_its_answer(
     return lose, str(pending.get_attribute("data-message-id"))
 
 
-def until(page: Any, done: Callable[[], bool]) -> None:
-    """Wait (letting Playwright dispatch its events) until ``done()``."""
-    for _ in range(TIMEOUT_MS // 100):
+def until(page: Any, done: Callable[[], bool], timeout_ms: int = TIMEOUT_MS) -> bool:
+    """Wait (letting Playwright dispatch its events) until ``done()``; raises after
+    ``TIMEOUT_MS``, returns False after a shorter ``timeout_ms``."""
+    for _ in range(timeout_ms // 100):
         if done():
-            return
+            return True
         page.wait_for_timeout(100)
+    if timeout_ms < TIMEOUT_MS:
+        return done()
     raise AssertionError("never happened")
 
 
@@ -174,10 +170,10 @@ def texts(vbob: Vox, last: str) -> list[str]:
 
 
 def test_a_send_whose_answer_is_lost_goes_out_again_on_a_new_connection_and_arrives_once(
-    context: Any, relay: ThreadedRelay, tmp_path: Path
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
-    page, alice, vbob = chat(context, relay, tmp_path)
-    lose, mid = send_losing_its_answer(page, relay, alice, "answer lost")
+    page, alice, vbob = chat(context, threaded, tmp_path)
+    lose, mid = send_losing_its_answer(page, threaded, alice, "answer lost")
     assert texts(vbob, "answer lost") == [
         "answer lost"
     ]  # stored and delivered: only the answer is lost
@@ -194,7 +190,7 @@ def test_a_send_whose_answer_is_lost_goes_out_again_on_a_new_connection_and_arri
 
 
 def test_a_send_failed_across_a_reconnect_resumes_its_conversation_at_once(
-    browser: Any, relay: ThreadedRelay, tmp_path: Path
+    browser: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
     """The first message to bob fetches alice's own device list (``GET /v1/accounts/<alice>/
     devices``, under the send lock; typing indicators skip our own devices, so it is this
@@ -206,7 +202,7 @@ def test_a_send_failed_across_a_reconnect_resumes_its_conversation_at_once(
     context = browser.new_context(service_workers="block")  # page.route sees every request
     context.set_default_timeout(TIMEOUT_MS)
     try:
-        page, alice, vbob = chat(context, relay, tmp_path, warm_up=False)
+        page, alice, vbob = chat(context, threaded, tmp_path, warm_up=False)
         held: dict[str, Any] = {}
         arm_count = threading.Event()
 
@@ -232,7 +228,7 @@ def test_a_send_failed_across_a_reconnect_resumes_its_conversation_at_once(
 
         async def drop() -> int:
             sinks = [
-                s for s in relay.relay.state.hub.local_sinks() if isinstance(s, DeviceConnection)
+                s for s in threaded.relay.state.hub.local_sinks() if isinstance(s, DeviceConnection)
             ]
             for s in sinks:
                 s.close(CloseCode.SERVICE_RESTART, "")
@@ -240,7 +236,7 @@ def test_a_send_failed_across_a_reconnect_resumes_its_conversation_at_once(
 
         arm_count.set()
         with page.expect_websocket():
-            assert relay.run(drop()) == 1
+            assert threaded.run(drop()) == 1
         wait_online(page)
         until(page, lambda: "count" in held)  # the reconnect's maintenance: its flush waits
         page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # no timer fires from now on
@@ -299,15 +295,15 @@ OLD_SHAPE = """async (id) => {
 
 
 def test_an_outbox_record_of_an_older_version_is_not_cancelled_as_unsent(
-    context: Any, relay: ThreadedRelay, tmp_path: Path
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
     """A message sent by an older version (its answer lost, so still in the outbox, with
     ``attempts`` 0), deleted for everyone after the upgrade before it was answered: it may be
     at the relay (here it is, and bob has it), so the delete must follow it — cancelling it
     as never sent would leave it with bob."""
-    page, alice, vbob = chat(context, relay, tmp_path)
+    page, alice, vbob = chat(context, threaded, tmp_path)
     page.wait_for_function("() => !!navigator.serviceWorker.controller", timeout=TIMEOUT_MS)
-    _, mid = send_losing_its_answer(page, relay, alice, "sent before the upgrade")
+    _, mid = send_losing_its_answer(page, threaded, alice, "sent before the upgrade")
     assert texts(vbob, "sent before the upgrade") == ["sent before the upgrade"]
     assert page.evaluate(OLD_SHAPE, mid) == 1  # it was handed; the old shape says 0
 
@@ -329,3 +325,43 @@ def test_an_outbox_record_of_an_older_version_is_not_cancelled_as_unsent(
     )
     assert not [e for e in got if e.get("text")], got  # the message itself came once, before
     page.wait_for_function(NOTHING_PENDING, timeout=TIMEOUT_MS)
+
+
+def test_a_send_the_relay_cannot_take_now_goes_out_again_after_the_sdk_backoff(
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
+) -> None:
+    """The relay refuses alice's message with busy, internal, then rate_limited, and takes its
+    fourth attempt. The page's timers are frozen; after each refusal the clock is moved on 2 s
+    (the backoff's cap) at a time, at most 4 times (8 s: less than the old 10 s retry timer),
+    until the next attempt arrives. On the old bundle the second attempt never came (the lane
+    was held 10 s), and rate_limited failed the message outright."""
+    page, alice, vbob = chat(context, threaded, tmp_path)
+    service = threaded.relay.state.delivery
+    handle = service._handle_send
+    refusals = [ErrorCode.BUSY, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED]
+    attempts: list[str] = []
+
+    def handle_send(conn: DeviceConnection, frame: SendIn) -> None:
+        if conn.device.user == alice and not frame["ephemeral"]:
+            attempts.append(frame["id"])
+            if len(attempts) <= len(refusals):
+                refusal = FrameError(refusals[len(attempts) - 1], "injected", frame["id"])
+                conn.push_frame(DeliveryService.frame_error(refusal))
+                return
+        handle(conn, frame)
+
+    service._handle_send = handle_send  # type: ignore[method-assign]
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # no timer fires by itself
+    page.get_by_test_id("composer").fill("refused thrice")
+    page.get_by_test_id("send").click()
+    until(page, lambda: len(attempts) == 1)
+    for n in range(1, len(refusals) + 1):
+        for _ in range(4):
+            page.clock.fast_forward(2_000)
+            if until(page, lambda n=n: len(attempts) > n, timeout_ms=TIMEOUT_MS // 4):
+                break
+        assert len(attempts) == n + 1, f"no attempt {n + 1} within 8 s after refusal {n}"
+    assert len(set(attempts)) == 1  # the same client id every time
+    page.clock.resume()
+    page.wait_for_function(NOTHING_PENDING, timeout=TIMEOUT_MS)
+    assert texts(vbob, "refused thrice") == ["refused thrice"]

@@ -127,6 +127,8 @@ interface Pending {
   sent: number;
   /** Refused with ``predecessor_missing`` naming ``id`` on its attempt ``sent``: held until that one's attempt ended. */
   behind: { id: string; sent: number } | null;
+  /** Attempts in a row that came back "retry" (reset by a connect, and after ``MAX_ATTEMPTS`` of them): its backoff. */
+  retries: number;
 }
 /** The pump of one conversation's queue (see ``Engine.pump``). */
 interface Lane {
@@ -141,6 +143,8 @@ interface Lane {
    */
   held: boolean;
   heldAt: number;
+  /** How long a held lane waits while connected before it is pumped again (``retryDelayMs``). */
+  delay: number;
   /** Wakes the pump waiting for an attempt to end (or for a new entry). */
   wake: (() => void) | null;
 }
@@ -161,8 +165,20 @@ function targetOf(content: Uint8Array): string | undefined {
     return undefined;
   }
 }
-/** A queued send that the relay could not take now is tried again this much later while connected. */
-const RETRY_CONNECTED_MS = 10_000;
+/**
+ * A send the relay could not take now (``busy``, ``internal``, ``rate_limited``,
+ * ``shutting_down``, or the connection failed on its way) is tried again this much later while
+ * connected, its ``retries``-th time in a row: 0.2 s doubling, at most 2 s, like the SDK's
+ * ``sendqueue.backoff``; after ``MAX_ATTEMPTS`` such attempts it waits ``REQUEUE_MS`` (the
+ * SDK's ``requeue_after``) and starts over. A connect, or a new send of its conversation,
+ * resumes it at once either way.
+ */
+export function retryDelayMs(retries: number): number {
+  return retries >= MAX_ATTEMPTS ? REQUEUE_MS : Math.min(200 * 2 ** Math.max(retries - 1, 0), 2000);
+}
+const REQUEUE_MS = 30_000;
+/** Send refusals after which the same send is retried later: nothing was stored (wire/codes.py ``RETRYABLE_SEND_ERRORS``, and our own "disconnected"). */
+const RETRYABLE = new Set(["disconnected", "busy", "internal", "rate_limited", "shutting_down"]);
 /**
  * A send (or any frame the relay answers) unanswered this long means the connection is lost —
  * a half-open socket never reports its end: it is dropped and made again, and the send goes out
@@ -342,7 +358,7 @@ export class Engine {
       // taken as handed to the relay (never cancelled as unsent; a delete for everyone follows
       // it), which is what it would be if it had been sent.
       if (v.format !== OUTBOX_FORMAT) v.attempts = Math.max(v.attempts || 0, 1);
-      this.outbox.set(v.id, { entry: v, state: "queued", sent: 0, behind: null });
+      this.outbox.set(v.id, { entry: v, state: "queued", sent: 0, behind: null, retries: 0 });
     }
     this.outboxSeq = Math.max(0, ...queued.map((v) => v.seq ?? 0));
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
@@ -564,6 +580,7 @@ export class Engine {
     switch (f.type) {
       case "ready":
         this.readyWait(null);
+        for (const p of this.outbox.values()) p.retries = 0; // a new connection: the backoff starts over
         this.reconnectDelay = 500;
         this.relogged = false;
         this.setStatus("online");
@@ -969,7 +986,7 @@ export class Engine {
     const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq, format: OUTBOX_FORMAT };
     changes.push([`outbox:${idHex}`, entry]);
     await this.store.commit(changes);
-    this.outbox.set(idHex, { entry, state: "queued", sent: 0, behind: null });
+    this.outbox.set(idHex, { entry, state: "queued", sent: 0, behind: null, retries: 0 });
     this.changed();
     void this.pump(conv);
   }
@@ -1049,7 +1066,7 @@ export class Engine {
    * ended — they come back ``predecessor_missing`` or accepted), so the queue is sent again
    * from its oldest entry; an entry leaves the outbox only when accepted or failed for good.
    * A send that must wait ("retry": busy, the connection) holds the lane until it is pumped
-   * again: after the next connect, a new send, or ``RETRY_CONNECTED_MS`` while connected. A
+   * again: after the next connect, a new send, or ``retryDelayMs`` while connected. A
    * pump that came while that attempt was on its way counts too (``Lane.heldAt``): a reconnect
    * during an attempt that then failed with the old connection resumes the lane at once.
    */
@@ -1060,7 +1077,7 @@ export class Engine {
       running.wake?.();
       return running.run;
     }
-    const lane: Lane = { run: Promise.resolve(), pumps: 0, held: false, heldAt: 0, wake: null };
+    const lane: Lane = { run: Promise.resolve(), pumps: 0, held: false, heldAt: 0, delay: 0, wake: null };
     this.lanes.set(conv, lane);
     lane.run = this.runLane(conv, lane);
     return lane.run;
@@ -1089,7 +1106,7 @@ export class Engine {
           continue;
         }
         // Nothing on its way and nothing to start: done, or held until pumped again.
-        if (lane.held && this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), RETRY_CONNECTED_MS);
+        if (lane.held && this.status === "online" && !this.stopped) setTimeout(() => void this.pump(conv), lane.delay);
         return;
       }
     } finally {
@@ -1162,6 +1179,8 @@ export class Engine {
       if (outcome === "retry") {
         lane.heldAt = lane.held ? Math.max(lane.heldAt, pumps) : pumps;
         lane.held = true;
+        lane.delay = retryDelayMs(++p.retries);
+        if (p.retries >= MAX_ATTEMPTS) p.retries = 0;
       } else p.behind = named;
     }
     lane.wake?.();
@@ -1266,7 +1285,7 @@ export class Engine {
           this.fence = false; // a relay older than the fence: one send per lane, no ``after``
           return "requeue";
         }
-        if (code === "disconnected" || code === "internal" || code === "busy" || code === "shutting_down") return "retry";
+        if (typeof code === "string" && RETRYABLE.has(code)) return "retry";
         return "failed";
       }
       return "failed";
@@ -1885,7 +1904,8 @@ export class Engine {
       });
       if (result.type === "accepted") return "accepted";
       if (result.type === "mismatch") continue; // lists refetched on the next attempt
-      if (result["code"] === "disconnected") return "retry";
+      const code = result["code"];
+      if (typeof code === "string" && RETRYABLE.has(code)) return "retry";
       return "failed";
     }
     return "failed";
