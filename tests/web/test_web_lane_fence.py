@@ -8,11 +8,9 @@ wraps to refuse or hold alice's sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from server.delivery.connection import DeviceConnection
 from server.delivery.frames import FrameError, SendIn
@@ -30,15 +28,6 @@ from tests.web.threaded_relay import ThreadedRelay
 from wire.codes import ErrorCode
 
 N = 5
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[ThreadedRelay]:
-    r = ThreadedRelay(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 Act = Callable[[DeviceConnection, SendIn, list[tuple[str, str | None]]], bool]
@@ -88,11 +77,11 @@ def received_in_order(vbob: Vox) -> list[str]:
 
 
 def test_a_refused_first_message_is_never_overtaken_by_the_rest_of_the_burst(
-    context: Any, relay: ThreadedRelay, tmp_path: Path
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
-    page, alice, vbob = chat(context, relay, tmp_path)
+    page, alice, vbob = chat(context, threaded, tmp_path)
     held: list[tuple[DeviceConnection, SendIn]] = []
-    handle = relay.relay.state.delivery._handle_send
+    handle = threaded.relay.state.delivery._handle_send
 
     def refuse_first_late(conn: DeviceConnection, frame: SendIn, seen: list[Any]) -> bool:
         """The burst's sends get no answer until the last one arrived (so the whole burst is
@@ -110,7 +99,7 @@ def test_a_refused_first_message_is_never_overtaken_by_the_rest_of_the_burst(
             held.clear()
         return False
 
-    seen = intercept(relay, alice, refuse_first_late)
+    seen = intercept(threaded, alice, refuse_first_late)
     burst(page)
     assert received_in_order(vbob) == [f"m{i}" for i in range(N)]
     # All N went out before the first was answered, each naming the one before it (so they
@@ -119,18 +108,18 @@ def test_a_refused_first_message_is_never_overtaken_by_the_rest_of_the_burst(
     ids = [cid for cid, _ in seen[:N]]
     assert [after for _, after in seen[:N]] == [None, *ids[:-1]]
     assert [cid for cid, _ in seen[N:]] == ids
-    refused = relay.relay.state.metrics.registry.get_sample_value(
+    refused = threaded.relay.state.metrics.registry.get_sample_value(
         "vox_sends_refused_total", {"reason": "predecessor_missing"}
     )
     assert refused == N - 1
 
 
 def test_a_relay_older_than_the_fence_gets_one_send_at_a_time_without_after(
-    context: Any, relay: ThreadedRelay, tmp_path: Path
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
-    page, alice, vbob = chat(context, relay, tmp_path)
+    page, alice, vbob = chat(context, threaded, tmp_path)
     held: list[tuple[DeviceConnection, SendIn]] = []
-    handle = relay.relay.state.delivery._handle_send
+    handle = threaded.relay.state.delivery._handle_send
 
     def old_relay(conn: DeviceConnection, frame: SendIn, seen: list[Any]) -> bool:
         """Refuses ``after`` as a relay without the fence does; the first send is answered
@@ -147,7 +136,7 @@ def test_a_relay_older_than_the_fence_gets_one_send_at_a_time_without_after(
             return True
         return False
 
-    seen = intercept(relay, alice, old_relay)
+    seen = intercept(threaded, alice, old_relay)
     burst(page)
     assert received_in_order(vbob) == [f"m{i}" for i in range(N)]
     # The second send named the first (refused: bad_frame); once the browser saw that, no
@@ -179,14 +168,14 @@ HOLD_WRITES = """() => new Promise((held, failed) => {
 
 
 def test_what_is_typed_while_a_send_is_being_written_is_the_next_message(
-    context: Any, relay: ThreadedRelay, tmp_path: Path
+    context: Any, threaded: ThreadedRelay, tmp_path: Path
 ) -> None:
     """The message lost with the first lane fence (a burst of 5: bob got m0 m1 m2 m4, the page
     showed 4 — and one burst in a few dozen lost one under load without the fence too): the
     composer was emptied once the send had been written to IndexedDB, by then over the next
     message typed, whose Send then found it empty. Here the write is held while the next
     message is typed."""
-    page, _, vbob = chat(context, relay, tmp_path)
+    page, _, vbob = chat(context, threaded, tmp_path)
     composer = page.get_by_test_id("composer")
     page.evaluate(HOLD_WRITES)
     composer.fill("first")

@@ -11,7 +11,6 @@ frame handler holds the message's send for the in-flight case.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +96,6 @@ def test_a_queued_message_deleted_is_never_sent(context: Any, tmp_path: Path, ac
         page.locator('[data-testid="message"]', has_text="after it").wait_for(timeout=TIMEOUT_MS)
         assert message(page, mid).count() == 0
         assert _about(vox.receive(wait=3), mid) == []
-
-
-@pytest.fixture
-def threaded(tmp_path: Path) -> Iterator[ThreadedRelay]:
-    r = ThreadedRelay(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 class HoldFirst:

@@ -12,7 +12,7 @@ then runs that re-check itself.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,15 @@ def clock() -> ShiftedClock:
 
 
 @pytest.fixture
-def shifted_relay(tmp_path: Path, clock: ShiftedClock) -> Iterator[ThreadedRelay]:
+def shifted_relay(
+    threaded_relays: Callable[..., ThreadedRelay], clock: ShiftedClock
+) -> ThreadedRelay:
     # Only the test re-checks the tokens of open sockets (see the module docstring).
-    r = ThreadedRelay(
-        tmp_path,
-        clock,
+    return threaded_relays(
+        clock=clock,
         limits={"token_ttl_seconds": TOKEN_TTL},
         overrides={"token_check_interval": 86400.0},
     )
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def test_an_expired_token_is_renewed_transparently_and_a_revoked_device_is_signed_out(
