@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.edge.serve import GC_YOUNG_THRESHOLD
+from server.edge.serve import GC_YOUNG_THRESHOLD, release_free_heap
 from tests.server.relay_harness import REPO, TestAccount, free_port, relay_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/<pid>/maps")
@@ -91,34 +91,48 @@ NOT_SERVING = (
 
 #: Runs ``vox-relay serve`` through its console-script entry point up to the moment it
 #: would serve (startup done, the lifespans entered), prints the loaded modules (a blocked
-#: one is ``None`` in ``sys.modules``) and the collector's state, and stops. uvicorn's
-#: ``Server.main_loop`` is patched as ``uvicorn.server`` loads (importing uvicorn here first
-#: would load what serve blocks).
+#: one is ``None`` in ``sys.modules``), the collector's state and what each call of
+#: ``release_free_heap`` returned, and stops. uvicorn's ``Server.main_loop`` and
+#: ``server.edge.serve.release_free_heap`` are patched as their modules load (importing
+#: either here first would load what serve blocks).
 _SERVE_AND_LIST_MODULES = """
 import importlib.machinery, json, sys
+
+trims = []
 
 async def main_loop(self):
     import gc
     names = sorted(n for n, m in sys.modules.items() if m is not None)
     frozen, threshold = gc.get_freeze_count(), gc.get_threshold()
-    print(json.dumps({"modules": names, "frozen": frozen, "threshold": threshold}), flush=True)
+    state = {"modules": names, "frozen": frozen, "threshold": threshold, "trims": trims}
+    print(json.dumps(state), flush=True)
 
-class PatchServer:
+def patch_server(module):
+    module.Server.main_loop = main_loop
+
+def patch_serve(module):
+    release = getattr(module, "release_free_heap", None)
+    if release is not None:
+        module.release_free_heap = lambda: trims.append(release()) or trims[-1]
+
+PATCHES = {"uvicorn.server": patch_server, "server.edge.serve": patch_serve}
+
+class Patch:
     def find_spec(self, name, path, target=None):
-        if name != "uvicorn.server":
+        patch = PATCHES.pop(name, None)
+        if patch is None:
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         exec_module = spec.loader.exec_module
 
         def patched(module):
             exec_module(module)
-            module.Server.main_loop = main_loop
+            patch(module)
 
         spec.loader.exec_module = patched
         return spec
 
-sys.meta_path.insert(0, PatchServer())
+sys.meta_path.insert(0, Patch())
 from server.cli import main
 
 sys.argv = ["vox-relay", "serve", "--port", sys.argv[1]]
@@ -126,7 +140,10 @@ main()
 """
 
 
-def _serving_process_state(tmp_path: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def serving_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``vox-relay serve`` run up to the moment it would serve (shared by the tests)."""
+    tmp_path = tmp_path_factory.mktemp("serving")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_")}
     env.update({"VOX_DATA_DIR": str(tmp_path), "VOX_LOG_LEVEL": "warning"})
     out = subprocess.run(
@@ -142,15 +159,15 @@ def _serving_process_state(tmp_path: Path) -> dict[str, Any]:
     return state
 
 
-def test_the_serving_process_loads_only_what_serving_needs(tmp_path: Path) -> None:
-    modules = set(_serving_process_state(tmp_path)["modules"])
+def test_the_serving_process_loads_only_what_serving_needs(serving_state: dict[str, Any]) -> None:
+    modules = set(serving_state["modules"])
     assert "server.delivery.writer" in modules  # it did build and start the app
     loaded = sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_SERVING))
     assert loaded == []
 
 
 def test_the_serving_process_freezes_start_up_and_collects_the_young_generation_less_often(
-    tmp_path: Path,
+    serving_state: dict[str, Any],
 ) -> None:
     """Start-up's objects are out of the collector's walks; young collections are rarer.
 
@@ -158,6 +175,15 @@ def test_the_serving_process_freezes_start_up_and_collects_the_young_generation_
     then, walked all ~100,000 objects start-up left (a pause of tens of milliseconds in which
     no frame was read). ``serving_gc`` runs last in the lifespan of ``vox-relay serve``.
     """
-    state = _serving_process_state(tmp_path)
-    assert state["frozen"] > 50_000  # modules, routes, mappers, the open engine
-    assert state["threshold"][0] == GC_YOUNG_THRESHOLD
+    assert serving_state["frozen"] > 50_000  # modules, routes, mappers, the open engine
+    assert serving_state["threshold"][0] == GC_YOUNG_THRESHOLD
+
+
+def test_the_serving_process_gives_the_free_heap_start_up_left_back_to_the_kernel(
+    serving_state: dict[str, Any],
+) -> None:
+    """``malloc_trim(0)`` once, after the freeze (glibc kept ~1 MB of freed chunks resident).
+
+    Where the C library has no ``malloc_trim`` the call does nothing and says so (False).
+    """
+    assert serving_state["trims"] == [release_free_heap()]
