@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from clients.sdk import Event, Message, VoxClient  # noqa: E402
 from clients.sdk.content import TextContent, padded  # noqa: E402
+from clients.sdk.transport import RelaySocket  # noqa: E402
 from clients.store import SqliteStore  # noqa: E402
 
 #: Bytes a padded content gains on the wire (payload 11 + username + ratchet header 41 +
@@ -108,6 +110,36 @@ class StatementCounter:
             self.commits += sql == "COMMIT"
 
 
+class FrameCounter:
+    """Counts the frames the clients write to the relay (``send`` and ``ack``, and the
+    sequence numbers the acks carry), by wrapping the SDK socket's one write path; tells
+    what the relay gets per message beside the messages' own sends (receipts, acks)."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.acks = 0
+        self.acked = 0
+        self.writes = 0
+        self.on = False
+
+    def install(self) -> None:
+        original = RelaySocket.send_texts
+        counter = self
+
+        async def send_texts(socket: RelaySocket, texts: Sequence[str]) -> None:
+            if counter.on and texts:
+                counter.writes += 1
+                for text in texts:
+                    if text.startswith('{"type":"send"'):
+                        counter.sends += 1
+                    elif text.startswith('{"type":"ack"'):
+                        counter.acks += 1
+                        counter.acked += text.count(",") + 1
+            await original(socket, texts)
+
+        RelaySocket.send_texts = send_texts  # type: ignore[method-assign,assignment]
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of ``values``."""
     ordered = sorted(values)
@@ -146,6 +178,8 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
         for user in mine:
             clients[user] = await VoxClient.register(tmp / user, url, user)
         counter = StatementCounter()
+        frames = FrameCounter()
+        frames.install()
         for client in clients.values():
             counter.attach(client)
             if config["lane_window"] is not None:
@@ -196,12 +230,20 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
 
             await asyncio.gather(*(one() for _ in range(messages)))
 
-        counter.on = True
+        counter.on = frames.on = True
         await asyncio.gather(*(run_sender(u) for u in senders))
         await asyncio.wait_for(done.wait(), 600)
-        counter.on = False
+        counter.on = frames.on = False
         conn.send(
-            {"latencies": latencies, "statements": counter.statements, "commits": counter.commits}
+            {
+                "latencies": latencies,
+                "statements": counter.statements,
+                "commits": counter.commits,
+                "sends": frames.sends,
+                "acks": frames.acks,
+                "acked": frames.acked,
+                "writes": frames.writes,
+            }
         )
         assert await command() == "close"
     finally:
@@ -288,6 +330,15 @@ class Workers:
     def cpu_seconds(self, relay_bench: Any) -> float:
         return sum(relay_bench.cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
 
+    def system_seconds(self) -> float:
+        """The client processes' system (kernel) CPU so far, from ``/proc/<pid>/stat``."""
+        total = 0
+        for proc in self.procs:
+            if proc.pid is not None:
+                stat = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(stat[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.join(timeout=20)
@@ -328,9 +379,10 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
                 f" in {args.client_procs} process(es)"
             )
             await workers.step("warm")
-            relay_cpu0, client_cpu0 = (
+            relay_cpu0, client_cpu0, client_sys0 = (
                 relay_bench.cpu_seconds(relay.pid),
                 workers.cpu_seconds(relay_bench),
+                workers.system_seconds(),
             )
             spies = workers.start_profiles(args.profile)
             if spies:
@@ -341,11 +393,16 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             workers.stop_profiles(spies)
             relay_cpu = relay_bench.cpu_seconds(relay.pid) - relay_cpu0
             client_cpu = workers.cpu_seconds(relay_bench) - client_cpu0
+            client_sys = workers.system_seconds() - client_sys0
             await workers.step("close")
         latencies = [v for s in stats for v in s["latencies"]]
         statements = sum(s["statements"] for s in stats)
         commits = sum(s["commits"] for s in stats)
         total = args.pairs * args.messages
+        sends = sum(s["sends"] for s in stats)
+        acks = sum(s["acks"] for s in stats)
+        acked = sum(s["acked"] for s in stats)
+        writes = sum(s["writes"] for s in stats)
         return {
             "e2e_msgs_per_s": round(total / elapsed, 1),
             "e2e_seconds": round(elapsed, 3),
@@ -357,10 +414,19 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             # CPU from /proc (less sensitive to other load on the machine than the throughput).
             "client_cpu_us_per_msg": round(client_cpu / total * 1e6),
             "client_cpu_cores": round(client_cpu / elapsed, 2),
+            # Of it, in the kernel (socket writes, fsyncs, file locks, thread hand-offs).
+            "client_sys_cpu_us_per_msg": round(client_sys / total * 1e6),
             "e2e_relay_cpu_us_per_msg": round(relay_cpu / total * 1e6, 1),
             "e2e_relay_cpu_cores": round(relay_cpu / elapsed, 2),
             "store_statements_per_msg": round(statements / total, 1),
             "store_commits_per_msg": round(commits / total, 2),
+            # What the relay gets from the clients per message (relay-only: 1 send, and an
+            # ack of up to 32 sequence numbers): sends beyond 1.0 are receipts; acks per
+            # message and sequence numbers per ack; socket writes per message.
+            "sends_per_msg": round(sends / total, 3),
+            "acks_per_msg": round(acks / total, 3),
+            "seqs_per_ack": round(acked / acks, 1) if acks else None,
+            "socket_writes_per_msg": round(writes / total, 3),
         }
     finally:
         if workers is not None:
