@@ -213,7 +213,10 @@ class _State(enum.Enum):
     QUEUED = "queued"  # durable, held until resumed
 
 
-@dataclass(slots=True)
+_ON_THEIR_WAY = (_State.SENDING, _State.IN_FLIGHT)
+
+
+@dataclass(slots=True, eq=False)  # identity: a send is found in its lane's list by itself
 class _Send:
     key: str
     order: int
@@ -265,7 +268,12 @@ class SendQueue:
         self.requeue_after = requeue_after
         self.online = False
         self.reconnecting = False  # a reader re-establishes a lost connection by itself
+        #: Every pending send, in submission (``order``) order: a dict keeps its insertion
+        #: order and a send is inserted once, when submitted.
         self._sends: dict[str, _Send] = {}
+        #: The pending sends of each lane, in order (so a lane's rules look at that lane and at
+        #: most a window of it, not at every pending send of the client).
+        self._lanes: dict[str, list[_Send]] = {}
         self._by_frame: dict[str, str] = {}  # frame client id -> send key
         self._order = itertools.count()
 
@@ -279,7 +287,7 @@ class SendQueue:
 
     def lane(self, lane: str) -> list[str]:
         """The keys of ``lane``'s pending sends, in order."""
-        return [s.key for s in self._ordered() if s.lane == lane]
+        return [s.key for s in self._lanes.get(lane, ())]
 
     def queued(self) -> list[str]:
         """Keys of the sends that are queued (held until resumed), in order."""
@@ -293,10 +301,10 @@ class SendQueue:
         send = self._sends.get(key)
         if send is None or send.lane is None or not self.fence:
             return None
-        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
+        ahead = self._ahead(send)
         if not ahead:
             return None
-        last = max(ahead, key=lambda s: s.order)
+        last = ahead[-1]
         return last.frames[-1] if last.frames else last.key
 
     def deadline(self) -> float | None:
@@ -336,6 +344,8 @@ class SendQueue:
         if queued:
             send.state, send.reported, send.due = _State.QUEUED, True, math.inf
         self._sends[key] = send
+        if lane is not None:
+            self._lanes.setdefault(lane, []).append(send)
         if not queued and lane is not None:
             self._resume(now, lambda s: s.lane == lane)
         return self._pump(now)
@@ -436,7 +446,7 @@ class SendQueue:
         if send.written or send.state is _State.IN_FLIGHT:
             return None
         self._forget_frames(send)
-        del self._sends[key]
+        self._remove(send)
         return self._pump(now)
 
     def abandon(self, error: RelayUnavailable) -> list[Action]:
@@ -450,6 +460,7 @@ class SendQueue:
             else:
                 actions.append(Finished(send.key, Fail(error, send.written)))
         self._sends.clear()
+        self._lanes.clear()
         self._by_frame.clear()
         self.online = self.reconnecting = False
         return actions
@@ -457,7 +468,25 @@ class SendQueue:
     # --- transitions ---------------------------------------------------------------------
 
     def _ordered(self) -> list[_Send]:
-        return sorted(self._sends.values(), key=lambda s: s.order)
+        return list(self._sends.values())  # inserted in order (see ``_sends``)
+
+    def _ahead(self, send: _Send) -> list[_Send]:
+        """The pending sends of ``send``'s lane before it, in order."""
+        lane = self._lanes.get(send.lane) if send.lane is not None else None
+        if not lane:
+            return []
+        for i, other in enumerate(lane):
+            if other is send:
+                return lane[:i]
+        return []
+
+    def _remove(self, send: _Send) -> None:
+        del self._sends[send.key]
+        if send.lane is not None:
+            lane = self._lanes[send.lane]
+            lane.remove(send)  # by identity (``eq=False``); usually the lane's head
+            if not lane:
+                del self._lanes[send.lane]
 
     def _current(self, key: str, attempt: int, *states: _State) -> _Send | None:
         send = self._sends.get(key)
@@ -476,10 +505,14 @@ class SendQueue:
             before = self._sends.get(key)
             if before is not None and before.transmits == transmits:
                 return False
-        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
-        on_their_way = (_State.SENDING, _State.IN_FLIGHT)
         window = self.lane_window if self.fence else 1
-        return len(ahead) < window and all(s.state in on_their_way for s in ahead)
+        # Fewer than ``window`` sends ahead, all on their way: at most a window is looked at.
+        for i, other in enumerate(self._lanes[send.lane]):
+            if other is send:
+                return i < window
+            if i + 1 >= window or other.state not in _ON_THEIR_WAY:
+                return False
+        return False
 
     def _resume(self, now: float, which: Callable[[_Send], bool]) -> None:
         for send in self._sends.values():
@@ -509,11 +542,11 @@ class SendQueue:
         """Refused with ``predecessor_missing``: back into the lane behind its predecessor
         (held until that one goes out again or is done), without using up an attempt."""
         self._forget_frames(send)
-        ahead = [s for s in self._sends.values() if s.lane == send.lane and s.order < send.order]
+        ahead = self._ahead(send)
         send.state, send.due, send.held_since = _State.READY, now, None
         if not ahead:
             return []
-        before = max(ahead, key=lambda s: s.order)
+        before = ahead[-1]
         send.fenced = (before.key, before.transmits)
         head = next((s for s in ahead if s.state is _State.QUEUED), None)
         if head is None:
@@ -540,8 +573,8 @@ class SendQueue:
             send.reported = True
             actions.append(Queued(send.key, error))
         if send.lane is not None:  # everything behind it in its lane waits too
-            for other in self._ordered():
-                behind = other.lane == send.lane and other.order > send.order
+            for other in self._lanes[send.lane]:
+                behind = other.order > send.order
                 if behind and other.state is _State.READY:
                     other.state, other.due, other.held_since = _State.QUEUED, send.due, None
                     other.error = error
@@ -552,7 +585,7 @@ class SendQueue:
 
     def _finish(self, send: _Send, outcome: Accepted | Fail, now: float) -> list[Action]:
         self._forget_frames(send)
-        del self._sends[send.key]
+        self._remove(send)
         if isinstance(outcome, Accepted) and outcome.ts is None:
             outcome = Accepted(send.last_ts)
         return [Finished(send.key, outcome, send.reported), *self._pump(now)]
