@@ -6,15 +6,15 @@ timer — and feeds back what happened (frames written, the write failed, answer
 connection up or down, the time). Which send goes when, what is retried, what fails and what
 stays queued is the engine's decision.
 
-Encryption and the socket write happen under one lock, so frames reach the relay in the
-order their ratchet steps were taken (each naming its lane predecessor in ``after``, so the
-relay stores a conversation's frames in that order whatever it refuses or loses); answers
-are awaited outside it, so sends of different conversations, and a window of sends of one
-conversation, are in flight at once. Concurrent builds are batched: whoever gets the lock
-builds every request queued so far in **one** store transaction, then writes their frames in
-order, all in one write to the socket; if a build fails the batch is rolled back and each
-request is built alone, so a bad request never leaves a trace in the store or disturbs the
-others.
+Encryption and the socket write happen in one builder task (not a task per send), so
+frames reach the relay in the order their ratchet steps were taken (each naming its lane
+predecessor in ``after``, so the relay stores a conversation's frames in that order whatever
+it refuses or loses); answers are awaited elsewhere (the engine hears them), so sends of
+different conversations, and a window of sends of one conversation, are in flight at once.
+Builds are batched: the builder takes every request queued so far, builds them in **one**
+store transaction, then writes their frames in order, all in one write to the socket, then
+takes what was queued meanwhile; if a build fails the batch is rolled back and each request
+is built alone, so a bad request never leaves a trace in the store or disturbs the others.
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def now() -> float:
     return time.monotonic()
 
 
+#: Seconds a timer may be armed before the deadline and still be kept (the loop's clock and
+#: :func:`now` are both monotonic, read at slightly different moments).
+_EARLY = 0.001
+
+
 class SendPipeline:
     """Pending sends of one client: the engine's decisions, executed."""
 
@@ -92,8 +97,10 @@ class SendPipeline:
         self.client = client
         self.sends = client.engine.sends
         self._jobs: dict[str, _Job] = {}
-        self._lock = asyncio.Lock()
+        #: Transmits waiting for the builder (:meth:`_build_loop`), in the order they came.
         self._queue: list[_Request] = []
+        #: Whether a builder task is running (it drains ``_queue``, a batch at a time).
+        self._building = False
         self._timer: asyncio.TimerHandle | None = None
 
     # --- events in ------------------------------------------------------------------------
@@ -157,6 +164,9 @@ class SendPipeline:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        queue, self._queue = self._queue, []
+        for request in queue:  # never built: they end with the rest below
+            request.done.cancel()
         self.feed(self.sends.abandon(error))
 
     def _tick(self) -> None:
@@ -172,7 +182,7 @@ class SendPipeline:
             if job is None:
                 continue
             if isinstance(action, Transmit):
-                self.client.spawn(self._attempt(job, action))
+                self._transmit(job, action)
             elif isinstance(action, FrameAccepted):
                 send = job.frames.get(action.client_id)
                 if send is not None and send.accepted is not None:
@@ -193,35 +203,65 @@ class SendPipeline:
         job.settle(outcome, result, finished.announce)
 
     def _arm(self) -> None:
+        """Make sure the engine is ticked by its next deadline. A timer armed for an earlier
+        time stays (a tick before anything is due changes nothing, then re-arms): the deadline
+        usually moves later (the oldest send answered), so a timer is rarely re-armed, rather
+        than cancelled and created again on every event."""
         deadline = self.sends.deadline()
+        if deadline is None:
+            return
         if self._timer is not None:
+            if self._timer.when() <= deadline + _EARLY:
+                return
             self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(0.0, deadline - now()), self._tick)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - now()), self._tick)
 
-    async def _attempt(self, job: _Job, transmit: Transmit) -> None:
+    def _transmit(self, job: _Job, transmit: Transmit) -> None:
+        """Queue ``transmit`` for the builder (after refreshing what it names, in a task)."""
+        if transmit.refresh or transmit.drop:
+            self.client.spawn(self._prepare(job, transmit))
+        else:
+            self._enqueue(_Request(transmit.key, transmit, job))
+
+    async def _prepare(self, job: _Job, transmit: Transmit) -> None:
         client = self.client
         try:
             for name in sorted(transmit.refresh):
                 await peers.refresh_devices(client, name)
             for user, device in transmit.drop:
                 client.protocol.sessions.drop(user, device)
-            request = _Request(transmit.key, transmit, job)
-            self._queue.append(request)
-            try:
-                async with self._lock:
-                    if not request.done.done():
-                        batch, self._queue = self._queue, []
-                        await self._run_builds(batch)
-                await request.done
-            except asyncio.CancelledError:
-                if not request.done.done():
-                    request.done.cancel()
-                raise
         except Exception as exc:
             self.feed(self.sends.write_failed(transmit.key, transmit.attempt, exc, now()))
+        else:
+            self._enqueue(_Request(transmit.key, transmit, job))
+
+    def _enqueue(self, request: _Request) -> None:
+        self._queue.append(request)
+        if not self._building:
+            self._building = True
+            self.client.spawn(self._build_loop())
+
+    async def _build_loop(self) -> None:
+        """The builder: one task (not one per send) builds and writes everything queued so
+        far as one batch (:meth:`_run_builds`), then the next, until the queue is empty; a
+        send whose build or write failed is reported to the engine."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._run_builds(batch)
+                for request in batch:
+                    if request.done.cancelled():
+                        continue
+                    error = request.done.exception()
+                    if isinstance(error, Exception):
+                        transmit = request.transmit
+                        failed = self.sends.write_failed(
+                            transmit.key, transmit.attempt, error, now()
+                        )
+                        self.feed(failed)
+        finally:
+            self._building = False
 
     async def _run_builds(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if not r.done.done()]  # drop cancelled sends

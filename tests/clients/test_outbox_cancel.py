@@ -181,7 +181,7 @@ async def test_a_message_already_handed_to_the_relay_is_not_recalled(
 async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_trace(
     tmp_path: Path, relay: RelayProcess
 ) -> None:
-    """The pump already chose the send (its build waits for the send lock) when the delete
+    """The pump already chose the send (its build waits for the builder) when the delete
     comes: the build is skipped, nothing is written, nothing reaches Bob."""
     await _pair(tmp_path, relay)
     alice = await VoxClient.open(tmp_path / "a")
@@ -189,17 +189,16 @@ async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_
     try:
         await alice.connect()
         await alice.send_text("bob", "ready")
-        lock = alice.pipeline._lock  # held: the builds wait for it
-        await lock.acquire()
+        pipeline = alice.pipeline
+        pipeline._building = True  # held: no builder runs, the picked sends wait in the queue
         try:
             send = asyncio.create_task(alice.send_text("bob", "secret", message_id=secret))
-            picked = alice.pipeline._queue  # the sends picked, waiting for the lock
-            await wait_for(lambda: any(r.key == secret for r in picked))
+            await wait_for(lambda: any(r.key == secret for r in pipeline._queue))
             assert await alice.delete("bob", secret) is None
             with pytest.raises(ClientError, match="deleted before it was sent"):
                 await send
         finally:
-            lock.release()
+            pipeline._building = False  # the next send starts the builder; it drains the queue
         await alice.send_text("bob", "after")
         assert alice.store.outbox_pending() == [] and secret not in alice.engine.sends
     finally:
