@@ -98,11 +98,21 @@ class StatementCounter:
     def __init__(self) -> None:
         self.statements = 0
         self.commits = 0
+        self.flushes = 0
         self.on = False
 
     def attach(self, client: VoxClient) -> None:
         if isinstance(client.store, SqliteStore):
-            client.store._conn.set_trace_callback(self._trace)
+            store = client.store
+            store._conn.set_trace_callback(self._trace)
+            flush = store.flush
+
+            def counted() -> None:  # the fsyncs of the WAL (in the flusher's thread)
+                if self.on:
+                    self.flushes += 1
+                flush()
+
+            store.flush = counted  # type: ignore[method-assign]
 
     def _trace(self, sql: str) -> None:
         if self.on:
@@ -239,6 +249,7 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
                 "latencies": latencies,
                 "statements": counter.statements,
                 "commits": counter.commits,
+                "flushes": counter.flushes,
                 "sends": frames.sends,
                 "acks": frames.acks,
                 "acked": frames.acked,
@@ -398,6 +409,7 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
         latencies = [v for s in stats for v in s["latencies"]]
         statements = sum(s["statements"] for s in stats)
         commits = sum(s["commits"] for s in stats)
+        flushes = sum(s["flushes"] for s in stats)
         total = args.pairs * args.messages
         sends = sum(s["sends"] for s in stats)
         acks = sum(s["acks"] for s in stats)
@@ -420,6 +432,7 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             "e2e_relay_cpu_cores": round(relay_cpu / elapsed, 2),
             "store_statements_per_msg": round(statements / total, 1),
             "store_commits_per_msg": round(commits / total, 2),
+            "store_fsyncs_per_msg": round(flushes / total, 2),
             # What the relay gets from the clients per message (relay-only: 1 send, and an
             # ack of up to 32 sequence numbers): sends beyond 1.0 are receipts; acks per
             # message and sequence numbers per ack; socket writes per message.
