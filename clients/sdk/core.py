@@ -73,5 +73,5 @@ class Core(Protocol):
     async def deliver(
         self, users: set[str], build: Callable[[], list[OutgoingSend]]
     ) -> SendResult | None:
-        """Build (encrypt) and send under the send lock; retries as the engine decides."""
+        """Build (encrypt) and send through the send builder; retries as the engine decides."""
         ...
