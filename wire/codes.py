@@ -96,6 +96,7 @@ class RestErrorCode(StrEnum):
     BEYOND_SIZE = "beyond_size"
     TOO_MANY_UPLOADS = "too_many_uploads"
     UPLOAD_FINISHED = "upload_finished"
+    NOT_UPLOADER = "not_uploader"  # 403: DELETE of an attachment another device uploaded
     # push (docs/protocol-relay.md, Push notifications)
     BAD_SUBSCRIPTION = "bad_subscription"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"

@@ -33,6 +33,12 @@ make a blob that fails the recipient's digest check: refused there, never silent
 A relay without resumable uploads (``404``/``405`` on ``POST /v1/attachments/uploads``)
 gets the one-shot ``POST /v1/attachments``, streamed as well; there a dropped connection
 fails the upload.
+
+**A file message withdrawn by its sender** (cancelled before it left, or deleted for
+everyone) has its blob deleted on the relay at once by the device that uploaded it
+(:func:`delete_uploaded`, ``DELETE /v1/attachments/{id}``, ``docs/protocol-ws.md`` §9.2), so it
+stops counting against the device's quota and recipients who had not fetched it cannot any
+more; best effort (a relay that cannot be reached, or is older, keeps it until it expires).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from clients.sdk.errors import AttachmentError, RelayRejected, RelayUnavailable
 from clients.sdk.models import Message, SendResult
 from clients.sdk.peers import check_user
 from clients.sdk.transport import OffsetMismatch
-from clients.store.models import is_group_conversation
+from clients.store.models import StoredMessage, is_group_conversation
 from crypto import primitives
 from crypto.attachments import (
     DEFAULT_CHUNK_SIZE,
@@ -70,7 +76,7 @@ from crypto.errors import AttachmentMismatch, VoxError
 from wire.codes import RestErrorCode
 from wire.rest import UploadOut
 
-__all__ = ["Progress", "download", "send_file", "upload_file"]
+__all__ = ["Progress", "delete_uploaded", "download", "send_file", "upload_file"]
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` for uploads and downloads."""
@@ -403,6 +409,24 @@ async def _upload_whole(
         return (await core.http.upload_attachment(counted(), total)).id
     except RelayRejected as exc:
         raise _too_large(exc, name, total) from None
+
+
+async def delete_uploaded(core: Core, message: StoredMessage) -> bool:
+    """Delete the blob of ``message`` — our file message, cancelled or deleted for everyone —
+    on the relay, if this device uploaded it (``DELETE /v1/attachments/{id}``). Whether the
+    relay confirmed it is gone. Best effort: no answer within 10 s, a relay that cannot be
+    reached or refuses (an older relay without the route) leaves the blob to expire."""
+    pointer = (message.attachment or {}).get("pointer")
+    if message.sender != core.username or message.sender_device != core.device_id:
+        return False  # another device (or person) uploaded it: only that device may delete it
+    if not isinstance(pointer, str):
+        return False
+    try:
+        blob_id = AttachmentPointer.from_bytes(bytes.fromhex(pointer)).blob_id
+        await asyncio.wait_for(core.http.authed("DELETE", f"/v1/attachments/{blob_id}"), 10.0)
+    except (VoxError, ValueError, RelayUnavailable, RelayRejected, TimeoutError):
+        return False
+    return True
 
 
 async def download(

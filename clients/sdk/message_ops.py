@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 
-from clients.sdk import group_admin, peers
+from clients.sdk import attachments, group_admin, peers
 from clients.sdk.content import (
     DeleteContent,
     EditContent,
@@ -129,10 +129,13 @@ async def delete(
     stored = _message(core, conversation, message_id)
     if stored.sender == core.username:
         with core.store.transaction():
-            if core.outbox.cancel(conversation, stored.message_id):
+            cancelled = core.outbox.cancel(conversation, stored.message_id)
+            if cancelled:
                 _remove_file(stored)
                 core.store.forget_message(stored.message_id, time.time())
-                return None
+        if cancelled:
+            await attachments.delete_uploaded(core, stored)  # a file's blob: gone too
+            return None
     if for_me:
         _remove_file(stored)
         # Remembered (in the same transaction): a copy that arrives again stays deleted.
@@ -141,7 +144,9 @@ async def delete(
     if stored.sender != core.username:
         raise ClientError("only your own messages can be deleted for everyone (use --for-me)")
     content = DeleteContent(target=bytes.fromhex(stored.message_id), **_head(conversation))  # type: ignore[arg-type]
-    return await _send(core, conversation, content)
+    result = await _send(core, conversation, content)
+    await attachments.delete_uploaded(core, stored)  # a file's blob: gone too
+    return result
 
 
 async def react(

@@ -1,5 +1,6 @@
 """``POST /v1/attachments`` (streaming upload), the resumable uploads under
-``/v1/attachments/uploads`` and ``GET /v1/attachments/{id}`` (download)."""
+``/v1/attachments/uploads``, ``GET /v1/attachments/{id}`` (download) and
+``DELETE /v1/attachments/{id}`` (the uploader withdraws it)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,13 @@ async def download(
         media_type="application/octet-stream",
         headers={"Content-Length": str(info.size), "Cache-Control": "no-store"},
     )
+
+
+@router.delete("/{attachment_id}", status_code=204, responses=error_responses(403, 404))
+async def delete_attachment(
+    attachment_id: str, me: CurrentDevice, service: AttachmentsDep
+) -> Response:
+    """Delete a finished attachment this device uploaded (its bytes at once, its quota
+    freed); an id no longer stored is 204 too."""
+    await service.delete(me.device_pk, attachment_id)
+    return Response(status_code=204)

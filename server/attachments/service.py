@@ -33,6 +33,7 @@ from server.diskguard import DiskGuard
 from server.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     InsufficientStorage,
     NotFound,
     PayloadTooLarge,
@@ -437,6 +438,36 @@ class AttachmentService:
         if row is None or row.expires_at <= self.clock.now():
             raise NotFound("no such attachment", code="unknown_attachment")
         return AttachmentInfo(blob_id, row.size, row.expires_at)
+
+    async def delete(self, device_pk: int, blob_id: str) -> bool:
+        """Delete a finished attachment for the device that uploaded it: its row (which frees
+        its quota at once), the record of the upload that made it, then its bytes. Whether
+        something was deleted: an id that is not stored (deleted before, expired and swept,
+        never made) is nothing to do — deleting is idempotent. Another device's attachment
+        is 403 ``not_uploader``; a malformed id 404 ``unknown_attachment``."""
+        if not _ID_RE.match(blob_id):
+            raise NotFound("no such attachment", code="unknown_attachment")
+        async with write_transaction(self.engine) as conn:
+            row = (
+                await conn.execute(
+                    select(_table.c.uploader_device_pk).where(_table.c.id == blob_id)
+                )
+            ).first()
+            if row is None:
+                return False
+            if row.uploader_device_pk != device_pk:
+                raise Forbidden(
+                    "only the device that uploaded an attachment may delete it",
+                    code="not_uploader",
+                )
+            await conn.execute(delete(_table).where(_table.c.id == blob_id))
+            await conn.execute(
+                delete(_uploads).where(
+                    _uploads.c.device_pk == device_pk, _uploads.c.attachment_id == blob_id
+                )
+            )
+        await self.store.delete(blob_id)
+        return True
 
     def stream(self, blob_id: str) -> AsyncIterator[bytes]:
         """The attachment's bytes."""

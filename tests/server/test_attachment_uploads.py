@@ -1,7 +1,7 @@
 """Resumable attachment uploads (docs/protocol-ws.md §9.1) through a real relay: chunks at
 offsets, repeats, mismatches answered with the offset to resume from, a chunk cut off midway,
-limits (chunk size, declared size, concurrent uploads, quotas), finish, expiry — on SQLite and
-PostgreSQL."""
+limits (chunk size, declared size, concurrent uploads, quotas), finish, expiry, and the
+uploader deleting a finished attachment (§9.2) — on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -288,3 +288,69 @@ async def test_an_upload_whose_bytes_were_lost_is_refused_as_unknown(tmp_path: P
         assert more.status_code == 404 and more.json()["error"] == "unknown_upload"
         assert await w.count(Attachment) == 0 and await w.count(AttachmentUpload) == 0
         assert _parts(w) == []
+
+
+def _blobs(w: World) -> list[str]:
+    root = w.relay.settings.data_dir.resolve() / "attachments"
+    return [p.name for p in root.rglob("*") if p.is_file() and "uploads" not in p.parts]
+
+
+async def _delete_flow(w: World) -> None:
+    """Only the uploading device deletes an attachment (one-shot or finished upload); its
+    bytes go at once and its quota is free again; deleting again is 204."""
+    token = auth_header(w["alice", 1].token)
+    async with w.relay.client() as http:
+        full = await http.post("/v1/attachments", content=b"f" * 16 * CHUNK, headers=token)
+        assert full.status_code == 201, full.text
+        up = await _create(http, token, 4 * CHUNK)
+        assert (await _patch(http, token, up["upload_id"], 0, b"u" * CHUNK)).status_code == 200
+        # 16 + 4 reserved chunks: the quota of 20 is used up.
+        assert (await http.post("/v1/attachments", content=b"x", headers=token)).status_code == 507
+        blob_id = full.json()["id"]
+        assert any(blob_id in name for name in _blobs(w))
+        for other in (w["bob", 1], w["alice", 2]):
+            refused = await http.delete(
+                f"/v1/attachments/{blob_id}", headers=auth_header(other.token)
+            )
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"] == "not_uploader"
+            assert "uploaded" in refused.json()["message"]
+        weird = await http.delete("/v1/attachments/not-an-id", headers=token)
+        assert weird.status_code == 404 and weird.json()["error"] == "unknown_attachment"
+        assert (await http.delete(f"/v1/attachments/{blob_id}")).status_code == 401
+
+        assert (await http.delete(f"/v1/attachments/{blob_id}", headers=token)).status_code == 204
+        assert not any(blob_id in name for name in _blobs(w))
+        gone = await http.get(f"/v1/attachments/{blob_id}", headers=token)
+        assert gone.status_code == 404 and gone.json()["error"] == "unknown_attachment"
+        again = await http.delete(f"/v1/attachments/{blob_id}", headers=token)
+        assert again.status_code == 204  # idempotent: nothing left to delete
+        # The quota is free again: the upload in progress fits and finishes.
+        for offset in range(CHUNK, 4 * CHUNK, CHUNK):
+            resp = await _patch(http, token, up["upload_id"], offset, b"u" * CHUNK)
+            assert resp.status_code == 200, resp.text
+        done = await http.post(f"/v1/attachments/uploads/{up['upload_id']}/finish", headers=token)
+        assert done.status_code == 201, done.text
+        finished = done.json()["id"]
+        assert (await http.delete(f"/v1/attachments/{finished}", headers=token)).status_code == 204
+        # With it goes the record of the upload that made it.
+        state = await http.get(f"/v1/attachments/uploads/{up['upload_id']}", headers=token)
+        assert state.status_code == 404 and state.json()["error"] == "unknown_upload"
+        assert (await http.post("/v1/attachments", content=b"y", headers=token)).status_code == 201
+    assert await w.count(AttachmentUpload) == 0
+    assert _blobs(w) != [] and not any(finished in name for name in _blobs(w))
+
+
+async def test_the_uploading_device_deletes_its_attachment_and_frees_its_quota(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, {"alice": [1, 2], "bob": [1]}, limits=QUOTA_LIMITS) as w:
+        await _delete_flow(w)
+
+
+@pytest.mark.postgres
+async def test_deleting_attachments_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    async with world(
+        tmp_path, {"alice": [1, 2], "bob": [1]}, database_url=postgres_url, limits=QUOTA_LIMITS
+    ) as w:
+        await _delete_flow(w)

@@ -1,6 +1,6 @@
 """Files between the browser and `vox`: encrypted and padded in the browser, uploaded with
 progress, decrypted by Python byte for byte; an image from Python shown inline after
-decryption in the browser."""
+decryption in the browser; a file deleted for everyone by its sender leaves the relay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from tests.web.support import RelayProc, Vox, open_app, open_chat, register_in_browser, unique
+from tests.web.support import (
+    TIMEOUT_MS,
+    RelayProc,
+    Vox,
+    act,
+    open_app,
+    open_chat,
+    register_in_browser,
+    unique,
+)
 
 
 def tiny_png(width: int = 24, height: int = 16) -> bytes:
@@ -73,3 +82,45 @@ def test_files_both_ways_with_an_inline_image(
     saved = tmp_path / "downloaded.png"
     info.value.save_as(saved)
     assert saved.read_bytes() == png.read_bytes()
+
+
+def _blobs(relay: RelayProc) -> set[str]:
+    """The attachments the relay stores (``<data>/attachments/<xx>/<id>``)."""
+    root = relay.data_dir / "attachments"
+    return {
+        p.name for p in root.glob("*/*") if p.is_file() and p.parent.name not in {"tmp", "uploads"}
+    }
+
+
+def test_a_file_deleted_for_everyone_is_deleted_on_the_relay(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    """The sender's browser deletes its file message for everyone: the DELETE content goes
+    to the peer and the blob leaves the relay at once (``DELETE /v1/attachments/{id}``,
+    protocol-ws §9.2) — it used to stay until it expired (30 days)."""
+    alice, bob = unique("alice"), unique("bob")
+    vox = Vox(tmp_path / "bob", relay, bob).register()
+    page = open_app(context, relay)
+    register_in_browser(page, alice)
+    open_chat(page, bob)
+    before = _blobs(relay)
+    page.get_by_test_id("attach-file").set_input_files(
+        files=[{"name": "plan.bin", "mimeType": "application/octet-stream", "buffer": b"p" * 5000}]
+    )
+    sent = page.locator(
+        '[data-testid="message"][data-state="sent"]', has=page.get_by_test_id("attachment")
+    )
+    sent.wait_for()
+    mid = str(sent.get_attribute("data-message-id"))
+    vox.receive_until(lambda g: any(m.get("attachment") for m in g))
+    [blob] = _blobs(relay) - before
+
+    act(page, mid, "action-delete-everyone")
+    vox.receive_until(
+        lambda g: any(e.get("kind") == "delete" and str(e.get("target")).lower() == mid for e in g)
+    )
+    for _ in range(TIMEOUT_MS // 100):
+        if blob not in _blobs(relay):
+            break
+        page.wait_for_timeout(100)
+    assert blob not in _blobs(relay)

@@ -316,6 +316,7 @@ export class Engine {
       nextKey: (conv) => this.nextKey(conv),
       sendOperation: (conv, id, content, apply) => this.sendOperation(conv, id, content, apply),
       cancelUnsent: (id) => this.cancelUnsent(id),
+      withdrawFile: (m) => this.withdrawFile(m),
       changed: () => this.changed(),
       now: () => this.clock(),
     });
@@ -1017,6 +1018,26 @@ export class Engine {
    * not in the outbox or may have reached the relay (on its way, or handed before): it cannot
    * be recalled.
    */
+  /**
+   * Our file message ``m`` was cancelled or deleted for everyone: its blob is deleted on the
+   * relay (protocol-ws §9.2) if this device uploaded it — only that device may. Best effort:
+   * a relay that cannot be reached (or is older) keeps it until it expires.
+   */
+  private withdrawFile(m: Message): void {
+    const id = this.identity;
+    if (!m.file || !id || m.from !== id.user || m.device !== id.device) return;
+    let blobId: string;
+    try {
+      blobId = ATT.decodePointer(m.file.pointer).blobId;
+    } catch {
+      return;
+    }
+    if (!blobId) return;
+    void this.api
+      .call("DELETE", `/v1/attachments/${encodeURIComponent(blobId)}`)
+      .catch((e) => console.warn("the attachment was not deleted on the relay (it expires)", e));
+  }
+
   private cancelUnsent(id: string): { changes: [string, unknown][]; undo: () => void } | null {
     const p = this.outbox.get(id);
     if (!p || !neverHanded(p)) return null;

@@ -99,6 +99,12 @@ export interface OpsHost {
    * commit with its removal, ``undo`` if that commit fails. Null when it is not queued unsent.
    */
   cancelUnsent(id: string): { changes: Changes; undo: () => void } | null;
+  /**
+   * Our file message ``m`` was cancelled before it left or deleted for everyone: its blob goes
+   * from the relay (``DELETE /v1/attachments/{id}``) if this device uploaded it. Not awaited,
+   * best effort: a blob the relay keeps expires.
+   */
+  withdrawFile(m: Message): void;
   changed(): void;
   /** The engine's clock (Unix ms). */
   now(): number;
@@ -311,18 +317,20 @@ export class MessageOps {
    * Delete our message ``id`` for everyone (a tombstone on every device). Still queued and never
    * handed to the relay, it is not sent at all (nor the edits and reactions queued on it) and is
    * removed here: no DELETE is needed. On its way (or possibly delivered) it cannot be recalled:
-   * the DELETE is queued behind it.
+   * the DELETE is queued behind it. A file's blob is deleted on the relay either way.
    */
   async deleteForEveryone(conv: string, id: string): Promise<void> {
     const m = this.message(conv, id);
     if (m.from !== this.host.user) throw new Error("only your own messages can be deleted for everyone");
     if (m.deleted) return;
+    const file = m.file ? { ...m } : null; // the tombstone drops ``m.file``
     const cancelled = this.host.cancelUnsent(m.id);
     if (cancelled) {
       await this.remove([m], cancelled);
-      return;
+    } else {
+      await this.send(conv, { type: 10, target: fromHex(m.id) });
     }
-    await this.send(conv, { type: 10, target: fromHex(m.id) });
+    if (file) this.host.withdrawFile(file);
   }
 
   /** Set (or with "" remove) our reaction to ``id``. */
@@ -339,12 +347,14 @@ export class MessageOps {
 
   /**
    * Delete ``id`` from this device only. Our message still queued and never handed to the relay
-   * is not sent at all (nor the edits and reactions queued on it); one on its way still goes,
-   * and stays deleted here.
+   * is not sent at all (nor the edits and reactions queued on it; a file's blob is deleted on
+   * the relay); one on its way still goes, and stays deleted here.
    */
   async deleteForMe(conv: string, id: string): Promise<void> {
     const m = this.message(conv, id);
-    await this.remove([m], m.from === this.host.user ? this.host.cancelUnsent(m.id) : null);
+    const cancelled = m.from === this.host.user ? this.host.cancelUnsent(m.id) : null;
+    await this.remove([m], cancelled);
+    if (cancelled && m.file) this.host.withdrawFile(m);
   }
 
   // --- disappearing messages -------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""A file message withdrawn by its sender takes its blob off the relay at once
+(``DELETE /v1/attachments/{id}``, docs/protocol-ws.md §9.2): deleted for everyone after it
+left, or cancelled while it was still queued. Real clients, a real relay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from clients.sdk import Message, MessageQueued, VoxClient
+from clients.sdk.errors import RelayUnavailable
+from clients.sdk.transport import RelaySocket
+from crypto.attachments import AttachmentPointer
+from server.errors import NotFound
+from tests.clients.conftest import Factory
+from tests.clients.kit import wait_for
+from tests.server.relay_harness import Relay
+
+
+def blob_of(client: VoxClient, message_id: str) -> str:
+    stored = client.store.get_message(message_id)
+    assert stored is not None and stored.attachment is not None
+    return AttachmentPointer.from_bytes(bytes.fromhex(str(stored.attachment["pointer"]))).blob_id
+
+
+async def stored_on(relay: Relay, blob_id: str) -> bool:
+    try:
+        await relay.state.attachments.lookup(blob_id)
+    except NotFound:
+        return False
+    return True
+
+
+async def test_a_file_deleted_for_everyone_is_deleted_on_the_relay(
+    make_client: Factory, relay: Relay, tmp_path: Path
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    got: list[Message] = []
+    bob.on_event(lambda e: got.append(e) if isinstance(e, Message) and e.attachment else None)
+    await alice.connect()
+    await bob.connect()
+    source = tmp_path / "plan.txt"
+    source.write_bytes(b"the plan" * 1000)
+    sent = await alice.send_file("bob", source)
+    await wait_for(lambda: bool(got))
+    blob_id = blob_of(alice, sent.id)
+    assert await stored_on(relay, blob_id)
+
+    await alice.delete("bob", sent.id)
+    assert not await stored_on(relay, blob_id)
+    await wait_for(lambda: (m := bob.store.get_message(sent.id)) is not None and m.deleted)
+
+
+async def test_a_queued_file_message_cancelled_takes_its_blob_with_it(
+    make_client: Factory, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's WebSocket cannot connect, REST works: the file is uploaded, its message
+    queued, never handed to the relay; deleting it withdraws it and deletes the blob."""
+    alice = await make_client("alice")
+    await make_client("bob")
+
+    async def unreachable(*args: object, **kwargs: object) -> NoReturn:
+        raise RelayUnavailable(relay.base_url, "the test keeps the WebSocket down")
+
+    monkeypatch.setattr(RelaySocket, "connect", unreachable)
+    source = tmp_path / "draft.txt"
+    source.write_bytes(b"draft" * 1000)
+    with pytest.raises(MessageQueued) as queued:
+        await alice.send_file("bob", source)
+    mid = queued.value.message_id
+    blob_id = blob_of(alice, mid)
+    assert await stored_on(relay, blob_id)
+
+    assert await alice.delete("bob", mid, for_me=True) is None
+    assert alice.store.get_message(mid) is None
+    assert not await stored_on(relay, blob_id)
