@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,7 +20,10 @@ from server.auth.service import AuthenticatedDevice, authenticate_token
 from server.delivery.budgets import Budget
 from server.delivery.connection import DeviceConnection, sansio_protocol_of
 from server.delivery.frames import (
+    AckIn,
+    ClientFrame,
     FrameError,
+    SendIn,
     dumps,
     parse_client_frame,
     parse_frame,
@@ -182,63 +186,158 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         )
     )
     conn.wake()  # (re)deliver whatever is queued
-    pk, account = device.device_pk, device.account_id
+    reader = _FrameReader(conn, service, device.device_pk, device.account_id)
+    # On uvicorn's sans-I/O protocol (ours) messages are handed to ``reader.frame`` as they
+    # are parsed, in ``data_received`` (``GuardedWebSocketProtocol.hand_frames_to``): no
+    # queue, no wake-up of this task per message. This task then only sees what the handler
+    # left to finish asynchronously (a shared budget's lease to refill), messages that came
+    # while it did, and the disconnect.
+    direct = protocol is not None and hasattr(protocol, "hand_frames_to")
+    if direct:
+        protocol.hand_frames_to(reader.frame)
     # uvicorn's own receive when it serves the socket: Starlette's wrapper only re-checks the
     # message type (uvicorn sends nothing else) and tracks a state nothing reads after this.
     receive = protocol.receive if protocol is not None else ws.receive
-    frames, frame_bytes = budgets.frames, budgets.frame_bytes
-    sends, account_sends = budgets.sends, budgets.account_sends
     try:
         while True:
+            if direct:
+                protocol.resume_handler()  # only once nothing queued is left
             message = await receive()
-            if message["type"] == "websocket.disconnect":
+            kind = message["type"]
+            if kind == "websocket.disconnect":
                 break
-            if conn.closing:
+            if kind == "vox.pending":
+                await message["pending"]
                 continue
+            if kind == "vox.error":
+                raise message["error"]
             text = message.get("text")
             size = _utf8_len(text) if text is not None else len(message.get("bytes") or b"")
-            try:
-                # Charged before anything looks inside the frame. Inlined ``_charge``: a local
-                # bucket (or a lease in hand) is spent synchronously, no coroutine per charge.
-                if not frames.take(pk):
-                    await frames.spend(pk)
-                if not frame_bytes.take(pk, size):
-                    await frame_bytes.spend(pk, size)
-            except RateLimited:
-                conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                continue
-            if text is None:
-                conn.close(CloseCode.BAD_FRAME, "binary frames are not supported; send JSON text")
-                continue
-            if size > cfg.max_frame_bytes:
-                conn.close(CloseCode.TOO_LARGE, "frame too large")
-                continue
-            try:
-                frame = parse_frame(text)
-                if isinstance(frame, dict) and frame["type"] == "send":
-                    if not sends.take(pk):
-                        await sends.spend(pk)
-                    if not account_sends.take(account):
-                        await account_sends.spend(account)
-                service.handle_frame(conn, frame)
-            except FrameError as exc:
-                if exc.code == "malformed":
-                    conn.close(CloseCode.BAD_FRAME, exc.message)
-                    continue
-                if exc.code in INVALID_FRAME_CODES:
-                    try:
-                        await _charge(budgets.invalid, pk)
-                    except RateLimited:
-                        conn.close(CloseCode.BAD_FRAME, "too many invalid frames")
-                        continue
-                conn.push_frame(service.frame_error(exc))
-            except RateLimited:
-                conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+            pending = reader.frame(text, size)
+            if pending is not None:
+                await pending
     finally:
+        if direct:
+            protocol.hand_frames_to(None)
         expiry.cancel()
         service.hub.detach(sender.device_pk, conn)
         conn.shutdown()
-        budgets.forget(pk, account)
+        budgets.forget(device.device_pk, device.account_id)
+
+
+class _FrameReader:
+    """The frames of one authenticated connection, each handled synchronously as far as it
+    can be: every step returns ``None`` when the frame is done, or an awaitable that finishes
+    it (only a shared budget whose local lease is spent needs one: a round trip to Redis).
+
+    Order of the work, as documented (``server/delivery/budgets.py``): the frame count and
+    byte budgets are charged before anything looks inside the frame; then binary and oversized
+    frames close the connection; then the frame is parsed, a ``send`` is charged to the
+    device's and the account's send budgets, and the service handles it. A refused frame is
+    charged to the invalid-frame budget and answered with an ``error``.
+    """
+
+    __slots__ = ("_account", "_budgets", "_conn", "_max_frame_bytes", "_pk", "_service")
+
+    def __init__(
+        self, conn: DeviceConnection, service: DeliveryService, pk: int, account: int
+    ) -> None:
+        self._conn = conn
+        self._service = service
+        self._budgets = service.budgets
+        self._max_frame_bytes = service.config.max_frame_bytes
+        self._pk = pk
+        self._account = account
+
+    def frame(self, text: str | None, size: int) -> Awaitable[None] | None:
+        """One message (``text`` ``None``: a binary one) of ``size`` bytes."""
+        if self._conn.closing:
+            return None
+        return self._charge(self._budgets.frames, self._pk, 1.0, self._sized, text, size)
+
+    def _sized(self, text: str | None, size: int) -> Awaitable[None] | None:
+        return self._charge(self._budgets.frame_bytes, self._pk, size, self._parse, text, size)
+
+    def _parse(self, text: str | None, size: int) -> Awaitable[None] | None:
+        conn = self._conn
+        if text is None:
+            conn.close(CloseCode.BAD_FRAME, "binary frames are not supported; send JSON text")
+            return None
+        if size > self._max_frame_bytes:
+            conn.close(CloseCode.TOO_LARGE, "frame too large")
+            return None
+        try:
+            frame = parse_frame(text)
+        except FrameError as exc:
+            return self._refused(exc)
+        if isinstance(frame, dict) and frame["type"] == "send":
+            return self._charge(self._budgets.sends, self._pk, 1.0, self._send, frame)
+        return self._handle(frame)
+
+    def _send(self, frame: SendIn) -> Awaitable[None] | None:
+        budget = self._budgets.account_sends
+        return self._charge(budget, self._account, 1.0, self._handle, frame)
+
+    def _handle(self, frame: SendIn | AckIn | ClientFrame) -> Awaitable[None] | None:
+        try:
+            self._service.handle_frame(self._conn, frame)
+        except FrameError as exc:
+            return self._refused(exc)
+        return None
+
+    def _refused(self, exc: FrameError) -> Awaitable[None] | None:
+        conn = self._conn
+        if exc.code == "malformed":
+            conn.close(CloseCode.BAD_FRAME, exc.message)
+            return None
+        if exc.code in INVALID_FRAME_CODES:
+            return self._charge(self._budgets.invalid, self._pk, 1.0, self._answer, exc)
+        self._answer(exc)
+        return None
+
+    def _answer(self, exc: FrameError) -> None:
+        self._conn.push_frame(self._service.frame_error(exc))
+
+    def _charge(
+        self,
+        budget: Budget,
+        key: Hashable,
+        cost: float,
+        then: Callable[..., Awaitable[None] | None],
+        *args: Any,
+    ) -> Awaitable[None] | None:
+        """Spend ``cost`` from ``budget`` and go on with ``then(*args)``; over the budget the
+        connection is closed (and the frame dropped)."""
+        try:
+            if budget.take(key, cost):
+                return then(*args)
+        except RateLimited:
+            self._over(budget)
+            return None
+        return self._refill(budget, key, cost, then, args)
+
+    async def _refill(
+        self,
+        budget: Budget,
+        key: Hashable,
+        cost: float,
+        then: Callable[..., Awaitable[None] | None],
+        args: tuple[Any, ...],
+    ) -> None:
+        try:
+            await budget.spend(key, cost)
+        except RateLimited:
+            self._over(budget)
+            return
+        pending = then(*args)
+        if pending is not None:
+            await pending
+
+    def _over(self, budget: Budget) -> None:
+        if budget is self._budgets.invalid:
+            self._conn.close(CloseCode.BAD_FRAME, "too many invalid frames")
+        else:
+            self._conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
 
 
 class WebSocketFastPath:

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import resource
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,15 +48,23 @@ from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from server.logs import log_event
+
+try:  # websockets' C speedup, as its own frame parser uses it
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - no compiler where websockets was installed
+    from websockets.utils import apply_mask
 from server.metrics import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 
 __all__ = [
     "OPS_PATHS",
     "PRE_AUTH_MAX_BYTES",
     "ConnectionGuard",
+    "FrameHandler",
     "GuardCollector",
     "GuardedHttpProtocol",
     "GuardedWebSocketProtocol",
@@ -345,8 +353,40 @@ class _ServerProtocol(ServerProtocol):
         super().fail(code, reason)
 
 
+#: What a frame handler (:meth:`GuardedWebSocketProtocol.hand_frames_to`) is given per message:
+#: its text (``None`` for a binary message) and its size in bytes; it returns ``None`` when it
+#: is done with the message, or an awaitable that finishes it (e.g. a rate-limit lease to refill).
+FrameHandler = Callable[[str | None, int], Awaitable[None] | None]
+
+_SERVER_PARSE = ServerProtocol.parse.__code__
+_FRAMES_PARSE = Protocol.parse.__code__
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def _between_frames(conn: ServerProtocol) -> bool:
+    """True if ``conn``'s parser has read every byte it was given and waits for the first
+    byte of a new frame (not inside a frame, a fragmented message or the closing handshake):
+    then bytes up to a frame boundary may be parsed elsewhere and the rest fed to it."""
+    outer = conn.parser
+    if getattr(outer, "gi_code", None) is not _SERVER_PARSE:
+        return False
+    frames = outer.gi_yieldfrom  # type: ignore[attr-defined]
+    if getattr(frames, "gi_code", None) is not _FRAMES_PARSE:
+        return False
+    waiting = frames.gi_yieldfrom
+    return (
+        getattr(waiting, "gi_code", None) is _AT_EOF
+        and not conn.reader.buffer
+        and not conn.reader.eof
+        and conn.current_size is None
+        and conn.state is OPEN
+    )
+
+
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol: small frames until authenticated, a clean 1009."""
+    """uvicorn's sans-I/O WebSocket protocol: small frames until authenticated, a clean 1009,
+    and, once the app asks for it (:meth:`hand_frames_to`), messages handed to the app's
+    handler as they arrive instead of through the ASGI receive queue."""
 
     def __init__(
         self,
@@ -367,6 +407,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             logger=logging.getLogger("uvicorn.error"),
         )
         self._lingering = False
+        self._handler: FrameHandler | None = None
+        #: Messages go through the queue while True (the app is finishing an earlier one).
+        self._handler_paused = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take over the tracking record the HTTP protocol made for this transport."""
@@ -375,6 +418,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
+        self._handler = None
         if self.tracked is not None:
             self.guard.release(self.tracked)
         super().connection_lost(exc)
@@ -390,10 +434,107 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         """The app authenticated the device: frames up to ``max_frame_bytes`` from now on."""
         self.conn.max_message_size = self.max_frame_bytes
 
+    # -- messages straight to the app --------------------------------------------------------
+    #
+    # Through ASGI every message costs a queue entry, a wake-up of the app's task, a pause and
+    # a resume of reading, and websockets' generator-based frame parser. Once the app hands us
+    # a handler, a message is given to it synchronously from ``data_received``, in order with
+    # everything else:
+    #
+    # * while the handler is *paused* (set up, or finishing a message asynchronously) messages
+    #   queue as before; the app's task works through the queue and calls
+    #   :meth:`resume_handler` when the queue is empty;
+    # * what the handler returns to be awaited, or raises, is queued (``vox.pending`` /
+    #   ``vox.error``) for the app's task, and the handler pauses until then;
+    # * unmasked, fragmented, control, non-text, oversized (``max_message_size``) and non-UTF-8
+    #   frames, and anything while the connection is closing, go through websockets and uvicorn
+    #   exactly as before (close codes included); simple text frames at a frame boundary are
+    #   parsed here (:meth:`_simple_frames`).
+
+    def hand_frames_to(self, handler: FrameHandler | None) -> None:
+        """From now on give messages to ``handler`` (paused until :meth:`resume_handler`);
+        ``None`` stops it."""
+        self._handler = handler
+        self._handler_paused = True
+
+    def resume_handler(self) -> None:
+        """The app's task has nothing queued left: messages go to the handler again."""
+        if self.queue.empty():
+            self._handler_paused = False
+
+    def _give(self, text: str | None, size: int) -> None:
+        handler = self._handler
+        assert handler is not None
+        try:
+            pending = handler(text, size)
+        except Exception as exc:  # the app's task raises it, as if it had read the message
+            self._handler_paused = True
+            self.queue.put_nowait({"type": "vox.error", "error": exc})  # type: ignore[arg-type]
+            return
+        if pending is not None:
+            self._handler_paused = True
+            self.queue.put_nowait({"type": "vox.pending", "pending": pending})  # type: ignore[arg-type]
+
+    def send_receive_event_to_app(self) -> None:
+        """A whole message (parsed by websockets): to the handler, or queued as before."""
+        if self._handler is None or self._handler_paused or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        if self.curr_msg_data_type == "text":
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:  # uvicorn's own answer (close 1007)
+                super().send_receive_event_to_app()
+                return
+            self.frames = []
+            self._give(text, len(data))
+        else:
+            self.frames = []
+            self._give(None, len(data))
+
+    def _simple_frames(self, data: bytes) -> bytes:
+        """Give the handler every leading whole, masked, unfragmented text frame of ``data``;
+        return the rest (from the first frame that is anything else, or incomplete)."""
+        conn = self.conn
+        if not _between_frames(conn):
+            return data
+        limit = conn.max_message_size
+        pos = 0
+        end = len(data)
+        while end - pos >= 6 and not self._handler_paused and self._handler is not None:
+            second = data[pos + 1]
+            if data[pos] != 0x81 or second < 0x80:  # FIN + text, masked
+                break
+            length = second & 0x7F
+            start = pos + 6
+            if length == 126:
+                start = pos + 8
+                if end < start:
+                    break
+                length = data[pos + 2] << 8 | data[pos + 3]
+            elif length == 127:
+                break
+            stop = start + length
+            if stop > end or (limit is not None and length > limit) or self.close_sent:
+                break
+            payload = apply_mask(data[start:stop], data[start - 4 : start])
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                break
+            pos = stop
+            self._give(text, length)
+        return data[pos:] if pos else data
+
     def data_received(self, data: bytes) -> None:
         """Feed the parser; after an oversized frame, drop what the peer still sends."""
         if self._lingering:
             return
+        if self._handler is not None and not self._handler_paused:
+            data = self._simple_frames(data)
+            if not data:
+                return
         super().data_received(data)
 
     def handle_parser_exception(self) -> None:
