@@ -58,23 +58,33 @@ class RateLimiter:
         self.what = what
         self.max_keys = max_keys
         self.clock = clock
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        #: key -> [tokens, last refill time] (a list: updated in place on every check)
+        self._buckets: dict[Hashable, list[float]] = {}
 
     async def acquire(self, key: Hashable, cost: float = 1.0) -> None:
         """:meth:`check` (the :class:`Limiter` interface)."""
         self.check(key, cost)
 
-    def check(self, key: Hashable, cost: float = 1.0) -> None:
-        """Take ``cost`` tokens for ``key`` or raise :class:`RateLimited` with a retry delay."""
-        now = self.clock.monotonic()
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+    def check(self, key: Hashable, cost: float = 1.0, now: float | None = None) -> None:
+        """Take ``cost`` tokens for ``key`` or raise :class:`RateLimited` with a retry delay.
+
+        ``now``: the clock's ``monotonic()`` if the caller read it already (a WebSocket frame
+        is charged to several buckets at one instant: one clock read for all of them)."""
+        if now is None:
+            now = self.clock.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [self.capacity, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
+        bucket[1] = now
         if tokens < cost:
-            self._buckets[key] = (tokens, now)
+            bucket[0] = tokens
             raise RateLimited(
                 f"too many {self.what}; slow down", retry_after=(cost - tokens) / self.rate
             )
-        self._buckets[key] = (tokens - cost, now)
+        bucket[0] = tokens - cost
         if len(self._buckets) > self.max_keys:
             self._prune(now)
 

@@ -44,11 +44,12 @@ class Budget:
         self.lease = max(1.0, local.capacity / 10)
         self._leases: dict[Hashable, float] = {}
 
-    def take(self, key: Hashable, cost: float = 1.0) -> bool:
-        """Spend ``cost`` without waiting: True if done, False if :meth:`refill` must run
-        first (shared buckets only). Raises :class:`RateLimited` when over budget."""
+    def take(self, key: Hashable, cost: float = 1.0, now: float | None = None) -> bool:
+        """Spend ``cost`` without waiting: True if done, False if :meth:`spend` must run
+        first (shared buckets only). Raises :class:`RateLimited` when over budget. ``now``:
+        the clock's ``monotonic()``, if the caller read it already."""
         if self.shared is None:
-            self.local.check(key, cost)
+            self.local.check(key, cost, now)
             return True
         have = self._leases.get(key, 0.0)
         if have < cost:

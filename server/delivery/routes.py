@@ -234,10 +234,11 @@ class _FrameReader:
     byte budgets are charged before anything looks inside the frame; then binary and oversized
     frames close the connection; then the frame is parsed, a ``send`` is charged to the
     device's and the account's send budgets, and the service handles it. A refused frame is
-    charged to the invalid-frame budget and answered with an ``error``.
+    charged to the invalid-frame budget and answered with an ``error``. The clock is read once
+    per frame (``now``, handed from step to step; ``None`` after a wait: read it again).
     """
 
-    __slots__ = ("_account", "_budgets", "_conn", "_max_frame_bytes", "_pk", "_service")
+    __slots__ = ("_account", "_budgets", "_clock", "_conn", "_max_frame_bytes", "_pk", "_service")
 
     def __init__(
         self, conn: DeviceConnection, service: DeliveryService, pk: int, account: int
@@ -245,6 +246,7 @@ class _FrameReader:
         self._conn = conn
         self._service = service
         self._budgets = service.budgets
+        self._clock = service.clock
         self._max_frame_bytes = service.config.max_frame_bytes
         self._pk = pk
         self._account = account
@@ -253,12 +255,14 @@ class _FrameReader:
         """One message (``text`` ``None``: a binary one) of ``size`` bytes."""
         if self._conn.closing:
             return None
-        return self._charge(self._budgets.frames, self._pk, 1.0, self._sized, text, size)
+        now = self._clock.monotonic()
+        return self._charge(self._budgets.frames, self._pk, 1.0, now, self._sized, text, size)
 
-    def _sized(self, text: str | None, size: int) -> Awaitable[None] | None:
-        return self._charge(self._budgets.frame_bytes, self._pk, size, self._parse, text, size)
+    def _sized(self, now: float | None, text: str | None, size: int) -> Awaitable[None] | None:
+        budget = self._budgets.frame_bytes
+        return self._charge(budget, self._pk, size, now, self._parse, text, size)
 
-    def _parse(self, text: str | None, size: int) -> Awaitable[None] | None:
+    def _parse(self, now: float | None, text: str | None, size: int) -> Awaitable[None] | None:
         conn = self._conn
         if text is None:
             conn.close(CloseCode.BAD_FRAME, "binary frames are not supported; send JSON text")
@@ -271,14 +275,16 @@ class _FrameReader:
         except FrameError as exc:
             return self._refused(exc)
         if isinstance(frame, dict) and frame["type"] == "send":
-            return self._charge(self._budgets.sends, self._pk, 1.0, self._send, frame)
-        return self._handle(frame)
+            return self._charge(self._budgets.sends, self._pk, 1.0, now, self._send, frame)
+        return self._handle(now, frame)
 
-    def _send(self, frame: SendIn) -> Awaitable[None] | None:
+    def _send(self, now: float | None, frame: SendIn) -> Awaitable[None] | None:
         budget = self._budgets.account_sends
-        return self._charge(budget, self._account, 1.0, self._handle, frame)
+        return self._charge(budget, self._account, 1.0, now, self._handle, frame)
 
-    def _handle(self, frame: SendIn | AckIn | ClientFrame) -> Awaitable[None] | None:
+    def _handle(
+        self, now: float | None, frame: SendIn | AckIn | ClientFrame
+    ) -> Awaitable[None] | None:
         try:
             self._service.handle_frame(self._conn, frame)
         except FrameError as exc:
@@ -291,11 +297,11 @@ class _FrameReader:
             conn.close(CloseCode.BAD_FRAME, exc.message)
             return None
         if exc.code in INVALID_FRAME_CODES:
-            return self._charge(self._budgets.invalid, self._pk, 1.0, self._answer, exc)
-        self._answer(exc)
+            return self._charge(self._budgets.invalid, self._pk, 1.0, None, self._answer, exc)
+        self._answer(None, exc)
         return None
 
-    def _answer(self, exc: FrameError) -> None:
+    def _answer(self, now: float | None, exc: FrameError) -> None:
         self._conn.push_frame(self._service.frame_error(exc))
 
     def _charge(
@@ -303,14 +309,15 @@ class _FrameReader:
         budget: Budget,
         key: Hashable,
         cost: float,
+        now: float | None,
         then: Callable[..., Awaitable[None] | None],
         *args: Any,
     ) -> Awaitable[None] | None:
-        """Spend ``cost`` from ``budget`` and go on with ``then(*args)``; over the budget the
-        connection is closed (and the frame dropped)."""
+        """Spend ``cost`` from ``budget`` and go on with ``then(now, *args)``; over the budget
+        the connection is closed (and the frame dropped)."""
         try:
-            if budget.take(key, cost):
-                return then(*args)
+            if budget.take(key, cost, now):
+                return then(now, *args)
         except RateLimited:
             self._over(budget)
             return None
@@ -329,7 +336,7 @@ class _FrameReader:
         except RateLimited:
             self._over(budget)
             return
-        pending = then(*args)
+        pending = then(None, *args)
         if pending is not None:
             await pending
 

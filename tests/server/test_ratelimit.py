@@ -56,3 +56,19 @@ def test_the_table_stays_bounded_and_drops_full_buckets_first() -> None:
     assert len(limiter._buckets) <= 101
     # "busy" was drained long ago and refilled: forgetting it lost nothing.
     limiter.check("busy")
+
+
+def test_a_caller_that_read_the_clock_hands_it_over() -> None:
+    """Several buckets charged at one instant (a WebSocket frame) share one clock read."""
+
+    class NoClock(Clock):
+        def monotonic(self) -> float:
+            raise AssertionError("the clock was read again")
+
+    limiter = RateLimiter(capacity=2, per_seconds=60, what="things", clock=NoClock())
+    limiter.check("a", 1.0, 1000.0)
+    limiter.check("a", 1.0, 1000.0)
+    with pytest.raises(RateLimited) as info:
+        limiter.check("a", 1.0, 1010.0)  # a third of a token back after 10 s
+    assert info.value.retry_after == pytest.approx(20)
+    limiter.check("a", 1.0, 1030.0)

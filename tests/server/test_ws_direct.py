@@ -15,6 +15,7 @@ import pytest
 
 from server.delivery.connection import DeviceConnection
 from server.edge.connections import GuardedWebSocketProtocol
+from server.ratelimit import RateLimiter
 from tests.server.relay_harness import make_settings, running_relay
 from tests.server.ws_kit import Peer, World, WsClient, open_ws, setup_accounts, world
 
@@ -118,6 +119,32 @@ async def test_an_error_in_the_handler_ends_the_connection_as_before(tmp_path: P
         async with open_ws(w.relay, w["bob", 1]) as b:  # the relay serves everyone else
             await b.send({"type": "ping", "id": "b"})
             assert await _pongs(b, 1) == ["b"]
+
+
+def _record_charges(limiter: RateLimiter, name: str, charged: list[tuple[str, Any]]) -> None:
+    check = limiter.check
+
+    def recording(key: Any, cost: float = 1.0, now: float | None = None) -> None:
+        charged.append((name, now))
+        check(key, cost, now)
+
+    limiter.check = recording  # type: ignore[method-assign]
+
+
+async def test_a_send_is_charged_to_its_four_budgets_at_one_clock_read(tmp_path: Path) -> None:
+    async with (
+        world(tmp_path, {"alice": [1], "bob": [1]}) as w,
+        open_ws(w.relay, w["alice", 1]) as a,
+    ):
+        budgets = w.relay.state.delivery.budgets
+        charged: list[tuple[str, Any]] = []
+        for name in ("frames", "frame_bytes", "sends", "account_sends"):
+            _record_charges(getattr(budgets, name).local, name, charged)
+        await a.send_message("m1", [(b"hello", [w["bob", 1]])])
+        await a.expect("accepted")
+        assert [n for n, _ in charged] == ["frames", "frame_bytes", "sends", "account_sends"]
+        (now,) = {now for _, now in charged}
+        assert now is not None
 
 
 @pytest.mark.redis
