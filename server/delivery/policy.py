@@ -121,20 +121,24 @@ class QueueUsage:
 class QueuePolicy:
     """Decides whether one more envelope fits a device's queue."""
 
-    __slots__ = ("limits",)
+    __slots__ = ("_max_bytes", "_max_depth", "_sender_bytes", "_sender_depth", "limits")
 
     def __init__(self, limits: QueueLimits) -> None:
         self.limits = limits
+        # Asked for every (recipient device, payload) of every send: the bounds, worked out once.
+        self._max_depth = limits.max_depth
+        self._max_bytes = limits.max_bytes
+        self._sender_depth = limits.sender_depth
+        self._sender_bytes = limits.sender_bytes
 
     def refusal(self, usage: QueueUsage, *, sender: int, owner: int, size: int) -> ErrorCode | None:
         """``None`` if an envelope of ``size`` bytes from account ``sender`` fits the queue
         of a device of account ``owner``; else the error code that refuses it."""
-        limits = self.limits
-        if usage.depth + 1 > limits.max_depth or usage.bytes + size > limits.max_bytes:
+        if usage.depth + 1 > self._max_depth or usage.bytes + size > self._max_bytes:
             return QUEUE_FULL
         if sender != owner:
             depth, used = usage.by_sender.get(sender, (0, 0))
-            if depth + 1 > limits.sender_depth or used + size > limits.sender_bytes:
+            if depth + 1 > self._sender_depth or used + size > self._sender_bytes:
                 return QUEUE_SHARE_FULL
         return None
 
@@ -166,18 +170,61 @@ def resolve_recipients(
 ) -> list[list[int]] | UnknownUsers | Mismatch:
     """Map each payload's ``(user, device id)`` recipients to device pks (same shape), given
     ``device_sets`` (username → {device id: device pk} of the users that exist); or say why
-    the send is refused. Recipients are distinct within a send (checked when it is parsed)."""
-    unknown = sorted({user for to in to_lists for user, _ in to} - device_sets.keys())
-    if unknown:
-        return UnknownUsers(unknown)
+    the send is refused. Recipients are distinct within a send (checked when it is parsed).
+
+    Every send of every batch comes through here: the common case (every addressed device
+    exists and every device set is covered) is decided by counting, in one pass; anything
+    else is left to :func:`_refusal`, which says exactly what is wrong."""
     addressed: dict[str, set[int]] = {}
+    pks: list[list[int]] = []
     for to in to_lists:
+        group: list[int] = []
         for user, device_id in to:
             devices = addressed.get(user)
             if devices is None:
                 addressed[user] = {device_id}
             else:
                 devices.add(device_id)
+            pk = device_sets.get(user, _NO_DEVICES).get(device_id)
+            if pk is None:  # an unknown user or device
+                return _refusal(to_lists, (sender_user, sender_device), device_sets, durable)
+            group.append(pk)
+        pks.append(group)
+    # Every addressed device exists: the sets match if they are as large as the device sets.
+    for user, devices in addressed.items():
+        expected = len(device_sets[user])
+        if user == sender_user:
+            if sender_device in devices:
+                return _refusal(to_lists, (sender_user, sender_device), device_sets, durable)
+            expected -= sender_device in device_sets[user]
+        if len(devices) != expected:
+            return _refusal(to_lists, (sender_user, sender_device), device_sets, durable)
+    if durable and sender_user not in addressed:
+        own = device_sets.get(sender_user)
+        if own is None or len(own) != (sender_device in own):  # other devices get a copy
+            return _refusal(to_lists, (sender_user, sender_device), device_sets, durable)
+    return pks
+
+
+_NO_DEVICES: dict[int, int] = {}
+
+
+def _refusal(
+    to_lists: Sequence[Sequence[tuple[str, int]]],
+    sender: tuple[str, int],
+    device_sets: dict[str, dict[int, int]],
+    durable: bool,
+) -> list[list[int]] | UnknownUsers | Mismatch:
+    """:func:`resolve_recipients` the long way (unknown users, then the sets compared);
+    ``sender``: the sending (user, device id)."""
+    sender_user, sender_device = sender
+    unknown = sorted({user for to in to_lists for user, _ in to} - device_sets.keys())
+    if unknown:
+        return UnknownUsers(unknown)
+    addressed: dict[str, set[int]] = {}
+    for to in to_lists:
+        for user, device_id in to:
+            addressed.setdefault(user, set()).add(device_id)
     if durable and sender_user not in addressed:
         # The sender's other devices always get a copy.
         addressed[sender_user] = set()

@@ -3,6 +3,9 @@ sender's own devices) and the queue policy (depth, bytes, per-sender share)."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from server.clock import ShiftedClock
 from server.delivery.policy import (
     QUEUE_FULL,
@@ -12,6 +15,7 @@ from server.delivery.policy import (
     QueuePolicy,
     QueueUsage,
     UnknownUsers,
+    _refusal,
     resolve_recipients,
 )
 from server.diskguard import DiskGuard
@@ -115,3 +119,37 @@ def test_missing_and_stale_devices_are_listed_sorted() -> None:
 def test_unknown_users_are_named_before_anything_else() -> None:
     result = resolve_recipients([[("zed", 1), ("amy", 4)]], "alice", 1, SETS, durable=True)
     assert result == UnknownUsers(["amy", "zed"])
+
+
+_USERS = st.sampled_from(["alice", "bob", "carol", "zed"])
+_DEVICE_IDS = st.integers(min_value=1, max_value=4)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    device_sets=st.dictionaries(
+        _USERS, st.dictionaries(_DEVICE_IDS, st.integers(1, 99), min_size=0, max_size=4)
+    ),
+    to_lists=st.lists(
+        st.lists(st.tuples(_USERS, _DEVICE_IDS), max_size=5, unique=True), max_size=3
+    ),
+    sender_device=_DEVICE_IDS,
+    durable=st.booleans(),
+)
+def test_the_one_pass_resolution_agrees_with_the_long_way(
+    device_sets: dict[str, dict[int, int]],
+    to_lists: list[list[tuple[str, int]]],
+    sender_device: int,
+    durable: bool,
+) -> None:
+    """``resolve_recipients`` decides the common case by counting; on every input it must
+    give what the full comparison gives (recipients are distinct within a send)."""
+    seen = [r for to in to_lists for r in to]
+    if len(seen) != len(set(seen)):
+        return  # refused when the frame is parsed
+    device_sets.setdefault("alice", {})
+    device_sets["alice"].setdefault(sender_device, 1)
+    long_way = _refusal(to_lists, ("alice", sender_device), device_sets, durable)
+    assert resolve_recipients(to_lists, "alice", sender_device, device_sets, durable=durable) == (
+        long_way
+    )
