@@ -50,6 +50,7 @@ from clients.sdk import (
     SendFailed,
     SignedOut,
     VoxClient,
+    Withdrawn,
 )
 from clients.sdk.account import ProfileProtection, profile_protection
 from clients.store.errors import StoreError as StoreFailure
@@ -333,6 +334,8 @@ def delete(
     async def go(client: Api) -> str:
         conversation = await _target(client, target)
         result = await client.delete(conversation, message_id, for_me=for_me)
+        if isinstance(result, Withdrawn):
+            return "withdrawn before sending: it reached no one"
         return _done(result, "deleted on this device")
 
     typer.echo(run(_with_client(go)))

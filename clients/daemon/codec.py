@@ -26,6 +26,7 @@ from clients.sdk.models import (
     SignedOut,
     TypingEvent,
     Verification,
+    Withdrawn,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "operation_json",
     "result_json",
     "update_json",
+    "withdrawn_json",
 ]
 
 
@@ -140,6 +142,13 @@ def group_json(group: GroupInfo) -> dict[str, Any]:
 def result_json(value: SendResult) -> dict[str, Any]:
     """An accepted send."""
     return {"id": value.id, "accepted_at": value.accepted_at, "devices": value.devices}
+
+
+def withdrawn_json(value: Withdrawn) -> dict[str, Any]:
+    """A delete that withdrew our queued message before it was sent. Shaped like an accepted
+    send that reached no device (``accepted_at`` null, ``devices`` 0) plus ``withdrawn``, so
+    a caller that reads ``delete`` answers as sends keeps working."""
+    return {"id": value.id, "accepted_at": None, "devices": 0, "withdrawn": True}
 
 
 def verification_json(value: Verification) -> dict[str, Any]:

@@ -21,7 +21,15 @@ from clients.daemon import jsonrpc as rpc
 from clients.daemon.codec import event_from_json, message_from_json
 from clients.sdk.errors import ClientError, GroupError, MessageQueued
 from clients.sdk.linking import LinkInvitation
-from clients.sdk.models import DeviceInfo, Event, GroupInfo, Message, SendResult, Verification
+from clients.sdk.models import (
+    DeviceInfo,
+    Event,
+    GroupInfo,
+    Message,
+    SendResult,
+    Verification,
+    Withdrawn,
+)
 
 __all__ = ["RemoteApi", "RemoteClient", "RemoteError"]
 
@@ -249,9 +257,12 @@ class RemoteApi:
         return _maybe(await self.rpc.call("edit", to=target, id=message_id, text=text))
 
     async def delete(self, target: str, message_id: str, *, for_me: bool = False
-                     ) -> SendResult | None:  # fmt: skip
+                     ) -> SendResult | Withdrawn | None:  # fmt: skip
         """See :meth:`VoxClient.delete`."""
-        return _maybe(await self.rpc.call("delete", to=target, id=message_id, for_me=for_me))
+        answer = await self.rpc.call("delete", to=target, id=message_id, for_me=for_me)
+        if answer is not None and answer.get("withdrawn"):
+            return Withdrawn(answer["id"])
+        return _maybe(answer)
 
     async def react(self, target: str, message_id: str, emoji: str, *, remove: bool = False
                     ) -> SendResult | None:  # fmt: skip

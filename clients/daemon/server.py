@@ -28,10 +28,11 @@ from clients.daemon.codec import (
     operation_json,
     result_json,
     verification_json,
+    withdrawn_json,
 )
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, MessageQueued
-from clients.sdk.models import Event, SendResult
+from clients.sdk.models import Event, SendResult, Withdrawn
 from clients.sdk.protocol import message_from_stored
 from crypto.errors import VoxError
 
@@ -149,9 +150,7 @@ class Daemon:
             "group_remove": lambda p: self._group(c.remove_members(_str(p, "group"), _names(p))),
             "group_leave": lambda p: c.leave_group(_str(p, "group")),
             "edit": lambda p: self._op(c.edit(_str(p, "to"), _str(p, "id"), _str(p, "text"))),
-            "delete": lambda p: self._op(
-                c.delete(_str(p, "to"), _str(p, "id"), for_me=bool(p.get("for_me", False)))
-            ),
+            "delete": lambda p: self._delete(p),
             "react": lambda p: self._op(
                 c.react(
                     _str(p, "to"),
@@ -332,6 +331,13 @@ class Daemon:
     @staticmethod
     async def _op(work: Awaitable[SendResult | None]) -> dict[str, Any] | None:
         result = await work
+        return None if result is None else result_json(result)
+
+    async def _delete(self, p: dict[str, Any]) -> dict[str, Any] | None:
+        for_me = bool(p.get("for_me", False))
+        result = await self.client.delete(_str(p, "to"), _str(p, "id"), for_me=for_me)
+        if isinstance(result, Withdrawn):
+            return withdrawn_json(result)
         return None if result is None else result_json(result)
 
     async def _search(self, p: dict[str, Any]) -> list[dict[str, Any]]:

@@ -126,6 +126,7 @@ from clients.sdk.models import (
     SignedOut,
     TypingEvent,
     Verification,
+    Withdrawn,
     group_conversation,
 )
 
@@ -178,5 +179,6 @@ __all__ = [
     "UntrustedIdentity",
     "Verification",
     "VoxClient",
+    "Withdrawn",
     "group_conversation",
 ]

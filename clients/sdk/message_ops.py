@@ -37,13 +37,13 @@ from clients.sdk.errors import ClientError
 from clients.sdk.message_rules import (
     MAX_PENDING,
     PENDING_TTL,
-    _remove_file,
+    forget,
     parse_duration,
     run_sweeper,
     sweep,
     timer,
 )
-from clients.sdk.models import Message, SendResult
+from clients.sdk.models import Message, SendResult, Withdrawn
 from clients.store.models import StoredMessage, group_conversation, is_group_conversation
 
 __all__ = [
@@ -117,29 +117,28 @@ async def edit(core: Core, target: str, message_id: str, text: str) -> SendResul
 
 async def delete(
     core: Core, target: str, message_id: str, *, for_me: bool = False
-) -> SendResult | None:
+) -> SendResult | Withdrawn | None:
     """Delete a message for everyone (only our own), or only from this device.
 
     Our message still queued and never handed to the relay is withdrawn either way
     (:meth:`Outbox.cancel <clients.sdk.messaging.Outbox.cancel>`, with the edits and reactions
-    queued on it): it reaches no one, no DELETE goes out, and it is removed here. Once it may
-    have reached the relay it cannot be recalled: for me, it goes from this device only (a
-    copy that comes back stays deleted); for everyone, a DELETE follows it."""
+    queued on it): it reaches no one, no DELETE goes out, and it is removed here — returns
+    :class:`~clients.sdk.models.Withdrawn`. Once it may have reached the relay it cannot be
+    recalled: for me, it goes from this device only (a copy that comes back stays deleted;
+    returns None); for everyone, a DELETE follows it (its :class:`SendResult`)."""
     conversation = resolve_target(core, target)
     stored = _message(core, conversation, message_id)
     if stored.sender == core.username:
         with core.store.transaction():
             cancelled = core.outbox.cancel(conversation, stored.message_id)
             if cancelled:
-                _remove_file(stored)
-                core.store.forget_message(stored.message_id, time.time())
+                forget(core.store, stored, time.time())
         if cancelled:
             await attachments.delete_uploaded(core, stored)  # a file's blob: gone too
-            return None
+            return Withdrawn(stored.message_id)
     if for_me:
-        _remove_file(stored)
         # Remembered (in the same transaction): a copy that arrives again stays deleted.
-        core.store.forget_message(stored.message_id, time.time())
+        forget(core.store, stored, time.time())
         return None
     if stored.sender != core.username:
         raise ClientError("only your own messages can be deleted for everyone (use --for-me)")

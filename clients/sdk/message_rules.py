@@ -38,6 +38,8 @@ __all__ = [
     "MAX_PENDING",
     "PENDING_TTL",
     "apply",
+    "forget",
+    "forget_all",
     "on_stored",
     "parse_duration",
     "run_sweeper",
@@ -113,8 +115,13 @@ def apply(
     accepted by the relay (a timer change's row is ``pending`` until then, not ``sent``)."""
     at = _ms(now)
     if isinstance(content, TimerContent):
+        # A repeat (a resend under a new client id, a transcript) changes nothing: its row is
+        # stored already, or was deleted for me here (``gone:``) and stays deleted.
+        if store.is_gone(content.message_id.hex()) or not store.add_message(
+            _timer_notice(conversation, sender, content, now, own, pending)
+        ):
+            return []
         _set_timer(store, conversation, content.seconds)
-        store.add_message(_timer_notice(conversation, sender, content, now, own, pending))
         return [
             MessageUpdate(
                 "timer",
@@ -302,6 +309,27 @@ def on_stored(store: Store, message_id: str, now: float) -> list[MessageUpdate]:
     return events
 
 
+def forget(store: Store, stored: StoredMessage, now: float) -> None:
+    """Remove a message from this device for good (delete for me, disappeared): its file, its
+    row (remembered as ``gone:``, so a copy that arrives again stays deleted) and the
+    operations kept for it, in one transaction."""
+    forget_all(store, [stored], now)
+
+
+def forget_all(store: Store, messages: list[StoredMessage], now: float) -> None:
+    """:func:`forget` for several messages (the kept operations are read and written once)."""
+    if not messages:
+        return
+    with store.transaction():
+        for message in messages:
+            _remove_file(message)
+            store.forget_message(message.message_id, now)
+        ids = {m.message_id for m in messages}
+        pending = _load_pending(store)
+        if any(p.get("t") in ids for p in pending):
+            _save_pending(store, [p for p in pending if p.get("t") not in ids])
+
+
 def sweep(store: Store, now: float) -> list[str]:
     """Delete every message whose disappearing time has come (and its file); returns ids."""
     return [m.message_id for m in _sweep(store, now)]
@@ -310,9 +338,7 @@ def sweep(store: Store, now: float) -> list[str]:
 def _sweep(store: Store, now: float) -> list[StoredMessage]:
     with store.transaction():
         gone = store.expired_messages(now)
-        for message in gone:
-            _remove_file(message)
-            store.forget_message(message.message_id, now)
+        forget_all(store, gone, now)
     return gone
 
 

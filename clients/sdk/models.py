@@ -32,6 +32,7 @@ __all__ = [
     "ServerConfig",
     "TypingEvent",
     "Verification",
+    "Withdrawn",
     "group_conversation",
 ]
 
@@ -254,6 +255,14 @@ class SendResult:
     id: str
     accepted_at: int
     devices: int  # how many device copies the relay stored
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """A delete of our own message still queued and never handed to the relay: the send was
+    withdrawn (with the edits and reactions queued on it) — it reached no one."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from clients.sdk import Message, MessageQueued, VoxClient
+from clients.sdk import Message, MessageQueued, VoxClient, Withdrawn
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.transport import RelaySocket
 from crypto.attachments import AttachmentPointer
@@ -73,6 +73,6 @@ async def test_a_queued_file_message_cancelled_takes_its_blob_with_it(
     blob_id = blob_of(alice, mid)
     assert await stored_on(relay, blob_id)
 
-    assert await alice.delete("bob", mid, for_me=True) is None
+    assert await alice.delete("bob", mid, for_me=True) == Withdrawn(mid)
     assert alice.store.get_message(mid) is None
     assert not await stored_on(relay, blob_id)

@@ -9,14 +9,26 @@ this device only, for everyone a DELETE follows it in order.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from clients.sdk import ClientError, Event, Message, MessageQueued, MessageUpdate, VoxClient
+from clients.daemon import serving, socket_path
+from clients.daemon.remote import RemoteApi
+from clients.sdk import (
+    ClientError,
+    Event,
+    Message,
+    MessageQueued,
+    MessageUpdate,
+    VoxClient,
+    Withdrawn,
+)
 from clients.sdk.sendqueue import SendQueue, Transmit
 from tests.clients.kit import RelayProcess, receive_until, texts, vox, wait_for
 
@@ -83,9 +95,18 @@ async def test_a_queued_message_deleted_before_it_left_reaches_no_one(
         assert [(o.kind, o.target) for o in alice.operations()] == [
             ("edit", secret), ("reaction", secret),
         ]  # fmt: skip
+    finally:
+        await alice.close()
 
-        assert await alice.delete("bob", secret, for_me=for_me) is None
+    # `vox delete` says what happened: withdrawn, not "deleted on this device".
+    code, out, err = await vox(
+        tmp_path / "a", "delete", "bob", secret, *(["--for-me"] if for_me else [])
+    )
+    assert code == 0, err
+    assert out.strip() == "withdrawn before sending: it reached no one"
 
+    alice = await VoxClient.open(tmp_path / "a")
+    try:
         # Withdrawn at once, with the operations queued on it: nothing left to send or show.
         assert alice.queued() == [] and alice.operations() == []
         assert alice.store.outbox_pending() == []
@@ -109,6 +130,55 @@ async def test_a_queued_message_deleted_before_it_left_reaches_no_one(
     assert texts(events, "alice") == ["warm-up", "after"]  # no "secret", no operation on it
     assert _updates(events) == []
     assert not any(isinstance(e, Message) and e.id == secret for e in events)
+
+
+async def test_the_daemon_tells_a_withdrawn_delete_from_a_delete_for_me(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    """JSON-RPC ``delete``: ``null`` for me (as before); a withdrawn send answers like a send
+    that reached no device, plus ``"withdrawn": true`` (an older caller still reads it)."""
+    await _pair(tmp_path, relay)
+    relay.stop()
+    home = tmp_path / "a"
+    alice = await VoxClient.open(home)
+    first, second = secrets.token_hex(16), secrets.token_hex(16)
+    try:
+        for mid in (first, second):
+            with pytest.raises(MessageQueued):
+                await alice.send_text("bob", mid, message_id=mid)
+        warm_up = alice.history("bob")[0].id
+        async with serving(alice, home):
+            request = {"jsonrpc": "2.0", "id": 1, "method": "delete",
+                       "params": {"to": "bob", "id": first}}  # fmt: skip
+            request_for_me = {"jsonrpc": "2.0", "id": 2, "method": "delete",
+                              "params": {"to": "bob", "id": warm_up, "for_me": True}}  # fmt: skip
+            answers = await _raw(socket_path(home), request, request_for_me)
+            assert answers[0]["result"] == {
+                "id": first, "accepted_at": None, "devices": 0, "withdrawn": True,
+            }  # fmt: skip
+            assert answers[1]["result"] is None
+            api = await RemoteApi.connect(socket_path(home))
+            try:
+                assert await api.delete("bob", second, for_me=True) == Withdrawn(second)
+            finally:
+                await api.close()
+        assert alice.queued() == [] and alice.history("bob") == []
+    finally:
+        await alice.close()
+
+
+async def _raw(path: Path, *requests: dict[str, object]) -> list[dict[str, Any]]:
+    """The daemon's answers to ``requests`` (one connection, one at a time)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        answers = []
+        for request in requests:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            answers.append(json.loads(await reader.readline()))
+        return answers
+    finally:
+        writer.close()
 
 
 async def test_a_reply_to_a_cancelled_message_is_still_sent(
@@ -194,7 +264,7 @@ async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_
         try:
             send = asyncio.create_task(alice.send_text("bob", "secret", message_id=secret))
             await wait_for(lambda: any(r.key == secret for r in pipeline._queue))
-            assert await alice.delete("bob", secret) is None
+            assert await alice.delete("bob", secret) == Withdrawn(secret)
             with pytest.raises(ClientError, match="deleted before it was sent"):
                 await send
         finally:
