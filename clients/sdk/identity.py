@@ -40,6 +40,7 @@ from crypto.pqxdh import ConsumedPrekeys, LocalDevice, PrekeySecrets
 __all__ = [
     "DEFAULT_BATCH",
     "LAST_RESORT_ID_BASE",
+    "REPLAY_GUARD_CLOCK_MARGIN_S",
     "SIGNED_PREKEY_GRACE_S",
     "SIGNED_PREKEY_MAX_AGE_S",
     "LocalIdentity",
@@ -63,6 +64,9 @@ LAST_RESORT_ID_BASE: Final = 0x8000_0000
 #: one for 2 weeks after its replacement for late initiators.
 SIGNED_PREKEY_MAX_AGE_S: Final = 7 * 24 * 3600
 SIGNED_PREKEY_GRACE_S: Final = 14 * 24 * 3600
+#: A replay guard of the old name (``pqxdh:<hex>``, no key id) goes once it was written this
+#: long before every signed prekey still held was made (room for a clock set back).
+REPLAY_GUARD_CLOCK_MARGIN_S: Final = 24 * 3600
 
 
 def b64(data: bytes) -> str:
@@ -162,13 +166,24 @@ def one_time_batch(store: Store, identity: LocalIdentity, count: int) -> dict[st
 
 def _prune_replaced(store: Store, kind: PrekeyKind, now: float) -> None:
     """Delete keys of ``kind`` whose successor was made more than the grace period ago; with a
-    signed prekey, the replay guards naming it (a replay now fails: the key is gone)."""
+    signed prekey, the replay guards naming it (a replay now fails: the key is gone).
+
+    Guards written before the key id was part of their name (``pqxdh:<hex>``) name no key:
+    they go once written before every signed prekey still held was made (a guard's key was
+    made before the initial message it guards was accepted, so that key is gone too), with
+    :data:`REPLAY_GUARD_CLOCK_MARGIN_S` for a clock set back. One more statement, only in
+    the rotation that deletes a key (weekly)."""
     records = sorted(store.list_prekeys(kind), key=lambda r: (r.created_at, r.key_id))
+    deleted = False
     for old, successor in itertools.pairwise(records):
         if successor.created_at < now - SIGNED_PREKEY_GRACE_S:
             store.delete_prekey(kind, old.key_id)
+            deleted = True
             if kind is PrekeyKind.SIGNED:
                 store.prune_seen(math.inf, prefix=f"pqxdh:{old.key_id}:")
+    if deleted and kind is PrekeyKind.SIGNED:
+        held = min(r.created_at for r in store.list_prekeys(kind))
+        store.prune_seen(held - REPLAY_GUARD_CLOCK_MARGIN_S, prefix="pqxdh:")
 
 
 def _new_last_resort(store: Store, identity: LocalIdentity, now: float) -> dict[str, Any]:

@@ -255,7 +255,8 @@ async def prune_seen(core: Core) -> int:
     tombstones of messages removed here (``gone:``, :meth:`~clients.store.base.MessageStore.
     forget_message`: no copy of them can arrive any more either): older than its envelope TTL
     (from ``/v1/config``; a year when unknown) plus a day. Other ids in the table (``pqxdh:``
-    replay guards) are kept here: they go with the signed prekey they name
+    replay guards) are kept here: they go with the signed prekey they name, or the old
+    unnamed ones once older than every signed prekey held
     (:func:`clients.sdk.identity.rotate_signed_prekey`)."""
     ttl = 365 * 86400.0
     with contextlib.suppress(ClientError):

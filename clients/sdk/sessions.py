@@ -31,7 +31,7 @@ signed prekey it names is held: once that key is deleted (its successor is older
 grace period, :func:`clients.sdk.identity.rotate_signed_prekey`) a replay fails with
 ``UnknownPrekey`` anyway, and the guards naming it are deleted with it — so the seen set does
 not grow forever. (Guards written before the key id was part of the name, ``pqxdh:<hex>``,
-are still honoured, and kept.)
+are still honoured, and deleted by the rotation once older than every signed prekey held.)
 """
 
 from __future__ import annotations

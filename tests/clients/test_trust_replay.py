@@ -144,6 +144,44 @@ def test_a_guard_written_before_the_key_id_was_in_its_name_still_counts() -> Non
     assert deliver(bob, captured) == ["ReplayedInitialMessage"]
 
 
+def test_a_guard_of_the_old_name_goes_once_older_than_every_signed_prekey_held() -> None:
+    # Before, a guard written before the key id was in its name (pqxdh:<hex>) stayed forever.
+    bob, captured, _ = accepted_once()
+    (guard,) = guards(bob)
+    store = bob.store
+    assert isinstance(store, MemoryStore)
+    at = store._s.seen.pop(guard)
+    old_name = REPLAY_PREFIX + guard.rsplit(":", 1)[1]
+    store._s.seen[old_name] = at
+    bob.sessions.drop("alice", 1)
+
+    start = at + ids.REPLAY_GUARD_CLOCK_MARGIN_S + 3600  # made well after the guard
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=start)  # the old key is kept...
+    assert guards(bob) == [old_name]  # ...and so is the guard (it may name that key)
+    assert deliver(bob, captured) == ["ReplayedInitialMessage"]
+
+    later = start + ids.SIGNED_PREKEY_GRACE_S + 1
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=later)  # the old key goes
+    assert guards(bob) == []  # every key held was made after the guard: it names none
+    assert deliver(bob, captured) == ["UnknownPrekey"]  # refused all the same
+
+
+def test_a_guard_of_the_old_name_written_near_a_held_key_is_kept() -> None:
+    bob, _, _ = accepted_once()
+    (guard,) = guards(bob)
+    store = bob.store
+    assert isinstance(store, MemoryStore)
+    store._s.seen.pop(guard)
+    start = time.time()
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=start)
+    later = start + ids.SIGNED_PREKEY_GRACE_S + 1
+    # written (by this device's clock) shortly before the oldest key still held was made:
+    # within the margin, it may name that key
+    store._s.seen[REPLAY_PREFIX + guard.rsplit(":", 1)[1]] = start - 60
+    ids.rotate_signed_prekey(bob.store, bob.identity, now=later)
+    assert guards(bob) == [REPLAY_PREFIX + guard.rsplit(":", 1)[1]]
+
+
 def test_an_initial_message_with_a_one_time_prekey_is_not_recorded() -> None:
     alice, alice_key, alice_list, _ = device("alice")
     bob, bob_key, bob_list, upload = device("bob")
