@@ -133,20 +133,9 @@ def test_replay_guards_go_with_the_signed_prekey_they_name() -> None:
     assert bob.sessions.peer("alice", 1) is None
 
 
-def test_a_guard_written_before_the_key_id_was_in_its_name_still_counts() -> None:
-    bob, captured, _ = accepted_once()
-    (guard,) = guards(bob)
-    store = bob.store
-    assert isinstance(store, MemoryStore)
-    at = store._s.seen.pop(guard)
-    store._s.seen[REPLAY_PREFIX + guard.rsplit(":", 1)[1]] = at  # the old name: pqxdh:<hex>
-    bob.sessions.drop("alice", 1)
-    assert deliver(bob, captured) == ["ReplayedInitialMessage"]
-
-
-def test_a_guard_of_the_old_name_goes_once_older_than_every_signed_prekey_held() -> None:
-    # Before, a guard written before the key id was in its name (pqxdh:<hex>) stayed forever.
-    bob, captured, _ = accepted_once()
+def old_named_guard(bob: ClientProtocol) -> tuple[str, float]:
+    """Rename bob's one guard as an older version wrote it (``pqxdh:<hex>``, no key id) and
+    drop alice's session; returns the name and when it was written."""
     (guard,) = guards(bob)
     store = bob.store
     assert isinstance(store, MemoryStore)
@@ -154,6 +143,19 @@ def test_a_guard_of_the_old_name_goes_once_older_than_every_signed_prekey_held()
     old_name = REPLAY_PREFIX + guard.rsplit(":", 1)[1]
     store._s.seen[old_name] = at
     bob.sessions.drop("alice", 1)
+    return old_name, at
+
+
+def test_a_guard_written_before_the_key_id_was_in_its_name_still_counts() -> None:
+    bob, captured, _ = accepted_once()
+    old_named_guard(bob)
+    assert deliver(bob, captured) == ["ReplayedInitialMessage"]
+
+
+def test_a_guard_of_the_old_name_goes_once_older_than_every_signed_prekey_held() -> None:
+    # Before, a guard written before the key id was in its name (pqxdh:<hex>) stayed forever.
+    bob, captured, _ = accepted_once()
+    old_name, at = old_named_guard(bob)
 
     start = at + ids.REPLAY_GUARD_CLOCK_MARGIN_S + 3600  # made well after the guard
     ids.rotate_signed_prekey(bob.store, bob.identity, now=start)  # the old key is kept...
@@ -168,18 +170,17 @@ def test_a_guard_of_the_old_name_goes_once_older_than_every_signed_prekey_held()
 
 def test_a_guard_of_the_old_name_written_near_a_held_key_is_kept() -> None:
     bob, _, _ = accepted_once()
-    (guard,) = guards(bob)
+    old_name, _ = old_named_guard(bob)
     store = bob.store
     assert isinstance(store, MemoryStore)
-    store._s.seen.pop(guard)
     start = time.time()
     ids.rotate_signed_prekey(bob.store, bob.identity, now=start)
     later = start + ids.SIGNED_PREKEY_GRACE_S + 1
     # written (by this device's clock) shortly before the oldest key still held was made:
     # within the margin, it may name that key
-    store._s.seen[REPLAY_PREFIX + guard.rsplit(":", 1)[1]] = start - 60
+    store._s.seen[old_name] = start - 60
     ids.rotate_signed_prekey(bob.store, bob.identity, now=later)
-    assert guards(bob) == [REPLAY_PREFIX + guard.rsplit(":", 1)[1]]
+    assert guards(bob) == [old_name]
 
 
 def test_an_initial_message_with_a_one_time_prekey_is_not_recorded() -> None:
