@@ -14,6 +14,7 @@ device (``prekeys_drain``), so that it can notice an attack (``docs/protocol-rel
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from server.accounts import repository as account_repo
 from server.db.engine import write_lock
 from server.db.models import PREKEY_KIND_MLKEM, PREKEY_KIND_X25519, Account, Device
 from server.errors import BadRequest, Conflict, Gone, NotFound, PayloadTooLarge
+from server.logs import log_event
 from server.prekeys import repository as prekey_repo
 from server.settings import LimitSettings
 from wire.rest import PrekeyUpload, SignedPrekeyIn
@@ -205,6 +207,23 @@ async def prekey_counts(session: AsyncSession, device_pk: int) -> tuple[int, int
     return counts.get(PREKEY_KIND_X25519, 0), counts.get(PREKEY_KIND_MLKEM, 0)
 
 
+async def _claim_sound_x25519(
+    session: AsyncSession, device_pk: int
+) -> tuple[int, bytes, bytes] | None:
+    """Claim the device's oldest one-time X25519 prekey, re-checked against
+    :mod:`wire.weak_keys`: one stored before uploads were checked and found weak is deleted
+    (the claim deletes it) and the next one is claimed — a comparison per claim, and the
+    weak keys go as they come up instead of making bundles fail at the initiator."""
+    while True:
+        otk = await prekey_repo.claim_one_time(session, device_pk, PREKEY_KIND_X25519)
+        if otk is None:
+            return None
+        key = otk[1]
+        if not (len(key) == 33 and key[0] == 0x01 and x25519_weakness(key[1:])):
+            return otk
+        log_event("weak_prekey_discarded", logging.WARNING, device_pk=device_pk, key_id=otk[0])
+
+
 async def claim_bundle(
     session: AsyncSession,
     username: str,
@@ -239,7 +258,7 @@ async def claim_bundle(
         if total >= budget.per_target or mine >= budget.per_requester:
             entries.append(BundleEntry(device, None, None, withheld=True))  # signed + last resort
             continue
-        otk = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_X25519)
+        otk = await _claim_sound_x25519(session, device.pk)
         pq = await prekey_repo.claim_one_time(session, device.pk, PREKEY_KIND_MLKEM)
         entries.append(BundleEntry(device, otk, pq))
         if otk is None and pq is None:

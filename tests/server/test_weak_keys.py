@@ -149,3 +149,40 @@ async def test_a_prekey_upload_with_a_weak_key_is_refused(
         )
         _refused(resp, "invalid_key", "low-order")
     assert await table_snapshot(relay.app) == before
+
+
+async def test_a_weak_one_time_prekey_stored_before_the_check_is_discarded_at_claim(
+    relay: Relay, http: httpx.AsyncClient
+) -> None:
+    # Keys stored before uploads were checked are re-checked when claimed: a weak one is
+    # deleted and the next one handed out. Before, the weak key was handed out (and the
+    # initiator's PQXDH then failed with InvalidPublicKey: bob unreachable by that bundle).
+    from sqlalchemy import select, update
+
+    from server.db.models import PREKEY_KIND_X25519, OneTimePrekey
+    from server.state import relay_state
+
+    bob = TestAccount.new("bob")
+    body = bob.register_body(one_time=2)
+    assert (await http.post("/v1/accounts", json=body)).status_code == 201
+    weak = b"\x01" + WEAK_X25519[0]
+    kind = OneTimePrekey.kind == PREKEY_KIND_X25519
+    async with relay_state(relay.app).sessions() as session:
+        ids = await session.execute(select(OneTimePrekey.id).where(kind).order_by(OneTimePrekey.id))
+        oldest = ids.scalars().first()
+        await session.execute(
+            update(OneTimePrekey).where(OneTimePrekey.id == oldest).values(public_key=weak)
+        )
+        await session.commit()
+    token = await TestAccount.new("alice").register_and_login(http)
+    got = []
+    for _ in range(2):
+        resp = await http.get("/v1/prekeys/bob", headers=auth_header(token))
+        assert resp.status_code == 200, resp.text
+        (entry,) = resp.json()["devices"]
+        got.append(entry["one_time_prekey"])
+    second = body["prekeys"]["one_time_prekeys"][1]
+    assert got == [{**second, "signature": ""}, None]
+    async with relay_state(relay.app).sessions() as session:
+        rows = (await session.execute(select(OneTimePrekey.public_key).where(kind))).all()
+    assert all(bytes(r[0]) != weak for r in rows)
