@@ -1,5 +1,5 @@
-"""What the SQLite group-commit writer remembers between its transactions: device sets and
-queue usage.
+"""What the SQLite group-commit writer remembers between its transactions: device sets, the
+device pks each addressing resolved to, and queue usage.
 
 Every batch needs the device sets of the users it names and the queue usage of the devices it
 fills. On SQLite the writer's connection is the only one that writes queue rows while the
@@ -26,7 +26,11 @@ from sqlalchemy.engine import Connection
 from server.delivery.policy import QueueUsage
 from server.delivery.repository import BatchReads, DeliveryRepository, DeviceSets
 
-__all__ = ["WriterCache"]
+__all__ = ["Route", "WriterCache"]
+
+#: How a send addresses its payloads: (sender's username, sender's device id, durable, each
+#: payload's ``(user, device id)`` recipients).
+Route = tuple[str, int, bool, tuple[tuple[tuple[str, int], ...], ...]]
 
 #: Entries kept at most (each kind); past that the cache starts over (bounded memory).
 _MAX_ENTRIES = 50_000
@@ -35,7 +39,7 @@ _MAX_ENTRIES = 50_000
 class WriterCache:
     """Device sets and queue usage valid while ``PRAGMA data_version`` stays the same."""
 
-    __slots__ = ("_accounts", "_devices", "_usage", "_version", "hits", "misses")
+    __slots__ = ("_accounts", "_devices", "_usage", "_version", "hits", "misses", "routes")
 
     def __init__(self) -> None:
         self._version: int | None = None
@@ -45,6 +49,10 @@ class WriterCache:
         self._accounts: dict[str, int] = {}
         #: device pk → what its queue holds (updated in place by the writer).
         self._usage: dict[int, QueueUsage] = {}
+        #: The device pks of every payload of an addressing that matched the device sets
+        #: above (:func:`~server.delivery.policy.resolve_recipients`; read only). A
+        #: conversation's sends all address the same devices: resolved once.
+        self.routes: dict[Route, list[list[int]]] = {}
         #: Lookups answered from memory / from the database (tests, diagnostics).
         self.hits = 0
         self.misses = 0
@@ -55,6 +63,7 @@ class WriterCache:
         self._devices.clear()
         self._accounts.clear()
         self._usage.clear()
+        self.routes.clear()
 
     def begin(self, conn: Connection) -> None:
         """Call first in each of the writer's transactions: forget everything if another
@@ -64,7 +73,7 @@ class WriterCache:
             version = int(cursor.execute("PRAGMA data_version").fetchone()[0])
         finally:
             cursor.close()
-        if version != self._version or len(self._usage) > _MAX_ENTRIES:
+        if version != self._version or max(len(self._usage), len(self.routes)) > _MAX_ENTRIES:
             self.clear()
             self._version = version
 
@@ -85,6 +94,7 @@ class WriterCache:
         if len(self._accounts) > _MAX_ENTRIES:
             self._devices.clear()
             self._accounts.clear()
+            self.routes.clear()
         removed: list[tuple[int, int, int]] = []
         reads = repo.batch_reads(conn, acks, keys, missing, removed=removed)
         self.removed(removed)

@@ -507,10 +507,24 @@ class GroupCommitWriter:
                 fresh.append(op)
         # 2. Recipients against the device sets.
         resolved: list[tuple[SendOp, list[list[int]]]] = []
+        # SQLite: the routes resolved in earlier transactions, valid as long as the device
+        # sets they were resolved against (the cache forgets both at once); PostgreSQL: this
+        # batch's (its device sets were read for it).
+        routes = self.cache.routes if self.cache is not None else {}
         for op in fresh:
-            pks = self._check_recipients(op, sets.devices)
-            if pks is not None:
-                resolved.append((op, pks))
+            route = (
+                op.sender.user,
+                op.sender.device_id,
+                not op.ephemeral,
+                tuple([tuple(to) for _, to in op.payloads]),
+            )
+            pks = routes.get(route)
+            if pks is None:
+                pks = self._check_recipients(op, sets.devices)
+                if pks is None:
+                    continue
+                routes[route] = pks
+            resolved.append((op, pks))
         # 3. Queue limits (counting this batch's earlier sends too). The targets' queues
         # are locked before they are counted (PostgreSQL: until the commit; one round trip),
         # so that no other writer, here or on another node, counts and fills the same queue

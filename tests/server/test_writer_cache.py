@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from server.delivery import writer as writer_module
 from server.delivery.sqlite_cache import WriterCache
 from tests.server.test_cli import run_cli
 from tests.server.ws_kit import World, open_ws, payload, world
@@ -73,3 +77,37 @@ async def test_acked_rows_are_taken_off_the_cached_usage(tmp_path: Path) -> None
             await a.send_message("x1", [(payload(), [bob])])
             assert (await a.expect("accepted"))["id"] == "x1"
         assert _cache(w).hits > 0
+
+
+async def test_an_addressing_is_resolved_once_until_another_connection_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved: list[Any] = []
+    resolve = writer_module.resolve_recipients
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        resolved.append(args[0])
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "resolve_recipients", counting)
+    async with world(tmp_path, {"alice": [1], "bob": [1]}) as w:
+        alice, bob = w["alice", 1], w["bob", 1]
+        async with open_ws(w.relay, alice) as a:
+            for i in range(5):  # a batch each: every send waits for the previous answer
+                await a.send_message(f"m{i}", [(payload(), [bob])])
+                assert (await a.expect("accepted"))["id"] == f"m{i}"
+            assert len(resolved) == 1
+            # bob gets a second device, written by another connection: the next send that
+            # addresses only his first one is a mismatch at once.
+            database = w.relay.settings.data_dir / "relay.sqlite3"
+            with sqlite3.connect(database) as other:
+                other.execute(
+                    "INSERT INTO devices (account_id, device_id, identity_key, auth_key,"
+                    " created_at) SELECT account_id, 2, identity_key, auth_key, created_at"
+                    " FROM devices WHERE account_id = (SELECT id FROM accounts"
+                    " WHERE username = 'bob')"
+                )
+            await a.send_message("stale", [(payload(), [bob])])
+            mismatch = await a.expect("mismatch")
+            assert mismatch["missing"] == [{"user": "bob", "device": 2}]
+            assert len(resolved) == 2
