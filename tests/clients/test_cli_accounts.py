@@ -9,10 +9,14 @@ import os
 import pty
 from pathlib import Path
 
+import pytest
+
 from server.accounts.repository import get_device, revoke_device
 from server.clock import Clock
 from tests.clients.kit import VOX, assert_clean_error, vox
 from tests.server.relay_harness import Relay
+
+pytestmark = pytest.mark.timeout(600)  # chains of real `vox` processes on a loaded machine
 
 
 async def vox_on_terminal(home: Path, *args: str, answers: list[str]) -> tuple[int, str, bytes]:
