@@ -201,8 +201,10 @@ async def test_search_opens_the_chat_at_the_message_and_a_quote_jumps_to_its_mes
 ) -> None:
     secret = (await people.bob.send_text("alice", "the password is swordfish")).id
     fillers = [(await people.bob.send_text("alice", f"filler {i}")).id for i in range(12)]
-    await people.carol.send_text("alice", "swordfish for dinner")
-    await people.alice.receive(wait=0.3)
+    dinner = (await people.carol.send_text("alice", "swordfish for dinner")).id
+    # Until all of them are here (a 0.3 s quiet gap alone could end early on a loaded machine).
+    while any(people.alice.store.get_message(m) is None for m in (secret, *fillers, dinner)):
+        await people.alice.receive(wait=0.3)
     answer = (await people.alice.reply("bob", secret, "noted")).id
     app = ChatApp(SdkBackend(people.alice), open_conversation="carol")
     app.history_limit = 5  # the old message is not loaded at first
