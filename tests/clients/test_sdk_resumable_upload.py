@@ -27,6 +27,8 @@ from tests.server.relay_harness import Relay, make_settings, running_relay
 
 CHUNK = 64 * 1024
 _OFFSET = re.compile(rb"\r\nupload-offset: *(\d+)\r\n", re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)\r\n", re.IGNORECASE)
+_UPGRADE = re.compile(rb"\r\nupgrade: *websocket\r\n", re.IGNORECASE)
 
 
 class Proxy:
@@ -74,17 +76,26 @@ class Proxy:
 
         back = asyncio.create_task(downstream())
         budget: int | None = None
+        body_left = 0  # bytes of the current request's body still to come
         try:
             while data := await reader.read(65536):
-                if data.startswith(self.refuse or (b"\0",)):
-                    break
-                if data.startswith(b"PATCH "):
-                    head = _OFFSET.search(data)  # the request head comes in one piece
-                    assert head is not None
-                    self.patch_offsets.append(int(head[1]))
-                    self.patches += 1
-                    if self.patches == self.cut_patch:
-                        budget = self.cut_bytes
+                if body_left > 0:  # body bytes: never taken for a request head
+                    body_left -= len(data)
+                else:  # a request head, which comes in one piece
+                    if self.refuse and data.startswith(self.refuse):
+                        break
+                    end = data.index(b"\r\n\r\n") + 4
+                    length = _LENGTH.search(data, 0, end)
+                    body_left = (int(length[1]) if length else 0) - (len(data) - end)
+                    if _UPGRADE.search(data, 0, end):  # WebSocket frames follow, not requests
+                        body_left = 1 << 62
+                    if data.startswith(b"PATCH "):
+                        head = _OFFSET.search(data, 0, end)
+                        assert head is not None
+                        self.patch_offsets.append(int(head[1]))
+                        self.patches += 1
+                        if self.patches == self.cut_patch:
+                            budget = self.cut_bytes
                 if budget is not None:
                     data = data[:budget]
                     budget -= len(data)
@@ -341,3 +352,36 @@ async def test_an_older_relay_gets_the_one_shot_upload(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_the_proxy_tells_a_request_head_from_body_bytes() -> None:
+    """A read of a chunk's body that starts with a zero byte (or with ``PATCH ``) is body,
+    not a request: the old proxy closed the connection on it (1 read in 256 of random
+    ciphertext; a retry resent the same bytes, split the same way, so an upload failed)."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
+    proxy = Proxy(upstream.sockets[0].getsockname()[1])
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.listen_port)
+        body = [b"\0" + os.urandom(999), b"PATCH " + os.urandom(994)]
+        head = b"PATCH /x HTTP/1.1\r\nUpload-Offset: 7\r\nContent-Length: 2000\r\n\r\n"
+        sent = head
+        for part in (head, *body):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each part is a read of its own at the proxy
+        sent += b"".join(body)
+        echoed = await asyncio.wait_for(reader.readexactly(len(sent)), 5)
+        assert echoed == sent
+        assert proxy.offsets() == [7]
+        writer.close()
+    finally:
+        await proxy.stop()
+        upstream.close()
