@@ -134,4 +134,4 @@ class AttachmentUpload(Base):
     received: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    attachment_id: Mapped[str | None] = mapped_column(String(64))
+    attachment_id: Mapped[str | None] = mapped_column(String(64), index=True)

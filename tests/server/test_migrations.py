@@ -6,13 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from server.db.engine import create_engine
-from server.db.migrate import all_metadata, current_revision, head_revision, upgrade
+from server.db.migrate import (
+    alembic_config,
+    all_metadata,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -48,3 +55,45 @@ async def test_migrations_match_models_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 async def test_migrations_match_models_on_postgresql(postgres_url: str) -> None:
     await _check(postgres_url)
+
+
+def _downgrade(connection: Connection, target: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.downgrade(cfg, target)
+
+
+def _upload_indexes(connection: Connection) -> set[str]:
+    return {str(ix["name"]) for ix in inspect(connection).get_indexes("attachment_uploads")}
+
+
+async def _down_and_up(url: str) -> None:
+    """0009 (the index on ``attachment_uploads.attachment_id``) is undone and done again."""
+    engine = create_engine(url)
+    index = "ix_attachment_uploads_attachment_id"
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert index in await conn.run_sync(_upload_indexes)
+            await conn.run_sync(_downgrade, "0008")
+            await conn.commit()
+        assert await current_revision(engine) == "0008"
+        async with engine.connect() as conn:
+            assert index not in await conn.run_sync(_upload_indexes)
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert index in await conn.run_sync(_upload_indexes)
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_attachment_id_index_migrates_down_and_up_on_sqlite(tmp_path: Path) -> None:
+    await _down_and_up(f"sqlite+aiosqlite:///{tmp_path / 'down.sqlite3'}")
+
+
+@pytest.mark.postgres
+async def test_the_attachment_id_index_migrates_down_and_up_on_postgresql(
+    postgres_url: str,
+) -> None:
+    await _down_and_up(postgres_url)

@@ -3,8 +3,10 @@
 Every statement of the delivery path (de-duplication lookup, which also finds the lane
 predecessors named in ``after``; device sets, queue usage and the queue locks, the inserts,
 the queue fetch for delivery, the ack deletes, the expiry sweep) and of the one-time-prekey
-claim and of a login (challenge and token) is run once through the real repository code on
-a migrated database, recorded as it reaches the driver, and explained:
+claim and of a login (challenge and token), and every statement over ``attachment_uploads`` of
+an attachment's life (create an upload — it sums the reservations of unfinished uploads,
+``attachment_id IS NULL`` —, append, finish, delete it: ``attachment_id = ?``) is run once
+through the real code on a migrated database, recorded as it reaches the driver, and explained:
 
 - SQLite: ``EXPLAIN QUERY PLAN`` must not ``SCAN`` a table (a full pass, with or without a
   covering index) — only searches, the statement's own ``VALUES``/CTE rows and
@@ -20,7 +22,7 @@ lookup did, growing with every send of the last 30 days) fails here at any size.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import server.delivery.repository as repository
+from server.attachments import AttachmentService, LocalDiskStore
 from server.auth import repository as auth_repo
+from server.clock import Clock
 from server.db.engine import create_engine, sqlite_sync_engine
 from server.db.migrate import upgrade
 from server.delivery.repository import DeliveryRepository, NewSend
@@ -49,6 +53,7 @@ TABLES = {
     "prekey_claims",
     "auth_challenges",
     "auth_tokens",
+    "attachment_uploads",
 }
 
 Statement = tuple[str, Any]
@@ -163,6 +168,31 @@ async def _prekey_claim(engine: AsyncEngine, recipient_pk: int, sender_pk: int) 
         await prekeys.record_claim(session, recipient_pk, sender_pk, NOW)
 
 
+async def _attachment_path(engine: AsyncEngine, device_pk: int, store: Path) -> None:
+    """An attachment's life through :class:`AttachmentService`: upload, finish, delete."""
+    service = AttachmentService(
+        engine, LocalDiskStore(store), max_bytes=1 << 20, ttl_seconds=3600, clock=Clock(),
+        quota_per_device=1 << 30, quota_total=1 << 40,
+    )  # fmt: skip
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"blob"
+
+    upload = await service.create_upload(device_pk, 4)
+    await service.append(device_pk, upload.id, 0, 4, body())
+    info, _ = await service.finish(device_pk, upload.id)
+    assert await service.delete(device_pk, info.id)
+
+
+def _over_uploads(seen: list[Statement]) -> list[Statement]:
+    """The attachment path's statements over ``attachment_uploads`` (the relay-wide sum of
+    stored attachment bytes reads all of ``attachments``: not checked here)."""
+    mine = [(sql, params) for sql, params in seen if _hot(sql) and "attachment_uploads" in sql]
+    texts = " ".join(sql for sql, _ in mine)
+    assert "IS NULL" in texts and "DELETE FROM attachment_uploads" in texts
+    return mine
+
+
 def _sqlite_full_scans(plan: list[tuple[Any, ...]], statement: str) -> list[str]:
     aliases = {
         alias.lower()
@@ -196,10 +226,12 @@ async def test_sqlite_hot_statements_search_indexes(
             with sync.begin() as conn:
                 _login_path(conn, recipient_pk)
             await _prekey_claim(engine, recipient_pk, sender_pk)
+            await _attachment_path(engine, recipient_pk, tmp_path / "attachments")
         hot = [(sql, params) for sql, params in seen if _hot(sql)]
         texts = " ".join(sql for sql, _ in hot)
         for needle in sorted(TABLES - {"accounts", "devices", "delivery_payloads"}):
             assert needle in texts
+        _over_uploads(seen)
         failures = []
         with sync.connect() as conn:
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -236,7 +268,7 @@ def test_sqlite_plan_check_catches_the_row_value_dedupe_scan(tmp_path: Path) -> 
 
 
 @pytest.mark.postgres
-async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
+async def test_postgres_hot_statements_use_indexes(postgres_url: str, tmp_path: Path) -> None:
     engine = create_engine(postgres_url)
     await upgrade(engine)
     seen: list[Statement] = []
@@ -249,7 +281,11 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str) -> None:
             async with engine.begin() as conn:
                 await conn.run_sync(_login_path, recipient_pk)
             await _prekey_claim(engine, recipient_pk, sender_pk)
+        attachment_path: list[Statement] = []
+        with _recording([engine.sync_engine], attachment_path):
+            await _attachment_path(engine, recipient_pk, tmp_path / "attachments")
         hot = [(sql, params) for sql, params in seen if _hot(sql)]
+        hot += _over_uploads(attachment_path)
         texts = " ".join(sql for sql, _ in hot)
         for needle in sorted(TABLES - {"accounts", "devices", "delivery_payloads"}):
             assert needle in texts
