@@ -56,7 +56,8 @@ file received in this conversation: downloaded, verified, decrypted; default
 ``/remove USER...`` (in a group), ``/leave``;
 on messages (``ID``: the short id shown, or any unique start of it, 4+ digits): ``/reply [ID]
 TEXT`` (default: the newest message of the others), ``/edit [ID] TEXT`` (default: our newest),
-``/delete ID [--for-me]``, ``/react [ID] EMOJI``, ``/react ID --remove`` or ``/unreact [ID]``,
+``/delete ID [--for-me]`` (our message still queued is withdrawn, and the TUI says it
+reached no one), ``/react [ID] EMOJI``, ``/react ID --remove`` or ``/unreact [ID]``,
 ``/jump ID`` (loads older history as needed); ``/disappear DURATION|off`` (``30s`` .. ``4w``),
 ``/search TEXT`` (this device's history, every conversation: a list, Enter opens the chat at
 that message), ``/help``, ``/quit``.

@@ -16,7 +16,7 @@ from typing import Protocol
 from clients.sdk import VoxClient
 from clients.sdk.errors import ClientError, RelayUnavailable
 from clients.sdk.message_ops import timer
-from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification
+from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification, Withdrawn
 from clients.store.models import TrustState, is_group_conversation
 
 __all__ = ["ChatBackend", "ConversationItem", "SdkBackend"]
@@ -95,8 +95,9 @@ class ChatBackend(Protocol):
         """Replace the text of our message ``message_id``."""
         ...
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> None:
-        """Delete a message for everyone (our own), or only on this device."""
+    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
+        """Delete a message for everyone (our own), or only on this device. ``True``: it was
+        our message still queued, withdrawn before it was sent (it reached no one)."""
         ...
 
     async def react(
@@ -245,8 +246,9 @@ class SdkBackend:
     async def edit(self, conversation: str, message_id: str, text: str) -> None:
         await self.client.edit(conversation, message_id, text)
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> None:
-        await self.client.delete(conversation, message_id, for_me=for_me)
+    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
+        deleted = await self.client.delete(conversation, message_id, for_me=for_me)
+        return isinstance(deleted, Withdrawn)
 
     async def react(
         self, conversation: str, message_id: str, emoji: str, *, remove: bool = False

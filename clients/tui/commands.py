@@ -170,7 +170,8 @@ class MessageCommands(_AppBase):
                 if name == "/edit":
                     await self.backend.edit(conversation, target, text)
                 elif name == "/delete":
-                    await self.backend.delete(conversation, target, for_me=for_me)
+                    if await self.backend.delete(conversation, target, for_me=for_me):
+                        self._system(f"{name}: withdrawn before sending: it reached no one")
                 elif name == "/disappear":
                     await self.backend.set_timer(conversation, seconds)
                 else:

@@ -18,7 +18,7 @@ from typing import Any
 from clients.daemon.codec import event_from_json, message_from_json
 from clients.daemon.remote import RemoteApi
 from clients.sdk.errors import ClientError
-from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification
+from clients.sdk.models import Event, GroupInfo, Message, ServerConfig, Verification, Withdrawn
 from clients.tui.backend import ConversationItem
 
 __all__ = ["STATUS_EVERY_S", "DaemonBackend"]
@@ -116,8 +116,9 @@ class DaemonBackend:
     async def edit(self, conversation: str, message_id: str, text: str) -> None:
         await self.api.edit(conversation, message_id, text)
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> None:
-        await self.api.delete(conversation, message_id, for_me=for_me)
+    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
+        deleted = await self.api.delete(conversation, message_id, for_me=for_me)
+        return isinstance(deleted, Withdrawn)
 
     async def react(
         self, conversation: str, message_id: str, emoji: str, *, remove: bool = False

@@ -369,6 +369,32 @@ async def test_the_tui_opens_offline_with_history_when_the_relay_is_down(tmp_pat
         await alice.close()
 
 
+async def test_a_queued_message_deleted_in_the_tui_says_it_reached_no_one(tmp_path: Path) -> None:
+    """``/delete`` of our message still queued withdraws it: the TUI says so (as ``vox
+    delete`` does), not that it was deleted for everyone, and its row goes."""
+    async with running_relay(make_settings(tmp_path / "relay")) as relay:
+        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        await alice.send_text("bob", "hello")
+        await bob.close()
+    try:  # the relay is gone now
+        app = ChatApp(SdkBackend(alice), open_conversation="bob")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: status(app).startswith("offline: cannot reach the relay"))
+            await type_line(pilot, "never sent")
+            await until(pilot, lambda: shown(app, "queued: it is sent, in order"))
+            draft = next(m.id for m in alice.queued() if m.text == "never sent")
+            await until(pilot, lambda: draft in app.shown)
+            await type_line(pilot, f"/delete {draft[:8]}")
+            await until(
+                pilot, lambda: shown(app, "/delete: withdrawn before sending: it reached no one")
+            )
+            await until(pilot, lambda: draft not in app.shown)
+            assert not shown(app, "never sent") and alice.queued() == []
+    finally:
+        await alice.close()
+
+
 async def test_a_tampered_envelope_is_reported_and_later_messages_still_show(
     relay: Relay, tmp_path: Path
 ) -> None:
