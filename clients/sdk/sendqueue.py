@@ -346,8 +346,8 @@ class SendQueue:
         self._sends[key] = send
         if lane is not None:
             self._lanes.setdefault(lane, []).append(send)
-        if not queued and lane is not None:
-            self._resume(now, lambda s: s.lane == lane)
+        if not queued and lane is not None:  # only its lane's sends: not every pending one
+            self._resume(now, lambda s: True, self._lanes[lane])
         return self._pump(now)
 
     def connection_up(self, now: float) -> list[Action]:
@@ -514,8 +514,11 @@ class SendQueue:
                 return False
         return False
 
-    def _resume(self, now: float, which: Callable[[_Send], bool]) -> None:
-        for send in self._sends.values():
+    def _resume(
+        self, now: float, which: Callable[[_Send], bool], sends: Iterable[_Send] | None = None
+    ) -> None:
+        """Make the queued ``sends`` (default: every pending send) that ``which`` picks ready."""
+        for send in self._sends.values() if sends is None else sends:
             if send.state is _State.QUEUED and which(send):
                 send.state, send.attempt, send.due, send.held_since = _State.READY, 0, now, None
 
