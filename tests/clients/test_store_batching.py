@@ -5,6 +5,7 @@ What the store answers is the same as when each call wrote at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from clients.sdk import message_rules
 from clients.store import Direction, OutboxEntry, SqliteStore, StoredMessage, search
 from clients.store.sealing import row_ad
 from clients.store.sqlite import _rk
@@ -115,7 +117,21 @@ def test_row_keys_associated_data_and_search_tokens_keep_their_format() -> None:
         )
     with pytest.raises(ValueError):
         row_ad("messages", b"x" * 0x10000)
-    for key in (bytes(range(32)), bytes(range(100)), b"k"):
-        assert search.tokens(key, {"hello", "wörld"}) == {
-            hmac.new(key, w.encode(), hashlib.sha256).digest()[:8] for w in ("hello", "wörld")
+    for store_key in (bytes(range(32)), bytes(range(100)), b"k"):
+        assert search.tokens(store_key, {"hello", "wörld"}) == {
+            hmac.new(store_key, w.encode(), hashlib.sha256).digest()[:8] for w in ("hello", "wörld")
         }
+
+
+def test_an_expiry_sweep_that_finds_nothing_opens_no_write_transaction(
+    store: SqliteStore,
+) -> None:
+    # The SDK sweeps every second per client: an idle sweep used to take the write lock and
+    # commit (BEGIN IMMEDIATE ... COMMIT) even with nothing to delete.
+    store.add_message(dataclasses.replace(msg("a" * 32, "kept"), expire_at=100.0))
+    log = traced(store)
+    assert message_rules.sweep(store, now=50.0) == []
+    assert "BEGIN IMMEDIATE" not in log and "COMMIT" not in log
+    assert message_rules.sweep(store, now=100.0) == ["a" * 32]  # one that is due still goes
+    assert store.get_message("a" * 32) is None
+    assert log.count("COMMIT") == 1
