@@ -10,6 +10,13 @@ notion of "one address holds too many sockets". The relay runs them through two 
   connection (or, on a kept-alive connection, of the next request's first byte), or the
   connection is closed. Idle kept-alive connections close after ``keepalive_timeout_seconds``
   (uvicorn's own timer).
+  A response that closes the connection (``Connection: close``: a ``408 body_timeout``, a
+  ``413`` past its drain) while the request body is still arriving closes *lingering*: the
+  relay half-closes (its FIN follows the response), then reads and drops what the client
+  still sends until the client hangs up, for at most :data:`_LINGER_SECONDS` and
+  :data:`_LINGER_BYTES`, then closes. Closing at once would answer the client's next bytes
+  with a reset, and a client that learns of the reset before it has read the response loses
+  the response.
 * :class:`GuardedWebSocketProtocol` (websockets sans-I/O): frames before authentication may
   be at most :data:`PRE_AUTH_MAX_BYTES`; an oversized frame is answered with close 1009
   ``frame too large`` and the rest of the peer's data is read and dropped for a moment before
@@ -78,8 +85,12 @@ log = logging.getLogger("vox.connections")
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Largest frame accepted before the ``auth`` frame (an ``auth`` frame is far smaller).
 PRE_AUTH_MAX_BYTES = 4096
-#: Seconds an oversized-frame close waits (reading and dropping) for the peer to hang up.
+#: Seconds a lingering close (an oversized WebSocket frame's 1009; an HTTP response that
+#: closes the connection while the request body is still arriving) waits, reading and
+#: dropping, for the peer to hang up.
 _LINGER_SECONDS = 2.0
+#: Bytes an HTTP lingering close drops before it closes at once.
+_LINGER_BYTES = 256 * 1024
 #: Open files kept for everything that is not a client connection (database, logs, ...).
 _FD_MARGIN = 256
 
@@ -269,8 +280,32 @@ def _decrement(counts: Counter[str], key: str) -> None:
         counts.pop(key, None)
 
 
+class _LingeringClose:
+    """The transport as a request's response cycle sees it: its ``close`` (uvicorn's, after a
+    response that does not keep the connection alive) closes lingering when the request body
+    is still arriving (:meth:`GuardedHttpProtocol.close_lingering`)."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        """Close, lingering if the client may still be sending the request body."""
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle.more_body and self._transport.can_write_eof():
+            self._protocol.close_lingering()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with admission control and a request-head deadline."""
+    """uvicorn's httptools protocol with admission control, a request-head deadline and a
+    lingering close."""
 
     def __init__(
         self,
@@ -286,6 +321,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.tracked: Tracked | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._upgraded = False
+        #: Half-closed after a response, dropping what the client still sends.
+        self.lingering = False
+        self._linger_left = _LINGER_BYTES
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Admit the connection (unless :class:`_Gate` did) and start the head deadline."""
@@ -300,15 +339,36 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the deadline; forget the connection (unless a WebSocket took it over)."""
         self._stop_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         if self.tracked is not None and not self._upgraded:
             self.guard.release(self.tracked)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser (ignored once the connection was refused)."""
+        """Feed the parser (ignored once the connection was refused; dropped, up to a bound,
+        while lingering)."""
         if self.tracked is None:
             return
+        if self.lingering:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.close()
+            return
         super().data_received(data)
+
+    def close_lingering(self) -> None:
+        """Half-close after the response (the FIN follows what is buffered), then read and
+        drop what the client still sends until it hangs up (its EOF closes the transport:
+        uvicorn's ``eof_received`` does not keep it open), for at most
+        :data:`_LINGER_SECONDS` and :data:`_LINGER_BYTES`."""
+        if self.lingering:
+            return
+        self.lingering = True
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def on_message_begin(self) -> None:
         """A request starts: its head must be complete before the deadline."""
@@ -318,9 +378,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._start_head_timer()
 
     def on_headers_complete(self) -> None:
-        """The head is complete: the deadline is met."""
+        """The head is complete: the deadline is met. Its response cycle closes lingering."""
         self._stop_head_timer()
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringClose):
+            self.cycle.transport = _LingeringClose(self.transport, self)  # type: ignore[assignment]
 
     def handle_websocket_upgrade(self) -> None:
         """The WebSocket protocol takes over the transport (and its tracking record)."""

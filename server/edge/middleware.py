@@ -19,8 +19,10 @@ slowloris on the body would otherwise hold a connection and a request forever): 
 spent waiting for body bytes may be at most ``grace_seconds`` plus one second per
 ``min_bytes_per_second`` bytes received so far, so a slow but steady upload of any size
 goes through, a trickle does not. Past it the request is answered ``408
-{"error": "body_timeout", ...}`` with ``Connection: close``. Only waiting for the client
-counts: time the app spends between reads (writing an attachment to disk) does not.
+{"error": "body_timeout", ...}`` with ``Connection: close`` (the connection then closes
+lingering, :class:`~server.edge.connections.GuardedHttpProtocol`, so that the client, still
+sending, reads the 408 rather than a reset). Only waiting for the client counts: time the
+app spends between reads (writing an attachment to disk) does not.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """A slowloris on the request body: a client that sends a head, then trickles its body, is
 answered ``408 body_timeout`` and disconnected; a slow but steady upload still goes through.
+The 408 is not lost to a reset when the client is still sending as it comes: the relay
+half-closes and reads (and drops) what still arrives, for a bounded time and number of bytes,
+before it closes the connection.
 
 Real relay on loopback, raw sockets. The attacker plays ``127.0.0.2``.
 """
@@ -7,10 +10,17 @@ Real relay on loopback, raw sockets. The attacker plays ``127.0.0.2``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import socket
+import struct
+import termios
 from pathlib import Path
 
+import pytest
+
 from server.db.models_delivery import Attachment
+from server.edge import connections
 from tests.abuse.conn_support import http_from, hung_up, raw_connect
 from tests.server.relay_harness import auth_header
 from tests.server.ws_kit import world
@@ -105,3 +115,101 @@ async def test_a_slow_but_steady_upload_outlasting_the_grace_goes_through(
         assert line.startswith(b"HTTP/1.1 201"), line
         writer.close()
         assert await w.count(Attachment) == 1
+
+
+def _tcp_state(writer: asyncio.StreamWriter) -> int:
+    """The kernel's TCP state of the client socket (``tcp_info.tcpi_state``)."""
+    sock = writer.get_extra_info("socket")
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+
+
+def _unacknowledged(writer: asyncio.StreamWriter) -> int:
+    """Bytes written to the client socket that the relay's kernel has not acknowledged (nor
+    answered with a reset)."""
+    sock = writer.get_extra_info("socket")
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    return int(struct.unpack("i", raw)[0])
+
+
+TCP_CLOSE = 7  # reset
+TCP_CLOSE_WAIT = 8  # the peer sent its FIN
+
+
+async def _trickle_until_answered(writer: asyncio.StreamWriter) -> None:
+    """Trickle body bytes, not reading, until the relay has answered and half-closed (its
+    FIN is in: the 408 before it is waiting, unread, in this socket)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while _tcp_state(writer) != TCP_CLOSE_WAIT:
+        assert loop.time() < deadline, "the relay never answered the trickle"
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def test_a_byte_still_trickling_in_after_the_408_is_not_answered_with_a_reset(
+    tmp_path: Path,
+) -> None:
+    """The race that lost the 408 body under load, forced: the client, still trickling, sends
+    one more byte after the relay answered and half-closed, before it reads the answer. A
+    relay that had closed its socket answers that byte with a reset, and a client that learns
+    of the reset before it has read the body loses it (asyncio's ``StreamReader`` raises the
+    reset ahead of the bytes it holds: the empty 408 bodies seen under load); a lingering
+    relay reads the byte and drops it, and the whole 408 is read."""
+    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w:
+        reader, writer = await raw_connect(w.relay, "127.0.0.2")
+        transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the answer stays in the kernel until we read it
+        writer.write(_head("/v1/auth/challenge", 100_000) + b"{")
+        await _trickle_until_answered(writer)
+        writer.write(b"x")  # still trickling as the answer arrived
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        # The relay's kernel acknowledged the byte, or answered it with a reset.
+        while _unacknowledged(writer) and _tcp_state(writer) != TCP_CLOSE:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        assert _tcp_state(writer) == TCP_CLOSE_WAIT, "the relay reset the connection"
+        transport.resume_reading()
+        status, body = await _response(reader)
+        assert status == "HTTP/1.1 408 Request Timeout"
+        assert body["error"] == "body_timeout"
+        writer.close()
+
+
+async def _sends_until_hung_up(writer: asyncio.StreamWriter, piece: bytes, pause: float) -> None:
+    """Keep sending ``piece`` (every ``pause`` s) until the relay has closed the connection."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        while loop.time() < deadline:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+
+
+async def test_a_client_that_keeps_trickling_after_the_408_is_cut_off(tmp_path: Path) -> None:
+    """The lingering is bounded in time: a client still trickling after the 408 is closed
+    (``_LINGER_SECONDS``), not held forever."""
+    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w:
+        _, writer = await raw_connect(w.relay, "127.0.0.2")
+        writer.write(_head("/v1/auth/challenge", 100_000) + b"{")
+        await _trickle_until_answered(writer)
+        await _sends_until_hung_up(writer, b"x", 0.05)
+        writer.close()
+
+
+async def test_a_client_that_floods_after_the_408_is_cut_off_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lingering is bounded in bytes: with an hour of lingering allowed, a client that
+    sends fast after the 408 is closed once ``_LINGER_BYTES`` were dropped."""
+    monkeypatch.setattr(connections, "_LINGER_SECONDS", 3600.0)
+    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w:
+        _, writer = await raw_connect(w.relay, "127.0.0.2")
+        writer.write(_head("/v1/auth/challenge", 100_000_000) + b"{")
+        await _trickle_until_answered(writer)
+        await _sends_until_hung_up(writer, b"x" * 65536, 0.01)
+        writer.close()
