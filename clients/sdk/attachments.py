@@ -35,10 +35,16 @@ gets the one-shot ``POST /v1/attachments``, streamed as well; there a dropped co
 fails the upload.
 
 **A file message withdrawn by its sender** (cancelled before it left, or deleted for
-everyone) has its blob deleted on the relay at once by the device that uploaded it
+everyone) has its blob deleted on the relay by the device that uploaded it
 (:func:`delete_uploaded`, ``DELETE /v1/attachments/{id}``, ``docs/protocol-ws.md`` §9.2), so it
 stops counting against the device's quota and recipients who had not fetched it cannot any
-more; best effort (a relay that cannot be reached, or is older, keeps it until it expires).
+more. Cancelled: at once, best effort. Deleted for everyone: once the relay accepted the
+DELETE, also when that DELETE was queued (the relay unreachable) and goes out later, in this
+process or another one of the profile: the blob is listed in the store's encrypted secrets
+(:func:`delete_after`, written with the DELETE's outbox entry) until the relay confirms it is
+gone (:func:`delete_withdrawn`: when the DELETE is accepted, and on every connection). A
+DELETE refused for good keeps the blob (the message was not deleted for the others); a relay
+that is older (no such route) keeps it until it expires.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from clients.sdk import trust
 from clients.sdk.content import AttachmentContent
 from clients.sdk.core import Core
 from clients.sdk.errors import AttachmentError, RelayRejected, RelayUnavailable
-from clients.sdk.models import Message, SendResult
+from clients.sdk.models import Event, Message, MessageSent, SendFailed, SendResult
 from clients.sdk.peers import check_user
 from clients.sdk.transport import OffsetMismatch
 from clients.store.models import StoredMessage, is_group_conversation
@@ -76,7 +82,16 @@ from crypto.errors import AttachmentMismatch, VoxError
 from wire.codes import RestErrorCode
 from wire.rest import UploadOut
 
-__all__ = ["Progress", "delete_uploaded", "download", "send_file", "upload_file"]
+__all__ = [
+    "Progress",
+    "delete_after",
+    "delete_uploaded",
+    "delete_withdrawn",
+    "download",
+    "on_event",
+    "send_file",
+    "upload_file",
+]
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` for uploads and downloads."""
@@ -411,22 +426,121 @@ async def _upload_whole(
         raise _too_large(exc, name, total) from None
 
 
-async def delete_uploaded(core: Core, message: StoredMessage) -> bool:
-    """Delete the blob of ``message`` — our file message, cancelled or deleted for everyone —
-    on the relay, if this device uploaded it (``DELETE /v1/attachments/{id}``). Whether the
-    relay confirmed it is gone. Best effort: no answer within 10 s, a relay that cannot be
-    reached or refuses (an older relay without the route) leaves the blob to expire."""
+def _uploaded_blob(core: Core, message: StoredMessage) -> str | None:
+    """The blob id of ``message`` if it is our file message uploaded by this device (only
+    that device may delete it)."""
     pointer = (message.attachment or {}).get("pointer")
     if message.sender != core.username or message.sender_device != core.device_id:
-        return False  # another device (or person) uploaded it: only that device may delete it
+        return None
     if not isinstance(pointer, str):
-        return False
+        return None
     try:
-        blob_id = AttachmentPointer.from_bytes(bytes.fromhex(pointer)).blob_id
+        return AttachmentPointer.from_bytes(bytes.fromhex(pointer)).blob_id
+    except (VoxError, ValueError):
+        return None
+
+
+async def _delete_blob(core: Core, blob_id: str) -> bool:
+    """``DELETE /v1/attachments/{id}``: whether the relay answered (it is gone, or it refused
+    for good: an older relay without the route, another device's blob)."""
+    try:
         await asyncio.wait_for(core.http.authed("DELETE", f"/v1/attachments/{blob_id}"), 10.0)
-    except (VoxError, ValueError, RelayUnavailable, RelayRejected, TimeoutError):
+    except RelayRejected as exc:
+        return exc.status < 500 and exc.status not in (408, 429)
+    except (RelayUnavailable, TimeoutError):
         return False
     return True
+
+
+async def delete_uploaded(core: Core, message: StoredMessage) -> bool:
+    """Delete the blob of ``message`` — our file message, cancelled before it left — on the
+    relay, if this device uploaded it (``DELETE /v1/attachments/{id}``). Whether the relay
+    answered. Best effort: no answer within 10 s, a relay that cannot be reached or refuses
+    (an older relay without the route) leaves the blob to expire."""
+    blob_id = _uploaded_blob(core, message)
+    return blob_id is not None and await _delete_blob(core, blob_id)
+
+
+#: The store's list of blobs to delete once the DELETE of their message is accepted (a JSON
+#: list of ``{"op": the DELETE's message id, "blob": blob id}``).
+_WITHDRAWN = "attachments.withdrawn"
+#: DELETEs whose blob this process is deleting now.
+_deleting: set[str] = set()
+
+
+def _withdrawn(core: Core) -> list[dict[str, str]]:
+    raw = core.store.get_secret(_WITHDRAWN)
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [
+        e
+        for e in entries
+        if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("op", "blob"))
+    ]
+
+
+def _set_withdrawn(core: Core, entries: list[dict[str, str]]) -> None:
+    core.store.set_secret(_WITHDRAWN, json.dumps(entries).encode() if entries else None)
+
+
+def _forget_withdrawn(core: Core, op: str) -> None:
+    entries = _withdrawn(core)
+    kept = [e for e in entries if e["op"] != op]
+    if len(kept) != len(entries):
+        _set_withdrawn(core, kept)
+
+
+def delete_after(core: Core, op: str, message: StoredMessage) -> None:
+    """Remember to delete the blob of ``message`` (our file message, if this device uploaded
+    it) once the relay accepted ``op``, the DELETE of it. Call it in the transaction that
+    writes the DELETE to the outbox, so neither is kept without the other."""
+    blob_id = _uploaded_blob(core, message)
+    if blob_id is not None:
+        _set_withdrawn(core, [*_withdrawn(core), {"op": op, "blob": blob_id}])
+
+
+async def delete_withdrawn(core: Core, op: str | None = None) -> None:
+    """Delete on the relay the blobs whose message's DELETE it accepted (only ``op``'s, if
+    given): a DELETE still queued waits, one refused for good keeps its blob. An entry stays
+    listed until the relay answered, so one that cannot be reached now is tried again on the
+    next connection."""
+    entries = [e for e in _withdrawn(core) if op is None or e["op"] == op]
+    if not entries:
+        return
+    # Our DELETEs the relay has not accepted: queued, or refused for good (listed until a
+    # later DELETE of the same message is accepted). Imported here: messaging imports
+    # group_admin, which imports this module.
+    from clients.sdk.messaging import operations
+
+    unsettled = {o.id: o.state for o in operations(core)}
+    for entry in entries:
+        if entry["op"] in _deleting:
+            continue
+        state = unsettled.get(entry["op"])
+        if state == "failed":
+            _forget_withdrawn(core, entry["op"])
+        if state is not None:
+            continue
+        _deleting.add(entry["op"])
+        try:
+            if await _delete_blob(core, entry["blob"]):
+                _forget_withdrawn(core, entry["op"])
+        finally:
+            _deleting.discard(entry["op"])
+
+
+def on_event(core: Core, event: Event) -> None:
+    """A queued DELETE of ours that the relay accepted deletes its blob (in the background);
+    one refused for good forgets it."""
+    if isinstance(event, MessageSent) and event.target is not None:
+        if any(e["op"] == event.message_id for e in _withdrawn(core)):
+            core.spawn(delete_withdrawn(core, event.message_id))
+    elif isinstance(event, SendFailed) and event.kind == "delete":
+        _forget_withdrawn(core, event.message_id)
 
 
 async def download(

@@ -86,6 +86,8 @@ class VoxClient:
         #: Seconds between maintenance rounds while connected (prekey stock, rotation).
         self.maintenance_interval = 3600.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # A queued DELETE of our file message, once accepted, deletes its blob on the relay.
+        self.events.on_event(lambda event: attachments.on_event(self, event))
 
     # --- opening -----------------------------------------------------------------------
 
@@ -222,6 +224,8 @@ class VoxClient:
         self._connected.set()
         self._new_socket.set()
         self.pipeline.connection_up()
+        # Blobs of file messages whose DELETE the relay accepted but not their own DELETE yet.
+        self.spawn(attachments.delete_withdrawn(self))
 
     async def disconnect(self) -> None:
         """Close the WebSocket and stop the background tasks."""

@@ -125,7 +125,11 @@ async def delete(
     queued on it): it reaches no one, no DELETE goes out, and it is removed here — returns
     :class:`~clients.sdk.models.Withdrawn`. Once it may have reached the relay it cannot be
     recalled: for me, it goes from this device only (a copy that comes back stays deleted;
-    returns None); for everyone, a DELETE follows it (its :class:`SendResult`)."""
+    returns None); for everyone, a DELETE follows it (its :class:`SendResult`), and our file
+    message's blob is deleted on the relay once the relay accepted the DELETE — also when the
+    DELETE was queued (:class:`~clients.sdk.errors.MessageQueued`) and goes out later, in this
+    process or another (:func:`attachments.delete_withdrawn
+    <clients.sdk.attachments.delete_withdrawn>`)."""
     conversation = resolve_target(core, target)
     stored = _message(core, conversation, message_id)
     if stored.sender == core.username:
@@ -143,8 +147,13 @@ async def delete(
     if stored.sender != core.username:
         raise ClientError("only your own messages can be deleted for everyone (use --for-me)")
     content = DeleteContent(target=bytes.fromhex(stored.message_id), **_head(conversation))  # type: ignore[arg-type]
-    result = await _send(core, conversation, content)
-    await attachments.delete_uploaded(core, stored)  # a file's blob: gone too
+    op = content.message_id.hex()
+    # A file's blob goes once the relay accepted the DELETE: listed with the DELETE's outbox
+    # entry, so a DELETE queued now goes out later (in this process or the next) with it.
+    result = await core.outbox.send(
+        conversation, content, local=lambda: attachments.delete_after(core, op, stored)
+    )
+    await attachments.delete_withdrawn(core, op)
     return result
 
 

@@ -1,6 +1,7 @@
-"""A file message withdrawn by its sender takes its blob off the relay at once
+"""A file message withdrawn by its sender takes its blob off the relay
 (``DELETE /v1/attachments/{id}``, docs/protocol-ws.md §9.2): deleted for everyone after it
-left, or cancelled while it was still queued. Real clients, a real relay."""
+left — at once, or when a DELETE queued while the relay was down goes out, also from a later
+process —, or cancelled while it was still queued. Real clients, a real relay."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from clients.sdk.transport import RelaySocket
 from crypto.attachments import AttachmentPointer
 from server.errors import NotFound
 from tests.clients.conftest import Factory
-from tests.clients.kit import wait_for
+from tests.clients.kit import RelayProcess, receive_until, wait_for
 from tests.server.relay_harness import Relay
 
 
@@ -76,3 +77,56 @@ async def test_a_queued_file_message_cancelled_takes_its_blob_with_it(
     assert await alice.delete("bob", mid, for_me=True) == Withdrawn(mid)
     assert alice.store.get_message(mid) is None
     assert not await stored_on(relay, blob_id)
+
+
+def on_disk(relay: RelayProcess, blob_id: str) -> bool:
+    """Whether the relay process still stores the blob (its attachment store's file)."""
+    return (relay.data_dir / "attachments" / blob_id[:2] / blob_id).is_file()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "restarted"])
+async def test_a_file_deleted_for_everyone_while_the_relay_is_down_loses_its_blob_later(
+    tmp_path: Path, restarted: bool
+) -> None:
+    """The DELETE is queued (the relay is down); when it goes out — from the same client once
+    the relay is back, or from a new process of the profile — the blob is deleted too."""
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        await bob.close()
+        await alice.connect()
+        source = tmp_path / "plan.txt"
+        source.write_bytes(b"the plan" * 1000)
+        sent = await alice.send_file("bob", source)
+        blob_id = blob_of(alice, sent.id)
+        assert on_disk(relay, blob_id)
+
+        relay.stop()
+        alice.engine.sends.offline_patience = 0.5
+        with pytest.raises(MessageQueued):
+            await alice.delete("bob", sent.id)
+        if restarted:
+            await alice.close()
+        await relay.start()
+        assert on_disk(relay, blob_id)  # nothing went out while the relay was down
+        if restarted:
+            alice = await VoxClient.open(tmp_path / "alice")
+            await alice.connect()
+        await wait_for(lambda: alice.operations() == [], within=120)  # the DELETE went out
+        await wait_for(lambda: not on_disk(relay, blob_id), within=120)
+        await alice.close()
+        bob = await VoxClient.open(tmp_path / "bob")
+        try:
+
+            def deleted(_: object) -> bool:
+                stored = bob.store.get_message(sent.id)
+                return stored is not None and stored.deleted
+
+            await receive_until(bob, deleted, within=120)
+        finally:
+            await bob.close()
+    finally:
+        relay.stop()
