@@ -172,10 +172,10 @@ def _file_identity(path: Path, st: os.stat_result, total: int) -> str:
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_dev}|{st.st_ino}|{total}"
 
 
-def _open_uploads(core: Core) -> list[dict[str, str]]:
-    """This profile's unfinished uploads: ``{"id", "file", "key"}`` (file identity and
-    attachment key in hex, to resume it), kept in the store's encrypted secrets."""
-    raw = core.store.get_secret(_OPEN_UPLOADS)
+def _secret_list(core: Core, key: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """A list of entries kept in the store's encrypted secrets (JSON), the well-formed ones:
+    each a dict with a string for every one of ``fields``."""
+    raw = core.store.get_secret(key)
     try:
         entries = json.loads(raw) if raw else []
     except ValueError:
@@ -183,14 +183,22 @@ def _open_uploads(core: Core) -> list[dict[str, str]]:
     if not isinstance(entries, list):
         return []
     return [
-        e
-        for e in entries
-        if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("id", "file", "key"))
+        e for e in entries if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in fields)
     ]
 
 
+def _set_secret_list(core: Core, key: str, entries: list[dict[str, str]]) -> None:
+    core.store.set_secret(key, json.dumps(entries).encode() if entries else None)
+
+
+def _open_uploads(core: Core) -> list[dict[str, str]]:
+    """This profile's unfinished uploads: ``{"id", "file", "key"}`` (file identity and
+    attachment key in hex, to resume it), kept in the store's encrypted secrets."""
+    return _secret_list(core, _OPEN_UPLOADS, ("id", "file", "key"))
+
+
 def _set_open_uploads(core: Core, entries: list[dict[str, str]]) -> None:
-    core.store.set_secret(_OPEN_UPLOADS, json.dumps(entries).encode() if entries else None)
+    _set_secret_list(core, _OPEN_UPLOADS, entries)
 
 
 def _forget_upload(core: Core, upload_id: str) -> None:
@@ -469,22 +477,11 @@ _deleting: set[str] = set()
 
 
 def _withdrawn(core: Core) -> list[dict[str, str]]:
-    raw = core.store.get_secret(_WITHDRAWN)
-    try:
-        entries = json.loads(raw) if raw else []
-    except ValueError:
-        return []
-    if not isinstance(entries, list):
-        return []
-    return [
-        e
-        for e in entries
-        if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("op", "blob"))
-    ]
+    return _secret_list(core, _WITHDRAWN, ("op", "blob"))
 
 
 def _set_withdrawn(core: Core, entries: list[dict[str, str]]) -> None:
-    core.store.set_secret(_WITHDRAWN, json.dumps(entries).encode() if entries else None)
+    _set_secret_list(core, _WITHDRAWN, entries)
 
 
 def _forget_withdrawn(core: Core, op: str) -> None:
