@@ -187,6 +187,18 @@ def test_a_disappearing_timer_set_on_either_side_is_announced_and_its_messages_d
     got = vox.receive_until(update("text", id=after))
     assert "expires_in" not in next(e for e in got if e.get("id") == after)
     assert message(page, after).get_by_test_id("expires").count() == 0
+    # A change's row deleted for me goes from here only, for good; the timer stands (the old
+    # bundle offered no delete on such a row, and its delete for me refused one).
+    first = page.get_by_test_id("timer-event").first
+    row = f'[data-testid="timer-event"][data-message-id="{first.get_attribute("data-message-id")}"]'
+    first.get_by_test_id("action-delete-me").click()
+    page.locator(row).wait_for(state="detached")
+    page.reload()
+    page.get_by_test_id(f"chat-item-{carol}").click()
+    message(page, after).wait_for()
+    assert page.locator(row).count() == 0
+    assert page.get_by_test_id("timer-event").count() == 2  # the browser's two changes
+    assert page.get_by_test_id("timer-select").get_attribute("data-timer") == "0"
 
 
 def test_group_operations_typing_and_receipts_with_a_vox_member_and_a_second_browser(

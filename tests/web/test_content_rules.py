@@ -172,3 +172,33 @@ def test_disappearing_messages_go_that_long_after_read_or_sent(kit: Any) -> None
     )
     assert got["swept"] == [0, 1, 0, 1]
     assert [m["id"] for m in got["messages"]] == [B]
+
+
+T1, T2 = "e1" * 16, "e2" * 16  # two timer changes
+
+
+def test_a_timer_change_that_comes_again_changes_nothing(kit: Any) -> None:
+    # A repeat of an older change (a resend under a new client id, a transcript) used to set
+    # the timer back to it; a row deleted for me came back with it (and could not be deleted).
+    older = op("bob", "bob", "timer", id=T1, seconds=HOUR, now=5_000)
+    newer = op("bob", "bob", "timer", id=T2, seconds=60, now=6_000)
+    shown = play(kit, older, newer, older)
+    assert shown["timers"] == {"bob": 60}
+    assert [m["id"] for m in shown["messages"]] == [T1, T2]
+    forgotten = play(kit, older, newer, {"kind": "forget", "conv": "bob", "id": T1}, older)
+    assert forgotten["timers"] == {"bob": 60}
+    assert [m["id"] for m in forgotten["messages"]] == [T2]
+
+
+def test_deleting_a_row_for_me_drops_the_operations_kept_for_it(kit: Any) -> None:
+    # An operation kept for an id that then arrives as a timer change (stored without applying
+    # what was kept for it); the row deleted for me takes it along; others stay.
+    got = play(
+        kit,
+        op("bob", "bob", "reaction", target=T1, emoji="👍", now=1),
+        op("bob", "bob", "reaction", target=A, emoji="👍", now=1),
+        op("bob", "bob", "timer", id=T1, seconds=HOUR, now=2),
+        {"kind": "forget", "conv": "bob", "id": T1},
+    )
+    assert got["kept"] == [A]
+    assert got["messages"] == []

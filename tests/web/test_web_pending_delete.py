@@ -75,6 +75,9 @@ def test_a_queued_message_deleted_is_never_sent(context: Any, tmp_path: Path, ac
         page.get_by_test_id("reaction").first.wait_for(timeout=TIMEOUT_MS)
         act(page, mid, action)
         message(page, mid).wait_for(state="detached", timeout=TIMEOUT_MS)
+        # Said so (the old bundle said nothing: as if deleted here only, or for everyone).
+        withdrawn = page.get_by_test_id("withdrawn")
+        assert withdrawn.inner_text() == "withdrawn before sending: it reached no one"
         page.get_by_test_id("composer").fill("after it")
         page.get_by_test_id("send").click()
         page.locator('[data-testid="message"]', has_text="after it").wait_for(timeout=TIMEOUT_MS)
@@ -154,6 +157,7 @@ def test_an_in_flight_message_deleted_for_me_still_arrives_and_stays_deleted_her
     page, bob, vbob, hold, mid = _in_flight_chat(context, threaded, tmp_path)
     act(page, mid, "action-delete-me")
     message(page, mid).wait_for(state="detached", timeout=TIMEOUT_MS)
+    assert page.get_by_test_id("withdrawn").count() == 0  # it was sent: not withdrawn
     # The next send releases the held one: it cannot be recalled, and goes first.
     page.get_by_test_id("composer").fill("after it")
     page.get_by_test_id("send").click()

@@ -288,15 +288,17 @@ function contentDecodes(hexes: string[]): string[] {
 
 type OpsStep =
   | { kind: "message"; conv: string; from: string; id: string; text?: string; file?: boolean; sentAt?: number; expire?: number; now?: number }
-  | { kind: "op"; conv: string; from: string; type: "edit" | "delete" | "reaction" | "timer"; target?: string; text?: string; emoji?: string; seconds?: number; group?: string; now?: number }
+  | { kind: "op"; conv: string; from: string; type: "edit" | "delete" | "reaction" | "timer"; id?: string; target?: string; text?: string; emoji?: string; seconds?: number; group?: string; now?: number }
   | { kind: "read"; conv: string; now: number }
+  | { kind: "forget"; conv: string; id: string }
   | { kind: "sweep"; now: number };
 
 /**
  * The receiving rules of messageops.ts over an in-memory host (no relay, injected clock):
- * plays ``steps`` as user "me" and returns every stored message and the timers.
+ * plays ``steps`` as user "me" ("forget": delete for me) and returns every stored message, the
+ * timers and the targets of the operations kept for a message not stored.
  */
-async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string, unknown>[]; timers: Record<string, number>; swept: number[] }> {
+async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string, unknown>[]; timers: Record<string, number>; swept: number[]; kept: string[] }> {
   const messages = new Map<string, Message[]>();
   const conversations = new Map<string, Conversation>();
   let counter = 0;
@@ -329,7 +331,7 @@ async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string,
       messages.set(s.conv, [...(messages.get(s.conv) ?? []), m]);
       ops.onStored(m, [], s.now ?? sentAt);
     } else if (s.kind === "op") {
-      const head = { id: crypto.getRandomValues(new Uint8Array(16)), sentAt: s.now ?? 0, groupId: fromHex(s.group ?? "") };
+      const head = { id: s.id ? fromHex(s.id) : crypto.getRandomValues(new Uint8Array(16)), sentAt: s.now ?? 0, groupId: fromHex(s.group ?? "") };
       const target = fromHex(s.target ?? "00".repeat(16));
       const op: Operation =
         s.type === "edit" ? { ...head, type: 9, target, text: s.text ?? "" }
@@ -339,12 +341,14 @@ async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string,
       ops.apply(s.conv, { user: s.from, device: 1 }, op, [], s.now ?? 0);
     } else if (s.kind === "read") {
       for (const m of messages.get(s.conv) ?? []) if (m.state === "received" && !m.notice) ops.read(m, s.now);
-    } else swept.push(await ops.sweep(s.now));
+    } else if (s.kind === "forget") await ops.deleteForMe(s.conv, s.id);
+    else swept.push(await ops.sweep(s.now));
   }
   const timers: Record<string, number> = {};
   for (const [k, c] of conversations) if (c.timer !== undefined) timers[k] = c.timer;
   const out = all().map((m) => ({ id: m.id, conv: m.conv, from: m.from, text: m.text, file: !!m.file, edits: m.edits ?? [], deleted: !!m.deleted, reactions: m.reactions ?? {}, expireAt: m.expireAt ?? null, event: m.event ?? null }));
-  return { messages: out, timers, swept };
+  const kept = (ops as unknown as { pending: { target: string }[] }).pending.map((p) => p.target);
+  return { messages: out, timers, swept, kept };
 }
 
 /** A fresh responder (keys + bundle) and initiator, with real randomness. */
@@ -682,6 +686,57 @@ const until = async (ok: () => boolean, what: string): Promise<void> => {
   if (!ok()) throw new Error(`timed out waiting for ${what}`);
 };
 
+/** The primary engine stopped and made again from its store (a reload of the page), online. */
+async function reloaded(): Promise<Engine> {
+  const old = engine();
+  old.stop();
+  const again = new Engine(old.store);
+  again.clock = () => kitClock;
+  if (!(await again.load())) throw new Error("no identity after the reload");
+  again.start();
+  await until(() => again.status === "online", "the reloaded engine online");
+  kitEngine = again;
+  return again;
+}
+
+/**
+ * Disappearing-timer changes that arrive again: ``alice`` (a second device in this page) sets
+ * the timer of her chat with the primary engine's user to 1 hour, 10 minutes, then 1 minute.
+ * With ``forget`` the receiver deletes the first change's row for itself and is reloaded
+ * (the tombstone must come from the store). Alice then sends the first two changes again
+ * (same message ids, under new client ids: a resend or a history transcript) and ``marker``.
+ * Returns the ids of the three changes, the receiver's timer rows (ids) and its timer once
+ * the marker is there.
+ */
+async function timerRepeated(alice: string, forget: boolean, marker: string): Promise<{ sent: string[]; rows: string[]; timer: number }> {
+  let bob = engine();
+  const a = kitPeers.get(alice) ?? (await registered(alice, `vox-kit-${alice}`, kitClock));
+  kitPeers.set(alice, a);
+  const rows = (e: Engine, conv: string): Message[] => (e.messages.get(conv) ?? []).filter((m) => m.event === "timer");
+  const changes: { id: string; seconds: number; sentAt: number }[] = [];
+  for (const seconds of [3600, 600, 60]) {
+    await a.ops.setTimer(bob.user, seconds);
+    const row = rows(a, bob.user).at(-1);
+    if (!row) throw new Error("alice has no row of her timer change");
+    changes.push({ id: row.id, seconds, sentAt: row.sentAt });
+  }
+  await until(() => rows(bob, alice).length === 3 && bob.ops.timer(alice) === 60, "the three changes");
+  if (forget) {
+    await bob.ops.deleteForMe(alice, (changes[0] as { id: string }).id);
+    bob = await reloaded();
+  }
+  const resend = a as unknown as { sendContent(to: string, id: string, c: Uint8Array, o: { transcript: boolean }): Promise<string> };
+  for (const c of changes.slice(0, 2)) {
+    const content = encodeContent({ type: 12, id: fromHex(c.id), sentAt: c.sentAt, groupId: new Uint8Array(0), seconds: c.seconds });
+    const r = await resend.sendContent(bob.user, `again-${c.id}`, content, { transcript: true });
+    if (r !== "accepted") throw new Error(`the repeat was not accepted (${r})`);
+  }
+  await a.sendText(bob.user, marker);
+  const receiver = bob;
+  await until(() => (receiver.messages.get(alice) ?? []).some((m) => m.text === marker), "the marker");
+  return { sent: changes.map((c) => c.id), rows: rows(receiver, alice).map((m) => m.id), timer: receiver.ops.timer(alice) };
+}
+
 /**
  * "Delete for me" against a copy that comes again: ``alice`` (a second device in this page)
  * sends ``text``; the primary engine deletes it for itself and is reloaded (a new Engine on
@@ -698,14 +753,7 @@ async function deleteForMeRedelivered(alice: string, text: string, marker: strin
   const texts = (e: Engine): string[] => (e.messages.get(alice) ?? []).map((m) => m.text ?? m.notice ?? "");
   await until(() => texts(bob).includes(text), "the first copy");
   await bob.ops.deleteForMe(alice, id);
-  // A reload: the tombstone must come from the store.
-  bob.stop();
-  const again = new Engine(bob.store);
-  again.clock = () => kitClock;
-  if (!(await again.load())) throw new Error("no identity after the reload");
-  again.start();
-  await until(() => again.status === "online", "the reloaded engine online");
-  kitEngine = again;
+  const again = await reloaded(); // the tombstone must come from the store
   const sent = (a.messages.get(bob.user) ?? []).find((m) => m.id === id);
   if (!sent || sent.text === null) throw new Error("alice has no copy of her message");
   const content = encodeContent({ type: 1, id: fromHex(id), sentAt: sent.sentAt, groupId: new Uint8Array(0), text: sent.text });
@@ -780,6 +828,7 @@ const engineKit = {
   engineRegister,
   lastResortReplay,
   deleteForMeRedelivered,
+  timerRepeated,
   setClock: (ms: number) => void (kitClock = ms),
   engineMaintain: () => engine().maintain(),
   engineInspect: () => engine().inspect(),

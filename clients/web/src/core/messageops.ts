@@ -12,8 +12,11 @@
 // * an operation whose target is not stored (yet) is kept — at most MAX_PENDING of them, for
 //   at most PENDING_TTL_MS — and applied when the message arrives;
 // * TIMER sets the conversation's timer (any member) and is shown in the conversation; a
-//   message sent under a timer carries it (EXPIRE) and is removed from this store that long
-//   after it was sent (ours, and our other devices' copies) or read here (theirs).
+//   repeat of it (a resend under a new client id, a transcript) changes nothing — its row is
+//   stored already, or was deleted for me and stays deleted; a message sent under a timer
+//   carries it (EXPIRE) and is removed from this store that long after it was sent (ours, and
+//   our other devices' copies) or read here (theirs);
+// * a message removed here (delete for me, disappeared) takes the operations kept for it along.
 //
 // The engine owns the sockets, sessions and the store; it hands this module a small host.
 import { fromHex, hex } from "./bytes";
@@ -65,6 +68,8 @@ export interface MessageExtras {
 }
 
 type Changes = [string, unknown][];
+/** What a delete did: "withdrawn" — our message was still queued and never sent: it reached no one. */
+export type DeleteResult = "withdrawn" | "deleted";
 type Sender = { user: string; device: number };
 
 interface PendingOp {
@@ -257,12 +262,15 @@ export class MessageOps {
   }
 
   private applyTimer(conv: string, sender: Sender, op: Extract<Operation, { type: 12 }>, changes: Changes): void {
+    // A repeat (a resend under a new client id, a transcript) changes nothing: its row is
+    // stored already, or was deleted for me here and stays deleted — and an older change
+    // arriving again does not set the timer back over a newer one.
+    const id = hex(op.id);
+    if (this.gone.has(id) || this.host.find(id)) return;
     const c = this.host.conversations.get(conv) ?? { name: conv, unread: 0, last: this.host.now() };
     const next: Conversation = { ...c, timer: op.seconds };
     this.host.conversations.set(conv, next);
     changes.push([`conv:${conv}`, next]);
-    const id = hex(op.id);
-    if (this.host.find(id)) return;
     const who = sender.user === this.host.user ? "You" : sender.user;
     const text = op.seconds
       ? `${who} set disappearing messages to ${describeTimer(op.seconds)}`
@@ -317,12 +325,13 @@ export class MessageOps {
    * Delete our message ``id`` for everyone (a tombstone on every device). Still queued and never
    * handed to the relay, it is not sent at all (nor the edits and reactions queued on it) and is
    * removed here: no DELETE is needed. On its way (or possibly delivered) it cannot be recalled:
-   * the DELETE is queued behind it. A file's blob is deleted on the relay either way.
+   * the DELETE is queued behind it. A file's blob is deleted on the relay either way. Returns
+   * "withdrawn" when it was never sent (it reached no one), else "deleted".
    */
-  async deleteForEveryone(conv: string, id: string): Promise<void> {
+  async deleteForEveryone(conv: string, id: string): Promise<DeleteResult> {
     const m = this.message(conv, id);
     if (m.from !== this.host.user) throw new Error("only your own messages can be deleted for everyone");
-    if (m.deleted) return;
+    if (m.deleted) return "deleted";
     const file = m.file ? { ...m } : null; // the tombstone drops ``m.file``
     const cancelled = this.host.cancelUnsent(m.id);
     if (cancelled) {
@@ -331,6 +340,7 @@ export class MessageOps {
       await this.send(conv, { type: 10, target: fromHex(m.id) });
     }
     if (file) this.host.withdrawFile(file);
+    return cancelled ? "withdrawn" : "deleted";
   }
 
   /** Set (or with "" remove) our reaction to ``id``. */
@@ -346,15 +356,18 @@ export class MessageOps {
   }
 
   /**
-   * Delete ``id`` from this device only. Our message still queued and never handed to the relay
-   * is not sent at all (nor the edits and reactions queued on it; a file's blob is deleted on
-   * the relay); one on its way still goes, and stays deleted here.
+   * Delete ``id`` from this device only: a message, or a timer change's row (the change itself
+   * stands). Our message still queued and never handed to the relay is not sent at all (nor the
+   * edits and reactions queued on it; a file's blob is deleted on the relay): "withdrawn", it
+   * reached no one. One on its way still goes, and stays deleted here: "deleted".
    */
-  async deleteForMe(conv: string, id: string): Promise<void> {
-    const m = this.message(conv, id);
-    const cancelled = m.from === this.host.user ? this.host.cancelUnsent(m.id) : null;
+  async deleteForMe(conv: string, id: string): Promise<DeleteResult> {
+    const row = this.host.find(id.toLowerCase());
+    const m = row?.event === "timer" && row.conv === conv ? row : this.message(conv, id);
+    const cancelled = m.from === this.host.user && !m.event ? this.host.cancelUnsent(m.id) : null;
     await this.remove([m], cancelled);
     if (cancelled && m.file) this.host.withdrawFile(m);
+    return cancelled ? "withdrawn" : "deleted";
   }
 
   // --- disappearing messages -------------------------------------------------------------
@@ -364,9 +377,18 @@ export class MessageOps {
     if (!gone.length) return;
     const keys = new Set(gone.map((m) => m.key));
     const now = this.host.now();
-    // The message and its tombstone in one transaction: a copy that comes again stays gone.
+    // The message, its tombstone and the operations kept for it in one transaction: a copy
+    // that comes again stays gone. (A timer change's row too: its TIMER arriving again brings
+    // back neither the row nor the timer. A "could not decrypt" notice has no message id.)
+    const remembered = gone.filter((m) => !m.notice || m.event);
+    const ids = new Set(remembered.map((m) => m.id));
     const changes: Changes = [...keys].map((k): [string, unknown] => [k, undefined]);
-    for (const m of gone) if (!m.notice) changes.push([GONE + m.id, now]);
+    for (const m of remembered) changes.push([GONE + m.id, now]);
+    const pending = this.pending.filter((p) => !ids.has(p.target));
+    if (pending.length !== this.pending.length) {
+      changes.push([PENDING, pending.length ? pending : undefined]);
+      this.pending = pending; // now: an operation kept meanwhile is added to this list
+    }
     if (cancelled) changes.push(...cancelled.changes);
     try {
       await this.host.store.commit(changes);
@@ -377,7 +399,7 @@ export class MessageOps {
     for (const conv of new Set(gone.map((m) => m.conv))) {
       this.host.messages.set(conv, (this.host.messages.get(conv) ?? []).filter((m) => !keys.has(m.key)));
     }
-    for (const m of gone) if (!m.notice) this.gone.set(m.id, now);
+    for (const id of ids) this.gone.set(id, now);
     this.host.changed();
   }
 

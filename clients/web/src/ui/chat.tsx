@@ -316,6 +316,8 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   const { engine, user } = props;
   const [text, setText] = useState("");
   const [error, setError] = useState<string | null>(null);
+  /** What the last action did that the user should know (a withdrawn send); cleared by the next send. */
+  const [notice, setNotice] = useState<string | null>(null);
   const [safety, setSafety] = useState(false);
   const [progress, setProgress] = useState<number | null>(null);
   const [compose, setCompose] = useState<Compose>(null);
@@ -340,6 +342,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
   useEffect(() => {
     setCompose(null);
     setText("");
+    setNotice(null);
   }, [user]);
   useEffect(() => {
     listRef.current?.scrollTo(0, listRef.current.scrollHeight);
@@ -370,6 +373,7 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
     if (!body) return;
     const c = compose;
     setError(null);
+    setNotice(null);
     // The composer is emptied now, not once the message is stored: what is typed meanwhile
     // is the next message (clearing it later wiped a message typed during a slow write).
     setText("");
@@ -420,12 +424,17 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
       {(safety || changed) && <Safety engine={engine} user={user} changed={changed} onDone={() => setSafety(false)} />}
       <div class="messages" ref={listRef}>
         {messages.map((m) => (
-          <MessageView key={m.key} m={m} engine={engine} onCompose={startCompose} onError={setError} />
+          <MessageView key={m.key} m={m} engine={engine} onCompose={startCompose} onError={setError} onNotice={setNotice} />
         ))}
       </div>
       {error && (
         <p class="error" data-testid="send-error">
           {error}
+        </p>
+      )}
+      {notice && (
+        <p class="hint" data-testid="withdrawn">
+          {notice}
         </p>
       )}
       <ComposeBanner

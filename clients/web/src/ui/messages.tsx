@@ -4,10 +4,12 @@
 // (react, reply, edit, delete for everyone / for me). Also the conversation's timer picker.
 import { useState } from "preact/hooks";
 import type { Engine, Message } from "../core/engine";
-import { describeTimer } from "../core/messageops";
+import { type DeleteResult, describeTimer } from "../core/messageops";
 import { FileView } from "./files";
 
 export const QUICK_REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
+/** Shown when a delete withdrew our message before it was ever sent (the SDK's ``Withdrawn``). */
+export const WITHDRAWN = "withdrawn before sending: it reached no one";
 export const TIMER_CHOICES = [0, 30, 300, 3600, 8 * 3600, 86400, 7 * 86400, 4 * 7 * 86400];
 
 const STATE_MARK: Record<string, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓ read", failed: "⚠ not sent", received: "" };
@@ -128,15 +130,20 @@ function Actions(props: { m: Message; me: string; onAction: (a: string, arg?: st
   );
 }
 
-export function MessageView(props: { m: Message; engine: Engine; onCompose: (c: Compose) => void; onError: (e: string) => void }) {
+export function MessageView(props: { m: Message; engine: Engine; onCompose: (c: Compose) => void; onError: (e: string) => void; onNotice: (text: string) => void }) {
   const { m, engine } = props;
   const me = engine.user;
   const [open, setOpen] = useState(false);
   const [history, setHistory] = useState(false);
+  const run = (p: Promise<unknown>): void => void p.catch((e: Error) => props.onError(e.message));
   if (m.event) {
+    // A timer change's row can be deleted for me (the change stands; a repeat of it stays deleted).
     return (
       <div class="notice event" data-testid="timer-event" data-from={m.from} data-message-id={m.id}>
         ⏱ {m.notice}
+        <button type="button" class="link more" data-testid="action-delete-me" title="Delete for me" aria-label="Delete for me" onClick={() => run(engine.ops.deleteForMe(m.conv, m.id))}>
+          ✕
+        </button>
       </div>
     );
   }
@@ -149,14 +156,17 @@ export function MessageView(props: { m: Message; engine: Engine; onCompose: (c: 
   }
   const mine = m.from === me;
   const isGroup = m.conv.startsWith("group:");
-  const run = (p: Promise<void>): void => void p.catch((e: Error) => props.onError(e.message));
+  // A delete of our message still queued and never sent withdraws it: it reached no one.
+  const withdrawn = (r: DeleteResult): void => {
+    if (r === "withdrawn") props.onNotice(WITHDRAWN);
+  };
   const onAction = (a: string, arg?: string): void => {
     setOpen(false);
     if (a === "react") run(engine.ops.react(m.conv, m.id, arg ?? ""));
     else if (a === "reply") props.onCompose({ kind: "reply", m });
     else if (a === "edit") props.onCompose({ kind: "edit", m });
-    else if (a === "delete-everyone") run(engine.ops.deleteForEveryone(m.conv, m.id));
-    else if (a === "delete-me") run(engine.ops.deleteForMe(m.conv, m.id));
+    else if (a === "delete-everyone") run(engine.ops.deleteForEveryone(m.conv, m.id).then(withdrawn));
+    else if (a === "delete-me") run(engine.ops.deleteForMe(m.conv, m.id).then(withdrawn));
   };
   const cls = ["msg", mine ? "mine" : "", m.deleted ? "deleted" : ""].filter(Boolean).join(" ");
   return (
