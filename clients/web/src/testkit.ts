@@ -738,6 +738,33 @@ async function timerRepeated(alice: string, forget: boolean, marker: string): Pr
 }
 
 /**
+ * The primary engine's replay ids (``seen:pqxdh:…``): with ``rename``, each is first renamed to
+ * the old name (``pqxdh:<hex>``, written before the signed prekey id was part of it), keeping
+ * when it was written; with ``add`` ([hex, when]), one more of the old name is written. Returns
+ * the replay ids held, each with when it was written.
+ */
+async function engineGuards(rename: boolean, add: [string, number] | null): Promise<[string, number][]> {
+  const inner = engine() as unknown as { seen: Map<string, number>; store: Store; recvLock: { run(fn: () => Promise<void>): Promise<void> } };
+  await inner.recvLock.run(async () => {
+    const changes: [string, unknown][] = [];
+    const renamed: [string, string, number][] = [];
+    for (const [k, at] of inner.seen) {
+      const named = /^pqxdh:\d+:([0-9a-f]+)$/.exec(k);
+      if (rename && named) renamed.push([k, `pqxdh:${named[1] as string}`, at]);
+    }
+    for (const [from, to, at] of renamed) changes.push([`seen:${from}`, undefined], [`seen:${to}`, at]);
+    if (add) changes.push([`seen:pqxdh:${add[0]}`, add[1]]);
+    await inner.store.commit(changes);
+    for (const [from, to, at] of renamed) {
+      inner.seen.delete(from);
+      inner.seen.set(to, at);
+    }
+    if (add) inner.seen.set(`pqxdh:${add[0]}`, add[1]);
+  });
+  return [...inner.seen].filter(([k]) => k.startsWith("pqxdh:"));
+}
+
+/**
  * "Delete for me" against a copy that comes again: ``alice`` (a second device in this page)
  * sends ``text``; the primary engine deletes it for itself and is reloaded (a new Engine on
  * the same store); alice then sends the same content (same message id) again under a new
@@ -829,6 +856,7 @@ const engineKit = {
   lastResortReplay,
   deleteForMeRedelivered,
   timerRepeated,
+  engineGuards,
   setClock: (ms: number) => void (kitClock = ms),
   engineMaintain: () => engine().maintain(),
   engineInspect: () => engine().inspect(),

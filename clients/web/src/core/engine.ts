@@ -111,6 +111,12 @@ const OUTBOX_FORMAT = 2;
  * conversation is called that (a username never starts with ":").
  */
 export const OWN_DEVICES_LANE = ":own-devices";
+/**
+ * A replay id of the old name (``pqxdh:<hex>``, no signed prekey id) is forgotten once it was
+ * written this long before every signed prekey still held was made (room for a clock set back;
+ * the SDK's ``REPLAY_GUARD_CLOCK_MARGIN_S``).
+ */
+export const REPLAY_GUARD_MARGIN_MS = 24 * 3600 * 1000;
 /** Group membership changes are not queued (see ``announce``). */
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
 /** Sends of one conversation on their way at once (the lane fence keeps their order). */
@@ -694,12 +700,16 @@ export class Engine {
       // Envelope ids older than the relay's envelope lifetime (plus a day) cannot come back.
       const cutoff = now - ttlMs - SEEN_MARGIN_MS;
       // `pqxdh:<signed prekey id>:` replay ids go with their signed prekey, not by age: once
-      // it is deleted a replay fails (unknown prekey) anyway. (Older `pqxdh:<hex>` ids stay.)
+      // it is deleted a replay fails (unknown prekey) anyway. Older ids without the key id
+      // (`pqxdh:<hex>`) go once written more than REPLAY_GUARD_MARGIN_MS before every signed
+      // prekey still held was made: the key they guard was made before the message was
+      // accepted, so it is gone too (the SDK's identity._prune_replaced).
       const held = new Set(pk.signed.map((k) => k.id));
+      const oldestHeld = Math.min(...pk.signed.map((k) => k.created));
       const gone = ([k, at]: [string, number]): boolean => {
         if (!k.startsWith("pqxdh:")) return at < cutoff;
         const spk = /^pqxdh:(\d+):/.exec(k);
-        return spk !== null && !held.has(Number(spk[1]));
+        return spk !== null ? !held.has(Number(spk[1])) : at < oldestHeld - REPLAY_GUARD_MARGIN_MS;
       };
       const forget = [...this.seen].filter(gone).map(([k]) => k);
       for (const k of forget) changes.push([`seen:${k}`, undefined]);
