@@ -1256,7 +1256,7 @@ export class Engine {
     to: string | string[],
     id: string,
     content: Uint8Array,
-    opts: { transcript: boolean; ephemeral?: boolean; after?: string | undefined; written?: (() => void) | undefined },
+    opts: { transcript: boolean; ephemeral?: boolean; after?: string | undefined; written?: (() => void) | undefined; refusal?: { code?: string } },
   ): Promise<SendOutcome> {
     const users = typeof to === "string" ? [to] : [...new Set(to)].sort();
     const me = this.user;
@@ -1316,7 +1316,10 @@ export class Engine {
           this.fence = false; // a relay older than the fence: one send per lane, no ``after``
           return "requeue";
         }
-        if (typeof code === "string" && RETRYABLE.has(code)) return "retry";
+        if (typeof code === "string" && RETRYABLE.has(code)) {
+          if (opts.refusal) opts.refusal.code = code;
+          return "retry";
+        }
         return "failed";
       }
       return "failed";
@@ -1813,7 +1816,11 @@ export class Engine {
    * concurrent changes; only removals win over those, protocol-client §6), so a late add could
    * be dropped by everyone but us, and what this device believes about the group would
    * diverge from the others without any sign. Like the SDK (protocol-client §4.4: a group
-   * update is not kept), it needs the connection and fails otherwise.
+   * update is not kept), it needs the connection and fails otherwise. A refusal for now
+   * (``busy``, ``internal``, ``rate_limited``, ``shutting_down``) or a connection lost on its
+   * way is retried like a send, with the same client id: after ``retryDelayMs`` (waiting for
+   * the connection at most ``READY_TIMEOUT_MS`` more), ``MAX_ATTEMPTS`` attempts in all; then
+   * it fails saying why (the relay's code, or offline).
    */
   private async announce(g: Group, members: string[], action: number, extra: string[]): Promise<void> {
     if (this.status !== "online") throw new Error(GROUP_CHANGE_OFFLINE);
@@ -1822,8 +1829,19 @@ export class Engine {
     const sorted = [...new Set(members)].sort();
     const content = encodeContent({ type: 5, id: newMessageId(), sentAt: Date.now(), groupId: fromHex(g.id), epoch: BigInt(epoch), name: g.name, action, members: sorted });
     const to = [...new Set([...sorted, ...extra])].filter((u) => u !== me);
-    const r = await this.sendContent(to.length ? to : me, hex(randomBytes(16)), content, { transcript: false });
-    if (r !== "accepted") throw new Error(r === "retry" ? GROUP_CHANGE_OFFLINE : "the relay did not accept the group change");
+    const clientId = hex(randomBytes(16));
+    const refusal: { code?: string } = {};
+    let r: SendOutcome = "retry";
+    for (let attempt = 1; ; attempt++) {
+      delete refusal.code;
+      r = await this.sendContent(to.length ? to : me, clientId, content, { transcript: false, refusal });
+      if (r !== "retry" || attempt >= MAX_ATTEMPTS || !(await this.onlineAfter(retryDelayMs(attempt)))) break;
+    }
+    if (r === "retry") {
+      const code = refusal.code;
+      throw new Error(this.status === "online" && code && code !== "disconnected" ? `the relay could not take the group change now (${code}): nothing changed; try again` : GROUP_CHANGE_OFFLINE);
+    }
+    if (r !== "accepted") throw new Error("the relay did not accept the group change");
     // In memory at once (a member's answer may already be arriving), then stored.
     const previous = this.groups.get(g.id);
     const changes: [string, unknown][] = [];
@@ -1849,6 +1867,24 @@ export class Engine {
     }
     this.changed();
     await this.store.commit(changes);
+  }
+
+  /** Wait ``ms``, then at most ``READY_TIMEOUT_MS`` more for the connection: whether it is online. */
+  private async onlineAfter(ms: number): Promise<boolean> {
+    await new Promise((r) => setTimeout(r, ms));
+    if (this.status === "online") return true;
+    if (this.stopped || this.status === "signed-out" || this.status === "replaced") return false;
+    return new Promise<boolean>((resolve) => {
+      const done = (ok: boolean): void => {
+        clearTimeout(timer);
+        off();
+        resolve(ok);
+      };
+      const timer = setTimeout(() => done(false), READY_TIMEOUT_MS);
+      const off = this.subscribe(() => {
+        if (this.status === "online") done(true);
+      });
+    });
   }
 
   async createGroup(name: string, members: string[]): Promise<string> {

@@ -307,7 +307,11 @@ function GroupPanel(props: { engine: Engine; conv: string; onLeft: () => void })
           reach every member at once.
         </small>
       )}
-      {error && <small class="error">{error}</small>}
+      {error && (
+        <small class="error" data-testid="group-error">
+          {error}
+        </small>
+      )}
     </div>
   );
 }
