@@ -41,26 +41,35 @@ def test_an_initial_message_on_the_last_resort_key_cannot_start_a_second_session
     assert kit_call(page, "engineInspect")["seen"] >= 2  # the envelope and the replay id
 
 
+DAY = 86400_000
+T0 = 1_800_000_000_000
+T1 = T0 + 7 * DAY + 3600_000  # a week: signed prekey 2 replaces 1, which is kept (grace)
+
+
+def guarded_then_rotated(context: Any, relay: RelayProc, old_name: bool) -> tuple[Any, Any]:
+    """bob's engine (registered at T0) holds the replay id of a last-resort initial message
+    (with ``old_name`` renamed to ``pqxdh:<hex>``), then rotates at T1 (keys 1 and 2 held).
+    Returns the page and bob's replay ids before the rotation."""
+    page = kit_on(context, relay.url)
+    kit_call(page, "engineRegister", unique("bob"), T0)
+    entries = kit_call(page, "lastResortReplay", unique("alice"), "only once")
+    assert entries[-1].endswith("(ReplayedInitialMessage)")
+    guards = kit_call(page, "engineGuards", old_name, None)
+    kit_call(page, "setClock", T1)
+    assert kit_call(page, "engineMaintain")["rotated"] is True
+    assert kit_call(page, "engineInspect")["signed"] == [1, 2]
+    assert kit_call(page, "engineGuards", False, None) == guards  # key 1 (T0) is still held
+    return page, guards
+
+
 def test_the_replay_id_is_forgotten_with_the_signed_prekey_it_names(
     context: Any, stingy_relay: RelayProc
 ) -> None:
     # Before, every `pqxdh:` replay id stayed in the seen set forever. Now it goes when the
     # signed prekey it names is deleted (a replay then fails: the key is gone).
-    day = 86400_000
-    t0 = 1_800_000_000_000
-    page = kit_on(context, stingy_relay.url)
-    kit_call(page, "engineRegister", unique("bob"), t0)
-    entries = kit_call(page, "lastResortReplay", unique("alice"), "only once")
-    assert entries[-1].endswith("(ReplayedInitialMessage)")
-    assert kit_call(page, "engineInspect")["replayGuards"] == 1
-
-    t1 = t0 + 7 * day + 3600_000  # a week: signed prekey 2 replaces 1, which is kept (grace)
-    kit_call(page, "setClock", t1)
-    assert kit_call(page, "engineMaintain")["rotated"] is True
-    held = kit_call(page, "engineInspect")
-    assert (held["signed"], held["replayGuards"]) == ([1, 2], 1)
-
-    kit_call(page, "setClock", t1 + 14 * day + 60_000)  # key 1 is deleted, and its guard
+    page, guards = guarded_then_rotated(context, stingy_relay, old_name=False)
+    assert len(guards) == 1
+    kit_call(page, "setClock", T1 + 14 * DAY + 60_000)  # key 1 is deleted, and its guard
     kit_call(page, "engineMaintain")
     held = kit_call(page, "engineInspect")
     assert 1 not in held["signed"]
@@ -74,24 +83,10 @@ def test_a_replay_id_of_the_old_name_goes_once_older_than_every_signed_prekey_he
     # used to stay forever. Now one goes once it was written more than a day before every
     # signed prekey still held was made (its own key is gone then: a replay fails anyway);
     # one written later than that stays.
-    day = 86400_000
-    t0 = 1_800_000_000_000
-    page = kit_on(context, stingy_relay.url)
-    kit_call(page, "engineRegister", unique("bob"), t0)
-    entries = kit_call(page, "lastResortReplay", unique("alice"), "only once")
-    assert entries[-1].endswith("(ReplayedInitialMessage)")
-    (old,) = kit_call(page, "engineGuards", True, None)
-    assert old[0].count(":") == 1  # pqxdh:<hex>, written at t0
-
-    t1 = t0 + 7 * day + 3600_000  # a week: signed prekey 2 replaces 1, which is kept (grace)
-    kit_call(page, "setClock", t1)
-    assert kit_call(page, "engineMaintain")["rotated"] is True
-    assert kit_call(page, "engineInspect")["signed"] == [1, 2]
-    assert kit_call(page, "engineGuards", False, None) == [old]  # key 1 (t0) is held
-
-    t2 = t1 + 14 * day + 60_000  # key 1 is deleted; key 2 (made at t1) is the oldest held
-    kit_call(page, "setClock", t2)
-    recent = ["ab" * 32, t1 - day + 60_000]  # written within the day's margin before key 2
+    page, ((name, _),) = guarded_then_rotated(context, stingy_relay, old_name=True)
+    assert name.count(":") == 1  # pqxdh:<hex>, written at T0
+    kit_call(page, "setClock", T1 + 14 * DAY + 60_000)  # key 1 goes; key 2 (T1) is the oldest
+    recent = ["ab" * 32, T1 - DAY + 60_000]  # written within the day's margin before key 2
     kit_call(page, "engineGuards", False, recent)
     kit_call(page, "engineMaintain")
     assert kit_call(page, "engineInspect")["signed"][0] == 2  # (and key 3, rotated now)
