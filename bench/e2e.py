@@ -108,7 +108,7 @@ class StatementCounter:
             flush = store.flush
 
             def counted() -> None:  # the fsyncs of the WAL (in the flusher's thread)
-                if self.on:
+                if self.on and store._commits > store._synced:  # not one it skips
                     self.flushes += 1
                 flush()
 

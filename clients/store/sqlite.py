@@ -207,6 +207,12 @@ class SqliteStore:
         self._checkpointer = Checkpointer(path) if wal else None
         self._mutex = threading.RLock()
         self._depth = 0
+        #: Changing commits so far (counted on the committing thread) and how many of them
+        #: an fsync is known to cover: :meth:`flush` skips the fsync when it would cover
+        #: nothing new. The first is 1 at open: what an earlier process left may not be synced.
+        self._commits = 1
+        self._synced = 0
+        self._synced_lock = threading.Lock()
         # Read-through caches of the rows read on every message (this process holds the
         # profile lock, so nobody else writes them); dropped whenever a transaction rolls back.
         self._peers: dict[str, PeerIdentity | None] = {}
@@ -552,6 +558,7 @@ class SqliteStore:
         finally:
             self._depth = 0
         if self._conn.total_changes != changes:
+            self._commits += 1
             if self._checkpointer is not None:
                 self._checkpointer.committed()
             if sync:
@@ -569,17 +576,24 @@ class SqliteStore:
 
     def flush(self) -> None:
         """fsync the WAL: every commit so far is durable. Needs no connection (and no mutex),
-        so it runs in a worker thread while the event loop keeps using the store."""
-        if self._wal is None:
+        so it runs in a worker thread while the event loop keeps using the store. No fsync
+        when no changing commit came since the start of the last one that completed."""
+        wal = self._wal
+        if wal is None:
+            return
+        commits = self._commits  # read before the fsync: what it is sure to cover
+        if commits <= self._synced:
             return
         try:
-            fd = os.open(self._wal, os.O_RDWR)
+            fd = os.open(wal, os.O_RDWR)
         except FileNotFoundError:  # no WAL yet, or checkpointed away on close: nothing to sync
             return
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        with self._synced_lock:
+            self._synced = max(self._synced, commits)
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clients.sdk import Message, ReceiptEvent, VoxClient, durable, inbox
+from clients.sdk import Message, ReceiptEvent, VoxClient, durable, inbox, peers
 from clients.sdk.content import Content, Receipt, ReceiptKind
 from clients.sdk.core import Core
 from clients.sdk.engine import Process
@@ -190,15 +190,27 @@ async def test_a_kill_between_the_bursts_commit_and_its_ack_loses_and_duplicates
         await bob.close()
 
 
-async def test_the_senders_receipt_lists_the_whole_burst(
-    make_client: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def burst_for_offline_bob(
+    make_client: Factory, *, set_up: bool = False
+) -> tuple[list[str], list[ReceiptEvent]]:
+    """alice sends bob (offline) a burst; returns its ids and the receipts alice will get.
+    ``set_up``: one message both ways first (sessions and device lists in place)."""
     alice, bob = await make_client("alice"), await make_client("bob")
+    if set_up:
+        await alice.send_text("bob", "set-up")
+        assert texts(await receive_texts(bob, "alice", 1), "alice") == ["set-up"]
     await bob.close()
     sent = [(await alice.send_text("bob", f"r{i}")).id for i in range(BURST)]
     receipts: list[ReceiptEvent] = []
     alice.on_event(lambda e: receipts.append(e) if isinstance(e, ReceiptEvent) else None)
     await alice.connect()
+    return sent, receipts
+
+
+async def test_the_senders_receipt_lists_the_whole_burst(
+    make_client: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent, receipts = await burst_for_offline_bob(make_client)
     bob = await VoxClient.open(tmp_path / "bob")
     try:
         hold_processor_until(monkeypatch, BURST)
@@ -208,6 +220,33 @@ async def test_the_senders_receipt_lists_the_whole_burst(
     finally:
         await bob.close()
     assert len(receipts) == 1 and sorted(receipts[0].message_ids) == sorted(sent)
+
+
+async def test_a_burst_and_its_delivery_receipt_are_one_commit(
+    make_client: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent, receipts = await burst_for_offline_bob(make_client, set_up=True)
+    bob = await VoxClient.open(tmp_path / "bob")
+    try:
+        await peers.ensure_sessions(bob, {"alice", "bob"})  # fresh lists, as after any send
+        store = bob.store
+        assert isinstance(store, SqliteStore)
+        log: list[str] = []
+        store._conn.set_trace_callback(log.append)
+        hold_processor_until(monkeypatch, BURST)
+        await bob.receive(wait=0.5)
+        await wait_for(lambda: sorted(i for r in receipts for i in r.message_ids) == sorted(sent))
+    finally:
+        await bob.close()
+    assert len(receipts) == 1  # the whole burst in one receipt
+    inserts = [i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages")]
+    assert len(inserts) == BURST
+    commit = log.index("COMMIT", inserts[-1])
+    # The receipt's ratchet step is written with the burst, in its transaction: bob's only
+    # session writes come before the burst's COMMIT (old: the send builder's transaction
+    # wrote alice's session again after it, a second commit and a second fsync).
+    sessions = [i for i, s in enumerate(log) if s.startswith("INSERT OR REPLACE INTO sessions")]
+    assert sessions and max(sessions) < commit
 
 
 class ReceiptRecorder:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,31 @@ def test_an_expiry_sweep_that_finds_nothing_opens_no_write_transaction(
     assert message_rules.sweep(store, now=100.0) == ["a" * 32]  # one that is due still goes
     assert store.get_message("a" * 32) is None
     assert log.count("COMMIT") == 1
+
+
+def test_a_flush_with_no_commit_since_the_last_fsync_does_not_fsync_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A receipt encrypted in its burst's transaction leaves the send builder nothing to
+    # commit: its flush before writing the frame must not cost a second fsync.
+    fsyncs: list[int] = []
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        fsyncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    with store.transaction(sync=False):
+        store.add_message(msg("a" * 32, "one"))
+    store.flush()
+    assert len(fsyncs) == 1
+    store.flush()
+    with store.transaction(sync=False):  # changes nothing
+        store.add_message(msg("a" * 32, "one again"))
+    store.flush()
+    assert len(fsyncs) == 1  # old: one fsync per call
+    with store.transaction(sync=False):
+        store.add_message(msg("b" * 32, "two"))
+    store.flush()
+    assert len(fsyncs) == 2
