@@ -148,7 +148,10 @@ def _rk(*parts: str | int) -> bytes:
 
 class _Transaction:
     """One ``with store.transaction():`` block. A class rather than a generator context
-    manager: nearly every store call enters one (nested: a depth count under the mutex)."""
+    manager: nearly every store call enters one (nested: a depth count under the mutex).
+    ``BEGIN IMMEDIATE`` is issued by the block's first statement (:meth:`SqliteStore._exec`):
+    a block that runs none (everything it did was cached or deferred to nothing) costs no
+    ``BEGIN``/``COMMIT``."""
 
     __slots__ = ("_changes", "_store", "_sync")
 
@@ -163,13 +166,8 @@ class _Transaction:
         if store._depth:
             store._depth += 1
             return
-        try:
-            changes = store._conn.total_changes
-            store._exec("BEGIN IMMEDIATE")
-        except BaseException:
-            store._mutex.release()
-            raise
-        self._changes = changes
+        self._changes = store._conn.total_changes
+        store._begun = False
         store._depth = 1
 
     def __exit__(
@@ -207,6 +205,8 @@ class SqliteStore:
         self._checkpointer = Checkpointer(path) if wal else None
         self._mutex = threading.RLock()
         self._depth = 0
+        #: Whether the open transaction has run its ``BEGIN IMMEDIATE`` (see _Transaction).
+        self._begun = False
         #: Changing commits so far (counted on the committing thread) and how many of them
         #: an fsync is known to cover: :meth:`flush` skips the fsync when it would cover
         #: nothing new. The first is 1 at open: what an earlier process left may not be synced.
@@ -544,19 +544,23 @@ class SqliteStore:
         try:
             if error:
                 self._forget_cached()
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                if self._begun:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 return
             try:
                 self._write_pending()
-                self._exec("COMMIT")
+                if self._begun:
+                    self._exec("COMMIT")
             except BaseException:
                 self._forget_cached()
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                if self._begun:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
         finally:
             self._depth = 0
+            self._begun = False
         if self._conn.total_changes != changes:
             self._commits += 1
             if self._checkpointer is not None:
@@ -597,6 +601,9 @@ class SqliteStore:
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
+            if self._depth and not self._begun:  # the open transaction's first statement
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._begun = True
             return self._conn.execute(sql, params)
         except sqlite3.OperationalError as exc:
             raise StoreError(f"local store: {exc}") from None

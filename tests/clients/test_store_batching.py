@@ -164,3 +164,31 @@ def test_a_flush_with_no_commit_since_the_last_fsync_does_not_fsync_again(
         store.add_message(msg("b" * 32, "two"))
     store.flush()
     assert len(fsyncs) == 2
+
+
+def test_a_transaction_that_runs_no_statement_costs_no_begin_or_commit(
+    store: SqliteStore,
+) -> None:
+    # E.g. the send builder's transaction for a batch of receipts encrypted with their burst,
+    # or one that reads only what the store caches: BEGIN IMMEDIATE comes with the first
+    # statement (old: at the block's start, and a COMMIT at its end, whatever it did).
+    store.set_setting("k", "v")
+    log = traced(store)
+    with store.transaction(sync=False):
+        assert store.get_setting("k") == "v"  # cached
+        with store.transaction():
+            pass
+    assert log == []
+    with store.transaction(sync=False):
+        store.add_message(msg("a" * 32, "one"))
+    assert log[0] == "BEGIN IMMEDIATE" and log[-1] == "COMMIT"
+    assert log.count("BEGIN IMMEDIATE") == 1 and log.count("COMMIT") == 1
+    log.clear()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_message(msg("b" * 32, "rolled back"))
+        raise RuntimeError
+    assert log[-1] == "ROLLBACK" and store.get_message("b" * 32) is None
+    log.clear()
+    with pytest.raises(RuntimeError), store.transaction():
+        raise RuntimeError
+    assert log == []  # nothing begun: nothing to roll back
