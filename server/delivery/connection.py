@@ -131,12 +131,7 @@ class DeviceConnection:
             # write everything encoded during this loop iteration with one transport write.
             if not (proto.close_sent or proto.disconnected):
                 _append_text_frame(proto.conn, text)
-                self._unflushed += len(text)
-                if self._unflushed >= self._service.config.out_soft_bytes:
-                    self._flush()  # bounded: the transport then pauses us if it must
-                elif not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._flush)
+                self._encoded(len(text))
             return
         self._flush()  # whatever the fast path encoded goes first
         self._out.append(text)
@@ -145,6 +140,41 @@ class DeviceConnection:
             self.abort("slow consumer: outbound buffer full")
             return
         self._ensure_sender()
+
+    def sends_answered(self, answers: list[str]) -> None:
+        """Answers to ``len(answers)`` of this connection's sends, in their order (one call
+        per writer batch: the frames are encoded together and leave in one transport write
+        with everything else encoded for this socket in this loop iteration)."""
+        self.pending_sends -= len(answers)
+        if self.closing:
+            return
+        proto = self._proto
+        if (
+            proto is None
+            or self._out
+            or not proto.writable.is_set()
+            or proto.close_sent
+            or proto.disconnected
+        ):
+            for text in answers:  # the slow path, frame by frame (or dropped once closed)
+                self.push_frame(text)
+            return
+        conn = proto.conn
+        size = 0
+        for text in answers:
+            _append_text_frame(conn, text)
+            size += len(text)
+        self._encoded(size)
+
+    def _encoded(self, size: int) -> None:
+        """``size`` characters were encoded into the protocol's output: write them at the end
+        of this loop iteration, or now once that output reaches ``out_soft_bytes``."""
+        self._unflushed += size
+        if self._unflushed >= self._service.config.out_soft_bytes:
+            self._flush()  # bounded: the transport then pauses us if it must
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -348,10 +378,6 @@ class DeviceConnection:
             for seq in self._acked_during_read:
                 self._inflight.pop(seq, None)
         self._acked_during_read = None
-
-    def send_finished(self) -> None:
-        """One of this connection's sends was answered."""
-        self.pending_sends -= 1
 
     def shutdown(self) -> None:
         """Detach from background work (called when the socket is gone)."""

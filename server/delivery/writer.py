@@ -74,11 +74,8 @@ log = logging.getLogger("vox.delivery")
 class Origin(Protocol):
     """The connection an operation came from (answers go back to it)."""
 
-    def push_frame(self, text: str) -> None:
-        """Queue a frame to the client."""
-
-    def send_finished(self) -> None:
-        """One of its sends was answered (accepted or refused)."""
+    def sends_answered(self, answers: list[str]) -> None:
+        """Queue the answers (accepted or refused) to some of its sends, in their order."""
 
     def acks_committed(self, seqs: list[int], ok: bool) -> None:
         """Its acks were committed (``ok``) or failed."""
@@ -685,6 +682,8 @@ class GroupCommitWriter:
     def _answer(self, batch: _Batch) -> None:
         now = self._clock.monotonic()
         latencies: list[float] = []
+        # One call per connection for all its answers in this batch (in the batch's order).
+        answers: dict[Origin, list[str]] = {}
         for op in batch.ops:
             if isinstance(op, SendOp):
                 if op.answer is None:  # pragma: no cover - every path sets an answer
@@ -693,10 +692,15 @@ class GroupCommitWriter:
                     )
                 if op.accepted and not op.ephemeral:
                     latencies.append(now - op.started)
-                op.origin.push_frame(op.answer)
-                op.origin.send_finished()
+                texts = answers.get(op.origin)
+                if texts is None:
+                    answers[op.origin] = [op.answer]
+                else:
+                    texts.append(op.answer)
             else:
                 op.origin.acks_committed(op.seqs, op.ok)
+        for origin, texts in answers.items():
+            origin.sends_answered(texts)
         if latencies:
             self._metrics.sends_accepted.inc(len(latencies))
             self._metrics.send_latency.observe_many(latencies)
@@ -739,8 +743,7 @@ class GroupCommitWriter:
                     ErrorCode.INTERNAL, "temporary server error; retry", op.client_id
                 )
                 op.accepted = first.accepted and first.answer is not None
-                op.origin.push_frame(op.answer)
-                op.origin.send_finished()
+                op.origin.sends_answered([op.answer])
 
 
 #: One SQLite transaction for the writer's thread: the batch, the future the event loop
