@@ -7,6 +7,11 @@
   unique key/channel prefix in ``redis_prefix``.
 
 With ``CI=true`` an unset or unreachable service is a failure, never a skip.
+
+No test leaves a process behind: when a test module is done (its last test torn down, with its
+module fixtures), every process this pytest process started since — found as a descendant, or
+by the ``PYTEST_VOX_OWNER`` mark in its environment if it was re-parented — is killed. A test
+that timed out or failed before its own clean-up ran leaks nothing into the next module.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -31,6 +37,59 @@ settings.register_profile(
     "vox", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.load_profile("vox")
+
+
+# Children inherit the mark (the harnesses drop only VOX_* variables), so a process that lost
+# its parent can still be told apart from another run's.
+OWNER_MARK = "PYTEST_VOX_OWNER"
+os.environ[OWNER_MARK] = f"{os.getpid()}-{uuid.uuid4().hex}"
+_baseline: set[tuple[int, float]] = set()
+
+
+def _ident(proc: psutil.Process) -> tuple[int, float]:
+    return (proc.pid, proc.create_time())  # pid and start time: a reused pid is another process
+
+
+def _ours() -> list[psutil.Process]:
+    """Live processes this pytest process started: its descendants and marked orphans."""
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    mark = os.environ[OWNER_MARK]
+    for proc in psutil.process_iter():
+        if proc.pid in found or proc.pid == me.pid:
+            continue
+        try:
+            if proc.uids().real == me.uids().real and proc.environ().get(OWNER_MARK) == mark:
+                found[proc.pid] = proc
+        except (psutil.Error, OSError):
+            continue  # gone, or not readable: not ours
+    ours = []
+    for proc in found.values():
+        try:
+            if _ident(proc) not in _baseline:
+                ours.append(proc)
+        except psutil.Error:
+            continue
+    return ours
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _baseline.update(_ident(p) for p in psutil.Process().children(recursive=True))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a module's last test (module fixtures included) kill what is left of its processes."""
+    yield
+    if nextitem is not None and nextitem.path == item.path:
+        return
+    leaked = _ours()
+    for proc in leaked:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(leaked, timeout=10)
 
 
 def _unavailable(what: str) -> None:

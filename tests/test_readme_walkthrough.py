@@ -21,7 +21,6 @@ import re
 import select
 import shlex
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import pytest
 
 from clients.sdk.message_rules import parse_duration
 from clients.units import format_size, timer_notice
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -100,13 +100,6 @@ def bootstrap_is_current() -> bool:
         (ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
     ).hexdigest()
     return stamp.read_text().strip() == want
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -27,7 +27,8 @@ public keys are random bytes of the right typed shape (the relay treats them as 
 
 ``table_snapshot(relay.app)`` returns every row of the core tables, to assert that a
 rejected request changed nothing; ``auth_header(token)`` builds the ``Authorization``
-header; ``free_port()`` and ``make_settings(..., limits={...})`` help with the rest.
+header; ``free_port()`` (a race-free port for a subprocess server, :mod:`tests.ports`) and
+``make_settings(..., limits={...})`` help with the rest.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from server.db.migrate import upgrade
 from server.edge.serve import uvicorn_config
 from server.settings import Settings, load_settings
 from server.state import RelayState, relay_state
+from tests.ports import free_port
 
 __all__ = [
     "Relay",
@@ -77,14 +79,6 @@ REPO = Path(__file__).resolve().parents[2]
 def b64(data: bytes) -> str:
     """Standard base64 with padding (the REST API's binary encoding)."""
     return base64.b64encode(data).decode("ascii")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_settings(tmp_path: Path, *, database_url: str | None = None, **overrides: Any) -> Settings:
