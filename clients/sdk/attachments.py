@@ -36,15 +36,15 @@ fails the upload.
 
 **A file message withdrawn by its sender** (cancelled before it left, or deleted for
 everyone) has its blob deleted on the relay by the device that uploaded it
-(:func:`delete_uploaded`, ``DELETE /v1/attachments/{id}``, ``docs/protocol-ws.md`` §9.2), so it
-stops counting against the device's quota and recipients who had not fetched it cannot any
-more. Cancelled: at once, best effort. Deleted for everyone: once the relay accepted the
-DELETE, also when that DELETE was queued (the relay unreachable) and goes out later, in this
-process or another one of the profile: the blob is listed in the store's encrypted secrets
-(:func:`delete_after`, written with the DELETE's outbox entry) until the relay confirms it is
-gone (:func:`delete_withdrawn`: when the DELETE is accepted, and on every connection). A
-DELETE refused for good keeps the blob (the message was not deleted for the others); a relay
-that is older (no such route) keeps it until it expires.
+(``DELETE /v1/attachments/{id}``, ``docs/protocol-ws.md`` §9.2), so it stops counting against
+the device's quota and recipients who had not fetched it cannot any more. Cancelled: at once.
+Deleted for everyone: once the relay accepted the DELETE, also when that DELETE was queued
+(the relay unreachable) and goes out later. Either way the blob is listed in the store's
+encrypted secrets (:func:`delete_after`, in the transaction of the cancel or of the DELETE's
+outbox entry) until the relay has answered (:func:`delete_withdrawn`: at once, when a queued
+DELETE is accepted, and on every connection — of this process or a later one of the
+profile). A DELETE refused for good keeps the blob (the message was not deleted for the
+others); an older relay (no such route) keeps it until it expires.
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ from wire.rest import UploadOut
 __all__ = [
     "Progress",
     "delete_after",
-    "delete_uploaded",
     "delete_withdrawn",
     "download",
     "on_event",
@@ -460,15 +459,6 @@ async def _delete_blob(core: Core, blob_id: str) -> bool:
     return True
 
 
-async def delete_uploaded(core: Core, message: StoredMessage) -> bool:
-    """Delete the blob of ``message`` — our file message, cancelled before it left — on the
-    relay, if this device uploaded it (``DELETE /v1/attachments/{id}``). Whether the relay
-    answered. Best effort: no answer within 10 s, a relay that cannot be reached or refuses
-    (an older relay without the route) leaves the blob to expire."""
-    blob_id = _uploaded_blob(core, message)
-    return blob_id is not None and await _delete_blob(core, blob_id)
-
-
 #: The store's list of blobs to delete once the DELETE of their message is accepted (a JSON
 #: list of ``{"op": the DELETE's message id, "blob": blob id}``).
 _WITHDRAWN = "attachments.withdrawn"
@@ -493,16 +483,18 @@ def _forget_withdrawn(core: Core, op: str) -> None:
 
 def delete_after(core: Core, op: str, message: StoredMessage) -> None:
     """Remember to delete the blob of ``message`` (our file message, if this device uploaded
-    it) once the relay accepted ``op``, the DELETE of it. Call it in the transaction that
-    writes the DELETE to the outbox, so neither is kept without the other."""
+    it) once the relay accepted ``op``, the DELETE of it — or at once, when ``op`` is the id
+    of the message itself, withdrawn. Call it in the transaction that writes the DELETE to
+    the outbox (or withdraws the message), so neither is kept without the other."""
     blob_id = _uploaded_blob(core, message)
     if blob_id is not None:
         _set_withdrawn(core, [*_withdrawn(core), {"op": op, "blob": blob_id}])
 
 
 async def delete_withdrawn(core: Core, op: str | None = None) -> None:
-    """Delete on the relay the blobs whose message's DELETE it accepted (only ``op``'s, if
-    given): a DELETE still queued waits, one refused for good keeps its blob. An entry stays
+    """Delete on the relay the blobs whose message's DELETE it accepted, or whose message was
+    withdrawn (only ``op``'s, if given): a DELETE still queued waits, one refused for good
+    keeps its blob. An entry stays
     listed until the relay answered, so one that cannot be reached now is tried again on the
     next connection."""
     entries = [e for e in _withdrawn(core) if op is None or e["op"] == op]

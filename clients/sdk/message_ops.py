@@ -122,7 +122,8 @@ async def delete(
 
     Our message still queued and never handed to the relay is withdrawn either way
     (:meth:`Outbox.cancel <clients.sdk.messaging.Outbox.cancel>`, with the edits and reactions
-    queued on it): it reaches no one, no DELETE goes out, and it is removed here — returns
+    queued on it): it reaches no one, no DELETE goes out, it is removed here (and our file
+    message's blob on the relay, at once or on a later connection) — returns
     :class:`~clients.sdk.models.Withdrawn`. Once it may have reached the relay it cannot be
     recalled: for me, it goes from this device only (a copy that comes back stays deleted;
     returns None); for everyone, a DELETE follows it (its :class:`SendResult`), and our file
@@ -135,10 +136,11 @@ async def delete(
     if stored.sender == core.username:
         with core.store.transaction():
             cancelled = core.outbox.cancel(conversation, stored.message_id)
-            if cancelled:
+            if cancelled:  # a file's blob goes too: now, or on a later connection
+                attachments.delete_after(core, stored.message_id, stored)
                 forget(core.store, stored, time.time())
         if cancelled:
-            await attachments.delete_uploaded(core, stored)  # a file's blob: gone too
+            await attachments.delete_withdrawn(core, stored.message_id)
             return Withdrawn(stored.message_id)
     if for_me:
         # Remembered (in the same transaction): a copy that arrives again stays deleted.

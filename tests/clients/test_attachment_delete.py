@@ -130,3 +130,47 @@ async def test_a_file_deleted_for_everyone_while_the_relay_is_down_loses_its_blo
             await bob.close()
     finally:
         relay.stop()
+
+
+@pytest.mark.timeout(600)
+async def test_a_queued_file_message_cancelled_while_the_relay_is_down_loses_its_blob_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is uploaded but its message stays queued (the WebSocket cannot connect);
+    then the relay is down when the message is withdrawn: its blob is deleted on the next
+    connection, by a new process of the profile."""
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        await bob.close()
+        connect = RelaySocket.connect
+
+        async def unreachable(*args: object, **kwargs: object) -> NoReturn:
+            raise RelayUnavailable(relay.base_url, "the test keeps the WebSocket down")
+
+        monkeypatch.setattr(RelaySocket, "connect", unreachable)
+        alice.engine.sends.offline_patience = 0.5
+        source = tmp_path / "draft.txt"
+        source.write_bytes(b"draft" * 1000)
+        with pytest.raises(MessageQueued) as queued:
+            await alice.send_file("bob", source)
+        mid = queued.value.message_id
+        blob_id = blob_of(alice, mid)
+        assert on_disk(relay, blob_id)
+
+        relay.stop()
+        assert await alice.delete("bob", mid) == Withdrawn(mid)
+        await alice.close()
+        monkeypatch.setattr(RelaySocket, "connect", connect)
+        await relay.start()
+        assert on_disk(relay, blob_id)
+        alice = await VoxClient.open(tmp_path / "alice")
+        try:
+            await alice.connect()
+            await wait_for(lambda: not on_disk(relay, blob_id), within=120)
+        finally:
+            await alice.close()
+    finally:
+        relay.stop()
