@@ -5,6 +5,8 @@ process —, or cancelled while it was still queued. Real clients, a real relay.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -79,6 +81,20 @@ async def test_a_queued_file_message_cancelled_takes_its_blob_with_it(
     assert not await stored_on(relay, blob_id)
 
 
+@asynccontextmanager
+async def alice_and_bob(tmp_path: Path) -> AsyncIterator[tuple[RelayProcess, VoxClient]]:
+    """A relay process (stopped at the end) and alice's client, bob registered (closed)."""
+    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
+    await relay.start()
+    try:
+        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
+        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
+        await bob.close()
+        yield relay, alice
+    finally:
+        relay.stop()
+
+
 def on_disk(relay: RelayProcess, blob_id: str) -> bool:
     """Whether the relay process still stores the blob (its attachment store's file)."""
     return (relay.data_dir / "attachments" / blob_id[:2] / blob_id).is_file()
@@ -91,12 +107,7 @@ async def test_a_file_deleted_for_everyone_while_the_relay_is_down_loses_its_blo
 ) -> None:
     """The DELETE is queued (the relay is down); when it goes out — from the same client once
     the relay is back, or from a new process of the profile — the blob is deleted too."""
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
-    try:
-        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
-        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
-        await bob.close()
+    async with alice_and_bob(tmp_path) as (relay, alice):
         await alice.connect()
         source = tmp_path / "plan.txt"
         source.write_bytes(b"the plan" * 1000)
@@ -128,8 +139,6 @@ async def test_a_file_deleted_for_everyone_while_the_relay_is_down_loses_its_blo
             await receive_until(bob, deleted, within=120)
         finally:
             await bob.close()
-    finally:
-        relay.stop()
 
 
 @pytest.mark.timeout(600)
@@ -139,12 +148,7 @@ async def test_a_queued_file_message_cancelled_while_the_relay_is_down_loses_its
     """The file is uploaded but its message stays queued (the WebSocket cannot connect);
     then the relay is down when the message is withdrawn: its blob is deleted on the next
     connection, by a new process of the profile."""
-    relay = RelayProcess(tmp_path / "relay", tmp_path / "relay.log")
-    await relay.start()
-    try:
-        alice = await VoxClient.register(tmp_path / "alice", relay.base_url, "alice")
-        bob = await VoxClient.register(tmp_path / "bob", relay.base_url, "bob")
-        await bob.close()
+    async with alice_and_bob(tmp_path) as (relay, alice):
         connect = RelaySocket.connect
 
         async def unreachable(*args: object, **kwargs: object) -> NoReturn:
@@ -172,5 +176,3 @@ async def test_a_queued_file_message_cancelled_while_the_relay_is_down_loses_its
             await wait_for(lambda: not on_disk(relay, blob_id), within=120)
         finally:
             await alice.close()
-    finally:
-        relay.stop()
