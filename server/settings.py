@@ -106,6 +106,12 @@ class LimitSettings(_Section):
     auth_timeout_seconds: float = Field(10.0, ge=0.2, le=300)
     #: Seconds an idle HTTP keep-alive connection is kept.
     keepalive_timeout_seconds: float = Field(15.0, ge=0.2, le=600)
+    #: A lingering close (a response that closes the connection while the request body is
+    #: still arriving; a WebSocket's close 1009) reads and drops what the peer still sends
+    #: for at most this many seconds, and (HTTP only: the rest of an oversized WebSocket
+    #: frame is always read) this many bytes, before it closes.
+    linger_timeout_seconds: float = Field(2.0, ge=0.1, le=300)
+    max_linger_bytes: int = Field(256 * 1024, ge=0, le=64 * MiB)
     #: Open TCP connections in total (lowered to the open-file limit minus a margin).
     max_connections: int = Field(10_000, ge=16, le=1_000_000)
     #: Extra connections kept for ``/healthz``, ``/readyz`` and ``/metrics`` only.

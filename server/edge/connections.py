@@ -13,15 +13,15 @@ notion of "one address holds too many sockets". The relay runs them through two 
   A response that closes the connection (``Connection: close``: a ``408 body_timeout``, a
   ``413`` past its drain) while the request body is still arriving closes *lingering*: the
   relay half-closes (its FIN follows the response), then reads and drops what the client
-  still sends until the client hangs up, for at most :data:`_LINGER_SECONDS` and
-  :data:`_LINGER_BYTES`, then closes. Closing at once would answer the client's next bytes
+  still sends until the client hangs up, for at most ``linger_timeout_seconds`` and
+  ``max_linger_bytes``, then closes. Closing at once would answer the client's next bytes
   with a reset, and a client that learns of the reset before it has read the response loses
   the response.
 * :class:`GuardedWebSocketProtocol` (websockets sans-I/O): frames before authentication may
   be at most :data:`PRE_AUTH_MAX_BYTES`; an oversized frame is answered with close 1009
-  ``frame too large`` and the rest of the peer's data is read and dropped for a moment before
-  the TCP connection closes (closing with unread data would reset it, and the client would
-  never see the close frame).
+  ``frame too large`` and the rest of the peer's data is read and dropped for at most
+  ``linger_timeout_seconds`` before the TCP connection closes (closing with unread data would
+  reset it, and the client would never see the close frame).
 
 Counting. Every connection is counted under its client address as *unauthenticated* until the
 ``/v1/ws`` endpoint authenticates it (:meth:`ConnectionGuard.promote`), then as
@@ -85,12 +85,6 @@ log = logging.getLogger("vox.connections")
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Largest frame accepted before the ``auth`` frame (an ``auth`` frame is far smaller).
 PRE_AUTH_MAX_BYTES = 4096
-#: Seconds a lingering close (an oversized WebSocket frame's 1009; an HTTP response that
-#: closes the connection while the request body is still arriving) waits, reading and
-#: dropping, for the peer to hang up.
-_LINGER_SECONDS = 2.0
-#: Bytes an HTTP lingering close drops before it closes at once.
-_LINGER_BYTES = 256 * 1024
 #: Open files kept for everything that is not a client connection (database, logs, ...).
 _FD_MARGIN = 256
 
@@ -121,6 +115,8 @@ class ConnectionGuard:
         max_unauthenticated_per_address: int,
         max_authenticated_per_address: int,
         header_timeout: float,
+        linger_timeout: float,
+        max_linger_bytes: int,
         trusted_proxies: str = "127.0.0.1",
         ops_port: int | None = None,
     ) -> None:
@@ -130,6 +126,9 @@ class ConnectionGuard:
         self.max_unauthenticated = max_unauthenticated_per_address
         self.max_authenticated = max_authenticated_per_address
         self.header_timeout = header_timeout
+        #: Bounds of a lingering close: seconds, and bytes read and dropped.
+        self.linger_timeout = linger_timeout
+        self.max_linger_bytes = max_linger_bytes
         self._trusted = _TrustedHosts(trusted_proxies)
         self.total = 0
         self.unauthenticated: Counter[str] = Counter()
@@ -161,6 +160,8 @@ class ConnectionGuard:
             max_unauthenticated_per_address=limits.max_unauthenticated_connections_per_address,
             max_authenticated_per_address=limits.max_authenticated_connections_per_address,
             header_timeout=limits.header_timeout_seconds,
+            linger_timeout=limits.linger_timeout_seconds,
+            max_linger_bytes=limits.max_linger_bytes,
             trusted_proxies=settings.forwarded_allow_ips,
             ops_port=settings.ops_port,
         )
@@ -323,7 +324,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._upgraded = False
         #: Half-closed after a response, dropping what the client still sends.
         self.lingering = False
-        self._linger_left = _LINGER_BYTES
+        self._linger_left = guard.max_linger_bytes
         self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -361,14 +362,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def close_lingering(self) -> None:
         """Half-close after the response (the FIN follows what is buffered), then read and
         drop what the client still sends until it hangs up (its EOF closes the transport:
-        uvicorn's ``eof_received`` does not keep it open), for at most
-        :data:`_LINGER_SECONDS` and :data:`_LINGER_BYTES`."""
+        uvicorn's ``eof_received`` does not keep it open), for at most the guard's
+        ``linger_timeout`` seconds and ``max_linger_bytes``."""
         if self.lingering:
             return
         self.lingering = True
         self.transport.write_eof()
         self.flow.resume_reading()
-        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        self._linger_timer = self.loop.call_later(self.guard.linger_timeout, self.transport.close)
+
+    def on_response_complete(self) -> None:
+        """The response is sent: arm the keep-alive timer, unless the connection lingers (then
+        only the linger bounds end it)."""
+        if self.lingering:
+            self.server_state.total_requests += 1
+            return
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         """A request starts: its head must be complete before the deadline."""
@@ -614,7 +623,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._lingering = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.close_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        self.close_timer = self.loop.call_later(self.guard.linger_timeout, self.transport.close)
 
 
 class _Gate(asyncio.Protocol):

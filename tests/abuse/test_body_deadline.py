@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from server.db.models_delivery import Attachment
-from server.edge import connections
 from tests.abuse.conn_support import http_from, hung_up, raw_connect
 from tests.server.relay_harness import auth_header
 from tests.server.ws_kit import world
@@ -192,7 +191,7 @@ async def _sends_until_hung_up(writer: asyncio.StreamWriter, piece: bytes, pause
 
 async def test_a_client_that_keeps_trickling_after_the_408_is_cut_off(tmp_path: Path) -> None:
     """The lingering is bounded in time: a client still trickling after the 408 is closed
-    (``_LINGER_SECONDS``), not held forever."""
+    (``linger_timeout_seconds``), not held forever."""
     async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w:
         _, writer = await raw_connect(w.relay, "127.0.0.2")
         writer.write(_head("/v1/auth/challenge", 100_000) + b"{")
@@ -201,15 +200,56 @@ async def test_a_client_that_keeps_trickling_after_the_408_is_cut_off(tmp_path: 
         writer.close()
 
 
-async def test_a_client_that_floods_after_the_408_is_cut_off_by_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_longer_linger_timeout_keeps_a_trickling_client_past_the_default(
+    tmp_path: Path,
 ) -> None:
-    """The lingering is bounded in bytes: with an hour of lingering allowed, a client that
-    sends fast after the 408 is closed once ``_LINGER_BYTES`` were dropped."""
-    monkeypatch.setattr(connections, "_LINGER_SECONDS", 3600.0)
-    async with world(tmp_path, {"alice": [1]}, limits=LIMITS) as w:
+    """``linger_timeout_seconds`` is honoured: with 300 s of lingering allowed, a client that
+    trickles for 4 s after the 408 (twice the default) is not cut off — neither by the
+    keep-alive timeout (1 s here), which does not apply to a lingering connection."""
+    limits = {**LIMITS, "linger_timeout_seconds": 300.0, "keepalive_timeout_seconds": 1.0}
+    async with world(tmp_path, {"alice": [1]}, limits=limits) as w:
+        _, writer = await raw_connect(w.relay, "127.0.0.2")
+        writer.write(_head("/v1/auth/challenge", 100_000) + b"{")
+        await _trickle_until_answered(writer)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4
+        while loop.time() < until:
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        deadline = loop.time() + 60
+        while _unacknowledged(writer) and _tcp_state(writer) != TCP_CLOSE:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        assert _tcp_state(writer) == TCP_CLOSE_WAIT, "the relay cut the client off"
+        writer.close()
+
+
+async def test_a_client_that_floods_after_the_408_is_cut_off_by_bytes(tmp_path: Path) -> None:
+    """The lingering is bounded in bytes: with 300 s of lingering allowed, a client that
+    sends fast after the 408 is closed once ``max_linger_bytes`` (default 256 KiB) were
+    dropped."""
+    limits = {**LIMITS, "linger_timeout_seconds": 300.0}
+    async with world(tmp_path, {"alice": [1]}, limits=limits) as w:
         _, writer = await raw_connect(w.relay, "127.0.0.2")
         writer.write(_head("/v1/auth/challenge", 100_000_000) + b"{")
         await _trickle_until_answered(writer)
         await _sends_until_hung_up(writer, b"x" * 65536, 0.01)
+        writer.close()
+
+
+async def test_a_smaller_max_linger_bytes_cuts_a_client_off_after_that_many_bytes(
+    tmp_path: Path,
+) -> None:
+    """``max_linger_bytes`` is honoured: with 4 KiB allowed (and 300 s), one burst of 4 KiB + 1
+    after the 408 ends the lingering; the client's next byte is answered with a reset (at the
+    default 256 KiB the few bytes probed here would be read and dropped for 300 s)."""
+    limits = {**LIMITS, "linger_timeout_seconds": 300.0, "max_linger_bytes": 4096}
+    async with world(tmp_path, {"alice": [1]}, limits=limits) as w:
+        _, writer = await raw_connect(w.relay, "127.0.0.2")
+        writer.write(_head("/v1/auth/challenge", 100_000) + b"{")
+        await _trickle_until_answered(writer)
+        writer.write(b"x" * 4097)
+        await writer.drain()
+        await _sends_until_hung_up(writer, b"x", 0.2)
         writer.close()
