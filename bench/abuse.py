@@ -269,7 +269,8 @@ async def attacker(port: int, token: str, sockets: int, duration: float) -> dict
             held += 1
             peak = max(peak, held)
             read = asyncio.ensure_future(reader.read(1))
-            await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
+            read_or_stop: list[asyncio.Future[Any]] = [read, stopped]
+            await asyncio.wait(read_or_stop, return_when=asyncio.FIRST_COMPLETED)
             if read.done():
                 stats["closed_by_relay"] += 1
             else:

@@ -339,7 +339,7 @@ class Workers:
             spy.wait(timeout=60)
 
     def cpu_seconds(self, relay_bench: Any) -> float:
-        return sum(relay_bench.cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
+        return float(sum(relay_bench.cpu_seconds(p.pid) for p in self.procs if p.pid is not None))
 
     def system_seconds(self) -> float:
         """The client processes' system (kernel) CPU so far, from ``/proc/<pid>/stat``."""

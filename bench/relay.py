@@ -474,7 +474,7 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
 
             def node_of(user: str) -> int:  # senders on node i, their receivers on the next
-                return (int(user[1:]) + (user[0] == "r")) % args.nodes
+                return (int(user[1:]) + (user[0] == "r")) % int(args.nodes)
 
             async def open_as(user: str) -> ClientConnection:
                 url = f"ws://127.0.0.1:{ports[node_of(user)]}/v1/ws"
