@@ -147,7 +147,7 @@ def readme_relay(command: str, workdir: Path) -> Iterator[str]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(30)
+            code: int | None = proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -345,10 +345,10 @@ class Walk:
             assert found and all(args[0].lower() in f.lower() for f in found), found
             assert all(HEX_ID.search(f) for f in found), found
         elif sub == "devices":
-            out = self.run(line, argv).strip().splitlines()
-            assert len(out) == len(self.profiles_of(me)), out
-            assert sum("(this device)" in d for d in out) == 1, out
-            others = [d.split()[0] for d in out if "(this device)" not in d]
+            listed = self.run(line, argv).strip().splitlines()
+            assert len(listed) == len(self.profiles_of(me)), listed
+            assert sum("(this device)" in d for d in listed) == 1, listed
+            others = [d.split()[0] for d in listed if "(this device)" not in d]
             self.other_device = others[0] if others else None
         elif sub == "unlink":
             # `ID` in the README: the other device's number from the `devices` list before.

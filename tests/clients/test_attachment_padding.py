@@ -5,7 +5,7 @@ open, and a file whose padded blob is over the relay's limit is refused before u
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,11 @@ def stored_blobs(relay: Relay) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
 
 
+def recorder(into: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    """A progress callback appending each ``(done, total)`` to ``into``."""
+    return lambda done, total: into.append((done, total))
+
+
 def leftovers(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.name.endswith(".part")]
 
@@ -52,9 +57,7 @@ async def test_same_bucket_files_give_identical_blobs_at_the_relay_and_download_
     for name, data in originals.items():
         (tmp_path / name).write_bytes(data)
         progress = uploads.setdefault(name, [])
-        await alice.send_file(
-            "bob", tmp_path / name, progress=lambda done, total, p=progress: p.append((done, total))
-        )
+        await alice.send_file("bob", tmp_path / name, progress=recorder(progress))
     expected_blob = ciphertext_size(padded_size(1_000))
     assert expected_blob == ciphertext_size(padded_size(1_010)) == 1_041
     for progress in uploads.values():
@@ -78,9 +81,7 @@ async def test_same_bucket_files_give_identical_blobs_at_the_relay_and_download_
         sizes.add(stored_size(relay, pointer.blob_id))
         assert stored_size(relay, pointer.blob_id) == pointer.ciphertext_size == expected_blob
         got: list[tuple[int, int]] = []
-        out = await bob.download(
-            message, tmp_path / f"got-{name}", progress=lambda d, t, g=got: g.append((d, t))
-        )
+        out = await bob.download(message, tmp_path / f"got-{name}", progress=recorder(got))
         assert out.read_bytes() == originals[name]  # byte-identical: padding stripped
         assert got and got[-1] == (expected_blob, expected_blob)
     assert sizes == {expected_blob}  # the relay cannot tell 1,000 from 1,010 bytes

@@ -32,10 +32,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def test_replace_keeps_edits_tombstone_reactions_reply(store: Store) -> None:
     store.add_message(msg(1, "helo", reply=("ab" * 16, "alice", "hi")))
+    stored = store.get_message(f"{1:032x}")
+    assert stored is not None
     changed = dataclasses.replace(
-        store.get_message(f"{1:032x}"),  # type: ignore[type-var]
-        text="hello", edits=("helo",), reactions=(("alice", "👍"),), expires_in=60,
-    )  # fmt: skip
+        stored, text="hello", edits=("helo",), reactions=(("alice", "👍"),), expires_in=60
+    )
     assert store.replace_message(changed)
     assert store.get_message(changed.message_id) == changed
     assert not store.replace_message(msg(9, "absent"))

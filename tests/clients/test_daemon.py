@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from clients.daemon import is_live, serving, socket_path
 from clients.daemon import jsonrpc as rpc
@@ -195,7 +195,7 @@ async def test_cli_commands_work_while_the_tui_is_open(relay: Relay, tmp_path: P
                 await bob.send_text("alice", "seen by the TUI")
                 await wait_for(lambda: texts(got, "alice") == ["from the cli"])
                 for _ in range(200):
-                    shown = [str(w.content) for w in app.query(".msg")]
+                    shown = [str(w.content) for w in app.query(".msg").results(Static)]
                     if any("seen by the TUI" in line for line in shown):
                         break
                     await pilot.pause(0.05)
@@ -221,7 +221,9 @@ async def test_the_tui_attaches_to_a_running_daemon(relay: Relay, tmp_path: Path
                 async with app.run_test(size=(100, 30)) as pilot:
 
                     def shown(needle: str) -> bool:
-                        return any(needle in str(w.content) for w in app.query(".msg"))
+                        return any(
+                            needle in str(w.content) for w in app.query(".msg").results(Static)
+                        )
 
                     for _ in range(400):
                         if shown("before the TUI opened"):

@@ -390,7 +390,7 @@ def test_an_accepted_unverify_clears_a_refused_verify_of_the_same_user() -> None
             refused("4", "unverify", "dave"),
         ],
     )
-    outbox = Outbox(SimpleNamespace(store=store))  # type: ignore[arg-type]
+    outbox = Outbox(SimpleNamespace(store=store))
     outbox._clear_failed([("unverify", None, "bob"), ("reaction", "m1", "bob")])
     assert [f["id"] for f in _load_failed(store)] == ["2", "3", "4"]
     outbox._clear_failed([("verify", None, "dave"), ("edit", "m1", "bob")])
@@ -408,7 +408,9 @@ def test_history_decodes_only_the_conversations_queued_operations(
 
     store = MemoryStore()
     target = b"\x01" * 16
-    queued = [("bob", TextContent(text=f"t{i}", sent_at_ms=i)) for i in range(5)]
+    queued: list[tuple[str, TextContent | EditContent]] = [
+        ("bob", TextContent(text=f"t{i}", sent_at_ms=i)) for i in range(5)
+    ]
     queued += [(c, EditContent(target=target, text="x", sent_at_ms=9)) for c in ("bob", "carol")]
     for at, (conversation, content) in enumerate(queued):
         store.outbox_put(OutboxEntry(content.id_hex, conversation, content.to_bytes(), at))
@@ -420,6 +422,6 @@ def test_history_decodes_only_the_conversations_queued_operations(
 
     monkeypatch.setattr(messaging, "decode_content", counting)
     core = SimpleNamespace(store=store)
-    assert messaging.history(core, "bob") == []  # type: ignore[arg-type]
+    assert messaging.history(core, "bob") == []
     assert len(decoded) == 1  # the edit in bob's conversation; not the texts, not carol's
-    assert [op.conversation for op in messaging.operations(core)] == ["bob", "carol"]  # type: ignore[arg-type]
+    assert [op.conversation for op in messaging.operations(core)] == ["bob", "carol"]

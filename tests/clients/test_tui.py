@@ -63,7 +63,8 @@ async def people(relay: Relay, tmp_path: Path) -> AsyncIterator[People]:
     try:
         await clients[1].connect()
         await clients[2].connect()
-        yield People(*clients, bob_got, carol_got)
+        alice, bob, carol = clients
+        yield People(alice, bob, carol, bob_got, carol_got)
     finally:
         for client in clients:
             await client.close()

@@ -8,6 +8,7 @@ import hashlib
 import io
 import math
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -34,7 +35,6 @@ from crypto.errors import (
     UnsupportedVersion,
 )
 from crypto.primitives import DeterministicRng
-from tests.crypto.test_attachments import _fields as _pointer_fields
 
 CHUNK = 64
 
@@ -328,12 +328,12 @@ def test_padding_length_must_match_the_pointer() -> None:
     data = data_of(300)
     blob, pointer = encrypt_padded(data)
     for padding in (pointer.padding - 1, pointer.padding + 1, 0):
-        wrong = AttachmentPointer(**{**_fields(pointer), "padding": padding})
+        wrong = replace(pointer, padding=padding)
         with pytest.raises(AttachmentMismatch) as info:
             b"".join(decrypt_stream([blob], AttachmentDecryptor.for_pointer(wrong)))
         assert info.value.field == "size"
     # A pointer that calls the whole padded plaintext the file releases the zeros as data.
-    whole = AttachmentPointer(**{**_fields(pointer), "size": pointer.padded_size, "padding": 0})
+    whole = replace(pointer, size=pointer.padded_size, padding=0)
     assert b"".join(decrypt_stream([blob], AttachmentDecryptor.for_pointer(whole))) == (
         data + bytes(pointer.padding)
     )
@@ -403,12 +403,12 @@ def test_v2_pointer_decoding_rules() -> None:
 
 
 def test_pointer_padding_range_is_checked_on_construction() -> None:
-    fields = {**_fields(AttachmentPointer(b"k" * 32, b"d" * 32, 10, 64, "t", "f"))}
+    base = AttachmentPointer(b"k" * 32, b"d" * 32, 10, 64, "t", "f")
     with pytest.raises(ValueError):
-        AttachmentPointer(**{**fields, "padding": -1})
+        replace(base, padding=-1)
     with pytest.raises(ValueError):
-        AttachmentPointer(**{**fields, "size": 2**63, "padding": 2**63})
-    AttachmentPointer(**{**fields, "size": 2**63, "padding": 2**63 - 1})
+        replace(base, size=2**63, padding=2**63)
+    replace(base, size=2**63, padding=2**63 - 1)
 
 
 @settings(max_examples=200)
@@ -433,7 +433,3 @@ def test_pointer_round_trips_with_any_padding(
 def test_v2_pointer_decoder_raises_only_decode_error(tail: bytes) -> None:
     with contextlib.suppress(DecodeError):
         AttachmentPointer.from_bytes(b"\x02" + tail)
-
-
-def _fields(pointer: AttachmentPointer) -> dict[str, object]:
-    return {**_pointer_fields(pointer), "padding": pointer.padding}

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -88,7 +89,7 @@ def test_reordered_chunks_fail() -> None:
     header, chunks = chunks_of(blob)
     swapped = header + chunks[1] + chunks[0] + b"".join(chunks[2:])
     with pytest.raises(AuthenticationFailed):
-        decrypt(swapped, AttachmentPointer(**{**_fields(pointer), "digest": _sha(swapped)}))
+        decrypt(swapped, replace(pointer, digest=_sha(swapped)))
 
 
 def test_truncation_at_a_chunk_boundary_fails() -> None:
@@ -137,18 +138,18 @@ def test_flipping_any_bit_fails() -> None:
 
 def test_digest_and_size_are_checked_against_the_pointer() -> None:
     blob, pointer = encrypt(b"z" * 100)
-    wrong_digest = AttachmentPointer(**{**_fields(pointer), "digest": bytes(32)})
+    wrong_digest = replace(pointer, digest=bytes(32))
     with pytest.raises(AttachmentMismatch) as info:
         decrypt(blob, wrong_digest)
     assert info.value.field == "digest"
-    smaller = AttachmentPointer(**{**_fields(pointer), "size": 99})
+    smaller = replace(pointer, size=99)
     with pytest.raises(AttachmentMismatch):
         decrypt(blob, smaller)
-    larger = AttachmentPointer(**{**_fields(pointer), "size": 101})
+    larger = replace(pointer, size=101)
     with pytest.raises(AttachmentMismatch):
         decrypt(blob, larger)
     with pytest.raises(AuthenticationFailed):
-        decrypt(blob, AttachmentPointer(**{**_fields(pointer), "key": bytes(32)}))
+        decrypt(blob, replace(pointer, key=bytes(32)))
 
 
 def test_a_failed_decryptor_refuses_further_use() -> None:
@@ -195,7 +196,7 @@ def test_pointer_round_trips_and_hides_the_key() -> None:
     assert enc.key.hex() not in repr(enc)
     assert pointer.key.hex() not in repr(AttachmentDecryptor.for_pointer(pointer))
     with pytest.raises(ValueError):
-        AttachmentPointer(**{**_fields(pointer), "file_name": "x" * 256})
+        replace(pointer, file_name="x" * 256)
 
 
 @settings(max_examples=300)
@@ -213,18 +214,6 @@ def test_decryptor_raises_only_vox_errors_on_arbitrary_blobs(data: bytes, piece:
         for i in range(0, len(data), piece):
             dec.feed(data[i : i + piece])
         dec.finish()
-
-
-def _fields(pointer: AttachmentPointer) -> dict[str, object]:
-    return {
-        "key": pointer.key,
-        "digest": pointer.digest,
-        "size": pointer.size,
-        "chunk_size": pointer.chunk_size,
-        "content_type": pointer.content_type,
-        "file_name": pointer.file_name,
-        "blob_id": pointer.blob_id,
-    }
 
 
 def _sha(data: bytes) -> bytes:

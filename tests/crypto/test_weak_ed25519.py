@@ -11,6 +11,7 @@ honest keys) must keep working at the same call sites.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def _initial_message_with_account_key(typed_account: bytes) -> bytes:
     return wire.replace(alice.account.public_key.to_bytes(), typed_account, 1)
 
 
-CALL_SITES = {
+CALL_SITES: dict[str, Callable[[bytes], object]] = {
     "typed key": lambda typed: Ed25519PublicKey.from_bytes(typed),
     "bundle account key": lambda typed: PrekeyBundle.from_bytes(_bundle_with_account_key(typed)),
     "device list auth key": lambda typed: SignedDeviceList.from_bytes(

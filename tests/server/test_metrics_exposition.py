@@ -59,7 +59,8 @@ def _exercise(lib: Any, core: Any) -> bytes:
     r.register(custom)
     text: bytes = lib.generate_latest(r)
     r.unregister(custom)
-    return text + lib.generate_latest(r)
+    rest: bytes = lib.generate_latest(r)
+    return text + rest
 
 
 def test_the_exposition_is_prometheus_clients(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -77,7 +78,7 @@ def test_explicit_config_file_argument(tmp_path: Path) -> None:
         {"public_url": "http://chat.example.org"},
     ],
 )
-def test_unsafe_or_unknown_values_are_refused(overrides: dict[str, object]) -> None:
+def test_unsafe_or_unknown_values_are_refused(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         load_settings(environ={}, **overrides)
 

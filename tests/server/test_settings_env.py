@@ -11,10 +11,11 @@ from pydantic import create_model
 
 from server.settings import ConfigFileError, Settings, _environment, load_settings
 
-pydantic_settings = pytest.importorskip("pydantic_settings")
+pytest.importorskip("pydantic_settings")
+import pydantic_settings  # (after the skip when it is missing)
 
 
-class _EnvBase(pydantic_settings.BaseSettings):  # type: ignore[misc]
+class _EnvBase(pydantic_settings.BaseSettings):
     model_config = pydantic_settings.SettingsConfigDict(
         env_prefix="VOX_", env_nested_delimiter="__", case_sensitive=False
     )

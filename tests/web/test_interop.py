@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ from tests.web.support import (
     unique,
     wait_message,
 )
+
+
+def has_text(text: str) -> Callable[[list[dict[str, Any]]], bool]:
+    """A condition for ``receive_until``: a message with ``text`` arrived."""
+    return lambda got: any(m.get("text") == text for m in got)
 
 
 def test_browser_and_vox_chat_both_ways_with_ratchet_steps_and_receipts(
@@ -49,7 +55,7 @@ def test_browser_and_vox_chat_both_ways_with_ratchet_steps_and_receipts(
         vox.send(alice, f"python says {i}")
         wait_message(page, bob, f"python says {i}")
         send_in_browser(page, f"browser says {i}")
-        vox.receive_until(lambda g, i=i: any(m.get("text") == f"browser says {i}" for m in g))
+        vox.receive_until(has_text(f"browser says {i}"))
     # Two in a row from Python (same chain), then the browser answers.
     vox.send(alice, "one")
     vox.send(alice, "two")

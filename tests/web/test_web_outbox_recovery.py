@@ -150,6 +150,11 @@ def send_losing_its_answer(
     return lose, str(pending.get_attribute("data-message-id"))
 
 
+def longer_than(items: list[str], n: int) -> Callable[[], bool]:
+    """A condition for :func:`until`: ``items`` has more than ``n`` entries."""
+    return lambda: len(items) > n
+
+
 def until(page: Any, done: Callable[[], bool], timeout_ms: int = TIMEOUT_MS) -> bool:
     """Wait (letting Playwright dispatch its events) until ``done()``; raises after
     ``TIMEOUT_MS``, returns False after a shorter ``timeout_ms``."""
@@ -358,7 +363,7 @@ def test_a_send_the_relay_cannot_take_now_goes_out_again_after_the_sdk_backoff(
     for n in range(1, len(refusals) + 1):
         for _ in range(4):
             page.clock.fast_forward(2_000)
-            if until(page, lambda n=n: len(attempts) > n, timeout_ms=TIMEOUT_MS // 4):
+            if until(page, longer_than(attempts, n), timeout_ms=TIMEOUT_MS // 4):
                 break
         assert len(attempts) == n + 1, f"no attempt {n + 1} within 8 s after refusal {n}"
     assert len(set(attempts)) == 1  # the same client id every time
