@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from starlette.applications import Starlette
 
 from server.accounts.service import deletion_message
 from server.clock import Clock
@@ -38,7 +39,7 @@ def _signature(account: TestAccount) -> dict[str, str]:
     return {"signature": b64(account.account.sign(deletion_message(account.username)))}
 
 
-async def _counts(app: object) -> dict[str, int]:
+async def _counts(app: Starlette) -> dict[str, int]:
     async with relay_state(app).sessions() as session:
         return {
             t: int((await session.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one())

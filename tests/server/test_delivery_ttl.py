@@ -9,6 +9,7 @@ import base64
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from tests.server.ws_kit import Peer, open_ws, payload, world
@@ -48,8 +49,8 @@ async def test_the_sweeper_runs_on_its_own(tmp_path: Path) -> None:
             await a.expect("accepted")
         # Make the stored envelope already expired, then let the background sweeper find it.
         async with w.relay.state.engine.begin() as conn:
-            await conn.execute(QueueEntry.__table__.update().values(expires_at=0))
-            await conn.execute(DeliverySend.__table__.update().values(expires_at=0))
+            await conn.execute(update(QueueEntry).values(expires_at=0))
+            await conn.execute(update(DeliverySend).values(expires_at=0))
         await w.wait_count(QueueEntry, 0)
         await w.wait_count(DeliverySend, 0)
         assert await w.count(DeliveryPayload) == 0

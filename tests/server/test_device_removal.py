@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from starlette.applications import Starlette
 
 from server.db.models import Account, Device
 from server.db.models_delivery import QueueEntry
@@ -19,7 +20,7 @@ from tests.server.relay_harness import TestAccount, make_settings, running_relay
 from tests.server.ws_kit import Peer, delivery_app, open_ws, payload
 
 
-async def _queued(app: object, device_pk_of: dict[int, int], device_id: int) -> int:
+async def _queued(app: Starlette, device_pk_of: dict[int, int], device_id: int) -> int:
     async with relay_state(app).sessions() as session:
         query = select(func.count()).where(QueueEntry.device_pk == device_pk_of[device_id])
         return int((await session.execute(query)).scalar_one())

@@ -380,7 +380,7 @@ async def test_attach_numbers_grow_across_a_redis_restart_and_an_outage(
         # One more attach after the restart (a stale kick of "before" would lose to it too).
         after = _Sink("after")
         await _attached(a, 1, after, b)
-        assert a.hub._attach[1] > second  # type: ignore[operator]
+        assert a.hub._attach[1] > second
         await _until(lambda: "replaced" in during.kinds(), "the kick of the newest")
 
 

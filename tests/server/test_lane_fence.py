@@ -5,15 +5,17 @@ else refused with ``predecessor_missing``; on SQLite and PostgreSQL, through a r
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import Connection
 
 from server.db.models_delivery import DeliverySend
 from server.delivery.policy import PREDECESSOR_MISSING, LaneFence
+from server.delivery.repository import BatchReads
 from tests.server.ws_kit import Peer, World, WsClient, open_ws, payload, world
 from wire.codes import ErrorCode
 
@@ -116,10 +118,17 @@ async def test_a_predecessor_earlier_in_the_same_batch_lets_the_lane_through(
         lookups: list[list[tuple[int, str]]] = []
         batch_reads = repo.batch_reads
 
-        def counted(conn: Any, acks: Any, keys: Any, users: Any, **more: Any) -> Any:
+        def counted(
+            conn: Connection,
+            acks: Sequence[tuple[int, int]],
+            keys: Sequence[tuple[int, str]],
+            users: Iterable[str],
+            removed: list[tuple[int, int, int]] | None = None,
+            recipients: Iterable[tuple[str, int]] = (),
+        ) -> BatchReads:
             if keys:
                 lookups.append(list(keys))
-            return batch_reads(conn, acks, keys, users, **more)
+            return batch_reads(conn, acks, keys, users, removed=removed, recipients=recipients)
 
         repo.batch_reads = counted  # type: ignore[method-assign]
         for i in range(5):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -286,12 +287,12 @@ async def test_an_invalid_content_length_is_a_400(tmp_path: Path) -> None:
     from server.app import create_app
 
     app = create_app(make_settings(tmp_path))
-    sent: list[dict[str, object]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {
@@ -309,7 +310,7 @@ async def test_an_invalid_content_length_is_a_400(tmp_path: Path) -> None:
     }
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
-    assert b'"error": "bad_request"' in sent[1]["body"]  # type: ignore[operator]
+    assert b'"error": "bad_request"' in sent[1]["body"]
 
 
 def test_debug_logging_never_enables_frame_logging_of_the_websocket_library() -> None:

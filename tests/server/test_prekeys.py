@@ -37,6 +37,9 @@ class RecordingNotifier:
     async def disconnect(self, device_pk: int, reason: str) -> None:
         self.disconnects.append((device_pk, reason))
 
+    async def disconnect_token(self, device_pk: int, token_id: int, reason: str) -> None:
+        self.disconnects.append((device_pk, reason))
+
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:

@@ -40,7 +40,8 @@ class PushWorld:
         return self.relays[0]
 
     def dispatcher(self, node: int = 0) -> PushDispatcher:
-        push: PushDispatcher = self.relays[node].state.push
+        push = self.relays[node].state.push
+        assert push is not None, "push is configured on every node"
         return push
 
     async def drained(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server.delivery import writer as writer_module
+from server.delivery.policy import resolve_recipients
 from server.delivery.sqlite_cache import WriterCache
 from tests.server.test_cli import run_cli
 from tests.server.ws_kit import World, open_ws, payload, world
@@ -83,7 +84,7 @@ async def test_an_addressing_is_resolved_once_until_another_connection_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resolved: list[Any] = []
-    resolve = writer_module.resolve_recipients
+    resolve = resolve_recipients
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         resolved.append(args[0])

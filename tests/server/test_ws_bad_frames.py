@@ -94,6 +94,11 @@ async def test_recoverable_bad_frames_get_an_error_and_the_connection_stays(
             await b.expect("deliver")
 
 
+def _sending(frame: dict[str, Any] | str) -> Callable[[WsClient], Awaitable[None]]:
+    """An action for :func:`_raw` that sends ``frame``."""
+    return lambda ws: ws.send(frame)
+
+
 async def _raw(
     w: World, peer: Peer | None, action: Callable[[WsClient], Awaitable[None]]
 ) -> tuple[int | None, str | None]:
@@ -148,7 +153,7 @@ async def test_anything_but_a_valid_auth_first_closes_with_4401(tmp_path: Path) 
     ]
     async with world(tmp_path, SPEC) as w:
         for first in firsts:
-            code, reason = await _raw(w, None, lambda ws, f=first: ws.send(f))
+            code, reason = await _raw(w, None, _sending(first))
             assert code == 4401 and reason, first
         assert await w.counts() == (0, 0, 0)
         await _bystanders_unaffected(w)

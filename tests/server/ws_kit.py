@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +66,7 @@ class Peer:
 
 
 async def setup_accounts(
-    http: httpx.AsyncClient, spec: dict[str, Sequence[int]]
+    http: httpx.AsyncClient, spec: Mapping[str, Sequence[int]]
 ) -> dict[tuple[str, int], Peer]:
     """Register each user with its devices (signed device lists) and log every device in."""
     peers: dict[tuple[str, int], Peer] = {}
@@ -179,7 +179,7 @@ class World:
 @asynccontextmanager
 async def world(
     tmp_path: Path,
-    spec: dict[str, Sequence[int]],
+    spec: Mapping[str, Sequence[int]],
     *,
     database_url: str | None = None,
     limits: dict[str, Any] | None = None,
