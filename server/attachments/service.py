@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.attachments.storage import AttachmentStore, TooLarge, Truncated
 from server.clock import Clock
 from server.db.engine import write_transaction
-from server.db.models_delivery import Attachment, AttachmentUpload
+from server.db.models_delivery import Attachment, AttachmentUpload, AttachmentUsage
 from server.diskguard import DiskGuard
 from server.errors import (
     BadRequest,
@@ -53,6 +53,8 @@ log = logging.getLogger("vox.attachments")
 
 _table = cast(Table, Attachment.__table__)
 _uploads = cast(Table, AttachmentUpload.__table__)
+#: One row: the bytes of all of ``attachments`` (kept by triggers, migration 0010).
+_usage_total = cast(Table, AttachmentUsage.__table__)
 #: 32 bytes from ``secrets`` as unpadded base64url: 43 characters, 256 bits.
 ATTACHMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{43}$"
 _ID_RE = re.compile(ATTACHMENT_ID_PATTERN)
@@ -68,14 +70,15 @@ class _Usage:
 
 
 async def _usage(conn: AsyncConnection, device_pk: int, now: int) -> _Usage:
-    """Bytes stored by the device (unexpired) and by everyone (everything still stored);
-    an unfinished upload counts with its whole declared size (reserved when it starts)."""
+    """Bytes stored by the device (unexpired) and by everyone (everything still stored: the
+    running total ``attachment_usage``, one row); an unfinished upload counts with its whole
+    declared size (reserved when it starts)."""
     device = await conn.scalar(
         select(func.coalesce(func.sum(_table.c.size), 0)).where(
             _table.c.uploader_device_pk == device_pk, _table.c.expires_at > now
         )
     )
-    total = await conn.scalar(select(func.coalesce(func.sum(_table.c.size), 0)))
+    total = await conn.scalar(select(_usage_total.c.total_bytes).where(_usage_total.c.id == 1))
     pending = _uploads.c.attachment_id.is_(None)
     device_reserved = await conn.scalar(
         select(func.coalesce(func.sum(_uploads.c.size), 0)).where(

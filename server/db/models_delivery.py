@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -38,7 +39,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db.base import Base
 
-__all__ = ["Attachment", "AttachmentUpload", "DeliveryPayload", "DeliverySend", "QueueEntry"]
+__all__ = [
+    "Attachment",
+    "AttachmentUpload",
+    "AttachmentUsage",
+    "DeliveryPayload",
+    "DeliverySend",
+    "QueueEntry",
+]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT (also the type of
 # ``devices.pk`` and so of the columns that hold one).
@@ -118,6 +126,19 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class AttachmentUsage(Base):
+    """The bytes of every row of ``attachments``, in one row (``id`` 1), for the relay-wide
+    quota: summing the table instead read all of it per upload. Database triggers keep it
+    (migration 0010: every insert and delete of ``attachments``, whoever runs it, changes it
+    in the same transaction; on PostgreSQL at commit, so the row is locked only then)."""
+
+    __tablename__ = "attachment_usage"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_attachment_usage_one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class AttachmentUpload(Base):

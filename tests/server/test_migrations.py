@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from server.db.engine import create_engine
@@ -97,3 +97,53 @@ async def test_the_attachment_id_index_migrates_down_and_up_on_postgresql(
     postgres_url: str,
 ) -> None:
     await _down_and_up(postgres_url)
+
+
+async def _usage_down_and_up(url: str) -> None:
+    """0010 (the running total of attachment bytes) starts from the attachments already
+    stored, and its downgrade removes the table and its triggers (rows then come and go
+    without them)."""
+    engine = create_engine(url)
+    insert = text(
+        "INSERT INTO attachments (id, uploader_device_pk, size, created_at, expires_at) "
+        "VALUES (:id, NULL, :size, 0, 1)"
+    )
+    total = text("SELECT total_bytes FROM attachment_usage")
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            await conn.run_sync(_downgrade, "0009")
+            await conn.commit()
+        async with engine.begin() as conn:
+            assert "attachment_usage" not in await conn.run_sync(_tables)
+            await conn.execute(insert, [{"id": "a", "size": 300}, {"id": "b", "size": 40}])
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            assert await conn.scalar(total) == 340
+            await conn.execute(insert, {"id": "c", "size": 5})
+            await conn.execute(text("DELETE FROM attachments WHERE id = 'a'"))
+        async with engine.connect() as conn:
+            assert await conn.scalar(total) == 45
+            assert await conn.run_sync(_diff) == []
+            await conn.run_sync(_downgrade, "0009")
+            await conn.commit()
+        async with engine.begin() as conn:
+            assert "attachment_usage" not in await conn.run_sync(_tables)
+            await conn.execute(text("DELETE FROM attachments"))
+            await conn.execute(insert, {"id": "d", "size": 1})
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            assert await conn.scalar(total) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_the_attachment_total_migrates_down_and_up_on_sqlite(tmp_path: Path) -> None:
+    await _usage_down_and_up(f"sqlite+aiosqlite:///{tmp_path / 'usage.sqlite3'}")
+
+
+@pytest.mark.postgres
+async def test_the_attachment_total_migrates_down_and_up_on_postgresql(
+    postgres_url: str,
+) -> None:
+    await _usage_down_and_up(postgres_url)
