@@ -54,7 +54,7 @@ from clients.sdk import (
 )
 from clients.sdk.account import ProfileProtection, profile_protection
 from clients.store.errors import StoreError as StoreFailure
-from clients.units import format_size, timer_notice
+from clients.units import format_size, timer_notice, withdrawn_notice
 
 __all__ = ["app", "main"]
 
@@ -335,7 +335,7 @@ def delete(
         conversation = await _target(client, target)
         result = await client.delete(conversation, message_id, for_me=for_me)
         if isinstance(result, Withdrawn):
-            return "withdrawn before sending: it reached no one"
+            return withdrawn_notice(result.timer)
         return _done(result, "deleted on this device")
 
     typer.echo(run(_with_client(go)))

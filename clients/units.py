@@ -34,6 +34,13 @@ def format_duration(seconds: int) -> str:
     return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
 
 
+def withdrawn_notice(timer: int | None) -> str:
+    """What a delete that withdrew our queued message says; a withdrawn timer change also
+    names the timer this device has again (``timer``: seconds, 0 = off)."""
+    said = "withdrawn before sending: it reached no one"
+    return said if timer is None else f"{said} (disappearing messages: {format_duration(timer)})"
+
+
 def timer_notice(who: str, seconds: int) -> str:
     """``alice set disappearing messages to 1 hour`` / ``alice turned off disappearing
     messages`` (``who`` may be ``you``)."""

@@ -147,8 +147,10 @@ def result_json(value: SendResult) -> dict[str, Any]:
 def withdrawn_json(value: Withdrawn) -> dict[str, Any]:
     """A delete that withdrew our queued message before it was sent. Shaped like an accepted
     send that reached no device (``accepted_at`` null, ``devices`` 0) plus ``withdrawn``, so
-    a caller that reads ``delete`` answers as sends keeps working."""
-    return {"id": value.id, "accepted_at": None, "devices": 0, "withdrawn": True}
+    a caller that reads ``delete`` answers as sends keeps working; a withdrawn timer change
+    adds ``timer``, the conversation's timer on this device again."""
+    answer = {"id": value.id, "accepted_at": None, "devices": 0, "withdrawn": True}
+    return answer if value.timer is None else {**answer, "timer": value.timer}
 
 
 def verification_json(value: Verification) -> dict[str, Any]:

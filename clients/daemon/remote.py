@@ -261,7 +261,7 @@ class RemoteApi:
         """See :meth:`VoxClient.delete`."""
         answer = await self.rpc.call("delete", to=target, id=message_id, for_me=for_me)
         if answer is not None and answer.get("withdrawn"):
-            return Withdrawn(answer["id"])
+            return Withdrawn(answer["id"], answer.get("timer"))
         return _maybe(answer)
 
     async def react(self, target: str, message_id: str, emoji: str, *, remove: bool = False

@@ -27,6 +27,7 @@
     │   ├── LinkWrongCode(reason)        the offer does not open with this code
     │   └── LinkTimeout(reason, waited)  no offer arrived / the new device did not join in time
     ├── GroupError(reason)               unknown group, not a member, ...
+    ├── NotDeletableForEveryone(id)      a timer change is a setting: delete it for me only
     └── AttachmentError(reason)          upload/download/digest failure
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "LinkWrongCode",
     "MessageQueued",
     "NoProfile",
+    "NotDeletableForEveryone",
     "ProfileError",
     "ProfileExists",
     "ProfileLocked",
@@ -263,6 +265,19 @@ class GroupError(ClientError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"group: {reason}")
         self.reason = reason
+
+
+class NotDeletableForEveryone(ClientError):
+    """A delete for everyone of a disappearing-timer change that has left this device: a
+    timer change is a setting, not content — every member keeps it (set the timer again to
+    change it); delete for me removes its row from this device."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(
+            "a disappearing-timer change cannot be deleted for everyone: it is a setting, not "
+            "a message (set the timer again to change it, or delete its row with --for-me)"
+        )
+        self.message_id = message_id
 
 
 class AttachmentError(ClientError):

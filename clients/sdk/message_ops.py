@@ -33,7 +33,7 @@ from clients.sdk.content import (
     check_timer,
 )
 from clients.sdk.core import Core
-from clients.sdk.errors import ClientError
+from clients.sdk.errors import ClientError, NotDeletableForEveryone
 from clients.sdk.message_rules import (
     MAX_PENDING,
     PENDING_TTL,
@@ -42,6 +42,7 @@ from clients.sdk.message_rules import (
     run_sweeper,
     sweep,
     timer,
+    withdraw_timer,
 )
 from clients.sdk.models import Message, SendResult, Withdrawn
 from clients.store.models import StoredMessage, group_conversation, is_group_conversation
@@ -130,22 +131,32 @@ async def delete(
     message's blob is deleted on the relay once the relay accepted the DELETE — also when the
     DELETE was queued (:class:`~clients.sdk.errors.MessageQueued`) and goes out later, in this
     process or another (:func:`attachments.delete_withdrawn
-    <clients.sdk.attachments.delete_withdrawn>`)."""
+    <clients.sdk.attachments.delete_withdrawn>`).
+
+    A timer change's row: withdrawn, the change is undone on this device too (the timer it
+    replaced is back, ``Withdrawn.timer``); once it may have left, delete for me removes the
+    row only (the timer stands) and delete for everyone raises
+    :class:`~clients.sdk.errors.NotDeletableForEveryone` (a setting every member keeps)."""
     conversation = resolve_target(core, target)
     stored = _message(core, conversation, message_id)
     if stored.sender == core.username:
+        now_timer: int | None = None
         with core.store.transaction():
             cancelled = core.outbox.cancel(conversation, stored.message_id)
             if cancelled:  # a file's blob goes too: now, or on a later connection
                 attachments.delete_after(core, stored.message_id, stored)
                 forget(core.store, stored, time.time())
+                if stored.timer is not None:  # it reached no one: nor does it stay here
+                    now_timer = withdraw_timer(core.store, conversation, stored.message_id)
         if cancelled:
             await attachments.delete_withdrawn(core, stored.message_id)
-            return Withdrawn(stored.message_id)
+            return Withdrawn(stored.message_id, now_timer)
     if for_me:
         # Remembered (in the same transaction): a copy that arrives again stays deleted.
         forget(core.store, stored, time.time())
         return None
+    if stored.timer is not None:
+        raise NotDeletableForEveryone(stored.message_id)
     if stored.sender != core.username:
         raise ClientError("only your own messages can be deleted for everyone (use --for-me)")
     content = DeleteContent(target=bytes.fromhex(stored.message_id), **_head(conversation))  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ __all__ = [
     "stored_message",
     "sweep",
     "timer",
+    "withdraw_timer",
 ]
 
 log = logging.getLogger("vox.client")
@@ -56,6 +57,9 @@ MAX_PENDING = 1000
 PENDING_TTL = 7 * 24 * 3600
 _PENDING_KEY = "message_ops.pending"
 _TIMER_PREFIX = "timer:"
+#: Per conversation: our timer changes not yet accepted, oldest first, each with the timer this
+#: device had before it (JSON ``[[id, seconds], ...]``), so a withdrawn one can be undone.
+_UNDO_PREFIX = "timer.undo:"
 
 
 def _ms(now: float) -> int:
@@ -73,6 +77,48 @@ def timer(store: Store, conversation: str) -> int:
 
 def _set_timer(store: Store, conversation: str, seconds: int) -> None:
     store.set_setting(_TIMER_PREFIX + conversation, str(seconds) if seconds else None)
+
+
+def _undo_list(store: Store, conversation: str) -> list[list[Any]]:
+    raw = store.get_setting(_UNDO_PREFIX + conversation)
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _save_undo(store: Store, conversation: str, undo: list[list[Any]]) -> None:
+    store.set_setting(_UNDO_PREFIX + conversation, json.dumps(undo) if undo else None)
+
+
+def _remember_undo(store: Store, conversation: str, mid: str, pending: bool) -> None:
+    """Before a timer change is applied: ours still queued is listed with the timer it
+    replaces (the entries no longer queued are dropped: they can no longer be withdrawn); any
+    other (a member's, our other device's) is the timer now, whatever ours queued would undo."""
+    if not pending:
+        if store.get_setting(_UNDO_PREFIX + conversation):
+            _save_undo(store, conversation, [])
+        return
+    queued = {e.message_id for e in store.outbox_pending(conversation=conversation)}
+    undo = [e for e in _undo_list(store, conversation) if e[0] in queued]
+    _save_undo(store, conversation, [*undo, [mid, timer(store, conversation)]])
+
+
+def withdraw_timer(store: Store, conversation: str, mid: str) -> int:
+    """Our timer change ``mid`` was withdrawn (it reached no one): this device goes back to
+    the timer it had before it, unless a later change (ours still queued, or anyone's
+    received) has replaced it since — then a later withdrawal of ours goes back past it.
+    Returns the conversation's timer now. Call it in the withdrawal's transaction."""
+    undo = _undo_list(store, conversation)
+    at = next((i for i, e in enumerate(undo) if e[0] == mid), None)
+    if at is not None:
+        if at == len(undo) - 1:  # the timer this device has now: back to the one before
+            _set_timer(store, conversation, int(undo[at][1]))
+        else:  # replaced by a later change of ours: that one now undoes to the earlier timer
+            undo[at + 1][1] = undo[at][1]
+        _save_undo(store, conversation, undo[:at] + undo[at + 1 :])
+    return timer(store, conversation)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -121,6 +167,7 @@ def apply(
             _timer_notice(conversation, sender, content, now, own, pending)
         ):
             return []
+        _remember_undo(store, conversation, content.message_id.hex(), pending)
         _set_timer(store, conversation, content.seconds)
         return [
             MessageUpdate(
@@ -230,7 +277,7 @@ def _apply_to(
         )
         return update("edit", text=content.text)
     if isinstance(content, DeleteContent):
-        if not author or stored.deleted:
+        if not author or stored.deleted or stored.timer is not None:  # a timer change stays
             return []
         _remove_file(stored)
         store.replace_message(

@@ -260,9 +260,12 @@ class SendResult:
 @dataclass(frozen=True, slots=True)
 class Withdrawn:
     """A delete of our own message still queued and never handed to the relay: the send was
-    withdrawn (with the edits and reactions queued on it) — it reached no one."""
+    withdrawn (with the edits and reactions queued on it) — it reached no one. A withdrawn
+    timer change is undone here too: ``timer`` is the conversation's timer on this device now
+    (seconds, 0 = off; ``None`` for any other message)."""
 
     id: str
+    timer: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

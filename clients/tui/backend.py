@@ -95,9 +95,12 @@ class ChatBackend(Protocol):
         """Replace the text of our message ``message_id``."""
         ...
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
-        """Delete a message for everyone (our own), or only on this device. ``True``: it was
-        our message still queued, withdrawn before it was sent (it reached no one)."""
+    async def delete(
+        self, conversation: str, message_id: str, *, for_me: bool = False
+    ) -> Withdrawn | None:
+        """Delete a message for everyone (our own), or only on this device. A
+        :class:`Withdrawn`: it was our message still queued, withdrawn before it was sent (it
+        reached no one; a timer change is undone here too)."""
         ...
 
     async def react(
@@ -246,9 +249,11 @@ class SdkBackend:
     async def edit(self, conversation: str, message_id: str, text: str) -> None:
         await self.client.edit(conversation, message_id, text)
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
+    async def delete(
+        self, conversation: str, message_id: str, *, for_me: bool = False
+    ) -> Withdrawn | None:
         deleted = await self.client.delete(conversation, message_id, for_me=for_me)
-        return isinstance(deleted, Withdrawn)
+        return deleted if isinstance(deleted, Withdrawn) else None
 
     async def react(
         self, conversation: str, message_id: str, emoji: str, *, remove: bool = False

@@ -22,6 +22,7 @@ from clients.tui.help import usage
 from clients.tui.ids import SHORT, IdError, looks_like_id, resolve
 from clients.tui.rows import MessageRow, dom_id
 from clients.tui.search import SearchScreen, result_prompt
+from clients.units import withdrawn_notice
 
 if TYPE_CHECKING:
     import asyncio
@@ -170,8 +171,11 @@ class MessageCommands(_AppBase):
                 if name == "/edit":
                     await self.backend.edit(conversation, target, text)
                 elif name == "/delete":
-                    if await self.backend.delete(conversation, target, for_me=for_me):
-                        self._system(f"{name}: withdrawn before sending: it reached no one")
+                    withdrawn = await self.backend.delete(conversation, target, for_me=for_me)
+                    if withdrawn is not None:
+                        self._system(f"{name}: {withdrawn_notice(withdrawn.timer)}")
+                        if withdrawn.timer is not None:  # the change undone: the title too
+                            await self._timer_changed(conversation, withdrawn.timer)
                 elif name == "/disappear":
                     await self.backend.set_timer(conversation, seconds)
                 else:

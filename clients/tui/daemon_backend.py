@@ -116,9 +116,11 @@ class DaemonBackend:
     async def edit(self, conversation: str, message_id: str, text: str) -> None:
         await self.api.edit(conversation, message_id, text)
 
-    async def delete(self, conversation: str, message_id: str, *, for_me: bool = False) -> bool:
+    async def delete(
+        self, conversation: str, message_id: str, *, for_me: bool = False
+    ) -> Withdrawn | None:
         deleted = await self.api.delete(conversation, message_id, for_me=for_me)
-        return isinstance(deleted, Withdrawn)
+        return deleted if isinstance(deleted, Withdrawn) else None
 
     async def react(
         self, conversation: str, message_id: str, emoji: str, *, remove: bool = False
