@@ -146,6 +146,17 @@ async def _trickle_until_answered(writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _still_half_open(writer: asyncio.StreamWriter) -> bool:
+    """Wait until the relay's kernel acknowledged every byte written, or answered with a
+    reset; True if the connection is still half-open (the relay's FIN in, no reset)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while _unacknowledged(writer) and _tcp_state(writer) != TCP_CLOSE:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    return _tcp_state(writer) == TCP_CLOSE_WAIT
+
+
 async def test_a_byte_still_trickling_in_after_the_408_is_not_answered_with_a_reset(
     tmp_path: Path,
 ) -> None:
@@ -164,13 +175,7 @@ async def test_a_byte_still_trickling_in_after_the_408_is_not_answered_with_a_re
         await _trickle_until_answered(writer)
         writer.write(b"x")  # still trickling as the answer arrived
         await writer.drain()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        # The relay's kernel acknowledged the byte, or answered it with a reset.
-        while _unacknowledged(writer) and _tcp_state(writer) != TCP_CLOSE:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.01)
-        assert _tcp_state(writer) == TCP_CLOSE_WAIT, "the relay reset the connection"
+        assert await _still_half_open(writer), "the relay reset the connection"
         transport.resume_reading()
         status, body = await _response(reader)
         assert status == "HTTP/1.1 408 Request Timeout"
@@ -217,11 +222,7 @@ async def test_a_longer_linger_timeout_keeps_a_trickling_client_past_the_default
             writer.write(b"x")
             await writer.drain()
             await asyncio.sleep(0.05)
-        deadline = loop.time() + 60
-        while _unacknowledged(writer) and _tcp_state(writer) != TCP_CLOSE:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.01)
-        assert _tcp_state(writer) == TCP_CLOSE_WAIT, "the relay cut the client off"
+        assert await _still_half_open(writer), "the relay cut the client off"
         writer.close()
 
 
