@@ -20,10 +20,12 @@ from clients.sdk import (
     Withdrawn,
 )
 from clients.sdk.content import DeleteContent
+from clients.tui import ChatApp, SdkBackend
 from tests.clients.kit import RelayProcess, receive_until, texts, vox
 from tests.clients.test_outbox_operations import _pair, relay
+from tests.clients.test_tui import People, people, shown, type_line, until
 
-__all__ = ["relay"]  # the fixture: a real relay process, stopped and started by the tests
+__all__ = ["people", "relay"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -134,3 +136,17 @@ async def test_a_sent_timer_change_cannot_be_deleted_for_everyone(
         assert not [e for e in events if isinstance(e, MessageUpdate) and e.kind == "delete"]
     finally:
         await bob.close()
+
+
+async def test_the_tui_says_a_sent_timer_change_cannot_be_deleted_for_everyone(
+    people: People,
+) -> None:
+    result = await people.alice.set_timer("bob", HOUR)
+    assert result is not None
+    app = ChatApp(SdkBackend(people.alice), open_conversation="bob")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: shown(app, "you set disappearing messages to 1 hour"))
+        await type_line(pilot, f"/delete {result.id[:6]}")
+        said = "/delete: a disappearing-timer change cannot be deleted for everyone"
+        await until(pilot, lambda: shown(app, said))
+        assert result.id in app.shown and people.alice.timer("bob") == HOUR
