@@ -237,6 +237,23 @@ def browser_chatting_with_vox(
     return BrowserChat(page, vox, me, peer, first)
 
 
+def stored_blobs(relay: RelayProc) -> set[str]:
+    """The attachments the relay stores (``<data>/attachments/<xx>/<id>``)."""
+    root = relay.data_dir / "attachments"
+    return {
+        p.name for p in root.glob("*/*") if p.is_file() and p.parent.name not in {"tmp", "uploads"}
+    }
+
+
+def wait_blob_gone(page: Any, relay: RelayProc, blob: str) -> None:
+    """Wait (polling the relay's store while the page runs) until ``blob`` left the relay."""
+    for _ in range(TIMEOUT_MS // 100):
+        if blob not in stored_blobs(relay):
+            return
+        page.wait_for_timeout(100)
+    assert blob not in stored_blobs(relay), "the blob is still on the relay"
+
+
 # --- the test kit (clients/web/testkit/testkit.js: the protocol core and the engine) -------
 
 KIT = Path(__file__).resolve().parents[2] / "clients" / "web" / "testkit" / "testkit.js"

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.web.support import (
-    TIMEOUT_MS,
     RelayProc,
     Vox,
     act,
     open_app,
     open_chat,
     register_in_browser,
+    stored_blobs,
     unique,
+    wait_blob_gone,
 )
 
 
@@ -84,14 +85,6 @@ def test_files_both_ways_with_an_inline_image(
     assert saved.read_bytes() == png.read_bytes()
 
 
-def _blobs(relay: RelayProc) -> set[str]:
-    """The attachments the relay stores (``<data>/attachments/<xx>/<id>``)."""
-    root = relay.data_dir / "attachments"
-    return {
-        p.name for p in root.glob("*/*") if p.is_file() and p.parent.name not in {"tmp", "uploads"}
-    }
-
-
 def test_a_file_deleted_for_everyone_is_deleted_on_the_relay(
     context: Any, relay: RelayProc, tmp_path: Path
 ) -> None:
@@ -103,7 +96,7 @@ def test_a_file_deleted_for_everyone_is_deleted_on_the_relay(
     page = open_app(context, relay)
     register_in_browser(page, alice)
     open_chat(page, bob)
-    before = _blobs(relay)
+    before = stored_blobs(relay)
     page.get_by_test_id("attach-file").set_input_files(
         files=[{"name": "plan.bin", "mimeType": "application/octet-stream", "buffer": b"p" * 5000}]
     )
@@ -113,14 +106,10 @@ def test_a_file_deleted_for_everyone_is_deleted_on_the_relay(
     sent.wait_for()
     mid = str(sent.get_attribute("data-message-id"))
     vox.receive_until(lambda g: any(m.get("attachment") for m in g))
-    [blob] = _blobs(relay) - before
+    [blob] = stored_blobs(relay) - before
 
     act(page, mid, "action-delete-everyone")
     vox.receive_until(
         lambda g: any(e.get("kind") == "delete" and str(e.get("target")).lower() == mid for e in g)
     )
-    for _ in range(TIMEOUT_MS // 100):
-        if blob not in _blobs(relay):
-            break
-        page.wait_for_timeout(100)
-    assert blob not in _blobs(relay)
+    wait_blob_gone(page, relay, blob)

@@ -318,7 +318,6 @@ async function opsScenario(steps: OpsStep[]): Promise<{ messages: Record<string,
     nextKey: (conv) => `msg:${conv}:${++counter}`,
     sendOperation: async (_conv, _id, _content, apply) => apply([]),
     cancelUnsent: () => null,
-    withdrawFile: () => undefined,
     changed: () => undefined,
     now: () => 0,
   });

@@ -103,6 +103,12 @@ interface OutboxEntry {
    * version, whose ``attempts`` stayed 0 even once sent — loaded as handed (``load``).
    */
   format?: number;
+  /**
+   * A DELETE of our file message uploaded by this device: its blob id, deleted on the relay
+   * once the relay accepted this DELETE (listed under ``WITHDRAWN`` in the transaction that
+   * takes the entry out); a DELETE refused for good keeps the blob (the others keep the message).
+   */
+  blob?: string;
 }
 /** The outbox record format whose ``attempts`` is set before an attempt's frame is written. */
 const OUTBOX_FORMAT = 2;
@@ -117,6 +123,13 @@ export const OWN_DEVICES_LANE = ":own-devices";
  * the SDK's ``REPLAY_GUARD_CLOCK_MARGIN_S``).
  */
 export const REPLAY_GUARD_MARGIN_MS = 24 * 3600 * 1000;
+/**
+ * Blobs to delete on the relay (``DELETE /v1/attachments/{id}``, protocol-ws §9.2):
+ * ``withdrawn:<op>`` → blob id, where ``op`` is the accepted DELETE of our file message, or the
+ * message itself, withdrawn before it was sent. Listed until the relay answered
+ * (``Engine.deleteWithdrawn``: at once, and on every connection — after a reload too).
+ */
+const WITHDRAWN = "withdrawn:";
 /** Group membership changes are not queued (see ``announce``). */
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
 /** Sends of one conversation on their way at once (the lane fence keeps their order). */
@@ -262,6 +275,10 @@ export class Engine {
   private lanes = new Map<string, Lane>();
   /** Whether the relay takes ``after`` (false once it refused the field: an older relay). */
   private fence = true;
+  /** Blobs to delete on the relay (``WITHDRAWN``, as committed): op id → blob id. */
+  private withdrawn = new Map<string, string>();
+  /** The ops whose blob is being deleted now. */
+  private deletingBlobs = new Set<string>();
 
   groups = new Map<string, Group>();
   /** Processed envelope ids → when they were processed (ms). */
@@ -320,9 +337,8 @@ export class Engine {
       find: (id) => this.findMessage(id),
       add: (m, changes) => this.addMessage(m, changes),
       nextKey: (conv) => this.nextKey(conv),
-      sendOperation: (conv, id, content, apply) => this.sendOperation(conv, id, content, apply),
+      sendOperation: (conv, id, content, apply, withdraws) => this.sendOperation(conv, id, content, apply, withdraws),
       cancelUnsent: (id) => this.cancelUnsent(id),
-      withdrawFile: (m) => this.withdrawFile(m),
       changed: () => this.changed(),
       now: () => this.clock(),
     });
@@ -370,6 +386,7 @@ export class Engine {
     this.outboxSeq = Math.max(0, ...queued.map((v) => v.seq ?? 0));
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
+    for (const [k, v] of await this.store.list<string>(WITHDRAWN)) this.withdrawn.set(k.slice(WITHDRAWN.length), v);
     await this.ops.load();
     return true;
   }
@@ -619,6 +636,7 @@ export class Engine {
   }
 
   private async afterReady(): Promise<void> {
+    this.deleteWithdrawn();
     await this.maintain().catch((e) => console.warn("maintenance failed", e));
     await this.flushOutbox();
     if (this.maintenanceTimer === null && !this.stopped) {
@@ -993,8 +1011,9 @@ export class Engine {
    * is the message id: a resend after a lost answer is answered with the first `accepted`
    * and stored once) or refused it for good.
    */
-  private async enqueue(conv: string, idHex: string, content: Uint8Array, changes: [string, unknown][]): Promise<void> {
+  private async enqueue(conv: string, idHex: string, content: Uint8Array, changes: [string, unknown][], blob?: string): Promise<void> {
     const entry: OutboxEntry = { id: idHex, to: conv, content, attempts: 0, seq: ++this.outboxSeq, format: OUTBOX_FORMAT };
+    if (blob !== undefined) entry.blob = blob;
     changes.push([`outbox:${idHex}`, entry]);
     await this.store.commit(changes);
     this.outbox.set(idHex, { entry, state: "queued", sent: 0, behind: null, retries: 0 });
@@ -1009,12 +1028,59 @@ export class Engine {
     return n;
   }
 
-  /** An operation (messageops.ts): queued like a text, its local effect applied at once. */
-  private async sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: [string, unknown][]) => void): Promise<void> {
+  /**
+   * An operation (messageops.ts): queued like a text, its local effect applied at once. A
+   * DELETE of our file message (``withdraws``) takes its blob along once the relay accepted it.
+   */
+  private async sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: [string, unknown][]) => void, withdraws?: Message): Promise<void> {
     this.checkTrusted(conv);
+    const blob = withdraws && this.uploadedBlob(withdraws); // before ``apply``: a tombstone has no file
     const changes: [string, unknown][] = [];
     apply(changes);
-    await this.enqueue(conv, idHex, content, changes);
+    await this.enqueue(conv, idHex, content, changes, blob ?? undefined);
+  }
+
+  /** The blob id of ``m`` if it is our file message uploaded by this device (only that device may delete it, protocol-ws §9.2). */
+  private uploadedBlob(m: Message): string | null {
+    const id = this.identity;
+    if (!m.file || !id || m.from !== id.user || m.device !== id.device) return null;
+    try {
+      return ATT.decodePointer(m.file.pointer).blobId || null;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Delete on the relay the blobs listed under ``WITHDRAWN`` (their DELETE accepted, or their
+   * message withdrawn unsent), in the background: at once, and again on every connection. An
+   * entry goes once the relay answered — gone (204), or refused for good (an older relay
+   * without the route: the blob expires); one the relay could not take now (unreachable, 5xx,
+   * 408, 429) stays listed for the next connection, across reloads.
+   */
+  private deleteWithdrawn(): void {
+    for (const [op, blob] of this.withdrawn) {
+      if (this.deletingBlobs.has(op)) continue;
+      this.deletingBlobs.add(op);
+      void this.deleteBlob(op, blob).finally(() => this.deletingBlobs.delete(op));
+    }
+  }
+
+  private async deleteBlob(op: string, blob: string): Promise<void> {
+    try {
+      await this.api.call("DELETE", `/v1/attachments/${encodeURIComponent(blob)}`);
+    } catch (e) {
+      if (!(e instanceof RelayError) || e.status === 408 || e.status === 429) {
+        console.warn("the attachment is not deleted on the relay yet (tried again on the next connection)", e);
+        return;
+      }
+    }
+    try {
+      await this.store.commit([[WITHDRAWN + op, undefined]]);
+      this.withdrawn.delete(op);
+    } catch (e) {
+      console.warn("the deleted attachment is still listed (deleted again on the next connection)", e);
+    }
   }
 
   /**
@@ -1024,31 +1090,13 @@ export class Engine {
    * handed either (edits, reactions): none of them will be sent, to the peers nor to our other
    * devices. Synchronous, so the pump cannot put it on its way meanwhile (only the pump moves an
    * entry to "in flight"). The caller commits ``changes`` (their outbox records removed) in the
-   * transaction that removes the message, and calls ``undo`` if that fails. Null when ``id`` is
+   * transaction that removes the message, and calls ``undo`` if that fails, ``done`` once it is
+   * committed. Our file message's blob goes with it (listed under ``WITHDRAWN`` in ``changes``,
+   * deleted on the relay at once or on a later connection). Null when ``id`` is
    * not in the outbox or may have reached the relay (on its way, or handed before): it cannot
    * be recalled.
    */
-  /**
-   * Our file message ``m`` was cancelled or deleted for everyone: its blob is deleted on the
-   * relay (protocol-ws §9.2) if this device uploaded it — only that device may. Best effort:
-   * a relay that cannot be reached (or is older) keeps it until it expires.
-   */
-  private withdrawFile(m: Message): void {
-    const id = this.identity;
-    if (!m.file || !id || m.from !== id.user || m.device !== id.device) return;
-    let blobId: string;
-    try {
-      blobId = ATT.decodePointer(m.file.pointer).blobId;
-    } catch {
-      return;
-    }
-    if (!blobId) return;
-    void this.api
-      .call("DELETE", `/v1/attachments/${encodeURIComponent(blobId)}`)
-      .catch((e) => console.warn("the attachment was not deleted on the relay (it expires)", e));
-  }
-
-  private cancelUnsent(id: string): { changes: [string, unknown][]; undo: () => void } | null {
+  private cancelUnsent(id: string): { changes: [string, unknown][]; undo: () => void; done: () => void } | null {
     const p = this.outbox.get(id);
     if (!p || !neverHanded(p)) return null;
     const gone = [p];
@@ -1057,12 +1105,21 @@ export class Engine {
     }
     for (const q of gone) this.outbox.delete(q.entry.id);
     this.changed();
+    const changes = gone.map((q): [string, unknown] => [`outbox:${q.entry.id}`, undefined]);
+    const m = this.findMessage(id);
+    const blob = m && this.uploadedBlob(m);
+    if (blob) changes.push([WITHDRAWN + id, blob]);
     return {
-      changes: gone.map((q): [string, unknown] => [`outbox:${q.entry.id}`, undefined]),
+      changes,
       undo: () => {
         for (const q of gone) this.outbox.set(q.entry.id, q);
         this.changed();
         void this.pump(p.entry.to);
+      },
+      done: () => {
+        if (!blob) return;
+        this.withdrawn.set(id, blob);
+        this.deleteWithdrawn();
       },
     };
   }
@@ -1222,8 +1279,15 @@ export class Engine {
         m.state = outcome === "accepted" ? "sent" : "failed";
         changes.push([m.key, m]);
       }
+      // An accepted DELETE of our file message: its blob goes too (refused: it stays).
+      const blob = outcome === "accepted" ? e.blob : undefined;
+      if (blob) changes.push([WITHDRAWN + e.id, blob]);
       try {
         await this.store.commit(changes);
+        if (blob) {
+          this.withdrawn.set(e.id, blob);
+          this.deleteWithdrawn();
+        }
       } catch (err) {
         console.warn("outbox update not stored", err); // kept stored: sent again (and deduplicated) after a reload
       }

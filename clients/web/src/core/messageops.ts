@@ -68,6 +68,8 @@ export interface MessageExtras {
 }
 
 type Changes = [string, unknown][];
+/** Our unsent message taken out of the outbox (``OpsHost.cancelUnsent``). */
+type Cancelled = { changes: Changes; undo: () => void; done: () => void };
 /** What a delete did: "withdrawn" — our message was still queued and never sent: it reached no one. */
 export type DeleteResult = "withdrawn" | "deleted";
 type Sender = { user: string; device: number };
@@ -94,22 +96,20 @@ export interface OpsHost {
   nextKey(conv: string): string;
   /**
    * Send an operation's content in ``conv``; ``apply`` records its local effect in the
-   * transaction that queues it (direct: outbox + transcript) or after the relay accepted it
-   * (groups). Rejects when it cannot be sent.
+   * transaction that queues it. Rejects when it cannot be sent. ``withdraws``: the DELETE of
+   * our file message ``withdraws`` — its blob goes from the relay (``DELETE /v1/attachments/{id}``,
+   * if this device uploaded it) once the relay accepted the DELETE, from this page or after a
+   * reload; a DELETE refused for good keeps it.
    */
-  sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: Changes) => void): Promise<void>;
+  sendOperation(conv: string, idHex: string, content: Uint8Array, apply: (changes: Changes) => void, withdraws?: Message): Promise<void>;
   /**
    * Take our message ``id`` (and the queued operations on it) out of the outbox if it was never
    * handed to the relay, at once (no await: the pump cannot send it meanwhile): ``changes`` to
-   * commit with its removal, ``undo`` if that commit fails. Null when it is not queued unsent.
+   * commit with its removal, ``undo`` if that commit fails, ``done`` once it is committed (our
+   * file message's blob is deleted on the relay then, or on a later connection). Null when it
+   * is not queued unsent.
    */
-  cancelUnsent(id: string): { changes: Changes; undo: () => void } | null;
-  /**
-   * Our file message ``m`` was cancelled before it left or deleted for everyone: its blob goes
-   * from the relay (``DELETE /v1/attachments/{id}``) if this device uploaded it. Not awaited,
-   * best effort: a blob the relay keeps expires.
-   */
-  withdrawFile(m: Message): void;
+  cancelUnsent(id: string): Cancelled | null;
   changed(): void;
   /** The engine's clock (Unix ms). */
   now(): number;
@@ -307,10 +307,10 @@ export class MessageOps {
     return m;
   }
 
-  private async send(conv: string, body: Record<string, unknown> & { type: 9 | 10 | 11 | 12 }): Promise<void> {
+  private async send(conv: string, body: Record<string, unknown> & { type: 9 | 10 | 11 | 12 }, withdraws?: Message): Promise<void> {
     const op = { ...body, id: newMessageId(), sentAt: this.host.now(), groupId: groupIdOf(conv) } as Operation;
     const me = { user: this.host.user, device: this.host.device };
-    await this.host.sendOperation(conv, hex(op.id), encodeContent(op), (changes) => this.apply(conv, me, op, changes));
+    await this.host.sendOperation(conv, hex(op.id), encodeContent(op), (changes) => this.apply(conv, me, op, changes), withdraws);
   }
 
   /** Replace the text of our message ``id``. */
@@ -325,21 +325,20 @@ export class MessageOps {
    * Delete our message ``id`` for everyone (a tombstone on every device). Still queued and never
    * handed to the relay, it is not sent at all (nor the edits and reactions queued on it) and is
    * removed here: no DELETE is needed. On its way (or possibly delivered) it cannot be recalled:
-   * the DELETE is queued behind it. A file's blob is deleted on the relay either way. Returns
-   * "withdrawn" when it was never sent (it reached no one), else "deleted".
+   * the DELETE is queued behind it. A file's blob is deleted on the relay either way: withdrawn,
+   * at once; deleted, once the relay accepted the DELETE (also when it goes out later, after a
+   * reload too). Returns "withdrawn" when it was never sent (it reached no one), else "deleted".
    */
   async deleteForEveryone(conv: string, id: string): Promise<DeleteResult> {
     const m = this.message(conv, id);
     if (m.from !== this.host.user) throw new Error("only your own messages can be deleted for everyone");
     if (m.deleted) return "deleted";
-    const file = m.file ? { ...m } : null; // the tombstone drops ``m.file``
     const cancelled = this.host.cancelUnsent(m.id);
     if (cancelled) {
       await this.remove([m], cancelled);
     } else {
-      await this.send(conv, { type: 10, target: fromHex(m.id) });
+      await this.send(conv, { type: 10, target: fromHex(m.id) }, m);
     }
-    if (file) this.host.withdrawFile(file);
     return cancelled ? "withdrawn" : "deleted";
   }
 
@@ -366,14 +365,13 @@ export class MessageOps {
     const m = row?.event === "timer" && row.conv === conv ? row : this.message(conv, id);
     const cancelled = m.from === this.host.user && !m.event ? this.host.cancelUnsent(m.id) : null;
     await this.remove([m], cancelled);
-    if (cancelled && m.file) this.host.withdrawFile(m);
     return cancelled ? "withdrawn" : "deleted";
   }
 
   // --- disappearing messages -------------------------------------------------------------
 
   /** Remove ``gone`` from this store (``cancelled``: its unsent outbox entries, taken out with it). */
-  private async remove(gone: Message[], cancelled: { changes: Changes; undo: () => void } | null = null): Promise<void> {
+  private async remove(gone: Message[], cancelled: Cancelled | null = null): Promise<void> {
     if (!gone.length) return;
     const keys = new Set(gone.map((m) => m.key));
     const now = this.host.now();
@@ -396,6 +394,7 @@ export class MessageOps {
       cancelled?.undo(); // still stored (message and outbox entries): sent after all
       throw err;
     }
+    cancelled?.done();
     for (const conv of new Set(gone.map((m) => m.conv))) {
       this.host.messages.set(conv, (this.host.messages.get(conv) ?? []).filter((m) => !keys.has(m.key)));
     }
