@@ -159,6 +159,7 @@ async def test_a_weak_one_time_prekey_stored_before_the_check_is_discarded_at_cl
     # initiator's PQXDH then failed with InvalidPublicKey: bob unreachable by that bundle).
     from sqlalchemy import select, update
 
+    from server.db.engine import write_lock
     from server.db.models import PREKEY_KIND_X25519, OneTimePrekey
     from server.state import relay_state
 
@@ -168,6 +169,9 @@ async def test_a_weak_one_time_prekey_stored_before_the_check_is_discarded_at_cl
     weak = b"\x01" + WEAK_X25519[0]
     kind = OneTimePrekey.kind == PREKEY_KIND_X25519
     async with relay_state(relay.app).sessions() as session:
+        # Reads, then writes: SQLite's write lock first (a plain BEGIN would fail at once with
+        # "database is locked" if the relay committed in between — seen under load).
+        await write_lock(session)
         ids = await session.execute(select(OneTimePrekey.id).where(kind).order_by(OneTimePrekey.id))
         oldest = ids.scalars().first()
         await session.execute(
