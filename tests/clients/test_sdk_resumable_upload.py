@@ -358,30 +358,41 @@ async def test_the_proxy_tells_a_request_head_from_body_bytes() -> None:
     """A read of a chunk's body that starts with a zero byte (or with ``PATCH ``) is body,
     not a request: the old proxy closed the connection on it (1 read in 256 of random
     ciphertext; a retry resent the same bytes, split the same way, so an upload failed)."""
+    echoed_all = asyncio.Event()
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            echoed_all.set()
 
     upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
     proxy = Proxy(upstream.sockets[0].getsockname()[1])
     await proxy.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.listen_port)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.listen_port)
         body = [b"\0" + os.urandom(999), b"PATCH " + os.urandom(994)]
         head = b"PATCH /x HTTP/1.1\r\nUpload-Offset: 7\r\nContent-Length: 2000\r\n\r\n"
-        sent = head
         for part in (head, *body):
             writer.write(part)
             await writer.drain()
             await asyncio.sleep(0.05)  # each part is a read of its own at the proxy
-        sent += b"".join(body)
+        sent = head + b"".join(body)
         echoed = await asyncio.wait_for(reader.readexactly(len(sent)), 5)
         assert echoed == sent
         assert proxy.offsets() == [7]
-        writer.close()
     finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await asyncio.wait_for(echoed_all.wait(), 10)  # the echo's side is closed too
         await proxy.stop()
         upstream.close()
+        await upstream.wait_closed()

@@ -68,13 +68,24 @@ class Answered:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._conn, name, value)
 
-    def push_frame(self, text: str) -> None:
+    def _passes(self, text: str) -> bool:
+        """Whether frame ``text`` goes out (sets ``event`` when it is the watched answer)."""
         frame = json.loads(text)
         if frame.get("type") == "accepted" and frame.get("id") == self._frame_id:
             self._event.set()
-            if self.drop:
-                return
-        self._conn.push_frame(text)
+            return not self.drop
+        return True
+
+    def push_frame(self, text: str) -> None:
+        if self._passes(text):
+            self._conn.push_frame(text)
+
+    def sends_answered(self, answers: list[str]) -> None:
+        # The writer answers a connection's sends of a batch in one call (ca30c96).
+        kept = [text for text in answers if self._passes(text)]
+        self._conn.pending_sends -= len(answers) - len(kept)  # a lost answer still ends its send
+        if kept:
+            self._conn.sends_answered(kept)
 
 
 class Answerless(Answered):
