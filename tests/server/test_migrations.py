@@ -48,13 +48,17 @@ async def _check(url: str) -> None:
         await engine.dispose()
 
 
-async def test_migrations_match_models_on_sqlite(tmp_path: Path) -> None:
-    await _check(f"sqlite+aiosqlite:///{tmp_path / 'fresh.sqlite3'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database: a SQLite file in ``tmp_path``, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'vox.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
-@pytest.mark.postgres
-async def test_migrations_match_models_on_postgresql(postgres_url: str) -> None:
-    await _check(postgres_url)
+async def test_migrations_match_models(database_url: str) -> None:
+    await _check(database_url)
 
 
 def _downgrade(connection: Connection, target: str) -> None:
@@ -88,15 +92,8 @@ async def _down_and_up(url: str) -> None:
         await engine.dispose()
 
 
-async def test_the_attachment_id_index_migrates_down_and_up_on_sqlite(tmp_path: Path) -> None:
-    await _down_and_up(f"sqlite+aiosqlite:///{tmp_path / 'down.sqlite3'}")
-
-
-@pytest.mark.postgres
-async def test_the_attachment_id_index_migrates_down_and_up_on_postgresql(
-    postgres_url: str,
-) -> None:
-    await _down_and_up(postgres_url)
+async def test_the_attachment_id_index_migrates_down_and_up(database_url: str) -> None:
+    await _down_and_up(database_url)
 
 
 async def _usage_down_and_up(url: str) -> None:
@@ -138,12 +135,5 @@ async def _usage_down_and_up(url: str) -> None:
         await engine.dispose()
 
 
-async def test_the_attachment_total_migrates_down_and_up_on_sqlite(tmp_path: Path) -> None:
-    await _usage_down_and_up(f"sqlite+aiosqlite:///{tmp_path / 'usage.sqlite3'}")
-
-
-@pytest.mark.postgres
-async def test_the_attachment_total_migrates_down_and_up_on_postgresql(
-    postgres_url: str,
-) -> None:
-    await _usage_down_and_up(postgres_url)
+async def test_the_attachment_total_migrates_down_and_up(database_url: str) -> None:
+    await _usage_down_and_up(database_url)
