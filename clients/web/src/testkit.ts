@@ -16,7 +16,7 @@ import * as S from "./core/session";
 import { Engine } from "./core/engine";
 import { Store } from "./core/store";
 import { type AppClients, type AppWindow, openApp, pushNotification } from "./notify";
-import { Offline } from "./core/api";
+import { Api, Offline } from "./core/api";
 import { UploadConflict, type UploadTransport, encryptAndUpload } from "./core/upload";
 
 /** protocol-crypto.md §1: SHA-256(seed || u64 i) blocks, consumed front to back. */
@@ -850,6 +850,23 @@ async function uploadScenario(size: number, chunkBytes: number, script: Record<s
   return { same: stored.length === whole.length && stored.every((b, i) => b === whole[i]), calls, maxBody: Math.max(...calls.map((c) => c[1])), error };
 }
 
+/**
+ * One authenticated REST call (``Api.call``: DELETE ``path``) with a ``timeoutMs`` deadline,
+ * raced against ``guardMs``: "<name>: <message>" when it rejects, "answered" when it resolves,
+ * "hung" when the guard runs out first.
+ */
+async function apiDeadline(path: string, timeoutMs: number, guardMs: number): Promise<string> {
+  const api = new Api("");
+  api.token = "token";
+  api.timeoutMs = timeoutMs;
+  const call = api.call("DELETE", path).then(
+    () => "answered",
+    (e: unknown) => `${(e as Error).name}: ${(e as Error).message}`,
+  );
+  const guard = new Promise<string>((resolve) => setTimeout(() => resolve("hung"), guardMs));
+  return Promise.race([call, guard]);
+}
+
 const engineKit = {
   engineRegister,
   lastResortReplay,
@@ -873,6 +890,7 @@ const engineKit = {
   ...engineKit,
   attachmentStreaming,
   uploadScenario,
+  apiDeadline,
   swHandlers,
   skippedExpiry,
   combinedSkipBound,

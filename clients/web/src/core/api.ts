@@ -47,8 +47,16 @@ interface SignedJson {
   signature: string;
 }
 
+/**
+ * How long a REST call (request and answer body) may take before it fails as ``Offline``:
+ * the SDK's ``timeout`` (30 s). Blob uploads and downloads stream and have no such limit.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 export class Api {
   token: string | null = null;
+  /** A call that is not answered within this many milliseconds rejects with ``Offline``. */
+  timeoutMs = REQUEST_TIMEOUT_MS;
   /**
    * Logs in again (challenge → token) after a REST 401: protocol-client §3, a token that
    * expired or was revoked. Set by the engine; it rejects when the device may not log in
@@ -84,7 +92,15 @@ export class Api {
     const headers: Record<string, string> = {};
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (auth && this.token) headers["Authorization"] = `Bearer ${this.token}`;
+    // One deadline for the request and its answer's body: a relay (or a proxy) that takes the
+    // connection and never answers must not hold the caller — a send, a blob's DELETE — for good.
+    const signal = AbortSignal.timeout(this.timeoutMs);
+    const failed = (e: unknown): Offline =>
+      signal.aborted
+        ? new Offline(`the relay did not answer within ${this.timeoutMs / 1000} s`)
+        : new Offline(`relay unreachable (${(e as Error).message})`);
     let res: Response;
+    let text: string;
     try {
       res = await fetch(this.base + path, {
         method,
@@ -92,12 +108,13 @@ export class Api {
         body: body === undefined ? null : JSON.stringify(body),
         cache: "no-store",
         credentials: "omit",
+        signal,
       });
+      text = res.status === 204 ? "" : await res.text();
     } catch (e) {
-      throw new Offline(`relay unreachable (${(e as Error).message})`);
+      throw failed(e);
     }
     if (res.status === 204) return undefined as T;
-    const text = await res.text();
     let data: unknown = null;
     try {
       data = text ? JSON.parse(text) : null;
