@@ -5,11 +5,13 @@ delivery receipts."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
 import textwrap
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -328,3 +330,14 @@ async def test_an_fsync_error_reaches_every_caller_sharing_it() -> None:
     store.gate.set()
     results = await asyncio.gather(*callers, return_exceptions=True)
     assert [str(r) for r in results] == ["disk gone"] * 3
+
+
+async def test_a_closed_store_is_not_kept_alive_by_its_flushes(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "profile")
+    store.set_setting("k", "v")  # a commit for the fsync to cover
+    await durable.flush(store)
+    store.close()
+    gone = weakref.ref(store)
+    del store
+    gc.collect()
+    assert gone() is None  # the flushers' table is keyed by the store, weakly
