@@ -439,14 +439,21 @@ class Outbox:
         fails only its own caller."""
         batch, self._to_write = self._to_write, []
         written: list[_Write] = []
+        # ``sent`` updates waiting for their timer go in this transaction too (one commit
+        # less); if it fails they are written alone (flush_sent), as the sends are.
+        sent, self._sent_batch = self._sent_batch, []
         try:
             # Unsynced (survives a kill, not a power loss): the pipeline flushes before the
             # first frame of it leaves, and the caller hears nothing before that.
             with self.core.store.transaction(sync=False):
+                if sent:
+                    self._write_sent(sent)
                 for write in batch:
                     self._write(write)
             written = batch
         except Exception:
+            self._sent_batch = sent + self._sent_batch
+            sent = []
             for write in batch:
                 try:
                     with self.core.store.transaction(sync=False):
@@ -456,6 +463,8 @@ class Outbox:
                         write.waiter.set_exception(exc)
                 else:
                     written.append(write)
+        if sent:
+            self._sent_written(sent)
         for write in written:
             self._submit(write.entry.conversation, write.content)
 
@@ -598,23 +607,33 @@ class Outbox:
 
     def flush_sent(self) -> None:
         """Write pending ``sent`` updates now (one transaction)."""
-        if self._sent_timer is not None:
-            self._sent_timer.cancel()
         ids, self._sent_batch = self._sent_batch, []
-        future, self._sent_flush = self._sent_flush, None
-        self._sent_timer = None
         error: Exception | None = None
         if ids:
             try:
                 # Not synced: if lost, the outbox resends with the same id (stored once).
                 with self.core.store.transaction(sync=False):
-                    for mid in ids:
-                        self.core.store.outbox_remove(mid)
-                    self.core.protocol.mark_sent(ids)
-                    self._clear_failed([self._accepted_ops.pop(m) for m in ids
-                                        if m in self._accepted_ops])  # fmt: skip
+                    self._write_sent(ids)
             except Exception as exc:
                 error = exc
+        self._sent_written(ids, error)
+
+    def _write_sent(self, ids: list[str]) -> None:
+        """The rows of accepted sends (inside the caller's transaction)."""
+        for mid in ids:
+            self.core.store.outbox_remove(mid)
+        self.core.protocol.mark_sent(ids)
+        self._clear_failed([self._accepted_ops[m] for m in ids if m in self._accepted_ops])
+
+    def _sent_written(self, ids: list[str], error: Exception | None = None) -> None:
+        """The ``sent`` updates of ``ids`` were committed (or failed with ``error``): whoever
+        waits for them hears it."""
+        for mid in ids:
+            self._accepted_ops.pop(mid, None)
+        if self._sent_timer is not None:
+            self._sent_timer.cancel()
+        future, self._sent_flush = self._sent_flush, None
+        self._sent_timer = None
         if future is not None and not future.done():
             if error is not None:
                 future.set_exception(error)

@@ -222,8 +222,10 @@ class SqliteStore:
         self._dirty_sessions: dict[tuple[str, int], bytes] = {}
         # Other rows written at the commit of the open transaction, in one statement each
         # for the whole transaction rather than one per message: the search tokens of new
-        # messages (by message id), outbox attempts to count, outbox entries to remove.
+        # messages (by message id), outbox entries to insert (by message id: a burst's new
+        # sends in one multi-row INSERT), outbox attempts to count, outbox entries to remove.
         self._new_tokens: dict[str, list[tuple[bytes, float, str]]] = {}
+        self._puts: dict[str, OutboxEntry] = {}
         self._attempts: dict[str, int] = {}
         self._removed: set[str] = set()
         self._settings: dict[str, str | None] = {}
@@ -430,8 +432,17 @@ class SqliteStore:
         self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
 
     def _write_outbox(self) -> None:
-        """Write the open transaction's outbox attempts and removals (before its COMMIT, or
-        before another outbox statement): one statement each, usually."""
+        """Write the open transaction's new outbox entries, attempts and removals (before its
+        COMMIT, or before a statement that reads the table): one statement each, usually."""
+        puts, self._puts = list(self._puts.values()), {}
+        self._insert_rows(
+            "INSERT OR REPLACE INTO outbox VALUES",
+            [
+                (e.message_id, e.conversation, e.created_at, e.attempts,
+                 self._seal("outbox", _rk(e.message_id), e.payload))
+                for e in puts
+            ],
+        )  # fmt: skip
         attempts, self._attempts = self._attempts, {}
         removed, self._removed = list(self._removed), set()
         by_count: dict[int, list[str]] = {}
@@ -456,7 +467,7 @@ class SqliteStore:
         """Every row the open transaction left for its commit."""
         self._write_sessions()
         self._write_tokens()
-        if self._attempts or self._removed:
+        if self._puts or self._attempts or self._removed:
             self._write_outbox()
 
     def change_passphrase(self, passphrase: str | None) -> None:
@@ -573,6 +584,7 @@ class SqliteStore:
         self._sessions.clear()
         self._dirty_sessions.clear()
         self._new_tokens.clear()
+        self._puts.clear()
         self._attempts.clear()
         self._removed.clear()
         self._settings.clear()
@@ -1194,13 +1206,11 @@ class SqliteStore:
     # ------------------------------------------------------------------ outbox
 
     def outbox_put(self, entry: OutboxEntry) -> None:
-        sealed = self._seal("outbox", _rk(entry.message_id), entry.payload)
-        with self.transaction():
-            self._write_outbox()
-            self._exec(
-                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?)",
-                (entry.message_id, entry.conversation, entry.created_at, entry.attempts, sealed),
-            )
+        with self.transaction():  # inserted at its commit (_write_outbox), the burst's at once
+            mid = entry.message_id
+            self._attempts.pop(mid, None)  # replaced: counted from the entry's
+            self._removed.discard(mid)
+            self._puts[mid] = entry
 
     def outbox_pending(self, *, conversation: str | None = None) -> list[OutboxEntry]:
         with self._mutex:
@@ -1223,11 +1233,15 @@ class SqliteStore:
 
     def outbox_attempted(self, message_id: str) -> None:
         with self.transaction():  # counted at its commit (_write_outbox)
-            if message_id not in self._removed:
+            new = self._puts.get(message_id)
+            if new is not None:  # inserted by this transaction: inserted counted
+                self._puts[message_id] = dataclasses.replace(new, attempts=new.attempts + 1)
+            elif message_id not in self._removed:
                 self._attempts[message_id] = self._attempts.get(message_id, 0) + 1
 
     def outbox_remove(self, message_id: str) -> None:
         with self.transaction():  # removed at its commit (_write_outbox)
+            self._puts.pop(message_id, None)
             self._attempts.pop(message_id, None)
             self._removed.add(message_id)
 

@@ -24,9 +24,12 @@ async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
     store._conn.set_trace_callback(log.append)
     results = await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
     store._conn.set_trace_callback(None)
+    rows = [i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages")]
     puts = [i for i, s in enumerate(log) if s.startswith("INSERT OR REPLACE INTO outbox")]
-    assert len(puts) == BURST
-    assert "COMMIT" not in log[puts[0] : puts[-1]]  # every send's rows in one transaction
+    assert len(rows) == BURST
+    assert len(puts) == 1  # the burst's outbox entries in one statement
+    assert log[puts[0]].count("), (") == BURST - 1
+    assert "COMMIT" not in log[rows[0] : puts[0]]  # every send's rows in one transaction
     assert store.outbox_pending() == []
     states = {m.message_id: m.state for m in store.history("bob")}
     assert {states[r.id] for r in results} == {DeliveryState.SENT}
@@ -55,3 +58,25 @@ async def test_a_send_whose_rows_fail_fails_alone(make_client: Factory) -> None:
     assert alice.store.outbox_pending() == []
     received = await receive_texts(bob, "alice", 3)
     assert texts(received, "alice") == ["set-up", "m0", "m2"]
+
+
+async def test_sent_updates_waiting_for_their_timer_go_in_the_next_sends_commit(
+    make_client: Factory,
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    store = alice.store
+    assert isinstance(store, SqliteStore)
+    earlier = "0" * 32  # an accepted send whose ``sent`` waits for the outbox's timer
+    marked = alice.outbox._mark_sent(earlier)
+    log: list[str] = []
+    store._conn.set_trace_callback(log.append)
+    await alice.send_text("bob", "next")
+    store._conn.set_trace_callback(None)
+    assert marked.done() and marked.exception() is None
+    update = next(i for i, s in enumerate(log) if s.startswith("UPDATE messages") and earlier in s)
+    insert = next(i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages"))
+    assert update < insert
+    assert "COMMIT" not in log[update:insert]  # one transaction, one commit
+    received = await receive_texts(bob, "alice", 2)
+    assert texts(received, "alice") == ["set-up", "next"]

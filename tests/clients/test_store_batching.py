@@ -1,5 +1,6 @@
 """The SQLite store writes some rows once per transaction rather than once per call: the search
-tokens of new messages, outbox attempts and outbox removals go out in one statement each at the
+tokens of new messages, new outbox entries, outbox attempts and outbox removals go out in one
+statement each at the
 commit (or before a statement that reads them), and are dropped with a rolled-back transaction.
 What the store answers is the same as when each call wrote at once."""
 
@@ -104,6 +105,44 @@ def test_outbox_attempts_and_removals_are_one_statement_each_per_transaction(
     assert [(e.message_id, e.attempts, e.payload) for e in store.outbox_pending()] == [
         ("o4", 1, b"p"),
         ("o2", 0, b"again"),
+    ]
+
+
+def test_new_outbox_entries_are_one_statement_per_transaction(store: SqliteStore) -> None:
+    log = traced(store)
+    with store.transaction():
+        for i in range(4):
+            store.outbox_put(OutboxEntry(f"n{i}", "bob", f"p{i}".encode(), 1.0 + i))
+        store.outbox_attempted("n0")  # counted in the row it inserts: no UPDATE
+        store.outbox_attempted("n0")
+        store.outbox_remove("n3")  # never written
+        assert [(e.message_id, e.attempts) for e in store.outbox_pending()] == [
+            ("n0", 2),
+            ("n1", 0),
+            ("n2", 0),
+        ]  # read inside the transaction: written first
+        store.outbox_put(OutboxEntry("n4", "bob", b"p4", 5.0))
+        store.outbox_attempted("n4")
+    inserts = [s for s in log if s.startswith("INSERT OR REPLACE INTO outbox")]
+    assert len(inserts) == 2  # before the read, and at the commit
+    assert not [s for s in log if s.startswith("UPDATE outbox")]
+    assert [(e.message_id, e.attempts, e.payload) for e in store.outbox_pending()] == [
+        ("n0", 2, b"p0"),
+        ("n1", 0, b"p1"),
+        ("n2", 0, b"p2"),
+        ("n4", 1, b"p4"),
+    ]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.outbox_put(OutboxEntry("n5", "bob", b"p5", 6.0))
+        raise RuntimeError
+    with store.transaction():
+        store.outbox_put(OutboxEntry("n1", "bob", b"again", 7.0))  # replaces, attempts from it
+        store.outbox_attempted("n2")
+    assert [(e.message_id, e.attempts, e.payload) for e in store.outbox_pending()] == [
+        ("n0", 2, b"p0"),
+        ("n2", 1, b"p2"),
+        ("n4", 1, b"p4"),
+        ("n1", 0, b"again"),
     ]
 
 
