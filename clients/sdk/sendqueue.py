@@ -309,19 +309,25 @@ class SendQueue:
 
     def deadline(self) -> float | None:
         """When :meth:`tick` must be called next (``None``: nothing is timed)."""
-        times: list[float] = []
+        # Asked after every event (the shell re-arms its timer): one pass, no list.
+        first: float | None = None
+        in_flight, queued, ready = _State.IN_FLIGHT, _State.QUEUED, _State.READY
         for send in self._sends.values():
-            if send.state is _State.IN_FLIGHT:
-                times.append(send.answer_by)
-            elif send.state is _State.QUEUED:
-                if self.online and send.due < math.inf:
-                    times.append(send.due)
-            elif send.state is _State.READY and self._may_go(send):
-                if send.held_since is not None:
-                    times.append(send.held_since + self.offline_patience)
-                else:
-                    times.append(send.due)
-        return min(times) if times else None
+            state = send.state
+            if state is in_flight:
+                at = send.answer_by
+            elif state is queued:
+                if not self.online or send.due == math.inf:
+                    continue
+                at = send.due
+            elif state is ready and self._may_go(send):
+                held = send.held_since
+                at = send.due if held is None else held + self.offline_patience
+            else:
+                continue
+            if first is None or at < first:
+                first = at
+        return first
 
     # --- events in -----------------------------------------------------------------------
 
@@ -597,9 +603,9 @@ class SendQueue:
         """Transmit every send that is due, first in its lane and may go now."""
         actions: list[Action] = []
         for send in self._ordered():
-            if self._sends.get(send.key) is not send:
-                continue  # finished meanwhile
-            if send.state is not _State.READY or not self._may_go(send):
+            if send.state is not _State.READY or self._sends.get(send.key) is not send:
+                continue  # not ready, or finished meanwhile
+            if not self._may_go(send):
                 continue
             if not self.online and self.reconnecting:
                 if send.held_since is None:
