@@ -102,6 +102,8 @@ class SendPipeline:
         #: Whether a builder task is running (it drains ``_queue``, a batch at a time).
         self._building = False
         self._timer: asyncio.TimerHandle | None = None
+        #: Whether :meth:`_arm` is scheduled (once per turn of the loop, see :meth:`feed`).
+        self._arming = False
 
     # --- events in ------------------------------------------------------------------------
 
@@ -176,7 +178,9 @@ class SendPipeline:
     # --- actions out ------------------------------------------------------------------------
 
     def feed(self, actions: list[Action]) -> None:
-        """Execute the engine's actions, then arm the timer for its next deadline."""
+        """Execute the engine's actions, then arm the timer for its next deadline — at the end
+        of this turn of the event loop, once for every event of the turn (finding the deadline
+        walks every pending send; a burst of answers comes in one turn)."""
         for action in actions:
             job = self._jobs.get(action.key)
             if job is None:
@@ -193,7 +197,9 @@ class SendPipeline:
             else:
                 del self._jobs[action.key]
                 self._finished(job, action)
-        self._arm()
+        if not self._arming:
+            self._arming = True
+            asyncio.get_running_loop().call_soon(self._arm)
 
     def _finished(self, job: _Job, finished: Finished) -> None:
         outcome = finished.outcome
@@ -207,6 +213,7 @@ class SendPipeline:
         time stays (a tick before anything is due changes nothing, then re-arms): the deadline
         usually moves later (the oldest send answered), so a timer is rarely re-armed, rather
         than cancelled and created again on every event."""
+        self._arming = False
         deadline = self.sends.deadline()
         if deadline is None:
             return

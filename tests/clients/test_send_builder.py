@@ -44,6 +44,37 @@ async def test_a_burst_of_sends_is_built_by_one_task_not_one_per_send(
     assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
 
 
+async def test_the_timer_is_armed_once_per_turn_of_the_loop_not_once_per_event(
+    make_client: Factory,
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    sends = alice.pipeline.sends
+    looked = 0
+    deadline = sends.deadline
+
+    def counting() -> float | None:
+        nonlocal looked
+        looked += 1
+        return deadline()
+
+    sends.deadline = counting  # type: ignore[method-assign]
+    try:
+        alice.pipeline.connection_up()  # events of one turn: one look at the deadline
+        alice.pipeline.connection_up()
+        alice.pipeline.connection_up()
+        assert looked == 0
+        await asyncio.sleep(0)
+        assert looked == 1
+        await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
+    finally:
+        sends.deadline = deadline  # type: ignore[method-assign]
+    # Old code: after every event (each send's submit, expect and answer: over 3 per send).
+    assert looked < 2 * BURST, looked
+    received = await receive_texts(bob, "alice", BURST + 1)
+    assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
+
+
 _LANES = ["bob", "carol", "dave"]
 _ops = st.lists(
     st.tuples(
