@@ -224,6 +224,8 @@ async def test_sqlite_hot_statements_search_indexes(
     seen: list[Statement] = []
     raw = repository._raw_cursor
     monkeypatch.setattr(repository, "_raw_cursor", lambda conn: _RecordingCursor(raw(conn), seen))
+    driver = auth_repo._driver  # the login statements' raw path (SQLite)
+    monkeypatch.setattr(auth_repo, "_driver", lambda conn: _RecordingCursor(driver(conn), seen))
     try:
         with sync.begin() as conn:
             sender_pk, recipient_pk, sender_acct = seed_alice_and_bob(conn)
