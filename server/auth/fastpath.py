@@ -38,6 +38,8 @@ _CHALLENGE_FIELDS = frozenset({"username", "device_id"})
 _TOKEN_FIELDS = frozenset({"username", "device_id", "nonce", "signature"})
 # fullmatch: pydantic's (Rust) ``$`` does not accept a trailing newline, nor does this.
 _USERNAME = re.compile(USERNAME_PATTERN.removeprefix("^").removesuffix("$"))
+#: JSONResponse's encoding (``json.dumps`` with these arguments builds an encoder per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _well_formed(body: object, fields: frozenset[str]) -> dict[str, Any] | None:
@@ -178,8 +180,7 @@ async def _send_json(
     send: Send, status: int, content: dict[str, Any], headers: dict[str, str]
 ) -> None:
     """What ``JSONResponse(content, status, headers)`` sends."""
-    payload = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    data = payload.encode("utf-8")
+    data = _ENCODER.encode(content).encode("utf-8")
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     raw += [(b"content-length", str(len(data)).encode()), (b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": status, "headers": raw})
