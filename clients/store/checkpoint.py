@@ -28,8 +28,8 @@ __all__ = [
 
 #: Changing commits between two worker checkpoints. A burst's commit writes 10–20 pages into a
 #: fresh store and ~50 (4 KiB) into one of 600 messages (~73 at 2,000: the search index's random
-#: keys are ~70 % of them, measured with bench/e2e.py's load), so 64 commits are roughly SQLite's
-#: default of 1,000 pages up to ~4,000 — the backstop below.
+#: keys are ~70 % of them, measured with bench/e2e.py's load), so 64 commits are from about
+#: SQLite's default of 1,000 pages to more than the backstop below in a large store.
 CHECKPOINT_COMMITS = 64
 #: Seconds without a commit after which the worker checkpoints what is left.
 IDLE_SECONDS = 1.0
