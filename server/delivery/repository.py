@@ -10,9 +10,10 @@ through ``Connection.run_sync`` on PostgreSQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     ARRAY,
@@ -25,9 +26,9 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_
 
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
@@ -75,6 +76,42 @@ def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         cursor.close()
 
 
+#: Execution option of a PostgreSQL connection whose transaction the caller runs on the driver
+#: itself (``BEGIN``/``COMMIT`` sent to asyncpg, not through SQLAlchemy: the group-commit
+#: writer): the statements here go straight to asyncpg too, from ``Connection.run_sync``.
+DRIVER_TRANSACTION = "vox_driver_transaction"
+
+
+class PgStatement(NamedTuple):
+    """A PostgreSQL statement with numbered parameters (``$1``...) and their names in order."""
+
+    sql: str
+    names: tuple[str, ...]
+
+
+def _pg(sql: str) -> PgStatement:
+    """``sql`` with its ``:name`` parameters numbered ``$1``, ``$2``... (in order of first
+    appearance; a name used twice keeps its number)."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    return PgStatement(re.sub(r"(?<![:\w$]):(\w+)", number, sql), tuple(names))
+
+
+def _pg_rows(conn: Connection, statement: PgStatement, params: dict[str, Any]) -> list[Any]:
+    """All rows of a PostgreSQL statement: straight through asyncpg (its prepared-statement
+    cache; no SQLAlchemy per statement) when the caller runs the transaction on the driver
+    (:data:`DRIVER_TRANSACTION`), else as a driver-level statement of SQLAlchemy's
+    transaction."""
+    args = [params[name] for name in statement.names]
+    if conn.get_execution_options().get(DRIVER_TRANSACTION):
+        driver: Any = conn.connection.driver_connection
+        return list(await_(driver.fetch(statement.sql, *args)))
+    return list(conn.exec_driver_sql(statement.sql, tuple(args)))
+
+
 def _marks(n: int) -> str:
     """``?,?,...``: ``n`` placeholders (never values)."""
     return ",".join("?" * n)
@@ -115,7 +152,7 @@ _FIND_SENDS_SQL = (
     "CROSS JOIN LATERAL (SELECT s.envelope_id, s.created_at FROM delivery_sends AS s "
     "WHERE s.sender_device_pk = k.pk AND s.client_id = k.cid LIMIT 1) AS s"
 )
-_FIND_SENDS_PG = text(_FIND_SENDS_SQL)
+_FIND_SENDS_PG = _pg(_FIND_SENDS_SQL)
 
 
 def _device_sets_pg(names: str) -> str:
@@ -152,7 +189,7 @@ def _find_sends_sqlite(n: int) -> str:
 # and queue rows, not an error: the statement answers which sends it stored. (An error would
 # roll back the whole batch, and redoing its sends one by one could let a later batch of the
 # same connection commit first.)
-_INSERT_PG = text(
+_INSERT_PG = _pg(
     "WITH new_sends AS ("
     " INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user,"
     " sender_device_id, client_id, created_at, expires_at)"
@@ -198,7 +235,7 @@ _ACKED_CTES = (
     "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
     ")"
 )
-_DELETE_ACKED_PG = text(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa: S608
+_DELETE_ACKED_PG = _pg(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa: S608
 
 
 # The batch's reads in one round trip (PostgreSQL): its acks deleted, the sends already
@@ -206,7 +243,7 @@ _DELETE_ACKED_PG = text(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noq
 # predecessors), and the device sets of the users named. Rows are tagged by kind: 0 = (device
 # pk, seq) acked; 1 = (sender device pk, created at, -, client id, envelope id) found; 2 =
 # (account id, device id, device pk, username) of a device set (no device: NULL pk).
-_BATCH_READS_PG = text(
+_BATCH_READS_PG = _pg(
     f"{_ACKED_CTES}, found AS ({_FIND_SENDS_SQL}), sets AS ("  # noqa: S608 (constants)
     f"{_device_sets_pg(':names')}"
     ") "
@@ -223,7 +260,7 @@ QUEUE_LOCK_CLASS = 0x566F7851
 
 # Takes the locks in array order (the caller passes the keys sorted, so two writers never
 # wait for each other in a cycle); held until the transaction ends.
-_LOCK_QUEUES_PG = text(
+_LOCK_QUEUES_PG = _pg(
     "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM unnest(CAST(:keys AS INTEGER[])) AS t(k)"
 )
 
@@ -240,6 +277,8 @@ QUEUE_USAGE_PG = (
     " OFFSET 0) AS q"
     " GROUP BY t.p, q.sender_account_id"
 )
+
+_QUEUE_USAGE_PG = PgStatement(QUEUE_USAGE_PG, ("pks",))
 
 # Around the queue count in the session functions (a PL/pgSQL variable ``bitmap TEXT``): a
 # plain index scan, not a bitmap scan. The queue's rows are deleted as fast as they are
@@ -345,7 +384,7 @@ BATCH_READS_FUNCTION_PG = (
 #: Every session function, created on each new PostgreSQL connection.
 SESSION_FUNCTIONS_PG = f"{QUEUE_USAGE_FUNCTION_PG}; {BATCH_READS_FUNCTION_PG}"
 
-_BATCH_READS_CALL_PG = text(
+_BATCH_READS_CALL_PG = _pg(
     "SELECT * FROM pg_temp.vox_batch_reads(CAST(:devices AS BIGINT[]), CAST(:seqs AS BIGINT[]),"
     " CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[]), CAST(:names AS VARCHAR[]),"
     " CAST(:ref_users AS VARCHAR[]), CAST(:ref_devices AS BIGINT[]), :cls)"
@@ -354,7 +393,7 @@ _BATCH_READS_CALL_PG = text(
 #: ``Connection.info`` key: the connection has :data:`SESSION_FUNCTIONS_PG`.
 SESSION_FUNCTIONS = "vox_session_functions"
 
-_LOCK_QUEUE_USAGE_PG = text(
+_LOCK_QUEUE_USAGE_PG = _pg(
     "SELECT * FROM pg_temp.vox_lock_queue_usage("
     "CAST(:pks AS BIGINT[]), CAST(:keys AS INTEGER[]), :cls)"
 )
@@ -470,11 +509,11 @@ class DeliveryRepository:
             params["ref_devices"] = [device for _, device in refs]
             params["cls"] = QUEUE_LOCK_CLASS
             out.held = held
-            rows = conn.execute(_BATCH_READS_CALL_PG, params)
+            rows = _pg_rows(conn, _BATCH_READS_CALL_PG, params)
         else:
             rows = (
                 (kind, a, b, c, None, name, env)
-                for kind, a, b, c, name, env in conn.execute(_BATCH_READS_PG, params)
+                for kind, a, b, c, name, env in _pg_rows(conn, _BATCH_READS_PG, params)
             )
         for kind, a, b, c, d, name, envelope_id in rows:
             if kind == 3:
@@ -504,7 +543,8 @@ class DeliveryRepository:
         if conn.dialect.name == "postgresql":
             # Exact pairs in one round trip: join against the unnested key arrays.
             for pairs in _chunks(list(keys), 1000):
-                rows = conn.execute(
+                rows = _pg_rows(
+                    conn,
                     _FIND_SENDS_PG,
                     {"pks": [pk for pk, _ in pairs], "ids": [cid for _, cid in pairs]},
                 )
@@ -564,7 +604,7 @@ class DeliveryRepository:
             return
         keys = sorted({queue_lock_key(pk) for pk in device_pks})
         if keys:
-            conn.execute(_LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
+            _pg_rows(conn, _LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
     def lock_queue_usage(
         self,
@@ -589,7 +629,8 @@ class DeliveryRepository:
         out = {pk: QueueUsage() for pk in pks}
         if not pks:
             return out
-        rows = conn.execute(
+        rows = _pg_rows(
+            conn,
             _LOCK_QUEUE_USAGE_PG,
             {
                 "pks": pks,
@@ -611,6 +652,8 @@ class DeliveryRepository:
             rows: Iterable[Any]
             if sqlite:  # the same statement through the driver (no SQLAlchemy per batch)
                 rows = _raw_rows(conn, _queue_usage_sqlite(len(chunk)), chunk)
+            elif conn.dialect.name == "postgresql":
+                rows = _pg_rows(conn, _QUEUE_USAGE_PG, {"pks": list(chunk)})
             else:
                 rows = conn.execute(
                     select(
@@ -729,7 +772,8 @@ class DeliveryRepository:
         s_cols = list(zip(*send_rows, strict=True))
         p_cols = list(zip(*payload_rows, strict=True))
         q_cols = list(zip(*queue_rows, strict=True))
-        result = conn.execute(
+        result = _pg_rows(
+            conn,
             _INSERT_PG,
             {
                 **{f"s{i}": list(col) for i, col in enumerate(s_cols)},
@@ -797,8 +841,8 @@ class DeliveryRepository:
         if conn.dialect.name == "postgresql":
             # Queue rows and orphaned payloads in one statement (one round trip).
             for pg_chunk in _chunks(seqs, 5000):
-                for device_pk, seq in conn.execute(
-                    _DELETE_ACKED_PG, {"devices": devices, "seqs": list(pg_chunk)}
+                for device_pk, seq in _pg_rows(
+                    conn, _DELETE_ACKED_PG, {"devices": devices, "seqs": list(pg_chunk)}
                 ):
                     deleted += 1
                     assert (device_pk, seq) in wanted

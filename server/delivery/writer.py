@@ -62,7 +62,13 @@ from server.delivery.policy import (
     UnknownUsers,
     resolve_recipients,
 )
-from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend, SendRecord
+from server.delivery.repository import (
+    DRIVER_TRANSACTION,
+    DeliveryRepository,
+    DeviceSets,
+    NewSend,
+    SendRecord,
+)
 from server.delivery.sqlite_cache import WriterCache
 from wire.codes import ErrorCode
 from wire.encoding import b64
@@ -233,8 +239,7 @@ class GroupCommitWriter:
             await asyncio.to_thread(thread.join)
         conns, self._conns = self._conns, []
         for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await _discard(conn)
         if self._sqlite_engine is not None:
             self._sqlite_engine.dispose()
 
@@ -351,7 +356,10 @@ class GroupCommitWriter:
             started = self._clock.monotonic()
             await self._transaction(batch)
             self._metrics.commit_seconds.observe(self._clock.monotonic() - started)
-        except IntegrityError:
+        except Exception as exc:
+            if not _is_conflict(exc):
+                self._fail(batch, exc)
+                return
             # A concurrent node stored the same (sender, client id): redo one by one, so the
             # de-duplication check sees the other row.
             batch.per_device, batch.live = {}, []
@@ -359,16 +367,14 @@ class GroupCommitWriter:
                 single = _Batch([op])
                 try:
                     await self._transaction(single)
-                except Exception as exc:
-                    self._fail(single, exc)
+                except Exception as error:
+                    self._fail(single, error)
                     continue
                 batch.live += single.live
                 for pk, deliveries in single.per_device.items():
                     batch.per_device.setdefault(pk, []).extend(deliveries)
             for deliveries in batch.per_device.values():
                 deliveries.sort(key=lambda d: d.seq)
-        except Exception as exc:
-            self._fail(batch, exc)
 
     async def _transaction(self, batch: _Batch) -> None:
         for op in batch.ops:
@@ -387,16 +393,36 @@ class GroupCommitWriter:
             self._jobs.put((batch, done, loop))
             await done
             return
-        # PostgreSQL: the writer keeps its connections (no pool checkout and ping per batch).
-        conn = self._conns.pop() if self._conns else await self._engine.connect()
+        # PostgreSQL: the writer keeps its connections (no pool checkout and ping per batch)
+        # and runs their transactions on asyncpg itself, statements included (the
+        # repository's ``DRIVER_TRANSACTION`` path): SQLAlchemy's execution layer cost more
+        # relay CPU per batch than the driver's own work.
+        conn = await self._pg_connection()
+        driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
         try:
-            async with conn.begin():
-                await conn.run_sync(self._apply, batch)
+            if not driver.is_in_transaction():
+                await driver.execute("BEGIN")
+            await conn.run_sync(self._apply, batch)
+            # Nothing is answered before this returns (the commit is durable). When more
+            # operations already wait for a batch, the next transaction's BEGIN rides in the
+            # same round trip (this connection is the next one taken): it holds no snapshot,
+            # lock or transaction id until its first statement.
+            await driver.execute("COMMIT; BEGIN" if self._ops else "COMMIT")
         except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await _discard(conn)
             raise
         self._conns.append(conn)
+
+    async def _pg_connection(self) -> AsyncConnection:
+        """An idle connection of this writer (the most recently used first), or a new one."""
+        while self._conns:
+            conn = self._conns.pop()
+            driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+            if not driver.is_closed():
+                return conn
+            await _discard(conn)  # e.g. the server ended an idle session
+        conn = await self._engine.connect()
+        return await conn.execution_options(**{DRIVER_TRANSACTION: True})
 
     def _sqlite_thread(self) -> None:
         """The SQLite writer's thread: run each queued batch's transaction, then hand the
@@ -761,6 +787,16 @@ class GroupCommitWriter:
 _Job = tuple[_Batch, "asyncio.Future[None]", asyncio.AbstractEventLoop]
 
 
+async def _discard(conn: AsyncConnection) -> None:
+    """Close a writer's PostgreSQL connection for good: its transaction is the driver's own
+    (SQLAlchemy does not know of it), so it must not go back to the pool; the server rolls
+    back whatever it held."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
     """In the event loop: the writer thread finished a transaction."""
     if done.cancelled():
@@ -769,6 +805,12 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """An integrity violation (SQLAlchemy's, or asyncpg's own on the writer's driver
+    transactions: SQLSTATE class 23)."""
+    return isinstance(exc, IntegrityError) or str(getattr(exc, "sqlstate", "")).startswith("23")
 
 
 def _envelope_ids(now_ms: int, n: int) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import TextClause
 
 import server.delivery.repository as repository
 from server.db.engine import create_engine
@@ -38,16 +37,6 @@ BIG = ("delivery_sends", "delivery_queue", "delivery_payloads", "accounts", "dev
 FUNCTION_ARGS = "bigint[], bigint[], bigint[], varchar[], varchar[], varchar[], bigint[], integer"
 
 
-def _numbered(clause: TextClause) -> tuple[str, int]:
-    """``:name`` binds as ``$n`` (one number per name), and how many there are."""
-    names: dict[str, int] = {}
-
-    def number(match: re.Match[str]) -> str:
-        return f"${names.setdefault(match.group(1), len(names) + 1)}"
-
-    return re.sub(r"(?<![:\w]):(\w+)", number, clause.text), len(names)
-
-
 def _statements() -> list[tuple[str, str, str]]:
     """(name, argument types or '' to let PostgreSQL infer them, statement)."""
     out = [
@@ -59,14 +48,13 @@ def _statements() -> list[tuple[str, str, str]]:
             repository.RECIPIENT_DEVICES_IN_FUNCTION_PG,
         ),
     ]
-    for name, clause in (
+    for name, statement in (
         ("batch reads (without the function)", repository._BATCH_READS_PG),
         ("dedupe lookup", repository._FIND_SENDS_PG),
         ("inserts", repository._INSERT_PG),
         ("ack deletes", repository._DELETE_ACKED_PG),
     ):
-        sql, _ = _numbered(clause)
-        out.append((name, "", sql))
+        out.append((name, "", statement.sql))
     return out
 
 

@@ -1,7 +1,8 @@
 """PostgreSQL: a group-commit batch is two statements between BEGIN and COMMIT, whatever it
 holds (docs/protocol-ws.md §11): the acks, de-duplication, device sets and the recipients'
 queue locks and depths in one; the inserts in one. An ack-only batch is one statement. Each
-statement is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU.
+statement is a round trip, and on PostgreSQL the relay waits on round trips, not on its CPU:
+under load the next batch's BEGIN goes in the same round trip as the previous COMMIT.
 
 The queue count shares its round trip with the queue locks but must still see every row the
 locks' previous holder committed while this batch waited (else the depth bound is not exact).
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, make_url, text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Connection
 
 from server.db.engine import create_engine
@@ -29,6 +30,12 @@ from tests.server.ws_kit import open_ws, payload, seeded_database, world
 pytestmark = pytest.mark.postgres
 
 
+def _without_type_introspection(queries: list[str]) -> list[str]:
+    """The queries but asyncpg's own look-ups of the types of a statement's parameters (once
+    per connection and type, the first time a statement uses it)."""
+    return [q for q in queries if "typeinfo" not in q and "'jit'" not in q]
+
+
 async def test_a_batch_is_two_statements_and_an_ack_batch_one(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -38,62 +45,121 @@ async def test_a_batch_is_two_statements_and_an_ack_batch_one(
         database_url=postgres_url,
         limits={"messages_per_second_per_device": 100_000.0},
         commit_max_wait=0.2,  # frames written back to back share a batch
+        commit_pipeline=1,  # one batch at a time: each round trip belongs to the batch running
     ) as w:
         writer = w.relay.state.delivery.writers[0]
-        mine: set[int] = set()  # the writer's database connections
-        batches: list[tuple[bool, bool, int]] = []  # (sends, acks, statements)
-        statements = 0
+        # What the writer's connections send to the server (asyncpg's query loggers: every
+        # round trip, BEGIN and COMMIT included), and per batch: (sends, acks, queries).
+        queries: list[str] = []
+        batches: list[tuple[bool, bool, list[str]]] = []
+        watched: set[int] = set()
+        connection, transaction = writer._pg_connection, writer._transaction
 
-        def count(conn: Connection, *_: Any) -> None:
-            nonlocal statements
-            if id(conn.connection.dbapi_connection) in mine:
-                statements += 1
+        async def logged_connection() -> Any:
+            conn = await connection()
+            driver = conn.sync_connection.connection.driver_connection
+            if id(driver) not in watched:
+                watched.add(id(driver))
+                driver.add_query_logger(lambda record: queries.append(record.query))
+            return conn
 
-        apply = writer._apply
-
-        def counted(conn: Connection, batch: Any) -> None:
-            nonlocal statements
-            mine.add(id(conn.connection.dbapi_connection))
-            statements = 0
-            apply(conn, batch)
+        async def counted(batch: Any) -> None:
+            queries.clear()
+            await transaction(batch)
+            await asyncio.sleep(0)  # the loggers are called soon after each query
             sends = any(isinstance(op, SendOp) for op in batch.ops)
             acks = any(isinstance(op, AckOp) for op in batch.ops)
-            batches.append((sends, acks, statements))
+            batches.append((sends, acks, list(queries)))
 
-        writer._apply = counted  # type: ignore[method-assign]
-        event.listen(writer._engine.sync_engine, "before_cursor_execute", count)
-        try:
-            bob_ref = w["bob", 1].ref
-            async with open_ws(w.relay, w["alice", 1]) as a, open_ws(w.relay, w["bob", 1]) as b:
+        writer._pg_connection = logged_connection  # type: ignore[method-assign]
+        writer._transaction = counted  # type: ignore[method-assign]
+        bob_ref = w["bob", 1].ref
+        async with open_ws(w.relay, w["alice", 1]) as a, open_ws(w.relay, w["bob", 1]) as b:
 
-                def send(n: int) -> dict[str, Any]:
-                    data = base64.b64encode(payload()).decode()
-                    return {
-                        "type": "send",
-                        "id": f"m{n}",
-                        "payloads": [{"data": data, "to": [bob_ref]}],
-                    }
+            def send(n: int) -> dict[str, Any]:
+                data = base64.b64encode(payload()).decode()
+                return {
+                    "type": "send",
+                    "id": f"m{n}",
+                    "payloads": [{"data": data, "to": [bob_ref]}],
+                }
 
-                for n in range(5):
-                    await a.send(send(n))
-                for _ in range(5):
-                    assert (await a.expect("accepted"))["type"] == "accepted"
-                seqs = [(await b.expect("deliver"))["seq"] for _ in range(5)]
-                # Acks and sends together, then acks alone.
-                await b.send({"type": "ack", "seqs": seqs[:3]})
-                for n in range(5, 8):
-                    await a.send(send(n))
-                for _ in range(3):
-                    await a.expect("accepted")
-                seqs += [(await b.expect("deliver"))["seq"] for _ in range(3)]
-                await b.send({"type": "ack", "seqs": seqs[3:]})
-                await w.wait_count(QueueEntry, 0)
-                await writer.drained()
-        finally:
-            event.remove(writer._engine.sync_engine, "before_cursor_execute", count)
+            for n in range(5):
+                await a.send(send(n))
+            for _ in range(5):
+                assert (await a.expect("accepted"))["type"] == "accepted"
+            seqs = [(await b.expect("deliver"))["seq"] for _ in range(5)]
+            # Acks and sends together, then acks alone.
+            await b.send({"type": "ack", "seqs": seqs[:3]})
+            for n in range(5, 8):
+                await a.send(send(n))
+            for _ in range(3):
+                await a.expect("accepted")
+            seqs += [(await b.expect("deliver"))["seq"] for _ in range(3)]
+            await b.send({"type": "ack", "seqs": seqs[3:]})
+            await w.wait_count(QueueEntry, 0)
+            await writer.drained()
         assert batches and any(s for s, _, _ in batches) and any(a for _, a, _ in batches)
-        for sends, _acks, n in batches:
-            assert n == (2 if sends else 1), batches
+        control = {"BEGIN", "COMMIT", "COMMIT; BEGIN"}
+        begun = False  # the connection's transaction was begun by the previous commit
+        for sends, _acks, everything in batches:
+            sent = _without_type_introspection(everything)
+            statements = [q for q in sent if q not in control]
+            assert len(statements) == (2 if sends else 1), batches
+            # BEGIN only when the previous COMMIT did not already send it, then the
+            # statements, then the COMMIT: nothing else goes to the server.
+            assert sent == ([] if begun else ["BEGIN"]) + statements + sent[-1:], batches
+            assert sent[-1] in ("COMMIT", "COMMIT; BEGIN"), batches
+            begun = sent[-1] == "COMMIT; BEGIN"
+
+
+async def test_the_next_batch_begins_in_the_previous_commit_when_operations_wait(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Under load (operations already waiting when a batch commits), a batch is three round
+    trips: its two statements and a ``COMMIT; BEGIN`` that opens the next batch's
+    transaction on the same connection."""
+    async with world(
+        tmp_path,
+        {"alice": [1], "bob": [1]},
+        database_url=postgres_url,
+        limits={"messages_per_second_per_device": 100_000.0},
+        commit_max_wait=0.0,
+        commit_pipeline=1,
+    ) as w:
+        writer = w.relay.state.delivery.writers[0]
+        queries: list[str] = []
+        watched: set[int] = set()
+        connection = writer._pg_connection
+
+        async def logged_connection() -> Any:
+            conn = await connection()
+            driver = conn.sync_connection.connection.driver_connection
+            if id(driver) not in watched:
+                watched.add(id(driver))
+                driver.add_query_logger(lambda record: queries.append(record.query))
+            return conn
+
+        writer._pg_connection = logged_connection  # type: ignore[method-assign]
+        bob_ref = w["bob", 1].ref
+        data = base64.b64encode(payload()).decode()
+        async with open_ws(w.relay, w["alice", 1]) as a:
+            # 40 sends written at once: while the first batch runs, the others wait.
+            for n in range(40):
+                await a.send(
+                    {"type": "send", "id": f"m{n}", "payloads": [{"data": data, "to": [bob_ref]}]}
+                )
+            for _ in range(40):
+                assert (await a.expect("accepted"))["type"] == "accepted"
+            await writer.drained()
+        await asyncio.sleep(0)
+        queries = _without_type_introspection(queries)
+        commits = [q for q in queries if q.startswith("COMMIT")]
+        assert len(commits) >= 2, queries
+        assert "COMMIT; BEGIN" in commits, queries
+        # Every batch but the ones on a connection that was idle: two statements and a commit.
+        assert queries.count("BEGIN") == 1 + commits[:-1].count("COMMIT"), queries
+        assert len(queries) == 3 * len(commits) + queries.count("BEGIN"), queries
 
 
 @pytest.mark.parametrize("step", ["lock_queue_usage", "batch_reads"])
