@@ -24,10 +24,27 @@ from server.db.engine import create_engine
 from server.db.models_delivery import QueueEntry
 from server.delivery.policy import QueueUsage
 from server.delivery.repository import SESSION_FUNCTIONS, DeliveryRepository
-from server.delivery.writer import AckOp, SendOp
+from server.delivery.writer import AckOp, GroupCommitWriter, SendOp
 from tests.server.ws_kit import open_ws, payload, seeded_database, world
 
 pytestmark = pytest.mark.postgres
+
+
+def _log_queries(writer: GroupCommitWriter, queries: list[str]) -> None:
+    """Append every query the writer's PostgreSQL connections send (asyncpg's query loggers:
+    each round trip, BEGIN and COMMIT included) to ``queries``."""
+    watched: set[int] = set()
+    connection = writer._pg_connection
+
+    async def logged_connection() -> Any:
+        conn = await connection()
+        driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+        if id(driver) not in watched:
+            watched.add(id(driver))
+            driver.add_query_logger(lambda record: queries.append(record.query))
+        return conn
+
+    writer._pg_connection = logged_connection  # type: ignore[method-assign]
 
 
 def _without_type_introspection(queries: list[str]) -> list[str]:
@@ -52,16 +69,8 @@ async def test_a_batch_is_two_statements_and_an_ack_batch_one(
         # round trip, BEGIN and COMMIT included), and per batch: (sends, acks, queries).
         queries: list[str] = []
         batches: list[tuple[bool, bool, list[str]]] = []
-        watched: set[int] = set()
-        connection, transaction = writer._pg_connection, writer._transaction
-
-        async def logged_connection() -> Any:
-            conn = await connection()
-            driver = conn.sync_connection.connection.driver_connection
-            if id(driver) not in watched:
-                watched.add(id(driver))
-                driver.add_query_logger(lambda record: queries.append(record.query))
-            return conn
+        _log_queries(writer, queries)
+        transaction = writer._transaction
 
         async def counted(batch: Any) -> None:
             queries.clear()
@@ -71,7 +80,6 @@ async def test_a_batch_is_two_statements_and_an_ack_batch_one(
             acks = any(isinstance(op, AckOp) for op in batch.ops)
             batches.append((sends, acks, list(queries)))
 
-        writer._pg_connection = logged_connection  # type: ignore[method-assign]
         writer._transaction = counted  # type: ignore[method-assign]
         bob_ref = w["bob", 1].ref
         async with open_ws(w.relay, w["alice", 1]) as a, open_ws(w.relay, w["bob", 1]) as b:
@@ -129,18 +137,7 @@ async def test_the_next_batch_begins_in_the_previous_commit_when_operations_wait
     ) as w:
         writer = w.relay.state.delivery.writers[0]
         queries: list[str] = []
-        watched: set[int] = set()
-        connection = writer._pg_connection
-
-        async def logged_connection() -> Any:
-            conn = await connection()
-            driver = conn.sync_connection.connection.driver_connection
-            if id(driver) not in watched:
-                watched.add(id(driver))
-                driver.add_query_logger(lambda record: queries.append(record.query))
-            return conn
-
-        writer._pg_connection = logged_connection  # type: ignore[method-assign]
+        _log_queries(writer, queries)
         bob_ref = w["bob", 1].ref
         data = base64.b64encode(payload()).decode()
         async with open_ws(w.relay, w["alice", 1]) as a:
