@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import Account, AuthChallenge, AuthToken, Device
+from server.db.raw import sqlite_rows
 
 __all__ = [
     "LoginDevice",
@@ -52,15 +53,10 @@ def _statement(sql: str) -> _Statement:
     return _Statement(sql, text(sql))
 
 
-def _driver(conn: Connection) -> Any:
-    """The SQLite driver connection inside the caller's transaction."""
-    return conn.connection.driver_connection
-
-
 def _rows(conn: Connection, statement: _Statement, params: dict[str, Any]) -> list[Any]:
     """Every row of ``statement`` (none for a plain DELETE or INSERT)."""
     if conn.dialect.name == "sqlite":
-        return list(_driver(conn).execute(statement.sql, params).fetchall())
+        return sqlite_rows(conn, statement.sql, params)
     result = conn.execute(statement.clause, params)
     return list(result.all()) if result.returns_rows else []
 

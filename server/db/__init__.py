@@ -6,4 +6,5 @@
 * :mod:`server.db.models` — accounts, devices, auth, invites and prekeys.
 * ``server.db.models_delivery`` — owned by the delivery side (envelopes, attachments).
 * :mod:`server.db.migrate` — run Alembic programmatically.
+* :mod:`server.db.raw` — statements straight to the driver (sqlite3, asyncpg) on hot paths.
 """

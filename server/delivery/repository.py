@@ -10,10 +10,9 @@ through ``Connection.run_sync`` on PostgreSQL.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ARRAY,
@@ -28,8 +27,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.util import await_
 
+from server.db import raw
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
 from server.delivery.frames import Delivery, deliver_tail
@@ -60,56 +59,6 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _raw_cursor(conn: Connection) -> Any:
-    """A cursor of the driver connection inside the caller's transaction (SQLite)."""
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-
-def _raw_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    """All rows of one statement run through the SQLite driver in the caller's transaction."""
-    cursor = _raw_cursor(conn)
-    try:
-        return list(cursor.execute(sql, params).fetchall())
-    finally:
-        cursor.close()
-
-
-#: Execution option of a PostgreSQL connection whose transaction the caller runs on the driver
-#: itself (``BEGIN``/``COMMIT`` sent to asyncpg, not through SQLAlchemy: the group-commit
-#: writer): the statements here go straight to asyncpg too, from ``Connection.run_sync``.
-DRIVER_TRANSACTION = "vox_driver_transaction"
-
-
-class PgStatement(NamedTuple):
-    """A PostgreSQL statement with numbered parameters (``$1``...) and their names in order."""
-
-    sql: str
-    names: tuple[str, ...]
-
-
-def _pg(sql: str) -> PgStatement:
-    """``sql`` with its ``:name`` parameters numbered ``$1``, ``$2``... (in order of first
-    appearance; a name used twice keeps its number)."""
-    names: dict[str, int] = {}
-
-    def number(match: re.Match[str]) -> str:
-        return f"${names.setdefault(match.group(1), len(names) + 1)}"
-
-    return PgStatement(re.sub(r"(?<![:\w$]):(\w+)", number, sql), tuple(names))
-
-
-def _pg_rows(conn: Connection, statement: PgStatement, params: dict[str, Any]) -> list[Any]:
-    """All rows of a PostgreSQL statement: straight through asyncpg (its prepared-statement
-    cache; no SQLAlchemy per statement) when the caller runs the transaction on the driver
-    (:data:`DRIVER_TRANSACTION`), else as a driver-level statement of SQLAlchemy's
-    transaction."""
-    args = [params[name] for name in statement.names]
-    if conn.get_execution_options().get(DRIVER_TRANSACTION):
-        driver: Any = conn.connection.driver_connection
-        return list(await_(driver.fetch(statement.sql, *args)))
-    return list(conn.exec_driver_sql(statement.sql, tuple(args)))
 
 
 def _marks(n: int) -> str:
@@ -152,7 +101,7 @@ _FIND_SENDS_SQL = (
     "CROSS JOIN LATERAL (SELECT s.envelope_id, s.created_at FROM delivery_sends AS s "
     "WHERE s.sender_device_pk = k.pk AND s.client_id = k.cid LIMIT 1) AS s"
 )
-_FIND_SENDS_PG = _pg(_FIND_SENDS_SQL)
+_FIND_SENDS_PG = raw.pg_statement(_FIND_SENDS_SQL)
 
 
 def _device_sets_pg(names: str) -> str:
@@ -189,7 +138,7 @@ def _find_sends_sqlite(n: int) -> str:
 # and queue rows, not an error: the statement answers which sends it stored. (An error would
 # roll back the whole batch, and redoing its sends one by one could let a later batch of the
 # same connection commit first.)
-_INSERT_PG = _pg(
+_INSERT_PG = raw.pg_statement(
     "WITH new_sends AS ("
     " INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user,"
     " sender_device_id, client_id, created_at, expires_at)"
@@ -235,7 +184,7 @@ _ACKED_CTES = (
     "  AND q.idx = p.idx AND q.seq NOT IN (SELECT seq FROM gone))"
     ")"
 )
-_DELETE_ACKED_PG = _pg(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa: S608
+_DELETE_ACKED_PG = raw.pg_statement(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa: S608
 
 
 # The batch's reads in one round trip (PostgreSQL): its acks deleted, the sends already
@@ -243,7 +192,7 @@ _DELETE_ACKED_PG = _pg(f"{_ACKED_CTES} SELECT device_pk, seq FROM gone")  # noqa
 # predecessors), and the device sets of the users named. Rows are tagged by kind: 0 = (device
 # pk, seq) acked; 1 = (sender device pk, created at, -, client id, envelope id) found; 2 =
 # (account id, device id, device pk, username) of a device set (no device: NULL pk).
-_BATCH_READS_PG = _pg(
+_BATCH_READS_PG = raw.pg_statement(
     f"{_ACKED_CTES}, found AS ({_FIND_SENDS_SQL}), sets AS ("  # noqa: S608 (constants)
     f"{_device_sets_pg(':names')}"
     ") "
@@ -260,7 +209,7 @@ QUEUE_LOCK_CLASS = 0x566F7851
 
 # Takes the locks in array order (the caller passes the keys sorted, so two writers never
 # wait for each other in a cycle); held until the transaction ends.
-_LOCK_QUEUES_PG = _pg(
+_LOCK_QUEUES_PG = raw.pg_statement(
     "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM unnest(CAST(:keys AS INTEGER[])) AS t(k)"
 )
 
@@ -278,7 +227,7 @@ QUEUE_USAGE_PG = (
     " GROUP BY t.p, q.sender_account_id"
 )
 
-_QUEUE_USAGE_PG = PgStatement(QUEUE_USAGE_PG, ("pks",))
+_QUEUE_USAGE_PG = raw.PgStatement(QUEUE_USAGE_PG, ("pks",))
 
 # Around the queue count in the session functions (a PL/pgSQL variable ``bitmap TEXT``): a
 # plain index scan, not a bitmap scan. The queue's rows are deleted as fast as they are
@@ -384,7 +333,7 @@ BATCH_READS_FUNCTION_PG = (
 #: Every session function, created on each new PostgreSQL connection.
 SESSION_FUNCTIONS_PG = f"{QUEUE_USAGE_FUNCTION_PG}; {BATCH_READS_FUNCTION_PG}"
 
-_BATCH_READS_CALL_PG = _pg(
+_BATCH_READS_CALL_PG = raw.pg_statement(
     "SELECT * FROM pg_temp.vox_batch_reads(CAST(:devices AS BIGINT[]), CAST(:seqs AS BIGINT[]),"
     " CAST(:pks AS BIGINT[]), CAST(:ids AS VARCHAR[]), CAST(:names AS VARCHAR[]),"
     " CAST(:ref_users AS VARCHAR[]), CAST(:ref_devices AS BIGINT[]), :cls)"
@@ -393,7 +342,7 @@ _BATCH_READS_CALL_PG = _pg(
 #: ``Connection.info`` key: the connection has :data:`SESSION_FUNCTIONS_PG`.
 SESSION_FUNCTIONS = "vox_session_functions"
 
-_LOCK_QUEUE_USAGE_PG = _pg(
+_LOCK_QUEUE_USAGE_PG = raw.pg_statement(
     "SELECT * FROM pg_temp.vox_lock_queue_usage("
     "CAST(:pks AS BIGINT[]), CAST(:keys AS INTEGER[]), :cls)"
 )
@@ -509,11 +458,11 @@ class DeliveryRepository:
             params["ref_devices"] = [device for _, device in refs]
             params["cls"] = QUEUE_LOCK_CLASS
             out.held = held
-            rows = _pg_rows(conn, _BATCH_READS_CALL_PG, params)
+            rows = raw.pg_rows(conn, _BATCH_READS_CALL_PG, params)
         else:
             rows = (
                 (kind, a, b, c, None, name, env)
-                for kind, a, b, c, name, env in _pg_rows(conn, _BATCH_READS_PG, params)
+                for kind, a, b, c, name, env in raw.pg_rows(conn, _BATCH_READS_PG, params)
             )
         for kind, a, b, c, d, name, envelope_id in rows:
             if kind == 3:
@@ -543,7 +492,7 @@ class DeliveryRepository:
         if conn.dialect.name == "postgresql":
             # Exact pairs in one round trip: join against the unnested key arrays.
             for pairs in _chunks(list(keys), 1000):
-                rows = _pg_rows(
+                rows = raw.pg_rows(
                     conn,
                     _FIND_SENDS_PG,
                     {"pks": [pk for pk, _ in pairs], "ids": [cid for _, cid in pairs]},
@@ -555,7 +504,7 @@ class DeliveryRepository:
         # VALUES table joined to the sends with CROSS JOIN (SQLite keeps that join order), so
         # each key is one search of the unique index. (A row-value ``IN (VALUES ...)`` scans
         # the whole table instead — every send of the last 30 days, per batch.)
-        cursor = _raw_cursor(conn)
+        cursor = raw.sqlite_cursor(conn)
         try:
             for pairs in _chunks(list(keys), 400):
                 sql = _find_sends_sqlite(len(pairs))
@@ -574,7 +523,7 @@ class DeliveryRepository:
         for chunk in _chunks(names):
             rows: Iterable[Any]
             if sqlite:  # the same statement through the driver (no SQLAlchemy per batch)
-                rows = _raw_rows(conn, _device_sets_sqlite(len(chunk)), chunk)
+                rows = raw.sqlite_rows(conn, _device_sets_sqlite(len(chunk)), chunk)
             else:
                 rows = conn.execute(
                     select(
@@ -604,7 +553,7 @@ class DeliveryRepository:
             return
         keys = sorted({queue_lock_key(pk) for pk in device_pks})
         if keys:
-            _pg_rows(conn, _LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
+            raw.pg_rows(conn, _LOCK_QUEUES_PG, {"cls": QUEUE_LOCK_CLASS, "keys": keys})
 
     def lock_queue_usage(
         self,
@@ -629,7 +578,7 @@ class DeliveryRepository:
         out = {pk: QueueUsage() for pk in pks}
         if not pks:
             return out
-        rows = _pg_rows(
+        rows = raw.pg_rows(
             conn,
             _LOCK_QUEUE_USAGE_PG,
             {
@@ -651,9 +600,9 @@ class DeliveryRepository:
         for chunk in _chunks(pks):
             rows: Iterable[Any]
             if sqlite:  # the same statement through the driver (no SQLAlchemy per batch)
-                rows = _raw_rows(conn, _queue_usage_sqlite(len(chunk)), chunk)
+                rows = raw.sqlite_rows(conn, _queue_usage_sqlite(len(chunk)), chunk)
             elif conn.dialect.name == "postgresql":
-                rows = _pg_rows(conn, _QUEUE_USAGE_PG, {"pks": list(chunk)})
+                rows = raw.pg_rows(conn, _QUEUE_USAGE_PG, {"pks": list(chunk)})
             else:
                 rows = conn.execute(
                     select(
@@ -772,7 +721,7 @@ class DeliveryRepository:
         s_cols = list(zip(*send_rows, strict=True))
         p_cols = list(zip(*payload_rows, strict=True))
         q_cols = list(zip(*queue_rows, strict=True))
-        result = _pg_rows(
+        result = raw.pg_rows(
             conn,
             _INSERT_PG,
             {
@@ -800,7 +749,7 @@ class DeliveryRepository:
         """The same rows through the driver's ``executemany`` (C speed). The caller holds
         SQLite's write lock (``BEGIN IMMEDIATE``), so the next ``seq`` values can be taken
         from ``sqlite_sequence`` (the AUTOINCREMENT counter) and assigned here."""
-        cursor = _raw_cursor(conn)
+        cursor = raw.sqlite_cursor(conn)
         try:
             cursor.executemany(
                 "INSERT INTO delivery_sends (envelope_id, sender_device_pk, sender_user, "
@@ -841,7 +790,7 @@ class DeliveryRepository:
         if conn.dialect.name == "postgresql":
             # Queue rows and orphaned payloads in one statement (one round trip).
             for pg_chunk in _chunks(seqs, 5000):
-                for device_pk, seq in _pg_rows(
+                for device_pk, seq in raw.pg_rows(
                     conn, _DELETE_ACKED_PG, {"devices": devices, "seqs": list(pg_chunk)}
                 ):
                     deleted += 1
@@ -876,7 +825,7 @@ class DeliveryRepository:
     ) -> int:
         deleted = 0
         keys: set[tuple[str, int]] = set()
-        cursor = _raw_cursor(conn)
+        cursor = raw.sqlite_cursor(conn)
         try:
             device_marks = ",".join("?" for _ in devices)
             for chunk in _chunks(seqs, 400):

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.clock import Clock
 from server.db.engine import IMMEDIATE, sqlite_sync_engine
+from server.db.raw import DRIVER_TRANSACTION
 from server.delivery.checkpoint import BACKSTOP_PAGES, WalCheckpointer
 from server.delivery.fanout import Hub
 from server.delivery.frames import Delivery, dumps, error_frame
@@ -62,13 +63,7 @@ from server.delivery.policy import (
     UnknownUsers,
     resolve_recipients,
 )
-from server.delivery.repository import (
-    DRIVER_TRANSACTION,
-    DeliveryRepository,
-    DeviceSets,
-    NewSend,
-    SendRecord,
-)
+from server.delivery.repository import DeliveryRepository, DeviceSets, NewSend, SendRecord
 from server.delivery.sqlite_cache import WriterCache
 from wire.codes import ErrorCode
 from wire.encoding import b64
@@ -395,7 +390,7 @@ class GroupCommitWriter:
             return
         # PostgreSQL: the writer keeps its connections (no pool checkout and ping per batch)
         # and runs their transactions on asyncpg itself, statements included (the
-        # repository's ``DRIVER_TRANSACTION`` path): SQLAlchemy's execution layer cost more
+        # ``server.db.raw.DRIVER_TRANSACTION`` path): SQLAlchemy's execution layer cost more
         # relay CPU per batch than the driver's own work.
         conn = await self._pg_connection()
         driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]

@@ -38,6 +38,7 @@ import server.delivery.repository as repository
 from server.attachments import AttachmentService, LocalDiskStore
 from server.auth import repository as auth_repo
 from server.clock import Clock
+from server.db import raw
 from server.db.engine import create_engine, sqlite_sync_engine
 from server.db.migrate import upgrade
 from server.delivery.repository import DeliveryRepository, NewSend
@@ -222,10 +223,9 @@ async def test_sqlite_hot_statements_search_indexes(
     await upgrade(engine)
     sync = sqlite_sync_engine(engine)
     seen: list[Statement] = []
-    raw = repository._raw_cursor
-    monkeypatch.setattr(repository, "_raw_cursor", lambda conn: _RecordingCursor(raw(conn), seen))
-    driver = auth_repo._driver  # the login statements' raw path (SQLite)
-    monkeypatch.setattr(auth_repo, "_driver", lambda conn: _RecordingCursor(driver(conn), seen))
+    # The statements sent straight to the driver (delivery writer, logins): one cursor factory.
+    cursor = raw.sqlite_cursor
+    monkeypatch.setattr(raw, "sqlite_cursor", lambda conn: _RecordingCursor(cursor(conn), seen))
     try:
         with sync.begin() as conn:
             sender_pk, recipient_pk, sender_acct = seed_alice_and_bob(conn)
