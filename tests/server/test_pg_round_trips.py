@@ -138,25 +138,51 @@ async def test_the_next_batch_begins_in_the_previous_commit_when_operations_wait
         writer = w.relay.state.delivery.writers[0]
         queries: list[str] = []
         _log_queries(writer, queries)
+        # The first batch waits (before its BEGIN) until 39 more sends are queued behind it.
+        started, gate = asyncio.Event(), asyncio.Event()
+        transaction = writer._transaction
+
+        async def held(batch: Any) -> None:
+            if not started.is_set():
+                started.set()
+                await gate.wait()
+            await transaction(batch)
+
+        writer._transaction = held  # type: ignore[method-assign]
+        queued, submit = asyncio.Event(), writer.submit
+
+        def counted(op: Any) -> None:
+            submit(op)
+            if len(writer._ops) >= 39:
+                queued.set()
+
+        writer.submit = counted  # type: ignore[method-assign]
         bob_ref = w["bob", 1].ref
         data = base64.b64encode(payload()).decode()
         async with open_ws(w.relay, w["alice", 1]) as a:
-            # 40 sends written at once: while the first batch runs, the others wait.
-            for n in range(40):
+
+            async def send(n: int) -> None:
+                to = [bob_ref]
                 await a.send(
-                    {"type": "send", "id": f"m{n}", "payloads": [{"data": data, "to": [bob_ref]}]}
+                    {"type": "send", "id": f"m{n}", "payloads": [{"data": data, "to": to}]}
                 )
+
+            await send(0)
+            await asyncio.wait_for(started.wait(), 10)
+            for n in range(1, 40):
+                await send(n)
+            await asyncio.wait_for(queued.wait(), 10)
+            gate.set()
             for _ in range(40):
                 assert (await a.expect("accepted"))["type"] == "accepted"
             await writer.drained()
         await asyncio.sleep(0)
-        queries = _without_type_introspection(queries)
-        commits = [q for q in queries if q.startswith("COMMIT")]
-        assert len(commits) >= 2, queries
-        assert "COMMIT; BEGIN" in commits, queries
-        # Every batch but the ones on a connection that was idle: two statements and a commit.
-        assert queries.count("BEGIN") == 1 + commits[:-1].count("COMMIT"), queries
-        assert len(queries) == 3 * len(commits) + queries.count("BEGIN"), queries
+        sent = _without_type_introspection(queries)
+        # Batch 1: BEGIN, its two statements, and a COMMIT that begins batch 2 (39 sends
+        # waited); batch 2: its two statements and a plain COMMIT (nothing waits any more).
+        assert len(sent) == 7, sent
+        assert (sent[0], sent[3], sent[6]) == ("BEGIN", "COMMIT; BEGIN", "COMMIT"), sent
+        assert not {sent[1], sent[2], sent[4], sent[5]} & {"BEGIN", "COMMIT", "COMMIT; BEGIN"}
 
 
 @pytest.mark.parametrize("step", ["lock_queue_usage", "batch_reads"])
