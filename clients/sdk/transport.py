@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -20,6 +22,12 @@ import websockets
 from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from clients.sdk.errors import (
     AccountDeleted,
@@ -369,9 +377,9 @@ class SocketClosed(Exception):
 
 
 class _Connection(ClientConnection):
-    """websockets' client connection, except that what one send queued goes to the socket in
-    **one** write: the frames of a burst (:meth:`RelaySocket.send_texts`) cost one system call
-    and usually one TCP segment, not one each (the relay reads several frames per read)."""
+    """websockets' client connection, except that what one of its own sends queued (a pong,
+    a close) goes to the socket in **one** write, not one per frame. The SDK's own frames
+    bypass it (:meth:`RelaySocket.send_texts`)."""
 
     def send_data(self) -> None:
         pending: list[bytes] = []
@@ -397,13 +405,42 @@ class _Connection(ClientConnection):
             self.transport.write(b"".join(pending))
 
 
+_MASK = 0x80
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text)
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def text_frames(texts: Sequence[str]) -> bytes:
+    """``texts`` as WebSocket text frames (RFC 6455 §5.2), one after the other: unfragmented,
+    uncompressed, and masked as a client's must be (§5.3), each with its own random key (one
+    ``os.urandom`` call for all of them)."""
+    keys = os.urandom(4 * len(texts))
+    out: list[bytes] = []
+    append = out.append
+    at = 0
+    for text in texts:
+        data = text.encode()
+        size = len(data)
+        if size < 126:
+            append(bytes((_TEXT_FIN, _MASK | size)))
+        elif size < 65536:
+            append(_SHORT.pack(_TEXT_FIN, _MASK | 126, size))
+        else:
+            append(_LONG.pack(_TEXT_FIN, _MASK | 127, size))
+        key = keys[at : at + 4]
+        at += 4
+        append(key)
+        append(apply_mask(data, key))
+    return b"".join(out)
+
+
 class RelaySocket:
     """One authenticated ``/v1/ws`` connection: JSON frames in and out."""
 
     def __init__(self, ws: ClientConnection, ready: ReadyFrame) -> None:
         self._ws = ws
         self.ready = ready
-        self._send_lock = asyncio.Lock()
 
     @classmethod
     async def connect(cls, url: str, token: str, *, open_timeout: float = 10.0) -> RelaySocket:
@@ -451,17 +488,26 @@ class RelaySocket:
 
     async def send_texts(self, texts: Sequence[str]) -> None:
         """Send frames given as their JSON texts, in order, in one write to the socket (all of
-        them or, if the connection is closed, none)."""
+        them or, if the connection is closed or closing, none: :class:`SocketClosed`). The
+        frames are built here (:func:`text_frames`), not by websockets' per-frame path."""
         if not texts:
             return
         ws = self._ws
-        async with self._send_lock:
-            try:
+        if ws.protocol.state is not State.OPEN:
+            try:  # websockets waits until the connection is closed and says how
                 async with ws.send_context():
-                    for text in texts:
-                        ws.protocol.send_text(text.encode())
+                    pass
             except ConnectionClosed as exc:
                 raise self._closed(exc) from None
+            raise SocketClosed(1006, "connection lost")  # pragma: no cover - raised above
+        try:
+            ws.transport.write(text_frames(texts))
+        except Exception as exc:  # as websockets does when a write fails: the end of it
+            ws.set_connection_exc(exc)
+            ws.transport.abort()
+            raise SocketClosed(1006, "connection lost") from None
+        if ws.paused:  # flow control: the relay reads slower than we write
+            await ws.drain()
 
     async def recv(self) -> ServerFrame:
         """The next frame the relay sent that this version understands (others are logged
