@@ -297,11 +297,12 @@ class Outbox:
     disappearing-timer changes.
 
     A message is persisted (the outbox, and for a text or file the history as ``pending``;
-    an edit, delete, reaction or timer change is applied locally at once) before it is handed
-    to the engine as a *durable* send in its conversation's lane
-    (:class:`~clients.sdk.sendqueue.SendQueue`); sends called in the same turn of the event
-    loop are written in one transaction (one commit for the burst), then handed over in call
-    order. Outcomes:
+    an edit, delete, reaction or timer change is applied locally at once) and handed to the
+    engine as a *durable* send in its conversation's lane
+    (:class:`~clients.sdk.sendqueue.SendQueue`) in one transaction, before any frame of it
+    leaves; sends called in the same turn of the event loop are written in one transaction
+    (one commit for the burst), handed over in call order, and those that may go at once are
+    built (encrypted) in that same transaction. Outcomes:
 
     * accepted → ``sent``; :meth:`send` returns the :class:`SendResult`;
     * the relay cannot take it now (unreachable, or ``busy``/``internal``/``rate_limited``
@@ -368,8 +369,9 @@ class Outbox:
         whether it was withdrawn (``False``: not queued, or possibly at the relay already).
 
         Call it inside a store transaction with the message's own removal. It does not
-        await, nor does the build of a send (:meth:`SendPipeline._run_builds
-        <clients.sdk.pipeline.SendPipeline._run_builds>`), so no send is picked for sending
+        await, nor does the build of a send (:meth:`SendPipeline._build
+        <clients.sdk.pipeline.SendPipeline._build>`, :meth:`SendPipeline.build_queued
+        <clients.sdk.pipeline.SendPipeline.build_queued>`), so no send is picked for sending
         between the check and the cancel."""
         core = self.core
         entries = core.store.outbox_pending(conversation=conversation)
@@ -434,11 +436,16 @@ class Outbox:
 
     def _write_queued(self) -> None:
         """Write the sends queued since the last call in one transaction (one commit for a
-        burst of concurrent :meth:`send` calls), then hand them to the engine in call order.
-        If that transaction fails it is rolled back and each is written alone, so one bad send
+        burst of concurrent :meth:`send` calls) and hand them to the engine in call order; the
+        ones that may go at once are built (encrypted) in that transaction too
+        (:meth:`SendPipeline.build_queued <clients.sdk.pipeline.SendPipeline.build_queued>`:
+        one commit for the rows and the ratchet steps). If that transaction fails it is rolled
+        back and each is written alone (and built by the engine's builder), so one bad send
         fails only its own caller."""
         batch, self._to_write = self._to_write, []
-        written: list[_Write] = []
+        pipeline = self.core.pipeline
+        submitted: set[str] = set()
+        built = None
         # ``sent`` updates waiting for their timer go in this transaction too (one commit
         # less); if it fails they are written alone (flush_sent), as the sends are.
         sent, self._sent_batch = self._sent_batch, []
@@ -450,23 +457,34 @@ class Outbox:
                     self._write_sent(sent)
                 for write in batch:
                     self._write(write)
-            written = batch
+                for write in batch:
+                    self._submit(write.entry.conversation, write.content)
+                    submitted.add(write.entry.message_id)
+                built = pipeline.build_queued()
         except Exception:
+            if built is not None:
+                pipeline.unbuild(built)
             self._sent_batch = sent + self._sent_batch
             sent = []
-            for write in batch:
-                try:
-                    with self.core.store.transaction(sync=False):
-                        self._write(write)
-                except Exception as exc:
-                    if not write.waiter.done():
-                        write.waiter.set_exception(exc)
-                else:
-                    written.append(write)
+            self._write_alone(batch, submitted)
         if sent:
             self._sent_written(sent)
-        for write in written:
-            self._submit(write.entry.conversation, write.content)
+
+    def _write_alone(self, batch: list[_Write], submitted: set[str]) -> None:
+        """Write (and hand over, if not yet) each send of a failed burst in its own
+        transaction; one that fails is withdrawn from the engine and its caller hears why."""
+        for write in batch:
+            mid = write.entry.message_id
+            try:
+                with self.core.store.transaction(sync=False):
+                    self._write(write)
+                if mid not in submitted:
+                    self._submit(write.entry.conversation, write.content)
+            except Exception as exc:
+                if mid in submitted:
+                    self.core.pipeline.cancel(mid)  # never built: nothing of it left
+                if not write.waiter.done():
+                    write.waiter.set_exception(exc)
 
     def _write(self, write: _Write) -> None:
         """A send's rows: its local effect, the history or the operation applied, the outbox."""

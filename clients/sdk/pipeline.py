@@ -15,6 +15,9 @@ Builds are batched: the builder takes every request queued so far, builds them i
 store transaction, then writes their frames in order, all in one write to the socket, then
 takes what was queued meanwhile; if a build fails the batch is rolled back and each request
 is built alone, so a bad request never leaves a trace in the store or disturbs the others.
+A caller that has a store transaction open anyway (the outbox writing a burst of messages)
+may have the queue built in it instead (:meth:`SendPipeline.build_queued`: one commit for
+the rows and the builds); the builder then only writes those frames, in build order.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from clients.sdk.sendqueue import (
     Queued,
     Transmit,
 )
-from clients.sdk.transport import SocketClosed
+from clients.sdk.transport import RelaySocket, SocketClosed
 from wire.frames import ErrorFrame
 
 if TYPE_CHECKING:
@@ -75,9 +78,18 @@ class _Request:
     key: str
     transmit: Transmit
     job: _Job
-    done: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    #: Whether it is settled for the builder: written, failed (``error``) or dropped (its
+    #: send cancelled or the client closed), so nothing more is done with it.
+    finished: bool = False
+    #: Why building or writing it failed (reported to the engine).
+    error: Exception | None = None
+
+    def fail(self, error: Exception) -> None:
+        if not self.finished:
+            self.finished, self.error = True, error
+
+
+Built = list[tuple[_Request, list[OutgoingSend]]]
 
 
 def now() -> float:
@@ -99,8 +111,14 @@ class SendPipeline:
         self._jobs: dict[str, _Job] = {}
         #: Transmits waiting for the builder (:meth:`_build_loop`), in the order they came.
         self._queue: list[_Request] = []
+        #: Requests built by :meth:`build_queued` (in a caller's transaction), in build order:
+        #: the builder writes them before it takes the queue.
+        self._built: Built = []
         #: Whether a builder task is running (it drains ``_queue``, a batch at a time).
         self._building = False
+        #: Whether the builder holds a batch taken from the queue that it has not built yet
+        #: (it awaits sessions or the connection): nothing queued later may be built first.
+        self._holding = False
         self._timer: asyncio.TimerHandle | None = None
         #: Whether :meth:`_arm` is scheduled (once per turn of the loop, see :meth:`feed`).
         self._arming = False
@@ -167,8 +185,11 @@ class SendPipeline:
             self._timer.cancel()
             self._timer = None
         queue, self._queue = self._queue, []
+        built, self._built = self._built, []
         for request in queue:  # never built: they end with the rest below
-            request.done.cancel()
+            request.finished = True
+        for request, _ in built:  # built, never written: they end with the rest below
+            request.finished = True
         self.feed(self.sends.abandon(error))
 
     def _tick(self) -> None:
@@ -245,65 +266,162 @@ class SendPipeline:
 
     def _enqueue(self, request: _Request) -> None:
         self._queue.append(request)
+        self._start()
+
+    def _start(self) -> None:
         if not self._building:
             self._building = True
             self.client.spawn(self._build_loop())
 
     async def _build_loop(self) -> None:
-        """The builder: one task (not one per send) builds and writes everything queued so
-        far as one batch (:meth:`_run_builds`), then the next, until the queue is empty; a
-        send whose build or write failed is reported to the engine."""
+        """The builder: one task (not one per send) writes what :meth:`build_queued` built,
+        or builds and writes everything queued so far as one batch, then the next, until
+        there is nothing left; a send whose build or write failed is reported to the engine."""
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await self._run_builds(batch)
+            while self._built or self._queue:
+                socket: RelaySocket | None = None
+                if self._built:
+                    built, self._built = self._built, []
+                    batch = [r for r, _ in built]
+                else:
+                    batch, self._queue = self._queue, []
+                    self._holding = True
+                    try:
+                        socket, built = await self._build(batch)
+                    finally:
+                        self._holding = False
+                if built:
+                    await self._write(built, socket)
                 for request in batch:
-                    if request.done.cancelled():
-                        continue
-                    error = request.done.exception()
-                    if isinstance(error, Exception):
+                    if request.error is not None:
                         transmit = request.transmit
                         failed = self.sends.write_failed(
-                            transmit.key, transmit.attempt, error, now()
+                            transmit.key, transmit.attempt, request.error, now()
                         )
                         self.feed(failed)
         finally:
             self._building = False
 
-    async def _run_builds(self, batch: list[_Request]) -> None:
-        batch = [r for r in batch if not r.done.done()]  # drop cancelled sends
-        if not batch:
+    def _error(self, exc: BaseException) -> Exception:
+        """What a build or write that ended with ``exc`` reports (a cancelled one: the
+        relay is unavailable)."""
+        if isinstance(exc, Exception):
+            return exc
+        return RelayUnavailable(self.client.server_url, "send cancelled")
+
+    def _claim(self, batch: list[_Request]) -> list[_Request]:
+        """The requests of ``batch`` to build now: not dropped, their send still pending; each
+        is marked built (from here its frames may reach the relay: no more cancelling)."""
+        for r in batch:
+            if not r.finished and self._jobs.get(r.key) is not r.job:
+                r.finished = True  # cancelled meanwhile
+        batch = [r for r in batch if not r.finished]
+        for r in batch:
+            r.job.built = True
+        return batch
+
+    def build_queued(self) -> Built | None:
+        """Build the queued sends now, in the caller's open store transaction — when that
+        needs no waiting (connected, every session and device list at hand, the builder not
+        holding an earlier batch); else ``None`` (the builder builds them as usual). The
+        builder writes their frames once the caller's transaction committed (it flushes
+        first). If a build raises, nothing is built (the sends wait for the builder, as if
+        this was not called) and the error propagates: roll the transaction back. If the
+        caller's transaction fails after this returned, call :meth:`unbuild` with what it
+        returned. Synchronous, like every build: nothing is cancelled meanwhile."""
+        queue = self._queue
+        if not queue or self._holding or not self.client.connected:
+            return None
+        users: set[str] = set()
+        for r in queue:
+            if r.transmit.force:
+                return None
+            users |= r.transmit.users
+        if not self._sessions_ready(users):
+            return None
+        self._queue = []
+        batch = self._claim(queue)
+        try:
+            built = [(r, r.job.build()) for r in batch]
+        except BaseException:
+            for r in batch:
+                r.job.built = False
+            self._queue = queue + self._queue
+            raise
+        if built:
+            self._built += built
+            self._start()
+        return built
+
+    def unbuild(self, built: Built) -> None:
+        """The transaction :meth:`build_queued` built ``built`` in was rolled back: they are
+        queued again, unbuilt (nothing of them was written)."""
+        if not built:
             return
+        del self._built[len(self._built) - len(built) :]
+        for r, _ in built:
+            r.job.built = False
+        self._queue = [r for r, _ in built] + self._queue
+
+    def _sessions_ready(self, users: set[str]) -> bool:
+        """Whether :func:`peers.ensure_sessions` would have nothing to fetch for ``users``."""
+        client, at = self.client, now()
+        protocol, engine = client.protocol, client.engine
+        for user in users:
+            if protocol.device_list(user) is None or engine.list_due(user, at, known=True):
+                return False
+        return not protocol.missing_sessions(users)
+
+    async def _build(self, batch: list[_Request]) -> tuple[RelaySocket | None, Built]:
+        """Build ``batch`` in one transaction (after fetching what it needs), each request
+        alone if that fails; a request that fails is marked so. Returns the socket to write
+        to and what was built."""
+        batch = [r for r in batch if not r.finished]  # drop cancelled sends
+        if not batch:
+            return None, []
         client = self.client
         try:
             every = set().union(*(r.transmit.users for r in batch))
             force = any(r.transmit.force for r in batch)
             await peers.ensure_sessions(client, every, refresh=force)
             socket = await client.ensure_connected()
-            # From here to the builds nothing awaits: a send cancelled meanwhile (its job
-            # gone) is dropped, and no send can be cancelled once it is being built.
+        except BaseException as exc:
+            error = self._error(exc)
             for r in batch:
-                if not r.done.done() and self._jobs.get(r.key) is not r.job:
-                    r.done.set_result(None)
-            batch = [r for r in batch if not r.done.done()]
+                r.fail(error)
+            if not isinstance(exc, Exception):
+                raise
+            return None, []
+        # From here to the builds nothing awaits: a send cancelled meanwhile (its job gone)
+        # is dropped, and no send can be cancelled once it is being built.
+        batch = self._claim(batch)
+        built: Built = []
+        try:
+            with client.store.transaction(sync=False):
+                built = [(r, r.job.build()) for r in batch]
+        except Exception:
+            built = []
             for r in batch:
-                r.job.built = True
-            built: list[tuple[_Request, list[OutgoingSend]]] = []
-            try:
-                with client.store.transaction(sync=False):
-                    built = [(r, r.job.build()) for r in batch]
-            except Exception:
-                built = []
-                for r in batch:
-                    try:
-                        built.append((r, r.job.build()))
-                    except Exception as exc:
-                        r.done.set_exception(exc)
+                try:
+                    built.append((r, r.job.build()))
+                except Exception as exc:
+                    r.fail(exc)
+        return socket, built
+
+    async def _write(self, built: Built, socket: RelaySocket | None) -> None:
+        """Write the frames of ``built`` in order, in one write to the socket (``None``: the
+        client's live one), once the transactions that built them are on disk."""
+        client = self.client
+        try:
             # The advanced ratchets are on disk before a ciphertext leaves; the fsync runs
             # in a thread (shared with the receive side's, clients.sdk.durable), so the event
             # loop goes on meanwhile.
             await durable.flush(client.store)
+            if socket is None:
+                socket = await client.ensure_connected()
+            built = [(r, sends) for r, sends in built if not r.finished]  # (client closed)
             texts: list[str] = []
+            sends_of = self.sends
             for r, sends in built:
                 sends = [s for s in sends if s.payloads]
                 job = self._jobs.get(r.key)
@@ -311,9 +429,9 @@ class SendPipeline:
                     job.frames = {s.client_id: s for s in sends}
                     job.last = sends[-1] if sends else None
                 attempt = r.transmit.attempt
-                self.feed(self.sends.expect(r.key, attempt, [s.client_id for s in sends], now()))
+                self.feed(sends_of.expect(r.key, attempt, [s.client_id for s in sends], now()))
                 # The lane fence: each frame names the one before it in its conversation.
-                after = self.sends.predecessor(r.key)
+                after = sends_of.predecessor(r.key)
                 for send in sends:
                     texts.append(send_text(send, after))
                     after = send.client_id
@@ -323,21 +441,14 @@ class SendPipeline:
             except SocketClosed as exc:
                 lost = RelayUnavailable(client.server_url, str(exc))
                 for r, _ in built:
-                    if not r.done.done():  # (cancelled meanwhile)
-                        r.done.set_exception(lost)
+                    r.fail(lost)
             else:
                 for r, _ in built:
-                    if not r.done.done():
-                        r.done.set_result(None)
+                    r.finished = True
         except BaseException as exc:
-            for r in batch:
-                if not r.done.done():
-                    error = (
-                        exc
-                        if isinstance(exc, Exception)
-                        else RelayUnavailable(client.server_url, "send cancelled")
-                    )
-                    r.done.set_exception(error)
+            error = self._error(exc)
+            for r, _ in built:
+                r.fail(error)
             if not isinstance(exc, Exception):
                 raise
 

@@ -260,7 +260,7 @@ async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_
         await alice.connect()
         await alice.send_text("bob", "ready")
         pipeline = alice.pipeline
-        pipeline._building = True  # held: no builder runs, the picked sends wait in the queue
+        pipeline._building = pipeline._holding = True  # held: the picked sends wait in the queue
         try:
             send = asyncio.create_task(alice.send_text("bob", "secret", message_id=secret))
             await wait_for(lambda: any(r.key == secret for r in pipeline._queue))
@@ -268,7 +268,7 @@ async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_
             with pytest.raises(ClientError, match="deleted before it was sent"):
                 await send
         finally:
-            pipeline._building = False  # the next send starts the builder; it drains the queue
+            pipeline._building = pipeline._holding = False  # the next send starts the builder
         await alice.send_text("bob", "after")
         assert alice.store.outbox_pending() == [] and secret not in alice.engine.sends
     finally:

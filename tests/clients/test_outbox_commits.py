@@ -1,10 +1,12 @@
 """Store commits on the send path: concurrent sends write their history and outbox rows in one
-transaction (one commit for the burst, not one each), in call order, and a send whose rows
-cannot be written fails alone (real relay, real SQLite)."""
+transaction (one commit for the burst, not one each), in call order, and are built (encrypted)
+in that same transaction when they may go at once; a send whose rows cannot be written, or
+whose build fails, fails alone (real relay, real SQLite)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from clients.sdk import DeliveryState
 from clients.sdk.content import TextContent
@@ -35,6 +37,59 @@ async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
     assert {states[r.id] for r in results} == {DeliveryState.SENT}
     received = await receive_texts(bob, "alice", BURST + 1)
     assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
+
+
+async def test_a_burst_is_written_and_built_in_one_commit(make_client: Factory) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    store = alice.store
+    assert isinstance(store, SqliteStore)
+    log: list[str] = []
+    store._conn.set_trace_callback(log.append)
+    await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
+    store._conn.set_trace_callback(None)
+    first = next(i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages"))
+    commit = log.index("COMMIT", first)
+    # Old code: the rows committed, then a build transaction wrote the ratchet and counted
+    # the attempts (UPDATE outbox SET attempts ...) and committed again.
+    assert any(s.startswith("INSERT OR REPLACE INTO sessions") for s in log[first:commit])
+    puts = [s for s in log[first:commit] if s.startswith("INSERT OR REPLACE INTO outbox")]
+    assert len(puts) == 1 and puts[0].count(", 1, x'") == BURST  # inserted as attempted once
+    assert not any(s.startswith("UPDATE outbox SET attempts") for s in log)
+    assert store.outbox_pending() == []
+    received = await receive_texts(bob, "alice", BURST + 1)
+    assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
+
+
+async def test_a_burst_whose_build_fails_is_written_and_the_bad_send_fails_alone(
+    make_client: Factory,
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    protocol = alice.protocol
+    encode = protocol.encode_direct
+    bad = TextContent(text="bad", sent_at_ms=1)
+
+    def failing(to: Any, content: Any, **kwargs: Any) -> Any:
+        if content.message_id == bad.message_id:
+            raise ValueError("cannot encrypt this one")
+        return encode(to, content, **kwargs)
+
+    protocol.encode_direct = failing  # type: ignore[method-assign]
+    try:
+        contents = [TextContent(text="m0", sent_at_ms=1), bad, TextContent(text="m2", sent_at_ms=1)]
+        outcomes = await asyncio.gather(
+            *(alice.outbox.send("bob", c) for c in contents), return_exceptions=True
+        )
+    finally:
+        del protocol.encode_direct
+    assert isinstance(outcomes[1], ValueError)
+    assert not isinstance(outcomes[0], BaseException)
+    assert not isinstance(outcomes[2], BaseException)
+    assert alice.store.get_message(bad.message_id.hex()) is None  # it never left: no trace
+    assert alice.store.outbox_pending() == []
+    received = await receive_texts(bob, "alice", 3)
+    assert texts(received, "alice") == ["set-up", "m0", "m2"]
 
 
 async def test_a_send_whose_rows_fail_fails_alone(make_client: Factory) -> None:
