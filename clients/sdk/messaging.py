@@ -328,6 +328,12 @@ class Outbox:
         self._sent_batch: list[str] = []
         self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
+        #: Who hears of the accepted sends of ``_sent_batch`` once their ``sent`` is written:
+        #: (waiter, result, and what to announce when nobody heard the outcome: (id,
+        #: conversation, target) of a :class:`MessageSent`).
+        self._sent_waiters: list[
+            tuple[asyncio.Future[SendResult] | None, SendResult, tuple[str, str, str | None] | None]
+        ] = []
         #: Accepted operations whose ``sent`` is not written yet: (kind, target, conversation).
         self._accepted_ops: dict[str, tuple[str, str | None, str]] = {}
         #: Sends called but not written yet (:meth:`_write_queued` runs in the next turn).
@@ -589,19 +595,10 @@ class Outbox:
         if kind not in ("text", "file"):
             self._accepted_ops[mid] = (kind, target, conversation)
         sent = result or SendResult(mid, now_ms(), 0)
-
-        def done(flushed: asyncio.Future[None]) -> None:
-            error = flushed.exception()
-            if waiter is not None and not waiter.done():
-                if error is not None:
-                    waiter.set_exception(error)
-                else:
-                    waiter.set_result(sent)
-            if (announce or waiter is None) and error is None:  # nobody heard the outcome
-                event = MessageSent(mid, conversation, now_ms(), target)
-                self.core.spawn(self.core.emit([event]))
-
-        self._mark_sent(mid).add_done_callback(done)
+        self._mark_sent(mid)
+        # Told once its ``sent`` is written (_sent_written), not through a callback each.
+        unheard = announce or waiter is None
+        self._sent_waiters.append((waiter, sent, (mid, conversation, target) if unheard else None))
 
     def _clear_failed(self, accepted: list[tuple[str, str | None, str]]) -> None:
         """An accepted operation supersedes the refused ones of its kind on the same message
@@ -652,6 +649,17 @@ class Outbox:
             self._sent_timer.cancel()
         future, self._sent_flush = self._sent_flush, None
         self._sent_timer = None
+        waiters, self._sent_waiters = self._sent_waiters, []
+        for waiter, sent, announce in waiters:
+            if waiter is not None and not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(sent)
+            if announce is not None and error is None:  # nobody heard the outcome
+                mid, conversation, target = announce
+                event = MessageSent(mid, conversation, now_ms(), target)
+                self.core.spawn(self.core.emit([event]))
         if future is not None and not future.done():
             if error is not None:
                 future.set_exception(error)
