@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from clients.sdk import DeliveryState
 from clients.sdk.content import TextContent
 from clients.store import SqliteStore
@@ -17,7 +19,7 @@ from tests.clients.kit import receive_texts, texts
 BURST = 5
 
 
-async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
+async def test_concurrent_sends_are_written_and_built_in_one_commit(make_client: Factory) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
     await alice.send_text("bob", "set-up")
     store = alice.store
@@ -32,6 +34,12 @@ async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
     assert len(puts) == 1  # the burst's outbox entries in one statement
     assert log[puts[0]].count("), (") == BURST - 1
     assert "COMMIT" not in log[rows[0] : puts[0]]  # every send's rows in one transaction
+    # ... and their builds: old code committed the rows, then a build transaction wrote the
+    # advanced ratchet and counted the attempts (UPDATE outbox SET attempts) and committed.
+    commit = log.index("COMMIT", rows[0])
+    assert any(s.startswith("INSERT OR REPLACE INTO sessions") for s in log[rows[0] : commit])
+    assert log[puts[0]].count(", 1, x'") == BURST  # inserted as attempted once
+    assert not any(s.startswith("UPDATE outbox SET attempts") for s in log)
     assert store.outbox_pending() == []
     states = {m.message_id: m.state for m in store.history("bob")}
     assert {states[r.id] for r in results} == {DeliveryState.SENT}
@@ -39,35 +47,12 @@ async def test_concurrent_sends_share_one_commit(make_client: Factory) -> None:
     assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
 
 
-async def test_a_burst_is_written_and_built_in_one_commit(make_client: Factory) -> None:
-    alice, bob = await make_client("alice"), await make_client("bob")
-    await alice.send_text("bob", "set-up")
-    store = alice.store
-    assert isinstance(store, SqliteStore)
-    log: list[str] = []
-    store._conn.set_trace_callback(log.append)
-    await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
-    store._conn.set_trace_callback(None)
-    first = next(i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages"))
-    commit = log.index("COMMIT", first)
-    # Old code: the rows committed, then a build transaction wrote the ratchet and counted
-    # the attempts (UPDATE outbox SET attempts ...) and committed again.
-    assert any(s.startswith("INSERT OR REPLACE INTO sessions") for s in log[first:commit])
-    puts = [s for s in log[first:commit] if s.startswith("INSERT OR REPLACE INTO outbox")]
-    assert len(puts) == 1 and puts[0].count(", 1, x'") == BURST  # inserted as attempted once
-    assert not any(s.startswith("UPDATE outbox SET attempts") for s in log)
-    assert store.outbox_pending() == []
-    received = await receive_texts(bob, "alice", BURST + 1)
-    assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
-
-
 async def test_a_burst_whose_build_fails_is_written_and_the_bad_send_fails_alone(
-    make_client: Factory,
+    make_client: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
     await alice.send_text("bob", "set-up")
-    protocol = alice.protocol
-    encode = protocol.encode_direct
+    encode = alice.protocol.encode_direct
     bad = TextContent(text="bad", sent_at_ms=1)
 
     def failing(to: Any, content: Any, **kwargs: Any) -> Any:
@@ -75,14 +60,12 @@ async def test_a_burst_whose_build_fails_is_written_and_the_bad_send_fails_alone
             raise ValueError("cannot encrypt this one")
         return encode(to, content, **kwargs)
 
-    protocol.encode_direct = failing  # type: ignore[method-assign]
-    try:
-        contents = [TextContent(text="m0", sent_at_ms=1), bad, TextContent(text="m2", sent_at_ms=1)]
-        outcomes = await asyncio.gather(
-            *(alice.outbox.send("bob", c) for c in contents), return_exceptions=True
-        )
-    finally:
-        del protocol.encode_direct
+    monkeypatch.setattr(alice.protocol, "encode_direct", failing)
+    contents = [TextContent(text="m0", sent_at_ms=1), bad, TextContent(text="m2", sent_at_ms=1)]
+    outcomes = await asyncio.gather(
+        *(alice.outbox.send("bob", c) for c in contents), return_exceptions=True
+    )
+    monkeypatch.undo()
     assert isinstance(outcomes[1], ValueError)
     assert not isinstance(outcomes[0], BaseException)
     assert not isinstance(outcomes[2], BaseException)
