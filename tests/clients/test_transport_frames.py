@@ -39,7 +39,7 @@ def test_frames_of_every_length_encoding_parse_as_masked_text(size: int) -> None
     frames = _parse(data, len(texts))
     assert [f.opcode for f in frames] == [Opcode.TEXT] * len(texts)
     assert all(f.fin and not (f.rsv1 or f.rsv2 or f.rsv3) for f in frames)
-    assert [f.data.decode() for f in frames] == texts
+    assert [bytes(f.data).decode() for f in frames] == texts
 
 
 def test_every_frame_is_masked_with_its_own_key() -> None:
