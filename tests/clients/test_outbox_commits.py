@@ -118,3 +118,30 @@ async def test_sent_updates_waiting_for_their_timer_go_in_the_next_sends_commit(
     assert "COMMIT" not in log[update:insert]  # one transaction, one commit
     received = await receive_texts(bob, "alice", 2)
     assert texts(received, "alice") == ["set-up", "next"]
+
+
+async def test_a_burst_whose_commit_fails_after_its_builds_is_built_again_and_sent(
+    make_client: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    await alice.send_text("bob", "set-up")
+    store = alice.store
+    assert isinstance(store, SqliteStore)
+    write_pending = store._write_pending
+    failed: list[int] = []
+
+    def failing_once() -> None:
+        if not failed and store._dirty_sessions:  # the burst's commit, its builds done
+            failed.append(1)
+            raise OSError("disk full")
+        write_pending()
+
+    monkeypatch.setattr(store, "_write_pending", failing_once)
+    results = await asyncio.gather(*(alice.send_text("bob", f"m{i}") for i in range(BURST)))
+    monkeypatch.undo()
+    assert failed  # the rolled-back builds were queued again, built and sent
+    assert len({r.id for r in results}) == BURST
+    await alice.send_text("bob", "after")  # the ratchet on disk is the one the frames used
+    assert store.outbox_pending() == []
+    received = await receive_texts(bob, "alice", BURST + 2)
+    assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST)), "after"]
