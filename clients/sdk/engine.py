@@ -82,6 +82,7 @@ __all__ = [
 ]
 
 MAX_ACK_SEQS = 1000  # wire.frames.AckFrame's bound
+_LINK_KIND = bytes((PayloadKind.LINK,))
 RECEIPT_CHUNK = 500
 
 
@@ -212,7 +213,7 @@ class ClientEngine:
         except WireDecodeError:
             return None
         seq = frame.seq if isinstance(frame, DeliverFrame) else None
-        if data[1:2] == bytes([PayloadKind.LINK]):  # u8 version || u8 kind || ...
+        if data[1:2] == _LINK_KIND:  # u8 version || u8 kind || ...
             try:
                 payload = RelayPayload.from_bytes(data)
             except VoxError:
@@ -224,14 +225,9 @@ class ClientEngine:
             if isinstance(frame, DeliverFrame)
             else f"eph-{self.rng.getrandbits(64):016x}"
         )
-        return Envelope(
-            seq=seq or 0,
-            envelope_id=envelope_id,
-            sender_user=frame.sender.user,
-            sender_device=frame.sender.device,
-            ts=frame.ts,
-            data=data,
-        )
+        sender = frame.sender
+        # seq, envelope_id, sender_user, sender_device, ts, data
+        return Envelope(seq or 0, envelope_id, sender.user, sender.device, frame.ts, data)
 
     # --- device lists and key changes ---------------------------------------------------
 

@@ -26,6 +26,7 @@ from clients.sdk.content import (
     TextContent,
     TimerContent,
     check_timer,
+    decode_content,
 )
 from clients.sdk.errors import ClientError
 from clients.sdk.models import MessageUpdate
@@ -338,8 +339,6 @@ def _defer(
 
 def on_stored(store: Store, message_id: str, now: float) -> list[MessageUpdate]:
     """A message was just stored: apply operations that arrived before it."""
-    from clients.sdk.content import decode_content
-
     pending = _load_pending(store)
     if not pending:
         return []

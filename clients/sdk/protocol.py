@@ -14,9 +14,12 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
 
 from clients.sdk import groupstate, message_rules, trust
 from clients.sdk.content import (
+    PAYLOAD_VERSION,
     AttachmentContent,
     Content,
     ConversationContent,
@@ -53,6 +56,7 @@ from clients.sdk.models import (
 from clients.sdk.sessions import SessionBook
 from clients.store.base import Store
 from clients.store.models import (
+    GROUP_PREFIX,
     DeliveryState,
     Direction,
     StoredMessage,
@@ -172,6 +176,20 @@ def _ttl(content: Content) -> int | None:
 
 def _ms(now: float) -> int:
     return int(now * 1000)
+
+
+_KINDS: Final = frozenset(int(kind) for kind in PayloadKind)
+_INITIAL_KIND: Final = bytes((KIND_INITIAL,))
+_GROUP_PREFIX_LEN: Final = len(GROUP_PREFIX)
+
+
+def _payload(data: bytes) -> tuple[int, bytes]:
+    """``(kind, data)`` of a :class:`RelayPayload` (``u8 1 || u8 kind || data``) without
+    building one; raises what :meth:`RelayPayload.from_bytes` raises."""
+    if len(data) >= 2 and data[0] == PAYLOAD_VERSION and data[1] in _KINDS:
+        return data[1], data[2:]
+    payload = RelayPayload.from_bytes(data)  # raises the precise error
+    return payload.kind, payload.data  # pragma: no cover (a well-formed one is taken above)
 
 
 def _failure(envelope: Envelope, error: Exception, now: float) -> DecryptFailure:
@@ -413,22 +431,22 @@ class ClientProtocol:
     def precheck(self, envelope: Envelope) -> NeedDeviceList | None:
         """Before :meth:`receive`: do we know the claimed sender device's list?"""
         try:
-            payload = RelayPayload.from_bytes(envelope.data)
+            kind, data = _payload(envelope.data)
         except VoxError:
             return None
-        if payload.kind is PayloadKind.GROUP:
-            return self._precheck_group(payload.data)
-        if payload.kind is not PayloadKind.PAIRWISE:
+        if kind == PayloadKind.GROUP:
+            return self._precheck_group(data)
+        if kind != PayloadKind.PAIRWISE:
             return None
         known = self.device_list(envelope.sender_user)
         if known is None or envelope.sender_device not in known.device_ids:
             return NeedDeviceList(envelope.sender_user)
         # A new session from keys our verified list does not hold: the user may have
         # re-registered (a changed account key) or replaced the device since we last looked.
-        if payload.data[1:2] != bytes([KIND_INITIAL]):  # most messages: no parse needed
+        if data[1:2] != _INITIAL_KIND:  # most messages: no parse needed
             return None
         try:
-            message = decode_message(payload.data)
+            message = decode_message(data)
         except VoxError:
             return None
         if isinstance(message, InitialMessage):
@@ -484,11 +502,12 @@ class ClientProtocol:
     def receive_all(self, envelopes: Sequence[Envelope]) -> list[Received]:
         """:meth:`receive` for a burst, in order, in one store transaction whose ids are all
         marked seen by one statement first (a duplicate, also within the burst, yields
-        nothing). Raises only what the store raises (the transaction is then rolled back)."""
+        nothing); the sessions they advance are written once, at its end. Raises only what
+        the store raises (the transaction is then rolled back)."""
         now = self._now()
         keys = ["env:" + e.envelope_id for e in envelopes]
         out: list[Received] = []
-        with self.store.transaction():
+        with self.store.transaction(), self.sessions.deferred():
             new = self.store.mark_seen_many(keys, now)
             for envelope, key in zip(envelopes, keys, strict=True):
                 if key not in new:
@@ -505,10 +524,10 @@ class ClientProtocol:
         # Everything that can fail for bad input is checked before the first write, so a
         # failed envelope leaves no trace but its "seen" mark (several envelopes may share
         # one store transaction).
-        payload = RelayPayload.from_bytes(envelope.data)
-        if payload.kind is PayloadKind.PAIRWISE:
+        kind, data = _payload(envelope.data)
+        if kind == PayloadKind.PAIRWISE:
             decrypted = self.sessions.decrypt(
-                envelope.sender_user, envelope.sender_device, payload.data, now=now
+                envelope.sender_user, envelope.sender_device, data, now=now
             )
             sender = decrypted.peer.address
             device_list = self.device_list(sender.username)
@@ -522,8 +541,8 @@ class ClientProtocol:
             self._check_pairwise(sender, content)
             decrypted.commit()
             return self._pairwise_content(sender, content, now)
-        if payload.kind is PayloadKind.GROUP:
-            message = SenderKeyMessage.from_bytes(payload.data)
+        if kind == PayloadKind.GROUP:
+            message = SenderKeyMessage.from_bytes(data)
             listed = self.device_list(message.sender.username)
             if listed is None or message.sender.device_id not in listed.device_ids:
                 # Its key may still be held (a message in flight, a record not yet pruned): a
@@ -638,7 +657,10 @@ class ClientProtocol:
         sender: DeviceAddress,
         outgoing: bool,
         now: float | None = None,
+        state: DeliveryState | None = None,
     ) -> StoredMessage:
+        """The history row of ``content``: ``state`` (default: pending if ``outgoing``,
+        else received)."""
         attachment: dict[str, object] | None = None
         text: str | None = None
         if isinstance(content, TextContent):
@@ -661,7 +683,9 @@ class ClientProtocol:
             sender,
             outgoing,
             when,
-            DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED,
+            (DeliveryState.PENDING if outgoing else DeliveryState.RECEIVED)
+            if state is None
+            else state,
             text=text,
             attachment=attachment,
             reply=None if quote is None else (quote.message_id.hex(), quote.author, quote.excerpt),
@@ -684,9 +708,9 @@ class ClientProtocol:
             # resend under a new client id, a transcript) stays gone, and gets no receipt.
             return Received([], [])
         outgoing = sender.username == self.username
-        stored = self._stored(conversation, content, sender, outgoing, now)
-        if outgoing:
-            stored = _with_state(stored, DeliveryState.SENT)
+        # Sent by another of our devices: the relay accepted it already.
+        state = DeliveryState.SENT if outgoing else DeliveryState.RECEIVED
+        stored = self._stored(conversation, content, sender, outgoing, now, state)
         if not self.store.add_message(stored):
             return Received([], [])
         actions: list[Action] = []
@@ -739,20 +763,12 @@ class ClientProtocol:
         return self.apply_group_change(change)
 
 
-def _with_state(stored: StoredMessage, state: DeliveryState) -> StoredMessage:
-    import dataclasses
-
-    return dataclasses.replace(stored, state=state)
-
-
 def message_from_stored(stored: StoredMessage) -> Message:
     """The public :class:`Message` for a history row."""
     attachment = None
     if stored.attachment is not None:
         a = stored.attachment
         path = a.get("path")
-        from pathlib import Path
-
         attachment = AttachmentInfo(
             file_name=str(a["file_name"]),
             content_type=str(a["content_type"]),
@@ -761,27 +777,28 @@ def message_from_stored(stored: StoredMessage) -> Message:
             pointer=bytes.fromhex(str(a["pointer"])),
             path=Path(str(path)) if path else None,
         )
-    group_id = None
-    if stored.conversation.startswith("group:"):
-        group_id = stored.conversation.removeprefix("group:")
-    reply = None if stored.reply is None else ReplyRef(*stored.reply)
+    conversation = stored.conversation
+    group_id = conversation[_GROUP_PREFIX_LEN:] if conversation.startswith(GROUP_PREFIX) else None
+    reply = stored.reply
+    edits = stored.edits
+    # Positional, in Message's field order (a message is built for every one received).
     return Message(
-        id=stored.message_id,
-        conversation=stored.conversation,
-        sender=stored.sender,
-        device=stored.sender_device,
-        sent_at=int(stored.sent_at * 1000),
-        received_at=int(stored.received_at * 1000),
-        text=stored.text,
-        attachment=attachment,
-        group_id=group_id,
-        outgoing=stored.direction is Direction.OUT,
-        state=stored.state,
-        edited=stored.edited,
-        deleted=stored.deleted,
-        reply_to=reply,
-        reactions=stored.reactions,
-        expires_in=stored.expires_in,
-        edits=stored.edits,
-        timer=stored.timer,
+        stored.message_id,
+        conversation,
+        stored.sender,
+        stored.sender_device,
+        int(stored.sent_at * 1000),
+        int(stored.received_at * 1000),
+        stored.text,
+        attachment,
+        group_id,
+        stored.direction is Direction.OUT,
+        stored.state,
+        bool(edits),
+        stored.deleted,
+        None if reply is None else ReplyRef(*reply),
+        stored.reactions,
+        stored.expires_in,
+        edits,
+        stored.timer,
     )

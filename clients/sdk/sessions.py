@@ -36,8 +36,9 @@ are still honoured, and deleted by the rotation once older than every signed pre
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -133,14 +134,43 @@ class SessionBook:
         self._identity = identity
         #: (username, device) -> (the stored bytes, the sessions decoded from them).
         self._decoded: dict[tuple[str, int], tuple[bytes, list[Session]]] = {}
+        #: Inside :meth:`deferred`: sessions saved but not yet encoded and written.
+        self._unwritten: dict[tuple[str, int], list[Session]] = {}
+        self._deferring = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside a store transaction: the sessions saved in this block are encoded and
+        written to the store once, at its end (a burst advances one session many times; only
+        its last state is written). If the block raises, they are dropped (the transaction
+        rolls back: the store and the book keep the states from before the block)."""
+        if self._deferring:
+            yield
+            return
+        self._deferring = True
+        try:
+            yield
+        except BaseException:
+            self._unwritten.clear()
+            raise
+        finally:
+            self._deferring = False
+        unwritten, self._unwritten = self._unwritten, {}
+        for (username, device_id), sessions in unwritten.items():
+            self._write(username, device_id, sessions)
 
     def _load(self, username: str, device_id: int) -> list[Session]:
-        """The device's sessions as the store has them now. Shared with the cache: never
-        advance them in place (work on :meth:`Session.copy`, then :meth:`_save`)."""
+        """The device's sessions as the store has them now (or as saved in
+        :meth:`deferred`). Shared with the cache: never advance them in place (work on
+        :meth:`Session.copy`, then :meth:`_save`)."""
+        key = (username, device_id)
+        if self._unwritten:
+            unwritten = self._unwritten.get(key)
+            if unwritten is not None:
+                return unwritten
         data = self._store.load_session(username, device_id)
         if data is None:
             return []
-        key = (username, device_id)
         cached = self._decoded.get(key)
         if cached is not None and (cached[0] is data or cached[0] == data):
             return cached[1]
@@ -149,7 +179,14 @@ class SessionBook:
         return sessions
 
     def _save(self, username: str, device_id: int, sessions: list[Session]) -> None:
-        """Write ``sessions`` (the caller hands them over: no more changes to them)."""
+        """Write ``sessions`` (the caller hands them over: no more changes to them); in
+        :meth:`deferred`, at its end."""
+        if self._deferring:
+            self._unwritten[(username, device_id)] = sessions
+            return
+        self._write(username, device_id, sessions)
+
+    def _write(self, username: str, device_id: int, sessions: list[Session]) -> None:
         key = (username, device_id)
         self._decoded.pop(key, None)  # if the write fails, the next use decodes the store's
         data = _encode(sessions)
@@ -163,6 +200,8 @@ class SessionBook:
 
     def has_session(self, username: str, device_id: int) -> bool:
         """Whether we can encrypt to this device without a bundle."""
+        if (username, device_id) in self._unwritten:
+            return True
         return self._store.load_session(username, device_id) is not None
 
     def peer(self, username: str, device_id: int) -> PeerDevice | None:
@@ -173,6 +212,7 @@ class SessionBook:
     def drop(self, username: str, device_id: int) -> None:
         """Forget every session with a device (it left the list or re-keyed)."""
         self._decoded.pop((username, device_id), None)
+        self._unwritten.pop((username, device_id), None)
         self._store.delete_session(username, device_id)
 
     def start(self, bundle: PrekeyBundle) -> None:
