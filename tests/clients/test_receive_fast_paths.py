@@ -4,6 +4,7 @@ once, relay payloads parsed without building them (same errors), history rows tu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,22 +16,37 @@ from clients.sdk.protocol import Envelope, message_from_stored
 from clients.store.models import DeliveryState, Direction, StoredMessage
 from clients.store.sqlite import SqliteStore
 from crypto.errors import VoxError
-from tests.clients.test_protocol_pair import envelopes, messages, pair
+from crypto.ratchet.session import Session
+from tests.clients.test_protocol_pair import Party, envelopes, messages, pair
 
 
-def test_a_burst_encodes_and_writes_each_session_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def parties(tmp_path: Path) -> Iterator[tuple[Party, Party]]:
+    """alice and bob on SQLite stores, bob holding alice's first message."""
     stores = (SqliteStore.open(tmp_path / "alice"), SqliteStore.open(tmp_path / "bob"))
     alice, bob = pair(stores)
     bob.knows(alice)
     assert messages(bob, envelopes(alice, "bob", "set-up")) == ["set-up"]
+    yield alice, bob
+    for store in stores:
+        store.close()
+
+
+def test_a_burst_encodes_and_writes_each_session_once(
+    parties: tuple[Party, Party], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = parties
     assert messages(alice, envelopes(bob, "alice", "reply")) == ["reply"]
     burst = envelopes(alice, "bob", *(f"m{i}" for i in range(5)))
     encoded: list[int] = []
     real = sessions._encode
-    monkeypatch.setattr(sessions, "_encode", lambda s: encoded.append(len(s)) or real(s))
-    with stores[1].transaction(sync=False):
+
+    def counted(states: list[Session]) -> bytes:
+        encoded.append(len(states))
+        return real(states)
+
+    monkeypatch.setattr(sessions, "_encode", counted)
+    with bob.proto.store.transaction(sync=False):
         received = bob.proto.receive_all(burst)
     assert [e.text for r in received for e in r.events if isinstance(e, Message)] == [
         f"m{i}" for i in range(5)
@@ -42,25 +58,18 @@ def test_a_burst_encodes_and_writes_each_session_once(
         0
     ].events
     assert isinstance(failure, DecryptFailure) and failure.error == "DuplicateMessage"
-    for store in stores:
-        store.close()
 
 
-def test_a_burst_that_raises_writes_no_session(tmp_path: Path) -> None:
-    stores = (SqliteStore.open(tmp_path / "alice"), SqliteStore.open(tmp_path / "bob"))
-    alice, bob = pair(stores)
-    bob.knows(alice)
-    assert messages(bob, envelopes(alice, "bob", "set-up")) == ["set-up"]
+def test_a_burst_that_raises_writes_no_session(parties: tuple[Party, Party]) -> None:
+    alice, bob = parties
     burst = envelopes(alice, "bob", "one", "two")
-    before = stores[1].load_session("alice", 1)
+    before = bob.proto.store.load_session("alice", 1)
     deferred = bob.proto.sessions.deferred()
-    with pytest.raises(RuntimeError), stores[1].transaction(sync=False), deferred:
+    with pytest.raises(RuntimeError), bob.proto.store.transaction(sync=False), deferred:
         assert len(bob.proto.receive_all(burst)) == 2
         raise RuntimeError("the burst's commit failed")
-    assert stores[1].load_session("alice", 1) == before
+    assert bob.proto.store.load_session("alice", 1) == before
     assert messages(bob, burst) == ["one", "two"]
-    for store in stores:
-        store.close()
 
 
 @pytest.mark.parametrize("data", [b"", b"\x01", b"\x02\x01abc", b"\x01\x09abc", b"\x01\x00"])
