@@ -12,10 +12,11 @@ before that has acked nothing of the burst: the relay redelivers it, and what wa
 recognised as seen (no duplicate); after a power loss before the fsync, the burst is simply
 processed again.
 
-Bursts that follow each other share the fsync and the ack: when more deliveries wait once a
-burst is emitted, the next burst is handled before the fsync; when more came during the
-fsync, the ack waits for the next burst's (one ``ack`` frame for both, at most
-:data:`ACK_HOLD` sequence numbers held). Nothing is acked before an fsync covering it.
+Bursts that follow each other share the fsync and the ack: when more deliveries to ack (not
+only ephemeral ones) wait once a burst is emitted, the next burst is handled before the
+fsync; when more came during the fsync, the ack waits for the next burst's (one ``ack`` frame
+for both, at most :data:`ACK_HOLD` sequence numbers held). Nothing is acked before an fsync
+covering it.
 
 Delivery receipts are coalesced (:class:`ReceiptSender`): one receipt per sender and kind per
 burst, and while one is on its way to a sender the ids of later bursts wait and travel in
@@ -240,23 +241,25 @@ async def run(
 ) -> None:
     """The processor task: bursts of up to :data:`MAX_BURST` deliveries in arrival order;
     each is stored (committed) and emitted, then flushed to disk and acked, then its receipts
-    are sent. When more deliveries already wait once a burst is emitted, the next burst goes
-    first and one fsync and one ``ack`` cover both (up to :data:`ACK_HOLD` sequence numbers):
-    fewer fsyncs and socket writes, and the waiting messages are shown sooner."""
+    are sent. When more deliveries to ack already wait once a burst is emitted, the next burst
+    goes first and one fsync and one ``ack`` cover both (up to :data:`ACK_HOLD` sequence
+    numbers): fewer fsyncs and socket writes, and the waiting messages are shown sooner."""
     receipts = ReceiptSender(core)
     seqs: list[int] = []  # of committed bursts, acked after the next flush
     later: list[SendReceipt] = []  # their receipts to send after that ack
+    batch: list[Process] = []  # taken off the queue, not handled yet
     while True:
-        batch = [await deliveries.get()]
-        while not deliveries.empty() and len(batch) < MAX_BURST:
-            batch.append(deliveries.get_nowait())
+        if not batch:
+            batch.append(await deliveries.get())
+        _take(deliveries, batch)
+        todo, batch = batch, []
         try:
-            burst = await process_batch(core, batch, receipts)
+            burst = await process_batch(core, todo, receipts)
             receipts.add([], burst.sealed)  # at once (see ReceiptSender.add)
             await core.emit(burst.events)  # what they show is committed already
             seqs += burst.seqs
             later += burst.receipts
-            if not deliveries.empty() and len(seqs) < ACK_HOLD:
+            if len(seqs) < ACK_HOLD and _acked_ones_wait(deliveries, batch):
                 continue  # the next burst first: one fsync and one ack for both
             await durable.flush(core.store)  # durable before anything leaves
         except asyncio.CancelledError:
@@ -264,12 +267,24 @@ async def run(
         except Exception:  # never let a batch stop the loop; unacked ones come back
             log.exception("processing deliveries failed")
             continue  # what is held is acked after the next flush that succeeds
-        if not deliveries.empty() and len(seqs) < ACK_HOLD:
+        if len(seqs) < ACK_HOLD and _acked_ones_wait(deliveries, batch):
             continue  # more came during the fsync: their burst's ack covers these too
         acked, seqs, sending, later = seqs, [], later, []
         if acked:
             await ack(acked)
         receipts.add(sending)
+
+
+def _take(deliveries: asyncio.Queue[Process], batch: list[Process]) -> None:
+    """Move what waits in ``deliveries`` to ``batch`` (up to :data:`MAX_BURST` in all)."""
+    while len(batch) < MAX_BURST and not deliveries.empty():
+        batch.append(deliveries.get_nowait())
+
+
+def _acked_ones_wait(deliveries: asyncio.Queue[Process], batch: list[Process]) -> bool:
+    """Whether a delivery to ack (not an ephemeral one) waits: taken into ``batch``."""
+    _take(deliveries, batch)
+    return any(isinstance(item.frame, DeliverFrame) for item in batch)
 
 
 def now_ms() -> int:

@@ -13,7 +13,14 @@ import pytest
 from clients.sdk import durable, inbox
 from clients.sdk.engine import Process
 from clients.sdk.inbox import Burst
-from wire.frames import DeliverFrame
+from wire.frames import DeliverFrame, EphemeralFrame
+
+
+def typing() -> Process:
+    frame = EphemeralFrame.model_validate(
+        {"from": {"user": "alice", "device": 1}, "ts": 1, "data": "AA=="}
+    )
+    return Process(frame)
 
 
 def delivery(seq: int) -> Process:
@@ -40,7 +47,7 @@ class Loop:
 
     async def _process(self, core: Any, batch: list[Process], receipts: Any) -> Burst:
         seqs = [item.frame.seq for item in batch if isinstance(item.frame, DeliverFrame)]
-        self.log.append(f"burst {seqs}")
+        self.log.append(f"burst {seqs}" + " +typing" * (len(batch) - len(seqs)))
         return Burst(seqs=seqs)
 
     async def _flush(self, store: Any) -> None:
@@ -118,3 +125,15 @@ async def test_an_ack_goes_out_once_enough_is_held_although_more_waits(
     assert loop.acked == list(range(1, inbox.ACK_HOLD + 1))  # one ack: the two bursts
     first, second = (f"burst {list(range(start, start + 100))}" for start in (1, 101))
     assert loop.log[:4] == [first, second, "flush", acks[0]]
+
+
+async def test_an_ack_does_not_wait_for_ephemeral_deliveries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a typing notification came meanwhile: nothing to share an ack with.
+    loop = Loop(monkeypatch)
+    loop.on_emit = lambda n: loop.deliveries.put_nowait(typing()) if n == 1 else None
+    loop.on_flush = lambda n: loop.deliveries.put_nowait(typing()) if n == 1 else None
+    loop.add(range(1, 3))
+    await loop.run_until_acked(2)
+    assert loop.log[:3] == ["burst [1, 2]", "flush", "ack [1, 2]"]
