@@ -26,10 +26,13 @@ __all__ = [
     "Checkpointer",
 ]
 
-#: Changing commits between two worker checkpoints. A burst's commit writes 10–20 pages into a
-#: fresh store and ~50 (4 KiB) into one of 600 messages (~73 at 2,000: the search index's random
-#: keys are ~70 % of them, measured with bench/e2e.py's load), so 64 commits are from about
-#: SQLite's default of 1,000 pages to more than the backstop below in a large store.
+#: Changing commits between two worker checkpoints. A burst's commit wrote 10–20 pages into a
+#: fresh store and ~50 (4 KiB) into one of 600 messages (~73 at 2,000, measured with
+#: bench/e2e.py's load), ~70 % of them the search index's random keys; since those go to an
+#: append-only table first (sqlite.py, ``search_pending``), a burst of three received messages
+#: writes 14 pages instead of 24 at 600 messages, 16 instead of 26 at 2,000 (measured
+#: in-process, WAL frame writes counted with strace). 64 commits are about SQLite's default of
+#: 1,000 pages; the large bursts of a large store can exceed the backstop below.
 CHECKPOINT_COMMITS = 64
 #: Seconds without a commit after which the worker checkpoints what is left.
 IDLE_SECONDS = 1.0

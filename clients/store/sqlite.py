@@ -55,7 +55,7 @@ __all__ = ["DB_NAME", "KEY_FILE_NAME", "SCHEMA_VERSION", "SqliteStore", "profile
 DB_NAME = "vox.db"
 KEY_FILE_NAME = "vox.key"
 NEW_KEY_FILE_NAME = "vox.key.new"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -105,6 +105,13 @@ CREATE TABLE search_tokens (
 CREATE INDEX search_tokens_by_message ON search_tokens (message_id, token);
 """
 
+#: Schema 2 -> 3: new messages' search tokens are appended to ``search_pending`` (a rowid
+#: table: each commit writes to its last page) and moved into ``search_tokens`` (random keys:
+#: a page per token, ~70 % of the pages a burst's commit wrote) in batches (:meth:`_merge_tokens`).
+_MIGRATE_3 = """
+CREATE TABLE search_pending (token BLOB NOT NULL, sent_at REAL NOT NULL, message_id TEXT NOT NULL);
+"""
+
 _PROFILE_ROW = b"profile"
 
 #: Every sealed column: (table, column, primary key columns giving the row key, filter).
@@ -112,6 +119,9 @@ _PROFILE_ROW = b"profile"
 _IN_CHUNK = 500
 #: Parameters per multi-row INSERT at most (search tokens: 300 rows of three).
 _ROW_PARAMS = 900
+#: Pending search tokens (``search_pending`` rows) at which a commit moves them into the index
+#: (~680 messages of three words; a move of 2,048 rows takes a few ms, see docs/client-store.md).
+MERGE_TOKENS = 2048
 
 _SEALED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("profile", "secret", (), ""),
@@ -225,6 +235,8 @@ class SqliteStore:
         # messages (by message id), outbox entries to insert (by message id: a burst's new
         # sends in one multi-row INSERT), outbox attempts to count, outbox entries to remove.
         self._new_tokens: dict[str, list[tuple[bytes, float, str]]] = {}
+        #: Rows in ``search_pending`` (None: not counted since opening or a rollback).
+        self._pending: int | None = None
         self._puts: dict[str, OutboxEntry] = {}
         self._attempts: dict[str, int] = {}
         self._removed: set[str] = set()
@@ -336,7 +348,7 @@ class SqliteStore:
         meta["schema_version"] = str(SCHEMA_VERSION).encode()
         try:
             # executescript() commits first, so the transaction is opened inside the script.
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MIGRATE_2)
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + _MIGRATE_2 + _MIGRATE_3)
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
             conn.execute("COMMIT")
         except BaseException:
@@ -388,22 +400,30 @@ class SqliteStore:
         raise StoreCorrupted(f"unknown key derivation {kdf!r}")
 
     def _migrate(self) -> None:
-        """Bring an older store to :data:`SCHEMA_VERSION` (one transaction per step)."""
+        """Bring an older store to :data:`SCHEMA_VERSION` (in one transaction)."""
         row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
-        if int(bytes(row[0])) >= 2:
+        version = int(bytes(row[0]))
+        if version >= SCHEMA_VERSION:
             return
         with self.transaction():
-            for statement in _MIGRATE_2.split(";"):
+            steps = (_MIGRATE_2 if version < 2 else "") + _MIGRATE_3
+            for statement in steps.split(";"):
                 if statement.strip():
                     self._exec(statement)
-            self._reindex()
-            self._exec("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"2",))
+            if version < 2:
+                self._reindex()
+            self._exec(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                (str(SCHEMA_VERSION).encode(),),
+            )
 
     def _reindex(self) -> None:
         """Rebuild the search index from the decrypted messages (after a migration or a
         change of store key)."""
         self._new_tokens.clear()  # recomputed below from the messages
         self._exec("DELETE FROM search_tokens")
+        self._exec("DELETE FROM search_pending")
+        self._pending = 0
         for row in self._exec("SELECT * FROM messages").fetchall():
             self._index(self._message(row))
 
@@ -411,8 +431,7 @@ class SqliteStore:
         """(Re)index ``message``: a new one's tokens are written at the commit, with every
         other new message's of the transaction (:meth:`_write_tokens`)."""
         if not fresh:  # a new message has no tokens yet (deleting one deletes its tokens)
-            self._new_tokens.pop(message.message_id, None)
-            self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message.message_id,))
+            self._drop_tokens(message.message_id)
         found = search.tokens(
             self._sealer.search_key, search.words(search.searchable_text(message))
         )
@@ -423,13 +442,38 @@ class SqliteStore:
             self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
 
     def _write_tokens(self) -> None:
-        """Write the search tokens of the open transaction's new messages (before its COMMIT,
-        or before a statement that reads the table)."""
+        """Append the search tokens of the open transaction's new messages to
+        ``search_pending`` (before its COMMIT, or before a statement that reads the index);
+        move them into the index once :data:`MERGE_TOKENS` are pending."""
         if not self._new_tokens:
             return
         rows = [row for rows in self._new_tokens.values() for row in rows]
         self._new_tokens.clear()
-        self._insert_rows("INSERT OR IGNORE INTO search_tokens VALUES", rows)
+        self._insert_rows("INSERT INTO search_pending VALUES", rows)
+        if self._pending is None:
+            self._pending = int(self._exec("SELECT count(*) FROM search_pending").fetchone()[0])
+        else:
+            self._pending += len(rows)
+        if self._pending >= MERGE_TOKENS:
+            self._merge_tokens()
+
+    def _merge_tokens(self) -> None:
+        """Move the pending search tokens into ``search_tokens`` (in the open transaction):
+        before anything reads or deletes index rows. One pass over the index's random keys
+        for many messages' tokens, not one per commit."""
+        if self._pending != 0:  # None: not known, the statements below find out
+            self._exec(
+                "INSERT OR IGNORE INTO search_tokens SELECT token, sent_at, message_id"
+                " FROM search_pending ORDER BY token, sent_at, message_id"
+            )
+            self._exec("DELETE FROM search_pending")
+            self._pending = 0
+
+    def _drop_tokens(self, message_id: str) -> None:
+        """Delete a message's search tokens (written, pending, or not yet written)."""
+        self._new_tokens.pop(message_id, None)
+        self._merge_tokens()
+        self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message_id,))
 
     def _write_outbox(self) -> None:
         """Write the open transaction's new outbox entries, attempts and removals (before its
@@ -584,6 +628,7 @@ class SqliteStore:
         self._sessions.clear()
         self._dirty_sessions.clear()
         self._new_tokens.clear()
+        self._pending = None
         self._puts.clear()
         self._attempts.clear()
         self._removed.clear()
@@ -1009,8 +1054,7 @@ class SqliteStore:
 
     def delete_message(self, message_id: str) -> bool:
         with self.transaction():
-            self._new_tokens.pop(message_id, None)
-            self._exec("DELETE FROM search_tokens WHERE message_id = ?", (message_id,))
+            self._drop_tokens(message_id)
             return (
                 self._exec("DELETE FROM messages WHERE message_id = ?", (message_id,)).rowcount == 1
             )
@@ -1064,6 +1108,11 @@ class SqliteStore:
             params.append(conversation)
         with self._mutex:
             self._write_tokens()  # the open transaction's (if this thread has one)
+            if self._pending is None:
+                self._pending = 1 if self._one("SELECT 1 FROM search_pending LIMIT 1") else 0
+            if self._pending:  # pending tokens first: one write, then none until more come
+                with self.transaction(sync=False):  # (a lost move leaves them pending)
+                    self._merge_tokens()
             rows = self._all(sql, [*params, limit + 16])
         out = []
         for row in rows:

@@ -96,7 +96,7 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     store.close()
     conn = sqlite3.connect(tmp_path / "p" / "vox.db")
     conn.executescript(
-        "DROP TABLE search_tokens; DROP INDEX messages_by_expiry;"
+        "DROP TABLE search_tokens; DROP TABLE search_pending; DROP INDEX messages_by_expiry;"
         " ALTER TABLE messages DROP COLUMN expire_at; ALTER TABLE messages DROP COLUMN expires_in;"
         " UPDATE meta SET value = CAST('1' AS BLOB) WHERE key = 'schema_version';"
     )
@@ -106,7 +106,7 @@ def test_a_schema_1_store_is_migrated(tmp_path: Path) -> None:
     assert store.get_message(f"{1:032x}").expires_in == 0  # type: ignore[union-attr]
     store.close()
     conn = sqlite3.connect(tmp_path / "p" / "vox.db")
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == b"2"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == b"3"
     conn.close()
 
 

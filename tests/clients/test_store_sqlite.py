@@ -448,7 +448,7 @@ def test_a_messages_search_tokens_go_in_one_statement(tmp_path: Path) -> None:
     with open_store(tmp_path) as store:
         inserts: list[str] = []
         store._conn.set_trace_callback(
-            lambda sql: inserts.append(sql) if "search_tokens" in sql else None
+            lambda sql: inserts.append(sql) if "INTO search_pending" in sql else None
         )
         store.add_message(StoredMessage("a", "bob", Direction.IN, "bob", 1, 1.0, 1.0, "one two"))
         assert len(inserts) == 1
