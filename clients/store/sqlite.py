@@ -223,6 +223,10 @@ class SqliteStore:
         self._commits = 1
         self._synced = 0
         self._synced_lock = threading.Lock()
+        #: The WAL's file descriptor, opened by the first flush that finds the file and kept
+        #: until :meth:`close` (two system calls less per fsync, and two fewer GIL hand-offs
+        #: in the flushing thread); ``-1`` once closed. Used under ``_synced_lock``.
+        self._wal_fd: int | None = None
         # Read-through caches of the rows read on every message (this process holds the
         # profile lock, so nobody else writes them); dropped whenever a transaction rolls back.
         self._peers: dict[str, PeerIdentity | None] = {}
@@ -571,6 +575,10 @@ class SqliteStore:
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+            with self._synced_lock:  # after a running fsync
+                fd, self._wal_fd = self._wal_fd, -1
+                if fd is not None and fd >= 0:
+                    os.close(fd)
             self._lock.release()
 
     def __enter__(self) -> SqliteStore:
@@ -645,15 +653,20 @@ class SqliteStore:
         commits = self._commits  # read before the fsync: what it is sure to cover
         if commits <= self._synced:
             return
-        try:
-            fd = os.open(wal, os.O_RDWR)
-        except FileNotFoundError:  # no WAL yet, or checkpointed away on close: nothing to sync
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         with self._synced_lock:
+            fd = self._wal_fd
+            if fd is None or fd < 0:
+                try:
+                    fd = os.open(wal, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:  # no WAL yet, or deleted on close: nothing to sync
+                    return
+                if self._wal_fd is None:  # kept while the store is open
+                    self._wal_fd = fd
+            try:
+                os.fsync(fd)
+            finally:
+                if fd != self._wal_fd:
+                    os.close(fd)
             self._synced = max(self._synced, commits)
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
