@@ -1,13 +1,21 @@
 """Group commit for the store's fsync: ``await flush(store)`` returns once every transaction
-committed before the call is on disk (:meth:`~clients.store.base.Store.flush`, in a worker
-thread, so the event loop keeps running). Callers that come while an fsync is running share
-the next one — one more fsync for all of them, not one each: the receive path (before an ack)
-and the send path (before a ciphertext leaves) of one client often flush at the same time.
+committed before the call is on disk (:meth:`~clients.store.base.Store.flush`, in a thread of
+the store's own, so the event loop keeps running). Callers that come while an fsync is running
+share the next one — one more fsync for all of them, not one each: the receive path (before an
+ack) and the send path (before a ciphertext leaves) of one client often flush at the same time.
+
+The thread (one per store, started by its first flush, ended when the store is collected)
+waits on a queue and answers through ``call_soon_threadsafe``: no executor future to wrap and
+chain, and fewer GIL hand-offs per fsync than ``run_in_executor`` (measured: ~22 µs of CPU per
+round trip instead of ~37, see docs/client-store.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import weakref
 
 from clients.store.base import Store
@@ -15,14 +23,21 @@ from clients.store.base import Store
 __all__ = ["flush"]
 
 
+#: One fsync for the store's thread: the store, the loop to answer on, the future to settle.
+_Job = tuple[Store, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
 class _Flusher:
     """The fsync in progress for one store, and the one queued behind it. It does not hold
     the store (only a running fsync does): the store is the key of its entry in
-    ``_flushers``, which a value holding it would keep alive forever."""
+    ``_flushers``, which a value holding it would keep alive forever. Nor does its thread,
+    which holds only the job queue and ends when the flusher is collected."""
 
     def __init__(self) -> None:
         self.running: asyncio.Future[None] | None = None
         self.queued: asyncio.Future[None] | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def waiter(self, store: Store) -> asyncio.Future[None]:
         # A caller's commits may be later than the running fsync's start: it waits for the
@@ -37,7 +52,14 @@ class _Flusher:
         return self.queued
 
     def _start(self, loop: asyncio.AbstractEventLoop, store: Store) -> asyncio.Future[None]:
-        running = loop.run_in_executor(None, store.flush)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_serve, args=(self._jobs,), name="vox-fsync", daemon=True
+            )
+            self._thread.start()
+            weakref.finalize(self, self._jobs.put, None)  # ends the thread
+        running: asyncio.Future[None] = loop.create_future()
+        self._jobs.put((store, loop, running))
         running.add_done_callback(_retrieve)
         running.add_done_callback(lambda _: self._done(loop, store))
         return running
@@ -48,6 +70,34 @@ class _Flusher:
             return
         self.running = self._start(loop, store)
         self.running.add_done_callback(lambda done: _settle(queued, done))
+
+
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """A store's fsync thread: runs each job's ``store.flush()`` and settles its future on
+    its loop; ends at ``None``."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        store, loop, future = job
+        error: BaseException | None = None
+        try:
+            store.flush()
+        except BaseException as exc:  # handed to the awaiting callers
+            error = exc
+        del job, store  # not kept alive while waiting for the next job
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_set, future, error)
+        del loop, future, error
+
+
+def _set(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
