@@ -682,9 +682,9 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupted(str(exc)) from None
 
-    def _insert_rows(self, head: str, rows: Sequence[Sequence[Any]]) -> None:
-        """``head`` (``INSERT … VALUES``) for all ``rows``: one statement, or one per
-        :data:`_ROW_PARAMS` parameters."""
+    def _insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """``head`` (``INSERT … VALUES``) for all ``rows``, then ``tail`` (an upsert clause):
+        one statement, or one per :data:`_ROW_PARAMS` parameters."""
         if not rows:
             return
         width = len(rows[0])
@@ -693,7 +693,7 @@ class SqliteStore:
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
             values = ", ".join([marks] * len(chunk))
-            self._exec(f"{head} {values}", [value for row in chunk for value in row])
+            self._exec(f"{head} {values}{tail}", [value for row in chunk for value in row])
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._mutex:
@@ -823,7 +823,13 @@ class SqliteStore:
             for (username, device_id), state in self._dirty_sessions.items()
         ]
         self._dirty_sessions.clear()
-        self._insert_rows("INSERT OR REPLACE INTO sessions VALUES", rows)
+        # Updated in place: REPLACE would delete the row and append it again (two more pages
+        # per commit: the old row's and the table's last).
+        self._insert_rows(
+            "INSERT INTO sessions VALUES",
+            rows,
+            " ON CONFLICT (username, device_id) DO UPDATE SET state = excluded.state",
+        )
 
     def delete_session(self, username: str, device_id: int) -> None:
         with self.transaction():

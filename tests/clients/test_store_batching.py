@@ -233,3 +233,21 @@ def test_a_transaction_that_runs_no_statement_costs_no_begin_or_commit(
     with pytest.raises(RuntimeError), store.transaction():
         raise RuntimeError
     assert log == []  # nothing begun: nothing to roll back
+
+
+def test_a_session_written_again_is_updated_in_place(store: SqliteStore) -> None:
+    # INSERT OR REPLACE deleted the row and appended it again (a new rowid, two more pages per
+    # commit); an upsert keeps the row where it is.
+    store.store_session("bob", 1, b"first")
+    store.store_session("carol", 1, b"other")
+    rowid = store._conn.execute("SELECT rowid FROM sessions WHERE username = 'bob'").fetchone()
+    with store.transaction():
+        store.store_session("bob", 1, b"second")
+        store.store_session("dave", 2, b"new")
+    assert store._conn.execute("SELECT rowid FROM sessions WHERE username = 'bob'").fetchone() == (
+        rowid
+    )
+    store._sessions.clear()  # read back from the table
+    assert store.load_session("bob", 1) == b"second"
+    assert store.load_session("dave", 2) == b"new"
+    assert store.session_devices("bob") == [1]
