@@ -335,7 +335,8 @@ class Store(
 
     def flush(self) -> None:
         """Make every transaction committed so far durable (one fsync). Thread-safe: meant to
-        run in a worker thread while the caller's event loop keeps using the store."""
+        run in another thread (``clients.sdk.durable``) while the caller's event loop keeps
+        using the store."""
         ...
 
     def close(self) -> None:
