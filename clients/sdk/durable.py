@@ -92,12 +92,9 @@ def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
 
 
 def _set(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+    """Settle a job's future on its loop (unless every caller gave up on it)."""
+    if not future.cancelled():
+        future.set_result(None) if error is None else future.set_exception(error)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

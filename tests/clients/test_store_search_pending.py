@@ -18,9 +18,8 @@ from clients.store import sqlite as store_sqlite
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.open(tmp_path / "p")
-    yield s
-    s.close()
+    with SqliteStore.open(tmp_path / "p") as opened:
+        yield opened
 
 
 def msg(n: int, text: str) -> StoredMessage:
