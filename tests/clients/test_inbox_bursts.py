@@ -247,7 +247,7 @@ async def test_a_burst_and_its_delivery_receipt_are_one_commit(
     # The receipt's ratchet step is written with the burst, in its transaction: bob's only
     # session writes come before the burst's COMMIT (old: the send builder's transaction
     # wrote alice's session again after it, a second commit and a second fsync).
-    sessions = [i for i, s in enumerate(log) if s.startswith("INSERT OR REPLACE INTO sessions")]
+    sessions = [i for i, s in enumerate(log) if s.startswith("INSERT") and "INTO sessions" in s]
     assert sessions and max(sessions) < commit
 
 

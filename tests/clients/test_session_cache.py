@@ -141,7 +141,7 @@ def test_a_burst_writes_its_session_once_and_reads_no_seen_mark(tmp_path: Path) 
     with stores[1].transaction(sync=False):
         assert messages(bob, burst) == [f"m{i}" for i in range(5)]
     assert not [s for s in statements if s.startswith("SELECT 1 FROM seen")]
-    assert len([s for s in statements if s.startswith("INSERT OR REPLACE INTO sessions")]) == 1
+    assert len([s for s in statements if s.startswith("INSERT") and "INTO sessions" in s]) == 1
     assert len([s for s in statements if s.startswith("INSERT OR IGNORE INTO seen")]) == 5
     assert messages(bob, burst[:1]) == []  # a duplicate is still recognised
     for store in stores:
