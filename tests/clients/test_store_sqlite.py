@@ -395,9 +395,7 @@ def test_a_transaction_writes_each_session_once_at_its_commit(tmp_path: Path) ->
     writes: list[str] = []
     with SqliteStore.open(home) as store:
         store._conn.set_trace_callback(
-            lambda sql: (
-                writes.append(sql) if sql.startswith("INSERT OR REPLACE INTO sessions") else None
-            )
+            lambda sql: writes.append(sql) if sql.startswith("INSERT INTO sessions") else None
         )
         with store.transaction():
             for n in range(5):
