@@ -261,11 +261,20 @@ async def run(
             later += burst.receipts
             if len(seqs) < ACK_HOLD and _acked_ones_wait(deliveries, batch):
                 continue  # the next burst first: one fsync and one ack for both
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let a batch stop the loop; its unacked ones come back
+            log.exception("processing deliveries failed")
+            if not seqs:
+                continue
+            # The bursts before it are committed and wait for this fsync: ack them now, not
+            # when the next delivery comes.
+        try:
             await durable.flush(core.store)  # durable before anything leaves
         except asyncio.CancelledError:
             raise
-        except Exception:  # never let a batch stop the loop; unacked ones come back
-            log.exception("processing deliveries failed")
+        except Exception:
+            log.exception("flushing the store failed")
             continue  # what is held is acked after the next flush that succeeds
         if len(seqs) < ACK_HOLD and _acked_ones_wait(deliveries, batch):
             continue  # more came during the fsync: their burst's ack covers these too

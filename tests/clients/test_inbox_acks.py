@@ -137,3 +137,23 @@ async def test_an_ack_does_not_wait_for_ephemeral_deliveries(
     loop.add(range(1, 3))
     await loop.run_until_acked(2)
     assert loop.log[:3] == ["burst [1, 2]", "flush", "ack [1, 2]"]
+
+
+async def test_a_failing_burst_does_not_hold_the_ack_of_the_bursts_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Burst [1, 2] waits for the fsync of the burst after it, which fails; nothing else comes.
+    loop = Loop(monkeypatch)
+    process = loop._process
+
+    async def failing(core: Any, batch: list[Process], receipts: Any) -> Burst:
+        if any(isinstance(item.frame, DeliverFrame) and item.frame.seq > 2 for item in batch):
+            loop.log.append("burst fails")
+            raise RuntimeError("a store error")
+        return await process(core, batch, receipts)
+
+    monkeypatch.setattr(inbox, "process_batch", failing)
+    loop.on_emit = lambda n: loop.add(range(3, 5)) if n == 1 else None
+    loop.add(range(1, 3))
+    await loop.run_until_acked(2)
+    assert loop.log == ["burst [1, 2]", "burst fails", "flush", "ack [1, 2]"]
