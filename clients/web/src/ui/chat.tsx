@@ -123,7 +123,10 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
         </aside>
         <main class="conversation">
           {active ? (
+            // A view per conversation (keyed): its composer, reply/edit state and notices
+            // start empty when another conversation opens, from the first render on.
             <Conversation
+              key={active}
               engine={engine}
               user={active}
               onBack={() => {
@@ -343,11 +346,6 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
     if (isGroup || !online) return;
     void engine.refreshList(user).then(() => force((x) => x + 1)).catch((e: Error) => setError(e.message));
   }, [user, online]);
-  useEffect(() => {
-    setCompose(null);
-    setText("");
-    setNotice(null);
-  }, [user]);
   useEffect(() => {
     listRef.current?.scrollTo(0, listRef.current.scrollHeight);
   }, [messages.length]);
