@@ -148,6 +148,15 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class _Chat:
+    """A received chat message to store: a burst stores its consecutive ones together
+    (:meth:`ClientProtocol.receive_all`)."""
+
+    stored: StoredMessage
+    receipt: SendReceipt | None
+
+
+@dataclass(frozen=True, slots=True)
 class NeedDeviceList:
     """The protocol must see ``username``'s device list (fetch it, then retry)."""
 
@@ -190,6 +199,13 @@ def _payload(data: bytes) -> tuple[int, bytes]:
         return data[1], data[2:]
     payload = RelayPayload.from_bytes(data)  # raises the precise error
     return payload.kind, payload.data  # pragma: no cover (a well-formed one is taken above)
+
+
+def _is_chat(content: Content) -> bool:
+    """Whether ``content`` is a chat message (a text or a file, or our own in a transcript):
+    it is only stored, and reads no other message."""
+    inner = content.inner if isinstance(content, Transcript) else content
+    return isinstance(inner, TextContent | AttachmentContent)
 
 
 def _failure(envelope: Envelope, error: Exception, now: float) -> DecryptFailure:
@@ -493,6 +509,9 @@ class ClientProtocol:
                 if not self.store.mark_seen(seen, now):  # one statement: new, or a duplicate
                     return Received([], [])
                 result = self._receive(envelope, now)
+                if isinstance(result, _Chat):
+                    added = self.store.add_message(result.stored)
+                    result = self._chat_received(result, now) if added else Received([], [])
             return result
         except (VoxError, ClientError, ValueError) as exc:
             with self.store.transaction():  # rolled back with the rest unless in a burst's
@@ -502,25 +521,52 @@ class ClientProtocol:
     def receive_all(self, envelopes: Sequence[Envelope]) -> list[Received]:
         """:meth:`receive` for a burst, in order, in one store transaction whose ids are all
         marked seen by one statement first (a duplicate, also within the burst, yields
-        nothing); the sessions they advance are written once, at its end. Raises only what
-        the store raises (the transaction is then rolled back)."""
+        nothing); the sessions they advance are written once, at its end, and its chat
+        messages are stored together (:meth:`~clients.store.base.Store.add_messages`) before
+        any other content is applied, and at its end. Raises only what the store raises
+        (the transaction is then rolled back)."""
         now = self._now()
         keys = ["env:" + e.envelope_id for e in envelopes]
         out: list[Received] = []
+        waiting: list[tuple[int, Envelope, _Chat]] = []  # chats to store, by index in out
+
+        def store_waiting() -> None:
+            if not waiting:
+                return
+            chats = waiting[:]
+            waiting.clear()
+            added = self.store.add_messages([chat.stored for _, _, chat in chats])
+            for (i, envelope, chat), new_one in zip(chats, added, strict=True):
+                if new_one:
+                    try:
+                        out[i] = self._chat_received(chat, now)
+                    except (VoxError, ClientError, ValueError) as exc:
+                        out[i] = Received([_failure(envelope, exc, now)], [])
+
         with self.store.transaction(), self.sessions.deferred():
             new = self.store.mark_seen_many(keys, now)
             for envelope, key in zip(envelopes, keys, strict=True):
+                out.append(Received([], []))
                 if key not in new:
-                    out.append(Received([], []))
                     continue
                 new.discard(key)  # a second copy in this burst is a duplicate
                 try:
-                    out.append(self._receive(envelope, now))
+                    result = self._receive(envelope, now, store_waiting)
                 except (VoxError, ClientError, ValueError) as exc:  # acked, marked seen
-                    out.append(Received([_failure(envelope, exc, now)], []))
+                    result = Received([_failure(envelope, exc, now)], [])
+                if isinstance(result, _Chat):
+                    waiting.append((len(out) - 1, envelope, result))
+                else:
+                    out[-1] = result
+            store_waiting()
         return out
 
-    def _receive(self, envelope: Envelope, now: float) -> Received:
+    def _receive(
+        self, envelope: Envelope, now: float, store_waiting: Callable[[], None] | None = None
+    ) -> Received | _Chat:
+        """Process one envelope; a chat message comes back as a :class:`_Chat` to store.
+        ``store_waiting`` stores the chats of the burst before any other content is applied
+        (it may read or change them)."""
         # Everything that can fail for bad input is checked before the first write, so a
         # failed envelope leaves no trace but its "seen" mark (several envelopes may share
         # one store transaction).
@@ -540,6 +586,8 @@ class ClientProtocol:
             content = decode_padded(decrypted.body)
             self._check_pairwise(sender, content)
             decrypted.commit()
+            if store_waiting is not None and not _is_chat(content):
+                store_waiting()
             return self._pairwise_content(sender, content, now)
         if kind == PayloadKind.GROUP:
             message = SenderKeyMessage.from_bytes(data)
@@ -563,6 +611,8 @@ class ClientProtocol:
             if isinstance(content, AttachmentContent):
                 AttachmentPointer.from_bytes(content.pointer)
             self.groups.save_record(message.group_id, message.sender, record)
+            if store_waiting is not None and not _is_chat(content):
+                store_waiting()
             conversation = group_conversation(message.group_id.hex())
             if isinstance(content, OperationContent):
                 ops = message_rules.apply(
@@ -591,7 +641,9 @@ class ClientProtocol:
             if distribution.sender != sender or distribution.group_id != content.group_id:
                 raise GroupError("sender key distribution for another sender or group")
 
-    def _pairwise_content(self, sender: DeviceAddress, content: Content, now: float) -> Received:
+    def _pairwise_content(
+        self, sender: DeviceAddress, content: Content, now: float
+    ) -> Received | _Chat:
         own = sender.username == self.username
         if isinstance(content, TextContent | AttachmentContent):
             if content.group_id:
@@ -702,7 +754,7 @@ class ClientProtocol:
         content: TextContent | AttachmentContent,
         conversation: str,
         now: float,
-    ) -> Received:
+    ) -> Received | _Chat:
         if self.store.is_gone(content.message_id.hex()):
             # Deleted for me (or disappeared) here: a copy that comes again (the sender's
             # resend under a new client id, a transcript) stays gone, and gets no receipt.
@@ -711,16 +763,19 @@ class ClientProtocol:
         # Sent by another of our devices: the relay accepted it already.
         state = DeliveryState.SENT if outgoing else DeliveryState.RECEIVED
         stored = self._stored(conversation, content, sender, outgoing, now, state)
-        if not self.store.add_message(stored):
-            return Received([], [])
-        actions: list[Action] = []
-        if not outgoing:
-            actions.append(
-                SendReceipt(sender.username, ReceiptKind.DELIVERED, (content.message_id,))
-            )
+        receipt = (
+            None
+            if outgoing
+            else SendReceipt(sender.username, ReceiptKind.DELIVERED, (content.message_id,))
+        )
+        return _Chat(stored, receipt)
+
+    def _chat_received(self, chat: _Chat, now: float) -> Received:
+        """What a chat message yields once stored (it was new)."""
+        stored = chat.stored
         events: list[Event] = [message_from_stored(stored)]
         events += message_rules.on_stored(self.store, stored.message_id, now)
-        return Received(events, actions)
+        return Received(events, [] if chat.receipt is None else [chat.receipt])
 
     def _receipt(self, sender: DeviceAddress, content: Receipt, now: float) -> Received:
         state = (

@@ -171,6 +171,12 @@ class MessageStore(Protocol):
         """Store a message; False (and nothing changes) if its id is already stored."""
         ...
 
+    def add_messages(self, messages: Sequence[StoredMessage]) -> list[bool]:
+        """:meth:`add_message` for each of ``messages`` in order, at once (one statement in
+        the SQLite store, e.g. for a received burst): whether each was added. An id stored
+        already, or given earlier in ``messages``, is not added again."""
+        ...
+
     def get_message(self, message_id: str) -> StoredMessage | None:
         """A message by id."""
         ...

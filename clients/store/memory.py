@@ -189,6 +189,9 @@ class MemoryStore:
         self._s.messages[message.message_id] = message
         return True
 
+    def add_messages(self, messages: Sequence[StoredMessage]) -> list[bool]:
+        return [self.add_message(m) for m in messages]
+
     def get_message(self, message_id: str) -> StoredMessage | None:
         return self._s.messages.get(message_id)
 

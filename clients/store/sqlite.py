@@ -686,18 +686,23 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupted(str(exc)) from None
 
-    def _insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
-        """``head`` (``INSERT … VALUES``) for all ``rows``, then ``tail`` (an upsert clause):
-        one statement, or one per :data:`_ROW_PARAMS` parameters."""
+    def _insert_rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> list[Any]:
+        """``head`` (``INSERT … VALUES``) for all ``rows``, then ``tail`` (an upsert or a
+        ``RETURNING`` clause): one statement, or one per :data:`_ROW_PARAMS` parameters.
+        Returns the rows a ``RETURNING`` clause gives."""
+        out: list[Any] = []
         if not rows:
-            return
+            return out
         width = len(rows[0])
         per = _ROW_PARAMS // width
         marks = "(" + ", ".join("?" * width) + ")"
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
             values = ", ".join([marks] * len(chunk))
-            self._exec(f"{head} {values}{tail}", [value for row in chunk for value in row])
+            cursor = self._exec(f"{head} {values}{tail}", [value for row in chunk for value in row])
+            if tail:
+                out += cursor.fetchall()
+        return out
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._mutex:
@@ -1031,32 +1036,34 @@ class SqliteStore:
         return self._seal("messages", _rk(message.message_id), json.dumps(body).encode())
 
     def add_message(self, message: StoredMessage) -> bool:
-        sealed = self._body(message)
+        return self.add_messages([message])[0]
+
+    def add_messages(self, messages: Sequence[StoredMessage]) -> list[bool]:
+        first: dict[str, int] = {}  # an id given twice: its first row (as add_message would)
+        for i, message in enumerate(messages):
+            first.setdefault(message.message_id, i)
+        new = [messages[i] for i in first.values()]
+        rows = [
+            (m.message_id, m.conversation, Direction(m.direction).value, m.sender,
+             m.sender_device, m.sent_at, m.received_at, DeliveryState(m.state).value,
+             self._body(m), m.expires_in, m.expire_at)
+            for m in new
+        ]  # fmt: skip
         with self.transaction():
-            added = (
-                self._exec(
+            added = {
+                row[0]
+                for row in self._insert_rows(
                     "INSERT OR IGNORE INTO messages (message_id, conversation, direction, sender,"
                     " sender_device, sent_at, received_at, state, body, expires_in, expire_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message.message_id,
-                        message.conversation,
-                        Direction(message.direction).value,
-                        message.sender,
-                        message.sender_device,
-                        message.sent_at,
-                        message.received_at,
-                        DeliveryState(message.state).value,
-                        sealed,
-                        message.expires_in,
-                        message.expire_at,
-                    ),
-                ).rowcount
-                == 1
-            )
-            if added:
-                self._index(message, fresh=True)
-            return added
+                    " VALUES",
+                    rows,
+                    " RETURNING message_id",
+                )
+            }
+            for message in new:
+                if message.message_id in added:
+                    self._index(message, fresh=True)
+        return [first[m.message_id] == i and m.message_id in added for i, m in enumerate(messages)]
 
     def replace_message(self, message: StoredMessage) -> bool:
         with self.transaction():
@@ -1323,18 +1330,13 @@ class SqliteStore:
         return self._write("INSERT OR IGNORE INTO seen VALUES (?, ?)", (message_id, at)) == 1
 
     def mark_seen_many(self, message_ids: Sequence[str], at: float) -> set[str]:
-        new: set[str] = set()
-        per = _ROW_PARAMS // 2
         with self.transaction():
-            for start in range(0, len(message_ids), per):
-                chunk = message_ids[start : start + per]
-                values = ", ".join(["(?, ?)"] * len(chunk))
-                rows = self._exec(
-                    f"INSERT OR IGNORE INTO seen VALUES {values} RETURNING message_id",  # noqa: S608
-                    [value for mid in chunk for value in (mid, at)],
-                ).fetchall()
-                new.update(row[0] for row in rows)
-        return new
+            rows = self._insert_rows(
+                "INSERT OR IGNORE INTO seen VALUES",
+                [(mid, at) for mid in message_ids],
+                " RETURNING message_id",
+            )
+        return {row[0] for row in rows}
 
     def is_seen(self, message_id: str) -> bool:
         return self._one("SELECT 1 FROM seen WHERE message_id = ?", (message_id,)) is not None

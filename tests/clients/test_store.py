@@ -333,3 +333,26 @@ def test_forget_message_deletes_and_remembers_until_pruned(store: Store) -> None
     assert not store.forget_message("b", 9.0) and store.is_gone("b")  # remembered anyway
     assert store.prune_seen(older_than=5.0, prefix="gone:") == 1
     assert not store.is_gone("a") and store.is_gone("b")
+
+
+def test_add_messages_answers_as_add_message_one_by_one(store: Store) -> None:
+    # A received burst's chat messages are stored by one call (one statement in SQLite).
+    assert store.add_message(msg("old", text="stored before"))
+    with store.transaction():
+        added = store.add_messages(
+            [
+                msg("a", text="first copy"),
+                msg("old", text="again"),
+                msg("a", text="second copy"),
+                msg("b", text="bee"),
+            ]
+        )
+    assert added == [True, False, False, True]
+    stored, old = store.get_message("a"), store.get_message("old")
+    assert stored is not None and stored.text == "first copy"  # the first copy is kept
+    assert old is not None and old.text == "stored before"
+    assert [m.message_id for m in store.search_messages("copy")] == ["a"]
+    assert store.search_messages("second") == []
+    assert store.search_messages("again") == []
+    assert [m.message_id for m in store.search_messages("bee")] == ["b"]
+    assert store.add_messages([]) == []

@@ -251,3 +251,15 @@ def test_a_session_written_again_is_updated_in_place(store: SqliteStore) -> None
     assert store.load_session("bob", 1) == b"second"
     assert store.load_session("dave", 2) == b"new"
     assert store.session_devices("bob") == [1]
+
+
+def test_a_batch_of_new_messages_is_one_insert_per_900_parameters(store: SqliteStore) -> None:
+    store.add_message(msg("old", "stored before"))
+    log = traced(store)
+    batch = [msg(f"m{i}", f"word{i}") for i in range(200)] + [msg("old", "x"), msg("m1", "y")]
+    with store.transaction(sync=False):
+        assert store.add_messages(batch) == [True] * 200 + [False, False]
+    # 200 rows of 11 parameters: 3 statements (old: add_message for each, 200).
+    assert len([s for s in log if s.startswith("INSERT OR IGNORE INTO messages")]) == 3
+    assert len([s for s in log if s.startswith("INSERT INTO search_pending")]) == 1
+    assert [m.message_id for m in store.search_messages("word199")] == ["m199"]
