@@ -74,6 +74,15 @@ class BothStores(RuleBasedStateMachine):
         m = StoredMessage(mid, conv, direction, "me" if out else conv, 1, at, at, text, None, state)
         self.same([s.add_message(m) for s in self.stores])
 
+    @rule(mids=st.lists(IDS, max_size=6), text=st.text(max_size=10))
+    def add_messages(self, mids: list[str], text: str) -> None:
+        # A received burst's messages: ids repeated in the list or stored already are not added.
+        batch = [
+            StoredMessage(m, "bob", Direction.IN, "bob", 1, i, i, f"{text} {i}")
+            for i, m in enumerate(mids)
+        ]
+        self.same([s.add_messages(batch) for s in self.stores])
+
     @rule(mid=IDS, state=STATES)
     def update_state(self, mid: str, state: DeliveryState) -> None:
         self.same([s.update_message_state(mid, state) for s in self.stores])
