@@ -119,6 +119,12 @@ _PROFILE_ROW = b"profile"
 _IN_CHUNK = 500
 #: Parameters per multi-row INSERT at most (search tokens: 300 rows of three).
 _ROW_PARAMS = 900
+#: New messages (one row: :data:`_ADD_MESSAGE`; a burst: :meth:`SqliteStore.add_messages`).
+_ADD_MESSAGES = (
+    "INSERT OR IGNORE INTO messages (message_id, conversation, direction, sender,"
+    " sender_device, sent_at, received_at, state, body, expires_in, expire_at) VALUES"
+)
+_ADD_MESSAGE = _ADD_MESSAGES + " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Pending search tokens (``search_pending`` rows) at which a commit moves them into the index
 #: (~680 messages of three words; a move of 2,048 rows takes a few ms, see docs/client-store.md).
 MERGE_TOKENS = 2048
@@ -1035,31 +1041,31 @@ class SqliteStore:
             body["timer"] = message.timer
         return self._seal("messages", _rk(message.message_id), json.dumps(body).encode())
 
+    def _message_row(self, m: StoredMessage) -> tuple[Any, ...]:
+        """The ``messages`` row of a new message (columns as in :data:`_ADD_MESSAGES`)."""
+        return (
+            m.message_id, m.conversation, Direction(m.direction).value, m.sender,
+            m.sender_device, m.sent_at, m.received_at, DeliveryState(m.state).value,
+            self._body(m), m.expires_in, m.expire_at,
+        )  # fmt: skip
+
     def add_message(self, message: StoredMessage) -> bool:
-        return self.add_messages([message])[0]
+        row = self._message_row(message)
+        with self.transaction():
+            added = self._exec(_ADD_MESSAGE, row).rowcount == 1
+            if added:
+                self._index(message, fresh=True)
+            return added
 
     def add_messages(self, messages: Sequence[StoredMessage]) -> list[bool]:
         first: dict[str, int] = {}  # an id given twice: its first row (as add_message would)
         for i, message in enumerate(messages):
             first.setdefault(message.message_id, i)
         new = [messages[i] for i in first.values()]
-        rows = [
-            (m.message_id, m.conversation, Direction(m.direction).value, m.sender,
-             m.sender_device, m.sent_at, m.received_at, DeliveryState(m.state).value,
-             self._body(m), m.expires_in, m.expire_at)
-            for m in new
-        ]  # fmt: skip
+        rows = [self._message_row(m) for m in new]
         with self.transaction():
-            added = {
-                row[0]
-                for row in self._insert_rows(
-                    "INSERT OR IGNORE INTO messages (message_id, conversation, direction, sender,"
-                    " sender_device, sent_at, received_at, state, body, expires_in, expire_at)"
-                    " VALUES",
-                    rows,
-                    " RETURNING message_id",
-                )
-            }
+            returned = self._insert_rows(_ADD_MESSAGES, rows, " RETURNING message_id")
+            added = {row[0] for row in returned}
             for message in new:
                 if message.message_id in added:
                     self._index(message, fresh=True)
