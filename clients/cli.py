@@ -567,7 +567,7 @@ def status() -> None:
             labels = {o.id: f"[{_operation(o.kind, o.target)}]" for o in ops}
             queued = [
                 (e.message_id, e.conversation, texts.get(e.message_id) or labels[e.message_id])
-                for e in client.store.outbox_pending()
+                for e in client.outbox.pending()
                 if e.message_id in texts or e.message_id in labels
             ]
             failed = [

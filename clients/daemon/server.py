@@ -295,7 +295,7 @@ class Daemon:
         from clients.sdk.messaging import describe
 
         queued = []
-        for e in self.client.store.outbox_pending():
+        for e in self.client.outbox.pending():
             try:
                 kind, target = describe(decode_content(e.payload))
             except VoxError:  # never sent (the outbox drops it when it loads)

@@ -230,7 +230,6 @@ class VoxClient:
     async def disconnect(self) -> None:
         """Close the WebSocket and stop the background tasks."""
         self._closing = True
-        self.outbox.flush_sent()
         tasks = (
             self._maintenance_task,
             self._processor_task,
@@ -250,6 +249,7 @@ class VoxClient:
                 await self._socket.close()
             self._socket = None
         self._connected.clear()
+        self.outbox.flush_sent()  # the sends accepted until the reader stopped
         self.pipeline.close(RelayUnavailable(self.server_url, "disconnected"))
         self.outbox.forget()
 

@@ -215,5 +215,6 @@ def search(core: Core, query: str, *, chat: str | None = None, limit: int = 50) 
     from clients.sdk.protocol import message_from_stored
 
     conversation = resolve_target(core, chat) if chat else None
+    core.outbox.flush_sent()  # the states of our messages the relay accepted
     found = core.store.search_messages(query, conversation=conversation, limit=limit)
     return [message_from_stored(m) for m in found]

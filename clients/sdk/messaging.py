@@ -42,7 +42,7 @@ from clients.sdk.errors import (
     RelayRejected,
     RelayUnavailable,
 )
-from clients.sdk.models import Message, MessageSent, Operation, SendFailed, SendResult
+from clients.sdk.models import Event, Message, MessageSent, Operation, SendFailed, SendResult
 from clients.sdk.pipeline import Settled
 from clients.sdk.protocol import OutgoingSend, message_from_stored
 from clients.sdk.sendqueue import Fail, Queued
@@ -78,6 +78,9 @@ Outgoing = ConversationContent | VerifiedContent
 #: The lane of the verification syncs (never a conversation key: no ``:``-less username
 #: starts with ``:``).
 OWN_DEVICES_LANE = ":own-devices"
+#: Seconds an accepted send's ``sent`` may wait for the next send's commit before it is
+#: written alone (:meth:`Outbox.flush_sent`).
+SENT_DELAY = 0.002
 log = logging.getLogger("vox.client")
 
 
@@ -177,6 +180,7 @@ Build = Callable[[], list[OutgoingSend]]
 def history(core: Core, conversation: str, *, limit: int = 100) -> list[Message]:
     """The last ``limit`` messages of a conversation, oldest first; a message whose edit,
     delete or reaction of ours the relay has not accepted says so (:attr:`Message.unsent`)."""
+    core.outbox.flush_sent()
     found = [message_from_stored(m) for m in core.store.history(conversation, limit=limit)]
     unsent: dict[str, list[tuple[str, str]]] = {}
     for op in operations(core, conversation=conversation):
@@ -197,7 +201,7 @@ def conversations(core: Core) -> list[ConversationSummary]:
 def queued(core: Core) -> list[Message]:
     """Messages written but not yet accepted by the relay (oldest first)."""
     out = []
-    for entry in core.store.outbox_pending():
+    for entry in core.outbox.pending():
         stored = core.store.get_message(entry.message_id)
         if stored is not None and stored.timer is None:
             out.append(message_from_stored(stored))
@@ -262,7 +266,7 @@ def operations(core: Core, *, conversation: str | None = None) -> list[Operation
     of the same kind on the same message (or the same user's verification) is accepted.
     ``conversation``: only that conversation's."""
     out: list[Operation] = []
-    for entry in core.store.outbox_pending(conversation=conversation):
+    for entry in core.outbox.pending(conversation):
         if entry.payload[:2] in _MESSAGES:
             continue
         try:
@@ -304,7 +308,9 @@ class Outbox:
     (one commit for the burst), handed over in call order, and those that may go at once are
     built (encrypted) in that same transaction. Outcomes:
 
-    * accepted → ``sent``; :meth:`send` returns the :class:`SendResult`;
+    * accepted → :meth:`send` returns the :class:`SendResult` at once, and the message is
+      ``sent``: the row says so from the next send's commit, or :data:`SENT_DELAY` later,
+      and before anything reads it through the SDK (:meth:`flush_sent`);
     * the relay cannot take it now (unreachable, or ``busy``/``internal``/``rate_limited``
       after every retry) → it stays in the outbox and :class:`MessageQueued` is raised; it is
       sent on the next connection of any process on this profile, once (same client id), and
@@ -325,15 +331,13 @@ class Outbox:
         self._waiting: dict[str, asyncio.Future[SendResult]] = {}
         self._last_stamp = 0.0
         self._loaded = False
+        #: Accepted sends whose ``sent`` is not written yet (:meth:`flush_sent`), and the
+        #: timer that writes them if no send's commit takes them first.
         self._sent_batch: list[str] = []
-        self._sent_flush: asyncio.Future[None] | None = None
         self._sent_timer: asyncio.TimerHandle | None = None
-        #: Who hears of the accepted sends of ``_sent_batch`` once their ``sent`` is written:
-        #: (waiter, result, and what to announce when nobody heard the outcome: (id,
-        #: conversation, target) of a :class:`MessageSent`).
-        self._sent_waiters: list[
-            tuple[asyncio.Future[SendResult] | None, SendResult, tuple[str, str, str | None] | None]
-        ] = []
+        #: Accepted sends of ``_sent_batch`` whose outcome nobody heard (queued, or reloaded):
+        #: id -> (conversation, target) of the :class:`MessageSent` told once ``sent`` is written.
+        self._announce: dict[str, tuple[str, str | None]] = {}
         #: Accepted operations whose ``sent`` is not written yet: (kind, target, conversation).
         self._accepted_ops: dict[str, tuple[str, str | None, str]] = {}
         #: Sends called but not written yet (:meth:`_write_queued` runs in the next turn).
@@ -347,7 +351,7 @@ class Outbox:
             return
         self._loaded = True
         core = self.core
-        for entry in core.store.outbox_pending():
+        for entry in self.pending():
             self._last_stamp = max(self._last_stamp, entry.created_at)
             if entry.message_id in core.pipeline.sends:
                 continue
@@ -594,11 +598,13 @@ class Outbox:
             return
         if kind not in ("text", "file"):
             self._accepted_ops[mid] = (kind, target, conversation)
-        sent = result or SendResult(mid, now_ms(), 0)
+        # The relay has it: the caller hears so now; its ``sent`` is written later, with the
+        # next send's commit or by a timer, and before anything reads it (flush_sent).
         self._mark_sent(mid)
-        # Told once its ``sent`` is written (_sent_written), not through a callback each.
-        unheard = announce or waiter is None
-        self._sent_waiters.append((waiter, sent, (mid, conversation, target) if unheard else None))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result or SendResult(mid, now_ms(), 0))
+        if announce or waiter is None:  # nobody heard the outcome: told once it is written
+            self._announce[mid] = (conversation, target)
 
     def _clear_failed(self, accepted: list[tuple[str, str | None, str]]) -> None:
         """An accepted operation supersedes the refused ones of its kind on the same message
@@ -612,26 +618,44 @@ class Outbox:
         if len(keep) != len(failed):
             _save_failed(store, keep)
 
-    def _mark_sent(self, mid: str) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
+    def _mark_sent(self, mid: str) -> None:
+        """Accepted send ``mid``'s ``sent`` is to be written: with the next send's commit
+        (:meth:`_write_queued`), or at the latest :data:`SENT_DELAY` seconds from now."""
         self._sent_batch.append(mid)
-        if self._sent_flush is None:
-            self._sent_flush = loop.create_future()
-            self._sent_timer = loop.call_later(0.002, self.flush_sent)
-        return self._sent_flush
+        if self._sent_timer is None:
+            loop = asyncio.get_running_loop()
+            self._sent_timer = loop.call_later(SENT_DELAY, self.flush_sent)
 
     def flush_sent(self) -> None:
-        """Write pending ``sent`` updates now (one transaction)."""
+        """Write the accepted sends' pending ``sent`` now (one transaction). :meth:`send`
+        returns at the relay's answer and the ``sent`` follows, so whatever reads message
+        states or the outbox from the store calls this first (:func:`history`,
+        :meth:`pending`, ...); the client calls it when it disconnects. If the write fails (or
+        the process dies first), those messages stay ``pending`` in the outbox and go out
+        again, under the same id, on the next connection: the relay answers the first
+        ``accepted`` again and stores nothing twice (``docs/protocol-ws.md`` §3.1.1), and
+        the ``sent`` is written then."""
         ids, self._sent_batch = self._sent_batch, []
-        error: Exception | None = None
-        if ids:
-            try:
-                # Not synced: if lost, the outbox resends with the same id (stored once).
-                with self.core.store.transaction(sync=False):
-                    self._write_sent(ids)
-            except Exception as exc:
-                error = exc
-        self._sent_written(ids, error)
+        if self._sent_timer is not None:
+            self._sent_timer.cancel()
+            self._sent_timer = None
+        if not ids:
+            return
+        try:
+            # Not synced: if lost, the outbox resends with the same id (stored once).
+            with self.core.store.transaction(sync=False):
+                self._write_sent(ids)
+        except Exception:
+            log.warning("writing the sent state of %d messages failed", len(ids), exc_info=True)
+            self._sent_written(ids, written=False)
+        else:
+            self._sent_written(ids)
+
+    def pending(self, conversation: str | None = None) -> list[OutboxEntry]:
+        """The store's queued messages (of ``conversation``, if given), oldest first — the
+        accepted ones' ``sent`` written first (:meth:`flush_sent`)."""
+        self.flush_sent()
+        return self.core.store.outbox_pending(conversation=conversation)
 
     def _write_sent(self, ids: list[str]) -> None:
         """The rows of accepted sends (inside the caller's transaction)."""
@@ -640,28 +664,18 @@ class Outbox:
         self.core.protocol.mark_sent(ids)
         self._clear_failed([self._accepted_ops[m] for m in ids if m in self._accepted_ops])
 
-    def _sent_written(self, ids: list[str], error: Exception | None = None) -> None:
-        """The ``sent`` updates of ``ids`` were committed (or failed with ``error``): whoever
-        waits for them hears it."""
+    def _sent_written(self, ids: list[str], *, written: bool = True) -> None:
+        """The ``sent`` of ``ids`` was committed (or, ``written=False``, failed): the accepted
+        sends nobody heard of are announced (:class:`MessageSent`)."""
+        if not self._sent_batch and self._sent_timer is not None:
+            self._sent_timer.cancel()
+            self._sent_timer = None
+        events: list[Event] = []
         for mid in ids:
             self._accepted_ops.pop(mid, None)
-        if self._sent_timer is not None:
-            self._sent_timer.cancel()
-        future, self._sent_flush = self._sent_flush, None
-        self._sent_timer = None
-        waiters, self._sent_waiters = self._sent_waiters, []
-        for waiter, sent, announce in waiters:
-            if waiter is not None and not waiter.done():
-                if error is not None:
-                    waiter.set_exception(error)
-                else:
-                    waiter.set_result(sent)
-            if announce is not None and error is None:  # nobody heard the outcome
-                mid, conversation, target = announce
-                event = MessageSent(mid, conversation, now_ms(), target)
-                self.core.spawn(self.core.emit([event]))
-        if future is not None and not future.done():
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
+            announce = self._announce.pop(mid, None)
+            if announce is not None and written:
+                conversation, target = announce
+                events.append(MessageSent(mid, conversation, now_ms(), target))
+        if events:
+            self.core.spawn(self.core.emit(events))

@@ -123,7 +123,7 @@ async def test_a_queued_message_deleted_before_it_left_reaches_no_one(
     try:
         await alice.connect()
         await alice.send_text("bob", "after")
-        assert alice.store.outbox_pending() == []
+        assert alice.outbox.pending() == []
     finally:
         await alice.close()
     events = await _bob_until(tmp_path, _text("after"))
@@ -223,7 +223,7 @@ async def test_a_message_already_handed_to_the_relay_is_not_recalled(
         # The relay stops reading: the frame is written, its answer does not come.
         relay.proc.send_signal(signal.SIGSTOP)
         send = asyncio.create_task(alice.send_text("bob", "flying", message_id=flying))
-        await wait_for(lambda: any(e.attempts for e in alice.store.outbox_pending()), 60)
+        await wait_for(lambda: any(e.attempts for e in alice.outbox.pending()), 60)
 
         delete = asyncio.create_task(alice.delete("bob", flying, for_me=for_me))
         if for_me:
@@ -234,7 +234,7 @@ async def test_a_message_already_handed_to_the_relay_is_not_recalled(
         if not for_me:
             assert (await delete) is not None  # a DELETE followed it
             assert alice.store.get_message(flying).deleted  # type: ignore[union-attr]
-        await wait_for(lambda: alice.store.outbox_pending() == [], 60)
+        await wait_for(lambda: alice.outbox.pending() == [], 60)
         if for_me:
             assert alice.store.get_message(flying) is None  # still deleted here
     finally:
@@ -270,7 +270,7 @@ async def test_a_send_picked_for_sending_but_not_yet_built_is_cancelled_with_no_
         finally:
             pipeline._building = pipeline._holding = False  # the next send starts the builder
         await alice.send_text("bob", "after")
-        assert alice.store.outbox_pending() == [] and secret not in alice.engine.sends
+        assert alice.outbox.pending() == [] and secret not in alice.engine.sends
     finally:
         await alice.close()
     events = await _bob_until(tmp_path, _text("after"))

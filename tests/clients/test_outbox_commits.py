@@ -40,8 +40,8 @@ async def test_concurrent_sends_are_written_and_built_in_one_commit(make_client:
     assert any(s.startswith("INSERT") and "INTO sessions" in s for s in log[rows[0] : commit])
     assert log[puts[0]].count(", 1, x'") == BURST  # inserted as attempted once
     assert not any(s.startswith("UPDATE outbox SET attempts") for s in log)
-    assert store.outbox_pending() == []
-    states = {m.message_id: m.state for m in store.history("bob")}
+    assert alice.outbox.pending() == []
+    states = {m.id: m.state for m in alice.history("bob")}
     assert {states[r.id] for r in results} == {DeliveryState.SENT}
     received = await receive_texts(bob, "alice", BURST + 1)
     assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST))]
@@ -70,7 +70,7 @@ async def test_a_burst_whose_build_fails_is_written_and_the_bad_send_fails_alone
     assert not isinstance(outcomes[0], BaseException)
     assert not isinstance(outcomes[2], BaseException)
     assert alice.store.get_message(bad.message_id.hex()) is None  # it never left: no trace
-    assert alice.store.outbox_pending() == []
+    assert alice.outbox.pending() == []
     received = await receive_texts(bob, "alice", 3)
     assert texts(received, "alice") == ["set-up", "m0", "m2"]
 
@@ -93,7 +93,7 @@ async def test_a_send_whose_rows_fail_fails_alone(make_client: Factory) -> None:
     assert not isinstance(outcomes[0], BaseException)
     assert not isinstance(outcomes[2], BaseException)
     assert alice.store.get_message(contents[1].message_id.hex()) is None  # no trace
-    assert alice.store.outbox_pending() == []
+    assert alice.outbox.pending() == []
     received = await receive_texts(bob, "alice", 3)
     assert texts(received, "alice") == ["set-up", "m0", "m2"]
 
@@ -106,12 +106,12 @@ async def test_sent_updates_waiting_for_their_timer_go_in_the_next_sends_commit(
     store = alice.store
     assert isinstance(store, SqliteStore)
     earlier = "0" * 32  # an accepted send whose ``sent`` waits for the outbox's timer
-    marked = alice.outbox._mark_sent(earlier)
+    alice.outbox._mark_sent(earlier)
     log: list[str] = []
     store._conn.set_trace_callback(log.append)
     await alice.send_text("bob", "next")
     store._conn.set_trace_callback(None)
-    assert marked.done() and marked.exception() is None
+    assert earlier not in alice.outbox._sent_batch  # written, in the next send's commit
     update = next(i for i, s in enumerate(log) if s.startswith("UPDATE messages") and earlier in s)
     insert = next(i for i, s in enumerate(log) if s.startswith("INSERT OR IGNORE INTO messages"))
     assert update < insert
@@ -142,6 +142,6 @@ async def test_a_burst_whose_commit_fails_after_its_builds_is_built_again_and_se
     assert failed  # the rolled-back builds were queued again, built and sent
     assert len({r.id for r in results}) == BURST
     await alice.send_text("bob", "after")  # the ratchet on disk is the one the frames used
-    assert store.outbox_pending() == []
+    assert alice.outbox.pending() == []
     received = await receive_texts(bob, "alice", BURST + 2)
     assert texts(received, "alice") == ["set-up", *(f"m{i}" for i in range(BURST)), "after"]

@@ -422,6 +422,7 @@ def test_history_decodes_only_the_conversations_queued_operations(
 
     monkeypatch.setattr(messaging, "decode_content", counting)
     core = SimpleNamespace(store=store)
+    core.outbox = messaging.Outbox(core)
     assert messaging.history(core, "bob") == []
     assert len(decoded) == 1  # the edit in bob's conversation; not the texts, not carol's
     assert [op.conversation for op in messaging.operations(core)] == ["bob", "carol"]

@@ -82,7 +82,7 @@ async def test_a_queued_timer_change_withdrawn_is_undone_here_too(
         )
         await alice.connect()
         sent = await alice.send_text("bob", "after")  # under the timer Bob has too
-        assert alice.store.outbox_pending() == []
+        assert alice.outbox.pending() == []
     finally:
         await alice.close()
     events, bob = await _bob_until_text(tmp_path, "after")
