@@ -57,15 +57,33 @@ class PgStatement(NamedTuple):
     names: tuple[str, ...]
 
 
+#: What :func:`pg_statement` reads past without numbering anything inside: string literals
+#: (``'...'`` with ``''`` inside, ``E'...'`` with backslash escapes), quoted identifiers,
+#: dollar-quoted bodies (``$$...$$``, ``$fn$...$fn$``) and comments; else a ``:name`` not
+#: preceded by ``:`` (a ``::type`` cast), a word character or ``$``.
+_PG_TOKEN = re.compile(
+    r"(?P<skip>(?<!\w)[Ee]'(?:[^'\\]|\\.|'')*'"
+    r"|'(?:[^']|'')*'"
+    r'|"(?:[^"]|"")*"'
+    r"|(?P<tag>\$(?:[A-Za-z_]\w*)?\$)[\s\S]*?(?P=tag)"
+    r"|--[^\n]*"
+    r"|/\*[\s\S]*?\*/)"
+    r"|(?<![:\w$]):(?P<name>\w+)"
+)
+
+
 def pg_statement(sql: str) -> PgStatement:
     """``sql`` with its ``:name`` parameters numbered ``$1``, ``$2``... (in order of first
-    appearance; a name used twice keeps its number)."""
+    appearance; a name used twice keeps its number). Literals, quoted identifiers,
+    dollar-quoted bodies and comments are left as they are (:data:`_PG_TOKEN`)."""
     names: dict[str, int] = {}
 
     def number(match: re.Match[str]) -> str:
-        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+        if match.group("skip") is not None:
+            return match.group(0)
+        return f"${names.setdefault(match.group('name'), len(names) + 1)}"
 
-    return PgStatement(re.sub(r"(?<![:\w$]):(\w+)", number, sql), tuple(names))
+    return PgStatement(_PG_TOKEN.sub(number, sql), tuple(names))
 
 
 def pg_rows(conn: Connection, statement: PgStatement, params: Mapping[str, Any]) -> list[Any]:
