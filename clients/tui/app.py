@@ -650,7 +650,15 @@ class ChatApp(MessageCommands, App[None]):
 
     @on(Input.Changed, "#input")
     def _typing(self, event: Input.Changed) -> None:
-        if not event.value or event.value.startswith("/") or self.current is None:
+        if self.current is None:
+            return
+        if not event.value:
+            # The draft was cleared: "stopped" at once, not the receiver's expiry later.
+            if self._typing_sent_at:
+                self._typing_sent_at = 0.0
+                self._send_typing(self.current, active=False)
+            return
+        if event.value.startswith("/"):
             return
         now = time.monotonic()
         if now - self._typing_sent_at >= TYPING_SEND_EVERY_S:
@@ -658,12 +666,12 @@ class ChatApp(MessageCommands, App[None]):
             self._send_typing(self.current)
 
     @work(group="typing", exit_on_error=False)
-    async def _send_typing(self, conversation: str) -> None:
+    async def _send_typing(self, conversation: str, active: bool = True) -> None:
         if self._send_lock.locked() or not self._online.is_set():
             return  # typing is best effort: never queue it behind a message
         async with self._send_lock:
             with contextlib.suppress(*FAILURES):
-                await self.backend.send_typing(conversation, True)
+                await self.backend.send_typing(conversation, active)
 
     @on(Input.Submitted, "#input")
     async def _submitted(self, event: Input.Submitted) -> None:

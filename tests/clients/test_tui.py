@@ -18,7 +18,7 @@ from sqlalchemy import delete
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
-from clients.sdk import Event, Message, VoxClient
+from clients.sdk import Event, Message, TypingEvent, VoxClient
 from clients.tui import ChatApp, SdkBackend
 from clients.tui.app import BRAND_THEME
 from server.db.models import Account
@@ -168,8 +168,14 @@ async def test_alice_chats_with_bob_with_receipts_typing_and_brand(people: Peopl
         await until(pilot, lambda: shown(app, "bob: hello alice, lunch at 12?  🎉"))
 
         # Typing in the box sends an ephemeral typing event to Bob.
+        def typing_from_alice() -> list[bool]:
+            return [e.active for e in people.bob_got if isinstance(e, TypingEvent)]
+
         await pilot.press("x")
-        await until(pilot, lambda: any(type(e).__name__ == "TypingEvent" for e in people.bob_got))
+        await until(pilot, lambda: typing_from_alice()[-1:] == [True])
+        # Clearing the draft tells Bob at once that Alice stopped.
+        await pilot.press("backspace")
+        await until(pilot, lambda: typing_from_alice()[-1:] == [False])
 
         # Another conversation gets an unread count; Bob types again (the screenshot's state).
         await people.carol.send_text("alice", "are you there?")

@@ -71,6 +71,16 @@ def test_messages_in_other_chats_raise_a_notification_and_the_service_worker_reg
         relay.stop()
 
 
+#: Well under the receiver's 6-second expiry of an indicator, well over a loopback hop (it
+#: used to stay on screen until that expiry after a message or a cleared draft).
+TYPING_ENDS_WITHIN_MS = 3_000
+
+#: The message is on screen and no typing indicator is: checked in one frame.
+MESSAGE_AND_NO_TYPING = """(text) =>
+  [...document.querySelectorAll('[data-testid=message]')].some(m => m.textContent.includes(text))
+  && !document.querySelector('[data-testid=typing]')"""
+
+
 def test_typing_indicators_between_two_browsers(browser: Any, relay: RelayProc) -> None:
     alice, bob = unique("alice"), unique("bob")
     ctx_a, ctx_b = browser.new_context(), browser.new_context()
@@ -84,10 +94,18 @@ def test_typing_indicators_between_two_browsers(browser: Any, relay: RelayProc) 
         send_in_browser(pa, "browser to browser")
         pb.get_by_test_id(f"chat-item-{alice}").click()
         wait_message(pb, alice, "browser to browser")
+        typing = pa.get_by_test_id("typing")
+        # A cleared draft sends "stopped": alice's indicator goes at once, not at its expiry.
+        pb.get_by_test_id("composer").press_sequentially("a draft", delay=20)
+        typing.wait_for()
+        pb.get_by_test_id("composer").fill("")
+        typing.wait_for(state="hidden", timeout=TYPING_ENDS_WITHIN_MS)
+        # A message from the typist ends the indicator as it arrives.
         pb.get_by_test_id("composer").press_sequentially("typing", delay=50)
-        pa.get_by_test_id("typing").wait_for()
+        typing.wait_for()
         pb.get_by_test_id("send").click()
         wait_message(pa, bob, "typing")
+        pa.wait_for_function(MESSAGE_AND_NO_TYPING, arg="typing", timeout=TYPING_ENDS_WITHIN_MS)
         # Read receipts: bob has the chat open, so alice's message shows as read.
         pa.wait_for_selector('[data-testid="message"][data-state="read"]')
     finally:

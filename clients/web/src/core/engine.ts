@@ -1749,6 +1749,17 @@ export class Engine {
     }
     this.addMessage(m, changes);
     this.ops.onStored(m, changes);
+    // Their message ends their typing indicator here (as in the TUI), not its expiry seconds later.
+    if (!mine) this.stoppedTyping(conv, from.user);
+  }
+
+  /** ``user`` is no longer shown typing in ``conv``. */
+  private stoppedTyping(conv: string, user: string): void {
+    const who = this.typing.get(conv);
+    if (!who?.has(user)) return;
+    const next = new Map(who);
+    next.delete(user);
+    this.typing.set(conv, next);
   }
 
   private async onEphemeral(f: Frame): Promise<void> {
@@ -1769,10 +1780,8 @@ export class Engine {
       if (c.type === 4) {
         const conv = c.groupId.length ? `group:${hex(c.groupId)}` : from.user;
         if (c.groupId.length && !this.groups.get(hex(c.groupId))?.members.includes(from.user)) return;
-        const who = new Map(this.typing.get(conv));
-        if (c.active) who.set(from.user, Date.now());
-        else who.delete(from.user);
-        this.typing.set(conv, who);
+        if (c.active) this.typing.set(conv, new Map(this.typing.get(conv)).set(from.user, Date.now()));
+        else this.stoppedTyping(conv, from.user);
         this.changed();
       }
     } catch {

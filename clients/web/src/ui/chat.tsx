@@ -487,9 +487,14 @@ function Conversation(props: { engine: Engine; user: string; onBack: () => void 
           disabled={changed}
           value={text}
           onInput={(e) => {
-            setText(e.currentTarget.value);
+            const value = e.currentTarget.value;
+            setText(value);
             const now = Date.now();
-            if (now - typingSent.current > 4000) {
+            if (!value) {
+              // The draft was cleared: "stopped" at once, not the receiver's expiry later.
+              if (typingSent.current) void engine.setTyping(user, false);
+              typingSent.current = 0;
+            } else if (now - typingSent.current > 4000) {
               typingSent.current = now;
               void engine.setTyping(user, true);
             }
