@@ -31,6 +31,7 @@ import * as SK from "./senderkeys";
 import * as ATT from "./attachments";
 import { RelayUploads, encryptAndUpload } from "./upload";
 import { MessageOps, type MessageExtras } from "./messageops";
+import { type SearchOptions, searchMessages } from "./search";
 import type { Store } from "./store";
 
 export const LAST_RESORT_BASE = P.LAST_RESORT_BASE;
@@ -966,6 +967,11 @@ export class Engine {
       if (m) return m;
     }
     return undefined;
+  }
+
+  /** Messages of this device's history with every word of ``query``, newest first (core/search.ts). */
+  search(query: string, opts: SearchOptions = {}): Message[] {
+    return searchMessages(this.messages.values(), query, opts);
   }
 
   async openConversation(user: string): Promise<void> {

@@ -2,7 +2,7 @@
 // safety numbers and devices. Phone-sized screens show the list or the conversation.
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { RelayConfig } from "../core/api";
-import { type ConnectionStatus, type Engine, GROUP_CHANGE_OFFLINE, type OfflineReason, UntrustedIdentity } from "../core/engine";
+import { type ConnectionStatus, type Engine, GROUP_CHANGE_OFFLINE, type Message, type OfflineReason, UntrustedIdentity } from "../core/engine";
 import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
@@ -34,7 +34,22 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
   useEngine(engine);
   const [panel, setPanel] = useState<"none" | "devices">("none");
   const [active, setActive] = useState<string | null>(engine.active);
+  const [query, setQuery] = useState("");
+  /** A search result opened: its message is scrolled to and marked once rendered. */
+  const [found, setFound] = useState<{ id: string } | null>(null);
   const logo = logoUrl(config.brand);
+  useEffect(() => {
+    if (!found) return;
+    const row = document.querySelector(`[data-testid="message"][data-message-id="${found.id}"]`);
+    if (!row) return;
+    row.scrollIntoView({ block: "center" });
+    row.classList.add("found");
+    const timer = setTimeout(() => row.classList.remove("found"), 2000);
+    return () => {
+      clearTimeout(timer);
+      row.classList.remove("found");
+    };
+  }, [found, active]);
 
   // Notifications once permitted (asked only after a click on "Enable notifications"); the
   // push subscription is registered once logged in (right after registering or a reload the
@@ -84,6 +99,17 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
       {panel === "devices" && <Devices engine={engine} onClose={() => setPanel("none")} />}
       <div class="body">
         <aside class="sidebar">
+          <input
+            type="search"
+            class="search"
+            data-testid="search-input"
+            placeholder="Search messages"
+            value={query}
+            onInput={(e) => setQuery(e.currentTarget.value)}
+            onKeyDown={(e) => {
+              if (e.key === "Escape") setQuery("");
+            }}
+          />
           <NewChat
             onOpen={async (user) => {
               await engine.openConversation(user);
@@ -98,28 +124,40 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
               setActive(conv);
             }}
           />
-          <ul class="chat-list" data-testid="chat-list">
-            {convs.map((c) => (
-              <li key={c.name}>
-                <button
-                  type="button"
-                  class={c.name === active ? "chat-item on" : "chat-item"}
-                  data-testid={c.name.startsWith("group:") ? `group-item-${engine.groupTitle(c.name)}` : `chat-item-${c.name}`}
-                  onClick={async () => {
-                    await engine.openConversation(c.name);
-                    setActive(c.name);
-                  }}
-                >
-                  <span>{c.name.startsWith("group:") ? `# ${engine.groupTitle(c.name)}` : c.name}</span>
-                  {c.unread > 0 && (
-                    <span class="badge" data-testid={`unread-${c.name.startsWith("group:") ? engine.groupTitle(c.name) : c.name}`}>
-                      {c.unread}
-                    </span>
-                  )}
-                </button>
-              </li>
-            ))}
-          </ul>
+          {query.trim() ? (
+            <SearchResults
+              engine={engine}
+              query={query}
+              onOpen={async (m) => {
+                await engine.openConversation(m.conv);
+                setActive(m.conv);
+                setFound({ id: m.id });
+              }}
+            />
+          ) : (
+            <ul class="chat-list" data-testid="chat-list">
+              {convs.map((c) => (
+                <li key={c.name}>
+                  <button
+                    type="button"
+                    class={c.name === active ? "chat-item on" : "chat-item"}
+                    data-testid={c.name.startsWith("group:") ? `group-item-${engine.groupTitle(c.name)}` : `chat-item-${c.name}`}
+                    onClick={async () => {
+                      await engine.openConversation(c.name);
+                      setActive(c.name);
+                    }}
+                  >
+                    <span>{c.name.startsWith("group:") ? `# ${engine.groupTitle(c.name)}` : c.name}</span>
+                    {c.unread > 0 && (
+                      <span class="badge" data-testid={`unread-${c.name.startsWith("group:") ? engine.groupTitle(c.name) : c.name}`}>
+                        {c.unread}
+                      </span>
+                    )}
+                  </button>
+                </li>
+              ))}
+            </ul>
+          )}
         </aside>
         <main class="conversation">
           {active ? (
@@ -189,6 +227,33 @@ async function dropPushSubscription(): Promise<void> {
   } catch (e) {
     console.info("push subscription not removed:", (e as Error).message);
   }
+}
+
+/** The local search's results (every word of the query; newest first), in place of the chat list. */
+function SearchResults(props: { engine: Engine; query: string; onOpen: (m: Message) => Promise<void> }) {
+  const { engine } = props;
+  const results = engine.search(props.query);
+  if (!results.length) {
+    return (
+      <p class="hint search-empty" data-testid="search-empty">
+        No message has every word of that.
+      </p>
+    );
+  }
+  return (
+    <ul class="chat-list search-results" data-testid="search-results">
+      {results.map((m) => (
+        <li key={m.key}>
+          <button type="button" class="chat-item search-result" data-testid="search-result" data-message-id={m.id} data-conv={m.conv} onClick={() => void props.onOpen(m)}>
+            <span class="where">
+              {m.conv.startsWith("group:") ? `# ${engine.groupTitle(m.conv)}` : m.conv} · {m.from === engine.user ? "you" : m.from} · {new Date(m.sentAt).toLocaleDateString()}
+            </span>
+            <span class="snippet">{[m.text, m.file?.name].filter(Boolean).join(" · ")}</span>
+          </button>
+        </li>
+      ))}
+    </ul>
+  );
 }
 
 function NewChat(props: { onOpen: (user: string) => Promise<void> }) {
