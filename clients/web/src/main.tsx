@@ -127,6 +127,12 @@ function App() {
             await Store.wipe();
             setPhase({ kind: "welcome", engine: null });
           }}
+          onAccountDeleted={async () => {
+            // The relay deleted the account (and its tokens): nothing is left to log out of.
+            phase.engine.store.close();
+            await Store.wipe();
+            setPhase({ kind: "welcome", engine: null });
+          }}
         />
       );
     case "error":

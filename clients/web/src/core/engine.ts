@@ -2,7 +2,7 @@
 // receiving (decrypt → store in one transaction → ack), receipts, typing, reconnects.
 // The UI only calls its public methods and re-renders on `subscribe` notifications.
 import { Api, Offline, RelayError, type RelayConfig } from "./api";
-import { DecodeError, Writer, b64, equal, fromB64, hex, fromHex, randomBytes } from "./bytes";
+import { DecodeError, Writer, b64, equal, fromB64, hex, fromHex, randomBytes, utf8 } from "./bytes";
 import {
   type Content,
   type Extensions,
@@ -132,6 +132,8 @@ export const REPLAY_GUARD_MARGIN_MS = 24 * 3600 * 1000;
  */
 const WITHDRAWN = "withdrawn:";
 /** Group membership changes are not queued (see ``announce``). */
+/** Signature label of an account deletion (protocol-relay, ``DELETE /v1/accounts/me``). */
+export const ACCOUNT_DELETE_LABEL = "VoxAccountDelete-v1";
 export const GROUP_CHANGE_OFFLINE = "offline: changing a group's members needs the relay (such a change is not queued: it must reach every member at once)";
 /** Sends of one conversation on their way at once (the lane fence keeps their order). */
 export const LANE_WINDOW = 8;
@@ -2146,6 +2148,22 @@ export class Engine {
 
   async registerPush(subscription: PushSubscriptionJSON): Promise<void> {
     await this.api.call("POST", "/v1/push/subscriptions", subscription);
+  }
+
+  /**
+   * Delete the whole account on the relay (every device; protocol-relay "DELETE
+   * /v1/accounts/me"): signed with the account key, as a token alone must not be able to. On
+   * success (or when it is already deleted) this engine stops; the caller wipes the store.
+   */
+  async deleteAccount(): Promise<void> {
+    const me = this.identity as Identity;
+    const signature = ed25519Sign(me.accountSeed, ACCOUNT_DELETE_LABEL, utf8(me.user));
+    try {
+      await this.api.call("DELETE", "/v1/accounts/me", { signature: b64(signature) });
+    } catch (e) {
+      if (!(e instanceof RelayError && e.code === "account_deleted")) throw e;
+    }
+    this.stop();
   }
 
   async logout(): Promise<void> {

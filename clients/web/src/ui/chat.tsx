@@ -28,7 +28,7 @@ function useEngine(engine: Engine): number {
   return tick;
 }
 
-export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogout: () => Promise<void> }) {
+export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogout: () => Promise<void>; onAccountDeleted: () => Promise<void> }) {
   const { engine, config } = props;
   engine.config = config;
   useEngine(engine);
@@ -96,7 +96,7 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
           Log out
         </button>
       </header>
-      {panel === "devices" && <Devices engine={engine} onClose={() => setPanel("none")} />}
+      {panel === "devices" && <Devices engine={engine} onClose={() => setPanel("none")} onAccountDeleted={props.onAccountDeleted} />}
       <div class="body">
         <aside class="sidebar">
           <input
@@ -628,7 +628,7 @@ function Safety(props: { engine: Engine; user: string; changed: boolean; onDone:
   );
 }
 
-function Devices(props: { engine: Engine; onClose: () => void }) {
+function Devices(props: { engine: Engine; onClose: () => void; onAccountDeleted: () => Promise<void> }) {
   const { engine } = props;
   const [list, setList] = useState<DeviceList | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -665,10 +665,66 @@ function Devices(props: { engine: Engine; onClose: () => void }) {
         ))}
       </ul>
       <LinkNewDevice engine={engine} onLinked={() => void load()} />
+      <DeleteAccount engine={engine} onDeleted={props.onAccountDeleted} />
       <button type="button" onClick={props.onClose}>
         Close
       </button>
     </div>
+  );
+}
+
+/** Delete the whole account (every device), once its name is typed to confirm. */
+function DeleteAccount(props: { engine: Engine; onDeleted: () => Promise<void> }) {
+  const { engine } = props;
+  const [open, setOpen] = useState(false);
+  const [typed, setTyped] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  if (!open) {
+    return (
+      <button type="button" class="danger" data-testid="account-delete-open" onClick={() => setOpen(true)}>
+        Delete account…
+      </button>
+    );
+  }
+  return (
+    <form
+      class="delete-account"
+      data-testid="account-delete-panel"
+      onSubmit={async (e) => {
+        e.preventDefault();
+        if (typed !== engine.user) return;
+        setBusy(true);
+        setError(null);
+        try {
+          await engine.deleteAccount();
+          await props.onDeleted();
+        } catch (err) {
+          setError(`not deleted: ${(err as Error).message}`);
+          setBusy(false);
+        }
+      }}
+    >
+      <p>
+        This deletes <strong>{engine.user}</strong> on the relay for every device: its keys, queued messages and uploaded files. Contacts see the account as
+        deleted, and this browser forgets everything. It cannot be undone.
+      </p>
+      <label>
+        Type {engine.user} to confirm
+        <input data-testid="account-delete-confirm" autocomplete="off" value={typed} onInput={(e) => setTyped(e.currentTarget.value.trim())} />
+      </label>
+      <button type="submit" class="danger" data-testid="account-delete-submit" disabled={busy || typed !== engine.user}>
+        Delete my account
+      </button>
+      <button type="button" onClick={() => setOpen(false)} disabled={busy}>
+        Cancel
+      </button>
+      {error && (
+        <p class="error" data-testid="account-delete-error">
+          {error}
+        </p>
+      )}
+    </form>
   );
 }
 
