@@ -81,6 +81,6 @@ def test_search_finds_every_word_newest_first_and_opens_the_message(
     results(page, "tomorrow")
     page.locator(f'[data-testid="search-result"][data-message-id="{lunch}"]').click()
     page.get_by_test_id("conversation-title").filter(has_text=bob).wait_for()
-    page.locator(f'[data-testid="message"][data-message-id="{lunch}"].found').wait_for()
+    page.locator(f'[data-message-id="{lunch}"][data-highlighted="true"]').wait_for()
     page.get_by_test_id("search-input").press("Escape")
     page.get_by_test_id(f"chat-item-{carol}").wait_for()

@@ -867,7 +867,45 @@ async function apiDeadline(path: string, timeoutMs: number, guardMs: number): Pr
   return Promise.race([call, guard]);
 }
 
+/**
+ * A passphrase change with a commit and a read started while it runs (tests/web/test_web_passphrase.py):
+ * what each saw, and what a store reopened with the new passphrase (and the old one) reads.
+ */
+async function storeRekeyRace(db: string): Promise<Record<string, unknown>> {
+  const store = await Store.open("old words", db);
+  const before: [string, unknown][] = Array.from({ length: 50 }, (_, i) => [`r:${String(i).padStart(3, "0")}`, { i }]);
+  await store.commit(before);
+  // The commit and the read start the moment the change reads the records to re-seal them.
+  const getAll = IDBObjectStore.prototype.getAll;
+  const hooked: { during?: [Promise<void>, Promise<{ i: number } | undefined>] } = {};
+  IDBObjectStore.prototype.getAll = function (this: IDBObjectStore, ...args: Parameters<IDBObjectStore["getAll"]>) {
+    const request = getAll.apply(this, args);
+    if (!hooked.during && args.length === 0) hooked.during = [store.commit([["r:late", { i: -1 }]]), store.get<{ i: number }>("r:007")];
+    return request;
+  };
+  try {
+    await store.changePassphrase("old words", "new words");
+  } finally {
+    IDBObjectStore.prototype.getAll = getAll;
+  }
+  if (!hooked.during) throw new Error("the change read no records");
+  const [late, read] = hooked.during;
+  await late;
+  const readDuring = (await read)?.i ?? null;
+  const mode = store.mode;
+  store.close();
+  const reopened = await Store.open("new words", db);
+  const records = (await reopened.list<{ i: number }>("r:")).map(([, v]) => v.i);
+  reopened.close();
+  const old = await Store.open("old words", db).then(
+    (s) => (s.close(), "opened"),
+    (e: Error) => `${e.name}: ${e.message}`,
+  );
+  return { readDuring, mode, records, old };
+}
+
 const engineKit = {
+  storeRekeyRace,
   engineRegister,
   lastResortReplay,
   deleteForMeRedelivered,

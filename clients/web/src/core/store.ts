@@ -55,9 +55,17 @@ export class LockedError extends Error {
 }
 
 export class Store {
+  /** Commits under way (a passphrase change waits for them). */
+  private commits = 0;
+  private idle: (() => void)[] = [];
+  /** A passphrase change under way: reads and commits wait for it. */
+  private rekeying: Promise<void> | null = null;
+
   private constructor(
     private readonly db: IDBDatabase,
-    private readonly key: CryptoKey,
+    private key: CryptoKey,
+    /** Whether a passphrase protects the store ("device": a key kept in IndexedDB). */
+    public mode: "device" | "passphrase",
   ) {}
 
   /** Does a store (with or without passphrase) exist? */
@@ -91,6 +99,7 @@ export class Store {
       const tx = db.transaction("meta", "readwrite");
       for (const [k, v] of puts) tx.objectStore("meta").put(v, k);
       await new Promise((r) => (tx.oncomplete = r));
+      mode = passphrase ? "passphrase" : "device";
     } else if (mode === "passphrase") {
       if (!passphrase) throw new LockedError("passphrase required");
       key = await Store.derive(passphrase, (await meta("salt")) as Uint8Array);
@@ -102,7 +111,65 @@ export class Store {
     } else {
       key = (await meta("key")) as CryptoKey;
     }
-    return new Store(db, key);
+    return new Store(db, key, mode === "passphrase" ? "passphrase" : "device");
+  }
+
+  /**
+   * Re-seal every record under a new key: derived from ``next`` (a new salt), or, with
+   * ``null``, a new non-extractable key kept in IndexedDB (no passphrase). ``current`` must be
+   * the passphrase in use when there is one (LockedError otherwise; nothing changes). All
+   * records and the key material are replaced in one transaction: a failure leaves the store
+   * as it was. Commits and reads wait while it runs.
+   */
+  async changePassphrase(current: string | null, next: string | null): Promise<void> {
+    while (this.rekeying) await this.rekeying.catch(() => undefined);
+    const run = this.rekey(current, next);
+    this.rekeying = run;
+    try {
+      await run;
+    } finally {
+      this.rekeying = null;
+    }
+  }
+
+  private async rekey(current: string | null, next: string | null): Promise<void> {
+    if (next !== null && !next) throw new Error("the new passphrase must not be empty");
+    if (this.commits) await new Promise<void>((resolve) => this.idle.push(resolve));
+    const meta = (k: string): Promise<unknown> => reqP(this.db.transaction("meta").objectStore("meta").get(k));
+    if (this.mode === "passphrase") {
+      const check = await Store.derive(current ?? "", (await meta("salt")) as Uint8Array)
+        .then(async (k) => Store.openWith(k, "check", (await meta("check")) as Sealed))
+        .catch(() => null);
+      if (!check) throw new LockedError("wrong passphrase");
+    }
+    const puts: [string, unknown][] = [];
+    let key: CryptoKey;
+    if (next !== null) {
+      const salt = randomBytes(16);
+      key = await Store.derive(next, salt);
+      puts.push(["salt", salt], ["check", await Store.sealWith(key, "check", utf8("vox"))], ["mode", "passphrase"]);
+    } else {
+      key = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
+      puts.push(["key", key], ["mode", "device"]);
+    }
+    const os = this.db.transaction("kv").objectStore("kv");
+    const [names, values] = await Promise.all([reqP(os.getAllKeys()), reqP(os.getAll())]);
+    const resealed: [string, Sealed][] = [];
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i] as string;
+      resealed.push([name, await Store.sealWith(key, name, await Store.openWith(this.key, name, values[i] as Sealed))]);
+    }
+    const tx = this.db.transaction(["kv", "meta"], "readwrite", { durability: "strict" });
+    for (const [name, sealed] of resealed) tx.objectStore("kv").put(sealed, name);
+    for (const stale of next !== null ? ["key"] : ["salt", "check"]) tx.objectStore("meta").delete(stale);
+    for (const [k, v] of puts) tx.objectStore("meta").put(v, k);
+    await new Promise<void>((resolve, reject) => {
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error ?? new Error("transaction aborted"));
+    });
+    this.key = key;
+    this.mode = next !== null ? "passphrase" : "device";
   }
 
   private static async derive(passphrase: string, salt: Uint8Array): Promise<CryptoKey> {
@@ -136,25 +203,39 @@ export class Store {
   }
 
   async get<T>(name: string): Promise<T | undefined> {
+    while (this.rekeying) await this.rekeying.catch(() => undefined);
+    const key = this.key; // the key of what this transaction reads
     const s = (await reqP(this.db.transaction("kv").objectStore("kv").get(name))) as Sealed | undefined;
-    return s ? deserialize<T>(await Store.openWith(this.key, name, s)) : undefined;
+    return s ? deserialize<T>(await Store.openWith(key, name, s)) : undefined;
   }
 
   /** Every record whose name starts with ``prefix``, in name order. */
   async list<T>(prefix: string): Promise<[string, T][]> {
+    while (this.rekeying) await this.rekeying.catch(() => undefined);
+    const key = this.key; // the key of what this transaction reads
     const range = IDBKeyRange.bound(prefix, prefix + "\uffff");
     const os = this.db.transaction("kv").objectStore("kv");
     const [keys, values] = await Promise.all([reqP(os.getAllKeys(range)), reqP(os.getAll(range))]);
     const out: [string, T][] = [];
     for (let i = 0; i < keys.length; i++) {
       const name = keys[i] as string;
-      out.push([name, deserialize<T>(await Store.openWith(this.key, name, values[i] as Sealed))]);
+      out.push([name, deserialize<T>(await Store.openWith(key, name, values[i] as Sealed))]);
     }
     return out;
   }
 
   /** Write (value) or delete (undefined) several records in one transaction. */
   async commit(changes: [string, unknown][]): Promise<void> {
+    while (this.rekeying) await this.rekeying.catch(() => undefined);
+    this.commits++;
+    try {
+      await this.write(changes);
+    } finally {
+      if (--this.commits === 0) for (const resume of this.idle.splice(0)) resume();
+    }
+  }
+
+  private async write(changes: [string, unknown][]): Promise<void> {
     const sealed: [string, Sealed | undefined][] = [];
     for (const [name, value] of changes) {
       sealed.push([name, value === undefined ? undefined : await Store.sealWith(this.key, name, serialize(value))]);

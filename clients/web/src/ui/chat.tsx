@@ -7,7 +7,7 @@ import type { DeviceList } from "../core/devicelist";
 import { USERNAME } from "../core/keys";
 import { logoUrl } from "./brand";
 import qrcode from "qrcode-generator";
-import { type Compose, ComposeBanner, MessageView, TimerPicker } from "./messages";
+import { type Compose, ComposeBanner, MessageView, TimerPicker, jumpTo } from "./messages";
 
 const STATUS_TEXT: Record<ConnectionStatus, string> = {
   connecting: "connecting…",
@@ -39,16 +39,7 @@ export function ChatScreen(props: { config: RelayConfig; engine: Engine; onLogou
   const [found, setFound] = useState<{ id: string } | null>(null);
   const logo = logoUrl(config.brand);
   useEffect(() => {
-    if (!found) return;
-    const row = document.querySelector(`[data-testid="message"][data-message-id="${found.id}"]`);
-    if (!row) return;
-    row.scrollIntoView({ block: "center" });
-    row.classList.add("found");
-    const timer = setTimeout(() => row.classList.remove("found"), 2000);
-    return () => {
-      clearTimeout(timer);
-      row.classList.remove("found");
-    };
+    if (found) jumpTo(found.id);
   }, [found, active]);
 
   // Notifications once permitted (asked only after a click on "Enable notifications"); the
@@ -665,11 +656,92 @@ function Devices(props: { engine: Engine; onClose: () => void; onAccountDeleted:
         ))}
       </ul>
       <LinkNewDevice engine={engine} onLinked={() => void load()} />
+      <ChangePassphrase engine={engine} />
       <DeleteAccount engine={engine} onDeleted={props.onAccountDeleted} />
       <button type="button" onClick={props.onClose}>
         Close
       </button>
     </div>
+  );
+}
+
+/** Set, change or remove the passphrase that encrypts this browser's store. */
+function ChangePassphrase(props: { engine: Engine }) {
+  const store = props.engine.store;
+  const [open, setOpen] = useState(false);
+  const [current, setCurrent] = useState("");
+  const [next, setNext] = useState("");
+  const [again, setAgain] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [status, setStatus] = useState<{ ok: boolean; text: string } | null>(null);
+  const had = store.mode === "passphrase";
+  const change = async (to: string | null): Promise<void> => {
+    if (to !== null && (!to || to !== again)) {
+      setStatus({ ok: false, text: to ? "the two new passphrases differ" : "type a new passphrase" });
+      return;
+    }
+    setBusy(true);
+    setStatus(null);
+    try {
+      await store.changePassphrase(had ? current : null, to);
+      setStatus({ ok: true, text: to === null ? "passphrase removed: this browser opens the store without one" : "passphrase changed" });
+      setCurrent("");
+      setNext("");
+      setAgain("");
+    } catch (e) {
+      setStatus({ ok: false, text: `not changed: ${(e as Error).message}` });
+    } finally {
+      setBusy(false);
+    }
+  };
+  if (!open) {
+    return (
+      <button type="button" data-testid="passphrase-open" onClick={() => setOpen(true)}>
+        {had ? "Change passphrase…" : "Set a passphrase…"}
+      </button>
+    );
+  }
+  return (
+    <form
+      class="passphrase"
+      data-testid="passphrase-panel"
+      onSubmit={(e) => {
+        e.preventDefault();
+        void change(next);
+      }}
+    >
+      <p>The passphrase encrypts what this browser keeps (asked when the app opens); it never leaves the browser and cannot be recovered.</p>
+      {had && (
+        <label>
+          Current passphrase
+          <input type="password" data-testid="passphrase-current" autocomplete="current-password" value={current} onInput={(e) => setCurrent(e.currentTarget.value)} />
+        </label>
+      )}
+      <label>
+        New passphrase
+        <input type="password" data-testid="passphrase-new" autocomplete="new-password" value={next} onInput={(e) => setNext(e.currentTarget.value)} />
+      </label>
+      <label>
+        New passphrase again
+        <input type="password" data-testid="passphrase-again" autocomplete="new-password" value={again} onInput={(e) => setAgain(e.currentTarget.value)} />
+      </label>
+      <button type="submit" data-testid="passphrase-submit" disabled={busy}>
+        {had ? "Change passphrase" : "Set passphrase"}
+      </button>
+      {had && (
+        <button type="button" data-testid="passphrase-remove" disabled={busy} onClick={() => void change(null)}>
+          Remove passphrase
+        </button>
+      )}
+      <button type="button" onClick={() => setOpen(false)} disabled={busy}>
+        Close
+      </button>
+      {status && (
+        <p class={status.ok ? "hint" : "error"} data-testid="passphrase-status" data-ok={String(status.ok)}>
+          {status.text}
+        </p>
+      )}
+    </form>
   );
 }
 
