@@ -12,7 +12,8 @@ takes for a recipient before counting and filling its queue,
 :data:`server.delivery.repository.QUEUE_LOCK_CLASS`) are taken first and held until the
 commit: a batch that holds one commits before these deletes run (and they see its rows), and
 a batch that takes one afterwards inserts nothing for a device that no longer exists (its
-insert skips queue rows whose device is gone).
+insert skips queue rows whose device is gone). The deleted devices' queue counters
+(``delivery_queue_usage``, ``delivery_queue_removed``) go too, under the same locks.
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from typing import cast
 from sqlalchemy import Table, delete, exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.db.models_delivery import DeliveryPayload, DeliverySend, QueueEntry
+from server.db.models_delivery import (
+    DeliveryPayload,
+    DeliverySend,
+    QueueCounter,
+    QueueEntry,
+    QueueRemoved,
+)
 
 __all__ = ["delete_device_deliveries"]
 
 _sends = cast(Table, DeliverySend.__table__)
 _payloads = cast(Table, DeliveryPayload.__table__)
 _queue = cast(Table, QueueEntry.__table__)
+_counters = cast(Table, QueueCounter.__table__)
+_removed = cast(Table, QueueRemoved.__table__)
 
 _LOCK = text(
     "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM unnest(CAST(:keys AS INTEGER[])) AS t(k)"
@@ -55,6 +64,12 @@ async def delete_device_deliveries(session: AsyncSession, device_pks: Sequence[i
         .returning(_queue.c.envelope_id, _queue.c.idx)
     )
     orphaned = sorted({e for e, _ in left})
+    if bind.dialect.name == "postgresql":
+        # The devices' queue counters (migration 0011) and the removals just appended for
+        # them by the queue's DELETE trigger: nothing will read them again (under the
+        # devices' queue locks, held since the start).
+        await session.execute(delete(_counters).where(_counters.c.device_pk.in_(pks)))
+        await session.execute(delete(_removed).where(_removed.c.device_pk.in_(pks)))
     await session.execute(delete(_queue).where(_queue.c.envelope_id.in_(sent)))
     await session.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(sent)))
     await session.execute(delete(_sends).where(_sends.c.sender_device_pk.in_(pks)))

@@ -45,7 +45,9 @@ __all__ = [
     "AttachmentUsage",
     "DeliveryPayload",
     "DeliverySend",
+    "QueueCounter",
     "QueueEntry",
+    "QueueRemoved",
 ]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT (also the type of
@@ -112,6 +114,49 @@ class QueueEntry(Base):
     size: Mapped[int] = mapped_column(Integer, server_default="0")
     #: ``accounts.id`` of the sender (for the per-sender share of the queue).
     sender_account_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class QueueCounter(Base):
+    """What one device's queue holds from one sending account: its ``delivery_queue`` rows
+    counted and their sizes summed, so that the queue limits read one index range per device
+    instead of the whole queue (PostgreSQL; migration 0011).
+
+    Kept exact by statement-level triggers on ``delivery_queue``: every ``INSERT`` adds its
+    rows here (the writer inserts a device's rows only while it holds the device's queue lock,
+    so no two transactions ever wait for each other on a row of this table). A ``DELETE``
+    (acks, the expiry sweep, device and account deletion, anything else) does not touch this
+    table: it appends what it removed to :class:`QueueRemoved`, which the writer folds in
+    here under the queue lock before it reads a device's usage. Rows whose count reaches 0
+    are deleted by that fold.
+
+    SQLite: the tables exist (one schema) but stay empty — the SQLite writer keeps the same
+    counts in memory (``server.delivery.sqlite_cache``)."""
+
+    __tablename__ = "delivery_queue_usage"
+
+    #: ``devices.pk`` of the queue's device (no foreign key).
+    device_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    sender_account_id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, autoincrement=False
+    )
+    count: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class QueueRemoved(Base):
+    """Queue rows deleted and not yet taken off :class:`QueueCounter` (PostgreSQL): one row per
+    deleting statement, device and sending account, appended by the ``DELETE`` trigger of
+    ``delivery_queue``. Appending never waits for another transaction, so an ack (which does
+    not hold the queue lock) cannot deadlock with a writer that holds it."""
+
+    __tablename__ = "delivery_queue_removed"
+    __table_args__ = (Index("ix_delivery_queue_removed_device", "device_pk"),)
+
+    id: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    device_pk: Mapped[int] = mapped_column(BigInteger)
+    sender_account_id: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class Attachment(Base):

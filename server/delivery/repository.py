@@ -214,33 +214,75 @@ _LOCK_QUEUES_PG = raw.pg_statement(
 )
 
 
-#: What a queue holds, per device and sending account (PostgreSQL; ``$1``: device pks).
-#: One range of ``ix_delivery_queue_device`` per device (a subquery per device, as
-#: :data:`_FIND_SENDS_SQL`): ``device_pk = ANY(...)`` in a plan cached while the queue was
-#: small read the whole queue on every batch.
-QUEUE_USAGE_PG = (
-    "SELECT t.p, q.sender_account_id, count(*), coalesce(sum(q.size), 0)"
-    " FROM (SELECT DISTINCT u.p FROM unnest(CAST($1 AS BIGINT[])) AS u(p)) AS t(p)"
-    " CROSS JOIN LATERAL ("
-    "SELECT q.sender_account_id, q.size FROM delivery_queue AS q WHERE q.device_pk = t.p"
-    " OFFSET 0) AS q"
-    " GROUP BY t.p, q.sender_account_id"
-)
+def _queue_usage_pg(pks: str, kind: str = "") -> str:
+    """What the queues of the devices in the array ``pks`` hold, per device and sending
+    account: rows (device pk, sending account, count, bytes), each prefixed with ``kind`` and
+    followed by two NULL names if ``kind`` is given (:data:`BATCH_READS_FUNCTION_PG`).
+
+    Read from the counters (``delivery_queue_usage``, migration 0011: one index range per
+    device, however deep its queue), after folding in the removals the ``DELETE`` trigger of
+    ``delivery_queue`` appended since (``delivery_queue_removed``; counters that reach 0 are
+    deleted). The caller holds the devices' queue locks: nothing else changes their counters
+    meanwhile, and a removal committed after this statement began stays for the next fold —
+    counted as still queued, as a row deleted by a transaction not yet committed always was.
+    The statement's own snapshot does not show its updates, so the folded counters come from
+    the ``UPDATE``'s ``RETURNING`` and the others from the table."""
+    head = f"{kind}, " if kind else ""
+    tail = ", CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)" if kind else ""
+    return (
+        "WITH gone AS ("  # noqa: S608 (constants and a parameter's name)
+        " DELETE FROM delivery_queue_removed AS r"
+        f" WHERE r.device_pk = ANY(CAST({pks} AS BIGINT[]))"
+        " RETURNING r.device_pk, r.sender_account_id, r.count, r.bytes"
+        "), taken AS ("
+        " SELECT g.device_pk, g.sender_account_id, CAST(sum(g.count) AS BIGINT) AS n,"
+        " CAST(sum(g.bytes) AS BIGINT) AS b FROM gone AS g"
+        " GROUP BY g.device_pk, g.sender_account_id"
+        "), emptied AS ("
+        " DELETE FROM delivery_queue_usage AS u USING taken AS k"
+        " WHERE u.device_pk = k.device_pk AND u.sender_account_id = k.sender_account_id"
+        " AND u.count = k.n"
+        "), folded AS ("
+        " UPDATE delivery_queue_usage AS u SET count = u.count - k.n, bytes = u.bytes - k.b"
+        " FROM taken AS k WHERE u.device_pk = k.device_pk"
+        " AND u.sender_account_id = k.sender_account_id AND u.count <> k.n"
+        " RETURNING u.device_pk, u.sender_account_id, u.count, u.bytes"
+        ") "
+        f"SELECT {head}f.device_pk, f.sender_account_id, f.count, f.bytes{tail} FROM folded AS f"
+        f" UNION ALL SELECT {head}t.p, u.sender_account_id, u.count, u.bytes{tail}"
+        f" FROM (SELECT DISTINCT x.p FROM unnest(CAST({pks} AS BIGINT[])) AS x(p)) AS t(p)"
+        " CROSS JOIN LATERAL (SELECT u.sender_account_id, u.count, u.bytes"
+        " FROM delivery_queue_usage AS u WHERE u.device_pk = t.p OFFSET 0) AS u"
+        " WHERE NOT EXISTS (SELECT 1 FROM taken AS k WHERE k.device_pk = t.p"
+        " AND k.sender_account_id = u.sender_account_id)"
+    )
+
+
+#: What a queue holds, per device and sending account (PostgreSQL; ``$1``: device pks, whose
+#: queue locks the caller holds): :func:`_queue_usage_pg`.
+QUEUE_USAGE_PG = _queue_usage_pg("$1")
 
 _QUEUE_USAGE_PG = raw.PgStatement(QUEUE_USAGE_PG, ("pks",))
 
-# Around the queue count in the session functions (a PL/pgSQL variable ``bitmap TEXT``): a
-# plain index scan, not a bitmap scan. The queue's rows are deleted as fast as they are
-# inserted (acks), and until VACUUM their index entries stay; a plain index scan marks the
-# entries of rows dead to everyone as such and later scans skip them, a bitmap scan never
-# does: it visits a heap page per dead row of the device on every batch (5,000 pages per
-# batch of 60 recipients with 100 acked rows each). ``set_config(..., true)``: for the
-# transaction only, restored right after (a plan is made with the setting in force then).
-_PLAIN_INDEX_SCANS_ON = (
-    " bitmap := current_setting('enable_bitmapscan');"
-    " PERFORM set_config('enable_bitmapscan', 'off', true);"
+# Around the usage read in the session functions (PL/pgSQL variables ``s_*``): index probes
+# and nested loops only. A function's statement is planned once per connection, often while
+# the tables are small or have no statistics; a sequential scan or a hash join then planned
+# against the counters (one row per device and sender) or the removals would read all of
+# them in every batch. No bitmap scans either: the removals are deleted as fast as they are
+# appended, and until VACUUM their index entries stay; a plain index scan marks the entries of
+# rows dead to everyone as such and later scans skip them, a bitmap scan never does.
+# ``set_config(..., true)``: for the transaction only, restored right after (a plan is made
+# with the settings in force then).
+_PLANNER = ("bitmapscan", "seqscan", "hashjoin", "mergejoin")
+_INDEX_PROBES_DECLARE = "".join(f" s_{name} TEXT;" for name in _PLANNER)
+_INDEX_PROBES_ON = "".join(
+    f" s_{name} := current_setting('enable_{name}');"
+    f" PERFORM set_config('enable_{name}', 'off', true);"
+    for name in _PLANNER
 )
-_PLAIN_INDEX_SCANS_OFF = " PERFORM set_config('enable_bitmapscan', bitmap, true);"
+_INDEX_PROBES_OFF = "".join(
+    f" PERFORM set_config('enable_{name}', s_{name}, true);" for name in _PLANNER
+)
 
 #: Locks the queues, then counts them, in one round trip. A statement sees the snapshot taken
 #: when it began — before a lock it waits for inside it is granted — so the count cannot
@@ -253,12 +295,12 @@ QUEUE_USAGE_FUNCTION_PG = (
     "pks BIGINT[], keys INTEGER[], cls INTEGER)"
     " RETURNS TABLE (o_device BIGINT, o_sender BIGINT, o_count BIGINT, o_bytes BIGINT)"
     " LANGUAGE plpgsql VOLATILE AS $fn$"
-    " DECLARE bitmap TEXT;"
+    f" DECLARE{_INDEX_PROBES_DECLARE}"
     " BEGIN"
     " PERFORM count(pg_advisory_xact_lock(cls, k)) FROM unnest(keys) AS t(k);"
-    f"{_PLAIN_INDEX_SCANS_ON}"
-    f" RETURN QUERY {QUEUE_USAGE_PG.replace('$1', 'pks')};"
-    f"{_PLAIN_INDEX_SCANS_OFF}"
+    f"{_INDEX_PROBES_ON}"
+    f" RETURN QUERY {_queue_usage_pg('pks')};"
+    f"{_INDEX_PROBES_OFF}"
     " END $fn$"
 )
 
@@ -311,7 +353,7 @@ BATCH_READS_FUNCTION_PG = (
     " RETURNS TABLE (o_kind INTEGER, o_a BIGINT, o_b BIGINT, o_c BIGINT, o_d BIGINT,"
     " o_name VARCHAR, o_env VARCHAR)"
     " LANGUAGE plpgsql VOLATILE AS $fn$"
-    " DECLARE keys INTEGER[]; locked BIGINT[]; bitmap TEXT;"
+    f" DECLARE keys INTEGER[]; locked BIGINT[];{_INDEX_PROBES_DECLARE}"
     " BEGIN"
     f" RETURN QUERY {BATCH_READS_IN_FUNCTION_PG};"
     f" SELECT array_agg(DISTINCT d.pk) INTO locked{_RECIPIENT_DEVICES_FROM};"
@@ -323,10 +365,9 @@ BATCH_READS_FUNCTION_PG = (
     " RETURN QUERY SELECT 3, t.p, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
     " CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
     " FROM unnest(locked) AS t(p);"
-    f"{_PLAIN_INDEX_SCANS_ON}"
-    " RETURN QUERY SELECT 4, u.*, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) FROM ("
-    f"{QUEUE_USAGE_PG.replace('$1', 'locked')}) AS u;"
-    f"{_PLAIN_INDEX_SCANS_OFF}"
+    f"{_INDEX_PROBES_ON}"
+    f" RETURN QUERY {_queue_usage_pg('locked', '4')};"
+    f"{_INDEX_PROBES_OFF}"
     " END $fn$"
 )
 
@@ -592,8 +633,11 @@ class DeliveryRepository:
 
     def queue_usage(self, conn: Connection, device_pks: Iterable[int]) -> dict[int, QueueUsage]:
         """What each device's queue holds, in total and per sending account (every device
-        asked for is in the result). One pass over ``ix_delivery_queue_device`` (it covers
-        the query)."""
+        asked for is in the result). SQLite: one pass over ``ix_delivery_queue_device`` (it
+        covers the query; the writer keeps the result, ``server.delivery.sqlite_cache``).
+        PostgreSQL: the counters (:func:`_queue_usage_pg`), which also folds the pending
+        removals in — call it only while holding the devices' queue locks
+        (:meth:`lock_queues`)."""
         pks = sorted(set(device_pks))
         out = {pk: QueueUsage() for pk in pks}
         sqlite = conn.dialect.name == "sqlite"
