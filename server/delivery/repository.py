@@ -264,15 +264,18 @@ QUEUE_USAGE_PG = _queue_usage_pg("$1")
 
 _QUEUE_USAGE_PG = raw.PgStatement(QUEUE_USAGE_PG, ("pks",))
 
-# Around the usage read in the session functions (PL/pgSQL variables ``s_*``): index probes
+# Around the statements of the session functions (PL/pgSQL variables ``s_*``): index probes
 # and nested loops only. A function's statement is planned once per connection, often while
-# the tables are small or have no statistics; a sequential scan or a hash join then planned
-# against the counters (one row per device and sender) or the removals would read all of
-# them in every batch. No bitmap scans either: the removals are deleted as fast as they are
-# appended, and until VACUUM their index entries stay; a plain index scan marks the entries of
-# rows dead to everyone as such and later scans skip them, a bitmap scan never does.
-# ``set_config(..., true)``: for the transaction only, restored right after (a plan is made
-# with the settings in force then).
+# the tables are small or have no statistics, and the plan is kept: the acks' delete
+# (``device_pk = ANY(...) AND seq = ANY(...)``) was planned as a bitmap scan of the device's
+# whole range of ``ix_delivery_queue_device`` with ``seq`` as a filter — every queued row of
+# an acking device read per batch — and a sequential scan or a hash join planned against the
+# counters (one row per device and sender) or the removals would read all of them. No
+# bitmap scans at all: rows deleted as fast as they are inserted (queue rows, removals) leave
+# their index entries until VACUUM; a plain index scan marks the entries of rows dead to
+# everyone as such and later scans skip them, a bitmap scan never does. ``set_config(...,
+# true)``: for the transaction only, restored right after (a plan is made with the settings
+# in force then).
 _PLANNER = ("bitmapscan", "seqscan", "hashjoin", "mergejoin")
 _INDEX_PROBES_DECLARE = "".join(f" s_{name} TEXT;" for name in _PLANNER)
 _INDEX_PROBES_ON = "".join(
@@ -355,9 +358,10 @@ BATCH_READS_FUNCTION_PG = (
     " LANGUAGE plpgsql VOLATILE AS $fn$"
     f" DECLARE keys INTEGER[]; locked BIGINT[];{_INDEX_PROBES_DECLARE}"
     " BEGIN"
+    f"{_INDEX_PROBES_ON}"
     f" RETURN QUERY {BATCH_READS_IN_FUNCTION_PG};"
     f" SELECT array_agg(DISTINCT d.pk) INTO locked{_RECIPIENT_DEVICES_FROM};"
-    " IF locked IS NULL THEN RETURN; END IF;"
+    f" IF locked IS NULL THEN{_INDEX_PROBES_OFF} RETURN; END IF;"
     " SELECT array_agg(DISTINCT CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)"
     "  ORDER BY CAST((t.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER)) INTO keys"
     "  FROM unnest(locked) AS t(p);"
@@ -365,7 +369,6 @@ BATCH_READS_FUNCTION_PG = (
     " RETURN QUERY SELECT 3, t.p, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),"
     " CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)"
     " FROM unnest(locked) AS t(p);"
-    f"{_INDEX_PROBES_ON}"
     f" RETURN QUERY {_queue_usage_pg('locked', '4')};"
     f"{_INDEX_PROBES_OFF}"
     " END $fn$"

@@ -242,7 +242,10 @@ async def test_without_the_temp_privilege_locks_and_counts_take_two_statements(
             await conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
             await conn.execute(text(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC'))
             await conn.execute(
-                text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"')
+                text(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"
+                    f' TO "{role}"'
+                )
             )
         limited = create_engine(make_url(postgres_url).set(username=role).render_as_string())
         try:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -306,7 +306,11 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str, tmp_path: 
             # The statements inside the writer's session functions (the batch reads with the
             # recipients' queue locks, and the lock-and-count: their counts are this one).
             inside = [
-                (repository.QUEUE_USAGE_PG, ([recipient_pk, sender_pk],), "delivery_queue"),
+                (
+                    repository.QUEUE_USAGE_PG,
+                    ([recipient_pk, sender_pk],),
+                    "delivery_queue_usage",
+                ),
                 (
                     repository.BATCH_READS_IN_FUNCTION_PG,
                     ([recipient_pk], [1, 2], [sender_pk], ["c1"], ["alice", "bob"]),
@@ -332,3 +336,59 @@ async def test_postgres_hot_statements_use_indexes(postgres_url: str, tmp_path: 
             assert needle in texts
     finally:
         await engine.dispose()
+
+
+DEEP = 600
+
+# Rows of ``delivery_queue`` read in this transaction: by sequential scans (the table's
+# tuples returned), and index entries returned by its indexes (index-only scans included).
+_QUEUE_READS = """
+SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(c.oid)), 0) FROM pg_class AS c
+WHERE c.oid = 'delivery_queue'::regclass
+   OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'delivery_queue'::regclass)
+"""
+
+
+@pytest.mark.postgres
+async def test_postgres_queue_limits_do_not_read_a_deep_queue(postgres_url: str) -> None:
+    """The queue limits' reads of a recipient with ``DEEP`` queued envelopes touch a few of
+    ``delivery_queue``'s rows and index entries, not the queue: the writer's batch reads
+    (with acks of two of them), its lock-and-count, and the two-statement path (no session
+    function). The counters they read must still be exact. (Counting the queue, before
+    migration 0011, read all ``DEEP`` index entries in each of them.)"""
+    from tests.server.ws_kit import seeded_database
+
+    repo = DeliveryRepository()
+    async with seeded_database(postgres_url) as (engine, seeded):
+        async with engine.begin() as conn:
+            stored = await conn.run_sync(
+                repo.insert_sends, [seeded.send(f"e{i}", f"c{i}") for i in range(DEEP)]
+            )
+        seqs = [d.seq for d in stored.per_device[seeded.recipient]]
+        bob = seeded.recipient
+
+        def reads(conn: Connection) -> list[tuple[int, int]]:
+            out = []
+            batch = repo.batch_reads(
+                conn,
+                [(bob, seqs[0]), (bob, seqs[1])],
+                [(seeded.sender, "new")],
+                ["alice", "bob"],
+                recipients=[("bob", 1)],
+            )
+            assert batch.acked == 2 and batch.held is not None
+            out.append((batch.held[bob].depth, batch.held[bob].bytes))
+            usage = repo.lock_queue_usage(conn, [bob])  # the function, without ``held``
+            out.append((usage[bob].depth, usage[bob].bytes))
+            repo.lock_queues(conn, [bob])  # the path without session functions
+            usage = repo.queue_usage(conn, [bob])
+            out.append((usage[bob].depth, usage[bob].bytes))
+            assert usage[bob].by_sender == {seeded.account: (DEEP - 2, (DEEP - 2) * 10)}
+            return out
+
+        async with engine.begin() as conn:
+            assert await conn.run_sync(reads) == [(DEEP - 2, (DEEP - 2) * 10)] * 3
+            read = await conn.scalar(text(_QUEUE_READS))
+            await conn.rollback()
+        # The acks' delete reads its own two rows (a plan may look at a few more).
+        assert read < 20, f"{read} rows of delivery_queue read for {DEEP} queued"
