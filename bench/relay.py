@@ -28,6 +28,15 @@ runs the same load (default 20 pairs × 2,500 messages) five times in a row on o
 send records of every run are kept (de-duplication, 30 days), so the last run starts with
 200,000 of them. Reports each run's throughput and ``last_vs_first``.
 
+Deep-queue mode::
+
+    python bench/relay.py --database postgres --deep 5000 [--baselines '']
+
+gives pair i an offline device (``o<i>``, never connected) whose queue holds ``--deep``
+envelopes before the load, and addresses every send to it as well as to the receiver: each
+batch checks the queue limits of offline devices with deep (and growing) queues. The run
+ends when the receivers' queues are empty (the offline ones keep theirs).
+
 Two-node mode::
 
     python bench/relay.py --database postgres --nodes 2 [--baselines ...]
@@ -301,7 +310,7 @@ class Pair:
 async def run_load(
     open_sender: Callable[[int], Awaitable[ClientConnection]],
     open_receiver: Callable[[int], Awaitable[ClientConnection]],
-    target: Callable[[int], dict[str, Any]],
+    target: Callable[[int], dict[str, Any] | list[dict[str, Any]]],
     pairs: int,
     messages: int,
     size: int,
@@ -362,7 +371,8 @@ async def run_load(
                 raise RuntimeError(f"unexpected answer {frame}")
 
     async def send(pair: Pair, ws: ClientConnection) -> None:
-        to = [target(pair.index)]
+        one = target(pair.index)
+        to = one if isinstance(one, list) else [one]
         for i in range(messages):
             await pair.window.acquire()
             data = base64.b64encode(struct.pack(">Q", i) + filler).decode()
@@ -435,6 +445,40 @@ async def queue_rows(database_url: str) -> int:
         await engine.dispose()
 
 
+async def fill_deep_queues(database_url: str, users: list[str], rows: int) -> None:
+    """``--deep``: ``rows`` queue rows for the (only) device of each of ``users``, straight into
+    ``delivery_queue`` (no payloads: nothing ever fetches them; the queue's own triggers, where
+    the schema has them, count them as any insert)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    expires = int(time.time() * 1000) + 30 * 86_400_000
+    try:
+        async with engine.begin() as conn:
+            names = ",".join(f"'{u}'" for u in users)  # bench-made names, no quotes in them
+            pks = (
+                await conn.execute(
+                    text(
+                        "SELECT d.pk FROM devices AS d JOIN accounts AS a"
+                        f" ON a.id = d.account_id WHERE a.username IN ({names})"
+                    )
+                )
+            ).scalars()
+            for pk in pks:
+                await conn.execute(
+                    text(
+                        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                        f" WHERE i < {int(rows)}) INSERT INTO delivery_queue (device_pk,"
+                        " envelope_id, idx, expires_at, size, sender_account_id)"
+                        f" SELECT {int(pk)}, 'deep{int(pk)}-' || CAST(i AS VARCHAR), 0,"
+                        f" {expires}, 1024, 0 FROM n"
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
 async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The durable load on one relay: once, or ``--growth`` times in a row (history grows)."""
     tmp = Path(tempfile.mkdtemp(prefix="vox-bench-"))
@@ -468,6 +512,11 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"r{i:04d}" for i in range(args.pairs)
             ]
             tokens = {u: t for u, _, t in await make_devices(base_url, users, 1, 8)}
+            if args.deep:  # offline recipients (never connected) with deep queues
+                offline = [f"o{i:04d}" for i in range(args.pairs)]
+                await make_devices(base_url, offline, 1, 8)
+                await fill_deep_queues(database_url, offline, args.deep)
+                log(f"{len(offline)} offline devices with {args.deep} queued envelopes each")
             log(
                 f"relay up on :{port} ({args.database}, {args.nodes} node(s)),"
                 f" {len(tokens)} accounts"
@@ -493,6 +542,8 @@ async def durable(args: argparse.Namespace) -> list[dict[str, Any]]:
                     )
                 )
                 results[-1]["retained_sends_before"] = run * args.pairs * args.messages
+                if args.deep:
+                    results[-1]["deep_queue_before"] = args.deep + run * args.messages
             async with httpx.AsyncClient() as http:
                 text = (await http.get(f"{base_url}/metrics")).text
             values = {
@@ -535,7 +586,11 @@ async def _durable_load(
     elapsed, latencies, _ = await run_load(
         lambda i: open_as(f"s{i:04d}"),
         lambda i: open_as(f"r{i:04d}"),
-        lambda i: {"user": f"r{i:04d}", "device": 1},
+        lambda i: (
+            [{"user": f"r{i:04d}", "device": 1}, {"user": f"o{i:04d}", "device": 1}]
+            if args.deep
+            else {"user": f"r{i:04d}", "device": 1}
+        ),
         args.pairs,
         args.messages,
         args.size,
@@ -543,9 +598,12 @@ async def _durable_load(
         ack=True,
         tag=tag,
     )
-    # The durable path ends when the acks have deleted every queue row.
+    # The durable path ends when the acks have deleted every queue row (but the offline
+    # devices' of ``--deep``: theirs only grow).
+    run = int(tag.strip("r-") or 0)
+    stays = args.pairs * (args.deep + (run + 1) * args.messages) if args.deep else 0
     start_wait = time.perf_counter()
-    while await queue_rows(database_url) > 0:
+    while await queue_rows(database_url) > stays:
         if time.perf_counter() - start_wait > 60:
             raise RuntimeError("queue did not drain")
         await asyncio.sleep(0.005)
@@ -806,6 +864,13 @@ def main() -> None:
         "--baselines",
         default="asgi,fastapi",
         help="forwarders to run beside the relay (comma-separated: asgi, fastapi; '' for none)",
+    )
+    parser.add_argument(
+        "--deep",
+        type=int,
+        default=0,
+        help="deep-queue mode: every send also goes to an offline device (one per pair) whose"
+        " queue holds N envelopes before the load (and grows with it)",
     )
     parser.add_argument("--profile", help="write a py-spy profile of the relay to this file")
     args = parser.parse_args()
