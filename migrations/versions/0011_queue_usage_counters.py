@@ -15,8 +15,9 @@ call per statement, with the statement's rows as a transition table — never on
   rows are *appended* to ``delivery_queue_removed`` — no row of the counters is touched, so
   a delete never waits for (or deadlocks with) a writer holding a queue lock. The writer
   folds a device's removals into its counters under the queue lock, before it reads them.
-* ``UPDATE`` of ``device_pk``, ``size`` or ``sender_account_id`` (nothing does; a
-  migration might): the old rows as removed, the new ones as negative removals.
+* ``UPDATE`` (nothing does; a migration might): the old rows as removed, the new ones as
+  negative removals.
+* ``TRUNCATE``: both tables emptied.
 
 The triggers are created before the back-fill, in the same transaction: creating them locks
 ``delivery_queue`` against writes until the commit, so no row is counted twice or missed even
@@ -68,6 +69,7 @@ _TRIGGERS = {
         f"{_REMOVE.format(rows='old_rows', sign='')};"
         f" {_REMOVE.format(rows='new_rows', sign='-')}",
     ),
+    "truncate": ("TRUNCATE", "", "DELETE FROM delivery_queue_usage; DELETE FROM delivery_queue_removed"),
 }
 
 
@@ -103,7 +105,7 @@ def upgrade() -> None:
         )
         op.execute(
             f"CREATE TRIGGER delivery_queue_usage_{name} AFTER {event} ON delivery_queue"
-            f" REFERENCING {referencing} FOR EACH STATEMENT"
+            f"{f' REFERENCING {referencing}' if referencing else ''} FOR EACH STATEMENT"
             f" EXECUTE FUNCTION delivery_queue_usage_{name}()"
         )
     # After the triggers (their creation holds off every write to the queue until the commit).

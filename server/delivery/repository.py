@@ -222,9 +222,11 @@ def _queue_usage_pg(pks: str, kind: str = "") -> str:
     Read from the counters (``delivery_queue_usage``, migration 0011: one index range per
     device, however deep its queue), after folding in the removals the ``DELETE`` trigger of
     ``delivery_queue`` appended since (``delivery_queue_removed``; counters that reach 0 are
-    deleted). The caller holds the devices' queue locks: nothing else changes their counters
-    meanwhile, and a removal committed after this statement began stays for the next fold —
-    counted as still queued, as a row deleted by a transaction not yet committed always was.
+    deleted, and a removal with no counter — only an ``UPDATE`` moving rows to another device
+    or sender makes one — becomes one). The caller holds the devices' queue locks: nothing
+    else changes their counters meanwhile, and a removal committed after this statement began
+    stays for the next fold — counted as still queued, as a row deleted by a transaction not
+    yet committed always was.
     The statement's own snapshot does not show its updates, so the folded counters come from
     the ``UPDATE``'s ``RETURNING`` and the others from the table."""
     head = f"{kind}, " if kind else ""
@@ -247,8 +249,16 @@ def _queue_usage_pg(pks: str, kind: str = "") -> str:
         " FROM taken AS k WHERE u.device_pk = k.device_pk"
         " AND u.sender_account_id = k.sender_account_id AND u.count <> k.n"
         " RETURNING u.device_pk, u.sender_account_id, u.count, u.bytes"
+        "), added AS ("  # removals with no counter: only an UPDATE moving rows makes them
+        " INSERT INTO delivery_queue_usage (device_pk, sender_account_id, count, bytes)"
+        " SELECT k.device_pk, k.sender_account_id, -k.n, -k.b FROM taken AS k"
+        " WHERE (k.n <> 0 OR k.b <> 0) AND NOT EXISTS (SELECT 1 FROM delivery_queue_usage AS u"
+        " WHERE u.device_pk = k.device_pk AND u.sender_account_id = k.sender_account_id)"
+        " RETURNING device_pk, sender_account_id, count, bytes"
         ") "
         f"SELECT {head}f.device_pk, f.sender_account_id, f.count, f.bytes{tail} FROM folded AS f"
+        f" UNION ALL SELECT {head}a.device_pk, a.sender_account_id, a.count, a.bytes{tail}"
+        " FROM added AS a"
         f" UNION ALL SELECT {head}t.p, u.sender_account_id, u.count, u.bytes{tail}"
         f" FROM (SELECT DISTINCT x.p FROM unnest(CAST({pks} AS BIGINT[])) AS x(p)) AS t(p)"
         " CROSS JOIN LATERAL (SELECT u.sender_account_id, u.count, u.bytes"

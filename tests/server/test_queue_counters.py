@@ -272,3 +272,52 @@ async def _pk(engine: AsyncEngine, user: str) -> int:
             {"u": user},
         )
     return int(pk)
+
+
+async def test_counters_follow_any_statement_and_the_migration_fills_them(
+    postgres_url: str,
+) -> None:
+    """Statements the relay never runs keep the counters exact too (a ``DELETE`` of another
+    shape, an ``UPDATE`` of a queue row's device, size and sender, ``TRUNCATE``), and
+    migration 0011 fills them from a queue that already holds envelopes."""
+    from server.db.migrate import alembic_config
+    from tests.server.ws_kit import seeded_database
+
+    repo = DeliveryRepository()
+    async with seeded_database(postgres_url) as (engine, seeded):
+        async with engine.begin() as conn:
+            await conn.run_sync(
+                repo.insert_sends, [seeded.send(f"e{i}", f"c{i}") for i in range(9)]
+            )
+        await assert_exact(engine)
+        statements = [
+            "DELETE FROM delivery_queue WHERE seq IN (SELECT min(seq) FROM delivery_queue)",
+            "UPDATE delivery_queue SET size = size + 5, sender_account_id = 7"
+            " WHERE seq IN (SELECT max(seq) FROM delivery_queue)",
+            f"UPDATE delivery_queue SET device_pk = {seeded.sender}"
+            " WHERE seq IN (SELECT min(seq) FROM delivery_queue)",
+        ]
+        for sql in statements:
+            async with engine.begin() as conn:
+                await conn.execute(text(sql))
+            await assert_exact(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("TRUNCATE delivery_queue"))
+        assert await assert_exact(engine) == {}
+
+        # Back to 0010 (no counters), envelopes queued, then 0011 again.
+        def migrate(conn: Any, target: str, down: bool) -> None:
+            from alembic import command
+
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, target)
+
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, "0010", True)
+            await conn.run_sync(
+                repo.insert_sends, [seeded.send(f"f{i}", f"d{i}") for i in range(5)]
+            )
+            await conn.run_sync(migrate, "0011", False)
+        counted = await assert_exact(engine)
+        assert counted == {(seeded.recipient, seeded.account): (5, 50)}
