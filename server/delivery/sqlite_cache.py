@@ -13,7 +13,9 @@ TTL sweep, ``vox-relay`` in another process, another writer — is seen through 
 it is read at the start of each of the writer's transactions (which hold the write lock from
 ``BEGIN IMMEDIATE``, so nothing else commits until they end) and any change forgets
 everything. A transaction that fails forgets everything too (the usage it counted was rolled
-back). PostgreSQL (several nodes, several writers) never uses this: it reads every time.
+back). PostgreSQL (several nodes, several writers) never uses this: it reads every time —
+the device sets, and the queue usage from counters that triggers keep
+(``delivery_queue_usage``, migration 0011; the tables exist on SQLite too, empty).
 """
 
 from __future__ import annotations

@@ -487,7 +487,8 @@ class GroupCommitWriter:
         if self.cache is not None:
             reads = self.cache.batch_reads(self._repo, conn, acks, sorted(keys), users)
         else:
-            # PostgreSQL: the recipients' queues are locked and counted in the same round trip.
+            # PostgreSQL: the recipients' queues are locked and their counters read (the
+            # removals since folded in: ``delivery_queue_usage``) in the same round trip.
             refs = {ref for op in durable for _, to in op.payloads for ref in to}
             reads = self._repo.batch_reads(conn, acks, sorted(keys), users, recipients=refs)
         if acks:
@@ -554,9 +555,10 @@ class GroupCommitWriter:
                 routes[route] = pks
             resolved.append((op, pks))
         # 3. Queue limits (counting this batch's earlier sends too). The targets' queues
-        # are locked before they are counted (PostgreSQL: until the commit; one round trip),
-        # so that no other writer, here or on another node, counts and fills the same queue
-        # at the same time.
+        # are locked before their usage is read (PostgreSQL: until the commit; one round
+        # trip; from the queue counters, which only the lock's holder changes), so that no
+        # other writer, here or on another node, reads and fills the same queue at the same
+        # time.
         targets = {pk for op, pks in resolved if not op.ephemeral for group in pks for pk in group}
         usage: dict[int, QueueUsage] = {}
         if targets and self.cache is not None:  # SQLite: BEGIN IMMEDIATE is the lock
