@@ -402,6 +402,27 @@ _LOCK_QUEUE_USAGE_PG = raw.pg_statement(
 )
 
 
+#: How many devices' pending removals one sweep folds in at most (PostgreSQL): each one's queue
+#: lock is held until the sweep commits.
+SWEEP_FOLD_DEVICES = 500
+
+# Devices with removals not yet folded into their counters — an ack's, when no batch has sent
+# to the device since; the sweep's own; a deleted sender's — whose queue lock is free: taken
+# (``pg_try_advisory_xact_lock`` never waits, so it cannot deadlock) and held until the sweep
+# commits. The subquery (its ``LIMIT``) keeps the lock function to the rows it returns.
+_IDLE_REMOVALS_PG = raw.pg_statement(
+    "SELECT c.p FROM (SELECT DISTINCT r.device_pk AS p FROM delivery_queue_removed AS r"
+    " ORDER BY r.device_pk LIMIT :n) AS c"
+    " WHERE pg_try_advisory_xact_lock(:cls,"
+    " CAST((c.p + 2147483648) % 4294967296 - 2147483648 AS INTEGER))"
+)
+
+# Every queued row (the queue-depth gauge) from the counters, not a count of the queue.
+_QUEUE_DEPTH_TOTAL_PG = raw.pg_statement(
+    "SELECT (SELECT coalesce(sum(count), 0) FROM delivery_queue_usage)"
+    " - (SELECT coalesce(sum(count), 0) FROM delivery_queue_removed)"
+)
+
 #: One ``delivery_queue`` row: (device pk, envelope id, idx, expires at, size, sender account).
 QueueRow = tuple[int, str, int, int, int, int]
 
@@ -948,7 +969,10 @@ class DeliveryRepository:
         ]
 
     def queue_depth_total(self, conn: Connection) -> int:
-        """All queued envelopes (for the queue-depth gauge)."""
+        """All queued envelopes (for the queue-depth gauge; PostgreSQL: from the counters)."""
+        if conn.dialect.name == "postgresql":
+            ((total,),) = raw.pg_rows(conn, _QUEUE_DEPTH_TOTAL_PG, {})
+            return int(total)
         return int(conn.execute(select(func.count()).select_from(_queue)).scalar_one())
 
     def sweep(self, conn: Connection, now_ms: int) -> int:
@@ -959,7 +983,21 @@ class DeliveryRepository:
         expired = result.rowcount or 0
         conn.execute(delete(_payloads).where(_payloads.c.envelope_id.in_(expired_sends)))
         conn.execute(delete(_sends).where(_sends.c.expires_at <= now_ms))
+        if conn.dialect.name == "postgresql":
+            self.fold_idle_removals(conn)
         return expired
+
+    def fold_idle_removals(self, conn: Connection, limit: int = SWEEP_FOLD_DEVICES) -> int:
+        """PostgreSQL: fold the pending removals of up to ``limit`` devices whose queue lock
+        is free into their counters (:func:`_queue_usage_pg`), so that what the acks and
+        deletions removed does not stay in ``delivery_queue_removed`` (which device had queued
+        envelopes from which account) until the device is next sent to. Returns the devices
+        folded."""
+        params = {"n": limit, "cls": QUEUE_LOCK_CLASS}
+        idle = [int(pk) for (pk,) in raw.pg_rows(conn, _IDLE_REMOVALS_PG, params)]
+        if idle:
+            self.queue_usage(conn, idle)
+        return len(idle)
 
 
 def _add_usage(out: dict[int, QueueUsage], rows: Iterable[Any]) -> None:

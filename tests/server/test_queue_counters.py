@@ -46,6 +46,12 @@ _COUNTERS = text(
 )
 
 
+_REMOVED = text(
+    "SELECT device_pk, sender_account_id, sum(count), sum(bytes) FROM delivery_queue_removed"
+    " GROUP BY device_pk, sender_account_id"
+)
+
+
 async def _rows(engine: AsyncEngine, statement: Any) -> Usage:
     async with engine.connect() as conn:
         rows = (await conn.execute(statement)).all()
@@ -78,6 +84,9 @@ async def assert_exact(engine: AsyncEngine) -> Usage:
         mine = [used for (device, _), used in counted.items() if device == pk]
         assert (one.depth, one.bytes) == (sum(n for n, _ in mine), sum(b for _, b in mine))
     assert pending == 0 and zeros == 0
+    async with engine.begin() as conn:
+        total = await conn.run_sync(repo.queue_depth_total)
+    assert total == sum(n for n, _ in counted.values())
     # Nothing left for devices that no longer exist.
     assert set(await _rows(engine, _COUNTERS)) <= {(d, s) for d, s in counted}
     return counted
@@ -161,6 +170,11 @@ async def test_counters_stay_exact_through_send_ack_expiry_removal_and_deletion(
                 assert delivered[-1]["envelope"] == short["envelope"]
                 await b1.send({"type": "ack", "seqs": [d["seq"] for d in delivered[:5]]})
                 await _wait_queue(engine, 13)
+            # Nobody sends to bob 1 now: the sweep folds the acks' removals in (nothing
+            # expired), so they do not stay behind until bob 1's next message.
+            assert await _rows(engine, _REMOVED) != {}
+            assert await relay.state.delivery.sweep() == 0
+            assert await _rows(engine, _REMOVED) == {}
             await assert_exact(engine)
 
             # Expiry: the sweep deletes the short-lived envelope only (both copies).
@@ -196,6 +210,11 @@ async def test_counters_stay_exact_through_send_ack_expiry_removal_and_deletion(
                 await b1.send({"type": "ack", "seqs": [d["seq"] for d in rest]})
                 await _wait_queue(engine, 0)
             assert await assert_exact(engine) == {}
+            # Nothing is left of who queued what for whom once it is acked (and swept).
+            await relay.state.delivery.sweep()
+            async with engine.connect() as conn:
+                for table in ("delivery_queue_usage", "delivery_queue_removed"):
+                    assert await conn.scalar(text(f"SELECT count(*) FROM {table}")) == 0
 
 
 PEERS = 4
