@@ -297,12 +297,13 @@ _INDEX_PROBES_OFF = "".join(
     f" PERFORM set_config('enable_{name}', s_{name}, true);" for name in _PLANNER
 )
 
-#: Locks the queues, then counts them, in one round trip. A statement sees the snapshot taken
-#: when it began — before a lock it waits for inside it is granted — so the count cannot
-#: share the locking statement; a VOLATILE function takes a fresh snapshot for each statement
-#: in it (READ COMMITTED), so its count, taken once the locks are held, sees every row the
-#: batches that held them before committed. ``pg_temp``: created on each connection
-#: (:func:`server.db.engine.create_engine`), nothing in the schema.
+#: Locks the queues, then reads their counters (:func:`_queue_usage_pg`), in one round trip.
+#: A statement sees the snapshot taken when it began — before a lock it waits for inside it
+#: is granted — so the read cannot share the locking statement; a VOLATILE function takes a
+#: fresh snapshot for each statement in it (READ COMMITTED), so its read, taken once the
+#: locks are held, sees everything the batches that held them before committed.
+#: ``pg_temp``: created on each connection (:func:`server.db.engine.create_engine`), nothing
+#: in the schema.
 QUEUE_USAGE_FUNCTION_PG = (
     "CREATE OR REPLACE FUNCTION pg_temp.vox_lock_queue_usage("
     "pks BIGINT[], keys INTEGER[], cls INTEGER)"
@@ -354,11 +355,11 @@ RECIPIENT_DEVICES_IN_FUNCTION_PG = f"SELECT array_agg(DISTINCT d.pk){_RECIPIENT_
 
 #: A batch's first round trip when the connection has it (PostgreSQL): the batch reads
 #: (:data:`_BATCH_READS_PG`'s rows, kinds 0-2), then the queue locks of every existing device
-#: the batch's sends name as a recipient (in key order), then — counted once the locks are
+#: the batch's sends name as a recipient (in key order), then — read once the locks are
 #: held, in a fresh snapshot (as :data:`QUEUE_USAGE_FUNCTION_PG`) — those devices (kind 3:
-#: pk) and their queues (kind 4: device pk, sending account, count, bytes). The locks are a
-#: superset of what the batch fills (a refused or repeated send's recipients too), taken in
-#: one sorted pass.
+#: pk) and their queues' counters (kind 4: device pk, sending account, count, bytes). The
+#: locks are a superset of what the batch fills (a refused or repeated send's recipients
+#: too), taken in one sorted pass.
 BATCH_READS_FUNCTION_PG = (
     "CREATE OR REPLACE FUNCTION pg_temp.vox_batch_reads("  # noqa: S608 (constants)
     "devices BIGINT[], seqs BIGINT[], pks BIGINT[], ids VARCHAR[], names VARCHAR[],"
@@ -617,12 +618,15 @@ class DeliveryRepository:
         return out
 
     def lock_queues(self, conn: Connection, device_pks: Iterable[int]) -> None:
-        """Hold the devices' queues until the transaction ends, so that "count, then insert"
-        (the queue-depth limit) is atomic across writers and relay nodes.
+        """Hold the devices' queues until the transaction ends, so that "read the usage, then
+        insert" (the queue limits) is atomic across writers and relay nodes; on PostgreSQL
+        the lock's holder is also the only one that changes the device's queue counters
+        (``delivery_queue_usage``).
 
         PostgreSQL: one transaction-level advisory lock per device, taken in key order (no
-        deadlock between writers; other transactions never take them). SQLite: nothing to
-        do, the writer's transaction began with ``BEGIN IMMEDIATE`` (one writer at a time).
+        deadlock between writers; a device deletion takes them too, the sweep only with
+        ``pg_try_advisory_xact_lock``, which never waits). SQLite: nothing to do, the
+        writer's transaction began with ``BEGIN IMMEDIATE`` (one writer at a time).
         """
         if conn.dialect.name != "postgresql":
             return
