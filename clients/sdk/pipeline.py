@@ -342,7 +342,10 @@ class SendPipeline:
         self._queue = []
         batch = self._claim(queue)
         try:
-            built = [(r, r.job.build()) for r in batch]
+            # A batch's sends to one device advance its session many times: its state is
+            # encoded and written once, at the end of the batch (in the caller's transaction).
+            with self.client.protocol.sessions.deferred():
+                built = [(r, r.job.build()) for r in batch]
         except BaseException:
             for r in batch:
                 r.job.built = False
@@ -397,7 +400,7 @@ class SendPipeline:
         batch = self._claim(batch)
         built: Built = []
         try:
-            with client.store.transaction(sync=False):
+            with client.store.transaction(sync=False), client.protocol.sessions.deferred():
                 built = [(r, r.job.build()) for r in batch]
         except Exception:
             built = []
