@@ -270,6 +270,10 @@ def send_frame(send: OutgoingSend, after: str | None = None) -> SendFrame:
     )
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder for every frame.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def send_text(send: OutgoingSend, after: str | None = None) -> str:
     """The JSON text of :func:`send_frame` — the same text as ``wire.frames.encode`` of it —
     written without building and dumping the pydantic models (about 3 µs instead of 80: the
@@ -288,7 +292,7 @@ def send_text(send: OutgoingSend, after: str | None = None) -> str:
         frame["ttl"] = send.ttl
     if after is not None and not send.ephemeral:
         frame["after"] = after
-    return json.dumps(frame, separators=(",", ":"))
+    return _compact(frame)
 
 
 def ack_frames(seqs: list[int]) -> list[AckFrame]:
@@ -300,7 +304,7 @@ def ack_texts(seqs: list[int]) -> list[str]:
     """The JSON texts of :func:`ack_frames` (as ``wire.frames.encode`` writes them), without
     the models."""
     return [
-        json.dumps({"type": "ack", "seqs": seqs[i : i + MAX_ACK_SEQS]}, separators=(",", ":"))
+        _compact({"type": "ack", "seqs": seqs[i : i + MAX_ACK_SEQS]})
         for i in range(0, len(seqs), MAX_ACK_SEQS)
     ]
 
