@@ -91,6 +91,7 @@ __all__ = [
     "decode_content",
     "decode_padded",
     "new_message_id",
+    "pad",
     "padded",
 ]
 
@@ -509,7 +510,12 @@ Content = (
 def padded(content: Content) -> bytes:
     """The content's bytes padded for encryption: ``|| 0x80 || 0x00...`` to a multiple of
     :data:`PAD_BLOCK` (at least one byte of padding, so the marker is always there)."""
-    data = content.to_bytes() + b"\x80"
+    return pad(content.to_bytes())
+
+
+def pad(encoded: bytes) -> bytes:
+    """:func:`padded` of a content already encoded (``content.to_bytes()``)."""
+    data = encoded + b"\x80"
     return data + bytes(-len(data) % PAD_BLOCK)
 
 

@@ -465,11 +465,11 @@ class Outbox:
             with self.core.store.transaction(sync=False):
                 if sent:
                     self._write_sent(sent)
+                self._write_all(batch)
                 for write in batch:
-                    self._write(write)
-                for write in batch:
-                    self._submit(write.entry.conversation, write.content)
-                    submitted.add(write.entry.message_id)
+                    entry = write.entry
+                    self._submit(entry.conversation, write.content, encoded=entry.payload)
+                    submitted.add(entry.message_id)
                 built = pipeline.build_queued()
         except Exception:
             if built is not None:
@@ -496,6 +496,23 @@ class Outbox:
                 if not write.waiter.done():
                     write.waiter.set_exception(exc)
 
+    def _write_all(self, batch: list[_Write]) -> None:
+        """:meth:`_write` for each send of ``batch`` in order; the history rows of consecutive
+        chat messages are added together (one statement), before anything else is applied."""
+        chats: list[tuple[str, ChatContent]] = []
+        for write in batch:
+            content = write.content
+            if write.local is None and isinstance(content, ChatContent):
+                chats.append((write.entry.conversation, content))
+                self.core.store.outbox_put(write.entry)
+                continue
+            if chats:  # an operation may read them (e.g. an edit of one)
+                self.core.protocol.record_outgoing_all(chats)
+                chats = []
+            self._write(write)
+        if chats:
+            self.core.protocol.record_outgoing_all(chats)
+
     def _write(self, write: _Write) -> None:
         """A send's rows: its local effect, the history or the operation applied, the outbox."""
         core, conversation, content = self.core, write.entry.conversation, write.content
@@ -520,7 +537,15 @@ class Outbox:
         peers.check_user(conversation)
         trust.require_trusted(self.core.store, conversation)
 
-    def _submit(self, conversation: str, content: Outgoing, *, queued: bool = False) -> None:
+    def _submit(
+        self,
+        conversation: str,
+        content: Outgoing,
+        *,
+        queued: bool = False,
+        encoded: bytes | None = None,
+    ) -> None:
+        """Hand a send to the engine (``encoded``: ``content.to_bytes()``, if at hand)."""
         core, mid = self.core, content.message_id.hex()
         users: set[str]
         encode: Callable[[], list[OutgoingSend]]
@@ -535,7 +560,9 @@ class Outbox:
             encode = lambda: core.protocol.encode_group(group_id, content)  # noqa: E731
         else:
             users = {conversation, core.username}
-            encode = lambda: [core.protocol.encode_direct(conversation, content)]  # noqa: E731
+            encode = lambda: [  # noqa: E731
+                core.protocol.encode_direct(conversation, content, encoded=encoded)
+            ]
 
         def build() -> list[OutgoingSend]:
             with core.store.transaction(sync=False):  # the pipeline flushes before writing

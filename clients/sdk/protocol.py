@@ -38,6 +38,7 @@ from clients.sdk.content import (
     VerifiedContent,
     VerifyState,
     decode_padded,
+    pad,
     padded,
 )
 from clients.sdk.errors import ClientError, GroupError, UnknownUser
@@ -336,9 +337,9 @@ class ClientProtocol:
     # --- outgoing ----------------------------------------------------------------------
 
     def _pairwise(
-        self, devices: list[Address], content: Content
+        self, devices: list[Address], content: Content, encoded: bytes | None = None
     ) -> list[tuple[bytes, list[Address]]]:
-        body = padded(content)
+        body = padded(content) if encoded is None else pad(encoded)
         out = []
         for username, device_id in devices:
             ciphertext = self.sessions.encrypt(username, device_id, body)
@@ -348,11 +349,17 @@ class ClientProtocol:
         return out
 
     def encode_direct(
-        self, to: str | Iterable[str], content: Content, *, ephemeral: bool = False
+        self,
+        to: str | Iterable[str],
+        content: Content,
+        *,
+        ephemeral: bool = False,
+        encoded: bytes | None = None,
     ) -> OutgoingSend:
         """Encrypt ``content`` for every device of the user(s) ``to`` and for our other
         devices (texts and files as a :class:`Transcript`), in one send with one client id.
-        Requires sessions with all of them."""
+        Requires sessions with all of them. ``encoded``: ``content.to_bytes()`` if the caller
+        has it already (the outbox entry's payload), so it is not encoded again."""
         users = [to] if isinstance(to, str) else sorted(set(to))
         for user in users:
             if user != self.username:
@@ -361,7 +368,7 @@ class ClientProtocol:
             devices: list[Address] = []
             for user in users:
                 devices += [d for d in self.recipient_devices(user) if d not in devices]
-            payloads = self._pairwise(devices, content)
+            payloads = self._pairwise(devices, content, encoded)
             if not ephemeral and self.username not in users:
                 own = self.recipient_devices(self.username)
                 copy: Content = content
@@ -437,6 +444,18 @@ class ClientProtocol:
     def record_outgoing(self, conversation: str, content: TextContent | AttachmentContent) -> None:
         """Store our own message in the history as pending."""
         self.store.add_message(self._stored(conversation, content, self.identity.address, True))
+
+    def record_outgoing_all(
+        self, messages: Sequence[tuple[str, TextContent | AttachmentContent]]
+    ) -> None:
+        """:meth:`record_outgoing` for each ``(conversation, content)`` in order, at once (one
+        statement in the SQLite store: a burst of sends)."""
+        if len(messages) == 1:
+            self.record_outgoing(*messages[0])
+            return
+        address = self.identity.address
+        rows = [self._stored(c, content, address, True) for c, content in messages]
+        self.store.add_messages(rows)
 
     def mark_sent(self, message_ids: list[str]) -> None:
         """The relay accepted these sends (one statement for all, usually)."""
