@@ -369,8 +369,10 @@ class ClientProtocol:
             for user in users:
                 devices += [d for d in self.recipient_devices(user) if d not in devices]
             payloads = self._pairwise(devices, content, encoded)
-            if not ephemeral and self.username not in users:
-                own = self.recipient_devices(self.username)
+            own = (
+                [] if ephemeral or self.username in users else self.recipient_devices(self.username)
+            )
+            if own:  # our other devices (none on a single-device account: no copy to encode)
                 copy: Content = content
                 if isinstance(content, ConversationContent):
                     copy = Transcript(
