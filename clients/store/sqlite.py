@@ -1320,7 +1320,9 @@ class SqliteStore:
         with self.transaction():  # counted at its commit (_write_outbox)
             new = self._puts.get(message_id)
             if new is not None:  # inserted by this transaction: inserted counted
-                self._puts[message_id] = dataclasses.replace(new, attempts=new.attempts + 1)
+                self._puts[message_id] = OutboxEntry(  # (dataclasses.replace costs 2.5x)
+                    new.message_id, new.conversation, new.payload, new.created_at, new.attempts + 1
+                )
             elif message_id not in self._removed:
                 self._attempts[message_id] = self._attempts.get(message_id, 0) + 1
 
