@@ -93,7 +93,8 @@ async def process_batch(
     results: list[tuple[Envelope, bool, Received]] = []
     undecodable = list(burst.seqs)
     try:
-        with core.store.transaction(sync=False):
+        # The sessions the burst and its receipts advance are encoded and written once.
+        with core.store.transaction(sync=False), core.protocol.sessions.deferred():
             received = core.protocol.receive_all([e for e, _ in envelopes])
             results = [(e, d, r) for (e, d), r in zip(envelopes, received, strict=True)]
             _collect(core, results, burst)
