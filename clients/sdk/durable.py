@@ -3,6 +3,8 @@ committed before the call is on disk (:meth:`~clients.store.base.Store.flush`, i
 the store's own, so the event loop keeps running). Callers that come while an fsync is running
 share the next one — one more fsync for all of them, not one each: the receive path (before an
 ack) and the send path (before a ciphertext leaves) of one client often flush at the same time.
+A caller whose commits are all durable already (:meth:`~clients.store.base.Store.synced`)
+returns at once: no round trip to the thread, no wait behind a running fsync.
 
 The thread (one per store, started by its first flush, ended when the store is collected)
 waits on a queue and answers through ``call_soon_threadsafe``: no executor future to wrap and
@@ -120,6 +122,8 @@ _flushers: weakref.WeakKeyDictionary[Store, _Flusher] = weakref.WeakKeyDictionar
 
 async def flush(store: Store) -> None:
     """Every transaction committed on ``store`` before this call is durable when it returns."""
+    if store.synced():  # an fsync that started after them completed: no thread round trip
+        return
     flusher = _flushers.get(store)
     if flusher is None:
         flusher = _flushers[store] = _Flusher()

@@ -345,6 +345,11 @@ class Store(
         using the store."""
         ...
 
+    def synced(self) -> bool:
+        """True if every transaction committed so far is known to be durable already (a
+        :meth:`flush` now would have nothing to do); False if unsure."""
+        ...
+
     def close(self) -> None:
         """Release the database and the profile lock. Idempotent."""
         ...

@@ -74,6 +74,10 @@ class MemoryStore:
     def flush(self) -> None:
         """Nothing to write."""
 
+    def synced(self) -> bool:
+        """Nothing is ever waiting for a flush."""
+        return True
+
     def close(self) -> None:
         """Nothing to release."""
 

@@ -675,6 +675,12 @@ class SqliteStore:
                     os.close(fd)
             self._synced = max(self._synced, commits)
 
+    def synced(self) -> bool:
+        """Whether an fsync that completed started after the last changing commit (or the
+        commits sync themselves: not in WAL mode). Read on the committing thread: a stale
+        ``_synced`` only answers False."""
+        return self._wal is None or self._commits <= self._synced
+
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
             if self._depth and not self._begun:  # the open transaction's first statement

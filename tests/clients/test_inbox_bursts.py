@@ -303,6 +303,9 @@ class SlowStore:
         self.gate = threading.Event()
         self.error = error
 
+    def synced(self) -> bool:
+        return False
+
     def flush(self) -> None:
         self.calls += 1
         self.started.set()
