@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from clients.sdk import DecryptFailure, Event, Message, VoxClient
 from tests.clients.conftest import Factory
@@ -137,6 +140,39 @@ async def test_every_device_acks_and_reads_in_order_after_reconnects(make_client
             await bob.connect()
     await wait_for(lambda: len(texts(ev_b, "alice")) == 10)
     assert texts(ev_b, "alice") == [f"x{i}" for i in range(10)]
+
+
+async def test_deliveries_waiting_when_the_client_disconnects_are_not_shown_before_the_one_in_hand(
+    make_client: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processor is stopped while it handles x0 (here: fetching alice's device list) and
+    x1..x4 wait in the queue. None was acked: after the reconnect the relay sends all five
+    again, in order. The queued copies used to be handled first — x1..x4 shown before x0."""
+    from clients.sdk import peers
+
+    alice, bob = await make_client("alice"), await make_client("bob")
+    events = collect(bob)
+    fetching, release = asyncio.Event(), asyncio.Event()
+    refresh = peers.refresh_devices
+
+    async def held_first(core: Any, username: str) -> None:
+        if core is bob and username == "alice" and not fetching.is_set():
+            fetching.set()
+            await release.wait()
+        await refresh(core, username)
+
+    monkeypatch.setattr(peers, "refresh_devices", held_first)
+    await bob.connect()
+    await alice.connect()
+    for i in range(5):
+        await alice.send_text("bob", f"x{i}")
+    await asyncio.wait_for(fetching.wait(), 30)  # x0 in hand
+    await wait_for(lambda: bob._deliveries.qsize() == 4)  # x1..x4 waiting
+    await bob.disconnect()
+    release.set()
+    await bob.connect()
+    await wait_for(lambda: len(texts(events, "alice")) == 5)
+    assert texts(events, "alice") == [f"x{i}" for i in range(5)]
 
 
 async def test_a_retried_send_after_a_dropped_connection_is_not_a_second_message(
