@@ -533,17 +533,13 @@ def main() -> None:
 
 def relay_only(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
     """``bench/relay.py``'s durable load with raw payloads of our ciphertexts' size."""
-    relay_args = argparse.Namespace(
-        pairs=args.pairs,
-        messages=args.messages,
-        size=wire_size(args.size),
-        window=args.window,
-        database=args.database,
-        postgres_url=args.postgres_url,
-        profile=None,
-        growth=0,
-        nodes=1,
-    )
+    relay_args = relay_bench.arguments().parse_args([])  # every option at its default
+    relay_args.pairs = args.pairs
+    relay_args.messages = args.messages
+    relay_args.size = wire_size(args.size)
+    relay_args.window = args.window
+    relay_args.database = args.database
+    relay_args.postgres_url = args.postgres_url
     (relay,) = asyncio.run(relay_bench.durable(relay_args))
     return {
         "relay_only_msgs_per_s": relay["durable_msgs_per_s"],

@@ -821,7 +821,8 @@ async def logins(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (``bench/e2e.py`` takes its defaults for its relay-only run)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument(
@@ -873,6 +874,11 @@ def main() -> None:
         " queue holds N envelopes before the load (and grows with it)",
     )
     parser.add_argument("--profile", help="write a py-spy profile of the relay to this file")
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     if not args.messages:
         args.messages = 2500 if args.growth else 500
