@@ -244,9 +244,8 @@ class VoxClient:
                     await task
         self._maintenance_task = self._processor_task = self._reader_task = None
         self._sweeper_task = None
-        # Deliveries read and not handled yet were never acked: the relay sends them again on
-        # the next socket, in order, with the one the stopped processor was handling. Kept
-        # here they would be handled before it (shown out of order).
+        # Unhandled deliveries come again, in order, on the next socket (with the one the
+        # stopped processor held): kept, they would be handled before it.
         self._deliveries = asyncio.Queue()
         if self._socket is not None:
             with contextlib.suppress(Exception):
