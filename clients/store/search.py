@@ -16,7 +16,7 @@ from typing import Any
 
 from clients.store.models import StoredMessage
 
-__all__ = ["CACHED_WORDS", "TOKEN_LEN", "matches", "searchable_text", "tokens", "words"]
+__all__ = ["CACHED_WORDS", "TOKEN_LEN", "forget", "matches", "searchable_text", "tokens", "words"]
 
 TOKEN_LEN = 8
 _WORD = re.compile(r"\w+")
@@ -84,6 +84,13 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 #: HMAC-SHA256's inner and outer hash states per key (one or two store keys per process).
 _PADS: dict[bytes, tuple[Any, Any]] = {}
+
+
+def forget(key: bytes) -> None:
+    """Drop what is remembered for ``key`` (its words' tokens and its HMAC states): the store
+    using it closed, or its key changed."""
+    _TOKENS.pop(key, None)
+    _PADS.pop(key, None)
 
 
 def _pads(key: bytes) -> tuple[Any, Any]:

@@ -554,6 +554,7 @@ class SqliteStore:
             except BaseException:
                 self._sealer = old
                 raise
+            search.forget(old.search_key)
         if passphrase is None:
             os.replace(home / NEW_KEY_FILE_NAME, home / KEY_FILE_NAME)
         else:
@@ -585,6 +586,7 @@ class SqliteStore:
                 fd, self._wal_fd = self._wal_fd, -1
                 if fd is not None and fd >= 0:
                     os.close(fd)
+            search.forget(self._sealer.search_key)  # no words or key state left in memory
             self._lock.release()
 
     def __enter__(self) -> SqliteStore:
