@@ -237,7 +237,7 @@ function SearchResults(props: { engine: Engine; query: string; onOpen: (m: Messa
         <li key={m.key}>
           <button type="button" class="chat-item search-result" data-testid="search-result" data-message-id={m.id} data-conv={m.conv} onClick={() => void props.onOpen(m)}>
             <span class="where">
-              {m.conv.startsWith("group:") ? `# ${engine.groupTitle(m.conv)}` : m.conv} · {m.from === engine.user ? "you" : m.from} · {new Date(m.sentAt).toLocaleDateString()}
+              {m.conv.startsWith("group:") ? `# ${engine.groupTitle(m.conv)}` : m.conv} · {m.from === engine.user ? "you" : m.from} · {new Date(m.sentAt).toLocaleString([], { dateStyle: "short", timeStyle: "short" })}
             </span>
             <span class="snippet">{[m.text, m.file?.name].filter(Boolean).join(" · ")}</span>
           </button>
