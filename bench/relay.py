@@ -943,16 +943,22 @@ def series(args: argparse.Namespace) -> dict[str, Any]:
             one.update(asyncio.run(baseline(args, kind)))
             base_rate = one[f"{kind}_msgs_per_s"]
             one[f"ratio_vs_{kind}"] = round(one["durable_msgs_per_s"] / base_rate, 3)
-            base_cpu = one[f"{kind}_cpu_us_per_msg"]
-            one[f"cpu_vs_{kind}"] = round(one["relay_cpu_us_per_msg"] / base_cpu, 2)
+            # A load too short for one clock tick of the baseline's CPU has no CPU ratio (null).
+            base_cpu = one[f"{kind}_cpu_us_per_msg"] or None
+            one[f"cpu_vs_{kind}"] = base_cpu and round(one["relay_cpu_us_per_msg"] / base_cpu, 2)
             if "relay_db_cpu_us_per_msg" in one:
-                one[f"relay_db_cpu_vs_{kind}"] = round(one["relay_db_cpu_us_per_msg"] / base_cpu, 2)
+                one[f"relay_db_cpu_vs_{kind}"] = base_cpu and round(
+                    one["relay_db_cpu_us_per_msg"] / base_cpu, 2
+                )
         if "asgi" in kinds:
             one["ratio"] = one["ratio_vs_asgi"]
         log(json.dumps(one))
         runs.append(one)
     for key in runs[0]:
-        values = [r[key] for r in runs]
+        values = [r[key] for r in runs if r[key] is not None]
+        if not values:
+            result[key] = None
+            continue
         result[key] = statistics.median(values) if key != "relay_peak_rss_mb" else max(values)
     result["relay_idle_rss_mb"] = max(r["relay_idle_rss_mb"] for r in runs)
     result["repeat"] = args.repeat
