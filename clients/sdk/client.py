@@ -29,6 +29,7 @@ from clients.sdk.linking import LinkInvitation
 from clients.sdk.models import Event, SendResult, ServerConfig, SignedOut
 from clients.sdk.pipeline import SendPipeline
 from clients.sdk.protocol import ClientProtocol, OutgoingSend
+from clients.sdk.receipts import ReceiptSender
 from clients.sdk.transport import RelayHttp, RelaySocket, SocketClosed
 from clients.store import errors as store_errors
 from clients.store.base import Store
@@ -68,8 +69,8 @@ class VoxClient:
         self.http.set_credentials(
             self.identity.username, self.identity.device_id, self.identity.auth_key
         )
-        self.pipeline = SendPipeline(self)
-        self.outbox = messaging.Outbox(self)
+        self.pipeline, self.outbox = SendPipeline(self), messaging.Outbox(self)
+        self.receipts = ReceiptSender(self)  # owed ones go at each new connection
         self._socket: RelaySocket | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._processor_task: asyncio.Task[None] | None = None
@@ -77,10 +78,9 @@ class VoxClient:
         self._sweeper_task: asyncio.Task[None] | None = None  # one per client, not per connect
         self._deliveries: asyncio.Queue[Process] = asyncio.Queue()
         self.events = EventHub()
-        self._connected = asyncio.Event()
         self._signed_out: AuthFailed | None = None  # the relay refused this device for good
         self._signed_out_event = asyncio.Event()
-        self._new_socket = asyncio.Event()
+        self._connected, self._new_socket = asyncio.Event(), asyncio.Event()
         self._closing = self._receive = False
         self._last_activity = time.monotonic()
         #: Seconds between maintenance rounds while connected (prekey stock, rotation).
@@ -224,6 +224,7 @@ class VoxClient:
         self._connected.set()
         self._new_socket.set()
         self.pipeline.connection_up()
+        self.receipts.resume()  # what is owed goes now
         # Blobs of file messages whose DELETE the relay accepted but not their own DELETE yet.
         self.spawn(attachments.delete_withdrawn(self))
 
@@ -388,7 +389,6 @@ class VoxClient:
     queued, operations = messaging.queued, messaging.operations
     history, conversations = messaging.history, messaging.conversations
     send_file, upload_file = attachments.send_file, attachments.upload_file
-    download = attachments.download
     verify, accept_key = peers.verify, peers.accept_key
     clear_verification, devices = peers.clear_verification, peers.devices
     remove_device, replenish_prekeys = peers.remove_device, peers.replenish_prekeys
@@ -397,4 +397,4 @@ class VoxClient:
     groups, create_group = group_admin.groups, group_admin.create_group
     add_members, remove_members = group_admin.add_members, group_admin.remove_members
     leave_group, send_group_text = group_admin.leave_group, group_admin.send_group_text
-    send_group_file = group_admin.send_group_file
+    send_group_file, download = group_admin.send_group_file, attachments.download

@@ -21,6 +21,7 @@ from clients.store.base import Store
 if TYPE_CHECKING:
     from clients.sdk.messaging import Outbox
     from clients.sdk.pipeline import SendPipeline
+    from clients.sdk.receipts import ReceiptSender
 
 __all__ = ["Core"]
 
@@ -33,6 +34,7 @@ class Core(Protocol):
     engine: ClientEngine
     pipeline: SendPipeline
     outbox: Outbox
+    receipts: ReceiptSender
     http: RelayHttp
     identity: LocalIdentity
     server_url: str

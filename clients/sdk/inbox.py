@@ -18,9 +18,11 @@ fsync; when more came during the fsync, the ack waits for the next burst's (one 
 for both, at most :data:`ACK_HOLD` sequence numbers held). Nothing is acked before an fsync
 covering it.
 
-Delivery receipts are coalesced (:class:`ReceiptSender`): one receipt per sender and kind per
-burst, and while one is on its way to a sender the ids of later bursts wait and travel in
-the next one (a ``RECEIPT`` lists up to 512 ids, ``docs/protocol-client.md`` §2).
+Delivery receipts are coalesced (:class:`~clients.sdk.receipts.ReceiptSender`): one receipt
+per sender and kind per burst, and while one is on its way to a sender the ids of later bursts
+wait and travel in the next one (a ``RECEIPT`` lists up to 512 ids, ``docs/protocol-client.md``
+§2). They are owed from the burst's commit until the relay took them: a receipt that could
+not leave (the process was killed, the socket dropped) goes at the next connection.
 """
 
 from __future__ import annotations
@@ -28,24 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from clients.sdk import durable, peers
-from clients.sdk.content import Receipt, ReceiptKind
 from clients.sdk.core import Core
-from clients.sdk.engine import RECEIPT_CHUNK, Process
+from clients.sdk.engine import Process
 from clients.sdk.errors import ClientError
-from clients.sdk.models import DecryptFailure, Event, SendResult, TypingEvent
-from clients.sdk.pipeline import Settled
-from clients.sdk.protocol import Envelope, NeedDeviceList, OutgoingSend, Received, SendReceipt
-from clients.sdk.sendqueue import Fail, Queued
-from crypto.errors import VoxError
+from clients.sdk.models import DecryptFailure, Event, TypingEvent
+from clients.sdk.protocol import Envelope, NeedDeviceList, Received, SendReceipt
+from clients.sdk.receipts import ReceiptSender, SealedReceipt
 from wire.frames import DeliverFrame
 
-__all__ = ["Burst", "ReceiptSender", "SealedReceipt", "process_batch", "run"]
+__all__ = ["Burst", "process_batch", "run"]
 
 log = logging.getLogger("vox.client")
 
@@ -73,9 +70,10 @@ async def process_batch(
 ) -> Burst:
     """Decrypt and store ``batch`` in one store transaction, committed without an fsync (the
     caller flushes the store before acking). Every envelope handled is acked, failures
-    included; ephemeral ones never are. With ``receipts``, the burst's delivery receipts
-    that can go at once are encrypted in the same transaction (one commit for the burst and
-    its receipts): hand them to :meth:`ReceiptSender.add` right after, before any await."""
+    included; ephemeral ones never are. With ``receipts``, the burst's delivery receipts are
+    recorded as owed and those that can go at once are encrypted, in the same transaction
+    (one commit for the burst and its receipts): hand them to :meth:`ReceiptSender.add` right
+    after, before any await."""
     envelopes: list[tuple[Envelope, bool]] = []
     burst = Burst()
     for item in batch:
@@ -98,7 +96,8 @@ async def process_batch(
             received = core.protocol.receive_all([e for e, _ in envelopes])
             results = [(e, d, r) for (e, d), r in zip(envelopes, received, strict=True)]
             _collect(core, results, burst)
-            if receipts is not None:
+            if receipts is not None:  # owed from this commit until the relay takes them
+                receipts.owe(burst.receipts)
                 burst.sealed, burst.receipts = receipts.seal(burst.receipts)
     except Exception:  # a store failure: retry one by one, ack only what was stored
         log.exception("batch store transaction failed; retrying envelopes one by one")
@@ -111,6 +110,11 @@ async def process_batch(
             except Exception:
                 log.exception("storing an envelope failed; it will be redelivered")
         _collect(core, results, burst)
+        if receipts is not None:
+            try:
+                receipts.owe(burst.receipts)
+            except Exception:  # they are still sent after the ack, only not kept
+                log.exception("could not record the burst's receipts as owed")
     return burst
 
 
@@ -132,111 +136,6 @@ def _collect(core: Core, results: list[tuple[Envelope, bool, Received]], burst: 
     burst.receipts = core.engine.receipts.drain()
 
 
-@dataclass(frozen=True, slots=True)
-class SealedReceipt:
-    """A receipt encrypted in a burst's transaction (:meth:`ReceiptSender.seal`)."""
-
-    key: tuple[str, ReceiptKind]
-    content: Receipt
-    send: OutgoingSend
-
-
-class ReceiptSender:
-    """Sends receipts in the background, at most one on its way per recipient and kind: ids
-    that come meanwhile wait and go together in the next (up to
-    :data:`~clients.sdk.engine.RECEIPT_CHUNK` per receipt)."""
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self._waiting: dict[tuple[str, ReceiptKind], list[bytes]] = {}
-
-    def seal(self, receipts: list[SendReceipt]) -> tuple[list[SealedReceipt], list[SendReceipt]]:
-        """In a burst's store transaction: encrypt now each receipt whose recipient and kind
-        has none on its way, when that needs no I/O (device lists fresh, a session with every
-        device); returns those and the receipts left to :meth:`add`."""
-        sealed: list[SealedReceipt] = []
-        rest: list[SendReceipt] = []
-        for receipt in receipts:
-            key = (receipt.to, receipt.kind)
-            if key in self._waiting or any(s.key == key for s in sealed) or not self._ready(key):
-                rest.append(receipt)
-                continue
-            content = Receipt(kind=receipt.kind, ids=receipt.ids, sent_at_ms=now_ms())
-            try:
-                send = self.core.protocol.encode_direct(receipt.to, content)
-            except (ClientError, VoxError):  # e.g. no longer trusted: the usual path says why
-                rest.append(receipt)
-                continue
-            sealed.append(SealedReceipt(key, content, send))
-        return sealed, rest
-
-    def _ready(self, key: tuple[str, ReceiptKind]) -> bool:
-        """Whether a receipt to ``key``'s recipient can be encrypted without I/O (what
-        :func:`~clients.sdk.peers.ensure_sessions` would otherwise fetch first)."""
-        core, now = self.core, time.monotonic()
-        users = (key[0], core.username)
-        for user in users:
-            known = core.protocol.device_list(user) is not None
-            if core.engine.list_due(user, now, known=known):
-                return False
-        return not core.protocol.missing_sessions(users)
-
-    def add(self, receipts: list[SendReceipt], sealed: Sequence[SealedReceipt] = ()) -> None:
-        """Queue ``receipts``; starts a sender for each recipient and kind not already busy.
-        ``sealed`` ones go to the send builder at once (call this right after their burst's
-        commit, before any await: no send is encrypted between them and their queueing, so
-        frames still reach the relay in the order of their ratchet steps)."""
-        for one in sealed:
-            self._waiting[one.key] = []
-            self.core.spawn(self._send_all(one.key, self._submit(one)))
-        for receipt in receipts:
-            key = (receipt.to, receipt.kind)
-            if key in self._waiting:
-                self._waiting[key].extend(receipt.ids)
-            else:
-                self._waiting[key] = list(receipt.ids)
-                self.core.spawn(self._send_all(key))
-
-    def _submit(self, receipt: SealedReceipt) -> asyncio.Future[Settled]:
-        """Hand a sealed receipt to the send builder; its first build is the ciphertext made in
-        the burst's transaction (a retry encrypts it again)."""
-        core, to = self.core, receipt.key[0]
-        outcome: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
-        prebuilt = [receipt.send]
-
-        def build() -> list[OutgoingSend]:
-            if prebuilt:
-                return [prebuilt.pop()]
-            return [core.protocol.encode_direct(to, receipt.content)]
-
-        def settle(result: Settled, _: SendResult | None, __: bool) -> None:
-            if not outcome.done():
-                outcome.set_result(result)
-
-        key = f"send-{secrets.token_hex(8)}"
-        core.pipeline.submit(key, {to, core.username}, build, settle)
-        return outcome
-
-    async def _send_all(
-        self, key: tuple[str, ReceiptKind], sealed: asyncio.Future[Settled] | None = None
-    ) -> None:
-        to, kind = key
-        try:
-            if sealed is not None:
-                result = await sealed
-                if isinstance(result, Fail | Queued):
-                    log.info("receipt not sent: %s", result.error)
-            while ids := self._waiting[key]:
-                chunk, self._waiting[key] = ids[:RECEIPT_CHUNK], ids[RECEIPT_CHUNK:]
-                content = Receipt(kind=kind, ids=tuple(chunk), sent_at_ms=now_ms())
-                try:
-                    await self.core.send_direct(to, content)
-                except ClientError as exc:
-                    log.info("receipt not sent: %s", exc)
-        finally:
-            del self._waiting[key]
-
-
 async def run(
     core: Core, deliveries: asyncio.Queue[Process], ack: Callable[[list[int]], Awaitable[None]]
 ) -> None:
@@ -245,7 +144,7 @@ async def run(
     are sent. When more deliveries to ack already wait once a burst is emitted, the next burst
     goes first and one fsync and one ``ack`` cover both (up to :data:`ACK_HOLD` sequence
     numbers): fewer fsyncs and socket writes, and the waiting messages are shown sooner."""
-    receipts = ReceiptSender(core)
+    receipts = core.receipts
     seqs: list[int] = []  # of committed bursts, acked after the next flush
     later: list[SendReceipt] = []  # their receipts to send after that ack
     batch: list[Process] = []  # taken off the queue, not handled yet
@@ -295,8 +194,3 @@ def _acked_ones_wait(deliveries: asyncio.Queue[Process], batch: list[Process]) -
     """Whether a delivery to ack (not an ephemeral one) waits: taken into ``batch``."""
     _take(deliveries, batch)
     return any(isinstance(item.frame, DeliverFrame) for item in batch)
-
-
-def now_ms() -> int:
-    """Wall clock in Unix milliseconds."""
-    return int(time.time() * 1000)

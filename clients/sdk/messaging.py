@@ -35,6 +35,7 @@ from clients.sdk.content import (
     new_message_id,
 )
 from clients.sdk.core import Core
+from clients.sdk.engine import RECEIPT_CHUNK
 from clients.sdk.errors import (
     ClientError,
     GroupError,
@@ -44,7 +45,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.models import Event, Message, MessageSent, Operation, SendFailed, SendResult
 from clients.sdk.pipeline import Settled
-from clients.sdk.protocol import OutgoingSend, message_from_stored
+from clients.sdk.protocol import OutgoingSend, SendReceipt, message_from_stored
 from clients.sdk.sendqueue import Fail, Queued
 from clients.store.base import Store
 from clients.store.models import (
@@ -137,22 +138,26 @@ async def mark_read(core: Core, conversation: str, *, ids: Iterable[str] | None 
     ``vox receive`` printed) — and send read receipts; returns how many messages. Reading
     starts the disappearing countdown of a message sent under a timer on this device."""
     now = time.time()
-    if ids is None:
-        messages = core.store.mark_conversation_read(conversation, now=now)
-    else:
-        with core.store.transaction():
+    with core.store.transaction():  # the read receipts are owed from this commit
+        if ids is None:
+            messages = core.store.mark_conversation_read(conversation, now=now)
+        else:
             messages = [m for i in dict.fromkeys(ids) if (m := _read(core, conversation, i, now))]
-    by_sender: dict[str, list[bytes]] = {}
-    for message in messages:
-        if message.sender != core.username:
-            by_sender.setdefault(message.sender, []).append(bytes.fromhex(message.message_id))
-    for sender, read in by_sender.items():
-        for i in range(0, len(read), 500):
-            receipt = Receipt(
-                kind=ReceiptKind.READ, ids=tuple(read[i : i + 500]), sent_at_ms=now_ms()
-            )
-            with contextlib.suppress(ClientError):
-                await core.send_direct(sender, receipt)
+        by_sender: dict[str, list[bytes]] = {}
+        for message in messages:
+            if message.sender != core.username:
+                by_sender.setdefault(message.sender, []).append(bytes.fromhex(message.message_id))
+        owed = [
+            SendReceipt(sender, ReceiptKind.READ, tuple(read[i : i + RECEIPT_CHUNK]))
+            for sender, read in by_sender.items()
+            for i in range(0, len(read), RECEIPT_CHUNK)
+        ]
+        core.receipts.owe(owed)
+    for receipt in owed:  # one that cannot go now goes at the next connection
+        content = Receipt(kind=receipt.kind, ids=receipt.ids, sent_at_ms=now_ms())
+        with contextlib.suppress(ClientError):
+            await core.send_direct(receipt.to, content)
+            core.receipts.settle(receipt.to, receipt.kind, receipt.ids)
     return len(messages)
 
 

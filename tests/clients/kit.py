@@ -9,11 +9,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
 
 from clients.sdk import Event, Message, VoxClient
+from clients.sdk.content import Content, Receipt
+from clients.sdk.errors import RelayUnavailable
+from clients.sdk.models import SendResult
+from clients.store import MemoryStore
 from server.db.models import Account, Device
 from server.db.models_delivery import DeliveryPayload, QueueEntry
 from tests.server.relay_harness import Relay, free_port
@@ -190,3 +195,30 @@ def assert_clean_error(code: int, err: str, needle: str) -> None:
     assert lines[0].startswith("vox: error: "), err
     assert needle in lines[0], err
     assert "Traceback" not in err
+
+
+class ReceiptRecorder:
+    """A stand-in :class:`~clients.sdk.core.Core` for
+    :class:`~clients.sdk.receipts.ReceiptSender`: a memory store; each receipt sent is recorded,
+    held until ``release`` is set (set from the start unless ``hold``), or refused while
+    ``fail`` (the relay unreachable)."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.store = MemoryStore()
+        self.sent: list[tuple[str, Receipt]] = []
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+        self.fail = False
+        self.tasks: list[asyncio.Future[Any]] = []
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def send_direct(self, to: str, content: Content) -> SendResult | None:
+        assert isinstance(content, Receipt)
+        if self.fail:
+            raise RelayUnavailable("http://relay", "the test keeps the relay unreachable")
+        self.sent.append((to, content))
+        await self.release.wait()
+        return None

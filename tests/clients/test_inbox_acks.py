@@ -13,6 +13,7 @@ import pytest
 from clients.sdk import durable, inbox
 from clients.sdk.engine import Process
 from clients.sdk.inbox import Burst
+from clients.sdk.receipts import ReceiptSender
 from wire.frames import DeliverFrame, EphemeralFrame
 
 
@@ -41,6 +42,7 @@ class Loop:
         self.on_flush: Callable[[int], None] = lambda n: None
         self.acked: list[int] = []
         self.store = object()
+        self.receipts = ReceiptSender(self)  # type: ignore[arg-type]
         self._emits = self._flushes = 0
         monkeypatch.setattr(inbox, "process_batch", self._process)
         monkeypatch.setattr(durable, "flush", self._flush)
