@@ -5,6 +5,7 @@
     python bench/e2e.py [--pairs 20] [--messages 200] [--size 64] [--window 10]
                         [--client-procs 2] [--database sqlite|postgres] [--skip-relay-only]
                         [--repeat 1] [--lane-window N] [--tmp-dir DIR] [--profile PATH]
+                        [--gc settled|default]
 
 P pairs of real :class:`clients.sdk.VoxClient` s (each with its own SQLite profile store in a
 temporary home) chat through one ``vox-relay serve`` subprocess: every sender sends M texts of
@@ -19,7 +20,10 @@ The clients run in ``--client-procs`` N processes (so the figure is the protocol
 Python process's GIL): sender ``i`` in process ``i mod N``, its receiver in the next one.
 Latency is send → decrypted: each text starts with its send time on the machine's monotonic
 clock. ``client_cpu_us_per_msg`` is the client processes' CPU from ``/proc`` over the timed
-load (both ends of every pair, receipts included), ``e2e_relay_cpu_us_per_msg`` the relay's.
+load (both ends of every pair, receipts included), ``e2e_relay_cpu_us_per_msg`` the relay's;
+``client_gc_us_per_msg`` the time the client processes spent in the cyclic garbage collector.
+The client processes settle their collector after start-up as ``vox daemon`` and ``vox chat``
+do (:func:`clients.sdk.heap.settle`); ``--gc default`` keeps CPython's defaults instead.
 
 In the same run, ``bench/relay.py``'s durable load (raw opaque payloads of the same size as
 our ciphertexts, same pairs, messages and window, its own relay process) gives
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import json
 import multiprocessing
@@ -57,7 +62,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.sdk import Event, Message, VoxClient  # noqa: E402
+from clients.sdk import Event, Message, VoxClient, heap  # noqa: E402
 from clients.sdk.content import TextContent, padded  # noqa: E402
 from clients.sdk.transport import RelaySocket  # noqa: E402
 from clients.store import SqliteStore  # noqa: E402
@@ -118,6 +123,25 @@ class StatementCounter:
         if self.on:
             self.statements += 1
             self.commits += sql == "COMMIT"
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector's collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.on = False
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.on:
+            self.seconds += time.perf_counter() - self._started
+
+    def remove(self) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 class FrameCounter:
@@ -230,6 +254,9 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
         await asyncio.wait_for(warm.wait(), 120)
         conn.send("warm")
         assert await command() == "go"
+        if config["gc"] == "settled":
+            heap.settle()  # as vox daemon and vox chat do after start-up
+        collecting = GcClock()
 
         async def run_sender(user: str) -> None:
             window = asyncio.Semaphore(config["window"])
@@ -240,10 +267,11 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
 
             await asyncio.gather(*(one() for _ in range(messages)))
 
-        counter.on = frames.on = True
+        counter.on = frames.on = collecting.on = True
         await asyncio.gather(*(run_sender(u) for u in senders))
         await asyncio.wait_for(done.wait(), 600)
-        counter.on = frames.on = False
+        counter.on = frames.on = collecting.on = False
+        collecting.remove()
         conn.send(
             {
                 "latencies": latencies,
@@ -254,6 +282,7 @@ async def worker_main(conn: Connection, index: int, config: dict[str, Any]) -> N
                 "acks": frames.acks,
                 "acked": frames.acked,
                 "writes": frames.writes,
+                "gc_seconds": collecting.seconds,
             }
         )
         assert await command() == "close"
@@ -381,6 +410,7 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
                 "window": args.window,
                 "lane_window": args.lane_window,
                 "procs": args.client_procs,
+                "gc": args.gc,
             }
             workers = Workers(args.client_procs, config)
             await workers.step(None)  # registered
@@ -415,6 +445,7 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
         acks = sum(s["acks"] for s in stats)
         acked = sum(s["acked"] for s in stats)
         writes = sum(s["writes"] for s in stats)
+        gc_seconds = sum(s["gc_seconds"] for s in stats)
         return {
             "e2e_msgs_per_s": round(total / elapsed, 1),
             "e2e_seconds": round(elapsed, 3),
@@ -428,6 +459,8 @@ async def e2e(args: argparse.Namespace, relay_bench: Any) -> dict[str, Any]:
             "client_cpu_cores": round(client_cpu / elapsed, 2),
             # Of it, in the kernel (socket writes, fsyncs, file locks, thread hand-offs).
             "client_sys_cpu_us_per_msg": round(client_sys / total * 1e6),
+            # Of it, in the cyclic garbage collector (wall time of its collections, --gc).
+            "client_gc_us_per_msg": round(gc_seconds / total * 1e6, 1),
             "e2e_relay_cpu_us_per_msg": round(relay_cpu / total * 1e6, 1),
             "e2e_relay_cpu_cores": round(relay_cpu / elapsed, 2),
             "store_statements_per_msg": round(statements / total, 1),
@@ -482,6 +515,13 @@ def main() -> None:
         " different ones when N > 1)",
     )
     parser.add_argument(
+        "--gc",
+        choices=["settled", "default"],
+        default="settled",
+        help="the client processes' garbage collector: clients.sdk.heap.settle() after"
+        " start-up, as vox daemon and vox chat do (default), or CPython's defaults",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="alternate e2e and relay-only runs N times"
     )
     parser.add_argument(
@@ -504,6 +544,7 @@ def main() -> None:
         "window": args.window,
         "lane_window": args.lane_window,
         "client_procs": args.client_procs,
+        "gc": args.gc,
     }
     runs = []
     for n in range(args.repeat):

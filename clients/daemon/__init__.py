@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clients.daemon import jsonrpc as rpc
 from clients.daemon.server import Daemon, DaemonRunning, is_live, socket_path
-from clients.sdk import VoxClient
+from clients.sdk import VoxClient, heap
 from clients.sdk.errors import ClientError
 
 __all__ = ["Daemon", "DaemonRunning", "is_live", "serve", "serve_stdio", "serving", "socket_path"]
@@ -72,6 +72,7 @@ async def serve(
     client = await VoxClient.open(home, passphrase=passphrase, lock_timeout=lock_timeout)
     async with client, serving(client, home):
         connecting = asyncio.create_task(_stay_connected(client))
+        heap.settle()  # started: what is left is long-lived (clients.sdk.heap)
         announce(f"vox daemon: {client.username} device {client.device_id}, listening on {path}")
         try:
             await stop.wait()
@@ -116,6 +117,7 @@ async def serve_stdio(home: Path, *, passphrase: str | None, lock_timeout: float
         daemon = Daemon(client, path)
         unsubscribe = client.on_event(daemon.on_event)
         connecting = asyncio.create_task(_stay_connected(client))
+        heap.settle()
         try:
             await daemon.serve_stream(reader, writer)
         finally:

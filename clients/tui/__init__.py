@@ -72,7 +72,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from clients.sdk import VoxClient
+from clients.sdk import VoxClient, heap
 from clients.tui.app import ChatApp
 from clients.tui.backend import ChatBackend, ConversationItem, SdkBackend
 
@@ -118,6 +118,7 @@ async def open_and_run(
         return
     client = await VoxClient.open(home, passphrase=passphrase)
     async with client, serving(client, Path(home)):
+        heap.settle()  # started: what is left is long-lived (clients.sdk.heap)
         await run_async(client, open_conversation=target)
 
 
