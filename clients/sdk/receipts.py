@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from clients.sdk.content import Receipt, ReceiptKind
 from clients.sdk.engine import RECEIPT_CHUNK
-from clients.sdk.errors import ClientError
+from clients.sdk.errors import ClientError, UnknownUser
 from clients.sdk.messaging import now_ms
 from clients.sdk.models import SendResult
 from clients.sdk.pipeline import Settled
@@ -217,9 +217,9 @@ class ReceiptSender:
         try:
             if sealed is not None:
                 result = await sealed
-                if isinstance(result, Fail | Queued):
+                if isinstance(result, Fail | Queued) and not isinstance(result.error, UnknownUser):
                     log.info("receipt not sent (owed until the next connection): %s", result.error)
-                else:
+                else:  # taken (or the account is gone: nobody left to tell)
                     self.settle(to, kind, self._flying[key])
             while ids := self._waiting[key]:
                 chunk, self._waiting[key] = ids[:RECEIPT_CHUNK], ids[RECEIPT_CHUNK:]
@@ -227,6 +227,8 @@ class ReceiptSender:
                 content = Receipt(kind=kind, ids=tuple(chunk), sent_at_ms=now_ms())
                 try:
                     await self.core.send_direct(to, content)
+                except UnknownUser:  # the account is gone: nobody left to tell
+                    self.settle(to, kind, chunk)
                 except ClientError as exc:
                     log.info("receipt not sent (owed until the next connection): %s", exc)
                 else:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from clients.sdk import Event, Message, VoxClient
 from clients.sdk.content import Content, Receipt
-from clients.sdk.errors import RelayUnavailable
+from clients.sdk.errors import RelayUnavailable, UnknownUser
 from clients.sdk.models import SendResult
 from clients.store import MemoryStore
 from server.db.models import Account, Device
@@ -201,7 +201,7 @@ class ReceiptRecorder:
     """A stand-in :class:`~clients.sdk.core.Core` for
     :class:`~clients.sdk.receipts.ReceiptSender`: a memory store; each receipt sent is recorded,
     held until ``release`` is set (set from the start unless ``hold``), or refused while
-    ``fail`` (the relay unreachable)."""
+    ``fail`` (the relay unreachable) or when its recipient is in ``gone`` (a deleted account)."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.store = MemoryStore()
@@ -210,6 +210,7 @@ class ReceiptRecorder:
         if not hold:
             self.release.set()
         self.fail = False
+        self.gone: set[str] = set()  # deleted accounts
         self.tasks: list[asyncio.Future[Any]] = []
 
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -219,6 +220,8 @@ class ReceiptRecorder:
         assert isinstance(content, Receipt)
         if self.fail:
             raise RelayUnavailable("http://relay", "the test keeps the relay unreachable")
+        if to in self.gone:
+            raise UnknownUser(to)
         self.sent.append((to, content))
         await self.release.wait()
         return None

@@ -22,7 +22,7 @@ from clients.sdk.content import ReceiptKind
 from clients.sdk.core import Core
 from clients.sdk.engine import Process
 from clients.sdk.protocol import SendReceipt
-from clients.sdk.receipts import ReceiptSender
+from clients.sdk.receipts import OWED_KEY, ReceiptSender
 from clients.store import SqliteStore
 from tests.clients.conftest import Factory
 from tests.clients.kit import (
@@ -207,6 +207,7 @@ async def burst_for_offline_bob(
     if set_up:
         await alice.send_text("bob", "set-up")
         assert texts(await receive_texts(bob, "alice", 1), "alice") == ["set-up"]
+        await wait_for(lambda: bob.store.get_secret(OWED_KEY) is None)  # its receipt went
     await bob.close()
     sent = [(await alice.send_text("bob", f"r{i}")).id for i in range(BURST)]
     receipts: list[ReceiptEvent] = []  # for these (the set-up's comes too, it was owed)

@@ -176,3 +176,14 @@ async def test_owed_receipts_are_bounded_given_up_when_old_and_sent_once_taken()
     await asyncio.gather(*core.tasks)
     assert [(to, r.ids) for to, r in core.sent[before:]] == [("erin", ids(10))]  # dave's gone
     assert core.store.get_secret(OWED_KEY) is None
+
+
+async def test_receipts_owed_to_a_deleted_account_are_given_up() -> None:
+    core = ReceiptRecorder()
+    sender = ReceiptSender(core)  # type: ignore[arg-type]
+    core.gone.add("zoe")
+    with core.store.transaction():
+        sender.owe([SendReceipt("zoe", ReceiptKind.READ, ids(1))])
+    sender.resume()
+    await asyncio.gather(*core.tasks)
+    assert not core.sent and core.store.get_secret(OWED_KEY) is None
