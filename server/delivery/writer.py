@@ -12,7 +12,10 @@ nothing of it is stored.
 On PostgreSQL a writer keeps up to ``pipeline`` batches in flight, each in its own
 transaction on its own connection, so that the next batch's statements run while the
 previous one waits for its commit (commit latency, not CPU, bounds a single writer there).
-Order is kept:
+One batch runs its statements at a time: the next one is formed once the previous one has
+sent its ``COMMIT`` (it gathers every operation that arrived until then; formed earlier, it
+would wait for the previous batch's queue locks anyway whenever they share a recipient). Its
+connections are opened when the writer starts. Order is kept:
 
 * answers (``accepted``, deliveries, ack completions) go out in batch order — a batch that
   commits early waits for the batches before it to be answered;
@@ -137,11 +140,32 @@ class AckOp:
 Op = SendOp | AckOp
 
 
+class _Turn:
+    """A batch's permission to run statements (PostgreSQL: :attr:`GroupCommitWriter._running`),
+    given back once, at its ``COMMIT`` or when it ends without one."""
+
+    __slots__ = ("_running",)
+
+    def __init__(self, running: asyncio.Semaphore | None) -> None:
+        self._running = running
+
+    async def take(self) -> None:
+        if self._running is not None:
+            await self._running.acquire()
+
+    def release(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.release()
+
+
 @dataclass(slots=True)
 class _Batch:
     """One transaction's operations and what it produced."""
 
     ops: list[Op]
+    #: Given back at the batch's commit (a batch redone op by op gets none: its parent's).
+    turn: _Turn = field(default_factory=lambda: _Turn(None))
     #: Deliveries per recipient device pk (committed rows).
     per_device: dict[int, list[Delivery]] = field(default_factory=dict)
     #: Ephemeral sends validated in the transaction, pushed after it: (op, device pks, ts).
@@ -185,6 +209,9 @@ class GroupCommitWriter:
         # SQLite has one writer at a time (BEGIN IMMEDIATE) and one thread: one batch.
         self._pipeline = 1 if self._sqlite_engine is not None else max(1, pipeline)
         self._slots = asyncio.Semaphore(self._pipeline)
+        #: PostgreSQL: held by the batch running its statements (the others in flight are
+        #: committing or waiting to be answered); a new batch is formed only once it is free.
+        self._running = None if self._sqlite_engine is not None else asyncio.Semaphore(1)
         self._batches: set[asyncio.Task[None]] = set()
         #: Set once the most recently started batch has been answered.
         self._answered: asyncio.Event | None = None
@@ -257,11 +284,19 @@ class GroupCommitWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         ops = self._ops
+        if self._sqlite_engine is None:
+            await self._open_connections()
         while True:
             # A batch is begun only once it can run: the operations that arrive while every
             # slot is busy all wait for the next one (a batch sealed earlier, after its
-            # ``max_wait``, left the later ones a whole further cycle behind it).
+            # ``max_wait``, left the later ones a whole further cycle behind it). On
+            # PostgreSQL that is once the previous batch has sent its COMMIT (its turn): a
+            # batch begun while another still ran its statements would wait for that one's
+            # queue locks anyway whenever they share a recipient, and only split the
+            # operations waiting into more, smaller batches.
             await self._slots.acquire()
+            turn = _Turn(self._running)
+            await turn.take()
             if not ops:
                 self._ops_waiter = loop.create_future()
                 await self._ops_waiter
@@ -276,13 +311,17 @@ class GroupCommitWriter:
             batch = [ops.popleft() for _ in range(min(len(ops), self._max_batch))]
             previous, answered = self._answered, asyncio.Event()
             self._answered = answered
-            task = asyncio.create_task(self._batch(batch, previous, answered))
+            task = asyncio.create_task(self._batch(batch, previous, answered, turn))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
             self.peak_in_flight = max(self.peak_in_flight, len(self._batches))
 
     async def _batch(
-        self, ops: list[Op], previous: asyncio.Event | None, answered: asyncio.Event
+        self,
+        ops: list[Op],
+        previous: asyncio.Event | None,
+        answered: asyncio.Event,
+        turn: _Turn,
     ) -> None:
         """Run one batch's transaction, then answer it after every earlier batch."""
         todo: list[Op] = []
@@ -312,7 +351,7 @@ class GroupCommitWriter:
                     self._in_flight[key] = op
                     here.add(key)
                 todo.append(op)
-            batch = _Batch(todo)
+            batch = _Batch(todo, turn)
             if todo:
                 await self._process(batch)
             if previous is not None:
@@ -328,6 +367,7 @@ class GroupCommitWriter:
                     if self._in_flight.get(key) is op:
                         del self._in_flight[key]
                     self._release_followers(op)
+            turn.release()  # (no commit: nothing to store, or a failure before it)
             answered.set()
             self._slots.release()
             self._outstanding -= len(ops)
@@ -398,15 +438,30 @@ class GroupCommitWriter:
             if not driver.is_in_transaction():
                 await driver.execute("BEGIN")
             await conn.run_sync(self._apply, batch)
-            # Nothing is answered before this returns (the commit is durable). When more
-            # operations already wait for a batch, the next transaction's BEGIN rides in the
-            # same round trip (this connection is the next one taken): it holds no snapshot,
-            # lock or transaction id until its first statement.
+            # Nothing is answered before this returns (the commit is durable). The commit is a
+            # round trip of waiting (the WAL flush): the next batch forms and runs its
+            # statements meanwhile, on another connection (its first statement waits for this
+            # one's queue locks where they share a device). When more operations already wait
+            # for a batch, a later transaction's BEGIN rides in the same round trip (this
+            # connection is the next idle one taken): it holds no snapshot, lock or
+            # transaction id until its first statement.
+            batch.turn.release()
             await driver.execute("COMMIT; BEGIN" if self._ops else "COMMIT")
         except BaseException:
             await _discard(conn)
             raise
         self._conns.append(conn)
+
+    async def _open_connections(self) -> None:
+        """PostgreSQL: open the connections of every batch in flight before the first one
+        (each new connection creates the session functions: a few round trips that would
+        otherwise delay the first batches of the first burst)."""
+        try:
+            while len(self._conns) < self._pipeline:
+                conn = await self._engine.connect()
+                self._conns.append(await conn.execution_options(**{DRIVER_TRANSACTION: True}))
+        except Exception as exc:  # the batches open theirs when they need one
+            log.warning("writer connections not opened: %s", exc.__class__.__name__)
 
     async def _pg_connection(self) -> AsyncConnection:
         """An idle connection of this writer (the most recently used first), or a new one."""
