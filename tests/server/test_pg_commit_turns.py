@@ -41,9 +41,7 @@ async def test_batches_run_statements_one_at_a_time_and_form_while_the_previous_
         spec,
         database_url=postgres_url,
         limits={"messages_per_second_per_device": 100_000.0},
-        commit_writers=1,
-        commit_pipeline=3,
-        commit_max_batch=4,
+        commit_max_batch=4,  # (one writer, three batches in flight: the defaults)
         commit_max_wait=0.0,
     ) as w:
         writer = w.relay.state.delivery.writers[0]

@@ -17,9 +17,7 @@ import re
 import pytest
 
 import server.delivery.repository as repository
-from server.db.engine import create_engine
-from server.db.migrate import upgrade
-from tests.server.ws_kit import seed_alice_and_bob
+from tests.server.ws_kit import seeded_database
 
 pytestmark = pytest.mark.postgres
 
@@ -42,28 +40,21 @@ def _subtrees(plan: list[str], node: str) -> list[list[str]]:
 async def test_the_generic_insert_plan_never_rescans_the_stored_sends_per_row(
     postgres_url: str,
 ) -> None:
-    engine = create_engine(postgres_url)
-    try:
-        await upgrade(engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(seed_alice_and_bob)
-        async with engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            await raw.execute("SET plan_cache_mode = force_generic_plan")
-            await raw.execute(f"PREPARE vox_insert AS {repository._INSERT_PG.sql}")
-            nulls = ", ".join(["NULL"] * len(repository._INSERT_PG.names))
-            rows = await raw.fetch(f"EXPLAIN EXECUTE vox_insert({nulls})")
-            plan = [str(row[0]) for row in rows]
-            await raw.execute("DEALLOCATE vox_insert")
-        loops = [
-            tree
-            for tree in _subtrees(plan, "Nested Loop")
-            if any("CTE Scan on new_sends" in line for line in tree)
-        ]
-        assert not loops, "\n".join(plan)
-    finally:
-        await engine.dispose()
+    async with seeded_database(postgres_url) as (engine, _), engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute("SET plan_cache_mode = force_generic_plan")
+        await raw.execute(f"PREPARE vox_insert AS {repository._INSERT_PG.sql}")
+        nulls = ", ".join(["NULL"] * len(repository._INSERT_PG.names))
+        rows = await raw.fetch(f"EXPLAIN EXECUTE vox_insert({nulls})")
+        plan = [str(row[0]) for row in rows]
+        await raw.execute("DEALLOCATE vox_insert")
+    loops = [
+        tree
+        for tree in _subtrees(plan, "Nested Loop")
+        if any("CTE Scan on new_sends" in line for line in tree)
+    ]
+    assert not loops, "\n".join(plan)
 
 
 async def test_the_insert_compares_each_queue_row_once_with_the_skipped_sends(
@@ -72,11 +63,8 @@ async def test_the_insert_compares_each_queue_row_once_with_the_skipped_sends(
     """With real rows and the generic plan: no join filter removes rows (the old plan's
     nested loop removed 1,485 for 55 sends), and every send's payload and queue row is
     stored."""
-    engine = create_engine(postgres_url)
-    try:
-        await upgrade(engine)
-        async with engine.begin() as conn:
-            sender, recipient, account = await conn.run_sync(seed_alice_and_bob)
+    async with seeded_database(postgres_url) as (engine, seeded):
+        sender, recipient, account = seeded.sender, seeded.recipient, seeded.account
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
@@ -118,8 +106,6 @@ async def test_the_insert_compares_each_queue_row_once_with_the_skipped_sends(
             stored = await raw.fetchval("SELECT count(*) FROM delivery_queue")
             payloads = await raw.fetchval("SELECT count(*) FROM delivery_payloads")
             await raw.execute("ROLLBACK")
-        assert (stored, payloads) == (n, n)
-        removed = [int(x) for x in re.findall(r"Rows Removed by Join Filter: (\d+)", plan)]
-        assert sum(removed) == 0, plan
-    finally:
-        await engine.dispose()
+    assert (stored, payloads) == (n, n)
+    removed = [int(x) for x in re.findall(r"Rows Removed by Join Filter: (\d+)", plan)]
+    assert sum(removed) == 0, plan
