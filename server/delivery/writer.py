@@ -164,7 +164,8 @@ class _Batch:
     """One transaction's operations and what it produced."""
 
     ops: list[Op]
-    #: Given back at the batch's commit (a batch redone op by op gets none: its parent's).
+    #: Given back at the batch's COMMIT (the one-op batches of a redo have none: they run
+    #: within their parent's turn).
     turn: _Turn = field(default_factory=lambda: _Turn(None))
     #: Deliveries per recipient device pk (committed rows).
     per_device: dict[int, list[Delivery]] = field(default_factory=dict)
