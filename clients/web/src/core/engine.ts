@@ -31,6 +31,7 @@ import * as SK from "./senderkeys";
 import * as ATT from "./attachments";
 import { RelayUploads, encryptAndUpload } from "./upload";
 import { MessageOps, type MessageExtras } from "./messageops";
+import { OWED_PREFIX, type OwedRecord, type ReceiptKind, Receipts } from "./receipts";
 import { type SearchOptions, searchMessages } from "./search";
 import type { Store } from "./store";
 
@@ -319,6 +320,8 @@ export class Engine {
   private relogged = false;
   /** Edits, deletes, reactions, replies, disappearing messages (messageops.ts). */
   readonly ops: MessageOps;
+  /** Delivery and read receipts, owed until the relay took them (receipts.ts). */
+  readonly receipts: Receipts;
 
   constructor(
     readonly store: Store,
@@ -343,6 +346,11 @@ export class Engine {
       sendOperation: (conv, id, content, apply, withdraws) => this.sendOperation(conv, id, content, apply, withdraws),
       cancelUnsent: (id) => this.cancelUnsent(id),
       changed: () => this.changed(),
+      now: () => this.clock(),
+    });
+    this.receipts = new Receipts({
+      send: (to, kind, ids) => this.sendReceipt(to, kind, ids),
+      commit: (changes) => store.commit(changes),
       now: () => this.clock(),
     });
   }
@@ -390,6 +398,7 @@ export class Engine {
     for (const [, v] of await this.store.list<Group>("group:")) this.groups.set(v.id, v);
     for (const [k, v] of await this.store.list<number>("seen:")) this.seen.set(k.slice(5), v);
     for (const [k, v] of await this.store.list<string>(WITHDRAWN)) this.withdrawn.set(k.slice(WITHDRAWN.length), v);
+    this.receipts.load(await this.store.list<OwedRecord>(OWED_PREFIX));
     await this.ops.load();
     return true;
   }
@@ -640,6 +649,7 @@ export class Engine {
 
   private async afterReady(): Promise<void> {
     this.deleteWithdrawn();
+    this.receipts.resume(); // what is owed goes now
     await this.maintain().catch((e) => console.warn("maintenance failed", e));
     await this.flushOutbox();
     if (this.maintenanceTimer === null && !this.stopped) {
@@ -1494,25 +1504,24 @@ export class Engine {
       this.conversations.set(conv, next);
       changes.push([`conv:${conv}`, next]);
     }
-    const bySender = new Map<string, Uint8Array[]>();
+    const bySender = new Map<string, string[]>();
     for (const m of unreadIds) {
       m.state = "read";
       this.ops.read(m);
       changes.push([m.key, m]);
-      bySender.set(m.from, [...(bySender.get(m.from) ?? []), fromHex(m.id)]);
+      bySender.set(m.from, [...(bySender.get(m.from) ?? []), m.id]);
     }
+    // READ receipts to each sender (group members too), owed from this commit.
+    const owed = [...bySender].filter(([sender]) => !this.keyChanged(sender)).map(([sender, ids]) => this.receipts.owe(sender, 2, ids, changes));
     if (changes.length) await this.store.commit(changes);
     this.changed();
-    // READ receipts to each sender (group members too), at most 500 ids per receipt.
-    for (const [sender, ids] of bySender) {
-      if (this.keyChanged(sender)) continue;
-      for (let i = 0; i < ids.length; i += 500) void this.sendReceipt(sender, 2, ids.slice(i, i + 500));
-    }
+    for (const send of owed) send();
   }
 
-  private async sendReceipt(to: string, kind: 1 | 2, ids: Uint8Array[]): Promise<void> {
-    const content = encodeContent({ type: 3, id: newMessageId(), sentAt: Date.now(), receipt: kind, ids });
-    await this.sendContent(to, "r-" + hex(randomBytes(12)), content, { transcript: false });
+  /** One RECEIPT (``receipts.ts`` decides what goes and when): whether the relay accepted it. */
+  private async sendReceipt(to: string, kind: ReceiptKind, ids: string[]): Promise<boolean> {
+    const content = encodeContent({ type: 3, id: newMessageId(), sentAt: Date.now(), receipt: kind, ids: ids.map(fromHex) });
+    return (await this.sendContent(to, "r-" + hex(randomBytes(12)), content, { transcript: false })) === "accepted";
   }
 
   // --- receiving ----------------------------------------------------------------------
@@ -1674,7 +1683,7 @@ export class Engine {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
         if (this.known(hex(c.id))) break;
         this.receiveChat(from, from.user, c.id, c.sentAt, c.text, changes, c);
-        if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
+        if (!own) after.push(this.receipts.owe(from.user, 1, [hex(c.id)], changes));
         if (!own && this.notify && (this.active !== from.user || document.hidden)) {
           const n = this.notify;
           after.push(() => n(from.user, c.text, from.user));
@@ -1685,7 +1694,7 @@ export class Engine {
         if (c.groupId.length) throw new DecodeError("group messages travel under sender keys");
         if (this.known(hex(c.id))) break;
         this.receiveChat(from, from.user, c.id, c.sentAt, { pointer: c.pointer, caption: c.caption }, changes, c);
-        if (!own) after.push(() => void this.sendReceipt(from.user, 1, [c.id]));
+        if (!own) after.push(this.receipts.owe(from.user, 1, [hex(c.id)], changes));
         break;
       }
       case 7: {
@@ -1876,7 +1885,7 @@ export class Engine {
         const body = c.type === 1 ? c.text : { pointer: c.pointer, caption: c.caption };
         this.receiveChat({ user: m.user, device: m.device }, conv, c.id, c.sentAt, body, changes, c);
         if (m.user !== this.user) {
-          after.push(() => void this.sendReceipt(m.user, 1, [c.id]));
+          after.push(this.receipts.owe(m.user, 1, [hex(c.id)], changes));
           if (this.notify && (this.active !== conv || document.hidden)) {
             const n = this.notify;
             after.push(() => n(`${m.user} in ${g.name}`, c.type === 1 ? c.text : "sent a file", conv));

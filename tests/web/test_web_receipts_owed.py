@@ -1,0 +1,117 @@
+"""Owed receipts in the browser client (``clients/web/src/core/receipts.ts``;
+``docs/protocol-client.md`` §5 *Owed receipts*): a delivery or read receipt is owed from the
+commit that makes it due until the relay accepted it, kept in the encrypted store, and sent at
+the next connection — so one that could not leave (the tab closed right after the message was
+stored, the relay unreachable when the messages were read) still reaches the sender.
+
+Both tests fail on the bundle before owed receipts (its receipts were fire-and-forget): checked
+by serving ``main``'s committed ``clients/web/dist`` (``git checkout main -- clients/web/dist``)
+and running this file — the sender's message stayed "sent" / "delivered".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.web.support import (
+    TIMEOUT_MS,
+    RelayProc,
+    Vox,
+    open_app,
+    own_relay,
+    register_in_browser,
+    unique,
+    wait_online,
+)
+
+
+def _state(vox: Vox, peer: str, mid: str) -> str | None:
+    """The state (sent, delivered, read) of ``vox``'s message ``mid`` to ``peer``."""
+    out = vox.run("history", peer, "--json").stdout
+    for line in out.splitlines():
+        m = json.loads(line)
+        if m.get("id") == mid:
+            return str(m.get("state"))
+    return None
+
+
+def _wait_state(vox: Vox, peer: str, mid: str, state: str, within: float = 60) -> None:
+    """``vox`` takes what arrives (receipts) until its message ``mid`` shows ``state``."""
+    seen: str | None = None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        vox.receive(wait=2)
+        seen = _state(vox, peer, mid)
+        if seen == state:
+            return
+    raise AssertionError(f"{vox.username}'s message {mid} stayed {seen!r}, never {state!r}")
+
+
+def _drop_sends(page: Any, dropped: list[str]) -> None:
+    """Every ``send`` frame of ``page``'s WebSocket is swallowed (recorded in ``dropped``):
+    the relay never sees it; everything else passes both ways."""
+
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            if isinstance(message, str) and json.loads(message).get("type") == "send":
+                dropped.append(message)
+                return
+            server.send(message)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket("**/v1/ws", route)
+
+
+def test_a_delivery_receipt_lost_with_the_closed_tab_goes_when_the_app_is_opened_again(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    alice, bob = unique("webalice"), unique("bob")
+    vbob = Vox(tmp_path / "bob", relay, bob).register()
+    page = context.new_page()
+    dropped: list[str] = []
+    _drop_sends(page, dropped)  # the receipt never leaves this tab
+    page.goto(relay.url + "/")
+    register_in_browser(page, alice)
+    mid = vbob.send(alice, "did it arrive?")
+    # Shown: stored (the page renders after the commit) and acked; its receipt was tried.
+    page.get_by_test_id(f"unread-{bob}").wait_for()
+    for _ in range(TIMEOUT_MS // 100):
+        if dropped:
+            break
+        page.wait_for_timeout(100)
+    assert dropped, "the page never tried to send the delivery receipt"
+    assert _state(vbob, alice, mid) == "sent"
+    page.close()  # the tab goes before anything else could carry the receipt
+
+    again = open_app(context, relay)  # the same browser profile, nothing intercepted now
+    wait_online(again)
+    _wait_state(vbob, alice, mid, "delivered")
+
+
+def test_read_receipts_of_messages_read_while_the_relay_was_unreachable_go_once_it_is_back(
+    context: Any, tmp_path: Path
+) -> None:
+    with own_relay(tmp_path) as relay:
+        alice, bob = unique("webalice"), unique("bob")
+        vbob = Vox(tmp_path / "bob", relay, bob).register()
+        page = open_app(context, relay)
+        register_in_browser(page, alice)
+        mid = vbob.send(alice, "read me offline")
+        page.get_by_test_id(f"unread-{bob}").wait_for()
+        _wait_state(vbob, alice, mid, "delivered")
+
+        relay.stop()
+        page.wait_for_selector('[data-testid="connection-status"][data-status="offline"]')
+        page.get_by_test_id(f"chat-item-{bob}").click()  # read now: the READ cannot go
+        page.get_by_test_id(f"unread-{bob}").wait_for(state="detached")
+        assert page.get_by_test_id("connection-status").get_attribute("data-status") != "online"
+
+        relay.start()
+        wait_online(page)
+        _wait_state(vbob, alice, mid, "read")
