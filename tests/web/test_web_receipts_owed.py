@@ -4,9 +4,11 @@ commit that makes it due until the relay accepted it, kept in the encrypted stor
 the next connection — so one that could not leave (the tab closed right after the message was
 stored, the relay unreachable when the messages were read) still reaches the sender.
 
-Both tests fail on the bundle before owed receipts (its receipts were fire-and-forget): checked
-by serving ``main``'s committed ``clients/web/dist`` (``git checkout main -- clients/web/dist``)
-and running this file — the sender's message stayed "sent" / "delivered".
+The two Chromium-and-relay tests fail on the bundle before owed receipts (its receipts were
+fire-and-forget): checked by serving ``main``'s committed ``clients/web/dist`` (``git checkout
+main -- clients/web/dist``) and running this file — the sender's message stayed "sent" /
+"delivered". The rules of what is owed (the 5,000 cap, the 7-day limit, coalescing, a receipt
+lost with a replaced connection) run through the test kit against a stand-in store and relay.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tests.web.support import (
     TIMEOUT_MS,
     RelayProc,
     Vox,
+    kit_call,
+    kit_page,
     open_app,
     own_relay,
     register_in_browser,
@@ -115,3 +119,31 @@ def test_read_receipts_of_messages_read_while_the_relay_was_unreachable_go_once_
         relay.start()
         wait_online(page)
         _wait_state(vbob, alice, mid, "read")
+
+
+def _id(i: int) -> str:
+    return f"{i:032x}"
+
+
+def test_owed_receipts_are_capped_given_up_after_a_week_coalesced_and_cleared_once_taken(
+    browser: Any,
+) -> None:
+    with kit_page(browser) as page:
+        got = kit_call(page, "receiptsScenario")
+    assert (got["max"], got["chunk"], got["ttl"]) == (5000, 500, 7 * 86400_000)
+    # 5,001 ids owed at once, then 2 more: the 3 oldest go; another recipient is not touched.
+    assert got["capped"] == {"stored": 5001, "oldest": [False, False, False, True], "carol": True}
+    # Each tried once (the relay refused): in receipts of at most 500 ids.
+    assert got["firstSends"] == [["bob", 1, 500]] * 10 + [["bob", 1, 2], ["carol", 2, 1]]
+    # A week later: the first 4,998 are given up; the rest goes, and nothing is owed after.
+    assert got["resumed"] == {
+        "sends": [["bob", 1, [_id(5001), _id(5002)]], ["carol", 2, [_id(1)]]],
+        "stored": [],
+        "size": 0,
+    }
+    # Ids owed while one receipt is on its way go together in the next.
+    assert got["coalesced"] == {"sends": [[_id(10)], [_id(11), _id(12)]], "stored": 0}
+    # On its way when the connection was replaced, and lost with it: sent again at once.
+    assert got["replaced"] == {"sends": [["erin", 2, [_id(20)]]] * 2, "stored": 0}
+    # Refused on the current connection: still owed, tried again at the next one.
+    assert got["refused"] == {"sends": 1, "stored": [f"receipt-owed:1:{_id(30)}"]}

@@ -15,6 +15,7 @@ import * as SK from "./core/senderkeys";
 import * as S from "./core/session";
 import { Engine } from "./core/engine";
 import { Store } from "./core/store";
+import { MAX_OWED, OWED_TTL_MS, RECEIPT_CHUNK, type ReceiptKind, Receipts } from "./core/receipts";
 import { type AppClients, type AppWindow, openApp, pushNotification } from "./notify";
 import { Api, Offline } from "./core/api";
 import { UploadConflict, type UploadTransport, encryptAndUpload } from "./core/upload";
@@ -904,6 +905,91 @@ async function storeRekeyRace(db: string): Promise<Record<string, unknown>> {
   return { readDuring, mode, records, old };
 }
 
+/**
+ * Owed receipts (``core/receipts.ts``) against a stand-in store and relay
+ * (tests/web/test_web_receipts_owed.py): what was stored and sent at each step.
+ */
+async function receiptsScenario(): Promise<Record<string, unknown>> {
+  const stored = new Map<string, unknown>();
+  const sends: [string, ReceiptKind, string[]][] = [];
+  let now = 1_800_000_000_000;
+  let answer: (ids: string[]) => Promise<boolean> = async () => false;
+  const r = new Receipts({
+    send: (to, kind, ids) => {
+      sends.push([to, kind, ids]);
+      return answer(ids);
+    },
+    commit: async (changes) => {
+      for (const [k, v] of changes) {
+        if (v === undefined) stored.delete(k);
+        else stored.set(k, v);
+      }
+    },
+    now: () => now,
+  });
+  const id = (i: number): string => i.toString(16).padStart(32, "0");
+  const settled = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
+  const owe = async (to: string, kind: ReceiptKind, ids: string[]): Promise<void> => {
+    const changes: [string, unknown][] = [];
+    const after = r.owe(to, kind, ids, changes);
+    for (const [k, v] of changes) {
+      if (v === undefined) stored.delete(k);
+      else stored.set(k, v);
+    }
+    after();
+    await settled();
+  };
+  const out: Record<string, unknown> = { max: MAX_OWED, chunk: RECEIPT_CHUNK, ttl: OWED_TTL_MS };
+
+  // Owed while the relay refuses: kept; beyond MAX_OWED per recipient and kind the oldest go.
+  await owe("bob", 1, Array.from({ length: MAX_OWED + 1 }, (_, i) => id(i)));
+  now += 1000;
+  await owe("bob", 1, [id(MAX_OWED + 1), id(MAX_OWED + 2)]);
+  await owe("carol", 2, [id(1)]);
+  out["capped"] = { stored: stored.size, oldest: [id(0), id(1), id(2), id(3)].map((i) => stored.has(`receipt-owed:1:${i}`)), carol: stored.has(`receipt-owed:2:${id(1)}`) };
+  out["firstSends"] = sends.map(([to, kind, ids]) => [to, kind, ids.length]);
+  sends.length = 0;
+
+  // A week later: what was owed at the start is given up, the rest goes (in chunks), and once
+  // the relay took it nothing is owed.
+  now += OWED_TTL_MS - 500;
+  answer = async () => true;
+  r.resume();
+  for (let i = 0; i < 40; i++) await settled();
+  out["resumed"] = { sends: sends.map(([to, kind, ids]) => [to, kind, ids]), stored: [...stored.keys()], size: r.size };
+  sends.length = 0;
+
+  // Coalesced: ids owed while a receipt is on its way go together in the next one.
+  const held: ((ok: boolean) => void)[] = [];
+  answer = () => new Promise<boolean>((resolve) => held.push(resolve));
+  await owe("dave", 1, [id(10)]);
+  await owe("dave", 1, [id(11)]);
+  await owe("dave", 1, [id(12)]);
+  held.shift()?.(true);
+  for (let i = 0; i < 5; i++) await settled();
+  held.shift()?.(true);
+  for (let i = 0; i < 5; i++) await settled();
+  out["coalesced"] = { sends: sends.map(([, , ids]) => ids), stored: stored.size };
+  sends.length = 0;
+
+  // Lost with a connection replaced meanwhile: sent again at once on the new one.
+  await owe("erin", 2, [id(20)]);
+  r.resume(); // the new connection counts it on its way
+  held.shift()?.(false); // the old connection's answer: lost
+  for (let i = 0; i < 5; i++) await settled();
+  held.shift()?.(true);
+  for (let i = 0; i < 5; i++) await settled();
+  out["replaced"] = { sends: sends.map(([to, kind, ids]) => [to, kind, ids]), stored: stored.size };
+  sends.length = 0;
+
+  // Refused on the current connection: still owed (stored), not tried again until the next.
+  await owe("frank", 1, [id(30)]);
+  held.shift()?.(false);
+  for (let i = 0; i < 5; i++) await settled();
+  out["refused"] = { sends: sends.length, stored: [...stored.keys()] };
+  return out;
+}
+
 const engineKit = {
   storeRekeyRace,
   engineRegister,
@@ -911,6 +997,7 @@ const engineKit = {
   deleteForMeRedelivered,
   timerRepeated,
   engineGuards,
+  receiptsScenario,
   setClock: (ms: number) => void (kitClock = ms),
   engineMaintain: () => engine().maintain(),
   engineInspect: () => engine().inspect(),

@@ -92,16 +92,17 @@ export class Receipts {
   owe(to: string, kind: ReceiptKind, ids: string[], changes: Changes): () => void {
     const at = this.host.now();
     const held = this.owed.get(keyOf(to, kind))?.ids ?? new Map<string, number>();
-    const fresh = [...new Set(ids)].filter((id) => !held.has(id));
-    for (const id of fresh) changes.push([recordName(kind, id), { to, kind, id, at } satisfies OwedRecord]);
-    const over = held.size + fresh.length - MAX_OWED;
-    const dropped = over > 0 ? [...held.keys()].slice(0, over) : [];
+    const added = [...new Set(ids)].filter((id) => !held.has(id));
+    const over = Math.max(0, held.size + added.length - MAX_OWED);
+    const dropped = [...held.keys()].slice(0, over); // the oldest first
+    const fresh = added.slice(over - dropped.length);
     for (const id of dropped) changes.push([recordName(kind, id), undefined]);
+    for (const id of fresh) changes.push([recordName(kind, id), { to, kind, id, at } satisfies OwedRecord]);
     return () => {
       const e = this.entry(to, kind);
       for (const id of dropped) e.ids.delete(id);
       for (const id of fresh) e.ids.set(id, at);
-      this.add(to, kind, ids);
+      this.add(to, kind, ids.filter((id) => e.ids.has(id))); // not those given up at once
     };
   }
 
