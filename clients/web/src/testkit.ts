@@ -914,17 +914,18 @@ async function receiptsScenario(): Promise<Record<string, unknown>> {
   const sends: [string, ReceiptKind, string[]][] = [];
   let now = 1_800_000_000_000;
   let answer: (ids: string[]) => Promise<boolean> = async () => false;
+  const apply = (changes: [string, unknown][]): void => {
+    for (const [k, v] of changes) {
+      if (v === undefined) stored.delete(k);
+      else stored.set(k, v);
+    }
+  };
   const r = new Receipts({
     send: (to, kind, ids) => {
       sends.push([to, kind, ids]);
       return answer(ids);
     },
-    commit: async (changes) => {
-      for (const [k, v] of changes) {
-        if (v === undefined) stored.delete(k);
-        else stored.set(k, v);
-      }
-    },
+    commit: async (changes) => apply(changes),
     now: () => now,
   });
   const id = (i: number): string => i.toString(16).padStart(32, "0");
@@ -932,10 +933,7 @@ async function receiptsScenario(): Promise<Record<string, unknown>> {
   const owe = async (to: string, kind: ReceiptKind, ids: string[]): Promise<void> => {
     const changes: [string, unknown][] = [];
     const after = r.owe(to, kind, ids, changes);
-    for (const [k, v] of changes) {
-      if (v === undefined) stored.delete(k);
-      else stored.set(k, v);
-    }
+    apply(changes); // the caller's commit
     after();
     await settled();
   };
