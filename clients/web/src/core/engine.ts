@@ -321,7 +321,7 @@ export class Engine {
   /** Edits, deletes, reactions, replies, disappearing messages (messageops.ts). */
   readonly ops: MessageOps;
   /** Delivery and read receipts, owed until the relay took them (receipts.ts). */
-  readonly receipts: Receipts;
+  private readonly receipts: Receipts;
 
   constructor(
     readonly store: Store,
