@@ -72,9 +72,37 @@ def _drop_sends(page: Any, dropped: list[str]) -> None:
     page.route_web_socket("**/v1/ws", route)
 
 
-def test_a_delivery_receipt_lost_with_the_closed_tab_goes_when_the_app_is_opened_again(
+#: The names of the owed-receipt records in the page's IndexedDB (names are not sealed).
+OWED_RECORDS = """async () => {
+  const db = await new Promise((ok, no) => {
+    const r = indexedDB.open('vox-web');
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => no(r.error);
+  });
+  const keys = await new Promise((ok, no) => {
+    const r = db.transaction('kv').objectStore('kv').getAllKeys();
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => no(r.error);
+  });
+  db.close();
+  return keys.filter((k) => String(k).startsWith('receipt-owed:'));
+}"""
+
+
+def _wait_nothing_owed(page: Any) -> None:
+    for _ in range(TIMEOUT_MS // 100):
+        if not page.evaluate(OWED_RECORDS):
+            return
+        page.wait_for_timeout(100)
+    assert page.evaluate(OWED_RECORDS) == [], "still owed"
+
+
+def _receipt_lost_with_the_tab(
     context: Any, relay: RelayProc, tmp_path: Path
-) -> None:
+) -> tuple[Vox, str, str]:
+    """A browser user receives a message from a new `vox` user, and the tab closes with its
+    delivery receipt never sent (owed: its record stored): the `vox` user, the browser user
+    and the message id."""
     alice, bob = unique("webalice"), unique("bob")
     vbob = Vox(tmp_path / "bob", relay, bob).register()
     page = context.new_page()
@@ -91,11 +119,29 @@ def test_a_delivery_receipt_lost_with_the_closed_tab_goes_when_the_app_is_opened
         page.wait_for_timeout(100)
     assert dropped, "the page never tried to send the delivery receipt"
     assert _state(vbob, alice, mid) == "sent"
+    assert page.evaluate(OWED_RECORDS) == [f"receipt-owed:1:{mid}"]
     page.close()  # the tab goes before anything else could carry the receipt
+    return vbob, alice, mid
 
+
+def test_a_delivery_receipt_lost_with_the_closed_tab_goes_when_the_app_is_opened_again(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    vbob, alice, mid = _receipt_lost_with_the_tab(context, relay, tmp_path)
     again = open_app(context, relay)  # the same browser profile, nothing intercepted now
     wait_online(again)
     _wait_state(vbob, alice, mid, "delivered")
+    _wait_nothing_owed(again)  # taken: no longer owed
+
+
+def test_a_receipt_owed_to_an_account_deleted_since_is_given_up(
+    context: Any, relay: RelayProc, tmp_path: Path
+) -> None:
+    vbob, _, _ = _receipt_lost_with_the_tab(context, relay, tmp_path)
+    vbob.run("account", "delete", "--yes")
+    again = open_app(context, relay)
+    wait_online(again)
+    _wait_nothing_owed(again)  # refused as unknown_user / account_deleted: given up
 
 
 def test_read_receipts_of_messages_read_while_the_relay_was_unreachable_go_once_it_is_back(

@@ -201,6 +201,8 @@ export function retryDelayMs(retries: number): number {
 }
 const REQUEUE_MS = 30_000;
 /** Send refusals after which the same send is retried later: nothing was stored (wire/codes.py ``RETRYABLE_SEND_ERRORS``, and our own "disconnected"). */
+/** Refusals saying the recipient's account does not exist (any more): a receipt to it is given up. */
+const ACCOUNT_GONE = new Set(["unknown_user", "account_deleted"]);
 const RETRYABLE = new Set(["disconnected", "busy", "internal", "rate_limited", "shutting_down"]);
 /**
  * A send (or any frame the relay answers) unanswered this long means the connection is lost —
@@ -1398,15 +1400,14 @@ export class Engine {
           this.fence = false; // a relay older than the fence: one send per lane, no ``after``
           return "requeue";
         }
-        if (typeof code === "string" && RETRYABLE.has(code)) {
-          if (opts.refusal) opts.refusal.code = code;
-          return "retry";
-        }
+        if (typeof code === "string" && opts.refusal) opts.refusal.code = code;
+        if (typeof code === "string" && RETRYABLE.has(code)) return "retry";
         return "failed";
       }
       return "failed";
     } catch (e) {
       opts.written?.();
+      if (e instanceof RelayError && opts.refusal) opts.refusal.code = e.code;
       if (e instanceof Offline) return "retry";
       if (e instanceof UntrustedIdentity) return "failed";
       console.warn("send failed", e);
@@ -1518,10 +1519,15 @@ export class Engine {
     for (const send of owed) send();
   }
 
-  /** One RECEIPT (``receipts.ts`` decides what goes and when): whether the relay accepted it. */
+  /**
+   * One RECEIPT (``receipts.ts`` decides what goes and when): whether it is no longer owed —
+   * the relay accepted it, or ``to``'s account is gone (nobody left to tell).
+   */
   private async sendReceipt(to: string, kind: ReceiptKind, ids: string[]): Promise<boolean> {
     const content = encodeContent({ type: 3, id: newMessageId(), sentAt: Date.now(), receipt: kind, ids: ids.map(fromHex) });
-    return (await this.sendContent(to, "r-" + hex(randomBytes(12)), content, { transcript: false })) === "accepted";
+    const refusal: { code?: string } = {};
+    const outcome = await this.sendContent(to, "r-" + hex(randomBytes(12)), content, { transcript: false, refusal });
+    return outcome === "accepted" || (outcome === "failed" && ACCOUNT_GONE.has(refusal.code ?? ""));
   }
 
   // --- receiving ----------------------------------------------------------------------

@@ -7,8 +7,9 @@
 // deleted once the relay took it. At every new connection (``resume``; a page load too, once
 // online) what is owed and not already on its way is sent again, so a receipt lost with a
 // closed tab or an unreachable relay still arrives. A receipt sent twice is harmless: a
-// message's state only moves forward. Owed ids are given up after ``OWED_TTL_MS``, and beyond
-// ``MAX_OWED`` per recipient and kind the oldest go.
+// message's state only moves forward. Owed ids are given up after ``OWED_TTL_MS``, beyond
+// ``MAX_OWED`` per recipient and kind the oldest go, and those owed to an account the relay no
+// longer has (``unknown_user``, ``account_deleted``) go at their first refusal.
 //
 // At most one receipt per recipient and kind is on its way at a time: ids that come meanwhile
 // wait and go together in the next (``RECEIPT_CHUNK`` ids per receipt at most).
@@ -35,7 +36,7 @@ export interface OwedRecord {
 
 /** What the receipts need from the engine. */
 export interface ReceiptHost {
-  /** Send one RECEIPT: whether the relay accepted it. */
+  /** Send one RECEIPT: whether it is no longer owed (the relay accepted it, or the recipient's account is gone). */
   send(to: string, kind: ReceiptKind, ids: string[]): Promise<boolean>;
   commit(changes: Changes): Promise<void>;
   now(): number;
