@@ -133,6 +133,16 @@ class LimitSettings(_Section):
     #: Outstanding login challenges per device, and per (device, requesting address).
     max_challenges_per_device: int = Field(64, ge=2, le=10_000)
     max_challenges_per_address_per_device: int = Field(8, ge=1, le=1000)
+    #: Envelopes delivered on one WebSocket and not yet acked (delivery pauses at it).
+    max_inflight: int = Field(500, ge=1, le=100_000)
+    #: Sends of one WebSocket awaiting their answer (past it: ``busy``).
+    max_pending_sends: int = Field(256, ge=1, le=100_000)
+    #: New deliveries to a WebSocket pause while its outbound buffer holds more than this ...
+    outbound_pause_bytes: int = Field(512 * 1024, ge=16 * 1024, le=256 * MiB)
+    #: ... and a WebSocket whose outbound buffer grows past this is disconnected, as is one
+    #: that has accepted nothing for ``send_timeout_seconds`` while output waits.
+    max_outbound_bytes: int = Field(8 * MiB, ge=64 * 1024, le=4096 * MiB)
+    send_timeout_seconds: float = Field(15.0, ge=0.5, le=600)
     # -- storage quotas and per-target limits (docs/threat-model.md: what one device costs) --
     #: Bytes queued for one device (payload bytes of its undelivered envelopes).
     max_queue_bytes: int = Field(256 * MiB, ge=1024, le=64 * 1024 * MiB)
@@ -175,6 +185,13 @@ class LimitSettings(_Section):
             raise ValueError(
                 "prekey_claims_per_hour_per_requester must not exceed "
                 "prekey_claims_per_hour_per_target"
+            )
+        # A socket below the pause may still be handed one delivery (its base64 ciphertext
+        # and JSON): the disconnect threshold must leave room for it.
+        if self.max_outbound_bytes < self.outbound_pause_bytes + 2 * self.max_ciphertext_bytes:
+            raise ValueError(
+                "max_outbound_bytes must be at least "
+                "outbound_pause_bytes + 2 * max_ciphertext_bytes"
             )
         if self.prekey_batch_max > self.prekey_max_stock:
             raise ValueError("prekey_batch_max must not exceed prekey_max_stock")

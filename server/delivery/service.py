@@ -92,6 +92,11 @@ class DeliveryConfig:
             "envelope_ttl_seconds": limits.envelope_ttl_seconds,
             "messages_per_second": limits.messages_per_second_per_device,
             "auth_timeout": limits.auth_timeout_seconds,
+            "max_inflight": limits.max_inflight,
+            "max_pending_sends": limits.max_pending_sends,
+            "out_soft_bytes": limits.outbound_pause_bytes,
+            "max_out_bytes": limits.max_outbound_bytes,
+            "send_timeout": limits.send_timeout_seconds,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

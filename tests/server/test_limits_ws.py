@@ -87,8 +87,8 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_sl
 ) -> None:
     # alice pushes ~53 MB of frames as fast as the machine allows: lift her byte budget, which
     # a fast machine would otherwise hit first (tests/abuse covers that budget).
-    limits = {"frame_bytes_per_second_per_device": 1024 * 1024 * 1024}
-    async with world(tmp_path, SPEC, send_timeout=1.0, limits=limits) as w:
+    limits = {"frame_bytes_per_second_per_device": 1024 * 1024 * 1024, "send_timeout_seconds": 1.0}
+    async with world(tmp_path, SPEC, limits=limits) as w:
         alice, b1, b2 = w["alice", 1], w["bob", 1], w["bob", 2]
         hub = w.relay.state.hub
         # bob/1 authenticates, then never reads again (tiny client-side buffer).

@@ -74,6 +74,10 @@ def test_explicit_config_file_argument(tmp_path: Path) -> None:
         {"limits": {"max_recipients": 0}},
         {"limits": {"prekey_batch_max": 1000, "prekey_max_stock": 2000}},
         {"limits": {"unknown_limit": 1}},
+        # A delivery of the largest ciphertext would disconnect its recipient every time.
+        {"limits": {"max_ciphertext_bytes": 8 * 1024 * 1024, "max_frame_bytes": 16 * 1024 * 1024}},
+        {"limits": {"max_outbound_bytes": 1024 * 1024, "outbound_pause_bytes": 1024 * 1024}},
+        {"limits": {"max_inflight": 0}},
         {"typo_setting": True},
         {"public_url": "http://chat.example.org"},
     ],
