@@ -245,8 +245,7 @@ class VoxClient:
                     await task
         self._maintenance_task = self._processor_task = self._reader_task = None
         self._sweeper_task = None
-        # Unhandled deliveries come again, in order, on the next socket (with the one the
-        # stopped processor held): kept, they would be handled before it.
+        # Unhandled deliveries come again, in order, from the one the stopped processor held.
         self._deliveries = asyncio.Queue()
         if self._socket is not None:
             with contextlib.suppress(Exception):
@@ -254,6 +253,7 @@ class VoxClient:
             self._socket = None
         self._connected.clear()
         self.outbox.flush_sent()  # the sends accepted until the reader stopped
+        self.receipts.write_taken()  # and the receipts
         self.pipeline.close(RelayUnavailable(self.server_url, "disconnected"))
         self.outbox.forget()
 

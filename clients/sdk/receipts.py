@@ -39,7 +39,7 @@ from crypto.errors import VoxError
 if TYPE_CHECKING:
     from clients.sdk.core import Core
 
-__all__ = ["MAX_OWED", "OWED_KEY", "OWED_TTL", "ReceiptSender", "SealedReceipt"]
+__all__ = ["MAX_OWED", "OWED_KEY", "OWED_TTL", "SETTLE_DELAY", "ReceiptSender", "SealedReceipt"]
 
 log = logging.getLogger("vox.client")
 
@@ -49,6 +49,9 @@ OWED_KEY = "receipts-owed"
 OWED_TTL = 7 * 86400.0
 #: Message ids owed to one recipient and kind at most (beyond, the oldest are given up).
 MAX_OWED = 5000
+#: Seconds after the relay took a receipt by which its ids leave the store's record (sooner
+#: with the next burst's commit).
+SETTLE_DELAY = 1.0
 
 _Key = tuple[str, ReceiptKind]
 
@@ -69,12 +72,15 @@ class ReceiptSender:
         self.core = core
         self._waiting: dict[_Key, list[bytes]] = {}  # per key with a sender running
         self._flying: dict[_Key, Sequence[bytes]] = {}  # the ids of the receipt on its way
+        #: Ids the relay took, not yet removed from the store's record (see :meth:`settle`).
+        self._taken: dict[_Key, set[bytes]] = {}
+        self._writing: asyncio.TimerHandle | None = None
 
     # --- owed ------------------------------------------------------------------------
 
     def owe(self, receipts: Sequence[SendReceipt]) -> None:
         """Record ``receipts`` as owed, in the caller's store transaction (one opened if
-        none is)."""
+        none is); the ids taken since the last write leave the record in the same write."""
         if not receipts:
             return
         owed, now = self._owed(), time.time()
@@ -86,25 +92,32 @@ class ReceiptSender:
         self._save(owed)
 
     def settle(self, to: str, kind: ReceiptKind, ids: Sequence[bytes]) -> None:
-        """The relay took a receipt with ``ids``: no longer owed (a commit without fsync:
-        lost in a crash, they are only sent once more)."""
+        """The relay took a receipt with ``ids``: no longer owed. They leave the store's record
+        with the next :meth:`owe` (a burst's commit) or, when none comes, after
+        :data:`SETTLE_DELAY` seconds in a commit without fsync; lost in a crash, they are
+        only sent once more."""
+        self._taken.setdefault((to, kind), set()).update(ids)
+        if self._writing is None:
+            loop = asyncio.get_running_loop()
+            self._writing = loop.call_later(SETTLE_DELAY, self.write_taken)
+
+    def write_taken(self) -> None:
+        """Remove the ids taken from the store's record now (if any)."""
+        if self._writing is not None:
+            self._writing.cancel()
+            self._writing = None
+        if not self._taken:
+            return
         try:
             with self.core.store.transaction(sync=False):
-                owed = self._owed()
-                at, left = owed.get((to, kind), (0.0, []))
-                gone = set(ids)
-                left = [i for i in left if i not in gone]
-                if left:
-                    owed[(to, kind)] = (at, left)
-                else:
-                    owed.pop((to, kind), None)
-                self._save(owed)
+                self._save(self._owed())
         except StoreError:
-            log.exception("could not record a receipt as sent; it may be sent again")
+            log.exception("could not record receipts as sent; they may be sent again")
 
     def resume(self) -> None:
         """On a new connection: send every owed receipt not on its way (those owed for
         longer than :data:`OWED_TTL` are given up)."""
+        self.write_taken()
         try:
             owed, now = self._owed(), time.time()
             expired = [key for key, (at, _) in owed.items() if at < now - OWED_TTL]
@@ -135,6 +148,16 @@ class ReceiptSender:
             return {}
 
     def _save(self, owed: dict[_Key, tuple[float, list[bytes]]]) -> None:
+        """Write ``owed`` without the ids taken (forgotten from memory then: rolled back,
+        they are only sent once more)."""
+        taken, self._taken = self._taken, {}
+        for key, gone in taken.items():
+            at, ids = owed.get(key, (0.0, []))
+            ids = [i for i in ids if i not in gone]
+            if ids:
+                owed[key] = (at, ids)
+            else:
+                owed.pop(key, None)
         entries = [
             {"to": to, "kind": int(kind), "at": at, "ids": [i.hex() for i in ids]}
             for (to, kind), (at, ids) in owed.items()
