@@ -250,12 +250,11 @@ class ReceiptSender:
                 content = Receipt(kind=kind, ids=tuple(chunk), sent_at_ms=now_ms())
                 try:
                     await self.core.send_direct(to, content)
-                except UnknownUser:  # the account is gone: nobody left to tell
-                    self.settle(to, kind, chunk)
                 except ClientError as exc:
-                    log.info("receipt not sent (owed until the next connection): %s", exc)
-                else:
-                    self.settle(to, kind, chunk)
+                    if not isinstance(exc, UnknownUser):  # (gone: nobody left to tell)
+                        log.info("receipt not sent (owed until the next connection): %s", exc)
+                        continue
+                self.settle(to, kind, chunk)
         finally:
             del self._waiting[key]
             self._flying.pop(key, None)
